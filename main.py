@@ -1,0 +1,141 @@
+"""Cloud Functions entry points: HTTP in, package calls, JSON out.
+
+Deploy each entry point on its own (`webhook`, `recommend`, `train`, `healthz`)
+or `app`, which routes by path, as one function. Nothing here reads the
+environment or opens a store at import time; the first request does.
+"""
+
+from __future__ import annotations
+
+import functools
+import hmac
+import logging
+import os
+
+import flask
+import functions_framework
+
+from recommender.errors import (
+    ArtifactError, ConfigError, InvalidParameter, ModelNotReady, RecommenderError, StoreError,
+)
+from recommender.runtime import LazyRuntime
+from recommender.serving import parse_count, parse_customer_id, recommend_for_customer
+from webhooks.delivery import handle_webhook
+
+log = logging.getLogger("main")
+_runtime = LazyRuntime(os.environ)
+
+# Every error the packages raise on purpose, translated to HTTP once.
+ERROR_STATUS: list[tuple[type[Exception], int, str]] = [
+    (InvalidParameter, 400, "invalid_parameter"),
+    (ModelNotReady, 503, "model_not_ready"),
+    (ArtifactError, 503, "model_unavailable"),
+    (StoreError, 503, "store_unavailable"),
+    (ConfigError, 500, "misconfigured"),
+    (RecommenderError, 500, "internal_error"),
+]
+
+
+def _json(body: dict, status: int = 200, headers: dict | None = None) -> flask.Response:
+    response = flask.jsonify(body)
+    response.status_code = status
+    response.headers.update(headers or {})
+    return response
+
+
+def _json_errors(handler):
+    @functools.wraps(handler)
+    def wrapped(request: flask.Request) -> flask.Response:
+        try:
+            return handler(request)
+        except RecommenderError as exc:
+            status, code = next((s, c) for cls, s, c in ERROR_STATUS if isinstance(exc, cls))
+            body = {"error": code, "message": str(exc)}
+            if isinstance(exc, InvalidParameter):
+                body["parameter"] = exc.parameter
+            if status >= 500:
+                log.error("%s failed: %s", handler.__name__, exc)
+            return _json(body, status)
+        except Exception:  # a failure we cannot handle: 5xx so Shopify and callers retry
+            log.exception("%s failed", handler.__name__)
+            return _json({"error": "internal_error", "message": "unexpected failure; retry later"}, 500)
+
+    return wrapped
+
+
+def _require_method(request: flask.Request, *methods: str) -> flask.Response | None:
+    if request.method in methods:
+        return None
+    return _json({"error": "method_not_allowed", "message": f"use {' or '.join(methods)}"}, 405,
+                 {"Allow": ", ".join(methods)})
+
+
+@functions_framework.http
+@_json_errors
+def webhook(request: flask.Request) -> flask.Response:
+    """Shopify webhooks, every topic: verify, translate, store, then acknowledge."""
+    if (refused := _require_method(request, "POST")) is not None:
+        return refused
+    runtime = _runtime.get()
+    outcome = handle_webhook(request.headers, request.get_data(), runtime.settings.require_secret().reveal(),
+                             runtime.store)
+    return _json(outcome.body(), outcome.status)
+
+
+@functions_framework.http
+@_json_errors
+def recommend(request: flask.Request) -> flask.Response:
+    """GET ?shop=&customer_id=&n= → ranked product ids."""
+    if (refused := _require_method(request, "GET")) is not None:
+        return refused
+    runtime = _runtime.get()
+    shop = request.args.get("shop")
+    if not shop:
+        raise InvalidParameter("shop", "shop is required, e.g. shop=example.myshopify.com")
+    result = recommend_for_customer(
+        runtime.store, runtime.models, shop.lower(), parse_customer_id(request.args.get("customer_id")),
+        parse_count(request.args.get("n")), runtime.settings.history_limit,
+    )
+    cache = "private, no-store" if result.strategy == "personalized" else "public, max-age=60"
+    return _json({
+        "recommendations": [{"product_id": r.product_id, "score": round(r.score, 6)} for r in result.recommendations],
+        "strategy": result.strategy,
+        "model_version": result.model_version,
+    }, headers={"Cache-Control": cache})
+
+
+@functions_framework.http
+@_json_errors
+def train(request: flask.Request) -> flask.Response:
+    """POST [?shop=] with `Authorization: Bearer $TRAIN_TOKEN`: train and publish each shop's model."""
+    if (refused := _require_method(request, "POST")) is not None:
+        return refused
+    runtime = _runtime.get()
+    token = runtime.settings.train_token
+    supplied = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    if token is None:
+        return _json({"error": "training_disabled", "message": "set TRAIN_TOKEN to enable training over HTTP"}, 403)
+    if not hmac.compare_digest(supplied.encode(), token.reveal().encode()):
+        return _json({"error": "unauthorized", "message": "Authorization: Bearer <TRAIN_TOKEN> required"}, 401)
+    from recommender.training import train_shops  # training imports scipy/implicit: never on the serving path
+
+    shop = request.args.get("shop")
+    reports = train_shops(runtime.store, runtime.model_store, runtime.settings.training, [shop.lower()] if shop else None)
+    return _json(reports)
+
+
+@functions_framework.http
+def healthz(request: flask.Request) -> flask.Response:
+    return _json({"status": "ok"})
+
+
+ROUTES = {"/webhooks": webhook, "/recommend": recommend, "/train": train, "/healthz": healthz}
+
+
+@functions_framework.http
+def app(request: flask.Request) -> flask.Response:
+    """All entry points behind one function, routed by path (local use, single-function deploys)."""
+    handler = ROUTES.get(request.path.rstrip("/") or "/")
+    if handler is None:
+        return _json({"error": "not_found", "message": f"no route {request.path}; try {', '.join(ROUTES)}"}, 404)
+    return handler(request)

@@ -1,0 +1,56 @@
+"""Command line: `python -m recommender {import,train}`.
+
+    python -m recommender import history.csv --shop example.myshopify.com
+    python -m recommender train [--shop example.myshopify.com]
+
+Reads the same environment variables as the functions (EVENT_STORE_URL, MODEL_STORE_URL, ALS_*).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from recommender.errors import RecommenderError
+from recommender.model_store import check_shop_domain
+from recommender.runtime import Runtime
+from recommender.settings import Settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m recommender")
+    commands = parser.add_subparsers(dest="command", required=True)
+    importer = commands.add_parser("import", help="load historical interactions from a CSV file")
+    importer.add_argument("file")
+    importer.add_argument("--shop", required=True, help="shop domain, e.g. example.myshopify.com")
+    trainer = commands.add_parser("train", help="train and publish a model per shop")
+    trainer.add_argument("--shop", help="only this shop (default: every shop with events)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    try:
+        runtime = Runtime.from_settings(Settings.from_mapping(os.environ))
+        if args.command == "import":
+            from recommender.history_import import import_history
+
+            read, stored = import_history(runtime.store, args.file, check_shop_domain(args.shop))
+            print(json.dumps({"rows": read, "stored": stored, "duplicates": read - stored}))
+        else:
+            from recommender.training import train_shops
+
+            shops = [check_shop_domain(args.shop)] if args.shop else None
+            report = train_shops(runtime.store, runtime.model_store, runtime.settings.training, shops)
+            print(json.dumps(report, indent=2))
+            if not report["trained"]:
+                return 1
+    except (RecommenderError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

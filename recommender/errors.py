@@ -1,0 +1,37 @@
+"""One root exception for the package, with narrow subclasses.
+
+`main.py` maps each class to an HTTP status in one place; nothing below the
+HTTP layer knows about status codes.
+"""
+
+
+class RecommenderError(Exception):
+    """Root of every error this package raises on purpose."""
+
+
+class ConfigError(RecommenderError):
+    """A setting is missing or invalid; the message names the variable."""
+
+
+class InvalidParameter(RecommenderError):
+    """A caller-supplied value is invalid; `parameter` names it."""
+
+    def __init__(self, parameter: str, message: str):
+        super().__init__(message)
+        self.parameter = parameter
+
+
+class InvalidEvent(RecommenderError):
+    """An event or catalog record cannot be stored as given."""
+
+
+class ModelNotReady(RecommenderError):
+    """No trained model has been published for the shop yet."""
+
+
+class ArtifactError(RecommenderError):
+    """A model artifact is corrupt, truncated or of an unknown format."""
+
+
+class StoreError(RecommenderError):
+    """The event store failed in a way the caller cannot fix (retry later)."""

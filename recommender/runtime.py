@@ -1,0 +1,47 @@
+"""The composition root: settings, event store, model store and loaded models of one instance.
+
+Built on first use, never at import, so importing `main` reads no environment
+and opens nothing; tests build one from a dict.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Mapping
+
+from recommender.model_store import ModelStore, open_model_store
+from recommender.serving import ModelHolder
+from recommender.settings import Settings
+from recommender.store import EventStore, open_event_store
+
+
+@dataclass(frozen=True)
+class Runtime:
+    settings: Settings
+    store: EventStore
+    model_store: ModelStore
+    models: ModelHolder
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "Runtime":
+        model_store = open_model_store(settings.model_store_url)
+        return cls(settings, open_event_store(settings.event_store_url), model_store, ModelHolder(model_store))
+
+
+class LazyRuntime:
+    """Builds the Runtime from `env` the first time it is asked for, once per instance."""
+
+    def __init__(self, env: Mapping[str, str]):
+        self._env = env
+        self._runtime: Runtime | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> Runtime:
+        runtime = self._runtime
+        if runtime is None:
+            with self._lock:
+                if self._runtime is None:
+                    self._runtime = Runtime.from_settings(Settings.from_mapping(self._env))
+                runtime = self._runtime
+        return runtime

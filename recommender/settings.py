@@ -1,0 +1,133 @@
+"""Settings: read from a mapping once, cast and validated, frozen.
+
+Tests pass a dict; entry points pass `os.environ`. Every error names the
+variable so a misconfigured deployment says what to fix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, TypeVar
+
+from recommender.errors import ConfigError
+from recommender.events import EventKind
+
+T = TypeVar("T")
+
+DEFAULT_EVENT_STORE_URL = "sqlite:///./data/events.sqlite3"
+DEFAULT_MODEL_STORE_URL = "file://./data/models"
+DEFAULT_EVENT_WEIGHTS = {EventKind.VIEW: 1.0, EventKind.ADD_TO_CART: 4.0, EventKind.PURCHASE: 10.0}
+
+
+class Secret:
+    """A string that never prints itself (repr, str and f-strings show stars)."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str):
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Hyperparameters of the ALS model and of the interaction matrix."""
+
+    factors: int = 64  # latent dimensions: more fits finer taste, costs memory and latency linearly
+    regularization: float = 0.05  # L2 on factors: higher generalises better on sparse shops
+    alpha: float = 2.0  # confidence = 1 + alpha * weight: how much an event outweighs "no event"
+    iterations: int = 15  # ALS sweeps; quality plateaus around 10-20
+    seed: int = 42  # fixed so a retrain on the same events gives the same model
+    event_weights: Mapping[EventKind, float] = field(default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS))
+
+
+@dataclass(frozen=True)
+class Settings:
+    shopify_api_secret: Secret | None
+    event_store_url: str = DEFAULT_EVENT_STORE_URL
+    model_store_url: str = DEFAULT_MODEL_STORE_URL
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    history_limit: int = 200  # latest events of a shopper used for fold-in at request time
+    train_token: Secret | None = None  # bearer token the HTTP train entry point requires
+
+    @classmethod
+    def from_mapping(cls, env: Mapping[str, str]) -> "Settings":
+        secret = env.get("SHOPIFY_API_SECRET") or None
+        train_token = env.get("TRAIN_TOKEN") or None
+        training = TrainingConfig(
+            factors=_read(env, "ALS_FACTORS", int, 64, lambda v: 1 <= v <= 1024, "an integer from 1 to 1024"),
+            regularization=_read(env, "ALS_REGULARIZATION", float, 0.05, lambda v: v >= 0, "a number >= 0"),
+            alpha=_read(env, "ALS_ALPHA", float, 2.0, lambda v: v > 0, "a number > 0"),
+            iterations=_read(env, "ALS_ITERATIONS", int, 15, lambda v: 1 <= v <= 500, "an integer from 1 to 500"),
+            seed=_read(env, "TRAIN_SEED", int, 42, lambda v: v >= 0, "an integer >= 0"),
+            event_weights=parse_event_weights(env.get("EVENT_WEIGHTS")),
+        )
+        return cls(
+            shopify_api_secret=Secret(secret) if secret else None,
+            event_store_url=_url(env, "EVENT_STORE_URL", DEFAULT_EVENT_STORE_URL, ("sqlite:///",)),
+            model_store_url=_url(env, "MODEL_STORE_URL", DEFAULT_MODEL_STORE_URL, ("file://",)),
+            training=training,
+            history_limit=_read(env, "HISTORY_LIMIT", int, 200, lambda v: 1 <= v <= 10_000, "an integer from 1 to 10000"),
+            train_token=Secret(train_token) if train_token else None,
+        )
+
+    def require_secret(self) -> Secret:
+        if self.shopify_api_secret is None:
+            raise ConfigError("SHOPIFY_API_SECRET is not set: webhooks cannot be verified without the app's client secret")
+        return self.shopify_api_secret
+
+
+def parse_event_weights(text: str | None) -> dict[EventKind, float]:
+    """Parse 'view=1,add_to_cart=4,purchase=10'; kinds left out keep their default."""
+    weights = dict(DEFAULT_EVENT_WEIGHTS)
+    if not text:
+        return weights
+    for part in text.split(","):
+        name, sep, value = part.partition("=")
+        name = name.strip()
+        try:
+            kind = EventKind(name)
+            weight = float(value) if sep else float("nan")
+        except ValueError:
+            raise ConfigError(
+                f"EVENT_WEIGHTS must look like 'view=1,add_to_cart=4,purchase=10' "
+                f"(kinds: {', '.join(k.value for k in EventKind)}), got {text!r}"
+            ) from None
+        if not weight >= 0:
+            raise ConfigError(f"EVENT_WEIGHTS: the weight of {name!r} must be a number >= 0, got {value!r}")
+        weights[kind] = weight
+    return weights
+
+
+def _read(env: Mapping[str, str], name: str, cast: Callable[[str], T], default: T,
+          valid: Callable[[T], bool], expected: str) -> T:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = cast(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be {expected}, got {raw!r}") from None
+    if not valid(value):
+        raise ConfigError(f"{name} must be {expected}, got {raw!r}")
+    return value
+
+
+def _url(env: Mapping[str, str], name: str, default: str, schemes: tuple[str, ...]) -> str:
+    value = env.get(name) or default
+    if not value.startswith(schemes):
+        raise ConfigError(f"{name} must start with one of {', '.join(schemes)}; got {value!r}")
+    return value

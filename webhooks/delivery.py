@@ -1,0 +1,85 @@
+"""One webhook delivery, from raw request to stored changes and a response.
+
+Order matters: required headers, then the HMAC over the raw bytes, then JSON,
+then the topic's translator, then one store transaction. Nothing is parsed
+before it is verified, and nothing is acknowledged before it is stored.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from recommender.errors import InvalidEvent, InvalidParameter
+from recommender.events import Delivery
+from recommender.model_store import check_shop_domain
+from recommender.store import EventStore
+from webhooks import MalformedPayload
+from webhooks.topics import TRANSLATORS, TopicContext
+from webhooks.verification import verify_webhook_hmac
+
+log = logging.getLogger(__name__)
+
+# One place maps each outcome to its status (Shopify's own validator does the same).
+STATUS = {
+    "stored": 200, "duplicate": 200, "ignored": 200,
+    "missing_headers": 400, "malformed_json": 400, "malformed_payload": 400, "invalid_shop": 400,
+    "missing_hmac": 401, "invalid_hmac": 401,
+}
+
+
+@dataclass(frozen=True)
+class WebhookOutcome:
+    result: str
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def status(self) -> int:
+        return STATUS[self.result]
+
+    def body(self) -> dict[str, Any]:
+        key = "status" if self.status < 400 else "error"
+        return {key: self.result, **self.detail}
+
+
+def _headers(headers: Mapping[str, str]) -> dict[str, str]:
+    return {key.lower(): value for key, value in headers.items()}
+
+
+def handle_webhook(headers: Mapping[str, str], raw_body: bytes, secret: str, store: EventStore) -> WebhookOutcome:
+    verification = verify_webhook_hmac(headers, raw_body, secret)
+    if not verification.valid:
+        return WebhookOutcome(verification.reason or "invalid_hmac")
+    h = _headers(headers)
+    missing = [name for name in ("x-shopify-topic", "x-shopify-shop-domain", "x-shopify-webhook-id") if not h.get(name)]
+    if missing:
+        return WebhookOutcome("missing_headers", {"missing": missing})
+    topic, shop, webhook_id = h["x-shopify-topic"], h["x-shopify-shop-domain"].lower(), h["x-shopify-webhook-id"]
+    try:
+        check_shop_domain(shop)
+    except InvalidParameter as exc:
+        return WebhookOutcome("invalid_shop", {"message": str(exc)})
+    try:
+        payload = json.loads(raw_body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return WebhookOutcome("malformed_json", {"message": f"body is not JSON: {exc}"})
+    translate = TRANSLATORS.get(topic)
+    if translate is None:
+        log.info("ignored webhook topic %s from %s (delivery %s)", topic, shop, webhook_id)
+        return WebhookOutcome("ignored", {"topic": topic})
+    if not isinstance(payload, dict):
+        return WebhookOutcome("malformed_payload", {"message": "body must be a JSON object"})
+    try:
+        changes = translate(TopicContext(shop, topic, webhook_id), payload)
+    except (MalformedPayload, InvalidEvent) as exc:
+        return WebhookOutcome("malformed_payload", {"topic": topic, "message": str(exc)})
+    delivery = Delivery(shop=shop, webhook_id=webhook_id, topic=topic, event_id=h.get("x-shopify-event-id"))
+    stored = store.apply(delivery, changes)  # StoreError propagates: a 5xx makes Shopify retry
+    if stored is None:
+        return WebhookOutcome("duplicate", {"topic": topic})
+    return WebhookOutcome("stored", {
+        "topic": topic, "events": stored,
+        "products": len(changes.upsert_products) + len(changes.delete_product_ids),
+    })

@@ -1,0 +1,195 @@
+"""Topic payloads → `ChangeSet`s of events and catalog rows.
+
+Each translator takes the shop, the parsed body and the delivery id, and returns
+what to store; it raises MalformedPayload when the body lacks what its topic
+promises. Ids are kept as decimal strings: never through float.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Callable
+
+from recommender.errors import InvalidEvent
+from recommender.events import (
+    CatalogProduct, CatalogVariant, ChangeSet, Event, EventKind, parse_timestamp,
+)
+from webhooks import MalformedPayload
+
+
+@dataclass(frozen=True)
+class TopicContext:
+    shop: str
+    topic: str
+    delivery_id: str
+
+
+Translator = Callable[[TopicContext, dict], ChangeSet]
+
+
+def shopify_id(value: Any, field: str, required: bool = True) -> str | None:
+    """An id as a decimal string: ints, digit strings and GraphQL gids are accepted; floats never."""
+    if value is None or value == "":
+        if required:
+            raise MalformedPayload(f"{field} is missing")
+        return None
+    if isinstance(value, bool):
+        raise MalformedPayload(f"{field} must be an id, got {value!r}")
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        tail = value.rsplit("/", 1)[-1] if value.startswith("gid://") else value
+        if tail.isdigit():
+            return tail
+    raise MalformedPayload(f"{field} must be an integer id, got {value!r}")
+
+
+def _token(value: Any, field: str) -> str:
+    if isinstance(value, (str, int)) and not isinstance(value, bool) and str(value):
+        return str(value)
+    raise MalformedPayload(f"{field} is missing or not a string")
+
+
+def _list(payload: dict, field: str) -> list:
+    value = payload.get(field)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise MalformedPayload(f"{field} must be a list")
+    return value
+
+
+def _money(value: Any) -> float | None:
+    if value is None or value == "":
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise MalformedPayload(f"price must be a decimal string, got {value!r}") from None
+
+
+def _quantity(value: Any, field: str) -> int:
+    if value is None:
+        return 1
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise MalformedPayload(f"{field} must be a positive integer, got {value!r}")
+    return value
+
+
+def _timestamp(payload: dict, *fields: str) -> datetime:
+    for field in fields:
+        if payload.get(field):
+            try:
+                return parse_timestamp(payload[field], field)
+            except InvalidEvent as exc:
+                raise MalformedPayload(str(exc)) from None
+    raise MalformedPayload(f"{' or '.join(fields)} is missing")
+
+
+def order_created(ctx: TopicContext, order: dict) -> ChangeSet:
+    """A purchase per line item that names a product; custom lines (no product_id) are skipped."""
+    order_id = shopify_id(order.get("id"), "id")
+    customer = order.get("customer") or {}
+    if not isinstance(customer, dict):
+        raise MalformedPayload("customer must be an object")
+    customer_id = shopify_id(customer.get("id"), "customer.id", required=False)
+    # A guest order still teaches "bought together": key it by its cart, else by the order itself.
+    anonymous_id = None if customer_id else str(order.get("cart_token") or f"order-{order_id}")
+    occurred_at = _timestamp(order, "created_at", "processed_at")
+    events = []
+    for position, line in enumerate(_list(order, "line_items")):
+        if not isinstance(line, dict):
+            raise MalformedPayload(f"line_items[{position}] must be an object")
+        product_id = shopify_id(line.get("product_id"), f"line_items[{position}].product_id", required=False)
+        if product_id is None:
+            continue
+        line_id = shopify_id(line.get("id"), f"line_items[{position}].id", required=False) or str(position)
+        events.append(Event(
+            kind=EventKind.PURCHASE, shop=ctx.shop, product_id=product_id, occurred_at=occurred_at,
+            customer_id=customer_id, anonymous_id=anonymous_id,
+            variant_id=shopify_id(line.get("variant_id"), f"line_items[{position}].variant_id", required=False),
+            quantity=_quantity(line.get("quantity"), f"line_items[{position}].quantity"),
+            price=_money(line.get("price")), order_id=order_id, source_topic=ctx.topic,
+            delivery_id=ctx.delivery_id, dedupe_key=f"order:{order_id}:line:{line_id}",
+        ))
+    return ChangeSet(events=tuple(events))
+
+
+def cart_updated(ctx: TopicContext, cart: dict) -> ChangeSet:
+    """An add_to_cart per product in the cart, keyed by the cart token; a product counts once per cart."""
+    token = _token(cart.get("token") or cart.get("id"), "token")
+    occurred_at = _timestamp(cart, "updated_at", "created_at")
+    events = []
+    for position, line in enumerate(_list(cart, "line_items")):
+        if not isinstance(line, dict):
+            raise MalformedPayload(f"line_items[{position}] must be an object")
+        product_id = shopify_id(line.get("product_id"), f"line_items[{position}].product_id", required=False)
+        if product_id is None:
+            continue
+        events.append(Event(
+            kind=EventKind.ADD_TO_CART, shop=ctx.shop, product_id=product_id, occurred_at=occurred_at,
+            anonymous_id=token,
+            variant_id=shopify_id(line.get("variant_id"), f"line_items[{position}].variant_id", required=False),
+            quantity=_quantity(line.get("quantity"), f"line_items[{position}].quantity"),
+            price=_money(line.get("price")), source_topic=ctx.topic, delivery_id=ctx.delivery_id,
+            dedupe_key=f"cart:{token}:product:{product_id}",
+        ))
+    return ChangeSet(events=tuple(events))
+
+
+def _variant(raw: Any, position: int) -> CatalogVariant:
+    if not isinstance(raw, dict):
+        raise MalformedPayload(f"variants[{position}] must be an object")
+    quantity = raw.get("inventory_quantity")
+    if quantity is not None and (isinstance(quantity, bool) or not isinstance(quantity, int)):
+        raise MalformedPayload(f"variants[{position}].inventory_quantity must be an integer")
+    # Newer API versions drop `inventory_management`; a reported quantity then means tracked.
+    tracked = raw["inventory_management"] is not None if "inventory_management" in raw else quantity is not None
+    return CatalogVariant(
+        variant_id=shopify_id(raw.get("id"), f"variants[{position}].id"),
+        inventory_item_id=shopify_id(raw.get("inventory_item_id"), f"variants[{position}].inventory_item_id",
+                                     required=False),
+        inventory_quantity=quantity,
+        tracked=tracked,
+        continue_selling=raw.get("inventory_policy") == "continue",
+    )
+
+
+def product_upserted(ctx: TopicContext, product: dict) -> ChangeSet:
+    product_id = shopify_id(product.get("id"), "id")
+    variants = tuple(_variant(v, i) for i, v in enumerate(_list(product, "variants")))
+    prices = [p for p in (_money(v.get("price")) for v in _list(product, "variants")) if p is not None]
+    image = product.get("image") if isinstance(product.get("image"), dict) else None
+    images = [i for i in _list(product, "images") if isinstance(i, dict)]
+    image_url = (image or (images[0] if images else {})).get("src")
+    published_at = product.get("published_at")
+    row = CatalogProduct(
+        shop=ctx.shop,
+        product_id=product_id,
+        title=str(product.get("title") or ""),
+        handle=str(product.get("handle") or ""),
+        status=str(product.get("status") or "active"),
+        published_at=_timestamp(product, "published_at") if published_at else None,
+        price=min(prices) if prices else None,
+        image_url=image_url,
+        product_type=str(product.get("product_type") or ""),
+        vendor=str(product.get("vendor") or ""),
+        updated_at=_timestamp(product, "updated_at") if product.get("updated_at") else None,
+        variants=variants,
+    )
+    return ChangeSet(upsert_products=(row,))
+
+
+def product_deleted(ctx: TopicContext, product: dict) -> ChangeSet:
+    return ChangeSet(delete_product_ids=(shopify_id(product.get("id"), "id"),))
+
+
+TRANSLATORS: dict[str, Translator] = {
+    "orders/create": order_created,
+    "carts/create": cart_updated,
+    "carts/update": cart_updated,
+    "products/create": product_upserted,
+    "products/update": product_upserted,
+    "products/delete": product_deleted,
+}
