@@ -81,14 +81,14 @@ def fit_item_factors(user_items: sp.csr_matrix, config: TrainingConfig) -> np.nd
     """Fit ALS on the confidence matrix and return float32 item factors [n_items, factors]."""
     from implicit.cpu.als import AlternatingLeastSquares
 
-    model = AlternatingLeastSquares(
-        factors=config.factors,
-        regularization=config.regularization,
-        alpha=1.0,  # confidence is built explicitly above
-        iterations=config.iterations,
-        random_state=config.seed,
-    )
     with threadpool_limits(limits=1, user_api="blas"):  # implicit parallelises itself; BLAS threads fight it
+        model = AlternatingLeastSquares(
+            factors=config.factors,
+            regularization=config.regularization,
+            alpha=1.0,  # confidence is built explicitly above
+            iterations=config.iterations,
+            random_state=config.seed,
+        )
         model.fit(confidence_matrix(user_items, config.alpha), show_progress=False)
     return np.asarray(model.item_factors, dtype=np.float32)
 

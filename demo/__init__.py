@@ -1,0 +1,1 @@
+"""A deterministic demo store that drives the product through its real entry points."""

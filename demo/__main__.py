@@ -1,0 +1,155 @@
+"""Run the whole product locally on the embedded defaults.
+
+    python -m demo [--port 8080] [--customers 400] [--no-serve]
+
+1. starts functions-framework (`--target app`) on 127.0.0.1 as a real process;
+2. imports the demo store's browsing history with `python -m recommender import`;
+3. replays the store's signed webhooks (products, carts, orders) through POST /webhooks;
+4. trains and publishes a model through POST /train;
+5. prints curl commands, runs them, and keeps serving until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import requests
+
+from demo.store import DemoConfig, DemoStore, generate_demo_store
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def start_server(env: dict[str, str], port: int) -> subprocess.Popen:
+    """functions-framework as a user runs it; waits until /healthz answers."""
+    command = [sys.executable, "-m", "functions_framework", "--target", "app", "--source", str(ROOT / "main.py"),
+               "--host", "127.0.0.1", "--port", str(port)]
+    server = subprocess.Popen(command, cwd=ROOT, env=env)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise SystemExit(f"functions-framework exited with code {server.returncode}")
+        try:
+            if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).ok:
+                return server
+        except requests.ConnectionError:
+            time.sleep(0.2)
+    server.terminate()
+    raise SystemExit("functions-framework did not answer /healthz within 60 s")
+
+
+def import_history(store: DemoStore, env: dict[str, str], data_dir: Path) -> None:
+    path = data_dir / "demo-history.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["customer_id", "product_id", "kind", "occurred_at", "quantity"])
+        writer.writeheader()
+        writer.writerows(store.history_rows)
+    subprocess.run([sys.executable, "-m", "recommender", "import", str(path), "--shop", store.config.shop],
+                   cwd=ROOT, env=env, check=True)
+
+
+def replay_webhooks(store: DemoStore, base: str, secret: str) -> dict[str, int]:
+    """POST every signed webhook; catalog first, then the rest in time order, four at a time."""
+    deliveries = store.signed_requests(secret)
+    catalog = [d for d in deliveries if d.topic.startswith("products/")]
+    rest = [d for d in deliveries if not d.topic.startswith("products/")]
+    counts: dict[str, int] = {}
+    session = requests.Session()
+
+    def post(delivery) -> str:
+        response = session.post(f"{base}/webhooks", data=delivery.body, headers=delivery.headers, timeout=30)
+        if response.status_code != 200:
+            raise SystemExit(f"webhook {delivery.topic} answered {response.status_code}: {response.text}")
+        return response.json()["status"]
+
+    started = time.monotonic()
+    for batch in (catalog, rest):
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            for status in pool.map(post, batch):
+                counts[status] = counts.get(status, 0) + 1
+    print(f"  {len(deliveries)} webhooks in {time.monotonic() - started:.1f} s: {counts}")
+    return counts
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m demo", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--customers", type=int, default=DemoConfig.customers)
+    parser.add_argument("--no-serve", action="store_true", help="exit after printing the example calls")
+    args = parser.parse_args(argv)
+    if not _port_is_free(args.port):
+        print(f"error: port {args.port} on 127.0.0.1 is taken; pick another with --port", file=sys.stderr)
+        return 2
+
+    env = dict(os.environ)
+    env.setdefault("SHOPIFY_API_SECRET", "demo-" + secrets.token_hex(16))
+    env.setdefault("TRAIN_TOKEN", "demo-" + secrets.token_hex(16))
+    env.setdefault("EVENT_STORE_URL", "sqlite:///./data/events.sqlite3")
+    env.setdefault("MODEL_STORE_URL", "file://./data/models")
+    env["PYTHONPATH"] = str(ROOT)
+    store = generate_demo_store(DemoConfig(customers=args.customers))
+    base = f"http://127.0.0.1:{args.port}"
+
+    print(f"Demo store {store.config.shop}: {len(store.products)} products, {len(store.customers)} customers")
+    print(f"Event store {env['EVENT_STORE_URL']}, model store {env['MODEL_STORE_URL']}")
+    server = start_server(env, args.port)
+    try:
+        print(f"1/3 importing {len(store.history_rows)} historical views")
+        import_history(store, env, ROOT / "data")
+        print("2/3 replaying signed webhooks through POST /webhooks")
+        replay_webhooks(store, base, env["SHOPIFY_API_SECRET"])
+        print("3/3 training through POST /train")
+        trained = requests.post(f"{base}/train", headers={"Authorization": f"Bearer {env['TRAIN_TOKEN']}"}, timeout=600)
+        trained.raise_for_status()
+        print("  " + json.dumps(trained.json()["trained"]))
+
+        buyers = [c for c in store.customers if len(c.favourites) == 1][:2]
+        calls = [(f"customer {c.customer_id}, who shops {c.favourites[0]}",
+                  f"{base}/recommend?shop={store.config.shop}&customer_id={c.customer_id}&n=5") for c in buyers]
+        calls.append(("a customer the store has never seen",
+                      f"{base}/recommend?shop={store.config.shop}&customer_id=1&n=5"))
+        titles = {p.product_id: f"{p.title} ({p.category})" for p in store.products}
+        print("\nTry these:")
+        for label, url in calls:
+            body = requests.get(url, timeout=10).json()
+            print(f"\n# {label}\ncurl '{url}'")
+            print(f"  → strategy {body['strategy']}, model {body['model_version']}:")
+            for item in body["recommendations"]:
+                print(f"    {item['product_id']}  {titles.get(item['product_id'], '?')}  score {item['score']:.3f}")
+        if args.no_serve:
+            return 0
+        print(f"\nServing on {base} (/recommend, /webhooks, /train, /healthz). Ctrl-C stops.")
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        server.wait()
+        return server.returncode or 0
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if server.poll() is None:
+            server.terminate()
+            server.wait(timeout=10)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
