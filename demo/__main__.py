@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -58,15 +59,16 @@ def start_server(env: dict[str, str], port: int) -> subprocess.Popen:
     raise SystemExit("functions-framework did not answer /healthz within 60 s")
 
 
-def import_history(store: DemoStore, env: dict[str, str], data_dir: Path) -> None:
-    path = data_dir / "demo-history.csv"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["customer_id", "product_id", "kind", "occurred_at", "quantity"])
-        writer.writeheader()
-        writer.writerows(store.history_rows)
-    subprocess.run([sys.executable, "-m", "recommender", "import", str(path), "--shop", store.config.shop],
-                   cwd=ROOT, env=env, check=True)
+def import_history(store: DemoStore, env: dict[str, str]) -> None:
+    """Write the views as a history CSV and load it the way a merchant would."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "demo-history.csv"
+        with open(path, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=["customer_id", "product_id", "kind", "occurred_at", "quantity"])
+            writer.writeheader()
+            writer.writerows(store.history_rows)
+        subprocess.run([sys.executable, "-m", "recommender", "import", str(path), "--shop", store.config.shop],
+                       cwd=ROOT, env=env, check=True)
 
 
 def replay_webhooks(store: DemoStore, base: str, secret: str) -> dict[str, int]:
@@ -116,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     server = start_server(env, args.port)
     try:
         print(f"1/3 importing {len(store.history_rows)} historical views")
-        import_history(store, env, ROOT / "data")
+        import_history(store, env)
         print("2/3 replaying signed webhooks through POST /webhooks")
         replay_webhooks(store, base, env["SHOPIFY_API_SECRET"])
         print("3/3 training through POST /train")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import uuid
 from pathlib import Path
 
@@ -90,3 +91,43 @@ def app_client(env):
 
     os.environ.update(env)
     return create_app(target="app", source=str(ROOT / "main.py")).test_client()
+
+
+def order_payload(order_id: int, customer_id: int | None, product_ids: list[int],
+                  created_at: str = "2026-11-01T10:00:00Z", cart_token: str | None = None) -> dict:
+    """An orders/create body in Shopify's shape, with one line per product."""
+    return {
+        "id": order_id,
+        "created_at": created_at,
+        "cart_token": cart_token,
+        "customer": {"id": customer_id} if customer_id is not None else None,
+        "line_items": [
+            {"id": order_id * 100 + i, "product_id": pid, "variant_id": pid * 10, "quantity": 1, "price": "10.00",
+             "title": f"Product {pid}"}
+            for i, pid in enumerate(product_ids)
+        ],
+    }
+
+
+# Planted structure: two categories no customer crosses. Category A is products 101-110, B is 201-210.
+CATEGORY_A = list(range(101, 111))
+CATEGORY_B = list(range(201, 211))
+
+
+def planted_orders() -> list[dict]:
+    """40 customers; even ones buy only in A, odd ones only in B: three orders of two random products each."""
+    rng = random.Random(11)
+    orders, order_id = [], 9000
+    for c in range(40):
+        items = CATEGORY_A if c % 2 == 0 else CATEGORY_B
+        picks = rng.sample(items, 6)
+        for k in range(3):
+            order_id += 1
+            orders.append(order_payload(order_id, 1000 + c, picks[2 * k: 2 * k + 2],
+                                        created_at=f"2026-10-{k + 1:02d}T12:00:00Z"))
+    return orders
+
+
+def post_webhook(client, topic: str, payload: dict, shop: str = SHOP, webhook_id: str | None = None):
+    body = as_body(payload)
+    return client.post("/webhooks", data=body, headers=signed_headers(body, topic, shop=shop, webhook_id=webhook_id))

@@ -1,0 +1,45 @@
+"""Cold start is the product: the serving path must not import scipy or implicit."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.conftest import ROOT
+
+HEAVY = ("scipy", "implicit")
+
+
+def test_importing_main_does_not_import_training_libraries():
+    result = subprocess.run([sys.executable, "-X", "importtime", "-c", "import main"], cwd=ROOT,
+                            capture_output=True, text=True, check=True)
+    imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if "|" in line}
+    assert "numpy" in imported and "recommender.serving" in imported
+    assert not {name for name in imported if name.split(".")[0] in HEAVY}
+
+
+SERVE_ONE_REQUEST = """
+import os, sys, json
+from recommender.artifact import ModelArtifact
+from recommender.model_store import LocalModelStore
+import numpy as np
+root = sys.argv[1]
+LocalModelStore(root + "/models").publish("s.myshopify.com", ModelArtifact.build(
+    ["1", "2", "3"], np.eye(3, 2, dtype=np.float32), np.array([3.0, 2.0, 1.0]), 0.1, 2.0, {"version": "v1"}))
+os.environ.update({"EVENT_STORE_URL": f"sqlite:///{root}/e.db", "MODEL_STORE_URL": f"file://{root}/models"})
+from functions_framework import create_app
+client = create_app(target="recommend", source="main.py").test_client()
+body = client.get("/?shop=s.myshopify.com&n=2").json
+print(json.dumps({"body": body, "heavy": sorted(m for m in sys.modules if m.split(".")[0] in ("scipy", "implicit"))}))
+"""
+
+
+def test_serving_a_request_loads_no_training_library(tmp_path):
+    result = subprocess.run([sys.executable, "-c", SERVE_ONE_REQUEST, str(tmp_path)], cwd=ROOT,
+                            capture_output=True, text=True, check=True)
+    import json
+
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["body"]["strategy"] == "popular"
+    assert [r["product_id"] for r in report["body"]["recommendations"]] == ["1", "2"]
+    assert report["heavy"] == []

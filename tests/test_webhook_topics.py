@@ -1,0 +1,453 @@
+"""Webhook topics end to end: signed raw bytes → handle_webhook → a real SQLite store.
+
+Shopify's samples are read in place (they skip when ../shared is absent); their big ids were
+rounded by a JavaScript collector, so the expected ids below are the rounded ones, and each is
+also checked against the payload itself.
+"""
+
+import json
+import logging
+import sqlite3
+from datetime import datetime, timezone
+
+import pytest
+
+from recommender.events import CatalogVariant, EventKind
+from recommender.store import Interaction
+from tests.conftest import SHOP, TEST_SECRET, as_body, signed_headers
+from webhooks.delivery import handle_webhook
+
+SAMPLE_PRODUCT_ID = "788032119674292900"
+SAMPLE_CUSTOMER_ID = "115310627314723950"
+SAMPLE_ORDER_ID = "820982911946154500"
+SAMPLE_MIDNIGHT_UTC = datetime(2022, 1, 1, tzinfo=timezone.utc)  # "2021-12-31T19:00:00-05:00"
+
+
+def deliver(store, body: bytes, topic: str, webhook_id: str | None = None, shop: str = SHOP):
+    return handle_webhook(signed_headers(body, topic, shop=shop, webhook_id=webhook_id), body, TEST_SECRET, store)
+
+
+def event_rows(store, shop: str = SHOP) -> list[dict]:
+    """Every stored event of the shop as a dict, read straight from the SQLite file."""
+    conn = sqlite3.connect(store.path)
+    conn.row_factory = sqlite3.Row
+    try:
+        rows = conn.execute("SELECT * FROM events WHERE shop = ? ORDER BY id", (shop,)).fetchall()
+        return [dict(r) for r in rows]
+    finally:
+        conn.close()
+
+
+# Project payloads, written in the shape of Shopify's samples.
+
+def guest_order(order_id=5001, cart_token="guest-cart-1"):
+    return {
+        "id": order_id,
+        "created_at": "2024-03-01T12:30:00+01:00",
+        "cart_token": cart_token,
+        "customer": None,
+        "line_items": [
+            {"id": 91, "product_id": 111, "variant_id": 1111, "quantity": 2, "price": "10.00"},
+            {"id": 92, "product_id": 222, "variant_id": None, "quantity": 1, "price": "5.50"},
+            {"id": 93, "product_id": None, "variant_id": None, "quantity": 1, "price": "1.00"},
+        ],
+    }
+
+
+def cart(token="cart-abc", updated_at="2024-03-02T09:00:00Z", product_ids=(111, 222)):
+    return {
+        "id": token,
+        "token": token,
+        "updated_at": updated_at,
+        "created_at": "2024-03-02T08:00:00Z",
+        "line_items": [
+            {"id": 10 + i, "product_id": pid, "variant_id": pid * 10, "quantity": 1, "price": "3.00"}
+            for i, pid in enumerate(product_ids)
+        ],
+    }
+
+
+# --- Shopify's own samples ---------------------------------------------------------------
+
+
+def test_orders_create_sample_stores_one_purchase_per_line_with_a_product(store, shopify_fixture):
+    # Arrange
+    body = shopify_fixture("orders_create")
+    payload = json.loads(body)
+    assert len(payload["line_items"]) == 5
+    assert [line["product_id"] for line in payload["line_items"]].count(None) == 2
+    assert str(payload["customer"]["id"]) == SAMPLE_CUSTOMER_ID
+    assert str(payload["id"]) == SAMPLE_ORDER_ID
+
+    # Act
+    outcome = deliver(store, body, "orders/create")
+
+    # Assert
+    assert (outcome.status, outcome.body()) == (200, {"status": "stored", "topic": "orders/create", "events": 3,
+                                                      "products": 0})
+    rows = event_rows(store)
+    assert len(rows) == 3
+    assert {r["kind"] for r in rows} == {"purchase"}
+    assert {r["product_id"] for r in rows} == {SAMPLE_PRODUCT_ID}
+    assert {r["customer_id"] for r in rows} == {SAMPLE_CUSTOMER_ID}
+    assert {r["user_key"] for r in rows} == {f"c:{SAMPLE_CUSTOMER_ID}"}
+    assert {r["anonymous_id"] for r in rows} == {None}
+    assert {r["order_id"] for r in rows} == {SAMPLE_ORDER_ID}
+    assert sorted(r["price"] for r in rows) == [89.99, 119.99, 159.99]
+    assert [r["quantity"] for r in rows] == [1, 1, 1]
+    assert {r["occurred_at"] for r in rows} == {"2022-01-01T00:00:00.000000+00:00"}
+    assert sorted(r["dedupe_key"] for r in rows) == sorted(
+        f"order:{SAMPLE_ORDER_ID}:line:{line['id']}" for line in payload["line_items"] if line["product_id"]
+    )
+    assert store.history(SHOP, f"c:{SAMPLE_CUSTOMER_ID}", 10) == [
+        Interaction(f"c:{SAMPLE_CUSTOMER_ID}", SAMPLE_PRODUCT_ID, EventKind.PURCHASE, SAMPLE_MIDNIGHT_UTC)
+    ] * 3
+
+
+@pytest.mark.parametrize("topic,name", [("carts/create", "carts_create"), ("carts/update", "carts_update")])
+def test_carts_sample_stores_add_to_cart_keyed_by_cart_token(store, shopify_fixture, topic, name):
+    # Arrange
+    body = shopify_fixture(name)
+    payload = json.loads(body)
+    assert payload["token"] == "exampleCartId"
+    assert str(payload["line_items"][0]["product_id"]) == SAMPLE_PRODUCT_ID
+
+    # Act
+    outcome = deliver(store, body, topic)
+
+    # Assert
+    assert (outcome.status, outcome.result, outcome.detail["events"]) == (200, "stored", 1)
+    [row] = event_rows(store)
+    assert row["kind"] == "add_to_cart"
+    assert row["product_id"] == SAMPLE_PRODUCT_ID
+    assert row["anonymous_id"] == "exampleCartId"
+    assert row["customer_id"] is None
+    assert row["user_key"] == "a:exampleCartId"
+    assert row["variant_id"] == "704912205188288500"
+    assert row["quantity"] == 3
+    assert row["price"] == 19.99
+    assert row["source_topic"] == topic
+    assert row["dedupe_key"] == f"cart:exampleCartId:product:{SAMPLE_PRODUCT_ID}"
+    assert row["occurred_at"] == "2022-01-01T00:00:00.000000+00:00"
+
+
+@pytest.mark.parametrize("topic,name", [("products/create", "products_create"),
+                                        ("products/update", "products_update")])
+def test_products_sample_upserts_the_catalog_row_and_variants(store, shopify_fixture, topic, name):
+    # Arrange
+    body = shopify_fixture(name)
+    payload = json.loads(body)
+    assert str(payload["id"]) == SAMPLE_PRODUCT_ID
+
+    # Act
+    outcome = deliver(store, body, topic)
+
+    # Assert
+    assert outcome.body() == {"status": "stored", "topic": topic, "events": 0, "products": 1}
+    products = store.products(SHOP)
+    assert list(products) == [SAMPLE_PRODUCT_ID]
+    product = products[SAMPLE_PRODUCT_ID]
+    assert product.shop == SHOP
+    assert product.title == "Example T-Shirt"
+    assert product.handle == "example-t-shirt"
+    assert product.status == "active"
+    assert product.price == 19.99
+    assert product.published_at == SAMPLE_MIDNIGHT_UTC
+    assert product.updated_at == SAMPLE_MIDNIGHT_UTC
+    assert product.product_type == "Shirts"
+    assert product.vendor == "Acme"
+    assert product.image_url is None
+    assert product.variants == (
+        CatalogVariant("642667041472714000", None, 75, tracked=True, continue_selling=False),
+        CatalogVariant("757650484644203900", None, 50, tracked=True, continue_selling=False),
+    )
+    assert product.available is True
+    assert store.count_events() == 0
+
+
+def test_products_delete_sample_removes_the_product(store, shopify_fixture):
+    # Arrange
+    deliver(store, shopify_fixture("products_create"), "products/create")
+    assert list(store.products(SHOP)) == [SAMPLE_PRODUCT_ID]
+
+    # Act
+    outcome = deliver(store, shopify_fixture("products_delete"), "products/delete")
+
+    # Assert
+    assert outcome.body() == {"status": "stored", "topic": "products/delete", "events": 0, "products": 1}
+    assert store.products(SHOP) == {}
+    assert store.deleted_product_ids(SHOP) == {SAMPLE_PRODUCT_ID}
+
+
+def test_products_delete_of_an_unknown_product_leaves_a_tombstone(store, shopify_fixture):
+    # Act
+    outcome = deliver(store, shopify_fixture("products_delete"), "products/delete")
+
+    # Assert
+    assert outcome.status == 200
+    assert store.products(SHOP) == {}
+    assert store.deleted_product_ids(SHOP) == {SAMPLE_PRODUCT_ID}
+
+
+# --- The project's own payloads ----------------------------------------------------------
+
+
+def test_guest_order_is_keyed_by_its_cart_token(store):
+    # Act
+    outcome = deliver(store, as_body(guest_order()), "orders/create")
+
+    # Assert
+    assert (outcome.status, outcome.detail["events"]) == (200, 2)
+    rows = event_rows(store)
+    assert [(r["product_id"], r["variant_id"], r["quantity"], r["price"]) for r in rows] == [
+        ("111", "1111", 2, 10.0), ("222", None, 1, 5.5),
+    ]
+    assert {r["user_key"] for r in rows} == {"a:guest-cart-1"}
+    assert {r["anonymous_id"] for r in rows} == {"guest-cart-1"}
+    assert {r["customer_id"] for r in rows} == {None}
+    assert {r["occurred_at"] for r in rows} == {"2024-03-01T11:30:00.000000+00:00"}
+    assert store.history(SHOP, "a:guest-cart-1", 10)[0].kind is EventKind.PURCHASE
+
+
+def test_guest_order_without_cart_token_is_keyed_by_the_order(store):
+    # Act
+    outcome = deliver(store, as_body(guest_order(order_id=777, cart_token=None)), "orders/create")
+
+    # Assert
+    assert outcome.status == 200
+    assert {r["user_key"] for r in event_rows(store)} == {"a:order-777"}
+
+
+def test_carts_update_resending_the_same_lines_stores_each_product_once_per_cart(store):
+    # Arrange
+    deliver(store, as_body(cart(updated_at="2024-03-02T09:00:00Z")), "carts/create")
+
+    # Act
+    second = deliver(store, as_body(cart(updated_at="2024-03-02T09:05:00Z")), "carts/update")
+    third = deliver(store, as_body(cart(updated_at="2024-03-02T09:10:00Z", product_ids=(111, 222, 333))),
+                    "carts/update")
+    other_cart = deliver(store, as_body(cart(token="cart-xyz", product_ids=(111,))), "carts/update")
+
+    # Assert
+    assert (second.result, second.detail["events"]) == ("stored", 0)
+    assert (third.result, third.detail["events"]) == ("stored", 1)
+    assert (other_cart.result, other_cart.detail["events"]) == ("stored", 1)
+    rows = event_rows(store)
+    assert sorted((r["anonymous_id"], r["product_id"]) for r in rows) == [
+        ("cart-abc", "111"), ("cart-abc", "222"), ("cart-abc", "333"), ("cart-xyz", "111"),
+    ]
+    assert store.count_deliveries() == 4
+
+
+def test_cart_with_the_same_product_on_two_lines_stores_it_once(store):
+    # Act
+    outcome = deliver(store, as_body(cart(product_ids=(111, 111))), "carts/update")
+
+    # Assert
+    assert outcome.detail["events"] == 1
+    assert [r["product_id"] for r in event_rows(store)] == ["111"]
+
+
+def test_missing_hmac_is_401_and_stores_nothing(store):
+    # Arrange
+    body = as_body(guest_order())
+    headers = signed_headers(body, "orders/create")
+    del headers["X-Shopify-Hmac-Sha256"]
+
+    # Act
+    outcome = handle_webhook(headers, body, TEST_SECRET, store)
+
+    # Assert
+    assert (outcome.status, outcome.body()) == (401, {"error": "missing_hmac"})
+    assert (store.count_events(), store.count_deliveries()) == (0, 0)
+
+
+def test_invalid_hmac_is_401_and_stores_nothing(store):
+    # Arrange
+    body = as_body(guest_order())
+    headers = signed_headers(body, "orders/create", secret="not-the-app-secret")
+
+    # Act
+    outcome = handle_webhook(headers, body, TEST_SECRET, store)
+
+    # Assert
+    assert (outcome.status, outcome.body()) == (401, {"error": "invalid_hmac"})
+    assert (store.count_events(), store.count_deliveries()) == (0, 0)
+
+
+def test_body_changed_after_signing_is_401_and_stores_nothing(store):
+    # Arrange
+    body = as_body(guest_order())
+    headers = signed_headers(body, "orders/create")
+    tampered = body.replace(b'"quantity": 2', b'"quantity": 9')
+
+    # Act
+    outcome = handle_webhook(headers, tampered, TEST_SECRET, store)
+
+    # Assert
+    assert outcome.status == 401
+    assert (store.count_events(), store.count_deliveries()) == (0, 0)
+
+
+def test_missing_topic_header_is_400(store):
+    # Arrange
+    body = as_body(guest_order())
+    headers = signed_headers(body, "orders/create")
+    del headers["X-Shopify-Topic"]
+
+    # Act
+    outcome = handle_webhook(headers, body, TEST_SECRET, store)
+
+    # Assert
+    assert (outcome.status, outcome.body()) == (400, {"error": "missing_headers", "missing": ["x-shopify-topic"]})
+    assert (store.count_events(), store.count_deliveries()) == (0, 0)
+
+
+def test_invalid_shop_domain_is_400(store):
+    # Act
+    outcome = deliver(store, as_body(guest_order()), "orders/create", shop="../evil")
+
+    # Assert
+    assert (outcome.status, outcome.result) == (400, "invalid_shop")
+    assert (store.count_events(), store.count_deliveries()) == (0, 0)
+
+
+@pytest.mark.parametrize("body", [b'{"id": 1, "line_items": [', b"not json", b"\xff\xfe\x00garbage", b""])
+def test_malformed_json_is_400_and_stores_nothing(store, body):
+    # Act
+    outcome = deliver(store, body, "orders/create")
+
+    # Assert
+    assert (outcome.status, outcome.result) == (400, "malformed_json")
+    assert outcome.body()["message"].startswith("body is not JSON")
+    assert (store.count_events(), store.count_deliveries()) == (0, 0)
+
+
+def test_json_array_body_for_a_handled_topic_is_400(store):
+    # Act
+    outcome = deliver(store, b"[1, 2, 3]", "orders/create")
+
+    # Assert
+    assert outcome.body() == {"error": "malformed_payload", "message": "body must be a JSON object"}
+    assert store.count_deliveries() == 0
+
+
+def test_order_with_a_float_product_id_is_400_naming_the_field(store):
+    # Arrange: a rounded id serialised as a float, the corruption the README warns about
+    order = guest_order()
+    body = as_body(order).replace(b'"product_id": 222', b'"product_id": 2.22e2')
+    assert json.loads(body)["line_items"][1]["product_id"] == 222.0
+
+    # Act
+    outcome = deliver(store, body, "orders/create")
+
+    # Assert
+    assert (outcome.status, outcome.result) == (400, "malformed_payload")
+    assert outcome.detail["message"] == "line_items[1].product_id must be an integer id, got 222.0"
+    assert (store.count_events(), store.count_deliveries()) == (0, 0)
+
+
+def test_order_with_non_list_line_items_is_400_naming_the_field(store):
+    # Arrange
+    order = guest_order()
+    order["line_items"] = {"id": 91, "product_id": 111}
+
+    # Act
+    outcome = deliver(store, as_body(order), "orders/create")
+
+    # Assert
+    assert outcome.status == 400
+    assert outcome.body() == {"error": "malformed_payload", "topic": "orders/create",
+                              "message": "line_items must be a list"}
+    assert (store.count_events(), store.count_deliveries()) == (0, 0)
+
+
+def test_order_with_a_float_order_id_is_400_naming_the_field(store):
+    # Arrange
+    body = as_body(guest_order(order_id=5001)).replace(b'"id": 5001', b'"id": 5001.0')
+
+    # Act
+    outcome = deliver(store, body, "orders/create")
+
+    # Assert
+    assert (outcome.status, outcome.detail["message"]) == (400, "id must be an integer id, got 5001.0")
+    assert store.count_deliveries() == 0
+
+
+def test_unknown_topic_is_ignored_with_one_log_line_and_stores_nothing(store, caplog):
+    # Arrange
+    caplog.set_level(logging.DEBUG, logger="webhooks.delivery")
+    body = as_body({"id": 1, "domain": SHOP})
+
+    # Act
+    outcome = deliver(store, body, "app/uninstalled", webhook_id="wh-unknown-1")
+
+    # Assert
+    assert (outcome.status, outcome.body()) == (200, {"status": "ignored", "topic": "app/uninstalled"})
+    assert (store.count_events(), store.count_deliveries()) == (0, 0)
+    records = [r for r in caplog.records if r.name == "webhooks.delivery"]
+    assert len(records) == 1
+    assert records[0].levelno == logging.INFO
+    assert records[0].getMessage() == f"ignored webhook topic app/uninstalled from {SHOP} (delivery wh-unknown-1)"
+
+
+def test_same_webhook_id_twice_is_200_both_times_and_stored_once(store):
+    # Arrange
+    body = as_body(guest_order())
+
+    # Act
+    first = deliver(store, body, "orders/create", webhook_id="wh-1")
+    second = deliver(store, body, "orders/create", webhook_id="wh-1")
+
+    # Assert
+    assert (first.status, first.result, first.detail["events"]) == (200, "stored", 2)
+    assert (second.status, second.body()) == (200, {"status": "duplicate", "topic": "orders/create"})
+    assert (store.count_events(), store.count_deliveries()) == (2, 1)
+
+
+def test_same_webhook_id_from_two_shops_is_two_deliveries(store):
+    # Act
+    first = deliver(store, as_body(guest_order()), "orders/create", webhook_id="wh-1")
+    second = deliver(store, as_body(guest_order()), "orders/create", webhook_id="wh-1",
+                     shop="other-shop.myshopify.com")
+
+    # Assert
+    assert (first.result, second.result) == ("stored", "stored")
+    assert (store.count_events(SHOP), store.count_events("other-shop.myshopify.com")) == (2, 2)
+
+
+def test_same_order_under_two_webhook_ids_stores_its_lines_once(store):
+    # Arrange: Shopify retried orders/create as a new delivery with a new X-Shopify-Webhook-Id
+    body = as_body(guest_order())
+
+    # Act
+    first = deliver(store, body, "orders/create", webhook_id="wh-a")
+    retry = deliver(store, body, "orders/create", webhook_id="wh-b")
+
+    # Assert
+    assert (first.result, first.detail["events"]) == ("stored", 2)
+    assert (retry.status, retry.result, retry.detail["events"]) == (200, "stored", 0)
+    assert store.count_events() == 2
+    assert store.count_deliveries() == 2
+    assert sorted(r["dedupe_key"] for r in event_rows(store)) == ["order:5001:line:91", "order:5001:line:92"]
+
+
+def test_bug_huge_line_quantity_is_a_400_not_an_unhandled_overflow(store):
+    """BUG webhooks/topics.py:72-77 (_quantity) + recommender/store.py:160-172 (_write).
+
+    _quantity accepts any positive int; SQLite INTEGER holds at most 2**63 - 1, so the insert
+    raises OverflowError, which _write does not translate (it catches sqlite3.Error only) and
+    handle_webhook does not catch: the HTTP layer answers 500 and Shopify retries a payload that
+    can never be stored. Expected: 400 malformed_payload naming the field, nothing stored.
+    """
+    # Arrange
+    order = guest_order()
+    order["line_items"][0]["quantity"] = 2**63
+
+    # Act
+    outcome = deliver(store, as_body(order), "orders/create")
+
+    # Assert
+    assert (outcome.status, outcome.result) == (400, "malformed_payload")
+    assert "line_items[0].quantity" in outcome.detail["message"]
+    assert (store.count_events(), store.count_deliveries()) == (0, 0)
