@@ -95,7 +95,10 @@ class ModelArtifact:
             if actual != expected_sha256:
                 raise ArtifactError(f"artifact checksum mismatch: expected sha256 {expected_sha256}, got {actual}")
         try:
-            with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+            loaded = np.load(io.BytesIO(data), allow_pickle=False)
+            if not isinstance(loaded, np.lib.npyio.NpzFile):
+                raise ArtifactError("artifact is not an .npz archive")
+            with loaded as archive:
                 missing = [key for key in _REQUIRED if key not in archive.files]
                 if missing:
                     raise ArtifactError(f"artifact is missing arrays: {', '.join(missing)}")

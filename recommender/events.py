@@ -13,6 +13,9 @@ from datetime import datetime, timezone
 from recommender.errors import InvalidEvent
 
 
+MAX_QUANTITY = 1_000_000  # larger quantities are data errors (and overflow SQLite's INTEGER)
+
+
 class EventKind(str, enum.Enum):
     VIEW = "view"
     ADD_TO_CART = "add_to_cart"
@@ -36,6 +39,7 @@ class Event:
     source_topic: str = ""
     delivery_id: str = ""
     dedupe_key: str | None = None  # one stored event per key and shop (an order line, a cart line)
+    weight_factor: float = 1.0  # 0 for a cancelled order line, reduced by refunds
 
     def __post_init__(self) -> None:
         if not isinstance(self.kind, EventKind):
@@ -46,8 +50,8 @@ class Event:
             raise InvalidEvent("an event needs a customer_id or an anonymous_id")
         if self.occurred_at.tzinfo is None:
             raise InvalidEvent("occurred_at must carry a timezone")
-        if self.quantity < 1:
-            raise InvalidEvent(f"quantity must be >= 1, got {self.quantity}")
+        if not 1 <= self.quantity <= MAX_QUANTITY:
+            raise InvalidEvent(f"quantity must be from 1 to {MAX_QUANTITY}, got {self.quantity}")
 
     @property
     def user_key(self) -> str:
@@ -113,12 +117,48 @@ class Delivery:
 
 
 @dataclass(frozen=True)
+class RefundLine:
+    """`quantity` units of one order line were refunded; the purchase signal shrinks in proportion."""
+
+    refund_id: str
+    order_id: str
+    line_item_id: str
+    quantity: int
+
+
+@dataclass(frozen=True)
+class InventoryLevel:
+    """Units available of one inventory item at one location (None: not tracked there)."""
+
+    inventory_item_id: str
+    location_id: str
+    available: int | None
+
+
+@dataclass(frozen=True)
+class IdentityLink:
+    """A guest's anonymous id (cart token) belongs to this customer from now on."""
+
+    anonymous_id: str
+    customer_id: str
+
+
+@dataclass(frozen=True)
 class ChangeSet:
     """Everything one delivery changes, applied in one transaction."""
 
     events: tuple[Event, ...] = ()
     upsert_products: tuple[CatalogProduct, ...] = ()
     delete_product_ids: tuple[str, ...] = ()
+    void_order_ids: tuple[str, ...] = ()  # cancelled orders: their purchases stop counting
+    refunds: tuple[RefundLine, ...] = ()
+    inventory_levels: tuple[InventoryLevel, ...] = ()
+    identity_links: tuple[IdentityLink, ...] = ()
+
+
+def order_line_key(order_id: str, line_item_id: str) -> str:
+    """The dedupe key of the purchase event one order line produces."""
+    return f"order:{order_id}:line:{line_item_id}"
 
 
 def parse_timestamp(value: object, name: str = "occurred_at") -> datetime:

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import re
 from collections import Counter
 from pathlib import Path
 from typing import TextIO
 
 from recommender.errors import InvalidEvent, RecommenderError
-from recommender.events import Event, EventKind, parse_timestamp
+from recommender.events import MAX_QUANTITY, Event, EventKind, parse_timestamp
 from recommender.store import EventStore
 
 REQUIRED_COLUMNS = ("customer_id", "product_id", "kind", "occurred_at")
+_POSITIVE = re.compile(r"^[0-9]{1,9}$")  # ASCII digits only: str.isdigit() also accepts superscripts
 
 
 class HistoryImportError(RecommenderError):
@@ -40,8 +42,9 @@ def read_history_csv(handle: TextIO, shop: str, source: str = "import") -> list[
             raise HistoryImportError(f"{source}:{line}: kind must be one of "
                                f"{', '.join(k.value for k in EventKind)}, got {row['kind']!r}") from None
         quantity_text = (row.get("quantity") or "1").strip()
-        if not quantity_text.isdigit() or int(quantity_text) < 1:
-            raise HistoryImportError(f"{source}:{line}: quantity must be a positive integer, got {quantity_text!r}")
+        if not _POSITIVE.match(quantity_text) or not 1 <= int(quantity_text) <= MAX_QUANTITY:
+            raise HistoryImportError(f"{source}:{line}: quantity must be a positive integer "
+                                     f"(at most {MAX_QUANTITY}), got {quantity_text!r}")
         customer_id, product_id = (row["customer_id"] or "").strip(), (row["product_id"] or "").strip()
         if not customer_id or not product_id:
             raise HistoryImportError(f"{source}:{line}: customer_id and product_id are required")
@@ -64,6 +67,6 @@ def read_history_csv(handle: TextIO, shop: str, source: str = "import") -> list[
 
 def import_history(store: EventStore, path: str | Path, shop: str) -> tuple[int, int]:
     """Import a CSV file; returns (rows read, events newly stored)."""
-    with open(path, newline="", encoding="utf-8") as handle:
+    with open(path, newline="", encoding="utf-8-sig") as handle:  # Excel writes a BOM
         events = read_history_csv(handle, shop, source=str(path))
     return len(events), store.add_events(events)

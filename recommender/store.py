@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Protocol
 
 from recommender.errors import ConfigError, StoreError
-from recommender.events import CatalogProduct, CatalogVariant, ChangeSet, Delivery, Event, EventKind
+from recommender.events import (
+    CatalogProduct, CatalogVariant, ChangeSet, Delivery, Event, EventKind, order_line_key,
+)
 
 # Each entry migrates the schema from version i to i + 1 (PRAGMA user_version).
 SQLITE_MIGRATIONS: tuple[str, ...] = (
@@ -75,6 +78,31 @@ SQLITE_MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX variants_by_product ON variants (shop, product_id);
     """,
+    """
+    ALTER TABLE events ADD COLUMN weight_factor REAL NOT NULL DEFAULT 1.0;
+    CREATE INDEX events_by_order ON events (shop, order_id);
+    CREATE INDEX events_by_anonymous ON events (shop, anonymous_id);
+    CREATE INDEX events_by_time ON events (shop, occurred_at);
+    CREATE INDEX variants_by_inventory_item ON variants (shop, inventory_item_id);
+    CREATE TABLE identity_links (
+        shop TEXT NOT NULL,
+        anonymous_id TEXT NOT NULL,
+        customer_id TEXT NOT NULL,
+        PRIMARY KEY (shop, anonymous_id)
+    );
+    CREATE TABLE inventory_levels (
+        shop TEXT NOT NULL,
+        inventory_item_id TEXT NOT NULL,
+        location_id TEXT NOT NULL,
+        available INTEGER,
+        PRIMARY KEY (shop, inventory_item_id, location_id)
+    );
+    CREATE TABLE adjustments (
+        shop TEXT NOT NULL,
+        adjustment_key TEXT NOT NULL,
+        PRIMARY KEY (shop, adjustment_key)
+    );
+    """,
 )
 
 
@@ -86,6 +114,26 @@ class Interaction:
     product_id: str
     kind: EventKind
     occurred_at: datetime
+    order_id: str | None = None
+    weight_factor: float = 1.0  # < 1 after a refund; events voided to 0 are never returned
+
+
+@dataclass(frozen=True)
+class ActivityBucket:
+    """Events of one kind on one product on one UTC day, their weight factors summed."""
+
+    product_id: str
+    kind: EventKind
+    day: str  # YYYY-MM-DD
+    mass: float
+
+
+_INTERACTION_COLUMNS = "user_key, product_id, kind, occurred_at, order_id, weight_factor"
+
+
+def _interaction(row: tuple) -> Interaction:
+    user, product, kind, occurred_at, order_id, factor = row
+    return Interaction(user, product, EventKind(kind), datetime.fromisoformat(occurred_at), order_id, factor)
 
 
 class EventStore(Protocol):
@@ -95,6 +143,8 @@ class EventStore(Protocol):
     def interactions(self, shop: str) -> list[Interaction]: ...
     def history(self, shop: str, user_key: str, limit: int) -> list[Interaction]: ...
     def products(self, shop: str) -> dict[str, CatalogProduct]: ...
+    def deleted_product_ids(self, shop: str) -> set[str]: ...
+    def activity_since(self, shop: str, since: datetime) -> list[ActivityBucket]: ...
     def close(self) -> None: ...
 
 
@@ -119,7 +169,11 @@ class SQLiteEventStore:
 
     def __init__(self, path: str | Path):
         self.path = str(path)
-        if self.path != ":memory:":
+        self._uri = False
+        if self.path == ":memory:":
+            # One private in-memory database that every thread's connection shares (tests, trials).
+            self.path, self._uri = f"file:events-{uuid.uuid4().hex}?mode=memory&cache=shared", True
+        else:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
@@ -130,7 +184,8 @@ class SQLiteEventStore:
         conn = getattr(self._local, "conn", None)
         if conn is None:
             try:
-                conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+                conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False,
+                                       uri=self._uri)
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=FULL")
                 conn.execute("PRAGMA foreign_keys=ON")
@@ -169,6 +224,8 @@ class SQLiteEventStore:
             conn.execute("COMMIT")
             return result
         except sqlite3.Error as exc:
+            if conn.in_transaction:  # a failed COMMIT leaves the transaction open: end it so the next write works
+                conn.execute("ROLLBACK")
             raise StoreError(f"event store write failed: {exc}") from exc
 
     def apply(self, delivery: Delivery, changes: ChangeSet) -> int | None:
@@ -197,6 +254,7 @@ class SQLiteEventStore:
                     " VALUES (?, ?, '', '', 'deleted', '', '', 1)",
                     (delivery.shop, product_id),
                 )
+            self._apply_adjustments(conn, delivery.shop, changes)
             return inserted
 
         return self._write(work)
@@ -208,17 +266,64 @@ class SQLiteEventStore:
 
     @staticmethod
     def _insert_events(conn: sqlite3.Connection, events: Iterable[Event]) -> int:
+        """Insert new events; an event whose dedupe key exists only lowers that event's weight factor."""
         inserted = 0
         for e in events:
-            cursor = conn.execute(
-                "INSERT OR IGNORE INTO events (shop, kind, user_key, customer_id, anonymous_id, product_id, variant_id,"
-                " quantity, price, order_id, occurred_at, source_topic, delivery_id, dedupe_key)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (e.shop, e.kind.value, e.user_key, e.customer_id, e.anonymous_id, e.product_id, e.variant_id,
-                 e.quantity, e.price, e.order_id, _iso(e.occurred_at), e.source_topic, e.delivery_id, e.dedupe_key),
+            customer_id, user = e.customer_id, e.user_key
+            if customer_id is None and e.anonymous_id:
+                link = conn.execute("SELECT customer_id FROM identity_links WHERE shop = ? AND anonymous_id = ?",
+                                    (e.shop, e.anonymous_id)).fetchone()
+                if link:  # a guest who has since logged in: their events join the customer's
+                    customer_id, user = link[0], f"c:{link[0]}"
+            exists = e.dedupe_key is not None and conn.execute(
+                "SELECT 1 FROM events WHERE shop = ? AND dedupe_key = ?", (e.shop, e.dedupe_key)).fetchone()
+            if exists:
+                conn.execute("UPDATE events SET weight_factor = MIN(weight_factor, ?) WHERE shop = ? AND dedupe_key = ?",
+                             (e.weight_factor, e.shop, e.dedupe_key))
+                continue
+            conn.execute(
+                "INSERT INTO events (shop, kind, user_key, customer_id, anonymous_id, product_id, variant_id,"
+                " quantity, price, order_id, occurred_at, source_topic, delivery_id, dedupe_key, weight_factor)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (e.shop, e.kind.value, user, customer_id, e.anonymous_id, e.product_id, e.variant_id,
+                 e.quantity, e.price, e.order_id, _iso(e.occurred_at), e.source_topic, e.delivery_id, e.dedupe_key,
+                 e.weight_factor),
             )
-            inserted += cursor.rowcount
+            inserted += 1
         return inserted
+
+    @staticmethod
+    def _apply_adjustments(conn: sqlite3.Connection, shop: str, changes: ChangeSet) -> None:
+        for order_id in changes.void_order_ids:
+            conn.execute("UPDATE events SET weight_factor = 0 WHERE shop = ? AND order_id = ? AND kind = 'purchase'",
+                         (shop, order_id))
+        for refund in changes.refunds:
+            fresh = conn.execute("INSERT OR IGNORE INTO adjustments (shop, adjustment_key) VALUES (?, ?)",
+                                 (shop, f"refund:{refund.refund_id}:line:{refund.line_item_id}")).rowcount
+            if fresh:
+                conn.execute(
+                    "UPDATE events SET weight_factor = MAX(0, weight_factor - CAST(? AS REAL) / quantity)"
+                    " WHERE shop = ? AND dedupe_key = ?",
+                    (refund.quantity, shop, order_line_key(refund.order_id, refund.line_item_id)),
+                )
+        for level in changes.inventory_levels:
+            conn.execute(
+                "INSERT INTO inventory_levels (shop, inventory_item_id, location_id, available) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (shop, inventory_item_id, location_id) DO UPDATE SET available = excluded.available",
+                (shop, level.inventory_item_id, level.location_id, level.available),
+            )
+            total = conn.execute(
+                "SELECT SUM(available), COUNT(available) FROM inventory_levels WHERE shop = ? AND inventory_item_id = ?",
+                (shop, level.inventory_item_id),
+            ).fetchone()
+            if total[1]:  # at least one location tracks it: the sum is the variant's stock
+                conn.execute("UPDATE variants SET inventory_quantity = ?, tracked = 1"
+                             " WHERE shop = ? AND inventory_item_id = ?", (total[0], shop, level.inventory_item_id))
+        for link in changes.identity_links:
+            conn.execute("INSERT OR REPLACE INTO identity_links (shop, anonymous_id, customer_id) VALUES (?, ?, ?)",
+                         (shop, link.anonymous_id, link.customer_id))
+            conn.execute("UPDATE events SET customer_id = ?, user_key = ? WHERE shop = ? AND anonymous_id = ?"
+                         " AND customer_id IS NULL", (link.customer_id, f"c:{link.customer_id}", shop, link.anonymous_id))
 
     @staticmethod
     def _upsert_product(conn: sqlite3.Connection, p: CatalogProduct) -> None:
@@ -245,19 +350,29 @@ class SQLiteEventStore:
         return [r[0] for r in rows]
 
     def interactions(self, shop: str) -> list[Interaction]:
+        """Every event of the shop that still counts (voided ones left out), in arrival order."""
         rows = self._connection().execute(
-            "SELECT user_key, product_id, kind, occurred_at FROM events WHERE shop = ? ORDER BY id", (shop,)
+            f"SELECT {_INTERACTION_COLUMNS} FROM events WHERE shop = ? AND weight_factor > 0 ORDER BY id", (shop,)
         ).fetchall()
-        return [Interaction(u, p, EventKind(k), datetime.fromisoformat(t)) for u, p, k, t in rows]
+        return [_interaction(row) for row in rows]
 
     def history(self, shop: str, user_key: str, limit: int) -> list[Interaction]:
-        """The shopper's latest `limit` events, newest first."""
+        """The shopper's latest `limit` events that still count, newest first."""
         rows = self._connection().execute(
-            "SELECT user_key, product_id, kind, occurred_at FROM events WHERE shop = ? AND user_key = ?"
+            f"SELECT {_INTERACTION_COLUMNS} FROM events WHERE shop = ? AND user_key = ? AND weight_factor > 0"
             " ORDER BY occurred_at DESC, id DESC LIMIT ?",
             (shop, user_key, limit),
         ).fetchall()
-        return [Interaction(u, p, EventKind(k), datetime.fromisoformat(t)) for u, p, k, t in rows]
+        return [_interaction(row) for row in rows]
+
+    def activity_since(self, shop: str, since: datetime) -> list[ActivityBucket]:
+        """Per product, kind and UTC day since `since`: the summed weight factors (for trending)."""
+        rows = self._connection().execute(
+            "SELECT product_id, kind, substr(occurred_at, 1, 10), SUM(weight_factor) FROM events"
+            " WHERE shop = ? AND occurred_at >= ? AND weight_factor > 0 GROUP BY 1, 2, 3",
+            (shop, _iso(since)),
+        ).fetchall()
+        return [ActivityBucket(p, EventKind(k), d, float(m)) for p, k, d, m in rows]
 
     def products(self, shop: str) -> dict[str, CatalogProduct]:
         """Every catalog row of the shop that is not deleted, with its variants."""

@@ -13,7 +13,6 @@ from datetime import datetime, timezone
 import pytest
 
 from recommender.events import CatalogVariant, EventKind
-from recommender.store import Interaction
 from tests.conftest import SHOP, TEST_SECRET, as_body, signed_headers
 from webhooks.delivery import handle_webhook
 
@@ -99,8 +98,9 @@ def test_orders_create_sample_stores_one_purchase_per_line_with_a_product(store,
     assert sorted(r["dedupe_key"] for r in rows) == sorted(
         f"order:{SAMPLE_ORDER_ID}:line:{line['id']}" for line in payload["line_items"] if line["product_id"]
     )
-    assert store.history(SHOP, f"c:{SAMPLE_CUSTOMER_ID}", 10) == [
-        Interaction(f"c:{SAMPLE_CUSTOMER_ID}", SAMPLE_PRODUCT_ID, EventKind.PURCHASE, SAMPLE_MIDNIGHT_UTC)
+    history = store.history(SHOP, f"c:{SAMPLE_CUSTOMER_ID}", 10)
+    assert [(i.user_key, i.product_id, i.kind, i.occurred_at) for i in history] == [
+        (f"c:{SAMPLE_CUSTOMER_ID}", SAMPLE_PRODUCT_ID, EventKind.PURCHASE, SAMPLE_MIDNIGHT_UTC)
     ] * 3
 
 
@@ -433,7 +433,7 @@ def test_same_order_under_two_webhook_ids_stores_its_lines_once(store):
 
 
 def test_bug_huge_line_quantity_is_a_400_not_an_unhandled_overflow(store):
-    """BUG webhooks/topics.py:72-77 (_quantity) + recommender/store.py:160-172 (_write).
+    """BUG webhooks/topics.py:72-77 (_quantity) + recommender/store.py SQLiteEventStore._write (160-172 at 9d2bcd2).
 
     _quantity accepts any positive int; SQLite INTEGER holds at most 2**63 - 1, so the insert
     raises OverflowError, which _write does not translate (it catches sqlite3.Error only) and

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from recommender.errors import InvalidEvent
 from recommender.events import (
-    CatalogProduct, CatalogVariant, ChangeSet, Event, EventKind, parse_timestamp,
+    MAX_QUANTITY, CatalogProduct, CatalogVariant, ChangeSet, Event, EventKind, parse_timestamp,
 )
 from webhooks import MalformedPayload
 
@@ -72,8 +72,8 @@ def _money(value: Any) -> float | None:
 def _quantity(value: Any, field: str) -> int:
     if value is None:
         return 1
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise MalformedPayload(f"{field} must be a positive integer, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_QUANTITY:
+        raise MalformedPayload(f"{field} must be an integer from 1 to {MAX_QUANTITY}, got {value!r}")
     return value
 
 

@@ -1,0 +1,325 @@
+"""History import: CSV rows → events in one transaction, strict per line, idempotent across re-imports."""
+
+import io
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from datetime import datetime, timezone
+
+import pytest
+
+from recommender.events import EventKind
+from recommender.history_import import HistoryImportError, import_history, read_history_csv
+from recommender.store import Interaction, SQLiteEventStore
+from tests.conftest import ROOT, SHOP
+
+HEADER = "customer_id,product_id,kind,occurred_at,quantity\n"
+VALID = HEADER + (
+    "c1,p1,view,2024-03-01T10:00:00+02:00,\n"  # 08:00 UTC, quantity defaults to 1
+    "c1,p2,add_to_cart,2024-03-01T09:30:00Z,2\n"
+    "c2,p1,purchase,2024-03-01 12:00:00,3\n"  # naive: taken as UTC
+)
+
+
+def write(tmp_path, text, name="history.csv"):
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def event_rows(store):
+    conn = sqlite3.connect(store.path)
+    try:
+        return conn.execute(
+            "SELECT customer_id, product_id, kind, quantity, occurred_at, source_topic, anonymous_id"
+            " FROM events ORDER BY id"
+        ).fetchall()
+    finally:
+        conn.close()
+
+
+def utc(*parts):
+    return datetime(*parts, tzinfo=timezone.utc)
+
+
+# --- read_history_csv / import_history ---------------------------------------------------
+
+
+def test_read_history_csv_builds_events_with_utc_timestamps():
+    # Act
+    events = read_history_csv(io.StringIO(VALID), SHOP, source="history.csv")
+
+    # Assert
+    assert [(e.customer_id, e.product_id, e.kind, e.quantity, e.occurred_at) for e in events] == [
+        ("c1", "p1", EventKind.VIEW, 1, utc(2024, 3, 1, 8, 0)),
+        ("c1", "p2", EventKind.ADD_TO_CART, 2, utc(2024, 3, 1, 9, 30)),
+        ("c2", "p1", EventKind.PURCHASE, 3, utc(2024, 3, 1, 12, 0)),
+    ]
+    assert all(e.occurred_at.utcoffset().total_seconds() == 0 for e in events)
+    assert {e.shop for e in events} == {SHOP}
+    assert {e.source_topic for e in events} == {"import"}
+    assert {e.delivery_id for e in events} == {"history.csv"}
+    assert len({e.dedupe_key for e in events}) == 3
+
+
+def test_valid_file_stores_the_right_events(store, tmp_path):
+    # Arrange
+    path = write(tmp_path, VALID)
+
+    # Act
+    result = import_history(store, path, SHOP)
+
+    # Assert
+    assert result == (3, 3)
+    assert event_rows(store) == [
+        ("c1", "p1", "view", 1, "2024-03-01T08:00:00.000000+00:00", "import", None),
+        ("c1", "p2", "add_to_cart", 2, "2024-03-01T09:30:00.000000+00:00", "import", None),
+        ("c2", "p1", "purchase", 3, "2024-03-01T12:00:00.000000+00:00", "import", None),
+    ]
+    assert store.history(SHOP, "c:c1", 10) == [
+        Interaction("c:c1", "p2", EventKind.ADD_TO_CART, utc(2024, 3, 1, 9, 30)),
+        Interaction("c:c1", "p1", EventKind.VIEW, utc(2024, 3, 1, 8, 0)),
+    ]
+
+
+def test_columns_in_any_order_and_without_quantity(store, tmp_path):
+    # Arrange
+    path = write(tmp_path, "kind,occurred_at,product_id,customer_id\npurchase,2024-01-02T00:00:00Z,p9,c9\n")
+
+    # Act
+    result = import_history(store, path, SHOP)
+
+    # Assert
+    assert result == (1, 1)
+    assert event_rows(store) == [("c9", "p9", "purchase", 1, "2024-01-02T00:00:00.000000+00:00", "import", None)]
+
+
+def test_importing_the_same_file_twice_stores_once(store, tmp_path):
+    # Arrange
+    path = write(tmp_path, VALID)
+    import_history(store, path, SHOP)
+
+    # Act
+    second = import_history(store, path, SHOP)
+    copy_elsewhere = import_history(store, write(tmp_path, VALID, name="copy.csv"), SHOP)
+
+    # Assert
+    assert second == (3, 0)
+    assert copy_elsewhere == (3, 0)
+    assert store.count_events() == 3
+
+
+def test_the_same_file_into_another_shop_is_stored_there_too(store, tmp_path):
+    # Arrange
+    path = write(tmp_path, VALID)
+    import_history(store, path, SHOP)
+
+    # Act
+    result = import_history(store, path, "other-shop.myshopify.com")
+
+    # Assert
+    assert result == (3, 3)
+    assert (store.count_events(SHOP), store.count_events("other-shop.myshopify.com")) == (3, 3)
+
+
+def test_two_identical_rows_in_one_file_both_count(store, tmp_path):
+    # Arrange
+    row = "c1,p1,purchase,2024-03-01T10:00:00Z,1\n"
+    path = write(tmp_path, HEADER + row + row)
+
+    # Act
+    first = import_history(store, path, SHOP)
+    again = import_history(store, path, SHOP)
+
+    # Assert
+    assert first == (2, 2)
+    assert again == (2, 0)
+    assert [i.product_id for i in store.history(SHOP, "c:c1", 10)] == ["p1", "p1"]
+
+
+def test_a_file_with_one_more_repeat_adds_only_that_repeat(store, tmp_path):
+    # Arrange
+    row = "c1,p1,purchase,2024-03-01T10:00:00Z,1\n"
+    import_history(store, write(tmp_path, HEADER + row + row, name="a.csv"), SHOP)
+
+    # Act
+    result = import_history(store, write(tmp_path, HEADER + row + row + row, name="b.csv"), SHOP)
+
+    # Assert
+    assert result == (3, 1)
+    assert store.count_events() == 3
+
+
+@pytest.mark.parametrize("bad_row,line,fragments", [
+    ("c1,p1,click,2024-03-01T10:00:00Z,1\n", 3,
+     ("kind must be one of view, add_to_cart, purchase, got 'click'",)),
+    ("c1,p1,view,yesterday,1\n", 3, ("occurred_at is not an ISO 8601 timestamp: 'yesterday'",)),
+    ("c1,p1,view,,1\n", 3, ("occurred_at is missing or not a string: ''",)),
+    ("c1,p1,view,2024-03-01T10:00:00Z,0\n", 3, ("quantity must be", "got '0'")),
+    ("c1,p1,view,2024-03-01T10:00:00Z,-2\n", 3, ("quantity must be", "got '-2'")),
+    ("c1,p1,view,2024-03-01T10:00:00Z,1.5\n", 3, ("quantity must be", "got '1.5'")),
+    (",p1,view,2024-03-01T10:00:00Z,1\n", 3, ("customer_id and product_id are required",)),
+    ("c1,,view,2024-03-01T10:00:00Z,1\n", 3, ("customer_id and product_id are required",)),
+    ("c1,p1\n", 3, ("kind must be one of view, add_to_cart, purchase, got None",)),  # a short row
+])
+def test_bad_row_raises_naming_the_line_and_stores_nothing(store, tmp_path, bad_row, line, fragments):
+    # Arrange: a good row first, so "stores nothing" means the whole file was refused
+    good = "c1,p1,view,2024-03-01T10:00:00Z,1\n"
+    path = write(tmp_path, HEADER + good + bad_row + "c2,p2,view,2024-03-01T10:00:00Z,1\n")
+
+    # Act
+    with pytest.raises(HistoryImportError) as raised:
+        import_history(store, path, SHOP)
+
+    # Assert
+    message = str(raised.value)
+    assert message.startswith(f"{path}:{line}: ")
+    assert [f for f in fragments if f not in message] == []
+    assert store.count_events() == 0
+
+
+def test_bad_row_further_down_names_its_own_line(store, tmp_path):
+    # Arrange
+    good = "c1,p1,view,2024-03-01T10:00:00Z,1\n"
+    path = write(tmp_path, HEADER + good * 5 + "c1,p1,view,2024-03-01T10:00:00Z,0\n")
+
+    # Act
+    with pytest.raises(HistoryImportError, match=rf"^{path}:7: quantity must be .*got '0'$"):
+        import_history(store, path, SHOP)
+
+    # Assert
+    assert store.count_events() == 0
+
+
+def test_missing_column_in_the_header_raises_naming_it_and_stores_nothing(store, tmp_path):
+    # Arrange
+    path = write(tmp_path, "customer_id,product_id,occurred_at\nc1,p1,2024-03-01T10:00:00Z\n")
+
+    # Act
+    with pytest.raises(HistoryImportError) as raised:
+        import_history(store, path, SHOP)
+
+    # Assert
+    assert str(raised.value) == (f"{path}: the header lacks column(s) kind; "
+                                 "expected customer_id, product_id, kind, occurred_at[, quantity]")
+    assert store.count_events() == 0
+
+
+def test_empty_file_raises_naming_every_column(store, tmp_path):
+    # Act
+    with pytest.raises(HistoryImportError, match="lacks column\\(s\\) customer_id, product_id, kind, occurred_at;"):
+        import_history(store, write(tmp_path, ""), SHOP)
+
+    # Assert
+    assert store.count_events() == 0
+
+
+def test_bug_a_utf8_bom_header_is_accepted(store, tmp_path):
+    """BUG recommender/history_import.py:67 (import_history opens with encoding="utf-8").
+
+    Spreadsheet tools ("CSV UTF-8" in Excel) start the file with a BOM; read as "utf-8" the first
+    column becomes "\\ufeffcustomer_id" and a valid file is refused with "the header lacks
+    column(s) customer_id". Opening with "utf-8-sig" reads both kinds of file.
+    """
+    # Arrange
+    path = tmp_path / "excel.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + VALID.encode("utf-8"))
+
+    # Act
+    result = import_history(store, path, SHOP)
+
+    # Assert
+    assert result == (3, 3)
+
+
+def test_bug_huge_quantity_raises_history_import_error(store, tmp_path):
+    """BUG recommender/history_import.py:42-44 (quantity unbounded) + store.py SQLiteEventStore._write.
+
+    A quantity above 2**63 - 1 passes validation, then the INSERT raises OverflowError, which the
+    store does not translate: the caller gets an OverflowError instead of a HistoryImportError
+    naming the line, and the CLI dies with a traceback and exit status 1 instead of 2.
+    """
+    # Arrange
+    path = write(tmp_path, HEADER + "c1,p1,view,2024-03-01T10:00:00Z,99999999999999999999\n")
+
+    # Act / Assert
+    with pytest.raises(HistoryImportError, match=rf"^{path}:2: quantity"):
+        import_history(store, path, SHOP)
+    assert store.count_events() == 0
+
+
+def test_bug_non_ascii_digit_quantity_raises_history_import_error(store, tmp_path):
+    """BUG recommender/history_import.py:43: str.isdigit() is True for '²', but int('²') raises ValueError.
+
+    The ValueError escapes read_history_csv untranslated (the CLI prints a traceback, exit 1).
+    """
+    # Arrange
+    path = write(tmp_path, HEADER + "c1,p1,view,2024-03-01T10:00:00Z,\u00b2\n")
+
+    # Act / Assert
+    with pytest.raises(HistoryImportError, match=rf"^{path}:2: quantity must be .*got '\u00b2'$"):
+        import_history(store, path, SHOP)
+
+
+# --- the CLI, as a real process ----------------------------------------------------------
+
+
+def run_cli(tmp_path, *args):
+    env = {**os.environ,
+           "EVENT_STORE_URL": f"sqlite:///{tmp_path}/cli/events.sqlite3",
+           "MODEL_STORE_URL": f"file://{tmp_path}/cli/models"}
+    return subprocess.run([sys.executable, "-m", "recommender", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_cli_import_prints_json_and_exits_0(tmp_path):
+    # Arrange
+    path = write(tmp_path, VALID)
+
+    # Act
+    first = run_cli(tmp_path, "import", str(path), "--shop", SHOP)
+    second = run_cli(tmp_path, "import", str(path), "--shop", SHOP)
+
+    # Assert
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout) == {"rows": 3, "stored": 3, "duplicates": 0}
+    assert second.returncode == 0, second.stderr
+    assert json.loads(second.stdout) == {"rows": 3, "stored": 0, "duplicates": 3}
+    store = SQLiteEventStore(tmp_path / "cli" / "events.sqlite3")
+    try:
+        assert store.count_events(SHOP) == 3
+        assert store.shops() == [SHOP]
+    finally:
+        store.close()
+
+
+def test_cli_import_of_a_bad_file_exits_2_with_an_error_line(tmp_path):
+    # Arrange
+    path = write(tmp_path, HEADER + "c1,p1,view,2024-03-01T10:00:00Z,1\nc1,p1,click,2024-03-01T10:00:00Z,1\n")
+
+    # Act
+    result = run_cli(tmp_path, "import", str(path), "--shop", SHOP)
+
+    # Assert
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.strip().splitlines() == [
+        f"error: {path}:3: kind must be one of view, add_to_cart, purchase, got 'click'"
+    ]
+    store = SQLiteEventStore(tmp_path / "cli" / "events.sqlite3")
+    try:
+        assert store.count_events() == 0
+    finally:
+        store.close()
+
+
+def test_cli_import_of_a_missing_file_exits_2(tmp_path):
+    # Act
+    result = run_cli(tmp_path, "import", str(tmp_path / "nope.csv"), "--shop", SHOP)
+
+    # Assert
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: [Errno 2] No such file or directory")
+    assert str(tmp_path / "nope.csv") in result.stderr
