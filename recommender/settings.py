@@ -6,6 +6,7 @@ variable so a misconfigured deployment says what to fix.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, TypeVar
 
@@ -106,7 +107,7 @@ def parse_event_weights(text: str | None) -> dict[EventKind, float]:
                 f"EVENT_WEIGHTS must look like 'view=1,add_to_cart=4,purchase=10' "
                 f"(kinds: {', '.join(k.value for k in EventKind)}), got {text!r}"
             ) from None
-        if not weight >= 0:
+        if not (weight >= 0 and math.isfinite(weight)):
             raise ConfigError(f"EVENT_WEIGHTS: the weight of {name!r} must be a number >= 0, got {value!r}")
         weights[kind] = weight
     return weights
@@ -121,7 +122,7 @@ def _read(env: Mapping[str, str], name: str, cast: Callable[[str], T], default: 
         value = cast(raw)
     except ValueError:
         raise ConfigError(f"{name} must be {expected}, got {raw!r}") from None
-    if not valid(value):
+    if not valid(value) or (isinstance(value, float) and not math.isfinite(value)):
         raise ConfigError(f"{name} must be {expected}, got {raw!r}")
     return value
 

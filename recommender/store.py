@@ -180,6 +180,12 @@ class SQLiteEventStore:
         self._lock = threading.Lock()
         self._migrate(self._connection())
 
+    def _read(self, sql: str, params: tuple = ()) -> list[tuple]:
+        try:
+            return self._connection().execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"event store read failed: {exc}") from exc
+
     def _connection(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
@@ -327,6 +333,17 @@ class SQLiteEventStore:
 
     @staticmethod
     def _upsert_product(conn: sqlite3.Connection, p: CatalogProduct) -> None:
+        """Insert or update a catalog row; a deleted product stays deleted and an older update is ignored.
+
+        Shopify retries with the original payload and does not guarantee order, so an update whose
+        `updated_at` is older than the stored row's must not overwrite it.
+        """
+        stored = conn.execute("SELECT updated_at, deleted FROM products WHERE shop = ? AND product_id = ?",
+                              (p.shop, p.product_id)).fetchone()
+        if stored is not None:
+            stored_at, deleted = stored
+            if deleted or (stored_at and p.updated_at and _iso(p.updated_at) < stored_at):
+                return
         conn.execute(
             "INSERT INTO products (shop, product_id, title, handle, status, published_at, price, image_url,"
             " product_type, vendor, updated_at, deleted) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)"
@@ -346,39 +363,37 @@ class SQLiteEventStore:
         )
 
     def shops(self) -> list[str]:
-        rows = self._connection().execute("SELECT DISTINCT shop FROM events ORDER BY shop").fetchall()
+        rows = self._read("SELECT DISTINCT shop FROM events ORDER BY shop")
         return [r[0] for r in rows]
 
     def interactions(self, shop: str) -> list[Interaction]:
         """Every event of the shop that still counts (voided ones left out), in arrival order."""
-        rows = self._connection().execute(
-            f"SELECT {_INTERACTION_COLUMNS} FROM events WHERE shop = ? AND weight_factor > 0 ORDER BY id", (shop,)
-        ).fetchall()
+        rows = self._read(
+            f"SELECT {_INTERACTION_COLUMNS} FROM events WHERE shop = ? AND weight_factor > 0 ORDER BY id", (shop,))
         return [_interaction(row) for row in rows]
 
     def history(self, shop: str, user_key: str, limit: int) -> list[Interaction]:
         """The shopper's latest `limit` events that still count, newest first."""
-        rows = self._connection().execute(
+        rows = self._read(
             f"SELECT {_INTERACTION_COLUMNS} FROM events WHERE shop = ? AND user_key = ? AND weight_factor > 0"
             " ORDER BY occurred_at DESC, id DESC LIMIT ?",
             (shop, user_key, limit),
-        ).fetchall()
+        )
         return [_interaction(row) for row in rows]
 
     def activity_since(self, shop: str, since: datetime) -> list[ActivityBucket]:
         """Per product, kind and UTC day since `since`: the summed weight factors (for trending)."""
-        rows = self._connection().execute(
+        rows = self._read(
             "SELECT product_id, kind, substr(occurred_at, 1, 10), SUM(weight_factor) FROM events"
             " WHERE shop = ? AND occurred_at >= ? AND weight_factor > 0 GROUP BY 1, 2, 3",
             (shop, _iso(since)),
-        ).fetchall()
+        )
         return [ActivityBucket(p, EventKind(k), d, float(m)) for p, k, d, m in rows]
 
     def products(self, shop: str) -> dict[str, CatalogProduct]:
         """Every catalog row of the shop that is not deleted, with its variants."""
-        conn = self._connection()
         variants: dict[str, list[CatalogVariant]] = {}
-        for product_id, variant_id, item_id, qty, tracked, cont in conn.execute(
+        for product_id, variant_id, item_id, qty, tracked, cont in self._read(
             "SELECT product_id, variant_id, inventory_item_id, inventory_quantity, tracked, continue_selling"
             " FROM variants WHERE shop = ? ORDER BY variant_id", (shop,)
         ):
@@ -386,7 +401,7 @@ class SQLiteEventStore:
                 CatalogVariant(variant_id, item_id, qty, bool(tracked), bool(cont))
             )
         products = {}
-        for row in conn.execute(
+        for row in self._read(
             "SELECT product_id, title, handle, status, published_at, price, image_url, product_type, vendor, updated_at"
             " FROM products WHERE shop = ? AND deleted = 0", (shop,)
         ):
@@ -398,18 +413,16 @@ class SQLiteEventStore:
         return products
 
     def deleted_product_ids(self, shop: str) -> set[str]:
-        rows = self._connection().execute(
-            "SELECT product_id FROM products WHERE shop = ? AND deleted = 1", (shop,)
-        ).fetchall()
+        rows = self._read("SELECT product_id FROM products WHERE shop = ? AND deleted = 1", (shop,))
         return {r[0] for r in rows}
 
     def count_events(self, shop: str | None = None) -> int:
         if shop is None:
-            return self._connection().execute("SELECT COUNT(*) FROM events").fetchone()[0]
-        return self._connection().execute("SELECT COUNT(*) FROM events WHERE shop = ?", (shop,)).fetchone()[0]
+            return self._read("SELECT COUNT(*) FROM events")[0][0]
+        return self._read("SELECT COUNT(*) FROM events WHERE shop = ?", (shop,))[0][0]
 
     def count_deliveries(self) -> int:
-        return self._connection().execute("SELECT COUNT(*) FROM deliveries").fetchone()[0]
+        return self._read("SELECT COUNT(*) FROM deliveries")[0][0]
 
     def close(self) -> None:
         with self._lock:

@@ -13,7 +13,8 @@ from typing import Any, Callable
 
 from recommender.errors import InvalidEvent
 from recommender.events import (
-    MAX_QUANTITY, CatalogProduct, CatalogVariant, ChangeSet, Event, EventKind, parse_timestamp,
+    MAX_QUANTITY, CatalogProduct, CatalogVariant, ChangeSet, Event, EventKind, IdentityLink, InventoryLevel,
+    RefundLine, order_line_key, parse_timestamp,
 )
 from webhooks import MalformedPayload
 
@@ -88,7 +89,11 @@ def _timestamp(payload: dict, *fields: str) -> datetime:
 
 
 def order_created(ctx: TopicContext, order: dict) -> ChangeSet:
-    """A purchase per line item that names a product; custom lines (no product_id) are skipped."""
+    """A purchase per line item that names a product; custom lines (no product_id) are skipped.
+
+    orders/create, orders/updated and orders/paid all resend the whole order; each line is stored
+    once (its dedupe key), and an order that carries `cancelled_at` counts for nothing.
+    """
     order_id = shopify_id(order.get("id"), "id")
     customer = order.get("customer") or {}
     if not isinstance(customer, dict):
@@ -97,6 +102,7 @@ def order_created(ctx: TopicContext, order: dict) -> ChangeSet:
     # A guest order still teaches "bought together": key it by its cart, else by the order itself.
     anonymous_id = None if customer_id else str(order.get("cart_token") or f"order-{order_id}")
     occurred_at = _timestamp(order, "created_at", "processed_at")
+    cancelled = bool(order.get("cancelled_at")) or ctx.topic == "orders/cancelled"
     events = []
     for position, line in enumerate(_list(order, "line_items")):
         if not isinstance(line, dict):
@@ -111,9 +117,49 @@ def order_created(ctx: TopicContext, order: dict) -> ChangeSet:
             variant_id=shopify_id(line.get("variant_id"), f"line_items[{position}].variant_id", required=False),
             quantity=_quantity(line.get("quantity"), f"line_items[{position}].quantity"),
             price=_money(line.get("price")), order_id=order_id, source_topic=ctx.topic,
-            delivery_id=ctx.delivery_id, dedupe_key=f"order:{order_id}:line:{line_id}",
+            delivery_id=ctx.delivery_id, dedupe_key=order_line_key(order_id, line_id),
+            weight_factor=0.0 if cancelled else 1.0,
         ))
-    return ChangeSet(events=tuple(events))
+    return ChangeSet(events=tuple(events), void_order_ids=(order_id,) if cancelled else ())
+
+
+def refund_created(ctx: TopicContext, refund: dict) -> ChangeSet:
+    """Each refunded line shrinks its purchase's weight by the refunded share of its quantity."""
+    refund_id = shopify_id(refund.get("id"), "id")
+    order_id = shopify_id(refund.get("order_id"), "order_id")
+    lines = []
+    for position, line in enumerate(_list(refund, "refund_line_items")):
+        if not isinstance(line, dict):
+            raise MalformedPayload(f"refund_line_items[{position}] must be an object")
+        lines.append(RefundLine(
+            refund_id=refund_id, order_id=order_id,
+            line_item_id=shopify_id(line.get("line_item_id"), f"refund_line_items[{position}].line_item_id"),
+            quantity=_quantity(line.get("quantity"), f"refund_line_items[{position}].quantity"),
+        ))
+    return ChangeSet(refunds=tuple(lines))
+
+
+def checkout_updated(ctx: TopicContext, checkout: dict) -> ChangeSet:
+    """A checkout names both the cart token and, once the shopper logs in, the customer: link them."""
+    customer = checkout.get("customer") or {}
+    if not isinstance(customer, dict):
+        raise MalformedPayload("customer must be an object")
+    customer_id = shopify_id(customer.get("id"), "customer.id", required=False)
+    cart_token = checkout.get("cart_token")
+    if customer_id is None or not cart_token:
+        return ChangeSet()
+    return ChangeSet(identity_links=(IdentityLink(_token(cart_token, "cart_token"), customer_id),))
+
+
+def inventory_level_updated(ctx: TopicContext, level: dict) -> ChangeSet:
+    available = level.get("available")
+    if available is not None and (isinstance(available, bool) or not isinstance(available, int)):
+        raise MalformedPayload(f"available must be an integer or null, got {available!r}")
+    return ChangeSet(inventory_levels=(InventoryLevel(
+        inventory_item_id=shopify_id(level.get("inventory_item_id"), "inventory_item_id"),
+        location_id=shopify_id(level.get("location_id"), "location_id"),
+        available=available,
+    ),))
 
 
 def cart_updated(ctx: TopicContext, cart: dict) -> ChangeSet:
@@ -187,6 +233,13 @@ def product_deleted(ctx: TopicContext, product: dict) -> ChangeSet:
 
 TRANSLATORS: dict[str, Translator] = {
     "orders/create": order_created,
+    "orders/updated": order_created,
+    "orders/paid": order_created,
+    "orders/cancelled": order_created,
+    "refunds/create": refund_created,
+    "checkouts/create": checkout_updated,
+    "checkouts/update": checkout_updated,
+    "inventory_levels/update": inventory_level_updated,
     "carts/create": cart_updated,
     "carts/update": cart_updated,
     "products/create": product_upserted,
