@@ -6,6 +6,10 @@ Layout (all arrays; `np.load(..., allow_pickle=False)` reads it):
     item_factors    float16[n_items, f]      half precision on disk: half the bytes
     gramian         float32[f, f]            Yᵀ Y of the float32-cast factors, for fold-in
     popularity      float32[n_items]         weighted interaction mass per item
+    item_support    int32[n_items]           distinct shoppers per item (is there enough data?)
+    copurchase_neighbors int32[n_items, K]   items bought in the same orders, best first, −1 pads
+    copurchase_scores    float32[n_items, K] their co-purchase scores
+    copurchase_orders    int32[n_items]      orders holding the item
     regularization  float64 scalar           ALS λ, needed by fold-in
     alpha           float64 scalar           confidence = 1 + alpha * weight
     metadata        str scalar               JSON: version, trained_at, hyperparameters, counts
@@ -24,8 +28,9 @@ import numpy as np
 
 from recommender.errors import ArtifactError
 
-FORMAT_VERSION = 1
-_REQUIRED = ("format_version", "item_ids", "item_factors", "gramian", "popularity", "regularization", "alpha", "metadata")
+FORMAT_VERSION = 2
+_REQUIRED = ("format_version", "item_ids", "item_factors", "gramian", "popularity", "regularization", "alpha",
+             "metadata", "item_support", "copurchase_neighbors", "copurchase_scores", "copurchase_orders")
 
 
 @dataclass(frozen=True)
@@ -37,9 +42,21 @@ class ModelArtifact:
     regularization: float
     alpha: float
     metadata: Mapping[str, Any]
+    item_support: np.ndarray | None = None
+    copurchase_neighbors: np.ndarray | None = None
+    copurchase_scores: np.ndarray | None = None
+    copurchase_orders: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.item_ids)
+        # Optional parts default to "no data": no support, no co-purchases.
+        if self.item_support is None:
+            object.__setattr__(self, "item_support", np.zeros(n, dtype=np.int32))
+        if self.copurchase_neighbors is None:
+            object.__setattr__(self, "copurchase_neighbors", np.full((n, 0), -1, dtype=np.int32))
+            object.__setattr__(self, "copurchase_scores", np.zeros((n, 0), dtype=np.float32))
+        if self.copurchase_orders is None:
+            object.__setattr__(self, "copurchase_orders", np.zeros(n, dtype=np.int32))
         if self.item_factors.ndim != 2 or self.item_factors.shape[0] != n:
             raise ArtifactError(f"item_factors has shape {self.item_factors.shape}, expected ({n}, factors)")
         f = self.item_factors.shape[1]
@@ -49,6 +66,13 @@ class ModelArtifact:
             raise ArtifactError(f"popularity has shape {self.popularity.shape}, expected ({n},)")
         if len(set(self.item_ids.tolist())) != n:
             raise ArtifactError("item_ids contains duplicates")
+        if self.item_support.shape != (n,) or self.copurchase_orders.shape != (n,):
+            raise ArtifactError("item_support and copurchase_orders need one entry per item")
+        if (self.copurchase_neighbors.ndim != 2 or self.copurchase_neighbors.shape[0] != n
+                or self.copurchase_scores.shape != self.copurchase_neighbors.shape):
+            raise ArtifactError("copurchase_neighbors and copurchase_scores need shape (n_items, K)")
+        if self.copurchase_neighbors.size and (self.copurchase_neighbors.max() >= n or self.copurchase_neighbors.min() < -1):
+            raise ArtifactError("copurchase_neighbors points outside the item table")
 
     @property
     def version(self) -> str:
@@ -56,7 +80,10 @@ class ModelArtifact:
 
     @classmethod
     def build(cls, item_ids: list[str], item_factors: np.ndarray, popularity: np.ndarray,
-              regularization: float, alpha: float, metadata: Mapping[str, Any]) -> "ModelArtifact":
+              regularization: float, alpha: float, metadata: Mapping[str, Any], *,
+              item_support: np.ndarray | None = None, copurchase_neighbors: np.ndarray | None = None,
+              copurchase_scores: np.ndarray | None = None,
+              copurchase_orders: np.ndarray | None = None) -> "ModelArtifact":
         """Quantise factors to float16 and compute the Gramian from exactly what serving will use."""
         factors16 = np.ascontiguousarray(item_factors, dtype=np.float16)
         if not np.all(np.isfinite(factors16)):
@@ -70,6 +97,10 @@ class ModelArtifact:
             regularization=float(regularization),
             alpha=float(alpha),
             metadata=dict(metadata),
+            item_support=None if item_support is None else np.asarray(item_support, dtype=np.int32),
+            copurchase_neighbors=None if copurchase_neighbors is None else np.asarray(copurchase_neighbors, np.int32),
+            copurchase_scores=None if copurchase_scores is None else np.asarray(copurchase_scores, np.float32),
+            copurchase_orders=None if copurchase_orders is None else np.asarray(copurchase_orders, np.int32),
         )
 
     def to_bytes(self) -> bytes:
@@ -84,6 +115,10 @@ class ModelArtifact:
             regularization=np.float64(self.regularization),
             alpha=np.float64(self.alpha),
             metadata=np.str_(json.dumps(dict(self.metadata), sort_keys=True)),
+            item_support=self.item_support,
+            copurchase_neighbors=self.copurchase_neighbors,
+            copurchase_scores=self.copurchase_scores,
+            copurchase_orders=self.copurchase_orders,
         )
         return buffer.getvalue()
 
@@ -116,6 +151,10 @@ class ModelArtifact:
                     regularization=float(archive["regularization"]),
                     alpha=float(archive["alpha"]),
                     metadata=json.loads(str(archive["metadata"])),
+                    item_support=archive["item_support"].astype(np.int32),
+                    copurchase_neighbors=archive["copurchase_neighbors"].astype(np.int32),
+                    copurchase_scores=archive["copurchase_scores"].astype(np.float32),
+                    copurchase_orders=archive["copurchase_orders"].astype(np.int32),
                 )
         except ArtifactError:
             raise

@@ -1,27 +1,52 @@
 """Where artifacts are published and found: `MODEL_STORE_URL`.
 
-The file store lays out one folder per shop:
+Two stores, one layout, one contract:
+    file://dir              LocalModelStore: a folder (local use, one machine)
+    gs://bucket[/prefix]    GCSModelStore: a Cloud Storage bucket shared by every instance
+
     <root>/<shop>/<version>.npz    the artifact
     <root>/<shop>/<version>.json   its manifest (sha256, size, metadata)
-    <root>/<shop>/latest.json      pointer to the version to serve
-Every file is written under a temporary name, fsynced, then renamed, so a
-reader sees either the old file or the new one, never half of one.
+    <root>/<shop>/latest.json      pointer to the version to serve: {"version": ...}
+
+Publishing never clobbers. A publisher first reads what `latest` holds; a version
+is created only if its name is free; the artifact and manifest are read back and
+verified; and `latest` moves only if it still holds what was read at the start.
+Of two trainers racing from the same starting point exactly one wins; the other
+gets PublishConflict, and the files it created are removed again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import re
+import socket
 import tempfile
-from dataclasses import dataclass
+import threading
+import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Iterator, Protocol
 
 from recommender.artifact import ModelArtifact, sha256_hex
 from recommender.errors import ArtifactError, ConfigError, InvalidParameter
 
+log = logging.getLogger(__name__)
+
+LATEST = "latest.json"
 _SHOP = re.compile(r"^[a-z0-9][a-z0-9.-]{0,254}$")
+_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # a version names files and objects
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")  # Cloud Storage bucket naming rules
+
+
+class PublishConflict(ArtifactError):
+    """Another publisher created this version or moved `latest` first; this publish left nothing behind."""
+
+
+class ModelStoreUnavailable(ArtifactError):
+    """The model store could not be reached or refused a request; retrying later may succeed."""
 
 
 @dataclass(frozen=True)
@@ -29,19 +54,38 @@ class Manifest:
     shop: str
     version: str
     sha256: str
-    size: int
+    size: int  # bytes of the .npz
+    # Cheap token of the `latest` pointer this manifest was found through (file: inode and mtime_ns,
+    # GCS: object generation); "" when not read through the pointer. It tells a poller whether
+    # `latest` moved, not which artifact this is, so equality ignores it.
+    change_token: str = field(default="", compare=False)
 
 
 class ModelStore(Protocol):
     def publish(self, shop: str, artifact: ModelArtifact) -> Manifest: ...
     def latest(self, shop: str) -> Manifest | None: ...
     def load(self, manifest: Manifest) -> ModelArtifact: ...
+    def delete_shop(self, shop: str) -> int: ...
 
 
 def open_model_store(url: str) -> ModelStore:
+    """`file://dir` or `gs://bucket[/prefix]`; opening does no I/O (a GCS client is made on first use)."""
     if url.startswith("file://"):
         return LocalModelStore(url[len("file://"):])
-    raise ConfigError(f"MODEL_STORE_URL: unsupported scheme in {url!r} (use file://dir)")
+    if url.startswith("gs://"):
+        return GCSModelStore(*parse_gcs_url(url))
+    raise ConfigError(f"MODEL_STORE_URL: unsupported scheme in {url!r} (use file://dir or gs://bucket/prefix)")
+
+
+def parse_gcs_url(url: str) -> tuple[str, str]:
+    """'gs://bucket/some/prefix/' → ('bucket', 'some/prefix')."""
+    bucket, _, prefix = url[len("gs://"):].partition("/")
+    if not _BUCKET.match(bucket) or ".." in bucket:
+        raise ConfigError(f"MODEL_STORE_URL must name a Cloud Storage bucket, as in gs://bucket/models; got {url!r}")
+    parts = [part for part in prefix.split("/") if part]
+    if any(part in (".", "..") for part in parts):
+        raise ConfigError(f"MODEL_STORE_URL: the prefix may not contain '.' or '..' segments; got {url!r}")
+    return bucket, "/".join(parts)
 
 
 def check_shop_domain(shop: str) -> str:
@@ -51,54 +95,309 @@ def check_shop_domain(shop: str) -> str:
     return shop
 
 
+def check_version(version: str) -> str:
+    """A version becomes a file or object name: letters, digits, '.', '_' and '-' only."""
+    if not isinstance(version, str) or not _VERSION.match(version) or ".." in version:
+        raise ArtifactError(f"model version must be letters, digits, '.', '_' or '-', got {version!r}")
+    return version
+
+
 class LocalModelStore:
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, lock_timeout: float = 10.0):
         self.root = Path(root)
+        # How long to wait for another publisher to finish moving `latest` (it takes milliseconds);
+        # a lock held longer was left by a crash and must be removed by hand.
+        self.lock_timeout = lock_timeout
 
     def _dir(self, shop: str) -> Path:
         return self.root / check_shop_domain(shop)
 
     def publish(self, shop: str, artifact: ModelArtifact) -> Manifest:
-        """Write the artifact and its manifest, read both back and verify, then move `latest`."""
-        data = artifact.to_bytes()
-        manifest = Manifest(shop, artifact.version, sha256_hex(data), len(data))
+        """Create the artifact and its manifest, read both back and verify, then move `latest` if nobody else did."""
         folder = self._dir(shop)
+        data = artifact.to_bytes()
+        manifest = Manifest(shop, check_version(artifact.version), sha256_hex(data), len(data))
         folder.mkdir(parents=True, exist_ok=True)
-        _atomic_write(folder / f"{manifest.version}.npz", data)
-        _atomic_write(folder / f"{manifest.version}.json", _manifest_json(manifest, artifact))
-        self.load(manifest)  # refuse to point `latest` at anything that does not read back
-        _atomic_write(folder / "latest.json", json.dumps({"version": manifest.version}).encode())
-        return manifest
+        base = _read_if_exists(folder / LATEST)  # `latest` moves only if it still holds exactly this
+        created: list[Path] = []
+        try:
+            for name, body in ((f"{manifest.version}.npz", data),
+                               (f"{manifest.version}.json", _manifest_json(manifest, artifact))):
+                _create_new(folder / name, body)
+                created.append(folder / name)
+            self._verify(manifest)
+            token = self._move_latest(folder, base, manifest.version)
+        except BaseException:
+            for path in reversed(created):
+                path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                _fsync_dir(folder)
+            raise
+        return replace(manifest, change_token=token)
 
     def latest(self, shop: str) -> Manifest | None:
-        pointer = self._dir(shop) / "latest.json"
+        pointer = self._dir(shop) / LATEST
         try:
-            version = json.loads(pointer.read_bytes())["version"]
-            return self.manifest(shop, version)
+            with open(pointer, "rb") as handle:
+                token = _file_token(os.fstat(handle.fileno()))  # of exactly the file read: rename swaps inodes
+                data = handle.read()
         except FileNotFoundError:
             return None
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ArtifactError(f"model pointer {pointer} is unreadable: {exc}") from exc
+        return replace(self.manifest(shop, _parse_pointer(data, str(pointer))), change_token=token)
 
     def manifest(self, shop: str, version: str) -> Manifest:
-        path = self._dir(shop) / f"{version}.json"
+        path = self._dir(shop) / f"{check_version(version)}.json"
         try:
-            fields = json.loads(path.read_bytes())
-            return Manifest(shop, fields["version"], fields["sha256"], int(fields["size"]))
+            data = path.read_bytes()
         except FileNotFoundError:
             raise ArtifactError(f"model manifest {path} is missing") from None
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ArtifactError(f"model manifest {path} is unreadable: {exc}") from exc
+        return _parse_manifest(shop, data, str(path))
 
     def load(self, manifest: Manifest) -> ModelArtifact:
-        path = self._dir(manifest.shop) / f"{manifest.version}.npz"
+        path = self._dir(manifest.shop) / f"{check_version(manifest.version)}.npz"
         try:
             data = path.read_bytes()
         except FileNotFoundError:
             raise ArtifactError(f"model artifact {path} is missing") from None
-        if len(data) != manifest.size:
-            raise ArtifactError(f"model artifact {path} is {len(data)} bytes, its manifest says {manifest.size}")
-        return ModelArtifact.from_bytes(data, expected_sha256=manifest.sha256)
+        return _parse_artifact(data, manifest, str(path))
+
+    def delete_shop(self, shop: str) -> int:
+        """Delete the shop's pointer, artifacts and manifests (shop/redact); returns how many files went."""
+        folder = self._dir(shop)
+        try:
+            paths = sorted(folder.iterdir(), key=lambda p: p.name != LATEST)  # the pointer first: no reader follows it
+        except FileNotFoundError:
+            return 0
+        for path in paths:
+            path.unlink(missing_ok=True)
+        folder.rmdir()
+        _fsync_dir(self.root)
+        return len(paths)
+
+    def _verify(self, manifest: Manifest) -> None:
+        """Refuse to point `latest` at anything that does not read back exactly as written."""
+        if self.manifest(manifest.shop, manifest.version) != manifest:
+            raise ArtifactError(f"model manifest {manifest.version}.json read back differently from what was written")
+        self.load(manifest)
+
+    def _move_latest(self, folder: Path, base: bytes | None, version: str) -> str:
+        """Swap in the new pointer if the current one still holds `base`; returns the new pointer's change token."""
+        pointer = folder / LATEST
+        staged = _write_temporary(folder, LATEST, _pointer_json(version))
+        try:
+            token = _file_token(os.stat(staged))
+            with self._pointer_lock(folder):
+                current = _read_if_exists(pointer)
+                if current != base:
+                    raise PublishConflict(
+                        f"{pointer} moved while {version} was being published (it held {_describe(base)}, now"
+                        f" {_describe(current)}): another trainer published first; {version} was not kept"
+                    )
+                os.replace(staged, pointer)
+                _fsync_dir(folder)
+        finally:
+            Path(staged).unlink(missing_ok=True)
+        return token
+
+    @contextlib.contextmanager
+    def _pointer_lock(self, folder: Path) -> Iterator[None]:
+        """Held only to compare and swap `latest`. O_CREAT|O_EXCL: exactly one creator succeeds."""
+        lock = folder / f"{LATEST}.lock"
+        deadline = time.monotonic() + self.lock_timeout
+        while True:
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                break
+            except FileExistsError:
+                if time.monotonic() >= deadline:
+                    raise PublishConflict(
+                        f"{lock} is held by another publisher ({_read_if_exists(lock)!r}) for over"
+                        f" {self.lock_timeout:g}s; if no trainer is running, a crash left it: delete it"
+                    ) from None
+                time.sleep(0.01)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+            yield
+        finally:
+            lock.unlink(missing_ok=True)
+            _fsync_dir(folder)
+
+
+class GCSModelStore:
+    """The same layout in a Cloud Storage bucket; generation preconditions make publishing safe across instances.
+
+    google-cloud-storage is imported on first use, never on the serving import path.
+    `client` (a google.cloud.storage.Client) is made from the environment when not given.
+    """
+
+    def __init__(self, bucket: str, prefix: str = "", client: Any = None):
+        self.bucket_name = bucket
+        self.prefix = prefix.strip("/")
+        self._client = client
+        self._client_lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        return f"gs://{self.bucket_name}/{self.prefix}".rstrip("/")
+
+    def publish(self, shop: str, artifact: ModelArtifact) -> Manifest:
+        """Create the artifact and its manifest (generation 0: never overwrite), verify, then move `latest`
+        with a precondition on the generation read at the start."""
+        check_shop_domain(shop)
+        data = artifact.to_bytes()
+        manifest = Manifest(shop, check_version(artifact.version), sha256_hex(data), len(data))
+        bucket = self._bucket()
+        base = self._pointer_generation(shop)  # 0 if none: then `latest` may only be created, not replaced
+        created: list[Any] = []
+        try:
+            for name, body, content_type in ((f"{manifest.version}.npz", data, "application/octet-stream"),
+                                             (f"{manifest.version}.json", _manifest_json(manifest, artifact),
+                                              "application/json")):
+                blob = bucket.blob(self._key(shop, name))
+                with _gcs_errors(f"uploading {self._url(shop, name)}", conflict=(
+                        f"model version {self._url(shop, name)} already exists; versions are never overwritten")):
+                    blob.upload_from_string(body, content_type=content_type, if_generation_match=0)
+                created.append(blob)
+            self._verify(manifest)
+            pointer = bucket.blob(self._key(shop, LATEST))
+            with _gcs_errors(f"moving {self._url(shop, LATEST)}", conflict=(
+                    f"{self._url(shop, LATEST)} moved while {manifest.version} was being published (expected"
+                    f" generation {base}): another trainer published first; {manifest.version} was not kept")):
+                pointer.upload_from_string(_pointer_json(manifest.version), content_type="application/json",
+                                           if_generation_match=base)
+        except BaseException:
+            self._remove(created)
+            raise
+        return replace(manifest, change_token=str(pointer.generation))
+
+    def latest(self, shop: str) -> Manifest | None:
+        key = self._key(shop, LATEST)
+        for _ in range(3):
+            with _gcs_errors(f"reading {self._url(shop, LATEST)}"):
+                pointer = self._bucket().get_blob(key)
+            if pointer is None:
+                return None
+            # The blob's media link pins the generation just read, so the token is that of exactly
+            # these bytes; a 404 means `latest` moved in between: read the new one.
+            data = self._download(pointer, self._url(shop, LATEST))
+            if data is not None:
+                version = _parse_pointer(data, self._url(shop, LATEST))
+                return replace(self.manifest(shop, version), change_token=str(pointer.generation))
+        raise ModelStoreUnavailable(f"{self._url(shop, LATEST)} kept moving while being read; retry")
+
+    def manifest(self, shop: str, version: str) -> Manifest:
+        where = self._url(shop, f"{check_version(version)}.json")
+        data = self._download(self._bucket().blob(self._key(shop, f"{version}.json")), where)
+        if data is None:
+            raise ArtifactError(f"model manifest {where} is missing")
+        return _parse_manifest(shop, data, where)
+
+    def load(self, manifest: Manifest) -> ModelArtifact:
+        name = f"{check_version(manifest.version)}.npz"
+        where = self._url(check_shop_domain(manifest.shop), name)
+        data = self._download(self._bucket().blob(self._key(manifest.shop, name)), where)
+        if data is None:
+            raise ArtifactError(f"model artifact {where} is missing")
+        return _parse_artifact(data, manifest, where)
+
+    def delete_shop(self, shop: str) -> int:
+        """Delete every generation of the shop's pointer, artifacts and manifests (shop/redact); returns the count.
+
+        The bucket's soft-delete policy still keeps deleted objects for its retention period.
+        """
+        from google.api_core.exceptions import NotFound
+
+        prefix = self._key(check_shop_domain(shop), "")
+        bucket = self._bucket()
+        with _gcs_errors(f"deleting {self._url(shop, '')}"):
+            blobs = list(bucket.list_blobs(prefix=prefix, versions=True))
+            blobs.sort(key=lambda blob: blob.name != prefix + LATEST)  # the pointer first: no reader follows it
+            for blob in blobs:
+                with contextlib.suppress(NotFound):  # already gone: that is what was asked
+                    blob.delete()
+        return len(blobs)
+
+    def _client_or_new(self) -> Any:
+        if self._client is None:
+            with self._client_lock:
+                if self._client is None:
+                    from google.auth.exceptions import DefaultCredentialsError
+                    from google.cloud import storage  # heavy: only when gs:// is configured
+
+                    try:
+                        self._client = storage.Client()
+                    except DefaultCredentialsError as exc:
+                        raise ConfigError(f"MODEL_STORE_URL={self.url} needs Google Cloud credentials: {exc}") from exc
+        return self._client
+
+    def _bucket(self) -> Any:
+        return self._client_or_new().bucket(self.bucket_name)
+
+    def _key(self, shop: str, name: str) -> str:
+        return f"{self.prefix}/{shop}/{name}" if self.prefix else f"{shop}/{name}"
+
+    def _url(self, shop: str, name: str) -> str:
+        return f"gs://{self.bucket_name}/{self._key(shop, name)}"
+
+    def _pointer_generation(self, shop: str) -> int:
+        with _gcs_errors(f"reading {self._url(shop, LATEST)}"):
+            pointer = self._bucket().get_blob(self._key(shop, LATEST))
+        return int(pointer.generation) if pointer is not None else 0
+
+    def _download(self, blob: Any, where: str) -> bytes | None:
+        """The object's bytes, or None if it does not exist."""
+        from google.api_core.exceptions import NotFound
+
+        with _gcs_errors(f"reading {where}"):
+            try:
+                return blob.download_as_bytes()
+            except NotFound:
+                return None
+
+    def _verify(self, manifest: Manifest) -> None:
+        """Refuse to point `latest` at anything that does not read back exactly as written."""
+        if self.manifest(manifest.shop, manifest.version) != manifest:
+            raise ArtifactError(f"model manifest {manifest.version}.json read back differently from what was written")
+        self.load(manifest)
+
+    def _remove(self, blobs: list[Any]) -> None:
+        """Undo a publish that did not complete: delete exactly the generations it created."""
+        for blob in reversed(blobs):
+            try:
+                with _gcs_errors(f"removing gs://{self.bucket_name}/{blob.name}"):
+                    blob.delete(if_generation_match=blob.generation)
+            except ArtifactError as exc:  # the publish's own error matters more; this one is logged
+                log.warning("could not remove %s after a failed publish: %s", blob.name, exc)
+
+
+@contextlib.contextmanager
+def _gcs_errors(action: str, conflict: str | None = None) -> Iterator[None]:
+    """Translate google-cloud-storage failures into this package's errors, saying what was being done."""
+    import requests
+    from google.api_core import exceptions as api
+    from google.auth.exceptions import GoogleAuthError
+    from google.cloud.storage.exceptions import DataCorruption, InvalidResponse
+
+    try:
+        yield
+    except api.PreconditionFailed as exc:
+        if conflict is None:
+            raise ModelStoreUnavailable(f"{action}: {exc}") from exc
+        raise PublishConflict(conflict) from exc
+    except (api.GoogleAPIError, GoogleAuthError, InvalidResponse, DataCorruption, requests.RequestException) as exc:
+        raise ModelStoreUnavailable(f"{action} failed: {exc}") from exc
+
+
+def _pointer_json(version: str) -> bytes:
+    return json.dumps({"version": version}).encode()
+
+
+def _parse_pointer(data: bytes, where: str) -> str:
+    try:
+        return check_version(json.loads(data)["version"])
+    except (ValueError, KeyError, TypeError, ArtifactError) as exc:
+        raise ArtifactError(f"model pointer {where} is unreadable: {exc}") from exc
 
 
 def _manifest_json(manifest: Manifest, artifact: ModelArtifact) -> bytes:
@@ -107,18 +406,63 @@ def _manifest_json(manifest: Manifest, artifact: ModelArtifact) -> bytes:
     return json.dumps(body, indent=2, sort_keys=True).encode()
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def _parse_manifest(shop: str, data: bytes, where: str) -> Manifest:
+    try:
+        fields = json.loads(data)
+        return Manifest(shop, fields["version"], fields["sha256"], int(fields["size"]))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ArtifactError(f"model manifest {where} is unreadable: {exc}") from exc
+
+
+def _parse_artifact(data: bytes, manifest: Manifest, where: str) -> ModelArtifact:
+    if len(data) != manifest.size:
+        raise ArtifactError(f"model artifact {where} is {len(data)} bytes, its manifest says {manifest.size}")
+    return ModelArtifact.from_bytes(data, expected_sha256=manifest.sha256)
+
+
+def _describe(pointer: bytes | None) -> str:
+    return "nothing" if pointer is None else pointer.decode(errors="replace")
+
+
+def _file_token(stat: os.stat_result) -> str:
+    return f"{stat.st_ino}:{stat.st_mtime_ns}"
+
+
+def _read_if_exists(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def _write_temporary(folder: Path, name: str, data: bytes) -> str:
+    """A fsynced file beside its final name, for a rename or link into place."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    return tmp
+
+
+def _create_new(path: Path, data: bytes) -> None:
+    """Write a complete file under `path` only if that name is free: os.link never replaces."""
+    tmp = _write_temporary(path.parent, path.name, data)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise PublishConflict(f"model version file {path} already exists; versions are never overwritten") from None
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    dir_fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:

@@ -52,6 +52,7 @@ class TrainingConfig:
     alpha: float = 2.0  # confidence = 1 + alpha * weight: how much an event outweighs "no event"
     iterations: int = 15  # ALS sweeps; quality plateaus around 10-20
     seed: int = 42  # fixed so a retrain on the same events gives the same model
+    copurchase_k: int = 20  # co-purchase neighbours kept per item in the artifact
     event_weights: Mapping[EventKind, float] = field(default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS))
 
 
@@ -79,7 +80,7 @@ class Settings:
         return cls(
             shopify_api_secret=Secret(secret) if secret else None,
             event_store_url=_url(env, "EVENT_STORE_URL", DEFAULT_EVENT_STORE_URL, ("sqlite:///",)),
-            model_store_url=_url(env, "MODEL_STORE_URL", DEFAULT_MODEL_STORE_URL, ("file://",)),
+            model_store_url=_url(env, "MODEL_STORE_URL", DEFAULT_MODEL_STORE_URL, ("file://", "gs://")),
             training=training,
             history_limit=_read(env, "HISTORY_LIMIT", int, 200, lambda v: 1 <= v <= 10_000, "an integer from 1 to 10000"),
             train_token=Secret(train_token) if train_token else None,

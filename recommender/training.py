@@ -16,6 +16,7 @@ import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
 from recommender.artifact import ModelArtifact
+from recommender.copurchase import copurchase_neighbors
 from recommender.errors import RecommenderError
 from recommender.events import EventKind
 from recommender.model_store import Manifest, ModelStore, check_shop_domain
@@ -55,7 +56,7 @@ def build_user_items(interactions: Iterable[Interaction], weights: dict[EventKin
     item_index: dict[str, int] = {}
     rows, cols, vals = [], [], []
     for event in interactions:
-        weight = weights.get(event.kind, 0.0)
+        weight = weights.get(event.kind, 0.0) * event.weight_factor
         if weight <= 0:
             continue
         rows.append(user_index.setdefault(event.user_key, len(user_index)))
@@ -102,6 +103,8 @@ def train_shop(store: EventStore, shop: str, config: TrainingConfig, now: dateti
         raise NotEnoughData(f"shop {shop} has {len(interactions)} events over {n_items} products; need at least 2 products")
     item_factors = fit_item_factors(data.matrix, config)
     popularity = np.asarray(data.matrix.sum(axis=0)).ravel()
+    support = np.diff(data.matrix.tocsc().indptr)  # distinct shoppers per item
+    together = copurchase_neighbors(interactions, {pid: i for i, pid in enumerate(data.item_ids)}, config.copurchase_k)
     metadata = {
         "version": now.strftime("%Y%m%dT%H%M%S%fZ"),
         "shop": shop,
@@ -115,9 +118,12 @@ def train_shop(store: EventStore, shop: str, config: TrainingConfig, now: dateti
             "seed": config.seed,
         },
         "event_weights": {kind.value: weight for kind, weight in config.event_weights.items()},
-        "counts": {"users": n_users, "items": n_items, "events": len(interactions), "nonzeros": int(data.matrix.nnz)},
+        "counts": {"users": n_users, "items": n_items, "events": len(interactions), "nonzeros": int(data.matrix.nnz),
+                   "orders": int(len({e.order_id for e in interactions if e.order_id}))},
     }
-    return ModelArtifact.build(data.item_ids, item_factors, popularity, config.regularization, config.alpha, metadata)
+    return ModelArtifact.build(data.item_ids, item_factors, popularity, config.regularization, config.alpha, metadata,
+                               item_support=support, copurchase_neighbors=together.neighbors,
+                               copurchase_scores=together.scores, copurchase_orders=together.orders)
 
 
 def train_and_publish(store: EventStore, model_store: ModelStore, shop: str, config: TrainingConfig) -> TrainingReport:

@@ -48,6 +48,10 @@ def valid_arrays(artifact):
         "regularization": np.float64(artifact.regularization),
         "alpha": np.float64(artifact.alpha),
         "metadata": np.str_(json.dumps(METADATA)),
+        "item_support": artifact.item_support,
+        "copurchase_neighbors": artifact.copurchase_neighbors,
+        "copurchase_scores": artifact.copurchase_scores,
+        "copurchase_orders": artifact.copurchase_orders,
     }
 
 
@@ -159,7 +163,7 @@ def test_unknown_format_version_is_refused():
     arrays = {**valid_arrays(build()), "format_version": np.int64(FORMAT_VERSION + 1)}
 
     # Act / Assert
-    with pytest.raises(ArtifactError, match="format 2 is not supported"):
+    with pytest.raises(ArtifactError, match=f"format {FORMAT_VERSION + 1} is not supported"):
         ModelArtifact.from_bytes(npz_bytes(**arrays))
 
 

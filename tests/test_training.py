@@ -102,7 +102,8 @@ def test_artifact_records_what_serving_and_audits_need(store):
     assert artifact.item_factors.shape == (20, 8)
     assert artifact.metadata["hyperparameters"] == {"factors": 8, "regularization": 0.05, "alpha": 2.0,
                                                     "iterations": 15, "seed": 3}
-    assert artifact.metadata["counts"] == {"users": 40, "items": 20, "events": 240, "nonzeros": 240}
+    assert artifact.metadata["counts"] == {"users": 40, "items": 20, "events": 240, "nonzeros": 240, "orders": 120}
+    assert artifact.item_support.sum() == 240  # 40 customers × 6 distinct products
     assert artifact.metadata["event_weights"]["purchase"] == 10.0
     # Every customer bought 6 distinct products once: popularity is 10 × buyers per product.
     assert artifact.popularity.sum() == pytest.approx(240 * 10.0)
