@@ -11,6 +11,7 @@ import functools
 import hmac
 import logging
 import os
+from dataclasses import asdict
 
 import flask
 import functions_framework
@@ -19,7 +20,7 @@ from recommender.errors import (
     ArtifactError, ConfigError, InvalidParameter, ModelNotReady, RecommenderError, StoreError,
 )
 from recommender.runtime import LazyRuntime
-from recommender.serving import parse_count, parse_customer_id, recommend_for_customer
+from recommender.intents import RecommendRequest
 from webhooks.delivery import handle_webhook
 
 log = logging.getLogger("main")
@@ -85,23 +86,23 @@ def webhook(request: flask.Request) -> flask.Response:
 @functions_framework.http
 @_json_errors
 def recommend(request: flask.Request) -> flask.Response:
-    """GET ?shop=&customer_id=&n= → ranked product ids."""
+    """GET ?shop=&intent=&customer_id=&product_id=&product_ids=&n=… → ranked, filterable, explained items."""
     if (refused := _require_method(request, "GET")) is not None:
         return refused
     runtime = _runtime.get()
-    shop = request.args.get("shop")
-    if not shop:
-        raise InvalidParameter("shop", "shop is required, e.g. shop=example.myshopify.com")
-    result = recommend_for_customer(
-        runtime.store, runtime.models, shop.lower(), parse_customer_id(request.args.get("customer_id")),
-        parse_count(request.args.get("n")), runtime.settings.history_limit,
-    )
-    cache = "private, no-store" if result.strategy == "personalized" else "public, max-age=60"
-    return _json({
-        "recommendations": [{"product_id": r.product_id, "score": round(r.score, 6)} for r in result.recommendations],
-        "strategy": result.strategy,
+    wanted = RecommendRequest.from_query(request.args)
+    result = runtime.recommender.recommend(wanted)
+    body = {
+        "recommendation_id": result.recommendation_id,
         "model_version": result.model_version,
-    }, headers={"Cache-Control": cache})
+        "intent": result.intent,
+        "strategy": result.strategy,
+        "fallback_from": result.fallback_from,
+        "fallback_reason": result.fallback_reason,
+        "recommendations": [{**asdict(item), "score": round(item.score, 6)} for item in result.items],
+    }
+    cache = "private, no-store" if wanted.personal else "public, max-age=60"
+    return _json(body, headers={"Cache-Control": cache})
 
 
 @functions_framework.http

@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _port_is_free(port: int) -> bool:
     with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn does: TIME_WAIT is no conflict
         try:
             probe.bind(("127.0.0.1", port))
         except OSError:
@@ -126,19 +127,35 @@ def main(argv: list[str] | None = None) -> int:
         trained.raise_for_status()
         print("  " + json.dumps(trained.json()["trained"]))
 
-        buyers = [c for c in store.customers if len(c.favourites) == 1][:2]
-        calls = [(f"customer {c.customer_id}, who shops {c.favourites[0]}",
-                  f"{base}/recommend?shop={store.config.shop}&customer_id={c.customer_id}&n=5") for c in buyers]
-        calls.append(("a customer the store has never seen",
-                      f"{base}/recommend?shop={store.config.shop}&customer_id=1&n=5"))
         titles = {p.product_id: f"{p.title} ({p.category})" for p in store.products}
+        shop = store.config.shop
+        buyers = [c for c in store.customers if len(c.favourites) == 1][:2]
+        coffee = next(p for p in store.products if p.category == "Coffee")
+        runner = next(p for p in store.products if p.category == "Running")
+        viewed = [p.product_id for p in store.products if p.category == "Yoga"][:3]
+        calls = [(f"customer {c.customer_id}, who shops {c.favourites[0]}",
+                  f"{base}/recommend?shop={shop}&customer_id={c.customer_id}&n=5") for c in buyers]
+        calls += [
+            ("a customer the store has never seen", f"{base}/recommend?shop={shop}&customer_id=1&n=5"),
+            (f"a guest who just viewed three Yoga products",
+             f"{base}/recommend?shop={shop}&product_ids={','.join(viewed)}&n=5"),
+            (f"the product page of {titles[coffee.product_id]}",
+             f"{base}/recommend?shop={shop}&intent=related&product_id={coffee.product_id}&n=5"),
+            (f"a cart holding {titles[runner.product_id]}",
+             f"{base}/recommend?shop={shop}&intent=complementary&product_ids={runner.product_id}&n=5"),
+            ("what is trending in the store", f"{base}/recommend?shop={shop}&intent=trending&n=5"),
+        ]
         print("\nTry these:")
         for label, url in calls:
             body = requests.get(url, timeout=10).json()
+            fallback = (f" (fell back from {body['fallback_from']}: {body['fallback_reason']})"
+                        if body.get("fallback_from") else "")
             print(f"\n# {label}\ncurl '{url}'")
-            print(f"  → strategy {body['strategy']}, model {body['model_version']}:")
+            print(f"  → strategy {body['strategy']}{fallback}, model {body['model_version']}:")
             for item in body["recommendations"]:
-                print(f"    {item['product_id']}  {titles.get(item['product_id'], '?')}  score {item['score']:.3f}")
+                because = f", because of {titles.get(item['because'], item['because'])}" if item.get("because") else ""
+                print(f"    {item['product_id']}  {titles.get(item['product_id'], '?')}  "
+                      f"[{item['strategy']} {item['score']:.3f}{because}]")
         if args.no_serve:
             return 0
         print(f"\nServing on {base} (/recommend, /webhooks, /train, /healthz). Ctrl-C stops.")

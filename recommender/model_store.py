@@ -280,10 +280,11 @@ class GCSModelStore:
                 return None
             # The blob's media link pins the generation just read, so the token is that of exactly
             # these bytes; a 404 means `latest` moved in between: read the new one.
+            token = str(pointer.generation)  # taken now: a download resets it from response headers
             data = self._download(pointer, self._url(shop, LATEST))
             if data is not None:
                 version = _parse_pointer(data, self._url(shop, LATEST))
-                return replace(self.manifest(shop, version), change_token=str(pointer.generation))
+                return replace(self.manifest(shop, version), change_token=token)
         raise ModelStoreUnavailable(f"{self._url(shop, LATEST)} kept moving while being read; retry")
 
     def manifest(self, shop: str, version: str) -> Manifest:

@@ -10,10 +10,13 @@ import threading
 from dataclasses import dataclass
 from typing import Mapping
 
+from recommender.catalog import CatalogCache
+from recommender.intents import Recommender
 from recommender.model_store import ModelStore, open_model_store
 from recommender.serving import ModelHolder
 from recommender.settings import Settings
 from recommender.store import EventStore, open_event_store
+from recommender.trending import TrendingCache
 
 
 @dataclass(frozen=True)
@@ -22,11 +25,20 @@ class Runtime:
     store: EventStore
     model_store: ModelStore
     models: ModelHolder
+    recommender: Recommender
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Runtime":
+        store = open_event_store(settings.event_store_url)
         model_store = open_model_store(settings.model_store_url)
-        return cls(settings, open_event_store(settings.event_store_url), model_store, ModelHolder(model_store))
+        models = ModelHolder(model_store)
+        recommender = Recommender(
+            store, models, CatalogCache(store, settings.catalog_ttl_seconds),
+            TrendingCache(store, settings.trending_half_life_days, settings.training.event_weights,
+                          settings.trending_ttl_seconds),
+            settings.history_limit,
+        )
+        return cls(settings, store, model_store, models, recommender)
 
 
 class LazyRuntime:

@@ -1,4 +1,4 @@
-"""Serving: a published artifact in memory, a shopper's latest events, a ranked list.
+"""Serving: a published artifact in memory, scored with numpy alone.
 
 Imports numpy and nothing heavier (no scipy, no implicit): cold start is the product.
 A shopper's vector is never stored; it is folded in from their stored events at
@@ -8,41 +8,29 @@ request time, so a purchase made a second ago already counts.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
 from recommender.artifact import ModelArtifact
-from recommender.errors import InvalidParameter, ModelNotReady
-from recommender.events import EventKind, user_key
-from recommender.model_store import ModelStore, check_shop_domain
-from recommender.store import EventStore, Interaction
+from recommender.errors import ModelNotReady
+from recommender.events import EventKind
+from recommender.model_store import ModelStore
+from recommender.store import Interaction
 
-MAX_RESULTS = 50
-
-
-@dataclass(frozen=True)
-class Recommendation:
-    product_id: str
-    score: float
-
-
-@dataclass(frozen=True)
-class RecommendationResult:
-    recommendations: tuple[Recommendation, ...]
-    strategy: str  # "personalized" | "popular"
-    model_version: str
+COPURCHASE_SHRINK = 5.0  # orders an item needs before co-purchase outweighs factor similarity
 
 
 class ServingModel:
-    """An artifact unpacked for fast scoring: float32 factors, an id index, a precomputed λI + YᵀY."""
+    """An artifact unpacked for fast scoring: float32 factors, unit factors, an id index, λI + YᵀY."""
 
     def __init__(self, artifact: ModelArtifact):
         self.version = artifact.version
         self.item_ids = artifact.item_ids
         self.index = {pid: row for row, pid in enumerate(artifact.item_ids.tolist())}
         self.factors = np.ascontiguousarray(artifact.item_factors, dtype=np.float32)  # float16 matmul is ~30x slower
+        norms = np.linalg.norm(self.factors, axis=1, keepdims=True)
+        self.unit_factors = self.factors / np.maximum(norms, 1e-12)
         n_factors = self.factors.shape[1]
         self.regularized_gramian = artifact.gramian.astype(np.float64) + artifact.regularization * np.eye(n_factors)
         self.alpha = artifact.alpha
@@ -52,6 +40,36 @@ class ServingModel:
         self.popular_rows = np.argsort(-popularity, kind="stable")
         top = float(popularity.max()) if len(popularity) else 1.0
         self.popularity_score = popularity / (top or 1.0)
+        self.item_support = artifact.item_support
+        self.copurchase_neighbors = artifact.copurchase_neighbors
+        self.copurchase_scores = artifact.copurchase_scores
+        self.copurchase_orders = artifact.copurchase_orders
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids)
+
+    def rows_of(self, product_ids: Sequence[str]) -> list[int]:
+        """Rows of the products the model knows, in the given order, unknown ones dropped."""
+        return [self.index[pid] for pid in product_ids if pid in self.index]
+
+    def history_weights(self, history: Sequence[Interaction]) -> tuple[np.ndarray, np.ndarray]:
+        """Sum the event weights of known products: (rows int[k], weights float[k])."""
+        summed: dict[int, float] = {}
+        for event in history:
+            row = self.index.get(event.product_id)
+            weight = self.event_weights.get(event.kind, 0.0) * event.weight_factor
+            if row is not None and weight > 0:
+                summed[row] = summed.get(row, 0.0) + weight
+        rows = np.fromiter(summed.keys(), dtype=np.int64, count=len(summed))
+        weights = np.fromiter(summed.values(), dtype=np.float64, count=len(summed))
+        return rows, weights
+
+    def _user_system(self, rows: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        y = self.factors[rows].astype(np.float64)
+        confidence = 1.0 + self.alpha * np.asarray(weights, dtype=np.float64)
+        a = self.regularized_gramian + (y.T * (confidence - 1.0)) @ y
+        return a, y, confidence
 
     def fold_in_user_vector(self, rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
         """Solve the ALS user step for one shopper.
@@ -60,53 +78,70 @@ class ServingModel:
         x = (YᵀY + λI + Yₖᵀ(Cₖ − I)Yₖ)⁻¹ Yₖᵀ Cₖ 1, with Cₖ = 1 + alpha·weights — the same
         equation implicit solves for a user during training. Returns float32[factors].
         """
-        y = self.factors[rows].astype(np.float64)
-        confidence = 1.0 + self.alpha * np.asarray(weights, dtype=np.float64)
-        a = self.regularized_gramian + (y.T * (confidence - 1.0)) @ y
-        b = y.T @ confidence
-        return np.linalg.solve(a, b).astype(np.float32)
+        a, y, confidence = self._user_system(rows, weights)
+        return np.linalg.solve(a, y.T @ confidence).astype(np.float32)
 
-    def history_weights(self, history: Sequence[Interaction]) -> tuple[np.ndarray, np.ndarray]:
-        """Sum the event weights of known products: (rows int[k], weights float[k])."""
-        summed: dict[int, float] = {}
-        for event in history:
-            row = self.index.get(event.product_id)
-            weight = self.event_weights.get(event.kind, 0.0)
-            if row is not None and weight > 0:
-                summed[row] = summed.get(row, 0.0) + weight
-        rows = np.fromiter(summed.keys(), dtype=np.int64, count=len(summed))
-        weights = np.fromiter(summed.values(), dtype=np.float64, count=len(summed))
-        return rows, weights
+    def explain(self, rows: np.ndarray, weights: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        """For each candidate row, the history row that contributed most to its score.
 
-    def top_rows(self, scores: np.ndarray, n: int, excluded_rows: set[int]) -> list[int]:
-        """The n best rows by score, excluded rows dropped, best first (ties by row)."""
-        candidates = min(len(scores), n + len(excluded_rows))
-        if candidates <= 0:
+        score_j = y_jᵀ A⁻¹ Σₖ cₖ yₖ splits exactly into per-history-item terms y_jᵀ A⁻¹ cₖ yₖ.
+        Returns int[len(candidates)] of history rows.
+        """
+        a, y, confidence = self._user_system(rows, weights)
+        per_item = np.linalg.solve(a, (y * confidence[:, None]).T)  # f × k
+        contributions = self.factors[candidates].astype(np.float64) @ per_item  # candidates × k
+        return rows[np.argmax(contributions, axis=1)]
+
+    def personalized_scores(self, rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        return self.factors @ self.fold_in_user_vector(rows, weights)
+
+    def similarity_scores(self, seed_rows: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Cosine to the closest seed: (scores float32[n_items], best seed row int[n_items])."""
+        sims = self.unit_factors @ self.unit_factors[list(seed_rows)].T  # n_items × seeds
+        best = np.argmax(sims, axis=1)
+        return sims[np.arange(self.n_items), best], np.asarray(seed_rows)[best]
+
+    def complementary_scores(self, cart_rows: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Co-purchase blended with factor similarity, per cart item, summed over the cart.
+
+        Each cart item i trusts its co-purchase list by β = orders_i / (orders_i + COPURCHASE_SHRINK)
+        and factor similarity by 1 − β. Returns (scores, the cart row contributing most,
+        whether co-purchase data contributed) over all items.
+        """
+        n = self.n_items
+        total = np.zeros(n, dtype=np.float64)
+        best_part = np.full(n, -np.inf)
+        best_row = np.full(n, -1, dtype=np.int64)
+        from_copurchase = np.zeros(n, dtype=bool)
+        for row in cart_rows:
+            beta = self.copurchase_orders[row] / (self.copurchase_orders[row] + COPURCHASE_SHRINK)
+            part = (1.0 - beta) * np.clip(self.unit_factors @ self.unit_factors[row], 0.0, None).astype(np.float64)
+            neighbors = self.copurchase_neighbors[row]
+            valid = neighbors >= 0
+            if beta > 0 and valid.any():
+                part[neighbors[valid]] += beta * self.copurchase_scores[row][valid]
+                from_copurchase[neighbors[valid]] = True
+            total += part
+            better = part > best_part
+            best_part[better], best_row[better] = part[better], row
+        return total, best_row, from_copurchase
+
+    def top_rows(self, scores: np.ndarray, n: int, blocked: np.ndarray | None = None) -> list[int]:
+        """The n best rows by score, blocked rows (bool mask) dropped, best first (ties by row)."""
+        if blocked is not None:
+            scores = np.where(blocked, -np.inf, scores)
+        available = int(np.count_nonzero(np.isfinite(scores)))
+        take = min(n, available)
+        if take <= 0:
             return []
-        part = np.argpartition(-scores, candidates - 1)[:candidates]
-        ordered = part[np.lexsort((part, -scores[part]))]
-        return [int(r) for r in ordered if int(r) not in excluded_rows][:n]
+        part = np.argpartition(-scores, take - 1)[:take]
+        return [int(r) for r in part[np.lexsort((part, -scores[part]))]]
 
-    def personalized(self, history: Sequence[Interaction], n: int,
-                     exclude_purchased: bool = True) -> list[Recommendation] | None:
-        rows, weights = self.history_weights(history)
-        if len(rows) == 0:
-            return None
-        vector = self.fold_in_user_vector(rows, weights)
-        scores = self.factors @ vector
-        excluded = {self.index[e.product_id] for e in history
-                    if exclude_purchased and e.kind is EventKind.PURCHASE and e.product_id in self.index}
-        return [Recommendation(str(self.item_ids[r]), float(scores[r])) for r in self.top_rows(scores, n, excluded)]
-
-    def popular(self, n: int, excluded_rows: set[int] = frozenset()) -> list[Recommendation]:
-        picked = []
-        for row in self.popular_rows:
-            if int(row) in excluded_rows:
-                continue
-            picked.append(Recommendation(str(self.item_ids[row]), float(self.popularity_score[row])))
-            if len(picked) == n:
-                break
-        return picked
+    def popular_rows_allowed(self, n: int, blocked: np.ndarray | None = None) -> list[int]:
+        if blocked is None:
+            return [int(r) for r in self.popular_rows[:n]]
+        allowed = self.popular_rows[~blocked[self.popular_rows]]
+        return [int(r) for r in allowed[:n]]
 
 
 class ModelHolder:
@@ -133,37 +168,3 @@ class ModelHolder:
                 model = ServingModel(self._model_store.load(manifest))
                 self._models[shop] = model
         return model
-
-
-def parse_count(raw: str | None, default: int = 10) -> int:
-    if raw is None or raw == "":
-        return default
-    try:
-        n = int(raw)
-    except ValueError:
-        raise InvalidParameter("n", f"n must be an integer from 1 to {MAX_RESULTS}, got {raw!r}") from None
-    if not 1 <= n <= MAX_RESULTS:
-        raise InvalidParameter("n", f"n must be an integer from 1 to {MAX_RESULTS}, got {raw!r}")
-    return n
-
-
-def parse_customer_id(raw: str | None) -> str | None:
-    """Shopify customer ids are positive integers; anything else is a caller error."""
-    if raw is None or raw == "":
-        return None
-    if not raw.isdigit() or len(raw) > 20:
-        raise InvalidParameter("customer_id", f"customer_id must be a Shopify customer id (digits), got {raw!r}")
-    return raw
-
-
-def recommend_for_customer(store: EventStore, holder: ModelHolder, shop: str, customer_id: str | None,
-                           n: int, history_limit: int) -> RecommendationResult:
-    """Personalized for a customer with known history, popular items otherwise."""
-    shop = check_shop_domain(shop)
-    model = holder.get(shop)
-    if customer_id:
-        history = store.history(shop, user_key(customer_id), history_limit)
-        picked = model.personalized(history, n)
-        if picked is not None:
-            return RecommendationResult(tuple(picked), "personalized", model.version)
-    return RecommendationResult(tuple(model.popular(n)), "popular", model.version)

@@ -10,10 +10,11 @@ import subprocess
 import sys
 from datetime import datetime, timezone
 
+import numpy as np
 import pytest
 
 from demo.store import PAIRED, DemoConfig, generate_demo_store
-from recommender.events import user_key
+from recommender.events import EventKind, user_key
 from recommender.history_import import read_history_csv
 from recommender.serving import ServingModel
 from recommender.settings import TrainingConfig
@@ -60,7 +61,7 @@ def category_share(demo, store, recommend) -> float:
             continue
         favourite = customer.favourites[0]
         picked = recommend(store.history(demo.config.shop, user_key(customer.customer_id), 200))
-        hits += sum(category[r.product_id] in (favourite, PAIRED[favourite]) for r in picked)
+        hits += sum(category[pid] in (favourite, PAIRED[favourite]) for pid in picked)
         total += len(picked)
     return hits / total
 
@@ -69,12 +70,19 @@ def test_the_model_recovers_the_planted_tastes_and_beats_popularity(demo_shop):
     demo, store = demo_shop
     model = ServingModel(train_shop(store, demo.config.shop, TrainingConfig()))  # the shipped defaults
 
-    personalized = category_share(demo, store, lambda history: model.personalized(history, 5))
-    popular = category_share(demo, store, lambda history: model.popular(5))
+    def personalized(history):
+        rows, weights = model.history_weights(history)
+        bought = model.rows_of([e.product_id for e in history if e.kind is EventKind.PURCHASE])
+        blocked = np.zeros(model.n_items, dtype=bool)
+        blocked[bought] = True
+        return [str(model.item_ids[r]) for r in model.top_rows(model.personalized_scores(rows, weights), 5, blocked)]
+
+    personalized_share = category_share(demo, store, personalized)
+    popular_share = category_share(demo, store, lambda history: [str(model.item_ids[r]) for r in model.popular_rows[:5]])
 
     # Two of six categories are "right" for each customer: chance is 1/3.
-    assert personalized > 0.8, personalized
-    assert popular < 0.5, popular
+    assert personalized_share > 0.8, personalized_share
+    assert popular_share < 0.5, popular_share
 
 
 def test_the_demo_command_prints_working_curl_commands(tmp_path):
@@ -87,7 +95,9 @@ def test_the_demo_command_prints_working_curl_commands(tmp_path):
 
     assert result.returncode == 0, result.stderr[-2000:]
     out = result.stdout
-    assert len(re.findall(r"^curl 'http://127\.0\.0\.1:\d+/recommend\?shop=demo-store", out, re.M)) == 3
-    assert out.count("strategy personalized") == 2
-    assert out.count("strategy popular") == 1
+    assert len(re.findall(r"^curl 'http://127\.0\.0\.1:\d+/recommend\?shop=demo-store", out, re.M)) == 7
+    assert out.count("strategy personalized") == 3  # two customers and the guest with viewed products
+    assert out.count("strategy trending (fell back from personalized: no_history)") == 1
+    assert out.count("strategy related,") == 1
+    assert out.count("strategy complementary,") == 1
     assert (tmp_path / "models" / "demo-store.myshopify.com" / "latest.json").exists()

@@ -1,0 +1,339 @@
+"""One `/recommend` contract: an intent, a fixed fallback chain, filters, reasons, rich items.
+
+    intent          chain (each step runs only if the previous ones left the list short)
+    personalized    personalized → related (to the shopper's history) → trending → popular
+    related         related → trending → popular
+    complementary   complementary → related (to the cart) → trending → popular
+    trending        trending → popular
+
+A step that lacks the data to answer says why (`no_history`, `thin_history`, `unknown_product`,
+`thin_product_data`, `no_copurchase_data`, `no_recent_activity`); the first such reason is reported
+as `fallback_from`/`fallback_reason`, and every item names the strategy that served it.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Callable, Mapping
+
+import numpy as np
+
+from recommender.catalog import CatalogCache, CatalogSnapshot
+from recommender.errors import InvalidParameter, ModelNotReady
+from recommender.events import EventKind, user_key
+from recommender.model_store import check_shop_domain
+from recommender.serving import ModelHolder, ServingModel
+from recommender.store import EventStore, Interaction
+from recommender.trending import TrendingCache
+
+MAX_RESULTS = 50
+MAX_PRODUCT_IDS = 50
+MIN_HISTORY_ITEMS = 2  # distinct known products before fold-in is trusted over "related to what you saw"
+MIN_ITEM_SUPPORT = 2  # shoppers who touched a product before its factors are trusted for "related"
+CHAINS = {
+    "personalized": ("personalized", "related", "trending", "popular"),
+    "related": ("related", "trending", "popular"),
+    "complementary": ("complementary", "related", "trending", "popular"),
+    "trending": ("trending", "popular"),
+}
+_DIGITS = re.compile(r"^[0-9]{1,20}$")
+_TOKEN = re.compile(r"^[A-Za-z0-9_\-:.]{1,128}$")
+
+
+@dataclass(frozen=True)
+class RecommendRequest:
+    shop: str
+    intent: str = "personalized"
+    customer_id: str | None = None
+    anonymous_id: str | None = None  # a cart token or other stored anonymous id
+    product_id: str | None = None  # the product page, for `related`
+    product_ids: tuple[str, ...] = ()  # cart items (complementary) or recently viewed (personalized)
+    exclude: tuple[str, ...] = ()
+    n: int = 10
+    repurchase: bool = False  # keep already-bought items (consumables)
+    include_seen: bool = False  # keep items the shopper viewed or carted (personalized excludes them by default)
+    product_type: str | None = None
+    vendor: str | None = None
+
+    @classmethod
+    def from_query(cls, query: Mapping[str, str]) -> "RecommendRequest":
+        shop = query.get("shop")
+        if not shop:
+            raise InvalidParameter("shop", "shop is required, e.g. shop=example.myshopify.com")
+        intent = query.get("intent") or "personalized"
+        if intent not in CHAINS:
+            raise InvalidParameter("intent", f"intent must be one of {', '.join(CHAINS)}, got {intent!r}")
+        request = cls(
+            shop=check_shop_domain(shop.lower()),
+            intent=intent,
+            customer_id=parse_customer_id(query.get("customer_id")),
+            anonymous_id=_token(query.get("anonymous_id"), "anonymous_id"),
+            product_id=_id(query.get("product_id"), "product_id"),
+            product_ids=_id_list(query.get("product_ids"), "product_ids"),
+            exclude=_id_list(query.get("exclude"), "exclude"),
+            n=parse_count(query.get("n")),
+            repurchase=_flag(query.get("repurchase"), "repurchase"),
+            include_seen=_flag(query.get("include_seen"), "include_seen"),
+            product_type=query.get("product_type") or None,
+            vendor=query.get("vendor") or None,
+        )
+        if intent == "related" and request.product_id is None:
+            raise InvalidParameter("product_id", "intent=related needs product_id (the product on the page)")
+        if intent == "complementary" and not request.product_ids:
+            raise InvalidParameter("product_ids", "intent=complementary needs product_ids (the cart, comma-separated)")
+        return request
+
+    @property
+    def personal(self) -> bool:
+        """Whether the answer depends on one shopper (and must not be cached publicly)."""
+        return self.intent == "personalized" and bool(self.customer_id or self.anonymous_id or self.product_ids)
+
+
+@dataclass(frozen=True)
+class RecommendedItem:
+    product_id: str
+    score: float
+    strategy: str
+    because: str | None = None
+    title: str | None = None
+    handle: str | None = None
+    price: float | None = None
+    image_url: str | None = None
+    available: bool | None = None
+    product_type: str | None = None
+    vendor: str | None = None
+
+
+@dataclass(frozen=True)
+class RecommendResponse:
+    recommendation_id: str
+    intent: str
+    strategy: str | None  # the strategy of the first item
+    fallback_from: str | None
+    fallback_reason: str | None
+    model_version: str | None
+    items: tuple[RecommendedItem, ...] = field(default_factory=tuple)
+
+
+@dataclass
+class _Candidates:
+    """A strategy's ranked answer: product ids, scores and reasons, best first."""
+
+    product_ids: list[str]
+    scores: list[float]
+    because: list[str | None]
+
+
+class Recommender:
+    """Answers RecommendRequests from a model, the shopper's events, trending and the catalog."""
+
+    def __init__(self, store: EventStore, models: ModelHolder, catalog: CatalogCache, trending: TrendingCache,
+                 history_limit: int, new_id: Callable[[], str] = lambda: uuid.uuid4().hex):
+        self._store = store
+        self._models = models
+        self._catalog = catalog
+        self._trending = trending
+        self._history_limit = history_limit
+        self._new_id = new_id
+
+    def recommend(self, request: RecommendRequest) -> RecommendResponse:
+        model = self._model(request)
+        catalog = self._catalog.get(request.shop)
+        history = self._history(request)
+        excluded = set(request.exclude) | set(request.product_ids)  # what is on screen or in the cart already
+        if request.product_id:
+            excluded.add(request.product_id)
+        if request.intent == "personalized":
+            for event in history:
+                bought = event.kind is EventKind.PURCHASE
+                if (bought and not request.repurchase) or (not bought and not request.include_seen):
+                    excluded.add(event.product_id)
+        blocked = None
+        if model is not None:
+            blocked = catalog.blocked_mask(model.item_ids, model.index, model.version, request.product_type,
+                                           request.vendor).copy()
+            blocked[model.rows_of(sorted(excluded))] = True
+
+        def allowed(pid: str) -> bool:
+            return (pid not in excluded and catalog.sellable(pid)
+                    and catalog.matches(pid, request.product_type, request.vendor))
+
+        picked: list[RecommendedItem] = []
+        seen: set[str] = set()
+        fallback_from = fallback_reason = None
+        for strategy in CHAINS[request.intent]:
+            candidates, reason = self._run(strategy, request, model, history, blocked)
+            if candidates is None:
+                if fallback_from is None:
+                    fallback_from, fallback_reason = strategy, reason
+                continue
+            for pid, score, because in zip(candidates.product_ids, candidates.scores, candidates.because):
+                if pid in seen or not allowed(pid):
+                    continue
+                seen.add(pid)
+                picked.append(_rich(pid, score, strategy, because, catalog))
+                if len(picked) == request.n:
+                    break
+            if len(picked) == request.n:
+                break
+        if fallback_from is not None and picked and picked[0].strategy == CHAINS[request.intent][0]:
+            fallback_from = fallback_reason = None  # the primary strategy answered after all
+        return RecommendResponse(
+            recommendation_id=self._new_id(), intent=request.intent,
+            strategy=picked[0].strategy if picked else None, fallback_from=fallback_from,
+            fallback_reason=fallback_reason, model_version=model.version if model else None, items=tuple(picked),
+        )
+
+    def _model(self, request: RecommendRequest) -> ServingModel | None:
+        try:
+            return self._models.get(request.shop)
+        except ModelNotReady:
+            if request.intent == "trending":  # trending reads events alone
+                return None
+            raise
+
+    def _history(self, request: RecommendRequest) -> list[Interaction]:
+        history: list[Interaction] = []
+        if request.customer_id:
+            history += self._store.history(request.shop, user_key(request.customer_id), self._history_limit)
+        if request.anonymous_id:
+            history += self._store.history(request.shop, user_key(None, request.anonymous_id), self._history_limit)
+        if request.intent == "personalized" and request.product_ids:
+            now = datetime.now(timezone.utc)
+            history += [Interaction("request", pid, EventKind.VIEW, now) for pid in request.product_ids]
+        return history
+
+    def _run(self, strategy: str, request: RecommendRequest, model: ServingModel | None,
+             history: list[Interaction], blocked: np.ndarray | None) -> tuple[_Candidates | None, str | None]:
+        if strategy == "trending":
+            ranked = self._trending.get(request.shop)
+            if not ranked:
+                return None, "no_recent_activity"
+            top = ranked[0][1]
+            limit = request.n + len(request.exclude) + len(request.product_ids) + 200
+            return _Candidates([p for p, _ in ranked[:limit]], [s / top for _, s in ranked[:limit]],
+                               [None] * min(limit, len(ranked))), None
+        if model is None:
+            return None, "no_model"
+        if strategy == "popular":
+            rows = model.popular_rows_allowed(request.n, blocked)
+            return _from_rows(model, rows, model.popularity_score, None), None
+        if strategy == "personalized":
+            rows, weights = model.history_weights(history)
+            if len(rows) == 0:
+                return None, "no_history"
+            if len(rows) < MIN_HISTORY_ITEMS:
+                return None, "thin_history"
+            scores = model.personalized_scores(rows, weights)
+            top = model.top_rows(scores, request.n, blocked)
+            because = model.explain(rows, weights, np.asarray(top, dtype=np.int64)) if top else []
+            return _from_rows(model, top, scores, [str(model.item_ids[r]) for r in because]), None
+        if strategy == "related":
+            seeds = self._related_seeds(request, model, history)
+            if not seeds:
+                return None, "unknown_product"
+            seeds = [row for row in seeds if model.item_support[row] >= MIN_ITEM_SUPPORT]
+            if not seeds:
+                return None, "thin_product_data"
+            scores, best_seed = model.similarity_scores(seeds)
+            top = model.top_rows(scores, request.n, _with_rows(blocked, seeds))
+            return _from_rows(model, top, scores, [str(model.item_ids[best_seed[r]]) for r in top]), None
+        if strategy == "complementary":
+            cart_rows = model.rows_of(request.product_ids)
+            if not cart_rows:
+                return None, "unknown_product"
+            if not any(model.copurchase_orders[row] > 0 for row in cart_rows):
+                return None, "no_copurchase_data"
+            scores, best_row, _ = model.complementary_scores(cart_rows)
+            top = model.top_rows(scores, request.n, _with_rows(blocked, cart_rows))
+            return _from_rows(model, top, scores, [str(model.item_ids[best_row[r]]) for r in top]), None
+        raise ValueError(f"unknown strategy {strategy!r}")
+
+    @staticmethod
+    def _related_seeds(request: RecommendRequest, model: ServingModel, history: list[Interaction]) -> list[int]:
+        if request.intent == "related":
+            return model.rows_of([request.product_id]) if request.product_id else []
+        if request.intent == "complementary":
+            return model.rows_of(list(request.product_ids))
+        newest_first = list(dict.fromkeys(e.product_id for e in history))
+        return model.rows_of(newest_first)[:5]
+
+
+def _with_rows(blocked: np.ndarray | None, rows: list[int]) -> np.ndarray | None:
+    if blocked is None:
+        return None
+    out = blocked.copy()
+    out[rows] = True
+    return out
+
+
+def _from_rows(model: ServingModel, rows: list[int], scores: np.ndarray, because: list[str] | None) -> _Candidates:
+    return _Candidates([str(model.item_ids[r]) for r in rows], [float(scores[r]) for r in rows],
+                       because if because is not None else [None] * len(rows))
+
+
+def _rich(pid: str, score: float, strategy: str, because: str | None, catalog: CatalogSnapshot) -> RecommendedItem:
+    product = catalog.products.get(pid)
+    if product is None:
+        return RecommendedItem(pid, score, strategy, because)
+    return RecommendedItem(pid, score, strategy, because, product.title, product.handle, product.price,
+                           product.image_url, product.available, product.product_type, product.vendor)
+
+
+def parse_count(raw: str | None, default: int = 10) -> int:
+    if raw is None or raw == "":
+        return default
+    if not _DIGITS.match(raw) or not 1 <= int(raw) <= MAX_RESULTS:
+        raise InvalidParameter("n", f"n must be an integer from 1 to {MAX_RESULTS}, got {raw!r}")
+    return int(raw)
+
+
+def parse_customer_id(raw: str | None) -> str | None:
+    """Shopify customer ids are positive integers; anything else is a caller error."""
+    if raw is None or raw == "":
+        return None
+    if not _DIGITS.match(raw):
+        raise InvalidParameter("customer_id", f"customer_id must be a Shopify customer id (digits), got {raw!r}")
+    return raw
+
+
+def _id(raw: str | None, name: str) -> str | None:
+    if raw is None or raw == "":
+        return None
+    if not _DIGITS.match(raw):
+        raise InvalidParameter(name, f"{name} must be a Shopify product id (digits), got {raw!r}")
+    return raw
+
+
+def _id_list(raw: str | None, name: str) -> tuple[str, ...]:
+    if raw is None or raw == "":
+        return ()
+    parts = [part.strip() for part in raw.split(",") if part.strip()]
+    if len(parts) > MAX_PRODUCT_IDS:
+        raise InvalidParameter(name, f"{name} takes at most {MAX_PRODUCT_IDS} ids, got {len(parts)}")
+    bad = [part for part in parts if not _DIGITS.match(part)]
+    if bad:
+        raise InvalidParameter(name, f"{name} must be comma-separated product ids (digits), got {bad[0]!r}")
+    return tuple(dict.fromkeys(parts))
+
+
+def _token(raw: str | None, name: str) -> str | None:
+    if raw is None or raw == "":
+        return None
+    if not _TOKEN.match(raw):
+        raise InvalidParameter(name, f"{name} must be 1-128 letters, digits or -_:. characters")
+    return raw
+
+
+def _flag(raw: str | None, name: str) -> bool:
+    if raw is None or raw == "":
+        return False
+    lowered = raw.lower()
+    if lowered in ("1", "true", "yes"):
+        return True
+    if lowered in ("0", "false", "no"):
+        return False
+    raise InvalidParameter(name, f"{name} must be true or false, got {raw!r}")

@@ -1,0 +1,285 @@
+"""The models offline evaluation compares, behind one contract.
+
+    model.fit(user_items, context)                  user_items: users × items CSR of engineered weights
+    model.recommend(users, user_items, k, exclude)  int[len(users), k] item indices, best first, -1 padded
+
+Every model scores every item (a full ranking, no sampled negatives). `recommend` is written once
+here: items the model never saw in training cannot be recommended, `exclude` (a users × items
+matrix, usually the training rows) is dropped per user, and ties go to the lower item index.
+ALS is the project's own: item factors from `recommender.training.fit_item_factors` and each
+user folded in from their training row exactly as serving folds in a shopper at request time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+import scipy.sparse as sp
+from threadpoolctl import threadpool_limits
+
+from recommender.offline_data import EvaluationError, Interactions, SignalConfig, row_weights
+from recommender.settings import TrainingConfig
+
+MODEL_NAMES = ("pop", "trending", "rebuy", "cosine", "bm25", "als", "bpr")
+
+
+@dataclass(frozen=True, eq=False)
+class FitContext:
+    """What time-aware models need beyond the matrix: the raw training rows and the end of training."""
+
+    events: Interactions
+    signal: SignalConfig
+    reference_time: float | None
+
+
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """int[n, k]: the k best columns per row, best first, ties to the lower index; -inf places become -1."""
+    n, m = scores.shape
+    width = min(k, m)
+    result = np.full((n, k), -1, dtype=np.int64)
+    if width == 0 or n == 0:
+        return result
+    part = np.argpartition(-scores, width - 1, axis=1)[:, :width]
+    picked = np.take_along_axis(scores, part, axis=1)
+    order = np.lexsort((part, -picked), axis=1)
+    best = np.take_along_axis(part, order, axis=1)
+    best_scores = np.take_along_axis(picked, order, axis=1)
+    result[:, :width] = np.where(np.isneginf(best_scores), -1, best)
+    return result
+
+
+class RankingModel:
+    """Base of every model under test: subclasses implement `_fit` and `score`."""
+
+    name = "model"
+
+    def __init__(self) -> None:
+        self.known_items: np.ndarray | None = None  # bool[n_items]: items with a training interaction
+
+    def params(self) -> dict:
+        return {}
+
+    def fit(self, user_items: sp.csr_matrix, context: FitContext | None = None) -> "RankingModel":
+        if not isinstance(user_items, sp.csr_matrix):
+            raise ValueError("user_items needs to be a CSR sparse matrix")
+        self.known_items = np.diff(user_items.tocsc().indptr) > 0
+        self._fit(user_items, context)
+        return self
+
+    def _fit(self, user_items: sp.csr_matrix, context: FitContext | None) -> None:
+        raise NotImplementedError
+
+    def score(self, users: np.ndarray, user_items: sp.csr_matrix) -> np.ndarray:
+        """float[len(users), n_items]; user_items holds those users' rows, in order."""
+        raise NotImplementedError
+
+    def recommend(self, users: np.ndarray, user_items: sp.csr_matrix, k: int,
+                  exclude: sp.csr_matrix | None = None, batch_size: int = 1024) -> np.ndarray:
+        """int[len(users), k] for users (row indices of user_items and exclude), best first, -1 padded."""
+        if self.known_items is None:
+            raise EvaluationError(f"{self.name} must be fitted before it recommends")
+        users = np.asarray(users, dtype=np.int64)
+        result = np.empty((len(users), k), dtype=np.int64)
+        for start in range(0, len(users), batch_size):
+            batch = users[start:start + batch_size]
+            scores = np.array(self.score(batch, user_items[batch]), dtype=np.float64)
+            scores[:, ~self.known_items] = -np.inf
+            if exclude is not None:
+                seen = exclude[batch].tocoo()
+                scores[seen.row, seen.col] = -np.inf
+            result[start:start + batch_size] = top_k(scores, k)
+        return result
+
+
+class PopularityModel(RankingModel):
+    """Everyone gets the items with the most training weight."""
+
+    name = "pop"
+
+    def _fit(self, user_items, context):
+        self.popularity = np.asarray(user_items.sum(axis=0), dtype=np.float64).ravel()
+
+    def score(self, users, user_items):
+        return np.broadcast_to(self.popularity, (len(users), len(self.popularity)))
+
+
+class TrendingModel(RankingModel):
+    """Popularity where an event counts half every `half_life_days` before the end of training."""
+
+    name = "trending"
+
+    def __init__(self, half_life_days: float = 7.0):
+        super().__init__()
+        if not half_life_days > 0:
+            raise EvaluationError(f"trending half_life_days must be > 0, got {half_life_days}")
+        self.half_life_days = half_life_days
+
+    def params(self):
+        return {"half_life_days": self.half_life_days}
+
+    def _fit(self, user_items, context):
+        if context is None or context.events.timestamps is None:
+            raise EvaluationError("trending needs timestamped training events")
+        events = context.events
+        weights = row_weights(events, context.signal, context.reference_time, half_life_days=self.half_life_days)
+        self.trend = np.bincount(events.items, weights=weights, minlength=user_items.shape[1])
+
+    def score(self, users, user_items):
+        return np.broadcast_to(self.trend, (len(users), len(self.trend)))
+
+
+class RebuyModel(RankingModel):
+    """"Buy it again": the user's own items by their weight, then best sellers. Only useful with repeats allowed."""
+
+    name = "rebuy"
+
+    def _fit(self, user_items, context):
+        popularity = np.asarray(user_items.sum(axis=0), dtype=np.float64).ravel()
+        self.popularity_share = popularity / (popularity.max(initial=0.0) + 1.0)  # in [0, 1)
+
+    def score(self, users, user_items):
+        scores = np.tile(self.popularity_share, (len(users), 1))
+        own = user_items.tocoo()
+        row_max = np.asarray(user_items.max(axis=1).todense(), dtype=np.float64).ravel()
+        scores[own.row, own.col] = 1.0 + own.data / row_max[own.row]  # any own item above any other
+        return scores
+
+
+class ItemKNNModel(RankingModel):
+    """implicit's item-item neighbours: a user's score for an item sums its similarity to their items."""
+
+    def __init__(self, similarity: str = "cosine", neighbours: int = 100, k1: float = 1.2, b: float = 0.75):
+        super().__init__()
+        if similarity not in ("cosine", "bm25"):
+            raise EvaluationError(f"item-kNN similarity must be cosine or bm25, got {similarity!r}")
+        self.name = similarity
+        self.neighbours, self.k1, self.b = neighbours, k1, b
+
+    def params(self):
+        params = {"neighbours": self.neighbours}
+        if self.name == "bm25":
+            params.update(k1=self.k1, b=self.b)
+        return params
+
+    def _fit(self, user_items, context):
+        from implicit.nearest_neighbours import BM25Recommender, CosineRecommender
+
+        model = (CosineRecommender(K=self.neighbours) if self.name == "cosine"
+                 else BM25Recommender(K=self.neighbours, K1=self.k1, B=self.b))
+        model.fit(user_items, show_progress=False)
+        self.similarity = model.similarity.tocsr()  # items × items
+
+    def score(self, users, user_items):
+        return (user_items @ self.similarity).toarray()
+
+
+class ALSModel(RankingModel):
+    """The project's ALS: confidence 1 + alpha·w, item factors from training.fit_item_factors, users folded in."""
+
+    name = "als"
+
+    def __init__(self, config: TrainingConfig):
+        super().__init__()
+        self.config = config
+
+    def params(self):
+        c = self.config
+        return {"factors": c.factors, "regularization": c.regularization, "alpha": c.alpha,
+                "iterations": c.iterations, "seed": c.seed}
+
+    def _fit(self, user_items, context):
+        from recommender.training import fit_item_factors
+
+        self.item_factors = fit_item_factors(user_items, self.config).astype(np.float64)
+        n_factors = self.item_factors.shape[1]
+        self.regularized_gramian = self.item_factors.T @ self.item_factors + self.config.regularization * np.eye(n_factors)
+
+    def fold_in_user_vectors(self, user_items: sp.csr_matrix) -> np.ndarray:
+        """float64[n_rows, factors]: per row, x = (YᵀY + λI + Yₖᵀ(Cₖ − I)Yₖ)⁻¹ Yₖᵀ Cₖ 1, Cₖ = 1 + alpha·wₖ.
+
+        The user step of ALS solved exactly for the final item factors, as serving does per request.
+        """
+        vectors = np.zeros((user_items.shape[0], self.item_factors.shape[1]))
+        with threadpool_limits(limits=1, user_api="blas"):  # thousands of tiny solves: threads only add overhead
+            for row in range(user_items.shape[0]):
+                start, end = user_items.indptr[row], user_items.indptr[row + 1]
+                if start == end:
+                    continue
+                y = self.item_factors[user_items.indices[start:end]]
+                confidence = 1.0 + self.config.alpha * user_items.data[start:end].astype(np.float64)
+                a = self.regularized_gramian + (y.T * (confidence - 1.0)) @ y
+                vectors[row] = np.linalg.solve(a, y.T @ confidence)
+        return vectors
+
+    def score(self, users, user_items):
+        return self.fold_in_user_vectors(user_items) @ self.item_factors.T
+
+
+@dataclass(frozen=True)
+class BPRConfig:
+    factors: int = 100  # implicit's defaults throughout
+    learning_rate: float = 0.01
+    regularization: float = 0.01
+    iterations: int = 100
+    seed: int = 42
+
+
+class BPRModel(RankingModel):
+    """implicit's Bayesian Personalized Ranking, one thread so a seed gives one model."""
+
+    name = "bpr"
+
+    def __init__(self, config: BPRConfig = BPRConfig()):
+        super().__init__()
+        self.config = config
+
+    def params(self):
+        return dataclasses.asdict(self.config)
+
+    def _fit(self, user_items, context):
+        from implicit.cpu.bpr import BayesianPersonalizedRanking
+
+        c = self.config
+        model = BayesianPersonalizedRanking(factors=c.factors, learning_rate=c.learning_rate,
+                                            regularization=c.regularization, iterations=c.iterations,
+                                            random_state=c.seed, num_threads=1)  # Hogwild threads race: not reproducible
+        model.fit(user_items, show_progress=False)
+        self.user_factors = np.asarray(model.user_factors, dtype=np.float64)
+        self.item_factors = np.asarray(model.item_factors, dtype=np.float64)
+
+    def score(self, users, user_items):
+        return self.user_factors[users] @ self.item_factors.T
+
+
+ALS_PARAMS = ("factors", "regularization", "alpha", "iterations", "seed")
+BPR_PARAMS = tuple(f.name for f in dataclasses.fields(BPRConfig))
+
+
+def build_model(name: str, params: Mapping[str, object] | None = None,
+                training: TrainingConfig | None = None) -> RankingModel:
+    """A fresh model by name; `params` override its defaults (ALS defaults come from `training`)."""
+    params = dict(params or {})
+    try:
+        if name == "pop":
+            model: RankingModel = PopularityModel()
+        elif name == "rebuy":
+            model = RebuyModel()
+        elif name == "trending":
+            model = TrendingModel(**params)
+        elif name in ("cosine", "bm25"):
+            model = ItemKNNModel(name, **params)
+        elif name == "als":
+            unknown = set(params) - set(ALS_PARAMS)
+            if unknown:
+                raise TypeError(f"unexpected ALS parameter(s) {sorted(unknown)}")
+            model = ALSModel(dataclasses.replace(training or TrainingConfig(), **params))
+        elif name == "bpr":
+            model = BPRModel(BPRConfig(**params))
+        else:
+            raise EvaluationError(f"unknown model {name!r}; choose from {', '.join(MODEL_NAMES)}")
+    except TypeError as exc:
+        raise EvaluationError(f"bad parameters for {name}: {exc}") from None
+    return model

@@ -1,0 +1,578 @@
+"""Model stores: the file store's no-clobber publishing across processes, and the gs:// store on a real emulator.
+
+The Cloud Storage tests run against gcp-storage-emulator started as its own process on a free loopback
+port, with STORAGE_EMULATOR_HOST pointing the real google-cloud-storage client at it. They skip, saying
+why, where the emulator cannot be started.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import numpy as np
+import pytest
+
+from recommender.artifact import ModelArtifact
+from recommender.errors import ArtifactError, ConfigError, InvalidParameter
+from recommender.model_store import (
+    GCSModelStore, LocalModelStore, Manifest, ModelStoreUnavailable, PublishConflict, open_model_store,
+)
+from recommender.settings import Settings
+from tests.conftest import ROOT, SHOP
+
+OTHER_SHOP = "other-shop.myshopify.com"
+V1 = "20261101T000000000000Z"
+V2 = "20261102T000000000000Z"
+ITEM_IDS = ["8000000000001", "8000000000002", "8000000000003", "8000000000004"]
+BUCKET = "recommender-models-test"
+
+
+def artifact(version: str) -> ModelArtifact:
+    """A real artifact: 4 items × 3 factors, items ranked 1 > 2 > 3 > 4 by popularity."""
+    factors = np.random.default_rng(3).standard_normal((len(ITEM_IDS), 3)).astype(np.float32)
+    return ModelArtifact.build(ITEM_IDS, factors, np.array([4.0, 3.0, 2.0, 1.0]), 0.05, 2.0, {"version": version})
+
+
+def files(folder: Path) -> set[str]:
+    return {p.name for p in folder.iterdir()}
+
+
+# --- choosing a store by MODEL_STORE_URL -------------------------------------------------
+
+
+def test_open_model_store_picks_the_store_by_scheme(tmp_path):
+    # Act
+    local = open_model_store(f"file://{tmp_path}/models")
+    gcs = open_model_store("gs://my-bucket/shops/models/")
+    bare = open_model_store("gs://my-bucket")
+
+    # Assert
+    assert isinstance(local, LocalModelStore) and local.root == tmp_path / "models"
+    assert isinstance(gcs, GCSModelStore) and (gcs.bucket_name, gcs.prefix) == ("my-bucket", "shops/models")
+    assert isinstance(bare, GCSModelStore) and (bare.bucket_name, bare.prefix) == ("my-bucket", "")
+
+
+@pytest.mark.parametrize("url", ["gs://", "gs:///models", "gs://My_Bucket/models", "gs://b/models",
+                                 "gs://bucket/../models", "s3://bucket/models"])
+def test_a_model_store_url_that_names_no_usable_place_is_a_config_error(url):
+    # Act / Assert
+    with pytest.raises(ConfigError, match="^MODEL_STORE_URL"):
+        open_model_store(url)
+
+
+def test_settings_accept_a_gs_model_store_url():
+    # Act
+    settings = Settings.from_mapping({"MODEL_STORE_URL": "gs://my-bucket/models"})
+
+    # Assert
+    assert settings.model_store_url == "gs://my-bucket/models"
+
+
+def test_a_gs_store_is_opened_without_importing_the_google_client():
+    # Arrange: the serving path pays for google-cloud-storage only when it first talks to the bucket
+    script = ("import sys\n"
+              "from recommender.model_store import open_model_store\n"
+              "open_model_store('gs://my-bucket/models')\n"
+              "print(sorted(m for m in sys.modules if m.startswith(('google.cloud.storage', 'google.api_core',"
+              " 'google.auth'))))")
+
+    # Act
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True)
+
+    # Assert
+    assert result.stdout.strip() == "[]"
+
+
+# --- the file store ----------------------------------------------------------------------
+
+
+def test_file_publish_returns_the_change_token_that_latest_reports(tmp_path):
+    # Arrange
+    models = LocalModelStore(tmp_path / "models")
+
+    # Act
+    published = models.publish(SHOP, artifact(V1))
+    latest = models.latest(SHOP)
+
+    # Assert
+    stat = (tmp_path / "models" / SHOP / "latest.json").stat()
+    assert published.change_token == latest.change_token == f"{stat.st_ino}:{stat.st_mtime_ns}"
+    assert models.latest(SHOP).change_token == latest.change_token  # reading does not move it
+
+
+def test_file_change_token_changes_when_latest_moves(tmp_path):
+    # Arrange
+    models = LocalModelStore(tmp_path / "models")
+    first = models.publish(SHOP, artifact(V1))
+
+    # Act
+    second = models.publish(SHOP, artifact(V2))
+
+    # Assert
+    assert second.change_token != first.change_token
+    assert models.latest(SHOP).change_token == second.change_token
+    assert Manifest(SHOP, V2, second.sha256, second.size) == second  # the token is not part of identity
+
+
+def test_file_publishing_an_existing_version_is_refused_and_the_original_kept(tmp_path):
+    # Arrange
+    models = LocalModelStore(tmp_path / "models")
+    folder = tmp_path / "models" / SHOP
+    original = models.publish(SHOP, artifact(V1))
+    original_bytes = (folder / f"{V1}.npz").read_bytes()
+    different = ModelArtifact.build(ITEM_IDS[:2], np.ones((2, 3)), np.ones(2), 0.1, 1.0, {"version": V1})
+
+    # Act
+    with pytest.raises(PublishConflict, match=f"{V1}.npz already exists; versions are never overwritten"):
+        models.publish(SHOP, different)
+
+    # Assert
+    assert (folder / f"{V1}.npz").read_bytes() == original_bytes
+    assert models.latest(SHOP) == original
+    assert files(folder) == {f"{V1}.npz", f"{V1}.json", "latest.json"}
+
+
+RACER = """
+import json, sys
+import numpy as np
+from recommender.artifact import ModelArtifact
+from recommender.model_store import LocalModelStore, PublishConflict
+root, shop, version = sys.argv[1:]
+artifact = ModelArtifact.build(["a", "b", "c"], np.eye(3, 2, dtype=np.float32), np.ones(3), 0.1, 2.0,
+                               {"version": version})
+try:
+    print(json.dumps({"won": LocalModelStore(root, lock_timeout=60).publish(shop, artifact).version}))
+except PublishConflict as exc:
+    print(json.dumps({"conflict": str(exc)}))
+"""
+
+
+def test_file_two_processes_publishing_from_the_same_base_exactly_one_wins(tmp_path):
+    # Arrange: v1 is published; the test holds the pointer lock, as a third publisher in the middle of
+    # its move would, so both racers read v1 as their base and queue before either can move `latest`.
+    root = tmp_path / "models"
+    LocalModelStore(root).publish(SHOP, artifact(V1))
+    folder = root / SHOP
+    lock = folder / "latest.json.lock"
+    lock.write_text("held by the test")
+    racers = {version: subprocess.Popen([sys.executable, "-c", RACER, str(root), SHOP, version], cwd=ROOT,
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+              for version in ("v-a", "v-b")}
+    _wait_for(lambda: all((folder / f"{v}.json").exists() for v in racers), racers.values(),
+              "both racers to create their version files")  # created after each one read its base
+
+    # Act: release the lock; they race for it
+    lock.unlink()
+    outcomes = {}
+    for version, process in racers.items():
+        out, err = process.communicate(timeout=60)
+        assert process.returncode == 0, err
+        outcomes[version] = json.loads(out)
+
+    # Assert
+    winners = [v for v, outcome in outcomes.items() if "won" in outcome]
+    losers = [v for v, outcome in outcomes.items() if "conflict" in outcome]
+    assert len(winners) == 1 and len(losers) == 1, outcomes
+    (winner,), (loser,) = winners, losers
+    assert "another trainer published first" in outcomes[loser]["conflict"]
+    assert LocalModelStore(root).latest(SHOP).version == winner
+    assert files(folder) == {f"{V1}.npz", f"{V1}.json", f"{winner}.npz", f"{winner}.json", "latest.json"}
+
+
+def test_file_lock_left_by_a_crash_is_reported_and_the_publish_undone(tmp_path):
+    # Arrange
+    models = LocalModelStore(tmp_path / "models", lock_timeout=0.05)
+    first = models.publish(SHOP, artifact(V1))
+    folder = tmp_path / "models" / SHOP
+    (folder / "latest.json.lock").write_text("pid 1 on crashed-host\n")
+
+    # Act
+    with pytest.raises(PublishConflict, match=r"latest\.json\.lock is held by another publisher.*crash left it: delete it"):
+        models.publish(SHOP, artifact(V2))
+
+    # Assert
+    assert models.latest(SHOP) == first
+    assert files(folder) == {f"{V1}.npz", f"{V1}.json", "latest.json", "latest.json.lock"}
+
+
+def test_file_version_that_is_not_a_file_name_is_refused_before_anything_is_written(tmp_path):
+    # Arrange
+    models = LocalModelStore(tmp_path / "models")
+
+    # Act / Assert
+    with pytest.raises(ArtifactError, match="model version must be"):
+        models.publish(SHOP, artifact("../../evil"))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_file_unreadable_pointer_is_an_artifact_error(tmp_path):
+    # Arrange
+    models = LocalModelStore(tmp_path / "models")
+    models.publish(SHOP, artifact(V1))
+    (tmp_path / "models" / SHOP / "latest.json").write_text("{not json")
+
+    # Act / Assert
+    with pytest.raises(ArtifactError, match="latest.json is unreadable"):
+        models.latest(SHOP)
+
+
+def test_file_delete_shop_removes_that_shop_only(tmp_path):
+    # Arrange
+    models = LocalModelStore(tmp_path / "models")
+    models.publish(SHOP, artifact(V1))
+    models.publish(SHOP, artifact(V2))
+    kept = models.publish(OTHER_SHOP, artifact(V1))
+
+    # Act
+    deleted = models.delete_shop(SHOP)
+
+    # Assert
+    assert deleted == 5
+    assert models.latest(SHOP) is None
+    assert files(tmp_path / "models") == {OTHER_SHOP}
+    assert models.latest(OTHER_SHOP) == kept
+    assert models.delete_shop(SHOP) == 0  # a second redact finds nothing
+
+
+def test_file_delete_shop_refuses_a_shop_that_is_not_a_domain(tmp_path):
+    # Act / Assert
+    with pytest.raises(InvalidParameter):
+        LocalModelStore(tmp_path / "models").delete_shop("../models")
+
+
+# --- Cloud Storage, on a real emulator -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    status: int
+
+
+@dataclass(frozen=True)
+class Emulator:
+    host: str  # for STORAGE_EMULATOR_HOST
+    log: Path  # the emulator's own log: one line per HTTP request it served
+
+    def mark(self) -> int:
+        return self.log.stat().st_size
+
+    def requests_since(self, mark: int) -> list[Request]:
+        """The requests the emulator logged after `mark`, in order."""
+        with open(self.log, "rb") as handle:
+            handle.seek(mark)
+            text = handle.read().decode(errors="replace")
+        served = re.findall(r'"(GET|POST|PUT|PATCH|DELETE) (\S+) HTTP/1\.[01]" (\d{3})', text)
+        return [Request(method, urlsplit(target).path, parse_qs(urlsplit(target).query), int(status))
+                for method, target, status in served]
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator(tmp_path_factory):
+    """gcp-storage-emulator as a real process on a free loopback port, with BUCKET created."""
+    try:
+        import gcp_storage_emulator  # noqa: F401  (runs in its own process; this only checks it is installed)
+        import google.cloud.storage  # noqa: F401
+    except ImportError as exc:
+        pytest.skip(f"Cloud Storage tests need gcp-storage-emulator and google-cloud-storage ({exc});"
+                    " install requirements-dev.txt")
+    folder = tmp_path_factory.mktemp("gcs-emulator")
+    failures = []
+    for attempt in range(3):  # a free port can be taken between finding it and the emulator binding it
+        log = folder / f"emulator-{attempt}.log"
+        port = _free_port()
+        with open(log, "wb") as sink:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1", "--port", str(port),
+                 "--in-memory", "--default-bucket", BUCKET],
+                cwd=folder, stdout=sink, stderr=subprocess.STDOUT,
+            )
+        try:
+            failure = _wait_until_serving(process, port, log)
+            if failure is None:
+                yield Emulator(f"http://127.0.0.1:{port}", log)
+                return
+            failures.append(failure)
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+    pytest.skip(f"gcp-storage-emulator could not be started: {failures[-1]}")
+
+
+@dataclass(frozen=True)
+class GCS:
+    store: GCSModelStore  # the store under test, opened from its MODEL_STORE_URL
+    bucket: object  # a plain google.cloud.storage Bucket, to arrange and inspect objects directly
+    prefix: str
+    emulator: Emulator
+
+    def key(self, name: str, shop: str = SHOP) -> str:
+        return f"{self.prefix}/{shop}/{name}"
+
+    def names(self, shop: str = SHOP) -> set[str]:
+        return {blob.name.rsplit("/", 1)[-1] for blob in self.bucket.list_blobs(prefix=f"{self.prefix}/{shop}/")}
+
+
+@pytest.fixture
+def gcs(gcs_emulator, monkeypatch) -> GCS:
+    """A gs:// store under a prefix of its own, so tests sharing the emulator never see each other's objects."""
+    from google.cloud import storage
+
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_emulator.host)
+    prefix = f"test-{uuid.uuid4().hex[:12]}/models"
+    return GCS(open_model_store(f"gs://{BUCKET}/{prefix}"), storage.Client().bucket(BUCKET), prefix, gcs_emulator)
+
+
+def conflicting_client(uploads: list, fail_on: str):
+    """A real google Client whose blobs record every upload's if_generation_match and answer 412 for `fail_on`.
+
+    The emulator accepts if_generation_match but does not enforce it, so it never answers 412 the way Cloud
+    Storage does when the precondition fails. This Blob subclass stands in for exactly that answer: it raises
+    google.api_core's own PreconditionFailed at the upload of `fail_on`, and sends every other upload on to
+    the emulator unchanged.
+    """
+    from google.api_core.exceptions import PreconditionFailed
+    from google.cloud import storage
+
+    class PreconditionBlob(storage.Blob):
+        def upload_from_string(self, data, *args, **kwargs):
+            uploads.append((self.name.rsplit("/", 1)[-1], kwargs.get("if_generation_match")))
+            if self.name.endswith(f"/{fail_on}"):
+                raise PreconditionFailed(f"POST {self.name}: At least one of the pre-conditions you specified did"
+                                         " not hold. (raised by the test double)")
+            return super().upload_from_string(data, *args, **kwargs)
+
+    class PreconditionBucket(storage.Bucket):
+        def blob(self, blob_name, *args, **kwargs):
+            return PreconditionBlob(blob_name, self, *args, **kwargs)
+
+    class PreconditionClient(storage.Client):
+        def bucket(self, bucket_name, user_project=None, generation=None):
+            return PreconditionBucket(self, bucket_name, user_project=user_project, generation=generation)
+
+    return PreconditionClient()
+
+
+def test_gcs_publish_latest_load_round_trip(gcs):
+    # Arrange
+    published_artifact = artifact(V1)
+
+    # Act
+    published = gcs.store.publish(SHOP, published_artifact)
+    latest = gcs.store.latest(SHOP)
+    loaded = gcs.store.load(latest)
+
+    # Assert
+    stored = gcs.bucket.blob(gcs.key(f"{V1}.npz")).download_as_bytes()
+    assert published == latest == Manifest(SHOP, V1, hashlib.sha256(stored).hexdigest(), len(stored))
+    pointer = gcs.bucket.get_blob(gcs.key("latest.json"))
+    assert published.change_token == latest.change_token == str(pointer.generation)
+    assert json.loads(pointer.download_as_bytes()) == {"version": V1}
+    assert json.loads(gcs.bucket.blob(gcs.key(f"{V1}.json")).download_as_bytes()) == {
+        "version": V1, "sha256": published.sha256, "size": published.size, "metadata": {"version": V1}}
+    assert gcs.names() == {f"{V1}.npz", f"{V1}.json", "latest.json"}
+    assert loaded.item_ids.tolist() == ITEM_IDS
+    np.testing.assert_array_equal(loaded.item_factors, published_artifact.item_factors)
+    np.testing.assert_array_equal(loaded.gramian, published_artifact.gramian)
+
+
+def test_gcs_latest_is_none_before_anything_is_published(gcs):
+    # Act / Assert
+    assert gcs.store.latest(SHOP) is None
+
+
+def test_gcs_a_second_publish_moves_latest_and_its_change_token(gcs):
+    # Arrange
+    first = gcs.store.publish(SHOP, artifact(V1))
+
+    # Act
+    second = gcs.store.publish(SHOP, artifact(V2))
+
+    # Assert
+    latest = gcs.store.latest(SHOP)
+    assert latest == second and latest.change_token == second.change_token != first.change_token
+    assert gcs.store.load(first).version == V1  # the old version stays readable
+
+
+def test_gcs_publish_sends_generation_preconditions(gcs):
+    """Every upload carries ifGenerationMatch: 0 to create, the pointer's generation read beforehand to move it."""
+    # Arrange
+    mark = gcs.emulator.mark()
+
+    # Act
+    first = gcs.store.publish(SHOP, artifact(V1))
+    second = gcs.store.publish(SHOP, artifact(V2))
+
+    # Assert: as the emulator received them (object names travel in the body; the order is the publish's)
+    uploads = [r for r in gcs.emulator.requests_since(mark) if r.method == "POST" and r.path.startswith("/upload/")]
+    assert [r.query.get("ifGenerationMatch") for r in uploads] == [
+        ["0"], ["0"], ["0"],  # v1.npz, v1.json, latest.json created
+        ["0"], ["0"], [first.change_token],  # v2.npz, v2.json, latest.json moved from the generation v1 left
+    ]
+    assert all(r.status == 200 for r in uploads)
+    assert second.change_token != first.change_token
+
+
+def test_gcs_pointer_moved_by_another_trainer_is_a_publish_conflict_that_leaves_nothing(gcs):
+    from google.api_core.exceptions import PreconditionFailed
+
+    # Arrange
+    first = gcs.store.publish(SHOP, artifact(V1))
+    uploads = []
+    racing = GCSModelStore(BUCKET, gcs.prefix, client=conflicting_client(uploads, fail_on="latest.json"))
+
+    # Act
+    with pytest.raises(PublishConflict, match="moved while .* another trainer published first") as raised:
+        racing.publish(SHOP, artifact(V2))
+
+    # Assert
+    assert uploads == [(f"{V2}.npz", 0), (f"{V2}.json", 0), ("latest.json", int(first.change_token))]
+    assert isinstance(raised.value.__cause__, PreconditionFailed)
+    latest = gcs.store.latest(SHOP)
+    assert latest == first and latest.change_token == first.change_token
+    assert gcs.names() == {f"{V1}.npz", f"{V1}.json", "latest.json"}  # v2's objects were removed again
+
+
+def test_gcs_publishing_an_existing_version_is_a_publish_conflict(gcs):
+    # Arrange
+    first = gcs.store.publish(SHOP, artifact(V1))
+    uploads = []
+    racing = GCSModelStore(BUCKET, gcs.prefix, client=conflicting_client(uploads, fail_on=f"{V2}.npz"))
+
+    # Act
+    with pytest.raises(PublishConflict, match=f"{V2}.npz already exists; versions are never overwritten"):
+        racing.publish(SHOP, artifact(V2))
+
+    # Assert
+    assert uploads == [(f"{V2}.npz", 0)]  # nothing after the refused create
+    assert gcs.store.latest(SHOP) == first
+    assert gcs.names() == {f"{V1}.npz", f"{V1}.json", "latest.json"}
+
+
+@pytest.mark.parametrize("damage,message", [
+    (lambda data: data[:100], r"is 100 bytes, its manifest says \d+"),
+    (lambda data: data[:40] + bytes([data[40] ^ 0xFF]) + data[41:], "checksum mismatch"),
+])
+def test_gcs_a_corrupt_artifact_in_the_bucket_is_refused_by_load(gcs, damage, message):
+    # Arrange
+    gcs.store.publish(SHOP, artifact(V1))
+    blob = gcs.bucket.blob(gcs.key(f"{V1}.npz"))
+    blob.upload_from_string(damage(blob.download_as_bytes()))
+
+    # Act / Assert
+    with pytest.raises(ArtifactError, match=message):
+        gcs.store.load(gcs.store.latest(SHOP))
+
+
+def test_gcs_a_missing_artifact_is_refused_by_load(gcs):
+    # Arrange
+    manifest = gcs.store.publish(SHOP, artifact(V1))
+    gcs.bucket.blob(gcs.key(f"{V1}.npz")).delete()
+
+    # Act / Assert
+    with pytest.raises(ArtifactError, match=f"gs://{BUCKET}/.*/{V1}.npz is missing"):
+        gcs.store.load(manifest)
+
+
+def test_gcs_an_unreadable_pointer_is_an_artifact_error(gcs):
+    # Arrange
+    gcs.store.publish(SHOP, artifact(V1))
+    gcs.bucket.blob(gcs.key("latest.json")).upload_from_string(b"{not json")
+
+    # Act / Assert
+    with pytest.raises(ArtifactError, match="latest.json is unreadable"):
+        gcs.store.latest(SHOP)
+
+
+def test_gcs_delete_shop_removes_that_shop_only(gcs):
+    # Arrange
+    gcs.store.publish(SHOP, artifact(V1))
+    gcs.store.publish(SHOP, artifact(V2))
+    kept = gcs.store.publish(OTHER_SHOP, artifact(V1))
+
+    # Act
+    deleted = gcs.store.delete_shop(SHOP)
+
+    # Assert
+    assert deleted == 5
+    assert gcs.names() == set()
+    assert gcs.store.latest(SHOP) is None
+    assert gcs.store.latest(OTHER_SHOP) == kept
+    assert gcs.store.delete_shop(SHOP) == 0
+
+
+def test_gcs_a_bucket_that_does_not_exist_is_reported_by_name(gcs):
+    # Arrange
+    missing = open_model_store(f"gs://no-such-bucket-{uuid.uuid4().hex[:8]}/models")
+
+    # Act / Assert
+    with pytest.raises(ModelStoreUnavailable, match=f"uploading gs://{missing.bucket_name}/models/{SHOP}/{V1}.npz failed"):
+        missing.publish(SHOP, artifact(V1))
+
+
+def test_gcs_store_serves_recommendations_through_the_app(gcs, env, monkeypatch):
+    # Arrange: a model published to the bucket, the app configured with MODEL_STORE_URL=gs://
+    gcs.store.publish(SHOP, artifact(V1))
+    env["MODEL_STORE_URL"] = f"gs://{BUCKET}/{gcs.prefix}"
+    from functions_framework import create_app
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    client = create_app(target="app", source=str(ROOT / "main.py")).test_client()
+
+    # Act
+    response = client.get(f"/recommend?shop={SHOP}&n=2")
+
+    # Assert
+    assert response.status_code == 200, response.json
+    assert response.json["model_version"] == V1
+    assert [r["product_id"] for r in response.json["recommendations"]] == ITEM_IDS[:2]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _wait_until_serving(process: subprocess.Popen, port: int, log: Path, patience: float = 20.0) -> str | None:
+    """None once the emulator answers on its health route; otherwise why it did not."""
+    deadline = time.monotonic() + patience
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return f"it exited with status {process.returncode}: {log.read_text(errors='replace')[-500:]}"
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1) as response:
+                if response.status == 200:
+                    return None
+        except OSError:
+            time.sleep(0.05)
+    return f"it did not answer on 127.0.0.1:{port} within {patience:g}s: {log.read_text(errors='replace')[-500:]}"
+
+
+def _wait_for(condition, processes, what: str, patience: float = 60.0) -> None:
+    deadline = time.monotonic() + patience
+    while not condition():
+        for process in processes:
+            if process.poll() is not None:
+                raise AssertionError(f"a racer exited while waiting for {what}: {process.communicate()}")
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"gave up waiting for {what}")
+        time.sleep(0.01)
