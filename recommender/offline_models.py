@@ -13,6 +13,7 @@ user folded in from their training row exactly as serving folds in a shopper at 
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -169,7 +170,10 @@ class ItemKNNModel(RankingModel):
 
         model = (CosineRecommender(K=self.neighbours) if self.name == "cosine"
                  else BM25Recommender(K=self.neighbours, K1=self.k1, B=self.b))
-        model.fit(user_items, show_progress=False)
+        with warnings.catch_warnings():
+            # implicit converts its own reweighted matrix to CSR inside fit and warns about itself
+            warnings.filterwarnings("ignore", message="Method expects CSR input")
+            model.fit(user_items, show_progress=False)
         self.similarity = model.similarity.tocsr()  # items × items
 
     def score(self, users, user_items):

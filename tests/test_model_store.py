@@ -198,7 +198,8 @@ def test_file_lock_left_by_a_crash_is_reported_and_the_publish_undone(tmp_path):
     (folder / "latest.json.lock").write_text("pid 1 on crashed-host\n")
 
     # Act
-    with pytest.raises(PublishConflict, match=r"latest\.json\.lock is held by another publisher.*crash left it: delete it"):
+    held = r"latest\.json\.lock is held by another publisher.*crash left it: delete it"
+    with pytest.raises(PublishConflict, match=held):
         models.publish(SHOP, artifact(V2))
 
     # Assert
@@ -523,7 +524,8 @@ def test_gcs_a_bucket_that_does_not_exist_is_reported_by_name(gcs):
     missing = open_model_store(f"gs://no-such-bucket-{uuid.uuid4().hex[:8]}/models")
 
     # Act / Assert
-    with pytest.raises(ModelStoreUnavailable, match=f"uploading gs://{missing.bucket_name}/models/{SHOP}/{V1}.npz failed"):
+    where = f"gs://{missing.bucket_name}/models/{SHOP}/{V1}.npz"
+    with pytest.raises(ModelStoreUnavailable, match=f"uploading {where} failed"):
         missing.publish(SHOP, artifact(V1))
 
 

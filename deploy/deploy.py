@@ -1,0 +1,238 @@
+#!/usr/bin/env python3
+"""Deploy to Google Cloud Functions (2nd gen): each entry point of main.py as its own function, the Cloud
+Scheduler job that trains every night, and optionally the model bucket and a Pub/Sub topic.
+
+    python3 deploy/deploy.py --project my-recs --database-url postgresql://... --dry-run   # print
+    python3 deploy/deploy.py --project my-recs --database-url postgresql://...             # run
+
+What it produces is a bash script: --dry-run prints it, otherwise exactly that script runs under
+`bash -euo pipefail`. Every flag defaults to the environment variable named in --help. Secrets never pass
+through this program: the functions read SHOPIFY_API_SECRET and TRAIN_TOKEN from Secret Manager
+(--set-secrets), and the scheduler job's bearer token is fetched by the script's own shell with
+`gcloud secrets versions access`. Standard library only; needs the gcloud CLI to run, not to print.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent  # the source uploaded to Cloud Functions (see .gcloudignore)
+
+
+@dataclass(frozen=True)
+class FunctionSpec:
+    """One deployed function; every size can be overridden by <NAME>_<FIELD> in the environment."""
+
+    entry_point: str  # the function in main.py
+    memory: str  # the artifact and fold-in live in memory; training holds the whole interaction matrix
+    cpu: str  # Cloud Run needs a whole CPU to serve more than one request at a time
+    concurrency: int  # requests one instance serves at once; gunicorn's THREADS is set to match
+    min_instances: int  # > 0 keeps an instance warm: no cold start on the storefront's first request
+    max_instances: int  # a cost cap; train is 1 so scheduled runs never overlap
+    timeout: str  # per request
+    secrets: tuple[str, ...] = ()  # environment variables filled from Secret Manager
+    stores: bool = True  # needs EVENT_STORE_URL and MODEL_STORE_URL
+
+
+FUNCTIONS = (
+    FunctionSpec("webhook", "256Mi", "1", 16, 0, 20, "60s", ("SHOPIFY_API_SECRET",)),
+    FunctionSpec("recommend", "512Mi", "1", 8, 1, 20, "30s"),
+    FunctionSpec("train", "2Gi", "2", 1, 0, 1, "1800s", ("TRAIN_TOKEN",)),
+    FunctionSpec("healthz", "256Mi", "1", 8, 0, 2, "10s", stores=False),
+)
+APP = FunctionSpec("app", "2Gi", "2", 8, 0, 10, "1800s", ("SHOPIFY_API_SECRET", "TRAIN_TOKEN"))
+
+TOKEN_VARIABLE = "train_token"  # the shell variable of the generated script that holds the bearer token
+
+
+class Raw(str):
+    """A word already written for the shell (it expands a variable), printed as it is."""
+
+
+def parse_args(argv: list[str], env: dict[str, str]) -> argparse.Namespace:
+    def default(name: str, fallback: str | None = None) -> str | None:
+        return env.get(name) or fallback
+
+    parser = argparse.ArgumentParser(
+        description="Deploy the Shopify recommender to Cloud Functions (2nd gen); prints or runs gcloud commands.",
+        epilog="Per-function sizes: <FUNCTION>_<FIELD> in the environment, e.g. RECOMMEND_MEMORY=1Gi, "
+               "TRAIN_TIMEOUT=3600s, WEBHOOK_CONCURRENCY=32 (fields: MEMORY, CPU, CONCURRENCY, MIN_INSTANCES, "
+               "MAX_INSTANCES, TIMEOUT).",
+    )
+    add = parser.add_argument
+    add("--project", default=default("PROJECT", env.get("GOOGLE_CLOUD_PROJECT")),
+        help="Google Cloud project id [PROJECT, or GOOGLE_CLOUD_PROJECT]")
+    add("--region", default=default("REGION", "us-central1"), help="functions and scheduler region [REGION]")
+    add("--bucket", default=default("BUCKET"), help="model bucket [BUCKET; default <project>-recommender-models]")
+    add("--model-prefix", default=default("MODEL_PREFIX", "models"), help="folder in the bucket [MODEL_PREFIX]")
+    add("--database-url", default=default("DATABASE_URL", env.get("EVENT_STORE_URL")),
+        help="EVENT_STORE_URL of the shared event store [DATABASE_URL, or EVENT_STORE_URL]")
+    add("--database-url-secret", default=default("DATABASE_URL_SECRET"),
+        help="instead: Secret Manager secret holding that URL, e.g. when it carries a password [DATABASE_URL_SECRET]")
+    add("--shopify-secret", default=default("SHOPIFY_SECRET_NAME", "shopify-api-secret"),
+        help="Secret Manager secret with the app's client secret [SHOPIFY_SECRET_NAME]")
+    add("--train-token-secret", default=default("TRAIN_TOKEN_SECRET_NAME", "train-token"),
+        help="Secret Manager secret with the /train bearer token [TRAIN_TOKEN_SECRET_NAME]")
+    add("--service-account", default=default("SERVICE_ACCOUNT"),
+        help="runtime service account of the functions [SERVICE_ACCOUNT; default: the project's default]")
+    add("--name-prefix", default=default("FUNCTION_PREFIX", ""), help="prefix of function names [FUNCTION_PREFIX]")
+    add("--recommend-min-instances", type=int, default=int(default("RECOMMEND_MIN_INSTANCES", "1")),
+        help="warm recommend instances [RECOMMEND_MIN_INSTANCES]")
+    add("--schedule", default=default("TRAIN_SCHEDULE", "0 3 * * *"), help="when to train, cron [TRAIN_SCHEDULE]")
+    add("--time-zone", default=default("TRAIN_TIME_ZONE", "Etc/UTC"), help="of the schedule [TRAIN_TIME_ZONE]")
+    add("--scheduler-job", default=default("SCHEDULER_JOB", "recommender-train"), help="job name [SCHEDULER_JOB]")
+    add("--pubsub-topic", default=default("PUBSUB_TOPIC"), help="also create this Pub/Sub topic [PUBSUB_TOPIC]")
+    add("--create-bucket", action="store_true", default=_flag(env, "CREATE_BUCKET"),
+        help="create the model bucket if missing [CREATE_BUCKET=1]")
+    add("--with-app", action="store_true", default=_flag(env, "DEPLOY_APP"),
+        help="also deploy `app`, every route in one function [DEPLOY_APP=1]")
+    add("--source", default=default("SOURCE", str(ROOT)), help="folder uploaded as the function source [SOURCE]")
+    add("--dry-run", action="store_true", help="print the commands; run nothing")
+    args = parser.parse_args(argv)
+
+    if not args.project:
+        parser.error("PROJECT is not set: pass --project or set PROJECT (or GOOGLE_CLOUD_PROJECT)")
+    if not re.fullmatch(r"[a-z][a-z0-9-]{4,28}[a-z0-9]", args.project):
+        parser.error(f"PROJECT must be a Google Cloud project id, got {args.project!r}")
+    if not (args.database_url or args.database_url_secret):
+        parser.error("DATABASE_URL is not set: pass --database-url (or --database-url-secret) with the shared event"
+                     " store; a Cloud Function's disk vanishes with its instance")
+    args.bucket = args.bucket or f"{args.project}-recommender-models"
+    if not re.fullmatch(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]", args.bucket):
+        parser.error(f"BUCKET must be a Cloud Storage bucket name, got {args.bucket!r}")
+    return args
+
+
+def function_specs(args: argparse.Namespace, env: dict[str, str]) -> list[FunctionSpec]:
+    specs = [_with_overrides(spec, env) for spec in ([*FUNCTIONS, APP] if args.with_app else FUNCTIONS)]
+    return [replace(spec, min_instances=args.recommend_min_instances) if spec.entry_point == "recommend" else spec
+            for spec in specs]
+
+
+def deploy_script(args: argparse.Namespace, env: dict[str, str]) -> str:
+    """The whole deployment as a bash script, one command per paragraph."""
+    project, region = f"--project={args.project}", f"--region={args.region}"
+    model_store_url = f"gs://{args.bucket}/{args.model_prefix.strip('/')}".rstrip("/")
+    blocks = [f"#!/usr/bin/env bash\n# Generated by deploy/deploy.py for project {args.project}, region {args.region}."
+              "\nset -euo pipefail"]
+
+    if args.create_bucket:
+        blocks.append(
+            "# The model bucket: private, one region, no soft delete (shop/redact deletes models for good).\n"
+            + _unless_exists(["gcloud", "storage", "buckets", "describe", f"gs://{args.bucket}", project],
+                             ["gcloud", "storage", "buckets", "create", f"gs://{args.bucket}", project,
+                              f"--location={args.region}", "--uniform-bucket-level-access",
+                              "--public-access-prevention", "--soft-delete-duration=0"]))
+    if args.pubsub_topic:
+        blocks.append("# The Pub/Sub topic asked for with --pubsub-topic.\n" + _unless_exists(
+            ["gcloud", "pubsub", "topics", "describe", args.pubsub_topic, project],
+            ["gcloud", "pubsub", "topics", "create", args.pubsub_topic, project]))
+
+    secret_names = {"SHOPIFY_API_SECRET": args.shopify_secret, "TRAIN_TOKEN": args.train_token_secret}
+    for spec in function_specs(args, env):
+        env_vars: dict[str, str] = {}
+        secrets = {name: f"{secret_names[name]}:latest" for name in spec.secrets}
+        if spec.stores:
+            if args.database_url_secret:
+                secrets = {"EVENT_STORE_URL": f"{args.database_url_secret}:latest", **secrets}
+            else:
+                env_vars["EVENT_STORE_URL"] = args.database_url
+            env_vars["MODEL_STORE_URL"] = model_store_url
+        env_vars["THREADS"] = str(spec.concurrency)
+        command = [
+            "gcloud", "functions", "deploy", f"{args.name_prefix}{spec.entry_point}", project, region,
+            "--gen2", "--runtime=python311", f"--source={args.source}", f"--entry-point={spec.entry_point}",
+            "--trigger-http", "--allow-unauthenticated",  # train too: it checks its own bearer token
+            f"--memory={spec.memory}", f"--cpu={spec.cpu}", f"--concurrency={spec.concurrency}",
+            f"--min-instances={spec.min_instances}", f"--max-instances={spec.max_instances}",
+            f"--timeout={spec.timeout}", f"--set-env-vars={gcloud_map(env_vars)}",
+        ]
+        if secrets:
+            command.append(f"--set-secrets={gcloud_map(secrets)}")
+        if args.service_account:
+            command.append(f"--service-account={args.service_account}")
+        command.append("--quiet")
+        blocks.append(f"# {spec.entry_point}: {spec.memory}, {spec.cpu} CPU, up to {spec.concurrency} requests at once"
+                      " per instance.\n" + render(command))
+
+    train_url = f"https://{args.region}-{args.project}.cloudfunctions.net/{args.name_prefix}train"
+    job = [args.scheduler_job, project, f"--location={args.region}"]
+    read_token = render(["gcloud", "secrets", "versions", "access", "latest", f"--secret={args.train_token_secret}",
+                         project])
+    blocks.append("\n".join([
+        "# Nightly training: Cloud Scheduler POSTs /train with the bearer token, read from Secret Manager here.",
+        f'{TOKEN_VARIABLE}="$({read_token})"',
+        f': "${{{TOKEN_VARIABLE}:?the secret {args.train_token_secret} is empty}}"',
+        "if " + render(["gcloud", "scheduler", "jobs", "describe", *job]) + " >/dev/null 2>&1; then",
+        "  " + render(["gcloud", "scheduler", "jobs", "delete", *job, "--quiet"]),
+        "fi",
+        render(["gcloud", "scheduler", "jobs", "create", "http", *job, f"--schedule={args.schedule}",
+                f"--time-zone={args.time_zone}", f"--uri={train_url}", "--http-method=POST",
+                Raw(f'--headers="Authorization=Bearer ${{{TOKEN_VARIABLE}}}"'), "--attempt-deadline=1800s",
+                "--quiet"]),
+    ]))
+    return "\n\n".join(blocks) + "\n"
+
+
+def render(command: list[str]) -> str:
+    """One command for bash: positional words on the first line, one flag per continuation line."""
+    split = next((i for i, word in enumerate(command) if word.startswith("--")), len(command))
+    head = " ".join(_quote(word) for word in command[:split])
+    return " \\\n    ".join([head, *(_quote(word) for word in command[split:])])
+
+
+def gcloud_map(pairs: dict[str, str]) -> str:
+    """KEY=VALUE,... as gcloud reads it; a value with a comma switches to gcloud's ^DELIM^ escape."""
+    delimiter = next((d for d in ",@|;#~" if not any(d in value for value in pairs.values())), None)
+    if delimiter is None:
+        raise SystemExit(f"cannot pass {sorted(pairs)} to gcloud: the values use every delimiter in ',@|;#~'")
+    joined = delimiter.join(f"{key}={value}" for key, value in pairs.items())
+    return joined if delimiter == "," else f"^{delimiter}^{joined}"
+
+
+def main(argv: list[str] | None = None, env: dict[str, str] | None = None) -> int:
+    env = dict(os.environ if env is None else env)
+    args = parse_args(sys.argv[1:] if argv is None else argv, env)
+    if args.database_url and args.database_url.startswith("sqlite"):
+        print("warning: a SQLite event store lives on one instance's in-memory disk; use a shared database",
+              file=sys.stderr)
+    script = deploy_script(args, env)
+    if args.dry_run:
+        sys.stdout.write(script)
+        return 0
+    return subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=ROOT).returncode
+
+
+def _unless_exists(describe: list[str], create: list[str]) -> str:
+    return f"if ! {render(describe)} >/dev/null 2>&1; then\n  {render(create)}\nfi"
+
+
+def _quote(word: str) -> str:
+    return str(word) if isinstance(word, Raw) else shlex.quote(word)
+
+
+def _flag(env: dict[str, str], name: str) -> bool:
+    return env.get(name, "").lower() in ("1", "true", "yes")
+
+
+def _with_overrides(spec: FunctionSpec, env: dict[str, str]) -> FunctionSpec:
+    changes = {}
+    for spec_field in fields(FunctionSpec):
+        name = f"{spec.entry_point.upper()}_{spec_field.name.upper()}"
+        if spec_field.type in ("str", "int") and env.get(name):
+            try:
+                changes[spec_field.name] = int(env[name]) if spec_field.type == "int" else env[name]
+            except ValueError:
+                raise SystemExit(f"{name} must be an integer, got {env[name]!r}") from None
+    return replace(spec, **changes)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,317 @@
+"""deploy/deploy.py: the exact gcloud commands it prints and runs, and what .gcloudignore ships."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import shlex
+import subprocess
+import sys
+from fnmatch import fnmatch
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+DEPLOY = ROOT / "deploy" / "deploy.py"
+PROJECT = "shop-recs-test"
+DATABASE_URL = "postgresql://recs@10.1.2.3:5432/events"
+MODEL_STORE_URL = f"gs://{PROJECT}-recommender-models/models"
+ENTRY_POINTS = {"webhook", "recommend", "train", "healthz"}
+
+
+def deploy(*flags: str, **env: str) -> subprocess.CompletedProcess:
+    """deploy.py as a process, with only the environment given (plus PATH)."""
+    environment = {"PATH": env.pop("PATH", os.environ["PATH"]), "PROJECT": PROJECT, "DATABASE_URL": DATABASE_URL,
+                   **env}
+    return subprocess.run([sys.executable, str(DEPLOY), *flags], env={k: v for k, v in environment.items() if v},
+                          capture_output=True, text=True, cwd=ROOT)
+
+
+def dry_run(*flags: str, **env: str) -> str:
+    result = deploy("--dry-run", *flags, **env)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def commands(script: str) -> list[list[str]]:
+    """The script's commands that start a line, as words; continuation lines joined."""
+    lines = script.replace(" \\\n    ", " ").splitlines()
+    return [shlex.split(line) for line in lines if line.strip().startswith("gcloud ")]
+
+
+def flags(words: list[str]) -> dict[str, str]:
+    """--name=value → {"--name": value}; a bare --flag → "" (each flag appears once)."""
+    found = [word.partition("=") for word in words if word.startswith("--")]
+    assert len({name for name, _, _ in found}) == len(found), f"a flag is repeated in {words}"
+    return {name: value for name, _, value in found}
+
+
+def gcloud_map(value: str) -> dict[str, str]:
+    return dict(pair.split("=", 1) for pair in value.split(",")) if value else {}
+
+
+def deployed(script: str) -> dict[str, dict[str, str]]:
+    """Function name → its deploy command's flags."""
+    return {words[3]: flags(words) for words in commands(script) if words[:3] == ["gcloud", "functions", "deploy"]}
+
+
+# --- the functions ---------------------------------------------------------------------------
+
+
+def test_dry_run_deploys_each_entry_point_as_a_gen2_python311_http_function():
+    # Act
+    functions = deployed(dry_run())
+
+    # Assert
+    assert set(functions) == ENTRY_POINTS
+    for name, flag in functions.items():
+        assert flag["--entry-point"] == name
+        assert (flag["--gen2"], flag["--runtime"], flag["--trigger-http"]) == ("", "python311", "")
+        assert (flag["--project"], flag["--region"]) == (PROJECT, "us-central1")
+        assert flag["--source"] == str(ROOT)
+        assert "--allow-unauthenticated" in flag  # train included: it checks its own bearer token
+
+
+def test_dry_run_sizes_each_function_for_its_work():
+    # Act
+    functions = deployed(dry_run())
+
+    # Assert
+    assert {name: flag["--memory"] for name, flag in functions.items()} == {
+        "webhook": "256Mi", "recommend": "512Mi", "train": "2Gi", "healthz": "256Mi"}
+    assert functions["recommend"]["--min-instances"] == "1"
+    assert (functions["train"]["--max-instances"], functions["train"]["--timeout"]) == ("1", "1800s")
+    for flag in functions.values():  # gunicorn serves as many requests at once as Cloud Run sends
+        assert gcloud_map(flag["--set-env-vars"])["THREADS"] == flag["--concurrency"]
+        assert int(flag["--concurrency"]) == 1 or float(flag["--cpu"]) >= 1  # Cloud Run's rule for concurrency
+
+
+def test_dry_run_gives_stores_to_the_functions_and_secrets_only_to_those_that_need_them():
+    # Act
+    functions = deployed(dry_run())
+
+    # Assert
+    for name in ("webhook", "recommend", "train"):
+        env_vars = gcloud_map(functions[name]["--set-env-vars"])
+        assert env_vars == {"EVENT_STORE_URL": DATABASE_URL, "MODEL_STORE_URL": MODEL_STORE_URL,
+                            "THREADS": functions[name]["--concurrency"]}
+    assert gcloud_map(functions["healthz"]["--set-env-vars"]) == {"THREADS": functions["healthz"]["--concurrency"]}
+    secrets = {name: gcloud_map(flag.get("--set-secrets", "")) for name, flag in functions.items()}
+    assert secrets == {
+        "webhook": {"SHOPIFY_API_SECRET": "shopify-api-secret:latest"},
+        "recommend": {},
+        "train": {"TRAIN_TOKEN": "train-token:latest"},
+        "healthz": {},
+    }
+
+
+def test_dry_run_creates_the_scheduler_job_that_posts_train_with_the_bearer_token():
+    # Act
+    script = dry_run()
+
+    # Assert
+    (create,) = [words for words in commands(script) if words[:4] == ["gcloud", "scheduler", "jobs", "create"]]
+    assert create[4:6] == ["http", "recommender-train"]
+    assert flags(create) == {
+        "--project": PROJECT, "--location": "us-central1", "--schedule": "0 3 * * *", "--time-zone": "Etc/UTC",
+        "--uri": f"https://us-central1-{PROJECT}.cloudfunctions.net/train", "--http-method": "POST",
+        "--headers": "Authorization=Bearer ${train_token}", "--attempt-deadline": "1800s", "--quiet": "",
+    }
+    joined = script.replace(" \\\n    ", " ")
+    assert f'train_token="$(gcloud secrets versions access latest --secret=train-token --project={PROJECT})"' in joined
+    assert joined.index("train_token=") < joined.index("gcloud scheduler jobs create")
+    assert joined.index("gcloud functions deploy train") < joined.index("gcloud scheduler jobs create")
+
+
+def test_the_printed_script_is_valid_bash(tmp_path):
+    # Arrange
+    script = tmp_path / "deploy.sh"
+    script.write_text(dry_run("--with-app", "--create-bucket", "--pubsub-topic=shop-events"))
+
+    # Act / Assert
+    subprocess.run(["bash", "-n", str(script)], check=True)
+
+
+# --- parameters --------------------------------------------------------------------------------
+
+
+def test_flags_win_over_the_environment_and_the_environment_over_defaults():
+    # Act
+    script = dry_run("--region=asia-east1", "--name-prefix=reco-", "--bucket=shared-models",
+                     REGION="europe-west1", RECOMMEND_MEMORY="1Gi", WEBHOOK_CONCURRENCY="32",
+                     TRAIN_SCHEDULE="30 2 * * 1", SERVICE_ACCOUNT=f"recs@{PROJECT}.iam.gserviceaccount.com")
+    functions = deployed(script)
+
+    # Assert
+    assert set(functions) == {f"reco-{name}" for name in ENTRY_POINTS}
+    assert {flag["--region"] for flag in functions.values()} == {"asia-east1"}
+    assert functions["reco-recommend"]["--memory"] == "1Gi"
+    webhook = functions["reco-webhook"]
+    assert (webhook["--concurrency"], gcloud_map(webhook["--set-env-vars"])["THREADS"]) == ("32", "32")
+    assert gcloud_map(functions["reco-train"]["--set-env-vars"])["MODEL_STORE_URL"] == "gs://shared-models/models"
+    assert {flag["--service-account"] for flag in functions.values()} == {f"recs@{PROJECT}.iam.gserviceaccount.com"}
+    (create,) = [words for words in commands(script) if words[:4] == ["gcloud", "scheduler", "jobs", "create"]]
+    assert flags(create)["--uri"] == f"https://asia-east1-{PROJECT}.cloudfunctions.net/reco-train"
+    assert flags(create)["--schedule"] == "30 2 * * 1"
+
+
+def test_a_database_url_from_secret_manager_never_appears_in_the_commands():
+    # Act
+    functions = deployed(dry_run(DATABASE_URL="", DATABASE_URL_SECRET="events-db-url"))
+
+    # Assert
+    for name in ("webhook", "recommend", "train"):
+        assert "EVENT_STORE_URL" not in gcloud_map(functions[name]["--set-env-vars"])
+        assert gcloud_map(functions[name]["--set-secrets"])["EVENT_STORE_URL"] == "events-db-url:latest"
+
+
+def test_an_env_value_with_a_comma_uses_gcloud_delimiter_escaping():
+    # Arrange
+    url = "postgresql://recs@db-a:5432,db-b:5432/events"
+
+    # Act
+    functions = deployed(dry_run(DATABASE_URL=url))
+
+    # Assert: ',' and '@' are both in the URL, so '|' separates
+    expected = f"^|^EVENT_STORE_URL={url}|MODEL_STORE_URL={MODEL_STORE_URL}|THREADS=1"
+    assert functions["train"]["--set-env-vars"] == expected
+
+
+def test_app_bucket_and_topic_only_when_asked():
+    # Act
+    plain = dry_run()
+    everything = dry_run("--with-app", "--create-bucket", "--pubsub-topic=shop-events")
+
+    # Assert
+    assert "gcloud storage buckets" not in plain and "gcloud pubsub" not in plain
+    assert set(deployed(everything)) == ENTRY_POINTS | {"app"}
+    app = deployed(everything)["app"]
+    assert gcloud_map(app["--set-secrets"]) == {"SHOPIFY_API_SECRET": "shopify-api-secret:latest",
+                                                "TRAIN_TOKEN": "train-token:latest"}
+    created = [words for words in commands(everything) if "create" in words[:4]]
+    assert ["gcloud", "pubsub", "topics", "create", "shop-events", f"--project={PROJECT}"] in created
+    (bucket,) = [words for words in created if words[:3] == ["gcloud", "storage", "buckets"]]
+    assert bucket[4] == f"gs://{PROJECT}-recommender-models"
+    assert {"--uniform-bucket-level-access", "--public-access-prevention"} <= set(flags(bucket))
+
+
+@pytest.mark.parametrize("env,message", [
+    ({"PROJECT": ""}, "PROJECT is not set"),
+    ({"PROJECT": "Not A Project"}, "PROJECT must be a Google Cloud project id"),
+    ({"DATABASE_URL": ""}, "DATABASE_URL is not set"),
+    ({"BUCKET": "Bad_Bucket"}, "BUCKET must be a Cloud Storage bucket name"),
+])
+def test_a_missing_or_invalid_parameter_fails_naming_it(env, message):
+    # Act
+    result = deploy("--dry-run", **env)
+
+    # Assert
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert result.stdout == ""
+
+
+GCLOUD_STUB = """#!{python}
+# Stands in for the gcloud CLI, which cannot reach Google Cloud here: records each call, answers
+# "not found" to describe, and prints a token for `secrets versions access`.
+import json, os, sys
+with open(os.environ["GCLOUD_CALLS"], "a") as log:
+    log.write(json.dumps(sys.argv[1:]) + "\\n")
+if sys.argv[1:4] == ["secrets", "versions", "access"]:
+    print("token-from-secret-manager")
+sys.exit(1 if "describe" in sys.argv[1:4] else 0)
+"""
+
+
+def test_without_dry_run_the_printed_commands_are_run(tmp_path):
+    # Arrange: a gcloud on PATH that records its calls (the real CLI needs Google Cloud)
+    stub = tmp_path / "bin" / "gcloud"
+    stub.parent.mkdir()
+    stub.write_text(GCLOUD_STUB.format(python=sys.executable))
+    stub.chmod(0o755)
+    calls = tmp_path / "calls.jsonl"
+    path = f"{stub.parent}{os.pathsep}{os.environ['PATH']}"
+    printed = commands(dry_run("--pubsub-topic=shop-events", PATH=path))
+
+    # Act
+    result = deploy("--pubsub-topic=shop-events", PATH=path, GCLOUD_CALLS=str(calls))
+
+    # Assert
+    assert result.returncode == 0, result.stderr
+    ran = [["gcloud", *json.loads(line)] for line in calls.read_text().splitlines()]
+    expected = [[word.replace("${train_token}", "token-from-secret-manager") for word in words] for words in printed
+                if words[:4] != ["gcloud", "scheduler", "jobs", "delete"]]  # skipped: describe found no job
+    assert [words for words in ran if "describe" not in words and "access" not in words] == expected
+    assert ran[-1][-4:] == ["--http-method=POST", "--headers=Authorization=Bearer token-from-secret-manager",
+                            "--attempt-deadline=1800s", "--quiet"]
+    assert "token-from-secret-manager" not in result.stdout + result.stderr
+
+
+# --- what the functions' source upload contains ----------------------------------------------
+
+
+def gcloudignore_patterns() -> list[str]:
+    lines = (ROOT / ".gcloudignore").read_text().splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
+def ignored(path: str, patterns: list[str]) -> bool:
+    """gitignore matching for the pattern kinds .gcloudignore uses: `name`, `*.ext` and `dir/`, at any depth."""
+    parts = path.split("/")
+    for pattern in patterns:
+        if pattern.endswith("/"):
+            if any(fnmatch(part, pattern[:-1]) for part in parts[:-1]):
+                return True
+        elif any(fnmatch(part, pattern) for part in parts):
+            return True
+    return False
+
+
+def uploaded_files() -> set[str]:
+    patterns = gcloudignore_patterns()
+    shipped = set()
+    for folder, dirs, names in os.walk(ROOT):
+        relative = Path(folder).relative_to(ROOT).as_posix()
+        prefix = "" if relative == "." else f"{relative}/"
+        dirs[:] = [d for d in dirs if not ignored(f"{prefix}{d}/x", patterns)]  # prune what is not uploaded
+        shipped |= {f"{prefix}{name}" for name in names if not ignored(f"{prefix}{name}", patterns)}
+    return shipped
+
+
+def test_gcloudignore_uses_only_patterns_the_check_understands():
+    # Act / Assert: no negation, no anchored paths, so `ignored` above is gitignore's own answer
+    for pattern in gcloudignore_patterns():
+        assert not pattern.startswith("!") and "/" not in pattern.rstrip("/"), pattern
+
+
+def test_gcloudignore_uploads_the_functions_and_leaves_out_everything_else():
+    # Act
+    shipped = uploaded_files()
+
+    # Assert
+    assert {"main.py", "requirements.txt", "recommender/model_store.py", "webhooks/verification.py"} <= shipped
+    assert {path.split("/")[0] for path in shipped} <= {"main.py", "requirements.txt", "recommender", "webhooks"}
+    assert not {path for path in shipped if path.endswith((".pyc", ".npz", ".sqlite3"))}
+
+
+def test_every_project_module_the_uploaded_code_imports_is_uploaded():
+    # Arrange
+    shipped = uploaded_files()
+    local = {path.name.removesuffix(".py") for path in ROOT.iterdir() if path.suffix == ".py" or path.is_dir()}
+
+    # Act
+    imported = set()
+    for path in (p for p in shipped if p.endswith(".py")):
+        for node in ast.walk(ast.parse((ROOT / path).read_text(), path)):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+
+    # Assert
+    missing = {name for name in imported & local
+               if f"{name}.py" not in shipped and f"{name}/__init__.py" not in shipped}
+    assert not missing, f"uploaded code imports {sorted(missing)}, which .gcloudignore leaves out"

@@ -1,0 +1,370 @@
+"""Every /recommend intent and filter on a planted shop, through the real entry points.
+
+The shop: category A (101-110, Coffee by Roastery) and B (201-210, Tea by Leaf Co); 40 customers who
+buy only inside one category; 20 more orders pair 101 with 301 and 102 with 302 ("grinders"),
+so 301/302 are what is bought together with 101/102.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from recommender.events import EventKind
+from recommender.store import ActivityBucket
+from recommender.trending import trending_scores
+from tests.conftest import CATEGORY_A, CATEGORY_B, SHOP, order_payload, planted_orders, post_webhook
+
+AUTH = {"Authorization": "Bearer test-train-token"}
+GRINDERS = {101: 301, 102: 302}
+NOW = datetime.now(timezone.utc)
+
+
+def product_payload(pid: int, *, product_type: str, vendor: str, status: str = "active", published: bool = True,
+                    quantity: int = 5, updated_at: datetime | None = None) -> dict:
+    stamp = (updated_at or datetime(2026, 10, 1, tzinfo=timezone.utc)).isoformat()
+    return {
+        "id": pid, "title": f"Product {pid}", "handle": f"product-{pid}", "status": status,
+        "published_at": stamp if published else None, "updated_at": stamp,
+        "product_type": product_type, "vendor": vendor,
+        "image": {"src": f"https://cdn.example/{pid}.jpg"},
+        "variants": [{"id": pid * 10, "price": f"{pid % 100 + 5}.00", "inventory_item_id": pid * 100,
+                      "inventory_quantity": quantity, "inventory_management": "shopify", "inventory_policy": "deny"}],
+    }
+
+
+def kind_of(pid: int) -> tuple[str, str]:
+    if pid in CATEGORY_A:
+        return "Coffee", "Roastery"
+    if pid in CATEGORY_B:
+        return "Tea", "Leaf Co"
+    return "Gear", "Brew Lab"
+
+
+@pytest.fixture
+def shop(app_client, monkeypatch):
+    """The planted shop, trained; catalog and trending are re-read on every request."""
+    monkeypatch.setenv("ALS_FACTORS", "2")  # two planted tastes: see tests/test_training.py
+    monkeypatch.setenv("CATALOG_TTL_SECONDS", "0")
+    monkeypatch.setenv("TRENDING_TTL_SECONDS", "0")
+    for pid in [*CATEGORY_A, *CATEGORY_B, 301, 302]:
+        product_type, vendor = kind_of(pid)
+        assert post_webhook(app_client, "products/create", product_payload(pid, product_type=product_type,
+                                                                           vendor=vendor)).status_code == 200
+    for order in planted_orders():
+        post_webhook(app_client, "orders/create", order)
+    for n in range(20):
+        item = 101 if n % 2 == 0 else 102
+        post_webhook(app_client, "orders/create",
+                     order_payload(60000 + n, 1100 + n % 10, [item, GRINDERS[item]], created_at="2026-10-05T09:00:00Z"))
+    assert app_client.post("/train", headers=AUTH).status_code == 200
+    return app_client
+
+
+def ask(client, **params) -> dict:
+    query = "&".join(f"{k}={v}" for k, v in {"shop": SHOP, **params}.items())
+    response = client.get(f"/recommend?{query}")
+    assert response.status_code == 200, response.json
+    return response.json
+
+
+def ids(body: dict) -> list[int]:
+    return [int(item["product_id"]) for item in body["recommendations"]]
+
+
+def bought_by(customer: int) -> set[int]:
+    return {line["product_id"] for order in planted_orders() if order["customer"]["id"] == customer
+            for line in order["line_items"]}
+
+
+# --- personalized -------------------------------------------------------------------------
+
+
+def test_personalized_serves_the_customers_category_with_reasons_and_catalog_fields(shop):
+    body = ask(shop, customer_id=1000, n=4)
+
+    assert (body["intent"], body["strategy"], body["fallback_from"]) == ("personalized", "personalized", None)
+    assert all(pid in CATEGORY_A or pid in GRINDERS.values() for pid in ids(body))  # the A side of the shop
+    assert not set(ids(body)) & bought_by(1000), "bought items are excluded by default"
+    first = next(item for item in body["recommendations"] if int(item["product_id"]) in CATEGORY_A)
+    assert first["strategy"] == "personalized"
+    assert int(first["because"]) in bought_by(1000)
+    assert first["title"] == f"Product {first['product_id']}"
+    assert first["handle"] == f"product-{first['product_id']}"
+    assert first["price"] == int(first["product_id"]) % 100 + 5
+    assert first["image_url"] == f"https://cdn.example/{first['product_id']}.jpg"
+    assert first["available"] is True and first["product_type"] == "Coffee" and first["vendor"] == "Roastery"
+    assert len(body["recommendation_id"]) == 32 and body["model_version"]
+
+
+def test_each_response_has_its_own_recommendation_id(shop):
+    assert ask(shop, customer_id=1000)["recommendation_id"] != ask(shop, customer_id=1000)["recommendation_id"]
+
+
+def test_a_guest_described_by_viewed_products_is_folded_in_like_a_customer(shop):
+    response = shop.get(f"/recommend?shop={SHOP}&product_ids=201,202,203&n=4")
+
+    body = response.json
+    assert body["strategy"] == "personalized"
+    assert all(pid in CATEGORY_B for pid in ids(body))
+    assert not {201, 202, 203} & set(ids(body)), "what the guest is looking at is not recommended back"
+    assert response.headers["Cache-Control"] == "private, no-store"
+
+
+def test_a_guest_known_by_cart_token_is_personalized_from_the_stored_cart(shop):
+    cart = {"id": "tok-b", "token": "tok-b", "updated_at": "2026-11-01T10:00:00Z",
+            "line_items": [{"id": 1, "product_id": 204, "variant_id": 2040, "quantity": 1, "price": "9.00"},
+                           {"id": 2, "product_id": 207, "variant_id": 2070, "quantity": 1, "price": "9.00"}]}
+    post_webhook(shop, "carts/update", cart)
+
+    body = ask(shop, anonymous_id="tok-b", n=4)
+
+    assert body["strategy"] == "personalized"
+    assert all(pid in CATEGORY_B for pid in ids(body))
+    assert not {204, 207} & set(ids(body))
+
+
+def test_one_product_of_history_is_thin_and_falls_back_to_related_with_the_reason(shop):
+    body = ask(shop, product_ids="105", n=3)
+
+    assert (body["strategy"], body["fallback_from"], body["fallback_reason"]) == ("related", "personalized",
+                                                                                  "thin_history")
+    assert all(item["strategy"] == "related" and item["because"] == "105" for item in body["recommendations"])
+    assert all(pid in CATEGORY_A or pid in GRINDERS.values() for pid in ids(body))
+
+
+def test_an_unknown_customer_gets_trending_then_popular_with_reasons(shop):
+    body = ask(shop, customer_id=5, n=3)
+
+    # Planted orders are from October: nothing in the trending window yet, so popular answers.
+    assert body["fallback_from"] == "personalized" and body["fallback_reason"] == "no_history"
+    assert body["strategy"] == "popular"
+    assert [item["strategy"] for item in body["recommendations"]] == ["popular"] * 3
+
+
+def test_repurchase_keeps_bought_items_in_play(shop):
+    without = ask(shop, customer_id=1000, n=10)
+    with_repurchase = ask(shop, customer_id=1000, n=10, repurchase="true")
+
+    assert not set(ids(without)) & bought_by(1000)
+    assert set(ids(with_repurchase)) & bought_by(1000)
+
+
+def test_a_checkout_links_a_guest_cart_to_the_customer_who_logs_in(shop):
+    cart = {"id": "tok-login", "token": "tok-login", "updated_at": "2026-11-01T10:00:00Z",
+            "line_items": [{"id": 1, "product_id": 208, "quantity": 1, "price": "9.00"},
+                           {"id": 2, "product_id": 209, "quantity": 1, "price": "9.00"}]}
+    post_webhook(shop, "carts/create", cart)
+    assert ask(shop, customer_id=5555)["fallback_reason"] == "no_history"
+
+    post_webhook(shop, "checkouts/create", {"token": "chk-1", "cart_token": "tok-login", "customer": {"id": 5555}})
+
+    body = ask(shop, customer_id=5555, n=4)
+    assert body["strategy"] == "personalized"
+    assert all(pid in CATEGORY_B for pid in ids(body))
+    assert not {208, 209} & set(ids(body))
+
+
+def test_a_cancelled_order_stops_counting_as_purchased(shop):
+    order = next(o for o in planted_orders() if o["customer"]["id"] == 1000)
+    cancelled_items = {line["product_id"] for line in order["line_items"]}
+    before = ask(shop, customer_id=1000, n=10)
+    assert not cancelled_items & set(ids(before))
+
+    post_webhook(shop, "orders/cancelled", {**order, "cancelled_at": "2026-10-02T00:00:00Z"})
+
+    after = ask(shop, customer_id=1000, n=10)
+    assert cancelled_items & set(ids(after)), "cancelled items are no longer excluded as bought"
+    assert not {item["because"] for item in after["recommendations"]} & {str(p) for p in cancelled_items}
+
+
+# --- related and complementary --------------------------------------------------------------
+
+
+def test_related_returns_similar_items_without_the_product_itself(shop):
+    body = ask(shop, intent="related", product_id=203, n=5)
+
+    assert body["strategy"] == "related"
+    assert 203 not in ids(body)
+    assert all(pid in CATEGORY_B for pid in ids(body))
+    assert {item["because"] for item in body["recommendations"]} == {"203"}
+    assert body["recommendations"][0]["score"] >= body["recommendations"][-1]["score"]
+
+
+def test_related_for_a_product_the_model_never_saw_falls_back(shop):
+    body = ask(shop, intent="related", product_id=999, n=3)
+
+    assert (body["fallback_from"], body["fallback_reason"]) == ("related", "unknown_product")
+    assert body["strategy"] == "popular"
+
+
+def test_complementary_puts_what_is_bought_together_first(shop):
+    body = ask(shop, intent="complementary", product_ids="101", n=3)
+
+    assert body["strategy"] == "complementary"
+    assert ids(body)[0] == 301
+    assert body["recommendations"][0]["because"] == "101"
+
+
+def test_complementary_for_a_whole_cart_covers_every_item_and_excludes_the_cart(shop):
+    body = ask(shop, intent="complementary", product_ids="101,102", n=2)
+
+    assert set(ids(body)) == {301, 302}
+    assert {(item["product_id"], item["because"]) for item in body["recommendations"]} == {("301", "101"),
+                                                                                          ("302", "102")}
+
+
+def test_complementary_without_copurchase_data_falls_back_to_related(shop):
+    cart = {"id": "tok-solo", "token": "tok-solo", "updated_at": "2026-11-01T10:00:00Z",
+            "line_items": [{"id": 1, "product_id": 777, "quantity": 1, "price": "1.00"}]}
+    post_webhook(shop, "carts/create", cart)
+    for n in range(3):  # 777 is carted by several shoppers but never bought
+        post_webhook(shop, "carts/create", {**cart, "id": f"tok-solo-{n}", "token": f"tok-solo-{n}",
+                                            "line_items": [{"id": 1, "product_id": 777}, {"id": 2, "product_id": 205}]})
+    shop.post("/train", headers=AUTH)
+
+    body = ask(shop, intent="complementary", product_ids="777", n=2)
+
+    assert (body["fallback_from"], body["fallback_reason"]) == ("complementary", "no_copurchase_data")
+    assert body["strategy"] == "related"
+
+
+# --- trending -------------------------------------------------------------------------------
+
+
+def test_trending_decays_with_age_by_the_half_life():
+    now = datetime(2026, 11, 22, 12, tzinfo=timezone.utc)
+    buckets = [
+        ActivityBucket("fresh", EventKind.PURCHASE, "2026-11-22", 1.0),  # age 0 days: 10
+        ActivityBucket("week-old", EventKind.PURCHASE, "2026-11-15", 1.0),  # age 7 days: 10 / 2
+        ActivityBucket("week-old", EventKind.VIEW, "2026-11-22", 2.0),  # + 2 views today: 2
+    ]
+
+    ranked = trending_scores(buckets, now, half_life_days=7.0,
+                             weights={EventKind.PURCHASE: 10.0, EventKind.VIEW: 1.0})
+
+    assert ranked == [("fresh", pytest.approx(10.0)), ("week-old", pytest.approx(7.0))]
+
+
+def test_trending_follows_recent_orders_and_needs_no_retraining(shop):
+    today = NOW.isoformat()
+    for n in range(3):
+        post_webhook(shop, "orders/create", order_payload(70000 + n, 2000 + n, [206], created_at=today))
+    post_webhook(shop, "orders/create", order_payload(70010, 2010, [107], created_at=today))
+
+    body = ask(shop, intent="trending", n=2)
+
+    assert body["strategy"] == "trending" and body["fallback_from"] is None
+    assert ids(body) == [206, 107]
+    assert [item["score"] for item in body["recommendations"]] == [1.0, pytest.approx(1 / 3)]
+
+
+def test_trending_with_no_recent_activity_falls_back_to_popular(shop):
+    body = ask(shop, intent="trending", n=2)
+    assert (body["strategy"], body["fallback_from"], body["fallback_reason"]) == ("popular", "trending",
+                                                                                  "no_recent_activity")
+
+
+# --- catalog-aware filtering ------------------------------------------------------------------
+
+
+def every_intent(client) -> set[int]:
+    seen = set()
+    for params in ({"customer_id": 1000}, {"intent": "related", "product_id": 101},
+                   {"intent": "complementary", "product_ids": "101,102"}, {"intent": "trending"},
+                   {"customer_id": 5}):
+        seen |= set(ids(ask(client, n=50, **params)))
+    return seen
+
+
+def test_a_product_set_to_draft_disappears_from_every_intent_at_once(shop):
+    assert 301 in every_intent(shop)
+    later = datetime(2026, 11, 1, tzinfo=timezone.utc)
+
+    post_webhook(shop, "products/update", product_payload(301, product_type="Gear", vendor="Brew Lab",
+                                                          status="draft", updated_at=later))
+
+    assert 301 not in every_intent(shop)
+    assert ids(ask(shop, intent="complementary", product_ids="101", n=1)) != [301]
+
+
+@pytest.mark.parametrize("change", ["archived", "unpublished", "deleted", "sold_out"])
+def test_unsellable_products_are_never_returned(shop, change):
+    later = datetime(2026, 11, 1, tzinfo=timezone.utc)
+    kwargs = {"product_type": "Gear", "vendor": "Brew Lab", "updated_at": later}
+    if change == "archived":
+        post_webhook(shop, "products/update", product_payload(301, status="archived", **kwargs))
+    elif change == "unpublished":
+        post_webhook(shop, "products/update", product_payload(301, published=False, **kwargs))
+    elif change == "deleted":
+        post_webhook(shop, "products/delete", {"id": 301})
+    else:
+        post_webhook(shop, "products/update", product_payload(301, quantity=0, **kwargs))
+
+    assert 301 not in every_intent(shop)
+
+
+def test_a_product_back_in_stock_reappears_without_retraining(shop):
+    level = {"inventory_item_id": 30100, "location_id": 7, "available": 0, "updated_at": "2026-11-01T00:00:00Z"}
+    post_webhook(shop, "inventory_levels/update", level)
+    assert 301 not in ids(ask(shop, intent="complementary", product_ids="101", n=3))
+
+    post_webhook(shop, "inventory_levels/update", {**level, "available": 4})
+
+    assert ids(ask(shop, intent="complementary", product_ids="101", n=3))[0] == 301
+
+
+def test_product_type_and_vendor_filters(shop):
+    tea = ask(shop, customer_id=1000, n=5, product_type="tea")
+    vendor = ask(shop, intent="related", product_id=101, n=5, vendor="Brew%20Lab")
+
+    assert ids(tea) and all(pid in CATEGORY_B for pid in ids(tea))
+    assert set(ids(vendor)) <= {301, 302} and ids(vendor)
+
+
+def test_exclude_removes_named_products(shop):
+    first = ids(ask(shop, customer_id=1000, n=3))
+    body = ask(shop, customer_id=1000, n=3, exclude=",".join(map(str, first)))
+    assert not set(first) & set(ids(body))
+
+
+@pytest.mark.parametrize("query, parameter", [
+    ("intent=similar", "intent"),
+    ("intent=related", "product_id"),
+    ("intent=complementary", "product_ids"),
+    ("product_ids=1,x", "product_ids"),
+    ("repurchase=maybe", "repurchase"),
+    ("anonymous_id=a%20b", "anonymous_id"),
+])
+def test_bad_intent_parameters_name_the_parameter(shop, query, parameter):
+    response = shop.get(f"/recommend?shop={SHOP}&{query}")
+    assert response.status_code == 400
+    assert response.json["parameter"] == parameter
+
+
+def test_trending_works_before_any_model_is_trained(app_client, monkeypatch):
+    monkeypatch.setenv("TRENDING_TTL_SECONDS", "0")
+    post_webhook(app_client, "orders/create", order_payload(1, 2, [42], created_at=NOW.isoformat()))
+
+    body = ask(app_client, intent="trending")
+
+    assert ids(body) == [42] and body["model_version"] is None
+    assert app_client.get(f"/recommend?shop={SHOP}&customer_id=2").status_code == 503
+
+
+def test_a_partial_refund_shrinks_the_purchase_weight(store):
+    from recommender.events import Delivery
+    from webhooks.topics import TopicContext, order_created, refund_created
+
+    order = order_payload(5, 6, [7])
+    order["line_items"][0]["quantity"] = 4
+    store.apply(Delivery(SHOP, "d1", "orders/create"), order_created(TopicContext(SHOP, "orders/create", "d1"), order))
+    refund = {"id": 99, "order_id": 5, "refund_line_items": [{"line_item_id": 500, "quantity": 1}]}
+    changes = refund_created(TopicContext(SHOP, "refunds/create", "d2"), refund)
+
+    store.apply(Delivery(SHOP, "d2", "refunds/create"), changes)
+    store.apply(Delivery(SHOP, "d3", "refunds/create"), changes)  # the same refund again: applied once
+
+    [event] = store.interactions(SHOP)
+    assert event.weight_factor == pytest.approx(0.75)
