@@ -11,6 +11,7 @@ import functools
 import hmac
 import logging
 import os
+import time
 from dataclasses import asdict
 
 import flask
@@ -21,6 +22,7 @@ from recommender.errors import (
 )
 from recommender.runtime import LazyRuntime
 from recommender.intents import RecommendRequest
+from webhooks.app_proxy import AccessDenied, storefront_query
 from webhooks.delivery import handle_webhook
 
 log = logging.getLogger("main")
@@ -83,14 +85,32 @@ def webhook(request: flask.Request) -> flask.Response:
     return _json(outcome.body(), outcome.status)
 
 
+def _cors(request: flask.Request, shop: str | None, allowed: tuple[str, ...]) -> dict[str, str]:
+    """CORS for the shop's own storefront origins: https://<shop> and the configured custom domains."""
+    origin = request.headers.get("Origin", "").rstrip("/")
+    if origin and (origin == f"https://{shop}" or origin in allowed):
+        return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
+    return {}
+
+
 @functions_framework.http
 @_json_errors
 def recommend(request: flask.Request) -> flask.Response:
-    """GET ?shop=&intent=&customer_id=&product_id=&product_ids=&n=… → ranked, filterable, explained items."""
+    """GET ?shop=&intent=&product_id=&product_ids=&n=… (customer_id via the app proxy) → ranked, explained items."""
+    runtime = _runtime.get()
+    settings = runtime.settings
+    if request.method == "OPTIONS":
+        headers = _cors(request, (request.args.get("shop") or "").lower(), settings.cors_allowed_origins)
+        headers.update({"Access-Control-Allow-Methods": "GET, OPTIONS", "Access-Control-Max-Age": "3600"})
+        return flask.Response(status=204, headers=headers)
     if (refused := _require_method(request, "GET")) is not None:
         return refused
-    runtime = _runtime.get()
-    wanted = RecommendRequest.from_query(request.args)
+    try:
+        query = storefront_query(list(request.args.items(multi=True)), settings.shopify_api_secret and
+                                 settings.shopify_api_secret.reveal(), settings.trust_customer_id_param, time.time())
+    except AccessDenied as denied:
+        return _json({"error": denied.code, "message": str(denied)}, denied.status)
+    wanted = RecommendRequest.from_query(query)
     result = runtime.recommender.recommend(wanted)
     body = {
         "recommendation_id": result.recommendation_id,
@@ -101,8 +121,9 @@ def recommend(request: flask.Request) -> flask.Response:
         "fallback_reason": result.fallback_reason,
         "recommendations": [{**asdict(item), "score": round(item.score, 6)} for item in result.items],
     }
-    cache = "private, no-store" if wanted.personal else "public, max-age=60"
-    return _json(body, headers={"Cache-Control": cache})
+    headers = {"Cache-Control": "private, no-store" if wanted.personal else "public, max-age=60"}
+    headers.update(_cors(request, wanted.shop, settings.cors_allowed_origins))
+    return _json(body, headers=headers)
 
 
 @functions_framework.http

@@ -110,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     env.setdefault("TRAIN_TOKEN", "demo-" + secrets.token_hex(16))
     env.setdefault("EVENT_STORE_URL", "sqlite:///./data/events.sqlite3")
     env.setdefault("MODEL_STORE_URL", "file://./data/models")
+    # Local demo only: let the printed curl commands name a customer. In production customers are
+    # identified by Shopify's signed app proxy (logged_in_customer_id), never by a query parameter.
+    env.setdefault("TRUST_CUSTOMER_ID_PARAM", "true")
     env["PYTHONPATH"] = str(ROOT)
     store = generate_demo_store(DemoConfig(customers=args.customers))
     base = f"http://127.0.0.1:{args.port}"

@@ -1,7 +1,9 @@
-"""Command line: `python -m recommender {import,train}`.
+"""Command line: `python -m recommender {import,train,evaluate}`.
 
     python -m recommender import history.csv --shop example.myshopify.com
     python -m recommender train [--shop example.myshopify.com]
+    python -m recommender evaluate --shop example.myshopify.com [--holdout-days 14 | --last-order] [--tune]
+    python -m recommender evaluate --train train.csv --test test.csv [--k 10,20] [--models als,bpr,pop]
 
 Reads the same environment variables as the functions (EVENT_STORE_URL, MODEL_STORE_URL, ALS_*).
 """
@@ -15,6 +17,7 @@ import os
 import sys
 
 from recommender.errors import RecommenderError
+from recommender.evaluation import add_evaluate_arguments, run_evaluate_command
 from recommender.model_store import check_shop_domain
 from recommender.runtime import Runtime
 from recommender.settings import Settings
@@ -28,10 +31,14 @@ def main(argv: list[str] | None = None) -> int:
     importer.add_argument("--shop", required=True, help="shop domain, e.g. example.myshopify.com")
     trainer = commands.add_parser("train", help="train and publish a model per shop")
     trainer.add_argument("--shop", help="only this shop (default: every shop with events)")
+    evaluator = commands.add_parser("evaluate", help="offline evaluation of models on held-out interactions")
+    add_evaluate_arguments(evaluator)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     try:
+        if args.command == "evaluate":
+            return run_evaluate_command(args, os.environ)
         runtime = Runtime.from_settings(Settings.from_mapping(os.environ))
         if args.command == "import":
             from recommender.history_import import import_history

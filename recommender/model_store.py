@@ -336,6 +336,7 @@ class GCSModelStore:
         return self._client_or_new().bucket(self.bucket_name)
 
     def _key(self, shop: str, name: str) -> str:
+        check_shop_domain(shop)
         return f"{self.prefix}/{shop}/{name}" if self.prefix else f"{shop}/{name}"
 
     def _url(self, shop: str, name: str) -> str:

@@ -67,6 +67,8 @@ class Settings:
     trending_half_life_days: float = 7.0  # a week-old event counts half as much as one today
     catalog_ttl_seconds: float = 30.0  # how stale "what is for sale" may be at serve time
     trending_ttl_seconds: float = 300.0  # how often an instance recomputes trending per shop
+    trust_customer_id_param: bool = False  # local use only: accept ?customer_id= without an app proxy signature
+    cors_allowed_origins: tuple[str, ...] = ()  # storefront origins besides https://<shop> (custom domains)
 
     @classmethod
     def from_mapping(cls, env: Mapping[str, str]) -> "Settings":
@@ -91,6 +93,8 @@ class Settings:
                                           "a number of days > 0"),
             catalog_ttl_seconds=_read(env, "CATALOG_TTL_SECONDS", float, 30.0, lambda v: v >= 0, "a number >= 0"),
             trending_ttl_seconds=_read(env, "TRENDING_TTL_SECONDS", float, 300.0, lambda v: v >= 0, "a number >= 0"),
+            trust_customer_id_param=_flag(env, "TRUST_CUSTOMER_ID_PARAM"),
+            cors_allowed_origins=_origins(env, "CORS_ALLOWED_ORIGINS"),
         )
 
     def require_secret(self) -> Secret:
@@ -133,6 +137,23 @@ def _read(env: Mapping[str, str], name: str, cast: Callable[[str], T], default: 
     if not valid(value) or (isinstance(value, float) and not math.isfinite(value)):
         raise ConfigError(f"{name} must be {expected}, got {raw!r}")
     return value
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    raw = (env.get(name) or "false").strip().lower()
+    if raw in ("1", "true", "yes"):
+        return True
+    if raw in ("0", "false", "no"):
+        return False
+    raise ConfigError(f"{name} must be true or false, got {env.get(name)!r}")
+
+
+def _origins(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    origins = tuple(part.strip().rstrip("/") for part in (env.get(name) or "").split(",") if part.strip())
+    bad = [o for o in origins if not o.startswith(("https://", "http://localhost", "http://127.0.0.1"))]
+    if bad:
+        raise ConfigError(f"{name} must list origins such as https://www.example.com, got {bad[0]!r}")
+    return origins
 
 
 def _url(env: Mapping[str, str], name: str, default: str, schemes: tuple[str, ...]) -> str:

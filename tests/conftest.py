@@ -49,6 +49,8 @@ def env(tmp_path) -> dict[str, str]:
         "EVENT_STORE_URL": f"sqlite:///{tmp_path}/events.sqlite3",
         "MODEL_STORE_URL": f"file://{tmp_path}/models",
         "TRAIN_TOKEN": "test-train-token",
+        # Most tests ask for a customer directly; tests/test_app_proxy.py turns this off to test the privacy rule.
+        "TRUST_CUSTOMER_ID_PARAM": "true",
         "ALS_FACTORS": "16",
         "ALS_ITERATIONS": "10",
     }

@@ -371,6 +371,19 @@ def conflicting_client(uploads: list, fail_on: str):
     return PreconditionClient()
 
 
+@pytest.mark.parametrize("shop", ["../evil", "Evil.myshopify.com", ""])
+def test_gcs_shop_that_is_not_a_domain_is_refused_before_any_request(shop):
+    # Arrange: no client, no emulator: the check comes first
+    models = GCSModelStore(BUCKET, "models")
+
+    # Act / Assert
+    for call in (lambda: models.publish(shop, artifact(V1)), lambda: models.latest(shop),
+                 lambda: models.load(Manifest(shop, V1, "0" * 64, 1)), lambda: models.delete_shop(shop)):
+        with pytest.raises(InvalidParameter):
+            call()
+    assert models._client is None
+
+
 def test_gcs_publish_latest_load_round_trip(gcs):
     # Arrange
     published_artifact = artifact(V1)

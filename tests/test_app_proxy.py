@@ -1,0 +1,116 @@
+"""App proxy signatures: Shopify's documented vectors, freshness, and the privacy rule at /recommend."""
+
+from __future__ import annotations
+
+import time
+from urllib.parse import urlencode
+
+import pytest
+
+from tests.conftest import SHOP, TEST_SECRET, planted_orders, post_webhook
+from webhooks.app_proxy import app_proxy_signature, verify_app_proxy_request
+
+# Shopify's documented example (secret "hush").
+DOC_PAIRS = [("extra", "1"), ("extra", "2"), ("logged_in_customer_id", "1"),
+             ("path_prefix", "/apps/awesome_reviews"), ("shop", "shop-name.myshopify.com"), ("timestamp", "1317327555")]
+
+
+def test_shopifys_documented_signature():
+    assert app_proxy_signature(DOC_PAIRS, "hush") == "4c68c8624d737112c91818c11017d24d334b524cb5c2b8ba08daa056f7395ddb"
+
+
+def test_shopifys_documented_signature_for_a_shopper_not_logged_in():
+    pairs = [(k, "" if k == "logged_in_customer_id" else v) for k, v in DOC_PAIRS]
+    assert app_proxy_signature(pairs, "hush") == "e072b6d7e6622d85912a5214b860d3100dc1e73d9bc29f43796ac8c9ff8093cb"
+
+
+def test_verification_accepts_the_documented_request_at_its_own_time():
+    pairs = DOC_PAIRS + [("signature", "4c68c8624d737112c91818c11017d24d334b524cb5c2b8ba08daa056f7395ddb")]
+
+    result = verify_app_proxy_request(pairs, "hush", now=1317327555 + 89)
+
+    assert result.valid and result.shop == "shop-name.myshopify.com" and result.logged_in_customer_id == "1"
+
+
+@pytest.mark.parametrize("now, reason", [(1317327555 + 91, "stale_timestamp"), (1317327555 - 91, "stale_timestamp")])
+def test_a_stale_request_is_refused(now, reason):
+    pairs = DOC_PAIRS + [("signature", "4c68c8624d737112c91818c11017d24d334b524cb5c2b8ba08daa056f7395ddb")]
+    assert verify_app_proxy_request(pairs, "hush", now=now).reason == reason
+
+
+def test_a_changed_parameter_breaks_the_signature():
+    pairs = [(k, "2" if k == "logged_in_customer_id" else v) for k, v in DOC_PAIRS]
+    pairs.append(("signature", "4c68c8624d737112c91818c11017d24d334b524cb5c2b8ba08daa056f7395ddb"))
+    assert verify_app_proxy_request(pairs, "hush", now=1317327555).reason == "invalid_signature"
+
+
+# --- the privacy rule at /recommend -------------------------------------------------------------
+
+
+def proxied(params: dict, secret: str = TEST_SECRET, timestamp: int | None = None) -> str:
+    """A query string as Shopify's app proxy forwards it, signed."""
+    pairs = [*params.items(), ("shop", SHOP), ("path_prefix", "/apps/recs"),
+             ("timestamp", str(timestamp or int(time.time())))]
+    return urlencode(pairs + [("signature", app_proxy_signature(pairs, secret))])
+
+
+@pytest.fixture
+def strict_shop(app_client, monkeypatch):
+    monkeypatch.setenv("TRUST_CUSTOMER_ID_PARAM", "false")
+    monkeypatch.setenv("CORS_ALLOWED_ORIGINS", "https://www.example-store.com")
+    monkeypatch.setenv("ALS_FACTORS", "2")
+    for order in planted_orders():
+        post_webhook(app_client, "orders/create", order)
+    assert app_client.post("/train", headers={"Authorization": "Bearer test-train-token"}).status_code == 200
+    return app_client
+
+
+def test_a_verified_proxy_request_is_personalized_for_the_logged_in_customer(strict_shop):
+    response = strict_shop.get("/recommend?" + proxied({"logged_in_customer_id": "1000", "n": "3"}))
+
+    assert response.status_code == 200, response.json
+    assert response.json["strategy"] == "personalized"
+    assert response.headers["Cache-Control"] == "private, no-store"
+
+
+def test_a_direct_call_cannot_ask_for_a_customer(strict_shop):
+    response = strict_shop.get(f"/recommend?shop={SHOP}&customer_id=1000")
+
+    assert response.status_code == 403
+    assert response.json["error"] == "forbidden"
+    assert "app proxy" in response.json["message"]
+
+
+def test_a_proxy_request_cannot_ask_for_another_customer(strict_shop):
+    response = strict_shop.get("/recommend?" + proxied({"logged_in_customer_id": "1000", "customer_id": "1002"}))
+    assert response.status_code == 403
+
+
+def test_a_badly_signed_or_stale_proxy_request_is_401(strict_shop):
+    bad = strict_shop.get("/recommend?" + proxied({"logged_in_customer_id": "1000"}, secret="wrong"))
+    stale = strict_shop.get("/recommend?" + proxied({"logged_in_customer_id": "1000"},
+                                                    timestamp=int(time.time()) - 600))
+    assert (bad.status_code, bad.json["error"]) == (401, "invalid_signature")
+    assert (stale.status_code, stale.json["error"]) == (401, "stale_timestamp")
+
+
+def test_direct_calls_still_get_anonymous_product_and_cart_results(strict_shop):
+    related = strict_shop.get(f"/recommend?shop={SHOP}&intent=related&product_id=101")
+    guest = strict_shop.get(f"/recommend?shop={SHOP}&product_ids=101,102")
+    assert related.status_code == 200 and guest.status_code == 200
+    assert guest.json["strategy"] == "personalized"
+
+
+def test_cors_allows_only_the_shops_storefront_origins(strict_shop):
+    own = strict_shop.get(f"/recommend?shop={SHOP}&intent=trending", headers={"Origin": f"https://{SHOP}"})
+    custom = strict_shop.get(f"/recommend?shop={SHOP}&intent=trending",
+                             headers={"Origin": "https://www.example-store.com"})
+    other = strict_shop.get(f"/recommend?shop={SHOP}&intent=trending", headers={"Origin": "https://evil.example"})
+    preflight = strict_shop.options(f"/recommend?shop={SHOP}", headers={"Origin": f"https://{SHOP}",
+                                                                          "Access-Control-Request-Method": "GET"})
+
+    assert own.headers["Access-Control-Allow-Origin"] == f"https://{SHOP}"
+    assert custom.headers["Access-Control-Allow-Origin"] == "https://www.example-store.com"
+    assert "Access-Control-Allow-Origin" not in other.headers
+    assert preflight.status_code == 204
+    assert preflight.headers["Access-Control-Allow-Methods"] == "GET, OPTIONS"

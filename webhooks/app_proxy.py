@@ -1,0 +1,96 @@
+"""Shopify App Proxy requests: verify the `signature` query parameter.
+
+Shopify signs every proxied request: drop `signature`, form `key=value` for each
+parameter (several values of one key joined with ","), sort those strings, join
+them with nothing, HMAC-SHA256 with the app secret, hex digest. The request must
+also be fresh (`timestamp` within ±90 s), and the shopper is `logged_in_customer_id`
+— never a parameter the browser chose.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+from typing import Iterable
+
+MAX_CLOCK_SKEW_SECONDS = 90
+
+
+@dataclass(frozen=True)
+class ProxyVerification:
+    valid: bool
+    reason: str | None = None  # "missing_signature" | "invalid_signature" | "stale_timestamp" | "missing_shop"
+    shop: str | None = None
+    logged_in_customer_id: str | None = None  # None for a shopper who is not logged in
+
+
+def app_proxy_signature(pairs: Iterable[tuple[str, str]], secret: str) -> str:
+    """The hex signature Shopify computes over the query's (key, value) pairs, `signature` excluded."""
+    grouped: dict[str, list[str]] = {}
+    for key, value in pairs:
+        if key != "signature":
+            grouped.setdefault(key, []).append(value)
+    message = "".join(sorted(f"{key}={','.join(values)}" for key, values in grouped.items()))
+    return hmac.new(secret.encode("utf-8"), message.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def verify_app_proxy_request(pairs: list[tuple[str, str]], secret: str, now: float) -> ProxyVerification:
+    """Check the signature over every query pair, then the timestamp's freshness."""
+    supplied = [value for key, value in pairs if key == "signature"]
+    if len(supplied) != 1 or not supplied[0]:
+        return ProxyVerification(False, "missing_signature")
+    expected = app_proxy_signature(pairs, secret)
+    if not hmac.compare_digest(expected.encode(), supplied[0].encode()):
+        return ProxyVerification(False, "invalid_signature")
+    values = dict(pairs)
+    try:
+        timestamp = int(values.get("timestamp", ""))
+    except ValueError:
+        return ProxyVerification(False, "stale_timestamp")
+    if abs(now - timestamp) > MAX_CLOCK_SKEW_SECONDS:
+        return ProxyVerification(False, "stale_timestamp")
+    shop = values.get("shop")
+    if not shop:
+        return ProxyVerification(False, "missing_shop")
+    return ProxyVerification(True, shop=shop.lower(), logged_in_customer_id=values.get("logged_in_customer_id") or None)
+
+
+class AccessDenied(Exception):
+    """The request may not see what it asked for; `status` and `code` say how to answer."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+def storefront_query(pairs: list[tuple[str, str]], secret: str | None, trust_customer_param: bool,
+                     now: float) -> dict[str, str]:
+    """The /recommend parameters this caller may use.
+
+    A request carrying `signature` came through the app proxy: it must verify, its shop is
+    Shopify's, and its customer is `logged_in_customer_id` alone. Any other request is a
+    direct browser call: it gets anonymous, product- or cart-based results only, since
+    anyone can type a customer id (unless TRUST_CUSTOMER_ID_PARAM is on, for local use).
+    """
+    query = {key: value for key, value in pairs}
+    if "signature" in query:
+        if secret is None:
+            raise AccessDenied(500, "misconfigured", "SHOPIFY_API_SECRET is not set: app proxy requests cannot be verified")
+        proof = verify_app_proxy_request(pairs, secret, now)
+        if not proof.valid:
+            raise AccessDenied(401, proof.reason or "invalid_signature", "the app proxy signature did not verify")
+        asked = query.get("customer_id")
+        if asked and asked != proof.logged_in_customer_id:
+            raise AccessDenied(403, "forbidden", "customer_id must be the logged-in customer of the app proxy request")
+        query.pop("customer_id", None)
+        query["shop"] = proof.shop or ""
+        if proof.logged_in_customer_id:
+            query["customer_id"] = proof.logged_in_customer_id
+        return query
+    if query.get("customer_id") and not trust_customer_param:
+        raise AccessDenied(403, "forbidden", "personalized results for a customer are served only through the "
+                                             "Shopify app proxy, for the logged-in customer; call without customer_id "
+                                             "for anonymous, product- or cart-based results")
+    return query
