@@ -7,6 +7,8 @@ environment or opens a store at import time; the first request does.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import functools
 import hmac
 import logging
@@ -18,12 +20,15 @@ import flask
 import functions_framework
 
 from recommender.errors import (
-    ArtifactError, ConfigError, InvalidParameter, ModelNotReady, RecommenderError, StoreError,
+    ArtifactError, ConfigError, InvalidParameter, ModelNotReady, RecommenderError, ShopNotInstalled, StoreError,
 )
 from recommender.runtime import LazyRuntime
 from recommender.intents import RecommendRequest
+from recommender.model_store import check_shop_domain
+from webhooks import MalformedPayload
 from webhooks.app_proxy import AccessDenied, storefront_query
-from webhooks.delivery import handle_webhook
+from webhooks.pixel import RateLimiter, parse_pixel_body, pixel_events, MAX_BODY_BYTES
+from webhooks.delivery import handle_webhook, process_delivery
 
 log = logging.getLogger("main")
 _runtime = LazyRuntime(os.environ)
@@ -31,6 +36,8 @@ _runtime = LazyRuntime(os.environ)
 # Every error the packages raise on purpose, translated to HTTP once.
 ERROR_STATUS: list[tuple[type[Exception], int, str]] = [
     (InvalidParameter, 400, "invalid_parameter"),
+    (MalformedPayload, 400, "malformed_payload"),
+    (ShopNotInstalled, 404, "shop_not_installed"),
     (ModelNotReady, 503, "model_not_ready"),
     (ArtifactError, 503, "model_unavailable"),
     (StoreError, 503, "store_unavailable"),
@@ -51,7 +58,7 @@ def _json_errors(handler):
     def wrapped(request: flask.Request) -> flask.Response:
         try:
             return handler(request)
-        except RecommenderError as exc:
+        except (RecommenderError, MalformedPayload) as exc:
             status, code = next((s, c) for cls, s, c in ERROR_STATUS if isinstance(exc, cls))
             body = {"error": code, "message": str(exc)}
             if isinstance(exc, InvalidParameter):
@@ -81,7 +88,7 @@ def webhook(request: flask.Request) -> flask.Response:
         return refused
     runtime = _runtime.get()
     outcome = handle_webhook(request.headers, request.get_data(), runtime.settings.require_secret().reveal(),
-                             runtime.store)
+                             runtime.store, runtime.model_store)
     return _json(outcome.body(), outcome.status)
 
 
@@ -146,12 +153,64 @@ def train(request: flask.Request) -> flask.Response:
     return _json(reports)
 
 
+@functions_framework.cloud_event
+def webhook_pubsub(cloud_event) -> None:
+    """Shopify webhooks delivered to Google Cloud Pub/Sub: the same handlers, trusted by the subscription.
+
+    Returning acknowledges the message; raising (store down) makes Pub/Sub redeliver it.
+    A message that can never be stored is logged and acknowledged, since redelivery cannot fix it.
+    """
+    message = (cloud_event.data or {}).get("message") or {}
+    try:
+        body = base64.b64decode(message.get("data") or "", validate=True)
+    except (binascii.Error, ValueError):
+        log.error("pubsub message %s: data is not base64; dropped", message.get("messageId"))
+        return
+    runtime = _runtime.get()
+    outcome = process_delivery(message.get("attributes") or {}, body, runtime.store, runtime.model_store)
+    if outcome.status >= 400:
+        log.error("pubsub message %s dropped: %s", message.get("messageId"), outcome.body())
+
+
+# Unsigned pixel traffic is rate-limited per client and per address, in each instance's memory.
+_per_client = RateLimiter(rate=1.0, burst=60)
+_per_address = RateLimiter(rate=5.0, burst=300)
+
+
+@functions_framework.http
+@_json_errors
+def collect(request: flask.Request) -> flask.Response:
+    """POST ?shop= with Web Pixel events (sendBeacon): views, cart changes, completed checkouts."""
+    if request.method == "OPTIONS":
+        return flask.Response(status=204, headers={"Access-Control-Allow-Origin": "*",
+                                                   "Access-Control-Allow-Methods": "POST"})
+    if (refused := _require_method(request, "POST")) is not None:
+        return refused
+    if (request.content_length or 0) > MAX_BODY_BYTES:
+        return _json({"error": "payload_too_large", "message": f"at most {MAX_BODY_BYTES} bytes"}, 413)
+    shop = check_shop_domain((request.args.get("shop") or "").lower())
+    runtime = _runtime.get()
+    if not runtime.store.is_shop_installed(shop):
+        return _json({"error": "unknown_shop", "message": f"{shop} has not installed the app"}, 403)
+    payload = parse_pixel_body(request.get_data(cache=False))
+    events, ignored = pixel_events(payload, shop)
+    address = (request.headers.get("X-Forwarded-For") or request.remote_addr or "").split(",")[0].strip()
+    clients = {e.anonymous_id for e in events} or {"-"}
+    cost = max(1, len(events))
+    if not _per_address.allow(f"{shop}|{address}", cost) or not all(
+            _per_client.allow(f"{shop}|{client}", cost) for client in clients):
+        return _json({"error": "rate_limited", "message": "too many events; slow down"}, 429, {"Retry-After": "5"})
+    stored = runtime.store.add_events(events)
+    return _json({"status": "stored", "events": stored, "ignored": ignored},
+                 headers={"Access-Control-Allow-Origin": "*"})
+
+
 @functions_framework.http
 def healthz(request: flask.Request) -> flask.Response:
     return _json({"status": "ok"})
 
 
-ROUTES = {"/webhooks": webhook, "/recommend": recommend, "/train": train, "/healthz": healthz}
+ROUTES = {"/webhooks": webhook, "/recommend": recommend, "/collect": collect, "/train": train, "/healthz": healthz}
 
 
 @functions_framework.http

@@ -2,6 +2,8 @@
 
     python -m recommender import history.csv --shop example.myshopify.com
     python -m recommender train [--shop example.myshopify.com]
+    python -m recommender export EXPORT_ID --shop example.myshopify.com
+    python -m recommender backfill --shop example.myshopify.com [--since 2025-01-01] [--token-env SHOPIFY_ADMIN_TOKEN]
     python -m recommender evaluate --shop example.myshopify.com [--holdout-days 14 | --last-order] [--tune]
     python -m recommender evaluate --train train.csv --test test.csv [--k 10,20] [--models als,bpr,pop]
 
@@ -29,8 +31,19 @@ def main(argv: list[str] | None = None) -> int:
     importer = commands.add_parser("import", help="load historical interactions from a CSV file")
     importer.add_argument("file")
     importer.add_argument("--shop", required=True, help="shop domain, e.g. example.myshopify.com")
+    exporter = commands.add_parser("export", help="print a customers/data_request export kept for the merchant")
+    exporter.add_argument("export_id")
+    exporter.add_argument("--shop", required=True)
     trainer = commands.add_parser("train", help="train and publish a model per shop")
     trainer.add_argument("--shop", help="only this shop (default: every shop with events)")
+    backfiller = commands.add_parser("backfill", help="store past products and orders from Shopify's Admin API")
+    backfiller.add_argument("--shop", required=True, help="shop domain, e.g. example.myshopify.com")
+    backfiller.add_argument("--token-env", default="SHOPIFY_ADMIN_TOKEN",
+                            help="environment variable holding the Admin API access token")
+    backfiller.add_argument("--since", help="only orders created since this date, e.g. 2025-01-01")
+    backfiller.add_argument("--api-version", default="2026-04")
+    backfiller.add_argument("--state", help="progress file for resuming (default ./data/backfill-<shop>.json)")
+    backfiller.add_argument("--base-url", help="Admin API origin (default https://<shop>; http only to loopback)")
     evaluator = commands.add_parser("evaluate", help="offline evaluation of models on held-out interactions")
     add_evaluate_arguments(evaluator)
     args = parser.parse_args(argv)
@@ -44,7 +57,18 @@ def main(argv: list[str] | None = None) -> int:
             from recommender.history_import import import_history
 
             read, stored = import_history(runtime.store, args.file, check_shop_domain(args.shop))
+            runtime.store.set_shop_installed(args.shop, True)  # the merchant bootstraps their own shop
             print(json.dumps({"rows": read, "stored": stored, "duplicates": read - stored}))
+        elif args.command == "backfill":
+            from webhooks.backfill import run_backfill_command  # an entry point, like main.py: it may use webhooks
+
+            return run_backfill_command(args, os.environ, runtime.store)
+        elif args.command == "export":
+            export = runtime.store.data_export(check_shop_domain(args.shop), args.export_id)
+            if export is None:
+                print(f"error: no export {args.export_id!r} for {args.shop}", file=sys.stderr)
+                return 1
+            print(json.dumps(export, indent=2, sort_keys=True))
         else:
             from recommender.training import train_shops
 

@@ -35,3 +35,7 @@ class ArtifactError(RecommenderError):
 
 class StoreError(RecommenderError):
     """The event store failed in a way the caller cannot fix (retry later)."""
+
+
+class ShopNotInstalled(RecommenderError):
+    """The shop has not installed the app, or has uninstalled it: nothing is served for it."""

@@ -138,7 +138,7 @@ SEARCH_SPACES: dict[str, dict[str, tuple]] = {
     "als": {
         "factors": (8, 16, 32, 64, 128),
         "regularization": (0.01, 0.05, 0.1, 0.5, 1.0, 5.0),
-        "alpha": (0.5, 1.0, 2.0, 5.0, 10.0, 20.0),
+        "alpha": (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0),
         "iterations": (10, 15, 25),
         "weighting": WEIGHTINGS,
     },

@@ -29,16 +29,18 @@ def _params(params: dict) -> str:
 
 def results_table(report: dict, k: int) -> str:
     """Markdown table of every model (and published reference) at cut-off k."""
-    names = ["ndcg", "precision", "recall", "map", "hit_rate", "coverage"]
+    names = ["ndcg", "ndcg_se", "precision", "recall", "map", "hit_rate", "coverage"]
     names += [s for s in SUBSETS if any(f"{s}@{k}" in r["metrics"] for r in report["results"])]
-    header = ["model", *(f"{COLUMN_TITLES[n]}@{k}" for n in names), "fit s", "parameters"]
+    keys = [f"ndcg@{k}_se" if n == "ndcg_se" else f"{n}@{k}" for n in names]
+    header = ["model", *("± s.e." if n == "ndcg_se" else f"{COLUMN_TITLES[n]}@{k}" for n in names), "fit s",
+              "parameters"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in report["results"]:
-        cells = [r["label"], *(_cell(r["metrics"].get(f"{n}@{k}")) for n in names), f"{r['fit_seconds']:.2f}",
+        cells = [r["label"], *(_cell(r["metrics"].get(key)) for key in keys), f"{r['fit_seconds']:.2f}",
                  _params(r["params"])]
         lines.append("| " + " | ".join(cells) + " |")
     for ref in report.get("references", []):
-        cells = [f"{ref['label']} (published)", *(_cell(ref["metrics"].get(f"{n}@{k}")) for n in names), "–",
+        cells = [f"{ref['label']} (published)", *(_cell(ref["metrics"].get(key)) for key in keys), "–",
                  ref.get("source", "")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -129,15 +131,20 @@ def write_chart(reports: Sequence[dict], path: str | Path, metrics: Sequence[str
 
 
 def write_report(report: dict, out_dir: str | Path, stem: str = "evaluation") -> list[Path]:
-    """<out>/<stem>.json, <stem>.md and <stem>.png; returns their paths."""
+    """<out>/<stem>.json, <stem>.md and <stem>.png (the chart only where matplotlib is installed)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     json_path = out / f"{stem}.json"
     json_path.write_text(json.dumps(_finite(report), indent=2, default=_jsonable, allow_nan=False) + "\n")
     md_path = out / f"{stem}.md"
+    try:
+        import matplotlib  # noqa: F401  (a development dependency: requirements-dev.txt)
+    except ImportError:
+        md_path.write_text(report_markdown(report) + "\n(No chart: matplotlib is not installed; "
+                           "`pip install -r requirements-dev.txt` adds it.)\n")
+        return [json_path, md_path]
     md_path.write_text(report_markdown(report) + f"\n![models compared]({stem}.png)\n")
-    png_path = write_chart([report], out / f"{stem}.png")
-    return [json_path, md_path, png_path]
+    return [json_path, md_path, write_chart([report], out / f"{stem}.png")]
 
 
 def _finite(value):

@@ -22,7 +22,7 @@ from typing import Callable, Mapping
 import numpy as np
 
 from recommender.catalog import CatalogCache, CatalogSnapshot
-from recommender.errors import InvalidParameter, ModelNotReady
+from recommender.errors import InvalidParameter, ModelNotReady, ShopNotInstalled
 from recommender.events import EventKind, user_key
 from recommender.model_store import check_shop_domain
 from recommender.serving import ModelHolder, ServingModel
@@ -140,6 +140,8 @@ class Recommender:
         self._new_id = new_id
 
     def recommend(self, request: RecommendRequest) -> RecommendResponse:
+        if not self._store.is_shop_installed(request.shop):  # read per request: app/uninstalled stops serving at once
+            raise ShopNotInstalled(f"{request.shop} has not installed the app (or has uninstalled it)")
         model = self._model(request)
         catalog = self._catalog.get(request.shop)
         history = self._history(request)

@@ -13,7 +13,8 @@ Definitions (K is the cut-off; a list shorter than K counts its missing places a
     MAP@K       = mean over users of AP@K = (sum over ranks r with a hit of Precision@r) / min(|relevant|, K)
     HitRate@K   = 1 when at least one of the top K is relevant, else 0
     Coverage@K  = distinct items in all users' top K / catalog size
-Per-user values are averaged over the users that have at least one relevant item.
+Per-user values are averaged over the users that have at least one relevant item; NDCG also gets
+its standard error over users (sample standard deviation / sqrt(users)), to tell a difference from noise.
 """
 
 from __future__ import annotations
@@ -115,7 +116,7 @@ def catalog_coverage(recommended: np.ndarray, n_items: int, k: int) -> float:
 
 def ranking_metrics(recommended: np.ndarray, relevant: Sequence[np.ndarray], ks: Sequence[int],
                     n_items: int) -> dict[str, float]:
-    """Mean of every metric at every K, e.g. {"ndcg@10": 0.41, ..., "coverage@10": 0.12, "users": 940}.
+    """Mean of every metric at every K, e.g. {"ndcg@10": 0.41, "ndcg@10_se": 0.006, ..., "users": 940}.
 
     Users without relevant items are left out of the means (and of coverage).
     """
@@ -128,12 +129,15 @@ def ranking_metrics(recommended: np.ndarray, relevant: Sequence[np.ndarray], ks:
     if not keep.any():
         for k in ks:
             result.update({f"{name}@{k}": float("nan") for name in (*METRICS, "coverage")})
+            result[f"ndcg@{k}_se"] = float("nan")
         return result
     hits = hit_matrix(recommended, relevant)
     for k in ks:
         result[f"precision@{k}"] = float(precision_at_k(hits, k).mean())
         result[f"recall@{k}"] = float(recall_at_k(hits, counts, k).mean())
-        result[f"ndcg@{k}"] = float(ndcg_at_k(hits, counts, k).mean())
+        ndcg = ndcg_at_k(hits, counts, k)
+        result[f"ndcg@{k}"] = float(ndcg.mean())
+        result[f"ndcg@{k}_se"] = float(ndcg.std(ddof=1) / np.sqrt(len(ndcg))) if len(ndcg) > 1 else float("nan")
         result[f"map@{k}"] = float(average_precision_at_k(hits, counts, k).mean())
         result[f"hit_rate@{k}"] = float(hit_rate_at_k(hits, k).mean())
         result[f"coverage@{k}"] = catalog_coverage(recommended, n_items, k)

@@ -81,10 +81,12 @@ class Interactions:
 
     @classmethod
     def from_store(cls, events: Iterable[Interaction]) -> "Interactions":
-        """The event store's rows (`store.interactions(shop)`): kind and time kept, weight 1 per event."""
+        """The event store's rows (`store.interactions(shop)`): kind and time kept, weighed by what
+        still counts of each event (its weight_factor: below 1 after a partial refund)."""
         events = list(events)
         return cls.from_columns(
             [e.user_key for e in events], [e.product_id for e in events],
+            weights=[e.weight_factor for e in events],
             timestamps=[e.occurred_at.timestamp() for e in events], kinds=[e.kind.value for e in events],
         )
 

@@ -25,6 +25,7 @@ from recommender.offline_data import EvaluationError, Interactions, SignalConfig
 from recommender.settings import TrainingConfig
 
 MODEL_NAMES = ("pop", "trending", "rebuy", "cosine", "bm25", "als", "bpr")
+SCORES_PER_BATCH = 1 << 24  # users × items scored at once: 128 MiB of float64 whatever the catalog size
 
 
 @dataclass(frozen=True, eq=False)
@@ -84,6 +85,7 @@ class RankingModel:
             raise EvaluationError(f"{self.name} must be fitted before it recommends")
         users = np.asarray(users, dtype=np.int64)
         result = np.empty((len(users), k), dtype=np.int64)
+        batch_size = max(1, min(batch_size, SCORES_PER_BATCH // max(len(self.known_items), 1)))
         for start in range(0, len(users), batch_size):
             batch = users[start:start + batch_size]
             scores = np.array(self.score(batch, user_items[batch]), dtype=np.float64)

@@ -31,7 +31,7 @@ class Runtime:
     def from_settings(cls, settings: Settings) -> "Runtime":
         store = open_event_store(settings.event_store_url)
         model_store = open_model_store(settings.model_store_url)
-        models = ModelHolder(model_store)
+        models = ModelHolder(model_store, settings.model_refresh_seconds)
         recommender = Recommender(
             store, models, CatalogCache(store, settings.catalog_ttl_seconds),
             TrendingCache(store, settings.trending_half_life_days, settings.training.event_weights,

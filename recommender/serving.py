@@ -7,16 +7,20 @@ request time, so a purchase made a second ago already counts.
 
 from __future__ import annotations
 
+import logging
 import threading
-from typing import Sequence
+import time
+from typing import Callable, Sequence
 
 import numpy as np
 
 from recommender.artifact import ModelArtifact
-from recommender.errors import ModelNotReady
+from recommender.errors import ArtifactError, ModelNotReady
 from recommender.events import EventKind
 from recommender.model_store import ModelStore
 from recommender.store import Interaction
+
+log = logging.getLogger(__name__)
 
 COPURCHASE_SHRINK = 5.0  # orders an item needs before co-purchase outweighs factor similarity
 
@@ -145,26 +149,67 @@ class ServingModel:
 
 
 class ModelHolder:
-    """Loads each shop's latest artifact once per instance, lazily and thread-safely."""
+    """Each shop's latest artifact, loaded once per instance and swapped when `latest` moves.
 
-    def __init__(self, model_store: ModelStore):
+    `get` serves the model in memory; at most every `refresh_seconds` per shop one request
+    (never more than one thread at a time) looks at the model store's pointer. A new version
+    is loaded and verified off to the side and swapped in with one assignment, so a request
+    sees the old model or the new one, never a mix. An artifact that fails its checksum or
+    does not parse is refused, logged, and the last good model keeps serving.
+    """
+
+    def __init__(self, model_store: ModelStore, refresh_seconds: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic):
         self._model_store = model_store
+        self._refresh_seconds = refresh_seconds
+        self._clock = clock
         self._models: dict[str, ServingModel] = {}
-        self._lock = threading.Lock()
+        self._checked_at: dict[str, float] = {}
+        self._first_load = threading.Lock()
+        self._refreshing: dict[str, threading.Lock] = {}
 
     def get(self, shop: str) -> ServingModel:
         model = self._models.get(shop)
-        if model is not None:
-            return model
-        with self._lock:
-            model = self._models.get(shop)
-            if model is None:
-                manifest = self._model_store.latest(shop)
-                if manifest is None:
-                    raise ModelNotReady(
-                        f"no model has been trained for {shop} yet: run `python -m recommender train --shop {shop}`"
-                        " or POST /train"
-                    )
-                model = ServingModel(self._model_store.load(manifest))
-                self._models[shop] = model
+        if model is None:
+            with self._first_load:
+                model = self._models.get(shop)
+                if model is None:
+                    return self._load_first(shop)
+        if self._clock() - self._checked_at.get(shop, 0.0) >= self._refresh_seconds:
+            lock = self._refreshing.setdefault(shop, threading.Lock())
+            if lock.acquire(blocking=False):  # other threads keep serving meanwhile
+                try:
+                    self._refresh(shop, model)
+                finally:
+                    lock.release()
+        return self._models[shop]
+
+    def forget(self, shop: str) -> None:
+        """Drop a shop's model from memory (its data was deleted)."""
+        self._models.pop(shop, None)
+        self._checked_at.pop(shop, None)
+
+    def _load_first(self, shop: str) -> ServingModel:
+        manifest = self._model_store.latest(shop)
+        self._checked_at[shop] = self._clock()
+        if manifest is None:
+            raise ModelNotReady(
+                f"no model has been trained for {shop} yet: run `python -m recommender train --shop {shop}`"
+                " or POST /train"
+            )
+        model = ServingModel(self._model_store.load(manifest))
+        self._models[shop] = model
         return model
+
+    def _refresh(self, shop: str, current: ServingModel) -> None:
+        self._checked_at[shop] = self._clock()
+        try:
+            manifest = self._model_store.latest(shop)
+            if manifest is None or manifest.version == current.version:
+                return
+            fresh = ServingModel(self._model_store.load(manifest))
+        except ArtifactError as exc:
+            log.error("model refresh for %s refused, still serving %s: %s", shop, current.version, exc)
+            return
+        self._models[shop] = fresh
+        log.info("model for %s swapped: %s -> %s", shop, current.version, fresh.version)

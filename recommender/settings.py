@@ -67,6 +67,7 @@ class Settings:
     trending_half_life_days: float = 7.0  # a week-old event counts half as much as one today
     catalog_ttl_seconds: float = 30.0  # how stale "what is for sale" may be at serve time
     trending_ttl_seconds: float = 300.0  # how often an instance recomputes trending per shop
+    model_refresh_seconds: float = 60.0  # how often a serving instance looks for a newer model
     trust_customer_id_param: bool = False  # local use only: accept ?customer_id= without an app proxy signature
     cors_allowed_origins: tuple[str, ...] = ()  # storefront origins besides https://<shop> (custom domains)
 
@@ -84,7 +85,8 @@ class Settings:
         )
         return cls(
             shopify_api_secret=Secret(secret) if secret else None,
-            event_store_url=_url(env, "EVENT_STORE_URL", DEFAULT_EVENT_STORE_URL, ("sqlite:///",)),
+            event_store_url=_url(env, "EVENT_STORE_URL", DEFAULT_EVENT_STORE_URL,
+                                 ("sqlite:///", "postgresql://", "postgres://")),
             model_store_url=_url(env, "MODEL_STORE_URL", DEFAULT_MODEL_STORE_URL, ("file://", "gs://")),
             training=training,
             history_limit=_read(env, "HISTORY_LIMIT", int, 200, lambda v: 1 <= v <= 10_000, "an integer from 1 to 10000"),
@@ -93,6 +95,7 @@ class Settings:
                                           "a number of days > 0"),
             catalog_ttl_seconds=_read(env, "CATALOG_TTL_SECONDS", float, 30.0, lambda v: v >= 0, "a number >= 0"),
             trending_ttl_seconds=_read(env, "TRENDING_TTL_SECONDS", float, 300.0, lambda v: v >= 0, "a number >= 0"),
+            model_refresh_seconds=_read(env, "MODEL_REFRESH_SECONDS", float, 60.0, lambda v: v >= 0, "a number >= 0"),
             trust_customer_id_param=_flag(env, "TRUST_CUSTOMER_ID_PARAM"),
             cors_allowed_origins=_origins(env, "CORS_ALLOWED_ORIGINS"),
         )

@@ -1,20 +1,24 @@
 """The event store: every event and catalog row, durable before a webhook is acknowledged.
 
-`open_event_store(url)` picks the implementation from `EVENT_STORE_URL`. The
-SQLite store runs in WAL mode with `synchronous=FULL`, so a committed delivery
-survives a crash; each connection belongs to one thread (gunicorn serves with
-threads), and idempotency is enforced by UNIQUE constraints, not by memory.
+`open_event_store(url)` picks the implementation from `EVENT_STORE_URL`: this
+module's SQLite store (`sqlite:///path`) or `recommender.store_postgres`
+(`postgresql://…`), which behave the same way and pass the same tests
+(tests/test_store.py). The SQLite store runs in WAL mode with `synchronous=FULL`,
+so a committed delivery survives a crash; each connection belongs to one thread
+(gunicorn serves with threads), and idempotency is enforced by UNIQUE
+constraints, not by memory.
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable, Protocol
+from typing import Any, Iterable, Protocol, Sequence
 
 from recommender.errors import ConfigError, StoreError
 from recommender.events import (
@@ -103,6 +107,40 @@ SQLITE_MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (shop, adjustment_key)
     );
     """,
+    """
+    CREATE INDEX events_by_customer ON events (shop, customer_id);
+    CREATE INDEX events_by_occurred_at ON events (occurred_at);
+    CREATE INDEX deliveries_by_received_at ON deliveries (received_at);
+    CREATE INDEX identity_links_by_customer ON identity_links (shop, customer_id);
+    CREATE TABLE data_exports (
+        shop TEXT NOT NULL,
+        export_id TEXT NOT NULL,
+        customer_id TEXT NOT NULL,
+        body TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (shop, export_id)
+    );
+    CREATE TABLE shop_state (
+        shop TEXT PRIMARY KEY,
+        installed INTEGER NOT NULL,
+        changed_at TEXT NOT NULL
+    );
+    """,
+)
+
+# Every table that holds a shop's data, in both backends: what redact_shop empties.
+SHOP_TABLES: tuple[str, ...] = (
+    "events", "deliveries", "products", "variants", "inventory_levels", "identity_links", "adjustments",
+    "data_exports", "shop_state",
+)
+
+# Topics that can arrive after the app was removed, so their delivery does not prove it is installed.
+TOPICS_NOT_PROVING_INSTALL = frozenset({"app/uninstalled", "shop/redact", "customers/redact", "customers/data_request"})
+
+# The columns of `events` a customer's data export lists, in this order, in both backends.
+EVENT_EXPORT_COLUMNS: tuple[str, ...] = (
+    "id", "shop", "kind", "user_key", "customer_id", "anonymous_id", "product_id", "variant_id", "quantity", "price",
+    "order_id", "occurred_at", "source_topic", "delivery_id", "dedupe_key", "weight_factor",
 )
 
 
@@ -130,6 +168,13 @@ class ActivityBucket:
 
 _INTERACTION_COLUMNS = "user_key, product_id, kind, occurred_at, order_id, weight_factor"
 
+# One customer's events: keyed to them, or still anonymous under a cart token linked to them.
+_SQLITE_CUSTOMER_EVENTS = (
+    "shop = :shop AND (customer_id = :customer_id OR user_key = :user_key"
+    " OR (customer_id IS NULL AND anonymous_id IN"
+    " (SELECT anonymous_id FROM identity_links WHERE shop = :shop AND customer_id = :customer_id)))"
+)
+
 
 def _interaction(row: tuple) -> Interaction:
     user, product, kind, occurred_at, order_id, factor = row
@@ -137,6 +182,8 @@ def _interaction(row: tuple) -> Interaction:
 
 
 class EventStore(Protocol):
+    """What every backend does; reads and writes raise StoreError when the database fails."""
+
     def apply(self, delivery: Delivery, changes: ChangeSet) -> int | None: ...
     def add_events(self, events: Iterable[Event]) -> int: ...
     def shops(self) -> list[str]: ...
@@ -145,13 +192,27 @@ class EventStore(Protocol):
     def products(self, shop: str) -> dict[str, CatalogProduct]: ...
     def deleted_product_ids(self, shop: str) -> set[str]: ...
     def activity_since(self, shop: str, since: datetime) -> list[ActivityBucket]: ...
+    # Privacy and lifecycle (Shopify's mandatory webhooks, uninstalls, retention).
+    def redact_customer(self, shop: str, customer_id: str, order_ids: Sequence[str]) -> int: ...
+    def redact_shop(self, shop: str) -> None: ...
+    def export_customer(self, shop: str, customer_id: str) -> dict: ...
+    def save_data_export(self, shop: str, export_id: str, customer_id: str, body: dict) -> None: ...
+    def data_export(self, shop: str, export_id: str) -> dict | None: ...
+    def set_shop_installed(self, shop: str, installed: bool) -> None: ...
+    def is_shop_installed(self, shop: str) -> bool: ...
+    def installed_shops(self) -> list[str]: ...
+    def prune_events(self, older_than: datetime) -> int: ...
     def close(self) -> None: ...
 
 
 def open_event_store(url: str) -> EventStore:
     if url.startswith("sqlite:///"):
         return SQLiteEventStore(url[len("sqlite:///"):])
-    raise ConfigError(f"EVENT_STORE_URL: unsupported scheme in {url!r} (use sqlite:///path)")
+    if url.startswith(("postgresql://", "postgres://")):
+        from recommender.store_postgres import PostgresEventStore  # psycopg is imported only where it is used
+
+        return PostgresEventStore(url)
+    raise ConfigError(f"EVENT_STORE_URL: unsupported scheme in {url!r} (use sqlite:///path or postgresql://...)")
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -162,6 +223,34 @@ def _iso(moment: datetime | None) -> str | None:
 
 def _parse_iso(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text) if text else None
+
+
+def _aware(moment: datetime, name: str) -> datetime:
+    """A naive datetime would be read as the server's local time: refuse it."""
+    if moment.tzinfo is None:
+        raise ValueError(f"{name} must carry a timezone, got {moment!r}")
+    return moment
+
+
+def refund_adjustment_key(refund_id: str, line_item_id: str) -> str:
+    """One refund line shrinks its purchase once, however often the refund is delivered."""
+    return f"refund:{refund_id}:line:{line_item_id}"
+
+
+def export_json(body: dict) -> str:
+    """The text a data export is stored as; fails before any write if `body` is not JSON-serialisable."""
+    return json.dumps(body, ensure_ascii=False, allow_nan=False)
+
+
+def customer_export(shop: str, customer_id: str, events: Iterable[Sequence[Any]],
+                    links: Iterable[Sequence[Any]]) -> dict:
+    """Rows of EVENT_EXPORT_COLUMNS and (anonymous_id, customer_id) → the JSON-serialisable export."""
+    return {
+        "shop": shop,
+        "customer_id": customer_id,
+        "events": [dict(zip(EVENT_EXPORT_COLUMNS, row)) for row in events],
+        "identity_links": [{"anonymous_id": anonymous_id, "customer_id": linked_to} for anonymous_id, linked_to in links],
+    }
 
 
 class SQLiteEventStore:
@@ -261,6 +350,8 @@ class SQLiteEventStore:
                     (delivery.shop, product_id),
                 )
             self._apply_adjustments(conn, delivery.shop, changes)
+            if delivery.topic not in TOPICS_NOT_PROVING_INSTALL:
+                self._mark_installed(conn, delivery.shop)
             return inserted
 
         return self._write(work)
@@ -305,7 +396,7 @@ class SQLiteEventStore:
                          (shop, order_id))
         for refund in changes.refunds:
             fresh = conn.execute("INSERT OR IGNORE INTO adjustments (shop, adjustment_key) VALUES (?, ?)",
-                                 (shop, f"refund:{refund.refund_id}:line:{refund.line_item_id}")).rowcount
+                                 (shop, refund_adjustment_key(refund.refund_id, refund.line_item_id))).rowcount
             if fresh:
                 conn.execute(
                     "UPDATE events SET weight_factor = MAX(0, weight_factor - CAST(? AS REAL) / quantity)"
@@ -330,6 +421,17 @@ class SQLiteEventStore:
                          (shop, link.anonymous_id, link.customer_id))
             conn.execute("UPDATE events SET customer_id = ?, user_key = ? WHERE shop = ? AND anonymous_id = ?"
                          " AND customer_id IS NULL", (link.customer_id, f"c:{link.customer_id}", shop, link.anonymous_id))
+
+    @staticmethod
+    def _mark_installed(conn: sqlite3.Connection, shop: str) -> None:
+        """A webhook arrived, so the app is installed; written only when that is news."""
+        state = conn.execute("SELECT installed FROM shop_state WHERE shop = ?", (shop,)).fetchone()
+        if state is None or not state[0]:
+            conn.execute(
+                "INSERT INTO shop_state (shop, installed, changed_at) VALUES (?, 1, ?)"
+                " ON CONFLICT (shop) DO UPDATE SET installed = 1, changed_at = excluded.changed_at",
+                (shop, _iso(datetime.now(timezone.utc))),
+            )
 
     @staticmethod
     def _upsert_product(conn: sqlite3.Connection, p: CatalogProduct) -> None:
@@ -415,6 +517,85 @@ class SQLiteEventStore:
     def deleted_product_ids(self, shop: str) -> set[str]:
         rows = self._read("SELECT product_id FROM products WHERE shop = ? AND deleted = 1", (shop,))
         return {r[0] for r in rows}
+
+    # --- privacy and lifecycle -----------------------------------------------------------
+
+    def redact_customer(self, shop: str, customer_id: str, order_ids: Sequence[str]) -> int:
+        """Delete the customer's events, their orders' events and their identity links; returns events deleted.
+
+        The customer's events are those keyed to them and any still-anonymous event of a cart token
+        linked to them. Data exports prepared for the customer go too: they are copies of the same data.
+        """
+
+        def work(conn: sqlite3.Connection) -> int:
+            deleted = conn.execute(
+                f"DELETE FROM events WHERE {_SQLITE_CUSTOMER_EVENTS}",
+                {"shop": shop, "customer_id": customer_id, "user_key": f"c:{customer_id}"},
+            ).rowcount
+            for order_id in dict.fromkeys(order_ids):
+                deleted += conn.execute("DELETE FROM events WHERE shop = ? AND order_id = ?", (shop, order_id)).rowcount
+            conn.execute("DELETE FROM identity_links WHERE shop = ? AND customer_id = ?", (shop, customer_id))
+            conn.execute("DELETE FROM data_exports WHERE shop = ? AND customer_id = ?", (shop, customer_id))
+            return deleted
+
+        return int(self._write(work))
+
+    def redact_shop(self, shop: str) -> None:
+        """Delete every row the shop has, in every table."""
+
+        def work(conn: sqlite3.Connection) -> None:
+            for table in SHOP_TABLES:
+                conn.execute(f"DELETE FROM {table} WHERE shop = ?", (shop,))
+
+        self._write(work)
+
+    def export_customer(self, shop: str, customer_id: str) -> dict:
+        """Everything stored about the customer: their events (every column) and identity links."""
+        params = {"shop": shop, "customer_id": customer_id, "user_key": f"c:{customer_id}"}
+        events = self._read(
+            f"SELECT {', '.join(EVENT_EXPORT_COLUMNS)} FROM events WHERE {_SQLITE_CUSTOMER_EVENTS}"
+            " ORDER BY occurred_at, id", params)
+        links = self._read("SELECT anonymous_id, customer_id FROM identity_links WHERE shop = ? AND customer_id = ?"
+                           " ORDER BY anonymous_id", (shop, customer_id))
+        return customer_export(shop, customer_id, events, links)
+
+    def save_data_export(self, shop: str, export_id: str, customer_id: str, body: dict) -> None:
+        """Keep an export for the merchant to retrieve; saving the same export_id again replaces it."""
+        text = export_json(body)
+        self._write(lambda conn: conn.execute(
+            "INSERT INTO data_exports (shop, export_id, customer_id, body, created_at) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT (shop, export_id) DO UPDATE SET customer_id = excluded.customer_id, body = excluded.body,"
+            " created_at = excluded.created_at",
+            (shop, export_id, customer_id, text, _iso(datetime.now(timezone.utc))),
+        ))
+
+    def data_export(self, shop: str, export_id: str) -> dict | None:
+        rows = self._read("SELECT body FROM data_exports WHERE shop = ? AND export_id = ?", (shop, export_id))
+        return json.loads(rows[0][0]) if rows else None
+
+    def set_shop_installed(self, shop: str, installed: bool) -> None:
+        self._write(lambda conn: conn.execute(
+            "INSERT INTO shop_state (shop, installed, changed_at) VALUES (?, ?, ?)"
+            " ON CONFLICT (shop) DO UPDATE SET installed = excluded.installed, changed_at = excluded.changed_at",
+            (shop, int(installed), _iso(datetime.now(timezone.utc))),
+        ))
+
+    def is_shop_installed(self, shop: str) -> bool:
+        """True only if the shop was marked installed (or sent a webhook) and not since uninstalled."""
+        return bool(self._read("SELECT 1 FROM shop_state WHERE shop = ? AND installed = 1", (shop,)))
+
+    def installed_shops(self) -> list[str]:
+        return [r[0] for r in self._read("SELECT shop FROM shop_state WHERE installed = 1 ORDER BY shop")]
+
+    def prune_events(self, older_than: datetime) -> int:
+        """Delete events that occurred, and deliveries received, before `older_than`; returns events deleted."""
+        cutoff = _iso(_aware(older_than, "older_than"))
+
+        def work(conn: sqlite3.Connection) -> int:
+            conn.execute("DELETE FROM deliveries WHERE received_at < ?", (cutoff,))
+            return conn.execute("DELETE FROM events WHERE occurred_at < ?", (cutoff,)).rowcount
+
+        return int(self._write(work))
 
     def count_events(self, shop: str | None = None) -> int:
         if shop is None:

@@ -19,7 +19,7 @@ from recommender.artifact import ModelArtifact
 from recommender.copurchase import copurchase_neighbors
 from recommender.errors import RecommenderError
 from recommender.events import EventKind
-from recommender.model_store import Manifest, ModelStore, check_shop_domain
+from recommender.model_store import Manifest, ModelStore, PublishConflict, check_shop_domain
 from recommender.settings import TrainingConfig
 from recommender.store import EventStore, Interaction
 
@@ -145,7 +145,7 @@ def train_shops(store: EventStore, model_store: ModelStore, config: TrainingConf
     for shop in shops if shops is not None else store.shops():
         try:
             report = train_and_publish(store, model_store, check_shop_domain(shop), config)
-        except NotEnoughData as exc:
+        except (NotEnoughData, PublishConflict) as exc:  # a lost publish race: the other trainer's model stands
             skipped.append({"shop": shop, "reason": str(exc)})
             continue
         trained.append({"shop": report.shop, "version": report.version, "users": report.users,

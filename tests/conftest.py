@@ -133,3 +133,20 @@ def planted_orders() -> list[dict]:
 def post_webhook(client, topic: str, payload: dict, shop: str = SHOP, webhook_id: str | None = None):
     body = as_body(payload)
     return client.post("/webhooks", data=body, headers=signed_headers(body, topic, shop=shop, webhook_id=webhook_id))
+
+
+@pytest.fixture
+def store_of(env):
+    """The event store a test app writes to, opened on the same SQLite file."""
+    opened = []
+
+    def open_for(_client):
+        from recommender.store import open_event_store
+
+        store = open_event_store(env["EVENT_STORE_URL"])
+        opened.append(store)
+        return store
+
+    yield open_for
+    for store in opened:
+        store.close()

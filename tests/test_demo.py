@@ -36,10 +36,13 @@ def test_the_demo_store_is_deterministic():
 @pytest.fixture(scope="module")
 def demo_shop(tmp_path_factory):
     """The demo store loaded through the real webhook handler and the history importer."""
+    from recommender.model_store import LocalModelStore
     from recommender.store import SQLiteEventStore
 
     demo = generate_demo_store(DemoConfig(customers=250, now=NOW))
-    store = SQLiteEventStore(tmp_path_factory.mktemp("demo") / "events.sqlite3")
+    folder = tmp_path_factory.mktemp("demo")
+    store = SQLiteEventStore(folder / "events.sqlite3")
+    models = LocalModelStore(folder / "models")
     rows = io.StringIO()
     writer = csv.DictWriter(rows, fieldnames=list(demo.history_rows[0]))
     writer.writeheader()
@@ -47,7 +50,7 @@ def demo_shop(tmp_path_factory):
     rows.seek(0)
     store.add_events(read_history_csv(rows, demo.config.shop))
     for request in demo.signed_requests("demo-secret"):
-        assert handle_webhook(request.headers, request.body, "demo-secret", store).status == 200
+        assert handle_webhook(request.headers, request.body, "demo-secret", store, models).status == 200
     yield demo, store
     store.close()
 

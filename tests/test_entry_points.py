@@ -92,6 +92,8 @@ def test_bad_parameters_get_400_naming_the_parameter(trained_client, query, para
 
 
 def test_no_model_yet_is_a_503_that_says_how_to_train(app_client):
+    post_webhook(app_client, "orders/create", order_payload(1, 2, [3]))  # installed, but never trained
+
     response = recommend(app_client, customer_id=1)
 
     assert response.status_code == 503
@@ -158,3 +160,9 @@ def test_invalid_signature_is_401_and_stores_nothing(app_client):
     assert response.status_code == 401
     assert response.json == {"error": "invalid_hmac"}
     assert app_client.post("/train", headers=AUTH).json["trained"] == []
+
+
+def test_a_shop_that_never_installed_the_app_is_a_404(app_client):
+    response = recommend(app_client, customer_id=1)
+
+    assert (response.status_code, response.json["error"]) == (404, "shop_not_installed")

@@ -426,6 +426,15 @@ def test_cli_names_an_unknown_model(tmp_path, capsys):
     assert "unknown model(s) sar" in capsys.readouterr().err
 
 
+def test_store_rows_keep_their_kind_time_and_what_a_refund_left_of_them():
+    now = datetime(2026, 10, 1, tzinfo=timezone.utc)
+    data = Interactions.from_store([Interaction("c:1", "p1", EventKind.PURCHASE, now, "o1", 0.5),
+                                    Interaction("a:cart", "p2", EventKind.VIEW, now)])
+    assert data.user_ids == ("c:1", "a:cart") and data.item_ids == ("p1", "p2")
+    assert data.weights.tolist() == [0.5, 1.0] and data.kinds.tolist() == ["purchase", "view"]
+    assert data.timestamps.tolist() == [now.timestamp()] * 2
+
+
 def test_last_order_protocol_on_store_events_keeps_a_customers_future_out_of_training():
     now = datetime(2026, 10, 1, tzinfo=timezone.utc)
     rows = [Interaction("c:1", "p1", EventKind.PURCHASE, now), Interaction("c:1", "p2", EventKind.PURCHASE,

@@ -545,6 +545,9 @@ def test_gcs_a_bucket_that_does_not_exist_is_reported_by_name(gcs):
 def test_gcs_store_serves_recommendations_through_the_app(gcs, env, monkeypatch):
     # Arrange: a model published to the bucket, the app configured with MODEL_STORE_URL=gs://
     gcs.store.publish(SHOP, artifact(V1))
+    from recommender.store import open_event_store
+
+    open_event_store(env["EVENT_STORE_URL"]).set_shop_installed(SHOP, True)
     env["MODEL_STORE_URL"] = f"gs://{BUCKET}/{gcs.prefix}"
     from functions_framework import create_app
 

@@ -27,6 +27,8 @@ root = sys.argv[1]
 LocalModelStore(root + "/models").publish("s.myshopify.com", ModelArtifact.build(
     ["1", "2", "3"], np.eye(3, 2, dtype=np.float32), np.array([3.0, 2.0, 1.0]), 0.1, 2.0, {"version": "v1"}))
 os.environ.update({"EVENT_STORE_URL": f"sqlite:///{root}/e.db", "MODEL_STORE_URL": f"file://{root}/models"})
+from recommender.store import open_event_store
+open_event_store(f"sqlite:///{root}/e.db").set_shop_installed("s.myshopify.com", True)
 from functions_framework import create_app
 client = create_app(target="recommend", source="main.py").test_client()
 body = client.get("/?shop=s.myshopify.com&n=2").json

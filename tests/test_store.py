@@ -1,16 +1,31 @@
-"""SQLiteEventStore on a real file in tmp_path: durability settings, schema, queries, atomicity, threads."""
+"""The event store contract, run against every backend; then what only SQLite has.
 
+`any_store` is a real SQLite file in tmp_path and, when TEST_POSTGRES_URL is set, a real
+PostgreSQL store in a fresh schema (tests/postgres_schema.py); every contract test runs on both.
+"""
+
+import json
 import random
 import sqlite3
 import threading
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Callable
 
 import pytest
 
 from recommender.errors import StoreError
-from recommender.events import CatalogProduct, CatalogVariant, ChangeSet, Delivery, Event, EventKind
-from recommender.store import SQLITE_MIGRATIONS, Interaction, SQLiteEventStore, open_event_store
+from recommender.events import (
+    CatalogProduct, CatalogVariant, ChangeSet, Delivery, Event, EventKind, IdentityLink, InventoryLevel, RefundLine,
+    order_line_key,
+)
+from recommender.store import (
+    EVENT_EXPORT_COLUMNS, SHOP_TABLES, SQLITE_MIGRATIONS, ActivityBucket, EventStore, Interaction, SQLiteEventStore,
+    open_event_store,
+)
 from tests.conftest import SHOP
+from tests.postgres_schema import run, temporary_schema
 
 OTHER_SHOP = "other-shop.myshopify.com"
 T0 = datetime(2024, 3, 1, 12, 0, tzinfo=timezone.utc)
@@ -21,8 +36,734 @@ def event(product_id="p1", customer_id="c1", kind=EventKind.VIEW, at=T0, shop=SH
                  dedupe_key=dedupe_key, **extra)
 
 
-def delivery(webhook_id, shop=SHOP, topic="orders/create"):
-    return Delivery(shop=shop, webhook_id=webhook_id, topic=topic)
+def purchase(order_id, line_id, product_id, customer_id="c1", quantity=1, weight_factor=1.0, shop=SHOP, **extra):
+    return event(product_id, customer_id=customer_id, kind=EventKind.PURCHASE, shop=shop, order_id=order_id,
+                 quantity=quantity, dedupe_key=order_line_key(order_id, line_id), weight_factor=weight_factor, **extra)
+
+
+def cart_line(token, product_id, at=T0, shop=SHOP):
+    return event(product_id, customer_id=None, anonymous_id=token, kind=EventKind.ADD_TO_CART, at=at, shop=shop,
+                 dedupe_key=f"cart:{token}:product:{product_id}")
+
+
+def delivery(webhook_id, shop=SHOP, topic="orders/create", received_at=None):
+    extra = {"received_at": received_at} if received_at else {}
+    return Delivery(shop=shop, webhook_id=webhook_id, topic=topic, **extra)
+
+
+def in_threads(count: int, work: Callable[[int], None]) -> None:
+    """Run work(0) … work(count - 1) on their own threads, released together; re-raise the first failure."""
+    barrier = threading.Barrier(count)
+    errors: list[BaseException] = []
+
+    def run_one(index):
+        try:
+            barrier.wait()
+            work(index)
+        except BaseException as exc:  # re-raised below, on the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run_one, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+
+
+# --- the backends ----------------------------------------------------------------------------
+
+
+@dataclass
+class Backend:
+    """One database for a test: its URL, plus raw access through a connection of its own."""
+
+    name: str
+    url: str
+
+    def open(self) -> EventStore:
+        return open_event_store(self.url)
+
+    def query(self, sql: str, params: tuple = ()) -> list[tuple]:
+        """One statement with `?` placeholders, outside the store."""
+        if self.name == "sqlite":
+            conn = sqlite3.connect(self.url.removeprefix("sqlite:///"))
+            try:
+                with conn:
+                    return conn.execute(sql, params).fetchall()
+            finally:
+                conn.close()
+        return run(self.url, sql.replace("?", "%s"), params)
+
+    def poison(self, table: str, column: str, value: str, message: str) -> None:
+        """A real trigger that aborts inserting the row whose `column` is `value`."""
+        if self.name == "sqlite":
+            self.query(f"CREATE TRIGGER poison BEFORE INSERT ON {table} WHEN NEW.{column} = '{value}'"
+                       f" BEGIN SELECT RAISE(ABORT, '{message}'); END")
+        else:
+            self.query(f"CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+                       f" IF NEW.{column} = '{value}' THEN RAISE EXCEPTION '{message}'; END IF; RETURN NEW; END $$")
+            self.query(f"CREATE TRIGGER poison BEFORE INSERT ON {table} FOR EACH ROW EXECUTE FUNCTION poison()")
+
+    def cure(self, table: str) -> None:
+        self.query("DROP TRIGGER poison" if self.name == "sqlite" else f"DROP TRIGGER poison ON {table}")
+
+    def schema_version(self) -> int:
+        if self.name == "sqlite":
+            return self.query("PRAGMA user_version")[0][0]
+        [(latest, applied)] = self.query("SELECT max(version), count(*) FROM schema_migrations")
+        assert applied == latest, "every migration recorded once"
+        return latest
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request, tmp_path):
+    if request.param == "sqlite":
+        yield Backend("sqlite", f"sqlite:///{tmp_path}/events.sqlite3")
+    else:
+        with temporary_schema() as url:  # skips without TEST_POSTGRES_URL
+            yield Backend("postgresql", url)
+
+
+@pytest.fixture
+def any_store(backend):
+    store = backend.open()
+    yield store
+    store.close()
+
+
+def migrations_of(backend: Backend) -> int:
+    if backend.name == "sqlite":
+        return len(SQLITE_MIGRATIONS)
+    from recommender.store_postgres import POSTGRES_MIGRATIONS
+
+    return len(POSTGRES_MIGRATIONS)
+
+
+# --- schema ----------------------------------------------------------------------------------
+
+
+def test_open_creates_the_schema_and_reopening_is_idempotent(backend):
+    # Arrange
+    first = backend.open()
+    first.add_events([event(dedupe_key="k1")])
+    first.close()
+
+    # Act
+    second, third = backend.open(), backend.open()
+
+    # Assert
+    try:
+        assert backend.schema_version() == migrations_of(backend)
+        assert second.count_events() == 1
+        assert third.interactions(SHOP) == [Interaction("c:c1", "p1", EventKind.VIEW, T0)]
+    finally:
+        second.close()
+        third.close()
+
+
+def test_instances_opening_a_new_database_at_once_migrate_it_once(backend):
+    # Arrange
+    stores: list[EventStore] = [None] * 6
+
+    # Act
+    def open_and_write(i):
+        stores[i] = backend.open()
+        stores[i].add_events([event(f"p{i}", dedupe_key=f"k{i}")])
+
+    in_threads(6, open_and_write)
+
+    # Assert
+    try:
+        assert backend.schema_version() == migrations_of(backend)
+        assert stores[0].count_events() == 6
+    finally:
+        for store in stores:
+            store.close()
+
+
+# --- queries ---------------------------------------------------------------------------------
+
+
+def test_history_is_newest_first_and_honours_limit(any_store):
+    # Arrange: inserted out of order, with offsets, so ordering must come from UTC time, not insertion
+    plus_five = timezone(timedelta(hours=5))
+    any_store.add_events([
+        event("p-mid", at=T0, dedupe_key="a"),
+        event("p-newest", at=datetime(2024, 3, 1, 20, 0, tzinfo=plus_five), dedupe_key="b"),  # 15:00 UTC
+        event("p-oldest", at=T0 - timedelta(days=1), dedupe_key="c"),
+        event("p-newer", at=datetime(2024, 3, 1, 18, 0, tzinfo=plus_five), dedupe_key="d"),  # 13:00 UTC
+        event("p-someone-else", customer_id="c2", at=T0 + timedelta(days=9), dedupe_key="e"),
+    ])
+
+    # Act
+    everything = any_store.history(SHOP, "c:c1", 10)
+    latest_two = any_store.history(SHOP, "c:c1", 2)
+
+    # Assert
+    assert [i.product_id for i in everything] == ["p-newest", "p-newer", "p-mid", "p-oldest"]
+    assert everything[0].occurred_at == datetime(2024, 3, 1, 15, 0, tzinfo=timezone.utc)
+    assert everything[0].occurred_at.utcoffset() == timedelta(0)
+    assert [i.product_id for i in latest_two] == ["p-newest", "p-newer"]
+    assert any_store.history(SHOP, "c:nobody", 10) == []
+
+
+def test_history_breaks_ties_by_latest_insert(any_store):
+    # Arrange
+    any_store.add_events([event("first", dedupe_key="1"), event("second", dedupe_key="2")])
+
+    # Act
+    history = any_store.history(SHOP, "c:c1", 1)
+
+    # Assert
+    assert history == [Interaction("c:c1", "second", EventKind.VIEW, T0)]
+
+
+def test_interactions_never_mix_two_shops_with_the_same_product_ids(any_store):
+    # Arrange
+    any_store.add_events([
+        event("p1", customer_id="alice", kind=EventKind.PURCHASE, shop=SHOP, dedupe_key="k"),
+        event("p2", customer_id="alice", kind=EventKind.VIEW, shop=SHOP, dedupe_key="k2"),
+        event("p1", customer_id="bob", kind=EventKind.ADD_TO_CART, shop=OTHER_SHOP, dedupe_key="k"),
+    ])
+
+    # Act
+    mine = any_store.interactions(SHOP)
+    theirs = any_store.interactions(OTHER_SHOP)
+
+    # Assert
+    assert mine == [Interaction("c:alice", "p1", EventKind.PURCHASE, T0),
+                    Interaction("c:alice", "p2", EventKind.VIEW, T0)]
+    assert theirs == [Interaction("c:bob", "p1", EventKind.ADD_TO_CART, T0)]
+    assert any_store.shops() == [OTHER_SHOP, SHOP]
+    assert any_store.history(OTHER_SHOP, "c:alice", 10) == []
+
+
+def test_same_dedupe_key_is_stored_once_per_shop(any_store):
+    # Act
+    first = any_store.add_events([event(dedupe_key="order:1:line:1"), event(dedupe_key="order:1:line:1")])
+    second = any_store.add_events([event(dedupe_key="order:1:line:1")])
+    other_shop = any_store.add_events([event(dedupe_key="order:1:line:1", shop=OTHER_SHOP)])
+    no_key = any_store.add_events([event(), event()])
+
+    # Assert
+    assert (first, second, other_shop, no_key) == (1, 0, 1, 2)  # NULL keys never collide
+    assert (any_store.count_events(SHOP), any_store.count_events(OTHER_SHOP)) == (3, 1)
+
+
+def test_a_dedupe_key_seen_again_keeps_the_lowest_weight_factor(any_store):
+    # Arrange
+    any_store.add_events([purchase("1", "1", "p1", weight_factor=1.0), purchase("1", "2", "p2", weight_factor=0.5)])
+
+    # Act: a re-delivery of line 1 as cancelled, of line 2 at full weight
+    any_store.add_events([purchase("1", "1", "p1", weight_factor=0.0), purchase("1", "2", "p2", weight_factor=1.0)])
+    any_store.add_events([purchase("1", "1", "p1", weight_factor=1.0)])
+
+    # Assert: voided line 1 is gone from every read, line 2 stays at 0.5
+    assert [(i.product_id, i.weight_factor) for i in any_store.interactions(SHOP)] == [("p2", 0.5)]
+    assert [i.product_id for i in any_store.history(SHOP, "c:c1", 10)] == ["p2"]
+    assert any_store.count_events() == 2
+
+
+def test_products_excludes_deleted_and_reads_variants_back(any_store):
+    # Arrange
+    shirt = CatalogProduct(SHOP, "10", title="Shirt", handle="shirt", price=19.99, published_at=T0,
+                           image_url="https://cdn.example/shirt.jpg", product_type="Tops", vendor="Acme",
+                           updated_at=T0, variants=(CatalogVariant("101", "9001", 0, tracked=True),
+                                                    CatalogVariant("102", None, 4, tracked=True, continue_selling=True)))
+    mug = CatalogProduct(SHOP, "20", title="Mug", handle="mug", status="draft")
+    any_store.apply(delivery("wh-1", topic="products/create"), ChangeSet(upsert_products=(shirt, mug)))
+    any_store.apply(delivery("wh-x", shop=OTHER_SHOP), ChangeSet(upsert_products=(
+        CatalogProduct(OTHER_SHOP, "30", title="Elsewhere"),)))
+
+    # Act
+    any_store.apply(delivery("wh-2", topic="products/delete"), ChangeSet(delete_product_ids=("20", "never-seen")))
+    products = any_store.products(SHOP)
+
+    # Assert
+    assert products == {"10": shirt}
+    assert products["10"].updated_at.utcoffset() == timedelta(0)
+    assert products["10"].available is True
+    assert any_store.deleted_product_ids(SHOP) == {"20", "never-seen"}
+    assert list(any_store.products(OTHER_SHOP)) == ["30"]
+
+
+def test_product_update_replaces_its_variants(any_store, backend):
+    # Arrange
+    any_store.apply(delivery("wh-1"), ChangeSet(upsert_products=(
+        CatalogProduct(SHOP, "10", title="Old", variants=(CatalogVariant("101"), CatalogVariant("102"))),)))
+
+    # Act
+    any_store.apply(delivery("wh-2"), ChangeSet(upsert_products=(
+        CatalogProduct(SHOP, "10", title="New", variants=(CatalogVariant("103", tracked=True,
+                                                                         inventory_quantity=0),)),)))
+
+    # Assert
+    product = any_store.products(SHOP)["10"]
+    assert product.title == "New"
+    assert product.variants == (CatalogVariant("103", None, 0, True, False),)
+    assert product.available is False
+    assert backend.query("SELECT COUNT(*) FROM variants") == [(1,)]
+
+
+def test_an_older_product_update_is_ignored_and_a_deleted_product_stays_deleted(any_store):
+    # Arrange
+    newer = CatalogProduct(SHOP, "10", title="Newer", updated_at=T0 + timedelta(hours=1))
+    older = CatalogProduct(SHOP, "10", title="Older", updated_at=T0)
+    same_time = CatalogProduct(SHOP, "10", title="Same time", updated_at=T0 + timedelta(hours=1))
+
+    # Act / Assert
+    any_store.apply(delivery("wh-1", topic="products/update"), ChangeSet(upsert_products=(newer,)))
+    any_store.apply(delivery("wh-2", topic="products/update"), ChangeSet(upsert_products=(older,)))
+    assert any_store.products(SHOP)["10"].title == "Newer"
+    any_store.apply(delivery("wh-3", topic="products/update"), ChangeSet(upsert_products=(same_time,)))
+    assert any_store.products(SHOP)["10"].title == "Same time"
+
+    any_store.apply(delivery("wh-4", topic="products/delete"), ChangeSet(delete_product_ids=("10",)))
+    any_store.apply(delivery("wh-5", topic="products/update"), ChangeSet(upsert_products=(
+        CatalogProduct(SHOP, "10", title="Revived", updated_at=T0 + timedelta(days=1)),)))
+    assert any_store.products(SHOP) == {}
+    assert any_store.deleted_product_ids(SHOP) == {"10"}
+
+
+def test_apply_returns_none_for_a_webhook_id_seen_before(any_store):
+    # Act
+    first = any_store.apply(delivery("wh-1"), ChangeSet(events=(event(dedupe_key="a"), event(dedupe_key="b"))))
+    again = any_store.apply(delivery("wh-1"), ChangeSet(events=(event(dedupe_key="c"),)))
+    elsewhere = any_store.apply(delivery("wh-1", shop=OTHER_SHOP), ChangeSet(events=(event(dedupe_key="c"),)))
+
+    # Assert
+    assert (first, again, elsewhere) == (2, None, 1)
+    assert (any_store.count_events(), any_store.count_deliveries()) == (3, 2)
+
+
+def test_a_cancelled_order_stops_counting_everywhere(any_store):
+    # Arrange
+    any_store.add_events([purchase("1", "1", "p1"), purchase("1", "2", "p2"), purchase("2", "1", "p3"),
+                          event("p1", order_id="1", dedupe_key="view-with-order")])
+
+    # Act
+    any_store.apply(delivery("wh-cancel", topic="orders/cancelled"), ChangeSet(void_order_ids=("1",)))
+
+    # Assert: purchases of order 1 are void; the view and order 2 still count
+    assert sorted(i.product_id for i in any_store.interactions(SHOP)) == ["p1", "p3"]
+    assert [(b.product_id, b.kind) for b in any_store.activity_since(SHOP, T0 - timedelta(days=1))
+            if b.kind is EventKind.PURCHASE] == [("p3", EventKind.PURCHASE)]
+    assert any_store.count_events() == 4  # kept for the record
+
+
+def test_a_refund_line_shrinks_its_purchase_once(any_store):
+    # Arrange
+    any_store.add_events([purchase("1", "1", "p1", quantity=4), purchase("1", "2", "p2", quantity=1)])
+    first = ChangeSet(refunds=(RefundLine("r1", "1", "1", 1),))
+    second = ChangeSet(refunds=(RefundLine("r2", "1", "1", 2), RefundLine("r2", "1", "2", 5)))
+
+    # Act
+    any_store.apply(delivery("wh-r1", topic="refunds/create"), first)
+    any_store.apply(delivery("wh-r1-again", topic="refunds/create"), first)  # same refund, new webhook id
+    after_first = {i.product_id: i.weight_factor for i in any_store.interactions(SHOP)}
+    any_store.apply(delivery("wh-r2", topic="refunds/create"), second)
+
+    # Assert
+    assert after_first == {"p1": pytest.approx(0.75), "p2": 1.0}
+    assert {i.product_id: i.weight_factor for i in any_store.interactions(SHOP)} == {"p1": pytest.approx(0.25)}
+
+
+def test_a_checkout_link_rekeys_the_guests_past_and_future_events(any_store):
+    # Arrange
+    any_store.apply(delivery("wh-cart", topic="carts/create"),
+                    ChangeSet(events=(cart_line("tok", "p1"), cart_line("tok", "p2", at=T0 + timedelta(minutes=1)))))
+    any_store.add_events([event("p0", customer_id="c9", at=T0 - timedelta(days=1), dedupe_key="earlier")])
+
+    # Act
+    any_store.apply(delivery("wh-checkout", topic="checkouts/create"),
+                    ChangeSet(identity_links=(IdentityLink("tok", "c9"),)))
+    any_store.apply(delivery("wh-cart-2", topic="carts/update"),
+                    ChangeSet(events=(cart_line("tok", "p3", at=T0 + timedelta(minutes=2)),)))
+
+    # Assert
+    assert [i.product_id for i in any_store.history(SHOP, "c:c9", 10)] == ["p3", "p2", "p1", "p0"]
+    assert any_store.history(SHOP, "a:tok", 10) == []
+    assert {link["anonymous_id"] for link in any_store.export_customer(SHOP, "c9")["identity_links"]} == {"tok"}
+
+
+def test_the_stock_of_a_variant_is_the_sum_over_its_locations(any_store):
+    # Arrange
+    any_store.apply(delivery("wh-p"), ChangeSet(upsert_products=(CatalogProduct(SHOP, "10", variants=(
+        CatalogVariant("101", "9001", 99, tracked=False), CatalogVariant("102", "9002", 5, tracked=True))),)))
+
+    def level(webhook_id, item, location, available):
+        any_store.apply(delivery(webhook_id, topic="inventory_levels/update"),
+                        ChangeSet(inventory_levels=(InventoryLevel(item, location, available),)))
+
+    def stock() -> dict[str, tuple]:
+        return {v.variant_id: (v.inventory_quantity, v.tracked) for v in any_store.products(SHOP)["10"].variants}
+
+    # Act / Assert
+    level("wh-1", "9001", "loc-a", None)
+    assert stock() == {"101": (99, False), "102": (5, True)}, "an untracked level changes nothing"
+    level("wh-2", "9001", "loc-a", 3)
+    level("wh-3", "9001", "loc-b", 4)
+    assert stock() == {"101": (7, True), "102": (5, True)}
+    level("wh-4", "9001", "loc-a", 0)
+    level("wh-5", "9002", "loc-a", 0)
+    assert stock() == {"101": (4, True), "102": (0, True)}
+    assert any_store.products(SHOP)["10"].available is True
+    level("wh-6", "9001", "loc-b", -2)
+    assert any_store.products(SHOP)["10"].available is False
+
+
+def test_activity_since_buckets_by_utc_day_and_sums_weight_factors(any_store):
+    # Arrange
+    minus_eight = timezone(timedelta(hours=-8))
+    any_store.add_events([
+        purchase("1", "1", "p1", at=datetime(2024, 3, 1, 20, 0, tzinfo=minus_eight)),  # 2024-03-02 04:00 UTC
+        purchase("2", "1", "p1", weight_factor=0.5, at=datetime(2024, 3, 2, 9, 0, tzinfo=timezone.utc)),
+        purchase("3", "1", "p1", weight_factor=0.0, at=datetime(2024, 3, 2, 9, 0, tzinfo=timezone.utc)),
+        event("p1", at=datetime(2024, 3, 1, 23, 59, tzinfo=timezone.utc), dedupe_key="v1"),
+        event("p2", at=datetime(2024, 2, 28, tzinfo=timezone.utc), dedupe_key="too-old"),
+        event("p1", shop=OTHER_SHOP, at=datetime(2024, 3, 2, tzinfo=timezone.utc), dedupe_key="v1"),
+    ])
+
+    # Act
+    buckets = any_store.activity_since(SHOP, datetime(2024, 3, 1, tzinfo=timezone.utc))
+
+    # Assert
+    assert sorted(buckets, key=lambda b: (b.day, b.kind.value)) == [
+        ActivityBucket("p1", EventKind.VIEW, "2024-03-01", 1.0),
+        ActivityBucket("p1", EventKind.PURCHASE, "2024-03-02", 1.5),
+    ]
+
+
+def test_reads_and_writes_raise_store_error_when_the_database_fails(any_store, backend):
+    # Arrange
+    any_store.add_events([event(dedupe_key="1")])
+    backend.query("DROP TABLE events")
+
+    # Act / Assert
+    with pytest.raises(StoreError, match="read failed"):
+        any_store.history(SHOP, "c:c1", 10)
+    with pytest.raises(StoreError, match="read failed"):
+        any_store.interactions(SHOP)
+    with pytest.raises(StoreError, match="write failed"):
+        any_store.apply(delivery("wh-1"), ChangeSet(events=(event(dedupe_key="2"),)))
+    assert any_store.count_deliveries() == 0, "the failed delivery left nothing behind"
+
+
+# --- atomicity -------------------------------------------------------------------------------
+
+
+def test_apply_is_atomic_when_the_second_event_fails(any_store, backend):
+    # Arrange
+    backend.poison("events", "product_id", "poison", "poisoned row")
+    changes = ChangeSet(
+        events=(event("fine", dedupe_key="line:1"), event("poison", dedupe_key="line:2")),
+        upsert_products=(CatalogProduct(SHOP, "fine", title="Fine"),),
+    )
+
+    # Act
+    with pytest.raises(StoreError, match="poisoned row"):
+        any_store.apply(delivery("wh-1"), changes)
+
+    # Assert: no event, no product, and no delivery row (so Shopify's retry is not taken for a duplicate)
+    assert (any_store.count_events(), any_store.count_deliveries()) == (0, 0)
+    assert any_store.products(SHOP) == {}
+    assert not any_store.is_shop_installed(SHOP)
+    backend.cure("events")
+    assert any_store.apply(delivery("wh-1"), changes) == 2
+
+
+def test_apply_is_atomic_when_the_catalog_write_fails_after_the_events(any_store, backend):
+    # Arrange
+    backend.poison("variants", "variant_id", "bad", "poisoned variant")
+    changes = ChangeSet(
+        events=(event(dedupe_key="line:1"),),
+        upsert_products=(CatalogProduct(SHOP, "10", variants=(CatalogVariant("ok"), CatalogVariant("bad"))),),
+    )
+
+    # Act
+    with pytest.raises(StoreError, match="poisoned variant"):
+        any_store.apply(delivery("wh-1"), changes)
+
+    # Assert
+    assert (any_store.count_events(), any_store.count_deliveries()) == (0, 0)
+    assert backend.query("SELECT COUNT(*) FROM products") == [(0,)]
+    assert backend.query("SELECT COUNT(*) FROM variants") == [(0,)]
+
+
+def test_add_events_is_atomic(any_store, backend):
+    # Arrange
+    backend.poison("events", "product_id", "poison", "poisoned row")
+
+    # Act
+    with pytest.raises(StoreError):
+        any_store.add_events([event("a", dedupe_key="1"), event("b", dedupe_key="2"), event("poison", dedupe_key="3")])
+
+    # Assert
+    assert any_store.count_events() == 0
+    assert any_store.add_events([event("a", dedupe_key="1")]) == 1  # the connection is usable afterwards
+
+
+# --- concurrency -----------------------------------------------------------------------------
+
+
+def test_concurrent_writers_store_each_delivery_exactly_once(any_store, backend):
+    # Arrange: 8 threads x 50 deliveries; the last 25 of each thread are the same 25 webhook ids
+    threads, per_thread, shared = 8, 50, 25
+    plans = []
+    for t in range(threads):
+        ids = [f"wh-t{t}-{i}" for i in range(per_thread - shared)] + [f"wh-shared-{i}" for i in range(shared)]
+        random.Random(t).shuffle(ids)
+        plans.append(ids)
+    results: list[list[int | None]] = [[] for _ in range(threads)]
+
+    def work(t):
+        for webhook_id in plans[t]:
+            changes = ChangeSet(events=(event(f"p-{webhook_id}", dedupe_key=f"key-{webhook_id}"),))
+            results[t].append(any_store.apply(delivery(webhook_id), changes))
+
+    # Act
+    in_threads(threads, work)
+
+    # Assert
+    unique = threads * (per_thread - shared) + shared
+    flat = [r for rs in results for r in rs]
+    assert len(flat) == threads * per_thread == 400
+    assert unique == 225
+    assert sum(1 for r in flat if r == 1) == unique
+    assert sum(1 for r in flat if r is None) == 400 - unique
+    assert any_store.count_deliveries() == unique
+    assert any_store.count_events() == unique
+    assert backend.query("SELECT COUNT(DISTINCT dedupe_key) FROM events") == [(unique,)]
+
+
+def test_concurrent_deliveries_of_the_same_order_lines_store_each_line_once(any_store):
+    # Arrange: orders/create, orders/paid and orders/updated of the same 10 orders, all at once
+    orders = {str(o): [f"p{o}-{line}" for line in range(3)] for o in range(10)}
+    topics = ["orders/create", "orders/paid", "orders/updated"]
+    new_events = [0] * 6
+
+    def work(t):
+        for order_id, products in orders.items():
+            changes = ChangeSet(events=tuple(purchase(order_id, str(n), p) for n, p in enumerate(products)))
+            new_events[t] += any_store.apply(delivery(f"wh-{order_id}-{t % 3}", topic=topics[t % 3]), changes) or 0
+
+    # Act
+    in_threads(6, work)
+
+    # Assert
+    assert sum(new_events) == 30
+    assert sorted(i.product_id for i in any_store.interactions(SHOP)) == sorted(p for ps in orders.values() for p in ps)
+    assert any_store.count_deliveries() == 30
+
+
+def test_concurrent_inventory_levels_of_one_item_add_up(any_store):
+    # Arrange
+    any_store.apply(delivery("wh-p"), ChangeSet(upsert_products=(
+        CatalogProduct(SHOP, "10", variants=(CatalogVariant("101", "9001", 0, tracked=True),)),)))
+
+    # Act: ten locations report at once
+    in_threads(10, lambda i: any_store.apply(delivery(f"wh-{i}", topic="inventory_levels/update"), ChangeSet(
+        inventory_levels=(InventoryLevel("9001", f"loc-{i}", i + 1),))))
+
+    # Assert
+    assert any_store.products(SHOP)["10"].variants[0].inventory_quantity == sum(range(1, 11))
+
+
+def test_concurrent_product_updates_keep_the_newest(any_store):
+    # Arrange: eight versions of each of five products, every thread sending one version of each
+    products = [str(pid) for pid in range(10, 15)]
+
+    def send_version(i):
+        for pid in random.Random(i).sample(products, len(products)):
+            any_store.apply(delivery(f"wh-{pid}-{i}", topic="products/update"), ChangeSet(upsert_products=(
+                CatalogProduct(SHOP, pid, title=f"v{i}", updated_at=T0 + timedelta(minutes=i),
+                               variants=(CatalogVariant(f"{pid}-var-{i}"),)),)))
+
+    # Act
+    in_threads(8, send_version)
+
+    # Assert
+    catalog = any_store.products(SHOP)
+    assert {pid: (p.title, [v.variant_id for v in p.variants]) for pid, p in catalog.items()} == {
+        pid: ("v7", [f"{pid}-var-7"]) for pid in products}
+
+
+def test_guest_events_racing_the_checkout_link_all_join_the_customer(any_store):
+    # Act: one thread links the cart token while seven store cart lines under it
+    def work(i):
+        if i == 0:
+            any_store.apply(delivery("wh-link", topic="checkouts/create"),
+                            ChangeSet(identity_links=(IdentityLink("tok", "c9"),)))
+        else:
+            any_store.apply(delivery(f"wh-cart-{i}", topic="carts/update"), ChangeSet(events=(cart_line("tok", f"p{i}"),)))
+
+    in_threads(8, work)
+
+    # Assert
+    assert any_store.history(SHOP, "a:tok", 50) == []
+    assert sorted(i.product_id for i in any_store.history(SHOP, "c:c9", 50)) == [f"p{i}" for i in range(1, 8)]
+
+
+# --- privacy and lifecycle -------------------------------------------------------------------
+
+
+def populate_a_customer(store: EventStore, shop: str = SHOP) -> None:
+    """Customer c1: a view, order 1 (two lines), a cart linked at checkout, guest order 2; customer c2: order 3."""
+    store.apply(delivery("wh-c1-order", shop=shop), ChangeSet(events=(
+        purchase("1", "1", "p1", shop=shop), purchase("1", "2", "p2", shop=shop))))
+    store.add_events([event("p9", customer_id="c1", shop=shop, dedupe_key="c1-view")])
+    store.apply(delivery("wh-c1-cart", shop=shop, topic="carts/create"),
+                ChangeSet(events=(cart_line("tok-c1", "p3", shop=shop),)))
+    store.apply(delivery("wh-c1-checkout", shop=shop, topic="checkouts/create"),
+                ChangeSet(identity_links=(IdentityLink("tok-c1", "c1"),)))
+    store.apply(delivery("wh-guest-order", shop=shop), ChangeSet(events=(
+        purchase("2", "1", "p4", customer_id=None, anonymous_id="tok-guest", shop=shop),)))
+    store.apply(delivery("wh-c2-order", shop=shop), ChangeSet(events=(purchase("3", "1", "p1", customer_id="c2",
+                                                                               shop=shop),)))
+
+
+def test_redact_customer_deletes_their_events_orders_links_and_exports(any_store, backend):
+    # Arrange
+    populate_a_customer(any_store)
+    populate_a_customer(any_store, shop=OTHER_SHOP)
+    any_store.save_data_export(SHOP, "req-1", "c1", {"customer": "c1"})
+    any_store.save_data_export(SHOP, "req-2", "c2", {"customer": "c2"})
+
+    # Act
+    deleted = any_store.redact_customer(SHOP, "c1", ["2", "404"])
+
+    # Assert
+    assert deleted == 5  # order 1's two lines, the view, the linked cart line, guest order 2
+    assert any_store.export_customer(SHOP, "c1") == {"shop": SHOP, "customer_id": "c1", "events": [],
+                                                      "identity_links": []}
+    assert any_store.history(SHOP, "a:tok-guest", 10) == [] and any_store.history(SHOP, "a:tok-c1", 10) == []
+    assert backend.query("SELECT COUNT(*) FROM events WHERE shop = ? AND (customer_id = 'c1' OR order_id = '2')",
+                         (SHOP,)) == [(0,)]
+    assert backend.query("SELECT COUNT(*) FROM identity_links WHERE shop = ?", (SHOP,)) == [(0,)]
+    assert any_store.data_export(SHOP, "req-1") is None
+    assert any_store.data_export(SHOP, "req-2") == {"customer": "c2"}
+    assert [i.user_key for i in any_store.interactions(SHOP)] == ["c:c2"]
+    assert any_store.count_events(OTHER_SHOP) == 6, "the same ids in another shop are another customer"
+    assert any_store.redact_customer(SHOP, "c1", ["2"]) == 0
+
+
+def test_redact_shop_empties_every_table_of_that_shop_only(any_store, backend):
+    # Arrange: a row of each kind in both shops
+    for shop in (SHOP, OTHER_SHOP):
+        populate_a_customer(any_store, shop=shop)
+        any_store.apply(delivery("wh-catalog", shop=shop, topic="products/create"), ChangeSet(
+            upsert_products=(CatalogProduct(shop, "10", variants=(CatalogVariant("101", "9001", 1, tracked=True),)),),
+            inventory_levels=(InventoryLevel("9001", "loc", 1),)))
+        any_store.apply(delivery("wh-refund", shop=shop, topic="refunds/create"),
+                        ChangeSet(refunds=(RefundLine("r1", "1", "1", 1),)))
+        any_store.save_data_export(shop, "req-1", "c1", any_store.export_customer(shop, "c1"))
+    rows = {table: backend.query(f"SELECT shop, COUNT(*) FROM {table} GROUP BY shop") for table in SHOP_TABLES}
+    assert all(dict(found).get(SHOP) and dict(found).get(OTHER_SHOP) for found in rows.values()), rows
+
+    # Act
+    any_store.redact_shop(SHOP)
+
+    # Assert
+    for table in SHOP_TABLES:
+        left = dict(backend.query(f"SELECT shop, COUNT(*) FROM {table} GROUP BY shop"))
+        assert left == {OTHER_SHOP: dict(rows[table])[OTHER_SHOP]}, table
+    assert (any_store.shops(), any_store.installed_shops()) == ([OTHER_SHOP], [OTHER_SHOP])
+    assert any_store.products(SHOP) == {} and any_store.deleted_product_ids(SHOP) == set()
+    assert any_store.interactions(SHOP) == [] and any_store.data_export(SHOP, "req-1") is None
+    assert any_store.count_events(OTHER_SHOP) == 6
+
+
+def test_export_customer_lists_every_column_of_their_events_and_their_links(any_store):
+    # Arrange
+    populate_a_customer(any_store)
+
+    # Act
+    export = any_store.export_customer(SHOP, "c1")
+
+    # Assert
+    assert json.loads(json.dumps(export)) == export, "JSON-serialisable as it is"
+    assert (export["shop"], export["customer_id"]) == (SHOP, "c1")
+    assert export["identity_links"] == [{"anonymous_id": "tok-c1", "customer_id": "c1"}]
+    assert all(list(row) == list(EVENT_EXPORT_COLUMNS) for row in export["events"])
+    assert [(row["product_id"], row["user_key"]) for row in export["events"]] == [
+        ("p1", "c:c1"), ("p2", "c:c1"), ("p9", "c:c1"), ("p3", "c:c1")]
+    line = export["events"][0]
+    assert {k: v for k, v in line.items() if k != "id"} == {
+        "shop": SHOP, "kind": "purchase", "user_key": "c:c1", "customer_id": "c1", "anonymous_id": None,
+        "product_id": "p1", "variant_id": None, "quantity": 1, "price": None, "order_id": "1",
+        "occurred_at": "2024-03-01T12:00:00.000000+00:00", "source_topic": "", "delivery_id": "",
+        "dedupe_key": "order:1:line:1", "weight_factor": 1.0}
+    assert isinstance(line["id"], int)
+    assert any_store.export_customer(SHOP, "nobody") == {"shop": SHOP, "customer_id": "nobody", "events": [],
+                                                          "identity_links": []}
+
+
+def test_data_exports_are_kept_per_shop_and_replaced_by_id(any_store):
+    # Arrange
+    body = {"customer": {"id": "c1", "name": "Zoë"}, "events": [{"n": 1, "price": 9.5}], "note": None}
+
+    # Act
+    any_store.save_data_export(SHOP, "req-1", "c1", {"draft": True})
+    any_store.save_data_export(SHOP, "req-1", "c1", body)
+
+    # Assert
+    assert any_store.data_export(SHOP, "req-1") == body
+    assert any_store.data_export(SHOP, "req-2") is None
+    assert any_store.data_export(OTHER_SHOP, "req-1") is None
+    with pytest.raises(TypeError):
+        any_store.save_data_export(SHOP, "req-3", "c1", {"when": T0})
+    assert any_store.data_export(SHOP, "req-3") is None
+
+
+def test_shop_installation_follows_the_markers_and_webhook_deliveries(any_store):
+    # Arrange / Act / Assert
+    assert (any_store.is_shop_installed(SHOP), any_store.installed_shops()) == (False, [])
+
+    any_store.apply(delivery("wh-1"), ChangeSet(events=(event(dedupe_key="1"),)))
+    any_store.set_shop_installed(OTHER_SHOP, True)
+    assert any_store.is_shop_installed(SHOP) and any_store.installed_shops() == [OTHER_SHOP, SHOP]
+
+    any_store.set_shop_installed(SHOP, False)
+    for n, topic in enumerate(["app/uninstalled", "shop/redact", "customers/redact", "customers/data_request"]):
+        any_store.apply(delivery(f"wh-late-{n}", topic=topic), ChangeSet())
+    any_store.apply(delivery("wh-1"), ChangeSet(events=(event(dedupe_key="1"),)))  # a duplicate proves nothing new
+    assert not any_store.is_shop_installed(SHOP) and any_store.installed_shops() == [OTHER_SHOP]
+
+    any_store.apply(delivery("wh-2", topic="products/update"), ChangeSet())
+    assert any_store.is_shop_installed(SHOP)
+
+
+def test_prune_events_deletes_what_is_older_than_the_cutoff(any_store):
+    # Arrange
+    cutoff = T0 + timedelta(days=30)
+    any_store.apply(delivery("wh-old", received_at=T0), ChangeSet(events=(purchase("1", "1", "p1"),)))
+    any_store.apply(delivery("wh-new", received_at=cutoff), ChangeSet(events=(
+        purchase("2", "1", "p2", at=cutoff), purchase("2", "2", "p3", at=cutoff - timedelta(microseconds=1)))))
+    any_store.add_events([event("p4", shop=OTHER_SHOP, at=T0, dedupe_key="old-view")])
+
+    # Act
+    deleted = any_store.prune_events(cutoff)
+
+    # Assert
+    assert deleted == 3
+    assert [i.product_id for i in any_store.interactions(SHOP)] == ["p2"]
+    assert any_store.count_events(OTHER_SHOP) == 0
+    assert any_store.count_deliveries() == 1
+    assert any_store.apply(delivery("wh-new", received_at=cutoff), ChangeSet()) is None
+    with pytest.raises(ValueError, match="timezone"):
+        any_store.prune_events(datetime(2024, 1, 1))
+
+
+# --- SQLite only: durability, schema upgrades, bugs ---------------------------------------------
+
+
+@pytest.fixture
+def store(tmp_path):
+    store = SQLiteEventStore(tmp_path / "events.sqlite3")
+    yield store
+    store.close()
 
 
 def raw(store, sql, params=()):
@@ -34,7 +775,14 @@ def raw(store, sql, params=()):
         conn.close()
 
 
-# --- durability and schema ---------------------------------------------------------------
+def _poison(store, sql):
+    """Run one statement (a trigger, a table) through an independent connection."""
+    conn = sqlite3.connect(store.path)
+    try:
+        conn.execute(sql)
+        conn.commit()
+    finally:
+        conn.close()
 
 
 def test_connection_runs_in_wal_mode_with_synchronous_full(store):
@@ -76,32 +824,56 @@ def test_schema_user_version_equals_the_number_of_migrations(store):
 
     # Assert
     assert version == len(SQLITE_MIGRATIONS)
-    assert version >= 1
+    assert version >= 3
     tables = {name for (name,) in raw(store, "SELECT name FROM sqlite_master WHERE type = 'table'")}
-    assert tables >= {"deliveries", "events", "products", "variants"}
+    assert tables >= set(SHOP_TABLES)
 
 
-def test_reopening_the_same_file_is_idempotent_and_keeps_the_data(tmp_path):
+def test_reopening_the_same_file_keeps_the_schema_unchanged(tmp_path):
     # Arrange
     path = tmp_path / "events.sqlite3"
-    first = SQLiteEventStore(path)
-    first.add_events([event(dedupe_key="k1")])
-    first.close()
-    schema_before = raw(first, "SELECT type, name, sql FROM sqlite_master ORDER BY name")
+    SQLiteEventStore(path).close()
+    schema_before = raw(SQLiteEventStore(path), "SELECT type, name, sql FROM sqlite_master ORDER BY name")
 
     # Act
-    second = SQLiteEventStore(path)
-    third = SQLiteEventStore(path)
+    again = SQLiteEventStore(path)
 
     # Assert
     try:
-        assert raw(second, "PRAGMA user_version") == [(len(SQLITE_MIGRATIONS),)]
-        assert raw(second, "SELECT type, name, sql FROM sqlite_master ORDER BY name") == schema_before
-        assert second.count_events() == 1
-        assert third.interactions(SHOP) == [Interaction("c:c1", "p1", EventKind.VIEW, T0)]
+        assert raw(again, "SELECT type, name, sql FROM sqlite_master ORDER BY name") == schema_before
     finally:
-        second.close()
-        third.close()
+        again.close()
+
+
+def test_a_version_2_database_upgrades_in_place_and_keeps_its_data(tmp_path):
+    # Arrange: a file exactly as the code before the privacy migration left it
+    path = tmp_path / "events.sqlite3"
+    conn = sqlite3.connect(path)
+    for script in SQLITE_MIGRATIONS[:2]:
+        conn.executescript(script)
+    conn.execute("INSERT INTO deliveries VALUES (?, 'wh-1', 'orders/create', NULL, '2024-03-01T12:00:00.000000+00:00')",
+                 (SHOP,))
+    conn.execute("INSERT INTO events (shop, kind, user_key, customer_id, product_id, quantity, order_id, occurred_at,"
+                 " source_topic, delivery_id, dedupe_key) VALUES (?, 'purchase', 'c:c1', 'c1', 'p1', 1, '1',"
+                 " '2024-03-01T12:00:00.000000+00:00', 'orders/create', 'wh-1', 'order:1:line:1')", (SHOP,))
+    conn.execute("PRAGMA user_version = 2")
+    conn.commit()
+    conn.close()
+
+    # Act
+    store = SQLiteEventStore(path)
+
+    # Assert
+    try:
+        assert raw(store, "PRAGMA user_version") == [(len(SQLITE_MIGRATIONS),)]
+        assert store.interactions(SHOP) == [Interaction("c:c1", "p1", EventKind.PURCHASE, T0, "1")]
+        assert store.apply(delivery("wh-1"), ChangeSet()) is None
+        assert store.export_customer(SHOP, "c1")["events"][0]["dedupe_key"] == "order:1:line:1"
+        store.set_shop_installed(SHOP, True)
+        assert store.installed_shops() == [SHOP]
+        assert store.redact_customer(SHOP, "c1", []) == 1
+    finally:
+        store.close()
 
 
 def test_opening_a_file_with_a_newer_schema_is_refused(tmp_path):
@@ -125,239 +897,9 @@ def test_open_event_store_picks_sqlite_from_the_url(tmp_path):
     try:
         assert isinstance(store, SQLiteEventStore)
         assert store.path == f"{tmp_path}/nested/dir/events.sqlite3"
-        assert (tmp_path / "nested" / "dir" / "events.sqlite3").is_file()
+        assert Path(store.path).is_file()
     finally:
         store.close()
-
-
-# --- queries -----------------------------------------------------------------------------
-
-
-def test_history_is_newest_first_and_honours_limit(store):
-    # Arrange: inserted out of order, with offsets, so ordering must come from UTC time, not insertion
-    plus_five = timezone(timedelta(hours=5))
-    store.add_events([
-        event("p-mid", at=T0, dedupe_key="a"),
-        event("p-newest", at=datetime(2024, 3, 1, 20, 0, tzinfo=plus_five), dedupe_key="b"),  # 15:00 UTC
-        event("p-oldest", at=T0 - timedelta(days=1), dedupe_key="c"),
-        event("p-newer", at=datetime(2024, 3, 1, 18, 0, tzinfo=plus_five), dedupe_key="d"),  # 13:00 UTC
-        event("p-someone-else", customer_id="c2", at=T0 + timedelta(days=9), dedupe_key="e"),
-    ])
-
-    # Act
-    everything = store.history(SHOP, "c:c1", 10)
-    latest_two = store.history(SHOP, "c:c1", 2)
-
-    # Assert
-    assert [i.product_id for i in everything] == ["p-newest", "p-newer", "p-mid", "p-oldest"]
-    assert everything[0].occurred_at == datetime(2024, 3, 1, 15, 0, tzinfo=timezone.utc)
-    assert [i.product_id for i in latest_two] == ["p-newest", "p-newer"]
-    assert store.history(SHOP, "c:nobody", 10) == []
-
-
-def test_history_breaks_ties_by_latest_insert(store):
-    # Arrange
-    store.add_events([event("first", dedupe_key="1"), event("second", dedupe_key="2")])
-
-    # Act
-    history = store.history(SHOP, "c:c1", 1)
-
-    # Assert
-    assert history == [Interaction("c:c1", "second", EventKind.VIEW, T0)]
-
-
-def test_interactions_never_mix_two_shops_with_the_same_product_ids(store):
-    # Arrange
-    store.add_events([
-        event("p1", customer_id="alice", kind=EventKind.PURCHASE, shop=SHOP, dedupe_key="k"),
-        event("p2", customer_id="alice", kind=EventKind.VIEW, shop=SHOP, dedupe_key="k2"),
-        event("p1", customer_id="bob", kind=EventKind.ADD_TO_CART, shop=OTHER_SHOP, dedupe_key="k"),
-    ])
-
-    # Act
-    mine = store.interactions(SHOP)
-    theirs = store.interactions(OTHER_SHOP)
-
-    # Assert
-    assert mine == [Interaction("c:alice", "p1", EventKind.PURCHASE, T0),
-                    Interaction("c:alice", "p2", EventKind.VIEW, T0)]
-    assert theirs == [Interaction("c:bob", "p1", EventKind.ADD_TO_CART, T0)]
-    assert store.shops() == [OTHER_SHOP, SHOP]
-    assert store.history(OTHER_SHOP, "c:alice", 10) == []
-
-
-def test_same_dedupe_key_is_stored_once_per_shop(store):
-    # Act
-    first = store.add_events([event(dedupe_key="order:1:line:1"), event(dedupe_key="order:1:line:1")])
-    second = store.add_events([event(dedupe_key="order:1:line:1")])
-    other_shop = store.add_events([event(dedupe_key="order:1:line:1", shop=OTHER_SHOP)])
-    no_key = store.add_events([event(), event()])
-
-    # Assert
-    assert (first, second, other_shop, no_key) == (1, 0, 1, 2)  # NULL keys never collide
-    assert (store.count_events(SHOP), store.count_events(OTHER_SHOP)) == (3, 1)
-
-
-def test_products_excludes_deleted_and_reads_variants_back(store):
-    # Arrange
-    shirt = CatalogProduct(SHOP, "10", title="Shirt", handle="shirt", price=19.99, published_at=T0,
-                           variants=(CatalogVariant("101", "9001", 0, tracked=True),
-                                     CatalogVariant("102", None, 4, tracked=True)))
-    mug = CatalogProduct(SHOP, "20", title="Mug", handle="mug", status="draft")
-    store.apply(delivery("wh-1", topic="products/create"), ChangeSet(upsert_products=(shirt, mug)))
-    store.apply(delivery("wh-x", shop=OTHER_SHOP), ChangeSet(upsert_products=(
-        CatalogProduct(OTHER_SHOP, "30", title="Elsewhere"),)))
-
-    # Act
-    store.apply(delivery("wh-2", topic="products/delete"), ChangeSet(delete_product_ids=("20",)))
-    products = store.products(SHOP)
-
-    # Assert
-    assert products == {"10": shirt}
-    assert products["10"].available is True
-    assert store.deleted_product_ids(SHOP) == {"20"}
-    assert list(store.products(OTHER_SHOP)) == ["30"]
-
-
-def test_product_update_replaces_its_variants(store):
-    # Arrange
-    store.apply(delivery("wh-1"), ChangeSet(upsert_products=(
-        CatalogProduct(SHOP, "10", title="Old", variants=(CatalogVariant("101"), CatalogVariant("102"))),)))
-
-    # Act
-    store.apply(delivery("wh-2"), ChangeSet(upsert_products=(
-        CatalogProduct(SHOP, "10", title="New", variants=(CatalogVariant("103", tracked=True,
-                                                                         inventory_quantity=0),)),)))
-
-    # Assert
-    product = store.products(SHOP)["10"]
-    assert product.title == "New"
-    assert product.variants == (CatalogVariant("103", None, 0, True, False),)
-    assert product.available is False
-    assert raw(store, "SELECT COUNT(*) FROM variants") == [(1,)]
-
-
-def test_apply_returns_none_for_a_webhook_id_seen_before(store):
-    # Act
-    first = store.apply(delivery("wh-1"), ChangeSet(events=(event(dedupe_key="a"), event(dedupe_key="b"))))
-    again = store.apply(delivery("wh-1"), ChangeSet(events=(event(dedupe_key="c"),)))
-
-    # Assert
-    assert (first, again) == (2, None)
-    assert (store.count_events(), store.count_deliveries()) == (2, 1)
-
-
-# --- atomicity ---------------------------------------------------------------------------
-
-
-def _poison(store, sql):
-    """Install a real SQLite trigger that aborts a write, through an independent connection."""
-    conn = sqlite3.connect(store.path)
-    try:
-        conn.execute(sql)
-        conn.commit()
-    finally:
-        conn.close()
-
-
-def test_apply_is_atomic_when_the_second_event_fails(store):
-    # Arrange
-    _poison(store, "CREATE TRIGGER poison BEFORE INSERT ON events WHEN NEW.product_id = 'poison'"
-                   " BEGIN SELECT RAISE(ABORT, 'poisoned row'); END")
-    changes = ChangeSet(
-        events=(event("fine", dedupe_key="line:1"), event("poison", dedupe_key="line:2")),
-        upsert_products=(CatalogProduct(SHOP, "fine", title="Fine"),),
-    )
-
-    # Act
-    with pytest.raises(StoreError, match="poisoned row"):
-        store.apply(delivery("wh-1"), changes)
-
-    # Assert: no event, no product, and no delivery row (so Shopify's retry is not taken for a duplicate)
-    assert (store.count_events(), store.count_deliveries()) == (0, 0)
-    assert store.products(SHOP) == {}
-    _poison(store, "DROP TRIGGER poison")
-    assert store.apply(delivery("wh-1"), changes) == 2
-
-
-def test_apply_is_atomic_when_the_catalog_write_fails_after_the_events(store):
-    # Arrange
-    _poison(store, "CREATE TRIGGER poison BEFORE INSERT ON variants WHEN NEW.variant_id = 'bad'"
-                   " BEGIN SELECT RAISE(ABORT, 'poisoned variant'); END")
-    changes = ChangeSet(
-        events=(event(dedupe_key="line:1"),),
-        upsert_products=(CatalogProduct(SHOP, "10", variants=(CatalogVariant("ok"), CatalogVariant("bad"))),),
-    )
-
-    # Act
-    with pytest.raises(StoreError, match="poisoned variant"):
-        store.apply(delivery("wh-1"), changes)
-
-    # Assert
-    assert (store.count_events(), store.count_deliveries()) == (0, 0)
-    assert raw(store, "SELECT COUNT(*) FROM products") == [(0,)]
-    assert raw(store, "SELECT COUNT(*) FROM variants") == [(0,)]
-
-
-def test_add_events_is_atomic(store):
-    # Arrange
-    _poison(store, "CREATE TRIGGER poison BEFORE INSERT ON events WHEN NEW.product_id = 'poison'"
-                   " BEGIN SELECT RAISE(ABORT, 'poisoned row'); END")
-
-    # Act
-    with pytest.raises(StoreError):
-        store.add_events([event("a", dedupe_key="1"), event("b", dedupe_key="2"), event("poison", dedupe_key="3")])
-
-    # Assert
-    assert store.count_events() == 0
-    assert store.add_events([event("a", dedupe_key="1")]) == 1  # the connection is usable afterwards
-
-
-# --- concurrency -------------------------------------------------------------------------
-
-
-def test_concurrent_writers_store_each_delivery_exactly_once(store):
-    # Arrange: 8 threads x 50 deliveries; the last 25 of each thread are the same 25 webhook ids
-    threads, per_thread, shared = 8, 50, 25
-    plans = []
-    for t in range(threads):
-        ids = [f"wh-t{t}-{i}" for i in range(per_thread - shared)] + [f"wh-shared-{i}" for i in range(shared)]
-        random.Random(t).shuffle(ids)
-        plans.append(ids)
-    results: list[list[int | None]] = [[] for _ in range(threads)]
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(threads)
-
-    def work(t):
-        try:
-            barrier.wait()
-            for webhook_id in plans[t]:
-                changes = ChangeSet(events=(event(f"p-{webhook_id}", dedupe_key=f"key-{webhook_id}"),))
-                results[t].append(store.apply(delivery(webhook_id), changes))
-        except BaseException as exc:  # surfaced by the assertion below
-            errors.append(exc)
-
-    # Act
-    workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
-
-    # Assert
-    unique = threads * (per_thread - shared) + shared
-    flat = [r for rs in results for r in rs]
-    assert errors == []
-    assert len(flat) == threads * per_thread == 400
-    assert unique == 225
-    assert sum(1 for r in flat if r == 1) == unique
-    assert sum(1 for r in flat if r is None) == 400 - unique
-    assert store.count_deliveries() == unique
-    assert store.count_events() == unique
-    assert raw(store, "SELECT COUNT(DISTINCT dedupe_key) FROM events") == [(unique,)]
-
-
-# --- bugs --------------------------------------------------------------------------------
 
 
 def test_bug_a_failed_commit_leaves_the_store_writable(store):

@@ -23,7 +23,14 @@ SAMPLE_MIDNIGHT_UTC = datetime(2022, 1, 1, tzinfo=timezone.utc)  # "2021-12-31T1
 
 
 def deliver(store, body: bytes, topic: str, webhook_id: str | None = None, shop: str = SHOP):
-    return handle_webhook(signed_headers(body, topic, shop=shop, webhook_id=webhook_id), body, TEST_SECRET, store)
+    return handle_webhook(signed_headers(body, topic, shop=shop, webhook_id=webhook_id), body, TEST_SECRET, store, models_beside(store))
+
+
+def models_beside(store):
+    """A real model store next to the test's event store (shop/redact deletes models too)."""
+    from recommender.model_store import LocalModelStore
+
+    return LocalModelStore(f"{store.path}.models")
 
 
 def event_rows(store, shop: str = SHOP) -> list[dict]:
@@ -255,7 +262,7 @@ def test_missing_hmac_is_401_and_stores_nothing(store):
     del headers["X-Shopify-Hmac-Sha256"]
 
     # Act
-    outcome = handle_webhook(headers, body, TEST_SECRET, store)
+    outcome = handle_webhook(headers, body, TEST_SECRET, store, models_beside(store))
 
     # Assert
     assert (outcome.status, outcome.body()) == (401, {"error": "missing_hmac"})
@@ -268,7 +275,7 @@ def test_invalid_hmac_is_401_and_stores_nothing(store):
     headers = signed_headers(body, "orders/create", secret="not-the-app-secret")
 
     # Act
-    outcome = handle_webhook(headers, body, TEST_SECRET, store)
+    outcome = handle_webhook(headers, body, TEST_SECRET, store, models_beside(store))
 
     # Assert
     assert (outcome.status, outcome.body()) == (401, {"error": "invalid_hmac"})
@@ -282,7 +289,7 @@ def test_body_changed_after_signing_is_401_and_stores_nothing(store):
     tampered = body.replace(b'"quantity": 2', b'"quantity": 9')
 
     # Act
-    outcome = handle_webhook(headers, tampered, TEST_SECRET, store)
+    outcome = handle_webhook(headers, tampered, TEST_SECRET, store, models_beside(store))
 
     # Assert
     assert outcome.status == 401
@@ -296,7 +303,7 @@ def test_missing_topic_header_is_400(store):
     del headers["X-Shopify-Topic"]
 
     # Act
-    outcome = handle_webhook(headers, body, TEST_SECRET, store)
+    outcome = handle_webhook(headers, body, TEST_SECRET, store, models_beside(store))
 
     # Assert
     assert (outcome.status, outcome.body()) == (400, {"error": "missing_headers", "missing": ["x-shopify-topic"]})
@@ -380,15 +387,15 @@ def test_unknown_topic_is_ignored_with_one_log_line_and_stores_nothing(store, ca
     body = as_body({"id": 1, "domain": SHOP})
 
     # Act
-    outcome = deliver(store, body, "app/uninstalled", webhook_id="wh-unknown-1")
+    outcome = deliver(store, body, "themes/publish", webhook_id="wh-unknown-1")
 
     # Assert
-    assert (outcome.status, outcome.body()) == (200, {"status": "ignored", "topic": "app/uninstalled"})
+    assert (outcome.status, outcome.body()) == (200, {"status": "ignored", "topic": "themes/publish"})
     assert (store.count_events(), store.count_deliveries()) == (0, 0)
     records = [r for r in caplog.records if r.name == "webhooks.delivery"]
     assert len(records) == 1
     assert records[0].levelno == logging.INFO
-    assert records[0].getMessage() == f"ignored webhook topic app/uninstalled from {SHOP} (delivery wh-unknown-1)"
+    assert records[0].getMessage() == f"ignored webhook topic themes/publish from {SHOP} (delivery wh-unknown-1)"
 
 
 def test_same_webhook_id_twice_is_200_both_times_and_stored_once(store):

@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from recommender.errors import InvalidEvent, InvalidParameter
-from recommender.events import Delivery
-from recommender.model_store import check_shop_domain
+from recommender.events import ChangeSet, Delivery
+from recommender.model_store import ModelStore, check_shop_domain
 from recommender.store import EventStore
 from webhooks import MalformedPayload
+from webhooks.compliance import COMPLIANCE_TOPICS, handle_compliance
 from webhooks.topics import TRANSLATORS, TopicContext
 from webhooks.verification import verify_webhook_hmac
 
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 
 # One place maps each outcome to its status (Shopify's own validator does the same).
 STATUS = {
-    "stored": 200, "duplicate": 200, "ignored": 200,
+    "stored": 200, "duplicate": 200, "ignored": 200, "done": 200,
     "missing_headers": 400, "malformed_json": 400, "malformed_payload": 400, "invalid_shop": 400,
     "missing_hmac": 401, "invalid_hmac": 401,
 }
@@ -48,10 +49,18 @@ def _headers(headers: Mapping[str, str]) -> dict[str, str]:
     return {key.lower(): value for key, value in headers.items()}
 
 
-def handle_webhook(headers: Mapping[str, str], raw_body: bytes, secret: str, store: EventStore) -> WebhookOutcome:
+def handle_webhook(headers: Mapping[str, str], raw_body: bytes, secret: str, store: EventStore,
+                   model_store: ModelStore) -> WebhookOutcome:
+    """An HTTP delivery: the HMAC is checked before anything reads the body."""
     verification = verify_webhook_hmac(headers, raw_body, secret)
     if not verification.valid:
         return WebhookOutcome(verification.reason or "invalid_hmac")
+    return process_delivery(headers, raw_body, store, model_store)
+
+
+def process_delivery(headers: Mapping[str, str], raw_body: bytes, store: EventStore,
+                     model_store: ModelStore) -> WebhookOutcome:
+    """A delivery whose origin is already trusted (a verified HMAC, or a Pub/Sub subscription)."""
     h = _headers(headers)
     missing = [name for name in ("x-shopify-topic", "x-shopify-shop-domain", "x-shopify-webhook-id") if not h.get(name)]
     if missing:
@@ -65,17 +74,24 @@ def handle_webhook(headers: Mapping[str, str], raw_body: bytes, secret: str, sto
         payload = json.loads(raw_body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         return WebhookOutcome("malformed_json", {"message": f"body is not JSON: {exc}"})
-    translate = TRANSLATORS.get(topic)
-    if translate is None:
+    if topic not in TRANSLATORS and topic not in COMPLIANCE_TOPICS:
         log.info("ignored webhook topic %s from %s (delivery %s)", topic, shop, webhook_id)
         return WebhookOutcome("ignored", {"topic": topic})
     if not isinstance(payload, dict):
         return WebhookOutcome("malformed_payload", {"message": "body must be a JSON object"})
+    delivery = Delivery(shop=shop, webhook_id=webhook_id, topic=topic, event_id=h.get("x-shopify-event-id"))
+    if topic in COMPLIANCE_TOPICS:
+        try:
+            done = handle_compliance(topic, shop, payload, webhook_id, store, model_store)
+        except MalformedPayload as exc:
+            return WebhookOutcome("malformed_payload", {"topic": topic, "message": str(exc)})
+        if topic != "shop/redact":  # after shop/redact nothing of the shop is kept, not even this delivery
+            store.apply(delivery, ChangeSet())
+        return WebhookOutcome("done", {"topic": topic, **done})
     try:
-        changes = translate(TopicContext(shop, topic, webhook_id), payload)
+        changes = TRANSLATORS[topic](TopicContext(shop, topic, webhook_id), payload)
     except (MalformedPayload, InvalidEvent) as exc:
         return WebhookOutcome("malformed_payload", {"topic": topic, "message": str(exc)})
-    delivery = Delivery(shop=shop, webhook_id=webhook_id, topic=topic, event_id=h.get("x-shopify-event-id"))
     stored = store.apply(delivery, changes)  # StoreError propagates: a 5xx makes Shopify retry
     if stored is None:
         return WebhookOutcome("duplicate", {"topic": topic})

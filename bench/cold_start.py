@@ -1,0 +1,148 @@
+"""Cold start and instance memory: a real `functions-framework --target recommend` process, spawn → first 200.
+
+Floor: the same framework serving a function that imports numpy and returns a constant
+(`synthetic.FLOOR_SOURCE`). Runs are interleaved (floor, 10k, 100k, … then again) so the
+machine's noise falls on every configuration alike. After the first 200 each instance serves
+every intent a few times, then its memory is read from /proc.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+import requests
+
+from bench import process
+from bench.stats import median, ratio
+from bench.synthetic import SHOP, ShopFiles, write_floor_source
+
+INTENTS = ("personalized", "related", "complementary", "trending")
+MAIN = process.ROOT / "main.py"
+
+
+@dataclass(frozen=True)
+class Config:
+    label: str
+    shop: ShopFiles | None  # None: the floor
+    repeats: int
+
+
+def _one_start(config: Config, floor_source: Path, log_dir: Path) -> dict:
+    if config.shop is None:
+        server = process.spawn("floor", floor_source, {}, log_dir)
+        first_path = "/"
+    else:
+        server = process.spawn("recommend", MAIN, config.shop.env(), log_dir)
+        first_path = "/?" + config.shop.storefront_query("personalized", 0)
+    try:
+        startup = process.wait_until_serving(server, first_path)
+        startup_cpu = process.cpu_seconds(server.pids())
+        strategies = {}
+        with requests.Session() as session:
+            for intent in INTENTS:
+                for i in range(5):
+                    path = "/" if config.shop is None else "/?" + config.shop.storefront_query(intent, i)
+                    response = session.get(server.base + path, timeout=60)
+                    response.raise_for_status()
+                    strategies[intent] = response.json().get("strategy")
+        time.sleep(0.05)
+        memory = process.instance_memory_mib(server)
+    finally:
+        server.stop()
+    return {"listen_s": startup.listen_s, "first_ok_s": startup.first_ok_s, "startup_cpu_s": startup_cpu,
+            "memory": memory, "strategies": strategies if config.shop is not None else None}
+
+
+def _import_seconds(statement: str, repeats: int) -> float:
+    """Median wall time of `statement` in a fresh interpreter (cwd = the repo)."""
+    code = f"import time; t = time.perf_counter(); {statement}; print(time.perf_counter() - t)"
+    samples = []
+    for _ in range(repeats):
+        out = subprocess.run([sys.executable, "-c", code], cwd=process.ROOT, capture_output=True, text=True, check=True)
+        samples.append(float(out.stdout.strip().splitlines()[-1]))
+    return round(median(samples), 3)
+
+
+def _load_breakdown(shop: ShopFiles, repeats: int) -> dict:
+    """Where the first request's time goes, in process: read, verify + parse, unpack, catalog snapshot."""
+    import hashlib
+
+    from recommender.artifact import ModelArtifact
+    from recommender.catalog import CatalogCache
+    from recommender.model_store import LocalModelStore
+    from recommender.serving import ServingModel
+    from recommender.store import SQLiteEventStore
+
+    store = LocalModelStore(shop.models_dir)
+    parts: dict[str, list[float]] = {"read_bytes_s": [], "sha256_s": [], "parse_validate_s": [], "serving_model_s": [],
+                                     "catalog_snapshot_s": []}
+    for _ in range(repeats):
+        manifest = store.latest(SHOP)
+        path = shop.models_dir / SHOP / f"{manifest.version}.npz"
+        t0 = time.perf_counter()
+        data = path.read_bytes()
+        t1 = time.perf_counter()
+        hashlib.sha256(data).hexdigest()
+        t2 = time.perf_counter()
+        artifact = ModelArtifact.from_bytes(data)
+        t3 = time.perf_counter()
+        model = ServingModel(artifact)
+        t4 = time.perf_counter()
+        events = SQLiteEventStore(shop.events_path)
+        try:
+            snapshot = CatalogCache(events, 0).get(SHOP)
+            snapshot.blocked_mask(model.item_ids, model.index, model.version)
+        finally:
+            events.close()
+        t5 = time.perf_counter()
+        for key, value in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
+            parts[key].append(value)
+        del data, artifact, model
+    return {key: round(median(values), 4) for key, values in parts.items()}
+
+
+def measure(shops: list[tuple[str, ShopFiles, int]], floor_repeats: int, workdir: Path) -> dict:
+    """shops: (label, files, repeats). Returns the floor, each configuration and their ratios."""
+    floor_source = write_floor_source(workdir / "floor")
+    log_dir = workdir / "logs"
+    configs = [Config("floor", None, floor_repeats)] + [Config(label, shop, n) for label, shop, n in shops]
+    runs: dict[str, list[dict]] = {c.label: [] for c in configs}
+    for round_index in range(max(c.repeats for c in configs)):
+        for config in configs:
+            if round_index < config.repeats:
+                runs[config.label].append(_one_start(config, floor_source, log_dir))
+    floor = _summary(runs["floor"])
+    results = []
+    for config in configs[1:]:
+        summary = _summary(runs[config.label])
+        results.append({
+            "label": config.label, "items": config.shop.n_items, "catalog_rows": config.shop.catalog_rows,
+            **summary,
+            "ratio_first_ok": ratio(summary["first_ok_median_s"], floor["first_ok_median_s"]),
+            "ratio_listen": ratio(summary["listen_median_s"], floor["listen_median_s"]),
+            "strategies": runs[config.label][-1]["strategies"],
+            "load_breakdown": _load_breakdown(config.shop, repeats=2 if config.shop.n_items >= 1_000_000 else 3),
+        })
+    imports = {
+        "import_main_s": _import_seconds("import main", 3),
+        "import_floor_s": _import_seconds("import functions_framework, numpy", 3),
+    }
+    return {"floor": floor, "configs": results, "imports": imports,
+            "method": "spawn `python -m functions_framework --target recommend --source main.py` on a free loopback port;"
+                      " listen = the port accepts; first_ok = first 200 of a personalized request (customer with a"
+                      " 20-event history); memory after 5 requests of every intent"}
+
+
+def _summary(runs: list[dict]) -> dict:
+    memory_keys = runs[0]["memory"].keys()
+    return {
+        "repeats": len(runs),
+        "first_ok_median_s": round(median([r["first_ok_s"] for r in runs]), 3),
+        "first_ok_samples_s": [round(r["first_ok_s"], 3) for r in runs],
+        "listen_median_s": round(median([r["listen_s"] for r in runs]), 3),
+        "startup_cpu_median_s": round(median([r["startup_cpu_s"] for r in runs]), 3),
+        "memory_mib": {key: round(median([r["memory"][key] for r in runs]), 1) for key in memory_keys},
+    }

@@ -1,0 +1,171 @@
+"""Webhook ingest: signed `orders/create` deliveries through the real app, in process and over HTTP.
+
+In process: functions-framework's `create_app(target="app").test_client()`, one delivery at a
+time. Floor: the same rows committed with sqlite3 alone (same schema, WAL, synchronous=FULL,
+one transaction per delivery) — what durability costs before any verification or parsing.
+Over HTTP: functions-framework on loopback at concurrency 1 and 8, beside the floor function
+answering the same POSTs. Every delivery is distinct (no duplicates), three order lines each.
+PostgreSQL runs when TEST_POSTGRES_URL is set and the event store accepts it.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from bench import process
+from bench.stats import latency_summary, ratio
+from bench.synthetic import SECRET, SHOP, SignedDelivery, signed_orders, write_floor_source
+
+MAIN = process.ROOT / "main.py"
+SHOPIFY_DEADLINE_S = 5.0
+
+
+@contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    saved = dict(os.environ)
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def _in_process(store_url: str, deliveries: list[SignedDelivery]) -> dict:
+    from functions_framework import create_app
+
+    with _environment({"SHOPIFY_API_SECRET": SECRET, "EVENT_STORE_URL": store_url}):
+        client = create_app(target="app", source=str(MAIN)).test_client()
+        latencies = []
+        for delivery in deliveries:
+            begin = time.perf_counter()
+            response = client.post("/webhooks", data=delivery.body, headers=delivery.headers)
+            latencies.append(time.perf_counter() - begin)
+            if response.status_code != 200 or response.get_json()["status"] != "stored":
+                raise RuntimeError(f"delivery not stored: {response.status_code} {response.get_data(as_text=True)}")
+    total = sum(latencies)
+    return {**latency_summary(latencies), "deliveries_per_s": round(len(latencies) / total, 1)}
+
+
+def _sqlite_floor(path: Path, deliveries: list[SignedDelivery]) -> dict:
+    """The same deliveries' rows, committed one transaction each with sqlite3 and no product code in the loop."""
+    import json
+
+    from recommender.store import SQLiteEventStore
+
+    SQLiteEventStore(path).close()  # the product's schema, migrated
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    latencies = []
+    for delivery in deliveries:
+        order = json.loads(delivery.body)  # decoded outside the timed part: the floor is storage alone
+        webhook_id = delivery.headers["X-Shopify-Webhook-Id"]
+        rows = [(SHOP, "purchase", f"c:{order['customer']['id']}", str(order["customer"]["id"]), str(line["product_id"]),
+                 str(line["variant_id"]), 1, 19.0, str(order["id"]), order["created_at"], "orders/create", webhook_id,
+                 f"order:{order['id']}:line:{line['id']}") for line in order["line_items"]]
+        begin = time.perf_counter()
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("INSERT OR IGNORE INTO deliveries (shop, webhook_id, topic, event_id, received_at)"
+                     " VALUES (?, ?, ?, ?, ?)", (SHOP, webhook_id, "orders/create", None, order["created_at"]))
+        conn.executemany("INSERT INTO events (shop, kind, user_key, customer_id, product_id, variant_id, quantity,"
+                         " price, order_id, occurred_at, source_topic, delivery_id, dedupe_key)"
+                         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        conn.execute("COMMIT")
+        latencies.append(time.perf_counter() - begin)
+    conn.close()
+    return {**latency_summary(latencies), "deliveries_per_s": round(len(latencies) / sum(latencies), 1)}
+
+
+def _over_http(store_url: str, deliveries: list[SignedDelivery], workdir: Path, concurrencies: tuple[int, ...],
+               per_level: int, max_seconds: float) -> list[dict]:
+    floor_source = write_floor_source(workdir / "floor")
+    log_dir = workdir / "logs"
+    ours = process.spawn("app", MAIN, {"SHOPIFY_API_SECRET": SECRET, "EVENT_STORE_URL": store_url}, log_dir)
+    floor = process.spawn("floor", floor_source, {}, log_dir)
+    levels = []
+    try:
+        process.wait_until_serving(ours, "/healthz")
+        process.wait_until_serving(floor, "/")
+        offset = 0
+        for concurrency in concurrencies:
+            batch = deliveries[offset: offset + per_level]
+            offset += per_level
+            pids = ours.pids()
+            cpu_before = process.cpu_seconds(pids)
+            mine = process.run_load(lambda s, i: s.post(ours.base + "/webhooks", data=batch[i].body,
+                                                        headers=batch[i].headers, timeout=30),
+                                    concurrency, len(batch), max_seconds)
+            cpu = process.cpu_seconds(pids) - cpu_before
+            base = process.run_load(lambda s, i: s.post(floor.base + "/", data=batch[i].body,
+                                                        headers=batch[i].headers, timeout=30),
+                                    concurrency, len(batch), max_seconds)
+            if not mine.latencies_s:
+                raise RuntimeError(f"no delivery stored over HTTP: {mine.statuses}\n{ours.output()}")
+            ours_summary = {**latency_summary(mine.latencies_s), "errors": mine.errors,
+                            "deliveries_per_s": round(mine.requests / mine.wall_s, 1),
+                            "server_cpu_ms_per_delivery": round(cpu / max(mine.requests, 1) * 1e3, 3)}
+            floor_summary = {**latency_summary(base.latencies_s), "errors": base.errors,
+                             "deliveries_per_s": round(base.requests / base.wall_s, 1)}
+            levels.append({"concurrency": concurrency, "ours": ours_summary, "floor": floor_summary,
+                           "rate_vs_floor": ratio(ours_summary["deliveries_per_s"], floor_summary["deliveries_per_s"]),
+                           "p99_vs_floor": ratio(ours_summary["p99_ms"], floor_summary["p99_ms"])})
+        levels[-1]["memory_after_mib"] = process.instance_memory_mib(ours)
+    finally:
+        ours.stop()
+        floor.stop()
+    return levels
+
+
+def measure(workdir: Path, in_process_count: int, http_concurrencies: tuple[int, ...], http_per_level: int,
+            max_seconds: float, n_items: int = 10_000) -> dict:
+    workdir.mkdir(parents=True, exist_ok=True)
+    first = 5_000_000_000_000
+    in_process_batch = signed_orders(in_process_count, n_items, first, seed=3)
+    floor_batch = signed_orders(in_process_count, n_items, first + 1_000_000, seed=4)
+    http_batch = signed_orders(http_per_level * len(http_concurrencies), n_items, first + 2_000_000, seed=5)
+    sqlite_inproc = _in_process(f"sqlite:///{workdir / 'ingest-inproc.sqlite3'}", in_process_batch)
+    sqlite_floor = _sqlite_floor(workdir / "ingest-floor.sqlite3", floor_batch)
+    sqlite_http = _over_http(f"sqlite:///{workdir / 'ingest-http.sqlite3'}", http_batch, workdir, http_concurrencies,
+                             http_per_level, max_seconds)
+    result = {
+        "topic": "orders/create", "lines_per_delivery": 3, "shopify_deadline_s": SHOPIFY_DEADLINE_S,
+        "sqlite": {
+            "in_process": {**sqlite_inproc, "p99_vs_storage_floor": ratio(sqlite_inproc["p99_ms"], sqlite_floor["p99_ms"]),
+                           "rate_vs_storage_floor": ratio(sqlite_inproc["deliveries_per_s"],
+                                                          sqlite_floor["deliveries_per_s"])},
+            "storage_floor": sqlite_floor,
+            "http": sqlite_http,
+        },
+        "postgresql": postgres(workdir, in_process_count, http_concurrencies, http_per_level, max_seconds, n_items),
+    }
+    return result
+
+
+def postgres(workdir: Path, count: int, concurrencies: tuple[int, ...], per_level: int, max_seconds: float,
+             n_items: int) -> dict:
+    """The same in-process and HTTP runs against TEST_POSTGRES_URL, when set and supported; else why not."""
+    url = os.environ.get("TEST_POSTGRES_URL")
+    if not url:
+        return {"skipped": "TEST_POSTGRES_URL is not set"}
+    from recommender.errors import RecommenderError
+    from recommender.settings import Settings
+    from recommender.store import open_event_store
+
+    try:
+        Settings.from_mapping({"EVENT_STORE_URL": url})
+        open_event_store(url).close()
+    except (RecommenderError, ImportError) as exc:
+        return {"skipped": f"the event store does not accept {url.split('@')[-1]!r} yet: {exc}"}
+    shop = f"bench-{uuid.uuid4().hex[:12]}.myshopify.com"  # a shop of its own in a shared database
+    first = 6_000_000_000_000
+    inproc = _in_process(url, signed_orders(count, n_items, first, seed=6, shop=shop))
+    http = _over_http(url, signed_orders(per_level * len(concurrencies), n_items, first + 1_000_000, seed=7, shop=shop),
+                      workdir, concurrencies, per_level, max_seconds)
+    return {"in_process": inproc, "http": http, "shop": shop}

@@ -1,0 +1,169 @@
+"""Warm latency in process: `Recommender.recommend` per intent against a floor and implicit's own `recommend`.
+
+Floor: one float32 matrix-vector product over the model's factors plus `np.argpartition` for
+the top 10 — the least any model-scoring answer can cost. Peer: implicit's
+AlternatingLeastSquares with the same float32 item factors, `recommend(..., recalculate_user=True)`
+on the shopper's confidence row (fold-in, like ours) and with a precomputed user factor.
+Ours reads the shopper's history from a real SQLite store on every call; the peer is handed
+its row ready-made. All variants are timed interleaved.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import pstats
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.stats import interleaved, latency_summary, median, ratio
+from bench.synthetic import SHOP, ShopFiles
+
+INTENTS = ("personalized", "related", "complementary", "trending")
+TOP_N = 10
+
+
+def _runtime(shop: ShopFiles):
+    from recommender.runtime import Runtime
+    from recommender.settings import Settings
+
+    # Steady state: the catalog snapshot is not re-read during the run (its refresh is measured on its own).
+    settings = Settings.from_mapping(shop.env(CATALOG_TTL_SECONDS="1000000", TRENDING_TTL_SECONDS="1000000"))
+    return Runtime.from_settings(settings)
+
+
+def _requests(shop: ShopFiles, count: int) -> dict[str, list]:
+    from recommender.intents import RecommendRequest
+
+    return {intent: [RecommendRequest.from_query(shop.query(intent, i)) for i in range(count)] for intent in INTENTS}
+
+
+def _peer(model, shop: ShopFiles, alpha: float):
+    """implicit's ALS holding our float32 factors, and each shopper's confidence row (1 × items CSR)."""
+    import scipy.sparse as sp
+    from implicit.cpu.als import AlternatingLeastSquares
+
+    weights = {"view": 1.0, "add_to_cart": 4.0, "purchase": 10.0}
+    peer = AlternatingLeastSquares(factors=model.factors.shape[1], regularization=0.05, alpha=1.0,
+                                   dtype=np.float32, random_state=0)
+    peer.item_factors = model.factors
+    rows = []
+    for customer in shop.customers:
+        summed: dict[int, float] = {}
+        for row, kind in shop.history_rows[customer]:
+            summed[row] = summed.get(row, 0.0) + weights[kind]
+        cols = np.fromiter(summed, dtype=np.int32)
+        confidence = 1.0 + alpha * np.fromiter(summed.values(), dtype=np.float32)
+        order = np.argsort(cols)
+        rows.append(sp.csr_matrix((confidence[order], cols[order], np.array([0, len(cols)])),
+                                  shape=(1, model.n_items), dtype=np.float32))
+    peer.user_factors = np.stack([peer.recalculate_user(0, row) for row in rows]).astype(np.float32)
+    return peer, rows
+
+
+def measure_size(shop: ShopFiles, repetitions: int) -> dict:
+    """All intents, the floor and the peer at one catalog size."""
+    runtime = _runtime(shop)
+    recommender = runtime.recommender
+    wanted = _requests(shop, 200)
+    strategies = {intent: recommender.recommend(wanted[intent][0]).strategy for intent in INTENTS}
+    model = runtime.models.get(SHOP)
+    peer, peer_rows = _peer(model, shop, model.alpha)
+    rng = np.random.default_rng(5)
+    user_vectors = rng.standard_normal((64, model.factors.shape[1])).astype(np.float32) * np.float32(0.1)
+    factors = model.factors
+    n_items = len(factors)
+
+    def floor(i: int) -> None:
+        scores = factors @ user_vectors[i % 64]
+        np.argpartition(scores, n_items - TOP_N)[n_items - TOP_N:]
+
+    calls = {"floor": floor}
+    for intent in INTENTS:
+        calls[intent] = (lambda intent: lambda i: recommender.recommend(wanted[intent][i % 200]))(intent)
+    calls["implicit_fold_in"] = lambda i: peer.recommend(
+        i % len(peer_rows), peer_rows[i % len(peer_rows)], N=TOP_N, recalculate_user=True)
+    calls["implicit_user_factor"] = lambda i: peer.recommend(
+        i % len(peer_rows), peer_rows[i % len(peer_rows)], N=TOP_N, recalculate_user=False)
+    samples = interleaved(calls, repetitions, warmup=min(20, repetitions))
+    summaries = {name: latency_summary(values) for name, values in samples.items()}
+    floor_p99, floor_p50 = summaries["floor"]["p99_ms"], summaries["floor"]["p50_ms"]
+    peer_p99 = summaries["implicit_fold_in"]["p99_ms"]
+    intents = {}
+    for intent in INTENTS:
+        s = summaries[intent]
+        intents[intent] = {**s, "strategy": strategies[intent], "p99_vs_floor": ratio(s["p99_ms"], floor_p99),
+                           "p50_vs_floor": ratio(s["p50_ms"], floor_p50),
+                           "p99_vs_implicit_fold_in": ratio(s["p99_ms"], peer_p99)}
+    runtime.store.close()
+    return {"items": shop.n_items, "floor": summaries["floor"], "implicit_fold_in": summaries["implicit_fold_in"],
+            "implicit_user_factor": summaries["implicit_user_factor"], "intents": intents,
+            "implicit_threads": "implicit default (num_threads=0: all cores)"}
+
+
+def profile_intent(shop: ShopFiles, intent: str, calls: int = 300, top: int = 14) -> dict:
+    """cProfile of `calls` warm requests of one intent: the functions with the most own time."""
+    runtime = _runtime(shop)
+    wanted = _requests(shop, 200)[intent]
+    for request in wanted[:20]:
+        runtime.recommender.recommend(request)
+    profiler = cProfile.Profile()
+    begin = time.perf_counter()
+    profiler.enable()
+    for i in range(calls):
+        runtime.recommender.recommend(wanted[i % 200])
+    profiler.disable()
+    wall = time.perf_counter() - begin
+    stats = pstats.Stats(profiler)
+    total = sum(row[2] for row in stats.stats.values())  # own time of every function
+    rows = sorted(stats.stats.items(), key=lambda item: -item[1][2])[:top]
+    runtime.store.close()
+    return {
+        "intent": intent, "items": shop.n_items, "calls": calls, "wall_ms_per_call": round(wall / calls * 1e3, 3),
+        "top_own_time": [{"function": _name(key), "own_ms_per_call": round(row[2] / calls * 1e3, 3),
+                          "share": round(row[2] / total, 3), "calls_per_request": round(row[1] / calls, 1)}
+                         for key, row in rows],
+    }
+
+
+def _name(key: tuple) -> str:
+    filename, line, function = key
+    if filename == "~":
+        return function
+    path = Path(filename)
+    parts = path.parts
+    short = "/".join(parts[-2:]) if len(parts) >= 2 else filename
+    return f"{short}:{line}({function})"
+
+
+def catalog_refresh(shop: ShopFiles, repeats: int) -> dict:
+    """One catalog re-read (every CATALOG_TTL_SECONDS, on the request that finds it stale) against a raw fetch.
+
+    Ours: CatalogCache.get (store.products + deleted ids) + the blocked mask over the model.
+    Floor: the same rows fetched with sqlite3 and nothing built from them.
+    """
+    import sqlite3
+
+    from recommender.catalog import CatalogCache
+    from recommender.store import SQLiteEventStore
+
+    runtime = _runtime(shop)
+    model = runtime.models.get(SHOP)
+    store = SQLiteEventStore(shop.events_path)
+    raw = sqlite3.connect(shop.events_path)
+
+    def ours(_: int) -> None:
+        CatalogCache(store, 0).get(SHOP).blocked_mask(model.item_ids, model.index, model.version)
+
+    def floor(_: int) -> None:
+        raw.execute("SELECT * FROM products WHERE shop = ?", (SHOP,)).fetchall()
+        raw.execute("SELECT * FROM variants WHERE shop = ?", (SHOP,)).fetchall()
+
+    samples = interleaved({"ours": ours, "floor": floor}, repeats, warmup=1)
+    raw.close()
+    store.close()
+    runtime.store.close()
+    ours_s, floor_s = median(samples["ours"]), median(samples["floor"])
+    return {"products": shop.catalog_rows, "median_s": round(ours_s, 4), "floor_median_s": round(floor_s, 4),
+            "ratio": ratio(ours_s, floor_s)}

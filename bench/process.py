@@ -1,0 +1,238 @@
+"""Real functions-framework processes on loopback, what /proc says about them, and a bounded load client.
+
+Every server listens on 127.0.0.1 at a free port, and every load loop stops after a fixed count
+of requests or a fixed time, whichever comes first. Processes are ended by their own id.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+LOOPBACK = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind((LOOPBACK, 0))
+        return probe.getsockname()[1]
+
+
+@dataclass
+class Server:
+    """A functions-framework process serving `target` from `source` on a loopback port."""
+
+    process: subprocess.Popen
+    port: int
+    spawned_at: float  # time.perf_counter() just before the spawn
+    log_path: Path
+
+    @property
+    def base(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    def pids(self) -> list[int]:
+        """The gunicorn master and its workers."""
+        return [self.process.pid, *children_of(self.process.pid)]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()  # gunicorn's master stops its workers on SIGTERM
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+
+    def output(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-4000:]
+        except OSError:
+            return ""
+
+
+def spawn(target: str, source: Path, env: dict[str, str], log_dir: Path, threads: int | None = None) -> Server:
+    """Start `functions-framework --target TARGET --source SOURCE` on a free loopback port."""
+    port = free_port()
+    process_env = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
+    if threads is not None:
+        process_env["THREADS"] = str(threads)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{target}-{port}.log"
+    log = open(log_path, "wb")
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "functions_framework", "--target", target, "--source", str(source),
+         "--host", LOOPBACK, "--port", str(port)],
+        cwd=ROOT, env=process_env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    log.close()
+    return Server(process, port, started, log_path)
+
+
+@dataclass(frozen=True)
+class Startup:
+    listen_s: float  # spawn → the port accepts connections (imports done, gunicorn bound)
+    first_ok_s: float  # spawn → the first 200 from `path`
+
+
+def wait_until_serving(server: Server, path: str, timeout: float = 120.0) -> Startup:
+    """Poll the port, then `path`, until a 200; raise with the server's output if it never comes."""
+    deadline = server.spawned_at + timeout
+    while True:
+        try:
+            with socket.create_connection((LOOPBACK, server.port), timeout=0.5):
+                listen = time.perf_counter() - server.spawned_at
+                break
+        except OSError:
+            if server.process.poll() is not None or time.perf_counter() > deadline:
+                raise RuntimeError(f"functions-framework did not start:\n{server.output()}") from None
+            time.sleep(0.002)
+    with requests.Session() as session:
+        while True:
+            try:
+                response = session.get(server.base + path, timeout=timeout)
+                if response.status_code == 200:
+                    return Startup(listen, time.perf_counter() - server.spawned_at)
+                raise RuntimeError(f"{path} answered {response.status_code}: {response.text[:500]}")
+            except requests.ConnectionError:
+                if server.process.poll() is not None or time.perf_counter() > deadline:
+                    raise RuntimeError(f"functions-framework never answered:\n{server.output()}") from None
+                time.sleep(0.002)
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(entry))
+    return found
+
+
+def memory_kib(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM (peak RSS) from /proc/<pid>/status, Pss from smaps_rollup; KiB."""
+    out = {}
+    with open(f"/proc/{pid}/status") as handle:
+        for line in handle:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                out[key] = int(value.split()[0])
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as handle:
+            for line in handle:
+                if line.startswith("Pss:"):
+                    out["Pss"] = int(line.split()[1])
+    except OSError:
+        pass
+    return out
+
+
+def instance_memory_mib(server: Server) -> dict[str, float]:
+    """Memory of the whole instance (master + workers), MiB.
+
+    rss_sum double-counts pages the fork shares; pss_sum splits shared pages between the
+    processes and is what a container's memory limit sees most closely.
+    """
+    per = {pid: memory_kib(pid) for pid in server.pids()}
+    master = per[server.process.pid]
+    workers = [m for pid, m in per.items() if pid != server.process.pid]
+    return {
+        "master_rss_mib": round(master["VmRSS"] / 1024, 1),
+        "worker_rss_mib": round(sum(w["VmRSS"] for w in workers) / 1024, 1),
+        "worker_peak_rss_mib": round(sum(w["VmHWM"] for w in workers) / 1024, 1),
+        "rss_sum_mib": round(sum(m["VmRSS"] for m in per.values()) / 1024, 1),
+        "pss_sum_mib": round(sum(m.get("Pss", m["VmRSS"]) for m in per.values()) / 1024, 1),
+    }
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes so far."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return total / CLOCK_TICKS
+
+
+@dataclass
+class LoadResult:
+    latencies_s: list[float] = field(default_factory=list)
+    errors: int = 0
+    wall_s: float = 0.0
+    statuses: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def requests(self) -> int:
+        return len(self.latencies_s)
+
+
+Call = Callable[[requests.Session, int], requests.Response]
+
+
+def run_load(call: Call, concurrency: int, max_requests: int, max_seconds: float, ok: int = 200) -> LoadResult:
+    """`concurrency` threads, one requests.Session each, issue `call(session, i)` until the count or time runs out.
+
+    Latency is measured per request on the client. A non-`ok` status or a connection error
+    counts as an error and is not timed.
+    """
+    result = LoadResult()
+    lock = threading.Lock()
+    counter = iter(range(max_requests))
+    started = time.perf_counter()
+    deadline = started + max_seconds
+
+    def worker() -> None:
+        latencies, errors, statuses = [], 0, {}
+        with requests.Session() as session:
+            while time.perf_counter() < deadline:
+                with lock:
+                    index = next(counter, None)
+                if index is None:
+                    break
+                begin = time.perf_counter()
+                try:
+                    response = call(session, index)
+                except requests.RequestException:
+                    errors += 1
+                    continue
+                elapsed = time.perf_counter() - begin
+                statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+                if response.status_code == ok:
+                    latencies.append(elapsed)
+                else:
+                    errors += 1
+        with lock:
+            result.latencies_s.extend(latencies)
+            result.errors += errors
+            for status, count in statuses.items():
+                result.statuses[status] = result.statuses.get(status, 0) + count
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(max_seconds + 60)
+    result.wall_s = time.perf_counter() - started
+    return result

@@ -1,0 +1,158 @@
+"""bench/results/perf.md from perf.json: every figure beside its floor or peer, goals first."""
+
+from __future__ import annotations
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join("" if cell is None else str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _x(value: float) -> str:
+    return f"{value:.2f}×"
+
+
+def markdown(results: dict) -> str:
+    meta, m = results["meta"], results["meta"]["machine"]
+    blas = ", ".join(f"{b['internal_api']} {b['version']} ({b['architecture']}, {b['num_threads']} threads)"
+                     for b in m["blas"]) or "none found"
+    out = [
+        "# Performance against floors measured in the same run",
+        "",
+        f"`{meta['command']}` — {meta['mode']} mode, {meta['date']}, {meta.get('seconds', '?')} s.  ",
+        f"Machine: {m['nproc']} CPUs ({m['cpu_model']}), Python {m['python']}, numpy {m['numpy']}, BLAS {blas},"
+        f" OPENBLAS_CORETYPE={m['openblas_coretype'] or 'unset'}. Goals stated at 100k items are judged at"
+        f" {meta['reference_size']:,} items.",
+        "",
+        "## Goals",
+        "",
+        _table(["goal", "measured", "met"], [[g["goal"], g["measured"], "yes" if g["met"] else "**no**"]
+                                             for g in results["goals"]]),
+    ]
+
+    cold = results["cold_start"]
+    floor = cold["floor"]
+    out += ["", "## Cold start (spawn → first 200)", "", cold["method"] + ".", "",
+            _table(["instance", "port open (median s)", "first 200 (median s)", "vs floor", "startup CPU s", "samples s"],
+                   [["floor (numpy + constant)", floor["listen_median_s"], floor["first_ok_median_s"], "1.00×",
+                     floor["startup_cpu_median_s"], floor["first_ok_samples_s"]]]
+                   + [[c["label"], c["listen_median_s"], c["first_ok_median_s"], _x(c["ratio_first_ok"]),
+                       c["startup_cpu_median_s"], c["first_ok_samples_s"]] for c in cold["configs"]]),
+            "", "Where the first request's extra time goes (in process, median s):", "",
+            _table(["instance", "read .npz", "sha256", "parse + validate", "ServingModel", "catalog snapshot + mask"],
+                   [[c["label"], *c["load_breakdown"].values()] for c in cold["configs"]]),
+            "", f"Import in a fresh interpreter: `import main` {cold['imports']['import_main_s']} s, "
+                f"`import functions_framework, numpy` {cold['imports']['import_floor_s']} s."]
+
+    warm = results["warm_latency"]
+    out += ["", "## Warm latency in process (ms)", "", warm["method"] + ".", ""]
+    for size in warm["sizes"]:
+        for blas_key, blas_label in (("blas_default_threads", "BLAS default threads"), ("blas_one_thread", "BLAS 1 thread")):
+            w = size[blas_key]
+            rows = [["floor: matvec + argpartition", w["floor"]["p50_ms"], w["floor"]["p99_ms"], "1.00×", ""],
+                    ["implicit recommend, fold-in", w["implicit_fold_in"]["p50_ms"], w["implicit_fold_in"]["p99_ms"],
+                     _x(w["implicit_fold_in"]["p99_ms"] / w["floor"]["p99_ms"]), "1.00×"],
+                    ["implicit recommend, user factor", w["implicit_user_factor"]["p50_ms"],
+                     w["implicit_user_factor"]["p99_ms"], _x(w["implicit_user_factor"]["p99_ms"] / w["floor"]["p99_ms"]), ""]]
+            rows += [[f"ours: {intent} ({n['strategy']})", n["p50_ms"], n["p99_ms"], _x(n["p99_vs_floor"]),
+                      _x(n["p99_vs_implicit_fold_in"])] for intent, n in w["intents"].items()]
+            out += [f"**{size['items']:,} items, {blas_label}** ({w['floor']['n']} calls each)", "",
+                    _table(["path", "p50", "p99", "p99 vs floor", "p99 vs implicit fold-in"], rows), ""]
+    refresh = warm["catalog_refresh"]
+    out += [f"Catalog refresh (once per CATALOG_TTL_SECONDS, paid by one request): {refresh['products']:,} products"
+            f" {refresh['median_s']} s vs sqlite3 fetch of the same rows {refresh['floor_median_s']} s"
+            f" ({_x(refresh['ratio'])}).", ""]
+    for profile in warm["profiles"]:
+        out += [f"Profile, {profile['intent']} at {profile['items']:,} items ({profile['calls']} calls,"
+                f" {profile['wall_ms_per_call']} ms per call under cProfile), functions by own time:", "",
+                _table(["function", "own ms per call", "share", "calls per request"],
+                       [[r["function"], r["own_ms_per_call"], f"{r['share']:.0%}", r["calls_per_request"]]
+                        for r in profile["top_own_time"]]), ""]
+
+    http = results["http"]
+    out += [f"## HTTP on loopback (personalized, {http['items']:,} items; gunicorn {http['gunicorn_workers']} worker ×"
+            f" {http['gunicorn_threads']} threads)", "",
+            _table(["concurrency", "ours p50 ms", "ours p99 ms", "ours req/s", "floor p50 ms", "floor p99 ms",
+                    "floor req/s", "req/s vs floor", "server CPU ms/request", "errors"],
+                   [[lv["concurrency"], lv["ours"]["p50_ms"], lv["ours"]["p99_ms"], lv["ours"]["rps"], lv["floor"]["p50_ms"],
+                     lv["floor"]["p99_ms"], lv["floor"]["rps"], _x(lv["rps_vs_floor"]),
+                     lv["ours"]["server_cpu_ms_per_request"], lv["ours"]["errors"]] for lv in http["levels"]]),
+            f"Bounded at {http['bounds']['max_requests']} requests or {http['bounds']['max_seconds']} s per level;"
+            " the Python client shares the two cores with the server.", ""]
+
+    ingest = results["ingest"]
+    sq = ingest["sqlite"]
+    rows = [["SQLite, in process (test client)", sq["in_process"]["p50_ms"], sq["in_process"]["p99_ms"],
+             sq["in_process"]["deliveries_per_s"], f"storage floor: p99 {sq['storage_floor']['p99_ms']} ms,"
+             f" {sq['storage_floor']['deliveries_per_s']}/s → {_x(sq['in_process']['p99_vs_storage_floor'])} p99", ""]]
+    rows += [[f"SQLite, HTTP, concurrency {lv['concurrency']}", lv["ours"]["p50_ms"], lv["ours"]["p99_ms"],
+              lv["ours"]["deliveries_per_s"], f"bare function: p99 {lv['floor']['p99_ms']} ms, {lv['floor']['deliveries_per_s']}/s"
+              f" → {_x(lv['rate_vs_floor'])} rate", lv["ours"]["server_cpu_ms_per_delivery"]] for lv in sq["http"]]
+    pg = ingest["postgresql"]
+    if "skipped" not in pg:
+        rows += [["PostgreSQL, in process", pg["in_process"]["p50_ms"], pg["in_process"]["p99_ms"],
+                  pg["in_process"]["deliveries_per_s"], "", ""]]
+        rows += [[f"PostgreSQL, HTTP, concurrency {lv['concurrency']}", lv["ours"]["p50_ms"], lv["ours"]["p99_ms"],
+                  lv["ours"]["deliveries_per_s"], f"bare function {lv['floor']['deliveries_per_s']}/s",
+                  lv["ours"]["server_cpu_ms_per_delivery"]] for lv in pg["http"]]
+    out += [f"## Webhook ingest (signed {ingest['topic']}, {ingest['lines_per_delivery']} lines each; Shopify waits"
+            f" {ingest['shopify_deadline_s']:g} s)", "",
+            _table(["path", "p50 ms", "p99 ms", "deliveries/s", "floor", "server CPU ms/delivery"], rows)]
+    if "skipped" in pg:
+        out += ["", f"PostgreSQL skipped: {pg['skipped']}."]
+
+    t = results["training"]
+    out += ["", f"## Training ({t['events']:,} events, {t['users']:,} users × {t['items']:,} items, {t['nonzeros']:,}"
+                f" non-zeros; {t['factors']} factors, {t['iterations']} iterations)", "",
+            _table(["run", "median s", "samples s"],
+                   [["ours: train_and_publish", t["train_and_publish_median_s"], t["train_and_publish_samples_s"]],
+                    ["peer: implicit fit, same matrix", t["implicit_fit_median_s"], t["implicit_fit_samples_s"]],
+                    ["ratio", _x(t["ratio"]), ""]]),
+            "", "Stages of ours, timed once on their own (s): "
+            + ", ".join(f"{k.removesuffix('_s').replace('_', ' ')} {v}" for k, v in t["stages_s"].items()) + "."]
+
+    out += ["", "## Artifact size (floor: float16 factors alone, 2 bytes per item·factor)", "",
+            _table(["artifact", "items", "MB", "bytes/item·factor", "vs floor", "largest arrays (bytes/item)",
+                    "savez_compressed bytes/item·factor"],
+                   [[a["label"], f"{a['items']:,}", round(a["bytes"] / 1e6, 1), a["bytes_per_item_factor"],
+                     _x(a["ratio_vs_float16_floor"]),
+                     ", ".join(f"{k} {v}" for k, v in list(a["bytes_per_item_by_array"].items())[:4]),
+                     a["if_savez_compressed"]["bytes_per_item_factor"] if a["if_savez_compressed"] else "—"]
+                    for a in results["size"]["artifacts"]])]
+
+    mem = results["memory"]
+    f = mem["floor"]
+    out += ["", "## Instance memory after loading and serving (MiB)", "", mem["method"] + ".", "",
+            _table(["instance", "master RSS", "worker RSS", "worker peak RSS", "PSS sum", "PSS vs floor",
+                    "peak upper bound"],
+                   [["floor", f["master_rss_mib"], f["worker_rss_mib"], f["worker_peak_rss_mib"], f["pss_sum_mib"], "1.00×",
+                     f["instance_peak_upper_bound_mib"]]]
+                   + [[i["label"], i["master_rss_mib"], i["worker_rss_mib"], i["worker_peak_rss_mib"], i["pss_sum_mib"],
+                       _x(i["pss_vs_floor"]), i["instance_peak_upper_bound_mib"]] for i in mem["instances"]])]
+
+    c = results["cost"]
+    p = c["prices"]
+    out += ["", "## Cost on Cloud Run functions (list prices)", "",
+            f"Prices ({p['currency']}, {p['region_tier']}, {p['billing']}, read {p['read_on']}): CPU"
+            f" ${p['cpu_per_vcpu_s']} per vCPU-s, memory ${p['memory_per_gib_s']} per GiB-s,"
+            f" ${p['per_million_requests']} per million requests.", "",
+            "```", c["formula"], "```", "",
+            f"Measured: {c['inputs']['recommend_cpu_ms_per_request']} ms CPU per recommendation,"
+            f" {c['inputs']['webhook_cpu_ms_per_delivery']} ms per webhook ({c['inputs']['cpu_measured_at']}). Tier: the"
+            f" smallest whose memory the instance's peak fills to at most {c['inputs']['headroom']:.0%}.", "",
+            _table(["function", "instance peak MiB", "tier", "billed ms/request", "$ per million, back to back",
+                    "$ per million, isolated (100 ms steps)", "one warm instance $/month (upper bound)"],
+                   [[f"recommend, {r['model']}", r["instance_memory_mib"], f"{r['tier_mib']} MiB / {r['vcpu']} vCPU",
+                     r["billed_ms_per_request_busy"], r["busy_usd_per_million"], r["isolated_usd_per_million"],
+                     r["warm_instance_usd_per_month_upper_bound"]] for r in c["recommend"]]
+                   + [["webhook", c["webhook"]["instance_memory_mib"],
+                       f"{c['webhook']['tier_mib']} MiB / {c['webhook']['vcpu']} vCPU",
+                       c["webhook"]["billed_ms_per_request_busy"], c["webhook"]["busy_usd_per_million"],
+                       c["webhook"]["isolated_usd_per_million"], c["webhook"]["warm_instance_usd_per_month_upper_bound"]]]),
+            "", c["free_tier_note"].capitalize() + ".", "", "Sources:"]
+    out += [f"- {s}" for s in p["sources"]]
+    out += ["", "Managed alternatives (pricing models only, as published):"]
+    out += [f"- {a['service']} ({a['source']}): {a['model']}. Unit prices: {a['unit_prices']}."
+            for a in c["managed_alternatives"]]
+    return "\n".join(out) + "\n"

@@ -1,0 +1,57 @@
+"""Small statistics for noisy machines: nearest-rank percentiles, medians, ratios, interleaved timing."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable, Sequence
+
+
+def percentile(samples: Sequence[float], p: float) -> float:
+    """Nearest-rank percentile: the smallest sample with at least p% of samples at or below it."""
+    if not samples:
+        raise ValueError("percentile of no samples")
+    ordered = sorted(samples)
+    rank = max(1, math.ceil(p / 100.0 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def median(samples: Sequence[float]) -> float:
+    ordered = sorted(samples)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def ratio(value: float, floor: float) -> float:
+    return round(value / floor, 2) if floor > 0 else float("inf")
+
+
+def latency_summary(samples_s: Sequence[float]) -> dict[str, float]:
+    """p50/p99/max of latencies given in seconds, reported in milliseconds."""
+    return {
+        "n": len(samples_s),
+        "p50_ms": round(percentile(samples_s, 50) * 1e3, 3),
+        "p99_ms": round(percentile(samples_s, 99) * 1e3, 3),
+        "max_ms": round(max(samples_s) * 1e3, 3),
+    }
+
+
+def interleaved(calls: dict[str, Callable[[int], object]], repetitions: int, warmup: int = 10) -> dict[str, list[float]]:
+    """Time each call `repetitions` times, rotating the order every round so a noisy neighbour hits all alike.
+
+    `calls[name](i)` is run once per round; returns seconds per call per name.
+    """
+    names = list(calls)
+    for i in range(warmup):
+        for name in names:
+            calls[name](i)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    clock = time.perf_counter
+    for i in range(repetitions):
+        shift = i % len(names)
+        for name in names[shift:] + names[:shift]:
+            call = calls[name]
+            begin = clock()
+            call(i)
+            samples[name].append(clock() - begin)
+    return samples

@@ -1,0 +1,93 @@
+"""Training: events in the store → artifact published, against implicit's raw `fit` on the same matrix.
+
+Ours: `recommender.training.train_and_publish` (read events, build the matrix, fit, co-purchase
+neighbours, artifact, publish with read-back verification). Peer: implicit's CPU ALS `fit` on the
+same confidence matrix with the same factors, regularization, iterations, seed and BLAS pinned
+to one thread, as training pins it. The two alternate, and each stage of ours is timed once more
+on its own to show where the time goes.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from bench.stats import median, ratio
+from bench.synthetic import SHOP, event_log
+
+
+def measure(workdir: Path, users: int, items: int, events: int, repeats: int) -> dict:
+    from threadpoolctl import threadpool_limits
+
+    from recommender.artifact import ModelArtifact
+    from recommender.copurchase import copurchase_neighbors
+    from recommender.model_store import LocalModelStore
+    from recommender.settings import TrainingConfig
+    from recommender.store import SQLiteEventStore
+    from recommender.training import build_user_items, confidence_matrix, fit_item_factors, train_and_publish
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    store = SQLiteEventStore(workdir / "train-events.sqlite3")
+    log = event_log(users, items, events)
+    for start in range(0, len(log), 50_000):
+        store.add_events(log[start:start + 50_000])
+    del log
+    config = TrainingConfig()  # shipped defaults: 64 factors, λ 0.05, α 2, 15 iterations
+    models = LocalModelStore(workdir / "train-models")
+
+    interactions = store.interactions(SHOP)
+    data = build_user_items(interactions, dict(config.event_weights))
+    confidence = confidence_matrix(data.matrix, config.alpha)
+    del interactions
+
+    def peer_fit() -> float:
+        from implicit.cpu.als import AlternatingLeastSquares
+
+        begin = time.perf_counter()
+        with threadpool_limits(limits=1, user_api="blas"):
+            model = AlternatingLeastSquares(factors=config.factors, regularization=config.regularization, alpha=1.0,
+                                            iterations=config.iterations, random_state=config.seed)
+            model.fit(confidence, show_progress=False)
+        return time.perf_counter() - begin
+
+    ours_s, peer_s, reports = [], [], []
+    for _ in range(repeats):
+        begin = time.perf_counter()
+        report = train_and_publish(store, models, SHOP, config)
+        ours_s.append(time.perf_counter() - begin)
+        reports.append(report)
+        peer_s.append(peer_fit())
+
+    stages = {}
+    t0 = time.perf_counter()
+    interactions = store.interactions(SHOP)
+    t1 = time.perf_counter()
+    data = build_user_items(interactions, dict(config.event_weights))
+    t2 = time.perf_counter()
+    factors = fit_item_factors(data.matrix, config)
+    t3 = time.perf_counter()
+    together = copurchase_neighbors(interactions, {pid: i for i, pid in enumerate(data.item_ids)}, config.copurchase_k)
+    t4 = time.perf_counter()
+    artifact = ModelArtifact.build(data.item_ids, factors, data.matrix.sum(axis=0).A1, config.regularization,
+                                   config.alpha, {"version": "stages"}, copurchase_neighbors=together.neighbors,
+                                   copurchase_scores=together.scores, copurchase_orders=together.orders)
+    t5 = time.perf_counter()
+    LocalModelStore(workdir / "stage-models").publish(SHOP, artifact)
+    t6 = time.perf_counter()
+    stages = {"read_events_s": t1 - t0, "build_matrix_s": t2 - t1, "als_fit_s": t3 - t2, "copurchase_s": t4 - t3,
+              "build_artifact_s": t5 - t4, "publish_verify_s": t6 - t5}
+    last = reports[-1]
+    manifest = last.manifest
+    store.close()
+    ours, peer = median(ours_s), median(peer_s)
+    return {
+        "users": last.users, "items": last.items, "events": last.events, "nonzeros": int(data.matrix.nnz),
+        "factors": config.factors, "iterations": config.iterations,
+        "train_and_publish_median_s": round(ours, 3), "train_and_publish_samples_s": [round(s, 3) for s in ours_s],
+        "implicit_fit_median_s": round(peer, 3), "implicit_fit_samples_s": [round(s, 3) for s in peer_s],
+        "ratio": ratio(ours, peer),
+        "stages_s": {key: round(value, 3) for key, value in stages.items()},
+        "artifact_bytes": manifest.size if manifest else None,
+        "artifact_bytes_per_item_factor": round(manifest.size / (last.items * config.factors), 3) if manifest else None,
+        "artifact_path": str(workdir / "train-models" / SHOP / f"{last.version}.npz"),
+    }

@@ -1,0 +1,557 @@
+"""The event store on PostgreSQL: the same contract as the SQLite store, shared by many instances.
+
+Chosen by `EVENT_STORE_URL=postgresql://user:password@host:5432/db` (or `postgres://`;
+any libpq parameter, e.g. `?options=-csearch_path%3Dshop_events`, passes through).
+Each thread has its own connection (gunicorn serves with threads). Writes run in
+one READ COMMITTED transaction each; instead of SQLite's single writer, they stay
+correct under concurrency by doing every check-then-write as one statement
+(`ON CONFLICT … DO NOTHING/UPDATE … WHERE`) or under a transaction-level advisory
+lock (a shopper's cart token, an inventory item), and they are retried when
+PostgreSQL breaks a deadlock. The schema is versioned in `schema_migrations` and
+migrated on open under an advisory lock, so instances may start at the same time.
+Timestamps are `timestamptz`; every value read back is an aware UTC datetime.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import weakref
+import zlib
+from datetime import datetime, timezone
+from typing import Callable, Iterable, Sequence, TypeVar
+
+import psycopg
+from psycopg import errors
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from recommender.errors import ConfigError, StoreError
+from recommender.events import CatalogProduct, CatalogVariant, ChangeSet, Delivery, Event, EventKind, order_line_key
+from recommender.store import (
+    EVENT_EXPORT_COLUMNS, SHOP_TABLES, TOPICS_NOT_PROVING_INSTALL, ActivityBucket, Interaction, _aware, _iso,
+    customer_export, export_json, refund_adjustment_key,
+)
+
+T = TypeVar("T")
+
+# Each entry migrates the schema from version i to i + 1; `schema_migrations` records the versions applied.
+POSTGRES_MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE deliveries (
+        shop text NOT NULL,
+        webhook_id text NOT NULL,
+        topic text NOT NULL,
+        event_id text,
+        received_at timestamptz NOT NULL,
+        PRIMARY KEY (shop, webhook_id)
+    );
+    CREATE INDEX deliveries_by_received_at ON deliveries (received_at);
+    CREATE TABLE events (
+        id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        shop text NOT NULL,
+        kind text NOT NULL,
+        user_key text NOT NULL,
+        customer_id text,
+        anonymous_id text,
+        product_id text NOT NULL,
+        variant_id text,
+        quantity integer NOT NULL,
+        price double precision,
+        order_id text,
+        occurred_at timestamptz NOT NULL,
+        source_topic text NOT NULL,
+        delivery_id text NOT NULL,
+        dedupe_key text,
+        weight_factor double precision NOT NULL DEFAULT 1.0,
+        UNIQUE (shop, dedupe_key)
+    );
+    CREATE INDEX events_by_user ON events (shop, user_key, occurred_at);
+    CREATE INDEX events_by_order ON events (shop, order_id);
+    CREATE INDEX events_by_anonymous ON events (shop, anonymous_id);
+    CREATE INDEX events_by_customer ON events (shop, customer_id);
+    CREATE INDEX events_by_time ON events (shop, occurred_at);
+    CREATE INDEX events_by_occurred_at ON events (occurred_at);
+    CREATE TABLE products (
+        shop text NOT NULL,
+        product_id text NOT NULL,
+        title text NOT NULL,
+        handle text NOT NULL,
+        status text NOT NULL,
+        published_at timestamptz,
+        price double precision,
+        image_url text,
+        product_type text NOT NULL,
+        vendor text NOT NULL,
+        updated_at timestamptz,
+        deleted boolean NOT NULL DEFAULT false,
+        PRIMARY KEY (shop, product_id)
+    );
+    CREATE TABLE variants (
+        shop text NOT NULL,
+        variant_id text NOT NULL,
+        product_id text NOT NULL,
+        inventory_item_id text,
+        inventory_quantity bigint,
+        tracked boolean NOT NULL,
+        continue_selling boolean NOT NULL,
+        PRIMARY KEY (shop, variant_id)
+    );
+    CREATE INDEX variants_by_product ON variants (shop, product_id);
+    CREATE INDEX variants_by_inventory_item ON variants (shop, inventory_item_id);
+    CREATE TABLE identity_links (
+        shop text NOT NULL,
+        anonymous_id text NOT NULL,
+        customer_id text NOT NULL,
+        PRIMARY KEY (shop, anonymous_id)
+    );
+    CREATE INDEX identity_links_by_customer ON identity_links (shop, customer_id);
+    CREATE TABLE inventory_levels (
+        shop text NOT NULL,
+        inventory_item_id text NOT NULL,
+        location_id text NOT NULL,
+        available bigint,
+        PRIMARY KEY (shop, inventory_item_id, location_id)
+    );
+    CREATE TABLE adjustments (
+        shop text NOT NULL,
+        adjustment_key text NOT NULL,
+        PRIMARY KEY (shop, adjustment_key)
+    );
+    CREATE TABLE data_exports (
+        shop text NOT NULL,
+        export_id text NOT NULL,
+        customer_id text NOT NULL,
+        body json NOT NULL,
+        created_at timestamptz NOT NULL,
+        PRIMARY KEY (shop, export_id)
+    );
+    CREATE TABLE shop_state (
+        shop text PRIMARY KEY,
+        installed boolean NOT NULL,
+        changed_at timestamptz NOT NULL
+    );
+    """,
+)
+
+# Advisory lock keys. Migrations take one 64-bit key for the whole database; writes take
+# (namespace, crc32 of shop and id) pairs, a key space PostgreSQL keeps apart from the 64-bit one.
+MIGRATION_LOCK = 0x7265636F6D6D656E  # "recommen"
+ANONYMOUS_ID_LOCK = 0x72650001  # a cart token: its events and its link to a customer
+INVENTORY_ITEM_LOCK = 0x72650002  # an inventory item: its levels and the sum written to its variants
+WRITE_ATTEMPTS = 3  # a transaction PostgreSQL chose as a deadlock victim is run again this many times in all
+
+_INTERACTION_COLUMNS = "user_key, product_id, kind, occurred_at, order_id, weight_factor"
+_CUSTOMER_EVENTS = (  # see recommender.store._SQLITE_CUSTOMER_EVENTS
+    "shop = %(shop)s AND (customer_id = %(customer_id)s OR user_key = %(user_key)s"
+    " OR (customer_id IS NULL AND anonymous_id IN"
+    " (SELECT anonymous_id FROM identity_links WHERE shop = %(shop)s AND customer_id = %(customer_id)s)))"
+)
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    return moment.astimezone(timezone.utc) if moment is not None else None
+
+
+def _interaction(row: tuple) -> Interaction:
+    user, product, kind, occurred_at, order_id, factor = row
+    return Interaction(user, product, EventKind(kind), _utc(occurred_at), order_id, factor)
+
+
+def _lock_key(namespace: int, shop: str, value: str) -> tuple[int, int]:
+    """A two-int advisory lock key; a crc32 collision only makes two writers take turns."""
+    digest = zlib.crc32(f"{shop}\0{value}".encode())
+    return namespace, digest - (1 << 32) if digest >= 1 << 31 else digest
+
+
+class PostgresEventStore:
+    """Events and catalog in one PostgreSQL database (or schema); one connection per thread."""
+
+    def __init__(self, url: str):
+        try:
+            params = conninfo_to_dict(url)
+        except psycopg.ProgrammingError as exc:
+            raise ConfigError(f"EVENT_STORE_URL is not a valid PostgreSQL URL: {exc}") from None
+        params.setdefault("connect_timeout", "10")
+        params.setdefault("application_name", "shopify-recommender")
+        self._conninfo = make_conninfo(**params)
+        # Where, for messages: never the password.
+        self.description = f"{params.get('host', 'localhost')}:{params.get('port', 5432)}/{params.get('dbname', '')}"
+        self._local = threading.local()
+        # Weak: a connection closes with the thread that opened it; close() closes the ones still alive.
+        self._connections: weakref.WeakSet[psycopg.Connection] = weakref.WeakSet()
+        self._lock = threading.Lock()
+        self._write(self._migrate)
+
+    # --- connections and transactions -------------------------------------------------------
+
+    def _connection(self) -> psycopg.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None or conn.closed:  # closed also after the server dropped it (restart, idle timeout)
+            try:
+                conn = psycopg.connect(self._conninfo, autocommit=True)
+            except psycopg.Error as exc:
+                raise StoreError(f"cannot open the PostgreSQL event store at {self.description}: {exc}") from exc
+            self._local.conn = conn
+            with self._lock:
+                self._connections.add(conn)
+        return conn
+
+    def _read(self, sql: str, params: Sequence | dict = ()) -> list[tuple]:
+        try:
+            try:
+                return self._connection().execute(sql, params).fetchall()
+            except psycopg.OperationalError:
+                if not self._local.conn.closed:
+                    raise
+                # It had died while idle (a server restart, an idle timeout): reading again is safe.
+                return self._connection().execute(sql, params).fetchall()
+        except psycopg.Error as exc:
+            raise StoreError(f"event store read failed: {exc}") from exc
+
+    def _write(self, work: Callable[[psycopg.Connection], T]) -> T:
+        """Run `work` in one transaction; a deadlock victim is rolled back and run again.
+
+        A write on a connection that died while idle fails once (StoreError: Shopify retries the
+        webhook); the thread's next call reconnects.
+        """
+        attempt = 1
+        while True:
+            conn = self._connection()
+            try:
+                with conn.transaction():
+                    return work(conn)
+            except (errors.DeadlockDetected, errors.SerializationFailure) as exc:
+                if attempt == WRITE_ATTEMPTS:
+                    raise StoreError(f"event store write failed after {attempt} attempts: {exc}") from exc
+                attempt += 1
+                time.sleep(0.01 * attempt)
+            except psycopg.Error as exc:
+                raise StoreError(f"event store write failed: {exc}") from exc
+
+    @staticmethod
+    def _migrate(conn: psycopg.Connection) -> None:
+        # The lock comes first: two instances running CREATE TABLE IF NOT EXISTS at once can both fail.
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+        if conn.execute("SELECT current_schema()").fetchone()[0] is None:
+            raise StoreError("EVENT_STORE_URL: the search_path names no existing schema to create the tables in")
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations"
+                     " (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())")
+        version = conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()[0]
+        if version > len(POSTGRES_MIGRATIONS):
+            raise StoreError(f"the event store's schema version {version} is newer than this code knows")
+        for target, script in enumerate(POSTGRES_MIGRATIONS[version:], start=version + 1):
+            conn.execute(script)
+            conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (target,))
+
+    @staticmethod
+    def _take_locks(conn: psycopg.Connection, keys: Iterable[tuple[int, int]]) -> None:
+        """Take transaction-level advisory locks, always in the same order, so two writers never wait on each other."""
+        for namespace, key in sorted(set(keys)):
+            conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (namespace, key))
+
+    # --- writes -------------------------------------------------------------------------------
+
+    def apply(self, delivery: Delivery, changes: ChangeSet) -> int | None:
+        """Store one delivery's changes atomically.
+
+        Returns how many events were new (an order line or cart line already stored
+        through another delivery counts once), or None when this webhook_id was seen before.
+        """
+
+        def work(conn: psycopg.Connection) -> int | None:
+            # A second instance holding the same webhook waits here until the first commits, then sees it.
+            fresh = conn.execute(
+                "INSERT INTO deliveries (shop, webhook_id, topic, event_id, received_at) VALUES (%s, %s, %s, %s, %s)"
+                " ON CONFLICT (shop, webhook_id) DO NOTHING",
+                (delivery.shop, delivery.webhook_id, delivery.topic, delivery.event_id, delivery.received_at),
+            ).rowcount
+            if not fresh:
+                return None
+            self._take_locks(conn, [
+                *self._anonymous_locks(changes.events),
+                *(_lock_key(ANONYMOUS_ID_LOCK, delivery.shop, link.anonymous_id) for link in changes.identity_links),
+                *(_lock_key(INVENTORY_ITEM_LOCK, delivery.shop, level.inventory_item_id)
+                  for level in changes.inventory_levels),
+            ])
+            inserted = self._insert_events(conn, changes.events)
+            for product in changes.upsert_products:
+                self._upsert_product(conn, product)
+            for product_id in changes.delete_product_ids:
+                conn.execute(
+                    "INSERT INTO products (shop, product_id, title, handle, status, product_type, vendor, deleted)"
+                    " VALUES (%s, %s, '', '', 'deleted', '', '', true)"
+                    " ON CONFLICT (shop, product_id) DO UPDATE SET deleted = true",
+                    (delivery.shop, product_id),
+                )
+            self._apply_adjustments(conn, delivery.shop, changes)
+            if delivery.topic not in TOPICS_NOT_PROVING_INSTALL:
+                self._mark_installed(conn, delivery.shop)
+            return inserted
+
+        return self._write(work)
+
+    def add_events(self, events: Iterable[Event]) -> int:
+        """Insert events in one transaction; returns how many were new (dedupe keys already seen are skipped)."""
+        batch = list(events)
+
+        def work(conn: psycopg.Connection) -> int:
+            self._take_locks(conn, self._anonymous_locks(batch))
+            return self._insert_events(conn, batch)
+
+        return self._write(work)
+
+    @staticmethod
+    def _anonymous_locks(events: Iterable[Event]) -> list[tuple[int, int]]:
+        """Guests' events read the identity links: they take the lock a new link takes."""
+        return [_lock_key(ANONYMOUS_ID_LOCK, e.shop, e.anonymous_id) for e in events
+                if e.customer_id is None and e.anonymous_id]
+
+    @staticmethod
+    def _insert_events(conn: psycopg.Connection, events: Iterable[Event]) -> int:
+        """Insert new events; an event whose dedupe key exists only lowers that event's weight factor."""
+        inserted = 0
+        for e in events:
+            customer_id, user = e.customer_id, e.user_key
+            if customer_id is None and e.anonymous_id:
+                link = conn.execute("SELECT customer_id FROM identity_links WHERE shop = %s AND anonymous_id = %s",
+                                    (e.shop, e.anonymous_id)).fetchone()
+                if link:  # a guest who has since logged in: their events join the customer's
+                    customer_id, user = link[0], f"c:{link[0]}"
+            # A concurrent insert of the same key makes this wait for its commit, then do nothing.
+            row = conn.execute(
+                "INSERT INTO events (shop, kind, user_key, customer_id, anonymous_id, product_id, variant_id,"
+                " quantity, price, order_id, occurred_at, source_topic, delivery_id, dedupe_key, weight_factor)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                " ON CONFLICT (shop, dedupe_key) DO NOTHING RETURNING id",
+                (e.shop, e.kind.value, user, customer_id, e.anonymous_id, e.product_id, e.variant_id,
+                 e.quantity, e.price, e.order_id, e.occurred_at, e.source_topic, e.delivery_id, e.dedupe_key,
+                 e.weight_factor),
+            ).fetchone()
+            if row is not None:
+                inserted += 1
+            else:
+                conn.execute("UPDATE events SET weight_factor = LEAST(weight_factor, %s)"
+                             " WHERE shop = %s AND dedupe_key = %s", (e.weight_factor, e.shop, e.dedupe_key))
+        return inserted
+
+    @staticmethod
+    def _apply_adjustments(conn: psycopg.Connection, shop: str, changes: ChangeSet) -> None:
+        for order_id in changes.void_order_ids:
+            conn.execute("UPDATE events SET weight_factor = 0 WHERE shop = %s AND order_id = %s AND kind = 'purchase'",
+                         (shop, order_id))
+        for refund in changes.refunds:
+            fresh = conn.execute(
+                "INSERT INTO adjustments (shop, adjustment_key) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                (shop, refund_adjustment_key(refund.refund_id, refund.line_item_id)),
+            ).rowcount
+            if fresh:
+                conn.execute(
+                    "UPDATE events SET weight_factor = GREATEST(0, weight_factor - %s::double precision / quantity)"
+                    " WHERE shop = %s AND dedupe_key = %s",
+                    (refund.quantity, shop, order_line_key(refund.order_id, refund.line_item_id)),
+                )
+        for level in changes.inventory_levels:  # under the item's advisory lock (apply)
+            conn.execute(
+                "INSERT INTO inventory_levels (shop, inventory_item_id, location_id, available) VALUES (%s, %s, %s, %s)"
+                " ON CONFLICT (shop, inventory_item_id, location_id) DO UPDATE SET available = excluded.available",
+                (shop, level.inventory_item_id, level.location_id, level.available),
+            )
+            total, tracked_locations = conn.execute(
+                "SELECT SUM(available)::bigint, COUNT(available) FROM inventory_levels"
+                " WHERE shop = %s AND inventory_item_id = %s",
+                (shop, level.inventory_item_id),
+            ).fetchone()
+            if tracked_locations:  # at least one location tracks it: the sum is the variant's stock
+                conn.execute("UPDATE variants SET inventory_quantity = %s, tracked = true"
+                             " WHERE shop = %s AND inventory_item_id = %s", (total, shop, level.inventory_item_id))
+        for link in changes.identity_links:  # under the cart token's advisory lock (apply)
+            conn.execute(
+                "INSERT INTO identity_links (shop, anonymous_id, customer_id) VALUES (%s, %s, %s)"
+                " ON CONFLICT (shop, anonymous_id) DO UPDATE SET customer_id = excluded.customer_id",
+                (shop, link.anonymous_id, link.customer_id),
+            )
+            conn.execute("UPDATE events SET customer_id = %s, user_key = %s WHERE shop = %s AND anonymous_id = %s"
+                         " AND customer_id IS NULL", (link.customer_id, f"c:{link.customer_id}", shop, link.anonymous_id))
+
+    @staticmethod
+    def _mark_installed(conn: psycopg.Connection, shop: str) -> None:
+        """A webhook arrived, so the app is installed; written only when that is news (the row is every delivery's)."""
+        state = conn.execute("SELECT installed FROM shop_state WHERE shop = %s", (shop,)).fetchone()
+        if state is None or not state[0]:
+            conn.execute(
+                "INSERT INTO shop_state (shop, installed, changed_at) VALUES (%s, true, now())"
+                " ON CONFLICT (shop) DO UPDATE SET installed = true, changed_at = excluded.changed_at",
+                (shop,),
+            )
+
+    @staticmethod
+    def _upsert_product(conn: psycopg.Connection, p: CatalogProduct) -> None:
+        """Insert or update a catalog row; a deleted product stays deleted and an older update is ignored.
+
+        The check is the upsert's own WHERE, evaluated on the locked row, so two updates of one
+        product delivered at once keep the newer whichever commits last.
+        """
+        applied = conn.execute(
+            "INSERT INTO products (shop, product_id, title, handle, status, published_at, price, image_url,"
+            " product_type, vendor, updated_at, deleted) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, false)"
+            " ON CONFLICT (shop, product_id) DO UPDATE SET title = excluded.title, handle = excluded.handle,"
+            " status = excluded.status, published_at = excluded.published_at, price = excluded.price,"
+            " image_url = excluded.image_url, product_type = excluded.product_type, vendor = excluded.vendor,"
+            " updated_at = excluded.updated_at"
+            " WHERE NOT products.deleted AND (products.updated_at IS NULL OR excluded.updated_at IS NULL"
+            " OR excluded.updated_at >= products.updated_at)"
+            " RETURNING product_id",
+            (p.shop, p.product_id, p.title, p.handle, p.status, p.published_at, p.price, p.image_url,
+             p.product_type, p.vendor, p.updated_at),
+        ).fetchone()
+        if applied is None:
+            return
+        conn.execute("DELETE FROM variants WHERE shop = %s AND product_id = %s", (p.shop, p.product_id))
+        with conn.cursor() as cursor:
+            cursor.executemany(
+                "INSERT INTO variants (shop, variant_id, product_id, inventory_item_id, inventory_quantity, tracked,"
+                " continue_selling) VALUES (%s, %s, %s, %s, %s, %s, %s)"
+                " ON CONFLICT (shop, variant_id) DO UPDATE SET product_id = excluded.product_id,"
+                " inventory_item_id = excluded.inventory_item_id, inventory_quantity = excluded.inventory_quantity,"
+                " tracked = excluded.tracked, continue_selling = excluded.continue_selling",
+                [(p.shop, v.variant_id, p.product_id, v.inventory_item_id, v.inventory_quantity, v.tracked,
+                  v.continue_selling) for v in p.variants],
+            )
+
+    # --- reads --------------------------------------------------------------------------------
+
+    def shops(self) -> list[str]:
+        rows = self._read('SELECT shop FROM events GROUP BY shop ORDER BY shop COLLATE "C"')
+        return [r[0] for r in rows]
+
+    def interactions(self, shop: str) -> list[Interaction]:
+        """Every event of the shop that still counts (voided ones left out), in arrival order."""
+        rows = self._read(
+            f"SELECT {_INTERACTION_COLUMNS} FROM events WHERE shop = %s AND weight_factor > 0 ORDER BY id", (shop,))
+        return [_interaction(row) for row in rows]
+
+    def history(self, shop: str, user_key: str, limit: int) -> list[Interaction]:
+        """The shopper's latest `limit` events that still count, newest first."""
+        rows = self._read(
+            f"SELECT {_INTERACTION_COLUMNS} FROM events WHERE shop = %s AND user_key = %s AND weight_factor > 0"
+            " ORDER BY occurred_at DESC, id DESC LIMIT %s",
+            (shop, user_key, limit),
+        )
+        return [_interaction(row) for row in rows]
+
+    def activity_since(self, shop: str, since: datetime) -> list[ActivityBucket]:
+        """Per product, kind and UTC day since `since`: the summed weight factors (for trending)."""
+        rows = self._read(
+            "SELECT product_id, kind, to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD'), SUM(weight_factor)"
+            " FROM events WHERE shop = %s AND occurred_at >= %s AND weight_factor > 0 GROUP BY 1, 2, 3",
+            (shop, since),
+        )
+        return [ActivityBucket(p, EventKind(k), d, float(m)) for p, k, d, m in rows]
+
+    def products(self, shop: str) -> dict[str, CatalogProduct]:
+        """Every catalog row of the shop that is not deleted, with its variants."""
+        variants: dict[str, list[CatalogVariant]] = {}
+        for product_id, variant_id, item_id, qty, tracked, cont in self._read(
+            "SELECT product_id, variant_id, inventory_item_id, inventory_quantity, tracked, continue_selling"
+            ' FROM variants WHERE shop = %s ORDER BY variant_id COLLATE "C"', (shop,)
+        ):
+            variants.setdefault(product_id, []).append(CatalogVariant(variant_id, item_id, qty, tracked, cont))
+        products = {}
+        for row in self._read(
+            "SELECT product_id, title, handle, status, published_at, price, image_url, product_type, vendor, updated_at"
+            " FROM products WHERE shop = %s AND NOT deleted", (shop,)
+        ):
+            pid, title, handle, status, published_at, price, image_url, ptype, vendor, updated_at = row
+            products[pid] = CatalogProduct(
+                shop, pid, title, handle, status, _utc(published_at), price, image_url, ptype, vendor,
+                _utc(updated_at), tuple(variants.get(pid, ())),
+            )
+        return products
+
+    def deleted_product_ids(self, shop: str) -> set[str]:
+        rows = self._read("SELECT product_id FROM products WHERE shop = %s AND deleted", (shop,))
+        return {r[0] for r in rows}
+
+    # --- privacy and lifecycle (the contract is documented on recommender.store.SQLiteEventStore) ---------
+
+    def redact_customer(self, shop: str, customer_id: str, order_ids: Sequence[str]) -> int:
+        def work(conn: psycopg.Connection) -> int:
+            deleted = conn.execute(
+                f"DELETE FROM events WHERE {_CUSTOMER_EVENTS}",
+                {"shop": shop, "customer_id": customer_id, "user_key": f"c:{customer_id}"},
+            ).rowcount
+            deleted += conn.execute("DELETE FROM events WHERE shop = %s AND order_id = ANY(%s)",
+                                    (shop, list(order_ids))).rowcount
+            conn.execute("DELETE FROM identity_links WHERE shop = %s AND customer_id = %s", (shop, customer_id))
+            conn.execute("DELETE FROM data_exports WHERE shop = %s AND customer_id = %s", (shop, customer_id))
+            return deleted
+
+        return self._write(work)
+
+    def redact_shop(self, shop: str) -> None:
+        def work(conn: psycopg.Connection) -> None:
+            for table in SHOP_TABLES:
+                conn.execute(f"DELETE FROM {table} WHERE shop = %s", (shop,))
+
+        self._write(work)
+
+    def export_customer(self, shop: str, customer_id: str) -> dict:
+        params = {"shop": shop, "customer_id": customer_id, "user_key": f"c:{customer_id}"}
+        events = [
+            tuple(_iso(value) if column == "occurred_at" else value for column, value in zip(EVENT_EXPORT_COLUMNS, row))
+            for row in self._read(f"SELECT {', '.join(EVENT_EXPORT_COLUMNS)} FROM events WHERE {_CUSTOMER_EVENTS}"
+                                  " ORDER BY occurred_at, id", params)
+        ]
+        links = self._read("SELECT anonymous_id, customer_id FROM identity_links WHERE shop = %s AND customer_id = %s"
+                           ' ORDER BY anonymous_id COLLATE "C"', (shop, customer_id))
+        return customer_export(shop, customer_id, events, links)
+
+    def save_data_export(self, shop: str, export_id: str, customer_id: str, body: dict) -> None:
+        text = export_json(body)
+        self._write(lambda conn: conn.execute(
+            "INSERT INTO data_exports (shop, export_id, customer_id, body, created_at) VALUES (%s, %s, %s, %s, now())"
+            " ON CONFLICT (shop, export_id) DO UPDATE SET customer_id = excluded.customer_id, body = excluded.body,"
+            " created_at = excluded.created_at",
+            (shop, export_id, customer_id, text),
+        ))
+
+    def data_export(self, shop: str, export_id: str) -> dict | None:
+        rows = self._read("SELECT body FROM data_exports WHERE shop = %s AND export_id = %s", (shop, export_id))
+        return rows[0][0] if rows else None
+
+    def set_shop_installed(self, shop: str, installed: bool) -> None:
+        self._write(lambda conn: conn.execute(
+            "INSERT INTO shop_state (shop, installed, changed_at) VALUES (%s, %s, now())"
+            " ON CONFLICT (shop) DO UPDATE SET installed = excluded.installed, changed_at = excluded.changed_at",
+            (shop, installed),
+        ))
+
+    def is_shop_installed(self, shop: str) -> bool:
+        return bool(self._read("SELECT 1 FROM shop_state WHERE shop = %s AND installed", (shop,)))
+
+    def installed_shops(self) -> list[str]:
+        return [r[0] for r in self._read('SELECT shop FROM shop_state WHERE installed ORDER BY shop COLLATE "C"')]
+
+    def prune_events(self, older_than: datetime) -> int:
+        cutoff = _aware(older_than, "older_than")
+
+        def work(conn: psycopg.Connection) -> int:
+            conn.execute("DELETE FROM deliveries WHERE received_at < %s", (cutoff,))
+            return conn.execute("DELETE FROM events WHERE occurred_at < %s", (cutoff,)).rowcount
+
+        return self._write(work)
+
+    def count_events(self, shop: str | None = None) -> int:
+        if shop is None:
+            return self._read("SELECT COUNT(*) FROM events")[0][0]
+        return self._read("SELECT COUNT(*) FROM events WHERE shop = %s", (shop,))[0][0]
+
+    def count_deliveries(self) -> int:
+        return self._read("SELECT COUNT(*) FROM deliveries")[0][0]
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in list(self._connections):
+                conn.close()
+            self._connections.clear()
+        self._local = threading.local()

@@ -1,0 +1,136 @@
+"""The Web Pixel `collect` entry point, and the pixel extension's JavaScript feeding it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import pytest
+
+from tests.conftest import ROOT, SHOP, order_payload, planted_orders, post_webhook
+
+EXTENSION = ROOT / "extensions" / "recommendations-pixel" / "src" / "events.js"
+
+
+def viewed(event_id: str, product: str, client: str = "client-1", when: str = "2026-11-20T10:00:00.000Z") -> dict:
+    """A product_viewed event in the Web Pixels API's shape (ids as numeric strings)."""
+    return {"id": event_id, "name": "product_viewed", "timestamp": when, "clientId": client, "seq": 3,
+            "type": "standard",
+            "data": {"productVariant": {"id": f"{product}0", "price": {"amount": 12.5, "currencyCode": "USD"},
+                                        "product": {"id": product, "title": "T", "vendor": "V", "type": "X",
+                                                    "url": "/products/t"}}}}
+
+
+@pytest.fixture
+def installed(app_client):
+    """A shop that installed the app: a verified webhook delivery proves it."""
+    assert post_webhook(app_client, "orders/create", order_payload(1, 2, [201])).status_code == 200
+    return app_client
+
+
+def collect(client, body, shop: str = SHOP, **headers):
+    data = body if isinstance(body, (bytes, str)) else json.dumps(body)
+    return client.post(f"/collect?shop={shop}", data=data, headers={"Content-Type": "text/plain", **headers})
+
+
+def test_a_product_view_is_stored_under_the_pixel_client_once(installed):
+    first = collect(installed, viewed("sh-aaa", "501"))
+    retried = collect(installed, viewed("sh-aaa", "501"))
+
+    assert (first.status_code, first.json["events"]) == (200, 1)
+    assert (retried.status_code, retried.json["events"]) == (200, 0)
+
+
+def test_pixel_views_personalize_the_guest_by_client_id(app_client, monkeypatch):
+    monkeypatch.setenv("ALS_FACTORS", "2")  # set before the first request builds the settings
+    installed = app_client
+    for order in planted_orders():
+        post_webhook(installed, "orders/create", order)
+    installed.post("/train", headers={"Authorization": "Bearer test-train-token"})
+    collect(installed, [viewed("sh-v1", "201", client="guest-7"), viewed("sh-v2", "202", client="guest-7")])
+
+    body = installed.get(f"/recommend?shop={SHOP}&anonymous_id=guest-7&n=3").json
+
+    assert body["strategy"] == "personalized"
+    assert all(201 <= int(item["product_id"]) <= 210 for item in body["recommendations"])
+
+
+def test_cart_add_and_removal_and_checkout(installed, store_of):
+    add = {"id": "sh-c1", "name": "product_added_to_cart", "timestamp": "2026-11-20T10:00:00Z", "clientId": "c9",
+           "data": {"cartLine": {"quantity": 1, "merchandise": {"id": "7010", "product": {"id": "701"}}}}}
+    removed = {**add, "id": "sh-c2", "name": "product_removed_from_cart"}
+    checkout = {"id": "sh-c3", "name": "checkout_completed", "timestamp": "2026-11-20T10:05:00Z", "clientId": "c9",
+                "data": {"checkout": {"order": {"id": "9001"}, "lineItems": [
+                    {"quantity": 2, "variant": {"id": "7020", "price": {"amount": "3.00"}, "product": {"id": "702"}}}]}}}
+
+    assert collect(installed, add).json["events"] == 1
+    collect(installed, removed)
+    collect(installed, checkout)
+
+    history = store_of(installed).history(SHOP, "a:c9", 10)
+    assert [(e.product_id, e.kind.value, e.order_id) for e in history] == [("702", "purchase", "9001")]
+
+
+def test_other_pixel_events_are_ignored(installed):
+    response = collect(installed, {"id": "sh-p", "name": "page_viewed", "timestamp": "2026-11-20T10:00:00Z",
+                                   "clientId": "c1", "data": {}})
+    assert response.json == {"status": "stored", "events": 0, "ignored": 1}
+
+
+def test_unknown_shops_are_refused(installed):
+    response = collect(installed, viewed("sh-x", "1"), shop="never-installed.myshopify.com")
+    assert (response.status_code, response.json["error"]) == (403, "unknown_shop")
+
+
+@pytest.mark.parametrize("body, fragment", [
+    ("not json", "body is not JSON"),
+    ({"id": "sh-1", "name": "product_viewed", "timestamp": "2026-11-20T10:00:00Z", "data": {}}, "clientId"),
+    ({**viewed("sh-1", "5"), "timestamp": "yesterday"}, "timestamp"),
+    ({**viewed("sh-1", "5"), "data": {"productVariant": {"id": "1", "product": {"id": 1.5}}}}, "product.id"),
+    ([viewed(f"sh-{n}", "5") for n in range(21)], "1 to 20 events"),
+])
+def test_malformed_events_are_a_400_naming_the_problem(installed, body, fragment):
+    response = collect(installed, body)
+    assert response.status_code == 400
+    assert fragment in response.json["message"]
+
+
+def test_oversized_bodies_are_refused(installed):
+    response = collect(installed, b"x" * (40 * 1024))
+    assert response.status_code == 413
+
+
+def test_one_client_is_rate_limited(installed):
+    statuses = [collect(installed, viewed(f"sh-r{n}", "5", client="flooder")).status_code for n in range(70)]
+    assert statuses[:60] == [200] * 60
+    assert 429 in statuses[60:]
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed; the extension's JS is not run")
+def test_the_extension_posts_what_collect_accepts(installed):
+    """Run the extension's own module under node with a stand-in pixel API, then post what it sent."""
+    harness = f"""
+    import {{forwardEvents}} from {json.dumps(EXTENSION.as_uri())};
+    const handlers = {{}}, sent = [];
+    forwardEvents({{
+      analytics: {{subscribe: (name, fn) => {{ handlers[name] = fn; }}}},
+      browser: {{sendBeacon: (url, body) => {{ sent.push({{url, body}}); return true; }}}},
+      init: {{data: {{shop: {{myshopifyDomain: "{SHOP}"}}}}}},
+      settings: {{collectUrl: "https://collect.example"}},
+    }});
+    handlers.product_viewed({json.dumps({**viewed("sh-js", "808"), "data": {**viewed("sh-js", "808")["data"],
+                                                                            "customer": {"email": "x@y.z"}}})});
+    console.log(JSON.stringify({{subscribed: Object.keys(handlers).sort(), sent}}));
+    """
+    result = subprocess.run(["node", "--input-type=module", "-e", harness], capture_output=True, text=True,
+                            check=True)
+    report = json.loads(result.stdout)
+
+    assert report["subscribed"] == ["checkout_completed", "product_added_to_cart", "product_removed_from_cart",
+                                    "product_viewed"]
+    [beacon] = report["sent"]
+    assert beacon["url"] == f"https://collect.example?shop={SHOP.replace('.', '.')}"
+    assert "x@y.z" not in beacon["body"], "no personal data leaves the storefront"
+    response = collect(installed, beacon["body"])
+    assert (response.status_code, response.json["events"]) == (200, 1)

@@ -1,0 +1,91 @@
+"""Hot model refresh: serving instances pick up new models, refuse corrupt ones, and keep serving."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from recommender.artifact import ModelArtifact
+from recommender.errors import ModelNotReady
+from recommender.model_store import LocalModelStore
+from recommender.serving import ModelHolder
+from tests.conftest import SHOP, planted_orders, post_webhook
+
+
+def artifact(version: str) -> ModelArtifact:
+    return ModelArtifact.build(["1", "2", "3"], np.eye(3, 2, dtype=np.float32), np.array([3.0, 2.0, 1.0]), 0.1,
+                               2.0, {"version": version})
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def models(tmp_path):
+    return LocalModelStore(tmp_path / "models")
+
+
+def test_a_new_version_is_swapped_in_after_the_refresh_interval(models):
+    clock = Clock()
+    holder = ModelHolder(models, refresh_seconds=60, clock=clock)
+    models.publish(SHOP, artifact("v1"))
+    assert holder.get(SHOP).version == "v1"
+
+    models.publish(SHOP, artifact("v2"))
+    clock.now += 59
+    assert holder.get(SHOP).version == "v1", "the pointer is looked at most once per interval"
+    clock.now += 1
+    assert holder.get(SHOP).version == "v2"
+
+
+def test_a_corrupt_artifact_is_refused_and_the_last_good_model_keeps_serving(models, caplog):
+    clock = Clock()
+    holder = ModelHolder(models, refresh_seconds=0, clock=clock)
+    models.publish(SHOP, artifact("v1"))
+    assert holder.get(SHOP).version == "v1"
+    manifest = models.publish(SHOP, artifact("v2"))
+    path = models.root / SHOP / f"{manifest.version}.npz"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte: the checksum no longer matches
+    path.write_bytes(bytes(data))
+
+    served = holder.get(SHOP)
+
+    assert served.version == "v1"
+    assert any("refused, still serving v1" in r.getMessage() for r in caplog.records)
+
+
+def test_a_truncated_artifact_is_refused_too(models):
+    holder = ModelHolder(models, refresh_seconds=0, clock=Clock())
+    models.publish(SHOP, artifact("v1"))
+    holder.get(SHOP)
+    manifest = models.publish(SHOP, artifact("v2"))
+    path = models.root / SHOP / f"{manifest.version}.npz"
+    path.write_bytes(path.read_bytes()[:100])
+
+    assert holder.get(SHOP).version == "v1"
+
+
+def test_no_model_is_model_not_ready(models):
+    with pytest.raises(ModelNotReady):
+        ModelHolder(models).get(SHOP)
+
+
+def test_a_serving_function_answers_with_the_new_model_version_after_retraining(app_client, monkeypatch):
+    monkeypatch.setenv("MODEL_REFRESH_SECONDS", "0")
+    monkeypatch.setenv("ALS_FACTORS", "2")
+    for order in planted_orders():
+        post_webhook(app_client, "orders/create", order)
+    auth = {"Authorization": "Bearer test-train-token"}
+    first = app_client.post("/train", headers=auth).json["trained"][0]["version"]
+    assert app_client.get(f"/recommend?shop={SHOP}&customer_id=1000").json["model_version"] == first
+
+    second = app_client.post("/train", headers=auth).json["trained"][0]["version"]
+
+    assert second != first
+    assert app_client.get(f"/recommend?shop={SHOP}&customer_id=1000").json["model_version"] == second

@@ -1,0 +1,430 @@
+"""Backfill a shop's past products and orders through Shopify's REST Admin API.
+
+`python -m recommender backfill --shop X` pages through `products.json` and
+`orders.json` and stores each record through the webhook translators
+(`product_upserted`, `order_created`, plus `refund_created` for an order's
+refunds) with `EventStore.apply`. Each record is one delivery whose webhook id is
+derived from the record (`backfill:orders:<id>:<updated_at>`), so a re-run stores
+nothing new, a record changed since the last run is applied again, and an order
+already received by webhook adds no events (its lines dedupe on their keys).
+
+Pages follow the `Link: <...>; rel="next"` URL exactly as given: a page_info
+request may carry only `limit` and `fields`, so the filters live in the first
+request. The next page's URL is saved to a state file after each page, which is
+how an interrupted backfill resumes. Requests keep within Shopify's leaky bucket
+(`X-Shopify-Shop-Api-Call-Limit`), wait `Retry-After` on 429 and back off on 5xx.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import re
+import sys
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable, Mapping
+from urllib.parse import urlencode, urlsplit
+
+import requests
+
+from recommender.errors import InvalidEvent, RecommenderError
+from recommender.events import ChangeSet, Delivery, parse_timestamp
+from recommender.model_store import check_shop_domain
+from recommender.settings import Secret
+from recommender.store import EventStore
+from webhooks import MalformedPayload, WebhookError
+from webhooks.topics import TopicContext, order_created, product_upserted, refund_created, shopify_id
+
+log = logging.getLogger(__name__)
+
+DEFAULT_API_VERSION = "2026-04"
+DEFAULT_TOKEN_ENV = "SHOPIFY_ADMIN_TOKEN"
+RESOURCES = ("products", "orders")  # the catalog first, so orders land on known products
+PAGE_SIZE = 250  # Shopify's maximum: fewer pages, fewer calls against the bucket
+LEAK_PER_SECOND = 2.0  # the standard plan's REST bucket drains 2 calls/s (higher plans drain faster)
+BUCKET_HEADROOM = 4  # keep this many calls free in the bucket; a fuller bucket means a pause first
+DEFAULT_RETRY_AFTER = 2.0  # seconds, when a 429 comes without Retry-After
+MAX_THROTTLED = 20  # 429s tolerated per request before giving up
+MAX_RETRIES = 5  # 5xx answers or dropped connections per request
+BACKOFF_SECONDS, BACKOFF_CAP = 1.0, 30.0  # 1, 2, 4, 8, 16 s
+TIMEOUT = (10.0, 120.0)  # connect, read (seconds): a page of 250 orders can be large
+STATE_FORMAT = 1
+_API_VERSION = re.compile(r"^(\d{4}-\d{2}|unstable)$")
+_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+Sleep = Callable[[float], None]
+
+
+class BackfillError(WebhookError):
+    """The backfill cannot go on; the message says why and what to fix, and never contains the token."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status  # the HTTP status Shopify answered with, when there was one
+
+
+@dataclass(frozen=True)
+class BackfillConfig:
+    shop: str
+    token: Secret
+    api_version: str = DEFAULT_API_VERSION
+    since: datetime | None = None  # orders created at or after this (UTC); None: every order the token may read
+    base_url: str = ""  # "" means https://{shop}; tests point it at a loopback server
+    state_path: Path | None = None  # None means ./data/backfill-<shop>.json
+    page_size: int = PAGE_SIZE
+
+    def __post_init__(self) -> None:
+        check_shop_domain(self.shop)
+        if not _API_VERSION.match(self.api_version):
+            raise BackfillError(f"--api-version must look like 2026-04, got {self.api_version!r}")
+        if not 1 <= self.page_size <= PAGE_SIZE:
+            raise BackfillError(f"page_size must be from 1 to {PAGE_SIZE}, got {self.page_size}")
+        object.__setattr__(self, "base_url", check_base_url(self.base_url or f"https://{self.shop}"))
+
+    @property
+    def state_file(self) -> Path:
+        return self.state_path or Path("data") / f"backfill-{self.shop}.json"
+
+    @classmethod
+    def from_options(cls, shop: str, env: Mapping[str, str], token_env: str = DEFAULT_TOKEN_ENV,
+                     since: str | None = None, **options: Any) -> "BackfillConfig":
+        """Read the token from the variable `token_env` of `env` and validate every option once."""
+        token = env.get(token_env)
+        if not token:
+            raise BackfillError(f"{token_env} is not set: export the Admin API access token of an app installed on "
+                                f"the shop (with read_products and read_orders) in {token_env}")
+        try:
+            since_at = parse_timestamp(since, "--since") if since else None
+        except InvalidEvent as exc:
+            raise BackfillError(f"{exc} (use a date such as 2025-01-01)") from None
+        return cls(shop=check_shop_domain(shop.lower()), token=Secret(token), since=since_at, **options)
+
+
+def check_base_url(url: str) -> str:
+    """https only, except plain http to this machine (tests): the access token must never cross a network in clear."""
+    parts = urlsplit(url.rstrip("/"))
+    if parts.scheme != "https" and not (parts.scheme == "http" and parts.hostname in _LOOPBACK):
+        raise BackfillError(f"the Admin API base URL must be https:// (http only to loopback), got {url!r}")
+    if not parts.hostname or parts.path or parts.query or parts.fragment:
+        raise BackfillError(f"the Admin API base URL must be scheme://host[:port] only, got {url!r}")
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def first_page_url(config: BackfillConfig, resource: str) -> str:
+    """The one request that carries the filters; the cursors Shopify hands back keep them."""
+    params: dict[str, Any] = {"limit": config.page_size}
+    if resource == "orders":
+        params["status"] = "any"  # the default is open orders only
+        if config.since is not None:
+            params["created_at_min"] = config.since.isoformat()
+    return f"{config.base_url}/admin/api/{config.api_version}/{resource}.json?{urlencode(params)}"
+
+
+def parse_call_limit(header: str | None) -> tuple[int, int] | None:
+    """'39/40' → (39, 40): calls in the bucket, bucket size; None when absent or unreadable."""
+    used, sep, size = (header or "").partition("/")
+    if sep and used.strip().isdigit() and size.strip().isdigit() and int(size) > 0:
+        return int(used), int(size)
+    return None
+
+
+def bucket_pause(header: str | None, leak_per_second: float = LEAK_PER_SECOND,
+                 headroom: int = BUCKET_HEADROOM) -> float:
+    """Seconds to wait so the bucket drains back to `headroom` free calls (0 when it has room)."""
+    limit = parse_call_limit(header)
+    if limit is None:
+        return 0.0
+    used, size = limit
+    excess = used - (size - headroom)
+    return max(0.0, excess / leak_per_second)
+
+
+def retry_after_seconds(header: str | None, default: float = DEFAULT_RETRY_AFTER) -> float:
+    """Shopify sends Retry-After as seconds, possibly fractional ('2.0')."""
+    try:
+        value = float(header) if header is not None else default
+    except ValueError:
+        return default
+    return value if 0 <= value < 3600 else default
+
+
+@dataclass(frozen=True)
+class Page:
+    records: list[dict]
+    next_url: str | None
+
+
+class AdminApiClient:
+    """GETs pages of one shop's Admin API: the token header, the bucket, 429s, 5xx and dropped connections."""
+
+    def __init__(self, config: BackfillConfig, session: requests.Session, sleep: Sleep = time.sleep,
+                 max_retries: int = MAX_RETRIES):
+        self._config = config
+        self._session = session
+        self._sleep = sleep
+        self._max_retries = max_retries
+        self.retries = 0
+
+    def get_page(self, url: str, resource: str) -> Page:
+        self._check_same_origin(url)
+        response = self._get(url, resource)
+        try:
+            body = response.json()
+        except ValueError:
+            raise BackfillError(f"{resource}: Shopify's answer from {url} is not JSON") from None
+        records = body.get(resource) if isinstance(body, dict) else None
+        if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+            raise BackfillError(f"{resource}: the answer from {url} has no {resource!r} list")
+        next_url = response.links.get("next", {}).get("url")
+        if next_url:
+            self._check_same_origin(next_url)
+        return Page(records, next_url)
+
+    def _check_same_origin(self, url: str) -> None:
+        """A next link (or a saved cursor) to any other host would receive the access token: refuse it."""
+        parts = urlsplit(url)
+        if f"{parts.scheme}://{parts.netloc}" != self._config.base_url or not parts.path.startswith("/admin/api/"):
+            raise BackfillError(f"refusing to send the access token to {parts.scheme}://{parts.netloc}{parts.path}: "
+                                f"it is not {self._config.base_url}/admin/api/")
+
+    def _get(self, url: str, resource: str) -> requests.Response:
+        failures = throttled = 0
+        headers = {"X-Shopify-Access-Token": self._config.token.reveal(), "Accept": "application/json"}
+        while True:
+            try:
+                # Redirects are refused: requests would resend the token header to wherever they point.
+                response = self._session.get(url, headers=headers, timeout=TIMEOUT, allow_redirects=False)
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                failures = self._back_off(failures, f"{resource}: cannot reach {self._config.base_url} "
+                                                    f"({type(exc).__name__})")
+                continue
+            pause = bucket_pause(response.headers.get("X-Shopify-Shop-Api-Call-Limit"))
+            if response.status_code == 429:
+                throttled += 1
+                if throttled > MAX_THROTTLED:
+                    raise BackfillError(f"{resource}: Shopify kept answering 429 (too many requests) "
+                                        f"{MAX_THROTTLED} times in a row", 429)
+                self.retries += 1
+                self._sleep(retry_after_seconds(response.headers.get("Retry-After")))
+                continue
+            if response.status_code >= 500:
+                failures = self._back_off(failures, f"{resource}: Shopify answered {response.status_code}",
+                                          response.status_code)
+                continue
+            if response.status_code != 200:
+                raise BackfillError(_refusal(response, resource, self._config), response.status_code)
+            if pause:
+                self._sleep(pause)
+            return response
+
+    def _back_off(self, failures: int, problem: str, status: int | None = None) -> int:
+        if failures >= self._max_retries:
+            raise BackfillError(f"{problem}; gave up after {self._max_retries} retries (the state file keeps the "
+                                f"progress: run the same command again to resume)", status)
+        self.retries += 1
+        self._sleep(min(BACKOFF_CAP, BACKOFF_SECONDS * 2 ** failures))
+        return failures + 1
+
+
+def _refusal(response: requests.Response, resource: str, config: BackfillConfig) -> str:
+    """A status retrying cannot fix, explained with what to check."""
+    status, shop = response.status_code, config.shop
+    if status == 401:
+        return (f"Shopify refused the access token (401 Unauthorized) for {shop}: the token must be the Admin API "
+                f"access token of an app installed on this shop")
+    if status == 403:
+        scope = ("read_products" if resource == "products"
+                 else "read_orders (and read_all_orders for orders older than 60 days)")
+        return f"the access token may not read {resource} on {shop} (403 Forbidden): the app needs the {scope} scope"
+    if status == 404:
+        return (f"{resource} not found (404) at {config.base_url}/admin/api/{config.api_version}/: check the shop "
+                f"domain ({shop}) and the API version ({config.api_version})")
+    if 300 <= status < 400:
+        return (f"Shopify redirected {resource} to {response.headers.get('Location')!r} ({status}): use the shop's "
+                f"myshopify.com domain")
+    detail = response.text[:200].strip()
+    return f"{resource}: Shopify answered {status}" + (f": {detail}" if detail else "")
+
+
+# --- records → changes (values in, values out) -----------------------------------------------
+
+ORDERS_TOPIC, PRODUCTS_TOPIC = "backfill/orders", "backfill/products"
+
+
+def backfill_webhook_id(resource: str, record: dict) -> str:
+    """Deterministic per record version: the same record stores once, a record updated since is applied again."""
+    record_id = shopify_id(record.get("id"), "id")
+    updated_at = record.get("updated_at")
+    return f"backfill:{resource}:{record_id}" + (f":{updated_at}" if isinstance(updated_at, str) and updated_at else "")
+
+
+def order_changes(shop: str, order: dict, webhook_id: str) -> ChangeSet:
+    """An order's purchases as orders/create stores them, plus its refunds as refunds/create would."""
+    ctx = TopicContext(shop, ORDERS_TOPIC, webhook_id)
+    changes = order_created(ctx, order)
+    refunds = order.get("refunds") or []
+    if not isinstance(refunds, list) or not all(isinstance(r, dict) for r in refunds):
+        raise MalformedPayload("refunds must be a list of objects")
+    lines = tuple(line for refund in refunds
+                  for line in refund_created(ctx, {"order_id": order.get("id"), **refund}).refunds)
+    return ChangeSet(events=changes.events, void_order_ids=changes.void_order_ids, refunds=lines)
+
+
+def product_changes(shop: str, product: dict, webhook_id: str) -> ChangeSet:
+    return product_upserted(TopicContext(shop, PRODUCTS_TOPIC, webhook_id), product)
+
+
+_TRANSLATE = {"orders": (ORDERS_TOPIC, order_changes), "products": (PRODUCTS_TOPIC, product_changes)}
+
+
+# --- the run ----------------------------------------------------------------------------------
+
+@dataclass
+class BackfillTotals:
+    """What this backfill stored, summed across resumed runs."""
+
+    products: int = 0  # catalog rows stored (new to the backfill)
+    orders: int = 0  # orders stored (new to the backfill; one already received by webhook counts, its events not)
+    events: int = 0  # purchase events that were new to the store
+    duplicates: int = 0  # records already stored by an earlier run
+    skipped: int = 0  # records Shopify sent that the translators refuse (logged)
+    pages: int = 0
+    retries: int = 0  # 429 waits, 5xx and dropped connections retried
+
+
+def _state_key(config: BackfillConfig) -> dict[str, Any]:
+    return {"shop": config.shop, "base_url": config.base_url, "api_version": config.api_version,
+            "since": config.since.isoformat() if config.since else None}
+
+
+def load_state(config: BackfillConfig) -> dict | None:
+    """The saved progress of an interrupted backfill with the same options, or None."""
+    path = config.state_file
+    if not path.exists():
+        return None
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise BackfillError(f"cannot read the state file {path}: {exc}; delete it to start over") from None
+    fields = {f.name for f in dataclasses.fields(BackfillTotals)}
+    if (not isinstance(state, dict) or state.get("format") != STATE_FORMAT
+            or not isinstance(state.get("cursors"), dict) or not isinstance(state.get("totals"), dict)
+            or not set(state["cursors"]) <= set(RESOURCES) or set(state["totals"]) != fields
+            or not all(v is None or isinstance(v, str) for v in state["cursors"].values())
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in state["totals"].values())):
+        raise BackfillError(f"the state file {path} is not a backfill state file; delete it to start over")
+    key = _state_key(config)
+    if {name: state.get(name) for name in key} != key:
+        saved = ", ".join(f"{name}={state.get(name)!r}" for name in key)
+        raise BackfillError(f"the state file {path} belongs to a backfill with {saved}: run it with the same "
+                            f"options to resume, or delete the file to start over")
+    return state
+
+
+def save_state(config: BackfillConfig, cursors: dict[str, str | None], totals: BackfillTotals) -> None:
+    """Written whole to a temporary file, fsynced and renamed: a crash leaves the old state or the new one."""
+    path = config.state_file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = {"format": STATE_FORMAT, **_state_key(config), "cursors": cursors, "totals": asdict(totals)}
+    temporary = path.with_name(path.name + ".tmp")
+    with open(temporary, "w", encoding="utf-8") as handle:
+        json.dump(body, handle, indent=1)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def run_backfill(config: BackfillConfig, store: EventStore, session: requests.Session | None = None,
+                 sleep: Sleep = time.sleep, progress: bool | None = None) -> dict[str, Any]:
+    """Fetch and store every page not stored yet; returns the summary (totals across resumed runs).
+
+    `progress` None shows a bar on stderr when it is a terminal. Any interruption (an error,
+    Ctrl-C) saves the progress first, so the same command resumes where this one stopped.
+    """
+    from tqdm import tqdm  # a dependency of implicit; loaded only by this command
+
+    state = load_state(config)
+    cursors: dict[str, str | None] = dict(state["cursors"]) if state else {}  # absent: not started; None: done
+    totals = BackfillTotals(**state["totals"]) if state else BackfillTotals()
+    http = session or requests.Session()
+    client = AdminApiClient(config, http, sleep)
+    retries_before = totals.retries
+    try:
+        for resource in RESOURCES:
+            url = cursors.get(resource, first_page_url(config, resource))
+            bar = tqdm(desc=resource, unit=" records", file=sys.stderr,
+                       disable=None if progress is None else not progress)
+            try:
+                while url is not None:
+                    try:
+                        page = client.get_page(url, resource)
+                        _store_page(config, store, resource, page.records, totals, bar)
+                    except BaseException:
+                        # What this page stored so far stays counted; the resumed run fetches the page again
+                        # and finds those records already stored.
+                        totals.retries = retries_before + client.retries
+                        if cursors or totals.products + totals.orders + totals.duplicates + totals.skipped:
+                            save_state(config, {**cursors, resource: url}, totals)
+                        raise
+                    totals.pages += 1
+                    totals.retries = retries_before + client.retries
+                    url = cursors[resource] = page.next_url
+                    save_state(config, cursors, totals)
+            finally:
+                bar.close()
+    finally:
+        if session is None:
+            http.close()
+    if hasattr(store, "set_shop_installed"):  # the merchant backfills their own shop with their own token
+        store.set_shop_installed(config.shop, True)
+    config.state_file.unlink(missing_ok=True)
+    return {"shop": config.shop, **asdict(totals), "resumed": state is not None}
+
+
+def _store_page(config: BackfillConfig, store: EventStore, resource: str, records: list[dict],
+                totals: BackfillTotals, bar) -> None:
+    topic, translate = _TRANSLATE[resource]
+    for record in records:
+        try:
+            webhook_id = backfill_webhook_id(resource, record)
+            changes = translate(config.shop, record, webhook_id)
+        except (MalformedPayload, InvalidEvent) as exc:
+            totals.skipped += 1
+            log.warning("skipped %s %r of %s: %s", resource[:-1], record.get("id"), config.shop, exc)
+            bar.update(1)
+            continue
+        stored = store.apply(Delivery(shop=config.shop, webhook_id=webhook_id, topic=topic), changes)
+        if stored is None:
+            totals.duplicates += 1
+        else:
+            setattr(totals, resource, getattr(totals, resource) + 1)
+            totals.events += stored
+        bar.update(1)
+
+
+def run_backfill_command(args: Any, env: Mapping[str, str], store: EventStore, sleep: Sleep = time.sleep) -> int:
+    """The CLI's `backfill`: the summary as JSON on stdout; an error on stderr and exit code 2."""
+    try:
+        options: dict[str, Any] = {"api_version": args.api_version, "base_url": args.base_url or ""}
+        if args.state:
+            options["state_path"] = Path(args.state)
+        config = BackfillConfig.from_options(args.shop, env, args.token_env, args.since, **options)
+    except (BackfillError, RecommenderError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        summary = run_backfill(config, store, sleep=sleep)
+    except (BackfillError, RecommenderError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"interrupted: the progress is saved in {config.state_file}; run the same command to resume",
+              file=sys.stderr)
+        return 130
+    print(json.dumps(summary, indent=2))
+    return 0

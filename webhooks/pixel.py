@@ -1,0 +1,137 @@
+"""Web Pixel events: storefront behaviour that never arrives by webhook (product views above all).
+
+A Shopify Web Pixel extension posts standard events with `browser.sendBeacon`:
+    {id: "sh-<uuid>", name, timestamp, clientId, data: {...}}
+These requests are unsigned, so everything is validated strictly, bodies are capped,
+only installed shops are accepted, each client is rate-limited, and events are keyed
+by the pixel's `clientId` alone (an unsigned request never writes into a customer's history).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from typing import Any, Callable
+
+from recommender.errors import InvalidEvent
+from recommender.events import ChangeSet, Event, EventKind, parse_timestamp
+from webhooks import MalformedPayload
+from webhooks.topics import shopify_id
+
+MAX_BODY_BYTES = 32 * 1024
+MAX_EVENTS_PER_REQUEST = 20
+TAKEN = ("product_viewed", "product_added_to_cart", "product_removed_from_cart", "checkout_completed")
+_EVENT_ID = re.compile(r"^[A-Za-z0-9_\-:.]{1,128}$")
+_CLIENT_ID = re.compile(r"^[A-Za-z0-9_\-:.]{1,128}$")
+
+
+def _variant(data: dict, where: str) -> dict:
+    variant = data.get("productVariant")
+    if variant is None and isinstance(data.get("cartLine"), dict):
+        variant = data["cartLine"].get("merchandise")
+    if not isinstance(variant, dict):
+        raise MalformedPayload(f"{where}.productVariant is missing")
+    return variant
+
+
+def _product_id(variant: dict, where: str) -> tuple[str, str | None, float | None]:
+    product = variant.get("product")
+    if not isinstance(product, dict):
+        raise MalformedPayload(f"{where}.product is missing")
+    price = variant.get("price")
+    amount = None
+    if isinstance(price, dict) and price.get("amount") is not None:
+        try:
+            amount = float(price["amount"])
+        except (TypeError, ValueError):
+            raise MalformedPayload(f"{where}.price.amount must be a number") from None
+    return (shopify_id(product.get("id"), f"{where}.product.id"),
+            shopify_id(variant.get("id"), f"{where}.id", required=False), amount)
+
+
+def pixel_events(payload: Any, shop: str) -> tuple[list[Event], int]:
+    """Translate one event or a list of them; returns (events to store, events ignored)."""
+    items = payload if isinstance(payload, list) else [payload]
+    if not items or len(items) > MAX_EVENTS_PER_REQUEST:
+        raise MalformedPayload(f"send 1 to {MAX_EVENTS_PER_REQUEST} events per request")
+    events, ignored = [], 0
+    for position, item in enumerate(items):
+        where = f"events[{position}]"
+        if not isinstance(item, dict):
+            raise MalformedPayload(f"{where} must be an object")
+        name = item.get("name")
+        if name not in TAKEN:
+            ignored += 1
+            continue
+        event_id, client_id = item.get("id"), item.get("clientId")
+        if not isinstance(event_id, str) or not _EVENT_ID.match(event_id):
+            raise MalformedPayload(f"{where}.id must be the pixel event id (e.g. sh-<uuid>)")
+        if not isinstance(client_id, str) or not _CLIENT_ID.match(client_id):
+            raise MalformedPayload(f"{where}.clientId is missing or malformed")
+        try:
+            occurred_at = parse_timestamp(item.get("timestamp"), f"{where}.timestamp")
+        except InvalidEvent as exc:
+            raise MalformedPayload(str(exc)) from None
+        data = item.get("data")
+        if not isinstance(data, dict):
+            raise MalformedPayload(f"{where}.data must be an object")
+        common = {"shop": shop, "occurred_at": occurred_at, "anonymous_id": client_id,
+                  "source_topic": f"pixel/{name}", "delivery_id": event_id}
+        if name == "checkout_completed":
+            checkout = data.get("checkout")
+            if not isinstance(checkout, dict):
+                raise MalformedPayload(f"{where}.data.checkout must be an object")
+            order = checkout.get("order") if isinstance(checkout.get("order"), dict) else {}
+            order_id = shopify_id(order.get("id"), f"{where}.data.checkout.order.id", required=False)
+            lines = checkout.get("lineItems") or []
+            if not isinstance(lines, list):
+                raise MalformedPayload(f"{where}.data.checkout.lineItems must be a list")
+            for n, line in enumerate(lines):
+                if not isinstance(line, dict) or not isinstance(line.get("variant"), dict):
+                    raise MalformedPayload(f"{where}.data.checkout.lineItems[{n}].variant is missing")
+                product_id, variant_id, price = _product_id(line["variant"], f"{where}.data.checkout.lineItems[{n}].variant")
+                events.append(Event(kind=EventKind.PURCHASE, product_id=product_id, variant_id=variant_id, price=price,
+                                    order_id=order_id, dedupe_key=f"pixel:{event_id}:{product_id}", **common))
+            continue
+        product_id, variant_id, price = _product_id(_variant(data, f"{where}.data"), f"{where}.data.productVariant")
+        if name == "product_viewed":
+            events.append(Event(kind=EventKind.VIEW, product_id=product_id, variant_id=variant_id, price=price,
+                                dedupe_key=f"pixel:{event_id}", **common))
+        else:  # one cart signal per client and product; a removal zeroes it
+            events.append(Event(kind=EventKind.ADD_TO_CART, product_id=product_id, variant_id=variant_id, price=price,
+                                dedupe_key=f"pixel-cart:{client_id}:{product_id}",
+                                weight_factor=0.0 if name == "product_removed_from_cart" else 1.0, **common))
+    return events, ignored
+
+
+def parse_pixel_body(raw: bytes) -> Any:
+    if len(raw) > MAX_BODY_BYTES:
+        raise MalformedPayload(f"body is larger than {MAX_BODY_BYTES} bytes")
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MalformedPayload(f"body is not JSON: {exc}") from None
+
+
+class RateLimiter:
+    """A token bucket per key, in this instance's memory: `rate` per second, bursts up to `burst`."""
+
+    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic, max_keys: int = 100_000):
+        self._rate, self._burst, self._clock, self._max_keys = rate, burst, clock, max_keys
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def allow(self, key: str, cost: int = 1) -> bool:
+        now = self._clock()
+        with self._lock:
+            tokens, last = self._buckets.get(key, (float(self._burst), now))
+            tokens = min(float(self._burst), tokens + (now - last) * self._rate)
+            if len(self._buckets) >= self._max_keys and key not in self._buckets:
+                self._buckets.clear()  # bounded memory under a flood of new keys
+            if tokens < cost:
+                self._buckets[key] = (tokens, now)
+                return False
+            self._buckets[key] = (tokens - cost, now)
+            return True
