@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
-import hmac
 import logging
 import os
 import time
@@ -29,6 +28,7 @@ from webhooks import MalformedPayload
 from webhooks.app_proxy import AccessDenied, storefront_query
 from webhooks.pixel import RateLimiter, parse_pixel_body, pixel_events, MAX_BODY_BYTES
 from webhooks.delivery import handle_webhook, process_delivery
+from webhooks.oidc import check_train_caller
 
 log = logging.getLogger("main")
 _runtime = LazyRuntime(os.environ)
@@ -136,16 +136,21 @@ def recommend(request: flask.Request) -> flask.Response:
 @functions_framework.http
 @_json_errors
 def train(request: flask.Request) -> flask.Response:
-    """POST [?shop=] with `Authorization: Bearer $TRAIN_TOKEN`: train and publish each shop's model."""
+    """POST [?shop=] from Cloud Scheduler (OIDC) or with `Bearer $TRAIN_TOKEN`: train and publish each shop."""
     if (refused := _require_method(request, "POST")) is not None:
         return refused
     runtime = _runtime.get()
-    token = runtime.settings.train_token
-    supplied = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-    if token is None:
-        return _json({"error": "training_disabled", "message": "set TRAIN_TOKEN to enable training over HTTP"}, 403)
-    if not hmac.compare_digest(supplied.encode(), token.reveal().encode()):
-        return _json({"error": "unauthorized", "message": "Authorization: Bearer <TRAIN_TOKEN> required"}, 401)
+    settings = runtime.settings
+    check = check_train_caller(request.headers.get("Authorization"),
+                               settings.train_token.reveal() if settings.train_token else None,
+                               settings.train_service_account, settings.train_audience or request.base_url,
+                               settings.oidc_certs_url)
+    if not check.allowed:
+        if check.reason == "training_disabled":
+            return _json({"error": "training_disabled", "message": "set TRAIN_TOKEN or TRAIN_SERVICE_ACCOUNT to "
+                                                                   "enable training over HTTP"}, 403)
+        return _json({"error": "unauthorized", "reason": check.reason,
+                      "message": "Authorization: Bearer <TRAIN_TOKEN or a Cloud Scheduler OIDC token> required"}, 401)
     from recommender.training import train_shops  # training imports scipy/implicit: never on the serving path
 
     shop = request.args.get("shop")

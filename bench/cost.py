@@ -86,15 +86,22 @@ def warm_instance_month(tier_mib: int, vcpu: float, prices: dict = PRICES) -> fl
     return round(SECONDS_PER_MONTH * (vcpu * cpu + tier_mib / 1024 * mem), 2)
 
 
-def estimate(recommend_cpu_ms: float, recommend_memory_mib: dict[str, float], webhook_cpu_ms: float,
-             webhook_memory_mib: float, sized_at: str) -> dict:
-    """Per-million costs for each model size's tier, and the webhook function's."""
+def estimate(recommend_cpu_ms: float, recommend_memory_mib: dict[str, float],
+             recommend_cpu_ms_by_model: dict[str, float], webhook_cpu_ms: float, webhook_memory_mib: float,
+             sized_at: str) -> dict:
+    """Per-million costs for each model size's tier, and the webhook function's.
+
+    Each model is costed at the larger of the HTTP-measured personalized CPU per request and the
+    CPU per request its own instance used over a mix of all four intents.
+    """
     recommend = []
     for label, memory in recommend_memory_mib.items():
         mib, vcpu = tier_for(memory)
         warm = warm_instance_month(mib, vcpu)
-        costs = per_million(recommend_cpu_ms, mib, vcpu)
-        recommend.append({"model": label, "instance_memory_mib": memory, "tier_mib": mib, "vcpu": vcpu, **costs,
+        cpu_ms = max(recommend_cpu_ms, recommend_cpu_ms_by_model.get(label, 0.0))
+        costs = per_million(cpu_ms, mib, vcpu)
+        recommend.append({"model": label, "instance_memory_mib": memory, "tier_mib": mib, "vcpu": vcpu,
+                          "cpu_ms_per_request": round(cpu_ms, 3), **costs,
                           "warm_instance_usd_per_month_upper_bound": warm,
                           "with_warm_instance_at_1m_per_month_usd": round(costs["busy_usd_per_million"] + warm, 2)})
     mib, vcpu = tier_for(webhook_memory_mib)

@@ -74,7 +74,7 @@ class Plan:
     def full(cls, sizes: tuple[int, ...] | None) -> "Plan":
         sizes = sizes or (10_000, 100_000, 1_000_000)
         reps = {n: 1000 if n <= 10_000 else 400 if n <= 100_000 else 100 for n in sizes}
-        return cls("full", sizes, 200, 5, 3, reps, (1, 8, 32), 1500, 15.0, 1000, 500, (1, 8),
+        return cls("full", sizes, 200, 7, 3, reps, (1, 8, 32), 1500, 15.0, 1000, 500, (1, 8),
                    50_000, 20_000, 500_000, 2, 300)
 
 
@@ -135,7 +135,7 @@ def run(plan: Plan, workdir: Path, log=print) -> dict:
     configs = [(f"{_label(n)} items", shops[n], plan.cold_repeats_large if n >= 1_000_000 else plan.cold_repeats)
                for n in plan.sizes]
     configs.append((f"{_label(reference)} items + {_label(reference)} catalog rows", catalog_shop,
-                    max(1, plan.cold_repeats - 2)))
+                    max(1, plan.cold_repeats - 2)))  # the catalog is read on the first request too
     results["cold_start"] = cold_start.measure(configs, plan.cold_repeats, workdir / "cold")
 
     log("warm latency")
@@ -191,11 +191,12 @@ def run(plan: Plan, workdir: Path, log=print) -> dict:
         peak = round(m["master_rss_mib"] + m["worker_peak_rss_mib"], 1)
         memory.append({"label": config["label"], "items": config["items"], "catalog_rows": config["catalog_rows"],
                        **m, "instance_peak_upper_bound_mib": peak,
+                       "cpu_ms_per_request_mixed_intents": config["cpu_ms_per_request_mixed_intents"],
                        "pss_vs_floor": round(m["pss_sum_mib"] / floor_memory["pss_sum_mib"], 2),
                        "pss_above_floor_mib": round(m["pss_sum_mib"] - floor_memory["pss_sum_mib"], 1)})
     results["memory"] = {"floor": {**floor_memory, "instance_peak_upper_bound_mib": round(
         floor_memory["master_rss_mib"] + floor_memory["worker_peak_rss_mib"], 1)}, "instances": memory,
-        "method": "after the first 200 and 5 requests of every intent: VmRSS/VmHWM from /proc/<pid>/status and Pss"
+        "method": "after the first 200 and 10 requests of every intent: VmRSS/VmHWM from /proc/<pid>/status and Pss"
                   " from smaps_rollup of the gunicorn master and its worker; instance peak upper bound = master"
                   " RSS + worker peak RSS"}
 
@@ -204,6 +205,7 @@ def run(plan: Plan, workdir: Path, log=print) -> dict:
     results["cost"] = cost.estimate(
         recommend_cpu_ms=level8["ours"]["server_cpu_ms_per_request"],
         recommend_memory_mib={m["label"]: m["instance_peak_upper_bound_mib"] for m in memory},
+        recommend_cpu_ms_by_model={m["label"]: m["cpu_ms_per_request_mixed_intents"] for m in memory},
         webhook_cpu_ms=webhook_level["ours"]["server_cpu_ms_per_delivery"],
         webhook_memory_mib=round(webhook_level["memory_after_mib"]["master_rss_mib"]
                                  + webhook_level["memory_after_mib"]["worker_peak_rss_mib"], 1),

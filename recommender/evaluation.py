@@ -231,8 +231,8 @@ def tune(train: Interactions, protocol: SplitProtocol, signal: SignalConfig, fam
     def score(candidate: dict) -> float:
         weighting = candidate.get("weighting", "none")
         if weighting not in matrices:
-            matrices[weighting] = build_signal_matrix(validation.train, dataclasses.replace(signal, weighting=weighting),
-                                                      validation.reference_time)
+            weighted = dataclasses.replace(signal, weighting=weighting)
+            matrices[weighting] = build_signal_matrix(validation.train, weighted, validation.reference_time)
         params = {name: value for name, value in candidate.items() if name != "weighting"}
         model = build_model(family, {**params, "seed": training.seed if family == "als" else seed}, training)
         trial_signal = dataclasses.replace(signal, weighting=weighting)
@@ -309,7 +309,8 @@ def load_tuned_config(path: str | Path) -> dict:
         document = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise EvaluationError(f"{path}: cannot read the tuned configuration: {exc}") from None
-    if not isinstance(document, dict) or document.get("format") != TUNED_CONFIG_FORMAT or document.get("algorithm") != "als":
+    if (not isinstance(document, dict) or document.get("format") != TUNED_CONFIG_FORMAT
+            or document.get("algorithm") != "als"):
         raise EvaluationError(f"{path}: not a tuned ALS configuration of format {TUNED_CONFIG_FORMAT}")
     hyper, signal = document.get("hyperparameters"), document.get("signal")
     if not isinstance(hyper, dict) or not isinstance(signal, dict):
@@ -317,9 +318,8 @@ def load_tuned_config(path: str | Path) -> dict:
 
     def number(section: dict, name: str, kind: type, valid, expected: str):
         value = section.get(name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
-            raise EvaluationError(f"{path}: {name} must be {expected}, got {value!r}")
-        if not valid(value):
+        wrong_type = isinstance(value, bool) or not isinstance(value, int if kind is int else (int, float))
+        if wrong_type or not valid(value):
             raise EvaluationError(f"{path}: {name} must be {expected}, got {value!r}")
         return kind(value)
 
@@ -333,7 +333,8 @@ def load_tuned_config(path: str | Path) -> dict:
         "bm25_b": number(signal, "bm25_b", float, lambda v: 0 <= v <= 1, "a number from 0 to 1"),
     }
     if signal.get("weighting") not in WEIGHTINGS:
-        raise EvaluationError(f"{path}: weighting must be one of {', '.join(WEIGHTINGS)}, got {signal.get('weighting')!r}")
+        raise EvaluationError(
+            f"{path}: weighting must be one of {', '.join(WEIGHTINGS)}, got {signal.get('weighting')!r}")
     config["weighting"] = signal["weighting"]
     half_life = signal.get("half_life_days")
     config["half_life_days"] = None if half_life is None else number(signal, "half_life_days", float,
@@ -506,16 +507,36 @@ def _ks(text: str) -> list[int]:
     try:
         ks = [int(part) for part in _csv(text)]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--k must be integers separated by commas, e.g. 10,20; got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"--k must be integers separated by commas, e.g. 10,20; got {text!r}") from None
     if not ks or min(ks) < 1:
         raise argparse.ArgumentTypeError(f"--k values must be >= 1, got {text!r}")
     return ks
 
 
+EVALUATE_EPILOG = """\
+files (--train/--test): a header row, delimiter sniffed (comma, tab, semicolon or pipe); columns
+  user, item          required (aliases user_id/customer_id, item_id/product_id)
+  weight              optional number >= 0, default 1 (aliases rating, quantity)
+  timestamp           optional: seconds since the epoch or ISO 8601, UTC without an offset
+                      (aliases occurred_at, time); needed by trending and time decay
+  kind                optional: view, add_to_cart, purchase, weighted by EVENT_WEIGHTS (x weight)
+  Test rows of users absent from the training file are left out; items a user has in the
+  training file are dropped from their ranking (kept with --repeat-purchase).
+
+writes <out>/evaluation.json, evaluation.md, evaluation.png; with --tune also the tuned ALS
+configuration (--save-config) that recommender.evaluation.load_tuned_config reads.
+"""
+
+
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = "Rank held-out interactions with several models and compare standard metrics."
+    parser.epilog = EVALUATE_EPILOG
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     source = parser.add_argument_group("data (one of)")
     source.add_argument("--shop", help="evaluate on this shop's stored events (EVENT_STORE_URL)")
-    source.add_argument("--train", metavar="FILE", help="training interactions: CSV/TSV with user,item[,weight,timestamp,kind]")
+    source.add_argument("--train", metavar="FILE",
+                        help="training interactions: CSV/TSV with user,item[,weight,timestamp,kind]")
     source.add_argument("--test", metavar="FILE", help="held-out interactions, same columns as --train")
     split = parser.add_mutually_exclusive_group()
     split.add_argument("--holdout-days", type=float, help="with --shop: hold out the last N days (default 14)")
@@ -530,13 +551,15 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
                         help="weightings the tuner may choose (default none,bm25,tfidf)")
     parser.add_argument("--seed", type=int, default=42, help="seed of the search (default 42)")
     parser.add_argument("--save-config", metavar="PATH",
-                        help="where the tuned configuration goes (default <model store>/<shop>/tuned.json, or <out>/tuned.json)")
+                        help="where the tuned configuration goes "
+                             "(default <model store>/<shop>/tuned.json, or <out>/tuned.json)")
     parser.add_argument("--weighting", choices=WEIGHTINGS, default="none", help="reweight the matrix (default none)")
     parser.add_argument("--half-life-days", type=float, help="decay events by age (default: no decay)")
     parser.add_argument("--trending-half-life-days", type=float, default=7.0, help="trending's half-life (default 7)")
     parser.add_argument("--repeat-purchase", action="store_true",
                         help="'buy it again': keep past items in rankings and count re-buys as hits")
-    parser.add_argument("--target-kinds", type=_csv, help="held-out kinds that count as hits, e.g. purchase (default all)")
+    parser.add_argument("--target-kinds", type=_csv,
+                        help="held-out kinds that count as hits, e.g. purchase (default all)")
     parser.add_argument("--out", default="./data/evaluation", help="report folder (default ./data/evaluation)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 

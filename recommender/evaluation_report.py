@@ -6,6 +6,7 @@ A report is the dict `recommender.evaluation.run_evaluation` returns; an optiona
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 from pathlib import Path
@@ -49,7 +50,8 @@ def results_table(report: dict, k: int) -> str:
 def report_markdown(report: dict, level: int = 1) -> str:
     h = "#" * level
     split, signal = report["split"], report["signal"]
-    weights = ", ".join(f"{kind}={w:g}" for kind, w in signal["event_weights"].items())
+    weights = (", ".join(f"{kind}={w:g}" for kind, w in signal["event_weights"].items())
+               if split.get("has_kinds", True) else "none (rows without kinds count their own weight)")
     lines = [
         f"{h} {report['title']}",
         "",
@@ -62,7 +64,8 @@ def report_markdown(report: dict, level: int = 1) -> str:
         f"- signal: event weights {weights}; time decay "
         f"{'half-life ' + format(signal['half_life_days'], 'g') + ' days' if signal['half_life_days'] else 'off'}; "
         f"weighting {signal['weighting']}; "
-        f"{'buy-it-again mode (past items stay in rankings, re-buys count)' if signal['repeat_purchase'] else 'past items dropped from rankings'}",
+        + ("buy-it-again mode (past items stay in rankings, re-buys count)" if signal["repeat_purchase"]
+           else "past items dropped from rankings"),
     ]
     if report.get("target_kinds"):
         lines.append(f"- hits: held-out {', '.join(report['target_kinds'])} events only")
@@ -104,7 +107,8 @@ def write_chart(reports: Sequence[dict], path: str | Path, metrics: Sequence[str
             ax = axes[row][col]
             key = f"{metric}@{k}"
             bars = [(r["label"], r["metrics"].get(key), False) for r in report["results"]]
-            bars += [(f"{ref['label']} (published)", ref["metrics"].get(key), True) for ref in report.get("references", [])]
+            bars += [(f"{ref['label']} (published)", ref["metrics"].get(key), True)
+                     for ref in report.get("references", [])]
             bars = [(label, value, published) for label, value, published in bars
                     if value is not None and not math.isnan(value)]
             labels = [b[0] for b in bars][::-1]
@@ -137,9 +141,7 @@ def write_report(report: dict, out_dir: str | Path, stem: str = "evaluation") ->
     json_path = out / f"{stem}.json"
     json_path.write_text(json.dumps(_finite(report), indent=2, default=_jsonable, allow_nan=False) + "\n")
     md_path = out / f"{stem}.md"
-    try:
-        import matplotlib  # noqa: F401  (a development dependency: requirements-dev.txt)
-    except ImportError:
+    if importlib.util.find_spec("matplotlib") is None:  # a development dependency: requirements-dev.txt
         md_path.write_text(report_markdown(report) + "\n(No chart: matplotlib is not installed; "
                            "`pip install -r requirements-dev.txt` adds it.)\n")
         return [json_path, md_path]

@@ -151,7 +151,8 @@ def read_interaction_rows(path: str | Path) -> dict[str, list]:
         raise InteractionFileError(f"{path}: cannot read: {exc}") from None
     lines = text.splitlines()
     if not lines:
-        raise InteractionFileError(f"{path}: the file is empty; expected a header row user,item[,weight,timestamp,kind]")
+        raise InteractionFileError(
+            f"{path}: the file is empty; expected a header row user,item[,weight,timestamp,kind]")
     try:
         dialect = csv.Sniffer().sniff("\n".join(lines[:20]), delimiters=",\t;|")
         delimiter = dialect.delimiter
@@ -328,6 +329,8 @@ class Split:
             "train_users": int(len(np.unique(self.train.users))),
             "test_users": int(len(np.unique(self.test.users))),
             "reference_time": None if self.reference_time is None else _iso(self.reference_time),
+            "has_kinds": self.train.kinds is not None,
+            "has_timestamps": self.train.timestamps is not None,
         }
 
 

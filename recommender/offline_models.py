@@ -201,7 +201,8 @@ class ALSModel(RankingModel):
 
         self.item_factors = fit_item_factors(user_items, self.config).astype(np.float64)
         n_factors = self.item_factors.shape[1]
-        self.regularized_gramian = self.item_factors.T @ self.item_factors + self.config.regularization * np.eye(n_factors)
+        gramian = self.item_factors.T @ self.item_factors
+        self.regularized_gramian = gramian + self.config.regularization * np.eye(n_factors)
 
     def fold_in_user_vectors(self, user_items: sp.csr_matrix) -> np.ndarray:
         """float64[n_rows, factors]: per row, x = (YᵀY + λI + Yₖᵀ(Cₖ − I)Yₖ)⁻¹ Yₖᵀ Cₖ 1, Cₖ = 1 + alpha·wₖ.
@@ -249,9 +250,10 @@ class BPRModel(RankingModel):
         from implicit.cpu.bpr import BayesianPersonalizedRanking
 
         c = self.config
+        # One thread: implicit's Hogwild threads race, so a seed would not give one model.
         model = BayesianPersonalizedRanking(factors=c.factors, learning_rate=c.learning_rate,
                                             regularization=c.regularization, iterations=c.iterations,
-                                            random_state=c.seed, num_threads=1)  # Hogwild threads race: not reproducible
+                                            random_state=c.seed, num_threads=1)
         model.fit(user_items, show_progress=False)
         self.user_factors = np.asarray(model.user_factors, dtype=np.float64)
         self.item_factors = np.asarray(model.item_factors, dtype=np.float64)

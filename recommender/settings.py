@@ -64,6 +64,9 @@ class Settings:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     history_limit: int = 200  # latest events of a shopper used for fold-in at request time
     train_token: Secret | None = None  # bearer token the HTTP train entry point requires
+    train_service_account: str | None = None  # Cloud Scheduler's service account, verified by OIDC
+    train_audience: str | None = None  # the audience Scheduler's token is minted for (the train URL)
+    oidc_certs_url: str = "https://www.googleapis.com/oauth2/v1/certs"
     trending_half_life_days: float = 7.0  # a week-old event counts half as much as one today
     catalog_ttl_seconds: float = 30.0  # how stale "what is for sale" may be at serve time
     trending_ttl_seconds: float = 300.0  # how often an instance recomputes trending per shop
@@ -91,6 +94,9 @@ class Settings:
             training=training,
             history_limit=_read(env, "HISTORY_LIMIT", int, 200, lambda v: 1 <= v <= 10_000, "an integer from 1 to 10000"),
             train_token=Secret(train_token) if train_token else None,
+            train_service_account=env.get("TRAIN_SERVICE_ACCOUNT") or None,
+            train_audience=env.get("TRAIN_AUDIENCE") or None,
+            oidc_certs_url=env.get("OIDC_CERTS_URL") or "https://www.googleapis.com/oauth2/v1/certs",
             trending_half_life_days=_read(env, "TRENDING_HALF_LIFE_DAYS", float, 7.0, lambda v: 0 < v <= 3650,
                                           "a number of days > 0"),
             catalog_ttl_seconds=_read(env, "CATALOG_TTL_SECONDS", float, 30.0, lambda v: v >= 0, "a number >= 0"),

@@ -423,8 +423,8 @@ def run_backfill_command(args: Any, env: Mapping[str, str], store: EventStore, s
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"interrupted: the progress is saved in {config.state_file}; run the same command to resume",
-              file=sys.stderr)
+        kept = f" (the progress is kept in {config.state_file})" if config.state_file.exists() else ""
+        print(f"interrupted: run the same command to resume{kept}", file=sys.stderr)
         return 130
     print(json.dumps(summary, indent=2))
     return 0

@@ -1,0 +1,416 @@
+"""Backfill through the REST Admin API, against a real HTTP server on loopback that answers in Shopify's shape."""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from recommender.__main__ import main as cli_main
+from recommender.events import Delivery
+from recommender.settings import Secret
+from recommender.store import SQLiteEventStore
+from tests.conftest import SHOP, order_payload
+from webhooks.backfill import (
+    BACKOFF_SECONDS, BackfillConfig, BackfillError, bucket_pause, check_base_url, parse_call_limit,
+    retry_after_seconds, run_backfill,
+)
+from webhooks.topics import TopicContext, order_created
+
+TOKEN = "shpat_test_token_never_printed"
+API = "/admin/api/2026-04"
+SINCE = "2025-01-01"
+
+
+# --- the data Shopify serves: a known answer ------------------------------------------------------
+
+def product(product_id: int, status: str = "active") -> dict:
+    return {
+        "id": product_id, "title": f"Product {product_id}", "handle": f"product-{product_id}", "status": status,
+        "published_at": "2024-06-01T00:00:00Z", "updated_at": "2024-06-02T00:00:00Z", "vendor": "Acme",
+        "product_type": "Thing", "image": {"src": f"https://cdn.example/{product_id}.jpg"},
+        "variants": [{"id": product_id * 10, "price": "12.50", "inventory_item_id": product_id * 100,
+                      "inventory_quantity": 3, "inventory_policy": "deny"}],
+    }
+
+
+def order(order_id: int, customer_id: int | None, product_ids: list[int], created_at: str, **extra) -> dict:
+    body = order_payload(order_id, customer_id, product_ids, created_at=created_at, cart_token=extra.pop("cart", None))
+    body["updated_at"] = created_at
+    body.update(extra)
+    return body
+
+
+PRODUCTS = [product(8001), product(8002), product(8003), product(8004, status="draft"), product(8005)]
+REFUNDED = order(5005, 3, [8005], "2025-03-05T10:00:00Z")
+REFUNDED["line_items"][0]["quantity"] = 2
+REFUNDED["refunds"] = [{"id": 77, "order_id": 5005, "refund_line_items": [
+    {"line_item_id": REFUNDED["line_items"][0]["id"], "quantity": 1}]}]
+GUEST = order(5003, None, [8001], "2025-03-03T10:00:00Z", cart="cart-guest")
+GUEST["line_items"].append({"id": 999, "product_id": None, "quantity": 1, "price": "5.00", "title": "Gift wrap"})
+ORDERS = [
+    order(4999, 9, [8001], "2024-12-15T10:00:00Z"),  # before --since: never requested
+    order(5001, 1, [8001, 8002], "2025-03-01T10:00:00Z"),
+    order(5002, 2, [8002, 8003], "2025-03-02T10:00:00Z"),
+    GUEST,  # one product line and one custom line (skipped)
+    order(5004, 1, [8004], "2025-03-04T10:00:00Z", cancelled_at="2025-03-04T12:00:00Z"),  # stored at weight 0
+    REFUNDED,  # one line, half of it refunded: weight 0.5
+    order(5006, 2, [8003, 8001], "2025-03-06T10:00:00Z"),
+]
+EXPECTED_EVENTS = 9  # product lines of the six orders since SINCE
+EXPECTED_COUNTING = 8  # the cancelled order's line counts for nothing
+PAGE = 2  # records per page in these tests: 3 pages of products, 3 of orders
+
+
+# --- a local Admin API -----------------------------------------------------------------------------
+
+@dataclass
+class Seen:
+    resource: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]
+    answered: int | None = None  # None: the connection was dropped
+
+
+@dataclass
+class FakeAdminApi:
+    """Pages with Link page_info cursors, the call-limit header, injected failures; records every request."""
+
+    products: list[dict]
+    orders: list[dict]
+    port: int = 0
+    requests: list[Seen] = field(default_factory=list)
+    inject: dict[tuple[str, int], list[int]] = field(default_factory=dict)  # (resource, page) → statuses first
+    call_limit: dict[tuple[str, int], str] = field(default_factory=dict)  # (resource, page) → header value
+    drop_after_pages: int | None = None  # then drop every connection, as a server that went away
+    foreign_next: bool = False  # a next link to another host
+    served: list[tuple[str, int]] = field(default_factory=list)
+    cursors: dict[str, tuple[str, list[dict], int]] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def answer(self, path: str, query: dict[str, list[str]], headers: dict[str, str]) -> tuple[int, dict, dict] | None:
+        resource = path.removeprefix(f"{API}/").removesuffix(".json")
+        seen = Seen(resource, query, headers)
+        self.requests.append(seen)
+        if self.drop_after_pages is not None and len(self.served) >= self.drop_after_pages:
+            return None
+        if headers.get("x-shopify-access-token") != TOKEN:
+            return self._error(seen, 401, {"errors": "[API] Invalid API key or access token"})
+        if resource not in ("products", "orders") or not path.startswith(API):
+            return self._error(seen, 404, {"errors": "Not Found"})
+        if "page_info" in query:
+            if set(query) - {"page_info", "limit", "fields"}:
+                return self._error(seen, 400, {"errors": {"page_info": "Invalid with other filters"}})
+            cursor_resource, records, offset = self.cursors[query["page_info"][0]]
+            assert cursor_resource == resource
+        else:
+            records = self.products if resource == "products" else self.orders
+            if resource == "orders":
+                assert query.get("status") == ["any"]
+                since = query.get("created_at_min", [""])[0]
+                records = [o for o in records if o["created_at"] >= since.replace("+00:00", "Z")]
+            offset = 0
+        limit = int(query.get("limit", ["50"])[0])
+        page = (resource, offset // limit)
+        if self.inject.get(page):
+            status = self.inject[page].pop(0)
+            extra = {"Retry-After": "2.5"} if status == 429 else {}
+            return self._error(seen, status, {"errors": "injected"}, extra)
+        links = []
+        if offset + limit < len(records):
+            links.append(f'<{self._cursor_url(resource, records, offset + limit, limit)}>; rel="next"')
+        if offset > 0:
+            links.append(f'<{self._cursor_url(resource, records, max(0, offset - limit), limit)}>; rel="previous"')
+        headers_out = {"X-Shopify-Shop-Api-Call-Limit": self.call_limit.get(page, "1/40")}
+        if links:
+            headers_out["Link"] = ", ".join(links)
+        seen.answered = 200
+        self.served.append(page)
+        return 200, headers_out, {resource: records[offset:offset + limit]}
+
+    def _cursor_url(self, resource: str, records: list[dict], offset: int, limit: int) -> str:
+        page_info = uuid.uuid4().hex
+        self.cursors[page_info] = (resource, records, offset)
+        host = "http://127.0.0.2:9" if self.foreign_next else self.base_url
+        return f"{host}{API}/{resource}.json?limit={limit}&page_info={page_info}"
+
+    @staticmethod
+    def _error(seen: Seen, status: int, body: dict, headers: dict | None = None):
+        seen.answered = status
+        return status, {"X-Shopify-Shop-Api-Call-Limit": "1/40", **(headers or {})}, body
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        api: FakeAdminApi = self.server.api  # type: ignore[attr-defined]
+        url = urlsplit(self.path)
+        with api.lock:
+            answer = api.answer(url.path, parse_qs(url.query), {k.lower(): v for k, v in self.headers.items()})
+        if answer is None:
+            self.close_connection = True  # no status line at all: the client sees a dropped connection
+            return
+        status, headers, body = answer
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        for name, value in {**headers, "Content-Type": "application/json", "Content-Length": str(len(data))}.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def admin_api():
+    api = FakeAdminApi(PRODUCTS, ORDERS)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    server.api = api  # type: ignore[attr-defined]
+    api.port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield api
+    server.shutdown()
+    server.server_close()
+
+
+class RecordedSleep:
+    """Injected instead of time.sleep: remembers each wait, waits for none."""
+
+    def __init__(self):
+        self.calls: list[float] = []
+
+    def __call__(self, seconds: float) -> None:
+        self.calls.append(seconds)
+
+
+def config_for(api: FakeAdminApi, tmp_path: Path, **options) -> BackfillConfig:
+    return BackfillConfig.from_options(SHOP, {"SHOPIFY_ADMIN_TOKEN": TOKEN}, since=SINCE, base_url=api.base_url,
+                                       state_path=tmp_path / "state.json", page_size=PAGE, **options)
+
+
+def backfill(api, store, tmp_path, sleep=None, **options) -> dict:
+    return run_backfill(config_for(api, tmp_path, **options), store, sleep=sleep or RecordedSleep(), progress=False)
+
+
+def stored_totals(store) -> tuple[int, list[str], list[tuple[str, str, float]]]:
+    interactions = sorted((i.user_key, i.product_id, i.weight_factor) for i in store.interactions(SHOP))
+    return store.count_events(SHOP), sorted(store.products(SHOP)), interactions
+
+
+COUNTED = ("products", "orders", "events", "pages", "skipped")
+
+
+# --- a whole backfill --------------------------------------------------------------------------------
+
+def test_backfill_fetches_every_page_in_order_and_stores_what_was_served(admin_api, store, tmp_path):
+    admin_api.inject = {("products", 1): [500], ("orders", 1): [429]}
+    admin_api.call_limit = {("orders", 0): "39/40"}
+    sleep = RecordedSleep()
+
+    summary = backfill(admin_api, store, tmp_path, sleep)
+
+    assert admin_api.served == [("products", 0), ("products", 1), ("products", 2),
+                                ("orders", 0), ("orders", 1), ("orders", 2)]
+    first_products, first_orders = admin_api.requests[0], admin_api.requests[4]
+    assert first_products.query == {"limit": ["2"]}
+    assert first_orders.query == {"limit": ["2"], "status": ["any"], "created_at_min": ["2025-01-01T00:00:00+00:00"]}
+    cursor_requests = [seen for seen in admin_api.requests if "page_info" in seen.query]
+    assert len(cursor_requests) == 6  # pages 2 and 3 of each, and the two retried ones
+    assert all(set(seen.query) == {"page_info", "limit"} for seen in cursor_requests)
+    assert all(seen.headers["x-shopify-access-token"] == TOKEN for seen in admin_api.requests)
+    assert [seen.answered for seen in admin_api.requests] == [200, 500, 200, 200, 200, 429, 200, 200]
+    assert sleep.calls == [BACKOFF_SECONDS, 1.5, 2.5]  # the 500's backoff, the 39/40 bucket drain, Retry-After
+    assert summary == {"shop": SHOP, "products": 5, "orders": 6, "events": EXPECTED_EVENTS, "duplicates": 0,
+                       "skipped": 0, "pages": 6, "retries": 2, "resumed": False}
+    assert store.count_events(SHOP) == EXPECTED_EVENTS
+    catalog = store.products(SHOP)
+    assert sorted(catalog) == ["8001", "8002", "8003", "8004", "8005"]
+    assert catalog["8004"].status == "draft" and catalog["8001"].price == 12.5
+    counting = store.interactions(SHOP)
+    assert len(counting) == EXPECTED_COUNTING
+    assert {i.order_id for i in counting} == {"5001", "5002", "5003", "5005", "5006"}  # 5004 was cancelled
+    assert [i.weight_factor for i in counting if i.order_id == "5005"] == [0.5]  # one of two units refunded
+    assert [i.user_key for i in counting if i.order_id == "5003"] == ["a:cart-guest"]
+    assert store.is_shop_installed(SHOP)
+    assert not (tmp_path / "state.json").exists()
+
+
+def test_running_again_stores_nothing_new(admin_api, store, tmp_path):
+    backfill(admin_api, store, tmp_path)
+    before = stored_totals(store)
+
+    again = backfill(admin_api, store, tmp_path)
+
+    assert stored_totals(store) == before
+    assert (again["products"], again["orders"], again["events"], again["duplicates"]) == (0, 0, 0, 11)
+
+
+def test_an_order_already_received_by_webhook_is_not_counted_twice(admin_api, store, tmp_path):
+    received = ORDERS[1]
+    webhook_id = str(uuid.uuid4())
+    store.apply(Delivery(SHOP, webhook_id, "orders/create"),
+                order_created(TopicContext(SHOP, "orders/create", webhook_id), received))
+
+    summary = backfill(admin_api, store, tmp_path)
+
+    assert store.count_events(SHOP) == EXPECTED_EVENTS
+    assert summary["events"] == EXPECTED_EVENTS - len(received["line_items"])
+    assert summary["orders"] == 6  # the order is stored as a backfill delivery too, with no new events
+
+
+# --- interruption and resuming ------------------------------------------------------------------------
+
+def test_a_backfill_cut_off_by_the_server_resumes_from_the_state_file(admin_api, store, tmp_path):
+    reference_store = SQLiteEventStore(tmp_path / "reference.sqlite3")
+    reference = backfill(admin_api, reference_store, tmp_path / "reference")
+    admin_api.requests.clear()
+    admin_api.drop_after_pages = len(admin_api.served) + 4  # products' three pages and the first of orders
+    state_file = tmp_path / "state.json"
+
+    with pytest.raises(BackfillError, match="gave up after 5 retries"):
+        backfill(admin_api, store, tmp_path)
+    state = json.loads(state_file.read_text())
+    assert state["cursors"]["products"] is None  # done
+    assert "page_info=" in state["cursors"]["orders"]
+    assert TOKEN not in state_file.read_text()
+
+    admin_api.drop_after_pages = None
+    admin_api.requests.clear()
+    resumed = backfill(admin_api, store, tmp_path)
+
+    assert admin_api.requests[0].resource == "orders" and "page_info" in admin_api.requests[0].query
+    assert all(seen.resource == "orders" for seen in admin_api.requests)
+    assert resumed["resumed"] is True
+    assert {k: resumed[k] for k in COUNTED} == {k: reference[k] for k in COUNTED}
+    assert stored_totals(store) == stored_totals(reference_store)
+    assert not state_file.exists()
+    reference_store.close()
+
+
+class InterruptedStore:
+    """The real store, with Ctrl-C pressed just before its `interrupt_at`-th apply."""
+
+    def __init__(self, store, interrupt_at: int):
+        self._store, self._left = store, interrupt_at
+
+    def apply(self, delivery, changes):
+        self._left -= 1
+        if self._left == 0:
+            raise KeyboardInterrupt
+        return self._store.apply(delivery, changes)
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+
+def test_ctrl_c_in_the_middle_of_a_page_resumes_with_the_same_totals(admin_api, store, tmp_path):
+    reference_store = SQLiteEventStore(tmp_path / "reference.sqlite3")
+    reference = backfill(admin_api, reference_store, tmp_path / "reference")
+
+    with pytest.raises(KeyboardInterrupt):  # the 5 products, then the 2nd order of the first orders page
+        backfill(admin_api, InterruptedStore(store, interrupt_at=7), tmp_path)
+    assert (tmp_path / "state.json").exists()
+    resumed = backfill(admin_api, store, tmp_path)
+
+    assert {k: resumed[k] for k in COUNTED} == {k: reference[k] for k in COUNTED}
+    assert resumed["duplicates"] == 1  # the order stored before Ctrl-C, found again on the page fetched again
+    assert stored_totals(store) == stored_totals(reference_store)
+    reference_store.close()
+
+
+def test_a_state_file_of_other_options_is_refused_by_name(admin_api, store, tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        backfill(admin_api, InterruptedStore(store, interrupt_at=2), tmp_path)
+
+    with pytest.raises(BackfillError, match="belongs to a backfill with .*since='2025-01-01T00:00:00\\+00:00'"):
+        run_backfill(BackfillConfig.from_options(SHOP, {"SHOPIFY_ADMIN_TOKEN": TOKEN}, since="2024-01-01",
+                                                 base_url=admin_api.base_url, state_path=tmp_path / "state.json"),
+                     store, sleep=RecordedSleep(), progress=False)
+
+
+# --- refusals ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("status, words", [
+    (401, "refused the access token (401"), (403, "read_products scope"), (404, "check the shop domain"),
+])
+def test_a_status_retrying_cannot_fix_is_a_clear_error(admin_api, store, tmp_path, status, words):
+    admin_api.inject = {("products", 0): [status]}
+
+    with pytest.raises(BackfillError) as raised:
+        backfill(admin_api, store, tmp_path)
+
+    assert raised.value.status == status and words in str(raised.value)
+    assert TOKEN not in str(raised.value)
+    assert len(admin_api.requests) == 1 and store.count_events(SHOP) == 0
+    assert not (tmp_path / "state.json").exists()  # nothing was stored, so nothing to resume
+
+
+def test_a_next_link_to_another_host_never_receives_the_token(admin_api, store, tmp_path):
+    admin_api.foreign_next = True
+
+    with pytest.raises(BackfillError, match="refusing to send the access token to http://127.0.0.2:9"):
+        backfill(admin_api, store, tmp_path)
+
+    assert len(admin_api.requests) == 1
+
+
+def test_the_token_variable_and_the_base_url_are_checked_before_any_request(tmp_path):
+    with pytest.raises(BackfillError, match="SHOPIFY_ADMIN_TOKEN is not set"):
+        BackfillConfig.from_options(SHOP, {})
+    with pytest.raises(BackfillError, match="must be https://"):
+        BackfillConfig(SHOP, Secret(TOKEN), base_url="http://example.com")
+    assert check_base_url("http://127.0.0.1:8080/") == "http://127.0.0.1:8080"
+    assert BackfillConfig(SHOP, Secret(TOKEN)).base_url == f"https://{SHOP}"
+    assert TOKEN not in repr(BackfillConfig(SHOP, Secret(TOKEN)))
+
+
+def test_call_limit_and_retry_after_headers_are_read_as_shopify_sends_them():
+    assert parse_call_limit("39/40") == (39, 40) and parse_call_limit("junk") is None and parse_call_limit(None) is None
+    assert bucket_pause("10/40") == 0.0
+    assert bucket_pause("38/40") == 1.0  # two calls over the headroom of four, at 2 calls/s
+    assert bucket_pause("80/80") == 2.0
+    assert retry_after_seconds("2.0") == 2.0 and retry_after_seconds("0.5") == 0.5
+    assert retry_after_seconds(None) == retry_after_seconds("soon") == 2.0
+
+
+# --- the command line ----------------------------------------------------------------------------------
+
+def cli(env, api, tmp_path, monkeypatch, *extra) -> int:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return cli_main(["backfill", "--shop", SHOP, "--base-url", api.base_url, "--state",
+                     str(tmp_path / "cli-state.json"), *extra])
+
+
+def test_cli_prints_the_summary_as_json(admin_api, env, tmp_path, monkeypatch, capsys, store_of):
+    code = cli({**env, "SHOP_TOKEN": TOKEN}, admin_api, tmp_path, monkeypatch,
+               "--token-env", "SHOP_TOKEN", "--since", SINCE)
+
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    summary = json.loads(out.out)
+    assert (summary["products"], summary["orders"], summary["events"], summary["pages"]) == (5, 6, EXPECTED_EVENTS, 2)
+    assert admin_api.requests[0].query["limit"] == ["250"]
+    assert store_of(None).count_events(SHOP) == EXPECTED_EVENTS
+    assert TOKEN not in out.out + out.err
+
+
+def test_cli_exits_2_with_a_clear_message_on_401(admin_api, env, tmp_path, monkeypatch, capsys):
+    code = cli({**env, "SHOPIFY_ADMIN_TOKEN": "shpat_wrong_token"}, admin_api, tmp_path, monkeypatch)
+
+    out = capsys.readouterr()
+    assert code == 2
+    assert "Shopify refused the access token (401 Unauthorized)" in out.err
+    assert "shpat_wrong_token" not in out.out + out.err
+    assert out.out == ""

@@ -1,0 +1,31 @@
+"""The performance benchmark's quick mode runs end to end and reports every section (no timing is asserted)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from bench.perf import SECTIONS, headline_figures
+from tests.conftest import ROOT
+
+
+@pytest.mark.timeout(280)
+def test_quick_benchmark_reports_every_section_with_positive_numbers(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "bench.perf", "--quick", "--out", str(tmp_path)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=270)
+
+    assert run.returncode == 0, run.stderr[-4000:]
+    results = json.loads((tmp_path / "perf.json").read_text())
+    assert set(SECTIONS) <= set(results)
+    figures = headline_figures(results)
+    assert set(figures) == set(SECTIONS)
+    for section, numbers in figures.items():
+        assert numbers, f"{section} reported nothing"
+        for name, value in numbers.items():
+            assert isinstance(value, (int, float)) and math.isfinite(value) and value > 0, (section, name, value)
+    assert results["goals"] and all(isinstance(goal["met"], bool) for goal in results["goals"])
+    assert "## Cold start" in (tmp_path / "perf.md").read_text()

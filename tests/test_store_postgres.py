@@ -1,0 +1,259 @@
+"""What only the PostgreSQL store has: URLs, the versioned schema, connections per thread, lost connections.
+
+Its behaviour is tests/test_store.py's contract, which runs on both backends; the last test here
+replays the same signed webhooks into both and compares every answer.
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from recommender.errors import ConfigError, StoreError
+from recommender.events import ChangeSet, Delivery
+from recommender.settings import Settings
+from recommender.store import SQLiteEventStore, open_event_store
+from tests.conftest import SHOP, order_payload
+from tests.postgres_schema import run, server_url, temporary_schema
+from webhooks.topics import TRANSLATORS, TopicContext
+
+
+@pytest.fixture
+def schema_url():
+    with temporary_schema() as url:
+        yield url
+
+
+@pytest.fixture
+def pg_store(schema_url):
+    from recommender.store_postgres import PostgresEventStore
+
+    store = PostgresEventStore(schema_url)
+    yield store
+    store.close()
+
+
+# --- URLs and settings (no server needed) ------------------------------------------------------
+
+
+@pytest.mark.parametrize("url", ["postgresql://recs:pw@db.internal:5432/events", "postgres://recs@db/events"])
+def test_settings_accept_postgresql_urls(url):
+    assert Settings.from_mapping({"EVENT_STORE_URL": url}).event_store_url == url
+
+
+def test_a_malformed_url_is_a_config_error_naming_the_variable():
+    with pytest.raises(ConfigError, match="^EVENT_STORE_URL is not a valid PostgreSQL URL"):
+        open_event_store("postgresql://recs@db/events?no_such_parameter=1")
+
+
+def test_an_unreachable_server_is_a_store_error_that_never_shows_the_password():
+    with pytest.raises(StoreError) as raised:
+        open_event_store("postgresql://recs:hunter2-secret@127.0.0.1:1/events")
+
+    assert str(raised.value).startswith("cannot open the PostgreSQL event store at 127.0.0.1:1/events")
+    assert "hunter2" not in str(raised.value)
+
+
+# --- the versioned schema --------------------------------------------------------------------
+
+
+def test_open_event_store_picks_postgresql_for_both_schemes(schema_url):
+    from recommender.store_postgres import PostgresEventStore
+
+    for url in (schema_url, schema_url.replace("postgresql://", "postgres://", 1)):
+        store = open_event_store(url)
+        try:
+            assert isinstance(store, PostgresEventStore)
+        finally:
+            store.close()
+
+
+def test_every_migration_is_recorded_once_in_the_tests_own_schema(pg_store, schema_url):
+    from recommender.store_postgres import POSTGRES_MIGRATIONS
+
+    # Act
+    versions = run(schema_url, "SELECT version FROM schema_migrations ORDER BY version")
+    tables = {name for (name,) in run(schema_url, "SELECT table_name FROM information_schema.tables"
+                                                  " WHERE table_schema = current_schema()")}
+
+    # Assert
+    assert versions == [(v,) for v in range(1, len(POSTGRES_MIGRATIONS) + 1)]
+    assert tables == {"schema_migrations", "deliveries", "events", "products", "variants", "identity_links",
+                      "inventory_levels", "adjustments", "data_exports", "shop_state"}
+
+
+def test_reopening_changes_neither_the_schema_nor_its_history(pg_store, schema_url):
+    # Arrange
+    def snapshot():
+        return (run(schema_url, "SELECT table_name, column_name, data_type FROM information_schema.columns"
+                                " WHERE table_schema = current_schema() ORDER BY 1, 2"),
+                run(schema_url, "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = current_schema()"
+                                " ORDER BY 1"),
+                run(schema_url, "SELECT version, applied_at FROM schema_migrations ORDER BY 1"))
+
+    before = snapshot()
+
+    # Act
+    open_event_store(schema_url).close()
+
+    # Assert
+    assert snapshot() == before
+
+
+def test_a_schema_newer_than_the_code_is_refused(pg_store, schema_url):
+    from recommender.store_postgres import POSTGRES_MIGRATIONS
+
+    newer = len(POSTGRES_MIGRATIONS) + 1
+    run(schema_url, "INSERT INTO schema_migrations (version) VALUES (%s)", (newer,))
+
+    with pytest.raises(StoreError, match=f"schema version {newer} is newer than this code knows"):
+        open_event_store(schema_url)
+
+
+def test_a_search_path_without_an_existing_schema_is_refused():
+    url = server_url()
+    missing = f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3Dno_such_schema_here"
+
+    with pytest.raises(StoreError, match="search_path names no existing schema"):
+        open_event_store(missing)
+
+
+# --- connections -----------------------------------------------------------------------------
+
+
+def test_each_thread_has_its_own_connection(pg_store):
+    # Arrange
+    pids = {}
+
+    def ask(name):
+        pids[name] = pg_store._connection().execute("SELECT pg_backend_pid()").fetchone()[0]
+
+    # Act
+    ask("main")
+    worker = threading.Thread(target=ask, args=("worker",))
+    worker.start()
+    worker.join()
+    ask("main again")
+
+    # Assert
+    assert pids["main"] == pids["main again"] != pids["worker"]
+
+
+def test_a_connection_dropped_by_the_server_is_replaced(pg_store, schema_url):
+    # Arrange: the server ends the thread's idle connection (a restart, an idle timeout)
+    def drop_the_connection():
+        pid = pg_store._connection().execute("SELECT pg_backend_pid()").fetchone()[0]
+        run(schema_url, "SELECT pg_terminate_backend(%s)", (pid,))
+
+    drop_the_connection()
+
+    # Act / Assert: a read is simply repeated on a new connection
+    assert pg_store.count_events() == 0
+
+    # a write fails once (Shopify retries the webhook), and the next one reconnects
+    drop_the_connection()
+    with pytest.raises(StoreError, match="write failed"):
+        pg_store.apply(Delivery(SHOP, "wh-1", "orders/create"), ChangeSet())
+    assert pg_store.apply(Delivery(SHOP, "wh-1", "orders/create"), ChangeSet()) == 0
+
+
+# --- the same answers as SQLite --------------------------------------------------------------
+
+
+def deliveries_of_a_small_shop() -> list[tuple[str, dict, str]]:
+    """(topic, payload, webhook id) in Shopify's shapes: catalog, orders, a guest cart and its checkout, refunds,
+    a cancellation, inventory, a stale update and a repeated delivery."""
+    def product(pid, title, updated_at, status="active", quantity=3):
+        return {"id": pid, "title": title, "handle": f"p-{pid}", "status": status, "product_type": "Mugs",
+                "vendor": "Acme", "published_at": "2026-10-01T00:00:00Z", "updated_at": updated_at,
+                "image": {"src": f"https://cdn.example/{pid}.jpg"},
+                "variants": [{"id": pid * 10, "price": "12.50", "inventory_item_id": pid * 100,
+                              "inventory_quantity": quantity, "inventory_management": "shopify",
+                              "inventory_policy": "deny"}]}
+
+    now = datetime.now(timezone.utc).replace(microsecond=123456)
+    later_order = order_payload(104, None, [7, 8], created_at=(now - timedelta(days=1)).isoformat(),
+                                cart_token="tok-guest")
+    refunded = order_payload(105, 1, [2])
+    refunded["line_items"][0]["quantity"] = 4
+    sent = [
+        ("products/create", product(1, "One", "2026-10-01T00:00:00Z"), "wh-p1"),
+        ("products/create", product(2, "Two", "2026-10-01T00:00:00Z"), "wh-p2"),
+        ("products/update", product(1, "One v2", "2026-10-03T00:00:00+02:00"), "wh-p1-v2"),
+        ("products/update", product(1, "One stale", "2026-10-02T00:00:00Z"), "wh-p1-stale"),
+        ("products/create", product(3, "Three", "2026-10-01T00:00:00Z", status="draft"), "wh-p3"),
+        ("products/delete", {"id": 3}, "wh-p3-delete"),
+        ("inventory_levels/update", {"inventory_item_id": 200, "location_id": 1, "available": 0}, "wh-inv-1"),
+        ("inventory_levels/update", {"inventory_item_id": 200, "location_id": 2, "available": 5}, "wh-inv-2"),
+        ("orders/create", order_payload(101, 1, [1, 2, 3]), "wh-o101"),
+        ("orders/paid", order_payload(101, 1, [1, 2, 3]), "wh-o101-paid"),
+        ("orders/create", order_payload(102, 2, [2, 4], created_at="2026-10-02T23:30:00-05:00"), "wh-o102"),
+        ("orders/create", order_payload(103, 3, [5]), "wh-o103"),
+        ("orders/cancelled", {**order_payload(103, 3, [5]), "cancelled_at": "2026-11-02T00:00:00Z"}, "wh-o103-c"),
+        ("orders/create", refunded, "wh-o105"),
+        ("refunds/create", {"id": 9, "order_id": 105, "refund_line_items": [{"line_item_id": 10500, "quantity": 1}]},
+         "wh-r9"),
+        ("refunds/create", {"id": 9, "order_id": 105, "refund_line_items": [{"line_item_id": 10500, "quantity": 1}]},
+         "wh-r9-again"),
+        ("carts/create", {"id": "tok-a", "token": "tok-a", "updated_at": now.isoformat(),
+                          "line_items": [{"id": 1, "product_id": 6, "quantity": 2, "price": "3.00"}]}, "wh-cart"),
+        ("checkouts/create", {"token": "chk", "cart_token": "tok-a", "customer": {"id": 2}}, "wh-checkout"),
+        ("carts/update", {"id": "tok-a", "token": "tok-a", "updated_at": now.isoformat(),
+                          "line_items": [{"id": 2, "product_id": 7, "quantity": 1}]}, "wh-cart-2"),
+        ("orders/create", later_order, "wh-o104"),
+    ]
+    return sent + [sent[8]]  # and one webhook delivered twice
+
+
+def answers(store, shop: str = SHOP) -> dict:
+    """Everything a caller can read from a store, with database row ids left out."""
+    def without_ids(export):
+        return {**export, "events": [{k: v for k, v in e.items() if k != "id"} for e in export["events"]]}
+
+    users = {i.user_key for i in store.interactions(shop)} | {"a:tok-a", "a:tok-guest"}
+    return {
+        "shops": store.shops(),
+        "interactions": store.interactions(shop),
+        "histories": {user: store.history(shop, user, 3) for user in sorted(users)},
+        "products": store.products(shop),
+        "deleted": store.deleted_product_ids(shop),
+        "activity": sorted(store.activity_since(shop, datetime(2026, 9, 1, tzinfo=timezone.utc)),
+                           key=lambda b: (b.product_id, b.kind.value, b.day)),
+        "exports": {c: without_ids(store.export_customer(shop, c)) for c in ("1", "2", "3")},
+        "installed": (store.installed_shops(), store.is_shop_installed(shop)),
+        "counts": (store.count_events(), store.count_deliveries()),
+    }
+
+
+def test_both_backends_give_the_same_answers_to_the_same_webhooks(pg_store, tmp_path):
+    # Arrange
+    sqlite_store = SQLiteEventStore(tmp_path / "events.sqlite3")
+    outcomes = {"sqlite": [], "postgresql": []}
+
+    # Act
+    for name, store in (("sqlite", sqlite_store), ("postgresql", pg_store)):
+        for topic, payload, webhook_id in deliveries_of_a_small_shop():
+            changes = TRANSLATORS[topic](TopicContext(SHOP, topic, webhook_id), payload)
+            outcomes[name].append(store.apply(Delivery(SHOP, webhook_id, topic), changes))
+    before = answers(sqlite_store), answers(pg_store)
+    redacted = (sqlite_store.redact_customer(SHOP, "1", ["104"]), pg_store.redact_customer(SHOP, "1", ["104"]))
+    after_redaction = answers(sqlite_store), answers(pg_store)
+    cutoff = datetime(2026, 11, 1, tzinfo=timezone.utc)
+    pruned = sqlite_store.prune_events(cutoff), pg_store.prune_events(cutoff)
+    after_pruning = answers(sqlite_store), answers(pg_store)
+    sqlite_store.close()
+
+    # Assert
+    assert outcomes["sqlite"] == outcomes["postgresql"]
+    assert outcomes["sqlite"].count(None) == 1  # the webhook delivered twice
+    sqlite_answers, postgres_answers = before
+    assert sqlite_answers == postgres_answers
+    assert sqlite_answers["products"]["1"].title == "One v2" and "3" in sqlite_answers["deleted"]
+    assert [v.inventory_quantity for v in sqlite_answers["products"]["2"].variants] == [5]
+    assert len(sqlite_answers["exports"]["2"]["events"]) == 4  # order 102 and the linked cart
+    assert redacted[0] == redacted[1] == 6  # order 101 (3 lines), order 105, guest order 104 (2 lines)
+    assert after_redaction[0] == after_redaction[1]
+    assert pruned[0] == pruned[1] == 2  # order 102, the only one before the cutoff
+    assert after_pruning[0] == after_pruning[1]
