@@ -151,10 +151,11 @@ def train(request: flask.Request) -> flask.Response:
                                                                    "enable training over HTTP"}, 403)
         return _json({"error": "unauthorized", "reason": check.reason,
                       "message": "Authorization: Bearer <TRAIN_TOKEN or a Cloud Scheduler OIDC token> required"}, 401)
-    from recommender.training import train_shops  # training imports scipy/implicit: never on the serving path
+    from recommender.retraining import run_scheduled_training  # scipy/implicit: never on the serving path
 
     shop = request.args.get("shop")
-    reports = train_shops(runtime.store, runtime.model_store, runtime.settings.training, [shop.lower()] if shop else None)
+    reports = run_scheduled_training(runtime.store, runtime.model_store, settings.training, settings.gate(),
+                                     settings.retention_days, [shop.lower()] if shop else None)
     return _json(reports)
 
 

@@ -70,10 +70,12 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             print(json.dumps(export, indent=2, sort_keys=True))
         else:
-            from recommender.training import train_shops
+            from recommender.retraining import run_scheduled_training
 
             shops = [check_shop_domain(args.shop)] if args.shop else None
-            report = train_shops(runtime.store, runtime.model_store, runtime.settings.training, shops)
+            settings = runtime.settings
+            report = run_scheduled_training(runtime.store, runtime.model_store, settings.training, settings.gate(),
+                                            settings.retention_days, shops)
             print(json.dumps(report, indent=2))
             if not report["trained"]:
                 return 1

@@ -258,8 +258,8 @@ def tune(train: Interactions, protocol: SplitProtocol, signal: SignalConfig, fam
                 continue
             tried[signature] = value = score(candidate)
             history.append({"params": dict(candidate), "score": value})
+            bar.set_postfix({key: f"{max(t['score'] for t in history):.4f}"}, refresh=False)
             bar.update(1)
-            bar.set_postfix({key: f"{max(t['score'] for t in history):.4f}"})
     finally:
         bar.close()
     best_trial = max(history, key=lambda t: t["score"])  # first best wins ties: earlier trials are simpler defaults

@@ -22,11 +22,13 @@ import json
 import logging
 import os
 import re
+import secrets
 import socket
 import tempfile
 import threading
 import time
 from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Protocol
 
@@ -66,6 +68,8 @@ class ModelStore(Protocol):
     def latest(self, shop: str) -> Manifest | None: ...
     def load(self, manifest: Manifest) -> ModelArtifact: ...
     def delete_shop(self, shop: str) -> int: ...
+    def record_run(self, shop: str, record: dict) -> None: ...
+    def runs(self, shop: str, limit: int = 20) -> list[dict]: ...
 
 
 def open_model_store(url: str) -> ModelStore:
@@ -173,6 +177,20 @@ class LocalModelStore:
         folder.rmdir()
         _fsync_dir(self.root)
         return len(paths)
+
+    def record_run(self, shop: str, record: dict) -> None:
+        """Keep one training run's log (when, events, metrics, published or why not) beside the models."""
+        folder = self._dir(shop)
+        folder.mkdir(parents=True, exist_ok=True)
+        _create_new(folder / _run_name(), json.dumps(record, sort_keys=True).encode())
+
+    def runs(self, shop: str, limit: int = 20) -> list[dict]:
+        """The newest `limit` run logs, newest first."""
+        try:
+            names = sorted((p for p in self._dir(shop).iterdir() if p.name.startswith(RUN_PREFIX)), reverse=True)
+        except FileNotFoundError:
+            return []
+        return [json.loads(path.read_bytes()) for path in names[:limit]]
 
     def _verify(self, manifest: Manifest) -> None:
         """Refuse to point `latest` at anything that does not read back exactly as written."""
@@ -357,6 +375,20 @@ class GCSModelStore:
             except NotFound:
                 return None
 
+    def record_run(self, shop: str, record: dict) -> None:
+        name = _run_name()
+        with _gcs_errors(f"writing {self._url(shop, name)}"):
+            self._bucket().blob(self._key(shop, name)).upload_from_string(
+                json.dumps(record, sort_keys=True).encode(), content_type="application/json", if_generation_match=0)
+
+    def runs(self, shop: str, limit: int = 20) -> list[dict]:
+        prefix = self._key(shop, RUN_PREFIX)
+        with _gcs_errors(f"listing {self._url(shop, RUN_PREFIX)}*"):
+            blobs = sorted(self._client_or_new().list_blobs(self.bucket_name, prefix=prefix),
+                           key=lambda blob: blob.name, reverse=True)[:limit]
+        return [json.loads(data) for blob in blobs
+                if (data := self._download(blob, f"gs://{self.bucket_name}/{blob.name}")) is not None]
+
     def _verify(self, manifest: Manifest) -> None:
         """Refuse to point `latest` at anything that does not read back exactly as written."""
         if self.manifest(manifest.shop, manifest.version) != manifest:
@@ -389,6 +421,14 @@ def _gcs_errors(action: str, conflict: str | None = None) -> Iterator[None]:
         raise PublishConflict(conflict) from exc
     except (api.GoogleAPIError, GoogleAuthError, InvalidResponse, DataCorruption, requests.RequestException) as exc:
         raise ModelStoreUnavailable(f"{action} failed: {exc}") from exc
+
+
+RUN_PREFIX = "run-"
+
+
+def _run_name() -> str:
+    """Sortable and unique enough: UTC time to the microsecond plus a random tail."""
+    return f"{RUN_PREFIX}{datetime.now(timezone.utc):%Y%m%dT%H%M%S%fZ}-{secrets.token_hex(3)}.json"
 
 
 def _pointer_json(version: str) -> bytes:

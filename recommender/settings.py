@@ -71,6 +71,11 @@ class Settings:
     catalog_ttl_seconds: float = 30.0  # how stale "what is for sale" may be at serve time
     trending_ttl_seconds: float = 300.0  # how often an instance recomputes trending per shop
     model_refresh_seconds: float = 60.0  # how often a serving instance looks for a newer model
+    quality_gate: bool = True  # publish only models that beat the baselines on recent events
+    gate_holdout_days: float = 7.0  # the recent window the gate judges on
+    gate_tolerance: float = 0.1  # accepted relative drop from the current model's holdout metric
+    gate_min_users: int = 20  # customers in that window needed before the gate can judge
+    retention_days: float = 730.0  # events older than this are pruned by the scheduled job (0: keep all)
     trust_customer_id_param: bool = False  # local use only: accept ?customer_id= without an app proxy signature
     cors_allowed_origins: tuple[str, ...] = ()  # storefront origins besides https://<shop> (custom domains)
 
@@ -102,9 +107,20 @@ class Settings:
             catalog_ttl_seconds=_read(env, "CATALOG_TTL_SECONDS", float, 30.0, lambda v: v >= 0, "a number >= 0"),
             trending_ttl_seconds=_read(env, "TRENDING_TTL_SECONDS", float, 300.0, lambda v: v >= 0, "a number >= 0"),
             model_refresh_seconds=_read(env, "MODEL_REFRESH_SECONDS", float, 60.0, lambda v: v >= 0, "a number >= 0"),
+            quality_gate=_flag(env, "QUALITY_GATE", default=True),
+            gate_holdout_days=_read(env, "GATE_HOLDOUT_DAYS", float, 7.0, lambda v: v > 0, "a number of days > 0"),
+            gate_tolerance=_read(env, "GATE_TOLERANCE", float, 0.1, lambda v: 0 <= v < 1, "a number from 0 to 1"),
+            gate_min_users=_read(env, "GATE_MIN_USERS", int, 20, lambda v: v >= 1, "an integer >= 1"),
+            retention_days=_read(env, "RETENTION_DAYS", float, 730.0, lambda v: v >= 0, "a number of days >= 0"),
             trust_customer_id_param=_flag(env, "TRUST_CUSTOMER_ID_PARAM"),
             cors_allowed_origins=_origins(env, "CORS_ALLOWED_ORIGINS"),
         )
+
+    def gate(self) -> "GateConfig":
+        from recommender.retraining import GateConfig
+
+        return GateConfig(self.quality_gate, self.gate_holdout_days, self.gate_tolerance, self.gate_min_users,
+                          trending_half_life_days=self.trending_half_life_days)
 
     def require_secret(self) -> Secret:
         if self.shopify_api_secret is None:
@@ -148,8 +164,8 @@ def _read(env: Mapping[str, str], name: str, cast: Callable[[str], T], default: 
     return value
 
 
-def _flag(env: Mapping[str, str], name: str) -> bool:
-    raw = (env.get(name) or "false").strip().lower()
+def _flag(env: Mapping[str, str], name: str, default: bool = False) -> bool:
+    raw = (env.get(name) or ("true" if default else "false")).strip().lower()
     if raw in ("1", "true", "yes"):
         return True
     if raw in ("0", "false", "no"):

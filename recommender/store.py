@@ -215,7 +215,7 @@ def open_event_store(url: str) -> EventStore:
     raise ConfigError(f"EVENT_STORE_URL: unsupported scheme in {url!r} (use sqlite:///path or postgresql://...)")
 
 
-def _iso(moment: datetime | None) -> str | None:
+def iso_utc(moment: datetime | None) -> str | None:
     if moment is None:
         return None
     return moment.astimezone(timezone.utc).isoformat(timespec="microseconds")
@@ -225,7 +225,7 @@ def _parse_iso(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text) if text else None
 
 
-def _aware(moment: datetime, name: str) -> datetime:
+def require_aware(moment: datetime, name: str) -> datetime:
     """A naive datetime would be read as the server's local time: refuse it."""
     if moment.tzinfo is None:
         raise ValueError(f"{name} must carry a timezone, got {moment!r}")
@@ -249,7 +249,7 @@ def customer_export(shop: str, customer_id: str, events: Iterable[Sequence[Any]]
         "shop": shop,
         "customer_id": customer_id,
         "events": [dict(zip(EVENT_EXPORT_COLUMNS, row)) for row in events],
-        "identity_links": [{"anonymous_id": anonymous_id, "customer_id": linked_to} for anonymous_id, linked_to in links],
+        "identity_links": [{"anonymous_id": anonymous, "customer_id": linked_to} for anonymous, linked_to in links],
     }
 
 
@@ -333,7 +333,7 @@ class SQLiteEventStore:
         def work(conn: sqlite3.Connection) -> int | None:
             cursor = conn.execute(
                 "INSERT OR IGNORE INTO deliveries (shop, webhook_id, topic, event_id, received_at) VALUES (?, ?, ?, ?, ?)",
-                (delivery.shop, delivery.webhook_id, delivery.topic, delivery.event_id, _iso(delivery.received_at)),
+                (delivery.shop, delivery.webhook_id, delivery.topic, delivery.event_id, iso_utc(delivery.received_at)),
             )
             if cursor.rowcount == 0:
                 return None
@@ -383,7 +383,7 @@ class SQLiteEventStore:
                 " quantity, price, order_id, occurred_at, source_topic, delivery_id, dedupe_key, weight_factor)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (e.shop, e.kind.value, user, customer_id, e.anonymous_id, e.product_id, e.variant_id,
-                 e.quantity, e.price, e.order_id, _iso(e.occurred_at), e.source_topic, e.delivery_id, e.dedupe_key,
+                 e.quantity, e.price, e.order_id, iso_utc(e.occurred_at), e.source_topic, e.delivery_id, e.dedupe_key,
                  e.weight_factor),
             )
             inserted += 1
@@ -430,7 +430,7 @@ class SQLiteEventStore:
             conn.execute(
                 "INSERT INTO shop_state (shop, installed, changed_at) VALUES (?, 1, ?)"
                 " ON CONFLICT (shop) DO UPDATE SET installed = 1, changed_at = excluded.changed_at",
-                (shop, _iso(datetime.now(timezone.utc))),
+                (shop, iso_utc(datetime.now(timezone.utc))),
             )
 
     @staticmethod
@@ -444,7 +444,7 @@ class SQLiteEventStore:
                               (p.shop, p.product_id)).fetchone()
         if stored is not None:
             stored_at, deleted = stored
-            if deleted or (stored_at and p.updated_at and _iso(p.updated_at) < stored_at):
+            if deleted or (stored_at and p.updated_at and iso_utc(p.updated_at) < stored_at):
                 return
         conn.execute(
             "INSERT INTO products (shop, product_id, title, handle, status, published_at, price, image_url,"
@@ -453,8 +453,8 @@ class SQLiteEventStore:
             " status = excluded.status, published_at = excluded.published_at, price = excluded.price,"
             " image_url = excluded.image_url, product_type = excluded.product_type, vendor = excluded.vendor,"
             " updated_at = excluded.updated_at, deleted = 0",
-            (p.shop, p.product_id, p.title, p.handle, p.status, _iso(p.published_at), p.price, p.image_url,
-             p.product_type, p.vendor, _iso(p.updated_at)),
+            (p.shop, p.product_id, p.title, p.handle, p.status, iso_utc(p.published_at), p.price, p.image_url,
+             p.product_type, p.vendor, iso_utc(p.updated_at)),
         )
         conn.execute("DELETE FROM variants WHERE shop = ? AND product_id = ?", (p.shop, p.product_id))
         conn.executemany(
@@ -488,7 +488,7 @@ class SQLiteEventStore:
         rows = self._read(
             "SELECT product_id, kind, substr(occurred_at, 1, 10), SUM(weight_factor) FROM events"
             " WHERE shop = ? AND occurred_at >= ? AND weight_factor > 0 GROUP BY 1, 2, 3",
-            (shop, _iso(since)),
+            (shop, iso_utc(since)),
         )
         return [ActivityBucket(p, EventKind(k), d, float(m)) for p, k, d, m in rows]
 
@@ -532,7 +532,7 @@ class SQLiteEventStore:
                 f"DELETE FROM events WHERE {_SQLITE_CUSTOMER_EVENTS}",
                 {"shop": shop, "customer_id": customer_id, "user_key": f"c:{customer_id}"},
             ).rowcount
-            for order_id in dict.fromkeys(order_ids):
+            for order_id in order_ids:
                 deleted += conn.execute("DELETE FROM events WHERE shop = ? AND order_id = ?", (shop, order_id)).rowcount
             conn.execute("DELETE FROM identity_links WHERE shop = ? AND customer_id = ?", (shop, customer_id))
             conn.execute("DELETE FROM data_exports WHERE shop = ? AND customer_id = ?", (shop, customer_id))
@@ -566,7 +566,7 @@ class SQLiteEventStore:
             "INSERT INTO data_exports (shop, export_id, customer_id, body, created_at) VALUES (?, ?, ?, ?, ?)"
             " ON CONFLICT (shop, export_id) DO UPDATE SET customer_id = excluded.customer_id, body = excluded.body,"
             " created_at = excluded.created_at",
-            (shop, export_id, customer_id, text, _iso(datetime.now(timezone.utc))),
+            (shop, export_id, customer_id, text, iso_utc(datetime.now(timezone.utc))),
         ))
 
     def data_export(self, shop: str, export_id: str) -> dict | None:
@@ -577,7 +577,7 @@ class SQLiteEventStore:
         self._write(lambda conn: conn.execute(
             "INSERT INTO shop_state (shop, installed, changed_at) VALUES (?, ?, ?)"
             " ON CONFLICT (shop) DO UPDATE SET installed = excluded.installed, changed_at = excluded.changed_at",
-            (shop, int(installed), _iso(datetime.now(timezone.utc))),
+            (shop, int(installed), iso_utc(datetime.now(timezone.utc))),
         ))
 
     def is_shop_installed(self, shop: str) -> bool:
@@ -589,7 +589,7 @@ class SQLiteEventStore:
 
     def prune_events(self, older_than: datetime) -> int:
         """Delete events that occurred, and deliveries received, before `older_than`; returns events deleted."""
-        cutoff = _iso(_aware(older_than, "older_than"))
+        cutoff = iso_utc(require_aware(older_than, "older_than"))
 
         def work(conn: sqlite3.Connection) -> int:
             conn.execute("DELETE FROM deliveries WHERE received_at < ?", (cutoff,))

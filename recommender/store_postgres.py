@@ -28,8 +28,8 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from recommender.errors import ConfigError, StoreError
 from recommender.events import CatalogProduct, CatalogVariant, ChangeSet, Delivery, Event, EventKind, order_line_key
 from recommender.store import (
-    EVENT_EXPORT_COLUMNS, SHOP_TABLES, TOPICS_NOT_PROVING_INSTALL, ActivityBucket, Interaction, _aware, _iso,
-    customer_export, export_json, refund_adjustment_key,
+    EVENT_EXPORT_COLUMNS, SHOP_TABLES, TOPICS_NOT_PROVING_INSTALL, ActivityBucket, Interaction, customer_export,
+    export_json, iso_utc, refund_adjustment_key, require_aware,
 )
 
 T = TypeVar("T")
@@ -160,7 +160,7 @@ def _interaction(row: tuple) -> Interaction:
 def _lock_key(namespace: int, shop: str, value: str) -> tuple[int, int]:
     """A two-int advisory lock key; a crc32 collision only makes two writers take turns."""
     digest = zlib.crc32(f"{shop}\0{value}".encode())
-    return namespace, digest - (1 << 32) if digest >= 1 << 31 else digest
+    return namespace, (digest - (1 << 32) if digest >= 1 << 31 else digest)  # as a signed int4
 
 
 class PostgresEventStore:
@@ -245,7 +245,7 @@ class PostgresEventStore:
 
     @staticmethod
     def _take_locks(conn: psycopg.Connection, keys: Iterable[tuple[int, int]]) -> None:
-        """Take transaction-level advisory locks, always in the same order, so two writers never wait on each other."""
+        """Take transaction-level advisory locks, always in the same order, so two writers cannot deadlock on them."""
         for namespace, key in sorted(set(keys)):
             conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (namespace, key))
 
@@ -497,11 +497,10 @@ class PostgresEventStore:
 
     def export_customer(self, shop: str, customer_id: str) -> dict:
         params = {"shop": shop, "customer_id": customer_id, "user_key": f"c:{customer_id}"}
-        events = [
-            tuple(_iso(value) if column == "occurred_at" else value for column, value in zip(EVENT_EXPORT_COLUMNS, row))
-            for row in self._read(f"SELECT {', '.join(EVENT_EXPORT_COLUMNS)} FROM events WHERE {_CUSTOMER_EVENTS}"
-                                  " ORDER BY occurred_at, id", params)
-        ]
+        rows = self._read(f"SELECT {', '.join(EVENT_EXPORT_COLUMNS)} FROM events WHERE {_CUSTOMER_EVENTS}"
+                          " ORDER BY occurred_at, id", params)
+        at = EVENT_EXPORT_COLUMNS.index("occurred_at")
+        events = [(*row[:at], iso_utc(row[at]), *row[at + 1:]) for row in rows]  # the text SQLite stores
         links = self._read("SELECT anonymous_id, customer_id FROM identity_links WHERE shop = %s AND customer_id = %s"
                            ' ORDER BY anonymous_id COLLATE "C"', (shop, customer_id))
         return customer_export(shop, customer_id, events, links)
@@ -533,7 +532,7 @@ class PostgresEventStore:
         return [r[0] for r in self._read('SELECT shop FROM shop_state WHERE installed ORDER BY shop COLLATE "C"')]
 
     def prune_events(self, older_than: datetime) -> int:
-        cutoff = _aware(older_than, "older_than")
+        cutoff = require_aware(older_than, "older_than")
 
         def work(conn: psycopg.Connection) -> int:
             conn.execute("DELETE FROM deliveries WHERE received_at < %s", (cutoff,))

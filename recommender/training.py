@@ -19,7 +19,7 @@ from recommender.artifact import ModelArtifact
 from recommender.copurchase import copurchase_neighbors
 from recommender.errors import RecommenderError
 from recommender.events import EventKind
-from recommender.model_store import Manifest, ModelStore, PublishConflict, check_shop_domain
+from recommender.model_store import Manifest, ModelStore
 from recommender.settings import TrainingConfig
 from recommender.store import EventStore, Interaction
 
@@ -94,7 +94,8 @@ def fit_item_factors(user_items: sp.csr_matrix, config: TrainingConfig) -> np.nd
     return np.asarray(model.item_factors, dtype=np.float32)
 
 
-def train_shop(store: EventStore, shop: str, config: TrainingConfig, now: datetime | None = None) -> ModelArtifact:
+def train_shop(store: EventStore, shop: str, config: TrainingConfig, now: datetime | None = None,
+               extra_metadata: dict | None = None) -> ModelArtifact:
     now = now or datetime.now(timezone.utc)
     interactions = store.interactions(shop)
     data = build_user_items(interactions, dict(config.event_weights))
@@ -120,6 +121,7 @@ def train_shop(store: EventStore, shop: str, config: TrainingConfig, now: dateti
         "event_weights": {kind.value: weight for kind, weight in config.event_weights.items()},
         "counts": {"users": n_users, "items": n_items, "events": len(interactions), "nonzeros": int(data.matrix.nnz),
                    "orders": int(len({e.order_id for e in interactions if e.order_id}))},
+        **(extra_metadata or {}),
     }
     return ModelArtifact.build(data.item_ids, item_factors, popularity, config.regularization, config.alpha, metadata,
                                item_support=support, copurchase_neighbors=together.neighbors,
@@ -137,17 +139,3 @@ def train_and_publish(store: EventStore, model_store: ModelStore, shop: str, con
              shop, report.version, report.users, report.items, report.events, report.seconds)
     return report
 
-
-def train_shops(store: EventStore, model_store: ModelStore, config: TrainingConfig,
-                shops: list[str] | None = None) -> dict:
-    """Train and publish each shop (all shops with events by default); a shop without enough data is skipped."""
-    trained, skipped = [], []
-    for shop in shops if shops is not None else store.shops():
-        try:
-            report = train_and_publish(store, model_store, check_shop_domain(shop), config)
-        except (NotEnoughData, PublishConflict) as exc:  # a lost publish race: the other trainer's model stands
-            skipped.append({"shop": shop, "reason": str(exc)})
-            continue
-        trained.append({"shop": report.shop, "version": report.version, "users": report.users,
-                        "items": report.items, "events": report.events, "seconds": report.seconds})
-    return {"trained": trained, "skipped": skipped}

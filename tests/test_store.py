@@ -597,7 +597,8 @@ def test_guest_events_racing_the_checkout_link_all_join_the_customer(any_store):
             any_store.apply(delivery("wh-link", topic="checkouts/create"),
                             ChangeSet(identity_links=(IdentityLink("tok", "c9"),)))
         else:
-            any_store.apply(delivery(f"wh-cart-{i}", topic="carts/update"), ChangeSet(events=(cart_line("tok", f"p{i}"),)))
+            any_store.apply(delivery(f"wh-cart-{i}", topic="carts/update"),
+                            ChangeSet(events=(cart_line("tok", f"p{i}"),)))
 
     in_threads(8, work)
 

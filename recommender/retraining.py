@@ -1,0 +1,116 @@
+"""Scheduled retraining: prune old events, then for each installed shop train, gate, publish, log.
+
+The quality gate holds out the last `holdout_days` of events: a candidate trained on what came
+before must beat best sellers and trending on that window, and must not fall more than
+`tolerance` below the metric the current model scored when it was published. A shop whose
+window is too small to judge is trained and published with the gate marked skipped, so new
+shops still get a model. Every run leaves a log beside the shop's models.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+from recommender.model_store import ModelStore, PublishConflict, check_shop_domain
+from recommender.settings import TrainingConfig
+from recommender.store import EventStore
+from recommender.training import NotEnoughData, train_shop
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    enabled: bool = True
+    holdout_days: float = 7.0  # the window the candidate is judged on
+    tolerance: float = 0.1  # relative drop from the current model's metric that is still accepted
+    min_users: int = 20  # holdout customers (with older history) needed before the gate can judge
+    k: int = 10
+    trending_half_life_days: float = 7.0
+
+
+def _previous_metric(model_store: ModelStore, shop: str, metric: str) -> float | None:
+    for run in model_store.runs(shop, limit=50):
+        candidate = (run.get("gate") or {}).get("candidate") or {}
+        if run.get("published") and metric in candidate:
+            return float(candidate[metric])
+    return None
+
+
+def _judge(store: EventStore, model_store: ModelStore, shop: str, config: TrainingConfig, gate: GateConfig,
+           now: datetime, interactions: list) -> tuple[dict, str | None]:
+    """(what the gate saw, the reason to keep the current model or None to publish)."""
+    from recommender.evaluation import compare_to_baseline
+    from recommender.offline_data import EvaluationError
+
+    cutoff = now - timedelta(days=gate.holdout_days)
+    train = [e for e in interactions if e.occurred_at < cutoff]
+    holdout = [e for e in interactions if e.occurred_at >= cutoff]
+    judged = {e.user_key for e in holdout} & {e.user_key for e in train}
+    if len(judged) < gate.min_users:
+        return {"skipped": f"{len(judged)} customers active in the last {gate.holdout_days:g} days have older "
+                           f"history; the gate needs {gate.min_users}"}, None
+    try:
+        result = compare_to_baseline(train, holdout, config, k=gate.k,
+                                     trending_half_life_days=gate.trending_half_life_days)
+    except EvaluationError as exc:
+        return {"skipped": str(exc)}, None
+    seen = result.to_dict()
+    metric = result.metric
+    score = result.candidate[metric]
+    reasons = []
+    if not result.beats_popularity:
+        reasons.append(f"{metric} {score:.4f} does not beat best sellers ({result.popularity[metric]:.4f})")
+    if result.beats_trending is False:
+        reasons.append(f"{metric} {score:.4f} does not beat trending ({result.trending[metric]:.4f})")
+    previous = _previous_metric(model_store, shop, metric)
+    if previous is not None and score < previous * (1.0 - gate.tolerance):
+        reasons.append(f"{metric} {score:.4f} is more than {gate.tolerance:.0%} below the current model's "
+                       f"{previous:.4f}")
+    seen["previous"] = previous
+    return seen, "; ".join(reasons) or None
+
+
+def retrain_shop(store: EventStore, model_store: ModelStore, shop: str, config: TrainingConfig, gate: GateConfig,
+                 now: datetime | None = None) -> dict:
+    """Train one shop through the gate; returns the run log that was recorded."""
+    now = now or datetime.now(timezone.utc)
+    started = time.perf_counter()
+    interactions = store.interactions(shop)
+    record: dict = {"shop": shop, "started_at": now.isoformat(), "events": len(interactions), "published": False}
+    if gate.enabled:
+        record["gate"], reason = _judge(store, model_store, shop, config, gate, now, interactions)
+        if reason is not None:
+            record.update(reason=reason, seconds=round(time.perf_counter() - started, 3))
+            model_store.record_run(shop, record)
+            log.warning("kept the current model of %s: %s", shop, reason)
+            return record
+    artifact = train_shop(store, shop, config, now, extra_metadata={"quality": record.get("gate")})
+    manifest = model_store.publish(shop, artifact)
+    counts = artifact.metadata["counts"]
+    record.update(published=True, version=manifest.version, users=counts["users"], items=counts["items"],
+                  seconds=round(time.perf_counter() - started, 3))
+    model_store.record_run(shop, record)
+    log.info("published %s for %s: %d users, %d items, %d events in %.2fs", manifest.version, shop,
+             record["users"], record["items"], record["events"], record["seconds"])
+    return record
+
+
+def run_scheduled_training(store: EventStore, model_store: ModelStore, config: TrainingConfig, gate: GateConfig,
+                           retention_days: float = 0, shops: list[str] | None = None,
+                           now: datetime | None = None) -> dict:
+    """Prune events past retention, then retrain each installed shop (or the given ones)."""
+    now = now or datetime.now(timezone.utc)
+    pruned = store.prune_events(now - timedelta(days=retention_days)) if retention_days > 0 else 0
+    trained, kept, skipped = [], [], []
+    for shop in shops if shops is not None else store.installed_shops():
+        try:
+            record = retrain_shop(store, model_store, check_shop_domain(shop), config, gate, now)
+        except (NotEnoughData, PublishConflict) as exc:  # a lost publish race: the other trainer's model stands
+            skipped.append({"shop": shop, "reason": str(exc)})
+            continue
+        (trained if record["published"] else kept).append(record)
+    return {"trained": trained, "kept": kept, "skipped": skipped, "pruned_events": pruned}

@@ -1,0 +1,110 @@
+"""Scheduled retraining: the quality gate, the run log per shop, retention."""
+
+from __future__ import annotations
+
+import random
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from recommender.events import Delivery
+from recommender.model_store import LocalModelStore
+from recommender.retraining import GateConfig, run_scheduled_training
+from recommender.settings import TrainingConfig
+from tests.conftest import SHOP, order_payload
+from webhooks.topics import TopicContext, order_created
+
+NOW = datetime(2026, 11, 22, 12, tzinfo=timezone.utc)
+CONFIG = TrainingConfig(factors=4, iterations=10)
+GATE = GateConfig(enabled=True, holdout_days=7, tolerance=0.1, min_users=20)
+
+
+def put_order(store, order_id: int, customer: int, products: list[int], when: datetime) -> None:
+    order = order_payload(order_id, customer, products, created_at=when.isoformat())
+    store.apply(Delivery(SHOP, f"d{order_id}", "orders/create"),
+                order_created(TopicContext(SHOP, "orders/create", f"d{order_id}"), order))
+    store.set_shop_installed(SHOP, True)
+
+
+def tastes_shop(store, structured: bool = True) -> None:
+    """60 customers in two tastes over 30 days. With `structured`, the last week's orders follow each
+    customer's taste (a personal model should win); otherwise everyone buys the one best seller."""
+    rng = random.Random(5)
+    order_id = 1
+    best_seller = 101
+    for customer in range(60):
+        items = list(range(101, 121)) if customer % 2 == 0 else list(range(201, 221))
+        for day in (25, 20, 15, 10):
+            put_order(store, order_id, customer, rng.sample(items, 2), NOW - timedelta(days=day))
+            order_id += 1
+        put_order(store, order_id, 1000 + customer, [best_seller], NOW - timedelta(days=12))  # makes 101 the best seller
+        order_id += 1
+        recent = rng.sample(items, 2) if structured else [best_seller]
+        put_order(store, order_id, customer, recent, NOW - timedelta(days=2))
+        order_id += 1
+
+
+@pytest.fixture
+def models(tmp_path):
+    return LocalModelStore(tmp_path / "models")
+
+
+def test_a_model_that_beats_the_baselines_is_published_with_its_run_log(store, models):
+    tastes_shop(store)
+
+    report = run_scheduled_training(store, models, CONFIG, GATE, now=NOW)
+
+    [record] = report["trained"]
+    gate = record["gate"]
+    assert gate["beats_popularity"] and gate["beats_trending"]
+    assert 50 <= gate["users"] <= 60  # customers whose last week holds an item new to them
+    assert gate["candidate"]["ndcg@10"] > gate["popularity"]["ndcg@10"]
+    [logged] = models.runs(SHOP)
+    assert logged["published"] and logged["version"] == record["version"] and logged["events"] == 660
+    artifact = models.load(models.latest(SHOP))
+    assert artifact.metadata["quality"]["candidate"]["ndcg@10"] == pytest.approx(gate["candidate"]["ndcg@10"])
+
+
+def test_a_model_that_loses_to_best_sellers_is_not_published_and_says_why(store, models):
+    tastes_shop(store, structured=False)
+
+    report = run_scheduled_training(store, models, CONFIG, GATE, now=NOW)
+
+    assert report["trained"] == []
+    [kept] = report["kept"]
+    assert "does not beat best sellers" in kept["reason"]
+    assert models.latest(SHOP) is None
+    assert models.runs(SHOP)[0]["published"] is False
+
+
+def test_a_drop_below_the_current_models_metric_keeps_the_current_model(store, models):
+    tastes_shop(store)
+    first = run_scheduled_training(store, models, CONFIG, GATE, now=NOW)["trained"][0]
+    models.record_run(SHOP, {"published": True, "gate": {"candidate": {"ndcg@10": 0.99}}})  # a better model before
+
+    report = run_scheduled_training(store, models, CONFIG, GATE, now=NOW)
+
+    [kept] = report["kept"]
+    assert "more than 10% below the current model's 0.9900" in kept["reason"]
+    assert models.latest(SHOP).version == first["version"]
+
+
+def test_a_window_too_small_to_judge_still_publishes_with_the_gate_marked_skipped(store, models):
+    for n in range(5):
+        put_order(store, n + 1, n, [101, 102], NOW - timedelta(days=20))
+
+    [record] = run_scheduled_training(store, models, CONFIG, GATE, now=NOW)["trained"]
+
+    assert record["published"] and "the gate needs 20" in record["gate"]["skipped"]
+
+
+def test_events_older_than_retention_are_pruned_by_the_same_job(store, models):
+    put_order(store, 1, 1, [101, 102], NOW - timedelta(days=400))
+    put_order(store, 2, 2, [101, 103], NOW - timedelta(days=10))
+    put_order(store, 3, 3, [102, 103], NOW - timedelta(days=5))
+
+    report = run_scheduled_training(store, models, CONFIG, GateConfig(enabled=False), retention_days=365, now=NOW)
+
+    assert report["pruned_events"] == 2
+    assert sorted(e.order_id for e in store.interactions(SHOP)) == ["2", "2", "3", "3"]
+    assert report["trained"][0]["events"] == 4
