@@ -13,7 +13,9 @@ as `fallback_from`/`fallback_reason`, and every item names the strategy that ser
 
 from __future__ import annotations
 
+import dataclasses
 import re
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -127,22 +129,59 @@ class _Candidates:
     because: list[str | None]
 
 
+class AnswerCache:
+    """Answers that depend on no shopper (related, complementary, trending, popular), per request, for a while.
+
+    An entry is keyed by the whole request and remembers the model version it was computed with,
+    so a swapped model never serves a stale answer. Bounded; thread-safe (dict operations are atomic).
+    """
+
+    def __init__(self, ttl_seconds: float, max_entries: int = 10_000, clock: Callable[[], float] = time.monotonic):
+        self._ttl, self._max, self._clock = ttl_seconds, max_entries, clock
+        self._entries: dict[RecommendRequest, tuple[float, str | None, RecommendResponse]] = {}
+
+    def get(self, request: RecommendRequest, model_version: str | None) -> RecommendResponse | None:
+        entry = self._entries.get(request)
+        if entry is None or entry[1] != model_version or self._clock() - entry[0] >= self._ttl:
+            return None
+        return entry[2]
+
+    def put(self, request: RecommendRequest, response: RecommendResponse) -> None:
+        if self._ttl <= 0:
+            return
+        if len(self._entries) >= self._max:
+            self._entries.clear()
+        self._entries[request] = (self._clock(), response.model_version, response)
+
+
 class Recommender:
     """Answers RecommendRequests from a model, the shopper's events, trending and the catalog."""
 
     def __init__(self, store: EventStore, models: ModelHolder, catalog: CatalogCache, trending: TrendingCache,
-                 history_limit: int, new_id: Callable[[], str] = lambda: uuid.uuid4().hex):
+                 history_limit: int, new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
+                 cache_seconds: float = 0.0):
         self._store = store
         self._models = models
         self._catalog = catalog
         self._trending = trending
         self._history_limit = history_limit
         self._new_id = new_id
+        self._answers = AnswerCache(cache_seconds)
 
     def recommend(self, request: RecommendRequest) -> RecommendResponse:
         if not self._store.is_shop_installed(request.shop):  # read per request: app/uninstalled stops serving at once
             raise ShopNotInstalled(f"{request.shop} has not installed the app (or has uninstalled it)")
         model = self._model(request)
+        if not request.personal:
+            cached = self._answers.get(request, model.version if model else None)
+            if cached is not None:
+                return dataclasses.replace(cached, recommendation_id=self._new_id())
+            answer = self._answer(request, model)
+            self._answers.put(request, answer)
+            return answer
+        return self._answer(request, model)
+
+    def _answer(self, request: RecommendRequest, model: ServingModel | None) -> RecommendResponse:
         catalog = self._catalog.get(request.shop)
         history = self._history(request)
         excluded = set(request.exclude) | set(request.product_ids)  # what is on screen or in the cart already

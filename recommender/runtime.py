@@ -36,7 +36,7 @@ class Runtime:
             store, models, CatalogCache(store, settings.catalog_ttl_seconds),
             TrendingCache(store, settings.trending_half_life_days, settings.training.event_weights,
                           settings.trending_ttl_seconds),
-            settings.history_limit,
+            settings.history_limit, cache_seconds=settings.answer_cache_seconds,
         )
         return cls(settings, store, model_store, models, recommender)
 

@@ -70,6 +70,7 @@ class Settings:
     trending_half_life_days: float = 7.0  # a week-old event counts half as much as one today
     catalog_ttl_seconds: float = 30.0  # how stale "what is for sale" may be at serve time
     trending_ttl_seconds: float = 300.0  # how often an instance recomputes trending per shop
+    answer_cache_seconds: float = 30.0  # how long an instance reuses an answer that depends on no shopper
     model_refresh_seconds: float = 60.0  # how often a serving instance looks for a newer model
     quality_gate: bool = True  # publish only models that beat the baselines on recent events
     gate_holdout_days: float = 7.0  # the recent window the gate judges on
@@ -106,6 +107,7 @@ class Settings:
                                           "a number of days > 0"),
             catalog_ttl_seconds=_read(env, "CATALOG_TTL_SECONDS", float, 30.0, lambda v: v >= 0, "a number >= 0"),
             trending_ttl_seconds=_read(env, "TRENDING_TTL_SECONDS", float, 300.0, lambda v: v >= 0, "a number >= 0"),
+            answer_cache_seconds=_read(env, "ANSWER_CACHE_SECONDS", float, 30.0, lambda v: v >= 0, "a number >= 0"),
             model_refresh_seconds=_read(env, "MODEL_REFRESH_SECONDS", float, 60.0, lambda v: v >= 0, "a number >= 0"),
             quality_gate=_flag(env, "QUALITY_GATE", default=True),
             gate_holdout_days=_read(env, "GATE_HOLDOUT_DAYS", float, 7.0, lambda v: v > 0, "a number of days > 0"),

@@ -51,6 +51,8 @@ def env(tmp_path) -> dict[str, str]:
         "TRAIN_TOKEN": "test-train-token",
         # Most tests ask for a customer directly; tests/test_app_proxy.py turns this off to test the privacy rule.
         "TRUST_CUSTOMER_ID_PARAM": "true",
+        # Tests change the catalog and expect the next answer to see it; tests/test_answer_cache.py turns it on.
+        "ANSWER_CACHE_SECONDS": "0",
         "ALS_FACTORS": "16",
         "ALS_ITERATIONS": "10",
     }

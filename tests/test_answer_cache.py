@@ -1,0 +1,54 @@
+"""Answers that depend on no shopper are reused for a while; personal ones never are."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import SHOP, planted_orders, post_webhook
+
+
+@pytest.fixture
+def cached_shop(app_client, monkeypatch):
+    monkeypatch.setenv("ANSWER_CACHE_SECONDS", "3600")
+    monkeypatch.setenv("MODEL_REFRESH_SECONDS", "0")
+    monkeypatch.setenv("CATALOG_TTL_SECONDS", "0")
+    monkeypatch.setenv("ALS_FACTORS", "2")
+    for order in planted_orders():
+        post_webhook(app_client, "orders/create", order)
+    app_client.post("/train", headers={"Authorization": "Bearer test-train-token"})
+    return app_client
+
+
+def test_a_non_personal_answer_is_reused_with_a_fresh_recommendation_id(cached_shop):
+    url = f"/recommend?shop={SHOP}&intent=related&product_id=101&n=3"
+    first = cached_shop.get(url)
+    post_webhook(cached_shop, "products/delete", {"id": int(first.json["recommendations"][0]["product_id"])})
+
+    second = cached_shop.get(url)
+
+    assert second.json["recommendations"] == first.json["recommendations"], "served from the cache"
+    assert second.json["recommendation_id"] != first.json["recommendation_id"]
+    assert second.headers["Cache-Control"] == "public, max-age=60"
+
+
+def test_a_new_model_is_never_answered_from_an_old_cache_entry(cached_shop):
+    url = f"/recommend?shop={SHOP}&intent=related&product_id=101&n=3"
+    before = cached_shop.get(url).json["model_version"]
+    cached_shop.post("/train", headers={"Authorization": "Bearer test-train-token"})
+
+    after = cached_shop.get(url).json["model_version"]
+
+    assert after != before
+
+
+def test_personal_answers_are_never_cached(cached_shop):
+    url = f"/recommend?shop={SHOP}&customer_id=1000&n=3"
+    first = cached_shop.get(url).json
+    bought = int(first["recommendations"][0]["product_id"])
+    post_webhook(cached_shop, "orders/create", {"id": 99, "created_at": "2026-11-01T00:00:00Z",
+                                                 "customer": {"id": 1000},
+                                                 "line_items": [{"id": 1, "product_id": bought}]})
+
+    second = cached_shop.get(url).json
+
+    assert bought not in [int(item["product_id"]) for item in second["recommendations"]]
