@@ -13,6 +13,7 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 from recommender.model_store import ModelStore, PublishConflict, check_shop_domain
 from recommender.settings import TrainingConfig
@@ -74,13 +75,29 @@ def _judge(store: EventStore, model_store: ModelStore, shop: str, config: Traini
     return seen, "; ".join(reasons) or None
 
 
+def shop_training_config(model_store: ModelStore, shop: str, base: TrainingConfig) -> tuple[TrainingConfig, str]:
+    """The shop's tuned configuration (`python -m recommender evaluate --tune` writes
+    `<model store>/<shop>/tuned.json`) applied over `base`, or `base` itself."""
+    root = getattr(model_store, "root", None)  # file stores; a gs:// store trains with the environment's settings
+    path = Path(root) / shop / "tuned.json" if root is not None else None
+    if path is None or not path.exists():
+        return base, "environment"
+    from recommender.evaluation import load_tuned_config, tuned_training_config
+
+    if load_tuned_config(path)["weighting"] != "none":
+        log.warning("%s: tuned weighting is evaluated offline only; training applies its hyperparameters", path)
+    return tuned_training_config(path, base), str(path)
+
+
 def retrain_shop(store: EventStore, model_store: ModelStore, shop: str, config: TrainingConfig, gate: GateConfig,
                  now: datetime | None = None) -> dict:
     """Train one shop through the gate; returns the run log that was recorded."""
     now = now or datetime.now(timezone.utc)
     started = time.perf_counter()
+    config, config_source = shop_training_config(model_store, shop, config)
     interactions = store.interactions(shop)
-    record: dict = {"shop": shop, "started_at": now.isoformat(), "events": len(interactions), "published": False}
+    record: dict = {"shop": shop, "started_at": now.isoformat(), "events": len(interactions), "published": False,
+                    "config": config_source}
     if gate.enabled:
         record["gate"], reason = _judge(store, model_store, shop, config, gate, now, interactions)
         if reason is not None:

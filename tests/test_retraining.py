@@ -108,3 +108,27 @@ def test_events_older_than_retention_are_pruned_by_the_same_job(store, models):
     assert report["pruned_events"] == 2
     assert sorted(e.order_id for e in store.interactions(SHOP)) == ["2", "2", "3", "3"]
     assert report["trained"][0]["events"] == 4
+
+
+def test_a_tuned_configuration_beside_the_models_is_used_by_train(store, models):
+    import json
+
+    from recommender.evaluation import TUNED_CONFIG_FORMAT
+
+    tastes_shop(store)
+    (models.root / SHOP).mkdir(parents=True)
+    (models.root / SHOP / "tuned.json").write_text(json.dumps({
+        "format": TUNED_CONFIG_FORMAT, "algorithm": "als",
+        "hyperparameters": {"factors": 6, "regularization": 0.5, "alpha": 3.0, "iterations": 7, "seed": 9},
+        "signal": {"weighting": "none", "bm25_k1": 1.2, "bm25_b": 0.75, "half_life_days": None,
+                   "event_weights": {"view": 1, "add_to_cart": 2, "purchase": 8}},
+    }))
+
+    [record] = run_scheduled_training(store, models, CONFIG, GateConfig(enabled=False), now=NOW)["trained"]
+
+    artifact = models.load(models.latest(SHOP))
+    assert record["config"].endswith("tuned.json")
+    assert artifact.metadata["hyperparameters"] == {"factors": 6, "regularization": 0.5, "alpha": 3.0,
+                                                    "iterations": 7, "seed": 9}
+    assert artifact.metadata["event_weights"]["purchase"] == 8.0
+    assert artifact.item_factors.shape[1] == 6
