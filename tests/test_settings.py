@@ -67,7 +67,7 @@ def test_values_are_cast(env):
     ("EVENT_WEIGHTS", "view"),
     ("EVENT_WEIGHTS", "view=heavy"),
     ("EVENT_STORE_URL", "mysql://x"),
-    ("EVENT_STORE_URL", "postgresql://db/events"),
+    ("EVENT_STORE_URL", "postgresql:/db/events"),
     ("MODEL_STORE_URL", "s3://bucket/models"),
 ])
 def test_invalid_value_raises_config_error_naming_the_variable(name, value):

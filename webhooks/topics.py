@@ -153,8 +153,10 @@ def checkout_updated(ctx: TopicContext, checkout: dict) -> ChangeSet:
 
 def inventory_level_updated(ctx: TopicContext, level: dict) -> ChangeSet:
     available = level.get("available")
-    if available is not None and (isinstance(available, bool) or not isinstance(available, int)):
-        raise MalformedPayload(f"available must be an integer or null, got {available!r}")
+    if available is not None and (isinstance(available, bool) or not isinstance(available, int)
+                                  or abs(available) > MAX_QUANTITY * 1000):
+        raise MalformedPayload(f"available must be an integer (at most {MAX_QUANTITY * 1000:,} units) or null, "
+                               f"got {available!r}")
     return ChangeSet(inventory_levels=(InventoryLevel(
         inventory_item_id=shopify_id(level.get("inventory_item_id"), "inventory_item_id"),
         location_id=shopify_id(level.get("location_id"), "location_id"),
