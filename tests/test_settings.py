@@ -21,7 +21,7 @@ def test_defaults_from_an_empty_mapping():
     assert settings.train_token is None
     assert settings.history_limit == 200
     assert settings.training == TrainingConfig(
-        factors=64, regularization=0.05, alpha=2.0, iterations=15, seed=42,
+        factors=32, regularization=0.5, alpha=2.0, iterations=15, seed=42,
         event_weights={EventKind.VIEW: 1.0, EventKind.ADD_TO_CART: 4.0, EventKind.PURCHASE: 10.0},
     )
 
@@ -31,7 +31,7 @@ def test_empty_strings_fall_back_to_defaults():
     settings = Settings.from_mapping({"ALS_FACTORS": "", "EVENT_STORE_URL": "", "SHOPIFY_API_SECRET": ""})
 
     # Assert
-    assert settings.training.factors == 64
+    assert settings.training.factors == 32
     assert settings.event_store_url == "sqlite:///./data/events.sqlite3"
     assert settings.shopify_api_secret is None
 
