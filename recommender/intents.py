@@ -37,10 +37,15 @@ MIN_HISTORY_ITEMS = 2  # distinct known products before fold-in is trusted over 
 MIN_ITEM_SUPPORT = 2  # shoppers who touched a product before its factors are trusted for "related"
 CHAINS = {
     "personalized": ("personalized", "related", "trending", "popular"),
+    "buy_it_again": ("buy_it_again", "personalized", "trending", "popular"),
+    "recently_viewed": ("recently_viewed", "related", "trending", "popular"),
     "related": ("related", "trending", "popular"),
     "complementary": ("complementary", "related", "trending", "popular"),
     "trending": ("trending", "popular"),
 }
+SHOPPER_INTENTS = ("personalized", "buy_it_again", "recently_viewed")  # answers that depend on one shopper
+REBUY_HALF_LIFE_DAYS = 90.0  # an order this old counts half toward "buy it again"
+VIEW_HALF_LIFE_DAYS = 7.0
 _DIGITS = re.compile(r"^[0-9]{1,20}$")
 _TOKEN = re.compile(r"^[A-Za-z0-9_\-:.]{1,128}$")
 
@@ -91,7 +96,7 @@ class RecommendRequest:
     @property
     def personal(self) -> bool:
         """Whether the answer depends on one shopper (and must not be cached publicly)."""
-        return self.intent == "personalized" and bool(self.customer_id or self.anonymous_id or self.product_ids)
+        return self.intent in SHOPPER_INTENTS and bool(self.customer_id or self.anonymous_id or self.product_ids)
 
 
 @dataclass(frozen=True)
@@ -192,6 +197,8 @@ class Recommender:
                 bought = event.kind is EventKind.PURCHASE
                 if (bought and not request.repurchase) or (not bought and not request.include_seen):
                     excluded.add(event.product_id)
+        if request.intent == "recently_viewed":
+            excluded -= set(request.product_ids)  # here they are the answer, not the context
         blocked = None
         if model is not None:
             blocked = catalog.blocked_mask(model.item_ids, model.index, model.version, request.product_type,
@@ -242,7 +249,7 @@ class Recommender:
             history += self._store.history(request.shop, user_key(request.customer_id), self._history_limit)
         if request.anonymous_id:
             history += self._store.history(request.shop, user_key(None, request.anonymous_id), self._history_limit)
-        if request.intent == "personalized" and request.product_ids:
+        if request.intent in SHOPPER_INTENTS and request.product_ids:
             now = datetime.now(timezone.utc)
             history += [Interaction("request", pid, EventKind.VIEW, now) for pid in request.product_ids]
         return history
@@ -257,6 +264,10 @@ class Recommender:
             limit = request.n + len(request.exclude) + len(request.product_ids) + 200
             return _Candidates([p for p, _ in ranked[:limit]], [s / top for _, s in ranked[:limit]],
                                [None] * min(limit, len(ranked))), None
+        if strategy == "buy_it_again":
+            return _decayed(history, (EventKind.PURCHASE,), REBUY_HALF_LIFE_DAYS, "no_purchases")
+        if strategy == "recently_viewed":
+            return _decayed(history, (EventKind.VIEW, EventKind.ADD_TO_CART), VIEW_HALF_LIFE_DAYS, "no_views")
         if model is None:
             return None, "no_model"
         if strategy == "popular":
@@ -301,6 +312,23 @@ class Recommender:
             return model.rows_of(list(request.product_ids))
         newest_first = list(dict.fromkeys(e.product_id for e in history))
         return model.rows_of(newest_first)[:5]
+
+
+def _decayed(history: list[Interaction], kinds: tuple[EventKind, ...], half_life_days: float,
+             reason: str) -> tuple[_Candidates | None, str | None]:
+    """The shopper's own products of these kinds, each scored Σ weight_factor · 0.5^(age / half-life)."""
+    now = datetime.now(timezone.utc)
+    scores: dict[str, float] = {}
+    for event in history:
+        if event.kind in kinds:
+            age_days = max(0.0, (now - event.occurred_at).total_seconds() / 86400)
+            scores[event.product_id] = scores.get(event.product_id, 0.0) + event.weight_factor * 0.5 ** (
+                age_days / half_life_days)
+    if not scores:
+        return None, reason
+    ranked = sorted(scores.items(), key=lambda item: (-item[1], item[0]))
+    top = ranked[0][1] or 1.0
+    return _Candidates([p for p, _ in ranked], [v / top for _, v in ranked], [p for p, _ in ranked]), None
 
 
 def _with_rows(blocked: np.ndarray | None, rows: list[int]) -> np.ndarray | None:

@@ -368,3 +368,40 @@ def test_a_partial_refund_shrinks_the_purchase_weight(store):
 
     [event] = store.interactions(SHOP)
     assert event.weight_factor == pytest.approx(0.75)
+
+
+# --- buy it again, recently viewed ------------------------------------------------------------------
+
+
+def test_buy_it_again_ranks_the_customers_own_purchases_by_recency_weighted_count(shop):
+    today = NOW.isoformat()
+    post_webhook(shop, "orders/create", order_payload(81001, 3333, [205, 206], created_at=today))
+    post_webhook(shop, "orders/create", order_payload(81002, 3333, [206], created_at=today))
+    post_webhook(shop, "orders/create", order_payload(81003, 3333, [207],
+                                                      created_at=(NOW - timedelta(days=90)).isoformat()))
+
+    body = ask(shop, intent="buy_it_again", customer_id=3333, n=3)
+
+    assert body["strategy"] == "buy_it_again" and body["fallback_from"] is None
+    assert ids(body) == [206, 205, 207]  # bought twice today; once today; once 90 days ago (half weight)
+    assert [item["score"] for item in body["recommendations"]] == [1.0, 0.5, pytest.approx(0.25, abs=1e-3)]
+
+
+def test_buy_it_again_without_purchases_falls_back_to_personalized(shop):
+    body = ask(shop, intent="buy_it_again", product_ids="201,202", n=3)
+    assert (body["fallback_from"], body["fallback_reason"], body["strategy"]) == ("buy_it_again", "no_purchases",
+                                                                                  "personalized")
+
+
+def test_recently_viewed_returns_the_guests_own_items_newest_first_and_only_what_is_for_sale(shop):
+    cart = {"id": "tok-rv", "token": "tok-rv", "updated_at": NOW.isoformat(),
+            "line_items": [{"id": 1, "product_id": 203}, {"id": 2, "product_id": 301}]}
+    post_webhook(shop, "carts/create", cart)
+    later = datetime(2026, 11, 1, tzinfo=timezone.utc)
+    post_webhook(shop, "products/update", product_payload(301, product_type="Gear", vendor="Brew Lab",
+                                                          quantity=0, updated_at=later))
+
+    body = ask(shop, intent="recently_viewed", anonymous_id="tok-rv", n=5)
+
+    assert body["strategy"] == "recently_viewed"
+    assert [item["product_id"] for item in body["recommendations"] if item["strategy"] == "recently_viewed"] == ["203"]
