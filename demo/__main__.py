@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{base}/recommend?shop={shop}&customer_id={c.customer_id}&n=5") for c in buyers]
         calls += [
             ("a customer the store has never seen", f"{base}/recommend?shop={shop}&customer_id=1&n=5"),
-            (f"a guest who just viewed three Yoga products",
+            ("a guest who just viewed three Yoga products",
              f"{base}/recommend?shop={shop}&product_ids={','.join(viewed)}&n=5"),
             (f"the product page of {titles[coffee.product_id]}",
              f"{base}/recommend?shop={shop}&intent=related&product_id={coffee.product_id}&n=5"),

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, TypeVar
+from typing import TYPE_CHECKING, Callable, Mapping, TypeVar
 
 from recommender.errors import ConfigError
 from recommender.events import EventKind
+
+if TYPE_CHECKING:
+    from recommender.retraining import GateConfig
 
 T = TypeVar("T")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -152,3 +153,44 @@ def store_of(env):
     yield open_for
     for store in opened:
         store.close()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_function(process_env: dict[str, str], target: str = "app"):
+    """`functions-framework --target TARGET` as a real process on a free loopback port; yields its base URL."""
+    import subprocess
+    import sys
+    import time
+
+    import requests
+
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "functions_framework", "--target", target, "--source", str(ROOT / "main.py"),
+         "--host", "127.0.0.1", "--port", str(port)],
+        cwd=ROOT, env={**process_env, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if requests.get(f"{base}/healthz", timeout=1).ok:
+                    break
+            except requests.ConnectionError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    process.kill()
+                    pytest.fail(f"functions-framework did not start: {process.stdout.read().decode()}")
+                time.sleep(0.1)
+        yield base
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

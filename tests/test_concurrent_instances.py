@@ -11,29 +11,19 @@ from __future__ import annotations
 import os
 import queue
 import random
-import socket
-import subprocess
-import sys
 import threading
-import time
 from collections import Counter, defaultdict
 
 import pytest
 import requests
 
 from recommender.store import open_event_store
-from tests.conftest import ROOT, SHOP, as_body, order_payload, signed_headers
+from tests.conftest import SHOP, as_body, order_payload, running_function, signed_headers
 from tests.postgres_schema import temporary_schema
 
 ORDERS = 16  # each with three lines, sent as orders/create and orders/paid: 32 webhook ids, 48 order lines
 SENDS_PER_INSTANCE = 3  # every webhook id reaches each instance this many times
 CLIENT_THREADS = 12
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -48,36 +38,10 @@ def event_store_url(request, tmp_path):
 @pytest.fixture
 def two_instances(env, event_store_url, tmp_path):
     """Two `functions-framework --target app` processes on free loopback ports, sharing one event store."""
-    process_env = {**os.environ, **env, "EVENT_STORE_URL": event_store_url, "PYTHONPATH": str(ROOT),
+    process_env = {**os.environ, **env, "EVENT_STORE_URL": event_store_url,
                    "MODEL_STORE_URL": f"file://{tmp_path}/models"}
-    ports = [free_port(), free_port()]
-    processes = [
-        subprocess.Popen(
-            [sys.executable, "-m", "functions_framework", "--target", "app", "--source", str(ROOT / "main.py"),
-             "--host", "127.0.0.1", "--port", str(port)],
-            cwd=ROOT, env=process_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        )
-        for port in ports
-    ]
-    bases = [f"http://127.0.0.1:{port}" for port in ports]
-    try:
-        deadline = time.monotonic() + 60
-        for process, base in zip(processes, bases):
-            while True:
-                try:
-                    if requests.get(f"{base}/healthz", timeout=1).ok:
-                        break
-                except requests.ConnectionError:
-                    if process.poll() is not None or time.monotonic() > deadline:
-                        process.kill()
-                        pytest.fail(f"functions-framework did not start: {process.stdout.read().decode()}")
-                    time.sleep(0.1)
-        yield bases
-    finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            process.wait(timeout=10)
+    with running_function(process_env) as first, running_function(process_env) as second:
+        yield [first, second]
 
 
 def webhooks() -> list[tuple[str, str, bytes]]:

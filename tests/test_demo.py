@@ -19,8 +19,7 @@ from recommender.history_import import read_history_csv
 from recommender.serving import ServingModel
 from recommender.settings import TrainingConfig
 from recommender.training import train_shop
-from tests.conftest import ROOT
-from tests.test_server_process import free_port
+from tests.conftest import ROOT, free_port
 from webhooks.delivery import handle_webhook
 
 NOW = datetime(2026, 11, 1, tzinfo=timezone.utc)

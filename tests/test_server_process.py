@@ -3,46 +3,17 @@
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import time
 
 import pytest
 import requests
 
-from tests.conftest import CATEGORY_A, ROOT, SHOP, as_body, planted_orders, signed_headers
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+from tests.conftest import CATEGORY_A, SHOP, as_body, planted_orders, running_function, signed_headers
 
 
 @pytest.fixture
 def server(env):
-    port = free_port()
-    process_env = {**os.environ, **env, "ALS_FACTORS": "2", "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "functions_framework", "--target", "app", "--source", str(ROOT / "main.py"),
-         "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT, env=process_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if requests.get(f"{base}/healthz", timeout=1).ok:
-                break
-        except requests.ConnectionError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                output = process.stdout.read().decode() if process.stdout else ""
-                pytest.fail(f"functions-framework did not start: {output}")
-            time.sleep(0.2)
-    yield base
-    process.terminate()
-    process.wait(timeout=10)
+    with running_function({**os.environ, **env, "ALS_FACTORS": "2"}) as base:
+        yield base
 
 
 def test_webhooks_train_and_recommend_over_http(server):

@@ -16,7 +16,7 @@ import time
 from typing import Any, Callable
 
 from recommender.errors import InvalidEvent
-from recommender.events import ChangeSet, Event, EventKind, parse_timestamp
+from recommender.events import Event, EventKind, parse_timestamp
 from webhooks import MalformedPayload
 from webhooks.topics import shopify_id
 
