@@ -12,6 +12,7 @@ parameters; PRICES says where each came from and how sure it is.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 # Cloud Run functions memory tiers and the vCPU each gets by default
 # (cloud.google.com/functions/docs/configuring/memory, "Configure memory and vCPU limits").
@@ -86,33 +87,45 @@ def warm_instance_month(tier_mib: int, vcpu: float, prices: dict = PRICES) -> fl
     return round(SECONDS_PER_MONTH * (vcpu * cpu + tier_mib / 1024 * mem), 2)
 
 
-def estimate(recommend_cpu_ms: float, recommend_memory_mib: dict[str, float],
-             recommend_cpu_ms_by_model: dict[str, float], webhook_cpu_ms: float, webhook_memory_mib: float,
-             sized_at: str) -> dict:
-    """Per-million costs for each model size's tier, and the webhook function's.
+@dataclass(frozen=True)
+class Scenario:
+    """One function's measured CPU per request and instance memory, on a tier chosen by size or fixed."""
 
-    Each model is costed at the larger of the HTTP-measured personalized CPU per request and the
-    CPU per request its own instance used over a mix of all four intents.
-    """
-    recommend = []
-    for label, memory in recommend_memory_mib.items():
-        mib, vcpu = tier_for(memory)
-        warm = warm_instance_month(mib, vcpu)
-        cpu_ms = max(recommend_cpu_ms, recommend_cpu_ms_by_model.get(label, 0.0))
-        costs = per_million(cpu_ms, mib, vcpu)
-        recommend.append({"model": label, "instance_memory_mib": memory, "tier_mib": mib, "vcpu": vcpu,
-                          "cpu_ms_per_request": round(cpu_ms, 3), **costs,
-                          "warm_instance_usd_per_month_upper_bound": warm,
-                          "with_warm_instance_at_1m_per_month_usd": round(costs["busy_usd_per_million"] + warm, 2)})
-    mib, vcpu = tier_for(webhook_memory_mib)
-    webhook = {"instance_memory_mib": webhook_memory_mib, "tier_mib": mib, "vcpu": vcpu,
-               **per_million(webhook_cpu_ms, mib, vcpu), "warm_instance_usd_per_month_upper_bound":
-               warm_instance_month(mib, vcpu)}
+    label: str
+    cpu_ms: float  # server CPU per request, measured
+    memory_mib: float  # instance peak, measured
+    tier: tuple[int, float] | None = None  # (MiB, vCPU) to use; None: the smallest that fits
+    tier_from: str = "smallest fitting tier"
+
+
+def deploy_tiers() -> dict[str, tuple[int, float]]:
+    """(MiB, vCPU) of each function in deploy/deploy.py, when that module can be read; else {}."""
+    try:
+        from deploy.deploy import FUNCTIONS
+    except Exception:  # another team's module: its absence or shape must not stop the benchmark
+        return {}
+    tiers = {}
+    for spec in FUNCTIONS:
+        memory = str(spec.memory)
+        mib = int(memory[:-2]) * (1024 if memory.endswith("Gi") else 1) if memory[-2:] in ("Mi", "Gi") else None
+        if mib:
+            tiers[spec.entry_point] = (mib, float(spec.cpu))
+    return tiers
+
+
+def estimate(scenarios: list[Scenario], measured_at: str) -> dict:
+    """Per-million costs and a warm instance's monthly cost for each scenario."""
+    rows = []
+    for scenario in scenarios:
+        mib, vcpu = scenario.tier or tier_for(scenario.memory_mib)
+        rows.append({"label": scenario.label, "cpu_ms_per_request": round(scenario.cpu_ms, 3),
+                     "instance_memory_mib": scenario.memory_mib, "tier_mib": mib, "vcpu": vcpu,
+                     "tier_from": scenario.tier_from, "fits": scenario.memory_mib <= mib,
+                     **per_million(scenario.cpu_ms, mib, vcpu),
+                     "warm_instance_usd_per_month_upper_bound": warm_instance_month(mib, vcpu)})
     return {
         "formula": __doc__.strip().split("\n\n")[1] if __doc__ else "",
-        "inputs": {"recommend_cpu_ms_per_request": recommend_cpu_ms, "webhook_cpu_ms_per_delivery": webhook_cpu_ms,
-                   "cpu_measured_at": sized_at, "headroom": HEADROOM},
-        "prices": PRICES, "recommend": recommend, "webhook": webhook,
+        "measured_at": measured_at, "headroom": HEADROOM, "prices": PRICES, "rows": rows,
         "free_tier_note": "the monthly free tier (180,000 vCPU-s, 360,000 GiB-s, 2 million requests) is not"
                           " subtracted; a small shop's whole month may fit inside it",
         "managed_alternatives": MANAGED_ALTERNATIVES,

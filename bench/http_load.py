@@ -39,37 +39,49 @@ def _level(server: process.Server, path: Callable[[int], str], concurrency: int,
             "server_cpu_ms_per_request": round(cpu / max(result.requests, 1) * 1e3, 3)}
 
 
+SERVER_VARIANTS = (
+    ("as deployed (OpenBLAS picks its threads)", {}),
+    ("OPENBLAS_NUM_THREADS=1", {"OPENBLAS_NUM_THREADS": "1"}),
+)
+
+
 def measure(shop: ShopFiles, workdir: Path, concurrencies: tuple[int, ...], max_requests: int, max_seconds: float,
             threads: int | None = None) -> dict:
     """Personalized requests (the shoppers in turn, signed as the app proxy signs them) at each concurrency,
-    ours and the floor interleaved by level."""
+    for each server variant; the floor is measured right after ours at every level."""
     floor_source = write_floor_source(workdir / "floor")
     log_dir = workdir / "logs"
-    ours = process.spawn("app", MAIN, shop.env(), log_dir, threads=threads)
-    floor = process.spawn("floor", floor_source, {}, log_dir, threads=threads)
+
     def path(i: int) -> str:  # signed per request, as Shopify's app proxy forwards it
         return "/recommend?" + shop.storefront_query("personalized", i)
 
     def floor_path(_: int) -> str:
         return "/"
 
+    floor = process.spawn("floor", floor_source, {}, log_dir, threads=threads)
+    runs = []
     try:
-        process.wait_until_serving(ours, path(0))
         process.wait_until_serving(floor, "/")
         warm = min(50, max_requests)
-        _level(ours, path, 4, warm, max_seconds)  # load the model, fill caches and connections
         _level(floor, floor_path, 4, warm, max_seconds)
-        levels = []
-        for concurrency in concurrencies:
-            mine = _level(ours, path, concurrency, max_requests, max_seconds)
-            base = _level(floor, floor_path, concurrency, max_requests, max_seconds)
-            levels.append({"concurrency": concurrency, "ours": mine, "floor": base,
-                           "rps_vs_floor": ratio(mine["rps"], base["rps"]),
-                           "p99_vs_floor": ratio(mine["p99_ms"], base["p99_ms"])})
-        memory = process.instance_memory_mib(ours)
+        for label, server_env in SERVER_VARIANTS:
+            ours = process.spawn("app", MAIN, shop.env(**server_env), log_dir, threads=threads)
+            try:
+                process.wait_until_serving(ours, path(0))
+                _level(ours, path, 4, warm, max_seconds)  # load the model, fill caches and connections
+                levels = []
+                for concurrency in concurrencies:
+                    mine = _level(ours, path, concurrency, max_requests, max_seconds)
+                    base = _level(floor, floor_path, concurrency, max_requests, max_seconds)
+                    levels.append({"concurrency": concurrency, "ours": mine, "floor": base,
+                                   "rps_vs_floor": ratio(mine["rps"], base["rps"]),
+                                   "p99_vs_floor": ratio(mine["p99_ms"], base["p99_ms"])})
+                runs.append({"label": label, "server_env": server_env, "levels": levels,
+                             "memory_after_mib": process.instance_memory_mib(ours)})
+            finally:
+                ours.stop()
     finally:
-        ours.stop()
         floor.stop()
     return {"items": shop.n_items, "intent": "personalized", "gunicorn_workers": int(os.environ.get("WORKERS", 1)),
-            "gunicorn_threads": threads or default_threads(), "levels": levels, "memory_after_mib": memory,
+            "gunicorn_threads": threads or default_threads(), "runs": runs,
             "bounds": {"max_requests": max_requests, "max_seconds": max_seconds}}

@@ -74,14 +74,17 @@ def markdown(results: dict) -> str:
 
     http = results["http"]
     out += [f"## HTTP on loopback (personalized, {http['items']:,} items; gunicorn {http['gunicorn_workers']} worker ×"
-            f" {http['gunicorn_threads']} threads)", "",
-            _table(["concurrency", "ours p50 ms", "ours p99 ms", "ours req/s", "floor p50 ms", "floor p99 ms",
-                    "floor req/s", "req/s vs floor", "server CPU ms/request", "errors"],
-                   [[lv["concurrency"], lv["ours"]["p50_ms"], lv["ours"]["p99_ms"], lv["ours"]["rps"], lv["floor"]["p50_ms"],
-                     lv["floor"]["p99_ms"], lv["floor"]["rps"], _x(lv["rps_vs_floor"]),
-                     lv["ours"]["server_cpu_ms_per_request"], lv["ours"]["errors"]] for lv in http["levels"]]),
-            f"Bounded at {http['bounds']['max_requests']} requests or {http['bounds']['max_seconds']} s per level;"
-            " the Python client shares the two cores with the server.", ""]
+            f" {http['gunicorn_threads']} threads)", ""]
+    for run in http["runs"]:
+        out += [f"**{run['label']}**", "",
+                _table(["concurrency", "ours p50 ms", "ours p99 ms", "ours req/s", "floor p50 ms", "floor p99 ms",
+                        "floor req/s", "req/s vs floor", "server CPU ms/request", "errors"],
+                       [[lv["concurrency"], lv["ours"]["p50_ms"], lv["ours"]["p99_ms"], lv["ours"]["rps"],
+                         lv["floor"]["p50_ms"], lv["floor"]["p99_ms"], lv["floor"]["rps"], _x(lv["rps_vs_floor"]),
+                         lv["ours"]["server_cpu_ms_per_request"], lv["ours"]["errors"]] for lv in run["levels"]]), ""]
+    out += [f"Bounded at {http['bounds']['max_requests']} requests or {http['bounds']['max_seconds']} s per level;"
+            " the Python client shares the two cores with the server; requests are signed per call as Shopify's app"
+            " proxy signs them.", ""]
 
     ingest = results["ingest"]
     sq = ingest["sqlite"]
@@ -100,7 +103,11 @@ def markdown(results: dict) -> str:
                   lv["ours"]["server_cpu_ms_per_delivery"]] for lv in pg["http"]]
     out += [f"## Webhook ingest (signed {ingest['topic']}, {ingest['lines_per_delivery']} lines each; Shopify waits"
             f" {ingest['shopify_deadline_s']:g} s)", "",
-            _table(["path", "p50 ms", "p99 ms", "deliveries/s", "floor", "server CPU ms/delivery"], rows)]
+            _table(["path", "p50 ms", "p99 ms", "deliveries/s", "floor", "server CPU ms/delivery"], rows), "",
+            f"Timed after {5} warm-up deliveries; the very first delivery (opening the store) took"
+            f" {sq['in_process'].get('first_delivery_ms')} ms in process and {sq['http'][0].get('first_delivery_ms')} ms"
+            " over HTTP (SQLite)" + ("" if "skipped" in pg else f", {pg['in_process'].get('first_delivery_ms')} ms and"
+                                     f" {pg['http'][0].get('first_delivery_ms')} ms (PostgreSQL)") + "."]
     if "skipped" in pg:
         out += ["", f"PostgreSQL skipped: {pg['skipped']}."]
 
@@ -140,21 +147,15 @@ def markdown(results: dict) -> str:
             f" ${p['cpu_per_vcpu_s']:.8f} per vCPU-s, memory ${p['memory_per_gib_s']:.8f} per GiB-s,"
             f" ${p['per_million_requests']:.2f} per million requests.", "",
             "```", c["formula"], "```", "",
-            f"Measured: {c['inputs']['recommend_cpu_ms_per_request']} ms server CPU per personalized recommendation,"
-            f" {c['inputs']['webhook_cpu_ms_per_delivery']} ms per webhook ({c['inputs']['cpu_measured_at']}); each model"
-            " is costed at the larger of that and its own instance's CPU per request over all four intents"
-            " (cold-start section). Tier: the smallest whose memory the instance's peak fills to at most"
-            f" {c['inputs']['headroom']:.0%}.", "",
-            _table(["function", "instance peak MiB", "tier", "CPU ms/request", "billed ms/request",
-                    "$ per million, back to back",
-                    "$ per million, isolated (100 ms steps)", "one warm instance $/month (upper bound)"],
-                   [[f"recommend, {r['model']}", r["instance_memory_mib"], f"{r['tier_mib']} MiB / {r['vcpu']} vCPU",
-                     r["cpu_ms_per_request"], r["billed_ms_per_request_busy"], r["busy_usd_per_million"], r["isolated_usd_per_million"],
-                     r["warm_instance_usd_per_month_upper_bound"]] for r in c["recommend"]]
-                   + [["webhook", c["webhook"]["instance_memory_mib"],
-                       f"{c['webhook']['tier_mib']} MiB / {c['webhook']['vcpu']} vCPU",
-                       c["inputs"]["webhook_cpu_ms_per_delivery"], c["webhook"]["billed_ms_per_request_busy"], c["webhook"]["busy_usd_per_million"],
-                       c["webhook"]["isolated_usd_per_million"], c["webhook"]["warm_instance_usd_per_month_upper_bound"]]]),
+            f"Measured: {c['measured_at']}. Tier \"smallest fitting\": the smallest Cloud Run functions memory tier"
+            f" the instance's peak fills to at most {c['headroom']:.0%}, with that tier's default vCPU.", "",
+            _table(["function", "CPU ms/request", "instance peak MiB", "tier", "billed ms/request",
+                    "$ per million, back to back", "$ per million, isolated (100 ms steps)",
+                    "one warm instance $/month (upper bound)"],
+                   [[r["label"], r["cpu_ms_per_request"], r["instance_memory_mib"],
+                     f"{r['tier_mib']} MiB / {r['vcpu']} vCPU ({r['tier_from']}{'' if r['fits'] else ', does NOT fit'})",
+                     r["billed_ms_per_request_busy"], r["busy_usd_per_million"], r["isolated_usd_per_million"],
+                     r["warm_instance_usd_per_month_upper_bound"]] for r in c["rows"]]),
             "", c["free_tier_note"][0].upper() + c["free_tier_note"][1:] + ".", "", "Sources:"]
     out += [f"- {s}" for s in p["sources"]]
     out += ["", "Managed alternatives (pricing models only, as published):"]

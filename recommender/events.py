@@ -114,6 +114,11 @@ class Delivery:
     topic: str
     event_id: str | None = None
     received_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    triggered_at: datetime | None = None  # X-Shopify-Triggered-At: when the merchant action happened
+
+    @property
+    def happened_at(self) -> datetime:
+        return self.triggered_at or self.received_at
 
 
 @dataclass(frozen=True)

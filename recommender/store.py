@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -253,6 +254,19 @@ def customer_export(shop: str, customer_id: str, events: Iterable[Sequence[Any]]
     }
 
 
+def _enable_wal(conn: sqlite3.Connection, attempts: int = 100) -> None:
+    """Switch to WAL. While another connection creates a new database file the switch can fail with
+    "database is locked" without waiting on the busy timeout, so it is retried briefly."""
+    for attempt in range(attempts):
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.01 * (1 + attempt % 10))
+
+
 class SQLiteEventStore:
     """Events and catalog in one SQLite file; one connection per thread."""
 
@@ -281,7 +295,7 @@ class SQLiteEventStore:
             try:
                 conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False,
                                        uri=self._uri)
-                conn.execute("PRAGMA journal_mode=WAL")
+                _enable_wal(conn)
                 conn.execute("PRAGMA synchronous=FULL")
                 conn.execute("PRAGMA foreign_keys=ON")
             except sqlite3.Error as exc:
@@ -351,7 +365,7 @@ class SQLiteEventStore:
                 )
             self._apply_adjustments(conn, delivery.shop, changes)
             if delivery.topic not in TOPICS_NOT_PROVING_INSTALL:
-                self._mark_installed(conn, delivery.shop)
+                self._mark_installed(conn, delivery.shop, delivery.happened_at)
             return inserted
 
         return self._write(work)
@@ -423,9 +437,14 @@ class SQLiteEventStore:
                          " AND customer_id IS NULL", (link.customer_id, f"c:{link.customer_id}", shop, link.anonymous_id))
 
     @staticmethod
-    def _mark_installed(conn: sqlite3.Connection, shop: str) -> None:
-        """A webhook arrived, so the app is installed; written only when that is news."""
-        state = conn.execute("SELECT installed FROM shop_state WHERE shop = ?", (shop,)).fetchone()
+    def _mark_installed(conn: sqlite3.Connection, shop: str, happened_at: datetime) -> None:
+        """A webhook arrived, so the app is installed; written only when that is news.
+
+        A retry of a delivery triggered before the shop uninstalled proves nothing: it is ignored.
+        """
+        state = conn.execute("SELECT installed, changed_at FROM shop_state WHERE shop = ?", (shop,)).fetchone()
+        if state is not None and not state[0] and state[1] and iso_utc(happened_at) <= state[1]:
+            return
         if state is None or not state[0]:
             conn.execute(
                 "INSERT INTO shop_state (shop, installed, changed_at) VALUES (?, 1, ?)"

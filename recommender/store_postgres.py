@@ -285,7 +285,7 @@ class PostgresEventStore:
                 )
             self._apply_adjustments(conn, delivery.shop, changes)
             if delivery.topic not in TOPICS_NOT_PROVING_INSTALL:
-                self._mark_installed(conn, delivery.shop)
+                self._mark_installed(conn, delivery.shop, delivery.happened_at)
             return inserted
 
         return self._write(work)
@@ -374,9 +374,14 @@ class PostgresEventStore:
                          " AND customer_id IS NULL", (link.customer_id, f"c:{link.customer_id}", shop, link.anonymous_id))
 
     @staticmethod
-    def _mark_installed(conn: psycopg.Connection, shop: str) -> None:
-        """A webhook arrived, so the app is installed; written only when that is news (the row is every delivery's)."""
-        state = conn.execute("SELECT installed FROM shop_state WHERE shop = %s", (shop,)).fetchone()
+    def _mark_installed(conn: psycopg.Connection, shop: str, happened_at: datetime) -> None:
+        """A webhook arrived, so the app is installed; written only when that is news (the row is every delivery's).
+
+        A retry of a delivery triggered before the shop uninstalled proves nothing: it is ignored.
+        """
+        state = conn.execute("SELECT installed, changed_at FROM shop_state WHERE shop = %s", (shop,)).fetchone()
+        if state is not None and not state[0] and state[1] is not None and happened_at <= state[1]:
+            return
         if state is None or not state[0]:
             conn.execute(
                 "INSERT INTO shop_state (shop, installed, changed_at) VALUES (%s, true, now())"

@@ -168,3 +168,17 @@ def test_two_shops_sharing_product_ids_never_see_each_other(app_client, monkeypa
     assert all(int(item["product_id"]) >= 900 for item in theirs["recommendations"])
     assert all(int(item["product_id"]) >= 900 for item in trending["recommendations"])
     assert ours["model_version"] and theirs["model_version"]
+
+
+def test_a_late_retry_of_a_delivery_from_before_the_uninstall_does_not_reinstall(shop):
+    post_webhook(shop, "app/uninstalled", {"id": 1})
+    before = as_body(order_payload(990001, 5, [101]))
+    headers = signed_headers(before, "orders/create")
+    headers["X-Shopify-Triggered-At"] = "2026-10-01T00:00:00Z"  # triggered before the uninstall, retried now
+
+    assert shop.post("/webhooks", data=before, headers=headers).status_code == 200
+
+    assert shop.get(f"/recommend?shop={SHOP}&intent=trending").status_code == 404
+    fresh = as_body(order_payload(990002, 5, [101]))
+    assert shop.post("/webhooks", data=fresh, headers=signed_headers(fresh, "orders/create")).status_code == 200
+    assert shop.get(f"/recommend?shop={SHOP}&intent=trending").status_code != 404, "a new delivery reinstalls"

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import logging
+from datetime import datetime
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from recommender.errors import InvalidEvent, InvalidParameter
-from recommender.events import ChangeSet, Delivery
+from recommender.events import ChangeSet, Delivery, parse_timestamp
 from recommender.model_store import ModelStore, check_shop_domain
 from recommender.store import EventStore
 from webhooks import MalformedPayload
@@ -49,6 +50,16 @@ def _headers(headers: Mapping[str, str]) -> dict[str, str]:
     return {key.lower(): value for key, value in headers.items()}
 
 
+def _triggered_at(raw: str | None) -> datetime | None:
+    """X-Shopify-Triggered-At, if it parses; ordering hints only, so a bad value is ignored."""
+    if not raw:
+        return None
+    try:
+        return parse_timestamp(raw, "X-Shopify-Triggered-At")
+    except InvalidEvent:
+        return None
+
+
 def handle_webhook(headers: Mapping[str, str], raw_body: bytes, secret: str, store: EventStore,
                    model_store: ModelStore) -> WebhookOutcome:
     """An HTTP delivery: the HMAC is checked before anything reads the body."""
@@ -79,7 +90,8 @@ def process_delivery(headers: Mapping[str, str], raw_body: bytes, store: EventSt
         return WebhookOutcome("ignored", {"topic": topic})
     if not isinstance(payload, dict):
         return WebhookOutcome("malformed_payload", {"message": "body must be a JSON object"})
-    delivery = Delivery(shop=shop, webhook_id=webhook_id, topic=topic, event_id=h.get("x-shopify-event-id"))
+    delivery = Delivery(shop=shop, webhook_id=webhook_id, topic=topic, event_id=h.get("x-shopify-event-id"),
+                        triggered_at=_triggered_at(h.get("x-shopify-triggered-at")))
     if topic in COMPLIANCE_TOPICS:
         try:
             done = handle_compliance(topic, shop, payload, webhook_id, store, model_store)
