@@ -104,6 +104,7 @@ def markdown(results: dict) -> str:
     out += [f"## Webhook ingest (signed {ingest['topic']}, {ingest['lines_per_delivery']} lines each; Shopify waits"
             f" {ingest['shopify_deadline_s']:g} s)", "",
             _table(["path", "p50 ms", "p99 ms", "deliveries/s", "floor", "server CPU ms/delivery"], rows), "",
+            "Server CPU counts the function's processes only (not PostgreSQL's). "
             f"Timed after {5} warm-up deliveries; the very first delivery (opening the store) took"
             f" {sq['in_process'].get('first_delivery_ms')} ms in process and {sq['http'][0].get('first_delivery_ms')} ms"
             " over HTTP (SQLite)" + ("" if "skipped" in pg else f", {pg['in_process'].get('first_delivery_ms')} ms and"

@@ -39,13 +39,16 @@ class FunctionSpec:
     timeout: str  # per request
     secrets: tuple[str, ...] = ()  # environment variables filled from Secret Manager
     stores: bool = True  # needs EVENT_STORE_URL and MODEL_STORE_URL
+    pubsub: bool = False  # triggered by the Pub/Sub topic (deployed only with --pubsub-topic)
 
 
 FUNCTIONS = (
     FunctionSpec("webhook", "256Mi", "1", 16, 0, 20, "60s", ("SHOPIFY_API_SECRET",)),
-    FunctionSpec("recommend", "512Mi", "1", 8, 1, 20, "30s"),
+    FunctionSpec("recommend", "512Mi", "1", 8, 1, 20, "30s", ("SHOPIFY_API_SECRET",)),  # verifies the app proxy
+    FunctionSpec("collect", "256Mi", "1", 32, 0, 20, "10s"),
     FunctionSpec("train", "2Gi", "2", 1, 0, 1, "1800s", ("TRAIN_TOKEN",)),
     FunctionSpec("healthz", "256Mi", "1", 8, 0, 2, "10s", stores=False),
+    FunctionSpec("webhook_pubsub", "256Mi", "1", 16, 0, 20, "60s", pubsub=True),
 )
 APP = FunctionSpec("app", "2Gi", "2", 8, 0, 10, "1800s", ("SHOPIFY_API_SECRET", "TRAIN_TOKEN"))
 
@@ -88,7 +91,11 @@ def parse_args(argv: list[str], env: dict[str, str]) -> argparse.Namespace:
     add("--schedule", default=default("TRAIN_SCHEDULE", "0 3 * * *"), help="when to train, cron [TRAIN_SCHEDULE]")
     add("--time-zone", default=default("TRAIN_TIME_ZONE", "Etc/UTC"), help="of the schedule [TRAIN_TIME_ZONE]")
     add("--scheduler-job", default=default("SCHEDULER_JOB", "recommender-train"), help="job name [SCHEDULER_JOB]")
-    add("--pubsub-topic", default=default("PUBSUB_TOPIC"), help="also create this Pub/Sub topic [PUBSUB_TOPIC]")
+    add("--pubsub-topic", default=default("PUBSUB_TOPIC"),
+        help="create this Pub/Sub topic and deploy webhook_pubsub on it [PUBSUB_TOPIC]")
+    add("--scheduler-service-account", default=default("SCHEDULER_SERVICE_ACCOUNT"),
+        help="call /train with OIDC tokens for this service account instead of the bearer token "
+             "[SCHEDULER_SERVICE_ACCOUNT]")
     add("--create-bucket", action="store_true", default=_flag(env, "CREATE_BUCKET"),
         help="create the model bucket if missing [CREATE_BUCKET=1]")
     add("--with-app", action="store_true", default=_flag(env, "DEPLOY_APP"),
@@ -111,7 +118,8 @@ def parse_args(argv: list[str], env: dict[str, str]) -> argparse.Namespace:
 
 
 def function_specs(args: argparse.Namespace, env: dict[str, str]) -> list[FunctionSpec]:
-    specs = [_with_overrides(spec, env) for spec in ([*FUNCTIONS, APP] if args.with_app else FUNCTIONS)]
+    chosen = [spec for spec in FUNCTIONS if not spec.pubsub or args.pubsub_topic]
+    specs = [_with_overrides(spec, env) for spec in ([*chosen, APP] if args.with_app else chosen)]
     return [replace(spec, min_instances=args.recommend_min_instances) if spec.entry_point == "recommend" else spec
             for spec in specs]
 
@@ -136,6 +144,7 @@ def deploy_script(args: argparse.Namespace, env: dict[str, str]) -> str:
             ["gcloud", "pubsub", "topics", "create", args.pubsub_topic, project]))
 
     secret_names = {"SHOPIFY_API_SECRET": args.shopify_secret, "TRAIN_TOKEN": args.train_token_secret}
+    train_url = f"https://{args.region}-{args.project}.cloudfunctions.net/{args.name_prefix}train"
     for spec in function_specs(args, env):
         env_vars: dict[str, str] = {}
         secrets = {name: f"{secret_names[name]}:latest" for name in spec.secrets}
@@ -146,10 +155,15 @@ def deploy_script(args: argparse.Namespace, env: dict[str, str]) -> str:
                 env_vars["EVENT_STORE_URL"] = args.database_url
             env_vars["MODEL_STORE_URL"] = model_store_url
         env_vars["THREADS"] = str(spec.concurrency)
+        if spec.entry_point == "train" and args.scheduler_service_account:
+            env_vars["TRAIN_SERVICE_ACCOUNT"] = args.scheduler_service_account
+            env_vars["TRAIN_AUDIENCE"] = train_url
+        trigger = ([f"--trigger-topic={args.pubsub_topic}"] if spec.pubsub
+                   else ["--trigger-http", "--allow-unauthenticated"])  # train too: it checks its caller itself
         command = [
             "gcloud", "functions", "deploy", f"{args.name_prefix}{spec.entry_point}", project, region,
             "--gen2", "--runtime=python311", f"--source={args.source}", f"--entry-point={spec.entry_point}",
-            "--trigger-http", "--allow-unauthenticated",  # train too: it checks its own bearer token
+            *trigger,
             f"--memory={spec.memory}", f"--cpu={spec.cpu}", f"--concurrency={spec.concurrency}",
             f"--min-instances={spec.min_instances}", f"--max-instances={spec.max_instances}",
             f"--timeout={spec.timeout}", f"--set-env-vars={gcloud_map(env_vars)}",
@@ -162,8 +176,19 @@ def deploy_script(args: argparse.Namespace, env: dict[str, str]) -> str:
         blocks.append(f"# {spec.entry_point}: {spec.memory}, {spec.cpu} CPU, up to {spec.concurrency} requests at once"
                       " per instance.\n" + render(command))
 
-    train_url = f"https://{args.region}-{args.project}.cloudfunctions.net/{args.name_prefix}train"
     job = [args.scheduler_job, project, f"--location={args.region}"]
+    if args.scheduler_service_account:
+        blocks.append("\n".join([
+            "# Nightly training: Cloud Scheduler POSTs /train with a Google-signed OIDC token for the service account.",
+            "if " + render(["gcloud", "scheduler", "jobs", "describe", *job]) + " >/dev/null 2>&1; then",
+            "  " + render(["gcloud", "scheduler", "jobs", "delete", *job, "--quiet"]),
+            "fi",
+            render(["gcloud", "scheduler", "jobs", "create", "http", *job, f"--schedule={args.schedule}",
+                    f"--time-zone={args.time_zone}", f"--uri={train_url}", "--http-method=POST",
+                    f"--oidc-service-account-email={args.scheduler_service_account}",
+                    f"--oidc-token-audience={train_url}", "--attempt-deadline=1800s", "--quiet"]),
+        ]))
+        return "\n\n".join(blocks) + "\n"
     read_token = render(["gcloud", "secrets", "versions", "access", "latest", f"--secret={args.train_token_secret}",
                          project])
     blocks.append("\n".join([

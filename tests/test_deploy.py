@@ -19,7 +19,7 @@ DEPLOY = ROOT / "deploy" / "deploy.py"
 PROJECT = "shop-recs-test"
 DATABASE_URL = "postgresql://recs@10.1.2.3:5432/events"
 MODEL_STORE_URL = f"gs://{PROJECT}-recommender-models/models"
-ENTRY_POINTS = {"webhook", "recommend", "train", "healthz"}
+ENTRY_POINTS = {"webhook", "recommend", "collect", "train", "healthz"}  # HTTP; webhook_pubsub with a topic
 
 
 def deploy(*flags: str, **env: str) -> subprocess.CompletedProcess:
@@ -81,7 +81,7 @@ def test_dry_run_sizes_each_function_for_its_work():
 
     # Assert
     assert {name: flag["--memory"] for name, flag in functions.items()} == {
-        "webhook": "256Mi", "recommend": "512Mi", "train": "2Gi", "healthz": "256Mi"}
+        "webhook": "256Mi", "recommend": "512Mi", "collect": "256Mi", "train": "2Gi", "healthz": "256Mi"}
     assert functions["recommend"]["--min-instances"] == "1"
     assert (functions["train"]["--max-instances"], functions["train"]["--timeout"]) == ("1", "1800s")
     for flag in functions.values():  # gunicorn serves as many requests at once as Cloud Run sends
@@ -94,7 +94,7 @@ def test_dry_run_gives_stores_to_the_functions_and_secrets_only_to_those_that_ne
     functions = deployed(dry_run())
 
     # Assert
-    for name in ("webhook", "recommend", "train"):
+    for name in ("webhook", "recommend", "collect", "train"):
         env_vars = gcloud_map(functions[name]["--set-env-vars"])
         assert env_vars == {"EVENT_STORE_URL": DATABASE_URL, "MODEL_STORE_URL": MODEL_STORE_URL,
                             "THREADS": functions[name]["--concurrency"]}
@@ -102,7 +102,8 @@ def test_dry_run_gives_stores_to_the_functions_and_secrets_only_to_those_that_ne
     secrets = {name: gcloud_map(flag.get("--set-secrets", "")) for name, flag in functions.items()}
     assert secrets == {
         "webhook": {"SHOPIFY_API_SECRET": "shopify-api-secret:latest"},
-        "recommend": {},
+        "recommend": {"SHOPIFY_API_SECRET": "shopify-api-secret:latest"},  # verifies app proxy signatures
+        "collect": {},
         "train": {"TRAIN_TOKEN": "train-token:latest"},
         "healthz": {},
     }
@@ -163,7 +164,7 @@ def test_a_database_url_from_secret_manager_never_appears_in_the_commands():
     functions = deployed(dry_run(DATABASE_URL="", DATABASE_URL_SECRET="events-db-url"))
 
     # Assert
-    for name in ("webhook", "recommend", "train"):
+    for name in ("webhook", "recommend", "collect", "train"):
         assert "EVENT_STORE_URL" not in gcloud_map(functions[name]["--set-env-vars"])
         assert gcloud_map(functions[name]["--set-secrets"])["EVENT_STORE_URL"] == "events-db-url:latest"
 
@@ -187,7 +188,9 @@ def test_app_bucket_and_topic_only_when_asked():
 
     # Assert
     assert "gcloud storage buckets" not in plain and "gcloud pubsub" not in plain
-    assert set(deployed(everything)) == ENTRY_POINTS | {"app"}
+    assert set(deployed(everything)) == ENTRY_POINTS | {"app", "webhook_pubsub"}
+    pubsub = deployed(everything)["webhook_pubsub"]
+    assert pubsub["--trigger-topic"] == "shop-events" and "--trigger-http" not in pubsub
     app = deployed(everything)["app"]
     assert gcloud_map(app["--set-secrets"]) == {"SHOPIFY_API_SECRET": "shopify-api-secret:latest",
                                                 "TRAIN_TOKEN": "train-token:latest"}
@@ -315,3 +318,18 @@ def test_every_project_module_the_uploaded_code_imports_is_uploaded():
     missing = {name for name in imported & local
                if f"{name}.py" not in shipped and f"{name}/__init__.py" not in shipped}
     assert not missing, f"uploaded code imports {sorted(missing)}, which .gcloudignore leaves out"
+
+
+def test_a_scheduler_service_account_makes_the_job_call_train_with_oidc_tokens():
+    # Act
+    script = dry_run("--scheduler-service-account=trainer@my-recs.iam.gserviceaccount.com")
+
+    # Assert
+    (create,) = [words for words in commands(script) if words[:4] == ["gcloud", "scheduler", "jobs", "create"]]
+    train_url = f"https://us-central1-{PROJECT}.cloudfunctions.net/train"
+    assert flags(create)["--oidc-service-account-email"] == "trainer@my-recs.iam.gserviceaccount.com"
+    assert flags(create)["--oidc-token-audience"] == train_url
+    assert "--headers" not in flags(create) and "secrets versions access" not in script
+    train_env = gcloud_map(deployed(script)["train"]["--set-env-vars"])
+    assert (train_env["TRAIN_SERVICE_ACCOUNT"], train_env["TRAIN_AUDIENCE"]) == (
+        "trainer@my-recs.iam.gserviceaccount.com", train_url)
