@@ -1,8 +1,9 @@
 """Cloud Functions entry points: HTTP in, package calls, JSON out.
 
-Deploy each entry point on its own (`webhook`, `recommend`, `train`, `healthz`)
-or `app`, which routes by path, as one function. Nothing here reads the
-environment or opens a store at import time; the first request does.
+Deploy each entry point on its own (`webhook`, `recommend`, `collect`, `train`,
+`healthz`, and the CloudEvent `webhook_pubsub`) or `app`, which routes by path, as
+one function. Nothing here reads the environment or opens a store at import time;
+the first request does.
 """
 
 from __future__ import annotations
@@ -21,14 +22,14 @@ import functions_framework
 from recommender.errors import (
     ArtifactError, ConfigError, InvalidParameter, ModelNotReady, RecommenderError, ShopNotInstalled, StoreError,
 )
-from recommender.runtime import LazyRuntime
 from recommender.intents import RecommendRequest
 from recommender.model_store import check_shop_domain
+from recommender.runtime import LazyRuntime
 from webhooks import MalformedPayload
 from webhooks.app_proxy import AccessDenied, storefront_query
-from webhooks.pixel import RateLimiter, parse_pixel_body, pixel_events, MAX_BODY_BYTES
 from webhooks.delivery import handle_webhook, process_delivery
 from webhooks.oidc import check_train_caller
+from webhooks.pixel import MAX_BODY_BYTES, RateLimiter, parse_pixel_body, pixel_events
 
 log = logging.getLogger("main")
 _runtime = LazyRuntime(os.environ)
