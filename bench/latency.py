@@ -34,6 +34,7 @@ def _runtime(shop: ShopFiles):
 
 
 def _requests(shop: ShopFiles, count: int) -> dict[str, list]:
+    """`count` requests per intent; related and complementary ones all differ (none is answered from the cache)."""
     from recommender.intents import RecommendRequest
 
     return {intent: [RecommendRequest.from_query(shop.query(intent, i)) for i in range(count)] for intent in INTENTS}
@@ -66,8 +67,10 @@ def measure_size(shop: ShopFiles, repetitions: int) -> dict:
     """All intents, the floor and the peer at one catalog size."""
     runtime = _runtime(shop)
     recommender = runtime.recommender
-    wanted = _requests(shop, 200)
-    strategies = {intent: recommender.recommend(wanted[intent][0]).strategy for intent in INTENTS}
+    warmup = min(20, repetitions)
+    count = repetitions + warmup + 1
+    wanted = _requests(shop, count)
+    strategies = {intent: recommender.recommend(wanted[intent][count - 1]).strategy for intent in INTENTS}
     model = runtime.models.get(SHOP)
     peer, peer_rows = _peer(model, shop, model.alpha)
     rng = np.random.default_rng(5)
@@ -81,12 +84,13 @@ def measure_size(shop: ShopFiles, repetitions: int) -> dict:
 
     calls = {"floor": floor}
     for intent in INTENTS:
-        calls[intent] = (lambda intent: lambda i: recommender.recommend(wanted[intent][i % 200]))(intent)
+        calls[intent] = (lambda intent: lambda i: recommender.recommend(wanted[intent][i % count]))(intent)
+    calls["cached_answer"] = lambda i: recommender.recommend(wanted["related"][count - 1])  # the same request again
     calls["implicit_fold_in"] = lambda i: peer.recommend(
         i % len(peer_rows), peer_rows[i % len(peer_rows)], N=TOP_N, recalculate_user=True)
     calls["implicit_user_factor"] = lambda i: peer.recommend(
         i % len(peer_rows), peer_rows[i % len(peer_rows)], N=TOP_N, recalculate_user=False)
-    samples = interleaved(calls, repetitions, warmup=min(20, repetitions))
+    samples = interleaved(calls, repetitions, warmup=warmup)
     summaries = {name: latency_summary(values) for name, values in samples.items()}
     floor_p99, floor_p50 = summaries["floor"]["p99_ms"], summaries["floor"]["p50_ms"]
     peer_p99 = summaries["implicit_fold_in"]["p99_ms"]
@@ -99,20 +103,21 @@ def measure_size(shop: ShopFiles, repetitions: int) -> dict:
     runtime.store.close()
     return {"items": shop.n_items, "floor": summaries["floor"], "implicit_fold_in": summaries["implicit_fold_in"],
             "implicit_user_factor": summaries["implicit_user_factor"], "intents": intents,
+            "cached_answer": summaries["cached_answer"],
             "implicit_threads": "implicit default (num_threads=0: all cores)"}
 
 
 def profile_intent(shop: ShopFiles, intent: str, calls: int = 300, top: int = 14) -> dict:
     """cProfile of `calls` warm requests of one intent: the functions with the most own time."""
     runtime = _runtime(shop)
-    wanted = _requests(shop, 200)[intent]
-    for request in wanted[:20]:
+    wanted = _requests(shop, calls + 20)[intent]
+    for request in wanted[calls:]:
         runtime.recommender.recommend(request)
     profiler = cProfile.Profile()
     begin = time.perf_counter()
     profiler.enable()
     for i in range(calls):
-        runtime.recommender.recommend(wanted[i % 200])
+        runtime.recommender.recommend(wanted[i])
     profiler.disable()
     wall = time.perf_counter() - begin
     stats = pstats.Stats(profiler)

@@ -59,6 +59,9 @@ def markdown(results: dict) -> str:
                      w["implicit_user_factor"]["p99_ms"], _x(w["implicit_user_factor"]["p99_ms"] / w["floor"]["p99_ms"]), ""]]
             rows += [[f"ours: {intent} ({n['strategy']})", n["p50_ms"], n["p99_ms"], _x(n["p99_vs_floor"]),
                       _x(n["p99_vs_implicit_fold_in"])] for intent, n in w["intents"].items()]
+            if "cached_answer" in w:
+                rows.append(["ours: a repeated related request (answer cache)", w["cached_answer"]["p50_ms"],
+                             w["cached_answer"]["p99_ms"], _x(w["cached_answer"]["p99_ms"] / w["floor"]["p99_ms"]), ""])
             out += [f"**{size['items']:,} items, {blas_label}** ({w['floor']['n']} calls each)", "",
                     _table(["path", "p50", "p99", "p99 vs floor", "p99 vs implicit fold-in"], rows), ""]
     refresh = warm["catalog_refresh"]

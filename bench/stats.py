@@ -39,12 +39,13 @@ def latency_summary(samples_s: Sequence[float]) -> dict[str, float]:
 def interleaved(calls: dict[str, Callable[[int], object]], repetitions: int, warmup: int = 10) -> dict[str, list[float]]:
     """Time each call `repetitions` times, rotating the order every round so a noisy neighbour hits all alike.
 
-    `calls[name](i)` is run once per round; returns seconds per call per name.
+    `calls[name](i)` is run once per round, i = 0 … repetitions − 1 (warm-up rounds use indices past
+    those, so a call that must not repeat an earlier request never does); returns seconds per call per name.
     """
     names = list(calls)
     for i in range(warmup):
         for name in names:
-            calls[name](i)
+            calls[name](repetitions + i)
     samples: dict[str, list[float]] = {name: [] for name in names}
     clock = time.perf_counter
     for i in range(repetitions):

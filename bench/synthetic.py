@@ -30,6 +30,7 @@ EVENT_WEIGHTS = {"view": 1.0, "add_to_cart": 4.0, "purchase": 10.0}
 PRODUCT_BASE = 8_000_000_000_000  # Shopify-shaped ids: 13 digits
 CUSTOMER_BASE = 7_000_000_000_000
 HISTORY_EVENTS = 20  # events per benchmark shopper, as the issue asks
+REQUEST_VARIETY = 2_000  # distinct related products and carts to ask about
 
 
 def product_id(row: int) -> str:
@@ -211,8 +212,8 @@ class ShopFiles:
     models_dir: Path
     events_path: Path
     customers: list[str]
-    related_products: list[str]  # items with support ≥ 2: `related` answers from the model
-    carts: list[list[str]]  # three items each, at least one with co-purchases: `complementary` answers
+    related_products: list[str]  # distinct items with support ≥ 2: `related` answers from the model
+    carts: list[list[str]]  # distinct carts of three, one with co-purchases: `complementary` answers
     history_rows: dict[str, list[tuple[int, str]]]
     catalog_rows: int
 
@@ -277,8 +278,11 @@ def prepare_shop(folder: Path, artifact: ModelArtifact, models_dir: Path, n_cust
     rng = np.random.default_rng(seed + 100)
     supported = np.flatnonzero(artifact.item_support >= 2)
     bought = np.flatnonzero(artifact.copurchase_orders > 0)
-    related = [product_id(int(r)) for r in rng.choice(supported, size=min(200, len(supported)), replace=False)]
+    # Distinct requests: answers that depend on no shopper are cached per request, and the benchmark
+    # measures computing them (a repeated request is timed on its own as `cached_answer`).
+    related = [product_id(int(r)) for r in rng.choice(supported, size=min(REQUEST_VARIETY, len(supported)),
+                                                        replace=False)]
     carts = [[product_id(int(rng.choice(bought))), *(product_id(int(r)) for r in rng.integers(0, n_items, 2))]
-             for _ in range(200)]
+             for _ in range(REQUEST_VARIETY)]
     return ShopFiles(n_items, models_dir, events_path, people.customer_ids, related, carts, people.history_rows,
                      n_items if with_catalog else 0)

@@ -1,8 +1,10 @@
-"""What is for sale right now: a per-shop catalog snapshot, refreshed without retraining.
+"""What is for sale right now: a per-shop snapshot of the products not to show, refreshed without retraining.
 
-A product is sellable unless it is deleted, `draft`/`archived`, unpublished (`published_at` null) or
-sold out (every tracked variant at ≤ 0 and none selling past zero). Products the store has no
-catalog row for (the catalog not synced yet) are given the benefit of the doubt.
+A product is unsellable when it is deleted, `draft`/`archived`, unpublished (`published_at` null) or
+sold out (every tracked variant at ≤ 0 and none selling past zero). The store computes that set in
+SQL, so a snapshot costs one query however large the catalog; products the store has no catalog row
+for (the catalog not synced yet) are given the benefit of the doubt. Catalog fields for the items a
+response returns are read per response (`products(shop, ids)`), not held for the whole catalog.
 """
 
 from __future__ import annotations
@@ -14,44 +16,35 @@ from typing import Callable
 
 import numpy as np
 
-from recommender.events import CatalogProduct
 from recommender.store import EventStore
+
+Filter = tuple[str | None, str | None]  # (product_type, vendor), compared case-insensitively
 
 
 @dataclass(frozen=True)
 class CatalogSnapshot:
-    products: dict[str, CatalogProduct]
-    deleted: frozenset[str]
+    unsellable: frozenset[str]
     taken_at: float = 0.0
+    matching: Callable[[Filter], frozenset[str]] = lambda wanted: frozenset()  # read on first use, then kept
+    _filters: dict = field(default_factory=dict, compare=False, repr=False)
     _masks: dict = field(default_factory=dict, compare=False, repr=False)
 
-    def unsellable_reason(self, product_id: str) -> str | None:
-        if product_id in self.deleted:
-            return "deleted"
-        product = self.products.get(product_id)
-        if product is None:
-            return None
-        if product.status != "active":
-            return product.status or "inactive"
-        if product.published_at is None:
-            return "unpublished"
-        if not product.available:
-            return "sold_out"
-        return None
-
     def sellable(self, product_id: str) -> bool:
-        return self.unsellable_reason(product_id) is None
+        return product_id not in self.unsellable
 
     def matches(self, product_id: str, product_type: str | None, vendor: str | None) -> bool:
-        """Optional filters compare case-insensitively; a product without a catalog row matches none."""
+        """Optional filters; a product without a catalog row matches none."""
         if product_type is None and vendor is None:
             return True
-        product = self.products.get(product_id)
-        if product is None:
-            return False
-        if product_type is not None and product.product_type.casefold() != product_type.casefold():
-            return False
-        return vendor is None or product.vendor.casefold() == vendor.casefold()
+        return product_id in self._matching((product_type, vendor))
+
+    def _matching(self, wanted: Filter) -> frozenset[str]:
+        found = self._filters.get(wanted)
+        if found is None:
+            if len(self._filters) > 64:  # bounded: filters come from callers
+                self._filters.clear()
+            found = self._filters[wanted] = self.matching(wanted)
+        return found
 
     def blocked_mask(self, item_ids: np.ndarray, index: dict[str, int], version: str,
                      product_type: str | None = None, vendor: str | None = None) -> np.ndarray:
@@ -60,15 +53,13 @@ class CatalogSnapshot:
         mask = self._masks.get(key)
         if mask is None:
             mask = np.zeros(len(item_ids), dtype=bool)
-            unsellable = set(self.deleted) | {pid for pid in self.products if not self.sellable(pid)}
-            for pid in unsellable:
-                row = index.get(pid)
-                if row is not None:
-                    mask[row] = True
+            rows = [index[pid] for pid in self.unsellable if pid in index]
+            mask[rows] = True
             if product_type is not None or vendor is not None:
-                mask |= np.fromiter((not self.matches(pid, product_type, vendor) for pid in item_ids.tolist()),
-                                    dtype=bool, count=len(item_ids))
-            if len(self._masks) > 64:  # bounded: filters come from callers
+                allowed = np.zeros(len(item_ids), dtype=bool)
+                allowed[[index[pid] for pid in self._matching((product_type, vendor)) if pid in index]] = True
+                mask |= ~allowed
+            if len(self._masks) > 64:
                 self._masks.clear()
             self._masks[key] = mask
         return mask
@@ -89,7 +80,10 @@ class CatalogCache:
         snapshot = self._snapshots.get(shop)
         if snapshot is not None and now - snapshot.taken_at < self._ttl:
             return snapshot
-        fresh = CatalogSnapshot(self._store.products(shop), frozenset(self._store.deleted_product_ids(shop)), now)
+        fresh = CatalogSnapshot(
+            frozenset(self._store.unsellable_product_ids(shop)), now,
+            lambda wanted: frozenset(self._store.products_matching(shop, *wanted)),
+        )
         with self._lock:
             self._snapshots[shop] = fresh
         return fresh

@@ -23,7 +23,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from recommender.catalog import CatalogCache, CatalogSnapshot
+from recommender.catalog import CatalogCache
 from recommender.errors import InvalidParameter, ModelNotReady, ShopNotInstalled
 from recommender.events import EventKind, user_key
 from recommender.model_store import check_shop_domain
@@ -209,7 +209,7 @@ class Recommender:
             return (pid not in excluded and catalog.sellable(pid)
                     and catalog.matches(pid, request.product_type, request.vendor))
 
-        picked: list[RecommendedItem] = []
+        picked: list[tuple[str, float, str, str | None]] = []
         seen: set[str] = set()
         fallback_from = fallback_reason = None
         for strategy in CHAINS[request.intent]:
@@ -222,18 +222,33 @@ class Recommender:
                 if pid in seen or not allowed(pid):
                     continue
                 seen.add(pid)
-                picked.append(_rich(pid, score, strategy, because, catalog))
+                picked.append((pid, score, strategy, because))
                 if len(picked) == request.n:
                     break
             if len(picked) == request.n:
                 break
-        if fallback_from is not None and picked and picked[0].strategy == CHAINS[request.intent][0]:
+        if fallback_from is not None and picked and picked[0][2] == CHAINS[request.intent][0]:
             fallback_from = fallback_reason = None  # the primary strategy answered after all
         return RecommendResponse(
             recommendation_id=self._new_id(), intent=request.intent,
-            strategy=picked[0].strategy if picked else None, fallback_from=fallback_from,
-            fallback_reason=fallback_reason, model_version=model.version if model else None, items=tuple(picked),
+            strategy=picked[0][2] if picked else None, fallback_from=fallback_from,
+            fallback_reason=fallback_reason, model_version=model.version if model else None,
+            items=self._rich(request.shop, picked),
         )
+
+    def _rich(self, shop: str, picked: list[tuple[str, float, str, str | None]]) -> tuple[RecommendedItem, ...]:
+        """The picked items with the catalog fields a storefront renders (one query for all of them)."""
+        rows = self._store.products(shop, [pid for pid, *_ in picked]) if picked else {}
+        items = []
+        for pid, score, strategy, because in picked:
+            product = rows.get(pid)
+            if product is None:
+                items.append(RecommendedItem(pid, score, strategy, because))
+            else:
+                items.append(RecommendedItem(pid, score, strategy, because, product.title, product.handle,
+                                             product.price, product.image_url, product.available,
+                                             product.product_type, product.vendor))
+        return tuple(items)
 
     def _model(self, request: RecommendRequest) -> ServingModel | None:
         try:
@@ -342,14 +357,6 @@ def _with_rows(blocked: np.ndarray | None, rows: list[int]) -> np.ndarray | None
 def _from_rows(model: ServingModel, rows: list[int], scores: np.ndarray, because: list[str] | None) -> _Candidates:
     return _Candidates([str(model.item_ids[r]) for r in rows], [float(scores[r]) for r in rows],
                        because if because is not None else [None] * len(rows))
-
-
-def _rich(pid: str, score: float, strategy: str, because: str | None, catalog: CatalogSnapshot) -> RecommendedItem:
-    product = catalog.products.get(pid)
-    if product is None:
-        return RecommendedItem(pid, score, strategy, because)
-    return RecommendedItem(pid, score, strategy, because, product.title, product.handle, product.price,
-                           product.image_url, product.available, product.product_type, product.vendor)
 
 
 def parse_count(raw: str | None, default: int = 10) -> int:

@@ -19,7 +19,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Protocol, Sequence
+from typing import Any, Collection, Iterable, Protocol, Sequence
 
 from recommender.errors import ConfigError, StoreError
 from recommender.events import (
@@ -190,8 +190,10 @@ class EventStore(Protocol):
     def shops(self) -> list[str]: ...
     def interactions(self, shop: str) -> list[Interaction]: ...
     def history(self, shop: str, user_key: str, limit: int) -> list[Interaction]: ...
-    def products(self, shop: str) -> dict[str, CatalogProduct]: ...
+    def products(self, shop: str, product_ids: Collection[str] | None = None) -> dict[str, CatalogProduct]: ...
     def deleted_product_ids(self, shop: str) -> set[str]: ...
+    def unsellable_product_ids(self, shop: str) -> set[str]: ...
+    def products_matching(self, shop: str, product_type: str | None, vendor: str | None) -> set[str]: ...
     def activity_since(self, shop: str, since: datetime) -> list[ActivityBucket]: ...
     # Privacy and lifecycle (Shopify's mandatory webhooks, uninstalls, retention).
     def redact_customer(self, shop: str, customer_id: str, order_ids: Sequence[str]) -> int: ...
@@ -204,6 +206,17 @@ class EventStore(Protocol):
     def installed_shops(self) -> list[str]: ...
     def prune_events(self, older_than: datetime) -> int: ...
     def close(self) -> None: ...
+
+
+# Shared by both backends ({p}: the parameter marker; {yes}/{no}: the boolean literals). A product with
+# variants is sold out when none can be bought: none untracked, none selling past zero, none in stock.
+UNSELLABLE_SQL = """
+    SELECT p.product_id FROM products p WHERE p.shop = {p} AND (
+        p.deleted = {yes} OR p.status <> 'active' OR p.published_at IS NULL
+        OR (EXISTS (SELECT 1 FROM variants v WHERE v.shop = p.shop AND v.product_id = p.product_id)
+            AND NOT EXISTS (SELECT 1 FROM variants v WHERE v.shop = p.shop AND v.product_id = p.product_id
+                            AND (v.tracked = {no} OR v.continue_selling = {yes} OR COALESCE(v.inventory_quantity, 0) > 0))))
+"""
 
 
 def open_event_store(url: str) -> EventStore:
@@ -511,12 +524,18 @@ class SQLiteEventStore:
         )
         return [ActivityBucket(p, EventKind(k), d, float(m)) for p, k, d, m in rows]
 
-    def products(self, shop: str) -> dict[str, CatalogProduct]:
-        """Every catalog row of the shop that is not deleted, with its variants."""
+    def products(self, shop: str, product_ids: Collection[str] | None = None) -> dict[str, CatalogProduct]:
+        """The shop's catalog rows that are not deleted, with their variants (only `product_ids` if given)."""
+        only, params = "", (shop,)
+        if product_ids is not None:
+            ids = tuple(product_ids)
+            if not ids:
+                return {}
+            only, params = f" AND product_id IN ({', '.join('?' * len(ids))})", (shop, *ids)
         variants: dict[str, list[CatalogVariant]] = {}
         for product_id, variant_id, item_id, qty, tracked, cont in self._read(
             "SELECT product_id, variant_id, inventory_item_id, inventory_quantity, tracked, continue_selling"
-            " FROM variants WHERE shop = ? ORDER BY variant_id", (shop,)
+            f" FROM variants WHERE shop = ?{only} ORDER BY variant_id", params
         ):
             variants.setdefault(product_id, []).append(
                 CatalogVariant(variant_id, item_id, qty, bool(tracked), bool(cont))
@@ -524,7 +543,7 @@ class SQLiteEventStore:
         products = {}
         for row in self._read(
             "SELECT product_id, title, handle, status, published_at, price, image_url, product_type, vendor, updated_at"
-            " FROM products WHERE shop = ? AND deleted = 0", (shop,)
+            f" FROM products WHERE shop = ? AND deleted = 0{only}", params
         ):
             pid, title, handle, status, published_at, price, image_url, ptype, vendor, updated_at = row
             products[pid] = CatalogProduct(
@@ -535,6 +554,20 @@ class SQLiteEventStore:
 
     def deleted_product_ids(self, shop: str) -> set[str]:
         rows = self._read("SELECT product_id FROM products WHERE shop = ? AND deleted = 1", (shop,))
+        return {r[0] for r in rows}
+
+    def unsellable_product_ids(self, shop: str) -> set[str]:
+        """Products not for sale: deleted, not active, unpublished, or every variant sold out."""
+        rows = self._read(UNSELLABLE_SQL.format(p="?", yes="1", no="0"), (shop,))
+        return {r[0] for r in rows}
+
+    def products_matching(self, shop: str, product_type: str | None, vendor: str | None) -> set[str]:
+        """Products of this type and vendor (case-insensitive; None matches any)."""
+        rows = self._read(
+            "SELECT product_id FROM products WHERE shop = ? AND deleted = 0"
+            " AND (? IS NULL OR lower(product_type) = lower(?)) AND (? IS NULL OR lower(vendor) = lower(?))",
+            (shop, product_type, product_type, vendor, vendor),
+        )
         return {r[0] for r in rows}
 
     # --- privacy and lifecycle -----------------------------------------------------------

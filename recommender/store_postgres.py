@@ -19,7 +19,7 @@ import time
 import weakref
 import zlib
 from datetime import datetime, timezone
-from typing import Callable, Iterable, Sequence, TypeVar
+from typing import Callable, Collection, Iterable, Sequence, TypeVar
 
 import psycopg
 from psycopg import errors
@@ -28,7 +28,8 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from recommender.errors import ConfigError, StoreError
 from recommender.events import CatalogProduct, CatalogVariant, ChangeSet, Delivery, Event, EventKind, order_line_key
 from recommender.store import (
-    EVENT_EXPORT_COLUMNS, SHOP_TABLES, TOPICS_NOT_PROVING_INSTALL, ActivityBucket, Interaction, customer_export,
+    EVENT_EXPORT_COLUMNS, SHOP_TABLES, TOPICS_NOT_PROVING_INSTALL, UNSELLABLE_SQL, ActivityBucket, Interaction,
+    customer_export,
     export_json, iso_utc, refund_adjustment_key, require_aware,
 )
 
@@ -453,8 +454,14 @@ class PostgresEventStore:
         )
         return [ActivityBucket(p, EventKind(k), d, float(m)) for p, k, d, m in rows]
 
-    def products(self, shop: str) -> dict[str, CatalogProduct]:
-        """Every catalog row of the shop that is not deleted, with its variants."""
+    def products(self, shop: str, product_ids: Collection[str] | None = None) -> dict[str, CatalogProduct]:
+        """The shop's catalog rows that are not deleted, with their variants (only `product_ids` if given)."""
+        only, params = "", (shop,)
+        if product_ids is not None:
+            ids = list(product_ids)
+            if not ids:
+                return {}
+            only, params = " AND product_id = ANY(%s)", (shop, ids)
         variants: dict[str, list[CatalogVariant]] = {}
         for product_id, variant_id, item_id, qty, tracked, cont in self._read(
             "SELECT product_id, variant_id, inventory_item_id, inventory_quantity, tracked, continue_selling"
@@ -464,7 +471,7 @@ class PostgresEventStore:
         products = {}
         for row in self._read(
             "SELECT product_id, title, handle, status, published_at, price, image_url, product_type, vendor, updated_at"
-            " FROM products WHERE shop = %s AND NOT deleted", (shop,)
+            f" FROM products WHERE shop = %s AND NOT deleted{only}", params
         ):
             pid, title, handle, status, published_at, price, image_url, ptype, vendor, updated_at = row
             products[pid] = CatalogProduct(
@@ -475,6 +482,19 @@ class PostgresEventStore:
 
     def deleted_product_ids(self, shop: str) -> set[str]:
         rows = self._read("SELECT product_id FROM products WHERE shop = %s AND deleted", (shop,))
+        return {r[0] for r in rows}
+
+    def unsellable_product_ids(self, shop: str) -> set[str]:
+        rows = self._read(UNSELLABLE_SQL.format(p="%s", yes="true", no="false"), (shop,))
+        return {r[0] for r in rows}
+
+    def products_matching(self, shop: str, product_type: str | None, vendor: str | None) -> set[str]:
+        rows = self._read(
+            "SELECT product_id FROM products WHERE shop = %(shop)s AND NOT deleted"
+            " AND (%(type)s::text IS NULL OR lower(product_type) = lower(%(type)s))"
+            " AND (%(vendor)s::text IS NULL OR lower(vendor) = lower(%(vendor)s))",
+            {"shop": shop, "type": product_type, "vendor": vendor},
+        )
         return {r[0] for r in rows}
 
     # --- privacy and lifecycle (the contract is documented on recommender.store.SQLiteEventStore) ---------

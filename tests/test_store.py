@@ -289,6 +289,53 @@ def test_products_excludes_deleted_and_reads_variants_back(any_store):
     assert list(any_store.products(OTHER_SHOP)) == ["30"]
 
 
+def test_unsellable_products_are_computed_in_the_store(any_store):
+    # Arrange: one product per reason, and three that are for sale
+    def product(pid, status="active", published=True, *variants):
+        return CatalogProduct(SHOP, pid, title=pid, status=status, published_at=T0 if published else None,
+                              variants=tuple(variants))
+
+    catalog = (
+        product("ok-untracked", "active", True, CatalogVariant("1")),
+        product("ok-one-in-stock", "active", True, CatalogVariant("2", tracked=True, inventory_quantity=0),
+                CatalogVariant("3", tracked=True, inventory_quantity=2)),
+        product("ok-sells-past-zero", "active", True, CatalogVariant("4", tracked=True, inventory_quantity=-1,
+                                                                     continue_selling=True)),
+        product("draft", "draft", True),
+        product("archived", "archived", True),
+        product("unpublished", "active", False),
+        product("sold-out", "active", True, CatalogVariant("5", tracked=True, inventory_quantity=0),
+                CatalogVariant("6", tracked=True, inventory_quantity=None)),
+        product("to-delete"),
+    )
+    any_store.apply(delivery("wh-1", topic="products/create"), ChangeSet(upsert_products=catalog))
+    any_store.apply(delivery("wh-2", topic="products/delete"), ChangeSet(delete_product_ids=("to-delete",)))
+
+    # Act
+    unsellable = any_store.unsellable_product_ids(SHOP)
+
+    # Assert
+    assert unsellable == {"draft", "archived", "unpublished", "sold-out", "to-delete"}
+    assert unsellable == {p for p, row in any_store.products(SHOP).items() if not row.available
+                          or row.status != "active" or row.published_at is None} | {"to-delete"}
+    assert any_store.unsellable_product_ids(OTHER_SHOP) == set()
+
+
+def test_products_can_be_read_for_a_few_ids_and_filtered_by_type_and_vendor(any_store):
+    # Arrange
+    rows = (CatalogProduct(SHOP, "1", title="A", product_type="Tea", vendor="Leaf Co"),
+            CatalogProduct(SHOP, "2", title="B", product_type="tea", vendor="Other"),
+            CatalogProduct(SHOP, "3", title="C", product_type="Coffee", vendor="Leaf Co"))
+    any_store.apply(delivery("wh-1", topic="products/create"), ChangeSet(upsert_products=rows))
+
+    # Act / Assert
+    assert set(any_store.products(SHOP, ["1", "3", "404"])) == {"1", "3"}
+    assert any_store.products(SHOP, []) == {}
+    assert any_store.products_matching(SHOP, "TEA", None) == {"1", "2"}
+    assert any_store.products_matching(SHOP, None, "leaf co") == {"1", "3"}
+    assert any_store.products_matching(SHOP, "tea", "Leaf Co") == {"1"}
+
+
 def test_product_update_replaces_its_variants(any_store, backend):
     # Arrange
     any_store.apply(delivery("wh-1"), ChangeSet(upsert_products=(
