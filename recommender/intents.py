@@ -314,7 +314,7 @@ class Recommender:
                 return None, "unknown_product"
             if not any(model.copurchase_orders[row] > 0 for row in cart_rows):
                 return None, "no_copurchase_data"
-            scores, best_row, _ = model.complementary_scores(cart_rows)
+            scores, best_row = model.complementary_scores(cart_rows)
             top = model.top_rows(scores, request.n, _with_rows(blocked, cart_rows))
             return _from_rows(model, top, scores, [str(model.item_ids[best_row[r]]) for r in top]), None
         raise ValueError(f"unknown strategy {strategy!r}")

@@ -33,8 +33,7 @@ class ServingModel:
         self.item_ids = artifact.item_ids
         self.index = {pid: row for row, pid in enumerate(artifact.item_ids.tolist())}
         self.factors = np.ascontiguousarray(artifact.item_factors, dtype=np.float32)  # float16 matmul is ~30x slower
-        norms = np.linalg.norm(self.factors, axis=1, keepdims=True)
-        self.unit_factors = self.factors / np.maximum(norms, 1e-12)
+        self._unit_factors: np.ndarray | None = None  # made on first use: personalized requests never need it
         n_factors = self.factors.shape[1]
         self.regularized_gramian = artifact.gramian.astype(np.float64) + artifact.regularization * np.eye(n_factors)
         self.alpha = artifact.alpha
@@ -48,6 +47,15 @@ class ServingModel:
         self.copurchase_neighbors = artifact.copurchase_neighbors
         self.copurchase_scores = artifact.copurchase_scores
         self.copurchase_orders = artifact.copurchase_orders
+
+    @property
+    def unit_factors(self) -> np.ndarray:
+        """float32[n_items, factors] of unit length, for cosine similarity (computed once, on first use)."""
+        unit = self._unit_factors
+        if unit is None:  # two threads may both compute it; either result is the same
+            norms = np.linalg.norm(self.factors, axis=1, keepdims=True)
+            unit = self._unit_factors = self.factors / np.maximum(norms, 1e-12)
+        return unit
 
     @property
     def n_items(self) -> int:
@@ -105,30 +113,24 @@ class ServingModel:
         best = np.argmax(sims, axis=1)
         return sims[np.arange(self.n_items), best], np.asarray(seed_rows)[best]
 
-    def complementary_scores(self, cart_rows: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def complementary_scores(self, cart_rows: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """Co-purchase blended with factor similarity, per cart item, summed over the cart.
 
         Each cart item i trusts its co-purchase list by β = orders_i / (orders_i + COPURCHASE_SHRINK)
-        and factor similarity by 1 − β. Returns (scores, the cart row contributing most,
-        whether co-purchase data contributed) over all items.
+        and factor similarity by 1 − β. One matrix product covers the whole cart. Returns
+        (scores float32[n_items], the cart row contributing most int[n_items]).
         """
-        n = self.n_items
-        total = np.zeros(n, dtype=np.float64)
-        best_part = np.full(n, -np.inf)
-        best_row = np.full(n, -1, dtype=np.int64)
-        from_copurchase = np.zeros(n, dtype=bool)
-        for row in cart_rows:
-            beta = self.copurchase_orders[row] / (self.copurchase_orders[row] + COPURCHASE_SHRINK)
-            part = (1.0 - beta) * np.clip(self.unit_factors @ self.unit_factors[row], 0.0, None).astype(np.float64)
-            neighbors = self.copurchase_neighbors[row]
-            valid = neighbors >= 0
-            if beta > 0 and valid.any():
-                part[neighbors[valid]] += beta * self.copurchase_scores[row][valid]
-                from_copurchase[neighbors[valid]] = True
-            total += part
-            better = part > best_part
-            best_part[better], best_row[better] = part[better], row
-        return total, best_row, from_copurchase
+        rows = np.asarray(cart_rows, dtype=np.int64)
+        orders = self.copurchase_orders[rows].astype(np.float32)
+        beta = orders / (orders + COPURCHASE_SHRINK)  # [cart]
+        unit = self.unit_factors
+        parts = np.maximum(unit @ unit[rows].T, 0.0) * (1.0 - beta)  # [n_items, cart]
+        for column, row in enumerate(rows):
+            if beta[column] > 0:
+                neighbors = self.copurchase_neighbors[row]
+                valid = neighbors >= 0
+                parts[neighbors[valid], column] += beta[column] * self.copurchase_scores[row][valid]
+        return parts.sum(axis=1), rows[np.argmax(parts, axis=1)]
 
     def top_rows(self, scores: np.ndarray, n: int, blocked: np.ndarray | None = None) -> list[int]:
         """The n best rows by score, blocked rows (bool mask) dropped, best first (ties by row)."""
