@@ -155,6 +155,9 @@ def deploy_script(args: argparse.Namespace, env: dict[str, str]) -> str:
                 env_vars["EVENT_STORE_URL"] = args.database_url
             env_vars["MODEL_STORE_URL"] = model_store_url
         env_vars["THREADS"] = str(spec.concurrency)
+        # One BLAS thread per request: gunicorn's threads already fill the CPUs, and OpenBLAS's own pool on
+        # top of them tripled CPU per recommendation in bench/PERFORMANCE.md (implicit asks for it too).
+        env_vars["OPENBLAS_NUM_THREADS"] = "1"
         if spec.entry_point == "train" and args.scheduler_service_account:
             env_vars["TRAIN_SERVICE_ACCOUNT"] = args.scheduler_service_account
             env_vars["TRAIN_AUDIENCE"] = train_url

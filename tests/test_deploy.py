@@ -97,8 +97,9 @@ def test_dry_run_gives_stores_to_the_functions_and_secrets_only_to_those_that_ne
     for name in ("webhook", "recommend", "collect", "train"):
         env_vars = gcloud_map(functions[name]["--set-env-vars"])
         assert env_vars == {"EVENT_STORE_URL": DATABASE_URL, "MODEL_STORE_URL": MODEL_STORE_URL,
-                            "THREADS": functions[name]["--concurrency"]}
-    assert gcloud_map(functions["healthz"]["--set-env-vars"]) == {"THREADS": functions["healthz"]["--concurrency"]}
+                            "THREADS": functions[name]["--concurrency"], "OPENBLAS_NUM_THREADS": "1"}
+    assert gcloud_map(functions["healthz"]["--set-env-vars"]) == {"THREADS": functions["healthz"]["--concurrency"],
+                                                                  "OPENBLAS_NUM_THREADS": "1"}
     secrets = {name: gcloud_map(flag.get("--set-secrets", "")) for name, flag in functions.items()}
     assert secrets == {
         "webhook": {"SHOPIFY_API_SECRET": "shopify-api-secret:latest"},
@@ -177,7 +178,7 @@ def test_an_env_value_with_a_comma_uses_gcloud_delimiter_escaping():
     functions = deployed(dry_run(DATABASE_URL=url))
 
     # Assert: ',' and '@' are both in the URL, so '|' separates
-    expected = f"^|^EVENT_STORE_URL={url}|MODEL_STORE_URL={MODEL_STORE_URL}|THREADS=1"
+    expected = f"^|^EVENT_STORE_URL={url}|MODEL_STORE_URL={MODEL_STORE_URL}|THREADS=1|OPENBLAS_NUM_THREADS=1"
     assert functions["train"]["--set-env-vars"] == expected
 
 
