@@ -19,7 +19,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Collection, Iterable, Protocol, Sequence
+from typing import Any, Collection, Iterable, NamedTuple, Protocol, Sequence
 
 from recommender.errors import ConfigError, StoreError
 from recommender.events import (
@@ -145,9 +145,8 @@ EVENT_EXPORT_COLUMNS: tuple[str, ...] = (
 )
 
 
-@dataclass(frozen=True)
-class Interaction:
-    """One stored event as training and fold-in see it."""
+class Interaction(NamedTuple):
+    """One stored event as training and fold-in see it (a named tuple: training reads millions of them)."""
 
     user_key: str
     product_id: str
@@ -177,9 +176,12 @@ _SQLITE_CUSTOMER_EVENTS = (
 )
 
 
+KINDS = {kind.value: kind for kind in EventKind}  # a dict lookup is several times faster than EventKind(value)
+
+
 def _interaction(row: tuple) -> Interaction:
     user, product, kind, occurred_at, order_id, factor = row
-    return Interaction(user, product, EventKind(kind), datetime.fromisoformat(occurred_at), order_id, factor)
+    return Interaction(user, product, KINDS[kind], datetime.fromisoformat(occurred_at), order_id, factor)
 
 
 class EventStore(Protocol):

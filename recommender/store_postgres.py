@@ -28,7 +28,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from recommender.errors import ConfigError, StoreError
 from recommender.events import CatalogProduct, CatalogVariant, ChangeSet, Delivery, Event, EventKind, order_line_key
 from recommender.store import (
-    EVENT_EXPORT_COLUMNS, SHOP_TABLES, TOPICS_NOT_PROVING_INSTALL, UNSELLABLE_SQL, ActivityBucket, Interaction,
+    EVENT_EXPORT_COLUMNS, SHOP_TABLES, TOPICS_NOT_PROVING_INSTALL, UNSELLABLE_SQL, KINDS, ActivityBucket, Interaction,
     customer_export,
     export_json, iso_utc, refund_adjustment_key, require_aware,
 )
@@ -155,7 +155,7 @@ def _utc(moment: datetime | None) -> datetime | None:
 
 def _interaction(row: tuple) -> Interaction:
     user, product, kind, occurred_at, order_id, factor = row
-    return Interaction(user, product, EventKind(kind), _utc(occurred_at), order_id, factor)
+    return Interaction(user, product, KINDS[kind], _utc(occurred_at), order_id, factor)
 
 
 def _lock_key(namespace: int, shop: str, value: str) -> tuple[int, int]:
