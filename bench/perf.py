@@ -106,6 +106,20 @@ def machine() -> dict:
     }
 
 
+def code_version() -> dict | None:
+    """The commit measured and any uncommitted changes outside bench/ (None where git is unavailable)."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=RESULTS.parent.parent, capture_output=True,
+                              text=True, check=True).stdout.strip()
+        status = subprocess.run(["git", "status", "--porcelain"], cwd=RESULTS.parent.parent, capture_output=True,
+                                text=True, check=True).stdout.splitlines()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return {"commit": head, "changed": [line[3:] for line in status if not line[3:].startswith("bench/")]}
+
+
 def run(plan: Plan, workdir: Path, log=print) -> dict:
     from threadpoolctl import threadpool_limits
 
@@ -117,6 +131,7 @@ def run(plan: Plan, workdir: Path, log=print) -> dict:
                               "command": " ".join(["python -m bench.perf", *sys.argv[1:]]),
                               "mode": plan.mode,
                               "sizes": list(plan.sizes), "reference_size": reference, "machine": machine(),
+                              "code_at_start": code_version(),
                               "goals": GOALS}}
 
     log(f"setup: artifacts of {', '.join(map(_label, plan.sizes))} items")
@@ -155,8 +170,13 @@ def run(plan: Plan, workdir: Path, log=print) -> dict:
                 continue
             if numbers["p99_vs_floor"] > GOALS["warm_p99_vs_floor"] or numbers["p99_vs_implicit_fold_in"] >= 1:
                 profiles.append(latency.profile_intent(shops[measured["items"]], intent, calls))
+    log("  with the whole catalog in the store")
+    with_catalog = latency.measure_size(catalog_shop, plan.warm_repetitions[reference])
+    for intent, numbers in with_catalog["intents"].items():
+        if intent != "trending" and numbers["p99_vs_floor"] > GOALS["warm_p99_vs_floor"]:
+            profiles.append({**latency.profile_intent(catalog_shop, intent, plan.profile_calls), "catalog_rows": reference})
     results["warm_latency"] = {
-        "sizes": warm, "profiles": profiles,
+        "sizes": warm, "with_catalog": with_catalog, "profiles": profiles,
         "catalog_refresh": latency.catalog_refresh(catalog_shop, repeats=3),
         "method": "in process, interleaved; floor = factors @ u + np.argpartition (top 10); peer = implicit"
                   " AlternatingLeastSquares.recommend on the same float32 factors; ours reads a 20-event history"
@@ -192,6 +212,7 @@ def run(plan: Plan, workdir: Path, log=print) -> dict:
     results["goals"] = goals(results)
     results["headline"] = headline_figures(results)
     results["meta"]["seconds"] = round(time.perf_counter() - started, 1)
+    results["meta"]["code_at_end"] = code_version()
     return results
 
 
@@ -257,6 +278,12 @@ def goals(results: dict) -> list[dict]:
                         "measured": numbers["p99_vs_floor"], "met": numbers["p99_vs_floor"] <= GOALS["warm_p99_vs_floor"]})
             out.append({"goal": f"{intent} p99 faster than implicit fold-in at {_label(reference)} ({blas})",
                         "measured": numbers["p99_vs_implicit_fold_in"], "met": numbers["p99_vs_implicit_fold_in"] < 1})
+    with_catalog = results["warm_latency"].get("with_catalog")
+    if with_catalog:
+        for intent, numbers in with_catalog["intents"].items():
+            out.append({"goal": f"{intent} p99 ≤ {GOALS['warm_p99_vs_floor']}× floor at {_label(reference)} with"
+                                f" {_label(reference)} catalog rows (blas_default_threads)",
+                        "measured": numbers["p99_vs_floor"], "met": numbers["p99_vs_floor"] <= GOALS["warm_p99_vs_floor"]})
     sqlite = results["ingest"]["sqlite"]
     out.append({"goal": f"webhook p99 < {GOALS['ingest_p99_ms']:g} ms in process (SQLite)",
                 "measured": sqlite["in_process"]["p99_ms"], "met": sqlite["in_process"]["p99_ms"] < GOALS["ingest_p99_ms"]})

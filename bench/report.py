@@ -13,6 +13,17 @@ def _x(value: float) -> str:
     return f"{value:.2f}×"
 
 
+def _code(meta: dict) -> str:
+    start, end = meta.get("code_at_start"), meta.get("code_at_end")
+    if not start:
+        return ""
+    text = f" Code: commit {start['commit']}" + (f" plus uncommitted {', '.join(start['changed'])}" if start["changed"] else "")
+    if end and end != start:
+        text += f"; **the code changed during the run** (at the end: {end['commit']}" + (
+            f" plus {', '.join(end['changed'])})" if end["changed"] else ")")
+    return text + "."
+
+
 def markdown(results: dict) -> str:
     meta, m = results["meta"], results["meta"]["machine"]
     blas = ", ".join(f"{b['internal_api']} {b['version']} ({b['architecture']}, {b['num_threads']} threads)"
@@ -23,7 +34,7 @@ def markdown(results: dict) -> str:
         f"`{meta['command']}` — {meta['mode']} mode, {meta['date']}, {meta.get('seconds', '?')} s.  ",
         f"Machine: {m['nproc']} CPUs ({m['cpu_model']}), Python {m['python']}, numpy {m['numpy']}, BLAS {blas},"
         f" OPENBLAS_CORETYPE={m['openblas_coretype'] or 'unset'}. Goals stated at 100k items are judged at"
-        f" {meta['reference_size']:,} items.",
+        f" {meta['reference_size']:,} items." + _code(meta),
         "",
         "## Goals",
         "",
@@ -64,12 +75,23 @@ def markdown(results: dict) -> str:
                              w["cached_answer"]["p99_ms"], _x(w["cached_answer"]["p99_ms"] / w["floor"]["p99_ms"]), ""])
             out += [f"**{size['items']:,} items, {blas_label}** ({w['floor']['n']} calls each)", "",
                     _table(["path", "p50", "p99", "p99 vs floor", "p99 vs implicit fold-in"], rows), ""]
+    if warm.get("with_catalog"):
+        w = warm["with_catalog"]
+        rows = [["floor: matvec + argpartition", w["floor"]["p50_ms"], w["floor"]["p99_ms"], "1.00×", ""],
+                ["implicit recommend, fold-in", w["implicit_fold_in"]["p50_ms"], w["implicit_fold_in"]["p99_ms"],
+                 _x(w["implicit_fold_in"]["p99_ms"] / w["floor"]["p99_ms"]), "1.00×"]]
+        rows += [[f"ours: {intent} ({n['strategy']})", n["p50_ms"], n["p99_ms"], _x(n["p99_vs_floor"]),
+                  _x(n["p99_vs_implicit_fold_in"])] for intent, n in w["intents"].items()]
+        out += [f"**{w['items']:,} items with every item in the catalog (products and variants rows), BLAS default"
+                f" threads** ({w['floor']['n']} calls each)", "",
+                _table(["path", "p50", "p99", "p99 vs floor", "p99 vs implicit fold-in"], rows), ""]
     refresh = warm["catalog_refresh"]
     out += [f"Catalog refresh (once per CATALOG_TTL_SECONDS, paid by one request): {refresh['products']:,} products"
             f" {refresh['median_s']} s vs sqlite3 fetch of the same rows {refresh['floor_median_s']} s"
             f" ({_x(refresh['ratio'])}).", ""]
     for profile in warm["profiles"]:
-        out += [f"Profile, {profile['intent']} at {profile['items']:,} items ({profile['calls']} calls,"
+        catalog = f" with {profile['catalog_rows']:,} catalog rows" if profile.get("catalog_rows") else ""
+        out += [f"Profile, {profile['intent']} at {profile['items']:,} items{catalog} ({profile['calls']} calls,"
                 f" {profile['wall_ms_per_call']} ms per call under cProfile), functions by own time:", "",
                 _table(["function", "own ms per call", "share", "calls per request"],
                        [[r["function"], r["own_ms_per_call"], f"{r['share']:.0%}", r["calls_per_request"]]
