@@ -133,15 +133,18 @@ class ServingModel:
         return parts.sum(axis=1), rows[np.argmax(parts, axis=1)]
 
     def top_rows(self, scores: np.ndarray, n: int, blocked: np.ndarray | None = None) -> list[int]:
-        """The n best rows by score, blocked rows (bool mask) dropped, best first (ties by row)."""
+        """The n best rows by score, blocked rows (bool mask) dropped, best first (ties by row).
+
+        `scores` must be the caller's own fresh array: blocked rows are set to −inf in place.
+        """
         if blocked is not None:
-            scores = np.where(blocked, -np.inf, scores)
-        available = int(np.count_nonzero(np.isfinite(scores)))
-        take = min(n, available)
+            scores[blocked] = -np.inf
+        take = min(n, len(scores))
         if take <= 0:
             return []
         part = np.argpartition(-scores, take - 1)[:take]
-        return [int(r) for r in part[np.lexsort((part, -scores[part]))]]
+        ordered = part[np.lexsort((part, -scores[part]))]
+        return [int(r) for r in ordered if scores[r] > -np.inf]
 
     def popular_rows_allowed(self, n: int, blocked: np.ndarray | None = None) -> list[int]:
         if blocked is None:

@@ -296,6 +296,7 @@ class SQLiteEventStore:
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
         self._migrate(self._connection())
 
     def _read(self, sql: str, params: tuple = ()) -> list[tuple]:
@@ -337,6 +338,12 @@ class SQLiteEventStore:
             raise
 
     def _write(self, work) -> object:
+        # One writer at a time within the process: SQLite allows one anyway, and its busy handler's growing
+        # sleeps (up to 1 s) made concurrent webhooks wait far longer than a queue does (bench/PERFORMANCE.md).
+        with self._write_lock:
+            return self._write_now(work)
+
+    def _write_now(self, work) -> object:
         conn = self._connection()
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -537,11 +544,13 @@ class SQLiteEventStore:
         variants: dict[str, list[CatalogVariant]] = {}
         for product_id, variant_id, item_id, qty, tracked, cont in self._read(
             "SELECT product_id, variant_id, inventory_item_id, inventory_quantity, tracked, continue_selling"
-            f" FROM variants WHERE shop = ?{only} ORDER BY variant_id", params
+            f" FROM variants WHERE shop = ?{only}", params  # no ORDER BY: it would walk every variant of the shop
         ):
             variants.setdefault(product_id, []).append(
                 CatalogVariant(variant_id, item_id, qty, bool(tracked), bool(cont))
             )
+        for rows in variants.values():
+            rows.sort(key=lambda variant: variant.variant_id)
         products = {}
         for row in self._read(
             "SELECT product_id, title, handle, status, published_at, price, image_url, product_type, vendor, updated_at"

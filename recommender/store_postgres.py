@@ -465,9 +465,11 @@ class PostgresEventStore:
         variants: dict[str, list[CatalogVariant]] = {}
         for product_id, variant_id, item_id, qty, tracked, cont in self._read(
             "SELECT product_id, variant_id, inventory_item_id, inventory_quantity, tracked, continue_selling"
-            ' FROM variants WHERE shop = %s ORDER BY variant_id COLLATE "C"', (shop,)
+            f" FROM variants WHERE shop = %s{only}", params  # no ORDER BY: it would walk every variant of the shop
         ):
             variants.setdefault(product_id, []).append(CatalogVariant(variant_id, item_id, qty, tracked, cont))
+        for rows in variants.values():
+            rows.sort(key=lambda variant: variant.variant_id)
         products = {}
         for row in self._read(
             "SELECT product_id, title, handle, status, published_at, price, image_url, product_type, vendor, updated_at"
