@@ -282,7 +282,53 @@ def _enable_wal(conn: sqlite3.Connection, attempts: int = 100) -> None:
             time.sleep(0.01 * (1 + attempt % 10))
 
 
-class SQLiteEventStore:
+class SharedQueries:
+    """The queries both SQL backends write the same way but for the parameter marker `_P`."""
+
+    _P = "?"
+
+    def _read(self, sql: str, params=()) -> list[tuple]: ...
+    def _write(self, work): ...
+
+    @staticmethod
+    def _to_interaction(row: tuple) -> Interaction:
+        return _interaction(row)
+
+    def interactions(self, shop: str) -> list[Interaction]:
+        """Every event of the shop that still counts (voided ones left out), in arrival order."""
+        rows = self._read(f"SELECT {_INTERACTION_COLUMNS} FROM events WHERE shop = {self._P} AND weight_factor > 0"
+                          " ORDER BY id", (shop,))
+        return [self._to_interaction(row) for row in rows]
+
+    def history(self, shop: str, user_key: str, limit: int) -> list[Interaction]:
+        """The shopper's latest `limit` events that still count, newest first."""
+        p = self._P
+        rows = self._read(
+            f"SELECT {_INTERACTION_COLUMNS} FROM events WHERE shop = {p} AND user_key = {p} AND weight_factor > 0"
+            f" ORDER BY occurred_at DESC, id DESC LIMIT {p}",
+            (shop, user_key, limit),
+        )
+        return [self._to_interaction(row) for row in rows]
+
+    def redact_shop(self, shop: str) -> None:
+        """Delete every row the shop has, in every table."""
+
+        def work(conn) -> None:
+            for table in SHOP_TABLES:
+                conn.execute(f"DELETE FROM {table} WHERE shop = {self._P}", (shop,))
+
+        self._write(work)
+
+    def count_events(self, shop: str | None = None) -> int:
+        if shop is None:
+            return self._read("SELECT COUNT(*) FROM events")[0][0]
+        return self._read(f"SELECT COUNT(*) FROM events WHERE shop = {self._P}", (shop,))[0][0]
+
+    def count_deliveries(self) -> int:
+        return self._read("SELECT COUNT(*) FROM deliveries")[0][0]
+
+
+class SQLiteEventStore(SharedQueries):
     """Events and catalog in one SQLite file; one connection per thread."""
 
     def __init__(self, path: str | Path):
@@ -509,21 +555,6 @@ class SQLiteEventStore:
         rows = self._read("SELECT DISTINCT shop FROM events ORDER BY shop")
         return [r[0] for r in rows]
 
-    def interactions(self, shop: str) -> list[Interaction]:
-        """Every event of the shop that still counts (voided ones left out), in arrival order."""
-        rows = self._read(
-            f"SELECT {_INTERACTION_COLUMNS} FROM events WHERE shop = ? AND weight_factor > 0 ORDER BY id", (shop,))
-        return [_interaction(row) for row in rows]
-
-    def history(self, shop: str, user_key: str, limit: int) -> list[Interaction]:
-        """The shopper's latest `limit` events that still count, newest first."""
-        rows = self._read(
-            f"SELECT {_INTERACTION_COLUMNS} FROM events WHERE shop = ? AND user_key = ? AND weight_factor > 0"
-            " ORDER BY occurred_at DESC, id DESC LIMIT ?",
-            (shop, user_key, limit),
-        )
-        return [_interaction(row) for row in rows]
-
     def activity_since(self, shop: str, since: datetime) -> list[ActivityBucket]:
         """Per product, kind and UTC day since `since`: the summed weight factors (for trending)."""
         rows = self._read(
@@ -603,15 +634,6 @@ class SQLiteEventStore:
 
         return int(self._write(work))
 
-    def redact_shop(self, shop: str) -> None:
-        """Delete every row the shop has, in every table."""
-
-        def work(conn: sqlite3.Connection) -> None:
-            for table in SHOP_TABLES:
-                conn.execute(f"DELETE FROM {table} WHERE shop = ?", (shop,))
-
-        self._write(work)
-
     def export_customer(self, shop: str, customer_id: str) -> dict:
         """Everything stored about the customer: their events (every column) and identity links."""
         params = {"shop": shop, "customer_id": customer_id, "user_key": f"c:{customer_id}"}
@@ -659,14 +681,6 @@ class SQLiteEventStore:
             return conn.execute("DELETE FROM events WHERE occurred_at < ?", (cutoff,)).rowcount
 
         return int(self._write(work))
-
-    def count_events(self, shop: str | None = None) -> int:
-        if shop is None:
-            return self._read("SELECT COUNT(*) FROM events")[0][0]
-        return self._read("SELECT COUNT(*) FROM events WHERE shop = ?", (shop,))[0][0]
-
-    def count_deliveries(self) -> int:
-        return self._read("SELECT COUNT(*) FROM deliveries")[0][0]
 
     def close(self) -> None:
         with self._lock:

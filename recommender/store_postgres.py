@@ -28,9 +28,8 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from recommender.errors import ConfigError, StoreError
 from recommender.events import CatalogProduct, CatalogVariant, ChangeSet, Delivery, Event, EventKind, order_line_key
 from recommender.store import (
-    EVENT_EXPORT_COLUMNS, SHOP_TABLES, TOPICS_NOT_PROVING_INSTALL, UNSELLABLE_SQL, KINDS, ActivityBucket, Interaction,
-    customer_export,
-    export_json, iso_utc, refund_adjustment_key, require_aware,
+    EVENT_EXPORT_COLUMNS, KINDS, TOPICS_NOT_PROVING_INSTALL, UNSELLABLE_SQL, ActivityBucket, Interaction,
+    SharedQueries, customer_export, export_json, iso_utc, refund_adjustment_key, require_aware,
 )
 
 T = TypeVar("T")
@@ -164,8 +163,11 @@ def _lock_key(namespace: int, shop: str, value: str) -> tuple[int, int]:
     return namespace, (digest - (1 << 32) if digest >= 1 << 31 else digest)  # as a signed int4
 
 
-class PostgresEventStore:
+class PostgresEventStore(SharedQueries):
     """Events and catalog in one PostgreSQL database (or schema); one connection per thread."""
+
+    _P = "%s"
+    _to_interaction = staticmethod(_interaction)
 
     def __init__(self, url: str):
         try:
@@ -430,21 +432,6 @@ class PostgresEventStore:
         rows = self._read('SELECT shop FROM events GROUP BY shop ORDER BY shop COLLATE "C"')
         return [r[0] for r in rows]
 
-    def interactions(self, shop: str) -> list[Interaction]:
-        """Every event of the shop that still counts (voided ones left out), in arrival order."""
-        rows = self._read(
-            f"SELECT {_INTERACTION_COLUMNS} FROM events WHERE shop = %s AND weight_factor > 0 ORDER BY id", (shop,))
-        return [_interaction(row) for row in rows]
-
-    def history(self, shop: str, user_key: str, limit: int) -> list[Interaction]:
-        """The shopper's latest `limit` events that still count, newest first."""
-        rows = self._read(
-            f"SELECT {_INTERACTION_COLUMNS} FROM events WHERE shop = %s AND user_key = %s AND weight_factor > 0"
-            " ORDER BY occurred_at DESC, id DESC LIMIT %s",
-            (shop, user_key, limit),
-        )
-        return [_interaction(row) for row in rows]
-
     def activity_since(self, shop: str, since: datetime) -> list[ActivityBucket]:
         """Per product, kind and UTC day since `since`: the summed weight factors (for trending)."""
         rows = self._read(
@@ -515,13 +502,6 @@ class PostgresEventStore:
 
         return self._write(work)
 
-    def redact_shop(self, shop: str) -> None:
-        def work(conn: psycopg.Connection) -> None:
-            for table in SHOP_TABLES:
-                conn.execute(f"DELETE FROM {table} WHERE shop = %s", (shop,))
-
-        self._write(work)
-
     def export_customer(self, shop: str, customer_id: str) -> dict:
         params = {"shop": shop, "customer_id": customer_id, "user_key": f"c:{customer_id}"}
         rows = self._read(f"SELECT {', '.join(EVENT_EXPORT_COLUMNS)} FROM events WHERE {_CUSTOMER_EVENTS}"
@@ -566,14 +546,6 @@ class PostgresEventStore:
             return conn.execute("DELETE FROM events WHERE occurred_at < %s", (cutoff,)).rowcount
 
         return self._write(work)
-
-    def count_events(self, shop: str | None = None) -> int:
-        if shop is None:
-            return self._read("SELECT COUNT(*) FROM events")[0][0]
-        return self._read("SELECT COUNT(*) FROM events WHERE shop = %s", (shop,))[0][0]
-
-    def count_deliveries(self) -> int:
-        return self._read("SELECT COUNT(*) FROM deliveries")[0][0]
 
     def close(self) -> None:
         with self._lock:
