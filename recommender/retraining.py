@@ -105,7 +105,8 @@ def retrain_shop(store: EventStore, model_store: ModelStore, shop: str, config: 
             model_store.record_run(shop, record)
             log.warning("kept the current model of %s: %s", shop, reason)
             return record
-    artifact = train_shop(store, shop, config, now, extra_metadata={"quality": record.get("gate")})
+    artifact = train_shop(store, shop, config, now, extra_metadata={"quality": record.get("gate")},
+                          interactions=interactions)  # read once for the gate and the model
     manifest = model_store.publish(shop, artifact)
     counts = artifact.metadata["counts"]
     record.update(published=True, version=manifest.version, users=counts["users"], items=counts["items"],

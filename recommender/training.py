@@ -95,9 +95,10 @@ def fit_item_factors(user_items: sp.csr_matrix, config: TrainingConfig) -> np.nd
 
 
 def train_shop(store: EventStore, shop: str, config: TrainingConfig, now: datetime | None = None,
-               extra_metadata: dict | None = None) -> ModelArtifact:
+               extra_metadata: dict | None = None, interactions: list[Interaction] | None = None) -> ModelArtifact:
+    """Train on the shop's events (`interactions` when the caller has already read them)."""
     now = now or datetime.now(timezone.utc)
-    interactions = store.interactions(shop)
+    interactions = store.interactions(shop) if interactions is None else interactions
     data = build_user_items(interactions, dict(config.event_weights))
     n_users, n_items = data.matrix.shape
     if n_users < 1 or n_items < 2:
