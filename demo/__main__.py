@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import secrets
 import signal
@@ -128,7 +127,13 @@ def main(argv: list[str] | None = None) -> int:
         print("3/3 training through POST /train")
         trained = requests.post(f"{base}/train", headers={"Authorization": f"Bearer {env['TRAIN_TOKEN']}"}, timeout=600)
         trained.raise_for_status()
-        print("  " + json.dumps(trained.json()["trained"]))
+        for run in trained.json()["trained"]:
+            gate = run.get("gate") or {}
+            judged = (f"NDCG@10 {gate['candidate']['ndcg@10']:.3f} vs best sellers {gate['popularity']['ndcg@10']:.3f}"
+                      f" and trending {gate['trending']['ndcg@10']:.3f} on the last week" if "candidate" in gate
+                      else gate.get("skipped", "gate off"))
+            print(f"  published {run['version']}: {run['users']} shoppers, {run['items']} products, "
+                  f"{run['events']} events; quality gate: {judged}")
 
         titles = {p.product_id: f"{p.title} ({p.category})" for p in store.products}
         shop = store.config.shop
