@@ -319,6 +319,50 @@ class SharedQueries:
 
         self._write(work)
 
+    _TRUE, _FALSE = "1", "0"  # how the dialect writes booleans
+
+    @staticmethod
+    def _to_time(value) -> datetime | None:
+        return _parse_iso(value)
+
+    def _only_ids(self, product_ids: Collection[str] | None) -> tuple[str, tuple]:
+        ids = tuple(product_ids)
+        return f" AND product_id IN ({', '.join([self._P] * len(ids))})", ids
+
+    def products(self, shop: str, product_ids: Collection[str] | None = None) -> dict[str, CatalogProduct]:
+        """The shop's catalog rows that are not deleted, with their variants (only `product_ids` if given)."""
+        only, params = "", (shop,)
+        if product_ids is not None:
+            if not product_ids:
+                return {}
+            only, ids = self._only_ids(product_ids)
+            params = (shop, *ids)
+        variants: dict[str, list[CatalogVariant]] = {}
+        for product_id, variant_id, item_id, qty, tracked, cont in self._read(
+            "SELECT product_id, variant_id, inventory_item_id, inventory_quantity, tracked, continue_selling"
+            f" FROM variants WHERE shop = {self._P}{only}", params  # no ORDER BY: it would walk every variant
+        ):
+            variants.setdefault(product_id, []).append(
+                CatalogVariant(variant_id, item_id, qty, bool(tracked), bool(cont)))
+        for rows in variants.values():
+            rows.sort(key=lambda variant: variant.variant_id)
+        products = {}
+        for row in self._read(
+            "SELECT product_id, title, handle, status, published_at, price, image_url, product_type, vendor, updated_at"
+            f" FROM products WHERE shop = {self._P} AND deleted = {self._FALSE}{only}", params
+        ):
+            pid, title, handle, status, published_at, price, image_url, ptype, vendor, updated_at = row
+            products[pid] = CatalogProduct(
+                shop, pid, title, handle, status, self._to_time(published_at), price, image_url, ptype, vendor,
+                self._to_time(updated_at), tuple(variants.get(pid, ())),
+            )
+        return products
+
+    def unsellable_product_ids(self, shop: str) -> set[str]:
+        """Products not for sale: deleted, not active, unpublished, or every variant sold out."""
+        rows = self._read(UNSELLABLE_SQL.format(p=self._P, yes=self._TRUE, no=self._FALSE), (shop,))
+        return {r[0] for r in rows}
+
     def count_events(self, shop: str | None = None) -> int:
         if shop is None:
             return self._read("SELECT COUNT(*) FROM events")[0][0]
@@ -564,43 +608,8 @@ class SQLiteEventStore(SharedQueries):
         )
         return [ActivityBucket(p, EventKind(k), d, float(m)) for p, k, d, m in rows]
 
-    def products(self, shop: str, product_ids: Collection[str] | None = None) -> dict[str, CatalogProduct]:
-        """The shop's catalog rows that are not deleted, with their variants (only `product_ids` if given)."""
-        only, params = "", (shop,)
-        if product_ids is not None:
-            ids = tuple(product_ids)
-            if not ids:
-                return {}
-            only, params = f" AND product_id IN ({', '.join('?' * len(ids))})", (shop, *ids)
-        variants: dict[str, list[CatalogVariant]] = {}
-        for product_id, variant_id, item_id, qty, tracked, cont in self._read(
-            "SELECT product_id, variant_id, inventory_item_id, inventory_quantity, tracked, continue_selling"
-            f" FROM variants WHERE shop = ?{only}", params  # no ORDER BY: it would walk every variant of the shop
-        ):
-            variants.setdefault(product_id, []).append(
-                CatalogVariant(variant_id, item_id, qty, bool(tracked), bool(cont))
-            )
-        for rows in variants.values():
-            rows.sort(key=lambda variant: variant.variant_id)
-        products = {}
-        for row in self._read(
-            "SELECT product_id, title, handle, status, published_at, price, image_url, product_type, vendor, updated_at"
-            f" FROM products WHERE shop = ? AND deleted = 0{only}", params
-        ):
-            pid, title, handle, status, published_at, price, image_url, ptype, vendor, updated_at = row
-            products[pid] = CatalogProduct(
-                shop, pid, title, handle, status, _parse_iso(published_at), price, image_url, ptype, vendor,
-                _parse_iso(updated_at), tuple(variants.get(pid, ())),
-            )
-        return products
-
     def deleted_product_ids(self, shop: str) -> set[str]:
         rows = self._read("SELECT product_id FROM products WHERE shop = ? AND deleted = 1", (shop,))
-        return {r[0] for r in rows}
-
-    def unsellable_product_ids(self, shop: str) -> set[str]:
-        """Products not for sale: deleted, not active, unpublished, or every variant sold out."""
-        rows = self._read(UNSELLABLE_SQL.format(p="?", yes="1", no="0"), (shop,))
         return {r[0] for r in rows}
 
     def products_matching(self, shop: str, product_type: str | None, vendor: str | None) -> set[str]:

@@ -26,9 +26,9 @@ from psycopg import errors
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from recommender.errors import ConfigError, StoreError
-from recommender.events import CatalogProduct, CatalogVariant, ChangeSet, Delivery, Event, EventKind, order_line_key
+from recommender.events import CatalogProduct, ChangeSet, Delivery, Event, EventKind, order_line_key
 from recommender.store import (
-    EVENT_EXPORT_COLUMNS, KINDS, TOPICS_NOT_PROVING_INSTALL, UNSELLABLE_SQL, ActivityBucket, Interaction,
+    EVENT_EXPORT_COLUMNS, KINDS, TOPICS_NOT_PROVING_INSTALL, ActivityBucket, Interaction,
     SharedQueries, customer_export, export_json, iso_utc, refund_adjustment_key, require_aware,
 )
 
@@ -167,7 +167,13 @@ class PostgresEventStore(SharedQueries):
     """Events and catalog in one PostgreSQL database (or schema); one connection per thread."""
 
     _P = "%s"
+    _TRUE, _FALSE = "true", "false"
     _to_interaction = staticmethod(_interaction)
+    _to_time = staticmethod(_utc)
+
+    @staticmethod
+    def _only_ids(product_ids: Collection[str]) -> tuple[str, tuple]:
+        return " AND product_id = ANY(%s)", (list(product_ids),)
 
     def __init__(self, url: str):
         try:
@@ -441,40 +447,8 @@ class PostgresEventStore(SharedQueries):
         )
         return [ActivityBucket(p, EventKind(k), d, float(m)) for p, k, d, m in rows]
 
-    def products(self, shop: str, product_ids: Collection[str] | None = None) -> dict[str, CatalogProduct]:
-        """The shop's catalog rows that are not deleted, with their variants (only `product_ids` if given)."""
-        only, params = "", (shop,)
-        if product_ids is not None:
-            ids = list(product_ids)
-            if not ids:
-                return {}
-            only, params = " AND product_id = ANY(%s)", (shop, ids)
-        variants: dict[str, list[CatalogVariant]] = {}
-        for product_id, variant_id, item_id, qty, tracked, cont in self._read(
-            "SELECT product_id, variant_id, inventory_item_id, inventory_quantity, tracked, continue_selling"
-            f" FROM variants WHERE shop = %s{only}", params  # no ORDER BY: it would walk every variant of the shop
-        ):
-            variants.setdefault(product_id, []).append(CatalogVariant(variant_id, item_id, qty, tracked, cont))
-        for rows in variants.values():
-            rows.sort(key=lambda variant: variant.variant_id)
-        products = {}
-        for row in self._read(
-            "SELECT product_id, title, handle, status, published_at, price, image_url, product_type, vendor, updated_at"
-            f" FROM products WHERE shop = %s AND NOT deleted{only}", params
-        ):
-            pid, title, handle, status, published_at, price, image_url, ptype, vendor, updated_at = row
-            products[pid] = CatalogProduct(
-                shop, pid, title, handle, status, _utc(published_at), price, image_url, ptype, vendor,
-                _utc(updated_at), tuple(variants.get(pid, ())),
-            )
-        return products
-
     def deleted_product_ids(self, shop: str) -> set[str]:
         rows = self._read("SELECT product_id FROM products WHERE shop = %s AND deleted", (shop,))
-        return {r[0] for r in rows}
-
-    def unsellable_product_ids(self, shop: str) -> set[str]:
-        rows = self._read(UNSELLABLE_SQL.format(p="%s", yes="true", no="false"), (shop,))
         return {r[0] for r in rows}
 
     def products_matching(self, shop: str, product_type: str | None, vendor: str | None) -> set[str]:
