@@ -41,7 +41,7 @@ def _previous_metric(model_store: ModelStore, shop: str, metric: str) -> float |
     return None
 
 
-def _judge(store: EventStore, model_store: ModelStore, shop: str, config: TrainingConfig, gate: GateConfig,
+def _judge(model_store: ModelStore, shop: str, config: TrainingConfig, gate: GateConfig,
            now: datetime, interactions: list) -> tuple[dict, str | None]:
     """(what the gate saw, the reason to keep the current model or None to publish)."""
     from recommender.evaluation import compare_to_baseline
@@ -99,7 +99,7 @@ def retrain_shop(store: EventStore, model_store: ModelStore, shop: str, config: 
     record: dict = {"shop": shop, "started_at": now.isoformat(), "events": len(interactions), "published": False,
                     "config": config_source}
     if gate.enabled:
-        record["gate"], reason = _judge(store, model_store, shop, config, gate, now, interactions)
+        record["gate"], reason = _judge(model_store, shop, config, gate, now, interactions)
         if reason is not None:
             record.update(reason=reason, seconds=round(time.perf_counter() - started, 3))
             model_store.record_run(shop, record)

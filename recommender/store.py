@@ -468,11 +468,9 @@ class SQLiteEventStore(SharedQueries):
                 self._upsert_product(conn, product)
             for product_id in changes.delete_product_ids:
                 conn.execute(
-                    "UPDATE products SET deleted = 1 WHERE shop = ? AND product_id = ?", (delivery.shop, product_id)
-                )
-                conn.execute(
-                    "INSERT OR IGNORE INTO products (shop, product_id, title, handle, status, product_type, vendor, deleted)"
-                    " VALUES (?, ?, '', '', 'deleted', '', '', 1)",
+                    "INSERT INTO products (shop, product_id, title, handle, status, product_type, vendor, deleted)"
+                    " VALUES (?, ?, '', '', 'deleted', '', '', 1)"
+                    " ON CONFLICT (shop, product_id) DO UPDATE SET deleted = 1",
                     (delivery.shop, product_id),
                 )
             self._apply_adjustments(conn, delivery.shop, changes)
