@@ -98,7 +98,7 @@ def _load_breakdown(shop: ShopFiles, repeats: int) -> dict:
         events = SQLiteEventStore(shop.events_path)
         try:
             snapshot = CatalogCache(events, 0).get(SHOP)
-            snapshot.blocked_mask(model.item_ids, model.index, model.version)
+            snapshot.blocked_mask(model.item_ids, model.version)
         finally:
             events.close()
         t5 = time.perf_counter()

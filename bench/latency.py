@@ -159,7 +159,7 @@ def catalog_refresh(shop: ShopFiles, repeats: int) -> dict:
     raw = sqlite3.connect(shop.events_path)
 
     def ours(_: int) -> None:
-        CatalogCache(store, 0).get(SHOP).blocked_mask(model.item_ids, model.index, model.version)
+        CatalogCache(store, 0).get(SHOP).blocked_mask(model.item_ids, model.version)
 
     def floor(_: int) -> None:
         raw.execute("SELECT * FROM products WHERE shop = ?", (SHOP,)).fetchall()

@@ -19,12 +19,14 @@ FLOOR_BYTES_PER_ITEM_FACTOR = 2.0  # float16
 def analyze(path: Path, compress_check: bool) -> dict:
     data = path.read_bytes()
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
-        entries = {info.filename.removesuffix(".npy"): info.file_size for info in archive.infolist()}
+        entries = {info.filename.removesuffix(".npy"): info.compress_size for info in archive.infolist()}
+        stored = sorted(info.filename.removesuffix(".npy") for info in archive.infolist()
+                        if info.compress_type == zipfile.ZIP_STORED)
     with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
         n_items, factors = arrays["item_factors"].shape
-        id_dtype = str(arrays["item_ids"].dtype)
-        neighbours = arrays["copurchase_neighbors"]
-        filled = float((neighbours >= 0).mean()) if neighbours.size else 0.0
+        id_dtype = "int64 deltas" if "item_id_deltas" in arrays.files else str(arrays["item_ids"].dtype)
+        counts = arrays["copurchase_counts"]
+        per_item = float(counts.mean()) if counts.size else 0.0
         compressed = None
         if compress_check:
             buffer = io.BytesIO()
@@ -37,8 +39,9 @@ def analyze(path: Path, compress_check: bool) -> dict:
         "items": int(n_items), "factors": int(factors), "bytes": len(data),
         "bytes_per_item_factor": round(per_item_factor, 3),
         "ratio_vs_float16_floor": round(per_item_factor / FLOOR_BYTES_PER_ITEM_FACTOR, 2),
-        "bytes_per_item_by_array": {key: round(size / n_items, 1) for key, size in sorted(entries.items(),
-                                                                                         key=lambda kv: -kv[1])},
-        "item_id_dtype": id_dtype, "copurchase_slots_filled": round(filled, 3),
-        "if_savez_compressed": compressed,
+        "bytes_per_item_by_array": {key: round(size / n_items, 2) for key, size in sorted(entries.items(),
+                                                                                          key=lambda kv: -kv[1])},
+        "stored_uncompressed": stored,
+        "item_id_dtype": id_dtype, "copurchase_neighbours_per_item": round(per_item, 2),
+        "if_every_array_deflated": compressed,
     }

@@ -17,7 +17,7 @@ from urllib.parse import urlencode
 
 import numpy as np
 
-from recommender.artifact import ModelArtifact
+from recommender.artifact import CoPurchaseLists, ModelArtifact
 from recommender.events import CatalogProduct, CatalogVariant, Event, EventKind
 from recommender.model_store import LocalModelStore, Manifest
 from webhooks.verification import sign_webhook_body
@@ -27,14 +27,16 @@ SECRET = "bench-secret-not-a-real-one"
 FACTORS = 64
 COPURCHASE_K = 20  # as TrainingConfig.copurchase_k
 EVENT_WEIGHTS = {"view": 1.0, "add_to_cart": 4.0, "purchase": 10.0}
-PRODUCT_BASE = 8_000_000_000_000  # Shopify-shaped ids: 13 digits
+PRODUCT_BASE = 8_000_000_000_000  # Shopify-shaped ids: 13 digits (product_id)
 CUSTOMER_BASE = 7_000_000_000_000
 HISTORY_EVENTS = 20  # events per benchmark shopper, as the issue asks
 REQUEST_VARIETY = 2_000  # distinct related products and carts to ask about
 
 
 def product_id(row: int) -> str:
-    return str(PRODUCT_BASE + row)
+    """Ascending with the row, with uneven gaps (1 to 2 million) as a shop's ids have: Shopify numbers
+    products across all shops, so one shop's ids are far from consecutive."""
+    return str(PRODUCT_BASE + row * 1_000_003 + (row * 2_654_435_761) % 1_000_003)
 
 
 def customer_id(k: int) -> str:
@@ -44,21 +46,18 @@ def customer_id(k: int) -> str:
 def build_artifact(n_items: int, seed: int = 0, factors: int = FACTORS) -> ModelArtifact:
     """A model of `n_items` with random float factors and a realistic sparse co-purchase table.
 
-    Factors: N(0, 0.1²) float32 [n_items, factors]. Popularity: Pareto(1.2). Support: 0..49
-    shoppers. Co-purchase: a geometric number of neighbours per item (mean ≈ 2.3, capped at K),
-    padded with −1 to K as training writes them.
+    Factors: N(0, 0.1²) float32 [n_items, factors]. Popularity: whole numbers with a Pareto(1.2) tail
+    (training sums event weights 1, 4 and 10). Support: 0..49 shoppers. Co-purchase: a geometric
+    number of neighbours per item (mean ≈ 2.3, capped at K), scores in [0, 1].
     """
     rng = np.random.default_rng(seed)
     item_factors = rng.standard_normal((n_items, factors), dtype=np.float32) * np.float32(0.1)
-    popularity = rng.pareto(1.2, n_items).astype(np.float32)
+    popularity = np.floor(rng.pareto(1.2, n_items) * 10).astype(np.float32)
     support = rng.integers(0, 50, n_items, dtype=np.int32)
     counts = np.minimum(rng.geometric(0.3, n_items) - 1, COPURCHASE_K)
-    neighbors = np.full((n_items, COPURCHASE_K), -1, dtype=np.int32)
-    scores = np.zeros((n_items, COPURCHASE_K), dtype=np.float32)
-    for column in range(COPURCHASE_K):
-        has = counts > column
-        neighbors[has, column] = rng.integers(0, n_items, int(has.sum()), dtype=np.int32)
-        scores[has, column] = np.sort(rng.random(int(has.sum()), dtype=np.float32))[::-1]
+    nnz = int(counts.sum())
+    together = CoPurchaseLists.from_counts(counts, rng.integers(0, n_items, nnz, dtype=np.int32),
+                                           rng.random(nnz, dtype=np.float32), (counts * 3).astype(np.int32))
     metadata = {
         "version": f"bench-{n_items}-{seed}",
         "shop": SHOP,
@@ -68,8 +67,7 @@ def build_artifact(n_items: int, seed: int = 0, factors: int = FACTORS) -> Model
         "counts": {"items": n_items, "synthetic": True},
     }
     return ModelArtifact.build([product_id(i) for i in range(n_items)], item_factors, popularity, 0.05, 2.0,
-                               metadata, item_support=support, copurchase_neighbors=neighbors,
-                               copurchase_scores=scores, copurchase_orders=(counts * 3).astype(np.int32))
+                               metadata, item_support=support, copurchase=together)
 
 
 def publish_artifact(models_dir: Path, artifact: ModelArtifact) -> Manifest:
@@ -151,7 +149,7 @@ def order_payload(order_id: int, customer: str, product_rows: list[int]) -> dict
     return {
         "id": order_id, "created_at": stamp, "processed_at": stamp, "currency": "USD", "financial_status": "paid",
         "cart_token": None, "customer": {"id": int(customer)}, "test": False,
-        "line_items": [{"id": order_id * 100 + j, "product_id": PRODUCT_BASE + row, "variant_id": 45_000_000_000_000 + row,
+        "line_items": [{"id": order_id * 100 + j, "product_id": int(product_id(row)), "variant_id": 45_000_000_000_000 + row,
                         "quantity": 1, "price": "19.00", "title": f"Product {row}"} for j, row in enumerate(product_rows)],
     }
 
@@ -277,7 +275,7 @@ def prepare_shop(folder: Path, artifact: ModelArtifact, models_dir: Path, n_cust
         store.close()
     rng = np.random.default_rng(seed + 100)
     supported = np.flatnonzero(artifact.item_support >= 2)
-    bought = np.flatnonzero(artifact.copurchase_orders > 0)
+    bought = np.flatnonzero(artifact.copurchase.orders > 0)
     # Distinct requests: answers that depend on no shopper are cached per request, and the benchmark
     # measures computing them (a repeated request is timed on its own as `cached_answer`).
     related = [product_id(int(r)) for r in rng.choice(supported, size=min(REQUEST_VARIETY, len(supported)),

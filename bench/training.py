@@ -69,8 +69,7 @@ def measure(workdir: Path, users: int, items: int, events: int, repeats: int) ->
     together = copurchase_neighbors(interactions, {pid: i for i, pid in enumerate(data.item_ids)}, config.copurchase_k)
     t4 = time.perf_counter()
     artifact = ModelArtifact.build(data.item_ids, factors, data.matrix.sum(axis=0).A1, config.regularization,
-                                   config.alpha, {"version": "stages"}, copurchase_neighbors=together.neighbors,
-                                   copurchase_scores=together.scores, copurchase_orders=together.orders)
+                                   config.alpha, {"version": "stages"}, copurchase=together)
     t5 = time.perf_counter()
     LocalModelStore(workdir / "stage-models").publish(SHOP, artifact)
     t6 = time.perf_counter()

@@ -1,18 +1,26 @@
 """The model artifact: what a serving instance needs, in one small `.npz`, no pickle.
 
-Layout (all arrays; `np.load(..., allow_pickle=False)` reads it):
-    format_version  int64 scalar
-    item_ids        str[n_items]             product ids, in matrix column order
-    item_factors    float16[n_items, f]      half precision on disk: half the bytes
-    gramian         float32[f, f]            Yᵀ Y of the float32-cast factors, for fold-in
-    popularity      float32[n_items]         weighted interaction mass per item
-    item_support    int32[n_items]           distinct shoppers per item (is there enough data?)
-    copurchase_neighbors int32[n_items, K]   items bought in the same orders, best first, −1 pads
-    copurchase_scores    float32[n_items, K] their co-purchase scores
-    copurchase_orders    int32[n_items]      orders holding the item
-    regularization  float64 scalar           ALS λ, needed by fold-in
-    alpha           float64 scalar           confidence = 1 + alpha * weight
-    metadata        str scalar               JSON: version, trained_at, hyperparameters, counts
+Layout (a zip of `.npy` arrays; `np.load(..., allow_pickle=False)` reads it):
+    format_version        int64 scalar
+    item_id_deltas        int64[n_items]     Shopify-style ids (decimal integers), ascending: the first
+                                             id, then each id minus the one before (small numbers: they
+                                             compress). Rows are in id order, so a row is found by
+                                             binary search and no per-id dictionary is built at load.
+  or item_ids             str[n_items]       any other ids, in row order
+    item_factors          float16[n_items, f] half precision on disk, stored uncompressed (read as is)
+    gramian               float32[f, f]      Yᵀ Y of the float32-cast factors, for fold-in
+    popularity            float32[n_items]   weighted interaction mass per item
+    item_support          int32[n_items]     distinct shoppers per item (is there enough data?)
+    copurchase_counts     int32[n_items]     co-purchase neighbours kept per item (≤ K)
+    copurchase_neighbors  int32[Σ counts]    each item's neighbours, best first, one item after another
+    copurchase_scores     float16[Σ counts]  their co-purchase scores (in [0, 1])
+    copurchase_orders     int32[n_items]     orders holding the item
+    regularization        float64 scalar     ALS λ, needed by fold-in
+    alpha                 float64 scalar     confidence = 1 + alpha * weight
+    metadata              str scalar         JSON: version, trained_at, hyperparameters, counts
+
+Every array but the factors is deflated: at 64 factors the whole file is about 2 bytes per
+item·factor, the factors' own size (bench/size.py measures it).
 """
 
 from __future__ import annotations
@@ -22,20 +30,169 @@ import io
 import json
 import zipfile
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from recommender.errors import ArtifactError
 
-FORMAT_VERSION = 2
-_REQUIRED = ("format_version", "item_ids", "item_factors", "gramian", "popularity", "regularization", "alpha",
-             "metadata", "item_support", "copurchase_neighbors", "copurchase_scores", "copurchase_orders")
+FORMAT_VERSION = 3
+_COMMON = ("format_version", "item_factors", "gramian", "popularity", "regularization", "alpha", "metadata",
+           "item_support", "copurchase_counts", "copurchase_neighbors", "copurchase_scores", "copurchase_orders")
+_STORED = {"item_factors"}  # read as they are: inflating 2 bytes per item·factor would cost cold start time
+_MAX_ID = np.iinfo(np.int64).max
+
+
+def _as_number(product_id: str) -> int | None:
+    """The id as an int if it is a canonical positive decimal (what Shopify ids are), else None."""
+    if not (product_id.isascii() and product_id.isdigit()) or product_id[0] == "0" or len(product_id) > 19:
+        return None
+    value = int(product_id)
+    return value if value <= _MAX_ID else None
+
+
+class ItemIds:
+    """The model's product ids in row order, and the row of an id.
+
+    Numeric ids are held as one ascending int64 array and found by binary search; any other ids
+    as strings with a dictionary. Both answer the same questions.
+    """
+
+    __slots__ = ("_numbers", "_strings", "_index")
+
+    def __init__(self, numbers: np.ndarray | None = None, strings: Sequence[str] | None = None):
+        if (numbers is None) == (strings is None):
+            raise ArtifactError("item ids need either numbers or strings")
+        self._numbers = self._strings = self._index = None
+        if numbers is not None:
+            numbers = np.asarray(numbers, dtype=np.int64)
+            if numbers.ndim != 1 or (len(numbers) and (numbers[0] <= 0 or np.any(np.diff(numbers) <= 0))):
+                raise ArtifactError("numeric item ids must be positive and strictly ascending (no duplicates)")
+            self._numbers = numbers
+        else:
+            self._strings = np.asarray(strings, dtype=str)
+            if self._strings.ndim != 1:
+                raise ArtifactError("item ids must be one-dimensional")
+            self._index = {pid: row for row, pid in enumerate(self._strings.tolist())}
+            if len(self._index) != len(self._strings):
+                raise ArtifactError("item_ids contains duplicates")
+
+    @property
+    def numeric(self) -> bool:
+        return self._numbers is not None
+
+    @property
+    def numbers(self) -> np.ndarray:
+        if self._numbers is None:
+            raise ArtifactError("these item ids are not numeric")
+        return self._numbers
+
+    @property
+    def strings(self) -> np.ndarray:
+        return self._numbers.astype(str) if self._strings is None else self._strings
+
+    def __len__(self) -> int:
+        return len(self._numbers) if self._numbers is not None else len(self._strings)
+
+    def __getitem__(self, row: int) -> str:
+        return str(int(self._numbers[row])) if self._numbers is not None else str(self._strings[row])
+
+    def tolist(self) -> list[str]:
+        return self.strings.tolist()
+
+    def row(self, product_id: str) -> int | None:
+        if self._index is not None:
+            return self._index.get(product_id)
+        value = _as_number(product_id)
+        if value is None:
+            return None
+        row = int(np.searchsorted(self._numbers, value))
+        return row if row < len(self._numbers) and self._numbers[row] == value else None
+
+    def rows_array(self, product_ids: Iterable[str]) -> np.ndarray:
+        """int64 rows of the ids, in order, −1 where the model does not know the id."""
+        ids = list(product_ids)
+        if self._index is not None:
+            get = self._index.get
+            return np.fromiter((get(pid, -1) for pid in ids), dtype=np.int64, count=len(ids))
+        values = np.fromiter((_as_number(pid) or 0 for pid in ids), dtype=np.int64, count=len(ids))
+        rows = np.searchsorted(self._numbers, values)
+        inside = rows < len(self._numbers)
+        found = np.zeros(len(ids), dtype=bool)
+        found[inside] = self._numbers[rows[inside]] == values[inside]
+        return np.where(found & (values > 0), rows, -1)
+
+    def rows_of(self, product_ids: Iterable[str]) -> list[int]:
+        """Rows of the ids the model knows, in the given order, unknown ones dropped."""
+        rows = self.rows_array(product_ids)
+        return rows[rows >= 0].tolist()
+
+    @classmethod
+    def of(cls, product_ids: Sequence[str]) -> tuple["ItemIds", np.ndarray | None]:
+        """Ids for a new artifact: (ids, the row permutation that sorts numeric ids, or None)."""
+        numbers = [_as_number(str(pid)) for pid in product_ids]
+        if numbers and all(value is not None for value in numbers):
+            values = np.asarray(numbers, dtype=np.int64)
+            order = np.argsort(values, kind="stable")
+            return cls(numbers=values[order]), order
+        return cls(strings=[str(pid) for pid in product_ids]), None
+
+
+@dataclass(frozen=True)
+class CoPurchaseLists:
+    """Each item's co-purchase neighbours, best first: row i's are neighbors[indptr[i]:indptr[i + 1]]."""
+
+    indptr: np.ndarray  # int64[n_items + 1]
+    neighbors: np.ndarray  # int32[nnz]
+    scores: np.ndarray  # float32[nnz]
+    orders: np.ndarray  # int32[n_items]: orders holding the item
+
+    @classmethod
+    def empty(cls, n_items: int) -> "CoPurchaseLists":
+        return cls(np.zeros(n_items + 1, dtype=np.int64), np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.float32),
+                   np.zeros(n_items, dtype=np.int32))
+
+    @classmethod
+    def from_counts(cls, counts: np.ndarray, neighbors: np.ndarray, scores: np.ndarray,
+                    orders: np.ndarray) -> "CoPurchaseLists":
+        indptr = np.zeros(len(counts) + 1, dtype=np.int64)
+        np.cumsum(counts, out=indptr[1:])
+        return cls(indptr, np.asarray(neighbors, dtype=np.int32), np.asarray(scores, dtype=np.float32),
+                   np.asarray(orders, dtype=np.int32))
+
+    @property
+    def n_items(self) -> int:
+        return len(self.orders)
+
+    def of(self, row: int) -> tuple[np.ndarray, np.ndarray]:
+        start, end = self.indptr[row], self.indptr[row + 1]
+        return self.neighbors[start:end], self.scores[start:end]
+
+    def validate(self, n_items: int) -> None:
+        if self.orders.shape != (n_items,) or self.indptr.shape != (n_items + 1,):
+            raise ArtifactError("co-purchase lists need one entry per item")
+        if self.indptr[0] != 0 or np.any(np.diff(self.indptr) < 0) or self.indptr[-1] != len(self.neighbors):
+            raise ArtifactError("co-purchase counts do not add up to the neighbours stored")
+        if self.scores.shape != self.neighbors.shape:
+            raise ArtifactError("copurchase_neighbors and copurchase_scores differ in length")
+        if len(self.neighbors) and (self.neighbors.min() < 0 or self.neighbors.max() >= n_items):
+            raise ArtifactError("copurchase_neighbors points outside the item table")
+
+    def permuted(self, order: np.ndarray) -> "CoPurchaseLists":
+        """The same lists after rows move: new row r is old row order[r]."""
+        new_row_of = np.empty(len(order), dtype=np.int64)
+        new_row_of[order] = np.arange(len(order))
+        counts = np.diff(self.indptr)[order]
+        new_indptr = np.zeros(len(order) + 1, dtype=np.int64)
+        np.cumsum(counts, out=new_indptr[1:])
+        take = np.repeat(self.indptr[:-1][order] - new_indptr[:-1], counts) + np.arange(new_indptr[-1])
+        return CoPurchaseLists(new_indptr, new_row_of[self.neighbors[take]].astype(np.int32), self.scores[take],
+                               self.orders[order])
 
 
 @dataclass(frozen=True)
 class ModelArtifact:
-    item_ids: np.ndarray
+    item_ids: ItemIds
     item_factors: np.ndarray
     gramian: np.ndarray
     popularity: np.ndarray
@@ -43,20 +200,17 @@ class ModelArtifact:
     alpha: float
     metadata: Mapping[str, Any]
     item_support: np.ndarray | None = None
-    copurchase_neighbors: np.ndarray | None = None
-    copurchase_scores: np.ndarray | None = None
-    copurchase_orders: np.ndarray | None = None
+    copurchase: CoPurchaseLists | None = None
 
     def __post_init__(self) -> None:
+        if not isinstance(self.item_ids, ItemIds):
+            object.__setattr__(self, "item_ids", ItemIds(strings=[str(pid) for pid in self.item_ids]))
         n = len(self.item_ids)
         # Optional parts default to "no data": no support, no co-purchases.
         if self.item_support is None:
             object.__setattr__(self, "item_support", np.zeros(n, dtype=np.int32))
-        if self.copurchase_neighbors is None:
-            object.__setattr__(self, "copurchase_neighbors", np.full((n, 0), -1, dtype=np.int32))
-            object.__setattr__(self, "copurchase_scores", np.zeros((n, 0), dtype=np.float32))
-        if self.copurchase_orders is None:
-            object.__setattr__(self, "copurchase_orders", np.zeros(n, dtype=np.int32))
+        if self.copurchase is None:
+            object.__setattr__(self, "copurchase", CoPurchaseLists.empty(n))
         if self.item_factors.ndim != 2 or self.item_factors.shape[0] != n:
             raise ArtifactError(f"item_factors has shape {self.item_factors.shape}, expected ({n}, factors)")
         f = self.item_factors.shape[1]
@@ -64,62 +218,72 @@ class ModelArtifact:
             raise ArtifactError(f"gramian has shape {self.gramian.shape}, expected ({f}, {f})")
         if self.popularity.shape != (n,):
             raise ArtifactError(f"popularity has shape {self.popularity.shape}, expected ({n},)")
-        if len(set(self.item_ids.tolist())) != n:
-            raise ArtifactError("item_ids contains duplicates")
-        if self.item_support.shape != (n,) or self.copurchase_orders.shape != (n,):
-            raise ArtifactError("item_support and copurchase_orders need one entry per item")
-        if (self.copurchase_neighbors.ndim != 2 or self.copurchase_neighbors.shape[0] != n
-                or self.copurchase_scores.shape != self.copurchase_neighbors.shape):
-            raise ArtifactError("copurchase_neighbors and copurchase_scores need shape (n_items, K)")
-        if self.copurchase_neighbors.size and (self.copurchase_neighbors.max() >= n or self.copurchase_neighbors.min() < -1):
-            raise ArtifactError("copurchase_neighbors points outside the item table")
+        if self.item_support.shape != (n,):
+            raise ArtifactError("item_support needs one entry per item")
+        self.copurchase.validate(n)
 
     @property
     def version(self) -> str:
         return str(self.metadata.get("version", ""))
 
     @classmethod
-    def build(cls, item_ids: list[str], item_factors: np.ndarray, popularity: np.ndarray,
+    def build(cls, item_ids: Sequence[str], item_factors: np.ndarray, popularity: np.ndarray,
               regularization: float, alpha: float, metadata: Mapping[str, Any], *,
-              item_support: np.ndarray | None = None, copurchase_neighbors: np.ndarray | None = None,
-              copurchase_scores: np.ndarray | None = None,
-              copurchase_orders: np.ndarray | None = None) -> "ModelArtifact":
-        """Quantise factors to float16 and compute the Gramian from exactly what serving will use."""
+              item_support: np.ndarray | None = None, copurchase: CoPurchaseLists | None = None) -> "ModelArtifact":
+        """Quantise factors to float16, order rows by id, and compute the Gramian from what serving will use.
+
+        Rows of `item_factors`, `popularity`, `item_support` and `copurchase` follow `item_ids`; numeric
+        ids are sorted here (every per-item array and every co-purchase neighbour moves with its row).
+        """
         factors16 = np.ascontiguousarray(item_factors, dtype=np.float16)
         if not np.all(np.isfinite(factors16)):
             raise ArtifactError("item factors overflow float16 (or are not finite); lower ALS_ALPHA or raise regularization")
+        ids, order = ItemIds.of(list(item_ids))
+        popularity = np.asarray(popularity, dtype=np.float32)
+        support = None if item_support is None else np.asarray(item_support, dtype=np.int32)
+        if order is not None and len(order) == len(factors16) == len(popularity):
+            factors16 = np.ascontiguousarray(factors16[order])
+            popularity = popularity[order]
+            support = None if support is None else support[order]
+            copurchase = None if copurchase is None else copurchase.permuted(order)
         factors32 = factors16.astype(np.float32)
-        return cls(
-            item_ids=np.asarray(item_ids, dtype=str),
-            item_factors=factors16,
-            gramian=factors32.T @ factors32,
-            popularity=np.asarray(popularity, dtype=np.float32),
-            regularization=float(regularization),
-            alpha=float(alpha),
-            metadata=dict(metadata),
-            item_support=None if item_support is None else np.asarray(item_support, dtype=np.int32),
-            copurchase_neighbors=None if copurchase_neighbors is None else np.asarray(copurchase_neighbors, np.int32),
-            copurchase_scores=None if copurchase_scores is None else np.asarray(copurchase_scores, np.float32),
-            copurchase_orders=None if copurchase_orders is None else np.asarray(copurchase_orders, np.int32),
-        )
+        return cls(item_ids=ids, item_factors=factors16, gramian=factors32.T @ factors32, popularity=popularity,
+                   regularization=float(regularization), alpha=float(alpha), metadata=dict(metadata),
+                   item_support=support, copurchase=copurchase)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """What `to_bytes` writes, by name."""
+        ids = self.item_ids
+        together = self.copurchase
+        if ids.numeric:
+            id_array = {"item_id_deltas": np.diff(ids.numbers, prepend=np.int64(0))}
+        else:
+            id_array = {"item_ids": ids.strings}
+        return {
+            "format_version": np.int64(FORMAT_VERSION),
+            **id_array,
+            "item_factors": self.item_factors,
+            "gramian": self.gramian.astype(np.float32),
+            "popularity": self.popularity.astype(np.float32),
+            "regularization": np.float64(self.regularization),
+            "alpha": np.float64(self.alpha),
+            "metadata": np.str_(json.dumps(dict(self.metadata), sort_keys=True)),
+            "item_support": self.item_support.astype(np.int32),
+            "copurchase_counts": np.diff(together.indptr).astype(np.int32),
+            "copurchase_neighbors": together.neighbors.astype(np.int32),
+            "copurchase_scores": together.scores.astype(np.float16),
+            "copurchase_orders": together.orders.astype(np.int32),
+        }
 
     def to_bytes(self) -> bytes:
+        """An .npz np.load reads; every member but the factors deflated, fixed timestamps (same model, same bytes)."""
         buffer = io.BytesIO()
-        np.savez(
-            buffer,
-            format_version=np.int64(FORMAT_VERSION),
-            item_ids=self.item_ids,
-            item_factors=self.item_factors,
-            gramian=self.gramian.astype(np.float32),
-            popularity=self.popularity,
-            regularization=np.float64(self.regularization),
-            alpha=np.float64(self.alpha),
-            metadata=np.str_(json.dumps(dict(self.metadata), sort_keys=True)),
-            item_support=self.item_support,
-            copurchase_neighbors=self.copurchase_neighbors,
-            copurchase_scores=self.copurchase_scores,
-            copurchase_orders=self.copurchase_orders,
-        )
+        with zipfile.ZipFile(buffer, "w", allowZip64=True) as archive:
+            for name, array in self.arrays().items():
+                info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+                info.compress_type = zipfile.ZIP_STORED if name in _STORED else zipfile.ZIP_DEFLATED
+                with archive.open(info, "w", force_zip64=array.nbytes > 2**31) as member:
+                    np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
         return buffer.getvalue()
 
     @classmethod
@@ -134,17 +298,29 @@ class ModelArtifact:
             if not isinstance(loaded, np.lib.npyio.NpzFile):
                 raise ArtifactError("artifact is not an .npz archive")
             with loaded as archive:
-                missing = [key for key in _REQUIRED if key not in archive.files]
+                if "format_version" in archive.files and int(archive["format_version"]) != FORMAT_VERSION:
+                    raise ArtifactError(f"artifact format {int(archive['format_version'])} is not supported"
+                                        f" (expected {FORMAT_VERSION}): train again to publish this version's format")
+                missing = [key for key in _COMMON if key not in archive.files]
+                if "item_id_deltas" not in archive.files and "item_ids" not in archive.files:
+                    missing.append("item_id_deltas or item_ids")
                 if missing:
                     raise ArtifactError(f"artifact is missing arrays: {', '.join(missing)}")
-                fmt = int(archive["format_version"])
-                if fmt != FORMAT_VERSION:
-                    raise ArtifactError(f"artifact format {fmt} is not supported (expected {FORMAT_VERSION})")
                 factors = archive["item_factors"]
                 if factors.dtype != np.float16:
                     raise ArtifactError(f"item_factors must be float16, got {factors.dtype}")
+                if "item_id_deltas" in archive.files:
+                    deltas = archive["item_id_deltas"]
+                    if deltas.dtype != np.int64:
+                        raise ArtifactError(f"item_id_deltas must be int64, got {deltas.dtype}")
+                    ids = ItemIds(numbers=np.cumsum(deltas))
+                else:
+                    ids = ItemIds(strings=archive["item_ids"].astype(str))
+                counts = archive["copurchase_counts"]
+                if counts.size and counts.min() < 0:
+                    raise ArtifactError("copurchase_counts must not be negative")
                 return cls(
-                    item_ids=archive["item_ids"].astype(str),
+                    item_ids=ids,
                     item_factors=factors,
                     gramian=archive["gramian"].astype(np.float32),
                     popularity=archive["popularity"].astype(np.float32),
@@ -152,9 +328,9 @@ class ModelArtifact:
                     alpha=float(archive["alpha"]),
                     metadata=json.loads(str(archive["metadata"])),
                     item_support=archive["item_support"].astype(np.int32),
-                    copurchase_neighbors=archive["copurchase_neighbors"].astype(np.int32),
-                    copurchase_scores=archive["copurchase_scores"].astype(np.float32),
-                    copurchase_orders=archive["copurchase_orders"].astype(np.int32),
+                    copurchase=CoPurchaseLists.from_counts(counts.astype(np.int64), archive["copurchase_neighbors"],
+                                                           archive["copurchase_scores"].astype(np.float32),
+                                                           archive["copurchase_orders"]),
                 )
         except ArtifactError:
             raise

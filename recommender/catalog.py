@@ -16,6 +16,7 @@ from typing import Callable
 
 import numpy as np
 
+from recommender.artifact import ItemIds
 from recommender.store import EventStore
 
 Filter = tuple[str | None, str | None]  # (product_type, vendor), compared case-insensitively
@@ -46,18 +47,17 @@ class CatalogSnapshot:
             found = self._filters[wanted] = self.matching(wanted)
         return found
 
-    def blocked_mask(self, item_ids: np.ndarray, index: dict[str, int], version: str,
+    def blocked_mask(self, item_ids: ItemIds, version: str,
                      product_type: str | None = None, vendor: str | None = None) -> np.ndarray:
         """bool[n_items]: True where the model's item must not be shown. Cached per model and filter."""
         key = (version, product_type, vendor)
         mask = self._masks.get(key)
         if mask is None:
             mask = np.zeros(len(item_ids), dtype=bool)
-            rows = [index[pid] for pid in self.unsellable if pid in index]
-            mask[rows] = True
+            mask[item_ids.rows_of(self.unsellable)] = True
             if product_type is not None or vendor is not None:
                 allowed = np.zeros(len(item_ids), dtype=bool)
-                allowed[[index[pid] for pid in self._matching((product_type, vendor)) if pid in index]] = True
+                allowed[item_ids.rows_of(self._matching((product_type, vendor)))] = True
                 mask |= ~allowed
             if len(self._masks) > 64:
                 self._masks.clear()

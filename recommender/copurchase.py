@@ -11,26 +11,18 @@ Imports scipy: training only.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Iterable
 
 import numpy as np
 import scipy.sparse as sp
 
+from recommender.artifact import CoPurchaseLists
 from recommender.events import EventKind
 from recommender.store import Interaction
 
 
-@dataclass(frozen=True)
-class CoPurchase:
-    """neighbors: int32[n_items, k] (−1 pads); scores: float32[n_items, k]; orders: int32[n_items]."""
-
-    neighbors: np.ndarray
-    scores: np.ndarray
-    orders: np.ndarray
-
-
-def copurchase_neighbors(interactions: Iterable[Interaction], item_index: dict[str, int], k: int = 20) -> CoPurchase:
+def copurchase_neighbors(interactions: Iterable[Interaction], item_index: dict[str, int], k: int = 20) -> CoPurchaseLists:
+    """Each item's k best co-purchase neighbours, best first (ties by row), and the orders holding it."""
     n_items = len(item_index)
     order_index: dict[str, int] = {}
     pairs: set[tuple[int, int]] = set()
@@ -38,24 +30,26 @@ def copurchase_neighbors(interactions: Iterable[Interaction], item_index: dict[s
         if event.kind is not EventKind.PURCHASE or not event.order_id or event.product_id not in item_index:
             continue
         pairs.add((order_index.setdefault(event.order_id, len(order_index)), item_index[event.product_id]))
-    neighbors = np.full((n_items, k), -1, dtype=np.int32)
-    scores = np.zeros((n_items, k), dtype=np.float32)
     if not pairs:
-        return CoPurchase(neighbors, scores, np.zeros(n_items, dtype=np.int32))
+        return CoPurchaseLists.empty(n_items)
     rows, cols = zip(*pairs)
     orders_items = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)),
                                  shape=(len(order_index), n_items))
     together = (orders_items.T @ orders_items).tocsr()  # items × items, diagonal = orders holding the item
     per_item = together.diagonal().astype(np.float64)
+    counts = np.zeros(n_items, dtype=np.int64)
+    kept_neighbors, kept_scores = [], []
     for i in range(n_items):
         start, end = together.indptr[i], together.indptr[i + 1]
-        cols_i, counts = together.indices[start:end], together.data[start:end].astype(np.float64)
+        cols_i, pair_counts = together.indices[start:end], together.data[start:end].astype(np.float64)
         keep = cols_i != i
-        cols_i, counts = cols_i[keep], counts[keep]
+        cols_i, pair_counts = cols_i[keep], pair_counts[keep]
         if len(cols_i) == 0:
             continue
-        score = counts / np.sqrt(per_item[i] * per_item[cols_i]) * counts / (counts + 1.0)
+        score = pair_counts / np.sqrt(per_item[i] * per_item[cols_i]) * pair_counts / (pair_counts + 1.0)
         top = np.lexsort((cols_i, -score))[:k]
-        neighbors[i, : len(top)] = cols_i[top]
-        scores[i, : len(top)] = score[top]
-    return CoPurchase(neighbors, scores, per_item.astype(np.int32))
+        counts[i] = len(top)
+        kept_neighbors.append(cols_i[top])
+        kept_scores.append(score[top])
+    return CoPurchaseLists.from_counts(counts, np.concatenate(kept_neighbors), np.concatenate(kept_scores),
+                                       per_item.astype(np.int32))

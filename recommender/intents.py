@@ -201,7 +201,7 @@ class Recommender:
             excluded -= set(request.product_ids)  # here they are the answer, not the context
         blocked = None
         if model is not None:
-            blocked = catalog.blocked_mask(model.item_ids, model.index, model.version, request.product_type,
+            blocked = catalog.blocked_mask(model.item_ids, model.version, request.product_type,
                                            request.vendor).copy()
             blocked[model.rows_of(sorted(excluded))] = True
 

@@ -30,8 +30,7 @@ class ServingModel:
 
     def __init__(self, artifact: ModelArtifact):
         self.version = artifact.version
-        self.item_ids = artifact.item_ids
-        self.index = {pid: row for row, pid in enumerate(artifact.item_ids.tolist())}
+        self.item_ids = artifact.item_ids  # ItemIds: ids[row] -> product id, ids.row(product id) -> row
         self.factors = np.ascontiguousarray(artifact.item_factors, dtype=np.float32)  # float16 matmul is ~30x slower
         self._unit_factors: np.ndarray | None = None  # made on first use: personalized requests never need it
         n_factors = self.factors.shape[1]
@@ -39,14 +38,21 @@ class ServingModel:
         self.alpha = artifact.alpha
         weights = artifact.metadata.get("event_weights", {})
         self.event_weights = {kind: float(weights.get(kind.value, 0.0)) for kind in EventKind}
-        popularity = artifact.popularity.astype(np.float32)
-        self.popular_rows = np.argsort(-popularity, kind="stable")
-        top = float(popularity.max()) if len(popularity) else 1.0
-        self.popularity_score = popularity / (top or 1.0)
+        self._popularity = artifact.popularity
+        self._popular_rows: np.ndarray | None = None  # sorted on first use
+        top = float(artifact.popularity.max()) if len(artifact.popularity) else 1.0
+        self.popularity_score = artifact.popularity.astype(np.float32) / (top or 1.0)
         self.item_support = artifact.item_support
-        self.copurchase_neighbors = artifact.copurchase_neighbors
-        self.copurchase_scores = artifact.copurchase_scores
-        self.copurchase_orders = artifact.copurchase_orders
+        self.copurchase = artifact.copurchase
+        self.copurchase_orders = artifact.copurchase.orders
+
+    @property
+    def popular_rows(self) -> np.ndarray:
+        """Rows by popularity, most popular first (ties by row); sorted once, on first use."""
+        rows = self._popular_rows
+        if rows is None:
+            rows = self._popular_rows = np.argsort(-self._popularity, kind="stable")
+        return rows
 
     @property
     def unit_factors(self) -> np.ndarray:
@@ -63,15 +69,14 @@ class ServingModel:
 
     def rows_of(self, product_ids: Sequence[str]) -> list[int]:
         """Rows of the products the model knows, in the given order, unknown ones dropped."""
-        return [self.index[pid] for pid in product_ids if pid in self.index]
+        return self.item_ids.rows_of(product_ids)
 
     def history_weights(self, history: Sequence[Interaction]) -> tuple[np.ndarray, np.ndarray]:
         """Sum the event weights of known products: (rows int[k], weights float[k])."""
         summed: dict[int, float] = {}
-        for event in history:
-            row = self.index.get(event.product_id)
+        for event, row in zip(history, self.item_ids.rows_array(event.product_id for event in history).tolist()):
             weight = self.event_weights.get(event.kind, 0.0) * event.weight_factor
-            if row is not None and weight > 0:
+            if row >= 0 and weight > 0:
                 summed[row] = summed.get(row, 0.0) + weight
         rows = np.fromiter(summed.keys(), dtype=np.int64, count=len(summed))
         weights = np.fromiter(summed.values(), dtype=np.float64, count=len(summed))
@@ -127,9 +132,8 @@ class ServingModel:
         parts = np.maximum(unit @ unit[rows].T, 0.0) * (1.0 - beta)  # [n_items, cart]
         for column, row in enumerate(rows):
             if beta[column] > 0:
-                neighbors = self.copurchase_neighbors[row]
-                valid = neighbors >= 0
-                parts[neighbors[valid], column] += beta[column] * self.copurchase_scores[row][valid]
+                neighbors, scores = self.copurchase.of(row)
+                parts[neighbors, column] += beta[column] * scores
         return parts.sum(axis=1), rows[np.argmax(parts, axis=1)]
 
     def top_rows(self, scores: np.ndarray, n: int, blocked: np.ndarray | None = None) -> list[int]:

@@ -125,8 +125,7 @@ def train_shop(store: EventStore, shop: str, config: TrainingConfig, now: dateti
         **(extra_metadata or {}),
     }
     return ModelArtifact.build(data.item_ids, item_factors, popularity, config.regularization, config.alpha, metadata,
-                               item_support=support, copurchase_neighbors=together.neighbors,
-                               copurchase_scores=together.scores, copurchase_orders=together.orders)
+                               item_support=support, copurchase=together)
 
 
 def train_and_publish(store: EventStore, model_store: ModelStore, shop: str, config: TrainingConfig) -> TrainingReport:

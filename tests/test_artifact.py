@@ -3,11 +3,12 @@
 import hashlib
 import io
 import json
+import zipfile
 
 import numpy as np
 import pytest
 
-from recommender.artifact import FORMAT_VERSION, ModelArtifact, sha256_hex
+from recommender.artifact import FORMAT_VERSION, CoPurchaseLists, ItemIds, ModelArtifact, sha256_hex
 from recommender.errors import ArtifactError, InvalidParameter
 from recommender.model_store import LocalModelStore, Manifest
 from tests.conftest import SHOP
@@ -39,20 +40,7 @@ def npz_bytes(**arrays) -> bytes:
 
 
 def valid_arrays(artifact):
-    return {
-        "format_version": np.int64(FORMAT_VERSION),
-        "item_ids": artifact.item_ids,
-        "item_factors": artifact.item_factors,
-        "gramian": artifact.gramian,
-        "popularity": artifact.popularity,
-        "regularization": np.float64(artifact.regularization),
-        "alpha": np.float64(artifact.alpha),
-        "metadata": np.str_(json.dumps(METADATA)),
-        "item_support": artifact.item_support,
-        "copurchase_neighbors": artifact.copurchase_neighbors,
-        "copurchase_scores": artifact.copurchase_scores,
-        "copurchase_orders": artifact.copurchase_orders,
-    }
+    return {**artifact.arrays(), "metadata": np.str_(json.dumps(METADATA))}
 
 
 # --- ModelArtifact -----------------------------------------------------------------------
@@ -226,6 +214,142 @@ def test_bug_a_plain_npy_file_is_refused_with_artifact_error():
     # Act / Assert
     with pytest.raises(ArtifactError):
         ModelArtifact.from_bytes(buffer.getvalue())
+
+
+# --- numeric ids, co-purchase lists, format 3 ------------------------------------------------
+
+
+def numeric_artifact():
+    """Three Shopify ids given out of order, with per-row values that must move with their row.
+
+    Row 0 = id 30 buys with row 2 (id 10, score 0.5) and row 1 (id 20, score 0.25); row 2 buys with row 0.
+    """
+    factors = np.array([[3, 3], [2, 2], [1, 1]], dtype=np.float32)
+    together = CoPurchaseLists.from_counts(np.array([2, 0, 1]), np.array([2, 1, 0]), np.array([0.5, 0.25, 0.75]),
+                                           np.array([4, 0, 2]))
+    return ModelArtifact.build(["30", "20", "10"], factors, np.array([300.0, 200.0, 100.0]), 0.1, 1.0,
+                               {"version": "v"}, item_support=np.array([3, 2, 1]), copurchase=together)
+
+
+def test_numeric_ids_are_sorted_and_every_row_moves_with_its_id():
+    # Act
+    artifact = numeric_artifact()
+
+    # Assert: rows are now ids 10, 20, 30; each row keeps its own factor, popularity, support and lists
+    ids = artifact.item_ids
+    assert ids.numeric and ids.tolist() == ["10", "20", "30"]
+    np.testing.assert_array_equal(artifact.item_factors[:, 0], [1, 2, 3])
+    np.testing.assert_array_equal(artifact.popularity, [100, 200, 300])
+    np.testing.assert_array_equal(artifact.item_support, [1, 2, 3])
+    together = artifact.copurchase
+    np.testing.assert_array_equal(together.orders, [2, 0, 4])
+    id_30, id_10 = ids.row("30"), ids.row("10")
+    neighbors, scores = together.of(id_30)
+    assert [ids[r] for r in neighbors] == ["10", "20"] and scores.tolist() == [0.5, 0.25]
+    neighbors, scores = together.of(id_10)
+    assert [ids[r] for r in neighbors] == ["30"] and scores.tolist() == [0.75]
+    assert together.of(ids.row("20"))[0].size == 0
+
+
+def test_numeric_artifact_round_trips_through_bytes():
+    # Arrange
+    artifact = numeric_artifact()
+
+    # Act
+    restored = ModelArtifact.from_bytes(artifact.to_bytes())
+
+    # Assert
+    assert restored.item_ids.numeric and restored.item_ids.tolist() == ["10", "20", "30"]
+    np.testing.assert_array_equal(restored.item_factors, artifact.item_factors)
+    np.testing.assert_array_equal(restored.copurchase.indptr, [0, 1, 1, 3])
+    np.testing.assert_array_equal(restored.copurchase.neighbors, artifact.copurchase.neighbors)
+    np.testing.assert_array_equal(restored.copurchase.scores, [0.75, 0.5, 0.25])  # exact in float16
+    np.testing.assert_array_equal(restored.item_support, [1, 2, 3])
+
+
+def test_numeric_ids_are_found_by_value_and_look_alikes_are_not():
+    # Arrange
+    ids = ItemIds(numbers=np.array([7, 8000000000001, 9223372036854775807]))
+
+    # Act / Assert
+    assert ids.row("8000000000001") == 1 and ids.row("9223372036854775807") == 2
+    assert [ids.row(pid) for pid in ("007", "+7", " 7", "7.0", "٧", "8000000000002", "9223372036854775808", "")] \
+        == [None] * 8
+    assert ids.rows_array(["9223372036854775807", "x", "7", "6"]).tolist() == [2, -1, 0, -1]
+    assert ids.rows_of(["8000000000001", "nope", "7"]) == [1, 0]
+
+
+def test_string_ids_keep_their_order_and_are_found_by_dictionary():
+    # Arrange: one id is not a decimal number, so none is treated as one
+    ids, order = ItemIds.of(["b-2", "10", "a-1"])
+
+    # Act / Assert
+    assert order is None and not ids.numeric
+    assert ids.tolist() == ["b-2", "10", "a-1"] and ids.row("10") == 1 and ids.rows_of(["a-1", "zz", "b-2"]) == [2, 0]
+
+
+def test_duplicate_numeric_ids_are_refused():
+    # Act / Assert
+    with pytest.raises(ArtifactError, match="duplicates"):
+        ModelArtifact.build(["5", "5"], np.ones((2, 2)), np.ones(2), 0.1, 1.0, {"version": "v"})
+
+
+def test_copurchase_neighbour_outside_the_table_is_refused():
+    # Arrange
+    arrays = {**numeric_artifact().arrays(), "copurchase_neighbors": np.array([0, 1, 3], dtype=np.int32)}
+
+    # Act / Assert
+    with pytest.raises(ArtifactError, match="outside the item table"):
+        ModelArtifact.from_bytes(npz_bytes(**arrays))
+
+
+def test_copurchase_counts_that_do_not_add_up_are_refused():
+    # Arrange
+    arrays = {**numeric_artifact().arrays(), "copurchase_counts": np.array([1, 0, 1], dtype=np.int32)}
+
+    # Act / Assert
+    with pytest.raises(ArtifactError, match="do not add up"):
+        ModelArtifact.from_bytes(npz_bytes(**arrays))
+
+
+def test_unsorted_numeric_ids_in_a_file_are_refused():
+    # Arrange: deltas with a step backwards
+    arrays = {**numeric_artifact().arrays(), "item_id_deltas": np.array([10, 20, -5], dtype=np.int64)}
+
+    # Act / Assert
+    with pytest.raises(ArtifactError, match="strictly ascending"):
+        ModelArtifact.from_bytes(npz_bytes(**arrays))
+
+
+def test_a_format_2_artifact_asks_for_retraining():
+    # Arrange
+    arrays = {**valid_arrays(build()), "format_version": np.int64(2)}
+
+    # Act / Assert
+    with pytest.raises(ArtifactError, match="format 2 is not supported .*train again"):
+        ModelArtifact.from_bytes(npz_bytes(**arrays))
+
+
+def test_factors_are_stored_as_they_are_and_the_rest_deflated():
+    # Arrange: 2,000 Shopify-like ids with uneven gaps, 64 factors, sparse co-purchase lists
+    rng = np.random.default_rng(3)
+    n, f = 2000, 64
+    ids = (8_000_000_000_000 + np.cumsum(rng.integers(1, 2_000_000, n))).astype(str).tolist()
+    counts = rng.integers(0, 4, n)
+    together = CoPurchaseLists.from_counts(counts, rng.integers(0, n, counts.sum()), rng.random(counts.sum()),
+                                           counts * 3)
+    artifact = ModelArtifact.build(ids, rng.standard_normal((n, f)).astype(np.float32) * 0.1, rng.pareto(1.2, n), 0.1,
+                                   1.0, {"version": "v"}, item_support=rng.integers(0, 50, n), copurchase=together)
+
+    # Act
+    data = artifact.to_bytes()
+
+    # Assert
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        methods = {info.filename: info.compress_type for info in archive.infolist()}
+    assert methods.pop("item_factors.npy") == zipfile.ZIP_STORED
+    assert set(methods.values()) == {zipfile.ZIP_DEFLATED}
+    assert len(data) / (n * f) < 2.5  # bytes per item·factor: float16 (2.0) plus the deflated rest
 
 
 # --- LocalModelStore ---------------------------------------------------------------------

@@ -48,8 +48,8 @@ def test_build_user_items_sums_weights_per_shopper_and_product():
 def test_customer_who_bought_in_category_a_gets_a_items_above_b_items(store):
     fill_planted_store(store)
     model = ServingModel(train_shop(store, SHOP, PLANTED))
-    a_rows = [model.index[str(p)] for p in CATEGORY_A]
-    b_rows = [model.index[str(p)] for p in CATEGORY_B]
+    a_rows = [model.item_ids.row(str(p)) for p in CATEGORY_A]
+    b_rows = [model.item_ids.row(str(p)) for p in CATEGORY_B]
 
     for customer in range(1000, 1040, 2):  # even customers bought only in A
         history = store.history(SHOP, f"c:{customer}", 200)
@@ -58,7 +58,7 @@ def test_customer_who_bought_in_category_a_gets_a_items_above_b_items(store):
 
         scores = model.personalized_scores(*model.history_weights(history))
 
-        unbought_a = [model.index[str(p)] for p in CATEGORY_A if str(p) not in bought]
+        unbought_a = [model.item_ids.row(str(p)) for p in CATEGORY_A if str(p) not in bought]
         assert scores[unbought_a].min() > scores[b_rows].max()
         assert scores[a_rows].min() > scores[b_rows].max()
 
