@@ -28,7 +28,10 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import struct
+import threading
 import zipfile
+import zlib
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -288,11 +291,32 @@ class ModelArtifact:
 
     @classmethod
     def from_bytes(cls, data: bytes, expected_sha256: str | None = None) -> "ModelArtifact":
-        """Parse and validate; a checksum mismatch, truncation or unknown layout raises ArtifactError."""
+        """Parse and validate; a checksum mismatch, truncation or unknown layout raises ArtifactError.
+
+        The checksum is computed on a second thread while the arrays are parsed (hashlib releases
+        the GIL), and is checked before any parse error is reported.
+        """
+        checksum: list[str] = []
+        hasher = None
         if expected_sha256 is not None:
-            actual = sha256_hex(data)
-            if actual != expected_sha256:
-                raise ArtifactError(f"artifact checksum mismatch: expected sha256 {expected_sha256}, got {actual}")
+            hasher = threading.Thread(target=lambda: checksum.append(sha256_hex(data)), name="artifact-sha256")
+            hasher.start()
+        try:
+            artifact = cls._parse(data, verify_crc=expected_sha256 is None)
+        except ArtifactError as exc:
+            failure: ArtifactError | None = exc
+        else:
+            failure = None
+        if hasher is not None:
+            hasher.join()
+            if checksum[0] != expected_sha256:
+                raise ArtifactError(f"artifact checksum mismatch: expected sha256 {expected_sha256}, got {checksum[0]}")
+        if failure is not None:
+            raise failure
+        return artifact
+
+    @classmethod
+    def _parse(cls, data: bytes, verify_crc: bool) -> "ModelArtifact":
         try:
             loaded = np.load(io.BytesIO(data), allow_pickle=False)
             if not isinstance(loaded, np.lib.npyio.NpzFile):
@@ -306,7 +330,9 @@ class ModelArtifact:
                     missing.append("item_id_deltas or item_ids")
                 if missing:
                     raise ArtifactError(f"artifact is missing arrays: {', '.join(missing)}")
-                factors = archive["item_factors"]
+                factors = _stored_array(data, archive.zip.getinfo("item_factors.npy"), verify_crc)
+                if factors is None:
+                    factors = archive["item_factors"]
                 if factors.dtype != np.float16:
                     raise ArtifactError(f"item_factors must be float16, got {factors.dtype}")
                 if "item_id_deltas" in archive.files:
@@ -336,6 +362,39 @@ class ModelArtifact:
             raise
         except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, json.JSONDecodeError) as exc:
             raise ArtifactError(f"artifact is corrupt or truncated: {exc}") from exc
+
+
+def _stored_array(data: bytes, info: zipfile.ZipInfo, verify_crc: bool) -> np.ndarray | None:
+    """An uncompressed member's array as a read-only view of `data` (no copy), or None if it is compressed.
+
+    Zip local header: 30 fixed bytes, of which bytes 26–29 give the name and extra field lengths.
+    """
+    if info.compress_type != zipfile.ZIP_STORED:
+        return None
+    header = info.header_offset
+    if data[header:header + 4] != b"PK\x03\x04":
+        raise ArtifactError("artifact is corrupt or truncated: bad zip member header")
+    name_length, extra_length = struct.unpack_from("<HH", data, header + 26)
+    start = header + 30 + name_length + extra_length
+    member = memoryview(data)[start:start + info.file_size]
+    if len(member) != info.file_size:
+        raise ArtifactError("artifact is corrupt or truncated: a member runs past the end of the file")
+    if verify_crc and zlib.crc32(member) != info.CRC:
+        raise ArtifactError(f"artifact is corrupt or truncated: bad CRC in {info.filename}")
+    stream = io.BytesIO(member)
+    version = np.lib.format.read_magic(stream)
+    if version == (1, 0):
+        shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(stream)
+    elif version == (2, 0):
+        shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(stream)
+    else:
+        return None
+    if fortran_order or dtype.hasobject:
+        raise ArtifactError(f"{info.filename} must be a C-ordered numeric array")
+    count = int(np.prod(shape))
+    if stream.tell() + count * dtype.itemsize != len(member):
+        raise ArtifactError(f"artifact is corrupt or truncated: {info.filename} holds the wrong number of bytes")
+    return np.frombuffer(member, dtype=dtype, count=count, offset=stream.tell()).reshape(shape)
 
 
 def sha256_hex(data: bytes) -> str:
