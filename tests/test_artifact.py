@@ -479,3 +479,34 @@ def test_shop_that_is_not_a_domain_is_refused(tmp_path, shop):
         models.load(Manifest(shop, VERSION, "0" * 64, 1))
     assert publish_error.value.parameter == "shop"
     assert list(tmp_path.iterdir()) == []  # nothing written anywhere, not even the root
+
+
+def test_a_flipped_byte_in_the_stored_factors_is_caught_without_a_checksum():
+    # Arrange: with 64 factors the stored factor member is most of the file; flip a byte in its middle
+    rng = np.random.default_rng(5)
+    artifact = ModelArtifact.build([str(1000 + i) for i in range(200)], rng.standard_normal((200, 64)), np.ones(200),
+                                   0.1, 1.0, {"version": "v"})
+    data = bytearray(artifact.to_bytes())
+    with zipfile.ZipFile(io.BytesIO(bytes(data))) as archive:
+        info = archive.getinfo("item_factors.npy")
+    data[info.header_offset + info.compress_size // 2] ^= 0x01
+
+    # Act / Assert
+    with pytest.raises(ArtifactError, match="bad CRC in item_factors.npy"):
+        ModelArtifact.from_bytes(bytes(data))
+
+
+def test_factors_read_in_place_equal_what_was_written():
+    # Arrange
+    rng = np.random.default_rng(6)
+    factors = rng.standard_normal((300, 16)).astype(np.float32)
+    artifact = ModelArtifact.build([str(5000 + 3 * i) for i in range(300)], factors, np.arange(300.0), 0.1, 1.0,
+                                   {"version": "v"})
+    data = artifact.to_bytes()
+
+    # Act
+    restored = ModelArtifact.from_bytes(data, expected_sha256=sha256_hex(data))
+
+    # Assert
+    np.testing.assert_array_equal(restored.item_factors, factors.astype(np.float16))
+    assert not restored.item_factors.flags.writeable  # a view of the file's bytes, not a copy
