@@ -33,10 +33,18 @@ HISTORY_EVENTS = 20  # events per benchmark shopper, as the issue asks
 REQUEST_VARIETY = 2_000  # distinct related products and carts to ask about
 
 
+_PRODUCT_IDS = np.zeros(0, dtype=np.int64)
+
+
 def product_id(row: int) -> str:
-    """Ascending with the row, with uneven gaps (1 to 2 million) as a shop's ids have: Shopify numbers
-    products across all shops, so one shop's ids are far from consecutive."""
-    return str(PRODUCT_BASE + row * 1_000_003 + (row * 2_654_435_761) % 1_000_003)
+    """Ascending with the row, with random gaps of 1 to 2 million as a shop's ids have: Shopify numbers
+    products across all shops, so one shop's ids are far from consecutive (and compress as real ones do)."""
+    global _PRODUCT_IDS
+    if row >= len(_PRODUCT_IDS):
+        size = max(2 * row + 1, 1 << 16)
+        gaps = np.random.default_rng(99).integers(1, 2_000_000, size, dtype=np.int64)
+        _PRODUCT_IDS = PRODUCT_BASE + np.cumsum(gaps)
+    return str(int(_PRODUCT_IDS[row]))
 
 
 def customer_id(k: int) -> str:
