@@ -318,83 +318,126 @@ class ModelArtifact:
     @classmethod
     def _parse(cls, data: bytes, verify_crc: bool) -> "ModelArtifact":
         try:
-            loaded = np.load(io.BytesIO(data), allow_pickle=False)
-            if not isinstance(loaded, np.lib.npyio.NpzFile):
-                raise ArtifactError("artifact is not an .npz archive")
-            with loaded as archive:
-                if "format_version" in archive.files and int(archive["format_version"]) != FORMAT_VERSION:
-                    raise ArtifactError(f"artifact format {int(archive['format_version'])} is not supported"
-                                        f" (expected {FORMAT_VERSION}): train again to publish this version's format")
-                missing = [key for key in _COMMON if key not in archive.files]
-                if "item_id_deltas" not in archive.files and "item_ids" not in archive.files:
-                    missing.append("item_id_deltas or item_ids")
-                if missing:
-                    raise ArtifactError(f"artifact is missing arrays: {', '.join(missing)}")
-                factors = _stored_array(data, archive.zip.getinfo("item_factors.npy"), verify_crc)
-                if factors is None:
-                    factors = archive["item_factors"]
-                if factors.dtype != np.float16:
-                    raise ArtifactError(f"item_factors must be float16, got {factors.dtype}")
-                if "item_id_deltas" in archive.files:
-                    deltas = archive["item_id_deltas"]
-                    if deltas.dtype != np.int64:
-                        raise ArtifactError(f"item_id_deltas must be int64, got {deltas.dtype}")
-                    ids = ItemIds(numbers=np.cumsum(deltas))
-                else:
-                    ids = ItemIds(strings=archive["item_ids"].astype(str))
-                counts = archive["copurchase_counts"]
-                if counts.size and counts.min() < 0:
-                    raise ArtifactError("copurchase_counts must not be negative")
-                return cls(
-                    item_ids=ids,
-                    item_factors=factors,
-                    gramian=archive["gramian"].astype(np.float32),
-                    popularity=archive["popularity"].astype(np.float32),
-                    regularization=float(archive["regularization"]),
-                    alpha=float(archive["alpha"]),
-                    metadata=json.loads(str(archive["metadata"])),
-                    item_support=archive["item_support"].astype(np.int32),
-                    copurchase=CoPurchaseLists.from_counts(counts.astype(np.int64), archive["copurchase_neighbors"],
-                                                           archive["copurchase_scores"].astype(np.float32),
-                                                           archive["copurchase_orders"]),
-                )
-        except ArtifactError:
-            raise
-        except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, json.JSONDecodeError) as exc:
+            arrays = _read_npz(data, verify_crc)
+        except (zipfile.BadZipFile, ValueError, OSError, EOFError, zlib.error) as exc:
             raise ArtifactError(f"artifact is corrupt or truncated: {exc}") from exc
+        if "format_version" in arrays and int(arrays["format_version"]) != FORMAT_VERSION:
+            raise ArtifactError(f"artifact format {int(arrays['format_version'])} is not supported"
+                                f" (expected {FORMAT_VERSION}): train again to publish this version's format")
+        missing = [key for key in _COMMON if key not in arrays]
+        if "item_id_deltas" not in arrays and "item_ids" not in arrays:
+            missing.append("item_id_deltas or item_ids")
+        if missing:
+            raise ArtifactError(f"artifact is missing arrays: {', '.join(missing)}")
+        factors = arrays["item_factors"]
+        if factors.dtype != np.float16:
+            raise ArtifactError(f"item_factors must be float16, got {factors.dtype}")
+        if "item_id_deltas" in arrays:
+            deltas = arrays["item_id_deltas"]
+            if deltas.dtype != np.int64:
+                raise ArtifactError(f"item_id_deltas must be int64, got {deltas.dtype}")
+            ids = ItemIds(numbers=np.cumsum(deltas))
+        else:
+            if arrays["item_ids"].dtype.kind != "U":
+                raise ArtifactError(f"item_ids must be strings, got {arrays['item_ids'].dtype}")
+            ids = ItemIds(strings=arrays["item_ids"])
+        counts = arrays["copurchase_counts"]
+        if counts.size and counts.min() < 0:
+            raise ArtifactError("copurchase_counts must not be negative")
+        try:
+            metadata = json.loads(str(arrays["metadata"]))
+        except json.JSONDecodeError as exc:
+            raise ArtifactError(f"artifact is corrupt or truncated: metadata is not JSON: {exc}") from exc
+        return cls(
+            item_ids=ids,
+            item_factors=factors,
+            gramian=arrays["gramian"].astype(np.float32),
+            popularity=arrays["popularity"].astype(np.float32),
+            regularization=float(arrays["regularization"]),
+            alpha=float(arrays["alpha"]),
+            metadata=metadata,
+            item_support=arrays["item_support"].astype(np.int32),
+            copurchase=CoPurchaseLists.from_counts(counts.astype(np.int64), arrays["copurchase_neighbors"],
+                                                   arrays["copurchase_scores"].astype(np.float32),
+                                                   arrays["copurchase_orders"]),
+        )
 
 
-def _stored_array(data: bytes, info: zipfile.ZipInfo, verify_crc: bool) -> np.ndarray | None:
-    """An uncompressed member's array as a read-only view of `data` (no copy), or None if it is compressed.
+def _read_npz(data: bytes, verify_crc: bool) -> dict[str, np.ndarray]:
+    """Every `.npy` member of the zip in `data`, by name, without pickle and without copying stored ones.
 
-    Zip local header: 30 fixed bytes, of which bytes 26–29 give the name and extra field lengths.
+    Stored members become read-only views of `data`; deflated ones are inflated, the largest on a
+    second thread (zlib works without the GIL). Object arrays are refused, as np.load does with
+    allow_pickle=False. CRCs are checked when no sha256 vouches for the whole file.
     """
-    if info.compress_type != zipfile.ZIP_STORED:
-        return None
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        infos = [info for info in archive.infolist() if info.filename.endswith(".npy")]
+    view = memoryview(data)
+    arrays: dict[str, np.ndarray] = {}
+    deflated = sorted((i for i in infos if i.compress_type == zipfile.ZIP_DEFLATED), key=lambda i: -i.compress_size)
+    for info in infos:
+        if info.compress_type == zipfile.ZIP_STORED:
+            arrays[info.filename[:-4]] = _npy(_member_bytes(view, info), info, verify_crc)
+        elif info.compress_type != zipfile.ZIP_DEFLATED:
+            raise ArtifactError(f"{info.filename} uses an unsupported zip compression ({info.compress_type})")
+    if deflated:
+        failures: list[BaseException] = []
+
+        def inflate(batch: list[zipfile.ZipInfo]) -> None:
+            try:
+                for member in batch:
+                    raw = zlib.decompressobj(-15).decompress(_member_bytes(view, member), member.file_size + 1)
+                    arrays[member.filename[:-4]] = _npy(raw, member, verify_crc)
+            except BaseException as exc:  # reported on the calling thread
+                failures.append(exc)
+
+        helper = threading.Thread(target=inflate, args=(deflated[::2],), name="artifact-inflate")
+        helper.start()
+        inflate(deflated[1::2])
+        helper.join()
+        if failures:
+            raise failures[0]
+    return arrays
+
+
+def _member_bytes(view: memoryview, info: zipfile.ZipInfo) -> memoryview:
+    """The member's bytes as stored. Zip local header: 30 fixed bytes; bytes 26–29 give the name and extra lengths."""
     header = info.header_offset
-    if data[header:header + 4] != b"PK\x03\x04":
-        raise ArtifactError("artifact is corrupt or truncated: bad zip member header")
-    name_length, extra_length = struct.unpack_from("<HH", data, header + 26)
+    if bytes(view[header:header + 4]) != b"PK\x03\x04":
+        raise ArtifactError(f"artifact is corrupt or truncated: bad zip header for {info.filename}")
+    name_length, extra_length = struct.unpack_from("<HH", view, header + 26)
     start = header + 30 + name_length + extra_length
-    member = memoryview(data)[start:start + info.file_size]
-    if len(member) != info.file_size:
+    member = view[start:start + info.compress_size]
+    if len(member) != info.compress_size:
         raise ArtifactError("artifact is corrupt or truncated: a member runs past the end of the file")
-    if verify_crc and zlib.crc32(member) != info.CRC:
+    return member
+
+
+def _npy(raw: bytes | memoryview, info: zipfile.ZipInfo, verify_crc: bool) -> np.ndarray:
+    """One `.npy` file's array, viewing `raw` (read-only)."""
+    if len(raw) != info.file_size:
+        raise ArtifactError(f"artifact is corrupt or truncated: {info.filename} inflates to the wrong size")
+    if verify_crc and zlib.crc32(raw) != info.CRC:
         raise ArtifactError(f"artifact is corrupt or truncated: bad CRC in {info.filename}")
-    stream = io.BytesIO(member)
-    version = np.lib.format.read_magic(stream)
-    if version == (1, 0):
-        shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(stream)
-    elif version == (2, 0):
-        shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(stream)
-    else:
-        return None
-    if fortran_order or dtype.hasobject:
-        raise ArtifactError(f"{info.filename} must be a C-ordered numeric array")
-    count = int(np.prod(shape))
-    if stream.tell() + count * dtype.itemsize != len(member):
+    stream = io.BytesIO(raw)
+    try:
+        version = np.lib.format.read_magic(stream)
+        if version == (1, 0):
+            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(stream)
+        elif version == (2, 0):
+            shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(stream)
+        else:
+            raise ArtifactError(f"{info.filename} uses .npy format {version}, expected 1.0 or 2.0")
+    except ValueError as exc:
+        raise ArtifactError(f"artifact is corrupt or truncated: {info.filename}: {exc}") from exc
+    if dtype.hasobject:
+        raise ArtifactError(f"{info.filename} holds Python objects, which are never unpickled (allow_pickle=False)")
+    if fortran_order:
+        raise ArtifactError(f"{info.filename} must be C-ordered")
+    count = int(np.prod(shape, dtype=np.int64))
+    if stream.tell() + count * dtype.itemsize != len(raw):
         raise ArtifactError(f"artifact is corrupt or truncated: {info.filename} holds the wrong number of bytes")
-    return np.frombuffer(member, dtype=dtype, count=count, offset=stream.tell()).reshape(shape)
+    return np.frombuffer(raw, dtype=dtype, count=count, offset=stream.tell()).reshape(shape)
 
 
 def sha256_hex(data: bytes) -> str:
