@@ -2,8 +2,9 @@
 
 Deploy each entry point on its own (`webhook`, `recommend`, `collect`, `train`,
 `healthz`, and the CloudEvent `webhook_pubsub`) or `app`, which routes by path, as
-one function. Nothing here reads the environment or opens a store at import time;
-the first request does.
+one function. Nothing here opens a store at import time; the first request does. The
+one thing read from the environment at import is PRELOAD_SHOPS (with MODEL_STORE_URL):
+those shops' models start loading in the background (recommender/preload.py).
 """
 
 from __future__ import annotations
@@ -19,7 +20,13 @@ from dataclasses import asdict
 import flask
 import functions_framework
 
-from recommender.errors import (
+# First the serving path (numpy, artifact, model store), then, with PRELOAD_SHOPS set, those shops'
+# models start loading on a second thread while everything below is imported (recommender/preload.py).
+from recommender.preload import PRELOADER
+
+PRELOADER.start(os.environ)
+
+from recommender.errors import (  # noqa: E402 (after the preload has started, on purpose)
     ArtifactError, ConfigError, InvalidParameter, ModelNotReady, RecommenderError, ShopNotInstalled, StoreError,
 )
 from recommender.intents import RecommendRequest
@@ -32,7 +39,7 @@ from webhooks.oidc import check_train_caller
 from webhooks.pixel import MAX_BODY_BYTES, RateLimiter, parse_pixel_body, pixel_events
 
 log = logging.getLogger("main")
-_runtime = LazyRuntime(os.environ)
+_runtime = LazyRuntime(os.environ, PRELOADER)
 
 # Every error the packages raise on purpose, translated to HTTP once.
 ERROR_STATUS: list[tuple[type[Exception], int, str]] = [

@@ -13,7 +13,8 @@ from typing import Mapping
 from recommender.catalog import CatalogCache
 from recommender.intents import Recommender
 from recommender.model_store import ModelStore, open_model_store
-from recommender.serving import ModelHolder
+from recommender.preload import Preloader
+from recommender.serving import ModelHolder, ServingModel
 from recommender.settings import Settings
 from recommender.store import EventStore, open_event_store
 from recommender.trending import TrendingCache
@@ -28,10 +29,11 @@ class Runtime:
     recommender: Recommender
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "Runtime":
+    def from_settings(cls, settings: Settings, preloaded: dict[str, ServingModel] | None = None) -> "Runtime":
+        """`preloaded`: models already loaded for some shops (recommender.preload), served from the start."""
         store = open_event_store(settings.event_store_url)
         model_store = open_model_store(settings.model_store_url)
-        models = ModelHolder(model_store, settings.model_refresh_seconds)
+        models = ModelHolder(model_store, settings.model_refresh_seconds, preloaded=preloaded)
         recommender = Recommender(
             store, models, CatalogCache(store, settings.catalog_ttl_seconds),
             TrendingCache(store, settings.trending_half_life_days, settings.training.event_weights,
@@ -44,8 +46,9 @@ class Runtime:
 class LazyRuntime:
     """Builds the Runtime from `env` the first time it is asked for, once per instance."""
 
-    def __init__(self, env: Mapping[str, str]):
+    def __init__(self, env: Mapping[str, str], preloader: Preloader | None = None):
         self._env = env
+        self._preloader = preloader
         self._runtime: Runtime | None = None
         self._lock = threading.Lock()
 
@@ -54,6 +57,8 @@ class LazyRuntime:
         if runtime is None:
             with self._lock:
                 if self._runtime is None:
-                    self._runtime = Runtime.from_settings(Settings.from_mapping(self._env))
+                    settings = Settings.from_mapping(self._env)
+                    preloaded = self._preloader.take() if self._preloader is not None else None
+                    self._runtime = Runtime.from_settings(settings, preloaded)
                 runtime = self._runtime
         return runtime

@@ -188,12 +188,12 @@ class ModelHolder:
     """
 
     def __init__(self, model_store: ModelStore, refresh_seconds: float = 60.0,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, preloaded: dict[str, ServingModel] | None = None):
         self._model_store = model_store
         self._refresh_seconds = refresh_seconds
         self._clock = clock
-        self._models: dict[str, ServingModel] = {}
-        self._checked_at: dict[str, float] = {}
+        self._models: dict[str, ServingModel] = dict(preloaded or {})  # loaded at start-up (recommender.preload)
+        self._checked_at: dict[str, float] = {shop: clock() for shop in self._models}
         self._first_load = threading.Lock()
         self._refreshing: dict[str, threading.Lock] = {}
 

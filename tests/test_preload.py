@@ -1,0 +1,92 @@
+"""PRELOAD_SHOPS: models loaded while the instance starts, handed to the runtime, inherited by gunicorn's worker."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import requests
+
+from recommender.artifact import ModelArtifact
+from recommender.model_store import LocalModelStore
+from recommender.preload import Preloader, preload_shops
+from recommender.store import open_event_store
+from tests.conftest import SHOP, running_function
+
+VERSION = "20260101T000000000000Z"
+OTHER_SHOP = "other-shop.myshopify.com"
+
+
+def publish(models_dir, shop=SHOP):
+    """Three products; 8000000000002 is closest to 8000000000001 by cosine, 8000000000003 points away."""
+    factors = np.array([[1.0, 0.0], [0.9, 0.1], [-1.0, 0.2]], dtype=np.float32)
+    artifact = ModelArtifact.build(["8000000000001", "8000000000002", "8000000000003"], factors,
+                                   np.array([3.0, 2.0, 1.0]), 0.1, 1.0, {"version": VERSION, "shop": shop},
+                                   item_support=np.array([5, 5, 5]))
+    return LocalModelStore(models_dir).publish(shop, artifact)
+
+
+def test_preload_shops_keeps_valid_domains_in_lower_case_and_drops_the_rest():
+    # Act
+    shops = preload_shops({"PRELOAD_SHOPS": " A-Shop.myshopify.com, ,not a shop!,b.myshopify.com,"})
+
+    # Assert
+    assert shops == ["a-shop.myshopify.com", "b.myshopify.com"]
+
+
+def test_nothing_starts_without_preload_shops(tmp_path):
+    # Arrange
+    preloader = Preloader()
+
+    # Act / Assert
+    assert preloader.start({"MODEL_STORE_URL": f"file://{tmp_path}"}) is False
+    assert preloader.take() == {}
+
+
+def test_the_runtime_gets_the_preloaded_models_once_and_a_shop_without_a_model_is_left_out(tmp_path):
+    # Arrange
+    publish(tmp_path / "models")
+    preloader = Preloader()
+
+    # Act
+    started = preloader.start({"PRELOAD_SHOPS": f"{SHOP},{OTHER_SHOP}", "MODEL_STORE_URL": f"file://{tmp_path}/models"})
+    first, second = preloader.take(), preloader.take()
+
+    # Assert
+    assert started is True
+    assert list(first) == [SHOP] and first[SHOP].version == VERSION
+    assert first[SHOP].item_ids.tolist() == ["8000000000001", "8000000000002", "8000000000003"]
+    assert second == {}
+
+
+def test_a_worker_serves_the_preloaded_model_even_after_the_model_files_are_gone(env, tmp_path):
+    """gunicorn imports main in its master and forks the worker: the worker must start with the model.
+
+    The files are deleted after start-up and before the first /recommend: only a model already in the
+    worker's memory can answer. The same steps without PRELOAD_SHOPS answer 503 model_not_ready.
+    """
+    answers = {}
+    for preload in (True, False):
+        # Arrange
+        models_dir = tmp_path / f"models-{preload}"
+        publish(models_dir)
+        run_env = {**os.environ, **env, "MODEL_STORE_URL": f"file://{models_dir}"}
+        if preload:
+            run_env["PRELOAD_SHOPS"] = SHOP
+        store = open_event_store(env["EVENT_STORE_URL"])
+        store.set_shop_installed(SHOP, True)
+        store.close()
+        with running_function(run_env) as base:
+            shutil.rmtree(models_dir)
+
+            # Act
+            answers[preload] = requests.get(f"{base}/recommend", timeout=10, params={
+                "shop": SHOP, "intent": "related", "product_id": "8000000000001", "n": 2})
+
+    # Assert
+    with_preload, without = answers[True], answers[False]
+    assert with_preload.status_code == 200, with_preload.text
+    assert with_preload.json()["model_version"] == VERSION
+    assert [r["product_id"] for r in with_preload.json()["recommendations"]] == ["8000000000002", "8000000000003"]
+    assert without.status_code == 503 and without.json()["error"] == "model_not_ready"
