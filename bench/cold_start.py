@@ -29,6 +29,7 @@ class Config:
     label: str
     shop: ShopFiles | None  # None: the floor
     repeats: int
+    env: tuple[tuple[str, str], ...] = ()  # beyond the shop's own settings, e.g. PRELOAD_SHOPS
 
 
 def _one_start(config: Config, floor_source: Path, log_dir: Path) -> dict:
@@ -36,7 +37,7 @@ def _one_start(config: Config, floor_source: Path, log_dir: Path) -> dict:
         server = process.spawn("floor", floor_source, {}, log_dir)
         first_path = "/"
     else:
-        server = process.spawn("recommend", MAIN, config.shop.env(), log_dir)
+        server = process.spawn("recommend", MAIN, config.shop.env(**dict(config.env)), log_dir)
         first_path = "/?" + config.shop.storefront_query("personalized", 0)
     try:
         startup = process.wait_until_serving(server, first_path)
@@ -108,11 +109,12 @@ def _load_breakdown(shop: ShopFiles, repeats: int) -> dict:
     return {key: round(median(values), 4) for key, values in parts.items()}
 
 
-def measure(shops: list[tuple[str, ShopFiles, int]], floor_repeats: int, workdir: Path) -> dict:
-    """shops: (label, files, repeats). Returns the floor, each configuration and their ratios."""
+def measure(shops: list[tuple], floor_repeats: int, workdir: Path) -> dict:
+    """shops: (label, files, repeats[, extra env]). Returns the floor, each configuration and their ratios."""
     floor_source = write_floor_source(workdir / "floor")
     log_dir = workdir / "logs"
-    configs = [Config("floor", None, floor_repeats)] + [Config(label, shop, n) for label, shop, n in shops]
+    configs = [Config("floor", None, floor_repeats)] + [Config(label, shop, n, tuple(sorted(extra[0].items())) if extra else ())
+                                             for label, shop, n, *extra in shops]
     runs: dict[str, list[dict]] = {c.label: [] for c in configs}
     for round_index in range(max(c.repeats for c in configs)):
         for config in configs:
@@ -124,6 +126,7 @@ def measure(shops: list[tuple[str, ShopFiles, int]], floor_repeats: int, workdir
         summary = _summary(runs[config.label])
         results.append({
             "label": config.label, "items": config.shop.n_items, "catalog_rows": config.shop.catalog_rows,
+            "env": dict(config.env),
             **summary,
             "ratio_first_ok": ratio(summary["first_ok_median_s"], floor["first_ok_median_s"]),
             "ratio_listen": ratio(summary["listen_median_s"], floor["listen_median_s"]),

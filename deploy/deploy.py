@@ -88,6 +88,8 @@ def parse_args(argv: list[str], env: dict[str, str]) -> argparse.Namespace:
     add("--name-prefix", default=default("FUNCTION_PREFIX", ""), help="prefix of function names [FUNCTION_PREFIX]")
     add("--recommend-min-instances", type=int, default=int(default("RECOMMEND_MIN_INSTANCES", "1")),
         help="warm recommend instances [RECOMMEND_MIN_INSTANCES]")
+    add("--preload-shops", default=default("PRELOAD_SHOPS", ""),
+        help="shops whose models recommend instances load while starting, comma-separated [PRELOAD_SHOPS]")
     add("--schedule", default=default("TRAIN_SCHEDULE", "0 3 * * *"), help="when to train, cron [TRAIN_SCHEDULE]")
     add("--time-zone", default=default("TRAIN_TIME_ZONE", "Etc/UTC"), help="of the schedule [TRAIN_TIME_ZONE]")
     add("--scheduler-job", default=default("SCHEDULER_JOB", "recommender-train"), help="job name [SCHEDULER_JOB]")
@@ -155,6 +157,8 @@ def deploy_script(args: argparse.Namespace, env: dict[str, str]) -> str:
                 env_vars["EVENT_STORE_URL"] = args.database_url
             env_vars["MODEL_STORE_URL"] = model_store_url
         env_vars["THREADS"] = str(spec.concurrency)
+        if spec.entry_point in ("recommend", "app") and args.preload_shops:
+            env_vars["PRELOAD_SHOPS"] = args.preload_shops  # their models load while an instance starts
         # One BLAS thread per request: gunicorn's threads already fill the CPUs, and OpenBLAS's own pool on
         # top of them tripled CPU per recommendation in bench/PERFORMANCE.md (implicit asks for it too).
         env_vars["OPENBLAS_NUM_THREADS"] = "1"

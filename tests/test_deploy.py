@@ -110,6 +110,16 @@ def test_dry_run_gives_stores_to_the_functions_and_secrets_only_to_those_that_ne
     }
 
 
+def test_preload_shops_reach_the_recommend_function_only():
+    # Act
+    functions = deployed(dry_run("--preload-shops", "a.myshopify.com,b.myshopify.com"))
+
+    # Assert
+    assert gcloud_map(functions["recommend"]["--set-env-vars"])["PRELOAD_SHOPS"] == "a.myshopify.com,b.myshopify.com"
+    for name in ("webhook", "collect", "train", "healthz"):
+        assert "PRELOAD_SHOPS" not in gcloud_map(functions[name]["--set-env-vars"])
+
+
 def test_dry_run_creates_the_scheduler_job_that_posts_train_with_the_bearer_token():
     # Act
     script = dry_run()
