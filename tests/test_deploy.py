@@ -50,7 +50,11 @@ def flags(words: list[str]) -> dict[str, str]:
 
 
 def gcloud_map(value: str) -> dict[str, str]:
-    return dict(pair.split("=", 1) for pair in value.split(",")) if value else {}
+    """KEY=VALUE,... or gcloud's escaped form ^DELIM^KEY=VALUE<DELIM>... (used when a value has a comma)."""
+    delimiter = ","
+    if value.startswith("^"):
+        delimiter, value = value[1:].split("^", 1)
+    return dict(pair.split("=", 1) for pair in value.split(delimiter)) if value else {}
 
 
 def deployed(script: str) -> dict[str, dict[str, str]]:
