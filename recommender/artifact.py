@@ -370,7 +370,7 @@ def _read_npz(data: bytes, verify_crc: bool) -> dict[str, np.ndarray]:
     second thread (zlib works without the GIL). Object arrays are refused, as np.load does with
     allow_pickle=False. CRCs are checked when no sha256 vouches for the whole file.
     """
-    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+    with zipfile.ZipFile(data if hasattr(data, "seek") else io.BytesIO(data)) as archive:  # an mmap is a file
         infos = [info for info in archive.infolist() if info.filename.endswith(".npy")]
     view = memoryview(data)
     arrays: dict[str, np.ndarray] = {}

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import mmap
 import os
 import re
 import secrets
@@ -158,9 +159,17 @@ class LocalModelStore:
         return _parse_manifest(shop, data, str(path))
 
     def load(self, manifest: Manifest) -> ModelArtifact:
+        """Parse the artifact straight from the page cache (mmap): no copy of the file into the heap.
+
+        Published files are never written again (a new version is a new file, renamed into place), so the
+        mapping cannot change under the parser; the stored factors are cast to float32 from it directly.
+        """
         path = self._dir(manifest.shop) / f"{check_version(manifest.version)}.npz"
         try:
-            data = path.read_bytes()
+            with open(path, "rb") as file:
+                if os.fstat(file.fileno()).st_size == 0:
+                    return _parse_artifact(b"", manifest, str(path))
+                data = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
         except FileNotFoundError:
             raise ArtifactError(f"model artifact {path} is missing") from None
         return _parse_artifact(data, manifest, str(path))
@@ -456,7 +465,7 @@ def _parse_manifest(shop: str, data: bytes, where: str) -> Manifest:
         raise ArtifactError(f"model manifest {where} is unreadable: {exc}") from exc
 
 
-def _parse_artifact(data: bytes, manifest: Manifest, where: str) -> ModelArtifact:
+def _parse_artifact(data: bytes | mmap.mmap, manifest: Manifest, where: str) -> ModelArtifact:
     if len(data) != manifest.size:
         raise ArtifactError(f"model artifact {where} is {len(data)} bytes, its manifest says {manifest.size}")
     return ModelArtifact.from_bytes(data, expected_sha256=manifest.sha256)
