@@ -15,6 +15,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import numpy as np
+
+from recommender.event_columns import EVENT_KINDS, InteractionColumns, epoch_us, first_seen_codes
 from recommender.model_store import ModelStore, PublishConflict, check_shop_domain
 from recommender.settings import TrainingConfig
 from recommender.store import EventStore
@@ -41,19 +44,42 @@ def _previous_metric(model_store: ModelStore, shop: str, metric: str) -> float |
     return None
 
 
+def split_for_gate(columns: InteractionColumns, cutoff: datetime):
+    """(train, holdout) `offline_data.Interactions` of the events before and from `cutoff`: exactly what
+    `compare_to_baseline` builds from the two lists of store rows (train rows first, ids in first-seen
+    order over train then holdout), made from the columns without one object per event."""
+    from recommender.offline_data import Interactions
+
+    is_train = columns.occurred_at_us < epoch_us(cutoff)
+    rows = np.concatenate([np.flatnonzero(is_train), np.flatnonzero(~is_train)])
+    users, first_user = first_seen_codes(columns.users[rows])
+    items, first_item = first_seen_codes(columns.items[rows])
+    kind_names = np.array([kind.value for kind in EVENT_KINDS], dtype=object)
+    data = Interactions(
+        users=users.astype(np.int64), items=items.astype(np.int64),
+        weights=columns.weight_factors[rows].astype(np.float32),
+        timestamps=columns.occurred_at_us[rows] / 1e6,  # = datetime.timestamp(): both round µs / 10^6 once
+        kinds=kind_names[columns.kinds[rows]],
+        user_ids=tuple(columns.user_keys[u] for u in columns.users[rows][first_user].tolist()),
+        item_ids=tuple(columns.product_ids[i] for i in columns.items[rows][first_item].tolist()),
+    )
+    n_train = int(is_train.sum())
+    return data.select(np.arange(n_train)), data.select(np.arange(n_train, len(rows)))
+
+
 def _judge(model_store: ModelStore, shop: str, config: TrainingConfig, gate: GateConfig,
-           now: datetime, interactions: list) -> tuple[dict, str | None]:
+           now: datetime, columns: InteractionColumns) -> tuple[dict, str | None]:
     """(what the gate saw, the reason to keep the current model or None to publish)."""
     from recommender.evaluation import compare_to_baseline
     from recommender.offline_data import EvaluationError
 
     cutoff = now - timedelta(days=gate.holdout_days)
-    train = [e for e in interactions if e.occurred_at < cutoff]
-    holdout = [e for e in interactions if e.occurred_at >= cutoff]
-    judged = {e.user_key for e in holdout} & {e.user_key for e in train}
+    is_train = columns.occurred_at_us < epoch_us(cutoff)
+    judged = np.intersect1d(columns.users[is_train], columns.users[~is_train])
     if len(judged) < gate.min_users:
         return {"skipped": f"{len(judged)} customers active in the last {gate.holdout_days:g} days have older "
                            f"history; the gate needs {gate.min_users}"}, None
+    train, holdout = split_for_gate(columns, cutoff)
     try:
         result = compare_to_baseline(train, holdout, config, k=gate.k,
                                      trending_half_life_days=gate.trending_half_life_days)
@@ -95,18 +121,18 @@ def retrain_shop(store: EventStore, model_store: ModelStore, shop: str, config: 
     now = now or datetime.now(timezone.utc)
     started = time.perf_counter()
     config, config_source = shop_training_config(model_store, shop, config)
-    interactions = store.interactions(shop)
-    record: dict = {"shop": shop, "started_at": now.isoformat(), "events": len(interactions), "published": False,
+    columns = store.interaction_columns(shop, times=gate.enabled)  # read once for the gate and the model
+    record: dict = {"shop": shop, "started_at": now.isoformat(), "events": len(columns), "published": False,
                     "config": config_source}
     if gate.enabled:
-        record["gate"], reason = _judge(model_store, shop, config, gate, now, interactions)
+        record["gate"], reason = _judge(model_store, shop, config, gate, now, columns)
         if reason is not None:
             record.update(reason=reason, seconds=round(time.perf_counter() - started, 3))
             model_store.record_run(shop, record)
             log.warning("kept the current model of %s: %s", shop, reason)
             return record
     artifact = train_shop(store, shop, config, now, extra_metadata={"quality": record.get("gate")},
-                          interactions=interactions)  # read once for the gate and the model
+                          columns=columns)
     manifest = model_store.publish(shop, artifact)
     counts = artifact.metadata["counts"]
     record.update(published=True, version=manifest.version, users=counts["users"], items=counts["items"],

@@ -7,17 +7,22 @@ one READ COMMITTED transaction each; instead of SQLite's single writer, they sta
 correct under concurrency by doing every check-then-write as one statement
 (`ON CONFLICT … DO NOTHING/UPDATE … WHERE`) or under a transaction-level advisory
 lock (a shopper's cart token, an inventory item), and they are retried when
-PostgreSQL breaks a deadlock. The schema is versioned in `schema_migrations` and
-migrated on open under an advisory lock, so instances may start at the same time.
+PostgreSQL breaks a deadlock. A delivery of events alone that needs no lock (an
+order of a known customer: the common webhook) is one statement, its own transaction,
+one round trip (`_APPLY_EVENTS`); every other write goes statement by statement.
+The schema is versioned in `schema_migrations` and migrated on open under an
+advisory lock, so instances may start at the same time.
 Timestamps are `timestamptz`; every value read back is an aware UTC datetime.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import weakref
 import zlib
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Callable, Collection, Iterable, Sequence, TypeVar
 
@@ -140,6 +145,41 @@ ANONYMOUS_ID_LOCK = 0x72650001  # a cart token: its events and its link to a cus
 INVENTORY_ITEM_LOCK = 0x72650002  # an inventory item: its levels and the sum written to its variants
 WRITE_ATTEMPTS = 3  # a transaction PostgreSQL chose as a deadlock victim is run again this many times in all
 
+# `apply` for a delivery of events alone that takes no lock, as one statement (atomic on its own, one round trip):
+# the delivery row; if it is new, the events, each a new row or, when its dedupe key is stored already, only
+# lowering that row's weight factor (ON CONFLICT sees a row a concurrent writer committed meanwhile, as the
+# separate UPDATE of the general path does); then the shop marked installed when that is news (`_mark_installed`).
+# An event counts as new when the id it was given is the id of the row its insert returned. The events come
+# as one JSON array of objects (one parameter: far cheaper to send than an array per column), dedupe keys
+# unique among them.
+_EVENT_COLUMNS = ("shop text, kind text, user_key text, customer_id text, anonymous_id text, product_id text,"
+                  " variant_id text, quantity integer, price double precision, order_id text, occurred_at timestamptz,"
+                  " source_topic text, delivery_id text, dedupe_key text, weight_factor double precision")
+_EVENT_NAMES = ", ".join(column.split()[0] for column in _EVENT_COLUMNS.split(", "))
+_APPLY_EVENTS = (
+    "WITH delivery AS ("
+    " INSERT INTO deliveries (shop, webhook_id, topic, event_id, received_at)"
+    " VALUES (%(shop)s, %(webhook_id)s, %(topic)s, %(event_id)s, %(received_at)s)"
+    " ON CONFLICT (shop, webhook_id) DO NOTHING RETURNING true),"
+    " proposed AS ("
+    " SELECT nextval((SELECT pg_get_serial_sequence('events', 'id'))) AS id, e.*"
+    f" FROM ROWS FROM (json_to_recordset(%(events)s::json) AS ({_EVENT_COLUMNS}))"
+    f" WITH ORDINALITY AS e ({_EVENT_NAMES}, position)"
+    " WHERE EXISTS (SELECT FROM delivery)),"
+    " stored AS ("
+    f" INSERT INTO events (id, {_EVENT_NAMES}) OVERRIDING SYSTEM VALUE"
+    f" SELECT id, {_EVENT_NAMES} FROM proposed ORDER BY position"
+    " ON CONFLICT (shop, dedupe_key) DO UPDATE SET weight_factor = excluded.weight_factor"
+    " WHERE excluded.weight_factor < events.weight_factor"
+    " RETURNING id),"
+    " installed AS ("
+    " INSERT INTO shop_state (shop, installed, changed_at) SELECT %(shop)s, true, now()"
+    " WHERE %(proves_install)s AND EXISTS (SELECT FROM delivery) AND NOT EXISTS (SELECT FROM shop_state"
+    " WHERE shop = %(shop)s AND (installed OR changed_at >= %(happened_at)s))"
+    " ON CONFLICT (shop) DO UPDATE SET installed = true, changed_at = excluded.changed_at)"
+    " SELECT EXISTS (SELECT FROM delivery), (SELECT count(*) FROM stored JOIN proposed USING (id))"
+)
+
 _INTERACTION_COLUMNS = "user_key, product_id, kind, occurred_at, order_id, weight_factor"
 _CUSTOMER_EVENTS = (  # see recommender.store._SQLITE_CUSTOMER_EVENTS
     "shop = %(shop)s AND (customer_id = %(customer_id)s OR user_key = %(user_key)s"
@@ -217,9 +257,11 @@ class PostgresEventStore(SharedQueries):
         except psycopg.Error as exc:
             raise StoreError(f"event store read failed: {exc}") from exc
 
-    def _write(self, work: Callable[[psycopg.Connection], T]) -> T:
+    def _write(self, work: Callable[[psycopg.Connection], T], *, one_statement: bool = False) -> T:
         """Run `work` in one transaction; a deadlock victim is rolled back and run again.
 
+        `one_statement`: `work` runs a single statement, a transaction of its own (autocommit),
+        which saves the round trips of BEGIN and COMMIT.
         A write on a connection that died while idle fails once (StoreError: Shopify retries the
         webhook); the thread's next call reconnects.
         """
@@ -227,6 +269,8 @@ class PostgresEventStore(SharedQueries):
         while True:
             conn = self._connection()
             try:
+                if one_statement:
+                    return work(conn)
                 with conn.transaction():
                     return work(conn)
             except (errors.DeadlockDetected, errors.SerializationFailure) as exc:
@@ -265,7 +309,10 @@ class PostgresEventStore(SharedQueries):
 
         Returns how many events were new (an order line or cart line already stored
         through another delivery counts once), or None when this webhook_id was seen before.
+        Events alone that take no lock (an order of a known customer) go as one statement.
         """
+        if self._events_alone_without_locks(changes):
+            return self._apply_events(delivery, changes.events)
 
         def work(conn: psycopg.Connection) -> int | None:
             # A second instance holding the same webhook waits here until the first commits, then sees it.
@@ -298,6 +345,36 @@ class PostgresEventStore(SharedQueries):
             return inserted
 
         return self._write(work)
+
+    def _events_alone_without_locks(self, changes: ChangeSet) -> bool:
+        """Nothing but events, none of a guest (whose events take their cart token's lock and read its link)."""
+        return not (changes.upsert_products or changes.delete_product_ids or changes.void_order_ids
+                    or changes.refunds or changes.inventory_levels or changes.identity_links
+                    or self._anonymous_locks(changes.events))
+
+    def _apply_events(self, delivery: Delivery, events: Sequence[Event]) -> int | None:
+        """`apply` of events alone that take no lock: `_APPLY_EVENTS`, one statement, one round trip."""
+        # One row per dedupe key (ON CONFLICT DO UPDATE may touch a row once per statement): the key's first
+        # event, with the key's lowest weight factor, as if the later ones had been inserted and lowered it.
+        unique: dict[object, Event] = {}
+        for position, e in enumerate(events):
+            key = (e.shop, e.dedupe_key) if e.dedupe_key is not None else position
+            if key not in unique:
+                unique[key] = e
+            elif e.weight_factor < unique[key].weight_factor:
+                unique[key] = replace(unique[key], weight_factor=e.weight_factor)
+        rows = list(unique.values())
+        params = {"events": json.dumps([{
+            "shop": e.shop, "kind": e.kind.value, "user_key": e.user_key, "customer_id": e.customer_id,
+            "anonymous_id": e.anonymous_id, "product_id": e.product_id, "variant_id": e.variant_id,
+            "quantity": e.quantity, "price": e.price, "order_id": e.order_id, "occurred_at": e.occurred_at.isoformat(),
+            "source_topic": e.source_topic, "delivery_id": e.delivery_id, "dedupe_key": e.dedupe_key,
+            "weight_factor": e.weight_factor} for e in rows])}
+        params.update(shop=delivery.shop, webhook_id=delivery.webhook_id, topic=delivery.topic,
+                      event_id=delivery.event_id, received_at=delivery.received_at, happened_at=delivery.happened_at,
+                      proves_install=delivery.topic not in TOPICS_NOT_PROVING_INSTALL)
+        fresh, inserted = self._write(lambda conn: conn.execute(_APPLY_EVENTS, params).fetchone(), one_statement=True)
+        return inserted if fresh else None
 
     def add_events(self, events: Iterable[Event]) -> int:
         """Insert events in one transaction; returns how many were new (dedupe keys already seen are skipped)."""
@@ -433,6 +510,25 @@ class PostgresEventStore(SharedQueries):
             )
 
     # --- reads --------------------------------------------------------------------------------
+
+    # The columnar read (SharedQueries.interaction_columns) in PostgreSQL's words.
+    _CONCAT = "string_agg"
+    _SEP_SQL = "chr(31)"
+    _FACTOR_SQL = "encode(float8send(weight_factor), 'hex')"  # the float's own 8 bytes: exact whatever the settings
+    _TIME_SQL = "((extract(epoch FROM occurred_at) * 1000000)::bigint)::text"  # µs since the epoch
+    _ID_ORDER_CHECKED = True  # a parallel plan may hand the aggregates rows out of order: ids say where each goes
+
+    @staticmethod
+    def _parse_factor(text: str) -> float:
+        import struct
+
+        return struct.unpack(">d", bytes.fromhex(text))[0]
+
+    @staticmethod
+    def _parse_times(text: str, n: int):
+        from recommender.event_columns import integer_times
+
+        return integer_times(text, n)
 
     def shops(self) -> list[str]:
         rows = self._read('SELECT shop FROM events GROUP BY shop ORDER BY shop COLLATE "C"')

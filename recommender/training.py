@@ -1,5 +1,8 @@
 """Training: stored events → user×item confidence matrix → implicit ALS → artifact.
 
+The events are read as integer-coded columns (`EventStore.interaction_columns`), so the matrix,
+the popularity and the co-purchase lists are built with numpy over whole arrays; the old path over
+`Interaction` rows (`build_user_items`) stays for callers that hold rows, and builds the same matrix.
 Imports scipy and implicit; the serving path never imports this module.
 """
 
@@ -18,6 +21,7 @@ from threadpoolctl import threadpool_limits
 from recommender.artifact import ModelArtifact
 from recommender.copurchase import copurchase_neighbors
 from recommender.errors import RecommenderError
+from recommender.event_columns import EVENT_KINDS, InteractionColumns, first_seen_codes
 from recommender.events import EventKind
 from recommender.model_store import Manifest, ModelStore
 from recommender.settings import TrainingConfig
@@ -32,11 +36,16 @@ class NotEnoughData(RecommenderError):
 
 @dataclass(frozen=True)
 class UserItems:
-    """`matrix` is users × items (CSR, float32) of summed event weights."""
+    """`matrix` is users × items (CSR, float32) of summed event weights.
+
+    `item_of_product` (from columns only): the matrix column of each product code of the columns,
+    −1 for a product none of whose events weigh anything.
+    """
 
     matrix: sp.csr_matrix
     user_keys: list[str]
     item_ids: list[str]
+    item_of_product: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -71,6 +80,38 @@ def build_user_items(interactions: Iterable[Interaction], weights: dict[EventKin
     return UserItems(matrix, list(user_index), list(item_index))
 
 
+def user_items_from_columns(columns: InteractionColumns, weights: dict[EventKind, float]) -> UserItems:
+    """`build_user_items` over columns: the same matrix (weights summed in float32 in arrival order,
+    rows and columns in first-seen order among the events that weigh something), with numpy."""
+    kind_weight = np.array([weights.get(kind, 0.0) for kind in EVENT_KINDS], dtype=np.float64)
+    weight = kind_weight[columns.kinds] * columns.weight_factors  # float64, as the row-by-row path multiplies
+    users, items = columns.users, columns.items
+    user_keys, item_ids = columns.user_keys, columns.product_ids
+    item_of_product = np.arange(len(item_ids), dtype=np.int32)
+    counted = weight > 0
+    if not counted.all():  # renumber: shoppers and products with no counted event drop out
+        weight = weight[counted]
+        users, first = first_seen_codes(users[counted])
+        user_keys = [user_keys[u] for u in columns.users[counted][first].tolist()]
+        kept_items = columns.items[counted]
+        items, first = first_seen_codes(kept_items)
+        old = kept_items[first]
+        item_ids = [item_ids[i] for i in old.tolist()]
+        item_of_product = np.full(len(columns.product_ids), -1, dtype=np.int32)
+        item_of_product[old] = np.arange(len(old), dtype=np.int32)
+    matrix = sp.csr_matrix((weight.astype(np.float32), (users, items)), shape=(len(user_keys), len(item_ids)),
+                           dtype=np.float32)
+    matrix.sum_duplicates()
+    return UserItems(matrix, list(user_keys), list(item_ids), item_of_product)
+
+
+def purchase_lines(columns: InteractionColumns, data: UserItems) -> tuple[np.ndarray, np.ndarray]:
+    """(order code, matrix column) of every purchase with an order whose product is in the matrix."""
+    item = data.item_of_product[columns.items]
+    line = (columns.kinds == EVENT_KINDS.index(EventKind.PURCHASE)) & (columns.orders >= 0) & (item >= 0)
+    return columns.orders[line], item[line]
+
+
 def confidence_matrix(user_items: sp.csr_matrix, alpha: float) -> sp.csr_matrix:
     """C = 1 + alpha·R on the stored entries (Hu, Koren & Volinsky), as implicit's solver expects."""
     confidence = user_items.copy()
@@ -95,18 +136,21 @@ def fit_item_factors(user_items: sp.csr_matrix, config: TrainingConfig) -> np.nd
 
 
 def train_shop(store: EventStore, shop: str, config: TrainingConfig, now: datetime | None = None,
-               extra_metadata: dict | None = None, interactions: list[Interaction] | None = None) -> ModelArtifact:
-    """Train on the shop's events (`interactions` when the caller has already read them)."""
+               extra_metadata: dict | None = None, interactions: list[Interaction] | None = None,
+               columns: InteractionColumns | None = None) -> ModelArtifact:
+    """Train on the shop's events (`columns` or `interactions` when the caller has already read them)."""
     now = now or datetime.now(timezone.utc)
-    interactions = store.interactions(shop) if interactions is None else interactions
-    data = build_user_items(interactions, dict(config.event_weights))
+    if columns is None:
+        columns = (store.interaction_columns(shop) if interactions is None
+                   else InteractionColumns.from_interactions(interactions, times=False))
+    data = user_items_from_columns(columns, dict(config.event_weights))
     n_users, n_items = data.matrix.shape
     if n_users < 1 or n_items < 2:
-        raise NotEnoughData(f"shop {shop} has {len(interactions)} events over {n_items} products; need at least 2 products")
+        raise NotEnoughData(f"shop {shop} has {len(columns)} events over {n_items} products; need at least 2 products")
     item_factors = fit_item_factors(data.matrix, config)
     popularity = np.asarray(data.matrix.sum(axis=0)).ravel()
-    support = np.diff(data.matrix.tocsc().indptr)  # distinct shoppers per item
-    together = copurchase_neighbors(interactions, {pid: i for i, pid in enumerate(data.item_ids)}, config.copurchase_k)
+    support = np.bincount(data.matrix.indices, minlength=n_items)  # distinct shoppers per item
+    together = copurchase_neighbors(*purchase_lines(columns, data), n_items, config.copurchase_k)
     metadata = {
         "version": now.strftime("%Y%m%dT%H%M%S%fZ"),
         "shop": shop,
@@ -120,8 +164,8 @@ def train_shop(store: EventStore, shop: str, config: TrainingConfig, now: dateti
             "seed": config.seed,
         },
         "event_weights": {kind.value: weight for kind, weight in config.event_weights.items()},
-        "counts": {"users": n_users, "items": n_items, "events": len(interactions), "nonzeros": int(data.matrix.nnz),
-                   "orders": int(len({e.order_id for e in interactions if e.order_id}))},
+        "counts": {"users": n_users, "items": n_items, "events": len(columns), "nonzeros": int(data.matrix.nnz),
+                   "orders": len(columns.order_ids)},
         **(extra_metadata or {}),
     }
     return ModelArtifact.build(data.item_ids, item_factors, popularity, config.regularization, config.alpha, metadata,
