@@ -4,7 +4,9 @@ In process: functions-framework's `create_app(target="app").test_client()`, one 
 time. Floor: the same rows committed with sqlite3 alone (same schema, WAL, synchronous=FULL,
 one transaction per delivery) — what durability costs before any verification or parsing.
 Over HTTP: functions-framework on loopback at concurrency 1 and 8, beside the floor function
-answering the same POSTs. Every delivery is distinct (no duplicates), three order lines each.
+answering the same POSTs, each level after an untimed warm-up of twice its concurrency at that
+concurrency (every gunicorn thread has opened its store connection: the steady state). Every
+delivery is distinct (no duplicates), three order lines each.
 PostgreSQL runs when TEST_POSTGRES_URL is set and the event store accepts it.
 """
 
@@ -111,6 +113,14 @@ def _over_http(store_url: str, deliveries: list[SignedDelivery], workdir: Path, 
                 session.post(floor.base + "/", data=delivery.body, headers=delivery.headers, timeout=60)
         offset = WARMUP
         for concurrency in concurrencies:
+            # Untimed, at this level's concurrency: each gunicorn thread opens its store connection once per
+            # instance; the timed batch measures the steady state after that.
+            warm = deliveries[offset: offset + 2 * concurrency]
+            offset += len(warm)
+            for server, path in ((ours, "/webhooks"), (floor, "/")):
+                process.run_load(lambda s, i, server=server, path=path: s.post(
+                    server.base + path, data=warm[i].body, headers=warm[i].headers, timeout=30),
+                    concurrency, len(warm), max_seconds)
             batch = deliveries[offset: offset + per_level]
             offset += per_level
             pids = ours.pids()
@@ -140,13 +150,18 @@ def _over_http(store_url: str, deliveries: list[SignedDelivery], workdir: Path, 
     return levels
 
 
+def _http_count(concurrencies: tuple[int, ...], per_level: int) -> int:
+    """Deliveries an HTTP run sends: the first few one by one, then per level a warm-up and the timed batch."""
+    return WARMUP + sum(2 * c + per_level for c in concurrencies)
+
+
 def measure(workdir: Path, in_process_count: int, http_concurrencies: tuple[int, ...], http_per_level: int,
             max_seconds: float, n_items: int = 10_000) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
     first = 5_000_000_000_000
     in_process_batch = signed_orders(in_process_count + WARMUP, n_items, first, seed=3)
     floor_batch = signed_orders(in_process_count, n_items, first + 1_000_000, seed=4)
-    http_batch = signed_orders(WARMUP + http_per_level * len(http_concurrencies), n_items, first + 2_000_000, seed=5)
+    http_batch = signed_orders(_http_count(http_concurrencies, http_per_level), n_items, first + 2_000_000, seed=5)
     sqlite_inproc = _in_process(f"sqlite:///{workdir / 'ingest-inproc.sqlite3'}", in_process_batch)
     sqlite_floor = _sqlite_floor(workdir / "ingest-floor.sqlite3", floor_batch)
     sqlite_http = _over_http(f"sqlite:///{workdir / 'ingest-http.sqlite3'}", http_batch, workdir, http_concurrencies,
@@ -183,7 +198,7 @@ def postgres(workdir: Path, count: int, concurrencies: tuple[int, ...], per_leve
     shop = f"bench-{uuid.uuid4().hex[:12]}.myshopify.com"  # a shop of its own in a shared database
     first = 6_000_000_000_000
     inproc = _in_process(url, signed_orders(count + WARMUP, n_items, first, seed=6, shop=shop))
-    http = _over_http(url, signed_orders(WARMUP + per_level * len(concurrencies), n_items, first + 1_000_000, seed=7,
+    http = _over_http(url, signed_orders(_http_count(concurrencies, per_level), n_items, first + 1_000_000, seed=7,
                                          shop=shop),
                       workdir, concurrencies, per_level, max_seconds)
     return {"in_process": inproc, "http": http, "shop": shop}
