@@ -146,6 +146,10 @@ def markdown(results: dict) -> str:
                     ["ratio", _x(t["ratio"]), ""]]),
             "", "Stages of ours, timed once on their own (s): "
             + ", ".join(f"{k.removesuffix('_s').replace('_', ' ')} {v}" for k, v in t["stages_s"].items()) + "."]
+    if t.get("method"):
+        out += ["", f"Method: {t['method']}"]
+    if t.get("pair_ratios"):
+        out += ["", "Each pair's ratio (ours / peer, run back to back): " + ", ".join(_x(r) for r in t["pair_ratios"]) + "."]
 
     out += ["", "## Artifact size (floor: float16 factors alone, 2 bytes per item·factor)", "",
             _table(["artifact", "items", "MB", "bytes/item·factor", "vs floor", "largest arrays (bytes/item)",
