@@ -305,18 +305,22 @@ class Recommender:
             seeds = [row for row in seeds if model.item_support[row] >= MIN_ITEM_SUPPORT]
             if not seeds:
                 return None, "thin_product_data"
-            scores, best_seed = model.similarity_scores(seeds)
+            sims = model.similarity_matrix(seeds)
+            scores = model.column_scores(sims, "max")
             top = model.top_rows(scores, request.n, _with_rows(blocked, seeds))
-            return _from_rows(model, top, scores, [str(model.item_ids[best_seed[r]]) for r in top]), None
+            because = model.best_rows(sims, seeds, top)
+            return _from_rows(model, top, scores, [str(model.item_ids[r]) for r in because]), None
         if strategy == "complementary":
             cart_rows = model.rows_of(request.product_ids)
             if not cart_rows:
                 return None, "unknown_product"
             if not any(model.copurchase_orders[row] > 0 for row in cart_rows):
                 return None, "no_copurchase_data"
-            scores, best_row = model.complementary_scores(cart_rows)
+            parts = model.complementary_matrix(cart_rows)
+            scores = model.column_scores(parts, "sum")
             top = model.top_rows(scores, request.n, _with_rows(blocked, cart_rows))
-            return _from_rows(model, top, scores, [str(model.item_ids[best_row[r]]) for r in top]), None
+            because = model.best_rows(parts, cart_rows, top)
+            return _from_rows(model, top, scores, [str(model.item_ids[r]) for r in because]), None
         raise ValueError(f"unknown strategy {strategy!r}")
 
     @staticmethod
