@@ -120,6 +120,17 @@ def code_version() -> dict | None:
     return {"commit": head, "changed": [line[3:] for line in status if not line[3:].startswith("bench/")]}
 
 
+def _compile_bytecode() -> None:
+    """What the deploy uploads beside the sources (deploy/deploy.py): hash-checked bytecode, so spawned instances
+    import our modules without compiling them, as deployed ones do."""
+    import subprocess
+
+    from bench import process
+
+    subprocess.run([sys.executable, "-m", "compileall", "-q", "--invalidation-mode", "checked-hash",
+                    "main.py", "recommender", "webhooks"], cwd=process.ROOT, check=True)
+
+
 def run(plan: Plan, workdir: Path, log=print) -> dict:
     from threadpoolctl import threadpool_limits
 
@@ -134,6 +145,8 @@ def run(plan: Plan, workdir: Path, log=print) -> dict:
                               "code_at_start": code_version(),
                               "goals": GOALS}}
 
+    log("setup: bytecode for main.py, recommender/ and webhooks/, as deploy/deploy.py ships it")
+    _compile_bytecode()
     log(f"setup: artifacts of {', '.join(map(_label, plan.sizes))} items")
     shops = {}
     for n in plan.sizes:

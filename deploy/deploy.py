@@ -24,6 +24,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent  # the source uploaded to Cloud Functions (see .gcloudignore)
+COMPILED = ("main.py", "recommender", "webhooks")  # what the functions import: shipped with its bytecode
 
 
 @dataclass(frozen=True)
@@ -144,6 +145,14 @@ def deploy_script(args: argparse.Namespace, env: dict[str, str]) -> str:
         blocks.append("# The Pub/Sub topic asked for with --pubsub-topic.\n" + _unless_exists(
             ["gcloud", "pubsub", "topics", "describe", args.pubsub_topic, project],
             ["gcloud", "pubsub", "topics", "create", args.pubsub_topic, project]))
+
+    compile_command = " ".join(_quote(word) for word in ["python3.11", "-m", "compileall", "-q", "--invalidation-mode",
+                                                         "checked-hash", *COMPILED])
+    blocks.append(
+        "# Bytecode for the runtime's Python 3.11, checked against each source file's hash when imported: a new\n"
+        "# instance then does not compile our modules first (about 30 ms of every cold start, bench/PERFORMANCE.md).\n"
+        f"if command -v python3.11 >/dev/null 2>&1; then\n  (cd {_quote(args.source)} && {compile_command})\n"
+        "else\n  echo 'python3.11 not found: the functions will compile their modules on each cold start' >&2\nfi")
 
     secret_names = {"SHOPIFY_API_SECRET": args.shopify_secret, "TRAIN_TOKEN": args.train_token_secret}
     train_url = f"https://{args.region}-{args.project}.cloudfunctions.net/{args.name_prefix}train"

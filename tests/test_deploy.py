@@ -277,15 +277,20 @@ def gcloudignore_patterns() -> list[str]:
 
 
 def ignored(path: str, patterns: list[str]) -> bool:
-    """gitignore matching for the pattern kinds .gcloudignore uses: `name`, `*.ext` and `dir/`, at any depth."""
+    """gitignore matching for the pattern kinds .gcloudignore uses: `name`, `*.ext`, `dir/` at any depth, and
+    `!name` re-including a file (the last matching pattern decides; a file in an ignored folder stays out,
+    because the walk below never enters that folder)."""
     parts = path.split("/")
+    verdict = False
     for pattern in patterns:
+        negated, pattern = pattern.startswith("!"), pattern.removeprefix("!")
         if pattern.endswith("/"):
-            if any(fnmatch(part, pattern[:-1]) for part in parts[:-1]):
-                return True
-        elif any(fnmatch(part, pattern) for part in parts):
-            return True
-    return False
+            matched = any(fnmatch(part, pattern[:-1]) for part in parts[:-1])
+        else:
+            matched = any(fnmatch(part, pattern) for part in parts)
+        if matched:
+            verdict = not negated
+    return verdict
 
 
 def uploaded_files() -> set[str]:
@@ -300,9 +305,10 @@ def uploaded_files() -> set[str]:
 
 
 def test_gcloudignore_uses_only_patterns_the_check_understands():
-    # Act / Assert: no negation, no anchored paths, so `ignored` above is gitignore's own answer
+    # Act / Assert: no anchored paths, and negation of file names only, so `ignored` above is gitignore's answer
     for pattern in gcloudignore_patterns():
-        assert not pattern.startswith("!") and "/" not in pattern.rstrip("/"), pattern
+        assert "/" not in pattern.rstrip("/"), pattern
+        assert not (pattern.startswith("!") and pattern.endswith("/")), pattern
 
 
 def test_gcloudignore_uploads_the_functions_and_leaves_out_everything_else():
@@ -311,8 +317,34 @@ def test_gcloudignore_uploads_the_functions_and_leaves_out_everything_else():
 
     # Assert
     assert {"main.py", "requirements.txt", "recommender/model_store.py", "webhooks/verification.py"} <= shipped
-    assert {path.split("/")[0] for path in shipped} <= {"main.py", "requirements.txt", "recommender", "webhooks"}
-    assert not {path for path in shipped if path.endswith((".pyc", ".npz", ".sqlite3"))}
+    assert {path.split("/")[0] for path in shipped} <= {"main.py", "requirements.txt", "recommender", "webhooks",
+                                                        "__pycache__"}
+    assert not {path for path in shipped if path.endswith((".npz", ".sqlite3"))}
+    bytecode = {path for path in shipped if path.endswith(".pyc")}
+    assert all(path.endswith(".cpython-311.pyc") and path.split("/")[-2] == "__pycache__" for path in bytecode)
+    assert all(path.split("/")[0] in ("recommender", "webhooks") or path == "__pycache__/main.cpython-311.pyc"
+               for path in bytecode), bytecode
+
+
+def test_gcloudignore_ships_python_311_bytecode_and_no_other(tmp_path):
+    # Arrange
+    patterns = gcloudignore_patterns()
+
+    # Act / Assert
+    assert not ignored("recommender/__pycache__/serving.cpython-311.pyc", patterns)
+    assert not ignored("__pycache__/main.cpython-311.pyc", patterns)
+    assert ignored("recommender/__pycache__/serving.cpython-312.pyc", patterns)
+    assert ignored("webhooks/stale.pyc", patterns)
+
+
+def test_the_script_compiles_the_shipped_modules_with_hash_checked_bytecode():
+    # Act
+    script = dry_run()
+
+    # Assert
+    compile_line = next(line for line in script.splitlines() if "compileall" in line)
+    assert "python3.11 -m compileall -q --invalidation-mode checked-hash main.py recommender webhooks" in compile_line
+    assert script.index("compileall") < script.index("gcloud functions deploy")
 
 
 def test_every_project_module_the_uploaded_code_imports_is_uploaded():
