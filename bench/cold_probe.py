@@ -1,0 +1,75 @@
+"""Cold start, many interleaved starts of a few variants: is the bytecode or PRELOAD_SHOPS worth it here?
+
+    python -m bench.cold_probe --starts 13            # floor, lazy, PRELOAD_SHOPS (bytecode present)
+    python -m bench.cold_probe --starts 9 --bytecode  # floor, lazy with bytecode, lazy compiling from source
+
+Each round starts every variant once, in order, so the machine's noise falls on all of them alike;
+prints the median spawn → first 200 of each and its ratio to the floor. A 100k-item model, as in
+`bench.perf`. Deletes and rewrites the project's __pycache__ folders (git ignores them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from bench import process, synthetic
+
+
+def _compile() -> None:
+    subprocess.run([sys.executable, "-m", "compileall", "-q", "--invalidation-mode", "checked-hash",
+                    "main.py", "recommender", "webhooks"], cwd=process.ROOT, check=True)
+
+
+def _remove_bytecode() -> None:
+    for name in ("__pycache__", "recommender/__pycache__", "webhooks/__pycache__"):
+        shutil.rmtree(process.ROOT / name, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--starts", type=int, default=13, help="starts per variant")
+    parser.add_argument("--items", type=int, default=100_000)
+    parser.add_argument("--bytecode", action="store_true", help="compare with and without bytecode instead")
+    args = parser.parse_args(argv)
+
+    work = Path(tempfile.mkdtemp(prefix="cold-probe-"))
+    artifact = synthetic.build_artifact(args.items)
+    synthetic.publish_artifact(work / "models", artifact)
+    shop = synthetic.prepare_shop(work / "shop", artifact, work / "models")
+    floor_source = synthetic.write_floor_source(work / "floor")
+    variants = (("lazy, bytecode", True, {}), ("lazy, compiling", False, {})) if args.bytecode else (
+        ("lazy", True, {}), ("PRELOAD_SHOPS", True, {"PRELOAD_SHOPS": synthetic.SHOP}))
+    seconds: dict[str, list[float]] = {"floor": [], **{label: [] for label, _, _ in variants}}
+    try:
+        for _ in range(args.starts):
+            server = process.spawn("floor", floor_source, {}, work / "logs")
+            try:
+                seconds["floor"].append(process.wait_until_serving(server, "/").first_ok_s)
+            finally:
+                server.stop()
+            for label, bytecode, extra in variants:
+                _compile() if bytecode else _remove_bytecode()
+                server = process.spawn("recommend", process.ROOT / "main.py", shop.env(**extra), work / "logs")
+                try:
+                    path = "/?" + shop.storefront_query("personalized", 0)
+                    seconds[label].append(process.wait_until_serving(server, path).first_ok_s)
+                finally:
+                    server.stop()
+    finally:
+        _compile()
+        shutil.rmtree(work, ignore_errors=True)
+    floor = statistics.median(seconds["floor"])
+    for label, values in seconds.items():
+        median = statistics.median(values)
+        print(f"{label:18s} median {median:.3f} s  {median / floor:.2f}× floor  samples {[round(v, 3) for v in values]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
