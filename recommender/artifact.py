@@ -163,10 +163,6 @@ class CoPurchaseLists:
         return cls(indptr, np.asarray(neighbors, dtype=np.int32), np.asarray(scores, dtype=np.float32),
                    np.asarray(orders, dtype=np.int32))
 
-    @property
-    def n_items(self) -> int:
-        return len(self.orders)
-
     def of(self, row: int) -> tuple[np.ndarray, np.ndarray]:
         start, end = self.indptr[row], self.indptr[row + 1]
         return self.neighbors[start:end], self.scores[start:end]

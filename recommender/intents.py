@@ -305,22 +305,14 @@ class Recommender:
             seeds = [row for row in seeds if model.item_support[row] >= MIN_ITEM_SUPPORT]
             if not seeds:
                 return None, "thin_product_data"
-            sims = model.similarity_matrix(seeds)
-            scores = model.column_scores(sims, "max")
-            top = model.top_rows(scores, request.n, _with_rows(blocked, seeds))
-            because = model.best_rows(sims, seeds, top)
-            return _from_rows(model, top, scores, [str(model.item_ids[r]) for r in because]), None
+            return _from_matrix(model, model.similarity_matrix(seeds), "max", seeds, request.n, blocked), None
         if strategy == "complementary":
             cart_rows = model.rows_of(request.product_ids)
             if not cart_rows:
                 return None, "unknown_product"
             if not any(model.copurchase_orders[row] > 0 for row in cart_rows):
                 return None, "no_copurchase_data"
-            parts = model.complementary_matrix(cart_rows)
-            scores = model.column_scores(parts, "sum")
-            top = model.top_rows(scores, request.n, _with_rows(blocked, cart_rows))
-            because = model.best_rows(parts, cart_rows, top)
-            return _from_rows(model, top, scores, [str(model.item_ids[r]) for r in because]), None
+            return _from_matrix(model, model.complementary_matrix(cart_rows), "sum", cart_rows, request.n, blocked), None
         raise ValueError(f"unknown strategy {strategy!r}")
 
     @staticmethod
@@ -356,6 +348,16 @@ def _with_rows(blocked: np.ndarray | None, rows: list[int]) -> np.ndarray | None
     out = blocked.copy()
     out[rows] = True
     return out
+
+
+def _from_matrix(model: ServingModel, matrix: np.ndarray, combine: str, matrix_rows: list[int], n: int,
+                 blocked: np.ndarray | None) -> _Candidates:
+    """Related and complementary: one row of `matrix` per seed (or cart item); an item's score combines its
+    column, the seeds themselves are never returned, and `because` names the seed that gave each most."""
+    scores = model.column_scores(matrix, combine)
+    top = model.top_rows(scores, n, _with_rows(blocked, matrix_rows))
+    because = model.best_rows(matrix, matrix_rows, top)
+    return _from_rows(model, top, scores, [str(model.item_ids[r]) for r in because])
 
 
 def _from_rows(model: ServingModel, rows: list[int], scores: np.ndarray, because: list[str] | None) -> _Candidates:

@@ -390,6 +390,25 @@ class SharedQueries:
 
     _TRUE, _FALSE = "1", "0"  # how the dialect writes booleans
 
+    def _apply_changes(self, conn: Any, delivery: Delivery, changes: ChangeSet) -> int:
+        """A new delivery's changes, inside its transaction (after its row was inserted and its locks taken):
+        events, catalog rows, deletions, adjustments, and the shop marked installed; returns events inserted."""
+        inserted = self._insert_events(conn, changes.events)
+        for product in changes.upsert_products:
+            self._upsert_product(conn, product)
+        p, yes = self._P, self._TRUE
+        for product_id in changes.delete_product_ids:
+            conn.execute(
+                "INSERT INTO products (shop, product_id, title, handle, status, product_type, vendor, deleted)"
+                f" VALUES ({p}, {p}, '', '', 'deleted', '', '', {yes})"
+                f" ON CONFLICT (shop, product_id) DO UPDATE SET deleted = {yes}",
+                (delivery.shop, product_id),
+            )
+        self._apply_adjustments(conn, delivery.shop, changes)
+        if delivery.topic not in TOPICS_NOT_PROVING_INSTALL:
+            self._mark_installed(conn, delivery.shop, delivery.happened_at)
+        return inserted
+
     @staticmethod
     def _to_time(value) -> datetime | None:
         return _parse_iso(value)
@@ -599,20 +618,7 @@ class SQLiteEventStore(SharedQueries):
             )
             if cursor.rowcount == 0:
                 return None
-            inserted = self._insert_events(conn, changes.events)
-            for product in changes.upsert_products:
-                self._upsert_product(conn, product)
-            for product_id in changes.delete_product_ids:
-                conn.execute(
-                    "INSERT INTO products (shop, product_id, title, handle, status, product_type, vendor, deleted)"
-                    " VALUES (?, ?, '', '', 'deleted', '', '', 1)"
-                    " ON CONFLICT (shop, product_id) DO UPDATE SET deleted = 1",
-                    (delivery.shop, product_id),
-                )
-            self._apply_adjustments(conn, delivery.shop, changes)
-            if delivery.topic not in TOPICS_NOT_PROVING_INSTALL:
-                self._mark_installed(conn, delivery.shop, delivery.happened_at)
-            return inserted
+            return self._apply_changes(conn, delivery, changes)
 
         return self._write(work)
 

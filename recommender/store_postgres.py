@@ -329,20 +329,7 @@ class PostgresEventStore(SharedQueries):
                 *(_lock_key(INVENTORY_ITEM_LOCK, delivery.shop, level.inventory_item_id)
                   for level in changes.inventory_levels),
             ])
-            inserted = self._insert_events(conn, changes.events)
-            for product in changes.upsert_products:
-                self._upsert_product(conn, product)
-            for product_id in changes.delete_product_ids:
-                conn.execute(
-                    "INSERT INTO products (shop, product_id, title, handle, status, product_type, vendor, deleted)"
-                    " VALUES (%s, %s, '', '', 'deleted', '', '', true)"
-                    " ON CONFLICT (shop, product_id) DO UPDATE SET deleted = true",
-                    (delivery.shop, product_id),
-                )
-            self._apply_adjustments(conn, delivery.shop, changes)
-            if delivery.topic not in TOPICS_NOT_PROVING_INSTALL:
-                self._mark_installed(conn, delivery.shop, delivery.happened_at)
-            return inserted
+            return self._apply_changes(conn, delivery, changes)
 
         return self._write(work)
 
