@@ -258,6 +258,13 @@ def _cost(results: dict, reference: int) -> dict:
 
     deployed = cost.deploy_tiers()
     scenarios = []
+
+    def at_both_tiers(label: str, cpu_ms: float, memory_mib: float, function: str) -> None:
+        """The smallest fitting tier, and the tier deploy/deploy.py gives the function."""
+        scenarios.append(cost.Scenario(label, cpu_ms, memory_mib))
+        if function in deployed:
+            scenarios.append(cost.Scenario(label, cpu_ms, memory_mib, deployed[function], "deploy/deploy.py"))
+
     for m in results["memory"]["instances"]:
         scenarios.append(cost.Scenario(f"recommend, {m['label']}, all four intents", m["cpu_ms_per_request_mixed_intents"],
                                        m["instance_peak_upper_bound_mib"]))
@@ -265,17 +272,11 @@ def _cost(results: dict, reference: int) -> dict:
         level = next((lv for lv in run["levels"] if lv["concurrency"] == 8), run["levels"][-1])
         memory = round(run["memory_after_mib"]["master_rss_mib"] + run["memory_after_mib"]["worker_peak_rss_mib"], 1)
         label = f"recommend, {_label(reference)} items, personalized at concurrency {level['concurrency']}, {run['label']}"
-        scenarios.append(cost.Scenario(label, level["ours"]["server_cpu_ms_per_request"], memory))
-        if "recommend" in deployed:
-            scenarios.append(cost.Scenario(label, level["ours"]["server_cpu_ms_per_request"], memory,
-                                           deployed["recommend"], "deploy/deploy.py"))
+        at_both_tiers(label, level["ours"]["server_cpu_ms_per_request"], memory, "recommend")
     webhook = results["ingest"]["sqlite"]["http"][-1]
     memory = round(webhook["memory_after_mib"]["master_rss_mib"] + webhook["memory_after_mib"]["worker_peak_rss_mib"], 1)
     label = f"webhook orders/create at concurrency {webhook['concurrency']} (SQLite)"
-    scenarios.append(cost.Scenario(label, webhook["ours"]["server_cpu_ms_per_delivery"], memory))
-    if "webhook" in deployed:
-        scenarios.append(cost.Scenario(label, webhook["ours"]["server_cpu_ms_per_delivery"], memory,
-                                       deployed["webhook"], "deploy/deploy.py"))
+    at_both_tiers(label, webhook["ours"]["server_cpu_ms_per_delivery"], memory, "webhook")
     return cost.estimate(scenarios, "server CPU from /proc over the HTTP runs of this benchmark; instance peak ="
                                     " master RSS + worker peak RSS")
 
