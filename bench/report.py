@@ -153,11 +153,11 @@ def markdown(results: dict) -> str:
 
     out += ["", "## Artifact size (floor: float16 factors alone, 2 bytes per item·factor)", "",
             _table(["artifact", "items", "MB", "bytes/item·factor", "vs floor", "largest arrays (bytes/item)",
-                    "every array deflated: bytes/item·factor"],
+                    "np.savez_compressed: bytes/item·factor"],
                    [[a["label"], f"{a['items']:,}", round(a["bytes"] / 1e6, 1), a["bytes_per_item_factor"],
                      _x(a["ratio_vs_float16_floor"]),
                      ", ".join(f"{k} {v}" for k, v in list(a["bytes_per_item_by_array"].items())[:5]),
-                     a["if_every_array_deflated"]["bytes_per_item_factor"] if a["if_every_array_deflated"] else "—"]
+                     a["np_savez_compressed"]["bytes_per_item_factor"] if a.get("np_savez_compressed") else "—"]
                     for a in results["size"]["artifacts"]])]
 
     mem = results["memory"]

@@ -1,13 +1,17 @@
-"""The model artifact: what a serving instance needs, in one small `.npz`, no pickle.
+"""The model artifact: what a serving instance needs, in one small file, no pickle.
 
-Layout (a zip of `.npy` arrays; `np.load(..., allow_pickle=False)` reads it):
+Layout (a zip of `.npy` arrays, recommender/array_archive.py; `ModelArtifact.from_bytes` reads it):
     format_version        int64 scalar
     item_id_deltas        int64[n_items]     Shopify-style ids (decimal integers), ascending: the first
                                              id, then each id minus the one before (small numbers: they
                                              compress). Rows are in id order, so a row is found by
                                              binary search and no per-id dictionary is built at load.
   or item_ids             str[n_items]       any other ids, in row order
-    item_factors          float16[n_items, f] half precision on disk, stored uncompressed (read as is)
+    item_factors_low      uint8[n_items, f]  the low byte of each float16 factor (mantissa bits that do not
+                                             compress): stored as it is
+    item_factors_high_0   uint8[h, f]        the high byte (sign, exponent, top mantissa bits) of rows
+    item_factors_high_1   uint8[n_items-h, f]  [0, h) and [h, n_items), h = n_items // 2: compressed, and in
+                                             two members so two threads decompress them at once
     gramian               float32[f, f]      Yᵀ Y of the float32-cast factors, for fold-in
     popularity            float32[n_items]   weighted interaction mass per item
     item_support          int32[n_items]     distinct shoppers per item (is there enough data?)
@@ -19,30 +23,32 @@ Layout (a zip of `.npy` arrays; `np.load(..., allow_pickle=False)` reads it):
     alpha                 float64 scalar     confidence = 1 + alpha * weight
     metadata              str scalar         JSON: version, trained_at, hyperparameters, counts
 
-Every array but the factors is deflated: at 64 factors the whole file is about 2 bytes per
-item·factor, the factors' own size (bench/size.py measures it).
+The factors are float16 on disk, split into byte planes: the high bytes of normally distributed
+factors hold about 5.5 bits of information and compress to ~0.69 of their size, the low bytes
+not at all. So at 64 factors the whole file is under 2 bytes per item·factor, ids and co-purchase
+lists included (bench/size.py measures it), and it is lossless: the float16 values are rebuilt
+exactly. Every array but the low bytes is compressed (Zstandard).
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-import struct
 import threading
-import zipfile
-import zlib
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from recommender.array_archive import read_arrays, write_arrays
 from recommender.errors import ArtifactError
+from recommender.parallel import by_row_halves
 
-FORMAT_VERSION = 3
-_COMMON = ("format_version", "item_factors", "gramian", "popularity", "regularization", "alpha", "metadata",
+FORMAT_VERSION = 4
+_FACTOR_PLANES = ("item_factors_low", "item_factors_high_0", "item_factors_high_1")
+_COMMON = ("format_version", *_FACTOR_PLANES, "gramian", "popularity", "regularization", "alpha", "metadata",
            "item_support", "copurchase_counts", "copurchase_neighbors", "copurchase_scores", "copurchase_orders")
-_STORED = {"item_factors"}  # read as they are: inflating 2 bytes per item·factor would cost cold start time
+_STORED = {"item_factors_low"}  # random bits: deflate would not shrink them, only slow the load
 _MAX_ID = np.iinfo(np.int64).max
 
 
@@ -261,7 +267,7 @@ class ModelArtifact:
         return {
             "format_version": np.int64(FORMAT_VERSION),
             **id_array,
-            "item_factors": self.item_factors,
+            **_factor_planes(self.item_factors),
             "gramian": self.gramian.astype(np.float32),
             "popularity": self.popularity.astype(np.float32),
             "regularization": np.float64(self.regularization),
@@ -275,15 +281,8 @@ class ModelArtifact:
         }
 
     def to_bytes(self) -> bytes:
-        """An .npz np.load reads; every member but the factors deflated, fixed timestamps (same model, same bytes)."""
-        buffer = io.BytesIO()
-        with zipfile.ZipFile(buffer, "w", allowZip64=True) as archive:
-            for name, array in self.arrays().items():
-                info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-                info.compress_type = zipfile.ZIP_STORED if name in _STORED else zipfile.ZIP_DEFLATED
-                with archive.open(info, "w", force_zip64=array.nbytes > 2**31) as member:
-                    np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
-        return buffer.getvalue()
+        """The artifact's file: the factors' low bytes stored, every other array Zstandard-compressed (same model, same bytes)."""
+        return write_arrays(self.arrays(), stored=_STORED)
 
     @classmethod
     def from_bytes(cls, data: bytes, expected_sha256: str | None = None) -> "ModelArtifact":
@@ -313,10 +312,7 @@ class ModelArtifact:
 
     @classmethod
     def _parse(cls, data: bytes, verify_crc: bool) -> "ModelArtifact":
-        try:
-            arrays = _read_npz(data, verify_crc)
-        except (zipfile.BadZipFile, ValueError, OSError, EOFError, zlib.error) as exc:
-            raise ArtifactError(f"artifact is corrupt or truncated: {exc}") from exc
+        arrays = read_arrays(data, verify_crc)
         if "format_version" in arrays and int(arrays["format_version"]) != FORMAT_VERSION:
             raise ArtifactError(f"artifact format {int(arrays['format_version'])} is not supported"
                                 f" (expected {FORMAT_VERSION}): train again to publish this version's format")
@@ -325,9 +321,7 @@ class ModelArtifact:
             missing.append("item_id_deltas or item_ids")
         if missing:
             raise ArtifactError(f"artifact is missing arrays: {', '.join(missing)}")
-        factors = arrays["item_factors"]
-        if factors.dtype != np.float16:
-            raise ArtifactError(f"item_factors must be float16, got {factors.dtype}")
+        factors = _join_factor_planes(*(arrays[name] for name in _FACTOR_PLANES))
         if "item_id_deltas" in arrays:
             deltas = arrays["item_id_deltas"]
             if deltas.dtype != np.int64:
@@ -359,81 +353,37 @@ class ModelArtifact:
         )
 
 
-def _read_npz(data: bytes, verify_crc: bool) -> dict[str, np.ndarray]:
-    """Every `.npy` member of the zip in `data`, by name, without pickle and without copying stored ones.
-
-    Stored members become read-only views of `data`; deflated ones are inflated, the largest on a
-    second thread (zlib works without the GIL). Object arrays are refused, as np.load does with
-    allow_pickle=False. CRCs are checked when no sha256 vouches for the whole file.
-    """
-    with zipfile.ZipFile(data if hasattr(data, "seek") else io.BytesIO(data)) as archive:  # an mmap is a file
-        infos = [info for info in archive.infolist() if info.filename.endswith(".npy")]
-    view = memoryview(data)
-    arrays: dict[str, np.ndarray] = {}
-    deflated = sorted((i for i in infos if i.compress_type == zipfile.ZIP_DEFLATED), key=lambda i: -i.compress_size)
-    for info in infos:
-        if info.compress_type == zipfile.ZIP_STORED:
-            arrays[info.filename[:-4]] = _npy(_member_bytes(view, info), info, verify_crc)
-        elif info.compress_type != zipfile.ZIP_DEFLATED:
-            raise ArtifactError(f"{info.filename} uses an unsupported zip compression ({info.compress_type})")
-    if deflated:
-        failures: list[BaseException] = []
-
-        def inflate(batch: list[zipfile.ZipInfo]) -> None:
-            try:
-                for member in batch:
-                    raw = zlib.decompressobj(-15).decompress(_member_bytes(view, member), member.file_size + 1)
-                    arrays[member.filename[:-4]] = _npy(raw, member, verify_crc)
-            except BaseException as exc:  # reported on the calling thread
-                failures.append(exc)
-
-        helper = threading.Thread(target=inflate, args=(deflated[::2],), name="artifact-inflate")
-        helper.start()
-        inflate(deflated[1::2])
-        helper.join()
-        if failures:
-            raise failures[0]
-    return arrays
+def _factor_planes(factors16: np.ndarray) -> dict[str, np.ndarray]:
+    """float16[n, f] as its low-byte plane and the high-byte plane's two row halves (all uint8[·, f])."""
+    bits = np.ascontiguousarray(factors16, dtype=np.float16).view(np.uint16)
+    high = (bits >> 8).astype(np.uint8)
+    half = len(bits) // 2
+    return {"item_factors_low": (bits & 0xFF).astype(np.uint8), "item_factors_high_0": high[:half],
+            "item_factors_high_1": high[half:]}
 
 
-def _member_bytes(view: memoryview, info: zipfile.ZipInfo) -> memoryview:
-    """The member's bytes as stored. Zip local header: 30 fixed bytes; bytes 26–29 give the name and extra lengths."""
-    header = info.header_offset
-    if bytes(view[header:header + 4]) != b"PK\x03\x04":
-        raise ArtifactError(f"artifact is corrupt or truncated: bad zip header for {info.filename}")
-    name_length, extra_length = struct.unpack_from("<HH", view, header + 26)
-    start = header + 30 + name_length + extra_length
-    member = view[start:start + info.compress_size]
-    if len(member) != info.compress_size:
-        raise ArtifactError("artifact is corrupt or truncated: a member runs past the end of the file")
-    return member
+def _join_factor_planes(low: np.ndarray, high_0: np.ndarray, high_1: np.ndarray) -> np.ndarray:
+    """The float16[n, f] factors, rebuilt exactly from their byte planes (large ones on two threads)."""
+    planes = (low, high_0, high_1)
+    if any(plane.dtype != np.uint8 or plane.ndim != 2 for plane in planes):
+        raise ArtifactError("item factor planes must be two-dimensional uint8 arrays, got "
+                            + ", ".join(f"{plane.dtype}{list(plane.shape)}" for plane in planes))
+    n, f = low.shape
+    half = n // 2
+    if high_0.shape != (half, f) or high_1.shape != (n - half, f):
+        raise ArtifactError(f"item factor planes do not fit together: low {low.shape}, high halves {high_0.shape}"
+                            f" and {high_1.shape}")
+    bits = np.empty((n, f), dtype=np.uint16)
 
+    def join(rows: slice) -> None:
+        for high, first in ((high_0, 0), (high_1, half)):
+            start, stop = max(rows.start, first), min(rows.stop, first + len(high))
+            if start < stop:
+                np.left_shift(high[start - first:stop - first], 8, out=bits[start:stop], dtype=np.uint16)
+        bits[rows] |= low[rows]
 
-def _npy(raw: bytes | memoryview, info: zipfile.ZipInfo, verify_crc: bool) -> np.ndarray:
-    """One `.npy` file's array, viewing `raw` (read-only)."""
-    if len(raw) != info.file_size:
-        raise ArtifactError(f"artifact is corrupt or truncated: {info.filename} inflates to the wrong size")
-    if verify_crc and zlib.crc32(raw) != info.CRC:
-        raise ArtifactError(f"artifact is corrupt or truncated: bad CRC in {info.filename}")
-    stream = io.BytesIO(raw)
-    try:
-        version = np.lib.format.read_magic(stream)
-        if version == (1, 0):
-            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(stream)
-        elif version == (2, 0):
-            shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(stream)
-        else:
-            raise ArtifactError(f"{info.filename} uses .npy format {version}, expected 1.0 or 2.0")
-    except ValueError as exc:
-        raise ArtifactError(f"artifact is corrupt or truncated: {info.filename}: {exc}") from exc
-    if dtype.hasobject:
-        raise ArtifactError(f"{info.filename} holds Python objects, which are never unpickled (allow_pickle=False)")
-    if fortran_order:
-        raise ArtifactError(f"{info.filename} must be C-ordered")
-    count = int(np.prod(shape, dtype=np.int64))
-    if stream.tell() + count * dtype.itemsize != len(raw):
-        raise ArtifactError(f"artifact is corrupt or truncated: {info.filename} holds the wrong number of bytes")
-    return np.frombuffer(raw, dtype=dtype, count=count, offset=stream.tell()).reshape(shape)
+    by_row_halves(join, n, low.size)
+    return bits.view(np.float16)
 
 
 def sha256_hex(data: bytes) -> str:

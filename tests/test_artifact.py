@@ -8,6 +8,7 @@ import zipfile
 import numpy as np
 import pytest
 
+from recommender.array_archive import ZIP_ZSTANDARD
 from recommender.artifact import FORMAT_VERSION, CoPurchaseLists, ItemIds, ModelArtifact, sha256_hex
 from recommender.errors import ArtifactError, InvalidParameter
 from recommender.model_store import LocalModelStore, Manifest
@@ -155,14 +156,17 @@ def test_unknown_format_version_is_refused():
         ModelArtifact.from_bytes(npz_bytes(**arrays))
 
 
-def test_float32_factors_are_refused():
+def test_factor_planes_of_the_wrong_type_or_shape_are_refused():
     # Arrange
-    artifact = build()
-    arrays = {**valid_arrays(artifact), "item_factors": artifact.item_factors.astype(np.float32)}
+    arrays = valid_arrays(build())
+    as_float32 = {**arrays, "item_factors_low": arrays["item_factors_low"].astype(np.float32)}
+    one_row_short = {**arrays, "item_factors_high_1": arrays["item_factors_high_1"][1:]}
 
     # Act / Assert
-    with pytest.raises(ArtifactError, match="item_factors must be float16, got float32"):
-        ModelArtifact.from_bytes(npz_bytes(**arrays))
+    with pytest.raises(ArtifactError, match="must be two-dimensional uint8 arrays, got float32"):
+        ModelArtifact.from_bytes(npz_bytes(**as_float32))
+    with pytest.raises(ArtifactError, match="item factor planes do not fit together"):
+        ModelArtifact.from_bytes(npz_bytes(**one_row_short))
 
 
 def test_npz_with_an_object_array_is_refused_because_pickle_is_off():
@@ -330,7 +334,7 @@ def test_a_format_2_artifact_asks_for_retraining():
         ModelArtifact.from_bytes(npz_bytes(**arrays))
 
 
-def test_factors_are_stored_as_they_are_and_the_rest_deflated():
+def test_factor_low_bytes_are_stored_and_the_rest_compressed_within_2_1_bytes_per_item_factor():
     # Arrange: 2,000 Shopify-like ids with uneven gaps, 64 factors, sparse co-purchase lists
     rng = np.random.default_rng(3)
     n, f = 2000, 64
@@ -347,9 +351,12 @@ def test_factors_are_stored_as_they_are_and_the_rest_deflated():
     # Assert
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
         methods = {info.filename: info.compress_type for info in archive.infolist()}
-    assert methods.pop("item_factors.npy") == zipfile.ZIP_STORED
-    assert set(methods.values()) == {zipfile.ZIP_DEFLATED}
-    assert len(data) / (n * f) < 2.5  # bytes per item·factor: float16 (2.0) plus the deflated rest
+    assert methods.pop("item_factors_low.npy") == zipfile.ZIP_STORED
+    assert set(methods.values()) == {ZIP_ZSTANDARD}
+    # float16 is 2.0; its high bytes compress, which pays for most of the ids, co-purchase lists and the rest
+    assert len(data) / (n * f) < 2.1
+    np.testing.assert_array_equal(ModelArtifact.from_bytes(data).item_factors.view(np.uint16),
+                                  artifact.item_factors.view(np.uint16))  # lossless, bit for bit
 
 
 # --- LocalModelStore ---------------------------------------------------------------------
@@ -482,21 +489,21 @@ def test_shop_that_is_not_a_domain_is_refused(tmp_path, shop):
 
 
 def test_a_flipped_byte_in_the_stored_factors_is_caught_without_a_checksum():
-    # Arrange: with 64 factors the stored factor member is most of the file; flip a byte in its middle
+    # Arrange: with 64 factors the stored low bytes of the factors are half the file; flip a byte in their middle
     rng = np.random.default_rng(5)
     artifact = ModelArtifact.build([str(1000 + i) for i in range(200)], rng.standard_normal((200, 64)), np.ones(200),
                                    0.1, 1.0, {"version": "v"})
     data = bytearray(artifact.to_bytes())
     with zipfile.ZipFile(io.BytesIO(bytes(data))) as archive:
-        info = archive.getinfo("item_factors.npy")
+        info = archive.getinfo("item_factors_low.npy")
     data[info.header_offset + info.compress_size // 2] ^= 0x01
 
     # Act / Assert
-    with pytest.raises(ArtifactError, match="bad CRC in item_factors.npy"):
+    with pytest.raises(ArtifactError, match="bad CRC in item_factors_low.npy"):
         ModelArtifact.from_bytes(bytes(data))
 
 
-def test_factors_read_in_place_equal_what_was_written():
+def test_factors_read_back_equal_what_was_written():
     # Arrange
     rng = np.random.default_rng(6)
     factors = rng.standard_normal((300, 16)).astype(np.float32)
@@ -509,4 +516,3 @@ def test_factors_read_in_place_equal_what_was_written():
 
     # Assert
     np.testing.assert_array_equal(restored.item_factors, factors.astype(np.float16))
-    assert not restored.item_factors.flags.writeable  # a view of the file's bytes, not a copy

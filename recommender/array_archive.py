@@ -1,0 +1,158 @@
+"""The artifact's container: a zip of `.npy` members, each stored as it is or compressed with Zstandard.
+
+Zip method 93 is Zstandard (PKWARE APPNOTE 6.3.7). Zstandard decodes the factors' high bytes
+about 8× faster than zlib inflates them (3.3 against 28 ms for 100k × 64 bytes on the benchmark
+machine), at a smaller size (0.69 against 0.72 of the raw bytes), and a new instance's first
+request waits for exactly that. `unzip -l` lists the members;
+`read_arrays` reads them (deflated members too, as `np.savez_compressed` writes them).
+
+The writer is ours because Python 3.11's zipfile writes no Zstandard. Members carry fixed
+timestamps, so the same arrays always give the same bytes. No pickle, ever: object arrays are
+refused on the way in and on the way out.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import threading
+import zipfile
+import zlib
+from typing import Iterable, Mapping
+
+import numpy as np
+
+from recommender.errors import ArtifactError
+
+ZIP_ZSTANDARD = 93
+ZSTD_LEVEL = 3  # higher levels shrink these arrays by under 1 % and write several times slower
+_NPY_HEADER_BYTES = 65_546  # a .npy 1.0 header's most (magic, version, length, 65,535 bytes of header)
+_DOS_DATE_1980 = (0, 0x21)  # (time, date): 1980-01-01 00:00, zip's earliest
+_MAX_ZIP32 = 0xFFFF_FFFF
+
+
+def write_arrays(arrays: Mapping[str, np.ndarray], stored: Iterable[str] = ()) -> bytes:
+    """A zip of `name.npy` members: those named in `stored` as they are, the rest Zstandard-compressed."""
+    import zstandard
+
+    compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+    stored = set(stored)
+    out = io.BytesIO()
+    central = []
+    for name, array in arrays.items():
+        raw = io.BytesIO()
+        np.lib.format.write_array(raw, np.asanyarray(array), allow_pickle=False)
+        payload = raw.getvalue()
+        method = zipfile.ZIP_STORED if name in stored else ZIP_ZSTANDARD
+        body = payload if method == zipfile.ZIP_STORED else compressor.compress(payload)
+        if max(len(payload), len(body), out.tell()) > _MAX_ZIP32:
+            raise ArtifactError(f"array {name} makes the artifact larger than 4 GiB, which this format does not hold")
+        filename = f"{name}.npy".encode()
+        fields = (63 if method == ZIP_ZSTANDARD else 20, 0, method, *_DOS_DATE_1980, zlib.crc32(payload), len(body),
+                  len(payload), len(filename))
+        central.append((fields, filename, out.tell()))
+        out.write(struct.pack("<4s5H3L2H", b"PK\x03\x04", *fields, 0))
+        out.write(filename)
+        out.write(body)
+    directory_start = out.tell()
+    for fields, filename, offset in central:
+        out.write(struct.pack("<4s6H3L5H2L", b"PK\x01\x02", 63, *fields, 0, 0, 0, 0, 0, offset))
+        out.write(filename)
+    directory_size = out.tell() - directory_start
+    out.write(struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, len(central), len(central), directory_size,
+                          directory_start, 0))
+    return out.getvalue()
+
+
+def read_arrays(data: bytes, verify_crc: bool) -> dict[str, np.ndarray]:
+    """Every `.npy` member of the zip in `data`, by name, without pickle and without copying stored ones.
+
+    Stored members become read-only views of `data` (an mmap stays an mmap); compressed ones are
+    decompressed, alternately on this thread and a second one (zstd and zlib release the GIL).
+    CRCs are checked when `verify_crc` (no sha256 vouches for the whole file). Corrupt or
+    truncated input raises ArtifactError.
+    """
+    try:
+        with zipfile.ZipFile(data if hasattr(data, "seek") else io.BytesIO(data)) as archive:  # an mmap is a file
+            infos = [info for info in archive.infolist() if info.filename.endswith(".npy")]
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        raise ArtifactError(f"artifact is corrupt or truncated: {exc}") from exc
+    view = memoryview(data)
+    arrays: dict[str, np.ndarray] = {}
+    compressed = []
+    for info in infos:
+        if info.compress_type == zipfile.ZIP_STORED:
+            arrays[info.filename[:-4]] = _npy(_member_bytes(view, info), info, verify_crc)
+        elif info.compress_type in (ZIP_ZSTANDARD, zipfile.ZIP_DEFLATED):
+            compressed.append(info)
+        else:
+            raise ArtifactError(f"{info.filename} uses an unsupported zip compression ({info.compress_type})")
+    compressed.sort(key=lambda info: -info.compress_size)  # the two largest go to different threads
+    failures: list[BaseException] = []
+
+    def decompress(batch: list[zipfile.ZipInfo]) -> None:
+        try:
+            for member in batch:
+                arrays[member.filename[:-4]] = _npy(_decompressed(view, member), member, verify_crc)
+        except BaseException as exc:  # reported on the calling thread
+            failures.append(exc)
+
+    helper = threading.Thread(target=decompress, args=(compressed[::2],), name="artifact-decompress")
+    helper.start()
+    decompress(compressed[1::2])
+    helper.join()
+    if failures:
+        raise failures[0]
+    return arrays
+
+
+def _decompressed(view: memoryview, info: zipfile.ZipInfo) -> bytes:
+    member = _member_bytes(view, info)
+    try:
+        if info.compress_type == zipfile.ZIP_DEFLATED:
+            return zlib.decompressobj(-15).decompress(member, info.file_size + 1)
+        import zstandard
+
+        return zstandard.ZstdDecompressor().decompress(member, max_output_size=info.file_size + 1)
+    except Exception as exc:  # zlib.error, zstandard.ZstdError: the bytes are not what they claim
+        raise ArtifactError(f"artifact is corrupt or truncated: {info.filename} does not decompress: {exc}") from exc
+
+
+def _member_bytes(view: memoryview, info: zipfile.ZipInfo) -> memoryview:
+    """The member's bytes as stored. Zip local header: 30 fixed bytes; bytes 26–29 give the name and extra lengths."""
+    header = info.header_offset
+    if bytes(view[header:header + 4]) != b"PK\x03\x04":
+        raise ArtifactError(f"artifact is corrupt or truncated: bad zip header for {info.filename}")
+    name_length, extra_length = struct.unpack_from("<HH", view, header + 26)
+    start = header + 30 + name_length + extra_length
+    member = view[start:start + info.compress_size]
+    if len(member) != info.compress_size:
+        raise ArtifactError("artifact is corrupt or truncated: a member runs past the end of the file")
+    return member
+
+
+def _npy(raw: bytes | memoryview, info: zipfile.ZipInfo, verify_crc: bool) -> np.ndarray:
+    """One `.npy` file's array, viewing `raw` (read-only)."""
+    if len(raw) != info.file_size:
+        raise ArtifactError(f"artifact is corrupt or truncated: {info.filename} decompresses to the wrong size")
+    if verify_crc and zlib.crc32(raw) != info.CRC:
+        raise ArtifactError(f"artifact is corrupt or truncated: bad CRC in {info.filename}")
+    stream = io.BytesIO(raw[:_NPY_HEADER_BYTES])  # the header only: BytesIO copies what it is given
+    try:
+        version = np.lib.format.read_magic(stream)
+        if version == (1, 0):
+            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(stream)
+        elif version == (2, 0):
+            shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(stream)
+        else:
+            raise ArtifactError(f"{info.filename} uses .npy format {version}, expected 1.0 or 2.0")
+    except ValueError as exc:
+        raise ArtifactError(f"artifact is corrupt or truncated: {info.filename}: {exc}") from exc
+    if dtype.hasobject:
+        raise ArtifactError(f"{info.filename} holds Python objects, which are never unpickled (allow_pickle=False)")
+    if fortran_order:
+        raise ArtifactError(f"{info.filename} must be C-ordered")
+    count = int(np.prod(shape, dtype=np.int64))
+    if stream.tell() + count * dtype.itemsize != len(raw):
+        raise ArtifactError(f"artifact is corrupt or truncated: {info.filename} holds the wrong number of bytes")
+    return np.frombuffer(raw, dtype=dtype, count=count, offset=stream.tell()).reshape(shape)

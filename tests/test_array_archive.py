@@ -1,0 +1,103 @@
+"""The artifact's zip container: our writer's files read back exactly, by us and by Python's zipfile."""
+
+import io
+import zipfile
+
+import numpy as np
+import pytest
+import zstandard
+
+from recommender.array_archive import ZIP_ZSTANDARD, read_arrays, write_arrays
+from recommender.errors import ArtifactError
+
+ARRAYS = {
+    "counts": np.arange(1000, dtype=np.int32) % 7,
+    "plane": np.random.default_rng(1).integers(0, 256, (50, 8), dtype=np.uint8),
+    "scalar": np.float64(0.25),
+    "names": np.array(["a", "bb", "ccc"]),
+}
+
+
+def test_what_is_written_reads_back_equal_member_by_member():
+    # Act
+    data = write_arrays(ARRAYS, stored={"plane"})
+    restored = read_arrays(data, verify_crc=True)
+
+    # Assert
+    assert set(restored) == set(ARRAYS)
+    for name, array in ARRAYS.items():
+        np.testing.assert_array_equal(restored[name], array)
+        assert restored[name].dtype == np.asarray(array).dtype
+
+
+def test_pythons_zipfile_lists_the_members_with_their_methods_and_reads_the_stored_one():
+    # Act
+    data = write_arrays(ARRAYS, stored={"plane"})
+
+    # Assert: a standard zip (central directory, sizes, CRCs) with Zstandard as method 93
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        methods = {info.filename: info.compress_type for info in archive.infolist()}
+        stored = np.lib.format.read_array(io.BytesIO(archive.read("plane.npy")))  # zipfile checks its CRC
+        counts_info = archive.getinfo("counts.npy")
+    assert methods == {"counts.npy": ZIP_ZSTANDARD, "plane.npy": zipfile.ZIP_STORED, "scalar.npy": ZIP_ZSTANDARD,
+                       "names.npy": ZIP_ZSTANDARD}
+    np.testing.assert_array_equal(stored, ARRAYS["plane"])
+    # 1,000 int32 of period 7 compress far below their 4,000 bytes
+    assert counts_info.file_size > 4000 > 10 * counts_info.compress_size
+
+
+def test_the_same_arrays_give_the_same_bytes():
+    assert write_arrays(ARRAYS) == write_arrays(dict(ARRAYS))
+
+
+def test_a_corrupted_compressed_member_is_an_artifact_error_not_a_crash():
+    # Arrange: overwrite the middle of the compressed counts member
+    data = bytearray(write_arrays(ARRAYS))
+    with zipfile.ZipFile(io.BytesIO(bytes(data))) as archive:
+        info = archive.getinfo("counts.npy")
+    start = info.header_offset + 30 + len(info.filename)
+    data[start + 4:start + 12] = b"\xff" * 8  # just after the zstd frame's magic number
+
+    # Act / Assert
+    with pytest.raises(ArtifactError, match="corrupt or truncated"):
+        read_arrays(bytes(data), verify_crc=True)
+
+
+def test_a_truncated_file_is_an_artifact_error():
+    data = write_arrays(ARRAYS)
+    with pytest.raises(ArtifactError, match="corrupt or truncated"):
+        read_arrays(data[: len(data) // 2], verify_crc=False)
+
+
+def test_deflated_members_as_numpy_writes_them_are_read_too():
+    # Arrange
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **ARRAYS)
+
+    # Act
+    restored = read_arrays(buffer.getvalue(), verify_crc=True)
+
+    # Assert
+    np.testing.assert_array_equal(restored["counts"], ARRAYS["counts"])
+
+
+def test_a_member_compressed_in_an_unknown_method_is_refused_by_name():
+    # Arrange: rewrite counts.npy's method (local header byte 8, central directory byte 10) to bzip2 (12)
+    data = bytearray(write_arrays({"counts": ARRAYS["counts"]}))
+    data[8] = 12
+    central = data.rindex(b"PK\x01\x02")
+    data[central + 10] = 12
+
+    # Act / Assert
+    with pytest.raises(ArtifactError, match=r"counts.npy uses an unsupported zip compression \(12\)"):
+        read_arrays(bytes(data), verify_crc=False)
+
+
+def test_zstandard_frames_in_the_file_are_plain_zstd():
+    # The compressed members are ordinary Zstandard frames any zstd tool decodes.
+    data = write_arrays({"counts": ARRAYS["counts"]})
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        info = archive.getinfo("counts.npy")
+    start = info.header_offset + 30 + len(info.filename)
+    raw = zstandard.ZstdDecompressor().decompress(data[start:start + info.compress_size])
+    np.testing.assert_array_equal(np.lib.format.read_array(io.BytesIO(raw)), ARRAYS["counts"])
