@@ -305,14 +305,15 @@ class Recommender:
             seeds = [row for row in seeds if model.item_support[row] >= MIN_ITEM_SUPPORT]
             if not seeds:
                 return None, "thin_product_data"
-            return _from_matrix(model, model.similarity_matrix(seeds), "max", seeds, request.n, blocked), None
+            return _from_seeds(model, model.related_scores(seeds), model.related_parts, seeds, request.n, blocked), None
         if strategy == "complementary":
             cart_rows = model.rows_of(request.product_ids)
             if not cart_rows:
                 return None, "unknown_product"
             if not any(model.copurchase_orders[row] > 0 for row in cart_rows):
                 return None, "no_copurchase_data"
-            return _from_matrix(model, model.complementary_matrix(cart_rows), "sum", cart_rows, request.n, blocked), None
+            return _from_seeds(model, model.complementary_scores(cart_rows), model.complementary_parts, cart_rows,
+                               request.n, blocked), None
         raise ValueError(f"unknown strategy {strategy!r}")
 
     @staticmethod
@@ -350,13 +351,12 @@ def _with_rows(blocked: np.ndarray | None, rows: list[int]) -> np.ndarray | None
     return out
 
 
-def _from_matrix(model: ServingModel, matrix: np.ndarray, combine: str, matrix_rows: list[int], n: int,
-                 blocked: np.ndarray | None) -> _Candidates:
-    """Related and complementary: one row of `matrix` per seed (or cart item); an item's score combines its
-    column, the seeds themselves are never returned, and `because` names the seed that gave each most."""
-    scores = model.column_scores(matrix, combine)
-    top = model.top_rows(scores, n, _with_rows(blocked, matrix_rows))
-    because = model.best_rows(matrix, matrix_rows, top)
+def _from_seeds(model: ServingModel, scores: np.ndarray, parts: Callable[[list[int], list[int]], np.ndarray],
+                seed_rows: list[int], n: int, blocked: np.ndarray | None) -> _Candidates:
+    """Related and complementary: the best-scored items but the seeds (or cart items) themselves, and for
+    each, `because`: the seed whose part of its score (`parts(seeds, items)`) was largest."""
+    top = model.top_rows(scores, n, _with_rows(blocked, seed_rows))
+    because = model.best_rows(parts(seed_rows, top), seed_rows) if top else []
     return _from_rows(model, top, scores, [str(model.item_ids[r]) for r in because])
 
 

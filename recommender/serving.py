@@ -24,6 +24,7 @@ from recommender.store import Interaction
 log = logging.getLogger(__name__)
 
 COPURCHASE_SHRINK = 5.0  # orders an item needs before co-purchase outweighs factor similarity
+SCORE_BLOCK_ROWS = 8192  # items per block when several seeds are scored at once: 2 MiB of factors at 64
 
 
 def _as_float32(factors16: np.ndarray) -> np.ndarray:
@@ -123,50 +124,76 @@ class ServingModel:
     def personalized_scores(self, rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
         return self.factors @ self.fold_in_user_vector(rows, weights)
 
-    def similarity_matrix(self, seed_rows: Sequence[int]) -> np.ndarray:
-        """Cosine of every item to each seed: float32[seeds, n_items], one row per seed (contiguous)."""
-        return self._unit_products(seed_rows)
-
-    def _unit_products(self, rows: Sequence[int]) -> np.ndarray:
-        """unit · unit[rows]ᵀ laid out as float32[len(rows), n_items]. Multiplied as (n × f)(f × k) and then
-        transposed: OpenBLAS computes the (k × f)(f × n) form 2.8× slower for a 3-item cart (100k × 64)."""
+    def related_scores(self, seed_rows: Sequence[int]) -> np.ndarray:
+        """Each item's best cosine to any seed: a fresh float32[n_items]."""
         unit = self.unit_factors
-        return np.ascontiguousarray((unit @ unit[list(rows)].T).T)
+        if len(seed_rows) == 1:
+            return unit @ unit[seed_rows[0]]
+        return self._blocked_max(unit[list(seed_rows)])
 
-    def complementary_matrix(self, cart_rows: Sequence[int]) -> np.ndarray:
-        """Each cart item's part of every item's complementary score: float32[cart, n_items].
+    def related_parts(self, seed_rows: Sequence[int], columns: Sequence[int]) -> np.ndarray:
+        """Cosine of each of `columns` to each seed: float32[seeds, columns] (for `best_rows`)."""
+        unit = self.unit_factors
+        return unit[list(seed_rows)] @ unit[list(columns)].T
+
+    def complementary_scores(self, cart_rows: Sequence[int]) -> np.ndarray:
+        """Each item's complementary score to the cart: a fresh float32[n_items].
 
         Cart item i trusts its co-purchase list by β = orders_i / (orders_i + COPURCHASE_SHRINK) and
-        factor similarity (cosine, negatives cut to 0) by 1 − β. One matrix product covers the whole
-        cart; an item's score is its column's sum (`column_scores`), and the cart item contributing
-        most to it (`best_rows`) is needed only for the few items returned.
+        factor similarity by 1 − β; an item's score sums both over the cart. The factor part is
+        Σᵢ (1 − βᵢ)·cos(item, i) = unit · Σᵢ (1 − βᵢ)·unitᵢ: one matrix-vector product for the whole
+        cart, where cutting each cart item's negative cosines at 0 would take a (cart × f)(f × n)
+        product, 2.2× the time with one BLAS thread (bench/PERFORMANCE.md).
         """
-        rows = np.asarray(cart_rows, dtype=np.int64)
-        orders = self.copurchase_orders[rows].astype(np.float32)
-        beta = orders / (orders + COPURCHASE_SHRINK)  # [cart]
-        parts = self._unit_products(rows)  # [cart, n_items]
-        np.maximum(parts, 0.0, out=parts)
-        parts *= (1.0 - beta)[:, None]
+        rows, beta = self._cart(cart_rows)
+        unit = self.unit_factors
+        scores = unit @ ((1.0 - beta) @ unit[rows])
         for position, row in enumerate(rows):
             if beta[position] > 0:
-                neighbors, scores = self.copurchase.of(row)
-                parts[position, neighbors] += beta[position] * scores
+                neighbors, together = self.copurchase.of(row)
+                scores[neighbors] += beta[position] * together  # a row's neighbours are distinct
+        return scores
+
+    def complementary_parts(self, cart_rows: Sequence[int], columns: Sequence[int]) -> np.ndarray:
+        """Each cart item's term of each of `columns`' complementary score: float32[cart, columns]."""
+        rows, beta = self._cart(cart_rows)
+        columns = np.asarray(columns, dtype=np.int64)
+        unit = self.unit_factors
+        parts = (unit[rows] @ unit[columns].T) * (1.0 - beta)[:, None]
+        for position, row in enumerate(rows):
+            if beta[position] > 0:
+                neighbors, together = self.copurchase.of(row)
+                for neighbor, score in zip(neighbors.tolist(), together.tolist()):
+                    parts[position, columns == neighbor] += beta[position] * score
         return parts
 
-    @staticmethod
-    def column_scores(matrix: np.ndarray, combine: str) -> np.ndarray:
-        """A fresh float32[n_items] from a [k, n_items] matrix: `max` (related) or `sum` (complementary)."""
-        if len(matrix) == 1:
-            return matrix[0].copy()
-        return matrix.max(axis=0) if combine == "max" else matrix.sum(axis=0)
+    def _cart(self, cart_rows: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        rows = np.asarray(cart_rows, dtype=np.int64)
+        orders = self.copurchase_orders[rows].astype(np.float32)
+        return rows, orders / (orders + COPURCHASE_SHRINK)
+
+    def _blocked_max(self, seeds: np.ndarray) -> np.ndarray:
+        """max over the seeds of seeds · unitᵀ: a fresh float32[n_items], one block of items at a time.
+
+        Blocks of SCORE_BLOCK_ROWS items stay in cache and are reduced there, so no seeds × n_items
+        matrix is written and read again.
+        """
+        unit = self.unit_factors
+        scores = np.empty(len(unit), dtype=np.float32)
+        part = np.empty((len(seeds), min(SCORE_BLOCK_ROWS, len(unit))), dtype=np.float32)
+        for start in range(0, len(unit), SCORE_BLOCK_ROWS):
+            stop = min(start + SCORE_BLOCK_ROWS, len(unit))
+            block = part[:, :stop - start]
+            np.matmul(seeds, unit[start:stop].T, out=block)
+            np.max(block, axis=0, out=scores[start:stop])
+        return scores
 
     @staticmethod
-    def best_rows(matrix: np.ndarray, matrix_rows: Sequence[int], columns: Sequence[int]) -> list[int]:
-        """For each of `columns`, which of `matrix_rows` (the seeds or cart items) gave it the most."""
-        if not len(columns):
+    def best_rows(parts: np.ndarray, part_rows: Sequence[int]) -> list[int]:
+        """For each column of `parts` (seeds or cart items × returned items), the seed or cart item that gave most."""
+        if not parts.shape[1]:
             return []
-        picked = np.argmax(matrix[:, list(columns)], axis=0)
-        return [int(matrix_rows[i]) for i in picked]
+        return [int(part_rows[i]) for i in np.argmax(parts, axis=0)]
 
     def top_rows(self, scores: np.ndarray, n: int, blocked: np.ndarray | None = None) -> list[int]:
         """The n best rows by score, blocked rows (bool mask) dropped, best first (ties by row).

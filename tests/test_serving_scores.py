@@ -1,0 +1,84 @@
+"""Related and complementary scores of ServingModel against values worked out by hand on planted factors."""
+
+import numpy as np
+
+from recommender.artifact import CoPurchaseLists, ModelArtifact
+from recommender.serving import COPURCHASE_SHRINK, SCORE_BLOCK_ROWS, ServingModel
+
+# Four items in 2-d: a and b point the same way, c at 90°, d opposite a. Exact in float16.
+FACTORS = np.array([[1.0, 0.0], [2.0, 0.0], [0.0, 1.0], [-1.0, 0.0]], dtype=np.float32)
+A, B, C, D = range(4)
+
+
+def model(orders=(0, 0, 0, 0), neighbors=None) -> ServingModel:
+    """The four items; `neighbors` maps a row to its co-purchase list [(row, score), …]."""
+    neighbors = neighbors or {}
+    counts = np.array([len(neighbors.get(row, [])) for row in range(4)])
+    flat = [pair for row in range(4) for pair in neighbors.get(row, [])]
+    together = CoPurchaseLists.from_counts(counts, np.array([r for r, _ in flat], dtype=np.int32),
+                                           np.array([s for _, s in flat], dtype=np.float32), np.array(orders))
+    artifact = ModelArtifact.build(["a", "b", "c", "d"], FACTORS, np.ones(4), 0.1, 1.0, {"version": "v"},
+                                   copurchase=together)
+    return ServingModel(artifact)
+
+
+def test_related_is_the_cosine_to_the_seed_and_the_best_of_several_seeds():
+    m = model()
+    np.testing.assert_allclose(m.related_scores([A]), [1.0, 1.0, 0.0, -1.0], atol=1e-6)
+    # seeds a and c: each item's better cosine of the two
+    np.testing.assert_allclose(m.related_scores([A, C]), [1.0, 1.0, 1.0, 0.0], atol=1e-6)
+    assert m.best_rows(m.related_parts([A, C], [B, C]), [A, C]) == [A, C]
+
+
+def test_complementary_without_orders_sums_the_cosine_to_each_cart_item():
+    # Arrange: no orders, so β = 0 and factor similarity carries the whole score
+    m = model()
+
+    # Act
+    scores = m.complementary_scores([A, C])
+
+    # Assert: b = cos(b,a) + cos(b,c) = 1 + 0; d = −1 + 0 (an item opposite a cart item scores lower)
+    np.testing.assert_allclose(scores, [1.0, 1.0, 1.0, -1.0], atol=1e-6)
+
+
+def test_complementary_blends_co_purchase_by_orders_as_worked_by_hand():
+    # Arrange: a sits in 5 orders (β = 5 / (5 + 5) = 0.5) with c bought alongside it at score 0.8
+    m = model(orders=(5, 0, 0, 0), neighbors={A: [(C, 0.8)]})
+    beta = 5 / (5 + COPURCHASE_SHRINK)
+
+    # Act
+    scores = m.complementary_scores([A])
+    parts = m.complementary_parts([A], [B, C, D])
+
+    # Assert: b = 0.5·1; c = 0.5·0 + 0.5·0.8; d = 0.5·(−1)
+    np.testing.assert_allclose(scores, [(1 - beta) * 1.0, (1 - beta) * 1.0, beta * 0.8, -(1 - beta)], atol=1e-6)
+    np.testing.assert_allclose(parts, [[0.5, 0.4, -0.5]], atol=1e-6)
+
+
+def test_because_names_the_cart_item_with_the_largest_term():
+    # Arrange: cart a (co-purchased with d at 0.9, β = 0.5) and c; ask for b and d
+    m = model(orders=(5, 0, 0, 0), neighbors={A: [(D, 0.9)]})
+
+    # Act
+    parts = m.complementary_parts([A, C], [B, D])
+
+    # Assert: b's terms: a 0.5·1 = 0.5, c 0; d's terms: a 0.5·(−1) + 0.5·0.9 = −0.05, c 0 → c gives d most
+    np.testing.assert_allclose(parts, [[0.5, -0.05], [0.0, 0.0]], atol=1e-6)
+    assert m.best_rows(parts, [A, C]) == [A, C]
+
+
+def test_several_seeds_over_more_than_one_block_equal_the_plain_product():
+    # Arrange: more items than one block, random factors
+    rng = np.random.default_rng(4)
+    n = SCORE_BLOCK_ROWS * 2 + 17
+    factors = rng.standard_normal((n, 8)).astype(np.float32)
+    m = ServingModel(ModelArtifact.build([str(i + 1) for i in range(n)], factors, np.ones(n), 0.1, 1.0,
+                                         {"version": "v"}))
+    seeds = [3, n - 1, SCORE_BLOCK_ROWS]
+
+    # Act
+    scores = m.related_scores(seeds)
+
+    # Assert
+    expected = (m.unit_factors @ m.unit_factors[seeds].T).max(axis=1)
+    np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-6)
