@@ -294,9 +294,10 @@ class Recommender:
                 return None, "no_history"
             if len(rows) < MIN_HISTORY_ITEMS:
                 return None, "thin_history"
-            scores = model.personalized_scores(rows, weights)
+            terms = model.fold_in_terms(rows, weights)
+            scores = model.scores_of(terms)
             top = model.top_rows(scores, request.n, blocked)
-            because = model.explain(rows, weights, np.asarray(top, dtype=np.int64)) if top else []
+            because = model.explain(rows, terms, np.asarray(top, dtype=np.int64)) if top else []
             return _from_rows(model, top, scores, [str(model.item_ids[r]) for r in because]), None
         if strategy == "related":
             seeds = self._related_seeds(request, model, history)

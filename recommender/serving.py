@@ -94,35 +94,39 @@ class ServingModel:
         weights = np.fromiter(summed.values(), dtype=np.float64, count=len(summed))
         return rows, weights
 
-    def _user_system(self, rows: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def fold_in_terms(self, rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """Solve the ALS user step for one shopper, one term per history item: float64[factors, k].
+
+        rows: int[k] item rows the shopper touched; weights: float[k] summed event weights.
+        The user vector x = (YᵀY + λI + Yₖᵀ(Cₖ − I)Yₖ)⁻¹ Yₖᵀ Cₖ 1, with Cₖ = 1 + alpha·weights (the
+        equation implicit solves for a user during training), is the sum of the columns A⁻¹ cₖ yₖ
+        returned here; they also say which history item a recommendation is owed to (`explain`), so
+        one solve serves both.
+        """
         y = self.factors[rows].astype(np.float64)
         confidence = 1.0 + self.alpha * np.asarray(weights, dtype=np.float64)
         a = self.regularized_gramian + (y.T * (confidence - 1.0)) @ y
-        return a, y, confidence
+        return np.linalg.solve(a, (y * confidence[:, None]).T)
 
     def fold_in_user_vector(self, rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
-        """Solve the ALS user step for one shopper.
+        """The shopper's float32[factors] vector (see `fold_in_terms`)."""
+        return self.fold_in_terms(rows, weights).sum(axis=1).astype(np.float32)
 
-        rows: int[k] item rows the shopper touched; weights: float[k] summed event weights.
-        x = (YᵀY + λI + Yₖᵀ(Cₖ − I)Yₖ)⁻¹ Yₖᵀ Cₖ 1, with Cₖ = 1 + alpha·weights — the same
-        equation implicit solves for a user during training. Returns float32[factors].
-        """
-        a, y, confidence = self._user_system(rows, weights)
-        return np.linalg.solve(a, y.T @ confidence).astype(np.float32)
+    def scores_of(self, terms: np.ndarray) -> np.ndarray:
+        """Every item's score for the shopper whose `fold_in_terms` these are: a fresh float32[n_items]."""
+        return self.factors @ terms.sum(axis=1).astype(np.float32)
 
-    def explain(self, rows: np.ndarray, weights: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    def explain(self, rows: np.ndarray, terms: np.ndarray, candidates: np.ndarray) -> np.ndarray:
         """For each candidate row, the history row that contributed most to its score.
 
         score_j = y_jᵀ A⁻¹ Σₖ cₖ yₖ splits exactly into per-history-item terms y_jᵀ A⁻¹ cₖ yₖ.
         Returns int[len(candidates)] of history rows.
         """
-        a, y, confidence = self._user_system(rows, weights)
-        per_item = np.linalg.solve(a, (y * confidence[:, None]).T)  # f × k
-        contributions = self.factors[candidates].astype(np.float64) @ per_item  # candidates × k
+        contributions = self.factors[candidates].astype(np.float64) @ terms  # candidates × k
         return rows[np.argmax(contributions, axis=1)]
 
     def personalized_scores(self, rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
-        return self.factors @ self.fold_in_user_vector(rows, weights)
+        return self.scores_of(self.fold_in_terms(rows, weights))
 
     def related_scores(self, seed_rows: Sequence[int]) -> np.ndarray:
         """Each item's best cosine to any seed: a fresh float32[n_items]."""
