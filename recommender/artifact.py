@@ -48,7 +48,7 @@ FORMAT_VERSION = 4
 _FACTOR_PLANES = ("item_factors_low", "item_factors_high_0", "item_factors_high_1")
 _COMMON = ("format_version", *_FACTOR_PLANES, "gramian", "popularity", "regularization", "alpha", "metadata",
            "item_support", "copurchase_counts", "copurchase_neighbors", "copurchase_scores", "copurchase_orders")
-_STORED = {"item_factors_low"}  # random bits: deflate would not shrink them, only slow the load
+_STORED = {"item_factors_low"}  # random bits: compressing them would not shrink them, only slow the load
 _MAX_ID = np.iinfo(np.int64).max
 
 

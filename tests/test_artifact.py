@@ -220,7 +220,7 @@ def test_bug_a_plain_npy_file_is_refused_with_artifact_error():
         ModelArtifact.from_bytes(buffer.getvalue())
 
 
-# --- numeric ids, co-purchase lists, format 3 ------------------------------------------------
+# --- numeric ids, co-purchase lists ------------------------------------------------------------
 
 
 def numeric_artifact():
@@ -516,3 +516,22 @@ def test_factors_read_back_equal_what_was_written():
 
     # Assert
     np.testing.assert_array_equal(restored.item_factors, factors.astype(np.float16))
+
+
+def test_factors_over_both_row_halves_and_special_values_read_back_bit_for_bit():
+    # Arrange: enough rows for the two-thread join (odd count: unequal halves), with zeros, subnormals and extremes
+    from recommender.parallel import PARALLEL_ELEMENTS
+
+    rng = np.random.default_rng(8)
+    n = PARALLEL_ELEMENTS // 12 + 1001
+    factors = (rng.standard_normal((n, 12)) * 0.1).astype(np.float16)
+    factors[0, :6] = [0.0, -0.0, 6e-8, -3e-6, 65504.0, -65504.0]  # ±0, float16 subnormals, the largest finite
+    artifact = ModelArtifact.build([str(1 + i) for i in range(n)], factors.astype(np.float32), np.ones(n), 0.1, 1.0,
+                                   {"version": "v"})
+
+    # Act
+    restored = ModelArtifact.from_bytes(artifact.to_bytes()).item_factors
+
+    # Assert
+    assert restored.dtype == np.float16 and restored.shape == (n, 12)
+    np.testing.assert_array_equal(restored.view(np.uint16), factors.view(np.uint16))
