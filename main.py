@@ -34,8 +34,6 @@ from recommender.model_store import check_shop_domain
 from recommender.runtime import LazyRuntime
 from webhooks import MalformedPayload
 from webhooks.app_proxy import AccessDenied, storefront_query
-from webhooks.delivery import handle_webhook, process_delivery
-from webhooks.oidc import check_train_caller
 from webhooks.pixel import MAX_BODY_BYTES, RateLimiter, parse_pixel_body, pixel_events
 
 log = logging.getLogger("main")
@@ -94,6 +92,8 @@ def webhook(request: flask.Request) -> flask.Response:
     """Shopify webhooks, every topic: verify, translate, store, then acknowledge."""
     if (refused := _require_method(request, "POST")) is not None:
         return refused
+    from webhooks.delivery import handle_webhook  # topics and compliance: not on /recommend's cold start
+
     runtime = _runtime.get()
     outcome = handle_webhook(request.headers, request.get_data(), runtime.settings.require_secret().reveal(),
                              runtime.store, runtime.model_store)
@@ -147,6 +147,8 @@ def train(request: flask.Request) -> flask.Response:
     """POST [?shop=] from Cloud Scheduler (OIDC) or with `Bearer $TRAIN_TOKEN`: train and publish each shop."""
     if (refused := _require_method(request, "POST")) is not None:
         return refused
+    from webhooks.oidc import check_train_caller
+
     runtime = _runtime.get()
     settings = runtime.settings
     check = check_train_caller(request.headers.get("Authorization"),
@@ -180,6 +182,8 @@ def webhook_pubsub(cloud_event) -> None:
     except (binascii.Error, ValueError):
         log.error("pubsub message %s: data is not base64; dropped", message.get("messageId"))
         return
+    from webhooks.delivery import process_delivery
+
     runtime = _runtime.get()
     outcome = process_delivery(message.get("attributes") or {}, body, runtime.store, runtime.model_store)
     if outcome.status >= 400:
