@@ -33,7 +33,7 @@ _MAX_ZIP32 = 0xFFFF_FFFF
 
 def write_arrays(arrays: Mapping[str, np.ndarray], stored: Iterable[str] = ()) -> bytes:
     """A zip of `name.npy` members: those named in `stored` as they are, the rest Zstandard-compressed."""
-    import zstandard
+    import zstandard  # on first use, like the decoder below: functions that never read a model never load it
 
     compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
     stored = set(stored)
