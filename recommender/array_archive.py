@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import io
 import struct
-import threading
 import zipfile
 import zlib
 from typing import Iterable, Mapping
@@ -23,6 +22,7 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from recommender.errors import ArtifactError
+from recommender.parallel import on_two_threads
 
 ZIP_ZSTANDARD = 93
 ZSTD_LEVEL = 3  # higher levels shrink these arrays by under 1 % and write several times slower
@@ -88,21 +88,13 @@ def read_arrays(data: bytes, verify_crc: bool) -> dict[str, np.ndarray]:
         else:
             raise ArtifactError(f"{info.filename} uses an unsupported zip compression ({info.compress_type})")
     compressed.sort(key=lambda info: -info.compress_size)  # the two largest go to different threads
-    failures: list[BaseException] = []
 
     def decompress(batch: list[zipfile.ZipInfo]) -> None:
-        try:
-            for member in batch:
-                arrays[member.filename[:-4]] = _npy(_decompressed(view, member), member, verify_crc)
-        except BaseException as exc:  # reported on the calling thread
-            failures.append(exc)
+        for member in batch:
+            arrays[member.filename[:-4]] = _npy(_decompressed(view, member), member, verify_crc)
 
-    helper = threading.Thread(target=decompress, args=(compressed[::2],), name="artifact-decompress")
-    helper.start()
-    decompress(compressed[1::2])
-    helper.join()
-    if failures:
-        raise failures[0]
+    on_two_threads(lambda: decompress(compressed[::2]), lambda: decompress(compressed[1::2]),
+                   name="artifact-decompress")
     return arrays
 
 

@@ -1,4 +1,4 @@
-"""Row-wise array work split across two threads: numpy's casts and copies release the GIL."""
+"""Work split across two threads: numpy's casts and copies, zstd and zlib release the GIL."""
 
 from __future__ import annotations
 
@@ -6,6 +6,26 @@ import threading
 from typing import Callable
 
 PARALLEL_ELEMENTS = 1 << 20  # below this one thread finishes before a second one has started
+
+
+def on_two_threads(first: Callable[[], None], second: Callable[[], None], name: str = "helper") -> None:
+    """Run `first` on a helper thread and `second` on this one, at once; an exception from either is raised here."""
+    failures: list[BaseException] = []
+
+    def run_first() -> None:
+        try:
+            first()
+        except BaseException as exc:  # re-raised on the calling thread
+            failures.append(exc)
+
+    helper = threading.Thread(target=run_first, name=name)
+    helper.start()
+    try:
+        second()
+    finally:
+        helper.join()
+    if failures:
+        raise failures[0]
 
 
 def by_row_halves(work: Callable[[slice], None], n_rows: int, elements: int) -> None:
@@ -17,19 +37,4 @@ def by_row_halves(work: Callable[[slice], None], n_rows: int, elements: int) -> 
         work(slice(0, n_rows))
         return
     half = n_rows // 2
-    failures: list[BaseException] = []
-
-    def first_half() -> None:
-        try:
-            work(slice(0, half))
-        except BaseException as exc:  # re-raised on the calling thread
-            failures.append(exc)
-
-    helper = threading.Thread(target=first_half, name="row-halves")
-    helper.start()
-    try:
-        work(slice(half, n_rows))
-    finally:
-        helper.join()
-    if failures:
-        raise failures[0]
+    on_two_threads(lambda: work(slice(0, half)), lambda: work(slice(half, n_rows)), name="row-halves")
