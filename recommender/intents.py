@@ -192,18 +192,24 @@ class Recommender:
         excluded = set(request.exclude) | set(request.product_ids)  # what is on screen or in the cart already
         if request.product_id:
             excluded.add(request.product_id)
+        if request.intent == "recently_viewed":
+            excluded -= set(request.product_ids)  # here they are the answer, not the context
+        # The model's row of each history event, looked up once for the exclusions and the fold-in.
+        history_rows = model.item_ids.rows_array([event.product_id for event in history]) if model else None
+        shown_again: list[int] = []  # history positions that personalized leaves out
         if request.intent == "personalized":
-            for event in history:
+            for position, event in enumerate(history):
                 bought = event.kind is EventKind.PURCHASE
                 if (bought and not request.repurchase) or (not bought and not request.include_seen):
                     excluded.add(event.product_id)
-        if request.intent == "recently_viewed":
-            excluded -= set(request.product_ids)  # here they are the answer, not the context
+                    shown_again.append(position)
         blocked = None
         if model is not None:
             blocked = catalog.blocked_mask(model.item_ids, model.version, request.product_type,
                                            request.vendor).copy()
-            blocked[model.rows_of(sorted(excluded))] = True
+            blocked[model.rows_of(sorted(excluded.difference(history[i].product_id for i in shown_again)))] = True
+            rows = history_rows[shown_again]
+            blocked[rows[rows >= 0]] = True
 
         def allowed(pid: str) -> bool:
             return (pid not in excluded and catalog.sellable(pid)
@@ -213,7 +219,7 @@ class Recommender:
         seen: set[str] = set()
         fallback_from = fallback_reason = None
         for strategy in CHAINS[request.intent]:
-            candidates, reason = self._run(strategy, request, model, history, blocked)
+            candidates, reason = self._run(strategy, request, model, history, history_rows, blocked)
             if candidates is None:
                 if fallback_from is None:
                     fallback_from, fallback_reason = strategy, reason
@@ -269,8 +275,8 @@ class Recommender:
             history += [Interaction("request", pid, EventKind.VIEW, now) for pid in request.product_ids]
         return history
 
-    def _run(self, strategy: str, request: RecommendRequest, model: ServingModel | None,
-             history: list[Interaction], blocked: np.ndarray | None) -> tuple[_Candidates | None, str | None]:
+    def _run(self, strategy: str, request: RecommendRequest, model: ServingModel | None, history: list[Interaction],
+             history_rows: np.ndarray | None, blocked: np.ndarray | None) -> tuple[_Candidates | None, str | None]:
         if strategy == "trending":
             ranked = self._trending.get(request.shop)
             if not ranked:
@@ -289,7 +295,7 @@ class Recommender:
             rows = model.popular_rows_allowed(request.n, blocked)
             return _from_rows(model, rows, model.popularity_score, None), None
         if strategy == "personalized":
-            rows, weights = model.history_weights(history)
+            rows, weights = model.history_weights(history, history_rows)
             if len(rows) == 0:
                 return None, "no_history"
             if len(rows) < MIN_HISTORY_ITEMS:

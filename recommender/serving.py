@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 COPURCHASE_SHRINK = 5.0  # orders an item needs before co-purchase outweighs factor similarity
 SCORE_BLOCK_ROWS = 8192  # items per block when several seeds are scored at once: 2 MiB of factors at 64
+TOP_SAMPLE_STRIDE = 32  # top_rows: one score in this many bounds the n-th best from below
+TOP_SAMPLE_MIN_ITEMS = 4096  # below this, top_rows partitions the whole array
 
 
 def _as_float32(factors16: np.ndarray) -> np.ndarray:
@@ -37,16 +39,57 @@ def _as_float32(factors16: np.ndarray) -> np.ndarray:
     return out
 
 
+def top_rows(scores: np.ndarray, n: int, blocked: np.ndarray | None = None) -> list[int]:
+    """The n best rows of `scores`, rows where `blocked` (bool mask) is set dropped, best first, ties by row.
+
+    A large array is not partitioned whole. Every TOP_SAMPLE_STRIDE-th unblocked score is a sample, and its
+    n-th largest value t is a lower bound of the n-th largest unblocked score (a subset's n-th largest is
+    never above its superset's), so the rows scoring ≥ t, about n·stride of them, hold the answer. Finding
+    them is one comparison pass; the mask is read only at the sample and at those rows. At 100k items this
+    takes a fraction of `np.argpartition`'s time and of masking every score (bench/PERFORMANCE.md).
+    `scores` must be the caller's own fresh array: it may be changed in place.
+    """
+    take = min(n, len(scores))
+    if take <= 0:
+        return []
+    if len(scores) >= TOP_SAMPLE_MIN_ITEMS:
+        sample = scores[::TOP_SAMPLE_STRIDE]
+        if blocked is not None:
+            sample = sample[~blocked[::TOP_SAMPLE_STRIDE]]
+        if len(sample) >= take:
+            bound = np.partition(sample, len(sample) - take)[len(sample) - take]
+            if bound > -np.inf:
+                candidates = np.flatnonzero(scores >= bound)
+                if blocked is not None:
+                    candidates = candidates[~blocked[candidates]]
+                return _best_of(scores, candidates, take)
+    if blocked is not None:
+        scores[blocked] = -np.inf
+    part = np.argpartition(scores, len(scores) - take)[len(scores) - take:]  # the take largest, unordered
+    return [r for r in _best_of(scores, part, take) if scores[r] > -np.inf]
+
+
+def _best_of(scores: np.ndarray, rows: np.ndarray, take: int) -> list[int]:
+    """The `take` best of `rows` by score, best first, ties by row."""
+    ordered = rows[np.lexsort((rows, -scores[rows]))]
+    return ordered[:take].tolist()
+
+
 class ServingModel:
-    """An artifact unpacked for fast scoring: float32 factors, unit factors, an id index, λI + YᵀY."""
+    """An artifact unpacked for fast scoring: float32 factors, their inverse norms, an id index, λI + YᵀY.
+
+    Cosine similarity (related, complementary) is scored from the same factors as personalized, scaled
+    by each item's inverse norm, so an instance holds one factor matrix, not a second one of unit rows.
+    """
 
     def __init__(self, artifact: ModelArtifact):
         self.version = artifact.version
         self.item_ids = artifact.item_ids  # ItemIds: ids[row] -> product id, ids.row(product id) -> row
         self.factors = _as_float32(artifact.item_factors)  # float16 matmul is ~30x slower
-        self._unit_factors: np.ndarray | None = None  # made on first use: personalized requests never need it
+        self._inverse_norms: np.ndarray | None = None  # made on first use: personalized requests never need them
         n_factors = self.factors.shape[1]
         self.regularized_gramian = artifact.gramian.astype(np.float64) + artifact.regularization * np.eye(n_factors)
+        self._inverse_gramian: np.ndarray | None = None  # (λI + YᵀY)⁻¹, made on the first fold-in
         self.alpha = artifact.alpha
         weights = artifact.metadata.get("event_weights", {})
         self.event_weights = {kind: float(weights.get(kind.value, 0.0)) for kind in EventKind}
@@ -67,13 +110,18 @@ class ServingModel:
         return rows
 
     @property
-    def unit_factors(self) -> np.ndarray:
-        """float32[n_items, factors] of unit length, for cosine similarity (computed once, on first use)."""
-        unit = self._unit_factors
-        if unit is None:  # two threads may both compute it; either result is the same
-            norms = np.linalg.norm(self.factors, axis=1, keepdims=True)
-            unit = self._unit_factors = self.factors / np.maximum(norms, 1e-12)
-        return unit
+    def inverse_norms(self) -> np.ndarray:
+        """float32[n_items]: 1 / |factors[i]| (0 for an all-zero row), computed once, on first use."""
+        inverse = self._inverse_norms
+        if inverse is None:  # two threads may both compute it; either result is the same
+            norms = np.sqrt(np.einsum("ij,ij->i", self.factors, self.factors))
+            inverse = self._inverse_norms = (1.0 / np.maximum(norms, 1e-12)).astype(np.float32)
+        return inverse
+
+    def unit_rows(self, rows: Sequence[int]) -> np.ndarray:
+        """float32[len(rows), factors]: those items' factors scaled to unit length."""
+        rows = np.asarray(rows, dtype=np.int64)
+        return self.factors[rows] * self.inverse_norms[rows, None]
 
     @property
     def n_items(self) -> int:
@@ -83,10 +131,16 @@ class ServingModel:
         """Rows of the products the model knows, in the given order, unknown ones dropped."""
         return self.item_ids.rows_of(product_ids)
 
-    def history_weights(self, history: Sequence[Interaction]) -> tuple[np.ndarray, np.ndarray]:
-        """Sum the event weights of known products: (rows int[k], weights float[k])."""
+    def history_weights(self, history: Sequence[Interaction],
+                        rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Sum the event weights of known products: (rows int[k], weights float[k]).
+
+        `rows`: the events' rows if the caller looked them up already (`item_ids.rows_array`, −1 unknown).
+        """
+        if rows is None:
+            rows = self.item_ids.rows_array([event.product_id for event in history])
         summed: dict[int, float] = {}
-        for event, row in zip(history, self.item_ids.rows_array(event.product_id for event in history).tolist()):
+        for event, row in zip(history, rows.tolist()):
             weight = self.event_weights.get(event.kind, 0.0) * event.weight_factor
             if row >= 0 and weight > 0:
                 summed[row] = summed.get(row, 0.0) + weight
@@ -105,8 +159,24 @@ class ServingModel:
         """
         y = self.factors[rows].astype(np.float64)
         confidence = 1.0 + self.alpha * np.asarray(weights, dtype=np.float64)
-        a = self.regularized_gramian + (y.T * (confidence - 1.0)) @ y
-        return np.linalg.solve(a, (y * confidence[:, None]).T)
+        extra = confidence - 1.0
+        if not 0 < len(rows) <= y.shape[1] or extra.min() <= 0:
+            a = self.regularized_gramian + (y.T * extra) @ y
+            return np.linalg.solve(a, (y * confidence[:, None]).T)
+        # Fewer history items than factors: by the Woodbury identity, with G = λI + YᵀY, P = G⁻¹Yₖᵀ and
+        # D = Cₖ − I, A⁻¹YₖᵀCₖ = P (D⁻¹ + YₖP)⁻¹ D⁻¹Cₖ, a k × k solve in place of the factors × factors one
+        # (the same terms, to rounding: tests; 3× less time at 64 factors and 20 events).
+        p = self.inverse_gramian @ y.T
+        m = y @ p
+        m.flat[::len(m) + 1] += 1.0 / extra  # the diagonal
+        return p @ np.linalg.solve(m, np.diag(confidence / extra))
+
+    @property
+    def inverse_gramian(self) -> np.ndarray:
+        inverse = self._inverse_gramian
+        if inverse is None:  # two threads may both compute it; either result is the same
+            inverse = self._inverse_gramian = np.linalg.inv(self.regularized_gramian)
+        return inverse
 
     def fold_in_user_vector(self, rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
         """The shopper's float32[factors] vector (see `fold_in_terms`)."""
@@ -129,29 +199,35 @@ class ServingModel:
         return self.scores_of(self.fold_in_terms(rows, weights))
 
     def related_scores(self, seed_rows: Sequence[int]) -> np.ndarray:
-        """Each item's best cosine to any seed: a fresh float32[n_items]."""
-        unit = self.unit_factors
-        if len(seed_rows) == 1:
-            return unit @ unit[seed_rows[0]]
-        return self._blocked_max(unit[list(seed_rows)])
+        """Each item's best cosine to any seed: a fresh float32[n_items].
+
+        cos(i, s) = (factors[i] · unit[s]) / |factors[i]|, and the maximum over seeds commutes with the
+        positive 1 / |factors[i]|, so the seeds' unit rows are scored against the factors themselves.
+        """
+        seeds = self.unit_rows(seed_rows)
+        if len(seeds) == 1:
+            scores = self.factors @ seeds[0]
+        else:
+            scores = self._blocked_max(seeds)
+        scores *= self.inverse_norms
+        return scores
 
     def related_parts(self, seed_rows: Sequence[int], columns: Sequence[int]) -> np.ndarray:
         """Cosine of each of `columns` to each seed: float32[seeds, columns] (for `best_rows`)."""
-        unit = self.unit_factors
-        return unit[list(seed_rows)] @ unit[list(columns)].T
+        return self.unit_rows(seed_rows) @ self.unit_rows(columns).T
 
     def complementary_scores(self, cart_rows: Sequence[int]) -> np.ndarray:
         """Each item's complementary score to the cart: a fresh float32[n_items].
 
         Cart item i trusts its co-purchase list by β = orders_i / (orders_i + COPURCHASE_SHRINK) and
         factor similarity by 1 − β; an item's score sums both over the cart. The factor part is
-        Σᵢ (1 − βᵢ)·cos(item, i) = unit · Σᵢ (1 − βᵢ)·unitᵢ: one matrix-vector product for the whole
-        cart, where cutting each cart item's negative cosines at 0 would take a (cart × f)(f × n)
+        Σᵢ (1 − βᵢ)·cos(item, i) = (factors · Σᵢ (1 − βᵢ)·unitᵢ) / |factors|: one matrix-vector product for
+        the whole cart, where cutting each cart item's negative cosines at 0 would take a (cart × f)(f × n)
         product, 2.2× the time with one BLAS thread (bench/PERFORMANCE.md).
         """
         rows, beta = self._cart(cart_rows)
-        unit = self.unit_factors
-        scores = unit @ ((1.0 - beta) @ unit[rows])
+        scores = self.factors @ ((1.0 - beta) @ self.unit_rows(rows))
+        scores *= self.inverse_norms
         for position, row in enumerate(rows):
             if beta[position] > 0:
                 neighbors, together = self.copurchase.of(row)
@@ -162,8 +238,7 @@ class ServingModel:
         """Each cart item's term of each of `columns`' complementary score: float32[cart, columns]."""
         rows, beta = self._cart(cart_rows)
         columns = np.asarray(columns, dtype=np.int64)
-        unit = self.unit_factors
-        parts = (unit[rows] @ unit[columns].T) * (1.0 - beta)[:, None]
+        parts = (self.unit_rows(rows) @ self.unit_rows(columns).T) * (1.0 - beta)[:, None]
         for position, row in enumerate(rows):
             if beta[position] > 0:
                 neighbors, together = self.copurchase.of(row)
@@ -177,18 +252,18 @@ class ServingModel:
         return rows, orders / (orders + COPURCHASE_SHRINK)
 
     def _blocked_max(self, seeds: np.ndarray) -> np.ndarray:
-        """max over the seeds of seeds · unitᵀ: a fresh float32[n_items], one block of items at a time.
+        """max over the seeds of seeds · factorsᵀ: a fresh float32[n_items], one block of items at a time.
 
         Blocks of SCORE_BLOCK_ROWS items stay in cache and are reduced there, so no seeds × n_items
         matrix is written and read again.
         """
-        unit = self.unit_factors
-        scores = np.empty(len(unit), dtype=np.float32)
-        part = np.empty((len(seeds), min(SCORE_BLOCK_ROWS, len(unit))), dtype=np.float32)
-        for start in range(0, len(unit), SCORE_BLOCK_ROWS):
-            stop = min(start + SCORE_BLOCK_ROWS, len(unit))
+        factors = self.factors
+        scores = np.empty(len(factors), dtype=np.float32)
+        part = np.empty((len(seeds), min(SCORE_BLOCK_ROWS, len(factors))), dtype=np.float32)
+        for start in range(0, len(factors), SCORE_BLOCK_ROWS):
+            stop = min(start + SCORE_BLOCK_ROWS, len(factors))
             block = part[:, :stop - start]
-            np.matmul(seeds, unit[start:stop].T, out=block)
+            np.matmul(seeds, factors[start:stop].T, out=block)
             np.max(block, axis=0, out=scores[start:stop])
         return scores
 
@@ -202,16 +277,9 @@ class ServingModel:
     def top_rows(self, scores: np.ndarray, n: int, blocked: np.ndarray | None = None) -> list[int]:
         """The n best rows by score, blocked rows (bool mask) dropped, best first (ties by row).
 
-        `scores` must be the caller's own fresh array: blocked rows are set to −inf in place.
+        `scores` must be the caller's own fresh array: it may be changed in place.
         """
-        if blocked is not None:
-            scores[blocked] = -np.inf
-        take = min(n, len(scores))
-        if take <= 0:
-            return []
-        part = np.argpartition(scores, len(scores) - take)[len(scores) - take:]  # the take largest, unordered
-        ordered = part[np.lexsort((part, -scores[part]))]
-        return [int(r) for r in ordered if scores[r] > -np.inf]
+        return top_rows(scores, n, blocked)
 
     def popular_rows_allowed(self, n: int, blocked: np.ndarray | None = None) -> list[int]:
         if blocked is None:

@@ -3,7 +3,7 @@
 import numpy as np
 
 from recommender.artifact import CoPurchaseLists, ModelArtifact
-from recommender.serving import COPURCHASE_SHRINK, SCORE_BLOCK_ROWS, ServingModel
+from recommender.serving import COPURCHASE_SHRINK, SCORE_BLOCK_ROWS, TOP_SAMPLE_MIN_ITEMS, ServingModel, top_rows
 
 # Four items in 2-d: a and b point the same way, c at 90°, d opposite a. Exact in float16.
 FACTORS = np.array([[1.0, 0.0], [2.0, 0.0], [0.0, 1.0], [-1.0, 0.0]], dtype=np.float32)
@@ -80,5 +80,69 @@ def test_several_seeds_over_more_than_one_block_equal_the_plain_product():
     scores = m.related_scores(seeds)
 
     # Assert
-    expected = (m.unit_factors @ m.unit_factors[seeds].T).max(axis=1)
+    unit = m.factors / np.linalg.norm(m.factors, axis=1, keepdims=True)  # the float16-rounded factors
+    expected = (unit @ unit[seeds].T).max(axis=1)
     np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-6)
+
+
+def _sorted_top(scores: np.ndarray, n: int, blocked: np.ndarray) -> list[int]:
+    """The definition: every unblocked row ordered by (−score, row), the first n."""
+    rows = [r for r in range(len(scores)) if not blocked[r]]
+    return sorted(rows, key=lambda r: (-scores[r], r))[:n]
+
+
+def test_top_rows_of_a_large_array_equal_a_full_sort_with_blocked_rows_and_ties():
+    rng = np.random.default_rng(7)
+    n = TOP_SAMPLE_MIN_ITEMS * 3 + 5
+    for trial in range(30):
+        # Arrange: scores rounded to a coarse grid so that ties are common; a few hundred rows blocked,
+        # among them in some trials the best-scored rows themselves
+        scores = np.round(rng.standard_normal(n) * 4).astype(np.float32)
+        blocked = np.zeros(n, dtype=bool)
+        blocked[rng.choice(n, 300, replace=False)] = True
+        if trial % 3 == 0:
+            blocked[np.argsort(-scores, kind="stable")[:50]] = True
+        want = _sorted_top(scores, 10, blocked)
+
+        # Act
+        got = top_rows(scores.copy(), 10, blocked)
+
+        # Assert
+        assert got == want
+
+
+def test_top_rows_when_blocking_leaves_fewer_than_n_or_none():
+    # Arrange: a large array where all but 3 rows are blocked, then all of them
+    n = TOP_SAMPLE_MIN_ITEMS * 2
+    scores = np.arange(n, dtype=np.float32)
+    blocked = np.ones(n, dtype=bool)
+    blocked[[5, 17, 4000]] = False
+
+    # Act / Assert: the three unblocked rows, best first; nothing when every row is blocked
+    assert top_rows(scores.copy(), 10, blocked) == [4000, 17, 5]
+    assert top_rows(scores.copy(), 10, np.ones(n, dtype=bool)) == []
+    assert top_rows(scores.copy(), 3, None) == [n - 1, n - 2, n - 3]
+
+
+def test_fold_in_terms_solve_the_user_step_for_short_and_long_histories():
+    # Arrange: 16 factors, so histories of 3 and 16 items take the k × k route and 40 items the direct one
+    rng = np.random.default_rng(11)
+    n, f = 500, 16
+    factors = (rng.standard_normal((n, f)) * 0.3).astype(np.float32)
+    m = ServingModel(ModelArtifact.build([str(i + 1) for i in range(n)], factors, np.ones(n), 0.05, 2.0,
+                                         {"version": "v"}))
+    for k in (3, 16, 40):
+        rows = rng.choice(n, k, replace=False)
+        weights = rng.uniform(0.5, 10.0, k)
+
+        # Act
+        terms = m.fold_in_terms(rows, weights)
+
+        # Assert: the columns solve A x = cₖ yₖ with A = G + Yₖᵀ(Cₖ − I)Yₖ, G = λI + YᵀY as the artifact holds it
+        # (its YᵀY is stored in float32), written out here
+        y = m.factors[rows].astype(np.float64)
+        everything = m.factors.astype(np.float64)
+        np.testing.assert_allclose(m.regularized_gramian, everything.T @ everything + 0.05 * np.eye(f), atol=1e-5)
+        confidence = 1.0 + 2.0 * weights
+        a = m.regularized_gramian + y.T @ np.diag(confidence - 1.0) @ y
+        np.testing.assert_allclose(a @ terms, y.T * confidence, rtol=1e-8, atol=1e-10)
