@@ -121,15 +121,18 @@ class ItemIds:
     def rows_array(self, product_ids: Iterable[str]) -> np.ndarray:
         """int64 rows of the ids, in order, −1 where the model does not know the id."""
         ids = list(product_ids)
+        if not ids:
+            return np.empty(0, dtype=np.int64)
         if self._index is not None:
             get = self._index.get
-            return np.fromiter((get(pid, -1) for pid in ids), dtype=np.int64, count=len(ids))
-        values = np.fromiter((_as_number(pid) or 0 for pid in ids), dtype=np.int64, count=len(ids))
+            return np.array([get(pid, -1) for pid in ids], dtype=np.int64)
+        if not len(self._numbers):
+            return np.full(len(ids), -1, dtype=np.int64)
+        values = np.array([_as_number(pid) or 0 for pid in ids], dtype=np.int64)
         rows = np.searchsorted(self._numbers, values)
-        inside = rows < len(self._numbers)
-        found = np.zeros(len(ids), dtype=bool)
-        found[inside] = self._numbers[rows[inside]] == values[inside]
-        return np.where(found & (values > 0), rows, -1)
+        np.minimum(rows, len(self._numbers) - 1, out=rows)  # an id above the largest: compared with the last
+        found = (self._numbers[rows] == values) & (values > 0)
+        return np.where(found, rows, -1)
 
     def rows_of(self, product_ids: Iterable[str]) -> list[int]:
         """Rows of the ids the model knows, in the given order, unknown ones dropped."""

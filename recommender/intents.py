@@ -203,13 +203,12 @@ class Recommender:
                 if (bought and not request.repurchase) or (not bought and not request.include_seen):
                     excluded.add(event.product_id)
                     shown_again.append(position)
-        blocked = None
-        if model is not None:
-            blocked = catalog.blocked_mask(model.item_ids, model.version, request.product_type,
-                                           request.vendor).copy()
-            blocked[model.rows_of(sorted(excluded.difference(history[i].product_id for i in shown_again)))] = True
-            rows = history_rows[shown_again]
-            blocked[rows[rows >= 0]] = True
+        blocked = excluded_rows = None
+        if model is not None:  # the catalog's mask is shared (read only); this request's own exclusions are rows
+            blocked = catalog.blocked_mask(model.item_ids, model.version, request.product_type, request.vendor)
+            others = excluded.difference([history[i].product_id for i in shown_again])
+            excluded_rows = np.concatenate([history_rows[shown_again], model.item_ids.rows_array(sorted(others))])
+            excluded_rows = excluded_rows[excluded_rows >= 0]
 
         def allowed(pid: str) -> bool:
             return (pid not in excluded and catalog.sellable(pid)
@@ -219,7 +218,8 @@ class Recommender:
         seen: set[str] = set()
         fallback_from = fallback_reason = None
         for strategy in CHAINS[request.intent]:
-            candidates, reason = self._run(strategy, request, model, history, history_rows, blocked)
+            candidates, reason = self._run(strategy, request, model, history, history_rows,
+                                           blocked, excluded_rows)
             if candidates is None:
                 if fallback_from is None:
                     fallback_from, fallback_reason = strategy, reason
@@ -276,7 +276,8 @@ class Recommender:
         return history
 
     def _run(self, strategy: str, request: RecommendRequest, model: ServingModel | None, history: list[Interaction],
-             history_rows: np.ndarray | None, blocked: np.ndarray | None) -> tuple[_Candidates | None, str | None]:
+             history_rows: np.ndarray | None, blocked: np.ndarray | None,
+             excluded_rows: np.ndarray | None) -> tuple[_Candidates | None, str | None]:
         if strategy == "trending":
             ranked = self._trending.get(request.shop)
             if not ranked:
@@ -292,7 +293,7 @@ class Recommender:
         if model is None:
             return None, "no_model"
         if strategy == "popular":
-            rows = model.popular_rows_allowed(request.n, blocked)
+            rows = model.popular_rows_allowed(request.n, blocked, excluded_rows)
             return _from_rows(model, rows, model.popularity_score, None), None
         if strategy == "personalized":
             rows, weights = model.history_weights(history, history_rows)
@@ -302,7 +303,7 @@ class Recommender:
                 return None, "thin_history"
             terms = model.fold_in_terms(rows, weights)
             scores = model.scores_of(terms)
-            top = model.top_rows(scores, request.n, blocked)
+            top = model.top_rows(scores, request.n, blocked, excluded_rows)
             because = model.explain(rows, terms, np.asarray(top, dtype=np.int64)) if top else []
             return _from_rows(model, top, scores, [str(model.item_ids[r]) for r in because]), None
         if strategy == "related":
@@ -312,7 +313,8 @@ class Recommender:
             seeds = [row for row in seeds if model.item_support[row] >= MIN_ITEM_SUPPORT]
             if not seeds:
                 return None, "thin_product_data"
-            return _from_seeds(model, model.related_scores(seeds), model.related_parts, seeds, request.n, blocked), None
+            return _from_seeds(model, model.related_scores(seeds), model.related_parts, seeds, request.n, blocked,
+                               excluded_rows), None
         if strategy == "complementary":
             cart_rows = model.rows_of(request.product_ids)
             if not cart_rows:
@@ -320,7 +322,7 @@ class Recommender:
             if not any(model.copurchase_orders[row] > 0 for row in cart_rows):
                 return None, "no_copurchase_data"
             return _from_seeds(model, model.complementary_scores(cart_rows), model.complementary_parts, cart_rows,
-                               request.n, blocked), None
+                               request.n, blocked, excluded_rows), None
         raise ValueError(f"unknown strategy {strategy!r}")
 
     @staticmethod
@@ -350,19 +352,14 @@ def _decayed(history: list[Interaction], kinds: tuple[EventKind, ...], half_life
     return _Candidates([p for p, _ in ranked], [v / top for _, v in ranked], [p for p, _ in ranked]), None
 
 
-def _with_rows(blocked: np.ndarray | None, rows: list[int]) -> np.ndarray | None:
-    if blocked is None:
-        return None
-    out = blocked.copy()
-    out[rows] = True
-    return out
-
-
 def _from_seeds(model: ServingModel, scores: np.ndarray, parts: Callable[[list[int], list[int]], np.ndarray],
-                seed_rows: list[int], n: int, blocked: np.ndarray | None) -> _Candidates:
+                seed_rows: list[int], n: int, blocked: np.ndarray | None, excluded_rows: np.ndarray | None) -> _Candidates:
     """Related and complementary: the best-scored items but the seeds (or cart items) themselves, and for
     each, `because`: the seed whose part of its score (`parts(seeds, items)`) was largest."""
-    top = model.top_rows(scores, n, _with_rows(blocked, seed_rows))
+    also = np.asarray(seed_rows, dtype=np.int64)
+    if excluded_rows is not None:
+        also = np.concatenate([also, excluded_rows])
+    top = model.top_rows(scores, n, blocked, also)
     because = model.best_rows(parts(seed_rows, top), seed_rows) if top else []
     return _from_rows(model, top, scores, [str(model.item_ids[r]) for r in because])
 

@@ -39,8 +39,9 @@ def _as_float32(factors16: np.ndarray) -> np.ndarray:
     return out
 
 
-def top_rows(scores: np.ndarray, n: int, blocked: np.ndarray | None = None) -> list[int]:
-    """The n best rows of `scores`, rows where `blocked` (bool mask) is set dropped, best first, ties by row.
+def top_rows(scores: np.ndarray, n: int, blocked: np.ndarray | None = None, also: np.ndarray | None = None) -> list[int]:
+    """The n best rows of `scores`, best first, ties by row, without the rows where `blocked` (a bool mask,
+    only read) is set or that `also` (an array of rows) lists.
 
     A large array is not partitioned whole. Every TOP_SAMPLE_STRIDE-th unblocked score is a sample, and its
     n-th largest value t is a lower bound of the n-th largest unblocked score (a subset's n-th largest is
@@ -52,6 +53,8 @@ def top_rows(scores: np.ndarray, n: int, blocked: np.ndarray | None = None) -> l
     take = min(n, len(scores))
     if take <= 0:
         return []
+    if also is not None and len(also):
+        scores[also] = -np.inf
     if len(scores) >= TOP_SAMPLE_MIN_ITEMS:
         sample = scores[::TOP_SAMPLE_STRIDE]
         if blocked is not None:
@@ -274,18 +277,20 @@ class ServingModel:
             return []
         return [int(part_rows[i]) for i in np.argmax(parts, axis=0)]
 
-    def top_rows(self, scores: np.ndarray, n: int, blocked: np.ndarray | None = None) -> list[int]:
-        """The n best rows by score, blocked rows (bool mask) dropped, best first (ties by row).
+    def top_rows(self, scores: np.ndarray, n: int, blocked: np.ndarray | None = None,
+                 also: np.ndarray | None = None) -> list[int]:
+        """The n best rows by score, best first (ties by row), without blocked rows (bool mask) and `also`'s rows.
 
         `scores` must be the caller's own fresh array: it may be changed in place.
         """
-        return top_rows(scores, n, blocked)
+        return top_rows(scores, n, blocked, also)
 
-    def popular_rows_allowed(self, n: int, blocked: np.ndarray | None = None) -> list[int]:
-        if blocked is None:
-            return [int(r) for r in self.popular_rows[:n]]
-        allowed = self.popular_rows[~blocked[self.popular_rows]]
-        return [int(r) for r in allowed[:n]]
+    def popular_rows_allowed(self, n: int, blocked: np.ndarray | None = None,
+                             also: np.ndarray | None = None) -> list[int]:
+        """The n most popular rows without blocked ones (bool mask) and those `also` lists."""
+        rows = self.popular_rows if blocked is None else self.popular_rows[~blocked[self.popular_rows]]
+        skip = set() if also is None else set(np.asarray(also).tolist())
+        return [int(r) for r in rows[:n + len(skip)] if int(r) not in skip][:n]
 
 
 class ModelHolder:

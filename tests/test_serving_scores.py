@@ -146,3 +146,34 @@ def test_fold_in_terms_solve_the_user_step_for_short_and_long_histories():
         confidence = 1.0 + 2.0 * weights
         a = m.regularized_gramian + y.T @ np.diag(confidence - 1.0) @ y
         np.testing.assert_allclose(a @ terms, y.T * confidence, rtol=1e-8, atol=1e-10)
+
+
+def test_rows_listed_in_also_are_left_out_like_blocked_ones():
+    # Arrange: a large array, a catalog mask and a request's own excluded rows (among them the best ones)
+    rng = np.random.default_rng(3)
+    n = TOP_SAMPLE_MIN_ITEMS * 2 + 1
+    scores = rng.standard_normal(n).astype(np.float32)
+    blocked = np.zeros(n, dtype=bool)
+    blocked[rng.choice(n, 100, replace=False)] = True
+    also = np.argsort(-scores)[:7]
+    union = blocked.copy()
+    union[also] = True
+
+    # Act
+    got = top_rows(scores.copy(), 10, blocked, also)
+
+    # Assert: as if `also` had been blocked, and the shared mask was only read
+    assert got == _sorted_top(scores, 10, union)
+    assert blocked.sum() == 100 and not blocked[also].all()
+
+
+def test_popular_rows_skip_blocked_and_listed_rows():
+    # Arrange: popularity 4 > 3 > 2 > 1 for rows 0..3 (ids "a".."d" of the four planted items)
+    artifact = ModelArtifact.build(["a", "b", "c", "d"], FACTORS, np.array([4.0, 3.0, 2.0, 1.0]), 0.1, 1.0,
+                                   {"version": "v"})
+    m = ServingModel(artifact)
+    blocked = np.array([False, True, False, False])
+
+    # Act / Assert: b is blocked and a is listed, so c then d
+    assert m.popular_rows_allowed(2, blocked, np.array([A])) == [C, D]
+    assert m.popular_rows_allowed(3) == [A, B, C]
