@@ -15,7 +15,6 @@ import functools
 import logging
 import os
 import time
-from dataclasses import asdict
 
 import flask
 import functions_framework
@@ -34,7 +33,6 @@ from recommender.model_store import check_shop_domain
 from recommender.runtime import LazyRuntime
 from webhooks import MalformedPayload
 from webhooks.app_proxy import AccessDenied, storefront_query
-from webhooks.pixel import MAX_BODY_BYTES, RateLimiter, parse_pixel_body, pixel_events
 
 log = logging.getLogger("main")
 _runtime = LazyRuntime(os.environ, PRELOADER)
@@ -134,7 +132,7 @@ def recommend(request: flask.Request) -> flask.Response:
         "strategy": result.strategy,
         "fallback_from": result.fallback_from,
         "fallback_reason": result.fallback_reason,
-        "recommendations": [{**asdict(item), "score": round(item.score, 6)} for item in result.items],
+        "recommendations": [{**item._asdict(), "score": round(item.score, 6)} for item in result.items],
     }
     headers = {"Cache-Control": "private, no-store" if wanted.personal else "public, max-age=60"}
     headers.update(_cors(request, wanted.shop, settings.cors_allowed_origins))
@@ -190,11 +188,6 @@ def webhook_pubsub(cloud_event) -> None:
         log.error("pubsub message %s dropped: %s", message.get("messageId"), outcome.body())
 
 
-# Unsigned pixel traffic is rate-limited per client and per address, in each instance's memory.
-_per_client = RateLimiter(rate=1.0, burst=60)
-_per_address = RateLimiter(rate=5.0, burst=300)
-
-
 @functions_framework.http
 @_json_errors
 def collect(request: flask.Request) -> flask.Response:
@@ -204,19 +197,21 @@ def collect(request: flask.Request) -> flask.Response:
                                                    "Access-Control-Allow-Methods": "POST"})
     if (refused := _require_method(request, "POST")) is not None:
         return refused
-    if (request.content_length or 0) > MAX_BODY_BYTES:
-        return _json({"error": "payload_too_large", "message": f"at most {MAX_BODY_BYTES} bytes"}, 413)
+    from webhooks import pixel  # the write path's records: not on /recommend's cold start
+
+    if (request.content_length or 0) > pixel.MAX_BODY_BYTES:
+        return _json({"error": "payload_too_large", "message": f"at most {pixel.MAX_BODY_BYTES} bytes"}, 413)
     shop = check_shop_domain((request.args.get("shop") or "").lower())
     runtime = _runtime.get()
     if not runtime.store.is_shop_installed(shop):
         return _json({"error": "unknown_shop", "message": f"{shop} has not installed the app"}, 403)
-    payload = parse_pixel_body(request.get_data(cache=False))
-    events, ignored = pixel_events(payload, shop)
+    payload = pixel.parse_pixel_body(request.get_data(cache=False))
+    events, ignored = pixel.pixel_events(payload, shop)
     address = (request.headers.get("X-Forwarded-For") or request.remote_addr or "").split(",")[0].strip()
     clients = {e.anonymous_id for e in events} or {"-"}
     cost = max(1, len(events))
-    if not _per_address.allow(f"{shop}|{address}", cost) or not all(
-            _per_client.allow(f"{shop}|{client}", cost) for client in clients):
+    if not pixel.PER_ADDRESS.allow(f"{shop}|{address}", cost) or not all(
+            pixel.PER_CLIENT.allow(f"{shop}|{client}", cost) for client in clients):
         return _json({"error": "rate_limited", "message": "too many events; slow down"}, 429, {"Retry-After": "5"})
     stored = runtime.store.add_events(events)
     return _json({"status": "stored", "events": stored, "ignored": ignored},

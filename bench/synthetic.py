@@ -18,7 +18,8 @@ from urllib.parse import urlencode
 import numpy as np
 
 from recommender.artifact import CoPurchaseLists, ModelArtifact
-from recommender.events import CatalogProduct, CatalogVariant, Event, EventKind
+from recommender.changes import Event
+from recommender.events import CatalogProduct, CatalogVariant, EventKind
 from recommender.model_store import LocalModelStore, Manifest
 from webhooks.verification import sign_webhook_body
 
@@ -264,7 +265,7 @@ def prepare_shop(folder: Path, artifact: ModelArtifact, models_dir: Path, n_cust
 
     `models_dir` must already hold `artifact` published for SHOP.
     """
-    from recommender.events import ChangeSet, Delivery
+    from recommender.changes import ChangeSet, Delivery
     from recommender.store import SQLiteEventStore
 
     n_items = len(artifact.item_ids)

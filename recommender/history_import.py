@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import TextIO
 
 from recommender.errors import InvalidEvent, RecommenderError
-from recommender.events import MAX_QUANTITY, Event, EventKind, parse_timestamp
+from recommender.changes import Event
+from recommender.events import MAX_QUANTITY, EventKind, parse_timestamp
 from recommender.store import EventStore
 
 REQUIRED_COLUMNS = ("customer_id", "product_id", "kind", "occurred_at")

@@ -19,7 +19,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Callable, Mapping
+from typing import Callable, Mapping, NamedTuple
 
 import numpy as np
 
@@ -99,8 +99,9 @@ class RecommendRequest:
         return self.intent in SHOPPER_INTENTS and bool(self.customer_id or self.anonymous_id or self.product_ids)
 
 
-@dataclass(frozen=True)
-class RecommendedItem:
+class RecommendedItem(NamedTuple):
+    """One recommended product; a named tuple: ten are made per request, and `_asdict()` is the JSON item."""
+
     product_id: str
     score: float
     strategy: str
@@ -125,8 +126,7 @@ class RecommendResponse:
     items: tuple[RecommendedItem, ...] = field(default_factory=tuple)
 
 
-@dataclass
-class _Candidates:
+class _Candidates(NamedTuple):
     """A strategy's ranked answer: product ids, scores and reasons, best first."""
 
     product_ids: list[str]
@@ -353,7 +353,8 @@ def _decayed(history: list[Interaction], kinds: tuple[EventKind, ...], half_life
 
 
 def _from_seeds(model: ServingModel, scores: np.ndarray, parts: Callable[[list[int], list[int]], np.ndarray],
-                seed_rows: list[int], n: int, blocked: np.ndarray | None, excluded_rows: np.ndarray | None) -> _Candidates:
+                seed_rows: list[int], n: int, blocked: np.ndarray | None,
+                excluded_rows: np.ndarray | None) -> _Candidates:
     """Related and complementary: the best-scored items but the seeds (or cart items) themselves, and for
     each, `because`: the seed whose part of its score (`parts(seeds, items)`) was largest."""
     also = np.asarray(seed_rows, dtype=np.int64)

@@ -39,7 +39,8 @@ def _as_float32(factors16: np.ndarray) -> np.ndarray:
     return out
 
 
-def top_rows(scores: np.ndarray, n: int, blocked: np.ndarray | None = None, also: np.ndarray | None = None) -> list[int]:
+def top_rows(scores: np.ndarray, n: int, blocked: np.ndarray | None = None,
+             also: np.ndarray | None = None) -> list[int]:
     """The n best rows of `scores`, best first, ties by row, without the rows where `blocked` (a bool mask,
     only read) is set or that `also` (an array of rows) lists.
 

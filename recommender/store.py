@@ -22,12 +22,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Collection, Iterable, NamedTuple, Protocol, Sequence
 
 from recommender.errors import ConfigError, StoreError
-from recommender.events import (
-    CatalogProduct, CatalogVariant, ChangeSet, Delivery, Event, EventKind, order_line_key,
-)
+from recommender.events import CatalogProduct, CatalogVariant, EventKind, order_line_key
 
-if TYPE_CHECKING:  # imported where columns are read: it imports numpy, which the webhook path does not need
-    from recommender.event_columns import ColumnTexts, InteractionColumns
+if TYPE_CHECKING:
+    from recommender.changes import ChangeSet, Delivery, Event  # written by the webhook paths, not read here
+    from recommender.event_columns import ColumnTexts, InteractionColumns  # numpy: read where columns are read
 
 # Each entry migrates the schema from version i to i + 1 (PRAGMA user_version).
 SQLITE_MIGRATIONS: tuple[str, ...] = (

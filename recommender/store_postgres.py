@@ -31,7 +31,8 @@ from psycopg import errors
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from recommender.errors import ConfigError, StoreError
-from recommender.events import CatalogProduct, ChangeSet, Delivery, Event, EventKind, order_line_key
+from recommender.changes import ChangeSet, Delivery, Event
+from recommender.events import CatalogProduct, EventKind, order_line_key
 from recommender.store import (
     EVENT_EXPORT_COLUMNS, KINDS, TOPICS_NOT_PROVING_INSTALL, ActivityBucket, Interaction,
     SharedQueries, customer_export, export_json, iso_utc, refund_adjustment_key, require_aware,

@@ -13,7 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from recommender.__main__ import main as cli_main
-from recommender.events import Delivery
+from recommender.changes import Delivery
 from recommender.settings import Secret
 from recommender.store import SQLiteEventStore
 from tests.conftest import SHOP, order_payload

@@ -18,7 +18,8 @@ from recommender.evaluation import (
     build_targets, compare_to_baseline, evaluate_model, load_tuned_config, run_evaluation,
     tuned_training_config,
 )
-from recommender.events import Event, EventKind
+from recommender.changes import Event
+from recommender.events import EventKind
 from recommender.offline_data import (
     DAY, EvaluationError, Interactions, InteractionFileError, SignalConfig, build_signal_matrix, files_split,
     last_order_split, read_interaction_files, row_weights, stratified_split, temporal_split,

@@ -354,7 +354,7 @@ def test_trending_works_before_any_model_is_trained(app_client, monkeypatch):
 
 
 def test_a_partial_refund_shrinks_the_purchase_weight(store):
-    from recommender.events import Delivery
+    from recommender.changes import Delivery
     from webhooks.topics import TopicContext, order_created, refund_created
 
     order = order_payload(5, 6, [7])

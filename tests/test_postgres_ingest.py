@@ -14,7 +14,8 @@ from datetime import datetime, timedelta, timezone
 import psycopg
 import pytest
 
-from recommender.events import ChangeSet, Delivery, Event, EventKind, IdentityLink
+from recommender.changes import ChangeSet, Delivery, Event, IdentityLink
+from recommender.events import EventKind
 from tests.conftest import SHOP, order_payload
 from tests.postgres_schema import run, temporary_schema
 from webhooks.topics import TRANSLATORS, TopicContext

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from recommender.events import Delivery
+from recommender.changes import Delivery
 from recommender.model_store import LocalModelStore
 from recommender.retraining import GateConfig, run_scheduled_training
 from recommender.settings import TrainingConfig

@@ -16,10 +16,8 @@ from typing import Callable
 import pytest
 
 from recommender.errors import StoreError
-from recommender.events import (
-    CatalogProduct, CatalogVariant, ChangeSet, Delivery, Event, EventKind, IdentityLink, InventoryLevel, RefundLine,
-    order_line_key,
-)
+from recommender.changes import ChangeSet, Delivery, Event, IdentityLink, InventoryLevel, RefundLine
+from recommender.events import CatalogProduct, CatalogVariant, EventKind, order_line_key
 from recommender.store import (
     EVENT_EXPORT_COLUMNS, SHOP_TABLES, SQLITE_MIGRATIONS, ActivityBucket, EventStore, Interaction, SQLiteEventStore,
     open_event_store,

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from recommender.errors import ConfigError, StoreError
-from recommender.events import ChangeSet, Delivery
+from recommender.changes import ChangeSet, Delivery
 from recommender.settings import Settings
 from recommender.store import SQLiteEventStore, open_event_store
 from tests.conftest import SHOP, order_payload

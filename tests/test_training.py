@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from recommender.artifact import ModelArtifact
-from recommender.events import Delivery, EventKind
+from recommender.changes import Delivery
+from recommender.events import EventKind
 from recommender.serving import ServingModel
 from recommender.settings import TrainingConfig
 from recommender.store import Interaction

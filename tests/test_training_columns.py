@@ -16,7 +16,8 @@ import scipy.sparse as sp
 
 from recommender.artifact import CoPurchaseLists, ModelArtifact
 from recommender.event_columns import EVENT_KINDS, SEP, InteractionColumns, canonical_numbers, first_seen_codes
-from recommender.events import ChangeSet, Delivery, Event, EventKind, IdentityLink, RefundLine, order_line_key
+from recommender.changes import ChangeSet, Delivery, Event, IdentityLink, RefundLine
+from recommender.events import EventKind, order_line_key
 from recommender.settings import TrainingConfig
 from recommender.store import SQLiteEventStore, open_event_store
 from recommender.training import (

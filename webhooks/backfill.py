@@ -33,7 +33,8 @@ from urllib.parse import urlencode, urlsplit
 import requests
 
 from recommender.errors import InvalidEvent, RecommenderError
-from recommender.events import ChangeSet, Delivery, parse_timestamp
+from recommender.changes import ChangeSet, Delivery
+from recommender.events import parse_timestamp
 from recommender.model_store import check_shop_domain
 from recommender.settings import Secret
 from recommender.store import EventStore

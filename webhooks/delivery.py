@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from recommender.errors import InvalidEvent, InvalidParameter
-from recommender.events import ChangeSet, Delivery, parse_timestamp
+from recommender.changes import ChangeSet, Delivery
+from recommender.events import parse_timestamp
 from recommender.model_store import ModelStore, check_shop_domain
 from recommender.store import EventStore
 from webhooks import MalformedPayload

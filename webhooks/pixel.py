@@ -16,7 +16,8 @@ import time
 from typing import Any, Callable
 
 from recommender.errors import InvalidEvent
-from recommender.events import Event, EventKind, parse_timestamp
+from recommender.changes import Event
+from recommender.events import EventKind, parse_timestamp
 from webhooks import MalformedPayload
 from webhooks.topics import shopify_id
 
@@ -135,3 +136,8 @@ class RateLimiter:
                 return False
             self._buckets[key] = (tokens - cost, now)
             return True
+
+
+# Unsigned pixel traffic is rate-limited per client and per address, in each instance's memory (main.collect).
+PER_CLIENT = RateLimiter(rate=1.0, burst=60)
+PER_ADDRESS = RateLimiter(rate=5.0, burst=300)

@@ -12,10 +12,8 @@ from datetime import datetime
 from typing import Any, Callable
 
 from recommender.errors import InvalidEvent
-from recommender.events import (
-    MAX_QUANTITY, CatalogProduct, CatalogVariant, ChangeSet, Event, EventKind, IdentityLink, InventoryLevel,
-    RefundLine, order_line_key, parse_timestamp,
-)
+from recommender.changes import ChangeSet, Event, IdentityLink, InventoryLevel, RefundLine
+from recommender.events import MAX_QUANTITY, CatalogProduct, CatalogVariant, EventKind, order_line_key, parse_timestamp
 from webhooks import MalformedPayload
 
 
