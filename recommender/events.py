@@ -10,8 +10,8 @@ not numbers); a shopper is a customer id or, before login, an anonymous id.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import NamedTuple
 
 from recommender.errors import InvalidEvent
 
@@ -34,8 +34,9 @@ def user_key(customer_id: str | None, anonymous_id: str | None = None) -> str:
     raise InvalidEvent("a shopper needs a customer_id or an anonymous_id")
 
 
-@dataclass(frozen=True)
-class CatalogVariant:
+class CatalogVariant(NamedTuple):
+    """One variant's stock, as far as availability needs it."""
+
     variant_id: str
     inventory_item_id: str | None = None
     inventory_quantity: int | None = None
@@ -49,8 +50,9 @@ class CatalogVariant:
         return (self.inventory_quantity or 0) > 0
 
 
-@dataclass(frozen=True)
-class CatalogProduct:
+class CatalogProduct(NamedTuple):
+    """One catalog row with its variants (a named tuple: a catalog read makes one per product)."""
+
     shop: str
     product_id: str
     title: str = ""

@@ -13,11 +13,10 @@ as `fallback_from`/`fallback_reason`, and every item names the strategy that ser
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable, Mapping, NamedTuple
 
@@ -115,15 +114,16 @@ class RecommendedItem(NamedTuple):
     vendor: str | None = None
 
 
-@dataclass(frozen=True)
-class RecommendResponse:
+class RecommendResponse(NamedTuple):
+    """One answer to a RecommendRequest (a named tuple, like its items: made on every request)."""
+
     recommendation_id: str
     intent: str
     strategy: str | None  # the strategy of the first item
     fallback_from: str | None
     fallback_reason: str | None
     model_version: str | None
-    items: tuple[RecommendedItem, ...] = field(default_factory=tuple)
+    items: tuple[RecommendedItem, ...] = ()
 
 
 class _Candidates(NamedTuple):
@@ -180,7 +180,7 @@ class Recommender:
         if not request.personal:
             cached = self._answers.get(request, model.version if model else None)
             if cached is not None:
-                return dataclasses.replace(cached, recommendation_id=self._new_id())
+                return cached._replace(recommendation_id=self._new_id())
             answer = self._answer(request, model)
             self._answers.put(request, answer)
             return answer

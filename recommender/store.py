@@ -16,7 +16,6 @@ import sqlite3
 import threading
 import time
 import uuid
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Collection, Iterable, NamedTuple, Protocol, Sequence
@@ -158,8 +157,7 @@ class Interaction(NamedTuple):
     weight_factor: float = 1.0  # < 1 after a refund; events voided to 0 are never returned
 
 
-@dataclass(frozen=True)
-class ActivityBucket:
+class ActivityBucket(NamedTuple):
     """Events of one kind on one product on one UTC day, their weight factors summed."""
 
     product_id: str

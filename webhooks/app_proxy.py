@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 MAX_CLOCK_SKEW_SECONDS = 90
 
 
-@dataclass(frozen=True)
-class ProxyVerification:
+class ProxyVerification(NamedTuple):
+    """The outcome of checking one proxied request."""
+
     valid: bool
     reason: str | None = None  # "missing_signature" | "invalid_signature" | "stale_timestamp" | "missing_shop"
     shop: str | None = None
