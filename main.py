@@ -4,7 +4,8 @@ Deploy each entry point on its own (`webhook`, `recommend`, `collect`, `train`,
 `healthz`, and the CloudEvent `webhook_pubsub`) or `app`, which routes by path, as
 one function. Nothing here opens a store at import time; the first request does. The
 one thing read from the environment at import is PRELOAD_SHOPS (with MODEL_STORE_URL):
-those shops' models start loading in the background (recommender/preload.py).
+those shops' models start loading in the background (recommender/preload.py); the one
+thing written is OPENBLAS_NUM_THREADS=1, when the deployment has not set it.
 """
 
 from __future__ import annotations
@@ -19,9 +20,14 @@ import time
 import flask
 import functions_framework
 
+# One BLAS thread per request unless the deployment says otherwise: gunicorn's threads already fill the
+# CPUs, and OpenBLAS's own pool on top of them cut throughput to a third (bench/PERFORMANCE.md). It must be
+# set before numpy is first imported, just below.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 # First the serving path (numpy, artifact, model store), then, with PRELOAD_SHOPS set, those shops'
 # models start loading on a second thread while everything below is imported (recommender/preload.py).
-from recommender.preload import PRELOADER
+from recommender.preload import PRELOADER  # noqa: E402 (after the BLAS default, on purpose)
 
 PRELOADER.start(os.environ)
 

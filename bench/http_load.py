@@ -40,8 +40,8 @@ def _level(server: process.Server, path: Callable[[int], str], concurrency: int,
 
 
 SERVER_VARIANTS = (
-    ("as deployed (OpenBLAS picks its threads)", {}),
-    ("OPENBLAS_NUM_THREADS=1", {"OPENBLAS_NUM_THREADS": "1"}),
+    ("OPENBLAS_NUM_THREADS unset: main.py's default, 1, as deploy/deploy.py also sets it", {}),
+    ("OPENBLAS_NUM_THREADS=2: OpenBLAS's own pool on both cores", {"OPENBLAS_NUM_THREADS": "2"}),
 )
 
 

@@ -48,3 +48,33 @@ def test_serving_a_request_loads_no_training_library(tmp_path):
     assert report["body"]["strategy"] == "popular"
     assert [r["product_id"] for r in report["body"]["recommendations"]] == ["1", "2"]
     assert report["heavy"] == []
+
+
+BLAS_THREADS = """
+import json
+import main
+from threadpoolctl import threadpool_info
+import os
+print(json.dumps({"env": os.environ.get("OPENBLAS_NUM_THREADS"),
+                  "openblas": [i["num_threads"] for i in threadpool_info() if i["internal_api"] == "openblas"]}))
+"""
+
+
+def test_main_gives_openblas_one_thread_unless_the_deployment_chose():
+    import json
+    import os
+
+    for given, expected in ((None, 1), ("2", min(2, os.cpu_count() or 1))):  # OpenBLAS caps it at the cores
+        # Arrange: the variable unset, then set by the deployment
+        env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+        if given is not None:
+            env["OPENBLAS_NUM_THREADS"] = given
+
+        # Act: import main in a fresh interpreter (numpy is first imported by it)
+        result = subprocess.run([sys.executable, "-c", BLAS_THREADS], cwd=ROOT, env=env, capture_output=True,
+                                text=True, check=True)
+
+        # Assert: OpenBLAS runs with that many threads
+        report = json.loads(result.stdout.strip().splitlines()[-1])
+        assert report["env"] == (given or "1")
+        assert report["openblas"] and set(report["openblas"]) == {expected}
