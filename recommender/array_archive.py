@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import struct
+import threading
 import zipfile
 import zlib
 from typing import Iterable, Mapping
@@ -27,6 +28,10 @@ from recommender.parallel import on_two_threads
 ZIP_ZSTANDARD = 93
 ZSTD_LEVEL = 3  # higher levels shrink these arrays by under 1 % and write several times slower
 _NPY_HEADER_BYTES = 65_546  # a .npy 1.0 header's most (magic, version, length, 65,535 bytes of header)
+# numpy reads a .npy header with ast.literal_eval, and CPython 3.11's AST objects keep one recursion counter
+# per interpreter: two threads parsing at once can fail with "SystemError: AST constructor recursion depth
+# mismatch" (seen in CI while the two decompression threads read their members' headers). One at a time.
+_HEADER_LOCK = threading.Lock()
 _DOS_DATE_1980 = (0, 0x21)  # (time, date): 1980-01-01 00:00, zip's earliest
 _MAX_ZIP32 = 0xFFFF_FFFF
 
@@ -132,12 +137,13 @@ def _npy(raw: bytes | memoryview, info: zipfile.ZipInfo, verify_crc: bool) -> np
     stream = io.BytesIO(raw[:_NPY_HEADER_BYTES])  # the header only: BytesIO copies what it is given
     try:
         version = np.lib.format.read_magic(stream)
-        if version == (1, 0):
-            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(stream)
-        elif version == (2, 0):
-            shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(stream)
-        else:
-            raise ArtifactError(f"{info.filename} uses .npy format {version}, expected 1.0 or 2.0")
+        with _HEADER_LOCK:
+            if version == (1, 0):
+                shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(stream)
+            elif version == (2, 0):
+                shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(stream)
+            else:
+                raise ArtifactError(f"{info.filename} uses .npy format {version}, expected 1.0 or 2.0")
     except ValueError as exc:
         raise ArtifactError(f"artifact is corrupt or truncated: {info.filename}: {exc}") from exc
     if dtype.hasobject:

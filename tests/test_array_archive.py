@@ -101,3 +101,37 @@ def test_zstandard_frames_in_the_file_are_plain_zstd():
     start = info.header_offset + 30 + len(info.filename)
     raw = zstandard.ZstdDecompressor().decompress(data[start:start + info.compress_size])
     np.testing.assert_array_equal(np.lib.format.read_array(io.BytesIO(raw)), ARRAYS["counts"])
+
+
+def test_headers_are_parsed_one_at_a_time_while_members_decompress_on_two_threads(monkeypatch):
+    """numpy parses .npy headers with ast.literal_eval, which CPython 3.11 cannot run on two threads at once
+    (SystemError: AST constructor recursion depth mismatch, seen in CI); the reader parses one at a time."""
+    import threading
+    import time
+
+    # Arrange: numpy's header reader, watched: how many threads are inside it at once (it lingers a little,
+    # without the GIL, so that a second thread would get in if nothing stopped it)
+    inside, most = [0], [0]
+    guard = threading.Lock()
+    real = np.lib.format.read_array_header_1_0
+
+    def watched(stream, *args, **kwargs):
+        with guard:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        time.sleep(0.002)
+        try:
+            return real(stream, *args, **kwargs)
+        finally:
+            with guard:
+                inside[0] -= 1
+
+    monkeypatch.setattr(np.lib.format, "read_array_header_1_0", watched)
+    arrays = {f"a{i}": np.arange(i + 3, dtype=np.float32) for i in range(12)}  # compressed: two threads decode
+
+    # Act
+    back = read_arrays(write_arrays(arrays), verify_crc=True)
+
+    # Assert
+    assert most[0] == 1
+    assert all(np.array_equal(back[name], value) for name, value in arrays.items())
