@@ -115,7 +115,7 @@ class ServingModel:
 
     @property
     def inverse_norms(self) -> np.ndarray:
-        """float32[n_items]: 1 / |factors[i]| (0 for an all-zero row), computed once, on first use."""
+        """float32[n_items]: 1 / max(|factors[i]|, 1e-12), so an all-zero row's cosines are 0; made on first use."""
         inverse = self._inverse_norms
         if inverse is None:  # two threads may both compute it; either result is the same
             norms = np.sqrt(np.einsum("ij,ij->i", self.factors, self.factors))
@@ -329,11 +329,6 @@ class ModelHolder:
                 finally:
                     lock.release()
         return self._models[shop]
-
-    def forget(self, shop: str) -> None:
-        """Drop a shop's model from memory (its data was deleted)."""
-        self._models.pop(shop, None)
-        self._checked_at.pop(shop, None)
 
     def _load_first(self, shop: str) -> ServingModel:
         manifest = self._model_store.latest(shop)
