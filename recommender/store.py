@@ -27,6 +27,15 @@ if TYPE_CHECKING:
     from recommender.changes import ChangeSet, Delivery, Event  # written by the webhook paths, not read here
     from recommender.event_columns import ColumnTexts, InteractionColumns  # numpy: read where columns are read
 
+# A product is not for sale when it is deleted, not active, unpublished, or has variants and none of them can
+# be bought (none untracked, none selling past zero, none in stock). Written against the `products` table by
+# name, so the same text serves UPDATE products and SELECT … FROM products ({yes}/{no}: boolean literals).
+NOT_FOR_SALE = """(
+    products.deleted = {yes} OR products.status <> 'active' OR products.published_at IS NULL
+    OR (EXISTS (SELECT 1 FROM variants v WHERE v.shop = products.shop AND v.product_id = products.product_id)
+        AND NOT EXISTS (SELECT 1 FROM variants v WHERE v.shop = products.shop AND v.product_id = products.product_id
+                        AND (v.tracked = {no} OR v.continue_selling = {yes} OR COALESCE(v.inventory_quantity, 0) > 0))))"""
+
 # Each entry migrates the schema from version i to i + 1 (PRAGMA user_version).
 SQLITE_MIGRATIONS: tuple[str, ...] = (
     """
@@ -128,6 +137,10 @@ SQLITE_MIGRATIONS: tuple[str, ...] = (
         changed_at TEXT NOT NULL
     );
     """,
+    # Whether each product is for sale, kept at write time so the catalog snapshot is an index read.
+    "ALTER TABLE products ADD COLUMN sellable INTEGER NOT NULL DEFAULT 1;"
+    f" UPDATE products SET sellable = 0 WHERE {NOT_FOR_SALE.format(yes='1', no='0')};"
+    " CREATE INDEX products_by_sellable ON products (shop, sellable);",
 )
 
 # Every table that holds a shop's data, in both backends: what redact_shop empties.
@@ -211,15 +224,11 @@ class EventStore(Protocol):
     def close(self) -> None: ...
 
 
-# Shared by both backends ({p}: the parameter marker; {yes}/{no}: the boolean literals). A product with
-# variants is sold out when none can be bought: none untracked, none selling past zero, none in stock.
-UNSELLABLE_SQL = """
-    SELECT p.product_id FROM products p WHERE p.shop = {p} AND (
-        p.deleted = {yes} OR p.status <> 'active' OR p.published_at IS NULL
-        OR (EXISTS (SELECT 1 FROM variants v WHERE v.shop = p.shop AND v.product_id = p.product_id)
-            AND NOT EXISTS (SELECT 1 FROM variants v WHERE v.shop = p.shop AND v.product_id = p.product_id
-                            AND (v.tracked = {no} OR v.continue_selling = {yes} OR COALESCE(v.inventory_quantity, 0) > 0))))
-"""
+# Shared by both backends ({p}: the parameter marker; {no}: the false literal): the flag `apply` keeps.
+UNSELLABLE_SQL = "SELECT product_id FROM products WHERE shop = {p} AND sellable = {no}"
+# The flag recomputed for some products ({where}: which ones), at the end of the transaction that changed them.
+REFRESH_SELLABLE_SQL = ("UPDATE products SET sellable = CASE WHEN " + NOT_FOR_SALE + " THEN {no} ELSE {yes} END"
+                        " WHERE shop = {p} AND {where}")
 
 
 def open_event_store(url: str) -> EventStore:
@@ -402,9 +411,24 @@ class SharedQueries:
                 (delivery.shop, product_id),
             )
         self._apply_adjustments(conn, delivery.shop, changes)
+        self._refresh_sellable(conn, delivery.shop, changes)
         if delivery.topic not in TOPICS_NOT_PROVING_INSTALL:
             self._mark_installed(conn, delivery.shop, delivery.happened_at)
         return inserted
+
+    def _refresh_sellable(self, conn: Any, shop: str, changes: ChangeSet) -> None:
+        """Recompute `products.sellable` for every product this delivery touched: upserted or deleted ones,
+        and those owning a variant whose inventory item got a new level."""
+        fmt = {"p": self._P, "yes": self._TRUE, "no": self._FALSE}
+        products = sorted({p.product_id for p in changes.upsert_products} | set(changes.delete_product_ids))
+        if products:
+            only = f"product_id IN ({', '.join([self._P] * len(products))})"
+            conn.execute(REFRESH_SELLABLE_SQL.format(where=only, **fmt), (shop, *products))
+        items = sorted({level.inventory_item_id for level in changes.inventory_levels})
+        if items:
+            owners = (f"product_id IN (SELECT product_id FROM variants WHERE shop = {self._P}"
+                      f" AND inventory_item_id IN ({', '.join([self._P] * len(items))}))")
+            conn.execute(REFRESH_SELLABLE_SQL.format(where=owners, **fmt), (shop, shop, *items))
 
     @staticmethod
     def _to_time(value) -> datetime | None:
@@ -445,7 +469,7 @@ class SharedQueries:
 
     def unsellable_product_ids(self, shop: str) -> set[str]:
         """Products not for sale: deleted, not active, unpublished, or every variant sold out."""
-        rows = self._read(UNSELLABLE_SQL.format(p=self._P, yes=self._TRUE, no=self._FALSE), (shop,))
+        rows = self._read(UNSELLABLE_SQL.format(p=self._P, no=self._FALSE), (shop,))
         return {r[0] for r in rows}
 
     def count_events(self, shop: str | None = None) -> int:

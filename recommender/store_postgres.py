@@ -34,7 +34,7 @@ from recommender.errors import ConfigError, StoreError
 from recommender.changes import ChangeSet, Delivery, Event
 from recommender.events import CatalogProduct, EventKind, order_line_key
 from recommender.store import (
-    EVENT_EXPORT_COLUMNS, KINDS, TOPICS_NOT_PROVING_INSTALL, ActivityBucket, Interaction,
+    EVENT_EXPORT_COLUMNS, KINDS, NOT_FOR_SALE, TOPICS_NOT_PROVING_INSTALL, ActivityBucket, Interaction,
     SharedQueries, customer_export, export_json, iso_utc, refund_adjustment_key, require_aware,
 )
 
@@ -137,6 +137,10 @@ POSTGRES_MIGRATIONS: tuple[str, ...] = (
         changed_at timestamptz NOT NULL
     );
     """,
+    # Whether each product is for sale, kept at write time so the catalog snapshot is an index read.
+    "ALTER TABLE products ADD COLUMN sellable boolean NOT NULL DEFAULT true;"
+    f" UPDATE products SET sellable = false WHERE {NOT_FOR_SALE.format(yes='true', no='false')};"
+    " CREATE INDEX products_by_sellable ON products (shop, sellable);",
 )
 
 # Advisory lock keys. Migrations take one 64-bit key for the whole database; writes take
@@ -144,6 +148,7 @@ POSTGRES_MIGRATIONS: tuple[str, ...] = (
 MIGRATION_LOCK = 0x7265636F6D6D656E  # "recommen"
 ANONYMOUS_ID_LOCK = 0x72650001  # a cart token: its events and its link to a customer
 INVENTORY_ITEM_LOCK = 0x72650002  # an inventory item: its levels and the sum written to its variants
+PRODUCT_LOCK = 0x72650003  # a product: its row, its variants and the `sellable` flag computed from them
 WRITE_ATTEMPTS = 3  # a transaction PostgreSQL chose as a deadlock victim is run again this many times in all
 
 # `apply` for a delivery of events alone that takes no lock, as one statement (atomic on its own, one round trip):
@@ -329,10 +334,24 @@ class PostgresEventStore(SharedQueries):
                 *(_lock_key(ANONYMOUS_ID_LOCK, delivery.shop, link.anonymous_id) for link in changes.identity_links),
                 *(_lock_key(INVENTORY_ITEM_LOCK, delivery.shop, level.inventory_item_id)
                   for level in changes.inventory_levels),
+                *(_lock_key(PRODUCT_LOCK, delivery.shop, product_id)
+                  for product_id in self._products_changed(conn, delivery.shop, changes)),
             ])
             return self._apply_changes(conn, delivery, changes)
 
         return self._write(work)
+
+    @staticmethod
+    def _products_changed(conn: psycopg.Connection, shop: str, changes: ChangeSet) -> set[str]:
+        """The products whose `sellable` flag this delivery recomputes. Two deliveries changing one product (two
+        of its variants' stock, say) take its lock in turn, before touching any row, so the second one's
+        recomputation reads what the first committed."""
+        products = {p.product_id for p in changes.upsert_products} | set(changes.delete_product_ids)
+        items = sorted({level.inventory_item_id for level in changes.inventory_levels})
+        if items:
+            products.update(row[0] for row in conn.execute(
+                "SELECT product_id FROM variants WHERE shop = %s AND inventory_item_id = ANY(%s)", (shop, items)))
+        return products
 
     def _events_alone_without_locks(self, changes: ChangeSet) -> bool:
         """Nothing but events, none of a guest (whose events take their cart token's lock and read its link)."""

@@ -459,6 +459,44 @@ def test_the_stock_of_a_variant_is_the_sum_over_its_locations(any_store):
     assert any_store.products(SHOP)["10"].available is False
 
 
+def test_the_for_sale_snapshot_follows_inventory_levels_both_ways(any_store):
+    # Arrange: a published product with one tracked variant in stock
+    any_store.apply(delivery("wh-p", topic="products/create"), ChangeSet(upsert_products=(CatalogProduct(
+        SHOP, "10", published_at=T0, variants=(CatalogVariant("101", "9001", 2, tracked=True),)),)))
+
+    def level(webhook_id, available):
+        any_store.apply(delivery(webhook_id, topic="inventory_levels/update"),
+                        ChangeSet(inventory_levels=(InventoryLevel("9001", "loc", available),)))
+
+    # Act / Assert
+    assert any_store.unsellable_product_ids(SHOP) == set()
+    level("wh-1", 0)
+    assert any_store.unsellable_product_ids(SHOP) == {"10"}
+    level("wh-2", 4)
+    assert any_store.unsellable_product_ids(SHOP) == set()
+
+
+def test_two_variants_selling_out_at_once_leave_their_product_unsellable(any_store):
+    """Each delivery recomputes the product's flag; the second must see the first's stock (PostgreSQL: a lock
+    per product taken before any row is touched), or the product would stay for sale with nothing in stock."""
+    for round_ in range(5):
+        # Arrange: one product, two tracked variants in stock, each with its own inventory item
+        pid = f"p{round_}"
+        variants = (CatalogVariant(f"{pid}-a", f"{pid}-item-a", 3, tracked=True),
+                    CatalogVariant(f"{pid}-b", f"{pid}-item-b", 3, tracked=True))
+        any_store.apply(delivery(f"wh-p{round_}"), ChangeSet(upsert_products=(
+            CatalogProduct(SHOP, pid, published_at=T0, variants=variants),)))
+        assert pid not in any_store.unsellable_product_ids(SHOP)
+
+        # Act: both sell out, delivered at the same moment
+        in_threads(2, lambda i: any_store.apply(
+            delivery(f"wh-{pid}-{i}", topic="inventory_levels/update"),
+            ChangeSet(inventory_levels=(InventoryLevel(f"{pid}-item-{'ab'[i]}", "loc", 0),))))
+
+        # Assert
+        assert pid in any_store.unsellable_product_ids(SHOP)
+
+
 def test_activity_since_buckets_by_utc_day_and_sums_weight_factors(any_store):
     # Arrange
     minus_eight = timezone(timedelta(hours=-8))
@@ -889,6 +927,31 @@ def test_reopening_the_same_file_keeps_the_schema_unchanged(tmp_path):
         assert raw(again, "SELECT type, name, sql FROM sqlite_master ORDER BY name") == schema_before
     finally:
         again.close()
+
+
+def test_an_upgraded_database_knows_which_of_its_stored_products_are_for_sale(tmp_path):
+    # Arrange: a file at the version before the `sellable` flag, holding a product for sale and a sold-out one
+    path = tmp_path / "events.sqlite3"
+    conn = sqlite3.connect(path)
+    for script in SQLITE_MIGRATIONS[:-1]:
+        conn.executescript(script)
+    for pid in ("in-stock", "sold-out"):
+        conn.execute("INSERT INTO products (shop, product_id, title, handle, status, published_at, product_type, vendor)"
+                     " VALUES (?, ?, '', '', 'active', '2024-03-01T12:00:00.000000+00:00', '', '')", (SHOP, pid))
+    conn.execute("INSERT INTO variants VALUES (?, 'v1', 'in-stock', 'i1', 2, 1, 0)", (SHOP,))
+    conn.execute("INSERT INTO variants VALUES (?, 'v2', 'sold-out', 'i2', 0, 1, 0)", (SHOP,))
+    conn.execute(f"PRAGMA user_version = {len(SQLITE_MIGRATIONS) - 1}")
+    conn.commit()
+    conn.close()
+
+    # Act
+    store = SQLiteEventStore(path)
+
+    # Assert
+    try:
+        assert store.unsellable_product_ids(SHOP) == {"sold-out"}
+    finally:
+        store.close()
 
 
 def test_a_version_2_database_upgrades_in_place_and_keeps_its_data(tmp_path):
