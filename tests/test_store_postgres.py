@@ -102,6 +102,31 @@ def test_reopening_changes_neither_the_schema_nor_its_history(pg_store, schema_u
     assert snapshot() == before
 
 
+def test_an_upgraded_schema_knows_which_of_its_stored_products_are_for_sale(schema_url):
+    from recommender.store_postgres import POSTGRES_MIGRATIONS
+
+    # Arrange: a schema at the version before the `sellable` flag, holding a product for sale and a sold-out one
+    run(schema_url, "CREATE TABLE schema_migrations (version integer PRIMARY KEY,"
+                    " applied_at timestamptz NOT NULL DEFAULT now())")
+    for version, script in enumerate(POSTGRES_MIGRATIONS[:-1], start=1):
+        run(schema_url, script)
+        run(schema_url, "INSERT INTO schema_migrations (version) VALUES (%s)", (version,))
+    for pid in ("in-stock", "sold-out"):
+        run(schema_url, "INSERT INTO products (shop, product_id, title, handle, status, published_at, product_type,"
+                        " vendor) VALUES (%s, %s, '', '', 'active', now(), '', '')", (SHOP, pid))
+    run(schema_url, "INSERT INTO variants VALUES (%s, 'v1', 'in-stock', 'i1', 2, true, false)", (SHOP,))
+    run(schema_url, "INSERT INTO variants VALUES (%s, 'v2', 'sold-out', 'i2', 0, true, false)", (SHOP,))
+
+    # Act
+    store = open_event_store(schema_url)
+
+    # Assert
+    try:
+        assert store.unsellable_product_ids(SHOP) == {"sold-out"}
+    finally:
+        store.close()
+
+
 def test_a_schema_newer_than_the_code_is_refused(pg_store, schema_url):
     from recommender.store_postgres import POSTGRES_MIGRATIONS
 
