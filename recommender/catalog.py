@@ -1,9 +1,10 @@
 """What is for sale right now: a per-shop snapshot of the products not to show, refreshed without retraining.
 
 A product is unsellable when it is deleted, `draft`/`archived`, unpublished (`published_at` null) or
-sold out (every tracked variant at ≤ 0 and none selling past zero). The store computes that set in
-SQL, so a snapshot costs one query however large the catalog; products the store has no catalog row
-for (the catalog not synced yet) are given the benefit of the doubt. Catalog fields for the items a
+sold out (every tracked variant at ≤ 0 and none selling past zero). The store keeps that verdict as a
+flag on each product row, recomputed by the delivery that changes the product or its stock, so a snapshot
+is one index read however large the catalog; products the store has no catalog row for (the catalog not
+synced yet) are given the benefit of the doubt. Catalog fields for the items a
 response returns are read per response (`products(shop, ids)`), not held for the whole catalog.
 """
 
