@@ -229,6 +229,7 @@ UNSELLABLE_SQL = "SELECT product_id FROM products WHERE shop = {p} AND sellable 
 # The flag recomputed for some products ({where}: which ones), at the end of the transaction that changed them.
 REFRESH_SELLABLE_SQL = ("UPDATE products SET sellable = CASE WHEN " + NOT_FOR_SALE + " THEN {no} ELSE {yes} END"
                         " WHERE shop = {p} AND {where}")
+REFRESH_BATCH = 500  # ids per statement: SQLite builds differ in how many parameters one statement may take
 
 
 def open_event_store(url: str) -> EventStore:
@@ -421,14 +422,16 @@ class SharedQueries:
         and those owning a variant whose inventory item got a new level."""
         fmt = {"p": self._P, "yes": self._TRUE, "no": self._FALSE}
         products = sorted({p.product_id for p in changes.upsert_products} | set(changes.delete_product_ids))
-        if products:
-            only = f"product_id IN ({', '.join([self._P] * len(products))})"
-            conn.execute(REFRESH_SELLABLE_SQL.format(where=only, **fmt), (shop, *products))
+        for start in range(0, len(products), REFRESH_BATCH):  # a bound on the statement's parameters
+            batch = products[start:start + REFRESH_BATCH]
+            only = f"product_id IN ({', '.join([self._P] * len(batch))})"
+            conn.execute(REFRESH_SELLABLE_SQL.format(where=only, **fmt), (shop, *batch))
         items = sorted({level.inventory_item_id for level in changes.inventory_levels})
-        if items:
+        for start in range(0, len(items), REFRESH_BATCH):
+            batch = items[start:start + REFRESH_BATCH]
             owners = (f"product_id IN (SELECT product_id FROM variants WHERE shop = {self._P}"
-                      f" AND inventory_item_id IN ({', '.join([self._P] * len(items))}))")
-            conn.execute(REFRESH_SELLABLE_SQL.format(where=owners, **fmt), (shop, shop, *items))
+                      f" AND inventory_item_id IN ({', '.join([self._P] * len(batch))}))")
+            conn.execute(REFRESH_SELLABLE_SQL.format(where=owners, **fmt), (shop, shop, *batch))
 
     @staticmethod
     def _to_time(value) -> datetime | None:

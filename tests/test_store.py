@@ -1064,3 +1064,18 @@ def test_bug_memory_store_is_shared_by_every_thread():
 
     # Assert
     assert seen == {"count": 1}
+
+
+def test_a_delivery_of_more_products_than_one_statement_takes_gets_every_flag(any_store):
+    # Arrange: more products than REFRESH_BATCH, every other one sold out
+    from recommender.store import REFRESH_BATCH
+
+    n = REFRESH_BATCH * 2 + 7
+    catalog = tuple(CatalogProduct(SHOP, f"p{i}", published_at=T0, variants=(
+        CatalogVariant(f"v{i}", f"i{i}", i % 2, tracked=True),)) for i in range(n))
+
+    # Act
+    any_store.apply(delivery("wh-bulk", topic="products/create"), ChangeSet(upsert_products=catalog))
+
+    # Assert
+    assert any_store.unsellable_product_ids(SHOP) == {f"p{i}" for i in range(0, n, 2)}
