@@ -105,3 +105,11 @@ class ChangeSet:
     refunds: tuple[RefundLine, ...] = ()
     inventory_levels: tuple[InventoryLevel, ...] = ()
     identity_links: tuple[IdentityLink, ...] = ()
+
+    def catalog_product_ids(self) -> list[str]:
+        """The products whose catalog row this changes (upserted or deleted), sorted."""
+        return sorted({p.product_id for p in self.upsert_products} | set(self.delete_product_ids))
+
+    def inventory_item_ids(self) -> list[str]:
+        """The inventory items that get a new level, sorted (their variants' products change stock)."""
+        return sorted({level.inventory_item_id for level in self.inventory_levels})

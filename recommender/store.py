@@ -421,12 +421,12 @@ class SharedQueries:
         """Recompute `products.sellable` for every product this delivery touched: upserted or deleted ones,
         and those owning a variant whose inventory item got a new level."""
         fmt = {"p": self._P, "yes": self._TRUE, "no": self._FALSE}
-        products = sorted({p.product_id for p in changes.upsert_products} | set(changes.delete_product_ids))
+        products = changes.catalog_product_ids()
         for start in range(0, len(products), REFRESH_BATCH):  # a bound on the statement's parameters
             batch = products[start:start + REFRESH_BATCH]
             only = f"product_id IN ({', '.join([self._P] * len(batch))})"
             conn.execute(REFRESH_SELLABLE_SQL.format(where=only, **fmt), (shop, *batch))
-        items = sorted({level.inventory_item_id for level in changes.inventory_levels})
+        items = changes.inventory_item_ids()
         for start in range(0, len(items), REFRESH_BATCH):
             batch = items[start:start + REFRESH_BATCH]
             owners = (f"product_id IN (SELECT product_id FROM variants WHERE shop = {self._P}"

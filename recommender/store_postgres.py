@@ -346,8 +346,8 @@ class PostgresEventStore(SharedQueries):
         """The products whose `sellable` flag this delivery recomputes. Two deliveries changing one product (two
         of its variants' stock, say) take its lock in turn, before touching any row, so the second one's
         recomputation reads what the first committed."""
-        products = {p.product_id for p in changes.upsert_products} | set(changes.delete_product_ids)
-        items = sorted({level.inventory_item_id for level in changes.inventory_levels})
+        products = set(changes.catalog_product_ids())
+        items = changes.inventory_item_ids()
         if items:
             products.update(row[0] for row in conn.execute(
                 "SELECT product_id FROM variants WHERE shop = %s AND inventory_item_id = ANY(%s)", (shop, items)))
