@@ -37,7 +37,7 @@ def analyze(path: Path, compress_check: bool) -> dict:
     compressed = None
     if compress_check:
         plain = {key: value for key, value in arrays.items() if not key.startswith("item_factors_")}
-        plain["item_factors"] = ModelArtifact.from_bytes(data).item_factors
+        plain["item_factors"] = ModelArtifact.from_bytes(data).item_factors.astype(np.float16)
         buffer = io.BytesIO()
         begin = time.perf_counter()
         np.savez_compressed(buffer, **plain)

@@ -18,7 +18,7 @@ import struct
 import threading
 import zipfile
 import zlib
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
@@ -69,13 +69,17 @@ def write_arrays(arrays: Mapping[str, np.ndarray], stored: Iterable[str] = ()) -
     return out.getvalue()
 
 
-def read_arrays(data: bytes, verify_crc: bool) -> dict[str, np.ndarray]:
+def read_arrays(data: bytes, verify_crc: bool,
+                then: Mapping[str, Callable[[np.ndarray, Mapping[str, np.ndarray]], None]] | None = None,
+                ) -> dict[str, np.ndarray]:
     """Every `.npy` member of the zip in `data`, by name, without pickle and without copying stored ones.
 
     Stored members become read-only views of `data` (an mmap stays an mmap); compressed ones are
-    decompressed, alternately on this thread and a second one (zstd and zlib release the GIL).
-    CRCs are checked when `verify_crc` (no sha256 vouches for the whole file). Corrupt or
-    truncated input raises ArtifactError.
+    decompressed, alternately on this thread and a second one (zstd and zlib release the GIL), the
+    largest first. `then[name](array, stored)`, if given, runs on the thread that decompressed that
+    member, at once, with the stored members by name: work on a large member starts while the other
+    thread is still decompressing. CRCs are checked when `verify_crc` (no sha256 vouches for the
+    whole file). Corrupt or truncated input raises ArtifactError.
     """
     try:
         with zipfile.ZipFile(data if hasattr(data, "seek") else io.BytesIO(data)) as archive:  # an mmap is a file
@@ -84,19 +88,27 @@ def read_arrays(data: bytes, verify_crc: bool) -> dict[str, np.ndarray]:
         raise ArtifactError(f"artifact is corrupt or truncated: {exc}") from exc
     view = memoryview(data)
     arrays: dict[str, np.ndarray] = {}
+    stored: dict[str, np.ndarray] = {}
     compressed = []
+    then = then or {}
     for info in infos:
         if info.compress_type == zipfile.ZIP_STORED:
-            arrays[info.filename[:-4]] = _npy(_member_bytes(view, info), info, verify_crc)
+            arrays[info.filename[:-4]] = stored[info.filename[:-4]] = _npy(_member_bytes(view, info), info, verify_crc)
         elif info.compress_type in (ZIP_ZSTANDARD, zipfile.ZIP_DEFLATED):
             compressed.append(info)
         else:
             raise ArtifactError(f"{info.filename} uses an unsupported zip compression ({info.compress_type})")
+    for name, array in stored.items():
+        if name in then:
+            then[name](array, stored)
     compressed.sort(key=lambda info: -info.compress_size)  # the two largest go to different threads
 
     def decompress(batch: list[zipfile.ZipInfo]) -> None:
         for member in batch:
-            arrays[member.filename[:-4]] = _npy(_decompressed(view, member), member, verify_crc)
+            name = member.filename[:-4]
+            arrays[name] = array = _npy(_decompressed(view, member), member, verify_crc)
+            if name in then:
+                then[name](array, stored)
 
     on_two_threads(lambda: decompress(compressed[::2]), lambda: decompress(compressed[1::2]),
                    name="artifact-decompress")

@@ -18,7 +18,6 @@ from recommender.artifact import ModelArtifact
 from recommender.errors import ArtifactError, ModelNotReady
 from recommender.events import EventKind
 from recommender.model_store import ModelStore
-from recommender.parallel import by_row_halves
 from recommender.store import Interaction
 
 log = logging.getLogger(__name__)
@@ -27,16 +26,6 @@ COPURCHASE_SHRINK = 5.0  # orders an item needs before co-purchase outweighs fac
 SCORE_BLOCK_ROWS = 8192  # items per block when several seeds are scored at once: 2 MiB of factors at 64
 TOP_SAMPLE_STRIDE = 32  # top_rows: one score in this many bounds the n-th best from below
 TOP_SAMPLE_MIN_ITEMS = 4096  # below this, top_rows partitions the whole array
-
-
-def _as_float32(factors16: np.ndarray) -> np.ndarray:
-    """float32 copy of the float16 factors; large ones on two threads at once (numpy casts without the GIL).
-
-    Measured at 100k × 64: one thread 13.5 ms, two 7.6 ms, on the 2-core benchmark machine.
-    """
-    out = np.empty(factors16.shape, dtype=np.float32)
-    by_row_halves(lambda rows: np.copyto(out[rows], factors16[rows]), len(factors16), factors16.size)
-    return out
 
 
 def top_rows(scores: np.ndarray, n: int, blocked: np.ndarray | None = None,
@@ -89,7 +78,7 @@ class ServingModel:
     def __init__(self, artifact: ModelArtifact):
         self.version = artifact.version
         self.item_ids = artifact.item_ids  # ItemIds: ids[row] -> product id, ids.row(product id) -> row
-        self.factors = _as_float32(artifact.item_factors)  # float16 matmul is ~30x slower
+        self.factors = np.ascontiguousarray(artifact.item_factors, dtype=np.float32)  # as loaded: no copy
         self._inverse_norms: np.ndarray | None = None  # made on first use: personalized requests never need them
         n_factors = self.factors.shape[1]
         self.regularized_gramian = artifact.gramian.astype(np.float64) + artifact.regularization * np.eye(n_factors)

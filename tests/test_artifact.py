@@ -56,9 +56,9 @@ def test_build_quantises_factors_and_computes_the_gramian_from_what_serving_uses
     artifact = build()
 
     # Assert
-    assert artifact.item_factors.dtype == np.float16
+    assert artifact.item_factors.dtype == np.float32  # float16 values, in the dtype serving scores with
     assert artifact.item_factors.shape == (5, 8)
-    np.testing.assert_array_equal(artifact.item_factors, original.astype(np.float16))
+    np.testing.assert_array_equal(artifact.item_factors, quantised32)
     assert artifact.gramian.dtype == np.float32
     np.testing.assert_allclose(artifact.gramian, quantised32.T @ quantised32, rtol=1e-6, atol=1e-6)
     assert not np.allclose(artifact.gramian, original.T @ original, rtol=0, atol=1e-7)  # not the unquantised one
@@ -75,8 +75,8 @@ def test_round_trip_keeps_ids_factors_gramian_and_metadata():
 
     # Assert
     assert restored.item_ids.tolist() == ITEM_IDS
-    assert restored.item_factors.dtype == np.float16
-    np.testing.assert_array_equal(restored.item_factors, artifact.item_factors)
+    assert restored.item_factors.dtype == np.float32
+    np.testing.assert_array_equal(restored.item_factors, quantised32)
     np.testing.assert_array_equal(restored.gramian, artifact.gramian)
     np.testing.assert_allclose(restored.gramian, quantised32.T @ quantised32, rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(restored.popularity, np.array([5, 1, 3, 0, 2], dtype=np.float32))
@@ -355,8 +355,8 @@ def test_factor_low_bytes_are_stored_and_the_rest_compressed_within_2_1_bytes_pe
     assert set(methods.values()) == {ZIP_ZSTANDARD}
     # float16 is 2.0; its high bytes compress, which pays for most of the ids, co-purchase lists and the rest
     assert len(data) / (n * f) < 2.1
-    np.testing.assert_array_equal(ModelArtifact.from_bytes(data).item_factors.view(np.uint16),
-                                  artifact.item_factors.view(np.uint16))  # lossless, bit for bit
+    np.testing.assert_array_equal(ModelArtifact.from_bytes(data).item_factors.view(np.uint32),
+                                  artifact.item_factors.view(np.uint32))  # lossless, bit for bit
 
 
 # --- LocalModelStore ---------------------------------------------------------------------
@@ -515,23 +515,49 @@ def test_factors_read_back_equal_what_was_written():
     restored = ModelArtifact.from_bytes(data, expected_sha256=sha256_hex(data))
 
     # Assert
-    np.testing.assert_array_equal(restored.item_factors, factors.astype(np.float16))
+    np.testing.assert_array_equal(restored.item_factors, factors.astype(np.float16).astype(np.float32))
 
 
-def test_factors_over_both_row_halves_and_special_values_read_back_bit_for_bit():
-    # Arrange: enough rows for the two-thread join (odd count: unequal halves), with zeros, subnormals and extremes
-    from recommender.parallel import PARALLEL_ELEMENTS
-
-    rng = np.random.default_rng(8)
-    n = PARALLEL_ELEMENTS // 12 + 1001
-    factors = (rng.standard_normal((n, 12)) * 0.1).astype(np.float16)
-    factors[0, :6] = [0.0, -0.0, 6e-8, -3e-6, 65504.0, -65504.0]  # ±0, float16 subnormals, the largest finite
-    artifact = ModelArtifact.build([str(1 + i) for i in range(n)], factors.astype(np.float32), np.ones(n), 0.1, 1.0,
-                                   {"version": "v"})
+def test_every_finite_float16_reads_back_as_numpys_float32_bit_for_bit():
+    # Arrange: all 63,488 finite float16 bit patterns (±0, subnormals, normals up to ±65504) in an odd
+    # number of rows (unequal halves) of 31 factors, more than one rebuild block per half
+    bits = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
+    finite = bits[np.isfinite(bits.view(np.float16))]
+    rows = 20_001
+    values = np.resize(finite, rows * 31).view(np.float16).reshape(rows, 31)
+    artifact = ModelArtifact(item_ids=ItemIds(numbers=np.arange(1, rows + 1)), item_factors=values.astype(np.float32),
+                             gramian=np.zeros((31, 31), dtype=np.float32), popularity=np.ones(rows, dtype=np.float32),
+                             regularization=0.1, alpha=1.0, metadata={"version": "v"})
 
     # Act
     restored = ModelArtifact.from_bytes(artifact.to_bytes()).item_factors
 
     # Assert
-    assert restored.dtype == np.float16 and restored.shape == (n, 12)
-    np.testing.assert_array_equal(restored.view(np.uint16), factors.view(np.uint16))
+    assert restored.dtype == np.float32 and restored.shape == (rows, 31)
+    np.testing.assert_array_equal(restored.view(np.uint32), values.astype(np.float32).view(np.uint32))
+
+
+def test_float16_infinity_or_nan_in_the_stored_bytes_is_refused():
+    # Arrange: a high byte of 0x7C is the exponent of +infinity, 0xFE that of a negative NaN
+    arrays = valid_arrays(build())
+    for bad in (0x7C, 0xFE):
+        high = arrays["item_factors_high_1"].copy()
+        high[0, 3] = bad
+
+        # Act / Assert
+        with pytest.raises(ArtifactError, match="infinity or NaN"):
+            ModelArtifact.from_bytes(npz_bytes(**{**arrays, "item_factors_high_1": high}))
+
+
+def test_factors_rebuild_when_the_low_plane_is_compressed_too():
+    # Arrange: a writer that compresses every member: the reader must not depend on this project's layout
+    from recommender.array_archive import write_arrays
+
+    artifact = build()
+    data = write_arrays(artifact.arrays(), stored=())
+
+    # Act
+    restored = ModelArtifact.from_bytes(data)
+
+    # Assert
+    np.testing.assert_array_equal(restored.item_factors, artifact.item_factors)

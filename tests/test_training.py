@@ -77,7 +77,7 @@ def test_fold_in_equals_implicits_own_user_solve():
                                    CONFIG.alpha, {"version": "t"})
     serving = ServingModel(artifact)
     reference = AlternatingLeastSquares(factors=CONFIG.factors, regularization=CONFIG.regularization, alpha=1.0)
-    reference.item_factors = artifact.item_factors.astype(np.float32)  # the same (quantised) factors serving uses
+    reference.item_factors = artifact.item_factors  # the same (quantised) float32 factors serving uses
     reference.user_factors = np.zeros((30, CONFIG.factors), dtype=np.float32)
 
     for user in (0, 7, 19):
@@ -98,7 +98,7 @@ def test_training_is_deterministic_for_a_fixed_seed(store):
 def test_artifact_records_what_serving_and_audits_need(store):
     fill_planted_store(store)
     artifact = train_shop(store, SHOP, CONFIG)
-    assert artifact.item_factors.dtype == np.float16
+    assert artifact.item_factors.dtype == np.float32
     assert artifact.item_factors.shape == (20, 8)
     assert artifact.metadata["hyperparameters"] == {"factors": 8, "regularization": 0.05, "alpha": 2.0,
                                                     "iterations": 15, "seed": 3}
