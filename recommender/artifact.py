@@ -37,8 +37,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -152,8 +151,7 @@ class ItemIds:
         return cls(strings=[str(pid) for pid in product_ids]), None
 
 
-@dataclass(frozen=True)
-class CoPurchaseLists:
+class CoPurchaseLists(NamedTuple):
     """Each item's co-purchase neighbours, best first: row i's are neighbors[indptr[i]:indptr[i + 1]]."""
 
     indptr: np.ndarray  # int64[n_items + 1]
@@ -200,27 +198,30 @@ class CoPurchaseLists:
                                self.orders[order])
 
 
-@dataclass(frozen=True)
 class ModelArtifact:
-    item_ids: ItemIds
-    item_factors: np.ndarray  # float32[n_items, f] of float16 values: what is stored, as serving scores with it
-    gramian: np.ndarray
-    popularity: np.ndarray
-    regularization: float
-    alpha: float
-    metadata: Mapping[str, Any]
-    item_support: np.ndarray | None = None
-    copurchase: CoPurchaseLists | None = None
+    """A trained model as published: the arrays of the module docstring, validated.
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.item_ids, ItemIds):
-            object.__setattr__(self, "item_ids", ItemIds(strings=[str(pid) for pid in self.item_ids]))
+    A plain class, not a dataclass: a frozen dataclass compiles its methods at every import, and every
+    new serving instance imports this module before its first answer (bench/PERFORMANCE.md).
+    """
+
+    __slots__ = ("item_ids", "item_factors", "gramian", "popularity", "regularization", "alpha", "metadata",
+                 "item_support", "copurchase")
+
+    def __init__(self, item_ids: ItemIds | Sequence[str], item_factors: np.ndarray, gramian: np.ndarray,
+                 popularity: np.ndarray, regularization: float, alpha: float, metadata: Mapping[str, Any],
+                 item_support: np.ndarray | None = None, copurchase: CoPurchaseLists | None = None):
+        self.item_ids = item_ids if isinstance(item_ids, ItemIds) else ItemIds(strings=[str(pid) for pid in item_ids])
+        self.item_factors = item_factors  # float32[n_items, f] of float16 values: what is stored, as serving scores with it
+        self.gramian = gramian
+        self.popularity = popularity
+        self.regularization = regularization
+        self.alpha = alpha
+        self.metadata = metadata
         n = len(self.item_ids)
         # Optional parts default to "no data": no support, no co-purchases.
-        if self.item_support is None:
-            object.__setattr__(self, "item_support", np.zeros(n, dtype=np.int32))
-        if self.copurchase is None:
-            object.__setattr__(self, "copurchase", CoPurchaseLists.empty(n))
+        self.item_support = np.zeros(n, dtype=np.int32) if item_support is None else item_support
+        self.copurchase = CoPurchaseLists.empty(n) if copurchase is None else copurchase
         if self.item_factors.ndim != 2 or self.item_factors.shape[0] != n:
             raise ArtifactError(f"item_factors has shape {self.item_factors.shape}, expected ({n}, factors)")
         f = self.item_factors.shape[1]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -23,13 +22,18 @@ from recommender.store import EventStore
 Filter = tuple[str | None, str | None]  # (product_type, vendor), compared case-insensitively
 
 
-@dataclass(frozen=True)
 class CatalogSnapshot:
-    unsellable: frozenset[str]
-    taken_at: float = 0.0
-    matching: Callable[[Filter], frozenset[str]] = lambda wanted: frozenset()  # read on first use, then kept
-    _filters: dict = field(default_factory=dict, compare=False, repr=False)
-    _masks: dict = field(default_factory=dict, compare=False, repr=False)
+    """What a shop does not sell, as read at `taken_at`, with its filters and masks cached per model."""
+
+    __slots__ = ("unsellable", "taken_at", "matching", "_filters", "_masks")
+
+    def __init__(self, unsellable: frozenset[str], taken_at: float = 0.0,
+                 matching: Callable[[Filter], frozenset[str]] = lambda wanted: frozenset()):
+        self.unsellable = unsellable
+        self.taken_at = taken_at
+        self.matching = matching  # products matching a (product_type, vendor) filter: read on first use, then kept
+        self._filters: dict[Filter, frozenset[str]] = {}
+        self._masks: dict[tuple[str, str | None, str | None], np.ndarray] = {}
 
     def sellable(self, product_id: str) -> bool:
         return product_id not in self.unsellable

@@ -354,7 +354,7 @@ def tuned_training_config(path: str | Path, base: TrainingConfig) -> TrainingCon
     for kind in EventKind:
         if kind.value in tuned["event_weights"]:
             weights[kind] = tuned["event_weights"][kind.value]
-    return dataclasses.replace(base, event_weights=weights, **{name: tuned[name] for name in ALS_PARAMS})
+    return base._replace(event_weights=weights, **{name: tuned[name] for name in ALS_PARAMS})
 
 
 # --- a whole run -----------------------------------------------------------------------------------

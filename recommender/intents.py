@@ -16,7 +16,6 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable, Mapping, NamedTuple
 
@@ -49,8 +48,9 @@ _DIGITS = re.compile(r"^[0-9]{1,20}$")
 _TOKEN = re.compile(r"^[A-Za-z0-9_\-:.]{1,128}$")
 
 
-@dataclass(frozen=True)
-class RecommendRequest:
+class RecommendRequest(NamedTuple):
+    """What a storefront asked for, validated; a named tuple (hashable: the answer cache's key)."""
+
     shop: str
     intent: str = "personalized"
     customer_id: str | None = None

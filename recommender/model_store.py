@@ -28,7 +28,6 @@ import socket
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Protocol
@@ -52,16 +51,39 @@ class ModelStoreUnavailable(ArtifactError):
     """The model store could not be reached or refused a request; retrying later may succeed."""
 
 
-@dataclass(frozen=True)
 class Manifest:
-    shop: str
-    version: str
-    sha256: str
-    size: int  # bytes of the .npz
-    # Cheap token of the `latest` pointer this manifest was found through (file: inode and mtime_ns,
-    # GCS: object generation); "" when not read through the pointer. It tells a poller whether
-    # `latest` moved, not which artifact this is, so equality ignores it.
-    change_token: str = field(default="", compare=False)
+    """One published artifact: whose, which version, its sha256 and size in bytes.
+
+    `change_token` is a cheap token of the `latest` pointer this manifest was found through (file:
+    inode and mtime_ns, GCS: object generation); "" when not read through the pointer. It tells a
+    poller whether `latest` moved, not which artifact this is, so equality ignores it.
+    A plain class, not a dataclass: it is imported by every serving instance at cold start.
+    """
+
+    __slots__ = ("shop", "version", "sha256", "size", "change_token")
+
+    def __init__(self, shop: str, version: str, sha256: str, size: int, change_token: str = ""):
+        self.shop = shop
+        self.version = version
+        self.sha256 = sha256
+        self.size = size
+        self.change_token = change_token
+
+    def with_token(self, change_token: str) -> "Manifest":
+        return Manifest(self.shop, self.version, self.sha256, self.size, change_token)
+
+    def _identity(self) -> tuple[str, str, str, int]:
+        return self.shop, self.version, self.sha256, self.size
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Manifest) and self._identity() == other._identity()
+
+    def __hash__(self) -> int:
+        return hash(self._identity())
+
+    def __repr__(self) -> str:
+        return (f"Manifest(shop={self.shop!r}, version={self.version!r}, sha256={self.sha256!r}, size={self.size!r},"
+                f" change_token={self.change_token!r})")
 
 
 class ModelStore(Protocol):
@@ -138,7 +160,7 @@ class LocalModelStore:
             with contextlib.suppress(OSError):
                 _fsync_dir(folder)
             raise
-        return replace(manifest, change_token=token)
+        return manifest.with_token(token)
 
     def latest(self, shop: str) -> Manifest | None:
         pointer = self._dir(shop) / LATEST
@@ -148,7 +170,7 @@ class LocalModelStore:
                 data = handle.read()
         except FileNotFoundError:
             return None
-        return replace(self.manifest(shop, _parse_pointer(data, str(pointer))), change_token=token)
+        return self.manifest(shop, _parse_pointer(data, str(pointer))).with_token(token)
 
     def manifest(self, shop: str, version: str) -> Manifest:
         path = self._dir(shop) / f"{check_version(version)}.json"
@@ -296,7 +318,7 @@ class GCSModelStore:
         except BaseException:
             self._remove(created)
             raise
-        return replace(manifest, change_token=str(pointer.generation))
+        return manifest.with_token(str(pointer.generation))
 
     def latest(self, shop: str) -> Manifest | None:
         key = self._key(shop, LATEST)
@@ -311,7 +333,7 @@ class GCSModelStore:
             data = self._download(pointer, self._url(shop, LATEST))
             if data is not None:
                 version = _parse_pointer(data, self._url(shop, LATEST))
-                return replace(self.manifest(shop, version), change_token=token)
+                return self.manifest(shop, version).with_token(token)
         raise ModelStoreUnavailable(f"{self._url(shop, LATEST)} kept moving while being read; retry")
 
     def manifest(self, shop: str, version: str) -> Manifest:

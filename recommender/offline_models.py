@@ -283,7 +283,7 @@ def build_model(name: str, params: Mapping[str, object] | None = None,
             unknown = set(params) - set(ALS_PARAMS)
             if unknown:
                 raise TypeError(f"unexpected ALS parameter(s) {sorted(unknown)}")
-            model = ALSModel(dataclasses.replace(training or TrainingConfig(), **params))
+            model = ALSModel((training or TrainingConfig())._replace(**params))
         elif name == "bpr":
             model = BPRModel(BPRConfig(**params))
         else:

@@ -7,7 +7,6 @@ and opens nothing; tests build one from a dict.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
 from typing import Mapping
 
 from recommender.catalog import CatalogCache
@@ -20,13 +19,18 @@ from recommender.store import EventStore, open_event_store
 from recommender.trending import TrendingCache
 
 
-@dataclass(frozen=True)
 class Runtime:
-    settings: Settings
-    store: EventStore
-    model_store: ModelStore
-    models: ModelHolder
-    recommender: Recommender
+    """The instance's settings, stores, models and recommender, built once."""
+
+    __slots__ = ("settings", "store", "model_store", "models", "recommender")
+
+    def __init__(self, settings: Settings, store: EventStore, model_store: ModelStore, models: ModelHolder,
+                 recommender: Recommender):
+        self.settings = settings
+        self.store = store
+        self.model_store = model_store
+        self.models = models
+        self.recommender = recommender
 
     @classmethod
     def from_settings(cls, settings: Settings, preloaded: dict[str, ServingModel] | None = None) -> "Runtime":

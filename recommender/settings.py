@@ -7,8 +7,8 @@ variable so a misconfigured deployment says what to fix.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Mapping, TypeVar
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Callable, Mapping, NamedTuple, TypeVar
 
 from recommender.errors import ConfigError
 from recommender.events import EventKind
@@ -46,9 +46,8 @@ class Secret:
         return hash(self._value)
 
 
-@dataclass(frozen=True)
-class TrainingConfig:
-    """Hyperparameters of the ALS model and of the interaction matrix."""
+class TrainingConfig(NamedTuple):
+    """Hyperparameters of the ALS model and of the interaction matrix (a named tuple: see `Settings`)."""
 
     # Defaults chosen on validation splits carved from the training rows of MovieLens-100k and the Instacart
     # sample (never their test splits): 32 factors and λ 0.5 beat 64 and 0.05 on both (bench/QUALITY.md).
@@ -58,15 +57,21 @@ class TrainingConfig:
     iterations: int = 15  # ALS sweeps; quality plateaus around 10-20
     seed: int = 42  # fixed so a retrain on the same events gives the same model
     copurchase_k: int = 20  # co-purchase neighbours kept per item in the artifact
-    event_weights: Mapping[EventKind, float] = field(default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS))
+    event_weights: Mapping[EventKind, float] = MappingProxyType(DEFAULT_EVENT_WEIGHTS)  # read only: shared default
 
 
-@dataclass(frozen=True)
-class Settings:
+_TRAINING_DEFAULTS = TrainingConfig._field_defaults
+
+
+class Settings(NamedTuple):
+    """Everything configurable, cast and validated. A named tuple, like the other records a serving
+    instance builds at start-up: a frozen dataclass compiles its methods at every import (~2 ms each),
+    and a new instance imports these modules before its first answer (bench/PERFORMANCE.md)."""
+
     shopify_api_secret: Secret | None
     event_store_url: str = DEFAULT_EVENT_STORE_URL
     model_store_url: str = DEFAULT_MODEL_STORE_URL
-    training: TrainingConfig = field(default_factory=TrainingConfig)
+    training: TrainingConfig = TrainingConfig()
     history_limit: int = 200  # latest events of a shopper used for fold-in at request time
     train_token: Secret | None = None  # bearer token the HTTP train entry point requires
     train_service_account: str | None = None  # Cloud Scheduler's service account, verified by OIDC
@@ -90,8 +95,8 @@ class Settings:
         secret = env.get("SHOPIFY_API_SECRET") or None
         train_token = env.get("TRAIN_TOKEN") or None
         training = TrainingConfig(
-            factors=_read(env, "ALS_FACTORS", int, TrainingConfig.factors, lambda v: 1 <= v <= 1024, "an integer from 1 to 1024"),
-            regularization=_read(env, "ALS_REGULARIZATION", float, TrainingConfig.regularization, lambda v: v >= 0, "a number >= 0"),
+            factors=_read(env, "ALS_FACTORS", int, _TRAINING_DEFAULTS["factors"], lambda v: 1 <= v <= 1024, "an integer from 1 to 1024"),
+            regularization=_read(env, "ALS_REGULARIZATION", float, _TRAINING_DEFAULTS["regularization"], lambda v: v >= 0, "a number >= 0"),
             alpha=_read(env, "ALS_ALPHA", float, 2.0, lambda v: v > 0, "a number > 0"),
             iterations=_read(env, "ALS_ITERATIONS", int, 15, lambda v: 1 <= v <= 500, "an integer from 1 to 500"),
             seed=_read(env, "TRAIN_SEED", int, 42, lambda v: v >= 0, "an integer >= 0"),

@@ -7,7 +7,6 @@ gate input. PostgreSQL runs when TEST_POSTGRES_URL is set (tests/postgres_schema
 
 from __future__ import annotations
 
-import dataclasses
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
@@ -291,7 +290,7 @@ def test_training_on_columns_builds_the_artifact_the_row_path_built(any_store, n
                             customer_id=str(int(rng.integers(1, 40))), order_id=order,
                             dedupe_key=order_line_key(order, str(n)) if order else f"view-{n}"))
     any_store.add_events(events)
-    config = dataclasses.replace(CONFIG, copurchase_k=3)
+    config = CONFIG._replace(copurchase_k=3)
 
     got = train_shop(any_store, SHOP, config)
     want = artifact_the_row_by_row_way(any_store, config)
