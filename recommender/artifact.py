@@ -168,7 +168,7 @@ class CoPurchaseLists(NamedTuple):
     def from_counts(cls, counts: np.ndarray, neighbors: np.ndarray, scores: np.ndarray,
                     orders: np.ndarray) -> "CoPurchaseLists":
         indptr = np.zeros(len(counts) + 1, dtype=np.int64)
-        np.cumsum(counts, out=indptr[1:])
+        np.cumsum(counts, dtype=np.int64, out=indptr[1:])
         return cls(indptr, np.asarray(neighbors, dtype=np.int32), np.asarray(scores, dtype=np.float32),
                    np.asarray(orders, dtype=np.int32))
 
@@ -345,16 +345,16 @@ class ModelArtifact:
             metadata = json.loads(str(arrays["metadata"]))
         except json.JSONDecodeError as exc:
             raise ArtifactError(f"artifact is corrupt or truncated: metadata is not JSON: {exc}") from exc
-        return cls(
+        return cls(  # arrays already of the right type stay read-only views of what was read: no copies
             item_ids=ids,
             item_factors=factors,
-            gramian=arrays["gramian"].astype(np.float32),
-            popularity=arrays["popularity"].astype(np.float32),
+            gramian=arrays["gramian"].astype(np.float32, copy=False),
+            popularity=arrays["popularity"].astype(np.float32, copy=False),
             regularization=float(arrays["regularization"]),
             alpha=float(arrays["alpha"]),
             metadata=metadata,
-            item_support=arrays["item_support"].astype(np.int32),
-            copurchase=CoPurchaseLists.from_counts(counts.astype(np.int64), arrays["copurchase_neighbors"],
+            item_support=arrays["item_support"].astype(np.int32, copy=False),
+            copurchase=CoPurchaseLists.from_counts(counts, arrays["copurchase_neighbors"],
                                                    arrays["copurchase_scores"].astype(np.float32),
                                                    arrays["copurchase_orders"]),
         )
