@@ -29,8 +29,8 @@ def _level(server: process.Server, path: Callable[[int], str], concurrency: int,
            max_seconds: float) -> dict:
     pids = server.pids()
     cpu_before = process.cpu_seconds(pids)
-    result = process.run_load(lambda session, i: session.get(server.base + path(i), timeout=30),
-                              concurrency, max_requests, max_seconds)
+    result = process.run_load(server.port, lambda i: ("GET", path(i), None, {}), concurrency, max_requests,
+                              max_seconds)
     cpu = process.cpu_seconds(pids) - cpu_before
     if not result.latencies_s:
         raise RuntimeError(f"no successful request at concurrency {concurrency}: {result.statuses}\n{server.output()}")

@@ -118,19 +118,16 @@ def _over_http(store_url: str, deliveries: list[SignedDelivery], workdir: Path, 
             warm = deliveries[offset: offset + 2 * concurrency]
             offset += len(warm)
             for server, path in ((ours, "/webhooks"), (floor, "/")):
-                process.run_load(lambda s, i, server=server, path=path: s.post(
-                    server.base + path, data=warm[i].body, headers=warm[i].headers, timeout=30),
-                    concurrency, len(warm), max_seconds)
+                process.run_load(server.port, lambda i, path=path: ("POST", path, warm[i].body, warm[i].headers),
+                                 concurrency, len(warm), max_seconds)
             batch = deliveries[offset: offset + per_level]
             offset += per_level
             pids = ours.pids()
             cpu_before = process.cpu_seconds(pids)
-            mine = process.run_load(lambda s, i: s.post(ours.base + "/webhooks", data=batch[i].body,
-                                                        headers=batch[i].headers, timeout=30),
+            mine = process.run_load(ours.port, lambda i: ("POST", "/webhooks", batch[i].body, batch[i].headers),
                                     concurrency, len(batch), max_seconds)
             cpu = process.cpu_seconds(pids) - cpu_before
-            base = process.run_load(lambda s, i: s.post(floor.base + "/", data=batch[i].body,
-                                                        headers=batch[i].headers, timeout=30),
+            base = process.run_load(floor.port, lambda i: ("POST", "/", batch[i].body, batch[i].headers),
                                     concurrency, len(batch), max_seconds)
             if not mine.latencies_s:
                 raise RuntimeError(f"no delivery stored over HTTP: {mine.statuses}\n{ours.output()}")

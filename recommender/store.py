@@ -18,7 +18,7 @@ import time
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Collection, Iterable, NamedTuple, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Collection, Iterable, NamedTuple, Protocol, Sequence
 
 from recommender.errors import ConfigError, StoreError
 from recommender.events import CatalogProduct, CatalogVariant, EventKind, order_line_key
@@ -484,6 +484,28 @@ class SharedQueries:
         return self._read("SELECT COUNT(*) FROM deliveries")[0][0]
 
 
+WRITE_BATCH = 64  # works committed together at most (SQLite group commit)
+
+
+class _Ticket:
+    """One queued write: its work, then its result or error once the transaction that held it has ended."""
+
+    __slots__ = ("work", "value", "error", "done")
+
+    def __init__(self, work: Callable[[sqlite3.Connection], object]):
+        self.work = work
+        self.value: object = None
+        self.error: BaseException | None = None
+        self.done = False
+
+    def result(self) -> object:
+        if self.error is None:
+            return self.value
+        if isinstance(self.error, sqlite3.Error):
+            raise StoreError(f"event store write failed: {self.error}") from self.error
+        raise self.error
+
+
 class SQLiteEventStore(SharedQueries):
     """Events and catalog in one SQLite file; one connection per thread."""
 
@@ -499,6 +521,9 @@ class SQLiteEventStore(SharedQueries):
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()
+        self._queue_lock = threading.Lock()
+        self._queue: list[_Ticket] = []  # works waiting for the next commit (group commit, `_write`)
+        self.group_commits = 0  # transactions `_write` has committed, each holding one or more works
         self._migrate(self._connection())
 
     def _read(self, sql: str, params: tuple = ()) -> list[tuple]:
@@ -607,26 +632,52 @@ class SQLiteEventStore(SharedQueries):
             raise
 
     def _write(self, work) -> object:
-        # One writer at a time within the process: SQLite allows one anyway, and its busy handler's growing
-        # sleeps (up to 1 s) made concurrent webhooks wait far longer than a queue does (bench/PERFORMANCE.md).
-        with self._write_lock:
-            return self._write_now(work)
+        """Run `work(conn)` in a committed transaction: group commit.
 
-    def _write_now(self, work) -> object:
+        One writer at a time within the process (SQLite allows one anyway, and its busy handler's growing
+        sleeps, up to 1 s, made concurrent webhooks wait far longer than a queue does). A writer queues its
+        work, then takes the write lock; holding it, it commits every work queued by then in one
+        transaction, each inside a savepoint of its own, so one fsync acknowledges them all and a work that
+        fails is rolled back alone. Writers whose work was committed meanwhile find it done. Nobody is
+        answered before the COMMIT that holds their work has returned (bench/PERFORMANCE.md).
+        """
+        ticket = _Ticket(work)
+        with self._queue_lock:
+            self._queue.append(ticket)
+        with self._write_lock:
+            while not ticket.done:  # the oldest works first, WRITE_BATCH at a time, until this one is in
+                with self._queue_lock:
+                    batch, self._queue = self._queue[:WRITE_BATCH], self._queue[WRITE_BATCH:]
+                self._commit(batch)
+        return ticket.result()
+
+    def _commit(self, batch: list["_Ticket"]) -> None:
         conn = self._connection()
         try:
             conn.execute("BEGIN IMMEDIATE")
-            try:
-                result = work(conn)
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+            for ticket in batch:
+                conn.execute("SAVEPOINT work")
+                try:
+                    ticket.value = ticket.work(conn)
+                except Exception as exc:  # this work alone is undone; the others still commit
+                    conn.execute("ROLLBACK TO work")
+                    ticket.error = exc
+                conn.execute("RELEASE work")
             conn.execute("COMMIT")
-            return result
-        except sqlite3.Error as exc:
-            if conn.in_transaction:  # a failed COMMIT leaves the transaction open: end it so the next write works
-                conn.execute("ROLLBACK")
-            raise StoreError(f"event store write failed: {exc}") from exc
+            self.group_commits += 1
+        except BaseException as exc:
+            try:
+                if conn.in_transaction:  # a failed COMMIT leaves the transaction open: end it so the next write works
+                    conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            for ticket in batch:  # nothing of the batch was committed
+                ticket.value, ticket.error = None, exc
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            for ticket in batch:
+                ticket.done = True
 
     def apply(self, delivery: Delivery, changes: ChangeSet) -> int | None:
         """Store one delivery's changes atomically.

@@ -8,6 +8,7 @@ import json
 import random
 import sqlite3
 import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -1079,3 +1080,58 @@ def test_a_delivery_of_more_products_than_one_statement_takes_gets_every_flag(an
 
     # Assert
     assert any_store.unsellable_product_ids(SHOP) == {f"p{i}" for i in range(0, n, 2)}
+
+
+def test_writes_queued_behind_a_commit_share_one_transaction_and_a_failing_one_alone_is_undone(store):
+    # Arrange: while the write lock is held (as during a slow fsync), four deliveries and one failing write queue
+    results = {}
+
+    def fails(conn):
+        conn.execute("INSERT INTO shop_state (shop, installed, changed_at) VALUES ('x.myshopify.com', 1, 'now')")
+        raise ValueError("planted failure")
+
+    def write(i):
+        try:
+            if i < 4:
+                results[i] = store.apply(delivery(f"w{i}"), ChangeSet(events=[purchase(f"o{i}", 1, f"p{i}")]))
+            else:
+                results[i] = store._write(fails)
+        except Exception as exc:
+            results[i] = exc
+
+    before = store.group_commits
+    writers = [threading.Thread(target=write, args=(i,)) for i in range(5)]
+    with store._write_lock:
+        for writer in writers:
+            writer.start()
+        deadline = time.monotonic() + 10
+        while len(store._queue) < 5 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        queued = len(store._queue)
+
+    # Act: the lock is free; the first writer to take it commits all five
+    for writer in writers:
+        writer.join(10)
+
+    # Assert
+    assert queued == 5
+    assert [results[i] for i in range(4)] == [1, 1, 1, 1]  # each delivery stored its one new event
+    assert isinstance(results[4], ValueError) and str(results[4]) == "planted failure"
+    assert store.group_commits - before == 1
+    assert raw(store, "SELECT count(*) FROM events") == [(4,)]
+    assert raw(store, "SELECT count(*) FROM deliveries") == [(4,)]
+    assert raw(store, "SELECT count(*) FROM shop_state WHERE shop = 'x.myshopify.com'") == [(0,)]  # undone alone
+
+
+def test_a_write_error_inside_a_group_is_a_store_error_for_that_writer_only(store):
+    # Arrange
+    store.apply(delivery("first"), ChangeSet(events=[purchase("o1", 1, "p1")]))
+
+    # Act
+    with pytest.raises(StoreError, match="event store write failed: no such table"):
+        store._write(lambda conn: conn.execute("INSERT INTO no_such_table VALUES (1)"))
+    stored = store.apply(delivery("second"), ChangeSet(events=[purchase("o2", 1, "p2")]))
+
+    # Assert: the store keeps writing
+    assert stored == 1
+    assert raw(store, "SELECT count(*) FROM events") == [(2,)]
