@@ -48,7 +48,7 @@ def _peer(model, shop: ShopFiles, alpha: float):
     weights = {"view": 1.0, "add_to_cart": 4.0, "purchase": 10.0}
     peer = AlternatingLeastSquares(factors=model.factors.shape[1], regularization=0.05, alpha=1.0,
                                    dtype=np.float32, random_state=0)
-    peer.item_factors = model.factors
+    peer.item_factors = np.ascontiguousarray(model.factors)  # implicit's own layout: one row per item
     rows = []
     for customer in shop.customers:
         summed: dict[int, float] = {}

@@ -30,13 +30,13 @@ def analyze(path: Path, compress_check: bool) -> dict:
         stored = sorted(info.filename.removesuffix(".npy") for info in archive.infolist()
                         if info.compress_type == zipfile.ZIP_STORED)
     arrays = read_arrays(data, verify_crc=True)
-    n_items, factors = arrays["item_factors_low"].shape
+    factors, n_items = arrays["factor_columns_low"].shape
     id_dtype = "int64 deltas" if "item_id_deltas" in arrays else str(arrays["item_ids"].dtype)
     counts = arrays["copurchase_counts"]
     per_item = float(counts.mean()) if counts.size else 0.0
     compressed = None
     if compress_check:
-        plain = {key: value for key, value in arrays.items() if not key.startswith("item_factors_")}
+        plain = {key: value for key, value in arrays.items() if not key.startswith("factor_columns_")}
         plain["item_factors"] = ModelArtifact.from_bytes(data).item_factors.astype(np.float16)
         buffer = io.BytesIO()
         begin = time.perf_counter()

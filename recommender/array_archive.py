@@ -156,8 +156,10 @@ def _npy(raw: bytes | memoryview, info: zipfile.ZipInfo, verify_crc: bool) -> np
                 shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(stream)
             else:
                 raise ArtifactError(f"{info.filename} uses .npy format {version}, expected 1.0 or 2.0")
-    except ValueError as exc:
-        raise ArtifactError(f"artifact is corrupt or truncated: {info.filename}: {exc}") from exc
+    except ArtifactError:
+        raise
+    except Exception as exc:  # a damaged header: ValueError, or SyntaxError and TokenError from numpy's header parser
+        raise ArtifactError(f"artifact is corrupt or truncated: {info.filename}: {exc!r}") from exc
     if dtype.hasobject:
         raise ArtifactError(f"{info.filename} holds Python objects, which are never unpickled (allow_pickle=False)")
     if fortran_order:

@@ -7,11 +7,11 @@ Layout (a zip of `.npy` arrays, recommender/array_archive.py; `ModelArtifact.fro
                                              compress). Rows are in id order, so a row is found by
                                              binary search and no per-id dictionary is built at load.
   or item_ids             str[n_items]       any other ids, in row order
-    item_factors_low      uint8[n_items, f]  the low byte of each float16 factor (mantissa bits that do not
-                                             compress): stored as it is
-    item_factors_high_0   uint8[h, f]        the high byte (sign, exponent, top mantissa bits) of rows
-    item_factors_high_1   uint8[n_items-h, f]  [0, h) and [h, n_items), h = n_items // 2: compressed, and in
-                                             two members so two threads decompress them at once
+    factor_columns_low    uint8[f, n_items]  the low byte of each float16 factor (mantissa bits that do not
+                                             compress), one factor after another: stored as it is
+    factor_columns_high_0 uint8[h, n_items]  the high byte (sign, exponent, top mantissa bits) of factors
+    factor_columns_high_1 uint8[f-h, n_items]  [0, h) and [h, f), h = f // 2: compressed, and in two members
+                                             so two threads decompress them at once
     gramian               float32[f, f]      Yᵀ Y of the float32-cast factors, for fold-in
     popularity            float32[n_items]   weighted interaction mass per item
     item_support          int32[n_items]     distinct shoppers per item (is there enough data?)
@@ -29,7 +29,10 @@ not at all. So at 64 factors the whole file is under 2 bytes per item·factor, i
 lists included (bench/size.py measures it), and it is lossless: the float16 values are rebuilt
 exactly, straight into the float32 matrix serving scores with (numpy's float16 matrix product is
 ~30× slower), each half as soon as its high bytes are decompressed. Every array but the low bytes
-is compressed (Zstandard).
+is compressed (Zstandard). The planes are stored factor by factor (format 5) because serving holds
+the factors column-major (recommender/serving.py), so each half is rebuilt into one contiguous
+stretch of memory. Format 4 artifacts, whose planes `item_factors_low`, `item_factors_high_0` and
+`item_factors_high_1` hold rows (uint8[n_items, f], split at n_items // 2), are still read.
 """
 
 from __future__ import annotations
@@ -44,11 +47,13 @@ import numpy as np
 from recommender.array_archive import read_arrays, write_arrays
 from recommender.errors import ArtifactError
 
-FORMAT_VERSION = 4
-_FACTOR_PLANES = ("item_factors_low", "item_factors_high_0", "item_factors_high_1")
-_COMMON = ("format_version", *_FACTOR_PLANES, "gramian", "popularity", "regularization", "alpha", "metadata",
+FORMAT_VERSION = 5
+READABLE_FORMATS = (4, 5)
+_COLUMN_PLANES = ("factor_columns_low", "factor_columns_high_0", "factor_columns_high_1")  # format 5: uint8[f, n]
+_ROW_PLANES = ("item_factors_low", "item_factors_high_0", "item_factors_high_1")  # format 4: uint8[n, f]
+_COMMON = ("format_version", "gramian", "popularity", "regularization", "alpha", "metadata",
            "item_support", "copurchase_counts", "copurchase_neighbors", "copurchase_scores", "copurchase_orders")
-_STORED = {"item_factors_low"}  # random bits: compressing them would not shrink them, only slow the load
+_STORED = {"factor_columns_low"}  # random bits: compressing them would not shrink them, only slow the load
 _MAX_ID = np.iinfo(np.int64).max
 _REBUILD_BLOCK_ELEMENTS = 1 << 18  # factors rebuilt per block: its uint32 temporaries (1 MiB) stay in cache
 
@@ -320,10 +325,13 @@ class ModelArtifact:
     def _parse(cls, data: bytes, verify_crc: bool) -> "ModelArtifact":
         rebuild = _FactorRebuild()
         arrays = read_arrays(data, verify_crc, then=rebuild.callbacks())
-        if "format_version" in arrays and int(arrays["format_version"]) != FORMAT_VERSION:
+        if "format_version" in arrays and int(arrays["format_version"]) not in READABLE_FORMATS:
             raise ArtifactError(f"artifact format {int(arrays['format_version'])} is not supported"
-                                f" (expected {FORMAT_VERSION}): train again to publish this version's format")
+                                f" (this version reads {', '.join(map(str, READABLE_FORMATS))}): train again to"
+                                " publish this version's format")
         missing = [key for key in _COMMON if key not in arrays]
+        if not any(all(name in arrays for name in planes) for planes in (_COLUMN_PLANES, _ROW_PLANES)):
+            missing.append(", ".join(_COLUMN_PLANES))
         if "item_id_deltas" not in arrays and "item_ids" not in arrays:
             missing.append("item_id_deltas or item_ids")
         if missing:
@@ -361,19 +369,22 @@ class ModelArtifact:
 
 
 def _factor_planes(factors: np.ndarray) -> dict[str, np.ndarray]:
-    """The factors as float16: its low-byte plane and the high-byte plane's two row halves (all uint8[·, f])."""
-    bits = np.ascontiguousarray(factors, dtype=np.float16).view(np.uint16)
+    """The factors as float16, factor by factor: the low-byte plane and the high-byte plane's two halves
+    (uint8[·, n_items], split at f // 2)."""
+    bits = np.ascontiguousarray(np.asarray(factors).T, dtype=np.float16).view(np.uint16)  # [f, n_items]
     high = (bits >> 8).astype(np.uint8)
     half = len(bits) // 2
-    return {"item_factors_low": (bits & 0xFF).astype(np.uint8), "item_factors_high_0": high[:half],
-            "item_factors_high_1": high[half:]}
+    return {"factor_columns_low": (bits & 0xFF).astype(np.uint8), "factor_columns_high_0": high[:half],
+            "factor_columns_high_1": high[half:]}
 
 
 class _FactorRebuild:
-    """The float32 factors, rebuilt from their byte planes: each high half on the thread that decompressed it.
+    """The float32 factors, column-major, rebuilt from their byte planes: each high half on the thread that
+    decompressed it.
 
     `read_arrays` calls `half` as soon as a high plane is out (the low plane is stored, so it is there
-    already); `factors` rebuilds whatever did not arrive that way and returns the whole matrix.
+    already); `factors` rebuilds whatever did not arrive that way and returns the whole matrix. Format 5
+    planes hold factors (a half is one contiguous stretch of the result), format 4 planes hold items.
     """
 
     def __init__(self) -> None:
@@ -382,65 +393,94 @@ class _FactorRebuild:
         self._done: set[str] = set()
 
     def callbacks(self) -> dict[str, Callable[[np.ndarray, Mapping[str, np.ndarray]], None]]:
-        return {name: (lambda high, stored, name=name: self.half(name, high, stored)) for name in _FACTOR_PLANES[1:]}
+        return {name: (lambda high, stored, name=name, planes=planes: self.half(planes, name, high, stored))
+                for planes in (_COLUMN_PLANES, _ROW_PLANES) for name in planes[1:]}
 
-    def half(self, name: str, high: np.ndarray, stored: Mapping[str, np.ndarray]) -> None:
-        low = stored.get(_FACTOR_PLANES[0])
+    def half(self, planes: tuple[str, ...], name: str, high: np.ndarray, stored: Mapping[str, np.ndarray]) -> None:
+        low = stored.get(planes[0])
         if low is not None:  # a compressed low plane (not what this project writes) waits for `factors`
-            self._rebuild(name, low, high)
+            self._rebuild(planes, name, low, high)
 
     def factors(self, arrays: Mapping[str, np.ndarray]) -> np.ndarray:
-        for name in _FACTOR_PLANES[1:]:
+        planes = _COLUMN_PLANES if all(name in arrays for name in _COLUMN_PLANES) else _ROW_PLANES
+        for name in planes[1:]:
             if name not in self._done:
-                self._rebuild(name, arrays[_FACTOR_PLANES[0]], arrays[name])
+                self._rebuild(planes, name, arrays[planes[0]], arrays[name])
         assert self._factors is not None
         return self._factors
 
-    def _rebuild(self, name: str, low: np.ndarray, high: np.ndarray) -> None:
+    def _rebuild(self, planes: tuple[str, ...], name: str, low: np.ndarray, high: np.ndarray) -> None:
         if low.dtype != np.uint8 or low.ndim != 2 or high.dtype != np.uint8 or high.ndim != 2:
             raise ArtifactError("item factor planes must be two-dimensional uint8 arrays, got "
                                 f"{low.dtype}{list(low.shape)} and {high.dtype}{list(high.shape)}")
-        n, f = low.shape
-        first, rows = (0, n // 2) if name == _FACTOR_PLANES[1] else (n // 2, n - n // 2)
-        if high.shape != (rows, f):
-            raise ArtifactError(f"item factor planes do not fit together: low {low.shape}, {name} {high.shape},"
-                                f" expected ({rows}, {f})")
+        split, width = low.shape  # columns: (f, n_items); rows: (n_items, f)
+        first, count = (0, split // 2) if name == planes[1] else (split // 2, split - split // 2)
+        if high.shape != (count, width):
+            raise ArtifactError(f"item factor planes do not fit together: {planes[0]} {low.shape}, {name}"
+                                f" {high.shape}, expected ({count}, {width})")
+        shape = (width, split) if planes is _COLUMN_PLANES else (split, width)
         with self._lock:
             if self._factors is None:
-                self._factors = np.empty((n, f), dtype=np.float32)
-        float32_from_float16_bytes(low[first:first + rows], high, self._factors[first:first + rows])
+                self._factors = np.empty(shape, dtype=np.float32, order="F")  # as serving scores with it
+            elif self._factors.shape != shape:
+                raise ArtifactError("item factor planes of two layouts in one artifact")
+        part = slice(first, first + count)
+        target = self._factors.T[part] if planes is _COLUMN_PLANES else self._factors[part]
+        float32_from_float16_bytes(low[part], high, target)
         self._done.add(name)
 
 
 def float32_from_float16_bytes(low: np.ndarray, high: np.ndarray, out: np.ndarray) -> None:
-    """out[:] = the float16 numbers whose low and high bytes are `low` and `high` (uint8), exactly, as float32.
+    """out[:] = the float16 numbers whose low and high bytes are `low` and `high` (uint8, out's shape), exactly.
 
-    Integer arithmetic on blocks of rows that stay in cache, instead of numpy's float16 cast, which
-    converts one number at a time: a float16's magnitude bits shifted left by 13 are a float32 (normal
-    or subnormal) exactly 2¹¹² times smaller, because the two formats' exponent biases differ by 112;
+    Integer arithmetic on blocks that stay in cache, instead of numpy's float16 cast, which converts
+    one number at a time: a float16's magnitude bits shifted left by 13 are a float32 (normal or
+    subnormal) exactly 2¹¹² times smaller, because the two formats' exponent biases differ by 112;
     one multiplication makes it exact, and the sign bit moves from bit 15 to bit 31. Infinity and NaN
-    (exponent 31) are refused: no published model holds them (`ModelArtifact.build`).
-    At 100k × 64 this takes about 0.6 of numpy's cast alone, and the bytes need no joining first
-    (bench/PERFORMANCE.md).
+    (exponent 31) are refused: no published model holds them (`ModelArtifact.build`). A contiguous
+    `out` is written in place; any other layout (format 4's rows into column-major factors) block by
+    block of rows through a scratch buffer. At 100k × 64 this takes about 0.6 of numpy's cast alone,
+    and the bytes need no joining first (bench/PERFORMANCE.md).
     """
-    n, f = high.shape
-    block = max(1, min(n, _REBUILD_BLOCK_ELEMENTS // max(f, 1)))
-    magnitude = np.empty((block, f), dtype=np.uint8)
-    spare = np.empty((block, f), dtype=np.uint32)
-    for start in range(0, n, block):
-        stop = min(start + block, n)
-        k = stop - start
-        high_rows, top, low_bits = high[start:stop], magnitude[:k], spare[:k]
-        values = out[start:stop]
-        bits = values.view(np.uint32)
-        np.bitwise_and(high_rows, np.uint8(0x7F), out=top)  # exponent (5 bits) and the top 2 mantissa bits
+    if out.flags.c_contiguous:
+        flat_low, flat_high, flat_out = low.reshape(-1), high.reshape(-1), out.reshape(-1)
+        size = len(flat_out)
+        block = max(1, min(size, _REBUILD_BLOCK_ELEMENTS))
+        scratch = _RebuildScratch(block)
+        for start in range(0, size, block):
+            stop = min(start + block, size)
+            scratch.rebuild(flat_low[start:stop], flat_high[start:stop], flat_out[start:stop])
+        return
+    n, f = out.shape
+    rows = max(1, min(n, _REBUILD_BLOCK_ELEMENTS // max(f, 1)))
+    scratch = _RebuildScratch(rows * f)
+    values = np.empty(rows * f, dtype=np.float32)
+    for start in range(0, n, rows):
+        stop = min(start + rows, n)
+        k = (stop - start) * f
+        scratch.rebuild(low[start:stop].reshape(-1), high[start:stop].reshape(-1), values[:k])
+        out[start:stop] = values[:k].reshape(stop - start, f)
+
+
+class _RebuildScratch:
+    """The temporaries of `float32_from_float16_bytes` for blocks of up to `size` numbers."""
+
+    def __init__(self, size: int):
+        self.top = np.empty(size, dtype=np.uint8)
+        self.low_bits = np.empty(size, dtype=np.uint32)
+
+    def rebuild(self, low: np.ndarray, high: np.ndarray, values: np.ndarray) -> None:
+        """values (contiguous float32) = the float16 numbers of `low` and `high`, 1-D, of values' length."""
+        k = len(values)
+        top, low_bits, bits = self.top[:k], self.low_bits[:k], values.view(np.uint32)
+        np.bitwise_and(high, np.uint8(0x7F), out=top)  # exponent (5 bits) and the top 2 mantissa bits
         if k and top.max() >= 0x7C:
             raise ArtifactError("item factors hold float16 infinity or NaN: the artifact is corrupt")
         np.left_shift(top, 21, out=bits, dtype=np.uint32)
-        np.left_shift(low[start:stop], 13, out=low_bits, dtype=np.uint32)
+        np.left_shift(low, 13, out=low_bits, dtype=np.uint32)
         bits |= low_bits
         np.multiply(values, np.float32(2.0**112), out=values)
-        np.bitwise_and(high_rows, np.uint8(0x80), out=top)  # the sign
+        np.bitwise_and(high, np.uint8(0x80), out=top)  # the sign
         np.left_shift(top, 24, out=low_bits, dtype=np.uint32)
         bits |= low_bits
 

@@ -135,3 +135,17 @@ def test_headers_are_parsed_one_at_a_time_while_members_decompress_on_two_thread
     # Assert
     assert most[0] == 1
     assert all(np.array_equal(back[name], value) for name, value in arrays.items())
+
+
+def test_a_damaged_npy_header_is_an_artifact_error_whatever_numpy_raises():
+    # Arrange: an unbalanced brace makes numpy's header parser raise SyntaxError or tokenize's TokenError
+    buffer = io.BytesIO()
+    np.save(buffer, np.arange(4, dtype=np.int64))
+    npy = buffer.getvalue().replace(b"{'descr'", b"{{'descr'", 1)[:len(buffer.getvalue())]
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as out:
+        out.writestr("a.npy", npy)
+
+    # Act / Assert
+    with pytest.raises(ArtifactError, match="corrupt or truncated: a.npy"):
+        read_arrays(archive.getvalue(), verify_crc=True)

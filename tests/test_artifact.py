@@ -159,14 +159,14 @@ def test_unknown_format_version_is_refused():
 def test_factor_planes_of_the_wrong_type_or_shape_are_refused():
     # Arrange
     arrays = valid_arrays(build())
-    as_float32 = {**arrays, "item_factors_low": arrays["item_factors_low"].astype(np.float32)}
-    one_row_short = {**arrays, "item_factors_high_1": arrays["item_factors_high_1"][1:]}
+    as_float32 = {**arrays, "factor_columns_low": arrays["factor_columns_low"].astype(np.float32)}
+    one_factor_short = {**arrays, "factor_columns_high_1": arrays["factor_columns_high_1"][1:]}
 
     # Act / Assert
     with pytest.raises(ArtifactError, match="must be two-dimensional uint8 arrays, got float32"):
         ModelArtifact.from_bytes(npz_bytes(**as_float32))
     with pytest.raises(ArtifactError, match="item factor planes do not fit together"):
-        ModelArtifact.from_bytes(npz_bytes(**one_row_short))
+        ModelArtifact.from_bytes(npz_bytes(**one_factor_short))
 
 
 def test_npz_with_an_object_array_is_refused_because_pickle_is_off():
@@ -351,7 +351,7 @@ def test_factor_low_bytes_are_stored_and_the_rest_compressed_within_2_1_bytes_pe
     # Assert
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
         methods = {info.filename: info.compress_type for info in archive.infolist()}
-    assert methods.pop("item_factors_low.npy") == zipfile.ZIP_STORED
+    assert methods.pop("factor_columns_low.npy") == zipfile.ZIP_STORED
     assert set(methods.values()) == {ZIP_ZSTANDARD}
     # float16 is 2.0; its high bytes compress, which pays for most of the ids, co-purchase lists and the rest
     assert len(data) / (n * f) < 2.1
@@ -495,11 +495,11 @@ def test_a_flipped_byte_in_the_stored_factors_is_caught_without_a_checksum():
                                    0.1, 1.0, {"version": "v"})
     data = bytearray(artifact.to_bytes())
     with zipfile.ZipFile(io.BytesIO(bytes(data))) as archive:
-        info = archive.getinfo("item_factors_low.npy")
+        info = archive.getinfo("factor_columns_low.npy")
     data[info.header_offset + info.compress_size // 2] ^= 0x01
 
     # Act / Assert
-    with pytest.raises(ArtifactError, match="bad CRC in item_factors_low.npy"):
+    with pytest.raises(ArtifactError, match="bad CRC in factor_columns_low.npy"):
         ModelArtifact.from_bytes(bytes(data))
 
 
@@ -541,12 +541,12 @@ def test_float16_infinity_or_nan_in_the_stored_bytes_is_refused():
     # Arrange: a high byte of 0x7C is the exponent of +infinity, 0xFE that of a negative NaN
     arrays = valid_arrays(build())
     for bad in (0x7C, 0xFE):
-        high = arrays["item_factors_high_1"].copy()
+        high = arrays["factor_columns_high_1"].copy()
         high[0, 3] = bad
 
         # Act / Assert
         with pytest.raises(ArtifactError, match="infinity or NaN"):
-            ModelArtifact.from_bytes(npz_bytes(**{**arrays, "item_factors_high_1": high}))
+            ModelArtifact.from_bytes(npz_bytes(**{**arrays, "factor_columns_high_1": high}))
 
 
 def test_factors_rebuild_when_the_low_plane_is_compressed_too():
@@ -561,3 +561,31 @@ def test_factors_rebuild_when_the_low_plane_is_compressed_too():
 
     # Assert
     np.testing.assert_array_equal(restored.item_factors, artifact.item_factors)
+
+
+def format_4_arrays(artifact, rows: int) -> dict:
+    """The artifact as format 4 wrote it: the float16 factors' byte planes by item, split at rows // 2."""
+    bits = artifact.item_factors.astype(np.float16).view(np.uint16)
+    high = (bits >> 8).astype(np.uint8)
+    arrays = {key: value for key, value in valid_arrays(artifact).items() if not key.startswith("factor_columns_")}
+    return {**arrays, "format_version": np.int64(4), "item_factors_low": (bits & 0xFF).astype(np.uint8),
+            "item_factors_high_0": high[:rows // 2], "item_factors_high_1": high[rows // 2:]}
+
+
+def test_a_format_4_artifact_with_planes_by_item_reads_back_the_same_factors():
+    # Arrange: published before the planes were stored factor by factor; enough rows for several blocks
+    from recommender.array_archive import write_arrays
+
+    rng = np.random.default_rng(12)
+    rows = 9001
+    factors = (rng.standard_normal((rows, 64)) * 0.1).astype(np.float32)
+    artifact = ModelArtifact.build([str(i + 1) for i in range(rows)], factors, np.ones(rows), 0.1, 1.0, METADATA)
+    data = write_arrays(format_4_arrays(artifact, rows), stored=("item_factors_low",))
+
+    # Act
+    restored = ModelArtifact.from_bytes(data)
+
+    # Assert: bit for bit, and column-major as serving holds them
+    np.testing.assert_array_equal(restored.item_factors.view(np.uint32), artifact.item_factors.view(np.uint32))
+    assert restored.item_factors.flags.f_contiguous
+    assert FORMAT_VERSION == 5 and "factor_columns_low.npy" in zipfile.ZipFile(io.BytesIO(artifact.to_bytes())).namelist()

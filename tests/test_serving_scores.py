@@ -3,7 +3,7 @@
 import numpy as np
 
 from recommender.artifact import CoPurchaseLists, ModelArtifact
-from recommender.serving import COPURCHASE_SHRINK, SCORE_BLOCK_ROWS, TOP_SAMPLE_MIN_ITEMS, ServingModel, top_rows
+from recommender.serving import COPURCHASE_SHRINK, TOP_SAMPLE_MIN_ITEMS, ServingModel, top_rows
 
 # Four items in 2-d: a and b point the same way, c at 90°, d opposite a. Exact in float16.
 FACTORS = np.array([[1.0, 0.0], [2.0, 0.0], [0.0, 1.0], [-1.0, 0.0]], dtype=np.float32)
@@ -67,14 +67,14 @@ def test_because_names_the_cart_item_with_the_largest_term():
     assert m.best_rows(parts, [A, C]) == [A, C]
 
 
-def test_several_seeds_over_more_than_one_block_equal_the_plain_product():
-    # Arrange: more items than one block, random factors
+def test_several_seeds_score_each_item_by_its_best_cosine():
+    # Arrange: random factors, three seeds
     rng = np.random.default_rng(4)
-    n = SCORE_BLOCK_ROWS * 2 + 17
+    n = 8192 * 2 + 17
     factors = rng.standard_normal((n, 8)).astype(np.float32)
     m = ServingModel(ModelArtifact.build([str(i + 1) for i in range(n)], factors, np.ones(n), 0.1, 1.0,
                                          {"version": "v"}))
-    seeds = [3, n - 1, SCORE_BLOCK_ROWS]
+    seeds = [3, n - 1, 8192]
 
     # Act
     scores = m.related_scores(seeds)
@@ -177,3 +177,20 @@ def test_popular_rows_skip_blocked_and_listed_rows():
     # Act / Assert: b is blocked and a is listed, so c then d
     assert m.popular_rows_allowed(2, blocked, np.array([A])) == [C, D]
     assert m.popular_rows_allowed(3) == [A, B, C]
+
+
+def test_a_loaded_model_scores_with_the_column_major_factors_it_was_loaded_into():
+    # Arrange: a published artifact read back, as a serving instance reads it
+    rng = np.random.default_rng(9)
+    factors = (rng.standard_normal((300, 16)) * 0.1).astype(np.float32)
+    loaded = ModelArtifact.from_bytes(ModelArtifact.build([str(i + 1) for i in range(300)], factors, np.ones(300), 0.1,
+                                                          1.0, {"version": "v"}).to_bytes())
+
+    # Act
+    m = ServingModel(loaded)
+
+    # Assert: column-major, the very array the load rebuilt (no second copy), and the scores are its products
+    assert m.factors.flags.f_contiguous
+    assert m.factors is loaded.item_factors
+    u = rng.standard_normal(16).astype(np.float32)
+    np.testing.assert_allclose(m.factors @ u, factors.astype(np.float16).astype(np.float32) @ u, rtol=1e-5, atol=1e-6)
