@@ -108,7 +108,8 @@ def markdown(results: dict) -> str:
                          lv["floor"]["p50_ms"], lv["floor"]["p99_ms"], lv["floor"]["rps"], _x(lv["rps_vs_floor"]),
                          lv["ours"]["server_cpu_ms_per_request"], lv["ours"]["errors"]] for lv in run["levels"]]), ""]
     out += [f"Bounded at {http['bounds']['max_requests']} requests or {http['bounds']['max_seconds']} s per level;"
-            " the Python client shares the two cores with the server; requests are signed per call as Shopify's app"
+            " the load client (one forked process per concurrent client, each with a keep-alive http.client"
+            " connection) shares the two cores with the server; requests are signed per call as Shopify's app"
             " proxy signs them.", ""]
 
     ingest = results["ingest"]
