@@ -79,7 +79,7 @@ class ServingModel:
         self.item_ids = artifact.item_ids  # ItemIds: ids[row] -> product id, ids.row(product id) -> row
         # Column-major (as loaded: no copy): a matrix-vector product over it is 64 streaming passes
         # of y += column·u, about 3× faster with one BLAS thread than 100k short dot products over
-        # rows (bench/PERFORMANCE.md); a few rows gathered for a fold-in cost the same either way.
+        # rows (bench/PERFORMANCE.md); the few rows a fold-in gathers cost ~0.1 ms more from cold cache.
         self.factors = np.asfortranarray(artifact.item_factors, dtype=np.float32)
         self._inverse_norms: np.ndarray | None = None  # made on first use: personalized requests never need them
         n_factors = self.factors.shape[1]
@@ -199,11 +199,7 @@ class ServingModel:
         cos(i, s) = (factors[i] · unit[s]) / |factors[i]|, and the maximum over seeds commutes with the
         positive 1 / |factors[i]|, so the seeds' unit rows are scored against the factors themselves.
         """
-        seeds = self.unit_rows(seed_rows)
-        if len(seeds) == 1:
-            scores = self.factors @ seeds[0]
-        else:
-            scores = self._max_over_seeds(seeds)
+        scores = self._max_over_seeds(self.unit_rows(seed_rows))
         scores *= self.inverse_norms
         return scores
 
@@ -253,10 +249,11 @@ class ServingModel:
         followed by a maximum across its rows took 2.5× as long at 3 seeds (bench/PERFORMANCE.md).
         """
         scores = self.factors @ seeds[0]
-        other = np.empty_like(scores)
-        for seed in seeds[1:]:
-            np.matmul(self.factors, seed, out=other)
-            np.maximum(scores, other, out=scores)
+        if len(seeds) > 1:
+            other = np.empty_like(scores)
+            for seed in seeds[1:]:
+                np.matmul(self.factors, seed, out=other)
+                np.maximum(scores, other, out=scores)
         return scores
 
     @staticmethod
