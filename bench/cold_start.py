@@ -72,7 +72,8 @@ def _import_seconds(statement: str, repeats: int) -> float:
 
 
 def _load_breakdown(shop: ShopFiles, repeats: int) -> dict:
-    """Where the first request's time goes, in process: read, verify + parse, unpack, catalog snapshot."""
+    """Where the first request's time goes, in process: read, parse (every member checked), unpack, catalog snapshot;
+    and the whole-file sha256 a publish adds when it reads its artifact back, for comparison."""
     import hashlib
 
     from recommender.artifact import ModelArtifact

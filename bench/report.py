@@ -53,7 +53,8 @@ def markdown(results: dict) -> str:
                        c["startup_cpu_median_s"], c["cpu_ms_per_request_mixed_intents"], c["first_ok_samples_s"]]
                       for c in cold["configs"]]),
             "", "Where the first request's extra time goes (in process, median s):", "",
-            _table(["instance", "read .npz", "sha256", "parse + validate", "ServingModel", "catalog snapshot + mask"],
+            _table(["instance", "read .npz", "sha256 (publishing only, not loads)", "parse + check + validate", "ServingModel",
+                    "catalog snapshot + mask"],
                    [[c["label"], *c["load_breakdown"].values()] for c in cold["configs"]]),
             "", f"Import in a fresh interpreter: `import main` {cold['imports']['import_main_s']} s, "
                 f"`import functions_framework, numpy` {cold['imports']['import_floor_s']} s."]

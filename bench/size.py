@@ -29,7 +29,7 @@ def analyze(path: Path, compress_check: bool) -> dict:
         entries = {info.filename.removesuffix(".npy"): info.compress_size for info in archive.infolist()}
         stored = sorted(info.filename.removesuffix(".npy") for info in archive.infolist()
                         if info.compress_type == zipfile.ZIP_STORED)
-    arrays = read_arrays(data, verify_crc=True)
+    arrays = read_arrays(data)
     factors, n_items = arrays["factor_columns_low"].shape
     id_dtype = "int64 deltas" if "item_id_deltas" in arrays else str(arrays["item_ids"].dtype)
     counts = arrays["copurchase_counts"]

@@ -8,7 +8,9 @@ request waits for exactly that. `unzip -l` lists the members;
 
 The writer is ours because Python 3.11's zipfile writes no Zstandard. Members carry fixed
 timestamps, so the same arrays always give the same bytes. No pickle, ever: object arrays are
-refused on the way in and on the way out.
+refused on the way in and on the way out. Every member is checked on every read: a Zstandard frame
+carries its own checksum (XXH64, verified while it decodes, at almost no cost), every other member
+is checked against the zip's CRC-32.
 """
 
 from __future__ import annotations
@@ -34,13 +36,18 @@ _NPY_HEADER_BYTES = 65_546  # a .npy 1.0 header's most (magic, version, length, 
 _HEADER_LOCK = threading.Lock()
 _DOS_DATE_1980 = (0, 0x21)  # (time, date): 1980-01-01 00:00, zip's earliest
 _MAX_ZIP32 = 0xFFFF_FFFF
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+# Relative cost per byte of the read's work, to share it out between two threads: a stored member's
+# CRC-32 runs several times faster than decompressing, and a member with a `then` is also rebuilt.
+_CRC_COST = 0.25
+_THEN_COST = 3.0
 
 
 def write_arrays(arrays: Mapping[str, np.ndarray], stored: Iterable[str] = ()) -> bytes:
     """A zip of `name.npy` members: those named in `stored` as they are, the rest Zstandard-compressed."""
     import zstandard  # on first use, like the decoder below: functions that never read a model never load it
 
-    compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+    compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True)
     stored = set(stored)
     out = io.BytesIO()
     central = []
@@ -69,17 +76,19 @@ def write_arrays(arrays: Mapping[str, np.ndarray], stored: Iterable[str] = ()) -
     return out.getvalue()
 
 
-def read_arrays(data: bytes, verify_crc: bool,
-                then: Mapping[str, Callable[[np.ndarray, Mapping[str, np.ndarray]], None]] | None = None,
+def read_arrays(data: bytes, then: Mapping[str, Callable[[np.ndarray, Mapping[str, np.ndarray]], None]] | None = None,
                 ) -> dict[str, np.ndarray]:
-    """Every `.npy` member of the zip in `data`, by name, without pickle and without copying stored ones.
+    """Every `.npy` member of the zip in `data`, by name, each checked, without pickle and without copying stored ones.
 
     Stored members become read-only views of `data` (an mmap stays an mmap); compressed ones are
-    decompressed, alternately on this thread and a second one (zstd and zlib release the GIL), the
-    largest first. `then[name](array, stored)`, if given, runs on the thread that decompressed that
-    member, at once, with the stored members by name: work on a large member starts while the other
-    thread is still decompressing. CRCs are checked when `verify_crc` (no sha256 vouches for the
-    whole file). Corrupt or truncated input raises ArtifactError.
+    decompressed. The work (decompressing, and checking each stored member's CRC-32) is shared out
+    between this thread and a second one (zstd, zlib and crc32 release the GIL), the costliest first.
+    A Zstandard member whose frame carries its own checksum (XXH64, as `write_arrays` writes them) is
+    checked by the decompressor as it goes; any other member against the CRC-32 in the zip. `then[name](array,
+    stored)`, if given, runs on the thread that decompressed that member, at once, with the stored members
+    by name: work on a large member starts while the other thread is still decompressing, and may start
+    before a stored member's CRC has been checked (a bad one still fails the whole read). Corrupt or
+    truncated input raises ArtifactError.
     """
     try:
         with zipfile.ZipFile(data if hasattr(data, "seek") else io.BytesIO(data)) as archive:  # an mmap is a file
@@ -89,50 +98,81 @@ def read_arrays(data: bytes, verify_crc: bool,
     view = memoryview(data)
     arrays: dict[str, np.ndarray] = {}
     stored: dict[str, np.ndarray] = {}
-    compressed = []
+    jobs: list[tuple[float, Callable[[], None]]] = []  # (estimated cost, work)
     then = then or {}
     for info in infos:
+        name = info.filename[:-4]
         if info.compress_type == zipfile.ZIP_STORED:
-            arrays[info.filename[:-4]] = stored[info.filename[:-4]] = _npy(_member_bytes(view, info), info, verify_crc)
+            raw = _member_bytes(view, info)
+            arrays[name] = stored[name] = _npy(raw, info)
+            jobs.append((info.file_size * _CRC_COST, lambda raw=raw, info=info: _check_crc(raw, info)))
         elif info.compress_type in (ZIP_ZSTANDARD, zipfile.ZIP_DEFLATED):
-            compressed.append(info)
+            def decompress(member: zipfile.ZipInfo = info, name: str = name) -> None:
+                arrays[name] = array = _npy(_decompressed(view, member), member)
+                if name in then:
+                    then[name](array, stored)
+            jobs.append((info.file_size * (_THEN_COST if name in then else 1.0), decompress))
         else:
             raise ArtifactError(f"{info.filename} uses an unsupported zip compression ({info.compress_type})")
     for name, array in stored.items():
         if name in then:
             then[name](array, stored)
-    compressed.sort(key=lambda info: -info.compress_size)  # the two largest go to different threads
-
-    def decompress(batch: list[zipfile.ZipInfo]) -> None:
-        for member in batch:
-            name = member.filename[:-4]
-            arrays[name] = array = _npy(_decompressed(view, member), member, verify_crc)
-            if name in then:
-                then[name](array, stored)
-
-    on_two_threads(lambda: decompress(compressed[::2]), lambda: decompress(compressed[1::2]),
-                   name="artifact-decompress")
+    shares: tuple[list[Callable[[], None]], list[Callable[[], None]]] = ([], [])
+    totals = [0.0, 0.0]
+    for cost, job in sorted(jobs, key=lambda job: -job[0]):  # the costliest first, each to the lighter thread
+        lighter = 0 if totals[0] <= totals[1] else 1
+        shares[lighter].append(job)
+        totals[lighter] += cost
+    on_two_threads(lambda: _run_all(shares[1]), lambda: _run_all(shares[0]), name="artifact-decompress")
     return arrays
 
 
+def _run_all(jobs: list[Callable[[], None]]) -> None:
+    for job in jobs:
+        job()
+
+
+def _check_crc(raw: bytes | memoryview, info: zipfile.ZipInfo) -> None:
+    if zlib.crc32(raw) != info.CRC:
+        raise ArtifactError(f"artifact is corrupt or truncated: bad CRC in {info.filename}")
+
+
+def _has_frame_checksum(member: memoryview) -> bool:
+    """Whether a Zstandard frame carries a content checksum: bit 2 of the byte after the 4-byte magic number."""
+    return len(member) > 4 and bytes(member[:4]) == _ZSTD_MAGIC and bool(member[4] & 0x04)
+
+
 def _decompressed(view: memoryview, info: zipfile.ZipInfo) -> bytes:
+    """The member's bytes, checked: by the frame's own checksum while decoding, or by the zip's CRC-32 after."""
     member = _member_bytes(view, info)
     try:
         if info.compress_type == zipfile.ZIP_DEFLATED:
-            return zlib.decompressobj(-15).decompress(member, info.file_size + 1)
-        import zstandard
+            raw = zlib.decompressobj(-15).decompress(member, info.file_size + 1)
+            checked = False
+        else:
+            import zstandard
 
-        return zstandard.ZstdDecompressor().decompress(member, max_output_size=info.file_size + 1)
+            raw = zstandard.ZstdDecompressor().decompress(member, max_output_size=info.file_size + 1)
+            checked = _has_frame_checksum(member)
     except Exception as exc:  # zlib.error, zstandard.ZstdError: the bytes are not what they claim
         raise ArtifactError(f"artifact is corrupt or truncated: {info.filename} does not decompress: {exc}") from exc
+    if len(raw) != info.file_size:
+        raise ArtifactError(f"artifact is corrupt or truncated: {info.filename} decompresses to the wrong size")
+    if not checked:
+        _check_crc(raw, info)
+    return raw
 
 
 def _member_bytes(view: memoryview, info: zipfile.ZipInfo) -> memoryview:
-    """The member's bytes as stored. Zip local header: 30 fixed bytes; bytes 26–29 give the name and extra lengths."""
+    """The member's bytes as stored. Zip local header: 30 fixed bytes, then the name (checked against the
+    central directory's) and the extra field; bytes 26–29 give their lengths."""
     header = info.header_offset
     if bytes(view[header:header + 4]) != b"PK\x03\x04":
         raise ArtifactError(f"artifact is corrupt or truncated: bad zip header for {info.filename}")
     name_length, extra_length = struct.unpack_from("<HH", view, header + 26)
+    encoding = "utf-8" if info.flag_bits & 0x800 else "cp437"  # zip's rule for names (bit 11: UTF-8)
+    if bytes(view[header + 30:header + 30 + name_length]) != info.orig_filename.encode(encoding):
+        raise ArtifactError(f"artifact is corrupt or truncated: the zip header of {info.filename} names another file")
     start = header + 30 + name_length + extra_length
     member = view[start:start + info.compress_size]
     if len(member) != info.compress_size:
@@ -140,12 +180,10 @@ def _member_bytes(view: memoryview, info: zipfile.ZipInfo) -> memoryview:
     return member
 
 
-def _npy(raw: bytes | memoryview, info: zipfile.ZipInfo, verify_crc: bool) -> np.ndarray:
-    """One `.npy` file's array, viewing `raw` (read-only)."""
+def _npy(raw: bytes | memoryview, info: zipfile.ZipInfo) -> np.ndarray:
+    """One `.npy` file's array, viewing `raw` (read-only); its bytes are checked by the caller."""
     if len(raw) != info.file_size:
-        raise ArtifactError(f"artifact is corrupt or truncated: {info.filename} decompresses to the wrong size")
-    if verify_crc and zlib.crc32(raw) != info.CRC:
-        raise ArtifactError(f"artifact is corrupt or truncated: bad CRC in {info.filename}")
+        raise ArtifactError(f"artifact is corrupt or truncated: {info.filename} is the wrong size")
     stream = io.BytesIO(raw[:_NPY_HEADER_BYTES])  # the header only: BytesIO copies what it is given
     try:
         version = np.lib.format.read_magic(stream)

@@ -297,10 +297,12 @@ class ModelArtifact:
 
     @classmethod
     def from_bytes(cls, data: bytes, expected_sha256: str | None = None) -> "ModelArtifact":
-        """Parse and validate; a checksum mismatch, truncation or unknown layout raises ArtifactError.
+        """Parse and validate; a damaged member, truncation, unknown layout or checksum mismatch raises ArtifactError.
 
-        The checksum is computed on a second thread while the arrays are parsed (hashlib releases
-        the GIL), and is checked before any parse error is reported.
+        Every member is checked on its own (recommender/array_archive.py). `expected_sha256`, when given,
+        is also checked against the whole file, on a second thread while the arrays are parsed (hashlib
+        releases the GIL), and before any parse error is reported. Publishing reads its artifact back that
+        way; serving loads go without (model_store: a third of the load's CPU, bench/PERFORMANCE.md).
         """
         checksum: list[str] = []
         hasher = None
@@ -308,7 +310,7 @@ class ModelArtifact:
             hasher = threading.Thread(target=lambda: checksum.append(sha256_hex(data)), name="artifact-sha256")
             hasher.start()
         try:
-            artifact = cls._parse(data, verify_crc=expected_sha256 is None)
+            artifact = cls._parse(data)
         except ArtifactError as exc:
             failure: ArtifactError | None = exc
         else:
@@ -322,9 +324,9 @@ class ModelArtifact:
         return artifact
 
     @classmethod
-    def _parse(cls, data: bytes, verify_crc: bool) -> "ModelArtifact":
+    def _parse(cls, data: bytes) -> "ModelArtifact":
         rebuild = _FactorRebuild()
-        arrays = read_arrays(data, verify_crc, then=rebuild.callbacks())
+        arrays = read_arrays(data, then=rebuild.callbacks())
         if "format_version" in arrays and int(arrays["format_version"]) not in READABLE_FORMATS:
             raise ArtifactError(f"artifact format {int(arrays['format_version'])} is not supported"
                                 f" (this version reads {', '.join(map(str, READABLE_FORMATS))}): train again to"

@@ -186,15 +186,18 @@ class LocalModelStore:
         Published files are never written again (a new version is a new file, renamed into place), so the
         mapping cannot change under the parser; the stored factors are cast to float32 from it directly.
         """
+        return self._load(manifest, whole_file=False)
+
+    def _load(self, manifest: Manifest, whole_file: bool) -> ModelArtifact:
         path = self._dir(manifest.shop) / f"{check_version(manifest.version)}.npz"
         try:
             with open(path, "rb") as file:
                 if os.fstat(file.fileno()).st_size == 0:
-                    return _parse_artifact(b"", manifest, str(path))
+                    return _parse_artifact(b"", manifest, str(path), whole_file)
                 data = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
         except FileNotFoundError:
             raise ArtifactError(f"model artifact {path} is missing") from None
-        return _parse_artifact(data, manifest, str(path))
+        return _parse_artifact(data, manifest, str(path), whole_file)
 
     def delete_shop(self, shop: str) -> int:
         """Delete the shop's pointer, artifacts and manifests (shop/redact); returns how many files went."""
@@ -227,7 +230,7 @@ class LocalModelStore:
         """Refuse to point `latest` at anything that does not read back exactly as written."""
         if self.manifest(manifest.shop, manifest.version) != manifest:
             raise ArtifactError(f"model manifest {manifest.version}.json read back differently from what was written")
-        self.load(manifest)
+        self._load(manifest, whole_file=True)
 
     def _move_latest(self, folder: Path, base: bytes | None, version: str) -> str:
         """Swap in the new pointer if the current one still holds `base`; returns the new pointer's change token."""
@@ -344,12 +347,15 @@ class GCSModelStore:
         return _parse_manifest(shop, data, where)
 
     def load(self, manifest: Manifest) -> ModelArtifact:
+        return self._load(manifest, whole_file=False)
+
+    def _load(self, manifest: Manifest, whole_file: bool) -> ModelArtifact:
         name = f"{check_version(manifest.version)}.npz"
         where = self._url(check_shop_domain(manifest.shop), name)
         data = self._download(self._bucket().blob(self._key(manifest.shop, name)), where)
         if data is None:
             raise ArtifactError(f"model artifact {where} is missing")
-        return _parse_artifact(data, manifest, where)
+        return _parse_artifact(data, manifest, where, whole_file)
 
     def delete_shop(self, shop: str) -> int:
         """Delete every generation of the shop's pointer, artifacts and manifests (shop/redact); returns the count.
@@ -424,7 +430,7 @@ class GCSModelStore:
         """Refuse to point `latest` at anything that does not read back exactly as written."""
         if self.manifest(manifest.shop, manifest.version) != manifest:
             raise ArtifactError(f"model manifest {manifest.version}.json read back differently from what was written")
-        self.load(manifest)
+        self._load(manifest, whole_file=True)
 
     def _remove(self, blobs: list[Any]) -> None:
         """Undo a publish that did not complete: delete exactly the generations it created."""
@@ -487,10 +493,21 @@ def _parse_manifest(shop: str, data: bytes, where: str) -> Manifest:
         raise ArtifactError(f"model manifest {where} is unreadable: {exc}") from exc
 
 
-def _parse_artifact(data: bytes | mmap.mmap, manifest: Manifest, where: str) -> ModelArtifact:
+def _parse_artifact(data: bytes | mmap.mmap, manifest: Manifest, where: str, whole_file: bool) -> ModelArtifact:
+    """The artifact, if it is the one its manifest describes: its size, its version, every member's checksum.
+
+    `whole_file` adds the sha256 of the whole file, as a publish reads its artifact back. A serving load
+    goes without it: the members' own checksums (recommender/array_archive.py) already refuse a damaged
+    file, and the sha256 was a third of the load's CPU, paid by a new instance's first shopper
+    (bench/PERFORMANCE.md).
+    """
     if len(data) != manifest.size:
         raise ArtifactError(f"model artifact {where} is {len(data)} bytes, its manifest says {manifest.size}")
-    return ModelArtifact.from_bytes(data, expected_sha256=manifest.sha256)
+    artifact = ModelArtifact.from_bytes(data, expected_sha256=manifest.sha256 if whole_file else None)
+    if artifact.version != manifest.version:
+        raise ArtifactError(f"model artifact {where} holds version {artifact.version!r}, its manifest says"
+                            f" {manifest.version!r}")
+    return artifact
 
 
 def _describe(pointer: bytes | None) -> str:

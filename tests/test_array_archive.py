@@ -21,7 +21,7 @@ ARRAYS = {
 def test_what_is_written_reads_back_equal_member_by_member():
     # Act
     data = write_arrays(ARRAYS, stored={"plane"})
-    restored = read_arrays(data, verify_crc=True)
+    restored = read_arrays(data)
 
     # Assert
     assert set(restored) == set(ARRAYS)
@@ -60,13 +60,13 @@ def test_a_corrupted_compressed_member_is_an_artifact_error_not_a_crash():
 
     # Act / Assert
     with pytest.raises(ArtifactError, match="corrupt or truncated"):
-        read_arrays(bytes(data), verify_crc=True)
+        read_arrays(bytes(data))
 
 
 def test_a_truncated_file_is_an_artifact_error():
     data = write_arrays(ARRAYS)
     with pytest.raises(ArtifactError, match="corrupt or truncated"):
-        read_arrays(data[: len(data) // 2], verify_crc=False)
+        read_arrays(data[: len(data) // 2])
 
 
 def test_deflated_members_as_numpy_writes_them_are_read_too():
@@ -75,7 +75,7 @@ def test_deflated_members_as_numpy_writes_them_are_read_too():
     np.savez_compressed(buffer, **ARRAYS)
 
     # Act
-    restored = read_arrays(buffer.getvalue(), verify_crc=True)
+    restored = read_arrays(buffer.getvalue())
 
     # Assert
     np.testing.assert_array_equal(restored["counts"], ARRAYS["counts"])
@@ -90,7 +90,7 @@ def test_a_member_compressed_in_an_unknown_method_is_refused_by_name():
 
     # Act / Assert
     with pytest.raises(ArtifactError, match=r"counts.npy uses an unsupported zip compression \(12\)"):
-        read_arrays(bytes(data), verify_crc=False)
+        read_arrays(bytes(data))
 
 
 def test_zstandard_frames_in_the_file_are_plain_zstd():
@@ -130,7 +130,7 @@ def test_headers_are_parsed_one_at_a_time_while_members_decompress_on_two_thread
     arrays = {f"a{i}": np.arange(i + 3, dtype=np.float32) for i in range(12)}  # compressed: two threads decode
 
     # Act
-    back = read_arrays(write_arrays(arrays), verify_crc=True)
+    back = read_arrays(write_arrays(arrays))
 
     # Assert
     assert most[0] == 1
@@ -148,4 +148,76 @@ def test_a_damaged_npy_header_is_an_artifact_error_whatever_numpy_raises():
 
     # Act / Assert
     with pytest.raises(ArtifactError, match="corrupt or truncated: a.npy"):
-        read_arrays(archive.getvalue(), verify_crc=True)
+        read_arrays(archive.getvalue())
+
+
+def _member_start(data: bytes, name: str) -> tuple[int, zipfile.ZipInfo]:
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        info = archive.getinfo(name)
+    return info.header_offset + 30 + len(info.filename), info
+
+
+def _with_crc(data: bytes, name: str, crc: int) -> bytes:
+    """`data` with the CRC-32 of member `name` replaced in its local header (byte 14) and the central directory (16)."""
+    out = bytearray(data)
+    _, info = _member_start(data, name)
+    out[info.header_offset + 14:info.header_offset + 18] = crc.to_bytes(4, "little")
+    central = out.index(b"PK\x01\x02")
+    while out[central + 46:central + 46 + len(name)] != name.encode():
+        central = out.index(b"PK\x01\x02", central + 4)
+    out[central + 16:central + 20] = crc.to_bytes(4, "little")
+    return bytes(out)
+
+
+def test_a_zstandard_member_is_checked_by_its_own_frame_checksum():
+    # Arrange: the frame ends with its checksum (XXH64, 4 bytes); flip the last one
+    data = bytearray(write_arrays({"counts": ARRAYS["counts"]}))
+    start, info = _member_start(bytes(data), "counts.npy")
+    assert data[start + 4] & 0x04  # the frame header says: content checksum present
+    data[start + info.compress_size - 1] ^= 0x01
+
+    # Act / Assert
+    with pytest.raises(ArtifactError, match="counts.npy does not decompress: .*checksum"):
+        read_arrays(bytes(data))
+
+
+def test_a_stored_member_is_checked_against_its_crc():
+    # Arrange: one bit of the stored plane's bytes
+    data = bytearray(write_arrays(ARRAYS, stored={"plane"}))
+    start, info = _member_start(bytes(data), "plane.npy")
+    data[start + info.compress_size - 5] ^= 0x10
+
+    # Act / Assert
+    with pytest.raises(ArtifactError, match="bad CRC in plane.npy"):
+        read_arrays(bytes(data))
+
+
+def test_members_without_a_frame_checksum_are_checked_against_their_crc(monkeypatch):
+    """Zstandard frames without a checksum (as artifacts written before frames carried one) and deflated members
+    are checked against the zip's CRC-32: a CRC that does not match their bytes is refused."""
+    # Arrange
+    real = zstandard.ZstdCompressor
+    monkeypatch.setattr(zstandard, "ZstdCompressor", lambda level, write_checksum: real(level=level))
+    plain_zstd = write_arrays({"counts": ARRAYS["counts"]})
+    start, info = _member_start(plain_zstd, "counts.npy")
+    assert not plain_zstd[start + 4] & 0x04
+    deflated = io.BytesIO()
+    np.savez_compressed(deflated, counts=ARRAYS["counts"])
+
+    for data in (plain_zstd, deflated.getvalue()):
+        _, info = _member_start(data, "counts.npy")
+        np.testing.assert_array_equal(read_arrays(data)["counts"], ARRAYS["counts"])  # as written: read
+
+        # Act / Assert: the same bytes under another CRC
+        with pytest.raises(ArtifactError, match="bad CRC in counts.npy"):
+            read_arrays(_with_crc(data, "counts.npy", info.CRC ^ 0x1))
+
+
+def test_a_local_header_that_names_another_member_is_refused():
+    # Arrange: the name in counts.npy's local header (its central directory entry is left as it is)
+    data = bytearray(write_arrays({"counts": ARRAYS["counts"]}))
+    data[30] = ord("k")
+
+    # Act / Assert
+    with pytest.raises(ArtifactError, match="the zip header of counts.npy names another file"):
+        read_arrays(bytes(data))

@@ -429,10 +429,24 @@ def test_corrupted_npz_on_disk_is_refused_by_load(tmp_path):
     data[len(data) // 3] ^= 0x01
     path.write_bytes(bytes(data))
 
-    # Act / Assert
-    with pytest.raises(ArtifactError, match="checksum mismatch"):
+    # Act / Assert: the damaged member's own checksum (its zstd frame's, or the zip's CRC-32) refuses it
+    with pytest.raises(ArtifactError, match="artifact is corrupt or truncated"):
         models.load(models.latest(SHOP))
     assert models.latest(SHOP) == manifest  # the pointer itself is intact
+
+
+def test_an_artifact_under_another_versions_name_is_refused_by_load(tmp_path):
+    # Arrange: v2's files hold v1's artifact, with a manifest that matches those bytes exactly
+    models = LocalModelStore(tmp_path / "models")
+    first = models.publish(SHOP, build())
+    folder = tmp_path / "models" / SHOP
+    data = (folder / f"{VERSION}.npz").read_bytes()
+    (folder / "v2.npz").write_bytes(data)
+    impostor = Manifest(SHOP, "v2", first.sha256, first.size)
+
+    # Act / Assert
+    with pytest.raises(ArtifactError, match=f"holds version '{VERSION}', its manifest says 'v2'"):
+        models.load(impostor)
 
 
 def test_truncated_npz_on_disk_is_refused_by_load(tmp_path):

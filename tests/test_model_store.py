@@ -8,6 +8,7 @@ why, where the emulator cannot be started.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import re
 import socket
@@ -16,6 +17,7 @@ import sys
 import time
 import urllib.request
 import uuid
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -42,6 +44,14 @@ def artifact(version: str) -> ModelArtifact:
     """A real artifact: 4 items × 3 factors, items ranked 1 > 2 > 3 > 4 by popularity."""
     factors = np.random.default_rng(3).standard_normal((len(ITEM_IDS), 3)).astype(np.float32)
     return ModelArtifact.build(ITEM_IDS, factors, np.array([4.0, 3.0, 2.0, 1.0]), 0.05, 2.0, {"version": version})
+
+
+def _flip_inside(data: bytes, member: str) -> bytes:
+    """`data` with one bit flipped in the middle of a zip member's stored bytes."""
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        info = archive.getinfo(member)
+    at = info.header_offset + 30 + len(info.filename) + info.compress_size // 2
+    return data[:at] + bytes([data[at] ^ 0x01]) + data[at + 1:]
 
 
 def files(folder: Path) -> set[str]:
@@ -482,7 +492,8 @@ def test_gcs_publishing_an_existing_version_is_a_publish_conflict(gcs):
 
 @pytest.mark.parametrize("damage,message", [
     (lambda data: data[:100], r"is 100 bytes, its manifest says \d+"),
-    (lambda data: data[:40] + bytes([data[40] ^ 0xFF]) + data[41:], "checksum mismatch"),
+    (lambda data: data[:40] + bytes([data[40] ^ 0xFF]) + data[41:], "corrupt or truncated"),  # a member's name
+    (lambda data: _flip_inside(data, "popularity.npy"), "popularity.npy does not decompress"),  # its zstd checksum
 ])
 def test_gcs_a_corrupt_artifact_in_the_bucket_is_refused_by_load(gcs, damage, message):
     # Arrange
