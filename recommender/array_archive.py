@@ -170,14 +170,22 @@ def _member_bytes(view: memoryview, info: zipfile.ZipInfo) -> memoryview:
     if bytes(view[header:header + 4]) != b"PK\x03\x04":
         raise ArtifactError(f"artifact is corrupt or truncated: bad zip header for {info.filename}")
     name_length, extra_length = struct.unpack_from("<HH", view, header + 26)
-    encoding = "utf-8" if info.flag_bits & 0x800 else "cp437"  # zip's rule for names (bit 11: UTF-8)
-    if bytes(view[header + 30:header + 30 + name_length]) != info.orig_filename.encode(encoding):
+    if bytes(view[header + 30:header + 30 + name_length]) != _raw_name(info):
         raise ArtifactError(f"artifact is corrupt or truncated: the zip header of {info.filename} names another file")
     start = header + 30 + name_length + extra_length
     member = view[start:start + info.compress_size]
     if len(member) != info.compress_size:
         raise ArtifactError("artifact is corrupt or truncated: a member runs past the end of the file")
     return member
+
+
+def _raw_name(info: zipfile.ZipInfo) -> bytes:
+    """The member's name as the zip stores it: UTF-8 if flag bit 11 is set, else code page 437 (ASCII, as ours
+    are, is the same in both, and needs no codec loaded on a new instance's first request)."""
+    try:
+        return info.orig_filename.encode("ascii")
+    except UnicodeEncodeError:
+        return info.orig_filename.encode("utf-8" if info.flag_bits & 0x800 else "cp437")
 
 
 def _npy(raw: bytes | memoryview, info: zipfile.ZipInfo) -> np.ndarray:

@@ -221,3 +221,18 @@ def test_a_local_header_that_names_another_member_is_refused():
     # Act / Assert
     with pytest.raises(ArtifactError, match="the zip header of counts.npy names another file"):
         read_arrays(bytes(data))
+
+
+def test_a_member_with_a_non_ascii_name_is_read_under_that_name():
+    # Arrange: Python's zipfile marks a non-ASCII name as UTF-8 (flag bit 11)
+    buffer = io.BytesIO()
+    np.save(buffer, np.arange(3, dtype=np.int16))
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as out:
+        out.writestr("größe.npy", buffer.getvalue())
+
+    # Act
+    restored = read_arrays(archive.getvalue())
+
+    # Assert
+    np.testing.assert_array_equal(restored["größe"], np.arange(3, dtype=np.int16))
