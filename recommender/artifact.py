@@ -81,7 +81,7 @@ class ItemIds:
         self._numbers = self._strings = self._index = None
         if numbers is not None:
             numbers = np.asarray(numbers, dtype=np.int64)
-            if numbers.ndim != 1 or (len(numbers) and (numbers[0] <= 0 or np.any(np.diff(numbers) <= 0))):
+            if numbers.ndim != 1 or (len(numbers) and (numbers[0] <= 0 or not np.all(numbers[1:] > numbers[:-1]))):
                 raise ArtifactError("numeric item ids must be positive and strictly ascending (no duplicates)")
             self._numbers = numbers
         else:
@@ -172,9 +172,7 @@ class CoPurchaseLists(NamedTuple):
     @classmethod
     def from_counts(cls, counts: np.ndarray, neighbors: np.ndarray, scores: np.ndarray,
                     orders: np.ndarray) -> "CoPurchaseLists":
-        indptr = np.zeros(len(counts) + 1, dtype=np.int64)
-        np.cumsum(counts, dtype=np.int64, out=indptr[1:])
-        return cls(indptr, np.asarray(neighbors, dtype=np.int32), np.asarray(scores, dtype=np.float32),
+        return cls(_offsets(counts), np.asarray(neighbors, dtype=np.int32), np.asarray(scores, dtype=np.float32),
                    np.asarray(orders, dtype=np.int32))
 
     def of(self, row: int) -> tuple[np.ndarray, np.ndarray]:
@@ -184,7 +182,8 @@ class CoPurchaseLists(NamedTuple):
     def validate(self, n_items: int) -> None:
         if self.orders.shape != (n_items,) or self.indptr.shape != (n_items + 1,):
             raise ArtifactError("co-purchase lists need one entry per item")
-        if self.indptr[0] != 0 or np.any(np.diff(self.indptr) < 0) or self.indptr[-1] != len(self.neighbors):
+        ascending = np.all(self.indptr[1:] >= self.indptr[:-1])
+        if self.indptr[0] != 0 or not ascending or self.indptr[-1] != len(self.neighbors):
             raise ArtifactError("co-purchase counts do not add up to the neighbours stored")
         if self.scores.shape != self.neighbors.shape:
             raise ArtifactError("copurchase_neighbors and copurchase_scores differ in length")
@@ -326,7 +325,8 @@ class ModelArtifact:
     @classmethod
     def _parse(cls, data: bytes) -> "ModelArtifact":
         rebuild = _FactorRebuild()
-        arrays = read_arrays(data, then=rebuild.callbacks())
+        derived = _Derived()
+        arrays = read_arrays(data, then={**rebuild.callbacks(), **derived.callbacks()})
         if "format_version" in arrays and int(arrays["format_version"]) not in READABLE_FORMATS:
             raise ArtifactError(f"artifact format {int(arrays['format_version'])} is not supported"
                                 f" (this version reads {', '.join(map(str, READABLE_FORMATS))}): train again to"
@@ -340,17 +340,11 @@ class ModelArtifact:
             raise ArtifactError(f"artifact is missing arrays: {', '.join(missing)}")
         factors = rebuild.factors(arrays)
         if "item_id_deltas" in arrays:
-            deltas = arrays["item_id_deltas"]
-            if deltas.dtype != np.int64:
-                raise ArtifactError(f"item_id_deltas must be int64, got {deltas.dtype}")
-            ids = ItemIds(numbers=np.cumsum(deltas))
+            ids = derived.item_ids(arrays["item_id_deltas"])
         else:
             if arrays["item_ids"].dtype.kind != "U":
                 raise ArtifactError(f"item_ids must be strings, got {arrays['item_ids'].dtype}")
             ids = ItemIds(strings=arrays["item_ids"])
-        counts = arrays["copurchase_counts"]
-        if counts.size and counts.min() < 0:
-            raise ArtifactError("copurchase_counts must not be negative")
         try:
             metadata = json.loads(str(arrays["metadata"]))
         except json.JSONDecodeError as exc:
@@ -364,10 +358,54 @@ class ModelArtifact:
             alpha=float(arrays["alpha"]),
             metadata=metadata,
             item_support=arrays["item_support"].astype(np.int32, copy=False),
-            copurchase=CoPurchaseLists.from_counts(counts, arrays["copurchase_neighbors"],
-                                                   arrays["copurchase_scores"].astype(np.float32),
-                                                   arrays["copurchase_orders"]),
+            copurchase=CoPurchaseLists(derived.indptr(arrays["copurchase_counts"]),
+                                       arrays["copurchase_neighbors"].astype(np.int32, copy=False),
+                                       derived.scores(arrays["copurchase_scores"]),
+                                       arrays["copurchase_orders"].astype(np.int32, copy=False)),
         )
+
+
+class _Derived:
+    """What the parse computes from single members (item ids from their deltas, co-purchase offsets from the
+    counts, float32 scores), done by `read_arrays`'s callbacks on the thread that decompressed the member, so
+    it overlaps the other thread's work; whatever was not done that way is done when asked for."""
+
+    def __init__(self) -> None:
+        self._done: dict[str, Any] = {}
+
+    def callbacks(self) -> dict[str, Callable[[np.ndarray, Mapping[str, np.ndarray]], None]]:
+        return {"item_id_deltas": lambda array, stored: self._keep("item_id_deltas", self.item_ids(array)),
+                "copurchase_counts": lambda array, stored: self._keep("copurchase_counts", self.indptr(array)),
+                "copurchase_scores": lambda array, stored: self._keep("copurchase_scores", self.scores(array))}
+
+    def _keep(self, name: str, value: Any) -> None:
+        self._done[name] = value
+
+    def item_ids(self, deltas: np.ndarray) -> ItemIds:
+        if "item_id_deltas" in self._done:
+            return self._done["item_id_deltas"]
+        if deltas.dtype != np.int64:
+            raise ArtifactError(f"item_id_deltas must be int64, got {deltas.dtype}")
+        return ItemIds(numbers=np.cumsum(deltas))
+
+    def indptr(self, counts: np.ndarray) -> np.ndarray:
+        if "copurchase_counts" in self._done:
+            return self._done["copurchase_counts"]
+        if counts.size and counts.min() < 0:
+            raise ArtifactError("copurchase_counts must not be negative")
+        return _offsets(counts)
+
+    def scores(self, scores: np.ndarray) -> np.ndarray:
+        if "copurchase_scores" in self._done:
+            return self._done["copurchase_scores"]
+        return scores.astype(np.float32)
+
+
+def _offsets(counts: np.ndarray) -> np.ndarray:
+    """int64[len(counts) + 1]: 0, then the running sum of the counts."""
+    indptr = np.zeros(len(counts) + 1, dtype=np.int64)
+    np.cumsum(counts, dtype=np.int64, out=indptr[1:])
+    return indptr
 
 
 def _factor_planes(factors: np.ndarray) -> dict[str, np.ndarray]:

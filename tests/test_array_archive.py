@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import zstandard
 
-from recommender.array_archive import ZIP_ZSTANDARD, read_arrays, write_arrays
+from recommender.array_archive import ZIP_ZSTANDARD, _plain_header, read_arrays, write_arrays
 from recommender.errors import ArtifactError
 
 ARRAYS = {
@@ -127,7 +127,8 @@ def test_headers_are_parsed_one_at_a_time_while_members_decompress_on_two_thread
                 inside[0] -= 1
 
     monkeypatch.setattr(np.lib.format, "read_array_header_1_0", watched)
-    arrays = {f"a{i}": np.arange(i + 3, dtype=np.float32) for i in range(12)}  # compressed: two threads decode
+    # compressed: two threads decode; a structured dtype's header is one numpy reads (not the plain layout)
+    arrays = {f"a{i}": np.zeros(i + 3, dtype=[("x", "<f4"), ("y", "<i2")]) for i in range(12)}
 
     # Act
     back = read_arrays(write_arrays(arrays))
@@ -135,6 +136,45 @@ def test_headers_are_parsed_one_at_a_time_while_members_decompress_on_two_thread
     # Assert
     assert most[0] == 1
     assert all(np.array_equal(back[name], value) for name, value in arrays.items())
+
+
+@pytest.mark.parametrize("array", [
+    np.float64(0.25), np.arange(7, dtype=np.int64), np.zeros((3, 5), dtype=np.float32), np.ones((2, 0), dtype=np.uint8),
+    np.arange(12, dtype=">i4").reshape(2, 3, 2), np.array(["a", "bbbbb"]), np.array([True, False]),
+    np.zeros(4, dtype=np.float16), np.zeros((1, 1), dtype=np.complex64), np.zeros((70_000, 3), dtype=np.uint8),
+])
+def test_the_plain_header_reader_agrees_with_numpys(array):
+    # Arrange: the .npy numpy writes for the array
+    buffer = io.BytesIO()
+    np.lib.format.write_array(buffer, array, allow_pickle=False)
+    raw = buffer.getvalue()
+    stream = io.BytesIO(raw)
+    version = np.lib.format.read_magic(stream)
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, fortran_order, dtype = read(stream)
+
+    # Act
+    plain = _plain_header(raw)
+
+    # Assert
+    assert plain == (shape, fortran_order, dtype, stream.tell())
+    np.testing.assert_array_equal(read_arrays(write_arrays({"a": array}))["a"], array)
+
+
+def test_headers_the_plain_reader_does_not_take_go_to_numpys():
+    # Arrange: a structured dtype and a Fortran-ordered array (refused: the reader wants C order)
+    structured = np.zeros(3, dtype=[("x", "<f4"), ("y", "<i2")])
+    fortran = io.BytesIO()
+    np.lib.format.write_array(fortran, np.asfortranarray(np.zeros((2, 3))), allow_pickle=False)
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as out:
+        out.writestr("f.npy", fortran.getvalue())
+
+    # Act / Assert
+    assert _plain_header(fortran.getvalue()) is not None  # plain layout, Fortran order: refused below
+    np.testing.assert_array_equal(read_arrays(write_arrays({"s": structured}))["s"], structured)
+    with pytest.raises(ArtifactError, match="f.npy must be C-ordered"):
+        read_arrays(archive.getvalue())
 
 
 def test_a_damaged_npy_header_is_an_artifact_error_whatever_numpy_raises():
