@@ -243,17 +243,13 @@ class Recommender:
         )
 
     def _rich(self, shop: str, picked: list[tuple[str, float, str, str | None]]) -> tuple[RecommendedItem, ...]:
-        """The picked items with the catalog fields a storefront renders (one query for all of them)."""
-        rows = self._store.products(shop, [pid for pid, *_ in picked]) if picked else {}
+        """The picked items with the catalog fields a storefront renders (one statement for all of them)."""
+        cards = self._store.product_cards(shop, [pid for pid, *_ in picked]) if picked else {}
         items = []
         for pid, score, strategy, because in picked:
-            product = rows.get(pid)
-            if product is None:
-                items.append(RecommendedItem(pid, score, strategy, because))
-            else:
-                items.append(RecommendedItem(pid, score, strategy, because, product.title, product.handle,
-                                             product.price, product.image_url, product.available,
-                                             product.product_type, product.vendor))
+            card = cards.get(pid)
+            items.append(RecommendedItem(pid, score, strategy, because) if card is None else
+                         RecommendedItem(pid, score, strategy, because, *card))
         return tuple(items)
 
     def _model(self, request: RecommendRequest) -> ServingModel | None:

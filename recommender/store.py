@@ -159,6 +159,19 @@ EVENT_EXPORT_COLUMNS: tuple[str, ...] = (
 )
 
 
+class ProductCard(NamedTuple):
+    """What a storefront shows of a recommended product: its catalog row's display fields and whether it can be
+    bought now (at least one variant can, or it has no variant data), read in one statement per answer."""
+
+    title: str
+    handle: str
+    price: float | None
+    image_url: str | None
+    available: bool
+    product_type: str
+    vendor: str
+
+
 class Interaction(NamedTuple):
     """One stored event as training and fold-in see it (a named tuple: training reads millions of them)."""
 
@@ -207,6 +220,7 @@ class EventStore(Protocol):
     def interaction_columns(self, shop: str, times: bool = False) -> InteractionColumns: ...
     def history(self, shop: str, user_key: str, limit: int) -> list[Interaction]: ...
     def products(self, shop: str, product_ids: Collection[str] | None = None) -> dict[str, CatalogProduct]: ...
+    def product_cards(self, shop: str, product_ids: Collection[str]) -> dict[str, ProductCard]: ...
     def deleted_product_ids(self, shop: str) -> set[str]: ...
     def unsellable_product_ids(self, shop: str) -> set[str]: ...
     def products_matching(self, shop: str, product_type: str | None, vendor: str | None) -> set[str]: ...
@@ -226,6 +240,14 @@ class EventStore(Protocol):
 
 # Shared by both backends ({p}: the parameter marker; {no}: the false literal): the flag `apply` keeps.
 UNSELLABLE_SQL = "SELECT product_id FROM products WHERE shop = {p} AND sellable = {no}"
+# The display fields of some products ({only}: which ones) and whether each can be bought now, as
+# CatalogProduct.available says: no variant rows, or one that is untracked, sells past zero or is in stock.
+PRODUCT_CARDS_SQL = (
+    "SELECT p.product_id, p.title, p.handle, p.price, p.image_url, p.product_type, p.vendor,"
+    " COALESCE((SELECT MAX(CASE WHEN v.tracked = {no} OR v.continue_selling = {yes}"
+    " OR COALESCE(v.inventory_quantity, 0) > 0 THEN 1 ELSE 0 END)"
+    " FROM variants v WHERE v.shop = p.shop AND v.product_id = p.product_id), 1)"
+    " FROM products p WHERE p.shop = {p} AND p.deleted = {no}{only}")
 # The flag recomputed for some products ({where}: which ones), at the end of the transaction that changed them.
 REFRESH_SELLABLE_SQL = ("UPDATE products SET sellable = CASE WHEN " + NOT_FOR_SALE + " THEN {no} ELSE {yes} END"
                         " WHERE shop = {p} AND {where}")
@@ -469,6 +491,18 @@ class SharedQueries:
                 self._to_time(updated_at), tuple(variants.get(pid, ())),
             )
         return products
+
+    def product_cards(self, shop: str, product_ids: Collection[str]) -> dict[str, ProductCard]:
+        """The display fields of those products that are in the catalog (not deleted), in one statement: what an
+        answer shows of its products, without building their variants (`products` reads two statements)."""
+        if not product_ids:
+            return {}
+        only, ids = self._only_ids(product_ids)
+        sql = PRODUCT_CARDS_SQL.format(p=self._P, yes=self._TRUE, no=self._FALSE, only=only.replace(
+            "product_id", "p.product_id"))
+        return {pid: ProductCard(title, handle, price, image_url, available == 1, product_type, vendor)
+                for pid, title, handle, price, image_url, product_type, vendor, available
+                in self._read(sql, (shop, *ids))}
 
     def unsellable_product_ids(self, shop: str) -> set[str]:
         """Products not for sale: deleted, not active, unpublished, or every variant sold out."""

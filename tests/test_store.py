@@ -20,8 +20,8 @@ from recommender.errors import StoreError
 from recommender.changes import ChangeSet, Delivery, Event, IdentityLink, InventoryLevel, RefundLine
 from recommender.events import CatalogProduct, CatalogVariant, EventKind, order_line_key
 from recommender.store import (
-    EVENT_EXPORT_COLUMNS, SHOP_TABLES, SQLITE_MIGRATIONS, ActivityBucket, EventStore, Interaction, SQLiteEventStore,
-    open_event_store,
+    EVENT_EXPORT_COLUMNS, SHOP_TABLES, SQLITE_MIGRATIONS, ActivityBucket, EventStore, Interaction, ProductCard,
+    SQLiteEventStore, open_event_store,
 )
 from tests.conftest import SHOP
 from tests.postgres_schema import run, temporary_schema
@@ -318,6 +318,47 @@ def test_unsellable_products_are_computed_in_the_store(any_store):
     assert unsellable == {p for p, row in any_store.products(SHOP).items() if not row.available
                           or row.status != "active" or row.published_at is None} | {"to-delete"}
     assert any_store.unsellable_product_ids(OTHER_SHOP) == set()
+
+
+def test_product_cards_hold_what_an_answer_shows_in_one_statement(any_store):
+    # Arrange: availability of every kind, a deleted product, and another shop's product of the same id
+    def product(pid, *variants, **fields):
+        return CatalogProduct(SHOP, pid, title=f"T{pid}", handle=f"h{pid}", price=float(len(pid)),
+                              image_url=f"https://cdn.example/{pid}.jpg", product_type="Tea", vendor="Leaf Co",
+                              published_at=T0, variants=tuple(variants), **fields)
+
+    catalog = (
+        product("no-variants"),
+        product("untracked", CatalogVariant("1")),
+        product("one-in-stock", CatalogVariant("2", tracked=True, inventory_quantity=0),
+                CatalogVariant("3", tracked=True, inventory_quantity=2)),
+        product("sells-past-zero", CatalogVariant("4", tracked=True, inventory_quantity=-1, continue_selling=True)),
+        product("sold-out", CatalogVariant("5", tracked=True, inventory_quantity=0),
+                CatalogVariant("6", tracked=True, inventory_quantity=None)),
+        product("draft", status="draft"),
+        product("gone"),
+    )
+    any_store.apply(delivery("wh-1", topic="products/create"), ChangeSet(upsert_products=catalog))
+    any_store.apply(delivery("wh-2", topic="products/delete"), ChangeSet(delete_product_ids=("gone",)))
+    any_store.apply(delivery("wh-x", shop=OTHER_SHOP), ChangeSet(upsert_products=(
+        CatalogProduct(OTHER_SHOP, "sold-out", title="Elsewhere"),)))
+    wanted = [p.product_id for p in catalog] + ["never-seen"]
+
+    # Act
+    cards = any_store.product_cards(SHOP, wanted)
+
+    # Assert: the same fields and availability as the full catalog rows, for the products not deleted
+    full = any_store.products(SHOP, wanted)
+    assert set(cards) == set(full) == {p.product_id for p in catalog} - {"gone"}
+    assert {pid: card.available for pid, card in cards.items()} == {
+        "no-variants": True, "untracked": True, "one-in-stock": True, "sells-past-zero": True, "sold-out": False,
+        "draft": True}
+    for pid, card in cards.items():
+        row = full[pid]
+        assert card == ProductCard(row.title, row.handle, row.price, row.image_url, row.available,
+                                   row.product_type, row.vendor)
+    assert any_store.product_cards(SHOP, []) == {}
+    assert any_store.product_cards(OTHER_SHOP, ["sold-out"])["sold-out"].title == "Elsewhere"
 
 
 def test_products_can_be_read_for_a_few_ids_and_filtered_by_type_and_vendor(any_store):
