@@ -44,11 +44,11 @@ _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 # Relative cost per byte of the read's work, to share it out between two threads: a stored member's
 # CRC-32 runs several times faster than decompressing, and a member with a `then` is also rebuilt.
 _CRC_COST = 0.25
+_THEN_COST = 3.0
 # The header numpy's writer gives an array of a plain dtype, e.g. {'descr': '<f4', 'fortran_order': False,
 # 'shape': (100000, 64), } padded with spaces to a multiple of 64 bytes and ending in a newline.
 _PLAIN_NPY_HEADER = re.compile(rb"\{'descr': '([<>|=]?[a-zA-Z][0-9]*)', 'fortran_order': (False|True),"
                                rb" 'shape': \(((?:[0-9]+, ?)*[0-9]*)\), \} *\n")
-_THEN_COST = 3.0
 
 
 def write_arrays(arrays: Mapping[str, np.ndarray], stored: Iterable[str] = ()) -> bytes:
@@ -193,7 +193,7 @@ def _raw_name(info: zipfile.ZipInfo) -> bytes:
     try:
         return info.orig_filename.encode("ascii")
     except UnicodeEncodeError:
-        return info.orig_filename.encode("utf-8" if info.flag_bits & 0x800 else "cp437")
+        return info.orig_filename.encode("utf-8" if info.flag_bits & _UTF8_NAMES else "cp437")
 
 
 def _npy(raw: bytes | memoryview, info: zipfile.ZipInfo) -> np.ndarray:
@@ -234,7 +234,7 @@ def _plain_header(raw: bytes | memoryview) -> tuple[tuple[int, ...], bool, np.dt
     descr, fortran, dims = match.groups()
     try:
         dtype = np.dtype(descr.decode("ascii"))
-    except TypeError:  # a type code numpy does not know: its own reader says what is wrong
+    except (TypeError, ValueError, OverflowError):  # a type numpy does not make: its own reader says what is wrong
         return None
     return tuple(int(dim) for dim in dims.split(b",") if dim.strip()), fortran == b"True", dtype, start + length
 

@@ -276,3 +276,18 @@ def test_a_member_with_a_non_ascii_name_is_read_under_that_name():
 
     # Assert
     np.testing.assert_array_equal(restored["größe"], np.arange(3, dtype=np.int16))
+
+
+def test_a_header_naming_a_type_numpy_does_not_make_is_an_artifact_error():
+    # Arrange: '<f4' becomes '<f3' (no such type), same length, so only the type is wrong
+    buffer = io.BytesIO()
+    np.save(buffer, np.zeros(3, dtype=np.float32))
+    npy = buffer.getvalue().replace(b"'<f4'", b"'<f3'", 1)
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as out:
+        out.writestr("a.npy", npy)
+
+    # Act / Assert
+    assert _plain_header(npy) is None
+    with pytest.raises(ArtifactError, match="corrupt or truncated: a.npy"):
+        read_arrays(archive.getvalue())
