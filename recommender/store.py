@@ -30,11 +30,13 @@ if TYPE_CHECKING:
 # A product is not for sale when it is deleted, not active, unpublished, or has variants and none of them can
 # be bought (none untracked, none selling past zero, none in stock). Written against the `products` table by
 # name, so the same text serves UPDATE products and SELECT … FROM products ({yes}/{no}: boolean literals).
+# A variant `v` that can be bought: untracked, selling past zero, or in stock (CatalogVariant.available).
+VARIANT_FOR_SALE = "v.tracked = {no} OR v.continue_selling = {yes} OR COALESCE(v.inventory_quantity, 0) > 0"
 NOT_FOR_SALE = """(
     products.deleted = {yes} OR products.status <> 'active' OR products.published_at IS NULL
     OR (EXISTS (SELECT 1 FROM variants v WHERE v.shop = products.shop AND v.product_id = products.product_id)
         AND NOT EXISTS (SELECT 1 FROM variants v WHERE v.shop = products.shop AND v.product_id = products.product_id
-                        AND (v.tracked = {no} OR v.continue_selling = {yes} OR COALESCE(v.inventory_quantity, 0) > 0))))"""
+                        AND (""" + VARIANT_FOR_SALE + """))))"""
 
 # Each entry migrates the schema from version i to i + 1 (PRAGMA user_version).
 SQLITE_MIGRATIONS: tuple[str, ...] = (
@@ -241,11 +243,10 @@ class EventStore(Protocol):
 # Shared by both backends ({p}: the parameter marker; {no}: the false literal): the flag `apply` keeps.
 UNSELLABLE_SQL = "SELECT product_id FROM products WHERE shop = {p} AND sellable = {no}"
 # The display fields of some products ({only}: which ones) and whether each can be bought now, as
-# CatalogProduct.available says: no variant rows, or one that is untracked, sells past zero or is in stock.
+# CatalogProduct.available says: no variant rows, or one variant for sale.
 PRODUCT_CARDS_SQL = (
     "SELECT p.product_id, p.title, p.handle, p.price, p.image_url, p.product_type, p.vendor,"
-    " COALESCE((SELECT MAX(CASE WHEN v.tracked = {no} OR v.continue_selling = {yes}"
-    " OR COALESCE(v.inventory_quantity, 0) > 0 THEN 1 ELSE 0 END)"
+    " COALESCE((SELECT MAX(CASE WHEN " + VARIANT_FOR_SALE + " THEN 1 ELSE 0 END)"
     " FROM variants v WHERE v.shop = p.shop AND v.product_id = p.product_id), 1)"
     " FROM products p WHERE p.shop = {p} AND p.deleted = {no}{only}")
 # The flag recomputed for some products ({where}: which ones), at the end of the transaction that changed them.
