@@ -170,5 +170,6 @@ def catalog_refresh(shop: ShopFiles, repeats: int) -> dict:
     store.close()
     runtime.store.close()
     ours_s, floor_s = median(samples["ours"]), median(samples["floor"])
-    return {"products": shop.catalog_rows, "median_s": round(ours_s, 4), "floor_median_s": round(floor_s, 4),
+    # Microseconds kept: the refresh is one index read, well under 0.1 ms for a small catalog on a fast machine.
+    return {"products": shop.catalog_rows, "median_s": round(ours_s, 7), "floor_median_s": round(floor_s, 7),
             "ratio": ratio(ours_s, floor_s)}

@@ -90,7 +90,7 @@ def markdown(results: dict) -> str:
                 _table(["path", "p50", "p99", "p99 vs floor", "p99 vs implicit fold-in"], rows), ""]
     refresh = warm["catalog_refresh"]
     out += [f"Catalog refresh (once per CATALOG_TTL_SECONDS, paid by one request): {refresh['products']:,} products"
-            f" {refresh['median_s']} s vs sqlite3 fetch of the same rows {refresh['floor_median_s']} s"
+            f" {refresh['median_s'] * 1e3:.3g} ms vs sqlite3 fetch of the same rows {refresh['floor_median_s'] * 1e3:.3g} ms"
             f" ({_x(refresh['ratio'])}).", ""]
     for profile in warm["profiles"]:
         catalog = f" with {profile['catalog_rows']:,} catalog rows" if profile.get("catalog_rows") else ""
