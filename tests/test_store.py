@@ -347,15 +347,16 @@ def test_product_cards_hold_what_an_answer_shows_in_one_statement(any_store):
     # Act
     cards = any_store.product_cards(SHOP, wanted)
 
-    # Assert: the same fields and availability as the full catalog rows, for the products not deleted
+    # Assert: the same fields as the full catalog rows, for the products not deleted, and "available" when for sale
     full = any_store.products(SHOP, wanted)
     assert set(cards) == set(full) == {p.product_id for p in catalog} - {"gone"}
     assert {pid: card.available for pid, card in cards.items()} == {
         "no-variants": True, "untracked": True, "one-in-stock": True, "sells-past-zero": True, "sold-out": False,
-        "draft": True}
+        "draft": False}
     for pid, card in cards.items():
         row = full[pid]
-        assert card == ProductCard(row.title, row.handle, row.price, row.image_url, row.available,
+        for_sale = row.available and row.status == "active" and row.published_at is not None
+        assert card == ProductCard(row.title, row.handle, row.price, row.image_url, for_sale,
                                    row.product_type, row.vendor)
     assert any_store.product_cards(SHOP, []) == {}
     assert any_store.product_cards(OTHER_SHOP, ["sold-out"])["sold-out"].title == "Elsewhere"
