@@ -117,6 +117,12 @@ class ItemIds:
     def tolist(self) -> list[str]:
         return self.strings.tolist()
 
+    def ids_of(self, rows: Sequence[int] | np.ndarray) -> list[str]:
+        """The product ids of these rows, in order (one numpy gather, not a scalar per row)."""
+        if self._numbers is not None:
+            return [str(number) for number in self._numbers[np.asarray(rows, dtype=np.int64)].tolist()]
+        return self._strings[np.asarray(rows, dtype=np.int64)].tolist()
+
     def row(self, product_id: str) -> int | None:
         if self._index is not None:
             return self._index.get(product_id)

@@ -301,7 +301,7 @@ class Recommender:
             scores = model.scores_of(terms)
             top = model.top_rows(scores, request.n, blocked, excluded_rows)
             because = model.explain(rows, terms, np.asarray(top, dtype=np.int64)) if top else []
-            return _from_rows(model, top, scores, [str(model.item_ids[r]) for r in because]), None
+            return _from_rows(model, top, scores, model.item_ids.ids_of(because)), None
         if strategy == "related":
             seeds = self._related_seeds(request, model, history)
             if not seeds:
@@ -358,11 +358,11 @@ def _from_seeds(model: ServingModel, scores: np.ndarray, parts: Callable[[list[i
         also = np.concatenate([also, excluded_rows])
     top = model.top_rows(scores, n, blocked, also)
     because = model.best_rows(parts(seed_rows, top), seed_rows) if top else []
-    return _from_rows(model, top, scores, [str(model.item_ids[r]) for r in because])
+    return _from_rows(model, top, scores, model.item_ids.ids_of(because))
 
 
 def _from_rows(model: ServingModel, rows: list[int], scores: np.ndarray, because: list[str] | None) -> _Candidates:
-    return _Candidates([str(model.item_ids[r]) for r in rows], [float(scores[r]) for r in rows],
+    return _Candidates(model.item_ids.ids_of(rows), scores[np.asarray(rows, dtype=np.int64)].tolist(),
                        because if because is not None else [None] * len(rows))
 
 

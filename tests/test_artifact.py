@@ -281,6 +281,8 @@ def test_numeric_ids_are_found_by_value_and_look_alikes_are_not():
         == [None] * 8
     assert ids.rows_array(["9223372036854775807", "x", "7", "6"]).tolist() == [2, -1, 0, -1]
     assert ids.rows_of(["8000000000001", "nope", "7"]) == [1, 0]
+    assert ids.ids_of([2, 0, 0]) == ["9223372036854775807", "7", "7"] == [ids[2], ids[0], ids[0]]
+    assert ids.ids_of(np.array([], dtype=np.int64)) == []
 
 
 def test_string_ids_keep_their_order_and_are_found_by_dictionary():
@@ -290,6 +292,7 @@ def test_string_ids_keep_their_order_and_are_found_by_dictionary():
     # Act / Assert
     assert order is None and not ids.numeric
     assert ids.tolist() == ["b-2", "10", "a-1"] and ids.row("10") == 1 and ids.rows_of(["a-1", "zz", "b-2"]) == [2, 0]
+    assert ids.ids_of([2, 1]) == ["a-1", "10"] and all(type(pid) is str for pid in ids.ids_of([0]))
 
 
 def test_duplicate_numeric_ids_are_refused():
