@@ -16,7 +16,6 @@ is checked against the zip's CRC-32.
 from __future__ import annotations
 
 import io
-import mmap
 import re
 import struct
 import threading
@@ -46,7 +45,6 @@ _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 # CRC-32 runs several times faster than decompressing, and a member with a `then` is also rebuilt.
 _CRC_COST = 0.25
 _THEN_COST = 3.0
-_HUGE_PAGE = 2 << 20  # x86-64 and arm64 Linux: a transparent huge page
 # The header numpy's writer gives an array of a plain dtype, e.g. {'descr': '<f4', 'fortran_order': False,
 # 'shape': (100000, 64), } padded with spaces to a multiple of 64 bytes and ending in a newline.
 _PLAIN_NPY_HEADER = re.compile(rb"\{'descr': '([<>|=]?[a-zA-Z][0-9]*)', 'fortran_order': (False|True),"
@@ -87,7 +85,7 @@ def write_arrays(arrays: Mapping[str, np.ndarray], stored: Iterable[str] = ()) -
 
 
 def read_arrays(data: bytes, then: Mapping[str, Callable[[np.ndarray, Mapping[str, np.ndarray]], None]] | None = None,
-                transient: Iterable[str] = ()) -> dict[str, np.ndarray]:
+                ) -> dict[str, np.ndarray]:
     """Every `.npy` member of the zip in `data`, by name, each checked, without pickle and without copying stored ones.
 
     Stored members become read-only views of `data` (an mmap stays an mmap); compressed ones are
@@ -99,11 +97,6 @@ def read_arrays(data: bytes, then: Mapping[str, Callable[[np.ndarray, Mapping[st
     by name: work on a large member starts while the other thread is still decompressing, and may start
     before a stored member's CRC has been checked (a bad one still fails the whole read). Corrupt or
     truncated input raises ArtifactError.
-
-    Zstandard members named in `transient` (the ones the caller turns into something else and drops) are
-    decompressed into one shared `huge_buffer`: a new instance pays a page fault per 4 KiB it touches for
-    the first time, and these are megabytes (bench/PERFORMANCE.md). Their arrays view that buffer, which
-    lives as long as any of them does.
     """
     try:
         with zipfile.ZipFile(data if hasattr(data, "seek") else io.BytesIO(data)) as archive:  # an mmap is a file
@@ -115,9 +108,6 @@ def read_arrays(data: bytes, then: Mapping[str, Callable[[np.ndarray, Mapping[st
     stored: dict[str, np.ndarray] = {}
     jobs: list[tuple[float, Callable[[], None]]] = []  # (estimated cost, work)
     then = then or {}
-    transient = set(transient)
-    into = _shared_outputs([info for info in infos if info.compress_type == ZIP_ZSTANDARD
-                            and info.filename[:-4] in transient])
     for info in infos:
         name = info.filename[:-4]
         if info.compress_type == zipfile.ZIP_STORED:
@@ -126,7 +116,7 @@ def read_arrays(data: bytes, then: Mapping[str, Callable[[np.ndarray, Mapping[st
             jobs.append((info.file_size * _CRC_COST, lambda raw=raw, info=info: _check_crc(raw, info)))
         elif info.compress_type in (ZIP_ZSTANDARD, zipfile.ZIP_DEFLATED):
             def decompress(member: zipfile.ZipInfo = info, name: str = name) -> None:
-                arrays[name] = array = _npy(_decompressed(view, member, into.get(member.filename)), member)
+                arrays[name] = array = _npy(_decompressed(view, member), member)
                 if name in then:
                     then[name](array, stored)
             jobs.append((info.file_size * (_THEN_COST if name in then else 1.0), decompress))
@@ -160,33 +150,8 @@ def _has_frame_checksum(member: memoryview) -> bool:
     return len(member) > 4 and bytes(member[:4]) == _ZSTD_MAGIC and bool(member[4] & 0x04)
 
 
-def huge_buffer(size: int) -> np.ndarray:
-    """uint8[size] of zeros that Linux may back with transparent huge pages (THP `madvise` or `always`): one page
-    fault per 2 MiB touched instead of one per 4 KiB. Aligned to 2 MiB, because only whole aligned huge pages
-    are used; smaller sizes, and systems without MADV_HUGEPAGE, get an ordinary array."""
-    if size < _HUGE_PAGE or not hasattr(mmap, "MADV_HUGEPAGE"):
-        return np.zeros(size, dtype=np.uint8)
-    region = mmap.mmap(-1, size + _HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    whole = np.frombuffer(region, dtype=np.uint8)  # keeps the mapping alive as long as any view of it
-    start = -whole.__array_interface__["data"][0] % _HUGE_PAGE
-    region.madvise(mmap.MADV_HUGEPAGE, start, (len(whole) - start) // _HUGE_PAGE * _HUGE_PAGE)
-    return whole[start:start + size]
-
-
-def _shared_outputs(infos: list[zipfile.ZipInfo]) -> dict[str, np.ndarray]:
-    """One huge_buffer cut into a writable slice per member (its decompressed size, 64-byte aligned), by file name."""
-    starts, end = {}, 0
-    for info in infos:
-        starts[info.filename] = end
-        end += -(-info.file_size // 64) * 64
-    buffer = huge_buffer(end)
-    return {info.filename: buffer[starts[info.filename]:starts[info.filename] + info.file_size] for info in infos}
-
-
-def _decompressed(view: memoryview, info: zipfile.ZipInfo, into: np.ndarray | None = None) -> bytes | np.ndarray:
-    """The member's bytes, checked: by the frame's own checksum while decoding, or by the zip's CRC-32 after.
-
-    `into` (Zstandard members only): a writable buffer of the member's size to decompress into."""
+def _decompressed(view: memoryview, info: zipfile.ZipInfo) -> bytes:
+    """The member's bytes, checked: by the frame's own checksum while decoding, or by the zip's CRC-32 after."""
     member = _member_bytes(view, info)
     try:
         if info.compress_type == zipfile.ZIP_DEFLATED:
@@ -195,12 +160,7 @@ def _decompressed(view: memoryview, info: zipfile.ZipInfo, into: np.ndarray | No
         else:
             import zstandard
 
-            if into is None:
-                raw = zstandard.ZstdDecompressor().decompress(member, max_output_size=info.file_size + 1)
-            else:
-                reader = zstandard.ZstdDecompressor().stream_reader(member)
-                filled = reader.readinto(into)
-                raw = into if filled == info.file_size and not reader.read(1) else b""  # read(1): to the frame's end
+            raw = zstandard.ZstdDecompressor().decompress(member, max_output_size=info.file_size + 1)
             checked = _has_frame_checksum(member)
     except Exception as exc:  # zlib.error, zstandard.ZstdError: the bytes are not what they claim
         raise ArtifactError(f"artifact is corrupt or truncated: {info.filename} does not decompress: {exc}") from exc

@@ -44,7 +44,7 @@ from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from recommender.array_archive import huge_buffer, read_arrays, write_arrays
+from recommender.array_archive import read_arrays, write_arrays
 from recommender.errors import ArtifactError
 
 FORMAT_VERSION = 5
@@ -54,8 +54,6 @@ _ROW_PLANES = ("item_factors_low", "item_factors_high_0", "item_factors_high_1")
 _COMMON = ("format_version", "gramian", "popularity", "regularization", "alpha", "metadata",
            "item_support", "copurchase_counts", "copurchase_neighbors", "copurchase_scores", "copurchase_orders")
 _STORED = {"factor_columns_low"}  # random bits: compressing them would not shrink them, only slow the load
-# Members the parse turns into other arrays (float32 factors, ids, offsets, float32 scores) and drops.
-_TRANSIENT = (*_COLUMN_PLANES[1:], *_ROW_PLANES[1:], "item_id_deltas", "copurchase_counts", "copurchase_scores")
 _MAX_ID = np.iinfo(np.int64).max
 _REBUILD_BLOCK_ELEMENTS = 1 << 18  # factors rebuilt per block: its uint32 temporaries (1 MiB) stay in cache
 
@@ -334,7 +332,7 @@ class ModelArtifact:
     def _parse(cls, data: bytes) -> "ModelArtifact":
         rebuild = _FactorRebuild()
         derived = _Derived()
-        arrays = read_arrays(data, then={**rebuild.callbacks(), **derived.callbacks()}, transient=_TRANSIENT)
+        arrays = read_arrays(data, then={**rebuild.callbacks(), **derived.callbacks()})
         if "format_version" in arrays and int(arrays["format_version"]) not in READABLE_FORMATS:
             raise ArtifactError(f"artifact format {int(arrays['format_version'])} is not supported"
                                 f" (this version reads {', '.join(map(str, READABLE_FORMATS))}): train again to"
@@ -469,8 +467,7 @@ class _FactorRebuild:
         shape = (width, split) if planes is _COLUMN_PLANES else (split, width)
         with self._lock:
             if self._factors is None:
-                # Column-major, as serving scores with it; 25 MB at 100k × 64 are 13 huge pages in place of 6,250
-                self._factors = huge_buffer(4 * shape[0] * shape[1]).view(np.float32).reshape(shape, order="F")
+                self._factors = np.empty(shape, dtype=np.float32, order="F")  # as serving scores with it
             elif self._factors.shape != shape:
                 raise ArtifactError("item factor planes of two layouts in one artifact")
         part = slice(first, first + count)

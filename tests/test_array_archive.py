@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import zstandard
 
-from recommender.array_archive import ZIP_ZSTANDARD, _plain_header, huge_buffer, read_arrays, write_arrays
+from recommender.array_archive import ZIP_ZSTANDARD, _plain_header, read_arrays, write_arrays
 from recommender.errors import ArtifactError
 
 ARRAYS = {
@@ -209,8 +209,7 @@ def _with_crc(data: bytes, name: str, crc: int) -> bytes:
     return bytes(out)
 
 
-@pytest.mark.parametrize("transient", [(), ("counts",)], ids=["own bytes", "into the shared buffer"])
-def test_a_zstandard_member_is_checked_by_its_own_frame_checksum(transient):
+def test_a_zstandard_member_is_checked_by_its_own_frame_checksum():
     # Arrange: the frame ends with its checksum (XXH64, 4 bytes); flip the last one
     data = bytearray(write_arrays({"counts": ARRAYS["counts"]}))
     start, info = _member_start(bytes(data), "counts.npy")
@@ -219,56 +218,7 @@ def test_a_zstandard_member_is_checked_by_its_own_frame_checksum(transient):
 
     # Act / Assert
     with pytest.raises(ArtifactError, match="counts.npy does not decompress: .*checksum"):
-        read_arrays(bytes(data), transient=transient)
-
-
-def test_transient_members_are_read_into_one_shared_buffer_and_read_back_equal():
-    # Arrange: 3 MB of factor-like bytes (more than one huge page) and a small member, both transient
-    big = np.random.default_rng(2).integers(0, 256, (3, 1_000_000), dtype=np.uint8)
-    data = write_arrays({**ARRAYS, "big": big})
-
-    # Act
-    restored = read_arrays(data, transient=("big", "counts"))
-
-    # Assert: every member as written; the two transient ones view the same buffer, the others their own bytes
-    np.testing.assert_array_equal(restored["big"], big)
-    for name, array in ARRAYS.items():
-        np.testing.assert_array_equal(restored[name], array)
-    assert _memory_of(restored["big"]) is _memory_of(restored["counts"])
-    assert _memory_of(restored["names"]) is not _memory_of(restored["big"])
-
-
-def _memory_of(array: np.ndarray):
-    """The object that owns an array's bytes (at the end of its chain of bases)."""
-    while isinstance(array, np.ndarray) and array.base is not None:
-        array = array.base
-    return array
-
-
-def test_a_transient_member_longer_than_the_zip_says_is_refused():
-    # Arrange: the zip claims counts.npy decompresses to 16 bytes fewer than its frame holds
-    data = bytearray(write_arrays({"counts": ARRAYS["counts"]}))
-    _, info = _member_start(bytes(data), "counts.npy")
-    smaller = (info.file_size - 16).to_bytes(4, "little")
-    data[info.header_offset + 22:info.header_offset + 26] = smaller  # the local header
-    central = data.index(b"PK\x01\x02")
-    data[central + 24:central + 28] = smaller  # the central directory
-
-    # Act / Assert
-    with pytest.raises(ArtifactError, match="counts.npy decompresses to the wrong size"):
-        read_arrays(bytes(data), transient=("counts",))
-
-
-def test_a_huge_buffer_is_zeroed_writable_and_aligned_to_a_huge_page():
-    # Act
-    big, small = huge_buffer(5_000_000), huge_buffer(1000)
-
-    # Assert
-    assert big.shape == (5_000_000,) and small.shape == (1000,)
-    assert not big.any() and not small.any()
-    big[-1] = small[0] = 7
-    if hasattr(__import__("mmap"), "MADV_HUGEPAGE"):  # Linux: whole 2 MiB pages from the first byte
-        assert big.__array_interface__["data"][0] % (2 << 20) == 0
+        read_arrays(bytes(data))
 
 
 def test_a_stored_member_is_checked_against_its_crc():
