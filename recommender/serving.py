@@ -78,7 +78,7 @@ class ServingModel:
         self.version = artifact.version
         self.item_ids = artifact.item_ids  # ItemIds: ids[row] -> product id, ids.row(product id) -> row
         # Column-major (as loaded: no copy): a matrix-vector product over it is 64 streaming passes
-        # of y += column·u, about 3× faster with one BLAS thread than 100k short dot products over
+        # of y += column·u, 1.4–3× faster (by CPU) with one BLAS thread than 100k short dot products over
         # rows (bench/PERFORMANCE.md); the few rows a fold-in gathers cost ~0.1 ms more from cold cache.
         self.factors = np.asfortranarray(artifact.item_factors, dtype=np.float32)
         self._inverse_norms: np.ndarray | None = None  # made on first use: personalized requests never need them
