@@ -85,6 +85,7 @@ def write_arrays(arrays: Mapping[str, np.ndarray], stored: Iterable[str] = ()) -
 
 
 def read_arrays(data: bytes, then: Mapping[str, Callable[[np.ndarray, Mapping[str, np.ndarray]], None]] | None = None,
+                into: Mapping[str, Callable[[int, Mapping[str, np.ndarray]], np.ndarray | None]] | None = None,
                 ) -> dict[str, np.ndarray]:
     """Every `.npy` member of the zip in `data`, by name, each checked, without pickle and without copying stored ones.
 
@@ -97,6 +98,10 @@ def read_arrays(data: bytes, then: Mapping[str, Callable[[np.ndarray, Mapping[st
     by name: work on a large member starts while the other thread is still decompressing, and may start
     before a stored member's CRC has been checked (a bad one still fails the whole read). Corrupt or
     truncated input raises ArtifactError.
+
+    `into[name](size, stored)`, if given, may return a writable uint8 buffer of `size` bytes (the member's
+    whole .npy file) for a Zstandard member to be decompressed into, on the thread that decompresses it,
+    instead of new memory; None declines.
     """
     try:
         with zipfile.ZipFile(data if hasattr(data, "seek") else io.BytesIO(data)) as archive:  # an mmap is a file
@@ -108,6 +113,7 @@ def read_arrays(data: bytes, then: Mapping[str, Callable[[np.ndarray, Mapping[st
     stored: dict[str, np.ndarray] = {}
     jobs: list[tuple[float, Callable[[], None]]] = []  # (estimated cost, work)
     then = then or {}
+    into = into or {}
     for info in infos:
         name = info.filename[:-4]
         if info.compress_type == zipfile.ZIP_STORED:
@@ -116,7 +122,8 @@ def read_arrays(data: bytes, then: Mapping[str, Callable[[np.ndarray, Mapping[st
             jobs.append((info.file_size * _CRC_COST, lambda raw=raw, info=info: _check_crc(raw, info)))
         elif info.compress_type in (ZIP_ZSTANDARD, zipfile.ZIP_DEFLATED):
             def decompress(member: zipfile.ZipInfo = info, name: str = name) -> None:
-                arrays[name] = array = _npy(_decompressed(view, member), member)
+                landing = into[name](member.file_size, stored) if name in into else None
+                arrays[name] = array = _npy(_decompressed(view, member, landing), member)
                 if name in then:
                     then[name](array, stored)
             jobs.append((info.file_size * (_THEN_COST if name in then else 1.0), decompress))
@@ -150,8 +157,10 @@ def _has_frame_checksum(member: memoryview) -> bool:
     return len(member) > 4 and bytes(member[:4]) == _ZSTD_MAGIC and bool(member[4] & 0x04)
 
 
-def _decompressed(view: memoryview, info: zipfile.ZipInfo) -> bytes:
-    """The member's bytes, checked: by the frame's own checksum while decoding, or by the zip's CRC-32 after."""
+def _decompressed(view: memoryview, info: zipfile.ZipInfo, into: np.ndarray | None = None) -> bytes | np.ndarray:
+    """The member's bytes, checked: by the frame's own checksum while decoding, or by the zip's CRC-32 after.
+
+    `into`: a writable uint8 buffer of the member's size to decompress a Zstandard member into."""
     member = _member_bytes(view, info)
     try:
         if info.compress_type == zipfile.ZIP_DEFLATED:
@@ -160,7 +169,12 @@ def _decompressed(view: memoryview, info: zipfile.ZipInfo) -> bytes:
         else:
             import zstandard
 
-            raw = zstandard.ZstdDecompressor().decompress(member, max_output_size=info.file_size + 1)
+            if into is None or len(into) != info.file_size:
+                raw = zstandard.ZstdDecompressor().decompress(member, max_output_size=info.file_size + 1)
+            else:
+                reader = zstandard.ZstdDecompressor().stream_reader(member)
+                filled = reader.readinto(into)
+                raw = into if filled == len(into) and not reader.read(1) else b""  # read(1): to the frame's end
             checked = _has_frame_checksum(member)
     except Exception as exc:  # zlib.error, zstandard.ZstdError: the bytes are not what they claim
         raise ArtifactError(f"artifact is corrupt or truncated: {info.filename} does not decompress: {exc}") from exc

@@ -332,7 +332,7 @@ class ModelArtifact:
     def _parse(cls, data: bytes) -> "ModelArtifact":
         rebuild = _FactorRebuild()
         derived = _Derived()
-        arrays = read_arrays(data, then={**rebuild.callbacks(), **derived.callbacks()})
+        arrays = read_arrays(data, then={**rebuild.callbacks(), **derived.callbacks()}, into=rebuild.landings())
         if "format_version" in arrays and int(arrays["format_version"]) not in READABLE_FORMATS:
             raise ArtifactError(f"artifact format {int(arrays['format_version'])} is not supported"
                                 f" (this version reads {', '.join(map(str, READABLE_FORMATS))}): train again to"
@@ -442,6 +442,38 @@ class _FactorRebuild:
         return {name: (lambda high, stored, name=name, planes=planes: self.half(planes, name, high, stored))
                 for planes in (_COLUMN_PLANES, _ROW_PLANES) for name in planes[1:]}
 
+    def landings(self) -> dict[str, Callable[[int, Mapping[str, np.ndarray]], np.ndarray | None]]:
+        """For `read_arrays(into=...)`: where each format 5 high plane is decompressed (`landing`)."""
+        return {name: (lambda size, stored, name=name: self.landing(name, size, stored))
+                for name in _COLUMN_PLANES[1:]}
+
+    def landing(self, name: str, size: int, stored: Mapping[str, np.ndarray]) -> np.ndarray | None:
+        """Where a format 5 high plane (a .npy file of `size` bytes) can be decompressed: the last `size` bytes of
+        the float32 stretch it becomes, so that its bytes end exactly where the stretch ends. The rebuild then
+        runs front to back, each block's high bytes read before the block is written, and never writes past
+        bytes it has yet to read (block k writes 4 bytes a number up to 4·end_k ≤ 3·n + end_k, where the high
+        bytes of the blocks after it start). The plane needs no memory of its own: 6.4 MB fewer new pages at
+        100k × 64, 64 MB at 1M, which a new instance pays for page by page (bench/PERFORMANCE.md). The plane's
+        array views that memory, so it is gone once its half is rebuilt."""
+        low = stored.get(_COLUMN_PLANES[0])
+        if low is None or low.dtype != np.uint8 or low.ndim != 2:
+            return None
+        split, width = low.shape
+        first, count = (0, split // 2) if name == _COLUMN_PLANES[1] else (split // 2, split - split // 2)
+        stretch = self._target(_COLUMN_PLANES, (width, split), first, count).reshape(-1).view(np.uint8)
+        if size > len(stretch) or size - count * width < 0:
+            return None
+        return stretch[len(stretch) - size:]
+
+    def _target(self, planes: tuple[str, ...], shape: tuple[int, int], first: int, count: int) -> np.ndarray:
+        with self._lock:
+            if self._factors is None:
+                self._factors = np.empty(shape, dtype=np.float32, order="F")  # as serving scores with it
+            elif self._factors.shape != shape:
+                raise ArtifactError("item factor planes of two layouts in one artifact")
+        part = slice(first, first + count)
+        return self._factors.T[part] if planes is _COLUMN_PLANES else self._factors[part]
+
     def half(self, planes: tuple[str, ...], name: str, high: np.ndarray, stored: Mapping[str, np.ndarray]) -> None:
         low = stored.get(planes[0])
         if low is not None:  # a compressed low plane (not what this project writes) waits for `factors`
@@ -465,14 +497,7 @@ class _FactorRebuild:
             raise ArtifactError(f"item factor planes do not fit together: {planes[0]} {low.shape}, {name}"
                                 f" {high.shape}, expected ({count}, {width})")
         shape = (width, split) if planes is _COLUMN_PLANES else (split, width)
-        with self._lock:
-            if self._factors is None:
-                self._factors = np.empty(shape, dtype=np.float32, order="F")  # as serving scores with it
-            elif self._factors.shape != shape:
-                raise ArtifactError("item factor planes of two layouts in one artifact")
-        part = slice(first, first + count)
-        target = self._factors.T[part] if planes is _COLUMN_PLANES else self._factors[part]
-        float32_from_float16_bytes(low[part], high, target)
+        float32_from_float16_bytes(low[first:first + count], high, self._target(planes, shape, first, count))
         self._done.add(name)
 
 
@@ -513,21 +538,24 @@ class _RebuildScratch:
 
     def __init__(self, size: int):
         self.top = np.empty(size, dtype=np.uint8)
+        self.sign = np.empty(size, dtype=np.uint8)
         self.low_bits = np.empty(size, dtype=np.uint32)
 
     def rebuild(self, low: np.ndarray, high: np.ndarray, values: np.ndarray) -> None:
-        """values (contiguous float32) = the float16 numbers of `low` and `high`, 1-D, of values' length."""
+        """values (contiguous float32) = the float16 numbers of `low` and `high`, 1-D, of values' length.
+
+        `high` is read before `values` is written: it may lie in memory that `values` overwrites."""
         k = len(values)
-        top, low_bits, bits = self.top[:k], self.low_bits[:k], values.view(np.uint32)
+        top, sign, low_bits, bits = self.top[:k], self.sign[:k], self.low_bits[:k], values.view(np.uint32)
         np.bitwise_and(high, np.uint8(0x7F), out=top)  # exponent (5 bits) and the top 2 mantissa bits
+        np.bitwise_and(high, np.uint8(0x80), out=sign)
         if k and top.max() >= 0x7C:
             raise ArtifactError("item factors hold float16 infinity or NaN: the artifact is corrupt")
         np.left_shift(top, 21, out=bits, dtype=np.uint32)
         np.left_shift(low, 13, out=low_bits, dtype=np.uint32)
         bits |= low_bits
         np.multiply(values, np.float32(2.0**112), out=values)
-        np.bitwise_and(high, np.uint8(0x80), out=top)  # the sign
-        np.left_shift(top, 24, out=low_bits, dtype=np.uint32)
+        np.left_shift(sign, 24, out=low_bits, dtype=np.uint32)
         bits |= low_bits
 
 

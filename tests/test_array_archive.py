@@ -221,6 +221,47 @@ def test_a_zstandard_member_is_checked_by_its_own_frame_checksum():
         read_arrays(bytes(data))
 
 
+def test_a_member_is_decompressed_into_the_buffer_offered_for_it_and_read_normally_otherwise():
+    # Arrange: a buffer of the right size for counts, none for scalar, a wrong-sized one for names
+    data = write_arrays(ARRAYS, stored={"plane"})
+    sizes = {}
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        for info in archive.infolist():
+            sizes[info.filename[:-4]] = info.file_size
+    landing = np.zeros(sizes["counts"], dtype=np.uint8)
+    offered = {"counts": lambda size, stored: landing, "scalar": lambda size, stored: None,
+               "names": lambda size, stored: np.zeros(size - 1, dtype=np.uint8)}
+
+    # Act
+    restored = read_arrays(data, into=offered)
+
+    # Assert: every member as written; counts lives in the buffer offered
+    for name, array in ARRAYS.items():
+        np.testing.assert_array_equal(restored[name], array)
+    assert np.shares_memory(restored["counts"], landing)
+    assert not np.shares_memory(restored["names"], landing)
+
+
+def test_a_member_decompressed_into_an_offered_buffer_is_still_checked():
+    # Arrange: a flipped bit in the frame's checksum, and a zip claiming 16 bytes fewer than the frame holds
+    data = bytearray(write_arrays({"counts": ARRAYS["counts"]}))
+    start, info = _member_start(bytes(data), "counts.npy")
+    flipped = bytearray(data)
+    flipped[start + info.compress_size - 1] ^= 0x01
+    shorter = bytearray(data)
+    smaller = (info.file_size - 16).to_bytes(4, "little")
+    shorter[info.header_offset + 22:info.header_offset + 26] = smaller
+    central = shorter.index(b"PK\x01\x02")
+    shorter[central + 24:central + 28] = smaller
+    offered = {"counts": lambda size, stored: np.zeros(size, dtype=np.uint8)}
+
+    # Act / Assert
+    with pytest.raises(ArtifactError, match="counts.npy does not decompress: .*checksum"):
+        read_arrays(bytes(flipped), into=offered)
+    with pytest.raises(ArtifactError, match="counts.npy decompresses to the wrong size"):
+        read_arrays(bytes(shorter), into=offered)
+
+
 def test_a_stored_member_is_checked_against_its_crc():
     # Arrange: one bit of the stored plane's bytes
     data = bytearray(write_arrays(ARRAYS, stored={"plane"}))

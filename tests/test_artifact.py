@@ -554,6 +554,31 @@ def test_every_finite_float16_reads_back_as_numpys_float32_bit_for_bit():
     np.testing.assert_array_equal(restored.view(np.uint32), values.astype(np.float32).view(np.uint32))
 
 
+@pytest.mark.parametrize("block", [5, 64, 1 << 18], ids=["5 numbers a block", "64", "the default"])
+def test_each_high_plane_is_decompressed_into_the_factors_it_becomes_and_rebuilt_in_place(monkeypatch, block):
+    """A high plane lands in the last bytes of its own float32 stretch and is rebuilt front to back over
+    itself: whatever the block size, every number comes out exactly (no new memory for the planes)."""
+    # Arrange: 301 items × 16 factors, odd so the stretch's end is not a block's end
+    import recommender.artifact as artifact_module
+    from recommender.array_archive import read_arrays
+
+    monkeypatch.setattr(artifact_module, "_REBUILD_BLOCK_ELEMENTS", block)
+    rng = np.random.default_rng(8)
+    factors = rng.standard_normal((301, 16)).astype(np.float32)
+    artifact = ModelArtifact.build([str(7000 + i) for i in range(301)], factors, np.arange(301.0), 0.1, 1.0,
+                                   {"version": "v"})
+    rebuild = artifact_module._FactorRebuild()
+
+    # Act
+    arrays = read_arrays(artifact.to_bytes(), then=rebuild.callbacks(), into=rebuild.landings())
+    rebuilt = rebuild.factors(arrays)
+
+    # Assert
+    assert np.shares_memory(arrays["factor_columns_high_0"], rebuilt)
+    assert np.shares_memory(arrays["factor_columns_high_1"], rebuilt)
+    np.testing.assert_array_equal(rebuilt, factors.astype(np.float16).astype(np.float32))
+
+
 def test_float16_infinity_or_nan_in_the_stored_bytes_is_refused():
     # Arrange: a high byte of 0x7C is the exponent of +infinity, 0xFE that of a negative NaN
     arrays = valid_arrays(build())
