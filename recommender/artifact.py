@@ -538,25 +538,25 @@ class _RebuildScratch:
 
     def __init__(self, size: int):
         self.top = np.empty(size, dtype=np.uint8)
-        self.sign = np.empty(size, dtype=np.uint8)
         self.low_bits = np.empty(size, dtype=np.uint32)
 
     def rebuild(self, low: np.ndarray, high: np.ndarray, values: np.ndarray) -> None:
         """values (contiguous float32) = the float16 numbers of `low` and `high`, 1-D, of values' length.
 
-        `high` is read before `values` is written: it may lie in memory that `values` overwrites."""
+        `high` is read before `values` is written: it may lie in memory that `values` overwrites. The sign bit
+        goes in before the multiplication by 2¹¹², which keeps it (−0 included) and is exact either way."""
         k = len(values)
-        top, sign, low_bits, bits = self.top[:k], self.sign[:k], self.low_bits[:k], values.view(np.uint32)
+        top, low_bits, bits = self.top[:k], self.low_bits[:k], values.view(np.uint32)
         np.bitwise_and(high, np.uint8(0x7F), out=top)  # exponent (5 bits) and the top 2 mantissa bits
-        np.bitwise_and(high, np.uint8(0x80), out=sign)
+        np.left_shift(high, 24, out=low_bits, dtype=np.uint32)  # high's last read: its sign ends up in bit 31
         if k and top.max() >= 0x7C:
             raise ArtifactError("item factors hold float16 infinity or NaN: the artifact is corrupt")
         np.left_shift(top, 21, out=bits, dtype=np.uint32)
+        np.bitwise_and(low_bits, np.uint32(0x8000_0000), out=low_bits)
+        bits |= low_bits
         np.left_shift(low, 13, out=low_bits, dtype=np.uint32)
         bits |= low_bits
         np.multiply(values, np.float32(2.0**112), out=values)
-        np.left_shift(sign, 24, out=low_bits, dtype=np.uint32)
-        bits |= low_bits
 
 
 def sha256_hex(data: bytes) -> str:
