@@ -174,7 +174,12 @@ class Recommender:
         self._answers = AnswerCache(cache_seconds)
 
     def recommend(self, request: RecommendRequest) -> RecommendResponse:
-        if not self._store.is_shop_installed(request.shop):  # read per request: app/uninstalled stops serving at once
+        # Read per request, so app/uninstalled stops serving at once; a shopper's answer reads the shopper's
+        # stored events with it (one round trip to a networked store), an answer for everyone only when not cached.
+        keys = self._history_keys(request) if request.personal else []
+        installed, stored = self._store.installed_with_histories(request.shop, keys, self._history_limit) if keys \
+            else (self._store.is_shop_installed(request.shop), None)
+        if not installed:
             raise ShopNotInstalled(f"{request.shop} has not installed the app (or has uninstalled it)")
         model = self._model(request)
         if not request.personal:
@@ -184,11 +189,12 @@ class Recommender:
             answer = self._answer(request, model)
             self._answers.put(request, answer)
             return answer
-        return self._answer(request, model)
+        return self._answer(request, model, stored)
 
-    def _answer(self, request: RecommendRequest, model: ServingModel | None) -> RecommendResponse:
+    def _answer(self, request: RecommendRequest, model: ServingModel | None,
+                stored: list[list[Interaction]] | None = None) -> RecommendResponse:
         catalog = self._catalog.get(request.shop)
-        history = self._history(request)
+        history = self._history(request, stored)
         excluded = set(request.exclude) | set(request.product_ids)  # what is on screen or in the cart already
         if request.product_id:
             excluded.add(request.product_id)
@@ -260,12 +266,19 @@ class Recommender:
                 return None
             raise
 
-    def _history(self, request: RecommendRequest) -> list[Interaction]:
-        history: list[Interaction] = []
-        if request.customer_id:
-            history += self._store.history(request.shop, user_key(request.customer_id), self._history_limit)
+    @staticmethod
+    def _history_keys(request: RecommendRequest) -> list[str]:
+        """The stored identities whose events make the shopper's history: the customer's, then the cart token's."""
+        keys = [user_key(request.customer_id)] if request.customer_id else []
         if request.anonymous_id:
-            history += self._store.history(request.shop, user_key(None, request.anonymous_id), self._history_limit)
+            keys.append(user_key(None, request.anonymous_id))
+        return keys
+
+    def _history(self, request: RecommendRequest, stored: list[list[Interaction]] | None = None) -> list[Interaction]:
+        """The shopper's stored events (`stored`: already read, one list per `_history_keys`), then what is on screen."""
+        if stored is None:
+            stored = [self._store.history(request.shop, key, self._history_limit) for key in self._history_keys(request)]
+        history = [event for events in stored for event in events]
         if request.intent in SHOPPER_INTENTS and request.product_ids:
             now = datetime.now(timezone.utc)
             history += [Interaction("request", pid, EventKind.VIEW, now) for pid in request.product_ids]

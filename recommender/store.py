@@ -222,6 +222,8 @@ class EventStore(Protocol):
     def interactions(self, shop: str) -> list[Interaction]: ...
     def interaction_columns(self, shop: str, times: bool = False) -> InteractionColumns: ...
     def history(self, shop: str, user_key: str, limit: int) -> list[Interaction]: ...
+    def installed_with_histories(self, shop: str, user_keys: Sequence[str],
+                                 limit: int) -> tuple[bool, list[list[Interaction]]]: ...
     def products(self, shop: str, product_ids: Collection[str] | None = None) -> dict[str, CatalogProduct]: ...
     def product_cards(self, shop: str, product_ids: Collection[str]) -> dict[str, ProductCard]: ...
     def deleted_product_ids(self, shop: str) -> set[str]: ...
@@ -400,13 +402,20 @@ class SharedQueries:
 
     def history(self, shop: str, user_key: str, limit: int) -> list[Interaction]:
         """The shopper's latest `limit` events that still count, newest first."""
+        return [self._to_interaction(row) for row in self._read(self._history_sql(), (shop, user_key, limit))]
+
+    def _history_sql(self) -> str:
         p = self._P
-        rows = self._read(
-            f"SELECT {_INTERACTION_COLUMNS} FROM events WHERE shop = {p} AND user_key = {p} AND weight_factor > 0"
-            f" ORDER BY occurred_at DESC, id DESC LIMIT {p}",
-            (shop, user_key, limit),
-        )
-        return [self._to_interaction(row) for row in rows]
+        return (f"SELECT {_INTERACTION_COLUMNS} FROM events WHERE shop = {p} AND user_key = {p} AND weight_factor > 0"
+                f" ORDER BY occurred_at DESC, id DESC LIMIT {p}")
+
+    def installed_with_histories(self, shop: str, user_keys: Sequence[str],
+                                 limit: int) -> tuple[bool, list[list[Interaction]]]:
+        """`is_shop_installed(shop)` and, if it is, `history(shop, key, limit)` for each key (else no histories):
+        what a shopper's answer reads before anything else. A networked backend reads it all in one round trip."""
+        if not self.is_shop_installed(shop):
+            return False, []
+        return True, [self.history(shop, key, limit) for key in user_keys]
 
     def redact_shop(self, shop: str) -> None:
         """Delete every row the shop has, in every table."""

@@ -208,6 +208,25 @@ def test_history_is_newest_first_and_honours_limit(any_store):
     assert any_store.history(SHOP, "c:nobody", 10) == []
 
 
+def test_the_shop_check_and_the_histories_read_together_equal_each_read_alone(any_store):
+    # Arrange: two shoppers' events in an installed shop, and a shop that never installed the app
+    any_store.add_events([event("p1", dedupe_key="a"), event("p2", at=T0 + timedelta(hours=1), dedupe_key="b"),
+                          event("p3", customer_id="c2", dedupe_key="c")])
+    any_store.set_shop_installed(SHOP, True)
+
+    # Act
+    installed, histories = any_store.installed_with_histories(SHOP, ["c:c1", "c:nobody", "c:c2"], 10)
+    none_asked = any_store.installed_with_histories(SHOP, [], 10)
+    elsewhere = any_store.installed_with_histories(OTHER_SHOP, ["c:c1"], 10)
+
+    # Assert
+    assert installed is True
+    assert histories == [any_store.history(SHOP, key, 10) for key in ("c:c1", "c:nobody", "c:c2")]
+    assert [[i.product_id for i in h] for h in histories] == [["p2", "p1"], [], ["p3"]]
+    assert none_asked == (True, [])
+    assert elsewhere == (False, [])
+
+
 def test_history_breaks_ties_by_latest_insert(any_store):
     # Arrange
     any_store.add_events([event("first", dedupe_key="1"), event("second", dedupe_key="2")])
