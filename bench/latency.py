@@ -11,6 +11,7 @@ its row ready-made. All variants are timed interleaved.
 from __future__ import annotations
 
 import cProfile
+import os
 import pstats
 import time
 from pathlib import Path
@@ -24,12 +25,13 @@ INTENTS = ("personalized", "related", "complementary", "trending")
 TOP_N = 10
 
 
-def _runtime(shop: ShopFiles):
+def _runtime(shop: ShopFiles, event_store_url: str | None = None):
     from recommender.runtime import Runtime
     from recommender.settings import Settings
 
     # Steady state: the catalog snapshot is not re-read during the run (its refresh is measured on its own).
-    settings = Settings.from_mapping(shop.env(CATALOG_TTL_SECONDS="1000000", TRENDING_TTL_SECONDS="1000000"))
+    extra = {"EVENT_STORE_URL": event_store_url} if event_store_url else {}
+    settings = Settings.from_mapping(shop.env(CATALOG_TTL_SECONDS="1000000", TRENDING_TTL_SECONDS="1000000", **extra))
     return Runtime.from_settings(settings)
 
 
@@ -63,9 +65,9 @@ def _peer(model, shop: ShopFiles, alpha: float):
     return peer, rows
 
 
-def measure_size(shop: ShopFiles, repetitions: int) -> dict:
-    """All intents, the floor and the peer at one catalog size."""
-    runtime = _runtime(shop)
+def measure_size(shop: ShopFiles, repetitions: int, event_store_url: str | None = None) -> dict:
+    """All intents, the floor and the peer at one catalog size (the shop's events in SQLite, or at `event_store_url`)."""
+    runtime = _runtime(shop, event_store_url)
     recommender = runtime.recommender
     warmup = min(20, repetitions)
     count = repetitions + warmup + 1
@@ -105,6 +107,34 @@ def measure_size(shop: ShopFiles, repetitions: int) -> dict:
             "implicit_user_factor": summaries["implicit_user_factor"], "intents": intents,
             "cached_answer": summaries["cached_answer"],
             "implicit_threads": "implicit default (num_threads=0: all cores)"}
+
+
+def with_postgres(shop: ShopFiles, repetitions: int) -> dict:
+    """`measure_size` with the shop's events in PostgreSQL (TEST_POSTGRES_URL), as deployed instances read them:
+    every answer's reads are round trips to another process. The same shoppers' events are written there first
+    (the catalog is not: its 100k rows would take minutes to apply), and the shop's rows are deleted after."""
+    url = os.environ.get("TEST_POSTGRES_URL")
+    if not url:
+        return {"skipped": "TEST_POSTGRES_URL is not set"}
+    from recommender.errors import RecommenderError
+    from recommender.store import open_event_store
+    from bench.synthetic import shoppers
+
+    try:
+        store = open_event_store(url)
+    except (RecommenderError, ImportError) as exc:
+        return {"skipped": f"the event store does not accept {url.split('@')[-1]!r}: {exc}"}
+    try:
+        store.redact_shop(SHOP)
+        people = shoppers(shop.n_items, len(shop.customers))
+        assert people.customer_ids == shop.customers, "the same shoppers as the SQLite store's"
+        store.add_events(people.events)
+        store.set_shop_installed(SHOP, True)
+        measured = measure_size(shop, repetitions, event_store_url=url)
+    finally:
+        store.redact_shop(SHOP)
+        store.close()
+    return {**measured, "event_store": "PostgreSQL at " + url.split("@")[-1], "catalog_rows": 0}
 
 
 def profile_intent(shop: ShopFiles, intent: str, calls: int = 300, top: int = 14) -> dict:

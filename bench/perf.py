@@ -191,11 +191,15 @@ def run(plan: Plan, workdir: Path, log=print) -> dict:
     with_catalog = latency.measure_size(catalog_shop, plan.warm_repetitions[reference])
     with threadpool_limits(limits=1, user_api="blas"):  # as deployed (main.py pins one BLAS thread)
         with_catalog_pinned = latency.measure_size(catalog_shop, plan.warm_repetitions[reference])
+    log("  with the events in PostgreSQL (TEST_POSTGRES_URL)")
+    with threadpool_limits(limits=1, user_api="blas"):
+        with_postgres = latency.with_postgres(shops[reference], plan.warm_repetitions[reference])
     for intent, numbers in with_catalog["intents"].items():
         if intent != "trending" and numbers["p99_vs_floor"] > GOALS["warm_p99_vs_floor"]:
             profiles.append({**latency.profile_intent(catalog_shop, intent, plan.profile_calls), "catalog_rows": reference})
     results["warm_latency"] = {
         "sizes": warm, "with_catalog": with_catalog, "with_catalog_one_thread": with_catalog_pinned,
+        "with_postgres_one_thread": with_postgres,
         "profiles": profiles,
         "catalog_refresh": latency.catalog_refresh(catalog_shop, repeats=3),
         "method": "in process, interleaved; floor = factors @ u + np.argpartition (top 10); peer = implicit"

@@ -88,6 +88,19 @@ def markdown(results: dict) -> str:
         out += [f"**{w['items']:,} items with every item in the catalog (products and variants rows), {blas_label}**"
                 f" ({w['floor']['n']} calls each)", "",
                 _table(["path", "p50", "p99", "p99 vs floor", "p99 vs implicit fold-in"], rows), ""]
+    postgres = warm.get("with_postgres_one_thread")
+    if postgres and "skipped" in postgres:
+        out += [f"With the events in PostgreSQL: skipped ({postgres['skipped']}).", ""]
+    elif postgres:
+        rows = [["floor: matvec + argpartition", postgres["floor"]["p50_ms"], postgres["floor"]["p99_ms"], "1.00×", ""],
+                ["implicit recommend, fold-in", postgres["implicit_fold_in"]["p50_ms"],
+                 postgres["implicit_fold_in"]["p99_ms"], _x(postgres["implicit_fold_in"]["p99_ms"] / postgres["floor"]["p99_ms"]),
+                 "1.00×"]]
+        rows += [[f"ours: {intent} ({n['strategy']})", n["p50_ms"], n["p99_ms"], _x(n["p99_vs_floor"]),
+                  _x(n["p99_vs_implicit_fold_in"])] for intent, n in postgres["intents"].items()]
+        out += [f"**{postgres['items']:,} items, the shoppers' events in {postgres['event_store']} (no catalog rows),"
+                f" BLAS 1 thread** ({postgres['floor']['n']} calls each)", "",
+                _table(["path", "p50", "p99", "p99 vs floor", "p99 vs implicit fold-in"], rows), ""]
     refresh = warm["catalog_refresh"]
     out += [f"Catalog refresh (once per CATALOG_TTL_SECONDS, paid by one request): {refresh['products']:,} products"
             f" {refresh['median_s'] * 1e3:.3g} ms vs sqlite3 fetch of the same rows {refresh['floor_median_s'] * 1e3:.3g} ms"
