@@ -255,16 +255,7 @@ class PostgresEventStore(SharedQueries):
         return conn
 
     def _read(self, sql: str, params: Sequence | dict = ()) -> list[tuple]:
-        try:
-            try:
-                return self._connection().execute(sql, params).fetchall()
-            except psycopg.OperationalError:
-                if not self._local.conn.closed:
-                    raise
-                # It had died while idle (a server restart, an idle timeout): reading again is safe.
-                return self._connection().execute(sql, params).fetchall()
-        except psycopg.Error as exc:
-            raise StoreError(f"event store read failed: {exc}") from exc
+        return self._reading(lambda conn: conn.execute(sql, params).fetchall())
 
     def _read_together(self, statements: Sequence[tuple[str, Sequence]]) -> list[list[tuple]]:
         """Each statement's rows, the statements sent together in pipeline mode and answered in one round trip."""
@@ -274,13 +265,18 @@ class PostgresEventStore(SharedQueries):
                 cursors = [conn.execute(sql, params) for sql, params in statements]
             return [cursor.fetchall() for cursor in cursors]
 
+        return self._reading(read)
+
+    def _reading(self, read: Callable[[psycopg.Connection], T]) -> T:
+        """`read` on this thread's connection; once more on a new one if it had died while idle (a server
+        restart, an idle timeout): reading again is safe."""
         try:
             try:
                 return read(self._connection())
             except psycopg.OperationalError:
                 if not self._local.conn.closed:
                     raise
-                return read(self._connection())  # it had died while idle: reading again is safe, as in _read
+                return read(self._connection())
         except psycopg.Error as exc:
             raise StoreError(f"event store read failed: {exc}") from exc
 
@@ -636,7 +632,7 @@ class PostgresEventStore(SharedQueries):
     def installed_with_histories(self, shop: str, user_keys: Sequence[str],
                                  limit: int) -> tuple[bool, list[list[Interaction]]]:
         """The shop check and the histories in one round trip (pipeline mode): on a network, each statement
-        sent on its own waits a round trip of its own (loopback here: 0.34 → 0.25 ms for two, p50)."""
+        sent on its own waits a round trip of its own (two on loopback: 0.34 → 0.25 ms p50, bench/PERFORMANCE.md)."""
         results = self._read_together([(_INSTALLED_SQL, (shop,)),
                                        *((self._history_sql(), (shop, key, limit)) for key in user_keys)])
         if not results[0]:

@@ -174,8 +174,10 @@ def test_a_connection_dropped_by_the_server_is_replaced(pg_store, schema_url):
 
     drop_the_connection()
 
-    # Act / Assert: a read is simply repeated on a new connection
+    # Act / Assert: a read is simply repeated on a new connection, statements sent together too
     assert pg_store.count_events() == 0
+    drop_the_connection()
+    assert pg_store.installed_with_histories(SHOP, ["c:1"], 10) == (False, [])
 
     # a write fails once (Shopify retries the webhook), and the next one reconnects
     drop_the_connection()
