@@ -30,13 +30,11 @@ if TYPE_CHECKING:
 # A product is not for sale when it is deleted, not active, unpublished, or has variants and none of them can
 # be bought (none untracked, none selling past zero, none in stock). Written against the `products` table by
 # name, so the same text serves UPDATE products and SELECT … FROM products ({yes}/{no}: boolean literals).
-# A variant `v` that can be bought: untracked, selling past zero, or in stock (CatalogVariant.available).
-VARIANT_FOR_SALE = "v.tracked = {no} OR v.continue_selling = {yes} OR COALESCE(v.inventory_quantity, 0) > 0"
 NOT_FOR_SALE = """(
     products.deleted = {yes} OR products.status <> 'active' OR products.published_at IS NULL
     OR (EXISTS (SELECT 1 FROM variants v WHERE v.shop = products.shop AND v.product_id = products.product_id)
         AND NOT EXISTS (SELECT 1 FROM variants v WHERE v.shop = products.shop AND v.product_id = products.product_id
-                        AND (""" + VARIANT_FOR_SALE + """))))"""
+                        AND (v.tracked = {no} OR v.continue_selling = {yes} OR COALESCE(v.inventory_quantity, 0) > 0))))"""
 
 # Each entry migrates the schema from version i to i + 1 (PRAGMA user_version).
 SQLITE_MIGRATIONS: tuple[str, ...] = (
