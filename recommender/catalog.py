@@ -4,36 +4,64 @@ A product is unsellable when it is deleted, `draft`/`archived`, unpublished (`pu
 sold out (every tracked variant at ≤ 0 and none selling past zero). The store keeps that verdict as a
 flag on each product row, recomputed by the delivery that changes the product or its stock, so a snapshot
 is one index read however large the catalog; products the store has no catalog row for (the catalog not
-synced yet) are given the benefit of the doubt. Catalog fields for the items a
-response returns are read per response (`products(shop, ids)`), not held for the whole catalog.
+synced yet) are given the benefit of the doubt. The display fields of the products an answer returns
+(`ProductCard`) are read for those products alone, never for the whole catalog, and kept with the
+snapshot: a product answered again before the snapshot is re-read is not read again.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
 from recommender.artifact import ItemIds
-from recommender.store import EventStore
+from recommender.store import EventStore, ProductCard
 
 Filter = tuple[str | None, str | None]  # (product_type, vendor), compared case-insensitively
+CARDS_KEPT = 10_000  # product cards a snapshot keeps at most (~6 MB); past that it starts over
+_UNREAD = object()
 
 
 class CatalogSnapshot:
     """What a shop does not sell, as read at `taken_at`, with its filters and masks cached per model."""
 
-    __slots__ = ("unsellable", "taken_at", "matching", "_filters", "_masks")
+    __slots__ = ("unsellable", "taken_at", "matching", "read_cards", "_filters", "_masks", "_cards")
 
     def __init__(self, unsellable: frozenset[str], taken_at: float = 0.0,
-                 matching: Callable[[Filter], frozenset[str]] = lambda wanted: frozenset()):
+                 matching: Callable[[Filter], frozenset[str]] = lambda wanted: frozenset(),
+                 read_cards: Callable[[list[str]], dict[str, ProductCard]] = lambda ids: {}):
         self.unsellable = unsellable
         self.taken_at = taken_at
         self.matching = matching  # products matching a (product_type, vendor) filter: read on first use, then kept
+        self.read_cards = read_cards  # the cards of some products, in one statement
         self._filters: dict[Filter, frozenset[str]] = {}
         self._masks: dict[tuple[str, str | None, str | None], np.ndarray] = {}
+        self._cards: dict[str, ProductCard | None] = {}  # None: the product has no catalog row
+
+    def cards(self, product_ids: Sequence[str]) -> dict[str, ProductCard]:
+        """The cards of those products that have a catalog row; only products this snapshot has not read yet
+        are read (in one statement), so a card is at most as old as the snapshot's TTL allows."""
+        kept = self._cards
+        found: dict[str, ProductCard] = {}
+        missing = []
+        for pid in product_ids:
+            card = kept.get(pid, _UNREAD)
+            if card is _UNREAD:
+                missing.append(pid)
+            elif card is not None:
+                found[pid] = card
+        if missing:
+            read = self.read_cards(missing)
+            if len(kept) + len(missing) > CARDS_KEPT:  # bounded: answers may range over a large catalog
+                kept.clear()
+            for pid in missing:
+                card = kept[pid] = read.get(pid)
+                if card is not None:
+                    found[pid] = card
+        return found
 
     def sellable(self, product_id: str) -> bool:
         return product_id not in self.unsellable
@@ -88,6 +116,7 @@ class CatalogCache:
         fresh = CatalogSnapshot(
             frozenset(self._store.unsellable_product_ids(shop)), now,
             lambda wanted: frozenset(self._store.products_matching(shop, *wanted)),
+            lambda ids: self._store.product_cards(shop, ids),
         )
         with self._lock:
             self._snapshots[shop] = fresh

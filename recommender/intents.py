@@ -21,7 +21,7 @@ from typing import Callable, Mapping, NamedTuple
 
 import numpy as np
 
-from recommender.catalog import CatalogCache
+from recommender.catalog import CatalogCache, CatalogSnapshot
 from recommender.errors import InvalidParameter, ModelNotReady, ShopNotInstalled
 from recommender.events import EventKind, user_key
 from recommender.model_store import check_shop_domain
@@ -245,12 +245,14 @@ class Recommender:
             recommendation_id=self._new_id(), intent=request.intent,
             strategy=picked[0][2] if picked else None, fallback_from=fallback_from,
             fallback_reason=fallback_reason, model_version=model.version if model else None,
-            items=self._rich(request.shop, picked),
+            items=self._rich(catalog, picked),
         )
 
-    def _rich(self, shop: str, picked: list[tuple[str, float, str, str | None]]) -> tuple[RecommendedItem, ...]:
-        """The picked items with the catalog fields a storefront renders (one statement for all of them)."""
-        cards = self._store.product_cards(shop, [pid for pid, *_ in picked]) if picked else {}
+    @staticmethod
+    def _rich(catalog: CatalogSnapshot,
+              picked: list[tuple[str, float, str, str | None]]) -> tuple[RecommendedItem, ...]:
+        """The picked items with the catalog fields a storefront renders (kept with the catalog snapshot)."""
+        cards = catalog.cards([pid for pid, *_ in picked]) if picked else {}
         items = []
         for pid, score, strategy, because in picked:
             card = cards.get(pid)

@@ -162,7 +162,7 @@ EVENT_EXPORT_COLUMNS: tuple[str, ...] = (
 class ProductCard(NamedTuple):
     """What a storefront shows of a recommended product: its catalog row's display fields and whether it is for
     sale now (active, published, and a variant can be bought or there is no variant data), read in one statement
-    per answer."""
+    for an answer's products (and kept with the catalog snapshot: `recommender.catalog`)."""
 
     title: str
     handle: str

@@ -1,0 +1,73 @@
+"""The catalog snapshot an instance keeps per shop: what is not for sale, and the cards of answered products."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from recommender import catalog as catalog_module
+from recommender.catalog import CatalogCache
+from recommender.changes import ChangeSet, Delivery
+from recommender.events import CatalogProduct, CatalogVariant
+from tests.conftest import SHOP
+
+T0 = datetime(2026, 10, 1, tzinfo=timezone.utc)
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def put_products(store, webhook_id: str, *products: tuple[str, str, int]) -> None:
+    """(product id, title, units in stock) rows, as a products/update delivery writes them (each later than the last)."""
+    at = T0 + timedelta(minutes=int(webhook_id.split("-")[1]))
+    store.apply(Delivery(SHOP, webhook_id, "products/update"), ChangeSet(upsert_products=tuple(
+        CatalogProduct(SHOP, pid, title=title, handle=pid, price=5.0, published_at=T0, updated_at=at,
+                       variants=(CatalogVariant(f"{pid}-v", tracked=True, inventory_quantity=units),))
+        for pid, title, units in products)))
+
+
+def test_cards_are_read_once_per_snapshot_and_again_when_it_expires(store):
+    # Arrange
+    put_products(store, "wh-1", ("10", "Kettle", 3), ("11", "Scale", 0))
+    clock = Clock()
+    cache = CatalogCache(store, ttl_seconds=30, clock=clock)
+    first = cache.get(SHOP)
+    before = first.cards(["10", "11", "12"])  # 12 has no catalog row yet
+
+    # Act: the catalog changes while the snapshot is fresh, then after it expires
+    put_products(store, "wh-2", ("10", "Gooseneck kettle", 0), ("12", "Grinder", 1))
+    clock.now += 29
+    during = cache.get(SHOP).cards(["12", "10"])
+    clock.now += 1
+    after = cache.get(SHOP).cards(["10", "11", "12"])
+
+    # Assert: within the TTL the snapshot answers from what it read (a missing row included), then reads anew
+    assert {pid: (card.title, card.available) for pid, card in before.items()} == {
+        "10": ("Kettle", True), "11": ("Scale", False)}
+    assert cache.get(SHOP) is not first
+    assert {pid: card.title for pid, card in during.items()} == {"10": "Kettle"}
+    assert {pid: (card.title, card.available) for pid, card in after.items()} == {
+        "10": ("Gooseneck kettle", False), "11": ("Scale", False), "12": ("Grinder", True)}
+    assert cache.get(SHOP).unsellable == {"10", "11"}
+
+
+def test_a_full_card_cache_starts_over_without_losing_the_cards_it_was_asked_for(store, monkeypatch):
+    # Arrange: room for three cards
+    monkeypatch.setattr(catalog_module, "CARDS_KEPT", 3)
+    put_products(store, "wh-1", ("1", "One", 1), ("2", "Two", 1), ("3", "Three", 1), ("4", "Four", 1))
+    snapshot = CatalogCache(store, ttl_seconds=30, clock=Clock()).get(SHOP)
+    assert set(snapshot.cards(["1", "2"])) == {"1", "2"}
+
+    # Act: "1" is kept, "3" and "4" are not: five would not fit, so the cache starts over
+    put_products(store, "wh-2", ("1", "One, renamed", 1))
+    overflowing = snapshot.cards(["1", "3", "4"])
+    reread = snapshot.cards(["1"])
+
+    # Assert: the kept card was still answered from the cache, and read again once the cache started over
+    assert {pid: card.title for pid, card in overflowing.items()} == {"1": "One", "3": "Three", "4": "Four"}
+    assert reread["1"].title == "One, renamed"
+    assert snapshot.cards(["3", "4"]).keys() == {"3", "4"}
