@@ -85,6 +85,11 @@ def measure(workdir: Path, users: int, items: int, events: int, repeats: int) ->
     t6 = time.perf_counter()
     stages = {"read_events_s": t1 - t0, "build_matrix_s": t2 - t1, "als_fit_s": t3 - t2, "copurchase_s": t4 - t3,
               "build_artifact_s": t5 - t4, "publish_verify_s": t6 - t5}
+    # The size goal is stated at 64 factors: the same events trained once more at 64 (not timed against implicit).
+    wide = config._replace(factors=64)
+    begin = time.perf_counter()
+    wide_report = train_and_publish(store, LocalModelStore(workdir / "train-models-64"), SHOP, wide)
+    wide_s = time.perf_counter() - begin
     last = reports[-1]
     manifest = last.manifest
     store.close()
@@ -101,6 +106,8 @@ def measure(workdir: Path, users: int, items: int, events: int, repeats: int) ->
         "artifact_bytes": manifest.size if manifest else None,
         "artifact_bytes_per_item_factor": round(manifest.size / (last.items * config.factors), 3) if manifest else None,
         "artifact_path": str(workdir / "train-models" / SHOP / f"{last.version}.npz"),
+        "artifact_64_factors_path": str(workdir / "train-models-64" / SHOP / f"{wide_report.version}.npz"),
+        "train_and_publish_64_factors_s": round(wide_s, 3),
     }
 
 
