@@ -5,7 +5,9 @@ Deploy each entry point on its own (`webhook`, `recommend`, `collect`, `train`,
 one function. Nothing here opens a store at import time; the first request does. The
 one thing read from the environment at import is PRELOAD_SHOPS (with MODEL_STORE_URL):
 those shops' models start loading in the background (recommender/preload.py); the one
-thing written is OPENBLAS_NUM_THREADS=1, when the deployment has not set it.
+thing written is OPENBLAS_NUM_THREADS=1, when the deployment has not set it. Once everything
+is imported, the imported objects are frozen out of the cyclic garbage collector's sight
+(`gc.freeze`, the last line).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import gc
 import logging
 import os
 import time
@@ -239,3 +242,10 @@ def app(request: flask.Request) -> flask.Response:
     if handler is None:
         return _json({"error": "not_found", "message": f"no route {request.path}; try {', '.join(ROUTES)}"}, 404)
     return handler(request)
+
+
+# Everything imported so far (flask, numpy, these modules: ~42k objects) lives as long as the instance. Frozen,
+# the cyclic collector never walks it again: its full passes over an instance's objects cost 13–26 ms, one or
+# two per 4,000 answers, and walking them wrote to every page the worker shares with gunicorn's master
+# (bench/PERFORMANCE.md). Reference counting still frees any of them that is dropped.
+gc.freeze()
