@@ -39,13 +39,15 @@ class CatalogSnapshot:
         self.read_cards = read_cards  # the cards of some products, in one statement
         self._filters: dict[Filter, frozenset[str]] = {}
         self._masks: dict[tuple[str, str | None, str | None], np.ndarray] = {}
-        self._cards: dict[str, ProductCard | None] = {}  # None: the product has no catalog row
+        # ProductCard's fields as a plain tuple (which the cyclic collector stops tracking); None: no catalog row
+        self._cards: dict[str, tuple | None] = {}
 
-    def cards(self, product_ids: Sequence[str]) -> dict[str, ProductCard]:
-        """The cards of those products that have a catalog row; only products this snapshot has not read yet
-        are read (in one statement), so a card is at most as old as the snapshot's TTL allows."""
+    def cards(self, product_ids: Sequence[str]) -> dict[str, tuple]:
+        """The cards of those products that have a catalog row, as tuples of `ProductCard`'s fields; only products
+        this snapshot has not read yet are read (in one statement), so a card is at most as old as the snapshot's
+        TTL allows."""
         kept = self._cards
-        found: dict[str, ProductCard] = {}
+        found: dict[str, tuple] = {}
         missing = []
         for pid in product_ids:
             card = kept.get(pid, _UNREAD)
@@ -58,9 +60,10 @@ class CatalogSnapshot:
             if len(kept) + len(missing) > CARDS_KEPT:  # bounded: answers may range over a large catalog
                 kept.clear()
             for pid in missing:
-                card = kept[pid] = read.get(pid)
+                card = read.get(pid)
                 if card is not None:
-                    found[pid] = card
+                    card = found[pid] = tuple(card)
+                kept[pid] = card
         return found
 
     def sellable(self, product_id: str) -> bool:

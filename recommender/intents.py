@@ -139,24 +139,34 @@ class AnswerCache:
 
     An entry is keyed by the whole request and remembers the model version it was computed with,
     so a swapped model never serves a stale answer. Bounded; thread-safe (dict operations are atomic).
+    An entry is one flat tuple of strings and numbers, which Python's cyclic collector stops tracking
+    after two passes; kept as named tuples, a full cache would be ~130k objects for every full pass to walk.
     """
+
+    _ITEM_WIDTH = len(RecommendedItem._fields)
 
     def __init__(self, ttl_seconds: float, max_entries: int = 10_000, clock: Callable[[], float] = time.monotonic):
         self._ttl, self._max, self._clock = ttl_seconds, max_entries, clock
-        self._entries: dict[RecommendRequest, tuple[float, str | None, RecommendResponse]] = {}
+        # tuple(request) -> (stored at, the response's fields but its id and items, its items' fields in a row)
+        self._entries: dict[tuple, tuple] = {}
 
-    def get(self, request: RecommendRequest, model_version: str | None) -> RecommendResponse | None:
-        entry = self._entries.get(request)
-        if entry is None or entry[1] != model_version or self._clock() - entry[0] >= self._ttl:
+    def get(self, request: RecommendRequest, model_version: str | None,
+            new_id: Callable[[], str]) -> RecommendResponse | None:
+        """The cached answer, if fresh, under a recommendation id of its own (`new_id()`)."""
+        entry = self._entries.get(request)  # a named tuple equals, and hashes as, the plain tuple of its fields
+        if entry is None or entry[5] != model_version or self._clock() - entry[0] >= self._ttl:
             return None
-        return entry[2]
+        flat, width = entry[6], self._ITEM_WIDTH
+        items = tuple(RecommendedItem._make(flat[i:i + width]) for i in range(0, len(flat), width))
+        return RecommendResponse(new_id(), *entry[1:6], items)
 
     def put(self, request: RecommendRequest, response: RecommendResponse) -> None:
         if self._ttl <= 0:
             return
         if len(self._entries) >= self._max:
             self._entries.clear()
-        self._entries[request] = (self._clock(), response.model_version, response)
+        flat = tuple(value for item in response.items for value in item)
+        self._entries[tuple(request)] = (self._clock(), *response[1:-1], flat)
 
 
 class Recommender:
@@ -183,9 +193,9 @@ class Recommender:
             raise ShopNotInstalled(f"{request.shop} has not installed the app (or has uninstalled it)")
         model = self._model(request)
         if not request.personal:
-            cached = self._answers.get(request, model.version if model else None)
+            cached = self._answers.get(request, model.version if model else None, self._new_id)
             if cached is not None:
-                return cached._replace(recommendation_id=self._new_id())
+                return cached
             answer = self._answer(request, model)
             self._answers.put(request, answer)
             return answer

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 
+from recommender.intents import AnswerCache, RecommendedItem, RecommendRequest, RecommendResponse
 from tests.conftest import SHOP, planted_orders, post_webhook
 
 
@@ -52,3 +55,30 @@ def test_personal_answers_are_never_cached(cached_shop):
     second = cached_shop.get(url).json
 
     assert bought not in [int(item["product_id"]) for item in second["recommendations"]]
+
+
+def test_a_full_answer_cache_gives_the_cyclic_collector_nothing_to_walk():
+    # Arrange: 2,000 related answers of ten items each, as `Recommender` caches them
+    cache = AnswerCache(ttl_seconds=60, clock=lambda: 5.0)
+    answers = {}
+    for k in range(2000):
+        request = RecommendRequest.from_query({"shop": SHOP, "intent": "related", "product_id": str(k + 1)})
+        items = tuple(RecommendedItem(str(10_000 + k * 10 + i), 1.0 - i / 10, "related", str(k + 1), f"Title {i}",
+                                      f"handle-{i}", 9.5, None, True, "Tea", "Leaf Co") for i in range(10))
+        answers[request] = RecommendResponse(f"id-{k}", "related", "related", None, None, "v1", items)
+    gc.collect()
+    tracked_before = len(gc.get_objects())
+
+    # Act
+    for request, answer in answers.items():
+        cache.put(request, answer)
+    gc.collect()
+    gc.collect()  # each pass stops tracking one level of tuples inside tuples
+    tracked_after = len(gc.get_objects())
+    again = {request: cache.get(request, "v1", lambda: "new-id") for request in answers}
+
+    # Assert: ~26,000 objects cached, none left for a full collection to walk; every answer comes back whole
+    assert tracked_after - tracked_before < 10
+    assert all(again[r] == answer._replace(recommendation_id="new-id") for r, answer in answers.items())
+    assert all(type(item) is RecommendedItem for answer in again.values() for item in answer.items)
+    assert cache.get(next(iter(answers)), "v2", lambda: "x") is None  # another model version: not served
