@@ -206,7 +206,8 @@ def run(plan: Plan, workdir: Path, log=print) -> dict:
                   " AlternatingLeastSquares.recommend on the same float32 factors; ours reads a 20-event history"
                   " from SQLite per call; every related and complementary request differs from the others, so each"
                   " is computed (the answer cache serves repeats: 'a repeated related request'); catalog snapshot"
-                  " cached (its refresh is catalog_refresh)",
+                  " cached (its refresh is catalog_refresh); what exists before the first call is frozen out of the"
+                  " cyclic collector's sight while the calls run (gc.freeze), as main.py freezes what it imports",
     }
 
     log("http")

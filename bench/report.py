@@ -13,6 +13,23 @@ def _x(value: float) -> str:
     return f"{value:.2f}×"
 
 
+def _warm_table(w: dict) -> str:
+    """One warm-latency measurement: the floor, implicit, each intent of ours (and the answer cache, if timed)."""
+    floor = w["floor"]
+
+    def row(label: str, s: dict, vs_implicit: str = "") -> list:
+        return [label, s["p50_ms"], s["p99_ms"], s["max_ms"], _x(s["p99_ms"] / floor["p99_ms"]), vs_implicit]
+
+    rows = [row("floor: matvec + argpartition", floor), row("implicit recommend, fold-in", w["implicit_fold_in"], "1.00×")]
+    if "implicit_user_factor" in w:
+        rows.append(row("implicit recommend, user factor", w["implicit_user_factor"]))
+    rows += [row(f"ours: {intent} ({n['strategy']})", n, _x(n["p99_vs_implicit_fold_in"]))
+             for intent, n in w["intents"].items()]
+    if "cached_answer" in w:
+        rows.append(row("ours: a repeated related request (answer cache)", w["cached_answer"]))
+    return _table(["path", "p50", "p99", "max", "p99 vs floor", "p99 vs implicit fold-in"], rows)
+
+
 def _code(meta: dict) -> str:
     start, end = meta.get("code_at_start"), meta.get("code_at_end")
     if not start:
@@ -64,43 +81,18 @@ def markdown(results: dict) -> str:
     for size in warm["sizes"]:
         for blas_key, blas_label in (("blas_default_threads", "BLAS default threads"), ("blas_one_thread", "BLAS 1 thread")):
             w = size[blas_key]
-            rows = [["floor: matvec + argpartition", w["floor"]["p50_ms"], w["floor"]["p99_ms"], "1.00×", ""],
-                    ["implicit recommend, fold-in", w["implicit_fold_in"]["p50_ms"], w["implicit_fold_in"]["p99_ms"],
-                     _x(w["implicit_fold_in"]["p99_ms"] / w["floor"]["p99_ms"]), "1.00×"],
-                    ["implicit recommend, user factor", w["implicit_user_factor"]["p50_ms"],
-                     w["implicit_user_factor"]["p99_ms"], _x(w["implicit_user_factor"]["p99_ms"] / w["floor"]["p99_ms"]), ""]]
-            rows += [[f"ours: {intent} ({n['strategy']})", n["p50_ms"], n["p99_ms"], _x(n["p99_vs_floor"]),
-                      _x(n["p99_vs_implicit_fold_in"])] for intent, n in w["intents"].items()]
-            if "cached_answer" in w:
-                rows.append(["ours: a repeated related request (answer cache)", w["cached_answer"]["p50_ms"],
-                             w["cached_answer"]["p99_ms"], _x(w["cached_answer"]["p99_ms"] / w["floor"]["p99_ms"]), ""])
-            out += [f"**{size['items']:,} items, {blas_label}** ({w['floor']['n']} calls each)", "",
-                    _table(["path", "p50", "p99", "p99 vs floor", "p99 vs implicit fold-in"], rows), ""]
+            out += [f"**{size['items']:,} items, {blas_label}** ({w['floor']['n']} calls each)", "", _warm_table(w), ""]
     for key, blas_label in (("with_catalog", "BLAS default threads"), ("with_catalog_one_thread", "BLAS 1 thread")):
         w = warm.get(key)
-        if not w:
-            continue
-        rows = [["floor: matvec + argpartition", w["floor"]["p50_ms"], w["floor"]["p99_ms"], "1.00×", ""],
-                ["implicit recommend, fold-in", w["implicit_fold_in"]["p50_ms"], w["implicit_fold_in"]["p99_ms"],
-                 _x(w["implicit_fold_in"]["p99_ms"] / w["floor"]["p99_ms"]), "1.00×"]]
-        rows += [[f"ours: {intent} ({n['strategy']})", n["p50_ms"], n["p99_ms"], _x(n["p99_vs_floor"]),
-                  _x(n["p99_vs_implicit_fold_in"])] for intent, n in w["intents"].items()]
-        out += [f"**{w['items']:,} items with every item in the catalog (products and variants rows), {blas_label}**"
-                f" ({w['floor']['n']} calls each)", "",
-                _table(["path", "p50", "p99", "p99 vs floor", "p99 vs implicit fold-in"], rows), ""]
+        if w:
+            out += [f"**{w['items']:,} items with every item in the catalog (products and variants rows), {blas_label}**"
+                    f" ({w['floor']['n']} calls each)", "", _warm_table(w), ""]
     postgres = warm.get("with_postgres_one_thread")
     if postgres and "skipped" in postgres:
         out += [f"With the events in PostgreSQL: skipped ({postgres['skipped']}).", ""]
     elif postgres:
-        rows = [["floor: matvec + argpartition", postgres["floor"]["p50_ms"], postgres["floor"]["p99_ms"], "1.00×", ""],
-                ["implicit recommend, fold-in", postgres["implicit_fold_in"]["p50_ms"],
-                 postgres["implicit_fold_in"]["p99_ms"], _x(postgres["implicit_fold_in"]["p99_ms"] / postgres["floor"]["p99_ms"]),
-                 "1.00×"]]
-        rows += [[f"ours: {intent} ({n['strategy']})", n["p50_ms"], n["p99_ms"], _x(n["p99_vs_floor"]),
-                  _x(n["p99_vs_implicit_fold_in"])] for intent, n in postgres["intents"].items()]
         out += [f"**{postgres['items']:,} items, the shoppers' events in {postgres['event_store']} (no catalog rows),"
-                f" BLAS 1 thread** ({postgres['floor']['n']} calls each)", "",
-                _table(["path", "p50", "p99", "p99 vs floor", "p99 vs implicit fold-in"], rows), ""]
+                f" BLAS 1 thread** ({postgres['floor']['n']} calls each)", "", _warm_table(postgres), ""]
     refresh = warm["catalog_refresh"]
     out += [f"Catalog refresh (once per CATALOG_TTL_SECONDS, paid by one request): {refresh['products']:,} products"
             f" {refresh['median_s'] * 1e3:.3g} ms vs sqlite3 fetch of the same rows {refresh['floor_median_s'] * 1e3:.3g} ms"
