@@ -165,7 +165,7 @@ class AnswerCache:
             return
         if len(self._entries) >= self._max:
             self._entries.clear()
-        flat = tuple(value for item in response.items for value in item)
+        flat = sum(response.items, ())  # the items' fields in a row
         self._entries[tuple(request)] = (self._clock(), *response[1:-1], flat)
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from recommender.array_archive import ZIP_ZSTANDARD
+from recommender import artifact as artifact_module
 from recommender.artifact import FORMAT_VERSION, CoPurchaseLists, ItemIds, ModelArtifact, sha256_hex
 from recommender.errors import ArtifactError, InvalidParameter
 from recommender.model_store import LocalModelStore, Manifest
@@ -283,6 +284,26 @@ def test_numeric_ids_are_found_by_value_and_look_alikes_are_not():
     assert ids.rows_of(["8000000000001", "nope", "7"]) == [1, 0]
     assert ids.ids_of([2, 0, 0]) == ["9223372036854775807", "7", "7"] == [ids[2], ids[0], ids[0]]
     assert ids.ids_of(np.array([], dtype=np.int64)) == []
+
+
+def test_remembered_rows_are_the_searched_rows_in_every_order_and_past_the_bound(monkeypatch):
+    # Arrange: every third number from 3 to 3,000 is an id; room to remember 50 ids
+    monkeypatch.setattr(artifact_module, "FOUND_KEPT", 50)
+    ids = ItemIds(numbers=np.arange(3, 3001, 3))
+    rng = np.random.default_rng(4)
+    asked = [[str(v) for v in rng.integers(0, 3100, size=int(rng.integers(1, 40)))] for _ in range(300)]
+    asked += [["x", "07", "3", "3"], [str(v) for v in range(0, 3100, 2)]]  # look-alikes, repeats; 1,550 ids at once
+
+    # Act
+    answers = [ids.rows_array(query).tolist() for query in asked]
+
+    # Assert: row = value / 3 − 1 for a multiple of 3 within range, −1 for anything else, whatever was remembered
+    def expected(pid: str) -> int:
+        value = int(pid) if pid.isdigit() and not pid.startswith("0") else 0
+        return value // 3 - 1 if value and value % 3 == 0 and value <= 3000 else -1
+
+    assert answers == [[expected(pid) for pid in query] for query in asked]
+    assert answers[-2] == [-1, -1, 0, 0]
 
 
 def test_string_ids_keep_their_order_and_are_found_by_dictionary():
