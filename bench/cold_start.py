@@ -17,7 +17,7 @@ import requests
 
 from bench import process
 from bench.stats import median, ratio
-from bench.synthetic import SHOP, ShopFiles, write_floor_source
+from bench.synthetic import SHOP, ShopFiles, product_id, write_floor_source
 
 INTENTS = ("personalized", "related", "complementary", "trending")
 WARM_REQUESTS_PER_INTENT = 10  # after the first 200, before memory is read
@@ -108,6 +108,34 @@ def _load_breakdown(shop: ShopFiles, repeats: int) -> dict:
             parts[key].append(value)
         del data, artifact, model
     return {key: round(median(values), 4) for key, values in parts.items()}
+
+
+def memory_with_full_caches(shop: ShopFiles, requests_count: int, log_dir: Path) -> dict:
+    """One instance's memory after the warm requests of every intent, then after `requests_count` related
+    requests for as many different products, each answer computed and kept: the answer cache (2,000 answers),
+    the product cards (10,000) and the remembered ids (16,384) at or past their bounds."""
+    server = process.spawn("recommend", MAIN, shop.env(), log_dir)
+    try:
+        process.wait_until_serving(server, "/?" + shop.storefront_query("personalized", 0))
+        step = max(1, shop.n_items // requests_count)
+        with requests.Session() as session:
+            for intent in INTENTS:
+                for i in range(WARM_REQUESTS_PER_INTENT):
+                    session.get(server.base + "/?" + shop.storefront_query(intent, i), timeout=60).raise_for_status()
+            before = process.instance_memory_mib(server)
+            begin = time.perf_counter()
+            for k in range(requests_count):
+                query = shop.storefront_query("related", 0, product_id=product_id(k * step))
+                session.get(server.base + "/?" + query, timeout=60).raise_for_status()
+            seconds = time.perf_counter() - begin
+        time.sleep(0.05)
+        after = process.instance_memory_mib(server)
+    finally:
+        server.stop()
+    return {"items": shop.n_items, "catalog_rows": shop.catalog_rows, "requests": requests_count,
+            "seconds": round(seconds, 1), "before": before, "after": after,
+            **{f"{key}_peak_upper_bound_mib": round(m["master_rss_mib"] + m["worker_peak_rss_mib"], 1)
+               for key, m in (("before", before), ("after", after))}}
 
 
 def measure(shops: list[tuple], floor_repeats: int, workdir: Path) -> dict:

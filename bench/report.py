@@ -178,6 +178,15 @@ def markdown(results: dict) -> str:
                      f["instance_peak_upper_bound_mib"]]]
                    + [[i["label"], i["master_rss_mib"], i["worker_rss_mib"], i["worker_peak_rss_mib"], i["pss_sum_mib"],
                        _x(i["pss_vs_floor"]), i["instance_peak_upper_bound_mib"]] for i in mem["instances"]])]
+    full = mem.get("caches_full")
+    if full:
+        b, a = full["before"], full["after"]
+        out += ["", f"With the caches full: {full['items']:,} items and {full['catalog_rows']:,} catalog rows, after the"
+                    f" warm requests, then after {full['requests']:,} related requests for as many products"
+                    f" ({full['seconds']} s): peak upper bound {full['before_peak_upper_bound_mib']} →"
+                    f" {full['after_peak_upper_bound_mib']} MiB, worker RSS {b['worker_rss_mib']} → {a['worker_rss_mib']},"
+                    f" PSS sum {b['pss_sum_mib']} → {a['pss_sum_mib']} (the SQLite catalog's pages that the answers'"
+                    " cards were read from count in RSS: the file is read through a map)."]
 
     c = results["cost"]
     p = c["prices"]

@@ -232,15 +232,16 @@ class ShopFiles:
             **extra,
         }
 
-    def storefront_query(self, intent: str, i: int) -> str:
+    def storefront_query(self, intent: str, i: int, **overrides: str) -> str:
         """The i-th request as the storefront sends it: through Shopify's app proxy, signed, customer logged in.
 
         Shopify forwards `shop`, `logged_in_customer_id`, `path_prefix` and `timestamp` and signs the whole
         query; `/recommend` accepts a customer id only that way. Signed at call time (the timestamp must be fresh).
+        `overrides` replace query parameters (e.g. another product_id).
         """
         from webhooks.app_proxy import app_proxy_signature
 
-        params = self.query(intent, i)
+        params = {**self.query(intent, i), **overrides}
         customer = params.pop("customer_id", None)
         params.update({"logged_in_customer_id": customer or "", "path_prefix": "/apps/recommendations",
                        "timestamp": str(int(time.time()))})

@@ -67,7 +67,7 @@ def _as_number(product_id: str) -> int | None:
 
 
 FOUND_PER_CALL = 256  # ItemIds.rows_array remembers the rows of calls for at most this many ids
-FOUND_KEPT = 65_536  # and at most this many ids in all (~7 MB); past that it starts over
+FOUND_KEPT = 16_384  # and at most this many ids in all (~2 MB); past that it starts over
 
 
 class ItemIds:

@@ -140,12 +140,14 @@ class AnswerCache:
     An entry is keyed by the whole request and remembers the model version it was computed with,
     so a swapped model never serves a stale answer. Bounded; thread-safe (dict operations are atomic).
     An entry is one flat tuple of strings and numbers, which Python's cyclic collector stops tracking
-    after two passes; kept as named tuples, a full cache would be ~130k objects for every full pass to walk.
+    after two passes; kept as named tuples, a full cache would be ~26k objects for every full pass to walk.
+    An answer with ten catalog cards takes ~8 KB, so the cache holds at most 2,000 (~17 MB); when it is
+    full, the entries past their TTL go, and if that does not free half of it, all of them.
     """
 
     _ITEM_WIDTH = len(RecommendedItem._fields)
 
-    def __init__(self, ttl_seconds: float, max_entries: int = 10_000, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, ttl_seconds: float, max_entries: int = 2_000, clock: Callable[[], float] = time.monotonic):
         self._ttl, self._max, self._clock = ttl_seconds, max_entries, clock
         # tuple(request) -> (stored at, the response's fields but its id and items, its items' fields in a row)
         self._entries: dict[tuple, tuple] = {}
@@ -163,10 +165,12 @@ class AnswerCache:
     def put(self, request: RecommendRequest, response: RecommendResponse) -> None:
         if self._ttl <= 0:
             return
-        if len(self._entries) >= self._max:
-            self._entries.clear()
+        entries, now = self._entries, self._clock()
+        if len(entries) >= self._max:  # list() copies the items in one step, however many threads put at once
+            fresh = [(key, entry) for key, entry in list(entries.items()) if now - entry[0] < self._ttl]
+            entries = self._entries = dict(fresh) if len(fresh) <= self._max // 2 else {}
         flat = sum(response.items, ())  # the items' fields in a row
-        self._entries[tuple(request)] = (self._clock(), *response[1:-1], flat)
+        entries[tuple(request)] = (now, *response[1:-1], flat)
 
 
 class Recommender:

@@ -82,3 +82,39 @@ def test_a_full_answer_cache_gives_the_cyclic_collector_nothing_to_walk():
     assert all(again[r] == answer._replace(recommendation_id="new-id") for r, answer in answers.items())
     assert all(type(item) is RecommendedItem for answer in again.values() for item in answer.items)
     assert cache.get(next(iter(answers)), "v2", lambda: "x") is None  # another model version: not served
+
+
+def test_a_full_answer_cache_keeps_its_fresh_answers_and_drops_the_expired_ones():
+    # Arrange: room for 10 answers, kept 60 s; 6 stored at t=0, 3 at t=50
+    now = [0.0]
+    cache = AnswerCache(ttl_seconds=60, max_entries=10, clock=lambda: now[0])
+    requests = [RecommendRequest.from_query({"shop": SHOP, "intent": "related", "product_id": str(k + 1)})
+                for k in range(30)]
+
+    def answer(k: int) -> RecommendResponse:
+        return RecommendResponse(f"id-{k}", "related", "related", None, None, "v1",
+                                 (RecommendedItem(str(100 + k), 1.0, "related", str(k + 1)),))
+
+    for k in range(6):
+        cache.put(requests[k], answer(k))
+    now[0] = 50.0
+    for k in range(6, 10):
+        cache.put(requests[k], answer(k))
+
+    # Act: the cache is full at t=61: the six answers from t=0 have expired
+    now[0] = 61.0
+    cache.put(requests[10], answer(10))
+
+    # Assert: the four fresh answers and the new one are served
+    served = {k for k in range(11) if cache.get(requests[k], "v1", lambda: "new") is not None}
+    assert served == {6, 7, 8, 9, 10}
+
+    # Act: five more fit (the expired ones are gone, not only stale); full again at t=62 with nothing expired,
+    # more than half would stay, so the cache starts over
+    for k in range(11, 16):
+        cache.put(requests[k], answer(k))
+    now[0] = 62.0
+    cache.put(requests[16], answer(16))
+
+    # Assert
+    assert {k for k in range(17) if cache.get(requests[k], "v1", lambda: "new") is not None} == {16}
