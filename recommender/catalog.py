@@ -21,7 +21,7 @@ from recommender.artifact import ItemIds
 from recommender.store import EventStore, ProductCard
 
 Filter = tuple[str | None, str | None]  # (product_type, vendor), compared case-insensitively
-CARDS_KEPT = 10_000  # product cards a snapshot keeps at most (~6 MB); past that it starts over
+CARDS_KEPT = 10_000  # product cards a snapshot keeps at most (~5 MB); past that it starts over
 _UNREAD = object()
 
 
