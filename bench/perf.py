@@ -346,10 +346,11 @@ def goals(results: dict) -> list[dict]:
                         "measured": instance["instance_peak_upper_bound_mib"],
                         "met": instance["instance_peak_upper_bound_mib"] <= budget})
     full = results["memory"].get("caches_full")
-    if full and full["items"] == reference:
-        out.append({"goal": f"{_label(reference)} items + catalog rows: instance peak ≤ {budget:g} MiB {share} after"
+    if full and full["items"] == reference:  # PSS: the worker's SQLite connections each map the same file pages
+        pss = full["after"]["pss_sum_mib"]
+        out.append({"goal": f"{_label(reference)} items + catalog rows: instance PSS ≤ {budget:g} MiB {share} after"
                             f" {full['requests']:,} distinct related answers (the caches full)",
-                    "measured": full["after_peak_upper_bound_mib"], "met": full["after_peak_upper_bound_mib"] <= budget})
+                    "measured": pss, "met": pss <= budget})
     for run_ in results["http"]["runs"]:
         memory = run_["memory_after_mib"]
         peak = round(memory["master_rss_mib"] + memory["worker_peak_rss_mib"], 1)

@@ -129,12 +129,12 @@ def children_of(pid: int) -> list[int]:
 
 
 def memory_kib(pid: int) -> dict[str, int]:
-    """VmRSS and VmHWM (peak RSS) from /proc/<pid>/status, Pss from smaps_rollup; KiB."""
+    """VmRSS, VmHWM (peak RSS) and RssAnon (RSS but file pages) from /proc/<pid>/status, Pss from smaps_rollup; KiB."""
     out = {}
     with open(f"/proc/{pid}/status") as handle:
         for line in handle:
             key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
+            if key in ("VmRSS", "VmHWM", "RssAnon"):
                 out[key] = int(value.split()[0])
     try:
         with open(f"/proc/{pid}/smaps_rollup") as handle:
@@ -159,6 +159,7 @@ def instance_memory_mib(server: Server) -> dict[str, float]:
         "master_rss_mib": round(master["VmRSS"] / 1024, 1),
         "worker_rss_mib": round(sum(w["VmRSS"] for w in workers) / 1024, 1),
         "worker_peak_rss_mib": round(sum(w["VmHWM"] for w in workers) / 1024, 1),
+        "worker_anon_rss_mib": round(sum(w.get("RssAnon", 0) for w in workers) / 1024, 1),
         "rss_sum_mib": round(sum(m["VmRSS"] for m in per.values()) / 1024, 1),
         "pss_sum_mib": round(sum(m.get("Pss", m["VmRSS"]) for m in per.values()) / 1024, 1),
     }

@@ -184,9 +184,12 @@ def markdown(results: dict) -> str:
         out += ["", f"With the caches full: {full['items']:,} items and {full['catalog_rows']:,} catalog rows, after the"
                     f" warm requests, then after {full['requests']:,} related requests for as many products"
                     f" ({full['seconds']} s): peak upper bound {full['before_peak_upper_bound_mib']} →"
-                    f" {full['after_peak_upper_bound_mib']} MiB, worker RSS {b['worker_rss_mib']} → {a['worker_rss_mib']},"
-                    f" PSS sum {b['pss_sum_mib']} → {a['pss_sum_mib']} (the SQLite catalog's pages that the answers'"
-                    " cards were read from count in RSS: the file is read through a map)."]
+                    f" {full['after_peak_upper_bound_mib']} MiB, PSS sum {b['pss_sum_mib']} → {a['pss_sum_mib']},"
+                    f" the worker's anonymous memory (heap: the caches) {b.get('worker_anon_rss_mib', '?')} →"
+                    f" {a.get('worker_anon_rss_mib', '?')}. The rest is the SQLite catalog's file pages the cards were"
+                    " read from: each of the worker's threads has its own connection, each reads the file through a"
+                    " map of its own, and RSS counts a page once per map that touched it (PSS splits it between them,"
+                    " as a container's memory limit counts it once); a PostgreSQL deployment maps no such file."]
 
     c = results["cost"]
     p = c["prices"]
