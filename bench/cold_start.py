@@ -112,8 +112,8 @@ def _load_breakdown(shop: ShopFiles, repeats: int) -> dict:
 
 def memory_with_full_caches(shop: ShopFiles, requests_count: int, log_dir: Path) -> dict:
     """One instance's memory after the warm requests of every intent, then after `requests_count` related
-    requests for as many different products, each answer computed and kept: the answer cache (2,000 answers),
-    the product cards (10,000) and the remembered ids (16,384) at or past their bounds."""
+    requests for as many different products, each answer computed and kept: the answer cache (2,000 answers)
+    and the product cards (10,000; ten an answer) at or past their bounds."""
     server = process.spawn("recommend", MAIN, shop.env(), log_dir)
     try:
         process.wait_until_serving(server, "/?" + shop.storefront_query("personalized", 0))
