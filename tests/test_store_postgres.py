@@ -106,9 +106,10 @@ def test_an_upgraded_schema_knows_which_of_its_stored_products_are_for_sale(sche
     from recommender.store_postgres import POSTGRES_MIGRATIONS
 
     # Arrange: a schema at the version before the `sellable` flag, holding a product for sale and a sold-out one
+    before_flag = next(k for k, script in enumerate(POSTGRES_MIGRATIONS) if "sellable" in script)
     run(schema_url, "CREATE TABLE schema_migrations (version integer PRIMARY KEY,"
                     " applied_at timestamptz NOT NULL DEFAULT now())")
-    for version, script in enumerate(POSTGRES_MIGRATIONS[:-1], start=1):
+    for version, script in enumerate(POSTGRES_MIGRATIONS[:before_flag], start=1):
         run(schema_url, script)
         run(schema_url, "INSERT INTO schema_migrations (version) VALUES (%s)", (version,))
     for pid in ("in-stock", "sold-out"):
@@ -125,6 +126,35 @@ def test_an_upgraded_schema_knows_which_of_its_stored_products_are_for_sale(sche
         assert store.unsellable_product_ids(SHOP) == {"sold-out"}
     finally:
         store.close()
+
+
+def test_an_upgraded_schema_reads_a_shoppers_latest_events_through_an_index_in_their_order(schema_url):
+    from recommender.changes import Event
+    from recommender.events import EventKind
+    from recommender.store_postgres import POSTGRES_MIGRATIONS
+
+    # Arrange: a schema one version back, then 60 events of one shopper, three at each moment, stored in turn
+    run(schema_url, "CREATE TABLE schema_migrations (version integer PRIMARY KEY,"
+                    " applied_at timestamptz NOT NULL DEFAULT now())")
+    for version, script in enumerate(POSTGRES_MIGRATIONS[:-1], start=1):
+        run(schema_url, script)
+        run(schema_url, "INSERT INTO schema_migrations (version) VALUES (%s)", (version,))
+    t0 = datetime(2026, 9, 1, tzinfo=timezone.utc)
+
+    # Act
+    store = open_event_store(schema_url)
+    try:
+        store.add_events([Event(EventKind.VIEW, SHOP, f"p{k}", t0 + timedelta(minutes=k // 3), customer_id="7")
+                          for k in range(60)])
+        latest = [event.product_id for event in store.history(SHOP, "c:7", 20)]
+        indexes = {row[0] for row in run(schema_url, "SELECT indexname FROM pg_indexes WHERE tablename = 'events'"
+                                                         " AND schemaname = current_schema()")}
+    finally:
+        store.close()
+
+    # Assert: newest moment first, and within a moment the event stored last first
+    assert latest == [f"p{k}" for k in range(59, 39, -1)]
+    assert "events_by_user_latest" in indexes and "events_by_user" not in indexes
 
 
 def test_a_schema_newer_than_the_code_is_refused(pg_store, schema_url):
