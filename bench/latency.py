@@ -211,3 +211,41 @@ def catalog_refresh(shop: ShopFiles, repeats: int) -> dict:
     # Microseconds kept: the refresh is one index read, well under 0.1 ms for a small catalog on a fast machine.
     return {"products": shop.catalog_rows, "median_s": round(ours_s, 7), "floor_median_s": round(floor_s, 7),
             "ratio": ratio(ours_s, floor_s)}
+
+
+def history_depth(workdir: Path, repeats: int, depths: tuple[int, ...]) -> dict:
+    """The read a personalized answer starts with, for shoppers with few and with very many events: the latest 20
+    of each, in SQLite and (with TEST_POSTGRES_URL) in PostgreSQL. The floor is the same read of a shopper with
+    `depths[0]` events: a read that stops at its limit costs the same at every depth."""
+    from datetime import datetime, timedelta, timezone
+
+    from recommender.changes import Event
+    from recommender.events import EventKind
+    from recommender.store import open_event_store
+
+    shop = "history-depth.myshopify.com"
+    start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    urls = {"SQLite": f"sqlite:///{workdir / 'history-depth.sqlite3'}"}
+    if os.environ.get("TEST_POSTGRES_URL"):
+        urls["PostgreSQL"] = os.environ["TEST_POSTGRES_URL"]
+    workdir.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for backend, url in urls.items():
+        store = open_event_store(url)
+        try:
+            store.redact_shop(shop)
+            for depth in depths:
+                events = [Event(EventKind.VIEW, shop, str(1000 + k % 500), start + timedelta(seconds=k),
+                                customer_id=str(depth)) for k in range(depth)]
+                for first in range(0, depth, 5_000):
+                    store.add_events(events[first:first + 5_000])
+            calls = {str(depth): (lambda key: lambda _: store.history(shop, key, 20))(f"c:{depth}") for depth in depths}
+            samples = interleaved(calls, repeats, warmup=5)
+            floor = median(samples[str(depths[0])])
+            out[backend] = [{"events": depth, "median_ms": round(median(samples[str(depth)]) * 1e3, 3),
+                             "vs_floor": ratio(median(samples[str(depth)]), floor)} for depth in depths]
+        finally:
+            store.redact_shop(shop)
+            store.close()
+    return {"limit": 20, "backends": out}
+

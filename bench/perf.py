@@ -64,12 +64,14 @@ class Plan:
     train_repeats: int
     profile_calls: int
     cache_fill_requests: int  # distinct related answers before memory is read again (the answer cache holds 2,000)
+    history_repeats: int  # reads of each shopper's latest events, per depth
+    history_depths: tuple[int, ...]  # how many events each of those shoppers has
 
     @classmethod
     def quick(cls, sizes: tuple[int, ...] | None) -> "Plan":
         sizes = sizes or (2_000,)
         return cls("quick", sizes, 50, 2, 1, {n: 100 for n in sizes}, (1, 8, 32), 60, 3.0, 60, 40, (1, 8),
-                   2_000, 1_000, 20_000, 1, 100, 300)
+                   2_000, 1_000, 20_000, 1, 100, 300, 20, (20, 2_000))
 
     @classmethod
     def full(cls, sizes: tuple[int, ...] | None) -> "Plan":
@@ -78,7 +80,7 @@ class Plan:
         # 13 starts per configuration: the floor's own start moves by a quarter between runs on a shared machine,
         # and a 1.2× goal is a margin of a fifth; 3 training pairs for the same reason.
         return cls("full", sizes, 200, 13, 3, reps, (1, 8, 32), 1500, 15.0, 1000, 500, (1, 8),
-                   50_000, 20_000, 500_000, 3, 300, 2_500)
+                   50_000, 20_000, 500_000, 3, 300, 2_500, 200, (20, 5_000, 50_000))
 
 
 def _reference_size(sizes: tuple[int, ...]) -> int:
@@ -203,6 +205,7 @@ def run(plan: Plan, workdir: Path, log=print) -> dict:
         "with_postgres_one_thread": with_postgres,
         "profiles": profiles,
         "catalog_refresh": latency.catalog_refresh(catalog_shop, repeats=3),
+        "history_depth": latency.history_depth(workdir / "history-depth", plan.history_repeats, plan.history_depths),
         "method": "in process, interleaved; floor = factors @ u + np.argpartition (top 10); peer = implicit"
                   " AlternatingLeastSquares.recommend on the same float32 factors; ours reads a 20-event history"
                   " from SQLite per call; every related and complementary request differs from the others, so each"

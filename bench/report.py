@@ -97,6 +97,13 @@ def markdown(results: dict) -> str:
     out += [f"Catalog refresh (once per CATALOG_TTL_SECONDS, paid by one request): {refresh['products']:,} products"
             f" {refresh['median_s'] * 1e3:.3g} ms vs sqlite3 fetch of the same rows {refresh['floor_median_s'] * 1e3:.3g} ms"
             f" ({_x(refresh['ratio'])}).", ""]
+    depth = warm.get("history_depth")
+    if depth:
+        out += [f"A shopper's latest {depth['limit']} events (the read a personalized answer starts with), median ms"
+                " by how many events the shopper has; the floor is the same read for the fewest:", "",
+                _table(["store", *(f"{row['events']:,} events" for row in next(iter(depth["backends"].values())))],
+                       [[backend, *(f"{row['median_ms']} ({_x(row['vs_floor'])})" for row in rows)]
+                        for backend, rows in depth["backends"].items()]), ""]
     for profile in warm["profiles"]:
         catalog = f" with {profile['catalog_rows']:,} catalog rows" if profile.get("catalog_rows") else ""
         out += [f"Profile, {profile['intent']} at {profile['items']:,} items{catalog} ({profile['calls']} calls,"
