@@ -144,8 +144,10 @@ POSTGRES_MIGRATIONS: tuple[str, ...] = (
     # A shopper's events in the order `history` reads them (occurred_at, then id, both newest first), so the
     # read stops at its limit instead of sorting all of the shopper's events: 5,000 events took 1.6 ms and
     # 50,000 took 11.6 ms to read 20 (bench/PERFORMANCE.md). SQLite's index ends with the rowid (the id) anyway.
-    # Built in the migration's transaction: writes wait for it, once, on a large table.
-    "CREATE INDEX events_by_user_latest ON events (shop, user_key, occurred_at, id); DROP INDEX events_by_user;",
+    # Built in the migration's transaction: writes wait for it, once, on a large table, unless it was built by hand
+    # beforehand with CREATE INDEX CONCURRENTLY (README, "PostgreSQL").
+    "CREATE INDEX IF NOT EXISTS events_by_user_latest ON events (shop, user_key, occurred_at, id);"
+    " DROP INDEX IF EXISTS events_by_user;",
 )
 
 # Advisory lock keys. Migrations take one 64-bit key for the whole database; writes take
