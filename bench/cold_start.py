@@ -32,6 +32,18 @@ class Config:
     env: tuple[tuple[str, str], ...] = ()  # beyond the shop's own settings, e.g. PRELOAD_SHOPS
 
 
+def _every_intent(session: requests.Session, server: process.Server, shop: ShopFiles | None) -> dict[str, str | None]:
+    """WARM_REQUESTS_PER_INTENT requests of every intent (of "/" for the floor, `shop` None); each intent's strategy."""
+    strategies = {}
+    for intent in INTENTS:
+        for i in range(WARM_REQUESTS_PER_INTENT):
+            path = "/" if shop is None else "/?" + shop.storefront_query(intent, i)
+            response = session.get(server.base + path, timeout=60)
+            response.raise_for_status()
+            strategies[intent] = response.json().get("strategy")
+    return strategies
+
+
 def _one_start(config: Config, floor_source: Path, log_dir: Path) -> dict:
     if config.shop is None:
         server = process.spawn("floor", floor_source, {}, log_dir)
@@ -43,14 +55,8 @@ def _one_start(config: Config, floor_source: Path, log_dir: Path) -> dict:
         startup = process.wait_until_serving(server, first_path)
         pids = server.pids()
         startup_cpu = process.cpu_seconds(pids)
-        strategies = {}
         with requests.Session() as session:
-            for intent in INTENTS:
-                for i in range(WARM_REQUESTS_PER_INTENT):
-                    path = "/" if config.shop is None else "/?" + config.shop.storefront_query(intent, i)
-                    response = session.get(server.base + path, timeout=60)
-                    response.raise_for_status()
-                    strategies[intent] = response.json().get("strategy")
+            strategies = _every_intent(session, server, config.shop)
         served_cpu = process.cpu_seconds(pids) - startup_cpu
         time.sleep(0.05)
         memory = process.instance_memory_mib(server)
@@ -119,9 +125,7 @@ def memory_with_full_caches(shop: ShopFiles, requests_count: int, log_dir: Path)
         process.wait_until_serving(server, "/?" + shop.storefront_query("personalized", 0))
         step = max(1, shop.n_items // requests_count)
         with requests.Session() as session:
-            for intent in INTENTS:
-                for i in range(WARM_REQUESTS_PER_INTENT):
-                    session.get(server.base + "/?" + shop.storefront_query(intent, i), timeout=60).raise_for_status()
+            _every_intent(session, server, shop)
             before = process.instance_memory_mib(server)
             begin = time.perf_counter()
             for k in range(requests_count):
@@ -134,8 +138,8 @@ def memory_with_full_caches(shop: ShopFiles, requests_count: int, log_dir: Path)
         server.stop()
     return {"items": shop.n_items, "catalog_rows": shop.catalog_rows, "requests": requests_count,
             "seconds": round(seconds, 1), "before": before, "after": after,
-            **{f"{key}_peak_upper_bound_mib": round(m["master_rss_mib"] + m["worker_peak_rss_mib"], 1)
-               for key, m in (("before", before), ("after", after))}}
+            "before_peak_upper_bound_mib": process.peak_upper_bound_mib(before),
+            "after_peak_upper_bound_mib": process.peak_upper_bound_mib(after)}
 
 
 def measure(shops: list[tuple], floor_repeats: int, workdir: Path) -> dict:

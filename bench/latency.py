@@ -220,7 +220,7 @@ def history_depth(workdir: Path, repeats: int, depths: tuple[int, ...]) -> dict:
     from datetime import datetime, timedelta, timezone
 
     from recommender.changes import Event
-    from recommender.events import EventKind
+    from recommender.events import EventKind, user_key
     from recommender.store import open_event_store
 
     shop = "history-depth.myshopify.com"
@@ -239,7 +239,7 @@ def history_depth(workdir: Path, repeats: int, depths: tuple[int, ...]) -> dict:
                                 customer_id=str(depth)) for k in range(depth)]
                 for first in range(0, depth, 5_000):
                     store.add_events(events[first:first + 5_000])
-            calls = {str(depth): (lambda key: lambda _: store.history(shop, key, 20))(f"c:{depth}") for depth in depths}
+            calls = {str(depth): (lambda key: lambda _: store.history(shop, key, 20))(user_key(str(depth))) for depth in depths}
             samples = interleaved(calls, repeats, warmup=5)
             floor = median(samples[str(depths[0])])
             out[backend] = [{"events": depth, "median_ms": round(median(samples[str(depth)]) * 1e3, 3),

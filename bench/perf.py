@@ -252,17 +252,18 @@ def run(plan: Plan, workdir: Path, log=print) -> dict:
 
 def _memory(cold: dict) -> dict:
     """Each cold-start instance's memory beside the floor's, and its peak upper bound (master RSS + worker peak)."""
+    from bench import process
+
     floor = cold["floor"]["memory_mib"]
     instances = []
     for config in cold["configs"]:
         m = config["memory_mib"]
         instances.append({"label": config["label"], "items": config["items"], "catalog_rows": config["catalog_rows"],
-                          **m, "instance_peak_upper_bound_mib": round(m["master_rss_mib"] + m["worker_peak_rss_mib"], 1),
+                          **m, "instance_peak_upper_bound_mib": process.peak_upper_bound_mib(m),
                           "cpu_ms_per_request_mixed_intents": config["cpu_ms_per_request_mixed_intents"],
                           "pss_vs_floor": round(m["pss_sum_mib"] / floor["pss_sum_mib"], 2),
                           "pss_above_floor_mib": round(m["pss_sum_mib"] - floor["pss_sum_mib"], 1)})
-    return {"floor": {**floor, "instance_peak_upper_bound_mib": round(floor["master_rss_mib"]
-                                                                      + floor["worker_peak_rss_mib"], 1)},
+    return {"floor": {**floor, "instance_peak_upper_bound_mib": process.peak_upper_bound_mib(floor)},
             "instances": instances,
             "method": "after the first 200 and 10 requests of every intent: VmRSS/VmHWM from /proc/<pid>/status and Pss"
                       " from smaps_rollup of the gunicorn master and its worker; instance peak upper bound = master"
@@ -271,7 +272,7 @@ def _memory(cold: dict) -> dict:
 
 def _cost(results: dict, reference: int) -> dict:
     """Cost scenarios from what this run measured: each cold-start instance, each HTTP server variant, webhooks."""
-    from bench import cost
+    from bench import cost, process
 
     deployed = cost.deploy_tiers()
     scenarios = []
@@ -287,11 +288,11 @@ def _cost(results: dict, reference: int) -> dict:
                                        m["instance_peak_upper_bound_mib"]))
     for run in results["http"]["runs"]:
         level = next((lv for lv in run["levels"] if lv["concurrency"] == 8), run["levels"][-1])
-        memory = round(run["memory_after_mib"]["master_rss_mib"] + run["memory_after_mib"]["worker_peak_rss_mib"], 1)
+        memory = process.peak_upper_bound_mib(run["memory_after_mib"])
         label = f"recommend, {_label(reference)} items, personalized at concurrency {level['concurrency']}, {run['label']}"
         at_both_tiers(label, level["ours"]["server_cpu_ms_per_request"], memory, "recommend")
     webhook = results["ingest"]["sqlite"]["http"][-1]
-    memory = round(webhook["memory_after_mib"]["master_rss_mib"] + webhook["memory_after_mib"]["worker_peak_rss_mib"], 1)
+    memory = process.peak_upper_bound_mib(webhook["memory_after_mib"])
     label = f"webhook orders/create at concurrency {webhook['concurrency']} (SQLite)"
     at_both_tiers(label, webhook["ours"]["server_cpu_ms_per_delivery"], memory, "webhook")
     return cost.estimate(scenarios, "server CPU from /proc over the HTTP runs of this benchmark; instance peak ="
@@ -300,6 +301,8 @@ def _cost(results: dict, reference: int) -> dict:
 
 def goals(results: dict) -> list[dict]:
     """Each goal of the issue: what was measured, the target and whether it was met."""
+    from bench import process
+
     reference = results["meta"]["reference_size"]
     out = []
     for config in results["cold_start"]["configs"]:
@@ -355,8 +358,7 @@ def goals(results: dict) -> list[dict]:
                             f" {full['requests']:,} distinct related answers (the caches full)",
                     "measured": pss, "met": pss <= budget})
     for run_ in results["http"]["runs"]:
-        memory = run_["memory_after_mib"]
-        peak = round(memory["master_rss_mib"] + memory["worker_peak_rss_mib"], 1)
+        peak = process.peak_upper_bound_mib(run_["memory_after_mib"])
         out.append({"goal": f"{_label(reference)} items: instance peak ≤ {budget:g} MiB {share} after the HTTP load"
                             f" ({run_['label']})", "measured": peak, "met": peak <= budget})
     return out

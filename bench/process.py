@@ -165,6 +165,12 @@ def instance_memory_mib(server: Server) -> dict[str, float]:
     }
 
 
+def peak_upper_bound_mib(memory: dict[str, float]) -> float:
+    """An instance's peak from `instance_memory_mib`: the master's RSS plus its worker's peak RSS (an upper bound:
+    the fork shares pages)."""
+    return round(memory["master_rss_mib"] + memory["worker_peak_rss_mib"], 1)
+
+
 def cpu_seconds(pids: list[int]) -> float:
     """User + system CPU time of these processes so far."""
     total = 0

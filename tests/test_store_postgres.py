@@ -102,16 +102,21 @@ def test_reopening_changes_neither_the_schema_nor_its_history(pg_store, schema_u
     assert snapshot() == before
 
 
+def schema_at_version(url: str, version: int) -> None:
+    """The schema as an earlier release left it: the first `version` migrations applied and recorded."""
+    from recommender.store_postgres import POSTGRES_MIGRATIONS
+
+    run(url, "CREATE TABLE schema_migrations (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())")
+    for number, script in enumerate(POSTGRES_MIGRATIONS[:version], start=1):
+        run(url, script)
+        run(url, "INSERT INTO schema_migrations (version) VALUES (%s)", (number,))
+
+
 def test_an_upgraded_schema_knows_which_of_its_stored_products_are_for_sale(schema_url):
     from recommender.store_postgres import POSTGRES_MIGRATIONS
 
     # Arrange: a schema at the version before the `sellable` flag, holding a product for sale and a sold-out one
-    before_flag = next(k for k, script in enumerate(POSTGRES_MIGRATIONS) if "sellable" in script)
-    run(schema_url, "CREATE TABLE schema_migrations (version integer PRIMARY KEY,"
-                    " applied_at timestamptz NOT NULL DEFAULT now())")
-    for version, script in enumerate(POSTGRES_MIGRATIONS[:before_flag], start=1):
-        run(schema_url, script)
-        run(schema_url, "INSERT INTO schema_migrations (version) VALUES (%s)", (version,))
+    schema_at_version(schema_url, next(k for k, script in enumerate(POSTGRES_MIGRATIONS) if "sellable" in script))
     for pid in ("in-stock", "sold-out"):
         run(schema_url, "INSERT INTO products (shop, product_id, title, handle, status, published_at, product_type,"
                         " vendor) VALUES (%s, %s, '', '', 'active', now(), '', '')", (SHOP, pid))
@@ -136,11 +141,7 @@ def test_an_upgraded_schema_reads_a_shoppers_latest_events_through_an_index_in_t
 
     # Arrange: a schema one version back (its new index built by hand, as the README suggests for large tables,
     # or not), then 60 events of one shopper, three at each moment, stored in turn
-    run(schema_url, "CREATE TABLE schema_migrations (version integer PRIMARY KEY,"
-                    " applied_at timestamptz NOT NULL DEFAULT now())")
-    for version, script in enumerate(POSTGRES_MIGRATIONS[:-1], start=1):
-        run(schema_url, script)
-        run(schema_url, "INSERT INTO schema_migrations (version) VALUES (%s)", (version,))
+    schema_at_version(schema_url, len(POSTGRES_MIGRATIONS) - 1)
     if built_by_hand:
         run(schema_url, "CREATE INDEX CONCURRENTLY events_by_user_latest ON events (shop, user_key, occurred_at, id)")
     t0 = datetime(2026, 9, 1, tzinfo=timezone.utc)
