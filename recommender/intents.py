@@ -13,9 +13,9 @@ as `fallback_from`/`fallback_reason`, and every item names the strategy that ser
 
 from __future__ import annotations
 
+import os
 import re
 import time
-import uuid
 from datetime import datetime, timezone
 from typing import Callable, Mapping, NamedTuple
 
@@ -177,7 +177,7 @@ class Recommender:
     """Answers RecommendRequests from a model, the shopper's events, trending and the catalog."""
 
     def __init__(self, store: EventStore, models: ModelHolder, catalog: CatalogCache, trending: TrendingCache,
-                 history_limit: int, new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
+                 history_limit: int, new_id: Callable[[], str] = lambda: os.urandom(16).hex(),
                  cache_seconds: float = 0.0):
         self._store = store
         self._models = models

@@ -161,10 +161,14 @@ class ServingModel:
         # Fewer history items than factors: by the Woodbury identity, with G = λI + YᵀY, P = G⁻¹Yₖᵀ and
         # D = Cₖ − I, A⁻¹YₖᵀCₖ = P (D⁻¹ + YₖP)⁻¹ D⁻¹Cₖ, a k × k solve in place of the factors × factors one
         # (the same terms, to rounding: tests; 3× less time at 64 factors and 20 events).
+        # (D⁻¹ + YₖP)⁻¹ D⁻¹Cₖ is the k × k inverse with its columns scaled: one LAPACK call and no diagonal matrix
+        # to build (bench/PERFORMANCE.md).
         p = self.inverse_gramian @ y.T
         m = y @ p
         m.flat[::len(m) + 1] += 1.0 / extra  # the diagonal
-        return p @ np.linalg.solve(m, np.diag(confidence / extra))
+        scaled = np.linalg.inv(m)
+        scaled *= confidence / extra
+        return p @ scaled
 
     @property
     def inverse_gramian(self) -> np.ndarray:
@@ -230,11 +234,15 @@ class ServingModel:
         rows, beta = self._cart(cart_rows)
         columns = np.asarray(columns, dtype=np.int64)
         parts = (self.unit_rows(rows) @ self.unit_rows(columns).T) * (1.0 - beta)[:, None]
-        for position, row in enumerate(rows):
+        where: dict[int, list[int]] = {}  # column row -> its positions in `columns` (a row may repeat)
+        for position, column in enumerate(columns.tolist()):
+            where.setdefault(column, []).append(position)
+        for position, row in enumerate(rows.tolist()):
             if beta[position] > 0:
                 neighbors, together = self.copurchase.of(row)
-                for neighbor, score in zip(neighbors.tolist(), together.tolist()):
-                    parts[position, columns == neighbor] += beta[position] * score
+                for neighbor, score in zip(neighbors.tolist(), (beta[position] * together).tolist()):
+                    for at in where.get(neighbor, ()):
+                        parts[position, at] += score
         return parts
 
     def _cart(self, cart_rows: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:

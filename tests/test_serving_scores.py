@@ -67,6 +67,32 @@ def test_because_names_the_cart_item_with_the_largest_term():
     assert m.best_rows(parts, [A, C]) == [A, C]
 
 
+def test_complementary_parts_of_each_item_sum_to_its_score():
+    # Arrange: 300 random items with random co-purchase lists and order counts; a cart of four, and the
+    # items asked for include the cart's neighbours, items listed twice and items in no list
+    rng = np.random.default_rng(11)
+    n = 300
+    counts = rng.integers(0, 6, n)
+    neighbors = np.concatenate([rng.choice(n, size=c, replace=False) for c in counts]).astype(np.int32)
+    together = CoPurchaseLists.from_counts(counts, neighbors, rng.random(len(neighbors), dtype=np.float32),
+                                           rng.integers(0, 12, n).astype(np.int32))
+    artifact = ModelArtifact.build([str(i + 1) for i in range(n)], rng.standard_normal((n, 8)).astype(np.float32),
+                                   np.ones(n), 0.1, 1.0, {"version": "v"}, copurchase=together)
+    m = ServingModel(artifact)
+    cart = [int(r) for r in rng.choice(n, size=4, replace=False)]
+    close = [int(r) for row in cart for r in m.copurchase.of(row)[0]]
+    columns = close + close[:3] + [int(r) for r in rng.choice(n, size=20)]
+
+    # Act
+    scores = m.complementary_scores(cart)
+    parts = m.complementary_parts(cart, columns)
+
+    # Assert: every column's cart terms add up to its score, a repeated column's terms are the same
+    assert parts.shape == (4, len(columns)) and close
+    np.testing.assert_allclose(parts.sum(axis=0), scores[columns], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(parts[:, :3], parts[:, len(close):len(close) + 3])
+
+
 def test_several_seeds_score_each_item_by_its_best_cosine():
     # Arrange: random factors, three seeds
     rng = np.random.default_rng(4)
