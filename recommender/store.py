@@ -938,6 +938,23 @@ class SQLiteEventStore(SharedQueries):
         """True only if the shop was marked installed (or sent a webhook) and not since uninstalled."""
         return bool(self._read("SELECT 1 FROM shop_state WHERE shop = ? AND installed = 1", (shop,)))
 
+    # The first history's statement carries the shop check as a last column (a constant subquery: run once).
+    _HISTORY_WITH_CHECK_SQL = (f"SELECT {_INTERACTION_COLUMNS}, (SELECT installed FROM shop_state WHERE shop = ?1)"
+                               " FROM events WHERE shop = ?1 AND user_key = ?2 AND weight_factor > 0"
+                               " ORDER BY occurred_at DESC, id DESC LIMIT ?3")
+
+    def installed_with_histories(self, shop: str, user_keys: Sequence[str],
+                                 limit: int) -> tuple[bool, list[list[Interaction]]]:
+        """One statement fewer than checking the shop on its own when the first shopper key has events (one
+        SQLite statement less per personalized answer, bench/PERFORMANCE.md); with none, the check runs alone."""
+        if not user_keys:
+            return self.is_shop_installed(shop), []
+        rows = self._read(self._HISTORY_WITH_CHECK_SQL, (shop, user_keys[0], limit))
+        if not (rows[0][-1] == 1 if rows else self.is_shop_installed(shop)):
+            return False, []
+        first = [self._to_interaction(row[:-1]) for row in rows]
+        return True, [first, *(self.history(shop, key, limit) for key in user_keys[1:])]
+
     def installed_shops(self) -> list[str]:
         return [r[0] for r in self._read("SELECT shop FROM shop_state WHERE installed = 1 ORDER BY shop")]
 

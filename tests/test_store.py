@@ -217,14 +217,21 @@ def test_the_shop_check_and_the_histories_read_together_equal_each_read_alone(an
     # Act
     installed, histories = any_store.installed_with_histories(SHOP, ["c:c1", "c:nobody", "c:c2"], 10)
     none_asked = any_store.installed_with_histories(SHOP, [], 10)
+    nobody_first = any_store.installed_with_histories(SHOP, ["c:nobody", "c:c1"], 1)
     elsewhere = any_store.installed_with_histories(OTHER_SHOP, ["c:c1"], 10)
+    any_store.set_shop_installed(SHOP, False)
+    uninstalled = any_store.installed_with_histories(SHOP, ["c:c1"], 10)
+    uninstalled_nobody = any_store.installed_with_histories(SHOP, ["c:nobody"], 10)
 
-    # Assert
+    # Assert: whether or not the first shopper has events, and the answer is "not installed" for a shop that
+    # uninstalled however many events its shoppers have
     assert installed is True
     assert histories == [any_store.history(SHOP, key, 10) for key in ("c:c1", "c:nobody", "c:c2")]
     assert [[i.product_id for i in h] for h in histories] == [["p2", "p1"], [], ["p3"]]
     assert none_asked == (True, [])
+    assert nobody_first == (True, [[], any_store.history(SHOP, "c:c1", 1)])
     assert elsewhere == (False, [])
+    assert uninstalled == (False, []) and uninstalled_nobody == (False, [])
 
 
 def test_history_breaks_ties_by_latest_insert(any_store):
