@@ -227,7 +227,9 @@ class Recommender:
         if model is not None:  # the catalog's mask is shared (read only); this request's own exclusions are rows
             blocked = catalog.blocked_mask(model.item_ids, model.version, request.product_type, request.vendor)
             others = excluded.difference([history[i].product_id for i in shown_again])
-            excluded_rows = np.concatenate([history_rows[shown_again], model.item_ids.rows_array(sorted(others))])
+            excluded_rows = history_rows[shown_again]
+            if others:  # what the request itself names (exclude=, the cart, the product on screen)
+                excluded_rows = np.concatenate([excluded_rows, model.item_ids.rows_array(sorted(others))])
             excluded_rows = excluded_rows[excluded_rows >= 0]
 
         def allowed(pid: str) -> bool:
