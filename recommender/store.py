@@ -407,13 +407,32 @@ class SharedQueries:
         return (f"SELECT {_INTERACTION_COLUMNS} FROM events WHERE shop = {p} AND user_key = {p} AND weight_factor > 0"
                 f" ORDER BY occurred_at DESC, id DESC LIMIT {p}")
 
+    def _history_with_check_sql(self) -> str:
+        """`_history_sql` with the shop check as a last column (a constant subquery, run once); parameters: the shop,
+        then the history's (shop, user key, limit)."""
+        p = self._P
+        return (f"SELECT {_INTERACTION_COLUMNS}, (SELECT installed FROM shop_state WHERE shop = {p})"
+                f" FROM events WHERE shop = {p} AND user_key = {p} AND weight_factor > 0"
+                f" ORDER BY occurred_at DESC, id DESC LIMIT {p}")
+
     def installed_with_histories(self, shop: str, user_keys: Sequence[str],
                                  limit: int) -> tuple[bool, list[list[Interaction]]]:
         """`is_shop_installed(shop)` and, if it is, `history(shop, key, limit)` for each key (else no histories):
-        what a shopper's answer reads before anything else. A networked backend reads it all in one round trip."""
-        if not self.is_shop_installed(shop):
+        what a shopper's answer reads before anything else. The check rides in the first key's statement, so a
+        shopper with events costs one statement (one round trip on a networked store; bench/PERFORMANCE.md); one
+        with none gets the check on its own."""
+        if not user_keys:
+            return self.is_shop_installed(shop), []
+        first, *others = self._read_histories_with_check(shop, user_keys, limit)
+        if not (first[0][-1] if first else self.is_shop_installed(shop)):
             return False, []
-        return True, [self.history(shop, key, limit) for key in user_keys]
+        return True, [[self._to_interaction(row[:-1]) for row in first],
+                      *([self._to_interaction(row) for row in rows] for rows in others)]
+
+    def _read_histories_with_check(self, shop: str, user_keys: Sequence[str], limit: int) -> list[list[tuple]]:
+        """The first key's rows with the check's column, then each other key's rows."""
+        return [self._read(self._history_with_check_sql(), (shop, shop, user_keys[0], limit)),
+                *(self._read(self._history_sql(), (shop, key, limit)) for key in user_keys[1:])]
 
     def redact_shop(self, shop: str) -> None:
         """Delete every row the shop has, in every table."""
@@ -937,23 +956,6 @@ class SQLiteEventStore(SharedQueries):
     def is_shop_installed(self, shop: str) -> bool:
         """True only if the shop was marked installed (or sent a webhook) and not since uninstalled."""
         return bool(self._read("SELECT 1 FROM shop_state WHERE shop = ? AND installed = 1", (shop,)))
-
-    # The first history's statement carries the shop check as a last column (a constant subquery: run once).
-    _HISTORY_WITH_CHECK_SQL = (f"SELECT {_INTERACTION_COLUMNS}, (SELECT installed FROM shop_state WHERE shop = ?1)"
-                               " FROM events WHERE shop = ?1 AND user_key = ?2 AND weight_factor > 0"
-                               " ORDER BY occurred_at DESC, id DESC LIMIT ?3")
-
-    def installed_with_histories(self, shop: str, user_keys: Sequence[str],
-                                 limit: int) -> tuple[bool, list[list[Interaction]]]:
-        """One statement fewer than checking the shop on its own when the first shopper key has events (one
-        SQLite statement less per personalized answer, bench/PERFORMANCE.md); with none, the check runs alone."""
-        if not user_keys:
-            return self.is_shop_installed(shop), []
-        rows = self._read(self._HISTORY_WITH_CHECK_SQL, (shop, user_keys[0], limit))
-        if not (rows[0][-1] == 1 if rows else self.is_shop_installed(shop)):
-            return False, []
-        first = [self._to_interaction(row[:-1]) for row in rows]
-        return True, [first, *(self.history(shop, key, limit) for key in user_keys[1:])]
 
     def installed_shops(self) -> list[str]:
         return [r[0] for r in self._read("SELECT shop FROM shop_state WHERE installed = 1 ORDER BY shop")]
