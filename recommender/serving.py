@@ -159,10 +159,9 @@ class ServingModel:
             a = self.regularized_gramian + (y.T * extra) @ y
             return np.linalg.solve(a, (y * confidence[:, None]).T)
         # Fewer history items than factors: by the Woodbury identity, with G = λI + YᵀY, P = G⁻¹Yₖᵀ and
-        # D = Cₖ − I, A⁻¹YₖᵀCₖ = P (D⁻¹ + YₖP)⁻¹ D⁻¹Cₖ, a k × k solve in place of the factors × factors one
-        # (the same terms, to rounding: tests; 3× less time at 64 factors and 20 events).
-        # (D⁻¹ + YₖP)⁻¹ D⁻¹Cₖ is the k × k inverse with its columns scaled: one LAPACK call and no diagonal matrix
-        # to build (bench/PERFORMANCE.md).
+        # D = Cₖ − I, A⁻¹YₖᵀCₖ = P (D⁻¹ + YₖP)⁻¹ D⁻¹Cₖ: a k × k inverse with its columns scaled by D⁻¹Cₖ in place
+        # of the factors × factors solve (the same terms, to rounding: tests; 3× less time at 64 factors and
+        # 20 events; one LAPACK call and no diagonal matrix built, bench/PERFORMANCE.md).
         p = self.inverse_gramian @ y.T
         m = y @ p
         m.flat[::len(m) + 1] += 1.0 / extra  # the diagonal
