@@ -213,6 +213,26 @@ def catalog_refresh(shop: ShopFiles, repeats: int) -> dict:
             "ratio": ratio(ours_s, floor_s)}
 
 
+def _postgres_plans(store, shop: str, key: str) -> dict[str, str]:
+    """The history read's plan as PostgreSQL runs it now for these values (EXPLAIN ANALYZE), and the generic plan a
+    prepared statement may switch to after five executions (psycopg prepares a query it has run five times)."""
+    from psycopg import sql as pgsql
+
+    read = store._history_sql()
+    numbered = "".join(f"{part}${i}" if i < 4 else part for i, part in enumerate(read.split("%s"), start=1))
+    with store._connection().cursor() as cursor:
+        custom = "\n".join(row[0] for row in cursor.execute("EXPLAIN (ANALYZE, BUFFERS) " + read, (shop, key, 20)))
+        cursor.execute("SET plan_cache_mode = force_generic_plan")
+        try:
+            cursor.execute("PREPARE bench_history (text, text, int) AS " + numbered)
+            explain = pgsql.SQL("EXPLAIN EXECUTE bench_history ({}, {}, 20)").format(pgsql.Literal(shop), pgsql.Literal(key))
+            generic = "\n".join(row[0] for row in cursor.execute(explain))
+            cursor.execute("DEALLOCATE bench_history")
+        finally:
+            cursor.execute("RESET plan_cache_mode")
+    return {"user_key": key, "custom_analyze": custom, "generic": generic}
+
+
 def history_depth(workdir: Path, repeats: int, depths: tuple[int, ...]) -> dict:
     """The read a personalized answer starts with, for shoppers with few and with very many events: the latest 20
     of each, in SQLite and (with TEST_POSTGRES_URL) in PostgreSQL. The floor is the same read of a shopper with
@@ -230,6 +250,7 @@ def history_depth(workdir: Path, repeats: int, depths: tuple[int, ...]) -> dict:
         urls["PostgreSQL"] = os.environ["TEST_POSTGRES_URL"]
     workdir.mkdir(parents=True, exist_ok=True)
     out = {}
+    plans = None
     for backend, url in urls.items():
         store = open_event_store(url)
         try:
@@ -244,8 +265,11 @@ def history_depth(workdir: Path, repeats: int, depths: tuple[int, ...]) -> dict:
             floor = median(samples[str(depths[0])])
             out[backend] = [{"events": depth, "median_ms": round(median(samples[str(depth)]) * 1e3, 3),
                              "vs_floor": ratio(median(samples[str(depth)]), floor)} for depth in depths]
+            slow = [row["events"] for row in out[backend] if row["vs_floor"] > 2]
+            if slow and backend == "PostgreSQL":  # a read that grew with the shopper's events: which plan did it get?
+                plans = _postgres_plans(store, shop, user_key(str(slow[-1])))
         finally:
             store.redact_shop(shop)
             store.close()
-    return {"limit": 20, "backends": out}
+    return {"limit": 20, "backends": out, **({"postgresql_plans": plans} if plans else {})}
 
