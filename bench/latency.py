@@ -213,19 +213,24 @@ def catalog_refresh(shop: ShopFiles, repeats: int) -> dict:
             "ratio": ratio(ours_s, floor_s)}
 
 
+HISTORY_READ = 20  # events per read: the benchmark shoppers' history length (HISTORY_LIMIT, the deployed bound, defaults to 200)
+
+
 def _postgres_plans(store, shop: str, key: str) -> dict[str, str]:
     """The history read's plan as PostgreSQL runs it now for these values (EXPLAIN ANALYZE), and the generic plan a
     prepared statement may switch to after five executions (psycopg prepares a query it has run five times)."""
     from psycopg import sql as pgsql
 
     read = store._history_sql()
-    numbered = "".join(f"{part}${i}" if i < 4 else part for i, part in enumerate(read.split("%s"), start=1))
+    parts = read.split("%s")  # psycopg's placeholders as PREPARE's $1, $2, …
+    numbered = "".join(f"{part}${i}" for i, part in enumerate(parts[:-1], start=1)) + parts[-1]
     with store._connection().cursor() as cursor:
-        custom = "\n".join(row[0] for row in cursor.execute("EXPLAIN (ANALYZE, BUFFERS) " + read, (shop, key, 20)))
+        custom = "\n".join(row[0] for row in cursor.execute("EXPLAIN (ANALYZE, BUFFERS) " + read, (shop, key, HISTORY_READ)))
         cursor.execute("SET plan_cache_mode = force_generic_plan")
         try:
             cursor.execute("PREPARE bench_history (text, text, int) AS " + numbered)
-            explain = pgsql.SQL("EXPLAIN EXECUTE bench_history ({}, {}, 20)").format(pgsql.Literal(shop), pgsql.Literal(key))
+            explain = pgsql.SQL("EXPLAIN EXECUTE bench_history ({}, {}, {})").format(
+                pgsql.Literal(shop), pgsql.Literal(key), pgsql.Literal(HISTORY_READ))
             generic = "\n".join(row[0] for row in cursor.execute(explain))
             cursor.execute("DEALLOCATE bench_history")
         finally:
@@ -260,7 +265,7 @@ def history_depth(workdir: Path, repeats: int, depths: tuple[int, ...]) -> dict:
                                 customer_id=str(depth)) for k in range(depth)]
                 for first in range(0, depth, 5_000):
                     store.add_events(events[first:first + 5_000])
-            calls = {str(depth): (lambda key: lambda _: store.history(shop, key, 20))(user_key(str(depth))) for depth in depths}
+            calls = {str(depth): (lambda key: lambda _: store.history(shop, key, HISTORY_READ))(user_key(str(depth))) for depth in depths}
             samples = interleaved(calls, repeats, warmup=5)
             floor = median(samples[str(depths[0])])
             out[backend] = [{"events": depth, "median_ms": round(median(samples[str(depth)]) * 1e3, 3),
@@ -271,5 +276,5 @@ def history_depth(workdir: Path, repeats: int, depths: tuple[int, ...]) -> dict:
         finally:
             store.redact_shop(shop)
             store.close()
-    return {"limit": 20, "backends": out, **({"postgresql_plans": plans} if plans else {})}
+    return {"limit": HISTORY_READ, "backends": out, **({"postgresql_plans": plans} if plans else {})}
 
