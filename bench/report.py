@@ -106,9 +106,8 @@ def markdown(results: dict) -> str:
                         for backend, rows in depth["backends"].items()]), ""]
         plans = depth.get("postgresql_plans")
         if plans:
-            out += [f"PostgreSQL's read grew with the events; its plans for {plans['user_key']} right after:", "",
-                    "```", "EXPLAIN (ANALYZE, BUFFERS):", plans["custom_analyze"], "",
-                    "generic plan (what a prepared statement may switch to):", plans["generic"], "```", ""]
+            out += [f"PostgreSQL's read grew with the events; its plans for {plans['user_key']} right after"
+                    " (auto_explain, the statements inside the function included):", "", "```", plans["nested"], "```", ""]
     for profile in warm["profiles"]:
         catalog = f" with {profile['catalog_rows']:,} catalog rows" if profile.get("catalog_rows") else ""
         out += [f"Profile, {profile['intent']} at {profile['items']:,} items{catalog} ({profile['calls']} calls,"
