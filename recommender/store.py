@@ -402,18 +402,20 @@ class SharedQueries:
         """The shopper's latest `limit` events that still count, newest first."""
         return [self._to_interaction(row) for row in self._read(self._history_sql(), (shop, user_key, limit))]
 
-    def _history_sql(self) -> str:
+    def _history_rows(self) -> str:
+        """Where a shopper's latest events come from, newest first: parameters shop, user key, limit."""
         p = self._P
-        return (f"SELECT {_INTERACTION_COLUMNS} FROM events WHERE shop = {p} AND user_key = {p} AND weight_factor > 0"
+        return (f"FROM events WHERE shop = {p} AND user_key = {p} AND weight_factor > 0"
                 f" ORDER BY occurred_at DESC, id DESC LIMIT {p}")
+
+    def _history_sql(self) -> str:
+        return f"SELECT {_INTERACTION_COLUMNS} {self._history_rows()}"
 
     def _history_with_check_sql(self) -> str:
         """`_history_sql` with the shop check as a last column (a constant subquery, run once); parameters: the shop,
         then the history's (shop, user key, limit)."""
-        p = self._P
-        return (f"SELECT {_INTERACTION_COLUMNS}, (SELECT installed FROM shop_state WHERE shop = {p})"
-                f" FROM events WHERE shop = {p} AND user_key = {p} AND weight_factor > 0"
-                f" ORDER BY occurred_at DESC, id DESC LIMIT {p}")
+        check = f"(SELECT installed FROM shop_state WHERE shop = {self._P})"
+        return f"SELECT {_INTERACTION_COLUMNS}, {check} {self._history_rows()}"
 
     def installed_with_histories(self, shop: str, user_keys: Sequence[str],
                                  limit: int) -> tuple[bool, list[list[Interaction]]]:

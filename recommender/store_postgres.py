@@ -207,7 +207,6 @@ _APPLY_EVENTS = (
     " SELECT EXISTS (SELECT FROM delivery), (SELECT count(*) FROM stored JOIN proposed USING (id))"
 )
 
-_INTERACTION_COLUMNS = "user_key, product_id, kind, occurred_at, order_id, weight_factor"
 _CUSTOMER_EVENTS = (  # see recommender.store._SQLITE_CUSTOMER_EVENTS
     "shop = %(shop)s AND (customer_id = %(customer_id)s OR user_key = %(user_key)s"
     " OR (customer_id IS NULL AND anonymous_id IN"
@@ -650,14 +649,10 @@ class PostgresEventStore(SharedQueries):
     def is_shop_installed(self, shop: str) -> bool:
         return bool(self._read(_INSTALLED_SQL, (shop,)))
 
-    def _history_sql(self) -> str:
-        """The latest events of one shopper through `latest_events` (migration 4): parameters shop, user key, limit."""
-        return (f"SELECT {_INTERACTION_COLUMNS} FROM latest_events(%s, %s, %s)"
-                " ORDER BY occurred_at DESC, id DESC")  # the function's order, said again: SQL keeps no other
-
-    def _history_with_check_sql(self) -> str:
-        return (f"SELECT {_INTERACTION_COLUMNS}, (SELECT installed FROM shop_state WHERE shop = %s)"
-                " FROM latest_events(%s, %s, %s) ORDER BY occurred_at DESC, id DESC")
+    def _history_rows(self) -> str:
+        """Through `latest_events` (migration 4), whose plan walks the index whatever the statistics say; its order
+        said again, as SQL keeps no other."""
+        return "FROM latest_events(%s, %s, %s) ORDER BY occurred_at DESC, id DESC"
 
     def _read_histories_with_check(self, shop: str, user_keys: Sequence[str], limit: int) -> list[list[tuple]]:
         """One statement for one key; for more, all of them in one round trip (pipeline mode). A single statement
