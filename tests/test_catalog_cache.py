@@ -76,3 +76,22 @@ def test_a_full_card_cache_starts_over_without_losing_the_cards_it_was_asked_for
     assert titles(overflowing) == {"1": ("One", True), "3": ("Three", True), "4": ("Four", True)}
     assert titles(reread) == {"1": ("One, renamed", True)}
     assert snapshot.cards(["3", "4"]).keys() == {"3", "4"}
+
+
+def test_the_blocked_mask_marks_the_rows_not_for_sale_and_is_none_when_everything_is(store):
+    # Arrange: a model of four products, one of them sold out
+    from recommender.artifact import ItemIds
+
+    ids = ItemIds(numbers=[10, 11, 12, 13])
+    put_products(store, "wh-1", ("10", "Kettle", 3), ("11", "Scale", 0), ("12", "Grinder", 2))
+    cache = CatalogCache(store, ttl_seconds=30, clock=Clock())
+
+    # Act
+    mask = cache.get(SHOP).blocked_mask(ids, "v1")
+    put_products(store, "wh-2", ("11", "Scale", 4))
+    restocked = CatalogCache(store, ttl_seconds=30, clock=Clock()).get(SHOP).blocked_mask(ids, "v1")
+
+    # Assert: the sold-out row alone (13 has no catalog row: given the benefit of the doubt); once it is back in
+    # stock nothing is blocked, and the answer says so with None (the readers then skip the mask)
+    assert mask.tolist() == [False, True, False, False]
+    assert restocked is None
