@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 from recommender import catalog as catalog_module
+from recommender.artifact import ItemIds
 from recommender.catalog import CatalogCache
 from recommender.changes import ChangeSet, Delivery
 from recommender.events import CatalogProduct, CatalogVariant
@@ -78,10 +79,8 @@ def test_a_full_card_cache_starts_over_without_losing_the_cards_it_was_asked_for
     assert snapshot.cards(["3", "4"]).keys() == {"3", "4"}
 
 
-def test_the_blocked_mask_marks_the_rows_not_for_sale_and_is_none_when_everything_is(store):
+def test_the_blocked_mask_marks_the_rows_not_for_sale_and_is_none_when_all_are_for_sale(store):
     # Arrange: a model of four products, one of them sold out
-    from recommender.artifact import ItemIds
-
     ids = ItemIds(numbers=[10, 11, 12, 13])
     put_products(store, "wh-1", ("10", "Kettle", 3), ("11", "Scale", 0), ("12", "Grinder", 2))
     cache = CatalogCache(store, ttl_seconds=30, clock=Clock())
