@@ -229,6 +229,10 @@ class Recommender:
             excluded_rows = excluded_rows[excluded_rows >= 0]
         excluded: set[str] | None = None  # the same exclusions as product ids, made for the strategies that need them
 
+        def allowed(pid: str) -> bool:
+            return (pid not in excluded and catalog.sellable(pid)
+                    and catalog.matches(pid, request.product_type, request.vendor))
+
         picked: list[tuple[str, float, str, str | None]] = []
         seen: set[str] = set()
         fallback_from = fallback_reason = None
@@ -244,8 +248,7 @@ class Recommender:
             if not checked and excluded is None:
                 excluded = named.union(history[position].product_id for position in shown_again)
             for pid, score, because in zip(candidates.product_ids, candidates.scores, candidates.because):
-                if pid in seen or not (checked or (pid not in excluded and catalog.sellable(pid)
-                                                   and catalog.matches(pid, request.product_type, request.vendor))):
+                if pid in seen or not (checked or allowed(pid)):
                     continue
                 seen.add(pid)
                 picked.append((pid, score, strategy, because))
