@@ -651,4 +651,92 @@ def test_a_format_4_artifact_with_planes_by_item_reads_back_the_same_factors():
     # Assert: bit for bit, and column-major as serving holds them
     np.testing.assert_array_equal(restored.item_factors.view(np.uint32), artifact.item_factors.view(np.uint32))
     assert restored.item_factors.flags.f_contiguous
-    assert FORMAT_VERSION == 5 and "factor_columns_low.npy" in zipfile.ZipFile(io.BytesIO(artifact.to_bytes())).namelist()
+    assert FORMAT_VERSION == 6 and "factor_columns_low.npy" in zipfile.ZipFile(io.BytesIO(artifact.to_bytes())).namelist()
+
+
+def test_format_6_stores_the_per_item_arrays_as_byte_planes_lowest_bytes_first():
+    # Arrange: ids 1, 258 and 65,536 are the deltas 1, 257 (0x0101) and 65,278 (0xFEFE); popularity 1.0, 2.0 and
+    # 3.0 are the float32 bits 0x3F800000, 0x40000000 and 0x40400000
+    from recommender.array_archive import read_arrays
+
+    artifact = ModelArtifact.build(["1", "258", "65536"], np.ones((3, 2)), np.array([1.0, 2.0, 3.0]), 0.1, 1.0,
+                                   {"version": "v"}, item_support=np.array([5, 6, 7]))
+
+    # Act
+    stored = read_arrays(artifact.to_bytes())
+
+    # Assert: one row of bytes per rank, little end first
+    expected_ids = np.zeros((8, 3), dtype=np.uint8)
+    expected_ids[0] = [0x01, 0x01, 0xFE]
+    expected_ids[1] = [0x00, 0x01, 0xFE]
+    np.testing.assert_array_equal(stored["item_id_deltas"], expected_ids)
+    np.testing.assert_array_equal(stored["popularity"], [[0, 0, 0], [0, 0, 0], [0x80, 0x00, 0x40], [0x3F, 0x40, 0x40]])
+    np.testing.assert_array_equal(stored["item_support"], [[5, 6, 7], [0, 0, 0], [0, 0, 0], [0, 0, 0]])
+    assert int(stored["format_version"]) == 6
+    restored = ModelArtifact.from_bytes(artifact.to_bytes())
+    assert restored.item_ids.tolist() == ["1", "258", "65536"]
+    np.testing.assert_array_equal(restored.popularity, [1.0, 2.0, 3.0])
+    np.testing.assert_array_equal(restored.item_support, [5, 6, 7])
+
+
+def format_5_arrays(artifact) -> dict:
+    """The artifact as format 5 wrote it: the per-item arrays typed, one value after another."""
+    together = artifact.copurchase
+    return {**artifact.arrays(), "format_version": np.int64(5),
+            "item_id_deltas": np.diff(artifact.item_ids.numbers, prepend=np.int64(0)),
+            "popularity": artifact.popularity.astype(np.float32), "item_support": artifact.item_support.astype(np.int32),
+            "copurchase_counts": np.diff(together.indptr).astype(np.int32),
+            "copurchase_neighbors": together.neighbors.astype(np.int32),
+            "copurchase_orders": together.orders.astype(np.int32)}
+
+
+def test_a_format_5_artifact_with_typed_per_item_arrays_reads_back_the_same():
+    # Arrange: published before the per-item arrays were stored as byte planes
+    from recommender.array_archive import write_arrays
+
+    artifact = numeric_artifact()
+    data = write_arrays(format_5_arrays(artifact), stored=("factor_columns_low",))
+
+    # Act
+    restored = ModelArtifact.from_bytes(data)
+
+    # Assert: the values numeric_artifact's rows hold once sorted by id (10, 20, 30)
+    assert restored.item_ids.tolist() == ["10", "20", "30"]
+    np.testing.assert_array_equal(restored.popularity, [100, 200, 300])
+    np.testing.assert_array_equal(restored.item_support, [1, 2, 3])
+    np.testing.assert_array_equal(restored.copurchase.indptr, [0, 1, 1, 3])
+    np.testing.assert_array_equal(restored.copurchase.neighbors, artifact.copurchase.neighbors)
+    np.testing.assert_array_equal(restored.copurchase.orders, [2, 0, 4])
+    np.testing.assert_array_equal(restored.item_factors, artifact.item_factors)
+
+
+def test_byte_planes_of_the_wrong_shape_are_refused_by_name():
+    # Arrange: three planes where int32 orders have four
+    arrays = {**numeric_artifact().arrays(), "copurchase_orders": np.zeros((3, 3), dtype=np.uint8)}
+
+    # Act / Assert
+    with pytest.raises(ArtifactError, match=r"copurchase_orders must be int32 values or their 4 byte planes"):
+        ModelArtifact.from_bytes(npz_bytes(**arrays))
+
+
+def test_byte_planes_compress_the_per_item_arrays_smaller_than_typed_values():
+    # Arrange: 5,000 Shopify-like ids (gaps under 2²¹: three of eight bytes vary), small counts and supports
+    from recommender.array_archive import write_arrays
+
+    rng = np.random.default_rng(8)
+    n = 5000
+    ids = (8_000_000_000_000 + np.cumsum(rng.integers(1, 2_000_000, n))).astype(str).tolist()
+    counts = rng.integers(0, 4, n)
+    together = CoPurchaseLists.from_counts(counts, rng.integers(0, n, counts.sum()), rng.random(counts.sum()),
+                                           counts * 3)
+    artifact = ModelArtifact.build(ids, rng.standard_normal((n, 8)).astype(np.float32), np.floor(rng.pareto(1.2, n)),
+                                   0.1, 1.0, {"version": "v"}, item_support=rng.integers(0, 50, n), copurchase=together)
+
+    # Act
+    planes = zipfile.ZipFile(io.BytesIO(artifact.to_bytes()))
+    typed = zipfile.ZipFile(io.BytesIO(write_arrays(format_5_arrays(artifact), stored=("factor_columns_low",))))
+
+    # Assert: every byte-planed member is smaller than the same values typed
+    for name in ("item_id_deltas", "popularity", "item_support", "copurchase_counts", "copurchase_neighbors",
+                 "copurchase_orders"):
+        assert planes.getinfo(f"{name}.npy").compress_size < typed.getinfo(f"{name}.npy").compress_size, name
