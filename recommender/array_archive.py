@@ -84,7 +84,8 @@ def write_arrays(arrays: Mapping[str, np.ndarray], stored: Iterable[str] = ()) -
     return out.getvalue()
 
 
-def read_arrays(data: bytes, then: Mapping[str, Callable[[np.ndarray, Mapping[str, np.ndarray]], None]] | None = None,
+def read_arrays(data: bytes,
+                then: Mapping[str, Callable[[np.ndarray, Mapping[str, np.ndarray]], np.ndarray | None]] | None = None,
                 into: Mapping[str, Callable[[int, Mapping[str, np.ndarray]], np.ndarray | None]] | None = None,
                 ) -> dict[str, np.ndarray]:
     """Every `.npy` member of the zip in `data`, by name, each checked, without pickle and without copying stored ones.
@@ -96,8 +97,9 @@ def read_arrays(data: bytes, then: Mapping[str, Callable[[np.ndarray, Mapping[st
     checked by the decompressor as it goes; any other member against the CRC-32 in the zip. `then[name](array,
     stored)`, if given, runs on the thread that decompressed that member, at once, with the stored members
     by name: work on a large member starts while the other thread is still decompressing, and may start
-    before a stored member's CRC has been checked (a bad one still fails the whole read). Corrupt or
-    truncated input raises ArtifactError.
+    before a stored member's CRC has been checked (a bad one still fails the whole read). An array it returns
+    replaces the member in the result (the member's own memory can go at once); None keeps the member.
+    Corrupt or truncated input raises ArtifactError.
 
     `into[name](size, stored)`, if given, may return a writable uint8 buffer of `size` bytes (the member's
     whole .npy file) for a Zstandard member to be decompressed into, on the thread that decompresses it,
@@ -125,13 +127,17 @@ def read_arrays(data: bytes, then: Mapping[str, Callable[[np.ndarray, Mapping[st
                 landing = into[name](member.file_size, stored) if name in into else None
                 arrays[name] = array = _npy(_decompressed(view, member, landing), member)
                 if name in then:
-                    then[name](array, stored)
+                    replacement = then[name](array, stored)
+                    if replacement is not None:
+                        arrays[name] = replacement
             jobs.append((info.file_size * (_THEN_COST if name in then else 1.0), decompress))
         else:
             raise ArtifactError(f"{info.filename} uses an unsupported zip compression ({info.compress_type})")
     for name, array in stored.items():
         if name in then:
-            then[name](array, stored)
+            replacement = then[name](array, stored)
+            if replacement is not None:
+                arrays[name] = replacement
     shares: tuple[list[Callable[[], None]], list[Callable[[], None]]] = ([], [])
     totals = [0.0, 0.0]
     for cost, job in sorted(jobs, key=lambda job: -job[0]):  # the costliest first, each to the lighter thread

@@ -415,25 +415,24 @@ class _Derived:
     def __init__(self) -> None:
         self._done: dict[str, Any] = {}
 
-    def callbacks(self) -> dict[str, Callable[[np.ndarray, Mapping[str, np.ndarray]], None]]:
-        return {name: (lambda array, stored, name=name: self._keep(name, self._derive(name, array)))
+    def callbacks(self) -> dict[str, Callable[[np.ndarray, Mapping[str, np.ndarray]], np.ndarray]]:
+        return {name: (lambda array, stored, name=name: self._decode(name, array))
                 for name in (*BYTE_PLANES, "copurchase_scores")}
 
-    def _derive(self, name: str, array: np.ndarray) -> Any:
+    def _decode(self, name: str, array: np.ndarray) -> np.ndarray:
+        """The member's typed values, which replace its byte planes in what `read_arrays` returns (the planes'
+        memory goes at once: a new instance's peak holds each per-item array once), and what derives from them."""
+        values = from_byte_planes(array, name) if name in BYTE_PLANES else array
         if name == "item_id_deltas":
-            return self.item_ids(array)
-        if name == "copurchase_counts":
-            return self.indptr(array)
-        if name == "copurchase_scores":
-            return self.scores(array)
-        return self.values(name, array)
+            self._done[name] = self.item_ids(values)
+        elif name == "copurchase_counts":
+            self._done[name] = self.indptr(values)
+        elif name == "copurchase_scores":
+            self._done[name] = self.scores(values)
+        return values
 
-    def _keep(self, name: str, value: Any) -> None:
-        self._done[name] = value
-
-    def values(self, name: str, array: np.ndarray) -> np.ndarray:
-        if name in self._done:
-            return self._done[name]
+    @staticmethod
+    def values(name: str, array: np.ndarray) -> np.ndarray:
         return from_byte_planes(array, name)
 
     def item_ids(self, deltas: np.ndarray) -> ItemIds:
@@ -442,7 +441,7 @@ class _Derived:
         deltas = from_byte_planes(deltas, "item_id_deltas")
         if deltas.dtype.kind != "i" or deltas.dtype.itemsize != 8:
             raise ArtifactError(f"item_id_deltas must be int64, got {deltas.dtype}")
-        return ItemIds(numbers=np.cumsum(deltas, out=deltas if deltas.flags.writeable else None))
+        return ItemIds(numbers=np.cumsum(deltas))
 
     def indptr(self, counts: np.ndarray) -> np.ndarray:
         if "copurchase_counts" in self._done:

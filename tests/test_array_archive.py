@@ -242,6 +242,23 @@ def test_a_member_is_decompressed_into_the_buffer_offered_for_it_and_read_normal
     assert not np.shares_memory(restored["names"], landing)
 
 
+def test_what_a_callback_returns_replaces_its_member_and_none_keeps_it():
+    # Arrange: counts (compressed) doubled, plane (stored) reversed, names seen but kept
+    data = write_arrays(ARRAYS, stored={"plane"})
+    seen = []
+    then = {"counts": lambda array, stored: array * 2, "plane": lambda array, stored: array[::-1],
+            "names": lambda array, stored: seen.append(array.tolist())}
+
+    # Act
+    restored = read_arrays(data, then=then)
+
+    # Assert
+    np.testing.assert_array_equal(restored["counts"], ARRAYS["counts"] * 2)
+    np.testing.assert_array_equal(restored["plane"], ARRAYS["plane"][::-1])
+    np.testing.assert_array_equal(restored["names"], ARRAYS["names"])
+    assert seen == [["a", "bb", "ccc"]]
+
+
 def test_a_member_decompressed_into_an_offered_buffer_is_still_checked():
     # Arrange: a flipped bit in the frame's checksum, and a zip claiming 16 bytes fewer than the frame holds
     data = bytearray(write_arrays({"counts": ARRAYS["counts"]}))
