@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import threading
 from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
 
@@ -365,7 +366,8 @@ class ModelArtifact:
     def _parse(cls, data: bytes) -> "ModelArtifact":
         rebuild = _FactorRebuild()
         derived = _Derived()
-        arrays = read_arrays(data, then={**rebuild.callbacks(), **derived.callbacks()}, into=rebuild.landings())
+        arrays = read_arrays(data, then={**rebuild.callbacks(), **derived.callbacks()},
+                             into={**rebuild.landings(), **derived.landings()})
         if "format_version" in arrays and int(arrays["format_version"]) not in READABLE_FORMATS:
             raise ArtifactError(f"artifact format {int(arrays['format_version'])} is not supported"
                                 f" (this version reads {', '.join(map(str, READABLE_FORMATS))}): train again to"
@@ -418,6 +420,13 @@ class _Derived:
     def callbacks(self) -> dict[str, Callable[[np.ndarray, Mapping[str, np.ndarray]], np.ndarray]]:
         return {name: (lambda array, stored, name=name: self._decode(name, array))
                 for name in (*BYTE_PLANES, "copurchase_scores")}
+
+    @staticmethod
+    def landings() -> dict[str, Callable[[int, Mapping[str, np.ndarray]], np.ndarray]]:
+        """For `read_arrays(into=...)`: each byte-planed member is decompressed into a mapping of its own, which goes
+        back to the system as soon as its values are decoded (`_decode`). Buffers from the allocator went back to
+        its free lists instead, where a new 1M-item instance kept ~15 MB of them (bench/PERFORMANCE.md)."""
+        return {name: (lambda size, stored: np.frombuffer(mmap.mmap(-1, size), dtype=np.uint8)) for name in BYTE_PLANES}
 
     def _decode(self, name: str, array: np.ndarray) -> np.ndarray:
         """The member's typed values, which replace its byte planes in what `read_arrays` returns (the planes'
