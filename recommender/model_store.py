@@ -279,15 +279,196 @@ class LocalModelStore:
 class GCSModelStore:
     """The same layout in a Cloud Storage bucket; generation preconditions make publishing safe across instances.
 
-    google-cloud-storage is imported on first use, never on the serving import path.
+    google-cloud-storage is imported on first use, never on the serving import path, and a serving
+    instance's reads (the pointer, manifests, artifacts) go without it where they can (`JsonApiReads`).
     `client` (a google.cloud.storage.Client) is made from the environment when not given.
     """
 
-    def __init__(self, bucket: str, prefix: str = "", client: Any = None):
+    def __init__(self, bucket: str, prefix: str = "", client: Any = None, reads: "JsonApiReads | None" = None):
         self.bucket_name = bucket
         self.prefix = prefix.strip("/")
         self._client = client
         self._client_lock = threading.Lock()
+        # Decided on first read, from the environment then (JsonApiReads.for_environment); None: the client reads.
+        self._reads: JsonApiReads | None = reads
+        self._reads_decided = reads is not None or client is not None
+
+    @property
+    def url(self) -> str:
+        return f"gs://{self.bucket_name}/{self.prefix}".rstrip("/")
+
+    def publish(self, shop: str, artifact: ModelArtifact) -> Manifest:
+        """Create the artifact and its manifest (generation 0: never overwrite), verify, then move `latest`
+        with a precondition on the generation read at the start."""
+        check_shop_domain(shop)
+        data = artifact.to_bytes()
+        manifest = Manifest(shop, check_version(artifact.version), sha256_hex(data), len(data))
+        bucket = self._bucket()
+        base = self._pointer_generation(shop)  # 0 if none: then `latest` may only be created, not replaced
+        created: list[Any] = []
+        try:
+            for name, body, content_type in ((f"{manifest.version}.npz", data, "application/octet-stream"),
+                                             (f"{manifest.version}.json", _manifest_json(manifest, artifact),
+                                              "application/json")):
+                blob = bucket.blob(self._key(shop, name))
+                with _gcs_errors(f"uploading {self._url(shop, name)}", conflict=(
+                        f"model version {self._url(shop, name)} already exists; versions are never overwritten")):
+                    blob.upload_from_string(body, content_type=content_type, if_generation_match=0)
+                created.append(blob)
+            self._verify(manifest)
+            pointer = bucket.blob(self._key(shop, LATEST))
+            with _gcs_errors(f"moving {self._url(shop, LATEST)}", conflict=(
+                    f"{self._url(shop, LATEST)} moved while {manifest.version} was being published (expected"
+                    f" generation {base}): another trainer published first; {manifest.version} was not kept")):
+                pointer.upload_from_string(_pointer_json(manifest.version), content_type="application/json",
+                                           if_generation_match=base)
+        except BaseException:
+            self._remove(created)
+            raise
+        return manifest.with_token(str(pointer.generation))
+
+    def latest(self, shop: str) -> Manifest | None:
+        key, where = self._key(shop, LATEST), self._url(shop, LATEST)
+        reads = self._light_reads()
+        for _ in range(3):
+            # The pointer's generation first, then exactly that generation's bytes, so the token is that of
+            # these bytes; a 404 for them means `latest` moved in between: read the new one.
+            if reads is not None:
+                generation = reads.generation(key, where)
+                if generation is None:
+                    return None
+                token, data = str(generation), reads.media(key, where, generation)
+            else:
+                with _gcs_errors(f"reading {where}"):
+                    pointer = self._bucket().get_blob(key)
+                if pointer is None:
+                    return None
+                token = str(pointer.generation)  # taken now: a download resets it from response headers
+                data = self._download(pointer, where)  # the blob's media link pins the generation just read
+            if data is not None:
+                return self.manifest(shop, _parse_pointer(data, where)).with_token(token)
+        raise ModelStoreUnavailable(f"{where} kept moving while being read; retry")
+
+    def manifest(self, shop: str, version: str) -> Manifest:
+        path = self._dir(shop) / f"{check_version(version)}.json"
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise ArtifactError(f"model manifest {path} is missing") from None
+        return _parse_manifest(shop, data, str(path))
+
+    def load(self, manifest: Manifest) -> ModelArtifact:
+        """Parse the artifact straight from the page cache (mmap): no copy of the file into the heap.
+
+        Published files are never written again (a new version is a new file, renamed into place), so the
+        mapping cannot change under the parser; the stored factors are cast to float32 from it directly.
+        """
+        return self._load(manifest, whole_file=False)
+
+    def _load(self, manifest: Manifest, whole_file: bool) -> ModelArtifact:
+        path = self._dir(manifest.shop) / f"{check_version(manifest.version)}.npz"
+        try:
+            with open(path, "rb") as file:
+                if os.fstat(file.fileno()).st_size == 0:
+                    return _parse_artifact(b"", manifest, str(path), whole_file)
+                data = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+        except FileNotFoundError:
+            raise ArtifactError(f"model artifact {path} is missing") from None
+        return _parse_artifact(data, manifest, str(path), whole_file)
+
+    def delete_shop(self, shop: str) -> int:
+        """Delete the shop's pointer, artifacts and manifests (shop/redact); returns how many files went."""
+        folder = self._dir(shop)
+        try:
+            paths = sorted(folder.iterdir(), key=lambda p: p.name != LATEST)  # the pointer first: no reader follows it
+        except FileNotFoundError:
+            return 0
+        for path in paths:
+            path.unlink(missing_ok=True)
+        folder.rmdir()
+        _fsync_dir(self.root)
+        return len(paths)
+
+    def record_run(self, shop: str, record: dict) -> None:
+        """Keep one training run's log (when, events, metrics, published or why not) beside the models."""
+        folder = self._dir(shop)
+        folder.mkdir(parents=True, exist_ok=True)
+        _create_new(folder / _run_name(), json.dumps(record, sort_keys=True).encode())
+
+    def runs(self, shop: str, limit: int = 20) -> list[dict]:
+        """The newest `limit` run logs, newest first."""
+        try:
+            names = sorted((p for p in self._dir(shop).iterdir() if p.name.startswith(RUN_PREFIX)), reverse=True)
+        except FileNotFoundError:
+            return []
+        return [json.loads(path.read_bytes()) for path in names[:limit]]
+
+    def _verify(self, manifest: Manifest) -> None:
+        """Refuse to point `latest` at anything that does not read back exactly as written."""
+        if self.manifest(manifest.shop, manifest.version) != manifest:
+            raise ArtifactError(f"model manifest {manifest.version}.json read back differently from what was written")
+        self._load(manifest, whole_file=True)
+
+    def _move_latest(self, folder: Path, base: bytes | None, version: str) -> str:
+        """Swap in the new pointer if the current one still holds `base`; returns the new pointer's change token."""
+        pointer = folder / LATEST
+        staged = _write_temporary(folder, LATEST, _pointer_json(version))
+        try:
+            token = _file_token(os.stat(staged))
+            with self._pointer_lock(folder):
+                current = _read_if_exists(pointer)
+                if current != base:
+                    raise PublishConflict(
+                        f"{pointer} moved while {version} was being published (it held {_describe(base)}, now"
+                        f" {_describe(current)}): another trainer published first; {version} was not kept"
+                    )
+                os.replace(staged, pointer)
+                _fsync_dir(folder)
+        finally:
+            Path(staged).unlink(missing_ok=True)
+        return token
+
+    @contextlib.contextmanager
+    def _pointer_lock(self, folder: Path) -> Iterator[None]:
+        """Held only to compare and swap `latest`. O_CREAT|O_EXCL: exactly one creator succeeds."""
+        lock = folder / f"{LATEST}.lock"
+        deadline = time.monotonic() + self.lock_timeout
+        while True:
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                break
+            except FileExistsError:
+                if time.monotonic() >= deadline:
+                    raise PublishConflict(
+                        f"{lock} is held by another publisher ({_read_if_exists(lock)!r}) for over"
+                        f" {self.lock_timeout:g}s; if no trainer is running, a crash left it: delete it"
+                    ) from None
+                time.sleep(0.01)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+            yield
+        finally:
+            lock.unlink(missing_ok=True)
+            _fsync_dir(folder)
+
+
+class GCSModelStore:
+    """The same layout in a Cloud Storage bucket; generation preconditions make publishing safe across instances.
+
+    google-cloud-storage is imported on first use, never on the serving import path, and a serving
+    instance's reads (the pointer, manifests, artifacts) go without it where they can (`JsonApiReads`).
+    `client` (a google.cloud.storage.Client) is made from the environment when not given.
+    """
+
+    def __init__(self, bucket: str, prefix: str = "", client: Any = None, reads: "JsonApiReads | None" = None):
+        self.bucket_name = bucket
+        self.prefix = prefix.strip("/")
+        self._client = client
+        self._client_lock = threading.Lock()
+        # Decided on first read, from the environment then (JsonApiReads.for_environment); None: the client reads.
+        self._reads: JsonApiReads | None = reads
+        self._reads_decided = reads is not None or client is not None
 
     @property
     def url(self) -> str:
@@ -325,7 +506,16 @@ class GCSModelStore:
 
     def latest(self, shop: str) -> Manifest | None:
         key = self._key(shop, LATEST)
+        reads = self._light_reads()
         for _ in range(3):
+            if reads is not None:  # the same steps without google-cloud-storage: the generation, then those bytes
+                generation = reads.generation(key, self._url(shop, LATEST))
+                if generation is None:
+                    return None
+                data = reads.media(key, self._url(shop, LATEST), generation)
+                if data is not None:
+                    return self.manifest(shop, _parse_pointer(data, self._url(shop, LATEST))).with_token(str(generation))
+                continue
             with _gcs_errors(f"reading {self._url(shop, LATEST)}"):
                 pointer = self._bucket().get_blob(key)
             if pointer is None:
@@ -341,7 +531,7 @@ class GCSModelStore:
 
     def manifest(self, shop: str, version: str) -> Manifest:
         where = self._url(shop, f"{check_version(version)}.json")
-        data = self._download(self._bucket().blob(self._key(shop, f"{version}.json")), where)
+        data = self._read(self._key(shop, f"{version}.json"), where)
         if data is None:
             raise ArtifactError(f"model manifest {where} is missing")
         return _parse_manifest(shop, data, where)
@@ -352,7 +542,7 @@ class GCSModelStore:
     def _load(self, manifest: Manifest, whole_file: bool) -> ModelArtifact:
         name = f"{check_version(manifest.version)}.npz"
         where = self._url(check_shop_domain(manifest.shop), name)
-        data = self._download(self._bucket().blob(self._key(manifest.shop, name)), where)
+        data = self._read(self._key(manifest.shop, name), where)
         if data is None:
             raise ArtifactError(f"model artifact {where} is missing")
         return _parse_artifact(data, manifest, where, whole_file)
@@ -402,6 +592,19 @@ class GCSModelStore:
             pointer = self._bucket().get_blob(self._key(shop, LATEST))
         return int(pointer.generation) if pointer is not None else 0
 
+    def _light_reads(self) -> "JsonApiReads | None":
+        if not self._reads_decided:
+            self._reads = JsonApiReads.for_environment(self.bucket_name, os.environ)
+            self._reads_decided = True
+        return self._reads
+
+    def _read(self, key: str, where: str) -> bytes | None:
+        """An object's bytes (None if it does not exist), without google-cloud-storage where the environment allows."""
+        reads = self._light_reads()
+        if reads is not None:
+            return reads.media(key, where)
+        return self._download(self._bucket().blob(key), where)
+
     def _download(self, blob: Any, where: str) -> bytes | None:
         """The object's bytes, or None if it does not exist."""
         from google.api_core.exceptions import NotFound
@@ -440,6 +643,120 @@ class GCSModelStore:
                     blob.delete(if_generation_match=blob.generation)
             except ArtifactError as exc:  # the publish's own error matters more; this one is logged
                 log.warning("could not remove %s after a failed publish: %s", blob.name, exc)
+
+
+class JsonApiReads:
+    """Cloud Storage objects read over its JSON API with `http.client`, which a serving instance has imported
+    already (werkzeug's server imports it). google-cloud-storage took 135–210 ms to import on the benchmark
+    machine, and a new instance's first shopper paid for it when the model store was gs:// (bench/PERFORMANCE.md).
+
+    For the serving reads only (the pointer, manifests, artifacts), and only where they need none of the client
+    library's credentials: against STORAGE_EMULATOR_HOST, which takes none, and on Cloud Run and Cloud
+    Functions (K_SERVICE is set there), with the service account's access token from the metadata server
+    (GCE_METADATA_HOST, else metadata.google.internal), kept until a minute before it expires. Anywhere else
+    (a laptop with gcloud's credentials, say) google-cloud-storage reads, as it writes everywhere. Each thread
+    keeps one connection to the endpoint. A missing object is None; any other refusal, a network failure or no
+    token raises ModelStoreUnavailable, naming what was being read.
+    """
+
+    PUBLIC_ENDPOINT = "https://storage.googleapis.com"
+    TOKEN_PATH = "/computeMetadata/v1/instance/service-accounts/default/token"
+    TIMEOUT_SECONDS = 30.0
+
+    def __init__(self, bucket: str, endpoint: str, metadata_host: str | None = None):
+        from urllib.parse import quote, urlsplit
+
+        parts = urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"Cloud Storage endpoint must be http(s)://host[:port], got {endpoint!r}")
+        self._secure = parts.scheme == "https"
+        self._host, self._port = parts.hostname, parts.port
+        self._bucket_path = f"/storage/v1/b/{quote(bucket, safe='')}/o/"
+        self._quote = quote
+        self._metadata_host = metadata_host
+        self._token: tuple[str, float] | None = None  # (access token, monotonic time to fetch a new one)
+        self._token_lock = threading.Lock()
+        self._local = threading.local()
+
+    @classmethod
+    def for_environment(cls, bucket: str, env: Any) -> "JsonApiReads | None":
+        emulator = env.get("STORAGE_EMULATOR_HOST")
+        if emulator:
+            return cls(bucket, emulator)
+        if env.get("K_SERVICE"):
+            return cls(bucket, cls.PUBLIC_ENDPOINT, env.get("GCE_METADATA_HOST") or "metadata.google.internal")
+        return None
+
+    def media(self, key: str, where: str, generation: int | None = None) -> bytes | None:
+        """The object's bytes (that generation's, if given), or None if it does not exist."""
+        query = "alt=media" if generation is None else f"alt=media&generation={generation}"
+        return self._get(f"{self._bucket_path}{self._quote(key, safe='')}?{query}", f"reading {where}")
+
+    def generation(self, key: str, where: str) -> int | None:
+        """The object's current generation, or None if it does not exist."""
+        body = self._get(f"{self._bucket_path}{self._quote(key, safe='')}?fields=generation", f"reading {where}")
+        if body is None:
+            return None
+        try:
+            return int(json.loads(body)["generation"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ModelStoreUnavailable(f"reading {where}: the object's metadata has no generation: {exc}") from exc
+
+    def _get(self, path: str, action: str) -> bytes | None:
+        import http.client
+
+        headers = {} if self._metadata_host is None else {"Authorization": f"Bearer {self._access_token(action)}"}
+        for attempt in (1, 2):  # a kept connection the server has since closed fails once; a new one is tried
+            connection = self._connection()
+            try:
+                connection.request("GET", path, headers=headers)
+                response = connection.getresponse()
+                body = response.read()
+                break
+            except (OSError, http.client.HTTPException) as exc:
+                connection.close()
+                self._local.connection = None
+                if attempt == 2:
+                    raise ModelStoreUnavailable(f"{action} failed: {exc!r}") from exc
+        if response.status == 404:
+            return None
+        if response.status != 200:
+            raise ModelStoreUnavailable(f"{action} failed: HTTP {response.status}: {body[:300].decode(errors='replace')}")
+        return body
+
+    def _connection(self) -> Any:
+        import http.client
+
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            kind = http.client.HTTPSConnection if self._secure else http.client.HTTPConnection
+            connection = self._local.connection = kind(self._host, self._port, timeout=self.TIMEOUT_SECONDS)
+        return connection
+
+    def _access_token(self, action: str) -> str:
+        with self._token_lock:
+            if self._token is None or time.monotonic() >= self._token[1]:
+                self._token = self._fetch_token(action)
+            return self._token[0]
+
+    def _fetch_token(self, action: str) -> tuple[str, float]:
+        import http.client
+
+        connection = http.client.HTTPConnection(self._metadata_host, timeout=5.0)
+        try:
+            connection.request("GET", self.TOKEN_PATH, headers={"Metadata-Flavor": "Google"})
+            response = connection.getresponse()
+            body = response.read()
+            if response.status != 200:
+                raise ModelStoreUnavailable(f"{action}: the metadata server at {self._metadata_host} gave no access"
+                                            f" token: HTTP {response.status}: {body[:200].decode(errors='replace')}")
+            fields = json.loads(body)
+            return str(fields["access_token"]), time.monotonic() + max(0.0, float(fields["expires_in"]) - 60.0)
+        except (OSError, http.client.HTTPException, ValueError, KeyError, TypeError) as exc:
+            raise ModelStoreUnavailable(f"{action}: no access token from the metadata server at"
+                                        f" {self._metadata_host}: {exc!r}") from exc
+        finally:
+            connection.close()
 
 
 @contextlib.contextmanager

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import re
 import socket
 import subprocess
@@ -28,7 +29,8 @@ import pytest
 from recommender.artifact import ModelArtifact
 from recommender.errors import ArtifactError, ConfigError, InvalidParameter
 from recommender.model_store import (
-    GCSModelStore, LocalModelStore, Manifest, ModelStoreUnavailable, PublishConflict, open_model_store,
+    GCSModelStore, JsonApiReads, LocalModelStore, Manifest, ModelStoreUnavailable, PublishConflict,
+    open_model_store,
 )
 from recommender.settings import Settings
 from tests.conftest import ROOT, SHOP
@@ -573,6 +575,123 @@ def test_gcs_store_serves_recommendations_through_the_app(gcs, env, monkeypatch)
     assert response.status_code == 200, response.json
     assert response.json["model_version"] == V1
     assert [r["product_id"] for r in response.json["recommendations"]] == ITEM_IDS[:2]
+
+
+def test_gcs_serving_reads_go_without_the_google_client(gcs, gcs_emulator):
+    # Arrange: published with the client library; then a new process reads as a new serving instance does
+    manifest = gcs.store.publish(SHOP, artifact(V1))
+    script = ("import sys\n"
+              "from recommender.model_store import open_model_store\n"
+              f"store = open_model_store('gs://{BUCKET}/{gcs.prefix}')\n"
+              f"latest = store.latest('{SHOP}')\n"
+              "loaded = store.load(latest)\n"
+              "print(latest.version, latest.change_token, loaded.item_ids.tolist())\n"
+              "print(sorted(m for m in sys.modules if m.startswith(('google.cloud.storage', 'google.api_core',"
+              " 'google.auth'))))")
+
+    # Act
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True,
+                            env={**os.environ, "STORAGE_EMULATOR_HOST": gcs_emulator.host})
+
+    # Assert: the same model and pointer generation, and the client library never imported
+    version, token, ids = result.stdout.splitlines()[0].split(" ", 2)
+    assert (version, token) == (V1, manifest.change_token)
+    assert ids == repr(ITEM_IDS)
+    assert result.stdout.splitlines()[1] == "[]"
+
+
+def test_json_api_reads_are_chosen_by_the_environment():
+    # Act / Assert: the emulator needs no token; Cloud Run and Cloud Functions set K_SERVICE; elsewhere the client
+    assert JsonApiReads.for_environment("b", {"STORAGE_EMULATOR_HOST": "http://127.0.0.1:9023"})._metadata_host is None
+    on_cloud_run = JsonApiReads.for_environment("b", {"K_SERVICE": "recommend"})
+    assert (on_cloud_run._host, on_cloud_run._secure, on_cloud_run._metadata_host) == (
+        "storage.googleapis.com", True, "metadata.google.internal")
+    assert JsonApiReads.for_environment("b", {"K_SERVICE": "recommend", "GCE_METADATA_HOST": "10.0.0.9:8080"}
+                                        )._metadata_host == "10.0.0.9:8080"
+    assert JsonApiReads.for_environment("b", {"HOME": "/root"}) is None
+
+
+@pytest.fixture
+def stand_ins():
+    """Loopback stand-ins for the two Google servers that cannot run here: the metadata server (a token) and
+    Cloud Storage answering as it does (the emulator takes no token, so it cannot show one arriving)."""
+    import http.server
+    import threading
+
+    seen: list[tuple[str, str, dict]] = []
+    storage_status = [200]
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append((self.server.name, self.path, dict(self.headers)))
+            if self.server.name == "metadata":
+                status, body = 200, json.dumps({"access_token": f"token-{len(seen)}", "expires_in": 3599,
+                                                "token_type": "Bearer"}).encode()
+            elif storage_status[0] != 200:
+                status, body = storage_status[0], b'{"error": {"message": "caller does not have storage.objects.get"}}'
+            elif "fields=generation" in self.path:
+                status, body = 200, b'{"generation": "1712"}'
+            else:
+                status, body = 200, b"object bytes"
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    servers = {}
+    for name in ("metadata", "storage"):
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server.name = name
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers[name] = server
+    yield (f"http://127.0.0.1:{servers['storage'].server_port}", f"127.0.0.1:{servers['metadata'].server_port}",
+           seen, storage_status)
+    for server in servers.values():
+        server.shutdown()
+        server.server_close()
+
+
+def test_json_api_reads_send_the_metadata_servers_token_and_fetch_it_once(stand_ins):
+    # Arrange
+    storage, metadata, seen, _ = stand_ins
+    reads = JsonApiReads("my-bucket", storage, metadata)
+
+    # Act
+    generation = reads.generation("models/a.myshopify.com/latest.json", "the pointer")
+    data = reads.media("models/a.myshopify.com/latest.json", "the pointer", generation)
+
+    # Assert: one token, asked for as the metadata server requires, sent with both reads
+    assert (generation, data) == (1712, b"object bytes")
+    assert [(server, path) for server, path, _ in seen] == [
+        ("metadata", JsonApiReads.TOKEN_PATH),
+        ("storage", "/storage/v1/b/my-bucket/o/models%2Fa.myshopify.com%2Flatest.json?fields=generation"),
+        ("storage", "/storage/v1/b/my-bucket/o/models%2Fa.myshopify.com%2Flatest.json?alt=media&generation=1712"),
+    ]
+    assert seen[0][2]["Metadata-Flavor"] == "Google"
+    assert [headers["Authorization"] for server, _, headers in seen if server == "storage"] == ["Bearer token-1"] * 2
+
+
+def test_json_api_reads_report_a_refusal_by_what_was_read(stand_ins):
+    # Arrange: the service account may not read the bucket
+    storage, metadata, _, storage_status = stand_ins
+    storage_status[0] = 403
+    reads = JsonApiReads("my-bucket", storage, metadata)
+
+    # Act / Assert
+    with pytest.raises(ModelStoreUnavailable, match="reading gs://my-bucket/x.npz failed: HTTP 403: .*storage.objects.get"):
+        reads.media("x.npz", "gs://my-bucket/x.npz")
+
+
+def test_json_api_reads_without_a_metadata_server_say_so():
+    # Arrange: a port nothing listens on
+    reads = JsonApiReads("my-bucket", "http://127.0.0.1:9", f"127.0.0.1:{_free_port()}")
+
+    # Act / Assert
+    with pytest.raises(ModelStoreUnavailable, match="reading the pointer: no access token from the metadata server"):
+        reads.media("latest.json", "the pointer")
 
 
 def _free_port() -> int:
