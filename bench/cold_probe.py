@@ -2,6 +2,10 @@
 
     python -m bench.cold_probe --starts 13            # floor, lazy, PRELOAD_SHOPS (bytecode present)
     python -m bench.cold_probe --starts 9 --bytecode  # floor, lazy with bytecode, lazy compiling from source
+    python -m bench.cold_probe --starts 9 --gcs       # floor, lazy from a folder, lazy and PRELOAD_SHOPS from gs://
+
+`--gcs` publishes the model to Cloud Storage as deployed instances find it (gs://, here gcp-storage-emulator
+on loopback, an in-memory Python server: a real bucket is farther away and faster per byte).
 
 Each round starts every variant once, in order, so the machine's noise falls on all of them alike;
 prints the median spawn → first 200 of each and its ratio to the floor. A 100k-item model, as in
@@ -11,6 +15,7 @@ prints the median spawn → first 200 of each and its ratio to the floor. A 100k
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import subprocess
@@ -19,6 +24,7 @@ import tempfile
 from pathlib import Path
 
 from bench import process, synthetic
+from recommender.model_store import open_model_store
 
 
 def _compile() -> None:
@@ -36,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--starts", type=int, default=13, help="starts per variant")
     parser.add_argument("--items", type=int, default=100_000)
     parser.add_argument("--bytecode", action="store_true", help="compare with and without bytecode instead")
+    parser.add_argument("--gcs", action="store_true", help="also load the model from gs:// (an emulator on loopback)")
     args = parser.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="cold-probe-"))
@@ -45,6 +52,13 @@ def main(argv: list[str] | None = None) -> int:
     floor_source = synthetic.write_floor_source(work / "floor")
     variants = (("lazy, bytecode", True, {}), ("lazy, compiling", False, {})) if args.bytecode else (
         ("lazy", True, {}), ("PRELOAD_SHOPS", True, {"PRELOAD_SHOPS": synthetic.SHOP}))
+    emulator = None
+    if args.gcs:
+        emulator, gcs = process.start_storage_emulator(work / "logs")
+        variants = (("lazy", True, {}), ("gs:// lazy", True, gcs),
+                    ("gs:// PRELOAD_SHOPS", True, {**gcs, "PRELOAD_SHOPS": synthetic.SHOP}))
+        os.environ["STORAGE_EMULATOR_HOST"] = gcs["STORAGE_EMULATOR_HOST"]  # for the publisher's client library
+        open_model_store(gcs["MODEL_STORE_URL"]).publish(synthetic.SHOP, artifact)
     seconds: dict[str, list[float]] = {"floor": [], **{label: [] for label, _, _ in variants}}
     try:
         for _ in range(args.starts):
@@ -63,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
                     server.stop()
     finally:
         _compile()
+        if emulator is not None:
+            emulator.stop()
         shutil.rmtree(work, ignore_errors=True)
     floor = statistics.median(seconds["floor"])
     for label, values in seconds.items():

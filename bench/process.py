@@ -82,6 +82,34 @@ def spawn(target: str, source: Path, env: dict[str, str], log_dir: Path, threads
     return Server(process, port, started, log_path)
 
 
+STORAGE_BUCKET = "bench-models"
+
+
+def start_storage_emulator(log_dir: Path) -> tuple[Server, dict[str, str]]:
+    """gcp-storage-emulator on a free loopback port (in memory, with STORAGE_BUCKET), and the environment that
+    points a gs:// model store at it (google-cloud-storage and our own reads both take STORAGE_EMULATOR_HOST)."""
+    port = free_port()
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"storage-emulator-{port}.log"
+    with open(log_path, "wb") as log:
+        started = time.perf_counter()
+        emulator = subprocess.Popen(
+            [sys.executable, "-m", "gcp_storage_emulator", "start", "--host", LOOPBACK, "--port", str(port),
+             "--in-memory", "--default-bucket", STORAGE_BUCKET], cwd=log_dir, stdout=log, stderr=subprocess.STDOUT)
+    server = Server(emulator, port, started, log_path)
+    deadline = time.monotonic() + 30.0
+    while True:
+        try:
+            with socket.create_connection((LOOPBACK, port), timeout=0.5):
+                break
+        except OSError:
+            if emulator.poll() is not None or time.monotonic() > deadline:
+                server.stop()
+                raise RuntimeError(f"gcp-storage-emulator did not start:\n{server.output()}") from None
+            time.sleep(0.05)
+    return server, {"MODEL_STORE_URL": f"gs://{STORAGE_BUCKET}/models", "STORAGE_EMULATOR_HOST": server.base}
+
+
 @dataclass(frozen=True)
 class Startup:
     listen_s: float  # spawn → the port accepts connections (imports done, gunicorn bound)
