@@ -5,7 +5,7 @@
     python -m bench.cold_probe --starts 9 --gcs       # floor, lazy from a folder, lazy and PRELOAD_SHOPS from gs://
 
 `--gcs` publishes the model to Cloud Storage as deployed instances find it (gs://, here gcp-storage-emulator
-on loopback, an in-memory Python server: a real bucket is farther away and faster per byte).
+on loopback, an in-memory Python server; a real bucket's distance and speed are not measured here).
 
 Each round starts every variant once, in order, so the machine's noise falls on all of them alike;
 prints the median spawn → first 200 of each and its ratio to the floor. A 100k-item model, as in

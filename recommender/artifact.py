@@ -394,17 +394,17 @@ class ModelArtifact:
             item_ids=ids,
             item_factors=factors,
             gramian=arrays["gramian"].astype(np.float32, copy=False),
-            popularity=derived.values("popularity", arrays["popularity"]).astype(np.float32, copy=False),
+            popularity=from_byte_planes(arrays["popularity"], "popularity").astype(np.float32, copy=False),
             regularization=float(arrays["regularization"]),
             alpha=float(arrays["alpha"]),
             metadata=metadata,
-            item_support=derived.values("item_support", arrays["item_support"]).astype(np.int32, copy=False),
+            item_support=from_byte_planes(arrays["item_support"], "item_support").astype(np.int32, copy=False),
             copurchase=CoPurchaseLists(derived.indptr(arrays["copurchase_counts"]),
-                                       derived.values("copurchase_neighbors", arrays["copurchase_neighbors"]
-                                                      ).astype(np.int32, copy=False),
+                                       from_byte_planes(arrays["copurchase_neighbors"], "copurchase_neighbors"
+                                                        ).astype(np.int32, copy=False),
                                        derived.scores(arrays["copurchase_scores"]),
-                                       derived.values("copurchase_orders", arrays["copurchase_orders"]
-                                                      ).astype(np.int32, copy=False)),
+                                       from_byte_planes(arrays["copurchase_orders"], "copurchase_orders"
+                                                        ).astype(np.int32, copy=False)),
         )
 
 
@@ -425,7 +425,7 @@ class _Derived:
     def landings() -> dict[str, Callable[[int, Mapping[str, np.ndarray]], np.ndarray]]:
         """For `read_arrays(into=...)`: each byte-planed member is decompressed into a mapping of its own, which goes
         back to the system as soon as its values are decoded (`_decode`). Buffers from the allocator went back to
-        its free lists instead, where a new 1M-item instance kept ~15 MB of them (bench/PERFORMANCE.md)."""
+        its free lists instead, where a new 1M-item instance kept 15–22 MB of them (bench/PERFORMANCE.md)."""
         return {name: (lambda size, stored: np.frombuffer(mmap.mmap(-1, size), dtype=np.uint8)) for name in BYTE_PLANES}
 
     def _decode(self, name: str, array: np.ndarray) -> np.ndarray:
@@ -439,10 +439,6 @@ class _Derived:
         elif name == "copurchase_scores":
             self._done[name] = self.scores(values)
         return values
-
-    @staticmethod
-    def values(name: str, array: np.ndarray) -> np.ndarray:
-        return from_byte_planes(array, name)
 
     def item_ids(self, deltas: np.ndarray) -> ItemIds:
         if "item_id_deltas" in self._done:

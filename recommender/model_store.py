@@ -30,7 +30,7 @@ import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, Protocol
+from typing import Any, Iterator, Mapping, Protocol
 
 from recommender.artifact import ModelArtifact, sha256_hex
 from recommender.errors import ArtifactError, ConfigError, InvalidParameter
@@ -499,7 +499,7 @@ class JsonApiReads:
         self._local = threading.local()
 
     @classmethod
-    def for_environment(cls, bucket: str, env: Any) -> "JsonApiReads | None":
+    def for_environment(cls, bucket: str, env: Mapping[str, str]) -> "JsonApiReads | None":
         emulator = env.get("STORAGE_EMULATOR_HOST")
         if emulator:
             return cls(bucket, emulator)
