@@ -89,6 +89,7 @@ class Manifest:
 class ModelStore(Protocol):
     def publish(self, shop: str, artifact: ModelArtifact) -> Manifest: ...
     def latest(self, shop: str) -> Manifest | None: ...
+    def pointer_token(self, shop: str) -> str | None: ...
     def load(self, manifest: Manifest) -> ModelArtifact: ...
     def delete_shop(self, shop: str) -> int: ...
     def record_run(self, shop: str, record: dict) -> None: ...
@@ -171,6 +172,13 @@ class LocalModelStore:
         except FileNotFoundError:
             return None
         return self.manifest(shop, _parse_pointer(data, str(pointer))).with_token(token)
+
+    def pointer_token(self, shop: str) -> str | None:
+        """The change token `latest` would report now (None: no pointer), without reading the pointer or a manifest."""
+        try:
+            return _file_token(os.stat(self._dir(shop) / LATEST))
+        except FileNotFoundError:
+            return None
 
     def manifest(self, shop: str, version: str) -> Manifest:
         path = self._dir(shop) / f"{check_version(version)}.json"
@@ -348,6 +356,18 @@ class GCSModelStore:
             if data is not None:
                 return self.manifest(shop, _parse_pointer(data, where)).with_token(token)
         raise ModelStoreUnavailable(f"{where} kept moving while being read; retry")
+
+    def pointer_token(self, shop: str) -> str | None:
+        """The pointer's generation as `latest` would report it now (None: no pointer): one request, not three."""
+        key, where = self._key(shop, LATEST), self._url(shop, LATEST)
+        reads = self._light_reads()
+        if reads is not None:
+            generation = reads.generation(key, where)
+        else:
+            with _gcs_errors(f"reading {where}"):
+                pointer = self._bucket().get_blob(key)
+            generation = None if pointer is None else pointer.generation
+        return None if generation is None else str(generation)
 
     def manifest(self, shop: str, version: str) -> Manifest:
         where = self._url(shop, f"{check_version(version)}.json")

@@ -303,6 +303,7 @@ class ModelHolder:
         self._clock = clock
         self._models: dict[str, ServingModel] = dict(preloaded or {})  # loaded at start-up (recommender.preload)
         self._checked_at: dict[str, float] = {shop: clock() for shop in self._models}
+        self._tokens: dict[str, str] = {}  # the pointer's change token when each shop's model was found
         self._first_load = threading.Lock()
         self._refreshing: dict[str, threading.Lock] = {}
 
@@ -332,17 +333,27 @@ class ModelHolder:
             )
         model = ServingModel(self._model_store.load(manifest))
         self._models[shop] = model
+        self._tokens[shop] = manifest.change_token
         return model
 
     def _refresh(self, shop: str, current: ServingModel) -> None:
+        """Runs on the request that found the check due. When `latest` has not moved since the current model was
+        found, that is one look at the pointer's change token (on gs://, one request instead of the pointer's
+        generation, its bytes and the manifest: three, one after the other)."""
         self._checked_at[shop] = self._clock()
         try:
+            known = self._tokens.get(shop)
+            if known and self._model_store.pointer_token(shop) == known:
+                return
             manifest = self._model_store.latest(shop)
             if manifest is None or manifest.version == current.version:
+                if manifest is not None:
+                    self._tokens[shop] = manifest.change_token
                 return
             fresh = ServingModel(self._model_store.load(manifest))
         except ArtifactError as exc:
             log.error("model refresh for %s refused, still serving %s: %s", shop, current.version, exc)
             return
         self._models[shop] = fresh
+        self._tokens[shop] = manifest.change_token
         log.info("model for %s swapped: %s -> %s", shop, current.version, fresh.version)

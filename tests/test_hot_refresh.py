@@ -43,6 +43,21 @@ def test_a_new_version_is_swapped_in_after_the_refresh_interval(models):
     assert holder.get(SHOP).version == "v2"
 
 
+def test_a_refresh_check_reads_no_manifest_while_latest_has_not_moved(models, caplog):
+    # Arrange: V1 served, then its manifest gone (a check that read it would log a refusal)
+    holder = ModelHolder(models, refresh_seconds=0, clock=Clock())
+    manifest = models.publish(SHOP, artifact("v1"))
+    assert holder.get(SHOP).version == "v1"
+    (models.root / SHOP / f"{manifest.version}.json").unlink()
+
+    # Act
+    served = holder.get(SHOP)
+
+    # Assert
+    assert served.version == "v1"
+    assert not [r for r in caplog.records if "refused" in r.getMessage()]
+
+
 def test_a_corrupt_artifact_is_refused_and_the_last_good_model_keeps_serving(models, caplog):
     clock = Clock()
     holder = ModelHolder(models, refresh_seconds=0, clock=clock)

@@ -600,6 +600,28 @@ def test_gcs_serving_reads_go_without_the_google_client(gcs, gcs_emulator):
     assert result.stdout.splitlines()[1] == "[]"
 
 
+def test_gcs_a_refresh_check_with_nothing_moved_is_one_request_and_a_move_is_still_seen(gcs):
+    # Arrange: a holder serving V1, checking at every request
+    from recommender.serving import ModelHolder
+
+    gcs.store.publish(SHOP, artifact(V1))
+    holder = ModelHolder(gcs.store, refresh_seconds=0)
+    assert holder.get(SHOP).version == V1
+    mark = gcs.emulator.mark()
+
+    # Act: two checks with nothing moved, then a new version and one more check
+    holder.get(SHOP)
+    holder.get(SHOP)
+    quiet = gcs.emulator.requests_since(mark)
+    gcs.store.publish(SHOP, artifact(V2))
+    served = holder.get(SHOP)
+
+    # Assert: each quiet check asked for the pointer's generation only; the move was picked up
+    assert [(r.method, r.path.rsplit("%2F", 1)[-1].rsplit("/", 1)[-1], r.query) for r in quiet] == [
+        ("GET", "latest.json", {"fields": ["generation"]})] * 2
+    assert served.version == V2
+
+
 def test_json_api_reads_are_chosen_by_the_environment():
     # Act / Assert: the emulator needs no token; Cloud Run and Cloud Functions set K_SERVICE; elsewhere the client
     assert JsonApiReads.for_environment("b", {"STORAGE_EMULATOR_HOST": "http://127.0.0.1:9023"})._metadata_host is None
