@@ -633,6 +633,27 @@ def test_json_api_reads_are_chosen_by_the_environment():
     assert JsonApiReads.for_environment("b", {"HOME": "/root"}) is None
 
 
+def test_json_api_reads_over_https_verify_the_server_with_one_context_for_every_thread():
+    # Arrange
+    import ssl
+    import threading
+
+    reads = JsonApiReads("b", JsonApiReads.PUBLIC_ENDPOINT, "metadata.google.internal")
+    connections = []
+
+    # Act: each thread opens its own connection (none connects yet)
+    threads = [threading.Thread(target=lambda: connections.append(reads._connection())) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    # Assert: three connections, one context, certificates and host names checked
+    contexts = {id(connection._context) for connection in connections}
+    assert len(connections) == 3 and len({id(c) for c in connections}) == 3 and len(contexts) == 1
+    assert reads._tls.verify_mode == ssl.CERT_REQUIRED and reads._tls.check_hostname
+
+
 @pytest.fixture
 def stand_ins():
     """Loopback stand-ins for the two Google servers that cannot run here: the metadata server (a token) and
