@@ -561,6 +561,9 @@ class JsonApiReads:
                     raise ModelStoreUnavailable(f"{action} failed: {exc!r}") from exc
         if response.status == 404:
             return None
+        if response.status == 401 and self._metadata_host is not None:
+            with self._token_lock:  # refused before its time: the next read asks the metadata server again
+                self._token = None
         if response.status != 200:
             raise ModelStoreUnavailable(f"{action} failed: HTTP {response.status}: {body[:300].decode(errors='replace')}")
         return body

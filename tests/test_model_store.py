@@ -728,6 +728,24 @@ def test_json_api_reads_report_a_refusal_by_what_was_read(stand_ins):
         reads.media("x.npz", "gs://my-bucket/x.npz")
 
 
+def test_json_api_reads_ask_for_a_new_token_after_a_401(stand_ins):
+    # Arrange: the storage stand-in refuses the first token
+    storage, metadata, seen, storage_status = stand_ins
+    reads = JsonApiReads("my-bucket", storage, metadata)
+    storage_status[0] = 401
+    with pytest.raises(ModelStoreUnavailable, match="HTTP 401"):
+        reads.media("x.npz", "gs://my-bucket/x.npz")
+    storage_status[0] = 200
+
+    # Act
+    data = reads.media("x.npz", "gs://my-bucket/x.npz")
+
+    # Assert: a second token was fetched and sent
+    assert data == b"object bytes"
+    assert [server for server, _, _ in seen] == ["metadata", "storage", "metadata", "storage"]
+    assert seen[-1][2]["Authorization"] == "Bearer token-3"
+
+
 def test_json_api_reads_without_a_metadata_server_say_so():
     # Arrange: a port nothing listens on
     reads = JsonApiReads("my-bucket", "http://127.0.0.1:9", f"127.0.0.1:{_free_port()}")
