@@ -284,6 +284,9 @@ class LocalModelStore:
             _fsync_dir(folder)
 
 
+_UNDECIDED = object()  # GCSModelStore's reads before the environment was looked at
+
+
 class GCSModelStore:
     """The same layout in a Cloud Storage bucket; generation preconditions make publishing safe across instances.
 
@@ -297,9 +300,9 @@ class GCSModelStore:
         self.prefix = prefix.strip("/")
         self._client = client
         self._client_lock = threading.Lock()
-        # Decided on first read, from the environment then (JsonApiReads.for_environment); None: the client reads.
-        self._reads: JsonApiReads | None = reads
-        self._reads_decided = reads is not None or client is not None
+        # JsonApiReads.for_environment decides on the first read, unless a client or reads were given; None: the
+        # client reads.
+        self._reads: JsonApiReads | None | object = reads if reads is not None or client is not None else _UNDECIDED
 
     @property
     def url(self) -> str:
@@ -359,14 +362,11 @@ class GCSModelStore:
 
     def pointer_token(self, shop: str) -> str | None:
         """The pointer's generation as `latest` would report it now (None: no pointer): one request, not three."""
-        key, where = self._key(shop, LATEST), self._url(shop, LATEST)
         reads = self._light_reads()
         if reads is not None:
-            generation = reads.generation(key, where)
+            generation = reads.generation(self._key(shop, LATEST), self._url(shop, LATEST))
         else:
-            with _gcs_errors(f"reading {where}"):
-                pointer = self._bucket().get_blob(key)
-            generation = None if pointer is None else pointer.generation
+            generation = self._pointer_generation(shop) or None  # 0: no pointer
         return None if generation is None else str(generation)
 
     def manifest(self, shop: str, version: str) -> Manifest:
@@ -433,10 +433,9 @@ class GCSModelStore:
         return int(pointer.generation) if pointer is not None else 0
 
     def _light_reads(self) -> "JsonApiReads | None":
-        if not self._reads_decided:
+        if self._reads is _UNDECIDED:
             self._reads = JsonApiReads.for_environment(self.bucket_name, os.environ)
-            self._reads_decided = True
-        return self._reads
+        return self._reads  # type: ignore[return-value]
 
     def _read(self, key: str, where: str) -> bytes | None:
         """An object's bytes (None if it does not exist), without google-cloud-storage where the environment allows."""
