@@ -289,11 +289,14 @@ class ServingModel:
 class ModelHolder:
     """Each shop's latest artifact, loaded once per instance and swapped when `latest` moves.
 
-    `get` serves the model in memory; at most every `refresh_seconds` per shop one request
-    (never more than one thread at a time) looks at the model store's pointer. A new version
-    is loaded and verified off to the side and swapped in with one assignment, so a request
-    sees the old model or the new one, never a mix. An artifact that fails its checksum or
-    does not parse is refused, logged, and the last good model keeps serving.
+    `get` serves the model in memory; at most every `refresh_seconds` per shop the request that
+    finds the check due starts it on a thread of its own (never more than one per shop) and is
+    answered at once by the model in memory: no shopper waits for the model store's pointer,
+    nor for a new version's download and parse. A new version is loaded and verified off to the
+    side and swapped in with one assignment, so a request sees the old model or the new one,
+    never a mix; the requests after the swap get the new one. An artifact that fails its
+    checksum or does not parse is refused, logged, and the last good model keeps serving. Only a
+    shop's first load, with no model to answer from yet, runs on the request.
     """
 
     def __init__(self, model_store: ModelStore, refresh_seconds: float = 60.0,
@@ -306,6 +309,7 @@ class ModelHolder:
         self._tokens: dict[str, str] = {}  # the pointer's change token when each shop's model was found
         self._first_load = threading.Lock()
         self._refreshing: dict[str, threading.Lock] = {}
+        self._checks: set[threading.Thread] = set()  # refresh checks running now (`settle` waits for them)
 
     def get(self, shop: str) -> ServingModel:
         model = self._models.get(shop)
@@ -316,12 +320,35 @@ class ModelHolder:
                     return self._load_first(shop)
         if self._clock() - self._checked_at.get(shop, 0.0) >= self._refresh_seconds:
             lock = self._refreshing.setdefault(shop, threading.Lock())
-            if lock.acquire(blocking=False):  # other threads keep serving meanwhile
-                try:
-                    self._refresh(shop, model)
-                finally:
-                    lock.release()
-        return self._models[shop]
+            if lock.acquire(blocking=False):  # one check per shop at a time; every request keeps being answered
+                self._checked_at[shop] = self._clock()
+                self._start_check(shop, model, lock)
+        return model
+
+    def _start_check(self, shop: str, current: ServingModel, lock: threading.Lock) -> None:
+        def check() -> None:
+            try:
+                self._refresh(shop, current)
+            except Exception:  # anything else unexpected: logged, and the model in memory keeps serving
+                log.exception("model refresh for %s failed, still serving %s", shop, current.version)
+            finally:
+                self._checks.discard(thread)
+                lock.release()
+
+        thread = threading.Thread(target=check, name=f"model-refresh {shop}", daemon=True)
+        self._checks.add(thread)
+        try:
+            thread.start()
+        except RuntimeError:  # no thread to be had (the interpreter is shutting down): the next check tries again
+            self._checks.discard(thread)
+            lock.release()
+
+    def settle(self, timeout: float | None = None) -> bool:
+        """Wait for the refresh checks running now (and any swap they make); False if one outlived `timeout`."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in list(self._checks):
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return not any(thread.is_alive() for thread in list(self._checks))
 
     def _load_first(self, shop: str) -> ServingModel:
         manifest = self._model_store.latest(shop)
@@ -337,10 +364,9 @@ class ModelHolder:
         return model
 
     def _refresh(self, shop: str, current: ServingModel) -> None:
-        """Runs on the request that found the check due. When `latest` has not moved since the current model was
-        found, that is one look at the pointer's change token (on gs://, one request instead of the pointer's
-        generation, its bytes and the manifest: three, one after the other)."""
-        self._checked_at[shop] = self._clock()
+        """Runs on the check's own thread. When `latest` has not moved since the current model was found, that is
+        one look at the pointer's change token (on gs://, one request instead of the pointer's generation, its
+        bytes and the manifest: three, one after the other)."""
         try:
             known = self._tokens.get(shop)
             if known and self._model_store.pointer_token(shop) == known:

@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import random
+import time
 import uuid
 from pathlib import Path
 
@@ -136,6 +137,19 @@ def planted_orders() -> list[dict]:
 def post_webhook(client, topic: str, payload: dict, shop: str = SHOP, webhook_id: str | None = None):
     body = as_body(payload)
     return client.post("/webhooks", data=body, headers=signed_headers(body, topic, shop=shop, webhook_id=webhook_id))
+
+
+def versions_until_swapped(client, url: str, old: str, seconds: float = 30.0) -> list[str]:
+    """`model_version` of `url`'s answers, asked again and again until it is no longer `old` (or `seconds` pass).
+
+    The request that finds a model refresh due is answered by the model in memory while the check and any new
+    model's load run beside it (recommender.serving.ModelHolder); the answers after the swap carry the new one."""
+    versions = [client.get(url).json["model_version"]]
+    deadline = time.monotonic() + seconds
+    while versions[-1] == old and time.monotonic() < deadline:
+        time.sleep(0.01)
+        versions.append(client.get(url).json["model_version"])
+    return versions
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import gc
 import pytest
 
 from recommender.intents import AnswerCache, RecommendedItem, RecommendRequest, RecommendResponse
-from tests.conftest import SHOP, planted_orders, post_webhook
+from tests.conftest import SHOP, planted_orders, post_webhook, versions_until_swapped
 
 
 @pytest.fixture
@@ -37,11 +37,11 @@ def test_a_non_personal_answer_is_reused_with_a_fresh_recommendation_id(cached_s
 def test_a_new_model_is_never_answered_from_an_old_cache_entry(cached_shop):
     url = f"/recommend?shop={SHOP}&intent=related&product_id=101&n=3"
     before = cached_shop.get(url).json["model_version"]
-    cached_shop.post("/train", headers={"Authorization": "Bearer test-train-token"})
+    trained = cached_shop.post("/train", headers={"Authorization": "Bearer test-train-token"}).json
 
-    after = cached_shop.get(url).json["model_version"]
+    answered = versions_until_swapped(cached_shop, url, before)
 
-    assert after != before
+    assert answered[-1] == trained["trained"][0]["version"] != before
 
 
 def test_personal_answers_are_never_cached(cached_shop):

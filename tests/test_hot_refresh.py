@@ -9,7 +9,7 @@ from recommender.artifact import ModelArtifact
 from recommender.errors import ModelNotReady
 from recommender.model_store import LocalModelStore
 from recommender.serving import ModelHolder
-from tests.conftest import SHOP, planted_orders, post_webhook
+from tests.conftest import SHOP, planted_orders, post_webhook, versions_until_swapped
 
 
 def artifact(version: str) -> ModelArtifact:
@@ -39,8 +39,32 @@ def test_a_new_version_is_swapped_in_after_the_refresh_interval(models):
     models.publish(SHOP, artifact("v2"))
     clock.now += 59
     assert holder.get(SHOP).version == "v1", "the pointer is looked at most once per interval"
+    assert holder.settle(timeout=10) and holder.get(SHOP).version == "v1", "no check was due, none ran"
     clock.now += 1
+    assert holder.get(SHOP).version == "v1", "the request that finds the check due is answered by the model in memory"
+    assert holder.settle(timeout=10)
     assert holder.get(SHOP).version == "v2"
+
+
+def test_the_check_and_the_new_models_load_run_off_the_requests_thread(models, caplog):
+    # Arrange
+    caplog.set_level("INFO", logger="recommender.serving")
+    clock = Clock()
+    holder = ModelHolder(models, refresh_seconds=60, clock=clock)
+    models.publish(SHOP, artifact("v1"))
+    holder.get(SHOP)
+    models.publish(SHOP, artifact("v2"))
+    clock.now += 60
+
+    # Act: two requests while the check is due: one starts it, neither waits for it
+    answered = [holder.get(SHOP).version, holder.get(SHOP).version]
+    assert holder.settle(timeout=10)
+
+    # Assert: the swap was logged once, by the check's own thread
+    swaps = [r for r in caplog.records if "swapped" in r.getMessage()]
+    assert [(r.getMessage(), r.threadName) for r in swaps] == [(f"model for {SHOP} swapped: v1 -> v2",
+                                                              f"model-refresh {SHOP}")]
+    assert answered[0] == "v1" and holder.get(SHOP).version == "v2"
 
 
 def test_a_refresh_check_reads_no_manifest_while_latest_has_not_moved(models, caplog):
@@ -52,9 +76,10 @@ def test_a_refresh_check_reads_no_manifest_while_latest_has_not_moved(models, ca
 
     # Act
     served = holder.get(SHOP)
+    assert holder.settle(timeout=10)
 
     # Assert
-    assert served.version == "v1"
+    assert served.version == "v1" and holder.get(SHOP).version == "v1"
     assert not [r for r in caplog.records if "refused" in r.getMessage()]
 
 
@@ -69,9 +94,10 @@ def test_a_corrupt_artifact_is_refused_and_the_last_good_model_keeps_serving(mod
     data[len(data) // 2] ^= 0xFF  # one flipped byte: the checksum no longer matches
     path.write_bytes(bytes(data))
 
-    served = holder.get(SHOP)
+    holder.get(SHOP)
+    assert holder.settle(timeout=10)
 
-    assert served.version == "v1"
+    assert holder.get(SHOP).version == "v1"
     assert any("refused, still serving v1" in r.getMessage() for r in caplog.records)
 
 
@@ -83,6 +109,8 @@ def test_a_truncated_artifact_is_refused_too(models):
     path = models.root / SHOP / f"{manifest.version}.npz"
     path.write_bytes(path.read_bytes()[:100])
 
+    holder.get(SHOP)
+    assert holder.settle(timeout=10)
     assert holder.get(SHOP).version == "v1"
 
 
@@ -101,6 +129,7 @@ def test_a_serving_function_answers_with_the_new_model_version_after_retraining(
     assert app_client.get(f"/recommend?shop={SHOP}&customer_id=1000").json["model_version"] == first
 
     second = app_client.post("/train", headers=auth).json["trained"][0]["version"]
+    answered = versions_until_swapped(app_client, f"/recommend?shop={SHOP}&customer_id=1000", first)
 
     assert second != first
-    assert app_client.get(f"/recommend?shop={SHOP}&customer_id=1000").json["model_version"] == second
+    assert answered[0] == first and answered[-1] == second

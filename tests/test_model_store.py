@@ -609,11 +609,14 @@ def test_gcs_a_refresh_check_with_nothing_moved_is_one_request_and_a_move_is_sti
     assert holder.get(SHOP).version == V1
     mark = gcs.emulator.mark()
 
-    # Act: two checks with nothing moved, then a new version and one more check
-    holder.get(SHOP)
-    holder.get(SHOP)
+    # Act: two checks with nothing moved, then a new version and one more check (each on its own thread)
+    for _ in range(2):
+        holder.get(SHOP)
+        assert holder.settle(timeout=30)
     quiet = gcs.emulator.requests_since(mark)
     gcs.store.publish(SHOP, artifact(V2))
+    holder.get(SHOP)
+    assert holder.settle(timeout=30)
     served = holder.get(SHOP)
 
     # Assert: each quiet check asked for the pointer's generation only; the move was picked up

@@ -1,0 +1,117 @@
+"""Hot refresh as a shopper meets it: the requests around a refresh check, with the model in gs://.
+
+    python -m bench.refresh_probe --rounds 7            # 100k items, gcp-storage-emulator on loopback
+
+A serving instance looks at the model store's pointer at most every MODEL_REFRESH_SECONDS per shop,
+from the request that finds the check due; when a newer model is there, it is downloaded and parsed.
+This probe serves personalized answers in process (`Recommender.recommend`, the shopper's events in
+SQLite) from a model in gs:// (gcp-storage-emulator on loopback, an in-memory Python server; a real
+bucket's distance is not measured here) and times, in each round:
+
+- ordinary: requests that find no check due (the floor of this probe);
+- check, nothing moved: the request that finds the check due while `latest` has not moved;
+- check, new model: the request that finds the check due after a new version was published, and then
+  every request until the answers carry the new version: how long that took, and the slowest of them.
+
+Prints medians over the rounds (ms) and each against the ordinary request's median.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench import process, synthetic
+from bench.latency import _requests
+from recommender.model_store import open_model_store
+
+REFRESH_SECONDS = 0.5
+ORDINARY_PER_ROUND = 20
+SWAP_DEADLINE_SECONDS = 30.0
+
+
+def _timed(call) -> tuple[float, object]:
+    started = time.perf_counter()
+    result = call()
+    return (time.perf_counter() - started) * 1e3, result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--items", type=int, default=100_000)
+    args = parser.parse_args(argv)
+
+    from recommender.runtime import Runtime
+    from recommender.settings import Settings
+
+    work = Path(tempfile.mkdtemp(prefix="refresh-probe-"))
+    emulator, gcs = process.start_storage_emulator(work / "logs")
+    saved_host = os.environ.get("STORAGE_EMULATOR_HOST")
+    os.environ["STORAGE_EMULATOR_HOST"] = gcs["STORAGE_EMULATOR_HOST"]  # for the publisher's client library
+    try:
+        artifacts = [synthetic.build_artifact(args.items, seed=seed) for seed in range(2)]
+        synthetic.publish_artifact(work / "models", artifacts[0])
+        shop = synthetic.prepare_shop(work / "shop", artifacts[0], work / "models")
+        publisher = open_model_store(gcs["MODEL_STORE_URL"])
+        publisher.publish(synthetic.SHOP, artifacts[0])
+        settings = Settings.from_mapping(shop.env(**gcs, MODEL_REFRESH_SECONDS=str(REFRESH_SECONDS),
+                                                  CATALOG_TTL_SECONDS="1000000", TRENDING_TTL_SECONDS="1000000"))
+        runtime = Runtime.from_settings(settings)
+        wanted = _requests(shop, 200)["personalized"]
+        recommend = runtime.recommender.recommend
+        serial = iter(range(10**9))
+
+        def ask():
+            return recommend(wanted[next(serial) % len(wanted)])
+
+        version = ask().model_version  # the first load
+        figures: dict[str, list[float]] = {"ordinary": [], "check, nothing moved": [], "check, new model": [],
+                                           "new model served after": [], "slowest until then": []}
+        for round_ in range(args.rounds):
+            for _ in range(ORDINARY_PER_ROUND):
+                figures["ordinary"].append(_timed(ask)[0])
+            time.sleep(REFRESH_SECONDS * 1.1)
+            figures["check, nothing moved"].append(_timed(ask)[0])
+            expected = f"refresh-probe-{round_}"
+            fresh = artifacts[(round_ + 1) % 2]
+            fresh.metadata = {**fresh.metadata, "version": expected}
+            publisher.publish(synthetic.SHOP, fresh)
+            time.sleep(REFRESH_SECONDS * 1.1)
+            started = time.perf_counter()
+            first_ms, answer = _timed(ask)
+            figures["check, new model"].append(first_ms)
+            slowest = first_ms
+            while answer.model_version != expected:
+                if time.perf_counter() - started > SWAP_DEADLINE_SECONDS:
+                    raise RuntimeError(f"the new model {expected} was not served within {SWAP_DEADLINE_SECONDS} s")
+                elapsed, answer = _timed(ask)
+                slowest = max(slowest, elapsed)
+            figures["new model served after"].append((time.perf_counter() - started) * 1e3)
+            figures["slowest until then"].append(slowest)
+            version = answer.model_version
+        runtime.store.close()
+    finally:
+        emulator.stop()
+        if saved_host is None:
+            os.environ.pop("STORAGE_EMULATOR_HOST", None)
+        else:
+            os.environ["STORAGE_EMULATOR_HOST"] = saved_host
+        shutil.rmtree(work, ignore_errors=True)
+    ordinary = statistics.median(figures["ordinary"])
+    print(f"{args.items:,} items, {args.rounds} rounds, the model in gs:// (gcp-storage-emulator), last {version}")
+    for label, values in figures.items():
+        median = statistics.median(values)
+        print(f"{label:24s} median {median:8.2f} ms  {median / ordinary:7.1f}× ordinary"
+              f"  samples {[round(v, 2) for v in values] if label != 'ordinary' else f'{len(values)} requests'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
