@@ -8,7 +8,9 @@ This probe serves personalized answers in process (`Recommender.recommend`, the 
 SQLite) from a model in gs:// (gcp-storage-emulator on loopback, an in-memory Python server; a real
 bucket's distance is not measured here) and times, in each round:
 
-- ordinary: requests that find no check due (the floor of this probe);
+- ordinary: requests that find no check due, one after another (the floor of this probe);
+- after a pause, no check due: a request after as long a pause as precedes the checks, to tell what the
+  pause alone costs (caches and CPU gone cold) from what the check costs;
 - check, nothing moved: the request that finds the check due while `latest` has not moved;
 - check, new model: the request that finds the check due after a new version was published, and then
   every request until the answers carry the new version: how long that took, and the slowest of them.
@@ -31,7 +33,8 @@ from bench import process, synthetic
 from bench.latency import _requests
 from recommender.model_store import open_model_store
 
-REFRESH_SECONDS = 0.5
+REFRESH_SECONDS = 1.0
+PAUSE_SECONDS = 0.6  # before the control request: shorter than REFRESH_SECONDS, so no check is due
 ORDINARY_PER_ROUND = 20
 SWAP_DEADLINE_SECONDS = 30.0
 
@@ -72,19 +75,25 @@ def main(argv: list[str] | None = None) -> int:
             return recommend(wanted[next(serial) % len(wanted)])
 
         version = ask().model_version  # the first load
-        figures: dict[str, list[float]] = {"ordinary": [], "check, nothing moved": [], "check, new model": [],
+        last_check = time.perf_counter()  # when the holder last looked: the first load, then each new model's request
+        figures: dict[str, list[float]] = {"ordinary": [], "after a pause, no check due": [],
+                                           "check, nothing moved": [], "check, new model": [],
                                            "new model served after": [], "slowest until then": []}
         for round_ in range(args.rounds):
             for _ in range(ORDINARY_PER_ROUND):
                 figures["ordinary"].append(_timed(ask)[0])
-            time.sleep(REFRESH_SECONDS * 1.1)
+            time.sleep(PAUSE_SECONDS)
+            if time.perf_counter() - last_check >= REFRESH_SECONDS:
+                raise RuntimeError("the control request came after the refresh interval; the machine is too slow")
+            figures["after a pause, no check due"].append(_timed(ask)[0])
+            time.sleep(REFRESH_SECONDS * 1.1 - PAUSE_SECONDS)
             figures["check, nothing moved"].append(_timed(ask)[0])
             expected = f"refresh-probe-{round_}"
             fresh = artifacts[(round_ + 1) % 2]
             fresh.metadata = {**fresh.metadata, "version": expected}
             publisher.publish(synthetic.SHOP, fresh)
             time.sleep(REFRESH_SECONDS * 1.1)
-            started = time.perf_counter()
+            started = last_check = time.perf_counter()
             first_ms, answer = _timed(ask)
             figures["check, new model"].append(first_ms)
             slowest = first_ms

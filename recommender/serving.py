@@ -8,6 +8,7 @@ request time, so a purchase made a second ago already counts.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from typing import Callable, Sequence
@@ -290,8 +291,8 @@ class ModelHolder:
     """Each shop's latest artifact, loaded once per instance and swapped when `latest` moves.
 
     `get` serves the model in memory; at most every `refresh_seconds` per shop the request that
-    finds the check due starts it on a thread of its own (never more than one per shop) and is
-    answered at once by the model in memory: no shopper waits for the model store's pointer,
+    finds the check due hands it to the holder's own thread (never more than one check per shop
+    at a time) and is answered at once by the model in memory: no shopper waits for the model store's pointer,
     nor for a new version's download and parse. A new version is loaded and verified off to the
     side and swapped in with one assignment, so a request sees the old model or the new one,
     never a mix; the requests after the swap get the new one. An artifact that fails its
@@ -309,7 +310,12 @@ class ModelHolder:
         self._tokens: dict[str, str] = {}  # the pointer's change token when each shop's model was found
         self._first_load = threading.Lock()
         self._refreshing: dict[str, threading.Lock] = {}
-        self._checks: set[threading.Thread] = set()  # refresh checks running now (`settle` waits for them)
+        # Due checks go to one thread of the holder's own, started with the first, which keeps its connection to the
+        # model store from one check to the next (a thread per check would open a new one, with TLS, each time).
+        self._due: queue.SimpleQueue[tuple[str, ServingModel, threading.Lock]] = queue.SimpleQueue()
+        self._checker: threading.Thread | None = None
+        self._pending = 0  # checks asked for and not finished (`settle` waits for none)
+        self._idle = threading.Condition()
 
     def get(self, shop: str) -> ServingModel:
         model = self._models.get(shop)
@@ -326,29 +332,35 @@ class ModelHolder:
         return model
 
     def _start_check(self, shop: str, current: ServingModel, lock: threading.Lock) -> None:
-        def check() -> None:
+        with self._idle:
+            if self._checker is None or not self._checker.is_alive():
+                checker = threading.Thread(target=self._check_forever, name="model-refresh", daemon=True)
+                try:
+                    checker.start()
+                except RuntimeError:  # no thread to be had (the interpreter is shutting down): the next check tries again
+                    lock.release()
+                    return
+                self._checker = checker
+            self._pending += 1
+        self._due.put((shop, current, lock))
+
+    def _check_forever(self) -> None:
+        while True:
+            shop, current, lock = self._due.get()
             try:
                 self._refresh(shop, current)
-            except Exception:  # anything else unexpected: logged, and the model in memory keeps serving
+            except Exception:  # anything unexpected: logged, and the model in memory keeps serving
                 log.exception("model refresh for %s failed, still serving %s", shop, current.version)
             finally:
-                self._checks.discard(thread)
                 lock.release()
-
-        thread = threading.Thread(target=check, name=f"model-refresh {shop}", daemon=True)
-        self._checks.add(thread)
-        try:
-            thread.start()
-        except RuntimeError:  # no thread to be had (the interpreter is shutting down): the next check tries again
-            self._checks.discard(thread)
-            lock.release()
+                with self._idle:
+                    self._pending -= 1
+                    self._idle.notify_all()
 
     def settle(self, timeout: float | None = None) -> bool:
-        """Wait for the refresh checks running now (and any swap they make); False if one outlived `timeout`."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        for thread in list(self._checks):
-            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
-        return not any(thread.is_alive() for thread in list(self._checks))
+        """Wait until the refresh checks asked for so far (and any swap they make) are done; False on `timeout`."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._pending == 0, timeout)
 
     def _load_first(self, shop: str) -> ServingModel:
         manifest = self._model_store.latest(shop)
@@ -364,7 +376,7 @@ class ModelHolder:
         return model
 
     def _refresh(self, shop: str, current: ServingModel) -> None:
-        """Runs on the check's own thread. When `latest` has not moved since the current model was found, that is
+        """Runs on the holder's checking thread. When `latest` has not moved since the current model was found, that is
         one look at the pointer's change token (on gs://, one request instead of the pointer's generation, its
         bytes and the manifest: three, one after the other)."""
         try:
