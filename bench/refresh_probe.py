@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.items:,} items, {args.rounds} rounds, the model in gs:// (gcp-storage-emulator), last {version}")
     for label, values in figures.items():
         median = statistics.median(values)
-        print(f"{label:24s} median {median:8.2f} ms  {median / ordinary:7.1f}× ordinary"
+        print(f"{label:28s} median {median:8.2f} ms  {median / ordinary:7.1f}× ordinary"
               f"  samples {[round(v, 2) for v in values] if label != 'ordinary' else f'{len(values)} requests'}")
     return 0
 
