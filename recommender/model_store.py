@@ -90,6 +90,7 @@ class ModelStore(Protocol):
     def publish(self, shop: str, artifact: ModelArtifact) -> Manifest: ...
     def latest(self, shop: str) -> Manifest | None: ...
     def pointer_token(self, shop: str) -> str | None: ...
+    def manifest(self, shop: str, version: str) -> Manifest: ...
     def load(self, manifest: Manifest) -> ModelArtifact: ...
     def delete_shop(self, shop: str) -> int: ...
     def record_run(self, shop: str, record: dict) -> None: ...
@@ -154,7 +155,7 @@ class LocalModelStore:
                 _create_new(folder / name, body)
                 created.append(folder / name)
             self._verify(manifest)
-            token = self._move_latest(folder, base, manifest.version)
+            token = self._move_latest(folder, base, manifest)
         except BaseException:
             for path in reversed(created):
                 path.unlink(missing_ok=True)
@@ -171,7 +172,7 @@ class LocalModelStore:
                 data = handle.read()
         except FileNotFoundError:
             return None
-        return self.manifest(shop, _parse_pointer(data, str(pointer))).with_token(token)
+        return _pointed(self, shop, data, str(pointer)).with_token(token)
 
     def pointer_token(self, shop: str) -> str | None:
         """The change token `latest` would report now (None: no pointer), without reading the pointer or a manifest."""
@@ -240,10 +241,10 @@ class LocalModelStore:
             raise ArtifactError(f"model manifest {manifest.version}.json read back differently from what was written")
         self._load(manifest, whole_file=True)
 
-    def _move_latest(self, folder: Path, base: bytes | None, version: str) -> str:
+    def _move_latest(self, folder: Path, base: bytes | None, manifest: Manifest) -> str:
         """Swap in the new pointer if the current one still holds `base`; returns the new pointer's change token."""
-        pointer = folder / LATEST
-        staged = _write_temporary(folder, LATEST, _pointer_json(version))
+        pointer, version = folder / LATEST, manifest.version
+        staged = _write_temporary(folder, LATEST, _pointer_json(manifest))
         try:
             token = _file_token(os.stat(staged))
             with self._pointer_lock(folder):
@@ -331,7 +332,7 @@ class GCSModelStore:
             with _gcs_errors(f"moving {self._url(shop, LATEST)}", conflict=(
                     f"{self._url(shop, LATEST)} moved while {manifest.version} was being published (expected"
                     f" generation {base}): another trainer published first; {manifest.version} was not kept")):
-                pointer.upload_from_string(_pointer_json(manifest.version), content_type="application/json",
+                pointer.upload_from_string(_pointer_json(manifest), content_type="application/json",
                                            if_generation_match=base)
         except BaseException:
             self._remove(created)
@@ -357,7 +358,7 @@ class GCSModelStore:
                 token = str(pointer.generation)  # taken now: a download resets it from response headers
                 data = self._download(pointer, where)  # the blob's media link pins the generation just read
             if data is not None:
-                return self.manifest(shop, _parse_pointer(data, where)).with_token(token)
+                return _pointed(self, shop, data, where).with_token(token)
         raise ModelStoreUnavailable(f"{where} kept moving while being read; retry")
 
     def pointer_token(self, shop: str) -> str | None:
@@ -637,13 +638,30 @@ def _run_name() -> str:
     return f"{RUN_PREFIX}{datetime.now(timezone.utc):%Y%m%dT%H%M%S%fZ}-{secrets.token_hex(3)}.json"
 
 
-def _pointer_json(version: str) -> bytes:
-    return json.dumps({"version": version}).encode()
+def _pointer_json(manifest: Manifest) -> bytes:
+    """`latest`: the version it points at, and that version's checksum and size as its manifest holds them, so that
+    a serving instance's first load reads the pointer and the artifact, not the manifest between them (one round
+    trip fewer to Cloud Storage, bench/PERFORMANCE.md). The manifest file stays the version's own record."""
+    return json.dumps({"version": manifest.version, "sha256": manifest.sha256, "size": manifest.size}).encode()
 
 
-def _parse_pointer(data: bytes, where: str) -> str:
+def _pointed(store: ModelStore, shop: str, pointer: bytes, where: str) -> Manifest:
+    """The manifest `latest` points at: from the pointer itself, or from the manifest file of a pointer without it."""
+    version, manifest = _parse_pointer(shop, pointer, where)
+    return manifest if manifest is not None else store.manifest(shop, version)
+
+
+def _parse_pointer(shop: str, data: bytes, where: str) -> tuple[str, Manifest | None]:
+    """(version, its manifest if the pointer carries it); a pointer written before it did names the version only."""
     try:
-        return check_version(json.loads(data)["version"])
+        fields = json.loads(data)
+        version = check_version(fields["version"])
+        if "sha256" not in fields and "size" not in fields:
+            return version, None
+        sha256, size = fields["sha256"], fields["size"]
+        if not isinstance(sha256, str) or not re.fullmatch(r"[0-9a-f]{64}", sha256) or type(size) is not int or size < 0:
+            raise ValueError(f"sha256 {sha256!r} and size {size!r} are not a checksum and a byte count")
+        return version, Manifest(shop, version, sha256, size)
     except (ValueError, KeyError, TypeError, ArtifactError) as exc:
         raise ArtifactError(f"model pointer {where} is unreadable: {exc}") from exc
 

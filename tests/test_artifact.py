@@ -404,7 +404,8 @@ def test_publish_latest_load_round_trip(tmp_path):
     np.testing.assert_array_equal(loaded.item_factors, artifact.item_factors)
     np.testing.assert_array_equal(loaded.gramian, artifact.gramian)
     assert loaded.metadata == METADATA
-    assert json.loads((tmp_path / "models" / SHOP / "latest.json").read_text()) == {"version": VERSION}
+    assert json.loads((tmp_path / "models" / SHOP / "latest.json").read_text()) == {
+        "version": VERSION, "sha256": manifest.sha256, "size": manifest.size}
     written = json.loads((tmp_path / "models" / SHOP / f"{VERSION}.json").read_text())
     assert written == {"version": VERSION, "sha256": manifest.sha256, "size": manifest.size, "metadata": METADATA}
 

@@ -240,6 +240,45 @@ def test_file_unreadable_pointer_is_an_artifact_error(tmp_path):
         models.latest(SHOP)
 
 
+def test_file_a_pointer_naming_only_its_version_is_resolved_through_the_manifest_file(tmp_path):
+    # Arrange: V1 published, then its pointer as publishing wrote it before pointers carried the manifest
+    models = LocalModelStore(tmp_path / "models")
+    published = models.publish(SHOP, artifact(V1))
+    (tmp_path / "models" / SHOP / "latest.json").write_text(json.dumps({"version": V1}))
+
+    # Act
+    latest = models.latest(SHOP)
+
+    # Assert: the manifest file's checksum and size, and the model loads
+    assert latest == published
+    assert models.load(latest).item_ids.tolist() == ITEM_IDS
+
+
+@pytest.mark.parametrize("fields", [{"sha256": "not hex", "size": 10}, {"sha256": "a" * 64, "size": -1},
+                                    {"sha256": "a" * 64}, {"sha256": "a" * 64, "size": "10"}])
+def test_file_a_pointer_with_a_malformed_checksum_or_size_is_unreadable(tmp_path, fields):
+    # Arrange
+    models = LocalModelStore(tmp_path / "models")
+    models.publish(SHOP, artifact(V1))
+    (tmp_path / "models" / SHOP / "latest.json").write_text(json.dumps({"version": V1, **fields}))
+
+    # Act / Assert
+    with pytest.raises(ArtifactError, match="latest.json is unreadable"):
+        models.latest(SHOP)
+
+
+def test_file_a_pointer_whose_size_disagrees_with_the_artifact_is_refused_at_load(tmp_path):
+    # Arrange: a pointer that names V1 with a size one byte off
+    models = LocalModelStore(tmp_path / "models")
+    published = models.publish(SHOP, artifact(V1))
+    (tmp_path / "models" / SHOP / "latest.json").write_text(
+        json.dumps({"version": V1, "sha256": published.sha256, "size": published.size + 1}))
+
+    # Act / Assert
+    with pytest.raises(ArtifactError, match=f"is {published.size} bytes, its manifest says {published.size + 1}"):
+        models.load(models.latest(SHOP))
+
+
 def test_file_delete_shop_removes_that_shop_only(tmp_path):
     # Arrange
     models = LocalModelStore(tmp_path / "models")
@@ -410,7 +449,8 @@ def test_gcs_publish_latest_load_round_trip(gcs):
     assert published == latest == Manifest(SHOP, V1, hashlib.sha256(stored).hexdigest(), len(stored))
     pointer = gcs.bucket.get_blob(gcs.key("latest.json"))
     assert published.change_token == latest.change_token == str(pointer.generation)
-    assert json.loads(pointer.download_as_bytes()) == {"version": V1}
+    assert json.loads(pointer.download_as_bytes()) == {"version": V1, "sha256": published.sha256,
+                                                       "size": published.size}
     assert json.loads(gcs.bucket.blob(gcs.key(f"{V1}.json")).download_as_bytes()) == {
         "version": V1, "sha256": published.sha256, "size": published.size, "metadata": {"version": V1}}
     assert gcs.names() == {f"{V1}.npz", f"{V1}.json", "latest.json"}
@@ -623,6 +663,36 @@ def test_gcs_a_refresh_check_with_nothing_moved_is_one_request_and_a_move_is_sti
     assert [(r.method, r.path.rsplit("%2F", 1)[-1].rsplit("/", 1)[-1], r.query) for r in quiet] == [
         ("GET", "latest.json", {"fields": ["generation"]})] * 2
     assert served.version == V2
+
+
+def test_gcs_a_first_load_reads_the_pointer_and_the_artifact_and_no_manifest(gcs):
+    # Arrange
+    published = gcs.store.publish(SHOP, artifact(V1))
+    mark = gcs.emulator.mark()
+
+    # Act: what a new instance does for its first request
+    loaded = gcs.store.load(gcs.store.latest(SHOP))
+
+    # Assert: the pointer's generation, that generation's bytes, the artifact; the manifest file is not read
+    assert [(r.method, r.path.rsplit("%2F", 1)[-1].rsplit("/", 1)[-1], r.query)
+            for r in gcs.emulator.requests_since(mark)] == [
+        ("GET", "latest.json", {"fields": ["generation"]}),
+        ("GET", "latest.json", {"alt": ["media"], "generation": [published.change_token]}),
+        ("GET", f"{V1}.npz", {"alt": ["media"]})]
+    assert loaded.version == V1
+
+
+def test_gcs_a_pointer_naming_only_its_version_is_resolved_through_the_manifest_object(gcs):
+    # Arrange: V1 published, then its pointer replaced by one as publishing wrote it before
+    published = gcs.store.publish(SHOP, artifact(V1))
+    gcs.bucket.blob(gcs.key("latest.json")).upload_from_string(json.dumps({"version": V1}))
+
+    # Act
+    latest = gcs.store.latest(SHOP)
+
+    # Assert
+    assert latest == published
+    assert gcs.store.load(latest).item_ids.tolist() == ITEM_IDS
 
 
 def test_json_api_reads_are_chosen_by_the_environment():
