@@ -3,6 +3,7 @@
     python -m bench.cold_probe --starts 13            # floor, lazy, PRELOAD_SHOPS (bytecode present)
     python -m bench.cold_probe --starts 9 --bytecode  # floor, lazy with bytecode, lazy compiling from source
     python -m bench.cold_probe --starts 9 --gcs       # floor, lazy from a folder, lazy and PRELOAD_SHOPS from gs://
+    python -m bench.cold_probe --starts 9 --gcs --rtt-ms 20   # the same, each request to the emulator 20 ms longer
 
 `--gcs` publishes the model to Cloud Storage as deployed instances find it (gs://, here gcp-storage-emulator
 on loopback, an in-memory Python server; a real bucket's distance and speed are not measured here).
@@ -43,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--items", type=int, default=100_000)
     parser.add_argument("--bytecode", action="store_true", help="compare with and without bytecode instead")
     parser.add_argument("--gcs", action="store_true", help="also load the model from gs:// (an emulator on loopback)")
+    parser.add_argument("--rtt-ms", type=float, default=0.0,
+                        help="with --gcs: add this round trip to every request to the emulator (bench/latency_proxy.py)")
     args = parser.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="cold-probe-"))
@@ -54,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         ("lazy", True, {}), ("PRELOAD_SHOPS", True, {"PRELOAD_SHOPS": synthetic.SHOP}))
     emulator = None
     if args.gcs:
-        emulator, gcs = process.start_storage_emulator(work / "logs")
+        emulator, gcs = process.start_storage_emulator(work / "logs", rtt_ms=args.rtt_ms)
         variants = (("lazy", True, {}), ("gs:// lazy", True, gcs),
                     ("gs:// PRELOAD_SHOPS", True, {**gcs, "PRELOAD_SHOPS": synthetic.SHOP}))
         os.environ["STORAGE_EMULATOR_HOST"] = gcs["STORAGE_EMULATOR_HOST"]  # for the publisher's client library

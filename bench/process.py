@@ -38,6 +38,7 @@ class Server:
     port: int
     spawned_at: float  # time.perf_counter() just before the spawn
     log_path: Path
+    companions: list[subprocess.Popen] = field(default_factory=list)  # stopped with it (a latency proxy)
 
     @property
     def base(self) -> str:
@@ -48,6 +49,10 @@ class Server:
         return [self.process.pid, *children_of(self.process.pid)]
 
     def stop(self) -> None:
+        for companion in self.companions:
+            if companion.poll() is None:
+                companion.kill()
+                companion.wait(timeout=5)
         if self.process.poll() is None:
             self.process.terminate()  # gunicorn's master stops its workers on SIGTERM
             try:
@@ -85,9 +90,12 @@ def spawn(target: str, source: Path, env: dict[str, str], log_dir: Path, threads
 STORAGE_BUCKET = "bench-models"
 
 
-def start_storage_emulator(log_dir: Path) -> tuple[Server, dict[str, str]]:
+def start_storage_emulator(log_dir: Path, rtt_ms: float = 0.0) -> tuple[Server, dict[str, str]]:
     """gcp-storage-emulator on a free loopback port (in memory, with STORAGE_BUCKET), and the environment that
-    points a gs:// model store at it (google-cloud-storage and our own reads both take STORAGE_EMULATOR_HOST)."""
+    points a gs:// model store at it (google-cloud-storage and our own reads both take STORAGE_EMULATOR_HOST).
+
+    `rtt_ms` > 0: the environment points at a relay in front of it that adds half of that to each direction
+    (bench/latency_proxy.py), so each request takes that much longer, as against a server farther away."""
     port = free_port()
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"storage-emulator-{port}.log"
@@ -97,17 +105,34 @@ def start_storage_emulator(log_dir: Path) -> tuple[Server, dict[str, str]]:
             [sys.executable, "-m", "gcp_storage_emulator", "start", "--host", LOOPBACK, "--port", str(port),
              "--in-memory", "--default-bucket", STORAGE_BUCKET], cwd=log_dir, stdout=log, stderr=subprocess.STDOUT)
     server = Server(emulator, port, started, log_path)
+    _wait_for_port(port, emulator, server, log_path)
+    endpoint = server.base
+    if rtt_ms > 0:
+        relay_port = free_port()
+        relay_log = log_dir / f"latency-proxy-{relay_port}.log"
+        with open(relay_log, "wb") as log:
+            relay = subprocess.Popen(
+                [sys.executable, "-m", "bench.latency_proxy", "--listen", str(relay_port), "--upstream",
+                 f"{LOOPBACK}:{port}", "--delay-ms", str(rtt_ms / 2)], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        server.companions.append(relay)
+        _wait_for_port(relay_port, relay, server, relay_log)
+        endpoint = f"http://{LOOPBACK}:{relay_port}"
+    return server, {"MODEL_STORE_URL": f"gs://{STORAGE_BUCKET}/models", "STORAGE_EMULATOR_HOST": endpoint}
+
+
+def _wait_for_port(port: int, started: subprocess.Popen, server: Server, log_path: Path) -> None:
+    """Until `port` accepts; if `started` ends or 30 s pass first, stop `server` and raise with `log_path`'s end."""
     deadline = time.monotonic() + 30.0
     while True:
         try:
             with socket.create_connection((LOOPBACK, port), timeout=0.5):
-                break
+                return
         except OSError:
-            if emulator.poll() is not None or time.monotonic() > deadline:
+            if started.poll() is not None or time.monotonic() > deadline:
                 server.stop()
-                raise RuntimeError(f"gcp-storage-emulator did not start:\n{server.output()}") from None
+                output = log_path.read_text(errors="replace")[-4000:] if log_path.exists() else ""
+                raise RuntimeError(f"{started.args[2]} did not start on port {port}:\n{output}") from None
             time.sleep(0.05)
-    return server, {"MODEL_STORE_URL": f"gs://{STORAGE_BUCKET}/models", "STORAGE_EMULATOR_HOST": server.base}
 
 
 @dataclass(frozen=True)

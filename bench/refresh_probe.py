@@ -1,6 +1,7 @@
 """Hot refresh as a shopper meets it: the requests around a refresh check, with the model in gs://.
 
     python -m bench.refresh_probe --rounds 7            # 100k items, gcp-storage-emulator on loopback
+    python -m bench.refresh_probe --rounds 7 --rtt-ms 20   # each request to the emulator 20 ms longer
 
 A serving instance looks at the model store's pointer at most every MODEL_REFRESH_SECONDS per shop,
 from the request that finds the check due; when a newer model is there, it is downloaded and parsed.
@@ -49,13 +50,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--items", type=int, default=100_000)
+    parser.add_argument("--rtt-ms", type=float, default=0.0,
+                        help="add this round trip to every request to the emulator (bench/latency_proxy.py)")
     args = parser.parse_args(argv)
 
     from recommender.runtime import Runtime
     from recommender.settings import Settings
 
     work = Path(tempfile.mkdtemp(prefix="refresh-probe-"))
-    emulator, gcs = process.start_storage_emulator(work / "logs")
+    emulator, gcs = process.start_storage_emulator(work / "logs", rtt_ms=args.rtt_ms)
     saved_host = os.environ.get("STORAGE_EMULATOR_HOST")
     os.environ["STORAGE_EMULATOR_HOST"] = gcs["STORAGE_EMULATOR_HOST"]  # for the publisher's client library
     try:
@@ -114,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
             os.environ["STORAGE_EMULATOR_HOST"] = saved_host
         shutil.rmtree(work, ignore_errors=True)
     ordinary = statistics.median(figures["ordinary"])
-    print(f"{args.items:,} items, {args.rounds} rounds, the model in gs:// (gcp-storage-emulator), last {version}")
+    print(f"{args.items:,} items, {args.rounds} rounds, the model in gs:// (gcp-storage-emulator"
+          f"{f', {args.rtt_ms:g} ms added to each round trip' if args.rtt_ms else ''}), last {version}")
     for label, values in figures.items():
         median = statistics.median(values)
         print(f"{label:28s} median {median:8.2f} ms  {median / ordinary:7.1f}× ordinary"

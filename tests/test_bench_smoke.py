@@ -32,15 +32,15 @@ def test_quick_benchmark_reports_every_section_with_positive_numbers(tmp_path):
 
 
 @pytest.mark.timeout(120)
-def test_refresh_probe_sees_each_published_model_served():
-    # Act: two rounds on a small model in a real gcp-storage-emulator
-    run = subprocess.run([sys.executable, "-m", "bench.refresh_probe", "--items", "2000", "--rounds", "2"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=110)
+def test_refresh_probe_sees_each_published_model_served_through_the_latency_relay():
+    # Act: two rounds on a small model in a real gcp-storage-emulator, behind the relay that adds distance
+    run = subprocess.run([sys.executable, "-m", "bench.refresh_probe", "--items", "2000", "--rounds", "2",
+                          "--rtt-ms", "2"], cwd=ROOT, capture_output=True, text=True, timeout=110)
 
     # Assert: the last model published was the one answering, and every row has a positive median
     assert run.returncode == 0, run.stderr[-4000:]
     lines = run.stdout.splitlines()
-    assert lines[0].endswith("last refresh-probe-1"), lines[0]
+    assert lines[0].endswith("2 ms added to each round trip), last refresh-probe-1"), lines[0]
     medians = {line[:28].strip(): float(line.split("median")[1].split("ms")[0]) for line in lines[1:]}
     assert set(medians) == {"ordinary", "after a pause, no check due", "check, nothing moved", "check, new model",
                             "new model served after", "slowest until then"}
