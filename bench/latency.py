@@ -36,7 +36,7 @@ def _runtime(shop: ShopFiles, event_store_url: str | None = None):
     return Runtime.from_settings(settings)
 
 
-def _requests(shop: ShopFiles, count: int) -> dict[str, list]:
+def requests_by_intent(shop: ShopFiles, count: int) -> dict[str, list]:
     """`count` requests per intent; related and complementary ones all differ (none is answered from the cache)."""
     from recommender.intents import RecommendRequest
 
@@ -72,7 +72,7 @@ def measure_size(shop: ShopFiles, repetitions: int, event_store_url: str | None 
     recommender = runtime.recommender
     warmup = min(20, repetitions)
     count = repetitions + warmup + 1
-    wanted = _requests(shop, count)
+    wanted = requests_by_intent(shop, count)
     strategies = {intent: recommender.recommend(wanted[intent][count - 1]).strategy for intent in INTENTS}
     model = runtime.models.get(SHOP)
     peer, peer_rows = _peer(model, shop, model.alpha)
@@ -148,7 +148,7 @@ def with_postgres(shop: ShopFiles, repetitions: int) -> dict:
 def profile_intent(shop: ShopFiles, intent: str, calls: int = 300, top: int = 14) -> dict:
     """cProfile of `calls` warm requests of one intent: the functions with the most own time."""
     runtime = _runtime(shop)
-    wanted = _requests(shop, calls + 20)[intent]
+    wanted = requests_by_intent(shop, calls + 20)[intent]
     for request in wanted[calls:]:
         runtime.recommender.recommend(request)
     profiler = cProfile.Profile()

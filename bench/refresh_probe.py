@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from bench import process, synthetic
-from bench.latency import _requests
+from bench.latency import requests_by_intent
 from recommender.model_store import open_model_store
 
 REFRESH_SECONDS = 1.0
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings.from_mapping(shop.env(**gcs, MODEL_REFRESH_SECONDS=str(REFRESH_SECONDS),
                                                   CATALOG_TTL_SECONDS="1000000", TRENDING_TTL_SECONDS="1000000"))
         runtime = Runtime.from_settings(settings)
-        wanted = _requests(shop, 200)["personalized"]
+        wanted = requests_by_intent(shop, 200)["personalized"]
         recommend = runtime.recommender.recommend
         serial = iter(range(10**9))
 

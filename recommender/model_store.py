@@ -41,6 +41,7 @@ LATEST = "latest.json"
 _SHOP = re.compile(r"^[a-z0-9][a-z0-9.-]{0,254}$")
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # a version names files and objects
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")  # Cloud Storage bucket naming rules
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 class PublishConflict(ArtifactError):
@@ -659,7 +660,7 @@ def _parse_pointer(shop: str, data: bytes, where: str) -> tuple[str, Manifest | 
         if "sha256" not in fields and "size" not in fields:
             return version, None
         sha256, size = fields["sha256"], fields["size"]
-        if not isinstance(sha256, str) or not re.fullmatch(r"[0-9a-f]{64}", sha256) or type(size) is not int or size < 0:
+        if not isinstance(sha256, str) or not _SHA256.match(sha256) or type(size) is not int or size < 0:
             raise ValueError(f"sha256 {sha256!r} and size {size!r} are not a checksum and a byte count")
         return version, Manifest(shop, version, sha256, size)
     except (ValueError, KeyError, TypeError, ArtifactError) as exc:

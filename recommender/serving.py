@@ -290,14 +290,14 @@ class ServingModel:
 class ModelHolder:
     """Each shop's latest artifact, loaded once per instance and swapped when `latest` moves.
 
-    `get` serves the model in memory; at most every `refresh_seconds` per shop the request that
-    finds the check due hands it to the holder's own thread (never more than one check per shop
-    at a time) and is answered at once by the model in memory: no shopper waits for the model store's pointer,
-    nor for a new version's download and parse. A new version is loaded and verified off to the
-    side and swapped in with one assignment, so a request sees the old model or the new one,
-    never a mix; the requests after the swap get the new one. An artifact that fails its
-    checksum or does not parse is refused, logged, and the last good model keeps serving. Only a
-    shop's first load, with no model to answer from yet, runs on the request.
+    `get` serves the model in memory. At most every `refresh_seconds` per shop, the request that
+    finds a check due hands it to the holder's own thread (one check per shop at a time) and is
+    answered at once by the model in memory: no shopper waits for the model store's pointer, nor
+    for a new version's download and parse. A new version is loaded and verified off to the side
+    and swapped in with one assignment, so a request sees the old model or the new one, never a
+    mix; the requests after the swap get the new one. An artifact that fails its checksum or does
+    not parse is refused, logged, and the last good model keeps serving. Only a shop's first
+    load, with no model to answer from yet, runs on the request.
     """
 
     def __init__(self, model_store: ModelStore, refresh_seconds: float = 60.0,
@@ -377,8 +377,7 @@ class ModelHolder:
 
     def _refresh(self, shop: str, current: ServingModel) -> None:
         """Runs on the holder's checking thread. When `latest` has not moved since the current model was found, that is
-        one look at the pointer's change token (on gs://, one request instead of the pointer's generation, its
-        bytes and the manifest: three, one after the other)."""
+        one look at the pointer's change token (on gs://, one request, where reading `latest` takes two)."""
         try:
             known = self._tokens.get(shop)
             if known and self._model_store.pointer_token(shop) == known:
