@@ -343,6 +343,13 @@ class GCSModelStore:
     def latest(self, shop: str) -> Manifest | None:
         key, where = self._key(shop, LATEST), self._url(shop, LATEST)
         reads = self._light_reads()
+        if reads is not None and reads.generation_header:  # Cloud Storage: the bytes and their generation at once
+            found = reads.media_and_generation(key, where)
+            if found is None:
+                return None
+            data, generation = found
+            if generation is not None:
+                return _pointed(self, shop, data, where).with_token(str(generation))
         for _ in range(3):
             # The pointer's generation first, then exactly that generation's bytes, so the token is that of
             # these bytes; a 404 for them means `latest` moved in between: read the new one.
@@ -504,7 +511,10 @@ class JsonApiReads:
     TOKEN_PATH = "/computeMetadata/v1/instance/service-accounts/default/token"
     TIMEOUT_SECONDS = 30.0
 
-    def __init__(self, bucket: str, endpoint: str, metadata_host: str | None = None):
+    def __init__(self, bucket: str, endpoint: str, metadata_host: str | None = None, generation_header: bool = False):
+        """`generation_header`: the endpoint answers a media download with the object's generation in
+        X-Goog-Generation, as Cloud Storage does (google-cloud-storage pins a download's later requests by it);
+        gcp-storage-emulator sends no such header."""
         from urllib.parse import quote, urlsplit
 
         parts = urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
@@ -515,6 +525,7 @@ class JsonApiReads:
         self._bucket_path = f"/storage/v1/b/{quote(bucket, safe='')}/o/"
         self._quote = quote
         self._metadata_host = metadata_host
+        self.generation_header = generation_header
         self._token: tuple[str, float] | None = None  # (access token, monotonic time to fetch a new one)
         self._token_lock = threading.Lock()  # also guards making the TLS context
         self._local = threading.local()
@@ -526,25 +537,40 @@ class JsonApiReads:
         if emulator:
             return cls(bucket, emulator)
         if env.get("K_SERVICE"):
-            return cls(bucket, cls.PUBLIC_ENDPOINT, env.get("GCE_METADATA_HOST") or "metadata.google.internal")
+            return cls(bucket, cls.PUBLIC_ENDPOINT, env.get("GCE_METADATA_HOST") or "metadata.google.internal",
+                       generation_header=True)
         return None
 
     def media(self, key: str, where: str, generation: int | None = None) -> bytes | None:
         """The object's bytes (that generation's, if given), or None if it does not exist."""
         query = "alt=media" if generation is None else f"alt=media&generation={generation}"
-        return self._get(f"{self._bucket_path}{self._quote(key, safe='')}?{query}", f"reading {where}")
+        found = self._get(f"{self._bucket_path}{self._quote(key, safe='')}?{query}", f"reading {where}")
+        return None if found is None else found[0]
+
+    def media_and_generation(self, key: str, where: str) -> tuple[bytes, int | None] | None:
+        """The object's current bytes and, from the same answer's X-Goog-Generation, the generation they are
+        (None where the endpoint does not say); None if the object does not exist. One request."""
+        found = self._get(f"{self._bucket_path}{self._quote(key, safe='')}?alt=media", f"reading {where}")
+        if found is None:
+            return None
+        body, header = found
+        try:
+            return body, int(header) if header is not None else None
+        except ValueError:
+            return body, None
 
     def generation(self, key: str, where: str) -> int | None:
         """The object's current generation, or None if it does not exist."""
-        body = self._get(f"{self._bucket_path}{self._quote(key, safe='')}?fields=generation", f"reading {where}")
-        if body is None:
+        found = self._get(f"{self._bucket_path}{self._quote(key, safe='')}?fields=generation", f"reading {where}")
+        if found is None:
             return None
         try:
-            return int(json.loads(body)["generation"])
+            return int(json.loads(found[0])["generation"])
         except (ValueError, KeyError, TypeError) as exc:
             raise ModelStoreUnavailable(f"reading {where}: the object's metadata has no generation: {exc}") from exc
 
-    def _get(self, path: str, action: str) -> bytes | None:
+    def _get(self, path: str, action: str) -> tuple[bytes, str | None] | None:
+        """(the body, its X-Goog-Generation header or None), or None for a 404."""
         import http.client
 
         headers = {} if self._metadata_host is None else {"Authorization": f"Bearer {self._access_token(action)}"}
@@ -567,7 +593,7 @@ class JsonApiReads:
                 self._token = None
         if response.status != 200:
             raise ModelStoreUnavailable(f"{action} failed: HTTP {response.status}: {body[:300].decode(errors='replace')}")
-        return body
+        return body, response.getheader("X-Goog-Generation")
 
     def _connection(self) -> Any:
         import http.client

@@ -21,7 +21,8 @@ import uuid
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
+from typing import NamedTuple
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import numpy as np
 import pytest
@@ -727,6 +728,14 @@ def test_json_api_reads_over_https_verify_the_server_with_one_context_for_every_
     assert reads._tls.verify_mode == ssl.CERT_REQUIRED and reads._tls.check_hostname
 
 
+class StandIns(NamedTuple):
+    storage: str  # the storage stand-in's endpoint
+    metadata: str  # the metadata stand-in's host:port
+    seen: list  # (server, path, headers) of every request, in order
+    storage_status: list  # [status] the storage stand-in answers with
+    objects: dict  # object name → bytes the storage stand-in serves
+
+
 @pytest.fixture
 def stand_ins():
     """Loopback stand-ins for the two Google servers that cannot run here: the metadata server (a token) and
@@ -736,6 +745,7 @@ def stand_ins():
 
     seen: list[tuple[str, str, dict]] = []
     storage_status = [200]
+    objects: dict[str, bytes] = {}  # object name → bytes, served as they are with X-Goog-Generation: 1712
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
@@ -748,8 +758,10 @@ def stand_ins():
             elif "fields=generation" in self.path:
                 status, body = 200, b'{"generation": "1712"}'
             else:
-                status, body = 200, b"object bytes"
+                status, body = 200, objects.get(unquote(urlsplit(self.path).path.rsplit("/o/", 1)[-1]), b"object bytes")
             self.send_response(status)
+            if self.server.name == "storage" and status == 200 and "alt=media" in self.path:
+                self.send_header("X-Goog-Generation", "1712")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -763,8 +775,8 @@ def stand_ins():
         server.name = name
         threading.Thread(target=server.serve_forever, daemon=True).start()
         servers[name] = server
-    yield (f"http://127.0.0.1:{servers['storage'].server_port}", f"127.0.0.1:{servers['metadata'].server_port}",
-           seen, storage_status)
+    yield StandIns(f"http://127.0.0.1:{servers['storage'].server_port}",
+                   f"127.0.0.1:{servers['metadata'].server_port}", seen, storage_status, objects)
     for server in servers.values():
         server.shutdown()
         server.server_close()
@@ -772,7 +784,7 @@ def stand_ins():
 
 def test_json_api_reads_send_the_metadata_servers_token_and_fetch_it_once(stand_ins):
     # Arrange
-    storage, metadata, seen, _ = stand_ins
+    storage, metadata, seen, _, _ = stand_ins
     reads = JsonApiReads("my-bucket", storage, metadata)
 
     # Act
@@ -792,7 +804,7 @@ def test_json_api_reads_send_the_metadata_servers_token_and_fetch_it_once(stand_
 
 def test_json_api_reads_report_a_refusal_by_what_was_read(stand_ins):
     # Arrange: the service account may not read the bucket
-    storage, metadata, _, storage_status = stand_ins
+    storage, metadata, _, storage_status, _ = stand_ins
     storage_status[0] = 403
     reads = JsonApiReads("my-bucket", storage, metadata)
 
@@ -803,7 +815,7 @@ def test_json_api_reads_report_a_refusal_by_what_was_read(stand_ins):
 
 def test_json_api_reads_ask_for_a_new_token_after_a_401(stand_ins):
     # Arrange: the storage stand-in refuses the first token
-    storage, metadata, seen, storage_status = stand_ins
+    storage, metadata, seen, storage_status, _ = stand_ins
     reads = JsonApiReads("my-bucket", storage, metadata)
     storage_status[0] = 401
     with pytest.raises(ModelStoreUnavailable, match="HTTP 401"):
@@ -817,6 +829,43 @@ def test_json_api_reads_ask_for_a_new_token_after_a_401(stand_ins):
     assert data == b"object bytes"
     assert [server for server, _, _ in seen] == ["metadata", "storage", "metadata", "storage"]
     assert seen[-1][2]["Authorization"] == "Bearer token-3"
+
+
+def test_on_cloud_storage_latest_is_one_request_for_the_pointer_and_its_generation(stand_ins):
+    # Arrange: a pointer as publishing writes it, served as Cloud Storage serves it (X-Goog-Generation)
+    storage, metadata, seen, _, objects = stand_ins
+    objects[f"models/{SHOP}/latest.json"] = json.dumps({"version": V1, "sha256": "a" * 64, "size": 3264}).encode()
+    store = GCSModelStore("my-bucket", "models", reads=JsonApiReads("my-bucket", storage, metadata,
+                                                                     generation_header=True))
+
+    # Act
+    latest = store.latest(SHOP)
+
+    # Assert: the manifest and change token from one request for the pointer's bytes
+    assert latest == Manifest(SHOP, V1, "a" * 64, 3264) and latest.change_token == "1712"
+    assert [path for server, path, _ in seen if server == "storage"] == [
+        f"/storage/v1/b/my-bucket/o/models%2F{SHOP}%2Flatest.json?alt=media"]
+
+
+def test_without_the_generation_header_latest_reads_the_generation_first(stand_ins):
+    # Arrange: the same pointer from an endpoint not known to send X-Goog-Generation (as the emulator)
+    storage, metadata, seen, _, objects = stand_ins
+    objects[f"models/{SHOP}/latest.json"] = json.dumps({"version": V1, "sha256": "a" * 64, "size": 3264}).encode()
+    store = GCSModelStore("my-bucket", "models", reads=JsonApiReads("my-bucket", storage, metadata))
+
+    # Act
+    latest = store.latest(SHOP)
+
+    # Assert: the generation, then exactly that generation's bytes
+    assert latest.change_token == "1712"
+    assert [path.rsplit("?", 1)[-1] for server, path, _ in seen if server == "storage"] == [
+        "fields=generation", "alt=media&generation=1712"]
+
+
+def test_json_api_reads_expect_the_generation_header_on_cloud_run_only():
+    # Act / Assert
+    assert JsonApiReads.for_environment("b", {"K_SERVICE": "recommend"}).generation_header is True
+    assert JsonApiReads.for_environment("b", {"STORAGE_EMULATOR_HOST": "http://127.0.0.1:9023"}).generation_header is False
 
 
 def test_json_api_reads_without_a_metadata_server_say_so():
