@@ -734,6 +734,7 @@ class StandIns(NamedTuple):
     seen: list  # (server, path, headers) of every request, in order
     storage_status: list  # [status] the storage stand-in answers with
     objects: dict  # object name → bytes the storage stand-in serves
+    generation_header: list  # [whether its media downloads carry X-Goog-Generation]
 
 
 @pytest.fixture
@@ -746,6 +747,7 @@ def stand_ins():
     seen: list[tuple[str, str, dict]] = []
     storage_status = [200]
     objects: dict[str, bytes] = {}  # object name → bytes, served as they are with X-Goog-Generation: 1712
+    generation_header = [True]  # whether media downloads carry it, as Cloud Storage's do
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
@@ -760,7 +762,7 @@ def stand_ins():
             else:
                 status, body = 200, objects.get(unquote(urlsplit(self.path).path.rsplit("/o/", 1)[-1]), b"object bytes")
             self.send_response(status)
-            if self.server.name == "storage" and status == 200 and "alt=media" in self.path:
+            if self.server.name == "storage" and status == 200 and "alt=media" in self.path and generation_header[0]:
                 self.send_header("X-Goog-Generation", "1712")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -776,7 +778,7 @@ def stand_ins():
         threading.Thread(target=server.serve_forever, daemon=True).start()
         servers[name] = server
     yield StandIns(f"http://127.0.0.1:{servers['storage'].server_port}",
-                   f"127.0.0.1:{servers['metadata'].server_port}", seen, storage_status, objects)
+                   f"127.0.0.1:{servers['metadata'].server_port}", seen, storage_status, objects, generation_header)
     for server in servers.values():
         server.shutdown()
         server.server_close()
@@ -784,7 +786,7 @@ def stand_ins():
 
 def test_json_api_reads_send_the_metadata_servers_token_and_fetch_it_once(stand_ins):
     # Arrange
-    storage, metadata, seen, _, _ = stand_ins
+    storage, metadata, seen, *_ = stand_ins
     reads = JsonApiReads("my-bucket", storage, metadata)
 
     # Act
@@ -804,7 +806,7 @@ def test_json_api_reads_send_the_metadata_servers_token_and_fetch_it_once(stand_
 
 def test_json_api_reads_report_a_refusal_by_what_was_read(stand_ins):
     # Arrange: the service account may not read the bucket
-    storage, metadata, _, storage_status, _ = stand_ins
+    storage, metadata, _, storage_status, *_ = stand_ins
     storage_status[0] = 403
     reads = JsonApiReads("my-bucket", storage, metadata)
 
@@ -815,7 +817,7 @@ def test_json_api_reads_report_a_refusal_by_what_was_read(stand_ins):
 
 def test_json_api_reads_ask_for_a_new_token_after_a_401(stand_ins):
     # Arrange: the storage stand-in refuses the first token
-    storage, metadata, seen, storage_status, _ = stand_ins
+    storage, metadata, seen, storage_status, *_ = stand_ins
     reads = JsonApiReads("my-bucket", storage, metadata)
     storage_status[0] = 401
     with pytest.raises(ModelStoreUnavailable, match="HTTP 401"):
@@ -833,7 +835,7 @@ def test_json_api_reads_ask_for_a_new_token_after_a_401(stand_ins):
 
 def test_on_cloud_storage_latest_is_one_request_for_the_pointer_and_its_generation(stand_ins):
     # Arrange: a pointer as publishing writes it, served as Cloud Storage serves it (X-Goog-Generation)
-    storage, metadata, seen, _, objects = stand_ins
+    storage, metadata, seen, _, objects, _ = stand_ins
     objects[f"models/{SHOP}/latest.json"] = json.dumps({"version": V1, "sha256": "a" * 64, "size": 3264}).encode()
     store = GCSModelStore("my-bucket", "models", reads=JsonApiReads("my-bucket", storage, metadata,
                                                                      generation_header=True))
@@ -849,7 +851,7 @@ def test_on_cloud_storage_latest_is_one_request_for_the_pointer_and_its_generati
 
 def test_without_the_generation_header_latest_reads_the_generation_first(stand_ins):
     # Arrange: the same pointer from an endpoint not known to send X-Goog-Generation (as the emulator)
-    storage, metadata, seen, _, objects = stand_ins
+    storage, metadata, seen, _, objects, _ = stand_ins
     objects[f"models/{SHOP}/latest.json"] = json.dumps({"version": V1, "sha256": "a" * 64, "size": 3264}).encode()
     store = GCSModelStore("my-bucket", "models", reads=JsonApiReads("my-bucket", storage, metadata))
 
@@ -860,6 +862,23 @@ def test_without_the_generation_header_latest_reads_the_generation_first(stand_i
     assert latest.change_token == "1712"
     assert [path.rsplit("?", 1)[-1] for server, path, _ in seen if server == "storage"] == [
         "fields=generation", "alt=media&generation=1712"]
+
+
+def test_an_answer_without_the_expected_generation_header_falls_back_to_the_generation_first(stand_ins):
+    # Arrange: an endpoint expected to send X-Goog-Generation that does not
+    storage, metadata, seen, _, objects, generation_header = stand_ins
+    objects[f"models/{SHOP}/latest.json"] = json.dumps({"version": V1, "sha256": "a" * 64, "size": 3264}).encode()
+    generation_header[0] = False
+    store = GCSModelStore("my-bucket", "models", reads=JsonApiReads("my-bucket", storage, metadata,
+                                                                     generation_header=True))
+
+    # Act
+    latest = store.latest(SHOP)
+
+    # Assert: the bytes without a generation were not trusted; the generation, then that generation's bytes
+    assert latest == Manifest(SHOP, V1, "a" * 64, 3264) and latest.change_token == "1712"
+    assert [path.rsplit("?", 1)[-1] for server, path, _ in seen if server == "storage"] == [
+        "alt=media", "fields=generation", "alt=media&generation=1712"]
 
 
 def test_json_api_reads_expect_the_generation_header_on_cloud_run_only():
