@@ -11,6 +11,7 @@ import logging
 import queue
 import threading
 import time
+import weakref
 from typing import Callable, Sequence
 
 import numpy as np
@@ -26,6 +27,23 @@ log = logging.getLogger(__name__)
 COPURCHASE_SHRINK = 5.0  # orders an item needs before co-purchase outweighs factor similarity
 TOP_SAMPLE_STRIDE = 32  # top_rows: one score in this many bounds the n-th best from below
 TOP_SAMPLE_MIN_ITEMS = 4096  # below this, top_rows partitions the whole array
+CHECKER_WAKE_SECONDS = 60.0  # how often an idle refresh thread looks whether its holder is gone
+
+
+def _check_forever(holder: "weakref.ReferenceType[ModelHolder]", due: queue.SimpleQueue) -> None:
+    """A ModelHolder's checking thread: its due checks one after another, until the holder is gone."""
+    while True:
+        try:
+            work = due.get(timeout=CHECKER_WAKE_SECONDS)
+        except queue.Empty:
+            if holder() is None:
+                return
+            continue
+        alive = holder()
+        if alive is None:
+            return
+        alive._check(*work)
+        del alive, work  # nothing of the holder's is held while waiting
 
 
 def top_rows(scores: np.ndarray, n: int, blocked: np.ndarray | None = None,
@@ -312,6 +330,8 @@ class ModelHolder:
         self._refreshing: dict[str, threading.Lock] = {}
         # Due checks go to one thread of the holder's own, started with the first, which keeps its connection to the
         # model store from one check to the next (a thread per check would open a new one, with TLS, each time).
+        # It holds the holder weakly, and ends once the holder is gone: a process that makes several holders
+        # (tests, benchmarks) keeps none of them, nor their models, alive through it.
         self._due: queue.SimpleQueue[tuple[str, ServingModel, threading.Lock]] = queue.SimpleQueue()
         self._checker: threading.Thread | None = None
         self._pending = 0  # checks asked for and not finished (`settle` waits for none)
@@ -334,7 +354,8 @@ class ModelHolder:
     def _start_check(self, shop: str, current: ServingModel, lock: threading.Lock) -> None:
         with self._idle:
             if self._checker is None or not self._checker.is_alive():
-                checker = threading.Thread(target=self._check_forever, name="model-refresh", daemon=True)
+                checker = threading.Thread(target=_check_forever, args=(weakref.ref(self), self._due),
+                                           name="model-refresh", daemon=True)
                 try:
                     checker.start()
                 except RuntimeError:  # no thread to be had (the interpreter is shutting down): the next check tries again
@@ -344,18 +365,16 @@ class ModelHolder:
             self._pending += 1
         self._due.put((shop, current, lock))
 
-    def _check_forever(self) -> None:
-        while True:
-            shop, current, lock = self._due.get()
-            try:
-                self._refresh(shop, current)
-            except Exception:  # anything unexpected: logged, and the model in memory keeps serving
-                log.exception("model refresh for %s failed, still serving %s", shop, current.version)
-            finally:
-                lock.release()
-                with self._idle:
-                    self._pending -= 1
-                    self._idle.notify_all()
+    def _check(self, shop: str, current: ServingModel, lock: threading.Lock) -> None:
+        try:
+            self._refresh(shop, current)
+        except Exception:  # anything unexpected: logged, and the model in memory keeps serving
+            log.exception("model refresh for %s failed, still serving %s", shop, current.version)
+        finally:
+            lock.release()
+            with self._idle:
+                self._pending -= 1
+                self._idle.notify_all()
 
     def settle(self, timeout: float | None = None) -> bool:
         """Wait until the refresh checks asked for so far (and any swap they make) are done; False on `timeout`."""

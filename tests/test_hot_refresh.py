@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import gc
+import time
+import weakref
+
 import numpy as np
 import pytest
 
@@ -133,3 +137,23 @@ def test_a_serving_function_answers_with_the_new_model_version_after_retraining(
 
     assert second != first
     assert answered[0] == first and answered[-1] == second
+
+
+def test_a_holder_that_made_checks_is_not_kept_alive_by_its_checking_thread(models):
+    # Arrange: a holder whose thread has made a check
+    holder = ModelHolder(models, refresh_seconds=0, clock=Clock())
+    models.publish(SHOP, artifact("v1"))
+    holder.get(SHOP)
+    holder.get(SHOP)  # the check is due at once: the thread starts and makes it
+    assert holder.settle(timeout=10)
+    gone = weakref.ref(holder)
+
+    # Act: the holder dropped (the thread finishes the check it was ending, then holds nothing of it)
+    del holder
+    deadline = time.monotonic() + 10
+    while gone() is not None and time.monotonic() < deadline:
+        gc.collect()
+        time.sleep(0.01)
+
+    # Assert
+    assert gone() is None
