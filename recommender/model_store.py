@@ -370,7 +370,8 @@ class GCSModelStore:
         raise ModelStoreUnavailable(f"{where} kept moving while being read; retry")
 
     def pointer_token(self, shop: str) -> str | None:
-        """The pointer's generation as `latest` would report it now (None: no pointer): one request, not three."""
+        """The pointer's generation as `latest` would report it now (None: no pointer): one small request for the
+        generation alone, with neither the pointer's bytes nor a manifest."""
         reads = self._light_reads()
         if reads is not None:
             generation = reads.generation(self._key(shop, LATEST), self._url(shop, LATEST))
