@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SECTIONS = ("cold_start", "warm_latency", "http", "ingest", "training", "size", "memory", "cost")
@@ -141,8 +142,11 @@ def run(plan: Plan, workdir: Path, log=print) -> dict:
     from threadpoolctl import threadpool_limits
 
     from bench import cold_start, http_load, ingest, latency, size, synthetic, training
+    from bench.stats import CpuShares
 
     started = time.perf_counter()
+    cpu = CpuShares()
+    log = _marking(log, cpu)
     reference = _reference_size(plan.sizes)
     results: dict = {"meta": {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                               "command": " ".join(["python -m bench.perf", *sys.argv[1:]]),
@@ -243,12 +247,23 @@ def run(plan: Plan, workdir: Path, log=print) -> dict:
     log("memory with the caches full")
     results["memory"]["caches_full"] = cold_start.memory_with_full_caches(catalog_shop, plan.cache_fill_requests,
                                                                           workdir / "cache-fill")
+    cpu.mark("end")
+    results["meta"]["cpu_by_section"] = cpu.shares()
     results["cost"] = _cost(results, reference)
     results["goals"] = goals(results)
     results["headline"] = headline_figures(results)
     results["meta"]["seconds"] = round(time.perf_counter() - started, 1)
     results["meta"]["code_at_end"] = code_version()
     return results
+
+
+def _marking(log: Callable[[str], None], cpu) -> Callable[[str], None]:
+    """`log`, and a section's first line (not indented, not set-up) marks where that section starts in `cpu`."""
+    def marked(message: str) -> None:
+        if not message.startswith((" ", "setup:")):
+            cpu.mark(message)
+        log(message)
+    return marked
 
 
 def _memory(cold: dict) -> dict:

@@ -41,6 +41,16 @@ def _code(meta: dict) -> str:
     return text + "."
 
 
+def _cpu_by_section(meta: dict) -> list[str]:
+    """One line: each section's steal and busy shares of the machine's CPU time (bench.stats.CpuShares)."""
+    shares = meta.get("cpu_by_section")
+    if not shares:
+        return []
+    parts = [f"{section} {v['steal_pct']}% ({v['busy_pct']}% busy)" for section, v in shares.items()]
+    return ["", "CPU time taken by the hypervisor for other guests while this VM had work (steal), by section: "
+            + ", ".join(parts) + "."]
+
+
 def markdown(results: dict) -> str:
     meta, m = results["meta"], results["meta"]["machine"]
     blas = ", ".join(f"{b['internal_api']} {b['version']} ({b['architecture']}, {b['num_threads']} threads)"
@@ -52,6 +62,7 @@ def markdown(results: dict) -> str:
         f"Machine: {m['nproc']} CPUs ({m['cpu_model']}), Python {m['python']}, numpy {m['numpy']}, BLAS {blas},"
         f" OPENBLAS_CORETYPE={m['openblas_coretype'] or 'unset'}. Goals stated at 100k items are judged at"
         f" {meta['reference_size']:,} items." + _code(meta),
+        *_cpu_by_section(meta),
         "",
         "## Goals",
         "",

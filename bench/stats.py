@@ -56,3 +56,43 @@ def interleaved(calls: dict[str, Callable[[int], object]], repetitions: int, war
             call(i)
             samples[name].append(clock() - begin)
     return samples
+
+
+class CpuShares:
+    """Where the machine's CPU time went while each section of a run ran, from /proc/stat: the share the
+    hypervisor gave to other guests although this VM had work (steal) and the share it was busy. A high steal
+    share marks a section whose figures a neighbour disturbed, which a ratio against a floor measured in the
+    same run does not always cancel (the floor and ours are not disturbed alike). No /proc/stat: nothing recorded."""
+
+    def __init__(self, path: str = "/proc/stat"):
+        self._path = path
+        self._marks: list[tuple[str, tuple[int, ...]]] = []
+
+    def _read(self) -> tuple[int, ...] | None:
+        try:
+            with open(self._path) as handle:
+                fields = handle.readline().split()
+        except OSError:
+            return None
+        if not fields or fields[0] != "cpu":
+            return None
+        return tuple(int(value) for value in fields[1:9])  # user nice system idle iowait irq softirq steal
+
+    def mark(self, section: str) -> None:
+        """`section` starts now (and the one before it ends)."""
+        ticks = self._read()
+        if ticks is not None:
+            self._marks.append((section, ticks))
+
+    def shares(self) -> dict[str, dict[str, float]]:
+        """{section: {"steal_pct", "busy_pct"}} for every section ended by a later mark."""
+        out = {}
+        for (section, before), (_, after) in zip(self._marks, self._marks[1:]):
+            delta = [b - a for a, b in zip(before, after)]
+            total = sum(delta)
+            if total <= 0:
+                continue
+            idle = delta[3] + delta[4]
+            out[section] = {"steal_pct": round(100.0 * delta[7] / total, 1),
+                            "busy_pct": round(100.0 * (total - idle - delta[7]) / total, 1)}
+        return out

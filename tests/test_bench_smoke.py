@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from bench.perf import SECTIONS, headline_figures
+from bench.stats import CpuShares
 from tests.conftest import ROOT
 
 
@@ -29,6 +30,10 @@ def test_quick_benchmark_reports_every_section_with_positive_numbers(tmp_path):
             assert isinstance(value, (int, float)) and math.isfinite(value) and value > 0, (section, name, value)
     assert results["goals"] and all(isinstance(goal["met"], bool) for goal in results["goals"])
     assert "## Cold start" in (tmp_path / "perf.md").read_text()
+    shares = results["meta"]["cpu_by_section"]  # every section's share of the CPU time, where /proc/stat exists
+    assert list(shares) == ["cold start", "warm latency", "http", "ingest", "training", "size",
+                            "memory with the caches full"]
+    assert all(0 <= v["steal_pct"] <= 100 and 0 <= v["busy_pct"] <= 100 for v in shares.values()), shares
 
 
 @pytest.mark.timeout(120)
@@ -45,3 +50,24 @@ def test_refresh_probe_sees_each_published_model_served_through_the_latency_rela
     assert set(medians) == {"ordinary", "after a pause, no check due", "check, nothing moved", "check, new model",
                             "new model served after", "slowest until then"}
     assert all(value > 0 for value in medians.values()), medians
+
+
+def test_cpu_shares_split_each_sections_ticks_into_steal_and_busy(tmp_path):
+    # Arrange: /proc/stat's first line at three marks (user nice system idle iowait irq softirq steal)
+    stat = tmp_path / "stat"
+    shares = CpuShares(str(stat))
+    for section, line in (("a", "cpu  100 0 50 800 50 0 0 0 0 0"),
+                          ("b", "cpu  160 0 70 900 50 0 0 20 0 0"),  # a: 60 user, 20 system, 100 idle, 20 steal
+                          ("end", "cpu  160 0 70 1000 50 0 0 20 0 0")):  # b: 100 idle ticks, nothing else
+        stat.write_text(line + "\nintr 1 2 3\n")
+        shares.mark(section)
+
+    assert shares.shares() == {"a": {"steal_pct": 10.0, "busy_pct": 40.0}, "b": {"steal_pct": 0.0, "busy_pct": 0.0}}
+
+
+def test_cpu_shares_record_nothing_without_proc_stat(tmp_path):
+    shares = CpuShares(str(tmp_path / "missing"))
+    shares.mark("a")
+    shares.mark("end")
+
+    assert shares.shares() == {}
