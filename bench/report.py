@@ -53,6 +53,12 @@ def _cpu_by_section(meta: dict) -> list[str]:
             + ", ".join(parts) + "."]
 
 
+def _steal_of(meta: dict, section: str | None) -> str:
+    """The steal share of the section a goal's timing comes from, or "—" (not recorded, or not a timing)."""
+    share = (meta.get("cpu_by_section") or {}).get(section) if section else None
+    return f"{share['steal_pct']}%" if share else "—"
+
+
 def markdown(results: dict) -> str:
     meta, m = results["meta"], results["meta"]["machine"]
     blas = ", ".join(f"{b['internal_api']} {b['version']} ({b['architecture']}, {b['num_threads']} threads)"
@@ -68,8 +74,9 @@ def markdown(results: dict) -> str:
         "",
         "## Goals",
         "",
-        _table(["goal", "measured", "met"], [[g["goal"], g["measured"], "yes" if g["met"] else "**no**"]
-                                             for g in results["goals"]]),
+        _table(["goal", "measured", "met", "steal in its section"],
+               [[g["goal"], g["measured"], "yes" if g["met"] else "**no**", _steal_of(meta, g.get("section"))]
+                for g in results["goals"]]),
     ]
 
     cold = results["cold_start"]

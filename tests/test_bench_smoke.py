@@ -34,6 +34,9 @@ def test_quick_benchmark_reports_every_section_with_positive_numbers(tmp_path):
     assert list(shares) == ["cold start", "warm latency", "http", "ingest", "training", "size",
                             "memory with the caches full"]
     assert all(0 <= v["steal_pct"] <= 100 and 0 <= v["busy_pct"] <= 100 for v in shares.values()), shares
+    timed = [goal for goal in results["goals"] if goal["section"] is not None]  # each beside its section's steal
+    assert {goal["section"] for goal in timed} == {"cold start", "warm latency", "ingest", "training"}
+    assert "| goal | measured | met | steal in its section |" in (tmp_path / "perf.md").read_text()
 
 
 @pytest.mark.timeout(120)
