@@ -28,7 +28,6 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SECTIONS = ("cold_start", "warm_latency", "http", "ingest", "training", "size", "memory", "cost")
@@ -146,7 +145,12 @@ def run(plan: Plan, workdir: Path, log=print) -> dict:
 
     started = time.perf_counter()
     cpu = CpuShares()
-    log = _marking(log, cpu)
+
+    def section(name: str) -> None:
+        """A section of the run starts: logged, and marked where its share of the CPU time is counted from."""
+        cpu.mark(name)
+        log(name)
+
     reference = _reference_size(plan.sizes)
     results: dict = {"meta": {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                               "command": " ".join(["python -m bench.perf", *sys.argv[1:]]),
@@ -169,7 +173,7 @@ def run(plan: Plan, workdir: Path, log=print) -> dict:
                                                   with_catalog=True)
         del artifact
 
-    log("cold start")
+    section("cold start")
     configs = [(f"{_label(n)} items", shops[n], plan.cold_repeats_large if n >= 1_000_000 else plan.cold_repeats)
                for n in plan.sizes]
     configs.append((f"{_label(reference)} items, PRELOAD_SHOPS", shops[reference], plan.cold_repeats,
@@ -178,7 +182,7 @@ def run(plan: Plan, workdir: Path, log=print) -> dict:
                     max(1, plan.cold_repeats - 2)))  # the catalog is read on the first request too
     results["cold_start"] = cold_start.measure(configs, plan.cold_repeats, workdir / "cold")
 
-    log("warm latency")
+    section("warm latency")
     warm = []
     for n in plan.sizes:
         default = latency.measure_size(shops[n], plan.warm_repetitions[n])
@@ -219,19 +223,19 @@ def run(plan: Plan, workdir: Path, log=print) -> dict:
                   " cyclic collector's sight while the calls run (gc.freeze), as main.py freezes what it imports",
     }
 
-    log("http")
+    section("http")
     results["http"] = http_load.measure(shops[reference], workdir / "http", plan.http_concurrencies,
                                         plan.http_max_requests, plan.http_max_seconds)
 
-    log("ingest")
+    section("ingest")
     results["ingest"] = ingest.measure(workdir / "ingest", plan.ingest_in_process, plan.ingest_concurrencies,
                                        plan.ingest_http_per_level, plan.http_max_seconds * 2)
 
-    log("training")
+    section("training")
     results["training"] = training.measure(workdir / "training", plan.train_users, plan.train_items,
                                            plan.train_events, plan.train_repeats)
 
-    log("size")
+    section("size")
     artifacts = []
     for n in plan.sizes:
         folder = workdir / f"models-{n}" / synthetic.SHOP
@@ -244,7 +248,7 @@ def run(plan: Plan, workdir: Path, log=print) -> dict:
     results["size"] = {"floor_bytes_per_item_factor": size.FLOOR_BYTES_PER_ITEM_FACTOR, "artifacts": artifacts}
 
     results["memory"] = _memory(results["cold_start"])
-    log("memory with the caches full")
+    section("memory with the caches full")
     results["memory"]["caches_full"] = cold_start.memory_with_full_caches(catalog_shop, plan.cache_fill_requests,
                                                                           workdir / "cache-fill")
     cpu.mark("end")
@@ -255,15 +259,6 @@ def run(plan: Plan, workdir: Path, log=print) -> dict:
     results["meta"]["seconds"] = round(time.perf_counter() - started, 1)
     results["meta"]["code_at_end"] = code_version()
     return results
-
-
-def _marking(log: Callable[[str], None], cpu) -> Callable[[str], None]:
-    """`log`, and a section's first line (not indented, not set-up) marks where that section starts in `cpu`."""
-    def marked(message: str) -> None:
-        if not message.startswith((" ", "setup:")):
-            cpu.mark(message)
-        log(message)
-    return marked
 
 
 def _memory(cold: dict) -> dict:
