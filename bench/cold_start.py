@@ -1,7 +1,9 @@
 """Cold start and instance memory: a real `functions-framework --target recommend` process, spawn → first 200.
 
 Floor: the same framework serving a function that imports numpy and returns a constant
-(`synthetic.FLOOR_SOURCE`). Runs are interleaved (floor, 10k, 100k, … then again) so the
+(`synthetic.FLOOR_SOURCE`), as it starts by default: numpy's OpenBLAS starts a thread per core. Beside it,
+for what we add, the same floor with one BLAS thread (`OPENBLAS_NUM_THREADS=1`), as `main.py` pins it before
+numpy loads: the pool's start costs the default floor CPU, and some wall time, that our instances never pay. Runs are interleaved (floor, 10k, 100k, … then again) so the
 machine's noise falls on every configuration alike. After the first 200 each instance serves
 every intent a few times, then its memory is read from /proc.
 """
@@ -22,6 +24,8 @@ from bench.synthetic import SHOP, ShopFiles, product_id, write_floor_source
 INTENTS = ("personalized", "related", "complementary", "trending")
 WARM_REQUESTS_PER_INTENT = 10  # after the first 200, before memory is read
 MAIN = process.ROOT / "main.py"
+PINNED_FLOOR = "floor, one BLAS thread"
+PINNED = (("OPENBLAS_NUM_THREADS", "1"),)
 
 
 @dataclass(frozen=True)
@@ -46,7 +50,7 @@ def _every_intent(session: requests.Session, server: process.Server, shop: ShopF
 
 def _one_start(config: Config, floor_source: Path, log_dir: Path) -> dict:
     if config.shop is None:
-        server = process.spawn("floor", floor_source, {}, log_dir)
+        server = process.spawn("floor", floor_source, dict(config.env), log_dir)
         first_path = "/"
     else:
         server = process.spawn("recommend", MAIN, config.shop.env(**dict(config.env)), log_dir)
@@ -146,16 +150,17 @@ def measure(shops: list[tuple], floor_repeats: int, workdir: Path) -> dict:
     """shops: (label, files, repeats[, extra env]). Returns the floor, each configuration and their ratios."""
     floor_source = write_floor_source(workdir / "floor")
     log_dir = workdir / "logs"
-    configs = [Config("floor", None, floor_repeats)] + [Config(label, shop, n, tuple(sorted(extra[0].items())) if extra else ())
-                                             for label, shop, n, *extra in shops]
+    configs = [Config("floor", None, floor_repeats), Config(PINNED_FLOOR, None, floor_repeats, PINNED)]
+    configs += [Config(label, shop, n, tuple(sorted(extra[0].items())) if extra else ()) for label, shop, n, *extra in shops]
     runs: dict[str, list[dict]] = {c.label: [] for c in configs}
     for round_index in range(max(c.repeats for c in configs)):
         for config in configs:
             if round_index < config.repeats:
                 runs[config.label].append(_one_start(config, floor_source, log_dir))
     floor = _summary(runs["floor"])
+    pinned = _summary(runs[PINNED_FLOOR])
     results = []
-    for config in configs[1:]:
+    for config in configs[2:]:
         summary = _summary(runs[config.label])
         results.append({
             "label": config.label, "items": config.shop.n_items, "catalog_rows": config.shop.catalog_rows,
@@ -163,6 +168,8 @@ def measure(shops: list[tuple], floor_repeats: int, workdir: Path) -> dict:
             **summary,
             "ratio_first_ok": ratio(summary["first_ok_median_s"], floor["first_ok_median_s"]),
             "ratio_listen": ratio(summary["listen_median_s"], floor["listen_median_s"]),
+            "ratio_first_ok_vs_pinned_floor": ratio(summary["first_ok_median_s"], pinned["first_ok_median_s"]),
+            "ratio_startup_cpu_vs_pinned_floor": ratio(summary["startup_cpu_median_s"], pinned["startup_cpu_median_s"]),
             "strategies": runs[config.label][-1]["strategies"],
             "load_breakdown": _load_breakdown(config.shop, repeats=2 if config.shop.n_items >= 1_000_000 else 3),
         })
@@ -170,7 +177,7 @@ def measure(shops: list[tuple], floor_repeats: int, workdir: Path) -> dict:
         "import_main_s": _import_seconds("import main", 3),
         "import_floor_s": _import_seconds("import functions_framework, numpy", 3),
     }
-    return {"floor": floor, "configs": results, "imports": imports,
+    return {"floor": floor, "floor_one_blas_thread": pinned, "configs": results, "imports": imports,
             "method": "spawn `python -m functions_framework --target recommend --source main.py` on a free loopback port;"
                       " listen = the port accepts; first_ok = first 200 of a personalized request (customer with a"
                       " 20-event history), signed as Shopify's app proxy signs it; then 10 requests of every intent (their server"

@@ -383,6 +383,7 @@ def headline_figures(results: dict) -> dict[str, dict[str, float]]:
     warm = next(w for w in results["warm_latency"]["sizes"] if w["items"] == reference)["blas_default_threads"]
     figures = {
         "cold_start": {"floor_first_ok_s": cold["floor"]["first_ok_median_s"],
+                       "floor_one_blas_thread_first_ok_s": cold["floor_one_blas_thread"]["first_ok_median_s"],
                        **{f"{c['label']} first_ok_s": c["first_ok_median_s"] for c in cold["configs"]},
                        **{f"{c['label']} ratio": c["ratio_first_ok"] for c in cold["configs"]}},
         "warm_latency": {"floor_p99_ms": warm["floor"]["p99_ms"], "implicit_fold_in_p99_ms": warm["implicit_fold_in"]["p99_ms"],
