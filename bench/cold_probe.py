@@ -9,7 +9,8 @@
 on loopback, an in-memory Python server; a real bucket's distance and speed are not measured here).
 
 Each round starts every variant once, in order, so the machine's noise falls on all of them alike;
-prints the median spawn → first 200 of each and its ratio to the floor. A 100k-item model, as in
+prints the median spawn → first 200 of each and its ratio to the floor. Two floors: the bare function as it
+starts by default, and with one BLAS thread, as `main.py` starts ours (bench/cold_start.py). A 100k-item model, as in
 `bench.perf`. Deletes and rewrites the project's __pycache__ folders (git ignores them).
 """
 
@@ -24,7 +25,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench import process, synthetic
+from bench import cold_start, process, synthetic
 from recommender.model_store import open_model_store
 
 
@@ -62,14 +63,16 @@ def main(argv: list[str] | None = None) -> int:
                     ("gs:// PRELOAD_SHOPS", True, {**gcs, "PRELOAD_SHOPS": synthetic.SHOP}))
         os.environ["STORAGE_EMULATOR_HOST"] = gcs["STORAGE_EMULATOR_HOST"]  # for the publisher's client library
         open_model_store(gcs["MODEL_STORE_URL"]).publish(synthetic.SHOP, artifact)
-    seconds: dict[str, list[float]] = {"floor": [], **{label: [] for label, _, _ in variants}}
+    floors = (("floor", {}), (cold_start.PINNED_FLOOR, dict(cold_start.PINNED)))
+    seconds: dict[str, list[float]] = {**{label: [] for label, _ in floors}, **{label: [] for label, _, _ in variants}}
     try:
         for _ in range(args.starts):
-            server = process.spawn("floor", floor_source, {}, work / "logs")
-            try:
-                seconds["floor"].append(process.wait_until_serving(server, "/").first_ok_s)
-            finally:
-                server.stop()
+            for label, env in floors:
+                server = process.spawn("floor", floor_source, env, work / "logs")
+                try:
+                    seconds[label].append(process.wait_until_serving(server, "/").first_ok_s)
+                finally:
+                    server.stop()
             for label, bytecode, extra in variants:
                 _compile() if bytecode else _remove_bytecode()
                 server = process.spawn("recommend", process.ROOT / "main.py", shop.env(**extra), work / "logs")
@@ -86,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     floor = statistics.median(seconds["floor"])
     for label, values in seconds.items():
         median = statistics.median(values)
-        print(f"{label:18s} median {median:.3f} s  {median / floor:.2f}× floor  samples {[round(v, 3) for v in values]}")
+        print(f"{label:22s} median {median:.3f} s  {median / floor:.2f}× floor  samples {[round(v, 3) for v in values]}")
     return 0
 
 
