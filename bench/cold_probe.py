@@ -10,8 +10,8 @@ on loopback, an in-memory Python server; a real bucket's distance and speed are 
 
 Each round starts every variant once, in order, so the machine's noise falls on all of them alike;
 prints the median spawn → first 200 of each and its ratio to the floor. Two floors: the bare function as it
-starts by default, and with one BLAS thread, as `main.py` starts ours (bench/cold_start.py). A 100k-item model, as in
-`bench.perf`. Deletes and rewrites the project's __pycache__ folders (git ignores them).
+starts by default, and with one BLAS thread, as `main.py` starts ours (bench/cold_start.py). A 100k-item
+model, as in `bench.perf`. Deletes and rewrites the project's __pycache__ folders (git ignores them).
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """Cold start and instance memory: a real `functions-framework --target recommend` process, spawn → first 200.
 
 Floor: the same framework serving a function that imports numpy and returns a constant
-(`synthetic.FLOOR_SOURCE`), as it starts by default: numpy's OpenBLAS starts a thread per core. Beside it,
-for what we add, the same floor with one BLAS thread (`OPENBLAS_NUM_THREADS=1`), as `main.py` pins it before
-numpy loads: the pool's start costs the default floor CPU, and some wall time, that our instances never pay. Runs are interleaved (floor, 10k, 100k, … then again) so the
+(`synthetic.FLOOR_SOURCE`), as it starts by default: numpy's OpenBLAS starts a thread per core (unless the
+environment already sets OPENBLAS_NUM_THREADS). Beside it, for what we add, the same floor with one BLAS
+thread, as `main.py` pins it before numpy loads: the pool's start costs the default floor CPU, and some
+wall time, that our instances never pay. Runs are interleaved (floor, 10k, 100k, … then again) so the
 machine's noise falls on every configuration alike. After the first 200 each instance serves
 every intent a few times, then its memory is read from /proc.
 """
@@ -151,7 +152,8 @@ def measure(shops: list[tuple], floor_repeats: int, workdir: Path) -> dict:
     floor_source = write_floor_source(workdir / "floor")
     log_dir = workdir / "logs"
     configs = [Config("floor", None, floor_repeats), Config(PINNED_FLOOR, None, floor_repeats, PINNED)]
-    configs += [Config(label, shop, n, tuple(sorted(extra[0].items())) if extra else ()) for label, shop, n, *extra in shops]
+    configs += [Config(label, shop, n, tuple(sorted(extra[0].items())) if extra else ())
+                for label, shop, n, *extra in shops]
     runs: dict[str, list[dict]] = {c.label: [] for c in configs}
     for round_index in range(max(c.repeats for c in configs)):
         for config in configs:
