@@ -90,7 +90,7 @@ def markdown(results: dict) -> str:
                 f["cpu_ms_per_request_mixed_intents"], f["first_ok_samples_s"]]
 
     def versus_pinned(c: dict, key: str) -> str:
-        return _x(c[key]) if key in c else "—"
+        return _x(ratio(c[key], pinned[key])) if pinned else "—"
 
     out += ["", "## Cold start (spawn → first 200)", "", cold["method"] + ".", "",
             _table(["instance", "port open (median s)", "first 200 (median s)", "vs floor", "vs floor, one BLAS thread",
@@ -100,9 +100,9 @@ def markdown(results: dict) -> str:
                    + ([floor_row("floor, one BLAS thread (OPENBLAS_NUM_THREADS=1, as main.py sets it)", pinned)]
                       if pinned else [])
                    + [[c["label"], c["listen_median_s"], c["first_ok_median_s"], _x(c["ratio_first_ok"]),
-                       versus_pinned(c, "ratio_first_ok_vs_pinned_floor"), c["startup_cpu_median_s"],
+                       versus_pinned(c, "first_ok_median_s"), c["startup_cpu_median_s"],
                        _x(ratio(c["startup_cpu_median_s"], floor["startup_cpu_median_s"])),
-                       versus_pinned(c, "ratio_startup_cpu_vs_pinned_floor"),
+                       versus_pinned(c, "startup_cpu_median_s"),
                        c["cpu_ms_per_request_mixed_intents"], c["first_ok_samples_s"]]
                       for c in cold["configs"]]),
             "", "Startup CPU: the instance's processes' CPU seconds from spawn to the first 200; time the hypervisor"
