@@ -4,11 +4,14 @@
     python -m bench.cold_probe --starts 9 --bytecode  # floor, lazy with bytecode, lazy compiling from source
     python -m bench.cold_probe --starts 9 --gcs       # floor, lazy from a folder, lazy and PRELOAD_SHOPS from gs://
     python -m bench.cold_probe --starts 9 --gcs --rtt-ms 20   # the same, each request to the emulator 20 ms longer
+    python -m bench.cold_probe --starts 11 --prime-mib 256    # every start finds 256 MiB freed a moment ago
+    python -m bench.cold_probe --starts 11 --idle-s 3         # every start finds memory the hypervisor took back
 
 `--gcs` publishes the model to Cloud Storage as deployed instances find it (gs://, here gcp-storage-emulator
 on loopback, an in-memory Python server; a real bucket's distance and speed are not measured here).
 
-Each round starts every variant once, in order, so the machine's noise falls on all of them alike;
+Each round starts every variant once, in an order shuffled each round (`cold_start.start_order`), so the
+machine's noise falls on all of them alike;
 prints the median spawn → first 200 of each and its ratio to the floor. Two floors: the bare function as it
 starts by default, and with one BLAS thread, as `main.py` starts ours (bench/cold_start.py). A 100k-item
 model, as in `bench.perf`. Deletes and rewrites the project's __pycache__ folders (git ignores them).
@@ -23,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from bench import cold_start, process, synthetic
@@ -39,6 +43,17 @@ def _remove_bytecode() -> None:
         shutil.rmtree(process.ROOT / name, ignore_errors=True)
 
 
+def _before_start(prime_mib: int, idle_s: float) -> None:
+    """The same memory state before every start: `prime_mib` MiB touched and freed, then `idle_s` seconds of rest."""
+    if prime_mib:
+        scratch = bytearray(prime_mib << 20)
+        for offset in range(0, len(scratch), 4096):  # one byte a page: every page becomes the process's own
+            scratch[offset] = 1
+        del scratch
+    if idle_s:
+        time.sleep(idle_s)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--starts", type=int, default=13, help="starts per variant")
@@ -47,6 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gcs", action="store_true", help="also load the model from gs:// (an emulator on loopback)")
     parser.add_argument("--rtt-ms", type=float, default=0.0,
                         help="with --gcs: add this round trip to every request to the emulator (bench/latency_proxy.py)")
+    parser.add_argument("--prime-mib", type=int, default=0,
+                        help="before every start, touch and free this much memory here, so that every start finds"
+                             " that much memory freed a moment ago")
+    parser.add_argument("--idle-s", type=float, default=0.0,
+                        help="before every start, wait this long, so that the memory freed before it has gone back"
+                             " to the hypervisor (about 2 s on these VMs)")
     args = parser.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="cold-probe-"))
@@ -63,24 +84,26 @@ def main(argv: list[str] | None = None) -> int:
                     ("gs:// PRELOAD_SHOPS", True, {**gcs, "PRELOAD_SHOPS": synthetic.SHOP}))
         os.environ["STORAGE_EMULATOR_HOST"] = gcs["STORAGE_EMULATOR_HOST"]  # for the publisher's client library
         open_model_store(gcs["MODEL_STORE_URL"]).publish(synthetic.SHOP, artifact)
-    floors = (("floor", {}), (cold_start.PINNED_FLOOR, dict(cold_start.PINNED)))
-    seconds: dict[str, list[float]] = {**{label: [] for label, _ in floors}, **{label: [] for label, _, _ in variants}}
+    floors = {"floor": {}, cold_start.PINNED_FLOOR: dict(cold_start.PINNED)}
+    by_label = {label: (bytecode, extra) for label, bytecode, extra in variants}
+    seconds: dict[str, list[float]] = {label: [] for label in [*floors, *by_label]}
+    have_bytecode = None
     try:
-        for _ in range(args.starts):
-            for label, env in floors:
-                server = process.spawn("floor", floor_source, env, work / "logs")
-                try:
-                    seconds[label].append(process.wait_until_serving(server, "/").first_ok_s)
-                finally:
-                    server.stop()
-            for label, bytecode, extra in variants:
+        for label in cold_start.start_order({label: args.starts for label in seconds}):
+            bytecode, extra = by_label.get(label, (have_bytecode, {}))
+            if bytecode != have_bytecode:  # before the memory is set: compiling is a process of its own
                 _compile() if bytecode else _remove_bytecode()
+                have_bytecode = bytecode
+            _before_start(args.prime_mib, args.idle_s)
+            if label in floors:
+                server, path = process.spawn("floor", floor_source, floors[label], work / "logs"), "/"
+            else:
                 server = process.spawn("recommend", process.ROOT / "main.py", shop.env(**extra), work / "logs")
-                try:
-                    path = "/?" + shop.storefront_query("personalized", 0)
-                    seconds[label].append(process.wait_until_serving(server, path).first_ok_s)
-                finally:
-                    server.stop()
+                path = "/?" + shop.storefront_query("personalized", 0)
+            try:
+                seconds[label].append(process.wait_until_serving(server, path).first_ok_s)
+            finally:
+                server.stop()
     finally:
         _compile()
         if emulator is not None:

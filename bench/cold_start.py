@@ -4,13 +4,17 @@ Floor: the same framework serving a function that imports numpy and returns a co
 (`synthetic.FLOOR_SOURCE`), as it starts by default: numpy's OpenBLAS starts a thread per core (unless the
 environment already sets OPENBLAS_NUM_THREADS). Beside it, for what we add, the same floor with one BLAS
 thread, as `main.py` pins it before numpy loads: the pool's start costs the default floor CPU, and some
-wall time, that our instances never pay. Runs are interleaved (floor, 10k, 100k, … then again) so the
-machine's noise falls on every configuration alike. After the first 200 each instance serves
-every intent a few times, then its memory is read from /proc.
+wall time, that our instances never pay. Runs are interleaved, every configuration once a round, so the
+machine's noise falls on every configuration alike, in an order shuffled each round (`start_order`): on
+these VMs memory that another process freed a moment ago is several times faster to touch than memory the
+hypervisor has taken back, so in a fixed order each configuration always inherited its predecessor's
+(bench/PERFORMANCE.md). After the first 200 each instance serves every intent a few times, then its memory
+is read from /proc.
 """
 
 from __future__ import annotations
 
+import random
 import subprocess
 import sys
 import time
@@ -27,6 +31,7 @@ WARM_REQUESTS_PER_INTENT = 10  # after the first 200, before memory is read
 MAIN = process.ROOT / "main.py"
 PINNED_FLOOR = "floor, one BLAS thread"
 PINNED = (("OPENBLAS_NUM_THREADS", "1"),)
+ORDER_SEED = 7  # the same start order on every run of the benchmark
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,18 @@ def _every_intent(session: requests.Session, server: process.Server, shop: ShopF
             response.raise_for_status()
             strategies[intent] = response.json().get("strategy")
     return strategies
+
+
+def start_order(repeats: dict[str, int], seed: int = ORDER_SEED) -> list[str]:
+    """The labels in the order they start: round after round, each label whose `repeats` are not yet done,
+    shuffled within the round (the same `seed`, the same order)."""
+    shuffle = random.Random(seed).shuffle
+    order = []
+    for round_index in range(max(repeats.values(), default=0)):
+        due = [label for label, count in repeats.items() if round_index < count]
+        shuffle(due)
+        order += due
+    return order
 
 
 def _one_start(config: Config, floor_source: Path, log_dir: Path) -> dict:
@@ -155,10 +172,9 @@ def measure(shops: list[tuple], floor_repeats: int, workdir: Path) -> dict:
     configs += [Config(label, shop, n, tuple(sorted(extra[0].items())) if extra else ())
                 for label, shop, n, *extra in shops]
     runs: dict[str, list[dict]] = {c.label: [] for c in configs}
-    for round_index in range(max(c.repeats for c in configs)):
-        for config in configs:
-            if round_index < config.repeats:
-                runs[config.label].append(_one_start(config, floor_source, log_dir))
+    by_label = {c.label: c for c in configs}
+    for label in start_order({c.label: c.repeats for c in configs}):
+        runs[label].append(_one_start(by_label[label], floor_source, log_dir))
     floor = _summary(runs["floor"])
     results = []
     for config in configs[2:]:
@@ -177,7 +193,9 @@ def measure(shops: list[tuple], floor_repeats: int, workdir: Path) -> dict:
         "import_floor_s": _import_seconds("import functions_framework, numpy", 3),
     }
     return {"floor": floor, "floor_one_blas_thread": _summary(runs[PINNED_FLOOR]), "configs": results, "imports": imports,
-            "method": "spawn `python -m functions_framework --target recommend --source main.py` on a free loopback port;"
+            "method": "spawn `python -m functions_framework --target recommend --source main.py` on a free loopback port,"
+                      " every configuration once a round in an order shuffled each round (seed"
+                      f" {ORDER_SEED});"
                       " listen = the port accepts; first_ok = first 200 of a personalized request (customer with a"
                       " 20-event history), signed as Shopify's app proxy signs it; then 10 requests of every intent (their server"
                       " CPU per request is cpu_ms_per_request_mixed_intents), then memory"}

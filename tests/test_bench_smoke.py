@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from bench.cold_start import start_order
 from bench.perf import SECTIONS, headline_figures
 from bench.stats import CpuShares
 from tests.conftest import ROOT
@@ -74,3 +75,18 @@ def test_cpu_shares_record_nothing_without_proc_stat(tmp_path):
     shares.mark("end")
 
     assert shares.shares() == {}
+
+
+def test_cold_start_order_runs_every_repeat_and_varies_each_configurations_predecessor():
+    repeats = {"floor": 13, "10k": 13, "100k": 13, "1M": 3}
+
+    order = start_order(repeats)
+
+    assert {label: order.count(label) for label in repeats} == repeats
+    assert "1M" not in order[4 * 3:]  # a round holds each label whose repeats remain: three rounds of four, then three
+    rounds = [order[:4], order[4:8], order[8:12]] + [order[12 + 3 * k:15 + 3 * k] for k in range(10)]
+    assert all(len(set(one)) == len(one) for one in rounds)
+    predecessors = {order[i - 1] for i in range(1, len(order)) if order[i] == "100k"}
+    assert len(predecessors) >= 2  # a fixed order would give it the same predecessor every round
+    assert start_order(repeats) == order  # seeded: every run of the benchmark starts them alike
+    assert start_order(repeats, seed=8) != order
