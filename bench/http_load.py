@@ -62,13 +62,16 @@ def measure(shop: ShopFiles, workdir: Path, concurrencies: tuple[int, ...], max_
     runs = []
     try:
         process.wait_until_serving(floor, "/")
-        warm = min(50, max_requests)
-        _level(floor, floor_path, 4, warm, max_seconds)
+        # Warm-up from twice as many clients as the pool has threads: gunicorn's pool grows a thread only when
+        # every thread it has is busy, and each thread opens its own store connection on its first request.
+        pool = threads or default_threads()
+        warm_clients, warm = 2 * pool, min(4 * 2 * pool, max_requests)
+        _level(floor, floor_path, warm_clients, warm, max_seconds)
         for label, server_env in SERVER_VARIANTS:
             ours = process.spawn("app", MAIN, shop.env(**server_env), log_dir, threads=threads)
             try:
                 process.wait_until_serving(ours, path(0))
-                _level(ours, path, 4, warm, max_seconds)  # load the model, fill caches and connections
+                _level(ours, path, warm_clients, warm, max_seconds)  # the model, caches, every thread's connection
                 levels = []
                 for concurrency in concurrencies:
                     mine = _level(ours, path, concurrency, max_requests, max_seconds)

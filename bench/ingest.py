@@ -4,9 +4,11 @@ In process: functions-framework's `create_app(target="app").test_client()`, one 
 time. Floor: the same rows committed with sqlite3 alone (same schema, WAL, synchronous=FULL,
 one transaction per delivery) — what durability costs before any verification or parsing.
 Over HTTP: functions-framework on loopback at concurrency 1 and 8, beside the floor function
-answering the same POSTs, each level after an untimed warm-up of twice its concurrency at that
-concurrency (every gunicorn thread has opened its store connection: the steady state). Every
-delivery is distinct (no duplicates), three order lines each.
+answering the same POSTs, each level after an untimed warm-up of four deliveries per client from twice as
+many clients: gunicorn's thread pool grows a thread only when every thread it has is busy, and each thread
+opens its own store connection on its first delivery, so a warm-up at the level's own concurrency could leave
+a thread to start (and connect, 40–120 ms with PostgreSQL) inside the timed batch (bench/PERFORMANCE.md).
+The timed batch measures the steady state. Every delivery is distinct (no duplicates), three order lines each.
 PostgreSQL runs when TEST_POSTGRES_URL is set and the event store accepts it.
 """
 
@@ -29,6 +31,7 @@ from bench.synthetic import SECRET, SHOP, SignedDelivery, signed_orders, write_f
 MAIN = process.ROOT / "main.py"
 SHOPIFY_DEADLINE_S = 5.0
 WARMUP = 5  # deliveries before timing starts: the first opens the store (connection, schema check)
+WARM_PER_CLIENT = 4  # untimed deliveries per client before each HTTP level, from twice the level's clients
 
 
 @contextmanager
@@ -113,13 +116,13 @@ def _over_http(store_url: str, deliveries: list[SignedDelivery], workdir: Path, 
                 session.post(floor.base + "/", data=delivery.body, headers=delivery.headers, timeout=60)
         offset = WARMUP
         for concurrency in concurrencies:
-            # Untimed, at this level's concurrency: each gunicorn thread opens its store connection once per
-            # instance; the timed batch measures the steady state after that.
-            warm = deliveries[offset: offset + 2 * concurrency]
+            # Untimed, from twice this level's clients: every thread the pool will have at this level has
+            # started and opened its store connection (once per instance) before the timed batch.
+            warm = deliveries[offset: offset + WARM_PER_CLIENT * 2 * concurrency]
             offset += len(warm)
             for server, path in ((ours, "/webhooks"), (floor, "/")):
                 process.run_load(server.port, lambda i, path=path: ("POST", path, warm[i].body, warm[i].headers),
-                                 concurrency, len(warm), max_seconds)
+                                 2 * concurrency, len(warm), max_seconds)
             batch = deliveries[offset: offset + per_level]
             offset += per_level
             pids = ours.pids()
@@ -149,7 +152,7 @@ def _over_http(store_url: str, deliveries: list[SignedDelivery], workdir: Path, 
 
 def _http_count(concurrencies: tuple[int, ...], per_level: int) -> int:
     """Deliveries an HTTP run sends: the first few one by one, then per level a warm-up and the timed batch."""
-    return WARMUP + sum(2 * c + per_level for c in concurrencies)
+    return WARMUP + sum(WARM_PER_CLIENT * 2 * c + per_level for c in concurrencies)
 
 
 def measure(workdir: Path, in_process_count: int, http_concurrencies: tuple[int, ...], http_per_level: int,
