@@ -318,8 +318,10 @@ def goals(results: dict) -> list[dict]:
     reference = results["meta"]["reference_size"]
     out: list[dict] = []
 
-    def add(section: str | None, goal: str, measured: float, met: bool) -> None:
+    def add(section: str | None, goal: str, measured: float, met: bool, batch_steal_pct: float | None = None) -> None:
         out.append({"goal": goal, "measured": measured, "met": met, "section": section})
+        if batch_steal_pct is not None:  # the steal of the worst of the batches the figure comes from
+            out[-1]["batch_steal_pct"] = batch_steal_pct
 
     at = _label(reference)
     for config in results["cold_start"]["configs"]:
@@ -349,7 +351,7 @@ def goals(results: dict) -> list[dict]:
         for level in ingest["http"]:
             p99 = level["ours"]["p99_ms"]
             add("ingest", f"webhook p99 < {limit:g} ms over HTTP at concurrency {level['concurrency']} ({name})",
-                p99, p99 < limit)
+                p99, p99 < limit, level["ours"].get("steal_pct"))
     training = results["training"]["ratio"]
     add("training", f"training ≤ {GOALS['training_ratio']}× implicit fit", training,
         training <= GOALS["training_ratio"])

@@ -38,6 +38,15 @@ def test_quick_benchmark_reports_every_section_with_positive_numbers(tmp_path):
     timed = [goal for goal in results["goals"] if goal["section"] is not None]  # each beside its section's steal
     assert {goal["section"] for goal in timed} == {"cold start", "warm latency", "ingest", "training"}
     assert "| goal | measured | met | steal in its section |" in (tmp_path / "perf.md").read_text()
+    levels = results["ingest"]["sqlite"]["http"] + results["ingest"]["postgresql"].get("http", [])
+    assert all(0 <= level[side]["steal_pct"] <= 100 for level in levels for side in ("ours", "floor")), levels
+    for level in levels:  # three timed batches, ours then the floor's, whose deliveries make the level's figures
+        for side in ("ours", "floor"):
+            assert len(level[side]["batches"]) == 3 and sum(b["n"] for b in level[side]["batches"]) == level[side]["n"]
+            assert level[side]["max_ms"] == max(b["max_ms"] for b in level[side]["batches"])
+            assert level[side]["steal_pct"] == max(b["steal_pct"] for b in level[side]["batches"])
+    over_http = [goal for goal in timed if "over HTTP" in goal["goal"]]  # each beside its own batch's steal
+    assert over_http and all(0 <= goal["batch_steal_pct"] <= 100 for goal in over_http), over_http
 
 
 @pytest.mark.timeout(120)
