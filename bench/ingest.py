@@ -126,41 +126,9 @@ def _over_http(store_url: str, deliveries: list[SignedDelivery], workdir: Path, 
             for server, path in ((ours, "/webhooks"), (floor, "/")):
                 process.run_load(server.port, lambda i, path=path: ("POST", path, warm[i].body, warm[i].headers),
                                  2 * concurrency, len(warm), max_seconds)
-            pids = ours.pids()
-            pooled: dict[str, process.LoadResult] = {"ours": process.LoadResult(), "floor": process.LoadResult()}
-            batches: dict[str, list[dict]] = {"ours": [], "floor": []}
-            cpu = 0.0
-            for _ in range(BATCHES):  # ours, then the floor, then again: a pause of the VM falls on one batch
-                batch = deliveries[offset: offset + per_level]
-                offset += per_level
-                shares = CpuShares()  # each batch's steal
-                shares.mark("ours")
-                cpu_before = process.cpu_seconds(pids)
-                mine = process.run_load(ours.port, lambda i: ("POST", "/webhooks", batch[i].body, batch[i].headers),
-                                        concurrency, len(batch), max_seconds)
-                cpu += process.cpu_seconds(pids) - cpu_before
-                shares.mark("floor")
-                base = process.run_load(floor.port, lambda i: ("POST", "/", batch[i].body, batch[i].headers),
-                                        concurrency, len(batch), max_seconds)
-                shares.mark("end")
-                if not mine.latencies_s:
-                    raise RuntimeError(f"no delivery stored over HTTP: {mine.statuses}\n{ours.output()}")
-                steal = shares.shares()
-                for side, result in (("ours", mine), ("floor", base)):
-                    pooled[side].latencies_s += result.latencies_s
-                    pooled[side].errors += result.errors
-                    pooled[side].wall_s += result.wall_s
-                    batches[side].append({**latency_summary(result.latencies_s),
-                                          "steal_pct": steal.get(side, {}).get("steal_pct")})
-            summaries = {}
-            for side, result in pooled.items():
-                steals = [b["steal_pct"] for b in batches[side] if b["steal_pct"] is not None]
-                summaries[side] = {**latency_summary(result.latencies_s), "errors": result.errors,
-                                   "deliveries_per_s": round(result.requests / result.wall_s, 1),
-                                   "steal_pct": max(steals) if steals else None,  # the worst batch's
-                                   "batches": batches[side]}
-            ours_summary, floor_summary = summaries["ours"], summaries["floor"]
-            ours_summary["server_cpu_ms_per_delivery"] = round(cpu / max(pooled["ours"].requests, 1) * 1e3, 3)
+            batches = [deliveries[offset + k * per_level: offset + (k + 1) * per_level] for k in range(BATCHES)]
+            offset += BATCHES * per_level
+            ours_summary, floor_summary = _timed_batches(ours, floor, batches, concurrency, max_seconds)
             levels.append({"concurrency": concurrency, "ours": ours_summary, "floor": floor_summary,
                            "first_delivery_ms": first_ms,
                            "rate_vs_floor": ratio(ours_summary["deliveries_per_s"], floor_summary["deliveries_per_s"]),
@@ -170,6 +138,47 @@ def _over_http(store_url: str, deliveries: list[SignedDelivery], workdir: Path, 
         ours.stop()
         floor.stop()
     return levels
+
+
+def _timed_batches(ours: process.Server, floor: process.Server, batches: list[list[SignedDelivery]], concurrency: int,
+                   max_seconds: float) -> tuple[dict, dict]:
+    """Each batch to ours, then the same to the floor, at `concurrency`: a stall falls on one batch, not all.
+
+    Returns ours and the floor's p50/p99/max over every delivery of every batch, the rate, the worst batch's
+    steal, and each batch's own figures (`batches`); ours also with the server's CPU per delivery.
+    """
+    pids = ours.pids()
+    pooled = {"ours": process.LoadResult(), "floor": process.LoadResult()}
+    per_batch: dict[str, list[dict]] = {"ours": [], "floor": []}
+    cpu = 0.0
+    for batch in batches:
+        shares = CpuShares()
+        shares.mark("ours")
+        cpu_before = process.cpu_seconds(pids)
+        mine = process.run_load(ours.port, lambda i: ("POST", "/webhooks", batch[i].body, batch[i].headers),
+                                concurrency, len(batch), max_seconds)
+        cpu += process.cpu_seconds(pids) - cpu_before
+        shares.mark("floor")
+        base = process.run_load(floor.port, lambda i: ("POST", "/", batch[i].body, batch[i].headers),
+                                concurrency, len(batch), max_seconds)
+        shares.mark("end")
+        if not mine.latencies_s:
+            raise RuntimeError(f"no delivery stored over HTTP: {mine.statuses}\n{ours.output()}")
+        steal = shares.shares()
+        for side, result in (("ours", mine), ("floor", base)):
+            pooled[side].latencies_s += result.latencies_s
+            pooled[side].errors += result.errors
+            pooled[side].wall_s += result.wall_s
+            per_batch[side].append({**latency_summary(result.latencies_s),
+                                    "steal_pct": steal.get(side, {}).get("steal_pct")})
+    summaries = {}
+    for side, result in pooled.items():
+        steals = [b["steal_pct"] for b in per_batch[side] if b["steal_pct"] is not None]
+        summaries[side] = {**latency_summary(result.latencies_s), "errors": result.errors,
+                           "deliveries_per_s": round(result.requests / result.wall_s, 1),
+                           "steal_pct": max(steals) if steals else None, "batches": per_batch[side]}
+    summaries["ours"]["server_cpu_ms_per_delivery"] = round(cpu / max(pooled["ours"].requests, 1) * 1e3, 3)
+    return summaries["ours"], summaries["floor"]
 
 
 def _http_count(concurrencies: tuple[int, ...], per_level: int) -> int:
