@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import subprocess
 import sys
 
@@ -45,6 +46,8 @@ def test_quick_benchmark_reports_every_section_with_positive_numbers(tmp_path):
             assert len(level[side]["batches"]) == 3 and sum(b["n"] for b in level[side]["batches"]) == level[side]["n"]
             assert level[side]["max_ms"] == max(b["max_ms"] for b in level[side]["batches"])
             assert level[side]["steal_pct"] == max(b["steal_pct"] for b in level[side]["batches"])
+    training = results["training"]  # the goal's figure: the median of the pairs' ratios, each pair back to back
+    assert training["ratio"] == statistics.median(training["pair_ratios"]) and len(training["pair_ratios"]) == 2
     over_http = [goal for goal in timed if "over HTTP" in goal["goal"]]  # each beside its own batch's steal
     assert over_http and all(0 <= goal["batch_steal_pct"] <= 100 for goal in over_http), over_http
 
