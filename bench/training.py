@@ -64,12 +64,13 @@ def measure(workdir: Path, users: int, items: int, events: int, repeats: int) ->
             model.fit(confidence, show_progress=False)
         return time.perf_counter() - begin
 
+    ours_s, peer_s, reports = [], [], []
+
     def ours_run() -> float:
         begin = time.perf_counter()
         reports.append(train_and_publish(store, models, SHOP, config))
         return time.perf_counter() - begin
 
-    ours_s, peer_s, reports = [], [], []
     for pair in range(repeats):  # back to back, ours first in one pair and the peer first in the next
         if pair % 2:
             peer_s.append(peer_fit())
