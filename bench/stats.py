@@ -23,7 +23,13 @@ def median(samples: Sequence[float]) -> float:
 
 
 def ratio(value: float, floor: float) -> float:
+    """To two decimals: for reading. A goal is judged by `goal_ratio`."""
     return round(value / floor, 2) if floor > 0 else float("inf")
+
+
+def goal_ratio(value: float, floor: float) -> float:
+    """A ratio that decides a goal, to three decimals: at two, 1.204 would read 1.2 and meet a goal of 1.2×."""
+    return round(value / floor, 3) if floor > 0 else float("inf")
 
 
 def latency_summary(samples_s: Sequence[float]) -> dict[str, float]:

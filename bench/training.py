@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from bench.stats import median, ratio
+from bench.stats import goal_ratio, median, ratio
 from bench.synthetic import SHOP, event_log
 
 METHOD = (
@@ -104,7 +104,7 @@ def measure(workdir: Path, users: int, items: int, events: int, repeats: int) ->
     manifest = last.manifest
     store.close()
     ours, peer = median(ours_s), median(peer_s)
-    pair_ratios = [ratio(o, p) for o, p in zip(ours_s, peer_s)]
+    pair_ratios = pair_ratios_of(ours_s, peer_s)
     return {
         "users": last.users, "items": last.items, "events": last.events, "nonzeros": int(data.matrix.nnz),
         "factors": config.factors, "iterations": config.iterations,
@@ -123,6 +123,11 @@ def measure(workdir: Path, users: int, items: int, events: int, repeats: int) ->
         "artifact_64_factors_path": str(workdir / "train-models-64" / SHOP / f"{wide_report.version}.npz"),
         "train_and_publish_64_factors_s": round(wide_s, 3),
     }
+
+
+def pair_ratios_of(ours_s: list[float], peer_s: list[float]) -> list[float]:
+    """Each run of ours over the peer's run beside it, to three decimals (the goal's figure is their median)."""
+    return [goal_ratio(o, p) for o, p in zip(ours_s, peer_s)]
 
 
 def _warm_up(confidence, config) -> None:
