@@ -4,7 +4,8 @@ Deploy each entry point on its own (`webhook`, `recommend`, `collect`, `train`,
 `healthz`, and the CloudEvent `webhook_pubsub`) or `app`, which routes by path, as
 one function. Nothing here opens a store at import time; the first request does. The
 one thing read from the environment at import is PRELOAD_SHOPS (with MODEL_STORE_URL):
-those shops' models start loading in the background (recommender/preload.py); the one
+those shops' models start loading in the background (recommender/prefetch.py and
+recommender/preload.py); the one
 thing written is OPENBLAS_NUM_THREADS=1, when the deployment has not set it. Once everything
 is imported, the imported objects are frozen out of the cyclic garbage collector's sight
 (`gc.freeze`, the last line).
@@ -28,8 +29,14 @@ import functions_framework
 # set before numpy is first imported, just below.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-# First the serving path (numpy, artifact, model store), then, with PRELOAD_SHOPS set, those shops'
-# models start loading on a second thread while everything below is imported (recommender/preload.py).
+# With PRELOAD_SHOPS and the models in gs://, their bytes start downloading now, on a thread that waits on the
+# network while numpy and the serving modules are imported (recommender/prefetch.py: no numpy there).
+from recommender.prefetch import PREFETCH  # noqa: E402 (before numpy, on purpose)
+
+PREFETCH.start(os.environ)
+
+# Then the serving path (numpy, artifact, model store), and with PRELOAD_SHOPS set, those shops' models
+# start loading on a second thread while everything below is imported (recommender/preload.py).
 from recommender.preload import PRELOADER  # noqa: E402 (after the BLAS default, on purpose)
 
 PRELOADER.start(os.environ)

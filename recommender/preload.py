@@ -11,9 +11,11 @@ waits for the thread (at most `FORK_WAIT_SECONDS`), so the worker starts with th
 (pages shared copy-on-write, never written); the master then drops its references. Without a fork
 (tests, `functions-framework --debug`) the first request adopts the models the same way.
 
-A shop whose model is missing or refused is logged and simply loads on its first request, as every
-shop does when PRELOAD_SHOPS is unset. Reading the environment here is the one thing `main` does at
-import time, and only when PRELOAD_SHOPS is set.
+With the models in gs://, their bytes are read from the start of `main`'s import, before numpy's
+(recommender/prefetch.py), and this thread parses what that read. A shop whose model is missing or
+refused is logged and simply loads on its first request, as every shop does when PRELOAD_SHOPS is
+unset. Reading the environment here is the one thing `main` does at import time, and only when
+PRELOAD_SHOPS is set.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ import threading
 import time
 from typing import Mapping
 
-from recommender.errors import InvalidParameter, RecommenderError
-from recommender.model_store import check_shop_domain, open_model_store
+from recommender.errors import RecommenderError
+from recommender.model_store import GCSModelStore, open_model_store
+from recommender.prefetch import PREFETCH, Prefetch, preload_shops  # noqa: F401 (preload_shops: re-exported)
 from recommender.serving import ServingModel
 
 log = logging.getLogger(__name__)
@@ -33,24 +36,11 @@ log = logging.getLogger(__name__)
 FORK_WAIT_SECONDS = 60.0  # a fork (gunicorn starting its worker) waits this long for the preload at most
 
 
-def preload_shops(env: Mapping[str, str]) -> list[str]:
-    """The valid shop domains in PRELOAD_SHOPS (comma-separated); an invalid one is logged and left out."""
-    shops = []
-    for raw in env.get("PRELOAD_SHOPS", "").split(","):
-        shop = raw.strip().lower()
-        if not shop:
-            continue
-        try:
-            shops.append(check_shop_domain(shop))
-        except InvalidParameter as exc:
-            log.error("PRELOAD_SHOPS: %s; that entry is ignored", exc)
-    return shops
-
-
 class Preloader:
     """One background load of the shops' models; `take()` hands them over once."""
 
-    def __init__(self) -> None:
+    def __init__(self, prefetch: Prefetch | None = None) -> None:
+        self._prefetch = prefetch  # the gs:// bytes read while `main` was importing, if any
         self._thread: threading.Thread | None = None
         self._models: dict[str, ServingModel] = {}
         self._lock = threading.Lock()
@@ -90,11 +80,17 @@ class Preloader:
             store = open_model_store(url)
             for shop in shops:
                 try:
-                    manifest = store.latest(shop)
-                    if manifest is None:
-                        log.warning("PRELOAD_SHOPS: %s has no model yet; it loads on its first request once trained", shop)
-                        continue
-                    model = ServingModel(store.load(manifest))
+                    fetched = self._prefetch.take(shop) if self._prefetch is not None else None
+                    if fetched is not None and isinstance(store, GCSModelStore):
+                        manifest = store.pointed(shop, fetched.pointer, fetched.generation)
+                        model = ServingModel(store.load_bytes(manifest, fetched.artifact))
+                    else:
+                        manifest = store.latest(shop)
+                        if manifest is None:
+                            log.warning("PRELOAD_SHOPS: %s has no model yet; it loads on its first request once"
+                                        " trained", shop)
+                            continue
+                        model = ServingModel(store.load(manifest))
                 except RecommenderError as exc:
                     log.error("preloading the model of %s failed (it loads on its first request): %s", shop, exc)
                     continue
@@ -118,4 +114,4 @@ def _default_model_store_url() -> str:
     return DEFAULT_MODEL_STORE_URL
 
 
-PRELOADER = Preloader()
+PRELOADER = Preloader(PREFETCH)

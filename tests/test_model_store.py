@@ -33,6 +33,8 @@ from recommender.model_store import (
     GCSModelStore, JsonApiReads, LocalModelStore, Manifest, ModelStoreUnavailable, PublishConflict,
     open_model_store,
 )
+from recommender.prefetch import Prefetch
+from recommender.preload import Preloader
 from recommender.settings import Settings
 from tests.conftest import ROOT, SHOP
 
@@ -681,6 +683,58 @@ def test_gcs_a_first_load_reads_the_pointer_and_the_artifact_and_no_manifest(gcs
         ("GET", "latest.json", {"alt": ["media"], "generation": [published.change_token]}),
         ("GET", f"{V1}.npz", {"alt": ["media"]})]
     assert loaded.version == V1
+
+
+def test_gcs_prefetched_bytes_are_what_the_preload_serves_and_it_asks_the_store_for_nothing_more(gcs):
+    # Arrange: V1 published, then V2: the pointer names V2
+    gcs.store.publish(SHOP, artifact(V1))
+    gcs.store.publish(SHOP, artifact(V2))
+    env = {"MODEL_STORE_URL": f"gs://{BUCKET}/{gcs.prefix}", "PRELOAD_SHOPS": f"{SHOP},{OTHER_SHOP}",
+           "STORAGE_EMULATOR_HOST": gcs.emulator.host}
+    prefetch = Prefetch()
+
+    # Act: what `main` starts before numpy's import, then the preload that parses what it read
+    started = prefetch.start(env)
+    prefetch._thread.join(30)
+    mark = gcs.emulator.mark()
+    preloader = Preloader(prefetch)
+    preloader.start(env)
+    models = preloader.take()
+
+    # Assert: V2 served from the prefetched bytes; the preload asked only for the shop with no model
+    assert started is True
+    assert list(models) == [SHOP] and models[SHOP].version == V2
+    assert models[SHOP].item_ids.tolist() == ITEM_IDS
+    assert [(r.method, r.path.rsplit("%2F", 2)[-2]) for r in gcs.emulator.requests_since(mark)] == [
+        ("GET", OTHER_SHOP)]
+    assert prefetch.take(SHOP) is None  # handed over once
+
+
+def test_gcs_prefetch_reads_nothing_for_a_folder_or_without_preload_shops(gcs, tmp_path):
+    # Act / Assert
+    assert Prefetch().start({"MODEL_STORE_URL": f"file://{tmp_path}", "PRELOAD_SHOPS": SHOP}) is False
+    assert Prefetch().start({"MODEL_STORE_URL": f"gs://{BUCKET}/{gcs.prefix}",
+                             "STORAGE_EMULATOR_HOST": gcs.emulator.host}) is False
+    assert Prefetch().start({"MODEL_STORE_URL": f"gs://{BUCKET}/{gcs.prefix}", "PRELOAD_SHOPS": SHOP}) is False  # no
+    # emulator and no K_SERVICE: google-cloud-storage would read (a laptop's credentials), so the preload does
+
+
+def test_gcs_a_pointer_that_names_no_artifact_is_left_to_the_preload_which_reports_it(gcs, caplog):
+    # Arrange: a pointer to a version whose artifact was never uploaded
+    gcs.bucket.blob(gcs.key("latest.json")).upload_from_string(json.dumps({"version": V1}))
+    env = {"MODEL_STORE_URL": f"gs://{BUCKET}/{gcs.prefix}", "PRELOAD_SHOPS": SHOP,
+           "STORAGE_EMULATOR_HOST": gcs.emulator.host}
+    prefetch = Prefetch()
+    prefetch.start(env)
+
+    # Act
+    preloader = Preloader(prefetch)
+    preloader.start(env)
+    models = preloader.take()
+
+    # Assert: nothing prefetched, nothing preloaded, and the preload said why (the manifest it looked for is missing)
+    assert models == {}
+    assert "preloading the model of" in caplog.text and "missing" in caplog.text
 
 
 def test_gcs_a_pointer_naming_only_its_version_is_resolved_through_the_manifest_object(gcs):

@@ -22,6 +22,18 @@ def test_importing_main_does_not_import_training_libraries():
     assert not imported.intersection(WRITE_PATH)
 
 
+def test_main_starts_the_gs_prefetch_before_numpy_is_imported():
+    # The prefetch waits on the network while numpy imports: it must need nothing that imports numpy itself
+    result = subprocess.run([sys.executable, "-X", "importtime", "-c", "import main"], cwd=ROOT,
+                            capture_output=True, text=True, check=True)
+    order = [line.split("|")[-1].strip() for line in result.stderr.splitlines() if "|" in line]
+    assert order.index("recommender.prefetch") < order.index("numpy")
+    alone = subprocess.run([sys.executable, "-c", "import sys, recommender.prefetch; print(sorted(m for m in sys.modules"
+                            " if m.split('.')[0] in ('numpy', 'scipy')))"], cwd=ROOT, capture_output=True, text=True,
+                           check=True)
+    assert alone.stdout.strip() == "[]"
+
+
 def test_importing_main_takes_its_objects_out_of_the_cyclic_collectors_sight():
     probe = ("import gc, json; before = len(gc.get_objects()); import main; "
              "print(json.dumps([before, len(gc.get_objects()), gc.get_freeze_count()]))")
