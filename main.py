@@ -4,11 +4,10 @@ Deploy each entry point on its own (`webhook`, `recommend`, `collect`, `train`,
 `healthz`, and the CloudEvent `webhook_pubsub`) or `app`, which routes by path, as
 one function. Nothing here opens a store at import time; the first request does. The
 one thing read from the environment at import is PRELOAD_SHOPS (with MODEL_STORE_URL):
-those shops' models start loading in the background (recommender/prefetch.py and
-recommender/preload.py); the one
-thing written is OPENBLAS_NUM_THREADS=1, when the deployment has not set it. Once everything
-is imported, the imported objects are frozen out of the cyclic garbage collector's sight
-(`gc.freeze`, the last line).
+those shops' models start loading in the background (recommender/prefetch.py,
+recommender/preload.py); the one thing written is OPENBLAS_NUM_THREADS=1, when the
+deployment has not set it. Once everything is imported, the imported objects are frozen
+out of the cyclic garbage collector's sight (`gc.freeze`, the last line).
 """
 
 from __future__ import annotations

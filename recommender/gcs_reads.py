@@ -49,6 +49,7 @@ def check_version(version: str) -> str:
         raise ArtifactError(f"model version must be letters, digits, '.', '_' or '-', got {version!r}")
     return version
 
+
 def object_key(prefix: str, shop: str, name: str) -> str:
     """The object name of a shop's file under a store's prefix."""
     check_shop_domain(shop)

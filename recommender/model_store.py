@@ -102,9 +102,6 @@ def open_model_store(url: str) -> ModelStore:
     raise ConfigError(f"MODEL_STORE_URL: unsupported scheme in {url!r} (use file://dir or gs://bucket/prefix)")
 
 
-
-
-
 class LocalModelStore:
     def __init__(self, root: str | Path, lock_timeout: float = 10.0):
         self.root = Path(root)
