@@ -28,8 +28,9 @@ log = logging.getLogger(__name__)
 WAIT_SECONDS = 60.0  # the preload waits this long for the reads at most; each request has its own timeout too
 
 
-def preload_shops(env: Mapping[str, str]) -> list[str]:
-    """The valid shop domains in PRELOAD_SHOPS (comma-separated); an invalid one is logged and left out."""
+def preload_shops(env: Mapping[str, str], report: bool = True) -> list[str]:
+    """The valid shop domains in PRELOAD_SHOPS (comma-separated); an invalid one is left out, and logged if `report`
+    (the preload reports them; the prefetch, which reads the same variable first, does not say it twice)."""
     shops = []
     for raw in env.get("PRELOAD_SHOPS", "").split(","):
         shop = raw.strip().lower()
@@ -38,7 +39,8 @@ def preload_shops(env: Mapping[str, str]) -> list[str]:
         try:
             shops.append(check_shop_domain(shop))
         except InvalidParameter as exc:
-            log.error("PRELOAD_SHOPS: %s; that entry is ignored", exc)
+            if report:
+                log.error("PRELOAD_SHOPS: %s; that entry is ignored", exc)
     return shops
 
 
@@ -61,7 +63,7 @@ class Prefetch:
     def start(self, env: Mapping[str, str]) -> bool:
         """Start reading in the background; False when there is nothing to read this way."""
         url = env.get("MODEL_STORE_URL", "")
-        shops = preload_shops(env) if url.startswith("gs://") else []
+        shops = preload_shops(env, report=False) if url.startswith("gs://") else []
         if not shops or self._thread is not None:
             return False
         try:

@@ -10,6 +10,7 @@ import requests
 
 from recommender.artifact import ModelArtifact
 from recommender.model_store import LocalModelStore
+from recommender.prefetch import Prefetch
 from recommender.preload import Preloader, preload_shops
 from recommender.store import open_event_store
 from tests.conftest import SHOP, running_function
@@ -33,6 +34,19 @@ def test_preload_shops_keeps_valid_domains_in_lower_case_and_drops_the_rest():
 
     # Assert
     assert shops == ["a-shop.myshopify.com", "b.myshopify.com"]
+
+
+def test_an_invalid_preload_shop_is_reported_once_though_prefetch_and_preload_both_read_the_list(caplog, tmp_path):
+    # Arrange: models in gs:// (nothing listens there: both reads fail, which is not what this test looks at)
+    env = {"PRELOAD_SHOPS": "not a shop!", "MODEL_STORE_URL": "gs://some-bucket/models",
+           "STORAGE_EMULATOR_HOST": "http://127.0.0.1:9"}
+
+    # Act
+    Prefetch().start(env)
+    Preloader().start(env)
+
+    # Assert
+    assert caplog.text.count("that entry is ignored") == 1
 
 
 def test_nothing_starts_without_preload_shops(tmp_path):
