@@ -6,8 +6,9 @@ one function. Nothing here opens a store at import time; the first request does.
 one thing read from the environment at import is PRELOAD_SHOPS (with MODEL_STORE_URL):
 those shops' models start loading in the background (recommender/prefetch.py,
 recommender/preload.py); the one thing written is OPENBLAS_NUM_THREADS=1, when the
-deployment has not set it. Once everything is imported, the imported objects are frozen
-out of the cyclic garbage collector's sight (`gc.freeze`, the last line).
+deployment has not set it. The cyclic garbage collector is off while everything is
+imported; then the imported objects are frozen out of its sight (`gc.freeze`) and it is
+turned back on, on the last lines.
 """
 
 from __future__ import annotations
@@ -22,6 +23,12 @@ import time
 
 import flask
 import functions_framework
+
+# The imports below make ~42k objects that live as long as the instance and almost no garbage (10 unreachable
+# objects, ~10 KB): the cyclic collector's passes over them while they are made cost ~4 ms of a cold start
+# (bench/PERFORMANCE.md). It stays off until they are frozen, on the last lines.
+_COLLECTING = gc.isenabled()
+gc.disable()
 
 # One BLAS thread per request unless the deployment says otherwise: gunicorn's threads already fill the
 # CPUs, and OpenBLAS's own pool on top of them cut throughput to a third (bench/PERFORMANCE.md). It must be
@@ -255,3 +262,5 @@ def app(request: flask.Request) -> flask.Response:
 # two per 4,000 answers, and walking them wrote to every page the worker shares with gunicorn's master
 # (bench/PERFORMANCE.md). Reference counting still frees any of them that is dropped.
 gc.freeze()
+if _COLLECTING:
+    gc.enable()

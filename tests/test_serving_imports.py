@@ -43,6 +43,30 @@ def test_importing_main_takes_its_objects_out_of_the_cyclic_collectors_sight():
     assert tracked_after < 100  # a full collection now walks almost nothing
 
 
+COLLECTIONS_DURING_IMPORT = """
+import gc, json, sys
+import functions_framework, flask  # imported by the framework before it imports main
+if sys.argv[1] == "off":
+    gc.disable()
+passes = []
+gc.callbacks.append(lambda phase, info: passes.append(info["generation"]) if phase == "start" else None)
+import main
+print(json.dumps({"passes": passes, "enabled": gc.isenabled(), "frozen": gc.get_freeze_count()}))
+"""
+
+
+def test_the_collector_does_not_run_while_main_imports_and_is_back_on_after():
+    # The import makes ~40k objects and next to no garbage: passes over them only cost the cold start time
+    result = subprocess.run([sys.executable, "-c", COLLECTIONS_DURING_IMPORT, "on"], cwd=ROOT, capture_output=True,
+                            text=True, check=True)
+    report = json.loads(result.stdout)
+    assert report == {"passes": [], "enabled": True, "frozen": report["frozen"]} and report["frozen"] > 10_000
+    # A host that runs with the collector off keeps it off
+    result = subprocess.run([sys.executable, "-c", COLLECTIONS_DURING_IMPORT, "off"], cwd=ROOT, capture_output=True,
+                            text=True, check=True)
+    assert json.loads(result.stdout)["enabled"] is False
+
+
 SERVE_ONE_REQUEST = """
 import os, sys, json
 from recommender.artifact import ModelArtifact
