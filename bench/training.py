@@ -54,30 +54,33 @@ def measure(workdir: Path, users: int, items: int, events: int, repeats: int) ->
     confidence = confidence_matrix(data.matrix, config.alpha)
     _warm_up(confidence, config)
 
-    def peer_fit() -> float:
+    def peer_fit() -> None:
         from implicit.cpu.als import AlternatingLeastSquares
 
-        begin = time.perf_counter()
         with threadpool_limits(limits=1, user_api="blas"):
             model = AlternatingLeastSquares(factors=config.factors, regularization=config.regularization, alpha=1.0,
                                             iterations=config.iterations, random_state=config.seed)
             model.fit(confidence, show_progress=False)
-        return time.perf_counter() - begin
 
-    ours_s, peer_s, reports = [], [], []
+    ours_s, peer_s, ours_cpu, peer_cpu, reports = [], [], [], [], []
 
-    def ours_run() -> float:
-        begin = time.perf_counter()
+    def ours_run() -> None:
         reports.append(train_and_publish(store, models, SHOP, config))
-        return time.perf_counter() - begin
+
+    def timed(run, wall: list[float], cpu: list[float]) -> None:
+        """Wall time, and the CPU time of every thread of the process: the fit's two speeds differ in both."""
+        begin, begin_cpu = time.perf_counter(), time.process_time()
+        run()
+        wall.append(time.perf_counter() - begin)
+        cpu.append(time.process_time() - begin_cpu)
 
     for pair in range(repeats):  # back to back, ours first in one pair and the peer first in the next
         if pair % 2:
-            peer_s.append(peer_fit())
-            ours_s.append(ours_run())
+            timed(peer_fit, peer_s, peer_cpu)
+            timed(ours_run, ours_s, ours_cpu)
         else:
-            ours_s.append(ours_run())
-            peer_s.append(peer_fit())
+            timed(ours_run, ours_s, ours_cpu)
+            timed(peer_fit, peer_s, peer_cpu)
 
     t0 = time.perf_counter()
     columns = store.interaction_columns(SHOP)
@@ -110,6 +113,10 @@ def measure(workdir: Path, users: int, items: int, events: int, repeats: int) ->
         "factors": config.factors, "iterations": config.iterations,
         "train_and_publish_median_s": round(ours, 3), "train_and_publish_samples_s": [round(s, 3) for s in ours_s],
         "implicit_fit_median_s": round(peer, 3), "implicit_fit_samples_s": [round(s, 3) for s in peer_s],
+        # CPU seconds of every thread during each sample: in the fit's slow phases it spent about twice the CPU on
+        # the same work (bench/PERFORMANCE.md), which these show run by run
+        "train_and_publish_cpu_samples_s": [round(s, 3) for s in ours_cpu],
+        "implicit_fit_cpu_samples_s": [round(s, 3) for s in peer_cpu],
         # The goal's figure: the median of the pairs' ratios. implicit's fit of the same matrix moves by more than
         # the goal's margin from one sample to the next, and a pair shares the machine's state of the moment.
         "ratio": median(pair_ratios),
