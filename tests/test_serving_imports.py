@@ -60,7 +60,7 @@ def test_the_collector_does_not_run_while_main_imports_and_is_back_on_after():
     result = subprocess.run([sys.executable, "-c", COLLECTIONS_DURING_IMPORT, "on"], cwd=ROOT, capture_output=True,
                             text=True, check=True)
     report = json.loads(result.stdout)
-    assert report == {"passes": [], "enabled": True, "frozen": report["frozen"]} and report["frozen"] > 10_000
+    assert report["passes"] == [] and report["enabled"] is True and report["frozen"] > 10_000
     # A host that runs with the collector off keeps it off
     result = subprocess.run([sys.executable, "-c", COLLECTIONS_DURING_IMPORT, "off"], cwd=ROOT, capture_output=True,
                             text=True, check=True)
