@@ -28,7 +28,7 @@ from typing import Mapping
 
 from recommender.errors import RecommenderError
 from recommender.model_store import GCSModelStore, open_model_store
-from recommender.prefetch import PREFETCH, Prefetch, preload_shops  # noqa: F401 (preload_shops: re-exported)
+from recommender.prefetch import PREFETCH, Prefetch, preload_shops
 from recommender.serving import ServingModel
 
 log = logging.getLogger(__name__)
