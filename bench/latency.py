@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.stats import interleaved, latency_summary, median, ratio
+from bench.stats import interleaved, latency_summary, median, ratio, ratio_interval
 from bench.synthetic import SHOP, ShopFiles
 
 INTENTS = ("personalized", "related", "complementary", "trending")
@@ -109,7 +109,11 @@ def measure_size(shop: ShopFiles, repetitions: int, event_store_url: str | None 
         s = summaries[intent]
         intents[intent] = {**s, "strategy": strategies[intent], "p99_vs_floor": ratio(s["p99_ms"], floor_p99),
                            "p50_vs_floor": ratio(s["p50_ms"], floor_p50),
-                           "p99_vs_implicit_fold_in": ratio(s["p99_ms"], peer_p99)}
+                           "p99_vs_implicit_fold_in": ratio(s["p99_ms"], peer_p99),
+                           # the rounds resampled (bench.stats.ratio_interval): how much of a ratio is luck
+                           "p99_vs_floor_interval": ratio_interval(samples[intent], samples["floor"], 99),
+                           "p99_vs_implicit_fold_in_interval": ratio_interval(samples[intent],
+                                                                              samples["implicit_fold_in"], 99)}
     runtime.store.close()
     return {"items": shop.n_items, "floor": summaries["floor"], "implicit_fold_in": summaries["implicit_fold_in"],
             "implicit_user_factor": summaries["implicit_user_factor"], "intents": intents,

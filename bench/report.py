@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.stats import ratio
+from bench.stats import INTERVAL_RESAMPLES, ratio
 
 
 def _table(header: list[str], rows: list[list]) -> str:
@@ -59,6 +59,12 @@ def _batch_steal(level: dict) -> str:
     return " / ".join("—" if share is None else f"{share}%" for share in shares)
 
 
+def _interval(goal: dict) -> str:
+    """A goal's bootstrap interval as "low–high", or "—" where there is none (sizes, memory, webhooks, training)."""
+    interval = goal.get("interval")
+    return f"{interval[0]}–{interval[1]}" if interval else "—"
+
+
 def _steal_of(meta: dict, goal: dict) -> str:
     """The steal share of the section a goal's timing comes from, or "—" (not recorded, or not a timing), and
     that of the worst of the goal's own timed batches where it was recorded (the webhooks over HTTP)."""
@@ -85,9 +91,14 @@ def markdown(results: dict) -> str:
         "",
         "## Goals",
         "",
-        _table(["goal", "measured", "met", "steal in its section"],
-               [[g["goal"], g["measured"], "yes" if g["met"] else "**no**", _steal_of(meta, g)]
+        _table(["goal", "measured", "95% interval, rounds resampled", "met", "steal in its section"],
+               [[g["goal"], g["measured"], _interval(g), "yes" if g["met"] else "**no**", _steal_of(meta, g)]
                 for g in results["goals"]]),
+        "",
+        "The interval is where the ratio would have landed, 19 times in 20, had other rounds of the same run been"
+        " timed: the rounds (each one pass over every variant, or one round of starts) drawn again with"
+        f" replacement {INTERVAL_RESAMPLES:,} times, both sides of a round together (`bench.stats.ratio_interval`)."
+        " It shows how much of a ratio is the luck of the rounds; it does not widen for what slowed a whole run.",
     ]
 
     cold = results["cold_start"]

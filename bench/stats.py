@@ -6,6 +6,11 @@ import math
 import time
 from typing import Callable, Sequence
 
+import numpy as np
+
+INTERVAL_RESAMPLES = 2000  # bootstrap resamples behind every interval a goal is shown with
+INTERVAL_SEED = 11  # the same resamples on every run, so an interval is reproducible from its samples
+
 
 def percentile(samples: Sequence[float], p: float) -> float:
     """Nearest-rank percentile: the smallest sample with at least p% of samples at or below it."""
@@ -30,6 +35,34 @@ def ratio(value: float, floor: float) -> float:
 def goal_ratio(value: float, floor: float) -> float:
     """A ratio that decides a goal, to three decimals: at two, 1.204 would read 1.2 and meet a goal of 1.2×."""
     return round(value / floor, 3) if floor > 0 else float("inf")
+
+
+def nearest_rank_rows(values: np.ndarray, p: float) -> np.ndarray:
+    """`percentile(row, p)` of each row of a 2-d array (every row as long)."""
+    rank = max(1, math.ceil(p / 100.0 * values.shape[1])) - 1
+    return np.partition(values, rank, axis=1)[:, rank]
+
+
+def ratio_interval(ours: Sequence[float], floor: Sequence[float], p: float | None, level: float = 0.95,
+                   resamples: int = INTERVAL_RESAMPLES, seed: int = INTERVAL_SEED) -> tuple[float, float]:
+    """How far `percentile(ours, p) / percentile(floor, p)` (p None: `median(ours) / median(floor)`) could have
+    moved by the luck of which rounds were timed: the central `level` of that ratio over `resamples` bootstrap
+    resamples of the rounds, to three decimals.
+
+    ours[i] and floor[i] were timed in the same round (one interleaved pass, or one round of starts), so a
+    resample draws rounds, both samples of a round together: whatever slowed a whole round slows both sides
+    of that round's pair in every resample, as it did in the run.
+    """
+    a, b = np.asarray(ours, dtype=float), np.asarray(floor, dtype=float)
+    if a.ndim != 1 or a.shape != b.shape or not len(a):
+        raise ValueError("ratio_interval needs two equally long, non-empty series of samples, one pair per round")
+    rounds = np.random.default_rng(seed).integers(0, len(a), size=(resamples, len(a)))
+    if p is None:
+        ratios = np.median(a[rounds], axis=1) / np.median(b[rounds], axis=1)
+    else:
+        ratios = nearest_rank_rows(a[rounds], p) / nearest_rank_rows(b[rounds], p)
+    low, high = np.quantile(ratios, [(1 - level) / 2, (1 + level) / 2])
+    return round(float(low), 3), round(float(high), 3)
 
 
 def latency_summary(samples_s: Sequence[float]) -> dict[str, float]:
