@@ -17,6 +17,11 @@ bucket's distance is not measured here) and times, in each round:
   every request until the answers carry the new version: how long that took, and the slowest of them.
 
 Prints medians over the rounds (ms) and each against the ordinary request's median.
+
+BLAS runs one thread, as `main.py` pins it in every instance (`--blas-threads default`: OpenBLAS's own
+pool). With OpenBLAS's pool, a request whose product met the load's work and the emulator's on two cores
+waited up to ~0.1 s for the pool's threads, spinning (bench/PERFORMANCE.md, round 15): not what a
+deployed instance does.
 """
 
 from __future__ import annotations
@@ -52,7 +57,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--items", type=int, default=100_000)
     parser.add_argument("--rtt-ms", type=float, default=0.0,
                         help="add this round trip to every request to the emulator (bench/latency_proxy.py)")
+    parser.add_argument("--blas-threads", choices=("one", "default"), default="one",
+                        help="one BLAS thread, as main.py pins it (the default), or OpenBLAS's own pool")
     args = parser.parse_args(argv)
+    if args.blas_threads == "one":
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=1, user_api="blas"):
+            return _probe(args)
+    return _probe(args)
+
+
+def _probe(args: argparse.Namespace) -> int:
+    from threadpoolctl import threadpool_info
+
+    blas_threads = max((pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"), default=0)
 
     from recommender.runtime import Runtime
     from recommender.settings import Settings
@@ -118,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
     ordinary = statistics.median(figures["ordinary"])
     print(f"{args.items:,} items, {args.rounds} rounds, the model in gs:// (gcp-storage-emulator"
-          f"{f', {args.rtt_ms:g} ms added to each round trip' if args.rtt_ms else ''}), last {version}")
+          f"{f', {args.rtt_ms:g} ms added to each round trip' if args.rtt_ms else ''}), last {version},"
+          f" {blas_threads} BLAS thread{'' if blas_threads == 1 else 's'}")
     for label, values in figures.items():
         median = statistics.median(values)
         print(f"{label:28s} median {median:8.2f} ms  {median / ordinary:7.1f}× ordinary"
