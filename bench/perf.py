@@ -336,12 +336,14 @@ def goals(results: dict) -> list[dict]:
     for config in results["cold_start"]["configs"]:
         if config["items"] == reference:
             ratio_ = goal_ratio(config["first_ok_median_s"], floor["first_ok_median_s"])
-            # The k-th start of each configuration ran in the k-th round of starts (bench.cold_start.start_order);
-            # one with fewer starts than the floor is paired with the floor's starts of its own rounds.
-            starts, floor_starts = config.get("first_ok_samples_s"), floor.get("first_ok_samples_s")
+            # The k-th start of each configuration ran in the k-th round of starts (bench.cold_start.start_order), so
+            # the rounds both have are paired: a configuration with fewer starts than the floor, with the floor's
+            # starts of its own rounds.
+            rounds = min(len(config.get("first_ok_samples_s") or ()), len(floor.get("first_ok_samples_s") or ()))
             add("cold start", f"cold start ≤ {GOALS['cold_start_ratio']}× floor ({config['label']})", ratio_,
                 ratio_ <= GOALS["cold_start_ratio"],
-                interval=ratio_interval(starts, floor_starts[:len(starts)], None) if starts and floor_starts else None)
+                interval=ratio_interval(config["first_ok_samples_s"][:rounds], floor["first_ok_samples_s"][:rounds],
+                                        None) if rounds else None)
     for blas in ("blas_default_threads", "blas_one_thread"):
         warm = next(w for w in results["warm_latency"]["sizes"] if w["items"] == reference)[blas]
         for intent, numbers in warm["intents"].items():
