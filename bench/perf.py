@@ -222,7 +222,9 @@ def run(plan: Plan, workdir: Path, log=print) -> dict:
         "method": "in process, interleaved; floor = factors @ u + np.argpartition (top 10); peer = implicit"
                   " AlternatingLeastSquares.recommend on the same float32 factors; ours reads a 20-event history"
                   " from SQLite per call; every related and complementary request differs from the others, so each"
-                  " is computed (the answer cache serves repeats: 'a repeated related request'); catalog snapshot"
+                  " is computed (the answer cache serves repeats: 'a repeated related request'); each shopper is asked"
+                  " for personalized answers two or three times, and a shopper's first answer (which also finds their"
+                  " products' rows and reads the answer's cards) is shown apart from the later ones; catalog snapshot"
                   " cached (its refresh is catalog_refresh); what exists before the first call is frozen out of the"
                   " cyclic collector's sight while the calls run (gc.freeze), as main.py freezes what it imports",
     }

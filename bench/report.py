@@ -27,6 +27,12 @@ def _warm_table(w: dict) -> str:
         rows.append(row("implicit recommend, user factor", w["implicit_user_factor"]))
     rows += [row(f"ours: {intent} ({n['strategy']})", n, _x(n["p99_vs_implicit_fold_in"]))
              for intent, n in w["intents"].items()]
+    personalized = w["intents"].get("personalized", {})
+    for turn, label in (("first_answers", "a shopper's first answer here"), ("repeat_answers", "a shopper asked again")):
+        if turn in personalized:
+            s = personalized[turn]
+            rows.append(row(f"ours: personalized, {label} ({s['n']} of the calls)", s,
+                            _x(s["p99_ms"] / w["implicit_fold_in"]["p99_ms"])))
     if "cached_answer" in w:
         rows.append(row("ours: a repeated related request (answer cache)", w["cached_answer"]))
     return _table(["path", "p50", "p99", "max", "p99 vs floor", "p99 vs implicit fold-in"], rows)

@@ -7,10 +7,12 @@ import math
 import statistics
 import subprocess
 import sys
+from typing import NamedTuple
 
 import pytest
 
 from bench.cold_start import start_order
+from bench.latency import _first_answers
 from bench.perf import SECTIONS, goals, headline_figures
 from bench.stats import CpuShares, ratio_interval
 from tests.conftest import ROOT
@@ -40,6 +42,11 @@ def test_quick_benchmark_reports_every_section_with_positive_numbers(tmp_path):
     assert {goal["section"] for goal in timed} == {"cold start", "warm latency", "ingest", "training"}
     assert "| goal | measured | 95% interval, rounds resampled | met | steal in its section |" in (
         tmp_path / "perf.md").read_text()
+    for size in results["warm_latency"]["sizes"]:  # a shopper's first answers and the others, apart
+        for blas in ("blas_default_threads", "blas_one_thread"):
+            personalized = size[blas]["intents"]["personalized"]
+            turns = personalized["first_answers"]["n"], personalized["repeat_answers"]["n"]
+            assert min(turns) > 0 and sum(turns) == personalized["n"], (size["items"], blas, turns)
     ratios = [goal for goal in timed if goal["section"] in ("cold start", "warm latency")]
     assert all(0 < goal["interval"][0] <= goal["interval"][1] for goal in ratios), ratios  # each with its interval
     levels = results["ingest"]["sqlite"]["http"] + results["ingest"]["postgresql"].get("http", [])
@@ -162,3 +169,19 @@ def test_a_ratios_interval_draws_each_rounds_pair_together():
     assert ratio_interval([1.0, 2.0], [1.0, 2.0], 99, seed=3) == ratio_interval([1.0, 2.0], [1.0, 2.0], 99, seed=3)
     with pytest.raises(ValueError):
         ratio_interval([1.0, 2.0], [1.0], 99)
+
+
+def test_a_shoppers_first_answer_is_told_from_the_answers_after_it():
+    # Arrange: 11 requests over 5 shoppers (request i asks shopper i % 5), as measure_size makes them for 8 timed
+    # calls after 2 warm-up calls: request 10 names the strategy first, then requests 8 and 9 warm up
+    class Request(NamedTuple):
+        customer_id: str
+
+    requests = [Request(f"shopper-{i % 5}") for i in range(11)]
+
+    # Act
+    flags = _first_answers(requests, count=11, repetitions=8, warmup=2)
+
+    # Assert: shopper 0 was asked by request 10, shoppers 3 and 4 in the warm-up; 1 and 2 are new at calls 1 and
+    # 2, and every later call asks someone asked before
+    assert flags == [False, True, True, False, False, False, False, False]
