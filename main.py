@@ -2,10 +2,11 @@
 
 Deploy each entry point on its own (`webhook`, `recommend`, `collect`, `train`,
 `healthz`, and the CloudEvent `webhook_pubsub`) or `app`, which routes by path, as
-one function. Nothing here opens a store at import time; the first request does. The
-one thing read from the environment at import is PRELOAD_SHOPS (with MODEL_STORE_URL):
-those shops' models start loading in the background (recommender/prefetch.py,
-recommender/preload.py); the one thing written is OPENBLAS_NUM_THREADS=1, when the
+one function. Nothing here opens a store at import time; the first request does. Read
+from the environment at import: LOG_LEVEL (log lines as JSON on stderr, recommender/logs.py)
+and PRELOAD_SHOPS (with MODEL_STORE_URL): those shops' models start loading in the
+background (recommender/prefetch.py, recommender/preload.py); the one thing written is
+OPENBLAS_NUM_THREADS=1, when the
 deployment has not set it. The cyclic garbage collector is off while everything is
 imported; then the imported objects are frozen out of its sight (`gc.freeze`) and it is
 turned back on, on the last lines.
@@ -34,6 +35,11 @@ gc.disable()
 # CPUs, and OpenBLAS's own pool on top of them cut throughput to a third (bench/PERFORMANCE.md). It must be
 # set before numpy is first imported, just below.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+# Log lines as JSON on stderr at LOG_LEVEL (recommender/logs.py), before the preload threads below can log.
+from recommender.logs import configure as _configure_logging  # noqa: E402
+
+_configure_logging(os.environ)
 
 # With PRELOAD_SHOPS and the models in gs://, their bytes start downloading now, on a thread that waits on the
 # network while numpy and the serving modules are imported (recommender/prefetch.py: no numpy there).

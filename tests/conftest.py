@@ -178,10 +178,14 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_function(process_env: dict[str, str], target: str = "app"):
-    """`functions-framework --target TARGET` as a real process on a free loopback port; yields its base URL."""
+def running_function(process_env: dict[str, str], target: str = "app", output: list[str] | None = None):
+    """`functions-framework --target TARGET` as a real process on a free loopback port; yields its base URL.
+
+    What the process writes (stdout and stderr) is read as it comes, so a chatty process never blocks on a full
+    pipe; pass `output` to receive its lines, complete once the block has exited."""
     import subprocess
     import sys
+    import threading
     import time
 
     import requests
@@ -192,6 +196,10 @@ def running_function(process_env: dict[str, str], target: str = "app"):
          "--host", "127.0.0.1", "--port", str(port)],
         cwd=ROOT, env={**process_env, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
+    lines = output if output is not None else []
+    reader = threading.Thread(target=lambda: lines.extend(line.decode(errors="replace").rstrip("\n")
+                                                          for line in process.stdout), daemon=True)
+    reader.start()
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -202,9 +210,11 @@ def running_function(process_env: dict[str, str], target: str = "app"):
             except requests.ConnectionError:
                 if process.poll() is not None or time.monotonic() > deadline:
                     process.kill()
-                    pytest.fail(f"functions-framework did not start: {process.stdout.read().decode()}")
+                    reader.join(timeout=10)
+                    pytest.fail("functions-framework did not start: " + "\n".join(lines))
                 time.sleep(0.1)
         yield base
     finally:
         process.terminate()
         process.wait(timeout=10)
+        reader.join(timeout=10)

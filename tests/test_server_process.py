@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -43,3 +44,43 @@ def test_bad_json_over_http_is_a_400_naming_the_problem(server):
                              timeout=10)
     assert response.status_code == 400
     assert response.json()["error"] == "malformed_json"
+
+
+def _uninstall_and_read_log(env: dict[str, str]) -> list[str]:
+    """Start functions-framework with `env`, uninstall the test shop by webhook, stop it; its output lines."""
+    output: list[str] = []
+    with running_function({**os.environ, **env}, output=output) as base:
+        body = as_body({"id": 1, "domain": SHOP})
+        response = requests.post(f"{base}/webhooks", data=body, headers=signed_headers(body, "app/uninstalled"),
+                                 timeout=10)
+        assert response.status_code == 200, response.text
+    return output
+
+
+UNINSTALLED = f"app/uninstalled: {SHOP} is no longer served"
+
+
+def test_info_lines_reach_the_log_as_json_by_default(env):
+    # functions-framework gives the root logger no handler: without ours, INFO lines (this audit line among
+    # them) were dropped.
+    lines = _uninstall_and_read_log({**env, "LOG_LEVEL": ""})
+    entries = [json.loads(line) for line in lines if line.startswith("{")]
+    assert {"severity": "INFO", "message": UNINSTALLED, "logger": "webhooks.compliance"}.items() \
+        <= next(e for e in entries if e.get("message") == UNINSTALLED).items()
+    assert all(e["time"].endswith("Z") and e["severity"] in ("DEBUG", "INFO", "WARNING", "ERROR") for e in entries)
+
+
+@pytest.mark.parametrize("level, info_logged, warned", [("warning", False, False), ("LOUD", True, True)])
+def test_log_level_filters_and_an_unknown_level_is_named(env, level, info_logged, warned):
+    lines = _uninstall_and_read_log({**env, "LOG_LEVEL": level})
+    entries = [json.loads(line) for line in lines if line.startswith("{")]
+    assert any(e["message"] == UNINSTALLED for e in entries) is info_logged
+    named = [e for e in entries if e["severity"] == "WARNING" and "LOG_LEVEL='LOUD'" in e["message"]]
+    assert len(named) == int(warned)
+
+
+def test_with_log_execution_id_our_lines_go_through_functions_frameworks_handler_once(env):
+    lines = _uninstall_and_read_log({**env, "LOG_EXECUTION_ID": "true"})
+    ours = [json.loads(line) for line in lines if UNINSTALLED in line]
+    assert len(ours) == 1 and ours[0]["message"] == UNINSTALLED and "execution_id" in ours[0][
+        "logging.googleapis.com/labels"]
