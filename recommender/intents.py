@@ -330,10 +330,9 @@ class Recommender:
             if len(rows) < MIN_HISTORY_ITEMS:
                 return None, "thin_history"
             terms = model.fold_in_terms(rows, weights)
-            scores = model.scores_of(terms)
-            top = model.top_rows(scores, request.n, blocked, excluded_rows)
+            top, scores = model.personalized_top(terms, request.n, blocked, excluded_rows)
             because = model.explain(rows, terms, np.asarray(top, dtype=np.int64)) if top else []
-            return _from_rows(model, top, scores, model.item_ids.ids_of(because)), None
+            return _Candidates(model.item_ids.ids_of(top), scores.tolist(), model.item_ids.ids_of(because)), None
         if strategy == "related":
             seeds = self._related_seeds(request, model, history)
             if not seeds:

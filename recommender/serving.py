@@ -28,6 +28,83 @@ COPURCHASE_SHRINK = 5.0  # orders an item needs before co-purchase outweighs fac
 TOP_SAMPLE_STRIDE = 32  # top_rows: one score in this many bounds the n-th best from below
 TOP_SAMPLE_MIN_ITEMS = 4096  # below this, top_rows partitions the whole array
 CHECKER_WAKE_SECONDS = 60.0  # how often an idle refresh thread looks whether its holder is gone
+# Personalized answers from the items of largest norm first (NormHead; bench/PERFORMANCE.md, round 17).
+HEAD_MIN_ITEMS = 20_000  # below this one product takes ~0.1 ms: nothing worth a second matrix
+HEAD_SHARE = 0.3  # the share of the items, largest norms first, kept as the head
+HEAD_SKEW = 0.5  # built only when the largest norm outside the head is below this share of the largest of all
+HEAD_STEPS = (1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0)  # how much of the head is scored before each check of the bound
+HEAD_MARGIN = 1e-4  # relative: float32 products may exceed the exact bound by a few parts in a million
+HEAD_TRIAL = 64  # answers after which a head that answered fewer than HEAD_MIN_HIT_RATE of them is dropped
+HEAD_MIN_HIT_RATE = 0.25
+HEAD_BUILD_DELAY_SECONDS = 1.0  # after a model's first personalized answer: the cold start's first answers go first
+
+
+class NormHead:
+    """The items of largest norm as a matrix of their own, in decreasing order of norm, for personalized answers.
+
+    An item's score for a shopper u is y·u ≤ |y|·|u| (Cauchy–Schwarz). Scored in decreasing order of norm, once the
+    n-th best allowed score found exceeds |u| times the largest norm not yet scored, no other item can enter the
+    top n or tie with it: the answer is the full product's, to float rounding, from a fraction of its work. Where
+    the bound never closes (a shopper whose best items all have small norms) the caller scores every item as
+    before. Trained models have very unequal norms (popular items long, rare ones short); random ones do not, and
+    get no head.
+    """
+
+    __slots__ = ("rows", "factors", "stops", "bounds", "position")
+
+    def __init__(self, factors: np.ndarray, norms: np.ndarray, size: int, outside: float):
+        order = np.argpartition(-norms, size - 1)[:size]
+        self.rows = order[np.lexsort((order, -norms[order]))]  # decreasing norm, ties by row
+        self.factors = np.asfortranarray(factors[self.rows])
+        ends = sorted({max(1, min(size, round(size * step))) for step in HEAD_STEPS})
+        self.stops = ends
+        # After scoring head[:stop], the largest norm left anywhere: the head's next row's, or the rest's largest.
+        self.bounds = [float(norms[self.rows[stop]]) if stop < size else outside for stop in ends]
+        self.position = np.full(len(norms), -1, dtype=np.int32)  # model row -> place in the head, or -1
+        self.position[self.rows] = np.arange(size)
+
+    @classmethod
+    def build(cls, factors: np.ndarray, norms: np.ndarray) -> "NormHead | None":
+        """A head for these factors, or None where the norms are too equal for the bound to close early."""
+        n = len(norms)
+        size = int(np.ceil(n * HEAD_SHARE))
+        if n < HEAD_MIN_ITEMS or not 0 < size < n:
+            return None
+        largest = float(norms.max())
+        outside = float(-np.partition(-norms, size)[size])  # the (size + 1)-th largest norm
+        if not largest > 0 or outside >= HEAD_SKEW * largest:
+            return None
+        return cls(factors, norms, size, outside)
+
+    def top(self, user: np.ndarray, n: int, blocked: np.ndarray | None,
+            also: np.ndarray | None) -> tuple[list[int], np.ndarray] | None:
+        """The n best allowed rows for the shopper vector `user` (best first, ties by row) and their scores, or None
+        if the bound did not close within the head."""
+        length = float(np.sqrt(np.dot(user.astype(np.float64), user.astype(np.float64))))
+        scores = np.empty(len(self.rows), dtype=np.float32)
+        excluded = self.position[also] if also is not None and len(also) else None
+        if excluded is not None:
+            excluded = excluded[excluded >= 0]
+        start = 0
+        for stop, bound in zip(self.stops, self.bounds):
+            part = scores[start:stop]
+            np.matmul(self.factors[start:stop], user, out=part)
+            if blocked is not None:
+                part[blocked[self.rows[start:stop]]] = -np.inf
+            if excluded is not None:
+                inside = excluded[(excluded >= start) & (excluded < stop)]
+                scores[inside] = -np.inf
+            start = stop
+            if stop < n:
+                continue
+            seen = scores[:stop]
+            best = np.argpartition(seen, stop - n)[stop - n:]
+            nth = float(seen[best].min())
+            if nth > -np.inf and nth > length * bound * (1.0 + HEAD_MARGIN):
+                rows = self.rows[best]
+                ordered = np.lexsort((rows, -seen[best]))
+                return rows[ordered].tolist(), seen[best][ordered]
+        return None
 
 
 def _check_forever(holder: "weakref.ReferenceType[ModelHolder]", due: queue.SimpleQueue) -> None:
@@ -101,6 +178,12 @@ class ServingModel:
         # rows (bench/PERFORMANCE.md); the few rows a fold-in gathers cost ~0.1 ms more from cold cache.
         self.factors = np.asfortranarray(artifact.item_factors, dtype=np.float32)
         self._inverse_norms: np.ndarray | None = None  # made on first use: personalized requests never need them
+        self._norms: np.ndarray | None = None
+        # NormHead for personalized answers: None until asked for, then built on a thread of its own while answers
+        # score every item; False where the model gets none (too small, norms too equal, or it answered too few).
+        self._head: NormHead | None | bool = None
+        self._head_lock = threading.Lock()
+        self.head_tries = self.head_hits = 0
         n_factors = self.factors.shape[1]
         self.regularized_gramian = artifact.gramian.astype(np.float64) + artifact.regularization * np.eye(n_factors)
         self._inverse_gramian: np.ndarray | None = None  # (λI + YᵀY)⁻¹, made on the first fold-in
@@ -124,13 +207,61 @@ class ServingModel:
         return rows
 
     @property
+    def norms(self) -> np.ndarray:
+        """float32[n_items]: |factors[i]|; made on first use."""
+        norms = self._norms
+        if norms is None:  # two threads may both compute it; either result is the same
+            norms = self._norms = np.sqrt(np.einsum("ij,ij->i", self.factors, self.factors))
+        return norms
+
+    @property
     def inverse_norms(self) -> np.ndarray:
         """float32[n_items]: 1 / max(|factors[i]|, 1e-12), so an all-zero row's cosines are 0; made on first use."""
         inverse = self._inverse_norms
         if inverse is None:  # two threads may both compute it; either result is the same
-            norms = np.sqrt(np.einsum("ij,ij->i", self.factors, self.factors))
-            inverse = self._inverse_norms = (1.0 / np.maximum(norms, 1e-12)).astype(np.float32)
+            inverse = self._inverse_norms = (1.0 / np.maximum(self.norms, 1e-12)).astype(np.float32)
         return inverse
+
+    def build_head(self) -> NormHead | None:
+        """Build (once) and return this model's NormHead, or None where it gets none."""
+        with self._head_lock:
+            if self._head is None or self._head is True:
+                self._head = NormHead.build(self.factors, self.norms) or False
+        return self._head or None
+
+    def _usable_head(self) -> NormHead | None:
+        head = self._head
+        if head is None:  # first ask: built a moment later beside the answers, which score every item meanwhile
+            with self._head_lock:
+                if self._head is None:
+                    self._head = True  # being built
+                    if self.n_items < HEAD_MIN_ITEMS:
+                        self._head = False
+                    else:
+                        builder = threading.Timer(HEAD_BUILD_DELAY_SECONDS, self.build_head)
+                        builder.daemon = True
+                        builder.name = "norm-head"
+                        builder.start()
+            return None
+        return head if isinstance(head, NormHead) else None
+
+    def personalized_top(self, terms: np.ndarray, n: int, blocked: np.ndarray | None = None,
+                         also: np.ndarray | None = None) -> tuple[list[int], np.ndarray]:
+        """The shopper's n best rows (best first, ties by row; none blocked or in `also`) and their scores, for the
+        shopper whose `fold_in_terms` these are: from the NormHead where its bound closes, else from every item."""
+        user = terms.sum(axis=1).astype(np.float32)
+        head = self._usable_head()
+        if head is not None:
+            found = head.top(user, n, blocked, also)
+            self.head_tries += 1  # counts race between threads at worst: they only decide when to give up
+            if found is not None:
+                self.head_hits += 1
+                return found
+            if self.head_tries >= HEAD_TRIAL and self.head_hits < HEAD_MIN_HIT_RATE * self.head_tries:
+                self._head = False  # it rarely answers for this model's shoppers: score every item, free its memory
+        scores = self.factors @ user
+        top = top_rows(scores, n, blocked, also)
+        return top, scores[np.asarray(top, dtype=np.int64)]
 
     def unit_rows(self, rows: Sequence[int]) -> np.ndarray:
         """float32[len(rows), factors]: those items' factors scaled to unit length."""

@@ -1,9 +1,12 @@
-"""Related and complementary scores of ServingModel against values worked out by hand on planted factors."""
+"""Scores of ServingModel against values worked out by hand on planted factors, and its NormHead against scoring
+every item."""
 
 import numpy as np
 
 from recommender.artifact import CoPurchaseLists, ModelArtifact
-from recommender.serving import COPURCHASE_SHRINK, TOP_SAMPLE_MIN_ITEMS, ServingModel, top_rows
+from recommender.serving import (
+    COPURCHASE_SHRINK, HEAD_MIN_ITEMS, HEAD_SHARE, HEAD_TRIAL, TOP_SAMPLE_MIN_ITEMS, ServingModel, top_rows,
+)
 
 # Four items in 2-d: a and b point the same way, c at 90°, d opposite a. Exact in float16.
 FACTORS = np.array([[1.0, 0.0], [2.0, 0.0], [0.0, 1.0], [-1.0, 0.0]], dtype=np.float32)
@@ -220,3 +223,91 @@ def test_a_loaded_model_scores_with_the_column_major_factors_it_was_loaded_into(
     assert m.factors is loaded.item_factors
     u = rng.standard_normal(16).astype(np.float32)
     np.testing.assert_allclose(m.factors @ u, factors.astype(np.float16).astype(np.float32) @ u, rtol=1e-5, atol=1e-6)
+
+
+# --- NormHead: personalized answers from the items of largest norm first ---------------------------------------
+
+def _model_of(factors: np.ndarray) -> ServingModel:
+    n = len(factors)
+    artifact = ModelArtifact.build([str(10_000_000 + row) for row in range(n)], factors, np.ones(n), 0.5, 2.0,
+                                   {"version": "v"})
+    return ServingModel(artifact)
+
+
+def _unequal_norms(n: int = HEAD_MIN_ITEMS + 4_000, f: int = 8, seed: int = 3) -> np.ndarray:
+    """Random directions with norms falling as a power of their rank, rows shuffled: a trained model's shape
+    (popular items long, rare ones short). Values exact in float16, as an artifact stores them."""
+    rng = np.random.default_rng(seed)
+    directions = rng.standard_normal((n, f))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    norms = 1.0 / (1.0 + np.arange(n) / 50.0)
+    factors = (directions * rng.permutation(norms)[:, None]).astype(np.float16).astype(np.float32)
+    return factors
+
+
+def _full(model: ServingModel, terms: np.ndarray, n: int, blocked, also) -> tuple[list[int], np.ndarray]:
+    scores = model.factors @ terms.sum(axis=1).astype(np.float32)
+    top = top_rows(scores, n, blocked, also)
+    return top, scores[top]
+
+
+def test_the_norm_head_answers_as_every_item_would_with_blocked_and_excluded_rows():
+    model = _model_of(_unequal_norms())
+    head = model.build_head()
+    assert head is not None and len(head.rows) == int(np.ceil(model.n_items * HEAD_SHARE))
+    assert np.all(np.diff(model.norms[head.rows]) <= 0)  # largest norms first
+    rng = np.random.default_rng(4)
+    blocked = rng.random(model.n_items) < 0.05
+    for _ in range(100):
+        history = rng.choice(model.n_items, 12, replace=False)
+        terms = model.fold_in_terms(history, rng.integers(1, 10, 12).astype(np.float64))
+        also = history[:6]
+        rows, scores = model.personalized_top(terms, 10, blocked, also)
+        want_rows, want_scores = _full(model, terms, 10, blocked, also)
+        assert rows == want_rows
+        np.testing.assert_allclose(scores, want_scores, rtol=1e-5)
+        assert not blocked[rows].any() and not set(rows) & set(also.tolist())
+    assert model.head_tries == 100 and model.head_hits >= 90  # the bound closed inside the head for nearly all
+
+
+def test_the_first_answer_does_not_wait_for_the_head_and_later_ones_use_it():
+    model = _model_of(_unequal_norms())
+    terms = model.fold_in_terms(np.array([1, 2, 3]), np.array([4.0, 1.0, 10.0]))
+    first = model.personalized_top(terms, 5)
+    assert model.head_tries == 0  # answered from every item while the head is built beside it
+    assert model.build_head() is not None  # waits for that build
+    assert model.personalized_top(terms, 5)[0] == first[0] and (model.head_tries, model.head_hits) == (1, 1)
+
+
+def test_random_factors_of_near_equal_norms_get_no_head_and_small_models_none_at_all():
+    rng = np.random.default_rng(5)
+    random = _model_of((rng.standard_normal((HEAD_MIN_ITEMS + 4_000, 8)) * 0.1).astype(np.float32))
+    assert random.build_head() is None
+    small = _model_of(_unequal_norms(n=HEAD_MIN_ITEMS - 1))
+    assert small.build_head() is None
+    terms = random.fold_in_terms(np.array([1, 2]), np.array([1.0, 1.0]))
+    assert random.personalized_top(terms, 5)[0] == _full(random, terms, 5, None, None)[0]
+    assert random.head_tries == 0
+
+
+def test_a_shopper_the_bound_does_not_close_for_gets_every_item_and_a_head_that_rarely_answers_is_dropped():
+    # The head (the longest 30%) are unit vectors at cos = 0.4 to the shopper's (1, 0); every other item points
+    # along it with a norm of 0.45 down to 0.3. Inside the head the n-th best is 0.4 < |u|·0.45, so the answer
+    # needs every item, and is the short items that score up to 0.45: a bound taken too loosely would answer 0.4s.
+    n = HEAD_MIN_ITEMS + 4_000
+    long = int(np.ceil(n * HEAD_SHARE))
+    factors = np.zeros((n, 2), dtype=np.float32)
+    factors[:long] = [0.4, np.sqrt(1 - 0.4 ** 2)]
+    factors[long:, 0] = np.linspace(0.45, 0.3, n - long)
+    factors = factors.astype(np.float16).astype(np.float32)
+    model = _model_of(factors)
+    assert model.build_head() is not None
+    terms = np.array([[1.0], [0.0]])  # the shopper's vector (1, 0)
+    want = _full(model, terms, 3, None, None)
+    assert want[0] == [long, long + 1, long + 2] and want[1][0] == factors[long, 0]
+    for attempt in range(HEAD_TRIAL):
+        rows, scores = model.personalized_top(terms, 3)
+        assert rows == want[0]
+        np.testing.assert_allclose(scores, want[1])
+    assert (model.head_tries, model.head_hits) == (HEAD_TRIAL, 0)
+    assert model.build_head() is None  # dropped after HEAD_TRIAL answers it could not give
