@@ -75,6 +75,8 @@ def measure_size(shop: ShopFiles, repetitions: int, event_store_url: str | None 
     wanted = requests_by_intent(shop, count)
     strategies = {intent: recommender.recommend(wanted[intent][count - 1]).strategy for intent in INTENTS}
     model = runtime.models.get(SHOP)
+    # Steady state: an instance builds its model's NormHead (or finds it gets none) a second after the first answer.
+    head = model.build_head()
     peer, peer_rows = _peer(model, shop, model.alpha)
     rng = np.random.default_rng(5)
     user_vectors = rng.standard_normal((64, model.factors.shape[1])).astype(np.float32) * np.float32(0.1)
@@ -121,7 +123,9 @@ def measure_size(shop: ShopFiles, repetitions: int, event_store_url: str | None 
                                                                               samples["implicit_fold_in"], 99)}
     intents["personalized"].update({turn: latency_summary(values) for turn, values in by_turn.items() if values})
     runtime.store.close()
-    return {"items": shop.n_items, "floor": summaries["floor"], "implicit_fold_in": summaries["implicit_fold_in"],
+    norm_head = {"rows": len(head.rows) if head else 0, "tries": model.head_tries, "hits": model.head_hits}
+    return {"items": shop.n_items, "norm_head": norm_head,
+            "floor": summaries["floor"], "implicit_fold_in": summaries["implicit_fold_in"],
             "implicit_user_factor": summaries["implicit_user_factor"], "intents": intents,
             "cached_answer": summaries["cached_answer"],
             "implicit_threads": "implicit default (num_threads=0: all cores)"}

@@ -176,6 +176,11 @@ def run(plan: Plan, workdir: Path, log=print) -> dict:
             catalog_shop = synthetic.prepare_shop(workdir / f"shop-{n}-catalog", artifact, models_dir, plan.shoppers,
                                                   with_catalog=True)
         del artifact
+    log(f"setup: a model trained on power-law events, {_label(reference)} items")
+    trained = synthetic.build_artifact(reference, item_factors=synthetic.trained_factors(reference))
+    synthetic.publish_artifact(workdir / "models-trained", trained)
+    trained_shop = synthetic.prepare_shop(workdir / "shop-trained", trained, workdir / "models-trained", plan.shoppers)
+    del trained
 
     section("cold start")
     configs = [(f"{_label(n)} items", shops[n], plan.cold_repeats_large if n >= 1_000_000 else plan.cold_repeats)
@@ -207,6 +212,9 @@ def run(plan: Plan, workdir: Path, log=print) -> dict:
     with_catalog = latency.measure_size(catalog_shop, plan.warm_repetitions[reference])
     with threadpool_limits(limits=1, user_api="blas"):  # as deployed (main.py pins one BLAS thread)
         with_catalog_pinned = latency.measure_size(catalog_shop, plan.warm_repetitions[reference])
+    log("  a trained model (unequal norms: the NormHead answers)")
+    with threadpool_limits(limits=1, user_api="blas"):
+        with_trained = latency.measure_size(trained_shop, plan.warm_repetitions[reference])
     log("  with the events in PostgreSQL (TEST_POSTGRES_URL)")
     with threadpool_limits(limits=1, user_api="blas"):
         with_postgres = latency.with_postgres(shops[reference], plan.warm_repetitions[reference])
@@ -215,7 +223,7 @@ def run(plan: Plan, workdir: Path, log=print) -> dict:
             profiles.append({**latency.profile_intent(catalog_shop, intent, plan.profile_calls), "catalog_rows": reference})
     results["warm_latency"] = {
         "sizes": warm, "with_catalog": with_catalog, "with_catalog_one_thread": with_catalog_pinned,
-        "with_postgres_one_thread": with_postgres,
+        "with_postgres_one_thread": with_postgres, "trained_one_thread": with_trained,
         "profiles": profiles,
         "catalog_refresh": latency.catalog_refresh(catalog_shop, repeats=3),
         "history_depth": latency.history_depth(workdir / "history-depth", plan.history_repeats, plan.history_depths),

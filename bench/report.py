@@ -156,6 +156,16 @@ def markdown(results: dict) -> str:
         if w:
             out += [f"**{w['items']:,} items with every item in the catalog (products and variants rows), {blas_label}**"
                     f" ({w['floor']['n']} calls each)", "", _warm_table(w), ""]
+    trained = warm.get("trained_one_thread")
+    if trained:
+        head = trained["norm_head"]
+        out += [f"**{trained['items']:,} items, a model our training made from power-law events"
+                f" (`bench.synthetic.trained_factors`: popular items long, rare ones short), BLAS 1 thread**"
+                f" ({trained['floor']['n']} calls each)", "", _warm_table(trained), "",
+                f"Its NormHead: {head['rows']:,} rows (the largest norms); it answered {head['hits']} of the"
+                f" {head['tries']} personalized answers it was asked for, the others scored every item."
+                if head["rows"] else "It got no NormHead (too few items, or norms too equal): every answer scored"
+                " every item.", ""]
     postgres = warm.get("with_postgres_one_thread")
     if postgres and "skipped" in postgres:
         out += [f"With the events in PostgreSQL: skipped ({postgres['skipped']}).", ""]

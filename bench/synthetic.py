@@ -52,15 +52,18 @@ def customer_id(k: int) -> str:
     return str(CUSTOMER_BASE + k)
 
 
-def build_artifact(n_items: int, seed: int = 0, factors: int = FACTORS) -> ModelArtifact:
-    """A model of `n_items` with random float factors and a realistic sparse co-purchase table.
+def build_artifact(n_items: int, seed: int = 0, factors: int = FACTORS,
+                   item_factors: np.ndarray | None = None) -> ModelArtifact:
+    """A model of `n_items` with random float factors (or `item_factors`) and a realistic sparse co-purchase table.
 
-    Factors: N(0, 0.1²) float32 [n_items, factors]. Popularity: whole numbers with a Pareto(1.2) tail
-    (training sums event weights 1, 4 and 10). Support: 0..49 shoppers. Co-purchase: a geometric
-    number of neighbours per item (mean ≈ 2.3, capped at K), scores in [0, 1].
+    Factors: N(0, 0.1²) float32 [n_items, factors]: of nearly equal norms, unlike a trained model's
+    (`trained_factors`). Popularity: whole numbers with a Pareto(1.2) tail (training sums event weights 1,
+    4 and 10). Support: 0..49 shoppers. Co-purchase: a geometric number of neighbours per item (mean ≈ 2.3,
+    capped at K), scores in [0, 1].
     """
     rng = np.random.default_rng(seed)
-    item_factors = rng.standard_normal((n_items, factors), dtype=np.float32) * np.float32(0.1)
+    random_factors = rng.standard_normal((n_items, factors), dtype=np.float32) * np.float32(0.1)
+    item_factors = random_factors if item_factors is None else np.asarray(item_factors, dtype=np.float32)
     popularity = np.floor(rng.pareto(1.2, n_items) * 10).astype(np.float32)
     support = rng.integers(0, 50, n_items, dtype=np.int32)
     counts = np.minimum(rng.geometric(0.3, n_items) - 1, COPURCHASE_K)
@@ -77,6 +80,25 @@ def build_artifact(n_items: int, seed: int = 0, factors: int = FACTORS) -> Model
     }
     return ModelArtifact.build([product_id(i) for i in range(n_items)], item_factors, popularity, 0.05, 2.0,
                                metadata, item_support=support, copurchase=together)
+
+
+def trained_factors(n_items: int, factors: int = FACTORS, seed: int = 4) -> np.ndarray:
+    """Item factors as our training makes them (`fit_item_factors`, the shipped regularization, alpha and
+    iterations) from 20 lines per item drawn as `event_log` draws them (item r ∝ 1/(r + 10)^0.9) by 2 × n_items
+    users: popular items get long vectors and rare ones short, as in a trained shop's model."""
+    import scipy.sparse as sp
+
+    from recommender.settings import TrainingConfig
+    from recommender.training import fit_item_factors
+
+    rng = np.random.default_rng(seed)
+    weights = 1.0 / (np.arange(n_items) + 10.0) ** 0.9
+    lines = 20 * n_items
+    items = rng.choice(n_items, size=lines, p=weights / weights.sum())
+    users = rng.integers(0, 2 * n_items, lines)
+    matrix = sp.csr_matrix((np.ones(lines, dtype=np.float32), (users, items)), shape=(2 * n_items, n_items))
+    matrix.sum_duplicates()
+    return fit_item_factors(matrix, TrainingConfig(factors=factors)).astype(np.float32)
 
 
 def publish_artifact(models_dir: Path, artifact: ModelArtifact) -> Manifest:
