@@ -162,8 +162,8 @@ def markdown(results: dict) -> str:
         out += [f"**{trained['items']:,} items, a model our training made from power-law events"
                 f" (`bench.synthetic.trained_factors`: popular items long, rare ones short), BLAS 1 thread**"
                 f" ({trained['floor']['n']} calls each)", "", _warm_table(trained), "",
-                f"Its NormHead: {head['rows']:,} rows (the largest norms); it answered {head['hits']} of the"
-                f" {head['tries']} personalized answers it was asked for, the others scored every item."
+                f"Its NormHead: {head['rows']:,} rows (the largest norms); it gave {head['hits']} of the"
+                f" {head['tries']} personalized answers asked of it (the rest scored every item)."
                 if head["rows"] else "It got no NormHead (too few items, or norms too equal): every answer scored"
                 " every item.", ""]
     postgres = warm.get("with_postgres_one_thread")
