@@ -249,7 +249,7 @@ class ServingModel:
                          also: np.ndarray | None = None) -> tuple[list[int], np.ndarray]:
         """The shopper's n best rows (best first, ties by row; none blocked or in `also`) and their scores, for the
         shopper whose `fold_in_terms` these are: from the NormHead where its bound closes, else from every item."""
-        user = terms.sum(axis=1).astype(np.float32)
+        user = self.user_vector(terms)
         head = self._usable_head()
         if head is not None:
             found = head.top(user, n, blocked, also)
@@ -326,13 +326,18 @@ class ServingModel:
             inverse = self._inverse_gramian = np.linalg.inv(self.regularized_gramian)
         return inverse
 
+    @staticmethod
+    def user_vector(terms: np.ndarray) -> np.ndarray:
+        """The float32[factors] vector of the shopper whose `fold_in_terms` these are: the sum of its terms."""
+        return terms.sum(axis=1).astype(np.float32)
+
     def fold_in_user_vector(self, rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
         """The shopper's float32[factors] vector (see `fold_in_terms`)."""
-        return self.fold_in_terms(rows, weights).sum(axis=1).astype(np.float32)
+        return self.user_vector(self.fold_in_terms(rows, weights))
 
     def scores_of(self, terms: np.ndarray) -> np.ndarray:
         """Every item's score for the shopper whose `fold_in_terms` these are: a fresh float32[n_items]."""
-        return self.factors @ terms.sum(axis=1).astype(np.float32)
+        return self.factors @ self.user_vector(terms)
 
     def explain(self, rows: np.ndarray, terms: np.ndarray, candidates: np.ndarray) -> np.ndarray:
         """For each candidate row, the history row that contributed most to its score.
