@@ -56,10 +56,9 @@ class NormHead:
         order = np.argpartition(-norms, size - 1)[:size]
         self.rows = order[np.lexsort((order, -norms[order]))]  # decreasing norm, ties by row
         self.factors = np.asfortranarray(factors[self.rows])
-        ends = sorted({max(1, min(size, round(size * step))) for step in HEAD_STEPS})
-        self.stops = ends
+        self.stops = sorted({max(1, min(size, round(size * step))) for step in HEAD_STEPS})
         # After scoring head[:stop], the largest norm left anywhere: the head's next row's, or the rest's largest.
-        self.bounds = [float(norms[self.rows[stop]]) if stop < size else outside for stop in ends]
+        self.bounds = [float(norms[self.rows[stop]]) if stop < size else outside for stop in self.stops]
         self.position = np.full(len(norms), -1, dtype=np.int32)  # model row -> place in the head, or -1
         self.position[self.rows] = np.arange(size)
 
@@ -178,7 +177,7 @@ class ServingModel:
         # rows (bench/PERFORMANCE.md); the few rows a fold-in gathers cost ~0.1 ms more from cold cache.
         self.factors = np.asfortranarray(artifact.item_factors, dtype=np.float32)
         self._inverse_norms: np.ndarray | None = None  # made on first use: personalized requests never need them
-        self._norms: np.ndarray | None = None
+        self._norms: np.ndarray | None = None  # made on first use: by the NormHead's build or the inverse norms
         # NormHead for personalized answers: None until asked for, then built on a thread of its own while answers
         # score every item; False where the model gets none (too small, norms too equal, or it answered too few).
         self._head: NormHead | None | bool = None
