@@ -15,6 +15,7 @@ is read from /proc.
 from __future__ import annotations
 
 import random
+import re
 import subprocess
 import sys
 import time
@@ -160,6 +161,34 @@ def memory_with_full_caches(shop: ShopFiles, requests_count: int, log_dir: Path)
         server.stop()
     return {"items": shop.n_items, "catalog_rows": shop.catalog_rows, "requests": requests_count,
             "seconds": round(seconds, 1), "before": before, "after": after,
+            "before_peak_upper_bound_mib": process.peak_upper_bound_mib(before),
+            "after_peak_upper_bound_mib": process.peak_upper_bound_mib(after)}
+
+
+def memory_with_norm_head(shop: ShopFiles, log_dir: Path, settle_s: float = 1.5) -> dict:
+    """One instance of a model whose norms are unequal (a trained one): its memory after the warm requests of
+    every intent, then after its NormHead was built (a timer starts it HEAD_BUILD_DELAY_SECONDS after the first
+    personalized answer; `settle_s` more covers the build) and a personalized answer for every shopper. Whether
+    the head was built, and its size, is read from the instance's own log line."""
+    from recommender.serving import HEAD_BUILD_DELAY_SECONDS
+
+    server = process.spawn("recommend", MAIN, shop.env(), log_dir)
+    try:
+        process.wait_until_serving(server, "/?" + shop.storefront_query("personalized", 0))
+        with requests.Session() as session:
+            _every_intent(session, server, shop)
+            before = process.instance_memory_mib(server)
+            time.sleep(HEAD_BUILD_DELAY_SECONDS + settle_s)
+            for i in range(len(shop.customers)):
+                session.get(server.base + "/?" + shop.storefront_query("personalized", i), timeout=60).raise_for_status()
+        time.sleep(0.05)
+        after = process.instance_memory_mib(server)
+    finally:
+        server.stop()
+    built = re.search(r"NormHead of (\d+) of (\d+) items \(largest norms\) built in (\d+) ms",
+                      server.log_path.read_text(errors="replace"))
+    return {"items": shop.n_items, "shoppers": len(shop.customers), "before": before, "after": after,
+            "head_rows": int(built[1]) if built else None, "head_build_ms": int(built[3]) if built else None,
             "before_peak_upper_bound_mib": process.peak_upper_bound_mib(before),
             "after_peak_upper_bound_mib": process.peak_upper_bound_mib(after)}
 

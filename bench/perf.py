@@ -265,6 +265,8 @@ def run(plan: Plan, workdir: Path, log=print) -> dict:
     section("memory with the caches full")
     results["memory"]["caches_full"] = cold_start.memory_with_full_caches(catalog_shop, plan.cache_fill_requests,
                                                                           workdir / "cache-fill")
+    section("memory of a trained model with its NormHead")
+    results["memory"]["trained_with_head"] = cold_start.memory_with_norm_head(trained_shop, workdir / "trained-memory")
     cpu.mark("end")
     results["meta"]["cpu_by_section"] = cpu.shares()
     results["cost"] = _cost(results, reference)
@@ -403,6 +405,12 @@ def goals(results: dict) -> list[dict]:
         pss = full["after"]["pss_sum_mib"]
         add(None, f"{at} items + catalog rows: instance PSS ≤ {budget:g} MiB {share} after {full['requests']:,}"
             " distinct related answers (the caches full)", pss, pss <= budget)
+    trained = results["memory"].get("trained_with_head")
+    if trained and trained["items"] == reference:
+        peak = trained["after_peak_upper_bound_mib"]
+        head = "its NormHead built" if trained["head_rows"] else "no NormHead built"
+        add(None, f"{at} items, a trained model: instance peak ≤ {budget:g} MiB {share} with {head}", peak,
+            peak <= budget)
     for run_ in results["http"]["runs"]:
         peak = process.peak_upper_bound_mib(run_["memory_after_mib"])
         add(None, f"{at} items: instance peak ≤ {budget:g} MiB {share} after the HTTP load ({run_['label']})", peak,

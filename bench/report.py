@@ -291,6 +291,15 @@ def markdown(results: dict) -> str:
                     " read from: each of the worker's threads has its own connection, each reads the file through a"
                     " map of its own, and RSS counts a page once per map that touched it (PSS splits it between them,"
                     " as a container's memory limit counts it once); a PostgreSQL deployment maps no such file."]
+    trained = mem.get("trained_with_head")
+    if trained:
+        head = (f"its NormHead ({trained['head_rows']:,} rows, built in {trained['head_build_ms']} ms by the instance's"
+                " log line)" if trained["head_rows"] else "no NormHead (none in the instance's log)")
+        out += ["", f"A trained model ({trained['items']:,} items, unequal norms), after the warm requests, then after"
+                    f" {head} and a personalized answer for each of {trained['shoppers']} shoppers: peak upper bound"
+                    f" {trained['before_peak_upper_bound_mib']} → {trained['after_peak_upper_bound_mib']} MiB,"
+                    f" worker RSS {trained['before']['worker_rss_mib']} → {trained['after']['worker_rss_mib']}, PSS sum"
+                    f" {trained['before']['pss_sum_mib']} → {trained['after']['pss_sum_mib']}."]
 
     c = results["cost"]
     p = c["prices"]

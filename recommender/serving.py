@@ -225,7 +225,15 @@ class ServingModel:
         """Build (once) and return this model's NormHead, or None where it gets none."""
         with self._head_lock:
             if self._head is None or self._head is True:
-                self._head = NormHead.build(self.factors, self.norms) or False
+                began = time.perf_counter()
+                head = NormHead.build(self.factors, self.norms)
+                self._head = head or False
+                if head is None:
+                    log.info("model %s: no NormHead (%d items, norms too equal or too few items)",
+                             self.version, self.n_items)
+                else:
+                    log.info("model %s: NormHead of %d of %d items (largest norms) built in %.0f ms", self.version,
+                             len(head.rows), self.n_items, (time.perf_counter() - began) * 1000)
         return self._head or None
 
     def _usable_head(self) -> NormHead | None:
@@ -258,6 +266,8 @@ class ServingModel:
                 return found
             if self.head_tries >= HEAD_TRIAL and self.head_hits < HEAD_MIN_HIT_RATE * self.head_tries:
                 self._head = False  # it rarely answers for this model's shoppers: score every item, free its memory
+                log.info("model %s: NormHead dropped, it answered %d of %d personalized requests", self.version,
+                         self.head_hits, self.head_tries)
         scores = self.factors @ user
         top = top_rows(scores, n, blocked, also)
         return top, scores[np.asarray(top, dtype=np.int64)]

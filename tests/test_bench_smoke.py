@@ -15,6 +15,7 @@ from bench.cold_start import start_order
 from bench.latency import _first_answers
 from bench.perf import SECTIONS, goals, headline_figures
 from bench.stats import CpuShares, ratio_interval
+from recommender.serving import HEAD_MIN_ITEMS
 from tests.conftest import ROOT
 
 
@@ -36,8 +37,11 @@ def test_quick_benchmark_reports_every_section_with_positive_numbers(tmp_path):
     assert "## Cold start" in (tmp_path / "perf.md").read_text()
     shares = results["meta"]["cpu_by_section"]  # every section's share of the CPU time, where /proc/stat exists
     assert list(shares) == ["cold start", "warm latency", "http", "ingest", "training", "size",
-                            "memory with the caches full"]
+                            "memory with the caches full", "memory of a trained model with its NormHead"]
     assert all(0 <= v["steal_pct"] <= 100 and 0 <= v["busy_pct"] <= 100 for v in shares.values()), shares
+    trained = results["memory"]["trained_with_head"]  # the quick run's 2k items are too few for a NormHead
+    assert trained["items"] < HEAD_MIN_ITEMS and trained["head_rows"] is None and trained["after"]["worker_rss_mib"] > 0
+    assert "no NormHead (none in the instance's log)" in (tmp_path / "perf.md").read_text()
     timed = [goal for goal in results["goals"] if goal["section"] is not None]  # each beside its section's steal
     assert {goal["section"] for goal in timed} == {"cold start", "warm latency", "ingest", "training"}
     assert "| goal | measured | 95% interval, rounds resampled | met | steal in its section |" in (

@@ -1,6 +1,8 @@
 """Scores of ServingModel against values worked out by hand on planted factors, and its NormHead against scoring
 every item."""
 
+import logging
+
 import numpy as np
 
 from recommender.artifact import CoPurchaseLists, ModelArtifact
@@ -251,10 +253,13 @@ def _full(model: ServingModel, terms: np.ndarray, n: int, blocked, also) -> tupl
     return top, scores[top]
 
 
-def test_the_norm_head_answers_as_every_item_would_with_blocked_and_excluded_rows():
+def test_the_norm_head_answers_as_every_item_would_with_blocked_and_excluded_rows(caplog):
     model = _model_of(_unequal_norms())
-    head = model.build_head()
+    with caplog.at_level(logging.INFO, logger="recommender.serving"):
+        head = model.build_head()
     assert head is not None and len(head.rows) == int(np.ceil(model.n_items * HEAD_SHARE))
+    built = f"NormHead of {len(head.rows)} of {model.n_items} items"
+    assert [r.getMessage() for r in caplog.records if built in r.getMessage()] != []  # the operator sees it
     assert np.all(np.diff(model.norms[head.rows]) <= 0)  # largest norms first
     rng = np.random.default_rng(4)
     blocked = rng.random(model.n_items) < 0.05
@@ -279,10 +284,12 @@ def test_the_first_answer_does_not_wait_for_the_head_and_later_ones_use_it():
     assert model.personalized_top(terms, 5)[0] == first[0] and (model.head_tries, model.head_hits) == (1, 1)
 
 
-def test_random_factors_of_near_equal_norms_get_no_head_and_small_models_none_at_all():
+def test_random_factors_of_near_equal_norms_get_no_head_and_small_models_none_at_all(caplog):
     rng = np.random.default_rng(5)
     random = _model_of((rng.standard_normal((HEAD_MIN_ITEMS + 4_000, 8)) * 0.1).astype(np.float32))
-    assert random.build_head() is None
+    with caplog.at_level(logging.INFO, logger="recommender.serving"):
+        assert random.build_head() is None
+    assert any(f"no NormHead ({HEAD_MIN_ITEMS + 4_000} items" in r.getMessage() for r in caplog.records)
     small = _model_of(_unequal_norms(n=HEAD_MIN_ITEMS - 1))
     assert small.build_head() is None
     terms = random.fold_in_terms(np.array([1, 2]), np.array([1.0, 1.0]))
@@ -290,7 +297,7 @@ def test_random_factors_of_near_equal_norms_get_no_head_and_small_models_none_at
     assert random.head_tries == 0
 
 
-def test_a_shopper_the_bound_does_not_close_for_gets_every_item_and_a_head_that_rarely_answers_is_dropped():
+def test_a_shopper_the_bound_does_not_close_for_gets_every_item_and_a_head_that_rarely_answers_is_dropped(caplog):
     # The head (the longest 30%) are unit vectors at cos = 0.4 to the shopper's (1, 0); every other item points
     # along it with a norm of 0.45 down to 0.3. Inside the head the n-th best is 0.4 < |u|·0.45, so the answer
     # needs every item, and is the short items that score up to 0.45: a bound taken too loosely would answer 0.4s.
@@ -305,9 +312,12 @@ def test_a_shopper_the_bound_does_not_close_for_gets_every_item_and_a_head_that_
     terms = np.array([[1.0], [0.0]])  # the shopper's vector (1, 0)
     want = _full(model, terms, 3, None, None)
     assert want[0] == [long, long + 1, long + 2] and want[1][0] == factors[long, 0]
-    for attempt in range(HEAD_TRIAL):
-        rows, scores = model.personalized_top(terms, 3)
-        assert rows == want[0]
-        np.testing.assert_allclose(scores, want[1])
+    with caplog.at_level(logging.INFO, logger="recommender.serving"):
+        for attempt in range(HEAD_TRIAL):
+            rows, scores = model.personalized_top(terms, 3)
+            assert rows == want[0]
+            np.testing.assert_allclose(scores, want[1])
     assert (model.head_tries, model.head_hits) == (HEAD_TRIAL, 0)
+    dropped = [r.getMessage() for r in caplog.records if "NormHead dropped" in r.getMessage()]
+    assert dropped == [f"model {model.version}: NormHead dropped, it answered 0 of {HEAD_TRIAL} personalized requests"]
     assert model.build_head() is None  # dropped after HEAD_TRIAL answers it could not give
