@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 
 import numpy as np
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=4.0, help="how long answers are timed (from the first)")
     parser.add_argument("--cpus", type=int, default=1, help="cores the process may run on (default 1)")
     args = parser.parse_args(argv)
-    result = probe(args.items, args.seconds, args.cpus)
+    result = probe(args.items, args.seconds, args.cpus, log=lambda line: print(line, file=sys.stderr))
     print(json.dumps(result, indent=1))
     for phase, figures in result["phases"].items():
         print(f"{phase:>6}: {figures['n']:>6} answers, p50 {figures['p50_ms']:.2f} ms, p99 {figures['p99_ms']:.2f},"

@@ -86,6 +86,22 @@ def test_refresh_probe_sees_each_published_model_served_through_the_latency_rela
     assert all(value > 0 for value in medians.values()), medians
 
 
+@pytest.mark.timeout(150)
+def test_head_probe_times_answers_around_the_norm_heads_build_and_checks_them_against_every_item():
+    # Act: a small trained model, answers timed for 2.5 s on one core (the build is due 1 s after the first)
+    run = subprocess.run([sys.executable, "-m", "bench.head_probe", "--items", "24000", "--seconds", "2.5"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=140)
+
+    # Assert: the head holds the 30% of largest norm, answered once built, and gave every item's answers
+    assert run.returncode == 0, run.stderr[-4000:]
+    result = json.loads(run.stdout[:run.stdout.rindex("}") + 1])
+    assert result["head_rows"] == 7_200 and result["cpus"] and len(result["cpus"]) == 1
+    assert result["same_as_every_item"] == "200 of 200"
+    assert {"before", "after"} <= set(result["phases"]) and result["head_answers"] >= result["phases"]["after"]["n"]
+    assert all(figures["p50_ms"] > 0 for figures in result["phases"].values())
+    assert result["build_window_s"] is not None and result["build_window_s"] >= 0
+
+
 def test_cpu_shares_split_each_sections_ticks_into_steal_and_busy(tmp_path):
     # Arrange: /proc/stat's first line at three marks (user nice system idle iowait irq softirq steal)
     stat = tmp_path / "stat"
