@@ -53,7 +53,7 @@ def probe(n_items: int, seconds: float, cpus: int, log=print) -> dict:
     from threadpoolctl import threadpool_limits
 
     from bench import synthetic
-    from recommender.serving import HEAD_BUILD_DELAY_SECONDS, NormHead, ServingModel, top_rows
+    from recommender.serving import HEAD_BUILD_DELAY_SECONDS, ServingModel, top_rows
 
     began = time.perf_counter()
     factors = synthetic.trained_factors(n_items)
@@ -72,7 +72,7 @@ def probe(n_items: int, seconds: float, cpus: int, log=print) -> dict:
             before = time.perf_counter()
             model.personalized_top(people[i % len(people)], 10)
             after = time.perf_counter()
-            head = isinstance(model._head, NormHead)
+            head = model.head is not None
             if head and built_at is None:
                 built_at = after
             phase = "after" if head and before >= built_at else "before" if after < due else "during"
@@ -85,7 +85,7 @@ def probe(n_items: int, seconds: float, cpus: int, log=print) -> dict:
             same += rows == top_rows(model.factors @ model.user_vector(terms), 10)
     return {"items": n_items, "cpus": sorted(os.sched_getaffinity(0)), "phases": phases(timeline),
             "build_window_s": round(built_at - due, 3) if built_at else None,
-            "head_rows": len(model._head.rows) if isinstance(model._head, NormHead) else None,
+            "head_rows": len(model.head.rows) if model.head is not None else None,
             "head_answers": model.head_hits, "head_tries": model.head_tries,
             "same_as_every_item": f"{same} of {len(checked)}"}
 

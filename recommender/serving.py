@@ -238,6 +238,12 @@ class ServingModel:
                              len(head.rows), self.n_items, (time.perf_counter() - began) * 1000)
         return self._head or None
 
+    @property
+    def head(self) -> NormHead | None:
+        """This model's NormHead once built; None before, while it is built, or where the model gets none."""
+        head = self._head
+        return head if isinstance(head, NormHead) else None
+
     def _usable_head(self) -> NormHead | None:
         head = self._head
         if head is None:  # first ask: built a moment later beside the answers, which score every item meanwhile
@@ -252,7 +258,7 @@ class ServingModel:
                         builder.name = "norm-head"
                         builder.start()
             return None
-        return head if isinstance(head, NormHead) else None
+        return self.head
 
     def personalized_top(self, terms: np.ndarray, n: int, blocked: np.ndarray | None = None,
                          also: np.ndarray | None = None) -> tuple[list[int], np.ndarray]:

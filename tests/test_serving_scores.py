@@ -279,8 +279,9 @@ def test_the_first_answer_does_not_wait_for_the_head_and_later_ones_use_it():
     model = _model_of(_unequal_norms())
     terms = model.fold_in_terms(np.array([1, 2, 3]), np.array([4.0, 1.0, 10.0]))
     first = model.personalized_top(terms, 5)
-    assert model.head_tries == 0  # answered from every item while the head is built beside it
-    assert model.build_head() is not None  # waits for that build
+    assert model.head_tries == 0 and model.head is None  # answered from every item while the head is built beside it
+    built = model.build_head()  # waits for that build
+    assert built is not None and model.head is built
     assert model.personalized_top(terms, 5)[0] == first[0] and (model.head_tries, model.head_hits) == (1, 1)
 
 
