@@ -28,9 +28,10 @@ import numpy as np
 
 def shoppers(n_items: int, count: int, seed: int = 9) -> list[tuple[np.ndarray, np.ndarray]]:
     """`count` histories of 12 to 20 distinct rows drawn by the training log's popularity, with event weights."""
+    from bench.synthetic import item_popularity
+
     rng = np.random.default_rng(seed)
-    popularity = 1.0 / (np.arange(n_items) + 10.0) ** 0.9
-    popularity /= popularity.sum()
+    popularity = item_popularity(n_items)
     out = []
     for _ in range(count):
         rows = np.unique(rng.choice(n_items, size=int(rng.integers(12, 21)), p=popularity))

@@ -82,6 +82,12 @@ def build_artifact(n_items: int, seed: int = 0, factors: int = FACTORS,
                                metadata, item_support=support, copurchase=together)
 
 
+def item_popularity(n_items: int) -> np.ndarray:
+    """The probability of drawing item r in the benchmark's event logs: ∝ 1/(r + 10)^0.9, summing to 1."""
+    weights = 1.0 / (np.arange(n_items) + 10.0) ** 0.9
+    return weights / weights.sum()
+
+
 def trained_factors(n_items: int, factors: int = FACTORS, seed: int = 4) -> np.ndarray:
     """Item factors as our training makes them (`fit_item_factors`, the shipped regularization, alpha and
     iterations) from 20 lines per item drawn as `event_log` draws them (item r ∝ 1/(r + 10)^0.9) by 2 × n_items
@@ -92,9 +98,8 @@ def trained_factors(n_items: int, factors: int = FACTORS, seed: int = 4) -> np.n
     from recommender.training import fit_item_factors
 
     rng = np.random.default_rng(seed)
-    weights = 1.0 / (np.arange(n_items) + 10.0) ** 0.9
     lines = 20 * n_items
-    items = rng.choice(n_items, size=lines, p=weights / weights.sum())
+    items = rng.choice(n_items, size=lines, p=item_popularity(n_items))
     users = rng.integers(0, 2 * n_items, lines)
     matrix = sp.csr_matrix((np.ones(lines, dtype=np.float32), (users, items)), shape=(2 * n_items, n_items))
     matrix.sum_duplicates()
@@ -155,8 +160,7 @@ def event_log(n_users: int, n_items: int, n_events: int, seed: int = 2,
     """
     rng = np.random.default_rng(seed)
     now = now or datetime.now(timezone.utc)
-    weights = 1.0 / (np.arange(n_items) + 10.0) ** 0.9
-    items = rng.choice(n_items, size=n_events, p=weights / weights.sum())
+    items = rng.choice(n_items, size=n_events, p=item_popularity(n_items))
     users = rng.integers(0, n_users, n_events)
     kinds = rng.choice(3, size=n_events, p=[0.7, 0.2, 0.1])
     ages = rng.integers(0, 60 * 86400, n_events)

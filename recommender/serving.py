@@ -352,10 +352,6 @@ class ServingModel:
         """The shopper's float32[factors] vector (see `fold_in_terms`)."""
         return self.user_vector(self.fold_in_terms(rows, weights))
 
-    def scores_of(self, terms: np.ndarray) -> np.ndarray:
-        """Every item's score for the shopper whose `fold_in_terms` these are: a fresh float32[n_items]."""
-        return self.factors @ self.user_vector(terms)
-
     def explain(self, rows: np.ndarray, terms: np.ndarray, candidates: np.ndarray) -> np.ndarray:
         """For each candidate row, the history row that contributed most to its score.
 
@@ -366,7 +362,8 @@ class ServingModel:
         return rows[np.argmax(contributions, axis=1)]
 
     def personalized_scores(self, rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
-        return self.scores_of(self.fold_in_terms(rows, weights))
+        """Every item's score for the shopper with these history rows and weights: a fresh float32[n_items]."""
+        return self.factors @ self.fold_in_user_vector(rows, weights)
 
     def related_scores(self, seed_rows: Sequence[int]) -> np.ndarray:
         """Each item's best cosine to any seed: a fresh float32[n_items].
