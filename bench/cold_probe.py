@@ -6,6 +6,7 @@
     python -m bench.cold_probe --starts 9 --gcs --rtt-ms 20   # the same, each request to the emulator 20 ms longer
     python -m bench.cold_probe --starts 11 --prime-mib 256    # every start finds 256 MiB freed a moment ago
     python -m bench.cold_probe --starts 11 --idle-s 3         # every start finds memory the hypervisor took back
+    python -m bench.cold_probe --starts 11 --timeline         # and each step of every start, timed inside its processes
 
 `--gcs` publishes the model to Cloud Storage as deployed instances find it (gs://, here gcp-storage-emulator
 on loopback, an in-memory Python server; a real bucket's distance and speed are not measured here).
@@ -29,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import cold_start, process, synthetic
+from bench import cold_start, process, start_timeline, synthetic
 from recommender.model_store import open_model_store
 
 
@@ -68,7 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle-s", type=float, default=0.0,
                         help="before every start, wait this long, so that the memory freed before it has gone back"
                              " to the hypervisor (about 2 s on these VMs)")
+    parser.add_argument("--timeline", action="store_true",
+                        help="start every instance through bench.start_timeline and report the medians of its steps")
     args = parser.parse_args(argv)
+    if args.timeline and time.get_clock_info("perf_counter").implementation != "clock_gettime(CLOCK_MONOTONIC)":
+        parser.error("--timeline needs time.perf_counter to be CLOCK_MONOTONIC, one clock for every process (Linux)")
 
     work = Path(tempfile.mkdtemp(prefix="cold-probe-"))
     artifact = synthetic.build_artifact(args.items)
@@ -87,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     floors = {"floor": {}, cold_start.PINNED_FLOOR: dict(cold_start.PINNED)}
     by_label = {label: (bytecode, extra) for label, bytecode, extra in variants}
     seconds: dict[str, list[float]] = {label: [] for label in [*floors, *by_label]}
+    steps: dict[str, list[dict[str, float]]] = {label: [] for label in seconds}
     have_bytecode = None
     try:
         for label in cold_start.start_order({label: args.starts for label in seconds}):
@@ -96,14 +102,20 @@ def main(argv: list[str] | None = None) -> int:
                 have_bytecode = bytecode
             _before_start(args.prime_mib, args.idle_s)
             if label in floors:
-                server, path = process.spawn("floor", floor_source, floors[label], work / "logs"), "/"
+                server = process.spawn("floor", floor_source, floors[label], work / "logs", timeline=args.timeline)
+                path = "/"
             else:
-                server = process.spawn("recommend", process.ROOT / "main.py", shop.env(**extra), work / "logs")
+                server = process.spawn("recommend", process.ROOT / "main.py", shop.env(**extra), work / "logs",
+                                       timeline=args.timeline)
                 path = "/?" + shop.storefront_query("personalized", 0)
             try:
-                seconds[label].append(process.wait_until_serving(server, path).first_ok_s)
+                startup = process.wait_until_serving(server, path)
+                seconds[label].append(startup.first_ok_s)
             finally:
                 server.stop()
+            if args.timeline:
+                steps[label].append({**start_timeline.events(server.log_path.read_text(errors="replace")),
+                                     "listening": startup.listen_s * 1000, "first 200": startup.first_ok_s * 1000})
     finally:
         _compile()
         if emulator is not None:
@@ -113,7 +125,37 @@ def main(argv: list[str] | None = None) -> int:
     for label, values in seconds.items():
         median = statistics.median(values)
         print(f"{label:22s} median {median:.3f} s  {median / floor:.2f}× floor  samples {[round(v, 3) for v in values]}")
+    if args.timeline:
+        print(timeline_table(steps))
     return 0
+
+
+TIMELINE_COLUMNS = (*start_timeline.EVENTS[:2], "listening", *start_timeline.EVENTS[2:], "first 200")
+
+
+def timeline_table(steps: dict[str, list[dict[str, float]]]) -> str:
+    """Markdown: each variant's median milliseconds from the spawn to each step (`bench.start_timeline`; "listening"
+    and "first 200" as the client saw them), and the same as the time each step took after the one before it."""
+    def medians(starts: list[dict[str, float]]) -> dict[str, float]:
+        return {column: statistics.median(values) for column in TIMELINE_COLUMNS
+                if (values := [start[column] for start in starts if column in start])}
+
+    header = "| variant | " + " | ".join(TIMELINE_COLUMNS) + " |\n|---|" + "---|" * len(TIMELINE_COLUMNS)
+    rows, gaps = [header], [header]
+    for label, starts in steps.items():
+        at = medians(starts)
+        rows.append(f"| {label} | " + " | ".join(f"{at[c]:.1f}" if c in at else "" for c in TIMELINE_COLUMNS) + " |")
+        cells, before = [], 0.0
+        for column in TIMELINE_COLUMNS:
+            if column in at:
+                cells.append(f"{at[column] - before:+.1f}")
+                before = at[column]
+            else:
+                cells.append("")
+        gaps.append(f"| {label} | " + " | ".join(cells) + " |")
+    return ("Milliseconds from the spawn to each step (medians):\n\n" + "\n".join(rows)
+            + "\n\nEach step's time after the step before it, from the medians above (listening is when the client's"
+            " poll first connected; two steps that overlap give a negative gap):\n\n" + "\n".join(gaps))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ from typing import Callable
 
 import requests
 
+from bench import start_timeline
+
 ROOT = Path(__file__).resolve().parent.parent
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 LOOPBACK = "127.0.0.1"
@@ -68,8 +70,12 @@ class Server:
             return ""
 
 
-def spawn(target: str, source: Path, env: dict[str, str], log_dir: Path, threads: int | None = None) -> Server:
-    """Start `functions-framework --target TARGET --source SOURCE` on a free loopback port."""
+def spawn(target: str, source: Path, env: dict[str, str], log_dir: Path, threads: int | None = None,
+          timeline: bool = False) -> Server:
+    """Start `functions-framework --target TARGET --source SOURCE` on a free loopback port.
+
+    `timeline`: through `bench.start_timeline`, whose clocks inside the processes write the start's steps to the log
+    (`start_timeline.events(server.log_path.read_text())`)."""
     port = free_port()
     process_env = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
     if threads is not None:
@@ -77,9 +83,12 @@ def spawn(target: str, source: Path, env: dict[str, str], log_dir: Path, threads
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{target}-{port}.log"
     log = open(log_path, "wb")
+    module = "bench.start_timeline" if timeline else "functions_framework"
     started = time.perf_counter()
+    if timeline:
+        process_env[start_timeline.SPAWNED_VARIABLE] = repr(started)
     process = subprocess.Popen(
-        [sys.executable, "-m", "functions_framework", "--target", target, "--source", str(source),
+        [sys.executable, "-m", module, "--target", target, "--source", str(source),
          "--host", LOOPBACK, "--port", str(port)],
         cwd=ROOT, env=process_env, stdout=log, stderr=subprocess.STDOUT,
     )

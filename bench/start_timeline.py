@@ -1,0 +1,137 @@
+"""A functions-framework start timed from inside its processes: where a cold start's time goes.
+
+    python -m bench.start_timeline --target recommend --source main.py --host 127.0.0.1 --port 8080
+
+runs functions-framework as its command line does, with a clock at each step of a start: the wrapper's first line
+(`up`), the listening socket bound by gunicorn's master (`bound`), the master about to fork its worker (`forking`;
+a `PRELOAD_SHOPS` load is waited for after it), the worker's first line (`forked`), its accept loop (`accepting`),
+the first request's dispatch by Flask (`request`), the model holder's first load in the worker (`load`, `loaded`)
+and the end of that first dispatch (`answered`). Each event is written once, at its first occurrence, to stderr as
+
+    start-timeline <milliseconds since the spawn> <pid> <event>
+
+where the spawn is START_TIMELINE_SPAWNED, the spawning process's `time.perf_counter()` just before it started this
+one (CLOCK_MONOTONIC on Linux: one clock for every process). `python -m bench.cold_probe --timeline` spawns the
+floor and our instances this way and reports the medians of each step. Nothing of the project's is imported before
+functions-framework imports the source (`main.py` pins the BLAS threads before numpy loads): the model holder is
+timed from the worker's first line on, once the source is imported.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+
+EVENTS = ("up", "bound", "forking", "forked", "accepting", "request", "load", "loaded", "answered")
+PREFIX = "start-timeline"
+SPAWNED_VARIABLE = "START_TIMELINE_SPAWNED"
+_LINE = re.compile(rf"^{PREFIX} (-?\d+(?:\.\d+)?) (\d+) ({'|'.join(EVENTS)})$", re.MULTILINE)
+
+
+def events(log: str) -> dict[str, float]:
+    """Each event's milliseconds since the spawn, from a start's output (its first occurrence)."""
+    found: dict[str, float] = {}
+    for match in _LINE.finditer(log):
+        found.setdefault(match.group(3), float(match.group(1)))
+    return found
+
+
+class _Clock:
+    def __init__(self, spawned: float):
+        self.spawned = spawned
+        self.said: set[str] = set()
+
+    def say(self, event: str) -> None:
+        if event in self.said:
+            return
+        self.said.add(event)
+        milliseconds = (time.perf_counter() - self.spawned) * 1000
+        os.write(2, f"{PREFIX} {milliseconds:.2f} {os.getpid()} {event}\n".encode())
+
+
+def _after(clock: _Clock, owner: type, name: str, event: str) -> None:
+    original = getattr(owner, name)
+
+    def timed(*args, **kwargs):
+        result = original(*args, **kwargs)
+        clock.say(event)
+        return result
+
+    setattr(owner, name, timed)
+
+
+def _before(clock: _Clock, owner: type, name: str, event: str) -> None:
+    original = getattr(owner, name)
+
+    def timed(*args, **kwargs):
+        clock.say(event)
+        return original(*args, **kwargs)
+
+    setattr(owner, name, timed)
+
+
+def _time_model_holder(clock: _Clock) -> None:
+    """The worker's first model load, if the source's import brought the serving module (ours does; the floor not)."""
+    serving = sys.modules.get("recommender.serving")
+    if serving is None:
+        return
+    original = serving.ModelHolder._load_first
+
+    def load_first(holder, shop):
+        clock.say("load")
+        try:
+            return original(holder, shop)
+        finally:
+            clock.say("loaded")
+
+    serving.ModelHolder._load_first = load_first
+
+
+def install(clock: _Clock) -> None:
+    import flask
+    import gunicorn.arbiter
+    import gunicorn.workers.base
+
+    _after(clock, gunicorn.arbiter.Arbiter, "start", "bound")
+    _before(clock, gunicorn.arbiter.Arbiter, "spawn_worker", "forking")
+    original_init = gunicorn.workers.base.Worker.init_process
+
+    def init_process(worker):  # in the worker, whose copy of the clock knows what the master said before the fork
+        clock.say("forked")
+        _time_model_holder(clock)
+        run = worker.run
+
+        def accepting():
+            clock.say("accepting")
+            return run()
+
+        worker.run = accepting
+        return original_init(worker)
+
+    gunicorn.workers.base.Worker.init_process = init_process
+    original_dispatch = flask.Flask.full_dispatch_request
+
+    def full_dispatch_request(app):
+        clock.say("request")
+        try:
+            return original_dispatch(app)
+        finally:
+            clock.say("answered")
+
+    flask.Flask.full_dispatch_request = full_dispatch_request
+
+
+def main() -> None:
+    spawned = float(os.environ[SPAWNED_VARIABLE])
+    clock = _Clock(spawned)
+    clock.say("up")
+    install(clock)
+    from functions_framework._cli import _cli
+
+    _cli(prog_name="python -m bench.start_timeline")
+
+
+if __name__ == "__main__":
+    main()
