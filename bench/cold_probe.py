@@ -114,8 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 server.stop()
             if args.timeline:
-                steps[label].append({**start_timeline.events(server.log_path.read_text(errors="replace")),
-                                     "listening": startup.listen_s * 1000, "first 200": startup.first_ok_s * 1000})
+                steps[label].append(process.start_steps(server, startup))
     finally:
         _compile()
         if emulator is not None:
@@ -126,36 +125,11 @@ def main(argv: list[str] | None = None) -> int:
         median = statistics.median(values)
         print(f"{label:22s} median {median:.3f} s  {median / floor:.2f}× floor  samples {[round(v, 3) for v in values]}")
     if args.timeline:
-        print(timeline_table(steps))
+        at = {label: start_timeline.medians(starts) for label, starts in steps.items()}
+        print("Milliseconds from the spawn to each step (medians):\n\n" + start_timeline.table(at)
+              + "\n\nEach step's time after the step before it, from the medians above (listening is when the client's"
+              " poll first connected):\n\n" + start_timeline.table(at, gaps=True))
     return 0
-
-
-TIMELINE_COLUMNS = (*start_timeline.EVENTS[:2], "listening", *start_timeline.EVENTS[2:], "first 200")
-
-
-def timeline_table(steps: dict[str, list[dict[str, float]]]) -> str:
-    """Markdown: each variant's median milliseconds from the spawn to each step (`bench.start_timeline`; "listening"
-    and "first 200" as the client saw them), and the same as the time each step took after the one before it."""
-    def medians(starts: list[dict[str, float]]) -> dict[str, float]:
-        return {column: statistics.median(values) for column in TIMELINE_COLUMNS
-                if (values := [start[column] for start in starts if column in start])}
-
-    header = "| variant | " + " | ".join(TIMELINE_COLUMNS) + " |\n|---|" + "---|" * len(TIMELINE_COLUMNS)
-    rows, gaps = [header], [header]
-    for label, starts in steps.items():
-        at = medians(starts)
-        rows.append(f"| {label} | " + " | ".join(f"{at[c]:.1f}" if c in at else "" for c in TIMELINE_COLUMNS) + " |")
-        cells, before = [], 0.0
-        for column in TIMELINE_COLUMNS:
-            if column in at:
-                cells.append(f"{at[column] - before:+.1f}")
-                before = at[column]
-            else:
-                cells.append("")
-        gaps.append(f"| {label} | " + " | ".join(cells) + " |")
-    return ("Milliseconds from the spawn to each step (medians):\n\n" + "\n".join(rows)
-            + "\n\nEach step's time after the step before it, from the medians above (listening is when the client's"
-            " poll first connected; two steps that overlap give a negative gap):\n\n" + "\n".join(gaps))
 
 
 if __name__ == "__main__":

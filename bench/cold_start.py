@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 import requests
 
-from bench import process
+from bench import process, start_timeline
 from bench.stats import median, ratio
 from bench.synthetic import SHOP, ShopFiles, product_id, write_floor_source
 
@@ -33,6 +33,8 @@ MAIN = process.ROOT / "main.py"
 PINNED_FLOOR = "floor, one BLAS thread"
 PINNED = (("OPENBLAS_NUM_THREADS", "1"),)
 ORDER_SEED = 7  # the same start order on every run of the benchmark
+TIMELINE_REPEATS = 5  # starts of each configuration but 1M through bench.start_timeline, after the measured ones
+TIMELINE_MAX_ITEMS = 100_000
 
 
 @dataclass(frozen=True)
@@ -193,6 +195,20 @@ def memory_with_norm_head(shop: ShopFiles, log_dir: Path, settle_s: float = 1.5)
             "after_peak_upper_bound_mib": process.peak_upper_bound_mib(after)}
 
 
+def _timed_start(config: Config, floor_source: Path, log_dir: Path) -> dict[str, float]:
+    """One start through `bench.start_timeline`, to its first 200: each step's ms since the spawn."""
+    if config.shop is None:
+        server, path = process.spawn("floor", floor_source, dict(config.env), log_dir, timeline=True), "/"
+    else:
+        server = process.spawn("recommend", MAIN, config.shop.env(**dict(config.env)), log_dir, timeline=True)
+        path = "/?" + config.shop.storefront_query("personalized", 0)
+    try:
+        startup = process.wait_until_serving(server, path)
+    finally:
+        server.stop()
+    return process.start_steps(server, startup)
+
+
 def measure(shops: list[tuple], floor_repeats: int, workdir: Path) -> dict:
     """shops: (label, files, repeats[, extra env]). Returns the floor, each configuration and their ratios."""
     floor_source = write_floor_source(workdir / "floor")
@@ -204,6 +220,12 @@ def measure(shops: list[tuple], floor_repeats: int, workdir: Path) -> dict:
     by_label = {c.label: c for c in configs}
     for label in start_order({c.label: c.repeats for c in configs}):
         runs[label].append(_one_start(by_label[label], floor_source, log_dir))
+    # Then where each start's time goes, timed inside its processes: apart from the measured starts, whose processes
+    # carry no clocks of ours.
+    timed = [c.label for c in configs if c.shop is None or c.shop.n_items <= TIMELINE_MAX_ITEMS]
+    steps: dict[str, list[dict[str, float]]] = {label: [] for label in timed}
+    for label in start_order({label: TIMELINE_REPEATS for label in timed}, seed=ORDER_SEED + 1):
+        steps[label].append(_timed_start(by_label[label], floor_source, log_dir))
     floor = _summary(runs["floor"])
     results = []
     for config in configs[2:]:
@@ -221,7 +243,11 @@ def measure(shops: list[tuple], floor_repeats: int, workdir: Path) -> dict:
         "import_main_s": _import_seconds("import main", 3),
         "import_floor_s": _import_seconds("import functions_framework, numpy", 3),
     }
+    timeline = {"repeats": TIMELINE_REPEATS,
+                "steps_ms": {label: {step: round(ms, 2) for step, ms in start_timeline.medians(starts).items()}
+                             for label, starts in steps.items()}}
     return {"floor": floor, "floor_one_blas_thread": _summary(runs[PINNED_FLOOR]), "configs": results, "imports": imports,
+            "timeline": timeline,
             "method": "spawn `python -m functions_framework --target recommend --source main.py` on a free loopback port,"
                       " every configuration once a round in an order shuffled each round (seed"
                       f" {ORDER_SEED});"

@@ -150,6 +150,13 @@ class Startup:
     first_ok_s: float  # spawn → the first 200 from `path`
 
 
+def start_steps(server: Server, startup: Startup) -> dict[str, float]:
+    """For a server spawned with `timeline=True`: each step of its start in ms since the spawn (`start_timeline`), with
+    the client's own "listening" and "first 200"."""
+    return {**start_timeline.events(server.log_path.read_text(errors="replace")),
+            "listening": startup.listen_s * 1000, "first 200": startup.first_ok_s * 1000}
+
+
 def wait_until_serving(server: Server, path: str, timeout: float = 120.0) -> Startup:
     """Poll the port, then `path`, until a 200; raise with the server's output if it never comes."""
     deadline = server.spawned_at + timeout

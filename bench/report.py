@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bench import start_timeline
 from bench.stats import INTERVAL_RESAMPLES, ratio
 
 
@@ -144,6 +145,12 @@ def markdown(results: dict) -> str:
                    [[c["label"], *c["load_breakdown"].values()] for c in cold["configs"]]),
             "", f"Import in a fresh interpreter: `import main` {cold['imports']['import_main_s']} s, "
                 f"`import functions_framework, numpy` {cold['imports']['import_floor_s']} s."]
+    if cold.get("timeline"):
+        out += ["", f"Where each start's time goes, timed inside its processes (`bench.start_timeline`: "
+                    f"{cold['timeline']['repeats']} more starts of each configuration up to 100k items after the measured"
+                    " ones; each step's median ms after the step before; listening is when the client's poll first"
+                    " connected, load and loaded the worker's first model load):", "",
+                start_timeline.table(cold["timeline"]["steps_ms"], gaps=True)]
 
     warm = results["warm_latency"]
     out += ["", "## Warm latency in process (ms)", "", warm["method"] + ".", ""]

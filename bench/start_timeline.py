@@ -30,12 +30,41 @@ SPAWNED_VARIABLE = "START_TIMELINE_SPAWNED"
 _LINE = re.compile(rf"^{PREFIX} (-?\d+(?:\.\d+)?) (\d+) ({'|'.join(EVENTS)})$", re.MULTILINE)
 
 
+# A start's steps in order, with what its client saw: the port first accepting ("listening", after gunicorn's bind)
+# and the first 200 ("first 200").
+COLUMNS = (*EVENTS[:2], "listening", *EVENTS[2:], "first 200")
+
+
 def events(log: str) -> dict[str, float]:
     """Each event's milliseconds since the spawn, from a start's output (its first occurrence)."""
     found: dict[str, float] = {}
     for match in _LINE.finditer(log):
         found.setdefault(match.group(3), float(match.group(1)))
     return found
+
+
+def medians(starts: list[dict[str, float]]) -> dict[str, float]:
+    """Each column's median over the starts that have it (ms since the spawn)."""
+    import statistics  # here, not at the top: the wrapper's own start stays as light as it can
+
+    return {column: statistics.median(values) for column in COLUMNS
+            if (values := [start[column] for start in starts if column in start])}
+
+
+def table(at: dict[str, dict[str, float]], gaps: bool = False) -> str:
+    """Markdown, a row per variant: its `medians`, or with `gaps` each step's time after the step before it (two steps
+    that overlap, as the client's "listening" and gunicorn's "forking" may, give a negative gap)."""
+    rows = ["| variant | " + " | ".join(COLUMNS) + " |", "|---|" + "---|" * len(COLUMNS)]
+    for label, steps in at.items():
+        cells, before = [], 0.0
+        for column in COLUMNS:
+            if column not in steps:
+                cells.append("")
+                continue
+            cells.append(f"{steps[column] - before:+.1f}" if gaps else f"{steps[column]:.1f}")
+            before = steps[column]
+        rows.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
 
 
 class _Clock:

@@ -35,6 +35,12 @@ def test_quick_benchmark_reports_every_section_with_positive_numbers(tmp_path):
             assert isinstance(value, (int, float)) and math.isfinite(value) and value > 0, (section, name, value)
     assert results["goals"] and all(isinstance(goal["met"], bool) for goal in results["goals"])
     assert "## Cold start" in (tmp_path / "perf.md").read_text()
+    timeline = results["cold_start"]["timeline"]["steps_ms"]  # each start's steps, timed inside its processes
+    assert "load" not in timeline["floor"] and timeline["floor"]["bound"] < timeline["floor"]["answered"]
+    lazy = [c["label"] for c in results["cold_start"]["configs"] if "PRELOAD_SHOPS" not in c["env"]]
+    assert lazy and all(timeline[label]["request"] <= timeline[label]["load"] <= timeline[label]["loaded"]
+                        <= timeline[label]["answered"] for label in lazy), timeline
+    assert "Where each start's time goes, timed inside its processes" in (tmp_path / "perf.md").read_text()
     shares = results["meta"]["cpu_by_section"]  # every section's share of the CPU time, where /proc/stat exists
     assert list(shares) == ["cold start", "warm latency", "http", "ingest", "training", "size",
                             "memory with the caches full", "memory of a trained model with its NormHead"]

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bench import process, synthetic
-from bench.cold_probe import timeline_table
-from bench.start_timeline import events
+from bench.start_timeline import events, medians, table
 
 
 def test_events_keeps_each_events_first_line_and_ignores_the_rest():
@@ -27,15 +26,16 @@ def test_events_keeps_each_events_first_line_and_ignores_the_rest():
                            "answered": 152.5}
 
 
-def test_timeline_table_gives_medians_and_the_gap_after_each_step():
+def test_medians_and_table_give_each_steps_median_and_its_gap_after_the_step_before():
     starts = [{"up": 10.0, "bound": 100.0, "listening": 101.0, "first 200": 120.0},
               {"up": 12.0, "bound": 110.0, "listening": 111.0, "first 200": 130.0},
-              {"up": 14.0, "bound": 120.0, "listening": 121.0, "first 200": 140.0}]
+              {"up": 14.0, "bound": 120.0, "listening": 121.0}]  # a start without one step: the others' median
 
-    table = timeline_table({"floor": starts})
+    at = {"floor": medians(starts)}
 
-    assert "| floor | 12.0 | 110.0 | 111.0 |  |  |  |  |  |  |  | 130.0 |" in table
-    assert "| floor | +12.0 | +98.0 | +1.0 |  |  |  |  |  |  |  | +19.0 |" in table
+    assert at["floor"] == {"up": 12.0, "bound": 110.0, "listening": 111.0, "first 200": 125.0}
+    assert "| floor | 12.0 | 110.0 | 111.0 |  |  |  |  |  |  |  | 125.0 |" in table(at)
+    assert "| floor | +12.0 | +98.0 | +1.0 |  |  |  |  |  |  |  | +14.0 |" in table(at, gaps=True)
 
 
 def _timed_start(tmp_path, target: str, source, env: dict[str, str], path: str) -> tuple[dict[str, float], object]:
@@ -44,7 +44,9 @@ def _timed_start(tmp_path, target: str, source, env: dict[str, str], path: str) 
         startup = process.wait_until_serving(server, path, timeout=60)
     finally:
         server.stop()
-    return events(server.log_path.read_text(errors="replace")), startup
+    steps = process.start_steps(server, startup)
+    assert steps.pop("listening") == startup.listen_s * 1000 and steps.pop("first 200") == startup.first_ok_s * 1000
+    return steps, startup
 
 
 @pytest.mark.timeout(90)
