@@ -28,8 +28,6 @@ EVENTS = ("up", "bound", "forking", "forked", "accepting", "request", "load", "l
 PREFIX = "start-timeline"
 SPAWNED_VARIABLE = "START_TIMELINE_SPAWNED"
 _LINE = re.compile(rf"^{PREFIX} (-?\d+(?:\.\d+)?) (\d+) ({'|'.join(EVENTS)})$", re.MULTILINE)
-
-
 # A start's steps in order, with what its client saw: the port first accepting ("listening", after gunicorn's bind)
 # and the first 200 ("first 200").
 COLUMNS = (*EVENTS[:2], "listening", *EVENTS[2:], "first 200")
@@ -80,42 +78,20 @@ class _Clock:
         os.write(2, f"{PREFIX} {milliseconds:.2f} {os.getpid()} {event}\n".encode())
 
 
-def _after(clock: _Clock, owner: type, name: str, event: str) -> None:
+def _clock_around(clock: _Clock, owner: type, name: str, before: str | None = None, after: str | None = None) -> None:
+    """`owner.name` says `before` as it is called and `after` as it returns (or raises)."""
     original = getattr(owner, name)
 
     def timed(*args, **kwargs):
-        result = original(*args, **kwargs)
-        clock.say(event)
-        return result
-
-    setattr(owner, name, timed)
-
-
-def _before(clock: _Clock, owner: type, name: str, event: str) -> None:
-    original = getattr(owner, name)
-
-    def timed(*args, **kwargs):
-        clock.say(event)
-        return original(*args, **kwargs)
-
-    setattr(owner, name, timed)
-
-
-def _time_model_holder(clock: _Clock) -> None:
-    """The worker's first model load, if the source's import brought the serving module (ours does; the floor not)."""
-    serving = sys.modules.get("recommender.serving")
-    if serving is None:
-        return
-    original = serving.ModelHolder._load_first
-
-    def load_first(holder, shop):
-        clock.say("load")
+        if before:
+            clock.say(before)
         try:
-            return original(holder, shop)
+            return original(*args, **kwargs)
         finally:
-            clock.say("loaded")
+            if after:
+                clock.say(after)
 
-    serving.ModelHolder._load_first = load_first
+    setattr(owner, name, timed)
 
 
 def install(clock: _Clock) -> None:
@@ -123,13 +99,16 @@ def install(clock: _Clock) -> None:
     import gunicorn.arbiter
     import gunicorn.workers.base
 
-    _after(clock, gunicorn.arbiter.Arbiter, "start", "bound")
-    _before(clock, gunicorn.arbiter.Arbiter, "spawn_worker", "forking")
+    _clock_around(clock, gunicorn.arbiter.Arbiter, "start", after="bound")
+    _clock_around(clock, gunicorn.arbiter.Arbiter, "spawn_worker", before="forking")
+    _clock_around(clock, flask.Flask, "full_dispatch_request", before="request", after="answered")
     original_init = gunicorn.workers.base.Worker.init_process
 
     def init_process(worker):  # in the worker, whose copy of the clock knows what the master said before the fork
         clock.say("forked")
-        _time_model_holder(clock)
+        serving = sys.modules.get("recommender.serving")  # the source's import brought it (ours does; the floor not)
+        if serving is not None:
+            _clock_around(clock, serving.ModelHolder, "_load_first", before="load", after="loaded")
         run = worker.run
 
         def accepting():
@@ -140,16 +119,6 @@ def install(clock: _Clock) -> None:
         return original_init(worker)
 
     gunicorn.workers.base.Worker.init_process = init_process
-    original_dispatch = flask.Flask.full_dispatch_request
-
-    def full_dispatch_request(app):
-        clock.say("request")
-        try:
-            return original_dispatch(app)
-        finally:
-            clock.say("answered")
-
-    flask.Flask.full_dispatch_request = full_dispatch_request
 
 
 def main() -> None:
