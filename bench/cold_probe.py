@@ -7,9 +7,12 @@
     python -m bench.cold_probe --starts 11 --prime-mib 256    # every start finds 256 MiB freed a moment ago
     python -m bench.cold_probe --starts 11 --idle-s 3         # every start finds memory the hypervisor took back
     python -m bench.cold_probe --starts 11 --timeline         # and each step of every start, timed inside its processes
+    python -m bench.cold_probe --starts 11 --postgres [--rtt-ms 2]   # the shoppers' events in PostgreSQL (TEST_POSTGRES_URL)
 
 `--gcs` publishes the model to Cloud Storage as deployed instances find it (gs://, here gcp-storage-emulator
 on loopback, an in-memory Python server; a real bucket's distance and speed are not measured here).
+`--postgres` writes the shoppers' events to the PostgreSQL event store at TEST_POSTGRES_URL, as deployed instances
+read them, and starts instances on it beside the SQLite ones (`--rtt-ms`: through a relay that far away).
 
 Each round starts every variant once, in an order shuffled each round (`cold_start.start_order`), so the
 machine's noise falls on all of them alike;
@@ -21,6 +24,7 @@ model, as in `bench.perf`. Deletes and rewrites the project's __pycache__ folder
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import statistics
@@ -29,8 +33,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
-from bench import cold_start, process, start_timeline, synthetic
+from bench import cold_start, latency, process, start_timeline, synthetic
 from recommender.model_store import open_model_store
 
 
@@ -55,6 +60,26 @@ def _before_start(prime_mib: int, idle_s: float) -> None:
         time.sleep(idle_s)
 
 
+def _postgres_events(shop: synthetic.ShopFiles, rtt_ms: float, log_dir: Path, stack: contextlib.ExitStack) -> str:
+    """The shop's shoppers written to the PostgreSQL event store at TEST_POSTGRES_URL (`latency.shoppers_written_to`)
+    and the URL instances read them from: that one, or through a relay `rtt_ms` away (PostgreSQL on loopback only).
+    `stack` closes what this opens."""
+    from recommender.store import open_event_store
+
+    url = os.environ["TEST_POSTGRES_URL"]
+    store = stack.enter_context(contextlib.closing(open_event_store(url)))
+    stack.enter_context(latency.shoppers_written_to(store, shop))
+    if rtt_ms <= 0:
+        return url
+    parts = urlsplit(url)
+    if parts.hostname not in (process.LOOPBACK, "localhost"):
+        raise SystemExit(f"--rtt-ms relays to PostgreSQL on loopback only, not {parts.hostname}")
+    relay = process.start_relay(parts.port or 5432, rtt_ms, log_dir)
+    stack.callback(relay.stop)
+    user = parts.netloc.rpartition("@")[0]
+    return urlunsplit(parts._replace(netloc=(user + "@" if user else "") + f"{process.LOOPBACK}:{relay.port}"))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--starts", type=int, default=13, help="starts per variant")
@@ -62,7 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bytecode", action="store_true", help="compare with and without bytecode instead")
     parser.add_argument("--gcs", action="store_true", help="also load the model from gs:// (an emulator on loopback)")
     parser.add_argument("--rtt-ms", type=float, default=0.0,
-                        help="with --gcs: add this round trip to every request to the emulator (bench/latency_proxy.py)")
+                        help="with --gcs or --postgres: add this round trip to every request to the emulator or to"
+                             " PostgreSQL (bench/latency_proxy.py)")
+    parser.add_argument("--postgres", action="store_true",
+                        help="also start instances whose events are in PostgreSQL (TEST_POSTGRES_URL)")
     parser.add_argument("--prime-mib", type=int, default=0,
                         help="before every start, touch and free this much memory here, so that every start finds"
                              " that much memory freed a moment ago")
@@ -74,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.timeline and time.get_clock_info("perf_counter").implementation != "clock_gettime(CLOCK_MONOTONIC)":
         parser.error("--timeline needs time.perf_counter to be CLOCK_MONOTONIC, one clock for every process (Linux)")
+    if args.postgres and not os.environ.get("TEST_POSTGRES_URL"):
+        parser.error("--postgres needs TEST_POSTGRES_URL (e.g. postgresql://postgres@127.0.0.1:5432/test)")
+    if args.postgres and (args.gcs or args.bytecode):
+        parser.error("--postgres goes with neither --gcs nor --bytecode")
 
     work = Path(tempfile.mkdtemp(prefix="cold-probe-"))
     artifact = synthetic.build_artifact(args.items)
@@ -83,6 +115,15 @@ def main(argv: list[str] | None = None) -> int:
     variants = (("lazy, bytecode", True, {}), ("lazy, compiling", False, {})) if args.bytecode else (
         ("lazy", True, {}), ("PRELOAD_SHOPS", True, {"PRELOAD_SHOPS": synthetic.SHOP}))
     emulator = None
+    stack = contextlib.ExitStack()  # the PostgreSQL store, its shoppers' rows and a relay, closed at the end
+    if args.postgres:
+        try:
+            url = _postgres_events(shop, args.rtt_ms, work / "logs", stack)
+        except BaseException:
+            stack.close()
+            raise
+        variants = (("lazy", True, {}), ("PostgreSQL lazy", True, {"EVENT_STORE_URL": url}),
+                    ("PostgreSQL PRELOAD_SHOPS", True, {"EVENT_STORE_URL": url, "PRELOAD_SHOPS": synthetic.SHOP}))
     if args.gcs:
         emulator, gcs = process.start_storage_emulator(work / "logs", rtt_ms=args.rtt_ms)
         variants = (("lazy", True, {}), ("gs:// lazy", True, gcs),
@@ -119,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         _compile()
         if emulator is not None:
             emulator.stop()
+        stack.close()
         shutil.rmtree(work, ignore_errors=True)
     floor = statistics.median(seconds["floor"])
     for label, values in seconds.items():

@@ -10,12 +10,14 @@ its row ready-made. All variants are timed interleaved.
 
 from __future__ import annotations
 
+import contextlib
 import cProfile
 import gc
 import os
 import pstats
 import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -145,30 +147,40 @@ def _first_answers(personalized: list, count: int, repetitions: int, warmup: int
     return flags
 
 
+@contextlib.contextmanager
+def shoppers_written_to(store, shop: ShopFiles) -> Iterator[None]:
+    """The shop's shoppers and their events written to another event `store` (PostgreSQL, as deployed), the shop
+    installed there (the catalog is not: its 100k rows would take minutes to apply); the shop's rows deleted after."""
+    from bench.synthetic import shoppers
+
+    store.redact_shop(SHOP)
+    try:
+        people = shoppers(shop.n_items, len(shop.customers))
+        assert people.customer_ids == shop.customers, "the same shoppers as the SQLite store's"
+        store.add_events(people.events)
+        store.set_shop_installed(SHOP, True)
+        yield
+    finally:
+        store.redact_shop(SHOP)
+
+
 def with_postgres(shop: ShopFiles, repetitions: int) -> dict:
     """`measure_size` with the shop's events in PostgreSQL (TEST_POSTGRES_URL), as deployed instances read them:
-    every answer's reads are round trips to another process. The same shoppers' events are written there first
-    (the catalog is not: its 100k rows would take minutes to apply), and the shop's rows are deleted after."""
+    every answer's reads are round trips to another process (`shoppers_written_to`)."""
     url = os.environ.get("TEST_POSTGRES_URL")
     if not url:
         return {"skipped": "TEST_POSTGRES_URL is not set"}
     from recommender.errors import RecommenderError
     from recommender.store import open_event_store
-    from bench.synthetic import shoppers
 
     try:
         store = open_event_store(url)
     except (RecommenderError, ImportError) as exc:
         return {"skipped": f"the event store does not accept {url.split('@')[-1]!r}: {exc}"}
     try:
-        store.redact_shop(SHOP)
-        people = shoppers(shop.n_items, len(shop.customers))
-        assert people.customer_ids == shop.customers, "the same shoppers as the SQLite store's"
-        store.add_events(people.events)
-        store.set_shop_installed(SHOP, True)
-        measured = measure_size(shop, repetitions, event_store_url=url)
+        with shoppers_written_to(store, shop):
+            measured = measure_size(shop, repetitions, event_store_url=url)
     finally:
-        store.redact_shop(SHOP)
         store.close()
     return {**measured, "event_store": "PostgreSQL at " + url.split("@")[-1], "catalog_rows": 0}
 

@@ -117,16 +117,30 @@ def start_storage_emulator(log_dir: Path, rtt_ms: float = 0.0) -> tuple[Server, 
     _wait_for_port(port, emulator, server, log_path)
     endpoint = server.base
     if rtt_ms > 0:
-        relay_port = free_port()
-        relay_log = log_dir / f"latency-proxy-{relay_port}.log"
-        with open(relay_log, "wb") as log:
-            relay = subprocess.Popen(
-                [sys.executable, "-m", "bench.latency_proxy", "--listen", str(relay_port), "--upstream",
-                 f"{LOOPBACK}:{port}", "--delay-ms", str(rtt_ms / 2)], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-        server.companions.append(relay)
-        _wait_for_port(relay_port, relay, server, relay_log)
-        endpoint = f"http://{LOOPBACK}:{relay_port}"
+        try:
+            relay = start_relay(port, rtt_ms, log_dir)
+        except RuntimeError:
+            server.stop()
+            raise
+        server.companions.append(relay.process)
+        endpoint = relay.base
     return server, {"MODEL_STORE_URL": f"gs://{STORAGE_BUCKET}/models", "STORAGE_EMULATOR_HOST": endpoint}
+
+
+def start_relay(upstream_port: int, rtt_ms: float, log_dir: Path) -> Server:
+    """bench/latency_proxy.py on a free loopback port in front of `upstream_port` on loopback, adding half of `rtt_ms` to
+    each direction: a server that far away. Returned as a Server of its own (its `port`, `stop()`)."""
+    port = free_port()
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"latency-proxy-{port}.log"
+    with open(log_path, "wb") as log:
+        started = time.perf_counter()
+        relay = subprocess.Popen(
+            [sys.executable, "-m", "bench.latency_proxy", "--listen", str(port), "--upstream",
+             f"{LOOPBACK}:{upstream_port}", "--delay-ms", str(rtt_ms / 2)], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    server = Server(relay, port, started, log_path)
+    _wait_for_port(port, relay, server, log_path)
+    return server
 
 
 def _wait_for_port(port: int, started: subprocess.Popen, server: Server, log_path: Path) -> None:
