@@ -138,7 +138,8 @@ def _cors(request: flask.Request, shop: str | None, allowed: tuple[str, ...]) ->
 @_json_errors
 def recommend(request: flask.Request) -> flask.Response:
     """GET ?shop=&intent=&product_id=&product_ids=&n=… (customer_id via the app proxy) → ranked, explained items."""
-    settings = _runtime.settings()
+    runtime = _runtime.get()
+    settings = runtime.settings
     if request.method == "OPTIONS":
         headers = _cors(request, (request.args.get("shop") or "").lower(), settings.cors_allowed_origins)
         headers.update({"Access-Control-Allow-Methods": "GET, OPTIONS", "Access-Control-Max-Age": "3600"})
@@ -151,8 +152,7 @@ def recommend(request: flask.Request) -> flask.Response:
     except AccessDenied as denied:
         return _json({"error": denied.code, "message": str(denied)}, denied.status)
     wanted = RecommendRequest.from_query(query)
-    _runtime.load_soon(wanted.shop)  # a new instance's first model loads while its event store opens
-    result = _runtime.get().recommender.recommend(wanted)
+    result = runtime.recommender.recommend(wanted)
     body = {
         "recommendation_id": result.recommendation_id,
         "model_version": result.model_version,
