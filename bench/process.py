@@ -105,20 +105,14 @@ def start_storage_emulator(log_dir: Path, rtt_ms: float = 0.0) -> tuple[Server, 
 
     `rtt_ms` > 0: the environment points at a relay in front of it that adds half of that to each direction
     (bench/latency_proxy.py), so each request takes that much longer, as against a server farther away."""
-    port = free_port()
-    log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = log_dir / f"storage-emulator-{port}.log"
-    with open(log_path, "wb") as log:
-        started = time.perf_counter()
-        emulator = subprocess.Popen(
-            [sys.executable, "-m", "gcp_storage_emulator", "start", "--host", LOOPBACK, "--port", str(port),
-             "--in-memory", "--default-bucket", STORAGE_BUCKET], cwd=log_dir, stdout=log, stderr=subprocess.STDOUT)
-    server = Server(emulator, port, started, log_path)
-    _wait_for_port(port, emulator, server, log_path)
+    server = _start_on_free_port(
+        "storage-emulator", lambda port: [sys.executable, "-m", "gcp_storage_emulator", "start", "--host", LOOPBACK,
+                                          "--port", str(port), "--in-memory", "--default-bucket", STORAGE_BUCKET],
+        log_dir, log_dir)
     endpoint = server.base
     if rtt_ms > 0:
         try:
-            relay = start_relay(port, rtt_ms, log_dir)
+            relay = start_relay(server.port, rtt_ms, log_dir)
         except RuntimeError:
             server.stop()
             raise
@@ -130,16 +124,23 @@ def start_storage_emulator(log_dir: Path, rtt_ms: float = 0.0) -> tuple[Server, 
 def start_relay(upstream_port: int, rtt_ms: float, log_dir: Path) -> Server:
     """bench/latency_proxy.py on a free loopback port in front of `upstream_port` on loopback, adding half of `rtt_ms` to
     each direction: a server that far away. Returned as a Server of its own (its `port`, `stop()`)."""
+    return _start_on_free_port(
+        "latency-proxy", lambda port: [sys.executable, "-m", "bench.latency_proxy", "--listen", str(port), "--upstream",
+                                       f"{LOOPBACK}:{upstream_port}", "--delay-ms", str(rtt_ms / 2)],
+        ROOT, log_dir)
+
+
+def _start_on_free_port(name: str, command: Callable[[int], list[str]], cwd: Path, log_dir: Path) -> Server:
+    """`command(port)` started on a free loopback port, its output in `log_dir`/NAME-PORT.log; returned once the port
+    accepts connections."""
     port = free_port()
     log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = log_dir / f"latency-proxy-{port}.log"
+    log_path = log_dir / f"{name}-{port}.log"
     with open(log_path, "wb") as log:
         started = time.perf_counter()
-        relay = subprocess.Popen(
-            [sys.executable, "-m", "bench.latency_proxy", "--listen", str(port), "--upstream",
-             f"{LOOPBACK}:{upstream_port}", "--delay-ms", str(rtt_ms / 2)], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    server = Server(relay, port, started, log_path)
-    _wait_for_port(port, relay, server, log_path)
+        child = subprocess.Popen(command(port), cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
+    server = Server(child, port, started, log_path)
+    _wait_for_port(port, child, server, log_path)
     return server
 
 
