@@ -69,13 +69,16 @@ def start_order(repeats: dict[str, int], seed: int = ORDER_SEED) -> list[str]:
     return order
 
 
-def _one_start(config: Config, floor_source: Path, log_dir: Path) -> dict:
+def _spawn(config: Config, floor_source: Path, log_dir: Path, timeline: bool = False) -> tuple[process.Server, str]:
+    """An instance of `config` starting (the floor's function, or ours with its shop), and the path of its first request."""
     if config.shop is None:
-        server = process.spawn("floor", floor_source, dict(config.env), log_dir)
-        first_path = "/"
-    else:
-        server = process.spawn("recommend", MAIN, config.shop.env(**dict(config.env)), log_dir)
-        first_path = "/?" + config.shop.storefront_query("personalized", 0)
+        return process.spawn("floor", floor_source, dict(config.env), log_dir, timeline=timeline), "/"
+    return (process.spawn("recommend", MAIN, config.shop.env(**dict(config.env)), log_dir, timeline=timeline),
+            "/?" + config.shop.storefront_query("personalized", 0))
+
+
+def _one_start(config: Config, floor_source: Path, log_dir: Path) -> dict:
+    server, first_path = _spawn(config, floor_source, log_dir)
     try:
         startup = process.wait_until_serving(server, first_path)
         pids = server.pids()
@@ -197,11 +200,7 @@ def memory_with_norm_head(shop: ShopFiles, log_dir: Path, settle_s: float = 1.5)
 
 def _timed_start(config: Config, floor_source: Path, log_dir: Path) -> dict[str, float]:
     """One start through `bench.start_timeline`, to its first 200: each step's ms since the spawn."""
-    if config.shop is None:
-        server, path = process.spawn("floor", floor_source, dict(config.env), log_dir, timeline=True), "/"
-    else:
-        server = process.spawn("recommend", MAIN, config.shop.env(**dict(config.env)), log_dir, timeline=True)
-        path = "/?" + config.shop.storefront_query("personalized", 0)
+    server, path = _spawn(config, floor_source, log_dir, timeline=True)
     try:
         startup = process.wait_until_serving(server, path)
     finally:
