@@ -12,6 +12,7 @@ from typing import NamedTuple
 import pytest
 
 from bench.cold_start import start_order
+from bench.compare import comparison
 from bench.latency import _first_answers
 from bench.perf import SECTIONS, goals, headline_figures
 from bench.stats import CpuShares, ratio_interval
@@ -73,6 +74,10 @@ def test_quick_benchmark_reports_every_section_with_positive_numbers(tmp_path):
         assert all(cpu > 0 for cpu in training[f"{side}_cpu_samples_s"])
     over_http = [goal for goal in timed if "over HTTP" in goal["goal"]]  # each beside its own batch's steal
     assert over_http and all(0 <= goal["batch_steal_pct"] <= 100 for goal in over_http), over_http
+    compared = comparison([results, results])  # the run beside itself: each goal met in both runs or in neither
+    rows = {line.split(" | ")[0][2:]: line for line in compared.splitlines() if line.startswith("| ")}
+    for goal in results["goals"]:
+        assert rows[goal["goal"]].endswith(f" | {2 if goal['met'] else 0} of 2 |"), rows[goal["goal"]]
 
 
 @pytest.mark.timeout(120)

@@ -1,0 +1,102 @@
+"""Several `bench.perf` runs side by side: each goal's figure in every run, the misses in bold, and how many
+runs met it.
+
+One run decides little on a shared machine (bench/PERFORMANCE.md: runs of the same code disagree by more
+than the goals' margins), so a verdict is read over several:
+
+    python -m bench.compare /tmp/run1 /tmp/run2 /tmp/run3          # each a folder holding perf.json
+    python -m bench.compare runs/*/perf.json --out compare.md
+
+Goals are matched by their text; a goal a run did not judge shows as "—" and does not count against it.
+Nothing is measured here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+class RunUnreadable(ValueError):
+    """A path that holds no readable bench.perf result (perf.json)."""
+
+
+def load_run(path: Path) -> dict:
+    """The results of one run, from `path` (a perf.json file or a folder holding one)."""
+    file = path / "perf.json" if path.is_dir() else path
+    try:
+        results = json.loads(file.read_text())
+    except FileNotFoundError:
+        raise RunUnreadable(f"{file}: no such file (give a folder holding perf.json, or the file itself)") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise RunUnreadable(f"{file}: not a readable perf.json ({exc})") from None
+    if not isinstance(results, dict) or not isinstance(results.get("goals"), list) or "meta" not in results:
+        raise RunUnreadable(f"{file}: not a bench.perf result (it has no 'meta' and 'goals')")
+    return results
+
+
+def _label(results: dict) -> str:
+    """A run's column heading: its start time (UTC) and commit."""
+    meta = results["meta"]
+    when = str(meta.get("date", "?"))[:16].replace("T", " ")
+    commit = (meta.get("code_at_start") or {}).get("commit", "?")
+    return f"{when} ({commit})"
+
+
+def _cell(goal: dict | None) -> str:
+    if goal is None:
+        return "—"
+    return str(goal["measured"]) if goal["met"] else f"**{goal['measured']}**"
+
+
+def comparison(runs: list[dict]) -> str:
+    """Markdown: the runs (date, commit, machine, the cold-start floor), then one row per goal in the order the
+    runs judged them, the last column how many of the runs that judged it met it, and the misses per run."""
+    if not runs:
+        raise ValueError("no runs to compare")
+    names: list[str] = []
+    for results in runs:
+        names += [g["goal"] for g in results["goals"] if g["goal"] not in names]
+    by_name = [{g["goal"]: g for g in results["goals"]} for results in runs]
+    lines = ["# Goals over several bench.perf runs", ""]
+    for number, results in enumerate(runs, 1):
+        meta = results["meta"]
+        floor = ((results.get("cold_start") or {}).get("floor") or {}).get("first_ok_median_s")
+        machine = meta.get("machine") or {}
+        blas = (machine.get("blas") or [{}])[0]
+        lines.append(f"{number}. {_label(results)}: {meta.get('mode', '?')} mode, {machine.get('nproc', '?')} CPUs"
+                     f" ({machine.get('cpu_model', '?')}, BLAS {blas.get('architecture', '?')})"
+                     + ("" if floor is None else f"; the bare function's first 200 {floor} s"))
+    lines += ["", "| goal | " + " | ".join(str(n) for n in range(1, len(runs) + 1)) + " | met |",
+              "|---|" + "---|" * (len(runs) + 1)]
+    for name in names:
+        judged = [goals.get(name) for goals in by_name]
+        counted = [g for g in judged if g is not None]
+        met = sum(1 for g in counted if g["met"])
+        lines.append(f"| {name} | " + " | ".join(_cell(g) for g in judged) + f" | {met} of {len(counted)} |")
+    missed = [sum(1 for g in results["goals"] if not g["met"]) for results in runs]
+    lines.append("| goals missed | " + " | ".join(f"{m} of {len(r['goals'])}" for m, r in zip(missed, runs))
+                 + f" | {sum(1 for m in missed if m == 0)} of {len(runs)} runs met every goal |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.compare", description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="bench.perf output folders (or their perf.json files)")
+    parser.add_argument("--out", type=Path, help="write the table here as well as to stdout")
+    args = parser.parse_args(argv)
+    try:
+        text = comparison([load_run(path) for path in args.runs])
+    except RunUnreadable as exc:
+        print(f"bench.compare: {exc}", file=sys.stderr)
+        return 2
+    if args.out:
+        args.out.write_text(text)
+    print(text, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

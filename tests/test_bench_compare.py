@@ -1,0 +1,98 @@
+"""`python -m bench.compare`: several bench.perf runs' goals side by side, counted by hand."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from bench.compare import RunUnreadable, comparison, load_run, main
+from tests.conftest import ROOT
+
+
+def _run(date: str, commit: str, floor_s: float, goals: list[tuple[str, float, bool]]) -> dict:
+    return {"meta": {"date": date, "mode": "full", "code_at_start": {"commit": commit, "changed": []},
+                     "machine": {"nproc": 2, "cpu_model": "AMD EPYC", "blas": [{"architecture": "SkylakeX"}]}},
+            "cold_start": {"floor": {"first_ok_median_s": floor_s}},
+            "goals": [{"goal": name, "measured": measured, "met": met} for name, measured, met in goals]}
+
+
+FIRST = _run("2026-12-06T00:57:36+00:00", "aaaaaaa", 0.208,
+             [("cold start ≤ 1.2× floor", 1.202, False), ("webhook p99 < 50 ms", 17.4, True)])
+SECOND = _run("2026-12-06T01:06:09+00:00", "bbbbbbb", 0.212,
+              [("cold start ≤ 1.2× floor", 1.175, True), ("training ≤ 1.3× implicit fit", 1.17, True)])
+
+
+def _saved(tmp_path, name: str, results) -> str:
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "perf.json").write_text(json.dumps(results))
+    return str(folder)
+
+
+def test_each_goal_shows_every_run_with_misses_in_bold_and_the_runs_that_met_it():
+    table = comparison([FIRST, SECOND])
+
+    assert "1. 2026-12-06 00:57 (aaaaaaa): full mode, 2 CPUs (AMD EPYC, BLAS SkylakeX); the bare function's" \
+           " first 200 0.208 s" in table
+    assert "2. 2026-12-06 01:06 (bbbbbbb)" in table
+    rows = [line for line in table.splitlines() if line.startswith("| ")]
+    assert rows[0] == "| goal | 1 | 2 | met |"
+    assert rows[1:] == [
+        "| cold start ≤ 1.2× floor | **1.202** | 1.175 | 1 of 2 |",
+        "| webhook p99 < 50 ms | 17.4 | — | 1 of 1 |",  # the second run did not judge it: not counted
+        "| training ≤ 1.3× implicit fit | — | 1.17 | 1 of 1 |",
+        "| goals missed | 1 of 2 | 0 of 2 | 1 of 2 runs met every goal |",
+    ]
+
+
+def test_no_runs_is_refused():
+    with pytest.raises(ValueError, match="no runs"):
+        comparison([])
+
+
+def test_a_folder_or_its_perf_json_loads_the_same(tmp_path):
+    _saved(tmp_path, "one", FIRST)
+
+    assert load_run(tmp_path / "one") == load_run(tmp_path / "one" / "perf.json") == FIRST
+
+
+@pytest.mark.parametrize("content, reason", [
+    (None, "no such file"),
+    ("{not json", "not a readable perf.json"),
+    (json.dumps({"meta": {}}), "not a bench.perf result"),
+    (json.dumps([1, 2]), "not a bench.perf result"),
+])
+def test_a_path_without_a_result_is_named_in_the_error(tmp_path, content, reason):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    if content is not None:
+        (folder / "perf.json").write_text(content)
+
+    with pytest.raises(RunUnreadable, match=reason) as caught:
+        load_run(folder)
+    assert str(folder / "perf.json") in str(caught.value)
+
+
+def test_the_command_writes_the_table_and_exits_2_naming_an_unreadable_run(tmp_path, capsys):
+    first, second = _saved(tmp_path, "a", FIRST), _saved(tmp_path, "b", SECOND)
+    out = tmp_path / "compare.md"
+
+    assert main([first, second, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed == out.read_text() == comparison([FIRST, SECOND])
+
+    assert main([first, str(tmp_path / "missing")]) == 2
+    assert f"bench.compare: {tmp_path / 'missing'}: no such file" in capsys.readouterr().err
+
+
+def test_python_dash_m_bench_compare_runs_as_documented(tmp_path):
+    first, second = _saved(tmp_path, "a", FIRST), _saved(tmp_path, "b", SECOND)
+
+    run = subprocess.run([sys.executable, "-m", "bench.compare", first, second], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60)
+
+    assert run.returncode == 0, run.stderr
+    assert "| cold start ≤ 1.2× floor | **1.202** | 1.175 | 1 of 2 |" in run.stdout
