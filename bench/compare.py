@@ -1,5 +1,5 @@
 """Several `bench.perf` runs side by side: each goal's figure in every run, the misses in bold, and how many
-runs met it.
+runs met it; then where each run's lazy cold starts spent their time, from its start timeline.
 
 One run decides little on a shared machine (bench/PERFORMANCE.md: runs of the same code disagree by more
 than the goals' margins), so a verdict is read over several:
@@ -79,7 +79,32 @@ def comparison(runs: list[dict]) -> str:
     missed = [sum(1 for g in results["goals"] if not g["met"]) for results in runs]
     lines.append("| goals missed | " + " | ".join(f"{m} of {len(r['goals'])}" for m, r in zip(missed, runs))
                  + f" | {sum(1 for m in missed if m == 0)} of {len(runs)} runs met every goal |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _lazy_steps(runs)) + "\n"
+
+
+def _lazy_steps(runs: list[dict]) -> list[str]:
+    """Where each run's lazy starts spent their time (bench.start_timeline's medians, in ms): gunicorn's bind
+    after the floor's (and after the floor's with one BLAS thread), then in the worker's first request the time
+    before the model's load, the load, and the rest of the answer, beside the bare function's whole request.
+    Nothing for runs without a timeline."""
+    rows = []
+    for number, results in enumerate(runs, 1):
+        steps = ((results.get("cold_start") or {}).get("timeline") or {}).get("steps_ms") or {}
+        floor, pinned = steps.get("floor"), steps.get("floor, one BLAS thread")
+        if not floor:
+            continue
+        for label, s in steps.items():
+            if "load" not in s or not {"bound", "request", "loaded", "answered"} <= set(s):
+                continue  # the floors, and starts whose model loaded before the first request (PRELOAD_SHOPS)
+            after_pinned = "" if not pinned else f"{s['bound'] - pinned['bound']:+.1f}"
+            rows.append(f"| {number} | {label} | {s['bound'] - floor['bound']:+.1f} | {after_pinned} |"
+                        f" {s['load'] - s['request']:.1f} | {s['loaded'] - s['load']:.1f} |"
+                        f" {s['answered'] - s['loaded']:.1f} | {floor['answered'] - floor['request']:.1f} |")
+    if not rows:
+        return []
+    return ["", "Lazy starts, timed inside their processes (medians, ms):", "",
+            "| run | instance | bind after the floor's | after the floor's, one BLAS thread | first request to the load"
+            " | the load | after the load | the floor's request |", "|---|" + "---|" * 7, *rows]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -48,6 +48,23 @@ def test_each_goal_shows_every_run_with_misses_in_bold_and_the_runs_that_met_it(
     ]
 
 
+def test_the_lazy_starts_steps_are_the_gaps_between_the_timeline_medians():
+    timed = json.loads(json.dumps(FIRST))
+    timed["cold_start"]["timeline"] = {"repeats": 5, "steps_ms": {
+        "floor": {"bound": 200.0, "request": 210.0, "answered": 211.0},
+        "floor, one BLAS thread": {"bound": 190.0, "request": 199.0, "answered": 200.0},
+        "100k items": {"bound": 215.0, "request": 225.0, "load": 228.0, "loaded": 258.0, "answered": 262.0},
+        "100k items, PRELOAD_SHOPS": {"bound": 230.0, "request": 240.0, "answered": 247.0},  # loaded before: no row
+    }}
+
+    table = comparison([timed, SECOND])  # the second run has no timeline: no rows of its own
+
+    steps = table.split("Lazy starts, timed inside their processes (medians, ms):")[1]
+    rows = [line for line in steps.splitlines() if line.startswith("| ") and not line.startswith("| run ")]
+    assert rows == ["| 1 | 100k items | +15.0 | +25.0 | 3.0 | 30.0 | 4.0 | 1.0 |"]
+    assert "Lazy starts" not in comparison([FIRST, SECOND])  # no run timed: no such table
+
+
 def test_no_runs_is_refused():
     with pytest.raises(ValueError, match="no runs"):
         comparison([])
