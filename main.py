@@ -4,12 +4,11 @@ Deploy each entry point on its own (`webhook`, `recommend`, `collect`, `train`,
 `healthz`, and the CloudEvent `webhook_pubsub`) or `app`, which routes by path, as
 one function. Nothing here opens a store at import time; the first request does. Read
 from the environment at import: LOG_LEVEL (log lines as JSON on stderr, recommender/logs.py)
-and PRELOAD_SHOPS (with MODEL_STORE_URL): those shops' models start loading in the
-background (recommender/prefetch.py, recommender/preload.py); the one thing written is
-OPENBLAS_NUM_THREADS=1, when the
-deployment has not set it. The cyclic garbage collector is off while everything is
-imported; then the imported objects are frozen out of its sight (`gc.freeze`) and it is
-turned back on, on the last lines.
+and PRELOAD_SHOPS (with MODEL_STORE_URL): those shops' models load beside the imports
+(recommender/prefetch.py, recommender/preload.py), and the import ends once they are loaded.
+The one thing written is OPENBLAS_NUM_THREADS=1, when the deployment has not set it. The
+cyclic garbage collector is off while everything is imported; then the imported objects are
+frozen out of its sight (`gc.freeze`) and it is turned back on, on the last lines.
 """
 
 from __future__ import annotations
@@ -262,6 +261,12 @@ def app(request: flask.Request) -> flask.Response:
         return _json({"error": "not_found", "message": f"no route {request.path}; try {', '.join(ROUTES)}"}, 404)
     return handler(request)
 
+
+# With PRELOAD_SHOPS, this import ends once those models are loaded: gunicorn binds the port after it, and Cloud
+# Run sends a new instance requests as soon as its port accepts connections (the default TCP startup probe), so
+# no shopper routed to a scale-out instance waits for its model (before, only gunicorn's fork waited, with the
+# port already open; bench/PERFORMANCE.md, round 20).
+PRELOADER.wait()
 
 # Everything imported so far (flask, numpy, these modules: ~42k objects) lives as long as the instance. Frozen,
 # the cyclic collector never walks it again: its full passes over an instance's objects cost 13–26 ms, one or

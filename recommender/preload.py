@@ -6,10 +6,13 @@ while the rest of the code is still being imported and functions-framework's gun
 reading, hashing, inflating and casting to float32 run without the GIL, so on a two-core instance
 most of a model's load hides behind start-up work that has to happen anyway.
 
-gunicorn imports `main` in its master process and then forks the worker that serves. A fork
-waits for the thread (at most `FORK_WAIT_SECONDS`), so the worker starts with the finished models
-(pages shared copy-on-write, never written); the master then drops its references. Without a fork
-(tests, `functions-framework --debug`) the first request adopts the models the same way.
+gunicorn imports `main` in its master process, binds the port, and then forks the worker that
+serves. `main`'s import ends by waiting for the thread (`wait`, at most `FORK_WAIT_SECONDS`), so
+the port opens only once the models are loaded: Cloud Run routes requests to a new instance as soon
+as its port accepts connections, and none of them waits for the load. A fork waits for the thread
+too, for any process that forks without importing `main` first. The worker starts with the finished
+models (pages shared copy-on-write, never written); the master then drops its references. Without a
+fork (tests, `functions-framework --debug`) the first request adopts the models the same way.
 
 With the models in gs://, their bytes are read from the start of `main`'s import, before numpy's
 (recommender/prefetch.py), and this thread parses what that read. A shop whose model is missing or
@@ -33,7 +36,7 @@ from recommender.serving import ServingModel
 
 log = logging.getLogger(__name__)
 
-FORK_WAIT_SECONDS = 60.0  # a fork (gunicorn starting its worker) waits this long for the preload at most
+FORK_WAIT_SECONDS = 60.0  # `main`'s import, and a fork, wait this long for the preload at most
 
 
 class Preloader:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import requests
@@ -13,7 +15,7 @@ from recommender.model_store import LocalModelStore
 from recommender.prefetch import Prefetch
 from recommender.preload import Preloader, preload_shops
 from recommender.store import open_event_store
-from tests.conftest import SHOP, running_function
+from tests.conftest import ROOT, SHOP, running_function
 
 VERSION = "20260101T000000000000Z"
 OTHER_SHOP = "other-shop.myshopify.com"
@@ -72,6 +74,33 @@ def test_the_runtime_gets_the_preloaded_models_once_and_a_shop_without_a_model_i
     assert list(first) == [SHOP] and first[SHOP].version == VERSION
     assert first[SHOP].item_ids.tolist() == ["8000000000001", "8000000000002", "8000000000003"]
     assert second == {}
+
+
+def test_mains_import_returns_with_the_preloaded_models_loaded_so_the_port_opens_after_them(env, tmp_path):
+    """Cloud Run sends a new instance requests as soon as its port accepts connections (its default TCP startup
+    probe), and gunicorn binds the port once `main` is imported: with PRELOAD_SHOPS that import waits for the load,
+    so no request routed to a scale-out instance waits for the model. (Before, only the fork waited: the port was
+    open ~20–60 ms before the model was ready, bench/PERFORMANCE.md round 20.)"""
+    # Arrange: a model large enough that its load outlasts the imports after the preload starts (~20 ms here)
+    rng = np.random.default_rng(0)
+    n = 100_000
+    artifact = ModelArtifact.build([str(8_000_000_000_000 + i) for i in range(n)],
+                                   rng.standard_normal((n, 32)).astype(np.float32), np.ones(n), 0.1, 1.0,
+                                   {"version": VERSION, "shop": SHOP})
+    models_dir = tmp_path / "models"
+    LocalModelStore(models_dir).publish(SHOP, artifact)
+    run_env = {**os.environ, **env, "MODEL_STORE_URL": f"file://{models_dir}", "PRELOAD_SHOPS": SHOP,
+               "PYTHONPATH": str(ROOT)}
+    probe = ("import main; models = dict(main.PRELOADER._models); "
+             f"print(main.PRELOADER._thread.is_alive(), sorted(models), getattr(models.get({SHOP!r}), 'n_items', None))")
+
+    # Act: import main in a fresh interpreter, as functions-framework does in gunicorn's master before the bind
+    run = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=run_env, capture_output=True, text=True,
+                         timeout=120)
+
+    # Assert: the preload thread had finished and the model was in memory when the import returned
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.split() == ["False", f"['{SHOP}']", str(n)], run.stdout
 
 
 def test_a_worker_serves_the_preloaded_model_even_after_the_model_files_are_gone(env, tmp_path):
