@@ -5,7 +5,8 @@ Deploy each entry point on its own (`webhook`, `recommend`, `collect`, `train`,
 one function. Nothing here opens a store at import time; the first request does. Read
 from the environment at import: LOG_LEVEL (log lines as JSON on stderr, recommender/logs.py)
 and PRELOAD_SHOPS (with MODEL_STORE_URL): those shops' models load beside the imports
-(recommender/prefetch.py, recommender/preload.py), and the import ends once they are loaded.
+(recommender/prefetch.py, recommender/preload.py), and the import ends once they are loaded;
+and EVENT_STORE_URL's scheme: with PostgreSQL, its driver is imported here too.
 The one thing written is OPENBLAS_NUM_THREADS=1, when the deployment has not set it. The
 cyclic garbage collector is off while everything is imported; then the imported objects are
 frozen out of its sight (`gc.freeze`) and it is turned back on, on the last lines.
@@ -51,6 +52,13 @@ PREFETCH.start(os.environ)
 from recommender.preload import PRELOADER  # noqa: E402 (after the BLAS default, on purpose)
 
 PRELOADER.start(os.environ)
+
+# With the events in PostgreSQL, its driver is imported here, in gunicorn's master before it binds the port, not by
+# a new worker's first request: Cloud Run routes requests to an instance once its port accepts connections, and
+# psycopg's import (~80 ms) made that first request the slowest of all (bench/PERFORMANCE.md, round 20). The
+# connection is still made by the first request: it must not cross the fork.
+if os.environ.get("EVENT_STORE_URL", "").startswith(("postgresql://", "postgres://")):
+    import recommender.store_postgres  # noqa: E402, F401
 
 from recommender.errors import (  # noqa: E402 (after the preload has started, on purpose)
     ArtifactError, ConfigError, InvalidParameter, ModelNotReady, RecommenderError, ShopNotInstalled, StoreError,
