@@ -57,7 +57,9 @@ PRELOADER.start(os.environ)
 # a new worker's first request: Cloud Run routes requests to an instance once its port accepts connections, and
 # psycopg's import (~80 ms) made that first request the slowest of all (bench/PERFORMANCE.md, round 20). The
 # connection is still made by the first request: it must not cross the fork.
-if os.environ.get("EVENT_STORE_URL", "").startswith(("postgresql://", "postgres://")):
+from recommender.store import POSTGRES_SCHEMES  # noqa: E402
+
+if os.environ.get("EVENT_STORE_URL", "").startswith(POSTGRES_SCHEMES):
     import recommender.store_postgres  # noqa: E402, F401
 
 from recommender.errors import (  # noqa: E402 (after the preload has started, on purpose)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Callable, Mapping, NamedTuple, TypeVar
 
 from recommender.errors import ConfigError
 from recommender.events import EventKind
+from recommender.store import POSTGRES_SCHEMES
 
 if TYPE_CHECKING:
     from recommender.retraining import GateConfig
@@ -104,8 +105,7 @@ class Settings(NamedTuple):
         )
         return cls(
             shopify_api_secret=Secret(secret) if secret else None,
-            event_store_url=_url(env, "EVENT_STORE_URL", DEFAULT_EVENT_STORE_URL,
-                                 ("sqlite:///", "postgresql://", "postgres://")),
+            event_store_url=_url(env, "EVENT_STORE_URL", DEFAULT_EVENT_STORE_URL, ("sqlite:///", *POSTGRES_SCHEMES)),
             model_store_url=_url(env, "MODEL_STORE_URL", DEFAULT_MODEL_STORE_URL, ("file://", "gs://")),
             training=training,
             history_limit=_read(env, "HISTORY_LIMIT", int, 200, lambda v: 1 <= v <= 10_000, "an integer from 1 to 10000"),

@@ -254,10 +254,13 @@ REFRESH_SELLABLE_SQL = ("UPDATE products SET sellable = CASE WHEN " + NOT_FOR_SA
 REFRESH_BATCH = 500  # ids per statement: SQLite builds differ in how many parameters one statement may take
 
 
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")  # an EVENT_STORE_URL naming PostgreSQL starts with one of these
+
+
 def open_event_store(url: str) -> EventStore:
     if url.startswith("sqlite:///"):
         return SQLiteEventStore(url[len("sqlite:///"):])
-    if url.startswith(("postgresql://", "postgres://")):
+    if url.startswith(POSTGRES_SCHEMES):
         from recommender.store_postgres import PostgresEventStore  # psycopg is imported only where it is used
 
         return PostgresEventStore(url)
