@@ -18,6 +18,8 @@ import json
 import sys
 from pathlib import Path
 
+from bench.report import _table as table
+
 
 class RunUnreadable(ValueError):
     """A path that holds no readable bench.perf result (perf.json)."""
@@ -69,16 +71,15 @@ def comparison(runs: list[dict]) -> str:
         lines.append(f"{number}. {_label(results)}: {meta.get('mode', '?')} mode, {machine.get('nproc', '?')} CPUs"
                      f" ({machine.get('cpu_model', '?')}, BLAS {blas.get('architecture', '?')})"
                      + ("" if floor is None else f"; the bare function's first 200 {floor} s"))
-    lines += ["", "| goal | " + " | ".join(str(n) for n in range(1, len(runs) + 1)) + " | met |",
-              "|---|" + "---|" * (len(runs) + 1)]
+    rows = []
     for name in names:
         judged = [goals.get(name) for goals in by_name]
         counted = [g for g in judged if g is not None]
-        met = sum(1 for g in counted if g["met"])
-        lines.append(f"| {name} | " + " | ".join(_cell(g) for g in judged) + f" | {met} of {len(counted)} |")
+        rows.append([name, *map(_cell, judged), f"{sum(1 for g in counted if g['met'])} of {len(counted)}"])
     missed = [sum(1 for g in results["goals"] if not g["met"]) for results in runs]
-    lines.append("| goals missed | " + " | ".join(f"{m} of {len(r['goals'])}" for m, r in zip(missed, runs))
-                 + f" | {sum(1 for m in missed if m == 0)} of {len(runs)} runs met every goal |")
+    rows.append(["goals missed", *(f"{m} of {len(r['goals'])}" for m, r in zip(missed, runs)),
+                 f"{sum(1 for m in missed if m == 0)} of {len(runs)} runs met every goal"])
+    lines += ["", table(["goal", *map(str, range(1, len(runs) + 1)), "met"], rows)]
     return "\n".join(lines + _lazy_steps(runs)) + "\n"
 
 
@@ -96,15 +97,15 @@ def _lazy_steps(runs: list[dict]) -> list[str]:
         for label, s in steps.items():
             if "load" not in s or not {"bound", "request", "loaded", "answered"} <= set(s):
                 continue  # the floors, and starts whose model loaded before the first request (PRELOAD_SHOPS)
-            after_pinned = "" if not pinned else f"{s['bound'] - pinned['bound']:+.1f}"
-            rows.append(f"| {number} | {label} | {s['bound'] - floor['bound']:+.1f} | {after_pinned} |"
-                        f" {s['load'] - s['request']:.1f} | {s['loaded'] - s['load']:.1f} |"
-                        f" {s['answered'] - s['loaded']:.1f} | {floor['answered'] - floor['request']:.1f} |")
+            rows.append([number, label, f"{s['bound'] - floor['bound']:+.1f}",
+                         None if not pinned else f"{s['bound'] - pinned['bound']:+.1f}",
+                         f"{s['load'] - s['request']:.1f}", f"{s['loaded'] - s['load']:.1f}",
+                         f"{s['answered'] - s['loaded']:.1f}", f"{floor['answered'] - floor['request']:.1f}"])
     if not rows:
         return []
     return ["", "Lazy starts, timed inside their processes (medians, ms):", "",
-            "| run | instance | bind after the floor's | after the floor's, one BLAS thread | first request to the load"
-            " | the load | after the load | the floor's request |", "|---|" + "---|" * 7, *rows]
+            table(["run", "instance", "bind after the floor's", "after the floor's, one BLAS thread",
+                   "first request to the load", "the load", "after the load", "the floor's request"], rows)]
 
 
 def main(argv: list[str] | None = None) -> int:
