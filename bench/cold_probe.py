@@ -8,11 +8,15 @@
     python -m bench.cold_probe --starts 11 --idle-s 3         # every start finds memory the hypervisor took back
     python -m bench.cold_probe --starts 11 --timeline         # and each step of every start, timed inside its processes
     python -m bench.cold_probe --starts 11 --postgres [--rtt-ms 2]   # the shoppers' events in PostgreSQL (TEST_POSTGRES_URL)
+    python -m bench.cold_probe --starts 13 --cpus 1          # every instance on one core, as a 1-vCPU instance runs
 
 `--gcs` publishes the model to Cloud Storage as deployed instances find it (gs://, here gcp-storage-emulator
 on loopback, an in-memory Python server; a real bucket's distance and speed are not measured here).
 `--postgres` writes the shoppers' events to the PostgreSQL event store at TEST_POSTGRES_URL, as deployed instances
 read them, and starts instances on it beside the SQLite ones (`--rtt-ms`: through a relay that far away).
+`--cpus 1` runs every instance, the floors as ours, on one core (its processes' affinity, set before Python
+starts), as a Cloud Run instance of one vCPU runs, and this probe on the other: the benchmark's own starts use
+both cores, where our model's load decodes on two threads.
 
 Each round starts every variant once, in an order shuffled each round (`cold_start.start_order`), so the
 machine's noise falls on all of them alike;
@@ -99,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
                              " to the hypervisor (about 2 s on these VMs)")
     parser.add_argument("--timeline", action="store_true",
                         help="start every instance through bench.start_timeline and report the medians of its steps")
+    parser.add_argument("--cpus", type=int, default=None,
+                        help="run every instance (the floors too) on this many cores, as an instance of that many"
+                             " vCPUs runs; this probe, which polls and asks, then runs on the other cores")
     args = parser.parse_args(argv)
     if args.timeline and time.get_clock_info("perf_counter").implementation != "clock_gettime(CLOCK_MONOTONIC)":
         parser.error("--timeline needs time.perf_counter to be CLOCK_MONOTONIC, one clock for every process (Linux)")
@@ -106,6 +113,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--postgres needs TEST_POSTGRES_URL (e.g. postgresql://postgres@127.0.0.1:5432/test)")
     if args.postgres and (args.gcs or args.bytecode):
         parser.error("--postgres goes with neither --gcs nor --bytecode")
+    cores = None
+    if args.cpus is not None:
+        try:
+            cores = process.first_cores(args.cpus)
+        except ValueError as exc:
+            parser.error(f"--cpus: {exc}")
+        others = sorted(os.sched_getaffinity(0) - set(cores))
+        if others:  # the client's polls and requests stay off the instance's cores, as a shopper's come from elsewhere
+            os.sched_setaffinity(0, others)
+        print(f"instances on cores {cores}; this probe on {others or cores}")
 
     work = Path(tempfile.mkdtemp(prefix="cold-probe-"))
     artifact = synthetic.build_artifact(args.items)
@@ -143,11 +160,12 @@ def main(argv: list[str] | None = None) -> int:
                 have_bytecode = bytecode
             _before_start(args.prime_mib, args.idle_s)
             if label in floors:
-                server = process.spawn("floor", floor_source, floors[label], work / "logs", timeline=args.timeline)
+                server = process.spawn("floor", floor_source, floors[label], work / "logs", timeline=args.timeline,
+                                       cores=cores)
                 path = "/"
             else:
                 server = process.spawn("recommend", process.ROOT / "main.py", shop.env(**extra), work / "logs",
-                                       timeline=args.timeline)
+                                       timeline=args.timeline, cores=cores)
                 path = "/?" + shop.storefront_query("personalized", 0)
             try:
                 startup = process.wait_until_serving(server, path)

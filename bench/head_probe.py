@@ -25,6 +25,8 @@ import time
 
 import numpy as np
 
+from bench import process
+
 
 def shoppers(n_items: int, count: int, seed: int = 9) -> list[tuple[np.ndarray, np.ndarray]]:
     """`count` histories of 12 to 20 distinct rows drawn by the training log's popularity, with event weights."""
@@ -62,7 +64,7 @@ def probe(n_items: int, seconds: float, cpus: int, log=print) -> dict:
     model = ServingModel(synthetic.build_artifact(n_items, item_factors=factors))
     del factors
     people = [model.fold_in_terms(rows, weights) for rows, weights in shoppers(n_items, 2_000)]
-    os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:cpus])  # trained on every core, timed on these
+    os.sched_setaffinity(0, process.first_cores(cpus))  # trained on every core, timed on these
     timeline: list[tuple[float, float, str]] = []
     with threadpool_limits(limits=1, user_api="blas"):
         start = time.perf_counter()

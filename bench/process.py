@@ -70,12 +70,21 @@ class Server:
             return ""
 
 
+def first_cores(count: int) -> list[int]:
+    """The first `count` of the cores this process may run on (`count` between 1 and all of them)."""
+    cores = sorted(os.sched_getaffinity(0))
+    if not 1 <= count <= len(cores):
+        raise ValueError(f"{count} cores asked for; this process may run on {len(cores)}")
+    return cores[:count]
+
+
 def spawn(target: str, source: Path, env: dict[str, str], log_dir: Path, threads: int | None = None,
-          timeline: bool = False) -> Server:
+          timeline: bool = False, cores: list[int] | None = None) -> Server:
     """Start `functions-framework --target TARGET --source SOURCE` on a free loopback port.
 
     `timeline`: through `bench.start_timeline`, whose clocks inside the processes write the start's steps to the log
-    (`start_timeline.events(server.log_path.read_text())`)."""
+    (`start_timeline.events(server.log_path.read_text())`). `cores`: the server (gunicorn's master and every worker
+    it forks) runs on these cores only, set before Python starts, as an instance with that many vCPUs runs."""
     port = free_port()
     process_env = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
     if threads is not None:
@@ -91,6 +100,7 @@ def spawn(target: str, source: Path, env: dict[str, str], log_dir: Path, threads
         [sys.executable, "-m", module, "--target", target, "--source", str(source),
          "--host", LOOPBACK, "--port", str(port)],
         cwd=ROOT, env=process_env, stdout=log, stderr=subprocess.STDOUT,
+        preexec_fn=None if cores is None else (lambda: os.sched_setaffinity(0, cores)),
     )
     log.close()
     return Server(process, port, started, log_path)
