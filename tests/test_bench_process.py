@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 
 from bench import process, synthetic
+from tests.conftest import ROOT
 
 
 def test_first_cores_are_the_lowest_allowed_and_a_count_out_of_range_is_refused():
@@ -32,3 +35,12 @@ def test_a_server_spawned_on_one_core_runs_its_master_and_worker_there_and_still
     finally:
         server.stop()
     assert len(os.sched_getaffinity(0)) >= 2  # the caller's own cores are untouched
+
+
+def test_cold_probe_refuses_more_cores_than_it_may_use_before_building_anything():
+    allowed = len(os.sched_getaffinity(0))
+    run = subprocess.run([sys.executable, "-m", "bench.cold_probe", "--cpus", str(allowed + 1)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2, run.stderr
+    assert f"--cpus: {allowed + 1} cores asked for; this process may run on {allowed}" in run.stderr
+    assert "instances on cores" not in run.stdout
