@@ -8,7 +8,9 @@ than the goals' margins), so a verdict is read over several:
     python -m bench.compare runs/*/perf.json --out compare.md
 
 Goals are matched by their text; a goal a run did not judge shows as "—" and does not count against it.
-Nothing is measured here.
+Where two runs or more recorded their cold starts, every configuration's starts are also pooled over the
+runs, each run's rounds paired as it timed them, and judged once: a figure from many more starts than one
+run's 13, with its 95% interval. Nothing is measured here.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ import json
 import sys
 from pathlib import Path
 
+from bench.perf import GOALS
 from bench.report import _table as table
+from bench.stats import goal_ratio, median, ratio_interval
 
 
 class RunUnreadable(ValueError):
@@ -80,7 +84,60 @@ def comparison(runs: list[dict]) -> str:
     rows.append(["goals missed", *(f"{m} of {len(r['goals'])}" for m, r in zip(missed, runs)),
                  f"{sum(1 for m in missed if m == 0)} of {len(runs)} runs met every goal"])
     lines += ["", table(["goal", *map(str, range(1, len(runs) + 1)), "met"], rows)]
-    return "\n".join(lines + _lazy_steps(runs)) + "\n"
+    return "\n".join(lines + _pooled_starts(runs) + _lazy_steps(runs)) + "\n"
+
+
+def _paired_rounds(config: dict, floor: dict | None) -> tuple[list[float], list[float]]:
+    """A configuration's starts and its floor's, of the rounds both were timed in (the k-th start of each ran
+    in the k-th round of starts, as `bench.perf` pairs them for a goal's interval)."""
+    ours, theirs = list(config.get("first_ok_samples_s") or ()), list((floor or {}).get("first_ok_samples_s") or ())
+    rounds = min(len(ours), len(theirs))
+    return ours[:rounds], theirs[:rounds]
+
+
+def _pooled_starts(runs: list[dict]) -> list[str]:
+    """Every cold-start configuration's starts pooled over the runs that recorded them, against the floor's
+    (and the floor with one BLAS thread) of the same rounds: the ratio of the pooled medians, its 95% interval
+    with rounds drawn from every run (`bench.stats.ratio_interval`), and where the goal's line falls for the
+    configurations at the goal's size. Nothing when fewer than two runs recorded starts."""
+    pooled: dict[str, dict] = {}
+    for results in runs:
+        cold = results.get("cold_start") or {}
+        for config in cold.get("configs") or ():
+            for floor_name in ("floor", "floor_one_blas_thread"):
+                ours, theirs = _paired_rounds(config, cold.get(floor_name))
+                if not ours:
+                    continue
+                entry = pooled.setdefault(config["label"], {"items": config.get("items"), "runs": set()})
+                entry.setdefault(floor_name, ([], []))
+                entry[floor_name][0].extend(ours)
+                entry[floor_name][1].extend(theirs)
+                entry["runs"].add(id(results))
+    line = GOALS["cold_start_ratio"]
+    rows = []
+    for label, entry in pooled.items():
+        if len(entry["runs"]) < 2 or "floor" not in entry:
+            continue
+        ours, theirs = entry["floor"]
+        figure = goal_ratio(median(ours), median(theirs))
+        low, high = ratio_interval(ours, theirs, None)
+        if entry["items"] != 100_000:
+            verdict = ""
+        elif high <= line:
+            verdict = f"met: the whole interval at or under {line}"
+        elif low > line:
+            verdict = f"missed: the whole interval over {line}"
+        else:
+            verdict = f"undecided: the interval straddles {line}"
+        pinned = entry.get("floor_one_blas_thread")
+        rows.append([label, len(entry["runs"]), len(ours), figure, f"{low}–{high}",
+                     None if not pinned else goal_ratio(median(pinned[0]), median(pinned[1])), verdict])
+    if not rows:
+        return []
+    return ["", f"Cold starts pooled over the runs (each configuration's first 200 against the bare function's in"
+                f" the same rounds; the goal: ≤ {line}× at 100k items):", "",
+            table(["instance", "runs", "starts", "pooled ratio of medians", "95% interval, rounds resampled",
+                   "against the floor with one BLAS thread", "the goal"], rows)]
 
 
 def _lazy_steps(runs: list[dict]) -> list[str]:

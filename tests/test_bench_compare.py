@@ -113,3 +113,50 @@ def test_python_dash_m_bench_compare_runs_as_documented(tmp_path):
 
     assert run.returncode == 0, run.stderr
     assert "| cold start ≤ 1.2× floor | **1.202** | 1.175 | 1 of 2 |" in run.stdout
+
+
+def _with_starts(results: dict, floor: list[float], floor_one_thread: list[float],
+                 configs: list[tuple[str, int, list[float]]]) -> dict:
+    started = json.loads(json.dumps(results))
+    started["cold_start"]["floor"]["first_ok_samples_s"] = floor
+    started["cold_start"]["floor_one_blas_thread"] = {"first_ok_samples_s": floor_one_thread}
+    started["cold_start"]["configs"] = [{"label": label, "items": items, "first_ok_samples_s": samples}
+                                        for label, items, samples in configs]
+    return started
+
+
+def _pooled_rows(table: str) -> list[str]:
+    pooled = table.split("Cold starts pooled over the runs")[1].split("Lazy starts")[0]
+    return [line for line in pooled.splitlines() if line.startswith("| ") and not line.startswith("| instance ")]
+
+
+def test_cold_starts_pool_every_runs_paired_rounds_and_judge_the_goal_once():
+    # Every round of ours took 1.1× its floor's round, so every resample of rounds gives 1.1 exactly. The pooled
+    # floor medians: (0.24 + 0.30) / 2 = 0.27 s, and 0.25 with one BLAS thread, so 0.297 / 0.25 = 1.188 there.
+    # 1M items has two starts a run: paired with the floor's first two rounds, 3× each. PRELOAD_SHOPS: 1.5× each.
+    first = _with_starts(FIRST, [0.20, 0.22, 0.24], [0.18, 0.20, 0.22], [
+        ("100k items", 100_000, [0.22, 0.242, 0.264]), ("1M items", 1_000_000, [0.60, 0.66]),
+        ("100k items, PRELOAD_SHOPS", 100_000, [0.30, 0.33, 0.36])])
+    second = _with_starts(SECOND, [0.30, 0.32, 0.34], [0.28, 0.30, 0.32], [
+        ("100k items", 100_000, [0.33, 0.352, 0.374]), ("1M items", 1_000_000, [0.90, 0.96]),
+        ("100k items, PRELOAD_SHOPS", 100_000, [0.45, 0.48, 0.51])])
+
+    rows = _pooled_rows(comparison([first, second]))
+
+    assert rows == [
+        "| 100k items | 2 | 6 | 1.1 | 1.1–1.1 | 1.188 | met: the whole interval at or under 1.2 |",
+        "| 1M items | 2 | 4 | 3.0 | 3.0–3.0 | 3.25 |  |",  # 0.78 / 0.24; not the goal's size: no verdict
+        "| 100k items, PRELOAD_SHOPS | 2 | 6 | 1.5 | 1.5–1.5 | 1.62 | missed: the whole interval over 1.2 |",
+    ]
+
+
+def test_a_pooled_interval_across_the_line_is_undecided_and_one_run_is_not_pooled():
+    # The floor took 1.0 s in all six rounds, ours 1.0 s in three and 1.4 s in three: the pooled median is 1.2.
+    # A resample's median is 1.0 when four or more of its six rounds are 1.0 s ones (22 of 64 draws' chance),
+    # 1.4 as often, so the central 95% of resamples runs from 1.0 to 1.4: across the goal's line.
+    first = _with_starts(FIRST, [1.0, 1.0, 1.0], [1.0, 1.0, 1.0], [("100k items", 100_000, [1.0, 1.0, 1.0])])
+    second = _with_starts(SECOND, [1.0, 1.0, 1.0], [1.0, 1.0, 1.0], [("100k items", 100_000, [1.4, 1.4, 1.4])])
+
+    assert _pooled_rows(comparison([first, second])) == [
+        "| 100k items | 2 | 6 | 1.2 | 1.0–1.4 | 1.2 | undecided: the interval straddles 1.2 |"]
+    assert "pooled" not in comparison([first, SECOND])  # one run with starts: its own goal row says it all
