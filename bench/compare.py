@@ -8,9 +8,10 @@ than the goals' margins), so a verdict is read over several:
     python -m bench.compare runs/*/perf.json --out compare.md
 
 Goals are matched by their text; a goal a run did not judge shows as "—" and does not count against it.
-Where two runs or more recorded their cold starts, every configuration's starts are also pooled over the
-runs, each run's rounds paired as it timed them, and judged once: a figure from many more starts than one
-run's 13, with its 95% interval. Nothing is measured here.
+Where two runs or more recorded their samples, the cold starts of every configuration, and the warm calls of
+every configuration a warm goal is judged on, are also pooled over the runs, each run's rounds paired as it
+timed them, and judged once: a figure from many more starts than one run's 13 (and a p99 from many more calls
+than one run's 400), with its 95% interval. Nothing is measured here.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ import json
 import sys
 from pathlib import Path
 
-from bench.perf import GOALS
+from bench.perf import GOALS, _label as size_label
 from bench.report import _table as table
-from bench.stats import goal_ratio, median, ratio_interval
+from bench.stats import goal_ratio, median, percentile, ratio_interval
 
 
 class RunUnreadable(ValueError):
@@ -84,7 +85,7 @@ def comparison(runs: list[dict]) -> str:
     rows.append(["goals missed", *(f"{m} of {len(r['goals'])}" for m, r in zip(missed, runs)),
                  f"{sum(1 for m in missed if m == 0)} of {len(runs)} runs met every goal"])
     lines += ["", table(["goal", *map(str, range(1, len(runs) + 1)), "met"], rows)]
-    return "\n".join(lines + _pooled_starts(runs) + _lazy_steps(runs)) + "\n"
+    return "\n".join(lines + _pooled_starts(runs) + _pooled_warm(runs) + _lazy_steps(runs)) + "\n"
 
 
 def _paired_rounds(config: dict, floor: dict | None) -> tuple[list[float], list[float]]:
@@ -93,6 +94,15 @@ def _paired_rounds(config: dict, floor: dict | None) -> tuple[list[float], list[
     ours, theirs = list(config.get("first_ok_samples_s") or ()), list((floor or {}).get("first_ok_samples_s") or ())
     rounds = min(len(ours), len(theirs))
     return ours[:rounds], theirs[:rounds]
+
+
+def _verdict(low: float, high: float, line: float, strictly_under: bool = False) -> str:
+    """Where a goal's line falls against a pooled figure's interval."""
+    if high < line or (high == line and not strictly_under):
+        return "met"
+    if low > line or (low == line and strictly_under):
+        return "missed"
+    return "undecided"
 
 
 def _pooled_starts(runs: list[dict]) -> list[str]:
@@ -121,14 +131,9 @@ def _pooled_starts(runs: list[dict]) -> list[str]:
         ours, theirs = entry["floor"]
         figure = goal_ratio(median(ours), median(theirs))
         low, high = ratio_interval(ours, theirs, None)
-        if entry["items"] != 100_000:
-            verdict = ""
-        elif high <= line:
-            verdict = f"met: the whole interval at or under {line}"
-        elif low > line:
-            verdict = f"missed: the whole interval over {line}"
-        else:
-            verdict = f"undecided: the interval straddles {line}"
+        verdict = "" if entry["items"] != 100_000 else {
+            "met": f"met: the whole interval at or under {line}", "missed": f"missed: the whole interval over {line}",
+            "undecided": f"undecided: the interval straddles {line}"}[_verdict(low, high, line)]
         pinned = entry.get("floor_one_blas_thread")
         rows.append([label, len(entry["runs"]), len(ours), figure, f"{low}–{high}",
                      None if not pinned else goal_ratio(median(pinned[0]), median(pinned[1])), verdict])
@@ -138,6 +143,75 @@ def _pooled_starts(runs: list[dict]) -> list[str]:
                 f" the same rounds; the goal: ≤ {line}× at 100k items):", "",
             table(["instance", "runs", "starts", "pooled ratio of medians", "95% interval, rounds resampled",
                    "against the floor with one BLAS thread", "the goal"], rows)]
+
+
+# The warm configurations the goals are judged on, at the reference size (bench.perf's goals): a name as the goals
+# give it ({at}: the reference size), where its measurements sit in warm_latency, and whether it is also judged
+# against implicit's fold-in.
+WARM_CONFIGS = (
+    ("at {at} (blas_one_thread)", ("sizes", "blas_one_thread"), True),
+    ("at {at}, a trained model (blas_one_thread)", ("trained_one_thread",), True),
+    ("at {at} with {at} catalog rows (blas_one_thread)", ("with_catalog_one_thread",), False),
+    ("at {at} (blas_default_threads)", ("sizes", "blas_default_threads"), True),
+    ("at {at} with {at} catalog rows (blas_default_threads)", ("with_catalog",), False),
+)
+WARM_INTENTS = ("personalized", "related", "complementary")
+
+
+def _reference_size(results: dict) -> int:
+    return (results.get("meta") or {}).get("reference_size", 100_000)
+
+
+def _warm_measurement(results: dict, where: tuple[str, ...]) -> dict | None:
+    warm = results.get("warm_latency") or {}
+    if where[0] == "sizes":
+        reference = _reference_size(results)
+        size = next((s for s in warm.get("sizes") or () if s.get("items") == reference), None)
+        return None if size is None else size.get(where[1])
+    return warm.get(where[0])
+
+
+def _pooled_warm(runs: list[dict]) -> list[str]:
+    """Each warm goal's configuration and intent with every run's calls pooled (`samples_ms`, the i-th call of
+    each name from one interleaved round): the p99 of all of ours over the p99 of all of the floor's (and of
+    implicit's fold-in where that is a goal too), with 95% intervals drawn over the pooled rounds. Nothing
+    when fewer than two runs recorded samples."""
+    line = GOALS["warm_p99_vs_floor"]
+    rows = []
+    for name, where, against_peer in WARM_CONFIGS:
+        for intent in WARM_INTENTS:
+            ours: list[float] = []
+            floor: list[float] = []
+            peer: list[float] = []
+            counted = 0
+            for results in runs:
+                samples = (_warm_measurement(results, where) or {}).get("samples_ms") or {}
+                rounds = min(len(samples.get(intent) or ()), len(samples.get("floor") or ()),
+                             len(samples.get("implicit_fold_in") or ()))
+                if not rounds:
+                    continue
+                counted += 1
+                ours += samples[intent][:rounds]
+                floor += samples["floor"][:rounds]
+                peer += samples["implicit_fold_in"][:rounds]
+            if counted < 2:
+                continue
+            vs_floor = goal_ratio(percentile(ours, 99), percentile(floor, 99))
+            low, high = ratio_interval(ours, floor, 99)
+            cells = [f"{intent} p99 {name.format(at=size_label(_reference_size(runs[0])))}", counted, len(ours), vs_floor, f"{low}–{high}", _verdict(low, high, line)]
+            if against_peer:
+                vs_peer = goal_ratio(percentile(ours, 99), percentile(peer, 99))
+                peer_low, peer_high = ratio_interval(ours, peer, 99)
+                cells += [vs_peer, f"{peer_low}–{peer_high}", _verdict(peer_low, peer_high, 1.0, strictly_under=True)]
+            else:
+                cells += [None, None, None]
+            rows.append(cells)
+    if not rows:
+        return []
+    return ["", f"Warm answers pooled over the runs (p99 of every run's calls; goals: ≤ {line}× the floor, and"
+                f" faster than implicit's fold-in where that is judged):", "",
+            table(["goal's configuration", "runs", "calls", "against the floor", "95% interval", "≤ 1.5×",
+                   "against implicit's fold-in", "95% interval", "faster"], rows)]
 
 
 def _lazy_steps(runs: list[dict]) -> list[str]:

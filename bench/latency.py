@@ -130,7 +130,11 @@ def measure_size(shop: ShopFiles, repetitions: int, event_store_url: str | None 
             "floor": summaries["floor"], "implicit_fold_in": summaries["implicit_fold_in"],
             "implicit_user_factor": summaries["implicit_user_factor"], "intents": intents,
             "cached_answer": summaries["cached_answer"],
-            "implicit_threads": "implicit default (num_threads=0: all cores)"}
+            "implicit_threads": "implicit default (num_threads=0: all cores)",
+            # every timed call, in ms, the i-th of each name from the same interleaved round: what
+            # `bench.compare` pools over several runs to judge a p99 from many more calls than one run's
+            "samples_ms": {name: [round(value * 1e3, 4) for value in samples[name]]
+                           for name in ("floor", "implicit_fold_in", *INTENTS)}}
 
 
 def _first_answers(personalized: list, count: int, repetitions: int, warmup: int) -> list[bool]:

@@ -160,3 +160,32 @@ def test_a_pooled_interval_across_the_line_is_undecided_and_one_run_is_not_poole
     assert _pooled_rows(comparison([first, second])) == [
         "| 100k items | 2 | 6 | 1.2 | 1.0–1.4 | 1.2 | undecided: the interval straddles 1.2 |"]
     assert "pooled" not in comparison([first, SECOND])  # one run with starts: its own goal row says it all
+
+
+def _with_warm_calls(results: dict, calls_ms: dict[str, list[float]]) -> dict:
+    timed = json.loads(json.dumps(results))
+    timed["meta"]["reference_size"] = 100_000
+    timed["warm_latency"] = {"sizes": [{"items": 100_000, "blas_one_thread": {"samples_ms": calls_ms}}]}
+    return timed
+
+
+def test_warm_calls_pool_every_runs_rounds_into_one_p99_against_the_floor_and_implicit():
+    # 200 pooled rounds; the floor took 1.0 ms and implicit's fold-in 2.0 ms in every one. Personalized answers took
+    # 1.2 ms but for three of the second run's, 1.8 ms: the nearest-rank p99 of 200 is the 198th fastest, 1.8 ms,
+    # so 1.8× the floor and 0.9× implicit. A resample's p99 is 1.8 ms when it draws three or more of those three
+    # rounds (about 58% of resamples) and 1.2 ms otherwise, so the intervals run 1.2–1.8 and 0.6–0.9: across
+    # the floor's line of 1.5, wholly under implicit's 1. Related answers took 1.0 ms in every round.
+    first = _with_warm_calls(FIRST, {"floor": [1.0] * 100, "implicit_fold_in": [2.0] * 100,
+                                     "personalized": [1.2] * 100, "related": [1.0] * 100})
+    second = _with_warm_calls(SECOND, {"floor": [1.0] * 100, "implicit_fold_in": [2.0] * 100,
+                                       "personalized": [1.2] * 97 + [1.8] * 3, "related": [1.0] * 100})
+
+    table = comparison([first, second])
+
+    pooled = table.split("Warm answers pooled over the runs")[1]
+    rows = [line for line in pooled.splitlines() if line.startswith("| ") and not line.startswith("| goal's")]
+    assert rows == [  # no complementary calls and no other configuration recorded: no rows for them
+        "| personalized p99 at 100k (blas_one_thread) | 2 | 200 | 1.8 | 1.2–1.8 | undecided | 0.9 | 0.6–0.9 | met |",
+        "| related p99 at 100k (blas_one_thread) | 2 | 200 | 1.0 | 1.0–1.0 | met | 0.5 | 0.5–0.5 | met |",
+    ]
+    assert "Warm answers pooled" not in comparison([first, SECOND])  # one run with calls: nothing to pool

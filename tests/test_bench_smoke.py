@@ -14,8 +14,8 @@ import pytest
 from bench.cold_start import start_order
 from bench.compare import comparison
 from bench.latency import _first_answers
-from bench.perf import SECTIONS, goals, headline_figures
-from bench.stats import CpuShares, ratio_interval
+from bench.perf import SECTIONS, _label, goals, headline_figures
+from bench.stats import CpuShares, percentile, ratio_interval
 from recommender.serving import HEAD_MIN_ITEMS
 from tests.conftest import ROOT
 
@@ -58,6 +58,10 @@ def test_quick_benchmark_reports_every_section_with_positive_numbers(tmp_path):
             personalized = size[blas]["intents"]["personalized"]
             turns = personalized["first_answers"]["n"], personalized["repeat_answers"]["n"]
             assert min(turns) > 0 and sum(turns) == personalized["n"], (size["items"], blas, turns)
+            calls = size[blas]["samples_ms"]  # every timed call kept, for bench.compare to pool over runs
+            assert {len(values) for values in calls.values()} == {personalized["n"]}, (size["items"], blas)
+            assert abs(percentile(calls["personalized"], 99) - personalized["p99_ms"]) <= 0.001
+            assert abs(percentile(calls["floor"], 99) - size[blas]["floor"]["p99_ms"]) <= 0.001
     ratios = [goal for goal in timed if goal["section"] in ("cold start", "warm latency")]
     assert all(0 < goal["interval"][0] <= goal["interval"][1] for goal in ratios), ratios  # each with its interval
     levels = results["ingest"]["sqlite"]["http"] + results["ingest"]["postgresql"].get("http", [])
@@ -78,6 +82,12 @@ def test_quick_benchmark_reports_every_section_with_positive_numbers(tmp_path):
     rows = {line.split(" | ")[0][2:]: line for line in compared.splitlines() if line.startswith("| ")}
     for goal in results["goals"]:
         assert rows[goal["goal"]].endswith(f" | {2 if goal['met'] else 0} of 2 |"), rows[goal["goal"]]
+    pooled = {line.split(" | ")[0][2:]: line.split(" | ") for line in compared.split("Warm answers pooled")[1]
+              .split("\n\n")[2].splitlines()[2:]}  # each warm goal's calls from both copies of the run
+    reference = results["meta"]["reference_size"]
+    size = next(size for size in results["warm_latency"]["sizes"] if size["items"] == reference)
+    n = size["blas_one_thread"]["intents"]["personalized"]["n"]
+    assert pooled[f"personalized p99 at {_label(reference)} (blas_one_thread)"][1:3] == ["2", str(2 * n)], pooled
 
 
 @pytest.mark.timeout(120)
