@@ -82,8 +82,8 @@ def test_quick_benchmark_reports_every_section_with_positive_numbers(tmp_path):
     rows = {line.split(" | ")[0][2:]: line for line in compared.splitlines() if line.startswith("| ")}
     for goal in results["goals"]:
         assert rows[goal["goal"]].endswith(f" | {2 if goal['met'] else 0} of 2 |"), rows[goal["goal"]]
-    pooled = {line.split(" | ")[0][2:]: line.split(" | ") for line in compared.split("Warm answers pooled")[1]
-              .split("\n\n")[2].splitlines()[2:]}  # each warm goal's calls from both copies of the run
+    warm_table = compared.split("Warm answers pooled")[1].split("\n\n")[1]  # each warm goal's calls, both copies
+    pooled = {line.split(" | ")[0][2:]: line.split(" | ") for line in warm_table.splitlines()[2:]}
     reference = results["meta"]["reference_size"]
     size = next(size for size in results["warm_latency"]["sizes"] if size["items"] == reference)
     n = size["blas_one_thread"]["intents"]["personalized"]["n"]
