@@ -93,7 +93,8 @@ def _reference_size(sizes: tuple[int, ...]) -> int:
     return min(sizes, key=lambda n: abs(math.log(n / 100_000)))
 
 
-def _label(n: int) -> str:
+def size_label(n: int) -> str:
+    """A catalog size as the goals and tables name it: 2k, 100k, 1M."""
     return f"{n // 1_000_000}M" if n >= 1_000_000 and n % 1_000_000 == 0 else f"{n // 1000}k" if n >= 1000 else str(n)
 
 
@@ -165,7 +166,7 @@ def run(plan: Plan, workdir: Path, log=print) -> dict:
 
     log("setup: bytecode for main.py, recommender/ and webhooks/, as deploy/deploy.py ships it")
     _compile_bytecode()
-    log(f"setup: artifacts of {', '.join(map(_label, plan.sizes))} items")
+    log(f"setup: artifacts of {', '.join(map(size_label, plan.sizes))} items")
     shops = {}
     for n in plan.sizes:
         models_dir = workdir / f"models-{n}"
@@ -176,18 +177,18 @@ def run(plan: Plan, workdir: Path, log=print) -> dict:
             catalog_shop = synthetic.prepare_shop(workdir / f"shop-{n}-catalog", artifact, models_dir, plan.shoppers,
                                                   with_catalog=True)
         del artifact
-    log(f"setup: a model trained on power-law events, {_label(reference)} items")
+    log(f"setup: a model trained on power-law events, {size_label(reference)} items")
     trained = synthetic.build_artifact(reference, item_factors=synthetic.trained_factors(reference))
     synthetic.publish_artifact(workdir / "models-trained", trained)
     trained_shop = synthetic.prepare_shop(workdir / "shop-trained", trained, workdir / "models-trained", plan.shoppers)
     del trained
 
     section("cold start")
-    configs = [(f"{_label(n)} items", shops[n], plan.cold_repeats_large if n >= 1_000_000 else plan.cold_repeats)
+    configs = [(f"{size_label(n)} items", shops[n], plan.cold_repeats_large if n >= 1_000_000 else plan.cold_repeats)
                for n in plan.sizes]
-    configs.append((f"{_label(reference)} items, PRELOAD_SHOPS", shops[reference], plan.cold_repeats,
+    configs.append((f"{size_label(reference)} items, PRELOAD_SHOPS", shops[reference], plan.cold_repeats,
                     {"PRELOAD_SHOPS": synthetic.SHOP}))  # the model loads while the instance starts
-    configs.append((f"{_label(reference)} items + {_label(reference)} catalog rows", catalog_shop,
+    configs.append((f"{size_label(reference)} items + {size_label(reference)} catalog rows", catalog_shop,
                     max(1, plan.cold_repeats - 2)))  # the catalog is read on the first request too
     results["cold_start"] = cold_start.measure(configs, plan.cold_repeats, workdir / "cold")
 
@@ -198,7 +199,7 @@ def run(plan: Plan, workdir: Path, log=print) -> dict:
         with threadpool_limits(limits=1, user_api="blas"):
             pinned = latency.measure_size(shops[n], plan.warm_repetitions[n])
         warm.append({"items": n, "blas_default_threads": default, "blas_one_thread": pinned})
-        log(f"  {_label(n)}: personalized p99 {default['intents']['personalized']['p99_ms']} ms"
+        log(f"  {size_label(n)}: personalized p99 {default['intents']['personalized']['p99_ms']} ms"
             f" (floor {default['floor']['p99_ms']} ms)")
     profiles = []
     for measured in warm:
@@ -254,7 +255,7 @@ def run(plan: Plan, workdir: Path, log=print) -> dict:
     for n in plan.sizes:
         folder = workdir / f"models-{n}" / synthetic.SHOP
         path = next(folder.glob("*.npz"))
-        artifacts.append({"label": f"synthetic {_label(n)}", **size.analyze(path, compress_check=n <= 100_000)})
+        artifacts.append({"label": f"synthetic {size_label(n)}", **size.analyze(path, compress_check=n <= 100_000)})
     artifacts.append({"label": "trained, 32 factors (the shipped default)",
                       **size.analyze(Path(results["training"]["artifact_path"]), compress_check=True)})
     artifacts.append({"label": "trained, 64 factors (the same events)",
@@ -316,7 +317,7 @@ def _cost(results: dict, reference: int) -> dict:
     for run in results["http"]["runs"]:
         level = next((lv for lv in run["levels"] if lv["concurrency"] == 8), run["levels"][-1])
         memory = process.peak_upper_bound_mib(run["memory_after_mib"])
-        label = f"recommend, {_label(reference)} items, personalized at concurrency {level['concurrency']}, {run['label']}"
+        label = f"recommend, {size_label(reference)} items, personalized at concurrency {level['concurrency']}, {run['label']}"
         at_both_tiers(label, level["ours"]["server_cpu_ms_per_request"], memory, "recommend")
     webhook = results["ingest"]["sqlite"]["http"][-1]
     memory = process.peak_upper_bound_mib(webhook["memory_after_mib"])
@@ -343,7 +344,7 @@ def goals(results: dict) -> list[dict]:
             out[-1]["interval"] = list(interval)
 
     # Ratios are judged to three decimals, from the figures as recorded (the tables round them to two).
-    at = _label(reference)
+    at = size_label(reference)
     floor = results["cold_start"]["floor"]
     for config in results["cold_start"]["configs"]:
         if config["items"] == reference:

@@ -14,7 +14,7 @@ import pytest
 from bench.cold_start import start_order
 from bench.compare import comparison
 from bench.latency import _first_answers
-from bench.perf import SECTIONS, _label, goals, headline_figures
+from bench.perf import SECTIONS, goals, headline_figures, size_label
 from bench.stats import CpuShares, percentile, ratio_interval
 from recommender.serving import HEAD_MIN_ITEMS
 from tests.conftest import ROOT
@@ -87,7 +87,7 @@ def test_quick_benchmark_reports_every_section_with_positive_numbers(tmp_path):
     reference = results["meta"]["reference_size"]
     size = next(size for size in results["warm_latency"]["sizes"] if size["items"] == reference)
     n = size["blas_one_thread"]["intents"]["personalized"]["n"]
-    assert pooled[f"personalized p99 at {_label(reference)} (blas_one_thread)"][1:3] == ["2", str(2 * n)], pooled
+    assert pooled[f"personalized p99 at {size_label(reference)} (blas_one_thread)"][1:3] == ["2", str(2 * n)], pooled
 
 
 @pytest.mark.timeout(120)
