@@ -78,13 +78,108 @@ def first_cores(count: int) -> list[int]:
     return cores[:count]
 
 
+class CpuCapUnavailable(RuntimeError):
+    """This process cannot make a CPU-capped control group here (not root, or no CPU controller it may use)."""
+
+
+@dataclass(frozen=True)
+class CpuCap:
+    """A control group of its own whose processes share `vcpu` of a CPU: the kernel's CFS bandwidth control lets
+    them run `vcpu × period` of CPU time in every period, then holds them until the next one. A fractional Cloud Run
+    vCPU, emulated (how Cloud Run itself enforces one is not documented to this detail).
+
+    Made by `create`, joined by `spawn(..., cap=)` before Python starts (every process the server forks stays in
+    it), ended by `remove` once its processes have exited."""
+
+    path: Path  # the group's folder
+    version: int  # 1 (the `cpu` hierarchy of cgroup v1) or 2 (the unified hierarchy)
+    vcpu: float
+    period_us: int
+
+    @classmethod
+    def create(cls, vcpu: float, period_us: int = 100_000) -> CpuCap:
+        if not 0 < vcpu <= len(os.sched_getaffinity(0)):
+            raise ValueError(f"vcpu must be above 0 and at most this process's {len(os.sched_getaffinity(0))} cores,"
+                             f" not {vcpu}")
+        base, version = _own_cpu_group()
+        path = base / f"bench-cap-{os.getpid()}-{time.monotonic_ns()}"
+        quota_us = max(1000, round(vcpu * period_us))  # the kernel's smallest quota is 1 ms
+        try:
+            path.mkdir()
+            if version == 1:
+                (path / "cpu.cfs_period_us").write_text(str(period_us))
+                (path / "cpu.cfs_quota_us").write_text(str(quota_us))
+            else:
+                (path / "cpu.max").write_text(f"{quota_us} {period_us}")
+        except OSError as exc:
+            if path.exists():
+                path.rmdir()
+            raise CpuCapUnavailable(f"cannot make a CPU-capped group under {base}: {exc}") from exc
+        return cls(path, version, quota_us / period_us, period_us)
+
+    def enter(self) -> None:
+        """Move the calling process into the group (a child's `preexec_fn`, before it starts Python)."""
+        (self.path / "cgroup.procs").write_text(str(os.getpid()))
+
+    def throttling(self) -> dict[str, float]:
+        """So far: the periods the group ran in, how many of them ended with it held, and for how long in all (ms)."""
+        stat = dict(line.split() for line in (self.path / "cpu.stat").read_text().splitlines() if line.strip())
+        held_ms = int(stat["throttled_time"]) / 1e6 if self.version == 1 else int(stat["throttled_usec"]) / 1e3
+        return {"periods": int(stat["nr_periods"]), "throttled": int(stat["nr_throttled"]),
+                "throttled_ms": round(held_ms, 1)}
+
+    def remove(self) -> None:
+        """Delete the group; its processes must have exited (a group with processes in it cannot be removed)."""
+        for _ in range(50):  # an exited process leaves its group a moment after its parent has reaped it
+            try:
+                self.path.rmdir()
+                return
+            except FileNotFoundError:
+                return
+            except OSError:
+                time.sleep(0.02)
+        self.path.rmdir()
+
+
+def _own_cpu_group() -> tuple[Path, int]:
+    """The folder of this process's own control group in the hierarchy that has the CPU controller, and that
+    hierarchy's version; `CpuCapUnavailable` where there is none this process may write to."""
+    own = {}  # hierarchy's controllers ("" for v2) -> this process's path in it
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        own[controllers] = path
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        _, mount, fstype, options, *_ = line.split()
+        if fstype == "cgroup" and "cpu" in options.split(","):
+            group = next((path for controllers, path in own.items() if "cpu" in controllers.split(",")), None)
+            if group is not None:
+                base, version = Path(mount) / group.lstrip("/"), 1
+                break
+    else:
+        mount = next((line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()
+                      if line.split()[2] == "cgroup2"), None)
+        if mount is None or "" not in own:
+            raise CpuCapUnavailable("no cgroup hierarchy with a CPU controller is mounted here")
+        base, version = Path(mount) / own[""].lstrip("/"), 2
+        controllers = base / "cgroup.subtree_control"
+        try:
+            if "cpu" not in controllers.read_text().split():
+                controllers.write_text("+cpu")
+        except OSError as exc:
+            raise CpuCapUnavailable(f"the CPU controller cannot be handed to groups under {base}: {exc}") from exc
+    if not os.access(base, os.W_OK):
+        raise CpuCapUnavailable(f"{base} is not writable by this process (run as root, or in a delegated group)")
+    return base, version
+
+
 def spawn(target: str, source: Path, env: dict[str, str], log_dir: Path, threads: int | None = None,
-          timeline: bool = False, cores: list[int] | None = None) -> Server:
+          timeline: bool = False, cores: list[int] | None = None, cap: CpuCap | None = None) -> Server:
     """Start `functions-framework --target TARGET --source SOURCE` on a free loopback port.
 
     `timeline`: through `bench.start_timeline`, whose clocks inside the processes write the start's steps to the log
     (`start_timeline.events(server.log_path.read_text())`). `cores`: the server (gunicorn's master and every worker
-    it forks) runs on these cores only, set before Python starts, as an instance with that many vCPUs runs."""
+    it forks) runs on these cores only, set before Python starts, as an instance with that many vCPUs runs. `cap`:
+    and in that CPU-capped group, as an instance of a fractional vCPU runs."""
     port = free_port()
     process_env = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
     if threads is not None:
@@ -100,10 +195,17 @@ def spawn(target: str, source: Path, env: dict[str, str], log_dir: Path, threads
         [sys.executable, "-m", module, "--target", target, "--source", str(source),
          "--host", LOOPBACK, "--port", str(port)],
         cwd=ROOT, env=process_env, stdout=log, stderr=subprocess.STDOUT,
-        preexec_fn=None if cores is None else (lambda: os.sched_setaffinity(0, cores)),
+        preexec_fn=None if cores is None and cap is None else (lambda: _confine(cores, cap)),
     )
     log.close()
     return Server(process, port, started, log_path)
+
+
+def _confine(cores: list[int] | None, cap: CpuCap | None) -> None:
+    if cores is not None:
+        os.sched_setaffinity(0, cores)
+    if cap is not None:
+        cap.enter()
 
 
 STORAGE_BUCKET = "bench-models"

@@ -44,3 +44,89 @@ def test_cold_probe_refuses_more_cores_than_it_may_use_before_building_anything(
     assert run.returncode == 2, run.stderr
     assert f"--cpus: {allowed + 1} cores asked for; this process may run on {allowed}" in run.stderr
     assert "instances on cores" not in run.stdout
+
+
+@pytest.fixture
+def cap_of():
+    """`cap_of(vcpu)`: a CPU-capped control group (`process.CpuCap`), removed after the test; the test is skipped
+    where this process may not make one (not root, no CPU controller), as on most laptops."""
+    made = []
+
+    def make(vcpu: float) -> process.CpuCap:
+        try:
+            cap = process.CpuCap.create(vcpu)
+        except process.CpuCapUnavailable as exc:
+            pytest.skip(f"no CPU-capped control group here: {exc}")
+        made.append(cap)
+        return cap
+
+    yield make
+    for cap in made:
+        cap.remove()
+        assert not cap.path.exists()
+
+
+def test_a_cpu_cap_holds_a_busy_process_to_its_share_of_each_period(cap_of):
+    cap = cap_of(0.2)
+    quota_file = "cpu.cfs_quota_us" if cap.version == 1 else "cpu.max"
+    assert (cap.path / quota_file).read_text().split()[0] == "20000"  # 0.2 of the 100 ms period
+    assert cap.throttling()["throttled"] == 0
+    busy = "import time\nstart = time.process_time()\nwhile time.process_time() - start < 0.15:\n    pass\n"
+    subprocess.run([sys.executable, "-c", busy], preexec_fn=cap.enter, check=True, timeout=60)
+    held = cap.throttling()
+    # 150 ms of CPU at 20 ms a period cannot run without being held: at least 7 periods end with it stopped.
+    assert held["throttled"] >= 7, held
+    assert held["throttled_ms"] > 0
+
+
+def test_a_server_spawned_in_a_cap_runs_its_master_and_worker_there_and_still_answers(cap_of, tmp_path):
+    cap = cap_of(0.5)
+    server = process.spawn("floor", synthetic.write_floor_source(tmp_path / "floor"), {}, tmp_path / "logs",
+                           threads=1, cap=cap)
+    try:
+        process.wait_until_serving(server, "/")
+        pids = server.pids()
+        assert len(pids) >= 2, server.output()
+        for pid in pids:
+            groups = [line.split(":", 2)[2] for line in open(f"/proc/{pid}/cgroup").read().splitlines()]
+            assert any(group.endswith("/" + cap.path.name) for group in groups), groups
+        assert cap.throttling()["periods"] > 0  # the group's quota has been running
+    finally:
+        server.stop()
+    own = open("/proc/self/cgroup").read()
+    assert cap.path.name not in own  # the caller stays where it was
+
+
+@pytest.mark.parametrize("vcpus, message", [("0", "each share between 0.01 and 1"),
+                                            ("1.5", "each share between 0.01 and 1"),
+                                            ("half", "numbers separated by commas")])
+def test_vcpu_probe_refuses_a_share_it_cannot_emulate_before_building_anything(vcpus, message):
+    run = subprocess.run([sys.executable, "-m", "bench.vcpu_probe", "--vcpus", vcpus], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2, run.stderr
+    assert message in run.stderr
+
+
+def test_vcpu_probe_summary_pools_every_starts_requests_and_sets_ours_beside_the_floor():
+    from bench.vcpu_probe import summarize
+
+    def run(first_ok_s, paced_ms, busy_ms, per_s, cpu_ms, throttled, periods):
+        return {"first_ok_s": first_ok_s, "start_throttled_ms": 10.0, "paced_s": [v / 1e3 for v in paced_ms],
+                "paced_throttled": 0, "busy_s": [v / 1e3 for v in busy_ms], "busy_per_s": per_s, "busy_cpu_ms": cpu_ms,
+                "busy_throttled": throttled, "busy_periods": periods}
+
+    figures = summarize({
+        "floor": [run(1.0, [2, 3], [1, 1], 800, 0.5, 0, 4), run(2.0, [2, 2], [1, 1], 600, 0.7, 0, 4),
+                  run(3.0, [4, 2], [1, 1], 700, 0.6, 0, 4)],
+        "recommend": [run(1.5, [5, 6], [3, 90], 300, 1.4, 3, 4), run(3.0, [5, 8], [3, 3], 200, 1.6, 1, 4),
+                      run(4.5, [5, 5], [3, 3], 250, 1.5, 0, 4)],
+    })
+    ours, floor = figures["recommend"], figures["floor"]
+    assert (ours["first_ok_s"], floor["first_ok_s"]) == (3.0, 2.0)
+    assert ours["first_ok_range_s"] == [1.5, 4.5]
+    # Six paced requests a side, pooled: the nearest-rank p99 is the slowest of them.
+    assert (ours["paced"]["n"], ours["paced"]["p50_ms"], ours["paced"]["p99_ms"]) == (6, 5.0, 8.0)
+    assert (floor["paced"]["p50_ms"], floor["paced"]["p99_ms"]) == (2.0, 4.0)
+    assert ours["busy"]["max_ms"] == 90.0
+    assert (ours["busy_per_s"], ours["busy_cpu_ms"], ours["busy_throttled_share"]) == (250, 1.5, 0.33)
+    assert figures["ratios"] == {"start": 1.5, "paced_p99": 2.0, "busy_per_s": 0.36}
