@@ -31,10 +31,11 @@ from pathlib import Path
 
 import requests
 
-from bench import cold_start, process, synthetic
+from bench import cold_start, cost, process, synthetic
 from bench.stats import latency_summary, median, ratio
 
 CLOUD_RUN_SHARES = (0.167, 0.333, 0.583, 1.0)
+DEPLOYED_MIB = 512  # `recommend`'s memory in deploy/deploy.py, priced for a share that is no tier's default
 VARIANTS = ("floor", "recommend")
 ARRIVAL_SEED = 5
 
@@ -98,9 +99,15 @@ def one_instance(variant: str, cap: process.CpuCap, cores: list[int], shop: synt
     }
 
 
-def summarize(starts: dict[str, list[dict]]) -> dict:
+def tier_mib(share: float) -> int:
+    """The memory tier whose default vCPU is `share` (bench/cost.py), else the deployed `recommend`'s."""
+    return next((mib for mib, vcpu in cost.TIERS_MIB_VCPU if vcpu == share), DEPLOYED_MIB)
+
+
+def summarize(starts: dict[str, list[dict]], share: float = 1.0) -> dict:
     """Per variant: the median start, latency percentiles over every start's requests, the busy figures' medians;
-    and ours against the floor."""
+    ours against the floor; and what a million of our requests cost at that share (`cost.per_million`, from the CPU
+    each took back to back, on `tier_mib(share)`)."""
     out = {}
     for variant, runs in starts.items():
         out[variant] = {
@@ -120,14 +127,15 @@ def summarize(starts: dict[str, list[dict]]) -> dict:
     out["ratios"] = {"start": ratio(ours["first_ok_s"], floor["first_ok_s"]),
                      "paced_p99": ratio(ours["paced"]["p99_ms"], floor["paced"]["p99_ms"]),
                      "busy_per_s": ratio(ours["busy_per_s"], floor["busy_per_s"])}
+    out["cost"] = {"tier_mib": tier_mib(share), **cost.per_million(ours["busy_cpu_ms"], tier_mib(share), share)}
     return out
 
 
 def table(results: dict[str, dict]) -> str:
     rows = ["| vCPU | cold start, ours (floor) | ours ÷ floor | paced p50 / p99, ours (floor) | periods held while paced,"
             " ours | back to back p50 / p99, ours | req/s back to back, ours (floor) | CPU per request, ours |"
-            " periods held back to back, ours |",
-            "|---|---|---|---|---|---|---|---|---|"]
+            " periods held back to back, ours | $ per million, busy / isolated (tier) |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
     for share, figures in results.items():
         ours, floor = figures["recommend"], figures["floor"]
         rows.append(
@@ -136,7 +144,8 @@ def table(results: dict[str, dict]) -> str:
             f" {floor['paced']['p99_ms']:.1f}) | {ours['paced_throttled_periods']} |"
             f" {ours['busy']['p50_ms']:.1f} / {ours['busy']['p99_ms']:.1f} ms |"
             f" {ours['busy_per_s']:.0f} ({floor['busy_per_s']:.0f}) | {ours['busy_cpu_ms']:.2f} ms |"
-            f" {ours['busy_throttled_share']:.0%} |")
+            f" {ours['busy_throttled_share']:.0%} | {figures['cost']['busy_usd_per_million']:.2f} /"
+            f" {figures['cost']['isolated_usd_per_million']:.2f} ({figures['cost']['tier_mib']} MiB) |")
     return "\n".join(rows)
 
 
@@ -185,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
                                                         args.requests, args.rate, rng))
             finally:
                 cap.remove()
-            results[str(share)] = {**summarize(starts), "starts": starts}
+            results[str(share)] = {**summarize(starts, share), "starts": starts}
             print(f"{share} vCPU done", file=sys.stderr, flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)

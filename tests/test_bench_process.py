@@ -120,7 +120,7 @@ def test_vcpu_probe_summary_pools_every_starts_requests_and_sets_ours_beside_the
                   run(3.0, [4, 2], [1, 1], 700, 0.6, 0, 4)],
         "recommend": [run(1.5, [5, 6], [3, 90], 300, 1.4, 3, 4), run(3.0, [5, 8], [3, 3], 200, 1.6, 1, 4),
                       run(4.5, [5, 5], [3, 3], 250, 1.5, 0, 4)],
-    })
+    }, share=0.167)
     ours, floor = figures["recommend"], figures["floor"]
     assert (ours["first_ok_s"], floor["first_ok_s"]) == (3.0, 2.0)
     assert ours["first_ok_range_s"] == [1.5, 4.5]
@@ -130,3 +130,7 @@ def test_vcpu_probe_summary_pools_every_starts_requests_and_sets_ours_beside_the
     assert ours["busy"]["max_ms"] == 90.0
     assert (ours["busy_per_s"], ours["busy_cpu_ms"], ours["busy_throttled_share"]) == (250, 1.5, 0.33)
     assert figures["ratios"] == {"start": 1.5, "paced_p99": 2.0, "busy_per_s": 0.36}
+    # 0.167 vCPU is the 256 MiB tier's. 1.5 ms of CPU is 8.98 ms there at $0.0000046330 a second (0.167 × $0.000024
+    # + 0.25 GiB × $0.0000025), plus $0.40 per million requests: $0.44; an isolated request is billed 100 ms: $0.86.
+    assert figures["cost"]["tier_mib"] == 256
+    assert (figures["cost"]["busy_usd_per_million"], figures["cost"]["isolated_usd_per_million"]) == (0.44, 0.86)
