@@ -111,7 +111,7 @@ def test_vcpu_probe_summary_pools_every_starts_requests_and_sets_ours_beside_the
     from bench.vcpu_probe import summarize
 
     def run(first_ok_s, paced_ms, busy_ms, per_s, cpu_ms, throttled, periods):
-        return {"first_ok_s": first_ok_s, "start_throttled_ms": 10.0, "paced_s": [v / 1e3 for v in paced_ms],
+        return {"first_ok_s": first_ok_s, "start_cpu_s": first_ok_s / 5, "start_throttled_ms": 10.0, "paced_s": [v / 1e3 for v in paced_ms],
                 "paced_throttled": 0, "busy_s": [v / 1e3 for v in busy_ms], "busy_per_s": per_s, "busy_cpu_ms": cpu_ms,
                 "busy_throttled": throttled, "busy_periods": periods}
 
@@ -129,8 +129,15 @@ def test_vcpu_probe_summary_pools_every_starts_requests_and_sets_ours_beside_the
     assert (floor["paced"]["p50_ms"], floor["paced"]["p99_ms"]) == (2.0, 4.0)
     assert ours["busy"]["max_ms"] == 90.0
     assert (ours["busy_per_s"], ours["busy_cpu_ms"], ours["busy_throttled_share"]) == (250, 1.5, 0.33)
-    assert figures["ratios"] == {"start": 1.5, "paced_p99": 2.0, "busy_per_s": 0.36}
+    assert (ours["start_cpu_s"], floor["start_cpu_s"]) == (0.6, 0.4)
+    assert figures["ratios"] == {"start": 1.5, "start_cpu": 1.5, "paced_p99": 2.0, "busy_per_s": 0.36}
     # 0.167 vCPU is the 256 MiB tier's. 1.5 ms of CPU is 8.98 ms there at $0.0000046330 a second (0.167 × $0.000024
     # + 0.25 GiB × $0.0000025), plus $0.40 per million requests: $0.44; an isolated request is billed 100 ms: $0.86.
     assert figures["cost"]["tier_mib"] == 256
     assert (figures["cost"]["busy_usd_per_million"], figures["cost"]["isolated_usd_per_million"]) == (0.44, 0.86)
+
+
+def test_vcpu_probe_prices_each_share_on_the_tier_that_comes_with_it_and_one_vcpu_as_deployed():
+    from bench.vcpu_probe import tier_mib
+
+    assert [tier_mib(share) for share in (0.167, 0.333, 0.583, 1.0, 0.5)] == [256, 512, 1024, 512, 512]
