@@ -144,7 +144,8 @@ def table(results: dict[str, dict]) -> str:
     for share, figures in results.items():
         ours, floor = figures["recommend"], figures["floor"]
         rows.append(
-            f"| {share} | {ours['first_ok_s']:.3f} s ({floor['first_ok_s']:.3f}) | {figures['ratios']['start']}× |"
+            f"| {share} | {ours['first_ok_s']:.3f} s ({floor['first_ok_s']:.3f}) | {figures['ratios']['start']}×"
+            f" ({figures['ratios']['start_cpu']}×) |"
             f" {ours['paced']['p50_ms']:.1f} / {ours['paced']['p99_ms']:.1f} ms ({floor['paced']['p50_ms']:.1f} /"
             f" {floor['paced']['p99_ms']:.1f}) | {ours['paced_throttled_periods']} |"
             f" {ours['busy']['p50_ms']:.1f} / {ours['busy']['p99_ms']:.1f} ms |"

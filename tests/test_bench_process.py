@@ -135,6 +135,11 @@ def test_vcpu_probe_summary_pools_every_starts_requests_and_sets_ours_beside_the
     # + 0.25 GiB × $0.0000025), plus $0.40 per million requests: $0.44; an isolated request is billed 100 ms: $0.86.
     assert figures["cost"]["tier_mib"] == 256
     assert (figures["cost"]["busy_usd_per_million"], figures["cost"]["isolated_usd_per_million"]) == (0.44, 0.86)
+    from bench.vcpu_probe import table
+
+    row = table({"0.167": figures}).splitlines()[2]
+    assert row.startswith("| 0.167 | 3.000 s (2.000) | 1.5× (1.5×) | 5.0 / 8.0 ms (2.0 / 4.0) | 0 | 3.0 / 90.0 ms |")
+    assert row.endswith("| 0.44 / 0.86 (256 MiB) |")
 
 
 def test_vcpu_probe_prices_each_share_on_the_tier_that_comes_with_it_and_one_vcpu_as_deployed():
