@@ -272,7 +272,37 @@ def _with_overrides(spec: FunctionSpec, env: dict[str, str]) -> FunctionSpec:
                 changes[spec_field.name] = int(env[name]) if spec_field.type == "int" else env[name]
             except ValueError:
                 raise SystemExit(f"{name} must be an integer, got {env[name]!r}") from None
-    return replace(spec, **changes)
+    sized = replace(spec, **changes)
+    _check_cloud_run_sizes(sized)
+    return sized
+
+
+def _mebibytes(memory: str) -> float | None:
+    """256Mi, 2Gi (the units this script writes) in MiB; None for a form left to gcloud to judge."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)(Mi|Gi)", memory)
+    return None if match is None else float(match[1]) * (1024 if match[2] == "Gi" else 1)
+
+
+def _check_cloud_run_sizes(spec: FunctionSpec) -> None:
+    """Cloud Run's rules for a vCPU limit (cloud.google.com/run/docs/configuring/cpu), checked before
+    any command runs: a whole number, or 0.08 to 1 in steps of 0.001; below 1, one request at a time, at least
+    0.5 vCPU above 512 MiB; at least 1 vCPU above 1 GiB."""
+    name = spec.entry_point.upper()
+    try:
+        cpu = float(spec.cpu)
+    except ValueError:
+        cpu = float("nan")
+    whole = cpu >= 1 and cpu.is_integer()
+    fraction = 0.08 <= cpu < 1 and round(cpu, 3) == cpu
+    if not (whole or fraction):
+        raise SystemExit(f"{name}_CPU must be a whole number of vCPUs, or 0.08 to 1 in steps of 0.001; got {spec.cpu!r}")
+    if cpu < 1 and spec.concurrency != 1:
+        raise SystemExit(f"{name}_CONCURRENCY must be 1 when {name}_CPU is below 1 (Cloud Run serves one request at a"
+                         f" time on part of a vCPU); got {spec.concurrency}")
+    mib = _mebibytes(spec.memory)
+    if mib is not None and (mib > 1024 and cpu < 1 or mib > 512 and cpu < 0.5):
+        least = 1 if mib > 1024 else 0.5
+        raise SystemExit(f"{name}_MEMORY of {spec.memory} needs {name}_CPU of at least {least}; got {spec.cpu}")
 
 
 if __name__ == "__main__":

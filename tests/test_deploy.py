@@ -232,6 +232,37 @@ def test_a_missing_or_invalid_parameter_fails_naming_it(env, message):
     assert result.stdout == ""
 
 
+@pytest.mark.parametrize("env,message", [
+    ({"RECOMMEND_CPU": "0.167"}, "RECOMMEND_CONCURRENCY must be 1 when RECOMMEND_CPU is below 1 (Cloud Run serves one"
+                                 " request at a time on part of a vCPU); got 8"),
+    ({"RECOMMEND_CPU": "0.333", "RECOMMEND_CONCURRENCY": "1", "RECOMMEND_MEMORY": "1Gi"},
+     "RECOMMEND_MEMORY of 1Gi needs RECOMMEND_CPU of at least 0.5; got 0.333"),
+    ({"TRAIN_CPU": "0.5", "TRAIN_MEMORY": "2Gi"}, "TRAIN_MEMORY of 2Gi needs TRAIN_CPU of at least 1; got 0.5"),
+    ({"WEBHOOK_CPU": "1.5"}, "WEBHOOK_CPU must be a whole number of vCPUs, or 0.08 to 1 in steps of 0.001; got '1.5'"),
+    ({"WEBHOOK_CPU": "0.05"}, "WEBHOOK_CPU must be a whole number of vCPUs, or 0.08 to 1 in steps of 0.001"),
+    ({"WEBHOOK_CPU": "0.1234"}, "WEBHOOK_CPU must be a whole number of vCPUs, or 0.08 to 1 in steps of 0.001"),
+    ({"WEBHOOK_CPU": "one"}, "WEBHOOK_CPU must be a whole number of vCPUs, or 0.08 to 1 in steps of 0.001"),
+])
+def test_a_size_cloud_run_would_refuse_fails_before_any_command_naming_the_variables(env, message):
+    # Act
+    result = deploy("--dry-run", **env)
+
+    # Assert
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert result.stdout == ""
+
+
+def test_a_quiet_shop_can_run_recommend_on_the_smallest_tier_one_request_at_a_time():
+    # Act
+    functions = deployed(dry_run(RECOMMEND_MEMORY="256Mi", RECOMMEND_CPU="0.167", RECOMMEND_CONCURRENCY="1"))
+
+    # Assert
+    recommend = functions["recommend"]
+    assert (recommend["--memory"], recommend["--cpu"], recommend["--concurrency"]) == ("256Mi", "0.167", "1")
+    assert gcloud_map(recommend["--set-env-vars"])["THREADS"] == "1"
+
+
 GCLOUD_STUB = """#!{python}
 # Stands in for the gcloud CLI, which cannot reach Google Cloud here: records each call, answers
 # "not found" to describe, and prints a token for `secrets versions access`.
