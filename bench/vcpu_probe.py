@@ -8,7 +8,8 @@ Cloud Run functions give an instance of 256 MiB 0.167 vCPU unless the deployment
 `deploy/deploy.py` asks for 1 vCPU; this probe measures what the smaller shares cost a shopper. Every instance (ours
 and the bare function, `synthetic.FLOOR_SOURCE`, each with THREADS=1) runs on one core inside a control group of its
 own capped at the share (`process.CpuCap`: the kernel's CFS bandwidth control, `--period-ms` of 100 by default;
-how Cloud Run enforces a share, and its start-up CPU boost, are not reproduced), the probe on the other core.
+how Cloud Run enforces a share in its first-generation sandbox, and its start-up CPU boost, are not reproduced),
+the probe on the other core.
 
 Each start, in an order shuffled each round (`cold_start.start_order`), is timed from the spawn to the first 200;
 then the instance answers `--requests` personalized requests at random moments, `--rate` a second on average
