@@ -36,7 +36,6 @@ from bench import cold_start, cost, process, synthetic
 from bench.stats import latency_summary, median, ratio
 
 CLOUD_RUN_SHARES = (0.167, 0.333, 0.583, 1.0)
-DEPLOYED_MIB = 512  # `recommend`'s memory in deploy/deploy.py, priced for a share that is no tier's default
 VARIANTS = ("floor", "recommend")
 ARRIVAL_SEED = 5
 
@@ -104,11 +103,13 @@ def one_instance(variant: str, cap: process.CpuCap, cores: list[int], shop: synt
 
 def tier_mib(share: float) -> int:
     """The memory tier below 2 GiB whose default vCPU is `share` (bench/cost.py), else the deployed `recommend`'s
-    (1 vCPU at 512 MiB: Cloud Run gives 1 vCPU by default only from 2 GiB, but a function may ask for it)."""
-    return next((mib for mib, vcpu in cost.TIERS_MIB_VCPU if vcpu == share and mib < 2048), DEPLOYED_MIB)
+    (`cost.deploy_tiers`: 1 vCPU at 512 MiB; Cloud Run gives 1 vCPU by default only from 2 GiB, but a function may
+    ask for it)."""
+    deployed_mib, _ = cost.deploy_tiers().get("recommend", (512, 1.0))
+    return next((mib for mib, vcpu in cost.TIERS_MIB_VCPU if vcpu == share and mib < 2048), deployed_mib)
 
 
-def summarize(starts: dict[str, list[dict]], share: float = 1.0) -> dict:
+def summarize(starts: dict[str, list[dict]], share: float) -> dict:
     """Per variant: the median start, latency percentiles over every start's requests, the busy figures' medians;
     ours against the floor; and what a million of our requests cost at that share (`cost.per_million`, from the CPU
     each took back to back, on `tier_mib(share)`)."""
@@ -138,9 +139,9 @@ def summarize(starts: dict[str, list[dict]], share: float = 1.0) -> dict:
 
 
 def table(results: dict[str, dict]) -> str:
-    rows = ["| vCPU | cold start, ours (floor) | ours ÷ floor (its CPU) | paced p50 / p99, ours (floor) | periods held while paced,"
-            " ours | back to back p50 / p99, ours | req/s back to back, ours (floor) | CPU per request, ours |"
-            " periods held back to back, ours | $ per million, busy / isolated (tier) |",
+    rows = ["| vCPU | cold start, ours (floor) | ours ÷ floor (its CPU) | paced p50 / p99, ours (floor) |"
+            " periods held while paced, ours | back to back p50 / p99, ours | req/s back to back, ours (floor) |"
+            " CPU per request, ours | periods held back to back, ours | $ per million, busy / isolated (tier) |",
             "|---|---|---|---|---|---|---|---|---|---|"]
     for share, figures in results.items():
         ours, floor = figures["recommend"], figures["floor"]

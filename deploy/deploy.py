@@ -295,7 +295,8 @@ def _check_cloud_run_sizes(spec: FunctionSpec) -> None:
     whole = cpu >= 1 and cpu.is_integer()
     fraction = 0.08 <= cpu < 1 and round(cpu, 3) == cpu
     if not (whole or fraction):
-        raise SystemExit(f"{name}_CPU must be a whole number of vCPUs, or 0.08 to 1 in steps of 0.001; got {spec.cpu!r}")
+        raise SystemExit(f"{name}_CPU must be a whole number of vCPUs, or 0.08 to 1 in steps of 0.001;"
+                         f" got {spec.cpu!r}")
     if cpu < 1 and spec.concurrency != 1:
         raise SystemExit(f"{name}_CONCURRENCY must be 1 when {name}_CPU is below 1 (Cloud Run serves one request at a"
                          f" time on part of a vCPU); got {spec.concurrency}")

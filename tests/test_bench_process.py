@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from bench import process, synthetic
+from bench.vcpu_probe import summarize, table, tier_mib
 from tests.conftest import ROOT
 
 
@@ -108,12 +109,10 @@ def test_vcpu_probe_refuses_a_share_it_cannot_emulate_before_building_anything(v
 
 
 def test_vcpu_probe_summary_pools_every_starts_requests_and_sets_ours_beside_the_floor():
-    from bench.vcpu_probe import summarize
-
     def run(first_ok_s, paced_ms, busy_ms, per_s, cpu_ms, throttled, periods):
-        return {"first_ok_s": first_ok_s, "start_cpu_s": first_ok_s / 5, "start_throttled_ms": 10.0, "paced_s": [v / 1e3 for v in paced_ms],
-                "paced_throttled": 0, "busy_s": [v / 1e3 for v in busy_ms], "busy_per_s": per_s, "busy_cpu_ms": cpu_ms,
-                "busy_throttled": throttled, "busy_periods": periods}
+        return {"first_ok_s": first_ok_s, "start_cpu_s": first_ok_s / 5, "start_throttled_ms": 10.0,
+                "paced_s": [v / 1e3 for v in paced_ms], "paced_throttled": 0, "busy_s": [v / 1e3 for v in busy_ms],
+                "busy_per_s": per_s, "busy_cpu_ms": cpu_ms, "busy_throttled": throttled, "busy_periods": periods}
 
     figures = summarize({
         "floor": [run(1.0, [2, 3], [1, 1], 800, 0.5, 0, 4), run(2.0, [2, 2], [1, 1], 600, 0.7, 0, 4),
@@ -135,14 +134,10 @@ def test_vcpu_probe_summary_pools_every_starts_requests_and_sets_ours_beside_the
     # + 0.25 GiB × $0.0000025), plus $0.40 per million requests: $0.44; an isolated request is billed 100 ms: $0.86.
     assert figures["cost"]["tier_mib"] == 256
     assert (figures["cost"]["busy_usd_per_million"], figures["cost"]["isolated_usd_per_million"]) == (0.44, 0.86)
-    from bench.vcpu_probe import table
-
     row = table({"0.167": figures}).splitlines()[2]
     assert row.startswith("| 0.167 | 3.000 s (2.000) | 1.5× (1.5×) | 5.0 / 8.0 ms (2.0 / 4.0) | 0 | 3.0 / 90.0 ms |")
     assert row.endswith("| 0.44 / 0.86 (256 MiB) |")
 
 
 def test_vcpu_probe_prices_each_share_on_the_tier_that_comes_with_it_and_one_vcpu_as_deployed():
-    from bench.vcpu_probe import tier_mib
-
     assert [tier_mib(share) for share in (0.167, 0.333, 0.583, 1.0, 0.5)] == [256, 512, 1024, 512, 512]
