@@ -215,6 +215,7 @@ class EventStore(Protocol):
     """What every backend does; reads and writes raise StoreError when the database fails."""
 
     def apply(self, delivery: Delivery, changes: ChangeSet) -> int | None: ...
+    def apply_many(self, items: Sequence[tuple[Delivery, ChangeSet]]) -> list[int | None]: ...
     def add_events(self, events: Iterable[Event]) -> int: ...
     def shops(self) -> list[str]: ...
     def interactions(self, shop: str) -> list[Interaction]: ...
@@ -754,17 +755,21 @@ class SQLiteEventStore(SharedQueries):
         Returns how many events were new (an order line or cart line already stored
         through another delivery counts once), or None when this webhook_id was seen before.
         """
+        return self._write(lambda conn: self._apply_delivery(conn, delivery, changes))
 
-        def work(conn: sqlite3.Connection) -> int | None:
-            cursor = conn.execute(
-                "INSERT OR IGNORE INTO deliveries (shop, webhook_id, topic, event_id, received_at) VALUES (?, ?, ?, ?, ?)",
-                (delivery.shop, delivery.webhook_id, delivery.topic, delivery.event_id, iso_utc(delivery.received_at)),
-            )
-            if cursor.rowcount == 0:
-                return None
-            return self._apply_changes(conn, delivery, changes)
+    def apply_many(self, items: Sequence[tuple[Delivery, ChangeSet]]) -> list[int | None]:
+        """Many deliveries (a backfill's page), each stored as `apply` stores it, all in one transaction: the page
+        is stored whole or not at all. What `apply` would have returned for each."""
+        return self._write(lambda conn: [self._apply_delivery(conn, delivery, changes) for delivery, changes in items])
 
-        return self._write(work)
+    def _apply_delivery(self, conn: sqlite3.Connection, delivery: Delivery, changes: ChangeSet) -> int | None:
+        cursor = conn.execute(
+            "INSERT OR IGNORE INTO deliveries (shop, webhook_id, topic, event_id, received_at) VALUES (?, ?, ?, ?, ?)",
+            (delivery.shop, delivery.webhook_id, delivery.topic, delivery.event_id, iso_utc(delivery.received_at)),
+        )
+        if cursor.rowcount == 0:
+            return None
+        return self._apply_changes(conn, delivery, changes)
 
     def add_events(self, events: Iterable[Event]) -> int:
         """Insert events in one transaction; returns how many were new (dedupe keys already seen are skipped)."""

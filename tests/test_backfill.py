@@ -298,17 +298,26 @@ def test_a_backfill_cut_off_by_the_server_resumes_from_the_state_file(admin_api,
     reference_store.close()
 
 
+class CtrlC:
+    """A delivery's changes that press Ctrl-C as soon as the store reads them."""
+
+    def __getattr__(self, name):
+        raise KeyboardInterrupt
+
+
 class InterruptedStore:
-    """The real store, with Ctrl-C pressed just before its `interrupt_at`-th apply."""
+    """The real store, with Ctrl-C pressed while it stores its `interrupt_at`-th delivery, inside the transaction
+    of that delivery's page."""
 
     def __init__(self, store, interrupt_at: int):
         self._store, self._left = store, interrupt_at
 
-    def apply(self, delivery, changes):
-        self._left -= 1
-        if self._left == 0:
-            raise KeyboardInterrupt
-        return self._store.apply(delivery, changes)
+    def apply_many(self, items):
+        if 0 < self._left <= len(items):
+            delivery, _ = items[self._left - 1]
+            items = [*items[:self._left - 1], (delivery, CtrlC()), *items[self._left:]]
+        self._left -= len(items)
+        return self._store.apply_many(items)
 
     def __getattr__(self, name):
         return getattr(self._store, name)
@@ -321,17 +330,18 @@ def test_ctrl_c_in_the_middle_of_a_page_resumes_with_the_same_totals(admin_api, 
     with pytest.raises(KeyboardInterrupt):  # the 5 products, then the 2nd order of the first orders page
         backfill(admin_api, InterruptedStore(store, interrupt_at=7), tmp_path)
     assert (tmp_path / "state.json").exists()
+    assert len(store.products(SHOP)) == 5 and store.count_events(SHOP) == 0  # the page was rolled back whole
     resumed = backfill(admin_api, store, tmp_path)
 
     assert {k: resumed[k] for k in COUNTED} == {k: reference[k] for k in COUNTED}
-    assert resumed["duplicates"] == 1  # the order stored before Ctrl-C, found again on the page fetched again
+    assert resumed["duplicates"] == 0  # the interrupted page, fetched again, was stored whole
     assert stored_totals(store) == stored_totals(reference_store)
     reference_store.close()
 
 
 def test_a_state_file_of_other_options_is_refused_by_name(admin_api, store, tmp_path):
-    with pytest.raises(KeyboardInterrupt):
-        backfill(admin_api, InterruptedStore(store, interrupt_at=2), tmp_path)
+    with pytest.raises(KeyboardInterrupt):  # in the first page of orders, the products stored
+        backfill(admin_api, InterruptedStore(store, interrupt_at=7), tmp_path)
 
     with pytest.raises(BackfillError, match="belongs to a backfill with .*since='2025-01-01T00:00:00\\+00:00'"):
         run_backfill(BackfillConfig.from_options(SHOP, {"SHOPIFY_ADMIN_TOKEN": TOKEN}, since="2024-01-01",

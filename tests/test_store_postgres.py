@@ -17,6 +17,7 @@ from recommender.settings import Settings
 from recommender.store import SQLiteEventStore, open_event_store
 from tests.conftest import SHOP, order_payload
 from tests.postgres_schema import run, server_url, temporary_schema
+from webhooks.backfill import ORDERS_TOPIC, PRODUCTS_TOPIC, order_changes, product_changes
 from webhooks.topics import TRANSLATORS, TopicContext
 
 
@@ -366,3 +367,127 @@ def test_both_backends_give_the_same_answers_to_the_same_webhooks(pg_store, tmp_
     assert after_redaction[0] == after_redaction[1]
     assert pruned[0] == pruned[1] == 2  # order 102, the only one before the cutoff
     assert after_pruning[0] == after_pruning[1]
+
+
+# --- a backfill's page in one transaction ----------------------------------------------------
+
+
+def catalog_page_and_what_came_before() -> tuple[list[tuple[Delivery, ChangeSet]], list[tuple[Delivery, ChangeSet]]]:
+    """(deliveries stored before, a backfill's page of products) with a known outcome for each product."""
+    def product(pid, updated_at, title="", variants=((1, 3),), status="active"):
+        return {"id": pid, "title": title or f"Product {pid}", "handle": f"p-{pid}", "status": status,
+                "product_type": "Mugs", "vendor": "Acme", "published_at": "2026-10-01T00:00:00Z",
+                "updated_at": updated_at, "image": {"src": f"https://cdn.example/{pid}.jpg"},
+                "variants": [{"id": pid * 10 + k, "price": f"{10 + k}.00", "inventory_item_id": pid * 100 + k,
+                              "inventory_quantity": quantity, "inventory_management": "shopify",
+                              "inventory_policy": "deny"} for k, quantity in variants]}
+
+    def delivery(topic, payload, webhook_id):
+        translate = (lambda ctx, record: product_changes(SHOP, record, webhook_id)) if topic == PRODUCTS_TOPIC \
+            else TRANSLATORS[topic]
+        return Delivery(SHOP, webhook_id, topic), translate(TopicContext(SHOP, topic, webhook_id), payload)
+
+    before = [
+        delivery("products/create", product(1, "2026-10-05T00:00:00Z", "One as stored"), "wh-1"),
+        delivery("products/create", product(2, "2026-10-01T00:00:00Z"), "wh-2"),
+        delivery("products/delete", {"id": 2}, "wh-2-delete"),
+        delivery("products/create", product(3, "2026-10-01T00:00:00Z", "Three as stored"), "wh-3"),
+        delivery("products/create", product(4, "2026-10-01T00:00:00Z", variants=((1, 3), (2, 3))), "wh-4"),
+        delivery("products/create", product(5, "2026-10-01T00:00:00Z", "Five as stored"), "backfill:products:5"),
+    ]
+    page = [
+        delivery(PRODUCTS_TOPIC, product(1, "2026-10-02T00:00:00Z", "One older"), "backfill:products:1"),
+        delivery(PRODUCTS_TOPIC, product(2, "2026-10-09T00:00:00Z", "Two again"), "backfill:products:2"),
+        delivery(PRODUCTS_TOPIC, product(3, "2026-10-09T00:00:00Z", "Three newer"), "backfill:products:3"),
+        delivery(PRODUCTS_TOPIC, product(4, "2026-10-09T00:00:00Z", variants=((2, 7),)), "backfill:products:4"),
+        delivery(PRODUCTS_TOPIC, product(5, "2026-10-09T00:00:00Z", "Five again"), "backfill:products:5"),
+        delivery(PRODUCTS_TOPIC, product(6, "2026-10-09T00:00:00Z", variants=((1, 0),)), "backfill:products:6"),
+        delivery(PRODUCTS_TOPIC, product(7, "2026-10-09T00:00:00Z", variants=()), "backfill:products:7"),
+        delivery(PRODUCTS_TOPIC, product(8, None, "Eight", status="draft"), "backfill:products:8"),
+    ]
+    return before, page
+
+
+def test_a_page_of_products_stored_set_wise_answers_as_one_delivery_after_another(pg_store, tmp_path):
+    # Arrange
+    from recommender.store_postgres import _catalog_page
+
+    sqlite_store = SQLiteEventStore(tmp_path / "events.sqlite3")
+    before, _ = catalog_page_and_what_came_before()
+    for store in (sqlite_store, pg_store):
+        for delivery, changes in before:
+            store.apply(delivery, changes)
+        store.set_shop_installed(SHOP, False)
+    _, page = catalog_page_and_what_came_before()  # received after the uninstall: proof of a new install
+
+    # Act
+    one_by_one = [sqlite_store.apply(delivery, changes) for delivery, changes in page]
+    set_wise = pg_store.apply_many(page)
+    expected, got = answers(sqlite_store), answers(pg_store)
+    unsellable = sqlite_store.unsellable_product_ids(SHOP), pg_store.unsellable_product_ids(SHOP)
+    sqlite_store.close()
+
+    # Assert
+    assert _catalog_page(page)  # the page took the set-wise path
+    assert set_wise == one_by_one == [0, 0, 0, 0, None, 0, 0, 0]  # product 5's webhook id was stored before
+    assert got == expected
+    products = got["products"]
+    assert products["1"].title == "One as stored"  # the page's copy is older than the stored one
+    assert "2" in got["deleted"] and "2" not in products  # a deleted product stays deleted
+    assert products["3"].title == "Three newer" and products["5"].title == "Five as stored"
+    assert [(v.variant_id, v.inventory_quantity) for v in products["4"].variants] == [("42", 7)]
+    assert unsellable[0] == unsellable[1] == {"2", "6", "8"}  # deleted, out of stock, a draft; no variants is for sale
+    assert got["installed"] == ([SHOP], True)  # the page proved the app installed, as each delivery would
+
+
+@pytest.mark.parametrize("change", ["a product twice", "a variant in two products", "an order among them"])
+def test_a_page_that_names_a_product_twice_or_holds_more_than_products_goes_delivery_by_delivery(
+        pg_store, tmp_path, change):
+    # Arrange
+    from recommender.store_postgres import _catalog_page
+
+    sqlite_store = SQLiteEventStore(tmp_path / "events.sqlite3")
+    _, page = catalog_page_and_what_came_before()
+    delivery, changes = page[2]
+    if change == "a product twice":
+        older = changes.upsert_products[0]._replace(title="Three older", updated_at=datetime(2026, 10, 3, tzinfo=timezone.utc))
+        page.append((Delivery(SHOP, "backfill:products:3:older", PRODUCTS_TOPIC), ChangeSet(upsert_products=(older,))))
+    elif change == "a variant in two products":
+        taken = page[0][1].upsert_products[0].variants[0]
+        moved = changes.upsert_products[0]._replace(variants=(taken,))
+        page[2] = (delivery, ChangeSet(upsert_products=(moved,)))
+    else:
+        page.append((Delivery(SHOP, "backfill:orders:101", ORDERS_TOPIC),
+                     order_changes(SHOP, order_payload(101, 1, [3]), "backfill:orders:101")))
+
+    # Act
+    one_by_one = [sqlite_store.apply(delivery, changes) for delivery, changes in page]
+    together = pg_store.apply_many(page)
+    expected, got = answers(sqlite_store), answers(pg_store)
+    sqlite_store.close()
+
+    # Assert
+    assert not _catalog_page(page)
+    assert together == one_by_one
+    assert got == expected
+    if change == "a product twice":
+        assert got["products"]["3"].title == "Three newer"  # the later copy is older: ignored, as one by one
+    elif change == "a variant in two products":
+        assert [v.variant_id for v in got["products"]["3"].variants] == ["11"]
+        assert got["products"]["1"].variants == ()  # the variant moved to product 3, as one by one
+    else:
+        assert got["counts"][0] == 1  # the order's one line
+
+
+def test_a_page_that_fails_stores_nothing_of_it(pg_store):
+    # Arrange
+    _, page = catalog_page_and_what_came_before()
+    broken = page[3][1].upsert_products[0]._replace(title=None)  # products.title is NOT NULL
+
+    # Act
+    with pytest.raises(StoreError):
+        pg_store.apply_many([*page[:3], (page[3][0], ChangeSet(upsert_products=(broken,))), *page[4:]])
+
+    # Assert
+    assert pg_store.products(SHOP) == {} and pg_store.count_deliveries() == 0
+    assert pg_store.apply_many(page) == [0] * len(page)  # and the same page stores whole afterwards

@@ -3,10 +3,11 @@
 `python -m recommender backfill --shop X` pages through `products.json` and
 `orders.json` and stores each record through the webhook translators
 (`product_upserted`, `order_created`, plus `refund_created` for an order's
-refunds) with `EventStore.apply`. Each record is one delivery whose webhook id is
-derived from the record (`backfill:orders:<id>:<updated_at>`), so a re-run stores
-nothing new, a record changed since the last run is applied again, and an order
-already received by webhook adds no events (its lines dedupe on their keys).
+refunds) with `EventStore.apply_many`, a page in one transaction. Each record is
+one delivery whose webhook id is derived from the record
+(`backfill:orders:<id>:<updated_at>`), so a re-run stores nothing new, a record
+changed since the last run is applied again, and an order already received by
+webhook adds no events (its lines dedupe on their keys).
 
 Pages follow the `Link: <...>; rel="next"` URL exactly as given: a page_info
 request may carry only `limit` and `fields`, so the filters live in the first
@@ -366,8 +367,8 @@ def run_backfill(config: BackfillConfig, store: EventStore, session: requests.Se
                         page = client.get_page(url, resource)
                         _store_page(config, store, resource, page.records, totals, bar)
                     except BaseException:
-                        # What this page stored so far stays counted; the resumed run fetches the page again
-                        # and finds those records already stored.
+                        # A page is stored whole or not at all (EventStore.apply_many), and counted once stored:
+                        # the resumed run fetches this page again.
                         totals.retries = retries_before + client.retries
                         if cursors or totals.products + totals.orders + totals.duplicates + totals.skipped:
                             save_state(config, {**cursors, resource: url}, totals)
@@ -390,22 +391,25 @@ def run_backfill(config: BackfillConfig, store: EventStore, session: requests.Se
 def _store_page(config: BackfillConfig, store: EventStore, resource: str, records: list[dict],
                 totals: BackfillTotals, bar) -> None:
     topic, translate = _TRANSLATE[resource]
+    page, skipped = [], 0
     for record in records:
         try:
             webhook_id = backfill_webhook_id(resource, record)
-            changes = translate(config.shop, record, webhook_id)
+            page.append((Delivery(shop=config.shop, webhook_id=webhook_id, topic=topic),
+                         translate(config.shop, record, webhook_id)))
         except (MalformedPayload, InvalidEvent) as exc:
-            totals.skipped += 1
+            skipped += 1
             log.warning("skipped %s %r of %s: %s", resource[:-1], record.get("id"), config.shop, exc)
-            bar.update(1)
-            continue
-        stored = store.apply(Delivery(shop=config.shop, webhook_id=webhook_id, topic=topic), changes)
+    # One transaction a page; PostgreSQL stores a page of products in a few round trips (EventStore.apply_many).
+    results = store.apply_many(page)
+    totals.skipped += skipped
+    for stored in results:
         if stored is None:
             totals.duplicates += 1
         else:
             setattr(totals, resource, getattr(totals, resource) + 1)
             totals.events += stored
-        bar.update(1)
+    bar.update(len(records))
 
 
 def run_backfill_command(args: Any, env: Mapping[str, str], store: EventStore, sleep: Sleep = time.sleep) -> int:
