@@ -37,7 +37,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 from bench import cold_start, latency, process, start_timeline, synthetic
 from recommender.model_store import open_model_store
@@ -73,15 +72,7 @@ def _postgres_events(shop: synthetic.ShopFiles, rtt_ms: float, log_dir: Path, st
     url = os.environ["TEST_POSTGRES_URL"]
     store = stack.enter_context(contextlib.closing(open_event_store(url)))
     stack.enter_context(latency.shoppers_written_to(store, shop))
-    if rtt_ms <= 0:
-        return url
-    parts = urlsplit(url)
-    if parts.hostname not in (process.LOOPBACK, "localhost"):
-        raise SystemExit(f"--rtt-ms relays to PostgreSQL on loopback only, not {parts.hostname}")
-    relay = process.start_relay(parts.port or 5432, rtt_ms, log_dir)
-    stack.callback(relay.stop)
-    user = parts.netloc.rpartition("@")[0]
-    return urlunsplit(parts._replace(netloc=(user + "@" if user else "") + f"{process.LOOPBACK}:{relay.port}"))
+    return process.relayed_postgres_url(url, rtt_ms, log_dir, stack)
 
 
 def main(argv: list[str] | None = None) -> int:

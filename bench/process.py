@@ -6,6 +6,7 @@ of requests or a fixed time, whichever comes first. Processes are ended by their
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import multiprocessing
 import os
@@ -16,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
+from urllib.parse import urlsplit, urlunsplit
 
 import requests
 
@@ -240,6 +242,20 @@ def start_relay(upstream_port: int, rtt_ms: float, log_dir: Path) -> Server:
         "latency-proxy", lambda port: [sys.executable, "-m", "bench.latency_proxy", "--listen", str(port), "--upstream",
                                        f"{LOOPBACK}:{upstream_port}", "--delay-ms", str(rtt_ms / 2)],
         ROOT, log_dir)
+
+
+def relayed_postgres_url(url: str, rtt_ms: float, log_dir: Path, stack: contextlib.ExitStack) -> str:
+    """`url` (PostgreSQL on loopback) as reached through a relay `rtt_ms` away (`start_relay`), or itself when
+    `rtt_ms` is 0; `stack` stops the relay."""
+    if rtt_ms <= 0:
+        return url
+    parts = urlsplit(url)
+    if parts.hostname not in (LOOPBACK, "localhost"):
+        raise SystemExit(f"--rtt-ms relays to PostgreSQL on loopback only, not {parts.hostname}")
+    relay = start_relay(parts.port or 5432, rtt_ms, log_dir)
+    stack.callback(relay.stop)
+    user = parts.netloc.rpartition("@")[0]
+    return urlunsplit(parts._replace(netloc=(user + "@" if user else "") + f"{LOOPBACK}:{relay.port}"))
 
 
 def _start_on_free_port(name: str, command: Callable[[int], list[str]], cwd: Path, log_dir: Path) -> Server:
