@@ -98,11 +98,17 @@ def _sqlite_floor(path: Path) -> Callable[[list], None]:
     return write
 
 
-def _postgres_floor(url: str) -> Callable[[list], None]:
-    import psycopg
+def _round_trip_ms(conn, times: int = 50) -> float:
+    """The median of `times` `SELECT 1`s on `conn`: what one round trip to the server costs here."""
+    taken = []
+    for _ in range(times):
+        begin = time.perf_counter()
+        conn.execute("SELECT 1").fetchone()
+        taken.append(time.perf_counter() - begin)
+    return round(statistics.median(taken) * 1e3, 3)
 
-    conn = psycopg.connect(url, autocommit=True)
 
+def _postgres_floor(conn) -> Callable[[list], None]:
     def write(page: list) -> None:
         products, variants = _rows(page)
         with conn.transaction():
@@ -164,10 +170,15 @@ def run(products: int, page_size: int, rounds: int, rtt_ms: float, workdir: Path
     if not url:
         results["postgresql"] = {"skipped": "TEST_POSTGRES_URL is not set"}
         return results
+    import psycopg
+
     with contextlib.ExitStack() as stack:
         url = process.relayed_postgres_url(url, rtt_ms, workdir / "logs", stack)
         store = stack.enter_context(contextlib.closing(open_event_store(url)))
-        results["postgresql"] = measure(store, _postgres_floor(url), products, page_size, rounds)
+        conn = stack.enter_context(psycopg.connect(url, autocommit=True))
+        round_trip = _round_trip_ms(conn)
+        results["postgresql"] = {**measure(store, _postgres_floor(conn), products, page_size, rounds),
+                                 "round_trip_ms": round_trip}
     return results
 
 
@@ -179,7 +190,10 @@ def table(results: dict) -> str:
         if "skipped" in figures:
             lines.append(f"| {name} | skipped: {figures['skipped']} | | | | |")
             continue
-        where = f", {results['rtt_ms']:g} ms away" if name == "postgresql" and results["rtt_ms"] else ""
+        where = ""
+        if name == "postgresql":
+            distance = f"{results['rtt_ms']:g} ms added" if results["rtt_ms"] else "loopback"
+            where = f", {distance} (a `SELECT 1` {figures['round_trip_ms']:g} ms)"
         cells = [f"{figures['median_per_s'][mode]:,.0f}/s ({', '.join(f'{v:,.0f}' for v in figures['products_per_s'][mode])})"
                  for mode in MODES]
         lines.append(f"| {name}{where} | {' | '.join(cells)} | {figures['page_vs_one_by_one']}× |"
@@ -193,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--page-size", type=int, default=PAGE_SIZE)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--rtt-ms", type=float, default=0.0,
-                        help="add this round trip to every statement sent to PostgreSQL (bench/latency_proxy.py)")
+                        help="add this round trip to every statement sent to PostgreSQL (bench/latency_proxy.py; the"
+                             " table gives what a round trip then took)")
     parser.add_argument("--out", type=Path, default=None, help="write catalog.json and catalog.md here")
     args = parser.parse_args(argv)
     if args.products < 1 or args.rounds < 1 or not 1 <= args.page_size <= PAGE_SIZE:

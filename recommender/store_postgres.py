@@ -211,6 +211,23 @@ _APPLY_EVENTS = (
 # its products' locks in one, every product in one upsert (each row's own check: a deleted product stays deleted,
 # an older update is ignored), the variants of the products it changed in one delete and one insert. Rows come as
 # one JSON array of objects, as `_APPLY_EVENTS`' events do.
+# A catalog row's upsert, one product or a page: a deleted product stays deleted and an older update is ignored,
+# the check evaluated on the locked row (two updates of one product at once keep the newer, whichever commits last);
+# the products it changed are returned.
+_PRODUCT_CONFLICT = (
+    " ON CONFLICT (shop, product_id) DO UPDATE SET title = excluded.title, handle = excluded.handle,"
+    " status = excluded.status, published_at = excluded.published_at, price = excluded.price,"
+    " image_url = excluded.image_url, product_type = excluded.product_type, vendor = excluded.vendor,"
+    " updated_at = excluded.updated_at"
+    " WHERE NOT products.deleted AND (products.updated_at IS NULL OR excluded.updated_at IS NULL"
+    " OR excluded.updated_at >= products.updated_at)"
+    " RETURNING product_id"
+)
+_VARIANT_CONFLICT = (
+    " ON CONFLICT (shop, variant_id) DO UPDATE SET product_id = excluded.product_id,"
+    " inventory_item_id = excluded.inventory_item_id, inventory_quantity = excluded.inventory_quantity,"
+    " tracked = excluded.tracked, continue_selling = excluded.continue_selling"
+)
 _PAGE_DELIVERIES = (
     "INSERT INTO deliveries (shop, webhook_id, topic, event_id, received_at)"
     " SELECT %s, d.webhook_id, d.topic, d.event_id, d.received_at"
@@ -225,13 +242,7 @@ _PAGE_PRODUCTS = (
     " FROM json_to_recordset(%s::json) AS r (product_id text, title text, handle text, status text,"
     " published_at timestamptz, price double precision, image_url text, product_type text, vendor text,"
     " updated_at timestamptz)"
-    " ON CONFLICT (shop, product_id) DO UPDATE SET title = excluded.title, handle = excluded.handle,"
-    " status = excluded.status, published_at = excluded.published_at, price = excluded.price,"
-    " image_url = excluded.image_url, product_type = excluded.product_type, vendor = excluded.vendor,"
-    " updated_at = excluded.updated_at"
-    " WHERE NOT products.deleted AND (products.updated_at IS NULL OR excluded.updated_at IS NULL"
-    " OR excluded.updated_at >= products.updated_at)"
-    " RETURNING product_id"
+    + _PRODUCT_CONFLICT
 )
 _PAGE_VARIANTS = (
     "INSERT INTO variants (shop, variant_id, product_id, inventory_item_id, inventory_quantity, tracked,"
@@ -239,9 +250,7 @@ _PAGE_VARIANTS = (
     " SELECT %s, v.variant_id, v.product_id, v.inventory_item_id, v.inventory_quantity, v.tracked, v.continue_selling"
     " FROM json_to_recordset(%s::json) AS v (variant_id text, product_id text, inventory_item_id text,"
     " inventory_quantity bigint, tracked boolean, continue_selling boolean)"
-    " ON CONFLICT (shop, variant_id) DO UPDATE SET product_id = excluded.product_id,"
-    " inventory_item_id = excluded.inventory_item_id, inventory_quantity = excluded.inventory_quantity,"
-    " tracked = excluded.tracked, continue_selling = excluded.continue_selling"
+    + _VARIANT_CONFLICT
 )
 # Advisory locks taken in one statement, in the order given (the subquery's ORDER BY runs before the calls).
 _TAKE_LOCKS = ("SELECT pg_advisory_xact_lock(k.namespace, k.key) FROM (SELECT * FROM unnest(%s::int4[], %s::int4[])"
@@ -648,21 +657,12 @@ class PostgresEventStore(SharedQueries):
 
     @staticmethod
     def _upsert_product(conn: psycopg.Connection, p: CatalogProduct) -> None:
-        """Insert or update a catalog row; a deleted product stays deleted and an older update is ignored.
-
-        The check is the upsert's own WHERE, evaluated on the locked row, so two updates of one
-        product delivered at once keep the newer whichever commits last.
-        """
+        """Insert or update a catalog row and its variants (`_PRODUCT_CONFLICT`: a deleted product stays deleted
+        and an older update is ignored)."""
         applied = conn.execute(
             "INSERT INTO products (shop, product_id, title, handle, status, published_at, price, image_url,"
             " product_type, vendor, updated_at, deleted) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, false)"
-            " ON CONFLICT (shop, product_id) DO UPDATE SET title = excluded.title, handle = excluded.handle,"
-            " status = excluded.status, published_at = excluded.published_at, price = excluded.price,"
-            " image_url = excluded.image_url, product_type = excluded.product_type, vendor = excluded.vendor,"
-            " updated_at = excluded.updated_at"
-            " WHERE NOT products.deleted AND (products.updated_at IS NULL OR excluded.updated_at IS NULL"
-            " OR excluded.updated_at >= products.updated_at)"
-            " RETURNING product_id",
+            + _PRODUCT_CONFLICT,
             (p.shop, p.product_id, p.title, p.handle, p.status, p.published_at, p.price, p.image_url,
              p.product_type, p.vendor, p.updated_at),
         ).fetchone()
@@ -672,10 +672,7 @@ class PostgresEventStore(SharedQueries):
         with conn.cursor() as cursor:
             cursor.executemany(
                 "INSERT INTO variants (shop, variant_id, product_id, inventory_item_id, inventory_quantity, tracked,"
-                " continue_selling) VALUES (%s, %s, %s, %s, %s, %s, %s)"
-                " ON CONFLICT (shop, variant_id) DO UPDATE SET product_id = excluded.product_id,"
-                " inventory_item_id = excluded.inventory_item_id, inventory_quantity = excluded.inventory_quantity,"
-                " tracked = excluded.tracked, continue_selling = excluded.continue_selling",
+                " continue_selling) VALUES (%s, %s, %s, %s, %s, %s, %s)" + _VARIANT_CONFLICT,
                 [(p.shop, v.variant_id, p.product_id, v.inventory_item_id, v.inventory_quantity, v.tracked,
                   v.continue_selling) for v in p.variants],
             )

@@ -60,7 +60,11 @@ def test_the_probe_measures_every_mode_and_leaves_no_shop_behind(tmp_path, monke
     if backend == "sqlite":
         assert results["postgresql"] == {"skipped": "TEST_POSTGRES_URL is not set"} and leftovers == 0
         assert "| postgresql | skipped: TEST_POSTGRES_URL is not set |" in table(results)
-    assert f"| {backend} | {figures['median_per_s']['page']:,.0f}/s" in table(results)
+    else:
+        assert figures["round_trip_ms"] > 0
+        assert f"| postgresql, loopback (a `SELECT 1` {figures['round_trip_ms']:g} ms) |" in table(results)
+    assert f" | {figures['median_per_s']['page']:,.0f}/s ({', '.join(f'{v:,.0f}' for v in figures['products_per_s']['page'])})" \
+        in table(results)
 
 
 def test_the_command_writes_its_json_and_table(tmp_path):
