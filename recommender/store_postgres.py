@@ -9,7 +9,8 @@ correct under concurrency by doing every check-then-write as one statement
 lock (a shopper's cart token, an inventory item), and they are retried when
 PostgreSQL breaks a deadlock. A delivery of events alone that needs no lock (an
 order of a known customer: the common webhook) is one statement, its own transaction,
-one round trip (`_APPLY_EVENTS`); every other write goes statement by statement.
+one round trip (`_APPLY_EVENTS`); a backfill's page of products is a few set-wise
+statements (`apply_many`); every other write goes statement by statement.
 The schema is versioned in `schema_migrations` and migrated on open under an
 advisory lock, so instances may start at the same time.
 Timestamps are `timestamptz`; every value read back is an aware UTC datetime.
