@@ -2,17 +2,19 @@
 
     python -m bench.catalog_probe [--products 2000] [--rounds 3] [--rtt-ms 1] [--out DIR]
 
-What `python -m recommender backfill` does with each page of `products.json` once fetched: every product
-translated by the webhook translator (`webhooks.backfill.product_changes`) and the page stored by
-`EventStore.apply_many`, one transaction (on PostgreSQL, set-wise). Beside it, in turn in each round:
+What `python -m recommender backfill` does with each page of `products.json` once fetched and translated
+(`webhooks.backfill.product_changes`, done before the clock starts: the rate is the store's): the page stored
+by `EventStore.apply_many`, one transaction (on PostgreSQL, set-wise). Beside it, in each round, in an order
+that moves round by round:
 
 - one by one: the same pages, each product its own delivery through `EventStore.apply`, as the backfill
   stored them before round 27 (bench/PERFORMANCE.md);
-- the floor: the page's product and variant rows alone, one multi-row statement for each table, in one
-  transaction a page, into the same tables: no delivery rows, locks, checks, `sellable` flags.
+- the floor: the page's product and variant rows alone, one statement for each table (`executemany` on
+  SQLite, one INSERT from arrays on PostgreSQL), in one transaction a page, into the same tables: no delivery
+  rows, locks, checks, `sellable` flags.
 
 Each mode writes a shop of its own (a first backfill: every product new), checked afterwards to hold every
-product and variant. PostgreSQL runs when TEST_POSTGRES_URL is set, on loopback or, with --rtt-ms, through
+product and variant, then erased, so that every mode finds the tables as the last one left them. PostgreSQL runs when TEST_POSTGRES_URL is set, on loopback or, with --rtt-ms, through
 bench/latency_proxy.py as far away as that round trip (Cloud SQL from a Cloud Run instance is about a
 millisecond or more). What a backfill cannot outrun is Shopify's REST Admin API: 2 requests a second on a
 standard plan, 4 on Advanced, 20 on Plus (shopify.dev/docs/api/admin-rest/usage/rate-limits, read
@@ -134,24 +136,21 @@ def _writer(mode: str, store: EventStore, floor: Callable[[list], None]) -> Call
 def measure(store: EventStore, floor: Callable[[list], None], products: int, page_size: int, rounds: int) -> dict:
     """Per mode, products stored a second in each round (each round and mode a new shop), and the medians."""
     rates: dict[str, list[float]] = {mode: [] for mode in MODES}
-    shops = []
-    try:
-        for round_ in range(rounds):
-            for mode in MODES if round_ % 2 == 0 else MODES[::-1]:  # neither mode always first
-                shop = f"catalog-{uuid.uuid4().hex[:12]}.myshopify.com"
-                shops.append(shop)
-                pages = pages_of(shop, products, page_size)
-                write = _writer(mode, store, floor)
+    for round_ in range(rounds):
+        for mode in MODES[round_ % 3:] + MODES[:round_ % 3]:  # each mode first, second and last in turn
+            shop = f"catalog-{uuid.uuid4().hex[:12]}.myshopify.com"
+            pages = pages_of(shop, products, page_size)
+            write = _writer(mode, store, floor)
+            try:
                 begin = time.perf_counter()
                 for page in pages:
                     write(page)
                 rates[mode].append(products / (time.perf_counter() - begin))
                 stored = store.products(shop)
-                if len(stored) != products or sum(len(p.variants) for p in stored.values()) != variants_of(products):
-                    raise RuntimeError(f"{mode}: {len(stored)} of {products} products stored")
-    finally:
-        for shop in shops:
-            store.redact_shop(shop)
+            finally:
+                store.redact_shop(shop)
+            if len(stored) != products or sum(len(p.variants) for p in stored.values()) != variants_of(products):
+                raise RuntimeError(f"{mode}: {len(stored)} of {products} products stored")
     median = {mode: statistics.median(values) for mode, values in rates.items()}
     return {"products_per_s": {mode: [round(v, 1) for v in values] for mode, values in rates.items()},
             "median_per_s": {mode: round(v, 1) for mode, v in median.items()},

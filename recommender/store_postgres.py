@@ -271,7 +271,7 @@ def _iso(moment: datetime | None) -> str | None:
 def _catalog_page(items: Sequence[tuple[Delivery, ChangeSet]]) -> bool:
     """Deliveries of catalog upserts alone, of one shop, that name no product and no variant twice: what
     `apply_many` may store set-wise with the same outcome as one delivery after another."""
-    if len(items) < 2:
+    if not items:
         return False
     shop = items[0][0].shop
     products: set[str] = set()
@@ -450,15 +450,19 @@ class PostgresEventStore(SharedQueries):
         ).rowcount
         if not fresh:
             return None
-        self._take_locks(conn, [
+        self._take_locks(conn, self._locks_of(conn, delivery, changes))
+        return self._apply_changes(conn, delivery, changes)
+
+    def _locks_of(self, conn: psycopg.Connection, delivery: Delivery, changes: ChangeSet) -> list[tuple[int, int]]:
+        """The advisory locks a delivery's changes take (its cart tokens, inventory items and products)."""
+        return [
             *self._anonymous_locks(changes.events),
             *(_lock_key(ANONYMOUS_ID_LOCK, delivery.shop, link.anonymous_id) for link in changes.identity_links),
             *(_lock_key(INVENTORY_ITEM_LOCK, delivery.shop, level.inventory_item_id)
               for level in changes.inventory_levels),
             *(_lock_key(PRODUCT_LOCK, delivery.shop, product_id)
               for product_id in self._products_changed(conn, delivery.shop, changes)),
-        ])
-        return self._apply_changes(conn, delivery, changes)
+        ]
 
     def apply_many(self, items: Sequence[tuple[Delivery, ChangeSet]]) -> list[int | None]:
         """Many deliveries (a backfill's page), each stored as `apply` stores it, all in one transaction: the page
@@ -471,7 +475,15 @@ class PostgresEventStore(SharedQueries):
         """
         if _catalog_page(items):
             return self._write(lambda conn: self._apply_catalog_page(conn, items))
-        return self._write(lambda conn: [self._apply_delivery(conn, delivery, changes) for delivery, changes in items])
+
+        def one_by_one(conn: psycopg.Connection) -> list[int | None]:
+            # Every lock of the page first, in the one order all writers take them: taken delivery by delivery,
+            # they would pile up in the page's order, and a webhook holding one of them could deadlock the page.
+            self._take_locks(conn, [key for delivery, changes in items
+                                    for key in self._locks_of(conn, delivery, changes)])
+            return [self._apply_delivery(conn, delivery, changes) for delivery, changes in items]
+
+        return self._write(one_by_one)
 
     def _apply_catalog_page(self, conn: psycopg.Connection, items: Sequence[tuple[Delivery, ChangeSet]]) -> list[int | None]:
         shop = items[0][0].shop

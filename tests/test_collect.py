@@ -89,6 +89,9 @@ def test_unknown_shops_are_refused(installed):
     ({**viewed("sh-1", "5"), "timestamp": "yesterday"}, "timestamp"),
     ({**viewed("sh-1", "5"), "data": {"productVariant": {"id": "1", "product": {"id": 1.5}}}}, "product.id"),
     ([viewed(f"sh-{n}", "5") for n in range(21)], "1 to 20 events"),
+    ('{"id": "sh-1", "name": "product_viewed", "clientId": "c", "timestamp": "2026-11-20T10:00:00Z", "data":'
+     ' {"productVariant": {"id": "1", "price": {"amount": NaN}, "product": {"id": "1"}}}}',
+     "productVariant.price.amount must be a finite decimal number, got nan"),
 ])
 def test_malformed_events_are_a_400_naming_the_problem(installed, body, fragment):
     response = collect(installed, body)

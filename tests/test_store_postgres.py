@@ -491,3 +491,41 @@ def test_a_page_that_fails_stores_nothing_of_it(pg_store):
     # Assert
     assert pg_store.products(SHOP) == {} and pg_store.count_deliveries() == 0
     assert pg_store.apply_many(page) == [0] * len(page)  # and the same page stores whole afterwards
+
+
+def test_a_page_of_orders_takes_its_locks_before_it_writes_so_a_webhook_beside_it_cannot_deadlock_it(pg_store,
+                                                                                                       schema_url):
+    """A page stored delivery by delivery in one transaction used to take each delivery's lock as it came: with a
+    webhook holding the second guest's cart token and then marking the shop installed, the page (which had marked it
+    already, for the first guest) and the webhook waited on each other until PostgreSQL broke the deadlock."""
+    # Arrange
+    import psycopg
+
+    from recommender.store_postgres import ANONYMOUS_ID_LOCK, _lock_key
+
+    page = [(Delivery(SHOP, f"backfill:orders:{n}", ORDERS_TOPIC),
+             order_changes(SHOP, order_payload(n, None, [1], cart_token=f"tok{n}"), f"backfill:orders:{n}"))
+            for n in (101, 102)]
+    webhook = psycopg.connect(schema_url)  # a transaction of its own, as another instance's webhook
+    webhook.execute("SELECT pg_advisory_xact_lock(%s, %s)", _lock_key(ANONYMOUS_ID_LOCK, SHOP, "tok102"))
+    outcome = {}
+    backfill = threading.Thread(target=lambda: outcome.update(stored=pg_store.apply_many(page)))
+
+    # Act
+    backfill.start()
+    for _ in range(200):  # until the page waits for the webhook's lock
+        if run(schema_url, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")[0][0]:
+            break
+        threading.Event().wait(0.025)
+    # The shop's row is free, since the page has written nothing yet: no wait (before, this waited for the page
+    # until the deadlock was found, a second later by default; the lock timeout ends that wait sooner, as a failure).
+    webhook.execute("SET lock_timeout = '300ms'")
+    webhook.execute("INSERT INTO shop_state (shop, installed, changed_at) VALUES (%s, true, now())"
+                    " ON CONFLICT (shop) DO UPDATE SET installed = true, changed_at = excluded.changed_at", (SHOP,))
+    webhook.commit()
+    backfill.join(timeout=30)
+    webhook.close()
+
+    # Assert
+    assert outcome["stored"] == [1, 1]
+    assert pg_store.count_events(SHOP) == 2 and pg_store.is_shop_installed(SHOP)

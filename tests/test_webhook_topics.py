@@ -458,3 +458,20 @@ def test_bug_huge_line_quantity_is_a_400_not_an_unhandled_overflow(store):
     assert (outcome.status, outcome.result) == (400, "malformed_payload")
     assert "line_items[0].quantity" in outcome.detail["message"]
     assert (store.count_events(), store.count_deliveries()) == (0, 0)
+
+
+@pytest.mark.parametrize("price", ["NaN", "inf", "-Infinity", "1e400"])
+def test_a_price_that_is_not_a_finite_number_is_a_400_naming_the_field(store, price):
+    """float() takes these, and PostgreSQL's JSON parameters cannot carry what it makes of them: a delivery that
+    would fail there with a 500 forever (Shopify retrying it) is refused as malformed here, on every store."""
+    # Arrange
+    order = guest_order()
+    order["line_items"][0]["price"] = price
+
+    # Act
+    outcome = deliver(store, as_body(order), "orders/create")
+
+    # Assert
+    assert (outcome.status, outcome.result) == (400, "malformed_payload")
+    assert outcome.detail["message"] == f"price must be a finite decimal number, got {price!r}"
+    assert (store.count_events(), store.count_deliveries()) == (0, 0)

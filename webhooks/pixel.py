@@ -19,7 +19,7 @@ from recommender.errors import InvalidEvent
 from recommender.changes import Event
 from recommender.events import EventKind, parse_timestamp
 from webhooks import MalformedPayload
-from webhooks.topics import shopify_id
+from webhooks.topics import money, shopify_id
 
 MAX_BODY_BYTES = 32 * 1024
 MAX_EVENTS_PER_REQUEST = 20
@@ -42,12 +42,7 @@ def _product_id(variant: dict, where: str) -> tuple[str, str | None, float | Non
     if not isinstance(product, dict):
         raise MalformedPayload(f"{where}.product is missing")
     price = variant.get("price")
-    amount = None
-    if isinstance(price, dict) and price.get("amount") is not None:
-        try:
-            amount = float(price["amount"])
-        except (TypeError, ValueError):
-            raise MalformedPayload(f"{where}.price.amount must be a number") from None
+    amount = money(price.get("amount"), f"{where}.price.amount") if isinstance(price, dict) else None
     return (shopify_id(product.get("id"), f"{where}.product.id"),
             shopify_id(variant.get("id"), f"{where}.id", required=False), amount)
 

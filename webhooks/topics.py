@@ -7,6 +7,7 @@ promises. Ids are kept as decimal strings: never through float.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Callable
@@ -59,13 +60,18 @@ def _list(payload: dict, field: str) -> list:
     return value
 
 
-def _money(value: Any) -> float | None:
+def money(value: Any, field: str = "price") -> float | None:
+    """A price as a float, or None when absent. NaN and infinities are refused: float() takes "NaN", "inf" and
+    "1e400", and PostgreSQL's JSON parameters (`_APPLY_EVENTS`, a backfill's page) cannot carry them."""
     if value is None or value == "":
         return None
     try:
-        return float(value)
+        amount = float(value)
     except (TypeError, ValueError):
-        raise MalformedPayload(f"price must be a decimal string, got {value!r}") from None
+        raise MalformedPayload(f"{field} must be a decimal number, got {value!r}") from None
+    if not math.isfinite(amount):
+        raise MalformedPayload(f"{field} must be a finite decimal number, got {value!r}")
+    return amount
 
 
 def _quantity(value: Any, field: str) -> int:
@@ -114,7 +120,7 @@ def order_created(ctx: TopicContext, order: dict) -> ChangeSet:
             customer_id=customer_id, anonymous_id=anonymous_id,
             variant_id=shopify_id(line.get("variant_id"), f"line_items[{position}].variant_id", required=False),
             quantity=_quantity(line.get("quantity"), f"line_items[{position}].quantity"),
-            price=_money(line.get("price")), order_id=order_id, source_topic=ctx.topic,
+            price=money(line.get("price")), order_id=order_id, source_topic=ctx.topic,
             delivery_id=ctx.delivery_id, dedupe_key=order_line_key(order_id, line_id),
             weight_factor=0.0 if cancelled else 1.0,
         ))
@@ -178,7 +184,7 @@ def cart_updated(ctx: TopicContext, cart: dict) -> ChangeSet:
             anonymous_id=token,
             variant_id=shopify_id(line.get("variant_id"), f"line_items[{position}].variant_id", required=False),
             quantity=_quantity(line.get("quantity"), f"line_items[{position}].quantity"),
-            price=_money(line.get("price")), source_topic=ctx.topic, delivery_id=ctx.delivery_id,
+            price=money(line.get("price")), source_topic=ctx.topic, delivery_id=ctx.delivery_id,
             dedupe_key=f"cart:{token}:product:{product_id}",
         ))
     return ChangeSet(events=tuple(events))
@@ -205,7 +211,7 @@ def _variant(raw: Any, position: int) -> CatalogVariant:
 def product_upserted(ctx: TopicContext, product: dict) -> ChangeSet:
     product_id = shopify_id(product.get("id"), "id")
     variants = tuple(_variant(v, i) for i, v in enumerate(_list(product, "variants")))
-    prices = [p for p in (_money(v.get("price")) for v in _list(product, "variants")) if p is not None]
+    prices = [p for p in (money(v.get("price")) for v in _list(product, "variants")) if p is not None]
     image = product.get("image") if isinstance(product.get("image"), dict) else None
     images = [i for i in _list(product, "images") if isinstance(i, dict)]
     image_url = (image or (images[0] if images else {})).get("src")
