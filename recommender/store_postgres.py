@@ -257,6 +257,32 @@ _PAGE_VARIANTS = (
 _TAKE_LOCKS = ("SELECT pg_advisory_xact_lock(k.namespace, k.key) FROM (SELECT * FROM unnest(%s::int4[], %s::int4[])"
                " WITH ORDINALITY AS u (namespace, key, position) ORDER BY position) AS k")
 
+# `apply_many` for a page of orders (a backfill's): every new event of the page in one statement, as
+# `_APPLY_EVENTS` stores one delivery's, with the index of its delivery (`item`), to count each delivery's new ones.
+_PAGE_EVENTS = (
+    "WITH proposed AS ("
+    " SELECT nextval((SELECT pg_get_serial_sequence('events', 'id'))) AS id, e.*"
+    f" FROM ROWS FROM (json_to_recordset(%s::json) AS ({_EVENT_COLUMNS}, item integer))"
+    f" WITH ORDINALITY AS e ({_EVENT_NAMES}, item, position)),"
+    " stored AS ("
+    f" INSERT INTO events (id, {_EVENT_NAMES}) OVERRIDING SYSTEM VALUE"
+    f" SELECT id, {_EVENT_NAMES} FROM proposed ORDER BY position"
+    " ON CONFLICT (shop, dedupe_key) DO UPDATE SET weight_factor = excluded.weight_factor"
+    " WHERE excluded.weight_factor < events.weight_factor"
+    " RETURNING id)"
+    " SELECT item, count(*) FROM stored JOIN proposed USING (id) GROUP BY item"
+)
+# Each refund line of the page once (its adjustment row new), its purchase shrunk by the refunded share.
+_PAGE_REFUNDS = (
+    "WITH refund AS (SELECT * FROM json_to_recordset(%s::json) AS r (adjustment_key text, dedupe_key text,"
+    " quantity integer)),"
+    " fresh AS (INSERT INTO adjustments (shop, adjustment_key) SELECT %s, adjustment_key FROM refund"
+    " ON CONFLICT DO NOTHING RETURNING adjustment_key)"
+    " UPDATE events SET weight_factor = GREATEST(0, events.weight_factor - refund.quantity::double precision"
+    " / events.quantity)"
+    " FROM refund JOIN fresh USING (adjustment_key) WHERE events.shop = %s AND events.dedupe_key = refund.dedupe_key"
+)
+
 _CUSTOMER_EVENTS = (  # see recommender.store._SQLITE_CUSTOMER_EVENTS
     "shop = %(shop)s AND (customer_id = %(customer_id)s OR user_key = %(user_key)s"
     " OR (customer_id IS NULL AND anonymous_id IN"
@@ -266,6 +292,54 @@ _CUSTOMER_EVENTS = (  # see recommender.store._SQLITE_CUSTOMER_EVENTS
 
 def _iso(moment: datetime | None) -> str | None:
     return moment.isoformat() if moment is not None else None
+
+
+def _first_of_each_key(events: Sequence[Event]) -> list[Event]:
+    """One event per dedupe key (ON CONFLICT DO UPDATE may touch a row once per statement): the key's first event,
+    with the key's lowest weight factor, as if the later ones had been inserted and lowered it."""
+    unique: dict[object, Event] = {}
+    for position, e in enumerate(events):
+        key = (e.shop, e.dedupe_key) if e.dedupe_key is not None else position
+        if key not in unique:
+            unique[key] = e
+        elif e.weight_factor < unique[key].weight_factor:
+            unique[key] = replace(unique[key], weight_factor=e.weight_factor)
+    return list(unique.values())
+
+
+def _event_row(e: Event) -> dict:
+    """An event as a row of `_EVENT_COLUMNS`, for json_to_recordset."""
+    return {"shop": e.shop, "kind": e.kind.value, "user_key": e.user_key, "customer_id": e.customer_id,
+            "anonymous_id": e.anonymous_id, "product_id": e.product_id, "variant_id": e.variant_id,
+            "quantity": e.quantity, "price": e.price, "order_id": e.order_id, "occurred_at": e.occurred_at.isoformat(),
+            "source_topic": e.source_topic, "delivery_id": e.delivery_id, "dedupe_key": e.dedupe_key,
+            "weight_factor": e.weight_factor}
+
+
+def _orders_page(items: Sequence[tuple[Delivery, ChangeSet]]) -> bool:
+    """Deliveries of events, cancellations and refunds alone, of one shop, no two of which touch the same order,
+    dedupe key or refunded line: what `apply_many` may store set-wise (every event, then every cancellation, then
+    every refund) with the same outcome as one delivery after another."""
+    if not items:
+        return False
+    shop = items[0][0].shop
+    orders: set[str] = set()
+    keys: set[str] = set()
+    lines: set[str] = set()
+    for delivery, c in items:
+        if (delivery.shop != shop or c.upsert_products or c.delete_product_ids or c.inventory_levels
+                or c.identity_links or any(e.shop != shop for e in c.events)):
+            return False
+        mine = ({e.order_id for e in c.events if e.order_id} | set(c.void_order_ids)
+                | {r.order_id for r in c.refunds})
+        my_keys = {e.dedupe_key for e in c.events if e.dedupe_key is not None}
+        my_lines = [order_line_key(r.order_id, r.line_item_id) for r in c.refunds]
+        if orders & mine or keys & my_keys or lines.intersection(my_lines) or len(set(my_lines)) < len(my_lines):
+            return False
+        orders |= mine
+        keys |= my_keys
+        lines.update(my_lines)
+    return True
 
 
 def _catalog_page(items: Sequence[tuple[Delivery, ChangeSet]]) -> bool:
@@ -470,11 +544,14 @@ class PostgresEventStore(SharedQueries):
 
         A page of catalog upserts of one shop that names no product or variant twice (a backfill's page of
         products) goes as set-wise statements: nine round trips for the page with BEGIN and COMMIT, as many as
-        one product takes delivery by delivery (bench/PERFORMANCE.md, round 27). Anything else goes delivery
-        by delivery.
+        one product takes delivery by delivery (bench/PERFORMANCE.md, round 27). So does a page of orders whose
+        deliveries share no order, dedupe key or refunded line (a backfill's page of orders). Anything else goes
+        delivery by delivery.
         """
         if _catalog_page(items):
             return self._write(lambda conn: self._apply_catalog_page(conn, items))
+        if _orders_page(items):
+            return self._write(lambda conn: self._apply_orders_page(conn, items))
 
         def one_by_one(conn: psycopg.Connection) -> list[int | None]:
             # Every lock of the page first, in the one order all writers take them: taken delivery by delivery,
@@ -485,21 +562,69 @@ class PostgresEventStore(SharedQueries):
 
         return self._write(one_by_one)
 
-    def _apply_catalog_page(self, conn: psycopg.Connection, items: Sequence[tuple[Delivery, ChangeSet]]) -> list[int | None]:
+    def _fresh_of_page(self, conn: psycopg.Connection, items: Sequence[tuple[Delivery, ChangeSet]]
+                       ) -> tuple[list[int | None], list[tuple[int, Delivery, ChangeSet]]]:
+        """The page's delivery rows in one statement: None for each delivery stored before (or earlier in the page),
+        0 for each new one, and the new ones with their index in the page."""
         shop = items[0][0].shop
         new = {row[0] for row in conn.execute(_PAGE_DELIVERIES, (shop, json.dumps([
             {"webhook_id": d.webhook_id, "topic": d.topic, "event_id": d.event_id,
              "received_at": d.received_at.isoformat()} for d, _ in items]))).fetchall()}
         results: list[int | None] = []
-        fresh: list[tuple[Delivery, ChangeSet]] = []
-        for delivery, changes in items:
+        fresh: list[tuple[int, Delivery, ChangeSet]] = []
+        for index, (delivery, changes) in enumerate(items):
             if delivery.webhook_id in new:
                 new.discard(delivery.webhook_id)  # a second copy in the page is a duplicate, as a redelivery is
-                fresh.append((delivery, changes))
+                fresh.append((index, delivery, changes))
                 results.append(0)
             else:
                 results.append(None)
-        products = [p for _, changes in fresh for p in changes.upsert_products]
+        return results, fresh
+
+    def _mark_installed_by(self, conn: psycopg.Connection, shop: str, fresh: Sequence[tuple[int, Delivery, ChangeSet]]
+                           ) -> None:
+        proving = [d.happened_at for _, d, _ in fresh if d.topic not in TOPICS_NOT_PROVING_INSTALL]
+        if proving:  # what one delivery after another would leave: the latest of them decides
+            self._mark_installed(conn, shop, max(proving))
+
+    def _apply_orders_page(self, conn: psycopg.Connection, items: Sequence[tuple[Delivery, ChangeSet]]
+                           ) -> list[int | None]:
+        shop = items[0][0].shop
+        results, fresh = self._fresh_of_page(conn, items)
+        events = [(index, e) for index, _, changes in fresh for e in _first_of_each_key(changes.events)]
+        guests = self._anonymous_locks(e for _, e in events)
+        links: dict[str, str] = {}
+        if guests:  # a guest who has since logged in: their events join the customer's, as `_insert_events` does
+            self._take_locks(conn, guests)
+            links = dict(conn.execute("SELECT anonymous_id, customer_id FROM identity_links"
+                                      " WHERE shop = %s AND anonymous_id = ANY(%s)",
+                                      (shop, sorted({e.anonymous_id for _, e in events if e.customer_id is None
+                                                     and e.anonymous_id}))).fetchall())
+        if events:
+            rows = []
+            for index, e in events:
+                customer_id = e.customer_id or links.get(e.anonymous_id or "")
+                rows.append({**_event_row(e), "customer_id": customer_id, "item": index,
+                             "user_key": f"c:{customer_id}" if customer_id and not e.customer_id else e.user_key})
+            for index, inserted in conn.execute(_PAGE_EVENTS, (json.dumps(rows),)).fetchall():
+                results[index] = inserted
+        voids = sorted({order_id for _, _, changes in fresh for order_id in changes.void_order_ids})
+        if voids:
+            conn.execute("UPDATE events SET weight_factor = 0 WHERE shop = %s AND order_id = ANY(%s)"
+                         " AND kind = 'purchase'", (shop, voids))
+        refunds = [{"adjustment_key": refund_adjustment_key(r.refund_id, r.line_item_id),
+                    "dedupe_key": order_line_key(r.order_id, r.line_item_id), "quantity": r.quantity}
+                   for _, _, changes in fresh for r in changes.refunds]
+        if refunds:
+            conn.execute(_PAGE_REFUNDS, (json.dumps(refunds), shop, shop))
+        self._mark_installed_by(conn, shop, fresh)
+        return results
+
+    def _apply_catalog_page(self, conn: psycopg.Connection, items: Sequence[tuple[Delivery, ChangeSet]]
+                            ) -> list[int | None]:
+        shop = items[0][0].shop
+        results, fresh = self._fresh_of_page(conn, items)
+        products = [p for _, _, changes in fresh for p in changes.upsert_products]
         if products:
             self._take_locks(conn, [_lock_key(PRODUCT_LOCK, shop, p.product_id) for p in products])
             changed = {row[0] for row in conn.execute(_PAGE_PRODUCTS, (shop, json.dumps([
@@ -516,10 +641,9 @@ class PostgresEventStore(SharedQueries):
                 if variants:
                     conn.execute(_PAGE_VARIANTS, (shop, json.dumps(variants)))
             self._refresh_sellable(conn, shop, ChangeSet(upsert_products=tuple(products)))
-        proving = [d.happened_at for d, _ in fresh if d.topic not in TOPICS_NOT_PROVING_INSTALL]
-        if proving:  # what one delivery after another would leave: the latest of them decides
-            self._mark_installed(conn, shop, max(proving))
+        self._mark_installed_by(conn, shop, fresh)
         return results
+
 
     @staticmethod
     def _products_changed(conn: psycopg.Connection, shop: str, changes: ChangeSet) -> set[str]:
@@ -542,22 +666,7 @@ class PostgresEventStore(SharedQueries):
     @staticmethod
     def _events_params(delivery: Delivery, events: Sequence[Event]) -> dict:
         """`_APPLY_EVENTS`' parameters for a delivery of events alone that take no lock."""
-        # One row per dedupe key (ON CONFLICT DO UPDATE may touch a row once per statement): the key's first
-        # event, with the key's lowest weight factor, as if the later ones had been inserted and lowered it.
-        unique: dict[object, Event] = {}
-        for position, e in enumerate(events):
-            key = (e.shop, e.dedupe_key) if e.dedupe_key is not None else position
-            if key not in unique:
-                unique[key] = e
-            elif e.weight_factor < unique[key].weight_factor:
-                unique[key] = replace(unique[key], weight_factor=e.weight_factor)
-        rows = list(unique.values())
-        params = {"events": json.dumps([{
-            "shop": e.shop, "kind": e.kind.value, "user_key": e.user_key, "customer_id": e.customer_id,
-            "anonymous_id": e.anonymous_id, "product_id": e.product_id, "variant_id": e.variant_id,
-            "quantity": e.quantity, "price": e.price, "order_id": e.order_id, "occurred_at": e.occurred_at.isoformat(),
-            "source_topic": e.source_topic, "delivery_id": e.delivery_id, "dedupe_key": e.dedupe_key,
-            "weight_factor": e.weight_factor} for e in rows])}
+        params: dict = {"events": json.dumps([_event_row(e) for e in _first_of_each_key(events)])}
         params.update(shop=delivery.shop, webhook_id=delivery.webhook_id, topic=delivery.topic,
                       event_id=delivery.event_id, received_at=delivery.received_at, happened_at=delivery.happened_at,
                       proves_install=delivery.topic not in TOPICS_NOT_PROVING_INSTALL)

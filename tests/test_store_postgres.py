@@ -529,3 +529,94 @@ def test_a_page_of_orders_takes_its_locks_before_it_writes_so_a_webhook_beside_i
     # Assert
     assert outcome["stored"] == [1, 1]
     assert pg_store.count_events(SHOP) == 2 and pg_store.is_shop_installed(SHOP)
+
+
+def orders_page_and_what_came_before() -> tuple[list[tuple[Delivery, ChangeSet]], list[tuple[Delivery, ChangeSet]]]:
+    """(webhooks stored before, a backfill's page of orders) with a known outcome for each order."""
+    def backfilled(order):
+        webhook_id = f"backfill:orders:{order['id']}"
+        return Delivery(SHOP, webhook_id, ORDERS_TOPIC), order_changes(SHOP, order, webhook_id)
+
+    def webhook(topic, payload, webhook_id):
+        return Delivery(SHOP, webhook_id, topic), TRANSLATORS[topic](TopicContext(SHOP, topic, webhook_id), payload)
+
+    refunded = order_payload(205, 5, [3])
+    refunded["line_items"][0]["quantity"] = 4
+    refunded["refunds"] = [{"id": 9, "refund_line_items": [{"line_item_id": 20500, "quantity": 1}]}]
+    before = [
+        webhook("checkouts/create", {"token": "chk", "cart_token": "tok-linked", "customer": {"id": 9}}, "wh-chk"),
+        webhook("orders/create", order_payload(201, 1, [1, 2]), "wh-201"),
+        backfilled(order_payload(206, 6, [4])),
+    ]
+    page = [
+        # cancelled, and edited since the webhook: only its first line is left, the other one voided all the same
+        backfilled({**order_payload(201, 1, [1]), "cancelled_at": "2026-11-02T00:00:00Z"}),
+        backfilled(order_payload(202, 2, [1, 2, 3])),
+        backfilled(order_payload(203, None, [4], cart_token="tok-linked")),
+        backfilled(order_payload(204, None, [5, 6], cart_token="tok-new")),
+        backfilled(refunded),
+        backfilled(order_payload(206, 6, [4])),
+        backfilled({**order_payload(207, 7, [7]), "cancelled_at": "2026-11-03T00:00:00Z"}),
+    ]
+    return before, page
+
+
+def test_a_page_of_orders_stored_set_wise_answers_as_one_delivery_after_another(pg_store, tmp_path):
+    # Arrange
+    from recommender.store_postgres import _orders_page
+
+    sqlite_store = SQLiteEventStore(tmp_path / "events.sqlite3")
+    before, page = orders_page_and_what_came_before()
+    for store in (sqlite_store, pg_store):
+        for delivery, changes in before:
+            store.apply(delivery, changes)
+
+    # Act
+    one_by_one = [sqlite_store.apply(delivery, changes) for delivery, changes in page]
+    set_wise = pg_store.apply_many(page)
+    expected, got = answers(sqlite_store), answers(pg_store)
+    sqlite_store.close()
+
+    # Assert
+    assert _orders_page(page)  # the page took the set-wise path
+    # 201's lines came by webhook; 206 was backfilled; 207's line is stored, cancelled (weight 0)
+    assert set_wise == one_by_one == [0, 3, 1, 2, 1, None, 1]
+    assert got == expected
+    weights = {(i.order_id, i.product_id): (i.user_key, i.weight_factor) for i in pg_store.interactions(SHOP)}
+    assert not {("201", "1"), ("201", "2"), ("207", "7")} & set(weights)  # cancelled: they count for nothing
+    assert weights[("203", "4")] == ("c:9", 1.0)  # the guest's cart was linked to customer 9 by a checkout
+    assert weights[("204", "5")] == ("a:tok-new", 1.0) and weights[("205", "3")] == ("c:5", 0.75)  # 1 of 4 refunded
+
+
+@pytest.mark.parametrize("change", ["an order twice", "a line refunded twice"])
+def test_a_page_of_orders_that_touch_each_other_goes_delivery_by_delivery(pg_store, tmp_path, change):
+    # Arrange
+    from recommender.store_postgres import _orders_page
+
+    sqlite_store = SQLiteEventStore(tmp_path / "events.sqlite3")
+    _, page = orders_page_and_what_came_before()
+    if change == "an order twice":
+        cancelled = {**order_payload(202, 2, [1, 2, 3]), "cancelled_at": "2026-11-04T00:00:00Z"}
+        page.append((Delivery(SHOP, "backfill:orders:202:cancelled", ORDERS_TOPIC),
+                     order_changes(SHOP, cancelled, "backfill:orders:202:cancelled")))
+    else:
+        twice = order_payload(208, 8, [8])
+        twice["line_items"][0]["quantity"] = 3
+        twice["refunds"] = [{"id": n, "refund_line_items": [{"line_item_id": 20800, "quantity": 1}]} for n in (10, 11)]
+        page.append((Delivery(SHOP, "backfill:orders:208", ORDERS_TOPIC),
+                     order_changes(SHOP, twice, "backfill:orders:208")))
+
+    # Act
+    one_by_one = [sqlite_store.apply(delivery, changes) for delivery, changes in page]
+    together = pg_store.apply_many(page)
+    expected, got = answers(sqlite_store), answers(pg_store)
+    sqlite_store.close()
+
+    # Assert
+    assert not _orders_page(page)
+    assert together == one_by_one and got == expected
+    weights = {(i.order_id, i.product_id): i.weight_factor for i in pg_store.interactions(SHOP)}
+    if change == "an order twice":
+        assert ("202", "1") not in weights  # cancelled by the later copy, as one by one
+    else:
+        assert weights[("208", "8")] == pytest.approx(1 / 3)  # 1 - 1/3 - 1/3
