@@ -408,24 +408,34 @@ def catalog_page_and_what_came_before() -> tuple[list[tuple[Delivery, ChangeSet]
     return before, page
 
 
+def stored_both_ways(pg_store, tmp_path, before, make_page, uninstall: bool = False):
+    """`before` applied to SQLite and to PostgreSQL alike (then the shop uninstalled from both, if asked), then the
+    page `make_page()` makes: on SQLite one delivery after another (`apply`), on PostgreSQL through `apply_many`.
+    Returns the page, what each store returned for it, and what each answers (`answers`, and its unsellable ids)."""
+    sqlite_store = SQLiteEventStore(tmp_path / "events.sqlite3")
+    for store in (sqlite_store, pg_store):
+        for delivery, changes in before:
+            store.apply(delivery, changes)
+        if uninstall:
+            store.set_shop_installed(SHOP, False)
+    page = make_page()  # made now: a page received after the uninstall proves a new install
+    one_by_one = [sqlite_store.apply(delivery, changes) for delivery, changes in page]
+    together = pg_store.apply_many(page)
+    expected, got = ({**answers(store), "unsellable": store.unsellable_product_ids(SHOP)}
+                     for store in (sqlite_store, pg_store))
+    sqlite_store.close()
+    return page, one_by_one, together, expected, got
+
+
 def test_a_page_of_products_stored_set_wise_answers_as_one_delivery_after_another(pg_store, tmp_path):
     # Arrange
     from recommender.store_postgres import _catalog_page
 
-    sqlite_store = SQLiteEventStore(tmp_path / "events.sqlite3")
     before, _ = catalog_page_and_what_came_before()
-    for store in (sqlite_store, pg_store):
-        for delivery, changes in before:
-            store.apply(delivery, changes)
-        store.set_shop_installed(SHOP, False)
-    _, page = catalog_page_and_what_came_before()  # received after the uninstall: proof of a new install
 
     # Act
-    one_by_one = [sqlite_store.apply(delivery, changes) for delivery, changes in page]
-    set_wise = pg_store.apply_many(page)
-    expected, got = answers(sqlite_store), answers(pg_store)
-    unsellable = sqlite_store.unsellable_product_ids(SHOP), pg_store.unsellable_product_ids(SHOP)
-    sqlite_store.close()
+    page, one_by_one, set_wise, expected, got = stored_both_ways(
+        pg_store, tmp_path, before, lambda: catalog_page_and_what_came_before()[1], uninstall=True)
 
     # Assert
     assert _catalog_page(page)  # the page took the set-wise path
@@ -436,7 +446,7 @@ def test_a_page_of_products_stored_set_wise_answers_as_one_delivery_after_anothe
     assert "2" in got["deleted"] and "2" not in products  # a deleted product stays deleted
     assert products["3"].title == "Three newer" and products["5"].title == "Five as stored"
     assert [(v.variant_id, v.inventory_quantity) for v in products["4"].variants] == [("42", 7)]
-    assert unsellable[0] == unsellable[1] == {"2", "6", "8"}  # deleted, out of stock, a draft; no variants is for sale
+    assert got["unsellable"] == {"2", "6", "8"}  # deleted, out of stock, a draft; no variants at all is for sale
     assert got["installed"] == ([SHOP], True)  # the page proved the app installed, as each delivery would
 
 
@@ -446,7 +456,6 @@ def test_a_page_that_names_a_product_twice_or_holds_more_than_products_goes_deli
     # Arrange
     from recommender.store_postgres import _catalog_page
 
-    sqlite_store = SQLiteEventStore(tmp_path / "events.sqlite3")
     _, page = catalog_page_and_what_came_before()
     delivery, changes = page[2]
     if change == "a product twice":
@@ -461,10 +470,7 @@ def test_a_page_that_names_a_product_twice_or_holds_more_than_products_goes_deli
                      order_changes(SHOP, order_payload(101, 1, [3]), "backfill:orders:101")))
 
     # Act
-    one_by_one = [sqlite_store.apply(delivery, changes) for delivery, changes in page]
-    together = pg_store.apply_many(page)
-    expected, got = answers(sqlite_store), answers(pg_store)
-    sqlite_store.close()
+    page, one_by_one, together, expected, got = stored_both_ways(pg_store, tmp_path, [], lambda: page)
 
     # Assert
     assert not _catalog_page(page)
@@ -565,17 +571,10 @@ def test_a_page_of_orders_stored_set_wise_answers_as_one_delivery_after_another(
     # Arrange
     from recommender.store_postgres import _orders_page
 
-    sqlite_store = SQLiteEventStore(tmp_path / "events.sqlite3")
     before, page = orders_page_and_what_came_before()
-    for store in (sqlite_store, pg_store):
-        for delivery, changes in before:
-            store.apply(delivery, changes)
 
     # Act
-    one_by_one = [sqlite_store.apply(delivery, changes) for delivery, changes in page]
-    set_wise = pg_store.apply_many(page)
-    expected, got = answers(sqlite_store), answers(pg_store)
-    sqlite_store.close()
+    page, one_by_one, set_wise, expected, got = stored_both_ways(pg_store, tmp_path, before, lambda: page)
 
     # Assert
     assert _orders_page(page)  # the page took the set-wise path
@@ -593,7 +592,6 @@ def test_a_page_of_orders_that_touch_each_other_goes_delivery_by_delivery(pg_sto
     # Arrange
     from recommender.store_postgres import _orders_page
 
-    sqlite_store = SQLiteEventStore(tmp_path / "events.sqlite3")
     _, page = orders_page_and_what_came_before()
     if change == "an order twice":
         cancelled = {**order_payload(202, 2, [1, 2, 3]), "cancelled_at": "2026-11-04T00:00:00Z"}
@@ -607,10 +605,7 @@ def test_a_page_of_orders_that_touch_each_other_goes_delivery_by_delivery(pg_sto
                      order_changes(SHOP, twice, "backfill:orders:208")))
 
     # Act
-    one_by_one = [sqlite_store.apply(delivery, changes) for delivery, changes in page]
-    together = pg_store.apply_many(page)
-    expected, got = answers(sqlite_store), answers(pg_store)
-    sqlite_store.close()
+    page, one_by_one, together, expected, got = stored_both_ways(pg_store, tmp_path, [], lambda: page)
 
     # Assert
     assert not _orders_page(page)
