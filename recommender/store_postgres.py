@@ -318,27 +318,29 @@ def _event_row(e: Event) -> dict:
 
 def _orders_page(items: Sequence[tuple[Delivery, ChangeSet]]) -> bool:
     """Deliveries of events, cancellations and refunds alone, of one shop, no two of which touch the same order,
-    dedupe key or refunded line: what `apply_many` may store set-wise (every event, then every cancellation, then
-    every refund) with the same outcome as one delivery after another."""
+    dedupe key or refunded line, and no refund twice: what `apply_many` may store set-wise (every event, then every
+    cancellation, then every refund) with the same outcome as one delivery after another."""
     if not items:
         return False
     shop = items[0][0].shop
     orders: set[str] = set()
-    keys: set[str] = set()
-    lines: set[str] = set()
+    keys: set[str] = set()  # the events' dedupe keys and the refunded lines', each delivery's own
+    adjustments: set[str] = set()
     for delivery, c in items:
         if (delivery.shop != shop or c.upsert_products or c.delete_product_ids or c.inventory_levels
                 or c.identity_links or any(e.shop != shop for e in c.events)):
             return False
         mine = ({e.order_id for e in c.events if e.order_id} | set(c.void_order_ids)
                 | {r.order_id for r in c.refunds})
-        my_keys = {e.dedupe_key for e in c.events if e.dedupe_key is not None}
-        my_lines = [order_line_key(r.order_id, r.line_item_id) for r in c.refunds]
-        if orders & mine or keys & my_keys or lines.intersection(my_lines) or len(set(my_lines)) < len(my_lines):
+        lines = [order_line_key(r.order_id, r.line_item_id) for r in c.refunds]
+        my_keys = {e.dedupe_key for e in c.events if e.dedupe_key is not None} | set(lines)
+        refunds = [refund_adjustment_key(r.refund_id, r.line_item_id) for r in c.refunds]
+        if (orders & mine or keys & my_keys or len(set(lines)) < len(lines)
+                or adjustments.intersection(refunds) or len(set(refunds)) < len(refunds)):
             return False
         orders |= mine
         keys |= my_keys
-        lines.update(my_lines)
+        adjustments.update(refunds)
     return True
 
 
@@ -590,22 +592,21 @@ class PostgresEventStore(SharedQueries):
     def _apply_orders_page(self, conn: psycopg.Connection, items: Sequence[tuple[Delivery, ChangeSet]]
                            ) -> list[int | None]:
         shop = items[0][0].shop
+        # The guests' locks before anything is written, as the page delivery by delivery takes them.
+        self._take_locks(conn, self._anonymous_locks(e for _, changes in items for e in changes.events))
         results, fresh = self._fresh_of_page(conn, items)
         events = [(index, e) for index, _, changes in fresh for e in _first_of_each_key(changes.events)]
-        guests = self._anonymous_locks(e for _, e in events)
+        guests = sorted({e.anonymous_id for _, e in events if e.customer_id is None and e.anonymous_id})
         links: dict[str, str] = {}
         if guests:  # a guest who has since logged in: their events join the customer's, as `_insert_events` does
-            self._take_locks(conn, guests)
             links = dict(conn.execute("SELECT anonymous_id, customer_id FROM identity_links"
-                                      " WHERE shop = %s AND anonymous_id = ANY(%s)",
-                                      (shop, sorted({e.anonymous_id for _, e in events if e.customer_id is None
-                                                     and e.anonymous_id}))).fetchall())
+                                      " WHERE shop = %s AND anonymous_id = ANY(%s)", (shop, guests)).fetchall())
         if events:
             rows = []
             for index, e in events:
-                customer_id = e.customer_id or links.get(e.anonymous_id or "")
-                rows.append({**_event_row(e), "customer_id": customer_id, "item": index,
-                             "user_key": f"c:{customer_id}" if customer_id and not e.customer_id else e.user_key})
+                linked = links.get(e.anonymous_id) if e.customer_id is None and e.anonymous_id else None
+                rows.append({**_event_row(e), "item": index,
+                             **({"customer_id": linked, "user_key": f"c:{linked}"} if linked else {})})
             for index, inserted in conn.execute(_PAGE_EVENTS, (json.dumps(rows),)).fetchall():
                 results[index] = inserted
         voids = sorted({order_id for _, _, changes in fresh for order_id in changes.void_order_ids})
@@ -623,10 +624,12 @@ class PostgresEventStore(SharedQueries):
     def _apply_catalog_page(self, conn: psycopg.Connection, items: Sequence[tuple[Delivery, ChangeSet]]
                             ) -> list[int | None]:
         shop = items[0][0].shop
+        # The products' locks before anything is written, as the page delivery by delivery takes them.
+        self._take_locks(conn, [_lock_key(PRODUCT_LOCK, shop, p.product_id)
+                                for _, changes in items for p in changes.upsert_products])
         results, fresh = self._fresh_of_page(conn, items)
         products = [p for _, _, changes in fresh for p in changes.upsert_products]
         if products:
-            self._take_locks(conn, [_lock_key(PRODUCT_LOCK, shop, p.product_id) for p in products])
             changed = {row[0] for row in conn.execute(_PAGE_PRODUCTS, (shop, json.dumps([
                 {"product_id": p.product_id, "title": p.title, "handle": p.handle, "status": p.status,
                  "published_at": _iso(p.published_at), "price": p.price, "image_url": p.image_url,

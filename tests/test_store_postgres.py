@@ -12,7 +12,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from recommender.errors import ConfigError, StoreError
-from recommender.changes import ChangeSet, Delivery
+from recommender.changes import ChangeSet, Delivery, Event, IdentityLink, RefundLine
+from recommender.events import EventKind, order_line_key
 from recommender.settings import Settings
 from recommender.store import SQLiteEventStore, open_event_store
 from tests.conftest import SHOP, order_payload
@@ -615,3 +616,62 @@ def test_a_page_of_orders_that_touch_each_other_goes_delivery_by_delivery(pg_sto
         assert ("202", "1") not in weights  # cancelled by the later copy, as one by one
     else:
         assert weights[("208", "8")] == pytest.approx(1 / 3)  # 1 - 1/3 - 1/3
+
+
+def purchase(order_id: str, line: str, customer_id: str | None = "1", anonymous_id: str | None = None,
+             quantity: int = 2, key_order: str | None = None) -> Event:
+    """A purchase of product 1 whose dedupe key names `key_order` (its own order unless given)."""
+    return Event(EventKind.PURCHASE, SHOP, "1", datetime(2026, 11, 1, tzinfo=timezone.utc), customer_id=customer_id,
+                 anonymous_id=anonymous_id, order_id=order_id, quantity=quantity,
+                 dedupe_key=order_line_key(key_order or order_id, line))
+
+
+@pytest.mark.parametrize("case", ["a refund of another delivery's event", "one refund id on two orders' lines"])
+def test_a_page_whose_refunds_reach_another_deliverys_events_goes_delivery_by_delivery(pg_store, tmp_path, case):
+    """Set-wise, every event is stored before any refund and each adjustment key joins once for the page: a
+    refund of a line whose event another delivery brings, or one refund id and line id on two orders (the
+    adjustment's key names no order), would come out otherwise than one delivery after another."""
+    # Arrange
+    from recommender.store_postgres import _orders_page
+
+    if case == "a refund of another delivery's event":
+        before = []
+        changes = [ChangeSet(refunds=(RefundLine("r1", "500", "7", 1),)),
+                   ChangeSet(events=(purchase("999", "7", key_order="500"),))]
+    else:
+        before = [(Delivery(SHOP, "wh-orders", "orders/create"),
+                   ChangeSet(events=(purchase("600", "7"), purchase("601", "7"))))]
+        changes = [ChangeSet(refunds=(RefundLine("r9", "600", "7", 1),)),
+                   ChangeSet(refunds=(RefundLine("r9", "601", "7", 1),))]
+    page = [(Delivery(SHOP, f"page-{n}", ORDERS_TOPIC), c) for n, c in enumerate(changes)]
+
+    # Act
+    page, one_by_one, together, expected, got = stored_both_ways(pg_store, tmp_path, before, lambda: page)
+
+    # Assert
+    assert not _orders_page(page)
+    assert together == one_by_one and got == expected
+    weights = sorted(i.weight_factor for i in got["interactions"])
+    # The refund came before its line was stored: nothing to shrink. Or: the second refund's adjustment was stored.
+    assert weights == ([1.0] if case == "a refund of another delivery's event" else [0.5, 1.0])
+
+
+def test_a_page_joins_a_linked_guest_to_the_customer_but_not_an_event_with_an_empty_customer_id(pg_store, tmp_path):
+    # Arrange
+    from recommender.store_postgres import _orders_page
+
+    before = [(Delivery(SHOP, "wh-checkout", "checkouts/create"),
+               ChangeSet(identity_links=(IdentityLink("tokL", "9"),)))]
+    page = [(Delivery(SHOP, "page-guest", ORDERS_TOPIC),
+             ChangeSet(events=(purchase("700", "1", customer_id=None, anonymous_id="tokL"),))),
+            (Delivery(SHOP, "page-empty", ORDERS_TOPIC),
+             ChangeSet(events=(purchase("701", "1", customer_id="", anonymous_id="tokL"),)))]
+
+    # Act
+    page, one_by_one, set_wise, expected, got = stored_both_ways(pg_store, tmp_path, before, lambda: page)
+
+    # Assert
+    assert _orders_page(page)
+    assert set_wise == one_by_one == [1, 1] and got == expected
+    users = {i.order_id: i.user_key for i in got["interactions"]}
+    assert users == {"700": "c:9", "701": "a:tokL"}  # only a guest (no customer id at all) is looked up
