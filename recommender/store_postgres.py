@@ -9,8 +9,8 @@ correct under concurrency by doing every check-then-write as one statement
 lock (a shopper's cart token, an inventory item), and they are retried when
 PostgreSQL breaks a deadlock. A delivery of events alone that needs no lock (an
 order of a known customer: the common webhook) is one statement, its own transaction,
-one round trip (`_APPLY_EVENTS`); a backfill's page of products is a few set-wise
-statements (`apply_many`); every other write goes statement by statement.
+one round trip (`_APPLY_EVENTS`); a backfill's page of products or orders is a few
+set-wise statements (`apply_many`); every other write goes statement by statement.
 The schema is versioned in `schema_migrations` and migrated on open under an
 advisory lock, so instances may start at the same time.
 Timestamps are `timestamptz`; every value read back is an aware UTC datetime.
@@ -208,10 +208,6 @@ _APPLY_EVENTS = (
     " SELECT EXISTS (SELECT FROM delivery), (SELECT count(*) FROM stored JOIN proposed USING (id))"
 )
 
-# `apply_many` for a page of catalog upserts (a backfill's), set-wise: the page's delivery rows in one statement,
-# its products' locks in one, every product in one upsert (each row's own check: a deleted product stays deleted,
-# an older update is ignored), the variants of the products it changed in one delete and one insert. Rows come as
-# one JSON array of objects, as `_APPLY_EVENTS`' events do.
 # A catalog row's upsert, one product or a page: a deleted product stays deleted and an older update is ignored,
 # the check evaluated on the locked row (two updates of one product at once keep the newer, whichever commits last);
 # the products it changed are returned.
@@ -229,6 +225,9 @@ _VARIANT_CONFLICT = (
     " inventory_item_id = excluded.inventory_item_id, inventory_quantity = excluded.inventory_quantity,"
     " tracked = excluded.tracked, continue_selling = excluded.continue_selling"
 )
+# `apply_many` for a page of catalog upserts (a backfill's), set-wise: its products' locks in one statement, the
+# page's delivery rows in one, every product in one upsert (each row's own check), the variants of the products it
+# changed in one delete and one insert. Rows come as one JSON array of objects, as `_APPLY_EVENTS`' events do.
 _PAGE_DELIVERIES = (
     "INSERT INTO deliveries (shop, webhook_id, topic, event_id, received_at)"
     " SELECT %s, d.webhook_id, d.topic, d.event_id, d.received_at"
