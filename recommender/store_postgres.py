@@ -507,11 +507,15 @@ class PostgresEventStore(SharedQueries):
 
         Returns how many events were new (an order line or cart line already stored
         through another delivery counts once), or None when this webhook_id was seen before.
-        Events alone that take no lock (an order of a known customer) go as one statement.
+        Events alone that take no lock (an order of a known customer) go as one statement; other events,
+        cancellations and refunds (a guest's order or cart) as `apply_many`'s page of orders does, in one
+        statement each whatever the number of lines.
         """
         if self._events_alone_without_locks(changes):
             params = self._events_params(delivery, changes.events)
             return self._write(lambda conn: self._store_events(conn, params), one_statement=True)
+        if _orders_page([(delivery, changes)]):  # a guest's order or cart, a cancellation, a refund: set-wise
+            return self._write(lambda conn: self._apply_orders_page(conn, [(delivery, changes)])[0])
         return self._write(lambda conn: self._apply_delivery(conn, delivery, changes))
 
     def _apply_delivery(self, conn: psycopg.Connection, delivery: Delivery, changes: ChangeSet) -> int | None:
