@@ -184,6 +184,13 @@ _EVENT_COLUMNS = ("shop text, kind text, user_key text, customer_id text, anonym
                   " variant_id text, quantity integer, price double precision, order_id text, occurred_at timestamptz,"
                   " source_topic text, delivery_id text, dedupe_key text, weight_factor double precision")
 _EVENT_NAMES = ", ".join(column.split()[0] for column in _EVENT_COLUMNS.split(", "))
+# The shop marked installed by a delivery that happened at %(happened_at)s: written only when that is news, and
+# not by a delivery that happened before the shop's uninstall (a retry of one triggered while it was installed).
+_NOT_YET_INSTALLED = (" NOT EXISTS (SELECT FROM shop_state WHERE shop = %(shop)s"
+                      " AND (installed OR changed_at >= %(happened_at)s))")
+_MARK_INSTALLED = ("INSERT INTO shop_state (shop, installed, changed_at) SELECT %(shop)s, true, now() WHERE"
+                   + _NOT_YET_INSTALLED
+                   + " ON CONFLICT (shop) DO UPDATE SET installed = true, changed_at = excluded.changed_at")
 _APPLY_EVENTS = (
     "WITH delivery AS ("
     " INSERT INTO deliveries (shop, webhook_id, topic, event_id, received_at)"
@@ -202,8 +209,7 @@ _APPLY_EVENTS = (
     " RETURNING id),"
     " installed AS ("
     " INSERT INTO shop_state (shop, installed, changed_at) SELECT %(shop)s, true, now()"
-    " WHERE %(proves_install)s AND EXISTS (SELECT FROM delivery) AND NOT EXISTS (SELECT FROM shop_state"
-    " WHERE shop = %(shop)s AND (installed OR changed_at >= %(happened_at)s))"
+    " WHERE %(proves_install)s AND EXISTS (SELECT FROM delivery) AND" + _NOT_YET_INSTALLED +
     " ON CONFLICT (shop) DO UPDATE SET installed = true, changed_at = excluded.changed_at)"
     " SELECT EXISTS (SELECT FROM delivery), (SELECT count(*) FROM stored JOIN proposed USING (id))"
 )
@@ -251,6 +257,20 @@ _PAGE_VARIANTS = (
     " FROM json_to_recordset(%s::json) AS v (variant_id text, product_id text, inventory_item_id text,"
     " inventory_quantity bigint, tracked boolean, continue_selling boolean)"
     + _VARIANT_CONFLICT
+)
+# A page of stock levels (`_apply_inventory_page`): each level upserted, then each item's sum over the locations
+# that track it written to its variants (none tracking it: the variants keep what they had).
+_PAGE_LEVELS = (
+    "INSERT INTO inventory_levels (shop, inventory_item_id, location_id, available)"
+    " SELECT %s, l.inventory_item_id, l.location_id, l.available"
+    " FROM json_to_recordset(%s::json) AS l (inventory_item_id text, location_id text, available bigint)"
+    " ON CONFLICT (shop, inventory_item_id, location_id) DO UPDATE SET available = excluded.available"
+)
+_STOCK_OF_ITEMS = (
+    "UPDATE variants SET inventory_quantity = s.total, tracked = true"
+    " FROM (SELECT inventory_item_id, SUM(available)::bigint AS total, COUNT(available) AS tracking"
+    " FROM inventory_levels WHERE shop = %s AND inventory_item_id = ANY(%s) GROUP BY inventory_item_id) AS s"
+    " WHERE variants.shop = %s AND variants.inventory_item_id = s.inventory_item_id AND s.tracking > 0"
 )
 # Advisory locks taken in one statement, in the order given (the subquery's ORDER BY runs before the calls).
 _TAKE_LOCKS = ("SELECT pg_advisory_xact_lock(k.namespace, k.key) FROM (SELECT * FROM unnest(%s::int4[], %s::int4[])"
@@ -365,6 +385,20 @@ def _catalog_page(items: Sequence[tuple[Delivery, ChangeSet]]) -> bool:
     return len(products) + len(variants) == count
 
 
+def _inventory_page(items: Sequence[tuple[Delivery, ChangeSet]]) -> bool:
+    """Deliveries of inventory levels alone (inventory_levels/update), of one shop, no inventory item twice: what
+    `apply_many` may store set-wise with the same outcome as one delivery after another."""
+    if not items:
+        return False
+    shop = items[0][0].shop
+    levels = [level for _, c in items for level in c.inventory_levels]
+    for delivery, c in items:
+        if (delivery.shop != shop or not c.inventory_levels or c.events or c.upsert_products or c.delete_product_ids
+                or c.void_order_ids or c.refunds or c.identity_links):
+            return False
+    return len({level.inventory_item_id for level in levels}) == len(levels)
+
+
 def _utc(moment: datetime | None) -> datetime | None:
     return moment.astimezone(timezone.utc) if moment is not None else None
 
@@ -459,19 +493,61 @@ class PostgresEventStore(SharedQueries):
         A write on a connection that died while idle fails once (StoreError: Shopify retries the
         webhook); the thread's next call reconnects.
         """
-        attempt = 1
+        return self._attempts(lambda conn: work(conn) if one_statement else self._in_transaction(conn, work))
+
+    def _write_pipelined(self, work: Callable[[psycopg.Connection], Callable[[], T]]) -> T:
+        """`_write` in pipeline mode: BEGIN, every statement `work` sends and COMMIT go to the server together,
+        and the client waits only where `work` reads a result to decide what to send next (a fetch), and once at
+        COMMIT. `work` sends the rest of its statements without reading them and returns what reads their results
+        once the transaction has committed. Nothing in `work` may rely on a cursor's `rowcount` before it is
+        fetched: in pipeline mode it is -1 until the result arrives.
+
+        BEGIN and COMMIT are statements of their own on the autocommit connection: psycopg's `transaction()` in
+        pipeline mode waits for the server after BEGIN and twice more at its end (bench/PERFORMANCE.md, round 28).
+        After an error PostgreSQL skips the rest up to the pipeline's end, and the transaction is rolled back.
+        """
+
+        def attempt(conn: psycopg.Connection) -> T:
+            try:
+                with conn.pipeline():
+                    conn.execute("BEGIN")
+                    outcome = work(conn)
+                    conn.execute("COMMIT")
+            except BaseException:
+                self._roll_back(conn)
+                raise
+            return outcome()
+
+        return self._attempts(attempt)
+
+    @staticmethod
+    def _roll_back(conn: psycopg.Connection) -> None:
+        """End a failed pipelined transaction; a connection that cannot is closed (the server then rolls it back),
+        and the thread's next call opens a new one."""
+        try:
+            if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                conn.execute("ROLLBACK")
+        except psycopg.Error:
+            conn.close()
+
+    @staticmethod
+    def _in_transaction(conn: psycopg.Connection, work: Callable[[psycopg.Connection], T]) -> T:
+        with conn.transaction():
+            return work(conn)
+
+    def _attempts(self, attempt: Callable[[psycopg.Connection], T]) -> T:
+        """`attempt` on this thread's connection, again (up to WRITE_ATTEMPTS in all) when PostgreSQL chose its
+        transaction as a deadlock victim or failed it for serialization; any other error is a StoreError."""
+        tries = 1
         while True:
             conn = self._connection()
             try:
-                if one_statement:
-                    return work(conn)
-                with conn.transaction():
-                    return work(conn)
+                return attempt(conn)
             except (errors.DeadlockDetected, errors.SerializationFailure) as exc:
-                if attempt == WRITE_ATTEMPTS:
-                    raise StoreError(f"event store write failed after {attempt} attempts: {exc}") from exc
-                attempt += 1
-                time.sleep(0.01 * attempt)
+                if tries == WRITE_ATTEMPTS:
+                    raise StoreError(f"event store write failed after {tries} attempts: {exc}") from exc
+                tries += 1
+                time.sleep(0.01 * tries)
             except psycopg.Error as exc:
                 raise StoreError(f"event store write failed: {exc}") from exc
 
@@ -507,15 +583,17 @@ class PostgresEventStore(SharedQueries):
 
         Returns how many events were new (an order line or cart line already stored
         through another delivery counts once), or None when this webhook_id was seen before.
-        Events alone that take no lock (an order of a known customer) go as one statement; other events,
-        cancellations and refunds (a guest's order or cart) as `apply_many`'s page of orders does, in one
-        statement each whatever the number of lines.
+        Events alone that take no lock (an order of a known customer) go as one statement, one round trip; other
+        events, cancellations and refunds (a guest's order or cart) as `apply_many`'s page of orders does, in two
+        round trips whatever the number of lines, a stock level as its page of levels does, in two, and a
+        product's update as its page of products does, in three.
         """
         if self._events_alone_without_locks(changes):
             params = self._events_params(delivery, changes.events)
             return self._write(lambda conn: self._store_events(conn, params), one_statement=True)
-        if _orders_page([(delivery, changes)]):  # a guest's order or cart, a cancellation, a refund: set-wise
-            return self._write(lambda conn: self._apply_orders_page(conn, [(delivery, changes)])[0])
+        if any(page([(delivery, changes)]) for page in (_orders_page, _catalog_page, _inventory_page)):
+            # a guest's order or cart, a cancellation, a refund, a product's or a stock level's update: a page of one
+            return self.apply_many([(delivery, changes)])[0]
         return self._write(lambda conn: self._apply_delivery(conn, delivery, changes))
 
     def _apply_delivery(self, conn: psycopg.Connection, delivery: Delivery, changes: ChangeSet) -> int | None:
@@ -548,15 +626,17 @@ class PostgresEventStore(SharedQueries):
         is stored whole or not at all. What `apply` would have returned for each.
 
         A page of catalog upserts of one shop that names no product or variant twice (a backfill's page of
-        products) goes as set-wise statements: nine round trips for the page with BEGIN and COMMIT, as many as
-        one product takes delivery by delivery (bench/PERFORMANCE.md, round 27). So does a page of orders whose
-        deliveries share no order, dedupe key or refunded line (a backfill's page of orders). Anything else goes
-        delivery by delivery.
+        products) goes as set-wise statements in pipeline mode: three round trips for the page, BEGIN and COMMIT
+        included (bench/PERFORMANCE.md, rounds 27 and 28). So does a page of orders whose deliveries share no
+        order, dedupe key or refunded line (a backfill's page of orders), in two. Anything else goes delivery by
+        delivery.
         """
         if _catalog_page(items):
-            return self._write(lambda conn: self._apply_catalog_page(conn, items))
+            return self._write_pipelined(lambda conn: self._apply_catalog_page(conn, items))
         if _orders_page(items):
-            return self._write(lambda conn: self._apply_orders_page(conn, items))
+            return self._write_pipelined(lambda conn: self._apply_orders_page(conn, items))
+        if _inventory_page(items):
+            return self._write_pipelined(lambda conn: self._apply_inventory_page(conn, items))
 
         def one_by_one(conn: psycopg.Connection) -> list[int | None]:
             # Every lock of the page first, in the one order all writers take them: taken delivery by delivery,
@@ -567,14 +647,19 @@ class PostgresEventStore(SharedQueries):
 
         return self._write(one_by_one)
 
-    def _fresh_of_page(self, conn: psycopg.Connection, items: Sequence[tuple[Delivery, ChangeSet]]
-                       ) -> tuple[list[int | None], list[tuple[int, Delivery, ChangeSet]]]:
-        """The page's delivery rows in one statement: None for each delivery stored before (or earlier in the page),
-        0 for each new one, and the new ones with their index in the page."""
-        shop = items[0][0].shop
-        new = {row[0] for row in conn.execute(_PAGE_DELIVERIES, (shop, json.dumps([
+    @staticmethod
+    def _send_deliveries(conn: psycopg.Connection, items: Sequence[tuple[Delivery, ChangeSet]]) -> psycopg.Cursor:
+        """The page's delivery rows in one statement, sent; `_fresh_of_page` reads what it returns."""
+        return conn.execute(_PAGE_DELIVERIES, (items[0][0].shop, json.dumps([
             {"webhook_id": d.webhook_id, "topic": d.topic, "event_id": d.event_id,
-             "received_at": d.received_at.isoformat()} for d, _ in items]))).fetchall()}
+             "received_at": d.received_at.isoformat()} for d, _ in items])))
+
+    @staticmethod
+    def _fresh_of_page(sent: psycopg.Cursor, items: Sequence[tuple[Delivery, ChangeSet]]
+                       ) -> tuple[list[int | None], list[tuple[int, Delivery, ChangeSet]]]:
+        """From the delivery rows' insert (`_send_deliveries`): None for each delivery stored before (or earlier in
+        the page), 0 for each new one, and the new ones with their index in the page."""
+        new = {row[0] for row in sent.fetchall()}
         results: list[int | None] = []
         fresh: list[tuple[int, Delivery, ChangeSet]] = []
         for index, (delivery, changes) in enumerate(items):
@@ -593,25 +678,30 @@ class PostgresEventStore(SharedQueries):
             self._mark_installed(conn, shop, max(proving))
 
     def _apply_orders_page(self, conn: psycopg.Connection, items: Sequence[tuple[Delivery, ChangeSet]]
-                           ) -> list[int | None]:
+                           ) -> Callable[[], list[int | None]]:
+        """A page of orders (`_orders_page`), in pipeline mode (`_write_pipelined`): the locks, the delivery rows and
+        the guests' identity links go in the first round trip; the events, cancellations, refunds, install mark
+        and COMMIT in the second."""
         shop = items[0][0].shop
-        # The guests' locks before anything is written, as the page delivery by delivery takes them.
+        # The guests' locks before anything is written or read, as the page delivery by delivery takes them.
         self._take_locks(conn, self._anonymous_locks(e for _, changes in items for e in changes.events))
-        results, fresh = self._fresh_of_page(conn, items)
+        sent = self._send_deliveries(conn, items)
+        guests = sorted({e.anonymous_id for _, changes in items for e in changes.events
+                         if e.customer_id is None and e.anonymous_id})
+        # A guest who has since logged in: their events join the customer's, as `_insert_events` does.
+        linked = conn.execute("SELECT anonymous_id, customer_id FROM identity_links"
+                              " WHERE shop = %s AND anonymous_id = ANY(%s)", (shop, guests)) if guests else None
+        results, fresh = self._fresh_of_page(sent, items)
+        links: dict[str, str] = dict(linked.fetchall()) if linked is not None else {}
         events = [(index, e) for index, _, changes in fresh for e in _first_of_each_key(changes.events)]
-        guests = sorted({e.anonymous_id for _, e in events if e.customer_id is None and e.anonymous_id})
-        links: dict[str, str] = {}
-        if guests:  # a guest who has since logged in: their events join the customer's, as `_insert_events` does
-            links = dict(conn.execute("SELECT anonymous_id, customer_id FROM identity_links"
-                                      " WHERE shop = %s AND anonymous_id = ANY(%s)", (shop, guests)).fetchall())
+        counted = None
         if events:
             rows = []
             for index, e in events:
-                linked = links.get(e.anonymous_id) if e.customer_id is None and e.anonymous_id else None
+                customer = links.get(e.anonymous_id) if e.customer_id is None and e.anonymous_id else None
                 rows.append({**_event_row(e), "item": index,
-                             **({"customer_id": linked, "user_key": f"c:{linked}"} if linked else {})})
-            for index, inserted in conn.execute(_PAGE_EVENTS, (json.dumps(rows),)).fetchall():
-                results[index] = inserted
+                             **({"customer_id": customer, "user_key": f"c:{customer}"} if customer else {})})
+            counted = conn.execute(_PAGE_EVENTS, (json.dumps(rows),))
         voids = sorted({order_id for _, _, changes in fresh for order_id in changes.void_order_ids})
         if voids:
             conn.execute("UPDATE events SET weight_factor = 0 WHERE shop = %s AND order_id = ANY(%s)"
@@ -622,15 +712,24 @@ class PostgresEventStore(SharedQueries):
         if refunds:
             conn.execute(_PAGE_REFUNDS, (json.dumps(refunds), shop, shop))
         self._mark_installed_by(conn, shop, fresh)
-        return results
+
+        def outcome() -> list[int | None]:
+            for index, inserted in counted.fetchall() if counted is not None else ():
+                results[index] = inserted
+            return results
+
+        return outcome
 
     def _apply_catalog_page(self, conn: psycopg.Connection, items: Sequence[tuple[Delivery, ChangeSet]]
-                            ) -> list[int | None]:
+                            ) -> Callable[[], list[int | None]]:
+        """A page of catalog upserts (`_catalog_page`), in pipeline mode (`_write_pipelined`): the locks and the
+        delivery rows in the first round trip, the products' upsert in the second, the variants of the products
+        it changed, their `sellable` flags, the install mark and COMMIT in the third."""
         shop = items[0][0].shop
         # The products' locks before anything is written, as the page delivery by delivery takes them.
         self._take_locks(conn, [_lock_key(PRODUCT_LOCK, shop, p.product_id)
                                 for _, changes in items for p in changes.upsert_products])
-        results, fresh = self._fresh_of_page(conn, items)
+        results, fresh = self._fresh_of_page(self._send_deliveries(conn, items), items)
         products = [p for _, _, changes in fresh for p in changes.upsert_products]
         if products:
             changed = {row[0] for row in conn.execute(_PAGE_PRODUCTS, (shop, json.dumps([
@@ -648,8 +747,31 @@ class PostgresEventStore(SharedQueries):
                     conn.execute(_PAGE_VARIANTS, (shop, json.dumps(variants)))
             self._refresh_sellable(conn, shop, ChangeSet(upsert_products=tuple(products)))
         self._mark_installed_by(conn, shop, fresh)
-        return results
+        return lambda: results
 
+    def _apply_inventory_page(self, conn: psycopg.Connection, items: Sequence[tuple[Delivery, ChangeSet]]
+                              ) -> Callable[[], list[int | None]]:
+        """Stock levels (`_inventory_page`), in pipeline mode (`_write_pipelined`): the delivery rows and the
+        products whose variants the items stock in the first round trip; their locks, the levels, each item's sum
+        over its locations written to its variants, their products' `sellable` flags, the install mark and COMMIT
+        in the second (as `_apply_delivery` does it, in ten)."""
+        shop = items[0][0].shop
+        sent = self._send_deliveries(conn, items)
+        owners = conn.execute("SELECT DISTINCT product_id FROM variants WHERE shop = %s AND inventory_item_id = ANY(%s)",
+                              (shop, sorted({level.inventory_item_id for _, c in items for level in c.inventory_levels})))
+        results, fresh = self._fresh_of_page(sent, items)
+        levels = [level for _, _, changes in fresh for level in changes.inventory_levels]
+        if levels:
+            self._take_locks(conn, [*(_lock_key(INVENTORY_ITEM_LOCK, shop, level.inventory_item_id) for level in levels),
+                                    *(_lock_key(PRODUCT_LOCK, shop, product_id) for (product_id,) in owners.fetchall())])
+            conn.execute(_PAGE_LEVELS, (shop, json.dumps([
+                {"inventory_item_id": level.inventory_item_id, "location_id": level.location_id,
+                 "available": level.available} for level in levels])))
+            items_stocked = sorted({level.inventory_item_id for level in levels})
+            conn.execute(_STOCK_OF_ITEMS, (shop, items_stocked, shop))
+            self._refresh_sellable(conn, shop, ChangeSet(inventory_levels=tuple(levels)))
+        self._mark_installed_by(conn, shop, fresh)
+        return lambda: results
 
     @staticmethod
     def _products_changed(conn: psycopg.Connection, shop: str, changes: ChangeSet) -> set[str]:
@@ -771,17 +893,10 @@ class PostgresEventStore(SharedQueries):
     def _mark_installed(conn: psycopg.Connection, shop: str, happened_at: datetime) -> None:
         """A webhook arrived, so the app is installed; written only when that is news (the row is every delivery's).
 
-        A retry of a delivery triggered before the shop uninstalled proves nothing: it is ignored.
+        A retry of a delivery triggered before the shop uninstalled proves nothing: it is ignored. One statement
+        whose result nobody reads, as `_APPLY_EVENTS`' own mark is: in pipeline mode it costs no round trip.
         """
-        state = conn.execute("SELECT installed, changed_at FROM shop_state WHERE shop = %s", (shop,)).fetchone()
-        if state is not None and not state[0] and state[1] is not None and happened_at <= state[1]:
-            return
-        if state is None or not state[0]:
-            conn.execute(
-                "INSERT INTO shop_state (shop, installed, changed_at) VALUES (%s, true, now())"
-                " ON CONFLICT (shop) DO UPDATE SET installed = true, changed_at = excluded.changed_at",
-                (shop,),
-            )
+        conn.execute(_MARK_INSTALLED, {"shop": shop, "happened_at": happened_at})
 
     @staticmethod
     def _upsert_product(conn: psycopg.Connection, p: CatalogProduct) -> None:

@@ -675,3 +675,162 @@ def test_a_page_joins_a_linked_guest_to_the_customer_but_not_an_event_with_an_em
     assert set_wise == one_by_one == [1, 1] and got == expected
     users = {i.order_id: i.user_key for i in got["interactions"]}
     assert users == {"700": "c:9", "701": "a:tokL"}  # only a guest (no customer id at all) is looked up
+
+
+# --- round trips, counted on the wire (bench.round_trips) ---------------------------------------
+
+
+@pytest.fixture
+def counted_store(schema_url):
+    """A PostgreSQL store whose connections go through a relay that counts round trips, and the relay."""
+    from urllib.parse import urlsplit
+
+    from bench.round_trips import RoundTripCounter
+    from recommender.store_postgres import PostgresEventStore
+
+    with RoundTripCounter(urlsplit(schema_url).port or 5432) as relay:
+        store = PostgresEventStore(relay.url(schema_url))
+        yield store, relay
+        store.close()
+
+
+@pytest.mark.parametrize("kind, round_trips", [
+    ("order, known customer", 1),  # one statement, its own transaction
+    ("order, guest", 2),  # BEGIN, the cart token's lock, the delivery row, its link; the events, the mark, COMMIT
+    ("cart", 2),
+    ("product update", 3),  # BEGIN, the lock, the delivery row; the upsert; the variants, `sellable`, the mark, COMMIT
+    ("inventory level", 2),  # BEGIN, the delivery row, the item's products; the locks, the level, the sums, COMMIT
+    ("redelivery", 2),  # BEGIN, the lock, the delivery row (stored before); COMMIT
+])
+def test_a_webhooks_write_waits_for_postgresql_once_per_answer_it_needs(counted_store, tmp_path, kind,
+                                                                         round_trips):
+    # Arrange
+    from bench.delivery_probe import deliveries, prepare
+
+    store, relay = counted_store
+    prepare(store, kind, SHOP, 3)
+    sqlite = SQLiteEventStore(tmp_path / "events.sqlite3")
+    prepare(sqlite, kind, SHOP, 3)
+    turns, stored, expected = [], [], []
+
+    # Act
+    for delivery, changes in deliveries(kind, SHOP, 3):
+        relay.reset()
+        stored.append(store.apply(delivery, changes))
+        turns.append(relay.turns)
+        expected.append(sqlite.apply(delivery, changes))
+
+    # Assert
+    assert turns == [round_trips] * 3
+    events = 0 if kind in ("product update", "inventory level") else 3
+    assert stored == expected == ([None] * 3 if kind == "redelivery" else [events] * 3)
+    assert answers(store) == answers(sqlite)
+    assert store.unsellable_product_ids(SHOP) == sqlite.unsellable_product_ids(SHOP)
+    if kind == "inventory level":  # product k's first variant now holds k % 5 units, its other two still 5
+        assert [[v.inventory_quantity for v in store.products(SHOP)[str(8_000_000_000_000 + k)].variants]
+                for k in range(3)] == [[0, 5, 5], [1, 5, 5], [2, 5, 5]]
+        assert store.unsellable_product_ids(SHOP) == set()  # product 0's other variants are still for sale
+    sqlite.close()
+
+
+def test_a_page_of_250_products_or_orders_waits_three_times_or_twice(counted_store):
+    # Arrange
+    from bench.backfill_probe import pages_of
+
+    store, relay = counted_store
+    products, orders = pages_of("products", SHOP, 250, 250)[0], pages_of("orders", SHOP, 250, 250)[0]
+
+    # Act
+    relay.reset()
+    stored_products = store.apply_many(products)
+    product_turns = relay.turns
+    relay.reset()
+    stored_orders = store.apply_many(orders)
+    order_turns = relay.turns
+
+    # Assert
+    assert (product_turns, order_turns) == (3, 2)
+    assert stored_products == [0] * 250 and stored_orders == [3] * 250
+    assert len(store.products(SHOP)) == 250 and store.count_events(SHOP) == 750
+
+
+def stock_levels_and_what_came_before(webhook) -> tuple[list, list]:
+    """(deliveries stored before, inventory_levels/update deliveries) with a known outcome for each."""
+    def product(pid):
+        return {"id": pid, "title": f"Product {pid}", "handle": f"p-{pid}", "status": "active", "vendor": "Acme",
+                "product_type": "Mugs", "published_at": "2026-10-01T00:00:00Z", "updated_at": "2026-10-01T00:00:00Z",
+                "variants": [{"id": pid * 10, "price": "10.00", "inventory_item_id": pid * 100, "inventory_quantity": 3,
+                              "inventory_management": "shopify", "inventory_policy": "deny"}]}
+
+    def level(item, location, available):
+        return {"inventory_item_id": item, "location_id": location, "available": available,
+                "updated_at": "2026-11-01T00:00:00Z"}
+
+    before = [webhook("products/create", product(1), "wh-p1"), webhook("products/create", product(2), "wh-p2"),
+              webhook("inventory_levels/update", level(100, 2, 2), "wh-100-at-2")]
+    levels = [
+        webhook("inventory_levels/update", level(100, 1, 0), "wh-100-at-1"),  # 0 here, 2 at location 2: 2 in all
+        webhook("inventory_levels/update", level(200, 1, 0), "wh-200-at-1"),  # its only location: none left
+        webhook("inventory_levels/update", level(999, 1, 5), "wh-999-at-1"),  # an item no variant stocks
+        webhook("inventory_levels/update", level(100, 2, 9), "wh-100-at-2"),  # a redelivery: ignored
+    ]
+    return before, levels
+
+
+@pytest.mark.parametrize("together", [True, False], ids=["a page", "one delivery at a time"])
+def test_stock_levels_stored_set_wise_answer_as_one_delivery_after_another(pg_store, tmp_path, together):
+    # Arrange
+    from recommender.store_postgres import _inventory_page
+
+    def webhook(topic, payload, webhook_id):
+        return Delivery(SHOP, webhook_id, topic), TRANSLATORS[topic](TopicContext(SHOP, topic, webhook_id), payload)
+
+    before, levels = stock_levels_and_what_came_before(webhook)
+    sqlite = SQLiteEventStore(tmp_path / "events.sqlite3")
+    for store in (sqlite, pg_store):
+        for delivery, changes in before:
+            store.apply(delivery, changes)
+
+    # Act
+    one_by_one = [sqlite.apply(delivery, changes) for delivery, changes in levels]
+    set_wise = pg_store.apply_many(levels) if together else [pg_store.apply(d, c) for d, c in levels]
+
+    # Assert
+    assert _inventory_page(levels[:3]) and all(_inventory_page([level]) for level in levels)
+    assert not _inventory_page(levels)  # item 100 twice: the page goes delivery by delivery
+    assert set_wise == one_by_one == [0, 0, 0, None]
+    assert answers(pg_store) == answers(sqlite)
+    products = pg_store.products(SHOP)
+    assert (products["1"].variants[0].inventory_quantity, products["2"].variants[0].inventory_quantity) == (2, 0)
+    assert pg_store.unsellable_product_ids(SHOP) == sqlite.unsellable_product_ids(SHOP) == {"2"}
+    sqlite.close()
+
+
+def test_ctrl_c_inside_a_pipelined_page_stores_nothing_and_the_next_page_stores_whole(schema_url):
+    """Ctrl-C pressed after the page's first round trip, its later statements sent: the transaction is rolled back
+    and the thread's connection is left fit for the next write (or replaced)."""
+    # Arrange
+    from recommender.store_postgres import PostgresEventStore
+
+    class CtrlCOnce(PostgresEventStore):
+        pressed = False
+
+        def _mark_installed_by(self, conn, shop, fresh):
+            super()._mark_installed_by(conn, shop, fresh)
+            if not self.pressed:
+                self.pressed = True
+                raise KeyboardInterrupt
+
+    _, page = orders_page_and_what_came_before()
+    store = CtrlCOnce(schema_url)
+
+    # Act
+    with pytest.raises(KeyboardInterrupt):
+        store.apply_many(page)
+    nothing = (store.count_events(SHOP), store.count_deliveries(), store.installed_shops())
+    again = store.apply_many(page)
+
+    # Assert
+    assert nothing == (0, 0, [])
+    assert again == [1, 3, 1, 2, 1, 1, 1] and store.count_events(SHOP) == 10  # each order's product lines
+    store.close()
