@@ -272,6 +272,19 @@ _STOCK_OF_ITEMS = (
     " FROM inventory_levels WHERE shop = %s AND inventory_item_id = ANY(%s) GROUP BY inventory_item_id) AS s"
     " WHERE variants.shop = %s AND variants.inventory_item_id = s.inventory_item_id AND s.tracking > 0"
 )
+# A page of checkouts' links (`_apply_links_page`): each cart token's link, then the token's guest events joined to
+# its customer.
+_PAGE_LINKS = (
+    "INSERT INTO identity_links (shop, anonymous_id, customer_id)"
+    " SELECT %s, l.anonymous_id, l.customer_id"
+    " FROM json_to_recordset(%s::json) AS l (anonymous_id text, customer_id text)"
+    " ON CONFLICT (shop, anonymous_id) DO UPDATE SET customer_id = excluded.customer_id"
+)
+_LINKED_EVENTS = (
+    "UPDATE events SET customer_id = l.customer_id, user_key = 'c:' || l.customer_id"
+    " FROM json_to_recordset(%s::json) AS l (anonymous_id text, customer_id text)"
+    " WHERE events.shop = %s AND events.anonymous_id = l.anonymous_id AND events.customer_id IS NULL"
+)
 # Advisory locks taken in one statement, in the order given (the subquery's ORDER BY runs before the calls).
 _TAKE_LOCKS = ("SELECT pg_advisory_xact_lock(k.namespace, k.key) FROM (SELECT * FROM unnest(%s::int4[], %s::int4[])"
                " WITH ORDINALITY AS u (namespace, key, position) ORDER BY position) AS k")
@@ -364,8 +377,8 @@ def _orders_page(items: Sequence[tuple[Delivery, ChangeSet]]) -> bool:
 
 
 def _catalog_page(items: Sequence[tuple[Delivery, ChangeSet]]) -> bool:
-    """Deliveries of catalog upserts alone, of one shop, that name no product and no variant twice: what
-    `apply_many` may store set-wise with the same outcome as one delivery after another."""
+    """Deliveries of catalog upserts and deletions alone, of one shop, that name no product and no variant twice:
+    what `apply_many` may store set-wise with the same outcome as one delivery after another."""
     if not items:
         return False
     shop = items[0][0].shop
@@ -373,8 +386,8 @@ def _catalog_page(items: Sequence[tuple[Delivery, ChangeSet]]) -> bool:
     variants: set[str] = set()
     count = 0
     for delivery, c in items:
-        if (delivery.shop != shop or c.events or c.delete_product_ids or c.void_order_ids or c.refunds
-                or c.inventory_levels or c.identity_links):
+        if (delivery.shop != shop or c.events or c.void_order_ids or c.refunds or c.inventory_levels
+                or c.identity_links):
             return False
         for p in c.upsert_products:
             if p.shop != shop:
@@ -382,7 +395,23 @@ def _catalog_page(items: Sequence[tuple[Delivery, ChangeSet]]) -> bool:
             products.add(p.product_id)
             variants.update(v.variant_id for v in p.variants)
             count += 1 + len(p.variants)
+        products.update(c.delete_product_ids)
+        count += len(c.delete_product_ids)
     return len(products) + len(variants) == count
+
+
+def _links_page(items: Sequence[tuple[Delivery, ChangeSet]]) -> bool:
+    """Deliveries of identity links alone (a checkout's cart token and customer), of one shop, no cart token twice:
+    what `apply_many` may store set-wise with the same outcome as one delivery after another."""
+    if not items:
+        return False
+    shop = items[0][0].shop
+    tokens = [link.anonymous_id for _, c in items for link in c.identity_links]
+    for delivery, c in items:
+        if (delivery.shop != shop or not c.identity_links or c.events or c.upsert_products or c.delete_product_ids
+                or c.void_order_ids or c.refunds or c.inventory_levels):
+            return False
+    return len(set(tokens)) == len(tokens)
 
 
 def _inventory_page(items: Sequence[tuple[Delivery, ChangeSet]]) -> bool:
@@ -585,14 +614,15 @@ class PostgresEventStore(SharedQueries):
         through another delivery counts once), or None when this webhook_id was seen before.
         Events alone that take no lock (an order of a known customer) go as one statement, one round trip; other
         events, cancellations and refunds (a guest's order or cart) as `apply_many`'s page of orders does, in two
-        round trips whatever the number of lines, a stock level as its page of levels does, in two, and a
-        product's update as its page of products does, in three.
+        round trips whatever the number of lines, a stock level or a checkout's link as their pages do, in two,
+        and a product's update as its page of products does, in three (its deletion in two).
         """
         if self._events_alone_without_locks(changes):
             params = self._events_params(delivery, changes.events)
             return self._write(lambda conn: self._store_events(conn, params), one_statement=True)
-        if any(page([(delivery, changes)]) for page in (_orders_page, _catalog_page, _inventory_page)):
-            # a guest's order or cart, a cancellation, a refund, a product's or a stock level's update: a page of one
+        if any(page([(delivery, changes)]) for page in (_orders_page, _catalog_page, _inventory_page, _links_page)):
+            # a guest's order or cart, a cancellation, a refund, a product's update or deletion, a stock level, a
+            # checkout's link: as a page of one
             return self.apply_many([(delivery, changes)])[0]
         return self._write(lambda conn: self._apply_delivery(conn, delivery, changes))
 
@@ -637,6 +667,8 @@ class PostgresEventStore(SharedQueries):
             return self._write_pipelined(lambda conn: self._apply_orders_page(conn, items))
         if _inventory_page(items):
             return self._write_pipelined(lambda conn: self._apply_inventory_page(conn, items))
+        if _links_page(items):
+            return self._write_pipelined(lambda conn: self._apply_links_page(conn, items))
 
         def one_by_one(conn: psycopg.Connection) -> list[int | None]:
             # Every lock of the page first, in the one order all writers take them: taken delivery by delivery,
@@ -722,15 +754,22 @@ class PostgresEventStore(SharedQueries):
 
     def _apply_catalog_page(self, conn: psycopg.Connection, items: Sequence[tuple[Delivery, ChangeSet]]
                             ) -> Callable[[], list[int | None]]:
-        """A page of catalog upserts (`_catalog_page`), in pipeline mode (`_write_pipelined`): the locks and the
-        delivery rows in the first round trip, the products' upsert in the second, the variants of the products
-        it changed, their `sellable` flags, the install mark and COMMIT in the third."""
+        """A page of catalog upserts and deletions (`_catalog_page`), in pipeline mode (`_write_pipelined`): the
+        locks and the delivery rows in the first round trip, the products' upsert in the second, the variants of
+        the products it changed, the deletions, the `sellable` flags, the install mark and COMMIT in the third (in
+        the second for deletions alone)."""
         shop = items[0][0].shop
         # The products' locks before anything is written, as the page delivery by delivery takes them.
-        self._take_locks(conn, [_lock_key(PRODUCT_LOCK, shop, p.product_id)
-                                for _, changes in items for p in changes.upsert_products])
+        self._take_locks(conn, [_lock_key(PRODUCT_LOCK, shop, product_id)
+                                for _, changes in items for product_id in changes.catalog_product_ids()])
         results, fresh = self._fresh_of_page(self._send_deliveries(conn, items), items)
         products = [p for _, _, changes in fresh for p in changes.upsert_products]
+        deleted = sorted({product_id for _, _, changes in fresh for product_id in changes.delete_product_ids})
+        if deleted:  # a deleted product keeps its row, marked, so that an older update cannot bring it back
+            conn.execute("INSERT INTO products (shop, product_id, title, handle, status, product_type, vendor, deleted)"
+                         " SELECT %s, product_id, '', '', 'deleted', '', '', true FROM unnest(%s::text[]) AS product_id"
+                         " ON CONFLICT (shop, product_id) DO UPDATE SET deleted = true", (shop, deleted))
+            self._refresh_sellable(conn, shop, ChangeSet(delete_product_ids=tuple(deleted)))
         if products:
             changed = {row[0] for row in conn.execute(_PAGE_PRODUCTS, (shop, json.dumps([
                 {"product_id": p.product_id, "title": p.title, "handle": p.handle, "status": p.status,
@@ -757,19 +796,38 @@ class PostgresEventStore(SharedQueries):
         in the second (as `_apply_delivery` does it, in ten)."""
         shop = items[0][0].shop
         sent = self._send_deliveries(conn, items)
-        owners = conn.execute("SELECT DISTINCT product_id FROM variants WHERE shop = %s AND inventory_item_id = ANY(%s)",
-                              (shop, sorted({level.inventory_item_id for _, c in items for level in c.inventory_levels})))
+        stocked = sorted({level.inventory_item_id for _, c in items for level in c.inventory_levels})
+        owners = conn.execute("SELECT DISTINCT product_id FROM variants WHERE shop = %s"
+                              " AND inventory_item_id = ANY(%s)", (shop, stocked))
         results, fresh = self._fresh_of_page(sent, items)
         levels = [level for _, _, changes in fresh for level in changes.inventory_levels]
         if levels:
-            self._take_locks(conn, [*(_lock_key(INVENTORY_ITEM_LOCK, shop, level.inventory_item_id) for level in levels),
-                                    *(_lock_key(PRODUCT_LOCK, shop, product_id) for (product_id,) in owners.fetchall())])
+            self._take_locks(conn, [
+                *(_lock_key(INVENTORY_ITEM_LOCK, shop, level.inventory_item_id) for level in levels),
+                *(_lock_key(PRODUCT_LOCK, shop, product_id) for (product_id,) in owners.fetchall())])
             conn.execute(_PAGE_LEVELS, (shop, json.dumps([
                 {"inventory_item_id": level.inventory_item_id, "location_id": level.location_id,
                  "available": level.available} for level in levels])))
             items_stocked = sorted({level.inventory_item_id for level in levels})
             conn.execute(_STOCK_OF_ITEMS, (shop, items_stocked, shop))
             self._refresh_sellable(conn, shop, ChangeSet(inventory_levels=tuple(levels)))
+        self._mark_installed_by(conn, shop, fresh)
+        return lambda: results
+
+    def _apply_links_page(self, conn: psycopg.Connection, items: Sequence[tuple[Delivery, ChangeSet]]
+                          ) -> Callable[[], list[int | None]]:
+        """Checkouts' links (`_links_page`), in pipeline mode (`_write_pipelined`): the cart tokens' locks and the
+        delivery rows in the first round trip; the links, each token's guest events joined to its customer, the
+        install mark and COMMIT in the second (as `_apply_delivery` does it, in seven)."""
+        shop = items[0][0].shop
+        self._take_locks(conn, [_lock_key(ANONYMOUS_ID_LOCK, shop, link.anonymous_id)
+                                for _, changes in items for link in changes.identity_links])
+        results, fresh = self._fresh_of_page(self._send_deliveries(conn, items), items)
+        links = json.dumps([{"anonymous_id": link.anonymous_id, "customer_id": link.customer_id}
+                            for _, _, changes in fresh for link in changes.identity_links])
+        if fresh:
+            conn.execute(_PAGE_LINKS, (shop, links))
+            conn.execute(_LINKED_EVENTS, (links, shop))
         self._mark_installed_by(conn, shop, fresh)
         return lambda: results
 

@@ -698,7 +698,9 @@ def counted_store(schema_url):
     ("order, known customer", 1),  # one statement, its own transaction
     ("order, guest", 2),  # BEGIN, the cart token's lock, the delivery row, its link; the events, the mark, COMMIT
     ("cart", 2),
+    ("checkout", 2),  # BEGIN, the token's lock, the delivery row; the link, the cart's events joined, COMMIT
     ("product update", 3),  # BEGIN, the lock, the delivery row; the upsert; the variants, `sellable`, the mark, COMMIT
+    ("product deletion", 2),  # BEGIN, the lock, the delivery row; the deletion, `sellable`, the mark, COMMIT
     ("inventory level", 2),  # BEGIN, the delivery row, the item's products; the locks, the level, the sums, COMMIT
     ("redelivery", 2),  # BEGIN, the lock, the delivery row (stored before); COMMIT
 ])
@@ -722,7 +724,7 @@ def test_a_webhooks_write_waits_for_postgresql_once_per_answer_it_needs(counted_
 
     # Assert
     assert turns == [round_trips] * 3
-    events = 0 if kind in ("product update", "inventory level") else 3
+    events = 0 if kind in ("checkout", "product update", "product deletion", "inventory level") else 3
     assert stored == expected == ([None] * 3 if kind == "redelivery" else [events] * 3)
     assert answers(store) == answers(sqlite)
     assert store.unsellable_product_ids(SHOP) == sqlite.unsellable_product_ids(SHOP)
@@ -730,6 +732,11 @@ def test_a_webhooks_write_waits_for_postgresql_once_per_answer_it_needs(counted_
         assert [[v.inventory_quantity for v in store.products(SHOP)[str(8_000_000_000_000 + k)].variants]
                 for k in range(3)] == [[0, 5, 5], [1, 5, 5], [2, 5, 5]]
         assert store.unsellable_product_ids(SHOP) == set()  # product 0's other variants are still for sale
+    if kind == "checkout":  # each cart's three events joined to the checkout's customer
+        assert {i.user_key for i in store.interactions(SHOP)} == {f"c:{7_000_000_000_000 + k}" for k in range(3)}
+    if kind == "product deletion":
+        assert store.products(SHOP) == {} and store.deleted_product_ids(SHOP) == {
+            str(8_000_000_000_000 + k) for k in range(3)}
     sqlite.close()
 
 
@@ -834,3 +841,64 @@ def test_ctrl_c_inside_a_pipelined_page_stores_nothing_and_the_next_page_stores_
     assert nothing == (0, 0, [])
     assert again == [1, 3, 1, 2, 1, 1, 1] and store.count_events(SHOP) == 10  # each order's product lines
     store.close()
+
+
+def test_a_page_of_product_deletions_beside_updates_answers_as_one_delivery_after_another(pg_store, tmp_path):
+    # Arrange
+    from recommender.store_postgres import _catalog_page
+
+    before, page = catalog_page_and_what_came_before()
+    deletions = [(Delivery(SHOP, f"wh-delete-{pid}", "products/delete"),
+                  TRANSLATORS["products/delete"](TopicContext(SHOP, "products/delete", f"wh-delete-{pid}"), {"id": pid}))
+                 for pid in (4, 9)]  # 4 stored before, with variants; 9 never stored
+    mixed = [*page[:3], deletions[0], *page[5:], deletions[1]]  # products 1-3 and 6-8 updated, 4 and 9 deleted
+
+    # Act
+    mixed, one_by_one, set_wise, expected, got = stored_both_ways(pg_store, tmp_path, before, lambda: mixed)
+
+    # Assert
+    assert _catalog_page(mixed) and not _catalog_page([*mixed, page[3]])  # product 4 updated and deleted: not
+    assert set_wise == one_by_one == [0, 0, 0, 0, 0, 0, 0, 0]
+    assert got == expected
+    assert {"2", "4", "9"} <= got["deleted"] and not {"4", "9"} & set(got["products"])
+    assert {"4", "9"} <= got["unsellable"]
+
+
+@pytest.mark.parametrize("together", [True, False], ids=["a page", "one delivery at a time"])
+def test_checkouts_links_stored_set_wise_answer_as_one_delivery_after_another(pg_store, tmp_path, together):
+    # Arrange
+    from recommender.store_postgres import _links_page
+
+    def webhook(topic, payload, webhook_id):
+        return Delivery(SHOP, webhook_id, topic), TRANSLATORS[topic](TopicContext(SHOP, topic, webhook_id), payload)
+
+    def cart(token, products):
+        return webhook("carts/update", {"token": token, "updated_at": "2026-11-01T00:00:00Z", "line_items": [
+            {"product_id": pid, "variant_id": pid * 10, "quantity": 1, "price": "5.00"} for pid in products]},
+            f"wh-cart-{token}")
+
+    def checkout(token, customer_id, webhook_id):
+        return webhook("checkouts/update", {"token": f"chk-{token}", "cart_token": token,
+                                            "customer": {"id": customer_id}}, webhook_id)
+
+    before = [cart("tok-a", [1, 2]), cart("tok-b", [3]), cart("tok-c", [4]), checkout("tok-c", 30, "wh-chk-c")]
+    links = [checkout("tok-a", 10, "wh-chk-a"), checkout("tok-b", 20, "wh-chk-b"),
+             checkout("tok-new", 40, "wh-chk-new"),  # a cart not stored (yet): the link alone
+             checkout("tok-c", 31, "wh-chk-c")]  # a redelivery: ignored
+    sqlite = SQLiteEventStore(tmp_path / "events.sqlite3")
+    for store in (sqlite, pg_store):
+        for delivery, changes in before:
+            store.apply(delivery, changes)
+
+    # Act
+    one_by_one = [sqlite.apply(delivery, changes) for delivery, changes in links]
+    set_wise = pg_store.apply_many(links) if together else [pg_store.apply(d, c) for d, c in links]
+    later_cart = [store.apply(*cart("tok-new", [5])) for store in (sqlite, pg_store)]
+
+    # Assert
+    assert _links_page(links) and not _links_page([*links, checkout("tok-a", 11, "wh-chk-a2")])  # tok-a twice
+    assert set_wise == one_by_one == [0, 0, 0, None] and later_cart == [1, 1]
+    assert answers(pg_store) == answers(sqlite)
+    users = {i.product_id: i.user_key for i in pg_store.interactions(SHOP)}
+    assert users == {"1": "c:10", "2": "c:10", "3": "c:20", "4": "c:30", "5": "c:40"}
+    sqlite.close()
