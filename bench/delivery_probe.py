@@ -1,0 +1,220 @@
+"""One webhook's write: each kind of delivery a store receives, stored one at a time, SQLite and PostgreSQL.
+
+    python -m bench.delivery_probe [--deliveries 40] [--rtt-ms 2.5] [--out DIR]
+
+What a webhook's request does once it is verified and translated (the payloads through `webhooks.topics`'
+translators before the clock starts, as the handler's are): `EventStore.apply` of one delivery, its own
+transaction. The kinds: an order of a known customer, a guest's order, a guest's cart (carts/create and
+carts/update, the most frequent topics), a checkout that names the cart's customer (its link: the cart's events
+join the customer's), a product's update, its deletion, an inventory level's update, and a redelivery of a
+product's update (a webhook id stored before: the dedupe check alone); three lines to each order and cart,
+three variants to each product.
+
+For PostgreSQL, each kind's round trips are counted on the wire (`bench.round_trips`: a relay in this process
+that counts how often the client waited for the server), and each delivery is timed on loopback and, with
+--rtt-ms, through bench/latency_proxy.py as far away as that round trip, beside the floor: one round trip, a
+`SELECT 1` over the same connection. A deployed function reaches Cloud SQL over the network; its round trip
+decides what a delivery costs in waiting. SQLite, in process, is timed for comparison. Runs of
+`python -m bench.delivery_probe` against code before and after a change are how rounds 27 and 28 of
+bench/PERFORMANCE.md compared them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from bench import process
+from bench.round_trips import RoundTripCounter
+from recommender.changes import ChangeSet, Delivery
+from recommender.store import EventStore, SQLiteEventStore, open_event_store
+from webhooks.topics import TRANSLATORS, TopicContext
+
+KINDS = ("order, known customer", "order, guest", "cart", "checkout", "product update", "product deletion",
+         "inventory level", "redelivery")
+LINES = 3
+STAMP = "2026-11-20T10:00:00Z"
+
+
+def payload(kind: str, k: int) -> tuple[str, dict]:
+    """(topic, body) of delivery k of a kind, in Shopify's shape; every k a new order, cart or product."""
+    lines = [{"id": 9_000_000 + 10 * k + j, "product_id": 8_000_000_000_000 + (7 * k + j) % 500,
+              "variant_id": 45_000_000_000_000 + j, "quantity": 1, "price": "19.00"} for j in range(LINES)]
+    if kind.startswith("order"):
+        guest = kind.endswith("guest")
+        return "orders/create", {
+            "id": 5_000_000_000_000 + k, "created_at": STAMP, "line_items": lines,
+            "cart_token": f"cart-{k}" if guest else None,
+            "customer": None if guest else {"id": 7_000_000_000_000 + k % 50}}
+    if kind == "cart":
+        return "carts/update", {"token": f"cart-{k}", "updated_at": STAMP, "line_items": lines}
+    if kind == "checkout":
+        return "checkouts/update", {"token": f"checkout-{k}", "cart_token": f"cart-{k}", "updated_at": STAMP,
+                                    "customer": {"id": 7_000_000_000_000 + k % 50}}
+    if kind == "product deletion":
+        return "products/delete", {"id": 8_000_000_000_000 + k}
+    if kind == "inventory level":
+        return "inventory_levels/update", {"inventory_item_id": 46_000_000_000_000 + 3 * k, "location_id": 1,
+                                           "available": k % 5, "updated_at": STAMP}
+    return "products/update", {
+        "id": 8_000_000_000_000 + k, "title": f"Product {k}", "handle": f"product-{k}", "status": "active",
+        "vendor": "Acme", "product_type": "Mugs", "published_at": STAMP, "updated_at": STAMP,
+        "image": {"src": f"https://cdn.shopify.com/s/files/bench/product-{k}.jpg"},
+        "variants": [{"id": 45_000_000_000_000 + 3 * k + j, "inventory_item_id": 46_000_000_000_000 + 3 * k + j,
+                      "price": "19.00", "inventory_quantity": 5, "inventory_management": "shopify",
+                      "inventory_policy": "deny"} for j in range(3)]}
+
+
+def deliveries(kind: str, shop: str, count: int) -> list[tuple[Delivery, ChangeSet]]:
+    """`count` deliveries of a kind, translated. A redelivery repeats the webhook id of a product's update that
+    `prepare` stores first; an inventory level names a variant of a product `prepare` stores, a deletion that
+    product, a checkout the cart `prepare` stores."""
+    made = []
+    for k in range(count):
+        topic, body = payload("product update" if kind == "redelivery" else kind, k)
+        webhook_id = f"{kind.replace(' ', '-').replace(',', '')}-{k}"
+        if kind == "redelivery":
+            webhook_id = f"product-update-{k}"
+        changes = TRANSLATORS[topic](TopicContext(shop, topic, webhook_id), body)
+        made.append((Delivery(shop, webhook_id, topic), changes))
+    return made
+
+
+def prepare(store: EventStore, kind: str, shop: str, count: int) -> None:
+    """What a kind finds stored: the products an inventory level belongs to or a deletion names, the update a
+    redelivery repeats, the cart a checkout links."""
+    before = {"inventory level": "product update", "product deletion": "product update",
+              "redelivery": "product update", "checkout": "cart"}.get(kind)
+    if before:
+        for delivery, changes in deliveries(before, shop, count):
+            store.apply(delivery, changes)
+
+
+def timed(store: EventStore, kind: str, count: int) -> list[float]:
+    """Milliseconds for each of `count` deliveries of a kind into a new shop (erased afterwards)."""
+    shop = f"probe-{uuid.uuid4().hex[:12]}.myshopify.com"
+    try:
+        prepare(store, kind, shop, count)
+        taken = []
+        for delivery, changes in deliveries(kind, shop, count):
+            begin = time.perf_counter()
+            store.apply(delivery, changes)
+            taken.append((time.perf_counter() - begin) * 1e3)
+        return taken
+    finally:
+        store.redact_shop(shop)
+
+
+def counted(url: str, kinds: tuple[str, ...] = KINDS, count: int = 3) -> dict[str, list[int]]:
+    """Each kind's round trips per delivery, counted on the wire (`RoundTripCounter`), `count` deliveries each."""
+    parts = urlsplit(url)
+    if parts.hostname not in ("127.0.0.1", "localhost"):
+        raise SystemExit(f"round trips are counted through a relay to PostgreSQL on loopback, not {parts.hostname}")
+    turns: dict[str, list[int]] = {}
+    with RoundTripCounter(parts.port or 5432) as relay, contextlib.closing(open_event_store(relay.url(url))) as store:
+        for kind in kinds:
+            shop = f"probe-{uuid.uuid4().hex[:12]}.myshopify.com"
+            try:
+                prepare(store, kind, shop, count)
+                turns[kind] = []
+                for delivery, changes in deliveries(kind, shop, count):
+                    relay.reset()
+                    store.apply(delivery, changes)
+                    turns[kind].append(relay.turns)
+            finally:
+                store.redact_shop(shop)
+    return turns
+
+
+def _round_trip_ms(url: str, times: int = 50) -> float:
+    """A `SELECT 1`'s median over `times` on one connection: one round trip."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        taken = []
+        for _ in range(times):
+            begin = time.perf_counter()
+            conn.execute("SELECT 1").fetchone()
+            taken.append((time.perf_counter() - begin) * 1e3)
+    return statistics.median(taken)
+
+
+def summary(taken: list[float]) -> dict:
+    ordered = sorted(taken)
+    return {"median_ms": round(statistics.median(ordered), 3), "max_ms": round(ordered[-1], 3)}
+
+
+def run(count: int, rtt_ms: float, workdir: Path) -> dict:
+    results: dict = {"deliveries": count, "rtt_ms": rtt_ms, "kinds": list(KINDS)}
+    with contextlib.closing(SQLiteEventStore(workdir / "deliveries.sqlite3")) as store:
+        results["sqlite"] = {kind: summary(timed(store, kind, count)) for kind in KINDS}
+    url = os.environ.get("TEST_POSTGRES_URL")
+    if not url:
+        results["postgresql"] = {"skipped": "TEST_POSTGRES_URL is not set"}
+        return results
+    results["postgresql"] = {"round_trips": counted(url)}
+    distances = [("loopback", 0.0)] + ([("relayed", rtt_ms)] if rtt_ms > 0 else [])
+    for name, rtt in distances:
+        with contextlib.ExitStack() as stack:
+            reached = process.relayed_postgres_url(url, rtt, workdir / "logs", stack)
+            store = stack.enter_context(contextlib.closing(open_event_store(reached)))
+            results["postgresql"][name] = {"round_trip_ms": round(_round_trip_ms(reached), 3),
+                                           **{kind: summary(timed(store, kind, count)) for kind in KINDS}}
+    return results
+
+
+def table(results: dict) -> str:
+    pg = results["postgresql"]
+    relayed = pg.get("relayed")
+    head = ["kind", "SQLite", "round trips (PostgreSQL)", "PostgreSQL, loopback"]
+    if relayed:
+        head += [f"PostgreSQL, a round trip of {relayed['round_trip_ms']} ms", "÷ one round trip"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for kind in results["kinds"]:
+        row = [kind, f"{results['sqlite'][kind]['median_ms']} ms"]
+        if "skipped" in pg:
+            row += ["", ""]
+        else:
+            trips = ", ".join(map(str, sorted(set(pg["round_trips"][kind]))))
+            row += [trips, f"{pg['loopback'][kind]['median_ms']} ms"]
+        if relayed:
+            row += [f"{relayed[kind]['median_ms']} ms (at most {relayed[kind]['max_ms']})",
+                    f"{relayed[kind]['median_ms'] / relayed['round_trip_ms']:.2f}"]
+        lines.append("| " + " | ".join(row) + " |")
+    if "skipped" in pg:
+        lines.append(f"\nPostgreSQL: skipped ({pg['skipped']}).")
+    else:
+        lines.append(f"\nMedians of {results['deliveries']} deliveries a kind, each its own transaction (`apply`); "
+                     f"a `SELECT 1` took {pg['loopback']['round_trip_ms']} ms on loopback.")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--deliveries", type=int, default=40, help="deliveries of each kind (default 40)")
+    parser.add_argument("--rtt-ms", type=float, default=2.5,
+                        help="PostgreSQL this far away too, through a relay (default 2.5; 0: loopback only)")
+    parser.add_argument("--out", type=Path, help="write delivery_probe.json and delivery_probe.md here")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="delivery-probe-") as workdir:
+        results = run(args.deliveries, args.rtt_ms, Path(workdir))
+    text = table(results)
+    print(text)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "delivery_probe.json").write_text(json.dumps(results, indent=2) + "\n")
+        (args.out / "delivery_probe.md").write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
