@@ -8,7 +8,8 @@ transaction. The kinds: an order of a known customer, a guest's order, a guest's
 carts/update, the most frequent topics), a checkout that names the cart's customer (its link: the cart's events
 join the customer's), a product's update, its deletion, an inventory level's update, and a redelivery of a
 product's update (a webhook id stored before: the dedupe check alone); three lines to each order and cart,
-three variants to each product.
+three variants to each product. Beside them a Web Pixel beacon of five product views by one browser (`/collect`:
+`EventStore.add_events` of what `webhooks.pixel.pixel_events` makes of it).
 
 For PostgreSQL, each kind's round trips are counted on the wire (`bench.round_trips`: a relay in this process
 that counts how often the client waited for the server), and each delivery is timed on loopback and, with
@@ -37,15 +38,17 @@ from bench import process
 from bench.round_trips import RoundTripCounter
 from recommender.changes import ChangeSet, Delivery
 from recommender.store import EventStore, SQLiteEventStore, open_event_store
+from webhooks.pixel import pixel_events
 from webhooks.topics import TRANSLATORS, TopicContext
 
 KINDS = ("order, known customer", "order, guest", "cart", "checkout", "product update", "product deletion",
-         "inventory level", "redelivery")
+         "inventory level", "redelivery", "pixel beacon")
+PIXEL_VIEWS = 5  # a Web Pixel beacon's page views
 LINES = 3
 STAMP = "2026-11-20T10:00:00Z"
 
 
-def payload(kind: str, k: int) -> tuple[str, dict]:
+def payload(kind: str, k: int) -> tuple[str, dict | list]:
     """(topic, body) of delivery k of a kind, in Shopify's shape; every k a new order, cart or product."""
     lines = [{"id": 9_000_000 + 10 * k + j, "product_id": 8_000_000_000_000 + (7 * k + j) % 500,
               "variant_id": 45_000_000_000_000 + j, "quantity": 1, "price": "19.00"} for j in range(LINES)]
@@ -62,6 +65,12 @@ def payload(kind: str, k: int) -> tuple[str, dict]:
                                     "customer": {"id": 7_000_000_000_000 + k % 50}}
     if kind == "product deletion":
         return "products/delete", {"id": 8_000_000_000_000 + k}
+    if kind == "pixel beacon":
+        return "pixel", [{"id": f"sh-{k}-{j}", "name": "product_viewed", "clientId": f"browser-{k}", "timestamp": STAMP,
+                          "data": {"productVariant": {"id": f"gid://shopify/ProductVariant/{45_000_000_000_000 + j}",
+                                                      "price": {"amount": 19.0},
+                                                      "product": {"id": 8_000_000_000_000 + (7 * k + j) % 500}}}}
+                         for j in range(PIXEL_VIEWS)]
     if kind == "inventory level":
         return "inventory_levels/update", {"inventory_item_id": 46_000_000_000_000 + 3 * k, "location_id": 1,
                                            "available": k % 5, "updated_at": STAMP}
@@ -84,9 +93,19 @@ def deliveries(kind: str, shop: str, count: int) -> list[tuple[Delivery, ChangeS
         webhook_id = f"{kind.replace(' ', '-').replace(',', '')}-{k}"
         if kind == "redelivery":
             webhook_id = f"product-update-{k}"
-        changes = TRANSLATORS[topic](TopicContext(shop, topic, webhook_id), body)
+        if topic == "pixel":
+            changes = ChangeSet(events=tuple(pixel_events(body, shop)[0]))
+        else:
+            changes = TRANSLATORS[topic](TopicContext(shop, topic, webhook_id), body)
         made.append((Delivery(shop, webhook_id, topic), changes))
     return made
+
+
+def store_one(store: EventStore, delivery: Delivery, changes: ChangeSet) -> int | None:
+    """What the request does with it: `add_events` for a pixel's beacon, `apply` for a webhook's delivery."""
+    if delivery.topic == "pixel":
+        return store.add_events(changes.events)
+    return store.apply(delivery, changes)
 
 
 def prepare(store: EventStore, kind: str, shop: str, count: int) -> None:
@@ -107,7 +126,7 @@ def timed(store: EventStore, kind: str, count: int) -> list[float]:
         taken = []
         for delivery, changes in deliveries(kind, shop, count):
             begin = time.perf_counter()
-            store.apply(delivery, changes)
+            store_one(store, delivery, changes)
             taken.append((time.perf_counter() - begin) * 1e3)
         return taken
     finally:
@@ -128,7 +147,7 @@ def counted(url: str, kinds: tuple[str, ...] = KINDS, count: int = 3) -> dict[st
                 turns[kind] = []
                 for delivery, changes in deliveries(kind, shop, count):
                     relay.reset()
-                    store.apply(delivery, changes)
+                    store_one(store, delivery, changes)
                     turns[kind].append(relay.turns)
             finally:
                 store.redact_shop(shop)
@@ -193,7 +212,8 @@ def table(results: dict) -> str:
     if "skipped" in pg:
         lines.append(f"\nPostgreSQL: skipped ({pg['skipped']}).")
     else:
-        lines.append(f"\nMedians of {results['deliveries']} deliveries a kind, each its own transaction (`apply`); "
+        lines.append(f"\nMedians of {results['deliveries']} deliveries a kind, each its own transaction (`apply`, "
+                     "a beacon `add_events`); "
                      f"a `SELECT 1` took {pg['loopback']['round_trip_ms']} ms on loopback.")
     return "\n".join(lines)
 

@@ -172,6 +172,7 @@ ANONYMOUS_ID_LOCK = 0x72650001  # a cart token: its events and its link to a cus
 INVENTORY_ITEM_LOCK = 0x72650002  # an inventory item: its levels and the sum written to its variants
 PRODUCT_LOCK = 0x72650003  # a product: its row, its variants and the `sellable` flag computed from them
 WRITE_ATTEMPTS = 3  # a transaction PostgreSQL chose as a deadlock victim is run again this many times in all
+EVENTS_PER_STATEMENT = 2_000  # `add_events`' rows a statement: a history import's file goes as many statements
 
 # `apply` for a delivery of events alone that takes no lock, as one statement (atomic on its own, one round trip):
 # the delivery row; if it is new, the events, each a new row or, when its dedupe key is stored already, only
@@ -865,14 +866,35 @@ class PostgresEventStore(SharedQueries):
         return inserted if fresh else None
 
     def add_events(self, events: Iterable[Event]) -> int:
-        """Insert events in one transaction; returns how many were new (dedupe keys already seen are skipped)."""
+        """Insert events in one transaction; returns how many were new (dedupe keys already seen are skipped).
+
+        Set-wise in pipeline mode, as a page of orders stores its events (`_PAGE_EVENTS`, at most
+        EVENTS_PER_STATEMENT a statement): one round trip for customers' events, two when guests' links are read
+        first (a pixel's beacon of page views), where event by event it took two or three a guest's event.
+        """
         batch = list(events)
+        if not batch:
+            return 0
 
-        def work(conn: psycopg.Connection) -> int:
+        def work(conn: psycopg.Connection) -> Callable[[], int]:
             self._take_locks(conn, self._anonymous_locks(batch))
-            return self._insert_events(conn, batch)
+            guests = sorted({(e.shop, e.anonymous_id) for e in batch if e.customer_id is None and e.anonymous_id})
+            links: dict[tuple[str, str], str] = {}
+            if guests:  # a guest who has since logged in: their events join the customer's, as `_insert_events` does
+                links = {(shop, token): customer for shop, token, customer in conn.execute(
+                    "SELECT l.shop, l.anonymous_id, l.customer_id FROM identity_links AS l"
+                    " JOIN unnest(%s::text[], %s::text[]) AS g (shop, anonymous_id) USING (shop, anonymous_id)",
+                    ([shop for shop, _ in guests], [token for _, token in guests])).fetchall()}
+            rows = []
+            for e in _first_of_each_key(batch):
+                linked = links.get((e.shop, e.anonymous_id)) if e.customer_id is None and e.anonymous_id else None
+                rows.append({**_event_row(e), "item": 0,
+                             **({"customer_id": linked, "user_key": f"c:{linked}"} if linked else {})})
+            counted = [conn.execute(_PAGE_EVENTS, (json.dumps(rows[start:start + EVENTS_PER_STATEMENT]),))
+                       for start in range(0, len(rows), EVENTS_PER_STATEMENT)]
+            return lambda: sum(count for cursor in counted for _, count in cursor.fetchall())
 
-        return self._write(work)
+        return self._write_pipelined(work)
 
     @staticmethod
     def _anonymous_locks(events: Iterable[Event]) -> list[tuple[int, int]]:

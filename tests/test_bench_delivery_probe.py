@@ -18,7 +18,7 @@ from tests.postgres_schema import server_url, temporary_schema
 SHOP = "a.myshopify.com"
 # By hand, from what each kind's write sends (tests/test_store_postgres.py checks each against SQLite's outcome).
 ROUND_TRIPS = {"order, known customer": 1, "order, guest": 2, "cart": 2, "checkout": 2, "product update": 3,
-               "product deletion": 2, "inventory level": 2, "redelivery": 2}
+               "product deletion": 2, "inventory level": 2, "redelivery": 2, "pixel beacon": 2}
 
 
 def test_each_kind_is_a_translated_webhook_of_its_topic():
@@ -27,7 +27,7 @@ def test_each_kind_is_a_translated_webhook_of_its_topic():
     assert {kind: made[kind][1][0].topic for kind in KINDS} == {
         "order, known customer": "orders/create", "order, guest": "orders/create", "cart": "carts/update",
         "checkout": "checkouts/update", "product update": "products/update", "product deletion": "products/delete",
-        "inventory level": "inventory_levels/update", "redelivery": "products/update"}
+        "inventory level": "inventory_levels/update", "redelivery": "products/update", "pixel beacon": "pixel"}
     known, guest, cart = (made[kind][1][1].events for kind in ("order, known customer", "order, guest", "cart"))
     assert [e.customer_id for e in known] == ["7000000000001"] * 3 and len({e.product_id for e in known}) == 3
     assert {(e.customer_id, e.anonymous_id) for e in guest} == {(None, "cart-1")}
@@ -36,6 +36,9 @@ def test_each_kind_is_a_translated_webhook_of_its_topic():
     assert made["product deletion"][1][1].delete_product_ids == ("8000000000001",)
     assert made["inventory level"][1][1].inventory_levels[0].inventory_item_id == "46000000000003"
     assert made["redelivery"][1][0].webhook_id == made["product update"][1][0].webhook_id  # stored before: a repeat
+    views = made["pixel beacon"][1][1].events
+    assert len(views) == 5 and {(e.kind.value, e.anonymous_id, e.customer_id) for e in views} == {
+        ("view", "browser-1", None)}
 
 
 def test_without_postgresql_it_times_sqlite_and_says_why_not(tmp_path, monkeypatch):

@@ -703,11 +703,12 @@ def counted_store(schema_url):
     ("product deletion", 2),  # BEGIN, the lock, the delivery row; the deletion, `sellable`, the mark, COMMIT
     ("inventory level", 2),  # BEGIN, the delivery row, the item's products; the locks, the level, the sums, COMMIT
     ("redelivery", 2),  # BEGIN, the lock, the delivery row (stored before); COMMIT
+    ("pixel beacon", 2),  # BEGIN, the browser's lock, its link; five views, COMMIT
 ])
 def test_a_webhooks_write_waits_for_postgresql_once_per_answer_it_needs(counted_store, tmp_path, kind,
                                                                          round_trips):
     # Arrange
-    from bench.delivery_probe import deliveries, prepare
+    from bench.delivery_probe import deliveries, prepare, store_one
 
     store, relay = counted_store
     prepare(store, kind, SHOP, 3)
@@ -718,13 +719,14 @@ def test_a_webhooks_write_waits_for_postgresql_once_per_answer_it_needs(counted_
     # Act
     for delivery, changes in deliveries(kind, SHOP, 3):
         relay.reset()
-        stored.append(store.apply(delivery, changes))
+        stored.append(store_one(store, delivery, changes))
         turns.append(relay.turns)
-        expected.append(sqlite.apply(delivery, changes))
+        expected.append(store_one(sqlite, delivery, changes))
 
     # Assert
     assert turns == [round_trips] * 3
-    events = 0 if kind in ("checkout", "product update", "product deletion", "inventory level") else 3
+    events = {"checkout": 0, "product update": 0, "product deletion": 0, "inventory level": 0,
+              "pixel beacon": 5}.get(kind, 3)
     assert stored == expected == ([None] * 3 if kind == "redelivery" else [events] * 3)
     assert answers(store) == answers(sqlite)
     assert store.unsellable_product_ids(SHOP) == sqlite.unsellable_product_ids(SHOP)
@@ -902,3 +904,58 @@ def test_checkouts_links_stored_set_wise_answer_as_one_delivery_after_another(pg
     users = {i.product_id: i.user_key for i in pg_store.interactions(SHOP)}
     assert users == {"1": "c:10", "2": "c:10", "3": "c:20", "4": "c:30", "5": "c:40"}
     sqlite.close()
+
+
+def test_events_added_set_wise_answer_as_one_event_after_another(pg_store, tmp_path):
+    """`add_events` (a pixel's beacon, a history import) in one statement: what each event alone would leave."""
+    # Arrange
+    def view(key, customer_id=None, anonymous_id="tokA", weight=1.0, product="1"):
+        return Event(EventKind.VIEW, SHOP, product, datetime(2026, 11, 1, tzinfo=timezone.utc),
+                     customer_id=customer_id, anonymous_id=anonymous_id, dedupe_key=key, weight_factor=weight)
+
+    before = [(Delivery(SHOP, "wh-checkout", "checkouts/create"), ChangeSet(identity_links=(IdentityLink("tokL", "9"),)))]
+    stored_before = [view("k-old", customer_id="3", anonymous_id=None, weight=0.5)]
+    batch = [
+        view("k1"),  # a guest not linked
+        view("k2", anonymous_id="tokL"),  # a guest linked to customer 9 by a checkout
+        view("k3", customer_id="", anonymous_id="tokL"),  # an empty customer id: not looked up
+        view("k4", customer_id="4", anonymous_id=None),
+        view("k4", customer_id="4", anonymous_id=None, weight=0.25),  # the same key again, lower: lowers it
+        view("k-old", customer_id="3", anonymous_id=None, weight=1.0),  # stored before at 0.5: stays
+        view(None, customer_id="5", anonymous_id=None), view(None, customer_id="5", anonymous_id=None),  # no key
+    ]
+    sqlite = SQLiteEventStore(tmp_path / "events.sqlite3")
+    for store in (sqlite, pg_store):
+        for delivery, changes in before:
+            store.apply(delivery, changes)
+        store.add_events(stored_before)
+
+    # Act
+    one_by_one, set_wise = sqlite.add_events(batch), pg_store.add_events(batch)
+
+    # Assert
+    assert set_wise == one_by_one == 6  # k1, k2, k3, k4 once, the two without a key
+    assert answers(pg_store) == answers(sqlite)
+    got = {(i.user_key, i.weight_factor) for i in pg_store.interactions(SHOP)}
+    assert got == {("a:tokA", 1.0), ("c:9", 1.0), ("a:tokL", 1.0), ("c:4", 0.25), ("c:3", 0.5), ("c:5", 1.0)}
+    sqlite.close()
+
+
+def test_a_history_import_of_thousands_of_events_goes_in_several_statements_and_one_round_trip(counted_store):
+    # Arrange
+    from recommender.store_postgres import EVENTS_PER_STATEMENT
+
+    store, relay = counted_store
+    count = EVENTS_PER_STATEMENT + 500
+    events = [Event(EventKind.PURCHASE, SHOP, str(k % 300), datetime(2026, 11, 1, tzinfo=timezone.utc),
+                    customer_id=str(k % 40), dedupe_key=f"import:{k}") for k in range(count)]
+
+    # Act
+    relay.reset()
+    stored = store.add_events(events)
+    turns = relay.turns
+    again = store.add_events(events[-10:])
+
+    # Assert
+    assert (stored, turns, again) == (count, 1, 0)
+    assert store.count_events(SHOP) == count
