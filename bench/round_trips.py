@@ -10,7 +10,7 @@ server's answer since the last turn: the client sent it in reply. Statements a c
 their results (PostgreSQL's pipeline mode) reach the relay before any answer has come back, because each
 answer takes a whole round trip of 2 × delay, so they count once, with the statement that waits. What the count
 cannot tell apart is a client that stops for longer than that round trip between two sends it did not wait for:
-the delay (`delay_s`, 30 ms a way by default) is that margin. `bench.delivery_probe` and the round-trip tests of
+the delay (`delay_s`, 50 ms a way by default: a margin of 0.1 s) is that margin. `bench.delivery_probe` and the round-trip tests of
 `tests/test_store_postgres.py` count with it.
 """
 
@@ -26,7 +26,7 @@ LOOPBACK = "127.0.0.1"
 
 
 class RoundTripCounter:
-    def __init__(self, upstream_port: int, delay_s: float = 0.03, upstream_host: str = LOOPBACK):
+    def __init__(self, upstream_port: int, delay_s: float = 0.05, upstream_host: str = LOOPBACK):
         self._upstream = (upstream_host, upstream_port)
         self._delay = delay_s
         self._lock = threading.Lock()
@@ -75,7 +75,11 @@ class RoundTripCounter:
                 client, _ = self._listener.accept()
             except OSError:
                 return
-            server = socket.create_connection(self._upstream)
+            try:
+                server = socket.create_connection(self._upstream)
+            except OSError:  # the server is down: the client sees its connection closed, as it would directly
+                client.close()
+                continue
             for sock in (client, server):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._sockets += [client, server]

@@ -189,9 +189,12 @@ _EVENT_NAMES = ", ".join(column.split()[0] for column in _EVENT_COLUMNS.split(",
 # not by a delivery that happened before the shop's uninstall (a retry of one triggered while it was installed).
 _NOT_YET_INSTALLED = (" NOT EXISTS (SELECT FROM shop_state WHERE shop = %(shop)s"
                       " AND (installed OR changed_at >= %(happened_at)s))")
+# The check again on the conflicting row, locked: an uninstall committed since the statement's snapshot wins.
+_INSTALL_CONFLICT = (" ON CONFLICT (shop) DO UPDATE SET installed = true, changed_at = excluded.changed_at"
+                     " WHERE NOT shop_state.installed AND (shop_state.changed_at IS NULL"
+                     " OR shop_state.changed_at < %(happened_at)s)")
 _MARK_INSTALLED = ("INSERT INTO shop_state (shop, installed, changed_at) SELECT %(shop)s, true, now() WHERE"
-                   + _NOT_YET_INSTALLED
-                   + " ON CONFLICT (shop) DO UPDATE SET installed = true, changed_at = excluded.changed_at")
+                   + _NOT_YET_INSTALLED + _INSTALL_CONFLICT)
 _APPLY_EVENTS = (
     "WITH delivery AS ("
     " INSERT INTO deliveries (shop, webhook_id, topic, event_id, received_at)"
@@ -210,8 +213,7 @@ _APPLY_EVENTS = (
     " RETURNING id),"
     " installed AS ("
     " INSERT INTO shop_state (shop, installed, changed_at) SELECT %(shop)s, true, now()"
-    " WHERE %(proves_install)s AND EXISTS (SELECT FROM delivery) AND" + _NOT_YET_INSTALLED +
-    " ON CONFLICT (shop) DO UPDATE SET installed = true, changed_at = excluded.changed_at)"
+    " WHERE %(proves_install)s AND EXISTS (SELECT FROM delivery) AND" + _NOT_YET_INSTALLED + _INSTALL_CONFLICT + ")"
     " SELECT EXISTS (SELECT FROM delivery), (SELECT count(*) FROM stored JOIN proposed USING (id))"
 )
 

@@ -6,6 +6,7 @@ replays the same signed webhooks into both and compares every answer.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from datetime import datetime, timedelta, timezone
 
@@ -866,8 +867,19 @@ def test_a_page_of_product_deletions_beside_updates_answers_as_one_delivery_afte
     assert {"4", "9"} <= got["unsellable"]
 
 
+def table_rows(store, schema_url, sql: str) -> list[tuple]:
+    """`sql`'s rows from a store's own tables: SQLite's file, or PostgreSQL's schema."""
+    if isinstance(store, SQLiteEventStore):
+        import sqlite3
+
+        with contextlib.closing(sqlite3.connect(store.path)) as conn:
+            return [tuple(row) for row in conn.execute(sql)]
+    return run(schema_url, sql)
+
+
 @pytest.mark.parametrize("together", [True, False], ids=["a page", "one delivery at a time"])
-def test_checkouts_links_stored_set_wise_answer_as_one_delivery_after_another(pg_store, tmp_path, together):
+def test_checkouts_links_stored_set_wise_answer_as_one_delivery_after_another(pg_store, schema_url, tmp_path,
+                                                                               together):
     # Arrange
     from recommender.store_postgres import _links_page
 
@@ -883,10 +895,12 @@ def test_checkouts_links_stored_set_wise_answer_as_one_delivery_after_another(pg
         return webhook("checkouts/update", {"token": f"chk-{token}", "cart_token": token,
                                             "customer": {"id": customer_id}}, webhook_id)
 
-    before = [cart("tok-a", [1, 2]), cart("tok-b", [3]), cart("tok-c", [4]), checkout("tok-c", 30, "wh-chk-c")]
-    links = [checkout("tok-a", 10, "wh-chk-a"), checkout("tok-b", 20, "wh-chk-b"),
+    before = [cart("tok-a", [1, 2]), cart("tok-b", [3]), cart("tok-c", [4]), checkout("tok-c", 30, "wh-chk-c"),
+              checkout("tok-b", 19, "wh-chk-b-first")]
+    links = [checkout("tok-a", 10, "wh-chk-a"),
+             checkout("tok-b", 20, "wh-chk-b"),  # linked to 19 before: its events stay 19's, the link is 20's
              checkout("tok-new", 40, "wh-chk-new"),  # a cart not stored (yet): the link alone
-             checkout("tok-c", 31, "wh-chk-c")]  # a redelivery: ignored
+             checkout("tok-c", 31, "wh-chk-c")]  # a redelivery: ignored, link and all
     sqlite = SQLiteEventStore(tmp_path / "events.sqlite3")
     for store in (sqlite, pg_store):
         for delivery, changes in before:
@@ -902,7 +916,11 @@ def test_checkouts_links_stored_set_wise_answer_as_one_delivery_after_another(pg
     assert set_wise == one_by_one == [0, 0, 0, None] and later_cart == [1, 1]
     assert answers(pg_store) == answers(sqlite)
     users = {i.product_id: i.user_key for i in pg_store.interactions(SHOP)}
-    assert users == {"1": "c:10", "2": "c:10", "3": "c:20", "4": "c:30", "5": "c:40"}
+    assert users == {"1": "c:10", "2": "c:10", "3": "c:19", "4": "c:30", "5": "c:40"}
+    stored_links = [table_rows(store, schema_url, "SELECT anonymous_id, customer_id FROM identity_links"
+                                                   " ORDER BY anonymous_id") for store in (sqlite, pg_store)]
+    assert stored_links[0] == stored_links[1] == [
+        ("tok-a", "10"), ("tok-b", "20"), ("tok-c", "30"), ("tok-new", "40")]
     sqlite.close()
 
 
@@ -959,3 +977,120 @@ def test_a_history_import_of_thousands_of_events_goes_in_several_statements_and_
     # Assert
     assert (stored, turns, again) == (count, 1, 0)
     assert store.count_events(SHOP) == count
+
+
+def test_a_page_of_stock_levels_answers_as_one_delivery_after_another(pg_store, schema_url, tmp_path):
+    # Arrange
+    from recommender.store_postgres import _inventory_page
+
+    def webhook(topic, payload, webhook_id):
+        return Delivery(SHOP, webhook_id, topic), TRANSLATORS[topic](TopicContext(SHOP, topic, webhook_id), payload)
+
+    def level(item, location, available, webhook_id):
+        return webhook("inventory_levels/update", {"inventory_item_id": item, "location_id": location,
+                                                   "available": available}, webhook_id)
+
+    before, _ = stock_levels_and_what_came_before(webhook)
+    third = {"id": 3, "title": "Product 3", "handle": "p-3", "status": "active", "vendor": "Acme",
+             "product_type": "Mugs", "published_at": "2026-10-01T00:00:00Z", "updated_at": "2026-10-01T00:00:00Z",
+             "variants": [{"id": 30, "price": "10.00", "inventory_item_id": 300, "inventory_quantity": 3,
+                           "inventory_management": "shopify", "inventory_policy": "deny"}]}
+    before += [webhook("products/create", third, "wh-p3"), level(400, 1, 7, "wh-400")]
+    page = [
+        level(100, 1, 0, "wh-100-at-1"),  # 0 here, 2 at location 2: 2 in all
+        level(200, 1, None, "wh-200-at-1"),  # its only location tracks nothing: the variant keeps its 3
+        level(300, 1, 0, "wh-300-at-1"),  # none left: product 3 is not for sale
+        level(400, 1, 1, "wh-400"),  # a redelivery: the level stays 7
+        level(500, 1, 4, "wh-twice"), level(600, 1, 4, "wh-twice"),  # one webhook id twice: the first one counts
+    ]
+    sqlite = SQLiteEventStore(tmp_path / "events.sqlite3")
+    for store in (sqlite, pg_store):
+        for delivery, changes in before:
+            store.apply(delivery, changes)
+
+    # Act
+    one_by_one = [sqlite.apply(delivery, changes) for delivery, changes in page]
+    set_wise = pg_store.apply_many(page)
+
+    # Assert
+    assert _inventory_page(page)
+    assert set_wise == one_by_one == [0, 0, 0, None, 0, None]
+    assert answers(pg_store) == answers(sqlite)
+    products = pg_store.products(SHOP)
+    assert [products[pid].variants[0].inventory_quantity for pid in ("1", "2", "3")] == [2, 3, 0]
+    assert pg_store.unsellable_product_ids(SHOP) == sqlite.unsellable_product_ids(SHOP) == {"3"}
+    levels = [table_rows(store, schema_url, "SELECT inventory_item_id, location_id, available FROM inventory_levels"
+                                            " ORDER BY inventory_item_id, location_id") for store in (sqlite, pg_store)]
+    assert levels[0] == levels[1] == [("100", "1", 0), ("100", "2", 2), ("200", "1", None), ("300", "1", 0),
+                                      ("400", "1", 7), ("500", "1", 4)]
+    sqlite.close()
+
+
+@pytest.mark.parametrize("kind", ["stock levels", "checkouts", "products", "orders"])
+@pytest.mark.parametrize("after_the_uninstall", [0, 1], ids=["all triggered before it", "one triggered after it"])
+def test_a_page_reinstalls_a_shop_only_if_a_delivery_in_it_was_triggered_after_the_uninstall(
+        pg_store, tmp_path, kind, after_the_uninstall):
+    """Deliveries triggered before an uninstall are retries that prove nothing; the latest of a page decides."""
+    # Arrange
+    from dataclasses import replace
+
+    from recommender.store_postgres import _catalog_page, _inventory_page, _links_page, _orders_page
+
+    def webhook(topic, payload, webhook_id):
+        return Delivery(SHOP, webhook_id, topic), TRANSLATORS[topic](TopicContext(SHOP, topic, webhook_id), payload)
+
+    earlier = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    made = {
+        "stock levels": lambda n: webhook("inventory_levels/update", {"inventory_item_id": 100 + n, "location_id": 1,
+                                                                      "available": 1}, f"wh-{n}"),
+        "checkouts": lambda n: webhook("checkouts/update", {"token": f"chk-{n}", "cart_token": f"tok-{n}",
+                                                            "customer": {"id": n}}, f"wh-{n}"),
+        "products": lambda n: webhook("products/delete", {"id": n}, f"wh-{n}"),
+        "orders": lambda n: webhook("orders/create", order_payload(300 + n, None, [n], cart_token=f"tok-{n}"),
+                                    f"wh-{n}"),
+    }[kind]
+
+    def make_page():
+        page = [made(n) for n in (1, 2)]
+        return [(replace(d, triggered_at=None if n < after_the_uninstall else earlier), c)
+                for n, (d, c) in enumerate(page)]
+
+    # Act
+    page, one_by_one, set_wise, expected, got = stored_both_ways(
+        pg_store, tmp_path, [made(0)], make_page, uninstall=True)
+
+    # Assert
+    assert {"stock levels": _inventory_page, "checkouts": _links_page, "products": _catalog_page,
+            "orders": _orders_page}[kind](page)
+    assert set_wise == one_by_one
+    assert got["installed"] == expected["installed"] == (([SHOP], True) if after_the_uninstall else ([], False))
+
+
+@pytest.mark.parametrize("topic", ["orders/create", "products/delete"])
+def test_an_uninstall_committed_while_a_delivery_waits_for_the_shops_row_is_not_undone(pg_store, schema_url, topic):
+    """The install mark checks the shop's row in its statement's snapshot, then again on the row it locks: an
+    uninstall that committed in between, later than the delivery was triggered, keeps the shop uninstalled."""
+    # Arrange
+    import psycopg
+
+    run(schema_url, "INSERT INTO shop_state (shop, installed, changed_at) VALUES (%s, false, '2026-01-01')", (SHOP,))
+    body = order_payload(401, 4, [1]) if topic == "orders/create" else {"id": 1}
+    delivery = Delivery(SHOP, "wh-during", topic, triggered_at=datetime(2026, 6, 1, tzinfo=timezone.utc))
+    changes = TRANSLATORS[topic](TopicContext(SHOP, topic, "wh-during"), body)
+    uninstall = psycopg.connect(schema_url)  # another instance's app/uninstalled, not yet committed
+    uninstall.execute("UPDATE shop_state SET installed = false, changed_at = now() WHERE shop = %s", (SHOP,))
+    outcome = {}
+    webhook = threading.Thread(target=lambda: outcome.update(stored=pg_store.apply(delivery, changes)))
+
+    # Act
+    webhook.start()
+    for _ in range(200):  # until the delivery waits for the shop's row
+        if run(schema_url, "SELECT count(*) FROM pg_locks WHERE locktype = 'transactionid' AND NOT granted")[0][0]:
+            break
+        threading.Event().wait(0.025)
+    uninstall.commit()
+    webhook.join(timeout=30)
+    uninstall.close()
+
+    # Assert
+    assert "stored" in outcome and not pg_store.is_shop_installed(SHOP)
