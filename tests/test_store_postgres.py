@@ -545,9 +545,6 @@ def orders_page_and_what_came_before() -> tuple[list[tuple[Delivery, ChangeSet]]
         webhook_id = f"backfill:orders:{order['id']}"
         return Delivery(SHOP, webhook_id, ORDERS_TOPIC), order_changes(SHOP, order, webhook_id)
 
-    def webhook(topic, payload, webhook_id):
-        return Delivery(SHOP, webhook_id, topic), TRANSLATORS[topic](TopicContext(SHOP, topic, webhook_id), payload)
-
     refunded = order_payload(205, 5, [3])
     refunded["line_items"][0]["quantity"] = 4
     refunded["refunds"] = [{"id": 9, "refund_line_items": [{"line_item_id": 20500, "quantity": 1}]}]
@@ -678,6 +675,27 @@ def test_a_page_joins_a_linked_guest_to_the_customer_but_not_an_event_with_an_em
     assert users == {"700": "c:9", "701": "a:tokL"}  # only a guest (no customer id at all) is looked up
 
 
+def webhook(topic: str, payload: dict, webhook_id: str) -> tuple[Delivery, ChangeSet]:
+    """A delivery of `topic` as the webhook handler translates it."""
+    return Delivery(SHOP, webhook_id, topic), TRANSLATORS[topic](TopicContext(SHOP, topic, webhook_id), payload)
+
+
+def sqlite_beside(pg_store, tmp_path, before) -> SQLiteEventStore:
+    """A SQLite store beside `pg_store`, both holding the deliveries `before`, stored one at a time."""
+    sqlite = SQLiteEventStore(tmp_path / "events.sqlite3")
+    for store in (sqlite, pg_store):
+        for delivery, changes in before:
+            store.apply(delivery, changes)
+    return sqlite
+
+
+def stored_each_way(sqlite, pg_store, page, together: bool) -> tuple[list, list]:
+    """`page` stored into SQLite one delivery at a time, and into PostgreSQL as a page (`apply_many`) or the same
+    way: what each returned."""
+    one_by_one = [sqlite.apply(delivery, changes) for delivery, changes in page]
+    return one_by_one, pg_store.apply_many(page) if together else [pg_store.apply(d, c) for d, c in page]
+
+
 # --- round trips, counted on the wire (bench.round_trips) ---------------------------------------
 
 
@@ -764,7 +782,7 @@ def test_a_page_of_250_products_or_orders_waits_three_times_or_twice(counted_sto
     assert len(store.products(SHOP)) == 250 and store.count_events(SHOP) == 750
 
 
-def stock_levels_and_what_came_before(webhook) -> tuple[list, list]:
+def stock_levels_and_what_came_before() -> tuple[list, list]:
     """(deliveries stored before, inventory_levels/update deliveries) with a known outcome for each."""
     def product(pid):
         return {"id": pid, "title": f"Product {pid}", "handle": f"p-{pid}", "status": "active", "vendor": "Acme",
@@ -792,18 +810,11 @@ def test_stock_levels_stored_set_wise_answer_as_one_delivery_after_another(pg_st
     # Arrange
     from recommender.store_postgres import _inventory_page
 
-    def webhook(topic, payload, webhook_id):
-        return Delivery(SHOP, webhook_id, topic), TRANSLATORS[topic](TopicContext(SHOP, topic, webhook_id), payload)
-
-    before, levels = stock_levels_and_what_came_before(webhook)
-    sqlite = SQLiteEventStore(tmp_path / "events.sqlite3")
-    for store in (sqlite, pg_store):
-        for delivery, changes in before:
-            store.apply(delivery, changes)
+    before, levels = stock_levels_and_what_came_before()
+    sqlite = sqlite_beside(pg_store, tmp_path, before)
 
     # Act
-    one_by_one = [sqlite.apply(delivery, changes) for delivery, changes in levels]
-    set_wise = pg_store.apply_many(levels) if together else [pg_store.apply(d, c) for d, c in levels]
+    one_by_one, set_wise = stored_each_way(sqlite, pg_store, levels, together)
 
     # Assert
     assert _inventory_page(levels[:3]) and all(_inventory_page([level]) for level in levels)
@@ -883,9 +894,6 @@ def test_checkouts_links_stored_set_wise_answer_as_one_delivery_after_another(pg
     # Arrange
     from recommender.store_postgres import _links_page
 
-    def webhook(topic, payload, webhook_id):
-        return Delivery(SHOP, webhook_id, topic), TRANSLATORS[topic](TopicContext(SHOP, topic, webhook_id), payload)
-
     def cart(token, products):
         return webhook("carts/update", {"token": token, "updated_at": "2026-11-01T00:00:00Z", "line_items": [
             {"product_id": pid, "variant_id": pid * 10, "quantity": 1, "price": "5.00"} for pid in products]},
@@ -901,14 +909,10 @@ def test_checkouts_links_stored_set_wise_answer_as_one_delivery_after_another(pg
              checkout("tok-b", 20, "wh-chk-b"),  # linked to 19 before: its events stay 19's, the link is 20's
              checkout("tok-new", 40, "wh-chk-new"),  # a cart not stored (yet): the link alone
              checkout("tok-c", 31, "wh-chk-c")]  # a redelivery: ignored, link and all
-    sqlite = SQLiteEventStore(tmp_path / "events.sqlite3")
-    for store in (sqlite, pg_store):
-        for delivery, changes in before:
-            store.apply(delivery, changes)
+    sqlite = sqlite_beside(pg_store, tmp_path, before)
 
     # Act
-    one_by_one = [sqlite.apply(delivery, changes) for delivery, changes in links]
-    set_wise = pg_store.apply_many(links) if together else [pg_store.apply(d, c) for d, c in links]
+    one_by_one, set_wise = stored_each_way(sqlite, pg_store, links, together)
     later_cart = [store.apply(*cart("tok-new", [5])) for store in (sqlite, pg_store)]
 
     # Assert
@@ -942,10 +946,8 @@ def test_events_added_set_wise_answer_as_one_event_after_another(pg_store, tmp_p
         view("k-old", customer_id="3", anonymous_id=None, weight=1.0),  # stored before at 0.5: stays
         view(None, customer_id="5", anonymous_id=None), view(None, customer_id="5", anonymous_id=None),  # no key
     ]
-    sqlite = SQLiteEventStore(tmp_path / "events.sqlite3")
+    sqlite = sqlite_beside(pg_store, tmp_path, before)
     for store in (sqlite, pg_store):
-        for delivery, changes in before:
-            store.apply(delivery, changes)
         store.add_events(stored_before)
 
     # Act
@@ -983,14 +985,11 @@ def test_a_page_of_stock_levels_answers_as_one_delivery_after_another(pg_store, 
     # Arrange
     from recommender.store_postgres import _inventory_page
 
-    def webhook(topic, payload, webhook_id):
-        return Delivery(SHOP, webhook_id, topic), TRANSLATORS[topic](TopicContext(SHOP, topic, webhook_id), payload)
-
     def level(item, location, available, webhook_id):
         return webhook("inventory_levels/update", {"inventory_item_id": item, "location_id": location,
                                                    "available": available}, webhook_id)
 
-    before, _ = stock_levels_and_what_came_before(webhook)
+    before, _ = stock_levels_and_what_came_before()
     third = {"id": 3, "title": "Product 3", "handle": "p-3", "status": "active", "vendor": "Acme",
              "product_type": "Mugs", "published_at": "2026-10-01T00:00:00Z", "updated_at": "2026-10-01T00:00:00Z",
              "variants": [{"id": 30, "price": "10.00", "inventory_item_id": 300, "inventory_quantity": 3,
@@ -1003,14 +1002,10 @@ def test_a_page_of_stock_levels_answers_as_one_delivery_after_another(pg_store, 
         level(400, 1, 1, "wh-400"),  # a redelivery: the level stays 7
         level(500, 1, 4, "wh-twice"), level(600, 1, 4, "wh-twice"),  # one webhook id twice: the first one counts
     ]
-    sqlite = SQLiteEventStore(tmp_path / "events.sqlite3")
-    for store in (sqlite, pg_store):
-        for delivery, changes in before:
-            store.apply(delivery, changes)
+    sqlite = sqlite_beside(pg_store, tmp_path, before)
 
     # Act
-    one_by_one = [sqlite.apply(delivery, changes) for delivery, changes in page]
-    set_wise = pg_store.apply_many(page)
+    one_by_one, set_wise = stored_each_way(sqlite, pg_store, page, together=True)
 
     # Assert
     assert _inventory_page(page)
@@ -1035,9 +1030,6 @@ def test_a_page_reinstalls_a_shop_only_if_a_delivery_in_it_was_triggered_after_t
     from dataclasses import replace
 
     from recommender.store_postgres import _catalog_page, _inventory_page, _links_page, _orders_page
-
-    def webhook(topic, payload, webhook_id):
-        return Delivery(SHOP, webhook_id, topic), TRANSLATORS[topic](TopicContext(SHOP, topic, webhook_id), payload)
 
     earlier = datetime(2026, 1, 1, tzinfo=timezone.utc)
     made = {
