@@ -195,15 +195,30 @@ _INSTALL_CONFLICT = (" ON CONFLICT (shop) DO UPDATE SET installed = true, change
                      " OR shop_state.changed_at < %(happened_at)s)")
 _MARK_INSTALLED = ("INSERT INTO shop_state (shop, installed, changed_at) SELECT %(shop)s, true, now() WHERE"
                    + _NOT_YET_INSTALLED + _INSTALL_CONFLICT)
+# The proposed rows of an events statement: each guest's event (no customer id at all, a cart token) joined to the
+# customer its token was linked to, as `_insert_events` joins it (its statement runs after the token's lock). A
+# subquery a row, not a join, so that the rows keep their order and their ids ascend with it.
+_LINKED_COLUMNS = {"user_key": "coalesce('c:' || e.linked, e.user_key)", "customer_id": "coalesce(e.linked, e.customer_id)"}
+_PROPOSED = ", ".join(f"{_LINKED_COLUMNS[name]} AS {name}" if name in _LINKED_COLUMNS else f"e.{name}"
+                      for name in _EVENT_NAMES.split(", "))
+
+
+def _events_linked(rows: str, extra: str = "") -> str:
+    """FROM the JSON recordset `rows` (a parameter), each row with the customer its guest's token was linked to."""
+    return (" FROM (SELECT e.*, (SELECT l.customer_id FROM identity_links AS l WHERE e.customer_id IS NULL"
+            " AND e.anonymous_id <> '' AND l.shop = e.shop AND l.anonymous_id = e.anonymous_id) AS linked"
+            f" FROM ROWS FROM (json_to_recordset({rows}::json) AS ({_EVENT_COLUMNS}{extra}))"
+            f" WITH ORDINALITY AS e ({_EVENT_NAMES}{', item' if extra else ''}, position)) AS e")
+
+
 _APPLY_EVENTS = (
     "WITH delivery AS ("
     " INSERT INTO deliveries (shop, webhook_id, topic, event_id, received_at)"
     " VALUES (%(shop)s, %(webhook_id)s, %(topic)s, %(event_id)s, %(received_at)s)"
     " ON CONFLICT (shop, webhook_id) DO NOTHING RETURNING true),"
     " proposed AS ("
-    " SELECT nextval((SELECT pg_get_serial_sequence('events', 'id'))) AS id, e.*"
-    f" FROM ROWS FROM (json_to_recordset(%(events)s::json) AS ({_EVENT_COLUMNS}))"
-    f" WITH ORDINALITY AS e ({_EVENT_NAMES}, position)"
+    f" SELECT nextval((SELECT pg_get_serial_sequence('events', 'id'))) AS id, {_PROPOSED}, e.position"
+    + _events_linked("%(events)s") +
     " WHERE EXISTS (SELECT FROM delivery)),"
     " stored AS ("
     f" INSERT INTO events (id, {_EVENT_NAMES}) OVERRIDING SYSTEM VALUE"
@@ -296,9 +311,8 @@ _TAKE_LOCKS = ("SELECT pg_advisory_xact_lock(k.namespace, k.key) FROM (SELECT * 
 # `_APPLY_EVENTS` stores one delivery's, with the index of its delivery (`item`), to count each delivery's new ones.
 _PAGE_EVENTS = (
     "WITH proposed AS ("
-    " SELECT nextval((SELECT pg_get_serial_sequence('events', 'id'))) AS id, e.*"
-    f" FROM ROWS FROM (json_to_recordset(%s::json) AS ({_EVENT_COLUMNS}, item integer))"
-    f" WITH ORDINALITY AS e ({_EVENT_NAMES}, item, position)),"
+    f" SELECT nextval((SELECT pg_get_serial_sequence('events', 'id'))) AS id, {_PROPOSED}, e.item, e.position"
+    + _events_linked("%s", ", item integer") + "),"
     " stored AS ("
     f" INSERT INTO events (id, {_EVENT_NAMES}) OVERRIDING SYSTEM VALUE"
     f" SELECT id, {_EVENT_NAMES} FROM proposed ORDER BY position"
@@ -615,14 +629,23 @@ class PostgresEventStore(SharedQueries):
 
         Returns how many events were new (an order line or cart line already stored
         through another delivery counts once), or None when this webhook_id was seen before.
-        Events alone that take no lock (an order of a known customer) go as one statement, one round trip; other
-        events, cancellations and refunds (a guest's order or cart) as `apply_many`'s page of orders does, in two
-        round trips whatever the number of lines, a stock level or a checkout's link as their pages do, in two,
-        and a product's update as its page of products does, in three (its deletion in two).
+        Events alone (an order, a cart) go as one statement (`_APPLY_EVENTS`), after their guests' locks if they
+        have any, in one round trip either way; cancellations and refunds as `apply_many`'s page of orders does, in
+        two whatever the number of lines, a stock level or a checkout's link as their pages do, in two, and a
+        product's update as its page of products does, in three (its deletion in two).
         """
-        if self._events_alone_without_locks(changes):
+        if self._events_alone(changes):  # an order, a cart: one statement, after its guests' locks if it has any
             params = self._events_params(delivery, changes.events)
-            return self._write(lambda conn: self._store_events(conn, params), one_statement=True)
+            locks = self._anonymous_locks(changes.events)
+            if not locks:
+                return self._write(lambda conn: self._store_events(conn, params), one_statement=True)
+
+            def after_the_locks(conn: psycopg.Connection) -> Callable[[], int | None]:
+                self._take_locks(conn, locks)
+                sent = conn.execute(_APPLY_EVENTS, params)
+                return lambda: self._stored_events(sent)
+
+            return self._write_pipelined(after_the_locks)
         if any(page([(delivery, changes)]) for page in (_orders_page, _catalog_page, _inventory_page, _links_page)):
             # a guest's order or cart, a cancellation, a refund, a product's update or deletion, a stock level, a
             # checkout's link: as a page of one
@@ -714,29 +737,18 @@ class PostgresEventStore(SharedQueries):
 
     def _apply_orders_page(self, conn: psycopg.Connection, items: Sequence[tuple[Delivery, ChangeSet]]
                            ) -> Callable[[], list[int | None]]:
-        """A page of orders (`_orders_page`), in pipeline mode (`_write_pipelined`): the locks, the delivery rows and
-        the guests' identity links go in the first round trip; the events, cancellations, refunds, install mark
-        and COMMIT in the second."""
+        """A page of orders (`_orders_page`), in pipeline mode (`_write_pipelined`): the locks and the delivery rows go
+        in the first round trip; the events (guests' joined to their customers), cancellations, refunds, install
+        mark and COMMIT in the second."""
         shop = items[0][0].shop
         # The guests' locks before anything is written or read, as the page delivery by delivery takes them.
         self._take_locks(conn, self._anonymous_locks(e for _, changes in items for e in changes.events))
-        sent = self._send_deliveries(conn, items)
-        guests = sorted({e.anonymous_id for _, changes in items for e in changes.events
-                         if e.customer_id is None and e.anonymous_id})
-        # A guest who has since logged in: their events join the customer's, as `_insert_events` does.
-        linked = conn.execute("SELECT anonymous_id, customer_id FROM identity_links"
-                              " WHERE shop = %s AND anonymous_id = ANY(%s)", (shop, guests)) if guests else None
-        results, fresh = self._fresh_of_page(sent, items)
-        links: dict[str, str] = dict(linked.fetchall()) if linked is not None else {}
+        results, fresh = self._fresh_of_page(self._send_deliveries(conn, items), items)
         events = [(index, e) for index, _, changes in fresh for e in _first_of_each_key(changes.events)]
         counted = None
-        if events:
-            rows = []
-            for index, e in events:
-                customer = links.get(e.anonymous_id) if e.customer_id is None and e.anonymous_id else None
-                rows.append({**_event_row(e), "item": index,
-                             **({"customer_id": customer, "user_key": f"c:{customer}"} if customer else {})})
-            counted = conn.execute(_PAGE_EVENTS, (json.dumps(rows),))
+        if events:  # a guest who has since logged in: their events join the customer's (`_events_linked`)
+            counted = conn.execute(_PAGE_EVENTS, (json.dumps([{**_event_row(e), "item": index}
+                                                              for index, e in events]),))
         voids = sorted({order_id for _, _, changes in fresh for order_id in changes.void_order_ids})
         if voids:
             conn.execute("UPDATE events SET weight_factor = 0 WHERE shop = %s AND order_id = ANY(%s)"
@@ -846,6 +858,12 @@ class PostgresEventStore(SharedQueries):
                 "SELECT product_id FROM variants WHERE shop = %s AND inventory_item_id = ANY(%s)", (shop, items)))
         return products
 
+    @staticmethod
+    def _events_alone(changes: ChangeSet) -> bool:
+        """Nothing but events (an order, a cart, a pixel's)."""
+        return not (changes.upsert_products or changes.delete_product_ids or changes.void_order_ids
+                    or changes.refunds or changes.inventory_levels or changes.identity_links)
+
     def _events_alone_without_locks(self, changes: ChangeSet) -> bool:
         """Nothing but events, none of a guest (whose events take their cart token's lock and read its link)."""
         return not (changes.upsert_products or changes.delete_product_ids or changes.void_order_ids
@@ -864,34 +882,29 @@ class PostgresEventStore(SharedQueries):
     @staticmethod
     def _store_events(conn: psycopg.Connection, params: dict) -> int | None:
         """`apply` of events alone that take no lock: `_APPLY_EVENTS`, one statement, one round trip."""
-        fresh, inserted = conn.execute(_APPLY_EVENTS, params).fetchone()
+        return PostgresEventStore._stored_events(conn.execute(_APPLY_EVENTS, params))
+
+    @staticmethod
+    def _stored_events(sent: psycopg.Cursor) -> int | None:
+        """What `_APPLY_EVENTS` answered: the events new, or None for a delivery stored before."""
+        fresh, inserted = sent.fetchone()
         return inserted if fresh else None
 
     def add_events(self, events: Iterable[Event]) -> int:
         """Insert events in one transaction; returns how many were new (dedupe keys already seen are skipped).
 
         Set-wise in pipeline mode, as a page of orders stores its events (`_PAGE_EVENTS`, at most
-        EVENTS_PER_STATEMENT a statement): one round trip for customers' events, two when guests' links are read
-        first (a pixel's beacon of page views), where event by event it took two or three a guest's event.
+        EVENTS_PER_STATEMENT a statement): one round trip for all, guests' events (a pixel's beacon of page views)
+        too, where event by event it took two or three a guest's event.
         """
         batch = list(events)
         if not batch:
             return 0
 
         def work(conn: psycopg.Connection) -> Callable[[], int]:
+            # The guests' locks, then their events, each joined to its token's customer (`_events_linked`).
             self._take_locks(conn, self._anonymous_locks(batch))
-            guests = sorted({(e.shop, e.anonymous_id) for e in batch if e.customer_id is None and e.anonymous_id})
-            links: dict[tuple[str, str], str] = {}
-            if guests:  # a guest who has since logged in: their events join the customer's, as `_insert_events` does
-                links = {(shop, token): customer for shop, token, customer in conn.execute(
-                    "SELECT l.shop, l.anonymous_id, l.customer_id FROM identity_links AS l"
-                    " JOIN unnest(%s::text[], %s::text[]) AS g (shop, anonymous_id) USING (shop, anonymous_id)",
-                    ([shop for shop, _ in guests], [token for _, token in guests])).fetchall()}
-            rows = []
-            for e in _first_of_each_key(batch):
-                linked = links.get((e.shop, e.anonymous_id)) if e.customer_id is None and e.anonymous_id else None
-                rows.append({**_event_row(e), "item": 0,
-                             **({"customer_id": linked, "user_key": f"c:{linked}"} if linked else {})})
+            rows = [{**_event_row(e), "item": 0} for e in _first_of_each_key(batch)]
             counted = [conn.execute(_PAGE_EVENTS, (json.dumps(rows[start:start + EVENTS_PER_STATEMENT]),))
                        for start in range(0, len(rows), EVENTS_PER_STATEMENT)]
             return lambda: sum(count for cursor in counted for _, count in cursor.fetchall())

@@ -715,14 +715,14 @@ def counted_store(schema_url):
 
 @pytest.mark.parametrize("kind, round_trips", [
     ("order, known customer", 1),  # one statement, its own transaction
-    ("order, guest", 2),  # BEGIN, the cart token's lock, the delivery row, its link; the events, the mark, COMMIT
-    ("cart", 2),
+    ("order, guest", 1),  # BEGIN, the cart token's lock, the delivery row with the events joined to its link, COMMIT
+    ("cart", 1),
     ("checkout", 2),  # BEGIN, the token's lock, the delivery row; the link, the cart's events joined, COMMIT
     ("product update", 3),  # BEGIN, the lock, the delivery row; the upsert; the variants, `sellable`, the mark, COMMIT
     ("product deletion", 2),  # BEGIN, the lock, the delivery row; the deletion, `sellable`, the mark, COMMIT
     ("inventory level", 2),  # BEGIN, the delivery row, the item's products; the locks, the level, the sums, COMMIT
     ("redelivery", 2),  # BEGIN, the lock, the delivery row (stored before); COMMIT
-    ("pixel beacon", 2),  # BEGIN, the browser's lock, its link; five views, COMMIT
+    ("pixel beacon", 1),  # BEGIN, the browser's lock, five views joined to its link, COMMIT
 ])
 def test_a_webhooks_write_waits_for_postgresql_once_per_answer_it_needs(counted_store, tmp_path, kind,
                                                                          round_trips):
