@@ -23,7 +23,7 @@ import threading
 import time
 import weakref
 import zlib
-from dataclasses import replace
+from dataclasses import fields, replace
 from datetime import datetime, timezone
 from typing import Callable, Collection, Iterable, Sequence, TypeVar
 
@@ -367,6 +367,11 @@ def _event_row(e: Event) -> dict:
             "weight_factor": e.weight_factor}
 
 
+def _nothing_but(changes: ChangeSet, *kinds: str) -> bool:
+    """Whether `changes` changes nothing but `kinds` (ChangeSet's field names)."""
+    return not any(getattr(changes, f.name) for f in fields(ChangeSet) if f.name not in kinds)
+
+
 def _orders_page(items: Sequence[tuple[Delivery, ChangeSet]]) -> bool:
     """Deliveries of events, cancellations and refunds alone, of one shop, no two of which touch the same order,
     dedupe key or refunded line, and no refund twice: what `apply_many` may store set-wise (every event, then every
@@ -378,8 +383,8 @@ def _orders_page(items: Sequence[tuple[Delivery, ChangeSet]]) -> bool:
     keys: set[str] = set()  # the events' dedupe keys and the refunded lines', each delivery's own
     adjustments: set[str] = set()
     for delivery, c in items:
-        if (delivery.shop != shop or c.upsert_products or c.delete_product_ids or c.inventory_levels
-                or c.identity_links or any(e.shop != shop for e in c.events)):
+        if (delivery.shop != shop or not _nothing_but(c, "events", "void_order_ids", "refunds")
+                or any(e.shop != shop for e in c.events)):
             return False
         mine = ({e.order_id for e in c.events if e.order_id} | set(c.void_order_ids)
                 | {r.order_id for r in c.refunds})
@@ -405,8 +410,7 @@ def _catalog_page(items: Sequence[tuple[Delivery, ChangeSet]]) -> bool:
     variants: set[str] = set()
     count = 0
     for delivery, c in items:
-        if (delivery.shop != shop or c.events or c.void_order_ids or c.refunds or c.inventory_levels
-                or c.identity_links):
+        if delivery.shop != shop or not _nothing_but(c, "upsert_products", "delete_product_ids"):
             return False
         for p in c.upsert_products:
             if p.shop != shop:
@@ -426,10 +430,9 @@ def _links_page(items: Sequence[tuple[Delivery, ChangeSet]]) -> bool:
         return False
     shop = items[0][0].shop
     tokens = [link.anonymous_id for _, c in items for link in c.identity_links]
-    for delivery, c in items:
-        if (delivery.shop != shop or not c.identity_links or c.events or c.upsert_products or c.delete_product_ids
-                or c.void_order_ids or c.refunds or c.inventory_levels):
-            return False
+    if any(delivery.shop != shop or not c.identity_links or not _nothing_but(c, "identity_links")
+           for delivery, c in items):
+        return False
     return len(set(tokens)) == len(tokens)
 
 
@@ -440,10 +443,9 @@ def _inventory_page(items: Sequence[tuple[Delivery, ChangeSet]]) -> bool:
         return False
     shop = items[0][0].shop
     levels = [level for _, c in items for level in c.inventory_levels]
-    for delivery, c in items:
-        if (delivery.shop != shop or not c.inventory_levels or c.events or c.upsert_products or c.delete_product_ids
-                or c.void_order_ids or c.refunds or c.identity_links):
-            return False
+    if any(delivery.shop != shop or not c.inventory_levels or not _nothing_but(c, "inventory_levels")
+           for delivery, c in items):
+        return False
     return len({level.inventory_item_id for level in levels}) == len(levels)
 
 
@@ -649,8 +651,8 @@ class PostgresEventStore(SharedQueries):
 
             return self._write_pipelined(after_the_locks)
         if any(page([(delivery, changes)]) for page in (_orders_page, _catalog_page, _inventory_page, _links_page)):
-            # a guest's order or cart, a cancellation, a refund, a product's update or deletion, a stock level, a
-            # checkout's link: as a page of one
+            # a cancellation, a refund, a product's update or deletion, a stock level, a checkout's link: as a page
+            # of one
             return self.apply_many([(delivery, changes)])[0]
         return self._write(lambda conn: self._apply_delivery(conn, delivery, changes))
 
@@ -863,8 +865,7 @@ class PostgresEventStore(SharedQueries):
     @staticmethod
     def _events_alone(changes: ChangeSet) -> bool:
         """Nothing but events (an order, a cart, a pixel's)."""
-        return not (changes.upsert_products or changes.delete_product_ids or changes.void_order_ids
-                    or changes.refunds or changes.inventory_levels or changes.identity_links)
+        return _nothing_but(changes, "events")
 
     def _events_alone_without_locks(self, changes: ChangeSet) -> bool:
         """Nothing but events, none of a guest (whose events take their cart token's lock and read its link)."""
