@@ -688,8 +688,8 @@ class PostgresEventStore(SharedQueries):
         A page of catalog upserts of one shop that names no product or variant twice (a backfill's page of
         products) goes as set-wise statements in pipeline mode: three round trips for the page, BEGIN and COMMIT
         included (bench/PERFORMANCE.md, rounds 27 and 28). So does a page of orders whose deliveries share no
-        order, dedupe key or refunded line (a backfill's page of orders), in two. Anything else goes delivery by
-        delivery.
+        order, dedupe key or refunded line (a backfill's page of orders), in two, and a page of stock levels or of
+        checkouts' links, each item or cart token once, in two. Anything else goes delivery by delivery.
         """
         if _catalog_page(items):
             return self._write_pipelined(lambda conn: self._apply_catalog_page(conn, items))
@@ -827,8 +827,7 @@ class PostgresEventStore(SharedQueries):
             conn.execute(_PAGE_LEVELS, (shop, json.dumps([
                 {"inventory_item_id": level.inventory_item_id, "location_id": level.location_id,
                  "available": level.available} for level in levels])))
-            items_stocked = sorted({level.inventory_item_id for level in levels})
-            conn.execute(_STOCK_OF_ITEMS, (shop, items_stocked, shop))
+            conn.execute(_STOCK_OF_ITEMS, (shop, sorted({level.inventory_item_id for level in levels}), shop))
             self._refresh_sellable(conn, shop, ChangeSet(inventory_levels=tuple(levels)))
         self._mark_installed_by(conn, shop, fresh)
         return lambda: results
