@@ -1,6 +1,6 @@
 """One webhook's write: each kind of delivery a store receives, stored one at a time, SQLite and PostgreSQL.
 
-    python -m bench.delivery_probe [--deliveries 40] [--rtt-ms 2.5] [--out DIR]
+    python -m bench.delivery_probe [--deliveries 40] [--rtt-ms 2.5] [--http] [--out DIR]
 
 What a webhook's request does once it is verified and translated (the payloads through `webhooks.topics`'
 translators before the clock starts, as the handler's are): `EventStore.apply` of one delivery, its own
@@ -15,7 +15,10 @@ For PostgreSQL, each kind's round trips are counted on the wire (`bench.round_tr
 that counts how often the client waited for the server), and each delivery is timed on loopback and, with
 --rtt-ms, through bench/latency_proxy.py as far away as that round trip, beside the floor: one round trip, a
 `SELECT 1` over the same connection. A deployed function reaches Cloud SQL over the network; its round trip
-decides what a delivery costs in waiting. SQLite, in process, is timed for comparison. Runs of
+decides what a delivery costs in waiting. SQLite, in process, is timed for comparison. With --http, each kind
+is also sent as Shopify sends it (signed, to `/webhooks`; the beacon to `/collect`) to functions-framework
+serving `main.py` as a process of its own, on the relayed store, one request at a time, beside the floor: the
+same requests answered by a bare function in the same framework. Runs of
 `python -m bench.delivery_probe` against code before and after a change are how rounds 27 and 28 of
 bench/PERFORMANCE.md compared them.
 """
@@ -83,16 +86,20 @@ def payload(kind: str, k: int) -> tuple[str, dict | list]:
                       "inventory_policy": "deny"} for j in range(3)]}
 
 
+def raw(kind: str, k: int) -> tuple[str, dict | list, str]:
+    """(topic, body, webhook id) of delivery k of a kind. A redelivery repeats the webhook id of a product's update
+    that `prepare` stores first."""
+    if kind == "redelivery":
+        return (*payload("product update", k), f"product-update-{k}")
+    return (*payload(kind, k), f"{kind.replace(' ', '-').replace(',', '')}-{k}")
+
+
 def deliveries(kind: str, shop: str, count: int) -> list[tuple[Delivery, ChangeSet]]:
-    """`count` deliveries of a kind, translated. A redelivery repeats the webhook id of a product's update that
-    `prepare` stores first; an inventory level names a variant of a product `prepare` stores, a deletion that
-    product, a checkout the cart `prepare` stores."""
+    """`count` deliveries of a kind, translated (`raw`). An inventory level names a variant of a product `prepare`
+    stores, a deletion that product, a checkout the cart `prepare` stores."""
     made = []
     for k in range(count):
-        topic, body = payload("product update" if kind == "redelivery" else kind, k)
-        webhook_id = f"{kind.replace(' ', '-').replace(',', '')}-{k}"
-        if kind == "redelivery":
-            webhook_id = f"product-update-{k}"
+        topic, body, webhook_id = raw(kind, k)
         if topic == "pixel":
             changes = ChangeSet(events=tuple(pixel_events(body, shop)[0]))
         else:
@@ -108,11 +115,15 @@ def store_one(store: EventStore, delivery: Delivery, changes: ChangeSet) -> int 
     return store.apply(delivery, changes)
 
 
+# What a kind finds stored: the products an inventory level belongs to or a deletion names, the update a
+# redelivery repeats, the cart a checkout links.
+BEFORE = {"inventory level": "product update", "product deletion": "product update", "redelivery": "product update",
+          "checkout": "cart"}
+
+
 def prepare(store: EventStore, kind: str, shop: str, count: int) -> None:
-    """What a kind finds stored: the products an inventory level belongs to or a deletion names, the update a
-    redelivery repeats, the cart a checkout links."""
-    before = {"inventory level": "product update", "product deletion": "product update",
-              "redelivery": "product update", "checkout": "cart"}.get(kind)
+    """`BEFORE`'s deliveries for a kind, stored."""
+    before = BEFORE.get(kind)
     if before:
         for delivery, changes in deliveries(before, shop, count):
             store.apply(delivery, changes)
@@ -154,6 +165,67 @@ def counted(url: str, kinds: tuple[str, ...] = KINDS, count: int = 3) -> dict[st
     return turns
 
 
+def _request(kind: str, k: int, shop: str) -> tuple[str, bytes, dict[str, str], str]:
+    """(path, body, headers, the outcome expected) of delivery k of a kind as Shopify (or the pixel) sends it."""
+    from bench.synthetic import SECRET
+    from webhooks.verification import sign_webhook_body
+
+    topic, body, webhook_id = raw(kind, k)
+    data = json.dumps(body, separators=(",", ":")).encode()
+    if topic == "pixel":
+        return f"/collect?shop={shop}", data, {"Content-Type": "application/json"}, "stored"
+    return "/webhooks", data, {
+        "Content-Type": "application/json", "X-Shopify-Topic": topic, "X-Shopify-Shop-Domain": shop,
+        "X-Shopify-Webhook-Id": webhook_id, "X-Shopify-Hmac-Sha256": sign_webhook_body(data, SECRET),
+    }, "duplicate" if kind == "redelivery" else "stored"
+
+
+def over_http(url: str, count: int, workdir: Path) -> dict:
+    """Each kind's requests, one at a time, to `main.py` under functions-framework on the store at `url`, and the
+    same requests to the bare function: milliseconds each, medians."""
+    import requests
+
+    from bench.synthetic import SECRET, write_floor_source
+
+    log_dir = workdir / "logs"
+    ours = process.spawn("app", process.ROOT / "main.py", {"SHOPIFY_API_SECRET": SECRET, "EVENT_STORE_URL": url},
+                         log_dir, threads=1)
+    floor = process.spawn("floor", write_floor_source(workdir / "floor"), {}, log_dir, threads=1)
+    shop = f"probe-{uuid.uuid4().hex[:12]}.myshopify.com"
+    results: dict = {}
+    try:
+        process.wait_until_serving(ours, "/healthz")
+        process.wait_until_serving(floor, "/")
+        with requests.Session() as session:
+            def send(server: process.Server, kind: str, k: int, expected: str | None) -> float:
+                path, data, headers, outcome = _request(kind, k, shop)
+                begin = time.perf_counter()
+                answer = session.post(server.base + (path if server is ours else "/"), data=data, headers=headers,
+                                      timeout=60)
+                taken = (time.perf_counter() - begin) * 1e3
+                if expected and (answer.status_code != 200 or answer.json().get("status") != (expected or outcome)):
+                    raise RuntimeError(f"{kind} {k}: {answer.status_code} {answer.text[:300]}")
+                return taken
+
+            for k in range(3):  # untimed: the instance's store connection, the shop installed
+                send(ours, "order, known customer", 1000 + k, "stored")
+            for kind in KINDS:
+                if kind in BEFORE:
+                    for k in range(count):
+                        send(ours, BEFORE[kind], k, None)
+                taken, floors = [], []
+                for k in range(count):
+                    taken.append(send(ours, kind, k, _request(kind, k, shop)[3]))
+                    floors.append(send(floor, kind, k, None))
+                results[kind] = {**summary(taken), "floor_median_ms": round(statistics.median(floors), 3)}
+    finally:
+        ours.stop()
+        floor.stop()
+        with contextlib.closing(open_event_store(url)) as store:
+            store.redact_shop(shop)
+    return results
+
+
 def _round_trip_ms(url: str, times: int = 50) -> float:
     """A `SELECT 1`'s median over `times` on one connection: one round trip."""
     import psycopg
@@ -172,7 +244,7 @@ def summary(taken: list[float]) -> dict:
     return {"median_ms": round(statistics.median(ordered), 3), "max_ms": round(ordered[-1], 3)}
 
 
-def run(count: int, rtt_ms: float, workdir: Path) -> dict:
+def run(count: int, rtt_ms: float, workdir: Path, http: bool = False) -> dict:
     results: dict = {"deliveries": count, "rtt_ms": rtt_ms, "kinds": list(KINDS)}
     with contextlib.closing(SQLiteEventStore(workdir / "deliveries.sqlite3")) as store:
         results["sqlite"] = {kind: summary(timed(store, kind, count)) for kind in KINDS}
@@ -188,6 +260,8 @@ def run(count: int, rtt_ms: float, workdir: Path) -> dict:
             store = stack.enter_context(contextlib.closing(open_event_store(reached)))
             results["postgresql"][name] = {"round_trip_ms": round(_round_trip_ms(reached), 3),
                                            **{kind: summary(timed(store, kind, count)) for kind in KINDS}}
+            if http and name == distances[-1][0]:  # the farthest store, as a deployment reaches it
+                results["postgresql"]["http"] = {"over": name, **over_http(reached, count, workdir)}
     return results
 
 
@@ -209,6 +283,13 @@ def table(results: dict) -> str:
             row += [f"{relayed[kind]['median_ms']} ms (at most {relayed[kind]['max_ms']})",
                     f"{relayed[kind]['median_ms'] / relayed['round_trip_ms']:.2f}"]
         lines.append("| " + " | ".join(row) + " |")
+    http = pg.get("http")
+    if http:
+        lines += ["", f"Over HTTP (`main.py` under functions-framework, the store {http['over']}), one request at a time:",
+                  "", "| kind | ours | the bare function | ours − floor |", "|---|---|---|---|"]
+        lines += [f"| {kind} | {http[kind]['median_ms']} ms (at most {http[kind]['max_ms']}) | "
+                  f"{http[kind]['floor_median_ms']} ms | {http[kind]['median_ms'] - http[kind]['floor_median_ms']:.2f} ms |"
+                  for kind in results["kinds"]]
     if "skipped" in pg:
         lines.append(f"\nPostgreSQL: skipped ({pg['skipped']}).")
     else:
@@ -223,10 +304,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--deliveries", type=int, default=40, help="deliveries of each kind (default 40)")
     parser.add_argument("--rtt-ms", type=float, default=2.5,
                         help="PostgreSQL this far away too, through a relay (default 2.5; 0: loopback only)")
+    parser.add_argument("--http", action="store_true",
+                        help="also send each kind through main.py under functions-framework (PostgreSQL only)")
     parser.add_argument("--out", type=Path, help="write delivery_probe.json and delivery_probe.md here")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="delivery-probe-") as workdir:
-        results = run(args.deliveries, args.rtt_ms, Path(workdir))
+        results = run(args.deliveries, args.rtt_ms, Path(workdir), http=args.http)
     text = table(results)
     print(text)
     if args.out:

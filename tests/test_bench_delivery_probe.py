@@ -79,3 +79,19 @@ def test_the_command_writes_its_json_and_table(tmp_path):
     results = json.loads((tmp_path / "delivery_probe.json").read_text())
     assert results["deliveries"] == 2 and results["kinds"] == list(KINDS)
     assert (tmp_path / "delivery_probe.md").read_text().strip() == done.stdout.strip()
+
+
+def test_over_http_each_kind_is_stored_through_the_real_app_and_timed_beside_the_bare_function(tmp_path, monkeypatch):
+    server_url()  # a skip with the reason where no PostgreSQL is configured
+    with temporary_schema() as url:
+        monkeypatch.setenv("TEST_POSTGRES_URL", url)
+
+        # `over_http` checks every answer: 200, and "stored" (a redelivery "duplicate"), or it raises
+        results = run(2, 0.0, tmp_path, http=True)
+        events = run_sql(url, "SELECT count(*) FROM events")[0][0]
+
+    http = results["postgresql"]["http"]
+    assert http["over"] == "loopback" and set(http) == {"over", *KINDS}
+    assert all(http[kind]["median_ms"] > 0 and http[kind]["floor_median_ms"] > 0 for kind in KINDS)
+    assert events == 0  # the probe's shops erased
+    assert "Over HTTP (`main.py` under functions-framework, the store loopback)" in table(results)
