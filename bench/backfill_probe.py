@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Callable
 
 from bench import process
+from bench.round_trips import select_one_ms
 from recommender.changes import ChangeSet, Delivery, IdentityLink
 from recommender.store import EventStore, SQLiteEventStore, iso_utc, open_event_store
 from webhooks.backfill import (
@@ -161,16 +162,6 @@ def _postgres_floor(conn) -> Callable[[list], None]:
     return write
 
 
-def _round_trip_ms(conn, times: int = 50) -> float:
-    """The median of `times` `SELECT 1`s on `conn`: what one round trip to the server costs here."""
-    taken = []
-    for _ in range(times):
-        begin = time.perf_counter()
-        conn.execute("SELECT 1").fetchone()
-        taken.append(time.perf_counter() - begin)
-    return round(statistics.median(taken) * 1e3, 3)
-
-
 def _stored(store: EventStore, resource: str, shop: str) -> int:
     if resource == "products":
         products = store.products(shop)
@@ -227,7 +218,7 @@ def run(records: int, page_size: int, rounds: int, rtt_ms: float, workdir: Path)
         url = process.relayed_postgres_url(url, rtt_ms, workdir / "logs", stack)
         store = stack.enter_context(contextlib.closing(open_event_store(url)))
         conn = stack.enter_context(psycopg.connect(url, autocommit=True))
-        round_trip = _round_trip_ms(conn)
+        round_trip = select_one_ms(conn)
         floor = _postgres_floor(conn)
         results["postgresql"] = {"round_trip_ms": round_trip,
                                  **{resource: measure(store, floor, resource, records, page_size, rounds)

@@ -35,10 +35,11 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Iterator
 from urllib.parse import urlsplit
 
 from bench import process
-from bench.round_trips import RoundTripCounter
+from bench.round_trips import RoundTripCounter, select_one_ms
 from recommender.changes import ChangeSet, Delivery
 from recommender.store import EventStore, SQLiteEventStore, open_event_store
 from webhooks.pixel import pixel_events
@@ -129,19 +130,24 @@ def prepare(store: EventStore, kind: str, shop: str, count: int) -> None:
             store.apply(delivery, changes)
 
 
-def timed(store: EventStore, kind: str, count: int) -> list[float]:
-    """Milliseconds for each of `count` deliveries of a kind into a new shop (erased afterwards)."""
+def in_a_new_shop(store: EventStore, kind: str, count: int) -> Iterator[tuple[Delivery, ChangeSet]]:
+    """`count` deliveries of a kind for a new shop, `prepare`d first, the shop erased once they are all taken."""
     shop = f"probe-{uuid.uuid4().hex[:12]}.myshopify.com"
     try:
         prepare(store, kind, shop, count)
-        taken = []
-        for delivery, changes in deliveries(kind, shop, count):
-            begin = time.perf_counter()
-            store_one(store, delivery, changes)
-            taken.append((time.perf_counter() - begin) * 1e3)
-        return taken
+        yield from deliveries(kind, shop, count)
     finally:
         store.redact_shop(shop)
+
+
+def timed(store: EventStore, kind: str, count: int) -> list[float]:
+    """Milliseconds for each of `count` deliveries of a kind into a new shop."""
+    taken = []
+    for delivery, changes in in_a_new_shop(store, kind, count):
+        begin = time.perf_counter()
+        store_one(store, delivery, changes)
+        taken.append((time.perf_counter() - begin) * 1e3)
+    return taken
 
 
 def counted(url: str, kinds: tuple[str, ...] = KINDS, count: int = 3) -> dict[str, list[int]]:
@@ -152,16 +158,11 @@ def counted(url: str, kinds: tuple[str, ...] = KINDS, count: int = 3) -> dict[st
     turns: dict[str, list[int]] = {}
     with RoundTripCounter(parts.port or 5432) as relay, contextlib.closing(open_event_store(relay.url(url))) as store:
         for kind in kinds:
-            shop = f"probe-{uuid.uuid4().hex[:12]}.myshopify.com"
-            try:
-                prepare(store, kind, shop, count)
-                turns[kind] = []
-                for delivery, changes in deliveries(kind, shop, count):
-                    relay.reset()
-                    store_one(store, delivery, changes)
-                    turns[kind].append(relay.turns)
-            finally:
-                store.redact_shop(shop)
+            turns[kind] = []
+            for delivery, changes in in_a_new_shop(store, kind, count):
+                relay.reset()
+                store_one(store, delivery, changes)
+                turns[kind].append(relay.turns)
     return turns
 
 
@@ -197,26 +198,27 @@ def over_http(url: str, count: int, workdir: Path) -> dict:
         process.wait_until_serving(ours, "/healthz")
         process.wait_until_serving(floor, "/")
         with requests.Session() as session:
-            def send(server: process.Server, kind: str, k: int, expected: str | None) -> float:
+            def send(server: process.Server, kind: str, k: int, checked: bool) -> float:
+                """Milliseconds for the request; `checked`: its answer must be the outcome `_request` expects."""
                 path, data, headers, outcome = _request(kind, k, shop)
                 begin = time.perf_counter()
                 answer = session.post(server.base + (path if server is ours else "/"), data=data, headers=headers,
                                       timeout=60)
                 taken = (time.perf_counter() - begin) * 1e3
-                if expected and (answer.status_code != 200 or answer.json().get("status") != (expected or outcome)):
+                if checked and (answer.status_code != 200 or answer.json().get("status") != outcome):
                     raise RuntimeError(f"{kind} {k}: {answer.status_code} {answer.text[:300]}")
                 return taken
 
             for k in range(3):  # untimed: the instance's store connection, the shop installed
-                send(ours, "order, known customer", 1000 + k, "stored")
+                send(ours, "order, known customer", 1000 + k, checked=True)
             for kind in KINDS:
                 if kind in BEFORE:
                     for k in range(count):
-                        send(ours, BEFORE[kind], k, None)
+                        send(ours, BEFORE[kind], k, checked=False)
                 taken, floors = [], []
                 for k in range(count):
-                    taken.append(send(ours, kind, k, _request(kind, k, shop)[3]))
-                    floors.append(send(floor, kind, k, None))
+                    taken.append(send(ours, kind, k, checked=True))
+                    floors.append(send(floor, kind, k, checked=False))
                 results[kind] = {**summary(taken), "floor_median_ms": round(statistics.median(floors), 3)}
     finally:
         ours.stop()
@@ -224,19 +226,6 @@ def over_http(url: str, count: int, workdir: Path) -> dict:
         with contextlib.closing(open_event_store(url)) as store:
             store.redact_shop(shop)
     return results
-
-
-def _round_trip_ms(url: str, times: int = 50) -> float:
-    """A `SELECT 1`'s median over `times` on one connection: one round trip."""
-    import psycopg
-
-    with psycopg.connect(url, autocommit=True) as conn:
-        taken = []
-        for _ in range(times):
-            begin = time.perf_counter()
-            conn.execute("SELECT 1").fetchone()
-            taken.append((time.perf_counter() - begin) * 1e3)
-    return statistics.median(taken)
 
 
 def summary(taken: list[float]) -> dict:
@@ -252,13 +241,17 @@ def run(count: int, rtt_ms: float, workdir: Path, http: bool = False) -> dict:
     if not url:
         results["postgresql"] = {"skipped": "TEST_POSTGRES_URL is not set"}
         return results
+    import psycopg
+
     results["postgresql"] = {"round_trips": counted(url)}
     distances = [("loopback", 0.0)] + ([("relayed", rtt_ms)] if rtt_ms > 0 else [])
     for name, rtt in distances:
         with contextlib.ExitStack() as stack:
             reached = process.relayed_postgres_url(url, rtt, workdir / "logs", stack)
             store = stack.enter_context(contextlib.closing(open_event_store(reached)))
-            results["postgresql"][name] = {"round_trip_ms": round(_round_trip_ms(reached), 3),
+            with psycopg.connect(reached, autocommit=True) as conn:
+                round_trip = select_one_ms(conn)
+            results["postgresql"][name] = {"round_trip_ms": round_trip,
                                            **{kind: summary(timed(store, kind, count)) for kind in KINDS}}
             if http and name == distances[-1][0]:  # the farthest store, as a deployment reaches it
                 results["postgresql"]["http"] = {"over": name, **over_http(reached, count, workdir)}

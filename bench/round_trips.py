@@ -11,7 +11,7 @@ their results (PostgreSQL's pipeline mode) reach the relay before any answer has
 answer takes a whole round trip of 2 × delay, so they count once, with the statement that waits. What the count
 cannot tell apart is a client that stops for longer than that round trip between two sends it did not wait for:
 the delay (`delay_s`, 50 ms a way by default: a margin of 0.1 s) is that margin. `bench.delivery_probe` and the round-trip tests of
-`tests/test_store_postgres.py` count with it.
+`tests/test_store_postgres.py` count with it; `select_one_ms` is the round trip both write probes report.
 """
 
 from __future__ import annotations
@@ -19,10 +19,21 @@ from __future__ import annotations
 import heapq
 import itertools
 import socket
+import statistics
 import threading
 import time
 
 LOOPBACK = "127.0.0.1"
+
+
+def select_one_ms(conn, times: int = 50) -> float:
+    """The median of `times` `SELECT 1`s on a psycopg connection, in ms: what one round trip to the server costs."""
+    taken = []
+    for _ in range(times):
+        begin = time.perf_counter()
+        conn.execute("SELECT 1").fetchone()
+        taken.append(time.perf_counter() - begin)
+    return round(statistics.median(taken) * 1e3, 3)
 
 
 class RoundTripCounter:
