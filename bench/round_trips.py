@@ -11,7 +11,8 @@ their results (PostgreSQL's pipeline mode) reach the relay before any answer has
 answer takes a whole round trip of 2 × delay, so they count once, with the statement that waits. What the count
 cannot tell apart is a client that stops for longer than that round trip between two sends it did not wait for:
 the delay (`delay_s`, 50 ms a way by default: a margin of 0.1 s) is that margin. `bench.delivery_probe` and the round-trip tests of
-`tests/test_store_postgres.py` count with it; `select_one_ms` is the round trip both write probes report.
+`tests/test_store_postgres.py` count with it; `select_one_ms` is the round trip both write probes
+report.
 """
 
 from __future__ import annotations

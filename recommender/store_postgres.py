@@ -196,9 +196,9 @@ _INSTALL_CONFLICT = (" ON CONFLICT (shop) DO UPDATE SET installed = true, change
 _MARK_INSTALLED = ("INSERT INTO shop_state (shop, installed, changed_at) SELECT %(shop)s, true, now() WHERE"
                    + _NOT_YET_INSTALLED + _INSTALL_CONFLICT)
 # The proposed rows of an events statement: each guest's event (no customer id at all, a cart token) joined to the
-# customer its token was linked to, as `_insert_events` joins it (its statement runs after the token's lock). A
-# subquery a row, not a join, so that the rows keep their order and their ids ascend with it; OFFSET 0 keeps the
-# planner from copying it into each column that reads it (two index probes a row instead of one).
+# customer its token was linked to, as SQLite's `_insert_events` joins it (the statement runs after the token's
+# lock). A subquery a row, not a join, so that the rows keep their order and their ids ascend with it; OFFSET 0
+# keeps the planner from copying it into each column that reads it (two index probes a row instead of one).
 _LINKED_COLUMNS = {"user_key": "coalesce('c:' || e.linked, e.user_key)",
                    "customer_id": "coalesce(e.linked, e.customer_id)"}
 _PROPOSED = ", ".join(f"{_LINKED_COLUMNS[name]} AS {name}" if name in _LINKED_COLUMNS else f"e.{name}"
@@ -904,10 +904,8 @@ class PostgresEventStore(SharedQueries):
         def work(conn: psycopg.Connection) -> Callable[[], int]:
             # The guests' locks, then their events, each joined to its token's customer (`_events_linked`).
             self._take_locks(conn, self._anonymous_locks(batch))
-            rows = [{**_event_row(e), "item": 0} for e in _first_of_each_key(batch)]
-            counted = [conn.execute(_PAGE_EVENTS, (json.dumps(rows[start:start + EVENTS_PER_STATEMENT]),))
-                       for start in range(0, len(rows), EVENTS_PER_STATEMENT)]
-            return lambda: sum(count for cursor in counted for _, count in cursor.fetchall())
+            sent = self._send_events(conn, batch)
+            return lambda: self._counted(sent)
 
         return self._write_pipelined(work)
 
@@ -918,32 +916,21 @@ class PostgresEventStore(SharedQueries):
                 if e.customer_id is None and e.anonymous_id]
 
     @staticmethod
-    def _insert_events(conn: psycopg.Connection, events: Iterable[Event]) -> int:
-        """Insert new events; an event whose dedupe key exists only lowers that event's weight factor."""
-        inserted = 0
-        for e in events:
-            customer_id, user = e.customer_id, e.user_key
-            if customer_id is None and e.anonymous_id:
-                link = conn.execute("SELECT customer_id FROM identity_links WHERE shop = %s AND anonymous_id = %s",
-                                    (e.shop, e.anonymous_id)).fetchone()
-                if link:  # a guest who has since logged in: their events join the customer's
-                    customer_id, user = link[0], f"c:{link[0]}"
-            # A concurrent insert of the same key makes this wait for its commit, then do nothing.
-            row = conn.execute(
-                "INSERT INTO events (shop, kind, user_key, customer_id, anonymous_id, product_id, variant_id,"
-                " quantity, price, order_id, occurred_at, source_topic, delivery_id, dedupe_key, weight_factor)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-                " ON CONFLICT (shop, dedupe_key) DO NOTHING RETURNING id",
-                (e.shop, e.kind.value, user, customer_id, e.anonymous_id, e.product_id, e.variant_id,
-                 e.quantity, e.price, e.order_id, e.occurred_at, e.source_topic, e.delivery_id, e.dedupe_key,
-                 e.weight_factor),
-            ).fetchone()
-            if row is not None:
-                inserted += 1
-            else:
-                conn.execute("UPDATE events SET weight_factor = LEAST(weight_factor, %s)"
-                             " WHERE shop = %s AND dedupe_key = %s", (e.weight_factor, e.shop, e.dedupe_key))
-        return inserted
+    def _send_events(conn: psycopg.Connection, events: Iterable[Event]) -> list[psycopg.Cursor]:
+        """Events set-wise (`_PAGE_EVENTS`, at most EVENTS_PER_STATEMENT a statement), sent: each new one a row, one
+        whose dedupe key is stored only lowering that row's weight factor, a guest's joined to the customer its
+        token was linked to (`_events_linked`). `_counted` reads how many were new."""
+        rows = [{**_event_row(e), "item": 0} for e in _first_of_each_key(list(events))]
+        return [conn.execute(_PAGE_EVENTS, (json.dumps(rows[start:start + EVENTS_PER_STATEMENT]),))
+                for start in range(0, len(rows), EVENTS_PER_STATEMENT)]
+
+    @staticmethod
+    def _counted(sent: Sequence[psycopg.Cursor]) -> int:
+        return sum(count for cursor in sent for _, count in cursor.fetchall())
+
+    def _insert_events(self, conn: psycopg.Connection, events: Iterable[Event]) -> int:
+        """Insert new events (`_send_events`); returns how many were new."""
+        return self._counted(self._send_events(conn, events))
 
     @staticmethod
     def _apply_adjustments(conn: psycopg.Connection, shop: str, changes: ChangeSet) -> None:
