@@ -191,8 +191,16 @@ class Recommender:
         self._answers = AnswerCache(cache_seconds)
 
     def recommend(self, request: RecommendRequest) -> RecommendResponse:
-        # Read per request, so app/uninstalled stops serving at once; a shopper's answer reads the shopper's
-        # stored events with it (one round trip to a networked store), an answer for everyone only when not cached.
+        if not request.personal:
+            # An answer for everyone cached less than `cache_seconds` ago was made for an installed shop: it is
+            # served without asking the store again (on PostgreSQL, a round trip an answer). After app/uninstalled
+            # such answers go on at most that long, as browsers and CDNs keep them for their max-age anyway.
+            model = self._models.in_memory(request.shop)
+            cached = self._answers.get(request, model.version if model else None, self._new_id)
+            if cached is not None:
+                return cached
+        # Otherwise the shop is checked per request, so app/uninstalled stops it at once; a shopper's answer reads
+        # the shopper's stored events in the same round trip.
         keys = self._history_keys(request) if request.personal else []
         installed, stored = self._store.installed_with_histories(request.shop, keys, self._history_limit) if keys \
             else (self._store.is_shop_installed(request.shop), None)
@@ -200,9 +208,6 @@ class Recommender:
             raise ShopNotInstalled(f"{request.shop} has not installed the app (or has uninstalled it)")
         model = self._model(request)
         if not request.personal:
-            cached = self._answers.get(request, model.version if model else None, self._new_id)
-            if cached is not None:
-                return cached
             answer = self._answer(request, model)
             self._answers.put(request, answer)
             return answer

@@ -488,12 +488,20 @@ class ModelHolder:
         self._idle = threading.Condition()
 
     def get(self, shop: str) -> ServingModel:
-        model = self._models.get(shop)
+        model = self.in_memory(shop)
         if model is None:
             with self._first_load:
                 model = self._models.get(shop)
                 if model is None:
                     return self._load_first(shop)
+        return model
+
+    def in_memory(self, shop: str) -> ServingModel | None:
+        """The shop's model if this instance has loaded it (its refresh check started if due), else None: never a
+        read of the model store."""
+        model = self._models.get(shop)
+        if model is None:
+            return None
         if self._clock() - self._checked_at.get(shop, 0.0) >= self._refresh_seconds:
             lock = self._refreshing.setdefault(shop, threading.Lock())
             if lock.acquire(blocking=False):  # one check per shop at a time; every request keeps being answered

@@ -18,6 +18,7 @@ from webhooks.verification import sign_webhook_body
 
 ROOT = Path(__file__).resolve().parent.parent
 SHOPIFY_FIXTURES = ROOT.parent / "shared" / "fixtures" / "shopify"
+AUTH = {"Authorization": "Bearer test-train-token"}  # /train with the TRAIN_TOKEN of `env`
 TEST_SECRET = "test-secret-do-not-use"
 SHOP = "test-shop.myshopify.com"
 

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import gc
+import json
+import time
 
 import pytest
 
 from recommender.intents import AnswerCache, RecommendedItem, RecommendRequest, RecommendResponse
-from tests.conftest import SHOP, planted_orders, post_webhook, versions_until_swapped
+from tests.conftest import AUTH, SHOP, planted_orders, post_webhook, versions_until_swapped
+from tests.postgres_schema import temporary_schema
+
+RELATED = f"/recommend?shop={SHOP}&intent=related&product_id=101&n=3"
 
 
 @pytest.fixture
@@ -18,7 +23,7 @@ def cached_shop(app_client, monkeypatch):
     monkeypatch.setenv("ALS_FACTORS", "2")
     for order in planted_orders():
         post_webhook(app_client, "orders/create", order)
-    app_client.post("/train", headers={"Authorization": "Bearer test-train-token"})
+    app_client.post("/train", headers=AUTH)
     return app_client
 
 
@@ -55,6 +60,96 @@ def test_personal_answers_are_never_cached(cached_shop):
     second = cached_shop.get(url).json
 
     assert bought not in [int(item["product_id"]) for item in second["recommendations"]]
+
+
+def test_after_app_uninstalled_only_an_answer_cached_before_it_is_served(cached_shop, shopify_fixture):
+    # Arrange: a related answer cached while the shop was installed
+    first = cached_shop.get(RELATED)
+    assert first.status_code == 200 and first.json["recommendations"]
+
+    # Act
+    post_webhook(cached_shop, "app/uninstalled", json.loads(shopify_fixture("app_uninstalled")))
+    again = cached_shop.get(RELATED)
+    other = cached_shop.get(f"/recommend?shop={SHOP}&intent=related&product_id=102&n=3")
+    trending = cached_shop.get(f"/recommend?shop={SHOP}&intent=trending&n=3")
+    personal = cached_shop.get(f"/recommend?shop={SHOP}&customer_id=1000&n=3")
+
+    # Assert: the cached answer, as browsers and CDNs keep it (max-age); anything the store must be asked for is refused
+    assert again.status_code == 200 and again.json["recommendations"] == first.json["recommendations"]
+    assert [(r.status_code, r.json["error"]) for r in (other, trending, personal)] == [(404, "shop_not_installed")] * 3
+
+
+def test_once_its_time_is_up_a_cached_answer_of_an_uninstalled_shop_is_refused(app_client, monkeypatch,
+                                                                               shopify_fixture):
+    # Arrange: answers kept 0.2 s
+    monkeypatch.setenv("ANSWER_CACHE_SECONDS", "0.2")
+    monkeypatch.setenv("ALS_FACTORS", "2")
+    for order in planted_orders():
+        post_webhook(app_client, "orders/create", order)
+    app_client.post("/train", headers=AUTH)
+    assert app_client.get(RELATED).status_code == 200
+    post_webhook(app_client, "app/uninstalled", json.loads(shopify_fixture("app_uninstalled")))
+
+    # Act
+    time.sleep(0.25)
+    response = app_client.get(RELATED)
+
+    # Assert
+    assert (response.status_code, response.json["error"]) == (404, "shop_not_installed")
+
+
+def test_a_shop_that_never_installed_gets_a_404_for_every_intent_even_with_a_model_published(app_client, tmp_path):
+    # Arrange: another shop's model copied under this shop's name in the model store; this shop sent nothing
+    from recommender.model_store import LocalModelStore
+
+    for order in planted_orders():
+        post_webhook(app_client, "orders/create", order)
+    trained = app_client.post("/train", headers=AUTH).json["trained"][0]
+    models = LocalModelStore(tmp_path / "models")
+    stranger = "stranger.myshopify.com"
+    models.publish(stranger, models.load(models.latest(SHOP)))
+
+    # Act
+    answers = [app_client.get(f"/recommend?shop={stranger}&n=3&{query}")
+               for query in ("intent=related&product_id=101", "intent=complementary&product_ids=101", "intent=trending")]
+
+    # Assert
+    assert trained["shop"] == SHOP
+    assert [(r.status_code, r.json["error"]) for r in answers] == [(404, "shop_not_installed")] * 3
+
+
+def test_a_cached_answer_waits_for_no_round_trip_to_postgresql(app_client, monkeypatch):
+    # Arrange: the planted shop stored and trained on PostgreSQL, then a new instance whose store is 50 ms away
+    from urllib.parse import urlsplit
+
+    from functions_framework import create_app
+
+    from bench.round_trips import RoundTripCounter
+    from tests.conftest import ROOT
+
+    with temporary_schema() as url:
+        monkeypatch.setenv("EVENT_STORE_URL", url)
+        monkeypatch.setenv("ANSWER_CACHE_SECONDS", "3600")
+        monkeypatch.setenv("ALS_FACTORS", "2")
+        for order in planted_orders():
+            post_webhook(app_client, "orders/create", order)
+        assert app_client.post("/train", headers=AUTH).status_code == 200
+        with RoundTripCounter(urlsplit(url).port or 5432) as relay:
+            monkeypatch.setenv("EVENT_STORE_URL", relay.url(url))
+            instance = create_app(target="app", source=str(ROOT / "main.py")).test_client()
+            answers, turns = [], []
+
+            # Act
+            for _ in range(3):
+                relay.reset()
+                answers.append(instance.get(RELATED))
+                turns.append(relay.turns)
+
+    # Assert: the first answer asked the store (the shop's check, the catalog); the next two did not
+    assert [r.status_code for r in answers] == [200] * 3
+    assert answers[1].json["recommendations"] == answers[2].json["recommendations"] == \
+        answers[0].json["recommendations"] != []
+    assert turns[0] >= 1 and turns[1:] == [0, 0], turns
 
 
 def test_a_full_answer_cache_gives_the_cyclic_collector_nothing_to_walk():

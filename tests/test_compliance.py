@@ -15,9 +15,8 @@ from functions_framework import create_app
 from recommender.model_store import LocalModelStore
 from recommender.training import train_shop
 from recommender.settings import TrainingConfig
-from tests.conftest import ROOT, SHOP, as_body, order_payload, planted_orders, post_webhook, signed_headers
+from tests.conftest import AUTH, ROOT, SHOP, as_body, order_payload, planted_orders, post_webhook, signed_headers
 
-AUTH = {"Authorization": "Bearer test-train-token"}
 REDACTED_CUSTOMER = 191167  # the id in Shopify's customers_redact sample
 ORDERS_TO_REDACT = [299938, 280263, 220458]
 

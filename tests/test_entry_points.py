@@ -8,10 +8,9 @@ import pytest
 from functions_framework import create_app
 
 from tests.conftest import (
-    CATEGORY_A, CATEGORY_B, ROOT, SHOP, as_body, order_payload, planted_orders, post_webhook, signed_headers,
+    AUTH, CATEGORY_A, CATEGORY_B, ROOT, SHOP, as_body, order_payload, planted_orders, post_webhook, signed_headers,
 )
 
-AUTH = {"Authorization": "Bearer test-train-token"}
 
 
 @pytest.fixture

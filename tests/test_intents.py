@@ -14,9 +14,8 @@ import pytest
 from recommender.events import EventKind
 from recommender.store import ActivityBucket
 from recommender.trending import trending_scores
-from tests.conftest import CATEGORY_A, CATEGORY_B, SHOP, order_payload, planted_orders, post_webhook
+from tests.conftest import AUTH, CATEGORY_A, CATEGORY_B, SHOP, order_payload, planted_orders, post_webhook
 
-AUTH = {"Authorization": "Bearer test-train-token"}
 GRINDERS = {101: 301, 102: 302}
 NOW = datetime.now(timezone.utc)
 
