@@ -11,8 +11,8 @@ PostgreSQL breaks a deadlock. A delivery of events alone that needs no lock (an
 order of a known customer: the common webhook) is one statement, its own transaction,
 one round trip (`_APPLY_EVENTS`); a backfill's page of products or orders is a few
 set-wise statements (`apply_many`); every other write goes statement by statement.
-The schema is versioned in `schema_migrations` and migrated on open under an
-advisory lock, so instances may start at the same time.
+The schema is versioned in `schema_migrations`: found current on open with one
+statement, or else migrated under an advisory lock, so instances may start at the same time.
 Timestamps are `timestamptz`; every value read back is an aware UTC datetime.
 """
 
@@ -40,6 +40,10 @@ from recommender.store import (
 )
 
 T = TypeVar("T")
+
+# The schema's version, and whether the `schema_migrations` the search_path finds is the one in current_schema().
+_SCHEMA_VERSION = ("SELECT (SELECT coalesce(max(version), 0) FROM schema_migrations), to_regclass('schema_migrations')"
+                   " = to_regclass(quote_ident(current_schema()) || '.schema_migrations')")
 
 # Each entry migrates the schema from version i to i + 1; `schema_migrations` records the versions applied.
 POSTGRES_MIGRATIONS: tuple[str, ...] = (
@@ -493,7 +497,8 @@ class PostgresEventStore(SharedQueries):
         # Weak: a connection closes with the thread that opened it; close() closes the ones still alive.
         self._connections: weakref.WeakSet[psycopg.Connection] = weakref.WeakSet()
         self._lock = threading.Lock()
-        self._write(self._migrate)
+        if not self._schema_is_current():
+            self._write(self._migrate)
 
     # --- connections and transactions -------------------------------------------------------
 
@@ -600,6 +605,20 @@ class PostgresEventStore(SharedQueries):
                 time.sleep(0.01 * tries)
             except psycopg.Error as exc:
                 raise StoreError(f"event store write failed: {exc}") from exc
+
+    def _schema_is_current(self) -> bool:
+        """Whether the schema the tables go in (`current_schema()`) holds every migration already: one statement and
+        no lock, where `_migrate` takes six round trips on every instance's start. Anything else (no such table, an
+        older version, the table found in another schema of the search_path) goes to `_migrate`."""
+        try:
+            version, here = self._read(_SCHEMA_VERSION)[0]
+        except StoreError as exc:
+            if isinstance(exc.__cause__, errors.UndefinedTable):
+                return False
+            raise
+        if version > len(POSTGRES_MIGRATIONS):
+            raise StoreError(f"the event store's schema version {version} is newer than this code knows")
+        return here and version == len(POSTGRES_MIGRATIONS)
 
     @staticmethod
     def _migrate(conn: psycopg.Connection) -> None:

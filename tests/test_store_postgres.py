@@ -18,7 +18,7 @@ from recommender.events import EventKind, order_line_key
 from recommender.settings import Settings
 from recommender.store import SQLiteEventStore, open_event_store
 from tests.conftest import SHOP, order_payload
-from tests.postgres_schema import run, server_url, temporary_schema
+from tests.postgres_schema import run, server_url, temporary_schema, with_search_path
 from webhooks.backfill import ORDERS_TOPIC, PRODUCTS_TOPIC, order_changes, product_changes
 from webhooks.topics import TRANSLATORS, TopicContext
 
@@ -103,6 +103,48 @@ def test_reopening_changes_neither_the_schema_nor_its_history(pg_store, schema_u
 
     # Assert
     assert snapshot() == before
+
+
+def test_opening_a_store_on_a_current_schema_waits_for_one_round_trip_beyond_the_connection(pg_store, schema_url):
+    # Arrange: the schema is current (pg_store migrated it); a new instance opens the store 50 ms away
+    from urllib.parse import urlsplit
+
+    import psycopg
+
+    from bench.round_trips import RoundTripCounter
+    from recommender.store_postgres import PostgresEventStore
+
+    with RoundTripCounter(urlsplit(schema_url).port or 5432) as relay:
+        # Act (each connection is closed only once counted: its goodbye reaches the relay 50 ms later)
+        plain = psycopg.connect(relay.url(schema_url), autocommit=True)
+        connecting = relay.turns
+        relay.reset()
+        store = PostgresEventStore(relay.url(schema_url))
+        opening = relay.turns
+        store.close()
+        plain.close()
+
+    # Assert: the connection, then the one statement that finds the schema current (six more with the migration lock)
+    assert opening == connecting + 1, (connecting, opening)
+
+
+def test_a_current_schema_elsewhere_on_the_search_path_does_not_stand_in_for_this_ones(pg_store, schema_url):
+    # Arrange: the test's schema is current; an empty one is put before it on the search path
+    from recommender.store_postgres import POSTGRES_MIGRATIONS
+
+    current = run(schema_url, "SELECT current_schema()")[0][0]
+    with temporary_schema() as empty_url:
+        empty = run(empty_url, "SELECT current_schema()")[0][0]
+        both = with_search_path(server_url(), f"{empty},{current}")
+
+        # Act
+        open_event_store(both).close()
+
+        # Assert: the tables were made in the first schema, as a fresh schema gets them
+        versions = run(empty_url, "SELECT version FROM schema_migrations ORDER BY version")
+        assert versions == [(v,) for v in range(1, len(POSTGRES_MIGRATIONS) + 1)]
+        assert run(empty_url, "SELECT count(*) FROM information_schema.tables WHERE table_schema = %s",
+                   (empty,)) == [(10,)]
 
 
 def schema_at_version(url: str, version: int) -> None:
