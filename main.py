@@ -240,8 +240,6 @@ def collect(request: flask.Request) -> flask.Response:
         return _json({"error": "payload_too_large", "message": f"at most {pixel.MAX_BODY_BYTES} bytes"}, 413)
     shop = check_shop_domain((request.args.get("shop") or "").lower())
     runtime = _runtime.get()
-    if not runtime.store.is_shop_installed(shop):
-        return _json({"error": "unknown_shop", "message": f"{shop} has not installed the app"}, 403)
     payload = pixel.parse_pixel_body(request.get_data(cache=False))
     events, ignored = pixel.pixel_events(payload, shop)
     address = (request.headers.get("X-Forwarded-For") or request.remote_addr or "").split(",")[0].strip()
@@ -250,7 +248,10 @@ def collect(request: flask.Request) -> flask.Response:
     if not pixel.PER_ADDRESS.allow(f"{shop}|{address}", cost) or not all(
             pixel.PER_CLIENT.allow(f"{shop}|{client}", cost) for client in clients):
         return _json({"error": "rate_limited", "message": "too many events; slow down"}, 429, {"Retry-After": "5"})
-    stored = runtime.store.add_events(events)
+    # Stored only if the shop is installed, checked in the same transaction (one round trip on PostgreSQL).
+    stored = runtime.store.add_events_if_installed(shop, events)
+    if stored is None:
+        return _json({"error": "unknown_shop", "message": f"{shop} has not installed the app"}, 403)
     return _json({"status": "stored", "events": stored, "ignored": ignored},
                  headers={"Access-Control-Allow-Origin": "*"})
 

@@ -217,6 +217,7 @@ class EventStore(Protocol):
     def apply(self, delivery: Delivery, changes: ChangeSet) -> int | None: ...
     def apply_many(self, items: Sequence[tuple[Delivery, ChangeSet]]) -> list[int | None]: ...
     def add_events(self, events: Iterable[Event]) -> int: ...
+    def add_events_if_installed(self, shop: str, events: Sequence[Event]) -> int | None: ...
     def shops(self) -> list[str]: ...
     def interactions(self, shop: str) -> list[Interaction]: ...
     def interaction_columns(self, shop: str, times: bool = False) -> InteractionColumns: ...
@@ -241,6 +242,8 @@ class EventStore(Protocol):
     def prune_events(self, older_than: datetime) -> int: ...
     def close(self) -> None: ...
 
+
+_INSTALLED_SQL = "SELECT 1 FROM shop_state WHERE shop = ? AND installed = 1"
 
 # Shared by both backends ({p}: the parameter marker; {no}: the false literal): the flag `apply` keeps.
 UNSELLABLE_SQL = "SELECT product_id FROM products WHERE shop = {p} AND sellable = {no}"
@@ -776,6 +779,18 @@ class SQLiteEventStore(SharedQueries):
         batch = list(events)
         return int(self._write(lambda conn: self._insert_events(conn, batch)))
 
+    def add_events_if_installed(self, shop: str, events: Sequence[Event]) -> int | None:
+        """`add_events` of one shop's events if the shop is installed (checked in the same transaction), else None
+        and nothing stored."""
+        batch = list(events)
+
+        def work(conn: sqlite3.Connection) -> int | None:
+            if not conn.execute(_INSTALLED_SQL, (shop,)).fetchone():
+                return None
+            return self._insert_events(conn, batch)
+
+        return self._write(work)
+
     @staticmethod
     def _insert_events(conn: sqlite3.Connection, events: Iterable[Event]) -> int:
         """Insert new events; an event whose dedupe key exists only lowers that event's weight factor."""
@@ -965,7 +980,7 @@ class SQLiteEventStore(SharedQueries):
 
     def is_shop_installed(self, shop: str) -> bool:
         """True only if the shop was marked installed (or sent a webhook) and not since uninstalled."""
-        return bool(self._read("SELECT 1 FROM shop_state WHERE shop = ? AND installed = 1", (shop,)))
+        return bool(self._read(_INSTALLED_SQL, (shop,)))
 
     def installed_shops(self) -> list[str]:
         return [r[0] for r in self._read("SELECT shop FROM shop_state WHERE installed = 1 ORDER BY shop")]

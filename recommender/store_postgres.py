@@ -217,6 +217,17 @@ def _events_linked(rows: str, extra: str = "") -> str:
             f" WITH ORDINALITY AS e ({_EVENT_NAMES}{', item' if extra else ''}, position) OFFSET 0) AS e")
 
 
+# The rows of `proposed` (ids drawn in the order given) inserted in that order: each new event a row, one whose dedupe
+# key is stored only lowering that row's weight factor. `stored JOIN proposed USING (id)` are the new ones.
+_STORE_PROPOSED = (
+    " stored AS ("
+    f" INSERT INTO events (id, {_EVENT_NAMES}) OVERRIDING SYSTEM VALUE"
+    f" SELECT id, {_EVENT_NAMES} FROM proposed ORDER BY position"
+    " ON CONFLICT (shop, dedupe_key) DO UPDATE SET weight_factor = excluded.weight_factor"
+    " WHERE excluded.weight_factor < events.weight_factor"
+    " RETURNING id)"
+)
+
 _APPLY_EVENTS = (
     "WITH delivery AS ("
     " INSERT INTO deliveries (shop, webhook_id, topic, event_id, received_at)"
@@ -226,16 +237,23 @@ _APPLY_EVENTS = (
     f" SELECT nextval((SELECT pg_get_serial_sequence('events', 'id'))) AS id, {_PROPOSED}, e.position"
     + _events_linked("%(events)s") +
     " WHERE EXISTS (SELECT FROM delivery)),"
-    " stored AS ("
-    f" INSERT INTO events (id, {_EVENT_NAMES}) OVERRIDING SYSTEM VALUE"
-    f" SELECT id, {_EVENT_NAMES} FROM proposed ORDER BY position"
-    " ON CONFLICT (shop, dedupe_key) DO UPDATE SET weight_factor = excluded.weight_factor"
-    " WHERE excluded.weight_factor < events.weight_factor"
-    " RETURNING id),"
+    + _STORE_PROPOSED + ","
     " installed AS ("
     " INSERT INTO shop_state (shop, installed, changed_at) SELECT %(shop)s, true, now()"
     " WHERE %(proves_install)s AND EXISTS (SELECT FROM delivery) AND" + _NOT_YET_INSTALLED + _INSTALL_CONFLICT + ")"
     " SELECT EXISTS (SELECT FROM delivery), (SELECT count(*) FROM stored JOIN proposed USING (id))"
+)
+
+# A beacon's events, stored only if their shop is installed (`add_events_if_installed`): whether it is, and how
+# many events were new; both looks at shop_state see the statement's one snapshot.
+_INSTALLED_SHOPS_EVENTS = (
+    "WITH proposed AS ("
+    f" SELECT nextval((SELECT pg_get_serial_sequence('events', 'id'))) AS id, {_PROPOSED}, e.position"
+    + _events_linked("%(events)s") +
+    " WHERE EXISTS (SELECT FROM shop_state WHERE shop = %(shop)s AND installed)),"
+    + _STORE_PROPOSED +
+    " SELECT EXISTS (SELECT FROM shop_state WHERE shop = %(shop)s AND installed),"
+    " (SELECT count(*) FROM stored JOIN proposed USING (id))"
 )
 
 # A catalog row's upsert, one product or a page: a deleted product stays deleted and an older update is ignored,
@@ -319,12 +337,7 @@ _PAGE_EVENTS = (
     "WITH proposed AS ("
     f" SELECT nextval((SELECT pg_get_serial_sequence('events', 'id'))) AS id, {_PROPOSED}, e.item, e.position"
     + _events_linked("%s", ", item integer") + "),"
-    " stored AS ("
-    f" INSERT INTO events (id, {_EVENT_NAMES}) OVERRIDING SYSTEM VALUE"
-    f" SELECT id, {_EVENT_NAMES} FROM proposed ORDER BY position"
-    " ON CONFLICT (shop, dedupe_key) DO UPDATE SET weight_factor = excluded.weight_factor"
-    " WHERE excluded.weight_factor < events.weight_factor"
-    " RETURNING id)"
+    + _STORE_PROPOSED +
     " SELECT item, count(*) FROM stored JOIN proposed USING (id) GROUP BY item"
 )
 # Each refund line of the page once (its adjustment row new), its purchase shrunk by the refunded share.
@@ -905,7 +918,8 @@ class PostgresEventStore(SharedQueries):
 
     @staticmethod
     def _stored_events(sent: psycopg.Cursor) -> int | None:
-        """What `_APPLY_EVENTS` answered: the events new, or None for a delivery stored before."""
+        """What `_APPLY_EVENTS` or `_INSTALLED_SHOPS_EVENTS` answered: the events new, or None for a delivery stored
+        before or a shop not installed (nothing stored)."""
         fresh, inserted = sent.fetchone()
         return inserted if fresh else None
 
@@ -925,6 +939,20 @@ class PostgresEventStore(SharedQueries):
             self._take_locks(conn, self._anonymous_locks(batch))
             sent = self._send_events(conn, batch)
             return lambda: self._counted(sent)
+
+        return self._write_pipelined(work)
+
+    def add_events_if_installed(self, shop: str, events: Sequence[Event]) -> int | None:
+        """`add_events` of one shop's events if the shop is installed, else None and nothing stored: the guests'
+        locks and one statement (`_INSTALLED_SHOPS_EVENTS`), one round trip where the check and the write took two."""
+        if not events:
+            return 0 if self.is_shop_installed(shop) else None
+        params = {"shop": shop, "events": json.dumps([_event_row(e) for e in _first_of_each_key(events)])}
+
+        def work(conn: psycopg.Connection) -> Callable[[], int | None]:
+            self._take_locks(conn, self._anonymous_locks(events))
+            sent = conn.execute(_INSTALLED_SHOPS_EVENTS, params)
+            return lambda: self._stored_events(sent)
 
         return self._write_pipelined(work)
 

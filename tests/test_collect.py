@@ -137,3 +137,33 @@ def test_the_extension_posts_what_collect_accepts(installed):
     assert "x@y.z" not in beacon["body"], "no personal data leaves the storefront"
     response = collect(installed, beacon["body"])
     assert (response.status_code, response.json["events"]) == (200, 1)
+
+
+def test_a_beacon_waits_for_one_round_trip_to_postgresql_installed_or_not(app_client, monkeypatch):
+    # Arrange: a shop installed on PostgreSQL (its first webhook), then an instance whose store is 50 ms away
+    from urllib.parse import urlsplit
+
+    from functions_framework import create_app
+
+    from bench.round_trips import RoundTripCounter
+    from tests.postgres_schema import temporary_schema
+
+    with temporary_schema() as url:
+        monkeypatch.setenv("EVENT_STORE_URL", url)
+        assert post_webhook(app_client, "orders/create", order_payload(1, 2, [201])).status_code == 200
+        with RoundTripCounter(urlsplit(url).port or 5432) as relay:
+            monkeypatch.setenv("EVENT_STORE_URL", relay.url(url))
+            instance = create_app(target="app", source=str(ROOT / "main.py")).test_client()
+            assert collect(instance, viewed("rt-0", "5")).status_code == 200  # the connection opened
+            answers, turns = [], []
+
+            # Act
+            for shop, n in ((SHOP, 1), (SHOP, 2), ("never-installed.myshopify.com", 3)):
+                relay.reset()
+                answers.append(collect(instance, [viewed(f"rt-{n}", "5"), viewed(f"rt-{n}b", "6")], shop=shop))
+                turns.append(relay.turns)
+
+    # Assert: the check and the write together, one round trip each
+    assert [(r.status_code, r.json.get("events", r.json.get("error"))) for r in answers] == [
+        (200, 2), (200, 2), (403, "unknown_shop")]
+    assert turns == [1, 1, 1]

@@ -657,6 +657,33 @@ def test_add_events_is_atomic(any_store, backend):
     assert any_store.add_events([event("a", dedupe_key="1")]) == 1  # the connection is usable afterwards
 
 
+def test_a_beacons_events_are_stored_only_while_their_shop_is_installed(any_store):
+    # Arrange: a guest's token linked to customer c9 (the checkout's delivery marks the shop installed), then the
+    # shop uninstalled
+    views = [event("p1", customer_id=None, anonymous_id="tok", dedupe_key="px:1"),
+             event("p2", customer_id=None, anonymous_id="tok", dedupe_key="px:2"),
+             event("p2", customer_id=None, anonymous_id="tok", dedupe_key="px:2")]  # sent twice in one beacon
+    any_store.apply(delivery("wh-link", topic="checkouts/create"),
+                    ChangeSet(identity_links=(IdentityLink("tok", "c9"),)))
+    any_store.set_shop_installed(SHOP, False)
+
+    # Act
+    before = (any_store.add_events_if_installed(SHOP, views), any_store.add_events_if_installed(SHOP, []))
+    stored_before = any_store.count_events()
+    any_store.set_shop_installed(SHOP, True)
+    installed = (any_store.add_events_if_installed(SHOP, views), any_store.add_events_if_installed(SHOP, views),
+                 any_store.add_events_if_installed(SHOP, []))
+    any_store.set_shop_installed(SHOP, False)
+    after = any_store.add_events_if_installed(SHOP, [event("p3", customer_id=None, anonymous_id="tok",
+                                                           dedupe_key="px:3")])
+
+    # Assert: nothing while not installed; two new views (the repeat kept once), none new when sent again
+    assert before == (None, None) and stored_before == 0
+    assert installed == (2, 0, 0)
+    assert after is None
+    assert sorted((i.product_id, i.user_key) for i in any_store.interactions(SHOP)) == [("p1", "c:c9"), ("p2", "c:c9")]
+
+
 # --- concurrency -----------------------------------------------------------------------------
 
 

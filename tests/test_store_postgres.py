@@ -764,7 +764,7 @@ def counted_store(schema_url):
     ("product deletion", 2),  # BEGIN, the lock, the delivery row; the deletion, `sellable`, the mark, COMMIT
     ("inventory level", 2),  # BEGIN, the delivery row, the item's products; the locks, the level, the sums, COMMIT
     ("redelivery", 2),  # BEGIN, the lock, the delivery row (stored before); COMMIT
-    ("pixel beacon", 1),  # BEGIN, the browser's lock, five views joined to its link, COMMIT
+    ("pixel beacon", 1),  # BEGIN, the browser's lock, five views joined to its link if the shop is installed, COMMIT
 ])
 def test_a_webhooks_write_waits_for_postgresql_once_per_answer_it_needs(counted_store, tmp_path, kind,
                                                                          round_trips):
