@@ -38,4 +38,5 @@ class StoreError(RecommenderError):
 
 
 class ShopNotInstalled(RecommenderError):
-    """The shop has not installed the app, or has uninstalled it: nothing is served for it."""
+    """The shop has not installed the app, or has uninstalled it: nothing is served for it (but the answers for
+    everyone an instance cached before the uninstall, until their time is up)."""

@@ -194,10 +194,14 @@ class Recommender:
         if not request.personal:
             # An answer for everyone cached less than `cache_seconds` ago was made for an installed shop: it is
             # served without asking the store again (on PostgreSQL, a round trip an answer). After app/uninstalled
-            # such answers go on at most that long, as browsers and CDNs keep them for their max-age anyway.
-            model = self._models.in_memory(request.shop)
+            # such answers go on at most that long, as browsers and CDNs keep them for their max-age anyway. A
+            # trending answer made with no model yet (version None) is served as long, though a first model may
+            # have been published since. The model's refresh check is started only for an answer served (a shop
+            # that uninstalled starts none once its answers have run out).
+            model = self._models.in_memory(request.shop, refresh=False)
             cached = self._answers.get(request, model.version if model else None, self._new_id)
             if cached is not None:
+                self._models.in_memory(request.shop)
                 return cached
         # Otherwise the shop is checked per request, so app/uninstalled stops it at once; a shopper's answer reads
         # the shopper's stored events in the same round trip.

@@ -496,12 +496,12 @@ class ModelHolder:
                     return self._load_first(shop)
         return model
 
-    def in_memory(self, shop: str) -> ServingModel | None:
-        """The shop's model if this instance has loaded it (its refresh check started if due), else None: never a
-        read of the model store."""
+    def in_memory(self, shop: str, refresh: bool = True) -> ServingModel | None:
+        """The shop's model if this instance has loaded it, else None: never a read of the model store. With
+        `refresh`, the model's refresh check is started if it is due."""
         model = self._models.get(shop)
-        if model is None:
-            return None
+        if model is None or not refresh:
+            return model
         if self._clock() - self._checked_at.get(shop, 0.0) >= self._refresh_seconds:
             lock = self._refreshing.setdefault(shop, threading.Lock())
             if lock.acquire(blocking=False):  # one check per shop at a time; every request keeps being answered

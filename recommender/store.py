@@ -288,6 +288,15 @@ def require_aware(moment: datetime, name: str) -> datetime:
     return moment
 
 
+def of_one_shop(shop: str, events: Iterable[Event]) -> list[Event]:
+    """`events` as a list, each checked to be `shop`'s (`add_events_if_installed` checks that shop alone)."""
+    batch = list(events)
+    strangers = {e.shop for e in batch} - {shop}
+    if strangers:
+        raise ValueError(f"events of {', '.join(sorted(strangers))} given with {shop}'s install check")
+    return batch
+
+
 def refund_adjustment_key(refund_id: str, line_item_id: str) -> str:
     """One refund line shrinks its purchase once, however often the refund is delivered."""
     return f"refund:{refund_id}:line:{line_item_id}"
@@ -782,7 +791,9 @@ class SQLiteEventStore(SharedQueries):
     def add_events_if_installed(self, shop: str, events: Sequence[Event]) -> int | None:
         """`add_events` of one shop's events if the shop is installed (checked in the same transaction), else None
         and nothing stored."""
-        batch = list(events)
+        batch = of_one_shop(shop, events)
+        if not batch:  # nothing to write: not through the writers' queue
+            return 0 if self.is_shop_installed(shop) else None
 
         def work(conn: sqlite3.Connection) -> int | None:
             if not conn.execute(_INSTALLED_SQL, (shop,)).fetchone():

@@ -36,7 +36,7 @@ from recommender.changes import ChangeSet, Delivery, Event
 from recommender.events import CatalogProduct, EventKind, order_line_key
 from recommender.store import (
     EVENT_EXPORT_COLUMNS, KINDS, NOT_FOR_SALE, TOPICS_NOT_PROVING_INSTALL, ActivityBucket, Interaction,
-    SharedQueries, customer_export, export_json, iso_utc, refund_adjustment_key, require_aware,
+    SharedQueries, customer_export, export_json, iso_utc, of_one_shop, refund_adjustment_key, require_aware,
 )
 
 T = TypeVar("T")
@@ -629,9 +629,11 @@ class PostgresEventStore(SharedQueries):
             if isinstance(exc.__cause__, errors.UndefinedTable):
                 return False
             raise
+        if not here:  # another schema's table: `_migrate` makes this one's
+            return False
         if version > len(POSTGRES_MIGRATIONS):
             raise StoreError(f"the event store's schema version {version} is newer than this code knows")
-        return here and version == len(POSTGRES_MIGRATIONS)
+        return version == len(POSTGRES_MIGRATIONS)
 
     @staticmethod
     def _migrate(conn: psycopg.Connection) -> None:
@@ -945,12 +947,13 @@ class PostgresEventStore(SharedQueries):
     def add_events_if_installed(self, shop: str, events: Sequence[Event]) -> int | None:
         """`add_events` of one shop's events if the shop is installed, else None and nothing stored: the guests'
         locks and one statement (`_INSTALLED_SHOPS_EVENTS`), one round trip where the check and the write took two."""
-        if not events:
+        batch = of_one_shop(shop, events)
+        if not batch:
             return 0 if self.is_shop_installed(shop) else None
-        params = {"shop": shop, "events": json.dumps([_event_row(e) for e in _first_of_each_key(events)])}
+        params = {"shop": shop, "events": json.dumps([_event_row(e) for e in _first_of_each_key(batch)])}
 
         def work(conn: psycopg.Connection) -> Callable[[], int | None]:
-            self._take_locks(conn, self._anonymous_locks(events))
+            self._take_locks(conn, self._anonymous_locks(batch))
             sent = conn.execute(_INSTALLED_SHOPS_EVENTS, params)
             return lambda: self._stored_events(sent)
 

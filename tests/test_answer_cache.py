@@ -42,7 +42,7 @@ def test_a_non_personal_answer_is_reused_with_a_fresh_recommendation_id(cached_s
 def test_a_new_model_is_never_answered_from_an_old_cache_entry(cached_shop):
     url = f"/recommend?shop={SHOP}&intent=related&product_id=101&n=3"
     before = cached_shop.get(url).json["model_version"]
-    trained = cached_shop.post("/train", headers={"Authorization": "Bearer test-train-token"}).json
+    trained = cached_shop.post("/train", headers=AUTH).json
 
     answered = versions_until_swapped(cached_shop, url, before)
 

@@ -83,6 +83,16 @@ def test_unknown_shops_are_refused(installed):
     assert (response.status_code, response.json["error"]) == (403, "unknown_shop")
 
 
+@pytest.mark.parametrize("body, answer", [
+    ("not json", (400, "malformed_payload")),  # the body is read before the store is asked
+    ({"id": "sh-p", "name": "page_viewed", "timestamp": "2026-11-20T10:00:00Z", "clientId": "c1", "data": {}},
+     (403, "unknown_shop")),  # nothing to store: the shop is still checked
+])
+def test_an_unknown_shops_beacon_is_answered_in_the_order_of_the_checks(installed, body, answer):
+    response = collect(installed, body, shop="never-installed.myshopify.com")
+    assert (response.status_code, response.json["error"]) == answer
+
+
 @pytest.mark.parametrize("body, fragment", [
     ("not json", "body is not JSON"),
     ({"id": "sh-1", "name": "product_viewed", "timestamp": "2026-11-20T10:00:00Z", "data": {}}, "clientId"),

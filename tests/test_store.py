@@ -684,6 +684,16 @@ def test_a_beacons_events_are_stored_only_while_their_shop_is_installed(any_stor
     assert sorted((i.product_id, i.user_key) for i in any_store.interactions(SHOP)) == [("p1", "c:c9"), ("p2", "c:c9")]
 
 
+def test_a_beacons_events_of_another_shop_are_refused_whole(any_store):
+    any_store.set_shop_installed(SHOP, True)
+
+    with pytest.raises(ValueError, match="events of other.myshopify.com given with"):
+        any_store.add_events_if_installed(SHOP, [event("p1", dedupe_key="px:1"),
+                                                 event("p2", dedupe_key="px:2", shop="other.myshopify.com")])
+
+    assert any_store.count_events() == 0
+
+
 # --- concurrency -----------------------------------------------------------------------------
 
 

@@ -128,11 +128,14 @@ def test_opening_a_store_on_a_current_schema_waits_for_one_round_trip_beyond_the
     assert opening == connecting + 1, (connecting, opening)
 
 
-def test_a_current_schema_elsewhere_on_the_search_path_does_not_stand_in_for_this_ones(pg_store, schema_url):
-    # Arrange: the test's schema is current; an empty one is put before it on the search path
+@pytest.mark.parametrize("elsewhere", ["current", "a newer release's"])
+def test_a_schema_elsewhere_on_the_search_path_does_not_stand_in_for_this_ones(pg_store, schema_url, elsewhere):
+    # Arrange: the test's schema is current (or newer than this code); an empty one is put before it on the path
     from recommender.store_postgres import POSTGRES_MIGRATIONS
 
     current = run(schema_url, "SELECT current_schema()")[0][0]
+    if elsewhere == "a newer release's":
+        run(schema_url, "INSERT INTO schema_migrations (version) VALUES (%s)", (len(POSTGRES_MIGRATIONS) + 1,))
     with temporary_schema() as empty_url:
         empty = run(empty_url, "SELECT current_schema()")[0][0]
         both = with_search_path(server_url(), f"{empty},{current}")

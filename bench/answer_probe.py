@@ -1,0 +1,168 @@
+"""What a storefront's answer waits for with the events in PostgreSQL: each kind of answer, its round trips to
+the store counted on the wire and timed with the store on loopback and farther away.
+
+    python -m bench.answer_probe [--answers 40] [--rtt-ms 2.5] [--items 10000] [--out DIR]
+
+A synthetic model of --items products (`bench.synthetic`), its shoppers' events written to PostgreSQL
+(TEST_POSTGRES_URL, the shop installed there: `bench.latency.shoppers_written_to`), and the instance's
+`Runtime` in this process, as `main.py` makes it, on that store. The kinds of answer:
+
+- a new instance's first answer (related): the store's connection opened, the schema found current, the shop
+  checked, the catalog's snapshot taken and the answer's cards read; a new `Runtime` for each;
+- related, a product asked about for the first time on the instance, and again (the answer cache);
+- trending again (the answer cache; its first answer reads the shop's recent activity);
+- personalized, a shopper's first answer on the instance (their history with the shop check, then the cards the
+  instance has not read), and their next one.
+
+Round trips are counted through `bench.round_trips.RoundTripCounter` (three answers a kind); times are medians of
+--answers answers a kind, with --rtt-ms added to each round trip through bench/latency_proxy.py (the way to Cloud
+SQL, emulated), beside the floor: a `SELECT 1` over a connection the same distance away.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+from urllib.parse import urlsplit
+
+from bench import process
+from bench.round_trips import RoundTripCounter, select_one_ms
+
+KINDS = ("a new instance's first answer", "related, first time", "related, again", "trending, again",
+         "personalized, a shopper's first", "personalized, again")
+
+
+def measure(shop, url: str, count: int, probe: Callable[[Callable[[], object]], float],
+            after_close: Callable[[], None] = lambda: None) -> dict[str, list[float]]:
+    """`probe(answer)` of `count` answers of each kind (the time it took, or its round trips), the store at `url`;
+    `after_close` runs once a new instance's store is closed."""
+    from bench.latency import _runtime  # as an instance makes it, the catalog's and trending's refresh held off
+    from recommender.intents import RecommendRequest
+
+    def request(intent: str, i: int) -> RecommendRequest:
+        return RecommendRequest.from_query(shop.query(intent, i))
+
+    found: dict[str, list[float]] = {kind: [] for kind in KINDS}
+    for i in range(count):  # each a new instance: its store opened (as main.py's first request does), then asked
+        made = []
+        try:
+            found[KINDS[0]].append(probe(lambda: made.append(_runtime(shop, url)) or
+                                         made[0].recommender.recommend(request("related", i))))
+        finally:
+            if made:
+                made[0].store.close()
+            after_close()
+    runtime = _runtime(shop, url)
+    try:
+        recommend = runtime.recommender.recommend
+        recommend(request("related", count))  # the connection, the catalog's snapshot, the model: not probed
+        recommend(request("trending", 0))
+        for i in range(count):
+            for kind, asked in zip(KINDS[1:], (request("related", count + 1 + i), request("related", count + 1 + i),
+                                               request("trending", 0), request("personalized", i),
+                                               request("personalized", i))):
+                found[kind].append(probe(lambda: recommend(asked)))
+    finally:
+        runtime.store.close()
+    return found
+
+
+def timed(answer: Callable[[], object]) -> float:
+    begin = time.perf_counter()
+    answer()
+    return (time.perf_counter() - begin) * 1e3
+
+
+def counted(shop, url: str, count: int = 3) -> dict[str, list[int]]:
+    """Each kind's round trips for `count` answers, counted on the wire through a relay to PostgreSQL on loopback."""
+    parts = urlsplit(url)
+    if parts.hostname not in (process.LOOPBACK, "localhost"):
+        raise SystemExit(f"round trips are counted through a relay to PostgreSQL on loopback, not {parts.hostname}")
+    with RoundTripCounter(parts.port or 5432) as relay:
+        def turns(answer: Callable[[], object]) -> int:
+            relay.reset()
+            answer()
+            return relay.turns
+
+        # A closed connection's goodbye reaches the relay 50 ms later: not the next answer's round trip.
+        found = measure(shop, relay.url(url), count, turns, after_close=lambda: time.sleep(0.15))
+    return {kind: [int(n) for n in values] for kind, values in found.items()}
+
+
+def run(count: int, rtt_ms: float, items: int, workdir: Path) -> dict:
+    from bench import synthetic
+    from bench.latency import shoppers_written_to
+    from recommender.store import open_event_store
+
+    results: dict = {"answers": count, "rtt_ms": rtt_ms, "items": items, "kinds": list(KINDS)}
+    url = os.environ.get("TEST_POSTGRES_URL")
+    if not url:
+        return {**results, "skipped": "TEST_POSTGRES_URL is not set"}
+    import psycopg
+    from threadpoolctl import threadpool_limits
+
+    artifact = synthetic.build_artifact(items)
+    synthetic.publish_artifact(workdir / "models", artifact)
+    shop = synthetic.prepare_shop(workdir / "shop", artifact, workdir / "models")
+    with contextlib.closing(open_event_store(url)) as store, shoppers_written_to(store, shop), \
+            threadpool_limits(limits=1, user_api="blas"):  # as instances run (main.py)
+        results["round_trips"] = counted(shop, url)
+        for name, rtt in [("loopback", 0.0)] + ([("relayed", rtt_ms)] if rtt_ms > 0 else []):
+            with contextlib.ExitStack() as stack:
+                reached = process.relayed_postgres_url(url, rtt, workdir / "logs", stack)
+                with psycopg.connect(reached, autocommit=True) as conn:
+                    round_trip = select_one_ms(conn)
+                taken = measure(shop, reached, count, timed)
+                results[name] = {"round_trip_ms": round_trip,
+                                 **{kind: round(statistics.median(values), 3) for kind, values in taken.items()}}
+    return results
+
+
+def table(results: dict) -> str:
+    if "skipped" in results:
+        return f"PostgreSQL: skipped ({results['skipped']})."
+    relayed = results.get("relayed")
+    head = ["answer", "round trips", f"loopback (a round trip {results['loopback']['round_trip_ms']} ms)"]
+    if relayed:
+        head += [f"a round trip of {relayed['round_trip_ms']} ms", "÷ one round trip"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for kind in results["kinds"]:
+        row = [kind, ", ".join(map(str, sorted(set(results["round_trips"][kind])))),
+               f"{results['loopback'][kind]} ms"]
+        if relayed:
+            row += [f"{relayed[kind]} ms", f"{relayed[kind] / relayed['round_trip_ms']:.2f}"]
+        lines.append("| " + " | ".join(row) + " |")
+    lines.append(f"\nMedians of {results['answers']} answers a kind, {results['items']:,} items, one BLAS thread;"
+                 " round trips counted for three answers a kind.")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--answers", type=int, default=40, help="answers of each kind (default 40)")
+    parser.add_argument("--rtt-ms", type=float, default=2.5,
+                        help="PostgreSQL this far away too, through a relay (default 2.5; 0: loopback only)")
+    parser.add_argument("--items", type=int, default=10_000, help="the model's products (default 10,000)")
+    parser.add_argument("--out", type=Path, help="write answer_probe.json and answer_probe.md here")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="answer-probe-") as workdir:
+        results = run(args.answers, args.rtt_ms, args.items, Path(workdir))
+    text = table(results)
+    print(text)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "answer_probe.json").write_text(json.dumps(results, indent=2) + "\n")
+        (args.out / "answer_probe.md").write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

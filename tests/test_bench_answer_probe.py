@@ -1,0 +1,42 @@
+"""bench.answer_probe: the round trips each kind of answer waits for, and its table (no timing asserted)."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.answer_probe import KINDS, run, table
+from tests.postgres_schema import run as run_sql
+from tests.postgres_schema import server_url, temporary_schema
+
+
+def test_without_postgresql_it_says_why_not(tmp_path, monkeypatch):
+    monkeypatch.delenv("TEST_POSTGRES_URL", raising=False)
+
+    results = run(3, 0.0, 2000, tmp_path)
+
+    assert results["skipped"] == "TEST_POSTGRES_URL is not set"
+    assert table(results) == "PostgreSQL: skipped (TEST_POSTGRES_URL is not set)."
+
+
+def test_on_postgresql_each_kind_waits_for_the_round_trips_its_reads_need(tmp_path, monkeypatch):
+    server_url()  # a skip with the reason where no PostgreSQL is configured
+    with temporary_schema() as url:
+        monkeypatch.setenv("TEST_POSTGRES_URL", url)
+
+        results = run(3, 0.0, 2000, tmp_path)
+        leftovers = [run_sql(url, f"SELECT count(*) FROM {name}")[0][0] for name in ("events", "shop_state")]
+
+    # By hand: a new instance connects (two), finds the schema current (one), checks the shop, takes the catalog's
+    # snapshot and reads the answer's cards; a product asked about first checks the shop and reads cards; a cached
+    # answer reads nothing; a shopper's answer reads their history with the shop check, then cards it has not read.
+    # psycopg prepares a statement on its fifth use on a connection: one round trip more, once.
+    trips = results["round_trips"]
+    assert trips["a new instance's first answer"] == [6, 6, 6]
+    assert trips["related, again"] == trips["trending, again"] == [0, 0, 0]
+    assert set(trips["related, first time"]) <= {2, 3} and set(trips["personalized, a shopper's first"]) <= {2, 3}
+    assert set(trips["personalized, again"]) <= {1, 2}
+    assert all(results["loopback"][kind] > 0 for kind in KINDS) and "relayed" not in results
+    assert leftovers == [0, 0]
+    lines = table(results).splitlines()
+    assert lines[0].startswith("| answer | round trips | loopback") and len(lines) == 2 + len(KINDS) + 2
+    assert lines[2] == f"| a new instance's first answer | 6 | {results['loopback'][KINDS[0]]} ms |"
