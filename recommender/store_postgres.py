@@ -228,20 +228,55 @@ _STORE_PROPOSED = (
     " RETURNING id)"
 )
 
-_APPLY_EVENTS = (
-    "WITH delivery AS ("
+# One delivery's row (`delivery`: a row if it is new), and the install mark it makes if it is new and proves one.
+_DELIVERY_ROW = (
+    "delivery AS ("
     " INSERT INTO deliveries (shop, webhook_id, topic, event_id, received_at)"
     " VALUES (%(shop)s, %(webhook_id)s, %(topic)s, %(event_id)s, %(received_at)s)"
-    " ON CONFLICT (shop, webhook_id) DO NOTHING RETURNING true),"
+    " ON CONFLICT (shop, webhook_id) DO NOTHING RETURNING true)"
+)
+_INSTALLED_BY_DELIVERY = (
+    " installed AS ("
+    " INSERT INTO shop_state (shop, installed, changed_at) SELECT %(shop)s, true, now()"
+    " WHERE %(proves_install)s AND EXISTS (SELECT FROM delivery) AND" + _NOT_YET_INSTALLED + _INSTALL_CONFLICT + ")"
+)
+
+
+def _links_stored(condition: str = "") -> str:
+    """Each cart token's link (`%(links)s`: anonymous_id, customer_id) of `%(shop)s`, a new one or its new customer."""
+    return ("INSERT INTO identity_links (shop, anonymous_id, customer_id)"
+            " SELECT %(shop)s, l.anonymous_id, l.customer_id"
+            " FROM json_to_recordset(%(links)s::json) AS l (anonymous_id text, customer_id text)" + condition +
+            " ON CONFLICT (shop, anonymous_id) DO UPDATE SET customer_id = excluded.customer_id")
+
+
+def _links_joined(condition: str = "") -> str:
+    """Each token's guest events (no customer yet) joined to the customer `%(links)s` links it to."""
+    return ("UPDATE events SET customer_id = l.customer_id, user_key = 'c:' || l.customer_id"
+            " FROM json_to_recordset(%(links)s::json) AS l (anonymous_id text, customer_id text)"
+            " WHERE events.shop = %(shop)s AND events.anonymous_id = l.anonymous_id AND events.customer_id IS NULL"
+            + condition)
+
+
+_APPLY_EVENTS = (
+    "WITH " + _DELIVERY_ROW + ","
     " proposed AS ("
     f" SELECT nextval((SELECT pg_get_serial_sequence('events', 'id'))) AS id, {_PROPOSED}, e.position"
     + _events_linked("%(events)s") +
     " WHERE EXISTS (SELECT FROM delivery)),"
-    + _STORE_PROPOSED + ","
-    " installed AS ("
-    " INSERT INTO shop_state (shop, installed, changed_at) SELECT %(shop)s, true, now()"
-    " WHERE %(proves_install)s AND EXISTS (SELECT FROM delivery) AND" + _NOT_YET_INSTALLED + _INSTALL_CONFLICT + ")"
+    + _STORE_PROPOSED + "," + _INSTALLED_BY_DELIVERY +
     " SELECT EXISTS (SELECT FROM delivery), (SELECT count(*) FROM stored JOIN proposed USING (id))"
+)
+
+# One delivery of checkouts' links alone (a checkout naming its cart's customer), after its tokens' locks: the
+# delivery row and, only if it is new, each link, each token's guest events joined to its customer and the install
+# mark, in one statement (one round trip with the locks, where the page of one takes two).
+_APPLY_LINKS = (
+    "WITH " + _DELIVERY_ROW + ","
+    " link AS (" + _links_stored(" WHERE EXISTS (SELECT FROM delivery)") + "),"
+    " joined AS (" + _links_joined(" AND EXISTS (SELECT FROM delivery)") + "),"
+    + _INSTALLED_BY_DELIVERY +
+    " SELECT EXISTS (SELECT FROM delivery), 0"
 )
 
 # A beacon's events, stored only if their shop is installed (`add_events_if_installed`): whether it is, and how
@@ -316,17 +351,8 @@ _STOCK_OF_ITEMS = (
 )
 # A page of checkouts' links (`_apply_links_page`): each cart token's link, then the token's guest events joined to
 # its customer.
-_PAGE_LINKS = (
-    "INSERT INTO identity_links (shop, anonymous_id, customer_id)"
-    " SELECT %s, l.anonymous_id, l.customer_id"
-    " FROM json_to_recordset(%s::json) AS l (anonymous_id text, customer_id text)"
-    " ON CONFLICT (shop, anonymous_id) DO UPDATE SET customer_id = excluded.customer_id"
-)
-_LINKED_EVENTS = (
-    "UPDATE events SET customer_id = l.customer_id, user_key = 'c:' || l.customer_id"
-    " FROM json_to_recordset(%s::json) AS l (anonymous_id text, customer_id text)"
-    " WHERE events.shop = %s AND events.anonymous_id = l.anonymous_id AND events.customer_id IS NULL"
-)
+_PAGE_LINKS = _links_stored()
+_LINKED_EVENTS = _links_joined()
 # Advisory locks taken in one statement, in the order given (the subquery's ORDER BY runs before the calls).
 _TAKE_LOCKS = ("SELECT pg_advisory_xact_lock(k.namespace, k.key) FROM (SELECT * FROM unnest(%s::int4[], %s::int4[])"
                " WITH ORDINALITY AS u (namespace, key, position) ORDER BY position) AS k")
@@ -668,9 +694,9 @@ class PostgresEventStore(SharedQueries):
         Returns how many events were new (an order line or cart line already stored
         through another delivery counts once), or None when this webhook_id was seen before.
         Events alone (an order, a cart) go as one statement (`_APPLY_EVENTS`), after their guests' locks if they
-        have any, in one round trip either way; cancellations and refunds as `apply_many`'s page of orders does, in
-        two whatever the number of lines, a stock level or a checkout's link as their pages do, in two, and a
-        product's update as its page of products does, in three (its deletion in two).
+        have any, in one round trip either way; a checkout's link likewise (`_APPLY_LINKS`); cancellations and
+        refunds as `apply_many`'s page of orders does, in two whatever the number of lines, a stock level as its
+        page does, in two, and a product's update as its page of products does, in three (its deletion in two).
         """
         if self._events_alone(changes):  # an order, a cart: one statement, after its guests' locks if it has any
             params = self._events_params(delivery, changes.events)
@@ -684,9 +710,20 @@ class PostgresEventStore(SharedQueries):
                 return lambda: self._stored_events(sent)
 
             return self._write_pipelined(after_the_locks)
-        if any(page([(delivery, changes)]) for page in (_orders_page, _catalog_page, _inventory_page, _links_page)):
-            # a cancellation, a refund, a product's update or deletion, a stock level, a checkout's link: as a page
-            # of one
+        if _links_page([(delivery, changes)]):  # a checkout's link: one statement after its tokens' locks
+            params = {**self._delivery_params(delivery), "links": json.dumps([
+                {"anonymous_id": link.anonymous_id, "customer_id": link.customer_id}
+                for link in changes.identity_links])}
+
+            def linked(conn: psycopg.Connection) -> Callable[[], int | None]:
+                self._take_locks(conn, [_lock_key(ANONYMOUS_ID_LOCK, delivery.shop, link.anonymous_id)
+                                        for link in changes.identity_links])
+                sent = conn.execute(_APPLY_LINKS, params)
+                return lambda: self._stored_events(sent)
+
+            return self._write_pipelined(linked)
+        if any(page([(delivery, changes)]) for page in (_orders_page, _catalog_page, _inventory_page)):
+            # a cancellation, a refund, a product's update or deletion, a stock level: as a page of one
             return self.apply_many([(delivery, changes)])[0]
         return self._write(lambda conn: self._apply_delivery(conn, delivery, changes))
 
@@ -878,8 +915,8 @@ class PostgresEventStore(SharedQueries):
         links = json.dumps([{"anonymous_id": link.anonymous_id, "customer_id": link.customer_id}
                             for _, _, changes in fresh for link in changes.identity_links])
         if fresh:
-            conn.execute(_PAGE_LINKS, (shop, links))
-            conn.execute(_LINKED_EVENTS, (links, shop))
+            conn.execute(_PAGE_LINKS, {"shop": shop, "links": links})
+            conn.execute(_LINKED_EVENTS, {"shop": shop, "links": links})
         self._mark_installed_by(conn, shop, fresh)
         return lambda: results
 
@@ -907,11 +944,15 @@ class PostgresEventStore(SharedQueries):
     @staticmethod
     def _events_params(delivery: Delivery, events: Sequence[Event]) -> dict:
         """`_APPLY_EVENTS`' parameters for a delivery of events alone (a guest's after its token's lock)."""
-        params: dict = {"events": json.dumps([_event_row(e) for e in _first_of_each_key(events)])}
-        params.update(shop=delivery.shop, webhook_id=delivery.webhook_id, topic=delivery.topic,
-                      event_id=delivery.event_id, received_at=delivery.received_at, happened_at=delivery.happened_at,
-                      proves_install=delivery.topic not in TOPICS_NOT_PROVING_INSTALL)
-        return params
+        return {**PostgresEventStore._delivery_params(delivery),
+                "events": json.dumps([_event_row(e) for e in _first_of_each_key(events)])}
+
+    @staticmethod
+    def _delivery_params(delivery: Delivery) -> dict:
+        """The parameters of `_DELIVERY_ROW` and `_INSTALLED_BY_DELIVERY`."""
+        return {"shop": delivery.shop, "webhook_id": delivery.webhook_id, "topic": delivery.topic,
+                "event_id": delivery.event_id, "received_at": delivery.received_at,
+                "happened_at": delivery.happened_at, "proves_install": delivery.topic not in TOPICS_NOT_PROVING_INSTALL}
 
     @staticmethod
     def _store_events(conn: psycopg.Connection, params: dict) -> int | None:
@@ -920,8 +961,8 @@ class PostgresEventStore(SharedQueries):
 
     @staticmethod
     def _stored_events(sent: psycopg.Cursor) -> int | None:
-        """What `_APPLY_EVENTS` or `_INSTALLED_SHOPS_EVENTS` answered: the events new, or None for a delivery stored
-        before or a shop not installed (nothing stored)."""
+        """What `_APPLY_EVENTS`, `_APPLY_LINKS` or `_INSTALLED_SHOPS_EVENTS` answered: the events new, or None for a
+        delivery stored before or a shop not installed (nothing stored)."""
         fresh, inserted = sent.fetchone()
         return inserted if fresh else None
 
