@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import statistics
 import sys
@@ -34,7 +33,7 @@ from typing import Callable
 from urllib.parse import urlsplit
 
 from bench import process
-from bench.round_trips import RoundTripCounter, select_one_ms
+from bench.round_trips import RoundTripCounter, add_distance_argument, print_and_write, select_one_ms
 
 KINDS = ("a new instance's first answer", "related, first time", "related, again", "trending, again",
          "personalized, a shopper's first", "personalized, again")
@@ -148,19 +147,13 @@ def table(results: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--answers", type=int, default=40, help="answers of each kind (default 40)")
-    parser.add_argument("--rtt-ms", type=float, default=2.5,
-                        help="PostgreSQL this far away too, through a relay (default 2.5; 0: loopback only)")
+    add_distance_argument(parser)
     parser.add_argument("--items", type=int, default=10_000, help="the model's products (default 10,000)")
     parser.add_argument("--out", type=Path, help="write answer_probe.json and answer_probe.md here")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="answer-probe-") as workdir:
         results = run(args.answers, args.rtt_ms, args.items, Path(workdir))
-    text = table(results)
-    print(text)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "answer_probe.json").write_text(json.dumps(results, indent=2) + "\n")
-        (args.out / "answer_probe.md").write_text(text + "\n")
+    print_and_write(results, table(results), args.out, "answer_probe")
     return 0
 
 

@@ -39,7 +39,7 @@ from typing import Iterator
 from urllib.parse import urlsplit
 
 from bench import process
-from bench.round_trips import RoundTripCounter, select_one_ms
+from bench.round_trips import RoundTripCounter, add_distance_argument, print_and_write, select_one_ms
 from recommender.changes import ChangeSet, Delivery
 from recommender.store import EventStore, SQLiteEventStore, open_event_store
 from webhooks.pixel import pixel_events
@@ -298,20 +298,14 @@ def table(results: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--deliveries", type=int, default=40, help="deliveries of each kind (default 40)")
-    parser.add_argument("--rtt-ms", type=float, default=2.5,
-                        help="PostgreSQL this far away too, through a relay (default 2.5; 0: loopback only)")
+    add_distance_argument(parser)
     parser.add_argument("--http", action="store_true",
                         help="also send each kind through main.py under functions-framework (PostgreSQL only)")
     parser.add_argument("--out", type=Path, help="write delivery_probe.json and delivery_probe.md here")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="delivery-probe-") as workdir:
         results = run(args.deliveries, args.rtt_ms, Path(workdir), http=args.http)
-    text = table(results)
-    print(text)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "delivery_probe.json").write_text(json.dumps(results, indent=2) + "\n")
-        (args.out / "delivery_probe.md").write_text(text + "\n")
+    print_and_write(results, table(results), args.out, "delivery_probe")
     return 0
 
 

@@ -11,13 +11,15 @@ their results (PostgreSQL's pipeline mode) reach the relay before any answer has
 answer takes a whole round trip of 2 × delay, so they count once, with the statement that waits. What the count
 cannot tell apart is a client that stops for longer than that round trip between two sends it did not wait for:
 the delay (`delay_s`, 50 ms a way by default: a margin of 0.1 s) is that margin. `bench.delivery_probe` and the round-trip tests of
-`tests/test_store_postgres.py` count with it; `select_one_ms` is the round trip both write probes
-report.
+`tests/test_store_postgres.py` count with it; `select_one_ms` is the round trip the PostgreSQL probes
+report (`bench.delivery_probe`, `bench.backfill_probe`, `bench.answer_probe`), and `add_distance_argument` and
+`print_and_write` are the answer and delivery probes' shared `--rtt-ms` and output.
 """
 
 from __future__ import annotations
 
 import heapq
+import json
 import itertools
 import socket
 import statistics
@@ -35,6 +37,21 @@ def select_one_ms(conn, times: int = 50) -> float:
         conn.execute("SELECT 1").fetchone()
         taken.append(time.perf_counter() - begin)
     return round(statistics.median(taken) * 1e3, 3)
+
+
+def add_distance_argument(parser) -> None:
+    """`--rtt-ms` as both PostgreSQL probes take it (`process.relayed_postgres_url`)."""
+    parser.add_argument("--rtt-ms", type=float, default=2.5,
+                        help="PostgreSQL this far away too, through a relay (default 2.5; 0: loopback only)")
+
+
+def print_and_write(results: dict, text: str, out, name: str) -> None:
+    """A probe's table printed, and with `out` (a folder) its results as NAME.json and the table as NAME.md."""
+    print(text)
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
+        (out / f"{name}.md").write_text(text + "\n")
 
 
 class RoundTripCounter:
