@@ -19,8 +19,8 @@ report (`bench.delivery_probe`, `bench.backfill_probe`, `bench.answer_probe`), a
 from __future__ import annotations
 
 import heapq
-import json
 import itertools
+import json
 import socket
 import statistics
 import threading
@@ -40,7 +40,7 @@ def select_one_ms(conn, times: int = 50) -> float:
 
 
 def add_distance_argument(parser) -> None:
-    """`--rtt-ms` as both PostgreSQL probes take it (`process.relayed_postgres_url`)."""
+    """`--rtt-ms` as the answer and delivery probes take it (`process.relayed_postgres_url`)."""
     parser.add_argument("--rtt-ms", type=float, default=2.5,
                         help="PostgreSQL this far away too, through a relay (default 2.5; 0: loopback only)")
 

@@ -229,6 +229,8 @@ _STORE_PROPOSED = (
 )
 
 # One delivery's row (`delivery`: a row if it is new), and the install mark it makes if it is new and proves one.
+# The order in which a statement's CTEs write is not defined; the mark has been seen locking the shop's row before the
+# statement's other writes lock theirs. A deadlock with a writer taking them the other way is retried (WRITE_ATTEMPTS).
 _DELIVERY_ROW = (
     "delivery AS ("
     " INSERT INTO deliveries (shop, webhook_id, topic, event_id, received_at)"

@@ -973,6 +973,34 @@ def test_checkouts_links_stored_set_wise_answer_as_one_delivery_after_another(pg
     sqlite.close()
 
 
+@pytest.mark.parametrize("triggered", ["before the uninstall", "after it"])
+def test_one_delivery_of_several_links_answers_as_sqlite_and_reinstalls_only_if_triggered_after_an_uninstall(
+        pg_store, tmp_path, triggered):
+    # Arrange: two guests' carts, then the shop uninstalled (committed); one delivery linking both tokens to customer 7
+    from recommender.changes import IdentityLink
+
+    carts = [webhook("carts/update", {"token": token, "updated_at": "2026-11-01T00:00:00Z", "line_items": [
+        {"product_id": pid, "variant_id": pid * 10, "quantity": 1, "price": "5.00"}]}, f"wh-cart-{token}")
+        for token, pid in (("tok-1", 1), ("tok-2", 2))]
+    sqlite = sqlite_beside(pg_store, tmp_path, carts)
+    both = (sqlite, pg_store)
+    for store in both:
+        store.set_shop_installed(SHOP, False)
+    delivery = Delivery(SHOP, "wh-links", "checkouts/update", triggered_at=datetime(2026, 1, 1, tzinfo=timezone.utc)
+                        if triggered == "before the uninstall" else None)
+    changes = ChangeSet(identity_links=(IdentityLink("tok-1", "7"), IdentityLink("tok-2", "7")))
+
+    # Act: the delivery, then its redelivery
+    stored = [[store.apply(delivery, changes), store.apply(delivery, changes)] for store in both]
+
+    # Assert: both carts' events are now customer 7's; the shop is installed again only by a checkout made after
+    assert stored == [[0, None], [0, None]]
+    assert answers(pg_store) == answers(sqlite)
+    assert {i.product_id: i.user_key for i in pg_store.interactions(SHOP)} == {"1": "c:7", "2": "c:7"}
+    assert [store.is_shop_installed(SHOP) for store in both] == [triggered == "after it"] * 2
+    sqlite.close()
+
+
 def test_events_added_set_wise_answer_as_one_event_after_another(pg_store, tmp_path):
     """`add_events` (a pixel's beacon, a history import) in one statement: what each event alone would leave."""
     # Arrange
