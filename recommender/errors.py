@@ -38,5 +38,5 @@ class StoreError(RecommenderError):
 
 
 class ShopNotInstalled(RecommenderError):
-    """The shop has not installed the app, or has uninstalled it: nothing is served for it (but the answers for
-    everyone an instance cached before the uninstall, until their time is up)."""
+    """The shop has not installed the app, or has uninstalled it: nothing is served for it (answers for everyone
+    only up to ANSWER_CACHE_SECONDS after an uninstall, on an instance that served the shop just before)."""

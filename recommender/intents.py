@@ -13,6 +13,7 @@ as `fallback_from`/`fallback_reason`, and every item names the strategy that ser
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import time
@@ -181,14 +182,16 @@ class Recommender:
 
     def __init__(self, store: EventStore, models: ModelHolder, catalog: CatalogCache, trending: TrendingCache,
                  history_limit: int, new_id: Callable[[], str] = lambda: os.urandom(16).hex(),
-                 cache_seconds: float = 0.0):
+                 cache_seconds: float = 0.0, clock: Callable[[], float] = time.monotonic):
         self._store = store
         self._models = models
         self._catalog = catalog
         self._trending = trending
         self._history_limit = history_limit
         self._new_id = new_id
-        self._answers = AnswerCache(cache_seconds)
+        self._answers = AnswerCache(cache_seconds, clock=clock)
+        self._cache_seconds, self._clock = cache_seconds, clock
+        self._installed_at: dict[str, float] = {}  # shop -> when the store last said it is installed
 
     def recommend(self, request: RecommendRequest) -> RecommendResponse:
         if not request.personal:
@@ -203,13 +206,23 @@ class Recommender:
             if cached is not None:
                 self._models.in_memory(request.shop)
                 return cached
-        # Otherwise the shop is checked per request, so app/uninstalled stops it at once; a shopper's answer reads
-        # the shopper's stored events in the same round trip.
+        # A shopper's answer checks the shop in the round trip that reads the shopper's stored events, so
+        # app/uninstalled stops it at once. An answer for everyone is made without asking again for as long as a
+        # cached one would be served (`cache_seconds` since the store last said the shop is installed).
         keys = self._history_keys(request) if request.personal else []
-        installed, stored = self._store.installed_with_histories(request.shop, keys, self._history_limit) if keys \
-            else (self._store.is_shop_installed(request.shop), None)
+        asked_at: float | None = self._clock()
+        stored = None
+        if keys:
+            installed, stored = self._store.installed_with_histories(request.shop, keys, self._history_limit)
+        elif not request.personal and asked_at - self._installed_at.get(request.shop, -math.inf) < self._cache_seconds:
+            installed, asked_at = True, None  # not asked: the time the store last said so is kept
+        else:
+            installed = self._store.is_shop_installed(request.shop)
         if not installed:
+            self._installed_at.pop(request.shop, None)
             raise ShopNotInstalled(f"{request.shop} has not installed the app (or has uninstalled it)")
+        if asked_at is not None:
+            self._installed_at[request.shop] = asked_at
         model = self._model(request)
         if not request.personal:
             answer = self._answer(request, model)

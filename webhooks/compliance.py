@@ -3,7 +3,7 @@
     customers/redact        delete every event of the customer and of the listed orders
     shop/redact             delete everything the shop has, models included
     customers/data_request  export what is stored about the customer, kept for the merchant
-    app/uninstalled         stop serving the shop (answers an instance cached: within ANSWER_CACHE_SECONDS)
+    app/uninstalled         stop serving the shop (answers for everyone: within ANSWER_CACHE_SECONDS)
 
 Each action is idempotent, so a retried delivery is harmless. They run after the HMAC
 check like every topic (an invalid signature is a 401 here too).
