@@ -1,7 +1,7 @@
 """What a storefront's answer waits for with the events in PostgreSQL: each kind of answer, its round trips to
 the store counted on the wire and timed with the store on loopback and farther away.
 
-    python -m bench.answer_probe [--answers 40] [--rtt-ms 2.5] [--items 10000] [--out DIR]
+    python -m bench.answer_probe [--answers 40] [--rtt-ms 2.5] [--items 10000] [--http] [--out DIR]
 
 A synthetic model of --items products (`bench.synthetic`), its shoppers' events written to PostgreSQL
 (TEST_POSTGRES_URL, the shop installed there: `bench.latency.shoppers_written_to`), and the instance's
@@ -16,7 +16,10 @@ A synthetic model of --items products (`bench.synthetic`), its shoppers' events 
 
 Round trips are counted through `bench.round_trips.RoundTripCounter` (three answers a kind); times are medians of
 --answers answers a kind, with --rtt-ms added to each round trip through bench/latency_proxy.py (the way to Cloud
-SQL, emulated), beside the floor: a `SELECT 1` over a connection the same distance away.
+SQL, emulated), beside the floor: a `SELECT 1` over a connection the same distance away. With --http, the warm
+kinds are also asked as the storefront asks them (signed as Shopify's app proxy signs them, one at a time) of
+`main.py` under functions-framework, a process of its own on the farthest store, beside the floor: the same
+requests answered by a bare function in the same framework.
 """
 
 from __future__ import annotations
@@ -96,7 +99,45 @@ def counted(shop, url: str, count: int = 3) -> dict[str, list[int]]:
     return {kind: [int(n) for n in values] for kind, values in found.items()}
 
 
-def run(count: int, rtt_ms: float, items: int, workdir: Path) -> dict:
+def over_http(shop, url: str, count: int, workdir: Path) -> dict:
+    """Each warm kind's answers, one at a time, from `main.py` under functions-framework on the store at `url`, and the
+    same requests to the bare function: medians in ms."""
+    import requests
+
+    from bench.synthetic import write_floor_source
+
+    log_dir = workdir / "logs"
+    ours = process.spawn("app", process.ROOT / "main.py", shop.env(EVENT_STORE_URL=url), log_dir, threads=1)
+    floor = process.spawn("floor", write_floor_source(workdir / "floor"), {}, log_dir, threads=1)
+    taken: dict[str, list[float]] = {kind: [] for kind in KINDS[1:]}
+    floors: dict[str, list[float]] = {kind: [] for kind in KINDS[1:]}
+    try:
+        process.wait_until_serving(ours, "/healthz")
+        process.wait_until_serving(floor, "/")
+        with requests.Session() as session:
+            def ask(server: process.Server, intent: str, i: int) -> float:
+                begin = time.perf_counter()
+                answer = session.get(f"{server.base}/recommend?{shop.storefront_query(intent, i)}", timeout=60)
+                took = (time.perf_counter() - begin) * 1e3
+                if server is ours and answer.status_code != 200:
+                    raise RuntimeError(f"{intent} {i}: {answer.status_code} {answer.text[:300]}")
+                return took
+
+            ask(ours, "related", count)  # the connection, the catalog's snapshot, the model: not timed
+            ask(ours, "trending", 0)
+            for i in range(count):
+                for kind, intent, k in zip(KINDS[1:], ("related", "related", "trending", "personalized", "personalized"),
+                                           (count + 1 + i, count + 1 + i, 0, i, i)):
+                    taken[kind].append(ask(ours, intent, k))
+                    floors[kind].append(ask(floor, intent, k))
+    finally:
+        ours.stop()
+        floor.stop()
+    return {kind: {"median_ms": round(statistics.median(taken[kind]), 3),
+                   "floor_median_ms": round(statistics.median(floors[kind]), 3)} for kind in taken}
+
+
+def run(count: int, rtt_ms: float, items: int, workdir: Path, http: bool = False) -> dict:
     from bench import synthetic
     from bench.latency import shoppers_written_to
     from recommender.store import open_event_store
@@ -122,6 +163,8 @@ def run(count: int, rtt_ms: float, items: int, workdir: Path) -> dict:
                 taken = measure(shop, reached, count, timed)
                 results[name] = {"round_trip_ms": round_trip,
                                  **{kind: round(statistics.median(values), 3) for kind, values in taken.items()}}
+                if http and rtt == rtt_ms:  # the farthest store, as a deployment reaches it
+                    results["http"] = {"over": name, **over_http(shop, reached, count, workdir)}
     return results
 
 
@@ -139,6 +182,12 @@ def table(results: dict) -> str:
         if relayed:
             row += [f"{relayed[kind]} ms", f"{relayed[kind] / relayed['round_trip_ms']:.2f}"]
         lines.append("| " + " | ".join(row) + " |")
+    http = results.get("http")
+    if http:
+        lines += ["", f"Over HTTP (`main.py` under functions-framework, the store {http['over']}), one request at a time:",
+                  "", "| answer | ours | the bare function | ours − floor |", "|---|---|---|---|"]
+        lines += [f"| {kind} | {http[kind]['median_ms']} ms | {http[kind]['floor_median_ms']} ms | "
+                  f"{http[kind]['median_ms'] - http[kind]['floor_median_ms']:.2f} ms |" for kind in results["kinds"][1:]]
     lines.append(f"\nMedians of {results['answers']} answers a kind, {results['items']:,} items, one BLAS thread;"
                  " round trips counted for three answers a kind.")
     return "\n".join(lines)
@@ -148,11 +197,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--answers", type=int, default=40, help="answers of each kind (default 40)")
     add_distance_argument(parser)
+    parser.add_argument("--http", action="store_true",
+                        help="also ask the warm kinds of main.py under functions-framework, beside a bare function")
     parser.add_argument("--items", type=int, default=10_000, help="the model's products (default 10,000)")
     parser.add_argument("--out", type=Path, help="write answer_probe.json and answer_probe.md here")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="answer-probe-") as workdir:
-        results = run(args.answers, args.rtt_ms, args.items, Path(workdir))
+        results = run(args.answers, args.rtt_ms, args.items, Path(workdir), http=args.http)
     print_and_write(results, table(results), args.out, "answer_probe")
     return 0
 

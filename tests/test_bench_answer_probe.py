@@ -42,3 +42,17 @@ def test_on_postgresql_each_kind_waits_for_the_round_trips_its_reads_need(tmp_pa
     lines = table(results).splitlines()
     assert lines[0].startswith("| answer | round trips | loopback") and len(lines) == 2 + len(KINDS) + 2
     assert lines[2] == f"| a new instance's first answer | 6 | {results['loopback'][KINDS[0]]} ms |"
+
+
+def test_over_http_each_warm_kind_is_answered_by_the_real_app_beside_the_bare_function(tmp_path, monkeypatch):
+    server_url()
+    with temporary_schema() as url:
+        monkeypatch.setenv("TEST_POSTGRES_URL", url)
+
+        # `over_http` checks every answer of ours is a 200, or it raises
+        results = run(2, 0.0, 2000, tmp_path, http=True)
+
+    http = results["http"]
+    assert http["over"] == "loopback" and set(http) == {"over", *KINDS[1:]}
+    assert all(http[kind]["median_ms"] > 0 and http[kind]["floor_median_ms"] > 0 for kind in KINDS[1:])
+    assert "Over HTTP (`main.py` under functions-framework, the store loopback)" in table(results)
