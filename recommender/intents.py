@@ -13,7 +13,6 @@ as `fallback_from`/`fallback_reason`, and every item names the strategy that ser
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import time
@@ -166,7 +165,8 @@ class AnswerCache:
         items = tuple(RecommendedItem._make(flat[i:i + width]) for i in range(0, len(flat), width))
         return RecommendResponse(new_id(), *entry[1:6], items)
 
-    def put(self, request: RecommendRequest, response: RecommendResponse) -> None:
+    def put(self, request: RecommendRequest, response: RecommendResponse, since: float | None = None) -> None:
+        """Keep `response` for the TTL, counted from `since` (by default now): the time of what it relied on."""
         if self._ttl <= 0:
             return
         entries, now = self._entries, self._clock()
@@ -174,7 +174,7 @@ class AnswerCache:
             fresh = [(key, entry) for key, entry in list(entries.items()) if now - entry[0] < self._ttl]
             entries = self._entries = dict(fresh) if len(fresh) <= self._max // 2 else {}
         flat = sum(response.items, ())  # the items' fields in a row
-        entries[tuple(request)] = (now, *response[1:-1], flat)
+        entries[tuple(request)] = (now if since is None else since, *response[1:-1], flat)
 
 
 class Recommender:
@@ -191,7 +191,9 @@ class Recommender:
         self._new_id = new_id
         self._answers = AnswerCache(cache_seconds, clock=clock)
         self._cache_seconds, self._clock = cache_seconds, clock
-        self._installed_at: dict[str, float] = {}  # shop -> when the store last said it is installed
+        # shop -> (when the store was last asked, whether it said installed); a shop it never said was installed
+        # gets no entry, so names of shops that never installed the app fill nothing here
+        self._checked: dict[str, tuple[float, bool]] = {}
 
     def recommend(self, request: RecommendRequest) -> RecommendResponse:
         if not request.personal:
@@ -207,26 +209,31 @@ class Recommender:
                 self._models.in_memory(request.shop)
                 return cached
         # A shopper's answer checks the shop in the round trip that reads the shopper's stored events, so
-        # app/uninstalled stops it at once. An answer for everyone is made without asking again for as long as a
-        # cached one would be served (`cache_seconds` since the store last said the shop is installed).
+        # app/uninstalled stops it at once. An answer for everyone is made without asking again within
+        # `cache_seconds` of the store last saying the shop is installed, and cached until that time is up: such
+        # answers outlive an uninstall by `cache_seconds` at most, as cached ones do.
         keys = self._history_keys(request) if request.personal else []
-        asked_at: float | None = self._clock()
+        now = self._clock()
+        last = self._checked.get(request.shop)
         stored = None
-        if keys:
-            installed, stored = self._store.installed_with_histories(request.shop, keys, self._history_limit)
-        elif not request.personal and asked_at - self._installed_at.get(request.shop, -math.inf) < self._cache_seconds:
-            installed, asked_at = True, None  # not asked: the time the store last said so is kept
+        if not request.personal and last is not None and last[1] and now - last[0] < self._cache_seconds:
+            installed, asked_at = True, last[0]
         else:
-            installed = self._store.is_shop_installed(request.shop)
+            if keys:
+                installed, stored = self._store.installed_with_histories(request.shop, keys, self._history_limit)
+            else:
+                installed = self._store.is_shop_installed(request.shop)
+            asked_at = now
+            # Only a newer answer replaces an older one: a slow "installed" never undoes a later "not installed".
+            last = self._checked.get(request.shop)
+            if (installed or last is not None) and (last is None or asked_at >= last[0]):
+                self._checked[request.shop] = (asked_at, installed)
         if not installed:
-            self._installed_at.pop(request.shop, None)
             raise ShopNotInstalled(f"{request.shop} has not installed the app (or has uninstalled it)")
-        if asked_at is not None:
-            self._installed_at[request.shop] = asked_at
         model = self._model(request)
         if not request.personal:
             answer = self._answer(request, model)
-            self._answers.put(request, answer)
+            self._answers.put(request, answer, since=asked_at)
             return answer
         return self._answer(request, model, stored)
 

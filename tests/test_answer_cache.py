@@ -81,6 +81,59 @@ def test_after_app_uninstalled_answers_for_everyone_go_on_for_their_cache_time_a
     assert (personal.status_code, personal.json["error"]) == (404, "shop_not_installed")
 
 
+def test_answers_for_everyone_outlive_an_uninstall_by_the_cache_time_at_most(app_client, env):
+    """Timed with a clock of the test's own: answers made without the shop check are cached only until the window
+    of the check they relied on ends, and a shopper's "not installed" closes that window at once."""
+    # Arrange: the planted shop trained; a Recommender on its store, answers kept 30 s
+    from recommender.catalog import CatalogCache
+    from recommender.errors import ShopNotInstalled
+    from recommender.intents import Recommender
+    from recommender.runtime import Runtime
+    from recommender.settings import Settings
+    from recommender.trending import TrendingCache
+
+    for order in planted_orders():
+        post_webhook(app_client, "orders/create", order)
+    assert app_client.post("/train", headers=AUTH).status_code == 200
+    settings = Settings.from_mapping(env)
+    runtime = Runtime.from_settings(settings)
+    store, now = runtime.store, [0.0]
+    recommender = Recommender(store, runtime.models, CatalogCache(store, 0),
+                              TrendingCache(store, settings.trending_half_life_days, settings.training.event_weights,
+                                            settings.trending_ttl_seconds),
+                              settings.history_limit, cache_seconds=30, clock=lambda: now[0])
+
+    def related(product: int, at: float):
+        now[0] = at
+        try:
+            return recommender.recommend(RecommendRequest.from_query(
+                {"shop": SHOP, "intent": "related", "product_id": str(product), "n": "3"})).items
+        except ShopNotInstalled:
+            return "not installed"
+
+    def personal(at: float):
+        now[0] = at
+        with pytest.raises(ShopNotInstalled):
+            recommender.recommend(RecommendRequest.from_query({"shop": SHOP, "customer_id": "1000", "n": "3"}))
+
+    # Act and assert: the store says "installed" at t=0, then the shop uninstalls
+    assert related(101, 0) != "not installed"
+    store.set_shop_installed(SHOP, False)
+    made_late = related(102, 29)  # inside the window: made without asking, cached only until t=30
+    assert made_late != "not installed" and related(102, 29.9) == made_late
+    assert related(102, 30.5) == related(101, 31) == "not installed"
+
+    # The shop again, then a shopper's answer finds it uninstalled: the window closes at once
+    store.set_shop_installed(SHOP, True)
+    kept = related(103, 100)
+    store.set_shop_installed(SHOP, False)
+    personal(101)
+    assert related(104, 102) == "not installed"
+    assert related(103, 102) == kept  # cached before, until t=130
+    assert related(103, 131) == "not installed"
+    store.close()
+
+
 def test_once_its_time_is_up_a_cached_answer_of_an_uninstalled_shop_is_refused(app_client, monkeypatch,
                                                                                shopify_fixture):
     # Arrange: answers kept 0.2 s
