@@ -19,7 +19,8 @@ Round trips are counted through `bench.round_trips.RoundTripCounter` (three answ
 SQL, emulated), beside the floor: a `SELECT 1` over a connection the same distance away. With --http, the warm
 kinds are also asked as the storefront asks them (signed as Shopify's app proxy signs them, one at a time) of
 `main.py` under functions-framework, a process of its own on the farthest store, beside the floor: the same
-requests answered by a bare function in the same framework.
+requests answered by a bare function in the same framework; that instance runs with its defaults, as deployed (its
+catalog snapshot and trending list re-read every 30 s and 300 s, where the in-process instance holds them).
 """
 
 from __future__ import annotations
