@@ -37,7 +37,9 @@ from typing import Callable
 from urllib.parse import urlsplit
 
 from bench import process
-from bench.round_trips import RoundTripCounter, add_distance_argument, print_and_write, select_one_ms
+from bench.round_trips import (
+    RoundTripCounter, add_distance_argument, http_lines, print_and_write, select_one_ms, summary,
+)
 
 KINDS = ("a new instance's first answer", "related, first time", "related, again", "trending, again",
          "personalized, a shopper's first", "personalized, again")
@@ -127,15 +129,16 @@ def over_http(shop, url: str, count: int, workdir: Path) -> dict:
             ask(ours, "related", count)  # the connection, the catalog's snapshot, the model: not timed
             ask(ours, "trending", 0)
             for i in range(count):
-                for kind, intent, k in zip(KINDS[1:], ("related", "related", "trending", "personalized", "personalized"),
-                                           (count + 1 + i, count + 1 + i, 0, i, i)):
+                asked = (("related", count + 1 + i), ("related", count + 1 + i), ("trending", 0), ("personalized", i),
+                         ("personalized", i))
+                for kind, (intent, k) in zip(KINDS[1:], asked):
                     taken[kind].append(ask(ours, intent, k))
                     floors[kind].append(ask(floor, intent, k))
     finally:
         ours.stop()
         floor.stop()
-    return {kind: {"median_ms": round(statistics.median(taken[kind]), 3),
-                   "floor_median_ms": round(statistics.median(floors[kind]), 3)} for kind in taken}
+    return {kind: {**summary(taken[kind]), "floor_median_ms": round(statistics.median(floors[kind]), 3)}
+            for kind in taken}
 
 
 def run(count: int, rtt_ms: float, items: int, workdir: Path, http: bool = False) -> dict:
@@ -185,10 +188,7 @@ def table(results: dict) -> str:
         lines.append("| " + " | ".join(row) + " |")
     http = results.get("http")
     if http:
-        lines += ["", f"Over HTTP (`main.py` under functions-framework, the store {http['over']}), one request at a time:",
-                  "", "| answer | ours | the bare function | ours − floor |", "|---|---|---|---|"]
-        lines += [f"| {kind} | {http[kind]['median_ms']} ms | {http[kind]['floor_median_ms']} ms | "
-                  f"{http[kind]['median_ms'] - http[kind]['floor_median_ms']:.2f} ms |" for kind in results["kinds"][1:]]
+        lines += http_lines(http, results["kinds"][1:], "answer")
     lines.append(f"\nMedians of {results['answers']} answers a kind, {results['items']:,} items, one BLAS thread;"
                  " round trips counted for three answers a kind.")
     return "\n".join(lines)

@@ -39,7 +39,9 @@ from typing import Iterator
 from urllib.parse import urlsplit
 
 from bench import process
-from bench.round_trips import RoundTripCounter, add_distance_argument, print_and_write, select_one_ms
+from bench.round_trips import (
+    RoundTripCounter, add_distance_argument, http_lines, print_and_write, select_one_ms, summary,
+)
 from recommender.changes import ChangeSet, Delivery
 from recommender.store import EventStore, SQLiteEventStore, open_event_store
 from webhooks.pixel import pixel_events
@@ -231,11 +233,6 @@ def over_http(url: str, count: int, workdir: Path) -> dict:
     return results
 
 
-def summary(taken: list[float]) -> dict:
-    ordered = sorted(taken)
-    return {"median_ms": round(statistics.median(ordered), 3), "max_ms": round(ordered[-1], 3)}
-
-
 def run(count: int, rtt_ms: float, workdir: Path, http: bool = False) -> dict:
     results: dict = {"deliveries": count, "rtt_ms": rtt_ms, "kinds": list(KINDS)}
     with contextlib.closing(SQLiteEventStore(workdir / "deliveries.sqlite3")) as store:
@@ -281,11 +278,7 @@ def table(results: dict) -> str:
         lines.append("| " + " | ".join(row) + " |")
     http = pg.get("http")
     if http:
-        lines += ["", f"Over HTTP (`main.py` under functions-framework, the store {http['over']}), one request at a time:",
-                  "", "| kind | ours | the bare function | ours − floor |", "|---|---|---|---|"]
-        lines += [f"| {kind} | {http[kind]['median_ms']} ms (at most {http[kind]['max_ms']}) | "
-                  f"{http[kind]['floor_median_ms']} ms | {http[kind]['median_ms'] - http[kind]['floor_median_ms']:.2f} ms |"
-                  for kind in results["kinds"]]
+        lines += http_lines(http, results["kinds"], "kind")
     if "skipped" in pg:
         lines.append(f"\nPostgreSQL: skipped ({pg['skipped']}).")
     else:

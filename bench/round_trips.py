@@ -12,8 +12,8 @@ answer takes a whole round trip of 2 × delay, so they count once, with the stat
 cannot tell apart is a client that stops for longer than that round trip between two sends it did not wait for:
 the delay (`delay_s`, 50 ms a way by default: a margin of 0.1 s) is that margin. `bench.delivery_probe` and the round-trip tests of
 `tests/test_store_postgres.py` count with it; `select_one_ms` is the round trip the PostgreSQL probes
-report (`bench.delivery_probe`, `bench.backfill_probe`, `bench.answer_probe`), and `add_distance_argument` and
-`print_and_write` are the answer and delivery probes' shared `--rtt-ms` and output.
+report (`bench.delivery_probe`, `bench.backfill_probe`, `bench.answer_probe`); `add_distance_argument`, `summary`,
+`http_lines` and `print_and_write` are the answer and delivery probes' shared `--rtt-ms`, figures and output.
 """
 
 from __future__ import annotations
@@ -52,6 +52,22 @@ def print_and_write(results: dict, text: str, out, name: str) -> None:
         out.mkdir(parents=True, exist_ok=True)
         (out / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
         (out / f"{name}.md").write_text(text + "\n")
+
+
+def summary(taken: list[float]) -> dict:
+    """The median and the slowest of some milliseconds."""
+    ordered = sorted(taken)
+    return {"median_ms": round(statistics.median(ordered), 3), "max_ms": round(ordered[-1], 3)}
+
+
+def http_lines(http: dict, kinds, first_column: str) -> list[str]:
+    """The table of a probe's `--http` section: each kind's median (and slowest) beside the bare function's."""
+    lines = ["", f"Over HTTP (`main.py` under functions-framework, the store {http['over']}), one request at a time:",
+             "", f"| {first_column} | ours | the bare function | ours − floor |", "|---|---|---|---|"]
+    for kind in kinds:
+        ours, floor = http[kind]["median_ms"], http[kind]["floor_median_ms"]
+        lines.append(f"| {kind} | {ours} ms (at most {http[kind]['max_ms']}) | {floor} ms | {ours - floor:.2f} ms |")
+    return lines
 
 
 class RoundTripCounter:
