@@ -199,7 +199,7 @@ class Recommender:
         if not request.personal:
             # An answer for everyone cached less than `cache_seconds` ago was made for an installed shop: it is
             # served without asking the store again (on PostgreSQL, a round trip an answer). After app/uninstalled
-            # such answers go on at most that long, as browsers and CDNs keep them for their max-age anyway. A
+            # such answers go on at most that long (browsers and CDNs may keep them their max-age beyond). A
             # trending answer made with no model yet (version None) is served as long, though a first model may
             # have been published since. The model's refresh check is started only for an answer served (a shop
             # that uninstalled starts none once its answers have run out).
