@@ -18,11 +18,11 @@ Timestamps are `timestamptz`; every value read back is an aware UTC datetime.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
 import weakref
-import zlib
 from dataclasses import fields, replace
 from datetime import datetime, timezone
 from typing import Callable, Collection, Iterable, Sequence, TypeVar
@@ -319,37 +319,106 @@ _PAGE_DELIVERIES = (
     " FROM json_to_recordset(%s::json) AS d (webhook_id text, topic text, event_id text, received_at timestamptz)"
     " ON CONFLICT (shop, webhook_id) DO NOTHING RETURNING webhook_id"
 )
-_PAGE_PRODUCTS = (
-    "INSERT INTO products (shop, product_id, title, handle, status, published_at, price, image_url, product_type,"
-    " vendor, updated_at, deleted)"
-    " SELECT %s, r.product_id, r.title, r.handle, r.status, r.published_at, r.price, r.image_url, r.product_type,"
-    " r.vendor, r.updated_at, false"
-    " FROM json_to_recordset(%s::json) AS r (product_id text, title text, handle text, status text,"
-    " published_at timestamptz, price double precision, image_url text, product_type text, vendor text,"
-    " updated_at timestamptz)"
-    + _PRODUCT_CONFLICT
+def _products_upserted(condition: str = "") -> str:
+    """Each product of `%(products)s` (a JSON array of rows) of `%(shop)s` inserted or updated (`_PRODUCT_CONFLICT`),
+    those `condition` keeps; the ones it changed returned."""
+    return (
+        "INSERT INTO products (shop, product_id, title, handle, status, published_at, price, image_url, product_type,"
+        " vendor, updated_at, deleted)"
+        " SELECT %(shop)s, r.product_id, r.title, r.handle, r.status, r.published_at, r.price, r.image_url,"
+        " r.product_type, r.vendor, r.updated_at, false"
+        " FROM json_to_recordset(%(products)s::json) AS r (product_id text, title text, handle text, status text,"
+        " published_at timestamptz, price double precision, image_url text, product_type text, vendor text,"
+        " updated_at timestamptz)" + condition + _PRODUCT_CONFLICT
+    )
+
+
+_VARIANT_ROWS = ("json_to_recordset(%(variants)s::json) AS v (variant_id text, product_id text, inventory_item_id text,"
+                 " inventory_quantity bigint, tracked boolean, continue_selling boolean)")
+
+
+def _variants_upserted(rows: str) -> str:
+    """Each variant of `rows` (a FROM item naming them `v`) of `%(shop)s` inserted, or its row updated."""
+    return ("INSERT INTO variants (shop, variant_id, product_id, inventory_item_id, inventory_quantity, tracked,"
+            " continue_selling)"
+            " SELECT %(shop)s, v.variant_id, v.product_id, v.inventory_item_id, v.inventory_quantity, v.tracked,"
+            " v.continue_selling FROM " + rows + _VARIANT_CONFLICT)
+
+
+_PAGE_PRODUCTS = _products_upserted()
+_PAGE_VARIANTS = _variants_upserted(_VARIANT_ROWS)
+_DELETED_PRODUCTS = (  # a deleted product keeps its row, marked, so that an older update cannot bring it back
+    "INSERT INTO products (shop, product_id, title, handle, status, product_type, vendor, deleted)"
+    " SELECT %(shop)s, product_id, '', '', 'deleted', '', '', true FROM unnest(%(deleted)s::text[]) AS product_id"
 )
-_PAGE_VARIANTS = (
-    "INSERT INTO variants (shop, variant_id, product_id, inventory_item_id, inventory_quantity, tracked,"
-    " continue_selling)"
-    " SELECT %s, v.variant_id, v.product_id, v.inventory_item_id, v.inventory_quantity, v.tracked, v.continue_selling"
-    " FROM json_to_recordset(%s::json) AS v (variant_id text, product_id text, inventory_item_id text,"
-    " inventory_quantity bigint, tracked boolean, continue_selling boolean)"
-    + _VARIANT_CONFLICT
+_DELETION_CONFLICT = " ON CONFLICT (shop, product_id) DO UPDATE SET deleted = true"
+
+# `apply` for one delivery of catalog upserts and deletions alone, after its products' locks: the delivery row and,
+# only if it is new, the deletions, the upserts, the variants of the products the upsert changed (the ones the
+# delivery no longer names deleted, the others inserted or updated: no row is written twice in the statement) and
+# the install mark, in one statement. The `sellable` flags follow in a statement of their own, which sees these rows.
+_APPLY_CATALOG = (
+    "WITH " + _DELIVERY_ROW + ","
+    " gone AS (" + _DELETED_PRODUCTS + " WHERE EXISTS (SELECT FROM delivery)" + _DELETION_CONFLICT + "),"
+    " changed AS (" + _products_upserted(" WHERE EXISTS (SELECT FROM delivery)") + "),"
+    " variant AS (SELECT v.* FROM " + _VARIANT_ROWS + " WHERE v.product_id IN (SELECT product_id FROM changed)),"
+    " dropped AS (DELETE FROM variants WHERE shop = %(shop)s AND product_id IN (SELECT product_id FROM changed)"
+    " AND variant_id NOT IN (SELECT variant_id FROM variant)),"
+    " kept AS (" + _variants_upserted("variant AS v") + "),"
+    + _INSTALLED_BY_DELIVERY +
+    " SELECT EXISTS (SELECT FROM delivery), 0"
 )
+
 # A page of stock levels (`_apply_inventory_page`): each level upserted, then each item's sum over the locations
 # that track it written to its variants (none tracking it: the variants keep what they had).
-_PAGE_LEVELS = (
+_LEVEL_ROWS = "json_to_recordset(%(levels)s::json) AS l (inventory_item_id text, location_id text, available bigint)"
+_LEVELS_UPSERTED = (
     "INSERT INTO inventory_levels (shop, inventory_item_id, location_id, available)"
-    " SELECT %s, l.inventory_item_id, l.location_id, l.available"
-    " FROM json_to_recordset(%s::json) AS l (inventory_item_id text, location_id text, available bigint)"
+    " SELECT %(shop)s, l.inventory_item_id, l.location_id, l.available FROM {rows}"
     " ON CONFLICT (shop, inventory_item_id, location_id) DO UPDATE SET available = excluded.available"
 )
-_STOCK_OF_ITEMS = (
+_PAGE_LEVELS = _LEVELS_UPSERTED.format(rows=_LEVEL_ROWS)
+_STOCK_FROM = (
     "UPDATE variants SET inventory_quantity = s.total, tracked = true"
     " FROM (SELECT inventory_item_id, SUM(available)::bigint AS total, COUNT(available) AS tracking"
-    " FROM inventory_levels WHERE shop = %s AND inventory_item_id = ANY(%s) GROUP BY inventory_item_id) AS s"
-    " WHERE variants.shop = %s AND variants.inventory_item_id = s.inventory_item_id AND s.tracking > 0"
+    " FROM {levels} GROUP BY inventory_item_id) AS s"
+    " WHERE variants.shop = %(shop)s AND variants.inventory_item_id = s.inventory_item_id AND s.tracking > 0"
+)
+_STOCK_OF_ITEMS = _STOCK_FROM.format(
+    levels="inventory_levels WHERE shop = %(shop)s AND inventory_item_id = ANY(%(items)s)")
+
+
+def _lock_key_sql(shop: str, value: str) -> str:
+    """`_lock_key`'s key of the SQL expressions `shop` and `value`, computed by the server."""
+    return ("('x' || left(encode(sha256(convert_to(" + shop + ", 'UTF8') || '\\x00'::bytea || convert_to(" + value
+            + ", 'UTF8')), 'hex'), 8))::bit(32)::int4")
+
+
+# One delivery of stock levels: the inventory items' locks and those of the products whose variants they stock,
+# found and taken by the server in one statement (`_take_locks`' order: namespace, then key), where reading the
+# products first took a round trip of its own.
+_STOCK_LOCKS = (
+    "SELECT pg_advisory_xact_lock(k.namespace, k.key) FROM ("
+    " SELECT %(item_lock)s::int4 AS namespace, " + _lock_key_sql("%(shop)s", "item") + " AS key"
+    " FROM unnest(%(items)s::text[]) AS item"
+    " UNION SELECT %(product_lock)s::int4, " + _lock_key_sql("%(shop)s", "v.product_id") +
+    " FROM variants AS v WHERE v.shop = %(shop)s AND v.inventory_item_id = ANY(%(items)s)"
+    " ORDER BY namespace, key) AS k"
+)
+# Then, in one statement: the delivery row and, only if it is new, its levels upserted, each item's sum over its
+# locations written to its variants (the levels stored before at the other locations, with the new ones: the
+# statement does not see its own upsert) and the install mark. The `sellable` flags follow in a statement of their own.
+_APPLY_LEVELS = (
+    "WITH " + _DELIVERY_ROW + ","
+    " l AS (SELECT l.* FROM " + _LEVEL_ROWS + " WHERE EXISTS (SELECT FROM delivery)),"
+    " level AS (" + _LEVELS_UPSERTED.format(rows="l") + "),"
+    " stock AS (" + _STOCK_FROM.format(levels=(
+        "(SELECT i.inventory_item_id, i.available FROM inventory_levels AS i WHERE i.shop = %(shop)s"
+        " AND i.inventory_item_id IN (SELECT inventory_item_id FROM l) AND NOT EXISTS (SELECT FROM l"
+        " WHERE l.inventory_item_id = i.inventory_item_id AND l.location_id = i.location_id)"
+        " UNION ALL SELECT inventory_item_id, available FROM l) AS a")) + "),"
+    + _INSTALLED_BY_DELIVERY +
+    " SELECT EXISTS (SELECT FROM delivery), 0"
 )
 # A page of checkouts' links (`_apply_links_page`): each cart token's link, then the token's guest events joined to
 # its customer.
@@ -410,6 +479,27 @@ def _event_row(e: Event) -> dict:
             "quantity": e.quantity, "price": e.price, "order_id": e.order_id, "occurred_at": e.occurred_at.isoformat(),
             "source_topic": e.source_topic, "delivery_id": e.delivery_id, "dedupe_key": e.dedupe_key,
             "weight_factor": e.weight_factor}
+
+
+def _product_rows(products: Sequence[CatalogProduct]) -> str:
+    """`%(products)s` of `_products_upserted`: the catalog rows as one JSON array."""
+    return json.dumps([{"product_id": p.product_id, "title": p.title, "handle": p.handle, "status": p.status,
+                        "published_at": _iso(p.published_at), "price": p.price, "image_url": p.image_url,
+                        "product_type": p.product_type, "vendor": p.vendor, "updated_at": _iso(p.updated_at)}
+                       for p in products])
+
+
+def _variant_rows(products: Sequence[CatalogProduct]) -> str:
+    """`%(variants)s` of `_VARIANT_ROWS`: the products' variants as one JSON array."""
+    return json.dumps([{"variant_id": v.variant_id, "product_id": p.product_id, "inventory_item_id": v.inventory_item_id,
+                        "inventory_quantity": v.inventory_quantity, "tracked": v.tracked,
+                        "continue_selling": v.continue_selling} for p in products for v in p.variants])
+
+
+def _level_rows(levels) -> str:
+    """`%(levels)s` of `_LEVEL_ROWS`: the stock levels as one JSON array."""
+    return json.dumps([{"inventory_item_id": level.inventory_item_id, "location_id": level.location_id,
+                        "available": level.available} for level in levels])
 
 
 def _nothing_but(changes: ChangeSet, *kinds: str) -> bool:
@@ -504,9 +594,9 @@ def _interaction(row: tuple) -> Interaction:
 
 
 def _lock_key(namespace: int, shop: str, value: str) -> tuple[int, int]:
-    """A two-int advisory lock key; a crc32 collision only makes two writers take turns."""
-    digest = zlib.crc32(f"{shop}\0{value}".encode())
-    return namespace, (digest - (1 << 32) if digest >= 1 << 31 else digest)  # as a signed int4
+    """A two-int advisory lock key: the first four bytes of sha256(shop NUL value), signed, as the server computes it
+    too (`_lock_key_sql`); a collision only makes two writers take turns."""
+    return namespace, int.from_bytes(hashlib.sha256(f"{shop}\0{value}".encode()).digest()[:4], "big", signed=True)
 
 
 _INSTALLED_SQL = "SELECT 1 FROM shop_state WHERE shop = %s AND installed"
@@ -724,8 +814,32 @@ class PostgresEventStore(SharedQueries):
                 return lambda: self._stored_events(sent)
 
             return self._write_pipelined(linked)
-        if any(page([(delivery, changes)]) for page in (_orders_page, _catalog_page, _inventory_page)):
-            # a cancellation, a refund, a product's update or deletion, a stock level: as a page of one
+        if _catalog_page([(delivery, changes)]):  # a product's update or deletion: one statement after the locks
+            params = {**self._delivery_params(delivery), "deleted": list(changes.delete_product_ids),
+                      "products": _product_rows(changes.upsert_products),
+                      "variants": _variant_rows(changes.upsert_products)}
+
+            def cataloged(conn: psycopg.Connection) -> Callable[[], int | None]:
+                self._take_locks(conn, [_lock_key(PRODUCT_LOCK, delivery.shop, product_id)
+                                        for product_id in changes.catalog_product_ids()])
+                sent = conn.execute(_APPLY_CATALOG, params)
+                self._refresh_sellable(conn, delivery.shop, changes)
+                return lambda: self._stored_events(sent)
+
+            return self._write_pipelined(cataloged)
+        if _inventory_page([(delivery, changes)]):  # a stock level: the locks, then one statement
+            params = {**self._delivery_params(delivery), "levels": _level_rows(changes.inventory_levels),
+                      "items": changes.inventory_item_ids(), "item_lock": INVENTORY_ITEM_LOCK,
+                      "product_lock": PRODUCT_LOCK}
+
+            def stocked(conn: psycopg.Connection) -> Callable[[], int | None]:
+                conn.execute(_STOCK_LOCKS, params)
+                sent = conn.execute(_APPLY_LEVELS, params)
+                self._refresh_sellable(conn, delivery.shop, changes)
+                return lambda: self._stored_events(sent)
+
+            return self._write_pipelined(stocked)
+        if _orders_page([(delivery, changes)]):  # a cancellation, a refund: as a page of one
             return self.apply_many([(delivery, changes)])[0]
         return self._write(lambda conn: self._apply_delivery(conn, delivery, changes))
 
@@ -857,25 +971,17 @@ class PostgresEventStore(SharedQueries):
         results, fresh = self._fresh_of_page(self._send_deliveries(conn, items), items)
         products = [p for _, _, changes in fresh for p in changes.upsert_products]
         deleted = sorted({product_id for _, _, changes in fresh for product_id in changes.delete_product_ids})
-        if deleted:  # a deleted product keeps its row, marked, so that an older update cannot bring it back
-            conn.execute("INSERT INTO products (shop, product_id, title, handle, status, product_type, vendor, deleted)"
-                         " SELECT %s, product_id, '', '', 'deleted', '', '', true FROM unnest(%s::text[]) AS product_id"
-                         " ON CONFLICT (shop, product_id) DO UPDATE SET deleted = true", (shop, deleted))
+        if deleted:
+            conn.execute(_DELETED_PRODUCTS + _DELETION_CONFLICT, {"shop": shop, "deleted": deleted})
             self._refresh_sellable(conn, shop, ChangeSet(delete_product_ids=tuple(deleted)))
         if products:
-            changed = {row[0] for row in conn.execute(_PAGE_PRODUCTS, (shop, json.dumps([
-                {"product_id": p.product_id, "title": p.title, "handle": p.handle, "status": p.status,
-                 "published_at": _iso(p.published_at), "price": p.price, "image_url": p.image_url,
-                 "product_type": p.product_type, "vendor": p.vendor, "updated_at": _iso(p.updated_at)}
-                for p in products]))).fetchall()}
+            changed = {row[0] for row in conn.execute(_PAGE_PRODUCTS, {"shop": shop,
+                                                                        "products": _product_rows(products)})}
             if changed:
                 conn.execute("DELETE FROM variants WHERE shop = %s AND product_id = ANY(%s)", (shop, sorted(changed)))
-                variants = [{"variant_id": v.variant_id, "product_id": p.product_id,
-                             "inventory_item_id": v.inventory_item_id, "inventory_quantity": v.inventory_quantity,
-                             "tracked": v.tracked, "continue_selling": v.continue_selling}
-                            for p in products if p.product_id in changed for v in p.variants]
-                if variants:
-                    conn.execute(_PAGE_VARIANTS, (shop, json.dumps(variants)))
+                variants = [p for p in products if p.product_id in changed]
+                if any(p.variants for p in variants):
+                    conn.execute(_PAGE_VARIANTS, {"shop": shop, "variants": _variant_rows(variants)})
             self._refresh_sellable(conn, shop, ChangeSet(upsert_products=tuple(products)))
         self._mark_installed_by(conn, shop, fresh)
         return lambda: results
@@ -897,10 +1003,8 @@ class PostgresEventStore(SharedQueries):
             self._take_locks(conn, [
                 *(_lock_key(INVENTORY_ITEM_LOCK, shop, level.inventory_item_id) for level in levels),
                 *(_lock_key(PRODUCT_LOCK, shop, product_id) for (product_id,) in owners.fetchall())])
-            conn.execute(_PAGE_LEVELS, (shop, json.dumps([
-                {"inventory_item_id": level.inventory_item_id, "location_id": level.location_id,
-                 "available": level.available} for level in levels])))
-            conn.execute(_STOCK_OF_ITEMS, (shop, sorted({level.inventory_item_id for level in levels}), shop))
+            conn.execute(_PAGE_LEVELS, {"shop": shop, "levels": _level_rows(levels)})
+            conn.execute(_STOCK_OF_ITEMS, {"shop": shop, "items": sorted({level.inventory_item_id for level in levels})})
             self._refresh_sellable(conn, shop, ChangeSet(inventory_levels=tuple(levels)))
         self._mark_installed_by(conn, shop, fresh)
         return lambda: results

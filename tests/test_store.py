@@ -408,17 +408,19 @@ def test_product_update_replaces_its_variants(any_store, backend):
     any_store.apply(delivery("wh-1"), ChangeSet(upsert_products=(
         CatalogProduct(SHOP, "10", title="Old", variants=(CatalogVariant("101"), CatalogVariant("102"))),)))
 
-    # Act
+    # Act: 101 no longer named, 102 kept with new fields, 103 new
     any_store.apply(delivery("wh-2"), ChangeSet(upsert_products=(
-        CatalogProduct(SHOP, "10", title="New", variants=(CatalogVariant("103", tracked=True,
-                                                                         inventory_quantity=0),)),)))
+        CatalogProduct(SHOP, "10", title="New", variants=(
+            CatalogVariant("102", "i-102", 0, True, False),
+            CatalogVariant("103", tracked=True, inventory_quantity=0))),)))
 
     # Assert
     product = any_store.products(SHOP)["10"]
     assert product.title == "New"
-    assert product.variants == (CatalogVariant("103", None, 0, True, False),)
+    assert product.variants == (CatalogVariant("102", "i-102", 0, True, False), CatalogVariant("103", None, 0, True, False))
     assert product.available is False
-    assert backend.query("SELECT COUNT(*) FROM variants") == [(1,)]
+    assert any_store.unsellable_product_ids(SHOP) == {"10"}
+    assert backend.query("SELECT COUNT(*) FROM variants") == [(2,)]
 
 
 def test_an_older_product_update_is_ignored_and_a_deleted_product_stays_deleted(any_store):

@@ -763,10 +763,12 @@ def counted_store(schema_url):
     ("order, guest", 1),  # BEGIN, the cart token's lock, the delivery row with the events joined to its link, COMMIT
     ("cart", 1),
     ("checkout", 1),  # BEGIN, the token's lock, the delivery row with the link and the cart's events joined, COMMIT
-    ("product update", 3),  # BEGIN, the lock, the delivery row; the upsert; the variants, `sellable`, the mark, COMMIT
-    ("product deletion", 2),  # BEGIN, the lock, the delivery row; the deletion, `sellable`, the mark, COMMIT
-    ("inventory level", 2),  # BEGIN, the delivery row, the item's products; the locks, the level, the sums, COMMIT
-    ("redelivery", 2),  # BEGIN, the lock, the delivery row (stored before); COMMIT
+    ("product update", 1),  # BEGIN, the lock, the delivery row with the upsert, the variants and the mark; `sellable`,
+    # COMMIT
+    ("product deletion", 1),  # BEGIN, the lock, the delivery row with the deletion and the mark; `sellable`, COMMIT
+    ("inventory level", 1),  # BEGIN, the item's and its products' locks, the delivery row with the level and the sums;
+    # `sellable`, COMMIT
+    ("redelivery", 1),  # BEGIN, the lock, the delivery row (stored before: nothing else written); `sellable`, COMMIT
     ("pixel beacon", 1),  # BEGIN, the browser's lock, five views joined to its link if the shop is installed, COMMIT
 ])
 def test_a_webhooks_write_waits_for_postgresql_once_per_answer_it_needs(counted_store, tmp_path, kind,
@@ -804,6 +806,52 @@ def test_a_webhooks_write_waits_for_postgresql_once_per_answer_it_needs(counted_
         assert store.products(SHOP) == {} and store.deleted_product_ids(SHOP) == {
             str(8_000_000_000_000 + k) for k in range(3)}
     sqlite.close()
+
+
+def test_the_server_computes_the_lock_keys_the_code_computes(schema_url):
+    from recommender.store_postgres import _lock_key, _lock_key_sql
+
+    pairs = [(SHOP, "8000000000000"), ("ünïcødé-shop.myshopify.com", "商品-42"), ("", ""), (SHOP, "a\tb c'd")]
+
+    found = [run(schema_url, f"SELECT {_lock_key_sql('%s', '%s')}", pair)[0][0] for pair in pairs]
+
+    assert found == [_lock_key(1, *pair)[1] for pair in pairs]
+    assert len(set(found)) == len(found)
+
+
+def test_a_stock_level_waits_for_its_products_lock_which_it_finds_on_the_server(pg_store, schema_url):
+    """A stock level's delivery names an inventory item, not its product: the server finds the product and takes its
+    lock, the one a product's update takes, before it writes, so `sellable` is computed from committed rows."""
+    # Arrange: product 0's first variant stocks item 46000000000000; another writer holds that product's lock
+    import psycopg
+
+    from bench.delivery_probe import deliveries, prepare
+    from recommender.store_postgres import PRODUCT_LOCK, _lock_key
+
+    prepare(pg_store, "inventory level", SHOP, 1)
+    (delivery, changes), = deliveries("inventory level", SHOP, 1)  # 0 units of that item: the variant sells out
+    writer = psycopg.connect(schema_url)
+    writer.execute("SELECT pg_advisory_xact_lock(%s, %s)", _lock_key(PRODUCT_LOCK, SHOP, "8000000000000"))
+    outcome = {}
+    webhook = threading.Thread(target=lambda: outcome.update(stored=pg_store.apply(delivery, changes)))
+
+    # Act
+    webhook.start()
+    waited = False
+    for _ in range(200):  # until the delivery waits for the writer's lock
+        if run(schema_url, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")[0][0]:
+            waited = True
+            break
+        threading.Event().wait(0.025)
+    stock_while_held = [v.inventory_quantity for v in pg_store.products(SHOP)["8000000000000"].variants]
+    writer.commit()
+    webhook.join(timeout=30)
+    writer.close()
+
+    # Assert
+    assert waited and stock_while_held == [5, 5, 5]
+    assert outcome["stored"] == 0
+    assert [v.inventory_quantity for v in pg_store.products(SHOP)["8000000000000"].variants] == [0, 5, 5]
 
 
 def test_a_page_of_250_products_or_orders_waits_three_times_or_twice(counted_store):
