@@ -11,7 +11,8 @@ Goals are matched by their text; a goal a run did not judge shows as "—" and d
 Where two runs or more recorded their samples, the cold starts of every configuration, and the warm calls of
 every configuration a warm goal is judged on, are also pooled over the runs, each run's rounds paired as it
 timed them, and judged once: a figure from many more starts than one run's 13 (and a p99 from many more calls
-than one run's 400), with its 95% interval. Nothing is measured here.
+than one run's 400), with its 95% interval. Last, each kind's round trips to PostgreSQL in each run, and whether
+the runs agree. Nothing is measured here.
 """
 
 from __future__ import annotations
@@ -85,7 +86,8 @@ def comparison(runs: list[dict]) -> str:
     rows.append(["goals missed", *(f"{m} of {len(r['goals'])}" for m, r in zip(missed, runs)),
                  f"{sum(1 for m in missed if m == 0)} of {len(runs)} runs met every goal"])
     lines += ["", table(["goal", *map(str, range(1, len(runs) + 1)), "met"], rows)]
-    return "\n".join(lines + _pooled_starts(runs) + _pooled_warm(runs) + _lazy_steps(runs)) + "\n"
+    return "\n".join(lines + _pooled_starts(runs) + _pooled_warm(runs) + _lazy_steps(runs)
+                     + _round_trips(runs)) + "\n"
 
 
 def _paired_rounds(config: dict, floor: dict | None) -> tuple[list[float], list[float]]:
@@ -238,6 +240,29 @@ def _lazy_steps(runs: list[dict]) -> list[str]:
     return ["", "Lazy starts, timed inside their processes (medians, ms):", "",
             table(["run", "instance", "bind after the floor's", "after the floor's, one BLAS thread",
                    "first request to the load", "the load", "after the load", "the floor's request"], rows)]
+
+
+def _round_trips(runs: list[dict]) -> list[str]:
+    """Each kind of answer and webhook write: its round trips to PostgreSQL in every run that counted them, and
+    whether the runs agree on the fewest (a count that moved is a change in the code, not noise; psycopg prepares a
+    statement on its fifth use on a connection, one round trip more once, in whichever kind reaches it). Nothing
+    when no run counted."""
+    counts: dict[str, list[list[int] | None]] = {}
+    for number, results in enumerate(runs):
+        found = results.get("round_trips") or {}
+        for side, trips in (("answer", (found.get("answers") or {}).get("round_trips")),
+                            ("webhook", ((found.get("deliveries") or {}).get("postgresql") or {}).get("round_trips"))):
+            for kind, values in (trips or {}).items():
+                counts.setdefault(f"{side}: {kind}", [None] * len(runs))[number] = sorted(set(values))
+    if not counts:
+        return []
+    rows = []
+    for kind, cells in counts.items():
+        fewest = {cell[0] for cell in cells if cell}
+        rows.append([kind, *(", ".join(map(str, cell)) if cell else "—" for cell in cells),
+                     "yes" if len(fewest) == 1 else "**no**"])
+    return ["", "Round trips to PostgreSQL, counted on the wire (`bench.answer_probe`, `bench.delivery_probe`):", "",
+            table(["kind", *map(str, range(1, len(runs) + 1)), "the fewest the same in every run"], rows)]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,6 +5,8 @@ Sections (each figure a ratio against a floor or a peer measured in this run):
     warm_latency  Recommender.recommend per intent, vs one matvec + argpartition, vs implicit's recommend
     http          p50/p99 and requests/s at concurrency 1, 8, 32 through gunicorn, vs the bare function
     ingest        signed orders/create deliveries/s and p99 acknowledgement, vs sqlite3 alone / the bare function
+    round_trips   each kind of answer and webhook write on PostgreSQL: its round trips, counted on the wire, and its
+                  time, vs one round trip (`bench.answer_probe`, `bench.delivery_probe`; TEST_POSTGRES_URL)
     training      train_and_publish vs implicit's raw fit on the same matrix
     size          artifact bytes per item·factor vs float16 factors alone
     memory        instance RSS/PSS after loading and serving, vs the bare function's
@@ -33,7 +35,7 @@ from typing import Sequence
 from bench.stats import goal_ratio, median, ratio_interval
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SECTIONS = ("cold_start", "warm_latency", "http", "ingest", "training", "size", "memory", "cost")
+SECTIONS = ("cold_start", "warm_latency", "http", "ingest", "round_trips", "training", "size", "memory", "cost")
 GOALS = {
     "cold_start_ratio": 1.2,  # first 200 vs the floor, at 100k items
     "warm_p99_vs_floor": 1.5,
@@ -69,12 +71,15 @@ class Plan:
     cache_fill_requests: int  # distinct related answers before memory is read again (the answer cache holds 2,000)
     history_repeats: int  # reads of each shopper's latest events, per depth
     history_depths: tuple[int, ...]  # how many events each of those shoppers has
+    probe_count: int  # answers and deliveries of each kind the round-trip probes time
+    probe_rtt_ms: float  # added to each round trip to PostgreSQL for the probes' second timing (0: loopback only)
+    probe_items: int  # the answer probe's model
 
     @classmethod
     def quick(cls, sizes: tuple[int, ...] | None) -> "Plan":
         sizes = sizes or (2_000,)
         return cls("quick", sizes, 50, 2, 1, {n: 100 for n in sizes}, (1, 8, 32), 60, 3.0, 60, 40, (1, 8),
-                   2_000, 1_000, 20_000, 2, 100, 300, 20, (20, 2_000))
+                   2_000, 1_000, 20_000, 2, 100, 300, 20, (20, 2_000), 3, 0.0, 2_000)
 
     @classmethod
     def full(cls, sizes: tuple[int, ...] | None) -> "Plan":
@@ -85,7 +90,7 @@ class Plan:
         # same matrix back to back on one machine, and the median of 3 pairs crossed 1.3× once on that noise
         # (the goal's figure is the median of the pairs' ratios: bench/training.py).
         return cls("full", sizes, 200, 13, 3, reps, (1, 8, 32), 1500, 15.0, 1000, 500, (1, 8),
-                   50_000, 20_000, 500_000, 5, 300, 2_500, 200, (20, 5_000, 50_000))
+                   50_000, 20_000, 500_000, 5, 300, 2_500, 200, (20, 5_000, 50_000), 40, 1.0, 10_000)
 
 
 def _reference_size(sizes: tuple[int, ...]) -> int:
@@ -245,6 +250,17 @@ def run(plan: Plan, workdir: Path, log=print) -> dict:
     section("ingest")
     results["ingest"] = ingest.measure(workdir / "ingest", plan.ingest_in_process, plan.ingest_concurrencies,
                                        plan.ingest_http_per_level, plan.http_max_seconds * 2)
+
+    section("round trips")
+    from bench import answer_probe, delivery_probe
+
+    results["round_trips"] = {
+        "answers": answer_probe.run(plan.probe_count, plan.probe_rtt_ms, plan.probe_items, workdir / "answer-probe"),
+        "deliveries": delivery_probe.run(plan.probe_count, plan.probe_rtt_ms, workdir / "delivery-probe"),
+        "method": "`bench.answer_probe` and `bench.delivery_probe` as run alone, without --http: each kind's round trips"
+                  " to PostgreSQL counted on the wire (three of each), and its median time on loopback and, with a"
+                  " distance, through bench/latency_proxy.py that far away, beside one round trip (a `SELECT 1`)",
+    }
 
     section("training")
     results["training"] = training.measure(workdir / "training", plan.train_users, plan.train_items,
@@ -450,6 +466,7 @@ def headline_figures(results: dict) -> dict[str, dict[str, float]]:
                    **{f"http c{lv['concurrency']} per_s": lv["ours"]["deliveries_per_s"]
                       for lv in results["ingest"]["sqlite"]["http"]},
                    **{f"http c{lv['concurrency']} p99_ms": lv["ours"]["p99_ms"] for lv in results["ingest"]["sqlite"]["http"]}},
+        "round_trips": _round_trip_figures(results.get("round_trips")),
         "training": {"train_and_publish_s": results["training"]["train_and_publish_median_s"],
                      "implicit_fit_s": results["training"]["implicit_fit_median_s"], "ratio": results["training"]["ratio"]},
         "size": {a["label"]: a["bytes_per_item_factor"] for a in results["size"]["artifacts"]},
@@ -458,6 +475,22 @@ def headline_figures(results: dict) -> dict[str, dict[str, float]]:
         "cost": {f"{r['label']} ({r['tier_from']}) usd_per_million": r["busy_usd_per_million"]
                  for r in results["cost"]["rows"]},
     }
+    return figures
+
+
+def _round_trip_figures(found: dict | None) -> dict[str, float]:
+    """Each kind's median time: a delivery's on SQLite always, and on PostgreSQL on loopback when one was reached
+    (nothing for runs before round 30 of bench/PERFORMANCE.md, which had no such section)."""
+    if not found:
+        return {}
+    deliveries = found["deliveries"]
+    figures = {f"{kind} SQLite ms": deliveries["sqlite"][kind]["median_ms"] for kind in deliveries["kinds"]}
+    if "loopback" in deliveries["postgresql"]:
+        figures.update({f"{kind} PostgreSQL ms": deliveries["postgresql"]["loopback"][kind]["median_ms"]
+                        for kind in deliveries["kinds"]})
+    if "loopback" in found["answers"]:
+        figures.update({f"{kind} PostgreSQL ms": found["answers"]["loopback"][kind]
+                        for kind in found["answers"]["kinds"]})
     return figures
 
 

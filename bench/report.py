@@ -252,6 +252,12 @@ def markdown(results: dict) -> str:
         out += ["", f"PostgreSQL skipped: {pg['skipped']}."]
 
     t = results["training"]
+    found = results.get("round_trips")
+    if found:  # runs before round 30 of bench/PERFORMANCE.md have none
+        from bench import answer_probe, delivery_probe
+
+        out += ["", "## Round trips to PostgreSQL", "", found["method"] + ".", "", "Answers:", "",
+                answer_probe.table(found["answers"]), "", "Webhook writes:", "", delivery_probe.table(found["deliveries"])]
     out += ["", f"## Training ({t['events']:,} events, {t['users']:,} users × {t['items']:,} items, {t['nonzeros']:,}"
                 f" non-zeros; {t['factors']} factors, {t['iterations']} iterations)", "",
             _table(["run", "median s", "samples s", "CPU s of each sample (every thread)"],

@@ -9,8 +9,10 @@ correct under concurrency by doing every check-then-write as one statement
 lock (a shopper's cart token, an inventory item), and they are retried when
 PostgreSQL breaks a deadlock. A delivery of events alone that needs no lock (an
 order of a known customer: the common webhook) is one statement, its own transaction,
-one round trip (`_APPLY_EVENTS`); a backfill's page of products or orders is a few
-set-wise statements (`apply_many`); every other write goes statement by statement.
+one round trip (`_APPLY_EVENTS`); so is each other common webhook (a guest's order or cart, a checkout, a
+product's update or deletion, a stock level), its statements sent together in pipeline mode; a backfill's
+page of products or orders is a few set-wise statements (`apply_many`); every other write goes statement by
+statement.
 The schema is versioned in `schema_migrations`: found current on open with one
 statement, or else migrated under an advisory lock, so instances may start at the same time.
 Timestamps are `timestamptz`; every value read back is an aware UTC datetime.
@@ -786,9 +788,10 @@ class PostgresEventStore(SharedQueries):
         Returns how many events were new (an order line or cart line already stored
         through another delivery counts once), or None when this webhook_id was seen before.
         Events alone (an order, a cart) go as one statement (`_APPLY_EVENTS`), after their guests' locks if they
-        have any, in one round trip either way; a checkout's link likewise (`_APPLY_LINKS`); cancellations and
-        refunds as `apply_many`'s page of orders does, in two whatever the number of lines, a stock level as its
-        page does, in two, and a product's update as its page of products does, in three (its deletion in two).
+        have any, in one round trip either way; a checkout's link likewise (`_APPLY_LINKS`), a product's update or
+        deletion (`_APPLY_CATALOG`) and a stock level (`_APPLY_LEVELS`, after the locks `_STOCK_LOCKS` finds on the
+        server), each followed by its products' `sellable` flags in the same round trip; cancellations and refunds
+        as `apply_many`'s page of orders does, in two whatever the number of lines.
         """
         if self._events_alone(changes):  # an order, a cart: one statement, after its guests' locks if it has any
             params = self._events_params(delivery, changes.events)

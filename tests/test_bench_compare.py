@@ -65,6 +65,33 @@ def test_the_lazy_starts_steps_are_the_gaps_between_the_timeline_medians():
     assert "Lazy starts" not in comparison([FIRST, SECOND])  # no run timed: no such table
 
 
+def test_each_kinds_round_trips_show_per_run_with_a_moved_count_flagged():
+    before, after, skipped = (json.loads(json.dumps(run)) for run in (FIRST, SECOND, FIRST))
+    before["round_trips"] = {"answers": {"round_trips": {"related, again": [1, 1, 1]}},
+                             "deliveries": {"postgresql": {"round_trips": {"product update": [3, 3, 3],
+                                                                           "cart": [1, 1, 1],
+                                                                           "checkout": [1, 1, 1]}}}}
+    after["round_trips"] = {"answers": {"round_trips": {"related, again": [0, 0, 0]}},
+                            "deliveries": {"postgresql": {"round_trips": {"product update": [1, 1, 1],
+                                                                          "cart": [2, 3, 2],
+                                                                          "checkout": [1, 2, 1]}}}}
+    skipped["round_trips"] = {"answers": {"skipped": "TEST_POSTGRES_URL is not set"},
+                              "deliveries": {"postgresql": {"skipped": "TEST_POSTGRES_URL is not set"}}}
+
+    table = comparison([before, after, skipped])
+
+    trips = table.split("Round trips to PostgreSQL, counted on the wire")[1]
+    rows = [line for line in trips.splitlines() if line.startswith("| ")]
+    assert rows == ["| kind | 1 | 2 | 3 | the fewest the same in every run |",
+                    "| answer: related, again | 1 | 0 | — | **no** |",
+                    "| webhook: product update | 3 | 1 | — | **no** |",
+                    "| webhook: cart | 1 | 2, 3 | — | **no** |",
+                    "| webhook: checkout | 1 | 1, 2 | — | yes |"]  # psycopg's one prepare: not a change
+    assert "Round trips to PostgreSQL" not in comparison([FIRST, skipped])  # nothing counted: no such table
+    same = comparison([before, before])
+    assert "| webhook: product update | 3 | 3 | yes |" in same
+
+
 def test_no_runs_is_refused():
     with pytest.raises(ValueError, match="no runs"):
         comparison([])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
 import subprocess
 import sys
@@ -43,8 +44,16 @@ def test_quick_benchmark_reports_every_section_with_positive_numbers(tmp_path):
                         <= timeline[label]["answered"] for label in lazy), timeline
     assert "Where each start's time goes, timed inside its processes" in (tmp_path / "perf.md").read_text()
     shares = results["meta"]["cpu_by_section"]  # every section's share of the CPU time, where /proc/stat exists
-    assert list(shares) == ["cold start", "warm latency", "http", "ingest", "training", "size",
+    assert list(shares) == ["cold start", "warm latency", "http", "ingest", "round trips", "training", "size",
                             "memory with the caches full", "memory of a trained model with its NormHead"]
+    answers, deliveries = results["round_trips"]["answers"], results["round_trips"]["deliveries"]
+    if os.environ.get("TEST_POSTGRES_URL"):  # each kind's round trips, as its own probe's tests hold them
+        assert deliveries["postgresql"]["round_trips"] == {kind: [1, 1, 1] for kind in deliveries["kinds"]}
+        assert answers["round_trips"]["a new instance's first answer"] == [6, 6, 6]
+        assert answers["round_trips"]["related, again"] == [0, 0, 0]
+        assert "| product update | " in (tmp_path / "perf.md").read_text().split("## Round trips to PostgreSQL")[1]
+    else:
+        assert "skipped" in answers and "skipped" in deliveries["postgresql"]
     assert all(0 <= v["steal_pct"] <= 100 and 0 <= v["busy_pct"] <= 100 for v in shares.values()), shares
     trained = results["memory"]["trained_with_head"]  # the quick run's 2k items are too few for a NormHead
     assert trained["items"] < HEAD_MIN_ITEMS and trained["head_rows"] is None and trained["after"]["worker_rss_mib"] > 0
