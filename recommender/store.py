@@ -252,9 +252,11 @@ UNSELLABLE_SQL = "SELECT product_id FROM products WHERE shop = {p} AND sellable 
 # cost an answer ~50 µs more on SQLite with a 100k-product catalog (bench/PERFORMANCE.md).
 PRODUCT_CARDS_SQL = ("SELECT p.product_id, p.title, p.handle, p.price, p.image_url, p.product_type, p.vendor, p.sellable"
                      " FROM products p WHERE p.shop = {p} AND p.deleted = {no}{only}")
-# The flag recomputed for some products ({where}: which ones), at the end of the transaction that changed them.
-REFRESH_SELLABLE_SQL = ("UPDATE products SET sellable = CASE WHEN " + NOT_FOR_SALE + " THEN {no} ELSE {yes} END"
-                        " WHERE shop = {p} AND {where}")
+# The flag recomputed for some products ({where}: which ones), at the end of the transaction that changed them; a row
+# whose flag stays the same is not written again (a redelivery, most product updates).
+_SELLABLE_NOW = "CASE WHEN " + NOT_FOR_SALE + " THEN {no} ELSE {yes} END"
+REFRESH_SELLABLE_SQL = ("UPDATE products SET sellable = " + _SELLABLE_NOW + " WHERE shop = {p} AND {where}"
+                        " AND sellable <> " + _SELLABLE_NOW)
 REFRESH_BATCH = 500  # ids per statement: SQLite builds differ in how many parameters one statement may take
 
 

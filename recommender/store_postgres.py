@@ -25,6 +25,7 @@ import json
 import threading
 import time
 import weakref
+import zlib
 from dataclasses import fields, replace
 from datetime import datetime, timezone
 from typing import Callable, Collection, Iterable, Sequence, TypeVar
@@ -171,8 +172,9 @@ POSTGRES_MIGRATIONS: tuple[str, ...] = (
     " ORDER BY e.occurred_at DESC, e.id DESC LIMIT p_limit; END $$;",
 )
 
-# Advisory lock keys. Migrations take one 64-bit key for the whole database; writes take
-# (namespace, crc32 of shop and id) pairs, a key space PostgreSQL keeps apart from the 64-bit one.
+# Advisory lock keys. Migrations take one 64-bit key for the whole database; writes take (namespace, key) pairs, a
+# key space PostgreSQL keeps apart from the 64-bit one: crc32 of shop and id for cart tokens and inventory items
+# (`_lock_key`), sha256 for products, which the server computes too (`_product_lock`, `_lock_key_sql`).
 MIGRATION_LOCK = 0x7265636F6D6D656E  # "recommen"
 ANONYMOUS_ID_LOCK = 0x72650001  # a cart token: its events and its link to a customer
 INVENTORY_ITEM_LOCK = 0x72650002  # an inventory item: its levels and the sum written to its variants
@@ -390,19 +392,19 @@ _STOCK_OF_ITEMS = _STOCK_FROM.format(
     levels="inventory_levels WHERE shop = %(shop)s AND inventory_item_id = ANY(%(items)s)")
 
 
-def _lock_key_sql(shop: str, value: str) -> str:
-    """`_lock_key`'s key of the SQL expressions `shop` and `value`, computed by the server."""
-    return ("('x' || left(encode(sha256(convert_to(" + shop + ", 'UTF8') || '\\x00'::bytea || convert_to(" + value
-            + ", 'UTF8')), 'hex'), 8))::bit(32)::int4")
+def _lock_key_sql(shop: str, product_id: str) -> str:
+    """`_product_lock`'s key of the SQL expressions `shop` and `product_id`, computed by the server (the NUL between
+    them decoded from hex: a string literal's backslash depends on standard_conforming_strings)."""
+    return ("('x' || left(encode(sha256(convert_to(" + shop + ", 'UTF8') || decode('00', 'hex') || convert_to("
+            + product_id + ", 'UTF8')), 'hex'), 8))::bit(32)::int4")
 
 
-# One delivery of stock levels: the inventory items' locks and those of the products whose variants they stock,
-# found and taken by the server in one statement (`_take_locks`' order: namespace, then key), where reading the
-# products first took a round trip of its own.
+# One delivery of stock levels: the inventory items' locks (`%(namespaces)s`, `%(keys)s`) and those of the products
+# whose variants they stock, found and taken by the server in one statement (`_take_locks`' order: namespace, then
+# key), where reading the products first took a round trip of its own.
 _STOCK_LOCKS = (
     "SELECT pg_advisory_xact_lock(k.namespace, k.key) FROM ("
-    " SELECT %(item_lock)s::int4 AS namespace, " + _lock_key_sql("%(shop)s", "item") + " AS key"
-    " FROM unnest(%(items)s::text[]) AS item"
+    " SELECT namespace, key FROM unnest(%(namespaces)s::int4[], %(keys)s::int4[]) AS u (namespace, key)"
     " UNION SELECT %(product_lock)s::int4, " + _lock_key_sql("%(shop)s", "v.product_id") +
     " FROM variants AS v WHERE v.shop = %(shop)s AND v.inventory_item_id = ANY(%(items)s)"
     " ORDER BY namespace, key) AS k"
@@ -596,9 +598,18 @@ def _interaction(row: tuple) -> Interaction:
 
 
 def _lock_key(namespace: int, shop: str, value: str) -> tuple[int, int]:
-    """A two-int advisory lock key: the first four bytes of sha256(shop NUL value), signed, as the server computes it
-    too (`_lock_key_sql`); a collision only makes two writers take turns."""
-    return namespace, int.from_bytes(hashlib.sha256(f"{shop}\0{value}".encode()).digest()[:4], "big", signed=True)
+    """A two-int advisory lock key; a crc32 collision only makes two writers take turns."""
+    digest = zlib.crc32(f"{shop}\0{value}".encode())
+    return namespace, (digest - (1 << 32) if digest >= 1 << 31 else digest)  # as a signed int4
+
+
+def _product_lock(shop: str, product_id: str) -> tuple[int, int]:
+    """A product's advisory lock key: the first four bytes of sha256(shop NUL id), signed, which the server computes
+    too (`_lock_key_sql`) for the products a stock level's inventory item belongs to. Before round 30 of
+    bench/PERFORMANCE.md it was crc32, which PostgreSQL before 18 cannot compute: while a deploy replaces instances
+    of that code, two deliveries for one product, one handled by each, do not take turns (the README says so)."""
+    return PRODUCT_LOCK, int.from_bytes(hashlib.sha256(f"{shop}\0{product_id}".encode()).digest()[:4], "big",
+                                        signed=True)
 
 
 _INSTALLED_SQL = "SELECT 1 FROM shop_state WHERE shop = %s AND installed"
@@ -823,7 +834,7 @@ class PostgresEventStore(SharedQueries):
                       "variants": _variant_rows(changes.upsert_products)}
 
             def cataloged(conn: psycopg.Connection) -> Callable[[], int | None]:
-                self._take_locks(conn, [_lock_key(PRODUCT_LOCK, delivery.shop, product_id)
+                self._take_locks(conn, [_product_lock(delivery.shop, product_id)
                                         for product_id in changes.catalog_product_ids()])
                 sent = conn.execute(_APPLY_CATALOG, params)
                 self._refresh_sellable(conn, delivery.shop, changes)
@@ -831,9 +842,10 @@ class PostgresEventStore(SharedQueries):
 
             return self._write_pipelined(cataloged)
         if _inventory_page([(delivery, changes)]):  # a stock level: the locks, then one statement
+            items = [_lock_key(INVENTORY_ITEM_LOCK, delivery.shop, item) for item in changes.inventory_item_ids()]
             params = {**self._delivery_params(delivery), "levels": _level_rows(changes.inventory_levels),
-                      "items": changes.inventory_item_ids(), "item_lock": INVENTORY_ITEM_LOCK,
-                      "product_lock": PRODUCT_LOCK}
+                      "items": changes.inventory_item_ids(), "namespaces": [namespace for namespace, _ in items],
+                      "keys": [key for _, key in items], "product_lock": PRODUCT_LOCK}
 
             def stocked(conn: psycopg.Connection) -> Callable[[], int | None]:
                 conn.execute(_STOCK_LOCKS, params)
@@ -867,7 +879,7 @@ class PostgresEventStore(SharedQueries):
             *(_lock_key(ANONYMOUS_ID_LOCK, delivery.shop, link.anonymous_id) for link in changes.identity_links),
             *(_lock_key(INVENTORY_ITEM_LOCK, delivery.shop, level.inventory_item_id)
               for level in changes.inventory_levels),
-            *(_lock_key(PRODUCT_LOCK, delivery.shop, product_id)
+            *(_product_lock(delivery.shop, product_id)
               for product_id in self._products_changed(conn, delivery.shop, changes)),
         ]
 
@@ -969,7 +981,7 @@ class PostgresEventStore(SharedQueries):
         the second for deletions alone)."""
         shop = items[0][0].shop
         # The products' locks before anything is written, as the page delivery by delivery takes them.
-        self._take_locks(conn, [_lock_key(PRODUCT_LOCK, shop, product_id)
+        self._take_locks(conn, [_product_lock(shop, product_id)
                                 for _, changes in items for product_id in changes.catalog_product_ids()])
         results, fresh = self._fresh_of_page(self._send_deliveries(conn, items), items)
         products = [p for _, _, changes in fresh for p in changes.upsert_products]
@@ -1005,7 +1017,7 @@ class PostgresEventStore(SharedQueries):
         if levels:
             self._take_locks(conn, [
                 *(_lock_key(INVENTORY_ITEM_LOCK, shop, level.inventory_item_id) for level in levels),
-                *(_lock_key(PRODUCT_LOCK, shop, product_id) for (product_id,) in owners.fetchall())])
+                *(_product_lock(shop, product_id) for (product_id,) in owners.fetchall())])
             conn.execute(_PAGE_LEVELS, {"shop": shop, "levels": _level_rows(levels)})
             conn.execute(_STOCK_OF_ITEMS, {"shop": shop, "items": sorted({level.inventory_item_id for level in levels})})
             self._refresh_sellable(conn, shop, ChangeSet(inventory_levels=tuple(levels)))

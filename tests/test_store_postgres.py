@@ -808,14 +808,19 @@ def test_a_webhooks_write_waits_for_postgresql_once_per_answer_it_needs(counted_
     sqlite.close()
 
 
-def test_the_server_computes_the_lock_keys_the_code_computes(schema_url):
-    from recommender.store_postgres import _lock_key, _lock_key_sql
+@pytest.mark.parametrize("conforming", ["on", "off"])  # a backslash in a string literal means what this says
+def test_the_server_computes_the_product_lock_keys_the_code_computes(schema_url, conforming):
+    import psycopg
 
-    pairs = [(SHOP, "8000000000000"), ("ünïcødé-shop.myshopify.com", "商品-42"), ("", ""), (SHOP, "a\tb c'd")]
+    from recommender.store_postgres import _lock_key_sql, _product_lock
 
-    found = [run(schema_url, f"SELECT {_lock_key_sql('%s', '%s')}", pair)[0][0] for pair in pairs]
+    pairs = [(SHOP, "8000000000000"), ("ünïcødé-shop.myshopify.com", "商品-42"), ("", ""), (SHOP, "a\\tb c'd")]
 
-    assert found == [_lock_key(1, *pair)[1] for pair in pairs]
+    with psycopg.connect(schema_url, autocommit=True) as conn:
+        conn.execute(f"SET standard_conforming_strings = {conforming}")
+        found = [conn.execute(f"SELECT {_lock_key_sql('%s', '%s')}", pair).fetchone()[0] for pair in pairs]
+
+    assert found == [_product_lock(*pair)[1] for pair in pairs]
     assert len(set(found)) == len(found)
 
 
@@ -826,20 +831,23 @@ def test_a_stock_level_waits_for_its_products_lock_which_it_finds_on_the_server(
     import psycopg
 
     from bench.delivery_probe import deliveries, prepare
-    from recommender.store_postgres import PRODUCT_LOCK, _lock_key
+    from recommender.store_postgres import _product_lock
 
     prepare(pg_store, "inventory level", SHOP, 1)
     (delivery, changes), = deliveries("inventory level", SHOP, 1)  # 0 units of that item: the variant sells out
     writer = psycopg.connect(schema_url)
-    writer.execute("SELECT pg_advisory_xact_lock(%s, %s)", _lock_key(PRODUCT_LOCK, SHOP, "8000000000000"))
+    namespace, key = _product_lock(SHOP, "8000000000000")
+    writer.execute("SELECT pg_advisory_xact_lock(%s, %s)", (namespace, key))
     outcome = {}
     webhook = threading.Thread(target=lambda: outcome.update(stored=pg_store.apply(delivery, changes)))
 
     # Act
     webhook.start()
     waited = False
-    for _ in range(200):  # until the delivery waits for the writer's lock
-        if run(schema_url, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")[0][0]:
+    for _ in range(200):  # until the delivery waits for the writer's lock: that key's, not any other session's
+        if run(schema_url, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                           " AND classid = %s::int8::oid AND objid = %s::int8::oid AND objsubid = 2",
+               (namespace, key % (1 << 32)))[0][0]:
             waited = True
             break
         threading.Event().wait(0.025)
@@ -852,6 +860,30 @@ def test_a_stock_level_waits_for_its_products_lock_which_it_finds_on_the_server(
     assert waited and stock_while_held == [5, 5, 5]
     assert outcome["stored"] == 0
     assert [v.inventory_quantity for v in pg_store.products(SHOP)["8000000000000"].variants] == [0, 5, 5]
+
+
+def test_a_redelivery_and_an_update_that_keeps_the_flag_leave_the_products_row_unwritten_by_the_flag(pg_store,
+                                                                                                       schema_url):
+    # Arrange: product 0 stored once, for sale
+    from bench.delivery_probe import deliveries
+
+    (delivery, changes), = deliveries("product update", SHOP, 1)
+    pg_store.apply(delivery, changes)
+    version = "SELECT xmin::text FROM products WHERE shop = %s AND product_id = '8000000000000'"
+    stored = run(schema_url, version, (SHOP,))
+
+    # Act
+    again = pg_store.apply(delivery, changes)
+    after_redelivery = run(schema_url, version, (SHOP,))
+    pg_store.apply(Delivery(SHOP, "stock-0", "inventory_levels/update"), ChangeSet(inventory_levels=(
+        TRANSLATORS["inventory_levels/update"](TopicContext(SHOP, "inventory_levels/update", "stock-0"), {
+            "inventory_item_id": 46_000_000_000_000, "location_id": 1, "available": 3}).inventory_levels)))
+    after_stock = run(schema_url, version, (SHOP,))
+
+    # Assert: neither changed the flag, so neither wrote the row (before, each wrote a new version of it)
+    assert again is None and pg_store.unsellable_product_ids(SHOP) == set()
+    assert stored == after_redelivery == after_stock
+    assert [v.inventory_quantity for v in pg_store.products(SHOP)["8000000000000"].variants] == [3, 5, 5]
 
 
 def test_a_page_of_250_products_or_orders_waits_three_times_or_twice(counted_store):
