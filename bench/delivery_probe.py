@@ -6,8 +6,9 @@ What a webhook's request does once it is verified and translated (the payloads t
 translators before the clock starts, as the handler's are): `EventStore.apply` of one delivery, its own
 transaction. The kinds: an order of a known customer, a guest's order, a guest's cart (carts/create and
 carts/update, the most frequent topics), a checkout that names the cart's customer (its link: the cart's events
-join the customer's), a product's update, its deletion, an inventory level's update, and a redelivery of a
-product's update (a webhook id stored before: the dedupe check alone); three lines to each order and cart,
+join the customer's), a product's update, its deletion, an inventory level's update, a redelivery of a
+product's update (a webhook id stored before: the dedupe check alone), an order's cancellation and a refund of
+one unit of its first line (the order stored before); three lines to each order and cart,
 three variants to each product. Beside them a Web Pixel beacon of five product views by one browser (`/collect`:
 `EventStore.add_events_if_installed` of what `webhooks.pixel.pixel_events` makes of it, the shop installed).
 
@@ -48,7 +49,7 @@ from webhooks.pixel import pixel_events
 from webhooks.topics import TRANSLATORS, TopicContext
 
 KINDS = ("order, known customer", "order, guest", "cart", "checkout", "product update", "product deletion",
-         "inventory level", "redelivery", "pixel beacon")
+         "inventory level", "redelivery", "cancellation", "refund", "pixel beacon")
 PIXEL_VIEWS = 5  # a Web Pixel beacon's page views
 LINES = 3
 STAMP = "2026-11-20T10:00:00Z"
@@ -58,12 +59,17 @@ def payload(kind: str, k: int) -> tuple[str, dict | list]:
     """(topic, body) of delivery k of a kind, in Shopify's shape; every k a new order, cart or product."""
     lines = [{"id": 9_000_000 + 10 * k + j, "product_id": 8_000_000_000_000 + (7 * k + j) % 500,
               "variant_id": 45_000_000_000_000 + j, "quantity": 1, "price": "19.00"} for j in range(LINES)]
-    if kind.startswith("order"):
+    if kind.startswith("order") or kind == "cancellation":
         guest = kind.endswith("guest")
-        return "orders/create", {
-            "id": 5_000_000_000_000 + k, "created_at": STAMP, "line_items": lines,
-            "cart_token": f"cart-{k}" if guest else None,
-            "customer": None if guest else {"id": 7_000_000_000_000 + k % 50}}
+        order = {"id": 5_000_000_000_000 + k, "created_at": STAMP, "line_items": lines,
+                 "cart_token": f"cart-{k}" if guest else None,
+                 "customer": None if guest else {"id": 7_000_000_000_000 + k % 50}}
+        if kind == "cancellation":
+            return "orders/cancelled", {**order, "cancelled_at": STAMP}
+        return "orders/create", order
+    if kind == "refund":  # one unit of the order's first line
+        return "refunds/create", {"id": 3_000_000 + k, "order_id": 5_000_000_000_000 + k, "created_at": STAMP,
+                                  "refund_line_items": [{"line_item_id": lines[0]["id"], "quantity": 1}]}
     if kind == "cart":
         return "carts/update", {"token": f"cart-{k}", "updated_at": STAMP, "line_items": lines}
     if kind == "checkout":
@@ -99,7 +105,7 @@ def raw(kind: str, k: int) -> tuple[str, dict | list, str]:
 
 def deliveries(kind: str, shop: str, count: int) -> list[tuple[Delivery, ChangeSet]]:
     """`count` deliveries of a kind, translated (`raw`). An inventory level names a variant of a product `prepare`
-    stores, a deletion that product, a checkout the cart `prepare` stores."""
+    stores, a deletion that product, a checkout the cart `prepare` stores, a cancellation or a refund its order."""
     made = []
     for k in range(count):
         topic, body, webhook_id = raw(kind, k)
@@ -120,9 +126,9 @@ def store_one(store: EventStore, delivery: Delivery, changes: ChangeSet) -> int 
 
 
 # What a kind finds stored: the products an inventory level belongs to or a deletion names, the update a
-# redelivery repeats, the cart a checkout links.
+# redelivery repeats, the cart a checkout links, the order a cancellation or a refund names.
 BEFORE = {"inventory level": "product update", "product deletion": "product update", "redelivery": "product update",
-          "checkout": "cart"}
+          "checkout": "cart", "cancellation": "order, known customer", "refund": "order, known customer"}
 
 
 def prepare(store: EventStore, kind: str, shop: str, count: int) -> None:

@@ -801,18 +801,21 @@ class PostgresEventStore(SharedQueries):
         Events alone (an order, a cart) go as one statement (`_APPLY_EVENTS`), after their guests' locks if they
         have any, in one round trip either way; a checkout's link likewise (`_APPLY_LINKS`), a product's update or
         deletion (`_APPLY_CATALOG`) and a stock level (`_APPLY_LEVELS`, after the locks `_STOCK_LOCKS` finds on the
-        server), each followed by its products' `sellable` flags in the same round trip; cancellations and refunds
-        as `apply_many`'s page of orders does, in two whatever the number of lines.
+        server), each followed by its products' `sellable` flags in the same round trip; a cancellation or a refund
+        as `_APPLY_EVENTS` with its voids and refund lines sent after it, in one.
         """
-        if self._events_alone(changes):  # an order, a cart: one statement, after its guests' locks if it has any
+        if _orders_page([(delivery, changes)]):  # an order, a cart, a cancellation, a refund
             params = self._events_params(delivery, changes.events)
             locks = self._anonymous_locks(changes.events)
-            if not locks:
+            if not locks and self._events_alone(changes):  # one statement, its own transaction
                 return self._write(lambda conn: self._store_events(conn, params), one_statement=True)
 
             def after_the_locks(conn: psycopg.Connection) -> Callable[[], int | None]:
                 self._take_locks(conn, locks)
                 sent = conn.execute(_APPLY_EVENTS, params)
+                # Whether or not the delivery was new: a cancelled order's purchases are void for good, and each
+                # refund line counts once by its own key (`adjustments`), so neither needs the statement's answer.
+                self._send_adjustments(conn, delivery.shop, changes.void_order_ids, changes.refunds)
                 return lambda: self._stored_events(sent)
 
             return self._write_pipelined(after_the_locks)
@@ -854,8 +857,6 @@ class PostgresEventStore(SharedQueries):
                 return lambda: self._stored_events(sent)
 
             return self._write_pipelined(stocked)
-        if _orders_page([(delivery, changes)]):  # a cancellation, a refund: as a page of one
-            return self.apply_many([(delivery, changes)])[0]
         return self._write(lambda conn: self._apply_delivery(conn, delivery, changes))
 
     def _apply_delivery(self, conn: psycopg.Connection, delivery: Delivery, changes: ChangeSet) -> int | None:
@@ -955,15 +956,8 @@ class PostgresEventStore(SharedQueries):
         if events:  # a guest who has since logged in: their events join the customer's (`_events_linked`)
             counted = conn.execute(_PAGE_EVENTS, (json.dumps([{**_event_row(e), "item": index}
                                                               for index, e in events]),))
-        voids = sorted({order_id for _, _, changes in fresh for order_id in changes.void_order_ids})
-        if voids:
-            conn.execute("UPDATE events SET weight_factor = 0 WHERE shop = %s AND order_id = ANY(%s)"
-                         " AND kind = 'purchase'", (shop, voids))
-        refunds = [{"adjustment_key": refund_adjustment_key(r.refund_id, r.line_item_id),
-                    "dedupe_key": order_line_key(r.order_id, r.line_item_id), "quantity": r.quantity}
-                   for _, _, changes in fresh for r in changes.refunds]
-        if refunds:
-            conn.execute(_PAGE_REFUNDS, (json.dumps(refunds), shop, shop))
+        self._send_adjustments(conn, shop, [order_id for _, _, changes in fresh for order_id in changes.void_order_ids],
+                               [r for _, _, changes in fresh for r in changes.refunds])
         self._mark_installed_by(conn, shop, fresh)
 
         def outcome() -> list[int | None]:
@@ -1040,6 +1034,19 @@ class PostgresEventStore(SharedQueries):
             conn.execute(_LINKED_EVENTS, {"shop": shop, "links": links})
         self._mark_installed_by(conn, shop, fresh)
         return lambda: results
+
+    @staticmethod
+    def _send_adjustments(conn: psycopg.Connection, shop: str, voids: Sequence[str], refunds: Sequence) -> None:
+        """Cancelled orders' purchases made void (those not void already) and refund lines applied (each once, by its
+        adjustment row), set-wise, sent without waiting for their answers."""
+        if voids:
+            conn.execute("UPDATE events SET weight_factor = 0 WHERE shop = %s AND order_id = ANY(%s)"
+                         " AND kind = 'purchase' AND weight_factor <> 0", (shop, sorted(set(voids))))
+        if refunds:
+            conn.execute(_PAGE_REFUNDS, (json.dumps([
+                {"adjustment_key": refund_adjustment_key(r.refund_id, r.line_item_id),
+                 "dedupe_key": order_line_key(r.order_id, r.line_item_id), "quantity": r.quantity}
+                for r in refunds]), shop, shop))
 
     @staticmethod
     def _products_changed(conn: psycopg.Connection, shop: str, changes: ChangeSet) -> set[str]:

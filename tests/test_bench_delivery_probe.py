@@ -18,7 +18,8 @@ from tests.postgres_schema import server_url, temporary_schema
 SHOP = "a.myshopify.com"
 # By hand, from what each kind's write sends (tests/test_store_postgres.py checks each against SQLite's outcome).
 ROUND_TRIPS = {"order, known customer": 1, "order, guest": 1, "cart": 1, "checkout": 1, "product update": 1,
-               "product deletion": 1, "inventory level": 1, "redelivery": 1, "pixel beacon": 1}
+               "product deletion": 1, "inventory level": 1, "redelivery": 1, "cancellation": 1, "refund": 1,
+               "pixel beacon": 1}
 
 
 def test_each_kind_is_a_translated_webhook_of_its_topic():
@@ -27,7 +28,8 @@ def test_each_kind_is_a_translated_webhook_of_its_topic():
     assert {kind: made[kind][1][0].topic for kind in KINDS} == {
         "order, known customer": "orders/create", "order, guest": "orders/create", "cart": "carts/update",
         "checkout": "checkouts/update", "product update": "products/update", "product deletion": "products/delete",
-        "inventory level": "inventory_levels/update", "redelivery": "products/update", "pixel beacon": "pixel"}
+        "inventory level": "inventory_levels/update", "redelivery": "products/update", "cancellation": "orders/cancelled",
+        "refund": "refunds/create", "pixel beacon": "pixel"}
     known, guest, cart = (made[kind][1][1].events for kind in ("order, known customer", "order, guest", "cart"))
     assert [e.customer_id for e in known] == ["7000000000001"] * 3 and len({e.product_id for e in known}) == 3
     assert {(e.customer_id, e.anonymous_id) for e in guest} == {(None, "cart-1")}

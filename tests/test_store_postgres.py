@@ -769,6 +769,8 @@ def counted_store(schema_url):
     ("inventory level", 1),  # BEGIN, the item's and its products' locks, the delivery row with the level and the sums;
     # `sellable`, COMMIT
     ("redelivery", 1),  # BEGIN, the lock, the delivery row (stored before: nothing else written); `sellable`, COMMIT
+    ("cancellation", 1),  # BEGIN, the delivery row with the lines (their weights lowered to 0), the void, COMMIT
+    ("refund", 1),  # BEGIN, the delivery row, the refund line (once, by its adjustment row), COMMIT
     ("pixel beacon", 1),  # BEGIN, the browser's lock, five views joined to its link if the shop is installed, COMMIT
 ])
 def test_a_webhooks_write_waits_for_postgresql_once_per_answer_it_needs(counted_store, tmp_path, kind,
@@ -791,8 +793,8 @@ def test_a_webhooks_write_waits_for_postgresql_once_per_answer_it_needs(counted_
 
     # Assert
     assert turns == [round_trips] * 3
-    events = {"checkout": 0, "product update": 0, "product deletion": 0, "inventory level": 0,
-              "pixel beacon": 5}.get(kind, 3)
+    events = {"checkout": 0, "product update": 0, "product deletion": 0, "inventory level": 0, "cancellation": 0,
+              "refund": 0, "pixel beacon": 5}.get(kind, 3)
     assert stored == expected == ([None] * 3 if kind == "redelivery" else [events] * 3)
     assert answers(store) == answers(sqlite)
     assert store.unsellable_product_ids(SHOP) == sqlite.unsellable_product_ids(SHOP)
@@ -802,6 +804,9 @@ def test_a_webhooks_write_waits_for_postgresql_once_per_answer_it_needs(counted_
         assert store.unsellable_product_ids(SHOP) == set()  # product 0's other variants are still for sale
     if kind == "checkout":  # each cart's three events joined to the checkout's customer
         assert {i.user_key for i in store.interactions(SHOP)} == {f"c:{7_000_000_000_000 + k}" for k in range(3)}
+    if kind in ("cancellation", "refund"):  # three orders of three lines: all void, or each first line's one unit
+        assert store.count_events(SHOP) == 9
+        assert len(store.interactions(SHOP)) == len(sqlite.interactions(SHOP)) == (0 if kind == "cancellation" else 6)
     if kind == "product deletion":
         assert store.products(SHOP) == {} and store.deleted_product_ids(SHOP) == {
             str(8_000_000_000_000 + k) for k in range(3)}
