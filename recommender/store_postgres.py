@@ -264,15 +264,26 @@ def _links_joined(condition: str = "") -> str:
             + condition)
 
 
-_APPLY_EVENTS = (
-    "WITH " + _DELIVERY_ROW + ","
-    " proposed AS ("
-    f" SELECT nextval((SELECT pg_get_serial_sequence('events', 'id'))) AS id, {_PROPOSED}, e.position"
-    + _events_linked("%(events)s") +
-    " WHERE EXISTS (SELECT FROM delivery)),"
-    + _STORE_PROPOSED + "," + _INSTALLED_BY_DELIVERY +
-    " SELECT EXISTS (SELECT FROM delivery), (SELECT count(*) FROM stored JOIN proposed USING (id))"
-)
+def _apply_events(void: str = "") -> str:
+    """`_APPLY_EVENTS`, with `void` (a CTE or none) among its writes."""
+    return (
+        "WITH " + _DELIVERY_ROW + ","
+        " proposed AS ("
+        f" SELECT nextval((SELECT pg_get_serial_sequence('events', 'id'))) AS id, {_PROPOSED}, e.position"
+        + _events_linked("%(events)s") +
+        " WHERE EXISTS (SELECT FROM delivery)),"
+        + _STORE_PROPOSED + "," + _INSTALLED_BY_DELIVERY + void +
+        " SELECT EXISTS (SELECT FROM delivery), (SELECT count(*) FROM stored JOIN proposed USING (id))"
+    )
+
+
+_APPLY_EVENTS = _apply_events()
+# The same for a cancellation: if the delivery is new, its orders' other purchases (`%(voids)s`) made void too, in
+# the statement (the rows its own events' dedupe keys name are lowered by their upsert: no row is written twice).
+_APPLY_EVENTS_VOIDING = _apply_events(
+    ", void AS (UPDATE events SET weight_factor = 0 WHERE shop = %(shop)s AND order_id = ANY(%(voids)s)"
+    " AND kind = 'purchase' AND weight_factor <> 0 AND EXISTS (SELECT FROM delivery)"
+    " AND NOT EXISTS (SELECT FROM proposed WHERE proposed.dedupe_key = events.dedupe_key))")
 
 # One delivery of checkouts' links alone (a checkout naming its cart's customer), after its tokens' locks: the
 # delivery row and, only if it is new, each link, each token's guest events joined to its customer and the install
@@ -801,8 +812,8 @@ class PostgresEventStore(SharedQueries):
         Events alone (an order, a cart) go as one statement (`_APPLY_EVENTS`), after their guests' locks if they
         have any, in one round trip either way; a checkout's link likewise (`_APPLY_LINKS`), a product's update or
         deletion (`_APPLY_CATALOG`) and a stock level (`_APPLY_LEVELS`, after the locks `_STOCK_LOCKS` finds on the
-        server), each followed by its products' `sellable` flags in the same round trip; a cancellation or a refund
-        as `_APPLY_EVENTS` with its voids and refund lines sent after it, in one.
+        server), each followed by its products' `sellable` flags in the same round trip; a cancellation as
+        `_APPLY_EVENTS_VOIDING`, a refund as `_APPLY_EVENTS` with its lines sent after it, in one.
         """
         if _orders_page([(delivery, changes)]):  # an order, a cart, a cancellation, a refund
             params = self._events_params(delivery, changes.events)
@@ -812,10 +823,13 @@ class PostgresEventStore(SharedQueries):
 
             def after_the_locks(conn: psycopg.Connection) -> Callable[[], int | None]:
                 self._take_locks(conn, locks)
-                sent = conn.execute(_APPLY_EVENTS, params)
-                # Whether or not the delivery was new: a cancelled order's purchases are void for good, and each
-                # refund line counts once by its own key (`adjustments`), so neither needs the statement's answer.
-                self._send_adjustments(conn, delivery.shop, changes.void_order_ids, changes.refunds)
+                if changes.void_order_ids:  # the void inside the statement, only if the delivery is new
+                    sent = conn.execute(_APPLY_EVENTS_VOIDING, {**params, "voids": sorted(set(changes.void_order_ids))})
+                else:
+                    sent = conn.execute(_APPLY_EVENTS, params)
+                # Whether or not the delivery was new: each refund line counts once by its own key (`adjustments`),
+                # so the refunds need no answer from the statement.
+                self._send_adjustments(conn, delivery.shop, (), changes.refunds)
                 return lambda: self._stored_events(sent)
 
             return self._write_pipelined(after_the_locks)

@@ -469,6 +469,22 @@ def test_a_cancelled_order_stops_counting_everywhere(any_store):
     assert any_store.count_events() == 4  # kept for the record
 
 
+def test_a_redelivered_cancellation_leaves_a_purchase_stored_after_the_first(any_store):
+    # Arrange: order 1 bought and cancelled; then a purchase naming the order (a pixel's checkout_completed can)
+    any_store.add_events([purchase("1", "1", "p1"), purchase("1", "2", "p2")])
+    cancel = delivery("wh-cancel", topic="orders/cancelled"), ChangeSet(
+        events=(purchase("1", "1", "p1", weight_factor=0.0),), void_order_ids=("1",))
+    first = any_store.apply(*cancel)
+    any_store.add_events([purchase("1", "3", "p3")])
+
+    # Act
+    again = any_store.apply(*cancel)
+
+    # Assert: the first delivery voided both lines (one named, one not); its retry changed nothing
+    assert (first, again) == (0, None)
+    assert [i.product_id for i in any_store.interactions(SHOP)] == ["p3"]
+
+
 def test_a_refund_line_shrinks_its_purchase_once(any_store):
     # Arrange
     any_store.add_events([purchase("1", "1", "p1", quantity=4), purchase("1", "2", "p2", quantity=1)])
