@@ -469,6 +469,27 @@ def test_a_cancelled_order_stops_counting_everywhere(any_store):
     assert any_store.count_events() == 4  # kept for the record
 
 
+def test_a_refund_naming_one_line_twice_shrinks_it_by_both_parts(any_store):
+    # Arrange: a line of 4 units; a refund of 1 + 1 of them (restocked to two locations), as Shopify sends it
+    from webhooks.topics import TopicContext, order_created, refund_created
+
+    order = {"id": 5, "created_at": "2026-11-20T10:00:00Z", "customer": {"id": 6},
+             "line_items": [{"id": 500, "product_id": 7, "variant_id": 70, "quantity": 4, "price": "10.00"}]}
+    any_store.apply(delivery("wh-order"), order_created(TopicContext(SHOP, "orders/create", "wh-order"), order))
+    refund = {"id": 99, "order_id": 5, "refund_line_items": [{"line_item_id": 500, "quantity": 1, "location_id": 1},
+                                                             {"line_item_id": 500, "quantity": 1, "location_id": 2}]}
+
+    # Act
+    changes = refund_created(TopicContext(SHOP, "refunds/create", "wh-refund"), refund)
+    any_store.apply(delivery("wh-refund", topic="refunds/create"), changes)
+
+    # Assert: 4 − 2 units left of the line's weight (0.75 when only the first part counted)
+    [line] = changes.refunds
+    assert (line.line_item_id, line.quantity) == ("500", 2)
+    [event] = any_store.interactions(SHOP)
+    assert event.weight_factor == pytest.approx(0.5)
+
+
 def test_a_redelivered_cancellation_leaves_a_purchase_stored_after_the_first(any_store):
     # Arrange: order 1 bought and cancelled; then a purchase naming the order (a pixel's checkout_completed can)
     any_store.add_events([purchase("1", "1", "p1"), purchase("1", "2", "p2")])

@@ -128,19 +128,20 @@ def order_created(ctx: TopicContext, order: dict) -> ChangeSet:
 
 
 def refund_created(ctx: TopicContext, refund: dict) -> ChangeSet:
-    """Each refunded line shrinks its purchase's weight by the refunded share of its quantity."""
+    """Each refunded line shrinks its purchase's weight by the refunded share of its quantity. A line the refund
+    names more than once (units restocked to two locations, say) counts with the sum of its quantities: the stores
+    apply a refund's line once (its refund and line ids are its key), so the parts are added up here."""
     refund_id = shopify_id(refund.get("id"), "id")
     order_id = shopify_id(refund.get("order_id"), "order_id")
-    lines = []
+    quantities: dict[str, int] = {}
     for position, line in enumerate(_list(refund, "refund_line_items")):
         if not isinstance(line, dict):
             raise MalformedPayload(f"refund_line_items[{position}] must be an object")
-        lines.append(RefundLine(
-            refund_id=refund_id, order_id=order_id,
-            line_item_id=shopify_id(line.get("line_item_id"), f"refund_line_items[{position}].line_item_id"),
-            quantity=_quantity(line.get("quantity"), f"refund_line_items[{position}].quantity"),
-        ))
-    return ChangeSet(refunds=tuple(lines))
+        line_item_id = shopify_id(line.get("line_item_id"), f"refund_line_items[{position}].line_item_id")
+        quantity = _quantity(line.get("quantity"), f"refund_line_items[{position}].quantity")
+        quantities[line_item_id] = quantities.get(line_item_id, 0) + quantity
+    return ChangeSet(refunds=tuple(RefundLine(refund_id=refund_id, order_id=order_id, line_item_id=line_item_id,
+                                              quantity=quantity) for line_item_id, quantity in quantities.items()))
 
 
 def checkout_updated(ctx: TopicContext, checkout: dict) -> ChangeSet:
