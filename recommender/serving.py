@@ -560,9 +560,14 @@ class ModelHolder:
             if known and self._model_store.pointer_token(shop) == known:
                 return
             manifest = self._model_store.latest(shop)
-            if manifest is None or manifest.version == current.version:
-                if manifest is not None:
-                    self._tokens[shop] = manifest.change_token
+            if manifest is None:  # the shop's models were deleted (shop/redact): this one is served no more
+                if self._models.get(shop) is current:
+                    self._models.pop(shop, None)
+                    self._tokens.pop(shop, None)
+                    log.info("model for %s gone from the model store: %s no longer served", shop, current.version)
+                return
+            if manifest.version == current.version:
+                self._tokens[shop] = manifest.change_token
                 return
             fresh = ServingModel(self._model_store.load(manifest))
         except ArtifactError as exc:

@@ -118,6 +118,28 @@ def test_a_truncated_artifact_is_refused_too(models):
     assert holder.get(SHOP).version == "v1"
 
 
+def test_a_model_deleted_from_the_store_is_served_no_more_after_the_next_check(models, caplog):
+    # Arrange: v1 served; then the shop's models deleted, as shop/redact deletes them
+    caplog.set_level("INFO")
+    clock = Clock()
+    holder = ModelHolder(models, refresh_seconds=60, clock=clock)
+    models.publish(SHOP, artifact("v1"))
+    assert holder.get(SHOP).version == "v1"
+    assert models.delete_shop(SHOP) > 0
+
+    # Act: the request that finds the check due is still answered from memory; the check finds no model
+    clock.now += 60
+    served_meanwhile = holder.get(SHOP).version
+    assert holder.settle(timeout=10)
+
+    # Assert
+    assert served_meanwhile == "v1"
+    assert holder.in_memory(SHOP, refresh=False) is None
+    with pytest.raises(ModelNotReady):
+        holder.get(SHOP)
+    assert any("gone from the model store: v1 no longer served" in r.getMessage() for r in caplog.records)
+
+
 def test_no_model_is_model_not_ready(models):
     with pytest.raises(ModelNotReady):
         ModelHolder(models).get(SHOP)
