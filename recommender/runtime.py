@@ -33,11 +33,12 @@ class Runtime:
         self.recommender = recommender
 
     @classmethod
-    def from_settings(cls, settings: Settings, preloaded: dict[str, ServingModel] | None = None) -> "Runtime":
-        """`preloaded`: models already loaded for some shops (recommender.preload), served from the start."""
+    def from_settings(cls, settings: Settings, preloaded: dict[str, ServingModel] | None = None,
+                      models: tuple[ModelStore, ModelHolder] | None = None) -> "Runtime":
+        """`preloaded`: models already loaded for some shops (recommender.preload), served from the start. `models`:
+        the model store and holder made already (`model_side`), whose loads may have begun."""
+        model_store, models = models or model_side(settings, preloaded)
         store = open_event_store(settings.event_store_url)
-        model_store = open_model_store(settings.model_store_url)
-        models = ModelHolder(model_store, settings.model_refresh_seconds, preloaded=preloaded)
         recommender = Recommender(
             store, models, CatalogCache(store, settings.catalog_ttl_seconds),
             TrendingCache(store, settings.trending_half_life_days, settings.training.event_weights,
@@ -47,22 +48,54 @@ class Runtime:
         return cls(settings, store, model_store, models, recommender)
 
 
+def model_side(settings: Settings, preloaded: dict[str, ServingModel] | None = None) -> tuple[ModelStore, ModelHolder]:
+    """The model store and the holder of the shops' models, which need nothing of the event store."""
+    model_store = open_model_store(settings.model_store_url)
+    return model_store, ModelHolder(model_store, settings.model_refresh_seconds, preloaded=preloaded)
+
+
 class LazyRuntime:
-    """Builds the Runtime from `env` the first time it is asked for, once per instance."""
+    """Builds the Runtime from `env` the first time it is asked for, once per instance: the settings and the model
+    side first (`settings`, `load_soon`), the event store and the rest with the first `get`."""
 
     def __init__(self, env: Mapping[str, str], preloader: Preloader | None = None):
         self._env = env
         self._preloader = preloader
+        self._settings: Settings | None = None
+        self._models: tuple[ModelStore, ModelHolder] | None = None
         self._runtime: Runtime | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+
+    def settings(self) -> Settings:
+        settings = self._settings
+        if settings is None:
+            with self._lock:
+                if self._settings is None:
+                    self._settings = Settings.from_mapping(self._env)
+                settings = self._settings
+        return settings
+
+    def load_soon(self, shop: str) -> None:
+        """Start `shop`'s first model load now (`ModelHolder.load_soon`), before the event store is opened, so that
+        the two run side by side on a new instance's first request."""
+        if self._runtime is None:
+            self._model_side()[1].load_soon(shop)
 
     def get(self) -> Runtime:
         runtime = self._runtime
         if runtime is None:
             with self._lock:
                 if self._runtime is None:
-                    settings = Settings.from_mapping(self._env)
-                    preloaded = self._preloader.take() if self._preloader is not None else None
-                    self._runtime = Runtime.from_settings(settings, preloaded)
+                    self._runtime = Runtime.from_settings(self.settings(), models=self._model_side())
                 runtime = self._runtime
         return runtime
+
+    def _model_side(self) -> tuple[ModelStore, ModelHolder]:
+        models = self._models
+        if models is None:
+            with self._lock:
+                if self._models is None:
+                    preloaded = self._preloader.take() if self._preloader is not None else None
+                    self._models = model_side(self.settings(), preloaded)
+                models = self._models
+        return models

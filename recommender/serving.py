@@ -477,6 +477,10 @@ class ModelHolder:
         self._checked_at: dict[str, float] = {shop: clock() for shop in self._models}
         self._tokens: dict[str, str] = {}  # the pointer's change token when each shop's model was found
         self._first_load = threading.Lock()
+        # `load_soon`: the shops whose first load runs on a thread of its own, and when each was last found with no model
+        self._soon_lock = threading.Lock()
+        self._loading_soon: set[str] = set()
+        self._missing_at: dict[str, float] = {}
         self._refreshing: dict[str, threading.Lock] = {}
         # Due checks go to one thread of the holder's own, started with the first, which keeps its connection to the
         # model store from one check to the next (a thread per check would open a new one, with TLS, each time).
@@ -508,6 +512,38 @@ class ModelHolder:
                 self._checked_at[shop] = self._clock()
                 self._start_check(shop, model, lock)
         return model
+
+    def load_soon(self, shop: str) -> None:
+        """Start `shop`'s first load on a thread of its own, so that it runs beside what the request does before it
+        needs the model (opening the event store and checking the shop: with PostgreSQL a connection and round
+        trips, ~19 ms on loopback, during which the thread waits for the network; bench/PERFORMANCE.md, round 30);
+        `get` then waits for it, or loads the model itself if the thread has not begun. Nothing when the model is in
+        memory or on its way, or when the shop had none within the last `refresh_seconds` (a shop without a model
+        starts no thread per request)."""
+        if shop in self._models:
+            return
+        with self._soon_lock:
+            if shop in self._models or shop in self._loading_soon:
+                return
+            missing_at = self._missing_at.get(shop)
+            if missing_at is not None and self._clock() - missing_at < self._refresh_seconds:
+                return
+            self._loading_soon.add(shop)
+        loader = threading.Thread(target=self._load_beside, args=(shop,), name="model-first-load", daemon=True)
+        try:
+            loader.start()
+        except RuntimeError:  # no thread to be had (the interpreter is shutting down): `get` loads it on the request
+            with self._soon_lock:
+                self._loading_soon.discard(shop)
+
+    def _load_beside(self, shop: str) -> None:
+        try:
+            self.get(shop)
+        except Exception:  # no model, a damaged one, the store unreachable: the request's own `get` meets it and says so
+            pass
+        finally:
+            with self._soon_lock:
+                self._loading_soon.discard(shop)
 
     def _start_check(self, shop: str, current: ServingModel, lock: threading.Lock) -> None:
         with self._idle:
@@ -543,6 +579,7 @@ class ModelHolder:
         manifest = self._model_store.latest(shop)
         self._checked_at[shop] = self._clock()
         if manifest is None:
+            self._missing_at[shop] = self._clock()
             raise ModelNotReady(
                 f"no model has been trained for {shop} yet: run `python -m recommender train --shop {shop}`"
                 " or POST /train"
