@@ -64,6 +64,7 @@ class LazyRuntime:
         self._settings: Settings | None = None
         self._models: tuple[ModelStore, ModelHolder] | None = None
         self._runtime: Runtime | None = None
+        self._soon_asked = False  # `load_soon` was asked once
         self._lock = threading.RLock()
 
     def settings(self) -> Settings:
@@ -77,9 +78,13 @@ class LazyRuntime:
 
     def load_soon(self, shop: str) -> None:
         """Start `shop`'s first model load now (`ModelHolder.load_soon`), before the event store is opened, so that
-        the two run side by side on a new instance's first request."""
-        if self._runtime is None:
-            self._model_side()[1].load_soon(shop)
+        the two run side by side on a new instance's first request: once an instance, so that requests arriving while
+        the event store cannot be opened start no load each."""
+        with self._lock:
+            if self._runtime is not None or self._soon_asked:
+                return
+            self._soon_asked = True
+        self._model_side()[1].load_soon(shop)
 
     def get(self) -> Runtime:
         runtime = self._runtime

@@ -455,6 +455,26 @@ class ServingModel:
         return [int(r) for r in rows[:n + len(skip)] if int(r) not in skip][:n]
 
 
+class _FirstLoad:
+    """The outcome of a first load begun by `ModelHolder.load_soon`: set once by its thread, waited for by a request
+    (concurrent.futures would cost every cold start its import)."""
+
+    def __init__(self):
+        self._done = threading.Event()
+        self._model: ServingModel | None = None
+        self._error: BaseException | None = None
+
+    def end(self, model: ServingModel | None = None, error: BaseException | None = None) -> None:
+        self._model, self._error = model, error
+        self._done.set()
+
+    def result(self) -> ServingModel:
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return self._model
+
+
 class ModelHolder:
     """Each shop's latest artifact, loaded once per instance and swapped when `latest` moves.
 
@@ -477,10 +497,9 @@ class ModelHolder:
         self._checked_at: dict[str, float] = {shop: clock() for shop in self._models}
         self._tokens: dict[str, str] = {}  # the pointer's change token when each shop's model was found
         self._first_load = threading.Lock()
-        # `load_soon`: the shops whose first load runs on a thread of its own, and when each was last found with no model
+        # `load_soon`: each shop's first load begun on a thread of its own, until a `get` takes its outcome
         self._soon_lock = threading.Lock()
-        self._loading_soon: set[str] = set()
-        self._missing_at: dict[str, float] = {}
+        self._soon: dict[str, _FirstLoad] = {}
         self._refreshing: dict[str, threading.Lock] = {}
         # Due checks go to one thread of the holder's own, started with the first, which keeps its connection to the
         # model store from one check to the next (a thread per check would open a new one, with TLS, each time).
@@ -492,6 +511,11 @@ class ModelHolder:
         self._idle = threading.Condition()
 
     def get(self, shop: str) -> ServingModel:
+        if self._soon:
+            with self._soon_lock:
+                begun = self._soon.pop(shop, None)
+            if begun is not None:  # `load_soon`'s load: its model, or its error, once
+                return begun.result()
         model = self.in_memory(shop)
         if model is None:
             with self._first_load:
@@ -514,36 +538,33 @@ class ModelHolder:
         return model
 
     def load_soon(self, shop: str) -> None:
-        """Start `shop`'s first load on a thread of its own, so that it runs beside what the request does before it
+        """Begin `shop`'s first load on a thread of its own, so that it runs beside what the request does before it
         needs the model (opening the event store and checking the shop: with PostgreSQL a connection and round
-        trips, ~19 ms on loopback, during which the thread waits for the network; bench/PERFORMANCE.md, round 30);
-        `get` then waits for it, or loads the model itself if the thread has not begun. Nothing when the model is in
-        memory or on its way, or when the shop had none within the last `refresh_seconds` (a shop without a model
-        starts no thread per request)."""
-        if shop in self._models:
-            return
+        trips, during which the thread has the CPU; bench/PERFORMANCE.md, round 30). The next `get` takes its
+        outcome, the model or the error, and does not load again. Nothing when the model is in memory or on its
+        way."""
         with self._soon_lock:
-            if shop in self._models or shop in self._loading_soon:
+            if shop in self._models or shop in self._soon:
                 return
-            missing_at = self._missing_at.get(shop)
-            if missing_at is not None and self._clock() - missing_at < self._refresh_seconds:
-                return
-            self._loading_soon.add(shop)
-        loader = threading.Thread(target=self._load_beside, args=(shop,), name="model-first-load", daemon=True)
+            outcome = _FirstLoad()
+            self._soon[shop] = outcome
+
+        def load() -> None:
+            try:
+                with self._first_load:
+                    model = self._models.get(shop)
+                    if model is None:
+                        model = self._load_first(shop)
+            except BaseException as exc:  # the request's `get` raises it, as its own load would have
+                outcome.end(error=exc)
+            else:
+                outcome.end(model=model)
+
         try:
-            loader.start()
+            threading.Thread(target=load, name="model-first-load", daemon=True).start()
         except RuntimeError:  # no thread to be had (the interpreter is shutting down): `get` loads it on the request
             with self._soon_lock:
-                self._loading_soon.discard(shop)
-
-    def _load_beside(self, shop: str) -> None:
-        try:
-            self.get(shop)
-        except Exception:  # no model, a damaged one, the store unreachable: the request's own `get` meets it and says so
-            pass
-        finally:
-            with self._soon_lock:
-                self._loading_soon.discard(shop)
+                self._soon.pop(shop, None)
 
     def _start_check(self, shop: str, current: ServingModel, lock: threading.Lock) -> None:
         with self._idle:
@@ -579,7 +600,6 @@ class ModelHolder:
         manifest = self._model_store.latest(shop)
         self._checked_at[shop] = self._clock()
         if manifest is None:
-            self._missing_at[shop] = self._clock()
             raise ModelNotReady(
                 f"no model has been trained for {shop} yet: run `python -m recommender train --shop {shop}`"
                 " or POST /train"

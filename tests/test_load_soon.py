@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from recommender.artifact import ModelArtifact
-from recommender.errors import ModelNotReady
+from recommender.errors import ArtifactError, ModelNotReady
 from recommender.model_store import LocalModelStore
 from recommender.runtime import LazyRuntime
 from recommender.serving import ModelHolder
@@ -89,17 +89,29 @@ def test_load_soon_does_nothing_for_a_model_in_memory_or_on_its_way(store):
     assert not [thread for thread in threading.enumerate() if thread.name == "model-first-load"]
 
 
-def test_a_shop_without_a_model_gets_its_error_from_get_and_starts_no_thread_per_request(store):
+def test_a_first_load_that_fails_reaches_the_request_once_and_is_not_made_again_for_it(store):
+    # Arrange: one shop with no model, one whose artifact is damaged
+    manifest = store.publish(OTHER_SHOP, artifact("v1"))
+    path = store.root / OTHER_SHOP / f"{manifest.version}.npz"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
     holder = ModelHolder(store, refresh_seconds=60)
 
+    # Act
+    holder.load_soon(SHOP)
     holder.load_soon(OTHER_SHOP)
     with pytest.raises(ModelNotReady):
+        holder.get(SHOP)
+    with pytest.raises(ArtifactError):
         holder.get(OTHER_SHOP)
-    _loaders_done()
-    for _ in range(5):  # the next requests within the refresh interval start no background look-ups
-        holder.load_soon(OTHER_SHOP)
+    first = list(store.lookups), list(store.loads)
+    with pytest.raises(ModelNotReady):  # a later request tries again itself, as without load_soon
+        holder.get(SHOP)
 
-    assert store.lookups.count("model-first-load") == 1
+    # Assert: each looked up and loaded once, on the load's thread (before, the request did it all again)
+    assert first == (["model-first-load"] * 2, ["model-first-load"])
+    assert store.lookups[2:] == [threading.current_thread().name]
     assert not [thread for thread in threading.enumerate() if thread.name == "model-first-load"]
 
 
@@ -116,4 +128,23 @@ def test_lazy_runtime_loads_the_model_before_it_opens_the_event_store(tmp_path):
     assert not opened_before and events.exists()
     assert built.models.get(SHOP).version == "v1"
     runtime.load_soon(SHOP)  # once the runtime is built, nothing more to overlap
+    built.store.close()
+
+
+def test_lazy_runtime_begins_one_load_an_instance_however_many_requests_come_before_its_store_opens(tmp_path):
+    # Arrange: two shops with models; requests for both arrive before the runtime is built (a store that is down)
+    for shop in (SHOP, OTHER_SHOP):
+        LocalModelStore(tmp_path / "models").publish(shop, artifact("v1"))
+    runtime = LazyRuntime({"EVENT_STORE_URL": f"sqlite:///{tmp_path / 'events.sqlite3'}",
+                           "MODEL_STORE_URL": f"file://{tmp_path / 'models'}", "SHOPIFY_API_SECRET": "test-secret"})
+
+    # Act
+    runtime.load_soon(SHOP)
+    runtime.load_soon(OTHER_SHOP)
+    _loaders_done()
+    built = runtime.get()
+
+    # Assert: the first request's shop was loaded beside it; the other waits for its own first request
+    assert built.models.in_memory(SHOP, refresh=False).version == "v1"
+    assert built.models.in_memory(OTHER_SHOP, refresh=False) is None
     built.store.close()
