@@ -161,9 +161,12 @@ def recommend(request: flask.Request) -> flask.Response:
         return _json({"error": denied.code, "message": str(denied)}, denied.status)
     wanted = RecommendRequest.from_query(query)
     # A new instance's first model loads while its event store opens and the shop is checked (round 30 of
-    # bench/PERFORMANCE.md); a shop found not installed then has its model in memory, as one uninstalled later does.
+    # bench/PERFORMANCE.md).
     _runtime.load_soon(wanted.shop)
-    result = _runtime.get().recommender.recommend(wanted)
+    try:
+        result = _runtime.get().recommender.recommend(wanted)
+    finally:  # a load this request began and did not take (a shop not installed, the store down) is not kept
+        _runtime.forget_soon(wanted.shop)
     body = {
         "recommendation_id": result.recommendation_id,
         "model_version": result.model_version,

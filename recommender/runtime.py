@@ -86,6 +86,12 @@ class LazyRuntime:
             self._soon_asked = True
         self._model_side()[1].load_soon(shop)
 
+    def forget_soon(self, shop: str) -> None:
+        """After the request that asked `load_soon`: its load forgotten if the request did not take it
+        (`ModelHolder.forget_soon`)."""
+        if self._models is not None:
+            self._models[1].forget_soon(shop)
+
     def get(self) -> Runtime:
         runtime = self._runtime
         if runtime is None:

@@ -463,10 +463,14 @@ class _FirstLoad:
         self._done = threading.Event()
         self._model: ServingModel | None = None
         self._error: BaseException | None = None
+        self.abandoned = False  # no request took it (`ModelHolder.forget_soon`); under the holder's `_soon_lock`
 
     def end(self, model: ServingModel | None = None, error: BaseException | None = None) -> None:
         self._model, self._error = model, error
         self._done.set()
+
+    def model_if_done(self) -> ServingModel | None:
+        return self._model if self._done.is_set() else None
 
     def result(self) -> ServingModel:
         self._done.wait()
@@ -559,12 +563,35 @@ class ModelHolder:
                 outcome.end(error=exc)
             else:
                 outcome.end(model=model)
+                with self._soon_lock:
+                    if outcome.abandoned:
+                        self._drop(shop, model)
 
         try:
             threading.Thread(target=load, name="model-first-load", daemon=True).start()
-        except RuntimeError:  # no thread to be had (the interpreter is shutting down): `get` loads it on the request
-            with self._soon_lock:
-                self._soon.pop(shop, None)
+        except RuntimeError:  # no thread to be had: the load runs here, on the request, as it would without
+            load()
+
+    def forget_soon(self, shop: str) -> None:
+        """The load `load_soon` began for `shop`, if no `get` took its outcome (the request ended before it needed the
+        model: a shop not installed, the event store out of reach), is forgotten, and its model too once loaded: the
+        shop's next request finds what the model store holds then, as if no load had begun."""
+        if not self._soon:
+            return
+        with self._soon_lock:
+            outcome = self._soon.pop(shop, None)
+            if outcome is None:
+                return
+            outcome.abandoned = True
+            model = outcome.model_if_done()
+            if model is not None:
+                self._drop(shop, model)
+
+    def _drop(self, shop: str, model: ServingModel) -> None:
+        if self._models.get(shop) is model:
+            self._models.pop(shop, None)
+            self._tokens.pop(shop, None)
+            self._checked_at.pop(shop, None)
 
     def _start_check(self, shop: str, current: ServingModel, lock: threading.Lock) -> None:
         with self._idle:

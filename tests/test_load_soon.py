@@ -12,7 +12,7 @@ from recommender.errors import ArtifactError, ModelNotReady
 from recommender.model_store import LocalModelStore
 from recommender.runtime import LazyRuntime
 from recommender.serving import ModelHolder
-from tests.conftest import SHOP
+from tests.conftest import SHOP, order_payload, post_webhook
 
 OTHER_SHOP = "other-shop.myshopify.com"
 
@@ -148,3 +148,68 @@ def test_lazy_runtime_begins_one_load_an_instance_however_many_requests_come_bef
     assert built.models.in_memory(SHOP, refresh=False).version == "v1"
     assert built.models.in_memory(OTHER_SHOP, refresh=False) is None
     built.store.close()
+
+
+def test_a_load_no_request_took_is_forgotten_with_its_model_so_the_next_request_finds_the_store_as_it_is_then(store):
+    # Arrange: v1 loaded beside a request that ended before it needed the model (its shop not installed, say)
+    store.publish(SHOP, artifact("v1"))
+    holder = ModelHolder(store, refresh_seconds=3600)
+    holder.load_soon(SHOP)
+    _loaders_done()
+
+    # Act: the request ends; the shop installs again, with v2 published meanwhile
+    holder.forget_soon(SHOP)
+    store.publish(SHOP, artifact("v2"))
+
+    # Assert: v1 is not kept (before, it answered until the next refresh check)
+    assert holder.in_memory(SHOP, refresh=False) is None
+    assert holder.get(SHOP).version == "v2"
+
+
+def test_a_load_forgotten_while_it_runs_keeps_no_model_once_it_ends(store):
+    store.publish(SHOP, artifact("v1"))
+    holder = ModelHolder(store)
+    store.release.clear()
+
+    holder.load_soon(SHOP)
+    holder.forget_soon(SHOP)
+    store.release.set()
+    _loaders_done()
+
+    assert store.loads == ["model-first-load"]
+    assert holder.in_memory(SHOP, refresh=False) is None
+
+
+def test_with_no_thread_to_be_had_the_load_runs_on_the_request(store, monkeypatch):
+    store.publish(SHOP, artifact("v1"))
+    holder = ModelHolder(store)
+
+    started = threading.Thread.start
+
+    def refused(self):  # the load's thread only: the load itself may use a second thread to decode
+        if self.name == "model-first-load":
+            raise RuntimeError("can't start new thread")
+        return started(self)
+
+    monkeypatch.setattr(threading.Thread, "start", refused)
+    holder.load_soon(SHOP)
+    model = holder.get(SHOP)  # the outcome is there already: no wait for a thread that never ran
+
+    assert model.version == "v1" and store.loads == [threading.current_thread().name]
+
+
+def test_a_new_instances_first_request_for_a_shop_not_installed_leaves_no_model_for_its_reinstall(app_client, tmp_path):
+    # Arrange: v1 published for a shop that has not installed the app; no request has reached this instance yet
+    models = LocalModelStore(tmp_path / "models")
+    models.publish(OTHER_SHOP, artifact("v1"))
+    first = app_client.get(f"/recommend?shop={OTHER_SHOP}&intent=related&product_id=1")  # its load begins beside
+    _loaders_done()
+
+    # Act: the shop installs (its first webhook), and v2 is published
+    post_webhook(app_client, "orders/create", order_payload(1, 2, [1]), shop=OTHER_SHOP)
+    v2 = models.publish(OTHER_SHOP, artifact("v2")).version
+    answer = app_client.get(f"/recommend?shop={OTHER_SHOP}&intent=related&product_id=1")
+
+    # Assert: v2 answers (before, v1 did, loaded for the 404 and kept until a refresh check found v2)
+    assert (first.status_code, first.json["error"]) == (404, "shop_not_installed")
+    assert answer.status_code == 200 and answer.json["model_version"] == v2
