@@ -162,8 +162,8 @@ def recommend(request: flask.Request) -> flask.Response:
     wanted = RecommendRequest.from_query(query)
     # A new instance's first model loads while its event store opens and the shop is checked (round 30 of
     # bench/PERFORMANCE.md).
-    _runtime.load_soon(wanted.shop)
     try:
+        _runtime.load_soon(wanted.shop)
         result = _runtime.get().recommender.recommend(wanted)
     finally:  # a load this request began and did not take (a shop not installed, the store down) is not kept
         _runtime.forget_soon(wanted.shop)

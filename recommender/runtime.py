@@ -80,6 +80,8 @@ class LazyRuntime:
         """Start `shop`'s first model load now (`ModelHolder.load_soon`), before the event store is opened, so that
         the two run side by side on a new instance's first request: once an instance, so that requests arriving while
         the event store cannot be opened start no load each."""
+        if self._runtime is not None or self._soon_asked:  # every request after the first: no lock taken
+            return
         with self._lock:
             if self._runtime is not None or self._soon_asked:
                 return

@@ -569,7 +569,7 @@ class ModelHolder:
 
         try:
             threading.Thread(target=load, name="model-first-load", daemon=True).start()
-        except RuntimeError:  # no thread to be had: the load runs here, on the request, as it would without
+        except Exception:  # no thread to be had: the load runs here, on the request, as it would without
             load()
 
     def forget_soon(self, shop: str) -> None:
