@@ -646,8 +646,7 @@ class ModelHolder:
             manifest = self._model_store.latest(shop)
             if manifest is None:  # the shop's models were deleted (shop/redact): this one is served no more
                 if self._models.get(shop) is current:
-                    self._models.pop(shop, None)
-                    self._tokens.pop(shop, None)
+                    self._drop(shop, current)
                     log.info("model for %s gone from the model store: %s no longer served", shop, current.version)
                 return
             if manifest.version == current.version:
