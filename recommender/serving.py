@@ -489,7 +489,7 @@ class ModelHolder:
     and swapped in with one assignment, so a request sees the old model or the new one, never a
     mix; the requests after the swap get the new one. An artifact that fails its checksum or does
     not parse is refused, logged, and the last good model keeps serving. Only a shop's first
-    load, with no model to answer from yet, runs on the request.
+    load, with no model to answer from yet, runs on the request; it waits for no other shop's.
     """
 
     def __init__(self, model_store: ModelStore, refresh_seconds: float = 60.0,
@@ -500,7 +500,9 @@ class ModelHolder:
         self._models: dict[str, ServingModel] = dict(preloaded or {})  # loaded at start-up (recommender.preload)
         self._checked_at: dict[str, float] = {shop: clock() for shop in self._models}
         self._tokens: dict[str, str] = {}  # the pointer's change token when each shop's model was found
-        self._first_load = threading.Lock()
+        # one first load per shop at a time; a shop's first load waits for no other shop's (a small shop's first
+        # shopper behind a big shop's download: bench/PERFORMANCE.md, round 31)
+        self._first_loads: dict[str, threading.Lock] = {}
         # `load_soon`: each shop's first load begun on a thread of its own, until a `get` takes its outcome
         self._soon_lock = threading.Lock()
         self._soon: dict[str, _FirstLoad] = {}
@@ -522,11 +524,15 @@ class ModelHolder:
                 return begun.result()
         model = self.in_memory(shop)
         if model is None:
-            with self._first_load:
+            with self._first_lock(shop):
                 model = self._models.get(shop)
                 if model is None:
                     return self._load_first(shop)
         return model
+
+    def _first_lock(self, shop: str) -> threading.Lock:
+        lock = self._first_loads.get(shop)
+        return lock if lock is not None else self._first_loads.setdefault(shop, threading.Lock())  # atomic: one wins
 
     def in_memory(self, shop: str, refresh: bool = True) -> ServingModel | None:
         """The shop's model if this instance has loaded it, else None: never a read of the model store. With
@@ -555,7 +561,7 @@ class ModelHolder:
 
         def load() -> None:
             try:
-                with self._first_load:
+                with self._first_lock(shop):
                     model = self._models.get(shop)
                     if model is None:
                         model = self._load_first(shop)

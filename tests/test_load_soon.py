@@ -1,4 +1,5 @@
-"""A shop's first model load beside the event store's opening: `ModelHolder.load_soon` and `LazyRuntime.load_soon`."""
+"""A shop's first model load: beside the event store's opening (`ModelHolder.load_soon`, `LazyRuntime.load_soon`),
+and waiting for no other shop's."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ def artifact(version: str) -> ModelArtifact:
 
 class WatchedStore(LocalModelStore):
     """The real folder store, which also notes which thread loads and looks up each model, and can hold a load back
-    until `release` is set."""
+    until `release` is set (every shop's, or only `held_shop`'s)."""
 
     def __init__(self, root):
         super().__init__(root)
@@ -32,6 +33,7 @@ class WatchedStore(LocalModelStore):
         self.lookups: list[str] = []
         self.release = threading.Event()
         self.release.set()
+        self.held_shop: str | None = None
 
     def latest(self, shop):
         self.lookups.append(threading.current_thread().name)
@@ -39,7 +41,8 @@ class WatchedStore(LocalModelStore):
 
     def load(self, manifest):
         self.loads.append(threading.current_thread().name)
-        assert self.release.wait(10), "the test never released the load"
+        if self.held_shop in (None, manifest.shop):
+            assert self.release.wait(10), "the test never released the load"
         return super().load(manifest)
 
 
@@ -213,3 +216,70 @@ def test_a_new_instances_first_request_for_a_shop_not_installed_leaves_no_model_
     # Assert: v2 answers (before, v1 did, loaded for the 404 and kept until a refresh check found v2)
     assert (first.status_code, first.json["error"]) == (404, "shop_not_installed")
     assert answer.status_code == 200 and answer.json["model_version"] == v2
+
+
+def _get_on_a_thread(holder: ModelHolder, shop: str, name: str) -> tuple[threading.Thread, list]:
+    got: list = []
+    thread = threading.Thread(target=lambda: got.append(holder.get(shop)), name=name, daemon=True)
+    thread.start()
+    return thread, got
+
+
+def _until(condition) -> bool:
+    for _ in range(1000):
+        if condition():
+            return True
+        threading.Event().wait(0.01)
+    return False
+
+
+@pytest.mark.parametrize("begun_by", ["request", "load_soon"])
+def test_a_shops_first_load_waits_for_no_other_shops(store, begun_by):
+    # Arrange: a big shop's first load is under way and held there (a long download)
+    store.publish(SHOP, artifact("big-v1"))
+    store.publish(OTHER_SHOP, artifact("small-v1"))
+    holder = ModelHolder(store)
+    store.held_shop = SHOP
+    store.release.clear()
+    if begun_by == "load_soon":
+        holder.load_soon(SHOP)
+        big, got_big = None, None
+    else:
+        big, got_big = _get_on_a_thread(holder, SHOP, "big-shop-request")
+    assert _until(lambda: len(store.loads) == 1), "the big shop's load never began"
+
+    # Act: the other shop's first request
+    small, got_small = _get_on_a_thread(holder, OTHER_SHOP, "small-shop-request")
+    small.join(5)
+
+    # Assert: answered while the big load is still held (before, it waited for that load to end)
+    try:
+        assert not small.is_alive(), "the other shop's first load waited for the big shop's"
+        assert [model.version for model in got_small] == ["small-v1"]
+        assert holder.in_memory(SHOP, refresh=False) is None
+    finally:
+        store.release.set()
+    if big is not None:
+        big.join(10)
+        assert [model.version for model in got_big] == ["big-v1"]
+    assert holder.get(SHOP).version == "big-v1"
+    _loaders_done()
+
+
+def test_requests_that_meet_their_shops_first_load_under_way_wait_for_it_and_do_not_load_again(store):
+    store.publish(SHOP, artifact("v1"))
+    holder = ModelHolder(store)
+    store.release.clear()
+
+    first, got_first = _get_on_a_thread(holder, SHOP, "first-request")
+    assert _until(lambda: len(store.loads) == 1), "the first load never began"
+    second, got_second = _get_on_a_thread(holder, SHOP, "second-request")
+    second.join(0.2)
+    waited = second.is_alive()  # for the load under way
+    store.release.set()
+    first.join(10)
+    second.join(10)
+
+    assert waited
+    assert store.loads == ["first-request"]
+    assert got_first[0] is got_second[0] and got_first[0].version == "v1"

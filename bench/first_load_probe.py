@@ -1,0 +1,145 @@
+"""Two shops' first loads on one new instance: does a small shop's first shopper wait for a big shop's model?
+
+    python -m bench.first_load_probe --rounds 7                        # models in a local folder
+    python -m bench.first_load_probe --rounds 7 --gcs --rtt-ms 20      # in gs:// (gcp-storage-emulator), 20 ms away
+
+An app installed in many stores serves them all from the same instances: a new instance (a deploy, a scale-out)
+meets its first request for each shop with that shop's model not yet in memory, and loads it on the request
+(`ModelHolder.get`). This probe asks, in each round and on a fresh holder each time (`ModelHolder.get` over the
+real model store, the way `Recommender` asks it):
+
+- small alone: the small shop's first load, nothing else loading (the floor of this probe);
+- small behind big: the same, asked once the big shop's first load has begun reading its artifact, timed from
+  the small shop's request to its model;
+- big alone, and big with small beside it: what the big shop's own first load pays for sharing the instance.
+
+Prints each figure's median over the rounds (ms), and "small behind big" against "small alone".
+BLAS runs one thread, as `main.py` pins it.
+
+With `--gcs`, what is left of "small behind big" is mostly the emulator's: gcp-storage-emulator is a plain
+`http.server.HTTPServer`, which answers one request at a time, so the small shop's reads wait there for the
+rest of the big artifact's download; a bucket answers them side by side. The local folder shows our own part.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from bench import process, synthetic
+from recommender.model_store import Manifest, ModelStore, open_model_store
+
+BIG_SHOP = "big-probe.myshopify.com"
+SMALL_SHOP = "small-probe.myshopify.com"
+NEVER = 1e9  # refresh interval: no refresh check during a round
+
+
+class _Watched:
+    """The real model store, passed through, telling the probe when the big shop's artifact begins loading."""
+
+    def __init__(self, store: ModelStore):
+        self._store = store
+        self.big_loading = threading.Event()
+
+    def latest(self, shop: str) -> Manifest | None:
+        return self._store.latest(shop)
+
+    def pointer_token(self, shop: str) -> str | None:
+        return self._store.pointer_token(shop)
+
+    def load(self, manifest: Manifest):
+        if manifest.shop == BIG_SHOP:
+            self.big_loading.set()
+        return self._store.load(manifest)
+
+
+def _timed_get(holder, shop: str, into: list[float]) -> None:
+    started = time.perf_counter()
+    holder.get(shop)
+    into.append((time.perf_counter() - started) * 1e3)
+
+
+def _round(store: ModelStore) -> dict[str, float]:
+    from recommender.serving import ModelHolder
+
+    figures: dict[str, float] = {}
+    for label, shop in (("small alone", SMALL_SHOP), ("big alone", BIG_SHOP)):
+        took: list[float] = []
+        _timed_get(ModelHolder(store, refresh_seconds=NEVER), shop, took)
+        figures[label] = took[0]
+    watched = _Watched(store)
+    holder = ModelHolder(watched, refresh_seconds=NEVER)
+    big: list[float] = []
+    small: list[float] = []
+    loading = threading.Thread(target=_timed_get, args=(holder, BIG_SHOP, big))
+    loading.start()
+    if not watched.big_loading.wait(60):
+        raise RuntimeError("the big shop's load did not begin within 60 s")
+    _timed_get(holder, SMALL_SHOP, small)
+    loading.join()
+    figures["small behind big"] = small[0]
+    figures["big with small beside it"] = big[0]
+    return figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--big-items", type=int, default=1_000_000)
+    parser.add_argument("--small-items", type=int, default=10_000)
+    parser.add_argument("--gcs", action="store_true", help="the models in gs:// (gcp-storage-emulator on loopback)")
+    parser.add_argument("--rtt-ms", type=float, default=0.0,
+                        help="with --gcs: add this round trip to every request to the emulator (bench/latency_proxy.py)")
+    args = parser.parse_args(argv)
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _probe(args)
+
+
+def _probe(args: argparse.Namespace) -> int:
+    work = Path(tempfile.mkdtemp(prefix="first-load-probe-"))
+    emulator = None
+    saved_host = os.environ.get("STORAGE_EMULATOR_HOST")
+    try:
+        if args.gcs:
+            emulator, gcs = process.start_storage_emulator(work / "logs", rtt_ms=args.rtt_ms)
+            os.environ["STORAGE_EMULATOR_HOST"] = gcs["STORAGE_EMULATOR_HOST"]  # for the publisher and the reads
+            url = gcs["MODEL_STORE_URL"]
+        else:
+            url = (work / "models").as_uri()
+        store = open_model_store(url)
+        for shop, items in ((BIG_SHOP, args.big_items), (SMALL_SHOP, args.small_items)):
+            artifact = synthetic.build_artifact(items)
+            artifact.metadata = {**artifact.metadata, "shop": shop}
+            store.publish(shop, artifact)
+        _round(store)  # a warm-up, not counted: the page cache, the emulator's first requests
+        rounds = [_round(store) for _ in range(args.rounds)]
+    finally:
+        if emulator is not None:
+            emulator.stop()
+        if saved_host is None:
+            os.environ.pop("STORAGE_EMULATOR_HOST", None)
+        else:
+            os.environ["STORAGE_EMULATOR_HOST"] = saved_host
+        shutil.rmtree(work, ignore_errors=True)
+    where = (f"gs:// (gcp-storage-emulator{f', {args.rtt_ms:g} ms added to each round trip' if args.rtt_ms else ''})"
+             if args.gcs else "a local folder")
+    print(f"a {args.big_items:,}-item shop and a {args.small_items:,}-item shop, models in {where},"
+          f" {args.rounds} rounds, a fresh holder each time")
+    medians = {label: statistics.median(r[label] for r in rounds) for label in rounds[0]}
+    for label, median in medians.items():
+        print(f"{label:26s} median {median:9.2f} ms  samples {[round(r[label], 1) for r in rounds]}")
+    print(f"small behind big / small alone: {medians['small behind big'] / medians['small alone']:.2f}×")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
