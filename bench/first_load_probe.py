@@ -11,7 +11,9 @@ real model store, the way `Recommender` asks it):
 - small alone: the small shop's first load, nothing else loading (the floor of this probe);
 - small behind big: the same, asked once the big shop's first load has begun reading its artifact, timed from
   the small shop's request to its model;
-- big alone, and big with small beside it: what the big shop's own first load pays for sharing the instance.
+- big alone, and big with small beside it: what the big shop's own first load pays for sharing the instance;
+- like shops at once: `--like-shops` shops of `--like-items` each, every one's first request at the same moment
+  (a new instance meeting its traffic): their mean and slowest time to the model, against one of them alone.
 
 Prints each figure's median over the rounds (ms), and "small behind big" against "small alone".
 BLAS runs one thread, as `main.py` pins it.
@@ -38,6 +40,7 @@ from recommender.model_store import Manifest, ModelStore, open_model_store
 
 BIG_SHOP = "big-probe.myshopify.com"
 SMALL_SHOP = "small-probe.myshopify.com"
+LIKE_SHOP = "like-{}-probe.myshopify.com"
 NEVER = 1e9  # refresh interval: no refresh check during a round
 
 
@@ -60,32 +63,56 @@ class _Watched:
         return self._store.load(manifest)
 
 
-def _timed_get(holder, shop: str, into: list[float]) -> None:
-    started = time.perf_counter()
-    holder.get(shop)
-    into.append((time.perf_counter() - started) * 1e3)
+def _timed_get(holder, shop: str, into: list, start: threading.Barrier | None = None) -> None:
+    try:
+        if start is not None:
+            start.wait(60)
+        started = time.perf_counter()
+        holder.get(shop)
+        into.append((time.perf_counter() - started) * 1e3)
+    except BaseException as exc:  # the probe's own thread: the round reports it
+        into.append(exc)
 
 
-def _round(store: ModelStore) -> dict[str, float]:
+def _took(results: list, shop: str) -> float:
+    if len(results) != 1 or isinstance(results[0], BaseException):
+        raise RuntimeError(f"the first load of {shop} failed: {results!r}")
+    return results[0]
+
+
+def _round(store: ModelStore, like_shops: int) -> dict[str, float]:
     from recommender.serving import ModelHolder
 
     figures: dict[str, float] = {}
-    for label, shop in (("small alone", SMALL_SHOP), ("big alone", BIG_SHOP)):
-        took: list[float] = []
+    for label, shop in (("small alone", SMALL_SHOP), ("big alone", BIG_SHOP), ("one like shop alone", LIKE_SHOP.format(0))):
+        took: list = []
         _timed_get(ModelHolder(store, refresh_seconds=NEVER), shop, took)
-        figures[label] = took[0]
+        figures[label] = _took(took, shop)
     watched = _Watched(store)
     holder = ModelHolder(watched, refresh_seconds=NEVER)
-    big: list[float] = []
-    small: list[float] = []
+    big: list = []
+    small: list = []
     loading = threading.Thread(target=_timed_get, args=(holder, BIG_SHOP, big))
     loading.start()
-    if not watched.big_loading.wait(60):
-        raise RuntimeError("the big shop's load did not begin within 60 s")
+    while not watched.big_loading.wait(0.01):
+        if not loading.is_alive():  # it ended before its artifact's read: a failure, reported below
+            break
     _timed_get(holder, SMALL_SHOP, small)
     loading.join()
-    figures["small behind big"] = small[0]
-    figures["big with small beside it"] = big[0]
+    figures["small behind big"] = _took(small, SMALL_SHOP)
+    figures["big with small beside it"] = _took(big, BIG_SHOP)
+    holder = ModelHolder(store, refresh_seconds=NEVER)
+    start = threading.Barrier(like_shops)
+    results: list[list] = [[] for _ in range(like_shops)]
+    threads = [threading.Thread(target=_timed_get, args=(holder, LIKE_SHOP.format(k), results[k], start))
+               for k in range(like_shops)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    took = [_took(result, LIKE_SHOP.format(k)) for k, result in enumerate(results)]
+    figures["like shops at once, mean"] = statistics.fmean(took)
+    figures["like shops at once, slowest"] = max(took)
     return figures
 
 
@@ -94,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--big-items", type=int, default=1_000_000)
     parser.add_argument("--small-items", type=int, default=10_000)
+    parser.add_argument("--like-shops", type=int, default=6)
+    parser.add_argument("--like-items", type=int, default=200_000)
     parser.add_argument("--gcs", action="store_true", help="the models in gs:// (gcp-storage-emulator on loopback)")
     parser.add_argument("--rtt-ms", type=float, default=0.0,
                         help="with --gcs: add this round trip to every request to the emulator (bench/latency_proxy.py)")
@@ -116,12 +145,14 @@ def _probe(args: argparse.Namespace) -> int:
         else:
             url = (work / "models").as_uri()
         store = open_model_store(url)
-        for shop, items in ((BIG_SHOP, args.big_items), (SMALL_SHOP, args.small_items)):
-            artifact = synthetic.build_artifact(items)
+        shops = [(BIG_SHOP, args.big_items), (SMALL_SHOP, args.small_items)]
+        shops += [(LIKE_SHOP.format(k), args.like_items) for k in range(args.like_shops)]
+        for seed, (shop, items) in enumerate(shops):
+            artifact = synthetic.build_artifact(items, seed=seed)
             artifact.metadata = {**artifact.metadata, "shop": shop}
             store.publish(shop, artifact)
-        _round(store)  # a warm-up, not counted: the page cache, the emulator's first requests
-        rounds = [_round(store) for _ in range(args.rounds)]
+        _round(store, args.like_shops)  # a warm-up, not counted: the page cache, the emulator's first requests
+        rounds = [_round(store, args.like_shops) for _ in range(args.rounds)]
     finally:
         if emulator is not None:
             emulator.stop()
@@ -132,12 +163,14 @@ def _probe(args: argparse.Namespace) -> int:
         shutil.rmtree(work, ignore_errors=True)
     where = (f"gs:// (gcp-storage-emulator{f', {args.rtt_ms:g} ms added to each round trip' if args.rtt_ms else ''})"
              if args.gcs else "a local folder")
-    print(f"a {args.big_items:,}-item shop and a {args.small_items:,}-item shop, models in {where},"
-          f" {args.rounds} rounds, a fresh holder each time")
+    print(f"a {args.big_items:,}-item shop and a {args.small_items:,}-item shop; {args.like_shops} shops of"
+          f" {args.like_items:,} items; models in {where}, {args.rounds} rounds, a fresh holder each time")
     medians = {label: statistics.median(r[label] for r in rounds) for label in rounds[0]}
     for label, median in medians.items():
-        print(f"{label:26s} median {median:9.2f} ms  samples {[round(r[label], 1) for r in rounds]}")
-    print(f"small behind big / small alone: {medians['small behind big'] / medians['small alone']:.2f}×")
+        print(f"{label:28s} median {median:9.2f} ms  samples {[round(r[label], 1) for r in rounds]}")
+    print(f"small behind big / small alone: {medians['small behind big'] / medians['small alone']:.2f}×;"
+          f" like shops at once, mean / one alone:"
+          f" {medians['like shops at once, mean'] / medians['one like shop alone']:.2f}×")
     return 0
 
 

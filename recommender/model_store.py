@@ -272,6 +272,7 @@ class GCSModelStore:
         self.prefix = prefix.strip("/")
         self._client = client
         self._client_lock = threading.Lock()
+        self._reads_lock = threading.Lock()
         # JsonApiReads.for_environment decides on the first read, unless a client or reads were given; None: the
         # client reads.
         self._reads: JsonApiReads | None | object = reads if reads is not None or client is not None else _UNDECIDED
@@ -412,7 +413,9 @@ class GCSModelStore:
 
     def _light_reads(self) -> "JsonApiReads | None":
         if self._reads is _UNDECIDED:
-            self._reads = JsonApiReads.for_environment(self.bucket_name, os.environ)
+            with self._reads_lock:  # shops' first loads run side by side: one JsonApiReads, one token and TLS context
+                if self._reads is _UNDECIDED:
+                    self._reads = JsonApiReads.for_environment(self.bucket_name, os.environ)
         return self._reads  # type: ignore[return-value]
 
     def _read(self, key: str, where: str) -> bytes | None:

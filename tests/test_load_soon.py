@@ -12,7 +12,8 @@ from recommender.artifact import ModelArtifact
 from recommender.errors import ArtifactError, ModelNotReady
 from recommender.model_store import LocalModelStore
 from recommender.runtime import LazyRuntime
-from recommender.serving import ModelHolder
+from recommender import serving
+from recommender.serving import ModelHolder, _LoadGate
 from tests.conftest import SHOP, order_payload, post_webhook
 
 OTHER_SHOP = "other-shop.myshopify.com"
@@ -283,3 +284,65 @@ def test_requests_that_meet_their_shops_first_load_under_way_wait_for_it_and_do_
     assert waited
     assert store.loads == ["first-request"]
     assert got_first[0] is got_second[0] and got_first[0].version == "v1"
+
+
+def _turn_on_a_thread(gate: _LoadGate, size: int, release: threading.Event) -> tuple[threading.Thread, threading.Event]:
+    inside = threading.Event()
+
+    def take() -> None:
+        with gate.turn(size):
+            inside.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=take, daemon=True)
+    thread.start()
+    return thread, inside
+
+
+def test_the_load_gate_lets_small_loads_side_by_side_and_past_a_big_one_and_big_ones_take_turns():
+    gate = _LoadGate(together_bytes=100, past_share=4)
+    big_done, others_done = threading.Event(), threading.Event()
+    big, big_in = _turn_on_a_thread(gate, 60, big_done)
+    assert big_in.wait(5)
+
+    # 60 + 40 = 100: side by side; 41 is neither within 100 together nor a quarter of 60: it waits
+    side, side_in = _turn_on_a_thread(gate, 40, others_done)
+    too_big, too_big_in = _turn_on_a_thread(gate, 41, others_done)
+    assert side_in.wait(5)
+    assert not too_big_in.wait(0.3)
+    # 10 is a quarter of the smallest in flight (60 and 40 are in: 10 * 4 <= 40), although 60 + 40 + 10 > 100
+    small, small_in = _turn_on_a_thread(gate, 10, others_done)
+    assert small_in.wait(5)
+
+    big_done.set()  # 40 + 10 + 41 = 91: now it fits
+    assert too_big_in.wait(5)
+    others_done.set()
+    for thread in (big, side, too_big, small):
+        thread.join(5)
+    assert not gate._running
+
+
+def test_two_big_shops_first_loads_take_turns(store, monkeypatch):
+    # Arrange: artifacts "big" for the gate (every load counts more than all that may run together)
+    monkeypatch.setattr(serving, "LOADS_TOGETHER_BYTES", 1)
+    monkeypatch.setattr(serving, "PAST_SMALLEST_SHARE", 10**9)
+    store.publish(SHOP, artifact("a-v1"))
+    store.publish(OTHER_SHOP, artifact("b-v1"))
+    holder = ModelHolder(store)
+    store.held_shop = SHOP
+    store.release.clear()
+    first, got_first = _get_on_a_thread(holder, SHOP, "first-shop")
+    assert _until(lambda: len(store.loads) == 1), "the first shop's load never began"
+
+    # Act
+    second, got_second = _get_on_a_thread(holder, OTHER_SHOP, "second-shop")
+    second.join(0.3)
+    waited = second.is_alive() and store.loads == ["first-shop"]  # its artifact not read yet
+    store.release.set()
+    first.join(10)
+    second.join(10)
+
+    # Assert: the second read its artifact once the first had its model
+    assert waited
+    assert store.loads == ["first-shop", "second-shop"]
+    assert [m.version for m in got_first + got_second] == ["a-v1", "b-v1"]

@@ -980,3 +980,34 @@ def _wait_for(condition, processes, what: str, patience: float = 60.0) -> None:
         if time.monotonic() >= deadline:
             raise AssertionError(f"gave up waiting for {what}")
         time.sleep(0.01)
+
+
+def test_gcs_shops_read_side_by_side_by_a_new_instance_share_one_json_api_reads(gcs, monkeypatch):
+    # Arrange: two shops published; a new instance's store, whose reads are decided on its first read
+    import threading
+
+    other = "other-shop.myshopify.com"
+    published = {shop: gcs.store.publish(shop, artifact(V1)) for shop in (SHOP, other)}
+    store = open_model_store(gcs.store.url)
+    made = []
+    decide = JsonApiReads.for_environment.__func__
+
+    def slow_decision(cls, bucket, env):  # the real decision, taking long enough for the threads to meet in it
+        made.append(threading.current_thread().name)
+        threading.Event().wait(0.05)
+        return decide(cls, bucket, env)
+
+    monkeypatch.setattr(JsonApiReads, "for_environment", classmethod(slow_decision))
+    found = {}
+    threads = [threading.Thread(target=lambda s=shop: found.setdefault(s, store.latest(s)), name=f"first-load-{k}")
+               for k, shop in enumerate((SHOP, other, SHOP, other))]
+
+    # Act
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+
+    # Assert: decided once (before, each thread that met the undecided store made its own, with its own token)
+    assert len(made) == 1
+    assert found == published
