@@ -91,6 +91,9 @@ def parse_args(argv: list[str], env: dict[str, str]) -> argparse.Namespace:
         help="warm recommend instances [RECOMMEND_MIN_INSTANCES]")
     add("--preload-shops", default=default("PRELOAD_SHOPS", ""),
         help="shops whose models recommend instances load while starting, comma-separated [PRELOAD_SHOPS]")
+    add("--model-memory-mib", type=float, default=_number(env, "MODEL_MEMORY_MIB"),
+        help="the models a recommend instance keeps at most; the least recently asked shops' models go first "
+             "[MODEL_MEMORY_MIB; default: half the function's memory]")
     add("--schedule", default=default("TRAIN_SCHEDULE", "0 3 * * *"), help="when to train, cron [TRAIN_SCHEDULE]")
     add("--time-zone", default=default("TRAIN_TIME_ZONE", "Etc/UTC"), help="of the schedule [TRAIN_TIME_ZONE]")
     add("--scheduler-job", default=default("SCHEDULER_JOB", "recommender-train"), help="job name [SCHEDULER_JOB]")
@@ -111,6 +114,8 @@ def parse_args(argv: list[str], env: dict[str, str]) -> argparse.Namespace:
         parser.error("PROJECT is not set: pass --project or set PROJECT (or GOOGLE_CLOUD_PROJECT)")
     if not re.fullmatch(r"[a-z][a-z0-9-]{4,28}[a-z0-9]", args.project):
         parser.error(f"PROJECT must be a Google Cloud project id, got {args.project!r}")
+    if args.model_memory_mib is not None and not args.model_memory_mib > 0:
+        parser.error(f"MODEL_MEMORY_MIB must be a number of MiB > 0, got {args.model_memory_mib:g}")
     if not (args.database_url or args.database_url_secret):
         parser.error("DATABASE_URL is not set: pass --database-url (or --database-url-secret) with the shared event"
                      " store; a Cloud Function's disk vanishes with its instance")
@@ -168,6 +173,11 @@ def deploy_script(args: argparse.Namespace, env: dict[str, str]) -> str:
         env_vars["THREADS"] = str(spec.concurrency)
         if spec.entry_point in ("recommend", "app") and args.preload_shops:
             env_vars["PRELOAD_SHOPS"] = args.preload_shops  # their models load while an instance starts
+        if spec.entry_point in ("recommend", "app"):
+            # An instance keeps the model of every shop it answers for unless bounded: half its memory for models
+            # leaves room for the instance itself (~82 MiB), its caches (~25 MiB) and a load's artifact.
+            budget = args.model_memory_mib or mebibytes(spec.memory) / 2
+            env_vars["MODEL_MEMORY_MIB"] = f"{budget:g}"
         # One BLAS thread per request: gunicorn's threads already fill the CPUs, and OpenBLAS's own pool on
         # top of them tripled CPU per recommendation in bench/PERFORMANCE.md (implicit asks for it too).
         env_vars["OPENBLAS_NUM_THREADS"] = "1"
@@ -222,6 +232,16 @@ def deploy_script(args: argparse.Namespace, env: dict[str, str]) -> str:
     return "\n\n".join(blocks) + "\n"
 
 
+def mebibytes(memory: str) -> float:
+    """A function's memory as gcloud takes it (512Mi, 1Gi, 512M, 2G, 512MB, 2GB) in MiB."""
+    match = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)(Mi|Gi|M|G|MB|GB)", memory)
+    if match is None:
+        raise SystemExit(f"cannot read the memory {memory!r}: use a number and Mi, Gi, M, G, MB or GB")
+    number, unit = float(match.group(1)), match.group(2)
+    return {"Mi": number, "Gi": number * 1024, "M": number * 1e6 / 2**20, "MB": number * 1e6 / 2**20,
+            "G": number * 1e9 / 2**20, "GB": number * 1e9 / 2**20}[unit]
+
+
 def render(command: list[str]) -> str:
     """One command for bash: positional words on the first line, one flag per continuation line."""
     split = next((i for i, word in enumerate(command) if word.startswith("--")), len(command))
@@ -257,6 +277,16 @@ def _unless_exists(describe: list[str], create: list[str]) -> str:
 
 def _quote(word: str) -> str:
     return str(word) if isinstance(word, Raw) else shlex.quote(word)
+
+
+def _number(env: dict[str, str], name: str) -> float | None:
+    raw = env.get(name)
+    if not raw:
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        raise SystemExit(f"{name} must be a number, got {raw!r}") from None
 
 
 def _flag(env: dict[str, str], name: str) -> bool:

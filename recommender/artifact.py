@@ -47,6 +47,7 @@ from __future__ import annotations
 import hashlib
 import json
 import mmap
+import sys
 import threading
 from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
 
@@ -91,12 +92,13 @@ class ItemIds:
     cache, 20 binary searches over 100k ids and the ids' parsing cost ~40 µs, 20 dictionary hits ~2.
     """
 
-    __slots__ = ("_numbers", "_strings", "_index", "_found")
+    __slots__ = ("_numbers", "_strings", "_index", "_found", "_nbytes")
 
     def __init__(self, numbers: np.ndarray | None = None, strings: Sequence[str] | None = None):
         if (numbers is None) == (strings is None):
             raise ArtifactError("item ids need either numbers or strings")
         self._numbers = self._strings = self._index = None
+        self._nbytes: int | None = None
         self._found: dict[str, int] = {}  # id -> row (−1: unknown) of the numeric ids looked up so far
         if numbers is not None:
             numbers = np.asarray(numbers, dtype=np.int64)
@@ -127,6 +129,17 @@ class ItemIds:
 
     def __len__(self) -> int:
         return len(self._numbers) if self._numbers is not None else len(self._strings)
+
+    @property
+    def nbytes(self) -> int:
+        """About what these ids take in memory: the array, and for string ids their dictionary (counted once)."""
+        if self._nbytes is None:
+            if self._numbers is not None:
+                self._nbytes = self._numbers.nbytes
+            else:
+                self._nbytes = (self._strings.nbytes + sys.getsizeof(self._index)
+                                + sum(sys.getsizeof(pid) for pid in self._index))
+        return self._nbytes
 
     def __getitem__(self, row: int) -> str:
         return str(int(self._numbers[row])) if self._numbers is not None else str(self._strings[row])

@@ -106,7 +106,9 @@ class CatalogSnapshot:
 
 
 class CatalogCache:
-    """One snapshot per shop, re-read from the store at most every `ttl_seconds`."""
+    """One snapshot per shop, re-read from the store at most every `ttl_seconds`. At most once a TTL, a fresh read
+    lets go of the snapshots older than that: an instance serving many shops keeps those of the shops asked for
+    lately, not one for every shop it ever served."""
 
     def __init__(self, store: EventStore, ttl_seconds: float, clock: Callable[[], float] = time.monotonic):
         self._store = store
@@ -114,6 +116,7 @@ class CatalogCache:
         self._clock = clock
         self._snapshots: dict[str, CatalogSnapshot] = {}
         self._lock = threading.Lock()
+        self._swept_at = clock()
 
     def get(self, shop: str) -> CatalogSnapshot:
         now = self._clock()
@@ -127,4 +130,8 @@ class CatalogCache:
         )
         with self._lock:
             self._snapshots[shop] = fresh
+            if now - self._swept_at >= self._ttl:  # shops not asked within the TTL: their snapshots would be re-read
+                self._swept_at = now
+                for other in [name for name, kept in self._snapshots.items() if now - kept.taken_at >= self._ttl]:
+                    del self._snapshots[other]
         return fresh

@@ -51,7 +51,9 @@ class Runtime:
 def model_side(settings: Settings, preloaded: dict[str, ServingModel] | None = None) -> tuple[ModelStore, ModelHolder]:
     """The model store and the holder of the shops' models, which need nothing of the event store."""
     model_store = open_model_store(settings.model_store_url)
-    return model_store, ModelHolder(model_store, settings.model_refresh_seconds, preloaded=preloaded)
+    budget = None if settings.model_memory_mib is None else int(settings.model_memory_mib * 2**20)
+    return model_store, ModelHolder(model_store, settings.model_refresh_seconds, preloaded=preloaded,
+                                    memory_budget=budget)
 
 
 class LazyRuntime:

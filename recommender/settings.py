@@ -83,6 +83,7 @@ class Settings(NamedTuple):
     trending_ttl_seconds: float = 300.0  # how often an instance recomputes trending per shop
     answer_cache_seconds: float = 30.0  # how long an instance reuses an answer that depends on no shopper
     model_refresh_seconds: float = 60.0  # how often a serving instance looks for a newer model
+    model_memory_mib: float | None = None  # the models an instance keeps, at most (None: every shop it served)
     quality_gate: bool = True  # publish only models that beat the baselines on recent events
     gate_holdout_days: float = 7.0  # the recent window the gate judges on
     gate_tolerance: float = 0.1  # accepted relative drop from the current model's holdout metric
@@ -119,6 +120,7 @@ class Settings(NamedTuple):
             trending_ttl_seconds=_read(env, "TRENDING_TTL_SECONDS", float, 300.0, lambda v: v >= 0, "a number >= 0"),
             answer_cache_seconds=_read(env, "ANSWER_CACHE_SECONDS", float, 30.0, lambda v: v >= 0, "a number >= 0"),
             model_refresh_seconds=_read(env, "MODEL_REFRESH_SECONDS", float, 60.0, lambda v: v >= 0, "a number >= 0"),
+            model_memory_mib=_read(env, "MODEL_MEMORY_MIB", float, None, lambda v: v > 0, "a number of MiB > 0"),
             quality_gate=_flag(env, "QUALITY_GATE", default=True),
             gate_holdout_days=_read(env, "GATE_HOLDOUT_DAYS", float, 7.0, lambda v: v > 0, "a number of days > 0"),
             gate_tolerance=_read(env, "GATE_TOLERANCE", float, 0.1, lambda v: 0 <= v < 1, "a number from 0 to 1"),

@@ -42,8 +42,9 @@ class TrendingCache:
         self._ttl = ttl_seconds
         self._clock = clock
         self._now = now
-        self._cache: dict[str, tuple[float, list[tuple[str, float]]]] = {}
+        self._cache: dict[str, tuple[float, list[tuple[str, float]]]] = {}  # let go once older than the TTL
         self._lock = threading.Lock()
+        self._swept_at = clock()
 
     def get(self, shop: str) -> list[tuple[str, float]]:
         tick = self._clock()
@@ -55,4 +56,8 @@ class TrendingCache:
         ranked = trending_scores(self._store.activity_since(shop, since), now, self._half_life, self._weights)
         with self._lock:
             self._cache[shop] = (tick, ranked)
+            if tick - self._swept_at >= self._ttl:  # shops not asked within the TTL: theirs would be computed again
+                self._swept_at = tick
+                for other in [name for name, (made, _) in self._cache.items() if tick - made >= self._ttl]:
+                    del self._cache[other]
         return ranked

@@ -94,3 +94,19 @@ def test_the_blocked_mask_marks_the_rows_not_for_sale_and_is_none_when_all_are_f
     # stock nothing is blocked, and the answer says so with None (the readers then skip the mask)
     assert mask.tolist() == [False, True, False, False]
     assert restocked is None
+
+
+def test_snapshots_of_shops_not_asked_within_the_ttl_are_let_go(store):
+    # Arrange: the TTL is 30 s
+    clock = Clock()
+    cache = CatalogCache(store, ttl_seconds=30, clock=clock)
+    shops = [f"shop-{k}.myshopify.com" for k in range(4)]
+
+    # Act / Assert: shops asked at 0, 20 and 40 s; at 40 s shop 0's snapshot is 40 s old
+    for shop in shops[:3]:
+        cache.get(shop)
+        clock.now += 20
+    assert sorted(cache._snapshots) == shops[1:3]
+    clock.now = 1100.0  # at 100 s, a fourth shop: the others' snapshots are 60 and 80 s old
+    cache.get(shops[3])
+    assert sorted(cache._snapshots) == [shops[3]]

@@ -100,6 +100,7 @@ def test_dry_run_gives_stores_to_the_functions_and_secrets_only_to_those_that_ne
     # Assert
     for name in ("webhook", "recommend", "collect", "train"):
         env_vars = gcloud_map(functions[name]["--set-env-vars"])
+        env_vars.pop("MODEL_MEMORY_MIB", None)  # recommend's: its own test
         assert env_vars == {"EVENT_STORE_URL": DATABASE_URL, "MODEL_STORE_URL": MODEL_STORE_URL,
                             "THREADS": functions[name]["--concurrency"], "OPENBLAS_NUM_THREADS": "1"}
     assert gcloud_map(functions["healthz"]["--set-env-vars"]) == {"THREADS": functions["healthz"]["--concurrency"],
@@ -122,6 +123,35 @@ def test_preload_shops_reach_the_recommend_function_only():
     assert gcloud_map(functions["recommend"]["--set-env-vars"])["PRELOAD_SHOPS"] == "a.myshopify.com,b.myshopify.com"
     for name in ("webhook", "collect", "train", "healthz"):
         assert "PRELOAD_SHOPS" not in gcloud_map(functions[name]["--set-env-vars"])
+
+
+def test_recommend_instances_keep_models_within_half_their_memory_unless_told():
+    # Act
+    default = deployed(dry_run("--with-app"))
+    bigger = deployed(dry_run(RECOMMEND_MEMORY="1Gi"))
+    told = deployed(dry_run("--model-memory-mib", "300"))
+    from_env = deployed(dry_run(MODEL_MEMORY_MIB="200.5"))
+
+    # Assert
+    def budget(functions, name="recommend"):
+        return gcloud_map(functions[name]["--set-env-vars"]).get("MODEL_MEMORY_MIB")
+
+    assert (budget(default), budget(default, "app")) == ("256", "1024")  # 512Mi and 2Gi
+    assert budget(bigger) == "512"
+    assert (budget(told), budget(from_env)) == ("300", "200.5")
+    for name in ("webhook", "collect", "train", "healthz"):
+        assert budget(default, name) is None
+
+
+@pytest.mark.parametrize(("flags", "env", "message"), [
+    (("--model-memory-mib", "0"), {}, "MODEL_MEMORY_MIB must be a number of MiB > 0, got 0"),
+    ((), {"MODEL_MEMORY_MIB": "lots"}, "MODEL_MEMORY_MIB must be a number, got 'lots'"),
+    ((), {"RECOMMEND_MEMORY": "lots"}, "cannot read the memory 'lots'"),
+])
+def test_a_bad_model_memory_fails_naming_it(flags, env, message):
+    result = deploy("--dry-run", *flags, **env)
+
+    assert result.returncode != 0 and message in result.stderr
 
 
 def test_dry_run_creates_the_scheduler_job_that_posts_train_with_the_bearer_token():

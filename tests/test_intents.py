@@ -246,6 +246,24 @@ def test_trending_decays_with_age_by_the_half_life():
     assert ranked == [("fresh", pytest.approx(10.0)), ("week-old", pytest.approx(7.0))]
 
 
+def test_trending_of_shops_not_asked_within_the_ttl_is_let_go(store):
+    # Arrange: the TTL is 300 s
+    from recommender.trending import TrendingCache
+
+    tick = [0.0]
+    cache = TrendingCache(store, 7.0, {EventKind.PURCHASE: 10.0}, ttl_seconds=300, clock=lambda: tick[0])
+    shops = [f"shop-{k}.myshopify.com" for k in range(4)]
+
+    # Act / Assert: shops asked at 0, 200 and 400 s; at 400 s shop 0's ranking is 400 s old
+    for shop in shops[:3]:
+        cache.get(shop)
+        tick[0] += 200
+    assert sorted(cache._cache) == shops[1:3]
+    tick[0] = 1000.0  # a fourth shop: the others' rankings are 600 and 800 s old
+    cache.get(shops[3])
+    assert sorted(cache._cache) == [shops[3]]
+
+
 def test_trending_follows_recent_orders_and_needs_no_retraining(shop):
     today = NOW.isoformat()
     for n in range(3):

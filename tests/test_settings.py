@@ -69,6 +69,8 @@ def test_values_are_cast(env):
     ("EVENT_STORE_URL", "mysql://x"),
     ("EVENT_STORE_URL", "postgresql:/db/events"),
     ("MODEL_STORE_URL", "s3://bucket/models"),
+    ("MODEL_MEMORY_MIB", "0"),
+    ("MODEL_MEMORY_MIB", "lots"),
 ])
 def test_invalid_value_raises_config_error_naming_the_variable(name, value):
     # Act
@@ -173,3 +175,9 @@ def test_require_secret_raises_config_error_naming_the_variable_when_unset(mappi
     # Act / Assert
     with pytest.raises(ConfigError, match="^SHOPIFY_API_SECRET is not set"):
         settings.require_secret()
+
+
+def test_model_memory_mib_is_unset_by_default_and_read_in_mib():
+    assert Settings.from_mapping({}).model_memory_mib is None
+    assert Settings.from_mapping({"MODEL_MEMORY_MIB": ""}).model_memory_mib is None
+    assert Settings.from_mapping({"MODEL_MEMORY_MIB": "307.5"}).model_memory_mib == 307.5

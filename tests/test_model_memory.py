@@ -1,0 +1,182 @@
+"""MODEL_MEMORY_MIB: an instance serving many shops keeps the models of those asked for most recently, within it."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from recommender.artifact import ModelArtifact
+from recommender.model_store import LocalModelStore
+from recommender.runtime import Runtime
+from recommender.serving import ModelHolder, ServingModel
+from recommender.settings import Settings
+
+ITEMS, FACTORS = 2_000, 16
+SHOPS = [f"shop-{name}.myshopify.com" for name in "abcd"]
+
+
+def artifact(version: str, items: int = ITEMS) -> ModelArtifact:
+    rng = np.random.default_rng(len(version))
+    return ModelArtifact.build([str(1000 + k) for k in range(items)],
+                               rng.standard_normal((items, FACTORS)).astype(np.float32),
+                               rng.random(items).astype(np.float32), 0.1, 2.0, {"version": version})
+
+
+class CountingStore(LocalModelStore):
+    """The real folder store, which also notes each artifact load, and can run `on_load` as one begins."""
+
+    def __init__(self, root):
+        super().__init__(root)
+        self.loads: list[str] = []
+        self.on_load = lambda manifest: None
+
+    def load(self, manifest):
+        self.loads.append(manifest.shop)
+        self.on_load(manifest)
+        return super().load(manifest)
+
+
+@pytest.fixture
+def store(tmp_path):
+    store = CountingStore(tmp_path / "models")
+    for shop in SHOPS:
+        store.publish(shop, artifact(f"{shop[5]}-v1"))
+    return store
+
+
+def one_model_bytes(store) -> int:
+    return ModelHolder(store).get(SHOPS[0]).nbytes
+
+
+def kept(holder: ModelHolder) -> list[str]:
+    return [shop for shop in SHOPS if holder.in_memory(shop, refresh=False) is not None]
+
+
+def test_a_models_bytes_grow_by_what_its_first_answers_build():
+    model = ServingModel(artifact("v1"))
+    as_loaded = model.nbytes
+
+    model.norms
+    with_norms = model.nbytes
+    model.inverse_norms
+    model.popular_rows
+
+    assert as_loaded >= ITEMS * FACTORS * 4  # the float32 factors at least
+    assert with_norms == as_loaded + ITEMS * 4  # float32 norms
+    assert model.nbytes == with_norms + ITEMS * 4 + ITEMS * 8  # float32 inverse norms, int64 rows
+
+
+def test_the_least_recently_asked_shops_model_is_let_go_and_loaded_again_when_asked(store):
+    # Arrange: room for two models and a half
+    holder = ModelHolder(store, memory_budget=int(one_model_bytes(store) * 2.5))
+    store.loads.clear()
+    a, b, c = SHOPS[:3]
+
+    # Act / Assert
+    holder.get(a)
+    holder.get(b)
+    holder.get(a)  # a asked again: b is now the least recent
+    holder.get(c)
+    assert kept(holder) == [a, c]
+    model = holder.get(b)  # loaded again; a is the least recent now
+    assert model.version == "b-v1"
+    assert kept(holder) == [b, c]
+    assert store.loads == [a, b, c, b]
+
+
+def test_without_a_budget_every_shops_model_is_kept(store):
+    holder = ModelHolder(store)
+
+    for shop in SHOPS:
+        holder.get(shop)
+
+    assert kept(holder) == SHOPS
+
+
+def test_room_is_made_before_the_load_begins(store):
+    # Arrange: two models fit; a third's expected size does not fit beside them
+    holder = ModelHolder(store, memory_budget=int(one_model_bytes(store) * 2.5))
+    a, b, c = SHOPS[:3]
+    holder.get(a)
+    holder.get(b)
+    seen = []
+    store.on_load = lambda manifest: seen.append((manifest.shop, kept(holder)))
+
+    # Act
+    holder.get(c)
+
+    # Assert: a had gone before c's artifact was read
+    assert seen == [(c, [b])]
+    assert kept(holder) == [b, c]
+
+
+def test_a_model_larger_than_the_budget_is_still_served_and_kept_alone(store):
+    holder = ModelHolder(store, memory_budget=1)
+    a, b = SHOPS[:2]
+
+    first = holder.get(a)
+    second = holder.get(b)
+
+    assert (first.version, second.version) == ("a-v1", "b-v1")
+    assert kept(holder) == [b]
+
+
+def test_answers_served_from_the_instances_cache_count_as_asking_for_the_shop(store):
+    holder = ModelHolder(store, memory_budget=int(one_model_bytes(store) * 2.5))
+    a, b, c = SHOPS[:3]
+    holder.get(a)
+    holder.get(b)
+
+    holder.in_memory(a)  # a cached answer for a: its refresh check, and its place in the order
+    holder.get(c)
+
+    assert kept(holder) == [a, c]
+
+
+def test_a_refresh_that_ends_after_its_model_was_let_go_does_not_bring_it_back(store):
+    # Arrange: a's refresh check finds v2 and its load is held while a's model is let go
+    holder = ModelHolder(store, refresh_seconds=0, memory_budget=int(one_model_bytes(store) * 1.5))
+    a, b = SHOPS[:2]
+    holder.get(a)
+    store.publish(a, artifact("a-v2"))
+    release, began = threading.Event(), threading.Event()
+
+    def hold(manifest):
+        if manifest.version == "a-v2":
+            began.set()
+            assert release.wait(10)
+
+    store.on_load = hold
+    holder.in_memory(a)  # starts the check
+    assert began.wait(10)
+
+    # Act: b's first load lets a go; then the refresh ends
+    store.on_load = lambda manifest: None
+    loading_b = threading.Thread(target=holder.get, args=(b,))
+    loading_b.start()
+    loading_b.join(0.5)
+    release.set()
+    loading_b.join(10)
+    assert holder.settle(10)
+
+    # Assert
+    assert kept(holder) == [b]
+
+
+def test_a_runtime_reads_its_budget_from_model_memory_mib(tmp_path):
+    store = LocalModelStore(tmp_path / "models")
+    for shop in SHOPS[:3]:
+        store.publish(shop, artifact(f"{shop[5]}-v1"))
+    size = ModelHolder(store).get(SHOPS[0]).nbytes
+    settings = Settings.from_mapping({"EVENT_STORE_URL": f"sqlite:///{tmp_path / 'events.sqlite3'}",
+                                      "MODEL_STORE_URL": f"file://{tmp_path / 'models'}",
+                                      "MODEL_MEMORY_MIB": str(size * 1.5 / 2**20)})
+    runtime = Runtime.from_settings(settings)
+
+    for shop in SHOPS[:3]:
+        runtime.models.get(shop)
+
+    assert [shop for shop in SHOPS if runtime.models.in_memory(shop, refresh=False)] == [SHOPS[2]]
+    runtime.store.close()
