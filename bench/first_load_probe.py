@@ -134,33 +134,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _probe(args: argparse.Namespace) -> int:
-    work = Path(tempfile.mkdtemp(prefix="first-load-probe-"))
-    emulator = None
-    saved_host = os.environ.get("STORAGE_EMULATOR_HOST")
-    try:
-        if args.gcs:
-            emulator, gcs = process.start_storage_emulator(work / "logs", rtt_ms=args.rtt_ms)
-            os.environ["STORAGE_EMULATOR_HOST"] = gcs["STORAGE_EMULATOR_HOST"]  # for the publisher and the reads
-            url = gcs["MODEL_STORE_URL"]
-        else:
-            url = (work / "models").as_uri()
-        store = open_model_store(url)
-        shops = [(BIG_SHOP, args.big_items), (SMALL_SHOP, args.small_items)]
-        shops += [(LIKE_SHOP.format(k), args.like_items) for k in range(args.like_shops)]
-        for seed, (shop, items) in enumerate(shops):
-            artifact = synthetic.build_artifact(items, seed=seed)
-            artifact.metadata = {**artifact.metadata, "shop": shop}
-            store.publish(shop, artifact)
-        _round(store, args.like_shops)  # a warm-up, not counted: the page cache, the emulator's first requests
-        rounds = [_round(store, args.like_shops) for _ in range(args.rounds)]
-    finally:
-        if emulator is not None:
-            emulator.stop()
-        if saved_host is None:
-            os.environ.pop("STORAGE_EMULATOR_HOST", None)
-        else:
-            os.environ["STORAGE_EMULATOR_HOST"] = saved_host
-        shutil.rmtree(work, ignore_errors=True)
+    rounds = measure(args.rounds, args.big_items, args.small_items, args.like_shops, args.like_items, args.gcs,
+                     args.rtt_ms)
     where = (f"gs:// (gcp-storage-emulator{f', {args.rtt_ms:g} ms added to each round trip' if args.rtt_ms else ''})"
              if args.gcs else "a local folder")
     print(f"a {args.big_items:,}-item shop and a {args.small_items:,}-item shop; {args.like_shops} shops of"
@@ -172,6 +147,38 @@ def _probe(args: argparse.Namespace) -> int:
           f" like shops at once, mean / one alone:"
           f" {medians['like shops at once, mean'] / medians['one like shop alone']:.2f}×")
     return 0
+
+
+def measure(rounds: int, big_items: int, small_items: int, like_shops: int, like_items: int, gcs: bool = False,
+            rtt_ms: float = 0.0) -> list[dict[str, float]]:
+    """Each round's figures (ms), after a warm-up round not counted."""
+    work = Path(tempfile.mkdtemp(prefix="first-load-probe-"))
+    emulator = None
+    saved_host = os.environ.get("STORAGE_EMULATOR_HOST")
+    try:
+        if gcs:
+            emulator, where = process.start_storage_emulator(work / "logs", rtt_ms=rtt_ms)
+            os.environ["STORAGE_EMULATOR_HOST"] = where["STORAGE_EMULATOR_HOST"]  # for the publisher and the reads
+            url = where["MODEL_STORE_URL"]
+        else:
+            url = (work / "models").as_uri()
+        store = open_model_store(url)
+        shops = [(BIG_SHOP, big_items), (SMALL_SHOP, small_items)]
+        shops += [(LIKE_SHOP.format(k), like_items) for k in range(like_shops)]
+        for seed, (shop, items) in enumerate(shops):
+            artifact = synthetic.build_artifact(items, seed=seed)
+            artifact.metadata = {**artifact.metadata, "shop": shop}
+            store.publish(shop, artifact)
+        _round(store, like_shops)  # a warm-up, not counted: the page cache, the emulator's first requests
+        return [_round(store, like_shops) for _ in range(rounds)]
+    finally:
+        if emulator is not None:
+            emulator.stop()
+        if saved_host is None:
+            os.environ.pop("STORAGE_EMULATOR_HOST", None)
+        else:
+            os.environ["STORAGE_EMULATOR_HOST"] = saved_host
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ through the app proxy, signed:
   busy shops and many quiet ones).
 
 Prints the instance's memory (PSS of master and worker, as a container's limit counts it, and the worker's
-peak RSS) after each phase, the answers' medians, and the budget's run against the run without it.
+peak RSS) after each phase, the answers' medians, how many times models were let go (the instance's log says so at
+INFO), and the budget's run against the run without it.
 """
 
 from __future__ import annotations
@@ -75,6 +76,11 @@ def _prepare(work: Path, shops: int, items: int) -> tuple[dict[str, str], list[s
     return env, products
 
 
+def _let_go(server: process.Server) -> int:
+    """How many times the instance has let go of models so far (its log's lines saying so)."""
+    return server.log_path.read_text(errors="replace").count("models let go")
+
+
 def _memory(server: process.Server) -> dict[str, float]:
     memory = process.instance_memory_mib(server)
     return {"pss_mib": memory["pss_sum_mib"], "worker_peak_rss_mib": memory["worker_peak_rss_mib"]}
@@ -97,12 +103,25 @@ def _run(work: Path, env: dict[str, str], products: list[str], hot: int) -> dict
 
             for phase, order in (("pass 1", range(1, len(shops))), ("pass 2", range(len(shops))),
                                  ("hot", [k for _ in range(HOT_REQUESTS) for k in range(len(shops) - hot, len(shops))])):
+                before = _let_go(server)
                 took = [ask(k) for k in order]
                 result[phase] = {**_memory(server), "median_ms": round(statistics.median(took), 2),
-                                 "slowest_ms": round(max(took), 2)}
+                                 "slowest_ms": round(max(took), 2), "times_let_go": _let_go(server) - before}
         return result
     finally:
         server.stop()
+
+
+def measure(shops: int, items: int, budget_mib: float, hot: int) -> dict[str, dict]:
+    """The two runs, "no budget" and "MODEL_MEMORY_MIB=<budget>", each phase's figures."""
+    work = Path(tempfile.mkdtemp(prefix="many-shops-probe-"))
+    try:
+        env, products = _prepare(work, shops, items)
+        return {"no budget": _run(work, env, products, hot),
+                f"MODEL_MEMORY_MIB={budget_mib:g}": _run(work, {**env, "MODEL_MEMORY_MIB": f"{budget_mib:g}"},
+                                                         products, hot)}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,21 +131,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-mib", type=float, default=64.0)
     parser.add_argument("--hot", type=int, default=3, help="shops asked over and over in the last phase")
     args = parser.parse_args(argv)
-    work = Path(tempfile.mkdtemp(prefix="many-shops-probe-"))
-    try:
-        env, products = _prepare(work, args.shops, args.items)
-        runs = {"no budget": _run(work, env, products, args.hot),
-                f"MODEL_MEMORY_MIB={args.budget_mib:g}": _run(
-                    work, {**env, "MODEL_MEMORY_MIB": f"{args.budget_mib:g}"}, products, args.hot)}
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    runs = measure(args.shops, args.items, args.budget_mib, args.hot)
     print(f"{args.shops} shops of {args.items:,} items, one recommend instance (one thread), related answers")
     for label, run in runs.items():
         print(f"{label}: started at PSS {run['started']['pss_mib']} MiB")
         for phase in ("pass 1", "pass 2", "hot"):
             figures = run[phase]
             print(f"  {phase:7s} PSS {figures['pss_mib']:7.1f} MiB  worker peak RSS {figures['worker_peak_rss_mib']:7.1f}"
-                  f" MiB  answers: median {figures['median_ms']:7.2f} ms, slowest {figures['slowest_ms']:7.2f} ms")
+                  f" MiB  answers: median {figures['median_ms']:7.2f} ms, slowest {figures['slowest_ms']:7.2f} ms;"
+                  f" models let go {figures['times_let_go']} times")
     plain, budgeted = runs.values()
     print(f"with the budget against without: PSS after pass 2 {budgeted['pass 2']['pss_mib'] / plain['pass 2']['pss_mib']:.2f}×,"
           f" worker peak {budgeted['hot']['worker_peak_rss_mib'] / plain['hot']['worker_peak_rss_mib']:.2f}×,"

@@ -93,7 +93,7 @@ def parse_args(argv: list[str], env: dict[str, str]) -> argparse.Namespace:
         help="shops whose models recommend instances load while starting, comma-separated [PRELOAD_SHOPS]")
     add("--model-memory-mib", type=float, default=_number(env, "MODEL_MEMORY_MIB"),
         help="the models a recommend instance keeps at most; the least recently asked shops' models go first "
-             "[MODEL_MEMORY_MIB; default: half the function's memory]")
+             "[MODEL_MEMORY_MIB; default: 35%% of recommend's memory, 20%% of app's]")
     add("--schedule", default=default("TRAIN_SCHEDULE", "0 3 * * *"), help="when to train, cron [TRAIN_SCHEDULE]")
     add("--time-zone", default=default("TRAIN_TIME_ZONE", "Etc/UTC"), help="of the schedule [TRAIN_TIME_ZONE]")
     add("--scheduler-job", default=default("SCHEDULER_JOB", "recommender-train"), help="job name [SCHEDULER_JOB]")
@@ -114,7 +114,7 @@ def parse_args(argv: list[str], env: dict[str, str]) -> argparse.Namespace:
         parser.error("PROJECT is not set: pass --project or set PROJECT (or GOOGLE_CLOUD_PROJECT)")
     if not re.fullmatch(r"[a-z][a-z0-9-]{4,28}[a-z0-9]", args.project):
         parser.error(f"PROJECT must be a Google Cloud project id, got {args.project!r}")
-    if args.model_memory_mib is not None and not args.model_memory_mib > 0:
+    if args.model_memory_mib is not None and not 0 < args.model_memory_mib < float("inf"):
         parser.error(f"MODEL_MEMORY_MIB must be a number of MiB > 0, got {args.model_memory_mib:g}")
     if not (args.database_url or args.database_url_secret):
         parser.error("DATABASE_URL is not set: pass --database-url (or --database-url-secret) with the shared event"
@@ -173,10 +173,8 @@ def deploy_script(args: argparse.Namespace, env: dict[str, str]) -> str:
         env_vars["THREADS"] = str(spec.concurrency)
         if spec.entry_point in ("recommend", "app") and args.preload_shops:
             env_vars["PRELOAD_SHOPS"] = args.preload_shops  # their models load while an instance starts
-        if spec.entry_point in ("recommend", "app"):
-            # An instance keeps the model of every shop it answers for unless bounded: half its memory for models
-            # leaves room for the instance itself (~82 MiB), its caches (~25 MiB) and a load's artifact.
-            budget = args.model_memory_mib or mebibytes(spec.memory) / 2
+        budget = model_memory_mib(spec, args.model_memory_mib)
+        if budget is not None:
             env_vars["MODEL_MEMORY_MIB"] = f"{budget:g}"
         # One BLAS thread per request: gunicorn's threads already fill the CPUs, and OpenBLAS's own pool on
         # top of them tripled CPU per recommendation in bench/PERFORMANCE.md (implicit asks for it too).
@@ -232,14 +230,22 @@ def deploy_script(args: argparse.Namespace, env: dict[str, str]) -> str:
     return "\n\n".join(blocks) + "\n"
 
 
-def mebibytes(memory: str) -> float:
-    """A function's memory as gcloud takes it (512Mi, 1Gi, 512M, 2G, 512MB, 2GB) in MiB."""
-    match = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)(Mi|Gi|M|G|MB|GB)", memory)
-    if match is None:
-        raise SystemExit(f"cannot read the memory {memory!r}: use a number and Mi, Gi, M, G, MB or GB")
-    number, unit = float(match.group(1)), match.group(2)
-    return {"Mi": number, "Gi": number * 1024, "M": number * 1e6 / 2**20, "MB": number * 1e6 / 2**20,
-            "G": number * 1e9 / 2**20, "GB": number * 1e9 / 2**20}[unit]
+# The share of a function's memory its models may keep (MODEL_MEMORY_MIB) unless told: the rest holds the
+# instance itself (~82 MiB), its caches (~25 MiB), the artifacts being read (up to 4/3 × 32 MiB, or of the largest)
+# and each request's scratch arrays; `app` also trains in the same instance.
+MODEL_MEMORY_SHARES = {"recommend": 0.35, "app": 0.2}
+
+
+def model_memory_mib(spec: FunctionSpec, told: float | None) -> float | None:
+    """MODEL_MEMORY_MIB for this function: `told`, else its share of the memory; None where it serves no models
+    (or its memory is written in a form left to gcloud)."""
+    share = MODEL_MEMORY_SHARES.get(spec.entry_point)
+    if share is None:
+        return None
+    if told is not None:
+        return told
+    mib = _mebibytes(spec.memory)
+    return None if mib is None else int(mib * share)
 
 
 def render(command: list[str]) -> str:

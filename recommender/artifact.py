@@ -132,13 +132,14 @@ class ItemIds:
 
     @property
     def nbytes(self) -> int:
-        """About what these ids take in memory: the array, and for string ids their dictionary (counted once)."""
+        """About what these ids take in memory: the array, and for string ids their dictionary, keys and rows (counted
+        once)."""
         if self._nbytes is None:
             if self._numbers is not None:
                 self._nbytes = self._numbers.nbytes
             else:
                 self._nbytes = (self._strings.nbytes + sys.getsizeof(self._index)
-                                + sum(sys.getsizeof(pid) for pid in self._index))
+                                + sum(sys.getsizeof(pid) + sys.getsizeof(row) for pid, row in self._index.items()))
         return self._nbytes
 
     def __getitem__(self, row: int) -> str:

@@ -212,6 +212,20 @@ class ServingModel:
         return sum(array.nbytes for array in arrays if isinstance(array, np.ndarray)) + self.item_ids.nbytes
 
     @property
+    def full_nbytes(self) -> int:
+        """`nbytes` once its answers have built what they build on first use: the norms, the inverse norms, the rows by
+        popularity, the inverse Gramian and, for a model of HEAD_MIN_ITEMS or more whose head is not yet decided, a
+        NormHead (HEAD_SHARE of the rows). What MODEL_MEMORY_MIB counts, so that a model kept does not outgrow it."""
+        n, k = self.factors.shape
+        later = sum(size for array, size in ((self._norms, 4 * n), (self._inverse_norms, 4 * n),
+                                             (self._popular_rows, 8 * n), (self._inverse_gramian, 8 * k * k))
+                    if array is None)
+        if self._head in (None, True) and n >= HEAD_MIN_ITEMS:
+            rows = int(np.ceil(n * HEAD_SHARE))
+            later += rows * (4 * k + 8) + 4 * n
+        return self.nbytes + later
+
+    @property
     def popular_rows(self) -> np.ndarray:
         """Rows by popularity, most popular first (ties by row); sorted once, on first use."""
         rows = self._popular_rows
@@ -568,12 +582,13 @@ class ModelHolder:
                  memory_budget: int | None = None):
         self._model_store = model_store
         self._budget = memory_budget
-        self._asked: dict[str, int] = {}  # with a budget: each shop's place in the order of the last `get`s
-        self._ticks = itertools.count()
-        self._room_lock = threading.Lock()  # making room, and a refresh's swap, one at a time
         self._refresh_seconds = refresh_seconds
         self._clock = clock
         self._models: dict[str, ServingModel] = dict(preloaded or {})  # loaded at start-up (recommender.preload)
+        self._ticks = itertools.count()
+        # with a budget: each shop's place in the order of the last `get`s (or of its model's coming in)
+        self._asked: dict[str, int] = {shop: next(self._ticks) for shop in self._models}
+        self._room_lock = threading.Lock()  # making room, and a refresh's swap, one at a time
         self._checked_at: dict[str, float] = {shop: clock() for shop in self._models}
         self._tokens: dict[str, str] = {}  # the pointer's change token when each shop's model was found
         # one first load per shop at a time; a shop's first load does not wait for another shop's to end, only for
@@ -688,7 +703,7 @@ class ModelHolder:
         let_go = []
         with self._room_lock:
             models = dict(self._models)
-            sizes = {shop: model.nbytes for shop, model in models.items()}
+            sizes = {shop: model.full_nbytes for shop, model in models.items()}
             total = sum(sizes.values()) + incoming
             for shop in sorted(models, key=lambda name: self._asked.get(name, -1)):
                 if total <= self._budget:
@@ -743,6 +758,8 @@ class ModelHolder:
         made_room = self._make_room(shop, MEMORY_PER_ARTIFACT_BYTE * manifest.size)
         with self._gate.turn(manifest.size):
             model = ServingModel(self._model_store.load(manifest))
+        if self._budget is not None:  # as if asked now: a load begun by `load_soon` is asked for once its request gets here
+            self._asked[shop] = next(self._ticks)
         self._models[shop] = model
         self._tokens[shop] = manifest.change_token
         if self._make_room(shop) or made_room:
@@ -753,6 +770,8 @@ class ModelHolder:
         """Runs on the holder's checking thread. When `latest` has not moved since the current model was found, that is
         one look at the pointer's change token (on gs://, one request, where reading `latest` takes two)."""
         try:
+            if self._models.get(shop) is not current:  # let go since the check was asked for: nothing to refresh
+                return
             known = self._tokens.get(shop)
             if known and self._model_store.pointer_token(shop) == known:
                 return
@@ -764,6 +783,8 @@ class ModelHolder:
                 return
             if manifest.version == current.version:
                 self._tokens[shop] = manifest.change_token
+                return
+            if self._models.get(shop) is not current:
                 return
             made_room = self._make_room(shop, MEMORY_PER_ARTIFACT_BYTE * manifest.size)
             with self._gate.turn(manifest.size):

@@ -125,28 +125,30 @@ def test_preload_shops_reach_the_recommend_function_only():
         assert "PRELOAD_SHOPS" not in gcloud_map(functions[name]["--set-env-vars"])
 
 
-def test_recommend_instances_keep_models_within_half_their_memory_unless_told():
+def test_recommend_instances_keep_models_within_a_share_of_their_memory_unless_told():
     # Act
     default = deployed(dry_run("--with-app"))
     bigger = deployed(dry_run(RECOMMEND_MEMORY="1Gi"))
     told = deployed(dry_run("--model-memory-mib", "300"))
     from_env = deployed(dry_run(MODEL_MEMORY_MIB="200.5"))
+    left_to_gcloud = deployed(dry_run(RECOMMEND_MEMORY="2048"))
 
     # Assert
     def budget(functions, name="recommend"):
         return gcloud_map(functions[name]["--set-env-vars"]).get("MODEL_MEMORY_MIB")
 
-    assert (budget(default), budget(default, "app")) == ("256", "1024")  # 512Mi and 2Gi
-    assert budget(bigger) == "512"
+    assert (budget(default), budget(default, "app")) == ("179", "409")  # 35% of 512Mi; 20% of 2Gi, which also trains
+    assert budget(bigger) == "358"
     assert (budget(told), budget(from_env)) == ("300", "200.5")
+    assert budget(left_to_gcloud) is None and left_to_gcloud["recommend"]["--memory"] == "2048"
     for name in ("webhook", "collect", "train", "healthz"):
         assert budget(default, name) is None
 
 
 @pytest.mark.parametrize(("flags", "env", "message"), [
     (("--model-memory-mib", "0"), {}, "MODEL_MEMORY_MIB must be a number of MiB > 0, got 0"),
+    (("--model-memory-mib", "inf"), {}, "MODEL_MEMORY_MIB must be a number of MiB > 0, got inf"),
     ((), {"MODEL_MEMORY_MIB": "lots"}, "MODEL_MEMORY_MIB must be a number, got 'lots'"),
-    ((), {"RECOMMEND_MEMORY": "lots"}, "cannot read the memory 'lots'"),
 ])
 def test_a_bad_model_memory_fails_naming_it(flags, env, message):
     result = deploy("--dry-run", *flags, **env)

@@ -180,3 +180,71 @@ def test_a_runtime_reads_its_budget_from_model_memory_mib(tmp_path):
 
     assert [shop for shop in SHOPS if runtime.models.in_memory(shop, refresh=False)] == [SHOPS[2]]
     runtime.store.close()
+
+
+def test_a_model_is_counted_at_the_size_its_first_answers_make_it():
+    # Arrange: a trained-like model (norms falling fast with the row), large enough for a NormHead
+    items = 20_000
+    rng = np.random.default_rng(7)
+    factors = rng.standard_normal((items, FACTORS)).astype(np.float32) / np.arange(1, items + 1, dtype=np.float32)[:, None]
+    model = ServingModel(ModelArtifact.build([str(1000 + k) for k in range(items)], factors,
+                                             rng.random(items).astype(np.float32), 0.1, 2.0, {"version": "v1"}))
+    as_loaded, counted = model.nbytes, model.full_nbytes
+
+    # Act: what its answers build on first use
+    model.norms
+    model.inverse_norms
+    model.popular_rows
+    model.inverse_gramian
+    head = model.build_head()
+
+    # Assert: a head of 30% of the rows was built, and the model now takes what was counted for it from the start
+    assert head is not None and len(head.rows) == 6_000
+    assert model.nbytes == counted == model.full_nbytes
+    assert counted - as_loaded == (items * (4 + 4 + 8) + 8 * FACTORS * FACTORS  # norms, inverse norms, rows, inverse
+                                   + 6_000 * (4 * FACTORS + 8) + 4 * items)  # the head's factors, its rows, places
+
+
+def test_a_model_loaded_beside_its_request_is_not_the_first_to_go(store):
+    # Arrange: room for two and a half models; a and b asked, then c loaded by load_soon before its request's get
+    holder = ModelHolder(store, memory_budget=int(one_model_bytes(store) * 2.5))
+    a, b, c, d = SHOPS
+    holder.get(a)
+    holder.get(b)
+    holder.load_soon(c)
+    for thread in threading.enumerate():
+        if thread.name == "model-first-load":
+            thread.join(10)
+
+    # Act: another shop's first load needs room
+    holder.get(d)
+
+    # Assert: b, asked before c came in, went (before, c went first: it had never been asked for)
+    assert kept(holder) == [c, d]
+    assert holder.get(c).version == "c-v1"
+
+
+def test_a_refresh_asked_for_a_model_since_let_go_neither_makes_room_nor_loads(store):
+    holder = ModelHolder(store, memory_budget=int(one_model_bytes(store) * 1.5))
+    a, b = SHOPS[:2]
+    let_go = holder.get(a)
+    holder.get(b)  # a goes
+    store.publish(a, artifact("a-v2"))
+    store.loads.clear()
+
+    holder._refresh(a, let_go)  # as the refresh thread runs a check asked for before a went
+
+    assert store.loads == [] and kept(holder) == [b]
+
+
+def test_the_exact_count_once_the_model_is_in_keeps_the_budget_when_the_estimate_falls_short(store, monkeypatch):
+    from recommender import serving
+
+    monkeypatch.setattr(serving, "MEMORY_PER_ARTIFACT_BYTE", 0)  # no room made before the load
+    holder = ModelHolder(store, memory_budget=int(one_model_bytes(store) * 1.5))
+    a, b = SHOPS[:2]
+
+    holder.get(a)
+    holder.get(b)
+
+    assert kept(holder) == [b]
