@@ -26,7 +26,7 @@ rest of the big artifact's download; a bucket answers them side by side. The loc
 from __future__ import annotations
 
 import argparse
-import os
+import contextlib
 import shutil
 import statistics
 import sys
@@ -153,12 +153,12 @@ def measure(rounds: int, big_items: int, small_items: int, like_shops: int, like
             rtt_ms: float = 0.0) -> list[dict[str, float]]:
     """Each round's figures (ms), after a warm-up round not counted."""
     work = Path(tempfile.mkdtemp(prefix="first-load-probe-"))
-    emulator = None
-    saved_host = os.environ.get("STORAGE_EMULATOR_HOST")
-    try:
+    with contextlib.ExitStack() as stack:
+        stack.callback(shutil.rmtree, work, ignore_errors=True)
         if gcs:
             emulator, where = process.start_storage_emulator(work / "logs", rtt_ms=rtt_ms)
-            os.environ["STORAGE_EMULATOR_HOST"] = where["STORAGE_EMULATOR_HOST"]  # for the publisher and the reads
+            stack.callback(emulator.stop)
+            stack.enter_context(process.emulator_host(where["STORAGE_EMULATOR_HOST"]))
             url = where["MODEL_STORE_URL"]
         else:
             url = (work / "models").as_uri()
@@ -171,14 +171,6 @@ def measure(rounds: int, big_items: int, small_items: int, like_shops: int, like
             store.publish(shop, artifact)
         _round(store, like_shops)  # a warm-up, not counted: the page cache, the emulator's first requests
         return [_round(store, like_shops) for _ in range(rounds)]
-    finally:
-        if emulator is not None:
-            emulator.stop()
-        if saved_host is None:
-            os.environ.pop("STORAGE_EMULATOR_HOST", None)
-        else:
-            os.environ["STORAGE_EMULATOR_HOST"] = saved_host
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
@@ -233,6 +233,21 @@ def start_storage_emulator(log_dir: Path, rtt_ms: float = 0.0) -> tuple[Server, 
         server.companions.append(relay.process)
         endpoint = relay.base
     return server, {"MODEL_STORE_URL": f"gs://{STORAGE_BUCKET}/models", "STORAGE_EMULATOR_HOST": endpoint}
+
+
+@contextlib.contextmanager
+def emulator_host(endpoint: str) -> Iterator[None]:
+    """STORAGE_EMULATOR_HOST set to `endpoint` in this process (for google-cloud-storage's publishing and our own
+    reads), and as it was again afterwards."""
+    saved = os.environ.get("STORAGE_EMULATOR_HOST")
+    os.environ["STORAGE_EMULATOR_HOST"] = endpoint
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("STORAGE_EMULATOR_HOST", None)
+        else:
+            os.environ["STORAGE_EMULATOR_HOST"] = saved
 
 
 def start_relay(upstream_port: int, rtt_ms: float, log_dir: Path) -> Server:

@@ -27,7 +27,7 @@ deployed instance does.
 from __future__ import annotations
 
 import argparse
-import os
+import contextlib
 import shutil
 import statistics
 import sys
@@ -78,8 +78,8 @@ def _probe(args: argparse.Namespace) -> int:
 
     work = Path(tempfile.mkdtemp(prefix="refresh-probe-"))
     emulator, gcs = process.start_storage_emulator(work / "logs", rtt_ms=args.rtt_ms)
-    saved_host = os.environ.get("STORAGE_EMULATOR_HOST")
-    os.environ["STORAGE_EMULATOR_HOST"] = gcs["STORAGE_EMULATOR_HOST"]  # for the publisher's client library
+    hosted = contextlib.ExitStack()
+    hosted.enter_context(process.emulator_host(gcs["STORAGE_EMULATOR_HOST"]))  # for the publisher's client library
     try:
         artifacts = [synthetic.build_artifact(args.items, seed=seed) for seed in range(2)]
         synthetic.publish_artifact(work / "models", artifacts[0])
@@ -130,10 +130,7 @@ def _probe(args: argparse.Namespace) -> int:
         runtime.store.close()
     finally:
         emulator.stop()
-        if saved_host is None:
-            os.environ.pop("STORAGE_EMULATOR_HOST", None)
-        else:
-            os.environ["STORAGE_EMULATOR_HOST"] = saved_host
+        hosted.close()
         shutil.rmtree(work, ignore_errors=True)
     ordinary = statistics.median(figures["ordinary"])
     print(f"{args.items:,} items, {args.rounds} rounds, the model in gs:// (gcp-storage-emulator"
