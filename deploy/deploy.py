@@ -93,7 +93,7 @@ def parse_args(argv: list[str], env: dict[str, str]) -> argparse.Namespace:
         help="shops whose models recommend instances load while starting, comma-separated [PRELOAD_SHOPS]")
     add("--model-memory-mib", type=float, default=_number(env, "MODEL_MEMORY_MIB"),
         help="the models a recommend instance keeps at most; the least recently asked shops' models go first "
-             "[MODEL_MEMORY_MIB; default: 35%% of recommend's memory, 20%% of app's]")
+             "[MODEL_MEMORY_MIB; default: 45%% of recommend's memory, 20%% of app's]")
     add("--schedule", default=default("TRAIN_SCHEDULE", "0 3 * * *"), help="when to train, cron [TRAIN_SCHEDULE]")
     add("--time-zone", default=default("TRAIN_TIME_ZONE", "Etc/UTC"), help="of the schedule [TRAIN_TIME_ZONE]")
     add("--scheduler-job", default=default("SCHEDULER_JOB", "recommender-train"), help="job name [SCHEDULER_JOB]")
@@ -230,10 +230,11 @@ def deploy_script(args: argparse.Namespace, env: dict[str, str]) -> str:
     return "\n\n".join(blocks) + "\n"
 
 
-# The share of a function's memory its models may keep (MODEL_MEMORY_MIB) unless told: the rest holds the
-# instance itself (~82 MiB), its caches (~25 MiB), the artifacts being read (up to 4/3 × 32 MiB, or of the largest)
-# and each request's scratch arrays; `app` also trains in the same instance.
-MODEL_MEMORY_SHARES = {"recommend": 0.35, "app": 0.2}
+# The share of a function's memory its models may keep (MODEL_MEMORY_MIB) unless told, each counted at its full
+# size: the rest holds the instance itself (~82 MiB), its caches (~25 MiB), the artifacts being read (up to 4/3 ×
+# 32 MiB, or of the largest) and each request's scratch arrays; at 512 MiB, 230 for the models leaves ~130 MiB
+# to spare. `app` also trains in the same instance.
+MODEL_MEMORY_SHARES = {"recommend": 0.45, "app": 0.2}
 
 
 def model_memory_mib(spec: FunctionSpec, told: float | None) -> float | None:

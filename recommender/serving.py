@@ -494,6 +494,7 @@ PAST_SMALLEST_SHARE = 4
 # much as stored; 10k–1M items, 32 and 64 factors), more once its norms and NormHead are built. A load makes room
 # for this much before it begins, and the exact count is taken once the model is in.
 MEMORY_PER_ARTIFACT_BYTE = 3
+THRASH_SECONDS = 60.0  # a model loaded again this soon after it was let go is logged as a warning (once a minute)
 
 
 def _release_freed_memory() -> None:
@@ -589,6 +590,8 @@ class ModelHolder:
         # with a budget: each shop's place in the order of the last `get`s (or of its model's coming in)
         self._asked: dict[str, int] = {shop: next(self._ticks) for shop in self._models}
         self._room_lock = threading.Lock()  # making room, and a refresh's swap, one at a time
+        self._let_go_at: dict[str, float] = {}  # when each shop's model was last let go, until it loads again
+        self._warned_at = -THRASH_SECONDS
         self._checked_at: dict[str, float] = {shop: clock() for shop in self._models}
         self._tokens: dict[str, str] = {}  # the pointer's change token when each shop's model was found
         # one first load per shop at a time; a shop's first load does not wait for another shop's to end, only for
@@ -710,12 +713,25 @@ class ModelHolder:
                     break
                 if shop != keep:
                     self._drop(shop, models[shop])
+                    self._let_go_at[shop] = self._clock()
                     total -= sizes[shop]
                     let_go.append(f"{shop} ({sizes[shop] / 2**20:.1f} MiB)")
         if let_go:
             log.info("models let go to stay within MODEL_MEMORY_MIB (%.0f MiB) for %s: %s",
                      self._budget / 2**20, keep, ", ".join(let_go))
         return bool(let_go)
+
+    def _warn_if_loaded_again(self, shop: str) -> None:
+        """A model let go and asked for again within THRASH_SECONDS: the bound holds fewer models than the shops being
+        asked for, and each answer may pay a load. Said at most once a THRASH_SECONDS per instance."""
+        now = self._clock()
+        went = self._let_go_at.pop(shop, None)
+        if went is None or now - went >= THRASH_SECONDS or now - self._warned_at < THRASH_SECONDS:
+            return
+        self._warned_at = now
+        log.warning("model for %s loaded again %.1f s after it was let go: MODEL_MEMORY_MIB (%.0f MiB) holds fewer"
+                    " models than the shops asking for them; raise it (and the function's memory) or expect a load on"
+                    " many answers", shop, now - went, self._budget / 2**20)
 
     def _start_check(self, shop: str, current: ServingModel, lock: threading.Lock) -> None:
         with self._idle:
@@ -760,6 +776,7 @@ class ModelHolder:
             model = ServingModel(self._model_store.load(manifest))
         if self._budget is not None:  # as if asked now: a load begun by `load_soon` is asked for once its request gets here
             self._asked[shop] = next(self._ticks)
+            self._warn_if_loaded_again(shop)
         self._models[shop] = model
         self._tokens[shop] = manifest.change_token
         if self._make_room(shop) or made_room:

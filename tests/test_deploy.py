@@ -137,8 +137,8 @@ def test_recommend_instances_keep_models_within_a_share_of_their_memory_unless_t
     def budget(functions, name="recommend"):
         return gcloud_map(functions[name]["--set-env-vars"]).get("MODEL_MEMORY_MIB")
 
-    assert (budget(default), budget(default, "app")) == ("179", "409")  # 35% of 512Mi; 20% of 2Gi, which also trains
-    assert budget(bigger) == "358"
+    assert (budget(default), budget(default, "app")) == ("230", "409")  # 45% of 512Mi; 20% of 2Gi, which also trains
+    assert budget(bigger) == "460"
     assert (budget(told), budget(from_env)) == ("300", "200.5")
     assert budget(left_to_gcloud) is None and left_to_gcloud["recommend"]["--memory"] == "2048"
     for name in ("webhook", "collect", "train", "healthz"):

@@ -248,3 +248,25 @@ def test_the_exact_count_once_the_model_is_in_keeps_the_budget_when_the_estimate
     holder.get(b)
 
     assert kept(holder) == [b]
+
+
+def test_a_model_loaded_again_soon_after_it_was_let_go_is_warned_of_once_a_minute(store, caplog):
+    # Arrange: room for one model and a half; the holder's clock is the test's
+    now = [1000.0]
+    holder = ModelHolder(store, clock=lambda: now[0], memory_budget=int(one_model_bytes(store) * 1.5))
+    a, b = SHOPS[:2]
+    holder.get(a)
+    holder.get(b)  # a let go at 1000
+
+    # Act
+    with caplog.at_level("WARNING", logger="recommender.serving"):
+        for at, shop in ((1010, a), (1020, b), (1200, a), (1210, b)):
+            now[0] = at
+            holder.get(shop)
+
+    # Assert: a again 10 s after it went: warned; b 10 s after: within the minute of that warning, not again; a
+    # 180 s after it went: no warning; b 10 s after, more than a minute after the first warning: warned
+    warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert len(warnings) == 2
+    assert warnings[0].startswith(f"model for {a} loaded again 10.0 s after it was let go: MODEL_MEMORY_MIB (")
+    assert warnings[1].startswith(f"model for {b} loaded again 10.0 s after it was let go")
