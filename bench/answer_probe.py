@@ -12,7 +12,10 @@ A synthetic model of --items products (`bench.synthetic`), its shoppers' events 
 - related, a product asked about for the first time on the instance, and again (the answer cache);
 - trending again (the answer cache; its first answer reads the shop's recent activity);
 - personalized, a shopper's first answer on the instance (their history with the shop check, then the cards the
-  instance has not read), and their next one.
+  instance has not read), and their next one;
+- related, a quiet shop's: an answer for a shop asked too seldom for the instance to hold anything of it (its shop
+  check, its catalog's snapshot and its cards all due: an instance with ANSWER_CACHE_SECONDS and
+  CATALOG_TTL_SECONDS at 0).
 
 Round trips are counted through `bench.round_trips.RoundTripCounter` (three answers a kind); times are medians of
 --answers answers a kind, with --rtt-ms added to each round trip through bench/latency_proxy.py (the way to Cloud
@@ -42,7 +45,8 @@ from bench.round_trips import (
 )
 
 KINDS = ("a new instance's first answer", "related, first time", "related, again", "trending, again",
-         "personalized, a shopper's first", "personalized, again")
+         "personalized, a shopper's first", "personalized, again", "related, a quiet shop's")
+WARM_KINDS = KINDS[1:6]  # an instance holding the shop's check, snapshot and cache (asked over HTTP with --http)
 
 
 def measure(shop, url: str, count: int, probe: Callable[[Callable[[], object]], float],
@@ -71,13 +75,31 @@ def measure(shop, url: str, count: int, probe: Callable[[Callable[[], object]], 
         recommend(request("related", count))  # the connection, the catalog's snapshot, the model: not probed
         recommend(request("trending", 0))
         for i in range(count):
-            for kind, asked in zip(KINDS[1:], (request("related", count + 1 + i), request("related", count + 1 + i),
+            for kind, asked in zip(WARM_KINDS, (request("related", count + 1 + i), request("related", count + 1 + i),
                                                request("trending", 0), request("personalized", i),
                                                request("personalized", i))):
                 found[kind].append(probe(lambda: recommend(asked)))
     finally:
         runtime.store.close()
+    quiet = _quiet_runtime(shop, url)
+    try:
+        quiet.recommender.recommend(request("related", 2 * count + 1))  # the connection and the model: not probed
+        for i in range(count):
+            asked = request("related", 2 * count + 2 + i)
+            found[KINDS[6]].append(probe(lambda: quiet.recommender.recommend(asked)))
+    finally:
+        quiet.store.close()
     return found
+
+
+def _quiet_runtime(shop, url: str):
+    """An instance that holds nothing of the shop between answers: every answer finds its shop check and its catalog's
+    snapshot due, as a quiet shop's answers do."""
+    from recommender.runtime import Runtime
+    from recommender.settings import Settings
+
+    return Runtime.from_settings(Settings.from_mapping(shop.env(
+        EVENT_STORE_URL=url, ANSWER_CACHE_SECONDS="0", CATALOG_TTL_SECONDS="0", TRENDING_TTL_SECONDS="1000000")))
 
 
 def timed(answer: Callable[[], object]) -> float:
@@ -112,8 +134,8 @@ def over_http(shop, url: str, count: int, workdir: Path) -> dict:
     log_dir = workdir / "logs"
     ours = process.spawn("app", process.ROOT / "main.py", shop.env(EVENT_STORE_URL=url), log_dir, threads=1)
     floor = process.spawn("floor", write_floor_source(workdir / "floor"), {}, log_dir, threads=1)
-    taken: dict[str, list[float]] = {kind: [] for kind in KINDS[1:]}
-    floors: dict[str, list[float]] = {kind: [] for kind in KINDS[1:]}
+    taken: dict[str, list[float]] = {kind: [] for kind in WARM_KINDS}
+    floors: dict[str, list[float]] = {kind: [] for kind in WARM_KINDS}
     try:
         process.wait_until_serving(ours, "/healthz")
         process.wait_until_serving(floor, "/")
@@ -131,7 +153,7 @@ def over_http(shop, url: str, count: int, workdir: Path) -> dict:
             for i in range(count):
                 asked = (("related", count + 1 + i), ("related", count + 1 + i), ("trending", 0), ("personalized", i),
                          ("personalized", i))
-                for kind, (intent, k) in zip(KINDS[1:], asked):
+                for kind, (intent, k) in zip(WARM_KINDS, asked):
                     taken[kind].append(ask(ours, intent, k))
                     floors[kind].append(ask(floor, intent, k))
     finally:
@@ -188,7 +210,7 @@ def table(results: dict) -> str:
         lines.append("| " + " | ".join(row) + " |")
     http = results.get("http")
     if http:
-        lines += http_lines(http, results["kinds"][1:], "answer")
+        lines += http_lines(http, [kind for kind in results["kinds"][1:] if kind in http], "answer")
     lines.append(f"\nMedians of {results['answers']} answers a kind, {results['items']:,} items, one BLAS thread;"
                  " round trips counted for three answers a kind.")
     return "\n".join(lines)

@@ -215,12 +215,17 @@ class Recommender:
         keys = self._history_keys(request) if request.personal else []
         now = self._clock()
         last = self._checked.get(request.shop)
-        stored = None
+        stored = snapshot = None
         if not request.personal and last is not None and last[1] and now - last[0] < self._cache_seconds:
             installed, asked_at = True, last[0]
         else:
             if keys:
                 installed, stored = self._store.installed_with_histories(request.shop, keys, self._history_limit)
+            elif self._catalog.due(request.shop):  # a quiet shop's answer: its check and its snapshot in one go
+                taken_at = self._catalog.now()
+                installed, unsellable = self._store.installed_with_unsellable(request.shop)
+                if installed:
+                    snapshot = self._catalog.put(request.shop, unsellable, taken_at)
             else:
                 installed = self._store.is_shop_installed(request.shop)
             asked_at = now
@@ -232,14 +237,16 @@ class Recommender:
             raise ShopNotInstalled(f"{request.shop} has not installed the app (or has uninstalled it)")
         model = self._model(request)
         if not request.personal:
-            answer = self._answer(request, model)
+            answer = self._answer(request, model, catalog=snapshot)
             self._answers.put(request, answer, since=asked_at)
             return answer
-        return self._answer(request, model, stored)
+        return self._answer(request, model, stored, snapshot)
 
     def _answer(self, request: RecommendRequest, model: ServingModel | None,
-                stored: list[list[Interaction]] | None = None) -> RecommendResponse:
-        catalog = self._catalog.get(request.shop)
+                stored: list[list[Interaction]] | None = None, catalog: CatalogSnapshot | None = None
+                ) -> RecommendResponse:
+        if catalog is None:
+            catalog = self._catalog.get(request.shop)
         history = self._history(request, stored)
         named = _named_exclusions(request)  # what is on screen or in the cart already
         # History positions that personalized leaves out: what the shopper bought, or saw, unless asked to keep it.

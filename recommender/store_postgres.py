@@ -38,7 +38,7 @@ from recommender.errors import ConfigError, StoreError
 from recommender.changes import ChangeSet, Delivery, Event
 from recommender.events import CatalogProduct, EventKind, order_line_key
 from recommender.store import (
-    EVENT_EXPORT_COLUMNS, KINDS, NOT_FOR_SALE, TOPICS_NOT_PROVING_INSTALL, ActivityBucket, Interaction,
+    EVENT_EXPORT_COLUMNS, KINDS, NOT_FOR_SALE, TOPICS_NOT_PROVING_INSTALL, UNSELLABLE_SQL, ActivityBucket, Interaction,
     SharedQueries, customer_export, export_json, iso_utc, of_one_shop, refund_adjustment_key, require_aware,
 )
 
@@ -1330,6 +1330,11 @@ class PostgresEventStore(SharedQueries):
 
     def is_shop_installed(self, shop: str) -> bool:
         return bool(self._read(_INSTALLED_SQL, (shop,)))
+
+    def installed_with_unsellable(self, shop: str) -> tuple[bool, set[str]]:
+        installed, unsellable = self._read_together([(_INSTALLED_SQL, (shop,)),
+                                                     (UNSELLABLE_SQL.format(p=self._P, no=self._FALSE), (shop,))])
+        return bool(installed), {row[0] for row in unsellable}
 
     def _history_rows(self) -> str:
         """Through `latest_events` (migration 4), whose plan walks the index whatever the statistics say; its order

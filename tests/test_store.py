@@ -314,6 +314,20 @@ def test_products_excludes_deleted_and_reads_variants_back(any_store):
     assert list(any_store.products(OTHER_SHOP)) == ["30"]
 
 
+def test_a_shops_check_and_what_it_does_not_sell_are_read_together(any_store):
+    # Arrange: one product sold out; the shop installed by its delivery, another shop never
+    any_store.apply(delivery("wh-1", topic="products/create"), ChangeSet(upsert_products=(
+        CatalogProduct(SHOP, "gone", title="gone", published_at=T0,
+                       variants=(CatalogVariant("1", tracked=True, inventory_quantity=0),)),
+        CatalogProduct(SHOP, "here", title="here", published_at=T0, variants=(CatalogVariant("2"),)))))
+
+    # Act / Assert: what the two reads on their own say
+    assert any_store.installed_with_unsellable(SHOP) == (True, {"gone"})
+    assert any_store.installed_with_unsellable(OTHER_SHOP) == (False, set())
+    any_store.set_shop_installed(SHOP, False)
+    assert any_store.installed_with_unsellable(SHOP) == (False, {"gone"})
+
+
 def test_unsellable_products_are_computed_in_the_store(any_store):
     # Arrange: one product per reason, and three that are for sale
     def product(pid, status="active", published=True, *variants):
