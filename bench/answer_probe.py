@@ -13,8 +13,8 @@ A synthetic model of --items products (`bench.synthetic`), its shoppers' events 
 - trending again (the answer cache; its first answer reads the shop's recent activity);
 - personalized, a shopper's first answer on the instance (their history with the shop check, then the cards the
   instance has not read), and their next one;
-- related, a quiet shop's: an answer for a shop asked too seldom for the instance to hold anything of it (its shop
-  check, its catalog's snapshot and its cards all due: an instance with ANSWER_CACHE_SECONDS and
+- related and personalized, a quiet shop's: answers for a shop asked too seldom for the instance to hold anything
+  of it (its shop check, its catalog's snapshot and its cards all due: an instance with ANSWER_CACHE_SECONDS and
   CATALOG_TTL_SECONDS at 0).
 
 Round trips are counted through `bench.round_trips.RoundTripCounter` (three answers a kind); times are medians of
@@ -45,7 +45,8 @@ from bench.round_trips import (
 )
 
 KINDS = ("a new instance's first answer", "related, first time", "related, again", "trending, again",
-         "personalized, a shopper's first", "personalized, again", "related, a quiet shop's")
+         "personalized, a shopper's first", "personalized, again", "related, a quiet shop's",
+         "personalized, a quiet shop's")
 WARM_KINDS = KINDS[1:6]  # an instance holding the shop's check, snapshot and cache (asked over HTTP with --http)
 
 
@@ -85,8 +86,9 @@ def measure(shop, url: str, count: int, probe: Callable[[Callable[[], object]], 
     try:
         quiet.recommender.recommend(request("related", 2 * count + 1))  # the connection and the model: not probed
         for i in range(count):
-            asked = request("related", 2 * count + 2 + i)
-            found[KINDS[6]].append(probe(lambda: quiet.recommender.recommend(asked)))
+            for kind, asked in ((KINDS[6], request("related", 2 * count + 2 + i)),
+                                (KINDS[7], request("personalized", count + i))):
+                found[kind].append(probe(lambda: quiet.recommender.recommend(asked)))
     finally:
         quiet.store.close()
     return found

@@ -219,15 +219,20 @@ class Recommender:
         if not request.personal and last is not None and last[1] and now - last[0] < self._cache_seconds:
             installed, asked_at = True, last[0]
         else:
-            if keys:
+            # When the catalog's snapshot is due too (a quiet shop's answers), it is read with the check.
+            taken_at = self._catalog.now() if self._catalog.due(request.shop) else None
+            unsellable = None
+            if keys and taken_at is not None:
+                installed, stored, unsellable = self._store.installed_with_histories_and_unsellable(
+                    request.shop, keys, self._history_limit)
+            elif keys:
                 installed, stored = self._store.installed_with_histories(request.shop, keys, self._history_limit)
-            elif self._catalog.due(request.shop):  # a quiet shop's answer: its check and its snapshot in one go
-                taken_at = self._catalog.now()
+            elif taken_at is not None:
                 installed, unsellable = self._store.installed_with_unsellable(request.shop)
-                if installed:
-                    snapshot = self._catalog.put(request.shop, unsellable, taken_at)
             else:
                 installed = self._store.is_shop_installed(request.shop)
+            if installed and unsellable is not None:
+                snapshot = self._catalog.put(request.shop, unsellable, taken_at)
             asked_at = now
             # Only a newer answer replaces an older one: a slow "installed" never undoes a later "not installed".
             last = self._checked.get(request.shop)

@@ -224,6 +224,8 @@ class EventStore(Protocol):
     def history(self, shop: str, user_key: str, limit: int) -> list[Interaction]: ...
     def installed_with_histories(self, shop: str, user_keys: Sequence[str],
                                  limit: int) -> tuple[bool, list[list[Interaction]]]: ...
+    def installed_with_histories_and_unsellable(self, shop: str, user_keys: Sequence[str], limit: int
+                                                ) -> tuple[bool, list[list[Interaction]], set[str]]: ...
     def products(self, shop: str, product_ids: Collection[str] | None = None) -> dict[str, CatalogProduct]: ...
     def product_cards(self, shop: str, product_ids: Collection[str]) -> dict[str, ProductCard]: ...
     def deleted_product_ids(self, shop: str) -> set[str]: ...
@@ -450,7 +452,25 @@ class SharedQueries:
         with none gets the check on its own."""
         if not user_keys:
             return self.is_shop_installed(shop), []
-        first, *others = self._read_histories_with_check(shop, user_keys, limit)
+        return self._checked_histories(shop, self._read_histories_with_check(shop, user_keys, limit))
+
+    def installed_with_histories_and_unsellable(self, shop: str, user_keys: Sequence[str], limit: int
+                                                ) -> tuple[bool, list[list[Interaction]], set[str]]:
+        """`installed_with_histories` (for at least one key) and `unsellable_product_ids(shop)`: a shopper's answer
+        when the shop's catalog snapshot is due too, as it is for a quiet shop. PostgreSQL sends the reads together:
+        one round trip."""
+        histories, unsellable = self._read_histories_check_and_unsellable(shop, user_keys, limit)
+        return (*self._checked_histories(shop, histories), {row[0] for row in unsellable})
+
+    def _read_histories_check_and_unsellable(self, shop: str, user_keys: Sequence[str],
+                                             limit: int) -> tuple[list[list[tuple]], list[tuple]]:
+        return (self._read_histories_with_check(shop, user_keys, limit),
+                self._read(UNSELLABLE_SQL.format(p=self._P, no=self._FALSE), (shop,)))
+
+    def _checked_histories(self, shop: str, read: list[list[tuple]]) -> tuple[bool, list[list[Interaction]]]:
+        """The shop check and the histories from `_read_histories_with_check`'s rows: a shopper with no events has no
+        row to carry the check, which is then asked on its own."""
+        first, *others = read
         if not (first[0][-1] if first else self.is_shop_installed(shop)):
             return False, []
         return True, [[self._to_interaction(row[:-1]) for row in first],

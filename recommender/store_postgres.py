@@ -1349,6 +1349,15 @@ class PostgresEventStore(SharedQueries):
             return [self._read(*first)]
         return self._read_together([first, *((self._history_sql(), (shop, key, limit)) for key in user_keys[1:])])
 
+    def _read_histories_check_and_unsellable(self, shop: str, user_keys: Sequence[str],
+                                             limit: int) -> tuple[list[list[tuple]], list[tuple]]:
+        """Every key's history (the first with the check) and what the shop does not sell, in one pipeline."""
+        *histories, unsellable = self._read_together([
+            (self._history_with_check_sql(), (shop, shop, user_keys[0], limit)),
+            *((self._history_sql(), (shop, key, limit)) for key in user_keys[1:]),
+            (UNSELLABLE_SQL.format(p=self._P, no=self._FALSE), (shop,))])
+        return histories, unsellable
+
     def installed_shops(self) -> list[str]:
         return [r[0] for r in self._read('SELECT shop FROM shop_state WHERE installed ORDER BY shop COLLATE "C"')]
 

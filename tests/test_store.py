@@ -328,6 +328,28 @@ def test_a_shops_check_and_what_it_does_not_sell_are_read_together(any_store):
     assert any_store.installed_with_unsellable(SHOP) == (False, {"gone"})
 
 
+def test_a_shoppers_history_the_shops_check_and_what_it_does_not_sell_are_read_together(any_store):
+    # Arrange: a sold-out product and a customer who bought the other one
+    any_store.apply(delivery("wh-1", topic="products/create"), ChangeSet(upsert_products=(
+        CatalogProduct(SHOP, "gone", title="gone", published_at=T0,
+                       variants=(CatalogVariant("1", tracked=True, inventory_quantity=0),)),
+        CatalogProduct(SHOP, "here", title="here", published_at=T0, variants=(CatalogVariant("2"),)))))
+    any_store.add_events([event("here", dedupe_key="a")])
+
+    # Act
+    installed, histories, unsellable = any_store.installed_with_histories_and_unsellable(
+        SHOP, ["c:c1", "c:nobody"], 10)
+    none_yet = any_store.installed_with_histories_and_unsellable(SHOP, ["c:nobody"], 10)
+    any_store.set_shop_installed(SHOP, False)
+    uninstalled = any_store.installed_with_histories_and_unsellable(SHOP, ["c:c1"], 10)
+
+    # Assert: what installed_with_histories and unsellable_product_ids say on their own
+    assert installed and [[event.product_id for event in history] for history in histories] == [["here"], []]
+    assert unsellable == {"gone"}
+    assert none_yet == (True, [[]], {"gone"})
+    assert uninstalled == (False, [], {"gone"})
+
+
 def test_unsellable_products_are_computed_in_the_store(any_store):
     # Arrange: one product per reason, and three that are for sale
     def product(pid, status="active", published=True, *variants):
