@@ -146,9 +146,11 @@ class CatalogCache:
             lambda ids: self._store.product_cards(shop, ids),
         )
         with self._lock:
-            self._snapshots[shop] = fresh
+            kept = self._snapshots.get(shop)
+            if kept is None or kept.taken_at <= now:  # a slower read begun earlier never replaces a newer snapshot
+                self._snapshots[shop] = fresh
             if now - self._swept_at >= self._ttl:  # shops not asked within the TTL: their snapshots would be re-read
                 self._swept_at = now
-                for other in [name for name, kept in self._snapshots.items() if now - kept.taken_at >= self._ttl]:
+                for other in [name for name, old in self._snapshots.items() if now - old.taken_at >= self._ttl]:
                     del self._snapshots[other]
         return fresh

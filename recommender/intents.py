@@ -219,7 +219,9 @@ class Recommender:
         if not request.personal and last is not None and last[1] and now - last[0] < self._cache_seconds:
             installed, asked_at = True, last[0]
         else:
-            # When the catalog's snapshot is due too (a quiet shop's answers), it is read with the check.
+            # When the catalog's snapshot is due too (a quiet shop's answers), it is read with the check (on a new
+            # instance before the model's first load, so as old as that load took when the answer is made: within
+            # its TTL, which counts from before the read).
             taken_at = self._catalog.now() if self._catalog.due(request.shop) else None
             unsellable = None
             if keys and taken_at is not None:

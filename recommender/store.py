@@ -439,10 +439,11 @@ class SharedQueries:
         return f"SELECT {_INTERACTION_COLUMNS}, {check} {self._history_rows()}"
 
     def installed_with_unsellable(self, shop: str) -> tuple[bool, set[str]]:
-        """`is_shop_installed(shop)` and `unsellable_product_ids(shop)`: what an answer for everyone reads when the
-        shop's check and its catalog's snapshot are both due, as they are for a quiet shop's answers. PostgreSQL
-        sends both reads together: one round trip."""
-        return self.is_shop_installed(shop), self.unsellable_product_ids(shop)
+        """`is_shop_installed(shop)` and, if it is, `unsellable_product_ids(shop)` (else none): what an answer for
+        everyone reads when the shop's check and its catalog's snapshot are both due, as they are for a quiet shop's
+        answers. PostgreSQL sends both reads together: one round trip."""
+        installed = self.is_shop_installed(shop)
+        return installed, self.unsellable_product_ids(shop) if installed else set()
 
     def installed_with_histories(self, shop: str, user_keys: Sequence[str],
                                  limit: int) -> tuple[bool, list[list[Interaction]]]:
@@ -456,16 +457,20 @@ class SharedQueries:
 
     def installed_with_histories_and_unsellable(self, shop: str, user_keys: Sequence[str], limit: int
                                                 ) -> tuple[bool, list[list[Interaction]], set[str]]:
-        """`installed_with_histories` (for at least one key) and `unsellable_product_ids(shop)`: a shopper's answer
-        when the shop's catalog snapshot is due too, as it is for a quiet shop. PostgreSQL sends the reads together:
-        one round trip."""
+        """`installed_with_histories` (for at least one key) and, if the shop is installed, `unsellable_product_ids(shop)`
+        (else none): a shopper's answer when the shop's catalog snapshot is due too, as it is for a quiet shop.
+        PostgreSQL sends the reads together: one round trip."""
         histories, unsellable = self._read_histories_check_and_unsellable(shop, user_keys, limit)
-        return (*self._checked_histories(shop, histories), {row[0] for row in unsellable})
+        installed, interactions = self._checked_histories(shop, histories)
+        if unsellable is None:  # not read with the rest
+            return installed, interactions, self.unsellable_product_ids(shop) if installed else set()
+        return installed, interactions, {row[0] for row in unsellable} if installed else set()
 
     def _read_histories_check_and_unsellable(self, shop: str, user_keys: Sequence[str],
-                                             limit: int) -> tuple[list[list[tuple]], list[tuple]]:
-        return (self._read_histories_with_check(shop, user_keys, limit),
-                self._read(UNSELLABLE_SQL.format(p=self._P, no=self._FALSE), (shop,)))
+                                             limit: int) -> tuple[list[list[tuple]], list[tuple] | None]:
+        """The histories with the check, and the unsellable products' rows where the backend reads them in the same
+        round trip (None: read them after, if the shop is installed)."""
+        return self._read_histories_with_check(shop, user_keys, limit), None
 
     def _checked_histories(self, shop: str, read: list[list[tuple]]) -> tuple[bool, list[list[Interaction]]]:
         """The shop check and the histories from `_read_histories_with_check`'s rows: a shopper with no events has no

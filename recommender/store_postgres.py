@@ -624,6 +624,10 @@ def _product_lock(shop: str, product_id: str) -> tuple[int, int]:
 
 
 _INSTALLED_SQL = "SELECT 1 FROM shop_state WHERE shop = %s AND installed"
+# What a shop does not sell, read beside its check: nothing for a shop not installed (its catalog stays until
+# shop/redact, and a request naming it would fetch every row for nothing).
+_UNSELLABLE_IF_INSTALLED = (UNSELLABLE_SQL.format(p="%s", no="false")
+                            + " AND EXISTS (SELECT 1 FROM shop_state WHERE shop = %s AND installed)")
 
 
 class PostgresEventStore(SharedQueries):
@@ -1332,8 +1336,7 @@ class PostgresEventStore(SharedQueries):
         return bool(self._read(_INSTALLED_SQL, (shop,)))
 
     def installed_with_unsellable(self, shop: str) -> tuple[bool, set[str]]:
-        installed, unsellable = self._read_together([(_INSTALLED_SQL, (shop,)),
-                                                     (UNSELLABLE_SQL.format(p=self._P, no=self._FALSE), (shop,))])
+        installed, unsellable = self._read_together([(_INSTALLED_SQL, (shop,)), (_UNSELLABLE_IF_INSTALLED, (shop, shop))])
         return bool(installed), {row[0] for row in unsellable}
 
     def _history_rows(self) -> str:
@@ -1355,7 +1358,7 @@ class PostgresEventStore(SharedQueries):
         *histories, unsellable = self._read_together([
             (self._history_with_check_sql(), (shop, shop, user_keys[0], limit)),
             *((self._history_sql(), (shop, key, limit)) for key in user_keys[1:]),
-            (UNSELLABLE_SQL.format(p=self._P, no=self._FALSE), (shop,))])
+            (_UNSELLABLE_IF_INSTALLED, (shop, shop))])
         return histories, unsellable
 
     def installed_shops(self) -> list[str]:
