@@ -26,6 +26,26 @@ from recommender.gcs_reads import LATEST, JsonApiReads, check_shop_domain, check
 log = logging.getLogger(__name__)
 
 WAIT_SECONDS = 60.0  # the preload waits this long for the reads at most; each request has its own timeout too
+# What a model takes in memory against its artifact's bytes: 2.4× as loaded (float16 → float32 factors, the rest
+# much as stored; 10k–1M items, 32 and 64 factors), more once its norms and NormHead are built. A load makes room
+# for this much before it begins (recommender/serving.py), and the preload reads no further than it fits.
+MEMORY_PER_ARTIFACT_BYTE = 3
+
+
+def models_budget(env: Mapping[str, str]) -> int | None:
+    """MODEL_MEMORY_MIB in bytes; None where it is unset (or not a number above 0: the settings say so on the first
+    request)."""
+    try:
+        mib = float(env.get("MODEL_MEMORY_MIB") or "nan")
+    except ValueError:
+        return None
+    return int(mib * 2**20) if mib > 0 and mib != float("inf") else None
+
+
+def beyond_budget(planned: int, artifact_bytes: int, budget: int | None) -> bool:
+    """Whether one more model of `artifact_bytes` would take the models preloaded (`planned` bytes, counted as
+    MEMORY_PER_ARTIFACT_BYTE of their artifacts) past MODEL_MEMORY_MIB; the first one always fits."""
+    return budget is not None and planned > 0 and planned + MEMORY_PER_ARTIFACT_BYTE * artifact_bytes > budget
 
 
 def preload_shops(env: Mapping[str, str], report: bool = True) -> list[str]:
@@ -73,8 +93,8 @@ class Prefetch:
             return False
         if reads is None:  # google-cloud-storage reads here (a laptop's credentials): the preload does it all
             return False
-        self._thread = threading.Thread(target=self._run, args=(reads, bucket, prefix, shops), name="model-prefetch",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(reads, bucket, prefix, shops, models_budget(env)),
+                                        name="model-prefetch", daemon=True)
         self._thread.start()
         return True
 
@@ -86,7 +106,8 @@ class Prefetch:
         with self._lock:
             return self._fetched.pop(shop, None)
 
-    def _run(self, reads: JsonApiReads, bucket: str, prefix: str, shops: list[str]) -> None:
+    def _run(self, reads: JsonApiReads, bucket: str, prefix: str, shops: list[str], budget: int | None) -> None:
+        planned = 0
         for shop in shops:
             try:
                 key = object_key(prefix, shop, LATEST)
@@ -94,13 +115,17 @@ class Prefetch:
                 if found is None:
                     continue
                 pointer, generation = found
-                name = f"{check_version(json.loads(pointer)['version'])}.npz"
+                named = json.loads(pointer)
+                if beyond_budget(planned, int(named.get("size") or 0), budget):
+                    return  # the preload says which shops it left to their first request
+                name = f"{check_version(named['version'])}.npz"
                 key = object_key(prefix, shop, name)
                 artifact = reads.media(key, f"gs://{bucket}/{key}")
             except Exception as exc:  # noqa: BLE001 (the preload reads this shop again and says what is wrong)
                 log.info("prefetching the model of %s did not finish (the preload reads it): %r", shop, exc)
                 continue
             if artifact is not None:
+                planned += MEMORY_PER_ARTIFACT_BYTE * len(artifact)
                 with self._lock:
                     self._fetched[shop] = Fetched(pointer, generation, artifact)
 

@@ -31,7 +31,7 @@ from typing import Mapping
 
 from recommender.errors import RecommenderError
 from recommender.model_store import GCSModelStore, open_model_store
-from recommender.prefetch import PREFETCH, Prefetch, preload_shops
+from recommender.prefetch import PREFETCH, Prefetch, beyond_budget, models_budget, preload_shops
 from recommender.serving import ServingModel
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,8 @@ class Preloader:
         if not shops or self._thread is not None:
             return False
         url = env.get("MODEL_STORE_URL") or _default_model_store_url()
-        self._thread = threading.Thread(target=self._run, args=(url, shops), name="model-preload", daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(url, shops, models_budget(env)), name="model-preload",
+                                        daemon=True)
         if not self._hooked:
             os.register_at_fork(before=self.wait, after_in_parent=self._forget_in_parent)
             self._hooked = True
@@ -77,11 +78,12 @@ class Preloader:
             models, self._models = self._models, {}
         return models
 
-    def _run(self, url: str, shops: list[str]) -> None:
+    def _run(self, url: str, shops: list[str], budget: int | None = None) -> None:
         started = time.perf_counter()
+        planned = 0  # the models preloaded so far, counted as serving counts them against MODEL_MEMORY_MIB
         try:
             store = open_model_store(url)
-            for shop in shops:
+            for number, shop in enumerate(shops):
                 try:
                     fetched = self._prefetch.take(shop) if self._prefetch is not None else None
                     if fetched is not None and isinstance(store, GCSModelStore):
@@ -93,10 +95,16 @@ class Preloader:
                             log.warning("PRELOAD_SHOPS: %s has no model yet; it loads on its first request once"
                                         " trained", shop)
                             continue
+                        if beyond_budget(planned, manifest.size, budget):
+                            log.warning("PRELOAD_SHOPS: the models of %s fill MODEL_MEMORY_MIB (%.0f MiB): %s load on"
+                                        " their first request", ", ".join(self._models), budget / 2**20,
+                                        ", ".join(shops[number:]))
+                            break
                         model = ServingModel(store.load(manifest))
                 except RecommenderError as exc:
                     log.error("preloading the model of %s failed (it loads on its first request): %s", shop, exc)
                     continue
+                planned += model.full_nbytes
                 with self._lock:
                     self._models[shop] = model
         except Exception:  # never let a preload failure stop the instance: requests load lazily instead

@@ -22,6 +22,7 @@ from recommender.artifact import ModelArtifact
 from recommender.errors import ArtifactError, ModelNotReady
 from recommender.events import EventKind
 from recommender.model_store import ModelStore
+from recommender.prefetch import MEMORY_PER_ARTIFACT_BYTE  # a load makes room for this much; the exact count after
 from recommender.store import Interaction
 
 log = logging.getLogger(__name__)
@@ -490,10 +491,6 @@ LOADS_TOGETHER_BYTES = 32 * 2**20
 PAST_SMALLEST_SHARE = 4
 
 
-# What a model takes in memory against its artifact's bytes: 2.4× as loaded (float16 → float32 factors, the rest
-# much as stored; 10k–1M items, 32 and 64 factors), more once its norms and NormHead are built. A load makes room
-# for this much before it begins, and the exact count is taken once the model is in.
-MEMORY_PER_ARTIFACT_BYTE = 3
 THRASH_SECONDS = 60.0  # a model loaded again this soon after it was let go is logged as a warning (once a minute)
 
 

@@ -1011,3 +1011,23 @@ def test_gcs_shops_read_side_by_side_by_a_new_instance_share_one_json_api_reads(
     # Assert: decided once (before, each thread that met the undecided store made its own, with its own token)
     assert len(made) == 1
     assert found == published
+
+
+def test_gcs_prefetch_reads_no_further_than_model_memory_mib_holds(gcs):
+    # Arrange: two shops' models; a bound that holds one of them
+    from recommender.prefetch import MEMORY_PER_ARTIFACT_BYTE
+
+    first = gcs.store.publish(SHOP, artifact(V1))
+    gcs.store.publish(OTHER_SHOP, artifact(V1))
+    env = {"MODEL_STORE_URL": f"gs://{BUCKET}/{gcs.prefix}", "PRELOAD_SHOPS": f"{SHOP},{OTHER_SHOP}",
+           "STORAGE_EMULATOR_HOST": gcs.emulator.host,
+           "MODEL_MEMORY_MIB": str((2 * MEMORY_PER_ARTIFACT_BYTE * first.size - 1) / 2**20)}
+    prefetch = Prefetch()
+
+    # Act
+    prefetch.start(env)
+    prefetch._thread.join(30)
+
+    # Assert: the first shop's bytes read; the second's not (its first request, or the preload, reads them)
+    assert prefetch.take(SHOP) is not None
+    assert prefetch.take(OTHER_SHOP) is None

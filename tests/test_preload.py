@@ -133,3 +133,29 @@ def test_a_worker_serves_the_preloaded_model_even_after_the_model_files_are_gone
     assert with_preload.json()["model_version"] == VERSION
     assert [r["product_id"] for r in with_preload.json()["recommendations"]] == ["8000000000002", "8000000000003"]
     assert without.status_code == 503 and without.json()["error"] == "model_not_ready"
+
+
+def test_the_preload_stops_where_model_memory_mib_is_full_and_says_which_shops_load_later(tmp_path, caplog):
+    # Arrange: three shops' models; a bound that holds one, and not one more of that artifact's size
+    shops = [SHOP, OTHER_SHOP, "third-shop.myshopify.com"]
+    manifests = [publish(tmp_path / "models", shop) for shop in shops]
+    from recommender.model_store import LocalModelStore
+    from recommender.prefetch import MEMORY_PER_ARTIFACT_BYTE
+    from recommender.serving import ServingModel
+
+    one = ServingModel(LocalModelStore(tmp_path / "models").load(manifests[0])).full_nbytes
+    budget_mib = (one + MEMORY_PER_ARTIFACT_BYTE * manifests[1].size - 1) / 2**20
+    env = {"MODEL_STORE_URL": f"file://{tmp_path / 'models'}", "PRELOAD_SHOPS": ",".join(shops),
+           "MODEL_MEMORY_MIB": str(budget_mib)}
+
+    # Act
+    preloader = Preloader()
+    preloader.start(env)
+    models = preloader.take()
+    unbounded = Preloader()
+    unbounded.start({**env, "MODEL_MEMORY_MIB": ""})
+
+    # Assert: the first shop preloaded, the others left to their first request, and said so
+    assert list(models) == [SHOP]
+    assert "load on their first request" in caplog.text and f"{OTHER_SHOP}, third-shop.myshopify.com" in caplog.text
+    assert list(unbounded.take()) == shops
