@@ -88,19 +88,18 @@ class Preloader:
                     fetched = self._prefetch.take(shop) if self._prefetch is not None else None
                     if fetched is not None and isinstance(store, GCSModelStore):
                         manifest = store.pointed(shop, fetched.pointer, fetched.generation)
-                        model = ServingModel(store.load_bytes(manifest, fetched.artifact))
                     else:
+                        fetched = None
                         manifest = store.latest(shop)
                         if manifest is None:
                             log.warning("PRELOAD_SHOPS: %s has no model yet; it loads on its first request once"
                                         " trained", shop)
                             continue
-                        if beyond_budget(planned, manifest.size, budget):
-                            log.warning("PRELOAD_SHOPS: the models of %s fill MODEL_MEMORY_MIB (%.0f MiB): %s load on"
-                                        " their first request", ", ".join(self._models), budget / 2**20,
-                                        ", ".join(shops[number:]))
-                            break
-                        model = ServingModel(store.load(manifest))
+                    if beyond_budget(planned, manifest.size, budget):  # the prefetch's reads were a guess
+                        self._stop_at_budget(shops[number:], budget)
+                        break
+                    model = ServingModel(store.load(manifest) if fetched is None
+                                         else store.load_bytes(manifest, fetched.artifact))
                 except RecommenderError as exc:
                     log.error("preloading the model of %s failed (it loads on its first request): %s", shop, exc)
                     continue
@@ -112,6 +111,13 @@ class Preloader:
         finally:
             self.seconds = time.perf_counter() - started
             log.info("preloaded %d of %d models in %.3f s", len(self._models), len(shops), self.seconds)
+
+    def _stop_at_budget(self, left: list[str], budget: int) -> None:
+        log.warning("PRELOAD_SHOPS: the models of %s fill MODEL_MEMORY_MIB (%.0f MiB): %s load on their first request",
+                    ", ".join(self._models), budget / 2**20, ", ".join(left))
+        if self._prefetch is not None:
+            for shop in left:  # bytes the prefetch read for them are not kept for nothing
+                self._prefetch.take(shop)
 
     def _forget_in_parent(self) -> None:
         """After forking a worker, the process that forked keeps no models: the worker has its own copy."""

@@ -459,27 +459,36 @@ class SharedQueries:
                                                 ) -> tuple[bool, list[list[Interaction]], set[str]]:
         """`installed_with_histories` (for at least one key) and, if the shop is installed, `unsellable_product_ids(shop)`
         (else none): a shopper's answer when the shop's catalog snapshot is due too, as it is for a quiet shop.
-        PostgreSQL sends the reads together: one round trip."""
-        histories, unsellable = self._read_histories_check_and_unsellable(shop, user_keys, limit)
-        installed, interactions = self._checked_histories(shop, histories)
-        if unsellable is None:  # not read with the rest
+        PostgreSQL sends the reads together, one round trip, the check then taken with the unsellable products in one
+        statement (one snapshot of the database: a reinstall between two reads cannot leave it "installed, nothing
+        unsellable")."""
+        histories, checked = self._read_histories_check_and_unsellable(shop, user_keys, limit)
+        if checked is None:  # read one after the other: what it does not sell only once the check says installed
+            installed, interactions = self._checked_histories(shop, histories)
             return installed, interactions, self.unsellable_product_ids(shop) if installed else set()
-        return installed, interactions, {row[0] for row in unsellable} if installed else set()
+        installed, unsellable = checked
+        if not installed:
+            return False, [], set()
+        return True, self._interactions_of(histories), unsellable
 
-    def _read_histories_check_and_unsellable(self, shop: str, user_keys: Sequence[str],
-                                             limit: int) -> tuple[list[list[tuple]], list[tuple] | None]:
-        """The histories with the check, and the unsellable products' rows where the backend reads them in the same
-        round trip (None: read them after, if the shop is installed)."""
+    def _read_histories_check_and_unsellable(self, shop: str, user_keys: Sequence[str], limit: int
+                                             ) -> tuple[list[list[tuple]], tuple[bool, set[str]] | None]:
+        """The histories (the first with the check's column), and the check with the unsellable products where the
+        backend reads them in the same round trip (None: read them after, if the shop is installed)."""
         return self._read_histories_with_check(shop, user_keys, limit), None
 
     def _checked_histories(self, shop: str, read: list[list[tuple]]) -> tuple[bool, list[list[Interaction]]]:
         """The shop check and the histories from `_read_histories_with_check`'s rows: a shopper with no events has no
         row to carry the check, which is then asked on its own."""
-        first, *others = read
+        first = read[0]
         if not (first[0][-1] if first else self.is_shop_installed(shop)):
             return False, []
-        return True, [[self._to_interaction(row[:-1]) for row in first],
-                      *([self._to_interaction(row) for row in rows] for rows in others)]
+        return True, self._interactions_of(read)
+
+    def _interactions_of(self, read: list[list[tuple]]) -> list[list[Interaction]]:
+        first, *others = read
+        return [[self._to_interaction(row[:-1]) for row in first],
+                *([self._to_interaction(row) for row in rows] for rows in others)]
 
     def _read_histories_with_check(self, shop: str, user_keys: Sequence[str], limit: int) -> list[list[tuple]]:
         """The first key's rows with the check's column, then each other key's rows."""

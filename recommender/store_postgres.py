@@ -624,10 +624,18 @@ def _product_lock(shop: str, product_id: str) -> tuple[int, int]:
 
 
 _INSTALLED_SQL = "SELECT 1 FROM shop_state WHERE shop = %s AND installed"
-# What a shop does not sell, read beside its check: nothing for a shop not installed (its catalog stays until
-# shop/redact, and a request naming it would fetch every row for nothing).
-_UNSELLABLE_IF_INSTALLED = (UNSELLABLE_SQL.format(p="%s", no="false")
-                            + " AND EXISTS (SELECT 1 FROM shop_state WHERE shop = %s AND installed)")
+# The shop check and what the shop does not sell, in one statement (one snapshot of the database): nothing for a shop
+# not installed (its catalog stays until shop/redact, and a request naming it would fetch every row for nothing).
+# One row: installed, and the ids (NULL when not installed). Parameters: the shop twice.
+_INSTALLED_AND_UNSELLABLE = (
+    "SELECT coalesce(s.installed, false), CASE WHEN s.installed THEN ARRAY("
+    + UNSELLABLE_SQL.format(p="%s", no="false") + ") END"
+    " FROM (SELECT (SELECT installed FROM shop_state WHERE shop = %s) AS installed) s")
+
+
+def _installed_and_unsellable(rows: list[tuple]) -> tuple[bool, set[str]]:
+    (installed, ids), = rows
+    return bool(installed), set(ids or ())
 
 
 class PostgresEventStore(SharedQueries):
@@ -1336,8 +1344,7 @@ class PostgresEventStore(SharedQueries):
         return bool(self._read(_INSTALLED_SQL, (shop,)))
 
     def installed_with_unsellable(self, shop: str) -> tuple[bool, set[str]]:
-        installed, unsellable = self._read_together([(_INSTALLED_SQL, (shop,)), (_UNSELLABLE_IF_INSTALLED, (shop, shop))])
-        return bool(installed), {row[0] for row in unsellable}
+        return _installed_and_unsellable(self._read(_INSTALLED_AND_UNSELLABLE, (shop, shop)))
 
     def _history_rows(self) -> str:
         """Through `latest_events` (migration 4), whose plan walks the index whatever the statistics say; its order
@@ -1352,14 +1359,15 @@ class PostgresEventStore(SharedQueries):
             return [self._read(*first)]
         return self._read_together([first, *((self._history_sql(), (shop, key, limit)) for key in user_keys[1:])])
 
-    def _read_histories_check_and_unsellable(self, shop: str, user_keys: Sequence[str],
-                                             limit: int) -> tuple[list[list[tuple]], list[tuple]]:
-        """Every key's history (the first with the check) and what the shop does not sell, in one pipeline."""
-        *histories, unsellable = self._read_together([
+    def _read_histories_check_and_unsellable(self, shop: str, user_keys: Sequence[str], limit: int
+                                             ) -> tuple[list[list[tuple]], tuple[bool, set[str]]]:
+        """Every key's history (the first with the check) and the check with what the shop does not sell, in one
+        pipeline."""
+        *histories, checked = self._read_together([
             (self._history_with_check_sql(), (shop, shop, user_keys[0], limit)),
             *((self._history_sql(), (shop, key, limit)) for key in user_keys[1:]),
-            (_UNSELLABLE_IF_INSTALLED, (shop, shop))])
-        return histories, unsellable
+            (_INSTALLED_AND_UNSELLABLE, (shop, shop))])
+        return histories, _installed_and_unsellable(checked)
 
     def installed_shops(self) -> list[str]:
         return [r[0] for r in self._read('SELECT shop FROM shop_state WHERE installed ORDER BY shop COLLATE "C"')]

@@ -30,12 +30,12 @@ def test_on_postgresql_each_kind_waits_for_the_round_trips_its_reads_need(tmp_pa
     # snapshot (one: sent together) and reads the answer's cards; a product asked about first reads its answer's
     # cards alone (the shop was found installed less than ANSWER_CACHE_SECONDS ago); a cached answer reads nothing; a
     # shopper's answer reads their history with the shop check, then the cards the instance has not read; a quiet
-    # shop's answer checks the shop with the snapshot (a shopper's, with their history too), then reads its cards. psycopg prepares a statement on its
-    # fifth use on a connection: one round trip more, once.
+    # shop's answer checks the shop with the snapshot (a shopper's, with their history too), then reads its cards.
+    # psycopg prepares a statement on its fifth use on a connection: one round trip more, once (two for a pipeline).
     trips = results["round_trips"]
     assert trips["a new instance's first answer"] == [5, 5, 5]
     for quiet in ("related, a quiet shop's", "personalized, a quiet shop's"):
-        assert set(trips[quiet]) <= {2, 3} and trips[quiet].count(2) >= 2, trips[quiet]
+        assert trips[quiet].count(2) >= 2 and max(trips[quiet]) <= 4, trips[quiet]  # preparing: once, one or two more
     assert trips["related, first time"] == [1, 1, 1]
     assert trips["related, again"] == trips["trending, again"] == [0, 0, 0]
     assert set(trips["personalized, a shopper's first"]) <= {2, 3}

@@ -110,3 +110,18 @@ def test_snapshots_of_shops_not_asked_within_the_ttl_are_let_go(store):
     clock.now = 1100.0  # at 100 s, a fourth shop: the others' snapshots are 60 and 80 s old
     cache.get(shops[3])
     assert sorted(cache._snapshots) == [shops[3]]
+
+
+def test_a_snapshot_read_earlier_never_replaces_a_newer_one(store):
+    # Arrange: two snapshots put for one shop, the one read later put first (a slower read begun earlier ends last)
+    clock = Clock()
+    cache = CatalogCache(store, ttl_seconds=30, clock=clock)
+    newer = cache.put(SHOP, {"10"}, taken_at=clock.now)
+    older = cache.put(SHOP, {"11"}, taken_at=clock.now - 5)
+
+    # Act
+    clock.now += 10
+    served = cache.get(SHOP)
+
+    # Assert: the newer is kept and served (the older one still went to its own answer)
+    assert served is newer and served.unsellable == {"10"} and older.unsellable == {"11"}

@@ -1031,3 +1031,27 @@ def test_gcs_prefetch_reads_no_further_than_model_memory_mib_holds(gcs):
     # Assert: the first shop's bytes read; the second's not (its first request, or the preload, reads them)
     assert prefetch.take(SHOP) is not None
     assert prefetch.take(OTHER_SHOP) is None
+
+
+def test_gcs_the_preload_keeps_to_model_memory_mib_whatever_the_prefetch_read(gcs):
+    # Arrange: two shops' bytes prefetched with no bound (a guess the preload does not take on trust)
+    first = gcs.store.publish(SHOP, artifact(V1))
+    gcs.store.publish(OTHER_SHOP, artifact(V1))
+    env = {"MODEL_STORE_URL": f"gs://{BUCKET}/{gcs.prefix}", "PRELOAD_SHOPS": f"{SHOP},{OTHER_SHOP}",
+           "STORAGE_EMULATOR_HOST": gcs.emulator.host}
+    prefetch = Prefetch()
+    prefetch.start(env)
+    prefetch._thread.join(30)
+    from recommender.prefetch import MEMORY_PER_ARTIFACT_BYTE
+    from recommender.serving import ServingModel
+
+    one = ServingModel(gcs.store.load(first)).full_nbytes
+
+    # Act: the preload, with a bound that holds the first model and not one more of that size
+    preloader = Preloader(prefetch)
+    preloader.start({**env, "MODEL_MEMORY_MIB": str((one + MEMORY_PER_ARTIFACT_BYTE * first.size - 1) / 2**20)})
+    models = preloader.take()
+
+    # Assert: one model preloaded, and the second shop's prefetched bytes let go
+    assert list(models) == [SHOP]
+    assert prefetch.take(OTHER_SHOP) is None
