@@ -123,7 +123,7 @@ class CatalogCache:
         snapshot = self._snapshots.get(shop)
         if snapshot is not None and now - snapshot.taken_at < self._ttl:
             return snapshot
-        return self._take(shop, self._store.unsellable_product_ids(shop), now)
+        return self.put(shop, self._store.unsellable_product_ids(shop), now)
 
     def now(self) -> float:
         """A reading of the clock snapshots are timed by."""
@@ -135,11 +135,10 @@ class CatalogCache:
         return snapshot is None or self._clock() - snapshot.taken_at >= self._ttl
 
     def put(self, shop: str, unsellable: set[str], taken_at: float) -> CatalogSnapshot:
-        """The snapshot of what the store said at `taken_at` (a clock reading taken before it was asked) is not for sale,
-        read beside another read (`EventStore.installed_with_unsellable`): kept, and served by `get` within the TTL."""
-        return self._take(shop, unsellable, taken_at)
-
-    def _take(self, shop: str, unsellable: set[str], now: float) -> CatalogSnapshot:
+        """The snapshot of what the store said at `taken_at` (a clock reading taken before it was asked) is not for
+        sale, read by `get` or beside another read (`EventStore.installed_with_unsellable`): kept, and served by `get`
+        within the TTL."""
+        now = taken_at
         fresh = CatalogSnapshot(
             frozenset(unsellable), now,
             lambda wanted: frozenset(self._store.products_matching(shop, *wanted)),

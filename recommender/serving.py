@@ -21,7 +21,7 @@ import numpy as np
 from recommender.artifact import ModelArtifact
 from recommender.errors import ArtifactError, ModelNotReady
 from recommender.events import EventKind
-from recommender.model_store import ModelStore
+from recommender.model_store import Manifest, ModelStore
 from recommender.prefetch import MEMORY_PER_ARTIFACT_BYTE  # a load makes room for this much; the exact count after
 from recommender.store import Interaction
 
@@ -768,17 +768,26 @@ class ModelHolder:
                 f"no model has been trained for {shop} yet: run `python -m recommender train --shop {shop}`"
                 " or POST /train"
             )
-        made_room = self._make_room(shop, MEMORY_PER_ARTIFACT_BYTE * manifest.size)
-        with self._gate.turn(manifest.size):
-            model = ServingModel(self._model_store.load(manifest))
+        model, made_room = self._load_in_room(shop, manifest)
         if self._budget is not None:  # as if asked now: a load begun by `load_soon` is asked for once its request gets here
             self._asked[shop] = next(self._ticks)
             self._warn_if_loaded_again(shop)
         self._models[shop] = model
         self._tokens[shop] = manifest.change_token
+        self._kept_in_room(shop, made_room)
+        return model
+
+    def _load_in_room(self, shop: str, manifest: Manifest) -> tuple[ServingModel, bool]:
+        """The manifest's model, loaded once room is made for it (MODEL_MEMORY_MIB) and its turn at the gate comes;
+        and whether models were let go for it."""
+        made_room = self._make_room(shop, MEMORY_PER_ARTIFACT_BYTE * manifest.size)
+        with self._gate.turn(manifest.size):
+            return ServingModel(self._model_store.load(manifest)), made_room
+
+    def _kept_in_room(self, shop: str, made_room: bool) -> None:
+        """Once the shop's new model is in: the bound by exact count, and the pages of the models let go handed back."""
         if self._make_room(shop) or made_room:
             _release_freed_memory()
-        return model
 
     def _refresh(self, shop: str, current: ServingModel) -> None:
         """Runs on the holder's checking thread. When `latest` has not moved since the current model was found, that is
@@ -800,9 +809,7 @@ class ModelHolder:
                 return
             if self._models.get(shop) is not current:
                 return
-            made_room = self._make_room(shop, MEMORY_PER_ARTIFACT_BYTE * manifest.size)
-            with self._gate.turn(manifest.size):
-                fresh = ServingModel(self._model_store.load(manifest))
+            fresh, made_room = self._load_in_room(shop, manifest)
         except ArtifactError as exc:
             log.error("model refresh for %s refused, still serving %s: %s", shop, current.version, exc)
             return
@@ -812,5 +819,4 @@ class ModelHolder:
             self._models[shop] = fresh
             self._tokens[shop] = manifest.change_token
         log.info("model for %s swapped: %s -> %s", shop, current.version, fresh.version)
-        if self._make_room(shop) or made_room:
-            _release_freed_memory()
+        self._kept_in_room(shop, made_room)
