@@ -1,0 +1,42 @@
+"""bench.train_job_probe, small: the real `python -m recommender train` in processes of its own, beside implicit's fit
+of the same matrix (the probe's floor)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bench import train_job_probe
+from recommender.store import SQLiteEventStore
+
+
+def test_the_probes_shop_has_its_planted_tastes(tmp_path):
+    events = [event for chunk in train_job_probe.shop_events(4_000, 400, 400) for event in chunk]
+    per_taste = 400 // train_job_probe.TASTES
+    in_taste = [(int(e.product_id) - 8_000_000_000_000) // 1_499 // per_taste
+                == (int(e.customer_id) - 7_000_000_000_000) % train_job_probe.TASTES for e in events]
+
+    assert len(events) == 4_000
+    # four in five from the shopper's taste, and a share of the rest by chance (1 in 40 tastes)
+    assert 0.78 < np.mean(in_taste) < 0.84
+    assert {e.kind.value for e in events} == {"view", "add_to_cart", "purchase"}
+    assert all(e.order_id for e in events if e.kind.value == "purchase")
+
+
+def test_the_job_publishes_the_model_of_the_matrix_the_floor_fits(tmp_path):
+    result = train_job_probe.measure(events=20_000, users=2_000, items=1_000, rounds=1, work=tmp_path)
+
+    job, ungated, floor = (result["runs"][mode][0] for mode in ("job", "job, no gate", "floor"))
+    assert job["outcome"] == ungated["outcome"] == "published"  # the planted tastes beat best sellers
+    assert job["model"]["users"] == ungated["model"]["users"] == result["users"]
+    assert job["model"]["items"] == ungated["model"]["items"] == result["items"]
+    assert job["model"]["events"] == 20_000
+    assert floor["outcome"] == "fitted"
+    for run in (job, ungated, floor):
+        assert run["seconds"] > 0 and 40 < run["peak_mib"] < 4_000  # a Python process with numpy, not a parent's peak
+    assert result["job_over_floor"]["job"]["seconds"] == round(job["seconds"] / floor["seconds"], 2)
+    # the events stayed in the store the probe made
+    store = SQLiteEventStore(tmp_path / "events.sqlite3")
+    try:
+        assert len(store.interaction_columns(train_job_probe.SHOP)) == 20_000
+    finally:
+        store.close()
