@@ -40,7 +40,7 @@ class FitContext:
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
-    """int[n, k]: the k best columns per row, best first, ties to the lower index; -inf places become -1.
+    """int[n, k]: the k best columns per row, best first, ties to the lower index; -inf and NaN places become -1.
 
     Each row's candidates are its scores at least the k-th largest of its blocks' maxima (a lower bound of its k-th
     largest score, so every score tied with that one is among them), ranked by score and then column. A quarter of
@@ -54,9 +54,10 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
         return result
     blocks = min(m, max(64, 4 * width))
     size = m // blocks
-    maxima = scores[:, :size * blocks].reshape(n, blocks, size).max(axis=2)
+    maxima = np.fmax.reduce(scores[:, :size * blocks].reshape(n, blocks, size), axis=2)  # NaN hides no score
     if size * blocks < m:  # the last columns, each a block of its own
         maxima = np.concatenate([maxima, scores[:, size * blocks:]], axis=1)
+    maxima[np.isnan(maxima)] = -np.inf  # a block of NaN only: no candidate (NaN never is one)
     floor = np.partition(maxima, maxima.shape[1] - width, axis=1)[:, maxima.shape[1] - width]
     rows, columns = np.nonzero(scores >= floor[:, None])
     picked = scores[rows, columns]
@@ -66,6 +67,23 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     kept = place < width
     result[rows[kept], place[kept]] = np.where(np.isneginf(picked[kept]), -1, columns[kept])
     return result
+
+
+def shared_batches(widths: np.ndarray, batch_size: int) -> list[tuple[int, int, int]]:
+    """(start, end, width) of consecutive users, each batch at most `batch_size` users and, unless one user alone
+    needs more, at most SCORES_PER_BATCH places: its users times the widest of their `widths`."""
+    batches = []
+    start = 0
+    while start < len(widths):
+        end, width = start + 1, int(widths[start])
+        while end < len(widths) and end - start < batch_size:
+            wider = max(width, int(widths[end]))
+            if (end - start + 1) * wider > SCORES_PER_BATCH:
+                break
+            width, end = wider, end + 1
+        batches.append((start, end, width))
+        start = end
+    return batches
 
 
 class RankingModel:
@@ -128,7 +146,7 @@ class RankingModel:
         asks of best sellers and trending: 20.7 and 17.3 s for 21.7k customers × 50k items through the general path,
         which scores, masks and partitions every user's whole row (bench/PERFORMANCE.md, round 32)."""
         result = np.full((len(users), k), -1, dtype=np.int64)
-        ranked = np.flatnonzero(self.known_items & ~np.isneginf(scores))
+        ranked = np.flatnonzero(self.known_items & ~np.isneginf(scores) & ~np.isnan(scores))
         ranked = ranked[np.lexsort((ranked, -scores[ranked]))]
         if not len(ranked) or not k:
             return result
@@ -137,15 +155,7 @@ class RankingModel:
         exclude = exclude.tocsr() if exclude is not None else None
         # a user's first k not excluded lie among the first k + |their excluded| of `ranked`
         widths = np.minimum(len(ranked), k + (np.diff(exclude.indptr)[users] if exclude is not None else 0))
-        widths = np.broadcast_to(widths, (len(users),))
-        start = 0
-        while start < len(users):
-            end, width = start + 1, int(widths[start])
-            while end < len(users) and end - start < batch_size:
-                wider = max(width, int(widths[end]))
-                if (end - start + 1) * wider > SCORES_PER_BATCH:
-                    break
-                width, end = wider, end + 1
+        for start, end, width in shared_batches(np.broadcast_to(widths, (len(users),)), batch_size):
             batch = users[start:end]
             shown = np.ones((len(batch), width), dtype=bool)
             if exclude is not None:
@@ -156,7 +166,6 @@ class RankingModel:
             rank = np.cumsum(shown, axis=1, dtype=np.int32)
             rows, columns = np.nonzero(shown & (rank <= k))
             result[start + rows, rank[rows, columns] - 1] = ranked[columns]
-            start = end
         return result
 
 

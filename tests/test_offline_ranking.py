@@ -10,7 +10,9 @@ import scipy.sparse as sp
 
 from recommender import offline_models
 from recommender.offline_data import Interactions, SignalConfig, build_signal_matrix
-from recommender.offline_models import FitContext, PopularityModel, RankingModel, TrendingModel, top_k
+from recommender.offline_models import (
+    FitContext, PopularityModel, RankingModel, TrendingModel, shared_batches, top_k,
+)
 
 
 def slow_ranking(scores: np.ndarray, k: int) -> np.ndarray:
@@ -39,6 +41,15 @@ def test_top_k_breaks_a_tie_across_a_whole_row_by_column():
     scores[0, [4_000, 17, 2_500]] = [2.0, 1.0, 2.0]
 
     assert top_k(scores, 6).tolist() == [[2_500, 4_000, 17, 0, 1, 2], [0, 1, 2, 3, 4, 5]]
+
+
+def test_top_k_never_shows_a_nan_score_nor_lets_one_hide_a_better_score():
+    scores = np.arange(128, dtype=float)[None, :].repeat(2, axis=0)
+    scores[0, [0, 2, 4]] = np.nan  # in three of the row's blocks
+    scores[1, :] = np.nan
+    scores[1, 3] = 1.0
+
+    assert top_k(scores, 3).tolist() == [[127, 126, 125], [3, -1, -1]]
 
 
 def test_top_k_matches_the_slow_ranking_on_rows_with_ties_and_excluded_places():
@@ -91,9 +102,20 @@ def test_best_sellers_and_trending_rank_each_user_as_the_slow_way_does(make, k):
     assert (ranked[:, 0] >= 0).all()  # everyone has something left to be shown
 
 
-def test_best_sellers_batches_bounded_by_the_widest_exclusions_give_the_same_ranking(monkeypatch):
-    """A user who has seen most of the catalogue widens the candidates their batch needs; batches stay within
-    SCORES_PER_BATCH places by splitting, and nobody's ranking changes."""
+def test_shared_batches_by_hand():
+    """Consecutive users, at most `batch_size` of them, and at most SCORES_PER_BATCH places (users × the widest)
+    unless one user alone needs more."""
+    widths = np.array([10, 10, 10, 40, 10, 10, 300, 10])
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(offline_models, "SCORES_PER_BATCH", 100)
+        assert shared_batches(widths, batch_size=8) == [(0, 3, 10), (3, 5, 40), (5, 6, 10), (6, 7, 300), (7, 8, 10)]
+        assert shared_batches(widths, batch_size=2) == [(0, 2, 10), (2, 4, 40), (4, 6, 10), (6, 7, 300), (7, 8, 10)]
+    assert shared_batches(widths, batch_size=1024) == [(0, 8, 300)]
+    assert shared_batches(np.array([], dtype=np.int64), batch_size=4) == []
+
+
+def test_best_sellers_in_small_batches_with_a_user_who_saw_most_of_the_catalogue(monkeypatch):
     data = shop_events(n_users=30, n_items=200)
     signal = SignalConfig()
     user_items = build_signal_matrix(data, signal)
@@ -109,3 +131,29 @@ def test_best_sellers_batches_bounded_by_the_widest_exclusions_give_the_same_ran
 
     assert ranked.tolist() == expected.tolist()
     assert set(ranked[5].tolist()) <= set(range(180, 200)) | {-1}
+
+
+class FixedScores(RankingModel):
+    """Every user gets the model's own float32 scores, handed out read-only as a view (not a copy)."""
+
+    name = "fixed"
+
+    def __init__(self, scores: np.ndarray):
+        super().__init__()
+        self.scores = scores
+
+    def _fit(self, user_items, context):
+        pass
+
+    def score(self, users, user_items):
+        return np.broadcast_to(self.scores, (len(users), len(self.scores)))
+
+
+def test_a_model_handing_out_its_own_read_only_float32_scores_is_ranked_and_left_unchanged():
+    user_items = sp.csr_matrix(np.array([[1, 0, 0, 1, 0], [0, 1, 0, 0, 1]], dtype=np.float32))
+    model = FixedScores(np.array([0.5, 2.0, 1.0, 3.0, 1.0], dtype=np.float32)).fit(user_items)  # item 2 unknown
+
+    ranked = model.recommend(np.array([0, 1]), user_items, 3, exclude=user_items)
+
+    assert ranked.tolist() == [[1, 4, -1], [3, 0, -1]]
+    assert model.scores.tolist() == [0.5, 2.0, 1.0, 3.0, 1.0]
