@@ -3,6 +3,9 @@ of the same matrix (the probe's floor)."""
 
 from __future__ import annotations
 
+import os
+import sys
+
 import numpy as np
 
 from bench import train_job_probe
@@ -40,3 +43,17 @@ def test_the_job_publishes_the_model_of_the_matrix_the_floor_fits(tmp_path):
         assert len(store.interaction_columns(train_job_probe.SHOP)) == 20_000
     finally:
         store.close()
+
+
+def test_a_child_reports_its_own_peak_not_the_probes(tmp_path):
+    """ru_maxrss of a spawned child counts its parent's resident memory at the spawn; the probe holds a shop's
+    columns then. A child that allocates 64 MiB reports about that over an interpreter, whatever the probe holds."""
+    held = np.ones(600 * 2**20 // 8)  # 600 MiB touched in this process
+    small = train_job_probe.measured([sys.executable, "-c", train_job_probe.PEAK + "x = bytearray(64 * 2**20)"],
+                                     dict(os.environ), tmp_path)
+    bigger = train_job_probe.measured([sys.executable, "-c", train_job_probe.PEAK + "x = bytearray(256 * 2**20)"],
+                                      dict(os.environ), tmp_path)
+
+    assert held.sum() > 0
+    assert 64 < small["peak_mib"] < 200
+    assert 190 < bigger["peak_mib"] - small["peak_mib"] < 200
