@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             report = run_scheduled_training(runtime.store, runtime.model_store, settings.training, settings.gate(),
                                             settings.retention_days, shops)
             print(json.dumps(report, indent=2))
-            if not report["trained"]:
+            if not report["trained"] or report["failed"]:
                 return 1
     except (RecommenderError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

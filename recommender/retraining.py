@@ -146,15 +146,25 @@ def retrain_shop(store: EventStore, model_store: ModelStore, shop: str, config: 
 def run_scheduled_training(store: EventStore, model_store: ModelStore, config: TrainingConfig, gate: GateConfig,
                            retention_days: float = 0, shops: list[str] | None = None,
                            now: datetime | None = None) -> dict:
-    """Prune events past retention, then retrain each installed shop (or the given ones)."""
+    """Prune events past retention, then retrain each installed shop (or the given ones).
+
+    One shop's failure (the model store out of reach for its publish, an error in its data) is logged with its
+    traceback and listed under `failed`, and the next shops are trained all the same: an app installed in many
+    shops trains them one after another in one run, and a failure part-way used to leave every shop after it
+    untrained, night after night if the failure stayed."""
     now = now or datetime.now(timezone.utc)
+    named = [check_shop_domain(shop) for shop in shops] if shops is not None else None  # a bad name: refused first
     pruned = store.prune_events(now - timedelta(days=retention_days)) if retention_days > 0 else 0
-    trained, kept, skipped = [], [], []
-    for shop in shops if shops is not None else store.installed_shops():
+    trained, kept, skipped, failed = [], [], [], []
+    for shop in named if named is not None else store.installed_shops():
         try:
             record = retrain_shop(store, model_store, check_shop_domain(shop), config, gate, now)
         except (NotEnoughData, PublishConflict) as exc:  # a lost publish race: the other trainer's model stands
             skipped.append({"shop": shop, "reason": str(exc)})
             continue
+        except Exception as exc:  # noqa: BLE001 - reported below and in the run's answer; the other shops go on
+            log.exception("training %s failed; going on with the other shops", shop)
+            failed.append({"shop": shop, "error": f"{type(exc).__name__}: {exc}"})
+            continue
         (trained if record["published"] else kept).append(record)
-    return {"trained": trained, "kept": kept, "skipped": skipped, "pruned_events": pruned}
+    return {"trained": trained, "kept": kept, "skipped": skipped, "failed": failed, "pruned_events": pruned}

@@ -165,3 +165,31 @@ def test_a_shop_that_never_installed_the_app_is_a_404(app_client):
     response = recommend(app_client, customer_id=1)
 
     assert (response.status_code, response.json["error"]) == (404, "shop_not_installed")
+
+
+def test_a_shop_that_fails_to_train_does_not_stop_the_others_and_the_run_answers_500(app_client, tmp_path):
+    """Three shops; the middle one's model folder cannot be made (a file is in its place), so its publish fails.
+    The shops before and after it are trained, and the run says which failed."""
+    shops = ["a-shop.myshopify.com", "b-shop.myshopify.com", "c-shop.myshopify.com"]
+    for shop in shops:
+        for order in planted_orders():
+            assert post_webhook(app_client, "orders/create", order, shop=shop).status_code == 200
+    (tmp_path / "models").mkdir(exist_ok=True)
+    (tmp_path / "models" / shops[1]).write_text("not a folder")
+
+    response = app_client.post("/train", headers=AUTH)
+
+    assert response.status_code == 500
+    assert [report["shop"] for report in response.json["trained"]] == [shops[0], shops[2]]
+    [failed] = response.json["failed"]
+    assert failed["shop"] == shops[1] and "FileExistsError" in failed["error"]
+    for served in (shops[0], shops[2]):
+        answer = recommend(app_client, shop=served, customer_id="1")
+        assert answer.status_code == 200 and answer.json["model_version"]
+
+
+def test_train_refuses_a_bad_shop_name_before_training_anything(app_client):
+    response = app_client.post("/train?shop=not%20a%20shop", headers=AUTH)
+
+    assert response.status_code == 400
+    assert response.json["error"] != "internal_error"
