@@ -134,12 +134,13 @@ def save_floor_matrix(store, path: Path) -> dict:
                          "iterations": config.iterations, "seed": config.seed}}
 
 
-def measured(command: list[str], env: dict[str, str], cwd: Path) -> dict:
-    """`command` (JOB or FLOOR) run as a child: its wall time, and the peak RSS it reported (MiB)."""
+def measured(command: list[str], env: dict[str, str], cwd: Path, ok: tuple[int, ...] = (0,)) -> dict:
+    """`command` (JOB or FLOOR) run as a child: its wall time, and the peak RSS it reported (MiB). An exit status
+    outside `ok` raises."""
     started = time.perf_counter()
     done = subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True)
     seconds = time.perf_counter() - started
-    if done.returncode != 0:
+    if done.returncode not in ok:
         raise RuntimeError(f"{' '.join(command[:4])} failed ({done.returncode}):\n{done.stderr[-3000:]}")
     peaks = [line.split()[1] for line in done.stderr.splitlines() if line.startswith("PEAK_KIB ")]
     return {"seconds": round(seconds, 3), "peak_mib": round(int(peaks[-1]) / 1024, 1), "stdout": done.stdout,
@@ -149,6 +150,8 @@ def measured(command: list[str], env: dict[str, str], cwd: Path) -> dict:
 def job_outcome(stdout: str) -> tuple[str, dict]:
     """What the job printed: published, kept (the gate's reason) or skipped; and the model's shape if published."""
     result = json.loads(stdout)
+    if result.get("failed"):
+        return "failed: " + "; ".join(f["error"] for f in result["failed"]), {}
     if result["trained"]:
         return "published", {key: result["trained"][0][key] for key in ("users", "items", "events")}
     if result["kept"]:
@@ -186,7 +189,10 @@ def measure(events: int, users: int, items: int, rounds: int, postgres_url: str 
         for round_ in range(rounds):
             for mode, (command, extra) in modes.items():
                 models = work / f"models-{round_}-{len(runs[mode])}-{mode.replace(' ', '').replace(',', '')}"
-                run = measured(command, {**env, **extra, "MODEL_STORE_URL": f"file://{models}"}, code)
+                # the job exits 1 when it published nothing (the gate kept the current model) or a shop failed: its
+                # report says which
+                run = measured(command, {**env, **extra, "MODEL_STORE_URL": f"file://{models}"}, code,
+                               ok=(0,) if mode == "floor" else (0, 1))
                 run["outcome"], run["model"] = job_outcome(run["stdout"]) if mode != "floor" else ("fitted", {})
                 runs[mode].append({key: run[key] for key in ("seconds", "peak_mib", "outcome", "model")})
                 shutil.rmtree(models, ignore_errors=True)

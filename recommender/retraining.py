@@ -143,6 +143,9 @@ def retrain_shop(store: EventStore, model_store: ModelStore, shop: str, config: 
     return record
 
 
+FAILURES_IN_A_ROW = 3  # the scheduled run stops at this many shops failing one after another
+
+
 def run_scheduled_training(store: EventStore, model_store: ModelStore, config: TrainingConfig, gate: GateConfig,
                            retention_days: float = 0, shops: list[str] | None = None,
                            now: datetime | None = None) -> dict:
@@ -151,20 +154,31 @@ def run_scheduled_training(store: EventStore, model_store: ModelStore, config: T
     One shop's failure (the model store out of reach for its publish, an error in its data) is logged with its
     traceback and listed under `failed`, and the next shops are trained all the same: an app installed in many
     shops trains them one after another in one run, and a failure part-way used to leave every shop after it
-    untrained, night after night if the failure stayed."""
+    untrained, night after night if the failure stayed. FAILURES_IN_A_ROW shops failing one after another say the
+    event store or the model store is out of reach: the last failure is raised then, rather than every later shop
+    waiting for its own connection timeout and logging the same traceback."""
     now = now or datetime.now(timezone.utc)
     named = [check_shop_domain(shop) for shop in shops] if shops is not None else None  # a bad name: refused first
     pruned = store.prune_events(now - timedelta(days=retention_days)) if retention_days > 0 else 0
     trained, kept, skipped, failed = [], [], [], []
-    for shop in named if named is not None else store.installed_shops():
+    in_a_row = 0
+    queue = named if named is not None else store.installed_shops()
+    for position, shop in enumerate(queue):
         try:
             record = retrain_shop(store, model_store, check_shop_domain(shop), config, gate, now)
         except (NotEnoughData, PublishConflict) as exc:  # a lost publish race: the other trainer's model stands
             skipped.append({"shop": shop, "reason": str(exc)})
+            in_a_row = 0
             continue
         except Exception as exc:  # noqa: BLE001 - reported below and in the run's answer; the other shops go on
+            in_a_row += 1
+            if in_a_row >= FAILURES_IN_A_ROW:
+                log.error("%d shops failed in a row, the last %s; stopping with %d shops not tried (trained %d)",
+                          in_a_row, shop, len(queue) - position - 1, len(trained))
+                raise
             log.exception("training %s failed; going on with the other shops", shop)
             failed.append({"shop": shop, "error": f"{type(exc).__name__}: {exc}"})
             continue
+        in_a_row = 0
         (trained if record["published"] else kept).append(record)
     return {"trained": trained, "kept": kept, "skipped": skipped, "failed": failed, "pruned_events": pruned}

@@ -51,9 +51,30 @@ def test_a_child_reports_its_own_peak_not_the_probes(tmp_path):
     held = np.ones(600 * 2**20 // 8)  # 600 MiB touched in this process
     small = train_job_probe.measured([sys.executable, "-c", train_job_probe.PEAK + "x = bytearray(64 * 2**20)"],
                                      dict(os.environ), tmp_path)
-    bigger = train_job_probe.measured([sys.executable, "-c", train_job_probe.PEAK + "x = bytearray(256 * 2**20)"],
-                                      dict(os.environ), tmp_path)
+    bigger = train_job_probe.measured(  # its peak, not what it holds as it exits
+        [sys.executable, "-c", train_job_probe.PEAK + "x = bytearray(256 * 2**20); del x"], dict(os.environ), tmp_path)
 
     assert held.sum() > 0
     assert 64 < small["peak_mib"] < 200
     assert 190 < bigger["peak_mib"] - small["peak_mib"] < 200
+
+
+def test_a_child_that_fails_raises_with_its_error_unless_its_status_is_allowed(tmp_path):
+    command = [sys.executable, "-c", train_job_probe.PEAK + "import sys; print('{}'); sys.exit(1)"]
+
+    try:
+        train_job_probe.measured(command, dict(os.environ), tmp_path)
+    except RuntimeError as exc:
+        assert "failed (1)" in str(exc)
+    else:
+        raise AssertionError("a child exiting 1 was taken as a measurement")
+    assert train_job_probe.measured(command, dict(os.environ), tmp_path, ok=(0, 1))["stdout"].strip() == "{}"
+
+
+def test_the_jobs_report_is_read_as_published_kept_skipped_or_failed():
+    assert train_job_probe.job_outcome('{"trained": [], "kept": [{"shop": "s", "reason": "r"}], "skipped": [],'
+                                       ' "failed": []}') == ("kept: r", {})
+    assert train_job_probe.job_outcome('{"trained": [], "kept": [], "skipped": [{"shop": "s", "reason": "few"}],'
+                                       ' "failed": []}') == ("skipped: few", {})
+    assert train_job_probe.job_outcome('{"trained": [], "kept": [], "skipped": [],'
+                                       ' "failed": [{"shop": "s", "error": "OSError: x"}]}') == ("failed: OSError: x", {})

@@ -193,3 +193,22 @@ def test_train_refuses_a_bad_shop_name_before_training_anything(app_client):
 
     assert response.status_code == 400
     assert response.json["error"] != "internal_error"
+
+
+def test_three_shops_failing_in_a_row_stop_the_run_instead_of_trying_every_shop(app_client, tmp_path):
+    """Failures one after another say a store is out of reach: the run stops at the third and answers 500, and the
+    shop after them is left for the next run."""
+    shops = [f"{name}-shop.myshopify.com" for name in "abcde"]
+    for shop in shops:
+        for order in planted_orders():
+            assert post_webhook(app_client, "orders/create", order, shop=shop).status_code == 200
+    (tmp_path / "models").mkdir(exist_ok=True)
+    for blocked in shops[1:4]:
+        (tmp_path / "models" / blocked).write_text("not a folder")
+
+    response = app_client.post("/train", headers=AUTH)
+
+    assert response.status_code == 500 and response.json["error"] == "internal_error"
+    assert recommend(app_client, shop=shops[0], customer_id="1").status_code == 200
+    not_tried = recommend(app_client, shop=shops[4], customer_id="1")
+    assert not_tried.status_code == 503 and not_tried.json["error"] == "model_not_ready"
