@@ -19,6 +19,7 @@ import numpy as np
 
 from recommender.event_columns import EVENT_KINDS, InteractionColumns, epoch_us, first_seen_codes
 from recommender.model_store import ModelStore, PublishConflict, check_shop_domain
+from recommender.serving import release_freed_memory
 from recommender.settings import TrainingConfig
 from recommender.store import EventStore
 from recommender.training import NotEnoughData, train_shop
@@ -122,6 +123,7 @@ def retrain_shop(store: EventStore, model_store: ModelStore, shop: str, config: 
     started = time.perf_counter()
     config, config_source = shop_training_config(model_store, shop, config)
     columns = store.interaction_columns(shop, times=gate.enabled)  # read once for the gate and the model
+    release_freed_memory()  # the read's texts, decoded: what the gate and the fits allocate next is the job's peak
     record: dict = {"shop": shop, "started_at": now.isoformat(), "events": len(columns), "published": False,
                     "config": config_source}
     if gate.enabled:

@@ -494,9 +494,10 @@ PAST_SMALLEST_SHARE = 4
 THRASH_SECONDS = 60.0  # a model loaded again this soon after it was let go is logged as a warning (once a minute)
 
 
-def _release_freed_memory() -> None:
-    """Hand the pages of the models let go back to the system: glibc keeps freed memory of this size for the
-    process (measured: ten 100k-item models loaded, nine let go, 127 MiB resident after, 68 with this)."""
+def release_freed_memory() -> None:
+    """Hand freed pages back to the system: glibc keeps freed memory of this size for the process (measured: ten
+    100k-item models loaded, nine let go, 127 MiB resident after, 68 with this; the training job's read of 1M events,
+    229 → 176 MiB, and the gate's peak after it 398 → 365)."""
     try:
         import ctypes
 
@@ -787,7 +788,7 @@ class ModelHolder:
     def _kept_in_room(self, shop: str, made_room: bool) -> None:
         """Once the shop's new model is in: the bound by exact count, and the pages of the models let go handed back."""
         if self._make_room(shop) or made_room:
-            _release_freed_memory()
+            release_freed_memory()
 
     def _refresh(self, shop: str, current: ServingModel) -> None:
         """Runs on the holder's checking thread. When `latest` has not moved since the current model was found, that is
