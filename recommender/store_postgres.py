@@ -28,7 +28,7 @@ import weakref
 import zlib
 from dataclasses import fields, replace
 from datetime import datetime, timezone
-from typing import Callable, Collection, Iterable, Sequence, TypeVar
+from typing import TYPE_CHECKING, Callable, Collection, Iterable, Sequence, TypeVar
 
 import psycopg
 from psycopg import errors
@@ -41,6 +41,9 @@ from recommender.store import (
     EVENT_EXPORT_COLUMNS, KINDS, NOT_FOR_SALE, TOPICS_NOT_PROVING_INSTALL, UNSELLABLE_SQL, ActivityBucket, Interaction,
     SharedQueries, customer_export, export_json, iso_utc, of_one_shop, refund_adjustment_key, require_aware,
 )
+
+if TYPE_CHECKING:
+    from recommender.event_columns import ColumnTexts  # numpy: imported where columns are read
 
 T = TypeVar("T")
 
@@ -1255,6 +1258,27 @@ class PostgresEventStore(SharedQueries):
     _FACTOR_SQL = "encode(float8send(weight_factor), 'hex')"  # the float's own 8 bytes: exact whatever the settings
     _TIME_SQL = "((extract(epoch FROM occurred_at) * 1000000)::bigint)::text"  # µs since the epoch
     _ID_ORDER_CHECKED = True  # a parallel plan may hand the aggregates rows out of order: ids say where each goes
+
+    # libpq keeps its input buffer at the size of the largest message its connection has received. A shop's columnar
+    # read is one row holding every event's ids and times as text (~55 bytes an event): after it, the connection held
+    # 54 MiB at 1M events for the rest of the training job (and for an `app` instance's life). A read this large is
+    # followed by a new connection (bench/PERFORMANCE.md, round 32).
+    LARGE_READ_BYTES = 8 * 2**20
+
+    def _column_texts(self, shop: str, times: bool) -> ColumnTexts:
+        texts = super()._column_texts(shop, times)
+        size = sum(len(text) for text in (texts.users, texts.products, texts.orders, texts.kinds, texts.factors,
+                                          texts.times, texts.ids) if text)
+        if size > self.LARGE_READ_BYTES:
+            self._drop_connection()
+        return texts
+
+    def _drop_connection(self) -> None:
+        """Close this thread's connection; its next statement opens a new one."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
 
     @staticmethod
     def _parse_factor(text: str) -> float:

@@ -1245,3 +1245,21 @@ def test_an_uninstall_committed_while_a_delivery_waits_for_the_shops_row_is_not_
 
     # Assert
     assert "stored" in outcome and not pg_store.is_shop_installed(SHOP)
+
+
+def test_a_large_columnar_read_is_followed_by_a_new_connection_and_the_store_reads_on(pg_store, monkeypatch):
+    """libpq keeps its input buffer at the largest message's size: after a shop's columnar read larger than
+    LARGE_READ_BYTES this thread's connection is replaced, and the store goes on reading; a small read keeps it."""
+    events = [Event(kind=EventKind.VIEW, shop=SHOP, product_id=str(1000 + i), customer_id=str(7 + i % 5),
+                    occurred_at=datetime(2026, 11, 1, tzinfo=timezone.utc) + timedelta(minutes=i)) for i in range(40)]
+    pg_store.add_events(events)
+    first = pg_store._connection()
+
+    columns = pg_store.interaction_columns(SHOP)
+    assert len(columns) == 40 and pg_store._connection() is first  # well under 8 MiB of text
+
+    monkeypatch.setattr(type(pg_store), "LARGE_READ_BYTES", 100)  # the 40 events' texts are larger than this
+    again = pg_store.interaction_columns(SHOP, times=True)
+
+    assert first.closed and pg_store._connection() is not first
+    assert again.product_ids == columns.product_ids and len(pg_store.interaction_columns(SHOP)) == 40
