@@ -13,6 +13,7 @@ from recommender.offline_data import Interactions, SignalConfig, build_signal_ma
 from recommender.offline_models import (
     FitContext, PopularityModel, RankingModel, TrendingModel, shared_batches, top_k,
 )
+from recommender.settings import TrainingConfig
 
 
 def slow_ranking(scores: np.ndarray, k: int) -> np.ndarray:
@@ -157,3 +158,37 @@ def test_a_model_handing_out_its_own_read_only_float32_scores_is_ranked_and_left
 
     assert ranked.tolist() == [[1, 4, -1], [3, 0, -1]]
     assert model.scores.tolist() == [0.5, 2.0, 1.0, 3.0, 1.0]
+
+
+def test_als_folds_each_user_in_as_worked_out_by_hand_and_an_empty_row_stays_zero():
+    # One factor: x = (Σ y² + λ + Σₖ (cₖ − 1) yₖ²)⁻¹ Σₖ cₖ yₖ, cₖ = 1 + alpha·wₖ over the user's items k.
+    model = offline_models.ALSModel(TrainingConfig(factors=1, regularization=0.5, alpha=1.0))
+    model.item_factors = np.array([[1.0], [2.0], [3.0]])
+    model.regularized_gramian = np.array([[14.0 + 0.5]])  # 1 + 4 + 9, + λ
+    rows = sp.csr_matrix(np.array([[0.0, 1.0, 0.0],    # c = 2 on y = 2: 4 / (14.5 + 4)
+                                   [0.0, 0.0, 0.0],    # no history: no vector
+                                   [3.0, 0.0, 1.0]],   # c = 4 on y = 1, c = 2 on y = 3: (4 + 6) / (14.5 + 3 + 9)
+                                  dtype=np.float32))
+    vectors = model.fold_in_user_vectors(rows)
+    assert vectors.shape == (3, 1)
+    assert vectors[:, 0].tolist() == pytest.approx([4 / 18.5, 0.0, 10 / 26.5], rel=1e-12)
+
+
+def test_als_ranks_each_user_by_their_folded_in_vector_against_every_item():
+    rng = np.random.default_rng(3)
+    user_items = sp.random(40, 30, density=0.15, format="csr", random_state=4, dtype=np.float32)
+    user_items.data[:] = rng.integers(1, 4, user_items.nnz)
+    model = offline_models.ALSModel(TrainingConfig(factors=4, iterations=3)).fit(user_items)
+    users = np.arange(40)
+    ranked = model.recommend(users, user_items, 5, exclude=user_items)
+    for user in users:  # the slow way: one user at a time, solved on its own
+        start, end = user_items.indptr[user], user_items.indptr[user + 1]
+        y = model.item_factors[user_items.indices[start:end]]
+        confidence = 1.0 + model.config.alpha * user_items.data[start:end].astype(np.float64)
+        a = model.item_factors.T @ model.item_factors + model.config.regularization * np.eye(4)
+        vector = (np.linalg.solve(a + (y.T * (confidence - 1.0)) @ y, y.T @ confidence) if end > start
+                  else np.zeros(4))
+        scores = model.item_factors @ vector
+        scores[~model.known_items] = -np.inf
+        scores[user_items.indices[start:end]] = -np.inf
+        assert ranked[user].tolist() == slow_ranking(scores[None, :], 5)[0].tolist(), user
