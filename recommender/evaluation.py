@@ -454,6 +454,7 @@ class QualityGate:
     beats_trending: bool | None
     passed: bool  # beats every baseline that could run
     users: int  # holdout users scored
+    holdout_users: int | None = None  # holdout users there were to score, when `users` is a sample of them
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -461,12 +462,14 @@ class QualityGate:
 
 def compare_to_baseline(train: Sequence[Interaction] | Interactions, holdout: Sequence[Interaction] | Interactions,
                         config: TrainingConfig, k: int = 10, metric: str = "ndcg", min_lift: float = 0.0,
-                        trending_half_life_days: float = 7.0) -> QualityGate:
+                        trending_half_life_days: float = 7.0, max_users: int | None = None) -> QualityGate:
     """Would a model trained with `config` beat the baselines on `holdout`?
 
     `train` and `holdout` are the event store's rows (or two `Interactions` over one index space).
     The candidate beats a baseline when its metric@k exceeds the baseline's by more than `min_lift`
     (relative: 0.05 asks for 5 % more). Raises EvaluationError when no holdout user has training rows.
+    With more than `max_users` holdout users, every model is scored on the same sample of that many, drawn with
+    `config.seed`: ranking is the gate's cost that grows with the shop (users × items).
     """
     if isinstance(train, Interactions) != isinstance(holdout, Interactions):
         raise EvaluationError("train and holdout must both be store interactions or both Interactions")
@@ -481,6 +484,9 @@ def compare_to_baseline(train: Sequence[Interaction] | Interactions, holdout: Se
     targets = build_targets(split, signal)
     if not len(targets.users):
         raise EvaluationError("no holdout customer has training history and a new item: nothing to compare on")
+    holdout_users = len(targets.users)
+    if max_users is not None and holdout_users > max_users:
+        targets = sample_targets(targets, max_users, config.seed)
     user_items = build_signal_matrix(split.train, signal, split.reference_time)
 
     def run(model: RankingModel) -> dict[str, float]:
@@ -493,7 +499,16 @@ def compare_to_baseline(train: Sequence[Interaction] | Interactions, holdout: Se
     beats_popularity = candidate[key] > popularity[key] * (1.0 + min_lift)
     beats_trending = None if trending is None else candidate[key] > trending[key] * (1.0 + min_lift)
     return QualityGate(key, candidate, popularity, trending, beats_popularity, beats_trending,
-                       beats_popularity and beats_trending is not False, int(len(targets.users)))
+                       beats_popularity and beats_trending is not False, int(len(targets.users)),
+                       holdout_users if len(targets.users) < holdout_users else None)
+
+
+def sample_targets(targets: Targets, size: int, seed: int) -> Targets:
+    """`size` of the targets' users, drawn with `seed` and kept in their order, with their relevant items."""
+    picked = np.sort(np.random.default_rng(seed).choice(len(targets.users), size, replace=False))
+    return dataclasses.replace(
+        targets, users=targets.users[picked], relevant=[targets.relevant[i] for i in picked.tolist()],
+        subsets={name: [rows[i] for i in picked.tolist()] for name, rows in targets.subsets.items()})
 
 
 # --- command line ----------------------------------------------------------------------------------

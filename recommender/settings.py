@@ -88,6 +88,7 @@ class Settings(NamedTuple):
     gate_holdout_days: float = 7.0  # the recent window the gate judges on
     gate_tolerance: float = 0.1  # accepted relative drop from the current model's holdout metric
     gate_min_users: int = 20  # customers in that window needed before the gate can judge
+    gate_max_users: int = 20_000  # customers in that window the gate ranks at most (a seeded sample of them beyond)
     retention_days: float = 730.0  # events older than this are pruned by the scheduled job (0: keep all)
     trust_customer_id_param: bool = False  # local use only: accept ?customer_id= without an app proxy signature
     cors_allowed_origins: tuple[str, ...] = ()  # storefront origins besides https://<shop> (custom domains)
@@ -125,6 +126,7 @@ class Settings(NamedTuple):
             gate_holdout_days=_read(env, "GATE_HOLDOUT_DAYS", float, 7.0, lambda v: v > 0, "a number of days > 0"),
             gate_tolerance=_read(env, "GATE_TOLERANCE", float, 0.1, lambda v: 0 <= v < 1, "a number from 0 to 1"),
             gate_min_users=_read(env, "GATE_MIN_USERS", int, 20, lambda v: v >= 1, "an integer >= 1"),
+            gate_max_users=_read(env, "GATE_MAX_USERS", int, 20_000, lambda v: v >= 1, "an integer >= 1"),
             retention_days=_read(env, "RETENTION_DAYS", float, 730.0, lambda v: v >= 0, "a number of days >= 0"),
             trust_customer_id_param=_flag(env, "TRUST_CUSTOMER_ID_PARAM"),
             cors_allowed_origins=_origins(env, "CORS_ALLOWED_ORIGINS"),
@@ -134,7 +136,7 @@ class Settings(NamedTuple):
         from recommender.retraining import GateConfig
 
         return GateConfig(self.quality_gate, self.gate_holdout_days, self.gate_tolerance, self.gate_min_users,
-                          trending_half_life_days=self.trending_half_life_days)
+                          max_users=self.gate_max_users, trending_half_life_days=self.trending_half_life_days)
 
     def require_secret(self) -> Secret:
         if self.shopify_api_secret is None:

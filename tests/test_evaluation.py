@@ -15,7 +15,7 @@ from recommender.datasets import (
     DatasetIntegrityError, DatasetUnavailable, MOVIELENS_100K, fetch_wheel, movielens_100k,
 )
 from recommender.evaluation import (
-    build_targets, compare_to_baseline, evaluate_model, load_tuned_config, run_evaluation,
+    Targets, build_targets, compare_to_baseline, evaluate_model, load_tuned_config, run_evaluation, sample_targets,
     tuned_training_config,
 )
 from recommender.changes import Event
@@ -445,3 +445,17 @@ def test_last_order_protocol_on_store_events_keeps_a_customers_future_out_of_tra
     split = last_order_split(Interactions.from_store(rows))
     assert [split.train.item_ids[i] for i in split.train.items] == ["p1", "p2"]
     assert [split.test.item_ids[i] for i in split.test.items] == ["p2"]
+
+
+def test_a_sample_of_targets_keeps_each_users_own_items_in_the_users_order_and_the_same_for_a_seed():
+    targets = Targets(users=np.array([3, 5, 8, 13, 21]), relevant=[np.array([u, u + 1]) for u in (3, 5, 8, 13, 21)],
+                      exclude=None, subsets={"new": [np.array([u]) for u in (3, 5, 8, 13, 21)]})
+
+    picked = sample_targets(targets, 3, seed=7)
+
+    assert len(picked.users) == 3 and set(picked.users.tolist()) <= {3, 5, 8, 13, 21}
+    assert picked.users.tolist() == sorted(picked.users.tolist())
+    assert [r.tolist() for r in picked.relevant] == [[u, u + 1] for u in picked.users.tolist()]
+    assert [r.tolist() for r in picked.subsets["new"]] == [[u] for u in picked.users.tolist()]
+    assert sample_targets(targets, 3, seed=7).users.tolist() == picked.users.tolist()
+    assert {tuple(sample_targets(targets, 3, seed=s).users.tolist()) for s in range(20)} != {tuple(picked.users)}

@@ -132,3 +132,20 @@ def test_a_tuned_configuration_beside_the_models_is_used_by_train(store, models)
                                                     "iterations": 7, "seed": 9}
     assert artifact.metadata["event_weights"]["purchase"] == 8.0
     assert artifact.item_factors.shape[1] == 6
+
+
+def test_past_gate_max_users_the_gate_ranks_a_seeded_sample_and_says_of_how_many(store, tmp_path):
+    tastes_shop(store)
+    sampled_gate = GateConfig(enabled=True, holdout_days=7, tolerance=0.1, min_users=20, max_users=25)
+
+    def gate_seen(gate: GateConfig, folder: str) -> dict:
+        return run_scheduled_training(store, LocalModelStore(tmp_path / folder), CONFIG, gate, now=NOW)["trained"][0]["gate"]
+
+    everyone, first, again = gate_seen(GATE, "all"), gate_seen(sampled_gate, "first"), gate_seen(sampled_gate, "again")
+
+    assert everyone["holdout_users"] is None and everyone["users"] > 25
+    assert first["users"] == 25 and first["holdout_users"] == everyone["users"]
+    assert first["beats_popularity"] and first["beats_trending"]  # the planted tastes show in any 25 of them
+    assert first["candidate"] != everyone["candidate"]  # scored on fewer customers
+    assert again["candidate"] == first["candidate"] and again["popularity"] == first["popularity"]  # one sample
+    assert LocalModelStore(tmp_path / "first").runs(SHOP)[0]["gate"]["holdout_users"] == everyone["users"]

@@ -71,6 +71,8 @@ def test_values_are_cast(env):
     ("MODEL_STORE_URL", "s3://bucket/models"),
     ("MODEL_MEMORY_MIB", "0"),
     ("MODEL_MEMORY_MIB", "lots"),
+    ("GATE_MAX_USERS", "0"),
+    ("GATE_MAX_USERS", "many"),
 ])
 def test_invalid_value_raises_config_error_naming_the_variable(name, value):
     # Act
@@ -181,3 +183,8 @@ def test_model_memory_mib_is_unset_by_default_and_read_in_mib():
     assert Settings.from_mapping({}).model_memory_mib is None
     assert Settings.from_mapping({"MODEL_MEMORY_MIB": ""}).model_memory_mib is None
     assert Settings.from_mapping({"MODEL_MEMORY_MIB": "307.5"}).model_memory_mib == 307.5
+
+
+def test_the_quality_gate_ranks_20000_customers_at_most_unless_told_otherwise():
+    assert Settings.from_mapping({}).gate().max_users == 20_000
+    assert Settings.from_mapping({"GATE_MAX_USERS": "500"}).gate().max_users == 500
