@@ -485,6 +485,8 @@ def compare_to_baseline(train: Sequence[Interaction] | Interactions, holdout: Se
     if not len(targets.users):
         raise EvaluationError("no holdout customer has training history and a new item: nothing to compare on")
     holdout_users = len(targets.users)
+    if max_users is not None and max_users < 1:
+        raise ValueError(f"max_users must be None or at least 1, got {max_users}")
     if max_users is not None and holdout_users > max_users:
         targets = sample_targets(targets, max_users, config.seed)
     user_items = build_signal_matrix(split.train, signal, split.reference_time)
@@ -505,6 +507,7 @@ def compare_to_baseline(train: Sequence[Interaction] | Interactions, holdout: Se
 
 def sample_targets(targets: Targets, size: int, seed: int) -> Targets:
     """`size` of the targets' users, drawn with `seed` and kept in their order, with their relevant items."""
+    size = min(size, len(targets.users))
     picked = np.sort(np.random.default_rng(seed).choice(len(targets.users), size, replace=False))
     return dataclasses.replace(
         targets, users=targets.users[picked], relevant=[targets.relevant[i] for i in picked.tolist()],

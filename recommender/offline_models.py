@@ -28,6 +28,7 @@ MODEL_NAMES = ("pop", "trending", "rebuy", "cosine", "bm25", "als", "bpr")
 # users × items scored at once: 32 MiB of float64 whatever the catalog size, with as much again for `top_k`'s indices
 # (at 1 << 24 the training job's quality gate peaked at 742 MiB for a 1M-event shop; bench/PERFORMANCE.md, round 32)
 SCORES_PER_BATCH = 1 << 22
+SYSTEMS_SOLVED_AT_ONCE = 8 << 20  # bytes of the ALS fold-in's factors × factors systems held at once
 
 
 # threadpoolctl's view of the BLAS libraries loaded, found once (finding them took 3.6 ms a call, 0.9 s of the quality
@@ -293,32 +294,35 @@ class ALSModel(RankingModel):
         n_factors = self.item_factors.shape[1]
         gramian = self.item_factors.T @ self.item_factors
         self.regularized_gramian = gramian + self.config.regularization * np.eye(n_factors)
-        # the scores' product reads the factors item by item: the same products from a copy laid out that way, in
-        # four fifths of the time (32 factors, 83 customers × 50k products a batch)
+        # the scores' product reads the factors item by item: from a copy laid out that way it takes four fifths of
+        # the time (32 factors, 83 customers × 50k products a batch); BLAS may then round a score's last bit otherwise
+        # (the gate's 20.9k rankings at 1M events came out the same)
         self.item_factors_by_factor = np.ascontiguousarray(self.item_factors.T)
 
     def fold_in_user_vectors(self, user_items: sp.csr_matrix) -> np.ndarray:
         """float64[n_rows, factors]: per row, x = (YᵀY + λI + Yₖᵀ(Cₖ − I)Yₖ)⁻¹ Yₖᵀ Cₖ 1, Cₖ = 1 + alpha·wₖ.
 
         The user step of ALS solved exactly for the final item factors, as serving does per request. Each row's
-        system is built on its own and the systems are solved together (one LAPACK solve each, as one at a time
-        did, for a fraction of the calls' overhead).
+        system is built on its own and up to SYSTEMS_SOLVED_AT_ONCE bytes of them are solved together (one LAPACK
+        solve each, as one at a time did, bit for bit, for a fraction of the calls' overhead).
         """
         n_factors = self.item_factors.shape[1]
         vectors = np.zeros((user_items.shape[0], n_factors))
         rows = np.flatnonzero(np.diff(user_items.indptr) > 0)
-        if not len(rows):
-            return vectors
-        systems = np.empty((len(rows), n_factors, n_factors))
-        sums = np.empty((len(rows), n_factors))
+        per_solve = max(1, min(len(rows), SYSTEMS_SOLVED_AT_ONCE // (8 * n_factors * n_factors)))
+        systems = np.empty((per_solve, n_factors, n_factors))
+        sums = np.empty((per_solve, n_factors))
         with _single_threaded_blas():  # thousands of tiny products: threads only add overhead
-            for at, row in enumerate(rows.tolist()):
-                start, end = user_items.indptr[row], user_items.indptr[row + 1]
-                y = self.item_factors[user_items.indices[start:end]]
-                confidence = 1.0 + self.config.alpha * user_items.data[start:end].astype(np.float64)
-                np.add(self.regularized_gramian, (y.T * (confidence - 1.0)) @ y, out=systems[at])
-                sums[at] = y.T @ confidence
-            vectors[rows] = np.linalg.solve(systems, sums[:, :, None])[:, :, 0]
+            for first in range(0, len(rows), per_solve):
+                chunk = rows[first:first + per_solve]
+                for at, row in enumerate(chunk.tolist()):
+                    start, end = user_items.indptr[row], user_items.indptr[row + 1]
+                    y = self.item_factors[user_items.indices[start:end]]
+                    confidence = 1.0 + self.config.alpha * user_items.data[start:end].astype(np.float64)
+                    np.add(self.regularized_gramian, (y.T * (confidence - 1.0)) @ y, out=systems[at])
+                    sums[at] = y.T @ confidence
+                n = len(chunk)
+                vectors[chunk] = np.linalg.solve(systems[:n], sums[:n, :, None])[:, :, 0]
         return vectors
 
     def score(self, users, user_items):

@@ -105,7 +105,7 @@ class Settings(NamedTuple):
             seed=_read(env, "TRAIN_SEED", int, 42, lambda v: v >= 0, "an integer >= 0"),
             event_weights=parse_event_weights(env.get("EVENT_WEIGHTS")),
         )
-        return cls(
+        settings = cls(
             shopify_api_secret=Secret(secret) if secret else None,
             event_store_url=_url(env, "EVENT_STORE_URL", DEFAULT_EVENT_STORE_URL, ("sqlite:///", *POSTGRES_SCHEMES)),
             model_store_url=_url(env, "MODEL_STORE_URL", DEFAULT_MODEL_STORE_URL, ("file://", "gs://")),
@@ -131,6 +131,10 @@ class Settings(NamedTuple):
             trust_customer_id_param=_flag(env, "TRUST_CUSTOMER_ID_PARAM"),
             cors_allowed_origins=_origins(env, "CORS_ALLOWED_ORIGINS"),
         )
+        if settings.gate_max_users < settings.gate_min_users:
+            raise ConfigError(f"GATE_MAX_USERS ({settings.gate_max_users}) must be at least GATE_MIN_USERS "
+                              f"({settings.gate_min_users}): the gate cannot judge on fewer customers than it needs")
+        return settings
 
     def gate(self) -> "GateConfig":
         from recommender.retraining import GateConfig

@@ -192,3 +192,19 @@ def test_als_ranks_each_user_by_their_folded_in_vector_against_every_item():
         scores[~model.known_items] = -np.inf
         scores[user_items.indices[start:end]] = -np.inf
         assert ranked[user].tolist() == slow_ranking(scores[None, :], 5)[0].tolist(), user
+
+
+def test_als_fold_in_solved_a_few_systems_at_a_time_gives_what_one_at_a_time_gives(monkeypatch):
+    user_items = sp.random(30, 20, density=0.2, format="csr", random_state=8, dtype=np.float32)
+    model = offline_models.ALSModel(TrainingConfig(factors=4, iterations=3)).fit(user_items)
+    whole = model.fold_in_user_vectors(user_items)
+    monkeypatch.setattr(offline_models, "SYSTEMS_SOLVED_AT_ONCE", 3 * 8 * 4 * 4)  # three systems a solve
+
+    assert np.array_equal(model.fold_in_user_vectors(user_items), whole)
+    for row in range(30):
+        start, end = user_items.indptr[row], user_items.indptr[row + 1]
+        y = model.item_factors[user_items.indices[start:end]]
+        confidence = 1.0 + model.config.alpha * user_items.data[start:end].astype(np.float64)
+        alone = (np.linalg.solve(model.regularized_gramian + (y.T * (confidence - 1.0)) @ y, y.T @ confidence)
+                 if end > start else np.zeros(4))
+        assert whole[row].tolist() == pytest.approx(alone.tolist(), rel=1e-12, abs=1e-15), row

@@ -188,3 +188,11 @@ def test_model_memory_mib_is_unset_by_default_and_read_in_mib():
 def test_the_quality_gate_ranks_20000_customers_at_most_unless_told_otherwise():
     assert Settings.from_mapping({}).gate().max_users == 20_000
     assert Settings.from_mapping({"GATE_MAX_USERS": "500"}).gate().max_users == 500
+
+
+def test_a_gate_cap_below_the_customers_the_gate_needs_is_refused_naming_both():
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_mapping({"GATE_MAX_USERS": "30", "GATE_MIN_USERS": "50"})
+
+    assert "GATE_MAX_USERS (30) must be at least GATE_MIN_USERS (50)" in str(raised.value)
+    assert Settings.from_mapping({"GATE_MAX_USERS": "50", "GATE_MIN_USERS": "50"}).gate().max_users == 50
