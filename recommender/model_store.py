@@ -18,6 +18,7 @@ gets PublishConflict, and the files it created are removed again.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import mmap
@@ -91,6 +92,7 @@ class ModelStore(Protocol):
     def delete_shop(self, shop: str) -> int: ...
     def record_run(self, shop: str, record: dict) -> None: ...
     def runs(self, shop: str, limit: int = 20) -> list[dict]: ...
+    def newest_runs(self, shop: str) -> Iterator[dict]: ...
 
 
 def open_model_store(url: str) -> ModelStore:
@@ -200,11 +202,16 @@ class LocalModelStore:
 
     def runs(self, shop: str, limit: int = 20) -> list[dict]:
         """The newest `limit` run logs, newest first."""
+        return list(itertools.islice(self.newest_runs(shop), limit))
+
+    def newest_runs(self, shop: str) -> Iterator[dict]:
+        """Every run log, newest first, each read when it is reached."""
         try:
             names = sorted((p for p in self._dir(shop).iterdir() if p.name.startswith(RUN_PREFIX)), reverse=True)
         except FileNotFoundError:
-            return []
-        return [json.loads(path.read_bytes()) for path in names[:limit]]
+            return
+        for path in names:
+            yield json.loads(path.read_bytes())
 
     def _verify(self, manifest: Manifest) -> None:
         """Refuse to point `latest` at anything that does not read back exactly as written."""
@@ -442,12 +449,19 @@ class GCSModelStore:
                 json.dumps(record, sort_keys=True).encode(), content_type="application/json", if_generation_match=0)
 
     def runs(self, shop: str, limit: int = 20) -> list[dict]:
+        return list(itertools.islice(self.newest_runs(shop), limit))
+
+    def newest_runs(self, shop: str) -> Iterator[dict]:
+        """Every run log, newest first: one listing, then each log's download when it is reached (the training job's
+        gate wants the newest published one, and reading fifty of them took fifty requests a shop every night)."""
         prefix = self._key(shop, RUN_PREFIX)
         with _gcs_errors(f"listing {self._url(shop, RUN_PREFIX)}*"):
             blobs = sorted(self._client_or_new().list_blobs(self.bucket_name, prefix=prefix),
-                           key=lambda blob: blob.name, reverse=True)[:limit]
-        return [json.loads(data) for blob in blobs
-                if (data := self._download(blob, f"gs://{self.bucket_name}/{blob.name}")) is not None]
+                           key=lambda blob: blob.name, reverse=True)
+        for blob in blobs:
+            data = self._download(blob, f"gs://{self.bucket_name}/{blob.name}")
+            if data is not None:  # deleted since the listing
+                yield json.loads(data)
 
     def _verify(self, manifest: Manifest) -> None:
         """Refuse to point `latest` at anything that does not read back exactly as written."""

@@ -9,6 +9,7 @@ shops still get a model. Every run leaves a log beside the shop's models.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from dataclasses import dataclass
@@ -39,9 +40,14 @@ class GateConfig:
     k: int = 10
     trending_half_life_days: float = 7.0
 
+    def __post_init__(self) -> None:
+        if self.max_users is not None and self.max_users < max(1, self.min_users):
+            raise ValueError(f"the gate's max_users ({self.max_users}) must be at least its min_users "
+                             f"({self.min_users}): fewer customers than that cannot be judged")
+
 
 def _previous_metric(model_store: ModelStore, shop: str, metric: str) -> float | None:
-    for run in model_store.runs(shop, limit=50):
+    for run in itertools.islice(model_store.newest_runs(shop), 50):  # each log read when reached: mostly the newest
         candidate = (run.get("gate") or {}).get("candidate") or {}
         if run.get("published") and metric in candidate:
             return float(candidate[metric])

@@ -1055,3 +1055,34 @@ def test_gcs_the_preload_keeps_to_model_memory_mib_whatever_the_prefetch_read(gc
     # Assert: one model preloaded, and the second shop's prefetched bytes let go
     assert list(models) == [SHOP]
     assert prefetch.take(OTHER_SHOP) is None
+
+
+def test_gcs_newest_runs_lists_once_and_downloads_each_log_only_when_it_is_reached(gcs):
+    for n in range(5):
+        gcs.store.record_run(SHOP, {"n": n})
+    mark = gcs.emulator.mark()
+
+    runs = gcs.store.newest_runs(SHOP)
+    newest = next(runs)
+    asked = gcs.emulator.requests_since(mark)
+    logs = sorted(name for name in gcs.names() if name.startswith("run-"))
+    gcs.bucket.blob(gcs.key(logs[3])).delete()  # the second newest, gone after the listing
+
+    assert newest == {"n": 4}
+    assert [(r.method, "alt" in r.query) for r in asked] == [("GET", False), ("GET", True)]  # the listing, one log
+    assert next(runs) == {"n": 2}  # a log deleted since the listing is passed over
+    assert gcs.store.runs(SHOP, limit=2) == [{"n": 4}, {"n": 2}]
+
+
+def test_gcs_the_quality_gate_reads_the_newest_published_log_only_for_the_current_models_metric(gcs):
+    from recommender.retraining import _previous_metric
+
+    for n in range(30):  # a month of nights, each published with its gate's metric
+        gcs.store.record_run(SHOP, {"published": True, "gate": {"candidate": {"ndcg@10": n / 100}}})
+    gcs.store.record_run(SHOP, {"published": False, "gate": {"candidate": {"ndcg@10": 0.9}}})  # last night: kept
+    mark = gcs.emulator.mark()
+
+    metric = _previous_metric(gcs.store, SHOP, "ndcg@10")
+
+    assert metric == 0.29
+    assert len(gcs.emulator.requests_since(mark)) == 3  # the listing and the two newest logs, of 31

@@ -146,6 +146,12 @@ def test_past_gate_max_users_the_gate_ranks_a_seeded_sample_and_says_of_how_many
     assert everyone["holdout_users"] is None and everyone["users"] > 25
     assert first["users"] == 25 and first["holdout_users"] == everyone["users"]
     assert first["beats_popularity"] and first["beats_trending"]  # the planted tastes show in any 25 of them
-    assert first["candidate"] != everyone["candidate"]  # scored on fewer customers
+    assert first["candidate"]["users"] == 25 and everyone["candidate"]["users"] == everyone["users"]  # scored on them
     assert again["candidate"] == first["candidate"] and again["popularity"] == first["popularity"]  # one sample
     assert LocalModelStore(tmp_path / "first").runs(SHOP)[0]["gate"]["holdout_users"] == everyone["users"]
+
+
+@pytest.mark.parametrize("max_users", [0, -5, 19])
+def test_a_gate_that_would_rank_fewer_customers_than_it_needs_cannot_be_made(max_users):
+    with pytest.raises(ValueError, match="must be at least its min_users"):
+        GateConfig(enabled=True, min_users=20, max_users=max_users)
