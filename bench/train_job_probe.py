@@ -4,6 +4,7 @@
     TEST_POSTGRES_URL=postgresql://postgres@127.0.0.1:5432/test python -m bench.train_job_probe --postgres
     python -m bench.train_job_probe --events 3000000 --users 600000 --items 100000 --rounds 1
     python -m bench.train_job_probe --code /path/to/another/checkout        # the same probe, another version's job
+    python -m bench.train_job_probe --before /path/to/the/code/before       # both versions' jobs in each round, in turn
 
 The `train` function runs `python -m recommender train` on a schedule, in a 2 GiB instance with a 30-minute timeout.
 What decides whether a shop fits is the job's own time and peak, which the benchmark's training goal (500k events,
@@ -84,7 +85,8 @@ print(json.dumps({"items": int(np.asarray(model.item_factors).shape[0])}))
 """
 
 
-def shop_events(n_events: int, n_users: int, n_items: int, seed: int = 5, now: datetime | None = None):
+def shop_events(n_events: int, n_users: int, n_items: int, seed: int = 5, now: datetime | None = None,
+                shop: str = SHOP):
     """The shop's events, CHUNK at a time (recommender.changes.Event), as the module's docstring describes."""
     from recommender.changes import Event
     from recommender.events import EventKind
@@ -105,15 +107,15 @@ def shop_events(n_events: int, n_users: int, n_items: int, seed: int = 5, now: d
                          rng.choice(n_items, n, p=global_p))
         kind = rng.choice(3, n, p=[0.7, 0.2, 0.1])
         ages = rng.integers(0, DAYS * 86_400, n)
-        yield [Event(kind=kinds[k], shop=SHOP, product_id=str(8_000_000_000_000 + 1_499 * item),
+        yield [Event(kind=kinds[k], shop=shop, product_id=str(8_000_000_000_000 + 1_499 * item),
                      customer_id=str(7_000_000_000_000 + user), occurred_at=now - timedelta(seconds=age),
                      order_id=f"o{user}-{age // 86_400}" if k == 2 else None, source_topic="bench")
                for user, item, k, age in zip(users.tolist(), items.tolist(), kind.tolist(), ages.tolist())]
 
 
-def fill(store, n_events: int, n_users: int, n_items: int) -> float:
+def fill(store, n_events: int, n_users: int, n_items: int, shop: str = SHOP, seed: int = 5) -> float:
     started = time.perf_counter()
-    for chunk in shop_events(n_events, n_users, n_items):
+    for chunk in shop_events(n_events, n_users, n_items, seed=seed, shop=shop):
         store.add_events(chunk)
     return time.perf_counter() - started
 
@@ -160,12 +162,13 @@ def job_outcome(stdout: str) -> tuple[str, dict]:
 
 
 def measure(events: int, users: int, items: int, rounds: int, postgres_url: str | None = None,
-            code: Path = ROOT, work: Path | None = None) -> dict:
+            code: Path = ROOT, work: Path | None = None, before: Path | None = None) -> dict:
+    """`before`: another checkout whose job (with and without the gate) runs in each round too, beside `code`'s."""
     from recommender.store import SQLiteEventStore
 
     if work is None:  # a scratch folder of its own, removed at the end (5M events take 2.5 GB in SQLite)
         with tempfile.TemporaryDirectory(prefix="train-job-probe-") as scratch:
-            return measure(events, users, items, rounds, postgres_url, code, Path(scratch))
+            return measure(events, users, items, rounds, postgres_url, code, Path(scratch), before)
     work.mkdir(parents=True, exist_ok=True)
     if postgres_url:
         from recommender.store_postgres import PostgresEventStore
@@ -178,20 +181,25 @@ def measure(events: int, users: int, items: int, rounds: int, postgres_url: str 
     try:
         fill_s = fill(store, events, users, items)
         shape = save_floor_matrix(store, work / "confidence.npz")
-        env = {**os.environ, "EVENT_STORE_URL": store_url, "PYTHONPATH": str(code), "LOG_LEVEL": "WARNING"}
+        env = {**os.environ, "EVENT_STORE_URL": store_url, "LOG_LEVEL": "WARNING"}
         env.pop("TEST_POSTGRES_URL", None)
-        modes = {
-            "job": ([sys.executable, "-c", JOB, "train", "--shop", SHOP], {}),
-            "job, no gate": ([sys.executable, "-c", JOB, "train", "--shop", SHOP], {"QUALITY_GATE": "false"}),
-            "floor": ([sys.executable, "-c", FLOOR, str(work / "confidence.npz"), json.dumps(shape["settings"])], {}),
+        job = [sys.executable, "-c", JOB, "train", "--shop", SHOP]
+        modes = {  # mode: (command, environment, checkout)
+            "job": (job, {}, code),
+            "job, no gate": (job, {"QUALITY_GATE": "false"}, code),
+            **({"job (before)": (job, {}, before), "job, no gate (before)": (job, {"QUALITY_GATE": "false"}, before)}
+               if before is not None else {}),
+            "floor": ([sys.executable, "-c", FLOOR, str(work / "confidence.npz"), json.dumps(shape["settings"])], {},
+                      code),
         }
         runs: dict[str, list[dict]] = {mode: [] for mode in modes}
         for round_ in range(rounds):
-            for mode, (command, extra) in modes.items():
-                models = work / f"models-{round_}-{len(runs[mode])}-{mode.replace(' ', '').replace(',', '')}"
+            for number, (mode, (command, extra, checkout)) in enumerate(modes.items()):
+                models = work / f"models-{round_}-{number}"
                 # the job exits 1 when it published nothing (the gate kept the current model) or a shop failed: its
                 # report says which
-                run = measured(command, {**env, **extra, "MODEL_STORE_URL": f"file://{models}"}, code,
+                run = measured(command, {**env, **extra, "PYTHONPATH": str(checkout),
+                                         "MODEL_STORE_URL": f"file://{models}"}, checkout,
                                ok=(0,) if mode == "floor" else (0, 1))
                 run["outcome"], run["model"] = job_outcome(run["stdout"]) if mode != "floor" else ("fitted", {})
                 runs[mode].append({key: run[key] for key in ("seconds", "peak_mib", "outcome", "model")})
@@ -207,6 +215,7 @@ def measure(events: int, users: int, items: int, rounds: int, postgres_url: str 
     floor = medians["floor"]
     return {
         "events": events, "store": "postgresql" if postgres_url else "sqlite", "code": str(code),
+        "before": None if before is None else str(before),
         "fill_seconds": round(fill_s, 1), **{k: v for k, v in shape.items() if k != "settings"},
         "runs": runs, "medians": medians,
         "job_over_floor": {mode: {"seconds": round(m["seconds"] / floor["seconds"], 2),
@@ -223,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--postgres", action="store_true", help="store the events in TEST_POSTGRES_URL's database")
     parser.add_argument("--code", type=Path, default=ROOT, help="the checkout whose `python -m recommender` runs")
+    parser.add_argument("--before", type=Path,
+                        help="another checkout whose job runs in each round too, in turn with --code's")
     parser.add_argument("--out", type=Path, help="also write the result as JSON here")
     args = parser.parse_args(argv)
     url = None
@@ -232,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--postgres needs TEST_POSTGRES_URL")
     print(f"{args.events:,} events, {args.users:,} shoppers, {args.items:,} products; "
           f"{'PostgreSQL' if url else 'SQLite'}; the job of {args.code}", flush=True)
-    result = measure(args.events, args.users, args.items, args.rounds, url, args.code.resolve())
+    result = measure(args.events, args.users, args.items, args.rounds, url, args.code.resolve(),
+                     before=args.before.resolve() if args.before else None)
     print(f"stored in {result['fill_seconds']} s: {result['users']:,} shoppers × {result['items']:,} products, "
           f"{result['nonzeros']:,} nonzeros")
     for mode, m in result["medians"].items():

@@ -217,21 +217,24 @@ class ColumnTexts:
     ids: str | None = None
 
 
-def join_column_texts(first: ColumnTexts, second: ColumnTexts) -> ColumnTexts:
-    """The texts of two consecutive runs of rows (the second's ids all above the first's) as one."""
-    if not first.count:
-        return second
-    if not second.count:
-        return first
+def join_column_texts(runs: list[ColumnTexts]) -> ColumnTexts:
+    """The texts of consecutive runs of rows (each run's ids all above the one's before) as one. `runs` is emptied, and
+    each column's texts are let go once that column is joined: at most the whole read and its largest column are held
+    at once."""
+    count = sum(int(run.count or 0) for run in runs)
+    by_column = {name: [text for run in runs if run.count and (text := getattr(run, name)) is not None]
+                 for name, _ in _JOINED_BY}
+    runs.clear()
+    joined: dict[str, str | None] = {}
+    for name, separator in _JOINED_BY:
+        texts = by_column.pop(name)
+        joined[name] = separator.join(texts) if texts else None  # None: no values (orders, times unread)
+        texts.clear()
+    return ColumnTexts(count, **joined)
 
-    def join(a: str | None, b: str | None, sep: str) -> str | None:  # None: no values (orders, times unread)
-        return b if a is None else a if b is None else f"{a}{sep}{b}"
 
-    return ColumnTexts(
-        first.count + second.count, join(first.users, second.users, SEP), join(first.products, second.products, SEP),
-        join(first.orders, second.orders, SEP), join(first.kinds, second.kinds, ""),
-        join(first.factors, second.factors, ","), join(first.times, second.times, SEP),
-        join(first.ids, second.ids, ","))
+_JOINED_BY = (("users", SEP), ("products", SEP), ("orders", SEP), ("kinds", ""), ("factors", ","), ("times", SEP),
+              ("ids", ","))
 
 
 def decode(texts: ColumnTexts, parse_factor, parse_times=None) -> InteractionColumns:

@@ -101,8 +101,8 @@ class Interactions:
     def n_items(self) -> int:
         return len(self.item_ids)
 
-    def select(self, rows: np.ndarray) -> "Interactions":
-        """The rows picked by a boolean mask or an index array, in the same index space."""
+    def select(self, rows: np.ndarray | slice) -> "Interactions":
+        """The rows picked by a boolean mask or an index array (copies), or a slice (views), in the same index space."""
         return dataclasses.replace(
             self, users=self.users[rows], items=self.items[rows], weights=self.weights[rows],
             timestamps=None if self.timestamps is None else self.timestamps[rows],

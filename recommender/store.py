@@ -405,9 +405,13 @@ class SharedQueries:
         """The FROM clause handing the shop's events that count to the aggregates in id order (arrival
         order: first-seen codes and the order weights are summed in follow it). Where the dialect does
         not promise the order, `_ID_ORDER_CHECKED` has the ids read too."""
-        needed = "user_key, product_id, order_id, kind, weight_factor" + (", occurred_at" if times else "") + (
+        return (f"(SELECT {self._columns_read(times)} FROM events WHERE shop = {self._P} AND weight_factor > 0"
+                " ORDER BY id) AS e")
+
+    def _columns_read(self, times: bool) -> str:
+        """The events' columns the columnar read's aggregates take."""
+        return "user_key, product_id, order_id, kind, weight_factor" + (", occurred_at" if times else "") + (
             ", id" if self._ID_ORDER_CHECKED else "")
-        return (f"(SELECT {needed} FROM events WHERE shop = {self._P} AND weight_factor > 0 ORDER BY id) AS e")
 
     @staticmethod
     def _parse_factor(text: str) -> float:
@@ -707,7 +711,7 @@ class SQLiteEventStore(SharedQueries):
             unchanged = conn.execute("PRAGMA data_version").fetchone()[0] == version
         except sqlite3.Error as exc:
             raise StoreError(f"event store read failed: {exc}") from exc
-        return join_column_texts(ColumnTexts(*lower), ColumnTexts(*upper["row"])) if unchanged else None
+        return join_column_texts([ColumnTexts(*lower), ColumnTexts(*upper["row"])]) if unchanged else None
 
     def _shop_is_most_of_the_table(self, shop: str) -> bool:
         """Whether reading the whole table in order beats fetching the shop's rows through the index on

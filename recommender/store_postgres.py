@@ -1259,19 +1259,37 @@ class PostgresEventStore(SharedQueries):
     _TIME_SQL = "((extract(epoch FROM occurred_at) * 1000000)::bigint)::text"  # µs since the epoch
     _ID_ORDER_CHECKED = True  # a parallel plan may hand the aggregates rows out of order: ids say where each goes
 
-    # libpq keeps its input buffer at the size of the largest message its connection has received. A shop's columnar
-    # read is one row holding every event's ids and times as text (~55 bytes an event): after it, the connection held
-    # 54 MiB at 1M events for the rest of the training job (and for an `app` instance's life). A read this large is
-    # followed by a new connection (bench/PERFORMANCE.md, round 32).
+    # libpq keeps its input buffer at the size of the largest message its connection has received. When the columnar
+    # read was one row holding every event's ids and times as text (~55 bytes an event), the connection held 54 MiB at
+    # 1M events after it for the rest of the training job (and for an `app` instance's life; bench/PERFORMANCE.md,
+    # round 32). A read with a row this large (a row of COLUMN_ROW_IDS events is ~14 MiB) is followed by a new
+    # connection.
     LARGE_READ_BYTES = 8 * 2**20
 
+    # The columnar read comes back as a row for each run of this many event ids, streamed: each row is handed over and
+    # made text before the next arrives. As one row, the 5M-event read peaked at 877 MiB for 236 MiB of text: libpq's
+    # buffer, its result and Python's strings each held all of it (bench/PERFORMANCE.md, round 33).
+    COLUMN_ROW_IDS = 250_000
+
     def _column_texts(self, shop: str, times: bool) -> ColumnTexts:
-        texts = super()._column_texts(shop, times)
-        size = sum(len(text) for text in (texts.users, texts.products, texts.orders, texts.kinds, texts.factors,
-                                          texts.times, texts.ids) if text)
-        if size > self.LARGE_READ_BYTES:
+        from recommender.event_columns import ColumnTexts, join_column_texts
+
+        # Runs of ids, not of the shop's events: numbering the events (row_number) took a second sort, 2.4 s more at
+        # 5M events; sorted by run and id, the rows reach each run's aggregates in id order with one sort, as before.
+        # A small shop among many comes back in more, smaller rows.
+        sql = (f"SELECT {self._column_select(times)} FROM (SELECT {self._columns_read(times)}, id / %s AS run"
+               " FROM events WHERE shop = %s AND weight_factor > 0 ORDER BY run, id) AS e GROUP BY run ORDER BY run")
+
+        def read(conn: psycopg.Connection) -> list[ColumnTexts]:
+            with conn.cursor() as cursor:
+                return [ColumnTexts(*row) for row in cursor.stream(sql, (self.COLUMN_ROW_IDS, shop))]
+
+        runs = self._reading(read)
+        largest = max((sum(len(text) for text in (run.users, run.products, run.orders, run.kinds, run.factors,
+                                                  run.times, run.ids) if text) for run in runs), default=0)
+        if largest > self.LARGE_READ_BYTES:  # the buffer grew to the largest row
             self._drop_connection()
-        return texts
+        return join_column_texts(runs) if runs else ColumnTexts(0, None, None, None, None, None)
 
     def _drop_connection(self) -> None:
         """Close this thread's connection; its next statement opens a new one."""

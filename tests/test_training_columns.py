@@ -375,3 +375,34 @@ def test_sqlite_halves_read_while_a_write_lands_are_read_again_in_one_statement(
     assert sum("group_concat" in sql for sql in statements) == 1  # the halves were dropped, one statement read
     assert_same_columns(columns, InteractionColumns.from_interactions(store.interactions(SHOP)))
     store.close()
+
+
+@pytest.mark.parametrize("run_events", [1, 3, 7, 250_000])
+def test_postgresql_streams_the_columns_in_runs_of_ids_and_joins_them_as_one_read(run_events, monkeypatch):
+    from recommender import event_columns
+    from recommender.store_postgres import PostgresEventStore
+
+    joined = []
+    join = event_columns.join_column_texts
+    monkeypatch.setattr(event_columns, "join_column_texts", lambda runs: joined.append(len(runs)) or join(runs))
+    monkeypatch.setattr(PostgresEventStore, "COLUMN_ROW_IDS", run_events)
+    with temporary_schema() as url:  # skips without TEST_POSTGRES_URL
+        store = open_event_store(url)
+        try:
+            plant(store)  # a refund's factor, a cancelled order, a guest: every column has something to join
+            store.add_events([view(str(8_000_000_000 + n % 7), customer=str(n % 11 + 1), at=T0 + timedelta(seconds=n),
+                                   key=f"k{n}") for n in range(40)])
+            columns = store.interaction_columns(SHOP, times=True)
+            without_times = store.interaction_columns(SHOP)
+            rows = store.interactions(SHOP)
+            empty = store.interaction_columns("empty.myshopify.com", times=True)
+        finally:
+            store.close()
+
+    # The rows the read came back in: one per run of ids holding any of the shop's events, none with more than that
+    assert len(rows) == 47 and len(joined) >= 2
+    assert joined[0] == joined[1] >= -(-47 // run_events) and (joined[0] == 47 if run_events == 1 else True)
+    assert joined[0] == 1 if run_events == 250_000 else joined[0] > 1
+    assert_same_columns(columns, InteractionColumns.from_interactions(rows))
+    assert_same_columns(without_times, InteractionColumns.from_interactions(rows, times=False))
+    assert len(empty) == 0 and empty.occurred_at_us is not None

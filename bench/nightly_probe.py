@@ -1,0 +1,158 @@
+"""A night of the training job for an app installed in many shops, with the models in Cloud Storage.
+
+    python -m bench.nightly_probe                                    # 100 shops of 3,000 events, SQLite, gs:// 20 ms away
+    TEST_POSTGRES_URL=postgresql://postgres@127.0.0.1:5432/test python -m bench.nightly_probe --postgres
+    python -m bench.nightly_probe --shops 300 --nights 2 --rtt-ms 0
+    python -m bench.nightly_probe --code /path/to/another/checkout          # the same probe, another version's job
+
+The `train` function runs `python -m recommender train` once a night: every installed shop, one after another, in
+one request with a 30-minute timeout. How many shops a night holds is set by what one shop costs, and for the small
+shops most installs are, that is mostly waiting on the model store: each request to Cloud Storage takes a round
+trip, which `bench.train_job_probe` (one big shop, models on local disk) does not show.
+
+The probe fills --shops shops of --events events each (shoppers in tastes of their own, as bench.train_job_probe
+makes them, so the quality gate judges and publishes), marks them installed, and starts gcp-storage-emulator behind
+a relay adding --rtt-ms to each request (bench/latency_proxy.py). The model store then holds --history run logs per
+shop, each a copy of the shop's own log from a first night: what the shop's folder holds after that many nights.
+Then the job runs --nights times in a row, each in a process of its own, and for each night the probe prints its wall
+time, its peak RSS, what became of the shops, and the requests the model store answered (the emulator's own log),
+per shop; and how many such shops the 30-minute timeout would hold at that pace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from bench import process
+from bench.train_job_probe import JOB, ROOT, fill, job_outcome, measured
+
+TIMEOUT_SECONDS = 30 * 60  # the deployed `train` function's
+
+
+def shop_name(index: int) -> str:
+    return f"nightly-probe-{index:05d}.myshopify.com"
+
+
+def requests_logged(log: Path) -> list[str]:
+    """The request lines gcp-storage-emulator has logged so far (`"GET /storage/v1/... HTTP/1.1" 200 -`)."""
+    return [line for line in log.read_text().splitlines() if line.startswith('"') and " HTTP/" in line]
+
+
+def night_outcome(stdout: str) -> dict[str, int]:
+    result = json.loads(stdout)
+    return {key: len(result[key]) for key in ("trained", "kept", "skipped", "failed")}
+
+
+def write_history(endpoint: str, shops: list[str], copies: int) -> None:
+    """`copies` more run logs per shop, each the shop's newest log again, written straight to the emulator."""
+    from recommender.model_store import open_model_store
+
+    with process.emulator_host(endpoint):
+        store = open_model_store(f"gs://{process.STORAGE_BUCKET}/models")
+
+        def one(shop: str) -> None:
+            newest = store.runs(shop, limit=1)[0]
+            for _ in range(copies):
+                store.record_run(shop, newest)
+
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(one, shops))
+
+
+def measure(shops: int, events: int, users: int, items: int, nights: int, history: int, rtt_ms: float,
+            postgres_url: str | None, code: Path, work: Path) -> dict:
+    from recommender.store import SQLiteEventStore
+
+    names = [shop_name(i) for i in range(shops)]
+    if postgres_url:
+        from recommender.store_postgres import PostgresEventStore
+
+        store, store_url = PostgresEventStore(postgres_url), postgres_url
+        for shop in names:
+            store.redact_shop(shop)
+    else:
+        store_url = f"sqlite:///{work / 'events.sqlite3'}"
+        store = SQLiteEventStore(work / "events.sqlite3")
+    emulator = None
+    try:
+        started = time.perf_counter()
+        for index, shop in enumerate(names):
+            fill(store, events, users, items, shop=shop, seed=index)
+            store.set_shop_installed(shop, True)
+        fill_seconds = time.perf_counter() - started
+        emulator, gcs_env = process.start_storage_emulator(work / "logs", rtt_ms=rtt_ms)
+        log = next((work / "logs").glob("storage-emulator-*.log"))
+        env = {**os.environ, **gcs_env, "EVENT_STORE_URL": store_url, "PYTHONPATH": str(code), "LOG_LEVEL": "WARNING"}
+        env.pop("TEST_POSTGRES_URL", None)
+        command = [sys.executable, "-c", JOB, "train"]
+        runs = []
+        for night in range(nights + 1):  # night 0 publishes each shop's first model and leaves its first log
+            before = len(requests_logged(log))
+            run = measured(command, env, code, ok=(0, 1))
+            counted = requests_logged(log)[before:]
+            outcome = night_outcome(run["stdout"])
+            entry = {"night": night, "seconds": run["seconds"], "peak_mib": run["peak_mib"], **outcome,
+                     "requests": len(counted), "requests_per_shop": round(len(counted) / shops, 1),
+                     "seconds_per_shop": round(run["seconds"] / shops, 4),
+                     "downloads": sum(1 for line in counted if "alt=media" in line),
+                     "uploads": sum(1 for line in counted if line.startswith('"POST /upload')),
+                     "shops_in_timeout": int(TIMEOUT_SECONDS / (run["seconds"] / shops))}
+            runs.append(entry)
+            print(f"  night {night}: {entry['seconds']:.1f} s ({entry['seconds_per_shop'] * 1000:.0f} ms a shop), "
+                  f"peak {entry['peak_mib']:.0f} MiB, {outcome}, {entry['requests']} requests "
+                  f"({entry['requests_per_shop']} a shop: {entry['downloads']} downloads, {entry['uploads']} uploads)"
+                  f" -> {entry['shops_in_timeout']:,} such shops in {TIMEOUT_SECONDS // 60} minutes", flush=True)
+            if night == 0 and history:
+                write_history(emulator.base, names, history)
+    finally:
+        if emulator is not None:
+            emulator.stop()
+        if postgres_url:
+            for shop in names:
+                store.redact_shop(shop)
+        store.close()
+    return {"shops": shops, "events_per_shop": events, "store": "postgresql" if postgres_url else "sqlite",
+            "rtt_ms": rtt_ms, "history": history, "code": str(code), "fill_seconds": round(fill_seconds, 1),
+            "nights": runs}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shops", type=int, default=100)
+    parser.add_argument("--events", type=int, default=3_000, help="events per shop")
+    parser.add_argument("--users", type=int, default=300, help="shoppers per shop")
+    parser.add_argument("--items", type=int, default=400, help="products per shop")
+    parser.add_argument("--nights", type=int, default=2, help="nights measured after the first")
+    parser.add_argument("--history", type=int, default=49,
+                        help="run logs each shop's folder holds before the nights measured, besides the first night's")
+    parser.add_argument("--rtt-ms", type=float, default=20.0, help="added to each request to the model store")
+    parser.add_argument("--postgres", action="store_true", help="store the events in TEST_POSTGRES_URL's database")
+    parser.add_argument("--code", type=Path, default=ROOT, help="the checkout whose `python -m recommender` runs")
+    parser.add_argument("--out", type=Path, help="also write the result as JSON here")
+    args = parser.parse_args(argv)
+    url = None
+    if args.postgres:
+        url = os.environ.get("TEST_POSTGRES_URL")
+        if not url:
+            parser.error("--postgres needs TEST_POSTGRES_URL")
+    print(f"{args.shops} shops of {args.events:,} events ({args.users} shoppers, {args.items} products); "
+          f"{'PostgreSQL' if url else 'SQLite'}; models in gs:// {args.rtt_ms:g} ms away, {args.history} run logs "
+          f"a shop after the first night; the job of {args.code}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="nightly-probe-") as scratch:
+        result = measure(args.shops, args.events, args.users, args.items, args.nights, args.history, args.rtt_ms,
+                         url, args.code.resolve(), Path(scratch))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

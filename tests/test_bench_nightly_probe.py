@@ -1,0 +1,25 @@
+"""bench.nightly_probe, small: the real `python -m recommender train` over a few shops in one night, with the models in
+gcp-storage-emulator, and the requests the model store answered counted in its own log."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench import nightly_probe
+from tests.conftest import ROOT
+
+
+def test_a_later_night_costs_each_shop_its_publish_and_one_run_log_whatever_its_history(tmp_path):
+    pytest.importorskip("gcp_storage_emulator", reason="the probe needs gcp-storage-emulator (requirements-dev.txt)")
+
+    result = nightly_probe.measure(shops=3, events=2_000, users=200, items=200, nights=1, history=5, rtt_ms=0,
+                                   postgres_url=None, code=ROOT, work=tmp_path)
+
+    first, second = result["nights"]
+    assert first["trained"] == second["trained"] == 3 and second["failed"] == 0  # the planted tastes pass the gate
+    # Each shop, the second night, with six run logs: the logs listed, the newest read (it was published), the
+    # pointer's generation; the artifact and its manifest written and read back; the pointer moved; the night's log.
+    assert second["downloads"] == 3 * 3
+    assert second["uploads"] == 3 * 4
+    assert second["requests"] == 3 * 9 + 1  # and once a night, the bucket's own record (google-cloud-storage's first)
+    assert first["requests"] == 3 * 8 + 1  # no log to read on the first night
