@@ -1284,7 +1284,11 @@ class PostgresEventStore(SharedQueries):
             with conn.cursor() as cursor:
                 return [ColumnTexts(*row) for row in cursor.stream(sql, (self.COLUMN_ROW_IDS, shop))]
 
-        runs = self._reading(read)
+        try:
+            runs = self._reading(read)
+        except StoreError:
+            self._drop_connection()  # it may have grown to a large row's size before the failure
+            raise
         largest = max((sum(len(text) for text in (run.users, run.products, run.orders, run.kinds, run.factors,
                                                   run.times, run.ids) if text) for run in runs), default=0)
         if largest > self.LARGE_READ_BYTES:  # the buffer grew to the largest row
