@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from bench import process
-from bench.train_job_probe import JOB, ROOT, fill, job_outcome, measured
+from bench.train_job_probe import JOB, add_job_arguments, fill, measured, postgres_url, write_out
 
 TIMEOUT_SECONDS = 30 * 60  # the deployed `train` function's
 
@@ -137,24 +137,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--history", type=int, default=49,
                         help="run logs each shop's folder holds before the nights measured, besides the first night's")
     parser.add_argument("--rtt-ms", type=float, default=20.0, help="added to each request to the model store")
-    parser.add_argument("--postgres", action="store_true", help="store the events in TEST_POSTGRES_URL's database")
-    parser.add_argument("--code", type=Path, default=ROOT, help="the checkout whose `python -m recommender` runs")
-    parser.add_argument("--out", type=Path, help="also write the result as JSON here")
+    add_job_arguments(parser)
     args = parser.parse_args(argv)
-    url = None
-    if args.postgres:
-        url = os.environ.get("TEST_POSTGRES_URL")
-        if not url:
-            parser.error("--postgres needs TEST_POSTGRES_URL")
+    url = postgres_url(parser, args)
     print(f"{args.shops} shops of {args.events:,} events ({args.users} shoppers, {args.items} products); "
           f"{'PostgreSQL' if url else 'SQLite'}; models in gs:// {args.rtt_ms:g} ms away, {args.history} run logs "
           f"a shop after the first night; the job of {args.code}", flush=True)
     with tempfile.TemporaryDirectory(prefix="nightly-probe-") as scratch:
         result = measure(args.shops, args.events, args.users, args.items, args.nights, args.history, args.rtt_ms,
                          url, args.code.resolve(), Path(scratch))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2))
+    write_out(args.out, result)
     return 0
 
 

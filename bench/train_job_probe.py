@@ -224,23 +224,40 @@ def measure(events: int, users: int, items: int, rounds: int, postgres_url: str 
     }
 
 
+def add_job_arguments(parser: argparse.ArgumentParser) -> None:
+    """--postgres, --code and --out, as this probe and bench.nightly_probe take them."""
+    parser.add_argument("--postgres", action="store_true", help="store the events in TEST_POSTGRES_URL's database")
+    parser.add_argument("--code", type=Path, default=ROOT, help="the checkout whose `python -m recommender` runs")
+    parser.add_argument("--out", type=Path, help="also write the result as JSON here")
+
+
+def postgres_url(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str | None:
+    """TEST_POSTGRES_URL with --postgres (a usage error without it), else None."""
+    if not args.postgres:
+        return None
+    url = os.environ.get("TEST_POSTGRES_URL")
+    if not url:
+        parser.error("--postgres needs TEST_POSTGRES_URL")
+    return url
+
+
+def write_out(path: Path | None, result: dict) -> None:
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--users", type=int, default=200_000)
     parser.add_argument("--items", type=int, default=50_000)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--postgres", action="store_true", help="store the events in TEST_POSTGRES_URL's database")
-    parser.add_argument("--code", type=Path, default=ROOT, help="the checkout whose `python -m recommender` runs")
     parser.add_argument("--before", type=Path,
                         help="another checkout whose job runs in each round too, in turn with --code's")
-    parser.add_argument("--out", type=Path, help="also write the result as JSON here")
+    add_job_arguments(parser)
     args = parser.parse_args(argv)
-    url = None
-    if args.postgres:
-        url = os.environ.get("TEST_POSTGRES_URL")
-        if not url:
-            parser.error("--postgres needs TEST_POSTGRES_URL")
+    url = postgres_url(parser, args)
     print(f"{args.events:,} events, {args.users:,} shoppers, {args.items:,} products; "
           f"{'PostgreSQL' if url else 'SQLite'}; the job of {args.code}", flush=True)
     result = measure(args.events, args.users, args.items, args.rounds, url, args.code.resolve(),
@@ -251,9 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         against = result["job_over_floor"].get(mode)
         tail = f" ({against['seconds']}× the floor's time, {against['peak']}× its peak)" if against else ""
         print(f"{mode}: {m['seconds']:.2f} s, peak {m['peak_mib']:.0f} MiB at the median{tail}")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2))
+    write_out(args.out, result)
     return 0
 
 

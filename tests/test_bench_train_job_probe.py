@@ -78,3 +78,15 @@ def test_the_jobs_report_is_read_as_published_kept_skipped_or_failed():
                                        ' "failed": []}') == ("skipped: few", {})
     assert train_job_probe.job_outcome('{"trained": [], "kept": [], "skipped": [],'
                                        ' "failed": [{"shop": "s", "error": "OSError: x"}]}') == ("failed: OSError: x", {})
+
+
+def test_another_checkouts_job_runs_in_each_round_beside_this_ones(tmp_path):
+    result = train_job_probe.measure(events=6_000, users=600, items=400, rounds=1, work=tmp_path,
+                                     before=train_job_probe.ROOT)
+
+    assert list(result["runs"]) == ["job", "job, no gate", "job (before)", "job, no gate (before)", "floor"]
+    assert result["before"] == str(train_job_probe.ROOT)
+    for mode in ("job", "job (before)"):
+        [run] = result["runs"][mode]
+        assert run["outcome"] == "published" and run["model"]["events"] == 6_000, mode
+    assert result["runs"]["job (before)"][0]["model"] == result["runs"]["job"][0]["model"]  # the same code, the same model
