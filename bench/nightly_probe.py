@@ -51,8 +51,8 @@ def night_outcome(stdout: str) -> dict[str, int]:
 
 
 def write_history(endpoint: str, shops: list[str], copies: int) -> None:
-    """`copies` more run logs per shop, each the shop's newest log again, written straight to the emulator (shops the
-    first night left no log are left as they are)."""
+    """`copies` more run logs per shop, each the shop's newest log again, written through `endpoint` (shops the first
+    night left no log are left as they are)."""
     from recommender.model_store import open_model_store
 
     with process.emulator_host(endpoint):
@@ -113,8 +113,9 @@ def measure(shops: int, events: int, users: int, items: int, nights: int, histor
                   f"peak {entry['peak_mib']:.0f} MiB, {outcome}, {entry['requests']} requests "
                   f"({entry['requests_per_shop']} a shop: {entry['downloads']} downloads, {entry['uploads']} uploads)"
                   f" -> {entry['shops_in_timeout']:,} such shops in {TIMEOUT_SECONDS // 60} minutes", flush=True)
-            if night == 0 and history:
-                write_history(emulator.base, names, history)
+            if night == 0 and history:  # through the relay: the emulator keeps the address an object was written
+                # through in its media link, which later downloads follow (written around it, they skipped the relay)
+                write_history(gcs_env["STORAGE_EMULATOR_HOST"], names, history)
     finally:
         if emulator is not None:
             emulator.stop()
