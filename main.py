@@ -205,7 +205,8 @@ def train(request: flask.Request) -> flask.Response:
 
     shop = request.args.get("shop")
     reports = run_scheduled_training(runtime.store, runtime.model_store, settings.training, settings.gate(),
-                                     settings.retention_days, [shop.lower()] if shop else None)
+                                     settings.retention_days, [shop.lower()] if shop else None,
+                                     budget_seconds=settings.train_budget_seconds)
     # A shop that failed (the others were trained): 500, so that the scheduler's run shows as failed and the log's
     # error is looked at; the body says what was trained and what failed.
     return _json(reports, 500 if reports["failed"] else 200)

@@ -4,6 +4,7 @@
     TEST_POSTGRES_URL=postgresql://postgres@127.0.0.1:5432/test python -m bench.nightly_probe --postgres
     python -m bench.nightly_probe --shops 300 --nights 2 --rtt-ms 0
     python -m bench.nightly_probe --code /path/to/another/checkout          # the same probe, another version's job
+    python -m bench.nightly_probe --nights 4 --timeout 40                   # nights longer than the function's timeout
 
 The `train` function runs `python -m recommender train` once a night: every installed shop, one after another, in
 one request with a 30-minute timeout. How many shops a night holds is set by what one shop costs, and for the small
@@ -18,6 +19,11 @@ it holds after that many nights. Then the job runs --nights more times in a row.
 own, and for each the probe prints its wall time, its peak RSS, what became of the shops, and the requests the model
 store answered (the emulator's own log), per shop; and how many such shops the 30-minute timeout would hold at that
 pace. With --postgres the database must hold no other installed shop (the job trains every installed shop).
+
+With --timeout the nights after the first hold fewer shops than are installed, as a night of the deployed function
+does once an app has more shops than its timeout holds: each is killed at --timeout seconds and given the time
+budget deploy/deploy.py derives from that timeout (TRAIN_BUDGET_SECONDS, 5/6 of it). The shops a night got to are
+read from their run logs, and the probe reports how many nights each shop has waited since it was last trained.
 """
 
 from __future__ import annotations
@@ -30,8 +36,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from datetime import datetime, timezone
+
 from bench import process
 from bench.train_job_probe import JOB, add_job_arguments, fill, measured, postgres_url, write_out
+from deploy.deploy import TRAIN_BUDGET_SHARE
 
 TIMEOUT_SECONDS = 30 * 60  # the deployed `train` function's
 
@@ -45,9 +54,34 @@ def requests_logged(log: Path) -> list[str]:
     return [line for line in log.read_text().splitlines() if line.startswith('"') and " HTTP/" in line]
 
 
+OUTCOMES = ("trained", "kept", "skipped", "failed", "deferred")
+
+
 def night_outcome(stdout: str) -> dict[str, int]:
+    """What the job printed, counted (a job without a time budget prints no `deferred`); nothing if it was killed."""
+    if not stdout:
+        return {}
     result = json.loads(stdout)
-    return {key: len(result[key]) for key in ("trained", "kept", "skipped", "failed")}
+    return {key: len(result.get(key, ())) for key in OUTCOMES}
+
+
+def trained_since(endpoint: str, shops: list[str], since: datetime) -> list[str]:
+    """The shops whose newest run log, read through `endpoint`, is of a run started at `since` or later: the ones a
+    night got to, whatever became of its job afterwards (a job killed at its timeout prints nothing)."""
+    from recommender.model_store import open_model_store
+
+    with process.emulator_host(endpoint):
+        store = open_model_store(f"gs://{process.STORAGE_BUCKET}/models")
+        return [shop for shop in shops
+                if any(datetime.fromisoformat(log["started_at"]) >= since for log in store.runs(shop, limit=1))]
+
+
+def waiting_nights(trained_by_night: list[list[str]], shops: list[str]) -> dict[str, int]:
+    """After the last night, how many nights each shop has gone untrained since it last was (0: trained the last
+    night), the first night training every shop."""
+    last = {shop: night for night, trained in enumerate(trained_by_night) for shop in trained}
+    final = len(trained_by_night) - 1
+    return {shop: final - last.get(shop, 0) for shop in shops}
 
 
 def write_history(endpoint: str, shops: list[str], copies: int) -> None:
@@ -65,7 +99,9 @@ def write_history(endpoint: str, shops: list[str], copies: int) -> None:
 
 
 def measure(shops: int, events: int, users: int, items: int, nights: int, history: int, rtt_ms: float,
-            postgres_url: str | None, code: Path, work: Path) -> dict:
+            postgres_url: str | None, code: Path, work: Path, timeout: float | None = None) -> dict:
+    """`timeout`: the nights after the first are killed at that many seconds, as the `train` function is at its
+    timeout, and run with the time budget deploy/deploy.py sets for it (a job that has none ignores it)."""
     from recommender.store import SQLiteEventStore
 
     names = [shop_name(i) for i in range(shops)]
@@ -95,24 +131,33 @@ def measure(shops: int, events: int, users: int, items: int, nights: int, histor
                "RETENTION_DAYS": "0"}  # nothing pruned: the probe's events are up to 300 days old
         env.pop("TEST_POSTGRES_URL", None)
         command = [sys.executable, "-c", JOB, "train"]
-        runs = []
+        runs, trained_by_night = [], []
         for night in range(nights + 1):  # night 0 publishes each shop's first model and leaves its first log
             before = len(requests_logged(log))
-            run = measured(command, env, code, ok=(0, 1))
+            started_at = datetime.now(timezone.utc)
+            if night == 0 or timeout is None:
+                run = measured(command, {**env, "TRAIN_BUDGET_SECONDS": "0"}, code, ok=(0, 1))
+            else:
+                run = measured(command, {**env, "TRAIN_BUDGET_SECONDS": f"{timeout * TRAIN_BUDGET_SHARE:.3f}"},
+                               code, ok=(0, 1), timeout=timeout)
             counted = requests_logged(log)[before:]
+            trained_by_night.append(trained_since(gcs_env["STORAGE_EMULATOR_HOST"], names, started_at))
             outcome = night_outcome(run["stdout"])
-            handled = sum(outcome.values())
-            entry = {"night": night, "seconds": run["seconds"], "peak_mib": run["peak_mib"], **outcome,
-                     "requests": len(counted), "requests_per_shop": round(len(counted) / handled, 1),
-                     "seconds_per_shop": round(run["seconds"] / handled, 4),
+            handled = sum(n for key, n in outcome.items() if key != "deferred") or len(trained_by_night[-1])
+            entry = {"night": night, "seconds": run["seconds"], "killed": run["killed"], "peak_mib": run["peak_mib"],
+                     **outcome, "shops_trained": len(trained_by_night[-1]), "requests": len(counted),
+                     "requests_per_shop": round(len(counted) / handled, 1) if handled else None,
+                     "seconds_per_shop": round(run["seconds"] / handled, 4) if handled else None,
                      "downloads": sum(1 for line in counted if "alt=media" in line),
                      "uploads": sum(1 for line in counted if line.startswith('"POST /upload')),
-                     "shops_in_timeout": int(TIMEOUT_SECONDS / (run["seconds"] / handled))}
+                     "shops_in_timeout": int(TIMEOUT_SECONDS / (run["seconds"] / handled)) if handled else None}
             runs.append(entry)
-            print(f"  night {night}: {entry['seconds']:.1f} s ({entry['seconds_per_shop'] * 1000:.0f} ms a shop), "
-                  f"peak {entry['peak_mib']:.0f} MiB, {outcome}, {entry['requests']} requests "
-                  f"({entry['requests_per_shop']} a shop: {entry['downloads']} downloads, {entry['uploads']} uploads)"
-                  f" -> {entry['shops_in_timeout']:,} such shops in {TIMEOUT_SECONDS // 60} minutes", flush=True)
+            ended = (f"killed at {timeout:g} s" if run["killed"] else
+                     f"peak {entry['peak_mib']:.0f} MiB, {outcome}")
+            print(f"  night {night}: {entry['seconds']:.1f} s, {ended}, {entry['shops_trained']} shops trained, "
+                  f"{entry['requests']} requests ({entry['requests_per_shop']} a shop: {entry['downloads']} downloads,"
+                  f" {entry['uploads']} uploads) -> {entry['shops_in_timeout']} such shops in "
+                  f"{TIMEOUT_SECONDS // 60} minutes", flush=True)
             if night == 0 and history:  # through the relay: the emulator keeps the address an object was written
                 # through in its media link, which later downloads follow (written around it, they skipped the relay)
                 write_history(gcs_env["STORAGE_EMULATOR_HOST"], names, history)
@@ -123,9 +168,12 @@ def measure(shops: int, events: int, users: int, items: int, nights: int, histor
             for shop in names:
                 store.redact_shop(shop)
         store.close()
+    waiting = waiting_nights(trained_by_night, names)
     return {"shops": shops, "events_per_shop": events, "store": "postgresql" if postgres_url else "sqlite",
             "rtt_ms": rtt_ms, "history": history, "code": str(code), "fill_seconds": round(fill_seconds, 1),
-            "nights": runs}
+            "timeout": timeout, "nights": runs, "most_nights_waiting": max(waiting.values()),
+            "shops_untrained_since_night_0": sum(1 for nights_waiting in waiting.values() if nights_waiting == nights
+                                                 and nights > 0)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--history", type=int, default=49,
                         help="run logs each shop's folder holds before the nights measured, besides the first night's")
     parser.add_argument("--rtt-ms", type=float, default=20.0, help="added to each request to the model store")
+    parser.add_argument("--timeout", type=float,
+                        help="kill each night after the first at this many seconds, as the function's timeout does, "
+                             "and give it the time budget deploy.py derives from that timeout")
     add_job_arguments(parser)
     args = parser.parse_args(argv)
     url = postgres_url(parser, args)
@@ -146,7 +197,12 @@ def main(argv: list[str] | None = None) -> int:
           f"a shop after the first night; the job of {args.code}", flush=True)
     with tempfile.TemporaryDirectory(prefix="nightly-probe-") as scratch:
         result = measure(args.shops, args.events, args.users, args.items, args.nights, args.history, args.rtt_ms,
-                         url, args.code.resolve(), Path(scratch))
+                         url, args.code.resolve(), Path(scratch), args.timeout)
+    if args.timeout:
+        print(f"after {args.nights} nights of {args.timeout:g} s: shops trained each night "
+              f"{[night['shops_trained'] for night in result['nights'][1:]]}, "
+              f"{result['shops_untrained_since_night_0']} shops untrained since night 0, "
+              f"the longest wait {result['most_nights_waiting']} nights", flush=True)
     write_out(args.out, result)
     return 0
 

@@ -136,17 +136,23 @@ def save_floor_matrix(store, path: Path) -> dict:
                          "iterations": config.iterations, "seed": config.seed}}
 
 
-def measured(command: list[str], env: dict[str, str], cwd: Path, ok: tuple[int, ...] = (0,)) -> dict:
+def measured(command: list[str], env: dict[str, str], cwd: Path, ok: tuple[int, ...] = (0,),
+             timeout: float | None = None) -> dict:
     """`command` (JOB or FLOOR) run as a child: its wall time, and the peak RSS it reported (MiB). An exit status
-    outside `ok` raises."""
+    outside `ok` raises. Past `timeout` seconds the child is killed, as a function past its timeout is: then
+    `killed` is true, and nothing it would have printed at its end is there (no peak, no stdout)."""
     started = time.perf_counter()
-    done = subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True)
+    try:
+        done = subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"seconds": round(time.perf_counter() - started, 3), "peak_mib": None, "stdout": "", "stderr": "",
+                "killed": True}
     seconds = time.perf_counter() - started
     if done.returncode not in ok:
         raise RuntimeError(f"{' '.join(command[:4])} failed ({done.returncode}):\n{done.stderr[-3000:]}")
     peaks = [line.split()[1] for line in done.stderr.splitlines() if line.startswith("PEAK_KIB ")]
     return {"seconds": round(seconds, 3), "peak_mib": round(int(peaks[-1]) / 1024, 1), "stdout": done.stdout,
-            "stderr": done.stderr}
+            "stderr": done.stderr, "killed": False}
 
 
 def job_outcome(stdout: str) -> tuple[str, dict]:

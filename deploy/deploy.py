@@ -179,6 +179,8 @@ def deploy_script(args: argparse.Namespace, env: dict[str, str]) -> str:
         # One BLAS thread per request: gunicorn's threads already fill the CPUs, and OpenBLAS's own pool on
         # top of them tripled CPU per recommendation in bench/PERFORMANCE.md (implicit asks for it too).
         env_vars["OPENBLAS_NUM_THREADS"] = "1"
+        if spec.entry_point in ("train", "app"):
+            env_vars["TRAIN_BUDGET_SECONDS"] = str(train_budget_seconds(spec))
         if spec.entry_point == "train" and args.scheduler_service_account:
             env_vars["TRAIN_SERVICE_ACCOUNT"] = args.scheduler_service_account
             env_vars["TRAIN_AUDIENCE"] = train_url
@@ -247,6 +249,22 @@ def model_memory_mib(spec: FunctionSpec, told: float | None) -> float | None:
         return told
     mib = _mebibytes(spec.memory)
     return None if mib is None else int(mib * share)
+
+
+# The share of a training function's timeout the nightly run may start shops in (TRAIN_BUDGET_SECONDS): a shop is
+# started only if its last training time fits in what is left, and the rest covers one slower than that (the same
+# 5M-event job took 116-145 s between runs, bench/PERFORMANCE.md round 33). 1800 s: 1500.
+TRAIN_BUDGET_SHARE = 5 / 6
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+def train_budget_seconds(spec: FunctionSpec) -> int:
+    """TRAIN_BUDGET_SECONDS for a function that trains: its share of the function's timeout."""
+    match = re.fullmatch(r"(\d+)([smh]?)", spec.timeout.strip())
+    if match is None:
+        raise SystemExit(f"{spec.entry_point.upper()}_TIMEOUT must be a duration such as 1800s, 30m or 1h;"
+                         f" got {spec.timeout!r}")
+    return max(1, int(int(match[1]) * _DURATION_UNITS[match[2] or "s"] * TRAIN_BUDGET_SHARE))  # 0 would be none
 
 
 def render(command: list[str]) -> str:

@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
             shops = [check_shop_domain(args.shop)] if args.shop else None
             settings = runtime.settings
             report = run_scheduled_training(runtime.store, runtime.model_store, settings.training, settings.gate(),
-                                            settings.retention_days, shops)
+                                            settings.retention_days, shops,
+                                            budget_seconds=settings.train_budget_seconds)
             print(json.dumps(report, indent=2))
             if not report["trained"] or report["failed"]:
                 return 1

@@ -173,8 +173,15 @@ FAILURES_IN_A_ROW = 3  # the scheduled run stops at this many shops failing one 
 
 def run_scheduled_training(store: EventStore, model_store: ModelStore, config: TrainingConfig, gate: GateConfig,
                            retention_days: float = 0, shops: list[str] | None = None,
-                           now: datetime | None = None) -> dict:
+                           now: datetime | None = None, budget_seconds: float = 0) -> dict:
     """Prune events past retention, then retrain each installed shop (or the given ones).
+
+    The installed shops go longest waiting first: never trained, then the one the job finished longest ago. With
+    `budget_seconds` (> 0) a shop is started only if the run's time so far plus what the shop's last training took
+    fits in it; the others are listed under `deferred` and, not having been trained, are the first the next run
+    trains. The first shop of a run is always started, so a shop whose training alone outlasts the budget is
+    trained once it heads the queue. The `train` function's timeout kills a run that outlasts it, and a run in a
+    fixed order used to leave the same shops at the end of the list untrained every night.
 
     One shop's failure (the model store out of reach for its publish, an error in its data) is logged with its
     traceback and listed under `failed`, and the next shops are trained all the same: an app installed in many
@@ -182,19 +189,28 @@ def run_scheduled_training(store: EventStore, model_store: ModelStore, config: T
     untrained, night after night if the failure stayed. FAILURES_IN_A_ROW shops failing one after another say the
     event store or the model store is out of reach: the last failure is raised then, rather than every later shop
     waiting for its own connection timeout and logging the same traceback."""
+    started = time.perf_counter()
     now = now or datetime.now(timezone.utc)
     named = [check_shop_domain(shop) for shop in shops] if shops is not None else None  # a bad name: refused first
     pruned = store.prune_events(now - timedelta(days=retention_days)) if retention_days > 0 else 0
-    trained, kept, skipped, failed = [], [], [], []
+    waiting = store.training_queue()
+    expected = dict(waiting)
+    queue = named if named is not None else [shop for shop, _ in waiting]
+    trained, kept, skipped, failed, deferred = [], [], [], [], []
     in_a_row = 0
-    queue = named if named is not None else store.installed_shops()
     for position, shop in enumerate(queue):
+        elapsed = time.perf_counter() - started
+        if budget_seconds > 0 and position > 0 and elapsed + (expected.get(shop) or 0) > budget_seconds:
+            deferred.append({"shop": shop, "expected_seconds": expected.get(shop)})
+            continue
+        shop_started = time.perf_counter()
+        seconds = None  # a failure's time says nothing of the shop's next training: its last figure stays
         try:
             record = retrain_shop(store, model_store, check_shop_domain(shop), config, gate, now)
         except (NotEnoughData, PublishConflict) as exc:  # a lost publish race: the other trainer's model stands
             skipped.append({"shop": shop, "reason": str(exc)})
             in_a_row = 0
-            continue
+            seconds = time.perf_counter() - shop_started
         except Exception as exc:  # noqa: BLE001 - reported below and in the run's answer; the other shops go on
             in_a_row += 1
             if in_a_row >= FAILURES_IN_A_ROW:
@@ -203,7 +219,22 @@ def run_scheduled_training(store: EventStore, model_store: ModelStore, config: T
                 raise
             log.exception("training %s failed; going on with the other shops", shop)
             failed.append({"shop": shop, "error": f"{type(exc).__name__}: {exc}"})
-            continue
-        in_a_row = 0
-        (trained if record["published"] else kept).append(record)
-    return {"trained": trained, "kept": kept, "skipped": skipped, "failed": failed, "pruned_events": pruned}
+        else:
+            in_a_row = 0
+            (trained if record["published"] else kept).append(record)
+            seconds = time.perf_counter() - shop_started
+        _record_training(store, shop, seconds)
+    if deferred:
+        log.warning("time budget of %gs spent: %d shops deferred to the next run (the first %s)", budget_seconds,
+                    len(deferred), deferred[0]["shop"])
+    return {"trained": trained, "kept": kept, "skipped": skipped, "failed": failed, "deferred": deferred,
+            "pruned_events": pruned, "seconds": round(time.perf_counter() - started, 3)}
+
+
+def _record_training(store: EventStore, shop: str, seconds: float | None) -> None:
+    """The shop's place in the next run's queue (last) and its estimate. Not recorded, it keeps its place: it may be
+    trained again first next time, which is harmless, so a store that refuses this write does not stop the run."""
+    try:
+        store.record_training(shop, datetime.now(timezone.utc), None if seconds is None else round(seconds, 3))
+    except Exception:  # noqa: BLE001 - the next shop's read meets the same store and reports it
+        log.exception("could not record that %s was trained; it keeps its place in the queue", shop)

@@ -90,6 +90,9 @@ class Settings(NamedTuple):
     gate_min_users: int = 20  # customers in that window needed before the gate can judge
     gate_max_users: int = 20_000  # customers in that window the gate ranks at most (a seeded sample of them beyond)
     retention_days: float = 730.0  # events older than this are pruned by the scheduled job (0: keep all)
+    # the scheduled job starts no shop whose last training time no longer fits (0: no budget); the deployed `train`
+    # function's timeout is 1800 s, and 300 s are left for a shop slower than its last training
+    train_budget_seconds: float = 1500.0
     trust_customer_id_param: bool = False  # local use only: accept ?customer_id= without an app proxy signature
     cors_allowed_origins: tuple[str, ...] = ()  # storefront origins besides https://<shop> (custom domains)
 
@@ -128,6 +131,8 @@ class Settings(NamedTuple):
             gate_min_users=_read(env, "GATE_MIN_USERS", int, 20, lambda v: v >= 1, "an integer >= 1"),
             gate_max_users=_read(env, "GATE_MAX_USERS", int, 20_000, lambda v: v >= 1, "an integer >= 1"),
             retention_days=_read(env, "RETENTION_DAYS", float, 730.0, lambda v: v >= 0, "a number of days >= 0"),
+            train_budget_seconds=_read(env, "TRAIN_BUDGET_SECONDS", float, 1500.0, lambda v: v >= 0,
+                                       "a number of seconds >= 0 (0: no budget)"),
             trust_customer_id_param=_flag(env, "TRUST_CUSTOMER_ID_PARAM"),
             cors_allowed_origins=_origins(env, "CORS_ALLOWED_ORIGINS"),
         )

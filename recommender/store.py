@@ -141,6 +141,10 @@ SQLITE_MIGRATIONS: tuple[str, ...] = (
     "ALTER TABLE products ADD COLUMN sellable INTEGER NOT NULL DEFAULT 1;"
     f" UPDATE products SET sellable = 0 WHERE {NOT_FOR_SALE.format(yes='1', no='0')};"
     " CREATE INDEX products_by_sellable ON products (shop, sellable);",
+    # When the training job last finished with each shop and how long its last training took: the nightly run
+    # trains the shops longest waiting first and defers the ones its time budget no longer holds (retraining.py).
+    "ALTER TABLE shop_state ADD COLUMN trained_at TEXT;"
+    " ALTER TABLE shop_state ADD COLUMN train_seconds REAL;",
 )
 
 # Every table that holds a shop's data, in both backends: what redact_shop empties.
@@ -242,6 +246,8 @@ class EventStore(Protocol):
     def is_shop_installed(self, shop: str) -> bool: ...
     def installed_with_unsellable(self, shop: str) -> tuple[bool, set[str]]: ...
     def installed_shops(self) -> list[str]: ...
+    def training_queue(self) -> list[tuple[str, float | None]]: ...
+    def record_training(self, shop: str, finished_at: datetime, seconds: float | None) -> None: ...
     def prune_events(self, older_than: datetime) -> int: ...
     def close(self) -> None: ...
 
@@ -1042,6 +1048,21 @@ class SQLiteEventStore(SharedQueries):
 
     def installed_shops(self) -> list[str]:
         return [r[0] for r in self._read("SELECT shop FROM shop_state WHERE installed = 1 ORDER BY shop")]
+
+    def training_queue(self) -> list[tuple[str, float | None]]:
+        """The installed shops, the one the training job finished longest ago first (never: first of all), each
+        with how many seconds its last training took (None: not known)."""
+        return [(shop, seconds) for shop, seconds in self._read(
+            "SELECT shop, train_seconds FROM shop_state WHERE installed = 1"
+            " ORDER BY trained_at IS NOT NULL, trained_at, shop")]
+
+    def record_training(self, shop: str, finished_at: datetime, seconds: float | None) -> None:
+        """The training job is done with `shop` at `finished_at`; `seconds` (None: keep the last figure) is what
+        its training took, the next night's estimate."""
+        at = iso_utc(require_aware(finished_at, "finished_at"))
+        self._write(lambda conn: conn.execute(
+            "UPDATE shop_state SET trained_at = ?, train_seconds = coalesce(?, train_seconds) WHERE shop = ?",
+            (at, seconds, shop)))
 
     def prune_events(self, older_than: datetime) -> int:
         """Delete events that occurred, and deliveries received, before `older_than`; returns events deleted."""

@@ -173,6 +173,9 @@ POSTGRES_MIGRATIONS: tuple[str, ...] = (
     " SELECT e.user_key, e.product_id, e.kind, e.occurred_at, e.order_id, e.weight_factor, e.id FROM events e"
     " WHERE e.shop = p_shop AND e.user_key = p_user_key AND e.weight_factor > 0"
     " ORDER BY e.occurred_at DESC, e.id DESC LIMIT p_limit; END $$;",
+    # When the training job last finished with each shop and how long its last training took: the nightly run
+    # trains the shops longest waiting first and defers the ones its time budget no longer holds (retraining.py).
+    "ALTER TABLE shop_state ADD COLUMN trained_at timestamptz, ADD COLUMN train_seconds double precision;",
 )
 
 # Advisory lock keys. Migrations take one 64-bit key for the whole database; writes take (namespace, key) pairs, a
@@ -1417,6 +1420,17 @@ class PostgresEventStore(SharedQueries):
 
     def installed_shops(self) -> list[str]:
         return [r[0] for r in self._read('SELECT shop FROM shop_state WHERE installed ORDER BY shop COLLATE "C"')]
+
+    def training_queue(self) -> list[tuple[str, float | None]]:
+        return [(shop, seconds) for shop, seconds in self._read(
+            "SELECT shop, train_seconds FROM shop_state WHERE installed"
+            ' ORDER BY trained_at NULLS FIRST, shop COLLATE "C"')]
+
+    def record_training(self, shop: str, finished_at: datetime, seconds: float | None) -> None:
+        at = require_aware(finished_at, "finished_at")
+        self._write(lambda conn: conn.execute(
+            "UPDATE shop_state SET trained_at = %s, train_seconds = coalesce(%s, train_seconds) WHERE shop = %s",
+            (at, seconds, shop)))
 
     def prune_events(self, older_than: datetime) -> int:
         cutoff = require_aware(older_than, "older_than")

@@ -23,3 +23,21 @@ def test_a_later_night_costs_each_shop_its_publish_and_one_run_log_whatever_its_
     assert second["uploads"] == 3 * 4
     assert second["requests"] == 3 * 9 + 1  # and once a night, the bucket's own record (google-cloud-storage's first)
     assert first["requests"] == 3 * 8 + 1  # no log to read on the first night
+
+
+def test_the_nights_each_shop_has_waited_count_from_the_last_night_that_trained_it():
+    shops = ["a", "b", "c", "d"]
+    nights = [shops, ["a", "b"], ["c"], ["a"]]  # d: only the first night; b: night 1; c: night 2
+
+    assert nightly_probe.waiting_nights(nights, shops) == {"a": 0, "b": 2, "c": 1, "d": 3}
+
+
+def test_a_night_past_its_timeout_is_killed_and_says_so():
+    import sys
+
+    from bench.train_job_probe import measured
+
+    run = measured([sys.executable, "-c", "import time; time.sleep(60)"], {}, ROOT, timeout=0.5)
+
+    assert run["killed"] and run["stdout"] == "" and run["peak_mib"] is None
+    assert nightly_probe.night_outcome(run["stdout"]) == {}

@@ -101,6 +101,7 @@ def test_dry_run_gives_stores_to_the_functions_and_secrets_only_to_those_that_ne
     for name in ("webhook", "recommend", "collect", "train"):
         env_vars = gcloud_map(functions[name]["--set-env-vars"])
         env_vars.pop("MODEL_MEMORY_MIB", None)  # recommend's: its own test
+        env_vars.pop("TRAIN_BUDGET_SECONDS", None)  # train's: its own test
         assert env_vars == {"EVENT_STORE_URL": DATABASE_URL, "MODEL_STORE_URL": MODEL_STORE_URL,
                             "THREADS": functions[name]["--concurrency"], "OPENBLAS_NUM_THREADS": "1"}
     assert gcloud_map(functions["healthz"]["--set-env-vars"]) == {"THREADS": functions["healthz"]["--concurrency"],
@@ -143,6 +144,29 @@ def test_recommend_instances_keep_models_within_a_share_of_their_memory_unless_t
     assert budget(left_to_gcloud) is None and left_to_gcloud["recommend"]["--memory"] == "2048"
     for name in ("webhook", "collect", "train", "healthz"):
         assert budget(default, name) is None
+
+
+def test_functions_that_train_start_shops_within_five_sixths_of_their_timeout():
+    # Act
+    default = deployed(dry_run("--with-app"))
+    longer = deployed(dry_run("--with-app", TRAIN_TIMEOUT="1h", APP_TIMEOUT="600"))
+
+    # Assert
+    def budget(functions, name):
+        return gcloud_map(functions[name]["--set-env-vars"]).get("TRAIN_BUDGET_SECONDS")
+
+    assert (budget(default, "train"), budget(default, "app")) == ("1500", "1500")  # 1800 s × 5/6
+    assert (budget(longer, "train"), budget(longer, "app")) == ("3000", "500")  # 3600 × 5/6; 600 × 5/6
+    assert longer["train"]["--timeout"] == "1h"
+    for name in ("webhook", "recommend", "collect", "healthz"):
+        assert budget(default, name) is None
+
+
+def test_a_training_timeout_that_is_not_a_duration_fails_naming_it():
+    result = deploy("--dry-run", TRAIN_TIMEOUT="half an hour")
+
+    assert result.returncode != 0
+    assert "TRAIN_TIMEOUT must be a duration such as 1800s, 30m or 1h; got 'half an hour'" in result.stderr
 
 
 @pytest.mark.parametrize(("flags", "env", "message"), [
@@ -224,7 +248,8 @@ def test_an_env_value_with_a_comma_uses_gcloud_delimiter_escaping():
     functions = deployed(dry_run(DATABASE_URL=url))
 
     # Assert: ',' and '@' are both in the URL, so '|' separates
-    expected = f"^|^EVENT_STORE_URL={url}|MODEL_STORE_URL={MODEL_STORE_URL}|THREADS=1|OPENBLAS_NUM_THREADS=1"
+    expected = (f"^|^EVENT_STORE_URL={url}|MODEL_STORE_URL={MODEL_STORE_URL}|THREADS=1|OPENBLAS_NUM_THREADS=1"
+                "|TRAIN_BUDGET_SECONDS=1500")
     assert functions["train"]["--set-env-vars"] == expected
 
 

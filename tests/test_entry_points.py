@@ -188,6 +188,27 @@ def test_a_shop_that_fails_to_train_does_not_stop_the_others_and_the_run_answers
         assert answer.status_code == 200 and answer.json["model_version"]
 
 
+def test_a_run_out_of_time_answers_200_naming_the_shops_left_for_the_next_run(app_client, monkeypatch):
+    """TRAIN_BUDGET_SECONDS spent after the first shop: the others are deferred, not failed, and the next run starts
+    with them."""
+    monkeypatch.setenv("TRAIN_BUDGET_SECONDS", "0.000001")  # read when the instance starts: before any request
+    shops = ["a-shop.myshopify.com", "b-shop.myshopify.com", "c-shop.myshopify.com"]
+    for shop in shops:
+        for order in planted_orders():
+            assert post_webhook(app_client, "orders/create", order, shop=shop).status_code == 200
+
+    first = app_client.post("/train", headers=AUTH)
+    second = app_client.post("/train", headers=AUTH)
+
+    assert first.status_code == 200 and first.json["failed"] == []
+    assert [report["shop"] for report in first.json["trained"]] == [shops[0]]
+    assert first.json["deferred"] == [{"shop": shops[1], "expected_seconds": None},
+                                      {"shop": shops[2], "expected_seconds": None}]
+    assert [report["shop"] for report in second.json["trained"]] == [shops[1]]
+    assert [deferred["shop"] for deferred in second.json["deferred"]] == [shops[2], shops[0]]
+    assert recommend(app_client, shop=shops[2], customer_id="1").json["error"] == "model_not_ready"
+
+
 def test_train_refuses_a_bad_shop_name_before_training_anything(app_client):
     response = app_client.post("/train?shop=not%20a%20shop", headers=AUTH)
 

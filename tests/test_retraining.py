@@ -19,11 +19,11 @@ CONFIG = TrainingConfig(factors=4, iterations=10)
 GATE = GateConfig(enabled=True, holdout_days=7, tolerance=0.1, min_users=20)
 
 
-def put_order(store, order_id: int, customer: int, products: list[int], when: datetime) -> None:
+def put_order(store, order_id: int, customer: int, products: list[int], when: datetime, shop: str = SHOP) -> None:
     order = order_payload(order_id, customer, products, created_at=when.isoformat())
-    store.apply(Delivery(SHOP, f"d{order_id}", "orders/create"),
-                order_created(TopicContext(SHOP, "orders/create", f"d{order_id}"), order))
-    store.set_shop_installed(SHOP, True)
+    store.apply(Delivery(shop, f"d{order_id}", "orders/create"),
+                order_created(TopicContext(shop, "orders/create", f"d{order_id}"), order))
+    store.set_shop_installed(shop, True)
 
 
 def tastes_shop(store, structured: bool = True) -> None:
@@ -155,3 +155,87 @@ def test_past_gate_max_users_the_gate_ranks_a_seeded_sample_and_says_of_how_many
 def test_a_gate_that_would_rank_fewer_customers_than_it_needs_cannot_be_made(max_users):
     with pytest.raises(ValueError, match="must be at least its min_users"):
         GateConfig(enabled=True, min_users=20, max_users=max_users)
+
+
+# --- the night's queue and its time budget ---------------------------------------------------------------------
+
+
+def small_shops(store, names: list[str]) -> None:
+    """Each shop: three customers' orders, enough for a model (the gate is off in these tests)."""
+    for number, shop in enumerate(names):
+        for customer in range(3):
+            put_order(store, 100 * number + customer, customer, [101 + customer, 102 + customer],
+                      NOW - timedelta(days=3), shop=shop)
+
+
+def trained_before(store, shops_and_seconds: list[tuple[str, float | None]]) -> None:
+    """Each shop's last training, in this order an hour apart, and what it took."""
+    for hour, (shop, seconds) in enumerate(shops_and_seconds):
+        store.record_training(shop, NOW - timedelta(days=1) + timedelta(hours=hour), seconds)
+
+
+NO_GATE = GateConfig(enabled=False)
+A, B, C = (f"{name}-shop.myshopify.com" for name in "abc")
+
+
+def test_the_run_trains_the_shops_never_trained_then_those_waiting_longest(store, models):
+    small_shops(store, [A, B, C, SHOP])
+    trained_before(store, [(C, 2.0), (A, 3.0), (B, 1.0)])  # SHOP: never trained
+
+    report = run_scheduled_training(store, models, CONFIG, NO_GATE, now=NOW, budget_seconds=0)
+
+    assert [record["shop"] for record in report["trained"]] == [SHOP, C, A, B]
+    assert report["deferred"] == [] and report["seconds"] > 0
+    queue = store.training_queue()
+    assert [shop for shop, _ in queue] == [SHOP, C, A, B]  # finished in that order: the next run's order too
+    assert all(0 < seconds < 2.0 * 60 for _, seconds in queue)  # each shop's own time replaced the planted one
+
+
+def test_a_shop_whose_last_time_no_longer_fits_the_budget_waits_and_heads_the_next_run(store, models):
+    """Planted times far above what these small shops take: A (100 s) runs first; B's 1,000 s do not fit in the
+    500 s left, C's 10 s do. B, untrained, heads the next run and is started although it may not fit."""
+    small_shops(store, [A, B, C])
+    trained_before(store, [(A, 100.0), (B, 1000.0), (C, 10.0)])
+
+    first = run_scheduled_training(store, models, CONFIG, NO_GATE, now=NOW, budget_seconds=500)
+    queue, b_model = [shop for shop, _ in store.training_queue()], models.latest(B)
+    second = run_scheduled_training(store, models, CONFIG, NO_GATE, now=NOW + timedelta(days=1), budget_seconds=500)
+
+    assert [record["shop"] for record in first["trained"]] == [A, C]
+    assert first["deferred"] == [{"shop": B, "expected_seconds": 1000.0}]
+    assert b_model is None and queue == [B, A, C]
+    assert [record["shop"] for record in second["trained"]] == [B, A, C] and second["deferred"] == []
+    assert models.latest(B) is not None
+
+
+def test_once_the_budget_is_spent_every_shop_left_is_deferred_in_queue_order(store, models):
+    small_shops(store, [A, B, C])
+
+    report = run_scheduled_training(store, models, CONFIG, NO_GATE, now=NOW, budget_seconds=1e-6)
+
+    assert [record["shop"] for record in report["trained"]] == [A]  # the first shop of a run is always started
+    assert report["deferred"] == [{"shop": B, "expected_seconds": None}, {"shop": C, "expected_seconds": None}]
+    assert [shop for shop, _ in store.training_queue()] == [B, C, A]
+
+
+def test_a_shop_that_failed_goes_to_the_back_keeping_its_last_time(store, models):
+    small_shops(store, [A, B, C])
+    trained_before(store, [(A, 1.0), (B, 7.5), (C, 1.0)])
+    models.root.mkdir(parents=True)
+    (models.root / B).write_text("not a folder")  # B's publish fails
+
+    report = run_scheduled_training(store, models, CONFIG, NO_GATE, now=NOW, budget_seconds=0)
+
+    assert [failed["shop"] for failed in report["failed"]] == [B]
+    queue = store.training_queue()
+    assert [shop for shop, _ in queue] == [A, B, C] and dict(queue)[B] == 7.5
+
+
+def test_named_shops_are_trained_in_the_order_given(store, models):
+    small_shops(store, [A, B, C])
+    trained_before(store, [(A, 1.0), (B, 1.0), (C, 1.0)])
+
+    report = run_scheduled_training(store, models, CONFIG, NO_GATE, shops=[C, A], now=NOW)
+
+    assert [record["shop"] for record in report["trained"]] == [C, A]
+    assert [shop for shop, _ in store.training_queue()] == [B, C, A]

@@ -73,6 +73,9 @@ def test_values_are_cast(env):
     ("MODEL_MEMORY_MIB", "lots"),
     ("GATE_MAX_USERS", "0"),
     ("GATE_MAX_USERS", "many"),
+    ("TRAIN_BUDGET_SECONDS", "-1"),
+    ("TRAIN_BUDGET_SECONDS", "inf"),
+    ("TRAIN_BUDGET_SECONDS", "25m"),
 ])
 def test_invalid_value_raises_config_error_naming_the_variable(name, value):
     # Act
@@ -188,6 +191,12 @@ def test_model_memory_mib_is_unset_by_default_and_read_in_mib():
 def test_the_quality_gate_ranks_20000_customers_at_most_unless_told_otherwise():
     assert Settings.from_mapping({}).gate().max_users == 20_000
     assert Settings.from_mapping({"GATE_MAX_USERS": "500"}).gate().max_users == 500
+
+
+def test_the_training_job_starts_shops_within_1500_seconds_unless_told_otherwise():
+    assert Settings.from_mapping({}).train_budget_seconds == 1500.0  # of the deployed function's 1800 s timeout
+    assert Settings.from_mapping({"TRAIN_BUDGET_SECONDS": "3000"}).train_budget_seconds == 3000.0
+    assert Settings.from_mapping({"TRAIN_BUDGET_SECONDS": "0"}).train_budget_seconds == 0.0  # no budget
 
 
 def test_a_gate_cap_below_the_customers_the_gate_needs_is_refused_naming_both():

@@ -982,6 +982,31 @@ def test_data_exports_are_kept_per_shop_and_replaced_by_id(any_store):
     assert any_store.data_export(SHOP, "req-3") is None
 
 
+def test_the_training_queue_puts_the_shops_waiting_longest_first(any_store):
+    # Arrange: three installed shops and one removed
+    third, removed = "c-third.myshopify.com", "d-removed.myshopify.com"
+    for shop in (third, OTHER_SHOP, SHOP, removed):
+        any_store.set_shop_installed(shop, True)
+    any_store.set_shop_installed(removed, False)
+    assert any_store.training_queue() == [(shop, None) for shop in sorted([SHOP, OTHER_SHOP, third])]
+
+    # Act: SHOP trained an hour after the other one; the third failed (no figure) in between
+    any_store.record_training(OTHER_SHOP, T0, 40.25)
+    any_store.record_training(SHOP, T0 + timedelta(hours=1), 3.5)
+    any_store.record_training(third, T0 + timedelta(minutes=30), None)
+    any_store.record_training(removed, T0, 1.0)
+    any_store.record_training("never-installed.myshopify.com", T0, 1.0)  # no such shop: nothing to write
+
+    # Assert
+    assert any_store.training_queue() == [(OTHER_SHOP, 40.25), (third, None), (SHOP, 3.5)]
+    any_store.record_training(OTHER_SHOP, T0 + timedelta(hours=2), None)  # a failure keeps the last figure
+    assert any_store.training_queue() == [(third, None), (SHOP, 3.5), (OTHER_SHOP, 40.25)]
+    any_store.set_shop_installed(removed, True)  # installed again: its last training, at T0, is the oldest
+    assert any_store.training_queue() == [(removed, 1.0), (third, None), (SHOP, 3.5), (OTHER_SHOP, 40.25)]
+    with pytest.raises(ValueError):
+        any_store.record_training(SHOP, datetime(2026, 1, 1), 1.0)  # a time without its zone
+
+
 def test_shop_installation_follows_the_markers_and_webhook_deliveries(any_store):
     # Arrange / Act / Assert
     assert (any_store.is_shop_installed(SHOP), any_store.installed_shops()) == (False, [])
@@ -1114,14 +1139,15 @@ def test_an_upgraded_database_knows_which_of_its_stored_products_are_for_sale(tm
     # Arrange: a file at the version before the `sellable` flag, holding a product for sale and a sold-out one
     path = tmp_path / "events.sqlite3"
     conn = sqlite3.connect(path)
-    for script in SQLITE_MIGRATIONS[:-1]:
+    sellable = next(i for i, script in enumerate(SQLITE_MIGRATIONS) if "ADD COLUMN sellable" in script)
+    for script in SQLITE_MIGRATIONS[:sellable]:
         conn.executescript(script)
     for pid in ("in-stock", "sold-out"):
         conn.execute("INSERT INTO products (shop, product_id, title, handle, status, published_at, product_type, vendor)"
                      " VALUES (?, ?, '', '', 'active', '2024-03-01T12:00:00.000000+00:00', '', '')", (SHOP, pid))
     conn.execute("INSERT INTO variants VALUES (?, 'v1', 'in-stock', 'i1', 2, 1, 0)", (SHOP,))
     conn.execute("INSERT INTO variants VALUES (?, 'v2', 'sold-out', 'i2', 0, 1, 0)", (SHOP,))
-    conn.execute(f"PRAGMA user_version = {len(SQLITE_MIGRATIONS) - 1}")
+    conn.execute(f"PRAGMA user_version = {sellable}")
     conn.commit()
     conn.close()
 
@@ -1131,6 +1157,30 @@ def test_an_upgraded_database_knows_which_of_its_stored_products_are_for_sale(tm
     # Assert
     try:
         assert store.unsellable_product_ids(SHOP) == {"sold-out"}
+    finally:
+        store.close()
+
+
+def test_an_upgraded_database_queues_its_installed_shops_for_training(tmp_path):
+    # Arrange: a file at the version before the training columns, with two shops installed and one removed
+    path = tmp_path / "events.sqlite3"
+    conn = sqlite3.connect(path)
+    for script in SQLITE_MIGRATIONS[:-1]:
+        conn.executescript(script)
+    conn.executemany("INSERT INTO shop_state VALUES (?, ?, '2024-03-01T12:00:00.000000+00:00')",
+                     [("b.myshopify.com", 1), ("a.myshopify.com", 1), ("gone.myshopify.com", 0)])
+    conn.execute(f"PRAGMA user_version = {len(SQLITE_MIGRATIONS) - 1}")
+    conn.commit()
+    conn.close()
+
+    # Act
+    store = SQLiteEventStore(path)
+
+    # Assert: never trained, so by name and without an estimate; trained, the shop goes last with its time
+    try:
+        assert store.training_queue() == [("a.myshopify.com", None), ("b.myshopify.com", None)]
+        store.record_training("a.myshopify.com", T0, 12.5)
+        assert store.training_queue() == [("b.myshopify.com", None), ("a.myshopify.com", 12.5)]
     finally:
         store.close()
 
