@@ -184,7 +184,8 @@ def recommend(request: flask.Request) -> flask.Response:
 @functions_framework.http
 @_json_errors
 def train(request: flask.Request) -> flask.Response:
-    """POST [?shop=] from Cloud Scheduler (OIDC) or with `Bearer $TRAIN_TOKEN`: train and publish each shop."""
+    """POST [?shop=] from Cloud Scheduler (OIDC) or with `Bearer $TRAIN_TOKEN`: train and publish each shop, started
+    longest ago first, as many as TRAIN_BUDGET_SECONDS holds (the others are deferred to the next run)."""
     if (refused := _require_method(request, "POST")) is not None:
         return refused
     from webhooks.oidc import check_train_caller

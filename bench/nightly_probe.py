@@ -6,8 +6,8 @@
     python -m bench.nightly_probe --code /path/to/another/checkout          # the same probe, another version's job
     python -m bench.nightly_probe --nights 4 --timeout 40                   # nights longer than the function's timeout
 
-The `train` function runs `python -m recommender train` once a night: every installed shop, one after another, in
-one request with a 30-minute timeout. How many shops a night holds is set by what one shop costs, and for the small
+The `train` function runs `python -m recommender train` once a night: the installed shops one after another, started
+longest ago first, in one request with a 30-minute timeout, starting no shop past its time budget. How many shops a night holds is set by what one shop costs, and for the small
 shops most installs are, that is mostly waiting on the model store: each request to Cloud Storage takes a round
 trip, which `bench.train_job_probe` (one big shop, models on local disk) does not show.
 
@@ -17,8 +17,8 @@ a relay adding --rtt-ms to each request (bench/latency_proxy.py). The job runs a
 first model and run log), after which each shop's folder gets --history more run logs, copies of that first one: what
 it holds after that many nights. Then the job runs --nights more times in a row. Each night runs in a process of its
 own, and for each the probe prints its wall time, its peak RSS, what became of the shops, and the requests the model
-store answered (the emulator's own log), per shop; and how many such shops the 30-minute timeout would hold at that
-pace. With --postgres the database must hold no other installed shop (the job trains every installed shop).
+store answered (the emulator's own log), per shop; and how many such shops the deployed function's 25-minute time
+budget (TRAIN_BUDGET_SECONDS, 5/6 of its 30-minute timeout) would hold at that pace. With --postgres the database must hold no other installed shop (the job trains every installed shop).
 
 With --timeout the nights after the first hold fewer shops than are installed, as a night of the deployed function
 does once an app has more shops than its timeout holds: each is killed at --timeout seconds and given the time
@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -39,10 +40,11 @@ from pathlib import Path
 from datetime import datetime, timezone
 
 from bench import process
-from bench.train_job_probe import JOB, add_job_arguments, fill, measured, postgres_url, write_out
+from bench.train_job_probe import JOB, add_job_arguments, measured, postgres_url, write_out
 from deploy.deploy import TRAIN_BUDGET_SHARE
 
 TIMEOUT_SECONDS = 30 * 60  # the deployed `train` function's
+BUDGET_SECONDS = TIMEOUT_SECONDS * TRAIN_BUDGET_SHARE  # the time it starts shops in (TRAIN_BUDGET_SECONDS, 1500)
 
 
 def shop_name(index: int) -> str:
@@ -98,30 +100,48 @@ def write_history(endpoint: str, shops: list[str], copies: int) -> None:
                     store.record_run(shop, newest)
 
 
+# The probe's own writes to the event store, made by the checkout whose job runs (`code`): the schema they leave is
+# one that checkout's job opens (a newer checkout's store migrates the schema past what an older job knows).
+# Needs the checkout's bench.train_job_probe.fill(store, events, users, items, shop=, seed=).
+EVENTS_OF_CODE = """
+import json, sys, time
+from bench.train_job_probe import fill
+from recommender.store import open_event_store
+command, url, names, events, users, items = json.loads(sys.argv[1])
+store = open_event_store(url)
+started = time.perf_counter()
+for index, shop in enumerate(names):
+    store.redact_shop(shop)
+    if command == "fill":
+        fill(store, events, users, items, shop=shop, seed=index)
+        store.set_shop_installed(shop, True)
+print(json.dumps({"seconds": round(time.perf_counter() - started, 1), "installed": store.installed_shops()}))
+store.close()
+"""
+
+
+def events_of(code: Path, store_url: str, command: str, names: list[str], events: int = 0, users: int = 0,
+              items: int = 0) -> dict:
+    """`fill` (each shop emptied, filled and installed) or `redact` the probe's shops, by `code`'s own store."""
+    done = subprocess.run([sys.executable, "-c", EVENTS_OF_CODE, json.dumps([command, store_url, names, events, users,
+                                                                             items])],
+                          cwd=code, env={**os.environ, "PYTHONPATH": str(code)}, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"the probe's {command} with the store of {code} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout)
+
+
 def measure(shops: int, events: int, users: int, items: int, nights: int, history: int, rtt_ms: float,
             postgres_url: str | None, code: Path, work: Path, timeout: float | None = None) -> dict:
     """`timeout`: the nights after the first are killed at that many seconds, as the `train` function is at its
     timeout, and run with the time budget deploy/deploy.py sets for it (a job that has none ignores it)."""
-    from recommender.store import SQLiteEventStore
-
     names = [shop_name(i) for i in range(shops)]
-    if postgres_url:
-        from recommender.store_postgres import PostgresEventStore
-
-        store, store_url = PostgresEventStore(postgres_url), postgres_url
-        for shop in names:
-            store.redact_shop(shop)
-    else:
-        store_url = f"sqlite:///{work / 'events.sqlite3'}"
-        store = SQLiteEventStore(work / "events.sqlite3")
+    store_url = postgres_url or f"sqlite:///{work / 'events.sqlite3'}"
     emulator = None
     try:
-        started = time.perf_counter()
-        for index, shop in enumerate(names):
-            fill(store, events, users, items, shop=shop, seed=index)
-            store.set_shop_installed(shop, True)
-        fill_seconds = time.perf_counter() - started
-        others = sorted(set(store.installed_shops()) - set(names))
+        prepared = events_of(code, store_url, "fill", names, events, users, items)
+        fill_seconds = prepared["seconds"]
+        others = sorted(set(prepared["installed"]) - set(names))
         if others:  # the job trains every installed shop: the figures a shop would count them too
             raise SystemExit(f"the event store holds {len(others)} other installed shops ({', '.join(others[:3])}, ...):"
                              " use a database of the probe's own")
@@ -150,14 +170,14 @@ def measure(shops: int, events: int, users: int, items: int, nights: int, histor
                      "seconds_per_shop": round(run["seconds"] / handled, 4) if handled else None,
                      "downloads": sum(1 for line in counted if "alt=media" in line),
                      "uploads": sum(1 for line in counted if line.startswith('"POST /upload')),
-                     "shops_in_timeout": int(TIMEOUT_SECONDS / (run["seconds"] / handled)) if handled else None}
+                     "shops_in_budget": int(BUDGET_SECONDS / (run["seconds"] / handled)) if handled else None}
             runs.append(entry)
             ended = (f"killed at {timeout:g} s" if run["killed"] else
                      f"peak {entry['peak_mib']:.0f} MiB, {outcome}")
             print(f"  night {night}: {entry['seconds']:.1f} s, {ended}, {entry['shops_trained']} shops trained, "
                   f"{entry['requests']} requests ({entry['requests_per_shop']} a shop: {entry['downloads']} downloads,"
-                  f" {entry['uploads']} uploads) -> {entry['shops_in_timeout']} such shops in "
-                  f"{TIMEOUT_SECONDS // 60} minutes", flush=True)
+                  f" {entry['uploads']} uploads) -> {entry['shops_in_budget']} such shops in the "
+                  f"{BUDGET_SECONDS / 60:g}-minute budget", flush=True)
             if night == 0 and history:  # through the relay: the emulator keeps the address an object was written
                 # through in its media link, which later downloads follow (written around it, they skipped the relay)
                 write_history(gcs_env["STORAGE_EMULATOR_HOST"], names, history)
@@ -165,15 +185,20 @@ def measure(shops: int, events: int, users: int, items: int, nights: int, histor
         if emulator is not None:
             emulator.stop()
         if postgres_url:
-            for shop in names:
-                store.redact_shop(shop)
-        store.close()
+            events_of(code, store_url, "redact", names)
     waiting = waiting_nights(trained_by_night, names)
     return {"shops": shops, "events_per_shop": events, "store": "postgresql" if postgres_url else "sqlite",
             "rtt_ms": rtt_ms, "history": history, "code": str(code), "fill_seconds": round(fill_seconds, 1),
             "timeout": timeout, "nights": runs, "most_nights_waiting": max(waiting.values()),
             "shops_untrained_since_night_0": sum(1 for nights_waiting in waiting.values() if nights_waiting == nights
                                                  and nights > 0)}
+
+
+def positive_seconds(text: str) -> float:
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"a number of seconds > 0, got {text!r}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -186,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--history", type=int, default=49,
                         help="run logs each shop's folder holds before the nights measured, besides the first night's")
     parser.add_argument("--rtt-ms", type=float, default=20.0, help="added to each request to the model store")
-    parser.add_argument("--timeout", type=float,
+    parser.add_argument("--timeout", type=positive_seconds,
                         help="kill each night after the first at this many seconds, as the function's timeout does, "
                              "and give it the time budget deploy.py derives from that timeout")
     add_job_arguments(parser)

@@ -255,16 +255,19 @@ def model_memory_mib(spec: FunctionSpec, told: float | None) -> float | None:
 # started only if its last training time fits in what is left, and the rest covers one slower than that (the same
 # 5M-event job took 116-145 s between runs, bench/PERFORMANCE.md round 33). 1800 s: 1500.
 TRAIN_BUDGET_SHARE = 5 / 6
-_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600}
 
 
 def train_budget_seconds(spec: FunctionSpec) -> int:
-    """TRAIN_BUDGET_SECONDS for a function that trains: its share of the function's timeout."""
-    match = re.fullmatch(r"(\d+)([smh]?)", spec.timeout.strip())
-    if match is None:
-        raise SystemExit(f"{spec.entry_point.upper()}_TIMEOUT must be a duration such as 1800s, 30m or 1h;"
+    """TRAIN_BUDGET_SECONDS for a function that trains: its share of the function's timeout (1800, 1800s, 30m,
+    1h, 1h30m; what gcloud takes as a whole number of seconds)."""
+    text = spec.timeout.strip()
+    match = re.fullmatch(r"(\d+)|(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", text)
+    if not text or match is None:
+        raise SystemExit(f"{spec.entry_point.upper()}_TIMEOUT must be a duration such as 1800s, 30m or 1h30m;"
                          f" got {spec.timeout!r}")
-    return max(1, int(int(match[1]) * _DURATION_UNITS[match[2] or "s"] * TRAIN_BUDGET_SHARE))  # 0 would be none
+    plain, hours, minutes, seconds = (int(group or 0) for group in match.groups())
+    timeout = plain + 3600 * hours + 60 * minutes + seconds
+    return max(1, int(timeout * TRAIN_BUDGET_SHARE))  # 0 would mean no budget
 
 
 def render(command: list[str]) -> str:

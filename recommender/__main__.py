@@ -35,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     exporter.add_argument("export_id")
     exporter.add_argument("--shop", required=True)
     trainer = commands.add_parser("train", help="train and publish a model per shop")
-    trainer.add_argument("--shop", help="only this shop (default: every shop with events)")
+    trainer.add_argument("--shop", help="only this shop (default: the installed shops, started longest ago first, "
+                                        "as many as TRAIN_BUDGET_SECONDS holds; the others are deferred to the next run)")
     backfiller = commands.add_parser("backfill", help="store past products and orders from Shopify's Admin API")
     backfiller.add_argument("--shop", required=True, help="shop domain, e.g. example.myshopify.com")
     backfiller.add_argument("--token-env", default="SHOPIFY_ADMIN_TOKEN",

@@ -174,14 +174,18 @@ FAILURES_IN_A_ROW = 3  # the scheduled run stops at this many shops failing one 
 def run_scheduled_training(store: EventStore, model_store: ModelStore, config: TrainingConfig, gate: GateConfig,
                            retention_days: float = 0, shops: list[str] | None = None,
                            now: datetime | None = None, budget_seconds: float = 0) -> dict:
-    """Prune events past retention, then retrain each installed shop (or the given ones).
+    """Prune events past retention, then retrain each installed shop (or the given ones, in that order).
 
-    The installed shops go longest waiting first: never trained, then the one the job finished longest ago. With
-    `budget_seconds` (> 0) a shop is started only if the run's time so far plus what the shop's last training took
-    fits in it; the others are listed under `deferred` and, not having been trained, are the first the next run
-    trains. The first shop of a run is always started, so a shop whose training alone outlasts the budget is
-    trained once it heads the queue. The `train` function's timeout kills a run that outlasts it, and a run in a
-    fixed order used to leave the same shops at the end of the list untrained every night.
+    The installed shops come in the event store's queue (`training_queue`): each is moved to its back when it is
+    started, so a run takes the shops started longest ago (or never) first. A shop whose last training never
+    finished goes first if that happened once (it was started late and the function's timeout came first), and last
+    once it has happened twice in a row (it dies whenever it runs: more memory or time than the function has); such
+    shops are listed under `interrupted`. The `train` function's timeout kills a run that outlasts it, and a run in
+    a fixed order used to leave the same shops, those after its end, untrained every night.
+
+    With `budget_seconds` (> 0) a shop is started only if the run's time so far plus what the shop's last training
+    took fits in it; the others are listed under `deferred`, keep their place and head the next run. The first shop
+    of a run is started whatever its time, so a shop that needs the whole budget gets it when its turn comes.
 
     One shop's failure (the model store out of reach for its publish, an error in its data) is logged with its
     traceback and listed under `failed`, and the next shops are trained all the same: an app installed in many
@@ -194,8 +198,12 @@ def run_scheduled_training(store: EventStore, model_store: ModelStore, config: T
     named = [check_shop_domain(shop) for shop in shops] if shops is not None else None  # a bad name: refused first
     pruned = store.prune_events(now - timedelta(days=retention_days)) if retention_days > 0 else 0
     waiting = store.training_queue()
-    expected = dict(waiting)
-    queue = named if named is not None else [shop for shop, _ in waiting]
+    expected = {queued.shop: queued.expected_seconds for queued in waiting}
+    interrupted = [{"shop": queued.shop, "unfinished": queued.unfinished} for queued in waiting if queued.unfinished]
+    if interrupted:
+        log.warning("%d shops' last training never finished (killed: the function's timeout or memory), e.g. %s "
+                    "(%d in a row)", len(interrupted), interrupted[0]["shop"], interrupted[0]["unfinished"])
+    queue = named if named is not None else [queued.shop for queued in waiting]
     trained, kept, skipped, failed, deferred = [], [], [], [], []
     in_a_row = 0
     for position, shop in enumerate(queue):
@@ -203,16 +211,17 @@ def run_scheduled_training(store: EventStore, model_store: ModelStore, config: T
         if budget_seconds > 0 and position > 0 and elapsed + (expected.get(shop) or 0) > budget_seconds:
             deferred.append({"shop": shop, "expected_seconds": expected.get(shop)})
             continue
+        _note_queue(store.training_started, shop, datetime.now(timezone.utc))
         shop_started = time.perf_counter()
-        seconds = None  # a failure's time says nothing of the shop's next training: its last figure stays
         try:
             record = retrain_shop(store, model_store, check_shop_domain(shop), config, gate, now)
         except (NotEnoughData, PublishConflict) as exc:  # a lost publish race: the other trainer's model stands
             skipped.append({"shop": shop, "reason": str(exc)})
             in_a_row = 0
-            seconds = time.perf_counter() - shop_started
+            _note_queue(store.training_finished, shop, round(time.perf_counter() - shop_started, 3))
         except Exception as exc:  # noqa: BLE001 - reported below and in the run's answer; the other shops go on
             in_a_row += 1
+            _note_queue(store.training_finished, shop, None)  # a failure's time says nothing of its next training
             if in_a_row >= FAILURES_IN_A_ROW:
                 log.error("%d shops failed in a row, the last %s; stopping with %d shops not tried (trained %d)",
                           in_a_row, shop, len(queue) - position - 1, len(trained))
@@ -222,19 +231,19 @@ def run_scheduled_training(store: EventStore, model_store: ModelStore, config: T
         else:
             in_a_row = 0
             (trained if record["published"] else kept).append(record)
-            seconds = time.perf_counter() - shop_started
-        _record_training(store, shop, seconds)
+            _note_queue(store.training_finished, shop, round(time.perf_counter() - shop_started, 3))
     if deferred:
         log.warning("time budget of %gs spent: %d shops deferred to the next run (the first %s)", budget_seconds,
                     len(deferred), deferred[0]["shop"])
     return {"trained": trained, "kept": kept, "skipped": skipped, "failed": failed, "deferred": deferred,
-            "pruned_events": pruned, "seconds": round(time.perf_counter() - started, 3)}
+            "interrupted": interrupted, "pruned_events": pruned, "seconds": round(time.perf_counter() - started, 3)}
 
 
-def _record_training(store: EventStore, shop: str, seconds: float | None) -> None:
-    """The shop's place in the next run's queue (last) and its estimate. Not recorded, it keeps its place: it may be
-    trained again first next time, which is harmless, so a store that refuses this write does not stop the run."""
+def _note_queue(write, shop: str, value) -> None:
+    """A shop's place in the training queue written (`training_started` or `training_finished`). A store that
+    refuses it does not stop the run: the shop's place is only less fair, and the next shop's read meets the same
+    store and reports it."""
     try:
-        store.record_training(shop, datetime.now(timezone.utc), None if seconds is None else round(seconds, 3))
-    except Exception:  # noqa: BLE001 - the next shop's read meets the same store and reports it
-        log.exception("could not record that %s was trained; it keeps its place in the queue", shop)
+        write(shop, value)
+    except Exception:  # noqa: BLE001 - logged; see above
+        log.exception("could not write %s's place in the training queue", shop)

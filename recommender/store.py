@@ -141,10 +141,11 @@ SQLITE_MIGRATIONS: tuple[str, ...] = (
     "ALTER TABLE products ADD COLUMN sellable INTEGER NOT NULL DEFAULT 1;"
     f" UPDATE products SET sellable = 0 WHERE {NOT_FOR_SALE.format(yes='1', no='0')};"
     " CREATE INDEX products_by_sellable ON products (shop, sellable);",
-    # When the training job last finished with each shop and how long its last training took: the nightly run
-    # trains the shops longest waiting first and defers the ones its time budget no longer holds (retraining.py).
-    "ALTER TABLE shop_state ADD COLUMN trained_at TEXT;"
-    " ALTER TABLE shop_state ADD COLUMN train_seconds REAL;",
+    # The training job's queue (retraining.py): when it last started each shop, what the shop's last finished
+    # training took, and how many of its trainings in a row were started and never finished (killed).
+    "ALTER TABLE shop_state ADD COLUMN train_started_at TEXT;"
+    " ALTER TABLE shop_state ADD COLUMN train_seconds REAL;"
+    " ALTER TABLE shop_state ADD COLUMN train_unfinished INTEGER NOT NULL DEFAULT 0;",
 )
 
 # Every table that holds a shop's data, in both backends: what redact_shop empties.
@@ -246,13 +247,34 @@ class EventStore(Protocol):
     def is_shop_installed(self, shop: str) -> bool: ...
     def installed_with_unsellable(self, shop: str) -> tuple[bool, set[str]]: ...
     def installed_shops(self) -> list[str]: ...
-    def training_queue(self) -> list[tuple[str, float | None]]: ...
-    def record_training(self, shop: str, finished_at: datetime, seconds: float | None) -> None: ...
+    def training_queue(self) -> list["QueuedShop"]: ...
+    def training_started(self, shop: str, at: datetime) -> None: ...
+    def training_finished(self, shop: str, seconds: float | None) -> None: ...
     def prune_events(self, older_than: datetime) -> int: ...
     def close(self) -> None: ...
 
 
 _INSTALLED_SQL = "SELECT 1 FROM shop_state WHERE shop = ? AND installed = 1"
+
+
+class QueuedShop(NamedTuple):
+    """An installed shop in the training job's queue."""
+
+    shop: str
+    expected_seconds: float | None  # what its last finished training took (None: none finished yet)
+    unfinished: int  # its trainings in a row that were started and never finished: the process was killed
+
+
+# The training job's order ({never_started}: how the backend sorts a shop never started first): a shop whose last
+# training was killed once (started late, the timeout came first) heads the queue with the whole run before it;
+# then the others, never started first, then the one started longest ago; last, a shop killed twice or more in a row,
+# which dies whenever it runs (too big for the function's memory or timeout) and would take the shops after it down.
+TRAINING_QUEUE_SQL = ("SELECT shop, train_seconds, train_unfinished FROM shop_state WHERE installed = {yes}"
+                      " ORDER BY CASE train_unfinished WHEN 1 THEN 0 WHEN 0 THEN 1 ELSE 2 END, {never_started}")
+TRAINING_STARTED_SQL = ("UPDATE shop_state SET train_started_at = {p}, train_unfinished = train_unfinished + 1"
+                        " WHERE shop = {p}")
+TRAINING_FINISHED_SQL = ("UPDATE shop_state SET train_unfinished = 0, train_seconds = coalesce({p}, train_seconds)"
+                         " WHERE shop = {p}")
 
 # Shared by both backends ({p}: the parameter marker; {no}: the false literal): the flag `apply` keeps.
 UNSELLABLE_SQL = "SELECT product_id FROM products WHERE shop = {p} AND sellable = {no}"
@@ -1049,20 +1071,21 @@ class SQLiteEventStore(SharedQueries):
     def installed_shops(self) -> list[str]:
         return [r[0] for r in self._read("SELECT shop FROM shop_state WHERE installed = 1 ORDER BY shop")]
 
-    def training_queue(self) -> list[tuple[str, float | None]]:
-        """The installed shops, the one the training job finished longest ago first (never: first of all), each
-        with how many seconds its last training took (None: not known)."""
-        return [(shop, seconds) for shop, seconds in self._read(
-            "SELECT shop, train_seconds FROM shop_state WHERE installed = 1"
-            " ORDER BY trained_at IS NOT NULL, trained_at, shop")]
+    def training_queue(self) -> list[QueuedShop]:
+        """The installed shops in the order the training job takes them (TRAINING_QUEUE_SQL)."""
+        sql = TRAINING_QUEUE_SQL.format(yes="1", never_started="train_started_at IS NOT NULL, train_started_at, shop")
+        return [QueuedShop(*row) for row in self._read(sql)]
 
-    def record_training(self, shop: str, finished_at: datetime, seconds: float | None) -> None:
-        """The training job is done with `shop` at `finished_at`; `seconds` (None: keep the last figure) is what
-        its training took, the next night's estimate."""
-        at = iso_utc(require_aware(finished_at, "finished_at"))
-        self._write(lambda conn: conn.execute(
-            "UPDATE shop_state SET trained_at = ?, train_seconds = coalesce(?, train_seconds) WHERE shop = ?",
-            (at, seconds, shop)))
+    def training_started(self, shop: str, at: datetime) -> None:
+        """The training job starts `shop` at `at`: it goes to the back of the queue, counted unfinished until
+        `training_finished`."""
+        self._write(lambda conn: conn.execute(TRAINING_STARTED_SQL.format(p="?"),
+                                              (iso_utc(require_aware(at, "at")), shop)))
+
+    def training_finished(self, shop: str, seconds: float | None) -> None:
+        """The training job is done with `shop` (trained, kept, skipped or failed); `seconds` (None: keep the last
+        figure) is what it took, the next run's estimate."""
+        self._write(lambda conn: conn.execute(TRAINING_FINISHED_SQL.format(p="?"), (seconds, shop)))
 
     def prune_events(self, older_than: datetime) -> int:
         """Delete events that occurred, and deliveries received, before `older_than`; returns events deleted."""

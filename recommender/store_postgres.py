@@ -39,6 +39,7 @@ from recommender.changes import ChangeSet, Delivery, Event
 from recommender.events import CatalogProduct, EventKind, order_line_key
 from recommender.store import (
     EVENT_EXPORT_COLUMNS, KINDS, NOT_FOR_SALE, TOPICS_NOT_PROVING_INSTALL, UNSELLABLE_SQL, ActivityBucket, Interaction,
+    TRAINING_FINISHED_SQL, TRAINING_QUEUE_SQL, TRAINING_STARTED_SQL, QueuedShop,
     SharedQueries, customer_export, export_json, iso_utc, of_one_shop, refund_adjustment_key, require_aware,
 )
 
@@ -173,9 +174,10 @@ POSTGRES_MIGRATIONS: tuple[str, ...] = (
     " SELECT e.user_key, e.product_id, e.kind, e.occurred_at, e.order_id, e.weight_factor, e.id FROM events e"
     " WHERE e.shop = p_shop AND e.user_key = p_user_key AND e.weight_factor > 0"
     " ORDER BY e.occurred_at DESC, e.id DESC LIMIT p_limit; END $$;",
-    # When the training job last finished with each shop and how long its last training took: the nightly run
-    # trains the shops longest waiting first and defers the ones its time budget no longer holds (retraining.py).
-    "ALTER TABLE shop_state ADD COLUMN trained_at timestamptz, ADD COLUMN train_seconds double precision;",
+    # The training job's queue (retraining.py): when it last started each shop, what the shop's last finished
+    # training took, and how many of its trainings in a row were started and never finished (killed).
+    "ALTER TABLE shop_state ADD COLUMN train_started_at timestamptz, ADD COLUMN train_seconds double precision,"
+    " ADD COLUMN train_unfinished integer NOT NULL DEFAULT 0;",
 )
 
 # Advisory lock keys. Migrations take one 64-bit key for the whole database; writes take (namespace, key) pairs, a
@@ -1421,16 +1423,16 @@ class PostgresEventStore(SharedQueries):
     def installed_shops(self) -> list[str]:
         return [r[0] for r in self._read('SELECT shop FROM shop_state WHERE installed ORDER BY shop COLLATE "C"')]
 
-    def training_queue(self) -> list[tuple[str, float | None]]:
-        return [(shop, seconds) for shop, seconds in self._read(
-            "SELECT shop, train_seconds FROM shop_state WHERE installed"
-            ' ORDER BY trained_at NULLS FIRST, shop COLLATE "C"')]
+    def training_queue(self) -> list[QueuedShop]:
+        sql = TRAINING_QUEUE_SQL.format(yes="true", never_started='train_started_at NULLS FIRST, shop COLLATE "C"')
+        return [QueuedShop(*row) for row in self._read(sql)]
 
-    def record_training(self, shop: str, finished_at: datetime, seconds: float | None) -> None:
-        at = require_aware(finished_at, "finished_at")
-        self._write(lambda conn: conn.execute(
-            "UPDATE shop_state SET trained_at = %s, train_seconds = coalesce(%s, train_seconds) WHERE shop = %s",
-            (at, seconds, shop)))
+    def training_started(self, shop: str, at: datetime) -> None:
+        self._write(lambda conn: conn.execute(TRAINING_STARTED_SQL.format(p="%s"),
+                                              (require_aware(at, "at"), shop)))
+
+    def training_finished(self, shop: str, seconds: float | None) -> None:
+        self._write(lambda conn: conn.execute(TRAINING_FINISHED_SQL.format(p="%s"), (seconds, shop)))
 
     def prune_events(self, older_than: datetime) -> int:
         cutoff = require_aware(older_than, "older_than")

@@ -150,6 +150,7 @@ def test_functions_that_train_start_shops_within_five_sixths_of_their_timeout():
     # Act
     default = deployed(dry_run("--with-app"))
     longer = deployed(dry_run("--with-app", TRAIN_TIMEOUT="1h", APP_TIMEOUT="600"))
+    mixed = deployed(dry_run("--with-app", TRAIN_TIMEOUT="1h30m", APP_TIMEOUT="20m30s"))
 
     # Assert
     def budget(functions, name):
@@ -157,6 +158,7 @@ def test_functions_that_train_start_shops_within_five_sixths_of_their_timeout():
 
     assert (budget(default, "train"), budget(default, "app")) == ("1500", "1500")  # 1800 s × 5/6
     assert (budget(longer, "train"), budget(longer, "app")) == ("3000", "500")  # 3600 × 5/6; 600 × 5/6
+    assert (budget(mixed, "train"), budget(mixed, "app")) == ("4500", "1025")  # 5,400 × 5/6; 1,230 × 5/6
     assert longer["train"]["--timeout"] == "1h"
     for name in ("webhook", "recommend", "collect", "healthz"):
         assert budget(default, name) is None
@@ -166,7 +168,7 @@ def test_a_training_timeout_that_is_not_a_duration_fails_naming_it():
     result = deploy("--dry-run", TRAIN_TIMEOUT="half an hour")
 
     assert result.returncode != 0
-    assert "TRAIN_TIMEOUT must be a duration such as 1800s, 30m or 1h; got 'half an hour'" in result.stderr
+    assert "TRAIN_TIMEOUT must be a duration such as 1800s, 30m or 1h30m; got 'half an hour'" in result.stderr
 
 
 @pytest.mark.parametrize(("flags", "env", "message"), [

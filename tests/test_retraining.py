@@ -11,6 +11,7 @@ from recommender.changes import Delivery
 from recommender.model_store import LocalModelStore
 from recommender.retraining import GateConfig, run_scheduled_training
 from recommender.settings import TrainingConfig
+from recommender.store import QueuedShop
 from tests.conftest import SHOP, order_payload
 from webhooks.topics import TopicContext, order_created
 
@@ -169,26 +170,33 @@ def small_shops(store, names: list[str]) -> None:
 
 
 def trained_before(store, shops_and_seconds: list[tuple[str, float | None]]) -> None:
-    """Each shop's last training, in this order an hour apart, and what it took."""
-    for hour, (shop, seconds) in enumerate(shops_and_seconds):
-        store.record_training(shop, NOW - timedelta(days=1) + timedelta(hours=hour), seconds)
+    """Each shop's last training, started in this order a minute apart yesterday, and what it took (None: it was
+    killed and never finished)."""
+    yesterday = datetime.now(timezone.utc) - timedelta(days=1)  # the run marks its starts with the real clock
+    for minute, (shop, seconds) in enumerate(shops_and_seconds):
+        store.training_started(shop, yesterday + timedelta(minutes=minute))
+        if seconds is not None:
+            store.training_finished(shop, seconds)
+
+
+def queued(store) -> list[str]:
+    return [entry.shop for entry in store.training_queue()]
 
 
 NO_GATE = GateConfig(enabled=False)
 A, B, C = (f"{name}-shop.myshopify.com" for name in "abc")
 
 
-def test_the_run_trains_the_shops_never_trained_then_those_waiting_longest(store, models):
+def test_the_run_trains_the_shops_never_trained_then_those_started_longest_ago(store, models):
     small_shops(store, [A, B, C, SHOP])
-    trained_before(store, [(C, 2.0), (A, 3.0), (B, 1.0)])  # SHOP: never trained
+    trained_before(store, [(C, 500.0), (A, 600.0), (B, 700.0)])  # SHOP: never trained
 
     report = run_scheduled_training(store, models, CONFIG, NO_GATE, now=NOW, budget_seconds=0)
 
     assert [record["shop"] for record in report["trained"]] == [SHOP, C, A, B]
-    assert report["deferred"] == [] and report["seconds"] > 0
-    queue = store.training_queue()
-    assert [shop for shop, _ in queue] == [SHOP, C, A, B]  # finished in that order: the next run's order too
-    assert all(0 < seconds < 2.0 * 60 for _, seconds in queue)  # each shop's own time replaced the planted one
+    assert report["deferred"] == [] and report["interrupted"] == [] and report["seconds"] > 0
+    assert queued(store) == [SHOP, C, A, B]  # started in that order: the next run's order too
+    assert all(entry.expected_seconds < 500 and entry.unfinished == 0 for entry in store.training_queue())
 
 
 def test_a_shop_whose_last_time_no_longer_fits_the_budget_waits_and_heads_the_next_run(store, models):
@@ -198,7 +206,7 @@ def test_a_shop_whose_last_time_no_longer_fits_the_budget_waits_and_heads_the_ne
     trained_before(store, [(A, 100.0), (B, 1000.0), (C, 10.0)])
 
     first = run_scheduled_training(store, models, CONFIG, NO_GATE, now=NOW, budget_seconds=500)
-    queue, b_model = [shop for shop, _ in store.training_queue()], models.latest(B)
+    queue, b_model = queued(store), models.latest(B)
     second = run_scheduled_training(store, models, CONFIG, NO_GATE, now=NOW + timedelta(days=1), budget_seconds=500)
 
     assert [record["shop"] for record in first["trained"]] == [A, C]
@@ -215,7 +223,33 @@ def test_once_the_budget_is_spent_every_shop_left_is_deferred_in_queue_order(sto
 
     assert [record["shop"] for record in report["trained"]] == [A]  # the first shop of a run is always started
     assert report["deferred"] == [{"shop": B, "expected_seconds": None}, {"shop": C, "expected_seconds": None}]
-    assert [shop for shop, _ in store.training_queue()] == [B, C, A]
+    assert queued(store) == [B, C, A]
+
+
+def test_a_shop_killed_once_is_reported_and_heads_the_next_run(store, models):
+    """A run killed while training a shop leaves it started and never finished: the next run says so and starts
+    with it, since it may only have been started too late for the timeout."""
+    small_shops(store, [A, B, C])
+    trained_before(store, [(A, 1.0), (B, 1.0), (C, None)])  # C: started last, and the run was killed
+
+    report = run_scheduled_training(store, models, CONFIG, NO_GATE, now=NOW, budget_seconds=0)
+
+    assert report["interrupted"] == [{"shop": C, "unfinished": 1}]
+    assert [record["shop"] for record in report["trained"]] == [C, A, B]
+    assert [(entry.shop, entry.unfinished) for entry in store.training_queue()] == [(C, 0), (A, 0), (B, 0)]
+
+
+def test_a_shop_killed_twice_in_a_row_is_trained_after_the_others(store, models):
+    """Killed again at the head of a run, a shop dies whenever it runs (more memory or time than the function has):
+    it goes last, so the other shops are trained before it takes a run down with it."""
+    small_shops(store, [A, B, C])
+    trained_before(store, [(A, 1.0), (B, None), (C, 1.0)])
+    store.training_started(B, datetime.now(timezone.utc) - timedelta(hours=1))  # killed again, at a run's head
+
+    report = run_scheduled_training(store, models, CONFIG, NO_GATE, now=NOW, budget_seconds=0)
+
+    assert report["interrupted"] == [{"shop": B, "unfinished": 2}]
+    assert [record["shop"] for record in report["trained"]] == [A, C, B]
 
 
 def test_a_shop_that_failed_goes_to_the_back_keeping_its_last_time(store, models):
@@ -228,7 +262,7 @@ def test_a_shop_that_failed_goes_to_the_back_keeping_its_last_time(store, models
 
     assert [failed["shop"] for failed in report["failed"]] == [B]
     queue = store.training_queue()
-    assert [shop for shop, _ in queue] == [A, B, C] and dict(queue)[B] == 7.5
+    assert [entry.shop for entry in queue] == [A, B, C] and queue[1] == QueuedShop(B, 7.5, 0)
 
 
 def test_named_shops_are_trained_in_the_order_given(store, models):
@@ -238,4 +272,4 @@ def test_named_shops_are_trained_in_the_order_given(store, models):
     report = run_scheduled_training(store, models, CONFIG, NO_GATE, shops=[C, A], now=NOW)
 
     assert [record["shop"] for record in report["trained"]] == [C, A]
-    assert [shop for shop, _ in store.training_queue()] == [B, C, A]
+    assert queued(store) == [B, C, A]

@@ -21,7 +21,7 @@ from recommender.changes import ChangeSet, Delivery, Event, IdentityLink, Invent
 from recommender.events import CatalogProduct, CatalogVariant, EventKind, order_line_key
 from recommender.store import (
     EVENT_EXPORT_COLUMNS, SHOP_TABLES, SQLITE_MIGRATIONS, ActivityBucket, EventStore, Interaction, ProductCard,
-    SQLiteEventStore, open_event_store,
+    QueuedShop, SQLiteEventStore, open_event_store,
 )
 from tests.conftest import SHOP
 from tests.postgres_schema import run, temporary_schema
@@ -982,29 +982,46 @@ def test_data_exports_are_kept_per_shop_and_replaced_by_id(any_store):
     assert any_store.data_export(SHOP, "req-3") is None
 
 
-def test_the_training_queue_puts_the_shops_waiting_longest_first(any_store):
-    # Arrange: three installed shops and one removed
-    third, removed = "c-third.myshopify.com", "d-removed.myshopify.com"
-    for shop in (third, OTHER_SHOP, SHOP, removed):
+def test_the_training_queue_puts_the_shops_started_longest_ago_first_and_those_killed_apart(any_store):
+    # Arrange: four installed shops and one removed
+    third, fourth, removed = "c-third.myshopify.com", "e-fourth.myshopify.com", "d-removed.myshopify.com"
+    for shop in (third, OTHER_SHOP, SHOP, fourth, removed):
         any_store.set_shop_installed(shop, True)
     any_store.set_shop_installed(removed, False)
-    assert any_store.training_queue() == [(shop, None) for shop in sorted([SHOP, OTHER_SHOP, third])]
+    never = [QueuedShop(shop, None, 0) for shop in sorted([SHOP, OTHER_SHOP, third, fourth])]
+    assert any_store.training_queue() == never
 
-    # Act: SHOP trained an hour after the other one; the third failed (no figure) in between
-    any_store.record_training(OTHER_SHOP, T0, 40.25)
-    any_store.record_training(SHOP, T0 + timedelta(hours=1), 3.5)
-    any_store.record_training(third, T0 + timedelta(minutes=30), None)
-    any_store.record_training(removed, T0, 1.0)
-    any_store.record_training("never-installed.myshopify.com", T0, 1.0)  # no such shop: nothing to write
+    # Act: a night's run: OTHER_SHOP trained in 40.25 s, then SHOP (3.5 s), then `third` failed, then `fourth`
+    # started and the run was killed
+    for minute, (shop, seconds) in enumerate([(OTHER_SHOP, 40.25), (SHOP, 3.5), (third, None), (fourth, "killed")]):
+        any_store.training_started(shop, T0 + timedelta(minutes=minute))
+        if seconds != "killed":
+            any_store.training_finished(shop, seconds)
+    any_store.training_started(removed, T0)
+    any_store.training_finished("never-installed.myshopify.com", 1.0)  # no such shop: no row is made (below)
 
-    # Assert
-    assert any_store.training_queue() == [(OTHER_SHOP, 40.25), (third, None), (SHOP, 3.5)]
-    any_store.record_training(OTHER_SHOP, T0 + timedelta(hours=2), None)  # a failure keeps the last figure
-    assert any_store.training_queue() == [(third, None), (SHOP, 3.5), (OTHER_SHOP, 40.25)]
-    any_store.set_shop_installed(removed, True)  # installed again: its last training, at T0, is the oldest
-    assert any_store.training_queue() == [(removed, 1.0), (third, None), (SHOP, 3.5), (OTHER_SHOP, 40.25)]
+    # Assert: the killed shop first, then in the order they were started
+    assert any_store.training_queue() == [QueuedShop(fourth, None, 1), QueuedShop(OTHER_SHOP, 40.25, 0),
+                                          QueuedShop(SHOP, 3.5, 0), QueuedShop(third, None, 0)]
+
+    # Act: the next run starts `fourth` first and is killed again; OTHER_SHOP fails, keeping its last time
+    any_store.training_started(fourth, T0 + timedelta(days=1))
+    any_store.training_started(OTHER_SHOP, T0 + timedelta(days=1, minutes=1))
+    any_store.training_finished(OTHER_SHOP, None)
+
+    # Assert: killed twice in a row, `fourth` goes last; finished, it is back in turn
+    assert any_store.training_queue() == [QueuedShop(SHOP, 3.5, 0), QueuedShop(third, None, 0),
+                                          QueuedShop(OTHER_SHOP, 40.25, 0), QueuedShop(fourth, None, 2)]
+    any_store.training_finished(fourth, 600.0)
+    assert any_store.training_queue() == [QueuedShop(SHOP, 3.5, 0), QueuedShop(third, None, 0),
+                                          QueuedShop(fourth, 600.0, 0), QueuedShop(OTHER_SHOP, 40.25, 0)]
+    any_store.training_finished(removed, 1.0)
+    any_store.set_shop_installed(removed, True)  # installed again: it keeps its place, started at T0
+    any_store.set_shop_installed("never-installed.myshopify.com", True)  # its row is new: never started
+    assert any_store.training_queue()[:3] == [QueuedShop("never-installed.myshopify.com", None, 0),
+                                              QueuedShop(removed, 1.0, 0), QueuedShop(SHOP, 3.5, 0)]
     with pytest.raises(ValueError):
-        any_store.record_training(SHOP, datetime(2026, 1, 1), 1.0)  # a time without its zone
+        any_store.training_started(SHOP, datetime(2026, 1, 1))  # a time without its zone
 
 
 def test_shop_installation_follows_the_markers_and_webhook_deliveries(any_store):
@@ -1176,11 +1193,12 @@ def test_an_upgraded_database_queues_its_installed_shops_for_training(tmp_path):
     # Act
     store = SQLiteEventStore(path)
 
-    # Assert: never trained, so by name and without an estimate; trained, the shop goes last with its time
+    # Assert: never started, so by name and without an estimate; started and finished, the shop goes last
     try:
-        assert store.training_queue() == [("a.myshopify.com", None), ("b.myshopify.com", None)]
-        store.record_training("a.myshopify.com", T0, 12.5)
-        assert store.training_queue() == [("b.myshopify.com", None), ("a.myshopify.com", 12.5)]
+        assert store.training_queue() == [QueuedShop("a.myshopify.com", None, 0), QueuedShop("b.myshopify.com", None, 0)]
+        store.training_started("a.myshopify.com", T0)
+        store.training_finished("a.myshopify.com", 12.5)
+        assert store.training_queue() == [QueuedShop("b.myshopify.com", None, 0), QueuedShop("a.myshopify.com", 12.5, 0)]
     finally:
         store.close()
 

@@ -181,6 +181,28 @@ def test_an_upgraded_schema_knows_which_of_its_stored_products_are_for_sale(sche
         store.close()
 
 
+def test_an_upgraded_schema_queues_its_installed_shops_for_training(schema_url):
+    from recommender.store import QueuedShop
+    from recommender.store_postgres import POSTGRES_MIGRATIONS
+
+    # Arrange: a schema at the version before the training queue, with two shops installed and one removed
+    schema_at_version(schema_url, len(POSTGRES_MIGRATIONS) - 1)
+    for shop, installed in [("b.myshopify.com", True), ("a.myshopify.com", True), ("gone.myshopify.com", False)]:
+        run(schema_url, "INSERT INTO shop_state VALUES (%s, %s, now())", (shop, installed))
+
+    # Act
+    store = open_event_store(schema_url)
+
+    # Assert: never started, so by name; started and finished, the shop goes last with its time
+    try:
+        assert store.training_queue() == [QueuedShop("a.myshopify.com", None, 0), QueuedShop("b.myshopify.com", None, 0)]
+        store.training_started("a.myshopify.com", datetime(2026, 9, 1, tzinfo=timezone.utc))
+        store.training_finished("a.myshopify.com", 12.5)
+        assert store.training_queue() == [QueuedShop("b.myshopify.com", None, 0), QueuedShop("a.myshopify.com", 12.5, 0)]
+    finally:
+        store.close()
+
+
 @pytest.mark.parametrize("built_by_hand", [False, True], ids=["migrated", "index-built-concurrently-first"])
 def test_an_upgraded_schema_reads_a_shoppers_latest_events_through_an_index_in_their_order(schema_url, built_by_hand):
     from recommender.changes import Event
