@@ -24,7 +24,9 @@ turn, each in a process of its own:
   the job's settings (BLAS on one thread, implicit's threads on every core): what no job can go below.
 
 Prints each one's wall time and peak RSS (its own high-water mark, which it reports as it exits), their medians, and the job's against
-the floor's.
+the floor's. The events are stored by this checkout's code: --code and --before must know its event store's schema
+(a checkout from before a migration refuses a newer schema, and its job fails saying so; measure such a one with
+this probe from its own checkout).
 """
 
 from __future__ import annotations
