@@ -210,7 +210,7 @@ def train(request: flask.Request) -> flask.Response:
                                      budget_seconds=settings.train_budget_seconds)
     # A shop that failed (the others were trained): 500, so that the scheduler's run shows as failed and the log's
     # error is looked at; the body says what was trained and what failed.
-    return _json(reports, 500 if reports["failed"] else 200)
+    return _json(reports, 500 if reports["failed"] or reports["queue_errors"] else 200)
 
 
 @functions_framework.cloud_event

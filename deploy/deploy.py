@@ -253,8 +253,8 @@ def model_memory_mib(spec: FunctionSpec, told: float | None) -> float | None:
 
 # The share of a training function's time the nightly run may start shops in (TRAIN_BUDGET_SECONDS): a shop is
 # started only if its last training time fits in what is left, and the rest covers one slower than that (the same
-# 5M-event job took 116-145 s between runs, bench/PERFORMANCE.md round 33). Past its timeout Cloud Run answers 504
-# and the run is cut short. 1800 s: 1500.
+# 5M-event job took 116-145 s between runs, bench/PERFORMANCE.md round 33). Past its timeout the caller gets a 504
+# and the run goes on, if at all, throttled in an instance that may be stopped. 1800 s: 1500.
 TRAIN_BUDGET_SHARE = 5 / 6
 # Cloud Scheduler waits at most 30 minutes for an HTTP target (--attempt-deadline); then it cancels the request, and
 # the run it started goes on, if at all, outside any request. The scheduled `train` function's time is the lesser.
@@ -262,19 +262,26 @@ SCHEDULER_DEADLINE_SECONDS = 1800
 
 
 def train_budget_seconds(spec: FunctionSpec) -> int:
-    """TRAIN_BUDGET_SECONDS for a function that trains: its share of the function's timeout (1800, 1800s, 30m,
-    1h, 1h30m: what gcloud takes as a whole number of seconds), and for `train`, which Cloud Scheduler calls, of
-    the scheduler's deadline if that is shorter."""
-    text = spec.timeout.strip()
-    match = re.fullmatch(r"(\d+)|(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", text)
-    if not text or match is None:
-        raise SystemExit(f"{spec.entry_point.upper()}_TIMEOUT must be a duration such as 1800s, 30m or 1h30m;"
+    """TRAIN_BUDGET_SECONDS for a function that trains: its share of the function's timeout, and for `train`, which
+    Cloud Scheduler calls, of the scheduler's deadline if that is shorter."""
+    timeout = timeout_seconds(spec)
+    if timeout is None:
+        raise SystemExit(f"{spec.entry_point.upper()}_TIMEOUT must be a duration such as 1800s, 30m or 1h;"
                          f" got {spec.timeout!r}")
-    plain, hours, minutes, seconds = (int(group or 0) for group in match.groups())
-    timeout = plain + 3600 * hours + 60 * minutes + seconds
     if spec.entry_point == "train":
         timeout = min(timeout, SCHEDULER_DEADLINE_SECONDS)
     return max(1, int(timeout * TRAIN_BUDGET_SHARE))  # 0 would mean no budget
+
+
+def timeout_seconds(spec: FunctionSpec) -> int | None:
+    """The function's timeout in seconds (1800, 1800s, 30m, 1h, 1h30m: what gcloud takes as whole seconds); None
+    for a form left to gcloud to judge."""
+    text = spec.timeout.strip()
+    match = re.fullmatch(r"(\d+)|(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", text)
+    if not text or match is None:
+        return None
+    plain, hours, minutes, seconds = (int(group or 0) for group in match.groups())
+    return plain + 3600 * hours + 60 * minutes + seconds
 
 
 def render(command: list[str]) -> str:
@@ -365,6 +372,10 @@ def _check_cloud_run_sizes(spec: FunctionSpec) -> None:
     if cpu < 1 and spec.concurrency != 1:
         raise SystemExit(f"{name}_CONCURRENCY must be 1 when {name}_CPU is below 1 (Cloud Run serves one request at a"
                          f" time on part of a vCPU); got {spec.concurrency}")
+    timeout, longest = timeout_seconds(spec), (540 if spec.pubsub else 3600)
+    if timeout is not None and not 0 < timeout <= longest:
+        raise SystemExit(f"{name}_TIMEOUT must be from 1 to {longest} s for this function (Cloud Functions' limit for"
+                         f" {'an event-driven' if spec.pubsub else 'an HTTP'} function); got {spec.timeout!r}")
     mib = _mebibytes(spec.memory)
     if mib is not None and (mib > 1024 and cpu < 1 or mib > 512 and cpu < 0.5):
         least = 1 if mib > 1024 else 0.5

@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
                                             settings.retention_days, shops,
                                             budget_seconds=settings.train_budget_seconds)
             print(json.dumps(report, indent=2))
-            if not report["trained"] or report["failed"]:
+            if not report["trained"] or report["failed"] or report["queue_errors"]:
                 return 1
     except (RecommenderError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

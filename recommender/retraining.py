@@ -176,74 +176,86 @@ def run_scheduled_training(store: EventStore, model_store: ModelStore, config: T
                            now: datetime | None = None, budget_seconds: float = 0) -> dict:
     """Prune events past retention, then retrain each installed shop (or the given ones, in that order).
 
-    The installed shops come in the event store's queue (`training_queue`): each is moved to its back when it is
-    started, so a run takes the shops started longest ago (or never) first. A shop whose last training never
-    finished goes first if that happened once (it was started late and the function's timeout came first), and last
-    once it has happened twice in a row (it dies whenever it runs: more memory or time than the function has); such
-    shops are listed under `interrupted`. The `train` function's timeout kills a run that outlasts it, and a run in
-    a fixed order used to leave the same shops, those after its end, untrained every night.
+    The installed shops come in the event store's queue (`training_queue`, TRAINING_QUEUE_SQL): each goes to its back
+    when it is started, so a run takes the shops started longest ago (or never) first. A shop whose last training
+    never finished goes first if that happened once (it was started late and the function's timeout came first), and
+    last once it has happened twice in a row (it dies whenever it runs: more memory or time than the function has);
+    such shops are listed under `interrupted`. A run in a fixed order used to leave the same shops, those past where
+    the function's timeout cut it, untrained every night.
 
     With `budget_seconds` (> 0) a shop is started only if the run's time so far plus what the shop's last training
-    took fits in it; the others are listed under `deferred`, keep their place and head the next run. The first shop
-    of a run is started whatever its time, so a shop that needs the whole budget gets it when its turn comes.
+    took fits in it; the others are listed under `deferred` and keep their place, and the first of them leads the
+    next run's normal order. The first shop of a run is started whatever its time, so a shop that needs the whole
+    budget gets it.
 
     One shop's failure (the model store out of reach for its publish, an error in its data) is logged with its
     traceback and listed under `failed`, and the next shops are trained all the same: an app installed in many
     shops trains them one after another in one run, and a failure part-way used to leave every shop after it
     untrained, night after night if the failure stayed. FAILURES_IN_A_ROW shops failing one after another say the
     event store or the model store is out of reach: the last failure is raised then, rather than every later shop
-    waiting for its own connection timeout and logging the same traceback."""
+    waiting for its own connection timeout and logging the same traceback. A shop's place in the queue that could
+    not be written after its training is listed under `queue_errors` (the event store refused the write)."""
     started = time.perf_counter()
     now = now or datetime.now(timezone.utc)
     named = [check_shop_domain(shop) for shop in shops] if shops is not None else None  # a bad name: refused first
     pruned = store.prune_events(now - timedelta(days=retention_days)) if retention_days > 0 else 0
     waiting = store.training_queue()
     expected = {queued.shop: queued.expected_seconds for queued in waiting}
-    interrupted = [{"shop": queued.shop, "unfinished": queued.unfinished} for queued in waiting if queued.unfinished]
-    if interrupted:
-        log.warning("%d shops' last training never finished (killed: the function's timeout or memory), e.g. %s "
-                    "(%d in a row)", len(interrupted), interrupted[0]["shop"], interrupted[0]["unfinished"])
     queue = named if named is not None else [queued.shop for queued in waiting]
-    trained, kept, skipped, failed, deferred = [], [], [], [], []
+    interrupted = [{"shop": queued.shop, "unfinished": queued.unfinished} for queued in waiting
+                   if queued.unfinished and queued.shop in set(queue)]
+    if interrupted:
+        log.warning("%d shops' last training never finished (cut off: the function's timeout or memory), e.g. %s "
+                    "(%d in a row)", len(interrupted), interrupted[0]["shop"], interrupted[0]["unfinished"])
+    trained, kept, skipped, failed, deferred, queue_errors = [], [], [], [], [], []
     in_a_row = 0
     for position, shop in enumerate(queue):
         elapsed = time.perf_counter() - started
         if budget_seconds > 0 and position > 0 and elapsed + (expected.get(shop) or 0) > budget_seconds:
             deferred.append({"shop": shop, "expected_seconds": expected.get(shop)})
             continue
-        _note_queue(store.training_started, shop, datetime.now(timezone.utc))
         shop_started = time.perf_counter()
+        in_queue = False  # whether its start was written: a store that refuses it is the shop's failure
         try:
+            store.training_started(shop, datetime.now(timezone.utc))
+            in_queue = True
             record = retrain_shop(store, model_store, check_shop_domain(shop), config, gate, now)
         except (NotEnoughData, PublishConflict) as exc:  # a lost publish race: the other trainer's model stands
             skipped.append({"shop": shop, "reason": str(exc)})
             in_a_row = 0
-            _note_queue(store.training_finished, shop, round(time.perf_counter() - shop_started, 3))
         except Exception as exc:  # noqa: BLE001 - reported below and in the run's answer; the other shops go on
             in_a_row += 1
-            _note_queue(store.training_finished, shop, None)  # a failure's time says nothing of its next training
+            if in_queue:  # a failure's time says nothing of the shop's next training: its last figure stays
+                _finish(store, shop, None, queue_errors)
             if in_a_row >= FAILURES_IN_A_ROW:
                 log.error("%d shops failed in a row, the last %s; stopping with %d shops not tried (trained %d)",
                           in_a_row, shop, len(queue) - position - 1, len(trained))
                 raise
             log.exception("training %s failed; going on with the other shops", shop)
             failed.append({"shop": shop, "error": f"{type(exc).__name__}: {exc}"})
+            continue
         else:
             in_a_row = 0
             (trained if record["published"] else kept).append(record)
-            _note_queue(store.training_finished, shop, round(time.perf_counter() - shop_started, 3))
+        _finish(store, shop, round(time.perf_counter() - shop_started, 3), queue_errors)
     if deferred:
         log.warning("time budget of %gs spent: %d shops deferred to the next run (the first %s)", budget_seconds,
                     len(deferred), deferred[0]["shop"])
+        try:
+            store.training_deferred(deferred[0]["shop"])
+        except Exception as exc:  # noqa: BLE001 - reported in the answer; the shop keeps its place all the same
+            log.exception("could not mark %s as deferred", deferred[0]["shop"])
+            queue_errors.append({"shop": deferred[0]["shop"], "error": f"{type(exc).__name__}: {exc}"})
     return {"trained": trained, "kept": kept, "skipped": skipped, "failed": failed, "deferred": deferred,
-            "interrupted": interrupted, "pruned_events": pruned, "seconds": round(time.perf_counter() - started, 3)}
+            "interrupted": interrupted, "queue_errors": queue_errors, "pruned_events": pruned,
+            "seconds": round(time.perf_counter() - started, 3)}
 
 
-def _note_queue(write, shop: str, value) -> None:
-    """A shop's place in the training queue written (`training_started` or `training_finished`). A store that
-    refuses it does not stop the run: the shop's place is only less fair, and the next shop's read meets the same
-    store and reports it."""
+def _finish(store: EventStore, shop: str, seconds: float | None, errors: list[dict]) -> None:
+    """`training_finished`, or the error that refused it listed in `errors`: the shop's training is over either way
+    (published, kept or failed), but until the write succeeds the queue takes it for one that was cut off."""
     try:
-        write(shop, value)
-    except Exception:  # noqa: BLE001 - logged; see above
-        log.exception("could not write %s's place in the training queue", shop)
+        store.training_finished(shop, seconds)
+    except Exception as exc:  # noqa: BLE001 - reported in the run's answer, which is then a 500
+        log.exception("could not write that the training of %s is over; the next run takes it for cut off", shop)
+        errors.append({"shop": shop, "error": f"{type(exc).__name__}: {exc}"})

@@ -142,10 +142,12 @@ SQLITE_MIGRATIONS: tuple[str, ...] = (
     f" UPDATE products SET sellable = 0 WHERE {NOT_FOR_SALE.format(yes='1', no='0')};"
     " CREATE INDEX products_by_sellable ON products (shop, sellable);",
     # The training job's queue (retraining.py): when it last started each shop, what the shop's last finished
-    # training took, and how many of its trainings in a row were started and never finished (killed).
+    # training took, how many of its trainings in a row were started and never finished (cut off), and whether it
+    # was the first shop the last run's time budget left out.
     "ALTER TABLE shop_state ADD COLUMN train_started_at TEXT;"
     " ALTER TABLE shop_state ADD COLUMN train_seconds REAL;"
-    " ALTER TABLE shop_state ADD COLUMN train_unfinished INTEGER NOT NULL DEFAULT 0;",
+    " ALTER TABLE shop_state ADD COLUMN train_unfinished INTEGER NOT NULL DEFAULT 0;"
+    " ALTER TABLE shop_state ADD COLUMN train_deferred INTEGER NOT NULL DEFAULT 0;",
 )
 
 # Every table that holds a shop's data, in both backends: what redact_shop empties.
@@ -250,6 +252,7 @@ class EventStore(Protocol):
     def training_queue(self) -> list["QueuedShop"]: ...
     def training_started(self, shop: str, at: datetime) -> None: ...
     def training_finished(self, shop: str, seconds: float | None) -> None: ...
+    def training_deferred(self, shop: str) -> None: ...
     def prune_events(self, older_than: datetime) -> int: ...
     def close(self) -> None: ...
 
@@ -265,14 +268,20 @@ class QueuedShop(NamedTuple):
     unfinished: int  # its trainings in a row that were started and never finished: the process was killed
 
 
-# The training job's order ({never_started}: how the backend sorts a shop never started first): a shop whose last
-# training was killed once (started late, the timeout came first) heads the queue with the whole run before it;
-# then the others, never started first, then the one started longest ago; last, a shop killed twice or more in a row,
-# which dies whenever it runs (too big for the function's memory or timeout) and would take the shops after it down.
+# The training job's order ({never_started}: how the backend sorts a shop never started first):
+# - a shop whose last training was cut off once (it may only have been started too late for the timeout), with the
+#   whole run before it;
+# - the shop the last run's budget left out first (its last time did not fit in what was left), so that a shop
+#   needing most of a run gets one, whatever new shops are installed meanwhile;
+# - the others, never started first (a new shop's first model), then the one started longest ago;
+# - last, a shop cut off twice or more in a row: it dies whenever it runs (more memory or time than the function
+#   has) and would take the shops after it down with it.
 TRAINING_QUEUE_SQL = ("SELECT shop, train_seconds, train_unfinished FROM shop_state WHERE installed = {yes}"
-                      " ORDER BY CASE train_unfinished WHEN 1 THEN 0 WHEN 0 THEN 1 ELSE 2 END, {never_started}")
-TRAINING_STARTED_SQL = ("UPDATE shop_state SET train_started_at = {p}, train_unfinished = train_unfinished + 1"
-                        " WHERE shop = {p}")
+                      " ORDER BY CASE WHEN train_unfinished >= 2 THEN 3 WHEN train_unfinished = 1 THEN 0"
+                      " WHEN train_deferred = 1 THEN 1 ELSE 2 END, {never_started}")
+TRAINING_STARTED_SQL = ("UPDATE shop_state SET train_started_at = {p}, train_unfinished = train_unfinished + 1,"
+                        " train_deferred = 0 WHERE shop = {p}")
+TRAINING_DEFERRED_SQL = "UPDATE shop_state SET train_deferred = 1 WHERE shop = {p}"
 TRAINING_FINISHED_SQL = ("UPDATE shop_state SET train_unfinished = 0, train_seconds = coalesce({p}, train_seconds)"
                          " WHERE shop = {p}")
 
@@ -1086,6 +1095,10 @@ class SQLiteEventStore(SharedQueries):
         """The training job is done with `shop` (trained, kept, skipped or failed); `seconds` (None: keep the last
         figure) is what it took, the next run's estimate."""
         self._write(lambda conn: conn.execute(TRAINING_FINISHED_SQL.format(p="?"), (seconds, shop)))
+
+    def training_deferred(self, shop: str) -> None:
+        """The run's budget left `shop` out, the first it did: it leads the next run's normal order."""
+        self._write(lambda conn: conn.execute(TRAINING_DEFERRED_SQL.format(p="?"), (shop,)))
 
     def prune_events(self, older_than: datetime) -> int:
         """Delete events that occurred, and deliveries received, before `older_than`; returns events deleted."""

@@ -39,7 +39,7 @@ from recommender.changes import ChangeSet, Delivery, Event
 from recommender.events import CatalogProduct, EventKind, order_line_key
 from recommender.store import (
     EVENT_EXPORT_COLUMNS, KINDS, NOT_FOR_SALE, TOPICS_NOT_PROVING_INSTALL, UNSELLABLE_SQL, ActivityBucket, Interaction,
-    TRAINING_FINISHED_SQL, TRAINING_QUEUE_SQL, TRAINING_STARTED_SQL, QueuedShop,
+    TRAINING_DEFERRED_SQL, TRAINING_FINISHED_SQL, TRAINING_QUEUE_SQL, TRAINING_STARTED_SQL, QueuedShop,
     SharedQueries, customer_export, export_json, iso_utc, of_one_shop, refund_adjustment_key, require_aware,
 )
 
@@ -175,9 +175,10 @@ POSTGRES_MIGRATIONS: tuple[str, ...] = (
     " WHERE e.shop = p_shop AND e.user_key = p_user_key AND e.weight_factor > 0"
     " ORDER BY e.occurred_at DESC, e.id DESC LIMIT p_limit; END $$;",
     # The training job's queue (retraining.py): when it last started each shop, what the shop's last finished
-    # training took, and how many of its trainings in a row were started and never finished (killed).
+    # training took, how many of its trainings in a row were started and never finished (cut off), and whether it
+    # was the first shop the last run's time budget left out.
     "ALTER TABLE shop_state ADD COLUMN train_started_at timestamptz, ADD COLUMN train_seconds double precision,"
-    " ADD COLUMN train_unfinished integer NOT NULL DEFAULT 0;",
+    " ADD COLUMN train_unfinished integer NOT NULL DEFAULT 0, ADD COLUMN train_deferred integer NOT NULL DEFAULT 0;",
 )
 
 # Advisory lock keys. Migrations take one 64-bit key for the whole database; writes take (namespace, key) pairs, a
@@ -1428,11 +1429,15 @@ class PostgresEventStore(SharedQueries):
         return [QueuedShop(*row) for row in self._read(sql)]
 
     def training_started(self, shop: str, at: datetime) -> None:
-        self._write(lambda conn: conn.execute(TRAINING_STARTED_SQL.format(p="%s"),
-                                              (require_aware(at, "at"), shop)))
+        at = require_aware(at, "at")
+        self._write(lambda conn: conn.execute(TRAINING_STARTED_SQL.format(p="%s"), (at, shop)), one_statement=True)
 
     def training_finished(self, shop: str, seconds: float | None) -> None:
-        self._write(lambda conn: conn.execute(TRAINING_FINISHED_SQL.format(p="%s"), (seconds, shop)))
+        self._write(lambda conn: conn.execute(TRAINING_FINISHED_SQL.format(p="%s"), (seconds, shop)),
+                    one_statement=True)
+
+    def training_deferred(self, shop: str) -> None:
+        self._write(lambda conn: conn.execute(TRAINING_DEFERRED_SQL.format(p="%s"), (shop,)), one_statement=True)
 
     def prune_events(self, older_than: datetime) -> int:
         cutoff = require_aware(older_than, "older_than")

@@ -150,7 +150,7 @@ def test_functions_that_train_start_shops_within_five_sixths_of_their_time():
     # Act
     default = deployed(dry_run("--with-app"))
     shorter = deployed(dry_run("--with-app", TRAIN_TIMEOUT="20m", APP_TIMEOUT="600"))
-    longer = deployed(dry_run("--with-app", TRAIN_TIMEOUT="1h", APP_TIMEOUT="1h30m"))
+    longer = deployed(dry_run("--with-app", TRAIN_TIMEOUT="1h", APP_TIMEOUT="55m30s"))
 
     # Assert
     def budget(functions, name):
@@ -158,9 +158,9 @@ def test_functions_that_train_start_shops_within_five_sixths_of_their_time():
 
     assert (budget(default, "train"), budget(default, "app")) == ("1500", "1500")  # 1800 s × 5/6
     assert (budget(shorter, "train"), budget(shorter, "app")) == ("1000", "500")  # 1,200 × 5/6; 600 × 5/6
-    # train: Cloud Scheduler, which calls it, waits 1800 s at most; app: 5,400 × 5/6
-    assert (budget(longer, "train"), budget(longer, "app")) == ("1500", "4500")
-    assert (longer["train"]["--timeout"], longer["app"]["--timeout"]) == ("1h", "1h30m")
+    # train: Cloud Scheduler, which calls it, waits 1800 s at most; app: 3,330 × 5/6
+    assert (budget(longer, "train"), budget(longer, "app")) == ("1500", "2775")
+    assert (longer["train"]["--timeout"], longer["app"]["--timeout"]) == ("1h", "55m30s")
     for name in ("webhook", "recommend", "collect", "healthz"):
         assert budget(default, name) is None
 
@@ -169,7 +169,18 @@ def test_a_training_timeout_that_is_not_a_duration_fails_naming_it():
     result = deploy("--dry-run", TRAIN_TIMEOUT="half an hour")
 
     assert result.returncode != 0
-    assert "TRAIN_TIMEOUT must be a duration such as 1800s, 30m or 1h30m; got 'half an hour'" in result.stderr
+    assert "TRAIN_TIMEOUT must be a duration such as 1800s, 30m or 1h; got 'half an hour'" in result.stderr
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"APP_TIMEOUT": "1h30m"}, "APP_TIMEOUT must be from 1 to 3600 s for this function (Cloud Functions' limit for an"
+                               " HTTP function); got '1h30m'"),
+    ({"TRAIN_TIMEOUT": "0s"}, "TRAIN_TIMEOUT must be from 1 to 3600 s"),
+])
+def test_a_timeout_cloud_functions_would_refuse_stops_the_script_naming_it(env, message):
+    result = deploy("--dry-run", "--with-app", **env)
+
+    assert result.returncode != 0 and message in result.stderr
 
 
 @pytest.mark.parametrize(("flags", "env", "message"), [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import sqlite3
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -243,8 +244,8 @@ def test_a_shop_killed_twice_in_a_row_is_trained_after_the_others(store, models)
     """Killed again at the head of a run, a shop dies whenever it runs (more memory or time than the function has):
     it goes last, so the other shops are trained before it takes a run down with it."""
     small_shops(store, [A, B, C])
-    trained_before(store, [(A, 1.0), (B, None), (C, 1.0)])
-    store.training_started(B, datetime.now(timezone.utc) - timedelta(hours=1))  # killed again, at a run's head
+    trained_before(store, [(B, None), (A, 1.0), (C, 1.0)])
+    store.training_started(B, datetime.now(timezone.utc) - timedelta(days=1, seconds=30))  # again, before A and C
 
     report = run_scheduled_training(store, models, CONFIG, NO_GATE, now=NOW, budget_seconds=0)
 
@@ -273,3 +274,52 @@ def test_named_shops_are_trained_in_the_order_given(store, models):
 
     assert [record["shop"] for record in report["trained"]] == [C, A]
     assert queued(store) == [B, C, A]
+
+
+def test_the_first_shop_a_budget_left_out_leads_the_next_run_whatever_was_installed_meanwhile(store, models):
+    """B needs more than the budget: only the first place of a run takes it. A new shop would otherwise take that
+    place every night (never trained, it goes before the others) and B would never be trained."""
+    small_shops(store, [A, B, C])
+    trained_before(store, [(A, 100.0), (B, 1000.0), (C, 10.0)])
+    first = run_scheduled_training(store, models, CONFIG, NO_GATE, now=NOW, budget_seconds=500)
+    small_shops(store, ["new-shop.myshopify.com"])  # installed the next day
+
+    second = run_scheduled_training(store, models, CONFIG, NO_GATE, now=NOW + timedelta(days=1), budget_seconds=500)
+
+    assert first["deferred"] == [{"shop": B, "expected_seconds": 1000.0}]
+    assert [record["shop"] for record in second["trained"]] == [B, "new-shop.myshopify.com", A, C]
+
+
+def refuse_in_sqlite(tmp_path, when: str) -> None:
+    """The event store's file refuses an update of `shop_state` `when` (a trigger's condition): a store that takes
+    reads and the events' writes but not that one."""
+    conn = sqlite3.connect(tmp_path / "events.sqlite3")
+    conn.execute(f"CREATE TRIGGER refuse BEFORE UPDATE ON shop_state WHEN {when}"
+                 " BEGIN SELECT RAISE(ABORT, 'refused by the test'); END")
+    conn.commit()
+    conn.close()
+
+
+def test_a_shop_whose_start_cannot_be_written_fails_untrained_and_the_others_go_on(store, models, tmp_path):
+    small_shops(store, [A, B, C])
+    refuse_in_sqlite(tmp_path, f"NEW.shop = '{B}' AND NEW.train_unfinished > OLD.train_unfinished")
+
+    report = run_scheduled_training(store, models, CONFIG, NO_GATE, now=NOW, budget_seconds=0)
+
+    assert [record["shop"] for record in report["trained"]] == [A, C]
+    [failed] = report["failed"]
+    assert failed["shop"] == B and "refused by the test" in failed["error"]
+    assert models.latest(B) is None and report["queue_errors"] == []
+    assert store.training_queue()[0] == QueuedShop(B, None, 0)  # never started: first again next run
+
+
+def test_a_training_whose_end_cannot_be_written_is_published_and_reported(store, models, tmp_path):
+    small_shops(store, [A, B])
+    refuse_in_sqlite(tmp_path, "NEW.train_unfinished = 0 AND OLD.train_unfinished > 0")
+
+    report = run_scheduled_training(store, models, CONFIG, NO_GATE, now=NOW, budget_seconds=0)
+
+    assert [record["shop"] for record in report["trained"]] == [A, B] and report["failed"] == []
+    assert [error["shop"] for error in report["queue_errors"]] == [A, B]
+    assert all("refused by the test" in error["error"] for error in report["queue_errors"])
+    assert [entry.unfinished for entry in store.training_queue()] == [1, 1]  # taken for cut off, as documented

@@ -1020,6 +1020,12 @@ def test_the_training_queue_puts_the_shops_started_longest_ago_first_and_those_k
     any_store.set_shop_installed("never-installed.myshopify.com", True)  # its row is new: never started
     assert any_store.training_queue()[:3] == [QueuedShop("never-installed.myshopify.com", None, 0),
                                               QueuedShop(removed, 1.0, 0), QueuedShop(SHOP, 3.5, 0)]
+    any_store.training_deferred(OTHER_SHOP)  # the first shop a run's budget left out: before the new shop
+    assert any_store.training_queue()[:2] == [QueuedShop(OTHER_SHOP, 40.25, 0),
+                                              QueuedShop("never-installed.myshopify.com", None, 0)]
+    any_store.training_started(OTHER_SHOP, T0 + timedelta(days=2))  # started and done: in turn again, at the back
+    any_store.training_finished(OTHER_SHOP, 39.0)
+    assert any_store.training_queue()[-1] == QueuedShop(OTHER_SHOP, 39.0, 0)
     with pytest.raises(ValueError):
         any_store.training_started(SHOP, datetime(2026, 1, 1))  # a time without its zone
 
