@@ -202,8 +202,9 @@ def run_scheduled_training(store: EventStore, model_store: ModelStore, config: T
     waiting = store.training_queue()
     expected = {queued.shop: queued.expected_seconds for queued in waiting}
     queue = named if named is not None else [queued.shop for queued in waiting]
+    taken = set(queue)
     interrupted = [{"shop": queued.shop, "unfinished": queued.unfinished} for queued in waiting
-                   if queued.unfinished and queued.shop in set(queue)]
+                   if queued.unfinished and queued.shop in taken]
     if interrupted:
         log.warning("%d shops' last training never finished (cut off: the function's timeout or memory), e.g. %s "
                     "(%d in a row)", len(interrupted), interrupted[0]["shop"], interrupted[0]["unfinished"])
