@@ -7,8 +7,9 @@
     python -m bench.nightly_probe --nights 4 --timeout 40                   # nights longer than the function's timeout
 
 The `train` function runs `python -m recommender train` once a night: the installed shops one after another, started
-longest ago first, in one request with a 30-minute timeout, starting no shop past its time budget. How many shops a night holds is set by what one shop costs, and for the small
-shops most installs are, that is mostly waiting on the model store: each request to Cloud Storage takes a round
+longest ago first, in one request with a 30-minute timeout, starting no shop past its time budget. How many shops a
+night holds is set by what one shop costs, and for the small shops most installs are, that is mostly waiting on the
+model store: each request to Cloud Storage takes a round
 trip, which `bench.train_job_probe` (one big shop, models on local disk) does not show.
 
 The probe fills --shops shops of --events events each (shoppers in tastes of their own, as bench.train_job_probe
@@ -18,7 +19,8 @@ first model and run log), after which each shop's folder gets --history more run
 it holds after that many nights. Then the job runs --nights more times in a row. Each night runs in a process of its
 own, and for each the probe prints its wall time, its peak RSS, what became of the shops, and the requests the model
 store answered (the emulator's own log), per shop; and how many such shops the deployed function's 25-minute time
-budget (TRAIN_BUDGET_SECONDS, 5/6 of its 30-minute timeout) would hold at that pace. With --postgres the database must hold no other installed shop (the job trains every installed shop).
+budget (TRAIN_BUDGET_SECONDS, 5/6 of its 30-minute timeout) would hold at that pace. With --postgres the database
+must hold no other installed shop (the job trains every installed shop).
 
 With --timeout the nights after the first hold fewer shops than are installed, as a night of the deployed function
 does once an app has more shops than its timeout holds: each is killed at --timeout seconds and given the time

@@ -212,7 +212,8 @@ def deploy_script(args: argparse.Namespace, env: dict[str, str]) -> str:
             render(["gcloud", "scheduler", "jobs", "create", "http", *job, f"--schedule={args.schedule}",
                     f"--time-zone={args.time_zone}", f"--uri={train_url}", "--http-method=POST",
                     f"--oidc-service-account-email={args.scheduler_service_account}",
-                    f"--oidc-token-audience={train_url}", f"--attempt-deadline={SCHEDULER_DEADLINE_SECONDS}s", "--quiet"]),
+                    f"--oidc-token-audience={train_url}", f"--attempt-deadline={SCHEDULER_DEADLINE_SECONDS}s",
+                    "--quiet"]),
         ]))
         return "\n\n".join(blocks) + "\n"
     read_token = render(["gcloud", "secrets", "versions", "access", "latest", f"--secret={args.train_token_secret}",
@@ -226,7 +227,8 @@ def deploy_script(args: argparse.Namespace, env: dict[str, str]) -> str:
         "fi",
         render(["gcloud", "scheduler", "jobs", "create", "http", *job, f"--schedule={args.schedule}",
                 f"--time-zone={args.time_zone}", f"--uri={train_url}", "--http-method=POST",
-                Raw(f'--headers="Authorization=Bearer ${{{TOKEN_VARIABLE}}}"'), f"--attempt-deadline={SCHEDULER_DEADLINE_SECONDS}s",
+                Raw(f'--headers="Authorization=Bearer ${{{TOKEN_VARIABLE}}}"'),
+                f"--attempt-deadline={SCHEDULER_DEADLINE_SECONDS}s",
                 "--quiet"]),
     ]))
     return "\n\n".join(blocks) + "\n"

@@ -1201,10 +1201,12 @@ def test_an_upgraded_database_queues_its_installed_shops_for_training(tmp_path):
 
     # Assert: never started, so by name and without an estimate; started and finished, the shop goes last
     try:
-        assert store.training_queue() == [QueuedShop("a.myshopify.com", None, 0), QueuedShop("b.myshopify.com", None, 0)]
+        assert store.training_queue() == [QueuedShop("a.myshopify.com", None, 0),
+                                          QueuedShop("b.myshopify.com", None, 0)]
         store.training_started("a.myshopify.com", T0)
         store.training_finished("a.myshopify.com", 12.5)
-        assert store.training_queue() == [QueuedShop("b.myshopify.com", None, 0), QueuedShop("a.myshopify.com", 12.5, 0)]
+        assert store.training_queue() == [QueuedShop("b.myshopify.com", None, 0),
+                                          QueuedShop("a.myshopify.com", 12.5, 0)]
     finally:
         store.close()
 

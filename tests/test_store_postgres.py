@@ -195,10 +195,12 @@ def test_an_upgraded_schema_queues_its_installed_shops_for_training(schema_url):
 
     # Assert: never started, so by name; started and finished, the shop goes last with its time
     try:
-        assert store.training_queue() == [QueuedShop("a.myshopify.com", None, 0), QueuedShop("b.myshopify.com", None, 0)]
+        assert store.training_queue() == [QueuedShop("a.myshopify.com", None, 0),
+                                          QueuedShop("b.myshopify.com", None, 0)]
         store.training_started("a.myshopify.com", datetime(2026, 9, 1, tzinfo=timezone.utc))
         store.training_finished("a.myshopify.com", 12.5)
-        assert store.training_queue() == [QueuedShop("b.myshopify.com", None, 0), QueuedShop("a.myshopify.com", 12.5, 0)]
+        assert store.training_queue() == [QueuedShop("b.myshopify.com", None, 0),
+                                          QueuedShop("a.myshopify.com", 12.5, 0)]
     finally:
         store.close()
 
