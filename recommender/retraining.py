@@ -176,11 +176,11 @@ def run_scheduled_training(store: EventStore, model_store: ModelStore, config: T
                            now: datetime | None = None, budget_seconds: float = 0) -> dict:
     """Prune events past retention, then retrain each installed shop (or the given ones, in that order).
 
-    The installed shops come in the event store's queue (`training_queue`, TRAINING_QUEUE_SQL): each goes to its back
-    when it is started, so a run takes the shops started longest ago (or never) first. A shop whose last training
-    never finished goes first if that happened once (it was started late and the function's timeout came first), and
-    last once it has happened twice in a row (it dies whenever it runs: more memory or time than the function has);
-    such shops are listed under `interrupted`. A run in a fixed order used to leave the same shops, those past where
+    The installed shops come in the event store's queue (`training_queue`, its order in recommender/store.py): each
+    goes to its back when it is started, so a run takes the shops started longest ago (or never) first. A shop whose
+    last training never finished goes first if that happened once (it was started late and the function's timeout
+    came first), and last once it has happened twice in a row (it dies whenever it runs: more memory or time than
+    the function has); such shops are listed under `interrupted`. A run in a fixed order used to leave the same shops, those past where
     the function's timeout cut it, untrained every night.
 
     With `budget_seconds` (> 0) a shop is started only if the run's time so far plus what the shop's last training

@@ -276,13 +276,13 @@ class QueuedShop(NamedTuple):
 # - the others, never started first (a new shop's first model), then the one started longest ago;
 # - last, a shop cut off twice or more in a row: it dies whenever it runs (more memory or time than the function
 #   has) and would take the shops after it down with it.
-TRAINING_QUEUE_SQL = ("SELECT shop, train_seconds, train_unfinished FROM shop_state WHERE installed = {yes}"
+_TRAINING_QUEUE_SQL = ("SELECT shop, train_seconds, train_unfinished FROM shop_state WHERE installed = {yes}"
                       " ORDER BY CASE WHEN train_unfinished >= 2 THEN 3 WHEN train_unfinished = 1 THEN 0"
                       " WHEN train_deferred = 1 THEN 1 ELSE 2 END, {never_started}")
-TRAINING_STARTED_SQL = ("UPDATE shop_state SET train_started_at = {p}, train_unfinished = train_unfinished + 1,"
+_TRAINING_STARTED_SQL = ("UPDATE shop_state SET train_started_at = {p}, train_unfinished = train_unfinished + 1,"
                         " train_deferred = 0 WHERE shop = {p}")
-TRAINING_DEFERRED_SQL = "UPDATE shop_state SET train_deferred = 1 WHERE shop = {p}"
-TRAINING_FINISHED_SQL = ("UPDATE shop_state SET train_unfinished = 0, train_seconds = coalesce({p}, train_seconds)"
+_TRAINING_DEFERRED_SQL = "UPDATE shop_state SET train_deferred = 1 WHERE shop = {p}"
+_TRAINING_FINISHED_SQL = ("UPDATE shop_state SET train_unfinished = 0, train_seconds = coalesce({p}, train_seconds)"
                          " WHERE shop = {p}")
 
 # Shared by both backends ({p}: the parameter marker; {no}: the false literal): the flag `apply` keeps.
@@ -546,6 +546,34 @@ class SharedQueries:
         self._write(work)
 
     _TRUE, _FALSE = "1", "0"  # how the dialect writes booleans
+
+    # The training job's queue (_TRAINING_QUEUE_SQL). How the dialect sorts a shop never started first (these are
+    # SQLite's), writes a time, and writes one statement.
+    _NEVER_STARTED_FIRST = "train_started_at IS NOT NULL, train_started_at, shop"
+    _time_param = staticmethod(iso_utc)
+
+    def _write_statement(self, sql: str, params: tuple) -> None:
+        self._write(lambda conn: conn.execute(sql, params))
+
+    def training_queue(self) -> list[QueuedShop]:
+        """The installed shops in the order the training job takes them (_TRAINING_QUEUE_SQL)."""
+        sql = _TRAINING_QUEUE_SQL.format(yes=self._TRUE, never_started=self._NEVER_STARTED_FIRST)
+        return [QueuedShop(*row) for row in self._read(sql)]
+
+    def training_started(self, shop: str, at: datetime) -> None:
+        """The training job starts `shop` at `at`: it goes to the back of the queue, counted unfinished until
+        `training_finished`."""
+        self._write_statement(_TRAINING_STARTED_SQL.format(p=self._P),
+                              (self._time_param(require_aware(at, "at")), shop))
+
+    def training_finished(self, shop: str, seconds: float | None) -> None:
+        """The training job is done with `shop` (trained, kept, skipped or failed); `seconds` (None: keep the last
+        figure) is what it took, the next run's estimate."""
+        self._write_statement(_TRAINING_FINISHED_SQL.format(p=self._P), (seconds, shop))
+
+    def training_deferred(self, shop: str) -> None:
+        """The run's budget left `shop` out, the first it did: it leads the next run's normal order."""
+        self._write_statement(_TRAINING_DEFERRED_SQL.format(p=self._P), (shop,))
 
     def _apply_changes(self, conn: Any, delivery: Delivery, changes: ChangeSet) -> int:
         """A new delivery's changes, inside its transaction (after its row was inserted and its locks taken):
@@ -1080,25 +1108,6 @@ class SQLiteEventStore(SharedQueries):
     def installed_shops(self) -> list[str]:
         return [r[0] for r in self._read("SELECT shop FROM shop_state WHERE installed = 1 ORDER BY shop")]
 
-    def training_queue(self) -> list[QueuedShop]:
-        """The installed shops in the order the training job takes them (TRAINING_QUEUE_SQL)."""
-        sql = TRAINING_QUEUE_SQL.format(yes="1", never_started="train_started_at IS NOT NULL, train_started_at, shop")
-        return [QueuedShop(*row) for row in self._read(sql)]
-
-    def training_started(self, shop: str, at: datetime) -> None:
-        """The training job starts `shop` at `at`: it goes to the back of the queue, counted unfinished until
-        `training_finished`."""
-        self._write(lambda conn: conn.execute(TRAINING_STARTED_SQL.format(p="?"),
-                                              (iso_utc(require_aware(at, "at")), shop)))
-
-    def training_finished(self, shop: str, seconds: float | None) -> None:
-        """The training job is done with `shop` (trained, kept, skipped or failed); `seconds` (None: keep the last
-        figure) is what it took, the next run's estimate."""
-        self._write(lambda conn: conn.execute(TRAINING_FINISHED_SQL.format(p="?"), (seconds, shop)))
-
-    def training_deferred(self, shop: str) -> None:
-        """The run's budget left `shop` out, the first it did: it leads the next run's normal order."""
-        self._write(lambda conn: conn.execute(TRAINING_DEFERRED_SQL.format(p="?"), (shop,)))
 
     def prune_events(self, older_than: datetime) -> int:
         """Delete events that occurred, and deliveries received, before `older_than`; returns events deleted."""

@@ -39,7 +39,6 @@ from recommender.changes import ChangeSet, Delivery, Event
 from recommender.events import CatalogProduct, EventKind, order_line_key
 from recommender.store import (
     EVENT_EXPORT_COLUMNS, KINDS, NOT_FOR_SALE, TOPICS_NOT_PROVING_INSTALL, UNSELLABLE_SQL, ActivityBucket, Interaction,
-    TRAINING_DEFERRED_SQL, TRAINING_FINISHED_SQL, TRAINING_QUEUE_SQL, TRAINING_STARTED_SQL, QueuedShop,
     SharedQueries, customer_export, export_json, iso_utc, of_one_shop, refund_adjustment_key, require_aware,
 )
 
@@ -652,6 +651,8 @@ class PostgresEventStore(SharedQueries):
 
     _P = "%s"
     _TRUE, _FALSE = "true", "false"
+    _NEVER_STARTED_FIRST = 'train_started_at NULLS FIRST, shop COLLATE "C"'
+    _time_param = staticmethod(lambda at: at)
     _to_interaction = staticmethod(_interaction)
     _to_time = staticmethod(_utc)
 
@@ -1424,20 +1425,9 @@ class PostgresEventStore(SharedQueries):
     def installed_shops(self) -> list[str]:
         return [r[0] for r in self._read('SELECT shop FROM shop_state WHERE installed ORDER BY shop COLLATE "C"')]
 
-    def training_queue(self) -> list[QueuedShop]:
-        sql = TRAINING_QUEUE_SQL.format(yes="true", never_started='train_started_at NULLS FIRST, shop COLLATE "C"')
-        return [QueuedShop(*row) for row in self._read(sql)]
+    def _write_statement(self, sql: str, params: tuple) -> None:
+        self._write(lambda conn: conn.execute(sql, params), one_statement=True)
 
-    def training_started(self, shop: str, at: datetime) -> None:
-        at = require_aware(at, "at")
-        self._write(lambda conn: conn.execute(TRAINING_STARTED_SQL.format(p="%s"), (at, shop)), one_statement=True)
-
-    def training_finished(self, shop: str, seconds: float | None) -> None:
-        self._write(lambda conn: conn.execute(TRAINING_FINISHED_SQL.format(p="%s"), (seconds, shop)),
-                    one_statement=True)
-
-    def training_deferred(self, shop: str) -> None:
-        self._write(lambda conn: conn.execute(TRAINING_DEFERRED_SQL.format(p="%s"), (shop,)), one_statement=True)
 
     def prune_events(self, older_than: datetime) -> int:
         cutoff = require_aware(older_than, "older_than")
