@@ -180,8 +180,8 @@ def run_scheduled_training(store: EventStore, model_store: ModelStore, config: T
     goes to its back when it is started, so a run takes the shops started longest ago (or never) first. A shop whose
     last training never finished goes first if that happened once (it was started late and the function's timeout
     came first), and last once it has happened twice in a row (it dies whenever it runs: more memory or time than
-    the function has); such shops are listed under `interrupted`. A run in a fixed order used to leave the same shops, those past where
-    the function's timeout cut it, untrained every night.
+    the function has); such shops are listed under `interrupted`. A run in a fixed order used to leave the same
+    shops, those past where the function's timeout cut it, untrained every night.
 
     With `budget_seconds` (> 0) a shop is started only if the run's time so far plus what the shop's last training
     took fits in it; the others are listed under `deferred` and keep their place, and the first of them leads the
