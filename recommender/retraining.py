@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -169,11 +170,16 @@ def retrain_shop(store: EventStore, model_store: ModelStore, shop: str, config: 
 
 
 FAILURES_IN_A_ROW = 3  # the scheduled run stops at this many shops failing one after another
+# A run training a shop writes that it is alive this often (`training_alive`), and a shop started, not finished and
+# alive within ALIVE_WITHIN_SECONDS is taken for being trained by another run: left to it, not taken for cut off.
+ALIVE_EVERY_SECONDS = 30.0
+ALIVE_WITHIN_SECONDS = 180.0
 
 
 def run_scheduled_training(store: EventStore, model_store: ModelStore, config: TrainingConfig, gate: GateConfig,
                            retention_days: float = 0, shops: list[str] | None = None,
-                           now: datetime | None = None, budget_seconds: float = 0) -> dict:
+                           now: datetime | None = None, budget_seconds: float = 0,
+                           alive_every_seconds: float = ALIVE_EVERY_SECONDS) -> dict:
     """Prune events past retention, then retrain each installed shop (or the given ones, in that order).
 
     The installed shops come in the event store's queue (`training_queue`, its order in recommender/store.py): each
@@ -183,10 +189,16 @@ def run_scheduled_training(store: EventStore, model_store: ModelStore, config: T
     the function has); such shops are listed under `interrupted`. A run in a fixed order used to leave the same
     shops, those past where the function's timeout cut it, untrained every night.
 
+    Runs at the same time share the queue (a scheduled run and one started by hand, the next scheduled run while a
+    504'd one goes on): a shop is started only if no other run started it since this run read the queue, and a
+    shop another run is training (started, not finished, and the run wrote that it was alive within
+    ALIVE_WITHIN_SECONDS; it does every `alive_every_seconds`) is left to it. Both are listed under `running`. Two
+    runs used to train the same shops one after the other, each taking the other's shop for one cut off.
+
     With `budget_seconds` (> 0) a shop is started only if the run's time so far plus what the shop's last training
     took fits in it; the others are listed under `deferred` and keep their place, and the first of them leads the
-    next run's normal order. The first shop of a run is started whatever its time, so a shop that needs the whole
-    budget gets it.
+    next run's normal order. The first shop a run starts is started whatever its time, so a shop that needs the
+    whole budget gets it.
 
     One shop's failure (the model store out of reach for its publish, an error in its data) is logged with its
     traceback and listed under `failed`, and the next shops are trained all the same: an app installed in many
@@ -200,45 +212,70 @@ def run_scheduled_training(store: EventStore, model_store: ModelStore, config: T
     named = [check_shop_domain(shop) for shop in shops] if shops is not None else None  # a bad name: refused first
     pruned = store.prune_events(now - timedelta(days=retention_days)) if retention_days > 0 else 0
     waiting = store.training_queue()
-    expected = {queued.shop: queued.expected_seconds for queued in waiting}
-    queue = named if named is not None else [queued.shop for queued in waiting]
+    read_at = datetime.now(timezone.utc)
+    queued = {entry.shop: entry for entry in waiting}
+    queue = named if named is not None else [entry.shop for entry in waiting]
     taken = set(queue)
-    interrupted = [{"shop": queued.shop, "unfinished": queued.unfinished} for queued in waiting
-                   if queued.unfinished and queued.shop in taken]
+    elsewhere = {entry.shop for entry in waiting if entry.unfinished and entry.alive_at is not None
+                 and read_at - entry.alive_at < timedelta(seconds=ALIVE_WITHIN_SECONDS)}
+    interrupted = [{"shop": entry.shop, "unfinished": entry.unfinished} for entry in waiting
+                   if entry.unfinished and entry.shop in taken and entry.shop not in elsewhere]
     if interrupted:
         log.warning("%d shops' last training never finished (cut off: the function's timeout or memory), e.g. %s "
                     "(%d in a row)", len(interrupted), interrupted[0]["shop"], interrupted[0]["unfinished"])
-    trained, kept, skipped, failed, deferred, queue_errors = [], [], [], [], [], []
-    in_a_row = 0
-    for position, shop in enumerate(queue):
-        elapsed = time.perf_counter() - started
-        if budget_seconds > 0 and position > 0 and elapsed + (expected.get(shop) or 0) > budget_seconds:
-            deferred.append({"shop": shop, "expected_seconds": expected.get(shop)})
-            continue
-        shop_started = time.perf_counter()
-        in_queue = False  # whether its start was written: a store that refuses it is the shop's failure
-        try:
-            store.training_started(shop, datetime.now(timezone.utc))
-            in_queue = True
-            record = retrain_shop(store, model_store, check_shop_domain(shop), config, gate, now)
-        except (NotEnoughData, PublishConflict) as exc:  # a lost publish race: the other trainer's model stands
-            skipped.append({"shop": shop, "reason": str(exc)})
-            in_a_row = 0
-        except Exception as exc:  # noqa: BLE001 - reported below and in the run's answer; the other shops go on
-            in_a_row += 1
-            if in_queue:  # a failure's time says nothing of the shop's next training: its last figure stays
-                _finish(store, shop, None, queue_errors)
-            if in_a_row >= FAILURES_IN_A_ROW:
-                log.error("%d shops failed in a row, the last %s; stopping with %d shops not tried (trained %d)",
-                          in_a_row, shop, len(queue) - position - 1, len(trained))
-                raise
-            log.exception("training %s failed; going on with the other shops", shop)
-            failed.append({"shop": shop, "error": f"{type(exc).__name__}: {exc}"})
-            continue
-        else:
-            in_a_row = 0
-            (trained if record["published"] else kept).append(record)
-        _finish(store, shop, round(time.perf_counter() - shop_started, 3), queue_errors)
+    trained, kept, skipped, failed, deferred, running, queue_errors = [], [], [], [], [], [], []
+    in_a_row = starts = 0
+    alive = _SignsOfLife(store, alive_every_seconds)
+    try:
+        for position, shop in enumerate(queue):
+            entry = queued.get(shop)
+            if shop in elsewhere:
+                running.append({"shop": shop, "alive_at": entry.alive_at.isoformat()})
+                continue
+            elapsed = time.perf_counter() - started
+            expected = entry.expected_seconds if entry is not None else None
+            if budget_seconds > 0 and starts > 0 and elapsed + (expected or 0) > budget_seconds:
+                deferred.append({"shop": shop, "expected_seconds": expected})
+                continue
+            shop_started = time.perf_counter()
+            in_queue = False  # whether its start was written: a store that refuses it is the shop's failure
+            try:
+                started_at = datetime.now(timezone.utc)
+                if entry is None:  # a named shop not installed: no place in the queue to claim
+                    in_queue = store.training_started(shop, started_at)
+                elif store.training_started(shop, started_at, expect_started_at=entry.started_at):
+                    in_queue = True
+                else:  # another run started it after this one read the queue
+                    running.append({"shop": shop, "alive_at": None})
+                    continue
+                starts += 1
+                alive.training(shop, started_at)
+                record = retrain_shop(store, model_store, check_shop_domain(shop), config, gate, now)
+            except (NotEnoughData, PublishConflict) as exc:  # a lost publish race: the other trainer's model stands
+                skipped.append({"shop": shop, "reason": str(exc)})
+                in_a_row = 0
+            except Exception as exc:  # noqa: BLE001 - reported below and in the run's answer; the other shops go on
+                in_a_row += 1
+                alive.done()
+                if in_queue:  # a failure's time says nothing of the shop's next training: its last figure stays
+                    _finish(store, shop, None, queue_errors)
+                if in_a_row >= FAILURES_IN_A_ROW:
+                    log.error("%d shops failed in a row, the last %s; stopping with %d shops not tried (trained %d)",
+                              in_a_row, shop, len(queue) - position - 1, len(trained))
+                    raise
+                log.exception("training %s failed; going on with the other shops", shop)
+                failed.append({"shop": shop, "error": f"{type(exc).__name__}: {exc}"})
+                continue
+            else:
+                in_a_row = 0
+                (trained if record["published"] else kept).append(record)
+            alive.done()
+            if in_queue:
+                _finish(store, shop, round(time.perf_counter() - shop_started, 3), queue_errors)
+    finally:
+        alive.close()
+    if running:
+        log.info("%d shops are being trained by another run, e.g. %s; left to it", len(running), running[0]["shop"])
     if deferred:
         log.warning("time budget of %gs spent: %d shops deferred to the next run (the first %s)", budget_seconds,
                     len(deferred), deferred[0]["shop"])
@@ -248,8 +285,43 @@ def run_scheduled_training(store: EventStore, model_store: ModelStore, config: T
             log.exception("could not mark %s as deferred", deferred[0]["shop"])
             queue_errors.append({"shop": deferred[0]["shop"], "error": f"{type(exc).__name__}: {exc}"})
     return {"trained": trained, "kept": kept, "skipped": skipped, "failed": failed, "deferred": deferred,
-            "interrupted": interrupted, "queue_errors": queue_errors, "pruned_events": pruned,
+            "running": running, "interrupted": interrupted, "queue_errors": queue_errors, "pruned_events": pruned,
             "seconds": round(time.perf_counter() - started, 3)}
+
+
+class _SignsOfLife:
+    """A thread writing, every `every` seconds, that the run is still training the shop it started last
+    (`training_alive`), so that another run leaves the shop to it; started with the run's first shop."""
+
+    def __init__(self, store: EventStore, every: float):
+        self._store, self._every = store, every
+        self._current: tuple[str, datetime] | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def training(self, shop: str, started_at: datetime) -> None:
+        self._current = (shop, started_at)
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._beat, name="training-alive", daemon=True)
+            self._thread.start()
+
+    def done(self) -> None:
+        self._current = None
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self._every):
+            current = self._current
+            if current is None:
+                continue
+            try:
+                self._store.training_alive(current[0], current[1], datetime.now(timezone.utc))
+            except Exception:  # noqa: BLE001 - the training goes on; another run may take the shop for cut off
+                log.warning("could not write that %s is still being trained", current[0], exc_info=True)
 
 
 def _finish(store: EventStore, shop: str, seconds: float | None, errors: list[dict]) -> None:

@@ -148,6 +148,9 @@ SQLITE_MIGRATIONS: tuple[str, ...] = (
     " ALTER TABLE shop_state ADD COLUMN train_seconds REAL;"
     " ALTER TABLE shop_state ADD COLUMN train_unfinished INTEGER NOT NULL DEFAULT 0;"
     " ALTER TABLE shop_state ADD COLUMN train_deferred INTEGER NOT NULL DEFAULT 0;",
+    # When the run training a shop last said it was alive (retraining.py): a shop started, not finished and alive
+    # lately is being trained by another run, not cut off.
+    "ALTER TABLE shop_state ADD COLUMN train_alive_at TEXT;",
 )
 
 # Every table that holds a shop's data, in both backends: what redact_shop empties.
@@ -250,7 +253,8 @@ class EventStore(Protocol):
     def installed_with_unsellable(self, shop: str) -> tuple[bool, set[str]]: ...
     def installed_shops(self) -> list[str]: ...
     def training_queue(self) -> list["QueuedShop"]: ...
-    def training_started(self, shop: str, at: datetime) -> None: ...
+    def training_started(self, shop: str, at: datetime, expect_started_at: object = ...) -> bool: ...
+    def training_alive(self, shop: str, started_at: datetime, at: datetime) -> None: ...
     def training_finished(self, shop: str, seconds: float | None) -> None: ...
     def training_deferred(self, shop: str) -> None: ...
     def prune_events(self, older_than: datetime) -> int: ...
@@ -265,7 +269,9 @@ class QueuedShop(NamedTuple):
 
     shop: str
     expected_seconds: float | None  # what its last finished training took (None: none finished yet)
-    unfinished: int  # its trainings in a row that were started and never finished: the process was killed
+    unfinished: int  # its trainings in a row that were started and never finished: killed, or still going on
+    started_at: datetime | None = None  # when its last training was started (None: never)
+    alive_at: datetime | None = None  # when the run training it last said it was alive (None: before migration 6)
 
 
 # The training job's order ({never_started}: how the backend sorts a shop never started first):
@@ -276,11 +282,16 @@ class QueuedShop(NamedTuple):
 # - the others, never started first (a new shop's first model), then the one started longest ago;
 # - last, a shop cut off twice or more in a row: it dies whenever it runs (more memory or time than the function
 #   has) and would take the shops after it down with it.
-_TRAINING_QUEUE_SQL = ("SELECT shop, train_seconds, train_unfinished FROM shop_state WHERE installed = {yes}"
+_TRAINING_QUEUE_SQL = ("SELECT shop, train_seconds, train_unfinished, train_started_at, train_alive_at FROM shop_state"
+                      " WHERE installed = {yes}"
                       " ORDER BY CASE WHEN train_unfinished >= 2 THEN 3 WHEN train_unfinished = 1 THEN 0"
                       " WHEN train_deferred = 1 THEN 1 ELSE 2 END, {never_started}")
-_TRAINING_STARTED_SQL = ("UPDATE shop_state SET train_started_at = {p}, train_unfinished = train_unfinished + 1,"
-                        " train_deferred = 0 WHERE shop = {p}")
+# A start ({claim}: the start the run read in the queue still there, so that of two runs reaching the shop one
+# starts it) and the run's sign of life while it trains the shop it started ({same}: the dialect's null-safe =).
+_TRAINING_STARTED_SQL = ("UPDATE shop_state SET train_started_at = {p}, train_alive_at = {p},"
+                        " train_unfinished = train_unfinished + 1, train_deferred = 0 WHERE shop = {p}{claim}")
+_TRAINING_CLAIM_SQL = " AND train_started_at {same} {p}"
+_TRAINING_ALIVE_SQL = "UPDATE shop_state SET train_alive_at = {p} WHERE shop = {p} AND train_started_at = {p}"
 _TRAINING_DEFERRED_SQL = "UPDATE shop_state SET train_deferred = 1 WHERE shop = {p}"
 _TRAINING_FINISHED_SQL = ("UPDATE shop_state SET train_unfinished = 0, train_seconds = coalesce({p}, train_seconds)"
                          " WHERE shop = {p}")
@@ -548,23 +559,38 @@ class SharedQueries:
     _TRUE, _FALSE = "1", "0"  # how the dialect writes booleans
 
     # The training job's queue (_TRAINING_QUEUE_SQL). How the dialect sorts a shop never started first (these are
-    # SQLite's), writes a time, and writes one statement.
+    # SQLite's), compares two values that may be null, writes a time, and writes one statement (its row count).
     _NEVER_STARTED_FIRST = "train_started_at IS NOT NULL, train_started_at, shop"
+    _SAME = "IS"
     _time_param = staticmethod(iso_utc)
 
-    def _write_statement(self, sql: str, params: tuple) -> None:
-        self._write(lambda conn: conn.execute(sql, params))
+    def _write_statement(self, sql: str, params: tuple) -> int:
+        return self._write(lambda conn: conn.execute(sql, params).rowcount)
 
     def training_queue(self) -> list[QueuedShop]:
         """The installed shops in the order the training job takes them (_TRAINING_QUEUE_SQL)."""
         sql = _TRAINING_QUEUE_SQL.format(yes=self._TRUE, never_started=self._NEVER_STARTED_FIRST)
-        return [QueuedShop(*row) for row in self._read(sql)]
+        return [QueuedShop(shop, seconds, unfinished, self._to_time(started), self._to_time(alive))
+                for shop, seconds, unfinished, started, alive in self._read(sql)]
 
-    def training_started(self, shop: str, at: datetime) -> None:
+    def training_started(self, shop: str, at: datetime, expect_started_at: object = ...) -> bool:
         """The training job starts `shop` at `at`: it goes to the back of the queue, counted unfinished until
-        `training_finished`."""
-        self._write_statement(_TRAINING_STARTED_SQL.format(p=self._P),
-                              (self._time_param(require_aware(at, "at")), shop))
+        `training_finished`. With `expect_started_at` (the `started_at` the run read in the queue, None for never)
+        only if no other run started the shop since: False if one did, or if the shop has no row."""
+        at = self._time_param(require_aware(at, "at"))
+        if expect_started_at is ...:
+            return self._write_statement(_TRAINING_STARTED_SQL.format(p=self._P, claim=""), (at, at, shop)) == 1
+        expected = self._time_param(require_aware(expect_started_at, "expect_started_at")) \
+            if expect_started_at is not None else None
+        sql = _TRAINING_STARTED_SQL.format(p=self._P, claim=_TRAINING_CLAIM_SQL.format(same=self._SAME, p=self._P))
+        return self._write_statement(sql, (at, at, shop, expected)) == 1
+
+    def training_alive(self, shop: str, started_at: datetime, at: datetime) -> None:
+        """The run that started `shop` at `started_at` is still training it at `at` (nothing if another run has
+        started the shop since)."""
+        self._write_statement(_TRAINING_ALIVE_SQL.format(p=self._P),
+                              (self._time_param(require_aware(at, "at")), shop,
+                               self._time_param(require_aware(started_at, "started_at"))))
 
     def training_finished(self, shop: str, seconds: float | None) -> None:
         """The training job is done with `shop` (trained, kept, skipped or failed); `seconds` (None: keep the last

@@ -178,6 +178,9 @@ POSTGRES_MIGRATIONS: tuple[str, ...] = (
     # was the first shop the last run's time budget left out.
     "ALTER TABLE shop_state ADD COLUMN train_started_at timestamptz, ADD COLUMN train_seconds double precision,"
     " ADD COLUMN train_unfinished integer NOT NULL DEFAULT 0, ADD COLUMN train_deferred integer NOT NULL DEFAULT 0;",
+    # When the run training a shop last said it was alive (retraining.py): a shop started, not finished and alive
+    # lately is being trained by another run, not cut off.
+    "ALTER TABLE shop_state ADD COLUMN train_alive_at timestamptz;",
 )
 
 # Advisory lock keys. Migrations take one 64-bit key for the whole database; writes take (namespace, key) pairs, a
@@ -652,6 +655,7 @@ class PostgresEventStore(SharedQueries):
     _P = "%s"
     _TRUE, _FALSE = "true", "false"
     _NEVER_STARTED_FIRST = 'train_started_at NULLS FIRST, shop COLLATE "C"'
+    _SAME = "IS NOT DISTINCT FROM"
     _time_param = staticmethod(lambda at: at)
     _to_interaction = staticmethod(_interaction)
     _to_time = staticmethod(_utc)
@@ -1425,8 +1429,8 @@ class PostgresEventStore(SharedQueries):
     def installed_shops(self) -> list[str]:
         return [r[0] for r in self._read('SELECT shop FROM shop_state WHERE installed ORDER BY shop COLLATE "C"')]
 
-    def _write_statement(self, sql: str, params: tuple) -> None:
-        self._write(lambda conn: conn.execute(sql, params), one_statement=True)
+    def _write_statement(self, sql: str, params: tuple) -> int:
+        return self._write(lambda conn: conn.execute(sql, params).rowcount, one_statement=True)
 
 
     def prune_events(self, older_than: datetime) -> int:

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import json
+import os
 import random
 import sqlite3
+import subprocess
+import sys
+import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from recommender.changes import Delivery
+from recommender.changes import Delivery, Event, EventKind
 from recommender.model_store import LocalModelStore
-from recommender.retraining import GateConfig, run_scheduled_training
+from recommender.retraining import ALIVE_WITHIN_SECONDS, GateConfig, run_scheduled_training
 from recommender.settings import TrainingConfig
-from recommender.store import QueuedShop
-from tests.conftest import SHOP, order_payload
+from recommender.store import open_event_store
+from tests.conftest import ROOT, SHOP, order_payload
+from tests.postgres_schema import temporary_schema
 from webhooks.topics import TopicContext, order_created
 
 NOW = datetime(2026, 11, 22, 12, tzinfo=timezone.utc)
@@ -263,7 +269,7 @@ def test_a_shop_that_failed_goes_to_the_back_keeping_its_last_time(store, models
 
     assert [failed["shop"] for failed in report["failed"]] == [B]
     queue = store.training_queue()
-    assert [entry.shop for entry in queue] == [A, B, C] and queue[1] == QueuedShop(B, 7.5, 0)
+    assert [entry.shop for entry in queue] == [A, B, C] and queue[1][:3] == (B, 7.5, 0)
 
 
 def test_named_shops_are_trained_in_the_order_given(store, models):
@@ -310,7 +316,7 @@ def test_a_shop_whose_start_cannot_be_written_fails_untrained_and_the_others_go_
     [failed] = report["failed"]
     assert failed["shop"] == B and "refused by the test" in failed["error"]
     assert models.latest(B) is None and report["queue_errors"] == []
-    assert store.training_queue()[0] == QueuedShop(B, None, 0)  # never started: first again next run
+    assert store.training_queue()[0][:3] == (B, None, 0)  # never started: first again next run
 
 
 def test_a_training_whose_end_cannot_be_written_is_published_and_reported(store, models, tmp_path):
@@ -323,3 +329,93 @@ def test_a_training_whose_end_cannot_be_written_is_published_and_reported(store,
     assert [error["shop"] for error in report["queue_errors"]] == [A, B]
     assert all("refused by the test" in error["error"] for error in report["queue_errors"])
     assert [entry.unfinished for entry in store.training_queue()] == [1, 1]  # taken for cut off, as documented
+
+
+# --- runs at the same time ------------------------------------------------------------------------------------
+
+
+def test_a_shop_another_run_is_training_is_left_to_it_and_one_silent_too_long_is_cut_off(store, models):
+    """What another run writes, through the same store calls: B started a minute ago and alive 10 s ago is that
+    run's; C started and silent for longer than ALIVE_WITHIN_SECONDS was cut off."""
+    small_shops(store, [A, B, C])
+    clock = datetime.now(timezone.utc)
+    b_started, c_started = clock - timedelta(minutes=1), clock - timedelta(seconds=ALIVE_WITHIN_SECONDS + 60)
+    assert store.training_started(B, b_started, expect_started_at=None)
+    store.training_alive(B, b_started, clock - timedelta(seconds=10))
+    assert store.training_started(C, c_started, expect_started_at=None)
+
+    report = run_scheduled_training(store, models, CONFIG, NO_GATE, now=NOW, budget_seconds=0)
+
+    assert report["running"] == [{"shop": B, "alive_at": (clock - timedelta(seconds=10)).isoformat()}]
+    assert report["interrupted"] == [{"shop": C, "unfinished": 1}]
+    assert [record["shop"] for record in report["trained"]] == [C, A]  # cut off first, then never started
+    assert models.latest(B) is None
+    b_entry = next(entry for entry in store.training_queue() if entry.shop == B)
+    assert (b_entry.started_at, b_entry.unfinished) == (b_started, 1)  # still the other run's
+
+
+def test_a_run_writes_that_it_is_alive_while_it_trains_a_shop(store, models):
+    big_shop(store, "a-big.myshopify.com")
+    slow = TrainingConfig(factors=256, iterations=100)  # about 2 s on the machine this was written on
+
+    report = run_scheduled_training(store, models, slow, NO_GATE, now=NOW, alive_every_seconds=0.05)
+
+    [record] = report["trained"]
+    [entry] = store.training_queue()
+    assert entry.unfinished == 0 and entry.started_at < entry.alive_at
+    assert (entry.alive_at - entry.started_at).total_seconds() <= record["seconds"] + 0.5  # written while it trained
+
+
+def big_shop(store, shop: str) -> None:
+    """1,500 customers' purchases of 10 of 300 products: a shop whose training at 256 factors takes a while."""
+    rng = random.Random(3)
+    store.add_events([Event(EventKind.PURCHASE, shop, str(1000 + rng.randrange(300)),
+                            NOW - timedelta(days=3, minutes=line), customer_id=str(customer),
+                            dedupe_key=f"{customer}:{line}")
+                      for customer in range(1500) for line in range(10)])
+    store.set_shop_installed(shop, True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def event_store_url(request, tmp_path):
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/events.sqlite3"
+    else:
+        with temporary_schema() as url:  # skips without TEST_POSTGRES_URL
+            yield url
+
+
+def test_two_runs_at_once_train_each_shop_once(event_store_url, tmp_path):
+    """`python -m recommender train` as a process, and a second run started while it trains its first shop: the
+    second leaves that shop to it, and the two share the others, each trained once, by one of them."""
+    big, smalls = "a-big.myshopify.com", [f"s{number:02d}-shop.myshopify.com" for number in range(12)]
+    store = open_event_store(event_store_url)
+    try:
+        big_shop(store, big)
+        small_shops(store, smalls)
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "EVENT_STORE_URL": event_store_url,
+               "MODEL_STORE_URL": f"file://{tmp_path}/models", "QUALITY_GATE": "false", "TRAIN_BUDGET_SECONDS": "0",
+               "ALS_FACTORS": "256", "ALS_ITERATIONS": "100"}  # the big shop: about 2 s
+        first = subprocess.Popen([sys.executable, "-m", "recommender", "train"], cwd=ROOT, env=env,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 120
+            while not any(entry.shop == big and entry.unfinished for entry in store.training_queue()):
+                assert first.poll() is None and time.monotonic() < deadline, first.stderr.read()
+                time.sleep(0.01)
+            second = run_scheduled_training(store, LocalModelStore(tmp_path / "models"), CONFIG, NO_GATE,
+                                            budget_seconds=0)
+        finally:
+            out, err = first.communicate(timeout=300)
+        assert first.returncode == 0, err
+        first_report = json.loads(out)
+    finally:
+        store.close()
+
+    by_first = [record["shop"] for record in first_report["trained"]]
+    by_second = [record["shop"] for record in second["trained"]]
+    assert by_first[0] == big and big in [entry["shop"] for entry in second["running"]]
+    assert sorted(by_first + by_second) == sorted([big, *smalls])  # each shop once, by one run
+    assert second["interrupted"] == first_report["interrupted"] == [] and second["failed"] == []
+    models = LocalModelStore(tmp_path / "models")
+    assert all(len(models.runs(shop)) == 1 for shop in [big, *smalls])  # one run log a shop

@@ -982,14 +982,19 @@ def test_data_exports_are_kept_per_shop_and_replaced_by_id(any_store):
     assert any_store.data_export(SHOP, "req-3") is None
 
 
+def _order(store) -> list[tuple]:
+    """The training queue as (shop, expected_seconds, unfinished): its order and what each entry says."""
+    return [tuple(entry[:3]) for entry in store.training_queue()]
+
+
 def test_the_training_queue_puts_the_shops_started_longest_ago_first_and_those_killed_apart(any_store):
     # Arrange: four installed shops and one removed
     third, fourth, removed = "c-third.myshopify.com", "e-fourth.myshopify.com", "d-removed.myshopify.com"
     for shop in (third, OTHER_SHOP, SHOP, fourth, removed):
         any_store.set_shop_installed(shop, True)
     any_store.set_shop_installed(removed, False)
-    never = [QueuedShop(shop, None, 0) for shop in sorted([SHOP, OTHER_SHOP, third, fourth])]
-    assert any_store.training_queue() == never
+    never = [(shop, None, 0) for shop in sorted([SHOP, OTHER_SHOP, third, fourth])]
+    assert _order(any_store) == never
 
     # Act: a night's run: OTHER_SHOP trained in 40.25 s, then SHOP (3.5 s), then `third` failed, then `fourth`
     # started and the run was killed
@@ -1001,8 +1006,8 @@ def test_the_training_queue_puts_the_shops_started_longest_ago_first_and_those_k
     any_store.training_finished("never-installed.myshopify.com", 1.0)  # no such shop: no row is made (below)
 
     # Assert: the killed shop first, then in the order they were started
-    assert any_store.training_queue() == [QueuedShop(fourth, None, 1), QueuedShop(OTHER_SHOP, 40.25, 0),
-                                          QueuedShop(SHOP, 3.5, 0), QueuedShop(third, None, 0)]
+    assert _order(any_store) == [(fourth, None, 1), (OTHER_SHOP, 40.25, 0),
+                                          (SHOP, 3.5, 0), (third, None, 0)]
 
     # Act: the next run starts `fourth` first and is killed again; OTHER_SHOP fails, keeping its last time
     any_store.training_started(fourth, T0 + timedelta(days=1))
@@ -1010,22 +1015,22 @@ def test_the_training_queue_puts_the_shops_started_longest_ago_first_and_those_k
     any_store.training_finished(OTHER_SHOP, None)
 
     # Assert: killed twice in a row, `fourth` goes last; finished, it is back in turn
-    assert any_store.training_queue() == [QueuedShop(SHOP, 3.5, 0), QueuedShop(third, None, 0),
-                                          QueuedShop(OTHER_SHOP, 40.25, 0), QueuedShop(fourth, None, 2)]
+    assert _order(any_store) == [(SHOP, 3.5, 0), (third, None, 0),
+                                          (OTHER_SHOP, 40.25, 0), (fourth, None, 2)]
     any_store.training_finished(fourth, 600.0)
-    assert any_store.training_queue() == [QueuedShop(SHOP, 3.5, 0), QueuedShop(third, None, 0),
-                                          QueuedShop(fourth, 600.0, 0), QueuedShop(OTHER_SHOP, 40.25, 0)]
+    assert _order(any_store) == [(SHOP, 3.5, 0), (third, None, 0),
+                                          (fourth, 600.0, 0), (OTHER_SHOP, 40.25, 0)]
     any_store.training_finished(removed, 1.0)
     any_store.set_shop_installed(removed, True)  # installed again: it keeps its place, started at T0
     any_store.set_shop_installed("never-installed.myshopify.com", True)  # its row is new: never started
-    assert any_store.training_queue()[:3] == [QueuedShop("never-installed.myshopify.com", None, 0),
-                                              QueuedShop(removed, 1.0, 0), QueuedShop(SHOP, 3.5, 0)]
+    assert _order(any_store)[:3] == [("never-installed.myshopify.com", None, 0),
+                                              (removed, 1.0, 0), (SHOP, 3.5, 0)]
     any_store.training_deferred(OTHER_SHOP)  # the first shop a run's budget left out: before the new shop
-    assert any_store.training_queue()[:2] == [QueuedShop(OTHER_SHOP, 40.25, 0),
-                                              QueuedShop("never-installed.myshopify.com", None, 0)]
+    assert _order(any_store)[:2] == [(OTHER_SHOP, 40.25, 0),
+                                              ("never-installed.myshopify.com", None, 0)]
     any_store.training_started(OTHER_SHOP, T0 + timedelta(days=2))  # started and done: in turn again, at the back
     any_store.training_finished(OTHER_SHOP, 39.0)
-    assert any_store.training_queue()[-1] == QueuedShop(OTHER_SHOP, 39.0, 0)
+    assert _order(any_store)[-1] == (OTHER_SHOP, 39.0, 0)
     with pytest.raises(ValueError):
         any_store.training_started(SHOP, datetime(2026, 1, 1))  # a time without its zone
 
@@ -1184,15 +1189,32 @@ def test_an_upgraded_database_knows_which_of_its_stored_products_are_for_sale(tm
         store.close()
 
 
+def test_of_two_runs_reaching_a_shop_one_starts_it_and_only_its_signs_of_life_count(any_store):
+    """training_alive names the start it is for: a run that has lost the shop to a later start cannot keep it."""
+    any_store.set_shop_installed(SHOP, True)
+    first, second = T0 - timedelta(minutes=5), T0 - timedelta(minutes=1)
+    assert any_store.training_started(SHOP, first, expect_started_at=None)
+    assert not any_store.training_started(SHOP, second, expect_started_at=None)  # started since it was read
+    assert any_store.training_started(SHOP, second, expect_started_at=first)
+
+    any_store.training_alive(SHOP, first, T0)  # the first run, late
+    [entry] = any_store.training_queue()
+    assert (entry.started_at, entry.alive_at, entry.unfinished) == (second, second, 2)
+    any_store.training_alive(SHOP, second, T0)
+    assert any_store.training_queue()[0].alive_at == T0
+    assert not any_store.training_started("not-installed.myshopify.com", T0, expect_started_at=None)  # no row
+
+
 def test_an_upgraded_database_queues_its_installed_shops_for_training(tmp_path):
     # Arrange: a file at the version before the training columns, with two shops installed and one removed
     path = tmp_path / "events.sqlite3"
     conn = sqlite3.connect(path)
-    for script in SQLITE_MIGRATIONS[:-1]:
+    before_queue = next(k for k, script in enumerate(SQLITE_MIGRATIONS) if "train_started_at" in script)
+    for script in SQLITE_MIGRATIONS[:before_queue]:
         conn.executescript(script)
     conn.executemany("INSERT INTO shop_state VALUES (?, ?, '2024-03-01T12:00:00.000000+00:00')",
                      [("b.myshopify.com", 1), ("a.myshopify.com", 1), ("gone.myshopify.com", 0)])
-    conn.execute(f"PRAGMA user_version = {len(SQLITE_MIGRATIONS) - 1}")
+    conn.execute(f"PRAGMA user_version = {before_queue}")
     conn.commit()
     conn.close()
 
@@ -1201,12 +1223,12 @@ def test_an_upgraded_database_queues_its_installed_shops_for_training(tmp_path):
 
     # Assert: never started, so by name and without an estimate; started and finished, the shop goes last
     try:
-        assert store.training_queue() == [QueuedShop("a.myshopify.com", None, 0),
-                                          QueuedShop("b.myshopify.com", None, 0)]
+        assert _order(store) == [("a.myshopify.com", None, 0),
+                                          ("b.myshopify.com", None, 0)]
         store.training_started("a.myshopify.com", T0)
         store.training_finished("a.myshopify.com", 12.5)
-        assert store.training_queue() == [QueuedShop("b.myshopify.com", None, 0),
-                                          QueuedShop("a.myshopify.com", 12.5, 0)]
+        assert _order(store) == [("b.myshopify.com", None, 0),
+                                          ("a.myshopify.com", 12.5, 0)]
     finally:
         store.close()
 

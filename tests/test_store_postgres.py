@@ -182,11 +182,10 @@ def test_an_upgraded_schema_knows_which_of_its_stored_products_are_for_sale(sche
 
 
 def test_an_upgraded_schema_queues_its_installed_shops_for_training(schema_url):
-    from recommender.store import QueuedShop
     from recommender.store_postgres import POSTGRES_MIGRATIONS
 
     # Arrange: a schema at the version before the training queue, with two shops installed and one removed
-    schema_at_version(schema_url, len(POSTGRES_MIGRATIONS) - 1)
+    schema_at_version(schema_url, next(k for k, script in enumerate(POSTGRES_MIGRATIONS) if "train_started_at" in script))
     for shop, installed in [("b.myshopify.com", True), ("a.myshopify.com", True), ("gone.myshopify.com", False)]:
         run(schema_url, "INSERT INTO shop_state VALUES (%s, %s, now())", (shop, installed))
 
@@ -195,12 +194,12 @@ def test_an_upgraded_schema_queues_its_installed_shops_for_training(schema_url):
 
     # Assert: never started, so by name; started and finished, the shop goes last with its time
     try:
-        assert store.training_queue() == [QueuedShop("a.myshopify.com", None, 0),
-                                          QueuedShop("b.myshopify.com", None, 0)]
+        assert [tuple(entry[:3]) for entry in store.training_queue()] == [("a.myshopify.com", None, 0),
+                                          ("b.myshopify.com", None, 0)]
         store.training_started("a.myshopify.com", datetime(2026, 9, 1, tzinfo=timezone.utc))
         store.training_finished("a.myshopify.com", 12.5)
-        assert store.training_queue() == [QueuedShop("b.myshopify.com", None, 0),
-                                          QueuedShop("a.myshopify.com", 12.5, 0)]
+        assert [tuple(entry[:3]) for entry in store.training_queue()] == [("b.myshopify.com", None, 0),
+                                          ("a.myshopify.com", 12.5, 0)]
     finally:
         store.close()
 
