@@ -5,6 +5,7 @@
     python -m bench.nightly_probe --shops 300 --nights 2 --rtt-ms 0
     python -m bench.nightly_probe --code /path/to/another/checkout          # the same probe, another version's job
     python -m bench.nightly_probe --nights 4 --timeout 40                   # nights longer than the function's timeout
+    python -m bench.nightly_probe --runs 2                                  # two jobs at once each night
 
 The `train` function runs `python -m recommender train` once a night: the installed shops one after another, started
 longest ago first, in one request with a 30-minute timeout, starting no shop past its time budget. How many shops a
@@ -26,6 +27,10 @@ With --timeout the nights after the first hold fewer shops than are installed, a
 does once an app has more shops than its timeout holds: each is killed at --timeout seconds and given the time
 budget deploy/deploy.py derives from that timeout (TRAIN_BUDGET_SECONDS, 5/6 of it). The shops a night got to are
 read from their run logs, and the probe reports how many nights each shop has waited since it was last trained.
+
+With --runs N each night after the first starts N jobs at once, as when a run started by hand (or the next
+scheduled one, while a timed-out run goes on) meets the scheduled one: the probe counts each shop's run logs of the
+night, so a shop trained by two of them counts twice (`trainings`, `shops_trained_twice`).
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from datetime import datetime, timezone
@@ -58,26 +64,45 @@ def requests_logged(log: Path) -> list[str]:
     return [line for line in log.read_text().splitlines() if line.startswith('"') and " HTTP/" in line]
 
 
-OUTCOMES = ("trained", "kept", "skipped", "failed", "deferred")
+OUTCOMES = ("trained", "kept", "skipped", "failed", "deferred", "running")
 
 
 def night_outcome(stdout: str) -> dict[str, int]:
-    """What the job printed, counted (a job without a time budget prints no `deferred`); nothing if it was killed."""
+    """What the job printed, counted (a job without a time budget prints no `deferred`, one before round 35 no
+    `running`); nothing if it was killed."""
     if not stdout:
         return {}
     result = json.loads(stdout)
     return {key: len(result.get(key, ())) for key in OUTCOMES}
 
 
-def trained_since(endpoint: str, shops: list[str], since: datetime) -> list[str]:
-    """The shops whose newest run log, read through `endpoint`, is of a run started at `since` or later: the ones a
-    night got to, whatever became of its job afterwards (a job killed at its timeout prints nothing)."""
+def nights_outcome(stdouts: list[str]) -> dict[str, int]:
+    """`night_outcome` of a night's jobs, added up."""
+    total: dict[str, int] = {}
+    for stdout in stdouts:
+        for key, count in night_outcome(stdout).items():
+            total[key] = total.get(key, 0) + count
+    return total
+
+
+def measured_at_once(command: list[str], env: dict[str, str], code: Path, runs: int,
+                     timeout: float | None) -> list[dict]:
+    """`runs` jobs started together, each `measured` (a scheduled run and one started by hand, say)."""
+    with ThreadPoolExecutor(max_workers=runs) as pool:
+        return list(pool.map(lambda _: measured(command, env, code, ok=(0, 1), timeout=timeout), range(runs)))
+
+
+def trainings_since(endpoint: str, shops: list[str], since: datetime, runs: int = 1) -> dict[str, int]:
+    """How many of each shop's newest `runs` run logs, read through `endpoint`, are of a run started at `since` or
+    later: the shops a night got to (and how often, with `runs` jobs at once), whatever became of its jobs
+    afterwards (a job killed at its timeout prints nothing). Shops not trained are left out."""
     from recommender.model_store import open_model_store
 
     with process.emulator_host(endpoint):
         store = open_model_store(f"gs://{process.STORAGE_BUCKET}/models")
-        return [shop for shop in shops
-                if any(datetime.fromisoformat(log["started_at"]) >= since for log in store.runs(shop, limit=1))]
+        counts = {shop: sum(1 for log in store.runs(shop, limit=runs)
+                            if datetime.fromisoformat(log["started_at"]) >= since) for shop in shops}
+    return {shop: count for shop, count in counts.items() if count}
 
 
 def waiting_nights(trained_by_night: list[list[str]], shops: list[str]) -> dict[str, int]:
@@ -134,9 +159,10 @@ def events_of(code: Path, store_url: str, command: str, names: list[str], events
 
 
 def measure(shops: int, events: int, users: int, items: int, nights: int, history: int, rtt_ms: float,
-            postgres_url: str | None, code: Path, work: Path, timeout: float | None = None) -> dict:
+            postgres_url: str | None, code: Path, work: Path, timeout: float | None = None, runs: int = 1) -> dict:
     """`timeout`: the nights after the first are killed at that many seconds, as the `train` function is at its
-    timeout, and run with the time budget deploy/deploy.py sets for it (a job that has none ignores it)."""
+    timeout, and run with the time budget deploy/deploy.py sets for it (a job that has none ignores it). `runs`:
+    the nights after the first start that many jobs at once."""
     names = [shop_name(i) for i in range(shops)]
     store_url = postgres_url or f"sqlite:///{work / 'events.sqlite3'}"
     emulator = None
@@ -153,30 +179,36 @@ def measure(shops: int, events: int, users: int, items: int, nights: int, histor
                "RETENTION_DAYS": "0"}  # nothing pruned: the probe's events are up to 300 days old
         env.pop("TEST_POSTGRES_URL", None)
         command = [sys.executable, "-c", JOB, "train"]
-        runs, trained_by_night = [], []
+        nights_run, trained_by_night = [], []
         for night in range(nights + 1):  # night 0 publishes each shop's first model and leaves its first log
             before = len(requests_logged(log))
             started_at = datetime.now(timezone.utc)
-            if night == 0 or timeout is None:
-                run = measured(command, {**env, "TRAIN_BUDGET_SECONDS": "0"}, code, ok=(0, 1))
-            else:
-                run = measured(command, {**env, "TRAIN_BUDGET_SECONDS": f"{timeout * TRAIN_BUDGET_SHARE:.3f}"},
-                               code, ok=(0, 1), timeout=timeout)
+            budget = "0" if night == 0 or timeout is None else f"{timeout * TRAIN_BUDGET_SHARE:.3f}"
+            jobs = measured_at_once(command, {**env, "TRAIN_BUDGET_SECONDS": budget}, code, 1 if night == 0 else runs,
+                                    None if night == 0 else timeout)
             counted = requests_logged(log)[before:]
-            trained_by_night.append(trained_since(gcs_env["STORAGE_EMULATOR_HOST"], names, started_at))
-            outcome = night_outcome(run["stdout"])
-            handled = sum(n for key, n in outcome.items() if key != "deferred") or len(trained_by_night[-1])
-            entry = {"night": night, "seconds": run["seconds"], "killed": run["killed"], "peak_mib": run["peak_mib"],
-                     **outcome, "shops_trained": len(trained_by_night[-1]), "requests": len(counted),
+            trainings = trainings_since(gcs_env["STORAGE_EMULATOR_HOST"], names, started_at, runs)
+            trained_by_night.append(list(trainings))
+            outcome = nights_outcome([job["stdout"] for job in jobs])
+            handled = (sum(n for key, n in outcome.items() if key not in ("deferred", "running"))
+                       or sum(trainings.values()))
+            peaks = [job["peak_mib"] for job in jobs if job["peak_mib"] is not None]
+            entry = {"night": night, "seconds": max(job["seconds"] for job in jobs),
+                     "killed": any(job["killed"] for job in jobs), "peak_mib": max(peaks) if peaks else None,
+                     **outcome, "shops_trained": len(trainings), "trainings": sum(trainings.values()),
+                     "shops_trained_twice": sum(1 for count in trainings.values() if count > 1),
+                     "requests": len(counted),
                      "requests_per_shop": round(len(counted) / handled, 1) if handled else None,
-                     "seconds_per_shop": round(run["seconds"] / handled, 4) if handled else None,
+                     "seconds_per_shop": round(entry_seconds_per_shop(jobs, handled), 4) if handled else None,
                      "downloads": sum(1 for line in counted if "alt=media" in line),
                      "uploads": sum(1 for line in counted if line.startswith('"POST /upload')),
-                     "shops_in_budget": int(BUDGET_SECONDS / (run["seconds"] / handled)) if handled else None}
-            runs.append(entry)
-            ended = (f"killed at {timeout:g} s" if run["killed"] else
+                     "shops_in_budget": int(BUDGET_SECONDS / entry_seconds_per_shop(jobs, handled))
+                     if handled else None}
+            nights_run.append(entry)
+            ended = (f"killed at {timeout:g} s" if entry["killed"] else
                      f"peak {entry['peak_mib']:.0f} MiB, {outcome}")
-            print(f"  night {night}: {entry['seconds']:.1f} s, {ended}, {entry['shops_trained']} shops trained, "
+            twice = f" ({entry['trainings']} trainings, {entry['shops_trained_twice']} shops twice)" if runs > 1 else ""
+            print(f"  night {night}: {entry['seconds']:.1f} s, {ended}, {entry['shops_trained']} shops trained{twice}, "
                   f"{entry['requests']} requests ({entry['requests_per_shop']} a shop: {entry['downloads']} downloads,"
                   f" {entry['uploads']} uploads) -> {entry['shops_in_budget']} such shops in the "
                   f"{BUDGET_SECONDS / 60:g}-minute budget", flush=True)
@@ -191,9 +223,21 @@ def measure(shops: int, events: int, users: int, items: int, nights: int, histor
     waiting = waiting_nights(trained_by_night, names)
     return {"shops": shops, "events_per_shop": events, "store": "postgresql" if postgres_url else "sqlite",
             "rtt_ms": rtt_ms, "history": history, "code": str(code), "fill_seconds": round(fill_seconds, 1),
-            "timeout": timeout, "nights": runs, "most_nights_waiting": max(waiting.values()),
+            "timeout": timeout, "runs_at_once": runs, "nights": nights_run, "most_nights_waiting": max(waiting.values()),
             "shops_untrained_since_night_0": sum(1 for nights_waiting in waiting.values() if nights_waiting == nights
                                                  and nights > 0)}
+
+
+def entry_seconds_per_shop(jobs: list[dict], handled: int) -> float:
+    """A night's seconds a shop: its longest job's wall time over the shops its jobs handled."""
+    return max(job["seconds"] for job in jobs) / handled
+
+
+def positive_count(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"a whole number >= 1, got {text!r}")
+    return value
 
 
 def positive_seconds(text: str) -> float:
@@ -216,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=positive_seconds,
                         help="kill each night after the first at this many seconds, as the function's timeout does, "
                              "and give it the time budget deploy.py derives from that timeout")
+    parser.add_argument("--runs", type=positive_count, default=1,
+                        help="jobs started at once each night after the first (a scheduled run and one by hand)")
     add_job_arguments(parser)
     args = parser.parse_args(argv)
     url = postgres_url(parser, args)
@@ -224,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
           f"a shop after the first night; the job of {args.code}", flush=True)
     with tempfile.TemporaryDirectory(prefix="nightly-probe-") as scratch:
         result = measure(args.shops, args.events, args.users, args.items, args.nights, args.history, args.rtt_ms,
-                         url, args.code.resolve(), Path(scratch), args.timeout)
+                         url, args.code.resolve(), Path(scratch), args.timeout, args.runs)
     if args.timeout:
         print(f"after {args.nights} nights of {args.timeout:g} s: shops trained each night "
               f"{[night['shops_trained'] for night in result['nights'][1:]]}, "

@@ -41,3 +41,23 @@ def test_a_night_past_its_timeout_is_killed_and_says_so():
 
     assert run["killed"] and run["stdout"] == "" and run["peak_mib"] is None
     assert nightly_probe.night_outcome(run["stdout"]) == {}
+
+
+def test_two_jobs_at_once_count_each_run_log_they_wrote(tmp_path):
+    pytest.importorskip("gcp_storage_emulator", reason="the probe needs gcp-storage-emulator (requirements-dev.txt)")
+
+    result = nightly_probe.measure(shops=3, events=2_000, users=200, items=200, nights=1, history=0, rtt_ms=0,
+                                   postgres_url=None, code=ROOT, work=tmp_path, runs=2)
+
+    second = result["nights"][1]
+    assert result["runs_at_once"] == 2 and second["shops_trained"] == 3 and second["failed"] == 0
+    # each training leaves one run log, published or kept, whichever of the two jobs did it
+    assert second["trainings"] == second["trained"] + second["kept"] >= 3
+    assert second["shops_trained_twice"] == second["trainings"] - 3
+
+
+def test_the_outcomes_of_a_nights_jobs_add_up():
+    printed = ['{"trained": [1, 2], "running": [3], "deferred": []}', '{"trained": [3], "running": [1, 2]}', ""]
+
+    assert nightly_probe.nights_outcome(printed) == {"trained": 3, "kept": 0, "skipped": 0, "failed": 0,
+                                                     "deferred": 0, "running": 3}
