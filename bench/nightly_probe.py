@@ -64,12 +64,12 @@ def requests_logged(log: Path) -> list[str]:
     return [line for line in log.read_text().splitlines() if line.startswith('"') and " HTTP/" in line]
 
 
-OUTCOMES = ("trained", "kept", "skipped", "failed", "deferred", "running")
+OUTCOMES = ("trained", "kept", "skipped", "failed", "deferred", "other_runs")
 
 
 def night_outcome(stdout: str) -> dict[str, int]:
     """What the job printed, counted (a job without a time budget prints no `deferred`, one before round 35 no
-    `running`); nothing if it was killed."""
+    `other_runs`); nothing if it was killed."""
     if not stdout:
         return {}
     result = json.loads(stdout)
@@ -190,7 +190,7 @@ def measure(shops: int, events: int, users: int, items: int, nights: int, histor
             trainings = trainings_since(gcs_env["STORAGE_EMULATOR_HOST"], names, started_at, runs)
             trained_by_night.append(list(trainings))
             outcome = nights_outcome([job["stdout"] for job in jobs])
-            handled = (sum(n for key, n in outcome.items() if key not in ("deferred", "running"))
+            handled = (sum(n for key, n in outcome.items() if key not in ("deferred", "other_runs"))
                        or sum(trainings.values()))
             peaks = [job["peak_mib"] for job in jobs if job["peak_mib"] is not None]
             entry = {"night": night, "seconds": max(job["seconds"] for job in jobs),

@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
                                             settings.retention_days, shops,
                                             budget_seconds=settings.train_budget_seconds)
             print(json.dumps(report, indent=2))
-            if not report["trained"] or report["failed"] or report["queue_errors"]:
+            # nothing trained is a failure, unless other runs going on have the shops
+            if not (report["trained"] or report["other_runs"]) or report["failed"] or report["queue_errors"]:
                 return 1
     except (RecommenderError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

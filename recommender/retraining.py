@@ -13,6 +13,7 @@ import itertools
 import logging
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -170,8 +171,8 @@ def retrain_shop(store: EventStore, model_store: ModelStore, shop: str, config: 
 
 
 FAILURES_IN_A_ROW = 3  # the scheduled run stops at this many shops failing one after another
-# A run training a shop writes that it is alive this often (`training_alive`), and a shop started, not finished and
-# alive within ALIVE_WITHIN_SECONDS is taken for being trained by another run: left to it, not taken for cut off.
+# A run writes that it is going on this often (`training_run_alive`); a run silent for ALIVE_WITHIN_SECONDS has
+# ended without saying so (killed: the function's timeout or memory), and the shops it left unfinished were cut off.
 ALIVE_EVERY_SECONDS = 30.0
 ALIVE_WITHIN_SECONDS = 180.0
 
@@ -190,10 +191,13 @@ def run_scheduled_training(store: EventStore, model_store: ModelStore, config: T
     shops, those past where the function's timeout cut it, untrained every night.
 
     Runs at the same time share the queue (a scheduled run and one started by hand, the next scheduled run while a
-    504'd one goes on): a shop is started only if no other run started it since this run read the queue, and a
-    shop another run is training (started, not finished, and the run wrote that it was alive within
-    ALIVE_WITHIN_SECONDS; it does every `alive_every_seconds`) is left to it. Both are listed under `running`. Two
-    runs used to train the same shops one after the other, each taking the other's shop for one cut off.
+    504'd one goes on). Each run has a row in the event store (`training_run_began`), says it is alive every
+    `alive_every_seconds` and deletes its row when it ends. The shops started by another run that is alive (it
+    said so within ALIVE_WITHIN_SECONDS) are left to it, whether it is still training them or has trained them
+    (a named shop only while it is being trained); and a shop is started only if no other run started it since
+    this run read the queue. Such shops are listed under `other_runs`, each with its `state`: `training`, `done`,
+    or `taken` (started since the queue was read). Two runs used to train the same shops one after the other, each
+    taking the other's shop for one cut off.
 
     With `budget_seconds` (> 0) a shop is started only if the run's time so far plus what the shop's last training
     took fits in it; the others are listed under `deferred` and keep their place, and the first of them leads the
@@ -206,129 +210,142 @@ def run_scheduled_training(store: EventStore, model_store: ModelStore, config: T
     untrained, night after night if the failure stayed. FAILURES_IN_A_ROW shops failing one after another say the
     event store or the model store is out of reach: the last failure is raised then, rather than every later shop
     waiting for its own connection timeout and logging the same traceback. A shop's place in the queue that could
-    not be written after its training is listed under `queue_errors` (the event store refused the write)."""
+    not be written after its training, or the run's end, is listed under `queue_errors` (the event store refused
+    the write)."""
+    if not 0 < alive_every_seconds * 3 <= ALIVE_WITHIN_SECONDS:  # a few signs of life missed before it counts
+        raise ValueError(f"alive_every_seconds must be in (0, {ALIVE_WITHIN_SECONDS / 3:g}], got {alive_every_seconds}")
     started = time.perf_counter()
     now = now or datetime.now(timezone.utc)
     named = [check_shop_domain(shop) for shop in shops] if shops is not None else None  # a bad name: refused first
     pruned = store.prune_events(now - timedelta(days=retention_days)) if retention_days > 0 else 0
+    run = uuid.uuid4().hex
+    store.training_run_began(run, datetime.now(timezone.utc))
+    alive = _SignsOfLife(store, run, alive_every_seconds)
+    queue_errors: list[dict] = []
+    try:
+        report = _train_in_turn(store, model_store, config, gate, named, now, budget_seconds, run, queue_errors)
+    finally:
+        alive.close()
+        try:
+            store.training_run_ended(run)
+        except Exception as exc:  # noqa: BLE001 - its row is taken for a run going on until it falls silent
+            log.exception("could not write that training run %s has ended", run)
+            queue_errors.append({"shop": None, "error": f"{type(exc).__name__}: {exc}"})
+    return {**report, "queue_errors": queue_errors, "pruned_events": pruned,
+            "seconds": round(time.perf_counter() - started, 3)}
+
+
+def _train_in_turn(store: EventStore, model_store: ModelStore, config: TrainingConfig, gate: GateConfig,
+                   named: list[str] | None, now: datetime, budget_seconds: float, run: str,
+                   queue_errors: list[dict]) -> dict:
+    """The queue read and its shops trained in turn, as `run_scheduled_training` says."""
+    started = time.perf_counter()
     waiting = store.training_queue()
     read_at = datetime.now(timezone.utc)
     queued = {entry.shop: entry for entry in waiting}
     queue = named if named is not None else [entry.shop for entry in waiting]
     taken = set(queue)
-    elsewhere = {entry.shop for entry in waiting if entry.unfinished and entry.alive_at is not None
-                 and read_at - entry.alive_at < timedelta(seconds=ALIVE_WITHIN_SECONDS)}
+    others = {entry.shop: "training" if entry.unfinished else "done" for entry in waiting
+              if entry.run_alive_at is not None
+              and read_at - entry.run_alive_at < timedelta(seconds=ALIVE_WITHIN_SECONDS)
+              and (named is None or entry.unfinished)}
     interrupted = [{"shop": entry.shop, "unfinished": entry.unfinished} for entry in waiting
-                   if entry.unfinished and entry.shop in taken and entry.shop not in elsewhere]
+                   if entry.unfinished and entry.shop in taken and entry.shop not in others]
     if interrupted:
         log.warning("%d shops' last training never finished (cut off: the function's timeout or memory), e.g. %s "
                     "(%d in a row)", len(interrupted), interrupted[0]["shop"], interrupted[0]["unfinished"])
-    trained, kept, skipped, failed, deferred, running, queue_errors = [], [], [], [], [], [], []
+    trained, kept, skipped, failed, deferred, other_runs = [], [], [], [], [], []
     in_a_row = starts = 0
-    alive = _SignsOfLife(store, alive_every_seconds)
-    try:
-        for position, shop in enumerate(queue):
-            entry = queued.get(shop)
-            if shop in elsewhere:
-                running.append({"shop": shop, "alive_at": entry.alive_at.isoformat()})
+    for position, shop in enumerate(queue):
+        entry = queued.get(shop)
+        if shop in others:
+            other_runs.append({"shop": shop, "state": others[shop]})
+            continue
+        elapsed = time.perf_counter() - started
+        expected = entry.expected_seconds if entry is not None else None
+        if budget_seconds > 0 and starts > 0 and elapsed + (expected or 0) > budget_seconds:
+            deferred.append({"shop": shop, "expected_seconds": expected})
+            continue
+        shop_started = time.perf_counter()
+        in_queue = False  # whether its start was written: a store that refuses it is the shop's failure
+        try:
+            if entry is None:  # a named shop not installed: no place in the queue to claim
+                in_queue = store.training_started(shop, datetime.now(timezone.utc), run)
+            elif store.training_started(shop, datetime.now(timezone.utc), run, expect_started_at=entry.started_at):
+                in_queue = True
+            else:  # another run started it after this one read the queue
+                other_runs.append({"shop": shop, "state": "taken"})
                 continue
-            elapsed = time.perf_counter() - started
-            expected = entry.expected_seconds if entry is not None else None
-            if budget_seconds > 0 and starts > 0 and elapsed + (expected or 0) > budget_seconds:
-                deferred.append({"shop": shop, "expected_seconds": expected})
-                continue
-            shop_started = time.perf_counter()
-            in_queue = False  # whether its start was written: a store that refuses it is the shop's failure
-            try:
-                started_at = datetime.now(timezone.utc)
-                if entry is None:  # a named shop not installed: no place in the queue to claim
-                    in_queue = store.training_started(shop, started_at)
-                elif store.training_started(shop, started_at, expect_started_at=entry.started_at):
-                    in_queue = True
-                else:  # another run started it after this one read the queue
-                    running.append({"shop": shop, "alive_at": None})
-                    continue
-                starts += 1
-                alive.training(shop, started_at)
-                record = retrain_shop(store, model_store, check_shop_domain(shop), config, gate, now)
-            except (NotEnoughData, PublishConflict) as exc:  # a lost publish race: the other trainer's model stands
-                skipped.append({"shop": shop, "reason": str(exc)})
-                in_a_row = 0
-            except Exception as exc:  # noqa: BLE001 - reported below and in the run's answer; the other shops go on
-                in_a_row += 1
-                alive.done()
-                if in_queue:  # a failure's time says nothing of the shop's next training: its last figure stays
-                    _finish(store, shop, None, queue_errors)
-                if in_a_row >= FAILURES_IN_A_ROW:
-                    log.error("%d shops failed in a row, the last %s; stopping with %d shops not tried (trained %d)",
-                              in_a_row, shop, len(queue) - position - 1, len(trained))
-                    raise
-                log.exception("training %s failed; going on with the other shops", shop)
-                failed.append({"shop": shop, "error": f"{type(exc).__name__}: {exc}"})
-                continue
-            else:
-                in_a_row = 0
-                (trained if record["published"] else kept).append(record)
-            alive.done()
-            if in_queue:
-                _finish(store, shop, round(time.perf_counter() - shop_started, 3), queue_errors)
-    finally:
-        alive.close()
-    if running:
-        log.info("%d shops are being trained by another run, e.g. %s; left to it", len(running), running[0]["shop"])
+            starts += 1
+            record = retrain_shop(store, model_store, check_shop_domain(shop), config, gate, now)
+        except (NotEnoughData, PublishConflict) as exc:  # a lost publish race: the other trainer's model stands
+            skipped.append({"shop": shop, "reason": str(exc)})
+            in_a_row = 0
+        except Exception as exc:  # noqa: BLE001 - reported below and in the run's answer; the other shops go on
+            in_a_row += 1
+            if in_queue:  # a failure's time says nothing of the shop's next training: its last figure stays
+                _finish(store, shop, None, run, queue_errors)
+            if in_a_row >= FAILURES_IN_A_ROW:
+                log.error("%d shops failed in a row, the last %s; stopping with %d shops not tried (trained %d)",
+                          in_a_row, shop, len(queue) - position - 1, len(trained))
+                raise
+            log.exception("training %s failed; going on with the other shops", shop)
+            failed.append({"shop": shop, "error": f"{type(exc).__name__}: {exc}"})
+            continue
+        else:
+            in_a_row = 0
+            (trained if record["published"] else kept).append(record)
+        if in_queue:
+            _finish(store, shop, round(time.perf_counter() - shop_started, 3), run, queue_errors)
+    if other_runs:
+        log.info("%d shops are another run's (being trained or trained by a run going on), e.g. %s; left to it",
+                 len(other_runs), other_runs[0]["shop"])
     if deferred:
         log.warning("time budget of %gs spent: %d shops deferred to the next run (the first %s)", budget_seconds,
                     len(deferred), deferred[0]["shop"])
+        first = queued.get(deferred[0]["shop"])
         try:
-            store.training_deferred(deferred[0]["shop"])
+            if first is not None:  # unless a run has started it since this one read the queue
+                store.training_deferred(first.shop, expect_started_at=first.started_at)
         except Exception as exc:  # noqa: BLE001 - reported in the answer; the shop keeps its place all the same
             log.exception("could not mark %s as deferred", deferred[0]["shop"])
             queue_errors.append({"shop": deferred[0]["shop"], "error": f"{type(exc).__name__}: {exc}"})
     return {"trained": trained, "kept": kept, "skipped": skipped, "failed": failed, "deferred": deferred,
-            "running": running, "interrupted": interrupted, "queue_errors": queue_errors, "pruned_events": pruned,
-            "seconds": round(time.perf_counter() - started, 3)}
+            "other_runs": other_runs, "interrupted": interrupted}
 
 
 class _SignsOfLife:
-    """A thread writing, every `every` seconds, that the run is still training the shop it started last
-    (`training_alive`), so that another run leaves the shop to it; started with the run's first shop."""
+    """A thread writing, every `every` seconds, that the training run `run` is going on (`training_run_alive`), so
+    that other runs leave its shops to it. Its connection to the store is closed when it stops."""
 
-    def __init__(self, store: EventStore, every: float):
-        self._store, self._every = store, every
-        self._current: tuple[str, datetime] | None = None
+    def __init__(self, store: EventStore, run: str, every: float):
+        self._store, self._run, self._every = store, run, every
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def training(self, shop: str, started_at: datetime) -> None:
-        self._current = (shop, started_at)
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._beat, name="training-alive", daemon=True)
-            self._thread.start()
-
-    def done(self) -> None:
-        self._current = None
+        self._thread = threading.Thread(target=self._beat, name="training-run-alive", daemon=True)
+        self._thread.start()
 
     def close(self) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
+        self._thread.join()
 
     def _beat(self) -> None:
-        while not self._stop.wait(self._every):
-            current = self._current
-            if current is None:
-                continue
-            try:
-                self._store.training_alive(current[0], current[1], datetime.now(timezone.utc))
-            except Exception:  # noqa: BLE001 - the training goes on; another run may take the shop for cut off
-                log.warning("could not write that %s is still being trained", current[0], exc_info=True)
+        try:
+            while not self._stop.wait(self._every):
+                try:
+                    self._store.training_run_alive(self._run, datetime.now(timezone.utc))
+                except Exception:  # noqa: BLE001 - the run goes on; other runs may take its shops for cut off
+                    log.warning("could not write that training run %s is going on", self._run, exc_info=True)
+        finally:
+            self._store.close_thread_connection()
 
 
-def _finish(store: EventStore, shop: str, seconds: float | None, errors: list[dict]) -> None:
+def _finish(store: EventStore, shop: str, seconds: float | None, run: str, errors: list[dict]) -> None:
     """`training_finished`, or the error that refused it listed in `errors`: the shop's training is over either way
-    (published, kept or failed), but until the write succeeds the queue takes it for one that was cut off."""
+    (published, kept or failed), but until the write succeeds the queue takes it for one that was cut off. A shop
+    another run has started since (this run was silent too long, and taken for killed) is that run's to finish."""
     try:
-        store.training_finished(shop, seconds)
+        if not store.training_finished(shop, seconds, run):
+            log.warning("%s was started again by another run while this one trained it; that run finishes it", shop)
     except Exception as exc:  # noqa: BLE001 - reported in the run's answer, which is then a 500
         log.exception("could not write that the training of %s is over; the next run takes it for cut off", shop)
         errors.append({"shop": shop, "error": f"{type(exc).__name__}: {exc}"})

@@ -16,7 +16,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Collection, Iterable, NamedTuple, Protocol, Sequence
 
@@ -148,9 +148,10 @@ SQLITE_MIGRATIONS: tuple[str, ...] = (
     " ALTER TABLE shop_state ADD COLUMN train_seconds REAL;"
     " ALTER TABLE shop_state ADD COLUMN train_unfinished INTEGER NOT NULL DEFAULT 0;"
     " ALTER TABLE shop_state ADD COLUMN train_deferred INTEGER NOT NULL DEFAULT 0;",
-    # When the run training a shop last said it was alive (retraining.py): a shop started, not finished and alive
-    # lately is being trained by another run, not cut off.
-    "ALTER TABLE shop_state ADD COLUMN train_alive_at TEXT;",
+    # The training runs going on (retraining.py), each saying it is alive every so often, and which run last
+    # started each shop: a shop whose run is alive is that run's (being trained or trained), not cut off.
+    "ALTER TABLE shop_state ADD COLUMN train_run TEXT;"
+    " CREATE TABLE training_runs (run_id TEXT PRIMARY KEY, started_at TEXT NOT NULL, alive_at TEXT NOT NULL);",
 )
 
 # Every table that holds a shop's data, in both backends: what redact_shop empties.
@@ -253,10 +254,14 @@ class EventStore(Protocol):
     def installed_with_unsellable(self, shop: str) -> tuple[bool, set[str]]: ...
     def installed_shops(self) -> list[str]: ...
     def training_queue(self) -> list["QueuedShop"]: ...
-    def training_started(self, shop: str, at: datetime, expect_started_at: object = ...) -> bool: ...
-    def training_alive(self, shop: str, started_at: datetime, at: datetime) -> None: ...
-    def training_finished(self, shop: str, seconds: float | None) -> None: ...
-    def training_deferred(self, shop: str) -> None: ...
+    def training_run_began(self, run: str, at: datetime) -> None: ...
+    def training_run_alive(self, run: str, at: datetime) -> None: ...
+    def training_run_ended(self, run: str) -> None: ...
+    def training_started(self, shop: str, at: datetime, run: str | None = None,
+                         expect_started_at: object = ...) -> bool: ...
+    def training_finished(self, shop: str, seconds: float | None, run: str | None = None) -> bool: ...
+    def training_deferred(self, shop: str, expect_started_at: object = ...) -> bool: ...
+    def close_thread_connection(self) -> None: ...
     def prune_events(self, older_than: datetime) -> int: ...
     def close(self) -> None: ...
 
@@ -271,7 +276,8 @@ class QueuedShop(NamedTuple):
     expected_seconds: float | None  # what its last finished training took (None: none finished yet)
     unfinished: int  # its trainings in a row that were started and never finished: killed, or still going on
     started_at: datetime | None = None  # when its last training was started (None: never)
-    alive_at: datetime | None = None  # when the run training it last said it was alive (None: before migration 6)
+    run_alive_at: datetime | None = None  # when the run that started it last said it was alive (None: that run
+    # has ended, or the shop was started before migration 6)
 
 
 # The training job's order ({never_started}: how the backend sorts a shop never started first):
@@ -282,19 +288,26 @@ class QueuedShop(NamedTuple):
 # - the others, never started first (a new shop's first model), then the one started longest ago;
 # - last, a shop cut off twice or more in a row: it dies whenever it runs (more memory or time than the function
 #   has) and would take the shops after it down with it.
-_TRAINING_QUEUE_SQL = ("SELECT shop, train_seconds, train_unfinished, train_started_at, train_alive_at FROM shop_state"
-                      " WHERE installed = {yes}"
-                      " ORDER BY CASE WHEN train_unfinished >= 2 THEN 3 WHEN train_unfinished = 1 THEN 0"
-                      " WHEN train_deferred = 1 THEN 1 ELSE 2 END, {never_started}")
-# A start ({claim}: the start the run read in the queue still there, so that of two runs reaching the shop one
-# starts it) and the run's sign of life while it trains the shop it started ({same}: the dialect's null-safe =).
-_TRAINING_STARTED_SQL = ("UPDATE shop_state SET train_started_at = {p}, train_alive_at = {p},"
+_TRAINING_QUEUE_SQL = ("SELECT s.shop, s.train_seconds, s.train_unfinished, s.train_started_at, r.alive_at"
+                      " FROM shop_state s LEFT JOIN training_runs r ON r.run_id = s.train_run"
+                      " WHERE s.installed = {yes}"
+                      " ORDER BY CASE WHEN s.train_unfinished >= 2 THEN 3 WHEN s.train_unfinished = 1 THEN 0"
+                      " WHEN s.train_deferred = 1 THEN 1 ELSE 2 END, {never_started}")
+# A start ({run}: the run's id; {claim}: only if the start the run read in the queue is still there ({same}: the
+# dialect's null-safe =), so that of two runs reaching the shop one starts it), the end of a training ({mine}: only
+# if the run that started it is the one ending it) and the mark of the first shop a run's budget left out.
+_TRAINING_STARTED_SQL = ("UPDATE shop_state SET train_started_at = {p}, train_run = {p},"
                         " train_unfinished = train_unfinished + 1, train_deferred = 0 WHERE shop = {p}{claim}")
 _TRAINING_CLAIM_SQL = " AND train_started_at {same} {p}"
-_TRAINING_ALIVE_SQL = "UPDATE shop_state SET train_alive_at = {p} WHERE shop = {p} AND train_started_at = {p}"
-_TRAINING_DEFERRED_SQL = "UPDATE shop_state SET train_deferred = 1 WHERE shop = {p}"
+_TRAINING_DEFERRED_SQL = "UPDATE shop_state SET train_deferred = 1 WHERE shop = {p}{claim}"
 _TRAINING_FINISHED_SQL = ("UPDATE shop_state SET train_unfinished = 0, train_seconds = coalesce({p}, train_seconds)"
-                         " WHERE shop = {p}")
+                         " WHERE shop = {p}{mine}")
+# The runs going on: a run's row is made when it begins, its time of life moved while it goes on, and deleted when
+# it ends; rows a day without a sign of life (runs killed) are deleted when the next run begins.
+_TRAINING_RUN_BEGAN_SQL = "INSERT INTO training_runs (run_id, started_at, alive_at) VALUES ({p}, {p}, {p})"
+_TRAINING_RUNS_GONE_SQL = "DELETE FROM training_runs WHERE alive_at < {p}"
+_TRAINING_RUN_ALIVE_SQL = "UPDATE training_runs SET alive_at = {p} WHERE run_id = {p}"
+_TRAINING_RUN_ENDED_SQL = "DELETE FROM training_runs WHERE run_id = {p}"
 
 # Shared by both backends ({p}: the parameter marker; {no}: the false literal): the flag `apply` keeps.
 UNSELLABLE_SQL = "SELECT product_id FROM products WHERE shop = {p} AND sellable = {no}"
@@ -573,33 +586,52 @@ class SharedQueries:
         return [QueuedShop(shop, seconds, unfinished, self._to_time(started), self._to_time(alive))
                 for shop, seconds, unfinished, started, alive in self._read(sql)]
 
-    def training_started(self, shop: str, at: datetime, expect_started_at: object = ...) -> bool:
-        """The training job starts `shop` at `at`: it goes to the back of the queue, counted unfinished until
-        `training_finished`. With `expect_started_at` (the `started_at` the run read in the queue, None for never)
-        only if no other run started the shop since: False if one did, or if the shop has no row."""
-        at = self._time_param(require_aware(at, "at"))
+    def _time(self, at: datetime, name: str):
+        return self._time_param(require_aware(at, name))
+
+    def _claim(self, expect_started_at: object) -> tuple[str, tuple]:
+        """The condition on the start a run read in the queue (`...`: none), and its parameter."""
         if expect_started_at is ...:
-            return self._write_statement(_TRAINING_STARTED_SQL.format(p=self._P, claim=""), (at, at, shop)) == 1
-        expected = self._time_param(require_aware(expect_started_at, "expect_started_at")) \
-            if expect_started_at is not None else None
-        sql = _TRAINING_STARTED_SQL.format(p=self._P, claim=_TRAINING_CLAIM_SQL.format(same=self._SAME, p=self._P))
-        return self._write_statement(sql, (at, at, shop, expected)) == 1
+            return "", ()
+        expected = self._time(expect_started_at, "expect_started_at") if expect_started_at is not None else None
+        return _TRAINING_CLAIM_SQL.format(same=self._SAME, p=self._P), (expected,)
 
-    def training_alive(self, shop: str, started_at: datetime, at: datetime) -> None:
-        """The run that started `shop` at `started_at` is still training it at `at` (nothing if another run has
-        started the shop since)."""
-        self._write_statement(_TRAINING_ALIVE_SQL.format(p=self._P),
-                              (self._time_param(require_aware(at, "at")), shop,
-                               self._time_param(require_aware(started_at, "started_at"))))
+    def training_run_began(self, run: str, at: datetime) -> None:
+        """A training run `run` (an id of its own) begins at `at`; the rows of runs silent for a day go."""
+        began = self._time(at, "at")
+        self._write_statement(_TRAINING_RUNS_GONE_SQL.format(p=self._P), (self._time(at - timedelta(days=1), "at"),))
+        self._write_statement(_TRAINING_RUN_BEGAN_SQL.format(p=self._P), (run, began, began))
 
-    def training_finished(self, shop: str, seconds: float | None) -> None:
+    def training_run_alive(self, run: str, at: datetime) -> None:
+        """The training run `run` is still going on at `at`."""
+        self._write_statement(_TRAINING_RUN_ALIVE_SQL.format(p=self._P), (self._time(at, "at"), run))
+
+    def training_run_ended(self, run: str) -> None:
+        """The training run `run` has ended: the shops it started are nobody's now."""
+        self._write_statement(_TRAINING_RUN_ENDED_SQL.format(p=self._P), (run,))
+
+    def training_started(self, shop: str, at: datetime, run: str | None = None,
+                         expect_started_at: object = ...) -> bool:
+        """The training job (the run `run`) starts `shop` at `at`: it goes to the back of the queue, counted
+        unfinished until `training_finished`. With `expect_started_at` (the `started_at` the run read in the queue,
+        None for never) only if no other run started the shop since: False if one did, or if the shop has no row."""
+        claim, expected = self._claim(expect_started_at)
+        return self._write_statement(_TRAINING_STARTED_SQL.format(p=self._P, claim=claim),
+                                     (self._time(at, "at"), run, shop, *expected)) == 1
+
+    def training_finished(self, shop: str, seconds: float | None, run: str | None = None) -> bool:
         """The training job is done with `shop` (trained, kept, skipped or failed); `seconds` (None: keep the last
-        figure) is what it took, the next run's estimate."""
-        self._write_statement(_TRAINING_FINISHED_SQL.format(p=self._P), (seconds, shop))
+        figure) is what it took, the next run's estimate. With `run`, only if that run is the one that last started
+        the shop: False if another has started it since (it then is that run's to finish)."""
+        mine, params = (f" AND train_run = {self._P}", (run,)) if run is not None else ("", ())
+        return self._write_statement(_TRAINING_FINISHED_SQL.format(p=self._P, mine=mine),
+                                     (seconds, shop, *params)) == 1
 
-    def training_deferred(self, shop: str) -> None:
-        """The run's budget left `shop` out, the first it did: it leads the next run's normal order."""
-        self._write_statement(_TRAINING_DEFERRED_SQL.format(p=self._P), (shop,))
+    def training_deferred(self, shop: str, expect_started_at: object = ...) -> bool:
+        """The run's budget left `shop` out, the first it did: it leads the next run's normal order. With
+        `expect_started_at`, only if no run has started the shop since it was read (False then)."""
+        claim, expected = self._claim(expect_started_at)
+        return self._write_statement(_TRAINING_DEFERRED_SQL.format(p=self._P, claim=claim), (shop, *expected)) == 1
 
     def _apply_changes(self, conn: Any, delivery: Delivery, changes: ChangeSet) -> int:
         """A new delivery's changes, inside its transaction (after its row was inserted and its locks taken):
@@ -1144,6 +1176,18 @@ class SQLiteEventStore(SharedQueries):
             return conn.execute("DELETE FROM events WHERE occurred_at < ?", (cutoff,)).rowcount
 
         return int(self._write(work))
+
+    def close_thread_connection(self) -> None:
+        """Close the calling thread's connection, if it has one (a thread that ends: the training run's signs of
+        life); the store stays open for the others."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            return
+        self._local.conn = None
+        with self._lock:
+            if conn in self._connections:  # not if close() came first
+                self._connections.remove(conn)
+        conn.close()
 
     def close(self) -> None:
         with self._lock:

@@ -178,9 +178,11 @@ POSTGRES_MIGRATIONS: tuple[str, ...] = (
     # was the first shop the last run's time budget left out.
     "ALTER TABLE shop_state ADD COLUMN train_started_at timestamptz, ADD COLUMN train_seconds double precision,"
     " ADD COLUMN train_unfinished integer NOT NULL DEFAULT 0, ADD COLUMN train_deferred integer NOT NULL DEFAULT 0;",
-    # When the run training a shop last said it was alive (retraining.py): a shop started, not finished and alive
-    # lately is being trained by another run, not cut off.
-    "ALTER TABLE shop_state ADD COLUMN train_alive_at timestamptz;",
+    # The training runs going on (retraining.py), each saying it is alive every so often, and which run last
+    # started each shop: a shop whose run is alive is that run's (being trained or trained), not cut off.
+    "ALTER TABLE shop_state ADD COLUMN train_run text;"
+    " CREATE TABLE training_runs (run_id text PRIMARY KEY, started_at timestamptz NOT NULL,"
+    " alive_at timestamptz NOT NULL);",
 )
 
 # Advisory lock keys. Migrations take one 64-bit key for the whole database; writes take (namespace, key) pairs, a
@@ -1441,6 +1443,17 @@ class PostgresEventStore(SharedQueries):
             return conn.execute("DELETE FROM events WHERE occurred_at < %s", (cutoff,)).rowcount
 
         return self._write(work)
+
+    def close_thread_connection(self) -> None:
+        """Close the calling thread's connection, if it has one (a thread that ends: the training run's signs of
+        life); the store stays open for the others."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            return
+        self._local.conn = None
+        with self._lock:
+            self._connections.discard(conn)
+        conn.close()
 
     def close(self) -> None:
         with self._lock:

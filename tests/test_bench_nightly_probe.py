@@ -57,7 +57,7 @@ def test_two_jobs_at_once_count_each_run_log_they_wrote(tmp_path):
 
 
 def test_the_outcomes_of_a_nights_jobs_add_up():
-    printed = ['{"trained": [1, 2], "running": [3], "deferred": []}', '{"trained": [3], "running": [1, 2]}', ""]
+    printed = ['{"trained": [1, 2], "other_runs": [3], "deferred": []}', '{"trained": [3], "other_runs": [1, 2]}', ""]
 
     assert nightly_probe.nights_outcome(printed) == {"trained": 3, "kept": 0, "skipped": 0, "failed": 0,
-                                                     "deferred": 0, "running": 3}
+                                                     "deferred": 0, "other_runs": 3}

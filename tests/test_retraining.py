@@ -8,6 +8,7 @@ import random
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from datetime import datetime, timedelta, timezone
 
@@ -334,36 +335,71 @@ def test_a_training_whose_end_cannot_be_written_is_published_and_reported(store,
 # --- runs at the same time ------------------------------------------------------------------------------------
 
 
-def test_a_shop_another_run_is_training_is_left_to_it_and_one_silent_too_long_is_cut_off(store, models):
-    """What another run writes, through the same store calls: B started a minute ago and alive 10 s ago is that
-    run's; C started and silent for longer than ALIVE_WITHIN_SECONDS was cut off."""
-    small_shops(store, [A, B, C])
+def test_the_shops_of_another_run_going_on_are_left_to_it_and_those_of_a_silent_one_were_cut_off(store, models):
+    """What other runs write, through the same store calls: "other" is alive (it said so 10 s ago), has trained A
+    and is training B; "killed" fell silent for longer than ALIVE_WITHIN_SECONDS while it trained C."""
+    small_shops(store, [A, B, C, SHOP])
     clock = datetime.now(timezone.utc)
-    b_started, c_started = clock - timedelta(minutes=1), clock - timedelta(seconds=ALIVE_WITHIN_SECONDS + 60)
-    assert store.training_started(B, b_started, expect_started_at=None)
-    store.training_alive(B, b_started, clock - timedelta(seconds=10))
-    assert store.training_started(C, c_started, expect_started_at=None)
+    store.training_run_began("killed", clock - timedelta(seconds=ALIVE_WITHIN_SECONDS + 120))
+    store.training_started(C, clock - timedelta(seconds=ALIVE_WITHIN_SECONDS + 60), "killed")
+    store.training_run_began("other", clock - timedelta(minutes=2))
+    store.training_started(A, clock - timedelta(minutes=2), "other")
+    store.training_finished(A, 50.0, "other")
+    b_started = clock - timedelta(minutes=1)
+    store.training_started(B, b_started, "other")
+    store.training_run_alive("other", clock - timedelta(seconds=10))
 
     report = run_scheduled_training(store, models, CONFIG, NO_GATE, now=NOW, budget_seconds=0)
 
-    assert report["running"] == [{"shop": B, "alive_at": (clock - timedelta(seconds=10)).isoformat()}]
+    assert report["other_runs"] == [{"shop": B, "state": "training"}, {"shop": A, "state": "done"}]
     assert report["interrupted"] == [{"shop": C, "unfinished": 1}]
-    assert [record["shop"] for record in report["trained"]] == [C, A]  # cut off first, then never started
-    assert models.latest(B) is None
+    assert [record["shop"] for record in report["trained"]] == [C, SHOP]  # cut off first, then never started
+    assert models.latest(A) is None and models.latest(B) is None
     b_entry = next(entry for entry in store.training_queue() if entry.shop == B)
     assert (b_entry.started_at, b_entry.unfinished) == (b_started, 1)  # still the other run's
 
+    named = run_scheduled_training(store, models, CONFIG, NO_GATE, shops=[A, B], now=NOW, budget_seconds=0)
 
-def test_a_run_writes_that_it_is_alive_while_it_trains_a_shop(store, models):
+    assert named["other_runs"] == [{"shop": B, "state": "training"}]  # a named shop trained again, unless in training
+    assert [record["shop"] for record in named["trained"]] == [A]
+
+
+def test_a_run_says_it_is_going_on_until_it_ends(store, models):
     big_shop(store, "a-big.myshopify.com")
     slow = TrainingConfig(factors=256, iterations=100)  # about 2 s on the machine this was written on
+    seen: list = []
 
-    report = run_scheduled_training(store, models, slow, NO_GATE, now=NOW, alive_every_seconds=0.05)
+    def watch() -> None:  # what another run reading the queue meanwhile finds
+        while not done.is_set():
+            seen.extend(entry.run_alive_at for entry in store.training_queue() if entry.unfinished)
+            time.sleep(0.01)
 
-    [record] = report["trained"]
+    done = threading.Event()
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        report = run_scheduled_training(store, models, slow, NO_GATE, now=NOW, alive_every_seconds=0.05)
+    finally:
+        done.set()
+        watcher.join()
+
     [entry] = store.training_queue()
-    assert entry.unfinished == 0 and entry.started_at < entry.alive_at
-    assert (entry.alive_at - entry.started_at).total_seconds() <= record["seconds"] + 0.5  # written while it trained
+    assert report["trained"] and entry.unfinished == 0
+    assert len(set(seen)) >= 3  # its time of life moved while it trained the shop
+    assert entry.run_alive_at is None  # ended: its row is gone, the shop nobody's
+
+
+def test_a_run_that_was_taken_for_killed_leaves_the_shop_to_the_run_that_started_it_again(store):
+    store.set_shop_installed(A, True)
+    first, second = NOW - timedelta(minutes=9), NOW - timedelta(minutes=1)
+    assert store.training_started(A, first, "slow", expect_started_at=None)
+    assert store.training_started(A, second, "next", expect_started_at=first)  # "slow" fell silent
+
+    assert not store.training_finished(A, 480.0, "slow")  # "slow" ends at last
+    assert store.training_queue()[0][:3] == (A, None, 2)  # still being trained by "next"
+    assert store.training_finished(A, 20.0, "next")
+    assert store.training_queue()[0][:3] == (A, 20.0, 0)
+    assert not store.training_deferred(A, expect_started_at=first)  # read before "next" started it
 
 
 def big_shop(store, shop: str) -> None:
@@ -386,13 +422,16 @@ def event_store_url(request, tmp_path):
 
 
 def test_two_runs_at_once_train_each_shop_once(event_store_url, tmp_path):
-    """`python -m recommender train` as a process, and a second run started while it trains its first shop: the
-    second leaves that shop to it, and the two share the others, each trained once, by one of them."""
-    big, smalls = "a-big.myshopify.com", [f"s{number:02d}-shop.myshopify.com" for number in range(12)]
+    """`python -m recommender train` as a process, and a second run started while it trains its big shop: the
+    shops the first has trained and the one it is training are left to it, and the two share the others, each
+    trained once, by one of them."""
+    before = [f"a{number:02d}-shop.myshopify.com" for number in range(6)]
+    big = "m-big.myshopify.com"
+    after = [f"t{number:02d}-shop.myshopify.com" for number in range(6)]
     store = open_event_store(event_store_url)
     try:
         big_shop(store, big)
-        small_shops(store, smalls)
+        small_shops(store, before + after)
         env = {**os.environ, "PYTHONPATH": str(ROOT), "EVENT_STORE_URL": event_store_url,
                "MODEL_STORE_URL": f"file://{tmp_path}/models", "QUALITY_GATE": "false", "TRAIN_BUDGET_SECONDS": "0",
                "ALS_FACTORS": "256", "ALS_ITERATIONS": "100"}  # the big shop: about 2 s
@@ -414,8 +453,10 @@ def test_two_runs_at_once_train_each_shop_once(event_store_url, tmp_path):
 
     by_first = [record["shop"] for record in first_report["trained"]]
     by_second = [record["shop"] for record in second["trained"]]
-    assert by_first[0] == big and big in [entry["shop"] for entry in second["running"]]
-    assert sorted(by_first + by_second) == sorted([big, *smalls])  # each shop once, by one run
+    assert by_first[:7] == [*before, big]
+    assert second["other_runs"][:7] == [{"shop": big, "state": "training"},  # started, unfinished: at the head
+                                        *({"shop": shop, "state": "done"} for shop in before)]
+    assert sorted(by_first + by_second) == sorted([*before, big, *after])  # each shop once, by one run
     assert second["interrupted"] == first_report["interrupted"] == [] and second["failed"] == []
     models = LocalModelStore(tmp_path / "models")
-    assert all(len(models.runs(shop)) == 1 for shop in [big, *smalls])  # one run log a shop
+    assert all(len(models.runs(shop)) == 1 for shop in [*before, big, *after])  # one run log a shop

@@ -1189,20 +1189,42 @@ def test_an_upgraded_database_knows_which_of_its_stored_products_are_for_sale(tm
         store.close()
 
 
-def test_of_two_runs_reaching_a_shop_one_starts_it_and_only_its_signs_of_life_count(any_store):
-    """training_alive names the start it is for: a run that has lost the shop to a later start cannot keep it."""
+def test_of_two_runs_reaching_a_shop_one_starts_it_and_a_run_is_alive_until_it_ends(any_store, backend):
     any_store.set_shop_installed(SHOP, True)
     first, second = T0 - timedelta(minutes=5), T0 - timedelta(minutes=1)
-    assert any_store.training_started(SHOP, first, expect_started_at=None)
-    assert not any_store.training_started(SHOP, second, expect_started_at=None)  # started since it was read
-    assert any_store.training_started(SHOP, second, expect_started_at=first)
-
-    any_store.training_alive(SHOP, first, T0)  # the first run, late
+    any_store.training_run_began("one", first)
+    any_store.training_run_began("two", first)
+    assert any_store.training_started(SHOP, first, "one", expect_started_at=None)
+    assert not any_store.training_started(SHOP, second, "two", expect_started_at=None)  # started since it was read
     [entry] = any_store.training_queue()
-    assert (entry.started_at, entry.alive_at, entry.unfinished) == (second, second, 2)
-    any_store.training_alive(SHOP, second, T0)
-    assert any_store.training_queue()[0].alive_at == T0
-    assert not any_store.training_started("not-installed.myshopify.com", T0, expect_started_at=None)  # no row
+    assert (entry.started_at, entry.run_alive_at, entry.unfinished) == (first, first, 1)  # run "one" began at first
+
+    any_store.training_run_alive("one", T0)
+    assert any_store.training_queue()[0].run_alive_at == T0
+    assert any_store.training_started(SHOP, second, "two", expect_started_at=first)  # as "two" read it again
+    assert any_store.training_queue()[0][3:] == (second, first)  # run "two" said nothing since it began
+    any_store.training_run_ended("two")
+    assert any_store.training_queue()[0].run_alive_at is None
+    assert not any_store.training_started("not-installed.myshopify.com", T0, "one", expect_started_at=None)  # no row
+
+    any_store.training_run_began("three", T0 + timedelta(days=1, seconds=1))  # "one", silent a day, is forgotten
+    assert [run for run, in backend.query("SELECT run_id FROM training_runs")] == ["three"]
+
+
+def test_a_thread_closes_its_own_connection_and_the_store_stays_open(any_store):
+    import threading
+
+    def write() -> None:
+        any_store.set_shop_installed(SHOP, True)
+        any_store.close_thread_connection()
+
+    before = len(any_store._connections)
+    worker = threading.Thread(target=write)
+    worker.start()
+    worker.join()
+
+    assert len(any_store._connections) == before  # nothing left open by the thread that ended
+    assert any_store.is_shop_installed(SHOP)
 
 
 def test_an_upgraded_database_queues_its_installed_shops_for_training(tmp_path):

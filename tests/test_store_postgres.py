@@ -84,7 +84,7 @@ def test_every_migration_is_recorded_once_in_the_tests_own_schema(pg_store, sche
     # Assert
     assert versions == [(v,) for v in range(1, len(POSTGRES_MIGRATIONS) + 1)]
     assert tables == {"schema_migrations", "deliveries", "events", "products", "variants", "identity_links",
-                      "inventory_levels", "adjustments", "data_exports", "shop_state"}
+                      "inventory_levels", "adjustments", "data_exports", "shop_state", "training_runs"}
 
 
 def test_reopening_changes_neither_the_schema_nor_its_history(pg_store, schema_url):
@@ -147,7 +147,7 @@ def test_a_schema_elsewhere_on_the_search_path_does_not_stand_in_for_this_ones(p
         versions = run(empty_url, "SELECT version FROM schema_migrations ORDER BY version")
         assert versions == [(v,) for v in range(1, len(POSTGRES_MIGRATIONS) + 1)]
         assert run(empty_url, "SELECT count(*) FROM information_schema.tables WHERE table_schema = %s",
-                   (empty,)) == [(10,)]
+                   (empty,)) == [(11,)]
 
 
 def schema_at_version(url: str, version: int) -> None:
