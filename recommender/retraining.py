@@ -216,14 +216,16 @@ def run_scheduled_training(store: EventStore, model_store: ModelStore, config: T
         raise ValueError(f"alive_every_seconds must be in (0, {ALIVE_WITHIN_SECONDS / 3:g}], got {alive_every_seconds}")
     started = time.perf_counter()
     now = now or datetime.now(timezone.utc)
-    named = [check_shop_domain(shop) for shop in shops] if shops is not None else None  # a bad name: refused first
+    # a bad name: refused first; a name given twice: trained once
+    named = list(dict.fromkeys(check_shop_domain(shop) for shop in shops)) if shops is not None else None
     pruned = store.prune_events(now - timedelta(days=retention_days)) if retention_days > 0 else 0
     run = uuid.uuid4().hex
-    store.training_run_began(run, datetime.now(timezone.utc))
+    store.training_run_began(run)
     alive = _SignsOfLife(store, run, alive_every_seconds)
     queue_errors: list[dict] = []
     try:
-        report = _train_in_turn(store, model_store, config, gate, named, now, budget_seconds, run, queue_errors)
+        report = _train_in_turn(store, model_store, config, gate, named, now, budget_seconds, started, run,
+                                queue_errors)
     finally:
         alive.close()
         try:
@@ -236,18 +238,16 @@ def run_scheduled_training(store: EventStore, model_store: ModelStore, config: T
 
 
 def _train_in_turn(store: EventStore, model_store: ModelStore, config: TrainingConfig, gate: GateConfig,
-                   named: list[str] | None, now: datetime, budget_seconds: float, run: str,
+                   named: list[str] | None, now: datetime, budget_seconds: float, started: float, run: str,
                    queue_errors: list[dict]) -> dict:
-    """The queue read and its shops trained in turn, as `run_scheduled_training` says."""
-    started = time.perf_counter()
+    """The queue read and its shops trained in turn, as `run_scheduled_training` says (`started`: when the run
+    began, by time.perf_counter, its budget's start)."""
     waiting = store.training_queue()
-    read_at = datetime.now(timezone.utc)
     queued = {entry.shop: entry for entry in waiting}
     queue = named if named is not None else [entry.shop for entry in waiting]
     taken = set(queue)
     others = {entry.shop: "training" if entry.unfinished else "done" for entry in waiting
-              if entry.run_alive_at is not None
-              and read_at - entry.run_alive_at < timedelta(seconds=ALIVE_WITHIN_SECONDS)
+              if entry.run_silent_seconds is not None and entry.run_silent_seconds < ALIVE_WITHIN_SECONDS
               and (named is None or entry.unfinished)}
     interrupted = [{"shop": entry.shop, "unfinished": entry.unfinished} for entry in waiting
                    if entry.unfinished and entry.shop in taken and entry.shop not in others]
@@ -273,8 +273,11 @@ def _train_in_turn(store: EventStore, model_store: ModelStore, config: TrainingC
                 in_queue = store.training_started(shop, datetime.now(timezone.utc), run)
             elif store.training_started(shop, datetime.now(timezone.utc), run, expect_started_at=entry.started_at):
                 in_queue = True
-            else:  # another run started it after this one read the queue
+            elif store.is_shop_installed(shop):  # another run started it after this one read the queue
                 other_runs.append({"shop": shop, "state": "taken"})
+                continue
+            else:
+                skipped.append({"shop": shop, "reason": "uninstalled since the run read the queue"})
                 continue
             starts += 1
             record = retrain_shop(store, model_store, check_shop_domain(shop), config, gate, now)
@@ -326,13 +329,15 @@ class _SignsOfLife:
 
     def close(self) -> None:
         self._stop.set()
-        self._thread.join()
+        self._thread.join(timeout=30)  # a write hung on a dead connection: the thread is left to the process's end
+        if self._thread.is_alive():
+            log.warning("training run %s: its signs of life did not stop within 30 s (a write hung)", self._run)
 
     def _beat(self) -> None:
         try:
             while not self._stop.wait(self._every):
                 try:
-                    self._store.training_run_alive(self._run, datetime.now(timezone.utc))
+                    self._store.training_run_alive(self._run)  # by the event store's clock
                 except Exception:  # noqa: BLE001 - the run goes on; other runs may take its shops for cut off
                     log.warning("could not write that training run %s is going on", self._run, exc_info=True)
         finally:
@@ -345,7 +350,8 @@ def _finish(store: EventStore, shop: str, seconds: float | None, run: str, error
     another run has started since (this run was silent too long, and taken for killed) is that run's to finish."""
     try:
         if not store.training_finished(shop, seconds, run):
-            log.warning("%s was started again by another run while this one trained it; that run finishes it", shop)
+            log.warning("%s was started again by another run while this one trained it (that run finishes it), or its "
+                        "row is gone (uninstalled and redacted)", shop)
     except Exception as exc:  # noqa: BLE001 - reported in the run's answer, which is then a 500
         log.exception("could not write that the training of %s is over; the next run takes it for cut off", shop)
         errors.append({"shop": shop, "error": f"{type(exc).__name__}: {exc}"})

@@ -254,8 +254,8 @@ class EventStore(Protocol):
     def installed_with_unsellable(self, shop: str) -> tuple[bool, set[str]]: ...
     def installed_shops(self) -> list[str]: ...
     def training_queue(self) -> list["QueuedShop"]: ...
-    def training_run_began(self, run: str, at: datetime) -> None: ...
-    def training_run_alive(self, run: str, at: datetime) -> None: ...
+    def training_run_began(self, run: str, at: datetime | None = None) -> None: ...
+    def training_run_alive(self, run: str, at: datetime | None = None) -> None: ...
     def training_run_ended(self, run: str) -> None: ...
     def training_started(self, shop: str, at: datetime, run: str | None = None,
                          expect_started_at: object = ...) -> bool: ...
@@ -278,6 +278,7 @@ class QueuedShop(NamedTuple):
     started_at: datetime | None = None  # when its last training was started (None: never)
     run_alive_at: datetime | None = None  # when the run that started it last said it was alive (None: that run
     # has ended, or the shop was started before migration 6)
+    run_silent_seconds: float | None = None  # how long ago that was, by the event store's clock
 
 
 # The training job's order ({never_started}: how the backend sorts a shop never started first):
@@ -288,7 +289,9 @@ class QueuedShop(NamedTuple):
 # - the others, never started first (a new shop's first model), then the one started longest ago;
 # - last, a shop cut off twice or more in a row: it dies whenever it runs (more memory or time than the function
 #   has) and would take the shops after it down with it.
-_TRAINING_QUEUE_SQL = ("SELECT s.shop, s.train_seconds, s.train_unfinished, s.train_started_at, r.alive_at"
+# ({silent}: the seconds since the run's alive_at by the database's clock, one clock for every run's writes and
+# reads: the processes of runs on different machines may disagree.)
+_TRAINING_QUEUE_SQL = ("SELECT s.shop, s.train_seconds, s.train_unfinished, s.train_started_at, r.alive_at, {silent}"
                       " FROM shop_state s LEFT JOIN training_runs r ON r.run_id = s.train_run"
                       " WHERE s.installed = {yes}"
                       " ORDER BY CASE WHEN s.train_unfinished >= 2 THEN 3 WHEN s.train_unfinished = 1 THEN 0"
@@ -304,9 +307,11 @@ _TRAINING_FINISHED_SQL = ("UPDATE shop_state SET train_unfinished = 0, train_sec
                          " WHERE shop = {p}{mine}")
 # The runs going on: a run's row is made when it begins, its time of life moved while it goes on, and deleted when
 # it ends; rows a day without a sign of life (runs killed) are deleted when the next run begins.
-_TRAINING_RUN_BEGAN_SQL = "INSERT INTO training_runs (run_id, started_at, alive_at) VALUES ({p}, {p}, {p})"
-_TRAINING_RUNS_GONE_SQL = "DELETE FROM training_runs WHERE alive_at < {p}"
-_TRAINING_RUN_ALIVE_SQL = "UPDATE training_runs SET alive_at = {p} WHERE run_id = {p}"
+# ({now}: the database's clock, for a time not given.)
+_TRAINING_RUN_BEGAN_SQL = ("INSERT INTO training_runs (run_id, started_at, alive_at)"
+                           " VALUES ({p}, coalesce({p}, {now}), coalesce({p}, {now}))")
+_TRAINING_RUNS_GONE_SQL = "DELETE FROM training_runs WHERE alive_at < {day_before}"
+_TRAINING_RUN_ALIVE_SQL = "UPDATE training_runs SET alive_at = coalesce({p}, {now}) WHERE run_id = {p}"
 _TRAINING_RUN_ENDED_SQL = "DELETE FROM training_runs WHERE run_id = {p}"
 
 # Shared by both backends ({p}: the parameter marker; {no}: the false literal): the flag `apply` keeps.
@@ -576,15 +581,22 @@ class SharedQueries:
     _NEVER_STARTED_FIRST = "train_started_at IS NOT NULL, train_started_at, shop"
     _SAME = "IS"
     _time_param = staticmethod(iso_utc)
+    # The training runs' clock (the database's, as iso_utc writes it), a day before a time ({p}, or now), and the
+    # seconds since a run's alive_at: one host reads and writes a SQLite file, with one clock.
+    _NOW = "strftime('%Y-%m-%dT%H:%M:%f000+00:00', 'now')"
+    _DAY_BEFORE = "strftime('%Y-%m-%dT%H:%M:%f000+00:00', coalesce({p}, 'now'), '-1 day')"
+    _SILENT_SECONDS = "(julianday('now') - julianday(r.alive_at)) * 86400.0"
 
     def _write_statement(self, sql: str, params: tuple) -> int:
         return self._write(lambda conn: conn.execute(sql, params).rowcount)
 
     def training_queue(self) -> list[QueuedShop]:
         """The installed shops in the order the training job takes them (_TRAINING_QUEUE_SQL)."""
-        sql = _TRAINING_QUEUE_SQL.format(yes=self._TRUE, never_started=self._NEVER_STARTED_FIRST)
-        return [QueuedShop(shop, seconds, unfinished, self._to_time(started), self._to_time(alive))
-                for shop, seconds, unfinished, started, alive in self._read(sql)]
+        sql = _TRAINING_QUEUE_SQL.format(yes=self._TRUE, never_started=self._NEVER_STARTED_FIRST,
+                                         silent=self._SILENT_SECONDS)
+        return [QueuedShop(shop, seconds, unfinished, self._to_time(started), self._to_time(alive),
+                           float(silent) if silent is not None else None)
+                for shop, seconds, unfinished, started, alive, silent in self._read(sql)]
 
     def _time(self, at: datetime, name: str):
         return self._time_param(require_aware(at, name))
@@ -596,15 +608,21 @@ class SharedQueries:
         expected = self._time(expect_started_at, "expect_started_at") if expect_started_at is not None else None
         return _TRAINING_CLAIM_SQL.format(same=self._SAME, p=self._P), (expected,)
 
-    def training_run_began(self, run: str, at: datetime) -> None:
-        """A training run `run` (an id of its own) begins at `at`; the rows of runs silent for a day go."""
-        began = self._time(at, "at")
-        self._write_statement(_TRAINING_RUNS_GONE_SQL.format(p=self._P), (self._time(at - timedelta(days=1), "at"),))
-        self._write_statement(_TRAINING_RUN_BEGAN_SQL.format(p=self._P), (run, began, began))
+    def _time_or_now(self, at: datetime | None):
+        return self._time(at, "at") if at is not None else None
 
-    def training_run_alive(self, run: str, at: datetime) -> None:
-        """The training run `run` is still going on at `at`."""
-        self._write_statement(_TRAINING_RUN_ALIVE_SQL.format(p=self._P), (self._time(at, "at"), run))
+    def training_run_began(self, run: str, at: datetime | None = None) -> None:
+        """A training run `run` (an id of its own) begins at `at` (None: now, by the event store's clock); the rows
+        of runs silent for a day before go."""
+        began = self._time_or_now(at)
+        self._write_statement(_TRAINING_RUNS_GONE_SQL.format(day_before=self._DAY_BEFORE.format(p=self._P)),
+                              (began,))
+        self._write_statement(_TRAINING_RUN_BEGAN_SQL.format(p=self._P, now=self._NOW), (run, began, began))
+
+    def training_run_alive(self, run: str, at: datetime | None = None) -> None:
+        """The training run `run` is still going on at `at` (None: now, by the event store's clock)."""
+        self._write_statement(_TRAINING_RUN_ALIVE_SQL.format(p=self._P, now=self._NOW),
+                              (self._time_or_now(at), run))
 
     def training_run_ended(self, run: str) -> None:
         """The training run `run` has ended: the shops it started are nobody's now."""

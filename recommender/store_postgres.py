@@ -658,6 +658,9 @@ class PostgresEventStore(SharedQueries):
     _TRUE, _FALSE = "true", "false"
     _NEVER_STARTED_FIRST = 'train_started_at NULLS FIRST, shop COLLATE "C"'
     _SAME = "IS NOT DISTINCT FROM"
+    _NOW = "statement_timestamp()"
+    _DAY_BEFORE = "coalesce({p}::timestamptz, statement_timestamp()) - interval '1 day'"
+    _SILENT_SECONDS = "extract(epoch FROM statement_timestamp() - r.alive_at)"
     _time_param = staticmethod(lambda at: at)
     _to_interaction = staticmethod(_interaction)
     _to_time = staticmethod(_utc)

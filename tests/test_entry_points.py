@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 
 import pytest
 from functions_framework import create_app
@@ -233,3 +234,8 @@ def test_three_shops_failing_in_a_row_stop_the_run_instead_of_trying_every_shop(
     assert recommend(app_client, shop=shops[0], customer_id="1").status_code == 200
     not_tried = recommend(app_client, shop=shops[4], customer_id="1")
     assert not_tried.status_code == 503 and not_tried.json["error"] == "model_not_ready"
+    conn = sqlite3.connect(tmp_path / "events.sqlite3")
+    try:  # the run's row went with it: the shops it started are nobody's, and the next run is not held back
+        assert conn.execute("SELECT count(*) FROM training_runs").fetchone() == (0,)
+    finally:
+        conn.close()

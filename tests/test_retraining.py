@@ -364,6 +364,37 @@ def test_the_shops_of_another_run_going_on_are_left_to_it_and_those_of_a_silent_
     assert [record["shop"] for record in named["trained"]] == [A]
 
 
+def test_a_shop_uninstalled_and_redacted_while_the_run_goes_on_is_skipped_not_taken_for_another_runs(store, models,
+                                                                                                       tmp_path):
+    small_shops(store, [A, B, C])
+    conn = sqlite3.connect(tmp_path / "events.sqlite3")  # B's row goes when the run starts A: a shop/redact
+    conn.execute(f"CREATE TRIGGER redact AFTER UPDATE OF train_started_at ON shop_state WHEN NEW.shop = '{A}'"
+                 f" BEGIN DELETE FROM shop_state WHERE shop = '{B}'; END")
+    conn.commit()
+    conn.close()
+
+    report = run_scheduled_training(store, models, CONFIG, NO_GATE, now=NOW, shops=[A, B, C, C])
+
+    assert [record["shop"] for record in report["trained"]] == [A, C]  # C named twice: trained once
+    assert report["skipped"] == [{"shop": B, "reason": "uninstalled since the run read the queue"}]
+    assert report["other_runs"] == []
+
+
+def test_the_command_line_exits_0_when_another_run_has_the_shops(store, tmp_path):
+    small_shops(store, [A])
+    store.training_run_began("other")
+    store.training_started(A, datetime.now(timezone.utc), "other")  # and it is training A now
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "EVENT_STORE_URL": f"sqlite:///{tmp_path}/events.sqlite3",
+           "MODEL_STORE_URL": f"file://{tmp_path}/models", "QUALITY_GATE": "false"}
+
+    done = subprocess.run([sys.executable, "-m", "recommender", "train"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["trained"] == [] and report["other_runs"] == [{"shop": A, "state": "training"}]
+
+
 def test_a_run_says_it_is_going_on_until_it_ends(store, models):
     big_shop(store, "a-big.myshopify.com")
     slow = TrainingConfig(factors=256, iterations=100)  # about 2 s on the machine this was written on

@@ -1202,29 +1202,43 @@ def test_of_two_runs_reaching_a_shop_one_starts_it_and_a_run_is_alive_until_it_e
     any_store.training_run_alive("one", T0)
     assert any_store.training_queue()[0].run_alive_at == T0
     assert any_store.training_started(SHOP, second, "two", expect_started_at=first)  # as "two" read it again
-    assert any_store.training_queue()[0][3:] == (second, first)  # run "two" said nothing since it began
+    assert any_store.training_queue()[0][3:5] == (second, first)  # run "two" said nothing since it began
     any_store.training_run_ended("two")
     assert any_store.training_queue()[0].run_alive_at is None
     assert not any_store.training_started("not-installed.myshopify.com", T0, "one", expect_started_at=None)  # no row
 
-    any_store.training_run_began("three", T0 + timedelta(days=1, seconds=1))  # "one", silent a day, is forgotten
-    assert [run for run, in backend.query("SELECT run_id FROM training_runs")] == ["three"]
+    assert any_store.training_queue()[0].run_silent_seconds is None  # its run ended
+    any_store.training_started(SHOP, T0, "one", expect_started_at=second)
+    assert any_store.training_queue()[0].run_silent_seconds > 365 * 86400  # "one" said it was alive at T0, in 2024
+    any_store.training_run_alive("one")  # now, by the database's clock
+    assert 0 <= any_store.training_queue()[0].run_silent_seconds < 60
+
+    any_store.training_run_began("three", T0 + timedelta(days=1, seconds=1))  # "two" ended; the rest is "one"'s
+    assert [run for run, in backend.query("SELECT run_id FROM training_runs ORDER BY run_id")] == ["one", "three"]
+    any_store.training_run_began("four")  # now: "three", silent since 2024, is forgotten; "one" said so just now
+    assert [run for run, in backend.query("SELECT run_id FROM training_runs ORDER BY run_id")] == ["four", "one"]
 
 
-def test_a_thread_closes_its_own_connection_and_the_store_stays_open(any_store):
+def test_a_thread_closes_its_own_sqlite_connection_and_the_store_stays_open(tmp_path):
+    """SQLite keeps every thread's connection until close() (PostgreSQL's go with their threads): a thread that
+    ends, as a training run's signs of life do, closes its own."""
     import threading
 
-    def write() -> None:
-        any_store.set_shop_installed(SHOP, True)
-        any_store.close_thread_connection()
+    store = SQLiteEventStore(tmp_path / "events.sqlite3")
+    try:
+        def write() -> None:
+            store.set_shop_installed(SHOP, True)  # alone, the thread commits its write on its own connection
+            store.close_thread_connection()
 
-    before = len(any_store._connections)
-    worker = threading.Thread(target=write)
-    worker.start()
-    worker.join()
+        before = len(store._connections)
+        worker = threading.Thread(target=write)
+        worker.start()
+        worker.join()
 
-    assert len(any_store._connections) == before  # nothing left open by the thread that ended
-    assert any_store.is_shop_installed(SHOP)
+        assert len(store._connections) == before
+        assert store.is_shop_installed(SHOP)
+    finally:
+        store.close()
 
 
 def test_an_upgraded_database_queues_its_installed_shops_for_training(tmp_path):
