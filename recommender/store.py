@@ -651,6 +651,18 @@ class SharedQueries:
         claim, expected = self._claim(expect_started_at)
         return self._write_statement(_TRAINING_DEFERRED_SQL.format(p=self._P, claim=claim), (shop, *expected)) == 1
 
+    def close_thread_connection(self) -> None:
+        """Close the calling thread's connection, if it has one (a thread that ends: the training run's signs of
+        life); the store stays open for the others. (Each backend keeps a connection per thread in `_local.conn`
+        and the open ones in the set `_connections`, under `_lock`.)"""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            return
+        self._local.conn = None
+        with self._lock:
+            self._connections.discard(conn)
+        conn.close()
+
     def _apply_changes(self, conn: Any, delivery: Delivery, changes: ChangeSet) -> int:
         """A new delivery's changes, inside its transaction (after its row was inserted and its locks taken):
         events, catalog rows, deletions, adjustments, and the shop marked installed; returns events inserted."""
@@ -784,7 +796,7 @@ class SQLiteEventStore(SharedQueries):
         else:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
+        self._connections: set[sqlite3.Connection] = set()
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._queue_lock = threading.Lock()
@@ -882,7 +894,7 @@ class SQLiteEventStore(SharedQueries):
                 raise StoreError(f"cannot open the SQLite event store at {self.path}: {exc}") from exc
             self._local.conn = conn
             with self._lock:
-                self._connections.append(conn)
+                self._connections.add(conn)
         return conn
 
     @staticmethod
@@ -1184,7 +1196,6 @@ class SQLiteEventStore(SharedQueries):
     def installed_shops(self) -> list[str]:
         return [r[0] for r in self._read("SELECT shop FROM shop_state WHERE installed = 1 ORDER BY shop")]
 
-
     def prune_events(self, older_than: datetime) -> int:
         """Delete events that occurred, and deliveries received, before `older_than`; returns events deleted."""
         cutoff = iso_utc(require_aware(older_than, "older_than"))
@@ -1194,18 +1205,6 @@ class SQLiteEventStore(SharedQueries):
             return conn.execute("DELETE FROM events WHERE occurred_at < ?", (cutoff,)).rowcount
 
         return int(self._write(work))
-
-    def close_thread_connection(self) -> None:
-        """Close the calling thread's connection, if it has one (a thread that ends: the training run's signs of
-        life); the store stays open for the others."""
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            return
-        self._local.conn = None
-        with self._lock:
-            if conn in self._connections:  # not if close() came first
-                self._connections.remove(conn)
-        conn.close()
 
     def close(self) -> None:
         with self._lock:

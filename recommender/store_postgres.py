@@ -1437,7 +1437,6 @@ class PostgresEventStore(SharedQueries):
     def _write_statement(self, sql: str, params: tuple) -> int:
         return self._write(lambda conn: conn.execute(sql, params).rowcount, one_statement=True)
 
-
     def prune_events(self, older_than: datetime) -> int:
         cutoff = require_aware(older_than, "older_than")
 
@@ -1446,17 +1445,6 @@ class PostgresEventStore(SharedQueries):
             return conn.execute("DELETE FROM events WHERE occurred_at < %s", (cutoff,)).rowcount
 
         return self._write(work)
-
-    def close_thread_connection(self) -> None:
-        """Close the calling thread's connection, if it has one (a thread that ends: the training run's signs of
-        life); the store stays open for the others."""
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            return
-        self._local.conn = None
-        with self._lock:
-            self._connections.discard(conn)
-        conn.close()
 
     def close(self) -> None:
         with self._lock:

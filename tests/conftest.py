@@ -14,6 +14,7 @@ import pytest
 
 from recommender.settings import Settings
 from recommender.store import SQLiteEventStore
+from tests.postgres_schema import temporary_schema
 from webhooks.verification import sign_webhook_body
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,6 +65,17 @@ def env(tmp_path) -> dict[str, str]:
 @pytest.fixture
 def settings(env) -> Settings:
     return Settings.from_mapping(env)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def event_store_url(request, tmp_path):
+    """A SQLite file, and a PostgreSQL schema of the test's own when TEST_POSTGRES_URL is set: an event store's URL,
+    for processes started the way a user starts them."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/events.sqlite3"
+    else:
+        with temporary_schema() as url:  # skips without TEST_POSTGRES_URL
+            yield url
 
 
 @pytest.fixture

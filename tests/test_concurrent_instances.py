@@ -19,20 +19,10 @@ import requests
 
 from recommender.store import open_event_store
 from tests.conftest import SHOP, as_body, order_payload, running_function, signed_headers
-from tests.postgres_schema import temporary_schema
 
 ORDERS = 16  # each with three lines, sent as orders/create and orders/paid: 32 webhook ids, 48 order lines
 SENDS_PER_INSTANCE = 3  # every webhook id reaches each instance this many times
 CLIENT_THREADS = 12
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def event_store_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/events.sqlite3"
-    else:
-        with temporary_schema() as url:  # skips without TEST_POSTGRES_URL
-            yield url
 
 
 @pytest.fixture

@@ -20,7 +20,6 @@ from recommender.retraining import ALIVE_WITHIN_SECONDS, GateConfig, run_schedul
 from recommender.settings import TrainingConfig
 from recommender.store import open_event_store
 from tests.conftest import ROOT, SHOP, order_payload
-from tests.postgres_schema import temporary_schema
 from webhooks.topics import TopicContext, order_created
 
 NOW = datetime(2026, 11, 22, 12, tzinfo=timezone.utc)
@@ -441,15 +440,6 @@ def big_shop(store, shop: str) -> None:
                             dedupe_key=f"{customer}:{line}")
                       for customer in range(1500) for line in range(10)])
     store.set_shop_installed(shop, True)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def event_store_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/events.sqlite3"
-    else:
-        with temporary_schema() as url:  # skips without TEST_POSTGRES_URL
-            yield url
 
 
 def test_two_runs_at_once_train_each_shop_once(event_store_url, tmp_path):
