@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -19,7 +20,7 @@ from recommender.model_store import LocalModelStore
 from recommender.retraining import ALIVE_WITHIN_SECONDS, GateConfig, run_scheduled_training
 from recommender.settings import TrainingConfig
 from recommender.store import open_event_store
-from tests.conftest import ROOT, SHOP, order_payload
+from tests.conftest import AUTH, ROOT, SHOP, order_payload, running_function
 from webhooks.topics import TopicContext, order_created
 
 NOW = datetime(2026, 11, 22, 12, tzinfo=timezone.utc)
@@ -442,42 +443,82 @@ def big_shop(store, shop: str) -> None:
     store.set_shop_installed(shop, True)
 
 
+BEFORE = [f"a{number:02d}-shop.myshopify.com" for number in range(6)]  # what the first run trains before BIG
+BIG = "m-big.myshopify.com"
+AFTER = [f"t{number:02d}-shop.myshopify.com" for number in range(6)]
+SLOW_BIG = {"QUALITY_GATE": "false", "TRAIN_BUDGET_SECONDS": "0", "ALS_FACTORS": "256",
+            "ALS_ITERATIONS": "100"}  # the big shop: about 2 s on the machine this was written on
+
+
+def second_run_while_the_first_trains_big(store, first_alive, second_run):
+    """Wait until the first run (its liveness: `first_alive()`, a message when it died) has started BIG, then
+    return `second_run()`."""
+    deadline = time.monotonic() + 120
+    while not any(entry.shop == BIG and entry.unfinished for entry in store.training_queue()):
+        problem = first_alive()
+        assert problem is None and time.monotonic() < deadline, problem or "BIG was not started in 120 s"
+        time.sleep(0.01)
+    return second_run()
+
+
+def assert_shared(first: dict, second: dict, models_dir) -> None:
+    """The second run, started while the first trained BIG, left BEFORE and BIG to it, and the two shared AFTER:
+    each shop trained once, by one of them."""
+    by_first = [record["shop"] for record in first["trained"]]
+    by_second = [record["shop"] for record in second["trained"]]
+    assert by_first[:7] == [*BEFORE, BIG]
+    left = [entry for entry in second["other_runs"] if entry["state"] != "taken"]
+    assert left == [{"shop": BIG, "state": "training"},  # started, unfinished: at the head
+                    *({"shop": shop, "state": "done"} for shop in BEFORE)]
+    assert {entry["shop"] for entry in second["other_runs"] if entry["state"] == "taken"} <= set(AFTER)
+    assert sorted(by_first + by_second) == sorted([*BEFORE, BIG, *AFTER])
+    assert second["interrupted"] == first["interrupted"] == [] and second["failed"] == first["failed"] == []
+    models = LocalModelStore(models_dir)
+    assert all(len(models.runs(shop)) == 1 for shop in [*BEFORE, BIG, *AFTER])  # one run log a shop
+
+
 def test_two_runs_at_once_train_each_shop_once(event_store_url, tmp_path):
-    """`python -m recommender train` as a process, and a second run started while it trains its big shop: the
-    shops the first has trained and the one it is training are left to it, and the two share the others, each
-    trained once, by one of them."""
-    before = [f"a{number:02d}-shop.myshopify.com" for number in range(6)]
-    big = "m-big.myshopify.com"
-    after = [f"t{number:02d}-shop.myshopify.com" for number in range(6)]
+    """`python -m recommender train` as a process, and a second run started while it trains its big shop."""
     store = open_event_store(event_store_url)
     try:
-        big_shop(store, big)
-        small_shops(store, before + after)
+        big_shop(store, BIG)
+        small_shops(store, BEFORE + AFTER)
         env = {**os.environ, "PYTHONPATH": str(ROOT), "EVENT_STORE_URL": event_store_url,
-               "MODEL_STORE_URL": f"file://{tmp_path}/models", "QUALITY_GATE": "false", "TRAIN_BUDGET_SECONDS": "0",
-               "ALS_FACTORS": "256", "ALS_ITERATIONS": "100"}  # the big shop: about 2 s
+               "MODEL_STORE_URL": f"file://{tmp_path}/models", **SLOW_BIG}
         first = subprocess.Popen([sys.executable, "-m", "recommender", "train"], cwd=ROOT, env=env,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
-            deadline = time.monotonic() + 120
-            while not any(entry.shop == big and entry.unfinished for entry in store.training_queue()):
-                assert first.poll() is None and time.monotonic() < deadline, first.stderr.read()
-                time.sleep(0.01)
-            second = run_scheduled_training(store, LocalModelStore(tmp_path / "models"), CONFIG, NO_GATE,
-                                            budget_seconds=0)
+            second = second_run_while_the_first_trains_big(
+                store, lambda: None if first.poll() is None else first.stderr.read(),
+                lambda: run_scheduled_training(store, LocalModelStore(tmp_path / "models"), CONFIG, NO_GATE,
+                                               budget_seconds=0))
         finally:
             out, err = first.communicate(timeout=300)
         assert first.returncode == 0, err
-        first_report = json.loads(out)
     finally:
         store.close()
 
-    by_first = [record["shop"] for record in first_report["trained"]]
-    by_second = [record["shop"] for record in second["trained"]]
-    assert by_first[:7] == [*before, big]
-    assert second["other_runs"][:7] == [{"shop": big, "state": "training"},  # started, unfinished: at the head
-                                        *({"shop": shop, "state": "done"} for shop in before)]
-    assert sorted(by_first + by_second) == sorted([*before, big, *after])  # each shop once, by one run
-    assert second["interrupted"] == first_report["interrupted"] == [] and second["failed"] == []
-    models = LocalModelStore(tmp_path / "models")
-    assert all(len(models.runs(shop)) == 1 for shop in [*before, big, *after])  # one run log a shop
+    assert_shared(json.loads(out), second, tmp_path / "models")
+
+
+def test_two_train_requests_at_once_to_one_instance_train_each_shop_once(event_store_url, env, tmp_path):
+    """`POST /train` twice to one `functions-framework --target app` process (its threads share one event store),
+    the second while the first trains its big shop: a leftover run after a 504 and the next one."""
+    import requests
+
+    store = open_event_store(event_store_url)
+    try:
+        big_shop(store, BIG)
+        small_shops(store, BEFORE + AFTER)
+        with running_function({**os.environ, **env, "EVENT_STORE_URL": event_store_url, **SLOW_BIG}) as base:
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                first = pool.submit(requests.post, f"{base}/train", headers=AUTH, timeout=300)
+                second = second_run_while_the_first_trains_big(
+                    store, lambda: None if not first.done() else f"the first request ended: {first.result().text}",
+                    lambda: requests.post(f"{base}/train", headers=AUTH, timeout=300))
+                first = first.result()
+    finally:
+        store.close()
+
+    assert first.status_code == second.status_code == 200, (first.text, second.text)
+    assert_shared(first.json(), second.json(), tmp_path / "models")
