@@ -296,7 +296,7 @@ _TRAINING_QUEUE_SQL = ("SELECT s.shop, s.train_seconds, s.train_unfinished, s.tr
                       " WHERE s.installed = {yes}"
                       " ORDER BY CASE WHEN s.train_unfinished >= 2 THEN 3 WHEN s.train_unfinished = 1 THEN 0"
                       " WHEN s.train_deferred = 1 THEN 1 ELSE 2 END, {never_started}")
-# A start ({run}: the run's id; {claim}: only if the start the run read in the queue is still there ({same}: the
+# A start (with the run's id; {claim}: only if the start the run read in the queue is still there ({same}: the
 # dialect's null-safe =), so that of two runs reaching the shop one starts it), the end of a training ({mine}: only
 # if the run that started it is the one ending it) and the mark of the first shop a run's budget left out.
 _TRAINING_STARTED_SQL = ("UPDATE shop_state SET train_started_at = {p}, train_run = {p},"
