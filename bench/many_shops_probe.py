@@ -2,11 +2,13 @@
 
     python -m bench.many_shops_probe                                  # 16 shops of 50k items, a 64 MiB budget
     python -m bench.many_shops_probe --shops 24 --items 100000 --budget-mib 128
+    python -m bench.many_shops_probe --shops 24 --items 100000 --budget-mib 230 --intent personalized
 
 An app installed in many stores serves them all from the same instances, and an instance keeps the model of
 every shop it has answered for. This probe starts `functions-framework --target recommend` (main.py, SQLite,
 models in a local folder, one thread) twice, without a budget and with MODEL_MEMORY_MIB, and in each asks
-through the app proxy, signed:
+through the app proxy, signed (related answers for a product, or with --intent personalized a shopper's, whose
+purchases in every shop are folded in, and which grow each model to its full serving size: norms and NormHead):
 
 - pass 1: one related answer for each shop in turn (each shop's first load);
 - pass 2: the same again, in the same order (with the budget, the order it is worst at: each shop's model was
@@ -44,28 +46,40 @@ def _shop(k: int) -> str:
     return f"probe-shop-{k:03d}.myshopify.com"
 
 
-def _query(shop: str, product: str) -> str:
+CUSTOMER = "4242"  # the shopper of --intent personalized, with purchases in every shop
+
+
+def _query(shop: str, product: str, intent: str = "related") -> str:
     from webhooks.app_proxy import app_proxy_signature
 
-    params = {"shop": shop, "intent": "related", "product_id": product, "n": "10", "logged_in_customer_id": "",
-              "path_prefix": PATH_PREFIX, "timestamp": str(int(time.time()))}
+    asked = ({"intent": "related", "product_id": product, "logged_in_customer_id": ""} if intent == "related" else
+             {"intent": "personalized", "logged_in_customer_id": CUSTOMER})
+    params = {"shop": shop, **asked, "n": "10", "path_prefix": PATH_PREFIX, "timestamp": str(int(time.time()))}
     params["signature"] = app_proxy_signature(params.items(), synthetic.SECRET)
     return urlencode(params)
 
 
 def _prepare(work: Path, shops: int, items: int) -> tuple[dict[str, str], list[str]]:
+    from datetime import datetime, timedelta, timezone
+
+    from recommender.changes import Event, EventKind
     from recommender.store import SQLiteEventStore
 
     store = LocalModelStore(work / "models")
-    products = []
+    products, purchases = [], []
+    now = datetime.now(timezone.utc)
     for k in range(shops):
         artifact = synthetic.build_artifact(items, seed=k)
         artifact.metadata = {**artifact.metadata, "shop": _shop(k)}
         store.publish(_shop(k), artifact)
         supported = np.flatnonzero(artifact.item_support >= 2)
         products.append(artifact.item_ids[int(supported[k % len(supported)])])
+        purchases += [Event(EventKind.PURCHASE, _shop(k), artifact.item_ids[int(i)], now - timedelta(days=1 + j),
+                            customer_id=CUSTOMER, dedupe_key=f"probe:{j}")
+                      for j, i in enumerate(supported[k:k + 5])]  # the shopper's history, folded in
     events = SQLiteEventStore(work / "events.sqlite3")
     try:
+        events.add_events(purchases)
         for k in range(shops):
             events.set_shop_installed(_shop(k), True)
     finally:
@@ -86,19 +100,21 @@ def _memory(server: process.Server) -> dict[str, float]:
     return {"pss_mib": memory["pss_sum_mib"], "worker_peak_rss_mib": memory["worker_peak_rss_mib"]}
 
 
-def _run(work: Path, env: dict[str, str], products: list[str], hot: int) -> dict:
+def _run(work: Path, env: dict[str, str], products: list[str], hot: int, intent: str = "related") -> dict:
     server = process.spawn("recommend", process.ROOT / "main.py", env, work / "logs", threads=1)
     try:
         shops = [_shop(k) for k in range(len(products))]
-        process.wait_until_serving(server, f"/?{_query(shops[0], products[0])}")
+        process.wait_until_serving(server, f"/?{_query(shops[0], products[0], intent)}")
         result: dict = {"started": _memory(server)}
         with requests.Session() as session:
             def ask(k: int) -> float:
                 began = time.perf_counter()
-                response = session.get(f"{server.base}/?{_query(shops[k], products[k])}", timeout=60)
+                response = session.get(f"{server.base}/?{_query(shops[k], products[k], intent)}", timeout=60)
                 took = (time.perf_counter() - began) * 1e3
                 if response.status_code != 200:
                     raise RuntimeError(f"{shops[k]}: {response.status_code} {response.text[:300]}")
+                if intent == "personalized" and response.json().get("strategy") != "personalized":
+                    raise RuntimeError(f"{shops[k]}: not a personalized answer: {response.text[:300]}")
                 return took
 
             for phase, order in (("pass 1", range(1, len(shops))), ("pass 2", range(len(shops))),
@@ -112,14 +128,16 @@ def _run(work: Path, env: dict[str, str], products: list[str], hot: int) -> dict
         server.stop()
 
 
-def measure(shops: int, items: int, budget_mib: float, hot: int) -> dict[str, dict]:
-    """The two runs, "no budget" and "MODEL_MEMORY_MIB=<budget>", each phase's figures."""
+def measure(shops: int, items: int, budget_mib: float, hot: int, intent: str = "related") -> dict[str, dict]:
+    """The two runs, "no budget" and "MODEL_MEMORY_MIB=<budget>", each phase's figures (`intent`: "related" for a
+    product, or "personalized" for a shopper with purchases in every shop, whose answers grow each model to its
+    full serving size: norms and NormHead)."""
     work = Path(tempfile.mkdtemp(prefix="many-shops-probe-"))
     try:
         env, products = _prepare(work, shops, items)
-        return {"no budget": _run(work, env, products, hot),
+        return {"no budget": _run(work, env, products, hot, intent),
                 f"MODEL_MEMORY_MIB={budget_mib:g}": _run(work, {**env, "MODEL_MEMORY_MIB": f"{budget_mib:g}"},
-                                                         products, hot)}
+                                                         products, hot, intent)}
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -130,9 +148,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--items", type=int, default=50_000)
     parser.add_argument("--budget-mib", type=float, default=64.0)
     parser.add_argument("--hot", type=int, default=3, help="shops asked over and over in the last phase")
+    parser.add_argument("--intent", choices=("related", "personalized"), default="related",
+                        help="what each request asks: a product's related items, or a shopper's personalized ones")
     args = parser.parse_args(argv)
-    runs = measure(args.shops, args.items, args.budget_mib, args.hot)
-    print(f"{args.shops} shops of {args.items:,} items, one recommend instance (one thread), related answers")
+    runs = measure(args.shops, args.items, args.budget_mib, args.hot, args.intent)
+    print(f"{args.shops} shops of {args.items:,} items, one recommend instance (one thread), {args.intent} answers")
     for label, run in runs.items():
         print(f"{label}: started at PSS {run['started']['pss_mib']} MiB")
         for phase in ("pass 1", "pass 2", "hot"):

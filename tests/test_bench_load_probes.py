@@ -26,3 +26,11 @@ def test_the_many_shops_probe_lets_models_go_only_under_a_budget_and_never_for_a
     assert budgeted["pass 2"]["times_let_go"] >= 3
     assert budgeted["hot"]["times_let_go"] == 0
     assert all(run[phase]["pss_mib"] > 0 for run in runs.values() for phase in ("pass 1", "pass 2", "hot"))
+
+
+def test_the_many_shops_probe_asks_personalized_answers_for_a_shopper_with_history():
+    runs = many_shops_probe.measure(shops=2, items=5_000, budget_mib=1, hot=1, intent="personalized")
+
+    # each answer was checked to be personalized (the probe raises otherwise); the budget let go as with related
+    assert runs["MODEL_MEMORY_MIB=1"]["pass 2"]["times_let_go"] >= 2
+    assert runs["no budget"]["pass 2"]["times_let_go"] == 0
