@@ -167,6 +167,15 @@ def _best_of(scores: np.ndarray, rows: np.ndarray, take: int) -> list[int]:
     return ordered[:take].tolist()
 
 
+def _build_head_if_kept(model: "weakref.ReferenceType[ServingModel]") -> None:
+    """The NormHead's delayed build, for a model still held by someone (the ModelHolder, an answer): a strong
+    reference here kept each model let go by MODEL_MEMORY_MIB alive for the delay and built its head, and with shops
+    asked in turn faster than that an instance held every one of them (bench/PERFORMANCE.md, round 35)."""
+    kept = model()
+    if kept is not None:
+        kept.build_head()
+
+
 class ServingModel:
     """An artifact unpacked for fast scoring: float32 factors, their inverse norms, an id index, λI + YᵀY.
 
@@ -279,8 +288,8 @@ class ServingModel:
                     self._head = True  # being built
                     if self.n_items < HEAD_MIN_ITEMS:
                         self._head = False
-                    else:
-                        builder = threading.Timer(HEAD_BUILD_DELAY_SECONDS, self.build_head)
+                    else:  # the timer holds the model weakly: a model let go meanwhile is freed, not built for
+                        builder = threading.Timer(HEAD_BUILD_DELAY_SECONDS, _build_head_if_kept, (weakref.ref(self),))
                         builder.daemon = True
                         builder.name = "norm-head"
                         builder.start()
