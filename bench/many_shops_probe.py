@@ -2,22 +2,24 @@
 
     python -m bench.many_shops_probe                                  # 16 shops of 50k items, a 64 MiB budget
     python -m bench.many_shops_probe --shops 24 --items 100000 --budget-mib 128
-    python -m bench.many_shops_probe --shops 24 --items 100000 --budget-mib 230 --intent personalized
+    python -m bench.many_shops_probe --shops 24 --items 100000 --budget-mib 230 --intent personalized [--factors trained]
 
 An app installed in many stores serves them all from the same instances, and an instance keeps the model of
 every shop it has answered for. This probe starts `functions-framework --target recommend` (main.py, SQLite,
 models in a local folder, one thread) twice, without a budget and with MODEL_MEMORY_MIB, and in each asks
 through the app proxy, signed (related answers for a product, or with --intent personalized a shopper's, whose
-purchases in every shop are folded in, and which grow each model to its full serving size: norms and NormHead):
+purchases in every shop are folded in, and each model's first of which times its NormHead's build a second later;
+with --factors trained, factors as training makes them, whose unequal norms get a NormHead, so that each model
+grows to its full serving size; the random factors' near-equal norms get none):
 
-- pass 1: one related answer for each shop in turn (each shop's first load);
+- pass 1: one answer for each shop in turn (each shop's first load);
 - pass 2: the same again, in the same order (with the budget, the order it is worst at: each shop's model was
   let go before it is asked again);
 - hot: 20 answers for each of the last `--hot` shops in turn (shops that fit the budget: the usual case, a few
   busy shops and many quiet ones).
 
-Prints the instance's memory (PSS of master and worker, as a container's limit counts it, and the worker's
-peak RSS) after each phase, the answers' medians, how many times models were let go (the instance's log says so at
+Prints the instance's memory (PSS of master and worker, as a container's limit counts it, the worker's peak RSS,
+and that plus the master's RSS: an upper bound of the instance's peak) after each phase, the answers' medians, how many times models were let go (the instance's log says so at
 INFO), and the budget's run against the run without it.
 """
 
@@ -59,7 +61,7 @@ def _query(shop: str, product: str, intent: str = "related") -> str:
     return urlencode(params)
 
 
-def _prepare(work: Path, shops: int, items: int) -> tuple[dict[str, str], list[str]]:
+def _prepare(work: Path, shops: int, items: int, trained: bool = False) -> tuple[dict[str, str], list[str]]:
     from datetime import datetime, timedelta, timezone
 
     from recommender.changes import Event, EventKind
@@ -68,8 +70,9 @@ def _prepare(work: Path, shops: int, items: int) -> tuple[dict[str, str], list[s
     store = LocalModelStore(work / "models")
     products, purchases = [], []
     now = datetime.now(timezone.utc)
+    factors = synthetic.trained_factors(items) if trained else None  # one fit, shared: ~11 s at 100k items
     for k in range(shops):
-        artifact = synthetic.build_artifact(items, seed=k)
+        artifact = synthetic.build_artifact(items, seed=k, item_factors=factors)
         artifact.metadata = {**artifact.metadata, "shop": _shop(k)}
         store.publish(_shop(k), artifact)
         supported = np.flatnonzero(artifact.item_support >= 2)
@@ -97,7 +100,8 @@ def _let_go(server: process.Server) -> int:
 
 def _memory(server: process.Server) -> dict[str, float]:
     memory = process.instance_memory_mib(server)
-    return {"pss_mib": memory["pss_sum_mib"], "worker_peak_rss_mib": memory["worker_peak_rss_mib"]}
+    return {"pss_mib": memory["pss_sum_mib"], "worker_peak_rss_mib": memory["worker_peak_rss_mib"],
+            "peak_upper_bound_mib": process.peak_upper_bound_mib(memory)}
 
 
 def _run(work: Path, env: dict[str, str], products: list[str], hot: int, intent: str = "related") -> dict:
@@ -128,13 +132,14 @@ def _run(work: Path, env: dict[str, str], products: list[str], hot: int, intent:
         server.stop()
 
 
-def measure(shops: int, items: int, budget_mib: float, hot: int, intent: str = "related") -> dict[str, dict]:
+def measure(shops: int, items: int, budget_mib: float, hot: int, intent: str = "related",
+            trained: bool = False) -> dict[str, dict]:
     """The two runs, "no budget" and "MODEL_MEMORY_MIB=<budget>", each phase's figures (`intent`: "related" for a
-    product, or "personalized" for a shopper with purchases in every shop, whose answers grow each model to its
-    full serving size: norms and NormHead)."""
+    product, or "personalized" for a shopper with purchases in every shop; `trained`: factors as training makes
+    them, shared by the shops, which personalized answers give a NormHead)."""
     work = Path(tempfile.mkdtemp(prefix="many-shops-probe-"))
     try:
-        env, products = _prepare(work, shops, items)
+        env, products = _prepare(work, shops, items, trained)
         return {"no budget": _run(work, env, products, hot, intent),
                 f"MODEL_MEMORY_MIB={budget_mib:g}": _run(work, {**env, "MODEL_MEMORY_MIB": f"{budget_mib:g}"},
                                                          products, hot, intent)}
@@ -150,15 +155,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hot", type=int, default=3, help="shops asked over and over in the last phase")
     parser.add_argument("--intent", choices=("related", "personalized"), default="related",
                         help="what each request asks: a product's related items, or a shopper's personalized ones")
+    parser.add_argument("--factors", choices=("random", "trained"), default="random",
+                        help="the models' factors: random (near-equal norms), or as training makes them (one fit, "
+                             "shared by the shops), whose personalized answers build a NormHead")
     args = parser.parse_args(argv)
-    runs = measure(args.shops, args.items, args.budget_mib, args.hot, args.intent)
-    print(f"{args.shops} shops of {args.items:,} items, one recommend instance (one thread), {args.intent} answers")
+    runs = measure(args.shops, args.items, args.budget_mib, args.hot, args.intent, args.factors == "trained")
+    print(f"{args.shops} shops of {args.items:,} items ({args.factors} factors), one recommend instance (one thread),"
+          f" {args.intent} answers")
     for label, run in runs.items():
         print(f"{label}: started at PSS {run['started']['pss_mib']} MiB")
         for phase in ("pass 1", "pass 2", "hot"):
             figures = run[phase]
             print(f"  {phase:7s} PSS {figures['pss_mib']:7.1f} MiB  worker peak RSS {figures['worker_peak_rss_mib']:7.1f}"
-                  f" MiB  answers: median {figures['median_ms']:7.2f} ms, slowest {figures['slowest_ms']:7.2f} ms;"
+                  f" MiB (with the master's RSS {figures['peak_upper_bound_mib']:7.1f})"
+                  f"  answers: median {figures['median_ms']:7.2f} ms, slowest {figures['slowest_ms']:7.2f} ms;"
                   f" models let go {figures['times_let_go']} times")
     plain, budgeted = runs.values()
     print(f"with the budget against without: PSS after pass 2 {budgeted['pass 2']['pss_mib'] / plain['pass 2']['pss_mib']:.2f}×,"

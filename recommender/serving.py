@@ -123,8 +123,10 @@ def _check_forever(holder: "weakref.ReferenceType[ModelHolder]", due: queue.Simp
         alive = holder()
         if alive is None:
             return
-        alive._check(*work)
+        freed = alive._check(*work)
         del alive, work  # nothing of the holder's is held while waiting
+        if freed:  # now that the check holds the model it replaced or dropped no more
+            release_freed_memory()
 
 
 def top_rows(scores: np.ndarray, n: int, blocked: np.ndarray | None = None,
@@ -752,13 +754,18 @@ class ModelHolder:
                     return
                 self._checker = checker
             self._pending += 1
-        self._due.put((shop, current, lock))
+        self._due.put((shop, weakref.ref(current), lock))  # weakly: a check waiting its turn keeps no model let go
 
-    def _check(self, shop: str, current: ServingModel, lock: threading.Lock) -> None:
+    def _check(self, shop: str, asked: "weakref.ReferenceType[ServingModel]", lock: threading.Lock) -> bool:
+        """The refresh check of the model `asked` was for (nothing if it has been let go since); True if a model
+        was replaced, dropped or let go, whose pages the caller hands back once it holds the model no more."""
+        current = asked()
+        version = current.version if current is not None else None
         try:
-            self._refresh(shop, current)
+            return current is not None and self._refresh(shop, current)
         except Exception:  # anything unexpected: logged, and the model in memory keeps serving
-            log.exception("model refresh for %s failed, still serving %s", shop, current.version)
+            log.exception("model refresh for %s failed, still serving %s", shop, version)
+            return False
         finally:
             lock.release()
             with self._idle:
@@ -799,34 +806,38 @@ class ModelHolder:
         if self._make_room(shop) or made_room:
             release_freed_memory()
 
-    def _refresh(self, shop: str, current: ServingModel) -> None:
+    def _refresh(self, shop: str, current: ServingModel) -> bool:
         """Runs on the holder's checking thread. When `latest` has not moved since the current model was found, that is
-        one look at the pointer's change token (on gs://, one request, where reading `latest` takes two)."""
+        one look at the pointer's change token (on gs://, one request, where reading `latest` takes two). True if a
+        model was replaced, dropped or let go (its pages are handed back by the caller, once `current` is let go
+        too: handed back here, the replaced model's were still held)."""
         try:
             if self._models.get(shop) is not current:  # let go since the check was asked for: nothing to refresh
-                return
+                return False
             known = self._tokens.get(shop)
             if known and self._model_store.pointer_token(shop) == known:
-                return
+                return False
             manifest = self._model_store.latest(shop)
             if manifest is None:  # the shop's models were deleted (shop/redact): this one is served no more
                 if self._models.get(shop) is current:
                     self._drop(shop, current)
                     log.info("model for %s gone from the model store: %s no longer served", shop, current.version)
-                return
+                    return True
+                return False
             if manifest.version == current.version:
                 self._tokens[shop] = manifest.change_token
-                return
+                return False
             if self._models.get(shop) is not current:
-                return
+                return False
             fresh, made_room = self._load_in_room(shop, manifest)
         except ArtifactError as exc:
             log.error("model refresh for %s refused, still serving %s: %s", shop, current.version, exc)
-            return
+            return False
         with self._room_lock:
             if self._models.get(shop) is not current:  # let go meanwhile (MODEL_MEMORY_MIB, shop/redact): not brought back
-                return
+                return True  # nor the fresh one kept
             self._models[shop] = fresh
             self._tokens[shop] = manifest.change_token
         log.info("model for %s swapped: %s -> %s", shop, current.version, fresh.version)
-        self._kept_in_room(shop, made_room)
+        self._make_room(shop)  # the bound by exact count; the pages of what went are handed back by the caller
+        return True

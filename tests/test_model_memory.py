@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -272,26 +273,90 @@ def test_a_model_loaded_again_soon_after_it_was_let_go_is_warned_of_once_a_minut
     assert warnings[1].startswith(f"model for {b} loaded again 10.0 s after it was let go")
 
 
-def test_a_model_let_go_before_its_norm_head_is_built_is_freed_at_once(tmp_path):
+def test_a_model_let_go_before_its_norm_head_is_built_is_freed_at_once(tmp_path, monkeypatch):
     """A model's first personalized answer times its NormHead's build for a moment later. The timer held the model:
-    a model let go meanwhile (shops asked in turn faster than that) stayed in memory and had its head built, and an
-    instance answering 24 shops of 100k items within a 230 MiB bound passed 1 GiB (bench.many_shops_probe --intent
+    a model let go meanwhile (shops asked in turn faster than that) stayed in memory until it fired, and an instance
+    answering 24 shops of 100k items within a 230 MiB bound passed 1 GiB (bench.many_shops_probe --intent
     personalized, round 35)."""
+    import gc
     import weakref
 
-    from recommender.serving import HEAD_MIN_ITEMS
+    from recommender import serving
 
+    monkeypatch.setattr(serving, "HEAD_BUILD_DELAY_SECONDS", 60.0)  # the timer is pending throughout the test
     store = LocalModelStore(tmp_path / "models")
     for shop in SHOPS[:2]:
-        store.publish(shop, artifact(f"{shop[5]}-v1", items=HEAD_MIN_ITEMS))
+        store.publish(shop, artifact(f"{shop[5]}-v1", items=serving.HEAD_MIN_ITEMS))
     holder = ModelHolder(store, memory_budget=1)  # room for the model being asked for alone
     first = holder.get(SHOPS[0])
     terms = first.fold_in_terms(np.array([0, 1]), np.array([1.0, 4.0]))  # a shopper who bought two products
-    first.personalized_top(terms, 10)  # its first personalized answer: the head's build is timed for a moment later
+    first.personalized_top(terms, 10)  # its first personalized answer: the head's build is timed for later
     gone = weakref.ref(first)
+    gc.disable()  # freed by its count of references alone, not by a collection
+    try:
+        del first
+        holder.get(SHOPS[1])  # lets the first shop's model go
 
-    del first
-    holder.get(SHOPS[1])  # lets the first shop's model go
+        assert kept(holder) == [SHOPS[1]]
+        assert gone() is None
+    finally:
+        gc.enable()
 
-    assert kept(holder) == [SHOPS[1]]
-    assert gone() is None  # freed now, not when the build's delay is over
+
+def test_a_model_kept_gets_its_norm_head_from_the_timer(monkeypatch):
+    from recommender import serving
+
+    monkeypatch.setattr(serving, "HEAD_BUILD_DELAY_SECONDS", 0.01)
+    items = serving.HEAD_MIN_ITEMS
+    rng = np.random.default_rng(7)  # trained-like: norms falling fast with the row, which a NormHead pays for
+    factors = rng.standard_normal((items, FACTORS)).astype(np.float32) / np.arange(1, items + 1, dtype=np.float32)[:, None]
+    model = ServingModel(ModelArtifact.build([str(1000 + k) for k in range(items)], factors,
+                                             rng.random(items).astype(np.float32), 0.1, 2.0, {"version": "v1"}))
+
+    model.personalized_top(model.fold_in_terms(np.array([0, 1]), np.array([1.0, 4.0])), 10)
+
+    deadline = time.monotonic() + 30
+    while model.head is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert model.head is not None and len(model.head.rows) == int(np.ceil(items * serving.HEAD_SHARE))
+
+
+class HeldStore(LocalModelStore):
+    """The real folder store, whose pointer check for `held` waits until `release` is set."""
+
+    def __init__(self, root, held: str):
+        super().__init__(root)
+        self.held, self.release, self.waiting = held, threading.Event(), threading.Event()
+
+    def pointer_token(self, shop):
+        if shop == self.held:
+            self.waiting.set()
+            self.release.wait(30)
+        return super().pointer_token(shop)
+
+
+def test_a_refresh_check_waiting_its_turn_keeps_no_model_let_go(tmp_path):
+    import gc
+    import weakref
+
+    a, b, c = SHOPS[:3]
+    store = HeldStore(tmp_path / "models", held=b)
+    for shop in (a, b, c):
+        store.publish(shop, artifact(f"{shop[5]}-v1"))
+    holder = ModelHolder(store, refresh_seconds=0, memory_budget=int(one_model_bytes(store) * 2.5))
+    holder.get(b)
+    gone = weakref.ref(holder.get(a))
+    gc.disable()
+    try:
+        holder.get(b)  # b's check begins, and waits on the store
+        assert store.waiting.wait(30)
+        holder.get(a)  # a's check waits behind it
+        holder.get(b)
+        holder.get(c)  # a, asked least recently, is let go
+
+        assert kept(holder) == [b, c]
+        assert gone() is None  # not held by its check in the queue
+    finally:
+        gc.enable()
+        store.release.set()
+        assert holder.settle(30)
