@@ -179,6 +179,8 @@ def deploy_script(args: argparse.Namespace, env: dict[str, str]) -> str:
         # One BLAS thread per request: gunicorn's threads already fill the CPUs, and OpenBLAS's own pool on
         # top of them tripled CPU per recommendation in bench/PERFORMANCE.md (implicit asks for it too).
         env_vars["OPENBLAS_NUM_THREADS"] = "1"
+        if spec.entry_point in MODEL_MEMORY_SHARES:  # the functions that keep models
+            env_vars["MALLOC_ARENA_MAX"] = MALLOC_ARENA_MAX
         if spec.entry_point in ("train", "app"):
             env_vars["TRAIN_BUDGET_SECONDS"] = str(train_budget_seconds(spec))
         if spec.entry_point == "train" and args.scheduler_service_account:
@@ -239,6 +241,12 @@ def deploy_script(args: argparse.Namespace, env: dict[str, str]) -> str:
 # 32 MiB, or of the largest) and each request's scratch arrays; at 512 MiB, 230 for the models leaves ~130 MiB
 # to spare. `app` also trains in the same instance.
 MODEL_MEMORY_SHARES = {"recommend": 0.45, "app": 0.2}
+# glibc's malloc arenas in a function that keeps models: by default each thread that allocates may get one of its
+# own (up to eight a core), each keeping memory freed in it. Two: an instance answering 24 shops of 100k items
+# within MODEL_MEMORY_MIB=230 held 205 MiB (PSS; the worker's peak RSS 238) instead of 262 (341), its answers as fast
+# (bench.many_shops_probe --intent personalized, bench/PERFORMANCE.md round 35). Read when the process starts, so
+# it is set here, not by main.py.
+MALLOC_ARENA_MAX = "2"
 
 
 def model_memory_mib(spec: FunctionSpec, told: float | None) -> float | None:

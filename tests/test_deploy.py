@@ -101,6 +101,7 @@ def test_dry_run_gives_stores_to_the_functions_and_secrets_only_to_those_that_ne
     for name in ("webhook", "recommend", "collect", "train"):
         env_vars = gcloud_map(functions[name]["--set-env-vars"])
         env_vars.pop("MODEL_MEMORY_MIB", None)  # recommend's: its own test
+        env_vars.pop("MALLOC_ARENA_MAX", None)  # recommend's: its own test
         env_vars.pop("TRAIN_BUDGET_SECONDS", None)  # train's: its own test
         assert env_vars == {"EVENT_STORE_URL": DATABASE_URL, "MODEL_STORE_URL": MODEL_STORE_URL,
                             "THREADS": functions[name]["--concurrency"], "OPENBLAS_NUM_THREADS": "1"}
@@ -144,6 +145,15 @@ def test_recommend_instances_keep_models_within_a_share_of_their_memory_unless_t
     assert budget(left_to_gcloud) is None and left_to_gcloud["recommend"]["--memory"] == "2048"
     for name in ("webhook", "collect", "train", "healthz"):
         assert budget(default, name) is None
+
+
+def test_the_functions_that_keep_models_get_two_malloc_arenas():
+    functions = deployed(dry_run("--with-app"))
+
+    arenas = {name: gcloud_map(flags["--set-env-vars"]).get("MALLOC_ARENA_MAX") for name, flags in functions.items()
+              if "--set-env-vars" in flags}
+
+    assert arenas == {"webhook": None, "recommend": "2", "collect": None, "train": None, "healthz": None, "app": "2"}
 
 
 def test_functions_that_train_start_shops_within_five_sixths_of_their_time():
