@@ -3,6 +3,7 @@
     python -m bench.many_shops_probe                                  # 16 shops of 50k items, a 64 MiB budget
     python -m bench.many_shops_probe --shops 24 --items 100000 --budget-mib 128
     python -m bench.many_shops_probe --shops 24 --items 100000 --budget-mib 230 --intent personalized [--factors trained]
+    MALLOC_ARENA_MAX=2 python -m bench.many_shops_probe ...           # the instance as deploy.py starts recommend
 
 An app installed in many stores serves them all from the same instances, and an instance keeps the model of
 every shop it has answered for. This probe starts `functions-framework --target recommend` (main.py, SQLite,
