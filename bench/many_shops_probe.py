@@ -19,9 +19,9 @@ grows to its full serving size; the random factors' near-equal norms get none):
 - hot: 20 answers for each of the last `--hot` shops in turn (shops that fit the budget: the usual case, a few
   busy shops and many quiet ones).
 
-Prints the instance's memory (PSS of master and worker, as a container's limit counts it, the worker's peak RSS,
-and that plus the master's RSS: an upper bound of the instance's peak) after each phase, the answers' medians, how many times models were let go (the instance's log says so at
-INFO), and the budget's run against the run without it.
+Prints the instance's memory (PSS of master and worker, as a container's limit counts it, the worker's peak RSS, and
+that plus the master's RSS: an upper bound of the instance's peak) after each phase, the answers' medians, how many
+times models were let go (the instance's log says so at INFO), and the budget's run against the run without it.
 """
 
 from __future__ import annotations

@@ -193,17 +193,17 @@ def measure(shops: int, events: int, users: int, items: int, nights: int, histor
             handled = (sum(n for key, n in outcome.items() if key not in ("deferred", "other_runs"))
                        or sum(trainings.values()))
             peaks = [job["peak_mib"] for job in jobs if job["peak_mib"] is not None]
-            entry = {"night": night, "seconds": max(job["seconds"] for job in jobs),
+            seconds = max(job["seconds"] for job in jobs)  # the night's: its longest job's wall time
+            entry = {"night": night, "seconds": seconds,
                      "killed": any(job["killed"] for job in jobs), "peak_mib": max(peaks) if peaks else None,
                      **outcome, "shops_trained": len(trainings), "trainings": sum(trainings.values()),
                      "shops_trained_twice": sum(1 for count in trainings.values() if count > 1),
                      "requests": len(counted),
                      "requests_per_shop": round(len(counted) / handled, 1) if handled else None,
-                     "seconds_per_shop": round(entry_seconds_per_shop(jobs, handled), 4) if handled else None,
+                     "seconds_per_shop": round(seconds / handled, 4) if handled else None,
                      "downloads": sum(1 for line in counted if "alt=media" in line),
                      "uploads": sum(1 for line in counted if line.startswith('"POST /upload')),
-                     "shops_in_budget": int(BUDGET_SECONDS / entry_seconds_per_shop(jobs, handled))
-                     if handled else None}
+                     "shops_in_budget": int(BUDGET_SECONDS / (seconds / handled)) if handled else None}
             nights_run.append(entry)
             ended = (f"killed at {timeout:g} s" if entry["killed"] else
                      f"peak {entry['peak_mib']:.0f} MiB, {outcome}")
@@ -226,11 +226,6 @@ def measure(shops: int, events: int, users: int, items: int, nights: int, histor
             "timeout": timeout, "runs_at_once": runs, "nights": nights_run, "most_nights_waiting": max(waiting.values()),
             "shops_untrained_since_night_0": sum(1 for nights_waiting in waiting.values() if nights_waiting == nights
                                                  and nights > 0)}
-
-
-def entry_seconds_per_shop(jobs: list[dict], handled: int) -> float:
-    """A night's seconds a shop: its longest job's wall time over the shops its jobs handled."""
-    return max(job["seconds"] for job in jobs) / handled
 
 
 def positive_count(text: str) -> int:
