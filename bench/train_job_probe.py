@@ -5,6 +5,7 @@
     python -m bench.train_job_probe --events 3000000 --users 600000 --items 100000 --rounds 1
     python -m bench.train_job_probe --code /path/to/another/checkout        # the same probe, another version's job
     python -m bench.train_job_probe --before /path/to/the/code/before       # both versions' jobs in each round, in turn
+    python -m bench.train_job_probe --arenas 2                              # the job with MALLOC_ARENA_MAX=2 too, in turn
 
 The `train` function runs `python -m recommender train` on a schedule, in a 2 GiB instance with a 30-minute timeout.
 What decides whether a shop fits is the job's own time and peak, which the benchmark's training goal (500k events,
@@ -170,13 +171,16 @@ def job_outcome(stdout: str) -> tuple[str, dict]:
 
 
 def measure(events: int, users: int, items: int, rounds: int, postgres_url: str | None = None,
-            code: Path = ROOT, work: Path | None = None, before: Path | None = None) -> dict:
-    """`before`: another checkout whose job (with and without the gate) runs in each round too, beside `code`'s."""
+            code: Path = ROOT, work: Path | None = None, before: Path | None = None,
+            arenas: int | None = None) -> dict:
+    """`before`: another checkout whose job (with and without the gate) runs in each round too, beside `code`'s.
+    `arenas`: `code`'s job also runs with MALLOC_ARENA_MAX set to it (glibc's malloc arenas, which it reads at a
+    process's start) in each round, in turn with glibc's default."""
     from recommender.store import SQLiteEventStore
 
     if work is None:  # a scratch folder of its own, removed at the end (5M events take 2.5 GB in SQLite)
         with tempfile.TemporaryDirectory(prefix="train-job-probe-") as scratch:
-            return measure(events, users, items, rounds, postgres_url, code, Path(scratch), before)
+            return measure(events, users, items, rounds, postgres_url, code, Path(scratch), before, arenas)
     work.mkdir(parents=True, exist_ok=True)
     if postgres_url:
         from recommender.store_postgres import PostgresEventStore
@@ -191,12 +195,15 @@ def measure(events: int, users: int, items: int, rounds: int, postgres_url: str 
         shape = save_floor_matrix(store, work / "confidence.npz")
         env = {**os.environ, "EVENT_STORE_URL": store_url, "LOG_LEVEL": "WARNING"}
         env.pop("TEST_POSTGRES_URL", None)
+        env.pop("MALLOC_ARENA_MAX", None)  # glibc's default unless a mode sets it
         job = [sys.executable, "-c", JOB, "train", "--shop", SHOP]
         modes = {  # mode: (command, environment, checkout)
             "job": (job, {}, code),
             "job, no gate": (job, {"QUALITY_GATE": "false"}, code),
             **({"job (before)": (job, {}, before), "job, no gate (before)": (job, {"QUALITY_GATE": "false"}, before)}
                if before is not None else {}),
+            **({f"job, MALLOC_ARENA_MAX={arenas}": (job, {"MALLOC_ARENA_MAX": str(arenas)}, code)}
+               if arenas is not None else {}),
             "floor": ([sys.executable, "-c", FLOOR, str(work / "confidence.npz"), json.dumps(shape["settings"])], {},
                       code),
         }
@@ -223,7 +230,7 @@ def measure(events: int, users: int, items: int, rounds: int, postgres_url: str 
     floor = medians["floor"]
     return {
         "events": events, "store": "postgresql" if postgres_url else "sqlite", "code": str(code),
-        "before": None if before is None else str(before),
+        "before": None if before is None else str(before), "arenas": arenas,
         "fill_seconds": round(fill_s, 1), **{k: v for k, v in shape.items() if k != "settings"},
         "runs": runs, "medians": medians,
         "job_over_floor": {mode: {"seconds": round(m["seconds"] / floor["seconds"], 2),
@@ -263,13 +270,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--before", type=Path,
                         help="another checkout whose job runs in each round too, in turn with --code's")
+    parser.add_argument("--arenas", type=int,
+                        help="the job also runs with MALLOC_ARENA_MAX set to this, in turn with glibc's default")
     add_job_arguments(parser)
     args = parser.parse_args(argv)
     url = postgres_url(parser, args)
     print(f"{args.events:,} events, {args.users:,} shoppers, {args.items:,} products; "
           f"{'PostgreSQL' if url else 'SQLite'}; the job of {args.code}", flush=True)
     result = measure(args.events, args.users, args.items, args.rounds, url, args.code.resolve(),
-                     before=args.before.resolve() if args.before else None)
+                     before=args.before.resolve() if args.before else None, arenas=args.arenas)
     print(f"stored in {result['fill_seconds']} s: {result['users']:,} shoppers × {result['items']:,} products, "
           f"{result['nonzeros']:,} nonzeros")
     for mode, m in result["medians"].items():
