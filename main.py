@@ -251,7 +251,7 @@ def collect(request: flask.Request) -> flask.Response:
     runtime = _runtime.get()
     payload = pixel.parse_pixel_body(request.get_data(cache=False))
     events, ignored = pixel.pixel_events(payload, shop)
-    address = (request.headers.get("X-Forwarded-For") or request.remote_addr or "").split(",")[0].strip()
+    address = _client_address(request, runtime.settings.trusted_proxies)
     clients = {e.anonymous_id for e in events} or {"-"}
     cost = max(1, len(events))
     if not pixel.PER_ADDRESS.allow(f"{shop}|{address}", cost) or not all(
@@ -263,6 +263,16 @@ def collect(request: flask.Request) -> flask.Response:
         return _json({"error": "unknown_shop", "message": f"{shop} has not installed the app"}, 403)
     return _json({"status": "stored", "events": stored, "ignored": ignored},
                  headers={"Access-Control-Allow-Origin": "*"})
+
+
+def _client_address(request: flask.Request, proxies: int) -> str:
+    """The caller's address: the X-Forwarded-For entry Google's front end appended, the last but the `proxies` the
+    deployment's own load balancers appended after it. The entries before it are whatever the caller sent: keyed on
+    the first, the limit per address went to anyone who writes the header."""
+    hops = [hop.strip() for hop in (request.headers.get("X-Forwarded-For") or "").split(",") if hop.strip()]
+    if len(hops) > proxies:
+        return hops[-1 - proxies]
+    return request.remote_addr or (hops[0] if hops else "")
 
 
 @functions_framework.http

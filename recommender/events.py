@@ -92,4 +92,7 @@ def parse_timestamp(value: object, name: str = "occurred_at") -> datetime:
         raise InvalidEvent(f"{name} is missing or not a string: {value!r}")
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=timezone.utc)
-    return parsed.astimezone(timezone.utc)
+    try:
+        return parsed.astimezone(timezone.utc)
+    except OverflowError:  # an offset that takes it past year 1 or 9999 (0001-01-01T00:00:00+01:00)
+        raise InvalidEvent(f"{name} is outside the years 1 to 9999 in UTC: {value!r}") from None

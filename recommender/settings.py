@@ -95,6 +95,9 @@ class Settings(NamedTuple):
     train_budget_seconds: float = 1500.0
     trust_customer_id_param: bool = False  # local use only: accept ?customer_id= without an app proxy signature
     cors_allowed_origins: tuple[str, ...] = ()  # storefront origins besides https://<shop> (custom domains)
+    # proxies of the deployment's own (a load balancer) in front of the functions, each appending to X-Forwarded-For
+    # after Google's front end has appended the caller's address: /collect's limit per address reads that entry
+    trusted_proxies: int = 0
 
     @classmethod
     def from_mapping(cls, env: Mapping[str, str]) -> "Settings":
@@ -135,6 +138,7 @@ class Settings(NamedTuple):
                                        "a number of seconds >= 0 (0: no budget)"),
             trust_customer_id_param=_flag(env, "TRUST_CUSTOMER_ID_PARAM"),
             cors_allowed_origins=_origins(env, "CORS_ALLOWED_ORIGINS"),
+            trusted_proxies=_read(env, "TRUSTED_PROXIES", int, 0, lambda v: 0 <= v <= 10, "an integer from 0 to 10"),
         )
         if settings.gate_max_users < settings.gate_min_users:
             raise ConfigError(f"GATE_MAX_USERS ({settings.gate_max_users}) must be at least GATE_MIN_USERS "

@@ -114,6 +114,64 @@ def test_oversized_bodies_are_refused(installed):
     assert response.status_code == 413
 
 
+def beacons_from(client, address: str, forwarded, count: int) -> list[int]:
+    """`count` beacons, each from a new pixel client (no client's own limit comes into it), with X-Forwarded-For as
+    `forwarded(n)` writes it: their statuses."""
+    return [collect(client, viewed(f"sh-{address}-{n}", "5", client=f"{address}-{n}"),
+                    **{"X-Forwarded-For": forwarded(n)}).status_code for n in range(count)]
+
+
+def test_one_address_is_limited_whatever_it_writes_in_x_forwarded_for(installed):
+    """Google's front end appends the caller's address to the X-Forwarded-For it was sent: the first entry is the
+    caller's to write. Keyed on it, one address that wrote a new one each time was never limited."""
+    statuses = beacons_from(installed, "203.0.113.7", lambda n: f"10.9.{n // 250}.{n % 250}, 203.0.113.7", 320)
+
+    assert statuses[:300] == [200] * 300  # the limit per address lets a burst of 300 through
+    assert statuses[300:].count(429) >= 15  # 5 a second come back meanwhile at most
+
+
+def test_addresses_behind_the_deployments_own_proxy_are_told_apart(app_client, monkeypatch):
+    """TRUSTED_PROXIES=1: a load balancer of the deployment's own appends its address after the caller's; the key is
+    the entry before it, and every caller behind the same balancer is not one address."""
+    monkeypatch.setenv("TRUSTED_PROXIES", "1")  # set before the first request builds the settings
+    assert post_webhook(app_client, "orders/create", order_payload(1, 2, [201])).status_code == 200
+
+    apart = beacons_from(app_client, "lb-a", lambda n: f"1.2.3.4, 198.51.{n // 250}.{n % 250}, 10.0.0.1", 320)
+    together = beacons_from(app_client, "lb-b", lambda n: f"1.2.{n // 250}.{n % 250}, 198.51.100.9, 10.0.0.2", 320)
+
+    assert apart == [200] * 320
+    assert together[:300] == [200] * 300 and together[300:].count(429) >= 15
+
+
+def test_a_beacon_dated_in_the_future_is_dated_when_it_arrived(installed, store_of):
+    """A browser's clock ahead (or a caller's choice): dated 2999 it counted whole in trending, stayed the shopper's
+    latest event and was never pruned."""
+    from datetime import datetime, timedelta, timezone
+
+    before = datetime.now(timezone.utc)
+    response = collect(installed, viewed("sh-future", "777", client="clock-ahead", when="2999-01-01T00:00:00Z"))
+    after = datetime.now(timezone.utc)
+    store = store_of(installed)
+
+    assert (response.status_code, response.json["events"]) == (200, 1)
+    [bucket] = [b for b in store.activity_since(SHOP, before - timedelta(days=1)) if b.product_id == "777"]
+    assert bucket.day in {before.date().isoformat(), after.date().isoformat()}
+    assert store.prune_events(after + timedelta(seconds=1)) >= 1
+    assert not [b for b in store.activity_since(SHOP, before - timedelta(days=1)) if b.product_id == "777"]
+
+
+@pytest.mark.parametrize("body, fragment", [
+    (viewed("sh-edge", "5", when="0001-01-01T00:00:00+01:00"), "outside the years 1 to 9999 in UTC"),
+    (viewed("sh-edge", "5", when="9999-12-31T23:00:00-05:00"), "outside the years 1 to 9999 in UTC"),
+    ('{"id": "sh-1", "name": "product_viewed", "clientId": "c", "seq": ' + "1" * 5000 + "}", "4300"),
+], ids=["year-0", "year-10000", "5000-digits"])
+def test_values_past_what_python_reads_are_a_400_not_a_500(installed, body, fragment):
+    response = collect(installed, body)
+
+    assert response.status_code == 400
+    assert fragment in response.json["message"]
+
+
 def test_one_client_is_rate_limited(installed):
     statuses = [collect(installed, viewed(f"sh-r{n}", "5", client="flooder")).status_code for n in range(70)]
     assert statuses[:60] == [200] * 60

@@ -460,6 +460,44 @@ def test_bug_huge_line_quantity_is_a_400_not_an_unhandled_overflow(store):
     assert (store.count_events(), store.count_deliveries()) == (0, 0)
 
 
+def test_an_integer_longer_than_python_reads_is_a_400_not_a_500(store):
+    """json.loads raises ValueError past 4,300 digits, which is not a JSONDecodeError: it went up as a 500, and
+    Shopify (or Pub/Sub) retried a body that can never be read."""
+    body = as_body(guest_order()).replace(b'"quantity": 1', b'"quantity": ' + b"1" * 5000, 1)
+
+    outcome = deliver(store, body, "orders/create")
+
+    assert (outcome.status, outcome.result) == (400, "malformed_json")
+    assert "4300" in outcome.body()["message"]
+    assert (store.count_events(), store.count_deliveries()) == (0, 0)
+
+
+@pytest.mark.parametrize("when", ["9999-12-31T23:00:00-05:00", "0001-01-01T00:00:00+01:00"])
+def test_a_timestamp_past_the_calendar_in_utc_is_a_400_naming_the_field(store, when):
+    """Past year 9999 (or before year 1) once in UTC: datetime's conversion raised OverflowError, a 500."""
+    order = {**guest_order(), "created_at": when}
+
+    outcome = deliver(store, as_body(order), "orders/create")
+
+    assert (outcome.status, outcome.result) == (400, "malformed_payload")
+    assert "created_at is outside the years 1 to 9999 in UTC" in outcome.detail["message"]
+    assert (store.count_events(), store.count_deliveries()) == (0, 0)
+
+
+@pytest.mark.parametrize("field, value", [("inventory_quantity", 2**63), ("inventory_quantity", -(2**63)),
+                                          ("inventory_quantity", 1.5)])
+def test_a_variants_stock_past_what_is_stored_is_a_400_naming_the_field(store, field, value):
+    """A product's stock had no bound, where a stock level's had one: 2**63 overflowed SQLite's INTEGER (a 500)."""
+    product = {"id": 77, "title": "T", "status": "active", "variants": [
+        {"id": 770, "inventory_item_id": 7700, "inventory_management": "shopify", field: value}]}
+
+    outcome = deliver(store, as_body(product), "products/update")
+
+    assert (outcome.status, outcome.result) == (400, "malformed_payload")
+    assert "variants[0].inventory_quantity must be an integer (at most 1,000,000,000 units" in outcome.detail["message"]
+    assert store.count_deliveries() == 0
+
+
 @pytest.mark.parametrize("price", ["NaN", "inf", "-Infinity", "1e400"])
 def test_a_price_that_is_not_a_finite_number_is_a_400_naming_the_field(store, price):
     """float() takes these, and PostgreSQL's JSON parameters cannot carry what it makes of them: a delivery that

@@ -13,6 +13,7 @@ import json
 import re
 import threading
 import time
+from datetime import datetime, timezone
 from typing import Any, Callable
 
 from recommender.errors import InvalidEvent
@@ -47,8 +48,12 @@ def _product_id(variant: dict, where: str) -> tuple[str, str | None, float | Non
             shopify_id(variant.get("id"), f"{where}.id", required=False), amount)
 
 
-def pixel_events(payload: Any, shop: str) -> tuple[list[Event], int]:
-    """Translate one event or a list of them; returns (events to store, events ignored)."""
+def pixel_events(payload: Any, shop: str, now: datetime | None = None) -> tuple[list[Event], int]:
+    """Translate one event or a list of them; returns (events to store, events ignored). An event dated after `now`
+    (the request's arrival; a browser's clock runs ahead, or a caller writes what it likes) is dated `now`: dated in
+    the future it counted whole in trending and stayed a shopper's latest event for as long as that lasted, and
+    retention never pruned it."""
+    now = now or datetime.now(timezone.utc)
     items = payload if isinstance(payload, list) else [payload]
     if not items or len(items) > MAX_EVENTS_PER_REQUEST:
         raise MalformedPayload(f"send 1 to {MAX_EVENTS_PER_REQUEST} events per request")
@@ -67,7 +72,7 @@ def pixel_events(payload: Any, shop: str) -> tuple[list[Event], int]:
         if not isinstance(client_id, str) or not _CLIENT_ID.match(client_id):
             raise MalformedPayload(f"{where}.clientId is missing or malformed")
         try:
-            occurred_at = parse_timestamp(item.get("timestamp"), f"{where}.timestamp")
+            occurred_at = min(parse_timestamp(item.get("timestamp"), f"{where}.timestamp"), now)
         except InvalidEvent as exc:
             raise MalformedPayload(str(exc)) from None
         data = item.get("data")
@@ -107,7 +112,7 @@ def parse_pixel_body(raw: bytes) -> Any:
         raise MalformedPayload(f"body is larger than {MAX_BODY_BYTES} bytes")
     try:
         return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except ValueError as exc:  # not UTF-8, not JSON, or an integer past Python's 4,300 digits
         raise MalformedPayload(f"body is not JSON: {exc}") from None
 
 

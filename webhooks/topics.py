@@ -156,12 +156,18 @@ def checkout_updated(ctx: TopicContext, checkout: dict) -> ChangeSet:
     return ChangeSet(identity_links=(IdentityLink(_token(cart_token, "cart_token"), customer_id),))
 
 
+MAX_STOCK = MAX_QUANTITY * 1000  # units in stock, either way (Shopify's stock goes below 0 when oversold)
+
+
+def _stock(value: Any, field: str) -> int | None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or abs(value) > MAX_STOCK):
+        raise MalformedPayload(f"{field} must be an integer (at most {MAX_STOCK:,} units either way) or null, "
+                               f"got {value!r}")
+    return value
+
+
 def inventory_level_updated(ctx: TopicContext, level: dict) -> ChangeSet:
-    available = level.get("available")
-    if available is not None and (isinstance(available, bool) or not isinstance(available, int)
-                                  or abs(available) > MAX_QUANTITY * 1000):
-        raise MalformedPayload(f"available must be an integer (at most {MAX_QUANTITY * 1000:,} units) or null, "
-                               f"got {available!r}")
+    available = _stock(level.get("available"), "available")
     return ChangeSet(inventory_levels=(InventoryLevel(
         inventory_item_id=shopify_id(level.get("inventory_item_id"), "inventory_item_id"),
         location_id=shopify_id(level.get("location_id"), "location_id"),
@@ -194,9 +200,7 @@ def cart_updated(ctx: TopicContext, cart: dict) -> ChangeSet:
 def _variant(raw: Any, position: int) -> CatalogVariant:
     if not isinstance(raw, dict):
         raise MalformedPayload(f"variants[{position}] must be an object")
-    quantity = raw.get("inventory_quantity")
-    if quantity is not None and (isinstance(quantity, bool) or not isinstance(quantity, int)):
-        raise MalformedPayload(f"variants[{position}].inventory_quantity must be an integer")
+    quantity = _stock(raw.get("inventory_quantity"), f"variants[{position}].inventory_quantity")
     # Newer API versions drop `inventory_management`; a reported quantity then means tracked.
     tracked = raw["inventory_management"] is not None if "inventory_management" in raw else quantity is not None
     return CatalogVariant(
