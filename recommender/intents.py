@@ -58,8 +58,8 @@ class RecommendRequest(NamedTuple):
     intent: str = "personalized"
     customer_id: str | None = None
     anonymous_id: str | None = None  # a cart token or other stored anonymous id
-    product_id: str | None = None  # the product page, for `related`
-    product_ids: tuple[str, ...] = ()  # cart items (complementary) or recently viewed (personalized)
+    product_id: str | None = None  # the product on the page: `related`'s seed, and never recommended
+    product_ids: tuple[str, ...] = ()  # cart items (complementary) or recently viewed, newest first (SHOPPER_INTENTS)
     exclude: tuple[str, ...] = ()
     n: int = 10
     repurchase: bool = False  # keep already-bought items (consumables)
@@ -256,10 +256,13 @@ class Recommender:
             catalog = self._catalog.get(request.shop)
         history = self._history(request, stored)
         named = _named_exclusions(request)  # what is on screen or in the cart already
-        # History positions that personalized leaves out: what the shopper bought, or saw, unless asked to keep it.
+        # History positions that personalized leaves out: what the shopper bought, or saw, unless asked to keep it. A
+        # product kept as bought is kept whatever else the shopper did with it: a web order is viewed and carted first.
         keep_bought, keep_seen = request.repurchase, request.include_seen
+        bought = {event.product_id for event in history if event.kind is EventKind.PURCHASE} if keep_bought else ()
         shown_again = [position for position, event in enumerate(history)
-                       if not (keep_bought if event.kind is EventKind.PURCHASE else keep_seen)
+                       if not (keep_bought if event.kind is EventKind.PURCHASE else
+                               keep_seen or event.product_id in bought)
                        ] if request.intent == "personalized" else []
         # The model's row of each history event, looked up once for the exclusions and the fold-in.
         history_rows = model.item_ids.rows_array([event.product_id for event in history]) if model else None
@@ -360,7 +363,7 @@ class Recommender:
         if strategy == "buy_it_again":
             return _decayed(history, (EventKind.PURCHASE,), REBUY_HALF_LIFE_DAYS, "no_purchases")
         if strategy == "recently_viewed":
-            return _decayed(history, (EventKind.VIEW, EventKind.ADD_TO_CART), VIEW_HALF_LIFE_DAYS, "no_views")
+            return _newest_first(history, request.product_ids)
         if model is None:
             return None, "no_model"
         if strategy == "popular":
@@ -406,13 +409,14 @@ class Recommender:
 
 
 def _named_exclusions(request: RecommendRequest) -> set[str]:
-    """The products the request itself names that must not be recommended: exclude=, the cart, the product on
-    screen (for recently_viewed, the ids it is given are the answer, not the context)."""
+    """The products the request itself names that must not be recommended: exclude=, the product on screen, the
+    cart (for recently_viewed, the ids it is given are the answer, not the context; exclude= and the product on
+    screen are still left out: a product page does not list itself as recently viewed)."""
     named = set(request.exclude)
     if request.product_id:
         named.add(request.product_id)
     if request.intent == "recently_viewed":
-        return named.difference(request.product_ids)
+        return named
     return named.union(request.product_ids)
 
 
@@ -431,6 +435,23 @@ def _decayed(history: list[Interaction], kinds: tuple[EventKind, ...], half_life
     ranked = sorted(scores.items(), key=lambda item: (-item[1], item[0]))
     top = ranked[0][1] or 1.0
     return _Candidates([p for p, _ in ranked], [v / top for _, v in ranked], [p for p, _ in ranked]), None
+
+
+def _newest_first(history: list[Interaction], given: tuple[str, ...]) -> tuple[_Candidates | None, str | None]:
+    """The shopper's own viewed and carted products, newest first: the ids the request gives (what the storefront
+    saw the shopper view, in its order) as seen now, then the stored ones by each product's latest view or cart.
+    Each is scored 0.5^(age_days / VIEW_HALF_LIFE_DAYS) of that latest event."""
+    now = datetime.now(timezone.utc)
+    latest = dict.fromkeys(given, now)
+    stored: dict[str, datetime] = {}
+    for event in history:
+        if event.kind in (EventKind.VIEW, EventKind.ADD_TO_CART) and event.product_id not in latest:
+            stored[event.product_id] = max(event.occurred_at, stored.get(event.product_id, event.occurred_at))
+    latest.update(sorted(stored.items(), key=lambda item: item[1], reverse=True))  # ties: in the history's order
+    if not latest:
+        return None, "no_views"
+    scores = [0.5 ** (max(0.0, (now - at).total_seconds() / 86400) / VIEW_HALF_LIFE_DAYS) for at in latest.values()]
+    return _Candidates(list(latest), scores, list(latest)), None
 
 
 def _from_seeds(model: ServingModel, scores: np.ndarray, parts: Callable[[list[int], list[int]], np.ndarray],

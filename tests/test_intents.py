@@ -7,6 +7,7 @@ so 301/302 are what is bought together with 101/102.
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -148,6 +149,26 @@ def test_repurchase_keeps_bought_items_in_play(shop):
 
     assert not set(ids(without)) & bought_by(1000)
     assert set(ids(with_repurchase)) & bought_by(1000)
+
+
+def test_repurchase_keeps_a_product_bought_through_a_cart_and_not_one_only_carted(shop):
+    # Regression: repurchase=true kept a product's purchase but not the cart add that came before it, so a product
+    # bought through a cart (every web order) was still left out as seen.
+    today = NOW.isoformat()
+    cart = {"id": "tok-7777", "token": "tok-7777", "updated_at": today,
+            "line_items": [{"id": 1, "product_id": 201}, {"id": 2, "product_id": 202}, {"id": 3, "product_id": 203}]}
+    post_webhook(shop, "carts/create", cart)
+    post_webhook(shop, "checkouts/create", {"token": "chk-7777", "cart_token": "tok-7777", "customer": {"id": 7777}})
+    post_webhook(shop, "orders/create", order_payload(77001, 7777, [201, 202], created_at=today, cart_token="tok-7777"))
+
+    default = ask(shop, customer_id=7777, n=10)
+    repurchase = ask(shop, customer_id=7777, n=10, repurchase="true")
+    everything = ask(shop, customer_id=7777, n=10, repurchase="true", include_seen="true")
+
+    assert not {201, 202, 203} & set(ids(default))
+    assert {201, 202} <= set(ids(repurchase)), "bought: in play again, whatever else the shopper did with them"
+    assert 203 not in ids(repurchase), "carted and never bought: still left out as seen"
+    assert 203 in ids(everything)
 
 
 def test_a_checkout_links_a_guest_cart_to_the_customer_who_logs_in(shop):
@@ -422,3 +443,36 @@ def test_recently_viewed_returns_the_guests_own_items_newest_first_and_only_what
 
     assert body["strategy"] == "recently_viewed"
     assert [item["product_id"] for item in body["recommendations"] if item["strategy"] == "recently_viewed"] == ["203"]
+
+
+def test_recently_viewed_never_returns_excluded_products_nor_the_product_on_the_page(shop):
+    # Regression: for recently_viewed, ids in exclude= that were also in product_ids were returned all the same, and
+    # the product on the page was listed as recently viewed on its own page.
+    excluded = ask(shop, intent="recently_viewed", product_ids="205,206,207", exclude="205", n=5)
+    on_page = ask(shop, intent="recently_viewed", product_ids="205,206,207", product_id="206", n=5)
+
+    assert 205 not in ids(excluded) and ids(excluded)[:2] == [206, 207]
+    assert 206 not in ids(on_page) and ids(on_page)[:2] == [205, 207]
+
+
+def pixel_view(event_id: str, product: int, client: str, when: datetime) -> dict:
+    """A product_viewed event as the Web Pixel sends it to /collect."""
+    return {"id": event_id, "name": "product_viewed", "timestamp": when.isoformat().replace("+00:00", "Z"),
+            "clientId": client, "data": {"productVariant": {"id": f"{product}0", "product": {"id": str(product)}}}}
+
+
+def test_recently_viewed_is_newest_first_by_each_products_latest_view_and_keeps_the_given_order(shop):
+    # Regression: products were ranked by the sum of their decayed views, so one viewed three times two days ago came
+    # before one viewed a minute ago; and the ids a request gives came back sorted by id, not in the caller's order.
+    views = [pixel_view(f"sh-203-{k}", 203, "guest-rv", NOW - timedelta(days=2, minutes=k)) for k in range(3)]
+    views.append(pixel_view("sh-204", 204, "guest-rv", NOW - timedelta(minutes=1)))
+    assert shop.post(f"/collect?shop={SHOP}", data=json.dumps(views), content_type="text/plain").status_code == 200
+
+    stored = ask(shop, intent="recently_viewed", anonymous_id="guest-rv", n=2)
+    given = ask(shop, intent="recently_viewed", product_ids="207,205,206", n=3)
+    both = ask(shop, intent="recently_viewed", anonymous_id="guest-rv", product_ids="206,203", n=3)
+
+    assert ids(stored) == [204, 203]
+    assert stored["recommendations"][0]["score"] > stored["recommendations"][1]["score"]
+    assert ids(given) == [207, 205, 206]
+    assert ids(both) == [206, 203, 204], "the ids given are what the shopper sees now, in the caller's order"
