@@ -31,6 +31,7 @@ from recommender.trending import TrendingCache
 
 MAX_RESULTS = 50
 MAX_PRODUCT_IDS = 50
+LIST_PARAMETERS = ("product_ids", "exclude")  # comma-separated ids: given more than once, their values join with ","
 MIN_HISTORY_ITEMS = 2  # distinct known products before fold-in is trusted over "related to what you saw"
 MIN_ITEM_SUPPORT = 2  # shoppers who touched a product before its factors are trusted for "related"
 CHAINS = {

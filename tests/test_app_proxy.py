@@ -47,9 +47,9 @@ def test_a_changed_parameter_breaks_the_signature():
 # --- the privacy rule at /recommend -------------------------------------------------------------
 
 
-def proxied(params: dict, secret: str = TEST_SECRET, timestamp: int | None = None) -> str:
-    """A query string as Shopify's app proxy forwards it, signed."""
-    pairs = [*params.items(), ("shop", SHOP), ("path_prefix", "/apps/recs"),
+def proxied(params: dict | list[tuple[str, str]], secret: str = TEST_SECRET, timestamp: int | None = None) -> str:
+    """A query string as Shopify's app proxy forwards it, signed (a list of pairs may repeat a parameter)."""
+    pairs = [*(params.items() if isinstance(params, dict) else params), ("shop", SHOP), ("path_prefix", "/apps/recs"),
              ("timestamp", str(timestamp or int(time.time())))]
     return urlencode(pairs + [("signature", app_proxy_signature(pairs, secret))])
 
@@ -114,3 +114,35 @@ def test_cors_allows_only_the_shops_storefront_origins(strict_shop):
     assert "Access-Control-Allow-Origin" not in other.headers
     assert preflight.status_code == 204
     assert preflight.headers["Access-Control-Allow-Methods"] == "GET, OPTIONS"
+
+
+# --- parameters given more than once ------------------------------------------------------------
+
+
+def test_repeated_product_ids_and_exclude_are_read_joined_as_the_signature_joins_them(strict_shop):
+    # Regression: only the last of repeated values was kept, so product_ids=201&product_ids=202 was a guest who had
+    # seen 202 alone, and exclude=102&exclude=103 let 102 through; the app proxy signed "201,202" all the same.
+    guest = strict_shop.get(f"/recommend?shop={SHOP}&product_ids=201&product_ids=202&n=4")
+    through_proxy = strict_shop.get("/recommend?" + proxied([("product_ids", "201"), ("product_ids", "202"),
+                                                             ("logged_in_customer_id", ""), ("n", "4")]))
+    related = strict_shop.get(f"/recommend?shop={SHOP}&intent=related&product_id=101&exclude=102&exclude=103&n=12")
+
+    for answer in (guest, through_proxy):
+        assert answer.status_code == 200, answer.json
+        assert (answer.json["strategy"], answer.json["fallback_reason"]) == ("personalized", None)
+        assert not {"201", "202"} & {item["product_id"] for item in answer.json["recommendations"]}
+    assert related.status_code == 200
+    assert not {"102", "103"} & {item["product_id"] for item in related.json["recommendations"]}
+
+
+def test_a_single_valued_parameter_given_twice_with_different_values_is_a_400_naming_it(strict_shop):
+    twice = strict_shop.get(f"/recommend?shop={SHOP}&intent=trending&n=3&n=5")
+    same = strict_shop.get(f"/recommend?shop={SHOP}&intent=trending&n=3&n=3")
+    shops = strict_shop.get(f"/recommend?shop={SHOP}&shop=other-shop.myshopify.com&intent=trending")
+    customers = strict_shop.get("/recommend?" + proxied([("logged_in_customer_id", "1000"), ("customer_id", "1002"),
+                                                         ("customer_id", "1000")]))
+
+    assert (twice.status_code, twice.json["parameter"]) == (400, "n")
+    assert same.status_code == 200 and len(same.json["recommendations"]) == 3
+    assert (shops.status_code, shops.json["parameter"]) == (400, "shop")
+    assert (customers.status_code, customers.json["parameter"]) == (400, "customer_id")

@@ -13,7 +13,14 @@ import hashlib
 import hmac
 from typing import Iterable, NamedTuple
 
+from recommender.errors import InvalidParameter
+from recommender.intents import LIST_PARAMETERS
+
 MAX_CLOCK_SKEW_SECONDS = 90
+# What Shopify's app proxy adds to every request it forwards. On such a request they are Shopify's, read by the
+# verification (the last of several: Shopify appends its own after the shopper's query), and a copy the shopper typed
+# into the storefront's URL is no reason to refuse the request as repeating a parameter.
+PROXY_PARAMETERS = frozenset({"shop", "logged_in_customer_id", "path_prefix", "timestamp", "signature"})
 
 
 class ProxyVerification(NamedTuple):
@@ -25,12 +32,18 @@ class ProxyVerification(NamedTuple):
     logged_in_customer_id: str | None = None  # None for a shopper who is not logged in
 
 
-def app_proxy_signature(pairs: Iterable[tuple[str, str]], secret: str) -> str:
-    """The hex signature Shopify computes over the query's (key, value) pairs, `signature` excluded."""
+def _values_by_key(pairs: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
+    """Each parameter's values, in the order given (the signature joins them with ",")."""
     grouped: dict[str, list[str]] = {}
     for key, value in pairs:
-        if key != "signature":
-            grouped.setdefault(key, []).append(value)
+        grouped.setdefault(key, []).append(value)
+    return grouped
+
+
+def app_proxy_signature(pairs: Iterable[tuple[str, str]], secret: str) -> str:
+    """The hex signature Shopify computes over the query's (key, value) pairs, `signature` excluded."""
+    grouped = _values_by_key(pairs)
+    grouped.pop("signature", None)
     message = "".join(sorted(f"{key}={','.join(values)}" for key, values in grouped.items()))
     return hmac.new(secret.encode("utf-8"), message.encode("utf-8"), hashlib.sha256).hexdigest()
 
@@ -74,13 +87,14 @@ def storefront_query(pairs: list[tuple[str, str]], secret: str | None, trust_cus
     direct browser call: it gets anonymous, product- or cart-based results only, since
     anyone can type a customer id (unless TRUST_CUSTOMER_ID_PARAM is on, for local use).
     """
-    query = {key: value for key, value in pairs}
-    if "signature" in query:
+    grouped = _values_by_key(pairs)
+    if "signature" in grouped:
         if secret is None:
             raise AccessDenied(500, "misconfigured", "SHOPIFY_API_SECRET is not set: app proxy requests cannot be verified")
         proof = verify_app_proxy_request(pairs, secret, now)
         if not proof.valid:
             raise AccessDenied(401, proof.reason or "invalid_signature", "the app proxy signature did not verify")
+        query = _one_value_each(grouped, exempt=PROXY_PARAMETERS)
         asked = query.get("customer_id")
         if asked and asked != proof.logged_in_customer_id:
             raise AccessDenied(403, "forbidden", "customer_id must be the logged-in customer of the app proxy request")
@@ -89,8 +103,26 @@ def storefront_query(pairs: list[tuple[str, str]], secret: str | None, trust_cus
         if proof.logged_in_customer_id:
             query["customer_id"] = proof.logged_in_customer_id
         return query
+    query = _one_value_each(grouped, exempt=PROXY_PARAMETERS - {"shop"})  # a direct call's shop is its own choice
     if query.get("customer_id") and not trust_customer_param:
         raise AccessDenied(403, "forbidden", "personalized results for a customer are served only through the "
                                              "Shopify app proxy, for the logged-in customer; call without customer_id "
                                              "for anonymous, product- or cart-based results")
+    return query
+
+
+def _one_value_each(grouped: dict[str, list[str]], exempt: frozenset[str]) -> dict[str, str]:
+    """The query as /recommend reads it: a list parameter's values joined with "," (as the signature joins them);
+    any other parameter given more than once with different values is refused, naming it, but those in `exempt`
+    (Shopify's own, read by the verification), of which the last is kept."""
+    query: dict[str, str] = {}
+    for key, values in grouped.items():
+        distinct = list(dict.fromkeys(values))
+        if key in LIST_PARAMETERS:
+            query[key] = ",".join(values)
+        elif len(distinct) == 1 or key in exempt:
+            query[key] = values[-1]
+        else:
+            raise InvalidParameter(key, f"{key} takes one value, got {len(distinct)}: "
+                                        f"{', '.join(repr(value) for value in distinct)}")
     return query
