@@ -139,19 +139,38 @@ def _cors(request: flask.Request, shop: str | None, allowed: tuple[str, ...]) ->
     """CORS for the shop's own storefront origins: https://<shop> and the configured custom domains."""
     origin = request.headers.get("Origin", "").rstrip("/")
     if origin and (origin == f"https://{shop}" or origin in allowed):
-        return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
+        return {"Access-Control-Allow-Origin": origin}
     return {}
 
 
+def _storefront_cors(handler):
+    """`_cors` on every response of a storefront's endpoint, errors included (its script reads why it was refused as
+    it reads an answer), and `Vary: Origin` on all of them: a cache keeps one copy per origin."""
+
+    @functools.wraps(handler)
+    def wrapped(request: flask.Request) -> flask.Response:
+        response = handler(request)
+        try:
+            allowed = _runtime.settings().cors_allowed_origins
+        except ConfigError:  # the response is the 500 that names the variable: the shop's own origin may read it
+            allowed = ()
+        shop = (request.args.getlist("shop") or [""])[-1].lower()  # the last, as the app proxy's signature check reads
+        response.headers.update(_cors(request, shop, allowed))
+        response.vary.add("Origin")
+        return response
+
+    return wrapped
+
+
 @functions_framework.http
+@_storefront_cors
 @_json_errors
 def recommend(request: flask.Request) -> flask.Response:
     """GET ?shop=&intent=&product_id=&product_ids=&n=… (customer_id via the app proxy) → ranked, explained items."""
     settings = _runtime.settings()
     if request.method == "OPTIONS":
-        headers = _cors(request, (request.args.get("shop") or "").lower(), settings.cors_allowed_origins)
-        headers.update({"Access-Control-Allow-Methods": "GET, OPTIONS", "Access-Control-Max-Age": "3600"})
-        return flask.Response(status=204, headers=headers)
+        return flask.Response(status=204, headers={"Access-Control-Allow-Methods": "GET, OPTIONS",
+                                                   "Access-Control-Max-Age": "3600"})
     if (refused := _require_method(request, "GET")) is not None:
         return refused
     try:
@@ -176,9 +195,7 @@ def recommend(request: flask.Request) -> flask.Response:
         "fallback_reason": result.fallback_reason,
         "recommendations": [{**item._asdict(), "score": round(item.score, 6)} for item in result.items],
     }
-    headers = {"Cache-Control": "private, no-store" if wanted.personal else "public, max-age=60"}
-    headers.update(_cors(request, wanted.shop, settings.cors_allowed_origins))
-    return _json(body, headers=headers)
+    return _json(body, headers={"Cache-Control": "private, no-store" if wanted.personal else "public, max-age=60"})
 
 
 @functions_framework.http

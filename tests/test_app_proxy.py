@@ -116,6 +116,43 @@ def test_cors_allows_only_the_shops_storefront_origins(strict_shop):
     assert preflight.headers["Access-Control-Allow-Methods"] == "GET, OPTIONS"
 
 
+def test_errors_carry_the_cors_headers_an_answer_would(strict_shop):
+    # Regression: errors from /recommend had no Access-Control-Allow-Origin, so a storefront's script could not read
+    # why it was refused.
+    own, custom = {"Origin": f"https://{SHOP}"}, {"Origin": "https://www.example-store.com"}
+
+    bad = strict_shop.get(f"/recommend?shop={SHOP}&intent=trending&n=100", headers=own)
+    forbidden = strict_shop.get(f"/recommend?shop={SHOP}&customer_id=1000", headers=own)
+    not_installed = strict_shop.get("/recommend?shop=other-shop.myshopify.com&intent=trending",
+                                    headers={"Origin": "https://other-shop.myshopify.com"})
+    bad_custom = strict_shop.get(f"/recommend?shop={SHOP}&intent=similar", headers=custom)
+    stranger = strict_shop.get(f"/recommend?shop={SHOP}&intent=trending&n=100",
+                               headers={"Origin": "https://evil.example"})
+
+    assert [r.status_code for r in (bad, forbidden, not_installed, bad_custom, stranger)] == [400, 403, 404, 400, 400]
+    assert bad.headers["Access-Control-Allow-Origin"] == f"https://{SHOP}"
+    assert forbidden.headers["Access-Control-Allow-Origin"] == f"https://{SHOP}"
+    assert not_installed.headers["Access-Control-Allow-Origin"] == "https://other-shop.myshopify.com"
+    assert bad_custom.headers["Access-Control-Allow-Origin"] == "https://www.example-store.com"
+    assert "Access-Control-Allow-Origin" not in stranger.headers
+    assert all(r.headers.get("Vary") == "Origin" for r in (bad, forbidden, not_installed, bad_custom, stranger))
+
+
+def test_every_answer_varies_by_origin_whether_or_not_the_origin_is_allowed(strict_shop):
+    # Regression: an answer to a request with no Origin, or one not allowed, had no `Vary: Origin`, so a shared cache
+    # could give that copy (public, max-age=60, no Access-Control-Allow-Origin) to the storefront's own script.
+    url = f"/recommend?shop={SHOP}&intent=related&product_id=101&n=3"
+
+    answers = [strict_shop.get(url, headers=headers)
+               for headers in ({}, {"Origin": "https://evil.example"}, {"Origin": f"https://{SHOP}"})]
+    preflight = strict_shop.options(f"/recommend?shop={SHOP}", headers={"Origin": "https://evil.example",
+                                                                          "Access-Control-Request-Method": "GET"})
+
+    assert [a.headers["Cache-Control"] for a in answers] == ["public, max-age=60"] * 3
+    assert [a.headers.get("Vary") for a in answers] == ["Origin"] * 3
+    assert preflight.headers.get("Vary") == "Origin"
+
+
 # --- parameters given more than once ------------------------------------------------------------
 
 
