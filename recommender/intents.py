@@ -13,6 +13,7 @@ as `fallback_from`/`fallback_reason`, and every item names the strategy that ser
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import time
@@ -22,12 +23,14 @@ from typing import Callable, Mapping, NamedTuple
 import numpy as np
 
 from recommender.catalog import CatalogCache, CatalogSnapshot
-from recommender.errors import InvalidParameter, ModelNotReady, ShopNotInstalled
+from recommender.errors import ArtifactError, InvalidParameter, ModelNotReady, ShopNotInstalled
 from recommender.events import EventKind, user_key
 from recommender.model_store import check_shop_domain
 from recommender.serving import ModelHolder, ServingModel
 from recommender.store import EventStore, Interaction
 from recommender.trending import TrendingCache
+
+log = logging.getLogger(__name__)
 
 MAX_RESULTS = 50
 MAX_PRODUCT_IDS = 50
@@ -327,10 +330,14 @@ class Recommender:
     def _model(self, request: RecommendRequest) -> ServingModel | None:
         try:
             return self._models.get(request.shop)
-        except ModelNotReady:
-            if request.intent == "trending":  # trending reads events alone
-                return None
-            raise
+        except (ModelNotReady, ArtifactError) as exc:
+            if request.intent != "trending":
+                raise
+            # trending reads events alone: none trained yet, or the model store out of reach, it answers all the same
+            if isinstance(exc, ArtifactError):
+                log.warning("model for %s unavailable (%s); trending answered from the events alone", request.shop,
+                            exc)
+            return None
 
     @staticmethod
     def _history_keys(request: RecommendRequest) -> list[str]:

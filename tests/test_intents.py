@@ -391,6 +391,22 @@ def test_trending_works_before_any_model_is_trained(app_client, monkeypatch):
     assert app_client.get(f"/recommend?shop={SHOP}&customer_id=2").status_code == 503
 
 
+def test_trending_answers_with_the_model_store_out_of_reach(app_client, monkeypatch, caplog):
+    """Trending reads events alone: with the model store down (nothing listens where it points) it answered 503 all
+    the same, where it is every shopper's fallback."""
+    monkeypatch.setenv("TRENDING_TTL_SECONDS", "0")
+    monkeypatch.setenv("MODEL_STORE_URL", "gs://models-bucket/models")
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://127.0.0.1:9")  # the discard port: connection refused
+    post_webhook(app_client, "orders/create", order_payload(1, 2, [42], created_at=NOW.isoformat()))
+
+    body = ask(app_client, intent="trending")
+    personal = app_client.get(f"/recommend?shop={SHOP}&customer_id=2")
+
+    assert ids(body) == [42] and body["model_version"] is None
+    assert (personal.status_code, personal.json["error"]) == (503, "model_unavailable")
+    assert "trending answered from the events alone" in caplog.text
+
+
 def test_a_partial_refund_shrinks_the_purchase_weight(store):
     from recommender.changes import Delivery
     from webhooks.topics import TopicContext, order_created, refund_created
