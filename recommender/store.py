@@ -152,12 +152,19 @@ SQLITE_MIGRATIONS: tuple[str, ...] = (
     # started each shop: a shop whose run is alive is that run's (being trained or trained), not cut off.
     "ALTER TABLE shop_state ADD COLUMN train_run TEXT;"
     " CREATE TABLE training_runs (run_id TEXT PRIMARY KEY, started_at TEXT NOT NULL, alive_at TEXT NOT NULL);",
+    # Refund lines whose order line was not stored when they came (orders/create still being retried, an order from
+    # before the install and backfilled later): each waits here, keyed as its adjustment, until the purchase with
+    # its line's dedupe key is inserted, which it then shrinks in the same transaction, and leaves.
+    "CREATE TABLE pending_refunds (shop TEXT NOT NULL, adjustment_key TEXT NOT NULL, order_id TEXT NOT NULL,"
+    " dedupe_key TEXT NOT NULL, quantity INTEGER NOT NULL, received_at TEXT NOT NULL,"
+    " PRIMARY KEY (shop, adjustment_key));"
+    " CREATE INDEX pending_refunds_by_line ON pending_refunds (shop, dedupe_key);",
 )
 
 # Every table that holds a shop's data, in both backends: what redact_shop empties.
 SHOP_TABLES: tuple[str, ...] = (
     "events", "deliveries", "products", "variants", "inventory_levels", "identity_links", "adjustments",
-    "data_exports", "shop_state",
+    "pending_refunds", "data_exports", "shop_state",
 )
 
 # Topics that can arrive after the app was removed, so their delivery does not prove it is installed.
@@ -677,7 +684,7 @@ class SharedQueries:
                 f" ON CONFLICT (shop, product_id) DO UPDATE SET deleted = {yes}",
                 (delivery.shop, product_id),
             )
-        self._apply_adjustments(conn, delivery.shop, changes)
+        self._apply_adjustments(conn, delivery, changes)
         self._refresh_sellable(conn, delivery.shop, changes)
         if delivery.topic not in TOPICS_NOT_PROVING_INSTALL:
             self._mark_installed(conn, delivery.shop, delivery.happened_at)
@@ -1004,7 +1011,8 @@ class SQLiteEventStore(SharedQueries):
 
     @staticmethod
     def _insert_events(conn: sqlite3.Connection, events: Iterable[Event]) -> int:
-        """Insert new events; an event whose dedupe key exists only lowers that event's weight factor."""
+        """Insert new events; an event whose dedupe key exists only lowers that event's weight factor. A new event
+        whose key refunds were kept for (`pending_refunds`: they came before it) is inserted shrunk by them."""
         inserted = 0
         for e in events:
             customer_id, user = e.customer_id, e.user_key
@@ -1019,31 +1027,46 @@ class SQLiteEventStore(SharedQueries):
                 conn.execute("UPDATE events SET weight_factor = MIN(weight_factor, ?) WHERE shop = ? AND dedupe_key = ?",
                              (e.weight_factor, e.shop, e.dedupe_key))
                 continue
+            weight_factor = e.weight_factor
+            refunded = e.dedupe_key is not None and conn.execute(
+                "SELECT SUM(quantity) FROM pending_refunds WHERE shop = ? AND dedupe_key = ?",
+                (e.shop, e.dedupe_key)).fetchone()[0]
+            if refunded:  # as `_apply_adjustments` shrinks a stored line, by all of them at once
+                weight_factor = max(0.0, weight_factor - refunded / e.quantity)
+                conn.execute("DELETE FROM pending_refunds WHERE shop = ? AND dedupe_key = ?", (e.shop, e.dedupe_key))
             conn.execute(
                 "INSERT INTO events (shop, kind, user_key, customer_id, anonymous_id, product_id, variant_id,"
                 " quantity, price, order_id, occurred_at, source_topic, delivery_id, dedupe_key, weight_factor)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (e.shop, e.kind.value, user, customer_id, e.anonymous_id, e.product_id, e.variant_id,
                  e.quantity, e.price, e.order_id, iso_utc(e.occurred_at), e.source_topic, e.delivery_id, e.dedupe_key,
-                 e.weight_factor),
+                 weight_factor),
             )
             inserted += 1
         return inserted
 
     @staticmethod
-    def _apply_adjustments(conn: sqlite3.Connection, shop: str, changes: ChangeSet) -> None:
+    def _apply_adjustments(conn: sqlite3.Connection, delivery: Delivery, changes: ChangeSet) -> None:
+        shop = delivery.shop
         for order_id in changes.void_order_ids:
             conn.execute("UPDATE events SET weight_factor = 0 WHERE shop = ? AND order_id = ? AND kind = 'purchase'",
                          (shop, order_id))
         for refund in changes.refunds:
+            adjustment = refund_adjustment_key(refund.refund_id, refund.line_item_id)
             fresh = conn.execute("INSERT OR IGNORE INTO adjustments (shop, adjustment_key) VALUES (?, ?)",
-                                 (shop, refund_adjustment_key(refund.refund_id, refund.line_item_id))).rowcount
-            if fresh:
-                conn.execute(
-                    "UPDATE events SET weight_factor = MAX(0, weight_factor - CAST(? AS REAL) / quantity)"
-                    " WHERE shop = ? AND dedupe_key = ?",
-                    (refund.quantity, shop, order_line_key(refund.order_id, refund.line_item_id)),
-                )
+                                 (shop, adjustment)).rowcount
+            if not fresh:
+                continue
+            line = order_line_key(refund.order_id, refund.line_item_id)
+            shrunk = conn.execute(
+                "UPDATE events SET weight_factor = MAX(0, weight_factor - CAST(? AS REAL) / quantity)"
+                " WHERE shop = ? AND dedupe_key = ?",
+                (refund.quantity, shop, line),
+            ).rowcount
+            if not shrunk:  # its line is not stored yet: kept until it is (`_insert_events`), or pruned
+                conn.execute("INSERT INTO pending_refunds (shop, adjustment_key, order_id, dedupe_key, quantity,"
+                             " received_at) VALUES (?, ?, ?, ?, ?, ?)",
+                             (shop, adjustment, refund.order_id, line, refund.quantity, iso_utc(delivery.received_at)))
         for level in changes.inventory_levels:
             conn.execute(
                 "INSERT INTO inventory_levels (shop, inventory_item_id, location_id, available) VALUES (?, ?, ?, ?)"
@@ -1142,7 +1165,8 @@ class SQLiteEventStore(SharedQueries):
         """Delete the customer's events, their orders' events and their identity links; returns events deleted.
 
         The customer's events are those keyed to them and any still-anonymous event of a cart token
-        linked to them. Data exports prepared for the customer go too: they are copies of the same data.
+        linked to them. Data exports prepared for the customer go too: they are copies of the same data. So do
+        the refunds of the listed orders kept for lines not stored yet (`pending_refunds`).
         """
 
         def work(conn: sqlite3.Connection) -> int:
@@ -1152,6 +1176,7 @@ class SQLiteEventStore(SharedQueries):
             ).rowcount
             for order_id in order_ids:
                 deleted += conn.execute("DELETE FROM events WHERE shop = ? AND order_id = ?", (shop, order_id)).rowcount
+                conn.execute("DELETE FROM pending_refunds WHERE shop = ? AND order_id = ?", (shop, order_id))
             conn.execute("DELETE FROM identity_links WHERE shop = ? AND customer_id = ?", (shop, customer_id))
             conn.execute("DELETE FROM data_exports WHERE shop = ? AND customer_id = ?", (shop, customer_id))
             return deleted
@@ -1197,11 +1222,13 @@ class SQLiteEventStore(SharedQueries):
         return [r[0] for r in self._read("SELECT shop FROM shop_state WHERE installed = 1 ORDER BY shop")]
 
     def prune_events(self, older_than: datetime) -> int:
-        """Delete events that occurred, and deliveries received, before `older_than`; returns events deleted."""
+        """Delete events that occurred, and deliveries and refunds kept for lines never stored received, before
+        `older_than`; returns events deleted."""
         cutoff = iso_utc(require_aware(older_than, "older_than"))
 
         def work(conn: sqlite3.Connection) -> int:
             conn.execute("DELETE FROM deliveries WHERE received_at < ?", (cutoff,))
+            conn.execute("DELETE FROM pending_refunds WHERE received_at < ?", (cutoff,))
             return conn.execute("DELETE FROM events WHERE occurred_at < ?", (cutoff,)).rowcount
 
         return int(self._write(work))

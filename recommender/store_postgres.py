@@ -35,7 +35,7 @@ from psycopg import errors
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from recommender.errors import ConfigError, StoreError
-from recommender.changes import ChangeSet, Delivery, Event
+from recommender.changes import ChangeSet, Delivery, Event, RefundLine
 from recommender.events import CatalogProduct, EventKind, order_line_key
 from recommender.store import (
     EVENT_EXPORT_COLUMNS, KINDS, NOT_FOR_SALE, TOPICS_NOT_PROVING_INSTALL, UNSELLABLE_SQL, ActivityBucket, Interaction,
@@ -183,6 +183,12 @@ POSTGRES_MIGRATIONS: tuple[str, ...] = (
     "ALTER TABLE shop_state ADD COLUMN train_run text;"
     " CREATE TABLE training_runs (run_id text PRIMARY KEY, started_at timestamptz NOT NULL,"
     " alive_at timestamptz NOT NULL);",
+    # Refund lines whose order line was not stored when they came, each waiting, keyed as its adjustment, until the
+    # purchase with its line's dedupe key is inserted (recommender.store's migration 7).
+    "CREATE TABLE pending_refunds (shop text NOT NULL, adjustment_key text NOT NULL, order_id text NOT NULL,"
+    " dedupe_key text NOT NULL, quantity integer NOT NULL, received_at timestamptz NOT NULL,"
+    " PRIMARY KEY (shop, adjustment_key));"
+    " CREATE INDEX pending_refunds_by_line ON pending_refunds (shop, dedupe_key);",
 )
 
 # Advisory lock keys. Migrations take one 64-bit key for the whole database; writes take (namespace, key) pairs, a
@@ -218,31 +224,42 @@ _MARK_INSTALLED = ("INSERT INTO shop_state (shop, installed, changed_at) SELECT 
                    + _NOT_YET_INSTALLED + _INSTALL_CONFLICT)
 # The proposed rows of an events statement: each guest's event (no customer id at all, a cart token) joined to the
 # customer its token was linked to, as SQLite's `_insert_events` joins it (the statement runs after the token's
-# lock). A subquery a row, not a join, so that the rows keep their order and their ids ascend with it; OFFSET 0
-# keeps the planner from copying it into each column that reads it (two index probes a row instead of one).
+# lock), and each event shrunk by the refunds kept for its dedupe key (`refunded`: their units, NULL for none; they
+# came before the line), as `_insert_events` shrinks it. A subquery a row, not a join, so that the rows keep their
+# order and their ids ascend with it; OFFSET 0 keeps the planner from copying it into each column that reads it (two
+# index probes a row instead of one).
 _LINKED_COLUMNS = {"user_key": "coalesce('c:' || e.linked, e.user_key)",
-                   "customer_id": "coalesce(e.linked, e.customer_id)"}
+                   "customer_id": "coalesce(e.linked, e.customer_id)",
+                   "weight_factor": "CASE WHEN e.refunded IS NULL THEN e.weight_factor ELSE"
+                                    " greatest(0, e.weight_factor - e.refunded::double precision / e.quantity) END"}
 _PROPOSED = ", ".join(f"{_LINKED_COLUMNS[name]} AS {name}" if name in _LINKED_COLUMNS else f"e.{name}"
-                      for name in _EVENT_NAMES.split(", "))
+                      for name in _EVENT_NAMES.split(", ")) + ", e.refunded"
 
 
 def _events_linked(rows: str, extra: str = "") -> str:
-    """FROM the JSON recordset `rows` (a parameter), each row with the customer its guest's token was linked to."""
+    """FROM the JSON recordset `rows` (a parameter), each row with the customer its guest's token was linked to and
+    the units refunds kept for its dedupe key refunded (`pending_refunds`)."""
     return (" FROM (SELECT e.*, (SELECT l.customer_id FROM identity_links AS l WHERE e.customer_id IS NULL"
-            " AND e.anonymous_id <> '' AND l.shop = e.shop AND l.anonymous_id = e.anonymous_id) AS linked"
+            " AND e.anonymous_id <> '' AND l.shop = e.shop AND l.anonymous_id = e.anonymous_id) AS linked,"
+            " (SELECT sum(r.quantity) FROM pending_refunds AS r WHERE r.shop = e.shop AND r.dedupe_key = e.dedupe_key)"
+            " AS refunded"
             f" FROM ROWS FROM (json_to_recordset({rows}::json) AS ({_EVENT_COLUMNS}{extra}))"
             f" WITH ORDINALITY AS e ({_EVENT_NAMES}{', item' if extra else ''}, position) OFFSET 0) AS e")
 
 
 # The rows of `proposed` (ids drawn in the order given) inserted in that order: each new event a row, one whose dedupe
-# key is stored only lowering that row's weight factor. `stored JOIN proposed USING (id)` are the new ones.
+# key is stored only lowering that row's weight factor. `stored JOIN proposed USING (id)` are the new ones; the refunds
+# kept for their keys, which shrank them, are done with (`settled`, the rows `proposed` summed: one snapshot).
 _STORE_PROPOSED = (
     " stored AS ("
     f" INSERT INTO events (id, {_EVENT_NAMES}) OVERRIDING SYSTEM VALUE"
     f" SELECT id, {_EVENT_NAMES} FROM proposed ORDER BY position"
     " ON CONFLICT (shop, dedupe_key) DO UPDATE SET weight_factor = excluded.weight_factor"
     " WHERE excluded.weight_factor < events.weight_factor"
-    " RETURNING id)"
+    " RETURNING id),"
+    " settled AS ("
+    " DELETE FROM pending_refunds AS r USING stored JOIN proposed USING (id)"
+    " WHERE proposed.refunded IS NOT NULL AND r.shop = proposed.shop AND r.dedupe_key = proposed.dedupe_key)"
 )
 
 # One delivery's row (`delivery`: a row if it is new), and the install mark it makes if it is new and proves one.
@@ -465,15 +482,24 @@ _PAGE_EVENTS = (
     + _STORE_PROPOSED +
     " SELECT item, count(*) FROM stored JOIN proposed USING (id) GROUP BY item"
 )
-# Each refund line of the page once (its adjustment row new), its purchase shrunk by the refunded share.
+# Each refund line of the page once (its adjustment row new), its purchase shrunk by the refunded share; a line whose
+# purchase is not stored kept until it is (`pending_refunds`, `_STORE_PROPOSED`'s `settled`). Shrunk or kept, by one
+# snapshot. Lines of one dedupe key twice in `%(refunds)s` would shrink it once: they go a statement each. A line whose
+# first insert commits while this statement runs is seen by neither (READ COMMITTED, no lock shared with the order's
+# one statement): the refund stays kept, and the line's next delivery keeps the lower weight it proposes (the upsert).
 _PAGE_REFUNDS = (
-    "WITH refund AS (SELECT * FROM json_to_recordset(%s::json) AS r (adjustment_key text, dedupe_key text,"
-    " quantity integer)),"
-    " fresh AS (INSERT INTO adjustments (shop, adjustment_key) SELECT %s, adjustment_key FROM refund"
-    " ON CONFLICT DO NOTHING RETURNING adjustment_key)"
-    " UPDATE events SET weight_factor = GREATEST(0, events.weight_factor - refund.quantity::double precision"
+    "WITH refund AS (SELECT * FROM json_to_recordset(%(refunds)s::json) AS r (adjustment_key text, order_id text,"
+    " dedupe_key text, quantity integer, received_at timestamptz)),"
+    " fresh AS (INSERT INTO adjustments (shop, adjustment_key) SELECT %(shop)s, adjustment_key FROM refund"
+    " ON CONFLICT DO NOTHING RETURNING adjustment_key),"
+    " shrunk AS (UPDATE events SET weight_factor = GREATEST(0, events.weight_factor - refund.quantity::double precision"
     " / events.quantity)"
-    " FROM refund JOIN fresh USING (adjustment_key) WHERE events.shop = %s AND events.dedupe_key = refund.dedupe_key"
+    " FROM refund JOIN fresh USING (adjustment_key)"
+    " WHERE events.shop = %(shop)s AND events.dedupe_key = refund.dedupe_key RETURNING refund.adjustment_key)"
+    " INSERT INTO pending_refunds (shop, adjustment_key, order_id, dedupe_key, quantity, received_at)"
+    " SELECT %(shop)s, refund.adjustment_key, refund.order_id, refund.dedupe_key, refund.quantity, refund.received_at"
+    " FROM refund JOIN fresh USING (adjustment_key)"
+    " WHERE NOT EXISTS (SELECT FROM shrunk WHERE shrunk.adjustment_key = refund.adjustment_key)"
 )
 
 _CUSTOMER_EVENTS = (  # see recommender.store._SQLITE_CUSTOMER_EVENTS
@@ -860,7 +886,7 @@ class PostgresEventStore(SharedQueries):
                     sent = conn.execute(_APPLY_EVENTS, params)
                 # Whether or not the delivery was new: each refund line counts once by its own key (`adjustments`),
                 # so the refunds need no answer from the statement.
-                self._send_adjustments(conn, delivery.shop, (), changes.refunds)
+                self._send_adjustments(conn, delivery.shop, (), [(r, delivery.received_at) for r in changes.refunds])
                 return lambda: self._stored_events(sent)
 
             return self._write_pipelined(after_the_locks)
@@ -1002,7 +1028,7 @@ class PostgresEventStore(SharedQueries):
             counted = conn.execute(_PAGE_EVENTS, (json.dumps([{**_event_row(e), "item": index}
                                                               for index, e in events]),))
         self._send_adjustments(conn, shop, [order_id for _, _, changes in fresh for order_id in changes.void_order_ids],
-                               [r for _, _, changes in fresh for r in changes.refunds])
+                               [(r, delivery.received_at) for _, delivery, changes in fresh for r in changes.refunds])
         self._mark_installed_by(conn, shop, fresh)
 
         def outcome() -> list[int | None]:
@@ -1081,17 +1107,20 @@ class PostgresEventStore(SharedQueries):
         return lambda: results
 
     @staticmethod
-    def _send_adjustments(conn: psycopg.Connection, shop: str, voids: Sequence[str], refunds: Sequence) -> None:
-        """Cancelled orders' purchases made void (those not void already) and refund lines applied (each once, by its
-        adjustment row), set-wise, sent without waiting for their answers."""
+    def _send_adjustments(conn: psycopg.Connection, shop: str, voids: Sequence[str],
+                          refunds: Sequence[tuple[RefundLine, datetime]]) -> None:
+        """Cancelled orders' purchases made void (those not void already) and refund lines (each with when its
+        delivery was received; no dedupe key twice) applied, each once by its adjustment row, or kept for a line not
+        stored: set-wise, sent without waiting for their answers."""
         if voids:
             conn.execute("UPDATE events SET weight_factor = 0 WHERE shop = %s AND order_id = ANY(%s)"
                          " AND kind = 'purchase' AND weight_factor <> 0", (shop, sorted(set(voids))))
         if refunds:
-            conn.execute(_PAGE_REFUNDS, (json.dumps([
-                {"adjustment_key": refund_adjustment_key(r.refund_id, r.line_item_id),
-                 "dedupe_key": order_line_key(r.order_id, r.line_item_id), "quantity": r.quantity}
-                for r in refunds]), shop, shop))
+            conn.execute(_PAGE_REFUNDS, {"shop": shop, "refunds": json.dumps([
+                {"adjustment_key": refund_adjustment_key(r.refund_id, r.line_item_id), "order_id": r.order_id,
+                 "dedupe_key": order_line_key(r.order_id, r.line_item_id), "quantity": r.quantity,
+                 "received_at": received_at.isoformat()}
+                for r, received_at in refunds])})
 
     @staticmethod
     def _products_changed(conn: psycopg.Connection, shop: str, changes: ChangeSet) -> set[str]:
@@ -1196,22 +1225,13 @@ class PostgresEventStore(SharedQueries):
         """Insert new events (`_send_events`); returns how many were new."""
         return self._counted(self._send_events(conn, events))
 
-    @staticmethod
-    def _apply_adjustments(conn: psycopg.Connection, shop: str, changes: ChangeSet) -> None:
+    def _apply_adjustments(self, conn: psycopg.Connection, delivery: Delivery, changes: ChangeSet) -> None:
+        shop = delivery.shop
         for order_id in changes.void_order_ids:
             conn.execute("UPDATE events SET weight_factor = 0 WHERE shop = %s AND order_id = %s AND kind = 'purchase'",
                          (shop, order_id))
-        for refund in changes.refunds:
-            fresh = conn.execute(
-                "INSERT INTO adjustments (shop, adjustment_key) VALUES (%s, %s) ON CONFLICT DO NOTHING",
-                (shop, refund_adjustment_key(refund.refund_id, refund.line_item_id)),
-            ).rowcount
-            if fresh:
-                conn.execute(
-                    "UPDATE events SET weight_factor = GREATEST(0, weight_factor - %s::double precision / quantity)"
-                    " WHERE shop = %s AND dedupe_key = %s",
-                    (refund.quantity, shop, order_line_key(refund.order_id, refund.line_item_id)),
-                )
+        for refund in changes.refunds:  # a statement each: two refunds of one line shrink it in turn
+            self._send_adjustments(conn, shop, (), [(refund, delivery.received_at)])
         for level in changes.inventory_levels:  # under the item's advisory lock (apply)
             conn.execute(
                 "INSERT INTO inventory_levels (shop, inventory_item_id, location_id, available) VALUES (%s, %s, %s, %s)"
@@ -1366,6 +1386,7 @@ class PostgresEventStore(SharedQueries):
             ).rowcount
             deleted += conn.execute("DELETE FROM events WHERE shop = %s AND order_id = ANY(%s)",
                                     (shop, list(order_ids))).rowcount
+            conn.execute("DELETE FROM pending_refunds WHERE shop = %s AND order_id = ANY(%s)", (shop, list(order_ids)))
             conn.execute("DELETE FROM identity_links WHERE shop = %s AND customer_id = %s", (shop, customer_id))
             conn.execute("DELETE FROM data_exports WHERE shop = %s AND customer_id = %s", (shop, customer_id))
             return deleted
@@ -1442,6 +1463,7 @@ class PostgresEventStore(SharedQueries):
 
         def work(conn: psycopg.Connection) -> int:
             conn.execute("DELETE FROM deliveries WHERE received_at < %s", (cutoff,))
+            conn.execute("DELETE FROM pending_refunds WHERE received_at < %s", (cutoff,))
             return conn.execute("DELETE FROM events WHERE occurred_at < %s", (cutoff,)).rowcount
 
         return self._write(work)

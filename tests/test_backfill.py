@@ -21,7 +21,7 @@ from webhooks.backfill import (
     BACKOFF_SECONDS, BackfillConfig, BackfillError, bucket_pause, check_base_url, parse_call_limit,
     retry_after_seconds, run_backfill,
 )
-from webhooks.topics import TopicContext, order_created
+from webhooks.topics import TopicContext, order_created, refund_created
 
 TOKEN = "shpat_test_token_never_printed"
 API = "/admin/api/2026-04"
@@ -267,6 +267,20 @@ def test_an_order_already_received_by_webhook_is_not_counted_twice(admin_api, st
     assert store.count_events(SHOP) == EXPECTED_EVENTS
     assert summary["events"] == EXPECTED_EVENTS - len(received["line_items"])
     assert summary["orders"] == 6  # the order is stored as a backfill delivery too, with no new events
+
+
+def test_bug_a_refund_received_by_webhook_before_the_backfill_of_its_order_still_counts(admin_api, store, tmp_path):
+    # Arrange: order 5005 was placed before the install and refunded after it: refunds/create came, with no line to
+    # shrink yet (the backfill then skipped the same refund in the order's record as applied: the line stayed whole)
+    [refund] = REFUNDED["refunds"]
+    store.apply(Delivery(SHOP, "wh-refund-77", "refunds/create"),
+                refund_created(TopicContext(SHOP, "refunds/create", "wh-refund-77"), refund))
+
+    # Act
+    backfill(admin_api, store, tmp_path)
+
+    # Assert: one of two units refunded, once, as without the webhook
+    assert [i.weight_factor for i in store.interactions(SHOP) if i.order_id == "5005"] == [0.5]
 
 
 # --- interruption and resuming ------------------------------------------------------------------------

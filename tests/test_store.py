@@ -559,6 +559,143 @@ def test_a_refund_line_shrinks_its_purchase_once(any_store):
     assert {i.product_id: i.weight_factor for i in any_store.interactions(SHOP)} == {"p1": pytest.approx(0.25)}
 
 
+# A refund can arrive before its order line is stored: orders/create still being retried, or an order placed before
+# the install, refunded after it and then backfilled. The refund waits for its line (pending_refunds).
+
+REFUND_OF_ONE_UNIT = {"id": 99, "order_id": 5, "refund_line_items": [{"line_item_id": 500, "quantity": 1}]}
+
+
+def order_of_one_line(quantity: int, order_id: int = 5, customer_id: int = 6, refunds: tuple = ()) -> dict:
+    """Order `order_id` in Shopify's shape: line `order_id * 100` of `quantity` units of product 7, and `refunds`
+    (what the Admin API's orders.json carries)."""
+    return {"id": order_id, "created_at": "2026-11-20T10:00:00Z", "updated_at": "2026-11-21T10:00:00Z",
+            "customer": {"id": customer_id}, "refunds": list(refunds),
+            "line_items": [{"id": order_id * 100, "product_id": 7, "variant_id": 70, "quantity": quantity,
+                            "price": "10.00"}]}
+
+
+def webhook_of(topic: str, payload: dict, webhook_id: str, received_at=None) -> tuple[Delivery, ChangeSet]:
+    """A delivery of `topic` as the webhook handler translates it."""
+    from webhooks.topics import TRANSLATORS, TopicContext
+
+    return (delivery(webhook_id, topic=topic, received_at=received_at),
+            TRANSLATORS[topic](TopicContext(SHOP, topic, webhook_id), payload))
+
+
+def backfilled(order: dict) -> tuple[Delivery, ChangeSet]:
+    """An order record as `python -m recommender backfill` stores it (its refunds with it)."""
+    from webhooks.backfill import ORDERS_TOPIC, backfill_webhook_id, order_changes
+
+    webhook_id = backfill_webhook_id("orders", order)
+    return Delivery(SHOP, webhook_id, ORDERS_TOPIC), order_changes(SHOP, order, webhook_id)
+
+
+def line_weights(store: EventStore, customer_id: str = "6") -> list[float]:
+    """The weight factor of each stored event of the customer, voided ones (0) included."""
+    return [row["weight_factor"] for row in store.export_customer(SHOP, customer_id)["events"]]
+
+
+@pytest.mark.parametrize("quantity, left", [(1, 0.0), (2, 0.5)], ids=["the whole line", "one unit of two"])
+def test_bug_a_refund_delivered_before_its_order_shrinks_the_line_when_the_order_arrives(any_store, quantity, left):
+    # Arrange: refunds/create first, while orders/create is still being retried (before the fix the refund's key was
+    # recorded with nothing to shrink, and the line was stored whole, weight 1, for good)
+    any_store.apply(*webhook_of("refunds/create", REFUND_OF_ONE_UNIT, "wh-refund"))
+
+    # Act
+    stored = any_store.apply(*webhook_of("orders/create", order_of_one_line(quantity), "wh-order"))
+
+    # Assert: what the refund leaves when it comes after its order
+    assert stored == 1
+    assert line_weights(any_store) == [pytest.approx(left)]
+    assert [i.weight_factor for i in any_store.interactions(SHOP)] == ([] if left == 0 else [pytest.approx(left)])
+
+
+@pytest.mark.parametrize("stored_by", ["a backfill page", "add_events"])
+def test_bug_a_refund_received_before_a_backfill_of_its_order_is_not_skipped_as_applied(any_store, stored_by):
+    # Arrange: an order placed before the install, refunded after it (refunds/create), then backfilled: the record
+    # carries the same refund, which the backfill skipped as applied (its key was stored), leaving the line whole
+    any_store.apply(*webhook_of("refunds/create", REFUND_OF_ONE_UNIT, "wh-refund"))
+    record = order_of_one_line(2, refunds=[REFUND_OF_ONE_UNIT])
+
+    # Act: the page holds another order too, as a backfill's page does (PostgreSQL stores such a page set-wise)
+    if stored_by == "a backfill page":
+        stored = any_store.apply_many([backfilled(record), backfilled(order_of_one_line(1, 8, customer_id=9))])
+    else:
+        stored = [any_store.add_events(backfilled(record)[1].events)]
+
+    # Assert: one unit of two refunded, once; the other order untouched
+    assert stored == ([1, 1] if stored_by == "a backfill page" else [1])
+    assert line_weights(any_store) == [pytest.approx(0.5)]
+    assert line_weights(any_store, "9") == ([1.0] if stored_by == "a backfill page" else [])
+
+
+def test_a_refund_kept_for_its_line_shrinks_it_once_however_often_the_order_and_the_refund_come(any_store):
+    # Arrange: the refund first; a line of two units
+    any_store.apply(*webhook_of("refunds/create", REFUND_OF_ONE_UNIT, "wh-refund"))
+    order = order_of_one_line(2)
+
+    # Act: the order, its retry, orders/paid, the refund again under a new webhook id, then a backfill of the order
+    # with the refund in it
+    any_store.apply(*webhook_of("orders/create", order, "wh-order"))
+    any_store.apply(*webhook_of("orders/create", order, "wh-order"))
+    any_store.apply(*webhook_of("orders/paid", order, "wh-paid"))
+    any_store.apply(*webhook_of("refunds/create", REFUND_OF_ONE_UNIT, "wh-refund-again"))
+    any_store.apply_many([backfilled({**order, "refunds": [REFUND_OF_ONE_UNIT]})])
+
+    # Assert: one unit of two, once (0.5, not 0 or 1)
+    assert line_weights(any_store) == [pytest.approx(0.5)]
+
+
+def test_refunds_kept_for_lines_not_stored_add_up_and_a_cancellation_arriving_after_them_voids_the_line(any_store):
+    # Arrange: two refunds of one unit each of line 500 (of three units), and one of line 501, before any line
+    for refund_id, line_id in [(91, 500), (92, 500), (93, 501)]:
+        refund = {"id": refund_id, "order_id": 5, "refund_line_items": [{"line_item_id": line_id, "quantity": 1}]}
+        any_store.apply(*webhook_of("refunds/create", refund, f"wh-refund-{refund_id}"))
+    order = order_of_one_line(3)
+    order["line_items"].append({"id": 501, "product_id": 8, "variant_id": 80, "quantity": 1, "price": "10.00"})
+
+    # Act
+    any_store.apply(*webhook_of("orders/create", order, "wh-order"))
+    after_the_order = line_weights(any_store)
+    any_store.apply(*webhook_of("orders/cancelled", {**order, "cancelled_at": "2026-11-22T10:00:00Z"}, "wh-cancel"))
+
+    # Assert: 3 − 1 − 1 units of line 500 left, none of 501; then nothing of the cancelled order
+    assert after_the_order == [pytest.approx(1 / 3), 0.0]
+    assert line_weights(any_store) == [0.0, 0.0]
+
+
+def test_refunds_kept_for_lines_not_stored_go_with_their_order_their_shop_and_their_age(any_store, backend):
+    # Arrange: refunds of orders 5 and 6 (neither stored) received at T0, one of order 7 a month later, and one of
+    # order 5 in another shop
+    def refund_of(order_id, received_at, shop=SHOP):
+        line = RefundLine(f"r{order_id}", str(order_id), str(order_id * 100), 1)
+        any_store.apply(delivery(f"wh-refund-{order_id}", shop=shop, topic="refunds/create", received_at=received_at),
+                        ChangeSet(refunds=(line,)))
+
+    cutoff = T0 + timedelta(days=30)
+    refund_of(5, T0)
+    refund_of(6, T0)
+    refund_of(7, cutoff)
+    refund_of(5, T0, shop=OTHER_SHOP)
+
+    def kept(shop=SHOP):
+        return sorted(order for order, in backend.query("SELECT order_id FROM pending_refunds WHERE shop = ?", (shop,)))
+
+    # Act / Assert: customers/redact names order 5 among its orders_to_redact; stored after it, the order is whole
+    any_store.redact_customer(SHOP, "6", ["5"])
+    assert (kept(), kept(OTHER_SHOP)) == (["6", "7"], ["5"])
+    any_store.apply(*webhook_of("orders/create", order_of_one_line(1), "wh-order-5"))
+    assert line_weights(any_store) == [1.0]
+
+    # retention: received before the cutoff
+    any_store.prune_events(cutoff)
+    assert (kept(), kept(OTHER_SHOP)) == (["7"], [])
+
+    # shop/redact
+    any_store.redact_shop(SHOP)
+    assert kept() == []
+
+
 def test_a_checkout_link_rekeys_the_guests_past_and_future_events(any_store):
     # Arrange
     any_store.apply(delivery("wh-cart", topic="carts/create"),
@@ -921,8 +1058,8 @@ def test_redact_shop_empties_every_table_of_that_shop_only(any_store, backend):
         any_store.apply(delivery("wh-catalog", shop=shop, topic="products/create"), ChangeSet(
             upsert_products=(CatalogProduct(shop, "10", variants=(CatalogVariant("101", "9001", 1, tracked=True),)),),
             inventory_levels=(InventoryLevel("9001", "loc", 1),)))
-        any_store.apply(delivery("wh-refund", shop=shop, topic="refunds/create"),
-                        ChangeSet(refunds=(RefundLine("r1", "1", "1", 1),)))
+        any_store.apply(delivery("wh-refund", shop=shop, topic="refunds/create"),  # order 404 is not stored: kept
+                        ChangeSet(refunds=(RefundLine("r1", "1", "1", 1), RefundLine("r2", "404", "1", 1))))
         any_store.save_data_export(shop, "req-1", "c1", any_store.export_customer(shop, "c1"))
     rows = {table: backend.query(f"SELECT shop, COUNT(*) FROM {table} GROUP BY shop") for table in SHOP_TABLES}
     assert all(dict(found).get(SHOP) and dict(found).get(OTHER_SHOP) for found in rows.values()), rows
@@ -1185,6 +1322,33 @@ def test_an_upgraded_database_knows_which_of_its_stored_products_are_for_sale(tm
     # Assert
     try:
         assert store.unsellable_product_ids(SHOP) == {"sold-out"}
+    finally:
+        store.close()
+
+
+def test_an_upgraded_database_keeps_a_refund_that_comes_before_its_order(tmp_path):
+    # Arrange: a file at the version before pending refunds, which recorded refund 98's key
+    path = tmp_path / "events.sqlite3"
+    conn = sqlite3.connect(path)
+    before_pending = next(i for i, script in enumerate(SQLITE_MIGRATIONS) if "pending_refunds" in script)
+    for script in SQLITE_MIGRATIONS[:before_pending]:
+        conn.executescript(script)
+    conn.execute("INSERT INTO adjustments VALUES (?, 'refund:98:line:500')", (SHOP,))
+    conn.execute(f"PRAGMA user_version = {before_pending}")
+    conn.commit()
+    conn.close()
+    earlier = {"id": 98, "order_id": 5, "refund_line_items": [{"line_item_id": 500, "quantity": 1}]}
+
+    # Act: refund 98 again (applied before: not again) and refund 99, both before order 5 (a line of four units)
+    store = SQLiteEventStore(path)
+    try:
+        store.apply(*webhook_of("refunds/create", earlier, "wh-refund-98-again"))
+        store.apply(*webhook_of("refunds/create", REFUND_OF_ONE_UNIT, "wh-refund-99"))
+        store.apply(*webhook_of("orders/create", order_of_one_line(4), "wh-order"))
+
+        # Assert
+        assert raw(store, "PRAGMA user_version") == [(len(SQLITE_MIGRATIONS),)]
+        assert line_weights(store) == [pytest.approx(0.75)]
     finally:
         store.close()
 

@@ -84,7 +84,8 @@ def test_every_migration_is_recorded_once_in_the_tests_own_schema(pg_store, sche
     # Assert
     assert versions == [(v,) for v in range(1, len(POSTGRES_MIGRATIONS) + 1)]
     assert tables == {"schema_migrations", "deliveries", "events", "products", "variants", "identity_links",
-                      "inventory_levels", "adjustments", "data_exports", "shop_state", "training_runs"}
+                      "inventory_levels", "adjustments", "data_exports", "shop_state", "training_runs",
+                      "pending_refunds"}
 
 
 def test_reopening_changes_neither_the_schema_nor_its_history(pg_store, schema_url):
@@ -147,7 +148,7 @@ def test_a_schema_elsewhere_on_the_search_path_does_not_stand_in_for_this_ones(p
         versions = run(empty_url, "SELECT version FROM schema_migrations ORDER BY version")
         assert versions == [(v,) for v in range(1, len(POSTGRES_MIGRATIONS) + 1)]
         assert run(empty_url, "SELECT count(*) FROM information_schema.tables WHERE table_schema = %s",
-                   (empty,)) == [(11,)]
+                   (empty,)) == [(12,)]
 
 
 def schema_at_version(url: str, version: int) -> None:
@@ -200,6 +201,30 @@ def test_an_upgraded_schema_queues_its_installed_shops_for_training(schema_url):
         store.training_finished("a.myshopify.com", 12.5)
         assert [tuple(entry[:3]) for entry in store.training_queue()] == [("b.myshopify.com", None, 0),
                                           ("a.myshopify.com", 12.5, 0)]
+    finally:
+        store.close()
+
+
+def test_an_upgraded_schema_keeps_a_refund_that_comes_before_its_order(schema_url):
+    from recommender.store_postgres import POSTGRES_MIGRATIONS
+
+    # Arrange: a schema at the version before pending refunds, which recorded refund 98's key
+    schema_at_version(schema_url, next(k for k, script in enumerate(POSTGRES_MIGRATIONS)
+                                       if "pending_refunds" in script))
+    run(schema_url, "INSERT INTO adjustments VALUES (%s, 'refund:98:line:500')", (SHOP,))
+    order = order_payload(5, 6, [7])
+    order["line_items"][0].update(id=500, quantity=4)
+
+    # Act: refund 98 again (applied before: not again) and refund 99, both before order 5 (a line of four units)
+    store = open_event_store(schema_url)
+    try:
+        for refund_id in (98, 99):
+            store.apply(*webhook("refunds/create", {"id": refund_id, "order_id": 5, "refund_line_items": [
+                {"line_item_id": 500, "quantity": 1}]}, f"wh-refund-{refund_id}"))
+        store.apply(*webhook("orders/create", order, "wh-order"))
+
+        # Assert
+        assert [i.weight_factor for i in store.interactions(SHOP)] == [pytest.approx(0.75)]
     finally:
         store.close()
 
@@ -718,8 +743,9 @@ def test_a_page_whose_refunds_reach_another_deliverys_events_goes_delivery_by_de
     assert not _orders_page(page)
     assert together == one_by_one and got == expected
     weights = sorted(i.weight_factor for i in got["interactions"])
-    # The refund came before its line was stored: nothing to shrink. Or: the second refund's adjustment was stored.
-    assert weights == ([1.0] if case == "a refund of another delivery's event" else [0.5, 1.0])
+    # The refund came before its line was stored: kept, it shrank the line when the line came (one unit of two). Or:
+    # the second refund's adjustment was stored.
+    assert weights == ([0.5] if case == "a refund of another delivery's event" else [0.5, 1.0])
 
 
 def test_a_page_joins_a_linked_guest_to_the_customer_but_not_an_event_with_an_empty_customer_id(pg_store, tmp_path):
@@ -834,6 +860,31 @@ def test_a_webhooks_write_waits_for_postgresql_once_per_answer_it_needs(counted_
         assert store.products(SHOP) == {} and store.deleted_product_ids(SHOP) == {
             str(8_000_000_000_000 + k) for k in range(3)}
     sqlite.close()
+
+
+def test_a_refund_kept_for_its_order_and_the_order_that_takes_it_each_wait_for_postgresql_once(counted_store):
+    # Arrange: refunds/create before orders/create (a line of two units, one refunded), for a known customer and a guest
+    store, relay = counted_store
+    guest = order_payload(302, None, [2], cart_token="tok-guest")
+    deliveries = []
+    for order in (order_payload(301, 1, [1]), guest):
+        order["line_items"][0]["quantity"] = 2
+        line = order["line_items"][0]["id"]
+        deliveries += [webhook("refunds/create", {"id": order["id"], "order_id": order["id"], "refund_line_items": [
+                           {"line_item_id": line, "quantity": 1}]}, f"wh-refund-{order['id']}"),
+                       webhook("orders/create", order, f"wh-order-{order['id']}")]
+
+    # Act
+    turns, stored = [], []
+    for delivery, changes in deliveries:
+        relay.reset()
+        stored.append(store.apply(delivery, changes))
+        turns.append(relay.turns)
+
+    # Assert: each waits once, as without a refund kept; each line is left at half its weight
+    assert (turns, stored) == ([1, 1, 1, 1], [0, 1, 0, 1])
+    assert sorted((i.user_key, i.weight_factor) for i in store.interactions(SHOP)) == [("a:tok-guest", 0.5),
+                                                                                       ("c:1", 0.5)]
 
 
 @pytest.mark.parametrize("conforming", ["on", "off"])  # a backslash in a string literal means what this says

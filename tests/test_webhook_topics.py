@@ -7,13 +7,14 @@ also checked against the payload itself.
 
 import json
 import logging
+import os
 import sqlite3
 from datetime import datetime, timezone
 
 import pytest
 
 from recommender.events import CatalogVariant, EventKind
-from tests.conftest import SHOP, TEST_SECRET, as_body, signed_headers
+from tests.conftest import ROOT, SHOP, TEST_SECRET, as_body, post_webhook, signed_headers
 from webhooks.delivery import handle_webhook
 
 SAMPLE_PRODUCT_ID = "788032119674292900"
@@ -437,6 +438,33 @@ def test_same_order_under_two_webhook_ids_stores_its_lines_once(store):
     assert store.count_events() == 2
     assert store.count_deliveries() == 2
     assert sorted(r["dedupe_key"] for r in event_rows(store)) == ["order:5001:line:91", "order:5001:line:92"]
+
+
+def test_bug_a_refund_delivered_before_its_order_shrinks_the_line_once_the_order_arrives(env, event_store_url):
+    """refunds/create reached the app before orders/create (Shopify still retrying the order): the refund's key was
+    recorded with no line to shrink, and the line was then stored whole, for good."""
+    # Arrange: the app as deployed, on a SQLite file or a PostgreSQL schema
+    from functions_framework import create_app
+
+    from recommender.store import open_event_store
+
+    os.environ.update({**env, "EVENT_STORE_URL": event_store_url})
+    client = create_app(target="app", source=str(ROOT / "main.py")).test_client()
+    order = {"id": 7001, "created_at": "2026-03-01T10:00:00Z", "customer": {"id": 42},
+             "line_items": [{"id": 70011, "product_id": 111, "variant_id": 1111, "quantity": 2, "price": "20.00"}]}
+    refund = {"id": 8001, "order_id": 7001, "refund_line_items": [{"line_item_id": 70011, "quantity": 1}]}
+
+    # Act: the refund, the order, then the order again (a retry under a new webhook id) and orders/paid
+    answers = [post_webhook(client, "refunds/create", refund), post_webhook(client, "orders/create", order),
+               post_webhook(client, "orders/create", order), post_webhook(client, "orders/paid", order)]
+
+    # Assert: one unit of two refunded, once
+    assert [(r.status_code, r.json["events"]) for r in answers] == [(200, 0), (200, 1), (200, 0), (200, 0)]
+    store = open_event_store(event_store_url)
+    try:
+        assert [(i.product_id, i.weight_factor) for i in store.interactions(SHOP)] == [("111", pytest.approx(0.5))]
+    finally:
+        store.close()
 
 
 def test_bug_huge_line_quantity_is_a_400_not_an_unhandled_overflow(store):
