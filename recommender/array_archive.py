@@ -108,7 +108,7 @@ def read_arrays(data: bytes,
     try:
         with zipfile.ZipFile(data if hasattr(data, "seek") else io.BytesIO(data)) as archive:  # an mmap is a file
             infos = [info for info in archive.infolist() if info.filename.endswith(".npy")]
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, NotImplementedError) as exc:  # a damaged version field
         raise ArtifactError(f"artifact is corrupt or truncated: {exc}") from exc
     view = memoryview(data)
     arrays: dict[str, np.ndarray] = {}

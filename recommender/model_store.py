@@ -130,10 +130,13 @@ class LocalModelStore:
             self._verify(manifest)
             token = self._move_latest(folder, base, manifest)
         except BaseException:
-            for path in reversed(created):
-                path.unlink(missing_ok=True)
-            with contextlib.suppress(OSError):
-                _fsync_dir(folder)
+            # A failure once `latest` was replaced (its folder's fsync, a worker's timeout landing there) leaves it
+            # naming this version: its files stay, or the shop's next load finds the pointer naming nothing.
+            if _pointer_version(_read_if_exists(folder / LATEST)) != manifest.version:
+                for path in reversed(created):
+                    path.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    _fsync_dir(folder)
             raise
         return manifest.with_token(token)
 
@@ -307,15 +310,35 @@ class GCSModelStore:
                     blob.upload_from_string(body, content_type=content_type, if_generation_match=0)
                 created.append(blob)
             self._verify(manifest)
-            pointer = bucket.blob(self._key(shop, LATEST))
+        except BaseException:
+            self._remove(created)
+            raise
+        pointer = bucket.blob(self._key(shop, LATEST))
+        try:
             with _gcs_errors(f"moving {self._url(shop, LATEST)}", conflict=(
                     f"{self._url(shop, LATEST)} moved while {manifest.version} was being published (expected"
                     f" generation {base}): another trainer published first; {manifest.version} was not kept")):
                 pointer.upload_from_string(_pointer_json(manifest), content_type="application/json",
                                            if_generation_match=base)
-        except BaseException:
-            self._remove(created)
-            raise
+        except BaseException as exc:
+            # The write may have been made with its answer lost: google-cloud-storage retries it, and the retry of a
+            # write made finds the generation moved (412), or the retries run out. What `latest` names decides.
+            try:
+                now = self._bucket().get_blob(self._key(shop, LATEST))
+                generation = None if now is None else now.generation  # as read, before the bytes of that generation
+                named = None if now is None else _pointer_version(now.download_as_bytes(if_generation_match=generation))
+            except Exception:  # noqa: BLE001 - out of reach: the files stay, a pointer may name them
+                log.warning("could not read %s after its move failed; %s kept", self._url(shop, LATEST),
+                            manifest.version)
+                raise exc
+            if named != manifest.version:
+                self._remove(created)
+                raise
+            if not isinstance(exc, Exception):
+                raise
+            log.warning("moving %s to %s reported %s, but it names %s: published", self._url(shop, LATEST),
+                        manifest.version, type(exc).__name__, manifest.version)
+            return manifest.with_token(str(generation))
         return manifest.with_token(str(pointer.generation))
 
     def latest(self, shop: str) -> Manifest | None:
@@ -562,6 +585,15 @@ def _parse_artifact(data: bytes | mmap.mmap, manifest: Manifest, where: str, who
         raise ArtifactError(f"model artifact {where} holds version {artifact.version!r}, its manifest says"
                             f" {manifest.version!r}")
     return artifact
+
+
+def _pointer_version(pointer: bytes | None) -> str | None:
+    """The version a `latest` pointer's bytes name; None for none, or bytes that name nothing readable."""
+    try:
+        version = json.loads(pointer)["version"] if pointer is not None else None
+    except (ValueError, TypeError, KeyError):
+        return None
+    return version if isinstance(version, str) else None
 
 
 def _describe(pointer: bytes | None) -> str:

@@ -519,6 +519,80 @@ def test_gcs_pointer_moved_by_another_trainer_is_a_publish_conflict_that_leaves_
     assert gcs.names() == {f"{V1}.npz", f"{V1}.json", "latest.json"}  # v2's objects were removed again
 
 
+def answer_lost_client(error: BaseException):
+    """A real google Client whose move of an existing `latest` is made on the emulator, and then `error` is raised as
+    the client's answer: what google-cloud-storage shows when the write was made and its answer lost (its retry
+    finds the generation moved: 412), or its retries run out (a connection reset)."""
+    from google.cloud import storage
+
+    class AnswerLostBlob(storage.Blob):
+        def upload_from_string(self, data, *args, **kwargs):
+            made = super().upload_from_string(data, *args, **kwargs)
+            if self.name.endswith("/latest.json") and kwargs.get("if_generation_match"):
+                raise error
+            return made
+
+    class AnswerLostBucket(storage.Bucket):
+        def blob(self, blob_name, *args, **kwargs):
+            return AnswerLostBlob(blob_name, self, *args, **kwargs)
+
+    class AnswerLostClient(storage.Client):
+        def bucket(self, bucket_name, user_project=None, generation=None):
+            return AnswerLostBucket(self, bucket_name, user_project=user_project, generation=generation)
+
+    return AnswerLostClient()
+
+
+@pytest.mark.parametrize("lost", ["412 on the retry", "connection reset"])
+def test_gcs_a_pointer_moved_with_its_answer_lost_is_published_and_its_files_kept(gcs, lost):
+    """The publish took the error for a failed move and deleted the artifact `latest` then named: every new instance
+    of the shop answered 503 until the next training."""
+    import requests
+    from google.api_core.exceptions import PreconditionFailed
+
+    gcs.store.publish(SHOP, artifact(V1))
+    error = (PreconditionFailed("At least one of the pre-conditions you specified did not hold.") if lost.startswith("412")
+             else requests.ConnectionError("Connection reset by peer"))
+    publisher = GCSModelStore(BUCKET, gcs.prefix, client=answer_lost_client(error))
+
+    published = publisher.publish(SHOP, artifact(V2))
+
+    latest = gcs.store.latest(SHOP)
+    assert latest.version == published.version == V2
+    assert latest.change_token == published.change_token
+    assert gcs.store.load(latest).version == V2
+    assert {f"{V2}.npz", f"{V2}.json"} <= gcs.names()
+
+
+def test_file_a_failure_once_latest_was_replaced_keeps_the_files_it_names(tmp_path, monkeypatch):
+    """A failure after the pointer's rename (its folder's fsync failing; a worker's timeout landing there) deleted
+    the files `latest` then named."""
+    import recommender.model_store as model_store
+
+    models = LocalModelStore(tmp_path / "models")
+    models.publish(SHOP, artifact(V1))
+    renamed = []
+    real_replace, real_fsync = os.replace, model_store._fsync_dir
+
+    def replace(source, target):
+        real_replace(source, target)
+        renamed.append(str(target).endswith("latest.json"))
+
+    def fsync(folder):
+        if renamed and renamed.pop():
+            raise OSError(5, "Input/output error")
+        real_fsync(folder)
+
+    monkeypatch.setattr(model_store.os, "replace", replace)
+    monkeypatch.setattr(model_store, "_fsync_dir", fsync)
+    with pytest.raises(OSError, match="Input/output error"):
+        models.publish(SHOP, artifact(V2))
+    monkeypatch.undo()
+
+    latest = models.latest(SHOP)
+    assert latest.version == V2 and models.load(latest).version == V2
+
+
 def test_gcs_publishing_an_existing_version_is_a_publish_conflict(gcs):
     # Arrange
     first = gcs.store.publish(SHOP, artifact(V1))
