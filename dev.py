@@ -48,7 +48,11 @@ def main(argv: list[str]) -> int:
     ensure_environment(REQUIREMENTS[command])
     module = ["-m", "demo"] if command == "demo" else ["-m", "pytest"]
     os.chdir(ROOT)
-    return subprocess.call([str(PYTHON), *module, *extra])
+    child = subprocess.Popen([str(PYTHON), *module, *extra])
+    try:
+        return child.wait()
+    except KeyboardInterrupt:  # Ctrl-C reached the child too: it stops the demo's server and ends on its own
+        return child.wait()
 
 
 if __name__ == "__main__":
