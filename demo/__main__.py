@@ -130,8 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         for run in trained.json()["trained"]:
             gate = run.get("gate") or {}
             judged = (f"NDCG@10 {gate['candidate']['ndcg@10']:.3f} vs best sellers {gate['popularity']['ndcg@10']:.3f}"
-                      f" and trending {gate['trending']['ndcg@10']:.3f} on the last week" if "candidate" in gate
-                      else gate.get("skipped", "gate off"))
+                      f" and trending {gate['trending']['ndcg@10']:.3f} on the last week"
+                      if "candidate" in gate and "skipped" not in gate else gate.get("skipped", "gate off"))
             print(f"  published {run['version']}: {run['users']} shoppers, {run['items']} products, "
                   f"{run['events']} events; quality gate: {judged}")
 

@@ -462,12 +462,14 @@ class QualityGate:
 
 def compare_to_baseline(train: Sequence[Interaction] | Interactions, holdout: Sequence[Interaction] | Interactions,
                         config: TrainingConfig, k: int = 10, metric: str = "ndcg", min_lift: float = 0.0,
-                        trending_half_life_days: float = 7.0, max_users: int | None = None) -> QualityGate:
+                        trending_half_life_days: float = 7.0, max_users: int | None = None,
+                        min_users: int = 1) -> QualityGate:
     """Would a model trained with `config` beat the baselines on `holdout`?
 
     `train` and `holdout` are the event store's rows (or two `Interactions` over one index space).
     The candidate beats a baseline when its metric@k exceeds the baseline's by more than `min_lift`
-    (relative: 0.05 asks for 5 % more). Raises EvaluationError when no holdout user has training rows.
+    (relative: 0.05 asks for 5 % more). Raises EvaluationError when fewer than `min_users` holdout users (at
+    least one) have training rows and an item new to them: those are the users ranked.
     With more than `max_users` holdout users, every model is scored on the same sample of that many, drawn with
     `config.seed`: ranking is the gate's cost that grows with the shop (users × items).
     """
@@ -485,6 +487,9 @@ def compare_to_baseline(train: Sequence[Interaction] | Interactions, holdout: Se
     if not len(targets.users):
         raise EvaluationError("no holdout customer has training history and a new item: nothing to compare on")
     holdout_users = len(targets.users)
+    if holdout_users < min_users:
+        raise EvaluationError(f"{holdout_users} holdout customers have training history and a product new to them; "
+                              f"the gate needs {min_users}")
     if max_users is not None and max_users < 1:
         raise ValueError(f"max_users must be None or at least 1, got {max_users}")
     if max_users is not None and holdout_users > max_users:

@@ -2,9 +2,12 @@
 
 The quality gate holds out the last `holdout_days` of events: a candidate trained on what came
 before must beat best sellers and trending on that window, and must not fall more than
-`tolerance` below the metric the current model scored when it was published. A shop whose
-window is too small to judge is trained and published with the gate marked skipped, so new
-shops still get a model. Every run leaves a log beside the shop's models.
+`tolerance` below the metric the current model scored when it was published (no bar when that
+model was published without one). A shop whose window is too small to judge (fewer than
+`min_users` customers ranked: those with older history and a product new to them), or on which
+every model scores 0 (its products all launched in it, say), is trained and published with the
+gate marked skipped; so is a shop with no model yet whose candidate only ties the baselines (the
+same rankings): new shops still get a model. Every run leaves a log beside the shop's models.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ class GateConfig:
     enabled: bool = True
     holdout_days: float = 7.0  # the window the candidate is judged on
     tolerance: float = 0.1  # relative drop from the current model's metric that is still accepted
-    min_users: int = 20  # holdout customers (with older history) needed before the gate can judge
+    min_users: int = 20  # holdout customers ranked (older history, a product new to them) before the gate judges
     # holdout customers ranked at most, a seeded sample beyond that: at 5M events the gate's ALS ranked 105.5k in 30 s,
     # 20k in 5.6 (NDCG@10 0.1006-0.1032 over three samples, 0.1032 over all; bench/PERFORMANCE.md, round 33)
     max_users: int | None = 20_000
@@ -49,10 +52,14 @@ class GateConfig:
 
 
 def _previous_metric(model_store: ModelStore, shop: str, metric: str) -> float | None:
+    """The metric the current model scored when it was published: its run's, the newest published one. None when
+    that run has none (published with the gate off, skipped or undecided) or none of the newest 50 runs published:
+    no bar then, rather than an older model's, one no longer served."""
     for run in itertools.islice(model_store.newest_runs(shop), 50):  # each log read when reached: mostly the newest
-        candidate = (run.get("gate") or {}).get("candidate") or {}
-        if run.get("published") and metric in candidate:
-            return float(candidate[metric])
+        if run.get("published"):
+            gate = run.get("gate") or {}
+            candidate = gate.get("candidate") or {}
+            return float(candidate[metric]) if metric in candidate and "skipped" not in gate else None
     return None
 
 
@@ -82,7 +89,8 @@ def split_for_gate(columns: InteractionColumns, cutoff: datetime):
 
 def _gate_split(gate: GateConfig, now: datetime, columns: InteractionColumns) -> tuple | dict:
     """What the gate judges on, `split_for_gate`'s (train, holdout); or, when there are too few customers to judge,
-    what the gate saw."""
+    what the gate saw. The customers counted here are at most those the gate ranks (`compare_to_baseline` asks
+    for `min_users` of them again: those with a product new to them), so few of them spare the split."""
     cutoff = now - timedelta(days=gate.holdout_days)
     is_train = columns.occurred_at_us < epoch_us(cutoff)
     judged = np.intersect1d(columns.users[is_train], columns.users[~is_train])
@@ -103,12 +111,27 @@ def _judge(model_store: ModelStore, shop: str, config: TrainingConfig, gate: Gat
     train, holdout = split
     try:
         result = compare_to_baseline(train, holdout, config, k=gate.k, max_users=gate.max_users,
-                                     trending_half_life_days=gate.trending_half_life_days)
+                                     min_users=gate.min_users, trending_half_life_days=gate.trending_half_life_days)
     except EvaluationError as exc:
         return {"skipped": str(exc)}, None
     seen = result.to_dict()
     metric = result.metric
     score = result.candidate[metric]
+    baselines = {"best sellers": result.popularity[metric]}
+    if result.trending is not None:
+        baselines["trending"] = result.trending[metric]
+    if score == 0 and not any(baselines.values()):
+        # nothing in the window could be found (its products launched in it, say): no verdict, as an empty window
+        seen["skipped"] = (f"every model scored {metric} 0 on the {result.users} customers ranked: the gate cannot "
+                           f"tell them apart")
+        return seen, None
+    tied = [name for name, value in baselines.items() if score == value]
+    if tied and all(score >= value for value in baselines.values()) and model_store.latest(shop) is None:
+        # identical rankings (two products, say): keeping would leave the shop with no model at all
+        ties = " and ".join(f"{name} ({baselines[name]:.4f})" for name in tied)
+        seen["skipped"] = (f"{metric} {score:.4f} ties {ties}: the gate cannot tell the models apart, and the shop "
+                           f"has no model to keep")
+        return seen, None
     reasons = []
     if not result.beats_popularity:
         reasons.append(f"{metric} {score:.4f} does not beat best sellers ({result.popularity[metric]:.4f})")

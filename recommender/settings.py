@@ -87,7 +87,7 @@ class Settings(NamedTuple):
     quality_gate: bool = True  # publish only models that beat the baselines on recent events
     gate_holdout_days: float = 7.0  # the recent window the gate judges on
     gate_tolerance: float = 0.1  # accepted relative drop from the current model's holdout metric
-    gate_min_users: int = 20  # customers in that window needed before the gate can judge
+    gate_min_users: int = 20  # customers the gate ranks in that window needed before it judges (fewer: skipped)
     gate_max_users: int = 20_000  # customers in that window the gate ranks at most (a seeded sample of them beyond)
     retention_days: float = 730.0  # events older than this are pruned by the scheduled job (0: keep all)
     # the scheduled job starts no shop whose last training time no longer fits (0: no budget); the deployed `train`

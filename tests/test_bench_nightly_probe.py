@@ -12,7 +12,8 @@ from tests.conftest import ROOT
 def test_a_later_night_costs_each_shop_its_publish_and_one_run_log_whatever_its_history(tmp_path):
     pytest.importorskip("gcp_storage_emulator", reason="the probe needs gcp-storage-emulator (requirements-dev.txt)")
 
-    result = nightly_probe.measure(shops=3, events=2_000, users=200, items=200, nights=1, history=5, rtt_ms=0,
+    # 300 shoppers: 24-28 a shop in its last week with a product new to them, the customers the gate ranks (20 needed)
+    result = nightly_probe.measure(shops=3, events=3_000, users=300, items=200, nights=1, history=5, rtt_ms=0,
                                    postgres_url=None, code=ROOT, work=tmp_path)
 
     first, second = result["nights"]

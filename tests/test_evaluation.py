@@ -359,6 +359,17 @@ def test_quality_gate_fails_a_candidate_asked_for_an_impossible_lift():
     assert not gate.passed and not gate.beats_popularity
 
 
+def test_quality_gate_min_users_counts_the_customers_it_ranks():
+    split = stratified_split(planted(), by="user", seed=6)
+    ranked = compare_to_baseline(store_rows(split.train), store_rows(split.test), PLANTED_ALS, k=5).users
+
+    enough = compare_to_baseline(store_rows(split.train), store_rows(split.test), PLANTED_ALS, k=5, min_users=ranked)
+    with pytest.raises(EvaluationError, match=f"^{ranked} holdout customers have .* the gate needs {ranked + 1}$"):
+        compare_to_baseline(store_rows(split.train), store_rows(split.test), PLANTED_ALS, k=5, min_users=ranked + 1)
+
+    assert enough.users == ranked
+
+
 # --- command line --------------------------------------------------------------------------------------
 
 

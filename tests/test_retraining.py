@@ -166,6 +166,95 @@ def test_a_gate_that_would_rank_fewer_customers_than_it_needs_cannot_be_made(max
         GateConfig(enabled=True, min_users=20, max_users=max_users)
 
 
+def customer_event(kind: EventKind, product: int, customer: int, when: datetime) -> Event:
+    return Event(kind, SHOP, str(product), when, customer_id=str(customer),
+                 dedupe_key=f"{kind.value}:{customer}:{product}:{when.isoformat()}")
+
+
+def test_a_first_model_is_published_when_every_model_ranks_the_same_and_ties(store, models):
+    # Regression: a gate that cannot tell the models apart refused a shop its first model (503 model_not_ready for
+    # good). Two products: each customer bought one and this week viewed the other, the only product left to rank.
+    store.add_events([event for customer in range(40) for event in (
+        customer_event(EventKind.PURCHASE, 1 + customer % 2, customer, NOW - timedelta(days=20)),
+        customer_event(EventKind.VIEW, 2 - customer % 2, customer, NOW - timedelta(days=2)))])
+    store.set_shop_installed(SHOP, True)
+
+    [first] = run_scheduled_training(store, models, CONFIG, GATE, now=NOW)["trained"]
+    again = run_scheduled_training(store, models, CONFIG, GATE, now=NOW)
+
+    assert first["gate"]["candidate"]["ndcg@10"] == first["gate"]["popularity"]["ndcg@10"] == 1.0
+    assert "ties best sellers (1.0000) and trending (1.0000)" in first["gate"]["skipped"]
+    assert models.latest(SHOP).version == first["version"]
+    [kept] = again["kept"]  # with a model to keep, a tie is no reason to replace it
+    assert "does not beat best sellers (1.0000)" in kept["reason"] and again["trained"] == []
+    assert models.latest(SHOP).version == first["version"]
+
+
+def test_a_week_all_on_products_launched_that_week_cannot_be_judged_and_publishes(store, models):
+    # Regression: every model scores 0 when the window's products are new to the shop (none can be shown), and the
+    # gate refused the shop its first model on that tie. A tie at 0 is no verdict: published, as an empty window is,
+    # with a model or without.
+    store.add_events([customer_event(EventKind.VIEW, (100 if customer % 2 else 200) + (customer + p) % 10, customer,
+                                     NOW - timedelta(days=20, hours=p)) for customer in range(40) for p in range(5)])
+    store.add_events([customer_event(EventKind.VIEW, 900 + customer % 3, customer, NOW - timedelta(days=2))
+                      for customer in range(40)])
+    store.set_shop_installed(SHOP, True)
+
+    [first] = run_scheduled_training(store, models, CONFIG, GATE, now=NOW)["trained"]
+    [second] = run_scheduled_training(store, models, CONFIG, GATE, now=NOW + timedelta(days=1))["trained"]
+
+    for record in (first, second):
+        assert record["published"] and "every model scored ndcg@10 0" in record["gate"]["skipped"]
+        assert record["gate"]["users"] == 40
+    assert models.latest(SHOP).version == second["version"]
+
+
+def test_gate_min_users_counts_the_customers_the_gate_ranks(store, models):
+    # Regression: GATE_MIN_USERS counted customers with events on both sides of the cutoff (25 here), but the gate
+    # ranks only those with a product new to them (1 here) and its verdict rested on that one customer.
+    store.add_events([customer_event(EventKind.PURCHASE, 101 + customer % 4, customer, NOW - timedelta(days=20))
+                      for customer in range(25)])
+    store.add_events([customer_event(EventKind.VIEW, 101 + customer % 4, customer, NOW - timedelta(days=2))
+                      for customer in range(25)])  # a product each already bought: nothing new to find
+    store.add_events([customer_event(EventKind.PURCHASE, 301, 100, NOW - timedelta(days=20)),
+                      customer_event(EventKind.VIEW, 301, 0, NOW - timedelta(days=2))])  # customer 0's one new product
+    store.set_shop_installed(SHOP, True)
+
+    [record] = run_scheduled_training(store, models, CONFIG, GATE, now=NOW)["trained"]
+
+    skipped = record["gate"]["skipped"]
+    assert record["published"] and "candidate" not in record["gate"]
+    assert skipped.startswith("1 holdout customers have training history") and skipped.endswith("the gate needs 20")
+
+
+@pytest.mark.parametrize("current_run", [
+    {"published": True, "gate": {"skipped": "3 customers active in the last 7 days have older history; "
+                                           "the gate needs 20"}},
+    {"published": True},  # published with QUALITY_GATE=false
+], ids=["gate-skipped", "gate-off"])
+def test_a_current_model_published_without_a_metric_sets_no_tolerance_bar(store, models, current_run):
+    # Regression: the tolerance bar skipped the current model's run when it had no metric and held the candidate to
+    # an older model's, one no longer served.
+    tastes_shop(store)
+    models.record_run(SHOP, {"published": True, "gate": {"candidate": {"ndcg@10": 0.99}}})  # an older model
+    models.record_run(SHOP, {"published": False, "reason": "r", "gate": {"candidate": {"ndcg@10": 0.98}}})
+    models.record_run(SHOP, current_run)
+
+    [record] = run_scheduled_training(store, models, CONFIG, GATE, now=NOW)["trained"]
+
+    assert record["gate"]["previous"] is None and record["gate"]["passed"]
+
+
+def test_the_tolerance_bar_is_the_newest_published_models_metric(store, models):
+    tastes_shop(store)
+    models.record_run(SHOP, {"published": True, "gate": {"candidate": {"ndcg@10": 0.2}}})  # an older, worse model
+    models.record_run(SHOP, {"published": True, "gate": {"candidate": {"ndcg@10": 0.99}}})  # the current one
+
+    [kept] = run_scheduled_training(store, models, CONFIG, GATE, now=NOW)["kept"]
+
+    assert kept["gate"]["previous"] == 0.99 and "below the current model's 0.9900" in kept["reason"]
+
+
 # --- the night's queue and its time budget ---------------------------------------------------------------------
 
 
