@@ -170,6 +170,15 @@ SHOP_TABLES: tuple[str, ...] = (
 # Topics that can arrive after the app was removed, so their delivery does not prove it is installed.
 TOPICS_NOT_PROVING_INSTALL = frozenset({"app/uninstalled", "shop/redact", "customers/redact", "customers/data_request"})
 
+# The start of the source_topic of events a storefront's Web Pixel posted (`/collect`, webhooks.pixel). Those requests
+# are unsigned: their anonymous id is whatever the sender wrote, so no identity link ever joins them to a customer.
+PIXEL_SOURCE_PREFIX = "pixel/"
+
+
+def not_from_pixel(source_topic: str = "source_topic") -> str:
+    """SQL, both backends: the row of column `source_topic` is not a pixel's event (`PIXEL_SOURCE_PREFIX`)."""
+    return f"substr({source_topic}, 1, {len(PIXEL_SOURCE_PREFIX)}) <> '{PIXEL_SOURCE_PREFIX}'"
+
 # The columns of `events` a customer's data export lists, in this order, in both backends.
 EVENT_EXPORT_COLUMNS: tuple[str, ...] = (
     "id", "shop", "kind", "user_key", "customer_id", "anonymous_id", "product_id", "variant_id", "quantity", "price",
@@ -253,10 +262,11 @@ class EventStore(Protocol):
     # Privacy and lifecycle (Shopify's mandatory webhooks, uninstalls, retention).
     def redact_customer(self, shop: str, customer_id: str, order_ids: Sequence[str]) -> int: ...
     def redact_shop(self, shop: str) -> None: ...
-    def export_customer(self, shop: str, customer_id: str) -> dict: ...
+    def export_customer(self, shop: str, customer_id: str, order_ids: Sequence[str] = ()) -> dict: ...
     def save_data_export(self, shop: str, export_id: str, customer_id: str, body: dict) -> None: ...
     def data_export(self, shop: str, export_id: str) -> dict | None: ...
     def set_shop_installed(self, shop: str, installed: bool) -> None: ...
+    def mark_uninstalled(self, delivery: Delivery) -> bool | None: ...
     def is_shop_installed(self, shop: str) -> bool: ...
     def installed_with_unsellable(self, shop: str) -> tuple[bool, set[str]]: ...
     def installed_shops(self) -> list[str]: ...
@@ -1012,11 +1022,12 @@ class SQLiteEventStore(SharedQueries):
     @staticmethod
     def _insert_events(conn: sqlite3.Connection, events: Iterable[Event]) -> int:
         """Insert new events; an event whose dedupe key exists only lowers that event's weight factor. A new event
-        whose key refunds were kept for (`pending_refunds`: they came before it) is inserted shrunk by them."""
+        whose key refunds were kept for (`pending_refunds`: they came before it) is inserted shrunk by them. A guest's
+        event joins the customer its token was linked to, unless a pixel sent it (`PIXEL_SOURCE_PREFIX`)."""
         inserted = 0
         for e in events:
             customer_id, user = e.customer_id, e.user_key
-            if customer_id is None and e.anonymous_id:
+            if customer_id is None and e.anonymous_id and not e.source_topic.startswith(PIXEL_SOURCE_PREFIX):
                 link = conn.execute("SELECT customer_id FROM identity_links WHERE shop = ? AND anonymous_id = ?",
                                     (e.shop, e.anonymous_id)).fetchone()
                 if link:  # a guest who has since logged in: their events join the customer's
@@ -1084,7 +1095,8 @@ class SQLiteEventStore(SharedQueries):
             conn.execute("INSERT OR REPLACE INTO identity_links (shop, anonymous_id, customer_id) VALUES (?, ?, ?)",
                          (shop, link.anonymous_id, link.customer_id))
             conn.execute("UPDATE events SET customer_id = ?, user_key = ? WHERE shop = ? AND anonymous_id = ?"
-                         " AND customer_id IS NULL", (link.customer_id, f"c:{link.customer_id}", shop, link.anonymous_id))
+                         f" AND customer_id IS NULL AND {not_from_pixel()}",
+                         (link.customer_id, f"c:{link.customer_id}", shop, link.anonymous_id))
 
     @staticmethod
     def _mark_installed(conn: sqlite3.Connection, shop: str, happened_at: datetime) -> None:
@@ -1183,11 +1195,14 @@ class SQLiteEventStore(SharedQueries):
 
         return int(self._write(work))
 
-    def export_customer(self, shop: str, customer_id: str) -> dict:
-        """Everything stored about the customer: their events (every column) and identity links."""
-        params = {"shop": shop, "customer_id": customer_id, "user_key": f"c:{customer_id}"}
+    def export_customer(self, shop: str, customer_id: str, order_ids: Sequence[str] = ()) -> dict:
+        """Everything stored about the customer: their events and those of `order_ids` (every column; the events
+        `redact_customer` deletes, given the same orders) and their identity links."""
+        params = {"shop": shop, "customer_id": customer_id, "user_key": f"c:{customer_id}",
+                  "order_ids": json.dumps(list(order_ids))}
         events = self._read(
             f"SELECT {', '.join(EVENT_EXPORT_COLUMNS)} FROM events WHERE {_SQLITE_CUSTOMER_EVENTS}"
+            " OR (shop = :shop AND order_id IN (SELECT value FROM json_each(:order_ids)))"
             " ORDER BY occurred_at, id", params)
         links = self._read("SELECT anonymous_id, customer_id FROM identity_links WHERE shop = ? AND customer_id = ?"
                            " ORDER BY anonymous_id", (shop, customer_id))
@@ -1213,6 +1228,32 @@ class SQLiteEventStore(SharedQueries):
             " ON CONFLICT (shop) DO UPDATE SET installed = excluded.installed, changed_at = excluded.changed_at",
             (shop, int(installed), iso_utc(datetime.now(timezone.utc))),
         ))
+
+    def mark_uninstalled(self, delivery: Delivery) -> bool | None:
+        """An app/uninstalled delivery: the shop no longer served, and the delivery kept, in one transaction. None for
+        a delivery kept before (a retry: nothing done twice); False, nothing changed, for one triggered before the
+        shop was last marked installed (a late retry of an uninstall the merchant has undone since, as
+        `_mark_installed` ignores a late retry of a delivery from before an uninstall); else True."""
+
+        def work(conn: sqlite3.Connection) -> bool | None:
+            fresh = conn.execute(
+                "INSERT OR IGNORE INTO deliveries (shop, webhook_id, topic, event_id, received_at) VALUES (?, ?, ?, ?, ?)",
+                (delivery.shop, delivery.webhook_id, delivery.topic, delivery.event_id, iso_utc(delivery.received_at)),
+            ).rowcount
+            if not fresh:
+                return None
+            state = conn.execute("SELECT installed, changed_at FROM shop_state WHERE shop = ?",
+                                 (delivery.shop,)).fetchone()
+            if state is not None and state[0] and iso_utc(delivery.happened_at) < state[1]:
+                return False
+            conn.execute(
+                "INSERT INTO shop_state (shop, installed, changed_at) VALUES (?, 0, ?)"
+                " ON CONFLICT (shop) DO UPDATE SET installed = 0, changed_at = excluded.changed_at",
+                (delivery.shop, iso_utc(datetime.now(timezone.utc))),
+            )
+            return True
+
+        return self._write(work)
 
     def is_shop_installed(self, shop: str) -> bool:
         """True only if the shop was marked installed (or sent a webhook) and not since uninstalled."""

@@ -39,7 +39,8 @@ from recommender.changes import ChangeSet, Delivery, Event, RefundLine
 from recommender.events import CatalogProduct, EventKind, order_line_key
 from recommender.store import (
     EVENT_EXPORT_COLUMNS, KINDS, NOT_FOR_SALE, TOPICS_NOT_PROVING_INSTALL, UNSELLABLE_SQL, ActivityBucket, Interaction,
-    SharedQueries, customer_export, export_json, iso_utc, of_one_shop, refund_adjustment_key, require_aware,
+    SharedQueries, customer_export, export_json, iso_utc, not_from_pixel, of_one_shop, refund_adjustment_key,
+    require_aware,
 )
 
 if TYPE_CHECKING:
@@ -222,12 +223,12 @@ _INSTALL_CONFLICT = (" ON CONFLICT (shop) DO UPDATE SET installed = true, change
                      " OR shop_state.changed_at < %(happened_at)s)")
 _MARK_INSTALLED = ("INSERT INTO shop_state (shop, installed, changed_at) SELECT %(shop)s, true, now() WHERE"
                    + _NOT_YET_INSTALLED + _INSTALL_CONFLICT)
-# The proposed rows of an events statement: each guest's event (no customer id at all, a cart token) joined to the
-# customer its token was linked to, as SQLite's `_insert_events` joins it (the statement runs after the token's
-# lock), and each event shrunk by the refunds kept for its dedupe key (`refunded`: their units, NULL for none; they
-# came before the line), as `_insert_events` shrinks it. A subquery a row, not a join, so that the rows keep their
-# order and their ids ascend with it; OFFSET 0 keeps the planner from copying it into each column that reads it (two
-# index probes a row instead of one).
+# The proposed rows of an events statement: each guest's event (no customer id at all, a cart token; not a pixel's:
+# `not_from_pixel`) joined to the customer its token was linked to, as SQLite's `_insert_events` joins it (the
+# statement runs after the token's lock), and each event shrunk by the refunds kept for its dedupe key (`refunded`:
+# their units, NULL for none; they came before the line), as `_insert_events` shrinks it. A subquery a row, not a
+# join, so that the rows keep their order and their ids ascend with it; OFFSET 0 keeps the planner from copying it
+# into each column that reads it (two index probes a row instead of one).
 _LINKED_COLUMNS = {"user_key": "coalesce('c:' || e.linked, e.user_key)",
                    "customer_id": "coalesce(e.linked, e.customer_id)",
                    "weight_factor": "CASE WHEN e.refunded IS NULL THEN e.weight_factor ELSE"
@@ -237,10 +238,11 @@ _PROPOSED = ", ".join(f"{_LINKED_COLUMNS[name]} AS {name}" if name in _LINKED_CO
 
 
 def _events_linked(rows: str, extra: str = "") -> str:
-    """FROM the JSON recordset `rows` (a parameter), each row with the customer its guest's token was linked to and
-    the units refunds kept for its dedupe key refunded (`pending_refunds`)."""
+    """FROM the JSON recordset `rows` (a parameter), each row with the customer its guest's token was linked to (none
+    for a pixel's) and the units refunds kept for its dedupe key refunded (`pending_refunds`)."""
     return (" FROM (SELECT e.*, (SELECT l.customer_id FROM identity_links AS l WHERE e.customer_id IS NULL"
-            " AND e.anonymous_id <> '' AND l.shop = e.shop AND l.anonymous_id = e.anonymous_id) AS linked,"
+            f" AND e.anonymous_id <> '' AND {not_from_pixel('e.source_topic')}"
+            " AND l.shop = e.shop AND l.anonymous_id = e.anonymous_id) AS linked,"
             " (SELECT sum(r.quantity) FROM pending_refunds AS r WHERE r.shop = e.shop AND r.dedupe_key = e.dedupe_key)"
             " AS refunded"
             f" FROM ROWS FROM (json_to_recordset({rows}::json) AS ({_EVENT_COLUMNS}{extra}))"
@@ -277,6 +279,19 @@ _INSTALLED_BY_DELIVERY = (
     " WHERE %(proves_install)s AND EXISTS (SELECT FROM delivery) AND" + _NOT_YET_INSTALLED + _INSTALL_CONFLICT + ")"
 )
 
+# An app/uninstalled delivery (`mark_uninstalled`), one statement: its row and, if it is new, the shop marked not
+# installed, unless the shop was marked installed after the uninstall was triggered (checked on the locked row, as
+# `_INSTALL_CONFLICT` checks the mirror). Whether the delivery was new, and whether the shop was uninstalled.
+_UNINSTALL = (
+    "WITH " + _DELIVERY_ROW + ","
+    " uninstalled AS ("
+    " INSERT INTO shop_state (shop, installed, changed_at) SELECT %(shop)s, false, now()"
+    " WHERE EXISTS (SELECT FROM delivery)"
+    " ON CONFLICT (shop) DO UPDATE SET installed = false, changed_at = excluded.changed_at"
+    " WHERE NOT shop_state.installed OR shop_state.changed_at <= %(happened_at)s RETURNING true)"
+    " SELECT EXISTS (SELECT FROM delivery), EXISTS (SELECT FROM uninstalled)"
+)
+
 
 def _links_stored(condition: str = "") -> str:
     """Each cart token's link (`%(links)s`: anonymous_id, customer_id) of `%(shop)s`, a new one or its new customer."""
@@ -287,11 +302,11 @@ def _links_stored(condition: str = "") -> str:
 
 
 def _links_joined(condition: str = "") -> str:
-    """Each token's guest events (no customer yet) joined to the customer `%(links)s` links it to."""
+    """Each token's guest events (no customer yet; not a pixel's) joined to the customer `%(links)s` links it to."""
     return ("UPDATE events SET customer_id = l.customer_id, user_key = 'c:' || l.customer_id"
             " FROM json_to_recordset(%(links)s::json) AS l (anonymous_id text, customer_id text)"
             " WHERE events.shop = %(shop)s AND events.anonymous_id = l.anonymous_id AND events.customer_id IS NULL"
-            + condition)
+            f" AND {not_from_pixel('events.source_topic')}" + condition)
 
 
 def _apply_events(void: str = "") -> str:
@@ -1253,7 +1268,8 @@ class PostgresEventStore(SharedQueries):
                 (shop, link.anonymous_id, link.customer_id),
             )
             conn.execute("UPDATE events SET customer_id = %s, user_key = %s WHERE shop = %s AND anonymous_id = %s"
-                         " AND customer_id IS NULL", (link.customer_id, f"c:{link.customer_id}", shop, link.anonymous_id))
+                         f" AND customer_id IS NULL AND {not_from_pixel()}",
+                         (link.customer_id, f"c:{link.customer_id}", shop, link.anonymous_id))
 
     @staticmethod
     def _mark_installed(conn: psycopg.Connection, shop: str, happened_at: datetime) -> None:
@@ -1393,9 +1409,11 @@ class PostgresEventStore(SharedQueries):
 
         return self._write(work)
 
-    def export_customer(self, shop: str, customer_id: str) -> dict:
-        params = {"shop": shop, "customer_id": customer_id, "user_key": f"c:{customer_id}"}
+    def export_customer(self, shop: str, customer_id: str, order_ids: Sequence[str] = ()) -> dict:
+        params = {"shop": shop, "customer_id": customer_id, "user_key": f"c:{customer_id}",
+                  "order_ids": list(order_ids)}
         rows = self._read(f"SELECT {', '.join(EVENT_EXPORT_COLUMNS)} FROM events WHERE {_CUSTOMER_EVENTS}"
+                          " OR (shop = %(shop)s AND order_id = ANY(%(order_ids)s::text[]))"
                           " ORDER BY occurred_at, id", params)
         at = EVENT_EXPORT_COLUMNS.index("occurred_at")
         events = [(*row[:at], iso_utc(row[at]), *row[at + 1:]) for row in rows]  # the text SQLite stores
@@ -1422,6 +1440,12 @@ class PostgresEventStore(SharedQueries):
             " ON CONFLICT (shop) DO UPDATE SET installed = excluded.installed, changed_at = excluded.changed_at",
             (shop, installed),
         ))
+
+    def mark_uninstalled(self, delivery: Delivery) -> bool | None:
+        """`_UNINSTALL`, one statement, one round trip."""
+        params = self._delivery_params(delivery)
+        fresh, uninstalled = self._write(lambda conn: conn.execute(_UNINSTALL, params).fetchone(), one_statement=True)
+        return uninstalled if fresh else None
 
     def is_shop_installed(self, shop: str) -> bool:
         return bool(self._read(_INSTALLED_SQL, (shop,)))

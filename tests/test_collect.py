@@ -235,3 +235,42 @@ def test_a_beacon_waits_for_one_round_trip_to_postgresql_installed_or_not(app_cl
     assert [(r.status_code, r.json.get("events", r.json.get("error"))) for r in answers] == [
         (200, 2), (200, 2), (403, "unknown_shop")]
     assert turns == [1, 1, 1]
+
+
+@pytest.mark.parametrize("beacon_first", [False, True], ids=["cart linked, then the beacon", "beacon, then linked"])
+def test_bug_a_beacon_naming_a_customers_linked_cart_token_stays_out_of_their_history(env, event_store_url,
+                                                                                      beacon_first):
+    """BUG recommender/store.py `_insert_events` and store_postgres.py `_events_linked` (and the join a checkout's
+    link makes): a guest's event whose anonymous id is a cart token linked to a customer joins that customer, and a
+    beacon's clientId is whatever its unsigned sender wrote: one naming a customer's cart token wrote into their
+    history. Webhook events of that cart still join them."""
+    # Arrange: the app as deployed, on SQLite or PostgreSQL; a guest's order under cart token "victim-cart"
+    import os
+
+    from functions_framework import create_app
+
+    from recommender.store import open_event_store
+
+    os.environ.update({**env, "EVENT_STORE_URL": event_store_url})
+    client = create_app(target="app", source=str(ROOT / "main.py")).test_client()
+    guest_order = order_payload(1, None, [101], cart_token="victim-cart")
+    assert post_webhook(client, "orders/create", guest_order).status_code == 200
+    checkout = {"token": "checkout-1", "cart_token": "victim-cart", "customer": {"id": 42}}  # customer 42 logs in
+
+    # Act: an unsigned beacon whose clientId is that cart token, before or after the checkout links it to 42
+    if not beacon_first:
+        assert post_webhook(client, "checkouts/create", checkout).status_code == 200
+    beacon = collect(client, viewed("sh-x1", "666", client="victim-cart"))
+    if beacon_first:
+        assert post_webhook(client, "checkouts/create", checkout).status_code == 200
+
+    # Assert
+    assert (beacon.status_code, beacon.json["events"]) == (200, 1)
+    store = open_event_store(event_store_url)
+    try:
+        customer = [(i.product_id, i.kind.value) for i in store.history(SHOP, "c:42", 10)]
+        browser = [(i.product_id, i.kind.value) for i in store.history(SHOP, "a:victim-cart", 10)]
+    finally:
+        store.close()
+    assert customer == [("101", "purchase")], "the webhook's guest order joins the customer; the beacon does not"
+    assert browser == [("666", "view")], "the beacon stays the browser's"

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import datetime, timezone
 
 import pytest
 from cloudevents.http import CloudEvent, to_structured
@@ -15,6 +16,7 @@ from functions_framework import create_app
 from recommender.model_store import LocalModelStore
 from recommender.training import train_shop
 from recommender.settings import TrainingConfig
+from recommender.store import open_event_store
 from tests.conftest import AUTH, ROOT, SHOP, as_body, order_payload, planted_orders, post_webhook, signed_headers
 
 REDACTED_CUSTOMER = 191167  # the id in Shopify's customers_redact sample
@@ -77,7 +79,8 @@ def test_customers_data_request_keeps_an_export_for_the_merchant(shop, env, shop
     export = json.loads(cli.stdout)
     assert export["customer_id"] == str(REDACTED_CUSTOMER)
     assert export["orders_requested"] == [str(o) for o in ORDERS_TO_REDACT]
-    assert sorted(e["product_id"] for e in export["events"]) == ["101", "102", "555", "555"]
+    # their two orders, and the guest order of theirs `orders_requested` lists (stored under its cart token)
+    assert sorted(e["product_id"] for e in export["events"]) == ["101", "102", "103", "555", "555", "556"]
 
 
 def test_shop_redact_deletes_everything_the_shop_has_models_included(shop, env, store_of, shopify_fixture):
@@ -181,3 +184,118 @@ def test_a_late_retry_of_a_delivery_from_before_the_uninstall_does_not_reinstall
     fresh = as_body(order_payload(990002, 5, [101]))
     assert shop.post("/webhooks", data=fresh, headers=signed_headers(fresh, "orders/create")).status_code == 200
     assert shop.get(f"/recommend?shop={SHOP}&intent=trending").status_code != 404, "a new delivery reinstalls"
+
+
+# --- on either backend, as deployed ----------------------------------------------------------------
+
+
+@pytest.fixture
+def deployed(env, event_store_url):
+    """The app as deployed, on a SQLite file or a PostgreSQL schema of the test's own; its event store's URL."""
+    os.environ.update({**env, "EVENT_STORE_URL": event_store_url})
+    return create_app(target="app", source=str(ROOT / "main.py")).test_client(), event_store_url
+
+
+def uninstall(client, webhook_id: str, triggered_at: datetime | None = None):
+    """An app/uninstalled delivery as Shopify sends it; X-Shopify-Triggered-At when the merchant removed the app."""
+    body = as_body({"id": 548380009, "name": "Super Toys"})
+    headers = signed_headers(body, "app/uninstalled", webhook_id=webhook_id)
+    if triggered_at is not None:
+        headers["X-Shopify-Triggered-At"] = triggered_at.isoformat()
+    return client.post("/webhooks", data=body, headers=headers)
+
+
+def trending_status(client) -> int:
+    return client.get(f"/recommend?shop={SHOP}&intent=trending").status_code
+
+
+def test_bug_a_late_app_uninstalled_does_not_uninstall_a_shop_installed_again_since(deployed):
+    """BUG webhooks/delivery.py (compliance topics before the delivery's dedupe) + webhooks/compliance.py
+    (`set_shop_installed(shop, False)` whenever app/uninstalled came): Shopify's retry of an uninstall (its first
+    attempt slow to answer, or failed), arriving after the merchant installed the app again, uninstalled the shop
+    again, and its webhooks stopped serving it."""
+    # Arrange: installed (an order), uninstalled by the merchant at `removed`, then installed again (a new order)
+    client, _ = deployed
+    assert post_webhook(client, "orders/create", order_payload(1, 5, [101])).status_code == 200
+    removed = datetime.now(timezone.utc)
+    first = uninstall(client, "uninstall-1", removed)
+    assert trending_status(client) == 404
+    assert post_webhook(client, "orders/create", order_payload(2, 5, [102])).status_code == 200
+
+    # Act: the same delivery again; the same uninstall under another id (its first attempt never stored); a new one
+    retry = uninstall(client, "uninstall-1", removed)
+    stale = uninstall(client, "uninstall-2", removed)
+    served = trending_status(client)
+    later = uninstall(client, "uninstall-3", datetime.now(timezone.utc))
+
+    # Assert
+    assert (first.status_code, first.json) == (200, {"status": "done", "topic": "app/uninstalled", "serving": False})
+    assert (retry.status_code, retry.json) == (200, {"status": "duplicate", "topic": "app/uninstalled"})
+    assert (stale.status_code, stale.json) == (200, {"status": "stale", "topic": "app/uninstalled", "serving": True})
+    assert served == 200, "the shop installed again is served"
+    assert (later.status_code, later.json["status"]) == (200, "done")
+    assert trending_status(client) == 404, "an uninstall after the reinstall stands"
+
+
+def test_an_app_uninstalled_delivery_waits_for_one_round_trip_to_postgresql(app_client, monkeypatch):
+    # Arrange: a shop installed on PostgreSQL (its first webhook), then an instance whose store is 50 ms away
+    from urllib.parse import urlsplit
+
+    from bench.round_trips import RoundTripCounter
+    from tests.postgres_schema import temporary_schema
+
+    with temporary_schema() as url:
+        monkeypatch.setenv("EVENT_STORE_URL", url)
+        assert post_webhook(app_client, "orders/create", order_payload(1, 2, [201])).status_code == 200
+        with RoundTripCounter(urlsplit(url).port or 5432) as relay:
+            monkeypatch.setenv("EVENT_STORE_URL", relay.url(url))
+            instance = create_app(target="app", source=str(ROOT / "main.py")).test_client()
+            assert post_webhook(instance, "orders/create", order_payload(2, 2, [202])).status_code == 200  # connected
+            answers, turns = [], []
+
+            def counted(webhook_id: str, triggered_at: datetime | None = None) -> None:
+                relay.reset()
+                answers.append(uninstall(instance, webhook_id, triggered_at))
+                turns.append(relay.turns)
+
+            # Act: an uninstall, its retry, and (the shop installed again since) one triggered before that install
+            counted("u-1")
+            counted("u-1")
+            assert post_webhook(instance, "orders/create", order_payload(3, 2, [203])).status_code == 200
+            counted("u-2", datetime(2026, 1, 1, tzinfo=timezone.utc))
+
+    # Assert: the delivery's row and the uninstall (or not) in one statement
+    assert [r.json["status"] for r in answers] == ["done", "duplicate", "stale"]
+    assert turns == [1, 1, 1]
+
+
+def test_bug_the_data_request_exports_the_events_of_the_orders_requested_that_redact_deletes(deployed, shopify_fixture):
+    """BUG webhooks/compliance.py (customers/data_request) + store.export_customer: the export named the orders of
+    `orders_requested` but held only the customer's own events, while customers/redact, given the same orders, deletes
+    theirs too (a guest checkout of theirs, stored under its cart token): data kept about them, left out of their
+    copy of it."""
+    # Arrange: the customer's own order, a guest checkout of theirs (an order requested), and someone else's order
+    client, url = deployed
+    request = {**json.loads(shopify_fixture("customers_data_request")), "shop_domain": SHOP}
+    redact = {**json.loads(shopify_fixture("customers_redact")), "shop_domain": SHOP}
+    assert request["orders_requested"] == redact["orders_to_redact"] == ORDERS_TO_REDACT
+    mine, guest, other = ORDERS_TO_REDACT[1], ORDERS_TO_REDACT[0], 880009
+    for order in (order_payload(mine, REDACTED_CUSTOMER, [101, 555]),
+                  order_payload(guest, None, [556, 103], cart_token="guest-cart"),
+                  order_payload(other, 1234, [101])):
+        assert post_webhook(client, "orders/create", order).status_code == 200
+
+    # Act
+    response = post_webhook(client, "customers/data_request", request)
+    store = open_event_store(url)
+    try:
+        export = store.data_export(SHOP, "9999")
+    finally:
+        store.close()
+    redacted = post_webhook(client, "customers/redact", redact)
+
+    # Assert: every event redact deletes is in the export, and nobody else's
+    assert response.status_code == 200
+    assert sorted((e["order_id"], e["product_id"]) for e in export["events"]) == sorted([
+        (str(guest), "103"), (str(guest), "556"), (str(mine), "101"), (str(mine), "555")])
+    assert redacted.json["events_deleted"] == len(export["events"])

@@ -5,8 +5,10 @@
     customers/data_request  export what is stored about the customer, kept for the merchant
     app/uninstalled         stop serving the shop (answers for everyone: within ANSWER_CACHE_SECONDS)
 
-Each action is idempotent, so a retried delivery is harmless. They run after the HMAC
-check like every topic (an invalid signature is a 401 here too).
+The privacy actions are idempotent, so a retried delivery is harmless. An uninstall is not: the
+merchant may have installed the app again before Shopify retries it, so app/uninstalled acts once
+per delivery and not at all when triggered before the shop's latest install. They run after the
+HMAC check like every topic (an invalid signature is a 401 here too).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from recommender.changes import Delivery
 from recommender.model_store import ModelStore
 from recommender.store import EventStore
 from webhooks import MalformedPayload
@@ -38,31 +41,40 @@ def _order_ids(payload: dict, field: str) -> list[str]:
     return [shopify_id(value, f"{field}[{n}]") for n, value in enumerate(raw)]
 
 
-def handle_compliance(topic: str, shop: str, payload: dict, webhook_id: str, store: EventStore,
-                      model_store: ModelStore) -> dict[str, Any]:
-    """Carry out one compliance topic; returns what was done, for the response and the log."""
+def handle_compliance(delivery: Delivery, payload: dict, store: EventStore,
+                      model_store: ModelStore) -> tuple[str, dict[str, Any]]:
+    """Carry out one compliance topic; returns the outcome ("done", or for app/uninstalled "duplicate" or "stale")
+    and what was done, for the response and the log."""
+    topic, shop, webhook_id = delivery.topic, delivery.shop, delivery.webhook_id
     if topic == "customers/redact":
         customer_id = _customer_id(payload)
         deleted = store.redact_customer(shop, customer_id, _order_ids(payload, "orders_to_redact"))
         log.info("customers/redact for %s: %d events deleted", shop, deleted)
-        return {"events_deleted": deleted}
+        return "done", {"events_deleted": deleted}
     if topic == "shop/redact":
         store.redact_shop(shop)
         models = model_store.delete_shop(shop)
         log.info("shop/redact for %s: store emptied, %d model files deleted", shop, models)
-        return {"model_files_deleted": models}
+        return "done", {"model_files_deleted": models}
     if topic == "customers/data_request":
         customer_id = _customer_id(payload)
         request = payload.get("data_request") if isinstance(payload.get("data_request"), dict) else {}
         export_id = str(request.get("id") or webhook_id)
-        export = {"shop": shop, "customer_id": customer_id,
-                  "orders_requested": _order_ids(payload, "orders_requested"),
-                  **store.export_customer(shop, customer_id)}
+        orders = _order_ids(payload, "orders_requested")  # their events too: what customers/redact deletes of them
+        export = {"shop": shop, "customer_id": customer_id, "orders_requested": orders,
+                  **store.export_customer(shop, customer_id, orders)}
         store.save_data_export(shop, export_id, customer_id, export)
         log.info("customers/data_request for %s: export %s kept", shop, export_id)
-        return {"export_id": export_id}
+        return "done", {"export_id": export_id}
     if topic == "app/uninstalled":
-        store.set_shop_installed(shop, False)
+        uninstalled = store.mark_uninstalled(delivery)  # the delivery kept with it: store.apply is not needed
+        if uninstalled is None:
+            log.info("app/uninstalled for %s: delivery %s done before", shop, webhook_id)
+            return "duplicate", {}
+        if not uninstalled:
+            log.info("app/uninstalled for %s: triggered before the shop's latest install, ignored (delivery %s)",
+                     shop, webhook_id)
+            return "stale", {"serving": True}
         log.info("app/uninstalled: %s is no longer served", shop)
-        return {"serving": False}
+        return "done", {"serving": False}
     raise ValueError(f"not a compliance topic: {topic}")

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 # One place maps each outcome to its status (Shopify's own validator does the same).
 STATUS = {
-    "stored": 200, "duplicate": 200, "ignored": 200, "done": 200,
+    "stored": 200, "duplicate": 200, "ignored": 200, "done": 200, "stale": 200,
     "missing_headers": 400, "malformed_json": 400, "malformed_payload": 400, "invalid_shop": 400,
     "missing_hmac": 401, "invalid_hmac": 401,
 }
@@ -95,12 +95,13 @@ def process_delivery(headers: Mapping[str, str], raw_body: bytes, store: EventSt
                         triggered_at=_triggered_at(h.get("x-shopify-triggered-at")))
     if topic in COMPLIANCE_TOPICS:
         try:
-            done = handle_compliance(topic, shop, payload, webhook_id, store, model_store)
+            result, done = handle_compliance(delivery, payload, store, model_store)
         except MalformedPayload as exc:
             return WebhookOutcome("malformed_payload", {"topic": topic, "message": str(exc)})
-        if topic != "shop/redact":  # after shop/redact nothing of the shop is kept, not even this delivery
+        # After shop/redact nothing of the shop is kept, not even this delivery; app/uninstalled kept its own.
+        if topic not in ("shop/redact", "app/uninstalled"):
             store.apply(delivery, ChangeSet())
-        return WebhookOutcome("done", {"topic": topic, **done})
+        return WebhookOutcome(result, {"topic": topic, **done})
     try:
         changes = TRANSLATORS[topic](TopicContext(shop, topic, webhook_id), payload)
     except (MalformedPayload, InvalidEvent) as exc:

@@ -4,7 +4,8 @@ A Shopify Web Pixel extension posts standard events with `browser.sendBeacon`:
     {id: "sh-<uuid>", name, timestamp, clientId, data: {...}}
 These requests are unsigned, so everything is validated strictly, bodies are capped,
 only installed shops are accepted, each client is rate-limited, and events are keyed
-by the pixel's `clientId` alone (an unsigned request never writes into a customer's history).
+by the pixel's `clientId` alone and marked as the pixel's (`PIXEL_SOURCE_PREFIX`), so that no cart token's link to a
+customer ever joins them (an unsigned request never writes into a customer's history).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any, Callable
 from recommender.errors import InvalidEvent
 from recommender.changes import Event
 from recommender.events import EventKind, parse_timestamp
+from recommender.store import PIXEL_SOURCE_PREFIX
 from webhooks import MalformedPayload
 from webhooks.topics import money, shopify_id
 
@@ -79,7 +81,7 @@ def pixel_events(payload: Any, shop: str, now: datetime | None = None) -> tuple[
         if not isinstance(data, dict):
             raise MalformedPayload(f"{where}.data must be an object")
         common = {"shop": shop, "occurred_at": occurred_at, "anonymous_id": client_id,
-                  "source_topic": f"pixel/{name}", "delivery_id": event_id}
+                  "source_topic": f"{PIXEL_SOURCE_PREFIX}{name}", "delivery_id": event_id}
         if name == "checkout_completed":
             checkout = data.get("checkout")
             if not isinstance(checkout, dict):
