@@ -84,6 +84,9 @@ class InventoryLevel:
     inventory_item_id: str
     location_id: str
     available: int | None
+    # Read with every other location's level of its item (a backfill's `inventory_levels.json`), so the item's
+    # locations are all known and their sum is its stock; an `inventory_levels/update` names one location only.
+    all_locations: bool = False
 
 
 @dataclass(frozen=True)

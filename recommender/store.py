@@ -36,6 +36,21 @@ NOT_FOR_SALE = """(
         AND NOT EXISTS (SELECT 1 FROM variants v WHERE v.shop = products.shop AND v.product_id = products.product_id
                         AND (v.tracked = {no} OR v.continue_selling = {yes} OR COALESCE(v.inventory_quantity, 0) > 0))))"""
 
+# A variant's stock after a stock level of its inventory item is stored, as an SQL expression over the item's levels
+# (`{total}`: their sum over the locations that track it; `{known}`: whether every location's level is known) and
+# the variant's row, the same on both backends. An `inventory_levels/update` carries one location's new level and
+# nothing else (no previous level, no total), and a location never heard from is not a location holding 0: the sum
+# of the levels heard since the install is not the stock while some location has never reported. The products
+# payload's `inventory_quantity` (`listed_quantity`: Shopify's total over all locations when it was sent; NULL when
+# it did not track the variant) stays the floor until the item's locations are known: a level raises the stock above
+# it, never below it, so one location's report can make a variant sellable but not unsellable (location B counting 0
+# cannot hide what location A still holds). A wrong "sold out" hides a product the shop sells from every answer; a
+# wrong "in stock" shows one whose product page says sold out, until the next products payload sets the total again.
+# Once a backfill has read every location's level of the item (`inventory_levels.all_locations`), the sum is exact
+# and is the stock, either way.
+STOCK_OF_VARIANT = ("CASE WHEN {known} OR listed_quantity IS NULL OR {total} >= listed_quantity THEN {total}"
+                    " ELSE listed_quantity END")
+
 # Each entry migrates the schema from version i to i + 1 (PRAGMA user_version).
 SQLITE_MIGRATIONS: tuple[str, ...] = (
     """
@@ -159,6 +174,13 @@ SQLITE_MIGRATIONS: tuple[str, ...] = (
     " dedupe_key TEXT NOT NULL, quantity INTEGER NOT NULL, received_at TEXT NOT NULL,"
     " PRIMARY KEY (shop, adjustment_key));"
     " CREATE INDEX pending_refunds_by_line ON pending_refunds (shop, dedupe_key);",
+    # Stock levels no longer hide what a location never heard from holds (`STOCK_OF_VARIANT`): each variant keeps
+    # its products payload's total, and each level whether a backfill read it with the item's other locations'. A
+    # variant's total is taken from its stock as stored (a sum of the levels heard, if one replaced the payload's),
+    # until its product's next payload.
+    "ALTER TABLE variants ADD COLUMN listed_quantity INTEGER;"
+    " UPDATE variants SET listed_quantity = inventory_quantity WHERE tracked = 1;"
+    " ALTER TABLE inventory_levels ADD COLUMN all_locations INTEGER NOT NULL DEFAULT 0;",
 )
 
 # Every table that holds a shop's data, in both backends: what redact_shop empties.
@@ -1080,17 +1102,21 @@ class SQLiteEventStore(SharedQueries):
                              (shop, adjustment, refund.order_id, line, refund.quantity, iso_utc(delivery.received_at)))
         for level in changes.inventory_levels:
             conn.execute(
-                "INSERT INTO inventory_levels (shop, inventory_item_id, location_id, available) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT (shop, inventory_item_id, location_id) DO UPDATE SET available = excluded.available",
-                (shop, level.inventory_item_id, level.location_id, level.available),
+                "INSERT INTO inventory_levels (shop, inventory_item_id, location_id, available, all_locations)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (shop, inventory_item_id, location_id) DO UPDATE SET"
+                " available = excluded.available, all_locations = MAX(all_locations, excluded.all_locations)",
+                (shop, level.inventory_item_id, level.location_id, level.available, int(level.all_locations)),
             )
             total = conn.execute(
-                "SELECT SUM(available), COUNT(available) FROM inventory_levels WHERE shop = ? AND inventory_item_id = ?",
+                "SELECT SUM(available), COUNT(available), MAX(all_locations) FROM inventory_levels"
+                " WHERE shop = ? AND inventory_item_id = ?",
                 (shop, level.inventory_item_id),
             ).fetchone()
-            if total[1]:  # at least one location tracks it: the sum is the variant's stock
-                conn.execute("UPDATE variants SET inventory_quantity = ?, tracked = 1"
-                             " WHERE shop = ? AND inventory_item_id = ?", (total[0], shop, level.inventory_item_id))
+            if total[1]:  # at least one location tracks it: the stock follows the levels (`STOCK_OF_VARIANT`)
+                stock = STOCK_OF_VARIANT.format(known="?", total="?")
+                conn.execute(f"UPDATE variants SET inventory_quantity = {stock}, tracked = 1"
+                             " WHERE shop = ? AND inventory_item_id = ?",
+                             (total[2], total[0], total[0], shop, level.inventory_item_id))
         for link in changes.identity_links:
             conn.execute("INSERT OR REPLACE INTO identity_links (shop, anonymous_id, customer_id) VALUES (?, ?, ?)",
                          (shop, link.anonymous_id, link.customer_id))
@@ -1138,11 +1164,12 @@ class SQLiteEventStore(SharedQueries):
              p.product_type, p.vendor, iso_utc(p.updated_at)),
         )
         conn.execute("DELETE FROM variants WHERE shop = ? AND product_id = ?", (p.shop, p.product_id))
-        conn.executemany(
+        conn.executemany(  # the payload's total is also the floor the stock levels keep (`STOCK_OF_VARIANT`)
             "INSERT OR REPLACE INTO variants (shop, variant_id, product_id, inventory_item_id, inventory_quantity,"
-            " tracked, continue_selling) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [(p.shop, v.variant_id, p.product_id, v.inventory_item_id, v.inventory_quantity, int(v.tracked),
-              int(v.continue_selling)) for v in p.variants],
+            " listed_quantity, tracked, continue_selling) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [(p.shop, v.variant_id, p.product_id, v.inventory_item_id, v.inventory_quantity,
+              v.inventory_quantity if v.tracked else None, int(v.tracked), int(v.continue_selling))
+             for v in p.variants],
         )
 
     def shops(self) -> list[str]:

@@ -38,7 +38,8 @@ from recommender.errors import ConfigError, StoreError
 from recommender.changes import ChangeSet, Delivery, Event, RefundLine
 from recommender.events import CatalogProduct, EventKind, order_line_key
 from recommender.store import (
-    EVENT_EXPORT_COLUMNS, KINDS, NOT_FOR_SALE, TOPICS_NOT_PROVING_INSTALL, UNSELLABLE_SQL, ActivityBucket, Interaction,
+    EVENT_EXPORT_COLUMNS, KINDS, NOT_FOR_SALE, STOCK_OF_VARIANT, TOPICS_NOT_PROVING_INSTALL, UNSELLABLE_SQL,
+    ActivityBucket, Interaction,
     SharedQueries, customer_export, export_json, iso_utc, not_from_pixel, of_one_shop, refund_adjustment_key,
     require_aware,
 )
@@ -190,6 +191,11 @@ POSTGRES_MIGRATIONS: tuple[str, ...] = (
     " dedupe_key text NOT NULL, quantity integer NOT NULL, received_at timestamptz NOT NULL,"
     " PRIMARY KEY (shop, adjustment_key));"
     " CREATE INDEX pending_refunds_by_line ON pending_refunds (shop, dedupe_key);",
+    # Each variant's products payload total and each level's "read with every location's" (recommender.store's
+    # migration 8, `STOCK_OF_VARIANT`).
+    "ALTER TABLE variants ADD COLUMN listed_quantity bigint;"
+    " UPDATE variants SET listed_quantity = inventory_quantity WHERE tracked;"
+    " ALTER TABLE inventory_levels ADD COLUMN all_locations boolean NOT NULL DEFAULT false;",
 )
 
 # Advisory lock keys. Migrations take one 64-bit key for the whole database; writes take (namespace, key) pairs, a
@@ -368,7 +374,8 @@ _PRODUCT_CONFLICT = (
 _VARIANT_CONFLICT = (
     " ON CONFLICT (shop, variant_id) DO UPDATE SET product_id = excluded.product_id,"
     " inventory_item_id = excluded.inventory_item_id, inventory_quantity = excluded.inventory_quantity,"
-    " tracked = excluded.tracked, continue_selling = excluded.continue_selling"
+    " listed_quantity = excluded.listed_quantity, tracked = excluded.tracked,"
+    " continue_selling = excluded.continue_selling"
 )
 # `apply_many` for a page of catalog upserts (a backfill's), set-wise: its products' locks in one statement, the
 # page's delivery rows in one, every product in one upsert (each row's own check), the variants of the products it
@@ -398,11 +405,13 @@ _VARIANT_ROWS = ("json_to_recordset(%(variants)s::json) AS v (variant_id text, p
 
 
 def _variants_upserted(rows: str) -> str:
-    """Each variant of `rows` (a FROM item naming them `v`) of `%(shop)s` inserted, or its row updated."""
-    return ("INSERT INTO variants (shop, variant_id, product_id, inventory_item_id, inventory_quantity, tracked,"
-            " continue_selling)"
-            " SELECT %(shop)s, v.variant_id, v.product_id, v.inventory_item_id, v.inventory_quantity, v.tracked,"
-            " v.continue_selling FROM " + rows + _VARIANT_CONFLICT)
+    """Each variant of `rows` (a FROM item naming them `v`) of `%(shop)s` inserted, or its row updated; the payload's
+    total is also the floor the stock levels keep (`STOCK_OF_VARIANT`)."""
+    return ("INSERT INTO variants (shop, variant_id, product_id, inventory_item_id, inventory_quantity,"
+            " listed_quantity, tracked, continue_selling)"
+            " SELECT %(shop)s, v.variant_id, v.product_id, v.inventory_item_id, v.inventory_quantity,"
+            " CASE WHEN v.tracked THEN v.inventory_quantity END, v.tracked, v.continue_selling FROM " + rows
+            + _VARIANT_CONFLICT)
 
 
 _PAGE_PRODUCTS = _products_upserted()
@@ -429,19 +438,23 @@ _APPLY_CATALOG = (
     " SELECT EXISTS (SELECT FROM delivery), 0"
 )
 
-# A page of stock levels (`_apply_inventory_page`): each level upserted, then each item's sum over the locations
-# that track it written to its variants (none tracking it: the variants keep what they had).
-_LEVEL_ROWS = "json_to_recordset(%(levels)s::json) AS l (inventory_item_id text, location_id text, available bigint)"
+# A page of stock levels (`_apply_inventory_page`): each level upserted, then each item's stock from its levels
+# (`STOCK_OF_VARIANT`: their sum over the locations that track it, or the products payload's total while it is more
+# and not every location is known) written to its variants (none tracking it: the variants keep what they had).
+_LEVEL_ROWS = ("json_to_recordset(%(levels)s::json) AS l (inventory_item_id text, location_id text, available bigint,"
+               " all_locations boolean)")
 _LEVELS_UPSERTED = (
-    "INSERT INTO inventory_levels (shop, inventory_item_id, location_id, available)"
-    " SELECT %(shop)s, l.inventory_item_id, l.location_id, l.available FROM {rows}"
-    " ON CONFLICT (shop, inventory_item_id, location_id) DO UPDATE SET available = excluded.available"
+    "INSERT INTO inventory_levels (shop, inventory_item_id, location_id, available, all_locations)"
+    " SELECT %(shop)s, l.inventory_item_id, l.location_id, l.available, l.all_locations FROM {rows}"
+    " ON CONFLICT (shop, inventory_item_id, location_id) DO UPDATE SET available = excluded.available,"
+    " all_locations = inventory_levels.all_locations OR excluded.all_locations"
 )
 _PAGE_LEVELS = _LEVELS_UPSERTED.format(rows=_LEVEL_ROWS)
 _STOCK_FROM = (
-    "UPDATE variants SET inventory_quantity = s.total, tracked = true"
-    " FROM (SELECT inventory_item_id, SUM(available)::bigint AS total, COUNT(available) AS tracking"
-    " FROM {levels} GROUP BY inventory_item_id) AS s"
+    "UPDATE variants SET inventory_quantity = " + STOCK_OF_VARIANT.format(known="s.known", total="s.total") + ","
+    " tracked = true"
+    " FROM (SELECT inventory_item_id, SUM(available)::bigint AS total, COUNT(available) AS tracking,"
+    " bool_or(all_locations) AS known FROM {levels} GROUP BY inventory_item_id) AS s"
     " WHERE variants.shop = %(shop)s AND variants.inventory_item_id = s.inventory_item_id AND s.tracking > 0"
 )
 _STOCK_OF_ITEMS = _STOCK_FROM.format(
@@ -465,18 +478,21 @@ _STOCK_LOCKS = (
     " FROM variants AS v WHERE v.shop = %(shop)s AND v.inventory_item_id = ANY(%(items)s)"
     " ORDER BY namespace, key) AS k"
 )
-# Then, in one statement: the delivery row and, only if it is new, its levels upserted, each item's sum over its
-# locations written to its variants (the levels stored before at the other locations, with the new ones: the
-# statement does not see its own upsert) and the install mark. The `sellable` flags follow in a statement of their own.
+# Then, in one statement: the delivery row and, only if it is new, its levels upserted, each item's stock from its
+# locations' levels written to its variants (the levels stored before at the other locations, with the new ones: the
+# statement does not see its own upsert; whether every location is known, from the levels stored before at any of
+# them, the replaced ones too, and the new ones) and the install mark. The `sellable` flags follow in a statement of
+# their own.
 _APPLY_LEVELS = (
     "WITH " + _DELIVERY_ROW + ","
     " l AS (SELECT l.* FROM " + _LEVEL_ROWS + " WHERE EXISTS (SELECT FROM delivery)),"
     " level AS (" + _LEVELS_UPSERTED.format(rows="l") + "),"
     " stock AS (" + _STOCK_FROM.format(levels=(
-        "(SELECT i.inventory_item_id, i.available FROM inventory_levels AS i WHERE i.shop = %(shop)s"
-        " AND i.inventory_item_id IN (SELECT inventory_item_id FROM l) AND NOT EXISTS (SELECT FROM l"
-        " WHERE l.inventory_item_id = i.inventory_item_id AND l.location_id = i.location_id)"
-        " UNION ALL SELECT inventory_item_id, available FROM l) AS a")) + "),"
+        "(SELECT i.inventory_item_id, CASE WHEN NOT EXISTS (SELECT FROM l WHERE l.inventory_item_id ="
+        " i.inventory_item_id AND l.location_id = i.location_id) THEN i.available END AS available, i.all_locations"
+        " FROM inventory_levels AS i WHERE i.shop = %(shop)s"
+        " AND i.inventory_item_id IN (SELECT inventory_item_id FROM l)"
+        " UNION ALL SELECT inventory_item_id, available, all_locations FROM l) AS a")) + "),"
     + _INSTALLED_BY_DELIVERY +
     " SELECT EXISTS (SELECT FROM delivery), 0"
 )
@@ -568,7 +584,7 @@ def _variant_rows(products: Sequence[CatalogProduct]) -> str:
 def _level_rows(levels) -> str:
     """`%(levels)s` of `_LEVEL_ROWS`: the stock levels as one JSON array."""
     return json.dumps([{"inventory_item_id": level.inventory_item_id, "location_id": level.location_id,
-                        "available": level.available} for level in levels])
+                        "available": level.available, "all_locations": level.all_locations} for level in levels])
 
 
 def _nothing_but(changes: ChangeSet, *kinds: str) -> bool:
@@ -641,8 +657,9 @@ def _links_page(items: Sequence[tuple[Delivery, ChangeSet]]) -> bool:
 
 
 def _inventory_page(items: Sequence[tuple[Delivery, ChangeSet]]) -> bool:
-    """Deliveries of inventory levels alone (inventory_levels/update), of one shop, no inventory item twice: what
-    `apply_many` may store set-wise with the same outcome as one delivery after another."""
+    """Deliveries of inventory levels alone (inventory_levels/update, a backfill's levels), of one shop, no level (an
+    inventory item at a location) twice: what `apply_many` may store set-wise (every level, then each item's stock
+    from all of its levels) with the same outcome as one delivery after another."""
     if not items:
         return False
     shop = items[0][0].shop
@@ -650,7 +667,7 @@ def _inventory_page(items: Sequence[tuple[Delivery, ChangeSet]]) -> bool:
     if any(delivery.shop != shop or not c.inventory_levels or not _nothing_but(c, "inventory_levels")
            for delivery, c in items):
         return False
-    return len({level.inventory_item_id for level in levels}) == len(levels)
+    return len({(level.inventory_item_id, level.location_id) for level in levels}) == len(levels)
 
 
 def _utc(moment: datetime | None) -> datetime | None:
@@ -1249,18 +1266,13 @@ class PostgresEventStore(SharedQueries):
             self._send_adjustments(conn, shop, (), [(refund, delivery.received_at)])
         for level in changes.inventory_levels:  # under the item's advisory lock (apply)
             conn.execute(
-                "INSERT INTO inventory_levels (shop, inventory_item_id, location_id, available) VALUES (%s, %s, %s, %s)"
-                " ON CONFLICT (shop, inventory_item_id, location_id) DO UPDATE SET available = excluded.available",
-                (shop, level.inventory_item_id, level.location_id, level.available),
+                "INSERT INTO inventory_levels (shop, inventory_item_id, location_id, available, all_locations)"
+                " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (shop, inventory_item_id, location_id) DO UPDATE SET"
+                " available = excluded.available,"
+                " all_locations = inventory_levels.all_locations OR excluded.all_locations",
+                (shop, level.inventory_item_id, level.location_id, level.available, level.all_locations),
             )
-            total, tracked_locations = conn.execute(
-                "SELECT SUM(available)::bigint, COUNT(available) FROM inventory_levels"
-                " WHERE shop = %s AND inventory_item_id = %s",
-                (shop, level.inventory_item_id),
-            ).fetchone()
-            if tracked_locations:  # at least one location tracks it: the sum is the variant's stock
-                conn.execute("UPDATE variants SET inventory_quantity = %s, tracked = true"
-                             " WHERE shop = %s AND inventory_item_id = %s", (total, shop, level.inventory_item_id))
+            conn.execute(_STOCK_OF_ITEMS, {"shop": shop, "items": [level.inventory_item_id]})
         for link in changes.identity_links:  # under the cart token's advisory lock (apply)
             conn.execute(
                 "INSERT INTO identity_links (shop, anonymous_id, customer_id) VALUES (%s, %s, %s)"
@@ -1294,12 +1306,13 @@ class PostgresEventStore(SharedQueries):
         if applied is None:
             return
         conn.execute("DELETE FROM variants WHERE shop = %s AND product_id = %s", (p.shop, p.product_id))
-        with conn.cursor() as cursor:
+        with conn.cursor() as cursor:  # the payload's total is also the floor the stock levels keep
             cursor.executemany(
-                "INSERT INTO variants (shop, variant_id, product_id, inventory_item_id, inventory_quantity, tracked,"
-                " continue_selling) VALUES (%s, %s, %s, %s, %s, %s, %s)" + _VARIANT_CONFLICT,
-                [(p.shop, v.variant_id, p.product_id, v.inventory_item_id, v.inventory_quantity, v.tracked,
-                  v.continue_selling) for v in p.variants],
+                "INSERT INTO variants (shop, variant_id, product_id, inventory_item_id, inventory_quantity,"
+                " listed_quantity, tracked, continue_selling) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+                + _VARIANT_CONFLICT,
+                [(p.shop, v.variant_id, p.product_id, v.inventory_item_id, v.inventory_quantity,
+                  v.inventory_quantity if v.tracked else None, v.tracked, v.continue_selling) for v in p.variants],
             )
 
     # --- reads --------------------------------------------------------------------------------

@@ -17,11 +17,12 @@ from recommender.changes import Delivery
 from recommender.settings import Secret
 from recommender.store import SQLiteEventStore
 from tests.conftest import SHOP, order_payload
+from tests.postgres_schema import temporary_schema
 from webhooks.backfill import (
     BACKOFF_SECONDS, BackfillConfig, BackfillError, bucket_pause, check_base_url, parse_call_limit,
     retry_after_seconds, run_backfill,
 )
-from webhooks.topics import TopicContext, order_created, refund_created
+from webhooks.topics import TopicContext, inventory_level_updated, order_created, refund_created
 
 TOKEN = "shpat_test_token_never_printed"
 API = "/admin/api/2026-04"
@@ -63,6 +64,23 @@ ORDERS = [
     REFUNDED,  # one line, half of it refunded: weight 0.5
     order(5006, 2, [8003, 8001], "2025-03-06T10:00:00Z"),
 ]
+# Every location's level of the products' inventory items (product id × 100), as inventory_levels.json serves them:
+# the truth the payloads' `inventory_quantity` (3 for each) no longer tells.
+def level(item: int, location: int, available: int | None, updated_at: str = "2025-02-01T00:00:00Z") -> dict:
+    return {"inventory_item_id": item, "location_id": location, "available": available, "updated_at": updated_at,
+            "admin_graphql_api_id": f"gid://shopify/InventoryLevel/{item}?inventory_item_id={location}"}
+
+
+LEVELS = [
+    level(800100, 1, 3), level(800100, 2, 0),  # 3 in all, as the payload says
+    level(800200, 1, 0), level(800200, 2, 0),  # sold out since the payload said 3
+    level(800300, 1, 2), level(800300, 2, 5),  # 7
+    level(800400, 1, 4),  # a draft product's
+    level(800500, 2, 1),  # one location only
+    level(999900, 1, 50),  # an item of no product served: never requested
+]
+EXPECTED_LEVELS = 8
+EXPECTED_STOCK = {"8001": 3, "8002": 0, "8003": 7, "8004": 4, "8005": 1}
 EXPECTED_EVENTS = 9  # product lines of the six orders since SINCE
 EXPECTED_COUNTING = 8  # the cancelled order's line counts for nothing
 PAGE = 2  # records per page in these tests: 3 pages of products, 3 of orders
@@ -84,6 +102,7 @@ class FakeAdminApi:
 
     products: list[dict]
     orders: list[dict]
+    levels: list[dict] = field(default_factory=list)
     port: int = 0
     requests: list[Seen] = field(default_factory=list)
     inject: dict[tuple[str, int], list[int]] = field(default_factory=dict)  # (resource, page) → statuses first
@@ -106,13 +125,19 @@ class FakeAdminApi:
             return None
         if headers.get("x-shopify-access-token") != TOKEN:
             return self._error(seen, 401, {"errors": "[API] Invalid API key or access token"})
-        if resource not in ("products", "orders") or not path.startswith(API):
+        if resource not in ("products", "orders", "inventory_levels") or not path.startswith(API):
             return self._error(seen, 404, {"errors": "Not Found"})
         if "page_info" in query:
             if set(query) - {"page_info", "limit", "fields"}:
                 return self._error(seen, 400, {"errors": {"page_info": "Invalid with other filters"}})
             cursor_resource, records, offset = self.cursors[query["page_info"][0]]
             assert cursor_resource == resource
+        elif resource == "inventory_levels":  # inventory_item_ids (at most 50) or location_ids is required
+            items = query.get("inventory_item_ids", [""])[0].split(",")
+            if set(query) - {"inventory_item_ids", "limit"} or not 1 <= len(items) <= 50:
+                return self._error(seen, 422, {"errors": "inventory_item_ids: 1 to 50 ids"})
+            records = [lvl for lvl in self.levels if str(lvl["inventory_item_id"]) in items]
+            offset = 0
         else:
             records = self.products if resource == "products" else self.orders
             if resource == "orders":
@@ -173,7 +198,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def admin_api():
-    api = FakeAdminApi(PRODUCTS, ORDERS)
+    api = FakeAdminApi(PRODUCTS, ORDERS, LEVELS)
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     server.api = api  # type: ignore[attr-defined]
     api.port = server.server_address[1]
@@ -196,7 +221,7 @@ class RecordedSleep:
 
 def config_for(api: FakeAdminApi, tmp_path: Path, **options) -> BackfillConfig:
     return BackfillConfig.from_options(SHOP, {"SHOPIFY_ADMIN_TOKEN": TOKEN}, since=SINCE, base_url=api.base_url,
-                                       state_path=tmp_path / "state.json", page_size=PAGE, **options)
+                                       state_path=tmp_path / "state.json", **{"page_size": PAGE, **options})
 
 
 def backfill(api, store, tmp_path, sleep=None, **options) -> dict:
@@ -220,19 +245,21 @@ def test_backfill_fetches_every_page_in_order_and_stores_what_was_served(admin_a
 
     summary = backfill(admin_api, store, tmp_path, sleep)
 
-    assert admin_api.served == [("products", 0), ("products", 1), ("products", 2),
-                                ("orders", 0), ("orders", 1), ("orders", 2)]
-    first_products, first_orders = admin_api.requests[0], admin_api.requests[4]
+    assert [page for page in admin_api.served if page[0] != "inventory_levels"] == [
+        ("products", 0), ("products", 1), ("products", 2), ("orders", 0), ("orders", 1), ("orders", 2)]
+    main_requests = [seen for seen in admin_api.requests if seen.resource != "inventory_levels"]
+    first_products, first_orders = main_requests[0], main_requests[4]
     assert first_products.query == {"limit": ["2"]}
     assert first_orders.query == {"limit": ["2"], "status": ["any"], "created_at_min": ["2025-01-01T00:00:00+00:00"]}
-    cursor_requests = [seen for seen in admin_api.requests if "page_info" in seen.query]
+    cursor_requests = [seen for seen in main_requests if "page_info" in seen.query]
     assert len(cursor_requests) == 6  # pages 2 and 3 of each, and the two retried ones
     assert all(set(seen.query) == {"page_info", "limit"} for seen in cursor_requests)
     assert all(seen.headers["x-shopify-access-token"] == TOKEN for seen in admin_api.requests)
-    assert [seen.answered for seen in admin_api.requests] == [200, 500, 200, 200, 200, 429, 200, 200]
+    assert [seen.answered for seen in main_requests] == [200, 500, 200, 200, 200, 429, 200, 200]
     assert sleep.calls == [BACKOFF_SECONDS, 1.5, 2.5]  # the 500's backoff, the 39/40 bucket drain, Retry-After
-    assert summary == {"shop": SHOP, "products": 5, "orders": 6, "events": EXPECTED_EVENTS, "duplicates": 0,
-                       "skipped": 0, "pages": 6, "retries": 2, "resumed": False}
+    assert summary == {"shop": SHOP, "products": 5, "inventory_levels": EXPECTED_LEVELS, "orders": 6,
+                       "events": EXPECTED_EVENTS, "duplicates": 0, "skipped": 0, "pages": 6 + 5, "retries": 2,
+                       "resumed": False}  # 5 pages of levels: 4 and 3 levels in pages of 2, then 1
     assert store.count_events(SHOP) == EXPECTED_EVENTS
     catalog = store.products(SHOP)
     assert sorted(catalog) == ["8001", "8002", "8003", "8004", "8005"]
@@ -253,7 +280,8 @@ def test_running_again_stores_nothing_new(admin_api, store, tmp_path):
     again = backfill(admin_api, store, tmp_path)
 
     assert stored_totals(store) == before
-    assert (again["products"], again["orders"], again["events"], again["duplicates"]) == (0, 0, 0, 11)
+    assert (again["products"], again["inventory_levels"], again["orders"], again["events"], again["duplicates"]) == (
+        0, 0, 0, 0, 11 + EXPECTED_LEVELS)
 
 
 def test_an_order_already_received_by_webhook_is_not_counted_twice(admin_api, store, tmp_path):
@@ -283,13 +311,100 @@ def test_bug_a_refund_received_by_webhook_before_the_backfill_of_its_order_still
     assert [i.weight_factor for i in store.interactions(SHOP) if i.order_id == "5005"] == [0.5]
 
 
+# --- stock levels -------------------------------------------------------------------------------------
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def either_store(request, tmp_path):
+    if request.param == "sqlite":
+        opened = SQLiteEventStore(tmp_path / "events.sqlite3")
+        yield opened
+        opened.close()
+    else:
+        from recommender.store_postgres import PostgresEventStore
+
+        with temporary_schema() as url:  # skips without TEST_POSTGRES_URL
+            opened = PostgresEventStore(url)
+            yield opened
+            opened.close()
+
+
+def stock(store) -> dict[str, int]:
+    return {pid: product.variants[0].inventory_quantity for pid, product in store.products(SHOP).items()}
+
+
+def stock_webhook(store, webhook_id: str, item: int, location: int, available: int) -> None:
+    changes = inventory_level_updated(TopicContext(SHOP, "inventory_levels/update", webhook_id),
+                                      {"inventory_item_id": item, "location_id": location, "available": available})
+    store.apply(Delivery(SHOP, webhook_id, "inventory_levels/update"), changes)
+
+
+def test_bug_the_backfill_reads_every_locations_level_so_a_stock_webhook_then_sums_them_exactly(
+        admin_api, either_store, tmp_path):
+    # Arrange: product 8001's item holds 3 at location 1 and 0 at location 2 (the payload's total: 3). Before the
+    # fix, the backfill read no level: location 2's first webhook (0) became the variant's whole stock
+    store = either_store
+
+    # Act
+    summary = backfill(admin_api, store, tmp_path)
+
+    # Assert: each page of products brought its items' levels, by inventory_item_ids, paged by its cursors, whatever
+    # --since says (it limits orders)
+    assert stock(store) == EXPECTED_STOCK
+    assert "8002" in store.unsellable_product_ids(SHOP)  # the payload said 3; every location says 0
+    level_requests = [seen for seen in admin_api.requests if seen.resource == "inventory_levels"]
+    firsts = [seen.query for seen in level_requests if "page_info" not in seen.query]
+    assert firsts == [{"inventory_item_ids": ["800100,800200"], "limit": ["2"]},
+                      {"inventory_item_ids": ["800300,800400"], "limit": ["2"]},
+                      {"inventory_item_ids": ["800500"], "limit": ["2"]}]
+    assert len(level_requests) == 5 and summary["inventory_levels"] == EXPECTED_LEVELS
+
+    # Act / Assert: location 2 counts 0 again: location 1 still holds 3; then location 1 sells out: none left
+    stock_webhook(store, "wh-8001-at-2", 800100, 2, 0)
+    assert stock(store)["8001"] == 3 and "8001" not in store.unsellable_product_ids(SHOP)
+    stock_webhook(store, "wh-8001-at-1", 800100, 1, 0)
+    assert stock(store)["8001"] == 0 and "8001" in store.unsellable_product_ids(SHOP)
+    stock_webhook(store, "wh-8001-at-2-again", 800100, 2, 4)
+    assert stock(store)["8001"] == 4 and "8001" not in store.unsellable_product_ids(SHOP)
+
+
+def test_levels_are_requested_50_inventory_items_at_a_time(admin_api, store, tmp_path):
+    # Arrange: one page of 120 products, two variants each (240 items), three locations stocking the first item
+    admin_api.products = [{**product(9000 + n), "variants": [
+        {"id": (9000 + n) * 10 + k, "price": "1.00", "inventory_item_id": (9000 + n) * 100 + k,
+         "inventory_quantity": 3} for k in (1, 2)]} for n in range(120)]
+    admin_api.levels = [level(900001, location, 1) for location in (1, 2, 3)]
+    admin_api.orders = []
+
+    # Act
+    summary = backfill(admin_api, store, tmp_path, page_size=250)
+
+    # Assert
+    batches = [seen.query["inventory_item_ids"][0].split(",") for seen in admin_api.requests
+               if seen.resource == "inventory_levels"]
+    assert [len(batch) for batch in batches] == [50, 50, 50, 50, 40]
+    assert [item for batch in batches for item in batch] == [
+        str((9000 + n) * 100 + k) for n in range(120) for k in (1, 2)]
+    assert summary["inventory_levels"] == 3
+    assert store.products(SHOP)["9000"].variants[0].inventory_quantity == 3  # the three locations' 1 each
+
+
+def test_a_token_that_may_not_read_inventory_is_told_which_scope_it_needs(admin_api, store, tmp_path):
+    admin_api.inject = {("inventory_levels", 0): [403]}
+
+    with pytest.raises(BackfillError, match="read_inventory scope") as raised:
+        backfill(admin_api, store, tmp_path)
+
+    assert raised.value.status == 403
+    assert store.products(SHOP) == {}  # the page's levels are read before the page is stored
+
+
 # --- interruption and resuming ------------------------------------------------------------------------
 
 def test_a_backfill_cut_off_by_the_server_resumes_from_the_state_file(admin_api, store, tmp_path):
     reference_store = SQLiteEventStore(tmp_path / "reference.sqlite3")
     reference = backfill(admin_api, reference_store, tmp_path / "reference")
     admin_api.requests.clear()
-    admin_api.drop_after_pages = len(admin_api.served) + 4  # products' three pages and the first of orders
+    admin_api.drop_after_pages = len(admin_api.served) + 9  # products' three pages, their levels', the first of orders
     state_file = tmp_path / "state.json"
 
     with pytest.raises(BackfillError, match="gave up after 5 retries"):
@@ -341,8 +456,8 @@ def test_ctrl_c_in_the_middle_of_a_page_resumes_with_the_same_totals(admin_api, 
     reference_store = SQLiteEventStore(tmp_path / "reference.sqlite3")
     reference = backfill(admin_api, reference_store, tmp_path / "reference")
 
-    with pytest.raises(KeyboardInterrupt):  # the 5 products, then the 2nd order of the first orders page
-        backfill(admin_api, InterruptedStore(store, interrupt_at=7), tmp_path)
+    with pytest.raises(KeyboardInterrupt):  # the 5 products and their 8 levels, then the first orders page's 2nd
+        backfill(admin_api, InterruptedStore(store, interrupt_at=5 + EXPECTED_LEVELS + 2), tmp_path)
     assert (tmp_path / "state.json").exists()
     assert len(store.products(SHOP)) == 5 and store.count_events(SHOP) == 0  # the page was rolled back whole
     resumed = backfill(admin_api, store, tmp_path)
@@ -355,7 +470,7 @@ def test_ctrl_c_in_the_middle_of_a_page_resumes_with_the_same_totals(admin_api, 
 
 def test_a_state_file_of_other_options_is_refused_by_name(admin_api, store, tmp_path):
     with pytest.raises(KeyboardInterrupt):  # in the first page of orders, the products stored
-        backfill(admin_api, InterruptedStore(store, interrupt_at=7), tmp_path)
+        backfill(admin_api, InterruptedStore(store, interrupt_at=5 + EXPECTED_LEVELS + 2), tmp_path)
 
     with pytest.raises(BackfillError, match="belongs to a backfill with .*since='2025-01-01T00:00:00\\+00:00'"):
         run_backfill(BackfillConfig.from_options(SHOP, {"SHOPIFY_ADMIN_TOKEN": TOKEN}, since="2024-01-01",
@@ -424,7 +539,8 @@ def test_cli_prints_the_summary_as_json(admin_api, env, tmp_path, monkeypatch, c
     out = capsys.readouterr()
     assert code == 0, out.err
     summary = json.loads(out.out)
-    assert (summary["products"], summary["orders"], summary["events"], summary["pages"]) == (5, 6, EXPECTED_EVENTS, 2)
+    assert (summary["products"], summary["inventory_levels"], summary["orders"], summary["events"],
+            summary["pages"]) == (5, EXPECTED_LEVELS, 6, EXPECTED_EVENTS, 3)  # one page each of all three
     assert admin_api.requests[0].query["limit"] == ["250"]
     assert store_of(None).count_events(SHOP) == EXPECTED_EVENTS
     assert TOKEN not in out.out + out.err

@@ -344,11 +344,13 @@ def test_unsellable_products_are_never_returned(shop, change):
 
 
 def test_a_product_back_in_stock_reappears_without_retraining(shop):
-    level = {"inventory_item_id": 30100, "location_id": 7, "available": 0, "updated_at": "2026-11-01T00:00:00Z"}
-    post_webhook(shop, "inventory_levels/update", level)
+    later = datetime(2026, 11, 1, tzinfo=timezone.utc)
+    post_webhook(shop, "products/update", product_payload(301, quantity=0, product_type="Gear", vendor="Brew Lab",
+                                                          updated_at=later))
     assert 301 not in ids(ask(shop, intent="complementary", product_ids="101", n=3))
 
-    post_webhook(shop, "inventory_levels/update", {**level, "available": 4})
+    level = {"inventory_item_id": 30100, "location_id": 7, "available": 4, "updated_at": "2026-11-02T00:00:00Z"}
+    post_webhook(shop, "inventory_levels/update", level)
 
     assert ids(ask(shop, intent="complementary", product_ids="101", n=3))[0] == 301
 

@@ -714,14 +714,14 @@ def test_a_checkout_link_rekeys_the_guests_past_and_future_events(any_store):
     assert {link["anonymous_id"] for link in any_store.export_customer(SHOP, "c9")["identity_links"]} == {"tok"}
 
 
-def test_the_stock_of_a_variant_is_the_sum_over_its_locations(any_store):
+def test_the_stock_of_a_variant_is_the_sum_over_its_locations_once_every_location_is_known(any_store):
     # Arrange
     any_store.apply(delivery("wh-p"), ChangeSet(upsert_products=(CatalogProduct(SHOP, "10", variants=(
         CatalogVariant("101", "9001", 99, tracked=False), CatalogVariant("102", "9002", 5, tracked=True))),)))
 
-    def level(webhook_id, item, location, available):
-        any_store.apply(delivery(webhook_id, topic="inventory_levels/update"),
-                        ChangeSet(inventory_levels=(InventoryLevel(item, location, available),)))
+    def level(webhook_id, item, location, available):  # as a backfill reads them: with every location's
+        any_store.apply(delivery(webhook_id, topic="backfill/inventory_levels"),
+                        ChangeSet(inventory_levels=(InventoryLevel(item, location, available, all_locations=True),)))
 
     def stock() -> dict[str, tuple]:
         return {v.variant_id: (v.inventory_quantity, v.tracked) for v in any_store.products(SHOP)["10"].variants}
@@ -741,9 +741,11 @@ def test_the_stock_of_a_variant_is_the_sum_over_its_locations(any_store):
 
 
 def test_the_for_sale_snapshot_follows_inventory_levels_both_ways(any_store):
-    # Arrange: a published product with one tracked variant in stock
+    # Arrange: a published product with one tracked variant in stock, its one location's level read by a backfill
     any_store.apply(delivery("wh-p", topic="products/create"), ChangeSet(upsert_products=(CatalogProduct(
         SHOP, "10", published_at=T0, variants=(CatalogVariant("101", "9001", 2, tracked=True),)),)))
+    any_store.apply(delivery("backfill-level", topic="backfill/inventory_levels"),
+                    ChangeSet(inventory_levels=(InventoryLevel("9001", "loc", 2, all_locations=True),)))
 
     def level(webhook_id, available):
         any_store.apply(delivery(webhook_id, topic="inventory_levels/update"),
@@ -755,6 +757,67 @@ def test_the_for_sale_snapshot_follows_inventory_levels_both_ways(any_store):
     assert any_store.unsellable_product_ids(SHOP) == {"10"}
     level("wh-2", 4)
     assert any_store.unsellable_product_ids(SHOP) == set()
+
+
+def stock_of(store, product_id: str = "10") -> int:
+    return store.products(SHOP)[product_id].variants[0].inventory_quantity
+
+
+def stock_level(store, webhook_id: str, location: str, available: int, all_locations: bool = False) -> None:
+    topic = "backfill/inventory_levels" if all_locations else "inventory_levels/update"
+    store.apply(delivery(webhook_id, topic=topic),
+                ChangeSet(inventory_levels=(InventoryLevel("9001", location, available, all_locations),)))
+
+
+def in_stock_at_two_locations(store, listed: int = 5) -> None:
+    """Product 10, published, one tracked variant (item 9001) whose products payload says `listed` in all."""
+    store.apply(delivery("wh-p", topic="products/create"), ChangeSet(upsert_products=(CatalogProduct(
+        SHOP, "10", published_at=T0, variants=(CatalogVariant("101", "9001", listed, tracked=True),)),)))
+
+
+def test_bug_one_locations_stock_webhook_does_not_hide_what_a_location_never_heard_from_holds(any_store):
+    # Arrange: location A holds 5, location B 0; the products payload says 5 in all. Before the fix, B's first
+    # webhook (0) became the variant's whole stock, and the product left every answer as sold out
+    in_stock_at_two_locations(any_store)
+
+    # Act / Assert: B counts 0; A was never heard from: the payload's 5 stand
+    stock_level(any_store, "wh-b-0", "B", 0)
+    assert stock_of(any_store) == 5 and any_store.unsellable_product_ids(SHOP) == set()
+    # A reports 0 too: A and B are all the webhooks name, not (without a backfill) all the locations there are
+    stock_level(any_store, "wh-a-0", "A", 0)
+    assert stock_of(any_store) == 5 and any_store.unsellable_product_ids(SHOP) == set()
+    # A level may raise the stock above the payload's total: what the locations heard from hold is there for sale
+    stock_level(any_store, "wh-a-8", "A", 8)
+    assert stock_of(any_store) == 8
+    # the next products payload, Shopify's total over every location, sells it out
+    any_store.apply(delivery("wh-p-0", topic="products/update"), ChangeSet(upsert_products=(CatalogProduct(
+        SHOP, "10", published_at=T0, updated_at=T0, variants=(CatalogVariant("101", "9001", 0, tracked=True),)),)))
+    assert any_store.unsellable_product_ids(SHOP) == {"10"}
+
+
+def test_a_stock_webhook_can_bring_a_sold_out_variant_back_before_its_locations_are_known(any_store):
+    in_stock_at_two_locations(any_store, listed=0)
+    assert any_store.unsellable_product_ids(SHOP) == {"10"}
+
+    stock_level(any_store, "wh-b-3", "B", 3)
+
+    assert stock_of(any_store) == 3 and any_store.unsellable_product_ids(SHOP) == set()
+
+
+def test_with_every_locations_level_backfilled_stock_webhooks_sum_exactly(any_store):
+    # Arrange: the backfill read A's 5 and B's 0
+    in_stock_at_two_locations(any_store)
+    stock_level(any_store, "backfill-a", "A", 5, all_locations=True)
+    stock_level(any_store, "backfill-b", "B", 0, all_locations=True)
+
+    # Act / Assert: B counts 0: A's 5 are still for sale; then A sells out after B: none left
+    stock_level(any_store, "wh-b-0", "B", 0)
+    assert stock_of(any_store) == 5 and any_store.unsellable_product_ids(SHOP) == set()
+    stock_level(any_store, "wh-a-0", "A", 0)
+    assert stock_of(any_store) == 0 and any_store.unsellable_product_ids(SHOP) == {"10"}
+    stock_level(any_store, "wh-b-2", "B", 2)
+    stock_level(any_store, "wh-c-1", "C", 1)  # a location opened since the backfill: it adds up too
+    assert stock_of(any_store) == 3 and any_store.unsellable_product_ids(SHOP) == set()
 
 
 def test_two_variants_selling_out_at_once_leave_their_product_unsellable(any_store):
@@ -769,10 +832,10 @@ def test_two_variants_selling_out_at_once_leave_their_product_unsellable(any_sto
             CatalogProduct(SHOP, pid, published_at=T0, variants=variants),)))
         assert pid not in any_store.unsellable_product_ids(SHOP)
 
-        # Act: both sell out, delivered at the same moment
+        # Act: both sell out (each at its only location, as a backfill read it), delivered at the same moment
         in_threads(2, lambda i: any_store.apply(
             delivery(f"wh-{pid}-{i}", topic="inventory_levels/update"),
-            ChangeSet(inventory_levels=(InventoryLevel(f"{pid}-item-{'ab'[i]}", "loc", 0),))))
+            ChangeSet(inventory_levels=(InventoryLevel(f"{pid}-item-{'ab'[i]}", "loc", 0, all_locations=True),))))
 
         # Assert
         assert pid in any_store.unsellable_product_ids(SHOP)
@@ -1322,6 +1385,39 @@ def test_an_upgraded_database_knows_which_of_its_stored_products_are_for_sale(tm
     # Assert
     try:
         assert store.unsellable_product_ids(SHOP) == {"sold-out"}
+    finally:
+        store.close()
+
+
+def test_an_upgraded_database_keeps_each_variants_payload_total_as_its_stocks_floor(tmp_path):
+    # Arrange: a file at the version before migration 8, a variant in stock (5) and one untracked
+    path = tmp_path / "events.sqlite3"
+    conn = sqlite3.connect(path)
+    before_floor = next(i for i, script in enumerate(SQLITE_MIGRATIONS) if "listed_quantity" in script)
+    for script in SQLITE_MIGRATIONS[:before_floor]:
+        conn.executescript(script)
+    conn.execute("INSERT INTO products (shop, product_id, title, handle, status, published_at, product_type,"
+                 " vendor) VALUES (?, '10', '', '', 'active', '2024-03-01T12:00:00.000000+00:00', '', '')", (SHOP,))
+    conn.execute("INSERT INTO variants VALUES (?, '101', '10', '9001', 5, 1, 0)", (SHOP,))
+    conn.execute("INSERT INTO variants VALUES (?, '102', '10', '9002', 7, 0, 0)", (SHOP,))
+    conn.execute("INSERT INTO inventory_levels VALUES (?, '9002', 'A', 1)", (SHOP,))
+    conn.execute(f"PRAGMA user_version = {before_floor}")
+    conn.commit()
+    conn.close()
+
+    # Act: one location reports 0 for the tracked variant, 2 for the untracked one
+    store = SQLiteEventStore(path)
+    try:
+        stock_level(store, "wh-b-0", "B", 0)
+        store.apply(delivery("wh-9002", topic="inventory_levels/update"),
+                    ChangeSet(inventory_levels=(InventoryLevel("9002", "B", 2),)))
+
+        # Assert
+        assert raw(store, "PRAGMA user_version") == [(len(SQLITE_MIGRATIONS),)]
+        assert {v.variant_id: v.inventory_quantity for v in store.products(SHOP)["10"].variants} == {
+            "101": 5, "102": 3}  # the payload's 5 stand; the untracked one had no floor: A's 1 and B's 2
+        assert raw(store, "SELECT all_locations FROM inventory_levels ORDER BY inventory_item_id, location_id") == [
+            (0,), (0,), (0,)]
     finally:
         store.close()
 

@@ -229,6 +229,33 @@ def test_an_upgraded_schema_keeps_a_refund_that_comes_before_its_order(schema_ur
         store.close()
 
 
+def test_an_upgraded_schema_keeps_each_variants_payload_total_as_its_stocks_floor(schema_url):
+    from recommender.store_postgres import POSTGRES_MIGRATIONS
+
+    # Arrange: a schema at the version before migration 8, a variant in stock (5) and one untracked
+    schema_at_version(schema_url, next(k for k, script in enumerate(POSTGRES_MIGRATIONS)
+                                       if "listed_quantity" in script))
+    run(schema_url, "INSERT INTO products (shop, product_id, title, handle, status, published_at, product_type,"
+                    " vendor) VALUES (%s, '10', '', '', 'active', now(), '', '')", (SHOP,))
+    run(schema_url, "INSERT INTO variants VALUES (%s, '101', '10', '9001', 5, true, false)", (SHOP,))
+    run(schema_url, "INSERT INTO variants VALUES (%s, '102', '10', '9002', 7, false, false)", (SHOP,))
+    run(schema_url, "INSERT INTO inventory_levels VALUES (%s, '9002', '1', 1)", (SHOP,))
+
+    # Act: one location reports 0 for the tracked variant, 2 for the untracked one
+    store = open_event_store(schema_url)
+    try:
+        for item, available in (("9001", 0), ("9002", 2)):
+            store.apply(*webhook("inventory_levels/update", {"inventory_item_id": item, "location_id": 2,
+                                                             "available": available}, f"wh-{item}"))
+
+        # Assert: the payload's 5 stand; the untracked one had no floor: location 1's 1 and location 2's 2
+        assert {v.variant_id: v.inventory_quantity for v in store.products(SHOP)["10"].variants} == {
+            "101": 5, "102": 3}
+        assert store.unsellable_product_ids(SHOP) == set()
+    finally:
+        store.close()
+
+
 @pytest.mark.parametrize("built_by_hand", [False, True], ids=["migrated", "index-built-concurrently-first"])
 def test_an_upgraded_schema_reads_a_shoppers_latest_events_through_an_index_in_their_order(schema_url, built_by_hand):
     from recommender.changes import Event
@@ -774,6 +801,15 @@ def webhook(topic: str, payload: dict, webhook_id: str) -> tuple[Delivery, Chang
     return Delivery(SHOP, webhook_id, topic), TRANSLATORS[topic](TopicContext(SHOP, topic, webhook_id), payload)
 
 
+def read_with_every_location(delivery: tuple[Delivery, ChangeSet]) -> tuple[Delivery, ChangeSet]:
+    """A stock level as a backfill stores it: read with every other location's level of its item."""
+    from dataclasses import replace
+
+    stored, changes = delivery
+    return stored, replace(changes, inventory_levels=tuple(
+        replace(level, all_locations=True) for level in changes.inventory_levels))
+
+
 def sqlite_beside(pg_store, tmp_path, before) -> SQLiteEventStore:
     """A SQLite store beside `pg_store`, both holding the deliveries `before`, stored one at a time."""
     sqlite = SQLiteEventStore(tmp_path / "events.sqlite3")
@@ -847,9 +883,9 @@ def test_a_webhooks_write_waits_for_postgresql_once_per_answer_it_needs(counted_
     assert stored == expected == ([None] * 3 if kind == "redelivery" else [events] * 3)
     assert answers(store) == answers(sqlite)
     assert store.unsellable_product_ids(SHOP) == sqlite.unsellable_product_ids(SHOP)
-    if kind == "inventory level":  # product k's first variant now holds k % 5 units, its other two still 5
+    if kind == "inventory level":  # k % 5 units at one location, the others never heard from: the payload's 5 stand
         assert [[v.inventory_quantity for v in store.products(SHOP)[str(8_000_000_000_000 + k)].variants]
-                for k in range(3)] == [[0, 5, 5], [1, 5, 5], [2, 5, 5]]
+                for k in range(3)] == [[5, 5, 5]] * 3
         assert store.unsellable_product_ids(SHOP) == set()  # product 0's other variants are still for sale
     if kind == "checkout":  # each cart's three events joined to the checkout's customer
         assert {i.user_key for i in store.interactions(SHOP)} == {f"c:{7_000_000_000_000 + k}" for k in range(3)}
@@ -913,7 +949,8 @@ def test_a_stock_level_waits_for_its_products_lock_which_it_finds_on_the_server(
     from recommender.store_postgres import _product_lock
 
     prepare(pg_store, "inventory level", SHOP, 1)
-    (delivery, changes), = deliveries("inventory level", SHOP, 1)  # 0 units of that item: the variant sells out
+    # 0 units of that item, read with its other locations' (none): the variant sells out
+    (delivery, changes), = map(read_with_every_location, deliveries("inventory level", SHOP, 1))
     writer = psycopg.connect(schema_url)
     namespace, key = _product_lock(SHOP, "8000000000000")
     writer.execute("SELECT pg_advisory_xact_lock(%s, %s)", (namespace, key))
@@ -954,9 +991,8 @@ def test_a_redelivery_and_an_update_that_keeps_the_flag_leave_the_products_row_u
     # Act
     again = pg_store.apply(delivery, changes)
     after_redelivery = run(schema_url, version, (SHOP,))
-    pg_store.apply(Delivery(SHOP, "stock-0", "inventory_levels/update"), ChangeSet(inventory_levels=(
-        TRANSLATORS["inventory_levels/update"](TopicContext(SHOP, "inventory_levels/update", "stock-0"), {
-            "inventory_item_id": 46_000_000_000_000, "location_id": 1, "available": 3}).inventory_levels)))
+    pg_store.apply(*read_with_every_location(webhook("inventory_levels/update", {  # its only location: 3 in all
+        "inventory_item_id": 46_000_000_000_000, "location_id": 1, "available": 3}, "stock-0")))
     after_stock = run(schema_url, version, (SHOP,))
 
     # Assert: neither changed the flag, so neither wrote the row (before, each wrote a new version of it)
@@ -986,6 +1022,32 @@ def test_a_page_of_250_products_or_orders_waits_three_times_or_twice(counted_sto
     assert len(store.products(SHOP)) == 250 and store.count_events(SHOP) == 750
 
 
+def test_a_backfills_page_of_levels_at_three_locations_of_each_item_waits_twice(counted_store, tmp_path):
+    # Arrange: 50 products in stock (the payload: 5 each), each item's three levels as the backfill reads them
+    from webhooks.backfill import LEVELS_TOPIC, level_changes, level_webhook_id
+
+    store, relay = counted_store
+    for pid in range(1, 51):
+        store.apply(*webhook("products/create", {
+            "id": pid, "status": "active", "published_at": "2026-10-01T00:00:00Z",
+            "variants": [{"id": pid * 10, "inventory_item_id": pid * 100, "inventory_quantity": 5}]}, f"wh-p{pid}"))
+    levels = [{"inventory_item_id": pid * 100, "location_id": location, "available": pid % 3 if location == 1 else 0,
+               "updated_at": "2026-11-01T00:00:00Z"} for pid in range(1, 51) for location in (1, 2, 3)]
+    page = [(Delivery(SHOP, webhook_id, LEVELS_TOPIC), level_changes(SHOP, level, webhook_id))
+            for level, webhook_id in ((level, level_webhook_id(level)) for level in levels)]
+
+    # Act
+    relay.reset()
+    stored = store.apply_many(page)
+    turns = relay.turns
+
+    # Assert: set-wise, each variant's stock the exact sum of its three locations
+    assert turns == 2 and stored == [0] * 150
+    assert {pid: product.variants[0].inventory_quantity for pid, product in store.products(SHOP).items()} == {
+        str(pid): pid % 3 for pid in range(1, 51)}
+    assert store.unsellable_product_ids(SHOP) == {str(pid) for pid in range(3, 51, 3)}
+
+
 def stock_levels_and_what_came_before() -> tuple[list, list]:
     """(deliveries stored before, inventory_levels/update deliveries) with a known outcome for each."""
     def product(pid):
@@ -999,10 +1061,10 @@ def stock_levels_and_what_came_before() -> tuple[list, list]:
                 "updated_at": "2026-11-01T00:00:00Z"}
 
     before = [webhook("products/create", product(1), "wh-p1"), webhook("products/create", product(2), "wh-p2"),
-              webhook("inventory_levels/update", level(100, 2, 2), "wh-100-at-2")]
+              read_with_every_location(webhook("inventory_levels/update", level(100, 2, 2), "wh-100-at-2"))]
     levels = [
         webhook("inventory_levels/update", level(100, 1, 0), "wh-100-at-1"),  # 0 here, 2 at location 2: 2 in all
-        webhook("inventory_levels/update", level(200, 1, 0), "wh-200-at-1"),  # its only location: none left
+        webhook("inventory_levels/update", level(200, 1, 0), "wh-200-at-1"),  # other locations unknown: keeps 3
         webhook("inventory_levels/update", level(999, 1, 5), "wh-999-at-1"),  # an item no variant stocks
         webhook("inventory_levels/update", level(100, 2, 9), "wh-100-at-2"),  # a redelivery: ignored
     ]
@@ -1021,13 +1083,13 @@ def test_stock_levels_stored_set_wise_answer_as_one_delivery_after_another(pg_st
     one_by_one, set_wise = stored_each_way(sqlite, pg_store, levels, together)
 
     # Assert
-    assert _inventory_page(levels[:3]) and all(_inventory_page([level]) for level in levels)
-    assert not _inventory_page(levels)  # item 100 twice: the page goes delivery by delivery
+    assert _inventory_page(levels) and all(_inventory_page([level]) for level in levels)
+    assert not _inventory_page([*levels, levels[0]])  # one item at one location twice: delivery by delivery
     assert set_wise == one_by_one == [0, 0, 0, None]
     assert answers(pg_store) == answers(sqlite)
     products = pg_store.products(SHOP)
-    assert (products["1"].variants[0].inventory_quantity, products["2"].variants[0].inventory_quantity) == (2, 0)
-    assert pg_store.unsellable_product_ids(SHOP) == sqlite.unsellable_product_ids(SHOP) == {"2"}
+    assert (products["1"].variants[0].inventory_quantity, products["2"].variants[0].inventory_quantity) == (2, 3)
+    assert pg_store.unsellable_product_ids(SHOP) == sqlite.unsellable_product_ids(SHOP) == set()
     sqlite.close()
 
 
@@ -1230,7 +1292,7 @@ def test_a_page_of_stock_levels_answers_as_one_delivery_after_another(pg_store, 
     page = [
         level(100, 1, 0, "wh-100-at-1"),  # 0 here, 2 at location 2: 2 in all
         level(200, 1, None, "wh-200-at-1"),  # its only location tracks nothing: the variant keeps its 3
-        level(300, 1, 0, "wh-300-at-1"),  # none left: product 3 is not for sale
+        read_with_every_location(level(300, 1, 0, "wh-300-at-1")),  # its only location, none left: not for sale
         level(400, 1, 1, "wh-400"),  # a redelivery: the level stays 7
         level(500, 1, 4, "wh-twice"), level(600, 1, 4, "wh-twice"),  # one webhook id twice: the first one counts
     ]

@@ -1,4 +1,4 @@
-"""Backfill a shop's past products and orders through Shopify's REST Admin API.
+"""Backfill a shop's past products and orders, and its stock, through Shopify's REST Admin API.
 
 `python -m recommender backfill --shop X` pages through `products.json` and
 `orders.json` and stores each record through the webhook translators
@@ -8,6 +8,15 @@ one delivery whose webhook id is derived from the record
 (`backfill:orders:<id>:<updated_at>`), so a re-run stores nothing new, a record
 changed since the last run is applied again, and an order already received by
 webhook adds no events (its lines dedupe on their keys).
+
+Each page of products brings every location's stock level of its variants' inventory items
+(`inventory_levels.json?inventory_item_ids=`, 50 items a request, paged), stored after the page
+as `inventory_levels/update` stores one (`inventory_level_updated`), each marked as read with
+all of its item's locations: from then on the item's stock is the sum of its levels, exactly,
+where webhooks alone, one location at a time, cannot know the locations never heard from
+(`recommender.store.STOCK_OF_VARIANT`). Levels are read in the products pass so that a resumed
+run needs no cursor of its own for them: a page's levels are fetched before the page is stored.
+`--since` limits orders only: a level is the current count, however long ago it last changed.
 
 Pages follow the `Link: <...>; rel="next"` URL exactly as given: a page_info
 request may carry only `limit` and `fields`, so the filters live in the first
@@ -40,7 +49,9 @@ from recommender.model_store import check_shop_domain
 from recommender.settings import Secret
 from recommender.store import EventStore
 from webhooks import MalformedPayload, WebhookError
-from webhooks.topics import TopicContext, order_created, product_upserted, refund_created, shopify_id
+from webhooks.topics import (
+    TopicContext, inventory_level_updated, order_created, product_upserted, refund_created, shopify_id,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +59,8 @@ DEFAULT_API_VERSION = "2026-04"
 DEFAULT_TOKEN_ENV = "SHOPIFY_ADMIN_TOKEN"
 RESOURCES = ("products", "orders")  # the catalog first, so orders land on known products
 PAGE_SIZE = 250  # Shopify's maximum: fewer pages, fewer calls against the bucket
+LEVELS = "inventory_levels"  # read with each page of products, for its inventory items (not a pass of its own)
+ITEMS_PER_LEVELS_REQUEST = 50  # Shopify's maximum of inventory_item_ids in one inventory_levels.json request
 LEAK_PER_SECOND = 2.0  # the standard plan's REST bucket drains 2 calls/s (higher plans drain faster)
 BUCKET_HEADROOM = 4  # keep this many calls free in the bucket; a fuller bucket means a pause first
 DEFAULT_RETRY_AFTER = 2.0  # seconds, when a 429 comes without Retry-After
@@ -76,6 +89,7 @@ class BackfillConfig:
     token: Secret
     api_version: str = DEFAULT_API_VERSION
     since: datetime | None = None  # orders created at or after this (UTC); None: every order the token may read
+    # (products and stock levels are always read whole)
     base_url: str = ""  # "" means https://{shop}; tests point it at a loopback server
     state_path: Path | None = None  # None means ./data/backfill-<shop>.json
     page_size: int = PAGE_SIZE
@@ -99,7 +113,7 @@ class BackfillConfig:
         token = env.get(token_env)
         if not token:
             raise BackfillError(f"{token_env} is not set: export the Admin API access token of an app installed on "
-                                f"the shop (with read_products and read_orders) in {token_env}")
+                                f"the shop (with read_products, read_inventory and read_orders) in {token_env}")
         try:
             since_at = parse_timestamp(since, "--since") if since else None
         except InvalidEvent as exc:
@@ -125,6 +139,14 @@ def first_page_url(config: BackfillConfig, resource: str) -> str:
         if config.since is not None:
             params["created_at_min"] = config.since.isoformat()
     return f"{config.base_url}/admin/api/{config.api_version}/{resource}.json?{urlencode(params)}"
+
+
+def levels_url(config: BackfillConfig, inventory_item_ids: list[str]) -> str:
+    """The first request for every location's level of up to 50 inventory items; later pages follow its cursors."""
+    if not 1 <= len(inventory_item_ids) <= ITEMS_PER_LEVELS_REQUEST:
+        raise ValueError(f"1 to {ITEMS_PER_LEVELS_REQUEST} inventory items a request, got {len(inventory_item_ids)}")
+    params = {"inventory_item_ids": ",".join(inventory_item_ids), "limit": config.page_size}
+    return f"{config.base_url}/admin/api/{config.api_version}/{LEVELS}.json?{urlencode(params)}"
 
 
 def parse_call_limit(header: str | None) -> tuple[int, int] | None:
@@ -240,8 +262,8 @@ def _refusal(response: requests.Response, resource: str, config: BackfillConfig)
         return (f"Shopify refused the access token (401 Unauthorized) for {shop}: the token must be the Admin API "
                 f"access token of an app installed on this shop")
     if status == 403:
-        scope = ("read_products" if resource == "products"
-                 else "read_orders (and read_all_orders for orders older than 60 days)")
+        scope = {"products": "read_products", LEVELS: "read_inventory"}.get(
+            resource, "read_orders (and read_all_orders for orders older than 60 days)")
         return f"the access token may not read {resource} on {shop} (403 Forbidden): the app needs the {scope} scope"
     if status == 404:
         return (f"{resource} not found (404) at {config.base_url}/admin/api/{config.api_version}/: check the shop "
@@ -255,7 +277,7 @@ def _refusal(response: requests.Response, resource: str, config: BackfillConfig)
 
 # --- records → changes (values in, values out) -----------------------------------------------
 
-ORDERS_TOPIC, PRODUCTS_TOPIC = "backfill/orders", "backfill/products"
+ORDERS_TOPIC, PRODUCTS_TOPIC, LEVELS_TOPIC = "backfill/orders", "backfill/products", "backfill/inventory_levels"
 
 
 def backfill_webhook_id(resource: str, record: dict) -> str:
@@ -281,6 +303,39 @@ def product_changes(shop: str, product: dict, webhook_id: str) -> ChangeSet:
     return product_upserted(TopicContext(shop, PRODUCTS_TOPIC, webhook_id), product)
 
 
+def level_webhook_id(level: dict) -> str:
+    """A level has no id of its own: its item and location name it, its `updated_at` the version."""
+    item = shopify_id(level.get("inventory_item_id"), "inventory_item_id")
+    location = shopify_id(level.get("location_id"), "location_id")
+    updated_at = level.get("updated_at")
+    return (f"backfill:{LEVELS}:{item}:{location}"
+            + (f":{updated_at}" if isinstance(updated_at, str) and updated_at else ""))
+
+
+def level_changes(shop: str, level: dict, webhook_id: str) -> ChangeSet:
+    """The level as inventory_levels/update stores it, marked as read with every other location's of its item."""
+    changes = inventory_level_updated(TopicContext(shop, LEVELS_TOPIC, webhook_id), level)
+    return dataclasses.replace(changes, inventory_levels=tuple(
+        dataclasses.replace(stored, all_locations=True) for stored in changes.inventory_levels))
+
+
+def inventory_item_ids(products: list[dict]) -> list[str]:
+    """The inventory items of a page of products' variants, each once, in the page's order (malformed ids are left
+    to the products' own translation to report)."""
+    items: dict[str, None] = {}
+    for product in products:
+        variants = product.get("variants")
+        for variant in variants if isinstance(variants, list) else ():
+            try:
+                item = shopify_id(variant.get("inventory_item_id"), "inventory_item_id", required=False) \
+                    if isinstance(variant, dict) else None
+            except MalformedPayload:
+                continue
+            if item is not None:
+                items[item] = None
+    return list(items)
+
+
 _TRANSLATE = {"orders": (ORDERS_TOPIC, order_changes), "products": (PRODUCTS_TOPIC, product_changes)}
 
 
@@ -291,11 +346,12 @@ class BackfillTotals:
     """What this backfill stored, summed across resumed runs."""
 
     products: int = 0  # catalog rows stored (new to the backfill)
+    inventory_levels: int = 0  # stock levels (an item at a location) stored (new to the backfill)
     orders: int = 0  # orders stored (new to the backfill; one already received by webhook counts, its events not)
     events: int = 0  # purchase events that were new to the store
-    duplicates: int = 0  # records already stored by an earlier run
+    duplicates: int = 0  # records (levels too) already stored by an earlier run
     skipped: int = 0  # records Shopify sent that the translators refuse (logged)
-    pages: int = 0
+    pages: int = 0  # pages of products, orders and stock levels
     retries: int = 0  # 429 waits, 5xx and dropped connections retried
 
 
@@ -365,7 +421,14 @@ def run_backfill(config: BackfillConfig, store: EventStore, session: requests.Se
                 while url is not None:
                     try:
                         page = client.get_page(url, resource)
+                        # A page of products' stock levels are all fetched before the page is stored: an error
+                        # while reading them leaves nothing of the page stored, and the resumed run reads it again.
+                        levels, level_pages = (_read_levels(config, client, page.records) if resource == "products"
+                                               else ([], 0))
                         _store_page(config, store, resource, page.records, totals, bar)
+                        if levels:
+                            _store_levels(config, store, levels, totals)
+                        totals.pages += level_pages
                     except BaseException:
                         # A page is stored whole or not at all (EventStore.apply_many), and counted once stored:
                         # the resumed run fetches this page again.
@@ -410,6 +473,45 @@ def _store_page(config: BackfillConfig, store: EventStore, resource: str, record
             setattr(totals, resource, getattr(totals, resource) + 1)
             totals.events += stored
     bar.update(len(records))
+
+
+def _read_levels(config: BackfillConfig, client: AdminApiClient, products: list[dict]) -> tuple[list[dict], int]:
+    """Every location's level of the page's inventory items, each (item, location) once (the last one read, should
+    paging repeat one), and how many pages that took."""
+    items = inventory_item_ids(products)
+    levels: dict[tuple[Any, Any], dict] = {}
+    pages = 0
+    for start in range(0, len(items), ITEMS_PER_LEVELS_REQUEST):
+        url: str | None = levels_url(config, items[start:start + ITEMS_PER_LEVELS_REQUEST])
+        while url is not None:
+            page = client.get_page(url, LEVELS)
+            pages += 1
+            for level in page.records:
+                levels[(str(level.get("inventory_item_id")), str(level.get("location_id")))] = level
+            url = page.next_url
+    return list(levels.values()), pages
+
+
+def _store_levels(config: BackfillConfig, store: EventStore, levels: list[dict], totals: BackfillTotals) -> None:
+    """A page of products' stock levels, each one delivery, in one transaction (on PostgreSQL set-wise:
+    `apply_many`'s page of stock levels)."""
+    page, skipped = [], 0
+    for level in levels:
+        try:
+            webhook_id = level_webhook_id(level)
+            page.append((Delivery(shop=config.shop, webhook_id=webhook_id, topic=LEVELS_TOPIC),
+                         level_changes(config.shop, level, webhook_id)))
+        except (MalformedPayload, InvalidEvent) as exc:
+            skipped += 1
+            log.warning("skipped the stock level of item %r at location %r of %s: %s",
+                        level.get("inventory_item_id"), level.get("location_id"), config.shop, exc)
+    results = store.apply_many(page) if page else []
+    totals.skipped += skipped
+    for stored in results:
+        if stored is None:
+            totals.duplicates += 1
+        else:
+            totals.inventory_levels += 1
 
 
 def run_backfill_command(args: Any, env: Mapping[str, str], store: EventStore, sleep: Sleep = time.sleep) -> int:
