@@ -152,6 +152,21 @@ def post_webhook(client, topic: str, payload: dict, shop: str = SHOP, webhook_id
     return client.post("/webhooks", data=body, headers=signed_headers(body, topic, shop=shop, webhook_id=webhook_id))
 
 
+@contextlib.contextmanager
+def instance_counting_round_trips(monkeypatch, url: str):
+    """A new `app` instance (functions-framework's test client) whose event store, PostgreSQL at `url`, it reaches
+    through `bench.round_trips`' relay, which counts each time the client waits for the server: (client, relay)."""
+    from urllib.parse import urlsplit
+
+    from functions_framework import create_app
+
+    from bench.round_trips import RoundTripCounter
+
+    with RoundTripCounter(urlsplit(url).port or 5432) as relay:
+        monkeypatch.setenv("EVENT_STORE_URL", relay.url(url))
+        yield create_app(target="app", source=str(ROOT / "main.py")).test_client(), relay
+
+
 def versions_until_swapped(client, url: str, old: str, seconds: float = 30.0) -> list[str]:
     """`model_version` of `url`'s answers, asked again and again until it is no longer `old` (or `seconds` pass).
 

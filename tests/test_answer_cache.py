@@ -175,12 +175,7 @@ def test_a_shop_that_never_installed_gets_a_404_for_every_intent_even_with_a_mod
 
 def test_a_cached_answer_waits_for_no_round_trip_to_postgresql(app_client, monkeypatch):
     # Arrange: the planted shop stored and trained on PostgreSQL, then a new instance whose store is 50 ms away
-    from urllib.parse import urlsplit
-
-    from functions_framework import create_app
-
-    from bench.round_trips import RoundTripCounter
-    from tests.conftest import ROOT
+    from tests.conftest import instance_counting_round_trips
 
     with temporary_schema() as url:
         monkeypatch.setenv("EVENT_STORE_URL", url)
@@ -189,9 +184,7 @@ def test_a_cached_answer_waits_for_no_round_trip_to_postgresql(app_client, monke
         for order in planted_orders():
             post_webhook(app_client, "orders/create", order)
         assert app_client.post("/train", headers=AUTH).status_code == 200
-        with RoundTripCounter(urlsplit(url).port or 5432) as relay:
-            monkeypatch.setenv("EVENT_STORE_URL", relay.url(url))
-            instance = create_app(target="app", source=str(ROOT / "main.py")).test_client()
+        with instance_counting_round_trips(monkeypatch, url) as (instance, relay):
             answers, turns = [], []
 
             # Act

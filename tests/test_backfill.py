@@ -17,7 +17,6 @@ from recommender.changes import Delivery
 from recommender.settings import Secret
 from recommender.store import SQLiteEventStore
 from tests.conftest import SHOP, order_payload
-from tests.postgres_schema import temporary_schema
 from webhooks.backfill import (
     BACKOFF_SECONDS, BackfillConfig, BackfillError, bucket_pause, check_base_url, parse_call_limit,
     retry_after_seconds, run_backfill,
@@ -313,19 +312,14 @@ def test_bug_a_refund_received_by_webhook_before_the_backfill_of_its_order_still
 
 # --- stock levels -------------------------------------------------------------------------------------
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def either_store(request, tmp_path):
-    if request.param == "sqlite":
-        opened = SQLiteEventStore(tmp_path / "events.sqlite3")
-        yield opened
-        opened.close()
-    else:
-        from recommender.store_postgres import PostgresEventStore
+@pytest.fixture
+def either_store(event_store_url):
+    """The event store at conftest's `event_store_url`: SQLite, and PostgreSQL when TEST_POSTGRES_URL is set."""
+    from recommender.store import open_event_store
 
-        with temporary_schema() as url:  # skips without TEST_POSTGRES_URL
-            opened = PostgresEventStore(url)
-            yield opened
-            opened.close()
+    opened = open_event_store(event_store_url)
+    yield opened
+    opened.close()
 
 
 def stock(store) -> dict[str, int]:

@@ -209,19 +209,13 @@ def test_the_extension_posts_what_collect_accepts(installed):
 
 def test_a_beacon_waits_for_one_round_trip_to_postgresql_installed_or_not(app_client, monkeypatch):
     # Arrange: a shop installed on PostgreSQL (its first webhook), then an instance whose store is 50 ms away
-    from urllib.parse import urlsplit
-
-    from functions_framework import create_app
-
-    from bench.round_trips import RoundTripCounter
+    from tests.conftest import instance_counting_round_trips
     from tests.postgres_schema import temporary_schema
 
     with temporary_schema() as url:
         monkeypatch.setenv("EVENT_STORE_URL", url)
         assert post_webhook(app_client, "orders/create", order_payload(1, 2, [201])).status_code == 200
-        with RoundTripCounter(urlsplit(url).port or 5432) as relay:
-            monkeypatch.setenv("EVENT_STORE_URL", relay.url(url))
-            instance = create_app(target="app", source=str(ROOT / "main.py")).test_client()
+        with instance_counting_round_trips(monkeypatch, url) as (instance, relay):
             assert collect(instance, viewed("rt-0", "5")).status_code == 200  # the connection opened
             answers, turns = [], []
 

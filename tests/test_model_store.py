@@ -395,34 +395,43 @@ def gcs(gcs_emulator, monkeypatch) -> GCS:
     return GCS(open_model_store(f"gs://{BUCKET}/{prefix}"), storage.Client().bucket(BUCKET), prefix, gcs_emulator)
 
 
-def conflicting_client(uploads: list, fail_on: str):
-    """A real google Client whose blobs record every upload's if_generation_match and answer 412 for `fail_on`.
-
-    The emulator accepts if_generation_match but does not enforce it, so it never answers 412 the way Cloud
-    Storage does when the precondition fails. This Blob subclass stands in for exactly that answer: it raises
-    google.api_core's own PreconditionFailed at the upload of `fail_on`, and sends every other upload on to
-    the emulator unchanged.
-    """
-    from google.api_core.exceptions import PreconditionFailed
+def client_with_uploads(upload):
+    """A real google Client whose blobs' `upload_from_string` is `upload(blob, send, kwargs)`, where `send()` makes the
+    real upload (to the emulator): a test double of the client's answers alone, the emulator doing the work."""
     from google.cloud import storage
 
-    class PreconditionBlob(storage.Blob):
+    class StandInBlob(storage.Blob):
         def upload_from_string(self, data, *args, **kwargs):
-            uploads.append((self.name.rsplit("/", 1)[-1], kwargs.get("if_generation_match")))
-            if self.name.endswith(f"/{fail_on}"):
-                raise PreconditionFailed(f"POST {self.name}: At least one of the pre-conditions you specified did"
-                                         " not hold. (raised by the test double)")
-            return super().upload_from_string(data, *args, **kwargs)
+            return upload(self, lambda: super(StandInBlob, self).upload_from_string(data, *args, **kwargs), kwargs)
 
-    class PreconditionBucket(storage.Bucket):
+    class StandInBucket(storage.Bucket):
         def blob(self, blob_name, *args, **kwargs):
-            return PreconditionBlob(blob_name, self, *args, **kwargs)
+            return StandInBlob(blob_name, self, *args, **kwargs)
 
-    class PreconditionClient(storage.Client):
+    class StandInClient(storage.Client):
         def bucket(self, bucket_name, user_project=None, generation=None):
-            return PreconditionBucket(self, bucket_name, user_project=user_project, generation=generation)
+            return StandInBucket(self, bucket_name, user_project=user_project, generation=generation)
 
-    return PreconditionClient()
+    return StandInClient()
+
+
+def conflicting_client(uploads: list, fail_on: str):
+    """A client whose blobs record every upload's if_generation_match and answer 412 for `fail_on`.
+
+    The emulator accepts if_generation_match but does not enforce it, so it never answers 412 the way Cloud
+    Storage does when the precondition fails. This stands in for exactly that answer: google.api_core's own
+    PreconditionFailed at the upload of `fail_on`, every other upload sent on to the emulator unchanged.
+    """
+    from google.api_core.exceptions import PreconditionFailed
+
+    def upload(blob, send, kwargs):
+        uploads.append((blob.name.rsplit("/", 1)[-1], kwargs.get("if_generation_match")))
+        if blob.name.endswith(f"/{fail_on}"):
+            raise PreconditionFailed(f"POST {blob.name}: At least one of the pre-conditions you specified did"
+                                     " not hold. (raised by the test double)")
+        return send()
+
+    return client_with_uploads(upload)
 
 
 @pytest.mark.parametrize("shop", ["../evil", "Evil.myshopify.com", ""])
@@ -520,27 +529,17 @@ def test_gcs_pointer_moved_by_another_trainer_is_a_publish_conflict_that_leaves_
 
 
 def answer_lost_client(error: BaseException):
-    """A real google Client whose move of an existing `latest` is made on the emulator, and then `error` is raised as
-    the client's answer: what google-cloud-storage shows when the write was made and its answer lost (its retry
-    finds the generation moved: 412), or its retries run out (a connection reset)."""
-    from google.cloud import storage
+    """A client whose move of an existing `latest` is made on the emulator, and then `error` is raised as its answer:
+    what google-cloud-storage shows when the write was made and its answer lost (its retry finds the generation
+    moved: 412), or its retries run out (a connection reset)."""
 
-    class AnswerLostBlob(storage.Blob):
-        def upload_from_string(self, data, *args, **kwargs):
-            made = super().upload_from_string(data, *args, **kwargs)
-            if self.name.endswith("/latest.json") and kwargs.get("if_generation_match"):
-                raise error
-            return made
+    def upload(blob, send, kwargs):
+        made = send()
+        if blob.name.endswith("/latest.json") and kwargs.get("if_generation_match"):
+            raise error
+        return made
 
-    class AnswerLostBucket(storage.Bucket):
-        def blob(self, blob_name, *args, **kwargs):
-            return AnswerLostBlob(blob_name, self, *args, **kwargs)
-
-    class AnswerLostClient(storage.Client):
-        def bucket(self, bucket_name, user_project=None, generation=None):
-            return AnswerLostBucket(self, bucket_name, user_project=user_project, generation=generation)
-
-    return AnswerLostClient()
+    return client_with_uploads(upload)
 
 
 @pytest.mark.parametrize("lost", ["412 on the retry", "connection reset"])

@@ -4,6 +4,7 @@
 PostgreSQL store in a fresh schema (tests/postgres_schema.py); every contract test runs on both.
 """
 
+import contextlib
 import json
 import random
 import sqlite3
@@ -1363,21 +1364,29 @@ def test_reopening_the_same_file_keeps_the_schema_unchanged(tmp_path):
         again.close()
 
 
+@contextlib.contextmanager
+def sqlite_file_before(path, marker: str):
+    """A SQLite file migrated up to the first migration whose script holds `marker`, not including it: the
+    connection, for the test's rows; on leaving, the file is left at that version, as the code before it left it."""
+    conn = sqlite3.connect(path)
+    version = next(i for i, script in enumerate(SQLITE_MIGRATIONS) if marker in script)
+    for script in SQLITE_MIGRATIONS[:version]:
+        conn.executescript(script)
+    yield conn
+    conn.execute(f"PRAGMA user_version = {version}")
+    conn.commit()
+    conn.close()
+
+
 def test_an_upgraded_database_knows_which_of_its_stored_products_are_for_sale(tmp_path):
     # Arrange: a file at the version before the `sellable` flag, holding a product for sale and a sold-out one
     path = tmp_path / "events.sqlite3"
-    conn = sqlite3.connect(path)
-    sellable = next(i for i, script in enumerate(SQLITE_MIGRATIONS) if "ADD COLUMN sellable" in script)
-    for script in SQLITE_MIGRATIONS[:sellable]:
-        conn.executescript(script)
-    for pid in ("in-stock", "sold-out"):
-        conn.execute("INSERT INTO products (shop, product_id, title, handle, status, published_at, product_type, vendor)"
-                     " VALUES (?, ?, '', '', 'active', '2024-03-01T12:00:00.000000+00:00', '', '')", (SHOP, pid))
-    conn.execute("INSERT INTO variants VALUES (?, 'v1', 'in-stock', 'i1', 2, 1, 0)", (SHOP,))
-    conn.execute("INSERT INTO variants VALUES (?, 'v2', 'sold-out', 'i2', 0, 1, 0)", (SHOP,))
-    conn.execute(f"PRAGMA user_version = {sellable}")
-    conn.commit()
-    conn.close()
+    with sqlite_file_before(path, "ADD COLUMN sellable") as conn:
+        for pid in ("in-stock", "sold-out"):
+            conn.execute("INSERT INTO products (shop, product_id, title, handle, status, published_at, product_type, vendor)"
+                         " VALUES (?, ?, '', '', 'active', '2024-03-01T12:00:00.000000+00:00', '', '')", (SHOP, pid))
+        conn.execute("INSERT INTO variants VALUES (?, 'v1', 'in-stock', 'i1', 2, 1, 0)", (SHOP,))
+        conn.execute("INSERT INTO variants VALUES (?, 'v2', 'sold-out', 'i2', 0, 1, 0)", (SHOP,))
 
     # Act
     store = SQLiteEventStore(path)
@@ -1392,18 +1401,12 @@ def test_an_upgraded_database_knows_which_of_its_stored_products_are_for_sale(tm
 def test_an_upgraded_database_keeps_each_variants_payload_total_as_its_stocks_floor(tmp_path):
     # Arrange: a file at the version before migration 8, a variant in stock (5) and one untracked
     path = tmp_path / "events.sqlite3"
-    conn = sqlite3.connect(path)
-    before_floor = next(i for i, script in enumerate(SQLITE_MIGRATIONS) if "listed_quantity" in script)
-    for script in SQLITE_MIGRATIONS[:before_floor]:
-        conn.executescript(script)
-    conn.execute("INSERT INTO products (shop, product_id, title, handle, status, published_at, product_type,"
-                 " vendor) VALUES (?, '10', '', '', 'active', '2024-03-01T12:00:00.000000+00:00', '', '')", (SHOP,))
-    conn.execute("INSERT INTO variants VALUES (?, '101', '10', '9001', 5, 1, 0)", (SHOP,))
-    conn.execute("INSERT INTO variants VALUES (?, '102', '10', '9002', 7, 0, 0)", (SHOP,))
-    conn.execute("INSERT INTO inventory_levels VALUES (?, '9002', 'A', 1)", (SHOP,))
-    conn.execute(f"PRAGMA user_version = {before_floor}")
-    conn.commit()
-    conn.close()
+    with sqlite_file_before(path, "listed_quantity") as conn:
+        conn.execute("INSERT INTO products (shop, product_id, title, handle, status, published_at, product_type,"
+                     " vendor) VALUES (?, '10', '', '', 'active', '2024-03-01T12:00:00.000000+00:00', '', '')", (SHOP,))
+        conn.execute("INSERT INTO variants VALUES (?, '101', '10', '9001', 5, 1, 0)", (SHOP,))
+        conn.execute("INSERT INTO variants VALUES (?, '102', '10', '9002', 7, 0, 0)", (SHOP,))
+        conn.execute("INSERT INTO inventory_levels VALUES (?, '9002', 'A', 1)", (SHOP,))
 
     # Act: one location reports 0 for the tracked variant, 2 for the untracked one
     store = SQLiteEventStore(path)
@@ -1425,14 +1428,8 @@ def test_an_upgraded_database_keeps_each_variants_payload_total_as_its_stocks_fl
 def test_an_upgraded_database_keeps_a_refund_that_comes_before_its_order(tmp_path):
     # Arrange: a file at the version before pending refunds, which recorded refund 98's key
     path = tmp_path / "events.sqlite3"
-    conn = sqlite3.connect(path)
-    before_pending = next(i for i, script in enumerate(SQLITE_MIGRATIONS) if "pending_refunds" in script)
-    for script in SQLITE_MIGRATIONS[:before_pending]:
-        conn.executescript(script)
-    conn.execute("INSERT INTO adjustments VALUES (?, 'refund:98:line:500')", (SHOP,))
-    conn.execute(f"PRAGMA user_version = {before_pending}")
-    conn.commit()
-    conn.close()
+    with sqlite_file_before(path, "pending_refunds") as conn:
+        conn.execute("INSERT INTO adjustments VALUES (?, 'refund:98:line:500')", (SHOP,))
     earlier = {"id": 98, "order_id": 5, "refund_line_items": [{"line_item_id": 500, "quantity": 1}]}
 
     # Act: refund 98 again (applied before: not again) and refund 99, both before order 5 (a line of four units)
@@ -1504,15 +1501,9 @@ def test_a_thread_closes_its_own_sqlite_connection_and_the_store_stays_open(tmp_
 def test_an_upgraded_database_queues_its_installed_shops_for_training(tmp_path):
     # Arrange: a file at the version before the training columns, with two shops installed and one removed
     path = tmp_path / "events.sqlite3"
-    conn = sqlite3.connect(path)
-    before_queue = next(k for k, script in enumerate(SQLITE_MIGRATIONS) if "train_started_at" in script)
-    for script in SQLITE_MIGRATIONS[:before_queue]:
-        conn.executescript(script)
-    conn.executemany("INSERT INTO shop_state VALUES (?, ?, '2024-03-01T12:00:00.000000+00:00')",
-                     [("b.myshopify.com", 1), ("a.myshopify.com", 1), ("gone.myshopify.com", 0)])
-    conn.execute(f"PRAGMA user_version = {before_queue}")
-    conn.commit()
-    conn.close()
+    with sqlite_file_before(path, "train_started_at") as conn:
+        conn.executemany("INSERT INTO shop_state VALUES (?, ?, '2024-03-01T12:00:00.000000+00:00')",
+                         [("b.myshopify.com", 1), ("a.myshopify.com", 1), ("gone.myshopify.com", 0)])
 
     # Act
     store = SQLiteEventStore(path)
