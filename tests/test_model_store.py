@@ -550,8 +550,8 @@ def test_gcs_a_pointer_moved_with_its_answer_lost_is_published_and_its_files_kep
     from google.api_core.exceptions import PreconditionFailed
 
     gcs.store.publish(SHOP, artifact(V1))
-    error = (PreconditionFailed("At least one of the pre-conditions you specified did not hold.") if lost.startswith("412")
-             else requests.ConnectionError("Connection reset by peer"))
+    error = (PreconditionFailed("At least one of the pre-conditions you specified did not hold.")
+             if lost.startswith("412") else requests.ConnectionError("Connection reset by peer"))
     publisher = GCSModelStore(BUCKET, gcs.prefix, client=answer_lost_client(error))
 
     published = publisher.publish(SHOP, artifact(V2))

@@ -1383,8 +1383,9 @@ def test_an_upgraded_database_knows_which_of_its_stored_products_are_for_sale(tm
     path = tmp_path / "events.sqlite3"
     with sqlite_file_before(path, "ADD COLUMN sellable") as conn:
         for pid in ("in-stock", "sold-out"):
-            conn.execute("INSERT INTO products (shop, product_id, title, handle, status, published_at, product_type, vendor)"
-                         " VALUES (?, ?, '', '', 'active', '2024-03-01T12:00:00.000000+00:00', '', '')", (SHOP, pid))
+            conn.execute("INSERT INTO products (shop, product_id, title, handle, status, published_at, product_type,"
+                         " vendor) VALUES (?, ?, '', '', 'active', '2024-03-01T12:00:00.000000+00:00', '', '')",
+                         (SHOP, pid))
         conn.execute("INSERT INTO variants VALUES (?, 'v1', 'in-stock', 'i1', 2, 1, 0)", (SHOP,))
         conn.execute("INSERT INTO variants VALUES (?, 'v2', 'sold-out', 'i2', 0, 1, 0)", (SHOP,))
 
