@@ -1128,7 +1128,10 @@ class SQLiteEventStore(SharedQueries):
     def _mark_installed(conn: sqlite3.Connection, shop: str, happened_at: datetime) -> None:
         """A webhook arrived, so the app is installed; written only when that is news.
 
-        A retry of a delivery triggered before the shop uninstalled proves nothing: it is ignored.
+        A retry of a delivery triggered before the shop uninstalled proves nothing: it is ignored. `changed_at` is
+        when the delivery that changed the state happened by Shopify's clock (its X-Shopify-Triggered-At, else its
+        arrival), for install and uninstall alike: a delivery's processing time said a slow first webhook, triggered
+        before a quick uninstall, came after it, and the uninstall was taken for a stale one.
         """
         state = conn.execute("SELECT installed, changed_at FROM shop_state WHERE shop = ?", (shop,)).fetchone()
         if state is not None and not state[0] and state[1] and iso_utc(happened_at) <= state[1]:
@@ -1137,7 +1140,7 @@ class SQLiteEventStore(SharedQueries):
             conn.execute(
                 "INSERT INTO shop_state (shop, installed, changed_at) VALUES (?, 1, ?)"
                 " ON CONFLICT (shop) DO UPDATE SET installed = 1, changed_at = excluded.changed_at",
-                (shop, iso_utc(datetime.now(timezone.utc))),
+                (shop, iso_utc(happened_at)),  # Shopify's clock, as an uninstall's is compared with it
             )
 
     @staticmethod
@@ -1276,7 +1279,7 @@ class SQLiteEventStore(SharedQueries):
             conn.execute(
                 "INSERT INTO shop_state (shop, installed, changed_at) VALUES (?, 0, ?)"
                 " ON CONFLICT (shop) DO UPDATE SET installed = 0, changed_at = excluded.changed_at",
-                (delivery.shop, iso_utc(datetime.now(timezone.utc))),
+                (delivery.shop, iso_utc(delivery.happened_at)),
             )
             return True
 

@@ -221,14 +221,16 @@ _EVENT_COLUMNS = ("shop text, kind text, user_key text, customer_id text, anonym
 _EVENT_NAMES = ", ".join(column.split()[0] for column in _EVENT_COLUMNS.split(", "))
 # The shop marked installed by a delivery that happened at %(happened_at)s: written only when that is news, and
 # not by a delivery that happened before the shop's uninstall (a retry of one triggered while it was installed).
+# `changed_at` is when the delivery that changed the state happened (Shopify's clock), for install and uninstall
+# alike, as SQLite's `_mark_installed` writes it.
 _NOT_YET_INSTALLED = (" NOT EXISTS (SELECT FROM shop_state WHERE shop = %(shop)s"
                       " AND (installed OR changed_at >= %(happened_at)s))")
 # The check again on the conflicting row, locked: an uninstall committed since the statement's snapshot wins.
 _INSTALL_CONFLICT = (" ON CONFLICT (shop) DO UPDATE SET installed = true, changed_at = excluded.changed_at"
                      " WHERE NOT shop_state.installed AND (shop_state.changed_at IS NULL"
                      " OR shop_state.changed_at < %(happened_at)s)")
-_MARK_INSTALLED = ("INSERT INTO shop_state (shop, installed, changed_at) SELECT %(shop)s, true, now() WHERE"
-                   + _NOT_YET_INSTALLED + _INSTALL_CONFLICT)
+_MARK_INSTALLED = ("INSERT INTO shop_state (shop, installed, changed_at) SELECT %(shop)s, true, %(happened_at)s"
+                   " WHERE" + _NOT_YET_INSTALLED + _INSTALL_CONFLICT)
 # The proposed rows of an events statement: each guest's event (no customer id at all, a cart token; not a pixel's:
 # `not_from_pixel`) joined to the customer its token was linked to, as SQLite's `_insert_events` joins it (the
 # statement runs after the token's lock), and each event shrunk by the refunds kept for its dedupe key (`refunded`:
@@ -281,7 +283,7 @@ _DELIVERY_ROW = (
 )
 _INSTALLED_BY_DELIVERY = (
     " installed AS ("
-    " INSERT INTO shop_state (shop, installed, changed_at) SELECT %(shop)s, true, now()"
+    " INSERT INTO shop_state (shop, installed, changed_at) SELECT %(shop)s, true, %(happened_at)s"
     " WHERE %(proves_install)s AND EXISTS (SELECT FROM delivery) AND" + _NOT_YET_INSTALLED + _INSTALL_CONFLICT + ")"
 )
 
@@ -291,7 +293,7 @@ _INSTALLED_BY_DELIVERY = (
 _UNINSTALL = (
     "WITH " + _DELIVERY_ROW + ","
     " uninstalled AS ("
-    " INSERT INTO shop_state (shop, installed, changed_at) SELECT %(shop)s, false, now()"
+    " INSERT INTO shop_state (shop, installed, changed_at) SELECT %(shop)s, false, %(happened_at)s"
     " WHERE EXISTS (SELECT FROM delivery)"
     " ON CONFLICT (shop) DO UPDATE SET installed = false, changed_at = excluded.changed_at"
     " WHERE NOT shop_state.installed OR shop_state.changed_at <= %(happened_at)s RETURNING true)"

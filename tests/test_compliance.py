@@ -7,7 +7,7 @@ import json
 import os
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from cloudevents.http import CloudEvent, to_structured
@@ -235,6 +235,27 @@ def test_bug_a_late_app_uninstalled_does_not_uninstall_a_shop_installed_again_si
     assert served == 200, "the shop installed again is served"
     assert (later.status_code, later.json["status"]) == (200, "done")
     assert trending_status(client) == 404, "an uninstall after the reinstall stands"
+
+
+def test_bug_an_uninstall_after_a_slow_first_webhook_stands(deployed):
+    """BUG recommender/store.py `_mark_installed`/`mark_uninstalled` and store_postgres.py's statements: the install
+    mark kept the time its delivery was processed, which an uninstall's X-Shopify-Triggered-At was compared with. A
+    shop's first webhook triggered before the merchant removed the app but processed after (slow, or retried) made
+    the real uninstall look stale: the shop stayed served, and no other uninstall would come."""
+    # Arrange: an order triggered three minutes ago, delivered now (the shop's first webhook)
+    client, _ = deployed
+    now = datetime.now(timezone.utc)
+    body = as_body(order_payload(1, 5, [101]))
+    headers = {**signed_headers(body, "orders/create"),
+               "X-Shopify-Triggered-At": (now - timedelta(minutes=3)).isoformat()}
+    assert client.post("/webhooks", data=body, headers=headers).status_code == 200
+
+    # Act: the merchant removed the app a minute ago
+    removed = uninstall(client, "uninstall-quick", now - timedelta(minutes=1))
+
+    # Assert
+    assert (removed.status_code, removed.json["status"], removed.json["serving"]) == (200, "done", False)
+    assert trending_status(client) == 404
 
 
 def test_an_app_uninstalled_delivery_waits_for_one_round_trip_to_postgresql(app_client, monkeypatch):
