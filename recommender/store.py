@@ -418,13 +418,16 @@ def export_json(body: dict) -> str:
 
 
 def customer_export(shop: str, customer_id: str, events: Iterable[Sequence[Any]],
-                    links: Iterable[Sequence[Any]]) -> dict:
-    """Rows of EVENT_EXPORT_COLUMNS and (anonymous_id, customer_id) → the JSON-serialisable export."""
+                    links: Iterable[Sequence[Any]], refunds: Iterable[Sequence[Any]] = ()) -> dict:
+    """Rows of EVENT_EXPORT_COLUMNS, (anonymous_id, customer_id) and kept refunds (order_id, dedupe_key, quantity)
+    → the JSON-serialisable export."""
     return {
         "shop": shop,
         "customer_id": customer_id,
         "events": [dict(zip(EVENT_EXPORT_COLUMNS, row)) for row in events],
         "identity_links": [{"anonymous_id": anonymous, "customer_id": linked_to} for anonymous, linked_to in links],
+        "kept_refunds": [{"order_id": order_id, "order_line": line, "quantity": quantity}
+                         for order_id, line, quantity in refunds],
     }
 
 
@@ -1227,7 +1230,8 @@ class SQLiteEventStore(SharedQueries):
 
     def export_customer(self, shop: str, customer_id: str, order_ids: Sequence[str] = ()) -> dict:
         """Everything stored about the customer: their events and those of `order_ids` (every column; the events
-        `redact_customer` deletes, given the same orders) and their identity links."""
+        `redact_customer` deletes, given the same orders), their identity links, and the refunds of those orders kept
+        for lines not stored yet (which it deletes too)."""
         params = {"shop": shop, "customer_id": customer_id, "user_key": f"c:{customer_id}",
                   "order_ids": json.dumps(list(order_ids))}
         events = self._read(
@@ -1236,7 +1240,10 @@ class SQLiteEventStore(SharedQueries):
             " ORDER BY occurred_at, id", params)
         links = self._read("SELECT anonymous_id, customer_id FROM identity_links WHERE shop = ? AND customer_id = ?"
                            " ORDER BY anonymous_id", (shop, customer_id))
-        return customer_export(shop, customer_id, events, links)
+        refunds = self._read("SELECT order_id, dedupe_key, quantity FROM pending_refunds WHERE shop = :shop"
+                             " AND order_id IN (SELECT value FROM json_each(:order_ids)) ORDER BY order_id, dedupe_key",
+                             params)
+        return customer_export(shop, customer_id, events, links, refunds)
 
     def save_data_export(self, shop: str, export_id: str, customer_id: str, body: dict) -> None:
         """Keep an export for the merchant to retrieve; saving the same export_id again replaces it."""

@@ -1434,7 +1434,10 @@ class PostgresEventStore(SharedQueries):
         events = [(*row[:at], iso_utc(row[at]), *row[at + 1:]) for row in rows]  # the text SQLite stores
         links = self._read("SELECT anonymous_id, customer_id FROM identity_links WHERE shop = %s AND customer_id = %s"
                            ' ORDER BY anonymous_id COLLATE "C"', (shop, customer_id))
-        return customer_export(shop, customer_id, events, links)
+        refunds = self._read("SELECT order_id, dedupe_key, quantity FROM pending_refunds WHERE shop = %(shop)s"
+                             ' AND order_id = ANY(%(order_ids)s::text[]) ORDER BY order_id COLLATE "C",'
+                             ' dedupe_key COLLATE "C"', params)
+        return customer_export(shop, customer_id, events, links, refunds)
 
     def save_data_export(self, shop: str, export_id: str, customer_id: str, body: dict) -> None:
         text = export_json(body)

@@ -301,6 +301,8 @@ def test_bug_the_data_request_exports_the_events_of_the_orders_requested_that_re
                   order_payload(guest, None, [556, 103], cart_token="guest-cart"),
                   order_payload(other, 1234, [101])):
         assert post_webhook(client, "orders/create", order).status_code == 200
+    refund = {"id": 77, "order_id": guest, "refund_line_items": [{"line_item_id": 999, "quantity": 1}]}
+    assert post_webhook(client, "refunds/create", refund).status_code == 200  # of a line not stored: kept
 
     # Act
     response = post_webhook(client, "customers/data_request", request)
@@ -316,3 +318,10 @@ def test_bug_the_data_request_exports_the_events_of_the_orders_requested_that_re
     assert sorted((e["order_id"], e["product_id"]) for e in export["events"]) == sorted([
         (str(guest), "103"), (str(guest), "556"), (str(mine), "101"), (str(mine), "555")])
     assert redacted.json["events_deleted"] == len(export["events"])
+    assert export["kept_refunds"] == [{"order_id": str(guest), "order_line": f"order:{guest}:line:999", "quantity": 1}]
+    store = open_event_store(url)
+    try:  # redact deleted the kept refund as well
+        requested = [str(order) for order in ORDERS_TO_REDACT]
+        assert store.export_customer(SHOP, str(REDACTED_CUSTOMER), requested)["kept_refunds"] == []
+    finally:
+        store.close()

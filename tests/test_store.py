@@ -1103,7 +1103,7 @@ def test_redact_customer_deletes_their_events_orders_links_and_exports(any_store
     # Assert
     assert deleted == 5  # order 1's two lines, the view, the linked cart line, guest order 2
     assert any_store.export_customer(SHOP, "c1") == {"shop": SHOP, "customer_id": "c1", "events": [],
-                                                      "identity_links": []}
+                                                      "identity_links": [], "kept_refunds": []}
     assert any_store.history(SHOP, "a:tok-guest", 10) == [] and any_store.history(SHOP, "a:tok-c1", 10) == []
     assert backend.query("SELECT COUNT(*) FROM events WHERE shop = ? AND (customer_id = 'c1' OR order_id = '2')",
                          (SHOP,)) == [(0,)]
@@ -1163,7 +1163,7 @@ def test_export_customer_lists_every_column_of_their_events_and_their_links(any_
         "dedupe_key": "order:1:line:1", "weight_factor": 1.0}
     assert isinstance(line["id"], int)
     assert any_store.export_customer(SHOP, "nobody") == {"shop": SHOP, "customer_id": "nobody", "events": [],
-                                                          "identity_links": []}
+                                                          "identity_links": [], "kept_refunds": []}
 
 
 def test_data_exports_are_kept_per_shop_and_replaced_by_id(any_store):
