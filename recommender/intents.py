@@ -33,6 +33,9 @@ from recommender.trending import TrendingCache
 log = logging.getLogger(__name__)
 
 MAX_RESULTS = 50
+# How long a trending answer waits for a new instance's first load of the shop's model (a 1M-item model from gs://
+# loads well within it) before it answers from the events alone, the load going on for the next answers.
+TRENDING_MODEL_WAIT_SECONDS = 2.0
 MAX_PRODUCT_IDS = 50
 LIST_PARAMETERS = ("product_ids", "exclude")  # comma-separated ids: given more than once, their values join with ","
 MIN_HISTORY_ITEMS = 2  # distinct known products before fold-in is trusted over "related to what you saw"
@@ -329,6 +332,8 @@ class Recommender:
 
     def _model(self, request: RecommendRequest) -> ServingModel | None:
         try:
+            if request.intent == "trending":  # its answer needs the model only to fill up with popular products
+                return self._models.model_within(request.shop, TRENDING_MODEL_WAIT_SECONDS)
             return self._models.get(request.shop)
         except (ModelNotReady, ArtifactError) as exc:
             if request.intent != "trending":

@@ -563,6 +563,10 @@ class _FirstLoad:
     def model_if_done(self) -> ServingModel | None:
         return self._model if self._done.is_set() else None
 
+    def wait(self, timeout: float) -> bool:
+        """Whether it has ended, within `timeout` seconds."""
+        return self._done.wait(timeout)
+
     def result(self) -> ServingModel:
         self._done.wait()
         if self._error is not None:
@@ -685,6 +689,21 @@ class ModelHolder:
             threading.Thread(target=load, name="model-first-load", daemon=True).start()
         except Exception:  # no thread to be had: the load runs here, on the request, as it would without
             load()
+
+    def model_within(self, shop: str, seconds: float) -> ServingModel | None:
+        """The shop's model if it is in memory, or if its first load (begun here unless begun) ends within `seconds`:
+        then its model, or its error, as `get` gives them. None if it has not ended by then: it goes on, and a later
+        request takes it. For an answer that can do without the model (trending): with the model store hanging, each
+        waited for the load's every attempt to time out (a minute) and queued behind it."""
+        model = self.in_memory(shop)
+        if model is not None:
+            return model
+        self.load_soon(shop)
+        with self._soon_lock:
+            begun = self._soon.get(shop)
+        if begun is not None and not begun.wait(seconds):
+            return None
+        return self.get(shop)
 
     def forget_soon(self, shop: str) -> None:
         """The load `load_soon` began for `shop`, if no `get` took its outcome (the request ended before it needed the

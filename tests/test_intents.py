@@ -13,6 +13,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from recommender.events import EventKind
+from recommender.intents import TRENDING_MODEL_WAIT_SECONDS
 from recommender.store import ActivityBucket
 from recommender.trending import trending_scores
 from tests.conftest import AUTH, CATEGORY_A, CATEGORY_B, SHOP, order_payload, planted_orders, post_webhook
@@ -407,6 +408,33 @@ def test_trending_answers_with_the_model_store_out_of_reach(app_client, monkeypa
     assert ids(body) == [42] and body["model_version"] is None
     assert (personal.status_code, personal.json["error"]) == (503, "model_unavailable")
     assert "trending answered from the events alone" in caplog.text
+
+
+def test_trending_answers_within_seconds_with_the_model_store_hanging(app_client, monkeypatch):
+    """The model store takes connections and never answers: each trending answer on an instance without the model
+    waited for the first load's every attempt to time out (two of 30 s), one after another, for an answer made from
+    the events alone."""
+    import socket
+    import time
+
+    hanging = socket.socket()
+    hanging.bind(("127.0.0.1", 0))
+    hanging.listen(16)  # the kernel completes the handshakes; nothing ever reads or answers
+    try:
+        monkeypatch.setenv("TRENDING_TTL_SECONDS", "0")
+        monkeypatch.setenv("MODEL_STORE_URL", "gs://models-bucket/models")
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{hanging.getsockname()[1]}")
+        post_webhook(app_client, "orders/create", order_payload(1, 2, [42], created_at=NOW.isoformat()))
+
+        started = time.perf_counter()
+        answers = [ask(app_client, intent="trending") for _ in range(2)]
+        seconds = time.perf_counter() - started
+    finally:
+        hanging.close()
+
+    assert [ids(body) for body in answers] == [[42], [42]]
+    assert all(body["model_version"] is None for body in answers)
+    assert seconds < 2 * TRENDING_MODEL_WAIT_SECONDS + 3  # each waited for the load at most that long
 
 
 def test_a_partial_refund_shrinks_the_purchase_weight(store):
