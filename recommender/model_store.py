@@ -332,7 +332,14 @@ class GCSModelStore:
                             manifest.version)
                 raise exc
             if named != manifest.version:
-                self._remove(created)
+                # removed only when the move cannot land any more: refused (412), or `latest` moved past the
+                # generation it was made on. Still there after an answer that never came, it may yet land (a request
+                # sent, not answered): the files stay, unnamed if it does not (an orphan costs their bytes alone).
+                if isinstance(exc, PublishConflict) or (generation or 0) != base:
+                    self._remove(created)
+                else:
+                    log.warning("moving %s to %s ended in %s with the pointer unmoved; %s kept in case the move lands",
+                                self._url(shop, LATEST), manifest.version, type(exc).__name__, manifest.version)
                 raise
             if not isinstance(exc, Exception):
                 raise

@@ -563,6 +563,32 @@ def test_gcs_a_pointer_moved_with_its_answer_lost_is_published_and_its_files_kep
     assert {f"{V2}.npz", f"{V2}.json"} <= gcs.names()
 
 
+def test_gcs_a_move_left_unanswered_keeps_the_files_it_may_yet_name(gcs):
+    """The move's last attempt times out, sent and unanswered, and `latest` has not moved when the publish looks: the
+    write may still land after it. Its files used to be removed then, and a late write named nothing."""
+    import requests
+
+    from recommender.model_store import _pointer_json
+
+    first = gcs.store.publish(SHOP, artifact(V1))
+
+    def unanswered(blob, send, kwargs):
+        if blob.name.endswith("/latest.json") and kwargs.get("if_generation_match"):
+            raise requests.ReadTimeout("Read timed out. (read timeout=60)")  # sent; its answer never came
+        return send()
+
+    publisher = GCSModelStore(BUCKET, gcs.prefix, client=client_with_uploads(unanswered))
+    with pytest.raises(ModelStoreUnavailable, match="Read timed out"):
+        publisher.publish(SHOP, artifact(V2))
+    assert gcs.store.latest(SHOP) == first  # the publish did not stand
+    assert {f"{V2}.npz", f"{V2}.json"} <= gcs.names()  # and its files stay, in case the write lands
+
+    # the write lands late: the version it names is there to load
+    late = gcs.bucket.blob(gcs.key("latest.json"))
+    late.upload_from_string(_pointer_json(gcs.store.manifest(SHOP, V2)), content_type="application/json")
+    assert gcs.store.load(gcs.store.latest(SHOP)).version == V2
+
+
 def test_file_a_failure_once_latest_was_replaced_keeps_the_files_it_names(tmp_path, monkeypatch):
     """A failure after the pointer's rename (its folder's fsync failing; a worker's timeout landing there) deleted
     the files `latest` then named."""
