@@ -183,3 +183,27 @@ def test_a_single_valued_parameter_given_twice_with_different_values_is_a_400_na
     assert same.status_code == 200 and len(same.json["recommendations"]) == 3
     assert (shops.status_code, shops.json["parameter"]) == (400, "shop")
     assert (customers.status_code, customers.json["parameter"]) == (400, "customer_id")
+
+
+def test_a_signed_query_regrouped_to_name_a_customer_is_refused(strict_shop):
+    """The signature covers its `key=value` pieces with nothing between them: a logged-out shopper's signed
+    `m=x,1000`, regrouped as `logged_in_customer_id=m=x&logged_in_customer_id=1000`, verified with the same signature,
+    and the last of Shopify's parameters was taken as the customer: customer 1000's purchases went to whoever held the
+    URL (a log, a proxy on the way)."""
+    timestamp = str(int(time.time()))
+    signed = [("intent", "buy_it_again"), ("logged_in_customer_id", ""), ("m", "x,1000"), ("n", "5"),
+              ("path_prefix", "/apps/recs"), ("shop", SHOP), ("timestamp", timestamp)]
+    signature = app_proxy_signature(signed, TEST_SECRET)
+    regrouped = [("intent", "buy_it_again"), ("logged_in_customer_id", "m=x"), ("logged_in_customer_id", "1000"),
+                 ("n", "5"), ("path_prefix", "/apps/recs"), ("shop", SHOP), ("timestamp", timestamp)]
+    assert app_proxy_signature(regrouped, TEST_SECRET) == signature  # the scheme's own ambiguity
+
+    genuine = strict_shop.get("/recommend?" + urlencode(signed + [("signature", signature)]))
+    replayed = strict_shop.get("/recommend?" + urlencode(regrouped + [("signature", signature)]))
+    typed = strict_shop.get("/recommend?" + proxied([("intent", "buy_it_again"), ("logged_in_customer_id", "1000"),
+                                                     ("logged_in_customer_id", "")]))
+
+    assert genuine.status_code == 200 and genuine.json["strategy"] != "buy_it_again"  # nobody's purchases
+    assert (replayed.status_code, replayed.json["error"]) == (400, "invalid_parameter")
+    assert "may not hold '='" in replayed.json["message"]
+    assert (typed.status_code, typed.json["parameter"]) == (400, "logged_in_customer_id")

@@ -18,8 +18,8 @@ from recommender.intents import LIST_PARAMETERS
 
 MAX_CLOCK_SKEW_SECONDS = 90
 # What Shopify's app proxy adds to every request it forwards. On such a request they are Shopify's, read by the
-# verification (the last of several: Shopify appends its own after the shopper's query), and a copy the shopper typed
-# into the storefront's URL is no reason to refuse the request as repeating a parameter.
+# verification, and given twice (a copy typed into the storefront's URL, or a signed query regrouped) the request is
+# refused (`_refuse_regrouping`); on a direct call they are the caller's (its `shop`) or ignored.
 PROXY_PARAMETERS = frozenset({"shop", "logged_in_customer_id", "path_prefix", "timestamp", "signature"})
 
 
@@ -94,6 +94,7 @@ def storefront_query(pairs: list[tuple[str, str]], secret: str | None, trust_cus
         proof = verify_app_proxy_request(pairs, secret, now)
         if not proof.valid:
             raise AccessDenied(401, proof.reason or "invalid_signature", "the app proxy signature did not verify")
+        _refuse_regrouping(pairs, grouped)
         query = _one_value_each(grouped, exempt=PROXY_PARAMETERS)
         asked = query.get("customer_id")
         if asked and asked != proof.logged_in_customer_id:
@@ -109,6 +110,20 @@ def storefront_query(pairs: list[tuple[str, str]], secret: str | None, trust_cus
                                              "Shopify app proxy, for the logged-in customer; call without customer_id "
                                              "for anonymous, product- or cart-based results")
     return query
+
+
+def _refuse_regrouping(pairs: list[tuple[str, str]], grouped: dict[str, list[str]]) -> None:
+    """The signature covers its pieces `key=value` one after another with nothing between them, so the same signature
+    covers the query regrouped: a signed `intent=...&m=x,1000` read as `logged_in_customer_id=m=x` and
+    `logged_in_customer_id=1000` verified, and the last of Shopify's parameters was taken as the customer. A signed
+    query with `=` inside a key or a value, or one of Shopify's own parameters more than once, is refused: every
+    regrouping puts an `=` inside a key or a value, or repeats the customer Shopify appended."""
+    for key, value in pairs:
+        if "=" in key or "=" in value:
+            raise InvalidParameter(key, f"{key!r}: an app proxy request's keys and values may not hold '='")
+    for key in PROXY_PARAMETERS:
+        if len(grouped.get(key, ())) > 1:
+            raise InvalidParameter(key, f"{key} is Shopify's own on an app proxy request and was given more than once")
 
 
 def _one_value_each(grouped: dict[str, list[str]], exempt: frozenset[str]) -> dict[str, str]:
