@@ -702,6 +702,9 @@ class ModelHolder:
         with self._soon_lock:
             begun = self._soon.get(shop)
         if begun is not None and not begun.wait(seconds):
+            with self._soon_lock:  # left to run on its own: the request's `forget_soon` must not abandon it, and
+                if self._soon.get(shop) is begun:  # the model it brings stays for the next requests
+                    del self._soon[shop]
             return None
         return self.get(shop)
 

@@ -346,3 +346,23 @@ def test_two_big_shops_first_loads_take_turns(store, monkeypatch):
     assert waited
     assert store.loads == ["first-shop", "second-shop"]
     assert [m.version for m in got_first + got_second] == ["a-v1", "b-v1"]
+
+
+def test_a_load_a_trending_answer_stopped_waiting_for_keeps_its_model_for_the_next_requests(store):
+    """`model_within` (trending's bounded wait) left the load in the request's hands: its `forget_soon` then abandoned
+    it, and the model that came was let go, so each answer on a cold instance began a load and threw it away."""
+    # Arrange: a load held back past the wait
+    store.publish(SHOP, artifact("v1"))
+    store.release.clear()
+    holder = ModelHolder(store)
+
+    # Act: the wait ends first; the request ends (forgetting what it began); then the load ends
+    waited = holder.model_within(SHOP, 0.05)
+    holder.forget_soon(SHOP)
+    store.release.set()
+    _loaders_done()
+
+    # Assert
+    assert waited is None
+    assert holder.in_memory(SHOP, refresh=False).version == "v1"
+    assert store.loads == ["model-first-load"]  # one load, on its own thread
