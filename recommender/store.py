@@ -1017,13 +1017,17 @@ class SQLiteEventStore(SharedQueries):
         return self._write(lambda conn: [self._apply_delivery(conn, delivery, changes) for delivery, changes in items])
 
     def _apply_delivery(self, conn: sqlite3.Connection, delivery: Delivery, changes: ChangeSet) -> int | None:
-        cursor = conn.execute(
-            "INSERT OR IGNORE INTO deliveries (shop, webhook_id, topic, event_id, received_at) VALUES (?, ?, ?, ?, ?)",
-            (delivery.shop, delivery.webhook_id, delivery.topic, delivery.event_id, iso_utc(delivery.received_at)),
-        )
-        if cursor.rowcount == 0:
+        if not self._insert_delivery(conn, delivery):
             return None
         return self._apply_changes(conn, delivery, changes)
+
+    @staticmethod
+    def _insert_delivery(conn: sqlite3.Connection, delivery: Delivery) -> bool:
+        """The delivery's row; False if it was stored before (a redelivery)."""
+        return conn.execute(
+            "INSERT OR IGNORE INTO deliveries (shop, webhook_id, topic, event_id, received_at) VALUES (?, ?, ?, ?, ?)",
+            (delivery.shop, delivery.webhook_id, delivery.topic, delivery.event_id, iso_utc(delivery.received_at)),
+        ).rowcount > 0
 
     def add_events(self, events: Iterable[Event]) -> int:
         """Insert events in one transaction; returns how many were new (dedupe keys already seen are skipped)."""
@@ -1064,7 +1068,7 @@ class SQLiteEventStore(SharedQueries):
                              (e.weight_factor, e.shop, e.dedupe_key))
                 continue
             weight_factor = e.weight_factor
-            refunded = e.dedupe_key is not None and conn.execute(
+            refunded = e.kind is EventKind.PURCHASE and e.dedupe_key is not None and conn.execute(
                 "SELECT SUM(quantity) FROM pending_refunds WHERE shop = ? AND dedupe_key = ?",
                 (e.shop, e.dedupe_key)).fetchone()[0]
             if refunded:  # as `_apply_adjustments` shrinks a stored line, by all of them at once
@@ -1273,11 +1277,7 @@ class SQLiteEventStore(SharedQueries):
         `_mark_installed` ignores a late retry of a delivery from before an uninstall); else True."""
 
         def work(conn: sqlite3.Connection) -> bool | None:
-            fresh = conn.execute(
-                "INSERT OR IGNORE INTO deliveries (shop, webhook_id, topic, event_id, received_at) VALUES (?, ?, ?, ?, ?)",
-                (delivery.shop, delivery.webhook_id, delivery.topic, delivery.event_id, iso_utc(delivery.received_at)),
-            ).rowcount
-            if not fresh:
+            if not self._insert_delivery(conn, delivery):
                 return None
             state = conn.execute("SELECT installed, changed_at FROM shop_state WHERE shop = ?",
                                  (delivery.shop,)).fetchone()

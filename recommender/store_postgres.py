@@ -247,12 +247,13 @@ _PROPOSED = ", ".join(f"{_LINKED_COLUMNS[name]} AS {name}" if name in _LINKED_CO
 
 def _events_linked(rows: str, extra: str = "") -> str:
     """FROM the JSON recordset `rows` (a parameter), each row with the customer its guest's token was linked to (none
-    for a pixel's) and the units refunds kept for its dedupe key refunded (`pending_refunds`)."""
+    for a pixel's) and, for a purchase (an order line: nothing else is refunded), the units refunds kept for its
+    dedupe key refunded (`pending_refunds`)."""
     return (" FROM (SELECT e.*, (SELECT l.customer_id FROM identity_links AS l WHERE e.customer_id IS NULL"
             f" AND e.anonymous_id <> '' AND {not_from_pixel('e.source_topic')}"
             " AND l.shop = e.shop AND l.anonymous_id = e.anonymous_id) AS linked,"
-            " (SELECT sum(r.quantity) FROM pending_refunds AS r WHERE r.shop = e.shop AND r.dedupe_key = e.dedupe_key)"
-            " AS refunded"
+            " CASE WHEN e.kind = 'purchase' THEN (SELECT sum(r.quantity) FROM pending_refunds AS r"
+            " WHERE r.shop = e.shop AND r.dedupe_key = e.dedupe_key) END AS refunded"
             f" FROM ROWS FROM (json_to_recordset({rows}::json) AS ({_EVENT_COLUMNS}{extra}))"
             f" WITH ORDINALITY AS e ({_EVENT_NAMES}{', item' if extra else ''}, position) OFFSET 0) AS e")
 
