@@ -37,7 +37,6 @@ MAX_RESULTS = 50
 # loads well within it) before it answers from the events alone, the load going on for the next answers.
 TRENDING_MODEL_WAIT_SECONDS = 2.0
 MAX_PRODUCT_IDS = 50
-LIST_PARAMETERS = ("product_ids", "exclude")  # comma-separated ids: given more than once, their values join with ","
 MIN_HISTORY_ITEMS = 2  # distinct known products before fold-in is trusted over "related to what you saw"
 MIN_ITEM_SUPPORT = 2  # shoppers who touched a product before its factors are trusted for "related"
 CHAINS = {

@@ -132,7 +132,7 @@ class LocalModelStore:
         except BaseException:
             # A failure once `latest` was replaced (its folder's fsync, a worker's timeout landing there) leaves it
             # naming this version: its files stay, or the shop's next load finds the pointer naming nothing.
-            if _pointer_version(_read_if_exists(folder / LATEST)) != manifest.version:
+            if _pointer_version(shop, _read_if_exists(folder / LATEST)) != manifest.version:
                 for path in reversed(created):
                     path.unlink(missing_ok=True)
                 with contextlib.suppress(OSError):
@@ -326,7 +326,8 @@ class GCSModelStore:
             try:
                 now = self._bucket().get_blob(self._key(shop, LATEST))
                 generation = None if now is None else now.generation  # as read, before the bytes of that generation
-                named = None if now is None else _pointer_version(now.download_as_bytes(if_generation_match=generation))
+                named = None if now is None else _pointer_version(
+                    shop, now.download_as_bytes(if_generation_match=generation))
             except Exception:  # noqa: BLE001 - out of reach: the files stay, a pointer may name them
                 log.warning("could not read %s after its move failed; %s kept", self._url(shop, LATEST),
                             manifest.version)
@@ -594,13 +595,12 @@ def _parse_artifact(data: bytes | mmap.mmap, manifest: Manifest, where: str, who
     return artifact
 
 
-def _pointer_version(pointer: bytes | None) -> str | None:
+def _pointer_version(shop: str, pointer: bytes | None) -> str | None:
     """The version a `latest` pointer's bytes name; None for none, or bytes that name nothing readable."""
     try:
-        version = json.loads(pointer)["version"] if pointer is not None else None
-    except (ValueError, TypeError, KeyError):
+        return None if pointer is None else _parse_pointer(shop, pointer, LATEST)[0]
+    except ArtifactError:
         return None
-    return version if isinstance(version, str) else None
 
 
 def _describe(pointer: bytes | None) -> str:

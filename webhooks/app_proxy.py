@@ -14,7 +14,8 @@ import hmac
 from typing import Iterable, NamedTuple
 
 from recommender.errors import InvalidParameter
-from recommender.intents import LIST_PARAMETERS
+
+LIST_PARAMETERS = ("product_ids", "exclude")  # /recommend's comma-separated ids: given twice, joined with ","
 
 MAX_CLOCK_SKEW_SECONDS = 90
 # What Shopify's app proxy adds to every request it forwards. On such a request they are Shopify's, read by the
