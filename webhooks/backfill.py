@@ -454,25 +454,34 @@ def run_backfill(config: BackfillConfig, store: EventStore, session: requests.Se
 def _store_page(config: BackfillConfig, store: EventStore, resource: str, records: list[dict],
                 totals: BackfillTotals, bar) -> None:
     topic, translate = _TRANSLATE[resource]
+    _store_records(config, store, records, totals, topic, lambda record: backfill_webhook_id(resource, record),
+                   translate, resource, lambda record: f"{resource[:-1]} {record.get('id')!r}")
+    bar.update(len(records))
+
+
+def _store_records(config: BackfillConfig, store: EventStore, records: list[dict], totals: BackfillTotals, topic: str,
+                   webhook_id: Callable[[dict], str], translate: Callable[[str, dict, str], ChangeSet], counter: str,
+                   described: Callable[[dict], str]) -> None:
+    """A page of records, each one delivery of `topic` as `translate` makes it, in one transaction (on PostgreSQL
+    set-wise: `EventStore.apply_many`); each new one counted under `totals.<counter>`, a record that cannot be
+    translated logged and skipped."""
     page, skipped = [], 0
     for record in records:
         try:
-            webhook_id = backfill_webhook_id(resource, record)
-            page.append((Delivery(shop=config.shop, webhook_id=webhook_id, topic=topic),
-                         translate(config.shop, record, webhook_id)))
+            record_id = webhook_id(record)
+            page.append((Delivery(shop=config.shop, webhook_id=record_id, topic=topic),
+                         translate(config.shop, record, record_id)))
         except (MalformedPayload, InvalidEvent) as exc:
             skipped += 1
-            log.warning("skipped %s %r of %s: %s", resource[:-1], record.get("id"), config.shop, exc)
-    # One transaction a page; PostgreSQL stores a page of products in a few round trips (EventStore.apply_many).
-    results = store.apply_many(page)
+            log.warning("skipped %s of %s: %s", described(record), config.shop, exc)
+    results = store.apply_many(page) if page else []
     totals.skipped += skipped
     for stored in results:
         if stored is None:
             totals.duplicates += 1
         else:
-            setattr(totals, resource, getattr(totals, resource) + 1)
+            setattr(totals, counter, getattr(totals, counter) + 1)
             totals.events += stored
-    bar.update(len(records))
 
 
 def _read_levels(config: BackfillConfig, client: AdminApiClient, products: list[dict]) -> tuple[list[dict], int]:
@@ -493,25 +502,10 @@ def _read_levels(config: BackfillConfig, client: AdminApiClient, products: list[
 
 
 def _store_levels(config: BackfillConfig, store: EventStore, levels: list[dict], totals: BackfillTotals) -> None:
-    """A page of products' stock levels, each one delivery, in one transaction (on PostgreSQL set-wise:
-    `apply_many`'s page of stock levels)."""
-    page, skipped = [], 0
-    for level in levels:
-        try:
-            webhook_id = level_webhook_id(level)
-            page.append((Delivery(shop=config.shop, webhook_id=webhook_id, topic=LEVELS_TOPIC),
-                         level_changes(config.shop, level, webhook_id)))
-        except (MalformedPayload, InvalidEvent) as exc:
-            skipped += 1
-            log.warning("skipped the stock level of item %r at location %r of %s: %s",
-                        level.get("inventory_item_id"), level.get("location_id"), config.shop, exc)
-    results = store.apply_many(page) if page else []
-    totals.skipped += skipped
-    for stored in results:
-        if stored is None:
-            totals.duplicates += 1
-        else:
-            totals.inventory_levels += 1
+    """A page of products' stock levels, each one delivery, in one transaction (`_store_records`)."""
+    _store_records(config, store, levels, totals, LEVELS_TOPIC, level_webhook_id, level_changes, "inventory_levels",
+                   lambda level: f"the stock level of item {level.get('inventory_item_id')!r} at location"
+                                 f" {level.get('location_id')!r}")
 
 
 def run_backfill_command(args: Any, env: Mapping[str, str], store: EventStore, sleep: Sleep = time.sleep) -> int:
