@@ -432,6 +432,11 @@ def _named_exclusions(request: RecommendRequest) -> set[str]:
     return named.union(request.product_ids)
 
 
+def _decay(now: datetime, at: datetime, half_life_days: float) -> float:
+    """0.5^(age in days / half-life): 1 for an event now (or dated after it), a half for one a half-life old."""
+    return 0.5 ** (max(0.0, (now - at).total_seconds() / 86400) / half_life_days)
+
+
 def _decayed(history: list[Interaction], kinds: tuple[EventKind, ...], half_life_days: float,
              reason: str) -> tuple[_Candidates | None, str | None]:
     """The shopper's own products of these kinds, each scored Σ weight_factor · 0.5^(age / half-life)."""
@@ -439,9 +444,8 @@ def _decayed(history: list[Interaction], kinds: tuple[EventKind, ...], half_life
     scores: dict[str, float] = {}
     for event in history:
         if event.kind in kinds:
-            age_days = max(0.0, (now - event.occurred_at).total_seconds() / 86400)
-            scores[event.product_id] = scores.get(event.product_id, 0.0) + event.weight_factor * 0.5 ** (
-                age_days / half_life_days)
+            scores[event.product_id] = (scores.get(event.product_id, 0.0)
+                                        + event.weight_factor * _decay(now, event.occurred_at, half_life_days))
     if not scores:
         return None, reason
     ranked = sorted(scores.items(), key=lambda item: (-item[1], item[0]))
@@ -462,7 +466,7 @@ def _newest_first(history: list[Interaction], given: tuple[str, ...]) -> tuple[_
     latest.update(sorted(stored.items(), key=lambda item: item[1], reverse=True))  # ties: in the history's order
     if not latest:
         return None, "no_views"
-    scores = [0.5 ** (max(0.0, (now - at).total_seconds() / 86400) / VIEW_HALF_LIFE_DAYS) for at in latest.values()]
+    scores = [_decay(now, at, VIEW_HALF_LIFE_DAYS) for at in latest.values()]
     return _Candidates(list(latest), scores, list(latest)), None
 
 
