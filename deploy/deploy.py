@@ -186,7 +186,9 @@ def deploy_script(args: argparse.Namespace, env: dict[str, str]) -> str:
         if spec.entry_point == "train" and args.scheduler_service_account:
             env_vars["TRAIN_SERVICE_ACCOUNT"] = args.scheduler_service_account
             env_vars["TRAIN_AUDIENCE"] = train_url
-        trigger = ([f"--trigger-topic={args.pubsub_topic}"] if spec.pubsub
+        # --retry: without it Cloud Functions drops the event of an invocation that failed, and webhook_pubsub raises
+        # (the store down) precisely so that Pub/Sub redelivers; a message it can never store returns instead.
+        trigger = ([f"--trigger-topic={args.pubsub_topic}", "--retry"] if spec.pubsub
                    else ["--trigger-http", "--allow-unauthenticated"])  # train too: it checks its caller itself
         command = [
             "gcloud", "functions", "deploy", f"{args.name_prefix}{spec.entry_point}", project, region,

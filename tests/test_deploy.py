@@ -297,6 +297,17 @@ def test_app_bucket_and_topic_only_when_asked():
     assert {"--uniform-bucket-level-access", "--public-access-prevention"} <= set(flags(bucket))
 
 
+def test_webhook_pubsub_is_deployed_with_retries_so_that_a_store_failure_is_redelivered():
+    # Regression: without --retry, Cloud Functions drops the event a failed invocation was given, so a delivery
+    # that raised because the event store was down was lost instead of redelivered by Pub/Sub.
+    # Act
+    functions = deployed(dry_run("--pubsub-topic=shop-events"))
+
+    # Assert
+    assert "--retry" in functions["webhook_pubsub"]
+    assert not [name for name, flag in functions.items() if "--retry" in flag and name != "webhook_pubsub"]
+
+
 CPU_RULE = "must be a whole number of vCPUs, or 0.08 to 1 in steps of 0.001"
 
 
