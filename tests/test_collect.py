@@ -268,3 +268,24 @@ def test_bug_a_beacon_naming_a_customers_linked_cart_token_stays_out_of_their_hi
         store.close()
     assert customer == [("101", "purchase")], "the webhook's guest order joins the customer; the beacon does not"
     assert browser == [("666", "view")], "the beacon stays the browser's"
+
+
+@pytest.mark.parametrize("custom_line", [
+    {"quantity": 1, "variant": None},  # a custom item (a draft order's, an app's fee): CheckoutLineItem.variant null
+    {"quantity": 1, "variant": {"id": None, "price": {"amount": 2.0}, "product": {"id": None}}},  # Product.id null
+], ids=["variant-null", "product-id-null"])
+def test_bug_a_checkout_with_a_line_naming_no_product_keeps_its_other_lines(installed, store_of, custom_line):
+    """BUG webhooks/pixel.py `pixel_events`: the Web Pixels API gives a checkout line without a product (its
+    `variant`, or the variant's `product.id`, null) for custom items; the whole checkout_completed was a 400 and its
+    products' purchases were lost, where orders/create skips such lines and keeps the others."""
+    checkout = {"id": "sh-custom", "name": "checkout_completed", "timestamp": "2026-11-20T10:05:00Z",
+                "clientId": "c-custom", "data": {"checkout": {"order": {"id": "gid://shopify/OrderIdentity/9002"},
+                                                              "lineItems": [custom_line, {"quantity": 1, "variant": {
+                                                                  "id": "7030", "price": {"amount": 4.0},
+                                                                  "product": {"id": "703"}}}]}}}
+
+    response = collect(installed, checkout)
+
+    assert (response.status_code, response.json.get("events")) == (200, 1)
+    history = store_of(installed).history(SHOP, "a:c-custom", 10)
+    assert [(e.product_id, e.kind.value, e.order_id) for e in history] == [("703", "purchase", "9002")]

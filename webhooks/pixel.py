@@ -40,13 +40,13 @@ def _variant(data: dict, where: str) -> dict:
     return variant
 
 
-def _product_id(variant: dict, where: str) -> tuple[str, str | None, float | None]:
+def _product_id(variant: dict, where: str, required: bool = True) -> tuple[str | None, str | None, float | None]:
     product = variant.get("product")
     if not isinstance(product, dict):
         raise MalformedPayload(f"{where}.product is missing")
     price = variant.get("price")
     amount = money(price.get("amount"), f"{where}.price.amount") if isinstance(price, dict) else None
-    return (shopify_id(product.get("id"), f"{where}.product.id"),
+    return (shopify_id(product.get("id"), f"{where}.product.id", required),
             shopify_id(variant.get("id"), f"{where}.id", required=False), amount)
 
 
@@ -92,9 +92,14 @@ def pixel_events(payload: Any, shop: str, now: datetime | None = None) -> tuple[
             if not isinstance(lines, list):
                 raise MalformedPayload(f"{where}.data.checkout.lineItems must be a list")
             for n, line in enumerate(lines):
+                if isinstance(line, dict) and "variant" in line and line["variant"] is None:
+                    continue  # a custom item (no variant): skipped, as orders/create skips a line without a product
                 if not isinstance(line, dict) or not isinstance(line.get("variant"), dict):
                     raise MalformedPayload(f"{where}.data.checkout.lineItems[{n}].variant is missing")
-                product_id, variant_id, price = _product_id(line["variant"], f"{where}.data.checkout.lineItems[{n}].variant")
+                product_id, variant_id, price = _product_id(
+                    line["variant"], f"{where}.data.checkout.lineItems[{n}].variant", required=False)
+                if product_id is None:
+                    continue
                 events.append(Event(kind=EventKind.PURCHASE, product_id=product_id, variant_id=variant_id, price=price,
                                     order_id=order_id, dedupe_key=f"pixel:{event_id}:{product_id}", **common))
             continue
