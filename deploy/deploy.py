@@ -367,19 +367,28 @@ def _mebibytes(memory: str) -> float | None:
     return None if match is None else float(match[1]) * (1024 if match[2] == "Gi" else 1)
 
 
+# Cloud Run's vCPU and memory table (cloud.google.com/run/docs/configuring/services/cpu and .../memory-limits): the
+# least vCPUs for a memory limit above each size, and the least memory for each of the larger vCPU counts (MiB).
+WHOLE_CPUS = (1, 2, 4, 6, 8)
+CPU_ABOVE_MEMORY = ((24 * 1024, 8), (16 * 1024, 6), (8 * 1024, 4), (4 * 1024, 2), (1024, 1), (512, 0.5))
+MEMORY_FOR_CPU = {4: 2 * 1024, 6: 4 * 1024, 8: 4 * 1024}
+LARGEST_MEMORY_MIB = 32 * 1024
+
+
 def _check_cloud_run_sizes(spec: FunctionSpec) -> None:
-    """Cloud Run's rules for a vCPU limit (cloud.google.com/run/docs/configuring/cpu), checked before
-    any command runs: a whole number, or 0.08 to 1 in steps of 0.001; below 1, one request at a time, at least
-    0.5 vCPU above 512 MiB; at least 1 vCPU above 1 GiB."""
+    """Cloud Run's rules for a vCPU limit (cloud.google.com/run/docs/configuring/services/cpu), checked before
+    any command runs: 1, 2, 4, 6 or 8, or 0.08 to 1 in steps of 0.001; below 1, one request at a time; at least
+    0.5 vCPU above 512 MiB, 1 above 1 GiB, 2 above 4 GiB, 4 above 8, 6 above 16, 8 above 24; 4 vCPUs from 2 GiB,
+    6 and 8 from 4 GiB; at most 32 GiB."""
     name = spec.entry_point.upper()
     try:
         cpu = float(spec.cpu)
     except ValueError:
         cpu = float("nan")
-    whole = cpu >= 1 and cpu.is_integer()
+    whole = cpu in WHOLE_CPUS
     fraction = 0.08 <= cpu < 1 and round(cpu, 3) == cpu
     if not (whole or fraction):
-        raise SystemExit(f"{name}_CPU must be a whole number of vCPUs, or 0.08 to 1 in steps of 0.001;"
+        raise SystemExit(f"{name}_CPU must be 1, 2, 4, 6 or 8 vCPUs, or 0.08 to 1 in steps of 0.001;"
                          f" got {spec.cpu!r}")
     if cpu < 1 and spec.concurrency != 1:
         raise SystemExit(f"{name}_CONCURRENCY must be 1 when {name}_CPU is below 1 (Cloud Run serves one request at a"
@@ -389,9 +398,17 @@ def _check_cloud_run_sizes(spec: FunctionSpec) -> None:
         raise SystemExit(f"{name}_TIMEOUT must be from 1 to {longest} s for this function (Cloud Functions' limit for"
                          f" {'an event-driven' if spec.pubsub else 'an HTTP'} function); got {spec.timeout!r}")
     mib = _mebibytes(spec.memory)
-    if mib is not None and (mib > 1024 and cpu < 1 or mib > 512 and cpu < 0.5):
-        least = 1 if mib > 1024 else 0.5
-        raise SystemExit(f"{name}_MEMORY of {spec.memory} needs {name}_CPU of at least {least}; got {spec.cpu}")
+    if mib is None:
+        return
+    if mib > LARGEST_MEMORY_MIB:
+        raise SystemExit(f"{name}_MEMORY must be at most 32Gi; got {spec.memory!r}")
+    least_cpu = next((least for above, least in CPU_ABOVE_MEMORY if mib > above), 0)
+    if cpu < least_cpu:
+        raise SystemExit(f"{name}_MEMORY of {spec.memory} needs {name}_CPU of at least {least_cpu:g}; got {spec.cpu}")
+    least_mib = MEMORY_FOR_CPU.get(cpu, 0)
+    if mib < least_mib:
+        raise SystemExit(f"{name}_CPU of {spec.cpu} needs {name}_MEMORY of at least {least_mib // 1024}Gi;"
+                         f" got {spec.memory}")
 
 
 if __name__ == "__main__":

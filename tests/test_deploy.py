@@ -308,7 +308,7 @@ def test_webhook_pubsub_is_deployed_with_retries_so_that_a_store_failure_is_rede
     assert not [name for name, flag in functions.items() if "--retry" in flag and name != "webhook_pubsub"]
 
 
-CPU_RULE = "must be a whole number of vCPUs, or 0.08 to 1 in steps of 0.001"
+CPU_RULE = "must be 1, 2, 4, 6 or 8 vCPUs, or 0.08 to 1 in steps of 0.001"
 
 
 @pytest.mark.parametrize("env,message,status", [
@@ -326,6 +326,16 @@ CPU_RULE = "must be a whole number of vCPUs, or 0.08 to 1 in steps of 0.001"
     ({"WEBHOOK_CPU": "0.05"}, f"WEBHOOK_CPU {CPU_RULE}", 1),
     ({"WEBHOOK_CPU": "0.1234"}, f"WEBHOOK_CPU {CPU_RULE}", 1),
     ({"WEBHOOK_CPU": "one"}, f"WEBHOOK_CPU {CPU_RULE}", 1),
+    # Regression: only the rules below 1 vCPU were checked, so these reached gcloud after the functions before them
+    # had been deployed (Cloud Run: above 4, 8, 16, 24 GiB at least 2, 4, 6, 8 vCPUs; 4 vCPUs from 2 GiB, 6 and 8 from
+    # 4 GiB; at most 8 vCPUs and 32 GiB).
+    ({"RECOMMEND_MEMORY": "8Gi"}, "RECOMMEND_MEMORY of 8Gi needs RECOMMEND_CPU of at least 2; got 1", 1),
+    ({"TRAIN_MEMORY": "16Gi"}, "TRAIN_MEMORY of 16Gi needs TRAIN_CPU of at least 4; got 2", 1),
+    ({"TRAIN_MEMORY": "48Gi", "TRAIN_CPU": "8"}, "TRAIN_MEMORY must be at most 32Gi; got '48Gi'", 1),
+    ({"WEBHOOK_CPU": "4"}, "WEBHOOK_CPU of 4 needs WEBHOOK_MEMORY of at least 2Gi; got 256Mi", 1),
+    ({"TRAIN_CPU": "6", "TRAIN_MEMORY": "2Gi"}, "TRAIN_CPU of 6 needs TRAIN_MEMORY of at least 4Gi; got 2Gi", 1),
+    ({"TRAIN_CPU": "3"}, f"TRAIN_CPU {CPU_RULE}; got '3'", 1),
+    ({"TRAIN_CPU": "16", "TRAIN_MEMORY": "32Gi"}, f"TRAIN_CPU {CPU_RULE}; got '16'", 1),
 ])
 def test_a_missing_or_invalid_parameter_fails_naming_it(env, message, status):
     # Act
@@ -345,6 +355,22 @@ def test_a_quiet_shop_can_run_recommend_on_the_smallest_tier_one_request_at_a_ti
     recommend = functions["recommend"]
     assert (recommend["--memory"], recommend["--cpu"], recommend["--concurrency"]) == ("256Mi", "0.167", "1")
     assert gcloud_map(recommend["--set-env-vars"])["THREADS"] == "1"
+
+
+@pytest.mark.parametrize("env", [
+    {"TRAIN_MEMORY": "4Gi"},  # what README's sizing advises past ~12M events: 2 vCPU, as deployed
+    {"TRAIN_MEMORY": "8Gi"},
+    {"TRAIN_MEMORY": "16Gi", "TRAIN_CPU": "4"},
+    {"TRAIN_MEMORY": "32Gi", "TRAIN_CPU": "8"},
+    {"RECOMMEND_MEMORY": "4Gi"},
+])
+def test_sizes_cloud_run_accepts_above_one_vcpu_are_deployed(env):
+    # Act
+    functions = deployed(dry_run(**env))
+
+    # Assert
+    name = next(iter(env)).split("_")[0].lower()
+    assert functions[name]["--memory"] == env[f"{name.upper()}_MEMORY"]
 
 
 GCLOUD_STUB = """#!{python}
