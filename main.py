@@ -270,9 +270,12 @@ def collect(request: flask.Request) -> flask.Response:
     events, ignored = pixel.pixel_events(payload, shop)
     address = _client_address(request, runtime.settings.trusted_proxies)
     clients = {e.anonymous_id for e in events} or {"-"}
-    cost = max(1, len(events))
+    cost = max(1, len(events))  # rows to write, for the limit per address
+    # A client is charged per storefront event: a checkout of 80 products is one (charged per row, it cost more than
+    # the client's burst and was refused however long the client had waited).
+    taken = max(1, len({e.delivery_id for e in events}))
     if not pixel.PER_ADDRESS.allow(f"{shop}|{address}", cost) or not all(
-            pixel.PER_CLIENT.allow(f"{shop}|{client}", cost) for client in clients):
+            pixel.PER_CLIENT.allow(f"{shop}|{client}", taken) for client in clients):
         return _json({"error": "rate_limited", "message": "too many events; slow down"}, 429, {"Retry-After": "5"})
     # Stored only if the shop is installed, checked in the same transaction (one round trip on PostgreSQL).
     stored = runtime.store.add_events_if_installed(shop, events)

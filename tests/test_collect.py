@@ -289,3 +289,18 @@ def test_bug_a_checkout_with_a_line_naming_no_product_keeps_its_other_lines(inst
     assert (response.status_code, response.json.get("events")) == (200, 1)
     history = store_of(installed).history(SHOP, "a:c-custom", 10)
     assert [(e.product_id, e.kind.value, e.order_id) for e in history] == [("703", "purchase", "9002")]
+
+
+def test_bug_a_checkout_of_more_products_than_a_clients_burst_is_stored(installed, store_of):
+    """BUG main.collect: the limit per pixel client was charged one token per stored row, so a checkout_completed of
+    more than 60 products (one storefront event) cost more than the bucket holds and was a 429 however long its
+    client had been idle; a beacon is never retried, so its purchases were lost."""
+    lines = [{"quantity": 1, "variant": {"id": f"9{n}0", "price": {"amount": 1.0}, "product": {"id": f"9{n}"}}}
+             for n in range(100, 180)]
+    checkout = {"id": "sh-wholesale", "name": "checkout_completed", "timestamp": "2026-11-20T10:05:00Z",
+                "clientId": "c-wholesale", "data": {"checkout": {"order": {"id": "9003"}, "lineItems": lines}}}
+
+    response = collect(installed, checkout)
+
+    assert (response.status_code, response.json.get("events")) == (200, 80)
+    assert len(store_of(installed).history(SHOP, "a:c-wholesale", 100)) == 80
