@@ -120,6 +120,8 @@ def parse_args(argv: list[str], env: dict[str, str]) -> argparse.Namespace:
         parser.error("DATABASE_URL is not set: pass --database-url (or --database-url-secret) with the shared event"
                      " store; a Cloud Function's disk vanishes with its instance")
     args.bucket = args.bucket or f"{args.project}-recommender-models"
+    # Absolute: the script runs from the repository's root, the printed one from wherever its reader is.
+    args.source = str(Path(args.source).resolve())
     if not re.fullmatch(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]", args.bucket):
         parser.error(f"BUCKET must be a Cloud Storage bucket name, got {args.bucket!r}")
     return args

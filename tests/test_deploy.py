@@ -409,6 +409,31 @@ def test_without_dry_run_the_printed_commands_are_run(tmp_path):
     assert "token-from-secret-manager" not in result.stdout + result.stderr
 
 
+def test_a_relative_source_names_the_same_folder_whether_printed_or_run(tmp_path):
+    # Regression: the real run's bash started in the repository's root, so `--source=..` given from deploy/ uploaded
+    # the folder above the repository, where the printed script, run from deploy/, uploads the repository.
+    # Arrange
+    stub = tmp_path / "bin" / "gcloud"
+    stub.parent.mkdir()
+    stub.write_text(GCLOUD_STUB.format(python=sys.executable))
+    stub.chmod(0o755)
+    calls = tmp_path / "calls.jsonl"
+    environment = {"PATH": f"{stub.parent}{os.pathsep}{os.environ['PATH']}", "PROJECT": PROJECT,
+                   "DATABASE_URL": DATABASE_URL, "GCLOUD_CALLS": str(calls)}
+
+    # Act
+    printed = subprocess.run([sys.executable, str(DEPLOY), "--source=..", "--dry-run"], env=environment,
+                             capture_output=True, text=True, cwd=DEPLOY.parent)
+    ran = subprocess.run([sys.executable, str(DEPLOY), "--source=.."], env=environment, capture_output=True,
+                         text=True, cwd=DEPLOY.parent)
+
+    # Assert
+    assert (printed.returncode, ran.returncode) == (0, 0), printed.stderr + ran.stderr
+    assert {flag["--source"] for flag in deployed(printed.stdout).values()} == {str(ROOT)}
+    deploys = [json.loads(line) for line in calls.read_text().splitlines() if line.startswith('["functions"')]
+    assert {flags(words)["--source"] for words in deploys} == {str(ROOT)}
+
+
 # --- what the functions' source upload contains ----------------------------------------------
 
 
