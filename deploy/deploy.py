@@ -87,8 +87,8 @@ def parse_args(argv: list[str], env: dict[str, str]) -> argparse.Namespace:
     add("--service-account", default=default("SERVICE_ACCOUNT"),
         help="runtime service account of the functions [SERVICE_ACCOUNT; default: the project's default]")
     add("--name-prefix", default=default("FUNCTION_PREFIX", ""), help="prefix of function names [FUNCTION_PREFIX]")
-    add("--recommend-min-instances", type=int, default=int(default("RECOMMEND_MIN_INSTANCES", "1")),
-        help="warm recommend instances [RECOMMEND_MIN_INSTANCES]")
+    add("--recommend-min-instances", type=int,  # RECOMMEND_MIN_INSTANCES: read with the other per-function sizes
+        help="warm recommend instances [RECOMMEND_MIN_INSTANCES; default 1]")
     add("--preload-shops", default=default("PRELOAD_SHOPS", ""),
         help="shops whose models recommend instances load while starting, comma-separated [PRELOAD_SHOPS]")
     add("--model-memory-mib", type=float, default=_number(env, "MODEL_MEMORY_MIB"),
@@ -130,6 +130,8 @@ def parse_args(argv: list[str], env: dict[str, str]) -> argparse.Namespace:
 def function_specs(args: argparse.Namespace, env: dict[str, str]) -> list[FunctionSpec]:
     chosen = [spec for spec in FUNCTIONS if not spec.pubsub or args.pubsub_topic]
     specs = [_with_overrides(spec, env) for spec in ([*chosen, APP] if args.with_app else chosen)]
+    if args.recommend_min_instances is None:
+        return specs
     return [replace(spec, min_instances=args.recommend_min_instances) if spec.entry_point == "recommend" else spec
             for spec in specs]
 

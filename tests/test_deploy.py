@@ -326,6 +326,8 @@ CPU_RULE = "must be 1, 2, 4, 6 or 8 vCPUs, or 0.08 to 1 in steps of 0.001"
     ({"WEBHOOK_CPU": "0.05"}, f"WEBHOOK_CPU {CPU_RULE}", 1),
     ({"WEBHOOK_CPU": "0.1234"}, f"WEBHOOK_CPU {CPU_RULE}", 1),
     ({"WEBHOOK_CPU": "one"}, f"WEBHOOK_CPU {CPU_RULE}", 1),
+    # Regression: RECOMMEND_MIN_INSTANCES, read first as --recommend-min-instances's default, stopped with a traceback.
+    ({"RECOMMEND_MIN_INSTANCES": "two"}, "RECOMMEND_MIN_INSTANCES must be an integer, got 'two'", 1),
     # Regression: only the rules below 1 vCPU were checked, so these reached gcloud after the functions before them
     # had been deployed (Cloud Run: above 4, 8, 16, 24 GiB at least 2, 4, 6, 8 vCPUs; 4 vCPUs from 2 GiB, 6 and 8 from
     # 4 GiB; at most 8 vCPUs and 32 GiB).
