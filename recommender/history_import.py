@@ -2,14 +2,17 @@
 
 Columns (header row required): customer_id, product_id, kind, occurred_at and,
 optionally, quantity. `kind` is view, add_to_cart or purchase; `occurred_at` is
-ISO 8601. The whole file is validated first and stored in one transaction, so a
-bad row stores nothing; importing the same file twice stores it once.
+ISO 8601. The file is UTF-8 (a BOM is skipped). The whole
+file is validated first and stored in one transaction, so a bad row stores nothing;
+importing the same file twice stores it once.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
+import io
 import re
 from collections import Counter
 from pathlib import Path
@@ -30,13 +33,22 @@ class HistoryImportError(RecommenderError):
 
 def read_history_csv(handle: TextIO, shop: str, source: str = "import") -> list[Event]:
     reader = csv.DictReader(handle)
-    missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
-    if missing:
-        raise HistoryImportError(f"{source}: the header lacks column(s) {', '.join(missing)}; "
-                           f"expected {', '.join(REQUIRED_COLUMNS)}[, quantity]")
+    try:
+        fieldnames = reader.fieldnames or []
+        missing = [c for c in REQUIRED_COLUMNS if c not in fieldnames]
+        if missing:
+            raise HistoryImportError(f"{source}: the header lacks column(s) {', '.join(missing)}; "
+                                     f"expected {', '.join(REQUIRED_COLUMNS)}[, quantity]")
+        return _read_rows(reader, shop, source)
+    except csv.Error as exc:  # a field past csv's size limit, say
+        raise HistoryImportError(f"{source}:{reader.reader.line_num}: {exc}") from None  # DictReader's is the last row's
+
+
+def _read_rows(reader: csv.DictReader, shop: str, source: str) -> list[Event]:
     seen: Counter[str] = Counter()
     events = []
-    for line, row in enumerate(reader, start=2):
+    for row in reader:
+        line = reader.line_num  # the row's last line: blank lines are skipped, and a quoted field may hold newlines
         try:
             kind = EventKind((row["kind"] or "").strip())
         except ValueError:
@@ -68,6 +80,13 @@ def read_history_csv(handle: TextIO, shop: str, source: str = "import") -> list[
 
 def import_history(store: EventStore, path: str | Path, shop: str) -> tuple[int, int]:
     """Import a CSV file; returns (rows read, events newly stored)."""
-    with open(path, newline="", encoding="utf-8-sig") as handle:  # Excel writes a BOM
-        events = read_history_csv(handle, shop, source=str(path))
+    data = Path(path).read_bytes()
+    data = data[len(codecs.BOM_UTF8):] if data.startswith(codecs.BOM_UTF8) else data  # Excel writes a BOM
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise HistoryImportError(f"{path}:{line}: not UTF-8 (byte 0x{data[exc.start]:02x}); "
+                                 "save the file as CSV UTF-8") from None
+    events = read_history_csv(io.StringIO(text, newline=""), shop, source=str(path))
     return len(events), store.add_events(events)

@@ -266,9 +266,9 @@ def test_bug_non_ascii_digit_quantity_raises_history_import_error(store, tmp_pat
 # --- the CLI, as a real process ----------------------------------------------------------
 
 
-def run_cli(tmp_path, *args):
+def run_cli(tmp_path, *args, store_url=None):
     env = {**os.environ,
-           "EVENT_STORE_URL": f"sqlite:///{tmp_path}/cli/events.sqlite3",
+           "EVENT_STORE_URL": store_url or f"sqlite:///{tmp_path}/cli/events.sqlite3",
            "MODEL_STORE_URL": f"file://{tmp_path}/cli/models"}
     return subprocess.run([sys.executable, "-m", "recommender", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=60)
@@ -323,3 +323,42 @@ def test_cli_import_of_a_missing_file_exits_2(tmp_path):
     assert result.returncode == 2
     assert result.stderr.startswith("error: [Errno 2] No such file or directory")
     assert str(tmp_path / "nope.csv") in result.stderr
+
+
+def test_bug_a_file_that_is_not_utf8_exits_2_naming_the_line(tmp_path):
+    """BUG: a file saved as Windows-1252 (Excel's plain "CSV") raised UnicodeDecodeError out of the CLI, a traceback
+    and exit 1, instead of an error line."""
+    # Arrange
+    path = tmp_path / "latin1.csv"
+    path.write_bytes(HEADER.encode() + "c1,p1,view,2024-03-01T10:00:00Z,1\nc\u00e9,p1,view,2024-03-01T10:00:00Z,1\n"
+                     .encode("cp1252"))
+
+    # Act
+    result = run_cli(tmp_path, "import", str(path), "--shop", SHOP)
+
+    # Assert
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"error: {path}:3: not UTF-8 (byte 0xe9); save the file as CSV UTF-8"]
+
+
+def test_bug_a_field_past_the_csv_size_limit_exits_2_naming_the_line(tmp_path):
+    """BUG: csv.Error ("field larger than field limit") escaped the CLI as a traceback, exit 1."""
+    # Arrange
+    path = write(tmp_path, HEADER + "c1,p1,view,2024-03-01T10:00:00Z,1\n" + "c1," + "p" * 200_000 + ",view,x,1\n")
+
+    # Act
+    result = run_cli(tmp_path, "import", str(path), "--shop", SHOP)
+
+    # Assert
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"error: {path}:3: field larger than field limit (131072)"]
+
+
+def test_bug_an_error_after_a_blank_line_names_the_files_own_line(store, tmp_path):
+    """BUG: rows were numbered as they were read, and csv skips blank lines: the error named the line before."""
+    # Arrange
+    path = write(tmp_path, HEADER + "c1,p1,view,2024-03-01T10:00:00Z,1\n\n\nc1,p1,click,2024-03-01T10:00:00Z,1\n")
+
+    # Act / Assert
+    with pytest.raises(HistoryImportError, match=rf"^{path}:5: kind must be one of"):
+        import_history(store, path, SHOP)
