@@ -35,6 +35,9 @@ def read_history_csv(handle: TextIO, shop: str, source: str = "import") -> list[
     reader = csv.DictReader(handle)
     try:
         fieldnames = reader.fieldnames or []
+        repeated = sorted({name for name in fieldnames if fieldnames.count(name) > 1})
+        if repeated:  # DictReader keeps the last of them: a row's values would be read from the wrong column
+            raise HistoryImportError(f"{source}: the header names column(s) {', '.join(repeated)} more than once")
         missing = [c for c in REQUIRED_COLUMNS if c not in fieldnames]
         if missing:
             raise HistoryImportError(f"{source}: the header lacks column(s) {', '.join(missing)}; "
@@ -49,6 +52,9 @@ def _read_rows(reader: csv.DictReader, shop: str, source: str) -> list[Event]:
     events = []
     for row in reader:
         line = reader.line_num  # the row's last line: blank lines are skipped, and a quoted field may hold newlines
+        if None in row:  # DictReader's key for fields past the header's
+            raise HistoryImportError(f"{source}:{line}: {len(reader.fieldnames) + len(row[None])} fields, "
+                                     f"the header has {len(reader.fieldnames)}")
         try:
             kind = EventKind((row["kind"] or "").strip())
         except ValueError:

@@ -362,3 +362,33 @@ def test_bug_an_error_after_a_blank_line_names_the_files_own_line(store, tmp_pat
     # Act / Assert
     with pytest.raises(HistoryImportError, match=rf"^{path}:5: kind must be one of"):
         import_history(store, path, SHOP)
+
+
+def test_bug_a_column_named_twice_in_the_header_is_refused(store, tmp_path):
+    """BUG: csv.DictReader keeps the last of two columns of one name: customer_id was read from the fifth column
+    (c9), and the import stored the event under the wrong customer without a word."""
+    # Arrange
+    path = write(tmp_path, "customer_id,product_id,kind,occurred_at,customer_id\nc1,p1,view,2024-03-01T10:00:00Z,c9\n")
+
+    # Act
+    with pytest.raises(HistoryImportError) as raised:
+        import_history(store, path, SHOP)
+
+    # Assert
+    assert str(raised.value) == f"{path}: the header names column(s) customer_id more than once"
+    assert store.count_events() == 0
+
+
+def test_bug_a_row_with_more_fields_than_the_header_is_refused(store, tmp_path):
+    """BUG: fields past the header's were dropped without a word: a quantity written in a file whose header has no
+    quantity column was stored as 1."""
+    # Arrange
+    path = write(tmp_path, "customer_id,product_id,kind,occurred_at\nc1,p1,purchase,2024-03-01T10:00:00Z,5\n")
+
+    # Act
+    with pytest.raises(HistoryImportError) as raised:
+        import_history(store, path, SHOP)
+
+    # Assert
+    assert str(raised.value) == f"{path}:2: 5 fields, the header has 4"
+    assert store.count_events() == 0
