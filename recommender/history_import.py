@@ -15,6 +15,7 @@ import hashlib
 import io
 import re
 from collections import Counter
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TextIO
 
@@ -25,13 +26,17 @@ from recommender.store import EventStore
 
 REQUIRED_COLUMNS = ("customer_id", "product_id", "kind", "occurred_at")
 _POSITIVE = re.compile(r"^[0-9]{1,9}$")  # ASCII digits only: str.isdigit() also accepts superscripts
+# PostgreSQL's text holds no NUL, and an index entry at most ~2.7 kB: longer ids stored on SQLite only.
+MAX_ID_LENGTH = 255
 
 
 class HistoryImportError(RecommenderError):
     """The file cannot be imported; the message names the line and the column."""
 
 
-def read_history_csv(handle: TextIO, shop: str, source: str = "import") -> list[Event]:
+def read_history_csv(handle: TextIO, shop: str, source: str = "import", now: datetime | None = None) -> list[Event]:
+    """The file's rows as events; `now` (default: the time of the call) is the latest `occurred_at` accepted."""
+    now = now or datetime.now(timezone.utc)
     reader = csv.DictReader(handle)
     try:
         fieldnames = reader.fieldnames or []
@@ -42,12 +47,12 @@ def read_history_csv(handle: TextIO, shop: str, source: str = "import") -> list[
         if missing:
             raise HistoryImportError(f"{source}: the header lacks column(s) {', '.join(missing)}; "
                                      f"expected {', '.join(REQUIRED_COLUMNS)}[, quantity]")
-        return _read_rows(reader, shop, source)
+        return _read_rows(reader, shop, source, now)
     except csv.Error as exc:  # a field past csv's size limit, say
         raise HistoryImportError(f"{source}:{reader.reader.line_num}: {exc}") from None  # DictReader's is the last row's
 
 
-def _read_rows(reader: csv.DictReader, shop: str, source: str) -> list[Event]:
+def _read_rows(reader: csv.DictReader, shop: str, source: str, now: datetime) -> list[Event]:
     seen: Counter[str] = Counter()
     events = []
     for row in reader:
@@ -67,6 +72,10 @@ def _read_rows(reader: csv.DictReader, shop: str, source: str) -> list[Event]:
         customer_id, product_id = (row["customer_id"] or "").strip(), (row["product_id"] or "").strip()
         if not customer_id or not product_id:
             raise HistoryImportError(f"{source}:{line}: customer_id and product_id are required")
+        for name, value in (("customer_id", customer_id), ("product_id", product_id)):
+            if len(value) > MAX_ID_LENGTH or "\x00" in value:
+                raise HistoryImportError(f"{source}:{line}: {name} must be at most {MAX_ID_LENGTH} characters, "
+                                         f"none of them NUL; got {value[:40]!r}" + ("..." if len(value) > 40 else ""))
         try:
             occurred_at = parse_timestamp((row["occurred_at"] or "").strip(), "occurred_at")
         except InvalidEvent as exc:

@@ -392,3 +392,35 @@ def test_bug_a_row_with_more_fields_than_the_header_is_refused(store, tmp_path):
     # Assert
     assert str(raised.value) == f"{path}:2: 5 fields, the header has 4"
     assert store.count_events() == 0
+
+
+@pytest.mark.parametrize("bad_id, shown", [
+    ("c\x001", "'c\\x001'"),
+    ("c" * 256, repr("c" * 40) + "..."),
+], ids=["nul", "256 characters"])
+def test_bug_an_id_postgresql_cannot_store_is_refused_naming_the_line_on_both_backends(tmp_path, event_store_url,
+                                                                                      bad_id, shown):
+    """BUG: a NUL in an id, or an id of thousands of characters, was stored on SQLite, and on PostgreSQL failed the
+    whole import ("\\u0000 cannot be converted to text", "index row size exceeds") without naming the line."""
+    # Arrange
+    path = write(tmp_path, HEADER + "c1,p1,view,2024-03-01T10:00:00Z,1\n" + f"{bad_id},p1,view,2024-03-01T10:00:00Z,1\n")
+
+    # Act
+    result = run_cli(tmp_path, "import", str(path), "--shop", SHOP, store_url=event_store_url)
+
+    # Assert
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"error: {path}:3: customer_id must be at most 255 characters, none of them NUL; got {shown}"]
+
+
+def test_a_255_character_id_is_stored_on_both_backends(tmp_path, event_store_url):
+    # Arrange
+    path = write(tmp_path, HEADER + "\u00e9" * 255 + ",p1,view,2024-03-01T10:00:00Z,1\n")
+
+    # Act
+    result = run_cli(tmp_path, "import", str(path), "--shop", SHOP, store_url=event_store_url)
+
+    # Assert
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["stored"] == 1
