@@ -2,7 +2,7 @@
 
 Columns (header row required): customer_id, product_id, kind, occurred_at and,
 optionally, quantity. `kind` is view, add_to_cart or purchase; `occurred_at` is
-ISO 8601. The file is UTF-8 (a BOM is skipped). The whole
+ISO 8601 and not after the import. The file is UTF-8 (a BOM is skipped). The whole
 file is validated first and stored in one transaction, so a bad row stores nothing;
 importing the same file twice stores it once.
 """
@@ -80,6 +80,9 @@ def _read_rows(reader: csv.DictReader, shop: str, source: str, now: datetime) ->
             occurred_at = parse_timestamp((row["occurred_at"] or "").strip(), "occurred_at")
         except InvalidEvent as exc:
             raise HistoryImportError(f"{source}:{line}: {exc}") from None
+        if occurred_at > now:  # dated in the future it would count whole in trending, and retention never prunes it
+            raise HistoryImportError(f"{source}:{line}: occurred_at {row['occurred_at'].strip()!r} is later than now "
+                                     f"({now.isoformat(timespec='seconds')}); a time without an offset is read as UTC")
         # Identical rows are kept apart by their occurrence number, so re-imports dedupe but repeats count.
         fingerprint = hashlib.sha256(
             "|".join((customer_id, product_id, kind.value, occurred_at.isoformat(), quantity_text)).encode()

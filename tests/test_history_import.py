@@ -424,3 +424,18 @@ def test_a_255_character_id_is_stored_on_both_backends(tmp_path, event_store_url
     # Assert
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["stored"] == 1
+
+
+def test_bug_a_row_dated_in_the_future_is_refused(store, tmp_path):
+    """BUG: a row dated after the import (a year typed 2205, local times read as UTC) was stored: it counted whole in
+    trending and as the shopper's latest event for as long as that lasted, and retention never pruned it (the pixel's
+    events are clamped for the same reason)."""
+    # Arrange
+    path = write(tmp_path, HEADER + "c1,p1,view,2024-03-01T10:00:00Z,1\nc1,p2,view,2205-03-01T10:00:00Z,1\n")
+
+    # Act
+    with pytest.raises(HistoryImportError, match=rf"^{path}:3: occurred_at '2205-03-01T10:00:00Z' is later than now"):
+        import_history(store, path, SHOP)
+
+    # Assert
+    assert store.count_events() == 0
