@@ -617,7 +617,8 @@ def run_evaluate_command(args: argparse.Namespace, env: Mapping[str, str]) -> in
             store.close()
         if not len(data):
             raise EvaluationError(f"shop {shop} has no stored events")
-        split = last_order_split(data) if args.last_order else temporal_split(data, args.holdout_days or 14.0)
+        holdout_days = 14.0 if args.holdout_days is None else args.holdout_days  # 0 is refused, not the default
+        split = last_order_split(data) if args.last_order else temporal_split(data, holdout_days)
         dataset = shop
     else:
         train, test = read_interaction_files(args.train, args.test)

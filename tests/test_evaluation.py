@@ -470,3 +470,20 @@ def test_a_sample_of_targets_keeps_each_users_own_items_in_the_users_order_and_t
     assert [r.tolist() for r in picked.subsets["new"]] == [[u] for u in picked.users.tolist()]
     assert sample_targets(targets, 3, seed=7).users.tolist() == picked.users.tolist()
     assert {tuple(sample_targets(targets, 3, seed=s).users.tolist()) for s in range(20)} != {tuple(picked.users)}
+
+
+def test_bug_holdout_days_0_is_refused_not_read_as_14(tmp_path, env, store, capsys):
+    """BUG: `args.holdout_days or 14.0` read --holdout-days 0 as the default 14 days: the run evaluated a split the
+    user had not asked for, and said so only in the report's description."""
+    data = planted(n_users=60)  # the default 14 days hold out enough to evaluate on
+    store.add_events([Event(EventKind.PURCHASE, SHOP, data.item_ids[i], datetime.fromtimestamp(t, tz=timezone.utc),
+                            customer_id=data.user_ids[u][1:], dedupe_key=f"row-{n}")
+                      for n, (u, i, t) in enumerate(zip(data.users, data.items, data.timestamps))])
+    os.environ.update(env)
+
+    code = main(["evaluate", "--shop", SHOP, "--holdout-days", "0", "--models", "pop", "--no-progress",
+                 "--out", str(tmp_path / "report")])
+
+    assert code == 2
+    assert "holdout_days > 0, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "report").exists()
