@@ -487,3 +487,34 @@ def test_bug_holdout_days_0_is_refused_not_read_as_14(tmp_path, env, store, caps
     assert code == 2
     assert "holdout_days > 0, got 0" in capsys.readouterr().err
     assert not (tmp_path / "report").exists()
+
+
+def test_bug_a_kind_event_weights_do_not_weigh_is_refused_naming_it(tmp_path, capsys):
+    """BUG: a kind outside view, add_to_cart and purchase (evaluate --help's list) weighed 0, so its rows were dropped
+    from training without a word: a pair of files of "order" rows trained every model on nothing, and the run exited 0
+    with every metric 0."""
+    train, test = write_csv_pair(tmp_path)
+    for path in (train, test):
+        header, *rows = open(path).read().splitlines()
+        open(path, "w").write("\n".join([header + ",kind", *(row + ",order" for row in rows)]) + "\n")
+
+    code = main(["evaluate", "--train", train, "--test", test, "--models", "pop", "--no-progress",
+                 "--out", str(tmp_path / "report")])
+
+    assert code == 2
+    assert ("kind(s) order in the files are not weighed by EVENT_WEIGHTS (view, add_to_cart, purchase)"
+            in capsys.readouterr().err)
+    assert not (tmp_path / "report").exists()
+
+
+def test_files_whose_kinds_are_all_known_are_evaluated(tmp_path, capsys):
+    train, test = write_csv_pair(tmp_path)
+    for path, kind in ((train, "view"), (test, "purchase")):
+        header, *rows = open(path).read().splitlines()
+        open(path, "w").write("\n".join([header + ",kind", *(row + f",{kind}" for row in rows)]) + "\n")
+
+    code = main(["evaluate", "--train", train, "--test", test, "--models", "pop", "--no-progress",
+                 "--out", str(tmp_path / "report")])
+
+    assert code == 0, capsys.readouterr().err
+    assert json.loads((tmp_path / "report" / "evaluation.json").read_text())["results"][0]["metrics"]["ndcg@10"] > 0
