@@ -626,7 +626,8 @@ def run_evaluate_command(args: argparse.Namespace, env: Mapping[str, str]) -> in
             unknown = sorted((set(train.kinds.tolist()) | set(test.kinds.tolist())) - set(signal.event_weights))
             if unknown:
                 raise EvaluationError(f"kind(s) {', '.join(unknown)} in the files are not weighed by EVENT_WEIGHTS "
-                                      f"({', '.join(signal.event_weights)}): write one of those, or leave the kind column out")
+                                      f"({', '.join(signal.event_weights)}): write one of those, "
+                                      "or leave the kind column out")
         split = files_split(train, test, seed=args.seed)
         dataset = f"{args.train} / {args.test}"
     families = (["als"] if args.tune else []) + (["bpr"] if args.tune_bpr else [])

@@ -48,8 +48,8 @@ def read_history_csv(handle: TextIO, shop: str, source: str = "import", now: dat
             raise HistoryImportError(f"{source}: the header lacks column(s) {', '.join(missing)}; "
                                      f"expected {', '.join(REQUIRED_COLUMNS)}[, quantity]")
         return _read_rows(reader, shop, source, now)
-    except csv.Error as exc:  # a field past csv's size limit, say
-        raise HistoryImportError(f"{source}:{reader.reader.line_num}: {exc}") from None  # DictReader's is the last row's
+    except csv.Error as exc:  # a field past csv's size limit, say; DictReader's line_num is the last good row's
+        raise HistoryImportError(f"{source}:{reader.reader.line_num}: {exc}") from None
 
 
 def _read_rows(reader: csv.DictReader, shop: str, source: str, now: datetime) -> list[Event]:

@@ -403,7 +403,8 @@ def test_bug_an_id_postgresql_cannot_store_is_refused_naming_the_line_on_both_ba
     """BUG: a NUL in an id, or an id of thousands of characters, was stored on SQLite, and on PostgreSQL failed the
     whole import ("\\u0000 cannot be converted to text", "index row size exceeds") without naming the line."""
     # Arrange
-    path = write(tmp_path, HEADER + "c1,p1,view,2024-03-01T10:00:00Z,1\n" + f"{bad_id},p1,view,2024-03-01T10:00:00Z,1\n")
+    path = write(tmp_path, HEADER + "c1,p1,view,2024-03-01T10:00:00Z,1\n"
+                 + f"{bad_id},p1,view,2024-03-01T10:00:00Z,1\n")
 
     # Act
     result = run_cli(tmp_path, "import", str(path), "--shop", SHOP, store_url=event_store_url)
