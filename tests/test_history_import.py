@@ -6,14 +6,15 @@ import os
 import sqlite3
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
+from functions_framework import create_app
 
 from recommender.events import EventKind
 from recommender.history_import import HistoryImportError, import_history, read_history_csv
 from recommender.store import Interaction, SQLiteEventStore
-from tests.conftest import ROOT, SHOP
+from tests.conftest import ROOT, SHOP, as_body, order_payload, signed_headers
 
 HEADER = "customer_id,product_id,kind,occurred_at,quantity\n"
 VALID = HEADER + (
@@ -440,3 +441,28 @@ def test_bug_a_row_dated_in_the_future_is_refused(store, tmp_path):
 
     # Assert
     assert store.count_events() == 0
+
+
+def test_bug_an_import_into_an_installed_shop_leaves_a_late_uninstall_standing(tmp_path, env, event_store_url):
+    """BUG recommender/__main__.py (`set_shop_installed(shop, True)` on every import): the import dated the shop's
+    install by the machine's clock, now, over the time Shopify's clock gave its first webhook. An app/uninstalled the
+    merchant triggered before the import but delivered after it (Shopify retries for 48 hours) was then taken for a
+    stale retry and ignored: the shop stayed served, and no other uninstall would come."""
+    # Arrange: installed by an order triggered ten minutes ago; the merchant removes the app a minute ago
+    os.environ.update({**env, "EVENT_STORE_URL": event_store_url})
+    client = create_app(target="app", source=str(ROOT / "main.py")).test_client()
+    now = datetime.now(timezone.utc)
+    order = as_body(order_payload(1, 5, [101]))
+    assert client.post("/webhooks", data=order, headers={**signed_headers(order, "orders/create"),
+                       "X-Shopify-Triggered-At": (now - timedelta(minutes=10)).isoformat()}).status_code == 200
+    imported = run_cli(tmp_path, "import", str(write(tmp_path, VALID)), "--shop", SHOP, store_url=event_store_url)
+    assert imported.returncode == 0, imported.stderr
+
+    # Act: the uninstall, triggered before the import, delivered after it
+    body = as_body({"id": 548380009, "name": "Super Toys"})
+    uninstalled = client.post("/webhooks", data=body, headers={**signed_headers(body, "app/uninstalled"),
+                              "X-Shopify-Triggered-At": (now - timedelta(minutes=1)).isoformat()})
+
+    # Assert
+    assert (uninstalled.status_code, uninstalled.json["status"], uninstalled.json["serving"]) == (200, "done", False)
+    assert client.get(f"/recommend?shop={SHOP}&intent=trending").status_code == 404
