@@ -197,6 +197,23 @@ TOPICS_NOT_PROVING_INSTALL = frozenset({"app/uninstalled", "shop/redact", "custo
 PIXEL_SOURCE_PREFIX = "pixel/"
 
 
+# The start of the dedupe key of a pixel client's cart signal for a product (webhooks.pixel): one row that holds the
+# latest of its beacons by their time (an add 1, a removal 0), whichever arrives first. Every other key's row is only
+# ever lowered by a repeat (a refund, a cancellation, a line seen again).
+CART_STATE_PREFIX = "pixel-cart:"
+
+
+def latest_wins(dedupe_key: str | None) -> bool:
+    """The row of this dedupe key holds its latest event (`CART_STATE_PREFIX`), not its lowest weight."""
+    return dedupe_key is not None and dedupe_key.startswith(CART_STATE_PREFIX)
+
+
+def later(event: Event, than: Event) -> bool:
+    """`event` replaces `than` under a `latest_wins` key: it happened later or, at the same time, weighs less (an add
+    and a removal at one instant leave the product out of the cart, whichever arrives first)."""
+    return (event.occurred_at, -event.weight_factor) > (than.occurred_at, -than.weight_factor)
+
+
 def not_from_pixel(source_topic: str = "source_topic") -> str:
     """SQL, both backends: the row of column `source_topic` is not a pixel's event (`PIXEL_SOURCE_PREFIX`)."""
     return f"substr({source_topic}, 1, {len(PIXEL_SOURCE_PREFIX)}) <> '{PIXEL_SOURCE_PREFIX}'"
@@ -1050,9 +1067,10 @@ class SQLiteEventStore(SharedQueries):
 
     @staticmethod
     def _insert_events(conn: sqlite3.Connection, events: Iterable[Event]) -> int:
-        """Insert new events; an event whose dedupe key exists only lowers that event's weight factor. A new event
-        whose key refunds were kept for (`pending_refunds`: they came before it) is inserted shrunk by them. A guest's
-        event joins the customer its token was linked to, unless a pixel sent it (`PIXEL_SOURCE_PREFIX`)."""
+        """Insert new events; an event whose dedupe key exists only lowers that event's weight factor (a pixel's cart
+        signal replaces it if it is later: `CART_STATE_PREFIX`). A new event whose key refunds were kept for
+        (`pending_refunds`: they came before it) is inserted shrunk by them. A guest's event joins the customer its
+        token was linked to, unless a pixel sent it (`PIXEL_SOURCE_PREFIX`)."""
         inserted = 0
         for e in events:
             customer_id, user = e.customer_id, e.user_key
@@ -1063,6 +1081,14 @@ class SQLiteEventStore(SharedQueries):
                     customer_id, user = link[0], f"c:{link[0]}"
             exists = e.dedupe_key is not None and conn.execute(
                 "SELECT 1 FROM events WHERE shop = ? AND dedupe_key = ?", (e.shop, e.dedupe_key)).fetchone()
+            if exists and latest_wins(e.dedupe_key):  # a later beacon replaces the row; an earlier one is stale
+                conn.execute("UPDATE events SET weight_factor = ?, occurred_at = ?, source_topic = ?, delivery_id = ?,"
+                             " variant_id = ?, price = ? WHERE shop = ? AND dedupe_key = ?"
+                             " AND (occurred_at < ? OR (occurred_at = ? AND weight_factor > ?))",  # `later`
+                             (e.weight_factor, iso_utc(e.occurred_at), e.source_topic, e.delivery_id, e.variant_id,
+                              e.price, e.shop, e.dedupe_key, iso_utc(e.occurred_at), iso_utc(e.occurred_at),
+                              e.weight_factor))
+                continue
             if exists:
                 conn.execute("UPDATE events SET weight_factor = MIN(weight_factor, ?) WHERE shop = ? AND dedupe_key = ?",
                              (e.weight_factor, e.shop, e.dedupe_key))

@@ -38,10 +38,10 @@ from recommender.errors import ConfigError, StoreError
 from recommender.changes import ChangeSet, Delivery, Event, RefundLine
 from recommender.events import CatalogProduct, EventKind, order_line_key
 from recommender.store import (
-    EVENT_EXPORT_COLUMNS, KINDS, NOT_FOR_SALE, STOCK_OF_VARIANT, TOPICS_NOT_PROVING_INSTALL, UNSELLABLE_SQL,
-    ActivityBucket, Interaction,
-    SharedQueries, customer_export, export_json, iso_utc, not_from_pixel, of_one_shop, refund_adjustment_key,
-    require_aware,
+    CART_STATE_PREFIX, EVENT_EXPORT_COLUMNS, KINDS, NOT_FOR_SALE, STOCK_OF_VARIANT, TOPICS_NOT_PROVING_INSTALL,
+    UNSELLABLE_SQL, ActivityBucket, Interaction,
+    SharedQueries, customer_export, export_json, iso_utc, later, latest_wins, not_from_pixel, of_one_shop,
+    refund_adjustment_key, require_aware,
 )
 
 if TYPE_CHECKING:
@@ -258,15 +258,22 @@ def _events_linked(rows: str, extra: str = "") -> str:
             f" WITH ORDINALITY AS e ({_EVENT_NAMES}{', item' if extra else ''}, position) OFFSET 0) AS e")
 
 
+# A stored row holds the latest of its key's events, not the lowest weight (a pixel's cart signal: CART_STATE_PREFIX;
+# of two at the same time, the lower: `recommender.store.later`).
+_LATEST_WINS = f"left(events.dedupe_key, {len(CART_STATE_PREFIX)}) = '{CART_STATE_PREFIX}'"
+
 # The rows of `proposed` (ids drawn in the order given) inserted in that order: each new event a row, one whose dedupe
-# key is stored only lowering that row's weight factor. `stored JOIN proposed USING (id)` are the new ones; the refunds
+# key is stored only lowering that row's weight factor (a pixel's cart signal: replacing it if later, `_LATEST_WINS`). `stored JOIN proposed USING (id)` are the new ones; the refunds
 # kept for their keys, which shrank them, are done with (`settled`, the rows `proposed` summed: one snapshot).
 _STORE_PROPOSED = (
     " stored AS ("
     f" INSERT INTO events (id, {_EVENT_NAMES}) OVERRIDING SYSTEM VALUE"
     f" SELECT id, {_EVENT_NAMES} FROM proposed ORDER BY position"
     " ON CONFLICT (shop, dedupe_key) DO UPDATE SET weight_factor = excluded.weight_factor"
-    " WHERE excluded.weight_factor < events.weight_factor"
+    + "".join(f", {column} = CASE WHEN {_LATEST_WINS} THEN excluded.{column} ELSE events.{column} END"
+              for column in ("occurred_at", "source_topic", "delivery_id", "variant_id", "price")) +
+    f" WHERE CASE WHEN {_LATEST_WINS} THEN (excluded.occurred_at, -excluded.weight_factor)"
+    " > (events.occurred_at, -events.weight_factor) ELSE excluded.weight_factor < events.weight_factor END"
     " RETURNING id),"
     " settled AS ("
     " DELETE FROM pending_refunds AS r USING stored JOIN proposed USING (id)"
@@ -549,12 +556,16 @@ def _iso(moment: datetime | None) -> str | None:
 
 def _first_of_each_key(events: Sequence[Event]) -> list[Event]:
     """One event per dedupe key (ON CONFLICT DO UPDATE may touch a row once per statement): the key's first event,
-    with the key's lowest weight factor, as if the later ones had been inserted and lowered it."""
+    with the key's lowest weight factor, as if the later ones had been inserted and lowered it (a pixel's cart
+    signal: its latest event, `latest_wins`)."""
     unique: dict[object, Event] = {}
     for position, e in enumerate(events):
         key = (e.shop, e.dedupe_key) if e.dedupe_key is not None else position
         if key not in unique:
             unique[key] = e
+        elif latest_wins(e.dedupe_key):
+            if later(e, unique[key]):
+                unique[key] = e
         elif e.weight_factor < unique[key].weight_factor:
             unique[key] = replace(unique[key], weight_factor=e.weight_factor)
     return list(unique.values())

@@ -304,3 +304,53 @@ def test_bug_a_checkout_of_more_products_than_a_clients_burst_is_stored(installe
 
     assert (response.status_code, response.json.get("events")) == (200, 80)
     assert len(store_of(installed).history(SHOP, "a:c-wholesale", 100)) == 80
+
+
+def cart_beacon(event_id: str, name: str, product: str, when: str, client: str = "c-cart") -> dict:
+    """A product_added_to_cart or product_removed_from_cart event in the Web Pixels API's shape."""
+    return {"id": event_id, "name": name, "timestamp": when, "clientId": client,
+            "data": {"cartLine": {"quantity": 1, "merchandise": {"id": f"{product}0", "price": {"amount": 5.0},
+                                                                 "product": {"id": product}}}}}
+
+
+ADD, REMOVE = "product_added_to_cart", "product_removed_from_cart"
+
+
+@pytest.mark.parametrize("beacons, in_cart", [
+    ([[(ADD, 1)], [(REMOVE, 2)], [(ADD, 3)]], True),  # put back after a removal
+    ([[(REMOVE, 1)], [(ADD, 2)]], True),  # the first beacon seen is a removal (the add's was lost)
+    ([[(ADD, 1), (REMOVE, 2), (ADD, 3)]], True),  # the three in one beacon
+    ([[(REMOVE, 2)], [(ADD, 1)]], False),  # an older add arriving after its removal
+    ([[(ADD, 1)], [(REMOVE, 2)]], False),  # removed
+    ([[(ADD, 3), (REMOVE, 2)]], True),  # one beacon, the removal listed last but dated first
+    ([[(REMOVE, 1)], [(ADD, 1)]], False),  # at the same instant the removal wins, whichever arrives first
+], ids=["re-added", "removal-first", "one-beacon", "late-older-add", "removed", "one-beacon-out-of-order",
+        "same-instant"])
+def test_bug_a_product_put_back_in_the_cart_counts_again(env, event_store_url, beacons, in_cart):
+    """BUG webhooks/pixel.py and the stores' upsert: a client's cart signal for a product is one row
+    (`pixel-cart:{client}:{product}`) that a repeated key could only lower, so a removal's 0 stayed for ever: a product
+    added again, or added after a removal whose add was never seen, was not in the shopper's history. The row now
+    holds the latest of its beacons by their time, whichever arrives first."""
+    import os
+
+    from functions_framework import create_app
+
+    from recommender.store import open_event_store
+
+    os.environ.update({**env, "EVENT_STORE_URL": event_store_url})
+    client = create_app(target="app", source=str(ROOT / "main.py")).test_client()
+    assert post_webhook(client, "orders/create", order_payload(1, 2, [201])).status_code == 200
+    sent = 0
+    for beacon in beacons:
+        events = []
+        for name, minute in beacon:
+            sent += 1
+            events.append(cart_beacon(f"sh-cart-{sent}", name, "801", f"2026-11-20T10:0{minute}:00Z"))
+        assert collect(client, events).status_code == 200
+
+    store = open_event_store(event_store_url)
+    try:
+        history = [(e.product_id, e.kind.value) for e in store.history(SHOP, "a:c-cart", 10)]
+    finally:
+        store.close()
+    assert history == ([("801", "add_to_cart")] if in_cart else [])

@@ -20,7 +20,7 @@ from typing import Any, Callable
 from recommender.errors import InvalidEvent
 from recommender.changes import Event
 from recommender.events import EventKind, parse_timestamp
-from recommender.store import PIXEL_SOURCE_PREFIX
+from recommender.store import CART_STATE_PREFIX, PIXEL_SOURCE_PREFIX
 from webhooks import MalformedPayload
 from webhooks.topics import money, shopify_id
 
@@ -107,9 +107,9 @@ def pixel_events(payload: Any, shop: str, now: datetime | None = None) -> tuple[
         if name == "product_viewed":
             events.append(Event(kind=EventKind.VIEW, product_id=product_id, variant_id=variant_id, price=price,
                                 dedupe_key=f"pixel:{event_id}", **common))
-        else:  # one cart signal per client and product; a removal zeroes it
+        else:  # one cart signal per client and product, its latest beacon's: an add 1, a removal 0
             events.append(Event(kind=EventKind.ADD_TO_CART, product_id=product_id, variant_id=variant_id, price=price,
-                                dedupe_key=f"pixel-cart:{client_id}:{product_id}",
+                                dedupe_key=f"{CART_STATE_PREFIX}{client_id}:{product_id}",
                                 weight_factor=0.0 if name == "product_removed_from_cart" else 1.0, **common))
     return events, ignored
 
