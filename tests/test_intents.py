@@ -213,6 +213,31 @@ def test_related_returns_similar_items_without_the_product_itself(shop):
     assert body["recommendations"][0]["score"] >= body["recommendations"][-1]["score"]
 
 
+def test_related_of_a_product_one_shopper_bought_is_thin_product_data(shop):
+    # Arrange: 401 bought by customer 1000 alone, in an order of the planted month, then the shop retrained
+    post_webhook(shop, "orders/create", order_payload(61001, 1000, [401, 103], created_at="2026-10-06T09:00:00Z"))
+    assert shop.post("/train", headers=AUTH).json["trained"], "the retrained model is published"
+
+    # Act
+    thin = ask(shop, intent="related", product_id=401, n=3)
+    supported = ask(shop, intent="related", product_id=103, n=3)
+
+    # Assert: the model knows 401, but one shopper is too little to trust its factors for "related"
+    assert (thin["fallback_from"], thin["fallback_reason"], thin["strategy"]) == ("related", "thin_product_data",
+                                                                                   "popular")
+    assert (supported["strategy"], supported["fallback_from"]) == ("related", None)
+
+
+def test_an_intent_its_own_strategy_answered_reports_no_fallback_when_a_later_step_lacked_data(shop):
+    # Arrange: related has fewer than 50 items to give; trending, the next step, has nothing recent (no_recent_activity)
+    body = ask(shop, intent="related", product_id=203, n=50)
+
+    # Assert: short of 50, so trending was asked and had nothing; related answered, so no fallback to report
+    assert 0 < len(body["recommendations"]) < 50
+    assert {item["strategy"] for item in body["recommendations"]} == {"related"}
+    assert (body["strategy"], body["fallback_from"], body["fallback_reason"]) == ("related", None, None)
+
+
 def test_related_for_a_product_the_model_never_saw_falls_back(shop):
     body = ask(shop, intent="related", product_id=999, n=3)
 
@@ -297,6 +322,46 @@ def test_trending_follows_recent_orders_and_needs_no_retraining(shop):
     assert body["strategy"] == "trending" and body["fallback_from"] is None
     assert ids(body) == [206, 107]
     assert [item["score"] for item in body["recommendations"]] == [1.0, pytest.approx(1 / 3)]
+
+
+def test_trending_leaves_out_excluded_and_unsellable_products_and_still_fills_the_list_from_trending(shop):
+    # Arrange: today 206 is bought three times, 205 twice, 107 once; then 205 sells out
+    today = NOW.isoformat()
+    for n, pid in enumerate([206, 206, 206, 205, 205, 107]):
+        post_webhook(shop, "orders/create", order_payload(71000 + n, 2100 + n, [pid], created_at=today))
+    sold_out = product_payload(205, product_type="Tea", vendor="Leaf Co", quantity=0,
+                               updated_at=datetime(2026, 11, 1, tzinfo=timezone.utc))
+
+    # Act
+    excluded = ask(shop, intent="trending", exclude="206", n=2)
+    post_webhook(shop, "products/update", sold_out)
+    unsellable = ask(shop, intent="trending", n=2)
+
+    # Assert: the next trending products take their place, not popular ones
+    assert [(item["product_id"], item["strategy"]) for item in excluded["recommendations"]] == [
+        ("205", "trending"), ("107", "trending")]
+    assert [(item["product_id"], item["strategy"]) for item in unsellable["recommendations"]] == [
+        ("206", "trending"), ("107", "trending")]
+
+
+def test_type_and_vendor_filters_hold_for_trending_buy_it_again_and_recently_viewed(shop):
+    # Arrange: customer 3344 bought 107 (Coffee, Roastery) and 206 (Tea, Leaf Co) today, 206 trending most
+    today = NOW.isoformat()
+    post_webhook(shop, "orders/create", order_payload(72001, 3344, [107, 206], created_at=today))
+    post_webhook(shop, "orders/create", order_payload(72002, 3345, [206], created_at=today))
+
+    # Act
+    trending = ask(shop, intent="trending", n=5, product_type="coffee")
+    again = ask(shop, intent="buy_it_again", customer_id=3344, n=5, vendor="Leaf%20Co")
+    viewed = ask(shop, intent="recently_viewed", product_ids="206,107", n=5, product_type="Coffee")
+
+    # Assert: each list starts with its own strategy's item that matches, and nothing else slips through
+    assert [(item["product_id"], item["strategy"]) for item in trending["recommendations"]][:1] == [("107", "trending")]
+    assert [(item["product_id"], item["strategy"]) for item in again["recommendations"]][:1] == [("206", "buy_it_again")]
+    assert [(item["product_id"], item["strategy"]) for item in viewed["recommendations"]][:1] == [
+        ("107", "recently_viewed")]
+    assert set(ids(trending)) <= set(CATEGORY_A) and set(ids(viewed)) <= set(CATEGORY_A)
+    assert set(ids(again)) <= set(CATEGORY_B)
 
 
 def test_trending_with_no_recent_activity_falls_back_to_popular(shop):
@@ -469,6 +534,24 @@ def test_buy_it_again_ranks_the_customers_own_purchases_by_recency_weighted_coun
     assert body["strategy"] == "buy_it_again" and body["fallback_from"] is None
     assert ids(body) == [206, 205, 207]  # bought twice today; once today; once 90 days ago (half weight)
     assert [item["score"] for item in body["recommendations"]] == [1.0, 0.5, pytest.approx(0.25, abs=1e-3)]
+
+
+def test_buy_it_again_counts_a_partly_refunded_line_by_the_share_kept(shop):
+    # Arrange: today customer 3355 bought four of 206 and one of 205; three of the 206s were refunded
+    today = NOW.isoformat()
+    order = order_payload(82001, 3355, [206], created_at=today)
+    order["line_items"][0]["quantity"] = 4
+    post_webhook(shop, "orders/create", order)
+    post_webhook(shop, "orders/create", order_payload(82002, 3355, [205], created_at=today))
+    post_webhook(shop, "refunds/create", {"id": 82009, "order_id": 82001,
+                                          "refund_line_items": [{"line_item_id": 8200100, "quantity": 3}]})
+
+    # Act
+    body = ask(shop, intent="buy_it_again", customer_id=3355, n=2)
+
+    # Assert: 206 counts a quarter of a line, 205 a whole one
+    assert ids(body) == [205, 206]
+    assert [item["score"] for item in body["recommendations"]] == [1.0, pytest.approx(0.25, abs=1e-3)]
 
 
 def test_buy_it_again_without_purchases_falls_back_to_personalized(shop):
