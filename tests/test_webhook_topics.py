@@ -541,3 +541,82 @@ def test_a_price_that_is_not_a_finite_number_is_a_400_naming_the_field(store, pr
     assert (outcome.status, outcome.result) == (400, "malformed_payload")
     assert outcome.detail["message"] == f"price must be a finite decimal number, got {price!r}"
     assert (store.count_events(), store.count_deliveries()) == (0, 0)
+
+
+def test_a_shop_domain_header_in_capitals_is_stored_under_the_lower_case_domain(store):
+    """Host names are case-insensitive: a domain sent in capitals is the same shop, not a 400 Shopify retries."""
+    # Act
+    outcome = deliver(store, as_body(guest_order()), "orders/create", shop="Test-Shop.MyShopify.com")
+
+    # Assert
+    assert (outcome.status, outcome.result, outcome.detail["events"]) == (200, "stored", 2)
+    assert [r["product_id"] for r in event_rows(store, SHOP)] == ["111", "222"]
+
+
+def test_a_product_lists_its_lowest_variant_price_and_falls_back_to_its_first_image(store):
+    # Arrange: no `image`, two entries in `images`; variants priced 12.50 and 9.75
+    product = {"id": 88, "title": "Mug", "status": "active", "published_at": "2026-10-01T00:00:00Z",
+               "images": [{"src": "https://cdn.example/88-front.jpg"}, {"src": "https://cdn.example/88-back.jpg"}],
+               "variants": [{"id": 881, "price": "12.50"}, {"id": 882, "price": "9.75"}]}
+
+    # Act
+    outcome = deliver(store, as_body(product), "products/create")
+
+    # Assert
+    assert outcome.result == "stored"
+    stored = store.products(SHOP)["88"]
+    assert (stored.price, stored.image_url) == (9.75, "https://cdn.example/88-front.jpg")
+
+
+def test_a_sold_out_variant_that_keeps_selling_leaves_its_product_for_sale(store):
+    # Arrange: both products tracked at 0 units; one of them sells past zero (inventory_policy "continue")
+    def product(pid: int, policy: str) -> dict:
+        return {"id": pid, "title": f"P{pid}", "status": "active", "published_at": "2026-10-01T00:00:00Z",
+                "variants": [{"id": pid * 10, "inventory_item_id": pid * 100, "inventory_management": "shopify",
+                              "inventory_quantity": 0, "inventory_policy": policy}]}
+
+    # Act
+    deliver(store, as_body(product(91, "continue")), "products/create")
+    deliver(store, as_body(product(92, "deny")), "products/create")
+
+    # Assert
+    assert store.products(SHOP)["91"].variants[0].continue_selling is True
+    assert store.unsellable_product_ids(SHOP) == {"92"}
+
+
+def test_a_refund_naming_one_line_twice_shrinks_it_by_the_sum_of_both(store):
+    """Units of one line restocked to two locations come as two refund lines of the same line item."""
+    # Arrange: one line of four units
+    order = guest_order()
+    order["line_items"] = [{"id": 91, "product_id": 111, "variant_id": 1111, "quantity": 4, "price": "10.00"}]
+    deliver(store, as_body(order), "orders/create")
+    refund = {"id": 61, "order_id": 5001, "refund_line_items": [{"line_item_id": 91, "quantity": 1},
+                                                                 {"line_item_id": 91, "quantity": 2}]}
+
+    # Act
+    outcome = deliver(store, as_body(refund), "refunds/create")
+
+    # Assert: three of four units refunded
+    assert outcome.result == "stored"
+    assert [r["weight_factor"] for r in event_rows(store)] == [pytest.approx(0.25)]
+
+
+@pytest.mark.parametrize("cancellation", ["lines edited away", "no cancelled_at"])
+def test_orders_cancelled_voids_every_stored_line_of_the_order(store, cancellation):
+    """The cancellation's own payload may list fewer lines than were stored (an order edited since); and its topic
+    alone says the order is cancelled."""
+    # Arrange: both lines stored as bought
+    deliver(store, as_body(guest_order()), "orders/create")
+    assert [r["weight_factor"] for r in event_rows(store)] == [1.0, 1.0]
+    cancelled = guest_order()
+    if cancellation == "lines edited away":
+        cancelled["cancelled_at"] = "2024-03-02T00:00:00Z"
+        cancelled["line_items"] = cancelled["line_items"][:1]
+
+    # Act
+    outcome = deliver(store, as_body(cancelled), "orders/cancelled")
+
+    # Assert
+    assert (outcome.status, outcome.result) == (200, "stored")
+    assert [(r["product_id"], r["weight_factor"]) for r in event_rows(store)] == [("111", 0.0), ("222", 0.0)]
+    assert store.history(SHOP, "a:guest-cart-1", 10) == []
