@@ -81,7 +81,9 @@ def test_a_model_that_loses_to_best_sellers_is_not_published_and_says_why(store,
 
     assert report["trained"] == []
     [kept] = report["kept"]
-    assert "does not beat best sellers" in kept["reason"]
+    # The last week's only new item is the best seller, which both baselines rank first: a perfect 1.0 for each.
+    assert "does not beat best sellers (1.0000)" in kept["reason"]
+    assert "does not beat trending (1.0000)" in kept["reason"]
     assert models.latest(SHOP) is None
     assert models.runs(SHOP)[0]["published"] is False
 
@@ -96,6 +98,27 @@ def test_a_drop_below_the_current_models_metric_keeps_the_current_model(store, m
     [kept] = report["kept"]
     assert "more than 10% below the current model's 0.9900" in kept["reason"]
     assert models.latest(SHOP).version == first["version"]
+
+
+@pytest.mark.parametrize("drop, published", [(0.08, True), (0.12, False)])
+def test_the_tolerance_accepts_a_drop_within_it_and_keeps_the_current_model_past_it(store, models, tmp_path, drop,
+                                                                                   published):
+    # Arrange: the candidate's metric is known from a first run into another model store (training is
+    # deterministic); the current model is recorded as having scored so much that the candidate is `drop` below it
+    # (GATE's tolerance is 10%)
+    tastes_shop(store)
+    first = run_scheduled_training(store, LocalModelStore(tmp_path / "first"), CONFIG, GATE, now=NOW)
+    score = first["trained"][0]["gate"]["candidate"]["ndcg@10"]
+    models.record_run(SHOP, {"published": True, "gate": {"candidate": {"ndcg@10": score / (1 - drop)}}})
+
+    # Act
+    report = run_scheduled_training(store, models, CONFIG, GATE, now=NOW)
+
+    # Assert
+    assert (len(report["trained"]), len(report["kept"])) == ((1, 0) if published else (0, 1))
+    gate = (report["trained"] or report["kept"])[0]["gate"]
+    assert gate["candidate"]["ndcg@10"] == pytest.approx(score)
+    assert gate["previous"] == pytest.approx(score / (1 - drop))
 
 
 def test_a_window_too_small_to_judge_still_publishes_with_the_gate_marked_skipped(store, models):
