@@ -39,6 +39,21 @@ def test_a_non_personal_answer_is_reused_with_a_fresh_recommendation_id(cached_s
     assert second.headers["Cache-Control"] == "public, max-age=60"
 
 
+def test_a_carts_complementary_answer_depends_on_no_shopper_and_is_reused_and_public(cached_shop):
+    # Arrange: product_ids name a cart here, not a shopper's history
+    url = f"/recommend?shop={SHOP}&intent=complementary&product_ids=101,102&n=3"
+    first = cached_shop.get(url)
+    assert first.status_code == 200 and first.json["recommendations"]
+    post_webhook(cached_shop, "products/delete", {"id": int(first.json["recommendations"][0]["product_id"])})
+
+    # Act
+    second = cached_shop.get(url)
+
+    # Assert
+    assert second.json["recommendations"] == first.json["recommendations"], "served from the cache"
+    assert [r.headers["Cache-Control"] for r in (first, second)] == ["public, max-age=60"] * 2
+
+
 def test_a_new_model_is_never_answered_from_an_old_cache_entry(cached_shop):
     url = f"/recommend?shop={SHOP}&intent=related&product_id=101&n=3"
     before = cached_shop.get(url).json["model_version"]
