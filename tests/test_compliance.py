@@ -46,10 +46,12 @@ def test_customers_redact_deletes_the_customer_and_listed_orders_from_store_and_
     assert payload["customer"]["id"] == REDACTED_CUSTOMER and payload["orders_to_redact"] == ORDERS_TO_REDACT
     store = store_of(shop)
     assert {"555", "556"} <= item_ids_after_training(store)
+    deliveries = store.count_deliveries()
 
     response = post_webhook(shop, "customers/redact", {**payload, "shop_domain": SHOP})
 
     assert response.status_code == 200 and response.json["events_deleted"] == 6
+    assert store.count_deliveries() == deliveries + 1, "the redaction request itself is kept, as done"
     assert store.history(SHOP, f"c:{REDACTED_CUSTOMER}", 100) == []
     assert store.history(SHOP, "a:guest-cart", 100) == []
     remaining = item_ids_after_training(store)
@@ -166,6 +168,7 @@ def test_two_shops_sharing_product_ids_never_see_each_other(app_client, monkeypa
     theirs = app_client.get(f"/recommend?shop={other}&customer_id=1000&n=20").json
     trending = app_client.get(f"/recommend?shop={other}&intent=related&product_id=901&n=20").json
 
+    assert ours["recommendations"] and theirs["recommendations"] and trending["recommendations"]
     assert all(int(item["product_id"]) < 900 for item in ours["recommendations"])
     assert all(int(item["product_id"]) >= 900 for item in theirs["recommendations"])
     assert all(int(item["product_id"]) >= 900 for item in trending["recommendations"])
