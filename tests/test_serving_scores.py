@@ -155,6 +155,42 @@ def test_top_rows_when_blocking_leaves_fewer_than_n_or_none():
     assert top_rows(scores.copy(), 3, None) == [n - 1, n - 2, n - 3]
 
 
+def test_history_weights_sum_each_products_events_by_kind_weight_times_what_was_kept():
+    # Arrange: the weights the model was trained with travel in its metadata
+    from datetime import datetime, timezone
+
+    from recommender.events import EventKind
+    from recommender.store import Interaction
+
+    artifact = ModelArtifact.build(["a", "b", "c", "d"], FACTORS, np.ones(4), 0.1, 1.0, {
+        "version": "v", "event_weights": {"view": 1.0, "add_to_cart": 4.0, "purchase": 10.0}})
+    at = datetime(2026, 11, 1, tzinfo=timezone.utc)
+    history = [Interaction("c:1", "a", EventKind.PURCHASE, at, "o1"),
+               Interaction("c:1", "a", EventKind.VIEW, at),
+               Interaction("c:1", "c", EventKind.ADD_TO_CART, at),
+               Interaction("c:1", "c", EventKind.PURCHASE, at, "o2", weight_factor=0.25),  # three units of four refunded
+               Interaction("c:1", "zz", EventKind.PURCHASE, at, "o3")]  # a product the model never saw
+
+    # Act
+    rows, weights = ServingModel(artifact).history_weights(history)
+
+    # Assert: a = 10 + 1, c = 4 + 10 × 0.25
+    assert dict(zip(rows.tolist(), weights.tolist())) == {A: 11.0, C: 6.5}
+
+
+def test_because_of_a_personalized_item_is_the_history_item_whose_term_is_largest():
+    # Arrange: a history of a and c (orthogonal axes; A is diagonal, so a's term points along a and c's along c)
+    m = model()
+    rows = np.array([A, C])
+    terms = m.fold_in_terms(rows, np.array([10.0, 10.0]))
+
+    # Act
+    because = m.explain(rows, terms, np.array([B, D, C]))
+
+    # Assert: b (along a) owes its score to a; d (opposite a) gets a negative term from a and 0 from c: c; c to c
+    assert because.tolist() == [A, C, C]
+
+
 def test_fold_in_terms_solve_the_user_step_for_short_and_long_histories():
     # Arrange: 16 factors, so histories of 3 and 16 items take the k × k route and 40 items the direct one
     rng = np.random.default_rng(11)
