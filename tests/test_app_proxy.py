@@ -207,3 +207,32 @@ def test_a_signed_query_regrouped_to_name_a_customer_is_refused(strict_shop):
     assert (replayed.status_code, replayed.json["error"]) == (400, "invalid_parameter")
     assert "may not hold '='" in replayed.json["message"]
     assert (typed.status_code, typed.json["parameter"]) == (400, "logged_in_customer_id")
+
+
+def test_a_signed_request_without_a_shop_or_with_two_signatures_is_refused():
+    # Arrange: Shopify's documented request, its shop left out and signed again; and the documented one signed twice
+    no_shop = [(k, v) for k, v in DOC_PAIRS if k != "shop"]
+    no_shop.append(("signature", app_proxy_signature(no_shop, "hush")))
+    signature = "4c68c8624d737112c91818c11017d24d334b524cb5c2b8ba08daa056f7395ddb"
+    twice = DOC_PAIRS + [("signature", signature), ("signature", signature)]
+
+    # Act / Assert
+    assert verify_app_proxy_request(no_shop, "hush", now=1317327555).reason == "missing_shop"
+    assert verify_app_proxy_request(twice, "hush", now=1317327555).reason == "missing_signature"
+
+
+def test_a_proxy_request_with_no_secret_configured_is_a_500_naming_the_variable(app_client, monkeypatch):
+    # Arrange: a new instance without SHOPIFY_API_SECRET
+    from functions_framework import create_app
+
+    from tests.conftest import ROOT
+
+    monkeypatch.delenv("SHOPIFY_API_SECRET")
+    client = create_app(target="app", source=str(ROOT / "main.py")).test_client()
+
+    # Act
+    response = client.get("/recommend?" + proxied({"logged_in_customer_id": "1000"}))
+
+    # Assert
+    assert (response.status_code, response.json["error"]) == (500, "misconfigured")
+    assert "SHOPIFY_API_SECRET" in response.json["message"]

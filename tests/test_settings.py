@@ -76,6 +76,10 @@ def test_values_are_cast(env):
     ("TRAIN_BUDGET_SECONDS", "-1"),
     ("TRAIN_BUDGET_SECONDS", "inf"),
     ("TRAIN_BUDGET_SECONDS", "25m"),
+    ("GATE_TOLERANCE", "1"),  # a drop of 100%: every candidate would pass
+    ("GATE_TOLERANCE", "-0.1"),
+    ("TRUSTED_PROXIES", "11"),
+    ("TRUSTED_PROXIES", "-1"),
 ])
 def test_invalid_value_raises_config_error_naming_the_variable(name, value):
     # Act
