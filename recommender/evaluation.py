@@ -570,8 +570,9 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tune", action="store_true", help="tune ALS on a validation split of the training data")
     parser.add_argument("--tune-bpr", action="store_true", help="also tune BPR")
     parser.add_argument("--trials", type=int, default=24, help="tuning budget per family (default 24)")
-    parser.add_argument("--tune-weightings", type=_csv, default=list(WEIGHTINGS),
-                        help="weightings the tuner may choose (default none,bm25,tfidf)")
+    parser.add_argument("--tune-weightings", type=_csv,
+                        help="weightings the tuner may choose (default none,bm25,tfidf; none alone when the choice "
+                             "is saved where `train` reads it, which applies no weighting)")
     parser.add_argument("--seed", type=int, default=42, help="seed of the search (default 42)")
     parser.add_argument("--save-config", metavar="PATH",
                         help="where the tuned configuration goes "
@@ -638,16 +639,27 @@ def run_evaluate_command(args: argparse.Namespace, env: Mapping[str, str]) -> in
         config_path = Path(settings.model_store_url[len("file://"):]) / args.shop / "tuned.json"
     else:
         config_path = out / "tuned.json"
+    weightings = args.tune_weightings
+    if weightings is None:  # hyperparameters tuned under bm25 are not the best ones for train's unweighted matrix
+        weightings = ["none"] if args.tune and _read_by_train(config_path, settings.model_store_url) else list(WEIGHTINGS)
     report = run_evaluation(split, models, signal, training, args.k,
                             model_params={"trending": {"half_life_days": args.trending_half_life_days}},
                             tune_families=families, trials=args.trials, seed=args.seed,
-                            weightings=args.tune_weightings, target_kinds=args.target_kinds,
+                            weightings=weightings, target_kinds=args.target_kinds,
                             title=f"Offline evaluation: {dataset}", dataset=dataset,
                             progress=not args.no_progress, save_config=config_path if args.tune else None)
     paths = write_report(report, out, stem="evaluation")
     saved = report["tuning"].get("als", {}).get("saved_to")
     print(json.dumps({"reports": [str(p) for p in paths], "tuned_config": saved, "table": _headline(report)}, indent=2))
     return 0
+
+
+def _read_by_train(path: Path, model_store_url: str) -> bool:
+    """`path` is a shop's tuned.json in the `file://` model store, which `python -m recommender train` reads."""
+    if not model_store_url.startswith("file://"):
+        return False
+    root = Path(model_store_url[len("file://"):]).resolve()
+    return path.name == "tuned.json" and path.resolve().parent.parent == root
 
 
 def _headline(report: dict) -> list[dict]:

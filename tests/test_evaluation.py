@@ -518,3 +518,28 @@ def test_files_whose_kinds_are_all_known_are_evaluated(tmp_path, capsys):
 
     assert code == 0, capsys.readouterr().err
     assert json.loads((tmp_path / "report" / "evaluation.json").read_text())["results"][0]["metrics"]["ndcg@10"] > 0
+
+
+@pytest.mark.parametrize("saved_for_train", [True, False], ids=["model store", "--out"])
+def test_bug_a_choice_saved_for_train_is_tuned_under_the_weighting_train_applies(tmp_path, env, store,
+                                                                                  saved_for_train):
+    """BUG recommender/evaluation.py `run_evaluate_command`: the tuner chose among none, bm25 and tfidf and saved its
+    hyperparameters where `train` reads them, which applies no weighting: factors, λ and α chosen for a BM25-weighted
+    matrix trained an unweighted one. Saved for `train`, the search now keeps to `none`; elsewhere all three."""
+    data = planted(n_users=60)
+    store.add_events([Event(EventKind.PURCHASE, SHOP, data.item_ids[i], datetime.fromtimestamp(t, tz=timezone.utc),
+                            customer_id=data.user_ids[u][1:], dedupe_key=f"row-{n}")
+                      for n, (u, i, t) in enumerate(zip(data.users, data.items, data.timestamps))])
+    os.environ.update({**env, "ALS_FACTORS": "2"})
+    if not saved_for_train:
+        os.environ["MODEL_STORE_URL"] = "gs://bucket/models"  # train reads no tuned.json from there
+
+    code = main(["evaluate", "--shop", SHOP, "--holdout-days", "6", "--models", "pop", "--k", "5",
+                 "--tune", "--trials", "12", "--out", str(tmp_path / "report"), "--no-progress"])
+
+    assert code == 0
+    report = json.loads((tmp_path / "report" / "evaluation.json").read_text())
+    tried = {trial["params"]["weighting"] for trial in report["tuning"]["als"]["trials"]}
+    assert tried == ({"none"} if saved_for_train else {"none", "bm25", "tfidf"})
+    saved = tmp_path / "models" / SHOP / "tuned.json" if saved_for_train else tmp_path / "report" / "tuned.json"
+    assert json.loads(saved.read_text())["signal"]["weighting"] == report["tuning"]["als"]["weighting"]
