@@ -236,3 +236,27 @@ def test_a_proxy_request_with_no_secret_configured_is_a_500_naming_the_variable(
     # Assert
     assert (response.status_code, response.json["error"]) == (500, "misconfigured")
     assert "SHOPIFY_API_SECRET" in response.json["message"]
+
+
+def test_a_signed_query_regrouped_without_an_equals_sign_cannot_name_a_customer(strict_shop):
+    """Regression: the pieces can also be regrouped with no `=` inside a key or a value and no parameter twice. A
+    logged-out shopper's signed `l=l&mlogged_in_customer_id=1000` reads, regrouped, as `l=&llogged_in_customer_id=m&
+    logged_in_customer_id=1000`: Shopify's blank `logged_in_customer_id=` became the key `llogged_in_customer_id`, and
+    the shopper's own parameter became the customer, so customer 1000's purchases went to whoever held the URL."""
+    timestamp = str(int(time.time()))
+    signed = [("intent", "buy_it_again"), ("l", "l"), ("logged_in_customer_id", ""),
+              ("mlogged_in_customer_id", "1000"), ("path_prefix", "/apps/recs"), ("shop", SHOP),
+              ("timestamp", timestamp)]
+    signature = app_proxy_signature(signed, TEST_SECRET)
+    regrouped = [("intent", "buy_it_again"), ("l", ""), ("llogged_in_customer_id", "m"),
+                 ("logged_in_customer_id", "1000"), ("path_prefix", "/apps/recs"), ("shop", SHOP),
+                 ("timestamp", timestamp)]
+    assert app_proxy_signature(regrouped, TEST_SECRET) == signature  # the scheme's own ambiguity
+
+    genuine = strict_shop.get("/recommend?" + urlencode(signed + [("signature", signature)]))
+    replayed = strict_shop.get("/recommend?" + urlencode(regrouped + [("signature", signature)]))
+
+    # the message signed holds `logged_in_customer_id=` twice, however it is grouped: both are refused
+    for response in (genuine, replayed):
+        assert (response.status_code, response.json.get("error")) == (400, "invalid_parameter"), response.json
+        assert response.json["parameter"] == "logged_in_customer_id"

@@ -41,11 +41,14 @@ def _values_by_key(pairs: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
     return grouped
 
 
+def _signed_message(grouped: dict[str, list[str]]) -> str:
+    """What Shopify signs: `key=value` per parameter but `signature` (values joined with ","), sorted, concatenated."""
+    return "".join(sorted(f"{key}={','.join(values)}" for key, values in grouped.items() if key != "signature"))
+
+
 def app_proxy_signature(pairs: Iterable[tuple[str, str]], secret: str) -> str:
     """The hex signature Shopify computes over the query's (key, value) pairs, `signature` excluded."""
-    grouped = _values_by_key(pairs)
-    grouped.pop("signature", None)
-    message = "".join(sorted(f"{key}={','.join(values)}" for key, values in grouped.items()))
+    message = _signed_message(_values_by_key(pairs))
     return hmac.new(secret.encode("utf-8"), message.encode("utf-8"), hashlib.sha256).hexdigest()
 
 
@@ -118,10 +121,18 @@ def _refuse_regrouping(pairs: list[tuple[str, str]], grouped: dict[str, list[str
     covers the query regrouped: a signed `intent=...&m=x,1000` read as `logged_in_customer_id=m=x` and
     `logged_in_customer_id=1000` verified, and the last of Shopify's parameters was taken as the customer. A signed
     query with `=` inside a key or a value, or one of Shopify's own parameters more than once, is refused: every
-    regrouping puts an `=` inside a key or a value, or repeats the customer Shopify appended."""
+    regrouping puts an `=` inside a key or a value, or repeats the customer Shopify appended.
+
+    Not every one: a signed `l=l&mlogged_in_customer_id=1000` also reads `l=&llogged_in_customer_id=m&
+    logged_in_customer_id=1000`, Shopify's blank customer turned into the key `llogged_in_customer_id`. So the signed
+    message must hold `logged_in_customer_id=` once: Shopify's own piece. The customer read is then Shopify's (a
+    piece sorted after it starts with no digit, so the digits read are Shopify's, none added and none left out)."""
     for key, value in pairs:
         if "=" in key or "=" in value:
             raise InvalidParameter(key, f"{key!r}: an app proxy request's keys and values may not hold '='")
+    if _signed_message(grouped).count("logged_in_customer_id=") > 1:
+        raise InvalidParameter("logged_in_customer_id", "an app proxy request may name logged_in_customer_id only as "
+                                                        "Shopify's own parameter, not inside another key or a value")
     for key in PROXY_PARAMETERS:
         if len(grouped.get(key, ())) > 1:
             raise InvalidParameter(key, f"{key} is Shopify's own on an app proxy request and was given more than once")
