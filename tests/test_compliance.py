@@ -328,3 +328,48 @@ def test_bug_the_data_request_exports_the_events_of_the_orders_requested_that_re
         assert store.export_customer(SHOP, str(REDACTED_CUSTOMER), requested)["kept_refunds"] == []
     finally:
         store.close()
+
+
+
+def _redact_body(topic: str, shop: str = SHOP) -> dict:
+    """A genuine body of each privacy topic, in Shopify's shape."""
+    customer = {"id": REDACTED_CUSTOMER, "email": "john@example.com", "phone": "555-625-1199"}
+    return {"shop/redact": {"shop_id": 954889, "shop_domain": shop},
+            "customers/redact": {"shop_id": 954889, "shop_domain": shop, "customer": customer,
+                                 "orders_to_redact": ORDERS_TO_REDACT},
+            "customers/data_request": {"shop_id": 954889, "shop_domain": shop, "customer": customer,
+                                       "orders_requested": ORDERS_TO_REDACT, "data_request": {"id": 9999}}}[topic]
+
+
+@pytest.mark.parametrize("captured, replayed_as", [
+    (order_payload(880003, REDACTED_CUSTOMER, [101]), "shop/redact"),  # any order's body sent as a shop's erasure
+    (_redact_body("customers/redact"), "shop/redact"),  # one customer's erasure widened to the whole shop
+    (_redact_body("customers/data_request"), "customers/redact"),  # an export request turned into an erasure
+    (_redact_body("shop/redact", "other-shop.myshopify.com"), "shop/redact"),  # another shop's erasure, sent for ours
+    (_redact_body("customers/redact", "other-shop.myshopify.com"), "customers/redact"),
+], ids=["order-as-shop-redact", "customer-redact-as-shop-redact", "data-request-as-redact", "another-shops",
+        "another-shops-customer"])
+def test_bug_a_signed_body_replayed_under_another_topic_or_shop_erases_nothing(shop, store_of, captured,
+                                                                              replayed_as):
+    """BUG webhooks/compliance.py: Shopify's HMAC covers the body alone, not X-Shopify-Topic nor
+    X-Shopify-Shop-Domain, and shop/redact read nothing of its body: whoever held one signed delivery (a log, a
+    proxy on the way) could send it again as shop/redact, for any shop, and have every event and model of that shop
+    deleted, or turn a data request into an erasure. A privacy topic's body must now name the shop of its header and
+    carry none of the other privacy topics' fields."""
+    body = as_body(captured)
+    store = store_of(shop)
+    before = len(store.interactions(SHOP))
+
+    replay = shop.post("/webhooks", data=body, headers=signed_headers(body, replayed_as))
+
+    assert (replay.status_code, replay.json["error"]) == (400, "malformed_payload")
+    assert len(store.interactions(SHOP)) == before > 0
+    assert len(store.history(SHOP, f"c:{REDACTED_CUSTOMER}", 100)) == 4
+
+
+@pytest.mark.parametrize("topic", ["shop/redact", "customers/redact", "customers/data_request"])
+def test_each_privacy_topics_own_body_is_carried_out(shop, topic):
+    """The check above refuses nothing Shopify sends: each topic's documented body, its shop in capitals, is done."""
+    response = post_webhook(shop, topic, _redact_body(topic, SHOP.upper()))
+
+    assert (response.status_code, response.json["status"]) == (200, "done")

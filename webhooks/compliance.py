@@ -26,6 +26,25 @@ log = logging.getLogger(__name__)
 
 COMPLIANCE_TOPICS = ("customers/redact", "shop/redact", "customers/data_request", "app/uninstalled")
 
+# The fields only one privacy topic's body carries. Shopify's HMAC covers the body, not the topic and shop headers:
+# a signed body sent again under another privacy topic or shop (shop/redact reads nothing else) must not be obeyed.
+_OWN_FIELDS = {"customers/redact": {"orders_to_redact"}, "customers/data_request": {"orders_requested", "data_request"},
+               "shop/redact": set()}
+_CUSTOMER_TOPICS = ("customers/redact", "customers/data_request")
+
+
+def _check_privacy_body(topic: str, shop: str, payload: dict) -> None:
+    """The body is this privacy topic's, for this shop: it names the header's shop (`shop_domain`) and carries no
+    field of another privacy topic's (a customer in a shop/redact, say)."""
+    named = payload.get("shop_domain")
+    if not isinstance(named, str) or named.lower() != shop:
+        raise MalformedPayload(f"shop_domain {named!r} is not the delivery's shop {shop!r}")
+    foreign = set(payload) & (set().union(*_OWN_FIELDS.values()) - _OWN_FIELDS[topic])
+    if topic not in _CUSTOMER_TOPICS and "customer" in payload:
+        foreign.add("customer")
+    if foreign:
+        raise MalformedPayload(f"a {topic} body carries {', '.join(sorted(foreign))}, another topic's field(s)")
+
 
 def _customer_id(payload: dict) -> str:
     customer = payload.get("customer")
@@ -46,6 +65,8 @@ def handle_compliance(delivery: Delivery, payload: dict, store: EventStore,
     """Carry out one compliance topic; returns the outcome ("done", or for app/uninstalled "duplicate" or "stale")
     and what was done, for the response and the log."""
     topic, shop, webhook_id = delivery.topic, delivery.shop, delivery.webhook_id
+    if topic in _OWN_FIELDS:
+        _check_privacy_body(topic, shop, payload)
     if topic == "customers/redact":
         customer_id = _customer_id(payload)
         deleted = store.redact_customer(shop, customer_id, _order_ids(payload, "orders_to_redact"))
