@@ -217,6 +217,9 @@ def train(request: flask.Request) -> flask.Response:
         if check.reason == "training_disabled":
             return _json({"error": "training_disabled", "message": "set TRAIN_TOKEN or TRAIN_SERVICE_ACCOUNT to "
                                                                    "enable training over HTTP"}, 403)
+        if check.reason == "certificates_unavailable":  # an outage, not a bad token: the scheduler's retry may pass
+            return _json({"error": "certificates_unavailable",
+                          "message": f"Google's OIDC certificates could not be read ({check.caller})"}, 503)
         return _json({"error": "unauthorized", "reason": check.reason,
                       "message": "Authorization: Bearer <TRAIN_TOKEN or a Cloud Scheduler OIDC token> required"}, 401)
     from recommender.retraining import run_scheduled_training  # scipy/implicit: never on the serving path

@@ -104,3 +104,41 @@ def test_the_train_function_accepts_scheduler_tokens(google_like_certs, env):
 
     assert (refused.status_code, refused.json["reason"]) == (401, "invalid_token")
     assert accepted.status_code == 200
+
+
+@pytest.mark.parametrize("certs", ["refused", "500"])
+def test_bug_google_certificates_out_of_reach_are_a_503_not_a_bad_token(google_like_certs, env, certs):
+    """BUG webhooks/oidc.py: with Google's certificates out of reach (no connection, or an error answer) a
+    scheduler's valid token was a 401 invalid_token, so an outage read as a wrong configuration; it is a 503 naming
+    the certificates, a failure of ours that the scheduler's retry may clear."""
+    signer, _ = google_like_certs
+
+    class Failing(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(500)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Failing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    if certs == "refused":
+        server.shutdown()
+        server.server_close()  # nothing listens there any more
+    try:
+        env.pop("TRAIN_TOKEN")
+        os.environ.pop("TRAIN_TOKEN", None)
+        os.environ.update({**env, "TRAIN_SERVICE_ACCOUNT": ACCOUNT, "TRAIN_AUDIENCE": AUDIENCE,
+                           "OIDC_CERTS_URL": f"http://127.0.0.1:{port}/certs"})
+        client = create_app(target="app", source=str(ROOT / "main.py")).test_client()
+
+        response = client.post("/train", headers={"Authorization": f"Bearer {token(signer)}"})
+    finally:
+        if certs != "refused":
+            server.shutdown()
+            server.server_close()
+
+    assert (response.status_code, response.json["error"]) == (503, "certificates_unavailable")
+    assert "http://127.0.0.1" in response.json["message"]

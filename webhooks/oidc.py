@@ -17,8 +17,9 @@ GOOGLE_ISSUERS = ("accounts.google.com", "https://accounts.google.com")
 @dataclass(frozen=True)
 class CallerCheck:
     allowed: bool
-    reason: str | None = None  # "missing_token" | "invalid_token" | "wrong_account" | "training_disabled"
-    caller: str | None = None
+    # "missing_token" | "invalid_token" | "wrong_account" | "training_disabled" | "certificates_unavailable"
+    reason: str | None = None
+    caller: str | None = None  # who called, or what went wrong
 
 
 def bearer_token(authorization: str | None) -> str | None:
@@ -37,6 +38,8 @@ def verify_google_id_token(token: str, audience: str, service_account: str,
     try:
         claims = id_token.verify_token(token, google.auth.transport.requests.Request(), audience=audience,
                                        certs_url=certs_url, clock_skew_in_seconds=10)
+    except google.auth.exceptions.TransportError as exc:  # Google's keys out of reach: the token is not judged
+        return CallerCheck(False, "certificates_unavailable", f"{certs_url}: {str(exc)[:200]}")
     except (ValueError, google.auth.exceptions.GoogleAuthError) as exc:
         return CallerCheck(False, "invalid_token", str(exc)[:200])
     if claims.get("iss") not in GOOGLE_ISSUERS:
