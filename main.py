@@ -4,7 +4,7 @@ Deploy each entry point on its own (`webhook`, `recommend`, `collect`, `train`,
 `healthz`, and the CloudEvent `webhook_pubsub`) or `app`, which routes by path, as
 one function. Nothing here opens a store at import time; the first request does. Read
 from the environment at import: LOG_LEVEL (log lines as JSON on stderr, recommender/logs.py)
-and PRELOAD_SHOPS (with MODEL_STORE_URL): those shops' models load beside the imports
+and PRELOAD_SHOPS (with MODEL_STORE_URL and MODEL_MEMORY_MIB): those shops' models load beside the imports
 (recommender/prefetch.py, recommender/preload.py), and the import ends once they are loaded;
 and EVENT_STORE_URL's scheme: with PostgreSQL, its driver is imported here too.
 The one thing written is OPENBLAS_NUM_THREADS=1, when the deployment has not set it. The

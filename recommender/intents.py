@@ -1,13 +1,16 @@
 """One `/recommend` contract: an intent, a fixed fallback chain, filters, reasons, rich items.
 
-    intent          chain (each step runs only if the previous ones left the list short)
-    personalized    personalized → related (to the shopper's history) → trending → popular
-    related         related → trending → popular
-    complementary   complementary → related (to the cart) → trending → popular
-    trending        trending → popular
+    intent            chain (each step runs only if the previous ones left the list short)
+    personalized      personalized → related (to the shopper's history) → trending → popular
+    buy_it_again      buy_it_again → personalized → trending → popular
+    recently_viewed   recently_viewed → related → trending → popular
+    related           related → trending → popular
+    complementary     complementary → related (to the cart) → trending → popular
+    trending          trending → popular
 
 A step that lacks the data to answer says why (`no_history`, `thin_history`, `unknown_product`,
-`thin_product_data`, `no_copurchase_data`, `no_recent_activity`); the first such reason is reported
+`thin_product_data`, `no_copurchase_data`, `no_recent_activity`, `no_purchases`, `no_views`,
+`no_model`); the first such reason is reported
 as `fallback_from`/`fallback_reason`, and every item names the strategy that served it.
 """
 

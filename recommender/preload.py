@@ -17,8 +17,8 @@ fork (tests, `functions-framework --debug`) the first request adopts the models 
 With the models in gs://, their bytes are read from the start of `main`'s import, before numpy's
 (recommender/prefetch.py), and this thread parses what that read. A shop whose model is missing or
 refused is logged and simply loads on its first request, as every shop does when PRELOAD_SHOPS is
-unset. Reading the environment here is the one thing `main` does at import time, and only when
-PRELOAD_SHOPS is set.
+unset. The thread reads the environment (MODEL_STORE_URL, MODEL_MEMORY_MIB and, for gs://, the
+bucket's settings) only when PRELOAD_SHOPS is set; main.py's docstring lists what its import reads.
 """
 
 from __future__ import annotations

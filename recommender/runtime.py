@@ -1,7 +1,7 @@
 """The composition root: settings, event store, model store and loaded models of one instance.
 
-Built on first use, never at import, so importing `main` reads no environment
-and opens nothing; tests build one from a dict.
+Built on first use, never at import, so importing `main` opens no store (what it reads of the
+environment then is listed in main.py's docstring); tests build one from a dict.
 """
 
 from __future__ import annotations
