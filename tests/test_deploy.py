@@ -387,14 +387,19 @@ sys.exit(1 if "describe" in sys.argv[1:4] else 0)
 """
 
 
-def test_without_dry_run_the_printed_commands_are_run(tmp_path):
-    # Arrange: a gcloud on PATH that records its calls (the real CLI needs Google Cloud)
+def recording_gcloud(tmp_path) -> tuple[str, Path]:
+    """A gcloud on PATH that records its calls (the real CLI needs Google Cloud): (PATH with it first, the file
+    its calls go to, one JSON list of arguments a line, given as GCLOUD_CALLS)."""
     stub = tmp_path / "bin" / "gcloud"
     stub.parent.mkdir()
     stub.write_text(GCLOUD_STUB.format(python=sys.executable))
     stub.chmod(0o755)
-    calls = tmp_path / "calls.jsonl"
-    path = f"{stub.parent}{os.pathsep}{os.environ['PATH']}"
+    return f"{stub.parent}{os.pathsep}{os.environ['PATH']}", tmp_path / "calls.jsonl"
+
+
+def test_without_dry_run_the_printed_commands_are_run(tmp_path):
+    # Arrange
+    path, calls = recording_gcloud(tmp_path)
     printed = commands(dry_run("--pubsub-topic=shop-events", PATH=path))
 
     # Act
@@ -415,13 +420,8 @@ def test_a_relative_source_names_the_same_folder_whether_printed_or_run(tmp_path
     # Regression: the real run's bash started in the repository's root, so `--source=..` given from deploy/ uploaded
     # the folder above the repository, where the printed script, run from deploy/, uploads the repository.
     # Arrange
-    stub = tmp_path / "bin" / "gcloud"
-    stub.parent.mkdir()
-    stub.write_text(GCLOUD_STUB.format(python=sys.executable))
-    stub.chmod(0o755)
-    calls = tmp_path / "calls.jsonl"
-    environment = {"PATH": f"{stub.parent}{os.pathsep}{os.environ['PATH']}", "PROJECT": PROJECT,
-                   "DATABASE_URL": DATABASE_URL, "GCLOUD_CALLS": str(calls)}
+    path, calls = recording_gcloud(tmp_path)
+    environment = {"PATH": path, "PROJECT": PROJECT, "DATABASE_URL": DATABASE_URL, "GCLOUD_CALLS": str(calls)}
 
     # Act
     printed = subprocess.run([sys.executable, str(DEPLOY), "--source=..", "--dry-run"], env=environment,
