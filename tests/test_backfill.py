@@ -108,6 +108,7 @@ class FakeAdminApi:
     call_limit: dict[tuple[str, int], str] = field(default_factory=dict)  # (resource, page) → header value
     drop_after_pages: int | None = None  # then drop every connection, as a server that went away
     foreign_next: bool = False  # a next link to another host
+    truncate: dict[tuple[str, int], int] = field(default_factory=dict)  # (resource, page) → answers cut off mid-body
     served: list[tuple[str, int]] = field(default_factory=list)
     cursors: dict[str, tuple[str, list[dict], int]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -158,6 +159,11 @@ class FakeAdminApi:
         headers_out = {"X-Shopify-Shop-Api-Call-Limit": self.call_limit.get(page, "1/40")}
         if links:
             headers_out["Link"] = ", ".join(links)
+        if self.truncate.get(page):
+            self.truncate[page] -= 1
+            seen.answered = 200
+            headers_out["Truncated"] = "yes"  # _Handler sends the headers and a few bytes of the body, then hangs up
+            return 200, headers_out, {resource: records[offset:offset + limit]}
         seen.answered = 200
         self.served.append(page)
         return 200, headers_out, {resource: records[offset:offset + limit]}
@@ -185,10 +191,15 @@ class _Handler(BaseHTTPRequestHandler):
             return
         status, headers, body = answer
         data = json.dumps(body).encode()
+        truncated = headers.pop("Truncated", None)
         self.send_response(status)
         for name, value in {**headers, "Content-Type": "application/json", "Content-Length": str(len(data))}.items():
             self.send_header(name, value)
         self.end_headers()
+        if truncated:
+            self.wfile.write(data[:10])
+            self.close_connection = True
+            return
         self.wfile.write(data)
 
     def log_message(self, *args) -> None:
@@ -548,3 +559,62 @@ def test_cli_exits_2_with_a_clear_message_on_401(admin_api, env, tmp_path, monke
     assert "Shopify refused the access token (401 Unauthorized)" in out.err
     assert "shpat_wrong_token" not in out.out + out.err
     assert out.out == ""
+
+
+def test_bug_a_backfill_of_an_installed_shop_leaves_a_late_uninstall_standing(admin_api, env, tmp_path, monkeypatch,
+                                                                               capsys, event_store_url):
+    """BUG webhooks/backfill.py (`set_shop_installed(shop, True)` after every run): the backfill dated an installed
+    shop's install by the machine's clock, now, over the time Shopify's clock gave its first webhook. An
+    app/uninstalled triggered before the backfill ended but delivered after it (Shopify retries; the merchant's own
+    custom-app token stays valid) was then taken for a stale retry and ignored: the shop stayed served."""
+    import os
+    from datetime import datetime, timedelta, timezone
+
+    from functions_framework import create_app
+
+    from tests.conftest import ROOT, as_body, order_payload, signed_headers
+
+    # Arrange: installed by an order triggered ten minutes ago; the merchant removes the app a minute ago
+    os.environ.update({**env, "EVENT_STORE_URL": event_store_url})
+    client = create_app(target="app", source=str(ROOT / "main.py")).test_client()
+    now = datetime.now(timezone.utc)
+    placed = as_body(order_payload(1, 5, [8001]))
+    assert client.post("/webhooks", data=placed, headers={**signed_headers(placed, "orders/create"),
+                       "X-Shopify-Triggered-At": (now - timedelta(minutes=10)).isoformat()}).status_code == 200
+    code = cli({**env, "EVENT_STORE_URL": event_store_url, "SHOPIFY_ADMIN_TOKEN": TOKEN}, admin_api, tmp_path,
+               monkeypatch)
+    assert code == 0, capsys.readouterr().err
+
+    # Act: the uninstall, triggered before the backfill ended, delivered after it
+    body = as_body({"id": 548380009, "name": "Super Toys"})
+    uninstalled = client.post("/webhooks", data=body, headers={**signed_headers(body, "app/uninstalled"),
+                              "X-Shopify-Triggered-At": (now - timedelta(minutes=1)).isoformat()})
+
+    # Assert
+    assert (uninstalled.status_code, uninstalled.json["status"], uninstalled.json["serving"]) == (200, "done", False)
+    assert client.get(f"/recommend?shop={SHOP}&intent=trending").status_code == 404
+
+
+def test_a_backfill_marks_a_shop_it_has_not_heard_of_installed(admin_api, store, tmp_path):
+    assert not store.is_shop_installed(SHOP)
+
+    backfill(admin_api, store, tmp_path)
+
+    assert store.is_shop_installed(SHOP)
+
+
+def test_bug_a_connection_cut_in_the_middle_of_a_page_is_retried(admin_api, store, tmp_path):
+    """BUG webhooks/backfill.py (`AdminApiClient._get` retried requests.ConnectionError and Timeout only): a connection
+    dropped while a page's body was arriving (requests' ChunkedEncodingError, 'Connection broken: IncompleteRead')
+    was not retried but ended the whole run, where one dropped before the answer was retried."""
+    # Arrange: the second page of orders is cut off after a few bytes, once
+    admin_api.truncate = {("orders", 1): 1}
+    sleep = RecordedSleep()
+
+    # Act
+    summary = backfill(admin_api, store, tmp_path, sleep)
+
+    # Assert: retried after the first backoff, and everything stored
+    assert summary["retries"] == 1 and sleep.calls == [BACKOFF_SECONDS]
+    assert (summary["orders"], summary["events"]) == (6, EXPECTED_EVENTS)
+    assert store.count_events(SHOP) == EXPECTED_EVENTS

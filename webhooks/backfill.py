@@ -223,7 +223,8 @@ class AdminApiClient:
             try:
                 # Redirects are refused: requests would resend the token header to wherever they point.
                 response = self._session.get(url, headers=headers, timeout=TIMEOUT, allow_redirects=False)
-            except (requests.ConnectionError, requests.Timeout) as exc:
+            except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
+                # ChunkedEncodingError: the connection broke while the body was arriving (IncompleteRead)
                 failures = self._back_off(failures, f"{resource}: cannot reach {self._config.base_url} "
                                                     f"({type(exc).__name__})")
                 continue
@@ -445,7 +446,9 @@ def run_backfill(config: BackfillConfig, store: EventStore, session: requests.Se
     finally:
         if session is None:
             http.close()
-    if hasattr(store, "set_shop_installed"):  # the merchant backfills their own shop with their own token
+    # The merchant backfills their own shop with their own token. An installed one keeps its install's time by
+    # Shopify's clock, which an app/uninstalled triggered before now, delivered late, is compared with.
+    if not store.is_shop_installed(config.shop):
         store.set_shop_installed(config.shop, True)
     config.state_file.unlink(missing_ok=True)
     return {"shop": config.shop, **asdict(totals), "resumed": state is not None}
