@@ -618,3 +618,27 @@ def test_bug_a_connection_cut_in_the_middle_of_a_page_is_retried(admin_api, stor
     assert summary["retries"] == 1 and sleep.calls == [BACKOFF_SECONDS]
     assert (summary["orders"], summary["events"]) == (6, EXPECTED_EVENTS)
     assert store.count_events(SHOP) == EXPECTED_EVENTS
+
+
+def test_bug_a_token_read_with_its_line_ending_works_and_a_malformed_one_is_never_printed(
+        admin_api, env, tmp_path, monkeypatch, capsys, store_of):
+    """BUG webhooks/backfill.py (`BackfillConfig.from_options` took the variable as it was): a token exported from a
+    file with Windows line endings ends in '\\r', which requests refuses in a header with InvalidHeader, whose message
+    quotes the header's value: the command printed the access token on stderr, and stopped."""
+    # Act: the token with the line ending a CRLF .env file leaves on it
+    code = cli({**env, "SHOPIFY_ADMIN_TOKEN": TOKEN + "\r"}, admin_api, tmp_path, monkeypatch)
+
+    # Assert: the token is the token
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert TOKEN not in out.out + out.err
+    assert store_of(None).count_events(SHOP) == len([line for o in ORDERS for line in o["line_items"]
+                                                    if line["product_id"] is not None])
+
+    # Act: a value no header can carry (two lines pasted together)
+    code = cli({**env, "SHOPIFY_ADMIN_TOKEN": f"{TOKEN}\nshpat_other"}, admin_api, tmp_path, monkeypatch)
+
+    # Assert: named by its variable, never printed, nothing requested
+    out = capsys.readouterr()
+    assert code == 2 and "SHOPIFY_ADMIN_TOKEN" in out.err and "one line" in out.err
+    assert TOKEN not in out.out + out.err and "shpat_other" not in out.out + out.err

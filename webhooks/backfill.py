@@ -110,10 +110,15 @@ class BackfillConfig:
     def from_options(cls, shop: str, env: Mapping[str, str], token_env: str = DEFAULT_TOKEN_ENV,
                      since: str | None = None, **options: Any) -> "BackfillConfig":
         """Read the token from the variable `token_env` of `env` and validate every option once."""
-        token = env.get(token_env)
+        # A file with Windows line endings leaves '\r' on the value, which no header can carry (and requests'
+        # error would quote the token): surrounding whitespace is not part of a token.
+        token = (env.get(token_env) or "").strip()
         if not token:
             raise BackfillError(f"{token_env} is not set: export the Admin API access token of an app installed on "
                                 f"the shop (with read_products, read_inventory and read_orders) in {token_env}")
+        if not all(" " < char <= "~" for char in token):
+            raise BackfillError(f"{token_env} must hold the access token alone, on one line: its value has spaces, "
+                                f"line breaks or other characters no access token has (not shown)")
         try:
             since_at = parse_timestamp(since, "--since") if since else None
         except InvalidEvent as exc:
