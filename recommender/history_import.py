@@ -25,6 +25,7 @@ from recommender.events import MAX_QUANTITY, EventKind, parse_timestamp
 from recommender.store import EventStore
 
 REQUIRED_COLUMNS = ("customer_id", "product_id", "kind", "occurred_at")
+READ_COLUMNS = (*REQUIRED_COLUMNS, "quantity")
 _POSITIVE = re.compile(r"^[0-9]{1,9}$")  # ASCII digits only: str.isdigit() also accepts superscripts
 # PostgreSQL's text holds no NUL, and an index entry at most ~2.7 kB: longer ids stored on SQLite only.
 MAX_ID_LENGTH = 255
@@ -40,8 +41,10 @@ def read_history_csv(handle: TextIO, shop: str, source: str = "import", now: dat
     reader = csv.DictReader(handle)
     try:
         fieldnames = reader.fieldnames or []
-        repeated = sorted({name for name in fieldnames if fieldnames.count(name) > 1})
-        if repeated:  # DictReader keeps the last of them: a row's values would be read from the wrong column
+        # DictReader keeps the last of two columns of one name: a row's values would be read from the wrong column.
+        # Only the columns read count (a spreadsheet's export may end with unnamed columns: `...,occurred_at,,`).
+        repeated = sorted({name for name in fieldnames if name in READ_COLUMNS and fieldnames.count(name) > 1})
+        if repeated:
             raise HistoryImportError(f"{source}: the header names column(s) {', '.join(repeated)} more than once")
         missing = [c for c in REQUIRED_COLUMNS if c not in fieldnames]
         if missing:
@@ -57,7 +60,8 @@ def _read_rows(reader: csv.DictReader, shop: str, source: str, now: datetime) ->
     events = []
     for row in reader:
         line = reader.line_num  # the row's last line: blank lines are skipped, and a quoted field may hold newlines
-        if None in row:  # DictReader's key for fields past the header's
+        if any(extra.strip() for extra in row.get(None, ())):  # DictReader's key for fields past the header's (empty
+            # ones, a row ending in a comma, drop nothing)
             raise HistoryImportError(f"{source}:{line}: {len(reader.fieldnames) + len(row[None])} fields, "
                                      f"the header has {len(reader.fieldnames)}")
         try:

@@ -466,3 +466,30 @@ def test_bug_an_import_into_an_installed_shop_leaves_a_late_uninstall_standing(t
     # Assert
     assert (uninstalled.status_code, uninstalled.json["status"], uninstalled.json["serving"]) == (200, "done", False)
     assert client.get(f"/recommend?shop={SHOP}&intent=trending").status_code == 404
+
+
+def test_bug_a_header_with_trailing_empty_columns_is_imported(store, tmp_path):
+    """BUG recommender/history_import.py: the check for a column named twice also counted the header's unnamed
+    columns, so a spreadsheet's export with two empty columns at the end (`...,occurred_at,,`), imported before, was
+    refused as naming the column '' twice; only a repeat of a column the import reads is ambiguous."""
+    # Arrange
+    path = write(tmp_path, "customer_id,product_id,kind,occurred_at,,\nc1,p1,view,2024-03-01T10:00:00Z,,\n")
+
+    # Act
+    read, stored = import_history(store, path, SHOP)
+
+    # Assert
+    assert (read, stored) == (1, 1)
+
+
+def test_bug_a_row_ending_in_empty_fields_past_the_header_is_imported(store, tmp_path):
+    """BUG recommender/history_import.py: the refusal of fields past the header's (where a quantity was dropped) also
+    refused a row that merely ends in a comma, imported before: an empty field past the header's drops nothing."""
+    # Arrange
+    path = write(tmp_path, "customer_id,product_id,kind,occurred_at\nc1,p1,purchase,2024-03-01T10:00:00Z,\n")
+
+    # Act
+    read, stored = import_history(store, path, SHOP)
+
+    # Assert
+    assert (read, stored) == (1, 1)
