@@ -586,7 +586,7 @@ def test_bug_a_backfill_of_an_installed_shop_leaves_a_late_uninstall_standing(ad
     assert code == 0, capsys.readouterr().err
 
     # Act: the uninstall, triggered before the backfill ended, delivered after it
-    body = as_body({"id": 548380009, "name": "Super Toys"})
+    body = as_body({"id": 548380009, "name": "Super Toys", "myshopify_domain": SHOP})
     uninstalled = client.post("/webhooks", data=body, headers={**signed_headers(body, "app/uninstalled"),
                               "X-Shopify-Triggered-At": (now - timedelta(minutes=1)).isoformat()})
 

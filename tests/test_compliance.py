@@ -176,7 +176,7 @@ def test_two_shops_sharing_product_ids_never_see_each_other(app_client, monkeypa
 
 
 def test_a_late_retry_of_a_delivery_from_before_the_uninstall_does_not_reinstall(shop):
-    post_webhook(shop, "app/uninstalled", {"id": 1})
+    post_webhook(shop, "app/uninstalled", {"id": 1, "myshopify_domain": SHOP})
     before = as_body(order_payload(990001, 5, [101]))
     headers = signed_headers(before, "orders/create")
     headers["X-Shopify-Triggered-At"] = "2026-10-01T00:00:00Z"  # triggered before the uninstall, retried now
@@ -201,7 +201,7 @@ def deployed(env, event_store_url):
 
 def uninstall(client, webhook_id: str, triggered_at: datetime | None = None):
     """An app/uninstalled delivery as Shopify sends it; X-Shopify-Triggered-At when the merchant removed the app."""
-    body = as_body({"id": 548380009, "name": "Super Toys"})
+    body = as_body({"id": 548380009, "name": "Super Toys", "myshopify_domain": SHOP})
     headers = signed_headers(body, "app/uninstalled", webhook_id=webhook_id)
     if triggered_at is not None:
         headers["X-Shopify-Triggered-At"] = triggered_at.isoformat()
@@ -347,29 +347,36 @@ def _redact_body(topic: str, shop: str = SHOP) -> dict:
     (_redact_body("customers/data_request"), "customers/redact"),  # an export request turned into an erasure
     (_redact_body("shop/redact", "other-shop.myshopify.com"), "shop/redact"),  # another shop's erasure, sent for ours
     (_redact_body("customers/redact", "other-shop.myshopify.com"), "customers/redact"),
+    (order_payload(880003, REDACTED_CUSTOMER, [101]), "app/uninstalled"),  # any order's body as an uninstall
+    ({"id": 1, "myshopify_domain": "other-shop.myshopify.com"}, "app/uninstalled"),  # another shop's uninstall
 ], ids=["order-as-shop-redact", "customer-redact-as-shop-redact", "data-request-as-redact", "another-shops",
-        "another-shops-customer"])
+        "another-shops-customer", "order-as-uninstall", "another-shops-uninstall"])
 def test_bug_a_signed_body_replayed_under_another_topic_or_shop_erases_nothing(shop, store_of, captured,
                                                                               replayed_as):
     """BUG webhooks/compliance.py: Shopify's HMAC covers the body alone, not X-Shopify-Topic nor
-    X-Shopify-Shop-Domain, and shop/redact read nothing of its body: whoever held one signed delivery (a log, a
-    proxy on the way) could send it again as shop/redact, for any shop, and have every event and model of that shop
-    deleted, or turn a data request into an erasure. A privacy topic's body must now name the shop of its header and
-    carry none of the other privacy topics' fields."""
+    X-Shopify-Shop-Domain, and shop/redact and app/uninstalled read nothing of their bodies: whoever held one signed
+    delivery (a log, a proxy on the way) could send it again as shop/redact, for any shop, and have every event and
+    model of that shop deleted, turn a data request into an erasure, or stop a shop's answers. Such a body is now
+    acknowledged and ignored, naming why (Shopify never sends one; a 4xx would only be retried)."""
     body = as_body(captured)
     store = store_of(shop)
     before = len(store.interactions(SHOP))
 
     replay = shop.post("/webhooks", data=body, headers=signed_headers(body, replayed_as))
 
-    assert (replay.status_code, replay.json["error"]) == (400, "malformed_payload")
+    assert (replay.status_code, replay.json["status"], replay.json["topic"]) == (200, "ignored", replayed_as)
+    assert "delivery's shop" in replay.json["reason"] or "field" in replay.json["reason"] \
+        or "myshopify_domain" in replay.json["reason"]
     assert len(store.interactions(SHOP)) == before > 0
     assert len(store.history(SHOP, f"c:{REDACTED_CUSTOMER}", 100)) == 4
+    assert shop.get(f"/recommend?shop={SHOP}&intent=trending").status_code == 200, "still served"
 
 
-@pytest.mark.parametrize("topic", ["shop/redact", "customers/redact", "customers/data_request"])
+@pytest.mark.parametrize("topic", ["shop/redact", "customers/redact", "customers/data_request", "app/uninstalled"])
 def test_each_privacy_topics_own_body_is_carried_out(shop, topic):
     """The check above refuses nothing Shopify sends: each topic's documented body, its shop in capitals, is done."""
-    response = post_webhook(shop, topic, _redact_body(topic, SHOP.upper()))
+    body = {"id": 548380009, "myshopify_domain": SHOP.upper()} if topic == "app/uninstalled" \
+        else _redact_body(topic, SHOP.upper())
+    response = post_webhook(shop, topic, body)
 
     assert (response.status_code, response.json["status"]) == (200, "done")

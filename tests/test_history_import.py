@@ -459,7 +459,7 @@ def test_bug_an_import_into_an_installed_shop_leaves_a_late_uninstall_standing(t
     assert imported.returncode == 0, imported.stderr
 
     # Act: the uninstall, triggered before the import, delivered after it
-    body = as_body({"id": 548380009, "name": "Super Toys"})
+    body = as_body({"id": 548380009, "name": "Super Toys", "myshopify_domain": SHOP})
     uninstalled = client.post("/webhooks", data=body, headers={**signed_headers(body, "app/uninstalled"),
                               "X-Shopify-Triggered-At": (now - timedelta(minutes=1)).isoformat()})
 

@@ -50,7 +50,7 @@ def _uninstall_and_read_log(env: dict[str, str]) -> list[str]:
     """Start functions-framework with `env`, uninstall the test shop by webhook, stop it; its output lines."""
     output: list[str] = []
     with running_function({**os.environ, **env}, output=output) as base:
-        body = as_body({"id": 1, "domain": SHOP})
+        body = as_body({"id": 1, "domain": SHOP, "myshopify_domain": SHOP})
         response = requests.post(f"{base}/webhooks", data=body, headers=signed_headers(body, "app/uninstalled"),
                                  timeout=10)
         assert response.status_code == 200, response.text

@@ -27,23 +27,34 @@ log = logging.getLogger(__name__)
 COMPLIANCE_TOPICS = ("customers/redact", "shop/redact", "customers/data_request", "app/uninstalled")
 
 # The fields only one privacy topic's body carries. Shopify's HMAC covers the body, not the topic and shop headers:
-# a signed body sent again under another privacy topic or shop (shop/redact reads nothing else) must not be obeyed.
+# a signed body sent again under another topic or for another shop (shop/redact and app/uninstalled read nothing else
+# of it) must not be obeyed.
 _OWN_FIELDS = {"customers/redact": {"orders_to_redact"}, "customers/data_request": {"orders_requested", "data_request"},
                "shop/redact": set()}
 _CUSTOMER_TOPICS = ("customers/redact", "customers/data_request")
 
 
-def _check_privacy_body(topic: str, shop: str, payload: dict) -> None:
-    """The body is this privacy topic's, for this shop: it names the header's shop (`shop_domain`) and carries no
-    field of another privacy topic's (a customer in a shop/redact, say)."""
+def foreign_body(topic: str, shop: str, payload: dict) -> str | None:
+    """Why this body is not a `topic` delivery for `shop`, or None. A privacy topic's names the header's shop
+    (`shop_domain`) and carries no field of another privacy topic's (a customer in a shop/redact, say); app/uninstalled's
+    is the shop's own record (`myshopify_domain`, the header's shop where it is given: Shopify's sample leaves it
+    null)."""
+    if topic == "app/uninstalled":
+        if "myshopify_domain" not in payload:
+            return "an app/uninstalled body is the shop's record, with myshopify_domain; this one has none"
+        named = payload["myshopify_domain"]
+        if named is not None and (not isinstance(named, str) or named.lower() != shop):
+            return f"myshopify_domain {named!r} is not the delivery's shop {shop!r}"
+        return None
     named = payload.get("shop_domain")
     if not isinstance(named, str) or named.lower() != shop:
-        raise MalformedPayload(f"shop_domain {named!r} is not the delivery's shop {shop!r}")
+        return f"shop_domain {named!r} is not the delivery's shop {shop!r}"
     foreign = set(payload) & (set().union(*_OWN_FIELDS.values()) - _OWN_FIELDS[topic])
     if topic not in _CUSTOMER_TOPICS and "customer" in payload:
         foreign.add("customer")
     if foreign:
-        raise MalformedPayload(f"a {topic} body carries {', '.join(sorted(foreign))}, another topic's field(s)")
+        return f"a {topic} body carries {', '.join(sorted(foreign))}, another topic's field(s)"
+    return None
 
 
 def _customer_id(payload: dict) -> str:
@@ -65,8 +76,6 @@ def handle_compliance(delivery: Delivery, payload: dict, store: EventStore,
     """Carry out one compliance topic; returns the outcome ("done", or for app/uninstalled "duplicate" or "stale")
     and what was done, for the response and the log."""
     topic, shop, webhook_id = delivery.topic, delivery.shop, delivery.webhook_id
-    if topic in _OWN_FIELDS:
-        _check_privacy_body(topic, shop, payload)
     if topic == "customers/redact":
         customer_id = _customer_id(payload)
         deleted = store.redact_customer(shop, customer_id, _order_ids(payload, "orders_to_redact"))

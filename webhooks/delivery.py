@@ -19,7 +19,7 @@ from recommender.events import parse_timestamp
 from recommender.model_store import ModelStore, check_shop_domain
 from recommender.store import EventStore
 from webhooks import MalformedPayload
-from webhooks.compliance import COMPLIANCE_TOPICS, handle_compliance
+from webhooks.compliance import COMPLIANCE_TOPICS, foreign_body, handle_compliance
 from webhooks.topics import TRANSLATORS, TopicContext
 from webhooks.verification import verify_webhook_hmac
 
@@ -94,6 +94,11 @@ def process_delivery(headers: Mapping[str, str], raw_body: bytes, store: EventSt
     delivery = Delivery(shop=shop, webhook_id=webhook_id, topic=topic, event_id=h.get("x-shopify-event-id"),
                         triggered_at=_triggered_at(h.get("x-shopify-triggered-at")))
     if topic in COMPLIANCE_TOPICS:
+        # Acknowledged and not acted on: a signed body replayed as an erasure or an uninstall, or another shop's; Shopify
+        # never sends one, and a 4xx would only have it retried. Logged as a warning: someone held a signed body.
+        if (reason := foreign_body(topic, shop, payload)) is not None:
+            log.warning("%s for %s ignored (delivery %s): %s", topic, shop, webhook_id, reason)
+            return WebhookOutcome("ignored", {"topic": topic, "reason": reason})
         try:
             result, done = handle_compliance(delivery, payload, store, model_store)
         except MalformedPayload as exc:
