@@ -201,6 +201,8 @@ PIXEL_SOURCE_PREFIX = "pixel/"
 # latest of its beacons by their time (an add 1, a removal 0), whichever arrives first. Every other key's row is only
 # ever lowered by a repeat (a refund, a cancellation, a line seen again).
 CART_STATE_PREFIX = "pixel-cart:"
+# What a later event of such a key replaces in its row, besides the weight factor (both backends).
+CART_STATE_COLUMNS = ("occurred_at", "source_topic", "delivery_id", "variant_id", "price")
 
 
 def latest_wins(dedupe_key: str | None) -> bool:
@@ -1082,12 +1084,12 @@ class SQLiteEventStore(SharedQueries):
             exists = e.dedupe_key is not None and conn.execute(
                 "SELECT 1 FROM events WHERE shop = ? AND dedupe_key = ?", (e.shop, e.dedupe_key)).fetchone()
             if exists and latest_wins(e.dedupe_key):  # a later beacon replaces the row; an earlier one is stale
-                conn.execute("UPDATE events SET weight_factor = ?, occurred_at = ?, source_topic = ?, delivery_id = ?,"
-                             " variant_id = ?, price = ? WHERE shop = ? AND dedupe_key = ?"
+                replaced = {column: getattr(e, column) for column in CART_STATE_COLUMNS}
+                replaced["occurred_at"] = when = iso_utc(e.occurred_at)
+                conn.execute("UPDATE events SET weight_factor = ?, " + ", ".join(f"{c} = ?" for c in replaced) +
+                             " WHERE shop = ? AND dedupe_key = ?"
                              " AND (occurred_at < ? OR (occurred_at = ? AND weight_factor > ?))",  # `later`
-                             (e.weight_factor, iso_utc(e.occurred_at), e.source_topic, e.delivery_id, e.variant_id,
-                              e.price, e.shop, e.dedupe_key, iso_utc(e.occurred_at), iso_utc(e.occurred_at),
-                              e.weight_factor))
+                             (e.weight_factor, *replaced.values(), e.shop, e.dedupe_key, when, when, e.weight_factor))
                 continue
             if exists:
                 conn.execute("UPDATE events SET weight_factor = MIN(weight_factor, ?) WHERE shop = ? AND dedupe_key = ?",

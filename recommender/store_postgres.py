@@ -38,8 +38,8 @@ from recommender.errors import ConfigError, StoreError
 from recommender.changes import ChangeSet, Delivery, Event, RefundLine
 from recommender.events import CatalogProduct, EventKind, order_line_key
 from recommender.store import (
-    CART_STATE_PREFIX, EVENT_EXPORT_COLUMNS, KINDS, NOT_FOR_SALE, STOCK_OF_VARIANT, TOPICS_NOT_PROVING_INSTALL,
-    UNSELLABLE_SQL, ActivityBucket, Interaction,
+    CART_STATE_COLUMNS, CART_STATE_PREFIX, EVENT_EXPORT_COLUMNS, KINDS, NOT_FOR_SALE, STOCK_OF_VARIANT,
+    TOPICS_NOT_PROVING_INSTALL, UNSELLABLE_SQL, ActivityBucket, Interaction,
     SharedQueries, customer_export, export_json, iso_utc, later, latest_wins, not_from_pixel, of_one_shop,
     refund_adjustment_key, require_aware,
 )
@@ -271,7 +271,7 @@ _STORE_PROPOSED = (
     f" SELECT id, {_EVENT_NAMES} FROM proposed ORDER BY position"
     " ON CONFLICT (shop, dedupe_key) DO UPDATE SET weight_factor = excluded.weight_factor"
     + "".join(f", {column} = CASE WHEN {_LATEST_WINS} THEN excluded.{column} ELSE events.{column} END"
-              for column in ("occurred_at", "source_topic", "delivery_id", "variant_id", "price")) +
+              for column in CART_STATE_COLUMNS) +
     f" WHERE CASE WHEN {_LATEST_WINS} THEN (excluded.occurred_at, -excluded.weight_factor)"
     " > (events.occurred_at, -events.weight_factor) ELSE excluded.weight_factor < events.weight_factor END"
     " RETURNING id),"
