@@ -4,6 +4,7 @@
     python -m recommender train [--shop example.myshopify.com]
     python -m recommender export EXPORT_ID --shop example.myshopify.com
     python -m recommender backfill --shop example.myshopify.com [--since 2025-01-01] [--token-env SHOPIFY_ADMIN_TOKEN]
+        [--api rest|graphql]
     python -m recommender evaluate --shop example.myshopify.com [--holdout-days 14 | --last-order] [--tune]
     python -m recommender evaluate --train train.csv --test test.csv [--k 10,20] [--models als,bpr,pop]
 
@@ -42,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     backfiller.add_argument("--token-env", default="SHOPIFY_ADMIN_TOKEN",
                             help="environment variable holding the Admin API access token")
     backfiller.add_argument("--since", help="only orders created since this date, e.g. 2025-01-01")
+    backfiller.add_argument("--api", choices=("rest", "graphql"), default="rest",
+                            help="which Admin API to read: rest (the default for now; legacy since 2024-10-01) or "
+                                 "graphql (the only one public apps submitted since 2025-04-01 may use; reads "
+                                 "every variant of a product, where rest reads 100)")
     backfiller.add_argument("--api-version", default="2026-04")
     backfiller.add_argument("--state", help="progress file for resuming (default ./data/backfill-<shop>.json)")
     backfiller.add_argument("--base-url", help="Admin API origin (default https://<shop>; http only to loopback)")

@@ -1,4 +1,6 @@
-"""Backfill a shop's past products and orders, and its stock, through Shopify's REST Admin API.
+"""Backfill a shop's past products and orders, and its stock, through Shopify's REST Admin API (`--api rest`, the
+default) or its GraphQL Admin API (`--api graphql`: webhooks/backfill_graphql.py, which maps each node to the REST
+record these translators take, so both store the same rows).
 
 `python -m recommender backfill --shop X` pages through `products.json` and
 `orders.json` and stores each record through the webhook translators
@@ -69,6 +71,7 @@ MAX_RETRIES = 5  # 5xx answers or dropped connections per request
 BACKOFF_SECONDS, BACKOFF_CAP = 1.0, 30.0  # 1, 2, 4, 8, 16 s
 TIMEOUT = (10.0, 120.0)  # connect, read (seconds): a page of 250 orders can be large
 STATE_FORMAT = 1
+APIS = ("rest", "graphql")  # which Admin API the backfill reads; REST stays the default for now
 _API_VERSION = re.compile(r"^(\d{4}-\d{2}|unstable)$")
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
@@ -92,10 +95,17 @@ class BackfillConfig:
     # (products and stock levels are always read whole)
     base_url: str = ""  # "" means https://{shop}; tests point it at a loopback server
     state_path: Path | None = None  # None means ./data/backfill-<shop>.json
-    page_size: int = PAGE_SIZE
+    page_size: int = PAGE_SIZE  # GraphQL: at most GRAPHQL_PAGE_SIZE products or orders a page (query cost)
+    api: str = "rest"  # "rest" or "graphql"
+    nested_page_size: int = 10  # GraphQL only: a nested connection's first page inside a page (variants, line
+    # items, refund lines, levels); more of it is read by its own queries, page_size at a time
 
     def __post_init__(self) -> None:
         check_shop_domain(self.shop)
+        if self.api not in APIS:
+            raise BackfillError(f"--api must be one of {', '.join(APIS)}, got {self.api!r}")
+        if not 1 <= self.nested_page_size <= PAGE_SIZE:
+            raise BackfillError(f"nested_page_size must be from 1 to {PAGE_SIZE}, got {self.nested_page_size}")
         if not _API_VERSION.match(self.api_version):
             raise BackfillError(f"--api-version must look like 2026-04, got {self.api_version!r}")
         if not 1 <= self.page_size <= PAGE_SIZE:
@@ -222,12 +232,18 @@ class AdminApiClient:
                                 f"it is not {self._config.base_url}/admin/api/")
 
     def _get(self, url: str, resource: str) -> requests.Response:
+        # Redirects are refused: requests would resend the token header to wherever they point.
+        return self._send(resource, lambda headers: self._session.get(url, headers=headers, timeout=TIMEOUT,
+                                                                      allow_redirects=False))
+
+    def _send(self, resource: str, request: Callable[[dict[str, str]], requests.Response]) -> requests.Response:
+        """`request(headers)` until Shopify answers 200: 429s waited out, 5xx and dropped connections backed off,
+        any other status a BackfillError saying what to fix."""
         failures = throttled = 0
         headers = {"X-Shopify-Access-Token": self._config.token.reveal(), "Accept": "application/json"}
         while True:
             try:
-                # Redirects are refused: requests would resend the token header to wherever they point.
-                response = self._session.get(url, headers=headers, timeout=TIMEOUT, allow_redirects=False)
+                response = request(headers)
             except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
                 # ChunkedEncodingError: the connection broke while the body was arriving (IncompleteRead)
                 failures = self._back_off(failures, f"{resource}: cannot reach {self._config.base_url} "
@@ -286,11 +302,23 @@ def _refusal(response: requests.Response, resource: str, config: BackfillConfig)
 ORDERS_TOPIC, PRODUCTS_TOPIC, LEVELS_TOPIC = "backfill/orders", "backfill/products", "backfill/inventory_levels"
 
 
+def record_version(updated_at: Any) -> str:
+    """A record's `updated_at` as it names the record's version in a webhook id, the same instant written once:
+    REST gives it in the shop's offset ('2025-03-01T05:00:00-05:00'), GraphQL in UTC ('2025-03-01T10:00:00Z'), so
+    the two backfills of one record store it once. '' when absent; an unreadable value is kept as it came."""
+    if not isinstance(updated_at, str) or not updated_at:
+        return ""
+    try:
+        return parse_timestamp(updated_at, "updated_at").isoformat().replace("+00:00", "Z")
+    except InvalidEvent:
+        return updated_at
+
+
 def backfill_webhook_id(resource: str, record: dict) -> str:
     """Deterministic per record version: the same record stores once, a record updated since is applied again."""
     record_id = shopify_id(record.get("id"), "id")
-    updated_at = record.get("updated_at")
-    return f"backfill:{resource}:{record_id}" + (f":{updated_at}" if isinstance(updated_at, str) and updated_at else "")
+    version = record_version(record.get("updated_at"))
+    return f"backfill:{resource}:{record_id}" + (f":{version}" if version else "")
 
 
 def order_changes(shop: str, order: dict, webhook_id: str) -> ChangeSet:
@@ -313,9 +341,8 @@ def level_webhook_id(level: dict) -> str:
     """A level has no id of its own: its item and location name it, its `updated_at` the version."""
     item = shopify_id(level.get("inventory_item_id"), "inventory_item_id")
     location = shopify_id(level.get("location_id"), "location_id")
-    updated_at = level.get("updated_at")
-    return (f"backfill:{LEVELS}:{item}:{location}"
-            + (f":{updated_at}" if isinstance(updated_at, str) and updated_at else ""))
+    version = record_version(level.get("updated_at"))
+    return f"backfill:{LEVELS}:{item}:{location}" + (f":{version}" if version else "")
 
 
 def level_changes(shop: str, level: dict, webhook_id: str) -> ChangeSet:
@@ -363,7 +390,7 @@ class BackfillTotals:
 
 def _state_key(config: BackfillConfig) -> dict[str, Any]:
     return {"shop": config.shop, "base_url": config.base_url, "api_version": config.api_version,
-            "since": config.since.isoformat() if config.since else None}
+            "since": config.since.isoformat() if config.since else None, "api": config.api}
 
 
 def load_state(config: BackfillConfig) -> dict | None:
@@ -383,6 +410,7 @@ def load_state(config: BackfillConfig) -> dict | None:
             or not all(isinstance(v, int) and not isinstance(v, bool) for v in state["totals"].values())):
         raise BackfillError(f"the state file {path} is not a backfill state file; delete it to start over")
     key = _state_key(config)
+    state.setdefault("api", "rest")  # written before the GraphQL backfill: its cursors are REST URLs
     if {name: state.get(name) for name in key} != key:
         saved = ", ".join(f"{name}={state.get(name)!r}" for name in key)
         raise BackfillError(f"the state file {path} belongs to a backfill with {saved}: run it with the same "
@@ -416,35 +444,37 @@ def run_backfill(config: BackfillConfig, store: EventStore, session: requests.Se
     cursors: dict[str, str | None] = dict(state["cursors"]) if state else {}  # absent: not started; None: done
     totals = BackfillTotals(**state["totals"]) if state else BackfillTotals()
     http = session or requests.Session()
-    client = AdminApiClient(config, http, sleep)
+    if config.api == "graphql":
+        from webhooks.backfill_graphql import GraphQLSource
+
+        source: PageSource = GraphQLSource(config, http, sleep)
+    else:
+        source = RestSource(config, http, sleep)
     retries_before = totals.retries
     try:
         for resource in RESOURCES:
-            url = cursors.get(resource, first_page_url(config, resource))
+            cursor = cursors.get(resource, source.start(resource))
             bar = tqdm(desc=resource, unit=" records", file=sys.stderr,
                        disable=None if progress is None else not progress)
             try:
-                while url is not None:
+                while cursor is not None:
                     try:
-                        page = client.get_page(url, resource)
                         # A page of products' stock levels are all fetched before the page is stored: an error
                         # while reading them leaves nothing of the page stored, and the resumed run reads it again.
-                        levels, level_pages = (_read_levels(config, client, page.records) if resource == "products"
-                                               else ([], 0))
-                        _store_page(config, store, resource, page.records, totals, bar)
-                        if levels:
-                            _store_levels(config, store, levels, totals)
-                        totals.pages += level_pages
+                        batch = source.fetch(resource, cursor)
+                        _store_page(config, store, resource, batch.records, totals, bar)
+                        if batch.levels:
+                            _store_levels(config, store, batch.levels, totals)
                     except BaseException:
                         # A page is stored whole or not at all (EventStore.apply_many), and counted once stored:
                         # the resumed run fetches this page again.
-                        totals.retries = retries_before + client.retries
+                        totals.retries = retries_before + source.retries
                         if cursors or totals.products + totals.orders + totals.duplicates + totals.skipped:
-                            save_state(config, {**cursors, resource: url}, totals)
+                            save_state(config, {**cursors, resource: cursor}, totals)
                         raise
-                    totals.pages += 1
-                    totals.retries = retries_before + client.retries
-                    url = cursors[resource] = page.next_url
+                    totals.pages += batch.requests
+                    totals.retries = retries_before + source.retries
+                    cursor = cursors[resource] = batch.next_cursor
                     save_state(config, cursors, totals)
             finally:
                 bar.close()
@@ -457,6 +487,50 @@ def run_backfill(config: BackfillConfig, store: EventStore, session: requests.Se
         store.set_shop_installed(config.shop, True)
     config.state_file.unlink(missing_ok=True)
     return {"shop": config.shop, **asdict(totals), "resumed": state is not None}
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One page of records as the REST translators take them, its products' stock levels, how many requests it took
+    (pages), and the cursor of the next page (None: that was the last)."""
+
+    records: list[dict]
+    levels: list[dict]
+    requests: int
+    next_cursor: str | None
+
+
+class PageSource:
+    """Pages of products and orders from one Admin API; a cursor is a string saved in the state file."""
+
+    retries: int
+
+    def start(self, resource: str) -> str:
+        raise NotImplementedError
+
+    def fetch(self, resource: str, cursor: str) -> Batch:
+        raise NotImplementedError
+
+
+class RestSource(PageSource):
+    """The REST Admin API: a cursor is the URL of the page (the first carries the filters, later ones `Link`'s)."""
+
+    def __init__(self, config: BackfillConfig, session: requests.Session, sleep: Sleep):
+        self._config = config
+        self._client = AdminApiClient(config, session, sleep)
+
+    @property
+    def retries(self) -> int:  # type: ignore[override]
+        return self._client.retries
+
+    def start(self, resource: str) -> str:
+        return first_page_url(self._config, resource)
+
+    def fetch(self, resource: str, cursor: str) -> Batch:
+        page = self._client.get_page(cursor, resource)
+        levels, level_pages = (_read_levels(self._config, self._client, page.records) if resource == "products"
+                               else ([], 0))
+        return Batch(page.records, levels, 1 + level_pages, page.next_url)
 
 
 def _store_page(config: BackfillConfig, store: EventStore, resource: str, records: list[dict],
@@ -519,7 +593,8 @@ def _store_levels(config: BackfillConfig, store: EventStore, levels: list[dict],
 def run_backfill_command(args: Any, env: Mapping[str, str], store: EventStore, sleep: Sleep = time.sleep) -> int:
     """The CLI's `backfill`: the summary as JSON on stdout; an error on stderr and exit code 2."""
     try:
-        options: dict[str, Any] = {"api_version": args.api_version, "base_url": args.base_url or ""}
+        options: dict[str, Any] = {"api_version": args.api_version, "base_url": args.base_url or "",
+                                   "api": getattr(args, "api", "rest")}
         if args.state:
             options["state_path"] = Path(args.state)
         config = BackfillConfig.from_options(args.shop, env, args.token_env, args.since, **options)

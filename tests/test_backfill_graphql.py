@@ -1,0 +1,671 @@
+"""Backfill through the GraphQL Admin API, against a real HTTP server on loopback that answers in Shopify's shape,
+serving the same planted shop as tests/test_backfill.py's REST stand-in: both backfills must store the same rows."""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from recommender.events import parse_timestamp
+from recommender.store import open_event_store
+from tests.conftest import SHOP
+from tests.postgres_schema import temporary_schema
+from tests.test_backfill import (
+    API, EXPECTED_EVENTS, EXPECTED_LEVELS, EXPECTED_STOCK, LEVELS, ORDERS, PRODUCTS, SINCE, TOKEN, FakeAdminApi,
+    RecordedSleep, _Handler as RestHandler, cli, level, order, product,
+)
+from webhooks.backfill import BACKOFF_SECONDS, BackfillConfig, BackfillError, backfill_webhook_id, run_backfill
+from webhooks.backfill_graphql import numeric_id, order_record, product_record, throttle_wait
+
+MAX_AVAILABLE, RESTORE_RATE = 1000.0, 50.0
+COSTS = {"BackfillProducts": 60, "BackfillOrders": 80}  # requestedQueryCost; every other query 10
+
+
+def gid(kind: str, value) -> str | None:
+    return None if value is None else f"gid://shopify/{kind}/{value}"
+
+
+def utc(value: str | None) -> str | None:
+    """A DateTime as GraphQL gives it, in UTC ('...Z'), where REST gives the shop's offset."""
+    return None if value is None else parse_timestamp(value).isoformat().replace("+00:00", "Z")
+
+
+# --- the planted shop as GraphQL nodes -----------------------------------------------------------------
+
+def variant_node(variant: dict) -> dict:
+    return {"id": gid("ProductVariant", variant["id"]), "price": variant["price"],
+            "inventoryPolicy": variant.get("inventory_policy", "deny").upper(),
+            "inventoryQuantity": variant["inventory_quantity"],
+            "inventoryItem": {"id": gid("InventoryItem", variant["inventory_item_id"]), "tracked": True}}
+
+
+def product_node(record: dict) -> dict:
+    image = record.get("image")
+    return {"id": gid("Product", record["id"]), "title": record["title"], "handle": record["handle"],
+            "status": record["status"].upper(), "publishedAt": utc(record["published_at"]),
+            "updatedAt": utc(record["updated_at"]), "productType": record["product_type"], "vendor": record["vendor"],
+            "featuredMedia": {"preview": {"image": {"url": image["src"]}}} if image else None,
+            "variants": [variant_node(v) for v in record["variants"]]}
+
+
+def line_node(line: dict) -> dict:
+    return {"id": gid("LineItem", line["id"]), "quantity": line["quantity"],
+            "product": {"id": gid("Product", line["product_id"])} if line["product_id"] else None,
+            "variant": {"id": gid("ProductVariant", line["variant_id"])} if line.get("variant_id") else None,
+            "originalUnitPriceSet": {"shopMoney": {"amount": line["price"], "currencyCode": "EUR"}}}
+
+
+def order_node(record: dict) -> dict:
+    customer = record.get("customer")
+    return {"id": gid("Order", record["id"]), "createdAt": utc(record["created_at"]),
+            "updatedAt": utc(record["updated_at"]), "cancelledAt": utc(record.get("cancelled_at")),
+            "customer": {"id": gid("Customer", customer["id"])} if customer else None,
+            "lineItems": [line_node(line) for line in record["line_items"]],
+            "refunds": [{"id": gid("Refund", refund["id"]),
+                         "refundLineItems": [{"quantity": line["quantity"],
+                                              "lineItem": {"id": gid("LineItem", line["line_item_id"])}}
+                                             for line in refund["refund_line_items"]]}
+                        for refund in record.get("refunds", [])]}
+
+
+def level_node(record: dict) -> dict:
+    return {"updatedAt": utc(record["updated_at"]), "location": {"id": gid("Location", record["location_id"])},
+            "quantities": [{"name": "available", "quantity": record["available"]}]}
+
+
+# The planted shop of tests/test_backfill.py, plus a product of three variants (two locations each) and an order of
+# three lines refunded on two of them, so that nested connections have more than one page when pages are small.
+# Their REST timestamps carry the shop's offset, as REST gives them; GraphQL gives the same instants in UTC.
+# GraphQL's Order carries no cart token: here the guest order has none, so both APIs key it by `order-5003`.
+WIDE = {**product(8006), "updated_at": "2024-06-01T20:00:00-04:00", "variants": [
+    {"id": 80060 + k, "price": f"{10 + k}.00", "inventory_item_id": 800600 + k, "inventory_quantity": 2,
+     "inventory_policy": "continue"} for k in (1, 2, 3)]}
+SHOP_PRODUCTS = [*PRODUCTS, WIDE]
+SHOP_LEVELS = [*LEVELS, *(level(800600 + k, location, k + location, "2025-02-01T09:00:00+09:00")
+                          for k in (1, 2, 3) for location in (1, 2))]
+BIG = order(5007, 4, [8006, 8001, 8002], "2025-03-07T05:00:00-05:00")  # REST: the shop's offset; GraphQL: UTC
+BIG["refunds"] = [{"id": 78, "order_id": 5007, "refund_line_items": [
+    {"line_item_id": BIG["line_items"][0]["id"], "quantity": 1}, {"line_item_id": BIG["line_items"][2]["id"],
+                                                                   "quantity": 1}]}]
+SHOP_ORDERS = [{**o, "cart_token": None} for o in ORDERS] + [BIG]
+SHOP_EVENTS = EXPECTED_EVENTS + 3
+SHOP_LEVEL_COUNT = EXPECTED_LEVELS + 6
+
+
+# --- a local GraphQL Admin API -------------------------------------------------------------------------------
+
+@dataclass
+class SeenQuery:
+    operation: str
+    variables: dict
+    headers: dict[str, str]
+    path: str
+    text: str = ""  # the query
+    answered: int | str | None = None  # an HTTP status, "THROTTLED", or None: the connection was dropped
+
+
+@dataclass
+class FakeGraphQLApi:
+    """Shopify's GraphQL Admin API over the planted REST records: cursor pagination at every connection,
+    `extensions.cost`, injected THROTTLED answers, statuses and dropped connections; records every request."""
+
+    products: list[dict]
+    orders: list[dict]
+    levels: list[dict]
+    port: int = 0
+    requests: list[SeenQuery] = field(default_factory=list)
+    available: dict[tuple[str, int], float] = field(default_factory=dict)  # (operation, nth answer) → reported
+    throttled: dict[tuple[str, int], list[float]] = field(default_factory=dict)  # → currentlyAvailable per THROTTLED
+    inject: dict[tuple[str, int], list[int]] = field(default_factory=dict)  # → HTTP statuses first
+    denied: set[str] = field(default_factory=set)  # operations answered with ACCESS_DENIED
+    version: str = "2026-04"  # cartToken is a field of Order from 2026-07 on
+    drop_after_answers: int | None = None
+    answered: Counter = field(default_factory=Counter)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def of(self, operation: str) -> list[SeenQuery]:
+        return [seen for seen in self.requests if seen.operation == operation]
+
+    def answer(self, path: str, body: dict, headers: dict[str, str]) -> tuple[int, dict] | None:
+        operation = re.match(r"^query (\w+)", body["query"]).group(1)
+        seen = SeenQuery(operation, body.get("variables") or {}, headers, path, body["query"])
+        self.requests.append(seen)
+        if self.drop_after_answers is not None and sum(self.answered.values()) >= self.drop_after_answers:
+            return None
+        if headers.get("x-shopify-access-token") != TOKEN:
+            seen.answered = 401
+            return 401, {"errors": "[API] Invalid API key or access token (unrecognized login or wrong password)"}
+        if path != f"/admin/api/{self.version}/graphql.json":
+            seen.answered = 404
+            return 404, {"errors": "Not Found"}
+        if "cartToken" in body["query"] and self.version < "2026-07":
+            seen.answered = "undefinedField"
+            return 200, {"errors": [{"message": "Field 'cartToken' doesn't exist on type 'Order'",
+                                     "extensions": {"code": "undefinedField", "typeName": "Order"}}]}
+        nth = (operation, self.answered[operation])
+        if self.inject.get(nth):
+            seen.answered = self.inject[nth].pop(0)
+            return seen.answered, {"errors": "injected"}
+        cost = COSTS.get(operation, 10)
+        if self.throttled.get(nth):
+            seen.answered = "THROTTLED"
+            return 200, {"errors": [{"message": "Throttled", "extensions": {
+                "code": "THROTTLED", "documentation": "https://shopify.dev/api/usage/rate-limits"}}],
+                "extensions": self._cost(cost, None, self.throttled[nth].pop(0))}
+        if operation in self.denied:
+            seen.answered = "ACCESS_DENIED"
+            return 200, {"data": None, "errors": [{"message": "Access denied", "extensions": {
+                "code": "ACCESS_DENIED"}}]}
+        data = getattr(self, operation)(seen.variables, body["query"])
+        seen.answered = 200
+        self.answered[operation] += 1
+        return 200, {"data": data, "extensions": self._cost(cost, cost, self.available.get(nth, MAX_AVAILABLE))}
+
+    @staticmethod
+    def _cost(requested: int, actual: int | None, available: float) -> dict:
+        return {"cost": {"requestedQueryCost": requested, "actualQueryCost": actual, "throttleStatus": {
+            "maximumAvailable": MAX_AVAILABLE, "currentlyAvailable": available, "restoreRate": RESTORE_RATE}}}
+
+    @staticmethod
+    def _page(nodes: list[dict], first: int, after: str | None, kind: str) -> dict:
+        """A connection's page: cursors name their connection, so one used on another fails the test."""
+        offset = 0
+        if after is not None:
+            cursor_kind, _, position = after.partition("@")
+            assert cursor_kind == kind, f"a cursor of {cursor_kind} used for {kind}"
+            offset = int(position)
+        assert 1 <= first <= 250
+        end = offset + first
+        return {"nodes": nodes[offset:end], "pageInfo": {"hasNextPage": end < len(nodes),
+                                                          "endCursor": f"{kind}@{end}" if nodes[offset:end] else None}}
+
+    def _product(self, record: dict, nested: int) -> dict:
+        node = product_node(record)
+        node["variants"] = self._page(node["variants"], nested, None, f"variants:{record['id']}")
+        return node
+
+    def _item_levels(self, item: str) -> list[dict]:
+        return [level_node(lvl) for lvl in self.levels if str(lvl["inventory_item_id"]) == item]
+
+    def _order(self, record: dict, nested: int, query: str) -> dict:
+        node = order_node(record)
+        if "cartToken" in query:
+            node["cartToken"] = record.get("cart_token")
+        node["lineItems"] = self._page(node["lineItems"], nested, None, f"lines:{record['id']}")
+        for refund, raw in zip(node["refunds"], record.get("refunds", [])):
+            refund["refundLineItems"] = self._page(refund["refundLineItems"], nested, None, f"refund:{raw['id']}")
+        return node
+
+    def BackfillProducts(self, v: dict, query: str) -> dict:  # noqa: N802 (the operation's name)
+        page = self._page(self.products, v["first"], v["after"], "products")
+        page["nodes"] = [self._product(record, v["nested"]) for record in page["nodes"]]
+        return {"products": page}
+
+    def BackfillVariants(self, v: dict, query: str) -> dict:  # noqa: N802
+        record = next(p for p in self.products if gid("Product", p["id"]) == v["id"])
+        variants = [variant_node(variant) for variant in record["variants"]]
+        return {"product": {"variants": self._page(variants, v["first"], v["after"], f"variants:{record['id']}")}}
+
+    def BackfillLevels(self, v: dict, query: str) -> dict:  # noqa: N802
+        assert 'quantities(names: ["available"])' in query and 1 <= len(v["ids"]) <= 250
+        nodes = []
+        for item_gid in v["ids"]:
+            item = item_gid.rsplit("/", 1)[-1]
+            nodes.append({"id": item_gid, "inventoryLevels": self._page(self._item_levels(item), v["nested"], None,
+                                                                       f"levels:{item}")})
+        return {"nodes": nodes}
+
+    def BackfillItemLevels(self, v: dict, query: str) -> dict:  # noqa: N802
+        item = v["id"].rsplit("/", 1)[-1]
+        return {"inventoryItem": {"inventoryLevels": self._page(self._item_levels(item), v["first"], v["after"],
+                                                               f"levels:{item}")}}
+
+    def BackfillOrders(self, v: dict, query: str) -> dict:  # noqa: N802
+        records = self.orders
+        if v.get("query"):
+            since = re.fullmatch(r"created_at:>='(.+)'", v["query"]).group(1)
+            records = [o for o in records if o["created_at"] >= since.replace("+00:00", "Z")]
+        page = self._page(records, v["first"], v["after"], "orders")
+        page["nodes"] = [self._order(record, v["nested"], query) for record in page["nodes"]]
+        return {"orders": page}
+
+    def BackfillOrderLines(self, v: dict, query: str) -> dict:  # noqa: N802
+        record = next(o for o in self.orders if gid("Order", o["id"]) == v["id"])
+        lines = [line_node(line) for line in record["line_items"]]
+        return {"order": {"lineItems": self._page(lines, v["first"], v["after"], f"lines:{record['id']}")}}
+
+    def BackfillRefundLines(self, v: dict, query: str) -> dict:  # noqa: N802
+        raw = next(r for o in self.orders for r in o.get("refunds", []) if gid("Refund", r["id"]) == v["id"])
+        lines = [{"quantity": line["quantity"], "lineItem": {"id": gid("LineItem", line["line_item_id"])}}
+                 for line in raw["refund_line_items"]]
+        return {"refund": {"refundLineItems": self._page(lines, v["first"], v["after"], f"refund:{raw['id']}")}}
+
+
+class _GraphQLHandler(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        api: FakeGraphQLApi = self.server.api  # type: ignore[attr-defined]
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        with api.lock:
+            answer = api.answer(self.path, body, {k.lower(): v for k, v in self.headers.items()})
+        if answer is None:
+            self.close_connection = True
+            return
+        status, payload = answer
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def serve(api, handler):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.api = api  # type: ignore[attr-defined]
+    api.port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    return server
+
+
+@pytest.fixture
+def graphql_api():
+    api = FakeGraphQLApi(SHOP_PRODUCTS, SHOP_ORDERS, SHOP_LEVELS)
+    server = serve(api, _GraphQLHandler)
+    yield api
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def rest_api():
+    """tests/test_backfill.py's REST stand-in, serving the same shop."""
+    api = FakeAdminApi(SHOP_PRODUCTS, SHOP_ORDERS, SHOP_LEVELS)
+    server = serve(api, RestHandler)
+    yield api
+    server.shutdown()
+    server.server_close()
+
+
+def backfill(api, store, tmp_path: Path, api_name: str = "graphql", sleep=None, **options) -> dict:
+    config = BackfillConfig.from_options(SHOP, {"SHOPIFY_ADMIN_TOKEN": TOKEN}, since=SINCE, base_url=api.base_url,
+                                         state_path=tmp_path / f"state-{api_name}.json", api=api_name,
+                                         **{"page_size": 2, **options})
+    return run_backfill(config, store, sleep=sleep or RecordedSleep(), progress=False)
+
+
+# --- what a store holds, table by table --------------------------------------------------------------------
+
+TABLES = ("deliveries", "events", "products", "variants", "inventory_levels", "adjustments", "pending_refunds",
+          "identity_links")
+VOLATILE = {"id", "received_at", "changed_at", "created_at"}  # when a row was written, not what it says
+
+
+def stored_rows(url: str) -> dict[str, list[tuple]]:
+    """Every row of the shop's tables at `url`, without the columns that say when it was written, sorted."""
+    if url.startswith("sqlite:///"):
+        connection = sqlite3.connect(url[len("sqlite:///"):])
+    else:
+        import psycopg
+
+        connection = psycopg.connect(url)
+    try:
+        rows = {}
+        for table in TABLES:
+            cursor = connection.execute(f"SELECT * FROM {table}")
+            names = [column[0] for column in cursor.description]
+            keep = [i for i, name in enumerate(names) if name not in VOLATILE]
+            rows[table] = sorted((tuple(row[i] for i in keep) for row in cursor.fetchall()), key=repr)
+        return rows
+    finally:
+        connection.close()
+
+
+@pytest.fixture
+def two_store_urls(event_store_url, tmp_path):
+    """Two empty stores of the same backend (conftest's `event_store_url`, and one more like it): (rest, graphql)."""
+    if event_store_url.startswith("sqlite:///"):
+        yield f"sqlite:///{tmp_path}/rest.sqlite3", event_store_url
+    else:
+        with temporary_schema() as other:
+            yield other, event_store_url
+
+
+# --- the same shop through both APIs ------------------------------------------------------------------------
+
+def test_the_same_shop_through_rest_and_graphql_stores_identical_rows(rest_api, graphql_api, two_store_urls,
+                                                                      tmp_path):
+    # Arrange
+    rest_url, graphql_url = two_store_urls
+    rest_store, graphql_store = open_event_store(rest_url), open_event_store(graphql_url)
+
+    # Act
+    by_rest = backfill(rest_api, rest_store, tmp_path, "rest")
+    by_graphql = backfill(graphql_api, graphql_store, tmp_path, "graphql")
+
+    # Assert: row for row the same, webhook ids included
+    rest_rows = stored_rows(rest_url)
+    assert stored_rows(graphql_url) == rest_rows
+    assert len(rest_rows["events"]) == SHOP_EVENTS and len(rest_rows["inventory_levels"]) == SHOP_LEVEL_COUNT
+    counted = ("products", "inventory_levels", "orders", "events", "duplicates", "skipped")
+    assert {k: by_graphql[k] for k in counted} == {k: by_rest[k] for k in counted} == {
+        "products": 6, "inventory_levels": SHOP_LEVEL_COUNT, "orders": 7, "events": SHOP_EVENTS, "duplicates": 0,
+        "skipped": 0}
+    weights = {(i.order_id, i.product_id): i.weight_factor for i in graphql_store.interactions(SHOP)}
+    assert ("5004", "8004") not in weights  # cancelled: stored at weight 0, counted nowhere
+    assert weights[("5005", "8005")] == 0.5  # one of two units refunded, once
+    assert {key: weights.get(key) for key in (("5007", "8006"), ("5007", "8001"), ("5007", "8002"))} == {
+        ("5007", "8006"): None, ("5007", "8001"): 1.0, ("5007", "8002"): None}  # its lines 1 and 3 refunded whole
+    assert {i.user_key for i in graphql_store.interactions(SHOP) if i.order_id == "5003"} == {"a:order-5003"}
+    stock = {pid: p.variants[0].inventory_quantity for pid, p in graphql_store.products(SHOP).items()}
+    assert stock == {**EXPECTED_STOCK, "8006": 2 + 3}  # its first variant's item: 2 at location 1, 3 at location 2
+    rest_store.close()
+    graphql_store.close()
+
+
+@pytest.mark.parametrize("first, then", [("rest", "graphql"), ("graphql", "rest")])
+def test_one_api_after_the_other_stores_nothing_twice(rest_api, graphql_api, either_store, tmp_path, first, then):
+    apis = {"rest": rest_api, "graphql": graphql_api}
+    backfill(apis[first], either_store, tmp_path, first)
+    before = (either_store.count_events(SHOP), either_store.products(SHOP),
+              sorted(map(repr, either_store.interactions(SHOP))))
+
+    again = backfill(apis[then], either_store, tmp_path, then)
+
+    assert (either_store.count_events(SHOP), either_store.products(SHOP),
+            sorted(map(repr, either_store.interactions(SHOP)))) == before
+    assert (again["products"], again["inventory_levels"], again["orders"], again["events"], again["duplicates"]) == (
+        0, 0, 0, 0, 6 + 7 + SHOP_LEVEL_COUNT)
+
+
+def test_a_guest_order_keyed_by_its_cart_through_rest_keeps_that_key_when_graphql_reads_it_again(
+        rest_api, graphql_api, store, tmp_path):
+    # Arrange: REST (or orders/create) stored the guest's order under its cart token, which GraphQL cannot read
+    rest_api.orders = [order(5003, None, [8001], "2025-03-03T10:00:00Z", cart="cart-guest")]
+    graphql_api.orders = rest_api.orders
+    backfill(rest_api, store, tmp_path, "rest")
+
+    # Act
+    again = backfill(graphql_api, store, tmp_path, "graphql")
+
+    # Assert: the order's line is stored once, still the cart's
+    assert again["events"] == 0 and again["duplicates"] >= 1
+    assert [i.user_key for i in store.interactions(SHOP)] == ["a:cart-guest"]
+
+
+def test_from_api_version_2026_07_a_guest_order_is_keyed_by_its_cart_token_as_rest_keys_it(rest_api, graphql_api,
+                                                                                           tmp_path):
+    # Arrange: the planted shop with its guest's cart token, as REST serves it
+    guest_orders = [*ORDERS, BIG]
+    rest_api.orders = graphql_api.orders = guest_orders
+    rest_api_version, graphql_api.version = "2026-07", "2026-07"
+    rest_url, graphql_url = f"sqlite:///{tmp_path}/rest.sqlite3", f"sqlite:///{tmp_path}/graphql.sqlite3"
+    rest_store, graphql_store = open_event_store(rest_url), open_event_store(graphql_url)
+
+    # Act: REST at 2026-04 (its stand-in's version), GraphQL at 2026-07
+    backfill(rest_api, rest_store, tmp_path, "rest")
+    backfill(graphql_api, graphql_store, tmp_path, "graphql", api_version=rest_api_version)
+
+    # Assert
+    assert all("cartToken" in s.text for s in graphql_api.of("BackfillOrders"))
+    assert {i.user_key for i in graphql_store.interactions(SHOP) if i.order_id == "5003"} == {"a:cart-guest"}
+    assert stored_rows(graphql_url) == stored_rows(rest_url)
+    rest_store.close()
+    graphql_store.close()
+
+
+def test_before_2026_07_the_orders_query_does_not_ask_for_a_cart_token(graphql_api, store, tmp_path):
+    backfill(graphql_api, store, tmp_path)
+
+    orders = graphql_api.of("BackfillOrders")
+    assert orders and all(s.answered == 200 and "cartToken" not in s.text for s in orders)
+
+
+@pytest.fixture
+def either_store(event_store_url):
+    opened = open_event_store(event_store_url)
+    yield opened
+    opened.close()
+
+
+# --- nested connections and wide products --------------------------------------------------------------------
+
+def test_nested_connections_are_read_to_their_last_page(rest_api, graphql_api, store, tmp_path):
+    # Arrange: one node a nested page, two a page read on its own
+    reference_url = f"sqlite:///{tmp_path}/reference.sqlite3"
+    reference = open_event_store(reference_url)
+    backfill(rest_api, reference, tmp_path, "rest")
+
+    # Act
+    summary = backfill(graphql_api, store, tmp_path, "graphql", nested_page_size=1)
+
+    # Assert: the same rows as REST's, from these queries
+    assert stored_rows(f"sqlite:///{tmp_path}/events.sqlite3") == stored_rows(reference_url)
+    variants = graphql_api.of("BackfillVariants")
+    assert [(s.variables["id"], s.variables["after"], s.variables["first"]) for s in variants] == [
+        ("gid://shopify/Product/8006", "variants:8006@1", 2)]  # its other two in one page of page_size
+    assert [s.variables["after"] for s in graphql_api.of("BackfillOrderLines")] == [
+        "lines:5001@1", "lines:5002@1", "lines:5003@1", "lines:5006@1", "lines:5007@1"]
+    assert [(s.variables["id"], s.variables["after"]) for s in graphql_api.of("BackfillRefundLines")] == [
+        ("gid://shopify/Refund/78", "refund:78@1")]
+    level_follow_ups = [s.variables["after"] for s in graphql_api.of("BackfillItemLevels")]
+    assert sorted(level_follow_ups) == sorted(f"levels:{item}@1" for item in (
+        800100, 800200, 800300, 800601, 800602, 800603))  # the items stocked at two locations
+    assert summary["pages"] == len(graphql_api.requests)
+    reference.close()
+
+
+def test_a_product_with_more_than_100_variants_keeps_every_one(graphql_api, either_store, tmp_path):
+    # Arrange: 230 variants, each its own inventory item stocked at one location
+    wide = {**product(9100), "variants": [{"id": 910000 + k, "price": "5.00", "inventory_item_id": 9100000 + k,
+                                           "inventory_quantity": 1} for k in range(230)]}
+    graphql_api.products, graphql_api.orders = [wide], []
+    graphql_api.levels = [level(9100000 + k, 1, k % 3) for k in range(230)]
+
+    # Act
+    summary = backfill(graphql_api, either_store, tmp_path, page_size=100)
+
+    # Assert
+    stored = either_store.products(SHOP)["9100"]
+    assert sorted(int(v.variant_id) for v in stored.variants) == [910000 + k for k in range(230)]
+    assert summary["inventory_levels"] == 230
+    assert [s.variables["after"] for s in graphql_api.of("BackfillVariants")] == [
+        "variants:9100@10", "variants:9100@110", "variants:9100@210"]  # 10 with the product, then 100 a page
+    assert [len(s.variables["ids"]) for s in graphql_api.of("BackfillLevels")] == [50, 50, 50, 50, 30]
+    assert {v.variant_id: v.inventory_quantity for v in stored.variants}["910004"] == 1  # 4 % 3 at its location
+
+
+# --- the cost bucket ----------------------------------------------------------------------------------------
+
+def test_queries_wait_for_the_bucket_and_a_throttled_query_is_retried_after_the_wait_it_needs(graphql_api, store,
+                                                                                             tmp_path):
+    # Arrange: after the first page of products 20 points are left; after the first page of orders 55; the second
+    # page of orders is THROTTLED once with 30 points left
+    graphql_api.available = {("BackfillProducts", 0): 20.0, ("BackfillOrders", 0): 55.0}
+    graphql_api.throttled = {("BackfillOrders", 1): [30.0]}
+    sleep = RecordedSleep()
+
+    # Act
+    summary = backfill(graphql_api, store, tmp_path, sleep=sleep)
+
+    # Assert: the levels query (never sent yet: the products query's 60 taken as its cost) waits (60 - 20) / 50;
+    # the second page of orders (80 last time) (80 - 55) / 50; its THROTTLED answer (80 - 30) / 50, then retried
+    assert sleep.calls == [pytest.approx(0.8), pytest.approx(0.5), pytest.approx(1.0)]
+    assert [s.answered for s in graphql_api.of("BackfillOrders")] == [200, "THROTTLED", 200, 200, 200]
+    assert summary["retries"] == 1 and summary["events"] == SHOP_EVENTS
+    assert throttle_wait(80, 30, 50) == 1.0 and throttle_wait(10, 900, 50) == 0.0 and throttle_wait(10, None, 50) == 0
+
+
+def test_a_query_throttled_again_and_again_gives_up_and_keeps_the_progress(graphql_api, store, tmp_path):
+    graphql_api.throttled = {("BackfillOrders", 0): [0.0] * 21}
+    sleep = RecordedSleep()
+
+    with pytest.raises(BackfillError, match="kept answering THROTTLED 20 times") as raised:
+        backfill(graphql_api, store, tmp_path, sleep=sleep)
+
+    assert raised.value.status == 429
+    assert sleep.calls == [pytest.approx(80 / 50)] * 20
+    assert json.loads((tmp_path / "state-graphql.json").read_text())["cursors"] == {"products": None, "orders": ""}
+
+
+def test_5xx_and_429_are_retried_as_rest_retries_them(graphql_api, store, tmp_path):
+    graphql_api.inject = {("BackfillProducts", 1): [503], ("BackfillOrders", 0): [429]}
+    sleep = RecordedSleep()
+
+    summary = backfill(graphql_api, store, tmp_path, sleep=sleep)
+
+    assert sleep.calls == [BACKOFF_SECONDS, 2.0]  # the backoff, then a 429 without Retry-After
+    assert summary["retries"] == 2 and summary["events"] == SHOP_EVENTS
+
+
+# --- refusals -------------------------------------------------------------------------------------------------
+
+def test_a_refused_token_is_the_same_clear_error_and_exit_code_as_rest(graphql_api, env, tmp_path, monkeypatch,
+                                                                       capsys):
+    code = cli({**env, "SHOPIFY_ADMIN_TOKEN": "shpat_wrong_token"}, graphql_api, tmp_path, monkeypatch,
+               "--api", "graphql")
+
+    out = capsys.readouterr()
+    assert code == 2 and out.out == ""
+    assert "Shopify refused the access token (401 Unauthorized)" in out.err
+    assert "shpat_wrong_token" not in out.err
+
+
+@pytest.mark.parametrize("operation, scope", [("BackfillProducts", "read_products"),
+                                              ("BackfillLevels", "read_inventory"), ("BackfillOrders", "read_orders")])
+def test_a_missing_scope_is_named(graphql_api, store, tmp_path, operation, scope):
+    graphql_api.denied = {operation}
+
+    with pytest.raises(BackfillError, match=f"needs the {scope}") as raised:
+        backfill(graphql_api, store, tmp_path)
+
+    assert raised.value.status == 403
+
+
+def test_a_403_names_the_scope_as_rest_does(graphql_api, store, tmp_path):
+    graphql_api.inject = {("BackfillLevels", 0): [403]}
+
+    with pytest.raises(BackfillError, match="read_inventory scope") as raised:
+        backfill(graphql_api, store, tmp_path)
+
+    assert raised.value.status == 403 and store.products(SHOP) == {}
+
+
+def test_cli_backfills_through_graphql(graphql_api, env, tmp_path, monkeypatch, capsys, store_of):
+    code = cli({**env, "SHOPIFY_ADMIN_TOKEN": TOKEN}, graphql_api, tmp_path, monkeypatch, "--api", "graphql",
+               "--since", SINCE)
+
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    summary = json.loads(out.out)
+    assert (summary["products"], summary["orders"], summary["events"]) == (6, 7, SHOP_EVENTS)
+    first = graphql_api.requests[0]
+    assert first.path == f"{API}/graphql.json" and first.headers["x-shopify-access-token"] == TOKEN
+    assert first.variables["first"] == 25  # at most 25 products a page, whatever the page size
+    orders = graphql_api.of("BackfillOrders")[0]
+    assert orders.variables["query"] == "created_at:>='2025-01-01T00:00:00+00:00'"
+    assert store_of(None).count_events(SHOP) == SHOP_EVENTS
+
+
+# --- resuming -------------------------------------------------------------------------------------------------
+
+def test_a_graphql_backfill_cut_off_resumes_from_its_cursor(graphql_api, store, tmp_path):
+    # Arrange: the reference run, then one cut off after the products, their levels and the first page of orders
+    reference_store = open_event_store(f"sqlite:///{tmp_path}/reference.sqlite3")
+    reference = backfill(graphql_api, reference_store, tmp_path / "reference")
+    graphql_api.requests.clear()
+    graphql_api.answered.clear()
+    graphql_api.drop_after_answers = 3 + 3 + 1  # 3 pages of products, their 3 of levels, 1 of orders
+
+    with pytest.raises(BackfillError, match="gave up after 5 retries"):
+        backfill(graphql_api, store, tmp_path)
+    state = json.loads((tmp_path / "state-graphql.json").read_text())
+    assert state["api"] == "graphql" and state["cursors"] == {"products": None, "orders": "orders@2"}
+    assert TOKEN not in json.dumps(state)
+
+    # Act
+    graphql_api.drop_after_answers = None
+    graphql_api.requests.clear()
+    resumed = backfill(graphql_api, store, tmp_path)
+
+    # Assert: only orders, from the saved cursor on, and the totals of a run never cut off
+    assert [s.operation for s in graphql_api.requests] == ["BackfillOrders"] * 3
+    assert graphql_api.requests[0].variables["after"] == "orders@2"
+    assert resumed["resumed"] is True
+    counted = ("products", "inventory_levels", "orders", "events", "pages", "skipped", "duplicates")
+    assert {k: resumed[k] for k in counted} == {k: reference[k] for k in counted}
+    assert stored_rows(f"sqlite:///{tmp_path}/events.sqlite3") == stored_rows(
+        f"sqlite:///{tmp_path}/reference.sqlite3")
+    reference_store.close()
+
+
+def test_a_state_file_of_the_other_api_is_refused(rest_api, graphql_api, store, tmp_path):
+    # Arrange: a REST backfill cut off in its orders leaves REST URLs as its cursors
+    rest_api.drop_after_pages = 3 + 8 + 1  # products, levels, orders
+    with pytest.raises(BackfillError):
+        backfill(rest_api, store, tmp_path, "rest")
+    state = tmp_path / "state-rest.json"
+    assert json.loads(state.read_text())["api"] == "rest"
+    (tmp_path / "state-graphql.json").write_text(state.read_text())
+
+    # Act / Assert: the GraphQL backfill with that file refuses it by name, before any request
+    with pytest.raises(BackfillError, match="belongs to a backfill with .*api='rest'"):
+        backfill(graphql_api, store, tmp_path, "graphql")
+    assert graphql_api.requests == []
+
+
+def test_a_state_file_written_before_there_was_an_api_option_is_taken_as_rests(rest_api, graphql_api, store,
+                                                                               tmp_path):
+    rest_api.drop_after_pages = 3 + 8 + 1  # products, levels, orders
+    with pytest.raises(BackfillError):
+        backfill(rest_api, store, tmp_path, "rest")
+    state = tmp_path / "state-rest.json"
+    body = json.loads(state.read_text())
+    del body["api"]
+    state.write_text(json.dumps(body))
+    rest_api.drop_after_pages = None
+
+    resumed = backfill(rest_api, store, tmp_path, "rest")
+
+    assert resumed["resumed"] is True and store.count_events(SHOP) == SHOP_EVENTS
+    (tmp_path / "state-graphql.json").write_text(json.dumps(body))
+    with pytest.raises(BackfillError, match="api='rest'"):
+        backfill(graphql_api, store, tmp_path, "graphql")
+
+
+# --- nodes → records -----------------------------------------------------------------------------------------
+
+def test_nodes_become_the_records_rest_serves():
+    assert numeric_id("gid://shopify/Product/8001") == 8001
+    assert numeric_id("gid://shopify/InventoryLevel/1?inventory_item_id=2") == (
+        "gid://shopify/InventoryLevel/1?inventory_item_id=2")  # left for the translators to refuse by name
+    node = product_node(WIDE)
+    as_read = product_record(node, node["variants"])
+    assert as_read == {**WIDE, "updated_at": "2024-06-02T00:00:00Z", "variants": [
+        {**v, "inventory_management": "shopify"} for v in WIDE["variants"]]}  # the same instant, in UTC
+    assert backfill_webhook_id("products", as_read) == backfill_webhook_id("products", WIDE) == (
+        "backfill:products:8006:2024-06-02T00:00:00Z")
+    untracked = {**variant_node(WIDE["variants"][0]), "inventoryItem": {"id": "gid://shopify/InventoryItem/1",
+                                                                        "tracked": False}}
+    assert product_record(node, [untracked])["variants"][0]["inventory_management"] is None  # REST's "not tracked"
+    raw = order_node(BIG)
+    record = order_record(raw, raw["lineItems"], [(r, r["refundLineItems"]) for r in raw["refunds"]])
+    assert record["refunds"] == BIG["refunds"]
+    assert [{k: line[k] for k in ("id", "product_id", "variant_id", "quantity", "price")} for line in
+            BIG["line_items"]] == record["line_items"]
+    assert (record["customer"], record["cart_token"], record["cancelled_at"]) == ({"id": 4}, None, None)
