@@ -125,7 +125,7 @@ class FakeGraphQLApi:
     available: dict[tuple[str, int], float] = field(default_factory=dict)  # (operation, nth answer) → reported
     throttled: dict[tuple[str, int], list[float]] = field(default_factory=dict)  # → currentlyAvailable per THROTTLED
     inject: dict[tuple[str, int], list[int]] = field(default_factory=dict)  # → HTTP statuses first
-    denied: set[str] = field(default_factory=set)  # operations answered with ACCESS_DENIED
+    denied: dict[str, str] = field(default_factory=dict)  # operation → the error code it is answered with
     version: str = "2026-04"  # cartToken is a field of Order from 2026-07 on
     drop_after_answers: int | None = None
     answered: Counter = field(default_factory=Counter)
@@ -165,9 +165,9 @@ class FakeGraphQLApi:
                 "code": "THROTTLED", "documentation": "https://shopify.dev/api/usage/rate-limits"}}],
                 "extensions": self._cost(cost, None, self.throttled[nth].pop(0))}
         if operation in self.denied:
-            seen.answered = "ACCESS_DENIED"
-            return 200, {"data": None, "errors": [{"message": "Access denied", "extensions": {
-                "code": "ACCESS_DENIED"}}]}
+            seen.answered = self.denied[operation]
+            return 200, {"data": None, "errors": [{"message": "refused", "extensions": {
+                "code": self.denied[operation]}}]}
         data = getattr(self, operation)(seen.variables, body["query"])
         seen.answered = 200
         self.answered[operation] += 1
@@ -549,12 +549,23 @@ def test_a_refused_token_is_the_same_clear_error_and_exit_code_as_rest(graphql_a
 @pytest.mark.parametrize("operation, scope", [("BackfillProducts", "read_products"),
                                               ("BackfillLevels", "read_inventory"), ("BackfillOrders", "read_orders")])
 def test_a_missing_scope_is_named(graphql_api, store, tmp_path, operation, scope):
-    graphql_api.denied = {operation}
+    graphql_api.denied = {operation: "ACCESS_DENIED"}
 
     with pytest.raises(BackfillError, match=f"needs the {scope}") as raised:
         backfill(graphql_api, store, tmp_path)
 
     assert raised.value.status == 403
+
+
+def test_a_query_over_shopifys_cost_limit_or_with_other_errors_stops_with_shopifys_words(graphql_api, store,
+                                                                                          tmp_path):
+    graphql_api.denied = {"BackfillOrders": "MAX_COST_EXCEEDED"}
+    with pytest.raises(BackfillError, match="MAX_COST_EXCEEDED.*page sizes"):
+        backfill(graphql_api, store, tmp_path)
+
+    graphql_api.denied = {"BackfillProducts": "undefinedField"}
+    with pytest.raises(BackfillError, match="answered with errors: refused"):
+        backfill(graphql_api, store, tmp_path / "other")
 
 
 def test_a_403_names_the_scope_as_rest_does(graphql_api, store, tmp_path):

@@ -263,8 +263,9 @@ class GraphQLClient(AdminApiClient):
             return (f"the access token may not read {resource} on {shop} (ACCESS_DENIED): the app needs the {scope} "
                     f"scope")
         if "MAX_COST_EXCEEDED" in codes:
-            return (f"{resource}: the query asks for more than Shopify allows one query (MAX_COST_EXCEEDED): run "
-                    f"with a smaller page size")
+            return (f"{resource}: the query asks for more than Shopify allows one query (MAX_COST_EXCEEDED): the "
+                    f"backfill's GraphQL page sizes (GRAPHQL_PAGE_SIZE, BackfillConfig.nested_page_size) are too "
+                    f"large for this API version; please report it")
         errors = body["errors"] if isinstance(body["errors"], list) else [body["errors"]]
         messages = "; ".join(str(e.get("message") if isinstance(e, dict) else e)[:200] for e in errors[:3])
         return f"{resource}: Shopify's GraphQL API answered with errors: {messages}"
