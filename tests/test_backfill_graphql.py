@@ -27,6 +27,51 @@ from webhooks.backfill_graphql import numeric_id, order_record, product_record, 
 
 MAX_AVAILABLE, RESTORE_RATE = 1000.0, 50.0
 COSTS = {"BackfillProducts": 60, "BackfillOrders": 80}  # requestedQueryCost; every other query 10
+MAX_QUERY_COST = 1000  # Shopify refuses a query that requests more (MAX_COST_EXCEEDED), before running it
+_TOKEN = re.compile(r'\.\.\.|[{}():,\[\]!]|"[^"]*"|\$?\w+')
+
+
+def requested_cost(query: str, variables: dict) -> int:
+    """A query's requested cost counted as Shopify's rate-limits page counts it: a scalar or an enum 0, an object 1, a
+    connection (a field with `first`) 2 plus `first` times one node's cost. A list (Order.refunds, `nodes(ids:)`,
+    InventoryLevel.quantities) counts as one element: the page does not say how Shopify prices one."""
+    tokens = _TOKEN.findall(query[query.index("{"):])
+
+    def selection(i: int) -> tuple[list[tuple[str, dict, list | None]], int]:
+        assert tokens[i] == "{"
+        fields, i = [], i + 1
+        while tokens[i] != "}":
+            if tokens[i] == "...":  # an inline fragment: its fields are the node's own
+                inner, i = selection(i + 3)  # past `... on Type`
+                fields.extend(inner)
+                continue
+            name, args, children, i = tokens[i], {}, None, i + 1
+            if tokens[i] == "(":
+                i += 1
+                while tokens[i] != ")":
+                    key, value, i = tokens[i], tokens[i + 2], i + 3
+                    if value == "[":
+                        while tokens[i - 1] != "]":
+                            i += 1
+                    args[key] = variables.get(value[1:]) if value.startswith("$") else value
+                    if tokens[i] == ",":
+                        i += 1
+                i += 1
+            if tokens[i] == "{":
+                children, i = selection(i)
+            fields.append((name, args, children))
+        return fields, i + 1
+
+    def cost(field: tuple[str, dict, list | None]) -> int:
+        name, args, children = field
+        if children is None:
+            return 0
+        if "first" in args:
+            nodes = next(c for c in children if c[0] == "nodes")[2]
+            return 2 + int(args["first"]) * (1 + sum(map(cost, nodes)))
+        return 1 + sum(map(cost, children))
+
+    return sum(map(cost, selection(0)[0]))
 
 
 def gid(kind: str, value) -> str | None:
@@ -154,6 +199,12 @@ class FakeGraphQLApi:
             seen.answered = "undefinedField"
             return 200, {"errors": [{"message": "Field 'cartToken' doesn't exist on type 'Order'",
                                      "extensions": {"code": "undefinedField", "typeName": "Order"}}]}
+        requested = requested_cost(body["query"], seen.variables)
+        if requested > MAX_QUERY_COST:
+            seen.answered = "MAX_COST_EXCEEDED"
+            return 200, {"errors": [{"message": f"Query cost is {requested}, which exceeds the single query max cost "
+                                                f"limit ({MAX_QUERY_COST}).", "extensions": {
+                "code": "MAX_COST_EXCEEDED", "cost": requested, "maxCost": MAX_QUERY_COST}}]}
         nth = (operation, self.answered[operation])
         if self.inject.get(nth):
             seen.answered = self.inject[nth].pop(0)
@@ -491,6 +542,24 @@ def test_a_product_with_more_than_100_variants_keeps_every_one(graphql_api, eith
 
 
 # --- the cost bucket ----------------------------------------------------------------------------------------
+
+def test_no_query_requests_more_than_shopify_allows_one_query(graphql_api, store, tmp_path):
+    # Arrange: the default page sizes, and an order of more lines than a nested first page holds
+    wide = order(5100, 4, [8001] * 15, "2025-03-08T10:00:00Z")
+    graphql_api.orders = [*SHOP_ORDERS, wide]
+
+    # Act
+    summary = backfill(graphql_api, store, tmp_path, page_size=250)
+
+    # Assert: every query answered (the products query's 652 points, the orders query's at most 1,000)
+    assert {s.answered for s in graphql_api.requests} == {200}
+    assert all(requested_cost(s.text, s.variables) <= MAX_QUERY_COST for s in graphql_api.requests)
+    assert graphql_api.of("BackfillProducts")[0].variables["first"] == 25
+    assert graphql_api.of("BackfillOrders")[0].variables["first"] == 12  # 2 + 12 × 77 = 926 points
+    assert [s.variables["first"] for s in graphql_api.of("BackfillOrderLines")] == [199]  # 2 + 1 + 199 × 5 = 998
+    assert summary["orders"] == 7 + 1 and summary["skipped"] == 0
+    assert requested_cost(graphql_api.of("BackfillOrders")[0].text, {"first": 25, "nested": 10}) == 1927
+
 
 def test_queries_wait_for_the_bucket_and_a_throttled_query_is_retried_after_the_wait_it_needs(graphql_api, store,
                                                                                              tmp_path):

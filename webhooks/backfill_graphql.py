@@ -16,6 +16,11 @@ stores cannot tell which API a row came from, and the two backfills' webhook ids
 (`cartToken`) from API version 2026-07 on, which the orders query then asks for; with an older `--api-version` (the
 default, 2026-04) a guest order is keyed by `order-<id>`, as REST keys a guest order without a cart token.
 
+Shopify refuses a query that requests more than 1,000 points (MAX_COST_EXCEEDED), counted before it runs: an object
+1, a scalar or an enum 0, a connection 2 and its `first` times one node's cost. A page holds at most 25 products (652
+points with nested first pages of 10) and as many orders as fit (12: 926 points; 25 would request 1,927), and a
+nested connection's later pages as many nodes as fit under their parent (199 line items: 998).
+
 Shopify limits GraphQL by cost: each answer's `extensions.cost` gives the query's `requestedQueryCost` and the
 bucket's `throttleStatus` (`currentlyAvailable`, `restoreRate` a second). Before a query the client waits until the
 bucket holds that query's last requested cost (a query never sent yet: the last query's), and a `THROTTLED` error
@@ -35,8 +40,8 @@ from webhooks.backfill import (
     BackfillConfig, BackfillError, Batch, PageSource, Sleep, inventory_item_ids,
 )
 
-GRAPHQL_PAGE_SIZE = 25  # products or orders a page at most: with their nested first pages, well under the 1,000
-# points Shopify allows one query to request
+GRAPHQL_PAGE_SIZE = 25  # products or orders a page at most; fewer where the query would cost more than
+MAX_QUERY_COST = 1000  # the most one query may request (Shopify's "GraphQL Admin API rate limits" page)
 _GID = re.compile(r"^gid://shopify/(\w+)/(\d+)$")
 
 _PAGE_INFO = "pageInfo { hasNextPage endCursor }"
@@ -44,6 +49,34 @@ _VARIANT = "id price inventoryPolicy inventoryQuantity inventoryItem { id tracke
 _LEVEL = 'updatedAt location { id } quantities(names: ["available"]) { name quantity }'
 _LINE = "id quantity product { id } variant { id } originalUnitPriceSet { shopMoney { amount } }"
 _REFUND_LINE = "quantity lineItem { id }"
+
+# What one node of each selection above requests, counted as Shopify's rate-limits page counts it: an object 1, a
+# scalar or an enum 0 (a list, which the page does not price, as one element).
+_VARIANT_COST = 2  # ProductVariant, InventoryItem
+_LEVEL_COST = 3  # InventoryLevel, Location, its quantities (of one name)
+_LINE_COST = 5  # LineItem, Product, ProductVariant, MoneyBag, MoneyV2
+_REFUND_LINE_COST = 2  # RefundLineItem, LineItem
+
+
+def connection_cost(first: int, node_cost: int) -> int:
+    """A connection's requested cost as Shopify documents it: 2, and `first` times one node's."""
+    return 2 + first * node_cost
+
+
+def product_cost(nested: int) -> int:
+    """One node of PRODUCTS_QUERY: Product, featuredMedia, its preview and image, the first page of variants."""
+    return 4 + connection_cost(nested, _VARIANT_COST)
+
+
+def order_cost(nested: int) -> int:
+    """One node of the orders query: Order, customer, the first page of line items, its refunds (a list, counted as
+    one Refund) each with the first page of its lines."""
+    return 2 + connection_cost(nested, _LINE_COST) + 1 + connection_cost(nested, _REFUND_LINE_COST)
+
+
+def largest_first(node_cost: int, parent_objects: int = 0) -> int:
+    """The largest `first` of a connection of such nodes (under `parent_objects` objects) within MAX_QUERY_COST."""
+    return max(1, (MAX_QUERY_COST - parent_objects - 2) // node_cost)
 
 PRODUCTS_QUERY = f"""query BackfillProducts($first: Int!, $after: String, $nested: Int!) {{
   products(first: $first, after: $after, sortKey: ID) {{
@@ -293,7 +326,9 @@ class GraphQLSource(PageSource):
         self._config = config
         self._client = GraphQLClient(config, session, sleep)
         self._requests = 0
-        self._first = min(config.page_size, GRAPHQL_PAGE_SIZE)
+        nested = config.nested_page_size
+        self._first = {resource: min(config.page_size, GRAPHQL_PAGE_SIZE, largest_first(cost)) for resource, cost in (
+            ("products", product_cost(nested)), ("orders", order_cost(nested)))}
         self._more = min(config.page_size, PAGE_SIZE)  # a nested connection's later pages, read on their own
 
     @property
@@ -317,24 +352,26 @@ class GraphQLSource(PageSource):
         self._requests += 1
         return self._client.query(resource, text, variables)
 
-    def _rest_of(self, resource: str, text: str, gid: Any, path: tuple[str, ...], after: str | None) -> list[dict]:
+    def _rest_of(self, resource: str, text: str, gid: Any, path: tuple[str, ...], after: str | None,
+                 node_cost: int) -> list[dict]:
         """The nodes after `after` of one node's nested connection, page by page to its end."""
         nodes: list[dict] = []
+        first = min(self._more, largest_first(node_cost, parent_objects=1))
         while after is not None:
-            data = self._query(resource, text, {"id": gid, "first": self._more, "after": after})
+            data = self._query(resource, text, {"id": gid, "first": first, "after": after})
             page, after = _connection(data, resource, *path)
             nodes.extend(page)
         return nodes
 
     def _products(self, after: str | None) -> tuple[list[dict], str | None]:
-        data = self._query("products", PRODUCTS_QUERY, {"first": self._first, "after": after,
+        data = self._query("products", PRODUCTS_QUERY, {"first": self._first["products"], "after": after,
                                                          "nested": self._config.nested_page_size})
         products, next_cursor = _connection(data, "products", "products")
         records = []
         for product in products:
             variants, more = _connection(product, "products", "variants")
             variants = variants + self._rest_of("products", VARIANTS_QUERY, product.get("id"),
-                                                ("product", "variants"), more)
+                                                ("product", "variants"), more, _VARIANT_COST)
             records.append(product_record(product, variants))
         return records, next_cursor
 
@@ -353,21 +390,23 @@ class GraphQLSource(PageSource):
                     continue
                 found, more = _connection(item, LEVELS, "inventoryLevels")
                 found = found + self._rest_of(LEVELS, ITEM_LEVELS_QUERY, item.get("id"),
-                                              ("inventoryItem", "inventoryLevels"), more)
+                                              ("inventoryItem", "inventoryLevels"), more, _LEVEL_COST)
                 for level in found:
                     record = level_record(item.get("id"), level)
                     levels[(str(record["inventory_item_id"]), str(record["location_id"]))] = record
         return list(levels.values())
 
     def _orders(self, after: str | None) -> tuple[list[dict], str | None]:
-        data = self._query("orders", orders_query(self._config.api_version), {"first": self._first, "after": after,
+        data = self._query("orders", orders_query(self._config.api_version), {"first": self._first["orders"],
+                                                     "after": after,
                                                      "query": orders_search(self._config),
                                                      "nested": self._config.nested_page_size})
         orders, next_cursor = _connection(data, "orders", "orders")
         records = []
         for order in orders:
             lines, more = _connection(order, "orders", "lineItems")
-            lines = lines + self._rest_of("orders", ORDER_LINES_QUERY, order.get("id"), ("order", "lineItems"), more)
+            lines = lines + self._rest_of("orders", ORDER_LINES_QUERY, order.get("id"), ("order", "lineItems"), more,
+                                          _LINE_COST)
             refunds = order.get("refunds") or []
             if not isinstance(refunds, list) or not all(isinstance(r, dict) for r in refunds):
                 raise BackfillError("orders: Shopify's GraphQL answer has refunds that are not a list of objects")
@@ -375,7 +414,7 @@ class GraphQLSource(PageSource):
             for refund in refunds:
                 refund_lines, more = _connection(refund, "orders", "refundLineItems")
                 refund_lines = refund_lines + self._rest_of("orders", REFUND_LINES_QUERY, refund.get("id"),
-                                                            ("refund", "refundLineItems"), more)
+                                                            ("refund", "refundLineItems"), more, _REFUND_LINE_COST)
                 with_lines.append((refund, refund_lines))
             records.append(order_record(order, lines, with_lines))
         return records, next_cursor
