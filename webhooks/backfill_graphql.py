@@ -379,9 +379,12 @@ class GraphQLSource(PageSource):
         """Every location's level of the page's inventory items, each (item, location) once."""
         items = [f"gid://shopify/InventoryItem/{item}" for item in inventory_item_ids(products)]
         levels: dict[tuple[Any, Any], dict] = {}
-        for start in range(0, len(items), ITEMS_PER_LEVELS_REQUEST):
-            data = self._query(LEVELS, LEVELS_QUERY, {"ids": items[start:start + ITEMS_PER_LEVELS_REQUEST],
-                                                       "nested": self._config.nested_page_size})
+        nested = self._config.nested_page_size
+        # Each id counted as an object with its first page of levels: Shopify's page prices no list, so a list of
+        # ids is taken to cost what each of its elements would (30 items a query at the default 10 levels).
+        per_query = min(ITEMS_PER_LEVELS_REQUEST, largest_first(1 + connection_cost(nested, _LEVEL_COST)))
+        for start in range(0, len(items), per_query):
+            data = self._query(LEVELS, LEVELS_QUERY, {"ids": items[start:start + per_query], "nested": nested})
             nodes = data.get("nodes")
             if not isinstance(nodes, list):
                 raise BackfillError(f"{LEVELS}: Shopify's GraphQL answer has no nodes")
