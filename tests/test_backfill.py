@@ -206,14 +206,20 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def admin_api():
-    api = FakeAdminApi(PRODUCTS, ORDERS, LEVELS)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+def serve(api, handler) -> ThreadingHTTPServer:
+    """A stand-in Admin API on a loopback port: `handler` answers from `api`, whose `port` it sets."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.api = api  # type: ignore[attr-defined]
     api.port = server.server_address[1]
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
+    return server
+
+
+@pytest.fixture
+def admin_api():
+    api = FakeAdminApi(PRODUCTS, ORDERS, LEVELS)
+    server = serve(api, _Handler)
     yield api
     server.shutdown()
     server.server_close()

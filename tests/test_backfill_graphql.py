@@ -9,7 +9,7 @@ import sqlite3
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -20,7 +20,7 @@ from tests.conftest import SHOP
 from tests.postgres_schema import temporary_schema
 from tests.test_backfill import (
     API, EXPECTED_EVENTS, EXPECTED_LEVELS, EXPECTED_STOCK, LEVELS, ORDERS, PRODUCTS, SINCE, TOKEN, FakeAdminApi,
-    RecordedSleep, _Handler as RestHandler, cli, level, order, product,
+    RecordedSleep, _Handler as RestHandler, cli, level, order, product, serve,
 )
 from webhooks.backfill import BACKOFF_SECONDS, BackfillConfig, BackfillError, backfill_webhook_id, run_backfill
 from webhooks.backfill_graphql import numeric_id, order_record, product_record, throttle_wait
@@ -323,15 +323,6 @@ class _GraphQLHandler(BaseHTTPRequestHandler):
 
     def log_message(self, *args) -> None:
         pass
-
-
-def serve(api, handler):
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.api = api  # type: ignore[attr-defined]
-    api.port = server.server_address[1]
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    return server
 
 
 @pytest.fixture
