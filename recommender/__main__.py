@@ -63,12 +63,13 @@ def main(argv: list[str] | None = None) -> int:
             from recommender.history_import import import_history
 
             shop = check_shop_domain(args.shop)
-            read, stored = import_history(runtime.store, args.file, shop)
+            read, stored, redacted = import_history(runtime.store, args.file, shop)
             # The merchant bootstraps their own shop. An installed one keeps its install's time by Shopify's clock,
             # which an app/uninstalled triggered before now, delivered late, is compared with.
             if not runtime.store.is_shop_installed(shop):
                 runtime.store.set_shop_installed(shop, True)
-            print(json.dumps({"rows": read, "stored": stored, "duplicates": read - stored}))
+            print(json.dumps({"rows": read, "stored": stored, "duplicates": read - stored - redacted,
+                              "redacted": redacted}))
         elif args.command == "backfill":
             from webhooks.backfill import run_backfill_command  # an entry point, like main.py: it may use webhooks
 

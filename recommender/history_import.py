@@ -4,7 +4,8 @@ Columns (header row required): customer_id, product_id, kind, occurred_at and,
 optionally, quantity. `kind` is view, add_to_cart or purchase; `occurred_at` is
 ISO 8601 and not after the import. The file is UTF-8 (a BOM is skipped). The whole
 file is validated first and stored in one transaction, so a bad row stores nothing;
-importing the same file twice stores it once.
+importing the same file twice stores it once. Rows of a customer whose data
+customers/redact erased are not stored again (counted as redacted).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import re
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TextIO
+from typing import NamedTuple, TextIO
 
 from recommender.errors import InvalidEvent, RecommenderError
 from recommender.changes import Event
@@ -33,6 +34,12 @@ MAX_ID_LENGTH = 255
 
 class HistoryImportError(RecommenderError):
     """The file cannot be imported; the message names the line and the column."""
+
+
+class ImportResult(NamedTuple):
+    rows: int  # rows read from the file
+    stored: int  # events newly stored (the others were stored before, or redacted)
+    redacted: int  # rows of customers customers/redact erased, not stored
 
 
 def read_history_csv(handle: TextIO, shop: str, source: str = "import", now: datetime | None = None) -> list[Event]:
@@ -100,8 +107,8 @@ def _read_rows(reader: csv.DictReader, shop: str, source: str, now: datetime) ->
     return events
 
 
-def import_history(store: EventStore, path: str | Path, shop: str) -> tuple[int, int]:
-    """Import a CSV file; returns (rows read, events newly stored)."""
+def import_history(store: EventStore, path: str | Path, shop: str) -> ImportResult:
+    """Import a CSV file, leaving out the rows of customers redacted in the shop (`EventStore.redacted`)."""
     data = Path(path).read_bytes()
     data = data[len(codecs.BOM_UTF8):] if data.startswith(codecs.BOM_UTF8) else data  # Excel writes a BOM
     try:
@@ -111,4 +118,6 @@ def import_history(store: EventStore, path: str | Path, shop: str) -> tuple[int,
         raise HistoryImportError(f"{path}:{line}: not UTF-8 (byte 0x{data[exc.start]:02x}); "
                                  "save the file as CSV UTF-8") from None
     events = read_history_csv(io.StringIO(text, newline=""), shop, source=str(path))
-    return len(events), store.add_events(events)
+    redacted = store.redacted(shop).customer_ids
+    kept = [event for event in events if event.customer_id not in redacted]
+    return ImportResult(len(events), store.add_events(kept), len(events) - len(kept))

@@ -181,12 +181,17 @@ SQLITE_MIGRATIONS: tuple[str, ...] = (
     "ALTER TABLE variants ADD COLUMN listed_quantity INTEGER;"
     " UPDATE variants SET listed_quantity = inventory_quantity WHERE tracked = 1;"
     " ALTER TABLE inventory_levels ADD COLUMN all_locations INTEGER NOT NULL DEFAULT 0;",
+    # What customers/redact erased (`redact_customer`): the customer, and each order it named, with when. The
+    # operator's paths (`import`, `backfill`) read them and store none of it again from an old file or from Shopify.
+    # `kind` is 'customer' or 'order'; shop/redact deletes the shop's rows with the rest.
+    "CREATE TABLE redactions (shop TEXT NOT NULL, kind TEXT NOT NULL, redacted_id TEXT NOT NULL,"
+    " redacted_at TEXT NOT NULL, PRIMARY KEY (shop, kind, redacted_id));",
 )
 
 # Every table that holds a shop's data, in both backends: what redact_shop empties.
 SHOP_TABLES: tuple[str, ...] = (
     "events", "deliveries", "products", "variants", "inventory_levels", "identity_links", "adjustments",
-    "pending_refunds", "data_exports", "shop_state",
+    "pending_refunds", "data_exports", "shop_state", "redactions",
 )
 
 # Topics that can arrive after the app was removed, so their delivery does not prove it is installed.
@@ -303,6 +308,7 @@ class EventStore(Protocol):
     # Privacy and lifecycle (Shopify's mandatory webhooks, uninstalls, retention).
     def redact_customer(self, shop: str, customer_id: str, order_ids: Sequence[str]) -> int: ...
     def redact_shop(self, shop: str) -> None: ...
+    def redacted(self, shop: str) -> Redactions: ...
     def export_customer(self, shop: str, customer_id: str, order_ids: Sequence[str] = ()) -> dict: ...
     def save_data_export(self, shop: str, export_id: str, customer_id: str, body: dict) -> None: ...
     def data_export(self, shop: str, export_id: str) -> dict | None: ...
@@ -325,6 +331,13 @@ class EventStore(Protocol):
 
 
 _INSTALLED_SQL = "SELECT 1 FROM shop_state WHERE shop = ? AND installed = 1"
+
+
+class Redactions(NamedTuple):
+    """What customers/redact erased in one shop (`EventStore.redacted`): what import and backfill must not store."""
+
+    customer_ids: frozenset[str]
+    order_ids: frozenset[str]
 
 
 class QueuedShop(NamedTuple):
@@ -634,6 +647,12 @@ class SharedQueries:
                 conn.execute(f"DELETE FROM {table} WHERE shop = {self._P}", (shop,))
 
         self._write(work)
+
+    def redacted(self, shop: str) -> Redactions:
+        """The customers and orders `redact_customer` erased in the shop (one read, for a whole import or backfill)."""
+        rows = self._read(f"SELECT kind, redacted_id FROM redactions WHERE shop = {self._P}", (shop,))
+        return Redactions(frozenset(i for kind, i in rows if kind == "customer"),
+                          frozenset(i for kind, i in rows if kind == "order"))
 
     _TRUE, _FALSE = "1", "0"  # how the dialect writes booleans
 
@@ -1243,10 +1262,16 @@ class SQLiteEventStore(SharedQueries):
 
         The customer's events are those keyed to them and any still-anonymous event of a cart token
         linked to them. Data exports prepared for the customer go too: they are copies of the same data. So do
-        the refunds of the listed orders kept for lines not stored yet (`pending_refunds`).
+        the refunds of the listed orders kept for lines not stored yet (`pending_refunds`). The customer and the
+        orders are recorded in `redactions` in the same transaction (the first redaction's time is kept), so that
+        import and backfill do not store them again (`redacted`).
         """
+        at = iso_utc(datetime.now(timezone.utc))
 
         def work(conn: sqlite3.Connection) -> int:
+            conn.executemany("INSERT OR IGNORE INTO redactions (shop, kind, redacted_id, redacted_at)"
+                             " VALUES (?, ?, ?, ?)",
+                             [(shop, "customer", customer_id, at), *((shop, "order", o, at) for o in order_ids)])
             deleted = conn.execute(
                 f"DELETE FROM events WHERE {_SQLITE_CUSTOMER_EVENTS}",
                 {"shop": shop, "customer_id": customer_id, "user_key": f"c:{customer_id}"},

@@ -196,6 +196,10 @@ POSTGRES_MIGRATIONS: tuple[str, ...] = (
     "ALTER TABLE variants ADD COLUMN listed_quantity bigint;"
     " UPDATE variants SET listed_quantity = inventory_quantity WHERE tracked;"
     " ALTER TABLE inventory_levels ADD COLUMN all_locations boolean NOT NULL DEFAULT false;",
+    # What customers/redact erased, the customer and each order it named, for import and backfill to skip
+    # (recommender.store's migration 9).
+    "CREATE TABLE redactions (shop text NOT NULL, kind text NOT NULL, redacted_id text NOT NULL,"
+    " redacted_at timestamptz NOT NULL, PRIMARY KEY (shop, kind, redacted_id));",
 )
 
 # Advisory lock keys. Migrations take one 64-bit key for the whole database; writes take (namespace, key) pairs, a
@@ -1423,6 +1427,9 @@ class PostgresEventStore(SharedQueries):
 
     def redact_customer(self, shop: str, customer_id: str, order_ids: Sequence[str]) -> int:
         def work(conn: psycopg.Connection) -> int:
+            conn.execute("INSERT INTO redactions (shop, kind, redacted_id, redacted_at)"
+                         " SELECT %s, 'customer', %s, now() UNION ALL SELECT %s, 'order', unnest(%s::text[]), now()"
+                         " ON CONFLICT DO NOTHING", (shop, customer_id, shop, list(order_ids)))
             deleted = conn.execute(
                 f"DELETE FROM events WHERE {_CUSTOMER_EVENTS}",
                 {"shop": shop, "customer_id": customer_id, "user_key": f"c:{customer_id}"},

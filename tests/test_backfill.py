@@ -274,8 +274,8 @@ def test_backfill_fetches_every_page_in_order_and_stores_what_was_served(admin_a
     assert [seen.answered for seen in main_requests] == [200, 500, 200, 200, 200, 429, 200, 200]
     assert sleep.calls == [BACKOFF_SECONDS, 1.5, 2.5]  # the 500's backoff, the 39/40 bucket drain, Retry-After
     assert summary == {"shop": SHOP, "products": 5, "inventory_levels": EXPECTED_LEVELS, "orders": 6,
-                       "events": EXPECTED_EVENTS, "duplicates": 0, "skipped": 0, "pages": 6 + 5, "retries": 2,
-                       "resumed": False}  # 5 pages of levels: 4 and 3 levels in pages of 2, then 1
+                       "events": EXPECTED_EVENTS, "duplicates": 0, "skipped": 0, "redacted": 0, "pages": 6 + 5,
+                       "retries": 2, "resumed": False}  # 5 pages of levels: 4 and 3 levels in pages of 2, then 1
     assert store.count_events(SHOP) == EXPECTED_EVENTS
     catalog = store.products(SHOP)
     assert sorted(catalog) == ["8001", "8002", "8003", "8004", "8005"]
@@ -461,6 +461,24 @@ class InterruptedStore:
 
     def __getattr__(self, name):
         return getattr(self._store, name)
+
+
+def test_a_state_file_written_before_redactions_were_counted_resumes(admin_api, store, tmp_path):
+    # Arrange: a backfill cut off after its products, its state file as the code before `redacted` wrote it
+    admin_api.drop_after_pages = 3 + 5  # products' three pages and their levels'
+    with pytest.raises(BackfillError):
+        backfill(admin_api, store, tmp_path)
+    state_file = tmp_path / "state.json"
+    state = json.loads(state_file.read_text())
+    del state["totals"]["redacted"]
+    state_file.write_text(json.dumps(state))
+    admin_api.drop_after_pages = None
+
+    # Act
+    resumed = backfill(admin_api, store, tmp_path)
+
+    # Assert
+    assert (resumed["resumed"], resumed["redacted"], resumed["orders"]) == (True, 0, 6)
 
 
 def test_ctrl_c_in_the_middle_of_a_page_resumes_with_the_same_totals(admin_api, store, tmp_path):

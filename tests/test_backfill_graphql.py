@@ -741,3 +741,37 @@ def test_nodes_become_the_records_rest_serves():
     assert [{k: line[k] for k in ("id", "product_id", "variant_id", "quantity", "price")} for line in
             BIG["line_items"]] == record["line_items"]
     assert (record["customer"], record["cart_token"], record["cancelled_at"]) == ({"id": 4}, None, None)
+
+
+# --- what customers/redact erased ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("api_name", ["rest", "graphql"])
+def test_bug_a_backfill_after_customers_redact_does_not_store_the_redacted_orders_again(
+        rest_api, graphql_api, event_store_url, tmp_path, api_name):
+    """BUG: customers/redact deleted customer 2's orders (5002, listed in orders_to_redact, and 5006, theirs too), and
+    the next backfill read them from Shopify and stored them again: 5002 as a guest order, Shopify having removed the
+    customer from it meanwhile."""
+    # Arrange: the shop backfilled, customer 2 redacted; since then Shopify has changed both orders (a new version
+    # each, which a backfill stores again), removing the customer from 5002, and has changed 5001 (customer 1) too
+    api = rest_api if api_name == "rest" else graphql_api
+    store = open_event_store(event_store_url)
+    try:
+        assert backfill(api, store, tmp_path, api_name)["redacted"] == 0
+        assert store.redact_customer(SHOP, "2", ["5002"]) == 4
+        left = store.count_events(SHOP)
+        later = "2025-04-01T00:00:00Z"
+        changed = {5001: {"updated_at": later}, 5002: {"customer": None, "updated_at": later},
+                   5006: {"updated_at": later}}
+        api.orders = [{**o, **changed.get(o["id"], {})} for o in SHOP_ORDERS]
+
+        # Act
+        summary = backfill(api, store, tmp_path, api_name)
+
+        # Assert: 5001's new version stored (no new events: its lines dedupe), the redacted ones not
+        assert (summary["redacted"], summary["orders"], summary["events"], summary["skipped"]) == (2, 1, 0, 0)
+        assert store.count_events(SHOP) == left
+        assert not {"5002", "5006"} & {i.order_id for i in store.interactions(SHOP)}
+        assert store.history(SHOP, "c:2", 10) == [] and store.history(SHOP, "a:order-5002", 10) == []
+        assert store.redacted(SHOP).order_ids == {"5002"}
+    finally:
+        store.close()

@@ -330,6 +330,30 @@ def test_bug_the_data_request_exports_the_events_of_the_orders_requested_that_re
         store.close()
 
 
+def test_customers_redact_is_recorded_for_import_and_backfill_and_shop_redact_erases_the_record(
+        deployed, shopify_fixture):
+    """The redacted customer and orders are remembered, so an import or a backfill does not store them again; the
+    shop's erasure takes those records with everything else."""
+    # Arrange
+    client, url = deployed
+    assert post_webhook(client, "orders/create", order_payload(880001, REDACTED_CUSTOMER, [101])).status_code == 200
+
+    # Act
+    redacted = post_webhook(client, "customers/redact",
+                            {**json.loads(shopify_fixture("customers_redact")), "shop_domain": SHOP})
+    store = open_event_store(url)
+    try:
+        recorded = store.redacted(SHOP)
+        erased = post_webhook(client, "shop/redact", {**json.loads(shopify_fixture("shop_redact")), "shop_domain": SHOP})
+
+        # Assert
+        assert (redacted.status_code, redacted.json["events_deleted"], erased.status_code) == (200, 1, 200)
+        assert recorded == (frozenset({str(REDACTED_CUSTOMER)}), frozenset(str(o) for o in ORDERS_TO_REDACT))
+        assert store.redacted(SHOP) == (frozenset(), frozenset())
+    finally:
+        store.close()
+
+
 
 def _redact_body(topic: str, shop: str = SHOP) -> dict:
     """A genuine body of each privacy topic, in Shopify's shape."""

@@ -73,7 +73,7 @@ def test_valid_file_stores_the_right_events(store, tmp_path):
     result = import_history(store, path, SHOP)
 
     # Assert
-    assert result == (3, 3)
+    assert result == (3, 3, 0)
     assert event_rows(store) == [
         ("c1", "p1", "view", 1, "2024-03-01T08:00:00.000000+00:00", "import", None),
         ("c1", "p2", "add_to_cart", 2, "2024-03-01T09:30:00.000000+00:00", "import", None),
@@ -93,7 +93,7 @@ def test_columns_in_any_order_and_without_quantity(store, tmp_path):
     result = import_history(store, path, SHOP)
 
     # Assert
-    assert result == (1, 1)
+    assert result == (1, 1, 0)
     assert event_rows(store) == [("c9", "p9", "purchase", 1, "2024-01-02T00:00:00.000000+00:00", "import", None)]
 
 
@@ -107,8 +107,8 @@ def test_importing_the_same_file_twice_stores_once(store, tmp_path):
     copy_elsewhere = import_history(store, write(tmp_path, VALID, name="copy.csv"), SHOP)
 
     # Assert
-    assert second == (3, 0)
-    assert copy_elsewhere == (3, 0)
+    assert second == (3, 0, 0)
+    assert copy_elsewhere == (3, 0, 0)
     assert store.count_events() == 3
 
 
@@ -121,7 +121,7 @@ def test_the_same_file_into_another_shop_is_stored_there_too(store, tmp_path):
     result = import_history(store, path, "other-shop.myshopify.com")
 
     # Assert
-    assert result == (3, 3)
+    assert result == (3, 3, 0)
     assert (store.count_events(SHOP), store.count_events("other-shop.myshopify.com")) == (3, 3)
 
 
@@ -135,8 +135,8 @@ def test_two_identical_rows_in_one_file_both_count(store, tmp_path):
     again = import_history(store, path, SHOP)
 
     # Assert
-    assert first == (2, 2)
-    assert again == (2, 0)
+    assert first == (2, 2, 0)
+    assert again == (2, 0, 0)
     assert [i.product_id for i in store.history(SHOP, "c:c1", 10)] == ["p1", "p1"]
 
 
@@ -149,7 +149,7 @@ def test_a_file_with_one_more_repeat_adds_only_that_repeat(store, tmp_path):
     result = import_history(store, write(tmp_path, HEADER + row + row + row, name="b.csv"), SHOP)
 
     # Assert
-    assert result == (3, 1)
+    assert result == (3, 1, 0)
     assert store.count_events() == 3
 
 
@@ -232,7 +232,7 @@ def test_bug_a_utf8_bom_header_is_accepted(store, tmp_path):
     result = import_history(store, path, SHOP)
 
     # Assert
-    assert result == (3, 3)
+    assert result == (3, 3, 0)
 
 
 def test_bug_huge_quantity_raises_history_import_error(store, tmp_path):
@@ -285,9 +285,9 @@ def test_cli_import_prints_json_and_exits_0(tmp_path):
 
     # Assert
     assert first.returncode == 0, first.stderr
-    assert json.loads(first.stdout) == {"rows": 3, "stored": 3, "duplicates": 0}
+    assert json.loads(first.stdout) == {"rows": 3, "stored": 3, "duplicates": 0, "redacted": 0}
     assert second.returncode == 0, second.stderr
-    assert json.loads(second.stdout) == {"rows": 3, "stored": 0, "duplicates": 3}
+    assert json.loads(second.stdout) == {"rows": 3, "stored": 0, "duplicates": 3, "redacted": 0}
     store = SQLiteEventStore(tmp_path / "cli" / "events.sqlite3")
     try:
         assert store.count_events(SHOP) == 3
@@ -476,10 +476,10 @@ def test_bug_a_header_with_trailing_empty_columns_is_imported(store, tmp_path):
     path = write(tmp_path, "customer_id,product_id,kind,occurred_at,,\nc1,p1,view,2024-03-01T10:00:00Z,,\n")
 
     # Act
-    read, stored = import_history(store, path, SHOP)
+    result = import_history(store, path, SHOP)
 
     # Assert
-    assert (read, stored) == (1, 1)
+    assert result == (1, 1, 0)
 
 
 def test_bug_a_row_ending_in_empty_fields_past_the_header_is_imported(store, tmp_path):
@@ -489,7 +489,34 @@ def test_bug_a_row_ending_in_empty_fields_past_the_header_is_imported(store, tmp
     path = write(tmp_path, "customer_id,product_id,kind,occurred_at\nc1,p1,purchase,2024-03-01T10:00:00Z,\n")
 
     # Act
-    read, stored = import_history(store, path, SHOP)
+    result = import_history(store, path, SHOP)
 
     # Assert
-    assert (read, stored) == (1, 1)
+    assert result == (1, 1, 0)
+
+
+def test_bug_an_import_after_customers_redact_does_not_store_the_redacted_customer_again(tmp_path, event_store_url):
+    """BUG: customers/redact deleted c1's events, and importing the same old CSV again stored them again."""
+    # Arrange: the file imported, then c1 redacted
+    from recommender.store import open_event_store
+
+    path = write(tmp_path, VALID)
+    assert run_cli(tmp_path, "import", str(path), "--shop", SHOP, store_url=event_store_url).returncode == 0
+    store = open_event_store(event_store_url)
+    try:
+        assert store.redact_customer(SHOP, "c1", []) == 2
+
+        # Act: the same file again, and a newer one with a row of c1 and one of a new customer
+        again = run_cli(tmp_path, "import", str(path), "--shop", SHOP, store_url=event_store_url)
+        newer = import_history(store, write(tmp_path, HEADER + "c1,p3,purchase,2024-04-01T10:00:00Z,1\n"
+                                                   "c3,p3,view,2024-04-01T10:00:00Z,1\n", name="newer.csv"), SHOP)
+
+        # Assert
+        assert again.returncode == 0, again.stderr
+        assert json.loads(again.stdout) == {"rows": 3, "stored": 0, "duplicates": 1, "redacted": 2}
+        assert newer == (2, 1, 1)
+        assert store.history(SHOP, "c:c1", 10) == []
+        assert [(i.user_key, i.product_id) for i in store.interactions(SHOP)] == [("c:c2", "p1"), ("c:c3", "p3")]
+        assert import_history(store, path, "other-shop.myshopify.com") == (3, 3, 0), "c1 of another shop is another"
+    finally:
+        store.close()

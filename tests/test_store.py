@@ -22,7 +22,7 @@ from recommender.changes import ChangeSet, Delivery, Event, IdentityLink, Invent
 from recommender.events import CatalogProduct, CatalogVariant, EventKind, order_line_key
 from recommender.store import (
     EVENT_EXPORT_COLUMNS, SHOP_TABLES, SQLITE_MIGRATIONS, ActivityBucket, EventStore, Interaction, ProductCard,
-    QueuedShop, SQLiteEventStore, open_event_store,
+    QueuedShop, Redactions, SQLiteEventStore, open_event_store,
 )
 from tests.conftest import SHOP
 from tests.postgres_schema import run, temporary_schema
@@ -1115,6 +1115,42 @@ def test_redact_customer_deletes_their_events_orders_links_and_exports(any_store
     assert any_store.redact_customer(SHOP, "c1", ["2"]) == 0
 
 
+def test_redact_customer_records_the_customer_and_its_orders_for_import_and_backfill_to_skip(any_store, backend):
+    """The gap: a redaction left no trace, so an import of an old file or a backfill stored the customer again."""
+    # Arrange
+    populate_a_customer(any_store)
+    assert any_store.redacted(SHOP) == Redactions(frozenset(), frozenset())
+
+    # Act
+    any_store.redact_customer(SHOP, "c1", ["2", "404"])
+    first = backend.query("SELECT kind, redacted_id, redacted_at FROM redactions WHERE shop = ? ORDER BY 1, 2",
+                          (SHOP,))
+    any_store.redact_customer(SHOP, "c1", ["2", "2", "405"])  # Shopify sends a redaction again, one more order
+
+    # Assert
+    assert any_store.redacted(SHOP) == Redactions(frozenset({"c1"}), frozenset({"2", "404", "405"}))
+    assert any_store.redacted(OTHER_SHOP) == Redactions(frozenset(), frozenset())
+    assert [row[:2] for row in first] == [("customer", "c1"), ("order", "2"), ("order", "404")]
+    again = backend.query("SELECT kind, redacted_id, redacted_at FROM redactions WHERE shop = ? AND redacted_id <> ?"
+                          " ORDER BY 1, 2", (SHOP, "405"))
+    assert again == first, "each record keeps the time it was first redacted"
+
+
+def test_a_failed_redaction_records_nothing(any_store, backend):
+    # Arrange: recording order 404 fails
+    populate_a_customer(any_store)
+    backend.poison("redactions", "redacted_id", "404", "no")
+
+    # Act
+    with pytest.raises(StoreError):
+        any_store.redact_customer(SHOP, "c1", ["2", "404"])
+
+    # Assert: one transaction: neither the deletion nor the record happened
+    backend.cure("redactions")
+    assert any_store.redacted(SHOP) == Redactions(frozenset(), frozenset())
+    assert any_store.count_events(SHOP) == 6
+
+
 def test_redact_shop_empties_every_table_of_that_shop_only(any_store, backend):
     # Arrange: a row of each kind in both shops
     for shop in (SHOP, OTHER_SHOP):
@@ -1125,6 +1161,7 @@ def test_redact_shop_empties_every_table_of_that_shop_only(any_store, backend):
         any_store.apply(delivery("wh-refund", shop=shop, topic="refunds/create"),  # order 404 is not stored: kept
                         ChangeSet(refunds=(RefundLine("r1", "1", "1", 1), RefundLine("r2", "404", "1", 1))))
         any_store.save_data_export(shop, "req-1", "c1", any_store.export_customer(shop, "c1"))
+        any_store.redact_customer(shop, "c-gone", ["9"])  # a customer redacted before: its records go with the shop
     rows = {table: backend.query(f"SELECT shop, COUNT(*) FROM {table} GROUP BY shop") for table in SHOP_TABLES}
     assert all(dict(found).get(SHOP) and dict(found).get(OTHER_SHOP) for found in rows.values()), rows
 
@@ -1139,6 +1176,8 @@ def test_redact_shop_empties_every_table_of_that_shop_only(any_store, backend):
     assert any_store.products(SHOP) == {} and any_store.deleted_product_ids(SHOP) == set()
     assert any_store.interactions(SHOP) == [] and any_store.data_export(SHOP, "req-1") is None
     assert any_store.count_events(OTHER_SHOP) == 6
+    assert any_store.redacted(SHOP) == Redactions(frozenset(), frozenset())
+    assert any_store.redacted(OTHER_SHOP) == Redactions(frozenset({"c-gone"}), frozenset({"9"}))
 
 
 def test_export_customer_lists_every_column_of_their_events_and_their_links(any_store):
@@ -1443,6 +1482,29 @@ def test_an_upgraded_database_keeps_a_refund_that_comes_before_its_order(tmp_pat
         # Assert
         assert raw(store, "PRAGMA user_version") == [(len(SQLITE_MIGRATIONS),)]
         assert line_weights(store) == [pytest.approx(0.75)]
+    finally:
+        store.close()
+
+
+def test_an_upgraded_database_records_redactions(tmp_path):
+    # Arrange: a file at the version before migration 9, holding an order of customer 6 and one of customer 7
+    path = tmp_path / "events.sqlite3"
+    with sqlite_file_before(path, "CREATE TABLE redactions") as conn:
+        for order_id, customer_id in (("5", "6"), ("8", "7")):
+            conn.execute("INSERT INTO events (shop, kind, user_key, customer_id, product_id, quantity, order_id,"
+                         " occurred_at, source_topic, delivery_id, dedupe_key) VALUES (?, 'purchase', ?, ?, 'p1', 1,"
+                         " ?, '2024-03-01T12:00:00.000000+00:00', 'orders/create', 'wh', ?)",
+                         (SHOP, f"c:{customer_id}", customer_id, order_id, f"order:{order_id}:line:1"))
+
+    # Act
+    store = SQLiteEventStore(path)
+    try:
+        deleted = store.redact_customer(SHOP, "6", ["5", "9"])
+
+        # Assert
+        assert raw(store, "PRAGMA user_version") == [(len(SQLITE_MIGRATIONS),)]
+        assert deleted == 1 and store.count_events(SHOP) == 1
+        assert store.redacted(SHOP) == Redactions(frozenset({"6"}), frozenset({"5", "9"}))
     finally:
         store.close()
 

@@ -85,7 +85,7 @@ def test_every_migration_is_recorded_once_in_the_tests_own_schema(pg_store, sche
     assert versions == [(v,) for v in range(1, len(POSTGRES_MIGRATIONS) + 1)]
     assert tables == {"schema_migrations", "deliveries", "events", "products", "variants", "identity_links",
                       "inventory_levels", "adjustments", "data_exports", "shop_state", "training_runs",
-                      "pending_refunds"}
+                      "pending_refunds", "redactions"}
 
 
 def test_reopening_changes_neither_the_schema_nor_its_history(pg_store, schema_url):
@@ -148,7 +148,7 @@ def test_a_schema_elsewhere_on_the_search_path_does_not_stand_in_for_this_ones(p
         versions = run(empty_url, "SELECT version FROM schema_migrations ORDER BY version")
         assert versions == [(v,) for v in range(1, len(POSTGRES_MIGRATIONS) + 1)]
         assert run(empty_url, "SELECT count(*) FROM information_schema.tables WHERE table_schema = %s",
-                   (empty,)) == [(12,)]
+                   (empty,)) == [(13,)]
 
 
 def schema_at_version(url: str, version: int) -> None:
@@ -252,6 +252,32 @@ def test_an_upgraded_schema_keeps_each_variants_payload_total_as_its_stocks_floo
         assert {v.variant_id: v.inventory_quantity for v in store.products(SHOP)["10"].variants} == {
             "101": 5, "102": 3}
         assert store.unsellable_product_ids(SHOP) == set()
+    finally:
+        store.close()
+
+
+def test_an_upgraded_schema_records_redactions(schema_url):
+    from recommender.store import Redactions
+    from recommender.store_postgres import POSTGRES_MIGRATIONS
+
+    # Arrange: a schema at the version before migration 9, holding an order of customer 6 and one of customer 7
+    schema_at_version(schema_url, next(k for k, script in enumerate(POSTGRES_MIGRATIONS)
+                                       if "CREATE TABLE redactions" in script))
+    for order_id, customer_id in (("5", "6"), ("8", "7")):
+        run(schema_url, "INSERT INTO events (shop, kind, user_key, customer_id, product_id, quantity, order_id,"
+                        " occurred_at, source_topic, delivery_id, dedupe_key) VALUES (%s, 'purchase', %s, %s, 'p1', 1,"
+                        " %s, now(), 'orders/create', 'wh', %s)",
+            (SHOP, f"c:{customer_id}", customer_id, order_id, f"order:{order_id}:line:1"))
+
+    # Act
+    store = open_event_store(schema_url)
+    try:
+        deleted = store.redact_customer(SHOP, "6", ["5", "9"])
+
+        # Assert
+        assert run(schema_url, "SELECT max(version) FROM schema_migrations") == [(len(POSTGRES_MIGRATIONS),)]
+        assert deleted == 1 and store.count_events(SHOP) == 1
+        assert store.redacted(SHOP) == Redactions(frozenset({"6"}), frozenset({"5", "9"}))
     finally:
         store.close()
 

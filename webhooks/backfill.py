@@ -9,7 +9,8 @@ refunds) with `EventStore.apply_many`, a page in one transaction. Each record is
 one delivery whose webhook id is derived from the record
 (`backfill:orders:<id>:<updated_at>`), so a re-run stores nothing new, a record
 changed since the last run is applied again, and an order already received by
-webhook adds no events (its lines dedupe on their keys).
+webhook adds no events (its lines dedupe on their keys). An order customers/redact erased, by its id or as one
+of its customer's (`EventStore.redacted`, read once a run), is not stored again: it is counted as `redacted`.
 
 Each page of products brings every location's stock level of its variants' inventory items
 (`inventory_levels.json?inventory_item_ids=`, 50 items a request, paged), stored after the page
@@ -49,7 +50,7 @@ from recommender.changes import ChangeSet, Delivery
 from recommender.events import parse_timestamp
 from recommender.model_store import check_shop_domain
 from recommender.settings import Secret
-from recommender.store import EventStore
+from recommender.store import EventStore, Redactions
 from webhooks import MalformedPayload, WebhookError
 from webhooks.topics import (
     TopicContext, inventory_level_updated, order_created, product_upserted, refund_created, shopify_id,
@@ -384,6 +385,7 @@ class BackfillTotals:
     events: int = 0  # purchase events that were new to the store
     duplicates: int = 0  # records (levels too) already stored by an earlier run
     skipped: int = 0  # records Shopify sent that the translators refuse (logged)
+    redacted: int = 0  # orders not stored: customers/redact erased them, or their customer
     pages: int = 0  # pages of products, orders and stock levels
     retries: int = 0  # 429 waits, 5xx and dropped connections retried
 
@@ -403,6 +405,8 @@ def load_state(config: BackfillConfig) -> dict | None:
     except (OSError, ValueError) as exc:
         raise BackfillError(f"cannot read the state file {path}: {exc}; delete it to start over") from None
     fields = {f.name for f in dataclasses.fields(BackfillTotals)}
+    if isinstance(state, dict) and isinstance(state.get("totals"), dict):
+        state["totals"].setdefault("redacted", 0)  # written before redactions were skipped: none were
     if (not isinstance(state, dict) or state.get("format") != STATE_FORMAT
             or not isinstance(state.get("cursors"), dict) or not isinstance(state.get("totals"), dict)
             or not set(state["cursors"]) <= set(RESOURCES) or set(state["totals"]) != fields
@@ -451,6 +455,7 @@ def run_backfill(config: BackfillConfig, store: EventStore, session: requests.Se
     else:
         source = RestSource(config, http, sleep)
     retries_before = totals.retries
+    redactions = store.redacted(config.shop)
     try:
         for resource in RESOURCES:
             cursor = cursors.get(resource, source.start(resource))
@@ -462,7 +467,7 @@ def run_backfill(config: BackfillConfig, store: EventStore, session: requests.Se
                         # A page of products' stock levels are all fetched before the page is stored: an error
                         # while reading them leaves nothing of the page stored, and the resumed run reads it again.
                         batch = source.fetch(resource, cursor)
-                        _store_page(config, store, resource, batch.records, totals, bar)
+                        _store_page(config, store, resource, batch.records, totals, bar, redactions)
                         if batch.levels:
                             _store_levels(config, store, batch.levels, totals)
                     except BaseException:
@@ -534,11 +539,26 @@ class RestSource(PageSource):
 
 
 def _store_page(config: BackfillConfig, store: EventStore, resource: str, records: list[dict],
-                totals: BackfillTotals, bar) -> None:
+                totals: BackfillTotals, bar, redactions: Redactions) -> None:
     topic, translate = _TRANSLATE[resource]
-    _store_records(config, store, records, totals, topic, lambda record: backfill_webhook_id(resource, record),
+    kept = [r for r in records if not redacted_order(r, redactions)] if resource == "orders" else records
+    _store_records(config, store, kept, totals, topic, lambda record: backfill_webhook_id(resource, record),
                    translate, resource, lambda record: f"{resource[:-1]} {record.get('id')!r}")
+    totals.redacted += len(records) - len(kept)  # counted once the page is stored, as the rest
     bar.update(len(records))
+
+
+def redacted_order(order: dict, redactions: Redactions) -> bool:
+    """Whether customers/redact erased the order: named in its `orders_to_redact`, or one of the customer's (an
+    order whose customer Shopify has removed since is found by its id alone)."""
+    try:
+        order_id = shopify_id(order.get("id"), "id", required=False)
+        customer = order.get("customer")
+        customer_id = shopify_id(customer.get("id"), "customer.id", required=False) \
+            if isinstance(customer, dict) else None
+    except MalformedPayload:
+        return False  # the translator reports it and skips it
+    return order_id in redactions.order_ids or customer_id in redactions.customer_ids
 
 
 def _store_records(config: BackfillConfig, store: EventStore, records: list[dict], totals: BackfillTotals, topic: str,
