@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import uuid
@@ -206,23 +207,26 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
-def serve(api, handler) -> ThreadingHTTPServer:
-    """A stand-in Admin API on a loopback port: `handler` answers from `api`, whose `port` it sets."""
+@contextlib.contextmanager
+def served(api, handler):
+    """A stand-in Admin API on a loopback port while the block runs: `handler` answers from `api`, whose `port` it
+    sets; yields `api`."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.api = api  # type: ignore[attr-defined]
     api.port = server.server_address[1]
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
-    return server
+    try:
+        yield api
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @pytest.fixture
 def admin_api():
-    api = FakeAdminApi(PRODUCTS, ORDERS, LEVELS)
-    server = serve(api, _Handler)
-    yield api
-    server.shutdown()
-    server.server_close()
+    with served(FakeAdminApi(PRODUCTS, ORDERS, LEVELS), _Handler) as api:
+        yield api
 
 
 class RecordedSleep:

@@ -20,7 +20,7 @@ from tests.conftest import SHOP
 from tests.postgres_schema import temporary_schema
 from tests.test_backfill import (
     API, EXPECTED_EVENTS, EXPECTED_LEVELS, EXPECTED_STOCK, LEVELS, ORDERS, PRODUCTS, SINCE, TOKEN, FakeAdminApi,
-    RecordedSleep, _Handler as RestHandler, cli, level, order, product, serve,
+    RecordedSleep, _Handler as RestHandler, cli, level, order, product, served,
 )
 from webhooks.backfill import BACKOFF_SECONDS, BackfillConfig, BackfillError, backfill_webhook_id, run_backfill
 from webhooks.backfill_graphql import numeric_id, order_record, product_record, throttle_wait
@@ -327,21 +327,15 @@ class _GraphQLHandler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def graphql_api():
-    api = FakeGraphQLApi(SHOP_PRODUCTS, SHOP_ORDERS, SHOP_LEVELS)
-    server = serve(api, _GraphQLHandler)
-    yield api
-    server.shutdown()
-    server.server_close()
+    with served(FakeGraphQLApi(SHOP_PRODUCTS, SHOP_ORDERS, SHOP_LEVELS), _GraphQLHandler) as api:
+        yield api
 
 
 @pytest.fixture
 def rest_api():
     """tests/test_backfill.py's REST stand-in, serving the same shop."""
-    api = FakeAdminApi(SHOP_PRODUCTS, SHOP_ORDERS, SHOP_LEVELS)
-    server = serve(api, RestHandler)
-    yield api
-    server.shutdown()
-    server.server_close()
+    with served(FakeAdminApi(SHOP_PRODUCTS, SHOP_ORDERS, SHOP_LEVELS), RestHandler) as api:
+        yield api
 
 
 def backfill(api, store, tmp_path: Path, api_name: str = "graphql", sleep=None, **options) -> dict:
