@@ -450,9 +450,10 @@ def export_json(body: dict) -> str:
 
 
 def customer_export(shop: str, customer_id: str, events: Iterable[Sequence[Any]],
-                    links: Iterable[Sequence[Any]], refunds: Iterable[Sequence[Any]] = ()) -> dict:
-    """Rows of EVENT_EXPORT_COLUMNS, (anonymous_id, customer_id) and kept refunds (order_id, dedupe_key, quantity)
-    → the JSON-serialisable export."""
+                    links: Iterable[Sequence[Any]], refunds: Iterable[Sequence[Any]] = (),
+                    redactions: Iterable[Sequence[Any]] = ()) -> dict:
+    """Rows of EVENT_EXPORT_COLUMNS, (anonymous_id, customer_id), kept refunds (order_id, dedupe_key, quantity) and
+    redaction records (kind, redacted_id, redacted_at as ISO 8601 text) → the JSON-serialisable export."""
     return {
         "shop": shop,
         "customer_id": customer_id,
@@ -460,6 +461,8 @@ def customer_export(shop: str, customer_id: str, events: Iterable[Sequence[Any]]
         "identity_links": [{"anonymous_id": anonymous, "customer_id": linked_to} for anonymous, linked_to in links],
         "kept_refunds": [{"order_id": order_id, "order_line": line, "quantity": quantity}
                          for order_id, line, quantity in refunds],
+        # What customers/redact kept of the customer and of the orders requested: stored data about them too.
+        "redactions": [{"kind": kind, "id": redacted_id, "redacted_at": at} for kind, redacted_id, at in redactions],
     }
 
 
@@ -1300,7 +1303,11 @@ class SQLiteEventStore(SharedQueries):
         refunds = self._read("SELECT order_id, dedupe_key, quantity FROM pending_refunds WHERE shop = :shop"
                              " AND order_id IN (SELECT value FROM json_each(:order_ids)) ORDER BY order_id, dedupe_key",
                              params)
-        return customer_export(shop, customer_id, events, links, refunds)
+        redactions = self._read("SELECT kind, redacted_id, redacted_at FROM redactions WHERE shop = :shop"
+                                " AND ((kind = 'customer' AND redacted_id = :customer_id) OR (kind = 'order' AND"
+                                " redacted_id IN (SELECT value FROM json_each(:order_ids)))) ORDER BY kind, redacted_id",
+                                params)
+        return customer_export(shop, customer_id, events, links, refunds, redactions)
 
     def save_data_export(self, shop: str, export_id: str, customer_id: str, body: dict) -> None:
         """Keep an export for the merchant to retrieve; saving the same export_id again replaces it."""

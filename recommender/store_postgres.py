@@ -1456,7 +1456,12 @@ class PostgresEventStore(SharedQueries):
         refunds = self._read("SELECT order_id, dedupe_key, quantity FROM pending_refunds WHERE shop = %(shop)s"
                              ' AND order_id = ANY(%(order_ids)s::text[]) ORDER BY order_id COLLATE "C",'
                              ' dedupe_key COLLATE "C"', params)
-        return customer_export(shop, customer_id, events, links, refunds)
+        redactions = self._read("SELECT kind, redacted_id, redacted_at FROM redactions WHERE shop = %(shop)s"
+                                " AND ((kind = 'customer' AND redacted_id = %(customer_id)s) OR (kind = 'order'"
+                                " AND redacted_id = ANY(%(order_ids)s::text[])))"
+                                ' ORDER BY kind COLLATE "C", redacted_id COLLATE "C"', params)
+        return customer_export(shop, customer_id, events, links, refunds,
+                               [(kind, redacted_id, iso_utc(at)) for kind, redacted_id, at in redactions])
 
     def save_data_export(self, shop: str, export_id: str, customer_id: str, body: dict) -> None:
         text = export_json(body)

@@ -1102,8 +1102,9 @@ def test_redact_customer_deletes_their_events_orders_links_and_exports(any_store
 
     # Assert
     assert deleted == 5  # order 1's two lines, the view, the linked cart line, guest order 2
-    assert any_store.export_customer(SHOP, "c1") == {"shop": SHOP, "customer_id": "c1", "events": [],
-                                                      "identity_links": [], "kept_refunds": []}
+    export = any_store.export_customer(SHOP, "c1")
+    assert [(r["kind"], r["id"]) for r in export.pop("redactions")] == [("customer", "c1")]  # the record kept
+    assert export == {"shop": SHOP, "customer_id": "c1", "events": [], "identity_links": [], "kept_refunds": []}
     assert any_store.history(SHOP, "a:tok-guest", 10) == [] and any_store.history(SHOP, "a:tok-c1", 10) == []
     assert backend.query("SELECT COUNT(*) FROM events WHERE shop = ? AND (customer_id = 'c1' OR order_id = '2')",
                          (SHOP,)) == [(0,)]
@@ -1134,6 +1135,24 @@ def test_redact_customer_records_the_customer_and_its_orders_for_import_and_back
     again = backend.query("SELECT kind, redacted_id, redacted_at FROM redactions WHERE shop = ? AND redacted_id <> ?"
                           " ORDER BY 1, 2", (SHOP, "405"))
     assert again == first, "each record keeps the time it was first redacted"
+
+
+def test_bug_the_data_request_export_leaves_out_the_redaction_records_kept_of_the_customer(any_store):
+    """BUG: customers/redact keeps the customer's id and its orders' ids, with the time (`redactions`), and a
+    customers/data_request export, "everything stored about the customer", said nothing of them."""
+    # Arrange: c1 redacted with orders 2 and 404; c2 and order 9 redacted apart
+    populate_a_customer(any_store)
+    any_store.redact_customer(SHOP, "c1", ["2", "404"])
+    any_store.redact_customer(SHOP, "c2", ["9"])
+    any_store.redact_customer(OTHER_SHOP, "c1", ["5"])
+
+    # Act
+    export = any_store.export_customer(SHOP, "c1", ["404", "7"])
+
+    # Assert: the customer's record and those of the orders requested, each with its time; nothing of another's
+    assert [(r["kind"], r["id"]) for r in export["redactions"]] == [("customer", "c1"), ("order", "404")]
+    assert all(datetime.fromisoformat(r["redacted_at"]).tzinfo is not None for r in export["redactions"])
+    assert any_store.export_customer(SHOP, "nobody")["redactions"] == []
 
 
 def test_a_failed_redaction_records_nothing(any_store, backend):
@@ -1202,7 +1221,7 @@ def test_export_customer_lists_every_column_of_their_events_and_their_links(any_
         "dedupe_key": "order:1:line:1", "weight_factor": 1.0}
     assert isinstance(line["id"], int)
     assert any_store.export_customer(SHOP, "nobody") == {"shop": SHOP, "customer_id": "nobody", "events": [],
-                                                          "identity_links": [], "kept_refunds": []}
+                                                          "identity_links": [], "kept_refunds": [], "redactions": []}
 
 
 def test_data_exports_are_kept_per_shop_and_replaced_by_id(any_store):

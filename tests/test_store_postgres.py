@@ -465,9 +465,10 @@ def deliveries_of_a_small_shop() -> list[tuple[str, dict, str]]:
 
 
 def answers(store, shop: str = SHOP) -> dict:
-    """Everything a caller can read from a store, with database row ids left out."""
+    """Everything a caller can read from a store, with database row ids and the clock's redaction times left out."""
     def without_ids(export):
-        return {**export, "events": [{k: v for k, v in e.items() if k != "id"} for e in export["events"]]}
+        return {**export, "events": [{k: v for k, v in e.items() if k != "id"} for e in export["events"]],
+                "redactions": [{k: v for k, v in r.items() if k != "redacted_at"} for r in export["redactions"]]}
 
     users = {i.user_key for i in store.interactions(shop)} | {"a:tok-a", "a:tok-guest"}
     return {
