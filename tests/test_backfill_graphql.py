@@ -23,7 +23,9 @@ from tests.test_backfill import (
     RecordedSleep, _Handler as RestHandler, cli, level, order, product, served,
 )
 from webhooks.backfill import BACKOFF_SECONDS, BackfillConfig, BackfillError, backfill_webhook_id, run_backfill
-from webhooks.backfill_graphql import numeric_id, order_record, product_record, throttle_wait
+from webhooks.backfill_graphql import (
+    connection_cost, numeric_id, order_cost, order_record, product_cost, product_record, throttle_wait,
+)
 
 MAX_AVAILABLE, RESTORE_RATE = 1000.0, 50.0
 COSTS = {"BackfillProducts": 60, "BackfillOrders": 80}  # requestedQueryCost; every other query 10
@@ -32,9 +34,10 @@ _TOKEN = re.compile(r'\.\.\.|[{}():,\[\]!]|"[^"]*"|\$?\w+')
 
 
 def requested_cost(query: str, variables: dict) -> int:
-    """A query's requested cost counted as Shopify's rate-limits page counts it: a scalar or an enum 0, an object 1, a
-    connection (a field with `first`) 2 plus `first` times one node's cost. A list (Order.refunds, `nodes(ids:)`,
-    InventoryLevel.quantities) counts as one element: the page does not say how Shopify prices one."""
+    """A query's requested cost counted as Shopify's rate-limits page counts it: a scalar or an enum 0, an object 1
+    (a connection's `pageInfo` too: PageInfo is an object), a connection (a field with `first`) 2 plus `first` times
+    one node's cost. A list (Order.refunds, `nodes(ids:)`, InventoryLevel.quantities) counts as one element: the
+    page does not say how Shopify prices one."""
     tokens = _TOKEN.findall(query[query.index("{"):])
 
     def selection(i: int) -> tuple[list[tuple[str, dict, list | None]], int]:
@@ -68,7 +71,8 @@ def requested_cost(query: str, variables: dict) -> int:
             return 0
         if "first" in args:
             nodes = next(c for c in children if c[0] == "nodes")[2]
-            return 2 + int(args["first"]) * (1 + sum(map(cost, nodes)))
+            rest = [c for c in children if c[0] != "nodes"]  # its pageInfo
+            return 2 + sum(map(cost, rest)) + int(args["first"]) * (1 + sum(map(cost, nodes)))
         return 1 + sum(map(cost, children))
 
     return sum(map(cost, selection(0)[0]))
@@ -522,8 +526,8 @@ def test_a_product_with_more_than_100_variants_keeps_every_one(graphql_api, eith
     assert summary["inventory_levels"] == 230
     assert [s.variables["after"] for s in graphql_api.of("BackfillVariants")] == [
         "variants:9100@10", "variants:9100@110", "variants:9100@210"]  # 10 with the product, then 100 a page
-    # 230 items, 30 a query: each id priced as one item with its first page of 10 levels (33 points)
-    assert [len(s.variables["ids"]) for s in graphql_api.of("BackfillLevels")] == [30] * 7 + [20]
+    # 230 items, 29 a query: each id priced as one item with its first page of 10 levels (34 points)
+    assert [len(s.variables["ids"]) for s in graphql_api.of("BackfillLevels")] == [29] * 7 + [27]
     assert {v.variant_id: v.inventory_quantity for v in stored.variants}["910004"] == 1  # 4 % 3 at its location
 
 
@@ -537,14 +541,44 @@ def test_no_query_requests_more_than_shopify_allows_one_query(graphql_api, store
     # Act
     summary = backfill(graphql_api, store, tmp_path, page_size=250)
 
-    # Assert: every query answered (the products query's 652 points, the orders query's at most 1,000)
+    # Assert: every query answered (the products query's 678 points, the orders query's at most 1,000)
     assert {s.answered for s in graphql_api.requests} == {200}
     assert all(requested_cost(s.text, s.variables) <= MAX_QUERY_COST for s in graphql_api.requests)
     assert graphql_api.of("BackfillProducts")[0].variables["first"] == 25
-    assert graphql_api.of("BackfillOrders")[0].variables["first"] == 12  # 2 + 12 × 77 = 926 points
-    assert [s.variables["first"] for s in graphql_api.of("BackfillOrderLines")] == [199]  # 2 + 1 + 199 × 5 = 998
+    assert graphql_api.of("BackfillOrders")[0].variables["first"] == 12  # 3 + 12 × 79 = 951 points
+    assert [s.variables["first"] for s in graphql_api.of("BackfillOrderLines")] == [199]  # 1 + 3 + 199 × 5 = 999
     assert summary["orders"] == 7 + 1 and summary["skipped"] == 0
-    assert requested_cost(graphql_api.of("BackfillOrders")[0].text, {"first": 25, "nested": 10}) == 1927
+    assert requested_cost(graphql_api.of("BackfillOrders")[0].text, {"first": 25, "nested": 10}) == 1978
+
+
+def test_bug_each_page_size_is_priced_with_the_pageinfo_its_query_asks_for(graphql_api, store, tmp_path):
+    # Arrange: an order of more lines than a nested first page holds, so a later page of its lines is read
+    graphql_api.orders = [*SHOP_ORDERS, order(5100, 4, [8001] * 15, "2025-03-08T10:00:00Z")]
+
+    # Act
+    backfill(graphql_api, store, tmp_path, page_size=250)
+
+    # Assert: what each page size was chosen at is what the query asks for, each connection's pageInfo (an object,
+    # 1 point) included, where it was left out (652, 926 and 998 points priced; 678, 951 and 999 asked for)
+    products, orders = graphql_api.of("BackfillProducts")[0], graphql_api.of("BackfillOrders")[0]
+    lines = graphql_api.of("BackfillOrderLines")[0]
+    assert requested_cost(products.text, products.variables) == connection_cost(25, product_cost(10)) == 678
+    assert requested_cost(orders.text, orders.variables) == connection_cost(12, order_cost(10)) == 951
+    assert requested_cost(lines.text, lines.variables) == 1 + connection_cost(199, 5) == 999
+
+
+def test_without_since_the_orders_query_has_no_filter_and_reads_orders_of_every_status(graphql_api, store, tmp_path):
+    # Arrange: no --since. The orders connection documents no default status filter (REST's status=open) to lift
+    config = BackfillConfig.from_options(SHOP, {"SHOPIFY_ADMIN_TOKEN": TOKEN}, base_url=graphql_api.base_url,
+                                         state_path=tmp_path / "state.json", api="graphql", page_size=2)
+
+    # Act
+    summary = run_backfill(config, store, sleep=RecordedSleep(), progress=False)
+
+    # Assert: no filter at all, and every order (the cancelled one too) read
+    orders = graphql_api.of("BackfillOrders")
+    assert orders and all(s.variables["query"] is None and "status" not in s.text for s in orders)
+    assert summary["orders"] == len(SHOP_ORDERS)
 
 
 def test_queries_wait_for_the_bucket_and_a_throttled_query_is_retried_after_the_wait_it_needs(graphql_api, store,

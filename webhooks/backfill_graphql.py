@@ -12,14 +12,45 @@ backfill reads `inventory_levels.json`.
 Every node becomes the REST record the webhook translators take (`product_record`, `order_record`,
 `level_record`): GIDs (`gid://shopify/Product/123`) become the numeric ids, enums and money the REST strings. The
 stores cannot tell which API a row came from, and the two backfills' webhook ids for a record are the same
-(`backfill.record_version`), so one run after the other stores nothing twice. GraphQL's Order has a cart token
-(`cartToken`) from API version 2026-07 on, which the orders query then asks for; with an older `--api-version` (the
-default, 2026-04) a guest order is keyed by `order-<id>`, as REST keys a guest order without a cart token.
+(`backfill.record_version`), so one run after the other stores nothing twice. Shopify's changelog adds `cartToken`
+(REST's `cart_token`) to GraphQL's Order in API version 2026-07; from that version on the orders query asks for it,
+and with an older `--api-version` (the default, 2026-04) a guest order is keyed by `order-<id>`, as REST keys a
+guest order without a cart token.
 
-Shopify refuses a query that requests more than 1,000 points (MAX_COST_EXCEEDED), counted before it runs: an object
-1, a scalar or an enum 0, a connection 2 and its `first` times one node's cost. A page holds at most 25 products (652
-points with nested first pages of 10) and as many orders as fit (12: 926 points; 25 would request 1,927), and a
-nested connection's later pages as many nodes as fit under their parent (199 line items: 998).
+What the GraphQL Admin API reference documents of the queries below:
+- `products(sortKey: ID)` and `orders(sortKey: CREATED_AT)`: values of ProductSortKeys and OrderSortKeys (which has
+  ID too; the orders connection's default is PROCESSED_AT).
+- `orders` documents no default status filter, unlike REST's `status=open`: its `query` filter `status` takes open,
+  closed, cancelled or not_closed (`any` is not one of them), so the backfill gives none. What the Order object
+  limits by default is age: only the last 60 days of orders are accessible unless the app is granted
+  `read_all_orders`. The orders query filters by `--since` alone (`created_at:>='...'`: the search syntax wants a
+  date in quotes).
+- The roots `product(id:)`, `order(id:)`, `refund(id:)`, `inventoryItem(id:)` take an `ID!` (the GID), and
+  `nodes(ids: [ID!]!)` returns `[Node]!`; an array argument holds at most 250 values.
+- Order: `createdAt`, `updatedAt`, `cancelledAt` (null unless cancelled), `customer` (nullable), `lineItems` (a
+  connection), `refunds` (`[Refund!]!`: a list, not a connection; its optional `first` only truncates it, so none
+  is given). Refund: `refundLineItems` (a connection); RefundLineItem: `quantity`, `lineItem`. LineItem: `quantity`,
+  `product` and `variant` (nullable), `originalUnitPriceSet { shopMoney { amount } }`.
+- Product: `status`, `publishedAt`, `productType`, `vendor`, `featuredMedia` (the Media interface, whose `preview
+  { image }` is null until the preview is ready), `variants` (a connection). ProductVariant: `price`,
+  `inventoryPolicy`, `inventoryQuantity`, `inventoryItem`. InventoryItem: `tracked`, `inventoryLevels` (a
+  connection). InventoryLevel: `updatedAt`, `location`, `quantities(names:)`, which replaced its `available` field
+  (deprecated in 2023-04, removed in 2024-04).
+
+Shopify refuses a query that requests more than 1,000 points (MAX_COST_EXCEEDED), counted from the query before it
+runs. Its rate-limits page prices a field by what it returns: a scalar or an enum 0, an object 1, an interface or a
+union the most of its possible selections, a connection by its `first` (or `last`); Shopify's account of the model
+gives a connection 2 points and `first` times one node's cost. Counted here: every object 1, the media interface
+and each connection's `pageInfo` included (PageInfo is an object), a connection 2 and `first` times its node. A
+page holds at most 25 products (678 points with nested first pages of 10) and as many orders as fit (12: 951
+points; 25 would request 1,978), and a nested connection's later pages as many nodes as fit under their parent
+(199 line items: 999).
+
+Not documented, so left for a real shop to show: whether `pageInfo` is charged (counted, which can only
+over-estimate); how a list that is not a connection is priced: an order's `refunds` is counted as one refund (a
+shop that prices it higher answers MAX_COST_EXCEEDED, which names the page sizes), `nodes(ids:)` as one item per id,
+`quantities` as its one name. And what a token without `read_all_orders` gets for older orders: the Order object
+calls them not accessible, which reads as left out of `orders` rather than refused (so the backfill cannot tell).
 
 Shopify limits GraphQL by cost: each answer's `extensions.cost` gives the query's `requestedQueryCost` and the
 bucket's `throttleStatus` (`currentlyAvailable`, `restoreRate` a second). Before a query the client waits until the
@@ -56,11 +87,13 @@ _VARIANT_COST = 2  # ProductVariant, InventoryItem
 _LEVEL_COST = 3  # InventoryLevel, Location, its quantities (of one name)
 _LINE_COST = 5  # LineItem, Product, ProductVariant, MoneyBag, MoneyV2
 _REFUND_LINE_COST = 2  # RefundLineItem, LineItem
+_PAGE_INFO_COST = 1  # every connection's `pageInfo`: a PageInfo object, 1 as any object (the page sets no other cost)
+_CONNECTION_COST = 2 + _PAGE_INFO_COST  # a connection's own 2 points, and its pageInfo
 
 
 def connection_cost(first: int, node_cost: int) -> int:
-    """A connection's requested cost as Shopify documents it: 2, and `first` times one node's."""
-    return 2 + first * node_cost
+    """A connection's requested cost: 2, its `pageInfo` (an object), and `first` times one node's."""
+    return _CONNECTION_COST + first * node_cost
 
 
 def product_cost(nested: int) -> int:
@@ -76,7 +109,7 @@ def order_cost(nested: int) -> int:
 
 def largest_first(node_cost: int, parent_objects: int = 0) -> int:
     """The largest `first` of a connection of such nodes (under `parent_objects` objects) within MAX_QUERY_COST."""
-    return max(1, (MAX_QUERY_COST - parent_objects - 2) // node_cost)
+    return max(1, (MAX_QUERY_COST - parent_objects - _CONNECTION_COST) // node_cost)
 
 PRODUCTS_QUERY = f"""query BackfillProducts($first: Int!, $after: String, $nested: Int!) {{
   products(first: $first, after: $after, sortKey: ID) {{
@@ -203,7 +236,9 @@ def order_record(order: dict, lines: list[dict], refunds: list[tuple[dict, list[
 
 
 def orders_search(config: BackfillConfig) -> str | None:
-    """`--since` as the orders query's filter (a date in quotes, as Shopify's search syntax wants it)."""
+    """`--since` as the orders query's filter (a date in quotes, as Shopify's search syntax wants it), and nothing
+    else: the orders connection documents no default status filter to lift (REST's `status=any`), only the Order
+    object's 60 days without `read_all_orders`, which no filter lifts."""
     return f"created_at:>='{config.since.isoformat()}'" if config.since is not None else None
 
 
@@ -381,7 +416,8 @@ class GraphQLSource(PageSource):
         levels: dict[tuple[Any, Any], dict] = {}
         nested = self._config.nested_page_size
         # Each id counted as an object with its first page of levels: Shopify's page prices no list, so a list of
-        # ids is taken to cost what each of its elements would (30 items a query at the default 10 levels).
+        # ids is taken to cost what each of its elements would (29 items a query at the default 10 levels: 34
+        # points each, 989 in all).
         per_query = min(ITEMS_PER_LEVELS_REQUEST, largest_first(1 + connection_cost(nested, _LEVEL_COST)))
         for start in range(0, len(items), per_query):
             data = self._query(LEVELS, LEVELS_QUERY, {"ids": items[start:start + per_query], "nested": nested})
