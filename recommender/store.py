@@ -225,6 +225,21 @@ def not_from_pixel(source_topic: str = "source_topic") -> str:
     """SQL, both backends: the row of column `source_topic` is not a pixel's event (`PIXEL_SOURCE_PREFIX`)."""
     return f"substr({source_topic}, 1, {len(PIXEL_SOURCE_PREFIX)}) <> '{PIXEL_SOURCE_PREFIX}'"
 
+
+def from_pixel(source_topic: str = "source_topic") -> str:
+    """SQL, both backends: the row of column `source_topic` is a pixel's event (`PIXEL_SOURCE_PREFIX`)."""
+    return f"substr({source_topic}, 1, {len(PIXEL_SOURCE_PREFIX)}) = '{PIXEL_SOURCE_PREFIX}'"
+
+
+# One order seen twice: by the pixel's checkout_completed (unsigned, keyed by its client) and by the signed orders
+# webhook (keyed by the customer or cart token). The webhook's purchase is the record: a pixel's purchase of an order
+# and product that a purchase of any other source (a webhook, a backfill, an import) holds weighs 0, stored so or set
+# to 0 when that one comes, in either order. Never the other way: a pixel's row, forged or not, lowers no other.
+# SQL, both backends: such a purchase is stored (`{shop}`, `{order_id}`, `{product_id}`: the pixel purchase's values).
+SIGNED_PURCHASE_OF = ("EXISTS (SELECT 1 FROM events AS s WHERE s.shop = {shop} AND s.order_id = {order_id}"
+                      " AND s.product_id = {product_id} AND s.kind = 'purchase' AND "
+                      + not_from_pixel("s.source_topic") + ")")
+
 # The columns of `events` a customer's data export lists, in this order, in both backends.
 EVENT_EXPORT_COLUMNS: tuple[str, ...] = (
     "id", "shop", "kind", "user_key", "customer_id", "anonymous_id", "product_id", "variant_id", "quantity", "price",
@@ -1094,15 +1109,28 @@ class SQLiteEventStore(SharedQueries):
         """Insert new events; an event whose dedupe key exists only lowers that event's weight factor (a pixel's cart
         signal replaces it if it is later: `CART_STATE_PREFIX`). A new event whose key refunds were kept for
         (`pending_refunds`: they came before it) is inserted shrunk by them. A guest's event joins the customer its
-        token was linked to, unless a pixel sent it (`PIXEL_SOURCE_PREFIX`)."""
+        token was linked to, unless a pixel sent it (`PIXEL_SOURCE_PREFIX`). A pixel's purchase of an order weighs 0 if
+        another source's purchase of that order and product is stored, and is set to 0 when one comes
+        (`SIGNED_PURCHASE_OF`)."""
         inserted = 0
         for e in events:
             customer_id, user = e.customer_id, e.user_key
-            if customer_id is None and e.anonymous_id and not e.source_topic.startswith(PIXEL_SOURCE_PREFIX):
+            pixel = e.source_topic.startswith(PIXEL_SOURCE_PREFIX)
+            if customer_id is None and e.anonymous_id and not pixel:
                 link = conn.execute("SELECT customer_id FROM identity_links WHERE shop = ? AND anonymous_id = ?",
                                     (e.shop, e.anonymous_id)).fetchone()
                 if link:  # a guest who has since logged in: their events join the customer's
                     customer_id, user = link[0], f"c:{link[0]}"
+            weight_factor = e.weight_factor
+            if e.kind is EventKind.PURCHASE and e.order_id is not None:
+                order = (e.shop, e.order_id, e.product_id)
+                if not pixel:  # the record: the pixel's purchases of its order and product stop counting
+                    conn.execute("UPDATE events SET weight_factor = 0 WHERE shop = ? AND order_id = ?"
+                                 f" AND product_id = ? AND kind = 'purchase' AND {from_pixel()}"
+                                 " AND weight_factor <> 0", order)
+                elif conn.execute("SELECT " + SIGNED_PURCHASE_OF.format(shop="?", order_id="?", product_id="?"),
+                                  order).fetchone()[0]:
+                    weight_factor = 0.0
             exists = e.dedupe_key is not None and conn.execute(
                 "SELECT 1 FROM events WHERE shop = ? AND dedupe_key = ?", (e.shop, e.dedupe_key)).fetchone()
             if exists and latest_wins(e.dedupe_key):  # a later beacon replaces the row; an earlier one is stale
@@ -1115,9 +1143,8 @@ class SQLiteEventStore(SharedQueries):
                 continue
             if exists:
                 conn.execute("UPDATE events SET weight_factor = MIN(weight_factor, ?) WHERE shop = ? AND dedupe_key = ?",
-                             (e.weight_factor, e.shop, e.dedupe_key))
+                             (weight_factor, e.shop, e.dedupe_key))
                 continue
-            weight_factor = e.weight_factor
             refunded = e.kind is EventKind.PURCHASE and e.dedupe_key is not None and conn.execute(
                 "SELECT SUM(quantity) FROM pending_refunds WHERE shop = ? AND dedupe_key = ?",
                 (e.shop, e.dedupe_key)).fetchone()[0]

@@ -39,8 +39,8 @@ from recommender.changes import ChangeSet, Delivery, Event, RefundLine
 from recommender.events import CatalogProduct, EventKind, order_line_key
 from recommender.store import (
     CART_STATE_COLUMNS, CART_STATE_PREFIX, EVENT_EXPORT_COLUMNS, KINDS, NOT_FOR_SALE, STOCK_OF_VARIANT,
-    TOPICS_NOT_PROVING_INSTALL, UNSELLABLE_SQL, ActivityBucket, Interaction,
-    SharedQueries, customer_export, export_json, iso_utc, later, latest_wins, not_from_pixel, of_one_shop,
+    SIGNED_PURCHASE_OF, TOPICS_NOT_PROVING_INSTALL, UNSELLABLE_SQL, ActivityBucket, Interaction,
+    SharedQueries, customer_export, export_json, from_pixel, iso_utc, later, latest_wins, not_from_pixel, of_one_shop,
     refund_adjustment_key, require_aware,
 )
 
@@ -237,13 +237,14 @@ _MARK_INSTALLED = ("INSERT INTO shop_state (shop, installed, changed_at) SELECT 
                    " WHERE" + _NOT_YET_INSTALLED + _INSTALL_CONFLICT)
 # The proposed rows of an events statement: each guest's event (no customer id at all, a cart token; not a pixel's:
 # `not_from_pixel`) joined to the customer its token was linked to, as SQLite's `_insert_events` joins it (the
-# statement runs after the token's lock), and each event shrunk by the refunds kept for its dedupe key (`refunded`:
-# their units, NULL for none; they came before the line), as `_insert_events` shrinks it. A subquery a row, not a
-# join, so that the rows keep their order and their ids ascend with it; OFFSET 0 keeps the planner from copying it
-# into each column that reads it (two index probes a row instead of one).
+# statement runs after the token's lock), each event shrunk by the refunds kept for its dedupe key (`refunded`:
+# their units, NULL for none; they came before the line), as `_insert_events` shrinks it, and a pixel's purchase of
+# an order and product a signed purchase already holds weighing 0 (`signed`: SIGNED_PURCHASE_OF). A subquery a row,
+# not a join, so that the rows keep their order and their ids ascend with it; OFFSET 0 keeps the planner from
+# copying it into each column that reads it (two index probes a row instead of one).
 _LINKED_COLUMNS = {"user_key": "coalesce('c:' || e.linked, e.user_key)",
                    "customer_id": "coalesce(e.linked, e.customer_id)",
-                   "weight_factor": "CASE WHEN e.refunded IS NULL THEN e.weight_factor ELSE"
+                   "weight_factor": "CASE WHEN e.signed THEN 0 WHEN e.refunded IS NULL THEN e.weight_factor ELSE"
                                     " greatest(0, e.weight_factor - e.refunded::double precision / e.quantity) END"}
 _PROPOSED = ", ".join(f"{_LINKED_COLUMNS[name]} AS {name}" if name in _LINKED_COLUMNS else f"e.{name}"
                       for name in _EVENT_NAMES.split(", ")) + ", e.refunded"
@@ -251,13 +252,17 @@ _PROPOSED = ", ".join(f"{_LINKED_COLUMNS[name]} AS {name}" if name in _LINKED_CO
 
 def _events_linked(rows: str, extra: str = "") -> str:
     """FROM the JSON recordset `rows` (a parameter), each row with the customer its guest's token was linked to (none
-    for a pixel's) and, for a purchase (an order line: nothing else is refunded), the units refunds kept for its
-    dedupe key refunded (`pending_refunds`)."""
+    for a pixel's), for a purchase (an order line: nothing else is refunded) the units refunds kept for its dedupe
+    key refunded (`pending_refunds`) and, for a pixel's purchase of an order, whether a signed purchase of its order
+    and product is stored (`SIGNED_PURCHASE_OF`; one of the same statement is not seen)."""
     return (" FROM (SELECT e.*, (SELECT l.customer_id FROM identity_links AS l WHERE e.customer_id IS NULL"
             f" AND e.anonymous_id <> '' AND {not_from_pixel('e.source_topic')}"
             " AND l.shop = e.shop AND l.anonymous_id = e.anonymous_id) AS linked,"
             " CASE WHEN e.kind = 'purchase' THEN (SELECT sum(r.quantity) FROM pending_refunds AS r"
-            " WHERE r.shop = e.shop AND r.dedupe_key = e.dedupe_key) END AS refunded"
+            " WHERE r.shop = e.shop AND r.dedupe_key = e.dedupe_key) END AS refunded,"
+            f" CASE WHEN e.kind = 'purchase' AND e.order_id IS NOT NULL AND {from_pixel('e.source_topic')} THEN "
+            + SIGNED_PURCHASE_OF.format(shop="e.shop", order_id="e.order_id", product_id="e.product_id") +
+            " END AS signed"
             f" FROM ROWS FROM (json_to_recordset({rows}::json) AS ({_EVENT_COLUMNS}{extra}))"
             f" WITH ORDINALITY AS e ({_EVENT_NAMES}{', item' if extra else ''}, position) OFFSET 0) AS e")
 
@@ -268,7 +273,12 @@ _LATEST_WINS = f"left(events.dedupe_key, {len(CART_STATE_PREFIX)}) = '{CART_STAT
 
 # The rows of `proposed` (ids drawn in the order given) inserted in that order: each new event a row, one whose dedupe
 # key is stored only lowering that row's weight factor (a pixel's cart signal: replacing it if later, `_LATEST_WINS`). `stored JOIN proposed USING (id)` are the new ones; the refunds
-# kept for their keys, which shrank them, are done with (`settled`, the rows `proposed` summed: one snapshot).
+# kept for their keys, which shrank them, are done with (`settled`, the rows `proposed` summed: one snapshot). Each
+# signed purchase of an order, new or stored before, sets the pixel's stored purchases of its order and product to 0
+# (`pixel_zeroed`: SIGNED_PURCHASE_OF; rows `proposed` names are left to the upsert: no row is written twice). A
+# known gap, left rather than taking a lock on this path: a pixel's purchase and a signed one of the same order and
+# product written at once (neither committed when the other's statement began) do not see each other, and both
+# count until the order's next webhook (orders/paid after orders/create, a retry) sets the pixel's to 0.
 _STORE_PROPOSED = (
     " stored AS ("
     f" INSERT INTO events (id, {_EVENT_NAMES}) OVERRIDING SYSTEM VALUE"
@@ -281,7 +291,15 @@ _STORE_PROPOSED = (
     " RETURNING id),"
     " settled AS ("
     " DELETE FROM pending_refunds AS r USING stored JOIN proposed USING (id)"
-    " WHERE proposed.refunded IS NOT NULL AND r.shop = proposed.shop AND r.dedupe_key = proposed.dedupe_key)"
+    " WHERE proposed.refunded IS NOT NULL AND r.shop = proposed.shop AND r.dedupe_key = proposed.dedupe_key),"
+    " pixel_zeroed AS ("
+    " UPDATE events SET weight_factor = 0 FROM proposed"
+    f" WHERE proposed.kind = 'purchase' AND proposed.order_id IS NOT NULL AND {not_from_pixel('proposed.source_topic')}"
+    " AND events.shop = proposed.shop AND events.order_id = proposed.order_id"
+    f" AND events.product_id = proposed.product_id AND events.kind = 'purchase' AND {from_pixel('events.source_topic')}"
+    " AND events.weight_factor <> 0"
+    " AND NOT EXISTS (SELECT FROM proposed AS p WHERE p.shop = events.shop AND p.dedupe_key = events.dedupe_key)"
+    " RETURNING events.id)"
 )
 
 # One delivery's row (`delivery`: a row if it is new), and the install mark it makes if it is new and proves one.
@@ -344,11 +362,13 @@ def _apply_events(void: str = "") -> str:
 
 _APPLY_EVENTS = _apply_events()
 # The same for a cancellation: if the delivery is new, its orders' other purchases (`%(voids)s`) made void too, in
-# the statement (the rows its own events' dedupe keys name are lowered by their upsert: no row is written twice).
+# the statement (the rows its own events' dedupe keys name are lowered by their upsert, the pixel's purchases of its
+# lines' products by `pixel_zeroed`: no row is written twice).
 _APPLY_EVENTS_VOIDING = _apply_events(
     ", void AS (UPDATE events SET weight_factor = 0 WHERE shop = %(shop)s AND order_id = ANY(%(voids)s)"
     " AND kind = 'purchase' AND weight_factor <> 0 AND EXISTS (SELECT FROM delivery)"
-    " AND NOT EXISTS (SELECT FROM proposed WHERE proposed.dedupe_key = events.dedupe_key))")
+    " AND NOT EXISTS (SELECT FROM proposed WHERE proposed.dedupe_key = events.dedupe_key)"
+    " AND id NOT IN (SELECT id FROM pixel_zeroed))")
 
 # One delivery of checkouts' links alone (a checkout naming its cart's customer), after its tokens' locks: the
 # delivery row and, only if it is new, each link, each token's guest events joined to its customer and the install
