@@ -186,12 +186,23 @@ SQLITE_MIGRATIONS: tuple[str, ...] = (
     # `kind` is 'customer' or 'order'; shop/redact deletes the shop's rows with the rest.
     "CREATE TABLE redactions (shop TEXT NOT NULL, kind TEXT NOT NULL, redacted_id TEXT NOT NULL,"
     " redacted_at TEXT NOT NULL, PRIMARY KEY (shop, kind, redacted_id));",
+    # What storefronts did with `/recommend`'s answers (recommender.attribution): a row per product an answer showed
+    # (`kind` 'view', `position` its place in the answer) or a click named ('click'), keyed by the pixel's client id,
+    # one per pixel event and product. Apart from `events`, so that training never reads them; pruned and erased with
+    # the shop's events.
+    "CREATE TABLE recommendation_events (shop TEXT NOT NULL, event_id TEXT NOT NULL, product_id TEXT NOT NULL,"
+    " kind TEXT NOT NULL, recommendation_id TEXT NOT NULL, intent TEXT NOT NULL, position INTEGER NOT NULL,"
+    " client_id TEXT NOT NULL, occurred_at TEXT NOT NULL, PRIMARY KEY (shop, event_id, product_id));"
+    " CREATE INDEX recommendation_events_by_time ON recommendation_events (shop, occurred_at);"
+    " CREATE INDEX recommendation_events_by_occurred_at ON recommendation_events (occurred_at);"
+    " CREATE INDEX recommendation_clicks_by_client ON recommendation_events (shop, client_id, product_id, occurred_at)"
+    " WHERE kind = 'click';",
 )
 
 # Every table that holds a shop's data, in both backends: what redact_shop empties.
 SHOP_TABLES: tuple[str, ...] = (
     "events", "deliveries", "products", "variants", "inventory_levels", "identity_links", "adjustments",
-    "pending_refunds", "data_exports", "shop_state", "redactions",
+    "pending_refunds", "data_exports", "shop_state", "redactions", "recommendation_events",
 )
 
 # Topics that can arrive after the app was removed, so their delivery does not prove it is installed.
@@ -244,6 +255,92 @@ SIGNED_PURCHASE_OF = ("EXISTS (SELECT 1 FROM events AS s WHERE s.shop = {shop} A
 EVENT_EXPORT_COLUMNS: tuple[str, ...] = (
     "id", "shop", "kind", "user_key", "customer_id", "anonymous_id", "product_id", "variant_id", "quantity", "price",
     "order_id", "occurred_at", "source_topic", "delivery_id", "dedupe_key", "weight_factor",
+)
+
+
+# --- attribution (recommender.attribution) -----------------------------------------------------------------------
+# What storefronts did with `/recommend`'s answers, as a theme publishes it and the pixel forwards it to `/collect`
+# (`recommendations_viewed`, `recommendations_clicked`), kept in `recommendation_events` (migration 10), never in
+# `events`: training does not read them.
+
+SIGNAL_VIEW, SIGNAL_CLICK = "view", "click"  # `recommendation_events.kind`
+
+
+class RecommendationSignal(NamedTuple):
+    """A product an answer showed (`SIGNAL_VIEW`: one per product of a `recommendations_viewed` event, `position` its
+    place in the answer) or the product a click named (`SIGNAL_CLICK`), keyed by the pixel's client id; stored once per
+    pixel event id and product."""
+
+    shop: str
+    kind: str
+    event_id: str
+    client_id: str
+    recommendation_id: str
+    intent: str
+    product_id: str
+    position: int
+    occurred_at: datetime
+
+
+class RecommendationClick(NamedTuple):
+    """A stored click on a product of an answer (`EventStore.recommendation_clicks`)."""
+
+    client_id: str
+    product_id: str
+    occurred_at: datetime
+    intent: str
+    recommendation_id: str
+    event_id: str
+
+
+class PixelPurchase(NamedTuple):
+    """A purchase the pixel sent (`checkout_completed`) of a product its browser clicked in an answer, its order not
+    cancelled (`EventStore.attributable_purchases`): one order line."""
+
+    client_id: str
+    product_id: str
+    occurred_at: datetime
+    quantity: int
+    price: float | None  # the variant's price as the checkout listed it (before discounts)
+    order_id: str | None
+    dedupe_key: str | None
+
+
+# The columns of `recommendation_events` a beacon writes, in RecommendationSignal's order, in both backends.
+RECOMMENDATION_EVENT_COLUMNS: tuple[str, ...] = (
+    "shop", "kind", "event_id", "client_id", "recommendation_id", "intent", "product_id", "position", "occurred_at")
+
+# The shop's signals between two times ({p}: the dialect's marker; parameters shop, since, until).
+_SIGNALS_BETWEEN = " FROM recommendation_events WHERE shop = {p} AND occurred_at >= {p} AND occurred_at <= {p}"
+# The answers viewed (distinct recommendation ids), the products they showed and the products clicked in them (each a
+# distinct pair of answer and product: an answer viewed twice, or a product clicked twice in it, counts once).
+_SIGNAL_COUNTS = ("count(DISTINCT CASE WHEN kind = 'view' THEN recommendation_id END),"
+                  " count(DISTINCT CASE WHEN kind = 'view' THEN recommendation_id || ' ' || product_id END),"
+                  " count(DISTINCT CASE WHEN kind = 'click' THEN recommendation_id || ' ' || product_id END)")
+# Per intent, then for every intent together (intent NULL); parameters shop, since, until, twice.
+RECOMMENDATION_SUMMARY_SQL = ("SELECT intent, " + _SIGNAL_COUNTS + _SIGNALS_BETWEEN + " GROUP BY intent"
+                              " UNION ALL SELECT NULL, " + _SIGNAL_COUNTS + _SIGNALS_BETWEEN)
+RECOMMENDATION_CLICKS_SQL = ("SELECT client_id, product_id, occurred_at, intent, recommendation_id, event_id"
+                             + _SIGNALS_BETWEEN + " AND kind = 'click'")
+# A signed webhook's purchase of the order of the pixel's purchase `e` ({weighing}: and that still counts).
+_SIGNED_LINE_OF_ORDER = ("EXISTS (SELECT 1 FROM events w WHERE w.shop = e.shop AND w.order_id = e.order_id"
+                         " AND w.kind = 'purchase' AND " + not_from_pixel("w.source_topic") + "{weighing})")
+# The pixel's purchases between two times of a product their browser (the same client id) clicked in an answer at or
+# after a time and not after the purchase; parameters shop, since, until, and the clicks' since. Whatever their own
+# weight factor (a pixel purchase whose order and product the signed webhooks stored too weighs 0, `SIGNED_PURCHASE_OF`,
+# so that training counts the order once), but not those of a cancelled order: where the signed webhooks stored the order, it counts if one of
+# its lines still does (a cancellation voids them all, and so does a refund of every line); where they did not, the
+# pixel's line counts if its own weight does (a cancellation voids the pixel's lines of the order as well).
+ATTRIBUTABLE_PURCHASES_SQL = (
+    "SELECT e.anonymous_id, e.product_id, e.occurred_at, e.quantity, e.price, e.order_id, e.dedupe_key FROM events e"
+    " WHERE e.shop = {p} AND e.kind = 'purchase' AND e.occurred_at >= {p} AND e.occurred_at <= {p}"
+    " AND " + from_pixel("e.source_topic") +
+    " AND EXISTS (SELECT 1 FROM recommendation_events c WHERE c.shop = e.shop AND c.kind = 'click'"
+    " AND c.client_id = e.anonymous_id AND c.product_id = e.product_id AND c.occurred_at >= {p}"
+    " AND c.occurred_at <= e.occurred_at)"
+    " AND CASE WHEN " + _SIGNED_LINE_OF_ORDER.format(weighing="")
+    + " THEN " + _SIGNED_LINE_OF_ORDER.format(weighing=" AND w.weight_factor > 0")
+    + " ELSE e.weight_factor > 0 END"
 )
 
 
@@ -343,6 +440,13 @@ class EventStore(Protocol):
     def close_thread_connection(self) -> None: ...
     def prune_events(self, older_than: datetime) -> int: ...
     def close(self) -> None: ...
+    # Attribution (recommender.attribution): storefronts' views and clicks of answers, kept apart from `events`.
+    def add_beacon_if_installed(self, shop: str, events: Sequence[Event],
+                                signals: Sequence[RecommendationSignal]) -> tuple[int, int] | None: ...
+    def recommendation_summary(self, shop: str, since: datetime,
+                               until: datetime) -> list[tuple[str | None, int, int, int]]: ...
+    def recommendation_clicks(self, shop: str, since: datetime, until: datetime) -> list[RecommendationClick]: ...
+    def attributable_purchases(self, shop: str, since: datetime, until: datetime) -> list[PixelPurchase]: ...
 
 
 _INSTALLED_SQL = "SELECT 1 FROM shop_state WHERE shop = ? AND installed = 1"
@@ -858,6 +962,41 @@ class SharedQueries:
     def count_deliveries(self) -> int:
         return self._read("SELECT COUNT(*) FROM deliveries")[0][0]
 
+    # --- attribution (recommender.attribution) ---------------------------------------------------------------
+
+    @staticmethod
+    def _signals_of(shop: str, signals: Sequence[RecommendationSignal]) -> list[RecommendationSignal]:
+        """`signals` as a list, each checked to be `shop`'s (`add_beacon_if_installed` checks that shop alone)."""
+        batch = list(signals)
+        strangers = {s.shop for s in batch} - {shop}
+        if strangers:
+            raise ValueError(f"signals of {', '.join(sorted(strangers))} given with {shop}'s install check")
+        return batch
+
+    def recommendation_summary(self, shop: str, since: datetime,
+                               until: datetime) -> list[tuple[str | None, int, int, int]]:
+        """Between `since` and `until` (both included), per intent and then for all of them (intent None): the answers
+        viewed, the products they showed and the products clicked in them (`RECOMMENDATION_SUMMARY_SQL`)."""
+        between = (shop, self._time(since, "since"), self._time(until, "until"))
+        return [(intent, int(viewed), int(shown), int(clicked)) for intent, viewed, shown, clicked
+                in self._read(RECOMMENDATION_SUMMARY_SQL.format(p=self._P), between * 2)]
+
+    def recommendation_clicks(self, shop: str, since: datetime, until: datetime) -> list[RecommendationClick]:
+        """The clicks on answers' products between `since` and `until` (both included)."""
+        rows = self._read(RECOMMENDATION_CLICKS_SQL.format(p=self._P),
+                          (shop, self._time(since, "since"), self._time(until, "until")))
+        return [RecommendationClick(client, product, self._to_time(at), intent, recommendation, event)
+                for client, product, at, intent, recommendation, event in rows]
+
+    def attributable_purchases(self, shop: str, since: datetime, until: datetime) -> list[PixelPurchase]:
+        """The pixel's purchases between `since` and `until` (both included) of products their browser clicked in an
+        answer at or after `since` and not after the purchase; none of a cancelled order (`ATTRIBUTABLE_PURCHASES_SQL`)."""
+        start = self._time(since, "since")
+        rows = self._read(ATTRIBUTABLE_PURCHASES_SQL.format(p=self._P),
+                          (shop, start, self._time(until, "until"), start))
+        return [PixelPurchase(client, product, self._to_time(at), int(quantity), price, order_id, dedupe_key)
+                for client, product, at, quantity, price, order_id, dedupe_key in rows]
+
 
 WRITE_BATCH = 64  # works committed together at most (SQLite group commit)
 SQLITE_MMAP_BYTES = 1 << 30  # address space for reading the database file through a map (pages are the OS's cache)
@@ -1101,6 +1240,27 @@ class SQLiteEventStore(SharedQueries):
             if not conn.execute(_INSTALLED_SQL, (shop,)).fetchone():
                 return None
             return self._insert_events(conn, batch)
+
+        return self._write(work)
+
+    def add_beacon_if_installed(self, shop: str, events: Sequence[Event],
+                                signals: Sequence[RecommendationSignal]) -> tuple[int, int] | None:
+        """A pixel's beacon: `add_events_if_installed` of its events and its signals (`recommendation_events`, each
+        pixel event and product once) in the same transaction, if the shop is installed: (events new, signals new), or
+        None and nothing stored."""
+        batch, marks = of_one_shop(shop, events), self._signals_of(shop, signals)
+        if not marks:
+            stored = self.add_events_if_installed(shop, batch)
+            return None if stored is None else (stored, 0)
+        insert = (f"INSERT OR IGNORE INTO recommendation_events ({', '.join(RECOMMENDATION_EVENT_COLUMNS)})"
+                  f" VALUES ({', '.join('?' * len(RECOMMENDATION_EVENT_COLUMNS))})")
+        rows = [(*mark[:-1], iso_utc(mark.occurred_at)) for mark in marks]
+
+        def work(conn: sqlite3.Connection) -> tuple[int, int] | None:
+            if not conn.execute(_INSTALLED_SQL, (shop,)).fetchone():
+                return None
+            stored = self._insert_events(conn, batch) if batch else 0
+            return stored, conn.executemany(insert, rows).rowcount
 
         return self._write(work)
 
@@ -1387,13 +1547,14 @@ class SQLiteEventStore(SharedQueries):
         return [r[0] for r in self._read("SELECT shop FROM shop_state WHERE installed = 1 ORDER BY shop")]
 
     def prune_events(self, older_than: datetime) -> int:
-        """Delete events that occurred, and deliveries and refunds kept for lines never stored received, before
-        `older_than`; returns events deleted."""
+        """Delete events and storefronts' views and clicks of answers (`recommendation_events`) that occurred, and
+        deliveries and refunds kept for lines never stored received, before `older_than`; returns events deleted."""
         cutoff = iso_utc(require_aware(older_than, "older_than"))
 
         def work(conn: sqlite3.Connection) -> int:
             conn.execute("DELETE FROM deliveries WHERE received_at < ?", (cutoff,))
             conn.execute("DELETE FROM pending_refunds WHERE received_at < ?", (cutoff,))
+            conn.execute("DELETE FROM recommendation_events WHERE occurred_at < ?", (cutoff,))  # attribution's
             return conn.execute("DELETE FROM events WHERE occurred_at < ?", (cutoff,)).rowcount
 
         return int(self._write(work))

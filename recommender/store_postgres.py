@@ -43,6 +43,7 @@ from recommender.store import (
     SharedQueries, customer_export, export_json, from_pixel, iso_utc, later, latest_wins, not_from_pixel, of_one_shop,
     refund_adjustment_key, require_aware,
 )
+from recommender.store import RECOMMENDATION_EVENT_COLUMNS, RecommendationSignal  # attribution's
 
 if TYPE_CHECKING:
     from recommender.event_columns import ColumnTexts  # numpy: imported where columns are read
@@ -200,6 +201,14 @@ POSTGRES_MIGRATIONS: tuple[str, ...] = (
     # (recommender.store's migration 9).
     "CREATE TABLE redactions (shop text NOT NULL, kind text NOT NULL, redacted_id text NOT NULL,"
     " redacted_at timestamptz NOT NULL, PRIMARY KEY (shop, kind, redacted_id));",
+    # Storefronts' views and clicks of answers, for attribution, apart from `events` (recommender.store's migration 10).
+    "CREATE TABLE recommendation_events (shop text NOT NULL, event_id text NOT NULL, product_id text NOT NULL,"
+    " kind text NOT NULL, recommendation_id text NOT NULL, intent text NOT NULL, position integer NOT NULL,"
+    " client_id text NOT NULL, occurred_at timestamptz NOT NULL, PRIMARY KEY (shop, event_id, product_id));"
+    " CREATE INDEX recommendation_events_by_time ON recommendation_events (shop, occurred_at);"
+    " CREATE INDEX recommendation_events_by_occurred_at ON recommendation_events (occurred_at);"
+    " CREATE INDEX recommendation_clicks_by_client ON recommendation_events (shop, client_id, product_id, occurred_at)"
+    " WHERE kind = 'click';",
 )
 
 # Advisory lock keys. Migrations take one 64-bit key for the whole database; writes take (namespace, key) pairs, a
@@ -391,6 +400,20 @@ _INSTALLED_SHOPS_EVENTS = (
     + _STORE_PROPOSED +
     " SELECT EXISTS (SELECT FROM shop_state WHERE shop = %(shop)s AND installed),"
     " (SELECT count(*) FROM stored JOIN proposed USING (id))"
+)
+
+# A beacon's storefront signals (`add_beacon_if_installed`: views and clicks of answers, for attribution), stored only
+# if their shop is installed, each pixel event and product once: whether the shop is installed, and how many were new.
+# Sent in the pipeline after the beacon's events (`_INSTALLED_SHOPS_EVENTS`), in the same transaction.
+_INSTALLED_SHOPS_SIGNALS = (
+    "WITH signal AS ("
+    f" INSERT INTO recommendation_events ({', '.join(RECOMMENDATION_EVENT_COLUMNS)})"
+    f" SELECT %(shop)s, {', '.join('s.' + c for c in RECOMMENDATION_EVENT_COLUMNS[1:])}"
+    " FROM json_to_recordset(%(signals)s::json) AS s (kind text, event_id text, client_id text, recommendation_id text,"
+    " intent text, product_id text, position integer, occurred_at timestamptz)"
+    " WHERE EXISTS (SELECT FROM shop_state WHERE shop = %(shop)s AND installed)"
+    " ON CONFLICT (shop, event_id, product_id) DO NOTHING RETURNING true)"
+    " SELECT EXISTS (SELECT FROM shop_state WHERE shop = %(shop)s AND installed), (SELECT count(*) FROM signal)"
 )
 
 # A catalog row's upsert, one product or a page: a deleted product stays deleted and an older update is ignored,
@@ -1272,6 +1295,40 @@ class PostgresEventStore(SharedQueries):
 
         return self._write_pipelined(work)
 
+    def add_beacon_if_installed(self, shop: str, events: Sequence[Event],
+                                signals: Sequence[RecommendationSignal]) -> tuple[int, int] | None:
+        """A pixel's beacon: its events as `add_events_if_installed` stores them and its signals
+        (`_INSTALLED_SHOPS_SIGNALS`), each only if the shop is installed, in one transaction and one round trip (the
+        guests' locks and both statements pipelined): (events new, signals new), or None and nothing stored."""
+        batch, marks = of_one_shop(shop, events), self._signals_of(shop, signals)
+        if not marks:
+            stored = self.add_events_if_installed(shop, batch)
+            return None if stored is None else (stored, 0)
+        signal_params = {"shop": shop, "signals": json.dumps([
+            {**dict(zip(RECOMMENDATION_EVENT_COLUMNS, mark)), "occurred_at": mark.occurred_at.isoformat()}
+            for mark in marks])}
+
+        def work(conn: psycopg.Connection) -> Callable[[], tuple[int, int] | None]:
+            sent = None
+            if batch:
+                self._take_locks(conn, self._anonymous_locks(batch))
+                sent = conn.execute(_INSTALLED_SHOPS_EVENTS, {
+                    "shop": shop, "events": json.dumps([_event_row(e) for e in _first_of_each_key(batch)])})
+            marked = conn.execute(_INSTALLED_SHOPS_SIGNALS, signal_params)
+
+            def outcome() -> tuple[int, int] | None:
+                stored = self._stored_events(sent) if sent is not None else 0
+                installed, new_signals = marked.fetchone()
+                # Each statement checks the shop in its own snapshot: an install or uninstall committed between the two
+                # leaves one of them storing nothing, which the counts say.
+                if not installed and stored is None:
+                    return None
+                return stored or 0, int(new_signals)
+
+            return outcome
+
+        return self._write_pipelined(work)
+
     @staticmethod
     def _anonymous_locks(events: Iterable[Event]) -> list[tuple[int, int]]:
         """Guests' events read the identity links: they take the lock a new link takes."""
@@ -1550,6 +1607,7 @@ class PostgresEventStore(SharedQueries):
         def work(conn: psycopg.Connection) -> int:
             conn.execute("DELETE FROM deliveries WHERE received_at < %s", (cutoff,))
             conn.execute("DELETE FROM pending_refunds WHERE received_at < %s", (cutoff,))
+            conn.execute("DELETE FROM recommendation_events WHERE occurred_at < %s", (cutoff,))  # attribution's
             return conn.execute("DELETE FROM events WHERE occurred_at < %s", (cutoff,)).rowcount
 
         return self._write(work)

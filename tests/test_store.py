@@ -24,6 +24,7 @@ from recommender.store import (
     EVENT_EXPORT_COLUMNS, SHOP_TABLES, SQLITE_MIGRATIONS, ActivityBucket, EventStore, Interaction, ProductCard,
     QueuedShop, Redactions, SQLiteEventStore, open_event_store,
 )
+from recommender.store import RecommendationClick, RecommendationSignal
 from tests.conftest import SHOP
 from tests.postgres_schema import run, temporary_schema
 
@@ -44,6 +45,12 @@ def purchase(order_id, line_id, product_id, customer_id="c1", quantity=1, weight
 def cart_line(token, product_id, at=T0, shop=SHOP):
     return event(product_id, customer_id=None, anonymous_id=token, kind=EventKind.ADD_TO_CART, at=at, shop=shop,
                  dedupe_key=f"cart:{token}:product:{product_id}")
+
+
+def signal(event_id, product_id, kind="view", position=0, at=T0, shop=SHOP, client="px-1", intent="related",
+           answer="0" * 32):
+    """A storefront's view of an answer's product, or its click on one (attribution's `recommendation_events`)."""
+    return RecommendationSignal(shop, kind, event_id, client, answer, intent, product_id, position, at)
 
 
 def delivery(webhook_id, shop=SHOP, topic="orders/create", received_at=None):
@@ -1181,6 +1188,8 @@ def test_redact_shop_empties_every_table_of_that_shop_only(any_store, backend):
                         ChangeSet(refunds=(RefundLine("r1", "1", "1", 1), RefundLine("r2", "404", "1", 1))))
         any_store.save_data_export(shop, "req-1", "c1", any_store.export_customer(shop, "c1"))
         any_store.redact_customer(shop, "c-gone", ["9"])  # a customer redacted before: its records go with the shop
+        assert any_store.add_beacon_if_installed(shop, [], [signal("sh-1", "p1", shop=shop),
+                                                            signal("sh-2", "p1", kind="click", shop=shop)]) == (0, 2)
     rows = {table: backend.query(f"SELECT shop, COUNT(*) FROM {table} GROUP BY shop") for table in SHOP_TABLES}
     assert all(dict(found).get(SHOP) and dict(found).get(OTHER_SHOP) for found in rows.values()), rows
 
@@ -1331,6 +1340,45 @@ def test_prune_events_deletes_what_is_older_than_the_cutoff(any_store):
     assert any_store.apply(delivery("wh-new", received_at=cutoff), ChangeSet()) is None
     with pytest.raises(ValueError, match="timezone"):
         any_store.prune_events(datetime(2024, 1, 1))
+
+
+def test_a_beacons_views_and_clicks_are_stored_once_and_only_for_an_installed_shop(any_store):
+    # Arrange
+    views = [signal("sh-v", "p1", position=0), signal("sh-v", "p2", position=1), signal("sh-v", "p2", position=2)]
+    click = [signal("sh-c", "p2", kind="click", position=1, at=T0 + timedelta(seconds=5))]
+    beacon_event = [event("p7", customer_id=None, anonymous_id="px-1", dedupe_key="pixel:sh-p",
+                          source_topic="pixel/product_viewed")]
+
+    # Act
+    before = any_store.add_beacon_if_installed(SHOP, beacon_event, views)
+    any_store.set_shop_installed(SHOP, True)
+    stored = any_store.add_beacon_if_installed(SHOP, beacon_event, views + click)
+    again = any_store.add_beacon_if_installed(SHOP, beacon_event, views + click)
+    events_alone = any_store.add_beacon_if_installed(SHOP, [event("p8", dedupe_key="k8")], [])
+
+    # Assert: p2 twice in one view is stored once (its first place)
+    assert (before, stored, again, events_alone) == (None, (1, 3), (0, 0), (1, 0))
+    assert set(any_store.recommendation_summary(SHOP, T0, T0 + timedelta(days=1))) == {("related", 1, 2, 1),
+                                                                                         (None, 1, 2, 1)}
+    assert any_store.recommendation_clicks(SHOP, T0, T0 + timedelta(days=1)) == [
+        RecommendationClick("px-1", "p2", T0 + timedelta(seconds=5), "related", "0" * 32, "sh-c")]
+    assert any_store.count_events(SHOP) == 2, "views and clicks of answers are not events"
+    with pytest.raises(ValueError, match=OTHER_SHOP):
+        any_store.add_beacon_if_installed(SHOP, [], [signal("sh-x", "p1", shop=OTHER_SHOP)])
+
+
+def test_prune_events_deletes_views_and_clicks_of_answers_older_than_the_cutoff(any_store):
+    # Arrange
+    cutoff = T0 + timedelta(days=30)
+    any_store.set_shop_installed(SHOP, True)
+    any_store.add_beacon_if_installed(SHOP, [], [signal("sh-old", "p1"), signal("sh-new", "p2", at=cutoff),
+                                                 signal("sh-click", "p2", kind="click", at=cutoff)])
+
+    # Act
+    any_store.prune_events(cutoff)
+
+    # Assert
+    assert set(any_store.recommendation_summary(SHOP, T0, cutoff)) == {("related", 1, 1, 1), (None, 1, 1, 1)}
 
 
 # --- SQLite only: durability, schema upgrades, bugs ---------------------------------------------
@@ -1501,6 +1549,29 @@ def test_an_upgraded_database_keeps_a_refund_that_comes_before_its_order(tmp_pat
         # Assert
         assert raw(store, "PRAGMA user_version") == [(len(SQLITE_MIGRATIONS),)]
         assert line_weights(store) == [pytest.approx(0.75)]
+    finally:
+        store.close()
+
+
+def test_an_upgraded_database_keeps_views_and_clicks_of_answers(tmp_path):
+    # Arrange: a file at the version before migration 10, holding a pixel's purchase
+    path = tmp_path / "events.sqlite3"
+    with sqlite_file_before(path, "CREATE TABLE recommendation_events") as conn:
+        conn.execute("INSERT INTO events (shop, kind, user_key, anonymous_id, product_id, quantity, occurred_at,"
+                     " source_topic, delivery_id, dedupe_key) VALUES (?, 'purchase', 'a:px-1', 'px-1', 'p1', 1,"
+                     " '2024-03-01T12:00:10.000000+00:00', 'pixel/checkout_completed', 'sh-o', 'pixel:sh-o:p1')",
+                     (SHOP,))
+        conn.execute("INSERT INTO shop_state (shop, installed, changed_at) VALUES (?, 1, '2024-01-01')", (SHOP,))
+
+    # Act
+    store = SQLiteEventStore(path)
+    try:
+        stored = store.add_beacon_if_installed(SHOP, [], [signal("sh-c", "p1", kind="click")])
+
+        # Assert
+        assert raw(store, "PRAGMA user_version") == [(len(SQLITE_MIGRATIONS),)]
+        assert stored == (0, 1)
+        assert [p.product_id for p in store.attributable_purchases(SHOP, T0, T0 + timedelta(days=1))] == ["p1"]
     finally:
         store.close()
 

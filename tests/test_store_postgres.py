@@ -85,7 +85,7 @@ def test_every_migration_is_recorded_once_in_the_tests_own_schema(pg_store, sche
     assert versions == [(v,) for v in range(1, len(POSTGRES_MIGRATIONS) + 1)]
     assert tables == {"schema_migrations", "deliveries", "events", "products", "variants", "identity_links",
                       "inventory_levels", "adjustments", "data_exports", "shop_state", "training_runs",
-                      "pending_refunds", "redactions"}
+                      "pending_refunds", "redactions", "recommendation_events"}
 
 
 def test_reopening_changes_neither_the_schema_nor_its_history(pg_store, schema_url):
@@ -148,7 +148,7 @@ def test_a_schema_elsewhere_on_the_search_path_does_not_stand_in_for_this_ones(p
         versions = run(empty_url, "SELECT version FROM schema_migrations ORDER BY version")
         assert versions == [(v,) for v in range(1, len(POSTGRES_MIGRATIONS) + 1)]
         assert run(empty_url, "SELECT count(*) FROM information_schema.tables WHERE table_schema = %s",
-                   (empty,)) == [(13,)]
+                   (empty,)) == [(14,)]
 
 
 def schema_at_version(url: str, version: int) -> None:
@@ -278,6 +278,33 @@ def test_an_upgraded_schema_records_redactions(schema_url):
         assert run(schema_url, "SELECT max(version) FROM schema_migrations") == [(len(POSTGRES_MIGRATIONS),)]
         assert deleted == 1 and store.count_events(SHOP) == 1
         assert store.redacted(SHOP) == Redactions(frozenset({"6"}), frozenset({"5", "9"}))
+    finally:
+        store.close()
+
+
+def test_an_upgraded_schema_keeps_views_and_clicks_of_answers(schema_url):
+    from recommender.store import RecommendationSignal
+    from recommender.store_postgres import POSTGRES_MIGRATIONS
+
+    # Arrange: a schema at the version before migration 10, holding a pixel's purchase
+    schema_at_version(schema_url, next(k for k, script in enumerate(POSTGRES_MIGRATIONS)
+                                       if "CREATE TABLE recommendation_events" in script))
+    run(schema_url, "INSERT INTO events (shop, kind, user_key, anonymous_id, product_id, quantity, occurred_at,"
+                    " source_topic, delivery_id, dedupe_key) VALUES (%s, 'purchase', 'a:px-1', 'px-1', 'p1', 1,"
+                    " '2024-03-01T12:00:10Z', 'pixel/checkout_completed', 'sh-o', 'pixel:sh-o:p1')", (SHOP,))
+    run(schema_url, "INSERT INTO shop_state VALUES (%s, true, now())", (SHOP,))
+    t0 = datetime(2024, 3, 1, 12, tzinfo=timezone.utc)
+
+    # Act
+    store = open_event_store(schema_url)
+    try:
+        stored = store.add_beacon_if_installed(SHOP, [], [RecommendationSignal(
+            SHOP, "click", "sh-c", "px-1", "0" * 32, "related", "p1", 0, t0)])
+
+        # Assert
+        assert run(schema_url, "SELECT max(version) FROM schema_migrations") == [(len(POSTGRES_MIGRATIONS),)]
+        assert stored == (0, 1)
+        assert [p.product_id for p in store.attributable_purchases(SHOP, t0, t0 + timedelta(days=1))] == ["p1"]
     finally:
         store.close()
 
