@@ -257,7 +257,8 @@ def webhook_pubsub(cloud_event) -> None:
 @functions_framework.http
 @_json_errors
 def collect(request: flask.Request) -> flask.Response:
-    """POST ?shop= with Web Pixel events (sendBeacon): views, cart changes, completed checkouts."""
+    """POST ?shop= with Web Pixel events (sendBeacon): views, cart changes, completed checkouts, and the storefront's
+    views and clicks of `/recommend`'s answers (for attribution, stored apart from the events)."""
     if request.method == "OPTIONS":
         return flask.Response(status=204, headers={"Access-Control-Allow-Origin": "*",
                                                    "Access-Control-Allow-Methods": "POST"})
@@ -270,21 +271,21 @@ def collect(request: flask.Request) -> flask.Response:
     shop = check_shop_domain((request.args.get("shop") or "").lower())
     runtime = _runtime.get()
     payload = pixel.parse_pixel_body(request.get_data(cache=False))
-    events, ignored = pixel.pixel_events(payload, shop)
+    events, signals, ignored = pixel.read_beacon(payload, shop)
     address = _client_address(request, runtime.settings.trusted_proxies)
-    clients = {e.anonymous_id for e in events} or {"-"}
-    cost = max(1, len(events))  # rows to write, for the limit per address
+    clients = {e.anonymous_id for e in events} | {s.client_id for s in signals} or {"-"}
+    cost = max(1, len(events) + len(signals))  # rows to write, for the limit per address
     # A client is charged per storefront event: a checkout of 80 products is one (charged per row, it cost more than
-    # the client's burst and was refused however long the client had waited).
-    taken = max(1, len({e.delivery_id for e in events}))
+    # the client's burst and was refused however long the client had waited), and so is an answer's view.
+    taken = max(1, len({e.delivery_id for e in events} | {s.event_id for s in signals}))
     if not pixel.PER_ADDRESS.allow(f"{shop}|{address}", cost) or not all(
             pixel.PER_CLIENT.allow(f"{shop}|{client}", taken) for client in clients):
         return _json({"error": "rate_limited", "message": "too many events; slow down"}, 429, {"Retry-After": "5"})
     # Stored only if the shop is installed, checked in the same transaction (one round trip on PostgreSQL).
-    stored = runtime.store.add_events_if_installed(shop, events)
+    stored = runtime.store.add_beacon_if_installed(shop, events, signals)
     if stored is None:
         return _json({"error": "unknown_shop", "message": f"{shop} has not installed the app"}, 403)
-    return _json({"status": "stored", "events": stored, "ignored": ignored},
+    return _json({"status": "stored", "events": stored[0], "recommendation_events": stored[1], "ignored": ignored},
                  headers={"Access-Control-Allow-Origin": "*"})
 
 

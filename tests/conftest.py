@@ -181,6 +181,26 @@ def versions_until_swapped(client, url: str, old: str, seconds: float = 30.0) ->
 
 
 @pytest.fixture
+def runtime_stores_closed(monkeypatch):
+    """Every event store a Runtime opens during the test (an app instance's, a command's) closed after it: an app
+    instance is never let go (its import froze it out of the collector's sight), and on PostgreSQL each one kept its
+    connection for the rest of the session."""
+    from recommender.runtime import Runtime
+
+    built = []
+    build = Runtime.from_settings.__func__
+
+    def recorded(cls, *args, **kwargs):
+        built.append(build(cls, *args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(Runtime, "from_settings", classmethod(recorded))
+    yield
+    for runtime in built:
+        runtime.store.close()
+
+
+@pytest.fixture
 def store_of(env):
     """The event store a test app writes to, opened on the same SQLite file."""
     opened = []

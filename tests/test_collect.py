@@ -75,7 +75,7 @@ def test_cart_add_and_removal_and_checkout(installed, store_of):
 def test_other_pixel_events_are_ignored(installed):
     response = collect(installed, {"id": "sh-p", "name": "page_viewed", "timestamp": "2026-11-20T10:00:00Z",
                                    "clientId": "c1", "data": {}})
-    assert response.json == {"status": "stored", "events": 0, "ignored": 1}
+    assert response.json == {"status": "stored", "events": 0, "recommendation_events": 0, "ignored": 1}
 
 
 def test_unknown_shops_are_refused(installed):
@@ -199,7 +199,7 @@ def test_the_extension_posts_what_collect_accepts(installed):
     report = json.loads(result.stdout)
 
     assert report["subscribed"] == ["checkout_completed", "product_added_to_cart", "product_removed_from_cart",
-                                    "product_viewed"]
+                                    "product_viewed", "recommendations_clicked", "recommendations_viewed"]
     [beacon] = report["sent"]
     assert beacon["url"] == f"https://collect.example?shop={SHOP.replace('.', '.')}"
     assert "x@y.z" not in beacon["body"], "no personal data leaves the storefront"
@@ -354,3 +354,133 @@ def test_bug_a_product_put_back_in_the_cart_counts_again(env, event_store_url, b
     finally:
         store.close()
     assert history == ([("801", "add_to_cart")] if in_cart else [])
+
+
+ANSWER = "5f0c8e0d2b6a4a0f9a7f0f4c3f0a9d51"  # a recommendation_id as /recommend makes them
+
+
+def shown(event_id: str = "sh-rv", client: str = "c-rec", **custom) -> dict:
+    """A recommendations_viewed custom event as the pixel receives it: what the theme published is its customData."""
+    return {"id": event_id, "name": "recommendations_viewed", "timestamp": "2026-11-20T10:00:00Z", "clientId": client,
+            "type": "custom", "customData": {"recommendation_id": ANSWER, "intent": "related",
+                                             "product_ids": ["8000000000300", "8000000000220"], **custom}}
+
+
+def clicked(event_id: str = "sh-rc", client: str = "c-rec", **custom) -> dict:
+    return {"id": event_id, "name": "recommendations_clicked", "timestamp": "2026-11-20T10:00:05Z", "clientId": client,
+            "type": "custom", "customData": {"recommendation_id": ANSWER, "intent": "related",
+                                             "product_id": "8000000000220", "position": 1, **custom}}
+
+
+def test_an_answers_view_and_click_are_stored_apart_from_the_events_once(installed, store_of):
+    first = collect(installed, [shown(), clicked(), viewed("sh-pv", "8000000000220", client="c-rec")])
+    retried = collect(installed, [shown(), clicked()])
+
+    assert first.json == {"status": "stored", "events": 1, "recommendation_events": 3, "ignored": 0}
+    assert retried.json == {"status": "stored", "events": 0, "recommendation_events": 0, "ignored": 0}
+    store = store_of(installed)
+    assert [(e.product_id, e.kind.value) for e in store.history(SHOP, "a:c-rec", 10)] == [("8000000000220", "view")]
+
+
+@pytest.mark.parametrize("event, field", [
+    (shown(recommendation_id=None), "events[1].customData.recommendation_id"),
+    (shown(recommendation_id=ANSWER[:31]), "events[1].customData.recommendation_id"),
+    (shown(recommendation_id=ANSWER.upper()), "events[1].customData.recommendation_id"),
+    (shown(recommendation_id=ANSWER[:31] + "g"), "events[1].customData.recommendation_id"),
+    (shown(intent="popular"), "events[1].customData.intent"),
+    (shown(intent=None), "events[1].customData.intent"),
+    (shown(product_ids=[]), "events[1].customData.product_ids must be a list of 1 to 50"),
+    (shown(product_ids=[str(n) for n in range(51)]), "events[1].customData.product_ids must be a list of 1 to 50"),
+    (shown(product_ids="8000000000300"), "events[1].customData.product_ids must be a list"),
+    (shown(product_ids=["8000000000300", "80000000002x0"]), "events[1].customData.product_ids[1]"),
+    (shown(product_ids=[1.5]), "events[1].customData.product_ids[0]"),
+    (shown(product_ids=[True]), "events[1].customData.product_ids[0]"),
+    (clicked(product_id="gid://shopify/Product/1"), "events[1].customData.product_id"),
+    (clicked(product_id=None), "events[1].customData.product_id"),
+    (clicked(position=50), "events[1].customData.position"),
+    (clicked(position=-1), "events[1].customData.position"),
+    (clicked(position="1"), "events[1].customData.position"),
+    (clicked(position=1.0), "events[1].customData.position"),
+    (clicked(position=True), "events[1].customData.position"),
+    ({**clicked(), "customData": None}, "events[1].customData must be an object"),
+    ({**clicked(), "clientId": None}, "events[1].clientId"),
+    ({**clicked(), "id": "sh bad"}, "events[1].id"),
+    ({**shown(), "timestamp": "yesterday"}, "events[1].timestamp"),
+], ids=lambda value: value if isinstance(value, str) else None)
+def test_a_malformed_view_or_click_is_a_400_naming_the_field_and_the_beacon_stores_nothing(installed, store_of,
+                                                                                          event, field):
+    response = collect(installed, [viewed("sh-ok", "5", client="c-rec"), event])
+
+    assert response.status_code == 400
+    assert response.json["error"] == "malformed_payload" and field in response.json["message"]
+    assert store_of(installed).history(SHOP, "a:c-rec", 10) == []
+
+
+def test_views_and_clicks_take_the_pixel_clients_and_addresses_limits(installed):
+    """An answer's view costs its pixel client one token, as a product view does, however many products it showed."""
+    statuses = [collect(installed, shown(f"sh-rl{n}", client="busy", product_ids=[str(n + 1)]),
+                        **{"X-Forwarded-For": "198.51.100.77"}).status_code for n in range(70)]
+
+    assert statuses[:60] == [200] * 60
+    assert 429 in statuses[60:]
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed; the extension's JS is not run")
+def test_the_extension_forwards_the_themes_views_and_clicks_of_answers(installed):
+    """A theme publishes `recommendations_viewed` and `recommendations_clicked` (Shopify.analytics.publish); the pixel
+    gets what it published as `customData` and forwards the fields the backend reads, nothing else."""
+    view = {**shown("sh-js-v"), "context": {"document": {"title": "T"}}}
+    view["customData"] = {**view["customData"], "email": "x@y.z"}
+    click = clicked("sh-js-c")
+    harness = f"""
+    import {{forwardEvents}} from {json.dumps(EXTENSION.as_uri())};
+    const handlers = {{}}, sent = [];
+    forwardEvents({{
+      analytics: {{subscribe: (name, fn) => {{ handlers[name] = fn; }}}},
+      browser: {{sendBeacon: (url, body) => {{ sent.push({{url, body}}); return true; }}}},
+      init: {{data: {{shop: {{myshopifyDomain: "{SHOP}"}}}}}},
+      settings: {{collectUrl: "https://collect.example"}},
+    }});
+    handlers.recommendations_viewed({json.dumps(view)});
+    handlers.recommendations_clicked({json.dumps(click)});
+    console.log(JSON.stringify(sent));
+    """
+    result = subprocess.run(["node", "--input-type=module", "-e", harness], capture_output=True, text=True,
+                            check=True)
+    sent = json.loads(result.stdout)
+
+    assert [json.loads(beacon["body"]) for beacon in sent] == [
+        {"id": "sh-js-v", "name": "recommendations_viewed", "timestamp": view["timestamp"], "clientId": "c-rec",
+         "customData": {"recommendation_id": ANSWER, "intent": "related",
+                        "product_ids": ["8000000000300", "8000000000220"]}},
+        {"id": "sh-js-c", "name": "recommendations_clicked", "timestamp": click["timestamp"], "clientId": "c-rec",
+         "customData": {"recommendation_id": ANSWER, "intent": "related", "product_id": "8000000000220",
+                        "position": 1}}]
+    answers = [collect(installed, beacon["body"]).json for beacon in sent]
+    assert [(a["events"], a["recommendation_events"]) for a in answers] == [(0, 2), (0, 1)]
+
+
+def test_a_beacon_with_views_and_clicks_waits_for_one_round_trip_to_postgresql(app_client, monkeypatch,
+                                                                              runtime_stores_closed):
+    # Arrange: a shop installed on PostgreSQL (its first webhook), then an instance whose store is 50 ms away
+    from tests.conftest import instance_counting_round_trips
+    from tests.postgres_schema import temporary_schema
+
+    with temporary_schema() as url:
+        monkeypatch.setenv("EVENT_STORE_URL", url)
+        assert post_webhook(app_client, "orders/create", order_payload(1, 2, [201])).status_code == 200
+        with instance_counting_round_trips(monkeypatch, url) as (instance, relay):
+            assert collect(instance, viewed("rt-0", "5")).status_code == 200  # the connection opened
+            answers, turns = [], []
+
+            # Act: a view with an answer's view and click; an answer's view alone; both for a shop never installed
+            for shop, beacon in ((SHOP, [viewed("rt-1", "5"), shown("rt-2"), clicked("rt-3")]), (SHOP, shown("rt-4")),
+                                 ("never-installed.myshopify.com", [viewed("rt-5", "5"), shown("rt-6")])):
+                relay.reset()
+                answers.append(collect(instance, beacon, shop=shop))
+                turns.append(relay.turns)
+
+    # Assert: the check and the writes together, one round trip each
+    assert [(r.status_code, r.json.get("recommendation_events", r.json.get("error"))) for r in answers] == [
+        (200, 3), (200, 2), (403, "unknown_shop")]
+    assert turns == [1, 1, 1]

@@ -2,6 +2,8 @@
 
 A Shopify Web Pixel extension posts standard events with `browser.sendBeacon`:
     {id: "sh-<uuid>", name, timestamp, clientId, data: {...}}
+and the custom events a theme publishes about `/recommend`'s answers (`RECOMMENDATION_EVENTS`), with their
+`customData`: views and clicks, stored apart from the events for attribution (`recommender.attribution`).
 These requests are unsigned, so everything is validated strictly, bodies are capped,
 only installed shops are accepted, each client is rate-limited, and events are keyed
 by the pixel's `clientId` alone and marked as the pixel's (`PIXEL_SOURCE_PREFIX`), so that no cart token's link to a
@@ -15,20 +17,37 @@ import re
 import threading
 import time
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from recommender.errors import InvalidEvent
 from recommender.changes import Event
 from recommender.events import EventKind, parse_timestamp
+from recommender.intents import CHAINS, MAX_RESULTS
 from recommender.store import CART_STATE_PREFIX, PIXEL_SOURCE_PREFIX
+from recommender.store import SIGNAL_CLICK, SIGNAL_VIEW, RecommendationSignal
 from webhooks import MalformedPayload
-from webhooks.topics import money, shopify_id
+from webhooks.topics import _quantity, money, shopify_id
 
 MAX_BODY_BYTES = 32 * 1024
 MAX_EVENTS_PER_REQUEST = 20
 TAKEN = ("product_viewed", "product_added_to_cart", "product_removed_from_cart", "checkout_completed")
+# The custom events a theme publishes (`Shopify.analytics.publish(name, customData)`) when it shows an answer of
+# `/recommend` and when a shopper clicks one of its products; the extension forwards them with their `customData`.
+RECOMMENDATIONS_VIEWED, RECOMMENDATIONS_CLICKED = "recommendations_viewed", "recommendations_clicked"
+RECOMMENDATION_EVENTS = (RECOMMENDATIONS_VIEWED, RECOMMENDATIONS_CLICKED)
 _EVENT_ID = re.compile(r"^[A-Za-z0-9_\-:.]{1,128}$")
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9_\-:.]{1,128}$")
+_RECOMMENDATION_ID = re.compile(r"^[0-9a-f]{32}$")  # as `/recommend` makes them: 16 random bytes in lowercase hex
+_PRODUCT_ID = re.compile(r"^[0-9]{1,20}$")
+
+
+class Beacon(NamedTuple):
+    """What one beacon holds: the events to store, the storefront's views and clicks of answers (`signals`), and how
+    many of its events had other names (ignored)."""
+
+    events: list[Event]
+    signals: list[RecommendationSignal]
+    ignored: int
 
 
 def _variant(data: dict, where: str) -> dict:
@@ -51,21 +70,30 @@ def _product_id(variant: dict, where: str, required: bool = True) -> tuple[str |
 
 
 def pixel_events(payload: Any, shop: str, now: datetime | None = None) -> tuple[list[Event], int]:
-    """Translate one event or a list of them; returns (events to store, events ignored). An event dated after `now`
-    (the request's arrival; a browser's clock runs ahead, or a caller writes what it likes) is dated `now`: dated in
-    the future it counted whole in trending and stayed a shopper's latest event for as long as that lasted, and
-    retention never pruned it."""
+    """`read_beacon`'s events, and how many of the beacon's events are not among them: those of other names, and the
+    storefront's views and clicks of answers (which only `read_beacon` returns)."""
+    beacon = read_beacon(payload, shop, now)
+    return beacon.events, beacon.ignored + len({signal.event_id for signal in beacon.signals})
+
+
+def read_beacon(payload: Any, shop: str, now: datetime | None = None) -> Beacon:
+    """Translate one event or a list of them: the events to store, the views and clicks of answers, and how many
+    events had other names. An event dated after `now` (the request's arrival; a browser's clock runs ahead, or a caller
+    writes what it likes) is dated `now`: dated in the future it counted whole in trending and stayed a shopper's
+    latest event for as long as that lasted, and retention never pruned it."""
     now = now or datetime.now(timezone.utc)
     items = payload if isinstance(payload, list) else [payload]
     if not items or len(items) > MAX_EVENTS_PER_REQUEST:
         raise MalformedPayload(f"send 1 to {MAX_EVENTS_PER_REQUEST} events per request")
-    events, ignored = [], 0
+    events: list[Event] = []
+    signals: list[RecommendationSignal] = []
+    ignored = 0
     for position, item in enumerate(items):
         where = f"events[{position}]"
         if not isinstance(item, dict):
             raise MalformedPayload(f"{where} must be an object")
         name = item.get("name")
-        if name not in TAKEN:
+        if name not in TAKEN and name not in RECOMMENDATION_EVENTS:
             ignored += 1
             continue
         event_id, client_id = item.get("id"), item.get("clientId")
@@ -77,6 +105,10 @@ def pixel_events(payload: Any, shop: str, now: datetime | None = None) -> tuple[
             occurred_at = min(parse_timestamp(item.get("timestamp"), f"{where}.timestamp"), now)
         except InvalidEvent as exc:
             raise MalformedPayload(str(exc)) from None
+        if name in RECOMMENDATION_EVENTS:
+            signals.extend(_signals(item.get("customData"), name, f"{where}.customData", shop=shop,
+                                    event_id=event_id, client_id=client_id, occurred_at=occurred_at))
+            continue
         data = item.get("data")
         if not isinstance(data, dict):
             raise MalformedPayload(f"{where}.data must be an object")
@@ -100,8 +132,11 @@ def pixel_events(payload: Any, shop: str, now: datetime | None = None) -> tuple[
                     line["variant"], f"{where}.data.checkout.lineItems[{n}].variant", required=False)
                 if product_id is None:
                     continue
+                # The line's quantity, as orders/create reads it: attribution's revenue is price × quantity
+                quantity = _quantity(line.get("quantity"), f"{where}.data.checkout.lineItems[{n}].quantity")
                 events.append(Event(kind=EventKind.PURCHASE, product_id=product_id, variant_id=variant_id, price=price,
-                                    order_id=order_id, dedupe_key=f"pixel:{event_id}:{product_id}", **common))
+                                    quantity=quantity, order_id=order_id, dedupe_key=f"pixel:{event_id}:{product_id}",
+                                    **common))
             continue
         product_id, variant_id, price = _product_id(_variant(data, f"{where}.data"), f"{where}.data.productVariant")
         if name == "product_viewed":
@@ -111,7 +146,50 @@ def pixel_events(payload: Any, shop: str, now: datetime | None = None) -> tuple[
             events.append(Event(kind=EventKind.ADD_TO_CART, product_id=product_id, variant_id=variant_id, price=price,
                                 dedupe_key=f"{CART_STATE_PREFIX}{client_id}:{product_id}",
                                 weight_factor=0.0 if name == "product_removed_from_cart" else 1.0, **common))
-    return events, ignored
+    return Beacon(events, signals, ignored)
+
+
+def _brief(value: Any) -> str:
+    """A value as an error message quotes it: its repr, cut short."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _product_digits(value: Any, field: str) -> str:
+    """A product id as `/recommend` answers it: a string of digits (an integer is taken too)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        value = str(value)
+    if not isinstance(value, str) or not _PRODUCT_ID.match(value):
+        raise MalformedPayload(f"{field} must be a product id (digits), got {_brief(value)}")
+    return value
+
+
+def _signals(custom: Any, name: str, where: str, **common: Any) -> list[RecommendationSignal]:
+    """A `recommendations_viewed` event's products (each with its place in the answer) or a `recommendations_clicked`
+    event's product, from the `customData` the theme published."""
+    if not isinstance(custom, dict):
+        raise MalformedPayload(f"{where} must be an object")
+    recommendation_id = custom.get("recommendation_id")
+    if not isinstance(recommendation_id, str) or not _RECOMMENDATION_ID.match(recommendation_id):
+        raise MalformedPayload(f"{where}.recommendation_id must be the recommendation_id of a /recommend answer"
+                               f" (32 lowercase hexadecimal characters), got {_brief(recommendation_id)}")
+    intent = custom.get("intent")
+    if not isinstance(intent, str) or intent not in CHAINS:
+        raise MalformedPayload(f"{where}.intent must be one of {', '.join(CHAINS)}, got {_brief(intent)}")
+    answer = {**common, "recommendation_id": recommendation_id, "intent": intent}
+    if name == RECOMMENDATIONS_VIEWED:
+        shown = custom.get("product_ids")
+        if not isinstance(shown, list) or not 1 <= len(shown) <= MAX_RESULTS:
+            raise MalformedPayload(f"{where}.product_ids must be a list of 1 to {MAX_RESULTS} product ids (the"
+                                   f" answer's, in its order), got {_brief(shown)}")
+        return [RecommendationSignal(kind=SIGNAL_VIEW, product_id=_product_digits(product, f"{where}.product_ids[{n}]"),
+                                     position=n, **answer) for n, product in enumerate(shown)]
+    product = _product_digits(custom.get("product_id"), f"{where}.product_id")
+    position = custom.get("position")
+    if isinstance(position, bool) or not isinstance(position, int) or not 0 <= position < MAX_RESULTS:
+        raise MalformedPayload(f"{where}.position must be an integer from 0 to {MAX_RESULTS - 1} (the product's place"
+                               f" in the answer), got {_brief(position)}")
+    return [RecommendationSignal(kind=SIGNAL_CLICK, product_id=product, position=position, **answer)]
 
 
 def parse_pixel_body(raw: bytes) -> Any:
