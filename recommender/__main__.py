@@ -1,8 +1,9 @@
-"""Command line: `python -m recommender {import,train,evaluate}`.
+"""Command line: `python -m recommender {import,train,evaluate,export,backfill,report}`.
 
     python -m recommender import history.csv --shop example.myshopify.com
     python -m recommender train [--shop example.myshopify.com]
     python -m recommender export EXPORT_ID --shop example.myshopify.com
+    python -m recommender report --shop example.myshopify.com [--days 30]
     python -m recommender backfill --shop example.myshopify.com [--since 2025-01-01] [--token-env SHOPIFY_ADMIN_TOKEN]
         [--api rest|graphql]
     python -m recommender evaluate --shop example.myshopify.com [--holdout-days 14 | --last-order] [--tune]
@@ -50,6 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     backfiller.add_argument("--api-version", default="2026-04")
     backfiller.add_argument("--state", help="progress file for resuming (default ./data/backfill-<shop>.json)")
     backfiller.add_argument("--base-url", help="Admin API origin (default https://<shop>; http only to loopback)")
+    reporter = commands.add_parser("report", help="answers viewed, clicks, click-through rate and attributed "
+                                                  "purchases of the storefront's recommendations (JSON)")
+    reporter.add_argument("--shop", required=True, help="shop domain, e.g. example.myshopify.com")
+    reporter.add_argument("--days", type=_positive_days, default=30.0,
+                          help="the window: the last DAYS days (default 30); purchases are credited to a click at most "
+                               "ATTRIBUTION_DAYS (default 7) before them")
     evaluator = commands.add_parser("evaluate", help="offline evaluation of models on held-out interactions")
     add_evaluate_arguments(evaluator)
     args = parser.parse_args(argv)
@@ -74,6 +81,11 @@ def main(argv: list[str] | None = None) -> int:
             from webhooks.backfill import run_backfill_command  # an entry point, like main.py: it may use webhooks
 
             return run_backfill_command(args, os.environ, runtime.store)
+        elif args.command == "report":
+            from recommender.attribution import attribution_report
+
+            print(json.dumps(attribution_report(runtime.store, check_shop_domain(args.shop), args.days,
+                                                runtime.settings.attribution_days), indent=2))
         elif args.command == "export":
             export = runtime.store.data_export(check_shop_domain(args.shop), args.export_id)
             if export is None:
@@ -96,6 +108,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _positive_days(text: str) -> float:
+    try:
+        days = float(text)
+    except ValueError:
+        days = float("nan")
+    if not 0 < days <= 3650:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"must be a number of days > 0 and at most 3650, got {text!r}")
+    return days
 
 
 if __name__ == "__main__":

@@ -98,6 +98,8 @@ class Settings(NamedTuple):
     # proxies of the deployment's own (a load balancer) in front of the functions, each appending to X-Forwarded-For
     # after Google's front end has appended the caller's address: /collect's limit per address reads that entry
     trusted_proxies: int = 0
+    # a pixel purchase is credited to a click on an answer's product at most this many days before it (attribution)
+    attribution_days: float = 7.0
 
     @classmethod
     def from_mapping(cls, env: Mapping[str, str]) -> "Settings":
@@ -139,6 +141,8 @@ class Settings(NamedTuple):
             trust_customer_id_param=_flag(env, "TRUST_CUSTOMER_ID_PARAM"),
             cors_allowed_origins=_origins(env, "CORS_ALLOWED_ORIGINS"),
             trusted_proxies=_read(env, "TRUSTED_PROXIES", int, 0, lambda v: 0 <= v <= 10, "an integer from 0 to 10"),
+            attribution_days=_read(env, "ATTRIBUTION_DAYS", float, 7.0, lambda v: 0 < v <= 365,
+                                   "a number of days > 0 and at most 365"),
         )
         if settings.gate_max_users < settings.gate_min_users:
             raise ConfigError(f"GATE_MAX_USERS ({settings.gate_max_users}) must be at least GATE_MIN_USERS "

@@ -20,6 +20,7 @@ def test_defaults_from_an_empty_mapping():
     assert settings.shopify_api_secret is None
     assert settings.train_token is None
     assert settings.history_limit == 200
+    assert settings.attribution_days == 7.0
     assert settings.training == TrainingConfig(
         factors=32, regularization=0.5, alpha=2.0, iterations=15, seed=42,
         event_weights={EventKind.VIEW: 1.0, EventKind.ADD_TO_CART: 4.0, EventKind.PURCHASE: 10.0},
@@ -80,6 +81,9 @@ def test_values_are_cast(env):
     ("GATE_TOLERANCE", "-0.1"),
     ("TRUSTED_PROXIES", "11"),
     ("TRUSTED_PROXIES", "-1"),
+    ("ATTRIBUTION_DAYS", "0"),
+    ("ATTRIBUTION_DAYS", "366"),
+    ("ATTRIBUTION_DAYS", "a week"),
 ])
 def test_invalid_value_raises_config_error_naming_the_variable(name, value):
     # Act

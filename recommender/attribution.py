@@ -1,0 +1,106 @@
+"""Attribution: were `/recommend`'s answers seen, clicked, and did the clicked products sell?
+
+A theme that renders an answer publishes `recommendations_viewed` (the answer's `recommendation_id`, `intent` and
+`product_ids`) and, on a click, `recommendations_clicked` (`recommendation_id`, `intent`, `product_id`, `position`);
+the Web Pixel extension forwards them to `/collect` (webhooks.pixel), which keeps them in `recommendation_events`,
+keyed by the pixel's client id, apart from the events training reads. Nothing is written on `/recommend`'s path.
+
+`attribution_report` reads them back for one shop and a window of days, per intent and in total:
+
+- answers viewed: the distinct recommendation ids viewed;
+- products shown: the distinct (answer, product) pairs those views showed;
+- clicks: the distinct (answer, product) pairs clicked (a product clicked twice in one answer counts once);
+- click-through rate: clicks / products shown;
+- attributed purchases and revenue: an order line the pixel sent (`checkout_completed`, keyed by the same client id)
+  of a product that browser clicked in an answer at most `attribution_days` before it. Each line is credited to the
+  last such click before it, and counted in the window, under that click's intent, if the click lies in the window.
+  Revenue is price × quantity as the checkout listed the line: the variant's price before discounts, in the checkout's
+  currency. The lines of cancelled orders are left out (`EventStore.attributable_purchases`).
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import defaultdict
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+
+from recommender.store import EventStore, PixelPurchase, RecommendationClick
+
+DEFAULT_REPORT_DAYS = 30.0
+
+
+def attribution_report(store: EventStore, shop: str, days: float = DEFAULT_REPORT_DAYS,
+                       attribution_days: float = 7.0, now: datetime | None = None) -> dict:
+    """The shop's answers viewed, products shown, clicks, click-through rate and attributed purchases and revenue over
+    the `days` before `now`, per intent (in `/recommend`'s order of intents) and in total: a JSON-serialisable dict."""
+    if not days > 0 or not attribution_days > 0:
+        raise ValueError(f"days and attribution_days must be > 0, got {days!r} and {attribution_days!r}")
+    until = now or datetime.now(timezone.utc)
+    since = until - timedelta(days=days)
+    counts = {intent: (viewed, shown, clicked)
+              for intent, viewed, shown, clicked in store.recommendation_summary(shop, since, until)}
+    credited = credit_purchases(store.recommendation_clicks(shop, since, until),
+                                store.attributable_purchases(shop, since, until), timedelta(days=attribution_days))
+    by_intent: dict[str, list[PixelPurchase]] = defaultdict(list)
+    for click, line in credited:
+        by_intent[click.intent].append(line)
+    total = _figures(counts.get(None, (0, 0, 0)), [line for _, line in credited])
+    return {
+        "shop": shop,
+        "since": since.isoformat(),
+        "until": until.isoformat(),
+        "days": days,
+        "attribution_days": attribution_days,
+        "total": total,
+        "by_intent": {intent: _figures(counts.get(intent, (0, 0, 0)), by_intent.get(intent, []))
+                      for intent in _ordered({i for i in counts if i is not None} | set(by_intent))},
+    }
+
+
+def credit_purchases(clicks: list[RecommendationClick], purchases: list[PixelPurchase],
+                     window: timedelta) -> list[tuple[RecommendationClick, PixelPurchase]]:
+    """Each order line paired with the click that gets it: the same browser's last click on the same product at or
+    before the purchase, if it is at most `window` before it (lines without one are left out). An order line the pixel
+    sent twice (two `checkout_completed` events of one order) counts once."""
+    by_pair: dict[tuple[str, str], list[RecommendationClick]] = defaultdict(list)
+    for click in clicks:
+        by_pair[click.client_id, click.product_id].append(click)
+    times = {}
+    for pair, pair_clicks in by_pair.items():
+        pair_clicks.sort(key=lambda click: (click.occurred_at, click.event_id))
+        times[pair] = [click.occurred_at for click in pair_clicks]
+    credited, seen = [], set()
+    for line in sorted(purchases, key=lambda line: (line.occurred_at, line.dedupe_key or "")):
+        pair, order_line = (line.client_id, line.product_id), (line.order_id, line.product_id)
+        if pair not in by_pair or (line.order_id is not None and order_line in seen):
+            continue
+        last = bisect.bisect_right(times[pair], line.occurred_at) - 1
+        if last < 0 or line.occurred_at - times[pair][last] > window:
+            continue
+        if line.order_id is not None:
+            seen.add(order_line)
+        credited.append((by_pair[pair][last], line))
+    return credited
+
+
+def _figures(counts: tuple[int, int, int], lines: list[PixelPurchase]) -> dict:
+    viewed, shown, clicked = counts
+    revenue = sum((Decimal(repr(line.price)) * line.quantity for line in lines if line.price is not None), Decimal(0))
+    return {
+        "answers_viewed": viewed,
+        "products_shown": shown,
+        "clicks": clicked,
+        "click_through_rate": clicked / shown if shown else None,
+        "attributed_purchases": len(lines),
+        "attributed_quantity": sum(line.quantity for line in lines),
+        "attributed_revenue": float(revenue),
+    }
+
+
+def _ordered(intents: set[str]) -> list[str]:
+    """`intents` in `/recommend`'s order (recommender.intents.CHAINS), any other after them by name."""
+    from recommender.intents import CHAINS  # numpy: only for the report
+
+    known = [intent for intent in CHAINS if intent in intents]
+    return known + sorted(intents - set(known))
