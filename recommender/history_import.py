@@ -5,7 +5,8 @@ optionally, quantity. `kind` is view, add_to_cart or purchase; `occurred_at` is
 ISO 8601 and not after the import. The file is UTF-8 (a BOM is skipped). The whole
 file is validated first and stored in one transaction, so a bad row stores nothing;
 importing the same file twice stores it once. Rows of a customer whose data
-customers/redact erased are not stored again (counted as redacted).
+customers/redact erased, dated at or before their redaction, are not stored again
+(counted as redacted); a later row is new data of theirs, stored.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ class HistoryImportError(RecommenderError):
 class ImportResult(NamedTuple):
     rows: int  # rows read from the file
     stored: int  # events newly stored (the others were stored before, or redacted)
-    redacted: int  # rows of customers customers/redact erased, not stored
+    redacted: int  # rows of customers customers/redact erased, dated at or before their redaction: not stored
 
 
 def read_history_csv(handle: TextIO, shop: str, source: str = "import", now: datetime | None = None) -> list[Event]:
@@ -108,7 +109,8 @@ def _read_rows(reader: csv.DictReader, shop: str, source: str, now: datetime) ->
 
 
 def import_history(store: EventStore, path: str | Path, shop: str) -> ImportResult:
-    """Import a CSV file, leaving out the rows of customers redacted in the shop (`EventStore.redacted`)."""
+    """Import a CSV file, leaving out the rows customers/redact erased: of a customer redacted in the shop, dated at
+    or before their redaction (`EventStore.redacted`, `Redactions.withholds`: the stores' own rule)."""
     data = Path(path).read_bytes()
     data = data[len(codecs.BOM_UTF8):] if data.startswith(codecs.BOM_UTF8) else data  # Excel writes a BOM
     try:
@@ -118,6 +120,6 @@ def import_history(store: EventStore, path: str | Path, shop: str) -> ImportResu
         raise HistoryImportError(f"{path}:{line}: not UTF-8 (byte 0x{data[exc.start]:02x}); "
                                  "save the file as CSV UTF-8") from None
     events = read_history_csv(io.StringIO(text, newline=""), shop, source=str(path))
-    redacted = store.redacted(shop).customer_ids
-    kept = [event for event in events if event.customer_id not in redacted]
+    redactions = store.redacted(shop)
+    kept = [e for e in events if not redactions.withholds(e.order_id, e.customer_id, e.occurred_at)]
     return ImportResult(len(events), store.add_events(kept), len(events) - len(kept))

@@ -12,13 +12,14 @@ constraints, not by memory.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Collection, Iterable, NamedTuple, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Collection, Iterable, Mapping, NamedTuple, Protocol, Sequence
 
 from recommender.errors import ConfigError, StoreError
 from recommender.events import CatalogProduct, CatalogVariant, EventKind, order_line_key
@@ -26,6 +27,8 @@ from recommender.events import CatalogProduct, CatalogVariant, EventKind, order_
 if TYPE_CHECKING:
     from recommender.changes import ChangeSet, Delivery, Event  # written by the webhook paths, not read here
     from recommender.event_columns import ColumnTexts, InteractionColumns  # numpy: read where columns are read
+
+log = logging.getLogger(__name__)
 
 # A product is not for sale when it is deleted, not active, unpublished, or has variants and none of them can
 # be bought (none untracked, none selling past zero, none in stock). Written against the `products` table by
@@ -251,6 +254,24 @@ SIGNED_PURCHASE_OF = ("EXISTS (SELECT 1 FROM events AS s WHERE s.shop = {shop} A
                       " AND s.product_id = {product_id} AND s.kind = 'purchase' AND "
                       + not_from_pixel("s.source_topic") + ")")
 
+# What customers/redact erased is not stored again (`redactions`, migration 9): an event of an order it named, or of
+# its customer that occurred at or before the customer's redaction (an order's events occur at its created_at; an
+# event after it is new data of a customer who came back, and is stored). The event's own customer id is read, not a
+# cart token's link (the redaction deleted the customer's links). SQL, both backends (`{shop}`, `{order_id}`,
+# `{customer_id}`, `{occurred_at}`: the event's values): such an event, each look an index read of the primary key.
+# `Redactions.withholds` is the same rule in Python, for import and backfill to count what they leave out.
+REDACTED_EVENT = ("(EXISTS (SELECT 1 FROM redactions AS x WHERE x.shop = {shop} AND x.kind = 'order'"
+                  " AND x.redacted_id = {order_id})"
+                  " OR EXISTS (SELECT 1 FROM redactions AS x WHERE x.shop = {shop} AND x.kind = 'customer'"
+                  " AND x.redacted_id = {customer_id} AND x.redacted_at >= {occurred_at}))")
+
+
+def log_withheld(shop: str, topic: str, delivery_id: str, withheld: int) -> None:
+    """The events of a delivery `REDACTED_EVENT` kept out (the delivery itself is stored and acknowledged)."""
+    log.info("%s delivery %s of %s: %d event(s) not stored, of a customer or order customers/redact erased",
+             topic, delivery_id, shop, withheld)
+
+
 # The columns of `events` a customer's data export lists, in this order, in both backends.
 EVENT_EXPORT_COLUMNS: tuple[str, ...] = (
     "id", "shop", "kind", "user_key", "customer_id", "anonymous_id", "product_id", "variant_id", "quantity", "price",
@@ -388,6 +409,10 @@ _SQLITE_CUSTOMER_EVENTS = (
 )
 
 
+# `REDACTED_EVENT` with SQLite's named markers: parameters (shop, order_id, customer_id, occurred_at), in order.
+_SQLITE_REDACTED_EVENT = REDACTED_EVENT.format(shop="?1", order_id="?2", customer_id="?3", occurred_at="?4")
+
+
 KINDS = {kind.value: kind for kind in EventKind}  # a dict lookup is several times faster than EventKind(value)
 
 
@@ -453,10 +478,20 @@ _INSTALLED_SQL = "SELECT 1 FROM shop_state WHERE shop = ? AND installed = 1"
 
 
 class Redactions(NamedTuple):
-    """What customers/redact erased in one shop (`EventStore.redacted`): what import and backfill must not store."""
+    """What customers/redact erased in one shop (`EventStore.redacted`): what no webhook, import or backfill stores
+    again (`withholds`)."""
 
-    customer_ids: frozenset[str]
+    customers: Mapping[str, datetime]  # each redacted customer's id → the time of their latest redaction
     order_ids: frozenset[str]
+
+    def withholds(self, order_id: str | None, customer_id: str | None, occurred_at: datetime) -> bool:
+        """Whether an event of this order and customer that occurred then is one the redactions erased
+        (`REDACTED_EVENT`, the stores' own check): of an order they named, or of their customer, at or before the
+        customer's redaction."""
+        if order_id is not None and order_id in self.order_ids:
+            return True
+        redacted_at = self.customers.get(customer_id) if customer_id is not None else None
+        return redacted_at is not None and occurred_at <= redacted_at
 
 
 class QueuedShop(NamedTuple):
@@ -771,10 +806,11 @@ class SharedQueries:
         self._write(work)
 
     def redacted(self, shop: str) -> Redactions:
-        """The customers and orders `redact_customer` erased in the shop (one read, for a whole import or backfill)."""
-        rows = self._read(f"SELECT kind, redacted_id FROM redactions WHERE shop = {self._P}", (shop,))
-        return Redactions(frozenset(i for kind, i in rows if kind == "customer"),
-                          frozenset(i for kind, i in rows if kind == "order"))
+        """The customers (with their latest redaction's time) and orders `redact_customer` erased in the shop (one
+        read, for a whole import or backfill)."""
+        rows = self._read(f"SELECT kind, redacted_id, redacted_at FROM redactions WHERE shop = {self._P}", (shop,))
+        return Redactions({i: self._to_time(at) for kind, i, at in rows if kind == "customer"},
+                          frozenset(i for kind, i, _ in rows if kind == "order"))
 
     _TRUE, _FALSE = "1", "0"  # how the dialect writes booleans
 
@@ -1271,9 +1307,21 @@ class SQLiteEventStore(SharedQueries):
         (`pending_refunds`: they came before it) is inserted shrunk by them. A guest's event joins the customer its
         token was linked to, unless a pixel sent it (`PIXEL_SOURCE_PREFIX`). A pixel's purchase of an order weighs 0 if
         another source's purchase of that order and product is stored, and is set to 0 when one comes
-        (`SIGNED_PURCHASE_OF`)."""
+        (`SIGNED_PURCHASE_OF`). An event of a customer or order customers/redact erased is not stored
+        (`REDACTED_EVENT`: of an order it named, or of the customer and at or before their redaction); how many of a
+        delivery's were left out is logged."""
         inserted = 0
+        redacted: dict[tuple, bool] = {}  # a delivery's lines share their order, customer and time: one look each
+        withheld: dict[tuple[str, str, str], int] = {}
         for e in events:
+            look = (e.shop, e.order_id, e.customer_id, iso_utc(e.occurred_at))
+            if look[1] is not None or look[2] is not None:
+                if look not in redacted:
+                    redacted[look] = bool(conn.execute("SELECT " + _SQLITE_REDACTED_EVENT, look).fetchone()[0])
+                if redacted[look]:
+                    key = (e.shop, e.source_topic, e.delivery_id)
+                    withheld[key] = withheld.get(key, 0) + 1
+                    continue
             customer_id, user = e.customer_id, e.user_key
             pixel = e.source_topic.startswith(PIXEL_SOURCE_PREFIX)
             if customer_id is None and e.anonymous_id and not pixel:
@@ -1320,6 +1368,8 @@ class SQLiteEventStore(SharedQueries):
                  weight_factor),
             )
             inserted += 1
+        for (shop, topic, delivery_id), count in withheld.items():
+            log_withheld(shop, topic, delivery_id, count)
         return inserted
 
     @staticmethod
@@ -1453,15 +1503,19 @@ class SQLiteEventStore(SharedQueries):
         The customer's events are those keyed to them and any still-anonymous event of a cart token
         linked to them. Data exports prepared for the customer go too: they are copies of the same data. So do
         the refunds of the listed orders kept for lines not stored yet (`pending_refunds`). The customer and the
-        orders are recorded in `redactions` in the same transaction (the first redaction's time is kept), so that
-        import and backfill do not store them again (`redacted`).
+        orders are recorded in `redactions` in the same transaction, so that no webhook, import or backfill stores
+        them again (`REDACTED_EVENT`, `redacted`): the customer with the time of their latest redaction (what it
+        erased occurred before it: a customer redacted again loses what they did in between too), each order with
+        its first.
         """
         at = iso_utc(datetime.now(timezone.utc))
 
         def work(conn: sqlite3.Connection) -> int:
+            conn.execute("INSERT INTO redactions (shop, kind, redacted_id, redacted_at) VALUES (?, 'customer', ?, ?)"
+                         " ON CONFLICT (shop, kind, redacted_id) DO UPDATE SET"
+                         " redacted_at = max(redacted_at, excluded.redacted_at)", (shop, customer_id, at))
             conn.executemany("INSERT OR IGNORE INTO redactions (shop, kind, redacted_id, redacted_at)"
-                             " VALUES (?, ?, ?, ?)",
-                             [(shop, "customer", customer_id, at), *((shop, "order", o, at) for o in order_ids)])
+                             " VALUES (?, 'order', ?, ?)", [(shop, o, at) for o in order_ids])
             deleted = conn.execute(
                 f"DELETE FROM events WHERE {_SQLITE_CUSTOMER_EVENTS}",
                 {"shop": shop, "customer_id": customer_id, "user_key": f"c:{customer_id}"},

@@ -38,10 +38,10 @@ from recommender.errors import ConfigError, StoreError
 from recommender.changes import ChangeSet, Delivery, Event, RefundLine
 from recommender.events import CatalogProduct, EventKind, order_line_key
 from recommender.store import (
-    CART_STATE_COLUMNS, CART_STATE_PREFIX, EVENT_EXPORT_COLUMNS, KINDS, NOT_FOR_SALE, STOCK_OF_VARIANT,
+    CART_STATE_COLUMNS, CART_STATE_PREFIX, EVENT_EXPORT_COLUMNS, KINDS, NOT_FOR_SALE, REDACTED_EVENT, STOCK_OF_VARIANT,
     SIGNED_PURCHASE_OF, TOPICS_NOT_PROVING_INSTALL, UNSELLABLE_SQL, ActivityBucket, Interaction,
-    SharedQueries, customer_export, export_json, from_pixel, iso_utc, later, latest_wins, not_from_pixel, of_one_shop,
-    refund_adjustment_key, require_aware,
+    SharedQueries, customer_export, export_json, from_pixel, iso_utc, later, latest_wins, log_withheld, not_from_pixel,
+    of_one_shop, refund_adjustment_key, require_aware,
 )
 from recommender.store import RECOMMENDATION_EVENT_COLUMNS, RecommendationSignal  # attribution's
 
@@ -263,7 +263,9 @@ def _events_linked(rows: str, extra: str = "") -> str:
     """FROM the JSON recordset `rows` (a parameter), each row with the customer its guest's token was linked to (none
     for a pixel's), for a purchase (an order line: nothing else is refunded) the units refunds kept for its dedupe
     key refunded (`pending_refunds`) and, for a pixel's purchase of an order, whether a signed purchase of its order
-    and product is stored (`SIGNED_PURCHASE_OF`; one of the same statement is not seen)."""
+    and product is stored (`SIGNED_PURCHASE_OF`; one of the same statement is not seen). A row of a customer or order
+    customers/redact erased is left out (`REDACTED_EVENT`: two probes of the primary key of `redactions`, a row
+    with neither an order nor a customer id none), so nothing is written of it."""
     return (" FROM (SELECT e.*, (SELECT l.customer_id FROM identity_links AS l WHERE e.customer_id IS NULL"
             f" AND e.anonymous_id <> '' AND {not_from_pixel('e.source_topic')}"
             " AND l.shop = e.shop AND l.anonymous_id = e.anonymous_id) AS linked,"
@@ -273,7 +275,10 @@ def _events_linked(rows: str, extra: str = "") -> str:
             + SIGNED_PURCHASE_OF.format(shop="e.shop", order_id="e.order_id", product_id="e.product_id") +
             " END AS signed"
             f" FROM ROWS FROM (json_to_recordset({rows}::json) AS ({_EVENT_COLUMNS}{extra}))"
-            f" WITH ORDINALITY AS e ({_EVENT_NAMES}{', item' if extra else ''}, position) OFFSET 0) AS e")
+            f" WITH ORDINALITY AS e ({_EVENT_NAMES}{', item' if extra else ''}, position)"
+            " WHERE (e.order_id IS NULL AND e.customer_id IS NULL) OR NOT " + REDACTED_EVENT.format(
+                shop="e.shop", order_id="e.order_id", customer_id="e.customer_id", occurred_at="e.occurred_at") +
+            " OFFSET 0) AS e")
 
 
 # A stored row holds the latest of its key's events, not the lowest weight (a pixel's cart signal: CART_STATE_PREFIX;
@@ -365,7 +370,8 @@ def _apply_events(void: str = "") -> str:
         + _events_linked("%(events)s") +
         " WHERE EXISTS (SELECT FROM delivery)),"
         + _STORE_PROPOSED + "," + _INSTALLED_BY_DELIVERY + void +
-        " SELECT EXISTS (SELECT FROM delivery), (SELECT count(*) FROM stored JOIN proposed USING (id))"
+        " SELECT EXISTS (SELECT FROM delivery), (SELECT count(*) FROM stored JOIN proposed USING (id)),"
+        " json_array_length(%(events)s::json) - (SELECT count(*) FROM proposed)"  # withheld, if the delivery is new
     )
 
 
@@ -980,7 +986,7 @@ class PostgresEventStore(SharedQueries):
                 # Whether or not the delivery was new: each refund line counts once by its own key (`adjustments`),
                 # so the refunds need no answer from the statement.
                 self._send_adjustments(conn, delivery.shop, (), [(r, delivery.received_at) for r in changes.refunds])
-                return lambda: self._stored_events(sent)
+                return lambda: self._stored_events(sent, params)
 
             return self._write_pipelined(after_the_locks)
         if _links_page([(delivery, changes)]):  # a checkout's link: one statement after its tokens' locks
@@ -1252,13 +1258,16 @@ class PostgresEventStore(SharedQueries):
     @staticmethod
     def _store_events(conn: psycopg.Connection, params: dict) -> int | None:
         """`apply` of events alone that take no lock: `_APPLY_EVENTS`, one statement, one round trip."""
-        return PostgresEventStore._stored_events(conn.execute(_APPLY_EVENTS, params))
+        return PostgresEventStore._stored_events(conn.execute(_APPLY_EVENTS, params), params)
 
     @staticmethod
-    def _stored_events(sent: psycopg.Cursor) -> int | None:
+    def _stored_events(sent: psycopg.Cursor, params: dict | None = None) -> int | None:
         """What `_APPLY_EVENTS`, `_APPLY_LINKS` or `_INSTALLED_SHOPS_EVENTS` answered: the events new, or None for a
-        delivery stored before or a shop not installed (nothing stored)."""
-        fresh, inserted = sent.fetchone()
+        delivery stored before or a shop not installed (nothing stored). `_APPLY_EVENTS` (its `params` given) also
+        answers how many of a new delivery's events were withheld as redacted, which is logged."""
+        fresh, inserted, *withheld = sent.fetchone()
+        if fresh and params is not None and withheld and withheld[0]:
+            log_withheld(params["shop"], params["topic"], params["webhook_id"], withheld[0])
         return inserted if fresh else None
 
     def add_events(self, events: Iterable[Event]) -> int:
@@ -1504,9 +1513,15 @@ class PostgresEventStore(SharedQueries):
 
     def redact_customer(self, shop: str, customer_id: str, order_ids: Sequence[str]) -> int:
         def work(conn: psycopg.Connection) -> int:
+            # The customer's record takes the latest redaction's time, an order's keeps its first (each order once:
+            # a row this statement inserted cannot be updated by it).
             conn.execute("INSERT INTO redactions (shop, kind, redacted_id, redacted_at)"
-                         " SELECT %s, 'customer', %s, now() UNION ALL SELECT %s, 'order', unnest(%s::text[]), now()"
-                         " ON CONFLICT DO NOTHING", (shop, customer_id, shop, list(order_ids)))
+                         " SELECT %(shop)s, 'customer', %(customer_id)s, now()"
+                         " UNION ALL SELECT %(shop)s, 'order', o, now()"
+                         " FROM (SELECT DISTINCT unnest(%(orders)s::text[]) AS o) AS d"
+                         " ON CONFLICT (shop, kind, redacted_id) DO UPDATE SET redacted_at = excluded.redacted_at"
+                         " WHERE redactions.kind = 'customer' AND redactions.redacted_at < excluded.redacted_at",
+                         {"shop": shop, "customer_id": customer_id, "orders": list(order_ids)})
             deleted = conn.execute(
                 f"DELETE FROM events WHERE {_CUSTOMER_EVENTS}",
                 {"shop": shop, "customer_id": customer_id, "user_key": f"c:{customer_id}"},

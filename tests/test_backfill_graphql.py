@@ -10,6 +10,7 @@ import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -801,5 +802,34 @@ def test_bug_a_backfill_after_customers_redact_does_not_store_the_redacted_order
         assert not {"5002", "5006"} & {i.order_id for i in store.interactions(SHOP)}
         assert store.history(SHOP, "c:2", 10) == [] and store.history(SHOP, "a:order-5002", 10) == []
         assert store.redacted(SHOP).order_ids == {"5002"}
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("api_name", ["rest", "graphql"])
+def test_bug_a_backfill_stores_an_order_a_redacted_customer_placed_after_the_redaction(
+        rest_api, graphql_api, event_store_url, tmp_path, api_name):
+    """BUG webhooks/backfill.py `redacted_order`: every order of a customer customers/redact erased was left out,
+    forever, though one placed after the redaction is new data (the webhooks store it). Now an order of theirs is left
+    out when created at or before their redaction (the webhooks' rule), stored when later."""
+    # Arrange: the shop backfilled, customer 2 redacted (5002 listed); since then 5006 (theirs, older) has changed and
+    # customer 2 has placed order 5201
+    api = rest_api if api_name == "rest" else graphql_api
+    store = open_event_store(event_store_url)
+    try:
+        backfill(api, store, tmp_path, api_name)
+        assert store.redact_customer(SHOP, "2", ["5002"]) == 4
+        placed = (datetime.now(timezone.utc) + timedelta(seconds=2)).replace(microsecond=0)
+        changed = order(5006, 2, [8003, 8001], "2025-03-06T10:00:00Z", updated_at="2025-04-01T00:00:00Z")
+        api.orders = [*(changed if o["id"] == 5006 else o for o in SHOP_ORDERS),
+                      order(5201, 2, [8002], placed.isoformat().replace("+00:00", "Z"))]
+
+        # Act
+        summary = backfill(api, store, tmp_path, api_name)
+
+        # Assert: 5201 stored, 5006's new version not
+        assert (summary["redacted"], summary["orders"], summary["events"]) == (2, 1, 1)  # 5002 read again, and 5006
+        assert [(i.order_id, i.product_id, i.occurred_at) for i in store.history(SHOP, "c:2", 10)] == [
+            ("5201", "8002", placed)]
     finally:
         store.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -13,10 +14,12 @@ import pytest
 from cloudevents.http import CloudEvent, to_structured
 from functions_framework import create_app
 
+from recommender.events import EventKind
 from recommender.model_store import LocalModelStore
 from recommender.training import train_shop
 from recommender.settings import TrainingConfig
 from recommender.store import open_event_store
+from recommender.trending import trending_scores
 from tests.conftest import AUTH, ROOT, SHOP, as_body, order_payload, planted_orders, post_webhook, signed_headers
 
 REDACTED_CUSTOMER = 191167  # the id in Shopify's customers_redact sample
@@ -348,11 +351,85 @@ def test_customers_redact_is_recorded_for_import_and_backfill_and_shop_redact_er
 
         # Assert
         assert (redacted.status_code, redacted.json["events_deleted"], erased.status_code) == (200, 1, 200)
-        assert recorded == (frozenset({str(REDACTED_CUSTOMER)}), frozenset(str(o) for o in ORDERS_TO_REDACT))
-        assert store.redacted(SHOP) == (frozenset(), frozenset())
+        assert (set(recorded.customers), recorded.order_ids) == (
+            {str(REDACTED_CUSTOMER)}, {str(o) for o in ORDERS_TO_REDACT})
+        assert store.redacted(SHOP) == ({}, frozenset())
     finally:
         store.close()
 
+
+
+def test_bug_a_webhook_of_a_redacted_customers_order_after_customers_redact_stores_nothing_but_a_new_order(
+        deployed, caplog):
+    """BUG recommender/store.py `_insert_events` + store_postgres.py `_events_linked`: customers/redact recorded the
+    customer and the orders it named (`redactions`), which only import and backfill read. A webhook of one of those
+    orders delivered after it (a retry; orders/updated, which Shopify sends whenever the merchant edits, fulfils or
+    refunds an old order) stored the erased customer's purchases again. Now such an event is withheld: of an order
+    the redaction named, or of its customer and created at or before it. An order the customer places afterwards is
+    new data, stored."""
+    # Arrange: customer C's order O1 (listed in orders_to_redact), a guest checkout of theirs G (listed too), their
+    # older order O2 (not listed) and someone else's order, two days before the day C comes back
+    client, url = deployed
+    come_back = datetime.now(timezone.utc) + timedelta(seconds=1)
+    day = come_back.replace(hour=12, minute=0, second=0, microsecond=0)  # the middle of that UTC day
+    before = (day - timedelta(days=2)).replace(hour=10).isoformat()
+    customer, o1, g, o2, o3, other = REDACTED_CUSTOMER, ORDERS_TO_REDACT[1], ORDERS_TO_REDACT[0], 880002, 880003, 880009
+    for order in (order_payload(o2, customer, [555], created_at=before),
+                  order_payload(other, 1234, [101], created_at=before)):
+        assert post_webhook(client, "orders/create", order).status_code == 200
+    redact = {"shop_domain": SHOP, "customer": {"id": customer}, "orders_to_redact": ORDERS_TO_REDACT}
+    assert post_webhook(client, "customers/redact", redact).json["events_deleted"] == 1
+
+    # Act: O1's and G's orders/create, whose first attempts failed before the redaction, retried after it; the
+    # merchant fulfils O2 (orders/updated); then C's new order O3, created after the redaction
+    caplog.set_level(logging.INFO, logger="recommender")
+    retried = [post_webhook(client, "orders/create", order_payload(o1, customer, [556], created_at=before)),
+               post_webhook(client, "orders/create", order_payload(g, None, [557], created_at=before,
+                                                                   cart_token="guest-cart"))]
+    updated = post_webhook(client, "orders/updated", {**order_payload(o2, customer, [555], created_at=before),
+                                                      "fulfillment_status": "fulfilled"})
+    again = post_webhook(client, "orders/paid", order_payload(o1, customer, [556], created_at=before))
+    new = post_webhook(client, "orders/create", order_payload(o3, customer, [102, 555],
+                                                              created_at=come_back.isoformat()))
+
+    # Assert: each delivery acknowledged and recorded, none of the erased events stored; O3's two lines stored
+    assert [(r.status_code, r.json["status"], r.json["events"]) for r in (*retried, updated, again, new)] == [
+        (200, "stored", 0)] * 4 + [(200, "stored", 2)]
+    store = open_event_store(url)
+    try:
+        assert sorted(i.product_id for i in store.history(SHOP, f"c:{customer}", 10)) == ["102", "555"]
+        assert store.history(SHOP, "a:guest-cart", 10) == []
+        assert not {str(o1), str(g), str(o2)} & {i.order_id for i in store.interactions(SHOP)}
+        # Trending, by hand: the other customer's 101 two days before (half-life 2 days: 0.5), O3's 102 and 555 on
+        # the day (1 each); nothing of O1 (556), G (557) or O2 (a second 555)
+        ranked = trending_scores(store.activity_since(SHOP, day - timedelta(days=8)), day, 2.0,
+                                 {EventKind.PURCHASE: 1.0})
+        assert ranked == [("102", 1.0), ("555", 1.0), ("101", 0.5)]
+    finally:
+        store.close()
+    withheld = [r.getMessage() for r in caplog.records if "customers/redact erased" in r.getMessage()]
+    assert len(withheld) == 4 and all("1 event(s) not stored" in line for line in withheld)
+
+
+def test_a_redacted_orders_webhook_waits_for_one_round_trip_to_postgresql(app_client, monkeypatch):
+    """The check is part of the order's one statement (`_events_linked`): withheld or not, one round trip."""
+    from tests.conftest import instance_counting_round_trips
+    from tests.postgres_schema import temporary_schema
+
+    with temporary_schema() as url:
+        monkeypatch.setenv("EVENT_STORE_URL", url)
+        assert post_webhook(app_client, "orders/create", order_payload(1, 2, [201])).status_code == 200
+        redact = {"shop_domain": SHOP, "customer": {"id": 2}, "orders_to_redact": [3]}
+        assert post_webhook(app_client, "customers/redact", redact).status_code == 200
+        with instance_counting_round_trips(monkeypatch, url) as (instance, relay):
+            assert post_webhook(instance, "orders/create", order_payload(4, 5, [202])).status_code == 200  # connected
+            answers, turns = [], []
+            for order in (order_payload(3, None, [203]), order_payload(1, 2, [201]), order_payload(5, 6, [204])):
+                relay.reset()
+                answers.append(post_webhook(instance, "orders/updated", order).json["events"])
+                turns.append(relay.turns)
+
+    assert (answers, turns) == ([0, 0, 1], [1, 1, 1])
 
 
 def _redact_body(topic: str, shop: str = SHOP) -> dict:

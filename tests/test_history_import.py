@@ -6,6 +6,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -518,5 +519,34 @@ def test_bug_an_import_after_customers_redact_does_not_store_the_redacted_custom
         assert store.history(SHOP, "c:c1", 10) == []
         assert [(i.user_key, i.product_id) for i in store.interactions(SHOP)] == [("c:c2", "p1"), ("c:c3", "p3")]
         assert import_history(store, path, "other-shop.myshopify.com") == (3, 3, 0), "c1 of another shop is another"
+    finally:
+        store.close()
+
+
+def test_bug_an_import_stores_the_rows_of_a_redacted_customer_dated_after_the_redaction(tmp_path, event_store_url):
+    """BUG recommender/history_import.py: every row of a customer customers/redact erased was left out, forever; a
+    customer who shops again after asking to be forgotten makes new data, which the webhooks store. Now a row is left
+    out when dated at or before the customer's redaction (the webhooks' rule, `REDACTED_EVENT`), stored when later."""
+    # Arrange: c1 redacted; a file with a row of c1 from before the redaction and one from after it
+    from recommender.store import open_event_store
+
+    store = open_event_store(event_store_url)
+    try:
+        assert store.redact_customer(SHOP, "c1", []) == 0
+        redacted_at = datetime.fromisoformat(store.export_customer(SHOP, "c1")["redactions"][0]["redacted_at"])
+        time.sleep(0.01)
+        after = datetime.now(timezone.utc)
+        assert after > redacted_at
+        path = write(tmp_path, HEADER + f"c1,p1,view,{(redacted_at - timedelta(seconds=1)).isoformat()},1\n"
+                                        f"c1,p2,purchase,{after.isoformat()},1\n"
+                                        f"c1,p3,view,{redacted_at.isoformat()},1\n")  # at the redaction: erased
+
+        # Act
+        imported = run_cli(tmp_path, "import", str(path), "--shop", SHOP, store_url=event_store_url)
+
+        # Assert
+        assert imported.returncode == 0, imported.stderr
+        assert json.loads(imported.stdout) == {"rows": 3, "stored": 1, "duplicates": 0, "redacted": 2}
+        assert [(i.product_id, i.occurred_at) for i in store.history(SHOP, "c:c1", 10)] == [("p2", after)]
     finally:
         store.close()

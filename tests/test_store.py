@@ -689,11 +689,12 @@ def test_refunds_kept_for_lines_not_stored_go_with_their_order_their_shop_and_th
     def kept(shop=SHOP):
         return sorted(order for order, in backend.query("SELECT order_id FROM pending_refunds WHERE shop = ?", (shop,)))
 
-    # Act / Assert: customers/redact names order 5 among its orders_to_redact; stored after it, the order is whole
+    # Act / Assert: customers/redact names order 5 among its orders_to_redact; delivered after it, the order is not
+    # stored again (REDACTED_EVENT), and no refund of it is left waiting
     any_store.redact_customer(SHOP, "6", ["5"])
     assert (kept(), kept(OTHER_SHOP)) == (["6", "7"], ["5"])
-    any_store.apply(*webhook_of("orders/create", order_of_one_line(1), "wh-order-5"))
-    assert line_weights(any_store) == [1.0]
+    assert any_store.apply(*webhook_of("orders/create", order_of_one_line(1), "wh-order-5")) == 0
+    assert line_weights(any_store) == [] and kept() == ["6", "7"]
 
     # retention: received before the cutoff
     any_store.prune_events(cutoff)
@@ -1127,21 +1128,26 @@ def test_redact_customer_records_the_customer_and_its_orders_for_import_and_back
     """The gap: a redaction left no trace, so an import of an old file or a backfill stored the customer again."""
     # Arrange
     populate_a_customer(any_store)
-    assert any_store.redacted(SHOP) == Redactions(frozenset(), frozenset())
+    assert any_store.redacted(SHOP) == Redactions({}, frozenset())
 
     # Act
     any_store.redact_customer(SHOP, "c1", ["2", "404"])
-    first = backend.query("SELECT kind, redacted_id, redacted_at FROM redactions WHERE shop = ? ORDER BY 1, 2",
-                          (SHOP,))
+    first = any_store.redacted(SHOP)
+    orders = backend.query("SELECT kind, redacted_id, redacted_at FROM redactions WHERE shop = ? AND kind = 'order'"
+                           " ORDER BY 1, 2", (SHOP,))
     any_store.redact_customer(SHOP, "c1", ["2", "2", "405"])  # Shopify sends a redaction again, one more order
 
     # Assert
-    assert any_store.redacted(SHOP) == Redactions(frozenset({"c1"}), frozenset({"2", "404", "405"}))
-    assert any_store.redacted(OTHER_SHOP) == Redactions(frozenset(), frozenset())
-    assert [row[:2] for row in first] == [("customer", "c1"), ("order", "2"), ("order", "404")]
-    again = backend.query("SELECT kind, redacted_id, redacted_at FROM redactions WHERE shop = ? AND redacted_id <> ?"
-                          " ORDER BY 1, 2", (SHOP, "405"))
-    assert again == first, "each record keeps the time it was first redacted"
+    again = any_store.redacted(SHOP)
+    assert (set(first.customers), first.order_ids) == ({"c1"}, {"2", "404"})
+    assert (set(again.customers), again.order_ids) == ({"c1"}, {"2", "404", "405"})
+    assert any_store.redacted(OTHER_SHOP) == Redactions({}, frozenset())
+    assert first.customers["c1"].tzinfo is not None
+    # The customer's record moves to the latest redaction: what they did before it, in between too, was erased. An
+    # order's keeps its first time (an order redacted is never stored again, whenever).
+    assert again.customers["c1"] > first.customers["c1"]
+    assert backend.query("SELECT kind, redacted_id, redacted_at FROM redactions WHERE shop = ? AND kind = 'order'"
+                         " AND redacted_id <> ? ORDER BY 1, 2", (SHOP, "405")) == orders
 
 
 def test_bug_the_data_request_export_leaves_out_the_redaction_records_kept_of_the_customer(any_store):
@@ -1173,7 +1179,7 @@ def test_a_failed_redaction_records_nothing(any_store, backend):
 
     # Assert: one transaction: neither the deletion nor the record happened
     backend.cure("redactions")
-    assert any_store.redacted(SHOP) == Redactions(frozenset(), frozenset())
+    assert any_store.redacted(SHOP) == Redactions({}, frozenset())
     assert any_store.count_events(SHOP) == 6
 
 
@@ -1204,8 +1210,9 @@ def test_redact_shop_empties_every_table_of_that_shop_only(any_store, backend):
     assert any_store.products(SHOP) == {} and any_store.deleted_product_ids(SHOP) == set()
     assert any_store.interactions(SHOP) == [] and any_store.data_export(SHOP, "req-1") is None
     assert any_store.count_events(OTHER_SHOP) == 6
-    assert any_store.redacted(SHOP) == Redactions(frozenset(), frozenset())
-    assert any_store.redacted(OTHER_SHOP) == Redactions(frozenset({"c-gone"}), frozenset({"9"}))
+    assert any_store.redacted(SHOP) == Redactions({}, frozenset())
+    redacted = any_store.redacted(OTHER_SHOP)
+    assert (set(redacted.customers), redacted.order_ids) == ({"c-gone"}, {"9"})
 
 
 def test_export_customer_lists_every_column_of_their_events_and_their_links(any_store):
@@ -1594,7 +1601,8 @@ def test_an_upgraded_database_records_redactions(tmp_path):
         # Assert
         assert raw(store, "PRAGMA user_version") == [(len(SQLITE_MIGRATIONS),)]
         assert deleted == 1 and store.count_events(SHOP) == 1
-        assert store.redacted(SHOP) == Redactions(frozenset({"6"}), frozenset({"5", "9"}))
+        redacted = store.redacted(SHOP)
+        assert (set(redacted.customers), redacted.order_ids) == ({"6"}, {"5", "9"})
     finally:
         store.close()
 

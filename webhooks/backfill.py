@@ -10,7 +10,9 @@ one delivery whose webhook id is derived from the record
 (`backfill:orders:<id>:<updated_at>`), so a re-run stores nothing new, a record
 changed since the last run is applied again, and an order already received by
 webhook adds no events (its lines dedupe on their keys). An order customers/redact erased, by its id or as one
-of its customer's (`EventStore.redacted`, read once a run), is not stored again: it is counted as `redacted`.
+of its customer's created at or before their redaction (`EventStore.redacted`, read once a run), is not stored
+again: it is counted as `redacted` (the store withholds its events all the same, `REDACTED_EVENT`, should the
+redaction come while the run goes on: such an order counts as stored, with no events).
 
 Each page of products brings every location's stock level of its variants' inventory items
 (`inventory_levels.json?inventory_item_ids=`, 50 items a request, paged), stored after the page
@@ -53,7 +55,8 @@ from recommender.settings import Secret
 from recommender.store import EventStore, Redactions
 from webhooks import MalformedPayload, WebhookError
 from webhooks.topics import (
-    TopicContext, inventory_level_updated, order_created, product_upserted, refund_created, shopify_id,
+    TopicContext, inventory_level_updated, order_created, order_occurred_at, product_upserted, refund_created,
+    shopify_id,
 )
 
 log = logging.getLogger(__name__)
@@ -549,16 +552,20 @@ def _store_page(config: BackfillConfig, store: EventStore, resource: str, record
 
 
 def redacted_order(order: dict, redactions: Redactions) -> bool:
-    """Whether customers/redact erased the order: named in its `orders_to_redact`, or one of the customer's (an
-    order whose customer Shopify has removed since is found by its id alone)."""
+    """Whether customers/redact erased the order: named in its `orders_to_redact`, or one of the customer's created
+    at or before their redaction (`Redactions.withholds`, the stores' own rule; an order whose customer Shopify has
+    removed since is found by its id alone; one the customer placed after it is new data, stored)."""
     try:
         order_id = shopify_id(order.get("id"), "id", required=False)
         customer = order.get("customer")
         customer_id = shopify_id(customer.get("id"), "customer.id", required=False) \
             if isinstance(customer, dict) else None
+        if order_id in redactions.order_ids:
+            return True
+        return customer_id in redactions.customers and redactions.withholds(order_id, customer_id,
+                                                                            order_occurred_at(order))
     except MalformedPayload:
         return False  # the translator reports it and skips it
-    return order_id in redactions.order_ids or customer_id in redactions.customer_ids
 
 
 def _store_records(config: BackfillConfig, store: EventStore, records: list[dict], totals: BackfillTotals, topic: str,

@@ -1,6 +1,7 @@
 """The mandatory privacy webhooks every App Store app must honour, and app/uninstalled.
 
-    customers/redact        delete every event of the customer and of the listed orders
+    customers/redact        delete every event of the customer and of the listed orders, and store none of them
+                            again (the customer's: none from before the redaction)
     shop/redact             delete everything the shop has, models included
     customers/data_request  export what is stored about the customer, kept for the merchant
     app/uninstalled         stop serving the shop (answers for everyone: within ANSWER_CACHE_SECONDS)

@@ -92,6 +92,12 @@ def _timestamp(payload: dict, *fields: str) -> datetime:
     raise MalformedPayload(f"{' or '.join(fields)} is missing")
 
 
+def order_occurred_at(order: dict) -> datetime:
+    """When an order's events occurred: the order's `created_at` (`processed_at` if it has none), whichever topic or
+    version of the order carries it (an orders/updated of an old order is as old as the order)."""
+    return _timestamp(order, "created_at", "processed_at")
+
+
 def order_created(ctx: TopicContext, order: dict) -> ChangeSet:
     """A purchase per line item that names a product; custom lines (no product_id) are skipped.
 
@@ -105,7 +111,7 @@ def order_created(ctx: TopicContext, order: dict) -> ChangeSet:
     customer_id = shopify_id(customer.get("id"), "customer.id", required=False)
     # A guest order still teaches "bought together": key it by its cart, else by the order itself.
     anonymous_id = None if customer_id else str(order.get("cart_token") or f"order-{order_id}")
-    occurred_at = _timestamp(order, "created_at", "processed_at")
+    occurred_at = order_occurred_at(order)
     cancelled = bool(order.get("cancelled_at")) or ctx.topic == "orders/cancelled"
     events = []
     for position, line in enumerate(_list(order, "line_items")):
