@@ -132,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
             judged = (f"NDCG@10 {gate['candidate']['ndcg@10']:.3f} vs best sellers {gate['popularity']['ndcg@10']:.3f}"
                       f" and trending {gate['trending']['ndcg@10']:.3f} on the last week"
                       if "candidate" in gate and "skipped" not in gate else gate.get("skipped", "gate off"))
+            if gate.get("verdict") == "below_baseline":  # a first model that lost: published, personalized left to it
+                judged += f" (below {gate['baseline'].replace('_', ' ')}, which serves personalized answers)"
             print(f"  published {run['version']}: {run['users']} shoppers, {run['items']} products, "
                   f"{run['events']} events; quality gate: {judged}")
 

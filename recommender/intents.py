@@ -10,8 +10,13 @@
 
 A step that lacks the data to answer says why (`no_history`, `thin_history`, `unknown_product`,
 `thin_product_data`, `no_copurchase_data`, `no_recent_activity`, `no_purchases`, `no_views`,
-`no_model`); the first such reason is reported
+`no_model`, `model_below_baseline`); the first such reason is reported
 as `fallback_from`/`fallback_reason`, and every item names the strategy that served it.
+
+A model the quality gate published below a baseline (a shop's first, say, where best sellers ranked the
+holdout's purchases better) never answers `personalized`, the ranking the gate judged: that step says
+`model_below_baseline` and the baseline that won (`popular` for best sellers, or `trending`) follows it,
+then the other (BELOW_BASELINE_CHAINS). Its related and complementary answers are the model's as usual.
 """
 
 from __future__ import annotations
@@ -50,6 +55,20 @@ CHAINS = {
     "complementary": ("complementary", "related", "trending", "popular"),
     "trending": ("trending", "popular"),
 }
+
+
+def below_baseline_chain(chain: tuple[str, ...], baseline: str) -> tuple[str, ...]:
+    """`chain` for a model published below `baseline` (`popular` or `trending`): personalized, which such a model
+    refuses, is followed by that baseline and then the other one, in place of what followed it (for the personalized
+    intent, related to the shopper's history: the model's view of the shopper, which the gate found wanting)."""
+    if "personalized" not in chain:
+        return chain
+    other = "trending" if baseline == "popular" else "popular"
+    return chain[:chain.index("personalized") + 1] + (baseline, other)
+
+
+BELOW_BASELINE_CHAINS = {baseline: {intent: below_baseline_chain(chain, baseline) for intent, chain in CHAINS.items()}
+                         for baseline in ("popular", "trending")}
 SHOPPER_INTENTS = ("personalized", "buy_it_again", "recently_viewed")  # answers that depend on one shopper
 # Strategies that score the model's rows and leave out the catalog's blocked rows and the request's excluded ones
 # themselves: their candidates need no second look by product id.
@@ -291,7 +310,9 @@ class Recommender:
         picked: list[tuple[str, float, str, str | None]] = []
         seen: set[str] = set()
         fallback_from = fallback_reason = None
-        for strategy in CHAINS[request.intent]:
+        chain = (CHAINS[request.intent] if model is None or model.below_baseline is None
+                 else BELOW_BASELINE_CHAINS[model.below_baseline][request.intent])
+        for strategy in chain:
             candidates, reason = self._run(strategy, request, model, history, history_rows,
                                            blocked, excluded_rows)
             if candidates is None:
@@ -385,6 +406,8 @@ class Recommender:
             rows = model.popular_rows_allowed(request.n, blocked, excluded_rows)
             return _from_rows(model, rows, model.popularity_score, None), None
         if strategy == "personalized":
+            if model.below_baseline is not None:  # the gate's baseline answers in its place (BELOW_BASELINE_CHAINS)
+                return None, "model_below_baseline"
             rows, weights = model.history_weights(history, history_rows)
             if len(rows) == 0:
                 return None, "no_history"

@@ -7,7 +7,12 @@ model was published without one). A shop whose window is too small to judge (few
 `min_users` customers ranked: those with older history and a product new to them), or on which
 every model scores 0 (its products all launched in it, say), is trained and published with the
 gate marked skipped; so is a shop with no model yet whose candidate only ties the baselines (the
-same rankings): new shops still get a model. Every run leaves a log beside the shop's models.
+same rankings). A shop with no model, or whose current model was itself published below a baseline,
+gets its candidate even when a baseline beats it: published with the gate's verdict `below_baseline`
+and the baseline that won (`best_sellers` or `trending`), which personalized answers serve in the
+model's place (recommender/intents.py) while related and complementary answers use the model; the
+gate judged next purchases, not those. A shop with any other model keeps it over a losing candidate.
+Every run leaves a log beside the shop's models.
 """
 
 from __future__ import annotations
@@ -51,16 +56,25 @@ class GateConfig:
                              f"({self.min_users}): fewer customers than that cannot be judged")
 
 
-def _previous_metric(model_store: ModelStore, shop: str, metric: str) -> float | None:
-    """The metric the current model scored when it was published: its run's, the newest published one. None when
-    that run has none (published with the gate off, skipped or undecided) or none of the newest 50 runs published:
-    no bar then, rather than an older model's, one no longer served."""
+BELOW_BASELINE = "below_baseline"  # the gate's verdict on a model published though a baseline beat it
+
+
+def _current_gate(model_store: ModelStore, shop: str) -> dict | None:
+    """What the gate saw when the current model was published: its run's, the newest published one ({} when that run
+    has none: published with the gate off). None when none of the newest 50 runs published: no model, or one whose
+    run is not at hand."""
     for run in itertools.islice(model_store.newest_runs(shop), 50):  # each log read when reached: mostly the newest
         if run.get("published"):
-            gate = run.get("gate") or {}
-            candidate = gate.get("candidate") or {}
-            return float(candidate[metric]) if metric in candidate and "skipped" not in gate else None
+            return run.get("gate") or {}
     return None
+
+
+def _previous_metric(gate: dict, metric: str) -> float | None:
+    """The metric the current model scored when it was published (`gate`: `_current_gate`'s). None when its run has
+    none (published with the gate off, skipped or undecided): no bar then, rather than an older model's, one no
+    longer served."""
+    candidate = gate.get("candidate") or {}
+    return float(candidate[metric]) if metric in candidate and "skipped" not in gate else None
 
 
 def split_for_gate(columns: InteractionColumns, cutoff: datetime):
@@ -117,7 +131,7 @@ def _judge(model_store: ModelStore, shop: str, config: TrainingConfig, gate: Gat
     seen = result.to_dict()
     metric = result.metric
     score = result.candidate[metric]
-    baselines = {"best sellers": result.popularity[metric]}
+    baselines = {"best_sellers": result.popularity[metric]}
     if result.trending is not None:
         baselines["trending"] = result.trending[metric]
     if score == 0 and not any(baselines.values()):
@@ -125,23 +139,40 @@ def _judge(model_store: ModelStore, shop: str, config: TrainingConfig, gate: Gat
         seen["skipped"] = (f"every model scored {metric} 0 on the {result.users} customers ranked: the gate cannot "
                            f"tell them apart")
         return seen, None
+    # The current model's gate, as its run logged it; None: the shop has no model (the model store's pointer is read
+    # only for a candidate that does not beat the baselines and no published run at hand). A candidate that loses is
+    # kept from publishing only by a model that did not lose itself: with none, or one published below a baseline, it
+    # is published (on fresher events) whatever it scores.
+    current = _current_gate(model_store, shop)
+    if current is None and not result.passed and model_store.latest(shop) is not None:
+        current = {}  # a model whose run is not at hand: taken for one that passed
+    replaceable = current is None or current.get("verdict") == BELOW_BASELINE
     tied = [name for name, value in baselines.items() if score == value]
-    if tied and all(score >= value for value in baselines.values()) and model_store.latest(shop) is None:
-        # identical rankings (two products, say): keeping would leave the shop with no model at all
-        ties = " and ".join(f"{name} ({baselines[name]:.4f})" for name in tied)
-        seen["skipped"] = (f"{metric} {score:.4f} ties {ties}: the gate cannot tell the models apart, and the shop "
-                           f"has no model to keep")
+    if tied and all(score >= value for value in baselines.values()) and replaceable:
+        # identical rankings (two products, say): as good as the baselines, and no better model to keep
+        ties = " and ".join(f"{name.replace('_', ' ')} ({baselines[name]:.4f})" for name in tied)
+        seen["skipped"] = (f"{metric} {score:.4f} ties {ties}: the gate cannot tell the models apart, and "
+                           + ("the shop has no model to keep" if current is None else
+                              "the shop's model was published below a baseline"))
         return seen, None
     reasons = []
     if not result.beats_popularity:
         reasons.append(f"{metric} {score:.4f} does not beat best sellers ({result.popularity[metric]:.4f})")
     if result.beats_trending is False:
         reasons.append(f"{metric} {score:.4f} does not beat trending ({result.trending[metric]:.4f})")
-    previous = _previous_metric(model_store, shop, metric)
+    previous = _previous_metric(current, metric) if current is not None else None
+    seen["previous"] = previous
+    if replaceable:  # nothing to keep in its place: published, marked below the baseline that won if one did
+        if reasons:
+            seen["verdict"] = BELOW_BASELINE
+            seen["baseline"] = max(baselines, key=baselines.__getitem__)  # the best one; on a tie, best sellers
+            log.warning("%s: %s; published all the same (%s): its personalized answers serve %s", shop,
+                        "; ".join(reasons), "no model yet" if current is None else "its model was below a baseline too",
+                        seen["baseline"].replace("_", " "))
+        return seen, None
     if previous is not None and score < previous * (1.0 - gate.tolerance):
         reasons.append(f"{metric} {score:.4f} is more than {gate.tolerance:.0%} below the current model's "
                        f"{previous:.4f}")
-    seen["previous"] = previous
     return seen, "; ".join(reasons) or None
 
 

@@ -40,6 +40,18 @@ HEAD_MARGIN = 1e-4  # relative: float32 products may exceed the exact bound by a
 HEAD_TRIAL = 64  # answers after which a head that answered fewer than HEAD_MIN_HIT_RATE of them is dropped
 HEAD_MIN_HIT_RATE = 0.25
 HEAD_BUILD_DELAY_SECONDS = 1.0  # after a model's first personalized answer: the cold start's first answers go first
+# The strategy that serves personalized answers in place of a model the quality gate published below a baseline
+# (recommender/retraining.py): the baseline that won, by the name its log gives it.
+BASELINE_STRATEGIES = {"best_sellers": "popular", "trending": "trending"}
+
+
+def below_baseline_strategy(metadata: dict) -> str | None:
+    """`popular` or `trending` for an artifact whose gate's verdict was `below_baseline` (the baseline that beat it);
+    None for any other."""
+    quality = metadata.get("quality")
+    if not isinstance(quality, dict) or quality.get("verdict") != "below_baseline":
+        return None
+    return BASELINE_STRATEGIES.get(quality.get("baseline"), "popular")
 
 
 class NormHead:
@@ -203,6 +215,10 @@ class ServingModel:
         self.regularized_gramian = artifact.gramian.astype(np.float64) + artifact.regularization * np.eye(n_factors)
         self._inverse_gramian: np.ndarray | None = None  # (λI + YᵀY)⁻¹, made on the first fold-in
         self.alpha = artifact.alpha
+        # Read once here, not per answer: the baseline personalized answers serve instead (None: the model serves them)
+        self.below_baseline = below_baseline_strategy(artifact.metadata)
+        if self.below_baseline is not None:
+            self._head = False  # it scores no shopper: no NormHead, nor one counted in `full_nbytes`
         weights = artifact.metadata.get("event_weights", {})
         self.event_weights = {kind: float(weights.get(kind.value, 0.0)) for kind in EventKind}
         self._popularity = artifact.popularity

@@ -1174,14 +1174,14 @@ def test_gcs_newest_runs_lists_once_and_downloads_each_log_only_when_it_is_reach
 
 
 def test_gcs_the_quality_gate_reads_the_newest_published_log_only_for_the_current_models_metric(gcs):
-    from recommender.retraining import _previous_metric
+    from recommender.retraining import _current_gate, _previous_metric
 
     for n in range(30):  # a month of nights, each published with its gate's metric
         gcs.store.record_run(SHOP, {"published": True, "gate": {"candidate": {"ndcg@10": n / 100}}})
     gcs.store.record_run(SHOP, {"published": False, "gate": {"candidate": {"ndcg@10": 0.9}}})  # last night: kept
     mark = gcs.emulator.mark()
 
-    metric = _previous_metric(gcs.store, SHOP, "ndcg@10")
+    metric = _previous_metric(_current_gate(gcs.store, SHOP), "ndcg@10")
 
     assert metric == 0.29
     assert len(gcs.emulator.requests_since(mark)) == 3  # the listing and the two newest logs, of 31

@@ -74,18 +74,62 @@ def test_a_model_that_beats_the_baselines_is_published_with_its_run_log(store, m
     assert artifact.metadata["quality"]["candidate"]["ndcg@10"] == pytest.approx(gate["candidate"]["ndcg@10"])
 
 
-def test_a_model_that_loses_to_best_sellers_is_not_published_and_says_why(store, models):
+def test_a_model_that_loses_to_best_sellers_is_not_published_over_one_that_passed_and_says_why(store, models,
+                                                                                                tmp_path):
+    # Arrange: the shop's current model passed the gate (trained on the shop's tastes, in an event store of its own)
+    earlier = open_event_store(f"sqlite:///{tmp_path}/earlier.sqlite3")
+    tastes_shop(earlier)
+    [current] = run_scheduled_training(earlier, models, CONFIG, GATE, now=NOW - timedelta(days=1))["trained"]
+    earlier.close()
+    assert current["gate"]["passed"]
     tastes_shop(store, structured=False)
 
+    # Act
     report = run_scheduled_training(store, models, CONFIG, GATE, now=NOW)
 
+    # Assert
     assert report["trained"] == []
     [kept] = report["kept"]
     # The last week's only new item is the best seller, which both baselines rank first: a perfect 1.0 for each.
     assert "does not beat best sellers (1.0000)" in kept["reason"]
     assert "does not beat trending (1.0000)" in kept["reason"]
-    assert models.latest(SHOP) is None
+    assert "verdict" not in kept["gate"]
+    assert models.latest(SHOP).version == current["version"]
     assert models.runs(SHOP)[0]["published"] is False
+
+
+def test_a_first_model_that_loses_to_best_sellers_is_published_marked_below_them(store, models):
+    # Regression: a shop with no model got none (every intent but trending 503 model_not_ready) while best sellers
+    # beat its candidate, as they often do on a small or new shop
+    tastes_shop(store, structured=False)
+
+    report = run_scheduled_training(store, models, CONFIG, GATE, now=NOW)
+
+    assert report["kept"] == []
+    [record] = report["trained"]
+    gate = record["gate"]
+    assert not gate["beats_popularity"] and gate["popularity"]["ndcg@10"] == gate["trending"]["ndcg@10"] == 1.0
+    assert (gate["verdict"], gate["baseline"]) == ("below_baseline", "best_sellers")  # a tie of baselines: best sellers
+    assert models.latest(SHOP).version == record["version"]
+    assert models.load(models.latest(SHOP)).metadata["quality"]["verdict"] == "below_baseline"
+    assert models.runs(SHOP)[0]["gate"]["baseline"] == "best_sellers"
+
+
+@pytest.mark.parametrize("verdict, published", [("below_baseline", True), (None, False)])
+def test_the_tolerance_bar_never_keeps_a_model_published_below_a_baseline(store, models, verdict, published):
+    # The current model is recorded as having scored 0.99, published below a baseline (`verdict`) or not: the
+    # candidate, far below 0.99 but above both baselines, replaces the former and not the latter
+    tastes_shop(store)
+    [first] = run_scheduled_training(store, models, CONFIG, NO_GATE, now=NOW - timedelta(hours=1))["trained"]
+    current = {"candidate": {"ndcg@10": 0.99}, **({"verdict": verdict, "baseline": "best_sellers"} if verdict else {})}
+    models.record_run(SHOP, {"published": True, "gate": current})
+
+    report = run_scheduled_training(store, models, CONFIG, GATE, now=NOW)
+
+    assert (len(report["trained"]), len(report["kept"])) == ((1, 0) if published else (0, 1))
+    gate = (report["trained"] or report["kept"])[0]["gate"]
+    assert gate["passed"] and gate["previous"] == 0.99 and "verdict" not in gate
+    assert models.latest(SHOP).version == (report["trained"][0] if published else first)["version"]
 
 
 def test_a_drop_below_the_current_models_metric_keeps_the_current_model(store, models):
