@@ -584,12 +584,13 @@ def require_aware(moment: datetime, name: str) -> datetime:
     return moment
 
 
-def of_one_shop(shop: str, events: Iterable[Event]) -> list[Event]:
-    """`events` as a list, each checked to be `shop`'s (`add_events_if_installed` checks that shop alone)."""
-    batch = list(events)
-    strangers = {e.shop for e in batch} - {shop}
+def of_one_shop(shop: str, items: Iterable[Any], what: str = "events") -> list[Any]:
+    """`items` (events, or an answer's views and clicks) as a list, each checked to be `shop`'s
+    (`add_events_if_installed` and `add_beacon_if_installed` check that shop alone)."""
+    batch = list(items)
+    strangers = {item.shop for item in batch} - {shop}
     if strangers:
-        raise ValueError(f"events of {', '.join(sorted(strangers))} given with {shop}'s install check")
+        raise ValueError(f"{what} of {', '.join(sorted(strangers))} given with {shop}'s install check")
     return batch
 
 
@@ -1000,15 +1001,6 @@ class SharedQueries:
 
     # --- attribution (recommender.attribution) ---------------------------------------------------------------
 
-    @staticmethod
-    def _signals_of(shop: str, signals: Sequence[RecommendationSignal]) -> list[RecommendationSignal]:
-        """`signals` as a list, each checked to be `shop`'s (`add_beacon_if_installed` checks that shop alone)."""
-        batch = list(signals)
-        strangers = {s.shop for s in batch} - {shop}
-        if strangers:
-            raise ValueError(f"signals of {', '.join(sorted(strangers))} given with {shop}'s install check")
-        return batch
-
     def recommendation_summary(self, shop: str, since: datetime,
                                until: datetime) -> list[tuple[str | None, int, int, int]]:
         """Between `since` and `until` (both included), per intent and then for all of them (intent None): the answers
@@ -1284,7 +1276,7 @@ class SQLiteEventStore(SharedQueries):
         """A pixel's beacon: `add_events_if_installed` of its events and its signals (`recommendation_events`, each
         pixel event and product once) in the same transaction, if the shop is installed: (events new, signals new), or
         None and nothing stored."""
-        batch, marks = of_one_shop(shop, events), self._signals_of(shop, signals)
+        batch, marks = of_one_shop(shop, events), of_one_shop(shop, signals, "signals")
         if not marks:
             stored = self.add_events_if_installed(shop, batch)
             return None if stored is None else (stored, 0)

@@ -1309,7 +1309,7 @@ class PostgresEventStore(SharedQueries):
         """A pixel's beacon: its events as `add_events_if_installed` stores them and its signals
         (`_INSTALLED_SHOPS_SIGNALS`), each only if the shop is installed, in one transaction and one round trip (the
         guests' locks and both statements pipelined): (events new, signals new), or None and nothing stored."""
-        batch, marks = of_one_shop(shop, events), self._signals_of(shop, signals)
+        batch, marks = of_one_shop(shop, events), of_one_shop(shop, signals, "signals")
         if not marks:
             stored = self.add_events_if_installed(shop, batch)
             return None if stored is None else (stored, 0)

@@ -147,6 +147,19 @@ def planted_orders() -> list[dict]:
     return orders
 
 
+def ask(client, **params) -> dict:
+    """GET /recommend of SHOP with `params`, which must answer 200: its JSON."""
+    query = "&".join(f"{k}={v}" for k, v in {"shop": SHOP, **params}.items())
+    response = client.get(f"/recommend?{query}")
+    assert response.status_code == 200, response.json
+    return response.json
+
+
+def ids(body: dict) -> list[int]:
+    """An answer's product ids, in its order."""
+    return [int(item["product_id"]) for item in body["recommendations"]]
+
+
 def post_webhook(client, topic: str, payload: dict, shop: str = SHOP, webhook_id: str | None = None):
     body = as_body(payload)
     return client.post("/webhooks", data=body, headers=signed_headers(body, topic, shop=shop, webhook_id=webhook_id))

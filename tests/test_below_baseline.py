@@ -16,7 +16,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from recommender.model_store import LocalModelStore
-from tests.conftest import AUTH, SHOP, order_payload, post_webhook, versions_until_swapped
+from tests.conftest import AUTH, SHOP, ask, ids, order_payload, post_webhook, versions_until_swapped
 
 TASTE_A = list(range(111, 119))
 TASTE_B = list(range(211, 219))
@@ -58,17 +58,6 @@ def train(client) -> dict:
     response = client.post("/train", headers=AUTH)
     assert response.status_code == 200, response.json
     return response.json
-
-
-def ask(client, **params) -> dict:
-    query = "&".join(f"{k}={v}" for k, v in {"shop": SHOP, **params}.items())
-    response = client.get(f"/recommend?{query}")
-    assert response.status_code == 200, response.json
-    return response.json
-
-
-def ids(body: dict) -> list[int]:
-    return [int(item["product_id"]) for item in body["recommendations"]]
 
 
 @pytest.fixture

@@ -178,9 +178,9 @@ def test_one_client_is_rate_limited(installed):
     assert 429 in statuses[60:]
 
 
-@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed; the extension's JS is not run")
-def test_the_extension_posts_what_collect_accepts(installed):
-    """Run the extension's own module under node with a stand-in pixel API, then post what it sent."""
+def run_extension(script: str) -> subprocess.CompletedProcess:
+    """Run the extension's own module under node with a stand-in pixel API (`handlers`: what it subscribed, by event
+    name; `sent`: its beacons), then `script`, which prints what the test reads."""
     harness = f"""
     import {{forwardEvents}} from {json.dumps(EXTENSION.as_uri())};
     const handlers = {{}}, sent = [];
@@ -190,12 +190,19 @@ def test_the_extension_posts_what_collect_accepts(installed):
       init: {{data: {{shop: {{myshopifyDomain: "{SHOP}"}}}}}},
       settings: {{collectUrl: "https://collect.example"}},
     }});
+    {script}
+    """
+    return subprocess.run(["node", "--input-type=module", "-e", harness], capture_output=True, text=True, check=True)
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed; the extension's JS is not run")
+def test_the_extension_posts_what_collect_accepts(installed):
+    """Run the extension's own module under node with a stand-in pixel API, then post what it sent."""
+    result = run_extension(f"""
     handlers.product_viewed({json.dumps({**viewed("sh-js", "808"), "data": {**viewed("sh-js", "808")["data"],
                                                                             "customer": {"email": "x@y.z"}}})});
     console.log(JSON.stringify({{subscribed: Object.keys(handlers).sort(), sent}}));
-    """
-    result = subprocess.run(["node", "--input-type=module", "-e", harness], capture_output=True, text=True,
-                            check=True)
+    """)
     report = json.loads(result.stdout)
 
     assert report["subscribed"] == ["checkout_completed", "product_added_to_cart", "product_removed_from_cart",
@@ -432,21 +439,11 @@ def test_the_extension_forwards_the_themes_views_and_clicks_of_answers(installed
     view = {**shown("sh-js-v"), "context": {"document": {"title": "T"}}}
     view["customData"] = {**view["customData"], "email": "x@y.z"}
     click = clicked("sh-js-c")
-    harness = f"""
-    import {{forwardEvents}} from {json.dumps(EXTENSION.as_uri())};
-    const handlers = {{}}, sent = [];
-    forwardEvents({{
-      analytics: {{subscribe: (name, fn) => {{ handlers[name] = fn; }}}},
-      browser: {{sendBeacon: (url, body) => {{ sent.push({{url, body}}); return true; }}}},
-      init: {{data: {{shop: {{myshopifyDomain: "{SHOP}"}}}}}},
-      settings: {{collectUrl: "https://collect.example"}},
-    }});
+    result = run_extension(f"""
     handlers.recommendations_viewed({json.dumps(view)});
     handlers.recommendations_clicked({json.dumps(click)});
     console.log(JSON.stringify(sent));
-    """
-    result = subprocess.run(["node", "--input-type=module", "-e", harness], capture_output=True, text=True,
-                            check=True)
+    """)
     sent = json.loads(result.stdout)
 
     assert [json.loads(beacon["body"]) for beacon in sent] == [

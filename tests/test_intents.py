@@ -16,7 +16,7 @@ from recommender.events import EventKind
 from recommender.intents import TRENDING_MODEL_WAIT_SECONDS
 from recommender.store import ActivityBucket
 from recommender.trending import trending_scores
-from tests.conftest import AUTH, CATEGORY_A, CATEGORY_B, SHOP, order_payload, planted_orders, post_webhook
+from tests.conftest import AUTH, CATEGORY_A, CATEGORY_B, SHOP, ask, ids, order_payload, planted_orders, post_webhook
 
 GRINDERS = {101: 301, 102: 302}
 NOW = datetime.now(timezone.utc)
@@ -61,17 +61,6 @@ def shop(app_client, monkeypatch):
                      order_payload(60000 + n, 1100 + n % 10, [item, GRINDERS[item]], created_at="2026-10-05T09:00:00Z"))
     assert app_client.post("/train", headers=AUTH).status_code == 200
     return app_client
-
-
-def ask(client, **params) -> dict:
-    query = "&".join(f"{k}={v}" for k, v in {"shop": SHOP, **params}.items())
-    response = client.get(f"/recommend?{query}")
-    assert response.status_code == 200, response.json
-    return response.json
-
-
-def ids(body: dict) -> list[int]:
-    return [int(item["product_id"]) for item in body["recommendations"]]
 
 
 def bought_by(customer: int) -> set[int]:

@@ -161,11 +161,16 @@ def schema_at_version(url: str, version: int) -> None:
         run(url, "INSERT INTO schema_migrations (version) VALUES (%s)", (number,))
 
 
-def test_an_upgraded_schema_knows_which_of_its_stored_products_are_for_sale(schema_url):
+def schema_before(url: str, marker: str) -> None:
+    """The schema as the release before the migration whose script holds `marker` left it."""
     from recommender.store_postgres import POSTGRES_MIGRATIONS
 
+    schema_at_version(url, next(k for k, script in enumerate(POSTGRES_MIGRATIONS) if marker in script))
+
+
+def test_an_upgraded_schema_knows_which_of_its_stored_products_are_for_sale(schema_url):
     # Arrange: a schema at the version before the `sellable` flag, holding a product for sale and a sold-out one
-    schema_at_version(schema_url, next(k for k, script in enumerate(POSTGRES_MIGRATIONS) if "sellable" in script))
+    schema_before(schema_url, "sellable")
     for pid in ("in-stock", "sold-out"):
         run(schema_url, "INSERT INTO products (shop, product_id, title, handle, status, published_at, product_type,"
                         " vendor) VALUES (%s, %s, '', '', 'active', now(), '', '')", (SHOP, pid))
@@ -183,10 +188,8 @@ def test_an_upgraded_schema_knows_which_of_its_stored_products_are_for_sale(sche
 
 
 def test_an_upgraded_schema_queues_its_installed_shops_for_training(schema_url):
-    from recommender.store_postgres import POSTGRES_MIGRATIONS
-
     # Arrange: a schema at the version before the training queue, with two shops installed and one removed
-    schema_at_version(schema_url, next(k for k, script in enumerate(POSTGRES_MIGRATIONS) if "train_started_at" in script))
+    schema_before(schema_url, "train_started_at")
     for shop, installed in [("b.myshopify.com", True), ("a.myshopify.com", True), ("gone.myshopify.com", False)]:
         run(schema_url, "INSERT INTO shop_state VALUES (%s, %s, now())", (shop, installed))
 
@@ -206,11 +209,8 @@ def test_an_upgraded_schema_queues_its_installed_shops_for_training(schema_url):
 
 
 def test_an_upgraded_schema_keeps_a_refund_that_comes_before_its_order(schema_url):
-    from recommender.store_postgres import POSTGRES_MIGRATIONS
-
     # Arrange: a schema at the version before pending refunds, which recorded refund 98's key
-    schema_at_version(schema_url, next(k for k, script in enumerate(POSTGRES_MIGRATIONS)
-                                       if "pending_refunds" in script))
+    schema_before(schema_url, "pending_refunds")
     run(schema_url, "INSERT INTO adjustments VALUES (%s, 'refund:98:line:500')", (SHOP,))
     order = order_payload(5, 6, [7])
     order["line_items"][0].update(id=500, quantity=4)
@@ -230,11 +230,8 @@ def test_an_upgraded_schema_keeps_a_refund_that_comes_before_its_order(schema_ur
 
 
 def test_an_upgraded_schema_keeps_each_variants_payload_total_as_its_stocks_floor(schema_url):
-    from recommender.store_postgres import POSTGRES_MIGRATIONS
-
     # Arrange: a schema at the version before migration 8, a variant in stock (5) and one untracked
-    schema_at_version(schema_url, next(k for k, script in enumerate(POSTGRES_MIGRATIONS)
-                                       if "listed_quantity" in script))
+    schema_before(schema_url, "listed_quantity")
     run(schema_url, "INSERT INTO products (shop, product_id, title, handle, status, published_at, product_type,"
                     " vendor) VALUES (%s, '10', '', '', 'active', now(), '', '')", (SHOP,))
     run(schema_url, "INSERT INTO variants VALUES (%s, '101', '10', '9001', 5, true, false)", (SHOP,))
@@ -260,8 +257,7 @@ def test_an_upgraded_schema_records_redactions(schema_url):
     from recommender.store_postgres import POSTGRES_MIGRATIONS
 
     # Arrange: a schema at the version before migration 9, holding an order of customer 6 and one of customer 7
-    schema_at_version(schema_url, next(k for k, script in enumerate(POSTGRES_MIGRATIONS)
-                                       if "CREATE TABLE redactions" in script))
+    schema_before(schema_url, "CREATE TABLE redactions")
     for order_id, customer_id in (("5", "6"), ("8", "7")):
         run(schema_url, "INSERT INTO events (shop, kind, user_key, customer_id, product_id, quantity, order_id,"
                         " occurred_at, source_topic, delivery_id, dedupe_key) VALUES (%s, 'purchase', %s, %s, 'p1', 1,"
@@ -287,8 +283,7 @@ def test_an_upgraded_schema_keeps_views_and_clicks_of_answers(schema_url):
     from recommender.store_postgres import POSTGRES_MIGRATIONS
 
     # Arrange: a schema at the version before migration 10, holding a pixel's purchase
-    schema_at_version(schema_url, next(k for k, script in enumerate(POSTGRES_MIGRATIONS)
-                                       if "CREATE TABLE recommendation_events" in script))
+    schema_before(schema_url, "CREATE TABLE recommendation_events")
     run(schema_url, "INSERT INTO events (shop, kind, user_key, anonymous_id, product_id, quantity, occurred_at,"
                     " source_topic, delivery_id, dedupe_key) VALUES (%s, 'purchase', 'a:px-1', 'px-1', 'p1', 1,"
                     " '2024-03-01T12:00:10Z', 'pixel/checkout_completed', 'sh-o', 'pixel:sh-o:p1')", (SHOP,))
@@ -313,12 +308,10 @@ def test_an_upgraded_schema_keeps_views_and_clicks_of_answers(schema_url):
 def test_an_upgraded_schema_reads_a_shoppers_latest_events_through_an_index_in_their_order(schema_url, built_by_hand):
     from recommender.changes import Event
     from recommender.events import EventKind
-    from recommender.store_postgres import POSTGRES_MIGRATIONS
 
     # Arrange: a schema from before the index (built by hand, as the README suggests for large tables, or not),
     # then 60 events of one shopper, three at each moment, stored in turn
-    schema_at_version(schema_url, next(k for k, script in enumerate(POSTGRES_MIGRATIONS)
-                                       if "events_by_user_latest" in script))
+    schema_before(schema_url, "events_by_user_latest")
     if built_by_hand:
         run(schema_url, "CREATE INDEX CONCURRENTLY events_by_user_latest ON events (shop, user_key, occurred_at, id)")
     t0 = datetime(2026, 9, 1, tzinfo=timezone.utc)
