@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
@@ -214,8 +215,10 @@ def test_the_extension_posts_what_collect_accepts(installed):
     assert (response.status_code, response.json["events"]) == (200, 1)
 
 
-def test_a_beacon_waits_for_one_round_trip_to_postgresql_installed_or_not(app_client, monkeypatch):
-    # Arrange: a shop installed on PostgreSQL (its first webhook), then an instance whose store is 50 ms away
+@contextlib.contextmanager
+def instance_of_an_installed_shop_on_postgresql(app_client, monkeypatch):
+    """A shop installed on PostgreSQL (its first webhook), then an instance of its own whose round trips to that store
+    are counted, its connection open: (instance, relay)."""
     from tests.conftest import instance_counting_round_trips
     from tests.postgres_schema import temporary_schema
 
@@ -224,13 +227,19 @@ def test_a_beacon_waits_for_one_round_trip_to_postgresql_installed_or_not(app_cl
         assert post_webhook(app_client, "orders/create", order_payload(1, 2, [201])).status_code == 200
         with instance_counting_round_trips(monkeypatch, url) as (instance, relay):
             assert collect(instance, viewed("rt-0", "5")).status_code == 200  # the connection opened
-            answers, turns = [], []
+            yield instance, relay
 
-            # Act
-            for shop, n in ((SHOP, 1), (SHOP, 2), ("never-installed.myshopify.com", 3)):
-                relay.reset()
-                answers.append(collect(instance, [viewed(f"rt-{n}", "5"), viewed(f"rt-{n}b", "6")], shop=shop))
-                turns.append(relay.turns)
+
+def test_a_beacon_waits_for_one_round_trip_to_postgresql_installed_or_not(app_client, monkeypatch):
+    # Arrange: a shop installed on PostgreSQL, an instance whose round trips are counted
+    with instance_of_an_installed_shop_on_postgresql(app_client, monkeypatch) as (instance, relay):
+        answers, turns = [], []
+
+        # Act
+        for shop, n in ((SHOP, 1), (SHOP, 2), ("never-installed.myshopify.com", 3)):
+            relay.reset()
+            answers.append(collect(instance, [viewed(f"rt-{n}", "5"), viewed(f"rt-{n}b", "6")], shop=shop))
+            turns.append(relay.turns)
 
     # Assert: the check and the write together, one round trip each
     assert [(r.status_code, r.json.get("events", r.json.get("error"))) for r in answers] == [
@@ -459,23 +468,16 @@ def test_the_extension_forwards_the_themes_views_and_clicks_of_answers(installed
 
 def test_a_beacon_with_views_and_clicks_waits_for_one_round_trip_to_postgresql(app_client, monkeypatch,
                                                                               runtime_stores_closed):
-    # Arrange: a shop installed on PostgreSQL (its first webhook), then an instance whose store is 50 ms away
-    from tests.conftest import instance_counting_round_trips
-    from tests.postgres_schema import temporary_schema
+    # Arrange: a shop installed on PostgreSQL, an instance whose round trips are counted
+    with instance_of_an_installed_shop_on_postgresql(app_client, monkeypatch) as (instance, relay):
+        answers, turns = [], []
 
-    with temporary_schema() as url:
-        monkeypatch.setenv("EVENT_STORE_URL", url)
-        assert post_webhook(app_client, "orders/create", order_payload(1, 2, [201])).status_code == 200
-        with instance_counting_round_trips(monkeypatch, url) as (instance, relay):
-            assert collect(instance, viewed("rt-0", "5")).status_code == 200  # the connection opened
-            answers, turns = [], []
-
-            # Act: a view with an answer's view and click; an answer's view alone; both for a shop never installed
-            for shop, beacon in ((SHOP, [viewed("rt-1", "5"), shown("rt-2"), clicked("rt-3")]), (SHOP, shown("rt-4")),
-                                 ("never-installed.myshopify.com", [viewed("rt-5", "5"), shown("rt-6")])):
-                relay.reset()
-                answers.append(collect(instance, beacon, shop=shop))
-                turns.append(relay.turns)
+        # Act: a view with an answer's view and click; an answer's view alone; both for a shop never installed
+        for shop, beacon in ((SHOP, [viewed("rt-1", "5"), shown("rt-2"), clicked("rt-3")]), (SHOP, shown("rt-4")),
+                             ("never-installed.myshopify.com", [viewed("rt-5", "5"), shown("rt-6")])):
+            relay.reset()
+            answers.append(collect(instance, beacon, shop=shop))
+            turns.append(relay.turns)
 
     # Assert: the check and the writes together, one round trip each
     assert [(r.status_code, r.json.get("recommendation_events", r.json.get("error"))) for r in answers] == [
