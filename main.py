@@ -63,7 +63,8 @@ if os.environ.get("EVENT_STORE_URL", "").startswith(POSTGRES_SCHEMES):
     import recommender.store_postgres  # noqa: E402, F401
 
 from recommender.errors import (  # noqa: E402 (after the preload has started, on purpose)
-    ArtifactError, ConfigError, InvalidParameter, ModelNotReady, RecommenderError, ShopNotInstalled, StoreError,
+    ArtifactError, ConfigError, InvalidParameter, ModelNotReady, PayloadTooLarge, RecommenderError, ShopNotInstalled,
+    StoreError,
 )
 from recommender.intents import RecommendRequest
 from recommender.model_store import check_shop_domain
@@ -78,6 +79,7 @@ _runtime = LazyRuntime(os.environ, PRELOADER)
 ERROR_STATUS: list[tuple[type[Exception], int, str]] = [
     (InvalidParameter, 400, "invalid_parameter"),
     (MalformedPayload, 400, "malformed_payload"),
+    (PayloadTooLarge, 413, "payload_too_large"),
     (ShopNotInstalled, 404, "shop_not_installed"),
     (ModelNotReady, 503, "model_not_ready"),
     (ArtifactError, 503, "model_unavailable"),
@@ -104,6 +106,8 @@ def _json_errors(handler):
             body = {"error": code, "message": str(exc)}
             if isinstance(exc, InvalidParameter):
                 body["parameter"] = exc.parameter
+            if isinstance(exc, PayloadTooLarge):
+                body["limit_bytes"] = exc.limit
             if status >= 500:
                 log.error("%s failed: %s", handler.__name__, exc)
             return _json(body, status)
@@ -112,6 +116,18 @@ def _json_errors(handler):
             return _json({"error": "internal_error", "message": "unexpected failure; retry later"}, 500)
 
     return wrapped
+
+
+def _body(request: flask.Request, limit: int) -> bytes:
+    """The request's body, refused past `limit` bytes (PayloadTooLarge) before anything checks or parses it: at once
+    where its Content-Length says so, else once read (a chunked body). functions-framework reads every body to its end
+    before it responds, so that the connection stays usable: a refused body is drained there, never parsed."""
+    if (request.content_length or 0) > limit:
+        raise PayloadTooLarge(limit, f"the body is larger than {limit} bytes")
+    raw = request.get_data(cache=False)
+    if len(raw) > limit:
+        raise PayloadTooLarge(limit, f"the body is larger than {limit} bytes")
+    return raw
 
 
 def _require_method(request: flask.Request, *methods: str) -> flask.Response | None:
@@ -130,7 +146,16 @@ def webhook(request: flask.Request) -> flask.Response:
     from webhooks.delivery import handle_webhook  # topics and compliance: not on /recommend's cold start
 
     runtime = _runtime.get()
-    outcome = handle_webhook(request.headers, request.get_data(), runtime.settings.require_secret().reveal(),
+    limit = runtime.settings.webhook_max_body_bytes
+    try:
+        raw = _body(request, limit)
+    except PayloadTooLarge:  # unverified: the headers name what it claims to be, for the merchant to recognise
+        log.error("webhook refused (413): its body (Content-Length %s) is larger than WEBHOOK_MAX_BODY_BYTES=%d; "
+                  "Shopify retries it, and a higher limit stores it (topic %.80r, shop %.80r, webhook id %.80r, "
+                  "unverified)", request.content_length, limit, request.headers.get("X-Shopify-Topic"),
+                  request.headers.get("X-Shopify-Shop-Domain"), request.headers.get("X-Shopify-Webhook-Id"))
+        raise
+    outcome = handle_webhook(request.headers, raw, runtime.settings.require_secret().reveal(),
                              runtime.store, runtime.model_store)
     return _json(outcome.body(), outcome.status)
 
@@ -266,11 +291,10 @@ def collect(request: flask.Request) -> flask.Response:
         return refused
     from webhooks import pixel  # the write path's records: not on /recommend's cold start
 
-    if (request.content_length or 0) > pixel.MAX_BODY_BYTES:
-        return _json({"error": "payload_too_large", "message": f"at most {pixel.MAX_BODY_BYTES} bytes"}, 413)
+    raw = _body(request, pixel.MAX_BODY_BYTES)
     shop = check_shop_domain((request.args.get("shop") or "").lower())
     runtime = _runtime.get()
-    payload = pixel.parse_pixel_body(request.get_data(cache=False))
+    payload = pixel.parse_pixel_body(raw)
     events, signals, ignored = pixel.read_beacon(payload, shop)
     address = _client_address(request, runtime.settings.trusted_proxies)
     clients = {e.anonymous_id for e in events} | {s.client_id for s in signals} or {"-"}

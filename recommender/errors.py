@@ -21,6 +21,14 @@ class InvalidParameter(RecommenderError):
         self.parameter = parameter
 
 
+class PayloadTooLarge(RecommenderError):
+    """A request body is larger than its endpoint reads (`limit` bytes); nothing of it was stored."""
+
+    def __init__(self, limit: int, message: str):
+        super().__init__(message)
+        self.limit = limit
+
+
 class InvalidEvent(RecommenderError):
     """An event or catalog record cannot be stored as given."""
 

@@ -21,6 +21,10 @@ T = TypeVar("T")
 
 DEFAULT_EVENT_STORE_URL = "sqlite:///./data/events.sqlite3"
 DEFAULT_MODEL_STORE_URL = "file://./data/models"
+# Shopify's order and product payloads run to a megabyte or so at the largest; a body is parsed whole after its HMAC
+# passes, and its objects take several times its bytes, so the cap keeps one delivery well inside a 256 MiB instance.
+DEFAULT_WEBHOOK_MAX_BODY_BYTES = 8 * 1024 * 1024
+WEBHOOK_MAX_BODY_CEILING = 32 * 1024 * 1024  # Cloud Run refuses HTTP/1 requests larger than this itself
 DEFAULT_EVENT_WEIGHTS = {EventKind.VIEW: 1.0, EventKind.ADD_TO_CART: 4.0, EventKind.PURCHASE: 10.0}
 
 
@@ -100,6 +104,9 @@ class Settings(NamedTuple):
     trusted_proxies: int = 0
     # a pixel purchase is credited to a click on an answer's product at most this many days before it (attribution)
     attribution_days: float = 7.0
+    # a webhook's body is read up to this many bytes (its HMAC needs all of it); a larger one is refused with 413
+    # before it is read whole, and logged: Shopify retries it, so raising the limit stores it on its next attempt
+    webhook_max_body_bytes: int = DEFAULT_WEBHOOK_MAX_BODY_BYTES
 
     @classmethod
     def from_mapping(cls, env: Mapping[str, str]) -> "Settings":
@@ -143,6 +150,9 @@ class Settings(NamedTuple):
             trusted_proxies=_read(env, "TRUSTED_PROXIES", int, 0, lambda v: 0 <= v <= 10, "an integer from 0 to 10"),
             attribution_days=_read(env, "ATTRIBUTION_DAYS", float, 7.0, lambda v: 0 < v <= 365,
                                    "a number of days > 0 and at most 365"),
+            webhook_max_body_bytes=_read(env, "WEBHOOK_MAX_BODY_BYTES", int, DEFAULT_WEBHOOK_MAX_BODY_BYTES,
+                                         lambda v: 65_536 <= v <= WEBHOOK_MAX_BODY_CEILING,
+                                         f"an integer of bytes from 65536 to {WEBHOOK_MAX_BODY_CEILING}"),
         )
         if settings.gate_max_users < settings.gate_min_users:
             raise ConfigError(f"GATE_MAX_USERS ({settings.gate_max_users}) must be at least GATE_MIN_USERS "
