@@ -15,7 +15,9 @@ keyed by the pixel's client id, apart from the events training reads. Nothing is
   of a product that browser clicked in an answer at most `attribution_days` before it. Each line is credited to the
   last such click before it, and counted in the window, under that click's intent, if the click lies in the window.
   Revenue is price × quantity as the checkout listed the line: the variant's price before discounts, in the checkout's
-  currency. The lines of cancelled orders are left out (`EventStore.attributable_purchases`).
+  currency. The lines of cancelled orders are left out (`EventStore.attributable_purchases`), and where the signed
+  webhooks stored the line's order, the refunds they recorded of the product in it are taken off: its quantity and
+  revenue shrink by the refunded share of its units, and a line refunded in full earns nothing.
 """
 
 from __future__ import annotations
@@ -72,6 +74,8 @@ def credit_purchases(clicks: list[RecommendationClick], purchases: list[PixelPur
         times[pair] = [click.occurred_at for click in pair_clicks]
     credited, seen = [], set()
     for line in sorted(purchases, key=lambda line: (line.occurred_at, line.dedupe_key or "")):
+        if not line.kept > 0:  # the signed webhooks' line of it refunded in full
+            continue
         pair, order_line = (line.client_id, line.product_id), (line.order_id, line.product_id)
         if pair not in by_pair or (line.order_id is not None and order_line in seen):
             continue
@@ -86,15 +90,19 @@ def credit_purchases(clicks: list[RecommendationClick], purchases: list[PixelPur
 
 def _figures(counts: tuple[int, int, int], lines: list[PixelPurchase]) -> dict:
     viewed, shown, clicked = counts
-    revenue = sum((Decimal(repr(line.price)) * line.quantity for line in lines if line.price is not None), Decimal(0))
+    # what refunds left of each line: its units times the share the signed webhooks still count (1 without a refund)
+    units = [Decimal(line.quantity) * Decimal(repr(line.kept)) for line in lines]
+    revenue = sum((Decimal(repr(line.price)) * kept for line, kept in zip(lines, units) if line.price is not None),
+                  Decimal(0))
+    quantity = sum(units, Decimal(0))
     return {
         "answers_viewed": viewed,
         "products_shown": shown,
         "clicks": clicked,
         "click_through_rate": clicked / shown if shown else None,
         "attributed_purchases": len(lines),
-        "attributed_quantity": sum(line.quantity for line in lines),
-        "attributed_revenue": float(revenue),
+        "attributed_quantity": int(quantity) if quantity == quantity.to_integral_value() else float(quantity),
+        "attributed_revenue": float(round(revenue, 6)),
     }
 
 

@@ -325,6 +325,9 @@ class PixelPurchase(NamedTuple):
     price: float | None  # the variant's price as the checkout listed it (before discounts)
     order_id: str | None
     dedupe_key: str | None
+    # the share of the line's units the signed webhooks still count: their line of the same order and product, after
+    # its refunds (1 where they stored none; 0.5: one unit of two refunded)
+    kept: float = 1.0
 
 
 # The columns of `recommendation_events` a beacon writes, in RecommendationSignal's order, in both backends.
@@ -353,7 +356,11 @@ _SIGNED_LINE_OF_ORDER = ("EXISTS (SELECT 1 FROM events w WHERE w.shop = e.shop A
 # its lines still does (a cancellation voids them all, and so does a refund of every line); where they did not, the
 # pixel's line counts if its own weight does (a cancellation voids the pixel's lines of the order as well).
 ATTRIBUTABLE_PURCHASES_SQL = (
-    "SELECT e.anonymous_id, e.product_id, e.occurred_at, e.quantity, e.price, e.order_id, e.dedupe_key FROM events e"
+    "SELECT e.anonymous_id, e.product_id, e.occurred_at, e.quantity, e.price, e.order_id, e.dedupe_key,"
+    # the units of the product the signed webhooks stored in the same order, the share of them refunds left (NULL: none)
+    " (SELECT SUM(w.weight_factor * w.quantity) / SUM(w.quantity) FROM events w WHERE w.shop = e.shop"
+    " AND w.order_id = e.order_id AND w.product_id = e.product_id AND w.kind = 'purchase' AND w.quantity > 0"
+    " AND " + not_from_pixel("w.source_topic") + ") FROM events e"
     " WHERE e.shop = {p} AND e.kind = 'purchase' AND e.occurred_at >= {p} AND e.occurred_at <= {p}"
     " AND " + from_pixel("e.source_topic") +
     " AND EXISTS (SELECT 1 FROM recommendation_events c WHERE c.shop = e.shop AND c.kind = 'click'"
@@ -1022,8 +1029,9 @@ class SharedQueries:
         start = self._time(since, "since")
         rows = self._read(ATTRIBUTABLE_PURCHASES_SQL.format(p=self._P),
                           (shop, start, self._time(until, "until"), start))
-        return [PixelPurchase(client, product, self._to_time(at), int(quantity), price, order_id, dedupe_key)
-                for client, product, at, quantity, price, order_id, dedupe_key in rows]
+        return [PixelPurchase(client, product, self._to_time(at), int(quantity), price, order_id, dedupe_key,
+                              1.0 if kept is None else float(kept))
+                for client, product, at, quantity, price, order_id, dedupe_key, kept in rows]
 
 
 WRITE_BATCH = 64  # works committed together at most (SQLite group commit)

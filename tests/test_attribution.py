@@ -205,6 +205,34 @@ def test_a_cancelled_order_earns_nothing_whatever_the_pixel_lines_weigh(app, eve
     assert sql(event_store_url, "SELECT count(*) FROM events WHERE order_id = '9201' AND weight_factor > 0") == [(0,)]
 
 
+def test_refunds_the_signed_webhooks_record_take_their_share_off_the_credited_lines(app, capsys):
+    """Browser-1 clicks 1003 and 1004 and buys two of 1003 at 12.50 and one of 1004 at 8.00 (order 9501, which the
+    orders webhook stores too): 3 units, 33.00. One unit of 1003 refunded: 2 units, 20.50; then 1004 refunded in full:
+    its line earns nothing, 1 unit, 12.50 (worked out by hand)."""
+    # Arrange: the clicks, the pixel's checkout and the signed order of it, two units on its first line
+    collect(app, clicked("sh-click-1", ANSWER_A, "related", "1003", 2, "browser-1", ago(5)))
+    collect(app, clicked("sh-click-2", ANSWER_A, "related", "1004", 3, "browser-1", ago(5)))
+    collect(app, checkout("sh-order-9501", "9501", [("1003", 2, "12.50"), ("1004", 1, "8.00")], "browser-1", ago(3)))
+    signed = {"id": 9501, "created_at": ago(3), "customer": {"id": 77}, "line_items": [
+        {"id": 95011, "product_id": 1003, "variant_id": 10030, "quantity": 2, "price": "12.50"},
+        {"id": 95012, "product_id": 1004, "variant_id": 10040, "quantity": 1, "price": "8.00"}]}
+    assert post_webhook(app, "orders/create", signed).status_code == 200
+    whole = report(capsys)["total"]
+
+    # Act: one unit of 1003 refunded, then 1004's line in full
+    one_unit = {"id": 8501, "order_id": 9501, "refund_line_items": [{"line_item_id": 95011, "quantity": 1}]}
+    assert post_webhook(app, "refunds/create", one_unit).status_code == 200
+    partly = report(capsys)["total"]
+    whole_line = {"id": 8502, "order_id": 9501, "refund_line_items": [{"line_item_id": 95012, "quantity": 1}]}
+    assert post_webhook(app, "refunds/create", whole_line).status_code == 200
+    after = report(capsys)
+
+    # Assert
+    assert whole == figures(0, 0, 2, None, 2, 3, 33.0)
+    assert partly == figures(0, 0, 2, None, 2, 2, 20.5)
+    assert after["total"] == after["by_intent"]["related"] == figures(0, 0, 2, None, 1, 1, 12.5)
+
+
 def test_a_pixel_only_order_the_webhooks_cancel_earns_nothing(app, capsys):
     """The signed webhooks never stored the order before its cancellation: the cancellation voids the pixel's lines."""
     collect(app, clicked("sh-click-1", ANSWER_A, "related", "1003", 2, "browser-1", ago(5)))
