@@ -15,7 +15,8 @@ keyed by the pixel's client id, apart from the events training reads. Nothing is
   of a product that browser clicked in an answer at most `attribution_days` before it. Each line is credited to the
   last such click before it, and counted in the window, under that click's intent, if the click lies in the window.
   Revenue is price × quantity as the checkout listed the line: the variant's price before discounts, in the checkout's
-  currency. The lines of cancelled orders are left out (`EventStore.attributable_purchases`), and where the signed
+  currency (a shop selling in several currencies gets a sum per currency, and one sum only where its lines were paid
+  in one). The lines of cancelled orders are left out (`EventStore.attributable_purchases`), and where the signed
   webhooks stored the line's order, the refunds they recorded of the product in it are taken off: its quantity and
   revenue shrink by the refunded share of its units, and a line refunded in full earns nothing.
 """
@@ -30,6 +31,7 @@ from decimal import Decimal
 from recommender.store import EventStore, PixelPurchase, RecommendationClick
 
 DEFAULT_REPORT_DAYS = 30.0
+UNKNOWN_CURRENCY = "unknown"  # the key of lines whose currency is not stored (written before migration 11)
 
 
 def attribution_report(store: EventStore, shop: str, days: float = DEFAULT_REPORT_DAYS,
@@ -92,8 +94,14 @@ def _figures(counts: tuple[int, int, int], lines: list[PixelPurchase]) -> dict:
     viewed, shown, clicked = counts
     # what refunds left of each line: its units times the share the signed webhooks still count (1 without a refund)
     units = [Decimal(line.quantity) * Decimal(repr(line.kept)) for line in lines]
-    revenue = sum((Decimal(repr(line.price)) * kept for line, kept in zip(lines, units) if line.price is not None),
-                  Decimal(0))
+    by_currency: dict[str, Decimal] = {}
+    for line, kept in zip(lines, units):
+        if line.price is not None:
+            code = line.currency or UNKNOWN_CURRENCY
+            by_currency[code] = by_currency.get(code, Decimal(0)) + Decimal(repr(line.price)) * kept
+    known = sorted(code for code in by_currency if code != UNKNOWN_CURRENCY)
+    # one sum where the lines were paid in one currency (lines stored before currencies were, taken to be in it)
+    revenue = sum(by_currency.values(), Decimal(0)) if len(known) <= 1 else None
     quantity = sum(units, Decimal(0))
     return {
         "answers_viewed": viewed,
@@ -102,7 +110,9 @@ def _figures(counts: tuple[int, int, int], lines: list[PixelPurchase]) -> dict:
         "click_through_rate": clicked / shown if shown else None,
         "attributed_purchases": len(lines),
         "attributed_quantity": int(quantity) if quantity == quantity.to_integral_value() else float(quantity),
-        "attributed_revenue": float(round(revenue, 6)),
+        "attributed_revenue": None if revenue is None else float(round(revenue, 6)),
+        "revenue_currency": known[0] if len(known) == 1 else None,
+        "attributed_revenue_by_currency": {code: float(round(amount, 6)) for code, amount in sorted(by_currency.items())},
     }
 
 

@@ -28,6 +28,7 @@ class Event:
     variant_id: str | None = None
     quantity: int = 1
     price: float | None = None
+    currency: str | None = None  # the price's ISO 4217 code, where the source names it (an order's, a checkout's)
     order_id: str | None = None
     source_topic: str = ""
     delivery_id: str = ""

@@ -200,6 +200,9 @@ SQLITE_MIGRATIONS: tuple[str, ...] = (
     " CREATE INDEX recommendation_events_by_occurred_at ON recommendation_events (occurred_at);"
     " CREATE INDEX recommendation_clicks_by_client ON recommendation_events (shop, client_id, product_id, occurred_at)"
     " WHERE kind = 'click';",
+    # The currency of an event's price (ISO 4217), where its source names it: a checkout's lines are priced in the
+    # currency the shopper paid in, which for a shop selling in several is not the shop's own (attribution's revenue).
+    "ALTER TABLE events ADD COLUMN currency TEXT;",
 )
 
 # Every table that holds a shop's data, in both backends: what redact_shop empties.
@@ -221,7 +224,7 @@ PIXEL_SOURCE_PREFIX = "pixel/"
 # ever lowered by a repeat (a refund, a cancellation, a line seen again).
 CART_STATE_PREFIX = "pixel-cart:"
 # What a later event of such a key replaces in its row, besides the weight factor (both backends).
-CART_STATE_COLUMNS = ("occurred_at", "source_topic", "delivery_id", "variant_id", "price")
+CART_STATE_COLUMNS = ("occurred_at", "source_topic", "delivery_id", "variant_id", "price", "currency")
 
 
 def latest_wins(dedupe_key: str | None) -> bool:
@@ -275,7 +278,7 @@ def log_withheld(shop: str, topic: str, delivery_id: str, withheld: int) -> None
 # The columns of `events` a customer's data export lists, in this order, in both backends.
 EVENT_EXPORT_COLUMNS: tuple[str, ...] = (
     "id", "shop", "kind", "user_key", "customer_id", "anonymous_id", "product_id", "variant_id", "quantity", "price",
-    "order_id", "occurred_at", "source_topic", "delivery_id", "dedupe_key", "weight_factor",
+    "order_id", "occurred_at", "source_topic", "delivery_id", "dedupe_key", "weight_factor", "currency",
 )
 
 
@@ -328,6 +331,7 @@ class PixelPurchase(NamedTuple):
     # the share of the line's units the signed webhooks still count: their line of the same order and product, after
     # its refunds (1 where they stored none; 0.5: one unit of two refunded)
     kept: float = 1.0
+    currency: str | None = None  # the checkout's (ISO 4217); None for a line stored before migration 11
 
 
 # The columns of `recommendation_events` a beacon writes, in RecommendationSignal's order, in both backends.
@@ -356,7 +360,7 @@ _SIGNED_LINE_OF_ORDER = ("EXISTS (SELECT 1 FROM events w WHERE w.shop = e.shop A
 # its lines still does (a cancellation voids them all, and so does a refund of every line); where they did not, the
 # pixel's line counts if its own weight does (a cancellation voids the pixel's lines of the order as well).
 ATTRIBUTABLE_PURCHASES_SQL = (
-    "SELECT e.anonymous_id, e.product_id, e.occurred_at, e.quantity, e.price, e.order_id, e.dedupe_key,"
+    "SELECT e.anonymous_id, e.product_id, e.occurred_at, e.quantity, e.price, e.currency, e.order_id, e.dedupe_key,"
     # the units of the product the signed webhooks stored in the same order, the share of them refunds left (NULL: none)
     " (SELECT SUM(w.weight_factor * w.quantity) / SUM(w.quantity) FROM events w WHERE w.shop = e.shop"
     " AND w.order_id = e.order_id AND w.product_id = e.product_id AND w.kind = 'purchase' AND w.quantity > 0"
@@ -1030,8 +1034,8 @@ class SharedQueries:
         rows = self._read(ATTRIBUTABLE_PURCHASES_SQL.format(p=self._P),
                           (shop, start, self._time(until, "until"), start))
         return [PixelPurchase(client, product, self._to_time(at), int(quantity), price, order_id, dedupe_key,
-                              1.0 if kept is None else float(kept))
-                for client, product, at, quantity, price, order_id, dedupe_key, kept in rows]
+                              1.0 if kept is None else float(kept), currency)
+                for client, product, at, quantity, price, currency, order_id, dedupe_key, kept in rows]
 
 
 WRITE_BATCH = 64  # works committed together at most (SQLite group commit)
@@ -1361,11 +1365,11 @@ class SQLiteEventStore(SharedQueries):
                 conn.execute("DELETE FROM pending_refunds WHERE shop = ? AND dedupe_key = ?", (e.shop, e.dedupe_key))
             conn.execute(
                 "INSERT INTO events (shop, kind, user_key, customer_id, anonymous_id, product_id, variant_id,"
-                " quantity, price, order_id, occurred_at, source_topic, delivery_id, dedupe_key, weight_factor)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " quantity, price, order_id, occurred_at, source_topic, delivery_id, dedupe_key, weight_factor,"
+                " currency) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (e.shop, e.kind.value, user, customer_id, e.anonymous_id, e.product_id, e.variant_id,
                  e.quantity, e.price, e.order_id, iso_utc(e.occurred_at), e.source_topic, e.delivery_id, e.dedupe_key,
-                 weight_factor),
+                 weight_factor, e.currency),
             )
             inserted += 1
         for (shop, topic, delivery_id), count in withheld.items():

@@ -209,6 +209,8 @@ POSTGRES_MIGRATIONS: tuple[str, ...] = (
     " CREATE INDEX recommendation_events_by_occurred_at ON recommendation_events (occurred_at);"
     " CREATE INDEX recommendation_clicks_by_client ON recommendation_events (shop, client_id, product_id, occurred_at)"
     " WHERE kind = 'click';",
+    # The currency of an event's price (recommender.store's migration 11).
+    "ALTER TABLE events ADD COLUMN currency text;",
 )
 
 # Advisory lock keys. Migrations take one 64-bit key for the whole database; writes take (namespace, key) pairs, a
@@ -230,7 +232,8 @@ EVENTS_PER_STATEMENT = 2_000  # `add_events`' rows a statement: a history import
 # unique among them.
 _EVENT_COLUMNS = ("shop text, kind text, user_key text, customer_id text, anonymous_id text, product_id text,"
                   " variant_id text, quantity integer, price double precision, order_id text, occurred_at timestamptz,"
-                  " source_topic text, delivery_id text, dedupe_key text, weight_factor double precision")
+                  " source_topic text, delivery_id text, dedupe_key text, weight_factor double precision,"
+                  " currency text")
 _EVENT_NAMES = ", ".join(column.split()[0] for column in _EVENT_COLUMNS.split(", "))
 # The shop marked installed by a delivery that happened at %(happened_at)s: written only when that is news, and
 # not by a delivery that happened before the shop's uninstall (a retry of one triggered while it was installed).
@@ -630,7 +633,7 @@ def _event_row(e: Event) -> dict:
             "anonymous_id": e.anonymous_id, "product_id": e.product_id, "variant_id": e.variant_id,
             "quantity": e.quantity, "price": e.price, "order_id": e.order_id, "occurred_at": e.occurred_at.isoformat(),
             "source_topic": e.source_topic, "delivery_id": e.delivery_id, "dedupe_key": e.dedupe_key,
-            "weight_factor": e.weight_factor}
+            "weight_factor": e.weight_factor, "currency": e.currency}
 
 
 def _product_rows(products: Sequence[CatalogProduct]) -> str:

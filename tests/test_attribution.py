@@ -40,11 +40,12 @@ def clicked(event_id: str, answer: str, intent: str, product: str, position: int
                                              "position": position}}
 
 
-def checkout(event_id: str, order: str, lines: list[tuple[str, int, str]], client: str, when: str) -> dict:
-    """A `checkout_completed` standard event: lines of (product, quantity, the variant's price)."""
+def checkout(event_id: str, order: str, lines: list[tuple[str, int, str]], client: str, when: str,
+             currency: str = "USD") -> dict:
+    """A `checkout_completed` standard event: lines of (product, quantity, the variant's price), paid in `currency`."""
     return {"id": event_id, "name": "checkout_completed", "timestamp": when, "clientId": client,
             "data": {"checkout": {"order": {"id": f"gid://shopify/OrderIdentity/{order}"}, "lineItems": [
-                {"quantity": quantity, "variant": {"id": f"{product}0", "price": {"amount": price, "currencyCode": "USD"},
+                {"quantity": quantity, "variant": {"id": f"{product}0", "price": {"amount": price, "currencyCode": currency},
                                                    "product": {"id": product}}}
                 for product, quantity, price in lines]}}}
 
@@ -91,8 +92,11 @@ def report(capsys, *args: str) -> dict:
 
 def figures(viewed_: int, shown: int, clicks: int, ctr: float | None, purchases: int, quantity: int,
             revenue: float) -> dict:
+    """A report's figures, its purchases all paid in USD (as `checkout` writes them)."""
     return {"answers_viewed": viewed_, "products_shown": shown, "clicks": clicks, "click_through_rate": ctr,
-            "attributed_purchases": purchases, "attributed_quantity": quantity, "attributed_revenue": revenue}
+            "attributed_purchases": purchases, "attributed_quantity": quantity, "attributed_revenue": revenue,
+            "revenue_currency": "USD" if purchases else None,
+            "attributed_revenue_by_currency": {"USD": revenue} if purchases else {}}
 
 
 PRODUCTS_A = [str(n) for n in range(1001, 1011)]
@@ -231,6 +235,46 @@ def test_refunds_the_signed_webhooks_record_take_their_share_off_the_credited_li
     assert whole == figures(0, 0, 2, None, 2, 3, 33.0)
     assert partly == figures(0, 0, 2, None, 2, 2, 20.5)
     assert after["total"] == after["by_intent"]["related"] == figures(0, 0, 2, None, 1, 1, 12.5)
+
+
+def test_revenue_paid_in_several_currencies_is_summed_per_currency(app, event_store_url, capsys):
+    """Browser-1 pays 2 × 12.50 USD after a related click, browser-2 30.00 EUR after a complementary one, browser-3
+    8.00 EUR after a related one: no one sum where two currencies meet, a sum per currency everywhere (by hand)."""
+    # Arrange
+    collect(app, clicked("sh-click-1", ANSWER_A, "related", "1003", 2, "browser-1", ago(5)))
+    collect(app, clicked("sh-click-2", ANSWER_C, "complementary", "3004", 3, "browser-2", ago(5)))
+    collect(app, clicked("sh-click-3", ANSWER_B, "related", "1005", 4, "browser-3", ago(5)))
+    collect(app, checkout("sh-order-9601", "9601", [("1003", 2, "12.50")], "browser-1", ago(3)))
+    collect(app, checkout("sh-order-9602", "9602", [("3004", 1, "30.00")], "browser-2", ago(3), currency="EUR"))
+    collect(app, checkout("sh-order-9603", "9603", [("1005", 1, "8.00")], "browser-3", ago(3), currency="EUR"))
+    # the signed orders webhook's lines are priced in the shop's currency, which the order names
+    assert post_webhook(app, "orders/create", {**order_payload(9604, 78, [4001]), "currency": "CAD"}).status_code == 200
+
+    # Act
+    body = report(capsys)
+
+    # Assert
+    def paid(purchases: int, quantity: int, revenue: float | None, currency: str | None, by_currency: dict) -> dict:
+        return {"attributed_purchases": purchases, "attributed_quantity": quantity, "attributed_revenue": revenue,
+                "revenue_currency": currency, "attributed_revenue_by_currency": by_currency}
+
+    def money_of(figures_: dict) -> dict:
+        return {key: figures_[key] for key in ("attributed_purchases", "attributed_quantity", "attributed_revenue",
+                                               "revenue_currency", "attributed_revenue_by_currency")}
+
+    assert money_of(body["total"]) == paid(3, 4, None, None, {"EUR": 38.0, "USD": 25.0})
+    assert money_of(body["by_intent"]["related"]) == paid(2, 3, None, None, {"EUR": 8.0, "USD": 25.0})
+    assert money_of(body["by_intent"]["complementary"]) == paid(1, 1, 30.0, "EUR", {"EUR": 30.0})
+    assert sql(event_store_url, "SELECT order_id, currency FROM events WHERE order_id IN ('9601', '9602', '9604')"
+                                " ORDER BY order_id") == [("9601", "USD"), ("9602", "EUR"), ("9604", "CAD")]
+
+
+def test_a_currency_that_is_not_a_code_is_a_400_naming_the_field(app):
+    response = app.post(f"/collect?shop={SHOP}", headers={"Content-Type": "text/plain"}, data=json.dumps(
+        checkout("sh-order-9701", "9701", [("1003", 1, "12.50")], "browser-1", ago(1), currency="dollars")))
+
+    assert response.status_code == 400
+    assert "lineItems[0].variant.price.currencyCode must be a currency code such as USD" in response.json["message"]
 
 
 def test_a_pixel_only_order_the_webhooks_cancel_earns_nothing(app, capsys):

@@ -1234,7 +1234,7 @@ def test_export_customer_lists_every_column_of_their_events_and_their_links(any_
         "shop": SHOP, "kind": "purchase", "user_key": "c:c1", "customer_id": "c1", "anonymous_id": None,
         "product_id": "p1", "variant_id": None, "quantity": 1, "price": None, "order_id": "1",
         "occurred_at": "2024-03-01T12:00:00.000000+00:00", "source_topic": "", "delivery_id": "",
-        "dedupe_key": "order:1:line:1", "weight_factor": 1.0}
+        "dedupe_key": "order:1:line:1", "weight_factor": 1.0, "currency": None}
     assert isinstance(line["id"], int)
     assert any_store.export_customer(SHOP, "nobody") == {"shop": SHOP, "customer_id": "nobody", "events": [],
                                                           "identity_links": [], "kept_refunds": [], "redactions": []}

@@ -36,6 +36,7 @@ TAKEN = ("product_viewed", "product_added_to_cart", "product_removed_from_cart",
 RECOMMENDATIONS_VIEWED, RECOMMENDATIONS_CLICKED = "recommendations_viewed", "recommendations_clicked"
 RECOMMENDATION_EVENTS = (RECOMMENDATIONS_VIEWED, RECOMMENDATIONS_CLICKED)
 _EVENT_ID = re.compile(r"^[A-Za-z0-9_\-:.]{1,128}$")
+_CURRENCY = re.compile(r"^[A-Z]{3}$")  # an ISO 4217 code, as MoneyV2.currencyCode gives it
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9_\-:.]{1,128}$")
 _RECOMMENDATION_ID = re.compile(r"^[0-9a-f]{32}$")  # as `/recommend` makes them: 16 random bytes in lowercase hex
 _PRODUCT_ID = re.compile(r"^[0-9]{1,20}$")
@@ -59,14 +60,21 @@ def _variant(data: dict, where: str) -> dict:
     return variant
 
 
-def _product_id(variant: dict, where: str, required: bool = True) -> tuple[str | None, str | None, float | None]:
+def _product_id(variant: dict, where: str,
+                required: bool = True) -> tuple[str | None, str | None, float | None, str | None]:
+    """The variant's product id, its own id, its price's amount and the price's currency (each None where absent)."""
     product = variant.get("product")
     if not isinstance(product, dict):
         raise MalformedPayload(f"{where}.product is missing")
     price = variant.get("price")
-    amount = money(price.get("amount"), f"{where}.price.amount") if isinstance(price, dict) else None
+    amount = currency = None
+    if isinstance(price, dict):
+        amount = money(price.get("amount"), f"{where}.price.amount")
+        currency = price.get("currencyCode")
+        if currency is not None and not (isinstance(currency, str) and _CURRENCY.match(currency)):
+            raise MalformedPayload(f"{where}.price.currencyCode must be a currency code such as USD, got {currency!r}")
     return (shopify_id(product.get("id"), f"{where}.product.id", required),
-            shopify_id(variant.get("id"), f"{where}.id", required=False), amount)
+            shopify_id(variant.get("id"), f"{where}.id", required=False), amount, currency)
 
 
 def pixel_events(payload: Any, shop: str, now: datetime | None = None) -> tuple[list[Event], int]:
@@ -128,22 +136,24 @@ def read_beacon(payload: Any, shop: str, now: datetime | None = None) -> Beacon:
                     continue  # a custom item (no variant): skipped, as orders/create skips a line without a product
                 if not isinstance(line, dict) or not isinstance(line.get("variant"), dict):
                     raise MalformedPayload(f"{where}.data.checkout.lineItems[{n}].variant is missing")
-                product_id, variant_id, price = _product_id(
+                product_id, variant_id, price, currency = _product_id(
                     line["variant"], f"{where}.data.checkout.lineItems[{n}].variant", required=False)
                 if product_id is None:
                     continue
                 # The line's quantity, as orders/create reads it: attribution's revenue is price × quantity
                 quantity = _quantity(line.get("quantity"), f"{where}.data.checkout.lineItems[{n}].quantity")
                 events.append(Event(kind=EventKind.PURCHASE, product_id=product_id, variant_id=variant_id, price=price,
-                                    quantity=quantity, order_id=order_id, dedupe_key=f"pixel:{event_id}:{product_id}",
+                                    currency=currency, quantity=quantity, order_id=order_id, dedupe_key=f"pixel:{event_id}:{product_id}",
                                     **common))
             continue
-        product_id, variant_id, price = _product_id(_variant(data, f"{where}.data"), f"{where}.data.productVariant")
+        product_id, variant_id, price, currency = _product_id(_variant(data, f"{where}.data"),
+                                                              f"{where}.data.productVariant")
         if name == "product_viewed":
             events.append(Event(kind=EventKind.VIEW, product_id=product_id, variant_id=variant_id, price=price,
-                                dedupe_key=f"pixel:{event_id}", **common))
+                                currency=currency, dedupe_key=f"pixel:{event_id}", **common))
         else:  # one cart signal per client and product, its latest beacon's: an add 1, a removal 0
             events.append(Event(kind=EventKind.ADD_TO_CART, product_id=product_id, variant_id=variant_id, price=price,
+                                currency=currency,
                                 dedupe_key=f"{CART_STATE_PREFIX}{client_id}:{product_id}",
                                 weight_factor=0.0 if name == "product_removed_from_cart" else 1.0, **common))
     return Beacon(events, signals, ignored)

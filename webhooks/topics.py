@@ -113,6 +113,11 @@ def order_created(ctx: TopicContext, order: dict) -> ChangeSet:
     anonymous_id = None if customer_id else str(order.get("cart_token") or f"order-{order_id}")
     occurred_at = order_occurred_at(order)
     cancelled = bool(order.get("cancelled_at")) or ctx.topic == "orders/cancelled"
+    # the lines' `price` is in the shop's currency, which `currency` names (`presentment_currency`: what the buyer paid
+    # in); kept where it is a currency code, never a reason to refuse the order
+    currency = order.get("currency")
+    currency = currency if isinstance(currency, str) and len(currency) == 3 and currency.isascii() \
+        and currency.isupper() else None
     events = []
     for position, line in enumerate(_list(order, "line_items")):
         if not isinstance(line, dict):
@@ -126,7 +131,7 @@ def order_created(ctx: TopicContext, order: dict) -> ChangeSet:
             customer_id=customer_id, anonymous_id=anonymous_id,
             variant_id=shopify_id(line.get("variant_id"), f"line_items[{position}].variant_id", required=False),
             quantity=_quantity(line.get("quantity"), f"line_items[{position}].quantity"),
-            price=money(line.get("price")), order_id=order_id, source_topic=ctx.topic,
+            price=money(line.get("price")), currency=currency, order_id=order_id, source_topic=ctx.topic,
             delivery_id=ctx.delivery_id, dedupe_key=order_line_key(order_id, line_id),
             weight_factor=0.0 if cancelled else 1.0,
         ))
