@@ -269,6 +269,17 @@ def test_revenue_paid_in_several_currencies_is_summed_per_currency(app, event_st
                                 " ORDER BY order_id") == [("9601", "USD"), ("9602", "EUR"), ("9604", "CAD")]
 
 
+def test_a_product_on_two_lines_of_a_checkout_is_one_purchase_of_both(app, capsys):
+    """Two variants of 1003 in one checkout, 1 × 10.00 and 2 × 12.50: one purchase of 3 units, 35.00 (it was the first
+    line alone, 1 unit, 10.00), beside 1004's line."""
+    collect(app, clicked("sh-click-1", ANSWER_A, "related", "1003", 2, "browser-1", ago(5)))
+    collect(app, clicked("sh-click-2", ANSWER_A, "related", "1004", 3, "browser-1", ago(5)))
+    collect(app, checkout("sh-order-9801", "9801", [("1003", 1, "10.00"), ("1004", 1, "8.00"), ("1003", 2, "12.50")],
+                          "browser-1", ago(3)))
+
+    assert report(capsys)["total"] == figures(0, 0, 2, None, 2, 4, 43.0)
+
+
 def test_a_currency_that_is_not_a_code_is_a_400_naming_the_field(app):
     response = app.post(f"/collect?shop={SHOP}", headers={"Content-Type": "text/plain"}, data=json.dumps(
         checkout("sh-order-9701", "9701", [("1003", 1, "12.50")], "browser-1", ago(1), currency="dollars")))

@@ -21,7 +21,7 @@ from typing import Any, Callable, NamedTuple
 
 from recommender.errors import InvalidEvent
 from recommender.changes import Event
-from recommender.events import EventKind, parse_timestamp
+from recommender.events import MAX_QUANTITY, EventKind, parse_timestamp
 from recommender.intents import CHAINS, MAX_RESULTS
 from recommender.store import CART_STATE_PREFIX, PIXEL_SOURCE_PREFIX
 from recommender.store import SIGNAL_CLICK, SIGNAL_VIEW, RecommendationSignal
@@ -131,6 +131,10 @@ def read_beacon(payload: Any, shop: str, now: datetime | None = None) -> Beacon:
             lines = checkout.get("lineItems") or []
             if not isinstance(lines, list):
                 raise MalformedPayload(f"{where}.data.checkout.lineItems must be a list")
+            # One purchase per product, as its dedupe key holds: a product on several lines (two of its variants) is
+            # their quantities summed, priced at their mean by unit (so that price × quantity is what they cost), in
+            # the first line's variant and currency
+            bought: dict[str, list] = {}
             for n, line in enumerate(lines):
                 if isinstance(line, dict) and "variant" in line and line["variant"] is None:
                     continue  # a custom item (no variant): skipped, as orders/create skips a line without a product
@@ -142,9 +146,19 @@ def read_beacon(payload: Any, shop: str, now: datetime | None = None) -> Beacon:
                     continue
                 # The line's quantity, as orders/create reads it: attribution's revenue is price × quantity
                 quantity = _quantity(line.get("quantity"), f"{where}.data.checkout.lineItems[{n}].quantity")
-                events.append(Event(kind=EventKind.PURCHASE, product_id=product_id, variant_id=variant_id, price=price,
-                                    currency=currency, quantity=quantity, order_id=order_id, dedupe_key=f"pixel:{event_id}:{product_id}",
-                                    **common))
+                cost = None if price is None else price * quantity
+                if product_id not in bought:
+                    bought[product_id] = [variant_id, currency, quantity, cost]
+                    continue
+                entry = bought[product_id]
+                entry[2] += quantity
+                entry[3] = None if entry[3] is None or cost is None else entry[3] + cost
+            for product_id, (variant_id, currency, quantity, cost) in bought.items():
+                quantity = min(quantity, MAX_QUANTITY)  # each line is at most that; their sum is kept within it
+                events.append(Event(kind=EventKind.PURCHASE, product_id=product_id, variant_id=variant_id,
+                                    price=None if cost is None else cost / quantity, currency=currency,
+                                    quantity=quantity, order_id=order_id,
+                                    dedupe_key=f"pixel:{event_id}:{product_id}", **common))
             continue
         product_id, variant_id, price, currency = _product_id(_variant(data, f"{where}.data"),
                                                               f"{where}.data.productVariant")
