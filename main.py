@@ -218,6 +218,7 @@ def recommend(request: flask.Request) -> flask.Response:
         "strategy": result.strategy,
         "fallback_from": result.fallback_from,
         "fallback_reason": result.fallback_reason,
+        "arm": result.arm,
         "recommendations": [{**item._asdict(), "score": round(item.score, 6)} for item in result.items],
     }
     return _json(body, headers={"Cache-Control": "private, no-store" if wanted.personal else "public, max-age=60"})

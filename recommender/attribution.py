@@ -11,6 +11,9 @@ keyed by the pixel's client id, apart from the events training reads. Nothing is
 - products shown: the distinct (answer, product) pairs those views showed;
 - clicks: the distinct (answer, product) pairs clicked (a product clicked twice in one answer counts once);
 - click-through rate: clicks / products shown;
+- by arm: the same figures for the answers the model gave and for the control group's (CONTROL_PERCENT of the
+  answers of every intent but trending, given by best sellers; their recommendation ids say which), with each arm's
+  attributed purchases per thousand products shown, and how much more the model's did than the control's (lift);
 - attributed purchases and revenue: an order line the pixel sent (`checkout_completed`, keyed by the same client id)
   of a product that browser clicked in an answer at most `attribution_days` before it. Each line is credited to the
   last such click before it, and counted in the window, under that click's intent, if the click lies in the window.
@@ -28,9 +31,10 @@ from collections import defaultdict
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
-from recommender.store import EventStore, PixelPurchase, RecommendationClick
+from recommender.store import CONTROL_ID_PREFIX, EventStore, PixelPurchase, RecommendationClick
 
 DEFAULT_REPORT_DAYS = 30.0
+ARMS = ("model", "control")  # recommender.intents.ARM_MODEL, ARM_CONTROL (numpy is not imported for the report)
 UNKNOWN_CURRENCY = "unknown"  # the key of lines whose currency is not stored (written before migration 11)
 
 
@@ -47,8 +51,15 @@ def attribution_report(store: EventStore, shop: str, days: float = DEFAULT_REPOR
     credited = credit_purchases(store.recommendation_clicks(shop, since, until),
                                 store.attributable_purchases(shop, since, until), timedelta(days=attribution_days))
     by_intent: dict[str, list[PixelPurchase]] = defaultdict(list)
+    by_arm: dict[str, list[PixelPurchase]] = defaultdict(list)
     for click, line in credited:
         by_intent[click.intent].append(line)
+        if click.intent != "trending":
+            by_arm[arm_of(click.recommendation_id)].append(line)
+    arm_counts = {arm: (viewed, shown, clicked)
+                  for arm, viewed, shown, clicked in store.recommendation_summary_by_arm(shop, since, until)}
+    arms = {arm: _figures(arm_counts.get(arm, (0, 0, 0)), by_arm.get(arm, []), per_thousand=True)
+            for arm in ARMS}
     total = _figures(counts.get(None, (0, 0, 0)), [line for _, line in credited])
     return {
         "shop": shop,
@@ -59,7 +70,20 @@ def attribution_report(store: EventStore, shop: str, days: float = DEFAULT_REPOR
         "total": total,
         "by_intent": {intent: _figures(counts.get(intent, (0, 0, 0)), by_intent.get(intent, []))
                       for intent in _ordered({i for i in counts if i is not None} | set(by_intent))},
+        "by_arm": {**arms, "lift": {measure: _lift(arms["model"][measure], arms["control"][measure])
+                                    for measure in ("click_through_rate", "purchases_per_thousand_shown")}},
     }
+
+
+def arm_of(recommendation_id: str) -> str:
+    """The arm an answer was in, read from its id: the control group's ids start with CONTROL_ID_PREFIX ('00'), and
+    no other answer's does (`recommender.intents.control_answer_id`, `model_answer_id`)."""
+    return "control" if recommendation_id.startswith(CONTROL_ID_PREFIX) else "model"
+
+
+def _lift(model: float | None, control: float | None) -> float | None:
+    """How much more the model's answers did than the control group's (0.25: a quarter more); None without a base."""
+    return None if model is None or not control else model / control - 1
 
 
 def credit_purchases(clicks: list[RecommendationClick], purchases: list[PixelPurchase],
@@ -90,7 +114,7 @@ def credit_purchases(clicks: list[RecommendationClick], purchases: list[PixelPur
     return credited
 
 
-def _figures(counts: tuple[int, int, int], lines: list[PixelPurchase]) -> dict:
+def _figures(counts: tuple[int, int, int], lines: list[PixelPurchase], per_thousand: bool = False) -> dict:
     viewed, shown, clicked = counts
     # what refunds left of each line: its units times the share the signed webhooks still count (1 without a refund)
     units = [Decimal(line.quantity) * Decimal(repr(line.kept)) for line in lines]
@@ -113,6 +137,7 @@ def _figures(counts: tuple[int, int, int], lines: list[PixelPurchase]) -> dict:
         "attributed_revenue": None if revenue is None else float(round(revenue, 6)),
         "revenue_currency": known[0] if len(known) == 1 else None,
         "attributed_revenue_by_currency": {code: float(round(amount, 6)) for code, amount in sorted(by_currency.items())},
+        **({"purchases_per_thousand_shown": 1000 * len(lines) / shown if shown else None} if per_thousand else {}),
     }
 
 

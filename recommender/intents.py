@@ -17,12 +17,19 @@ A model the quality gate published below a baseline (a shop's first, say, where 
 holdout's purchases better) never answers `personalized`, the ranking the gate judged: that step says
 `model_below_baseline` and the baseline that won (`popular` for best sellers, or `trending`) follows it,
 then the other (BELOW_BASELINE_CHAINS). Its related and complementary answers are the model's as usual.
+
+A control group (CONTROL_PERCENT): that share of the answers of every intent but trending, drawn at random answer by
+answer, is answered by best sellers (CONTROL_CHAIN: popular, then trending) with the same filters and exclusions, so
+that the attribution report can set what the model's answers earned beside what the baseline's did. The arm is
+written into the answer's `recommendation_id` (CONTROL_ID_PREFIX), which the storefront's views and clicks carry
+back: nothing is stored per answer, and a theme needs no change.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import random
 import re
 import time
 from datetime import datetime, timezone
@@ -35,7 +42,7 @@ from recommender.errors import ArtifactError, InvalidParameter, ModelNotReady, S
 from recommender.events import EventKind, user_key
 from recommender.model_store import check_shop_domain
 from recommender.serving import ModelHolder, ServingModel
-from recommender.store import EventStore, Interaction
+from recommender.store import CONTROL_ID_PREFIX, EventStore, Interaction
 from recommender.trending import TrendingCache
 
 log = logging.getLogger(__name__)
@@ -70,6 +77,21 @@ def below_baseline_chain(chain: tuple[str, ...], baseline: str) -> tuple[str, ..
 BELOW_BASELINE_CHAINS = {baseline: {intent: below_baseline_chain(chain, baseline) for intent, chain in CHAINS.items()}
                          for baseline in ("popular", "trending")}
 SHOPPER_INTENTS = ("personalized", "buy_it_again", "recently_viewed")  # answers that depend on one shopper
+CONTROL_CHAIN = ("popular", "trending")  # the control group's answers: best sellers, whatever the intent
+ARM_MODEL, ARM_CONTROL = "model", "control"
+
+
+def model_answer_id() -> str:
+    """A random recommendation id (32 hex digits) not marked as the control group's."""
+    while True:
+        drawn = os.urandom(16).hex()
+        if not drawn.startswith(CONTROL_ID_PREFIX):
+            return drawn
+
+
+def control_answer_id() -> str:
+    """A random recommendation id marked as the control group's (CONTROL_ID_PREFIX)."""
+    return CONTROL_ID_PREFIX + os.urandom(16 - len(CONTROL_ID_PREFIX) // 2).hex()
 # Strategies that score the model's rows and leave out the catalog's blocked rows and the request's excluded ones
 # themselves: their candidates need no second look by product id.
 MASKED_STRATEGIES = frozenset({"personalized", "related", "complementary", "popular"})
@@ -155,6 +177,7 @@ class RecommendResponse(NamedTuple):
     fallback_reason: str | None
     model_version: str | None
     items: tuple[RecommendedItem, ...] = ()
+    arm: str | None = None  # ARM_MODEL or ARM_CONTROL; None for trending, which no control group is drawn from
 
 
 class _Candidates(NamedTuple):
@@ -184,14 +207,16 @@ class AnswerCache:
         self._entries: dict[tuple, tuple] = {}
 
     def get(self, request: RecommendRequest, model_version: str | None,
-            new_id: Callable[[], str]) -> RecommendResponse | None:
-        """The cached answer, if fresh, under a recommendation id of its own (`new_id()`)."""
-        entry = self._entries.get(request)  # a named tuple equals, and hashes as, the plain tuple of its fields
+            new_id: Callable[[], str], control: bool = False) -> RecommendResponse | None:
+        """The cached answer, if fresh, under a recommendation id of its own (`new_id()`); `control`: the control
+        group's answer to the request, which is kept apart from the model's."""
+        # a named tuple equals, and hashes as, the plain tuple of its fields
+        entry = self._entries.get(tuple(request) + (ARM_CONTROL,) if control else request)
         if entry is None or entry[5] != model_version or self._clock() - entry[0] >= self._ttl:
             return None
-        flat, width = entry[6], self._ITEM_WIDTH
+        flat, width = entry[7], self._ITEM_WIDTH
         items = tuple(RecommendedItem._make(flat[i:i + width]) for i in range(0, len(flat), width))
-        return RecommendResponse(new_id(), *entry[1:6], items)
+        return RecommendResponse(new_id(), *entry[1:6], items, entry[6])
 
     def put(self, request: RecommendRequest, response: RecommendResponse, since: float | None = None) -> None:
         """Keep `response` for the TTL, counted from `since` (by default now): the time of what it relied on."""
@@ -202,21 +227,25 @@ class AnswerCache:
             fresh = [(key, entry) for key, entry in list(entries.items()) if now - entry[0] < self._ttl]
             entries = self._entries = dict(fresh) if len(fresh) <= self._max // 2 else {}
         flat = sum(response.items, ())  # the items' fields in a row
-        entries[tuple(request)] = (now if since is None else since, *response[1:-1], flat)
+        key = tuple(request) + (ARM_CONTROL,) if response.arm == ARM_CONTROL else tuple(request)
+        entries[key] = (now if since is None else since, *response[1:6], response.arm, flat)
 
 
 class Recommender:
     """Answers RecommendRequests from a model, the shopper's events, trending and the catalog."""
 
     def __init__(self, store: EventStore, models: ModelHolder, catalog: CatalogCache, trending: TrendingCache,
-                 history_limit: int, new_id: Callable[[], str] = lambda: os.urandom(16).hex(),
-                 cache_seconds: float = 0.0, clock: Callable[[], float] = time.monotonic):
+                 history_limit: int, new_id: Callable[[], str] = model_answer_id,
+                 cache_seconds: float = 0.0, clock: Callable[[], float] = time.monotonic,
+                 control_percent: float = 0.0, draw: Callable[[], float] = random.random):
         self._store = store
         self._models = models
         self._catalog = catalog
         self._trending = trending
         self._history_limit = history_limit
         self._new_id = new_id
+        self._control_share = control_percent / 100.0  # of the answers of every intent but trending
+        self._draw = draw  # a number in [0, 1), drawn for each answer when there is a control group
         self._answers = AnswerCache(cache_seconds, clock=clock)
         self._cache_seconds, self._clock = cache_seconds, clock
         # shop -> (when the store was last asked, whether it said installed); a shop it never said was installed
@@ -224,6 +253,8 @@ class Recommender:
         self._checked: dict[str, tuple[float, bool]] = {}
 
     def recommend(self, request: RecommendRequest) -> RecommendResponse:
+        control = (self._control_share > 0 and request.intent != "trending"
+                   and self._draw() < self._control_share)
         if not request.personal:
             # An answer for everyone cached less than `cache_seconds` ago was made for an installed shop: it is
             # served without asking the store again (on PostgreSQL, a round trip an answer). After app/uninstalled
@@ -232,7 +263,8 @@ class Recommender:
             # have been published since. The model's refresh check is started only for an answer served (a shop
             # that uninstalled starts none once its answers have run out).
             model = self._models.in_memory(request.shop, refresh=False)
-            cached = self._answers.get(request, model.version if model else None, self._new_id)
+            cached = self._answers.get(request, model.version if model else None,
+                                       control_answer_id if control else self._new_id, control)
             if cached is not None:
                 self._models.in_memory(request.shop)
                 return cached
@@ -272,14 +304,14 @@ class Recommender:
             raise ShopNotInstalled(f"{request.shop} has not installed the app (or has uninstalled it)")
         model = self._model(request)
         if not request.personal:
-            answer = self._answer(request, model, catalog=snapshot)
+            answer = self._answer(request, model, catalog=snapshot, control=control)
             self._answers.put(request, answer, since=asked_at)
             return answer
-        return self._answer(request, model, stored, snapshot)
+        return self._answer(request, model, stored, snapshot, control)
 
     def _answer(self, request: RecommendRequest, model: ServingModel | None,
-                stored: list[list[Interaction]] | None = None, catalog: CatalogSnapshot | None = None
-                ) -> RecommendResponse:
+                stored: list[list[Interaction]] | None = None, catalog: CatalogSnapshot | None = None,
+                control: bool = False) -> RecommendResponse:
         if catalog is None:
             catalog = self._catalog.get(request.shop)
         history = self._history(request, stored)
@@ -310,7 +342,7 @@ class Recommender:
         picked: list[tuple[str, float, str, str | None]] = []
         seen: set[str] = set()
         fallback_from = fallback_reason = None
-        chain = (CHAINS[request.intent] if model is None or model.below_baseline is None
+        chain = (CONTROL_CHAIN if control else CHAINS[request.intent] if model is None or model.below_baseline is None
                  else BELOW_BASELINE_CHAINS[model.below_baseline][request.intent])
         for strategy in chain:
             candidates, reason = self._run(strategy, request, model, history, history_rows,
@@ -332,13 +364,14 @@ class Recommender:
                     break
             if len(picked) == request.n:
                 break
-        if fallback_from is not None and picked and picked[0][2] == CHAINS[request.intent][0]:
+        if fallback_from is not None and picked and picked[0][2] == chain[0]:
             fallback_from = fallback_reason = None  # the primary strategy answered after all
         return RecommendResponse(
-            recommendation_id=self._new_id(), intent=request.intent,
+            recommendation_id=control_answer_id() if control else self._new_id(), intent=request.intent,
             strategy=picked[0][2] if picked else None, fallback_from=fallback_from,
             fallback_reason=fallback_reason, model_version=model.version if model else None,
             items=self._rich(catalog, picked),
+            arm=None if request.intent == "trending" else ARM_CONTROL if control else ARM_MODEL,
         )
 
     @staticmethod

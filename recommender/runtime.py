@@ -44,6 +44,7 @@ class Runtime:
             TrendingCache(store, settings.trending_half_life_days, settings.training.event_weights,
                           settings.trending_ttl_seconds),
             settings.history_limit, cache_seconds=settings.answer_cache_seconds,
+            control_percent=settings.control_percent,
         )
         return cls(settings, store, model_store, models, recommender)
 

@@ -107,6 +107,9 @@ class Settings(NamedTuple):
     # a webhook's body is read up to this many bytes (its HMAC needs all of it); a larger one is refused with 413
     # before it is read whole, and logged: Shopify retries it, so raising the limit stores it on its next attempt
     webhook_max_body_bytes: int = DEFAULT_WEBHOOK_MAX_BODY_BYTES
+    # the share of answers (every intent but trending), drawn at random, that best sellers give in the model's place:
+    # the control group the attribution report sets the model's answers beside
+    control_percent: float = 0.0
 
     @classmethod
     def from_mapping(cls, env: Mapping[str, str]) -> "Settings":
@@ -150,6 +153,8 @@ class Settings(NamedTuple):
             trusted_proxies=_read(env, "TRUSTED_PROXIES", int, 0, lambda v: 0 <= v <= 10, "an integer from 0 to 10"),
             attribution_days=_read(env, "ATTRIBUTION_DAYS", float, 7.0, lambda v: 0 < v <= 365,
                                    "a number of days > 0 and at most 365"),
+            control_percent=_read(env, "CONTROL_PERCENT", float, 0.0, lambda v: 0 <= v <= 50,
+                                  "a percentage from 0 to 50"),
             webhook_max_body_bytes=_read(env, "WEBHOOK_MAX_BODY_BYTES", int, DEFAULT_WEBHOOK_MAX_BODY_BYTES,
                                          lambda v: 65_536 <= v <= WEBHOOK_MAX_BODY_CEILING,
                                          f"an integer of bytes from 65536 to {WEBHOOK_MAX_BODY_CEILING}"),

@@ -348,6 +348,15 @@ _SIGNAL_COUNTS = ("count(DISTINCT CASE WHEN kind = 'view' THEN recommendation_id
 # Per intent, then for every intent together (intent NULL); parameters shop, since, until, twice.
 RECOMMENDATION_SUMMARY_SQL = ("SELECT intent, " + _SIGNAL_COUNTS + _SIGNALS_BETWEEN + " GROUP BY intent"
                               " UNION ALL SELECT NULL, " + _SIGNAL_COUNTS + _SIGNALS_BETWEEN)
+# A control group's answer's recommendation_id starts with these two hex digits, and no other answer's does (its id is
+# drawn again: recommender.intents.model_answer_id): the report tells the arms apart by the id alone.
+CONTROL_ID_PREFIX = "00"
+# The arm of the answer a view or click names.
+ARM_OF_SIGNAL = (f"CASE WHEN substr(recommendation_id, 1, {len(CONTROL_ID_PREFIX)}) = '{CONTROL_ID_PREFIX}'"
+                 " THEN 'control' ELSE 'model' END")
+# Per arm, the answers of every intent but trending (no control group is drawn from it); parameters shop, since, until.
+RECOMMENDATION_SUMMARY_BY_ARM_SQL = ("SELECT " + ARM_OF_SIGNAL + ", " + _SIGNAL_COUNTS + _SIGNALS_BETWEEN
+                                     + " AND intent <> 'trending' GROUP BY 1")
 RECOMMENDATION_CLICKS_SQL = ("SELECT client_id, product_id, occurred_at, intent, recommendation_id, event_id"
                              + _SIGNALS_BETWEEN + " AND kind = 'click'")
 # A signed webhook's purchase of the order of the pixel's purchase `e` ({weighing}: and that still counts).
@@ -481,6 +490,8 @@ class EventStore(Protocol):
                                 signals: Sequence[RecommendationSignal]) -> tuple[int, int] | None: ...
     def recommendation_summary(self, shop: str, since: datetime,
                                until: datetime) -> list[tuple[str | None, int, int, int]]: ...
+    def recommendation_summary_by_arm(self, shop: str, since: datetime,
+                                      until: datetime) -> list[tuple[str, int, int, int]]: ...
     def recommendation_clicks(self, shop: str, since: datetime, until: datetime) -> list[RecommendationClick]: ...
     def attributable_purchases(self, shop: str, since: datetime, until: datetime) -> list[PixelPurchase]: ...
 
@@ -1019,6 +1030,14 @@ class SharedQueries:
         between = (shop, self._time(since, "since"), self._time(until, "until"))
         return [(intent, int(viewed), int(shown), int(clicked)) for intent, viewed, shown, clicked
                 in self._read(RECOMMENDATION_SUMMARY_SQL.format(p=self._P), between * 2)]
+
+    def recommendation_summary_by_arm(self, shop: str, since: datetime,
+                                      until: datetime) -> list[tuple[str, int, int, int]]:
+        """`recommendation_summary`'s counts per arm ('model', 'control') of the answers of every intent but trending
+        (`RECOMMENDATION_SUMMARY_BY_ARM_SQL`)."""
+        between = (shop, self._time(since, "since"), self._time(until, "until"))
+        return [(arm, int(viewed), int(shown), int(clicked)) for arm, viewed, shown, clicked
+                in self._read(RECOMMENDATION_SUMMARY_BY_ARM_SQL.format(p=self._P), between)]
 
     def recommendation_clicks(self, shop: str, since: datetime, until: datetime) -> list[RecommendationClick]:
         """The clicks on answers' products between `since` and `until` (both included)."""

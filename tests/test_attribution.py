@@ -19,7 +19,8 @@ from tests.postgres_schema import run
 
 pytestmark = pytest.mark.usefixtures("runtime_stores_closed")
 
-ANSWER_A, ANSWER_B, ANSWER_C = (f"{n:032x}" for n in (0xA1, 0xB2, 0xC3))  # as /recommend makes them: 32 hex digits
+# as /recommend makes them: 32 hex digits, the model's (a control group's answer's start with 00)
+ANSWER_A, ANSWER_B, ANSWER_C = ("a1" * 16, "b2" * 16, "c3" * 16)
 
 
 def ago(days: float, minutes: float = 0) -> str:
@@ -286,6 +287,30 @@ def test_a_currency_that_is_not_a_code_is_a_400_naming_the_field(app):
 
     assert response.status_code == 400
     assert "lineItems[0].variant.price.currencyCode must be a currency code such as USD" in response.json["message"]
+
+
+def test_the_report_sets_the_models_answers_beside_the_control_groups(app, capsys):
+    """Two model answers (related A, complementary C) and two control answers (ids 00…, related and complementary),
+    ten products each; the model's earn 2 clicks and 1 purchase, the control's 1 click and 0 purchases; a trending
+    answer, which no control group is drawn from, is in neither arm (worked out by hand)."""
+    control_r, control_c, trending = "00" + "d4" * 15, "00" + "e5" * 15, "f6" * 16
+    collect(app, viewed("sh-v1", ANSWER_A, "related", PRODUCTS_A, "browser-1", ago(5, 1)))
+    collect(app, viewed("sh-v2", ANSWER_C, "complementary", PRODUCTS_C, "browser-2", ago(5, 1)))
+    collect(app, viewed("sh-v3", control_r, "related", PRODUCTS_B, "browser-3", ago(5, 1)))
+    collect(app, viewed("sh-v4", control_c, "complementary", PRODUCTS_B, "browser-4", ago(5, 1)))
+    collect(app, viewed("sh-v5", trending, "trending", PRODUCTS_C, "browser-5", ago(5, 1)))
+    collect(app, clicked("sh-c1", ANSWER_A, "related", "1003", 2, "browser-1", ago(5)))
+    collect(app, clicked("sh-c2", ANSWER_C, "complementary", "3004", 3, "browser-2", ago(5)))
+    collect(app, clicked("sh-c3", control_r, "related", "2001", 0, "browser-3", ago(5)))
+    collect(app, clicked("sh-c4", trending, "trending", "3001", 0, "browser-5", ago(5)))
+    collect(app, checkout("sh-o1", "9901", [("1003", 2, "12.50")], "browser-1", ago(3)))
+    collect(app, checkout("sh-o2", "9902", [("3001", 1, "9.00")], "browser-5", ago(3)))
+
+    by_arm = report(capsys)["by_arm"]
+
+    assert by_arm["model"] == {**figures(2, 20, 2, 2 / 20, 1, 2, 25.0), "purchases_per_thousand_shown": 50.0}
+    assert by_arm["control"] == {**figures(2, 20, 1, 1 / 20, 0, 0, 0.0), "purchases_per_thousand_shown": 0.0}
+    assert by_arm["lift"] == {"click_through_rate": pytest.approx(1.0), "purchases_per_thousand_shown": None}
 
 
 def test_a_pixel_only_order_the_webhooks_cancel_earns_nothing(app, capsys):

@@ -594,3 +594,45 @@ def test_recently_viewed_is_newest_first_by_each_products_latest_view_and_keeps_
     assert stored["recommendations"][0]["score"] > stored["recommendations"][1]["score"]
     assert ids(given) == [207, 205, 206]
     assert ids(both) == [206, 203, 204], "the ids given are what the shopper sees now, in the caller's order"
+
+
+# --- the control group (CONTROL_PERCENT) --------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["0", "30"], ids=["uncached", "cached"])
+def control_half(app_client, monkeypatch, request):
+    """Half the answers of every intent but trending from the control group, answers for everyone not cached or cached
+    30 s (ANSWER_CACHE_SECONDS); set before the instance starts (`shop`'s first webhook)."""
+    monkeypatch.setenv("CONTROL_PERCENT", "50")
+    monkeypatch.setenv("ANSWER_CACHE_SECONDS", request.param)
+    return app_client
+
+
+def test_a_control_group_answers_best_sellers_under_ids_that_say_so(control_half, shop):
+    """120 asks of 203's five related products with CONTROL_PERCENT=50: each answer is the model's (related, of 203's
+    category, its id never starting 00) or the control group's (best sellers without 203, the product on the page; its
+    id starting 00),
+    drawn at random; answers cached (ANSWER_CACHE_SECONDS=30) keep the two arms apart. Trending is in neither."""
+    best_sellers = [pid for pid in ids(ask(shop, customer_id=5, n=6)) if pid != 203][:5]  # 5 bought nothing
+    control_half_too = ask(shop, customer_id=5, n=6)  # whichever arm: both answer best sellers for customer 5
+
+    answers = [ask(shop, intent="related", product_id=203, n=5) for _ in range(120)]
+    trending = [ask(shop, intent="trending") for _ in range(20)]
+
+    control = [a for a in answers if a["arm"] == "control"]
+    model = [a for a in answers if a["arm"] == "model"]
+    assert len(control) + len(model) == 120 and 30 <= len(control) <= 90  # P(outside) < 1e-5 for a fair draw
+    assert all(a["recommendation_id"].startswith("00") and a["strategy"] == "popular"
+               and ids(a) == best_sellers for a in control)
+    assert all(not a["recommendation_id"].startswith("00") and a["strategy"] == "related"
+               and 203 not in ids(a) and set(ids(a)) <= set(CATEGORY_B) for a in model)
+    assert len({a["recommendation_id"] for a in answers}) == 120
+    assert all(a["arm"] is None and not a["recommendation_id"].startswith("00") for a in trending)
+    assert control_half_too["strategy"] == "popular"
+
+
+def test_without_a_control_group_every_answer_is_the_models(shop):
+    answers = [ask(shop, intent="related", product_id=203, n=5) for _ in range(40)]
+
+    assert all(a["arm"] == "model" and a["strategy"] == "related" and not a["recommendation_id"].startswith("00")
+               and set(ids(a)) <= set(CATEGORY_B) for a in answers)

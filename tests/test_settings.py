@@ -84,6 +84,9 @@ def test_values_are_cast(env):
     ("ATTRIBUTION_DAYS", "0"),
     ("ATTRIBUTION_DAYS", "366"),
     ("ATTRIBUTION_DAYS", "a week"),
+    ("CONTROL_PERCENT", "51"),  # a control group larger than the model's share
+    ("CONTROL_PERCENT", "-1"),
+    ("CONTROL_PERCENT", "10%"),
 ])
 def test_invalid_value_raises_config_error_naming_the_variable(name, value):
     # Act
