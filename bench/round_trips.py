@@ -10,14 +10,17 @@ server's answer since the last turn: the client sent it in reply. Statements a c
 their results (PostgreSQL's pipeline mode) reach the relay before any answer has come back, because each
 answer takes a whole round trip of 2 × delay, so they count once, with the statement that waits. What the count
 cannot tell apart is a client that stops for longer than that round trip between two sends it did not wait for:
-the delay (`delay_s`, 50 ms a way by default: a margin of 0.1 s) is that margin. `bench.delivery_probe` and the round-trip tests of
-`tests/test_store_postgres.py` count with it; `select_one_ms` is the round trip the PostgreSQL probes
+the delay (`delay_s`, 50 ms a way by default: a margin of 0.1 s) is that margin. Around what is counted (set-up,
+checks), `with relay.undelayed():` hands chunks on at once, behind any still delayed, so each round trip there does
+not wait 0.1 s for nothing. `bench.delivery_probe` and the round-trip tests of `tests/test_store_postgres.py` count
+with it; `select_one_ms` is the round trip the PostgreSQL probes
 report (`bench.delivery_probe`, `bench.backfill_probe`, `bench.answer_probe`); `add_distance_argument`, `summary`,
 `http_lines` and `print_and_write` are the answer and delivery probes' shared `--rtt-ms`, figures and output.
 """
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import json
@@ -91,6 +94,17 @@ class RoundTripCounter:
         with self._lock:
             self._turns = 0
 
+    @contextlib.contextmanager
+    def undelayed(self):
+        """While inside, each chunk is handed on as soon as it is read (still in order: never before one read earlier
+        and still delayed), and turns are still counted; for set-up and checks around what is counted, whose own round
+        trips would otherwise each wait 2 × delay_s. Count only outside it (`reset`, the work, `turns`)."""
+        saved, self._delay = self._delay, 0.0
+        try:
+            yield self
+        finally:
+            self._delay = saved
+
     def url(self, url: str) -> str:
         """A PostgreSQL URL on loopback (`postgresql://user@127.0.0.1:5432/db`) with its port made the relay's."""
         from urllib.parse import urlsplit, urlunsplit
@@ -153,6 +167,7 @@ class _Direction:
         self._from_client = from_client
         self._queue: list[tuple[float, int, bytes]] = []
         self._order = itertools.count()
+        self._last_due = 0.0  # due times never go back: a chunk read undelayed waits for those delayed before it
         self._ready = threading.Condition()
         threading.Thread(target=self._read, daemon=True).start()
         threading.Thread(target=self._write, daemon=True).start()
@@ -166,7 +181,8 @@ class _Direction:
             if chunk and self._from_client:
                 self._relay._from_client(self._state)
             with self._ready:
-                heapq.heappush(self._queue, (time.monotonic() + self._relay._delay, next(self._order), chunk))
+                self._last_due = max(self._last_due, time.monotonic() + self._relay._delay)
+                heapq.heappush(self._queue, (self._last_due, next(self._order), chunk))
                 self._ready.notify()
             if not chunk:
                 return

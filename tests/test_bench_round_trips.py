@@ -63,3 +63,44 @@ def test_a_url_through_the_relay_keeps_its_user_database_and_options():
         url = relay.url("postgresql://postgres@127.0.0.1:5432/test?options=-csearch_path%3Dx")
 
     assert url == f"postgresql://postgres@127.0.0.1:{relay.port}/test?options=-csearch_path%3Dx"
+
+
+def test_undelayed_chunks_never_pass_a_delayed_one_and_the_count_after_them_is_exact():
+    # Arrange: an echo server on loopback behind a relay that delays each chunk 0.2 s each way
+    import socket
+    import threading
+    import time
+
+    echo = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        conn, _ = echo.accept()
+        with conn:
+            while data := conn.recv(1024):
+                conn.sendall(data)
+
+    threading.Thread(target=serve, daemon=True).start()
+
+    def read(sock: socket.socket, size: int) -> bytes:
+        got = b""
+        while len(got) < size:
+            got += sock.recv(size - len(got))
+        return got
+
+    with echo, RoundTripCounter(echo.getsockname()[1], delay_s=0.2) as relay, \
+            socket.create_connection(("127.0.0.1", relay.port)) as client:
+        # Act: "a" delayed; "b", read by the relay 0.05 s later undelayed, while "a" still waits
+        client.sendall(b"a")
+        time.sleep(0.05)
+        with relay.undelayed():
+            client.sendall(b"b")
+            echoed = read(client, 2)
+        relay.reset()
+        for chunk in (b"c", b"d"):  # two sends, each waiting for its echo: two round trips
+            client.sendall(chunk)
+            echoed += read(client, 1)
+        counted = relay.turns
+
+    # Assert: in the order sent, and each waited-for send counted once
+    assert echoed == b"abcd"
+    assert counted == 2

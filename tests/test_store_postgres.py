@@ -878,7 +878,9 @@ def stored_each_way(sqlite, pg_store, page, together: bool) -> tuple[list, list]
 
 @pytest.fixture
 def counted_store(schema_url):
-    """A PostgreSQL store whose connections go through a relay that counts round trips, and the relay."""
+    """A PostgreSQL store whose connections go through a relay that counts round trips, and the relay. A test counts
+    between `relay.reset()` and `relay.turns`, with the relay's 50 ms each way; its set-up and checks around that run
+    inside `relay.undelayed()`, where each round trip would wait 0.1 s for nothing."""
     from urllib.parse import urlsplit
 
     from bench.round_trips import RoundTripCounter
@@ -886,7 +888,8 @@ def counted_store(schema_url):
 
     PostgresEventStore(schema_url).close()  # migrated directly: through the relay each of its statements waits 50 ms
     with RoundTripCounter(urlsplit(schema_url).port or 5432) as relay:
-        store = PostgresEventStore(relay.url(schema_url))
+        with relay.undelayed():
+            store = PostgresEventStore(relay.url(schema_url))
         yield store, relay
         store.close()
 
@@ -912,7 +915,8 @@ def test_a_webhooks_write_waits_for_postgresql_once_per_answer_it_needs(counted_
     from bench.delivery_probe import deliveries, prepare, store_one
 
     store, relay = counted_store
-    prepare(store, kind, SHOP, 3)
+    with relay.undelayed():
+        prepare(store, kind, SHOP, 3)
     sqlite = SQLiteEventStore(tmp_path / "events.sqlite3")
     prepare(sqlite, kind, SHOP, 3)
     turns, stored, expected = [], [], []
@@ -929,20 +933,22 @@ def test_a_webhooks_write_waits_for_postgresql_once_per_answer_it_needs(counted_
     events = {"checkout": 0, "product update": 0, "product deletion": 0, "inventory level": 0, "cancellation": 0,
               "refund": 0, "pixel beacon": 5}.get(kind, 3)
     assert stored == expected == ([None] * 3 if kind == "redelivery" else [events] * 3)
-    assert answers(store) == answers(sqlite)
-    assert store.unsellable_product_ids(SHOP) == sqlite.unsellable_product_ids(SHOP)
-    if kind == "inventory level":  # k % 5 units at one location, the others never heard from: the payload's 5 stand
-        assert [[v.inventory_quantity for v in store.products(SHOP)[str(8_000_000_000_000 + k)].variants]
-                for k in range(3)] == [[5, 5, 5]] * 3
-        assert store.unsellable_product_ids(SHOP) == set()  # product 0's other variants are still for sale
-    if kind == "checkout":  # each cart's three events joined to the checkout's customer
-        assert {i.user_key for i in store.interactions(SHOP)} == {f"c:{7_000_000_000_000 + k}" for k in range(3)}
-    if kind in ("cancellation", "refund"):  # three orders of three lines: all void, or each first line's one unit
-        assert store.count_events(SHOP) == 9
-        assert len(store.interactions(SHOP)) == len(sqlite.interactions(SHOP)) == (0 if kind == "cancellation" else 6)
-    if kind == "product deletion":
-        assert store.products(SHOP) == {} and store.deleted_product_ids(SHOP) == {
-            str(8_000_000_000_000 + k) for k in range(3)}
+    with relay.undelayed():
+        assert answers(store) == answers(sqlite)
+        assert store.unsellable_product_ids(SHOP) == sqlite.unsellable_product_ids(SHOP)
+        if kind == "inventory level":  # k % 5 units at one location, the others never heard from: the payload's 5 stand
+            assert [[v.inventory_quantity for v in store.products(SHOP)[str(8_000_000_000_000 + k)].variants]
+                    for k in range(3)] == [[5, 5, 5]] * 3
+            assert store.unsellable_product_ids(SHOP) == set()  # product 0's other variants are still for sale
+        if kind == "checkout":  # each cart's three events joined to the checkout's customer
+            assert {i.user_key for i in store.interactions(SHOP)} == {f"c:{7_000_000_000_000 + k}" for k in range(3)}
+        if kind in ("cancellation", "refund"):  # three orders of three lines: all void, or each first line's one unit
+            assert store.count_events(SHOP) == 9
+            assert len(store.interactions(SHOP)) == len(sqlite.interactions(SHOP)) == (
+                0 if kind == "cancellation" else 6)
+        if kind == "product deletion":
+            assert store.products(SHOP) == {} and store.deleted_product_ids(SHOP) == {
+                str(8_000_000_000_000 + k) for k in range(3)}
     sqlite.close()
 
 
@@ -967,8 +973,9 @@ def test_a_refund_kept_for_its_order_and_the_order_that_takes_it_each_wait_for_p
 
     # Assert: each waits once, as without a refund kept; each line is left at half its weight
     assert (turns, stored) == ([1, 1, 1, 1], [0, 1, 0, 1])
-    assert sorted((i.user_key, i.weight_factor) for i in store.interactions(SHOP)) == [("a:tok-guest", 0.5),
-                                                                                       ("c:1", 0.5)]
+    with relay.undelayed():
+        assert sorted((i.user_key, i.weight_factor) for i in store.interactions(SHOP)) == [("a:tok-guest", 0.5),
+                                                                                           ("c:1", 0.5)]
 
 
 @pytest.mark.parametrize("conforming", ["on", "off"])  # a backslash in a string literal means what this says
@@ -1067,7 +1074,8 @@ def test_a_page_of_250_products_or_orders_waits_three_times_or_twice(counted_sto
     # Assert
     assert (product_turns, order_turns) == (3, 2)
     assert stored_products == [0] * 250 and stored_orders == [3] * 250
-    assert len(store.products(SHOP)) == 250 and store.count_events(SHOP) == 750
+    with relay.undelayed():
+        assert len(store.products(SHOP)) == 250 and store.count_events(SHOP) == 750
 
 
 def test_a_backfills_page_of_levels_at_three_locations_of_each_item_waits_twice(counted_store, tmp_path):
@@ -1075,10 +1083,11 @@ def test_a_backfills_page_of_levels_at_three_locations_of_each_item_waits_twice(
     from webhooks.backfill import LEVELS_TOPIC, level_changes, level_webhook_id
 
     store, relay = counted_store
-    for pid in range(1, 51):
-        store.apply(*webhook("products/create", {
-            "id": pid, "status": "active", "published_at": "2026-10-01T00:00:00Z",
-            "variants": [{"id": pid * 10, "inventory_item_id": pid * 100, "inventory_quantity": 5}]}, f"wh-p{pid}"))
+    with relay.undelayed():
+        for pid in range(1, 51):
+            store.apply(*webhook("products/create", {
+                "id": pid, "status": "active", "published_at": "2026-10-01T00:00:00Z",
+                "variants": [{"id": pid * 10, "inventory_item_id": pid * 100, "inventory_quantity": 5}]}, f"wh-p{pid}"))
     levels = [{"inventory_item_id": pid * 100, "location_id": location, "available": pid % 3 if location == 1 else 0,
                "updated_at": "2026-11-01T00:00:00Z"} for pid in range(1, 51) for location in (1, 2, 3)]
     page = [(Delivery(SHOP, webhook_id, LEVELS_TOPIC), level_changes(SHOP, level, webhook_id))
@@ -1091,9 +1100,10 @@ def test_a_backfills_page_of_levels_at_three_locations_of_each_item_waits_twice(
 
     # Assert: set-wise, each variant's stock the exact sum of its three locations
     assert turns == 2 and stored == [0] * 150
-    assert {pid: product.variants[0].inventory_quantity for pid, product in store.products(SHOP).items()} == {
-        str(pid): pid % 3 for pid in range(1, 51)}
-    assert store.unsellable_product_ids(SHOP) == {str(pid) for pid in range(3, 51, 3)}
+    with relay.undelayed():
+        assert {pid: product.variants[0].inventory_quantity for pid, product in store.products(SHOP).items()} == {
+            str(pid): pid % 3 for pid in range(1, 51)}
+        assert store.unsellable_product_ids(SHOP) == {str(pid) for pid in range(3, 51, 3)}
 
 
 def stock_levels_and_what_came_before() -> tuple[list, list]:
