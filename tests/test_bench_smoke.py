@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -19,12 +20,17 @@ from bench.perf import SECTIONS, goals, headline_figures, size_label
 from bench.stats import CpuShares, percentile, ratio_interval
 from recommender.serving import HEAD_MIN_ITEMS
 from tests.conftest import ROOT
+from tests.postgres_schema import temporary_schema
 
 
 @pytest.mark.timeout(280)
 def test_quick_benchmark_reports_every_section_with_positive_numbers(tmp_path):
-    run = subprocess.run([sys.executable, "-m", "bench.perf", "--quick", "--out", str(tmp_path)], cwd=ROOT,
-                         capture_output=True, text=True, timeout=270)
+    with contextlib.ExitStack() as stack:
+        env = dict(os.environ)
+        if env.get("TEST_POSTGRES_URL"):  # a schema of its own, as every PostgreSQL test has: runs never meet
+            env["TEST_POSTGRES_URL"] = stack.enter_context(temporary_schema())
+        run = subprocess.run([sys.executable, "-m", "bench.perf", "--quick", "--out", str(tmp_path)], cwd=ROOT,
+                             capture_output=True, text=True, timeout=270, env=env)
 
     assert run.returncode == 0, run.stderr[-4000:]
     results = json.loads((tmp_path / "perf.json").read_text())
