@@ -208,8 +208,10 @@ def _timed_start(config: Config, floor_source: Path, log_dir: Path) -> dict[str,
     return process.start_steps(server, startup)
 
 
-def measure(shops: list[tuple], floor_repeats: int, workdir: Path) -> dict:
-    """shops: (label, files, repeats[, extra env]). Returns the floor, each configuration and their ratios."""
+def measure(shops: list[tuple], floor_repeats: int, workdir: Path, timeline_repeats: int = TIMELINE_REPEATS,
+            import_repeats: int = 3) -> dict:
+    """shops: (label, files, repeats[, extra env]). Returns the floor, each configuration and their ratios; then
+    `timeline_repeats` starts of each through `bench.start_timeline`, and the imports timed `import_repeats` times."""
     floor_source = write_floor_source(workdir / "floor")
     log_dir = workdir / "logs"
     configs = [Config("floor", None, floor_repeats), Config(PINNED_FLOOR, None, floor_repeats, PINNED)]
@@ -223,7 +225,7 @@ def measure(shops: list[tuple], floor_repeats: int, workdir: Path) -> dict:
     # carry no clocks of ours.
     timed = [c.label for c in configs if c.shop is None or c.shop.n_items <= TIMELINE_MAX_ITEMS]
     steps: dict[str, list[dict[str, float]]] = {label: [] for label in timed}
-    for label in start_order({label: TIMELINE_REPEATS for label in timed}, seed=ORDER_SEED + 1):
+    for label in start_order({label: timeline_repeats for label in timed}, seed=ORDER_SEED + 1):
         steps[label].append(_timed_start(by_label[label], floor_source, log_dir))
     floor = _summary(runs["floor"])
     results = []
@@ -239,10 +241,10 @@ def measure(shops: list[tuple], floor_repeats: int, workdir: Path) -> dict:
             "load_breakdown": _load_breakdown(config.shop, repeats=2 if config.shop.n_items >= 1_000_000 else 3),
         })
     imports = {
-        "import_main_s": _import_seconds("import main", 3),
-        "import_floor_s": _import_seconds("import functions_framework, numpy", 3),
+        "import_main_s": _import_seconds("import main", import_repeats),
+        "import_floor_s": _import_seconds("import functions_framework, numpy", import_repeats),
     }
-    timeline = {"repeats": TIMELINE_REPEATS,
+    timeline = {"repeats": timeline_repeats,
                 "steps_ms": {label: {step: round(ms, 2) for step, ms in start_timeline.medians(starts).items()}
                              for label, starts in steps.items()}}
     return {"floor": floor, "floor_one_blas_thread": _summary(runs[PINNED_FLOOR]), "configs": results, "imports": imports,

@@ -74,12 +74,15 @@ class Plan:
     probe_count: int  # answers and deliveries of each kind the round-trip probes time
     probe_rtt_ms: float  # added to each round trip to PostgreSQL for the probes' second timing (0: loopback only)
     probe_items: int  # the answer probe's model
+    cold_timeline_repeats: int = 5  # starts of each configuration through bench.start_timeline (cold_start.TIMELINE_REPEATS)
+    import_repeats: int = 3  # fresh interpreters timing `import main` and the floor's imports
 
     @classmethod
     def quick(cls, sizes: tuple[int, ...] | None) -> "Plan":
         sizes = sizes or (2_000,)
         return cls("quick", sizes, 50, 2, 1, {n: 100 for n in sizes}, (1, 8, 32), 60, 3.0, 60, 40, (1, 8),
-                   2_000, 1_000, 20_000, 2, 100, 300, 20, (20, 2_000), 3, 0.0, 2_000)
+                   2_000, 1_000, 20_000, 2, 100, 300, 20, (20, 2_000), 3, 0.0, 2_000,
+                   cold_timeline_repeats=1, import_repeats=1)
 
     @classmethod
     def full(cls, sizes: tuple[int, ...] | None) -> "Plan":
@@ -195,7 +198,8 @@ def run(plan: Plan, workdir: Path, log=print) -> dict:
                     {"PRELOAD_SHOPS": synthetic.SHOP}))  # the model loads while the instance starts
     configs.append((f"{size_label(reference)} items + {size_label(reference)} catalog rows", catalog_shop,
                     max(1, plan.cold_repeats - 2)))  # the catalog is read on the first request too
-    results["cold_start"] = cold_start.measure(configs, plan.cold_repeats, workdir / "cold")
+    results["cold_start"] = cold_start.measure(configs, plan.cold_repeats, workdir / "cold",
+                                               plan.cold_timeline_repeats, plan.import_repeats)
 
     section("warm latency")
     warm = []
