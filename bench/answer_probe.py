@@ -36,7 +36,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ContextManager
 from urllib.parse import urlsplit
 
 from bench import process
@@ -51,9 +51,11 @@ WARM_KINDS = KINDS[1:6]  # an instance holding the shop's check, snapshot and ca
 
 
 def measure(shop, url: str, count: int, probe: Callable[[Callable[[], object]], float],
-            after_close: Callable[[], None] = lambda: None) -> dict[str, list[float]]:
+            after_close: Callable[[], None] = lambda: None,
+            unprobed: Callable[[], ContextManager] = contextlib.nullcontext) -> dict[str, list[float]]:
     """`probe(answer)` of `count` answers of each kind (the time it took, or its round trips), the store at `url`;
-    `after_close` runs once a new instance's store is closed."""
+    `after_close` runs once a new instance's store is closed; the answers that warm an instance up run inside
+    `unprobed()`."""
     from bench.latency import _runtime  # as an instance makes it, the catalog's and trending's refresh held off
     from recommender.intents import RecommendRequest
 
@@ -73,8 +75,9 @@ def measure(shop, url: str, count: int, probe: Callable[[Callable[[], object]], 
     runtime = _runtime(shop, url)
     try:
         recommend = runtime.recommender.recommend
-        recommend(request("related", count))  # the connection, the catalog's snapshot, the model: not probed
-        recommend(request("trending", 0))
+        with unprobed():  # the connection, the catalog's snapshot, the model: not probed
+            recommend(request("related", count))
+            recommend(request("trending", 0))
         for i in range(count):
             for kind, asked in zip(WARM_KINDS, (request("related", count + 1 + i), request("related", count + 1 + i),
                                                request("trending", 0), request("personalized", i),
@@ -84,7 +87,8 @@ def measure(shop, url: str, count: int, probe: Callable[[Callable[[], object]], 
         runtime.store.close()
     quiet = _quiet_runtime(shop, url)
     try:
-        quiet.recommender.recommend(request("related", 2 * count + 1))  # the connection and the model: not probed
+        with unprobed():  # the connection and the model: not probed
+            quiet.recommender.recommend(request("related", 2 * count + 1))
         for i in range(count):
             for kind, asked in ((KINDS[6], request("related", 2 * count + 2 + i)),
                                 (KINDS[7], request("personalized", count + i))):
@@ -121,8 +125,10 @@ def counted(shop, url: str, count: int = 3) -> dict[str, list[int]]:
             answer()
             return relay.turns
 
-        # A closed connection's goodbye reaches the relay 50 ms later: not the next answer's round trip.
-        found = measure(shop, relay.url(url), count, turns, after_close=lambda: time.sleep(0.15))
+        # A closed connection's goodbye reaches the relay 50 ms later: not the next answer's round trip. What warms an
+        # instance up is not counted: undelayed, no round trip there waits 0.1 s.
+        found = measure(shop, relay.url(url), count, turns, after_close=lambda: time.sleep(0.15),
+                        unprobed=relay.undelayed)
     return {kind: [int(n) for n in values] for kind, values in found.items()}
 
 
