@@ -53,15 +53,26 @@ def test_without_postgresql_it_times_sqlite_and_says_why_not(tmp_path, monkeypat
     assert "PostgreSQL: skipped (TEST_POSTGRES_URL is not set)." in table(results)
 
 
-def test_on_postgresql_it_counts_each_kinds_round_trips_and_leaves_no_shop_behind(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def probed_on_postgresql(tmp_path_factory):
+    """One run of the probe on a schema of its own, three deliveries a kind, over HTTP too, shared by the two tests
+    below (each once ran the probe itself: its round trips counted through the 50 ms relay each time); what each table
+    holds after it."""
     server_url()  # a skip with the reason where no PostgreSQL is configured
-    with temporary_schema() as url:
+    with temporary_schema() as url, pytest.MonkeyPatch.context() as monkeypatch:
         monkeypatch.setenv("TEST_POSTGRES_URL", url)
 
-        results = run(3, 0.0, tmp_path)
-        leftovers = sum(run_sql(url, f"SELECT count(*) FROM {name}")[0][0]
-                        for name in ("events", "deliveries", "products", "variants", "inventory_levels",
-                                     "identity_links", "shop_state"))
+        # `over_http` checks every answer: 200, and "stored" (a redelivery "duplicate"), or it raises
+        results = run(3, 0.0, tmp_path_factory.mktemp("delivery-probe"), http=True)
+        rows = {name: run_sql(url, f"SELECT count(*) FROM {name}")[0][0]
+                for name in ("events", "deliveries", "products", "variants", "inventory_levels", "identity_links",
+                             "shop_state")}
+    return results, rows
+
+
+def test_on_postgresql_it_counts_each_kinds_round_trips_and_leaves_no_shop_behind(probed_on_postgresql):
+    results, rows = probed_on_postgresql
+    leftovers = sum(rows.values())
 
     pg = results["postgresql"]
     assert pg["round_trips"] == {kind: [ROUND_TRIPS[kind]] * 3 for kind in KINDS}
@@ -83,14 +94,9 @@ def test_the_command_writes_its_json_and_table(tmp_path):
     assert (tmp_path / "delivery_probe.md").read_text().strip() == done.stdout.strip()
 
 
-def test_over_http_each_kind_is_stored_through_the_real_app_and_timed_beside_the_bare_function(tmp_path, monkeypatch):
-    server_url()  # a skip with the reason where no PostgreSQL is configured
-    with temporary_schema() as url:
-        monkeypatch.setenv("TEST_POSTGRES_URL", url)
-
-        # `over_http` checks every answer: 200, and "stored" (a redelivery "duplicate"), or it raises
-        results = run(2, 0.0, tmp_path, http=True)
-        events = run_sql(url, "SELECT count(*) FROM events")[0][0]
+def test_over_http_each_kind_is_stored_through_the_real_app_and_timed_beside_the_bare_function(probed_on_postgresql):
+    results, rows = probed_on_postgresql
+    events = rows["events"]
 
     http = results["postgresql"]["http"]
     assert http["over"] == "loopback" and set(http) == {"over", *KINDS}
