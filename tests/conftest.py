@@ -243,7 +243,10 @@ def running_function(process_env: dict[str, str], target: str = "app", output: l
     """`functions-framework --target TARGET` as a real process on a free loopback port; yields its base URL.
 
     What the process writes (stdout and stderr) is read as it comes, so a chatty process never blocks on a full
-    pipe; pass `output` to receive its lines, complete once the block has exited."""
+    pipe; pass `output` to receive its lines, complete once the block has exited. It is stopped with SIGINT,
+    gunicorn's quick shutdown, once the block's requests are answered: on SIGTERM its worker kept each connection a
+    test's `requests.get`/`post` had left open for 2 s more (gunicorn's keep-alive linger), in every such test."""
+    import signal
     import subprocess
     import sys
     import threading
@@ -276,6 +279,6 @@ def running_function(process_env: dict[str, str], target: str = "app", output: l
                 time.sleep(0.1)
         yield base
     finally:
-        process.terminate()
+        process.send_signal(signal.SIGINT)
         process.wait(timeout=10)
         reader.join(timeout=10)
