@@ -928,7 +928,7 @@ def stand_ins():
     for name in ("metadata", "storage"):
         server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         server.name = name
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         servers[name] = server
     yield StandIns(f"http://127.0.0.1:{servers['storage'].server_port}",
                    f"127.0.0.1:{servers['metadata'].server_port}", seen, storage_status, objects, generation_header)

@@ -42,7 +42,7 @@ def google_like_certs():
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Certs)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     signer = crypt.RSASigner.from_string(private_pem, "test-key")
     yield signer, f"http://127.0.0.1:{server.server_address[1]}/certs"
     server.shutdown()
@@ -122,7 +122,7 @@ def test_bug_google_certificates_out_of_reach_are_a_503_not_a_bad_token(google_l
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Failing)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     port = server.server_address[1]
     if certs == "refused":
         server.shutdown()
