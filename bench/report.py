@@ -147,7 +147,8 @@ def markdown(results: dict) -> str:
                 f"`import functions_framework, numpy` {cold['imports']['import_floor_s']} s."]
     if cold.get("timeline"):
         out += ["", f"Where each start's time goes, timed inside its processes (`bench.start_timeline`: "
-                    f"{cold['timeline']['repeats']} more starts of each configuration up to 100k items after the measured"
+                    f"{cold['timeline']['repeats']} more start{'s' if cold['timeline']['repeats'] != 1 else ''} of each"
+                    " configuration up to 100k items after the measured"
                     " ones; each step's median ms after the step before; listening is when the client's poll first"
                     " connected, load and loaded the worker's first model load):", "",
                 start_timeline.table(cold["timeline"]["steps_ms"], gaps=True)]
