@@ -1,6 +1,6 @@
 """Cloud Functions entry points: HTTP in, package calls, JSON out.
 
-Deploy each entry point on its own (`webhook`, `recommend`, `collect`, `train`,
+Deploy each entry point on its own (`webhook`, `recommend`, `collect`, `train`, `report`,
 `healthz`, and the CloudEvent `webhook_pubsub`) or `app`, which routes by path, as
 one function. Nothing here opens a store at import time; the first request does. Read
 from the environment at import: LOG_LEVEL (log lines as JSON on stderr, recommender/logs.py)
@@ -329,7 +329,49 @@ def healthz(request: flask.Request) -> flask.Response:
     return _json({"status": "ok"})
 
 
-ROUTES = {"/webhooks": webhook, "/recommend": recommend, "/collect": collect, "/train": train, "/healthz": healthz}
+@functions_framework.http
+@_json_errors
+def report(request: flask.Request) -> flask.Response:
+    """GET ?shop=&days= with `Bearer $REPORT_TOKEN`: the shop's attribution report (what `python -m recommender report`
+    prints: answers viewed, clicks, attributed purchases and revenue, per intent and per arm), for an app's admin."""
+    if (refused := _require_method(request, "GET")) is not None:
+        return refused
+    import hmac
+
+    from webhooks.oidc import bearer_token
+
+    settings = _runtime.settings()
+    if settings.report_token is None:
+        return _json({"error": "reporting_disabled", "message": "set REPORT_TOKEN to serve the report over HTTP"}, 403)
+    supplied = bearer_token(request.headers.get("Authorization"))
+    if supplied is None or not hmac.compare_digest(supplied.encode(), settings.report_token.reveal().encode()):
+        return _json({"error": "unauthorized", "message": "Authorization: Bearer <REPORT_TOKEN> required"}, 401)
+    shop = check_shop_domain((request.args.get("shop") or "").lower())
+    days = _report_days(request.args.get("days"))
+    runtime = _runtime.get()
+    if not runtime.store.is_shop_installed(shop):
+        raise ShopNotInstalled(f"{shop} has not installed the app (or has uninstalled it)")
+    from recommender.attribution import attribution_report
+
+    body = attribution_report(runtime.store, shop, days, settings.attribution_days)
+    return _json(body, headers={"Cache-Control": "private, no-store"})
+
+
+def _report_days(raw: str | None) -> float:
+    """`days` of `/report`: the window, more than 0 and at most 365 days (default 30)."""
+    if raw is None or raw == "":
+        return 30.0
+    try:
+        days = float(raw)
+    except ValueError:
+        days = float("nan")
+    if not 0 < days <= 365:  # NaN fails too
+        raise InvalidParameter("days", f"days must be a number of days > 0 and at most 365, got {raw!r}")
+    return days
+
+
+ROUTES = {"/webhooks": webhook, "/recommend": recommend, "/collect": collect, "/train": train, "/report": report,
+          "/healthz": healthz}
 
 
 @functions_framework.http

@@ -52,6 +52,8 @@ FUNCTIONS = (
     FunctionSpec("webhook_pubsub", "256Mi", "1", 16, 0, 20, "60s", pubsub=True),
 )
 APP = FunctionSpec("app", "2Gi", "2", 8, 0, 10, "1800s", ("SHOPIFY_API_SECRET", "TRAIN_TOKEN"))
+# The attribution report for an app's admin (GET /report), deployed with --report-token-secret only.
+REPORT = FunctionSpec("report", "512Mi", "1", 4, 0, 2, "60s", ("REPORT_TOKEN",))
 
 TOKEN_VARIABLE = "train_token"  # the shell variable of the generated script that holds the bearer token
 
@@ -84,6 +86,9 @@ def parse_args(argv: list[str], env: dict[str, str]) -> argparse.Namespace:
         help="Secret Manager secret with the app's client secret [SHOPIFY_SECRET_NAME]")
     add("--train-token-secret", default=default("TRAIN_TOKEN_SECRET_NAME", "train-token"),
         help="Secret Manager secret with the /train bearer token [TRAIN_TOKEN_SECRET_NAME]")
+    add("--report-token-secret", default=default("REPORT_TOKEN_SECRET_NAME"),
+        help="Secret Manager secret with a bearer token for GET /report: deploys `report` (and gives `app` the "
+             "route) [REPORT_TOKEN_SECRET_NAME; default: no report over HTTP]")
     add("--service-account", default=default("SERVICE_ACCOUNT"),
         help="runtime service account of the functions [SERVICE_ACCOUNT; default: the project's default]")
     add("--name-prefix", default=default("FUNCTION_PREFIX", ""), help="prefix of function names [FUNCTION_PREFIX]")
@@ -129,7 +134,11 @@ def parse_args(argv: list[str], env: dict[str, str]) -> argparse.Namespace:
 
 def function_specs(args: argparse.Namespace, env: dict[str, str]) -> list[FunctionSpec]:
     chosen = [spec for spec in FUNCTIONS if not spec.pubsub or args.pubsub_topic]
-    specs = [_with_overrides(spec, env) for spec in ([*chosen, APP] if args.with_app else chosen)]
+    app = APP
+    if args.report_token_secret:
+        chosen.append(REPORT)
+        app = replace(APP, secrets=(*APP.secrets, "REPORT_TOKEN"))
+    specs = [_with_overrides(spec, env) for spec in ([*chosen, app] if args.with_app else chosen)]
     if args.recommend_min_instances is None:
         return specs
     return [replace(spec, min_instances=args.recommend_min_instances) if spec.entry_point == "recommend" else spec
@@ -163,7 +172,8 @@ def deploy_script(args: argparse.Namespace, env: dict[str, str]) -> str:
         f"if command -v python3.11 >/dev/null 2>&1; then\n  (cd {_quote(args.source)} && {compile_command})\n"
         "else\n  echo 'python3.11 not found: the functions will compile their modules on each cold start' >&2\nfi")
 
-    secret_names = {"SHOPIFY_API_SECRET": args.shopify_secret, "TRAIN_TOKEN": args.train_token_secret}
+    secret_names = {"SHOPIFY_API_SECRET": args.shopify_secret, "TRAIN_TOKEN": args.train_token_secret,
+                    "REPORT_TOKEN": args.report_token_secret}
     train_url = f"https://{args.region}-{args.project}.cloudfunctions.net/{args.name_prefix}train"
     for spec in function_specs(args, env):
         env_vars: dict[str, str] = {}

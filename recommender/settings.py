@@ -79,6 +79,7 @@ class Settings(NamedTuple):
     training: TrainingConfig = TrainingConfig()
     history_limit: int = 200  # latest events of a shopper used for fold-in at request time
     train_token: Secret | None = None  # bearer token the HTTP train entry point requires
+    report_token: Secret | None = None  # bearer token the HTTP report entry point requires (unset: no report over HTTP)
     train_service_account: str | None = None  # Cloud Scheduler's service account, verified by OIDC
     train_audience: str | None = None  # the audience Scheduler's token is minted for (the train URL)
     oidc_certs_url: str = "https://www.googleapis.com/oauth2/v1/certs"
@@ -115,6 +116,7 @@ class Settings(NamedTuple):
     def from_mapping(cls, env: Mapping[str, str]) -> "Settings":
         secret = env.get("SHOPIFY_API_SECRET") or None
         train_token = env.get("TRAIN_TOKEN") or None
+        report_token = env.get("REPORT_TOKEN") or None
         training = TrainingConfig(
             factors=_read(env, "ALS_FACTORS", int, _TRAINING_DEFAULTS["factors"], lambda v: 1 <= v <= 1024, "an integer from 1 to 1024"),
             regularization=_read(env, "ALS_REGULARIZATION", float, _TRAINING_DEFAULTS["regularization"], lambda v: v >= 0, "a number >= 0"),
@@ -130,6 +132,7 @@ class Settings(NamedTuple):
             training=training,
             history_limit=_read(env, "HISTORY_LIMIT", int, 200, lambda v: 1 <= v <= 10_000, "an integer from 1 to 10000"),
             train_token=Secret(train_token) if train_token else None,
+            report_token=Secret(report_token) if report_token else None,
             train_service_account=env.get("TRAIN_SERVICE_ACCOUNT") or None,
             train_audience=env.get("TRAIN_AUDIENCE") or None,
             oidc_certs_url=env.get("OIDC_CERTS_URL") or "https://www.googleapis.com/oauth2/v1/certs",

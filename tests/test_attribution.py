@@ -375,3 +375,56 @@ def test_a_beacon_of_views_and_events_for_a_shop_not_installed_stores_nothing(ap
 
     assert (response.status_code, response.json["error"]) == (403, "unknown_shop")
     assert sql(event_store_url, "SELECT count(*) FROM recommendation_events") == [(0,)]
+
+
+REPORT_TOKEN = "report-token-for-tests"
+
+
+@pytest.fixture
+def reporting(monkeypatch):
+    """REPORT_TOKEN set before the app's instance starts (`app`'s first webhook): the report served over HTTP."""
+    monkeypatch.setenv("REPORT_TOKEN", REPORT_TOKEN)
+
+
+def get_report(client, token: str | None = REPORT_TOKEN, **params):
+    query = "&".join(f"{k}={v}" for k, v in {"shop": SHOP, **params}.items())
+    return client.get(f"/report?{query}", headers={"Authorization": f"Bearer {token}"} if token else {})
+
+
+def test_the_report_over_http_is_the_commands_behind_its_token(reporting, app, capsys):
+    post_the_storefront(app)
+
+    served = get_report(app)
+    printed = report(capsys)
+    narrow = get_report(app, days="2.5")
+
+    assert served.status_code == 200 and served.headers["Cache-Control"] == "private, no-store"
+    assert {k: v for k, v in served.json.items() if k not in ("since", "until")} == {
+        k: v for k, v in printed.items() if k not in ("since", "until")}
+    assert served.json["total"] == TOTAL and served.json["by_intent"]["related"] == RELATED
+    assert narrow.json["days"] == 2.5 and narrow.json["total"]["answers_viewed"] == 0  # every view is 4+ days old
+
+
+def test_the_report_over_http_refuses_what_it_cannot_answer(reporting, app):
+    answers = {
+        "no token": get_report(app, token=None),
+        "wrong token": get_report(app, token="guess"),
+        "days not a number": get_report(app, days="a-week"),
+        "days past a year": get_report(app, days="366"),
+        "no shop": app.get("/report", headers={"Authorization": f"Bearer {REPORT_TOKEN}"}),
+        "a shop not installed": get_report(app, shop="other-shop.myshopify.com"),
+        "POST": app.post(f"/report?shop={SHOP}", headers={"Authorization": f"Bearer {REPORT_TOKEN}"}),
+    }
+
+    assert {case: (r.status_code, r.json["error"]) for case, r in answers.items()} == {
+        "no token": (401, "unauthorized"), "wrong token": (401, "unauthorized"),
+        "days not a number": (400, "invalid_parameter"), "days past a year": (400, "invalid_parameter"),
+        "no shop": (400, "invalid_parameter"), "a shop not installed": (404, "shop_not_installed"),
+        "POST": (405, "method_not_allowed")}
+    assert answers["days not a number"].json["parameter"] == "days"
+
+
+def test_without_a_report_token_the_report_is_not_served(app):
+    response = get_report(app, token="anything")
+
+    assert (response.status_code, response.json["error"]) == (403, "reporting_disabled")

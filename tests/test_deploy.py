@@ -548,3 +548,18 @@ def test_a_scheduler_service_account_makes_the_job_call_train_with_oidc_tokens()
     train_env = gcloud_map(deployed(script)["train"]["--set-env-vars"])
     assert (train_env["TRAIN_SERVICE_ACCOUNT"], train_env["TRAIN_AUDIENCE"]) == (
         "trainer@my-recs.iam.gserviceaccount.com", train_url)
+
+
+def test_a_report_token_secret_deploys_the_report_and_gives_the_app_its_route():
+    # Act
+    without = deployed(dry_run("--with-app"))
+    functions = deployed(dry_run("--with-app", "--report-token-secret", "admin-report-token"))
+
+    # Assert: opt-in; the report reads the stores and gets its token from Secret Manager, as app does
+    assert "report" not in without and "REPORT_TOKEN" not in gcloud_map(without["app"]["--set-secrets"])
+    report = functions["report"]
+    assert gcloud_map(report["--set-secrets"]) == {"REPORT_TOKEN": "admin-report-token:latest"}
+    assert gcloud_map(report["--set-env-vars"])["EVENT_STORE_URL"] == DATABASE_URL
+    assert (report["--entry-point"], report["--memory"], report["--max-instances"]) == ("report", "512Mi", "2")
+    assert gcloud_map(functions["app"]["--set-secrets"])["REPORT_TOKEN"] == "admin-report-token:latest"
+    assert set(functions) == ENTRY_POINTS | {"report", "app"}

@@ -84,3 +84,19 @@ def test_with_log_execution_id_our_lines_go_through_functions_frameworks_handler
     ours = [json.loads(line) for line in lines if UNINSTALLED in line]
     assert len(ours) == 1 and ours[0]["message"] == UNINSTALLED and "execution_id" in ours[0][
         "logging.googleapis.com/labels"]
+
+
+def test_the_report_is_served_over_http_behind_its_token(env):
+    """`/report` as an app's admin calls it: a shop installed by its first order, nothing yet shown or clicked."""
+    with running_function({**os.environ, **env, "REPORT_TOKEN": "admin-token"}) as base:
+        body = as_body(planted_orders()[0])
+        assert requests.post(f"{base}/webhooks", data=body, headers=signed_headers(body, "orders/create"),
+                             timeout=10).status_code == 200
+        refused = requests.get(f"{base}/report", params={"shop": SHOP}, timeout=10)
+        served = requests.get(f"{base}/report", params={"shop": SHOP, "days": "7"},
+                              headers={"Authorization": "Bearer admin-token"}, timeout=10)
+
+    assert refused.status_code == 401
+    assert served.status_code == 200, served.text
+    assert (served.json()["shop"], served.json()["days"], served.json()["total"]["answers_viewed"]) == (SHOP, 7.0, 0)
+    assert served.json()["by_arm"]["lift"] == {"click_through_rate": None, "purchases_per_thousand_shown": None}
