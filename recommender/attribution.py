@@ -27,6 +27,7 @@ keyed by the pixel's client id, apart from the events training reads. Nothing is
 from __future__ import annotations
 
 import bisect
+import math
 from collections import defaultdict
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
@@ -71,7 +72,14 @@ def attribution_report(store: EventStore, shop: str, days: float = DEFAULT_REPOR
         "by_intent": {intent: _figures(counts.get(intent, (0, 0, 0)), by_intent.get(intent, []))
                       for intent in _ordered({i for i in counts if i is not None} | set(by_intent))},
         "by_arm": {**arms, "lift": {measure: _lift(arms["model"][measure], arms["control"][measure])
-                                    for measure in ("click_through_rate", "purchases_per_thousand_shown")}},
+                                    for measure in ("click_through_rate", "purchases_per_thousand_shown")},
+                   "lift_interval": {
+                       "click_through_rate": _lift_interval(arms["model"]["clicks"], arms["model"]["products_shown"],
+                                                            arms["control"]["clicks"],
+                                                            arms["control"]["products_shown"], proportions=True),
+                       "purchases_per_thousand_shown": _lift_interval(
+                           arms["model"]["attributed_purchases"], arms["model"]["products_shown"],
+                           arms["control"]["attributed_purchases"], arms["control"]["products_shown"])}},
     }
 
 
@@ -79,6 +87,23 @@ def arm_of(recommendation_id: str) -> str:
     """The arm an answer was in, read from its id: the control group's ids start with CONTROL_ID_PREFIX ('00'), and
     no other answer's does (`recommender.intents.control_answer_id`, `model_answer_id`)."""
     return "control" if recommendation_id.startswith(CONTROL_ID_PREFIX) else "model"
+
+
+def _lift_interval(model_count: int, model_shown: int, control_count: int, control_shown: int,
+                   proportions: bool = False) -> list[float] | None:
+    """A 95% interval of the lift (the model's rate over the control's, less 1), from the log of the ratio of two rates
+    and its normal approximation: for proportions (clicks of products shown) its variance is (1 − p)/x summed over
+    the arms, for counts (purchases per product shown) 1/x. None while either arm has none counted. Each product shown
+    is taken as independent, which an answer's products are not: read it as the least uncertainty there is."""
+    if not (model_count and control_count and model_shown and control_shown):
+        return None
+    ratio = (model_count / model_shown) / (control_count / control_shown)
+    if proportions:
+        variance = ((1 - model_count / model_shown) / model_count + (1 - control_count / control_shown) / control_count)
+    else:
+        variance = 1 / model_count + 1 / control_count
+    spread = 1.959964 * math.sqrt(variance)
+    return [ratio * math.exp(-spread) - 1, ratio * math.exp(spread) - 1]
 
 
 def _lift(model: float | None, control: float | None) -> float | None:

@@ -4,6 +4,7 @@ as beacons, on SQLite and PostgreSQL, then `python -m recommender report`, again
 from __future__ import annotations
 
 import json
+import math
 import os
 import sqlite3
 import subprocess
@@ -311,6 +312,12 @@ def test_the_report_sets_the_models_answers_beside_the_control_groups(app, capsy
     assert by_arm["model"] == {**figures(2, 20, 2, 2 / 20, 1, 2, 25.0), "purchases_per_thousand_shown": 50.0}
     assert by_arm["control"] == {**figures(2, 20, 1, 1 / 20, 0, 0, 0.0), "purchases_per_thousand_shown": 0.0}
     assert by_arm["lift"] == {"click_through_rate": pytest.approx(1.0), "purchases_per_thousand_shown": None}
+    # click-through rates 2/20 against 1/20: a ratio of 2, the variance of its log (1 - 0.1)/2 + (1 - 0.05)/1 = 1.4
+    spread = 1.959964 * 1.4 ** 0.5
+    assert by_arm["lift_interval"] == {"click_through_rate": [pytest.approx(2 * math.exp(-spread) - 1),
+                                                              pytest.approx(2 * math.exp(spread) - 1)],
+                                       "purchases_per_thousand_shown": None}  # the control arm bought nothing
+    assert by_arm["lift_interval"]["click_through_rate"][0] == pytest.approx(-0.80328, abs=1e-4)
 
 
 def test_a_pixel_only_order_the_webhooks_cancel_earns_nothing(app, capsys):
@@ -428,3 +435,13 @@ def test_without_a_report_token_the_report_is_not_served(app):
     response = get_report(app, token="anything")
 
     assert (response.status_code, response.json["error"]) == (403, "reporting_disabled")
+
+
+def test_the_lift_interval_of_purchase_counts_by_hand():
+    """10 purchases per 1,000 shown against 5: a ratio of 2, the variance of its log 1/10 + 1/5 = 0.3."""
+    from recommender.attribution import _lift_interval
+
+    low, high = _lift_interval(10, 1000, 5, 1000)
+
+    assert (low, high) == (pytest.approx(-0.3164, abs=1e-4), pytest.approx(4.851, abs=1e-3))
+    assert _lift_interval(10, 1000, 0, 1000) is None and _lift_interval(0, 0, 5, 1000) is None
