@@ -6,14 +6,19 @@
 2. imports the demo store's browsing history with `python -m recommender import`;
 3. replays the store's signed webhooks (products, carts, orders) through POST /webhooks;
 4. trains and publishes a model through POST /train;
-5. prints curl commands, runs them, and keeps serving until Ctrl-C.
+5. prints curl commands, runs them;
+6. measures the recommendations: a second instance with a control group (CONTROL_PERCENT=25) answers simulated
+   shoppers, whose views, clicks and purchases go through POST /collect as the pixel sends them, and prints what
+   GET /report says of the model's answers beside the control group's; then keeps serving until Ctrl-C.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
+import random
 import secrets
 import signal
 import socket
@@ -22,6 +27,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import requests
@@ -29,6 +35,12 @@ import requests
 from demo.store import DemoConfig, DemoStore, generate_demo_store
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def _port_is_free(port: int) -> bool:
@@ -94,6 +106,55 @@ def replay_webhooks(store: DemoStore, base: str, secret: str) -> dict[str, int]:
     return counts
 
 
+def _pixel_time(moment: datetime) -> str:
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def measure_storefront(store: DemoStore, base: str, report_token: str, shoppers: int = 160) -> dict:
+    """Simulated shoppers of the demo store on an instance with a control group: each is shown a personalized answer
+    of six products (the model's, or best sellers for the control group), clicks each shown product of a category it
+    favours with probability 0.4 and any other with 0.05, and buys its first click with probability 1/2. The theme's events and the pixel's
+    checkout go through POST /collect, each shopper a browser at an address of its own; returns GET /report's body."""
+    rng = random.Random(11)
+    category = {p.product_id: p.category for p in store.products}
+    product = {p.product_id: p for p in store.products}
+    shop, session = store.config.shop, requests.Session()
+    seen = datetime.now(timezone.utc) - timedelta(minutes=5)
+    for n, customer in enumerate(store.customers[:shoppers]):
+        answer = session.get(f"{base}/recommend", params={"shop": shop, "customer_id": customer.customer_id, "n": 6},
+                             timeout=10).json()
+        shown = [item["product_id"] for item in answer["recommendations"]]
+        browser = f"demo-browser-{customer.customer_id}"
+        about = {"recommendation_id": answer["recommendation_id"], "intent": answer["intent"]}
+        events = [{"id": f"sh-demo-{n}-view", "name": "recommendations_viewed", "timestamp": _pixel_time(seen),
+                   "clientId": browser, "type": "custom", "customData": {**about, "product_ids": shown}}]
+        clicked = [pid for pid in shown if rng.random() < (0.4 if category[pid] in customer.favourites else 0.05)]
+        events += [{"id": f"sh-demo-{n}-click-{pid}", "name": "recommendations_clicked",
+                    "timestamp": _pixel_time(seen + timedelta(minutes=1)), "clientId": browser, "type": "custom",
+                    "customData": {**about, "product_id": pid, "position": shown.index(pid)}} for pid in clicked]
+        if clicked and rng.random() < 0.5:
+            bought = product[clicked[0]]
+            events.append({"id": f"sh-demo-{n}-checkout", "name": "checkout_completed",
+                           "timestamp": _pixel_time(seen + timedelta(minutes=2)), "clientId": browser,
+                           "data": {"checkout": {"order": {"id": f"gid://shopify/OrderIdentity/{900000 + n}"},
+                                                 "lineItems": [{"quantity": 1, "variant": {
+                                                     "id": bought.variant_id, "product": {"id": bought.product_id},
+                                                     "price": {"amount": f"{bought.price:.2f}",
+                                                               "currencyCode": "USD"}}}]}}})
+        response = session.post(f"{base}/collect", params={"shop": shop}, data=json.dumps(events), timeout=10,
+                                headers={"Content-Type": "text/plain", "X-Forwarded-For": f"10.9.{n // 200}.{n % 200}"})
+        if response.status_code != 200:
+            raise SystemExit(f"/collect answered {response.status_code}: {response.text}")
+    report = session.get(f"{base}/report", params={"shop": shop, "days": "1"},
+                         headers={"Authorization": f"Bearer {report_token}"}, timeout=30)
+    report.raise_for_status()
+    return report.json()
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, default=8080)
@@ -107,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ)
     env.setdefault("SHOPIFY_API_SECRET", "demo-" + secrets.token_hex(16))
     env.setdefault("TRAIN_TOKEN", "demo-" + secrets.token_hex(16))
+    env.setdefault("REPORT_TOKEN", "demo-" + secrets.token_hex(16))
     env.setdefault("EVENT_STORE_URL", "sqlite:///./data/events.sqlite3")
     env.setdefault("MODEL_STORE_URL", "file://./data/models")
     # Local demo only: let the printed curl commands name a customer. In production customers are
@@ -166,9 +228,28 @@ def main(argv: list[str] | None = None) -> int:
                 because = f", because of {titles.get(item['because'], item['because'])}" if item.get("because") else ""
                 print(f"    {item['product_id']}  {titles.get(item['product_id'], '?')}  "
                       f"[{item['strategy']} {item['score']:.3f}{because}]")
+
+        print("\nMeasuring: simulated shoppers on a second instance with CONTROL_PERCENT=25, their views, clicks and"
+              " purchases through POST /collect, then GET /report")
+        measuring_port = _free_port()
+        measuring = start_server({**env, "CONTROL_PERCENT": "25", "REPORT_TOKEN": env["REPORT_TOKEN"]}, measuring_port)
+        try:
+            body = measure_storefront(store, f"http://127.0.0.1:{measuring_port}", env["REPORT_TOKEN"])
+        finally:
+            measuring.terminate()
+            measuring.wait(timeout=10)
+        arms, lift = body["by_arm"], body["by_arm"]["lift"]
+        for arm in ("model", "control"):
+            figures = arms[arm]
+            print(f"  {arm:8s}{figures['answers_viewed']:4d} answers, {figures['products_shown']:4d} products shown, "
+                  f"{figures['clicks']:3d} clicks ({_percent(figures['click_through_rate'])}), "
+                  f"{figures['attributed_purchases']:3d} purchases, ${figures['attributed_revenue'] or 0:.2f}")
+        interval = body["by_arm"]["lift_interval"]["click_through_rate"]
+        print(f"  click-through lift of the model over best sellers: {_percent(lift['click_through_rate'])}"
+              + (f" (95%: {_percent(interval[0])} to {_percent(interval[1])})" if interval else ""))
         if args.no_serve:
             return 0
-        print(f"\nServing on {base} (/recommend, /webhooks, /train, /healthz). Ctrl-C stops.")
+        print(f"\nServing on {base} (/recommend, /webhooks, /train, /report, /healthz). Ctrl-C stops.")
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         server.wait()
         return server.returncode or 0
