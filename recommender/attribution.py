@@ -32,10 +32,11 @@ from collections import defaultdict
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
-from recommender.store import CONTROL_ID_PREFIX, EventStore, PixelPurchase, RecommendationClick
+from recommender.store import (
+    ARM_CONTROL, ARM_MODEL, CONTROL_ID_PREFIX, EventStore, PixelPurchase, RecommendationClick,
+)
 
 DEFAULT_REPORT_DAYS = 30.0
-ARMS = ("model", "control")  # recommender.intents.ARM_MODEL, ARM_CONTROL (numpy is not imported for the report)
 UNKNOWN_CURRENCY = "unknown"  # the key of lines whose currency is not stored (written before migration 11)
 
 
@@ -60,7 +61,7 @@ def attribution_report(store: EventStore, shop: str, days: float = DEFAULT_REPOR
     arm_counts = {arm: (viewed, shown, clicked)
                   for arm, viewed, shown, clicked in store.recommendation_summary_by_arm(shop, since, until)}
     arms = {arm: _figures(arm_counts.get(arm, (0, 0, 0)), by_arm.get(arm, []), per_thousand=True)
-            for arm in ARMS}
+            for arm in (ARM_MODEL, ARM_CONTROL)}
     total = _figures(counts.get(None, (0, 0, 0)), [line for _, line in credited])
     return {
         "shop": shop,
@@ -71,22 +72,29 @@ def attribution_report(store: EventStore, shop: str, days: float = DEFAULT_REPOR
         "total": total,
         "by_intent": {intent: _figures(counts.get(intent, (0, 0, 0)), by_intent.get(intent, []))
                       for intent in _ordered({i for i in counts if i is not None} | set(by_intent))},
-        "by_arm": {**arms, "lift": {measure: _lift(arms["model"][measure], arms["control"][measure])
-                                    for measure in ("click_through_rate", "purchases_per_thousand_shown")},
-                   "lift_interval": {
-                       "click_through_rate": _lift_interval(arms["model"]["clicks"], arms["model"]["products_shown"],
-                                                            arms["control"]["clicks"],
-                                                            arms["control"]["products_shown"], proportions=True),
-                       "purchases_per_thousand_shown": _lift_interval(
-                           arms["model"]["attributed_purchases"], arms["model"]["products_shown"],
-                           arms["control"]["attributed_purchases"], arms["control"]["products_shown"])}},
+        "by_arm": {**arms, **_lifts(arms[ARM_MODEL], arms[ARM_CONTROL])},
     }
 
 
 def arm_of(recommendation_id: str) -> str:
     """The arm an answer was in, read from its id: the control group's ids start with CONTROL_ID_PREFIX ('00'), and
     no other answer's does (`recommender.intents.control_answer_id`, `model_answer_id`)."""
-    return "control" if recommendation_id.startswith(CONTROL_ID_PREFIX) else "model"
+    return ARM_CONTROL if recommendation_id.startswith(CONTROL_ID_PREFIX) else ARM_MODEL
+
+
+def _lifts(model: dict, control: dict) -> dict:
+    """`lift` and `lift_interval` of the model's arm over the control's, on click-through rate (clicks of products
+    shown) and on purchases per thousand shown."""
+    return {
+        "lift": {measure: _lift(model[measure], control[measure])
+                 for measure in ("click_through_rate", "purchases_per_thousand_shown")},
+        "lift_interval": {
+            "click_through_rate": _lift_interval(model["clicks"], model["products_shown"], control["clicks"],
+                                                 control["products_shown"], proportions=True),
+            "purchases_per_thousand_shown": _lift_interval(model["attributed_purchases"], model["products_shown"],
+                                                           control["attributed_purchases"], control["products_shown"]),
+        },
+    }
 
 
 def _lift_interval(model_count: int, model_shown: int, control_count: int, control_shown: int,

@@ -42,7 +42,7 @@ from recommender.errors import ArtifactError, InvalidParameter, ModelNotReady, S
 from recommender.events import EventKind, user_key
 from recommender.model_store import check_shop_domain
 from recommender.serving import ModelHolder, ServingModel
-from recommender.store import CONTROL_ID_PREFIX, EventStore, Interaction
+from recommender.store import ARM_CONTROL, ARM_MODEL, CONTROL_ID_PREFIX, EventStore, Interaction
 from recommender.trending import TrendingCache
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,13 @@ BELOW_BASELINE_CHAINS = {baseline: {intent: below_baseline_chain(chain, baseline
                          for baseline in ("popular", "trending")}
 SHOPPER_INTENTS = ("personalized", "buy_it_again", "recently_viewed")  # answers that depend on one shopper
 CONTROL_CHAIN = ("popular", "trending")  # the control group's answers: best sellers, whatever the intent
-ARM_MODEL, ARM_CONTROL = "model", "control"
+# Strategies that score the model's rows and leave out the catalog's blocked rows and the request's excluded ones
+# themselves: their candidates need no second look by product id.
+MASKED_STRATEGIES = frozenset({"personalized", "related", "complementary", "popular"})
+REBUY_HALF_LIFE_DAYS = 90.0  # an order this old counts half toward "buy it again"
+VIEW_HALF_LIFE_DAYS = 7.0
+_DIGITS = re.compile(r"^[0-9]{1,20}$")
+_TOKEN = re.compile(r"^[A-Za-z0-9_\-:.]{1,128}$")
 
 
 def model_answer_id() -> str:
@@ -92,13 +98,6 @@ def model_answer_id() -> str:
 def control_answer_id() -> str:
     """A random recommendation id marked as the control group's (CONTROL_ID_PREFIX)."""
     return CONTROL_ID_PREFIX + os.urandom(16 - len(CONTROL_ID_PREFIX) // 2).hex()
-# Strategies that score the model's rows and leave out the catalog's blocked rows and the request's excluded ones
-# themselves: their candidates need no second look by product id.
-MASKED_STRATEGIES = frozenset({"personalized", "related", "complementary", "popular"})
-REBUY_HALF_LIFE_DAYS = 90.0  # an order this old counts half toward "buy it again"
-VIEW_HALF_LIFE_DAYS = 7.0
-_DIGITS = re.compile(r"^[0-9]{1,20}$")
-_TOKEN = re.compile(r"^[A-Za-z0-9_\-:.]{1,128}$")
 
 
 class RecommendRequest(NamedTuple):

@@ -351,9 +351,10 @@ RECOMMENDATION_SUMMARY_SQL = ("SELECT intent, " + _SIGNAL_COUNTS + _SIGNALS_BETW
 # A control group's answer's recommendation_id starts with these two hex digits, and no other answer's does (its id is
 # drawn again: recommender.intents.model_answer_id): the report tells the arms apart by the id alone.
 CONTROL_ID_PREFIX = "00"
+ARM_MODEL, ARM_CONTROL = "model", "control"  # an answer's arm (recommender.intents' `arm`, the report's `by_arm`)
 # The arm of the answer a view or click names.
 ARM_OF_SIGNAL = (f"CASE WHEN substr(recommendation_id, 1, {len(CONTROL_ID_PREFIX)}) = '{CONTROL_ID_PREFIX}'"
-                 " THEN 'control' ELSE 'model' END")
+                 f" THEN '{ARM_CONTROL}' ELSE '{ARM_MODEL}' END")
 # Per arm, the answers of every intent but trending (no control group is drawn from it); parameters shop, since, until.
 RECOMMENDATION_SUMMARY_BY_ARM_SQL = ("SELECT " + ARM_OF_SIGNAL + ", " + _SIGNAL_COUNTS + _SIGNALS_BETWEEN
                                      + " AND intent <> 'trending' GROUP BY 1")
