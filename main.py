@@ -338,6 +338,7 @@ def report(request: flask.Request) -> flask.Response:
         return refused
     import hmac
 
+    from recommender.attribution import DEFAULT_REPORT_DAYS, attribution_report
     from webhooks.oidc import bearer_token
 
     settings = _runtime.settings()
@@ -347,20 +348,18 @@ def report(request: flask.Request) -> flask.Response:
     if supplied is None or not hmac.compare_digest(supplied.encode(), settings.report_token.reveal().encode()):
         return _json({"error": "unauthorized", "message": "Authorization: Bearer <REPORT_TOKEN> required"}, 401)
     shop = check_shop_domain((request.args.get("shop") or "").lower())
-    days = _report_days(request.args.get("days"))
+    days = _report_days(request.args.get("days"), DEFAULT_REPORT_DAYS)
     runtime = _runtime.get()
     if not runtime.store.is_shop_installed(shop):
         raise ShopNotInstalled(f"{shop} has not installed the app (or has uninstalled it)")
-    from recommender.attribution import attribution_report
-
     body = attribution_report(runtime.store, shop, days, settings.attribution_days)
     return _json(body, headers={"Cache-Control": "private, no-store"})
 
 
-def _report_days(raw: str | None) -> float:
-    """`days` of `/report`: the window, more than 0 and at most 365 days (default 30)."""
+def _report_days(raw: str | None, default: float) -> float:
+    """`days` of `/report`: the window, more than 0 and at most 365 days (`default` when not given)."""
     if raw is None or raw == "":
-        return 30.0
+        return default
     try:
         days = float(raw)
     except ValueError:
