@@ -26,7 +26,7 @@ from recommender.intents import CHAINS, MAX_RESULTS
 from recommender.store import CART_STATE_PREFIX, PIXEL_SOURCE_PREFIX
 from recommender.store import SIGNAL_CLICK, SIGNAL_VIEW, RecommendationSignal
 from webhooks import MalformedPayload
-from webhooks.topics import _quantity, money, shopify_id
+from webhooks.topics import CURRENCY_CODE, _quantity, money, shopify_id
 
 MAX_BODY_BYTES = 32 * 1024
 MAX_EVENTS_PER_REQUEST = 20
@@ -36,7 +36,6 @@ TAKEN = ("product_viewed", "product_added_to_cart", "product_removed_from_cart",
 RECOMMENDATIONS_VIEWED, RECOMMENDATIONS_CLICKED = "recommendations_viewed", "recommendations_clicked"
 RECOMMENDATION_EVENTS = (RECOMMENDATIONS_VIEWED, RECOMMENDATIONS_CLICKED)
 _EVENT_ID = re.compile(r"^[A-Za-z0-9_\-:.]{1,128}$")
-_CURRENCY = re.compile(r"^[A-Z]{3}$")  # an ISO 4217 code, as MoneyV2.currencyCode gives it
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9_\-:.]{1,128}$")
 _RECOMMENDATION_ID = re.compile(r"^[0-9a-f]{32}$")  # as `/recommend` makes them: 16 random bytes in lowercase hex
 _PRODUCT_ID = re.compile(r"^[0-9]{1,20}$")
@@ -71,7 +70,7 @@ def _product_id(variant: dict, where: str,
     if isinstance(price, dict):
         amount = money(price.get("amount"), f"{where}.price.amount")
         currency = price.get("currencyCode")
-        if currency is not None and not (isinstance(currency, str) and _CURRENCY.match(currency)):
+        if currency is not None and not (isinstance(currency, str) and CURRENCY_CODE.match(currency)):
             raise MalformedPayload(f"{where}.price.currencyCode must be a currency code such as USD, got {currency!r}")
     return (shopify_id(product.get("id"), f"{where}.product.id", required),
             shopify_id(variant.get("id"), f"{where}.id", required=False), amount, currency)

@@ -8,6 +8,7 @@ promises. Ids are kept as decimal strings: never through float.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Callable
@@ -92,6 +93,9 @@ def _timestamp(payload: dict, *fields: str) -> datetime:
     raise MalformedPayload(f"{' or '.join(fields)} is missing")
 
 
+CURRENCY_CODE = re.compile(r"^[A-Z]{3}$")  # ISO 4217, as Shopify writes a currency (an order's, a MoneyV2's)
+
+
 def order_occurred_at(order: dict) -> datetime:
     """When an order's events occurred: the order's `created_at` (`processed_at` if it has none), whichever topic or
     version of the order carries it (an orders/updated of an old order is as old as the order)."""
@@ -116,8 +120,7 @@ def order_created(ctx: TopicContext, order: dict) -> ChangeSet:
     # the lines' `price` is in the shop's currency, which `currency` names (`presentment_currency`: what the buyer paid
     # in); kept where it is a currency code, never a reason to refuse the order
     currency = order.get("currency")
-    currency = currency if isinstance(currency, str) and len(currency) == 3 and currency.isascii() \
-        and currency.isupper() else None
+    currency = currency if isinstance(currency, str) and CURRENCY_CODE.match(currency) else None
     events = []
     for position, line in enumerate(_list(order, "line_items")):
         if not isinstance(line, dict):
