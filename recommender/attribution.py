@@ -54,14 +54,19 @@ def attribution_report(store: EventStore, shop: str, days: float = DEFAULT_REPOR
                                 store.attributable_purchases(shop, since, until), timedelta(days=attribution_days))
     by_intent: dict[str, list[PixelPurchase]] = defaultdict(list)
     by_arm: dict[str, list[PixelPurchase]] = defaultdict(list)
+    bought_in: dict[str, int] = defaultdict(int)  # an answer's credited purchases
     for click, line in credited:
         by_intent[click.intent].append(line)
         if click.intent != "trending":
             by_arm[arm_of(click.recommendation_id)].append(line)
-    arm_counts = {arm: (viewed, shown, clicked)
-                  for arm, viewed, shown, clicked in store.recommendation_summary_by_arm(shop, since, until)}
-    arms = {arm: _figures(arm_counts.get(arm, (0, 0, 0)), by_arm.get(arm, []), per_thousand=True)
-            for arm in (ARM_MODEL, ARM_CONTROL)}
+            bought_in[click.recommendation_id] += 1
+    # each answer of every intent but trending: (products shown, clicks, purchases), per arm
+    answers: dict[str, list[tuple[int, int, int]]] = {ARM_MODEL: [], ARM_CONTROL: []}
+    for answer, shown, clicked in store.recommendation_answers(shop, since, until):
+        answers[arm_of(answer)].append((shown, clicked, bought_in.get(answer, 0)))
+    arms = {arm: _figures((sum(1 for shown, _, _ in rows if shown), sum(shown for shown, _, _ in rows),
+                           sum(clicked for _, clicked, _ in rows)), by_arm.get(arm, []), per_thousand=True)
+            for arm, rows in answers.items()}
     total = _figures(counts.get(None, (0, 0, 0)), [line for _, line in credited])
     return {
         "shop": shop,
@@ -72,7 +77,7 @@ def attribution_report(store: EventStore, shop: str, days: float = DEFAULT_REPOR
         "total": total,
         "by_intent": {intent: _figures(counts.get(intent, (0, 0, 0)), by_intent.get(intent, []))
                       for intent in _ordered({i for i in counts if i is not None} | set(by_intent))},
-        "by_arm": {**arms, **_lifts(arms[ARM_MODEL], arms[ARM_CONTROL])},
+        "by_arm": {**arms, **_lifts(arms[ARM_MODEL], arms[ARM_CONTROL], answers[ARM_MODEL], answers[ARM_CONTROL])},
     }
 
 
@@ -82,35 +87,49 @@ def arm_of(recommendation_id: str) -> str:
     return ARM_CONTROL if recommendation_id.startswith(CONTROL_ID_PREFIX) else ARM_MODEL
 
 
-def _lifts(model: dict, control: dict) -> dict:
+def _lifts(model: dict, control: dict, model_answers: list[tuple[int, int, int]],
+           control_answers: list[tuple[int, int, int]]) -> dict:
     """`lift` and `lift_interval` of the model's arm over the control's, on click-through rate (clicks of products
-    shown) and on purchases per thousand shown."""
+    shown) and on purchases per thousand shown; the answers are each arm's (products shown, clicks, purchases)."""
     return {
         "lift": {measure: _lift(model[measure], control[measure])
                  for measure in ("click_through_rate", "purchases_per_thousand_shown")},
         "lift_interval": {
-            "click_through_rate": _lift_interval(model["clicks"], model["products_shown"], control["clicks"],
-                                                 control["products_shown"], proportions=True),
-            "purchases_per_thousand_shown": _lift_interval(model["attributed_purchases"], model["products_shown"],
-                                                           control["attributed_purchases"], control["products_shown"]),
+            "click_through_rate": _lift_interval([(c, s) for s, c, _ in model_answers],
+                                                 [(c, s) for s, c, _ in control_answers], proportions=True),
+            "purchases_per_thousand_shown": _lift_interval([(b, s) for s, _, b in model_answers],
+                                                           [(b, s) for s, _, b in control_answers]),
         },
     }
 
 
-def _lift_interval(model_count: int, model_shown: int, control_count: int, control_shown: int,
-                   proportions: bool = False) -> list[float] | None:
-    """A 95% interval of the lift (the model's rate over the control's, less 1), from the log of the ratio of two rates
-    and its normal approximation: for proportions (clicks of products shown) its variance is (1 − p)/x summed over
-    the arms, for counts (purchases per product shown) 1/x. None while either arm has none counted. Each product shown
-    is taken as independent, which an answer's products are not: read it as the least uncertainty there is."""
-    if not (model_count and control_count and model_shown and control_shown):
+def _log_rate_variance(answers: list[tuple[int, int]], proportions: bool) -> float | None:
+    """The variance of the log of an arm's rate Σcount / Σshown over its answers ((count, shown) each), or None while
+    it has no count or fewer than two answers: the larger of two estimates. One takes each answer as a unit, the
+    delta method's variance of a ratio of sums (n / (n − 1) · Σ(count − rate · shown)² / (Σshown)², over rate²), which
+    sees that an answer's products are clicked or bought together; the other each product shown, (1 − rate) / Σcount
+    for proportions (clicks) and 1 / Σcount for counts (purchases), which is all one answer alike can show."""
+    count, shown = sum(c for c, _ in answers), sum(s for _, s in answers)
+    if not count or not shown or len(answers) < 2:
         return None
-    ratio = (model_count / model_shown) / (control_count / control_shown)
-    if proportions:
-        variance = ((1 - model_count / model_shown) / model_count + (1 - control_count / control_shown) / control_count)
-    else:
-        variance = 1 / model_count + 1 / control_count
-    spread = 1.959964 * math.sqrt(variance)
+    rate, n = count / shown, len(answers)
+    by_answer = n / (n - 1) * sum((c - rate * s) ** 2 for c, s in answers) / shown ** 2 / rate ** 2
+    by_product = (1 - rate) / count if proportions else 1 / count
+    return max(by_answer, by_product)
+
+
+def _lift_interval(model_answers: list[tuple[int, int]], control_answers: list[tuple[int, int]],
+                   proportions: bool = False) -> list[float] | None:
+    """A 95% interval of the lift (the model's rate over the control's, less 1), each arm given as its answers'
+    (count, products shown): from the log of the ratio of the two rates and its normal approximation, the arms'
+    variances (`_log_rate_variance`) summed. None while either arm cannot give one."""
+    model_variance = _log_rate_variance(model_answers, proportions)
+    control_variance = _log_rate_variance(control_answers, proportions)
+    if model_variance is None or control_variance is None:
+        return None
+    ratio = ((sum(c for c, _ in model_answers) / sum(s for _, s in model_answers))
+             / (sum(c for c, _ in control_answers) / sum(s for _, s in control_answers)))
+    spread = 1.959964 * math.sqrt(model_variance + control_variance)
     return [ratio * math.exp(-spread) - 1, ratio * math.exp(spread) - 1]
 
 

@@ -352,12 +352,12 @@ RECOMMENDATION_SUMMARY_SQL = ("SELECT intent, " + _SIGNAL_COUNTS + _SIGNALS_BETW
 # drawn again: recommender.intents.model_answer_id): the report tells the arms apart by the id alone.
 CONTROL_ID_PREFIX = "00"
 ARM_MODEL, ARM_CONTROL = "model", "control"  # an answer's arm (recommender.intents' `arm`, the report's `by_arm`)
-# The arm of the answer a view or click names.
-ARM_OF_SIGNAL = (f"CASE WHEN substr(recommendation_id, 1, {len(CONTROL_ID_PREFIX)}) = '{CONTROL_ID_PREFIX}'"
-                 f" THEN '{ARM_CONTROL}' ELSE '{ARM_MODEL}' END")
-# Per arm, the answers of every intent but trending (no control group is drawn from it); parameters shop, since, until.
-RECOMMENDATION_SUMMARY_BY_ARM_SQL = ("SELECT " + ARM_OF_SIGNAL + ", " + _SIGNAL_COUNTS + _SIGNALS_BETWEEN
-                                     + " AND intent <> 'trending' GROUP BY 1")
+# Each answer of every intent but trending (no control group is drawn from it) that was viewed or clicked: its id,
+# the products it showed, the products clicked in it; parameters shop, since, until. The report's arms are sums of
+# these, and their intervals take each answer as one unit.
+RECOMMENDATION_ANSWERS_SQL = ("SELECT recommendation_id, count(DISTINCT CASE WHEN kind = 'view' THEN product_id END),"
+                              " count(DISTINCT CASE WHEN kind = 'click' THEN product_id END)" + _SIGNALS_BETWEEN
+                              + " AND intent <> 'trending' GROUP BY recommendation_id")
 RECOMMENDATION_CLICKS_SQL = ("SELECT client_id, product_id, occurred_at, intent, recommendation_id, event_id"
                              + _SIGNALS_BETWEEN + " AND kind = 'click'")
 # A signed webhook's purchase of the order of the pixel's purchase `e` ({weighing}: and that still counts).
@@ -491,8 +491,7 @@ class EventStore(Protocol):
                                 signals: Sequence[RecommendationSignal]) -> tuple[int, int] | None: ...
     def recommendation_summary(self, shop: str, since: datetime,
                                until: datetime) -> list[tuple[str | None, int, int, int]]: ...
-    def recommendation_summary_by_arm(self, shop: str, since: datetime,
-                                      until: datetime) -> list[tuple[str, int, int, int]]: ...
+    def recommendation_answers(self, shop: str, since: datetime, until: datetime) -> list[tuple[str, int, int]]: ...
     def recommendation_clicks(self, shop: str, since: datetime, until: datetime) -> list[RecommendationClick]: ...
     def attributable_purchases(self, shop: str, since: datetime, until: datetime) -> list[PixelPurchase]: ...
 
@@ -1032,13 +1031,12 @@ class SharedQueries:
         return [(intent, int(viewed), int(shown), int(clicked)) for intent, viewed, shown, clicked
                 in self._read(RECOMMENDATION_SUMMARY_SQL.format(p=self._P), between * 2)]
 
-    def recommendation_summary_by_arm(self, shop: str, since: datetime,
-                                      until: datetime) -> list[tuple[str, int, int, int]]:
-        """`recommendation_summary`'s counts per arm ('model', 'control') of the answers of every intent but trending
-        (`RECOMMENDATION_SUMMARY_BY_ARM_SQL`)."""
+    def recommendation_answers(self, shop: str, since: datetime, until: datetime) -> list[tuple[str, int, int]]:
+        """Between `since` and `until` (both included), each answer of every intent but trending that was viewed or
+        clicked: (recommendation id, products shown, products clicked) (`RECOMMENDATION_ANSWERS_SQL`)."""
         between = (shop, self._time(since, "since"), self._time(until, "until"))
-        return [(arm, int(viewed), int(shown), int(clicked)) for arm, viewed, shown, clicked
-                in self._read(RECOMMENDATION_SUMMARY_BY_ARM_SQL.format(p=self._P), between)]
+        return [(answer, int(shown), int(clicked)) for answer, shown, clicked
+                in self._read(RECOMMENDATION_ANSWERS_SQL.format(p=self._P), between)]
 
     def recommendation_clicks(self, shop: str, since: datetime, until: datetime) -> list[RecommendationClick]:
         """The clicks on answers' products between `since` and `until` (both included)."""

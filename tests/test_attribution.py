@@ -312,12 +312,14 @@ def test_the_report_sets_the_models_answers_beside_the_control_groups(app, capsy
     assert by_arm["model"] == {**figures(2, 20, 2, 2 / 20, 1, 2, 25.0), "purchases_per_thousand_shown": 50.0}
     assert by_arm["control"] == {**figures(2, 20, 1, 1 / 20, 0, 0, 0.0), "purchases_per_thousand_shown": 0.0}
     assert by_arm["lift"] == {"click_through_rate": pytest.approx(1.0), "purchases_per_thousand_shown": None}
-    # click-through rates 2/20 against 1/20: a ratio of 2, the variance of its log (1 - 0.1)/2 + (1 - 0.05)/1 = 1.4
-    spread = 1.959964 * 1.4 ** 0.5
+    # click-through rates 2/20 against 1/20: a ratio of 2. The variance of its log: the model's answers clicked alike
+    # (1 and 1 of 10), so each product shown as a unit, (1 - 0.1)/2 = 0.45; the control's apart (1 and 0 of 10), each
+    # answer a unit, 2/1 · (0.5² + 0.5²) / 20² / 0.05² = 1.0 (more than (1 - 0.05)/1 = 0.95); summed, 1.45
+    spread = 1.959964 * 1.45 ** 0.5
     assert by_arm["lift_interval"] == {"click_through_rate": [pytest.approx(2 * math.exp(-spread) - 1),
                                                               pytest.approx(2 * math.exp(spread) - 1)],
                                        "purchases_per_thousand_shown": None}  # the control arm bought nothing
-    assert by_arm["lift_interval"]["click_through_rate"][0] == pytest.approx(-0.80328, abs=1e-4)
+    assert by_arm["lift_interval"]["click_through_rate"][0] == pytest.approx(-0.81118, abs=1e-4)
 
 
 def test_a_pixel_only_order_the_webhooks_cancel_earns_nothing(app, capsys):
@@ -438,10 +440,16 @@ def test_without_a_report_token_the_report_is_not_served(app):
 
 
 def test_the_lift_interval_of_purchase_counts_by_hand():
-    """10 purchases per 1,000 shown against 5: a ratio of 2, the variance of its log 1/10 + 1/5 = 0.3."""
+    """10 purchases per 1,000 shown against 5, over two answers of 500 products each arm: a ratio of 2. Bought alike
+    (6 and 4, 3 and 2), each product shown is the unit: 1/10 + 1/5 = 0.3. Bought unevenly (10 and 0), the model's
+    answers are: 2/1 · (5² + 5²) / 1000² / 0.01² = 1.0, and with the control's 0.2 the variance is 1.2."""
     from recommender.attribution import _lift_interval
 
-    low, high = _lift_interval(10, 1000, 5, 1000)
+    alike = _lift_interval([(6, 500), (4, 500)], [(3, 500), (2, 500)])
+    uneven = _lift_interval([(10, 500), (0, 500)], [(3, 500), (2, 500)])
 
-    assert (low, high) == (pytest.approx(-0.3164, abs=1e-4), pytest.approx(4.851, abs=1e-3))
-    assert _lift_interval(10, 1000, 0, 1000) is None and _lift_interval(0, 0, 5, 1000) is None
+    assert alike == [pytest.approx(-0.3164, abs=1e-4), pytest.approx(4.851, abs=1e-3)]
+    spread = 1.959964 * 1.2 ** 0.5
+    assert uneven == [pytest.approx(2 * math.exp(-spread) - 1), pytest.approx(2 * math.exp(spread) - 1)]
+    assert _lift_interval([(10, 500), (0, 500)], [(0, 500), (0, 500)]) is None  # the control bought nothing
+    assert _lift_interval([(10, 1000)], [(5, 1000)]) is None  # one answer an arm gives no variance between answers
