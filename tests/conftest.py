@@ -112,6 +112,13 @@ def app_client(env):
     return create_app(target="app", source=str(ROOT / "main.py")).test_client()
 
 
+@pytest.fixture
+def installed(app_client):
+    """A shop that installed the app: a verified webhook delivery proves it."""
+    assert post_webhook(app_client, "orders/create", order_payload(1, 2, [201])).status_code == 200
+    return app_client
+
+
 def order_payload(order_id: int, customer_id: int | None, product_ids: list[int],
                   created_at: str = "2026-11-01T10:00:00Z", cart_token: str | None = None) -> dict:
     """An orders/create body in Shopify's shape, with one line per product."""

@@ -44,12 +44,8 @@ def test_the_webhook_limit_defaults_to_8_mib_and_is_validated():
 
 
 def test_a_webhook_at_the_limit_is_stored_and_one_byte_over_is_a_413(app_client, env, monkeypatch):
-    monkeypatch.setenv("WEBHOOK_MAX_BODY_BYTES", str(LIMIT))
-    from functions_framework import create_app
-
-    from tests.conftest import ROOT
-
-    client = create_app(target="app", source=str(ROOT / "main.py")).test_client()
+    monkeypatch.setenv("WEBHOOK_MAX_BODY_BYTES", str(LIMIT))  # read by the instance's first request
+    client = app_client
     at_limit, over = order_of_size(1, LIMIT), order_of_size(2, LIMIT + 1)
 
     stored = client.post("/webhooks", data=at_limit, headers=signed_headers(at_limit, "orders/create"))
@@ -72,14 +68,6 @@ def test_a_chunked_body_is_cut_off_at_the_pixel_limit(installed):
 
     assert response.status_code == 413
     assert response.json["error"] == "payload_too_large" and response.json["limit_bytes"] == MAX_BODY_BYTES
-
-
-@pytest.fixture
-def installed(app_client):
-    from tests.conftest import post_webhook
-
-    assert post_webhook(app_client, "orders/create", order_payload(1, 2, [201])).status_code == 200
-    return app_client
 
 
 def test_over_http_a_webhook_past_the_limit_is_refused_logged_and_stored_once_the_limit_is_raised(env):

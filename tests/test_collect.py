@@ -23,13 +23,6 @@ def viewed(event_id: str, product: str, client: str = "client-1", when: str = "2
                                                     "url": "/products/t"}}}}
 
 
-@pytest.fixture
-def installed(app_client):
-    """A shop that installed the app: a verified webhook delivery proves it."""
-    assert post_webhook(app_client, "orders/create", order_payload(1, 2, [201])).status_code == 200
-    return app_client
-
-
 def collect(client, body, shop: str = SHOP, **headers):
     data = body if isinstance(body, (bytes, str)) else json.dumps(body)
     return client.post(f"/collect?shop={shop}", data=data, headers={"Content-Type": "text/plain", **headers})
