@@ -50,6 +50,13 @@ class CatalogVariant(NamedTuple):
         return (self.inventory_quantity or 0) > 0
 
 
+# Products on sale that no answer shows, as Shopify's own recommendations leave them out, each kept as the reason on
+# the product's row: a gift card, a product whose every variant is free (a gift with purchase, a sample), and one the
+# merchant tagged HIDE_TAG (shipping protection, a warranty, a fee: anything no shopper should be offered).
+HIDE_TAG = "hide-from-recommendations"
+HIDDEN_REASONS = ("gift_card", "tag", "free")
+
+
 class CatalogProduct(NamedTuple):
     """One catalog row with its variants (a named tuple: a catalog read makes one per product)."""
 
@@ -65,6 +72,7 @@ class CatalogProduct(NamedTuple):
     vendor: str = ""
     updated_at: datetime | None = None
     variants: tuple[CatalogVariant, ...] = ()
+    hidden: str | None = None  # why no answer shows it though it may be for sale (HIDDEN_REASONS), None: shown
 
     @property
     def available(self) -> bool:

@@ -30,14 +30,18 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# A product is not for sale when it is deleted, not active, unpublished, or has variants and none of them can
-# be bought (none untracked, none selling past zero, none in stock). Written against the `products` table by
-# name, so the same text serves UPDATE products and SELECT … FROM products ({yes}/{no}: boolean literals).
-NOT_FOR_SALE = """(
+# A product is not for sale when it is deleted, not active, unpublished, or has variants and none of them can be
+# bought (none untracked, none selling past zero, none in stock). Written against the `products` table by name, so
+# the same text serves UPDATE products and SELECT … FROM products ({yes}/{no}: boolean literals). Migration 6, which
+# set the first flags, reads this (a migration's text never changes: the `hidden` column came with migration 12).
+NOT_ON_SALE = """(
     products.deleted = {yes} OR products.status <> 'active' OR products.published_at IS NULL
     OR (EXISTS (SELECT 1 FROM variants v WHERE v.shop = products.shop AND v.product_id = products.product_id)
         AND NOT EXISTS (SELECT 1 FROM variants v WHERE v.shop = products.shop AND v.product_id = products.product_id
                         AND (v.tracked = {no} OR v.continue_selling = {yes} OR COALESCE(v.inventory_quantity, 0) > 0))))"""
+# What no answer shows: a product not on sale, or one hidden (a gift card, free, or tagged HIDE_TAG: the reason is
+# its `hidden`, recommender.events).
+NOT_FOR_SALE = "(products.hidden IS NOT NULL OR " + NOT_ON_SALE + ")"
 
 # A variant's stock after a stock level of its inventory item is stored, as an SQL expression over the item's levels
 # (`{total}`: their sum over the locations that track it; `{known}`: whether every location's level is known) and
@@ -157,7 +161,7 @@ SQLITE_MIGRATIONS: tuple[str, ...] = (
     """,
     # Whether each product is for sale, kept at write time so the catalog snapshot is an index read.
     "ALTER TABLE products ADD COLUMN sellable INTEGER NOT NULL DEFAULT 1;"
-    f" UPDATE products SET sellable = 0 WHERE {NOT_FOR_SALE.format(yes='1', no='0')};"
+    f" UPDATE products SET sellable = 0 WHERE {NOT_ON_SALE.format(yes='1', no='0')};"
     " CREATE INDEX products_by_sellable ON products (shop, sellable);",
     # The training job's queue (retraining.py): when it last started each shop, what the shop's last finished
     # training took, how many of its trainings in a row were started and never finished (cut off), and whether it
@@ -203,6 +207,9 @@ SQLITE_MIGRATIONS: tuple[str, ...] = (
     # The currency of an event's price (ISO 4217), where its source names it: a checkout's lines are priced in the
     # currency the shopper paid in, which for a shop selling in several is not the shop's own (attribution's revenue).
     "ALTER TABLE events ADD COLUMN currency TEXT;",
+    # Why no answer shows a product that may be for sale (recommender.events.HIDDEN_REASONS): a gift card, every
+    # variant free, or the merchant's HIDE_TAG. NULL: shown when for sale (every row written before this migration).
+    "ALTER TABLE products ADD COLUMN hidden TEXT;",
 )
 
 # Every table that holds a shop's data, in both backends: what redact_shop empties.
@@ -987,13 +994,13 @@ class SharedQueries:
             rows.sort(key=lambda variant: variant.variant_id)
         products = {}
         for row in self._read(
-            "SELECT product_id, title, handle, status, published_at, price, image_url, product_type, vendor, updated_at"
-            f" FROM products WHERE shop = {self._P} AND deleted = {self._FALSE}{only}", params
+            "SELECT product_id, title, handle, status, published_at, price, image_url, product_type, vendor, updated_at,"
+            f" hidden FROM products WHERE shop = {self._P} AND deleted = {self._FALSE}{only}", params
         ):
-            pid, title, handle, status, published_at, price, image_url, ptype, vendor, updated_at = row
+            pid, title, handle, status, published_at, price, image_url, ptype, vendor, updated_at, hidden = row
             products[pid] = CatalogProduct(
                 shop, pid, title, handle, status, self._to_time(published_at), price, image_url, ptype, vendor,
-                self._to_time(updated_at), tuple(variants.get(pid, ())),
+                self._to_time(updated_at), tuple(variants.get(pid, ())), hidden,
             )
         return products
 
@@ -1474,13 +1481,13 @@ class SQLiteEventStore(SharedQueries):
                 return
         conn.execute(
             "INSERT INTO products (shop, product_id, title, handle, status, published_at, price, image_url,"
-            " product_type, vendor, updated_at, deleted) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)"
+            " product_type, vendor, updated_at, hidden, deleted) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)"
             " ON CONFLICT (shop, product_id) DO UPDATE SET title = excluded.title, handle = excluded.handle,"
             " status = excluded.status, published_at = excluded.published_at, price = excluded.price,"
             " image_url = excluded.image_url, product_type = excluded.product_type, vendor = excluded.vendor,"
-            " updated_at = excluded.updated_at, deleted = 0",
+            " updated_at = excluded.updated_at, hidden = excluded.hidden, deleted = 0",
             (p.shop, p.product_id, p.title, p.handle, p.status, iso_utc(p.published_at), p.price, p.image_url,
-             p.product_type, p.vendor, iso_utc(p.updated_at)),
+             p.product_type, p.vendor, iso_utc(p.updated_at), p.hidden),
         )
         conn.execute("DELETE FROM variants WHERE shop = ? AND product_id = ?", (p.shop, p.product_id))
         conn.executemany(  # the payload's total is also the floor the stock levels keep (`STOCK_OF_VARIANT`)

@@ -38,7 +38,7 @@ from recommender.errors import ConfigError, StoreError
 from recommender.changes import ChangeSet, Delivery, Event, RefundLine
 from recommender.events import CatalogProduct, EventKind, order_line_key
 from recommender.store import (
-    CART_STATE_COLUMNS, CART_STATE_PREFIX, EVENT_EXPORT_COLUMNS, KINDS, NOT_FOR_SALE, REDACTED_EVENT, STOCK_OF_VARIANT,
+    CART_STATE_COLUMNS, CART_STATE_PREFIX, EVENT_EXPORT_COLUMNS, KINDS, NOT_ON_SALE, REDACTED_EVENT, STOCK_OF_VARIANT,
     SIGNED_PURCHASE_OF, TOPICS_NOT_PROVING_INSTALL, UNSELLABLE_SQL, ActivityBucket, Interaction,
     SharedQueries, customer_export, export_json, from_pixel, iso_utc, later, latest_wins, log_withheld, not_from_pixel,
     of_one_shop, refund_adjustment_key, require_aware,
@@ -153,7 +153,7 @@ POSTGRES_MIGRATIONS: tuple[str, ...] = (
     """,
     # Whether each product is for sale, kept at write time so the catalog snapshot is an index read.
     "ALTER TABLE products ADD COLUMN sellable boolean NOT NULL DEFAULT true;"
-    f" UPDATE products SET sellable = false WHERE {NOT_FOR_SALE.format(yes='true', no='false')};"
+    f" UPDATE products SET sellable = false WHERE {NOT_ON_SALE.format(yes='true', no='false')};"
     " CREATE INDEX products_by_sellable ON products (shop, sellable);",
     # A shopper's events in the order `history` reads them (occurred_at, then id, both newest first), so the
     # read stops at its limit instead of sorting all of the shopper's events: 5,000 events took 1.6 ms and
@@ -211,6 +211,8 @@ POSTGRES_MIGRATIONS: tuple[str, ...] = (
     " WHERE kind = 'click';",
     # The currency of an event's price (recommender.store's migration 11).
     "ALTER TABLE events ADD COLUMN currency text;",
+    # Why no answer shows a product that may be for sale (recommender.store's migration 12).
+    "ALTER TABLE products ADD COLUMN hidden text;",
 )
 
 # Advisory lock keys. Migrations take one 64-bit key for the whole database; writes take (namespace, key) pairs, a
@@ -432,7 +434,7 @@ _PRODUCT_CONFLICT = (
     " ON CONFLICT (shop, product_id) DO UPDATE SET title = excluded.title, handle = excluded.handle,"
     " status = excluded.status, published_at = excluded.published_at, price = excluded.price,"
     " image_url = excluded.image_url, product_type = excluded.product_type, vendor = excluded.vendor,"
-    " updated_at = excluded.updated_at"
+    " updated_at = excluded.updated_at, hidden = excluded.hidden"
     " WHERE NOT products.deleted AND (products.updated_at IS NULL OR excluded.updated_at IS NULL"
     " OR excluded.updated_at >= products.updated_at)"
     " RETURNING product_id"
@@ -457,12 +459,12 @@ def _products_upserted(condition: str = "") -> str:
     those `condition` keeps; the ones it changed returned."""
     return (
         "INSERT INTO products (shop, product_id, title, handle, status, published_at, price, image_url, product_type,"
-        " vendor, updated_at, deleted)"
+        " vendor, updated_at, hidden, deleted)"
         " SELECT %(shop)s, r.product_id, r.title, r.handle, r.status, r.published_at, r.price, r.image_url,"
-        " r.product_type, r.vendor, r.updated_at, false"
+        " r.product_type, r.vendor, r.updated_at, r.hidden, false"
         " FROM json_to_recordset(%(products)s::json) AS r (product_id text, title text, handle text, status text,"
         " published_at timestamptz, price double precision, image_url text, product_type text, vendor text,"
-        " updated_at timestamptz)" + condition + _PRODUCT_CONFLICT
+        " updated_at timestamptz, hidden text)" + condition + _PRODUCT_CONFLICT
     )
 
 
@@ -640,7 +642,8 @@ def _product_rows(products: Sequence[CatalogProduct]) -> str:
     """`%(products)s` of `_products_upserted`: the catalog rows as one JSON array."""
     return json.dumps([{"product_id": p.product_id, "title": p.title, "handle": p.handle, "status": p.status,
                         "published_at": _iso(p.published_at), "price": p.price, "image_url": p.image_url,
-                        "product_type": p.product_type, "vendor": p.vendor, "updated_at": _iso(p.updated_at)}
+                        "product_type": p.product_type, "vendor": p.vendor, "updated_at": _iso(p.updated_at),
+                        "hidden": p.hidden}
                        for p in products])
 
 
@@ -1405,10 +1408,10 @@ class PostgresEventStore(SharedQueries):
         and an older update is ignored)."""
         applied = conn.execute(
             "INSERT INTO products (shop, product_id, title, handle, status, published_at, price, image_url,"
-            " product_type, vendor, updated_at, deleted) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, false)"
-            + _PRODUCT_CONFLICT,
+            " product_type, vendor, updated_at, hidden, deleted)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, false)" + _PRODUCT_CONFLICT,
             (p.shop, p.product_id, p.title, p.handle, p.status, p.published_at, p.price, p.image_url,
-             p.product_type, p.vendor, p.updated_at),
+             p.product_type, p.vendor, p.updated_at, p.hidden),
         ).fetchone()
         if applied is None:
             return

@@ -103,11 +103,13 @@ def product_node(record: dict) -> dict:
             "status": record["status"].upper(), "publishedAt": utc(record["published_at"]),
             "updatedAt": utc(record["updated_at"]), "productType": record["product_type"], "vendor": record["vendor"],
             "featuredMedia": {"preview": {"image": {"url": image["src"]}}} if image else None,
+            "tags": [tag.strip() for tag in record.get("tags", "").split(",") if tag.strip()],
+            "isGiftCard": record.get("gift_card", False),
             "variants": [variant_node(v) for v in record["variants"]]}
 
 
 def line_node(line: dict) -> dict:
-    return {"id": gid("LineItem", line["id"]), "quantity": line["quantity"],
+    return {"id": gid("LineItem", line["id"]), "quantity": line["quantity"], "isGiftCard": line.get("gift_card", False),
             "product": {"id": gid("Product", line["product_id"])} if line["product_id"] else None,
             "variant": {"id": gid("ProductVariant", line["variant_id"])} if line.get("variant_id") else None,
             "originalUnitPriceSet": {"shopMoney": {"amount": line["price"], "currencyCode": "EUR"}}}
@@ -124,6 +126,11 @@ def order_node(record: dict) -> dict:
                                               "lineItem": {"id": gid("LineItem", line["line_item_id"])}}
                                              for line in refund["refund_line_items"]]}
                         for refund in record.get("refunds", [])]}
+
+
+def asked_for(node: dict, query: str, *names: str) -> dict:
+    """The node without those of `names` the query does not ask for: GraphQL answers with the fields asked for alone."""
+    return {key: value for key, value in node.items() if key not in names or re.search(rf"\b{key}\b", query)}
 
 
 def level_node(record: dict) -> dict:
@@ -247,8 +254,8 @@ class FakeGraphQLApi:
         return {"nodes": nodes[offset:end], "pageInfo": {"hasNextPage": end < len(nodes),
                                                           "endCursor": f"{kind}@{end}" if nodes[offset:end] else None}}
 
-    def _product(self, record: dict, nested: int) -> dict:
-        node = product_node(record)
+    def _product(self, record: dict, nested: int, query: str) -> dict:
+        node = asked_for(product_node(record), query, "tags", "isGiftCard")
         node["variants"] = self._page(node["variants"], nested, None, f"variants:{record['id']}")
         return node
 
@@ -259,14 +266,15 @@ class FakeGraphQLApi:
         node = order_node(record)
         if "cartToken" in query:
             node["cartToken"] = record.get("cart_token")
-        node["lineItems"] = self._page(node["lineItems"], nested, None, f"lines:{record['id']}")
+        lines = [asked_for(line, query, "isGiftCard") for line in node["lineItems"]]
+        node["lineItems"] = self._page(lines, nested, None, f"lines:{record['id']}")
         for refund, raw in zip(node["refunds"], record.get("refunds", [])):
             refund["refundLineItems"] = self._page(refund["refundLineItems"], nested, None, f"refund:{raw['id']}")
         return node
 
     def BackfillProducts(self, v: dict, query: str) -> dict:  # noqa: N802 (the operation's name)
         page = self._page(self.products, v["first"], v["after"], "products")
-        page["nodes"] = [self._product(record, v["nested"]) for record in page["nodes"]]
+        page["nodes"] = [self._product(record, v["nested"], query) for record in page["nodes"]]
         return {"products": page}
 
     def BackfillVariants(self, v: dict, query: str) -> dict:  # noqa: N802
@@ -299,7 +307,7 @@ class FakeGraphQLApi:
 
     def BackfillOrderLines(self, v: dict, query: str) -> dict:  # noqa: N802
         record = next(o for o in self.orders if gid("Order", o["id"]) == v["id"])
-        lines = [line_node(line) for line in record["line_items"]]
+        lines = [asked_for(line_node(line), query, "isGiftCard") for line in record["line_items"]]
         return {"order": {"lineItems": self._page(lines, v["first"], v["after"], f"lines:{record['id']}")}}
 
     def BackfillRefundLines(self, v: dict, query: str) -> dict:  # noqa: N802
@@ -757,7 +765,7 @@ def test_nodes_become_the_records_rest_serves():
         "gid://shopify/InventoryLevel/1?inventory_item_id=2")  # left for the translators to refuse by name
     node = product_node(WIDE)
     as_read = product_record(node, node["variants"])
-    assert as_read == {**WIDE, "updated_at": "2024-06-02T00:00:00Z", "variants": [
+    assert as_read == {**WIDE, "updated_at": "2024-06-02T00:00:00Z", "tags": [], "gift_card": False, "variants": [
         {**v, "inventory_management": "shopify"} for v in WIDE["variants"]]}  # the same instant, in UTC
     assert backfill_webhook_id("products", as_read) == backfill_webhook_id("products", WIDE) == (
         "backfill:products:8006:2024-06-02T00:00:00Z")
@@ -767,9 +775,36 @@ def test_nodes_become_the_records_rest_serves():
     raw = order_node(BIG)
     record = order_record(raw, raw["lineItems"], [(r, r["refundLineItems"]) for r in raw["refunds"]])
     assert record["refunds"] == BIG["refunds"]
-    assert [{k: line[k] for k in ("id", "product_id", "variant_id", "quantity", "price")} for line in
-            BIG["line_items"]] == record["line_items"]
+    assert [{**{k: line[k] for k in ("id", "product_id", "variant_id", "quantity", "price")}, "gift_card": False}
+            for line in BIG["line_items"]] == record["line_items"]
     assert (record["customer"], record["cart_token"], record["cancelled_at"]) == ({"id": 4}, None, None)
+
+
+@pytest.mark.parametrize("api_name", ["rest", "graphql"])
+def test_a_backfill_stores_what_shopify_would_not_recommend_hidden_and_learns_nothing_from_a_gift_card(
+        rest_api, graphql_api, either_store, tmp_path, api_name):
+    # Arrange: a product tagged hidden, a free one, one for sale; an order of it and a gift card; through GraphQL also
+    # a gift card product (Product.isGiftCard: products.json documents no such field)
+    api = rest_api if api_name == "rest" else graphql_api
+    free = product(8102)
+    free["variants"] = [{**free["variants"][0], "price": "0.00"}]
+    api.products = [{**product(8101), "tags": "Sale, Hide-From-Recommendations"}, free,
+                    {**product(8103), "tags": "sale"}]
+    if api_name == "graphql":
+        api.products.append({**product(8104), "gift_card": True})
+    bought = order(5101, 1, [8103, 8104], "2025-03-01T10:00:00Z")
+    bought["line_items"][1]["gift_card"] = True
+    api.orders, api.levels = [bought], []
+
+    # Act
+    summary = backfill(api, either_store, tmp_path, api_name)
+
+    # Assert
+    expected = {"8101": "tag", "8102": "free", "8103": None} | ({"8104": "gift_card"} if api_name == "graphql" else {})
+    assert {pid: row.hidden for pid, row in either_store.products(SHOP).items()} == expected
+    assert either_store.unsellable_product_ids(SHOP) == {pid for pid, reason in expected.items() if reason}
+    assert (summary["orders"], summary["events"]) == (1, 2)  # the gift card's line kept for the record at weight 0
+    assert [(i.product_id, i.kind.value) for i in either_store.interactions(SHOP)] == [("8103", "purchase")]
 
 
 # --- what customers/redact erased ----------------------------------------------------------------------------

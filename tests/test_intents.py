@@ -398,6 +398,35 @@ def test_unsellable_products_are_never_returned(shop, change):
     assert 301 not in every_intent(shop)
 
 
+@pytest.mark.parametrize("change", ["tagged", "free"])
+def test_products_shopify_would_not_recommend_are_never_returned(shop, change):
+    """Shopify's own recommendations leave out gift cards and free products; a merchant hides any other by a tag."""
+    payload = product_payload(301, product_type="Gear", vendor="Brew Lab",
+                              updated_at=datetime(2026, 11, 1, tzinfo=timezone.utc))
+    if change == "tagged":
+        payload["tags"] = "Clearance, Hide-From-Recommendations"
+    else:
+        payload["variants"][0]["price"] = "0.00"
+    assert 301 in every_intent(shop)
+
+    post_webhook(shop, "products/update", payload)
+
+    assert 301 not in every_intent(shop)
+
+
+def test_a_product_untagged_reappears_without_retraining(shop):
+    tagged = product_payload(301, product_type="Gear", vendor="Brew Lab",
+                             updated_at=datetime(2026, 11, 1, tzinfo=timezone.utc))
+    post_webhook(shop, "products/update", {**tagged, "tags": "hide-from-recommendations"})
+    assert 301 not in ids(ask(shop, intent="complementary", product_ids="101", n=3))
+
+    untagged = product_payload(301, product_type="Gear", vendor="Brew Lab",
+                               updated_at=datetime(2026, 11, 2, tzinfo=timezone.utc))
+    post_webhook(shop, "products/update", {**untagged, "tags": "clearance"})
+
+    assert ids(ask(shop, intent="complementary", product_ids="101", n=3))[0] == 301
+
+
 def test_a_product_back_in_stock_reappears_without_retraining(shop):
     later = datetime(2026, 11, 1, tzinfo=timezone.utc)
     post_webhook(shop, "products/update", product_payload(301, quantity=0, product_type="Gear", vendor="Brew Lab",

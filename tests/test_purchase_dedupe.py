@@ -171,3 +171,17 @@ def test_bug_a_backfilled_order_the_pixel_saw_counts_once(app, first):
     # Assert: orders 1001 and 1004, each product once per order
     assert trending(store) == [("501", pytest.approx(2 * PURCHASE)), ("502", pytest.approx(2 * PURCHASE))]
     assert [user for user, _ in purchases(store)] == ["c:42"] * 4
+
+
+def test_the_pixels_purchase_of_a_gift_card_weighs_nothing_once_the_order_says_it_is_one(app):
+    """The pixel cannot tell a gift card; the orders webhook can (`gift_card`), and its line is the order's record."""
+    client, store = app
+    beacon(client, checkout_completed("e-gift", "9300", ["501", "502"]))
+    assert purchases(store) == [("a:browser-1", "501"), ("a:browser-1", "502")]
+    gift = order(9300, [501, 502])
+    gift["line_items"][1]["gift_card"] = True
+
+    assert post_webhook(client, "orders/create", gift).status_code == 200
+
+    assert purchases(store) == [("c:42", "501")]
+    assert [name for name, _ in trending(store)] == ["501"]

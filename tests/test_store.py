@@ -19,7 +19,7 @@ import pytest
 
 from recommender.errors import StoreError
 from recommender.changes import ChangeSet, Delivery, Event, IdentityLink, InventoryLevel, RefundLine
-from recommender.events import CatalogProduct, CatalogVariant, EventKind, order_line_key
+from recommender.events import HIDDEN_REASONS, CatalogProduct, CatalogVariant, EventKind, order_line_key
 from recommender.store import (
     EVENT_EXPORT_COLUMNS, SHOP_TABLES, SQLITE_MIGRATIONS, ActivityBucket, EventStore, Interaction, ProductCard,
     QueuedShop, Redactions, SQLiteEventStore, open_event_store,
@@ -372,10 +372,13 @@ def test_unsellable_products_are_computed_in_the_store(any_store):
                                                                      continue_selling=True)),
         product("draft", "draft", True),
         product("archived", "archived", True),
+        product("unlisted", "unlisted", True),  # Admin API 2025-10's status: kept out of Shopify's recommendations
         product("unpublished", "active", False),
         product("sold-out", "active", True, CatalogVariant("5", tracked=True, inventory_quantity=0),
                 CatalogVariant("6", tracked=True, inventory_quantity=None)),
         product("to-delete"),
+        *(product(reason, "active", True, CatalogVariant("7"))._replace(hidden=reason)
+          for reason in HIDDEN_REASONS),  # for sale, but hidden
     )
     any_store.apply(delivery("wh-1", topic="products/create"), ChangeSet(upsert_products=catalog))
     any_store.apply(delivery("wh-2", topic="products/delete"), ChangeSet(delete_product_ids=("to-delete",)))
@@ -384,10 +387,27 @@ def test_unsellable_products_are_computed_in_the_store(any_store):
     unsellable = any_store.unsellable_product_ids(SHOP)
 
     # Assert
-    assert unsellable == {"draft", "archived", "unpublished", "sold-out", "to-delete"}
+    assert unsellable == {"draft", "archived", "unlisted", "unpublished", "sold-out", "to-delete", "gift_card", "tag",
+                          "free"}
     assert unsellable == {p for p, row in any_store.products(SHOP).items() if not row.available
-                          or row.status != "active" or row.published_at is None} | {"to-delete"}
+                          or row.status != "active" or row.published_at is None or row.hidden} | {"to-delete"}
     assert any_store.unsellable_product_ids(OTHER_SHOP) == set()
+
+
+def test_a_later_update_hides_a_product_and_the_next_shows_it_again(any_store):
+    # Arrange: a product for sale, then hidden by its tag, then shown again, each update later than the last
+    def version(day: int, hidden: str | None) -> ChangeSet:
+        return ChangeSet(upsert_products=(CatalogProduct(SHOP, "40", status="active", published_at=T0, hidden=hidden,
+                                                         updated_at=T0 + timedelta(days=day)),))
+
+    # Act
+    seen = []
+    for day, hidden in enumerate((None, "tag", None, "free")):
+        any_store.apply(delivery(f"wh-{day}", topic="products/update"), version(day, hidden))
+        seen.append((any_store.products(SHOP)["40"].hidden, any_store.unsellable_product_ids(SHOP)))
+
+    # Assert
+    assert seen == [(None, set()), ("tag", {"40"}), (None, set()), ("free", {"40"})]
 
 
 def test_product_cards_hold_what_an_answer_shows_in_one_statement(any_store):
@@ -1535,6 +1555,31 @@ def test_an_upgraded_database_keeps_each_variants_payload_total_as_its_stocks_fl
             "101": 5, "102": 3}  # the payload's 5 stand; the untracked one had no floor: A's 1 and B's 2
         assert raw(store, "SELECT all_locations FROM inventory_levels ORDER BY inventory_item_id, location_id") == [
             (0,), (0,), (0,)]
+    finally:
+        store.close()
+
+
+def test_an_upgraded_database_shows_its_stored_products_until_an_update_hides_one(tmp_path):
+    # Arrange: a file at the version before migration 12, two products for sale
+    path = tmp_path / "events.sqlite3"
+    with sqlite_file_before(path, "ADD COLUMN hidden") as conn:
+        for pid in ("10", "11"):
+            conn.execute("INSERT INTO products (shop, product_id, title, handle, status, published_at, product_type,"
+                         " vendor, sellable) VALUES (?, ?, '', '', 'active', '2024-03-01T12:00:00.000000+00:00', '',"
+                         " '', 1)", (SHOP, pid))
+
+    # Act: the merchant tags one of them
+    store = SQLiteEventStore(path)
+    try:
+        shown_before = store.unsellable_product_ids(SHOP)
+        store.apply(delivery("wh-tag", topic="products/update"), ChangeSet(upsert_products=(
+            CatalogProduct(SHOP, "11", status="active", published_at=T0, hidden="tag"),)))
+
+        # Assert
+        assert raw(store, "PRAGMA user_version") == [(len(SQLITE_MIGRATIONS),)]
+        assert shown_before == set()
+        assert store.unsellable_product_ids(SHOP) == {"11"}
+        assert {pid: row.hidden for pid, row in store.products(SHOP).items()} == {"10": None, "11": "tag"}
     finally:
         store.close()
 

@@ -170,6 +170,7 @@ def test_products_sample_upserts_the_catalog_row_and_variants(store, shopify_fix
         CatalogVariant("757650484644203900", None, 50, tracked=True, continue_selling=False),
     )
     assert product.available is True
+    assert (payload["tags"], product.hidden) == ("example, mens, t-shirt", None)
     assert store.count_events() == 0
 
 
@@ -620,3 +621,79 @@ def test_orders_cancelled_voids_every_stored_line_of_the_order(store, cancellati
     assert (outcome.status, outcome.result) == (200, "stored")
     assert [(r["product_id"], r["weight_factor"]) for r in event_rows(store)] == [("111", 0.0), ("222", 0.0)]
     assert store.history(SHOP, "a:guest-cart-1", 10) == []
+
+
+# --- what Shopify's own recommendations leave out ---------------------------------------------------------------
+
+
+def shown_product(pid: int, prices=("10.00",), **fields) -> dict:
+    """An active, published, untracked product (for sale), its variants priced as given."""
+    return {"id": pid, "title": f"P{pid}", "status": "active", "published_at": "2026-10-01T00:00:00Z",
+            "variants": [{"id": pid * 10 + i, "price": price} for i, price in enumerate(prices)], **fields}
+
+
+@pytest.mark.parametrize("fields,prices,reason", [
+    ({"tags": "Sale, Hide-From-Recommendations , mens"}, ("10.00",), "tag"),  # REST: one string, any case, spaces
+    ({"tags": ["sale", "hide-from-recommendations"]}, ("10.00",), "tag"),  # GraphQL's list (the backfill)
+    ({}, ("0.00", "0"), "free"),  # a gift with purchase, a sample: every variant free
+    ({"gift_card": True, "tags": "hide-from-recommendations"}, ("25.00",), "gift_card"),
+    ({"tags": "sale, hide-from-recommendations-not"}, ("10.00",), None),  # a tag that only starts the same
+    ({"tags": ""}, ("0.00", "12.00"), None),  # one variant free is a product with a free option, still sold
+    ({}, ("0.00", None), None),  # a price unknown: not known to be free
+    ({}, (), None),  # no variants
+])
+def test_a_product_shopify_would_not_recommend_is_stored_hidden_and_never_for_sale(store, fields, prices, reason):
+    # Arrange
+    body = as_body(shown_product(70, prices, **fields))
+
+    # Act
+    outcome = deliver(store, body, "products/create")
+
+    # Assert
+    assert outcome.result == "stored"
+    assert store.products(SHOP)["70"].hidden == reason
+    assert store.unsellable_product_ids(SHOP) == ({"70"} if reason else set())
+    assert store.product_cards(SHOP, ["70"])["70"].available is (reason is None)
+
+
+def test_a_product_untagged_later_is_for_sale_again(store):
+    # Arrange: hidden by its tag
+    deliver(store, as_body(shown_product(71, tags="hide-from-recommendations", updated_at="2026-10-01T00:00:00Z")),
+            "products/create")
+    assert store.unsellable_product_ids(SHOP) == {"71"}
+
+    # Act: the merchant removes the tag
+    deliver(store, as_body(shown_product(71, tags="sale", updated_at="2026-10-02T00:00:00Z")), "products/update")
+
+    # Assert
+    assert store.products(SHOP)["71"].hidden is None
+    assert store.unsellable_product_ids(SHOP) == set()
+
+
+@pytest.mark.parametrize("tags", [7, ["ok", 3], {"hide-from-recommendations": True}])
+def test_tags_neither_a_string_nor_a_list_of_strings_are_a_400_naming_the_field(store, tags):
+    outcome = deliver(store, as_body(shown_product(72, tags=tags)), "products/create")
+
+    assert (outcome.status, outcome.result) == (400, "malformed_payload")
+    assert outcome.detail["message"] == (f"tags must be a comma-separated string or a list of strings, got {tags!r}")
+    assert (store.products(SHOP), store.count_deliveries()) == ({}, 0)
+
+
+def test_a_gift_card_counts_for_nothing_in_orders_and_is_not_stored_from_carts(store):
+    # Arrange: an order and a cart, each with a gift card beside a product
+    order = guest_order()
+    order["line_items"][1]["gift_card"] = True  # product 222
+    order["line_items"][0]["gift_card"] = False
+    cart = {"token": "cart-g", "updated_at": "2024-03-01T12:00:00Z",
+            "line_items": [{"product_id": 111, "quantity": 1, "price": "10.00", "gift_card": False},
+                           {"product_id": 333, "quantity": 1, "price": "50.00", "gift_card": True}]}
+
+    # Act
+    ordered = deliver(store, as_body(order), "orders/create")
+    carted = deliver(store, as_body(cart), "carts/update")
+
+    # Assert: the order's gift card line kept for the record at weight 0, the cart's not stored; neither counts
+    assert (ordered.detail["events"], carted.detail["events"]) == (2, 1)
+    assert [(r["kind"], r["product_id"], r["weight_factor"]) for r in event_rows(store)] == [
+        ("purchase", "111", 1.0), ("purchase", "222", 0.0), ("add_to_cart", "111", 1.0)]
+    assert {i.product_id for i in store.interactions(SHOP)} == {"111"}

@@ -30,10 +30,10 @@ What the GraphQL Admin API reference documents of the queries below:
 - Order: `createdAt`, `updatedAt`, `cancelledAt` (null unless cancelled), `customer` (nullable), `lineItems` (a
   connection), `refunds` (`[Refund!]!`: a list, not a connection; its optional `first` only truncates it, so none
   is given). Refund: `refundLineItems` (a connection); RefundLineItem: `quantity`, `lineItem`. LineItem: `quantity`,
-  `product` and `variant` (nullable), `originalUnitPriceSet { shopMoney { amount } }`.
-- Product: `status`, `publishedAt`, `productType`, `vendor`, `featuredMedia` (the Media interface, whose `preview
-  { image }` is null until the preview is ready), `variants` (a connection). ProductVariant: `price`,
-  `inventoryPolicy`, `inventoryQuantity`, `inventoryItem`. InventoryItem: `tracked`, `inventoryLevels` (a
+  `isGiftCard`, `product` and `variant` (nullable), `originalUnitPriceSet { shopMoney { amount } }`.
+- Product: `status`, `publishedAt`, `productType`, `vendor`, `tags` (`[String!]!`), `isGiftCard`, `featuredMedia`
+  (the Media interface, whose `preview { image }` is null until the preview is ready), `variants` (a connection).
+  ProductVariant: `price`, `inventoryPolicy`, `inventoryQuantity`, `inventoryItem`. InventoryItem: `tracked`, `inventoryLevels` (a
   connection). InventoryLevel: `updatedAt`, `location`, `quantities(names:)`, which replaced its `available` field
   (deprecated in 2023-04, removed in 2024-04).
 
@@ -78,7 +78,7 @@ _GID = re.compile(r"^gid://shopify/(\w+)/(\d+)$")
 _PAGE_INFO = "pageInfo { hasNextPage endCursor }"
 _VARIANT = "id price inventoryPolicy inventoryQuantity inventoryItem { id tracked }"
 _LEVEL = 'updatedAt location { id } quantities(names: ["available"]) { name quantity }'
-_LINE = "id quantity product { id } variant { id } originalUnitPriceSet { shopMoney { amount } }"
+_LINE = "id quantity isGiftCard product { id } variant { id } originalUnitPriceSet { shopMoney { amount } }"
 _REFUND_LINE = "quantity lineItem { id }"
 
 # What one node of each selection above requests, counted as Shopify's rate-limits page counts it: an object 1, a
@@ -114,7 +114,7 @@ def largest_first(node_cost: int, parent_objects: int = 0) -> int:
 PRODUCTS_QUERY = f"""query BackfillProducts($first: Int!, $after: String, $nested: Int!) {{
   products(first: $first, after: $after, sortKey: ID) {{
     nodes {{
-      id title handle status publishedAt updatedAt productType vendor
+      id title handle status publishedAt updatedAt productType vendor tags isGiftCard
       featuredMedia {{ preview {{ image {{ url }} }} }}
       variants(first: $nested) {{ nodes {{ {_VARIANT} }} {_PAGE_INFO} }}
     }}
@@ -196,6 +196,7 @@ def product_record(product: dict, variants: list[dict]) -> dict:
         "status": _lower(product.get("status")), "published_at": product.get("publishedAt"),
         "updated_at": product.get("updatedAt"), "product_type": product.get("productType"),
         "vendor": product.get("vendor"), "image": {"src": image["url"]} if image.get("url") else None,
+        "tags": product.get("tags"), "gift_card": product.get("isGiftCard") is True,
         "variants": [variant_record(v) for v in variants],
     }
 
@@ -215,7 +216,7 @@ def line_record(line: dict) -> dict:
     shop_money = price_set.get("shopMoney") if isinstance(price_set.get("shopMoney"), dict) else {}
     return {"id": numeric_id(line.get("id")), "product_id": _id_of(line.get("product")),
             "variant_id": _id_of(line.get("variant")), "quantity": line.get("quantity"),
-            "price": shop_money.get("amount")}
+            "price": shop_money.get("amount"), "gift_card": line.get("isGiftCard") is True}
 
 
 def order_record(order: dict, lines: list[dict], refunds: list[tuple[dict, list[dict]]]) -> dict:

@@ -15,7 +15,8 @@ from typing import Any, Callable
 
 from recommender.errors import InvalidEvent
 from recommender.changes import ChangeSet, Event, IdentityLink, InventoryLevel, RefundLine
-from recommender.events import MAX_QUANTITY, CatalogProduct, CatalogVariant, EventKind, order_line_key, parse_timestamp
+from recommender.events import (HIDE_TAG, MAX_QUANTITY, CatalogProduct, CatalogVariant, EventKind, order_line_key,
+                               parse_timestamp)
 from webhooks import MalformedPayload
 
 
@@ -102,11 +103,19 @@ def order_occurred_at(order: dict) -> datetime:
     return _timestamp(order, "created_at", "processed_at")
 
 
+def _gift_card(line: dict) -> bool:
+    """Whether an order's or a cart's line sells a gift card (its `gift_card`): a means of payment, not a taste, and
+    bought beside anything, so nothing learns from it (Shopify's own recommendations never show one either)."""
+    return line.get("gift_card") is True
+
+
 def order_created(ctx: TopicContext, order: dict) -> ChangeSet:
     """A purchase per line item that names a product; custom lines (no product_id) are skipped.
 
     orders/create, orders/updated and orders/paid all resend the whole order; each line is stored
-    once (its dedupe key), and an order that carries `cancelled_at` counts for nothing.
+    once (its dedupe key), and an order that carries `cancelled_at` counts for nothing. A gift card's line is
+    stored counting for nothing too: the order's record, so the Web Pixel's purchase of it (which cannot tell a
+    gift card) weighs nothing either, and a refund of it finds its line.
     """
     order_id = shopify_id(order.get("id"), "id")
     customer = order.get("customer") or {}
@@ -136,7 +145,7 @@ def order_created(ctx: TopicContext, order: dict) -> ChangeSet:
             quantity=_quantity(line.get("quantity"), f"line_items[{position}].quantity"),
             price=money(line.get("price")), currency=currency, order_id=order_id, source_topic=ctx.topic,
             delivery_id=ctx.delivery_id, dedupe_key=order_line_key(order_id, line_id),
-            weight_factor=0.0 if cancelled else 1.0,
+            weight_factor=0.0 if cancelled or _gift_card(line) else 1.0,
         ))
     return ChangeSet(events=tuple(events), void_order_ids=(order_id,) if cancelled else ())
 
@@ -190,7 +199,8 @@ def inventory_level_updated(ctx: TopicContext, level: dict) -> ChangeSet:
 
 
 def cart_updated(ctx: TopicContext, cart: dict) -> ChangeSet:
-    """An add_to_cart per product in the cart, keyed by the cart token; a product counts once per cart."""
+    """An add_to_cart per product in the cart, keyed by the cart token; a product counts once per cart (gift cards
+    not at all)."""
     token = _token(cart.get("token") or cart.get("id"), "token")
     occurred_at = _timestamp(cart, "updated_at", "created_at")
     events = []
@@ -198,7 +208,7 @@ def cart_updated(ctx: TopicContext, cart: dict) -> ChangeSet:
         if not isinstance(line, dict):
             raise MalformedPayload(f"line_items[{position}] must be an object")
         product_id = shopify_id(line.get("product_id"), f"line_items[{position}].product_id", required=False)
-        if product_id is None:
+        if product_id is None or _gift_card(line):
             continue
         events.append(Event(
             kind=EventKind.ADD_TO_CART, shop=ctx.shop, product_id=product_id, occurred_at=occurred_at,
@@ -227,10 +237,36 @@ def _variant(raw: Any, position: int) -> CatalogVariant:
     )
 
 
+def product_tags(product: dict) -> set[str]:
+    """A product's tags, trimmed and lowercased: REST gives them as one comma-separated string, GraphQL as a list."""
+    tags = product.get("tags")
+    if tags is None:
+        return set()
+    if isinstance(tags, str):
+        tags = tags.split(",")
+    elif not isinstance(tags, list) or not all(isinstance(tag, str) for tag in tags):
+        raise MalformedPayload(f"tags must be a comma-separated string or a list of strings, got {tags!r}")
+    return {tag.strip().lower() for tag in tags} - {""}
+
+
+def hidden_reason(product: dict, prices: list[float | None]) -> str | None:
+    """Why no answer may show this product though it may be for sale (recommender.events.HIDDEN_REASONS), or None:
+    a gift card (`gift_card`, which the GraphQL backfill gives from `isGiftCard`), tagged HIDE_TAG, or every variant
+    priced 0 (a product with no variant or a price unknown is not free)."""
+    if product.get("gift_card") is True:
+        return "gift_card"
+    if HIDE_TAG in product_tags(product):
+        return "tag"
+    if prices and all(price is not None and price <= 0 for price in prices):
+        return "free"
+    return None
+
+
 def product_upserted(ctx: TopicContext, product: dict) -> ChangeSet:
     product_id = shopify_id(product.get("id"), "id")
     variants = tuple(_variant(v, i) for i, v in enumerate(_list(product, "variants")))
-    prices = [p for p in (money(v.get("price")) for v in _list(product, "variants")) if p is not None]
+    listed = [money(v.get("price")) for v in _list(product, "variants")]
+    prices = [p for p in listed if p is not None]
     image = product.get("image") if isinstance(product.get("image"), dict) else None
     images = [i for i in _list(product, "images") if isinstance(i, dict)]
     image_url = (image or (images[0] if images else {})).get("src")
@@ -248,6 +284,7 @@ def product_upserted(ctx: TopicContext, product: dict) -> ChangeSet:
         vendor=str(product.get("vendor") or ""),
         updated_at=_timestamp(product, "updated_at") if product.get("updated_at") else None,
         variants=variants,
+        hidden=hidden_reason(product, listed),
     )
     return ChangeSet(upsert_products=(row,))
 
