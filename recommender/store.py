@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Collection, Iterable, Mapping, NamedTuple, Protocol, Sequence
 
 from recommender.errors import ConfigError, StoreError
-from recommender.events import CatalogProduct, CatalogVariant, EventKind, order_line_key
+from recommender.events import HIDDEN_ON_UPDATE, CatalogProduct, CatalogVariant, EventKind, order_line_key
 
 if TYPE_CHECKING:
     from recommender.changes import ChangeSet, Delivery, Event  # written by the webhook paths, not read here
@@ -1485,7 +1485,7 @@ class SQLiteEventStore(SharedQueries):
             " ON CONFLICT (shop, product_id) DO UPDATE SET title = excluded.title, handle = excluded.handle,"
             " status = excluded.status, published_at = excluded.published_at, price = excluded.price,"
             " image_url = excluded.image_url, product_type = excluded.product_type, vendor = excluded.vendor,"
-            " updated_at = excluded.updated_at, hidden = excluded.hidden, deleted = 0",
+            " updated_at = excluded.updated_at, hidden = " + HIDDEN_ON_UPDATE + ", deleted = 0",
             (p.shop, p.product_id, p.title, p.handle, p.status, iso_utc(p.published_at), p.price, p.image_url,
              p.product_type, p.vendor, iso_utc(p.updated_at), p.hidden),
         )

@@ -36,7 +36,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from recommender.errors import ConfigError, StoreError
 from recommender.changes import ChangeSet, Delivery, Event, RefundLine
-from recommender.events import CatalogProduct, EventKind, order_line_key
+from recommender.events import HIDDEN_ON_UPDATE, CatalogProduct, EventKind, order_line_key
 from recommender.store import (
     CART_STATE_COLUMNS, CART_STATE_PREFIX, EVENT_EXPORT_COLUMNS, KINDS, NOT_ON_SALE, REDACTED_EVENT, STOCK_OF_VARIANT,
     SIGNED_PURCHASE_OF, TOPICS_NOT_PROVING_INSTALL, UNSELLABLE_SQL, ActivityBucket, Interaction,
@@ -434,7 +434,7 @@ _PRODUCT_CONFLICT = (
     " ON CONFLICT (shop, product_id) DO UPDATE SET title = excluded.title, handle = excluded.handle,"
     " status = excluded.status, published_at = excluded.published_at, price = excluded.price,"
     " image_url = excluded.image_url, product_type = excluded.product_type, vendor = excluded.vendor,"
-    " updated_at = excluded.updated_at, hidden = excluded.hidden"
+    " updated_at = excluded.updated_at, hidden = " + HIDDEN_ON_UPDATE +
     " WHERE NOT products.deleted AND (products.updated_at IS NULL OR excluded.updated_at IS NULL"
     " OR excluded.updated_at >= products.updated_at)"
     " RETURNING product_id"

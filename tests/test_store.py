@@ -394,20 +394,23 @@ def test_unsellable_products_are_computed_in_the_store(any_store):
     assert any_store.unsellable_product_ids(OTHER_SHOP) == set()
 
 
-def test_a_later_update_hides_a_product_and_the_next_shows_it_again(any_store):
-    # Arrange: a product for sale, then hidden by its tag, then shown again, each update later than the last
+def test_a_later_update_hides_a_product_and_the_next_shows_it_again_but_a_gift_card_stays_one(any_store):
+    # Arrange: a product for sale, then hidden by its tag, shown again, free, then known as a gift card (a GraphQL
+    # backfill), then updated by payloads that cannot tell a gift card (REST-shaped, as every webhook's), each
+    # update later than the last
     def version(day: int, hidden: str | None) -> ChangeSet:
         return ChangeSet(upsert_products=(CatalogProduct(SHOP, "40", status="active", published_at=T0, hidden=hidden,
                                                          updated_at=T0 + timedelta(days=day)),))
 
     # Act
     seen = []
-    for day, hidden in enumerate((None, "tag", None, "free")):
+    for day, hidden in enumerate((None, "tag", None, "free", "gift_card", None, "tag")):
         any_store.apply(delivery(f"wh-{day}", topic="products/update"), version(day, hidden))
         seen.append((any_store.products(SHOP)["40"].hidden, any_store.unsellable_product_ids(SHOP)))
 
     # Assert
-    assert seen == [(None, set()), ("tag", {"40"}), (None, set()), ("free", {"40"})]
+    assert seen == [(None, set()), ("tag", {"40"}), (None, set()), ("free", {"40"}), ("gift_card", {"40"}),
+                    ("gift_card", {"40"}), ("gift_card", {"40"})]
 
 
 def test_product_cards_hold_what_an_answer_shows_in_one_statement(any_store):
