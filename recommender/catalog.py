@@ -22,6 +22,7 @@ from recommender.store import EventStore, ProductCard
 
 Filter = tuple[str | None, str | None]  # (product_type, vendor), compared case-insensitively
 CARDS_KEPT = 10_000  # product cards a snapshot keeps at most (~5 MB); past that it starts over
+CARD_PRODUCT_TYPE = ProductCard._fields.index("product_type")  # where a kept card's tuple holds it
 _UNREAD = object()
 
 

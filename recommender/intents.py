@@ -37,7 +37,7 @@ from typing import Callable, Mapping, NamedTuple
 
 import numpy as np
 
-from recommender.catalog import CatalogCache, CatalogSnapshot
+from recommender.catalog import CARD_PRODUCT_TYPE, CatalogCache, CatalogSnapshot
 from recommender.errors import ArtifactError, InvalidParameter, ModelNotReady, ShopNotInstalled
 from recommender.events import EventKind, user_key
 from recommender.model_store import check_shop_domain
@@ -58,7 +58,7 @@ CHAINS = {
     "personalized": ("personalized", "related", "trending", "popular"),
     "buy_it_again": ("buy_it_again", "personalized", "trending", "popular"),
     "recently_viewed": ("recently_viewed", "related", "trending", "popular"),
-    "related": ("related", "trending", "popular"),
+    "related": ("related", "same_type", "trending", "popular"),
     "complementary": ("complementary", "related", "trending", "popular"),
     "trending": ("trending", "popular"),
 }
@@ -80,7 +80,7 @@ SHOPPER_INTENTS = ("personalized", "buy_it_again", "recently_viewed")  # answers
 CONTROL_CHAIN = ("popular", "trending")  # the control group's answers: best sellers, whatever the intent
 # Strategies that score the model's rows and leave out the catalog's blocked rows and the request's excluded ones
 # themselves: their candidates need no second look by product id.
-MASKED_STRATEGIES = frozenset({"personalized", "related", "complementary", "popular"})
+MASKED_STRATEGIES = frozenset({"personalized", "related", "complementary", "popular", "same_type"})
 REBUY_HALF_LIFE_DAYS = 90.0  # an order this old counts half toward "buy it again"
 VIEW_HALF_LIFE_DAYS = 7.0
 _DIGITS = re.compile(r"^[0-9]{1,20}$")
@@ -345,7 +345,7 @@ class Recommender:
                  else BELOW_BASELINE_CHAINS[model.below_baseline][request.intent])
         for strategy in chain:
             candidates, reason = self._run(strategy, request, model, history, history_rows,
-                                           blocked, excluded_rows)
+                                           blocked, excluded_rows, catalog)
             if candidates is None:
                 if fallback_from is None:
                     fallback_from, fallback_reason = strategy, reason
@@ -419,7 +419,7 @@ class Recommender:
 
     def _run(self, strategy: str, request: RecommendRequest, model: ServingModel | None, history: list[Interaction],
              history_rows: np.ndarray | None, blocked: np.ndarray | None,
-             excluded_rows: np.ndarray | None) -> tuple[_Candidates | None, str | None]:
+             excluded_rows: np.ndarray | None, catalog: CatalogSnapshot) -> tuple[_Candidates | None, str | None]:
         if strategy == "trending":
             ranked = self._trending.get(request.shop)
             if not ranked:
@@ -437,6 +437,8 @@ class Recommender:
         if strategy == "popular":
             rows = model.popular_rows_allowed(request.n, blocked, excluded_rows)
             return _from_rows(model, rows, model.popularity_score, None), None
+        if strategy == "same_type":
+            return _same_type(request, model, catalog, excluded_rows)
         if strategy == "personalized":
             if model.below_baseline is not None:  # the gate's baseline answers in its place (BELOW_BASELINE_CHAINS)
                 return None, "model_below_baseline"
@@ -476,6 +478,21 @@ class Recommender:
             return model.rows_of(list(request.product_ids))
         newest_first = list(dict.fromkeys(e.product_id for e in history))
         return model.rows_of(newest_first)[:5]
+
+
+def _same_type(request: RecommendRequest, model: ServingModel, catalog: CatalogSnapshot,
+               excluded_rows: np.ndarray | None) -> tuple[_Candidates | None, str | None]:
+    """The best sellers of the page's product type, for a product "related" cannot answer for (new since the model
+    was trained, or bought by too few shoppers): a new tea's page shows the teas that sell rather than the shop's
+    best sellers. The type is the product's catalog row's (compared case-insensitively); none without one, and none
+    where the request names a type of its own (`popular` then answers within it)."""
+    card = catalog.cards([request.product_id]).get(request.product_id) if request.product_id else None
+    product_type = card[CARD_PRODUCT_TYPE] if card else ""
+    if not product_type or request.product_type is not None:
+        return None, "no_product_type"
+    blocked = catalog.blocked_mask(model.item_ids, model.version, product_type, request.vendor)
+    rows = model.popular_rows_allowed(request.n, blocked, excluded_rows)
+    return _from_rows(model, rows, model.popularity_score, None), None
 
 
 def _named_exclusions(request: RecommendRequest) -> set[str]:

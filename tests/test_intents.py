@@ -234,6 +234,33 @@ def test_related_for_a_product_the_model_never_saw_falls_back(shop):
     assert body["strategy"] == "popular"
 
 
+def test_related_for_a_product_new_since_training_answers_with_the_best_sellers_of_its_type(shop):
+    # Arrange: a tea launched after the model was trained (its type written in capitals), and the shop's best sellers
+    post_webhook(shop, "products/create", product_payload(250, product_type="TEA", vendor="Leaf Co"))
+    best_sellers = ids(ask(shop, intent="related", product_id=999, n=50))  # no catalog row: popular, the whole shop
+    assert set(best_sellers) > set(CATEGORY_B) and {pid for pid in best_sellers[:3]} - set(CATEGORY_B)
+
+    # Act
+    body = ask(shop, intent="related", product_id=250, n=3)
+
+    # Assert: the three best-selling teas, in the best sellers' order, "related" having nothing to say of 250
+    assert (body["fallback_from"], body["fallback_reason"], body["strategy"]) == ("related", "unknown_product",
+                                                                                   "same_type")
+    assert ids(body) == [pid for pid in best_sellers if pid in CATEGORY_B][:3]
+    assert {item["strategy"] for item in body["recommendations"]} == {"same_type"}
+
+
+def test_a_new_product_of_a_type_nobody_buys_or_a_request_naming_a_type_skips_the_same_type_step(shop):
+    post_webhook(shop, "products/create", product_payload(251, product_type="Kettles", vendor="Brew Lab"))
+    post_webhook(shop, "products/create", product_payload(252, product_type="Tea", vendor="Leaf Co"))
+
+    lonely = ask(shop, intent="related", product_id=251, n=3)
+    filtered = ask(shop, intent="related", product_id=252, n=3, product_type="coffee")
+
+    assert (lonely["strategy"], len(lonely["recommendations"])) == ("popular", 3)  # no other kettle: best sellers
+    assert filtered["strategy"] == "popular" and set(ids(filtered)) <= set(CATEGORY_A)  # the request's own type
+
+
 def test_complementary_puts_what_is_bought_together_first(shop):
     body = ask(shop, intent="complementary", product_ids="101", n=3)
 
