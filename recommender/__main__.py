@@ -1,9 +1,10 @@
-"""Command line: `python -m recommender {import,train,evaluate,export,backfill,report}`.
+"""Command line: `python -m recommender {import,train,evaluate,export,backfill,report,product}`.
 
     python -m recommender import history.csv --shop example.myshopify.com
     python -m recommender train [--shop example.myshopify.com]
     python -m recommender export EXPORT_ID --shop example.myshopify.com
     python -m recommender report --shop example.myshopify.com [--days 30]
+    python -m recommender product PRODUCT_ID --shop example.myshopify.com
     python -m recommender backfill --shop example.myshopify.com [--since 2025-01-01] [--token-env SHOPIFY_ADMIN_TOKEN]
         [--api rest|graphql]
     python -m recommender evaluate --shop example.myshopify.com [--holdout-days 14 | --last-order] [--tune]
@@ -19,6 +20,7 @@ import json
 import logging
 import os
 import sys
+from datetime import datetime, timezone
 
 from recommender.errors import RecommenderError
 from recommender.evaluation import add_evaluate_arguments, run_evaluate_command
@@ -57,6 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     reporter.add_argument("--days", type=_positive_days, default=30.0,
                           help="the window: the last DAYS days (default 30); purchases are credited to a click at most "
                                "ATTRIBUTION_DAYS (default 7) before them")
+    explainer = commands.add_parser("product", help="why a product is or is not recommended: its catalog verdict, "
+                                                     "what the latest model knows of it, its recent events (JSON)")
+    explainer.add_argument("product_id", help="the Shopify product id (digits)")
+    explainer.add_argument("--shop", required=True, help="shop domain, e.g. example.myshopify.com")
     evaluator = commands.add_parser("evaluate", help="offline evaluation of models on held-out interactions")
     add_evaluate_arguments(evaluator)
     args = parser.parse_args(argv)
@@ -86,6 +92,11 @@ def main(argv: list[str] | None = None) -> int:
 
             print(json.dumps(attribution_report(runtime.store, check_shop_domain(args.shop), args.days,
                                                 runtime.settings.attribution_days), indent=2))
+        elif args.command == "product":
+            from recommender.product_status import product_status
+
+            print(json.dumps(product_status(runtime.store, runtime.model_store, check_shop_domain(args.shop),
+                                            args.product_id, datetime.now(timezone.utc)), indent=2))
         elif args.command == "export":
             export = runtime.store.data_export(check_shop_domain(args.shop), args.export_id)
             if export is None:
