@@ -55,9 +55,6 @@ class CatalogVariant(NamedTuple):
 # merchant tagged HIDE_TAG (shipping protection, a warranty, a fee: anything no shopper should be offered).
 HIDE_TAG = "hide-from-recommendations"
 HIDDEN_REASONS = ("gift_card", "tag", "free")
-# The SQL of an upsert's new reason, both backends: a gift card stays one (Shopify makes a product a gift card when it
-# is created, and only GraphQL says so: a REST-shaped products payload, every webhook's, cannot undo it).
-HIDDEN_ON_UPDATE = "CASE WHEN products.hidden = 'gift_card' THEN products.hidden ELSE excluded.hidden END"
 
 
 class CatalogProduct(NamedTuple):

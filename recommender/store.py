@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Collection, Iterable, Mapping, NamedTuple, Protocol, Sequence
 
 from recommender.errors import ConfigError, StoreError
-from recommender.events import HIDDEN_ON_UPDATE, CatalogProduct, CatalogVariant, EventKind, order_line_key
+from recommender.events import CatalogProduct, CatalogVariant, EventKind, order_line_key
 
 if TYPE_CHECKING:
     from recommender.changes import ChangeSet, Delivery, Event  # written by the webhook paths, not read here
@@ -42,6 +42,9 @@ NOT_ON_SALE = """(
 # What no answer shows: a product not on sale, or one hidden (a gift card, free, or tagged HIDE_TAG: the reason is
 # its `hidden`, recommender.events).
 NOT_FOR_SALE = "(products.hidden IS NOT NULL OR " + NOT_ON_SALE + ")"
+# An upsert's new reason, both backends: a gift card stays one (Shopify makes a product a gift card when it is
+# created, and only GraphQL says so: a REST-shaped products payload, every webhook's, cannot undo it).
+HIDDEN_ON_UPDATE = "CASE WHEN products.hidden = 'gift_card' THEN products.hidden ELSE excluded.hidden END"
 
 # A variant's stock after a stock level of its inventory item is stored, as an SQL expression over the item's levels
 # (`{total}`: their sum over the locations that track it; `{known}`: whether every location's level is known) and

@@ -36,10 +36,10 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from recommender.errors import ConfigError, StoreError
 from recommender.changes import ChangeSet, Delivery, Event, RefundLine
-from recommender.events import HIDDEN_ON_UPDATE, CatalogProduct, EventKind, order_line_key
+from recommender.events import CatalogProduct, EventKind, order_line_key
 from recommender.store import (
-    CART_STATE_COLUMNS, CART_STATE_PREFIX, EVENT_EXPORT_COLUMNS, KINDS, NOT_ON_SALE, REDACTED_EVENT, STOCK_OF_VARIANT,
-    SIGNED_PURCHASE_OF, TOPICS_NOT_PROVING_INSTALL, UNSELLABLE_SQL, ActivityBucket, Interaction,
+    CART_STATE_COLUMNS, CART_STATE_PREFIX, EVENT_EXPORT_COLUMNS, HIDDEN_ON_UPDATE, KINDS, NOT_ON_SALE, REDACTED_EVENT,
+    STOCK_OF_VARIANT, SIGNED_PURCHASE_OF, TOPICS_NOT_PROVING_INSTALL, UNSELLABLE_SQL, ActivityBucket, Interaction,
     SharedQueries, customer_export, export_json, from_pixel, iso_utc, later, latest_wins, log_withheld, not_from_pixel,
     of_one_shop, refund_adjustment_key, require_aware,
 )
