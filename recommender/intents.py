@@ -54,6 +54,7 @@ TRENDING_MODEL_WAIT_SECONDS = 2.0
 MAX_PRODUCT_IDS = 50
 MIN_HISTORY_ITEMS = 2  # distinct known products before fold-in is trusted over "related to what you saw"
 MIN_ITEM_SUPPORT = 2  # shoppers who touched a product before its factors are trusted for "related"
+SAME_TYPE_BEST_SELLERS = 1_000  # the best sellers `same_type` looks among for the page's type (their cards kept)
 CHAINS = {
     "personalized": ("personalized", "related", "trending", "popular"),
     "buy_it_again": ("buy_it_again", "personalized", "trending", "popular"),
@@ -438,7 +439,7 @@ class Recommender:
             rows = model.popular_rows_allowed(request.n, blocked, excluded_rows)
             return _from_rows(model, rows, model.popularity_score, None), None
         if strategy == "same_type":
-            return _same_type(request, model, catalog, excluded_rows)
+            return _same_type(request, model, catalog, blocked, excluded_rows)
         if strategy == "personalized":
             if model.below_baseline is not None:  # the gate's baseline answers in its place (BELOW_BASELINE_CHAINS)
                 return None, "model_below_baseline"
@@ -480,19 +481,31 @@ class Recommender:
         return model.rows_of(newest_first)[:5]
 
 
-def _same_type(request: RecommendRequest, model: ServingModel, catalog: CatalogSnapshot,
+def _same_type(request: RecommendRequest, model: ServingModel, catalog: CatalogSnapshot, blocked: np.ndarray | None,
                excluded_rows: np.ndarray | None) -> tuple[_Candidates | None, str | None]:
     """The best sellers of the page's product type, for a product "related" cannot answer for (new since the model
     was trained, or bought by too few shoppers): a new tea's page shows the teas that sell rather than the shop's
-    best sellers. The type is the product's catalog row's (compared case-insensitively); none without one, and none
-    where the request names a type of its own (`popular` then answers within it)."""
+    best sellers. The type is the product's catalog row's, compared case-insensitively; none without one, and none
+    where the request names a type of its own (`popular` then answers within it). It looks among the shop's
+    SAME_TYPE_BEST_SELLERS best sellers for sale, best first, a hundred at a time until it has enough; the catalog
+    snapshot reads their cards once and keeps them for every type's answers until its next read (a type with none
+    among them gets no answer of its own)."""
     card = catalog.cards([request.product_id]).get(request.product_id) if request.product_id else None
-    product_type = card[CARD_PRODUCT_TYPE] if card else ""
+    product_type = card[CARD_PRODUCT_TYPE].lower() if card else ""
     if not product_type or request.product_type is not None:
         return None, "no_product_type"
-    blocked = catalog.blocked_mask(model.item_ids, model.version, product_type, request.vendor)
-    rows = model.popular_rows_allowed(request.n, blocked, excluded_rows)
-    return _from_rows(model, rows, model.popularity_score, None), None
+    ranked = model.popular_rows if blocked is None else model.popular_rows[~blocked[model.popular_rows]]
+    skip = set() if excluded_rows is None else set(excluded_rows.tolist())
+    same: list[int] = []
+    for start in range(0, min(len(ranked), SAME_TYPE_BEST_SELLERS), 100):
+        rows = ranked[start:min(start + 100, SAME_TYPE_BEST_SELLERS)].tolist()
+        ids = model.item_ids.ids_of(rows)
+        cards = catalog.cards(ids)
+        same += [row for row, pid in zip(rows, ids) if row not in skip
+                 and (card := cards.get(pid)) is not None and card[CARD_PRODUCT_TYPE].lower() == product_type]
+        if len(same) >= request.n:
+            break
+    return _from_rows(model, same[:request.n], model.popularity_score, None), None
 
 
 def _named_exclusions(request: RecommendRequest) -> set[str]:

@@ -246,8 +246,10 @@ def test_related_for_a_product_new_since_training_answers_with_the_best_sellers_
     # Assert: the three best-selling teas, in the best sellers' order, "related" having nothing to say of 250
     assert (body["fallback_from"], body["fallback_reason"], body["strategy"]) == ("related", "unknown_product",
                                                                                    "same_type")
-    assert ids(body) == [pid for pid in best_sellers if pid in CATEGORY_B][:3]
+    teas = [pid for pid in best_sellers if pid in CATEGORY_B]
+    assert ids(body) == teas[:3]
     assert {item["strategy"] for item in body["recommendations"]} == {"same_type"}
+    assert ids(ask(shop, intent="related", product_id=250, n=3, exclude=teas[0])) == teas[1:4]
 
 
 def test_a_new_product_of_a_type_nobody_buys_or_a_request_naming_a_type_skips_the_same_type_step(shop):
