@@ -4,7 +4,7 @@
     personalized      personalized → related (to the shopper's history) → trending → popular
     buy_it_again      buy_it_again → personalized → trending → popular
     recently_viewed   recently_viewed → related → trending → popular
-    related           related → trending → popular
+    related           related → same type → trending → popular
     complementary     complementary → related (to the cart) → trending → popular
     trending          trending → popular
 
@@ -492,8 +492,8 @@ def _same_type(request: RecommendRequest, model: ServingModel, catalog: CatalogS
     among them gets no answer of its own)."""
     card = catalog.cards([request.product_id]).get(request.product_id) if request.product_id else None
     product_type = card[CARD_PRODUCT_TYPE].lower() if card else ""
-    if not product_type or request.product_type is not None:
-        return None, "no_product_type"
+    if not product_type or request.product_type is not None:  # nothing to add: not a strategy lacking data
+        return _Candidates([], [], []), None
     ranked = model.popular_rows if blocked is None else model.popular_rows[~blocked[model.popular_rows]]
     skip = set() if excluded_rows is None else set(excluded_rows.tolist())
     same: list[int] = []

@@ -8,7 +8,7 @@ import re
 import sqlite3
 import threading
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -23,7 +23,11 @@ from tests.test_backfill import (
     API, EXPECTED_EVENTS, EXPECTED_LEVELS, EXPECTED_STOCK, LEVELS, ORDERS, PRODUCTS, SINCE, TOKEN, FakeAdminApi,
     RecordedSleep, _Handler as RestHandler, cli, level, order, product, served,
 )
-from webhooks.backfill import BACKOFF_SECONDS, BackfillConfig, BackfillError, backfill_webhook_id, run_backfill
+from recommender.changes import ChangeSet, Delivery
+from webhooks.backfill import (
+    BACKOFF_SECONDS, BackfillConfig, BackfillError, backfill_webhook_id, order_changes, product_changes, record_version,
+    run_backfill,
+)
 from webhooks.backfill_graphql import (
     connection_cost, numeric_id, order_cost, order_record, product_cost, product_record, throttle_wait,
 )
@@ -805,6 +809,57 @@ def test_a_backfill_stores_what_shopify_would_not_recommend_hidden_and_learns_no
     assert either_store.unsellable_product_ids(SHOP) == {pid for pid, reason in expected.items() if reason}
     assert (summary["orders"], summary["events"]) == (1, 2)  # the gift card's line kept for the record at weight 0
     assert [(i.product_id, i.kind.value) for i in either_store.interactions(SHOP)] == [("8103", "purchase")]
+
+
+def test_a_graphql_backfill_after_a_rest_one_hides_the_gift_cards_rest_cannot_tell(rest_api, graphql_api, either_store,
+                                                                                   tmp_path):
+    # Arrange: the shop backfilled through REST, whose products documents no gift card field
+    rest_api.products, rest_api.orders, rest_api.levels = [product(8103), product(8104)], [], []
+    graphql_api.products, graphql_api.orders, graphql_api.levels = [product(8103), {**product(8104),
+                                                                                    "gift_card": True}], [], []
+    backfill(rest_api, either_store, tmp_path, "rest")
+    assert either_store.unsellable_product_ids(SHOP) == set()
+
+    # Act: the same products, unchanged since, read through GraphQL
+    summary = backfill(graphql_api, either_store, tmp_path, "graphql")
+
+    # Assert: the gift card applied again (its delivery id names what GraphQL read more), the other one a duplicate
+    assert (summary["products"], summary["duplicates"]) == (1, 1)
+    assert {pid: row.hidden for pid, row in either_store.products(SHOP).items()} == {"8103": None, "8104": "gift_card"}
+    assert either_store.unsellable_product_ids(SHOP) == {"8104"}
+
+
+def test_a_backfill_after_the_upgrade_applies_what_the_earlier_code_stored_without_the_rules(rest_api, either_store,
+                                                                                            tmp_path):
+    """Records the code before migration 12 backfilled were stored under ids naming their id and version alone, shown
+    and counted in full: the same records read again must hide what the rules hide and void the gift card's line."""
+    # Arrange: a tagged and a free product and an order with a gift card's line, stored as that code stored them
+    tagged = {**product(8101), "tags": "Sale, hide-from-recommendations"}
+    free = product(8102)
+    free["variants"] = [{**free["variants"][0], "price": "0.00"}]
+    bought = order(5101, 1, [8103, 8104], "2025-03-01T10:00:00Z")
+    bought["line_items"][1]["gift_card"] = True
+
+    def earlier(resource: str, record: dict, changes: ChangeSet) -> tuple[Delivery, ChangeSet]:
+        webhook_id = f"backfill:{resource}:{record['id']}:{record_version(record['updated_at'])}"
+        return (Delivery(shop=SHOP, webhook_id=webhook_id, topic=f"{resource}/update"),
+                ChangeSet(upsert_products=tuple(p._replace(hidden=None) for p in changes.upsert_products),
+                          events=tuple(replace(e, weight_factor=1.0) for e in changes.events)))
+
+    either_store.apply_many([earlier("products", tagged, product_changes(SHOP, tagged, "x")),
+                             earlier("products", free, product_changes(SHOP, free, "x")),
+                             earlier("orders", bought, order_changes(SHOP, bought, "x"))])
+    assert either_store.unsellable_product_ids(SHOP) == set()
+    rest_api.products, rest_api.orders, rest_api.levels = [tagged, free], [bought], []
+
+    # Act
+    summary = backfill(rest_api, either_store, tmp_path, "rest")
+
+    # Assert
+    assert (summary["products"], summary["orders"], summary["duplicates"]) == (2, 1, 0)
+    assert {pid: row.hidden for pid, row in either_store.products(SHOP).items()} == {"8101": "tag", "8102": "free"}
+    assert either_store.unsellable_product_ids(SHOP) == {"8101", "8102"}
+    assert [(i.product_id, i.weight_factor) for i in either_store.interactions(SHOP)] == [("8103", 1.0)]
 
 
 # --- what customers/redact erased ----------------------------------------------------------------------------

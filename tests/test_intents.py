@@ -263,6 +263,16 @@ def test_a_new_product_of_a_type_nobody_buys_or_a_request_naming_a_type_skips_th
     assert filtered["strategy"] == "popular" and set(ids(filtered)) <= set(CATEGORY_A)  # the request's own type
 
 
+def test_a_same_type_step_with_nothing_to_add_is_not_reported_as_the_fallback(shop):
+    """The step fills a short list; skipped (the request names a type), it lacks no data, and reports no reason."""
+    post_webhook(shop, "products/create", product_payload(253, product_type="Kettles", vendor="Brew Lab"))
+
+    body = ask(shop, intent="related", product_id=101, n=3, product_type="kettles")  # no model item is a kettle
+
+    assert (body["strategy"], body["recommendations"]) == (None, [])
+    assert (body["fallback_from"], body["fallback_reason"]) == ("trending", "no_recent_activity")
+
+
 def test_complementary_puts_what_is_bought_together_first(shop):
     body = ask(shop, intent="complementary", product_ids="101", n=3)
 

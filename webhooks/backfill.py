@@ -55,8 +55,8 @@ from recommender.settings import Secret
 from recommender.store import EventStore, Redactions
 from webhooks import MalformedPayload, WebhookError
 from webhooks.topics import (
-    TopicContext, inventory_level_updated, order_created, order_occurred_at, product_upserted, refund_created,
-    shopify_id,
+    TopicContext, has_gift_card_line, hidden_reason, inventory_level_updated, order_created, order_occurred_at,
+    product_upserted, refund_created, shopify_id,
 )
 
 log = logging.getLogger(__name__)
@@ -319,10 +319,20 @@ def record_version(updated_at: Any) -> str:
 
 
 def backfill_webhook_id(resource: str, record: dict) -> str:
-    """Deterministic per record version: the same record stores once, a record updated since is applied again."""
+    """Deterministic per record version and per what the stores keep of it: the same record stores once, a record
+    updated since is applied again, and so is one that earlier code, or the other Admin API, read less of (a product
+    hidden, `:hidden-<reason>`, or an order with a gift card's line, `:gift-card`, since migration 12; a gift card
+    only GraphQL's `isGiftCard` tells): a backfill run again then hides what the rule hides and takes the gift card's
+    line off training, where the same id would have been a duplicate delivery and applied nothing."""
     record_id = shopify_id(record.get("id"), "id")
     version = record_version(record.get("updated_at"))
-    return f"backfill:{resource}:{record_id}" + (f":{version}" if version else "")
+    read = ""
+    if resource == "products":
+        reason = hidden_reason(record)
+        read = f":hidden-{reason}" if reason else ""
+    elif resource == "orders" and has_gift_card_line(record):
+        read = ":gift-card"
+    return f"backfill:{resource}:{record_id}" + (f":{version}" if version else "") + read
 
 
 def order_changes(shop: str, order: dict, webhook_id: str) -> ChangeSet:

@@ -103,9 +103,15 @@ def order_occurred_at(order: dict) -> datetime:
     return _timestamp(order, "created_at", "processed_at")
 
 
+def has_gift_card_line(order: dict) -> bool:
+    """Whether any of an order's lines sells a gift card."""
+    return any(isinstance(line, dict) and _gift_card(line) for line in _list(order, "line_items"))
+
+
 def _gift_card(line: dict) -> bool:
     """Whether an order's or a cart's line sells a gift card (its `gift_card`): a means of payment, not a taste, and
-    bought beside anything, so nothing learns from it (Shopify's own recommendations never show one either)."""
+    bought beside anything, so such lines teach nothing (Shopify's own recommendations never show one either). The
+    pixel's views and cart adds of one cannot tell a gift card, and are stored as any product's."""
     return line.get("gift_card") is True
 
 
@@ -249,10 +255,12 @@ def product_tags(product: dict) -> set[str]:
     return {tag.strip().lower() for tag in tags} - {""}
 
 
-def hidden_reason(product: dict, prices: list[float | None]) -> str | None:
+def hidden_reason(product: dict, prices: list[float | None] | None = None) -> str | None:
     """Why no answer may show this product though it may be for sale (recommender.events.HIDDEN_REASONS), or None:
     a gift card (`gift_card`, which the GraphQL backfill gives from `isGiftCard`), tagged HIDE_TAG, or every variant
-    priced 0 (a product with no variant or a price unknown is not free)."""
+    priced 0 (a product with no variant or a price unknown is not free). `prices`: each variant's, if read already."""
+    if prices is None:
+        prices = [money(v.get("price") if isinstance(v, dict) else None) for v in _list(product, "variants")]
     if product.get("gift_card") is True:
         return "gift_card"
     if HIDE_TAG in product_tags(product):
