@@ -18,7 +18,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Iterable, Sequence
+from typing import Collection, Iterable, Sequence
 
 import numpy as np
 
@@ -81,6 +81,21 @@ class InteractionColumns:
             np.array([epoch_us(r.occurred_at) for r in rows], dtype=np.int64) if times else None,
         )
 
+    def without_products(self, product_ids: Collection[str]) -> "InteractionColumns":
+        """These columns without the events of `product_ids`, every code renumbered in first-seen order over the
+        events left, as if the others had never been stored (a shopper or an order left with none is gone too)."""
+        gone = np.array([code for code, product in enumerate(self.product_ids) if product in product_ids],
+                        dtype=np.int32)
+        if not len(gone):
+            return self
+        keep = ~np.isin(self.items, gone)
+        users, user_keys = _recoded(self.users[keep], self.user_keys)
+        items, kept_products = _recoded(self.items[keep], self.product_ids)
+        orders, order_ids = _recoded(self.orders[keep], self.order_ids)
+        return InteractionColumns(user_keys, kept_products, order_ids, users, items, self.kinds[keep], orders,
+                                  self.weight_factors[keep],
+                                  None if self.occurred_at_us is None else self.occurred_at_us[keep])
+
     def interactions(self) -> list:
         """Back to `Interaction` rows (needs occurred_at_us): for tests and small shops."""
         from recommender.store import Interaction
@@ -130,6 +145,15 @@ def first_seen_codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     rank = np.empty(len(first), dtype=np.int32)
     rank[by_first] = np.arange(len(first), dtype=np.int32)
     return rank[group], first[by_first]
+
+
+def _recoded(codes: np.ndarray, names: list[str]) -> tuple[np.ndarray, list[str]]:
+    """Codes (−1: none) renumbered in first-seen order, and the names of the codes still used, in that order."""
+    present = codes >= 0
+    fresh, first = first_seen_codes(codes[present])
+    recoded = np.full(len(codes), -1, dtype=np.int32)
+    recoded[present] = fresh
+    return recoded, [names[code] for code in codes[present][first].tolist()]
 
 
 def string_codes(values: Sequence[str], none: str | None = None) -> tuple[np.ndarray, list[str]]:

@@ -472,6 +472,7 @@ class EventStore(Protocol):
     def deleted_product_ids(self, shop: str) -> set[str]: ...
     def unsellable_product_ids(self, shop: str) -> set[str]: ...
     def products_matching(self, shop: str, product_type: str | None, vendor: str | None) -> set[str]: ...
+    def gift_card_product_ids(self, shop: str) -> set[str]: ...
     def activity_since(self, shop: str, since: datetime) -> list[ActivityBucket]: ...
     # Privacy and lifecycle (Shopify's mandatory webhooks, uninstalls, retention).
     def redact_customer(self, shop: str, customer_id: str, order_ids: Sequence[str]) -> int: ...
@@ -698,10 +699,18 @@ class SharedQueries:
         from recommender.event_columns import InteractionColumns, ValueWithSeparator, decode
 
         try:
-            return decode(self._column_texts(shop, times), self._parse_factor,
-                          self._parse_times if times else None)
+            columns = decode(self._column_texts(shop, times), self._parse_factor, self._parse_times if times else None)
         except ValueWithSeparator:  # a stored id holds the separator: read one object per event instead
-            return InteractionColumns.from_interactions(self.interactions(shop), times=times)
+            columns = InteractionColumns.from_interactions(self.interactions(shop), times=times)
+        # A gift card's views and cart adds come from the pixel, which cannot tell one: once the catalog knows it
+        # (`hidden`, recommender.events), nothing learns from them (its order and cart webhook lines count nothing).
+        gift_cards = self.gift_card_product_ids(shop)
+        return columns.without_products(gift_cards) if gift_cards else columns
+
+    def gift_card_product_ids(self, shop: str) -> set[str]:
+        """The products the catalog holds as gift cards (deleted ones too: what was one stays one)."""
+        return {row[0] for row in self._read(
+            f"SELECT product_id FROM products WHERE shop = {self._P} AND hidden = 'gift_card'", (shop,))}
 
     def _column_texts(self, shop: str, times: bool) -> ColumnTexts:
         """One aggregate statement: each column of the shop's events joined into one string (ColumnTexts)."""

@@ -16,7 +16,7 @@ import scipy.sparse as sp
 from recommender.artifact import CoPurchaseLists, ModelArtifact
 from recommender.event_columns import EVENT_KINDS, SEP, InteractionColumns, canonical_numbers, first_seen_codes
 from recommender.changes import ChangeSet, Delivery, Event, IdentityLink, RefundLine
-from recommender.events import EventKind, order_line_key
+from recommender.events import CatalogProduct, EventKind, order_line_key
 from recommender.settings import TrainingConfig
 from recommender.store import SQLiteEventStore, open_event_store
 from recommender.training import (
@@ -153,6 +153,44 @@ def test_the_matrix_from_columns_is_the_row_by_row_matrix_bit_for_bit(any_store,
     expected[2] = [1.0, 0.0]  # the guest's cart line was removed; the view stays
     expected[3] = [10.0, 10.0]
     np.testing.assert_array_equal(data.matrix.toarray(), expected)
+
+
+@pytest.mark.parametrize("numeric", [True, False], ids=["shopify-ids", "other-ids"])
+@pytest.mark.parametrize("n", [1, 2], ids=["p1", "p2"])  # p1: order 501 and guest tok-1 are left with nothing
+def test_a_gift_cards_events_are_left_out_as_if_never_stored(any_store, numeric, n):
+    # Arrange: the planted shop, one of whose products the catalog then learns is a gift card (GraphQL's isGiftCard)
+    plant(any_store, numeric)
+    gift = str(8_000_000_000 + n) if numeric else f"sku-{n}"
+    any_store.apply(Delivery(SHOP, "gift", "products/update"), ChangeSet(upsert_products=(
+        CatalogProduct(SHOP, gift, status="active", published_at=T0, hidden="gift_card"),)))
+
+    # Act
+    got = any_store.interaction_columns(SHOP, times=True)
+
+    # Assert: the columns of the other events, every code numbered as if the gift card's had never been stored
+    others = [i for i in any_store.interactions(SHOP) if i.product_id != gift]
+    assert len(others) < len(any_store.interactions(SHOP))
+    assert_same_columns(got, InteractionColumns.from_interactions(others, times=True))
+
+
+def test_a_product_viewed_and_carted_is_trained_unless_the_catalog_holds_it_as_a_gift_card(any_store):
+    # Arrange: three shoppers view and cart one product beside the planted ones, as the pixel reports them
+    plant(any_store)
+    card = "8000000077"
+    any_store.add_events([event for n in range(3) for event in (
+        view(card, customer=str(1001 + n), at=T0 + timedelta(days=4), key=f"gv{n}"),
+        cart(card, customer=str(1001 + n), at=T0 + timedelta(days=4, minutes=1)))])
+    trained_before = train_shop(any_store, SHOP, CONFIG)
+
+    # Act: the catalog learns it is a gift card, and the shop is trained again
+    any_store.apply(Delivery(SHOP, "gift", "products/update"), ChangeSet(upsert_products=(
+        CatalogProduct(SHOP, card, status="active", published_at=T0, hidden="gift_card"),)))
+    trained_after = train_shop(any_store, SHOP, CONFIG)
+
+    # Assert
+    assert trained_before.item_ids.row(card) is not None
+    assert trained_after.item_ids.row(card) is None
+    assert len(trained_after.item_ids) == len(trained_before.item_ids) - 1
 
 
 def test_kinds_weighted_zero_drop_their_shoppers_and_products_as_the_row_path_does(any_store):

@@ -111,7 +111,8 @@ def has_gift_card_line(order: dict) -> bool:
 def _gift_card(line: dict) -> bool:
     """Whether an order's or a cart's line sells a gift card (its `gift_card`): a means of payment, not a taste, and
     bought beside anything, so such lines teach nothing (Shopify's own recommendations never show one either). The
-    pixel's views and cart adds of one cannot tell a gift card, and are stored as any product's."""
+    pixel's views and cart adds of one cannot tell a gift card: stored as any product's, training leaves them out
+    once the catalog knows it (`EventStore.interaction_columns`)."""
     return line.get("gift_card") is True
 
 
