@@ -109,10 +109,14 @@ class ChangeSet:
     refunds: tuple[RefundLine, ...] = ()
     inventory_levels: tuple[InventoryLevel, ...] = ()
     identity_links: tuple[IdentityLink, ...] = ()
+    # Products an order's lines sell as gift cards: their catalog rows say so for good (`hidden`), a row made for one
+    # the catalog has not synced yet (REST's products payload, every webhook's, cannot tell a gift card).
+    gift_card_product_ids: tuple[str, ...] = ()
 
     def catalog_product_ids(self) -> list[str]:
-        """The products whose catalog row this changes (upserted or deleted), sorted."""
-        return sorted({p.product_id for p in self.upsert_products} | set(self.delete_product_ids))
+        """The products whose catalog row this changes (upserted, deleted or found a gift card), sorted."""
+        return sorted({p.product_id for p in self.upsert_products} | set(self.delete_product_ids)
+                      | set(self.gift_card_product_ids))
 
     def inventory_item_ids(self) -> list[str]:
         """The inventory items that get a new level, sorted (their variants' products change stock)."""

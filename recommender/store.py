@@ -957,6 +957,13 @@ class SharedQueries:
                 f" ON CONFLICT (shop, product_id) DO UPDATE SET deleted = {yes}",
                 (delivery.shop, product_id),
             )
+        for product_id in changes.gift_card_product_ids:  # a row of its own until the catalog's comes (it keeps this)
+            conn.execute(
+                "INSERT INTO products (shop, product_id, title, handle, status, product_type, vendor, hidden)"
+                f" VALUES ({p}, {p}, '', '', 'active', '', '', 'gift_card') ON CONFLICT (shop, product_id)"
+                " DO UPDATE SET hidden = 'gift_card' WHERE products.hidden IS NULL OR products.hidden <> 'gift_card'",
+                (delivery.shop, product_id),
+            )
         self._apply_adjustments(conn, delivery, changes)
         self._refresh_sellable(conn, delivery.shop, changes)
         if delivery.topic not in TOPICS_NOT_PROVING_INSTALL:

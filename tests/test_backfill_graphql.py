@@ -788,7 +788,7 @@ def test_nodes_become_the_records_rest_serves():
 def test_a_backfill_stores_what_shopify_would_not_recommend_hidden_and_learns_nothing_from_a_gift_card(
         rest_api, graphql_api, either_store, tmp_path, api_name):
     # Arrange: a product tagged hidden, a free one, one for sale; an order of it and a gift card; through GraphQL also
-    # a gift card product (Product.isGiftCard: products.json documents no such field)
+    # the gift card's product (Product.isGiftCard: products.json documents no such field, the order's line tells)
     api = rest_api if api_name == "rest" else graphql_api
     free = product(8102)
     free["variants"] = [{**free["variants"][0], "price": "0.00"}]
@@ -804,7 +804,7 @@ def test_a_backfill_stores_what_shopify_would_not_recommend_hidden_and_learns_no
     summary = backfill(api, either_store, tmp_path, api_name)
 
     # Assert
-    expected = {"8101": "tag", "8102": "free", "8103": None} | ({"8104": "gift_card"} if api_name == "graphql" else {})
+    expected = {"8101": "tag", "8102": "free", "8103": None, "8104": "gift_card"}  # REST: the order's line says so
     assert {pid: row.hidden for pid, row in either_store.products(SHOP).items()} == expected
     assert either_store.unsellable_product_ids(SHOP) == {pid for pid, reason in expected.items() if reason}
     assert (summary["orders"], summary["events"]) == (1, 2)  # the gift card's line kept for the record at weight 0
@@ -857,8 +857,9 @@ def test_a_backfill_after_the_upgrade_applies_what_the_earlier_code_stored_witho
 
     # Assert
     assert (summary["products"], summary["orders"], summary["duplicates"]) == (2, 1, 0)
-    assert {pid: row.hidden for pid, row in either_store.products(SHOP).items()} == {"8101": "tag", "8102": "free"}
-    assert either_store.unsellable_product_ids(SHOP) == {"8101", "8102"}
+    assert {pid: row.hidden for pid, row in either_store.products(SHOP).items()} == {
+        "8101": "tag", "8102": "free", "8104": "gift_card"}  # 8104: the order's gift card line, a row of its own
+    assert either_store.unsellable_product_ids(SHOP) == {"8101", "8102", "8104"}
     assert [(i.product_id, i.weight_factor) for i in either_store.interactions(SHOP)] == [("8103", 1.0)]
 
 

@@ -413,6 +413,29 @@ def test_a_later_update_hides_a_product_and_the_next_shows_it_again_but_a_gift_c
                     ("gift_card", {"40"}), ("gift_card", {"40"})]
 
 
+def test_an_orders_gift_card_line_hides_its_product_one_delivery_or_a_page_of_them(any_store):
+    # Arrange: "10" in the catalog and for sale; "11" not synced yet
+    any_store.apply(delivery("wh-p", topic="products/create"), ChangeSet(upsert_products=(
+        CatalogProduct(SHOP, "10", status="active", published_at=T0),)))
+
+    def order(order_id: str, product_id: str) -> ChangeSet:
+        line = Event(kind=EventKind.PURCHASE, shop=SHOP, product_id=product_id, occurred_at=T0, customer_id="c1",
+                     order_id=order_id, dedupe_key=order_line_key(order_id, "1"), weight_factor=0.0)
+        return ChangeSet(events=(line,), gift_card_product_ids=(product_id,))
+
+    # Act: one delivery, then a page (a backfill's) with a plain order beside it
+    one = any_store.apply(delivery("wh-o1"), order("o1", "10"))
+    page = any_store.apply_many([(delivery("wh-o2"), order("o2", "11")),
+                                 (delivery("wh-o3"), ChangeSet(events=(event("12", dedupe_key="o3"),)))])
+
+    # Assert
+    assert (one, page) == (1, [1, 1])
+    assert any_store.unsellable_product_ids(SHOP) == {"10", "11"}
+    assert {pid: row.hidden for pid, row in any_store.products(SHOP).items()} == {"10": "gift_card",
+                                                                                  "11": "gift_card"}
+    assert [i.product_id for i in any_store.interactions(SHOP)] == ["12"]
+
+
 def test_product_cards_hold_what_an_answer_shows_in_one_statement(any_store):
     # Arrange: availability of every kind, a deleted product, and another shop's product of the same id
     def product(pid, *variants, **fields):

@@ -697,3 +697,38 @@ def test_a_gift_card_counts_for_nothing_in_orders_and_is_not_stored_from_carts(s
     assert [(r["kind"], r["product_id"], r["weight_factor"]) for r in event_rows(store)] == [
         ("purchase", "111", 1.0), ("purchase", "222", 0.0), ("add_to_cart", "111", 1.0)]
     assert {i.product_id for i in store.interactions(SHOP)} == {"111"}
+    assert store.unsellable_product_ids(SHOP) == {"222"}  # the order's line made it a gift card (a row of its own)
+
+
+def test_a_product_an_orders_line_sells_as_a_gift_card_stays_hidden_whatever_products_payloads_follow(store):
+    # Arrange: the gift card's catalog row as REST's products payload has it (no gift card field), for sale
+    deliver(store, as_body(shown_product(60, updated_at="2026-10-01T00:00:00Z")), "products/create")
+    assert store.unsellable_product_ids(SHOP) == set()
+    order = guest_order()
+    order["line_items"][0].update(product_id=60, gift_card=True)
+
+    # Act: an order sells it as a gift card, then the product is updated again (REST-shaped, as every webhook's)
+    deliver(store, as_body(order), "orders/create")
+    hidden_by_the_order = store.products(SHOP)["60"].hidden
+    deliver(store, as_body(shown_product(60, updated_at="2026-10-02T00:00:00Z", title="Gift card")), "products/update")
+
+    # Assert
+    assert hidden_by_the_order == "gift_card"
+    assert (store.products(SHOP)["60"].hidden, store.products(SHOP)["60"].title) == ("gift_card", "Gift card")
+    assert store.unsellable_product_ids(SHOP) == {"60"}
+
+
+def test_a_gift_card_sold_before_the_catalog_synced_it_is_hidden_once_its_row_comes(store):
+    # Arrange: an order sells product 61 as a gift card; the catalog has never heard of 61
+    order = guest_order()
+    order["line_items"][0].update(product_id=61, gift_card=True)
+    deliver(store, as_body(order), "orders/create")
+    assert store.unsellable_product_ids(SHOP) == {"61"}
+
+    # Act: its products/create comes
+    deliver(store, as_body(shown_product(61, title="Gift card")), "products/create")
+
+    # Assert: the catalog's fields, and still a gift card
+    row = store.products(SHOP)["61"]
+    assert (row.title, row.status, row.hidden) == ("Gift card", "active", "gift_card")
+    assert store.unsellable_product_ids(SHOP) == {"61"}

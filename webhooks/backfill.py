@@ -344,7 +344,8 @@ def order_changes(shop: str, order: dict, webhook_id: str) -> ChangeSet:
         raise MalformedPayload("refunds must be a list of objects")
     lines = tuple(line for refund in refunds
                   for line in refund_created(ctx, {"order_id": order.get("id"), **refund}).refunds)
-    return ChangeSet(events=changes.events, void_order_ids=changes.void_order_ids, refunds=lines)
+    return ChangeSet(events=changes.events, void_order_ids=changes.void_order_ids, refunds=lines,
+                     gift_card_product_ids=changes.gift_card_product_ids)
 
 
 def product_changes(shop: str, product: dict, webhook_id: str) -> ChangeSet:

@@ -122,7 +122,8 @@ def order_created(ctx: TopicContext, order: dict) -> ChangeSet:
     orders/create, orders/updated and orders/paid all resend the whole order; each line is stored
     once (its dedupe key), and an order that carries `cancelled_at` counts for nothing. A gift card's line is
     stored counting for nothing too: the order's record, so the Web Pixel's purchase of it (which cannot tell a
-    gift card) weighs nothing either, and a refund of it finds its line.
+    gift card) weighs nothing either, and a refund of it finds its line; and its product is a gift card from then
+    on (`ChangeSet.gift_card_product_ids`).
     """
     order_id = shopify_id(order.get("id"), "id")
     customer = order.get("customer") or {}
@@ -137,13 +138,15 @@ def order_created(ctx: TopicContext, order: dict) -> ChangeSet:
     # in); kept where it is a currency code, never a reason to refuse the order
     currency = order.get("currency")
     currency = currency if isinstance(currency, str) and CURRENCY_CODE.match(currency) else None
-    events = []
+    events, gift_cards = [], set()
     for position, line in enumerate(_list(order, "line_items")):
         if not isinstance(line, dict):
             raise MalformedPayload(f"line_items[{position}] must be an object")
         product_id = shopify_id(line.get("product_id"), f"line_items[{position}].product_id", required=False)
         if product_id is None:
             continue
+        if _gift_card(line):
+            gift_cards.add(product_id)
         line_id = shopify_id(line.get("id"), f"line_items[{position}].id", required=False) or str(position)
         events.append(Event(
             kind=EventKind.PURCHASE, shop=ctx.shop, product_id=product_id, occurred_at=occurred_at,
@@ -154,7 +157,8 @@ def order_created(ctx: TopicContext, order: dict) -> ChangeSet:
             delivery_id=ctx.delivery_id, dedupe_key=order_line_key(order_id, line_id),
             weight_factor=0.0 if cancelled or _gift_card(line) else 1.0,
         ))
-    return ChangeSet(events=tuple(events), void_order_ids=(order_id,) if cancelled else ())
+    return ChangeSet(events=tuple(events), void_order_ids=(order_id,) if cancelled else (),
+                     gift_card_product_ids=tuple(sorted(gift_cards)))
 
 
 def refund_created(ctx: TopicContext, refund: dict) -> ChangeSet:
