@@ -145,7 +145,8 @@ def order_created(ctx: TopicContext, order: dict) -> ChangeSet:
         product_id = shopify_id(line.get("product_id"), f"line_items[{position}].product_id", required=False)
         if product_id is None:
             continue
-        if _gift_card(line):
+        gift_card = _gift_card(line)
+        if gift_card:
             gift_cards.add(product_id)
         line_id = shopify_id(line.get("id"), f"line_items[{position}].id", required=False) or str(position)
         events.append(Event(
@@ -155,7 +156,7 @@ def order_created(ctx: TopicContext, order: dict) -> ChangeSet:
             quantity=_quantity(line.get("quantity"), f"line_items[{position}].quantity"),
             price=money(line.get("price")), currency=currency, order_id=order_id, source_topic=ctx.topic,
             delivery_id=ctx.delivery_id, dedupe_key=order_line_key(order_id, line_id),
-            weight_factor=0.0 if cancelled or _gift_card(line) else 1.0,
+            weight_factor=0.0 if cancelled or gift_card else 1.0,
         ))
     return ChangeSet(events=tuple(events), void_order_ids=(order_id,) if cancelled else (),
                      gift_card_product_ids=tuple(sorted(gift_cards)))
