@@ -38,6 +38,8 @@ HIDDEN = {
     "tag": f"tagged {HIDE_TAG}: removing the tag shows it again",
     "free": "free: every variant is priced 0",
 }
+GIFT_CARD_NOT_SYNCED = ("a gift card, as an order's line said: no answer shows gift cards (the catalog has not synced"
+                        " its own row yet)")
 STALE_FLAG = ("not for sale by the store's last stock reading, though its row and variants show no reason now: the"
               " flag is recomputed by the next delivery that changes the product, its variants or their stock")
 NO_MODEL = ("no model is published for the shop yet: only trending answers, from recent events, until"
@@ -81,6 +83,8 @@ def _catalog(store: EventStore, shop: str, product_id: str) -> tuple[dict | None
         if product_id in store.deleted_product_ids(shop):
             return {"deleted": True}, [DELETED]
         return None, []
+    if _from_an_order(row):  # the row an order's gift card line made: nothing of it is the catalog's yet
+        return {"synced": False, "hidden": row.hidden, "for_sale": card.available}, [GIFT_CARD_NOT_SYNCED]
     fields = {
         "title": row.title,
         "status": row.status,
@@ -97,6 +101,12 @@ def _catalog(store: EventStore, shop: str, product_id: str) -> tuple[dict | None
     if card.available:
         return fields, []
     return fields, not_for_sale_reasons(row) or [STALE_FLAG]
+
+
+def _from_an_order(row: CatalogProduct) -> bool:
+    """Whether this is the row an order's gift card line made for a product the catalog had not synced (every
+    products payload names an update time and its variants; this row has neither)."""
+    return row.hidden == "gift_card" and row.updated_at is None and not row.variants and not row.title
 
 
 def not_for_sale_reasons(row: CatalogProduct) -> list[str]:

@@ -20,7 +20,7 @@ import pytest
 
 from recommender.__main__ import main as command_line
 from recommender.model_store import open_model_store
-from recommender.product_status import DELETED, NO_MODEL, NOT_INSTALLED, SOLD_OUT, STALE_FLAG
+from recommender.product_status import DELETED, GIFT_CARD_NOT_SYNCED, NO_MODEL, NOT_INSTALLED, SOLD_OUT, STALE_FLAG
 from tests.conftest import AUTH, ROOT, SHOP, order_payload, post_webhook
 from tests.postgres_schema import run
 
@@ -180,6 +180,20 @@ def test_a_product_for_sale_with_no_events_is_unknown_to_the_model(shop, capsys)
     assert body["model"] == {"version": published_version(), "trained_at": published_trained_at(), "items": 7,
                              "known": False, "popularity_rank": None, "shoppers": None, "bought_with": None}
     assert body["events_last_30_days"] == {"view": 0.0, "add_to_cart": 0.0, "purchase": 0.0}
+
+
+def test_a_gift_card_an_order_sold_before_the_catalog_synced_it_says_so(shop, capsys):
+    # Arrange: an order sells 601, unknown to the catalog, as a gift card
+    gift = order_payload(70001, 1234, [601], created_at=ago(1))
+    gift["line_items"][0]["gift_card"] = True
+    assert post_webhook(shop, "orders/create", gift).status_code == 200
+
+    # Act
+    body = product_command(capsys, "601")
+
+    # Assert: the order's reason alone (its row has no publication or status of the catalog's to judge)
+    assert (body["shown"], body["reasons"]) == (False, [GIFT_CARD_NOT_SYNCED, unknown_to(published_version())])
+    assert body["catalog"] == {"synced": False, "hidden": "gift_card", "for_sale": False}
 
 
 def test_a_product_never_heard_of_has_no_catalog_row_and_only_the_models_reason(shop, capsys):
