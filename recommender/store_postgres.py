@@ -489,6 +489,14 @@ _DELETED_PRODUCTS = (  # a deleted product keeps its row, marked, so that an old
     " SELECT %(shop)s, product_id, '', '', 'deleted', '', '', true FROM unnest(%(deleted)s::text[]) AS product_id"
 )
 _DELETION_CONFLICT = " ON CONFLICT (shop, product_id) DO UPDATE SET deleted = true"
+# The products an order's lines sell as gift cards (`ChangeSet.gift_card_product_ids`), marked so for good; a row of
+# their own for those the catalog has not synced (recommender.store's `_apply_changes` does the same one by one).
+_GIFT_CARDS = (
+    "INSERT INTO products (shop, product_id, title, handle, status, product_type, vendor, hidden)"
+    " SELECT %(shop)s, product_id, '', '', 'active', '', '', 'gift_card' FROM unnest(%(gift_cards)s::text[]) AS product_id"
+    " ON CONFLICT (shop, product_id) DO UPDATE SET hidden = 'gift_card'"
+    " WHERE products.hidden IS DISTINCT FROM 'gift_card'"
+)
 
 # `apply` for one delivery of catalog upserts and deletions alone, after its products' locks: the delivery row and,
 # only if it is new, the deletions, the upserts, the variants of the products the upsert changed (the ones the
@@ -676,7 +684,7 @@ def _orders_page(items: Sequence[tuple[Delivery, ChangeSet]]) -> bool:
     keys: set[str] = set()  # the events' dedupe keys and the refunded lines', each delivery's own
     adjustments: set[str] = set()
     for delivery, c in items:
-        if (delivery.shop != shop or not _nothing_but(c, "events", "void_order_ids", "refunds")
+        if (delivery.shop != shop or not _nothing_but(c, "events", "void_order_ids", "refunds", "gift_card_product_ids")
                 or any(e.shop != shop for e in c.events)):
             return False
         mine = ({e.order_id for e in c.events if e.order_id} | set(c.void_order_ids)
@@ -979,7 +987,8 @@ class PostgresEventStore(SharedQueries):
         """
         if _orders_page([(delivery, changes)]):  # an order, a cart, a cancellation, a refund
             params = self._events_params(delivery, changes.events)
-            locks = self._anonymous_locks(changes.events)
+            locks = [*self._anonymous_locks(changes.events),
+                     *(_product_lock(delivery.shop, product_id) for product_id in changes.gift_card_product_ids)]
             if not locks and self._events_alone(changes):  # one statement, its own transaction
                 return self._write(lambda conn: self._store_events(conn, params), one_statement=True)
 
@@ -992,6 +1001,7 @@ class PostgresEventStore(SharedQueries):
                 # Whether or not the delivery was new: each refund line counts once by its own key (`adjustments`),
                 # so the refunds need no answer from the statement.
                 self._send_adjustments(conn, delivery.shop, (), [(r, delivery.received_at) for r in changes.refunds])
+                self._send_gift_cards(conn, delivery.shop, changes.gift_card_product_ids)
                 return lambda: self._stored_events(sent, params)
 
             return self._write_pipelined(after_the_locks)
@@ -1124,8 +1134,11 @@ class PostgresEventStore(SharedQueries):
         in the first round trip; the events (guests' joined to their customers), cancellations, refunds, install
         mark and COMMIT in the second."""
         shop = items[0][0].shop
-        # The guests' locks before anything is written or read, as the page delivery by delivery takes them.
-        self._take_locks(conn, self._anonymous_locks(e for _, changes in items for e in changes.events))
+        # The guests' (and gift cards' products') locks before anything is written or read, as the page delivery by
+        # delivery takes them.
+        self._take_locks(conn, [*self._anonymous_locks(e for _, changes in items for e in changes.events),
+                                *(_product_lock(shop, product_id) for _, changes in items
+                                  for product_id in changes.gift_card_product_ids)])
         results, fresh = self._fresh_of_page(self._send_deliveries(conn, items), items)
         events = [(index, e) for index, _, changes in fresh for e in _first_of_each_key(changes.events)]
         counted = None
@@ -1134,6 +1147,8 @@ class PostgresEventStore(SharedQueries):
                                                               for index, e in events]),))
         self._send_adjustments(conn, shop, [order_id for _, _, changes in fresh for order_id in changes.void_order_ids],
                                [(r, delivery.received_at) for _, delivery, changes in fresh for r in changes.refunds])
+        self._send_gift_cards(conn, shop, sorted({product_id for _, _, changes in fresh
+                                                  for product_id in changes.gift_card_product_ids}))
         self._mark_installed_by(conn, shop, fresh)
 
         def outcome() -> list[int | None]:
@@ -1238,6 +1253,13 @@ class PostgresEventStore(SharedQueries):
             products.update(row[0] for row in conn.execute(
                 "SELECT product_id FROM variants WHERE shop = %s AND inventory_item_id = ANY(%s)", (shop, items)))
         return products
+
+    def _send_gift_cards(self, conn: psycopg.Connection, shop: str, product_ids: Sequence[str]) -> None:
+        """The products an order's lines sell as gift cards marked so (`_GIFT_CARDS`), and their `sellable` flags,
+        sent in pipeline mode: no answer read, no round trip of their own."""
+        if product_ids:
+            conn.execute(_GIFT_CARDS, {"shop": shop, "gift_cards": list(product_ids)})
+            self._refresh_sellable(conn, shop, ChangeSet(gift_card_product_ids=tuple(product_ids)))
 
     @staticmethod
     def _events_alone(changes: ChangeSet) -> bool:
