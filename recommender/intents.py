@@ -130,7 +130,7 @@ class RecommendRequest(NamedTuple):
             intent=intent,
             customer_id=parse_customer_id(query.get("customer_id")),
             anonymous_id=_token(query.get("anonymous_id"), "anonymous_id"),
-            product_id=_id(query.get("product_id"), "product_id"),
+            product_id=parse_product_id(query.get("product_id")),
             product_ids=_id_list(query.get("product_ids"), "product_ids"),
             exclude=_id_list(query.get("exclude"), "exclude"),
             n=parse_count(query.get("n")),
@@ -494,7 +494,7 @@ def _same_type(request: RecommendRequest, model: ServingModel, catalog: CatalogS
     product_type = card[CARD_PRODUCT_TYPE].lower() if card else ""
     if not product_type or request.product_type is not None:  # nothing to add: not a strategy lacking data
         return _Candidates([], [], []), None
-    ranked = model.popular_rows if blocked is None else model.popular_rows[~blocked[model.popular_rows]]
+    ranked = model.popular_ranking(blocked)
     skip = set() if excluded_rows is None else set(excluded_rows.tolist())
     same: list[int] = []
     for start in range(0, min(len(ranked), SAME_TYPE_BEST_SELLERS), 100):
@@ -593,7 +593,8 @@ def parse_customer_id(raw: str | None) -> str | None:
     return raw
 
 
-def _id(raw: str | None, name: str) -> str | None:
+def parse_product_id(raw: str | None, name: str = "product_id") -> str | None:
+    """A Shopify product id (digits) as a request names it, None when absent, else InvalidParameter naming `name`."""
     if raw is None or raw == "":
         return None
     if not _DIGITS.match(raw):

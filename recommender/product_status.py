@@ -17,16 +17,15 @@ the model knows it. `reasons` gives each reason they do not, one an entry ([] wh
 
 from __future__ import annotations
 
-import re
 from datetime import datetime, timedelta
 
 from recommender.errors import InvalidParameter
 from recommender.events import HIDE_TAG, CatalogProduct, EventKind
+from recommender.intents import parse_product_id
 from recommender.model_store import ModelStore, check_shop_domain
 from recommender.store import EventStore
 
 EVENTS_WINDOW_DAYS = 30
-_PRODUCT_ID = re.compile(r"^[0-9]{1,20}$")  # as /recommend's product_id (recommender.intents)
 
 NOT_INSTALLED = "the shop has not installed the app, or has uninstalled it: /recommend answers nothing for it"
 DELETED = "deleted in Shopify (products/delete)"
@@ -46,17 +45,12 @@ NO_MODEL = ("no model is published for the shop yet: only trending answers, from
             " `python -m recommender train` publishes one")
 
 
-def parse_product_id(raw: str) -> str:
-    """A Shopify product id (digits), or InvalidParameter naming `product_id`."""
-    if not isinstance(raw, str) or not _PRODUCT_ID.match(raw):
-        raise InvalidParameter("product_id", f"product_id must be a Shopify product id (digits), got {raw!r}")
-    return raw
-
-
 def product_status(store: EventStore, model_store: ModelStore, shop: str, product_id: str, now: datetime) -> dict:
     """What stops answers from showing `product_id` in `shop` at `now` (an aware datetime): a JSON-serialisable dict
     of `shown`, `reasons`, `installed`, `catalog`, `model` and `events_last_30_days` (module docstring)."""
     shop = check_shop_domain(shop)
+    if not product_id:  # /recommend's parser reads an empty id as none named; here one must be
+        raise InvalidParameter("product_id", "product_id is missing")
     product_id = parse_product_id(product_id)
     installed = store.is_shop_installed(shop)
     catalog, catalog_reasons = _catalog(store, shop, product_id)

@@ -501,10 +501,14 @@ class ServingModel:
         """
         return top_rows(scores, n, blocked, also)
 
+    def popular_ranking(self, blocked: np.ndarray | None = None) -> np.ndarray:
+        """Rows by popularity, most popular first (ties by row), without the blocked ones (bool mask)."""
+        return self.popular_rows if blocked is None else self.popular_rows[~blocked[self.popular_rows]]
+
     def popular_rows_allowed(self, n: int, blocked: np.ndarray | None = None,
                              also: np.ndarray | None = None) -> list[int]:
         """The n most popular rows without blocked ones (bool mask) and those `also` lists."""
-        rows = self.popular_rows if blocked is None else self.popular_rows[~blocked[self.popular_rows]]
+        rows = self.popular_ranking(blocked)
         skip = set() if also is None else set(np.asarray(also).tolist())
         return [int(r) for r in rows[:n + len(skip)] if int(r) not in skip][:n]
 
