@@ -1,8 +1,9 @@
 """What is for sale right now: a per-shop snapshot of the products not to show, refreshed without retraining.
 
-A product is unsellable when it is deleted, `draft`/`archived`, unpublished (`published_at` null) or
-sold out (every tracked variant at ≤ 0 and none selling past zero). The store keeps that verdict as a
-flag on each product row, recomputed by the delivery that changes the product or its stock, so a snapshot
+A product is unsellable when it is deleted, `draft`/`archived`, unpublished (`published_at` null),
+sold out (every tracked variant at ≤ 0 and none selling past zero) or hidden (a gift card, free, tagged); it
+is backordered when it is for sale with nothing on hand (sold past zero only), which complementary answers
+leave out, as Shopify's do. The store keeps each verdict as a flag on each product row, recomputed by the delivery that changes the product or its stock, so a snapshot
 is one index read however large the catalog; products the store has no catalog row for (the catalog not
 synced yet) are given the benefit of the doubt. The display fields of the products an answer returns
 (`ProductCard`) are read for those products alone, never for the whole catalog, and kept with the
@@ -18,7 +19,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from recommender.artifact import ItemIds
-from recommender.store import EventStore, ProductCard
+from recommender.store import EventStore, ProductCard, SaleState
 
 Filter = tuple[str | None, str | None]  # (product_type, vendor), compared case-insensitively
 CARDS_KEPT = 10_000  # product cards a snapshot keeps at most (~5 MB); past that it starts over
@@ -27,19 +28,22 @@ _UNREAD = object()
 
 
 class CatalogSnapshot:
-    """What a shop does not sell, as read at `taken_at`, with its filters and masks cached per model."""
+    """What a shop does not sell (and what it sells with nothing on hand), as read at `taken_at`, with its filters and
+    masks cached per model."""
 
-    __slots__ = ("unsellable", "taken_at", "matching", "read_cards", "_filters", "_masks", "_cards")
+    __slots__ = ("unsellable", "backordered", "taken_at", "matching", "read_cards", "_filters", "_masks", "_cards")
 
     def __init__(self, unsellable: frozenset[str], taken_at: float = 0.0,
                  matching: Callable[[Filter], frozenset[str]] = lambda wanted: frozenset(),
-                 read_cards: Callable[[list[str]], dict[str, ProductCard]] = lambda ids: {}):
+                 read_cards: Callable[[list[str]], dict[str, ProductCard]] = lambda ids: {},
+                 backordered: frozenset[str] = frozenset()):
         self.unsellable = unsellable
+        self.backordered = backordered
         self.taken_at = taken_at
         self.matching = matching  # products matching a (product_type, vendor) filter: read on first use, then kept
         self.read_cards = read_cards  # the cards of some products, in one statement
         self._filters: dict[Filter, frozenset[str]] = {}
-        self._masks: dict[tuple[str, str | None, str | None], np.ndarray | None] = {}
+        self._masks: dict[tuple[str, str | None, str | None, bool], np.ndarray | None] = {}
         # ProductCard's fields as a plain tuple (which the cyclic collector stops tracking); None: no catalog row
         self._cards: dict[str, tuple | None] = {}
 
@@ -67,8 +71,9 @@ class CatalogSnapshot:
                 kept[pid] = card
         return found
 
-    def sellable(self, product_id: str) -> bool:
-        return product_id not in self.unsellable
+    def sellable(self, product_id: str, on_hand: bool = False) -> bool:
+        """For sale; with `on_hand`, also with stock on hand (a complementary answer's rule)."""
+        return product_id not in self.unsellable and not (on_hand and product_id in self.backordered)
 
     def matches(self, product_id: str, product_type: str | None, vendor: str | None) -> bool:
         """Optional filters; a product without a catalog row matches none."""
@@ -84,16 +89,18 @@ class CatalogSnapshot:
             found = self._filters[wanted] = self.matching(wanted)
         return found
 
-    def blocked_mask(self, item_ids: ItemIds, version: str,
-                     product_type: str | None = None, vendor: str | None = None) -> np.ndarray | None:
-        """bool[n_items]: True where the model's item must not be shown; None when no item is blocked (every
-        reader then skips the mask: at 100k items, reading it cost a personalized answer ~0.03 ms of its top-n,
-        bench/PERFORMANCE.md). Cached per model and filter."""
-        key = (version, product_type, vendor)
+    def blocked_mask(self, item_ids: ItemIds, version: str, product_type: str | None = None,
+                     vendor: str | None = None, on_hand: bool = False) -> np.ndarray | None:
+        """bool[n_items]: True where the model's item must not be shown (with `on_hand`, nor a backordered one);
+        None when no item is blocked (every reader then skips the mask: at 100k items, reading it cost a
+        personalized answer ~0.03 ms of its top-n, bench/PERFORMANCE.md). Cached per model and filter."""
+        key = (version, product_type, vendor, on_hand)
         mask = self._masks.get(key, _UNREAD)
         if mask is _UNREAD:
             mask = np.zeros(len(item_ids), dtype=bool)
             mask[item_ids.rows_of(self.unsellable)] = True
+            if on_hand:
+                mask[item_ids.rows_of(self.backordered)] = True
             if product_type is not None or vendor is not None:
                 allowed = np.zeros(len(item_ids), dtype=bool)
                 allowed[item_ids.rows_of(self._matching((product_type, vendor)))] = True
@@ -124,7 +131,7 @@ class CatalogCache:
         snapshot = self._snapshots.get(shop)
         if snapshot is not None and now - snapshot.taken_at < self._ttl:
             return snapshot
-        return self.put(shop, self._store.unsellable_product_ids(shop), now)
+        return self.put(shop, self._store.sale_state(shop), now)
 
     def now(self) -> float:
         """A reading of the clock snapshots are timed by."""
@@ -135,15 +142,16 @@ class CatalogCache:
         snapshot = self._snapshots.get(shop)
         return snapshot is None or self._clock() - snapshot.taken_at >= self._ttl
 
-    def put(self, shop: str, unsellable: set[str], taken_at: float) -> CatalogSnapshot:
+    def put(self, shop: str, state: SaleState, taken_at: float) -> CatalogSnapshot:
         """The snapshot of what the store said at `taken_at` (a clock reading taken before it was asked) is not for
         sale, read by `get` or beside another read (`EventStore.installed_with_unsellable`): kept, and served by `get`
         within the TTL."""
         now = taken_at
         fresh = CatalogSnapshot(
-            frozenset(unsellable), now,
+            frozenset(state.unsellable), now,
             lambda wanted: frozenset(self._store.products_matching(shop, *wanted)),
             lambda ids: self._store.product_cards(shop, ids),
+            frozenset(state.backordered),
         )
         with self._lock:
             kept = self._snapshots.get(shop)

@@ -283,18 +283,18 @@ class Recommender:
             # instance before the model's first load, so as old as that load took when the answer is made: within
             # its TTL, which counts from before the read).
             taken_at = self._catalog.now() if self._catalog.due(request.shop) else None
-            unsellable = None
+            sale = None
             if keys and taken_at is not None:
-                installed, stored, unsellable = self._store.installed_with_histories_and_unsellable(
+                installed, stored, sale = self._store.installed_with_histories_and_unsellable(
                     request.shop, keys, self._history_limit)
             elif keys:
                 installed, stored = self._store.installed_with_histories(request.shop, keys, self._history_limit)
             elif taken_at is not None:
-                installed, unsellable = self._store.installed_with_unsellable(request.shop)
+                installed, sale = self._store.installed_with_unsellable(request.shop)
             else:
                 installed = self._store.is_shop_installed(request.shop)
-            if installed and unsellable is not None:
-                snapshot = self._catalog.put(request.shop, unsellable, taken_at)
+            if installed and sale is not None:
+                snapshot = self._catalog.put(request.shop, sale, taken_at)
             asked_at = now
             # Only a newer answer replaces an older one: a slow "installed" never undoes a later "not installed".
             last = self._checked.get(request.shop)
@@ -327,8 +327,10 @@ class Recommender:
         # The model's row of each history event, looked up once for the exclusions and the fold-in.
         history_rows = model.item_ids.rows_array([event.product_id for event in history]) if model else None
         blocked = excluded_rows = None
+        on_hand = request.intent == "complementary"  # a cart's add-on ships with it: nothing backordered
         if model is not None:  # the catalog's mask is shared (read only); this request's own exclusions are rows
-            blocked = catalog.blocked_mask(model.item_ids, model.version, request.product_type, request.vendor)
+            blocked = catalog.blocked_mask(model.item_ids, model.version, request.product_type, request.vendor,
+                                           on_hand)
             excluded_rows = history_rows[shown_again]
             if named:
                 excluded_rows = np.concatenate([excluded_rows, model.item_ids.rows_array(sorted(named))])
@@ -336,7 +338,7 @@ class Recommender:
         excluded: set[str] | None = None  # the same exclusions as product ids, made for the strategies that need them
 
         def allowed(pid: str) -> bool:
-            return (pid not in excluded and catalog.sellable(pid)
+            return (pid not in excluded and catalog.sellable(pid, on_hand)
                     and catalog.matches(pid, request.product_type, request.vendor))
 
         picked: list[tuple[str, float, str, str | None]] = []

@@ -5,7 +5,9 @@
 - the catalog's verdict, the `sellable` flag the store keeps (`recommender.store.NOT_FOR_SALE`), which every answer's
   filter reads: a product not for sale is deleted, not `active`, unpublished, sold out (it has variants and none can
   be bought) or hidden (`CatalogProduct.hidden`: a gift card, tagged HIDE_TAG, or free). The reasons are read from
-  the row and its variants; a product without a row is given the benefit of the doubt, as answers give it;
+  the row and its variants; a product without a row is given the benefit of the doubt, as answers give it. Its
+  `backordered` flag says whether it is for sale with nothing on hand (sold past zero only), which complementary
+  answers leave out (`recommender.store.NOTHING_ON_HAND`), though every other answer may show it;
 - the shop's latest published model: a product it does not know (no event of it weighed anything when it was
   trained) is in no personalized, related, complementary or best-seller answer until a training sees it viewed,
   carted or bought. Trending, recently viewed and buy it again read the events themselves, and may show it sooner;
@@ -90,6 +92,7 @@ def _catalog(store: EventStore, shop: str, product_id: str) -> tuple[dict | None
         "variants": len(row.variants),
         "variants_available": sum(variant.available for variant in row.variants),
         "for_sale": card.available,
+        "backordered": product_id in store.sale_state(shop).backordered,
     }
     # The flag is what every answer's filter reads: a product it says is for sale is shown, whatever else is said.
     if card.available:

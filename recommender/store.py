@@ -39,6 +39,14 @@ NOT_ON_SALE = """(
     OR (EXISTS (SELECT 1 FROM variants v WHERE v.shop = products.shop AND v.product_id = products.product_id)
         AND NOT EXISTS (SELECT 1 FROM variants v WHERE v.shop = products.shop AND v.product_id = products.product_id
                         AND (v.tracked = {no} OR v.continue_selling = {yes} OR COALESCE(v.inventory_quantity, 0) > 0))))"""
+# A product with variants none of which holds stock on hand or goes untracked: for sale only where one sells past zero
+# (Shopify's "continue selling when out of stock"). Complementary answers leave such a product out, as Shopify's own
+# do: a "pair it with" product must ship with the cart (its stock above 0), where a related one may be backordered.
+# Migration 13, which set the first `backordered` flags, reads this text.
+NOTHING_ON_HAND = """(
+    EXISTS (SELECT 1 FROM variants v WHERE v.shop = products.shop AND v.product_id = products.product_id)
+    AND NOT EXISTS (SELECT 1 FROM variants v WHERE v.shop = products.shop AND v.product_id = products.product_id
+                    AND (v.tracked = {no} OR COALESCE(v.inventory_quantity, 0) > 0)))"""
 # What no answer shows: a product not on sale, or one hidden (a gift card, free, or tagged HIDE_TAG: the reason is
 # its `hidden`, recommender.events).
 NOT_FOR_SALE = "(products.hidden IS NOT NULL OR " + NOT_ON_SALE + ")"
@@ -213,6 +221,11 @@ SQLITE_MIGRATIONS: tuple[str, ...] = (
     # Why no answer shows a product that may be for sale (recommender.events.HIDDEN_REASONS): a gift card, every
     # variant free, or the merchant's HIDE_TAG. NULL: shown when for sale (every row written before this migration).
     "ALTER TABLE products ADD COLUMN hidden TEXT;",
+    # Which products for sale have nothing on hand (NOTHING_ON_HAND: sold past zero only), which complementary
+    # answers leave out; a partial index, as few products are, so the catalog snapshot reads them from it.
+    "ALTER TABLE products ADD COLUMN backordered INTEGER NOT NULL DEFAULT 0;"
+    f" UPDATE products SET backordered = 1 WHERE sellable = 1 AND {NOTHING_ON_HAND.format(no='0')};"
+    " CREATE INDEX products_backordered ON products (shop) WHERE backordered = 1;",
 )
 
 # Every table that holds a shop's data, in both backends: what redact_shop empties.
@@ -396,6 +409,17 @@ ATTRIBUTABLE_PURCHASES_SQL = (
 )
 
 
+class SaleState(NamedTuple):
+    """What a shop's answers leave out, by its products' flags: `unsellable`, not for sale (no answer shows one), and
+    `backordered`, for sale with nothing on hand (NOTHING_ON_HAND: no complementary answer shows one)."""
+
+    unsellable: frozenset[str]
+    backordered: frozenset[str]
+
+
+NOTHING_LEFT_OUT = SaleState(frozenset(), frozenset())  # the state of a shop not installed: nothing is read for it
+
+
 class ProductCard(NamedTuple):
     """What a storefront shows of a recommended product: its catalog row's display fields and whether it is for
     sale now (active, published, and a variant can be bought or there is no variant data), read in one statement
@@ -466,11 +490,12 @@ class EventStore(Protocol):
     def installed_with_histories(self, shop: str, user_keys: Sequence[str],
                                  limit: int) -> tuple[bool, list[list[Interaction]]]: ...
     def installed_with_histories_and_unsellable(self, shop: str, user_keys: Sequence[str], limit: int
-                                                ) -> tuple[bool, list[list[Interaction]], set[str]]: ...
+                                                ) -> tuple[bool, list[list[Interaction]], SaleState]: ...
     def products(self, shop: str, product_ids: Collection[str] | None = None) -> dict[str, CatalogProduct]: ...
     def product_cards(self, shop: str, product_ids: Collection[str]) -> dict[str, ProductCard]: ...
     def deleted_product_ids(self, shop: str) -> set[str]: ...
     def unsellable_product_ids(self, shop: str) -> set[str]: ...
+    def sale_state(self, shop: str) -> SaleState: ...
     def products_matching(self, shop: str, product_type: str | None, vendor: str | None) -> set[str]: ...
     def gift_card_product_ids(self, shop: str) -> set[str]: ...
     def activity_since(self, shop: str, since: datetime) -> list[ActivityBucket]: ...
@@ -484,7 +509,7 @@ class EventStore(Protocol):
     def set_shop_installed(self, shop: str, installed: bool) -> None: ...
     def mark_uninstalled(self, delivery: Delivery) -> bool | None: ...
     def is_shop_installed(self, shop: str) -> bool: ...
-    def installed_with_unsellable(self, shop: str) -> tuple[bool, set[str]]: ...
+    def installed_with_unsellable(self, shop: str) -> tuple[bool, SaleState]: ...
     def installed_shops(self) -> list[str]: ...
     def training_queue(self) -> list["QueuedShop"]: ...
     def training_run_began(self, run: str, at: datetime | None = None) -> None: ...
@@ -572,18 +597,21 @@ _TRAINING_RUNS_GONE_SQL = "DELETE FROM training_runs WHERE alive_at < {day_befor
 _TRAINING_RUN_ALIVE_SQL = "UPDATE training_runs SET alive_at = coalesce({p}, {now}) WHERE run_id = {p}"
 _TRAINING_RUN_ENDED_SQL = "DELETE FROM training_runs WHERE run_id = {p}"
 
-# Shared by both backends ({p}: the parameter marker; {no}: the false literal): the flag `apply` keeps.
+# Shared by both backends ({p}: the parameter marker; {no}/{yes}: the boolean literals): the flags `apply` keeps.
 UNSELLABLE_SQL = "SELECT product_id FROM products WHERE shop = {p} AND sellable = {no}"
+BACKORDERED_SQL = "SELECT product_id FROM products WHERE shop = {p} AND backordered = {yes}"
 # The display fields of some products ({only}: which ones) and whether each is for sale now: the flag `apply`
 # keeps (the catalog filter's verdict, as fresh as the last delivery), not a second look at the variants, which
 # cost an answer ~50 µs more on SQLite with a 100k-product catalog (bench/PERFORMANCE.md).
 PRODUCT_CARDS_SQL = ("SELECT p.product_id, p.title, p.handle, p.price, p.image_url, p.product_type, p.vendor, p.sellable"
                      " FROM products p WHERE p.shop = {p} AND p.deleted = {no}{only}")
-# The flag recomputed for some products ({where}: which ones), at the end of the transaction that changed them; a row
-# whose flag stays the same is not written again (a redelivery, most product updates).
+# The flags recomputed for some products ({where}: which ones), at the end of the transaction that changed them; a
+# row whose flags stay the same is not written again (a redelivery, most product updates).
 _SELLABLE_NOW = "CASE WHEN " + NOT_FOR_SALE + " THEN {no} ELSE {yes} END"
-REFRESH_SELLABLE_SQL = ("UPDATE products SET sellable = " + _SELLABLE_NOW + " WHERE shop = {p} AND {where}"
-                        " AND sellable <> " + _SELLABLE_NOW)
+_BACKORDERED_NOW = "CASE WHEN " + NOT_FOR_SALE + " THEN {no} WHEN " + NOTHING_ON_HAND + " THEN {yes} ELSE {no} END"
+REFRESH_SELLABLE_SQL = ("UPDATE products SET sellable = " + _SELLABLE_NOW + ", backordered = " + _BACKORDERED_NOW
+                        + " WHERE shop = {p} AND {where} AND (sellable <> " + _SELLABLE_NOW
+                        + " OR backordered <> " + _BACKORDERED_NOW + ")")
 REFRESH_BATCH = 500  # ids per statement: SQLite builds differ in how many parameters one statement may take
 
 
@@ -781,12 +809,12 @@ class SharedQueries:
         check = f"(SELECT installed FROM shop_state WHERE shop = {self._P})"
         return f"SELECT {_INTERACTION_COLUMNS}, {check} {self._history_rows()}"
 
-    def installed_with_unsellable(self, shop: str) -> tuple[bool, set[str]]:
-        """`is_shop_installed(shop)` and, if it is, `unsellable_product_ids(shop)` (else none): what an answer for
+    def installed_with_unsellable(self, shop: str) -> tuple[bool, SaleState]:
+        """`is_shop_installed(shop)` and, if it is, `sale_state(shop)` (else nothing left out): what an answer for
         everyone reads when the shop's check and its catalog's snapshot are both due, as they are for a quiet shop's
         answers. PostgreSQL sends both reads together: one round trip."""
         installed = self.is_shop_installed(shop)
-        return installed, self.unsellable_product_ids(shop) if installed else set()
+        return installed, self.sale_state(shop) if installed else NOTHING_LEFT_OUT
 
     def installed_with_histories(self, shop: str, user_keys: Sequence[str],
                                  limit: int) -> tuple[bool, list[list[Interaction]]]:
@@ -799,23 +827,23 @@ class SharedQueries:
         return self._checked_histories(shop, self._read_histories_with_check(shop, user_keys, limit))
 
     def installed_with_histories_and_unsellable(self, shop: str, user_keys: Sequence[str], limit: int
-                                                ) -> tuple[bool, list[list[Interaction]], set[str]]:
-        """`installed_with_histories` (for at least one key) and, if the shop is installed, `unsellable_product_ids(shop)`
-        (else none): a shopper's answer when the shop's catalog snapshot is due too, as it is for a quiet shop.
+                                                ) -> tuple[bool, list[list[Interaction]], SaleState]:
+        """`installed_with_histories` (for at least one key) and, if the shop is installed, `sale_state(shop)`
+        (else nothing left out): a shopper's answer when the shop's catalog snapshot is due too, as it is for a quiet shop.
         PostgreSQL sends the reads together, one round trip, the check then taken with the unsellable products in one
         statement (one snapshot of the database: a reinstall between two reads cannot leave it "installed, nothing
         unsellable")."""
         histories, checked = self._read_histories_check_and_unsellable(shop, user_keys, limit)
         if checked is None:  # read one after the other: what it does not sell only once the check says installed
             installed, interactions = self._checked_histories(shop, histories)
-            return installed, interactions, self.unsellable_product_ids(shop) if installed else set()
-        installed, unsellable = checked
+            return installed, interactions, self.sale_state(shop) if installed else NOTHING_LEFT_OUT
+        installed, state = checked
         if not installed:
-            return False, [], set()
-        return True, self._interactions_of(histories), unsellable
+            return False, [], NOTHING_LEFT_OUT
+        return True, self._interactions_of(histories), state
 
     def _read_histories_check_and_unsellable(self, shop: str, user_keys: Sequence[str], limit: int
-                                             ) -> tuple[list[list[tuple]], tuple[bool, set[str]] | None]:
+                                             ) -> tuple[list[list[tuple]], tuple[bool, SaleState] | None]:
         """The histories (the first with the check's column), and the check with the unsellable products where the
         backend reads them in the same round trip (None: read them after, if the shop is installed)."""
         return self._read_histories_with_check(shop, user_keys, limit), None
@@ -1035,9 +1063,14 @@ class SharedQueries:
                 in self._read(sql, (shop, *ids))}
 
     def unsellable_product_ids(self, shop: str) -> set[str]:
-        """Products not for sale: deleted, not active, unpublished, or every variant sold out."""
+        """Products not for sale: deleted, not active, unpublished, every variant sold out, or hidden."""
         rows = self._read(UNSELLABLE_SQL.format(p=self._P, no=self._FALSE), (shop,))
         return {r[0] for r in rows}
+
+    def sale_state(self, shop: str) -> SaleState:
+        """The products not for sale and those for sale with nothing on hand, each read from its index."""
+        backordered = self._read(BACKORDERED_SQL.format(p=self._P, yes=self._TRUE), (shop,))
+        return SaleState(frozenset(self.unsellable_product_ids(shop)), frozenset(r[0] for r in backordered))
 
     def count_events(self, shop: str | None = None) -> int:
         if shop is None:

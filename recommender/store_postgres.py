@@ -38,9 +38,9 @@ from recommender.errors import ConfigError, StoreError
 from recommender.changes import ChangeSet, Delivery, Event, RefundLine
 from recommender.events import CatalogProduct, EventKind, order_line_key
 from recommender.store import (
-    CART_STATE_COLUMNS, CART_STATE_PREFIX, EVENT_EXPORT_COLUMNS, HIDDEN_ON_UPDATE, KINDS, NOT_ON_SALE, REDACTED_EVENT,
-    STOCK_OF_VARIANT, SIGNED_PURCHASE_OF, TOPICS_NOT_PROVING_INSTALL, UNSELLABLE_SQL, ActivityBucket, Interaction,
-    SharedQueries, customer_export, export_json, from_pixel, iso_utc, later, latest_wins, log_withheld, not_from_pixel,
+    BACKORDERED_SQL, CART_STATE_COLUMNS, CART_STATE_PREFIX, EVENT_EXPORT_COLUMNS, HIDDEN_ON_UPDATE, KINDS,
+    NOTHING_LEFT_OUT, NOTHING_ON_HAND, NOT_ON_SALE, REDACTED_EVENT, STOCK_OF_VARIANT, SIGNED_PURCHASE_OF,
+    TOPICS_NOT_PROVING_INSTALL, UNSELLABLE_SQL, ActivityBucket, Interaction, SaleState, SharedQueries, customer_export, export_json, from_pixel, iso_utc, later, latest_wins, log_withheld, not_from_pixel,
     of_one_shop, refund_adjustment_key, require_aware,
 )
 from recommender.store import RECOMMENDATION_EVENT_COLUMNS, RecommendationSignal  # attribution's
@@ -213,6 +213,11 @@ POSTGRES_MIGRATIONS: tuple[str, ...] = (
     "ALTER TABLE events ADD COLUMN currency text;",
     # Why no answer shows a product that may be for sale (recommender.store's migration 12).
     "ALTER TABLE products ADD COLUMN hidden text;",
+    # Which products for sale have nothing on hand, for complementary answers to leave out (recommender.store's
+    # migration 13).
+    "ALTER TABLE products ADD COLUMN backordered boolean NOT NULL DEFAULT false;"
+    f" UPDATE products SET backordered = true WHERE sellable AND {NOTHING_ON_HAND.format(no='false')};"
+    " CREATE INDEX products_backordered ON products (shop) WHERE backordered;",
 )
 
 # Advisory lock keys. Migrations take one 64-bit key for the whole database; writes take (namespace, key) pairs, a
@@ -778,16 +783,20 @@ def _product_lock(shop: str, product_id: str) -> tuple[int, int]:
 _INSTALLED_SQL = "SELECT 1 FROM shop_state WHERE shop = %s AND installed"
 # The shop check and what the shop does not sell, in one statement (one snapshot of the database): nothing for a shop
 # not installed (its catalog stays until shop/redact, and a request naming it would fetch every row for nothing).
-# One row: installed, and the ids (NULL when not installed). Parameters: the shop twice.
+# One row: installed, and the ids not for sale and backordered (NULL when not installed). Parameters: the shop thrice.
+_UNSELLABLE_ARRAY = "ARRAY(" + UNSELLABLE_SQL.format(p="%s", no="false") + ")"
+_BACKORDERED_ARRAY = "ARRAY(" + BACKORDERED_SQL.format(p="%s", yes="true") + ")"
 _INSTALLED_AND_UNSELLABLE = (
-    "SELECT coalesce(s.installed, false), CASE WHEN s.installed THEN ARRAY("
-    + UNSELLABLE_SQL.format(p="%s", no="false") + ") END"
+    f"SELECT coalesce(s.installed, false), CASE WHEN s.installed THEN {_UNSELLABLE_ARRAY} END,"
+    f" CASE WHEN s.installed THEN {_BACKORDERED_ARRAY} END"
     " FROM (SELECT (SELECT installed FROM shop_state WHERE shop = %s) AS installed) s")
 
 
-def _installed_and_unsellable(rows: list[tuple]) -> tuple[bool, set[str]]:
-    (installed, ids), = rows
-    return bool(installed), set(ids or ())
+def _installed_and_unsellable(rows: list[tuple]) -> tuple[bool, SaleState]:
+    (installed, unsellable, backordered), = rows
+    if not installed:
+        return False, NOTHING_LEFT_OUT
+    return True, SaleState(frozenset(unsellable), frozenset(backordered))
 
 
 class PostgresEventStore(SharedQueries):
@@ -1612,8 +1621,13 @@ class PostgresEventStore(SharedQueries):
     def is_shop_installed(self, shop: str) -> bool:
         return bool(self._read(_INSTALLED_SQL, (shop,)))
 
-    def installed_with_unsellable(self, shop: str) -> tuple[bool, set[str]]:
-        return _installed_and_unsellable(self._read(_INSTALLED_AND_UNSELLABLE, (shop, shop)))
+    def installed_with_unsellable(self, shop: str) -> tuple[bool, SaleState]:
+        return _installed_and_unsellable(self._read(_INSTALLED_AND_UNSELLABLE, (shop, shop, shop)))
+
+    def sale_state(self, shop: str) -> SaleState:
+        """Both sets in one statement (one round trip)."""
+        (unsellable, backordered), = self._read(f"SELECT {_UNSELLABLE_ARRAY}, {_BACKORDERED_ARRAY}", (shop, shop))
+        return SaleState(frozenset(unsellable), frozenset(backordered))
 
     def _history_rows(self) -> str:
         """Through `latest_events` (migration 4), whose plan walks the index whatever the statistics say; its order
@@ -1629,13 +1643,13 @@ class PostgresEventStore(SharedQueries):
         return self._read_together([first, *((self._history_sql(), (shop, key, limit)) for key in user_keys[1:])])
 
     def _read_histories_check_and_unsellable(self, shop: str, user_keys: Sequence[str], limit: int
-                                             ) -> tuple[list[list[tuple]], tuple[bool, set[str]]]:
+                                             ) -> tuple[list[list[tuple]], tuple[bool, SaleState]]:
         """Every key's history (the first with the check) and the check with what the shop does not sell, in one
         pipeline."""
         *histories, checked = self._read_together([
             (self._history_with_check_sql(), (shop, shop, user_keys[0], limit)),
             *((self._history_sql(), (shop, key, limit)) for key in user_keys[1:]),
-            (_INSTALLED_AND_UNSELLABLE, (shop, shop))])
+            (_INSTALLED_AND_UNSELLABLE, (shop, shop, shop))])
         return histories, _installed_and_unsellable(checked)
 
     def installed_shops(self) -> list[str]:

@@ -478,6 +478,43 @@ def test_a_product_back_in_stock_reappears_without_retraining(shop):
     assert ids(ask(shop, intent="complementary", product_ids="101", n=3))[0] == 301
 
 
+def backordered_301() -> dict:
+    """Product 301 at 0 units, selling past zero (inventory_policy "continue"): for sale, nothing on hand."""
+    payload = product_payload(301, quantity=0, product_type="Gear", vendor="Brew Lab",
+                              updated_at=datetime(2026, 11, 1, tzinfo=timezone.utc))
+    payload["variants"][0]["inventory_policy"] = "continue"
+    return payload
+
+
+def test_a_backordered_product_leaves_complementary_answers_alone_until_a_unit_is_on_hand(shop):
+    """Shopify's rule: a product sold past zero with nothing on hand may be related, never complementary (an add-on
+    ships with the cart)."""
+    before = ids(ask(shop, intent="complementary", product_ids="101", n=3))
+
+    post_webhook(shop, "products/update", backordered_301())
+    complementary = ids(ask(shop, intent="complementary", product_ids="101", n=50))
+    related = ids(ask(shop, intent="related", product_id=101, n=50))
+    trending = ids(ask(shop, intent="trending", n=50))
+    level = {"inventory_item_id": 30100, "location_id": 7, "available": 2, "updated_at": "2026-11-02T00:00:00Z"}
+    post_webhook(shop, "inventory_levels/update", level)
+    after = ids(ask(shop, intent="complementary", product_ids="101", n=3))
+
+    # Assert: 301, the cart's best match, is out of every strategy of the cart's answer (the chain still fills it with
+    # every other product for sale), and in the others' answers; back first once a unit is on hand
+    assert before[0] == 301 and after[0] == 301
+    assert 301 in related and 301 in trending
+    assert 301 not in complementary and sorted(complementary) == sorted(set(related) - {301})
+
+
+def test_a_backordered_product_is_out_of_the_control_groups_complementary_answers_too(control_half, shop):
+    post_webhook(shop, "products/update", backordered_301())
+
+    answers = [ask(shop, intent="complementary", product_ids="101", n=50) for _ in range(40)]
+
+    assert {a["arm"] for a in answers} == {"model", "control"}  # P(one arm alone) < 2e-12 for a fair draw
+    assert all(301 not in ids(a) and len(ids(a)) == len(ids(answers[0])) for a in answers)
+
+
 def test_product_type_and_vendor_filters(shop):
     tea = ask(shop, customer_id=1000, n=5, product_type="tea")
     vendor = ask(shop, intent="related", product_id=101, n=5, vendor="Brew%20Lab")

@@ -114,11 +114,11 @@ def published_trained_at() -> str:
 
 
 def catalog_row(pid: int, for_sale: bool, *, status: str = "active", hidden: str | None = None,
-                available: int = 1) -> dict:
+                available: int = 1, backordered: bool = False) -> dict:
     """A planted product's catalog fields, as `product` stored them."""
     return {"title": f"Product {pid}", "status": status, "published_at": "2026-10-01T00:00:00+00:00", "price": 12.0,
             "product_type": "Gear", "vendor": "Brew Lab", "hidden": hidden, "variants": 1,
-            "variants_available": available, "for_sale": for_sale}
+            "variants_available": available, "for_sale": for_sale, "backordered": backordered}
 
 
 def unknown_to(version: str) -> str:
@@ -170,6 +170,21 @@ def test_a_product_not_for_sale_says_why_though_the_model_knows_it(shop, capsys,
     assert {key: body["model"][key] for key in ("known", "popularity_rank", "shoppers", "bought_with")} == {
         "known": True, "popularity_rank": rank, "shoppers": 2, "bought_with": 1}
     assert body["events_last_30_days"] == {"view": 0.0, "add_to_cart": 0.0, "purchase": 2.0}
+
+
+def test_a_product_sold_past_zero_with_nothing_on_hand_is_shown_and_says_it_is_backordered(shop, capsys):
+    # Arrange: 507 at 0 units, selling past zero
+    backordered = product(507, quantity=0)
+    backordered["variants"][0]["inventory_policy"] = "continue"
+    backordered["updated_at"] = "2026-10-02T00:00:00Z"
+    assert post_webhook(shop, "products/update", backordered).status_code == 200
+
+    # Act
+    body = product_command(capsys, "507")
+
+    # Assert: for sale (complementary answers alone leave it out)
+    assert (body["shown"], body["reasons"]) == (True, [])
+    assert body["catalog"] == catalog_row(507, True, backordered=True)
 
 
 def test_a_product_for_sale_with_no_events_is_unknown_to_the_model(shop, capsys):

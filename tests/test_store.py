@@ -322,30 +322,40 @@ def test_products_excludes_deleted_and_reads_variants_back(any_store):
     assert list(any_store.products(OTHER_SHOP)) == ["30"]
 
 
+def backordered(pid: str) -> CatalogProduct:
+    """For sale with nothing on hand: tracked at 0, selling past zero."""
+    return CatalogProduct(SHOP, pid, title=pid, published_at=T0, variants=(
+        CatalogVariant(f"{pid}-1", tracked=True, inventory_quantity=0, continue_selling=True),))
+
+
 def test_a_shops_check_and_what_it_does_not_sell_are_read_together(any_store):
-    # Arrange: one product sold out; the shop installed by its delivery, another shop never
+    # Arrange: one product sold out, one backordered; the shop installed by its delivery, another shop never
     any_store.apply(delivery("wh-1", topic="products/create"), ChangeSet(upsert_products=(
         CatalogProduct(SHOP, "gone", title="gone", published_at=T0,
                        variants=(CatalogVariant("1", tracked=True, inventory_quantity=0),)),
-        CatalogProduct(SHOP, "here", title="here", published_at=T0, variants=(CatalogVariant("2"),)))))
+        CatalogProduct(SHOP, "here", title="here", published_at=T0, variants=(CatalogVariant("2"),)),
+        backordered("later"))))
 
     # Act / Assert: what the two reads on their own say
-    assert any_store.installed_with_unsellable(SHOP) == (True, {"gone"})
-    assert any_store.installed_with_unsellable(OTHER_SHOP) == (False, set())
+    assert any_store.sale_state(SHOP) == ({"gone"}, {"later"})
+    assert any_store.installed_with_unsellable(SHOP) == (True, ({"gone"}, {"later"}))
+    assert any_store.installed_with_unsellable(OTHER_SHOP) == (False, (set(), set()))
     any_store.set_shop_installed(SHOP, False)
-    assert any_store.installed_with_unsellable(SHOP) == (False, set())  # what it does not sell: not read for nothing
+    # what it does not sell: not read for nothing
+    assert any_store.installed_with_unsellable(SHOP) == (False, (set(), set()))
 
 
 def test_a_shoppers_history_the_shops_check_and_what_it_does_not_sell_are_read_together(any_store):
-    # Arrange: a sold-out product and a customer who bought the other one
+    # Arrange: a sold-out product, a backordered one and a customer who bought the third one
     any_store.apply(delivery("wh-1", topic="products/create"), ChangeSet(upsert_products=(
         CatalogProduct(SHOP, "gone", title="gone", published_at=T0,
                        variants=(CatalogVariant("1", tracked=True, inventory_quantity=0),)),
-        CatalogProduct(SHOP, "here", title="here", published_at=T0, variants=(CatalogVariant("2"),)))))
+        CatalogProduct(SHOP, "here", title="here", published_at=T0, variants=(CatalogVariant("2"),)),
+        backordered("later"))))
     any_store.add_events([event("here", dedupe_key="a")])
 
     # Act
-    installed, histories, unsellable = any_store.installed_with_histories_and_unsellable(
+    installed, histories, sale = any_store.installed_with_histories_and_unsellable(
         SHOP, ["c:c1", "c:nobody"], 10)
     none_yet = any_store.installed_with_histories_and_unsellable(SHOP, ["c:nobody"], 10)
     any_store.set_shop_installed(SHOP, False)
@@ -353,9 +363,9 @@ def test_a_shoppers_history_the_shops_check_and_what_it_does_not_sell_are_read_t
 
     # Assert: what installed_with_histories and unsellable_product_ids say on their own
     assert installed and [[event.product_id for event in history] for history in histories] == [["here"], []]
-    assert unsellable == {"gone"}
-    assert none_yet == (True, [[]], {"gone"})
-    assert uninstalled == (False, [], set())
+    assert sale == ({"gone"}, {"later"})
+    assert none_yet == (True, [[]], ({"gone"}, {"later"}))
+    assert uninstalled == (False, [], (set(), set()))
 
 
 def test_unsellable_products_are_computed_in_the_store(any_store):
@@ -379,16 +389,23 @@ def test_unsellable_products_are_computed_in_the_store(any_store):
         product("to-delete"),
         *(product(reason, "active", True, CatalogVariant("7"))._replace(hidden=reason)
           for reason in HIDDEN_REASONS),  # for sale, but hidden
+        product("ok-past-zero-and-in-stock", "active", True,
+                CatalogVariant("8", tracked=True, inventory_quantity=0, continue_selling=True),
+                CatalogVariant("9", tracked=True, inventory_quantity=3)),
+        product("draft-past-zero", "draft", True,
+                CatalogVariant("10", tracked=True, inventory_quantity=0, continue_selling=True)),
     )
     any_store.apply(delivery("wh-1", topic="products/create"), ChangeSet(upsert_products=catalog))
     any_store.apply(delivery("wh-2", topic="products/delete"), ChangeSet(delete_product_ids=("to-delete",)))
 
     # Act
     unsellable = any_store.unsellable_product_ids(SHOP)
+    state = any_store.sale_state(SHOP)
 
-    # Assert
+    # Assert: of those for sale, only the one selling past zero with nothing on hand is backordered
     assert unsellable == {"draft", "archived", "unlisted", "unpublished", "sold-out", "to-delete", "gift_card", "tag",
-                          "free"}
+                          "free", "draft-past-zero"}
+    assert state == (unsellable, {"ok-sells-past-zero"})
     assert unsellable == {p for p, row in any_store.products(SHOP).items() if not row.available
                           or row.status != "active" or row.published_at is None or row.hidden} | {"to-delete"}
     assert any_store.unsellable_product_ids(OTHER_SHOP) == set()
@@ -857,6 +874,28 @@ def test_a_stock_webhook_can_bring_a_sold_out_variant_back_before_its_locations_
     stock_level(any_store, "wh-b-3", "B", 3)
 
     assert stock_of(any_store) == 3 and any_store.unsellable_product_ids(SHOP) == set()
+
+
+def test_a_product_selling_past_zero_is_backordered_while_nothing_is_on_hand(any_store):
+    # Arrange: product 10's one variant (item 9001) tracked at 0 at every location, selling past zero
+    any_store.apply(delivery("wh-p", topic="products/create"), ChangeSet(upsert_products=(CatalogProduct(
+        SHOP, "10", published_at=T0, updated_at=T0,
+        variants=(CatalogVariant("101", "9001", 0, tracked=True, continue_selling=True),)),)))
+    stock_level(any_store, "backfill-a", "A", 0, all_locations=True)
+    seen = [any_store.sale_state(SHOP)]
+
+    # Act: a unit arrives at A, is sold again; then the merchant stops selling past zero
+    stock_level(any_store, "wh-a-1", "A", 1)
+    seen.append(any_store.sale_state(SHOP))
+    stock_level(any_store, "wh-a-0", "A", 0)
+    seen.append(any_store.sale_state(SHOP))
+    any_store.apply(delivery("wh-deny", topic="products/update"), ChangeSet(upsert_products=(CatalogProduct(
+        SHOP, "10", published_at=T0, updated_at=T0 + timedelta(days=1),
+        variants=(CatalogVariant("101", "9001", 0, tracked=True, continue_selling=False),)),)))
+    seen.append(any_store.sale_state(SHOP))
+
+    # Assert: backordered, on hand, backordered, then not for sale at all (and never both)
+    assert seen == [(set(), {"10"}), (set(), set()), (set(), {"10"}), ({"10"}, set())]
 
 
 def test_with_every_locations_level_backfilled_stock_webhooks_sum_exactly(any_store):
@@ -1581,6 +1620,30 @@ def test_an_upgraded_database_keeps_each_variants_payload_total_as_its_stocks_fl
             "101": 5, "102": 3}  # the payload's 5 stand; the untracked one had no floor: A's 1 and B's 2
         assert raw(store, "SELECT all_locations FROM inventory_levels ORDER BY inventory_item_id, location_id") == [
             (0,), (0,), (0,)]
+    finally:
+        store.close()
+
+
+def test_an_upgraded_database_knows_which_of_its_stored_products_are_backordered(tmp_path):
+    # Arrange: a file at the version before migration 13: products selling past zero with nothing on hand, one of
+    # them a draft, and one with a unit on hand
+    path = tmp_path / "events.sqlite3"
+    with sqlite_file_before(path, "ADD COLUMN backordered") as conn:
+        for pid, status, quantity in (("past-zero", "active", 0), ("draft", "draft", 0), ("on-hand", "active", 1)):
+            conn.execute("INSERT INTO products (shop, product_id, title, handle, status, published_at, product_type,"
+                         " vendor, sellable) VALUES (?, ?, '', '', ?, '2024-03-01T12:00:00.000000+00:00', '', '', ?)",
+                         (SHOP, pid, status, int(status == "active")))
+            conn.execute("INSERT INTO variants (shop, variant_id, product_id, inventory_item_id, inventory_quantity,"
+                         " listed_quantity, tracked, continue_selling) VALUES (?, ?, ?, ?, ?, ?, 1, 1)",
+                         (SHOP, f"v-{pid}", pid, f"i-{pid}", quantity, quantity))
+
+    # Act
+    store = SQLiteEventStore(path)
+
+    # Assert
+    try:
+        assert raw(store, "PRAGMA user_version") == [(len(SQLITE_MIGRATIONS),)]
+        assert store.sale_state(SHOP) == ({"draft"}, {"past-zero"})
     finally:
         store.close()
 

@@ -187,6 +187,28 @@ def test_an_upgraded_schema_knows_which_of_its_stored_products_are_for_sale(sche
         store.close()
 
 
+def test_an_upgraded_schema_knows_which_of_its_stored_products_are_backordered(schema_url):
+    # Arrange: a schema at the version before migration 13: products selling past zero with nothing on hand, one of
+    # them a draft, and one with a unit on hand
+    schema_before(schema_url, "ADD COLUMN backordered")
+    for pid, status, quantity in (("past-zero", "active", 0), ("draft", "draft", 0), ("on-hand", "active", 1)):
+        run(schema_url, "INSERT INTO products (shop, product_id, title, handle, status, published_at, product_type,"
+                        " vendor, sellable) VALUES (%s, %s, '', '', %s, now(), '', '', %s)",
+            (SHOP, pid, status, status == "active"))
+        run(schema_url, "INSERT INTO variants (shop, variant_id, product_id, inventory_item_id, inventory_quantity,"
+                        " listed_quantity, tracked, continue_selling) VALUES (%s, %s, %s, %s, %s, %s, true, true)",
+            (SHOP, f"v-{pid}", pid, f"i-{pid}", quantity, quantity))
+
+    # Act
+    store = open_event_store(schema_url)
+
+    # Assert
+    try:
+        assert store.sale_state(SHOP) == ({"draft"}, {"past-zero"})
+    finally:
+        store.close()
+
+
 def test_an_upgraded_schema_queues_its_installed_shops_for_training(schema_url):
     # Arrange: a schema at the version before the training queue, with two shops installed and one removed
     schema_before(schema_url, "train_started_at")
