@@ -4,7 +4,8 @@
 
 What a webhook's request does once it is verified and translated (the payloads through `webhooks.topics`'
 translators before the clock starts, as the handler's are): `EventStore.apply` of one delivery, its own
-transaction. The kinds: an order of a known customer, a guest's order, a guest's cart (carts/create and
+transaction. The kinds: an order of a known customer, a guest's order, a known customer's order whose last line
+sells a gift card (stored counting for nothing, the product marked a gift card), a guest's cart (carts/create and
 carts/update, the most frequent topics), a checkout that names the cart's customer (its link: the cart's events
 join the customer's), a product's update, its deletion, an inventory level's update, a redelivery of a
 product's update (a webhook id stored before: the dedupe check alone), an order's cancellation and a refund of
@@ -48,8 +49,8 @@ from recommender.store import EventStore, SQLiteEventStore, open_event_store
 from webhooks.pixel import pixel_events
 from webhooks.topics import TRANSLATORS, TopicContext
 
-KINDS = ("order, known customer", "order, guest", "cart", "checkout", "product update", "product deletion",
-         "inventory level", "redelivery", "cancellation", "refund", "pixel beacon")
+KINDS = ("order, known customer", "order, guest", "order with a gift card", "cart", "checkout", "product update",
+         "product deletion", "inventory level", "redelivery", "cancellation", "refund", "pixel beacon")
 PIXEL_VIEWS = 5  # a Web Pixel beacon's page views
 LINES = 3
 STAMP = "2026-11-20T10:00:00Z"
@@ -59,6 +60,8 @@ def payload(kind: str, k: int) -> tuple[str, dict | list]:
     """(topic, body) of delivery k of a kind, in Shopify's shape; every k a new order, cart or product."""
     lines = [{"id": 9_000_000 + 10 * k + j, "product_id": 8_000_000_000_000 + (7 * k + j) % 500,
               "variant_id": 45_000_000_000_000 + j, "quantity": 1, "price": "19.00"} for j in range(LINES)]
+    if kind == "order with a gift card":  # a known customer's, its last line a gift card the catalog has not synced
+        lines[-1] = {**lines[-1], "product_id": 8_100_000_000_000 + k, "gift_card": True}
     if kind.startswith("order") or kind == "cancellation":
         guest = kind.endswith("guest")
         order = {"id": 5_000_000_000_000 + k, "created_at": STAMP, "line_items": lines,

@@ -17,7 +17,7 @@ from tests.postgres_schema import server_url, temporary_schema
 
 SHOP = "a.myshopify.com"
 # By hand, from what each kind's write sends (tests/test_store_postgres.py checks each against SQLite's outcome).
-ROUND_TRIPS = {"order, known customer": 1, "order, guest": 1, "cart": 1, "checkout": 1, "product update": 1,
+ROUND_TRIPS = {"order, known customer": 1, "order, guest": 1, "order with a gift card": 1, "cart": 1, "checkout": 1, "product update": 1,
                "product deletion": 1, "inventory level": 1, "redelivery": 1, "cancellation": 1, "refund": 1,
                "pixel beacon": 1}
 
@@ -26,7 +26,8 @@ def test_each_kind_is_a_translated_webhook_of_its_topic():
     made = {kind: deliveries(kind, SHOP, 2) for kind in KINDS}
 
     assert {kind: made[kind][1][0].topic for kind in KINDS} == {
-        "order, known customer": "orders/create", "order, guest": "orders/create", "cart": "carts/update",
+        "order, known customer": "orders/create", "order, guest": "orders/create",
+        "order with a gift card": "orders/create", "cart": "carts/update",
         "checkout": "checkouts/update", "product update": "products/update", "product deletion": "products/delete",
         "inventory level": "inventory_levels/update", "redelivery": "products/update", "cancellation": "orders/cancelled",
         "refund": "refunds/create", "pixel beacon": "pixel"}
@@ -34,6 +35,8 @@ def test_each_kind_is_a_translated_webhook_of_its_topic():
     assert [e.customer_id for e in known] == ["7000000000001"] * 3 and len({e.product_id for e in known}) == 3
     assert {(e.customer_id, e.anonymous_id) for e in guest} == {(None, "cart-1")}
     assert {e.anonymous_id for e in cart} == {"cart-1"}
+    gift = made["order with a gift card"][1][1]
+    assert gift.gift_card_product_ids == ("8100000000001",) and [e.weight_factor for e in gift.events] == [1, 1, 0]
     assert made["checkout"][1][1].identity_links == (IdentityLink("cart-1", "7000000000001"),)
     assert made["product deletion"][1][1].delete_product_ids == ("8000000000001",)
     assert made["inventory level"][1][1].inventory_levels[0].inventory_item_id == "46000000000003"

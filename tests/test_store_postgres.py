@@ -919,6 +919,8 @@ def counted_store(schema_url):
 @pytest.mark.parametrize("kind, round_trips", [
     ("order, known customer", 1),  # one statement, its own transaction
     ("order, guest", 1),  # BEGIN, the cart token's lock, the delivery row with the events joined to its link, COMMIT
+    ("order with a gift card", 1),  # BEGIN, the product's lock, the delivery row with the events, the gift card's
+    # row; `sellable`, COMMIT
     ("cart", 1),
     ("checkout", 1),  # BEGIN, the token's lock, the delivery row with the link and the cart's events joined, COMMIT
     ("product update", 1),  # BEGIN, the lock, the delivery row with the upsert, the variants and the mark; `sellable`,
@@ -962,6 +964,11 @@ def test_a_webhooks_write_waits_for_postgresql_once_per_answer_it_needs(counted_
             assert [[v.inventory_quantity for v in store.products(SHOP)[str(8_000_000_000_000 + k)].variants]
                     for k in range(3)] == [[5, 5, 5]] * 3
             assert store.unsellable_product_ids(SHOP) == set()  # product 0's other variants are still for sale
+        if kind == "order with a gift card":  # each order's gift card marked, not for sale, its line counting nothing
+            gift_cards = {str(8_100_000_000_000 + k) for k in range(3)}
+            assert store.gift_card_product_ids(SHOP) == sqlite.gift_card_product_ids(SHOP) == gift_cards
+            assert store.unsellable_product_ids(SHOP) == gift_cards
+            assert len(store.interactions(SHOP)) == 6
         if kind == "checkout":  # each cart's three events joined to the checkout's customer
             assert {i.user_key for i in store.interactions(SHOP)} == {f"c:{7_000_000_000_000 + k}" for k in range(3)}
         if kind in ("cancellation", "refund"):  # three orders of three lines: all void, or each first line's one unit
