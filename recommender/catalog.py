@@ -3,7 +3,8 @@
 A product is unsellable when it is deleted, `draft`/`archived`, unpublished (`published_at` null),
 sold out (every tracked variant at ≤ 0 and none selling past zero) or hidden (a gift card, free, tagged); it
 is backordered when it is for sale with nothing on hand (sold past zero only), which complementary answers
-leave out, as Shopify's do. The store keeps each verdict as a flag on each product row, recomputed by the delivery that changes the product or its stock, so a snapshot
+leave out, as Shopify's do. The snapshot also holds the merchant's picks for the products that have any
+(`MerchantPicks`, read in the same read), which related and complementary answers show first. The store keeps each verdict as a flag on each product row, recomputed by the delivery that changes the product or its stock, so a snapshot
 is one index read however large the catalog; products the store has no catalog row for (the catalog not
 synced yet) are given the benefit of the doubt. The display fields of the products an answer returns
 (`ProductCard`) are read for those products alone, never for the whole catalog, and kept with the
@@ -14,11 +15,13 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable, Sequence
+from types import MappingProxyType
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
 from recommender.artifact import ItemIds
+from recommender.events import MerchantPicks
 from recommender.store import EventStore, ProductCard, SaleState
 
 Filter = tuple[str | None, str | None]  # (product_type, vendor), compared case-insensitively
@@ -31,14 +34,16 @@ class CatalogSnapshot:
     """What a shop does not sell (and what it sells with nothing on hand), as read at `taken_at`, with its filters and
     masks cached per model."""
 
-    __slots__ = ("unsellable", "backordered", "taken_at", "matching", "read_cards", "_filters", "_masks", "_cards")
+    __slots__ = ("unsellable", "backordered", "picks", "taken_at", "matching", "read_cards", "_filters", "_masks",
+                 "_cards")
 
     def __init__(self, unsellable: frozenset[str], taken_at: float = 0.0,
                  matching: Callable[[Filter], frozenset[str]] = lambda wanted: frozenset(),
                  read_cards: Callable[[list[str]], dict[str, ProductCard]] = lambda ids: {},
-                 backordered: frozenset[str] = frozenset()):
+                 backordered: frozenset[str] = frozenset(), picks: Mapping[str, MerchantPicks] = MappingProxyType({})):
         self.unsellable = unsellable
         self.backordered = backordered
+        self.picks = picks  # the merchant's picks for each product's page, for the products that have any
         self.taken_at = taken_at
         self.matching = matching  # products matching a (product_type, vendor) filter: read on first use, then kept
         self.read_cards = read_cards  # the cards of some products, in one statement
@@ -151,7 +156,7 @@ class CatalogCache:
             frozenset(state.unsellable), now,
             lambda wanted: frozenset(self._store.products_matching(shop, *wanted)),
             lambda ids: self._store.product_cards(shop, ids),
-            frozenset(state.backordered),
+            frozenset(state.backordered), state.picks,
         )
         with self._lock:
             kept = self._snapshots.get(shop)

@@ -10,6 +10,7 @@ not numbers); a shopper is a customer id or, before login, an anonymous id.
 from __future__ import annotations
 
 import enum
+import json
 from datetime import datetime, timezone
 from typing import NamedTuple
 
@@ -56,6 +57,38 @@ class CatalogVariant(NamedTuple):
 HIDE_TAG = "hide-from-recommendations"
 HIDDEN_REASONS = ("gift_card", "tag", "free")
 
+# A merchant's own picks for a product's page, as Shopify's Search & Discovery app keeps them: product metafields of
+# this namespace, `related_products` ("You may also like") and `complementary_products` ("Pair it with"), each a
+# list.product_reference (a JSON list of product GIDs, in the merchant's order). Answers show them first.
+PICKS_NAMESPACE = "shopify--discovery--product_recommendation"
+PICKS_KEYS = {"related_products": "related", "complementary_products": "complementary"}
+
+
+class MerchantPicks(NamedTuple):
+    """The products a merchant picked for one product's page, in the merchant's order (product ids)."""
+
+    related: tuple[str, ...] = ()
+    complementary: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        """Whether any product is picked (a tuple of two empty lists would be true)."""
+        return bool(self.related or self.complementary)
+
+    def encoded(self) -> str:
+        """As a product row keeps it: '' for none, else compact JSON (`decoded` reads it back)."""
+        if not self:
+            return ""
+        return json.dumps({"related": list(self.related), "complementary": list(self.complementary)},
+                          separators=(",", ":"))
+
+    @classmethod
+    def decoded(cls, text: str | None) -> "MerchantPicks | None":
+        """A row's picks: None where no payload has named any (NULL) or the last one named none ('')."""
+        if not text:
+            return None
+        picks = json.loads(text)
+        return cls(tuple(picks.get("related", ())), tuple(picks.get("complementary", ())))
+
 
 class CatalogProduct(NamedTuple):
     """One catalog row with its variants (a named tuple: a catalog read makes one per product)."""
@@ -73,6 +106,9 @@ class CatalogProduct(NamedTuple):
     updated_at: datetime | None = None
     variants: tuple[CatalogVariant, ...] = ()
     hidden: str | None = None  # why no answer shows it though it may be for sale (HIDDEN_REASONS), None: shown
+    # The merchant's picks for its page, as its payload named them (none: MerchantPicks()); None where the payload
+    # carried no metafields (a subscription without PICKS_NAMESPACE, REST's products.json): the stored ones stand.
+    picks: MerchantPicks | None = None
 
     @property
     def available(self) -> bool:

@@ -4,14 +4,20 @@
     personalized      personalized → related (to the shopper's history) → trending → popular
     buy_it_again      buy_it_again → personalized → trending → popular
     recently_viewed   recently_viewed → related → trending → popular
-    related           related → same type → trending → popular
-    complementary     complementary → related (to the cart) → trending → popular
+    related           merchant's picks → related → same type → trending → popular
+    complementary     merchant's picks → complementary → related (to the cart) → trending → popular
     trending          trending → popular
 
 A step that lacks the data to answer says why (`no_history`, `thin_history`, `unknown_product`,
 `thin_product_data`, `no_copurchase_data`, `no_recent_activity`, `no_purchases`, `no_views`,
 `no_model`, `model_below_baseline`); the first such reason is reported
 as `fallback_from`/`fallback_reason`, and every item names the strategy that served it.
+
+The merchant's picks (`merchant_pick`) come first where the merchant chose products for the page in Shopify's Search &
+Discovery app (`recommender.events.MerchantPicks`, kept with the catalog snapshot): a product's related picks on its
+page, and each cart item's complementary picks, taken in turn (each item's first, then each one's second, ...), for
+the cart. They pass the same filters as any item and never count as a fallback: with none, the chain starts at its
+model's step, as it did before picks were read.
 
 A model the quality gate published below a baseline (a shop's first, say, where best sellers ranked the
 holdout's purchases better) never answers `personalized`, the ranking the gate judged: that step says
@@ -55,12 +61,13 @@ MAX_PRODUCT_IDS = 50
 MIN_HISTORY_ITEMS = 2  # distinct known products before fold-in is trusted over "related to what you saw"
 MIN_ITEM_SUPPORT = 2  # shoppers who touched a product before its factors are trusted for "related"
 SAME_TYPE_BEST_SELLERS = 1_000  # the best sellers `same_type` looks among for the page's type (their cards kept)
+MERCHANT_PICK = "merchant_pick"  # the strategy of the merchant's own picks for a page (module docstring)
 CHAINS = {
     "personalized": ("personalized", "related", "trending", "popular"),
     "buy_it_again": ("buy_it_again", "personalized", "trending", "popular"),
     "recently_viewed": ("recently_viewed", "related", "trending", "popular"),
-    "related": ("related", "same_type", "trending", "popular"),
-    "complementary": ("complementary", "related", "trending", "popular"),
+    "related": (MERCHANT_PICK, "related", "same_type", "trending", "popular"),
+    "complementary": (MERCHANT_PICK, "complementary", "related", "trending", "popular"),
     "trending": ("trending", "popular"),
 }
 
@@ -366,7 +373,8 @@ class Recommender:
                     break
             if len(picked) == request.n:
                 break
-        if fallback_from is not None and picked and picked[0][2] == chain[0]:
+        primary = chain[1] if chain[0] == MERCHANT_PICK else chain[0]  # the merchant's picks are no fallback's cause
+        if fallback_from is not None and next((p[2] for p in picked if p[2] != MERCHANT_PICK), None) == primary:
             fallback_from = fallback_reason = None  # the primary strategy answered after all
         return RecommendResponse(
             recommendation_id=control_answer_id() if control else self._new_id(), intent=request.intent,
@@ -435,6 +443,8 @@ class Recommender:
             return _decayed(history, (EventKind.PURCHASE,), REBUY_HALF_LIFE_DAYS, "no_purchases")
         if strategy == "recently_viewed":
             return _newest_first(history, request.product_ids)
+        if strategy == MERCHANT_PICK:
+            return _merchant_picks(request, catalog), None
         if model is None:
             return None, "no_model"
         if strategy == "popular":
@@ -481,6 +491,27 @@ class Recommender:
             return model.rows_of(list(request.product_ids))
         newest_first = list(dict.fromkeys(e.product_id for e in history))
         return model.rows_of(newest_first)[:5]
+
+
+def _merchant_picks(request: RecommendRequest, catalog: CatalogSnapshot) -> _Candidates:
+    """The merchant's picks for the page (a product's related ones) or the cart (each item's complementary ones, taken
+    in turn), in the merchant's order, scored 1/(1 + their place in it), each owed to the product it was picked for;
+    none (not a fallback) where the merchant picked nothing. The caller filters them as any strategy's by id."""
+    seeds = [request.product_id] if request.intent == "related" else list(request.product_ids)
+    lists = []
+    for seed in seeds:
+        picks = catalog.picks.get(seed)
+        chosen = () if picks is None else picks.related if request.intent == "related" else picks.complementary
+        if chosen:
+            lists.append((seed, chosen))
+    found = _Candidates([], [], [])
+    for place in range(max((len(chosen) for _, chosen in lists), default=0)):
+        for seed, chosen in lists:
+            if place < len(chosen):
+                found.product_ids.append(chosen[place])
+                found.scores.append(1.0 / (1 + place))
+                found.because.append(seed)
+    return found
 
 
 def _same_type(request: RecommendRequest, model: ServingModel, catalog: CatalogSnapshot, blocked: np.ndarray | None,

@@ -19,10 +19,11 @@ import time
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Callable, Collection, Iterable, Mapping, NamedTuple, Protocol, Sequence
 
 from recommender.errors import ConfigError, StoreError
-from recommender.events import CatalogProduct, CatalogVariant, EventKind, order_line_key
+from recommender.events import CatalogProduct, CatalogVariant, EventKind, MerchantPicks, order_line_key
 
 if TYPE_CHECKING:
     from recommender.changes import ChangeSet, Delivery, Event  # written by the webhook paths, not read here
@@ -53,6 +54,8 @@ NOT_FOR_SALE = "(products.hidden IS NOT NULL OR " + NOT_ON_SALE + ")"
 # An upsert's new reason, both backends: a gift card stays one (Shopify makes a product a gift card when it is
 # created, and only GraphQL says so: a REST-shaped products payload, every webhook's, cannot undo it).
 HIDDEN_ON_UPDATE = "CASE WHEN products.hidden = 'gift_card' THEN products.hidden ELSE excluded.hidden END"
+# An upsert's merchant picks: a payload that carried no metafields (NULL) leaves the stored ones (both backends).
+PICKS_ON_UPDATE = "COALESCE(excluded.picks, products.picks)"
 
 # A variant's stock after a stock level of its inventory item is stored, as an SQL expression over the item's levels
 # (`{total}`: their sum over the locations that track it; `{known}`: whether every location's level is known) and
@@ -226,6 +229,10 @@ SQLITE_MIGRATIONS: tuple[str, ...] = (
     "ALTER TABLE products ADD COLUMN backordered INTEGER NOT NULL DEFAULT 0;"
     f" UPDATE products SET backordered = 1 WHERE sellable = 1 AND {NOTHING_ON_HAND.format(no='0')};"
     " CREATE INDEX products_backordered ON products (shop) WHERE backordered = 1;",
+    # The merchant's picks for each product's page (recommender.events.MerchantPicks: '' none, NULL never named), read
+    # with the catalog snapshot from a partial index, as few products have any.
+    "ALTER TABLE products ADD COLUMN picks TEXT;"
+    " CREATE INDEX products_with_picks ON products (shop) WHERE picks <> '';",
 )
 
 # Every table that holds a shop's data, in both backends: what redact_shop empties.
@@ -411,10 +418,12 @@ ATTRIBUTABLE_PURCHASES_SQL = (
 
 class SaleState(NamedTuple):
     """What a shop's answers leave out, by its products' flags: `unsellable`, not for sale (no answer shows one), and
-    `backordered`, for sale with nothing on hand (NOTHING_ON_HAND: no complementary answer shows one)."""
+    `backordered`, for sale with nothing on hand (NOTHING_ON_HAND: no complementary answer shows one); and what they
+    show first: each product's `picks`, the merchant's, for the products that have any."""
 
     unsellable: frozenset[str]
     backordered: frozenset[str]
+    picks: Mapping[str, MerchantPicks] = MappingProxyType({})
 
 
 NOTHING_LEFT_OUT = SaleState(frozenset(), frozenset())  # the state of a shop not installed: nothing is read for it
@@ -600,6 +609,7 @@ _TRAINING_RUN_ENDED_SQL = "DELETE FROM training_runs WHERE run_id = {p}"
 # Shared by both backends ({p}: the parameter marker; {no}/{yes}: the boolean literals): the flags `apply` keeps.
 UNSELLABLE_SQL = "SELECT product_id FROM products WHERE shop = {p} AND sellable = {no}"
 BACKORDERED_SQL = "SELECT product_id FROM products WHERE shop = {p} AND backordered = {yes}"
+PICKS_SQL = "SELECT product_id, picks FROM products WHERE shop = {p} AND picks <> '' AND deleted = {no}"
 # The display fields of some products ({only}: which ones) and whether each is for sale now: the flag `apply`
 # keeps (the catalog filter's verdict, as fresh as the last delivery), not a second look at the variants, which
 # cost an answer ~50 µs more on SQLite with a 100k-product catalog (bench/PERFORMANCE.md).
@@ -613,6 +623,11 @@ REFRESH_SELLABLE_SQL = ("UPDATE products SET sellable = " + _SELLABLE_NOW + ", b
                         + " WHERE shop = {p} AND {where} AND (sellable <> " + _SELLABLE_NOW
                         + " OR backordered <> " + _BACKORDERED_NOW + ")")
 REFRESH_BATCH = 500  # ids per statement: SQLite builds differ in how many parameters one statement may take
+
+
+def encoded_picks(product: CatalogProduct) -> str | None:
+    """The `picks` an upsert writes: None (NULL) where the payload named none, which keeps the stored ones."""
+    return None if product.picks is None else product.picks.encoded()
 
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")  # an EVENT_STORE_URL naming PostgreSQL starts with one of these
@@ -1042,12 +1057,12 @@ class SharedQueries:
         products = {}
         for row in self._read(
             "SELECT product_id, title, handle, status, published_at, price, image_url, product_type, vendor, updated_at,"
-            f" hidden FROM products WHERE shop = {self._P} AND deleted = {self._FALSE}{only}", params
+            f" hidden, picks FROM products WHERE shop = {self._P} AND deleted = {self._FALSE}{only}", params
         ):
-            pid, title, handle, status, published_at, price, image_url, ptype, vendor, updated_at, hidden = row
+            pid, title, handle, status, published_at, price, image_url, ptype, vendor, updated_at, hidden, picks = row
             products[pid] = CatalogProduct(
                 shop, pid, title, handle, status, self._to_time(published_at), price, image_url, ptype, vendor,
-                self._to_time(updated_at), tuple(variants.get(pid, ())), hidden,
+                self._to_time(updated_at), tuple(variants.get(pid, ())), hidden, MerchantPicks.decoded(picks),
             )
         return products
 
@@ -1068,9 +1083,12 @@ class SharedQueries:
         return {r[0] for r in rows}
 
     def sale_state(self, shop: str) -> SaleState:
-        """The products not for sale and those for sale with nothing on hand, each read from its index."""
+        """The products not for sale, those for sale with nothing on hand and the merchant's picks, each read from its
+        index."""
         backordered = self._read(BACKORDERED_SQL.format(p=self._P, yes=self._TRUE), (shop,))
-        return SaleState(frozenset(self.unsellable_product_ids(shop)), frozenset(r[0] for r in backordered))
+        picks = self._read(PICKS_SQL.format(p=self._P, no=self._FALSE), (shop,))
+        return SaleState(frozenset(self.unsellable_product_ids(shop)), frozenset(r[0] for r in backordered),
+                         {pid: MerchantPicks.decoded(text) for pid, text in picks})
 
     def count_events(self, shop: str | None = None) -> int:
         if shop is None:
@@ -1533,13 +1551,14 @@ class SQLiteEventStore(SharedQueries):
                 return
         conn.execute(
             "INSERT INTO products (shop, product_id, title, handle, status, published_at, price, image_url,"
-            " product_type, vendor, updated_at, hidden, deleted) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)"
+            " product_type, vendor, updated_at, hidden, picks, deleted) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)"
             " ON CONFLICT (shop, product_id) DO UPDATE SET title = excluded.title, handle = excluded.handle,"
             " status = excluded.status, published_at = excluded.published_at, price = excluded.price,"
             " image_url = excluded.image_url, product_type = excluded.product_type, vendor = excluded.vendor,"
-            " updated_at = excluded.updated_at, hidden = " + HIDDEN_ON_UPDATE + ", deleted = 0",
+            " updated_at = excluded.updated_at, hidden = " + HIDDEN_ON_UPDATE + ", picks = " + PICKS_ON_UPDATE
+            + ", deleted = 0",
             (p.shop, p.product_id, p.title, p.handle, p.status, iso_utc(p.published_at), p.price, p.image_url,
-             p.product_type, p.vendor, iso_utc(p.updated_at), p.hidden),
+             p.product_type, p.vendor, iso_utc(p.updated_at), p.hidden, encoded_picks(p)),
         )
         conn.execute("DELETE FROM variants WHERE shop = ? AND product_id = ?", (p.shop, p.product_id))
         conn.executemany(  # the payload's total is also the floor the stock levels keep (`STOCK_OF_VARIANT`)

@@ -36,12 +36,13 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from recommender.errors import ConfigError, StoreError
 from recommender.changes import ChangeSet, Delivery, Event, RefundLine
-from recommender.events import CatalogProduct, EventKind, order_line_key
+from recommender.events import CatalogProduct, EventKind, MerchantPicks, order_line_key
 from recommender.store import (
     BACKORDERED_SQL, CART_STATE_COLUMNS, CART_STATE_PREFIX, EVENT_EXPORT_COLUMNS, HIDDEN_ON_UPDATE, KINDS,
-    NOTHING_LEFT_OUT, NOTHING_ON_HAND, NOT_ON_SALE, REDACTED_EVENT, STOCK_OF_VARIANT, SIGNED_PURCHASE_OF,
-    TOPICS_NOT_PROVING_INSTALL, UNSELLABLE_SQL, ActivityBucket, Interaction, SaleState, SharedQueries, customer_export, export_json, from_pixel, iso_utc, later, latest_wins, log_withheld, not_from_pixel,
-    of_one_shop, refund_adjustment_key, require_aware,
+    NOTHING_LEFT_OUT, NOTHING_ON_HAND, NOT_ON_SALE, PICKS_ON_UPDATE, PICKS_SQL, REDACTED_EVENT, STOCK_OF_VARIANT,
+    SIGNED_PURCHASE_OF, TOPICS_NOT_PROVING_INSTALL, UNSELLABLE_SQL, ActivityBucket, Interaction, SaleState,
+    SharedQueries, customer_export, encoded_picks, export_json, from_pixel, iso_utc, later, latest_wins, log_withheld,
+    not_from_pixel, of_one_shop, refund_adjustment_key, require_aware,
 )
 from recommender.store import RECOMMENDATION_EVENT_COLUMNS, RecommendationSignal  # attribution's
 
@@ -218,6 +219,9 @@ POSTGRES_MIGRATIONS: tuple[str, ...] = (
     "ALTER TABLE products ADD COLUMN backordered boolean NOT NULL DEFAULT false;"
     f" UPDATE products SET backordered = true WHERE sellable AND {NOTHING_ON_HAND.format(no='false')};"
     " CREATE INDEX products_backordered ON products (shop) WHERE backordered;",
+    # The merchant's picks for each product's page (recommender.store's migration 14).
+    "ALTER TABLE products ADD COLUMN picks text;"
+    " CREATE INDEX products_with_picks ON products (shop) WHERE picks <> '';",
 )
 
 # Advisory lock keys. Migrations take one 64-bit key for the whole database; writes take (namespace, key) pairs, a
@@ -439,7 +443,7 @@ _PRODUCT_CONFLICT = (
     " ON CONFLICT (shop, product_id) DO UPDATE SET title = excluded.title, handle = excluded.handle,"
     " status = excluded.status, published_at = excluded.published_at, price = excluded.price,"
     " image_url = excluded.image_url, product_type = excluded.product_type, vendor = excluded.vendor,"
-    " updated_at = excluded.updated_at, hidden = " + HIDDEN_ON_UPDATE +
+    " updated_at = excluded.updated_at, hidden = " + HIDDEN_ON_UPDATE + ", picks = " + PICKS_ON_UPDATE +
     " WHERE NOT products.deleted AND (products.updated_at IS NULL OR excluded.updated_at IS NULL"
     " OR excluded.updated_at >= products.updated_at)"
     " RETURNING product_id"
@@ -464,12 +468,12 @@ def _products_upserted(condition: str = "") -> str:
     those `condition` keeps; the ones it changed returned."""
     return (
         "INSERT INTO products (shop, product_id, title, handle, status, published_at, price, image_url, product_type,"
-        " vendor, updated_at, hidden, deleted)"
+        " vendor, updated_at, hidden, picks, deleted)"
         " SELECT %(shop)s, r.product_id, r.title, r.handle, r.status, r.published_at, r.price, r.image_url,"
-        " r.product_type, r.vendor, r.updated_at, r.hidden, false"
+        " r.product_type, r.vendor, r.updated_at, r.hidden, r.picks, false"
         " FROM json_to_recordset(%(products)s::json) AS r (product_id text, title text, handle text, status text,"
         " published_at timestamptz, price double precision, image_url text, product_type text, vendor text,"
-        " updated_at timestamptz, hidden text)" + condition + _PRODUCT_CONFLICT
+        " updated_at timestamptz, hidden text, picks text)" + condition + _PRODUCT_CONFLICT
     )
 
 
@@ -656,7 +660,7 @@ def _product_rows(products: Sequence[CatalogProduct]) -> str:
     return json.dumps([{"product_id": p.product_id, "title": p.title, "handle": p.handle, "status": p.status,
                         "published_at": _iso(p.published_at), "price": p.price, "image_url": p.image_url,
                         "product_type": p.product_type, "vendor": p.vendor, "updated_at": _iso(p.updated_at),
-                        "hidden": p.hidden}
+                        "hidden": p.hidden, "picks": encoded_picks(p)}
                        for p in products])
 
 
@@ -786,17 +790,24 @@ _INSTALLED_SQL = "SELECT 1 FROM shop_state WHERE shop = %s AND installed"
 # One row: installed, and the ids not for sale and backordered (NULL when not installed). Parameters: the shop thrice.
 _UNSELLABLE_ARRAY = "ARRAY(" + UNSELLABLE_SQL.format(p="%s", no="false") + ")"
 _BACKORDERED_ARRAY = "ARRAY(" + BACKORDERED_SQL.format(p="%s", yes="true") + ")"
+_PICKS_ARRAY = "ARRAY(SELECT ARRAY[product_id, picks] FROM (" + PICKS_SQL.format(p="%s", no="false") + ") picked)"
+_SALE_STATE = f"{_UNSELLABLE_ARRAY}, {_BACKORDERED_ARRAY}, {_PICKS_ARRAY}"  # parameters: the shop thrice
 _INSTALLED_AND_UNSELLABLE = (
     f"SELECT coalesce(s.installed, false), CASE WHEN s.installed THEN {_UNSELLABLE_ARRAY} END,"
-    f" CASE WHEN s.installed THEN {_BACKORDERED_ARRAY} END"
+    f" CASE WHEN s.installed THEN {_BACKORDERED_ARRAY} END, CASE WHEN s.installed THEN {_PICKS_ARRAY} END"
     " FROM (SELECT (SELECT installed FROM shop_state WHERE shop = %s) AS installed) s")
 
 
+def _sale_state(unsellable: list[str], backordered: list[str], picks: list[list[str]]) -> SaleState:
+    return SaleState(frozenset(unsellable), frozenset(backordered),
+                     {pid: MerchantPicks.decoded(text) for pid, text in picks})
+
+
 def _installed_and_unsellable(rows: list[tuple]) -> tuple[bool, SaleState]:
-    (installed, unsellable, backordered), = rows
+    (installed, *state), = rows
     if not installed:
         return False, NOTHING_LEFT_OUT
-    return True, SaleState(frozenset(unsellable), frozenset(backordered))
+    return True, _sale_state(*state)
 
 
 class PostgresEventStore(SharedQueries):
@@ -1439,10 +1450,10 @@ class PostgresEventStore(SharedQueries):
         and an older update is ignored)."""
         applied = conn.execute(
             "INSERT INTO products (shop, product_id, title, handle, status, published_at, price, image_url,"
-            " product_type, vendor, updated_at, hidden, deleted)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, false)" + _PRODUCT_CONFLICT,
+            " product_type, vendor, updated_at, hidden, picks, deleted)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, false)" + _PRODUCT_CONFLICT,
             (p.shop, p.product_id, p.title, p.handle, p.status, p.published_at, p.price, p.image_url,
-             p.product_type, p.vendor, p.updated_at, p.hidden),
+             p.product_type, p.vendor, p.updated_at, p.hidden, encoded_picks(p)),
         ).fetchone()
         if applied is None:
             return
@@ -1622,12 +1633,12 @@ class PostgresEventStore(SharedQueries):
         return bool(self._read(_INSTALLED_SQL, (shop,)))
 
     def installed_with_unsellable(self, shop: str) -> tuple[bool, SaleState]:
-        return _installed_and_unsellable(self._read(_INSTALLED_AND_UNSELLABLE, (shop, shop, shop)))
+        return _installed_and_unsellable(self._read(_INSTALLED_AND_UNSELLABLE, (shop, shop, shop, shop)))
 
     def sale_state(self, shop: str) -> SaleState:
         """Both sets in one statement (one round trip)."""
-        (unsellable, backordered), = self._read(f"SELECT {_UNSELLABLE_ARRAY}, {_BACKORDERED_ARRAY}", (shop, shop))
-        return SaleState(frozenset(unsellable), frozenset(backordered))
+        (state,) = self._read(f"SELECT {_SALE_STATE}", (shop, shop, shop))
+        return _sale_state(*state)
 
     def _history_rows(self) -> str:
         """Through `latest_events` (migration 4), whose plan walks the index whatever the statistics say; its order
@@ -1649,7 +1660,7 @@ class PostgresEventStore(SharedQueries):
         *histories, checked = self._read_together([
             (self._history_with_check_sql(), (shop, shop, user_keys[0], limit)),
             *((self._history_sql(), (shop, key, limit)) for key in user_keys[1:]),
-            (_INSTALLED_AND_UNSELLABLE, (shop, shop, shop))])
+            (_INSTALLED_AND_UNSELLABLE, (shop, shop, shop, shop))])
         return histories, _installed_and_unsellable(checked)
 
     def installed_shops(self) -> list[str]:

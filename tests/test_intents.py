@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from recommender.events import EventKind
+from recommender.events import PICKS_NAMESPACE, EventKind
 from recommender.intents import TRENDING_MODEL_WAIT_SECONDS
 from recommender.store import ActivityBucket
 from recommender.trending import trending_scores
@@ -513,6 +513,94 @@ def test_a_backordered_product_is_out_of_the_control_groups_complementary_answer
 
     assert {a["arm"] for a in answers} == {"model", "control"}  # P(one arm alone) < 2e-12 for a fair draw
     assert all(301 not in ids(a) and len(ids(a)) == len(ids(answers[0])) for a in answers)
+
+
+# --- the merchant's picks (Search & Discovery's product metafields) ---------------------------------------------------
+
+
+def with_picks(pid: int, *, related: list[int] | None = None, complementary: list[int] | None = None,
+               day: int = 2, **fields) -> dict:
+    """A products/update of `pid` (its planted type and vendor) whose metafields name the merchant's picks, later than
+    the planted row (`day` of November 2026)."""
+    product_type, vendor = kind_of(pid)
+    payload = product_payload(pid, product_type=product_type, vendor=vendor,
+                              updated_at=datetime(2026, 11, day, tzinfo=timezone.utc), **fields)
+    payload["metafields"] = [
+        {"namespace": PICKS_NAMESPACE, "key": key, "type": "list.product_reference",
+         "value": json.dumps([f"gid://shopify/Product/{p}" for p in chosen])}
+        for key, chosen in (("related_products", related), ("complementary_products", complementary))
+        if chosen is not None]
+    return payload
+
+
+def test_a_merchants_related_picks_come_first_then_the_model_fills_the_rest(shop):
+    # Arrange: before, 203's page is answered from its category by the model; the merchant picks 301, 203 itself, 101
+    # and 302, which is then set to draft
+    before = ask(shop, intent="related", product_id=203, n=5)
+    post_webhook(shop, "products/update", with_picks(203, related=[301, 203, 101, 302]))
+    post_webhook(shop, "products/update", product_payload(302, product_type="Gear", vendor="Brew Lab", status="draft",
+                                                          updated_at=datetime(2026, 11, 3, tzinfo=timezone.utc)))
+
+    # Act
+    body = ask(shop, intent="related", product_id=203, n=5)
+
+    # Assert: 301 and 101 first, in the merchant's order, scored by their place among the picks kept (203 itself is
+    # no pick; 302, third, not for sale); then the model's related products, as before, without repeats
+    picked = [(int(i["product_id"]), i["strategy"], i["because"], i["score"]) for i in body["recommendations"][:2]]
+    assert picked == [(301, "merchant_pick", "203", 1.0), (101, "merchant_pick", "203", 0.5)]
+    assert (body["strategy"], body["fallback_from"], body["fallback_reason"]) == ("merchant_pick", None, None)
+    assert before["strategy"] == "related" and ids(body)[2:] == ids(before)[:3]
+    assert {i["strategy"] for i in body["recommendations"][2:]} == {"related"}
+    assert body["recommendations"][0]["title"] == "Product 301"  # a pick carries its catalog card as any item
+
+
+def test_a_carts_complementary_picks_are_taken_in_turn_and_leave_out_what_has_nothing_on_hand(shop):
+    # Arrange: 101 picks 205, 206 and 207; 102 picks 208 and 205; 207 is then sold past zero with nothing on hand
+    post_webhook(shop, "products/update", with_picks(101, complementary=[205, 206, 207]))
+    post_webhook(shop, "products/update", with_picks(102, complementary=[208, 205]))
+    backordered = product_payload(207, product_type="Tea", vendor="Leaf Co", quantity=0,
+                                  updated_at=datetime(2026, 11, 3, tzinfo=timezone.utc))
+    backordered["variants"][0]["inventory_policy"] = "continue"
+    post_webhook(shop, "products/update", backordered)
+
+    # Act
+    cart = ask(shop, intent="complementary", product_ids="101,102", n=6)
+    related = ask(shop, intent="related", product_id=101, n=50)
+
+    # Assert: each item's first, then each one's second (205 once), 207 left out; the model's grinders follow
+    assert [(int(i["product_id"]), i["because"]) for i in cart["recommendations"][:3]] == [
+        (205, "101"), (208, "102"), (206, "101")]
+    assert [i["strategy"] for i in cart["recommendations"]][:3] == ["merchant_pick"] * 3
+    assert set(ids(cart)[3:5]) == {301, 302} and 207 not in ids(cart)
+    assert 207 in ids(related)  # backordered, but for sale: related answers may show it
+
+
+def test_picks_stand_until_a_payload_with_metafields_names_none(shop):
+    # Arrange: 203's page picks 301
+    post_webhook(shop, "products/update", with_picks(203, related=[301]))
+    plain = product_payload(203, product_type="Tea", vendor="Leaf Co",
+                            updated_at=datetime(2026, 11, 3, tzinfo=timezone.utc))
+
+    # Act: an update whose payload carries no metafields (a subscription without the namespace), then one that carries
+    # metafields without the picks (the merchant removed them)
+    post_webhook(shop, "products/update", plain)
+    kept = ask(shop, intent="related", product_id=203, n=3)
+    post_webhook(shop, "products/update", with_picks(203, day=4))
+    removed = ask(shop, intent="related", product_id=203, n=3)
+
+    # Assert
+    assert ids(kept)[0] == 301 and kept["strategy"] == "merchant_pick"
+    assert removed["strategy"] == "related" and 301 not in ids(removed)
+
+
+def test_a_malformed_picks_metafield_is_refused_naming_it(shop):
+    payload = with_picks(203, related=[301])
+    payload["metafields"][0]["value"] = "[301, oops"
+
+    response = post_webhook(shop, "products/update", payload)
+
+    assert response.status_code == 400
+    assert "metafields[0] (related_products)" in json.dumps(response.json)
 
 
 def test_product_type_and_vendor_filters(shop):

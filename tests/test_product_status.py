@@ -19,6 +19,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from recommender.__main__ import main as command_line
+from recommender.events import PICKS_NAMESPACE
 from recommender.model_store import open_model_store
 from recommender.product_status import DELETED, GIFT_CARD_NOT_SYNCED, NO_MODEL, NOT_INSTALLED, SOLD_OUT, STALE_FLAG
 from tests.conftest import AUTH, ROOT, SHOP, order_payload, post_webhook
@@ -118,7 +119,7 @@ def catalog_row(pid: int, for_sale: bool, *, status: str = "active", hidden: str
     """A planted product's catalog fields, as `product` stored them."""
     return {"title": f"Product {pid}", "status": status, "published_at": "2026-10-01T00:00:00+00:00", "price": 12.0,
             "product_type": "Gear", "vendor": "Brew Lab", "hidden": hidden, "variants": 1,
-            "variants_available": available, "for_sale": for_sale, "backordered": backordered}
+            "variants_available": available, "for_sale": for_sale, "backordered": backordered, "picks": None}
 
 
 def unknown_to(version: str) -> str:
@@ -185,6 +186,21 @@ def test_a_product_sold_past_zero_with_nothing_on_hand_is_shown_and_says_it_is_b
     # Assert: for sale (complementary answers alone leave it out)
     assert (body["shown"], body["reasons"]) == (True, [])
     assert body["catalog"] == catalog_row(507, True, backordered=True)
+
+
+def test_a_products_picks_are_reported_as_the_merchant_ordered_them(shop, capsys):
+    # Arrange: 505's page picks 507 then 501 as complementary (Search & Discovery's metafield)
+    picked = product(505)
+    picked["updated_at"] = "2026-10-02T00:00:00Z"
+    picked["metafields"] = [{"namespace": PICKS_NAMESPACE, "key": "complementary_products",
+                             "value": '["gid://shopify/Product/507", "gid://shopify/Product/501"]'}]
+    assert post_webhook(shop, "products/update", picked).status_code == 200
+
+    # Act
+    body = product_command(capsys, "505")
+
+    # Assert
+    assert body["catalog"]["picks"] == {"related": [], "complementary": ["507", "501"]}
 
 
 def test_a_product_for_sale_with_no_events_is_unknown_to_the_model(shop, capsys):

@@ -19,7 +19,7 @@ import pytest
 
 from recommender.errors import StoreError
 from recommender.changes import ChangeSet, Delivery, Event, IdentityLink, InventoryLevel, RefundLine
-from recommender.events import HIDDEN_REASONS, CatalogProduct, CatalogVariant, EventKind, order_line_key
+from recommender.events import HIDDEN_REASONS, CatalogProduct, CatalogVariant, EventKind, MerchantPicks, order_line_key
 from recommender.store import (
     EVENT_EXPORT_COLUMNS, SHOP_TABLES, SQLITE_MIGRATIONS, ActivityBucket, EventStore, Interaction, ProductCard,
     QueuedShop, Redactions, SQLiteEventStore, open_event_store,
@@ -333,16 +333,18 @@ def test_a_shops_check_and_what_it_does_not_sell_are_read_together(any_store):
     any_store.apply(delivery("wh-1", topic="products/create"), ChangeSet(upsert_products=(
         CatalogProduct(SHOP, "gone", title="gone", published_at=T0,
                        variants=(CatalogVariant("1", tracked=True, inventory_quantity=0),)),
-        CatalogProduct(SHOP, "here", title="here", published_at=T0, variants=(CatalogVariant("2"),)),
+        CatalogProduct(SHOP, "here", title="here", published_at=T0, variants=(CatalogVariant("2"),),
+                       picks=MerchantPicks(related=("later", "gone"))),
         backordered("later"))))
+    picked = {"here": MerchantPicks(related=("later", "gone"))}
 
     # Act / Assert: what the two reads on their own say
-    assert any_store.sale_state(SHOP) == ({"gone"}, {"later"})
-    assert any_store.installed_with_unsellable(SHOP) == (True, ({"gone"}, {"later"}))
-    assert any_store.installed_with_unsellable(OTHER_SHOP) == (False, (set(), set()))
+    assert any_store.sale_state(SHOP) == ({"gone"}, {"later"}, picked)
+    assert any_store.installed_with_unsellable(SHOP) == (True, ({"gone"}, {"later"}, picked))
+    assert any_store.installed_with_unsellable(OTHER_SHOP) == (False, (set(), set(), {}))
     any_store.set_shop_installed(SHOP, False)
     # what it does not sell: not read for nothing
-    assert any_store.installed_with_unsellable(SHOP) == (False, (set(), set()))
+    assert any_store.installed_with_unsellable(SHOP) == (False, (set(), set(), {}))
 
 
 def test_a_shoppers_history_the_shops_check_and_what_it_does_not_sell_are_read_together(any_store):
@@ -363,9 +365,28 @@ def test_a_shoppers_history_the_shops_check_and_what_it_does_not_sell_are_read_t
 
     # Assert: what installed_with_histories and unsellable_product_ids say on their own
     assert installed and [[event.product_id for event in history] for history in histories] == [["here"], []]
-    assert sale == ({"gone"}, {"later"})
-    assert none_yet == (True, [[]], ({"gone"}, {"later"}))
-    assert uninstalled == (False, [], (set(), set()))
+    assert sale == ({"gone"}, {"later"}, {})
+    assert none_yet == (True, [[]], ({"gone"}, {"later"}, {}))
+    assert uninstalled == (False, [], (set(), set(), {}))
+
+
+def test_a_products_picks_stand_until_an_update_names_others_or_none(any_store):
+    # Arrange: product 40's picks stored, then updates that name none (None: the payload carried no metafields),
+    # others, and none at all (MerchantPicks(): it carried metafields without the picks), each one later
+    def version(day: int, picks: MerchantPicks | None) -> ChangeSet:
+        return ChangeSet(upsert_products=(CatalogProduct(SHOP, "40", published_at=T0, picks=picks,
+                                                         updated_at=T0 + timedelta(days=day)),))
+
+    # Act
+    seen = []
+    for day, picks in enumerate((MerchantPicks(("41",), ("42", "43")), None, MerchantPicks((), ("43",)),
+                                 MerchantPicks())):
+        any_store.apply(delivery(f"wh-{day}", topic="products/update"), version(day, picks))
+        seen.append((any_store.products(SHOP)["40"].picks, any_store.sale_state(SHOP).picks))
+
+    # Assert
+    first, later = MerchantPicks(("41",), ("42", "43")), MerchantPicks((), ("43",))
+    assert seen == [(first, {"40": first}), (first, {"40": first}), (later, {"40": later}), (None, {})]
 
 
 def test_unsellable_products_are_computed_in_the_store(any_store):
@@ -405,7 +426,7 @@ def test_unsellable_products_are_computed_in_the_store(any_store):
     # Assert: of those for sale, only the one selling past zero with nothing on hand is backordered
     assert unsellable == {"draft", "archived", "unlisted", "unpublished", "sold-out", "to-delete", "gift_card", "tag",
                           "free", "draft-past-zero"}
-    assert state == (unsellable, {"ok-sells-past-zero"})
+    assert state[:2] == (unsellable, {"ok-sells-past-zero"})
     assert unsellable == {p for p, row in any_store.products(SHOP).items() if not row.available
                           or row.status != "active" or row.published_at is None or row.hidden} | {"to-delete"}
     assert any_store.unsellable_product_ids(OTHER_SHOP) == set()
@@ -895,7 +916,7 @@ def test_a_product_selling_past_zero_is_backordered_while_nothing_is_on_hand(any
     seen.append(any_store.sale_state(SHOP))
 
     # Assert: backordered, on hand, backordered, then not for sale at all (and never both)
-    assert seen == [(set(), {"10"}), (set(), set()), (set(), {"10"}), ({"10"}, set())]
+    assert [state[:2] for state in seen] == [(set(), {"10"}), (set(), set()), (set(), {"10"}), ({"10"}, set())]
 
 
 def test_with_every_locations_level_backfilled_stock_webhooks_sum_exactly(any_store):
@@ -1643,7 +1664,7 @@ def test_an_upgraded_database_knows_which_of_its_stored_products_are_backordered
     # Assert
     try:
         assert raw(store, "PRAGMA user_version") == [(len(SQLITE_MIGRATIONS),)]
-        assert store.sale_state(SHOP) == ({"draft"}, {"past-zero"})
+        assert store.sale_state(SHOP)[:2] == ({"draft"}, {"past-zero"})
     finally:
         store.close()
 

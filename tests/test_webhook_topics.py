@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from recommender.events import CatalogVariant, EventKind
+from recommender.events import CatalogVariant, EventKind, MerchantPicks
 from tests.conftest import ROOT, SHOP, TEST_SECRET, as_body, post_webhook, signed_headers
 from webhooks.delivery import handle_webhook
 
@@ -567,6 +567,33 @@ def test_a_product_lists_its_lowest_variant_price_and_falls_back_to_its_first_im
     assert outcome.result == "stored"
     stored = store.products(SHOP)["88"]
     assert (stored.price, stored.image_url) == (9.75, "https://cdn.example/88-front.jpg")
+
+
+def test_a_products_metafields_give_the_merchants_picks_and_a_payload_without_them_keeps_the_stored_ones(store):
+    # Arrange: Search & Discovery's two metafields (a GID list as a JSON string; ids repeated, the product itself
+    # among them), one of another namespace; then an update without metafields, then one whose metafields name none
+    namespace = "shopify--discovery--product_recommendation"
+    product = {"id": 88, "title": "P", "status": "active", "published_at": "2026-10-01T00:00:00Z",
+               "updated_at": "2026-10-01T00:00:00Z", "variants": [{"id": 881, "price": "5.00"}],
+               "metafields": [
+                   {"namespace": namespace, "key": "complementary_products", "type": "list.product_reference",
+                    "value": '["gid://shopify/Product/91", "gid://shopify/Product/88", "gid://shopify/Product/92",'
+                             ' "gid://shopify/Product/91"]'},
+                   {"namespace": "custom", "key": "related_products", "value": '["gid://shopify/Product/93"]'},
+                   {"namespace": namespace, "key": "related_products_display", "value": "{}"}]}
+
+    # Act
+    deliver(store, as_body(product), "products/create", "wh-picked")
+    picked = store.products(SHOP)["88"].picks
+    without = {key: value for key, value in product.items() if key != "metafields"}
+    deliver(store, as_body({**without, "updated_at": "2026-10-02T00:00:00Z"}), "products/update", "wh-kept")
+    kept = store.products(SHOP)["88"].picks
+    deliver(store, as_body({**without, "updated_at": "2026-10-03T00:00:00Z", "metafields": []}), "products/update",
+            "wh-none")
+
+    # Assert: in the merchant's order, once each, never the product itself; the custom namespace's key is not a pick
+    assert picked == kept == MerchantPicks(related=(), complementary=("91", "92"))
+    assert store.products(SHOP)["88"].picks is None and store.sale_state(SHOP).picks == {}
 
 
 def test_a_sold_out_variant_that_keeps_selling_leaves_its_product_for_sale(store):

@@ -33,6 +33,7 @@ how an interrupted backfill resumes. Requests keep within Shopify's leaky bucket
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -55,8 +56,8 @@ from recommender.settings import Secret
 from recommender.store import EventStore, Redactions
 from webhooks import MalformedPayload, WebhookError
 from webhooks.topics import (
-    TopicContext, has_gift_card_line, hidden_reason, inventory_level_updated, order_created, order_occurred_at,
-    product_upserted, refund_created, shopify_id,
+    TopicContext, has_gift_card_line, hidden_reason, inventory_level_updated, merchant_picks, order_created,
+    order_occurred_at, product_upserted, refund_created, shopify_id,
 )
 
 log = logging.getLogger(__name__)
@@ -322,14 +323,20 @@ def backfill_webhook_id(resource: str, record: dict) -> str:
     """Deterministic per record version and per what the stores keep of it: the same record stores once, a record
     updated since is applied again, and so is one that earlier code, or the other Admin API, read less of (a product
     hidden, `:hidden-<reason>`, or an order with a gift card's line, `:gift-card`, since migration 12; a gift card
-    only GraphQL's `isGiftCard` tells): a backfill run again then hides what the rule hides and takes the gift card's
-    line off training, where the same id would have been a duplicate delivery and applied nothing."""
+    only GraphQL's `isGiftCard` tells; a product's merchant picks, `:picks-<digest>`, which only GraphQL reads): a
+    backfill run again then hides what the rule hides, takes the gift card's line off training and stores the picks
+    as they are now, where the same id would have been a duplicate delivery and applied nothing. (A product whose
+    picks were all removed reads as one with none, whose id an earlier run may have stored: its picks go with its
+    next products/update that carries metafields, or its next change.)"""
     record_id = shopify_id(record.get("id"), "id")
     version = record_version(record.get("updated_at"))
     read = ""
     if resource == "products":
         reason = hidden_reason(record)
         read = f":hidden-{reason}" if reason else ""
+        picks = merchant_picks(record)
+        if picks:  # the merchant's picks (GraphQL reads them), by their digest: picks changed since are applied again
+            read += ":picks-" + hashlib.sha256(picks.encoded().encode()).hexdigest()[:12]
     elif resource == "orders" and has_gift_card_line(record):
         read = ":gift-card"
     return f"backfill:{resource}:{record_id}" + (f":{version}" if version else "") + read

@@ -42,7 +42,7 @@ runs. Its rate-limits page prices a field by what it returns: a scalar or an enu
 union the most of its possible selections, a connection by its `first` (or `last`); Shopify's account of the model
 gives a connection 2 points and `first` times one node's cost. Counted here: every object 1, the media interface
 and each connection's `pageInfo` included (PageInfo is an object), a connection 2 and `first` times its node. A
-page holds at most 25 products (678 points with nested first pages of 10) and as many orders as fit (12: 951
+page holds at most 25 products (728 points with nested first pages of 10) and as many orders as fit (12: 951
 points; 25 would request 1,978), and a nested connection's later pages as many nodes as fit under their parent
 (199 line items: 999).
 
@@ -66,6 +66,7 @@ from typing import Any
 
 import requests
 
+from recommender.events import PICKS_KEYS, PICKS_NAMESPACE
 from webhooks.backfill import (
     DEFAULT_RETRY_AFTER, ITEMS_PER_LEVELS_REQUEST, LEVELS, MAX_THROTTLED, PAGE_SIZE, TIMEOUT, AdminApiClient,
     BackfillConfig, BackfillError, Batch, PageSource, Sleep, inventory_item_ids,
@@ -80,6 +81,8 @@ _VARIANT = "id price inventoryPolicy inventoryQuantity inventoryItem { id tracke
 _LEVEL = 'updatedAt location { id } quantities(names: ["available"]) { name quantity }'
 _LINE = "id quantity isGiftCard product { id } variant { id } originalUnitPriceSet { shopMoney { amount } }"
 _REFUND_LINE = "quantity lineItem { id }"
+# The merchant's picks for the product's page (recommender.events.PICKS_NAMESPACE), one aliased metafield a kind.
+_PICKS = " ".join(f'{key}: metafield(namespace: "{PICKS_NAMESPACE}", key: "{key}") {{ value }}' for key in PICKS_KEYS)
 
 # What one node of each selection above requests, counted as Shopify's rate-limits page counts it: an object 1, a
 # scalar or an enum 0 (a list, which the page does not price, as one element).
@@ -97,8 +100,9 @@ def connection_cost(first: int, node_cost: int) -> int:
 
 
 def product_cost(nested: int) -> int:
-    """One node of PRODUCTS_QUERY: Product, featuredMedia, its preview and image, the first page of variants."""
-    return 4 + connection_cost(nested, _VARIANT_COST)
+    """One node of PRODUCTS_QUERY: Product, featuredMedia, its preview and image, the two picks' Metafields, the
+    first page of variants."""
+    return 4 + len(PICKS_KEYS) + connection_cost(nested, _VARIANT_COST)
 
 
 def order_cost(nested: int) -> int:
@@ -116,6 +120,7 @@ PRODUCTS_QUERY = f"""query BackfillProducts($first: Int!, $after: String, $neste
     nodes {{
       id title handle status publishedAt updatedAt productType vendor tags isGiftCard
       featuredMedia {{ preview {{ image {{ url }} }} }}
+      {_PICKS}
       variants(first: $nested) {{ nodes {{ {_VARIANT} }} {_PAGE_INFO} }}
     }}
     {_PAGE_INFO}
@@ -198,6 +203,9 @@ def product_record(product: dict, variants: list[dict]) -> dict:
         "vendor": product.get("vendor"), "image": {"src": image["url"]} if image.get("url") else None,
         "tags": product.get("tags"), "gift_card": product.get("isGiftCard") is True,
         "variants": [variant_record(v) for v in variants],
+        # as a webhook subscribed to the namespace carries them: a metafield the product has not set is left out
+        "metafields": [{"namespace": PICKS_NAMESPACE, "key": key, "value": product[key]["value"]}
+                       for key in PICKS_KEYS if isinstance(product.get(key), dict)],
     }
 
 

@@ -7,6 +7,7 @@ promises. Ids are kept as decimal strings: never through float.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass
@@ -15,8 +16,8 @@ from typing import Any, Callable
 
 from recommender.errors import InvalidEvent
 from recommender.changes import ChangeSet, Event, IdentityLink, InventoryLevel, RefundLine
-from recommender.events import (HIDE_TAG, MAX_QUANTITY, CatalogProduct, CatalogVariant, EventKind, order_line_key,
-                               parse_timestamp)
+from recommender.events import (HIDE_TAG, MAX_QUANTITY, PICKS_KEYS, PICKS_NAMESPACE, CatalogProduct, CatalogVariant,
+                               EventKind, MerchantPicks, order_line_key, parse_timestamp)
 from webhooks import MalformedPayload
 
 
@@ -276,6 +277,34 @@ def hidden_reason(product: dict, prices: list[float | None] | None = None) -> st
     return None
 
 
+def merchant_picks(product: dict) -> MerchantPicks | None:
+    """The merchant's picks for the product's page from its `metafields` (PICKS_NAMESPACE's `related_products` and
+    `complementary_products`: each a JSON list of product GIDs, as a string), or None where the payload carries no
+    `metafields` (a subscription not asking for the namespace: the stored picks stand). A payload that carries them
+    without one of the two has none of that kind: the merchant removed them, or never picked any. The product itself
+    and repeats are left out, in the merchant's order."""
+    if "metafields" not in product:
+        return None
+    chosen: dict[str, tuple[str, ...]] = {}
+    for position, field in enumerate(_list(product, "metafields")):
+        if not isinstance(field, dict) or field.get("namespace") != PICKS_NAMESPACE or field.get("key") not in PICKS_KEYS:
+            continue
+        where = f"metafields[{position}] ({field.get('key')})"
+        value = field.get("value")
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                raise MalformedPayload(f"{where}: value must be a JSON list of product ids") from None
+        if value is None:
+            value = []
+        if not isinstance(value, list):
+            raise MalformedPayload(f"{where}: value must be a list of product ids, got {value!r}")
+        ids = (shopify_id(item, f"{where}[{k}]") for k, item in enumerate(value))
+        chosen[PICKS_KEYS[field["key"]]] = tuple(dict.fromkeys(pid for pid in ids if pid != str(product.get("id"))))
+    return MerchantPicks(**chosen)
+
+
 def product_upserted(ctx: TopicContext, product: dict) -> ChangeSet:
     product_id = shopify_id(product.get("id"), "id")
     variants = tuple(_variant(v, i) for i, v in enumerate(_list(product, "variants")))
@@ -299,6 +328,7 @@ def product_upserted(ctx: TopicContext, product: dict) -> ChangeSet:
         updated_at=_timestamp(product, "updated_at") if product.get("updated_at") else None,
         variants=variants,
         hidden=hidden_reason(product, listed),
+        picks=merchant_picks(product),
     )
     return ChangeSet(upsert_products=(row,))
 
