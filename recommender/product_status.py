@@ -148,7 +148,6 @@ def _recent_events(store: EventStore, shop: str, product_id: str, now: datetime)
     """The product's events of each kind over the last EVENTS_WINDOW_DAYS days, their weight factors summed (an event
     a refund took a share of counts what is left of it; a voided one, nothing)."""
     totals = dict.fromkeys((kind.value for kind in EventKind), 0.0)
-    for bucket in store.activity_since(shop, now - timedelta(days=EVENTS_WINDOW_DAYS)):
-        if bucket.product_id == product_id:
-            totals[bucket.kind.value] += bucket.mass
+    for bucket in store.activity_since(shop, now - timedelta(days=EVENTS_WINDOW_DAYS), product_id):
+        totals[bucket.kind.value] += bucket.mass
     return {kind: round(mass, 3) for kind, mass in totals.items()}

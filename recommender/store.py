@@ -507,7 +507,7 @@ class EventStore(Protocol):
     def sale_state(self, shop: str) -> SaleState: ...
     def products_matching(self, shop: str, product_type: str | None, vendor: str | None) -> set[str]: ...
     def gift_card_product_ids(self, shop: str) -> set[str]: ...
-    def activity_since(self, shop: str, since: datetime) -> list[ActivityBucket]: ...
+    def activity_since(self, shop: str, since: datetime, product_id: str | None = None) -> list[ActivityBucket]: ...
     # Privacy and lifecycle (Shopify's mandatory webhooks, uninstalls, retention).
     def redact_customer(self, shop: str, customer_id: str, order_ids: Sequence[str]) -> int: ...
     def redact_shop(self, shop: str) -> None: ...
@@ -1573,12 +1573,14 @@ class SQLiteEventStore(SharedQueries):
         rows = self._read("SELECT DISTINCT shop FROM events ORDER BY shop")
         return [r[0] for r in rows]
 
-    def activity_since(self, shop: str, since: datetime) -> list[ActivityBucket]:
-        """Per product, kind and UTC day since `since`: the summed weight factors (for trending)."""
+    def activity_since(self, shop: str, since: datetime, product_id: str | None = None) -> list[ActivityBucket]:
+        """Per product, kind and UTC day since `since`: the summed weight factors (for trending); one product's alone
+        where `product_id` names it (`python -m recommender product`)."""
+        one = " AND product_id = ?" if product_id is not None else ""
         rows = self._read(
             "SELECT product_id, kind, substr(occurred_at, 1, 10), SUM(weight_factor) FROM events"
-            " WHERE shop = ? AND occurred_at >= ? AND weight_factor > 0 GROUP BY 1, 2, 3",
-            (shop, iso_utc(since)),
+            f" WHERE shop = ? AND occurred_at >= ? AND weight_factor > 0{one} GROUP BY 1, 2, 3",
+            (shop, iso_utc(since), *([product_id] if product_id is not None else [])),
         )
         return [ActivityBucket(p, EventKind(k), d, float(m)) for p, k, d, m in rows]
 

@@ -1535,12 +1535,14 @@ class PostgresEventStore(SharedQueries):
         rows = self._read('SELECT shop FROM events GROUP BY shop ORDER BY shop COLLATE "C"')
         return [r[0] for r in rows]
 
-    def activity_since(self, shop: str, since: datetime) -> list[ActivityBucket]:
-        """Per product, kind and UTC day since `since`: the summed weight factors (for trending)."""
+    def activity_since(self, shop: str, since: datetime, product_id: str | None = None) -> list[ActivityBucket]:
+        """Per product, kind and UTC day since `since`: the summed weight factors (for trending); one product's alone
+        where `product_id` names it."""
+        one = " AND product_id = %s" if product_id is not None else ""
         rows = self._read(
             "SELECT product_id, kind, to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD'), SUM(weight_factor)"
-            " FROM events WHERE shop = %s AND occurred_at >= %s AND weight_factor > 0 GROUP BY 1, 2, 3",
-            (shop, since),
+            f" FROM events WHERE shop = %s AND occurred_at >= %s AND weight_factor > 0{one} GROUP BY 1, 2, 3",
+            (shop, since, *([product_id] if product_id is not None else [])),
         )
         return [ActivityBucket(p, EventKind(k), d, float(m)) for p, k, d, m in rows]
 

@@ -597,6 +597,17 @@ def test_a_cancelled_order_stops_counting_everywhere(any_store):
     assert any_store.count_events() == 4  # kept for the record
 
 
+def test_one_products_activity_is_read_alone_as_it_is_among_the_shops(any_store):
+    any_store.add_events([purchase("1", "1", "p1"), purchase("1", "2", "p2"), event("p1", dedupe_key="view-p1"),
+                          event("p2", dedupe_key="view-p2")])
+
+    every = any_store.activity_since(SHOP, T0 - timedelta(days=1))
+    alone = any_store.activity_since(SHOP, T0 - timedelta(days=1), "p1")
+
+    assert sorted(alone) == sorted(b for b in every if b.product_id == "p1")
+    assert sorted(b.kind.value for b in alone) == ["purchase", "view"] and len(every) == 4
+
+
 def test_a_refund_naming_one_line_twice_shrinks_it_by_both_parts(any_store):
     # Arrange: a line of 4 units; a refund of 1 + 1 of them (restocked to two locations), as Shopify sends it
     from webhooks.topics import TopicContext, order_created, refund_created
