@@ -4,8 +4,9 @@ A product is unsellable when it is deleted, `draft`/`archived`, unpublished (`pu
 sold out (every tracked variant at ≤ 0 and none selling past zero) or hidden (a gift card, free, tagged); it
 is backordered when it is for sale with nothing on hand (sold past zero only), which complementary answers
 leave out, as Shopify's do. The snapshot also holds the merchant's picks for the products that have any
-(`MerchantPicks`, read in the same read), which related and complementary answers show first. The store keeps each verdict as a flag on each product row, recomputed by the delivery that changes the product or its stock, so a snapshot
-is one index read however large the catalog; products the store has no catalog row for (the catalog not
+(`MerchantPicks`, read in the same read), which related and complementary answers show first. The store keeps each
+verdict as a flag on each product row, recomputed by the delivery that changes the product or its stock, so a
+snapshot is a few index reads however large the catalog; products the store has no catalog row for (the catalog not
 synced yet) are given the benefit of the doubt. The display fields of the products an answer returns
 (`ProductCard`) are read for those products alone, never for the whole catalog, and kept with the
 snapshot: a product answered again before the snapshot is re-read is not read again.
@@ -22,7 +23,7 @@ import numpy as np
 
 from recommender.artifact import ItemIds
 from recommender.events import MerchantPicks
-from recommender.store import EventStore, ProductCard, SaleState
+from recommender.store import CatalogState, EventStore, ProductCard
 
 Filter = tuple[str | None, str | None]  # (product_type, vendor), compared case-insensitively
 CARDS_KEPT = 10_000  # product cards a snapshot keeps at most (~5 MB); past that it starts over
@@ -136,7 +137,7 @@ class CatalogCache:
         snapshot = self._snapshots.get(shop)
         if snapshot is not None and now - snapshot.taken_at < self._ttl:
             return snapshot
-        return self.put(shop, self._store.sale_state(shop), now)
+        return self.put(shop, self._store.catalog_state(shop), now)
 
     def now(self) -> float:
         """A reading of the clock snapshots are timed by."""
@@ -147,16 +148,16 @@ class CatalogCache:
         snapshot = self._snapshots.get(shop)
         return snapshot is None or self._clock() - snapshot.taken_at >= self._ttl
 
-    def put(self, shop: str, state: SaleState, taken_at: float) -> CatalogSnapshot:
+    def put(self, shop: str, state: CatalogState, taken_at: float) -> CatalogSnapshot:
         """The snapshot of what the store said at `taken_at` (a clock reading taken before it was asked) is not for
         sale, read by `get` or beside another read (`EventStore.installed_with_unsellable`): kept, and served by `get`
         within the TTL."""
         now = taken_at
         fresh = CatalogSnapshot(
-            frozenset(state.unsellable), now,
+            state.unsellable, now,
             lambda wanted: frozenset(self._store.products_matching(shop, *wanted)),
             lambda ids: self._store.product_cards(shop, ids),
-            frozenset(state.backordered), state.picks,
+            state.backordered, state.picks,
         )
         with self._lock:
             kept = self._snapshots.get(shop)

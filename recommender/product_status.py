@@ -92,7 +92,7 @@ def _catalog(store: EventStore, shop: str, product_id: str) -> tuple[dict | None
         "variants": len(row.variants),
         "variants_available": sum(variant.available for variant in row.variants),
         "for_sale": card.available,
-        "backordered": product_id in store.sale_state(shop).backordered,
+        "backordered": product_id in store.catalog_state(shop).backordered,
         "picks": row.picks._asdict() if row.picks else None,  # the merchant's, for its page (Search & Discovery)
     }
     # The flag is what every answer's filter reads: a product it says is for sale is shown, whatever else is said.

@@ -416,7 +416,7 @@ ATTRIBUTABLE_PURCHASES_SQL = (
 )
 
 
-class SaleState(NamedTuple):
+class CatalogState(NamedTuple):
     """What a shop's answers leave out, by its products' flags: `unsellable`, not for sale (no answer shows one), and
     `backordered`, for sale with nothing on hand (NOTHING_ON_HAND: no complementary answer shows one); and what they
     show first: each product's `picks`, the merchant's, for the products that have any."""
@@ -426,7 +426,8 @@ class SaleState(NamedTuple):
     picks: Mapping[str, MerchantPicks] = MappingProxyType({})
 
 
-NOTHING_LEFT_OUT = SaleState(frozenset(), frozenset())  # the state of a shop not installed: nothing is read for it
+# The state of a shop not installed: nothing is read for it.
+NOTHING_LEFT_OUT = CatalogState(frozenset(), frozenset())
 
 
 class ProductCard(NamedTuple):
@@ -499,12 +500,12 @@ class EventStore(Protocol):
     def installed_with_histories(self, shop: str, user_keys: Sequence[str],
                                  limit: int) -> tuple[bool, list[list[Interaction]]]: ...
     def installed_with_histories_and_unsellable(self, shop: str, user_keys: Sequence[str], limit: int
-                                                ) -> tuple[bool, list[list[Interaction]], SaleState]: ...
+                                                ) -> tuple[bool, list[list[Interaction]], CatalogState]: ...
     def products(self, shop: str, product_ids: Collection[str] | None = None) -> dict[str, CatalogProduct]: ...
     def product_cards(self, shop: str, product_ids: Collection[str]) -> dict[str, ProductCard]: ...
     def deleted_product_ids(self, shop: str) -> set[str]: ...
     def unsellable_product_ids(self, shop: str) -> set[str]: ...
-    def sale_state(self, shop: str) -> SaleState: ...
+    def catalog_state(self, shop: str) -> CatalogState: ...
     def products_matching(self, shop: str, product_type: str | None, vendor: str | None) -> set[str]: ...
     def gift_card_product_ids(self, shop: str) -> set[str]: ...
     def activity_since(self, shop: str, since: datetime, product_id: str | None = None) -> list[ActivityBucket]: ...
@@ -518,7 +519,7 @@ class EventStore(Protocol):
     def set_shop_installed(self, shop: str, installed: bool) -> None: ...
     def mark_uninstalled(self, delivery: Delivery) -> bool | None: ...
     def is_shop_installed(self, shop: str) -> bool: ...
-    def installed_with_unsellable(self, shop: str) -> tuple[bool, SaleState]: ...
+    def installed_with_unsellable(self, shop: str) -> tuple[bool, CatalogState]: ...
     def installed_shops(self) -> list[str]: ...
     def training_queue(self) -> list["QueuedShop"]: ...
     def training_run_began(self, run: str, at: datetime | None = None) -> None: ...
@@ -824,12 +825,12 @@ class SharedQueries:
         check = f"(SELECT installed FROM shop_state WHERE shop = {self._P})"
         return f"SELECT {_INTERACTION_COLUMNS}, {check} {self._history_rows()}"
 
-    def installed_with_unsellable(self, shop: str) -> tuple[bool, SaleState]:
-        """`is_shop_installed(shop)` and, if it is, `sale_state(shop)` (else nothing left out): what an answer for
+    def installed_with_unsellable(self, shop: str) -> tuple[bool, CatalogState]:
+        """`is_shop_installed(shop)` and, if it is, `catalog_state(shop)` (else nothing left out): what an answer for
         everyone reads when the shop's check and its catalog's snapshot are both due, as they are for a quiet shop's
         answers. PostgreSQL sends both reads together: one round trip."""
         installed = self.is_shop_installed(shop)
-        return installed, self.sale_state(shop) if installed else NOTHING_LEFT_OUT
+        return installed, self.catalog_state(shop) if installed else NOTHING_LEFT_OUT
 
     def installed_with_histories(self, shop: str, user_keys: Sequence[str],
                                  limit: int) -> tuple[bool, list[list[Interaction]]]:
@@ -842,23 +843,24 @@ class SharedQueries:
         return self._checked_histories(shop, self._read_histories_with_check(shop, user_keys, limit))
 
     def installed_with_histories_and_unsellable(self, shop: str, user_keys: Sequence[str], limit: int
-                                                ) -> tuple[bool, list[list[Interaction]], SaleState]:
-        """`installed_with_histories` (for at least one key) and, if the shop is installed, `sale_state(shop)`
-        (else nothing left out): a shopper's answer when the shop's catalog snapshot is due too, as it is for a quiet shop.
+                                                ) -> tuple[bool, list[list[Interaction]], CatalogState]:
+        """`installed_with_histories` (for at least one key) and, if the shop is installed, `catalog_state(shop)`
+        (else nothing left out): a shopper's answer when the shop's catalog snapshot is due too, as it is for a quiet
+        shop.
         PostgreSQL sends the reads together, one round trip, the check then taken with the unsellable products in one
         statement (one snapshot of the database: a reinstall between two reads cannot leave it "installed, nothing
         unsellable")."""
         histories, checked = self._read_histories_check_and_unsellable(shop, user_keys, limit)
         if checked is None:  # read one after the other: what it does not sell only once the check says installed
             installed, interactions = self._checked_histories(shop, histories)
-            return installed, interactions, self.sale_state(shop) if installed else NOTHING_LEFT_OUT
+            return installed, interactions, self.catalog_state(shop) if installed else NOTHING_LEFT_OUT
         installed, state = checked
         if not installed:
             return False, [], NOTHING_LEFT_OUT
         return True, self._interactions_of(histories), state
 
     def _read_histories_check_and_unsellable(self, shop: str, user_keys: Sequence[str], limit: int
-                                             ) -> tuple[list[list[tuple]], tuple[bool, SaleState] | None]:
+                                             ) -> tuple[list[list[tuple]], tuple[bool, CatalogState] | None]:
         """The histories (the first with the check's column), and the check with the unsellable products where the
         backend reads them in the same round trip (None: read them after, if the shop is installed)."""
         return self._read_histories_with_check(shop, user_keys, limit), None
@@ -1082,12 +1084,12 @@ class SharedQueries:
         rows = self._read(UNSELLABLE_SQL.format(p=self._P, no=self._FALSE), (shop,))
         return {r[0] for r in rows}
 
-    def sale_state(self, shop: str) -> SaleState:
+    def catalog_state(self, shop: str) -> CatalogState:
         """The products not for sale, those for sale with nothing on hand and the merchant's picks, each read from its
         index."""
         backordered = self._read(BACKORDERED_SQL.format(p=self._P, yes=self._TRUE), (shop,))
         picks = self._read(PICKS_SQL.format(p=self._P, no=self._FALSE), (shop,))
-        return SaleState(frozenset(self.unsellable_product_ids(shop)), frozenset(r[0] for r in backordered),
+        return CatalogState(frozenset(self.unsellable_product_ids(shop)), frozenset(r[0] for r in backordered),
                          {pid: MerchantPicks.decoded(text) for pid, text in picks})
 
     def count_events(self, shop: str | None = None) -> int:
@@ -1551,7 +1553,8 @@ class SQLiteEventStore(SharedQueries):
                 return
         conn.execute(
             "INSERT INTO products (shop, product_id, title, handle, status, published_at, price, image_url,"
-            " product_type, vendor, updated_at, hidden, picks, deleted) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)"
+            " product_type, vendor, updated_at, hidden, picks, deleted)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)"
             " ON CONFLICT (shop, product_id) DO UPDATE SET title = excluded.title, handle = excluded.handle,"
             " status = excluded.status, published_at = excluded.published_at, price = excluded.price,"
             " image_url = excluded.image_url, product_type = excluded.product_type, vendor = excluded.vendor,"

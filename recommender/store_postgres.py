@@ -40,7 +40,7 @@ from recommender.events import CatalogProduct, EventKind, MerchantPicks, order_l
 from recommender.store import (
     BACKORDERED_SQL, CART_STATE_COLUMNS, CART_STATE_PREFIX, EVENT_EXPORT_COLUMNS, HIDDEN_ON_UPDATE, KINDS,
     NOTHING_LEFT_OUT, NOTHING_ON_HAND, NOT_ON_SALE, PICKS_ON_UPDATE, PICKS_SQL, REDACTED_EVENT, STOCK_OF_VARIANT,
-    SIGNED_PURCHASE_OF, TOPICS_NOT_PROVING_INSTALL, UNSELLABLE_SQL, ActivityBucket, Interaction, SaleState,
+    SIGNED_PURCHASE_OF, TOPICS_NOT_PROVING_INSTALL, UNSELLABLE_SQL, ActivityBucket, CatalogState, Interaction,
     SharedQueries, customer_export, encoded_picks, export_json, from_pixel, iso_utc, later, latest_wins, log_withheld,
     not_from_pixel, of_one_shop, refund_adjustment_key, require_aware,
 )
@@ -791,23 +791,23 @@ _INSTALLED_SQL = "SELECT 1 FROM shop_state WHERE shop = %s AND installed"
 _UNSELLABLE_ARRAY = "ARRAY(" + UNSELLABLE_SQL.format(p="%s", no="false") + ")"
 _BACKORDERED_ARRAY = "ARRAY(" + BACKORDERED_SQL.format(p="%s", yes="true") + ")"
 _PICKS_ARRAY = "ARRAY(SELECT ARRAY[product_id, picks] FROM (" + PICKS_SQL.format(p="%s", no="false") + ") picked)"
-_SALE_STATE = f"{_UNSELLABLE_ARRAY}, {_BACKORDERED_ARRAY}, {_PICKS_ARRAY}"  # parameters: the shop thrice
+_CATALOG_STATE = f"{_UNSELLABLE_ARRAY}, {_BACKORDERED_ARRAY}, {_PICKS_ARRAY}"  # parameters: the shop thrice
 _INSTALLED_AND_UNSELLABLE = (
     f"SELECT coalesce(s.installed, false), CASE WHEN s.installed THEN {_UNSELLABLE_ARRAY} END,"
     f" CASE WHEN s.installed THEN {_BACKORDERED_ARRAY} END, CASE WHEN s.installed THEN {_PICKS_ARRAY} END"
     " FROM (SELECT (SELECT installed FROM shop_state WHERE shop = %s) AS installed) s")
 
 
-def _sale_state(unsellable: list[str], backordered: list[str], picks: list[list[str]]) -> SaleState:
-    return SaleState(frozenset(unsellable), frozenset(backordered),
+def _catalog_state(unsellable: list[str], backordered: list[str], picks: list[list[str]]) -> CatalogState:
+    return CatalogState(frozenset(unsellable), frozenset(backordered),
                      {pid: MerchantPicks.decoded(text) for pid, text in picks})
 
 
-def _installed_and_unsellable(rows: list[tuple]) -> tuple[bool, SaleState]:
+def _installed_and_unsellable(rows: list[tuple]) -> tuple[bool, CatalogState]:
     (installed, *state), = rows
     if not installed:
         return False, NOTHING_LEFT_OUT
-    return True, _sale_state(*state)
+    return True, _catalog_state(*state)
 
 
 class PostgresEventStore(SharedQueries):
@@ -1634,13 +1634,13 @@ class PostgresEventStore(SharedQueries):
     def is_shop_installed(self, shop: str) -> bool:
         return bool(self._read(_INSTALLED_SQL, (shop,)))
 
-    def installed_with_unsellable(self, shop: str) -> tuple[bool, SaleState]:
+    def installed_with_unsellable(self, shop: str) -> tuple[bool, CatalogState]:
         return _installed_and_unsellable(self._read(_INSTALLED_AND_UNSELLABLE, (shop, shop, shop, shop)))
 
-    def sale_state(self, shop: str) -> SaleState:
+    def catalog_state(self, shop: str) -> CatalogState:
         """Both sets in one statement (one round trip)."""
-        (state,) = self._read(f"SELECT {_SALE_STATE}", (shop, shop, shop))
-        return _sale_state(*state)
+        (state,) = self._read(f"SELECT {_CATALOG_STATE}", (shop, shop, shop))
+        return _catalog_state(*state)
 
     def _history_rows(self) -> str:
         """Through `latest_events` (migration 4), whose plan walks the index whatever the statistics say; its order
@@ -1656,7 +1656,7 @@ class PostgresEventStore(SharedQueries):
         return self._read_together([first, *((self._history_sql(), (shop, key, limit)) for key in user_keys[1:])])
 
     def _read_histories_check_and_unsellable(self, shop: str, user_keys: Sequence[str], limit: int
-                                             ) -> tuple[list[list[tuple]], tuple[bool, SaleState]]:
+                                             ) -> tuple[list[list[tuple]], tuple[bool, CatalogState]]:
         """Every key's history (the first with the check) and the check with what the shop does not sell, in one
         pipeline."""
         *histories, checked = self._read_together([

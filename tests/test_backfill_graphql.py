@@ -778,7 +778,8 @@ def test_nodes_become_the_records_rest_serves():
     node = product_node(WIDE)
     as_read = product_record(node, node["variants"])
     assert as_read == {**WIDE, "updated_at": "2024-06-02T00:00:00Z", "tags": [], "gift_card": False, "variants": [
-        {**v, "inventory_management": "shopify"} for v in WIDE["variants"]], "metafields": []}  # the same instant, in UTC
+        {**v, "inventory_management": "shopify"} for v in WIDE["variants"]],
+                       "metafields": []}  # the same instant, in UTC; no picks set
     picked = {**WIDE, "metafields": [{"namespace": PICKS_NAMESPACE, "key": "complementary_products",
                                       "value": '["gid://shopify/Product/8001"]'}]}
     assert product_record(product_node(picked), node["variants"])["metafields"] == picked["metafields"]
@@ -867,7 +868,7 @@ def test_a_graphql_backfill_stores_each_products_picks_and_a_later_rest_one_keep
     assert first == after_rest == MerchantPicks(related=("8104", "8101"))
     assert either_store.products(SHOP)["8103"].picks == MerchantPicks(related=("8101",))
     assert (summary["products"], summary["duplicates"]) == (1, 2)
-    assert either_store.sale_state(SHOP).picks == {"8103": MerchantPicks(related=("8101",))}
+    assert either_store.catalog_state(SHOP).picks == {"8103": MerchantPicks(related=("8101",))}
 
 
 def test_a_backfill_after_the_upgrade_applies_what_the_earlier_code_stored_without_the_rules(rest_api, either_store,

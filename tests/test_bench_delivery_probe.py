@@ -17,7 +17,8 @@ from tests.postgres_schema import server_url, temporary_schema
 
 SHOP = "a.myshopify.com"
 # By hand, from what each kind's write sends (tests/test_store_postgres.py checks each against SQLite's outcome).
-ROUND_TRIPS = {"order, known customer": 1, "order, guest": 1, "order with a gift card": 1, "cart": 1, "checkout": 1, "product update": 1,
+ROUND_TRIPS = {"order, known customer": 1, "order, guest": 1, "order with a gift card": 1,
+               "cart": 1, "checkout": 1, "product update": 1,
                "product deletion": 1, "inventory level": 1, "redelivery": 1, "cancellation": 1, "refund": 1,
                "pixel beacon": 1}
 

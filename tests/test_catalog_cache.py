@@ -9,7 +9,7 @@ from recommender.artifact import ItemIds
 from recommender.catalog import CatalogCache
 from recommender.changes import ChangeSet, Delivery
 from recommender.events import CatalogProduct, CatalogVariant
-from recommender.store import ProductCard, SaleState
+from recommender.store import ProductCard, CatalogState
 from tests.conftest import SHOP
 
 T0 = datetime(2026, 10, 1, tzinfo=timezone.utc)
@@ -116,8 +116,8 @@ def test_a_snapshot_read_earlier_never_replaces_a_newer_one(store):
     # Arrange: two snapshots put for one shop, the one read later put first (a slower read begun earlier ends last)
     clock = Clock()
     cache = CatalogCache(store, ttl_seconds=30, clock=clock)
-    newer = cache.put(SHOP, SaleState(frozenset({"10"}), frozenset()), taken_at=clock.now)
-    older = cache.put(SHOP, SaleState(frozenset({"11"}), frozenset()), taken_at=clock.now - 5)
+    newer = cache.put(SHOP, CatalogState(frozenset({"10"}), frozenset()), taken_at=clock.now)
+    older = cache.put(SHOP, CatalogState(frozenset({"11"}), frozenset()), taken_at=clock.now - 5)
 
     # Act
     clock.now += 10

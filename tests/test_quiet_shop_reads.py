@@ -23,9 +23,9 @@ from tests.conftest import SHOP
 
 T0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
 READS = ("is_shop_installed", "installed_with_unsellable", "installed_with_histories",
-         "installed_with_histories_and_unsellable", "sale_state", "unsellable_product_ids")
+         "installed_with_histories_and_unsellable", "catalog_state", "unsellable_product_ids")
 # The check and the snapshot read together, as SQLite reads them (one after the other, nested)
-SNAPSHOT_WITH_CHECK = ["installed_with_unsellable", "is_shop_installed", "sale_state", "unsellable_product_ids"]
+SNAPSHOT_WITH_CHECK = ["installed_with_unsellable", "is_shop_installed", "catalog_state", "unsellable_product_ids"]
 
 
 class CountingStore(SQLiteEventStore):

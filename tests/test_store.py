@@ -339,7 +339,7 @@ def test_a_shops_check_and_what_it_does_not_sell_are_read_together(any_store):
     picked = {"here": MerchantPicks(related=("later", "gone"))}
 
     # Act / Assert: what the two reads on their own say
-    assert any_store.sale_state(SHOP) == ({"gone"}, {"later"}, picked)
+    assert any_store.catalog_state(SHOP) == ({"gone"}, {"later"}, picked)
     assert any_store.installed_with_unsellable(SHOP) == (True, ({"gone"}, {"later"}, picked))
     assert any_store.installed_with_unsellable(OTHER_SHOP) == (False, (set(), set(), {}))
     any_store.set_shop_installed(SHOP, False)
@@ -382,7 +382,7 @@ def test_a_products_picks_stand_until_an_update_names_others_or_none(any_store):
     for day, picks in enumerate((MerchantPicks(("41",), ("42", "43")), None, MerchantPicks((), ("43",)),
                                  MerchantPicks())):
         any_store.apply(delivery(f"wh-{day}", topic="products/update"), version(day, picks))
-        seen.append((any_store.products(SHOP)["40"].picks, any_store.sale_state(SHOP).picks))
+        seen.append((any_store.products(SHOP)["40"].picks, any_store.catalog_state(SHOP).picks))
 
     # Assert
     first, later = MerchantPicks(("41",), ("42", "43")), MerchantPicks((), ("43",))
@@ -421,7 +421,7 @@ def test_unsellable_products_are_computed_in_the_store(any_store):
 
     # Act
     unsellable = any_store.unsellable_product_ids(SHOP)
-    state = any_store.sale_state(SHOP)
+    state = any_store.catalog_state(SHOP)
 
     # Assert: of those for sale, only the one selling past zero with nothing on hand is backordered
     assert unsellable == {"draft", "archived", "unlisted", "unpublished", "sold-out", "to-delete", "gift_card", "tag",
@@ -914,17 +914,17 @@ def test_a_product_selling_past_zero_is_backordered_while_nothing_is_on_hand(any
         SHOP, "10", published_at=T0, updated_at=T0,
         variants=(CatalogVariant("101", "9001", 0, tracked=True, continue_selling=True),)),)))
     stock_level(any_store, "backfill-a", "A", 0, all_locations=True)
-    seen = [any_store.sale_state(SHOP)]
+    seen = [any_store.catalog_state(SHOP)]
 
     # Act: a unit arrives at A, is sold again; then the merchant stops selling past zero
     stock_level(any_store, "wh-a-1", "A", 1)
-    seen.append(any_store.sale_state(SHOP))
+    seen.append(any_store.catalog_state(SHOP))
     stock_level(any_store, "wh-a-0", "A", 0)
-    seen.append(any_store.sale_state(SHOP))
+    seen.append(any_store.catalog_state(SHOP))
     any_store.apply(delivery("wh-deny", topic="products/update"), ChangeSet(upsert_products=(CatalogProduct(
         SHOP, "10", published_at=T0, updated_at=T0 + timedelta(days=1),
         variants=(CatalogVariant("101", "9001", 0, tracked=True, continue_selling=False),)),)))
-    seen.append(any_store.sale_state(SHOP))
+    seen.append(any_store.catalog_state(SHOP))
 
     # Assert: backordered, on hand, backordered, then not for sale at all (and never both)
     assert [state[:2] for state in seen] == [(set(), {"10"}), (set(), set()), (set(), {"10"}), ({"10"}, set())]
@@ -1675,7 +1675,7 @@ def test_an_upgraded_database_knows_which_of_its_stored_products_are_backordered
     # Assert
     try:
         assert raw(store, "PRAGMA user_version") == [(len(SQLITE_MIGRATIONS),)]
-        assert store.sale_state(SHOP)[:2] == ({"draft"}, {"past-zero"})
+        assert store.catalog_state(SHOP)[:2] == ({"draft"}, {"past-zero"})
     finally:
         store.close()
 

@@ -204,7 +204,7 @@ def test_an_upgraded_schema_knows_which_of_its_stored_products_are_backordered(s
 
     # Assert
     try:
-        assert store.sale_state(SHOP)[:2] == ({"draft"}, {"past-zero"})
+        assert store.catalog_state(SHOP)[:2] == ({"draft"}, {"past-zero"})
     finally:
         store.close()
 

@@ -593,7 +593,7 @@ def test_a_products_metafields_give_the_merchants_picks_and_a_payload_without_th
 
     # Assert: in the merchant's order, once each, never the product itself; the custom namespace's key is not a pick
     assert picked == kept == MerchantPicks(related=(), complementary=("91", "92"))
-    assert store.products(SHOP)["88"].picks is None and store.sale_state(SHOP).picks == {}
+    assert store.products(SHOP)["88"].picks is None and store.catalog_state(SHOP).picks == {}
 
 
 def test_a_sold_out_variant_that_keeps_selling_leaves_its_product_for_sale(store):

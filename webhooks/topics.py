@@ -287,7 +287,8 @@ def merchant_picks(product: dict) -> MerchantPicks | None:
         return None
     chosen: dict[str, tuple[str, ...]] = {}
     for position, field in enumerate(_list(product, "metafields")):
-        if not isinstance(field, dict) or field.get("namespace") != PICKS_NAMESPACE or field.get("key") not in PICKS_KEYS:
+        if (not isinstance(field, dict) or field.get("namespace") != PICKS_NAMESPACE
+                or field.get("key") not in PICKS_KEYS):
             continue
         where = f"metafields[{position}] ({field.get('key')})"
         value = field.get("value")
