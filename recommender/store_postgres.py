@@ -787,7 +787,8 @@ def _product_lock(shop: str, product_id: str) -> tuple[int, int]:
 _INSTALLED_SQL = "SELECT 1 FROM shop_state WHERE shop = %s AND installed"
 # The shop check and what the shop does not sell, in one statement (one snapshot of the database): nothing for a shop
 # not installed (its catalog stays until shop/redact, and a request naming it would fetch every row for nothing).
-# One row: installed, and the ids not for sale and backordered (NULL when not installed). Parameters: the shop thrice.
+# One row: installed, the ids not for sale, those backordered and the picks (NULL when not installed). Parameters:
+# the shop four times.
 _UNSELLABLE_ARRAY = "ARRAY(" + UNSELLABLE_SQL.format(p="%s", no="false") + ")"
 _BACKORDERED_ARRAY = "ARRAY(" + BACKORDERED_SQL.format(p="%s", yes="true") + ")"
 _PICKS_ARRAY = "ARRAY(SELECT ARRAY[product_id, picks] FROM (" + PICKS_SQL.format(p="%s", no="false") + ") picked)"
@@ -1638,7 +1639,7 @@ class PostgresEventStore(SharedQueries):
         return _installed_and_unsellable(self._read(_INSTALLED_AND_UNSELLABLE, (shop, shop, shop, shop)))
 
     def catalog_state(self, shop: str) -> CatalogState:
-        """Both sets in one statement (one round trip)."""
+        """The three reads in one statement (one round trip)."""
         (state,) = self._read(f"SELECT {_CATALOG_STATE}", (shop, shop, shop))
         return _catalog_state(*state)
 
