@@ -519,9 +519,13 @@ def main(argv: list[str] | None = None) -> int:
     if sizes and any(n < 100 for n in sizes):
         parser.error("--sizes: each size must be at least 100 items")
     plan = Plan.quick(sizes) if args.quick else Plan.full(sizes)
+    from bench import process
+
     workdir = Path(tempfile.mkdtemp(prefix="bench-perf-"))
+    log = lambda message: print(f"[bench.perf] {message}", file=sys.stderr, flush=True)  # noqa: E731
     try:
-        results = run(plan, workdir, log=lambda message: print(f"[bench.perf] {message}", file=sys.stderr, flush=True))
+        with process.postgres_of_its_own(log):  # the run's rows in a schema dropped after it
+            results = run(plan, workdir, log=log)
     finally:
         if args.keep:
             print(f"[bench.perf] kept {workdir}", file=sys.stderr)

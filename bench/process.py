@@ -17,7 +17,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
-from urllib.parse import urlsplit, urlunsplit
+import uuid
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import requests
 
@@ -257,6 +258,43 @@ def start_relay(upstream_port: int, rtt_ms: float, log_dir: Path) -> Server:
         "latency-proxy", lambda port: [sys.executable, "-m", "bench.latency_proxy", "--listen", str(port), "--upstream",
                                        f"{LOOPBACK}:{upstream_port}", "--delay-ms", str(rtt_ms / 2)],
         ROOT, log_dir)
+
+
+def with_search_path(url: str, schema: str) -> str:
+    """A PostgreSQL URL whose connections use `schema` (its `options=-csearch_path=...`)."""
+    separator = "&" if "?" in url else "?"
+    return f"{url}{separator}options={quote(f'-csearch_path={schema}')}"
+
+
+@contextlib.contextmanager
+def postgres_of_its_own(log: Callable[[str], None] = print) -> Iterator[None]:
+    """TEST_POSTGRES_URL names, while inside, a schema of its own on the same server, dropped on leaving (every process
+    started meanwhile inherits it). Each run's probes write rows and erase them, and on a server whose autovacuum is
+    off, as on the machines of bench/PERFORMANCE.md's round 41, the dead rows left in a shared schema run after run
+    slowed every insert: an order's write took 3.9 ms at p50 in a fresh database, 46.5 in the shared one three runs
+    later, and 3.3 after a VACUUM. Nothing changes where the variable is unset or the server cannot be reached (the
+    PostgreSQL sections then say why they skipped, as before)."""
+    url = os.environ.get("TEST_POSTGRES_URL", "")
+    if not url.startswith(("postgresql://", "postgres://")):
+        yield
+        return
+    import psycopg
+
+    schema = f"bench_{uuid.uuid4().hex[:12]}"
+    try:
+        with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+            conn.execute(f"CREATE SCHEMA {schema}")
+    except psycopg.Error as exc:
+        log(f"TEST_POSTGRES_URL: no schema of its own for this run ({exc}); the shared one is used")
+        yield
+        return
+    os.environ["TEST_POSTGRES_URL"] = with_search_path(url, schema)
+    try:
+        yield
+    finally:
+        os.environ["TEST_POSTGRES_URL"] = url
+        with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
 def relayed_postgres_url(url: str, rtt_ms: float, log_dir: Path, stack: contextlib.ExitStack) -> str:

@@ -10,9 +10,10 @@ import os
 import uuid
 from contextlib import contextmanager
 from typing import Iterator
-from urllib.parse import quote
 
 import pytest
+
+from bench.process import with_search_path
 
 SKIP_REASON = "set TEST_POSTGRES_URL=postgresql://user@host:5432/db to run the PostgreSQL store tests"
 
@@ -23,11 +24,6 @@ def server_url() -> str:
     if not url:
         pytest.skip(SKIP_REASON)
     return url
-
-
-def with_search_path(url: str, schema: str) -> str:
-    separator = "&" if "?" in url else "?"
-    return f"{url}{separator}options={quote(f'-csearch_path={schema}')}"
 
 
 def run(url: str, sql: str, params: tuple = ()) -> list[tuple]:

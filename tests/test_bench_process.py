@@ -141,3 +141,37 @@ def test_vcpu_probe_summary_pools_every_starts_requests_and_sets_ours_beside_the
 
 def test_vcpu_probe_prices_each_share_on_the_tier_that_comes_with_it_and_one_vcpu_as_deployed():
     assert [tier_mib(share) for share in (0.167, 0.333, 0.583, 1.0, 0.5)] == [256, 512, 1024, 512, 512]
+
+
+def test_a_bench_run_writes_to_a_postgresql_schema_of_its_own_which_is_dropped_after_it(monkeypatch):
+    from recommender.store import open_event_store
+    from tests.postgres_schema import run, server_url
+
+    shared = server_url()  # a skip, with the reason, where no server is configured
+    monkeypatch.setenv("TEST_POSTGRES_URL", shared)
+    said = []
+
+    with process.postgres_of_its_own(said.append):
+        inside = os.environ["TEST_POSTGRES_URL"]
+        schema = inside.rpartition("search_path%3D")[2]
+        store = open_event_store(inside)
+        try:
+            store.set_shop_installed("bench-own-schema.myshopify.com", True)
+        finally:
+            store.close()
+        tables = run(shared, "SELECT count(*) FROM information_schema.tables WHERE table_schema = %s", (schema,))
+        marked = run(shared, f"SELECT installed FROM {schema}.shop_state WHERE shop = 'bench-own-schema.myshopify.com'")
+
+    assert schema.startswith("bench_") and inside != shared and said == []
+    assert tables[0][0] > 0 and marked == [(True,)]
+    assert os.environ["TEST_POSTGRES_URL"] == shared
+    assert run(shared, "SELECT count(*) FROM information_schema.schemata WHERE schema_name = %s", (schema,)) == [(0,)]
+
+
+def test_without_postgresql_a_bench_run_changes_nothing(monkeypatch):
+    monkeypatch.delenv("TEST_POSTGRES_URL", raising=False)
+
+    with process.postgres_of_its_own():
+        inside = os.environ.get("TEST_POSTGRES_URL")
+
+    assert inside is None and "TEST_POSTGRES_URL" not in os.environ
