@@ -100,6 +100,7 @@ class CatalogSnapshot:
         """bool[n_items]: True where the model's item must not be shown (with `on_hand`, nor a backordered one);
         None when no item is blocked (every reader then skips the mask: at 100k items, reading it cost a
         personalized answer ~0.03 ms of its top-n, bench/PERFORMANCE.md). Cached per model and filter."""
+        on_hand = on_hand and bool(self.backordered)  # nothing backordered: the same mask as without the rule
         key = (version, product_type, vendor, on_hand)
         mask = self._masks.get(key, _UNREAD)
         if mask is _UNREAD:

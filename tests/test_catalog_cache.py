@@ -6,7 +6,7 @@ from datetime import datetime, timedelta, timezone
 
 from recommender import catalog as catalog_module
 from recommender.artifact import ItemIds
-from recommender.catalog import CatalogCache
+from recommender.catalog import CatalogCache, CatalogSnapshot
 from recommender.changes import ChangeSet, Delivery
 from recommender.events import CatalogProduct, CatalogVariant
 from recommender.store import ProductCard, CatalogState
@@ -125,3 +125,13 @@ def test_a_snapshot_read_earlier_never_replaces_a_newer_one(store):
 
     # Assert: the newer is kept and served (the older one still went to its own answer)
     assert served is newer and served.unsellable == {"10"} and older.unsellable == {"11"}
+
+
+def test_the_on_hand_mask_adds_the_backordered_rows_and_is_the_plain_one_where_none_is():
+    ids = ItemIds(numbers=[10, 11, 12])
+    plain = CatalogSnapshot(frozenset({"11"}))
+    with_backorders = CatalogSnapshot(frozenset({"11"}), backordered=frozenset({"12"}))
+
+    assert plain.blocked_mask(ids, "v1", on_hand=True) is plain.blocked_mask(ids, "v1")  # built once, shared
+    assert with_backorders.blocked_mask(ids, "v1", on_hand=True).tolist() == [False, True, True]
+    assert with_backorders.blocked_mask(ids, "v1").tolist() == [False, True, False]
